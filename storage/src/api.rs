@@ -1,0 +1,469 @@
+//! The storage API: one [`Request`] enum, one [`Reply`] enum, and the [`Engine`] trait
+//! that every engine (RocksDB, in-memory) implements.
+//!
+//! The control plane is sans-IO: it emits `Request`s as actions, a driver runs them
+//! (directly with [`Engine::execute`], or through the group-commit queue so no
+//! dataplane core waits on fsync) and feeds the `Reply` back as an event.
+//!
+//! Every membership and permission check happens inside the engine's single writer,
+//! atomically with the write it guards.
+
+use bytes::Bytes;
+
+use crate::error::StorageError;
+use crate::model::{
+    ConversationKey, ConversationState, Member, RevokedToken, Role, StoredMessage, TokenId, UserId,
+};
+
+/// Append one message to a conversation (exactly-once by `(sender, client_msg_id)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendRequest {
+    /// Who sends it; must be a participant (the owner, for a public account).
+    pub sender: UserId,
+    /// The sending device (opaque).
+    pub sender_device: String,
+    /// The client's idempotency id.
+    pub client_msg_id: u64,
+    /// Target conversation.
+    pub conversation: ConversationKey,
+    /// Encoded protobuf `Content`.
+    pub payload: Bytes,
+    /// Current time (ms since epoch); becomes `server_time_ms` and drives dedup expiry
+    /// and hybrid activity decisions.
+    pub now_ms: u64,
+}
+
+/// Result of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// The conversation appended to.
+    pub conversation: ConversationKey,
+    /// The assigned (or, for a duplicate, originally assigned) seq.
+    pub seq: u64,
+    /// The assigned (or original) server time.
+    pub server_time_ms: u64,
+    /// True if this was a retry of an append already stored; nothing new was written.
+    pub duplicate: bool,
+    /// Who should get a live push: both users of a 1:1 chat, all group members, or the
+    /// followers and owner of a public account (the sender included, for their other
+    /// devices). Empty for a duplicate (the original append already produced pushes).
+    pub recipients: Vec<UserId>,
+}
+
+/// Incremental sync for one device.
+///
+/// Contract: a device keeps its own `inbox_cursor` and per-conversation cursors (the
+/// highest seq it holds). A device with `inbox_cursor == 0` has never completed a sync
+/// (a new device): it gets every message of every conversation the user belongs to,
+/// except those at or below the cursors it passes. Otherwise only conversations with
+/// news since `inbox_cursor` are examined, so the cost is O(conversations changed).
+/// Page until `has_more` is false, passing back the returned `inbox_cursor` and the
+/// per-conversation maxima of the messages received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncRequest {
+    /// The user syncing.
+    pub user: UserId,
+    /// The device's inbox position (0 = never synced).
+    pub inbox_cursor: u64,
+    /// The device's per-conversation positions: it holds everything up to `after_seq`.
+    pub cursors: Vec<(ConversationKey, u64)>,
+    /// Most messages to return (capped by the engine's `max_page`).
+    pub limit: usize,
+    /// Current time (ms since epoch).
+    pub now_ms: u64,
+}
+
+/// One page of a sync.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SyncPage {
+    /// New messages, ascending seq within each conversation, no gaps after the
+    /// device's cursor.
+    pub messages: Vec<StoredMessage>,
+    /// The inbox position to pass next time.
+    pub inbox_cursor: u64,
+    /// True if the page was cut short; call again.
+    pub has_more: bool,
+    /// State of every conversation examined in this page (for unread counts).
+    pub conversations: Vec<ConversationState>,
+}
+
+/// What a membership operation changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipChange {
+    /// The group or public account.
+    pub conversation: ConversationKey,
+    /// Users whose membership actually changed (already-members / non-members skipped).
+    pub changed: Vec<UserId>,
+    /// The membership after the change.
+    pub members: Vec<Member>,
+}
+
+/// Every request the control plane can make of storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Append a message. Reply: [`Reply::Appended`].
+    Append(AppendRequest),
+    /// Create a group owned by `owner` with the given initial members. Reply: [`Reply::Created`].
+    CreateGroup {
+        /// The owner (becomes `Role::Owner`).
+        owner: UserId,
+        /// Display name.
+        name: String,
+        /// Initial plain members (the owner may be listed; duplicates are ignored).
+        members: Vec<UserId>,
+        /// Current time.
+        now_ms: u64,
+    },
+    /// Add plain members (owner or admin only). Reply: [`Reply::Membership`].
+    AddMembers {
+        /// Who asks.
+        actor: UserId,
+        /// The group.
+        group: u64,
+        /// Users to add.
+        users: Vec<UserId>,
+        /// Current time.
+        now_ms: u64,
+    },
+    /// Remove members (owner: anyone but themself; admin: plain members only).
+    /// Reply: [`Reply::Membership`].
+    RemoveMembers {
+        /// Who asks.
+        actor: UserId,
+        /// The group.
+        group: u64,
+        /// Users to remove.
+        users: Vec<UserId>,
+    },
+    /// Leave a group (the owner must transfer ownership first). Reply: [`Reply::Membership`].
+    Leave {
+        /// Who leaves.
+        user: UserId,
+        /// The group.
+        group: u64,
+    },
+    /// Set a member's role (owner only; setting `Owner` transfers ownership and the old
+    /// owner becomes an admin). Reply: [`Reply::Membership`].
+    SetRole {
+        /// Who asks.
+        actor: UserId,
+        /// The group.
+        group: u64,
+        /// The member whose role changes.
+        user: UserId,
+        /// The new role.
+        role: Role,
+    },
+    /// Create a public account published by `owner`. Reply: [`Reply::Created`].
+    CreatePublicAccount {
+        /// The publisher.
+        owner: UserId,
+        /// Display name.
+        name: String,
+        /// Current time.
+        now_ms: u64,
+    },
+    /// Follow a public account. Reply: [`Reply::Membership`].
+    Follow {
+        /// The follower.
+        user: UserId,
+        /// The account.
+        account: u64,
+        /// Current time.
+        now_ms: u64,
+    },
+    /// Unfollow a public account (the owner cannot). Reply: [`Reply::Membership`].
+    Unfollow {
+        /// The follower.
+        user: UserId,
+        /// The account.
+        account: u64,
+    },
+    /// Participants of a conversation with roles. Reply: [`Reply::Members`].
+    Members {
+        /// The conversation.
+        conversation: ConversationKey,
+    },
+    /// One user's role in a conversation (`None` if not a participant). Reply: [`Reply::Role`].
+    RoleOf {
+        /// The conversation.
+        conversation: ConversationKey,
+        /// The user.
+        user: UserId,
+    },
+    /// Conversations a user participates in (groups, followed accounts, 1:1 chats with at
+    /// least one message). Reply: [`Reply::Conversations`].
+    ConversationsOf {
+        /// The user.
+        user: UserId,
+    },
+    /// Incremental sync for one device. Reply: [`Reply::Synced`].
+    Sync(SyncRequest),
+    /// Up to `limit` messages with seq below `before_seq` (use `u64::MAX` for the newest),
+    /// returned in ascending seq order. Reply: [`Reply::History`].
+    History {
+        /// Who reads (must be a participant).
+        user: UserId,
+        /// The conversation.
+        conversation: ConversationKey,
+        /// Exclusive upper bound.
+        before_seq: u64,
+        /// Most messages to return (capped by `max_page`).
+        limit: usize,
+    },
+    /// Advance the user's read position (never moves backwards; clamped to `last_seq`).
+    /// Reply: [`Reply::State`].
+    MarkRead {
+        /// The reader.
+        user: UserId,
+        /// The conversation.
+        conversation: ConversationKey,
+        /// Highest seq read.
+        seq: u64,
+    },
+    /// Record that the user is active now (login, send, sync). Reply: [`Reply::Done`].
+    TouchActivity {
+        /// The user.
+        user: UserId,
+        /// Current time.
+        now_ms: u64,
+    },
+    /// When the user was last active. Reply: [`Reply::LastActive`].
+    LastActive {
+        /// The user.
+        user: UserId,
+    },
+    /// Put a token on the revocation list until it would expire anyway. Reply: [`Reply::Done`].
+    RevokeToken {
+        /// The token id.
+        token: TokenId,
+        /// The token's own expiry.
+        expires_at_ms: u64,
+    },
+    /// Every revoked token not yet expired at `now_ms` (control plane loads this at start).
+    /// Reply: [`Reply::Revoked`].
+    LoadRevoked {
+        /// Current time.
+        now_ms: u64,
+    },
+}
+
+impl Request {
+    /// True if the request may write (and so takes part in the WAL sync of its batch).
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            Request::Members { .. }
+                | Request::RoleOf { .. }
+                | Request::ConversationsOf { .. }
+                | Request::Sync(_)
+                | Request::History { .. }
+                | Request::LastActive { .. }
+                | Request::LoadRevoked { .. }
+        )
+    }
+}
+
+/// The reply to a [`Request`]; each request documents its variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// From `Append`.
+    Appended(AppendOutcome),
+    /// From `CreateGroup` / `CreatePublicAccount`: the new conversation.
+    Created(ConversationKey),
+    /// From membership changes.
+    Membership(MembershipChange),
+    /// From `Members`.
+    Members(Vec<Member>),
+    /// From `RoleOf`.
+    Role(Option<Role>),
+    /// From `ConversationsOf`.
+    Conversations(Vec<ConversationKey>),
+    /// From `Sync`.
+    Synced(SyncPage),
+    /// From `History`.
+    History(Vec<StoredMessage>),
+    /// From `MarkRead`.
+    State(ConversationState),
+    /// From `LastActive`: ms since epoch, `None` if never seen.
+    LastActive(Option<u64>),
+    /// From `LoadRevoked`.
+    Revoked(Vec<RevokedToken>),
+    /// From requests with nothing to report.
+    Done,
+}
+
+/// A storage engine. Methods are synchronous and take `&self`; engines serialise writes
+/// internally (one writer) and may serve reads concurrently.
+///
+/// Durability: each write method returns only once its write is durable according to
+/// the engine's [`crate::SyncMode`]. [`Engine::execute_batch`] applies many requests and
+/// makes them durable together (one WAL fsync), which is what the group-commit queue uses.
+pub trait Engine: Send + Sync {
+    /// Append a message exactly once.
+    fn append(&self, req: AppendRequest) -> Result<AppendOutcome, StorageError>;
+    /// Create a group; returns its key.
+    fn create_group(
+        &self,
+        owner: UserId,
+        name: &str,
+        members: &[UserId],
+        now_ms: u64,
+    ) -> Result<ConversationKey, StorageError>;
+    /// Add plain members (owner or admin).
+    fn add_members(
+        &self,
+        actor: UserId,
+        group: u64,
+        users: &[UserId],
+        now_ms: u64,
+    ) -> Result<MembershipChange, StorageError>;
+    /// Remove members (role rules apply).
+    fn remove_members(
+        &self,
+        actor: UserId,
+        group: u64,
+        users: &[UserId],
+    ) -> Result<MembershipChange, StorageError>;
+    /// Leave a group.
+    fn leave(&self, user: UserId, group: u64) -> Result<MembershipChange, StorageError>;
+    /// Set a member's role (owner only).
+    fn set_role(
+        &self,
+        actor: UserId,
+        group: u64,
+        user: UserId,
+        role: Role,
+    ) -> Result<MembershipChange, StorageError>;
+    /// Create a public account; returns its key.
+    fn create_public_account(
+        &self,
+        owner: UserId,
+        name: &str,
+        now_ms: u64,
+    ) -> Result<ConversationKey, StorageError>;
+    /// Follow a public account.
+    fn follow(
+        &self,
+        user: UserId,
+        account: u64,
+        now_ms: u64,
+    ) -> Result<MembershipChange, StorageError>;
+    /// Unfollow a public account.
+    fn unfollow(&self, user: UserId, account: u64) -> Result<MembershipChange, StorageError>;
+    /// Participants with roles (1:1 chats: both users as `Member`).
+    fn members(&self, conversation: ConversationKey) -> Result<Vec<Member>, StorageError>;
+    /// One user's role, `None` if not a participant.
+    fn role_of(
+        &self,
+        conversation: ConversationKey,
+        user: UserId,
+    ) -> Result<Option<Role>, StorageError>;
+    /// Conversations the user participates in.
+    fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationKey>, StorageError>;
+    /// One sync page for a device.
+    fn sync(&self, req: &SyncRequest) -> Result<SyncPage, StorageError>;
+    /// A history page (ascending seq, all below `before_seq`).
+    fn history(
+        &self,
+        user: UserId,
+        conversation: ConversationKey,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StorageError>;
+    /// Advance a read cursor.
+    fn mark_read(
+        &self,
+        user: UserId,
+        conversation: ConversationKey,
+        seq: u64,
+    ) -> Result<ConversationState, StorageError>;
+    /// Record activity.
+    fn touch_activity(&self, user: UserId, now_ms: u64) -> Result<(), StorageError>;
+    /// Last recorded activity.
+    fn last_active(&self, user: UserId) -> Result<Option<u64>, StorageError>;
+    /// Revoke a token.
+    fn revoke_token(&self, token: TokenId, expires_at_ms: u64) -> Result<(), StorageError>;
+    /// Unexpired revoked tokens.
+    fn load_revoked(&self, now_ms: u64) -> Result<Vec<RevokedToken>, StorageError>;
+
+    /// Apply `requests` in order and make all their writes durable together (one WAL
+    /// fsync in `SyncMode::Batch`) before returning; replies are in request order.
+    /// If the final sync fails, every write reply is replaced by the error.
+    fn execute_batch(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>>;
+
+    /// Run one request (durable per the engine's sync mode on return).
+    fn execute(&self, request: Request) -> Result<Reply, StorageError> {
+        dispatch(self, request)
+    }
+}
+
+/// Route a request to the matching typed [`Engine`] method.
+pub fn dispatch<E: Engine + ?Sized>(engine: &E, request: Request) -> Result<Reply, StorageError> {
+    Ok(match request {
+        Request::Append(req) => Reply::Appended(engine.append(req)?),
+        Request::CreateGroup {
+            owner,
+            name,
+            members,
+            now_ms,
+        } => Reply::Created(engine.create_group(owner, &name, &members, now_ms)?),
+        Request::AddMembers {
+            actor,
+            group,
+            users,
+            now_ms,
+        } => Reply::Membership(engine.add_members(actor, group, &users, now_ms)?),
+        Request::RemoveMembers {
+            actor,
+            group,
+            users,
+        } => Reply::Membership(engine.remove_members(actor, group, &users)?),
+        Request::Leave { user, group } => Reply::Membership(engine.leave(user, group)?),
+        Request::SetRole {
+            actor,
+            group,
+            user,
+            role,
+        } => Reply::Membership(engine.set_role(actor, group, user, role)?),
+        Request::CreatePublicAccount {
+            owner,
+            name,
+            now_ms,
+        } => Reply::Created(engine.create_public_account(owner, &name, now_ms)?),
+        Request::Follow {
+            user,
+            account,
+            now_ms,
+        } => Reply::Membership(engine.follow(user, account, now_ms)?),
+        Request::Unfollow { user, account } => Reply::Membership(engine.unfollow(user, account)?),
+        Request::Members { conversation } => Reply::Members(engine.members(conversation)?),
+        Request::RoleOf { conversation, user } => Reply::Role(engine.role_of(conversation, user)?),
+        Request::ConversationsOf { user } => Reply::Conversations(engine.conversations_of(user)?),
+        Request::Sync(req) => Reply::Synced(engine.sync(&req)?),
+        Request::History {
+            user,
+            conversation,
+            before_seq,
+            limit,
+        } => Reply::History(engine.history(user, conversation, before_seq, limit)?),
+        Request::MarkRead {
+            user,
+            conversation,
+            seq,
+        } => Reply::State(engine.mark_read(user, conversation, seq)?),
+        Request::TouchActivity { user, now_ms } => {
+            engine.touch_activity(user, now_ms)?;
+            Reply::Done
+        }
+        Request::LastActive { user } => Reply::LastActive(engine.last_active(user)?),
+        Request::RevokeToken {
+            token,
+            expires_at_ms,
+        } => {
+            engine.revoke_token(token, expires_at_ms)?;
+            Reply::Done
+        }
+        Request::LoadRevoked { now_ms } => Reply::Revoked(engine.load_revoked(now_ms)?),
+    })
+}

@@ -1,0 +1,62 @@
+//! Engine configuration: diffusion mode, durability mode and their windows, with defaults.
+
+/// How an append reaches recipients' devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiffusionMode {
+    /// One copy per timeline; each recipient only gets a per-user "news" marker.
+    Read,
+    /// Every recipient's inbox gets an entry pointing at the message.
+    Write,
+    /// Write diffusion to active members of small conversations, read diffusion
+    /// (news markers) for inactive members and for conversations above the threshold.
+    #[default]
+    Hybrid,
+}
+
+/// When a write is considered durable (acknowledged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// fsync the WAL on every write.
+    Always,
+    /// Group commit: writes applied together share one WAL fsync before any is acknowledged.
+    #[default]
+    Batch,
+    /// Never fsync: acknowledged writes survive a process crash (they are in the OS page
+    /// cache) but the last few seconds can be lost on power loss or kernel crash.
+    None,
+}
+
+/// Engine configuration. `Default` gives the documented defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// Diffusion mode (default hybrid).
+    pub diffusion: DiffusionMode,
+    /// Durability mode (default batch).
+    pub sync: SyncMode,
+    /// How long a (sender, client_msg_id) dedup entry is honoured (default 24 h).
+    pub dedup_window_ms: u64,
+    /// A user active within this window counts as active for hybrid diffusion (default 7 days).
+    pub active_window_ms: u64,
+    /// Conversations with more recipients than this use read diffusion only (default 500).
+    pub large_group_threshold: usize,
+    /// Most messages one sync or history page may return, whatever the caller asks (default 1000).
+    pub max_page: usize,
+}
+
+/// One hour in milliseconds.
+pub const HOUR_MS: u64 = 60 * 60 * 1000;
+/// One day in milliseconds.
+pub const DAY_MS: u64 = 24 * HOUR_MS;
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            diffusion: DiffusionMode::Hybrid,
+            sync: SyncMode::Batch,
+            dedup_window_ms: DAY_MS,
+            active_window_ms: 7 * DAY_MS,
+            large_group_threshold: 500,
+            max_page: 1000,
+        }
+    }
+}

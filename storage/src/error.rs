@@ -1,0 +1,100 @@
+//! Typed storage errors. Permission failures are distinct variants so the control
+//! plane can map each to a protocol error code.
+
+use crate::model::{ConversationKey, UserId};
+
+/// Why a key or value read back from the database could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The byte string has the wrong length for its column family.
+    #[error("{what}: expected {expected} bytes, got {got}")]
+    Length {
+        /// Which key or value kind was being decoded.
+        what: &'static str,
+        /// Expected length (or minimum length).
+        expected: usize,
+        /// Actual length.
+        got: usize,
+    },
+    /// An enum tag byte has no meaning.
+    #[error("{what}: unknown tag {tag:#04x}")]
+    Tag {
+        /// Which key or value kind was being decoded.
+        what: &'static str,
+        /// The offending byte.
+        tag: u8,
+    },
+    /// A value carries a format version this build does not understand.
+    #[error("{what}: unsupported format version {version}")]
+    Version {
+        /// Which value kind was being decoded.
+        what: &'static str,
+        /// The version byte found.
+        version: u8,
+    },
+    /// A string field is not UTF-8.
+    #[error("{what}: invalid UTF-8")]
+    Utf8 {
+        /// Which value kind was being decoded.
+        what: &'static str,
+    },
+}
+
+/// Everything a storage request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The user is not a participant of the conversation.
+    #[error("user {user:?} is not a member of {conversation:?}")]
+    NotAMember {
+        /// The conversation.
+        conversation: ConversationKey,
+        /// The user.
+        user: UserId,
+    },
+    /// Only the owner may do this (set roles, post to a public account).
+    #[error("user {user:?} is not the owner of {conversation:?}")]
+    NotOwner {
+        /// The conversation.
+        conversation: ConversationKey,
+        /// The user.
+        user: UserId,
+    },
+    /// Only the owner or an admin may do this (add or remove members).
+    #[error("user {user:?} is not an admin of {conversation:?}")]
+    NotAdmin {
+        /// The conversation.
+        conversation: ConversationKey,
+        /// The user.
+        user: UserId,
+    },
+    /// The target's role protects them: admins cannot remove the owner or other admins,
+    /// and the owner cannot leave or be demoted without transferring ownership.
+    #[error("user {target:?} in {conversation:?} is protected by their role")]
+    Protected {
+        /// The conversation.
+        conversation: ConversationKey,
+        /// The protected user.
+        target: UserId,
+    },
+    /// The group or public account does not exist.
+    #[error("{0:?} not found")]
+    NotFound(ConversationKey),
+    /// The request is malformed (e.g. a group op on a 1:1 chat).
+    #[error("invalid request: {0}")]
+    Invalid(&'static str),
+    /// A stored key or value is corrupt.
+    #[error("corrupt data: {0}")]
+    Corrupt(#[from] DecodeError),
+    /// The RocksDB backend failed (message from RocksDB).
+    #[error("backend: {0}")]
+    Backend(String),
+    /// A filesystem operation failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The commit queue has shut down; the request was not applied.
+    #[error("commit queue closed")]
+    Closed,
+    /// A counter (seq, group id) would overflow u64.
+    #[error("counter overflow")]
+    Overflow,
+}

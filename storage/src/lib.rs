@@ -1,0 +1,40 @@
+//! # petrel-storage
+//!
+//! Everything Petrel must keep across a restart: conversation timelines, per-user
+//! inboxes and news markers, memberships and roles, read cursors, user activity and
+//! revoked tokens. See `docs/STORAGE.md` for the model and every key layout.
+//!
+//! **Owns:** the persisted model and its invariants — per-conversation seqs that are
+//! gap-free and never reused, exactly-once append by `(sender, client_msg_id)`,
+//! membership/permission checks done atomically with the write they guard, and
+//! durability (an append is acknowledged only once it is in the WAL, per [`SyncMode`]).
+//!
+//! **Must never:** parse protocol frames (payloads are opaque bytes; no dependency on
+//! `petrel-proto`), touch a socket, or make policy decisions that belong to the control
+//! plane (who gets a live push is returned, not delivered).
+//!
+//! **Layers, in reading order:**
+//! - [`model`], [`config`], [`error`] — plain types;
+//! - [`api`] — the [`Request`]/[`Reply`] enums and the [`Engine`] trait;
+//! - [`cf`], [`keys`], [`values`] — column families and byte layouts of every key and value;
+//!
+//! The next layer up is `petrel-control`, which emits [`Request`]s as actions and
+//! receives [`Reply`]s as events; its driver runs them on an engine.
+#![deny(unsafe_code)]
+
+pub mod api;
+pub mod cf;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod model;
+pub mod values;
+
+pub use api::{
+    AppendOutcome, AppendRequest, Engine, MembershipChange, Reply, Request, SyncPage, SyncRequest,
+};
+pub use config::{DiffusionMode, StorageConfig, SyncMode};
+pub use error::{DecodeError, StorageError};
+pub use model::{
+    ConversationKey, ConversationState, Member, RevokedToken, Role, StoredMessage, TokenId, UserId,
+};

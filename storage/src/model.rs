@@ -1,0 +1,123 @@
+//! Model types shared by every engine: users, conversation keys, roles and stored messages.
+//!
+//! These types carry no storage details; key encodings live in `keys`, and the
+//! message payload is opaque bytes (the encoded protobuf `Content` — this crate
+//! does not depend on `petrel-proto`).
+
+use bytes::Bytes;
+
+/// A user id as assigned by the account system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UserId(pub u64);
+
+/// Identifies one persisted conversation timeline.
+///
+/// Chatrooms are ephemeral and online-only, so they have no key here and are
+/// never persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ConversationKey {
+    /// A 1:1 chat: the unordered pair of users, stored canonically with `lo <= hi`
+    /// so both sides find the same timeline. Build it with [`ConversationKey::single`].
+    Single {
+        /// The smaller user id of the pair.
+        lo: UserId,
+        /// The larger user id of the pair.
+        hi: UserId,
+    },
+    /// A group chat by group id.
+    Group(u64),
+    /// A public account (one publisher, many followers) by account id.
+    PublicAccount(u64),
+}
+
+impl ConversationKey {
+    /// The canonical key of the 1:1 chat between `a` and `b`, in either order.
+    pub fn single(a: UserId, b: UserId) -> Self {
+        if a <= b {
+            ConversationKey::Single { lo: a, hi: b }
+        } else {
+            ConversationKey::Single { lo: b, hi: a }
+        }
+    }
+
+    /// For a 1:1 chat seen by `viewer`, the other participant (the wire-level id of a
+    /// SINGLE conversation). `None` for groups, public accounts, or a non-participant.
+    pub fn peer_of(&self, viewer: UserId) -> Option<UserId> {
+        match *self {
+            ConversationKey::Single { lo, hi } if viewer == lo => Some(hi),
+            ConversationKey::Single { lo, hi } if viewer == hi => Some(lo),
+            _ => None,
+        }
+    }
+}
+
+/// A member's role in a group (public-account followers are `Member`, the
+/// publisher is `Owner`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Can send and read.
+    Member,
+    /// Can also add and remove plain members.
+    Admin,
+    /// Can do everything, including setting roles. Exactly one per group.
+    Owner,
+}
+
+/// A member of a conversation with their role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Member {
+    /// The member.
+    pub user: UserId,
+    /// Their role.
+    pub role: Role,
+}
+
+/// One message as persisted in a conversation timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The timeline it belongs to.
+    pub conversation: ConversationKey,
+    /// Its per-conversation sequence number (1-based, gap-free, never reused).
+    pub seq: u64,
+    /// Who sent it.
+    pub sender: UserId,
+    /// The sending device's id (opaque to storage).
+    pub sender_device: String,
+    /// The client's idempotency id, unique per sender (exactly-once key).
+    pub client_msg_id: u64,
+    /// Server-assigned time of the append, milliseconds since the Unix epoch.
+    pub server_time_ms: u64,
+    /// Opaque content: the encoded protobuf `Content`.
+    pub payload: Bytes,
+}
+
+/// A user's view of one conversation: how far it goes and how far they have read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConversationState {
+    /// The conversation.
+    pub key: ConversationKey,
+    /// Highest assigned seq (0 if empty).
+    pub last_seq: u64,
+    /// The user's read position (0 if never read). `last_seq - read_seq` is the unread count.
+    pub read_seq: u64,
+}
+
+impl ConversationState {
+    /// Messages after the read position.
+    pub fn unread(&self) -> u64 {
+        self.last_seq.saturating_sub(self.read_seq)
+    }
+}
+
+/// A 16-byte token id on the revocation list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TokenId(pub [u8; 16]);
+
+/// A revoked token and when its revocation may be forgotten (the token's own expiry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevokedToken {
+    /// The token id.
+    pub token: TokenId,
+    /// Milliseconds since the Unix epoch after which the token is expired anyway.
+    pub expires_at_ms: u64,
+}

@@ -1,0 +1,305 @@
+//! Value encodings for every column family (keys are in `keys`).
+//!
+//! ```text
+//! message    = version:u8(1) | sender:u64 | client_msg_id:u64 | server_time_ms:u64
+//!              | device_len:u16 | device:utf8 | payload (rest)
+//! inbox      = kind:u8 (1 pointer, 2 news marker) | conversation(17) | seq:u64
+//! dedup      = conversation(17) | seq:u64 | server_time_ms:u64
+//! role       = u8 (1 member, 2 admin, 3 owner)
+//! info       = version:u8(1) | owner:u64 | created_ms:u64 | name:utf8
+//! counters, cursors, activity, revoked = u64 big-endian
+//! ```
+//!
+//! Decoders validate lengths first and return a typed [`DecodeError`]; nothing panics
+//! on corrupt input.
+
+use bytes::Bytes;
+
+use crate::error::DecodeError;
+use crate::keys::{self, CONV_LEN};
+use crate::model::{ConversationKey, Role, StoredMessage, UserId};
+
+const MESSAGE_V1: u8 = 1;
+const MESSAGE_HEADER: usize = 1 + 8 + 8 + 8 + 2;
+
+/// Encode a message value (conversation and seq live in the key).
+pub fn encode_message(
+    sender: UserId,
+    client_msg_id: u64,
+    server_time_ms: u64,
+    device: &str,
+    payload: &[u8],
+) -> Result<Vec<u8>, crate::StorageError> {
+    let dev_len = u16::try_from(device.len())
+        .map_err(|_| crate::StorageError::Invalid("sender_device longer than 65535 bytes"))?;
+    let mut out = Vec::with_capacity(MESSAGE_HEADER + device.len() + payload.len());
+    out.push(MESSAGE_V1);
+    out.extend_from_slice(&sender.0.to_be_bytes());
+    out.extend_from_slice(&client_msg_id.to_be_bytes());
+    out.extend_from_slice(&server_time_ms.to_be_bytes());
+    out.extend_from_slice(&dev_len.to_be_bytes());
+    out.extend_from_slice(device.as_bytes());
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
+/// Decode a message value read at `conversation | seq`.
+pub fn decode_message(
+    conversation: ConversationKey,
+    seq: u64,
+    v: &[u8],
+) -> Result<StoredMessage, DecodeError> {
+    const WHAT: &str = "message";
+    if v.len() < MESSAGE_HEADER {
+        return Err(DecodeError::Length {
+            what: WHAT,
+            expected: MESSAGE_HEADER,
+            got: v.len(),
+        });
+    }
+    if v[0] != MESSAGE_V1 {
+        return Err(DecodeError::Version {
+            what: WHAT,
+            version: v[0],
+        });
+    }
+    let sender = UserId(keys::be_u64(&v[1..9]));
+    let client_msg_id = keys::be_u64(&v[9..17]);
+    let server_time_ms = keys::be_u64(&v[17..25]);
+    let dev_len = usize::from(u16::from_be_bytes([v[25], v[26]]));
+    let rest = &v[MESSAGE_HEADER..];
+    if rest.len() < dev_len {
+        return Err(DecodeError::Length {
+            what: WHAT,
+            expected: MESSAGE_HEADER + dev_len,
+            got: v.len(),
+        });
+    }
+    let sender_device = std::str::from_utf8(&rest[..dev_len])
+        .map_err(|_| DecodeError::Utf8 { what: WHAT })?
+        .to_owned();
+    Ok(StoredMessage {
+        conversation,
+        seq,
+        sender,
+        sender_device,
+        client_msg_id,
+        server_time_ms,
+        payload: Bytes::copy_from_slice(&rest[dev_len..]),
+    })
+}
+
+/// An inbox entry: a pointer to one message, or a "this conversation has news" marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxEntry {
+    /// Write diffusion: the message at `(conversation, seq)` is for this user.
+    Pointer(ConversationKey, u64),
+    /// Read diffusion: the conversation had news (its last seq was `seq` when marked);
+    /// read its timeline from the device's cursor to the end.
+    News(ConversationKey, u64),
+}
+
+/// Encoded length of an inbox entry.
+pub const INBOX_LEN: usize = 1 + CONV_LEN + 8;
+const INBOX_POINTER: u8 = 1;
+const INBOX_NEWS: u8 = 2;
+
+impl InboxEntry {
+    /// Encode into a fixed array.
+    pub fn encode(self) -> [u8; INBOX_LEN] {
+        let (tag, c, s) = match self {
+            InboxEntry::Pointer(c, s) => (INBOX_POINTER, c, s),
+            InboxEntry::News(c, s) => (INBOX_NEWS, c, s),
+        };
+        let mut out = [0u8; INBOX_LEN];
+        out[0] = tag;
+        out[1..].copy_from_slice(&keys::conversation_u64(c, s));
+        out
+    }
+
+    /// Decode.
+    pub fn decode(v: &[u8]) -> Result<Self, DecodeError> {
+        let b = keys::exact::<INBOX_LEN>("inbox entry", v)?;
+        let (c, s) = keys::decode_conversation_u64(&b[1..])?;
+        match b[0] {
+            INBOX_POINTER => Ok(InboxEntry::Pointer(c, s)),
+            INBOX_NEWS => Ok(InboxEntry::News(c, s)),
+            tag => Err(DecodeError::Tag {
+                what: "inbox entry",
+                tag,
+            }),
+        }
+    }
+
+    /// The conversation referenced.
+    pub fn conversation(self) -> ConversationKey {
+        match self {
+            InboxEntry::Pointer(c, _) | InboxEntry::News(c, _) => c,
+        }
+    }
+}
+
+/// Where a deduplicated append was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupEntry {
+    /// The conversation.
+    pub conversation: ConversationKey,
+    /// The assigned seq.
+    pub seq: u64,
+    /// The assigned server time (also the start of the dedup window).
+    pub server_time_ms: u64,
+}
+
+/// Encoded length of a dedup entry.
+pub const DEDUP_LEN: usize = CONV_LEN + 16;
+
+impl DedupEntry {
+    /// Encode.
+    pub fn encode(&self) -> [u8; DEDUP_LEN] {
+        let mut out = [0u8; DEDUP_LEN];
+        out[..CONV_LEN + 8].copy_from_slice(&keys::conversation_u64(self.conversation, self.seq));
+        out[CONV_LEN + 8..].copy_from_slice(&self.server_time_ms.to_be_bytes());
+        out
+    }
+
+    /// Decode.
+    pub fn decode(v: &[u8]) -> Result<Self, DecodeError> {
+        let b = keys::exact::<DEDUP_LEN>("dedup entry", v)?;
+        let (conversation, seq) = keys::decode_conversation_u64(&b[..CONV_LEN + 8])?;
+        Ok(DedupEntry {
+            conversation,
+            seq,
+            server_time_ms: keys::be_u64(&b[CONV_LEN + 8..]),
+        })
+    }
+}
+
+/// Encode a role as one byte.
+pub fn encode_role(r: Role) -> [u8; 1] {
+    [match r {
+        Role::Member => 1,
+        Role::Admin => 2,
+        Role::Owner => 3,
+    }]
+}
+
+/// Decode a role byte.
+pub fn decode_role(v: &[u8]) -> Result<Role, DecodeError> {
+    match keys::exact::<1>("role", v)?[0] {
+        1 => Ok(Role::Member),
+        2 => Ok(Role::Admin),
+        3 => Ok(Role::Owner),
+        tag => Err(DecodeError::Tag { what: "role", tag }),
+    }
+}
+
+/// Group / public-account metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationInfo {
+    /// Creator / publisher.
+    pub owner: UserId,
+    /// Creation time.
+    pub created_ms: u64,
+    /// Display name.
+    pub name: String,
+}
+
+const INFO_V1: u8 = 1;
+
+impl ConversationInfo {
+    /// Encode.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(17 + self.name.len());
+        out.push(INFO_V1);
+        out.extend_from_slice(&self.owner.0.to_be_bytes());
+        out.extend_from_slice(&self.created_ms.to_be_bytes());
+        out.extend_from_slice(self.name.as_bytes());
+        out
+    }
+
+    /// Decode.
+    pub fn decode(v: &[u8]) -> Result<Self, DecodeError> {
+        const WHAT: &str = "conversation info";
+        if v.len() < 17 {
+            return Err(DecodeError::Length {
+                what: WHAT,
+                expected: 17,
+                got: v.len(),
+            });
+        }
+        if v[0] != INFO_V1 {
+            return Err(DecodeError::Version {
+                what: WHAT,
+                version: v[0],
+            });
+        }
+        Ok(ConversationInfo {
+            owner: UserId(keys::be_u64(&v[1..9])),
+            created_ms: keys::be_u64(&v[9..17]),
+            name: std::str::from_utf8(&v[17..])
+                .map_err(|_| DecodeError::Utf8 { what: WHAT })?
+                .to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_roundtrip_and_corruption() {
+        let c = ConversationKey::Group(4);
+        let v = encode_message(UserId(9), 77, 1234, "phone", b"hello").unwrap();
+        let m = decode_message(c, 5, &v).unwrap();
+        assert_eq!(m.sender, UserId(9));
+        assert_eq!(m.client_msg_id, 77);
+        assert_eq!(m.server_time_ms, 1234);
+        assert_eq!(m.sender_device, "phone");
+        assert_eq!(&m.payload[..], b"hello");
+        assert!(matches!(
+            decode_message(c, 5, &v[..10]),
+            Err(DecodeError::Length { .. })
+        ));
+        let mut bad = v.clone();
+        bad[0] = 2;
+        assert!(matches!(
+            decode_message(c, 5, &bad),
+            Err(DecodeError::Version { .. })
+        ));
+        let mut short = v[..MESSAGE_HEADER + 2].to_vec();
+        short[26] = 200;
+        assert!(matches!(
+            decode_message(c, 5, &short),
+            Err(DecodeError::Length { .. })
+        ));
+    }
+
+    #[test]
+    fn small_values_roundtrip() {
+        let c = ConversationKey::single(UserId(3), UserId(1));
+        for e in [InboxEntry::Pointer(c, 9), InboxEntry::News(c, 10)] {
+            assert_eq!(InboxEntry::decode(&e.encode()), Ok(e));
+        }
+        let mut bad = InboxEntry::Pointer(c, 1).encode();
+        bad[0] = 0;
+        assert!(InboxEntry::decode(&bad).is_err());
+        let d = DedupEntry {
+            conversation: c,
+            seq: 4,
+            server_time_ms: 99,
+        };
+        assert_eq!(DedupEntry::decode(&d.encode()), Ok(d));
+        for r in [Role::Member, Role::Admin, Role::Owner] {
+            assert_eq!(decode_role(&encode_role(r)), Ok(r));
+        }
+        assert!(decode_role(&[7]).is_err());
+        let info = ConversationInfo {
+            owner: UserId(1),
+            created_ms: 2,
+            name: "team".into(),
+        };
+        assert_eq!(ConversationInfo::decode(&info.encode()), Ok(info));
+        assert!(ConversationInfo::decode(&[1, 2]).is_err());
+    }
+}
