@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what building and testing Petrel needs on a fresh Debian machine, and nothing
+# that is already there. Safe to run again. Called by scripts/run-server.sh,
+# scripts/test.sh and .ci/run.
+#
+# - clang + libclang-dev: bindgen (librocksdb-sys) needs libclang; RocksDB's C++ builds
+#   with the system C++ compiler.
+# - Rust itself is expected from rustup (the machine image provides it).
+set -euo pipefail
+
+need_apt=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for pkg in clang libclang-dev pkg-config; do
+  have_pkg "$pkg" || need_apt+=("$pkg")
+done
+
+if ((${#need_apt[@]})); then
+  echo "setup: installing ${need_apt[*]}" >&2
+  sudo_cmd=()
+  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found; install Rust with rustup (https://rustup.rs) first" >&2
+  exit 1
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest" >&2
+  cargo install --locked cargo-nextest
+fi

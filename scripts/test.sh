@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs Petrel's whole test suite from a fresh clone: installs what is missing, then runs
+# every workspace test (unit, integration, doc tests).
+#
+# The first run builds RocksDB's C++ (about 13 minutes on 2 cores); later runs reuse it
+# from the shared target directory (scripts/env.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+cargo nextest run --workspace --no-fail-fast "$@"
+# nextest does not run doc tests; they are part of the suite too.
+cargo test --workspace --doc
