@@ -119,6 +119,20 @@ pub fn decode_u64(what: &'static str, bytes: &[u8]) -> Result<u64, DecodeError> 
     Ok(u64::from_be_bytes(exact::<8>(what, bytes)?))
 }
 
+/// Exclusive upper bound of all keys starting with `prefix`: the prefix with its last
+/// non-0xFF byte incremented, or, for an all-0xFF prefix, 64 bytes of 0xFF (longer than
+/// any key in this crate, so it still bounds every key with that prefix).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xFF; 64]
+}
+
 /// Meta key holding the last allocated group id.
 pub const META_LAST_GROUP: &[u8] = b"last_group_id";
 /// Meta key holding the last allocated public-account id.
@@ -254,5 +268,16 @@ mod tests {
         assert!(decode_conversation_u64(&[0; 26]).is_err());
         assert!(decode_user_conversation(&[0; 24]).is_err());
         assert!(decode_u64("activity", &[0; 7]).is_err());
+    }
+
+    #[test]
+    fn prefix_end_bounds_every_key_with_the_prefix() {
+        let c = ConversationKey::Group(5);
+        let end = prefix_end(&conversation(c));
+        assert!(conversation_u64(c, u64::MAX).as_slice() < end.as_slice());
+        assert!(conversation_u64(ConversationKey::Group(6), 0).as_slice() >= end.as_slice());
+        let top = prefix_end(&u64::MAX.to_be_bytes());
+        assert!(user_conversation(UserId(u64::MAX), c).as_slice() < top.as_slice());
+        assert_eq!(prefix_end(&[1, 0xFF]), vec![2]);
     }
 }

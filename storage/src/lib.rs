@@ -17,6 +17,10 @@
 //! - [`model`], [`config`], [`error`] — plain types;
 //! - [`api`] — the [`Request`]/[`Reply`] enums and the [`Engine`] trait;
 //! - [`cf`], [`keys`], [`values`] — column families and byte layouts of every key and value;
+//! - [`kv`] — the key-value boundary; [`mem`] is its in-memory backend;
+//! - [`engine`] — the domain logic ([`engine::Store`]), written once over [`kv::Kv`];
+//! - [`rocks`] — the RocksDB backend, its options and checkpoints;
+//! - [`commit`] — the group-commit writer thread: submit now, completion once durable.
 //!
 //! The next layer up is `petrel-control`, which emits [`Request`]s as actions and
 //! receives [`Reply`]s as events; its driver runs them on an engine.
@@ -24,17 +28,26 @@
 
 pub mod api;
 pub mod cf;
+pub mod commit;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod keys;
+pub mod kv;
+pub mod mem;
 pub mod model;
+pub mod rocks;
 pub mod values;
 
 pub use api::{
     AppendOutcome, AppendRequest, Engine, MembershipChange, Reply, Request, SyncPage, SyncRequest,
 };
+pub use commit::{CommitQueue, CommitQueueConfig, Completion};
 pub use config::{DiffusionMode, StorageConfig, SyncMode};
+pub use engine::{Store, StoreStats};
 pub use error::{DecodeError, StorageError};
+pub use mem::MemEngine;
 pub use model::{
     ConversationKey, ConversationState, Member, RevokedToken, Role, StoredMessage, TokenId, UserId,
 };
+pub use rocks::RocksEngine;

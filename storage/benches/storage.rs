@@ -1,0 +1,197 @@
+//! Storage benchmarks (run by the lead in release on the 2-core box; numbers go to
+//! docs/PERFORMANCE.md):
+//! - 1:1 appends/s, hybrid diffusion, group commit (`SyncMode::Batch` + `CommitQueue`);
+//! - appends/s to a 1,000-member group under write, read and hybrid diffusion;
+//! - time to sync 1,000 messages from a cursor;
+//! - bytes handed to RocksDB per message for each mode (printed once per mode).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use petrel_storage::{
+    AppendRequest, CommitQueue, CommitQueueConfig, ConversationKey, DiffusionMode, Engine, Request,
+    RocksEngine, StorageConfig, SyncMode, SyncRequest, UserId,
+};
+
+const NOW: u64 = 1_700_000_000_000;
+const PAYLOAD: &[u8] = &[b'x'; 200];
+
+fn open(dir: &tempfile::TempDir, diffusion: DiffusionMode) -> RocksEngine {
+    RocksEngine::open(
+        dir.path(),
+        StorageConfig {
+            diffusion,
+            sync: SyncMode::Batch,
+            ..StorageConfig::default()
+        },
+    )
+    .expect("open rocksdb")
+}
+
+fn append(sender: UserId, conversation: ConversationKey, cmid: u64) -> AppendRequest {
+    AppendRequest {
+        sender,
+        sender_device: "bench".into(),
+        client_msg_id: cmid,
+        conversation,
+        payload: Bytes::from_static(PAYLOAD),
+        now_ms: NOW,
+    }
+}
+
+/// 1:1 appends through the group-commit queue, 1,024 in flight, 10,000 conversations.
+fn one_to_one_group_commit(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Arc::new(open(&dir, DiffusionMode::Hybrid));
+    for u in 0..20_000 {
+        engine.touch_activity(UserId(u), NOW).expect("touch");
+    }
+    let queue =
+        CommitQueue::start(Arc::clone(&engine), CommitQueueConfig::default()).expect("queue");
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut cmid = 0u64;
+    const IN_FLIGHT: u64 = 1024;
+    let mut g = c.benchmark_group("append_1to1_hybrid_group_commit");
+    g.throughput(Throughput::Elements(IN_FLIGHT));
+    g.bench_function("1024_in_flight", |b| {
+        b.iter(|| {
+            for _ in 0..IN_FLIGHT {
+                cmid += 1;
+                let a = UserId(cmid % 10_000);
+                let peer = UserId(10_000 + cmid % 10_000);
+                let req = Request::Append(append(a, ConversationKey::single(a, peer), cmid));
+                queue.submit_to(req, cmid, tx.clone()).expect("submit");
+            }
+            for _ in 0..IN_FLIGHT {
+                let (_, reply) = rx.recv().expect("completion");
+                black_box(reply.expect("append"));
+            }
+        })
+    });
+    g.finish();
+    report_bytes("1:1 hybrid", &engine);
+}
+
+/// Appends to one 1,000-member group (100 members active), 64 per durable batch.
+fn group_1000(c: &mut Criterion) {
+    let mut g = c.benchmark_group("append_group_1000_members");
+    g.throughput(Throughput::Elements(64));
+    for (name, mode) in [
+        ("write", DiffusionMode::Write),
+        ("read", DiffusionMode::Read),
+        ("hybrid", DiffusionMode::Hybrid),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Threshold above 1,000 so hybrid really mixes pointers and markers here.
+        let engine = RocksEngine::open(
+            dir.path(),
+            StorageConfig {
+                diffusion: mode,
+                large_group_threshold: 2_000,
+                ..StorageConfig::default()
+            },
+        )
+        .expect("open");
+        let members: Vec<UserId> = (2..=1000).map(UserId).collect();
+        let group = engine
+            .create_group(UserId(1), "bench", &members, NOW)
+            .expect("group");
+        for u in 1..=100 {
+            engine.touch_activity(UserId(u), NOW).expect("touch");
+        }
+        let mut cmid = 0u64;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let batch = (0..64)
+                    .map(|_| {
+                        cmid += 1;
+                        Request::Append(append(UserId(1 + cmid % 100), group, cmid))
+                    })
+                    .collect();
+                for r in engine.execute_batch(batch) {
+                    black_box(r.expect("append"));
+                }
+            })
+        });
+        report_bytes(&format!("group of 1,000, {name}"), &engine);
+    }
+    g.finish();
+}
+
+/// One device syncs 1,000 new messages spread over 10 conversations from its cursor.
+fn sync_1000(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(&dir, DiffusionMode::Hybrid);
+    let reader = UserId(1);
+    engine.touch_activity(reader, NOW).expect("touch");
+    let convs: Vec<ConversationKey> = (2..12)
+        .map(|p| ConversationKey::single(reader, UserId(p)))
+        .collect();
+    let mut cmid = 0u64;
+    let mut fill = |engine: &RocksEngine, n: usize| {
+        for i in 0..n {
+            cmid += 1;
+            let conv = convs[i % convs.len()];
+            let peer = conv.peer_of(reader).expect("peer");
+            engine.append(append(peer, conv, cmid)).expect("append");
+        }
+    };
+    fill(&engine, 100);
+    let first = engine
+        .sync(&SyncRequest {
+            user: reader,
+            inbox_cursor: 0,
+            cursors: Vec::new(),
+            limit: 1000,
+            now_ms: NOW,
+        })
+        .expect("initial sync");
+    let cursors: Vec<(ConversationKey, u64)> = first
+        .conversations
+        .iter()
+        .map(|s| (s.key, s.last_seq))
+        .collect();
+    fill(&engine, 1000);
+    let req = SyncRequest {
+        user: reader,
+        inbox_cursor: first.inbox_cursor,
+        cursors,
+        limit: 1000,
+        now_ms: NOW,
+    };
+    let mut g = c.benchmark_group("sync_from_cursor");
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("1000_messages_10_conversations", |b| {
+        b.iter_batched(
+            || req.clone(),
+            |r| {
+                let page = engine.sync(&r).expect("sync");
+                assert_eq!(page.messages.len(), 1000);
+                black_box(page)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn report_bytes(label: &str, engine: &RocksEngine) {
+    let s = engine.stats();
+    if let Some(bytes) = s.append_bytes.checked_div(s.appends) {
+        eprintln!(
+            "{label}: {bytes} bytes/message, {:.1} inbox entries/message over {} appends",
+            s.inbox_entries as f64 / s.appends as f64,
+            s.appends
+        );
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(5)).sample_size(20);
+    targets = one_to_one_group_commit, group_1000, sync_1000
+}
+criterion_main!(benches);

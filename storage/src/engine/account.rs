@@ -1,0 +1,85 @@
+//! Per-user small state: read cursors, activity timestamps, the token revocation list.
+
+use super::Store;
+use crate::cf::Cf;
+use crate::error::StorageError;
+use crate::keys;
+use crate::kv::{Batch, Direction, Kv};
+use crate::model::{ConversationKey, ConversationState, RevokedToken, TokenId, UserId};
+
+impl<K: Kv> Store<K> {
+    pub(super) fn do_mark_read(
+        &self,
+        user: UserId,
+        c: ConversationKey,
+        seq: u64,
+    ) -> Result<ConversationState, StorageError> {
+        self.require_participant(c, user)?;
+        let mut w = self.lock()?;
+        let last_seq = self.last_seq(&mut w, c)?;
+        let old = self.read_cursor(user, c)?;
+        let new = seq.min(last_seq);
+        if new > old {
+            let mut batch = self.kv.batch();
+            batch.put(
+                Cf::Cursors,
+                &keys::user_conversation(user, c),
+                &keys::u64_key(new),
+            );
+            self.commit(batch)?;
+        }
+        Ok(ConversationState {
+            key: c,
+            last_seq,
+            read_seq: new.max(old),
+        })
+    }
+
+    pub(super) fn do_touch(&self, user: UserId, now_ms: u64) -> Result<(), StorageError> {
+        let mut w = self.lock()?;
+        let known = match w.activity.get(&user) {
+            Some(t) => *t,
+            None => self.stored_activity(user)?.unwrap_or(0),
+        };
+        if now_ms <= known {
+            w.activity.insert(user, known);
+            return Ok(());
+        }
+        let mut batch = self.kv.batch();
+        batch.put(Cf::Activity, &keys::u64_key(user.0), &keys::u64_key(now_ms));
+        self.commit(batch)?;
+        w.activity.insert(user, now_ms);
+        Ok(())
+    }
+
+    pub(super) fn do_revoke(&self, token: TokenId, expires_at_ms: u64) -> Result<(), StorageError> {
+        let _w = self.lock()?;
+        let mut batch = self.kv.batch();
+        batch.put(Cf::Revoked, &token.0, &keys::u64_key(expires_at_ms));
+        self.commit(batch)
+    }
+
+    pub(super) fn do_load_revoked(&self, now_ms: u64) -> Result<Vec<RevokedToken>, StorageError> {
+        let mut out = Vec::new();
+        let end = [0xFFu8; 17];
+        self.kv.scan(
+            Cf::Revoked,
+            &[],
+            &end,
+            Direction::Forward,
+            usize::MAX,
+            &mut |k, v| {
+                let token = TokenId(keys::exact::<16>("revoked token id", k)?);
+                let expires_at_ms = keys::decode_u64("revoked expiry", v)?;
+                if expires_at_ms > now_ms {
+                    out.push(RevokedToken {
+                        token,
+                        expires_at_ms,
+                    });
+                }
+                Ok(true)
+            },
+        )?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,472 @@
+//! The domain logic, written once over the [`Kv`] boundary: [`Store<K>`] implements
+//! [`Engine`] for every backend, so the in-memory and RocksDB engines cannot drift apart.
+//!
+//! **Single writer.** Every mutation runs under one `Mutex<WriterState>`, which also owns
+//! the caches the writer needs (last seq per conversation, inbox head per user, member
+//! maps, activity, pending news markers). Caches are filled lazily from the database
+//! (e.g. a conversation's last seq is one reverse seek), and updated only after the
+//! batch has been written, so a failed write leaves them consistent with the database.
+//! Reads (sync, history, membership lookups) go to the database without the lock.
+//!
+//! **Durability.** A write method returns after its batch is durable per
+//! [`SyncMode`]; [`Engine::execute_batch`] writes each request's batch unsynced and
+//! fsyncs the WAL once at the end (group commit).
+//!
+//! Per-request paths (`append`, `sync`) are the hot paths: no logging, no global
+//! locks besides the writer mutex, keys encoded into stack arrays.
+
+mod account;
+mod append;
+mod groups;
+mod sync;
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::api::{
+    AppendOutcome, AppendRequest, Engine, MembershipChange, Reply, Request, SyncPage, SyncRequest,
+    dispatch,
+};
+use crate::cf::Cf;
+use crate::config::{StorageConfig, SyncMode};
+use crate::error::StorageError;
+use crate::keys;
+use crate::kv::Kv;
+use crate::model::{
+    ConversationKey, ConversationState, Member, RevokedToken, Role, StoredMessage, TokenId, UserId,
+};
+use crate::values;
+
+thread_local! {
+    /// Set while [`Engine::execute_batch`] runs on this thread: writes skip their own
+    /// fsync because the batch ends with one.
+    static DEFER_SYNC: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Resets [`DEFER_SYNC`] even if a request panics.
+struct DeferGuard;
+
+impl DeferGuard {
+    fn set() -> Self {
+        DEFER_SYNC.with(|d| d.set(true));
+        DeferGuard
+    }
+}
+
+impl Drop for DeferGuard {
+    fn drop(&mut self) {
+        DEFER_SYNC.with(|d| d.set(false));
+    }
+}
+
+/// Members of a group or public account, by user id.
+pub(crate) type MemberMap = BTreeMap<UserId, Role>;
+
+/// State owned by the single writer.
+#[derive(Debug, Default)]
+pub(crate) struct WriterState {
+    last_seq: HashMap<ConversationKey, u64>,
+    inbox_head: HashMap<UserId, u64>,
+    members: HashMap<ConversationKey, Arc<MemberMap>>,
+    activity: HashMap<UserId, u64>,
+    /// Per user: conversations with an unconsumed news marker, and that marker's inbox seq.
+    /// While one is pending, further read-diffused appends write no new marker.
+    pending_news: HashMap<UserId, HashMap<ConversationKey, u64>>,
+    last_group: Option<u64>,
+    last_public: Option<u64>,
+}
+
+/// Write counters, for write-amplification measurements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Messages appended (duplicates excluded).
+    pub appends: u64,
+    /// Key + value bytes handed to the backend by appends.
+    pub append_bytes: u64,
+    /// Inbox entries (pointers and news markers) written by appends.
+    pub inbox_entries: u64,
+}
+
+/// The domain logic over a key-value backend; see the module doc.
+#[derive(Debug)]
+pub struct Store<K: Kv> {
+    kv: K,
+    config: StorageConfig,
+    writer: Mutex<WriterState>,
+    appends: AtomicU64,
+    append_bytes: AtomicU64,
+    inbox_entries: AtomicU64,
+}
+
+impl<K: Kv> Store<K> {
+    /// Wrap a backend.
+    pub fn with_kv(kv: K, config: StorageConfig) -> Self {
+        Store {
+            kv,
+            config,
+            writer: Mutex::new(WriterState::default()),
+            appends: AtomicU64::new(0),
+            append_bytes: AtomicU64::new(0),
+            inbox_entries: AtomicU64::new(0),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &StorageConfig {
+        &self.config
+    }
+
+    /// The backend (for backend-specific operations such as checkpoints).
+    pub fn kv(&self) -> &K {
+        &self.kv
+    }
+
+    /// Write counters since open.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            appends: self.appends.load(Ordering::Relaxed),
+            append_bytes: self.append_bytes.load(Ordering::Relaxed),
+            inbox_entries: self.inbox_entries.load(Ordering::Relaxed),
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, WriterState>, StorageError> {
+        self.writer
+            .lock()
+            .map_err(|_| StorageError::Backend("writer lock poisoned by a panic".into()))
+    }
+
+    /// Write a batch, fsyncing per the sync mode (deferred inside `execute_batch`).
+    fn commit(&self, batch: K::Batch<'_>) -> Result<(), StorageError> {
+        let sync = match self.config.sync {
+            SyncMode::Always => true,
+            SyncMode::Batch => !DEFER_SYNC.with(Cell::get),
+            SyncMode::None => false,
+        };
+        self.kv.write(batch, sync)
+    }
+
+    /// Last assigned seq of a conversation, read from the database (reverse seek).
+    fn stored_last_seq(&self, c: ConversationKey) -> Result<u64, StorageError> {
+        let prefix = keys::conversation(c);
+        let end = keys::prefix_end(&prefix);
+        match self.kv.last_key(Cf::Messages, &prefix, &end)? {
+            Some(k) => Ok(keys::decode_conversation_u64(&k)?.1),
+            None => Ok(0),
+        }
+    }
+
+    /// Last assigned seq, cached in the writer.
+    fn last_seq(&self, w: &mut WriterState, c: ConversationKey) -> Result<u64, StorageError> {
+        if let Some(s) = w.last_seq.get(&c) {
+            return Ok(*s);
+        }
+        let s = self.stored_last_seq(c)?;
+        w.last_seq.insert(c, s);
+        Ok(s)
+    }
+
+    /// Last inbox seq of a user, read from the database.
+    fn stored_inbox_head(&self, u: UserId) -> Result<u64, StorageError> {
+        let prefix = keys::u64_key(u.0);
+        let end = keys::prefix_end(&prefix);
+        match self.kv.last_key(Cf::Inbox, &prefix, &end)? {
+            Some(k) => Ok(keys::decode_u64_u64(&k)?.1),
+            None => Ok(0),
+        }
+    }
+
+    /// Last inbox seq, cached in the writer.
+    fn inbox_head(&self, w: &mut WriterState, u: UserId) -> Result<u64, StorageError> {
+        if let Some(h) = w.inbox_head.get(&u) {
+            return Ok(*h);
+        }
+        let h = self.stored_inbox_head(u)?;
+        w.inbox_head.insert(u, h);
+        Ok(h)
+    }
+
+    /// Members of a group or public account from the database; `NotFound` if it doesn't exist.
+    fn stored_members(&self, c: ConversationKey) -> Result<MemberMap, StorageError> {
+        if matches!(c, ConversationKey::Single { .. }) {
+            return Err(StorageError::Invalid(
+                "1:1 chats have no stored member list",
+            ));
+        }
+        if self
+            .kv
+            .get(Cf::Conversations, &keys::conversation(c))?
+            .is_none()
+        {
+            return Err(StorageError::NotFound(c));
+        }
+        let prefix = keys::conversation(c);
+        let end = keys::prefix_end(&prefix);
+        let mut map = MemberMap::new();
+        self.kv.scan(
+            Cf::Members,
+            &prefix,
+            &end,
+            crate::kv::Direction::Forward,
+            usize::MAX,
+            &mut |k, v| {
+                let (_, user) = keys::decode_conversation_u64(k)?;
+                map.insert(UserId(user), values::decode_role(v)?);
+                Ok(true)
+            },
+        )?;
+        Ok(map)
+    }
+
+    /// Members, cached in the writer.
+    fn members_of(
+        &self,
+        w: &mut WriterState,
+        c: ConversationKey,
+    ) -> Result<Arc<MemberMap>, StorageError> {
+        if let Some(m) = w.members.get(&c) {
+            return Ok(Arc::clone(m));
+        }
+        let m = Arc::new(self.stored_members(c)?);
+        w.members.insert(c, Arc::clone(&m));
+        Ok(m)
+    }
+
+    /// Whether `u` was active within the window at `now_ms` (cached activity).
+    fn is_active(&self, w: &mut WriterState, u: UserId, now_ms: u64) -> Result<bool, StorageError> {
+        let last = match w.activity.get(&u) {
+            Some(t) => *t,
+            None => {
+                let t = self.stored_activity(u)?.unwrap_or(0);
+                w.activity.insert(u, t);
+                t
+            }
+        };
+        Ok(last != 0 && now_ms.saturating_sub(last) <= self.config.active_window_ms)
+    }
+
+    fn stored_activity(&self, u: UserId) -> Result<Option<u64>, StorageError> {
+        match self.kv.get(Cf::Activity, &keys::u64_key(u.0))? {
+            Some(v) => Ok(Some(keys::decode_u64("activity", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A participant's role, from the database. 1:1 participants are `Member`s.
+    fn stored_role(&self, c: ConversationKey, u: UserId) -> Result<Option<Role>, StorageError> {
+        match c {
+            ConversationKey::Single { lo, hi } => Ok((u == lo || u == hi).then_some(Role::Member)),
+            _ => match self.kv.get(Cf::Members, &keys::conversation_u64(c, u.0))? {
+                Some(v) => Ok(Some(values::decode_role(&v)?)),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// `Ok` if `u` participates in `c`, else `NotAMember` (or `NotFound`).
+    fn require_participant(&self, c: ConversationKey, u: UserId) -> Result<(), StorageError> {
+        if self.stored_role(c, u)?.is_some() {
+            return Ok(());
+        }
+        if !matches!(c, ConversationKey::Single { .. })
+            && self
+                .kv
+                .get(Cf::Conversations, &keys::conversation(c))?
+                .is_none()
+        {
+            return Err(StorageError::NotFound(c));
+        }
+        Err(StorageError::NotAMember {
+            conversation: c,
+            user: u,
+        })
+    }
+
+    fn read_cursor(&self, u: UserId, c: ConversationKey) -> Result<u64, StorageError> {
+        match self.kv.get(Cf::Cursors, &keys::user_conversation(u, c))? {
+            Some(v) => Ok(keys::decode_u64("cursor", &v)?),
+            None => Ok(0),
+        }
+    }
+}
+
+fn member_list(m: &MemberMap) -> Vec<Member> {
+    m.iter()
+        .map(|(user, role)| Member {
+            user: *user,
+            role: *role,
+        })
+        .collect()
+}
+
+impl<K: Kv> Engine for Store<K> {
+    fn append(&self, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
+        self.do_append(req)
+    }
+
+    fn create_group(
+        &self,
+        owner: UserId,
+        name: &str,
+        members: &[UserId],
+        now_ms: u64,
+    ) -> Result<ConversationKey, StorageError> {
+        self.do_create_group(owner, name, members, now_ms)
+    }
+
+    fn add_members(
+        &self,
+        actor: UserId,
+        group: u64,
+        users: &[UserId],
+        now_ms: u64,
+    ) -> Result<MembershipChange, StorageError> {
+        self.do_add(actor, ConversationKey::Group(group), users, now_ms)
+    }
+
+    fn remove_members(
+        &self,
+        actor: UserId,
+        group: u64,
+        users: &[UserId],
+    ) -> Result<MembershipChange, StorageError> {
+        self.do_remove(actor, group, users)
+    }
+
+    fn leave(&self, user: UserId, group: u64) -> Result<MembershipChange, StorageError> {
+        self.do_leave(user, ConversationKey::Group(group))
+    }
+
+    fn set_role(
+        &self,
+        actor: UserId,
+        group: u64,
+        user: UserId,
+        role: Role,
+    ) -> Result<MembershipChange, StorageError> {
+        self.do_set_role(actor, group, user, role)
+    }
+
+    fn create_public_account(
+        &self,
+        owner: UserId,
+        name: &str,
+        now_ms: u64,
+    ) -> Result<ConversationKey, StorageError> {
+        self.do_create_public(owner, name, now_ms)
+    }
+
+    fn follow(
+        &self,
+        user: UserId,
+        account: u64,
+        now_ms: u64,
+    ) -> Result<MembershipChange, StorageError> {
+        self.do_add(
+            user,
+            ConversationKey::PublicAccount(account),
+            &[user],
+            now_ms,
+        )
+    }
+
+    fn unfollow(&self, user: UserId, account: u64) -> Result<MembershipChange, StorageError> {
+        self.do_leave(user, ConversationKey::PublicAccount(account))
+    }
+
+    fn members(&self, conversation: ConversationKey) -> Result<Vec<Member>, StorageError> {
+        match conversation {
+            ConversationKey::Single { lo, hi } => {
+                let mut v = vec![Member {
+                    user: lo,
+                    role: Role::Member,
+                }];
+                if hi != lo {
+                    v.push(Member {
+                        user: hi,
+                        role: Role::Member,
+                    });
+                }
+                Ok(v)
+            }
+            c => Ok(member_list(&self.stored_members(c)?)),
+        }
+    }
+
+    fn role_of(
+        &self,
+        conversation: ConversationKey,
+        user: UserId,
+    ) -> Result<Option<Role>, StorageError> {
+        self.stored_role(conversation, user)
+    }
+
+    fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationKey>, StorageError> {
+        self.do_conversations_of(user)
+    }
+
+    fn sync(&self, req: &SyncRequest) -> Result<SyncPage, StorageError> {
+        self.do_sync(req)
+    }
+
+    fn history(
+        &self,
+        user: UserId,
+        conversation: ConversationKey,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        self.do_history(user, conversation, before_seq, limit)
+    }
+
+    fn mark_read(
+        &self,
+        user: UserId,
+        conversation: ConversationKey,
+        seq: u64,
+    ) -> Result<ConversationState, StorageError> {
+        self.do_mark_read(user, conversation, seq)
+    }
+
+    fn touch_activity(&self, user: UserId, now_ms: u64) -> Result<(), StorageError> {
+        self.do_touch(user, now_ms)
+    }
+
+    fn last_active(&self, user: UserId) -> Result<Option<u64>, StorageError> {
+        self.stored_activity(user)
+    }
+
+    fn revoke_token(&self, token: TokenId, expires_at_ms: u64) -> Result<(), StorageError> {
+        self.do_revoke(token, expires_at_ms)
+    }
+
+    fn load_revoked(&self, now_ms: u64) -> Result<Vec<RevokedToken>, StorageError> {
+        self.do_load_revoked(now_ms)
+    }
+
+    fn execute_batch(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>> {
+        let defer = self.config.sync == SyncMode::Batch;
+        let mut out: Vec<(bool, Result<Reply, StorageError>)> = {
+            let _guard = defer.then(DeferGuard::set);
+            requests
+                .into_iter()
+                .map(|r| (r.is_write(), dispatch(self, r)))
+                .collect()
+        };
+        let wrote = out.iter().any(|(w, r)| *w && r.is_ok());
+        if defer
+            && wrote
+            && let Err(e) = self.kv.sync_wal()
+        {
+            let msg = format!("WAL sync failed, write not durable: {e}");
+            for (w, r) in &mut out {
+                if *w && r.is_ok() {
+                    *r = Err(StorageError::Backend(msg.clone()));
+                }
+            }
+        }
+        out.into_iter().map(|(_, r)| r).collect()
+    }
+}

@@ -1,0 +1,277 @@
+//! Sync and history: what a device reads.
+//!
+//! Messages always come from conversation timelines; the inbox only says *which*
+//! conversations changed and up to where. A pointer `(c, s)` means "deliver `c` up to
+//! `s`" (usually one point read); a news marker means "deliver `c` to its end". Either
+//! way the device gets every message after its own cursor for `c`, so the result is
+//! the same under read, write and hybrid diffusion.
+//!
+//! A device with inbox cursor 0 (new) reads every conversation the user belongs to.
+//! Otherwise only inbox entries after its cursor are examined: O(conversations changed).
+//!
+//! News-marker bookkeeping: before a marker's timeline is read, the writer's "pending"
+//! flag for (user, conversation) is cleared under the writer lock, so any append that
+//! commits after the read starts writes a fresh marker (none can slip between).
+//!
+//! Performance-critical path: one inbox range scan plus one timeline read per
+//! conversation changed; no writer lock except to clear pending markers.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::Store;
+use crate::api::{SyncPage, SyncRequest};
+use crate::cf::Cf;
+use crate::error::StorageError;
+use crate::keys;
+use crate::kv::{Direction, Kv};
+use crate::model::{ConversationKey, ConversationState, StoredMessage, UserId};
+use crate::values::{self, InboxEntry};
+
+impl<K: Kv> Store<K> {
+    /// Append messages of `c` with `after < seq <= upto` to `out`, at most `max` of them.
+    /// Returns true if more remained in that range (the page was cut short).
+    fn read_timeline(
+        &self,
+        c: ConversationKey,
+        after: u64,
+        upto: u64,
+        max: usize,
+        out: &mut Vec<StoredMessage>,
+    ) -> Result<bool, StorageError> {
+        let Some(first) = after.checked_add(1) else {
+            return Ok(false);
+        };
+        if first > upto {
+            return Ok(false);
+        }
+        if first == upto {
+            if let Some(v) = self
+                .kv
+                .get(Cf::Messages, &keys::conversation_u64(c, first))?
+            {
+                if max == 0 {
+                    return Ok(true);
+                }
+                out.push(values::decode_message(c, first, &v)?);
+            }
+            return Ok(false);
+        }
+        let start = keys::conversation_u64(c, first);
+        let end = match upto.checked_add(1) {
+            Some(e) => keys::conversation_u64(c, e).to_vec(),
+            None => keys::prefix_end(&keys::conversation(c)),
+        };
+        let mut seen = 0usize;
+        let mut more = false;
+        self.kv.scan(
+            Cf::Messages,
+            &start,
+            &end,
+            Direction::Forward,
+            max.saturating_add(1),
+            &mut |k, v| {
+                if seen == max {
+                    more = true;
+                    return Ok(false);
+                }
+                let (_, seq) = keys::decode_conversation_u64(k)?;
+                out.push(values::decode_message(c, seq, v)?);
+                seen += 1;
+                Ok(true)
+            },
+        )?;
+        Ok(more)
+    }
+
+    /// Clear the pending news flag for (user, c) if it is this marker or an older one.
+    fn consume_news(
+        &self,
+        user: UserId,
+        c: ConversationKey,
+        inbox_seq: u64,
+    ) -> Result<(), StorageError> {
+        let mut w = self.lock()?;
+        if let Some(p) = w.pending_news.get_mut(&user)
+            && p.get(&c).is_some_and(|marked| *marked <= inbox_seq)
+        {
+            p.remove(&c);
+        }
+        Ok(())
+    }
+
+    pub(super) fn do_sync(&self, req: &SyncRequest) -> Result<SyncPage, StorageError> {
+        let budget = req.limit.clamp(1, self.config.max_page.max(1));
+        let mut cursors: HashMap<ConversationKey, u64> = HashMap::with_capacity(req.cursors.len());
+        for (c, s) in &req.cursors {
+            let e = cursors.entry(*c).or_insert(0);
+            *e = (*e).max(*s);
+        }
+        let mut page = SyncPage::default();
+        let mut touched = BTreeSet::new();
+        if req.inbox_cursor == 0 {
+            self.sync_everything(req.user, budget, &mut cursors, &mut page, &mut touched)?;
+        } else {
+            self.sync_inbox(req, budget, &mut cursors, &mut page, &mut touched)?;
+        }
+        page.conversations.reserve(touched.len());
+        for c in touched {
+            page.conversations.push(ConversationState {
+                key: c,
+                last_seq: self.stored_last_seq(c)?,
+                read_seq: self.read_cursor(req.user, c)?,
+            });
+        }
+        Ok(page)
+    }
+
+    /// New device: every conversation from the device's cursor (0 if unknown).
+    fn sync_everything(
+        &self,
+        user: UserId,
+        budget: usize,
+        cursors: &mut HashMap<ConversationKey, u64>,
+        page: &mut SyncPage,
+        touched: &mut BTreeSet<ConversationKey>,
+    ) -> Result<(), StorageError> {
+        // Read the inbox head and clear pending markers atomically w.r.t. appends: any
+        // append after this point writes a fresh marker above `head`, and any append
+        // before it is visible to the timeline reads below.
+        let head = {
+            let mut w = self.lock()?;
+            let head = self.inbox_head(&mut w, user)?;
+            w.pending_news.remove(&user);
+            head
+        };
+        for c in self.do_conversations_of(user)? {
+            touched.insert(c);
+            let from = cursors.get(&c).copied().unwrap_or(0);
+            let remaining = budget - page.messages.len();
+            if self.read_timeline(c, from, u64::MAX, remaining, &mut page.messages)? {
+                page.has_more = true;
+                break;
+            }
+        }
+        page.inbox_cursor = if page.has_more { 0 } else { head };
+        Ok(())
+    }
+
+    /// Known device: only conversations named by inbox entries after its cursor.
+    fn sync_inbox(
+        &self,
+        req: &SyncRequest,
+        budget: usize,
+        cursors: &mut HashMap<ConversationKey, u64>,
+        page: &mut SyncPage,
+        touched: &mut BTreeSet<ConversationKey>,
+    ) -> Result<(), StorageError> {
+        let user = req.user;
+        let Some(first) = req.inbox_cursor.checked_add(1) else {
+            page.inbox_cursor = req.inbox_cursor;
+            return Ok(());
+        };
+        let scan_cap = budget.saturating_mul(4).max(64);
+        let mut entries: Vec<(u64, InboxEntry)> = Vec::new();
+        let start = keys::u64_u64(user.0, first);
+        let end = keys::prefix_end(&keys::u64_key(user.0));
+        self.kv.scan(
+            Cf::Inbox,
+            &start,
+            &end,
+            Direction::Forward,
+            scan_cap,
+            &mut |k, v| {
+                entries.push((keys::decode_u64_u64(k)?.1, InboxEntry::decode(v)?));
+                Ok(true)
+            },
+        )?;
+        let mut processed = req.inbox_cursor;
+        let mut participant: HashMap<ConversationKey, bool> = HashMap::new();
+        for &(inbox_seq, entry) in &entries {
+            let c = entry.conversation();
+            touched.insert(c);
+            let mut from = cursors.get(&c).copied().unwrap_or(0);
+            let upto = match entry {
+                InboxEntry::News(..) => {
+                    self.consume_news(user, c, inbox_seq)?;
+                    if !self.cached_participant(&mut participant, c, user)? {
+                        processed = inbox_seq;
+                        continue;
+                    }
+                    u64::MAX
+                }
+                InboxEntry::Pointer(_, s) => {
+                    if s <= from {
+                        processed = inbox_seq;
+                        continue;
+                    }
+                    // A gap before `s` is only filled for a current participant.
+                    if s > from + 1 && !self.cached_participant(&mut participant, c, user)? {
+                        from = s - 1;
+                    }
+                    s
+                }
+            };
+            let before = page.messages.len();
+            let remaining = budget - before;
+            let more = self.read_timeline(c, from, upto, remaining, &mut page.messages)?;
+            if let Some(last) = page.messages[before..].last() {
+                cursors.insert(c, last.seq);
+            }
+            if more {
+                page.has_more = true;
+                break;
+            }
+            processed = inbox_seq;
+        }
+        if !page.has_more && entries.len() == scan_cap {
+            page.has_more = true;
+        }
+        page.inbox_cursor = processed;
+        Ok(())
+    }
+
+    fn cached_participant(
+        &self,
+        cache: &mut HashMap<ConversationKey, bool>,
+        c: ConversationKey,
+        user: UserId,
+    ) -> Result<bool, StorageError> {
+        if let Some(p) = cache.get(&c) {
+            return Ok(*p);
+        }
+        let p = self.stored_role(c, user)?.is_some();
+        cache.insert(c, p);
+        Ok(p)
+    }
+
+    pub(super) fn do_history(
+        &self,
+        user: UserId,
+        c: ConversationKey,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        self.require_participant(c, user)?;
+        let limit = limit.clamp(1, self.config.max_page.max(1));
+        let mut out = Vec::new();
+        if before_seq <= 1 {
+            return Ok(out);
+        }
+        let start = keys::conversation_u64(c, 1);
+        let end = keys::conversation_u64(c, before_seq);
+        self.kv.scan(
+            Cf::Messages,
+            &start,
+            &end,
+            Direction::Reverse,
+            limit,
+            &mut |k, v| {
+                let (_, seq) = keys::decode_conversation_u64(k)?;
+                out.push(values::decode_message(c, seq, v)?);
+                Ok(true)
+            },
+        )?;
+        out.reverse();
+        Ok(out)
+    }
+}

@@ -1,0 +1,121 @@
+//! In-memory backend: one `BTreeMap` per column family behind a `RwLock`.
+//!
+//! Used by control-plane tests and the simulator, and run through the same conformance
+//! suite as RocksDB. Nothing survives a drop; `sync_wal` is a no-op.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::RwLock;
+
+use crate::cf::Cf;
+use crate::config::StorageConfig;
+use crate::engine::Store;
+use crate::error::StorageError;
+use crate::kv::{Batch, Direction, Kv, Visitor};
+
+type Table = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// Ordered maps, one per column family.
+#[derive(Debug, Default)]
+pub struct MemKv {
+    tables: RwLock<[Table; Cf::ALL.len()]>,
+}
+
+/// The in-memory engine.
+pub type MemEngine = Store<MemKv>;
+
+impl MemEngine {
+    /// A fresh, empty in-memory engine.
+    pub fn new(config: StorageConfig) -> Self {
+        Store::with_kv(MemKv::default(), config)
+    }
+}
+
+/// A batch of owned operations.
+#[derive(Debug, Default)]
+pub struct MemBatch {
+    ops: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
+    bytes: usize,
+}
+
+impl Batch for MemBatch {
+    fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.bytes += key.len() + value.len();
+        self.ops.push((cf, key.to_vec(), Some(value.to_vec())));
+    }
+
+    fn delete(&mut self, cf: Cf, key: &[u8]) {
+        self.bytes += key.len();
+        self.ops.push((cf, key.to_vec(), None));
+    }
+
+    fn payload_bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+fn poisoned() -> StorageError {
+    StorageError::Backend("in-memory table lock poisoned".into())
+}
+
+impl Kv for MemKv {
+    type Batch<'a> = MemBatch;
+
+    fn batch(&self) -> MemBatch {
+        MemBatch::default()
+    }
+
+    fn write(&self, batch: MemBatch, _sync: bool) -> Result<(), StorageError> {
+        let mut tables = self.tables.write().map_err(|_| poisoned())?;
+        for (cf, key, value) in batch.ops {
+            let table = &mut tables[cf.index()];
+            match value {
+                Some(v) => {
+                    table.insert(key, v);
+                }
+                None => {
+                    table.remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_wal(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let tables = self.tables.read().map_err(|_| poisoned())?;
+        Ok(tables[cf.index()].get(key).cloned())
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+        dir: Direction,
+        limit: usize,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), StorageError> {
+        if start >= end {
+            return Ok(());
+        }
+        let tables = self.tables.read().map_err(|_| poisoned())?;
+        let range =
+            tables[cf.index()].range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)));
+        let mut visit_all = |it: &mut dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>| {
+            for (k, v) in it.take(limit) {
+                if !visit(k, v)? {
+                    break;
+                }
+            }
+            Ok(())
+        };
+        match dir {
+            Direction::Forward => visit_all(&mut range.into_iter()),
+            Direction::Reverse => visit_all(&mut range.rev()),
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! RocksDB backend: [`RocksKv`] implements [`Kv`] over one column family per [`Cf`],
+//! and [`RocksEngine`] is the domain logic over it. Options are in [`options`].
+//!
+//! Every `Kv::write` is one RocksDB `WriteBatch`, so an append (message, inbox entries,
+//! dedup entry, counters) is all or nothing. `sync_wal` is `FlushWAL(sync = true)`: one
+//! fsync that makes every earlier write durable, which is what group commit needs.
+
+pub mod options;
+
+use std::path::Path;
+
+use rocksdb::checkpoint::Checkpoint;
+use rocksdb::{
+    Cache, ColumnFamily, ColumnFamilyDescriptor, DB, ReadOptions, WriteBatch, WriteOptions,
+};
+
+use crate::cf::Cf;
+use crate::config::StorageConfig;
+use crate::engine::Store;
+use crate::error::StorageError;
+use crate::keys;
+use crate::kv::{Batch, Direction, Kv, Visitor};
+
+/// The RocksDB engine.
+pub type RocksEngine = Store<RocksKv>;
+
+fn backend(e: rocksdb::Error) -> StorageError {
+    StorageError::Backend(e.into_string())
+}
+
+/// An open RocksDB database with Petrel's column families.
+pub struct RocksKv {
+    db: DB,
+}
+
+impl std::fmt::Debug for RocksKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksKv")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+impl RocksKv {
+    /// Open (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let cache = Cache::new_lru_cache(options::BLOCK_CACHE_BYTES);
+        let cfs = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), options::cf_options(*cf, &cache)));
+        let db = DB::open_cf_descriptors(&options::db_options(), path, cfs).map_err(backend)?;
+        Ok(RocksKv { db })
+    }
+
+    fn handle(&self, cf: Cf) -> Result<&ColumnFamily, StorageError> {
+        self.db
+            .cf_handle(cf.name())
+            .ok_or_else(|| StorageError::Backend(format!("column family {} missing", cf.name())))
+    }
+
+    /// Write a consistent point-in-time copy of the database to `dir` (which must not
+    /// exist). SST files are hard-linked, so this is cheap; the copy opens as a normal
+    /// database, e.g. for backups.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
+        Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(dir))
+            .map_err(backend)
+    }
+}
+
+/// A RocksDB write batch being filled.
+pub struct RocksBatch<'a> {
+    kv: &'a RocksKv,
+    batch: WriteBatch,
+    bytes: usize,
+    missing: Option<Cf>,
+}
+
+impl Batch for RocksBatch<'_> {
+    fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.bytes += key.len() + value.len();
+        match self.kv.db.cf_handle(cf.name()) {
+            Some(h) => self.batch.put_cf(h, key, value),
+            None => self.missing = Some(cf),
+        }
+    }
+
+    fn delete(&mut self, cf: Cf, key: &[u8]) {
+        self.bytes += key.len();
+        match self.kv.db.cf_handle(cf.name()) {
+            Some(h) => self.batch.delete_cf(h, key),
+            None => self.missing = Some(cf),
+        }
+    }
+
+    fn payload_bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Kv for RocksKv {
+    type Batch<'a> = RocksBatch<'a>;
+
+    fn batch(&self) -> RocksBatch<'_> {
+        RocksBatch {
+            kv: self,
+            batch: WriteBatch::default(),
+            bytes: 0,
+            missing: None,
+        }
+    }
+
+    fn write(&self, batch: RocksBatch<'_>, sync: bool) -> Result<(), StorageError> {
+        if let Some(cf) = batch.missing {
+            return Err(StorageError::Backend(format!(
+                "column family {} missing; batch not written",
+                cf.name()
+            )));
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.write_opt(batch.batch, &opts).map_err(backend)
+    }
+
+    fn sync_wal(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true).map_err(backend)
+    }
+
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let h = self.handle(cf)?;
+        Ok(self
+            .db
+            .get_pinned_cf(h, key)
+            .map_err(backend)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+        dir: Direction,
+        limit: usize,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), StorageError> {
+        if start >= end || limit == 0 {
+            return Ok(());
+        }
+        let h = self.handle(cf)?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(start.to_vec());
+        ro.set_iterate_upper_bound(end.to_vec());
+        // Prefix seeks are only correct when the whole range shares the start's prefix,
+        // and reverse seeks start from a key outside it: otherwise seek in total order.
+        let within_prefix = dir == Direction::Forward
+            && options::prefix_len(cf).is_some_and(|p| {
+                start.len() >= p
+                    && (end.starts_with(&start[..p]) || end == keys::prefix_end(&start[..p]))
+            });
+        if within_prefix {
+            ro.set_prefix_same_as_start(true);
+        } else {
+            ro.set_total_order_seek(true);
+        }
+        let mut it = self.db.raw_iterator_cf_opt(h, ro);
+        match dir {
+            Direction::Forward => it.seek(start),
+            Direction::Reverse => it.seek_to_last(),
+        }
+        let mut n = 0;
+        while n < limit {
+            let Some((k, v)) = it.item() else { break };
+            n += 1;
+            if !visit(k, v)? {
+                return Ok(());
+            }
+            match dir {
+                Direction::Forward => it.next(),
+                Direction::Reverse => it.prev(),
+            }
+        }
+        it.status().map_err(backend)
+    }
+}
+
+impl RocksEngine {
+    /// Open (creating if needed) a RocksDB engine at `path`. Counters (last seq per
+    /// conversation, inbox heads, id allocators) are recovered lazily from the data on
+    /// first use, so open cost does not grow with the number of conversations.
+    pub fn open(path: &Path, config: StorageConfig) -> Result<Self, StorageError> {
+        Ok(Store::with_kv(RocksKv::open(path)?, config))
+    }
+
+    /// Consistent checkpoint of the whole database into `dir` (see [`RocksKv::checkpoint`]).
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
+        self.kv().checkpoint(dir)
+    }
+}

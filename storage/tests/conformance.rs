@@ -1,0 +1,689 @@
+//! Conformance suite: every test runs against every engine (in-memory and RocksDB) via
+//! the `conformance!` macro, so both must behave identically.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use petrel_storage::{
+    AppendOutcome, AppendRequest, ConversationKey, DiffusionMode, Engine, Reply, Request, Role,
+    StorageConfig, StorageError, SyncMode, SyncRequest, TokenId, UserId,
+};
+
+/// Opens an engine of one kind, and can reopen it (RocksDB: close and open the same
+/// directory; in-memory: the same instance, since nothing is persisted).
+trait Harness: Sized {
+    type E: Engine;
+    fn open(config: StorageConfig) -> Self;
+    fn engine(&self) -> &Self::E;
+    fn reopen(self) -> Self;
+}
+
+struct Mem(petrel_storage::MemEngine);
+
+impl Harness for Mem {
+    type E = petrel_storage::MemEngine;
+    fn open(config: StorageConfig) -> Self {
+        Mem(petrel_storage::MemEngine::new(config))
+    }
+    fn engine(&self) -> &Self::E {
+        &self.0
+    }
+    fn reopen(self) -> Self {
+        self
+    }
+}
+
+struct Rocks {
+    engine: Option<petrel_storage::RocksEngine>,
+    dir: tempfile::TempDir,
+    config: StorageConfig,
+}
+
+impl Harness for Rocks {
+    type E = petrel_storage::RocksEngine;
+    fn open(config: StorageConfig) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = petrel_storage::RocksEngine::open(dir.path(), config.clone()).expect("open");
+        Rocks {
+            engine: Some(engine),
+            dir,
+            config,
+        }
+    }
+    fn engine(&self) -> &Self::E {
+        self.engine.as_ref().expect("open engine")
+    }
+    fn reopen(mut self) -> Self {
+        drop(self.engine.take());
+        let engine = petrel_storage::RocksEngine::open(self.dir.path(), self.config.clone())
+            .expect("reopen");
+        self.engine = Some(engine);
+        self
+    }
+}
+
+const A: UserId = UserId(1);
+const B: UserId = UserId(2);
+const C: UserId = UserId(3);
+const D: UserId = UserId(4);
+const E: UserId = UserId(5);
+const T0: u64 = 1_700_000_000_000;
+
+fn config(diffusion: DiffusionMode) -> StorageConfig {
+    StorageConfig {
+        diffusion,
+        sync: SyncMode::None,
+        large_group_threshold: 3,
+        ..StorageConfig::default()
+    }
+}
+
+fn send(
+    e: &impl Engine,
+    sender: UserId,
+    conv: ConversationKey,
+    cmid: u64,
+    now_ms: u64,
+) -> Result<AppendOutcome, StorageError> {
+    e.append(AppendRequest {
+        sender,
+        sender_device: "dev".into(),
+        client_msg_id: cmid,
+        conversation: conv,
+        payload: Bytes::from(format!("{conv:?}/{cmid}")),
+        now_ms,
+    })
+}
+
+/// A device that syncs and checks the delivery contract: per conversation, messages
+/// arrive in ascending seq with no gap after its cursor and no duplicate.
+struct Device {
+    user: UserId,
+    inbox_cursor: u64,
+    cursors: BTreeMap<ConversationKey, u64>,
+    pages: usize,
+}
+
+impl Device {
+    fn new(user: UserId) -> Self {
+        Device {
+            user,
+            inbox_cursor: 0,
+            cursors: BTreeMap::new(),
+            pages: 0,
+        }
+    }
+
+    /// Sync until `has_more` is false; returns (conversation, seq, payload) received.
+    fn sync_all(&mut self, e: &impl Engine, limit: usize) -> Vec<(ConversationKey, u64, Bytes)> {
+        let mut got = Vec::new();
+        for _ in 0..10_000 {
+            let page = e
+                .sync(&SyncRequest {
+                    user: self.user,
+                    inbox_cursor: self.inbox_cursor,
+                    cursors: self.cursors.iter().map(|(c, s)| (*c, *s)).collect(),
+                    limit,
+                    now_ms: T0,
+                })
+                .expect("sync");
+            self.pages += 1;
+            assert!(page.messages.len() <= limit.max(1));
+            for m in &page.messages {
+                let cur = self.cursors.entry(m.conversation).or_insert(0);
+                assert_eq!(m.seq, *cur + 1, "gap or duplicate in {:?}", m.conversation);
+                *cur = m.seq;
+                got.push((m.conversation, m.seq, m.payload.clone()));
+            }
+            self.inbox_cursor = page.inbox_cursor;
+            if !page.has_more {
+                return got;
+            }
+        }
+        panic!("sync never finished");
+    }
+}
+
+fn seqs_are_gap_free_per_conversation<H: Harness>() {
+    let h = H::open(config(DiffusionMode::Hybrid));
+    let e = h.engine();
+    let ab = ConversationKey::single(A, B);
+    let g = e.create_group(A, "g", &[B, C], T0).unwrap();
+    let mut expect = BTreeMap::new();
+    for i in 0..30u64 {
+        let (conv, sender) = if i % 3 == 0 { (ab, B) } else { (g, C) };
+        let out = send(e, sender, conv, 100 + i, T0 + i).unwrap();
+        let n = expect.entry(conv).or_insert(0u64);
+        *n += 1;
+        assert_eq!(out.seq, *n);
+        assert!(!out.duplicate);
+        assert_eq!(out.server_time_ms, T0 + i);
+    }
+    let hist = e.history(A, g, u64::MAX, 1000).unwrap();
+    let seqs: Vec<u64> = hist.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    // Seqs continue after a reopen: no reuse, no gap.
+    let h = h.reopen();
+    let out = send(h.engine(), A, ab, 999, T0 + 100).unwrap();
+    assert_eq!(out.seq, 11);
+    let out = send(h.engine(), A, g, 998, T0 + 100).unwrap();
+    assert_eq!(out.seq, 21);
+}
+
+fn duplicate_append_returns_original_seq<H: Harness>() {
+    let h = H::open(config(DiffusionMode::Hybrid));
+    let e = h.engine();
+    let ab = ConversationKey::single(A, B);
+    let first = send(e, A, ab, 7, T0).unwrap();
+    send(e, B, ab, 7, T0 + 1).unwrap(); // same client id, other sender: not a duplicate
+    let retry = send(e, A, ab, 7, T0 + 5_000).unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.seq, first.seq);
+    assert_eq!(retry.server_time_ms, first.server_time_ms);
+    assert!(retry.recipients.is_empty());
+    assert_eq!(e.history(A, ab, u64::MAX, 100).unwrap().len(), 2);
+    // Dedup survives a reopen.
+    let h = h.reopen();
+    let again = send(h.engine(), A, ab, 7, T0 + 10_000).unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.seq, first.seq);
+}
+
+fn dedup_expires_after_window<H: Harness>() {
+    let cfg = StorageConfig {
+        dedup_window_ms: 1_000,
+        ..config(DiffusionMode::Hybrid)
+    };
+    let h = H::open(cfg);
+    let e = h.engine();
+    let ab = ConversationKey::single(A, B);
+    assert_eq!(send(e, A, ab, 1, T0).unwrap().seq, 1);
+    assert!(send(e, A, ab, 1, T0 + 999).unwrap().duplicate);
+    let later = send(e, A, ab, 1, T0 + 1_000).unwrap();
+    assert!(!later.duplicate);
+    assert_eq!(later.seq, 2);
+}
+
+fn recipients_and_send_permissions<H: Harness>() {
+    let h = H::open(config(DiffusionMode::Hybrid));
+    let e = h.engine();
+    let ab = ConversationKey::single(B, A);
+    assert_eq!(ab, ConversationKey::single(A, B));
+    let out = send(e, A, ab, 1, T0).unwrap();
+    assert_eq!(out.recipients, vec![A, B]);
+    assert!(matches!(
+        send(e, C, ab, 1, T0),
+        Err(StorageError::NotAMember { .. })
+    ));
+    let g = e.create_group(A, "g", &[B], T0).unwrap();
+    let mut r = send(e, B, g, 2, T0).unwrap().recipients;
+    r.sort();
+    assert_eq!(r, vec![A, B]);
+    assert!(matches!(
+        send(e, C, g, 3, T0),
+        Err(StorageError::NotAMember { .. })
+    ));
+    assert!(matches!(
+        send(e, A, ConversationKey::Group(999), 4, T0),
+        Err(StorageError::NotFound(_))
+    ));
+    let p = e.create_public_account(A, "news", T0).unwrap();
+    e.follow(B, account_id(p), T0).unwrap();
+    e.follow(C, account_id(p), T0).unwrap();
+    assert!(matches!(
+        send(e, B, p, 5, T0),
+        Err(StorageError::NotOwner { .. })
+    ));
+    let mut r = send(e, A, p, 6, T0).unwrap().recipients;
+    r.sort();
+    assert_eq!(r, vec![A, B, C]);
+    assert!(matches!(
+        send(e, A, ConversationKey::PublicAccount(77), 7, T0),
+        Err(StorageError::NotFound(_))
+    ));
+}
+
+fn account_id(c: ConversationKey) -> u64 {
+    match c {
+        ConversationKey::Group(id) | ConversationKey::PublicAccount(id) => id,
+        ConversationKey::Single { .. } => panic!("not a group"),
+    }
+}
+
+fn group_role_rules<H: Harness>() {
+    let h = H::open(config(DiffusionMode::Hybrid));
+    let e = h.engine();
+    let g = e.create_group(A, "g", &[B, C], T0).unwrap();
+    let id = account_id(g);
+    assert_eq!(e.role_of(g, A).unwrap(), Some(Role::Owner));
+    assert_eq!(e.role_of(g, B).unwrap(), Some(Role::Member));
+    assert_eq!(e.role_of(g, D).unwrap(), None);
+    // Plain members cannot manage members or roles.
+    assert!(matches!(
+        e.add_members(B, id, &[D], T0),
+        Err(StorageError::NotAdmin { .. })
+    ));
+    assert!(matches!(
+        e.remove_members(B, id, &[C]),
+        Err(StorageError::NotAdmin { .. })
+    ));
+    assert!(matches!(
+        e.set_role(B, id, C, Role::Admin),
+        Err(StorageError::NotOwner { .. })
+    ));
+    assert!(matches!(
+        e.add_members(D, id, &[E], T0),
+        Err(StorageError::NotAMember { .. })
+    ));
+    // Owner promotes B; admin B adds and removes plain members.
+    e.set_role(A, id, B, Role::Admin).unwrap();
+    let ch = e.add_members(B, id, &[D, E, D, C], T0).unwrap();
+    assert_eq!(ch.changed, vec![D, E]);
+    assert_eq!(ch.members.len(), 5);
+    let ch = e.remove_members(B, id, &[E]).unwrap();
+    assert_eq!(ch.changed, vec![E]);
+    // Admins can't remove the owner or other admins, nor set roles.
+    e.set_role(A, id, C, Role::Admin).unwrap();
+    assert!(matches!(
+        e.remove_members(B, id, &[C]),
+        Err(StorageError::Protected { .. })
+    ));
+    assert!(matches!(
+        e.remove_members(B, id, &[A]),
+        Err(StorageError::Protected { .. })
+    ));
+    assert!(matches!(
+        e.set_role(B, id, D, Role::Admin),
+        Err(StorageError::NotOwner { .. })
+    ));
+    // The owner removes an admin, cannot leave, and transfers ownership.
+    e.remove_members(A, id, &[C]).unwrap();
+    assert_eq!(e.role_of(g, C).unwrap(), None);
+    assert!(matches!(
+        e.leave(A, id),
+        Err(StorageError::Protected { .. })
+    ));
+    assert!(matches!(
+        e.remove_members(A, id, &[A]),
+        Err(StorageError::Protected { .. })
+    ));
+    let ch = e.set_role(A, id, D, Role::Owner).unwrap();
+    assert_eq!(ch.changed, vec![D, A]);
+    assert_eq!(e.role_of(g, D).unwrap(), Some(Role::Owner));
+    assert_eq!(e.role_of(g, A).unwrap(), Some(Role::Admin));
+    e.leave(A, id).unwrap();
+    assert!(matches!(
+        e.leave(A, id),
+        Err(StorageError::NotAMember { .. })
+    ));
+    // A removed member can no longer send or read history.
+    assert!(matches!(
+        send(e, C, g, 1, T0),
+        Err(StorageError::NotAMember { .. })
+    ));
+    assert!(matches!(
+        e.history(C, g, u64::MAX, 10),
+        Err(StorageError::NotAMember { .. })
+    ));
+    let mut members: Vec<UserId> = e.members(g).unwrap().iter().map(|m| m.user).collect();
+    members.sort();
+    assert_eq!(members, vec![B, D]);
+    assert!(matches!(
+        e.add_members(A, 4242, &[B], T0),
+        Err(StorageError::NotFound(_))
+    ));
+    // Memberships and roles survive a reopen.
+    let h = h.reopen();
+    assert_eq!(h.engine().role_of(g, D).unwrap(), Some(Role::Owner));
+    assert!(h.engine().conversations_of(A).unwrap().is_empty());
+    let g2 = h.engine().create_group(B, "second", &[], T0).unwrap();
+    assert_ne!(g2, g, "group ids are never reused");
+}
+
+fn public_account_follow_rules<H: Harness>() {
+    let h = H::open(config(DiffusionMode::Hybrid));
+    let e = h.engine();
+    let p = e.create_public_account(A, "news", T0).unwrap();
+    let id = account_id(p);
+    let ch = e.follow(B, id, T0).unwrap();
+    assert_eq!(ch.changed, vec![B]);
+    assert!(e.follow(B, id, T0).unwrap().changed.is_empty());
+    assert!(matches!(
+        e.unfollow(A, id),
+        Err(StorageError::Protected { .. })
+    ));
+    assert!(matches!(
+        e.unfollow(C, id),
+        Err(StorageError::NotAMember { .. })
+    ));
+    e.unfollow(B, id).unwrap();
+    assert_eq!(e.role_of(p, B).unwrap(), None);
+    assert!(matches!(
+        e.follow(B, 999, T0),
+        Err(StorageError::NotFound(_))
+    ));
+}
+
+/// Run the same scenario under one diffusion mode; returns what each device received.
+fn diffusion_scenario<H: Harness>(mode: DiffusionMode) -> Vec<Vec<(ConversationKey, u64, Bytes)>> {
+    let h = H::open(config(mode));
+    let e = h.engine();
+    // A and B active, C long inactive, D and E never seen.
+    e.touch_activity(A, T0).unwrap();
+    e.touch_activity(B, T0).unwrap();
+    e.touch_activity(C, T0 - 30 * petrel_storage::config::DAY_MS)
+        .unwrap();
+    let ab = ConversationKey::single(A, B);
+    let ac = ConversationKey::single(A, C);
+    let small = e.create_group(A, "small", &[B, C], T0).unwrap(); // 3 members: not large
+    let large = e.create_group(A, "large", &[B, C, D, E], T0).unwrap(); // 5 > threshold 3
+    let p = e.create_public_account(B, "news", T0).unwrap();
+    for u in [A, C, D] {
+        e.follow(u, account_id(p), T0).unwrap();
+    }
+    let mut devices: Vec<Device> = [A, B, C, D, E, A].into_iter().map(Device::new).collect();
+    let mut received = vec![Vec::new(); devices.len()];
+    let mut cmid = 0;
+    for round in 0..4u64 {
+        for i in 0..7u64 {
+            let now = T0 + round * 100 + i;
+            cmid += 1;
+            send(e, A, ab, cmid, now).unwrap();
+            cmid += 1;
+            send(e, if i % 2 == 0 { B } else { A }, ab, cmid, now).unwrap();
+            cmid += 1;
+            send(e, C, ac, cmid, now).unwrap();
+            cmid += 1;
+            send(e, C, small, cmid, now).unwrap();
+            cmid += 1;
+            send(e, if i % 2 == 0 { D } else { A }, large, cmid, now).unwrap();
+            cmid += 1;
+            send(e, B, p, cmid, now).unwrap();
+        }
+        if round == 1 {
+            // A member joins a group that already has history.
+            e.add_members(A, account_id(small), &[D], T0).unwrap();
+        }
+        // Devices sync at different moments (device 5 only at the end).
+        for (d, got) in devices.iter_mut().zip(received.iter_mut()).take(5) {
+            if (round + d.user.0) % 2 == 0 {
+                got.extend(d.sync_all(e, 4));
+            }
+        }
+    }
+    for (d, got) in devices.iter_mut().zip(received.iter_mut()) {
+        got.extend(d.sync_all(e, 5));
+        // Nothing new: a second sync is empty.
+        assert!(d.sync_all(e, 5).is_empty());
+    }
+    for got in &mut received {
+        got.sort();
+    }
+    received
+}
+
+fn diffusion_modes_look_identical_to_readers<H: Harness>() {
+    let read = diffusion_scenario::<H>(DiffusionMode::Read);
+    let write = diffusion_scenario::<H>(DiffusionMode::Write);
+    let hybrid = diffusion_scenario::<H>(DiffusionMode::Hybrid);
+    assert_eq!(read, write);
+    assert_eq!(read, hybrid);
+    // And it is the complete set: per user, every message of every conversation joined.
+    let counts: Vec<usize> = read.iter().map(Vec::len).collect();
+    // A: ab 56 + ac 28 + small 28 + large 28 + p 28; B: ab + small + large + p;
+    // C: ac + small + large + p; D: small + large + p; E: large; second A device = A.
+    assert_eq!(counts, vec![168, 140, 112, 84, 28, 168]);
+}
+
+fn new_device_gets_everything_with_paging<H: Harness>() {
+    let h = H::open(config(DiffusionMode::Hybrid));
+    let e = h.engine();
+    let ab = ConversationKey::single(A, B);
+    let g = e.create_group(B, "g", &[A], T0).unwrap();
+    for i in 0..9 {
+        send(e, B, ab, i, T0).unwrap();
+        send(e, B, g, 100 + i, T0).unwrap();
+    }
+    let mut dev = Device::new(A);
+    let got = dev.sync_all(e, 4);
+    assert_eq!(got.len(), 18);
+    assert!(dev.pages >= 5, "paged in pages of at most 4");
+    assert!(dev.inbox_cursor > 0);
+    assert!(dev.sync_all(e, 4).is_empty());
+    send(e, B, g, 500, T0).unwrap();
+    let got = dev.sync_all(e, 4);
+    assert_eq!(
+        got.iter().map(|m| (m.0, m.1)).collect::<Vec<_>>(),
+        vec![(g, 10)]
+    );
+    // A user with no conversations gets an empty page.
+    let mut lonely = Device::new(E);
+    assert!(lonely.sync_all(e, 10).is_empty());
+}
+
+fn sync_reports_conversation_state_and_unread<H: Harness>() {
+    let h = H::open(config(DiffusionMode::Write));
+    let e = h.engine();
+    let ab = ConversationKey::single(A, B);
+    for i in 0..5 {
+        send(e, A, ab, i, T0).unwrap();
+    }
+    let st = e.mark_read(B, ab, 3).unwrap();
+    assert_eq!((st.last_seq, st.read_seq, st.unread()), (5, 3, 2));
+    // Never backwards, clamped to the last seq.
+    assert_eq!(e.mark_read(B, ab, 1).unwrap().read_seq, 3);
+    assert_eq!(e.mark_read(B, ab, 99).unwrap().read_seq, 5);
+    assert!(matches!(
+        e.mark_read(C, ab, 1),
+        Err(StorageError::NotAMember { .. })
+    ));
+    let page = e
+        .sync(&SyncRequest {
+            user: B,
+            inbox_cursor: 0,
+            cursors: vec![(ab, 2)],
+            limit: 100,
+            now_ms: T0,
+        })
+        .unwrap();
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    assert_eq!(page.conversations.len(), 1);
+    assert_eq!(page.conversations[0].read_seq, 5);
+    assert_eq!(page.conversations[0].last_seq, 5);
+    // Read positions survive a reopen.
+    let h = h.reopen();
+    assert_eq!(h.engine().mark_read(B, ab, 0).unwrap().read_seq, 5);
+}
+
+fn history_pages_backwards<H: Harness>() {
+    let h = H::open(config(DiffusionMode::Hybrid));
+    let e = h.engine();
+    let ab = ConversationKey::single(A, B);
+    for i in 0..10 {
+        send(e, A, ab, i, T0).unwrap();
+    }
+    let page = e.history(B, ab, u64::MAX, 4).unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![7, 8, 9, 10]
+    );
+    let page = e.history(B, ab, 7, 4).unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![3, 4, 5, 6]
+    );
+    let page = e.history(B, ab, 3, 4).unwrap();
+    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(e.history(B, ab, 1, 4).unwrap().is_empty());
+    assert_eq!(page[0].sender, A);
+    assert_eq!(page[0].sender_device, "dev");
+    assert_eq!(page[0].payload, Bytes::from(format!("{ab:?}/0")));
+    assert!(matches!(
+        e.history(C, ab, u64::MAX, 4),
+        Err(StorageError::NotAMember { .. })
+    ));
+}
+
+fn removed_member_gets_no_new_messages<H: Harness>() {
+    for mode in [
+        DiffusionMode::Read,
+        DiffusionMode::Write,
+        DiffusionMode::Hybrid,
+    ] {
+        let h = H::open(config(mode));
+        let e = h.engine();
+        let g = e.create_group(A, "g", &[B], T0).unwrap();
+        let mut dev = Device::new(B);
+        send(e, A, g, 1, T0).unwrap();
+        assert_eq!(dev.sync_all(e, 10).len(), 1);
+        send(e, A, g, 2, T0).unwrap();
+        e.remove_members(A, account_id(g), &[B]).unwrap();
+        send(e, A, g, 3, T0).unwrap();
+        let got = dev.sync_all(e, 10);
+        assert!(got.iter().all(|m| m.1 < 3), "{mode:?}: got {got:?}");
+    }
+}
+
+fn revoked_tokens_until_expiry<H: Harness>() {
+    let h = H::open(config(DiffusionMode::Hybrid));
+    let e = h.engine();
+    e.revoke_token(TokenId([1; 16]), T0 + 10).unwrap();
+    e.revoke_token(TokenId([2; 16]), T0 + 20).unwrap();
+    let mut all = e.load_revoked(T0).unwrap();
+    all.sort_by_key(|t| t.token);
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].token, TokenId([1; 16]));
+    let h = h.reopen();
+    let later = h.engine().load_revoked(T0 + 15).unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].token, TokenId([2; 16]));
+    assert!(h.engine().load_revoked(T0 + 20).unwrap().is_empty());
+}
+
+fn activity_is_recorded<H: Harness>() {
+    let h = H::open(config(DiffusionMode::Hybrid));
+    let e = h.engine();
+    assert_eq!(e.last_active(A).unwrap(), None);
+    e.touch_activity(A, T0).unwrap();
+    e.touch_activity(A, T0 - 5).unwrap(); // never moves backwards
+    assert_eq!(e.last_active(A).unwrap(), Some(T0));
+    let h = h.reopen();
+    assert_eq!(h.engine().last_active(A).unwrap(), Some(T0));
+}
+
+fn execute_dispatches_and_batches<H: Harness>() {
+    let cfg = StorageConfig {
+        sync: SyncMode::Batch,
+        ..config(DiffusionMode::Hybrid)
+    };
+    let h = H::open(cfg);
+    let e = h.engine();
+    let ab = ConversationKey::single(A, B);
+    let append = |cmid| {
+        Request::Append(AppendRequest {
+            sender: A,
+            sender_device: "d".into(),
+            client_msg_id: cmid,
+            conversation: ab,
+            payload: Bytes::from_static(b"x"),
+            now_ms: T0,
+        })
+    };
+    let Reply::Appended(out) = e.execute(append(1)).unwrap() else {
+        panic!("wrong reply kind")
+    };
+    assert_eq!(out.seq, 1);
+    let replies = e.execute_batch(vec![
+        append(2),
+        append(1),
+        Request::History {
+            user: C,
+            conversation: ab,
+            before_seq: u64::MAX,
+            limit: 10,
+        },
+        Request::Members { conversation: ab },
+        append(3),
+    ]);
+    assert_eq!(replies.len(), 5);
+    assert!(matches!(&replies[0], Ok(Reply::Appended(o)) if o.seq == 2 && !o.duplicate));
+    assert!(matches!(&replies[1], Ok(Reply::Appended(o)) if o.seq == 1 && o.duplicate));
+    assert!(matches!(&replies[2], Err(StorageError::NotAMember { .. })));
+    assert!(matches!(&replies[3], Ok(Reply::Members(m)) if m.len() == 2));
+    assert!(matches!(&replies[4], Ok(Reply::Appended(o)) if o.seq == 3));
+    let Reply::Conversations(cs) = e.execute(Request::ConversationsOf { user: B }).unwrap() else {
+        panic!("wrong reply kind")
+    };
+    assert_eq!(cs, vec![ab]);
+}
+
+macro_rules! conformance {
+    ($module:ident, $harness:ty) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn seqs_are_gap_free_per_conversation() {
+                super::seqs_are_gap_free_per_conversation::<$harness>();
+            }
+            #[test]
+            fn duplicate_append_returns_original_seq() {
+                super::duplicate_append_returns_original_seq::<$harness>();
+            }
+            #[test]
+            fn dedup_expires_after_window() {
+                super::dedup_expires_after_window::<$harness>();
+            }
+            #[test]
+            fn recipients_and_send_permissions() {
+                super::recipients_and_send_permissions::<$harness>();
+            }
+            #[test]
+            fn group_role_rules() {
+                super::group_role_rules::<$harness>();
+            }
+            #[test]
+            fn public_account_follow_rules() {
+                super::public_account_follow_rules::<$harness>();
+            }
+            #[test]
+            fn diffusion_modes_look_identical_to_readers() {
+                super::diffusion_modes_look_identical_to_readers::<$harness>();
+            }
+            #[test]
+            fn new_device_gets_everything_with_paging() {
+                super::new_device_gets_everything_with_paging::<$harness>();
+            }
+            #[test]
+            fn sync_reports_conversation_state_and_unread() {
+                super::sync_reports_conversation_state_and_unread::<$harness>();
+            }
+            #[test]
+            fn history_pages_backwards() {
+                super::history_pages_backwards::<$harness>();
+            }
+            #[test]
+            fn removed_member_gets_no_new_messages() {
+                super::removed_member_gets_no_new_messages::<$harness>();
+            }
+            #[test]
+            fn revoked_tokens_until_expiry() {
+                super::revoked_tokens_until_expiry::<$harness>();
+            }
+            #[test]
+            fn activity_is_recorded() {
+                super::activity_is_recorded::<$harness>();
+            }
+            #[test]
+            fn execute_dispatches_and_batches() {
+                super::execute_dispatches_and_batches::<$harness>();
+            }
+        }
+    };
+}
+
+conformance!(mem, Mem);
+conformance!(rocks, Rocks);
