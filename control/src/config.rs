@@ -1,0 +1,86 @@
+//! Tunables of the control plane, with the defaults the issue specifies.
+
+use std::time::Duration;
+
+/// How many live sessions one user may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MultiDevicePolicy {
+    /// One session per platform class (`pb::Platform`): a second phone login replaces
+    /// the first phone (which gets `Kick{Replaced}` and is closed) but leaves the desktop
+    /// alone.
+    OnePerPlatform,
+    /// Any number of sessions.
+    Unlimited,
+}
+
+/// Token-bucket limit on the requests one connection may make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests allowed in a burst (bucket size).
+    pub burst: u32,
+    /// Sustained requests per second (refill rate). 0 disables the limit.
+    pub per_second: u32,
+}
+
+/// Control-plane configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// A connection must log in within this time of opening or is closed. Default 10 s.
+    pub login_deadline: Duration,
+    /// The ping interval announced to clients in `LoginResult`. Default 50 s.
+    pub heartbeat_interval: Duration,
+    /// A logged-in connection silent for longer than this is kicked (`Kick{Idle}`).
+    /// Default 3 heartbeat intervals (150 s).
+    pub idle_timeout: Duration,
+    /// Multi-device policy. Default one session per platform class.
+    pub multi_device: MultiDevicePolicy,
+    /// Limit on `SendMessage` and `ConversationOp` frames per connection. Default burst
+    /// 50, 20 per second.
+    pub rate_limit: RateLimit,
+    /// Bytes handed to the transport and not yet reported flushed, per connection, above
+    /// which the connection is a slow consumer: chatroom pushes to it are dropped, and a
+    /// push of a persisted conversation kicks it (`Kick{SlowConsumer}`; it re-syncs on
+    /// reconnect). Default 1 MiB.
+    pub max_outbound_bytes: u64,
+    /// Lifetime of tokens minted by `RenewToken`. Default 24 h.
+    pub renew_ttl: Duration,
+    /// Verified tokens remembered by the token cache. Default 65 536.
+    pub token_cache_capacity: usize,
+    /// Messages each chatroom keeps for late joiners. Default 50 (0 keeps none).
+    pub chatroom_recent: usize,
+    /// Largest (and default) page of a `SyncRequest`. Default 200 messages.
+    pub sync_page_limit: u32,
+    /// Largest (and default) page of a `HistoryRequest`. Default 100 messages.
+    pub history_page_limit: u32,
+    /// Largest encoded `Content` a `SendMessage` may carry, in bytes; larger ones get
+    /// `ContentTooLarge`. Default 60 KiB, leaving room for the push's other fields
+    /// within the protocol's 64 KiB frame body limit.
+    pub max_content_len: usize,
+    /// Seed for ids the control plane invents (token ids of renewed tokens). The driver
+    /// should pass a random value at start; tests pass a fixed one.
+    pub id_seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let heartbeat_interval = Duration::from_secs(50);
+        Config {
+            login_deadline: Duration::from_secs(10),
+            heartbeat_interval,
+            idle_timeout: heartbeat_interval * 3,
+            multi_device: MultiDevicePolicy::OnePerPlatform,
+            rate_limit: RateLimit {
+                burst: 50,
+                per_second: 20,
+            },
+            max_outbound_bytes: 1 << 20,
+            renew_ttl: Duration::from_secs(24 * 3600),
+            token_cache_capacity: 65_536,
+            chatroom_recent: 50,
+            sync_page_limit: 200,
+            history_page_limit: 100,
+            max_content_len: 60 * 1024,
+            id_seed: 0x5EED,
+        }
+    }
+}

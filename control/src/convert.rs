@@ -1,0 +1,181 @@
+//! Translation between wire types (`petrel_proto::pb`) and storage types
+//! (`petrel_storage`): conversation ids seen from a viewer's side, roles, stored
+//! messages and storage errors.
+
+use petrel_proto::pb;
+use petrel_storage::{ConversationKey, Role, StorageError, StoredMessage, UserId};
+use prost::Message as _;
+
+/// What a wire conversation id names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A persisted conversation.
+    Persisted(ConversationKey),
+    /// An in-memory chatroom.
+    Chatroom(u64),
+}
+
+/// Resolves a wire conversation id as sent by `viewer`. `None` for an unset kind or a
+/// zero id.
+pub fn target(viewer: u64, id: Option<&pb::ConversationId>) -> Option<Target> {
+    let id = id?;
+    if id.id == 0 {
+        return None;
+    }
+    match pb::ConversationKind::try_from(id.kind).ok()? {
+        pb::ConversationKind::Unspecified => None,
+        pb::ConversationKind::Single => Some(Target::Persisted(ConversationKey::single(
+            UserId(viewer),
+            UserId(id.id),
+        ))),
+        pb::ConversationKind::Group => Some(Target::Persisted(ConversationKey::Group(id.id))),
+        pb::ConversationKind::PublicAccount => {
+            Some(Target::Persisted(ConversationKey::PublicAccount(id.id)))
+        }
+        pb::ConversationKind::Chatroom => Some(Target::Chatroom(id.id)),
+    }
+}
+
+/// The wire id of `key` as `viewer` sees it (for a 1:1 chat, the other user; for a
+/// chat with oneself, oneself).
+pub fn wire_id(viewer: u64, key: ConversationKey) -> pb::ConversationId {
+    match key {
+        ConversationKey::Single { lo, hi } => {
+            let peer = key
+                .peer_of(UserId(viewer))
+                .unwrap_or(if lo.0 == viewer { hi } else { lo });
+            pb::ConversationId {
+                kind: pb::ConversationKind::Single as i32,
+                id: peer.0,
+            }
+        }
+        ConversationKey::Group(id) => pb::ConversationId {
+            kind: pb::ConversationKind::Group as i32,
+            id,
+        },
+        ConversationKey::PublicAccount(id) => pb::ConversationId {
+            kind: pb::ConversationKind::PublicAccount as i32,
+            id,
+        },
+    }
+}
+
+/// The wire id of a chatroom.
+pub fn chatroom_id(room: u64) -> pb::ConversationId {
+    pb::ConversationId {
+        kind: pb::ConversationKind::Chatroom as i32,
+        id: room,
+    }
+}
+
+/// Storage role → wire role.
+pub fn role_to_wire(role: Role) -> pb::Role {
+    match role {
+        Role::Member => pb::Role::Member,
+        Role::Admin => pb::Role::Admin,
+        Role::Owner => pb::Role::Owner,
+    }
+}
+
+/// Wire role → storage role (`None` for an unset or unknown value).
+pub fn role_from_wire(role: i32) -> Option<Role> {
+    match pb::Role::try_from(role).ok()? {
+        pb::Role::Unspecified => None,
+        pb::Role::Member => Some(Role::Member),
+        pb::Role::Admin => Some(Role::Admin),
+        pb::Role::Owner => Some(Role::Owner),
+    }
+}
+
+/// The protocol error code for a failed storage request, and whether the failure is
+/// the server's fault (counted as a storage error) rather than the request's.
+pub fn storage_error_code(err: &StorageError) -> (pb::ErrorCode, bool) {
+    match err {
+        StorageError::NotAMember { .. } => (pb::ErrorCode::NotAMember, false),
+        StorageError::NotOwner { .. }
+        | StorageError::NotAdmin { .. }
+        | StorageError::Protected { .. } => (pb::ErrorCode::PermissionDenied, false),
+        StorageError::NotFound(_) => (pb::ErrorCode::NotFound, false),
+        StorageError::Invalid(_) => (pb::ErrorCode::InvalidRequest, false),
+        StorageError::Closed => (pb::ErrorCode::ShuttingDown, true),
+        StorageError::Corrupt(_)
+        | StorageError::Backend(_)
+        | StorageError::Io(_)
+        | StorageError::Overflow => (pb::ErrorCode::Internal, true),
+    }
+}
+
+/// A stored message as `viewer` receives it. `None` content if the stored payload does
+/// not decode (reported by the caller).
+pub fn push_from_stored(viewer: u64, msg: &StoredMessage) -> (pb::MessagePush, bool) {
+    let content = pb::Content::decode(msg.payload.clone());
+    let ok = content.is_ok();
+    (
+        pb::MessagePush {
+            conversation: Some(wire_id(viewer, msg.conversation)),
+            seq: msg.seq,
+            sender: msg.sender.0,
+            server_time_ms: msg.server_time_ms,
+            client_msg_id: msg.client_msg_id,
+            content: content.ok(),
+            sender_device: msg.sender_device.clone(),
+        },
+        ok,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(kind: pb::ConversationKind, id: u64) -> pb::ConversationId {
+        pb::ConversationId {
+            kind: kind as i32,
+            id,
+        }
+    }
+
+    #[test]
+    fn single_ids_are_the_peer_from_each_side() {
+        let alice = 1;
+        let bob = 2;
+        let Some(Target::Persisted(key)) =
+            target(alice, Some(&id(pb::ConversationKind::Single, bob)))
+        else {
+            panic!("single chat must resolve");
+        };
+        assert_eq!(
+            target(bob, Some(&id(pb::ConversationKind::Single, alice))),
+            Some(Target::Persisted(key))
+        );
+        assert_eq!(wire_id(alice, key), id(pb::ConversationKind::Single, bob));
+        assert_eq!(wire_id(bob, key), id(pb::ConversationKind::Single, alice));
+        let me = ConversationKey::single(UserId(5), UserId(5));
+        assert_eq!(wire_id(5, me), id(pb::ConversationKind::Single, 5));
+    }
+
+    #[test]
+    fn unset_or_unknown_ids_are_rejected() {
+        assert_eq!(target(1, None), None);
+        assert_eq!(target(1, Some(&id(pb::ConversationKind::Group, 0))), None);
+        assert_eq!(
+            target(1, Some(&id(pb::ConversationKind::Unspecified, 3))),
+            None
+        );
+        let bogus = pb::ConversationId { kind: 99, id: 3 };
+        assert_eq!(target(1, Some(&bogus)), None);
+        assert_eq!(
+            target(1, Some(&id(pb::ConversationKind::Chatroom, 3))),
+            Some(Target::Chatroom(3))
+        );
+    }
+
+    #[test]
+    fn roles_round_trip() {
+        for r in [Role::Member, Role::Admin, Role::Owner] {
+            assert_eq!(role_from_wire(role_to_wire(r) as i32), Some(r));
+        }
+        assert_eq!(role_from_wire(0), None);
+        assert_eq!(role_from_wire(77), None);
+    }
+}

@@ -1,0 +1,114 @@
+//! The control plane's inputs ([`Event`]) and outputs ([`Action`]).
+//!
+//! See [`crate::Control`] for the calling order, and `docs/ARCHITECTURE.md`
+//! ("Control plane: events and actions") for how transports and the storage driver use
+//! them.
+
+use bytes::Bytes;
+use petrel_proto::{Frame, FrameError, pb};
+use petrel_storage::{Reply, Request, StorageError};
+
+use crate::conn_id::ConnId;
+
+/// Correlates a [`Action::Storage`] request with its [`Event::Storage`] completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(pub u64);
+
+/// Something that happened, reported by the driver.
+#[derive(Debug)]
+pub enum Event {
+    /// A transport accepted a connection. Ids are never reused within a process.
+    Opened {
+        /// The new connection.
+        conn: ConnId,
+    },
+    /// A complete frame arrived on `conn`.
+    Frame {
+        /// The connection.
+        conn: ConnId,
+        /// The decoded frame.
+        frame: Frame,
+    },
+    /// The transport's frame decoder failed on `conn`. The control plane answers with an
+    /// `Error` frame carrying [`FrameError::error_code`], and closes the connection if
+    /// [`FrameError::is_fatal`].
+    FrameError {
+        /// The connection.
+        conn: ConnId,
+        /// What the decoder reported.
+        error: FrameError,
+    },
+    /// The transport wrote `bytes` bytes of earlier [`Action::Send`]s for `conn` to the
+    /// socket (or NIC). Used for the per-connection outbound queue limit; a transport
+    /// that cannot tell should report each send as flushed once handed to the kernel.
+    Flushed {
+        /// The connection.
+        conn: ConnId,
+        /// Bytes written since the last report.
+        bytes: u64,
+    },
+    /// The connection is gone (peer closed, reset, or after an [`Action::Close`]).
+    /// Events for unknown connections are ignored.
+    Closed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A storage request finished.
+    Storage {
+        /// The ticket of the [`Action::Storage`] that asked for it.
+        ticket: Ticket,
+        /// Its outcome.
+        result: Result<Reply, StorageError>,
+    },
+    /// Nothing happened but time passed: the driver reached
+    /// [`crate::Control::poll_timeout`].
+    Tick,
+}
+
+/// Why the control plane closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// No login within the login deadline.
+    LoginTimeout,
+    /// A request frame arrived before login.
+    NotLoggedIn,
+    /// The login's token was rejected (code sent in an `Error` frame first).
+    LoginRejected(pb::ErrorCode),
+    /// The session was kicked (a `Kick` frame was sent first).
+    Kicked(pb::KickReason),
+    /// The client logged out.
+    Logout,
+    /// The byte stream lost sync (an `Error` frame was sent first).
+    FatalFrameError(pb::ErrorCode),
+}
+
+/// Something the driver must do.
+#[derive(Debug)]
+pub enum Action {
+    /// Append `bytes` (one or more encoded frames) to `conn`'s outbound stream. A fan-out
+    /// push shares one buffer among all its receivers.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// Encoded frames.
+        bytes: Bytes,
+    },
+    /// Flush what was already sent to `conn`, then close it. The control plane has
+    /// already forgotten the connection; a later [`Event::Closed`] for it is ignored.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// Run `request` on the storage engine and report the result as
+    /// [`Event::Storage`] with the same ticket. Requests may run concurrently and
+    /// complete in any order, but two requests of one connection must be applied in
+    /// the order they were emitted (the group-commit queue preserves order).
+    Storage {
+        /// Correlation id.
+        ticket: Ticket,
+        /// The request.
+        request: Request,
+    },
+}

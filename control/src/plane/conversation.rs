@@ -1,0 +1,468 @@
+//! `ConversationOp`: group management, chatroom join/leave, public accounts, follows,
+//! read positions and member lists.
+//!
+//! Group and public-account operations go to storage, which checks roles atomically
+//! with the change; the answer is a `ConversationOpResult` to the requester and a
+//! `ConversationEvent` to every other online device of the affected users (the members
+//! after the change, plus whoever was removed or left). Chatroom operations are
+//! answered from memory at once.
+
+use std::collections::BTreeSet;
+
+use petrel_proto::{Frame, pb};
+use petrel_storage::{ConversationKey, Member, Reply, Request, Role, StorageError, UserId};
+
+use super::Control;
+use super::pending::{OpCtx, OpKind, Pending, ReplyTo};
+use crate::conn_id::ConnId;
+use crate::convert::{self, Target};
+use crate::time::Timestamp;
+
+fn wire_members(members: impl IntoIterator<Item = Member>) -> Vec<pb::Member> {
+    members
+        .into_iter()
+        .map(|m| pb::Member {
+            user_id: m.user.0,
+            role: convert::role_to_wire(m.role) as i32,
+        })
+        .collect()
+}
+
+fn users(ids: &[u64]) -> Vec<UserId> {
+    ids.iter().copied().map(UserId).collect()
+}
+
+impl Control {
+    pub(super) fn on_conversation_op(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        rid: u32,
+        op: pb::ConversationOp,
+    ) {
+        let Some(user) = self
+            .registry
+            .get(conn)
+            .and_then(|c| c.session.as_ref())
+            .map(|s| s.user)
+        else {
+            return;
+        };
+        let to = ReplyTo { conn, rid, user };
+        let now_ms = now.as_millis();
+        use pb::conversation_op::Op;
+        let Some(op) = op.op else {
+            return self.invalid(conn, rid, "empty ConversationOp");
+        };
+        let (request, kind) = match op {
+            Op::CreateGroup(g) => {
+                let members = g.members.clone();
+                (
+                    Request::CreateGroup {
+                        owner: UserId(user),
+                        name: g.name,
+                        members: users(&g.members),
+                        now_ms,
+                    },
+                    OpKind::CreateGroup { members },
+                )
+            }
+            Op::AddMembers(a) if a.group_id != 0 => (
+                Request::AddMembers {
+                    actor: UserId(user),
+                    group: a.group_id,
+                    users: users(&a.users),
+                    now_ms,
+                },
+                OpKind::Membership {
+                    event: pb::ConversationEventKind::MembersAdded,
+                    role: None,
+                },
+            ),
+            Op::RemoveMembers(r) if r.group_id != 0 => (
+                Request::RemoveMembers {
+                    actor: UserId(user),
+                    group: r.group_id,
+                    users: users(&r.users),
+                },
+                OpKind::Membership {
+                    event: pb::ConversationEventKind::MembersRemoved,
+                    role: None,
+                },
+            ),
+            Op::LeaveGroup(l) if l.group_id != 0 => (
+                Request::Leave {
+                    user: UserId(user),
+                    group: l.group_id,
+                },
+                OpKind::Membership {
+                    event: pb::ConversationEventKind::MemberLeft,
+                    role: None,
+                },
+            ),
+            Op::SetRole(s) if s.group_id != 0 && s.user_id != 0 => {
+                let Some(role) = convert::role_from_wire(s.role) else {
+                    return self.invalid(conn, rid, "role missing or unknown");
+                };
+                (
+                    Request::SetRole {
+                        actor: UserId(user),
+                        group: s.group_id,
+                        user: UserId(s.user_id),
+                        role,
+                    },
+                    OpKind::Membership {
+                        event: pb::ConversationEventKind::RoleChanged,
+                        role: Some(role),
+                    },
+                )
+            }
+            Op::CreatePublicAccount(p) => (
+                Request::CreatePublicAccount {
+                    owner: UserId(user),
+                    name: p.name,
+                    now_ms,
+                },
+                OpKind::CreatePublicAccount,
+            ),
+            Op::Follow(f) if f.account_id != 0 => (
+                Request::Follow {
+                    user: UserId(user),
+                    account: f.account_id,
+                    now_ms,
+                },
+                OpKind::Follow,
+            ),
+            Op::Unfollow(f) if f.account_id != 0 => (
+                Request::Unfollow {
+                    user: UserId(user),
+                    account: f.account_id,
+                },
+                OpKind::Follow,
+            ),
+            Op::MarkRead(m) => match convert::target(user, m.conversation.as_ref()) {
+                Some(Target::Persisted(key)) => (
+                    Request::MarkRead {
+                        user: UserId(user),
+                        conversation: key,
+                        seq: m.seq,
+                    },
+                    OpKind::MarkRead { key },
+                ),
+                _ => {
+                    return self.invalid(
+                        conn,
+                        rid,
+                        "read positions exist only for persisted conversations",
+                    );
+                }
+            },
+            Op::ListMembers(l) => match convert::target(user, l.conversation.as_ref()) {
+                Some(Target::Persisted(key)) => (
+                    Request::Members { conversation: key },
+                    OpKind::ListMembers { key },
+                ),
+                Some(Target::Chatroom(room)) => return self.list_chatroom(conn, rid, room),
+                None => return self.invalid(conn, rid, "conversation id missing or invalid"),
+            },
+            Op::JoinChatroom(j) if j.room_id != 0 => {
+                return self.join_chatroom(conn, rid, j.room_id);
+            }
+            Op::LeaveChatroom(l) if l.room_id != 0 => {
+                return self.leave_chatroom(conn, rid, l.room_id);
+            }
+            _ => return self.invalid(conn, rid, "id missing (0) in ConversationOp"),
+        };
+        self.storage(request, Pending::Op(OpCtx { to, kind }));
+    }
+
+    fn invalid(&mut self, conn: ConnId, rid: u32, message: &str) {
+        self.send_error(conn, rid, pb::ErrorCode::InvalidRequest, message, 0);
+    }
+
+    fn op_result(&mut self, to: ReplyTo, result: pb::ConversationOpResult) {
+        self.send_frame(to.conn, Frame::response(to.rid, result));
+    }
+
+    /// Sends `event` to every online device of `audience` except the requesting
+    /// connection. Each user is notified once even if listed twice.
+    fn notify(
+        &mut self,
+        to: ReplyTo,
+        audience: impl IntoIterator<Item = u64>,
+        event: pb::ConversationEvent,
+    ) {
+        let audience: BTreeSet<u64> = audience.into_iter().collect();
+        let mut targets = std::mem::take(&mut self.scratch_conns);
+        targets.clear();
+        for user in audience {
+            targets.extend(
+                self.registry
+                    .user_conns(user)
+                    .iter()
+                    .copied()
+                    .filter(|&c| c != to.conn),
+            );
+        }
+        if !targets.is_empty()
+            && let Some(bytes) = self.encode(&Frame::new(0, event))
+        {
+            for &conn in &targets {
+                self.send_bytes(
+                    conn,
+                    bytes.clone(),
+                    petrel_proto::FrameType::ConversationEvent,
+                );
+            }
+        }
+        self.scratch_conns = targets;
+    }
+
+    pub(super) fn on_op_done(&mut self, ctx: OpCtx, result: Result<Reply, StorageError>) {
+        let to = ctx.to;
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(err) => {
+                let (code, internal) = convert::storage_error_code(&err);
+                if internal {
+                    self.counters.storage_errors += 1;
+                }
+                return self.send_error(to.conn, to.rid, code, &err.to_string(), 0);
+            }
+        };
+        match (ctx.kind, reply) {
+            (OpKind::CreateGroup { members }, Reply::Created(key)) => {
+                let mut list = vec![Member {
+                    user: UserId(to.user),
+                    role: Role::Owner,
+                }];
+                let others: BTreeSet<u64> = members
+                    .into_iter()
+                    .filter(|&m| m != to.user && m != 0)
+                    .collect();
+                list.extend(others.iter().map(|&m| Member {
+                    user: UserId(m),
+                    role: Role::Member,
+                }));
+                let conversation = convert::wire_id(to.user, key);
+                self.op_result(
+                    to,
+                    pb::ConversationOpResult {
+                        conversation: Some(conversation),
+                        members: wire_members(list),
+                        recent: Vec::new(),
+                    },
+                );
+                let added: Vec<u64> = others.iter().copied().collect();
+                self.notify(
+                    to,
+                    others.into_iter().chain([to.user]),
+                    pb::ConversationEvent {
+                        conversation: Some(conversation),
+                        kind: pb::ConversationEventKind::MembersAdded as i32,
+                        actor: to.user,
+                        users: added,
+                        role: 0,
+                        seq: 0,
+                    },
+                );
+            }
+            (OpKind::CreatePublicAccount, Reply::Created(key)) => self.op_result(
+                to,
+                pb::ConversationOpResult {
+                    conversation: Some(convert::wire_id(to.user, key)),
+                    members: wire_members([Member {
+                        user: UserId(to.user),
+                        role: Role::Owner,
+                    }]),
+                    recent: Vec::new(),
+                },
+            ),
+            (OpKind::Membership { event, role }, Reply::Membership(change)) => {
+                let conversation = convert::wire_id(to.user, change.conversation);
+                self.op_result(
+                    to,
+                    pb::ConversationOpResult {
+                        conversation: Some(conversation),
+                        members: Vec::new(),
+                        recent: Vec::new(),
+                    },
+                );
+                if change.changed.is_empty() {
+                    return;
+                }
+                let changed: Vec<u64> = change.changed.iter().map(|u| u.0).collect();
+                let audience: Vec<u64> = change
+                    .members
+                    .iter()
+                    .map(|m| m.user.0)
+                    .chain(changed.iter().copied())
+                    .chain([to.user])
+                    .collect();
+                self.notify(
+                    to,
+                    audience,
+                    pb::ConversationEvent {
+                        conversation: Some(conversation),
+                        kind: event as i32,
+                        actor: to.user,
+                        users: changed,
+                        role: role.map_or(0, |r| convert::role_to_wire(r) as i32),
+                        seq: 0,
+                    },
+                );
+            }
+            (OpKind::Follow, Reply::Membership(change)) => self.op_result(
+                to,
+                pb::ConversationOpResult {
+                    conversation: Some(convert::wire_id(to.user, change.conversation)),
+                    members: Vec::new(),
+                    recent: Vec::new(),
+                },
+            ),
+            (OpKind::MarkRead { key }, Reply::State(state)) => {
+                let conversation = convert::wire_id(to.user, key);
+                self.op_result(
+                    to,
+                    pb::ConversationOpResult {
+                        conversation: Some(conversation),
+                        members: Vec::new(),
+                        recent: Vec::new(),
+                    },
+                );
+                // The user's other devices move their read position too.
+                self.notify(
+                    to,
+                    [to.user],
+                    pb::ConversationEvent {
+                        conversation: Some(conversation),
+                        kind: pb::ConversationEventKind::Read as i32,
+                        actor: to.user,
+                        users: vec![to.user],
+                        role: 0,
+                        seq: state.read_seq,
+                    },
+                );
+            }
+            (OpKind::ListMembers { key }, Reply::Members(members)) => {
+                let me = members.iter().find(|m| m.user.0 == to.user);
+                // Public-account follower lists are for the owner only.
+                let allowed = match key {
+                    ConversationKey::PublicAccount(_) => me.is_some_and(|m| m.role == Role::Owner),
+                    _ => me.is_some(),
+                };
+                if !allowed {
+                    return self.send_error(
+                        to.conn,
+                        to.rid,
+                        pb::ErrorCode::NotAMember,
+                        "only members may list members",
+                        0,
+                    );
+                }
+                self.op_result(
+                    to,
+                    pb::ConversationOpResult {
+                        conversation: Some(convert::wire_id(to.user, key)),
+                        members: wire_members(members),
+                        recent: Vec::new(),
+                    },
+                );
+            }
+            _ => {
+                self.counters.storage_errors += 1;
+                self.send_error(
+                    to.conn,
+                    to.rid,
+                    pb::ErrorCode::Internal,
+                    "storage answered with the wrong reply",
+                    0,
+                );
+            }
+        }
+    }
+
+    fn chatroom_members(&self, room: u64) -> Vec<pb::Member> {
+        let Some(room) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        let online: BTreeSet<u64> = room
+            .members()
+            .filter_map(|c| self.registry.get(c)?.session.as_ref().map(|s| s.user))
+            .collect();
+        online
+            .into_iter()
+            .map(|user_id| pb::Member {
+                user_id,
+                role: pb::Role::Member as i32,
+            })
+            .collect()
+    }
+
+    fn join_chatroom(&mut self, conn: ConnId, rid: u32, room: u64) {
+        if self.rooms.join(room, conn)
+            && let Some(c) = self.registry.get_mut(conn)
+        {
+            c.rooms.push(room);
+        }
+        // The newest messages that fit in one frame, oldest first.
+        let mut recent: Vec<pb::MessagePush> = Vec::new();
+        if let Some(r) = self.rooms.get(room) {
+            let mut budget = super::sync::RESPONSE_BUDGET;
+            for m in r.recent().rev() {
+                let len = super::sync::repeated_field_len(m);
+                if len > budget {
+                    break;
+                }
+                budget -= len;
+                recent.push(m.clone());
+            }
+            recent.reverse();
+        }
+        let members = self.chatroom_members(room);
+        self.send_frame(
+            conn,
+            Frame::response(
+                rid,
+                pb::ConversationOpResult {
+                    conversation: Some(convert::chatroom_id(room)),
+                    members,
+                    recent,
+                },
+            ),
+        );
+    }
+
+    fn leave_chatroom(&mut self, conn: ConnId, rid: u32, room: u64) {
+        self.rooms.leave(room, conn);
+        if let Some(c) = self.registry.get_mut(conn) {
+            c.rooms.retain(|&r| r != room);
+        }
+        self.send_frame(
+            conn,
+            Frame::response(
+                rid,
+                pb::ConversationOpResult {
+                    conversation: Some(convert::chatroom_id(room)),
+                    members: Vec::new(),
+                    recent: Vec::new(),
+                },
+            ),
+        );
+    }
+
+    fn list_chatroom(&mut self, conn: ConnId, rid: u32, room: u64) {
+        let members = self.chatroom_members(room);
+        self.send_frame(
+            conn,
+            Frame::response(
+                rid,
+                pb::ConversationOpResult {
+                    conversation: Some(convert::chatroom_id(room)),
+                    members,
+                    recent: Vec::new(),
+                },
+            ),
+        );
+    }
+}

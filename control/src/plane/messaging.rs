@@ -1,0 +1,314 @@
+//! Sending messages: `SendMessage` → storage append → `Ack` to the sender and
+//! `MessagePush` to every other online device of every recipient; and chatroom sends,
+//! which never touch storage.
+//!
+//! Performance-critical path (every message goes through here): no locks, no logging,
+//! one encode per distinct view of a push (a 1:1 chat has two: the peer's side and the
+//! sender's side; a group or public account has one), shared by every receiver.
+
+use bytes::Bytes;
+use petrel_proto::{Body, Frame, FrameType, pb};
+use petrel_storage::{
+    AppendOutcome, AppendRequest, ConversationKey, Reply, Request, StorageError, UserId,
+};
+use prost::Message as _;
+
+use super::Control;
+use super::pending::{AppendCtx, Pending, ReplyTo};
+use crate::conn_id::ConnId;
+use crate::convert::{self, Target};
+use crate::counters::ByScenario;
+use crate::time::Timestamp;
+
+/// Which per-scenario counter a conversation feeds.
+fn scenario(counters: &mut ByScenario, key: ConversationKey) -> &mut u64 {
+    match key {
+        ConversationKey::Single { .. } => &mut counters.single,
+        ConversationKey::Group(_) => &mut counters.group,
+        ConversationKey::PublicAccount(_) => &mut counters.public_account,
+    }
+}
+
+impl Control {
+    pub(super) fn on_send_message(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        rid: u32,
+        msg: pb::SendMessage,
+    ) {
+        let Some(session) = self.registry.get(conn).and_then(|c| c.session.as_ref()) else {
+            return;
+        };
+        let user = session.user;
+        let device = session.device.clone();
+        if msg.client_msg_id == 0 {
+            return self.reject_send(
+                conn,
+                rid,
+                pb::ErrorCode::InvalidRequest,
+                "client_msg_id is 0",
+            );
+        }
+        let Some(content) = msg.content else {
+            return self.reject_send(conn, rid, pb::ErrorCode::InvalidRequest, "content missing");
+        };
+        if content.encoded_len() > self.config.max_content_len {
+            return self.reject_send(
+                conn,
+                rid,
+                pb::ErrorCode::ContentTooLarge,
+                "content exceeds the server's limit",
+            );
+        }
+        match convert::target(user, msg.conversation.as_ref()) {
+            None => self.reject_send(
+                conn,
+                rid,
+                pb::ErrorCode::InvalidRequest,
+                "conversation id missing or invalid",
+            ),
+            Some(Target::Chatroom(room)) => self.send_to_chatroom(
+                now,
+                conn,
+                rid,
+                user,
+                &device,
+                msg.client_msg_id,
+                room,
+                content,
+            ),
+            Some(Target::Persisted(key)) => {
+                let payload = Bytes::from(content.encode_to_vec());
+                self.storage(
+                    Request::Append(AppendRequest {
+                        sender: UserId(user),
+                        sender_device: device.to_string(),
+                        client_msg_id: msg.client_msg_id,
+                        conversation: key,
+                        payload,
+                        now_ms: now.as_millis(),
+                    }),
+                    Pending::Append(AppendCtx {
+                        to: ReplyTo { conn, rid, user },
+                        device,
+                        client_msg_id: msg.client_msg_id,
+                        key,
+                        content,
+                    }),
+                );
+            }
+        }
+    }
+
+    fn reject_send(&mut self, conn: ConnId, rid: u32, code: pb::ErrorCode, message: &str) {
+        self.counters.messages_rejected += 1;
+        self.send_error(conn, rid, code, message, 0);
+    }
+
+    pub(super) fn on_appended(&mut self, ctx: AppendCtx, result: Result<Reply, StorageError>) {
+        let outcome = match result {
+            Ok(Reply::Appended(outcome)) => outcome,
+            Ok(_) => {
+                self.counters.storage_errors += 1;
+                return self.send_error(
+                    ctx.to.conn,
+                    ctx.to.rid,
+                    pb::ErrorCode::Internal,
+                    "storage answered an append with the wrong reply",
+                    0,
+                );
+            }
+            Err(err) => {
+                let (code, internal) = convert::storage_error_code(&err);
+                if internal {
+                    self.counters.storage_errors += 1;
+                } else {
+                    self.counters.messages_rejected += 1;
+                }
+                return self.send_error(ctx.to.conn, ctx.to.rid, code, &err.to_string(), 0);
+            }
+        };
+        // The write is durable: acknowledge the sender (if still connected).
+        self.send_frame(
+            ctx.to.conn,
+            Frame::response(
+                ctx.to.rid,
+                pb::Ack {
+                    client_msg_id: ctx.client_msg_id,
+                    conversation: Some(convert::wire_id(ctx.to.user, ctx.key)),
+                    seq: outcome.seq,
+                    server_time_ms: outcome.server_time_ms,
+                    duplicate: outcome.duplicate,
+                },
+            ),
+        );
+        if outcome.duplicate {
+            // The original append already pushed it.
+            self.counters.messages_duplicate += 1;
+            return;
+        }
+        *scenario(&mut self.counters.messages_persisted, ctx.key) += 1;
+        self.fan_out(ctx, outcome);
+    }
+
+    /// Pushes a stored message to every online device of every recipient except the
+    /// sending connection.
+    fn fan_out(&mut self, ctx: AppendCtx, outcome: AppendOutcome) {
+        let sender = ctx.to.user;
+        let single = matches!(ctx.key, ConversationKey::Single { .. });
+        let mut frame = Frame::new(
+            0,
+            pb::MessagePush {
+                conversation: None,
+                seq: outcome.seq,
+                sender,
+                server_time_ms: outcome.server_time_ms,
+                client_msg_id: ctx.client_msg_id,
+                content: Some(ctx.content),
+                sender_device: ctx.device.to_string(),
+            },
+        );
+        // Encoded lazily, once per view: a 1:1 chat has the peer's view and the
+        // sender's (for the sender's other devices); other kinds have one view.
+        let mut sender_view: Option<Bytes> = None;
+        let mut peer_view: Option<Bytes> = None;
+        let mut targets = std::mem::take(&mut self.scratch_conns);
+        for recipient in outcome.recipients {
+            targets.clear();
+            targets.extend(
+                self.registry
+                    .user_conns(recipient.0)
+                    .iter()
+                    .copied()
+                    .filter(|&c| c != ctx.to.conn),
+            );
+            if targets.is_empty() {
+                continue;
+            }
+            let is_sender = single && recipient.0 == sender;
+            let cached = if is_sender { &sender_view } else { &peer_view };
+            let bytes = match cached {
+                Some(bytes) => bytes.clone(),
+                None => {
+                    if let Body::MessagePush(push) = &mut frame.body {
+                        push.conversation = Some(convert::wire_id(recipient.0, ctx.key));
+                    }
+                    let Some(bytes) = self.encode(&frame) else {
+                        continue;
+                    };
+                    if is_sender {
+                        sender_view = Some(bytes.clone());
+                    } else {
+                        peer_view = Some(bytes.clone());
+                    }
+                    bytes
+                }
+            };
+            for &conn in &targets {
+                self.deliver_persisted(conn, bytes.clone(), ctx.key);
+            }
+        }
+        self.scratch_conns = targets;
+    }
+
+    /// Delivers one push of a persisted conversation. A connection whose outbound queue
+    /// is over the limit is kicked as a slow consumer rather than silently skipped: it
+    /// re-syncs the message when it reconnects.
+    fn deliver_persisted(&mut self, conn: ConnId, bytes: Bytes, key: ConversationKey) {
+        let Some(c) = self.registry.get(conn) else {
+            return;
+        };
+        if c.queued_bytes + bytes.len() as u64 > self.config.max_outbound_bytes {
+            self.counters.kicks.slow_consumer += 1;
+            self.kick(
+                conn,
+                pb::KickReason::SlowConsumer,
+                "outbound queue full; reconnect and sync",
+            );
+            return;
+        }
+        if self.send_bytes(conn, bytes, FrameType::MessagePush) {
+            *scenario(&mut self.counters.messages_delivered, key) += 1;
+        }
+    }
+
+    /// A chatroom message: sequenced and fanned out in memory, acknowledged at once.
+    /// Chatrooms keep no dedup state, so a retried `client_msg_id` is delivered again.
+    #[allow(clippy::too_many_arguments)]
+    fn send_to_chatroom(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        rid: u32,
+        user: u64,
+        device: &str,
+        client_msg_id: u64,
+        room_id: u64,
+        content: pb::Content,
+    ) {
+        let Some(room) = self
+            .rooms
+            .get_mut(room_id)
+            .filter(|room| room.contains(conn))
+        else {
+            return self.reject_send(
+                conn,
+                rid,
+                pb::ErrorCode::NotAMember,
+                "join the chatroom before sending to it",
+            );
+        };
+        let seq = room.next_seq();
+        let mut targets = std::mem::take(&mut self.scratch_conns);
+        targets.clear();
+        targets.extend(room.members().filter(|&c| c != conn));
+        let conversation = convert::chatroom_id(room_id);
+        let frame = Frame::new(
+            0,
+            pb::MessagePush {
+                conversation: Some(conversation),
+                seq,
+                sender: user,
+                server_time_ms: now.as_millis(),
+                client_msg_id,
+                content: Some(content),
+                sender_device: device.to_owned(),
+            },
+        );
+        let encoded = self.encode(&frame);
+        self.send_frame(
+            conn,
+            Frame::response(
+                rid,
+                pb::Ack {
+                    client_msg_id,
+                    conversation: Some(conversation),
+                    seq,
+                    server_time_ms: now.as_millis(),
+                    duplicate: false,
+                },
+            ),
+        );
+        if let Some(bytes) = encoded {
+            for &target in &targets {
+                let Some(c) = self.registry.get(target) else {
+                    continue;
+                };
+                // A slow receiver loses this message; the room does not wait for it.
+                if c.queued_bytes + bytes.len() as u64 > self.config.max_outbound_bytes {
+                    self.counters.messages_dropped.chatroom += 1;
+                    continue;
+                }
+                if self.send_bytes(target, bytes.clone(), FrameType::MessagePush) {
+                    self.counters.messages_delivered.chatroom += 1;
+                }
+            }
+        }
+        self.scratch_conns = targets;
+        let keep = self.config.chatroom_recent;
+        if let (Some(room), Body::MessagePush(push)) = (self.rooms.get_mut(room_id), frame.body) {
+            room.remember(push, keep);
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! The [`Control`] state machine: event dispatch, outbound frames, closes and timers.
+//!
+//! The request handlers live in sibling modules, one per concern: [`session_frames`]
+//! (login, renewal, logout, ping), [`messaging`] (send, ack, fan-out), [`conversation`]
+//! (group, chatroom and public-account operations, read positions) and [`sync`]
+//! (sync and history). [`pending`] remembers what to do when each storage request
+//! completes.
+//!
+//! Performance-critical path: `handle(Event::Frame)` for `SendMessage` and
+//! `handle(Event::Storage)` for its append are run for every message. They do not
+//! lock, log or read a clock; frames are encoded into one reusable buffer and split
+//! off as shared [`Bytes`], and a fan-out push is encoded once per distinct view.
+
+mod conversation;
+mod messaging;
+mod pending;
+mod session_frames;
+mod sync;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use petrel_proto::codec::FrameEncoder;
+use petrel_proto::{Body, Frame, FrameError, FrameType, pb};
+use petrel_storage::{Reply, Request, StorageError};
+
+use self::pending::Pending;
+use crate::chatroom::Rooms;
+use crate::config::Config;
+use crate::conn_id::ConnId;
+use crate::counters::Counters;
+use crate::event::{Action, CloseReason, Event, Ticket};
+use crate::rate_limit::TokenBucket;
+use crate::session::{Conn, Registry};
+use crate::time::Timestamp;
+use crate::timers::{TimerKind, TimerQueue};
+use crate::token::{KeyRing, RevocationList, VerifiedTokens};
+
+/// How often the revocation list is pruned of expired entries.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
+/// Wait before asking storage for the revocation list again after a failure.
+const RELOAD_REVOKED_AFTER: Duration = Duration::from_secs(1);
+/// Size of each chunk of the reusable encode buffer.
+const ENCODE_CHUNK: usize = 64 * 1024;
+
+/// The control plane: sessions, tokens, heartbeats and routing, with no I/O.
+///
+/// # The four kinds of methods
+///
+/// Like `quinn_proto::Connection`, a `Control` never touches a socket, a disk or a
+/// clock. A driver (the kernel-socket transport, the AF_XDP dataplane, or the test
+/// simulator) owns those and talks to it through four kinds of methods:
+///
+/// 1. **Input** — [`Control::handle`]`(now, event)`: a connection opened, a frame or a
+///    decode error arrived, bytes were flushed, a connection closed, a storage request
+///    completed, or a timeout passed ([`Event::Tick`]). `now` is the wall clock in ms
+///    since the Unix epoch (tokens expire in wall time and frames carry server times).
+/// 2. **Output** — [`Control::poll_action`]: call until it returns `None` after every
+///    `handle`. Actions are sends (encoded frames, shared [`Bytes`]), closes and storage
+///    requests ([`Action::Storage`], whose result comes back as [`Event::Storage`] with
+///    the same [`Ticket`]).
+/// 3. **Timer** — [`Control::poll_timeout`]: the next instant at which the driver must
+///    call `handle(now, Event::Tick)`, or `None`. Ask again after every `handle`.
+/// 4. **Inspection** — [`Control::counters`], [`Control::connection_count`],
+///    [`Control::session_count`], [`Control::online_devices`]: read-only, any time.
+///
+/// Calling order, per driver loop iteration:
+///
+/// ```text
+/// let mut control = Control::new(config, keys, now);   // queues LoadRevoked
+/// loop {
+///     for event in whatever_happened { control.handle(now, event); }
+///     if control.poll_timeout().is_some_and(|t| t <= now) { control.handle(now, Event::Tick); }
+///     while let Some(action) = control.poll_action() { perform(action); }
+///     sleep_until(control.poll_timeout());  // or until I/O is ready
+/// }
+/// ```
+///
+/// Logins are answered `ServerBusy` until the revocation list requested by
+/// [`Control::new`] has been loaded, so a revoked token can never slip in during
+/// start-up.
+pub struct Control {
+    config: Config,
+    keys: KeyRing,
+    token_cache: VerifiedTokens,
+    revoked: RevocationList,
+    revocations_loaded: bool,
+    registry: Registry,
+    rooms: Rooms,
+    timers: TimerQueue,
+    actions: VecDeque<Action>,
+    pending: HashMap<Ticket, Pending>,
+    next_ticket: u64,
+    next_session: u64,
+    next_token_seq: u64,
+    encoder: FrameEncoder,
+    encode_buf: BytesMut,
+    /// Reused list of fan-out targets (avoids an allocation per push).
+    scratch_conns: Vec<ConnId>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("connections", &self.registry.conn_count())
+            .field("sessions", &self.registry.session_count())
+            .field("rooms", &self.rooms.len())
+            .field("pending_storage", &self.pending.len())
+            .field("queued_actions", &self.actions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// A control plane with no connections. Queues an [`Action::Storage`] asking for
+    /// the revocation list; logins wait for it.
+    pub fn new(config: Config, keys: KeyRing, now: Timestamp) -> Control {
+        let mut control = Control {
+            token_cache: VerifiedTokens::new(config.token_cache_capacity),
+            config,
+            keys,
+            revoked: RevocationList::default(),
+            revocations_loaded: false,
+            registry: Registry::default(),
+            rooms: Rooms::default(),
+            timers: TimerQueue::default(),
+            actions: VecDeque::new(),
+            pending: HashMap::new(),
+            next_ticket: 0,
+            next_session: 0,
+            next_token_seq: 0,
+            encoder: FrameEncoder::default(),
+            encode_buf: BytesMut::new(),
+            scratch_conns: Vec::new(),
+            counters: Counters::default(),
+        };
+        control.request_revocations(now);
+        control.timers.arm(
+            now.saturating_add(HOUSEKEEPING_INTERVAL),
+            TimerKind::Housekeeping,
+        );
+        control
+    }
+
+    /// Feeds one event in. See the type's documentation for the calling order.
+    pub fn handle(&mut self, now: Timestamp, event: Event) {
+        match event {
+            Event::Opened { conn } => self.handle_opened(now, conn),
+            Event::Frame { conn, frame } => self.handle_frame(now, conn, frame),
+            Event::FrameError { conn, error } => self.handle_frame_error(now, conn, error),
+            Event::Flushed { conn, bytes } => {
+                if let Some(c) = self.registry.get_mut(conn) {
+                    c.queued_bytes = c.queued_bytes.saturating_sub(bytes);
+                }
+            }
+            Event::Closed { conn } => {
+                if self.forget(conn) {
+                    self.counters.connections_closed += 1;
+                }
+            }
+            Event::Storage { ticket, result } => self.handle_storage(now, ticket, result),
+            Event::Tick => self.handle_timeout(now),
+        }
+    }
+
+    /// The next action for the driver, in the order they must be performed per
+    /// connection.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When the driver must next deliver [`Event::Tick`]. Discards deadlines that no
+    /// longer matter (closed connections, completed logins) first, so an idle server
+    /// does not wake up for nothing.
+    pub fn poll_timeout(&mut self) -> Option<Timestamp> {
+        while let Some((_, kind)) = self.timers.peek() {
+            let stale = match kind {
+                TimerKind::LoginDeadline(c) => self
+                    .registry
+                    .get(c)
+                    .is_none_or(|conn| conn.session.is_some()),
+                TimerKind::Idle(c) => self.registry.get(c).is_none(),
+                TimerKind::Housekeeping | TimerKind::RetryLoadRevoked => false,
+            };
+            if !stale {
+                break;
+            }
+            self.timers.pop_front();
+        }
+        self.timers.next_deadline()
+    }
+
+    /// The counters, for metrics export.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Open connections (logged in or not).
+    pub fn connection_count(&self) -> usize {
+        self.registry.conn_count()
+    }
+
+    /// Logged-in sessions.
+    pub fn session_count(&self) -> u64 {
+        self.registry.session_count()
+    }
+
+    /// The logged-in connections of `user`.
+    pub fn online_devices(&self, user: u64) -> &[ConnId] {
+        self.registry.user_conns(user)
+    }
+
+    /// Whether the revocation list has been loaded (logins are accepted).
+    pub fn is_ready(&self) -> bool {
+        self.revocations_loaded
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Replaces the signing keys (after the key file changed). Cached verifications are
+    /// dropped so tokens of a removed key fail from now on; live sessions stay.
+    pub fn replace_keys(&mut self, keys: KeyRing) {
+        self.keys = keys;
+        self.token_cache.clear();
+    }
+
+    /// Kicks every connection with `Kick{ServerShutdown}` and closes it.
+    pub fn shutdown(&mut self) {
+        for conn in self.registry.conn_ids() {
+            self.kick(
+                conn,
+                pb::KickReason::ServerShutdown,
+                "server shutting down; reconnect after a back-off",
+            );
+        }
+    }
+
+    // ---- inputs ----
+
+    fn handle_opened(&mut self, now: Timestamp, conn: ConnId) {
+        let fresh = self.registry.open(
+            conn,
+            Conn {
+                opened_at: now,
+                last_activity: now,
+                session: None,
+                queued_bytes: 0,
+                bucket: TokenBucket::new(self.config.rate_limit, now),
+                rooms: Vec::new(),
+            },
+        );
+        if !fresh {
+            // The transport broke its promise never to reuse an id; keep the original.
+            return;
+        }
+        self.counters.connections_opened += 1;
+        self.timers.arm(
+            now.saturating_add(self.config.login_deadline),
+            TimerKind::LoginDeadline(conn),
+        );
+        self.timers.arm(
+            now.saturating_add(self.config.idle_timeout),
+            TimerKind::Idle(conn),
+        );
+    }
+
+    fn handle_frame(&mut self, now: Timestamp, conn_id: ConnId, frame: Frame) {
+        let Some(conn) = self.registry.get_mut(conn_id) else {
+            return;
+        };
+        conn.last_activity = now;
+        let logged_in = conn.session.is_some();
+        let frame_type = frame.body.frame_type();
+        self.counters.frames_in.add(frame_type);
+        let rid = frame.request_id;
+        match frame.body {
+            Body::Ping(ping) => self.on_ping(now, conn_id, rid, ping),
+            Body::Login(login) => self.on_login(now, conn_id, rid, login),
+            _ if !frame_type.is_client_to_server() => self.send_error(
+                conn_id,
+                rid,
+                pb::ErrorCode::UnknownFrameType,
+                "server-to-client frame type sent by a client",
+                0,
+            ),
+            _ if !logged_in => {
+                self.send_error(
+                    conn_id,
+                    rid,
+                    pb::ErrorCode::NotLoggedIn,
+                    "log in before any request other than Ping",
+                    0,
+                );
+                self.close(conn_id, CloseReason::NotLoggedIn);
+            }
+            Body::Logout(logout) => self.on_logout(conn_id, logout),
+            Body::RenewToken(_) => {
+                if self.rate_limit(now, conn_id, rid) {
+                    self.on_renew(now, conn_id, rid);
+                }
+            }
+            Body::SendMessage(msg) => {
+                if self.rate_limit(now, conn_id, rid) {
+                    self.on_send_message(now, conn_id, rid, msg);
+                }
+            }
+            Body::ConversationOp(op) => {
+                if self.rate_limit(now, conn_id, rid) {
+                    self.on_conversation_op(now, conn_id, rid, op);
+                }
+            }
+            Body::SyncRequest(req) => self.on_sync(now, conn_id, rid, req),
+            Body::HistoryRequest(req) => self.on_history(conn_id, rid, req),
+            // Server-to-client bodies were answered above; nothing else exists.
+            Body::LoginResult(_)
+            | Body::RenewResult(_)
+            | Body::Pong(_)
+            | Body::Error(_)
+            | Body::Kick(_)
+            | Body::Ack(_)
+            | Body::MessagePush(_)
+            | Body::SyncResponse(_)
+            | Body::ConversationOpResult(_)
+            | Body::ConversationEvent(_) => {}
+        }
+    }
+
+    fn handle_frame_error(&mut self, now: Timestamp, conn: ConnId, error: FrameError) {
+        let Some(c) = self.registry.get_mut(conn) else {
+            return;
+        };
+        c.last_activity = now;
+        self.counters.frame_errors += 1;
+        let code = error.error_code();
+        self.send_error(
+            conn,
+            error.request_id().unwrap_or(0),
+            code,
+            &error.to_string(),
+            0,
+        );
+        if error.is_fatal() {
+            self.close(conn, CloseReason::FatalFrameError(code));
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Timestamp) {
+        while let Some((_, kind)) = self.timers.pop_expired(now) {
+            match kind {
+                TimerKind::LoginDeadline(conn) => {
+                    if self.registry.get(conn).is_some_and(|c| c.session.is_none()) {
+                        self.counters.login_timeouts += 1;
+                        self.send_error(
+                            conn,
+                            0,
+                            pb::ErrorCode::LoginTimeout,
+                            "no login within the login deadline",
+                            0,
+                        );
+                        self.close(conn, CloseReason::LoginTimeout);
+                    }
+                }
+                TimerKind::Idle(conn) => {
+                    let Some(c) = self.registry.get(conn) else {
+                        continue;
+                    };
+                    let due = c.last_activity.saturating_add(self.config.idle_timeout);
+                    if due <= now {
+                        self.counters.kicks.idle += 1;
+                        self.kick(conn, pb::KickReason::Idle, "heartbeat timed out");
+                    } else {
+                        self.timers.arm(due, TimerKind::Idle(conn));
+                    }
+                }
+                TimerKind::Housekeeping => {
+                    self.revoked.prune(now);
+                    self.timers.arm(
+                        now.saturating_add(HOUSEKEEPING_INTERVAL),
+                        TimerKind::Housekeeping,
+                    );
+                }
+                TimerKind::RetryLoadRevoked => self.request_revocations(now),
+            }
+        }
+    }
+
+    fn handle_storage(
+        &mut self,
+        now: Timestamp,
+        ticket: Ticket,
+        result: Result<Reply, StorageError>,
+    ) {
+        let Some(pending) = self.pending.remove(&ticket) else {
+            self.counters.unknown_tickets += 1;
+            return;
+        };
+        match pending {
+            Pending::LoadRevoked => self.on_revocations_loaded(now, result),
+            Pending::Background => {
+                if result.is_err() {
+                    self.counters.storage_errors += 1;
+                }
+            }
+            Pending::Append(ctx) => self.on_appended(ctx, result),
+            Pending::Op(ctx) => self.on_op_done(ctx, result),
+            Pending::Sync(ctx) => self.on_synced(ctx, result),
+            Pending::History(ctx) => self.on_history_done(ctx, result),
+        }
+    }
+
+    // ---- outputs ----
+
+    /// Queues a storage request and remembers what to do with its result.
+    fn storage(&mut self, request: Request, pending: Pending) -> Ticket {
+        self.next_ticket += 1;
+        let ticket = Ticket(self.next_ticket);
+        self.pending.insert(ticket, pending);
+        self.actions.push_back(Action::Storage { ticket, request });
+        ticket
+    }
+
+    /// Encodes `frame` into the shared encode buffer and splits it off. `None` (and the
+    /// internal-error counter) if the frame exceeds the protocol's body limit; callers
+    /// size what they build so this does not happen.
+    fn encode(&mut self, frame: &Frame) -> Option<Bytes> {
+        if self.encode_buf.capacity() < ENCODE_CHUNK / 4 {
+            self.encode_buf.reserve(ENCODE_CHUNK);
+        }
+        match self.encoder.encode(frame, &mut self.encode_buf) {
+            Ok(_) => Some(self.encode_buf.split().freeze()),
+            Err(_) => {
+                self.encode_buf.clear();
+                self.counters.encode_errors += 1;
+                None
+            }
+        }
+    }
+
+    /// Queues already-encoded bytes for `conn`. False if the connection is gone.
+    fn send_bytes(&mut self, conn: ConnId, bytes: Bytes, frame_type: FrameType) -> bool {
+        let Some(c) = self.registry.get_mut(conn) else {
+            return false;
+        };
+        c.queued_bytes += bytes.len() as u64;
+        self.counters.frames_out.add(frame_type);
+        self.actions.push_back(Action::Send { conn, bytes });
+        true
+    }
+
+    /// Encodes and queues one frame for `conn`.
+    fn send_frame(&mut self, conn: ConnId, frame: Frame) -> bool {
+        if self.registry.get(conn).is_none() {
+            return false;
+        }
+        let frame_type = frame.body.frame_type();
+        match self.encode(&frame) {
+            Some(bytes) => self.send_bytes(conn, bytes, frame_type),
+            None => false,
+        }
+    }
+
+    /// Answers request `rid` on `conn` with an `Error` frame (an unsolicited one if
+    /// `rid` is 0).
+    fn send_error(
+        &mut self,
+        conn: ConnId,
+        rid: u32,
+        code: pb::ErrorCode,
+        message: &str,
+        retry_after_ms: u32,
+    ) {
+        let body = pb::Error {
+            code: code as i32,
+            message: message.to_owned(),
+            retry_after_ms,
+        };
+        let frame = if rid == 0 {
+            Frame::new(0, body)
+        } else {
+            Frame::response(rid, body)
+        };
+        self.send_frame(conn, frame);
+    }
+
+    /// Sends `Kick{reason}` and closes the connection.
+    fn kick(&mut self, conn: ConnId, reason: pb::KickReason, message: &str) {
+        self.send_frame(
+            conn,
+            Frame::new(
+                0,
+                pb::Kick {
+                    reason: reason as i32,
+                    message: message.to_owned(),
+                },
+            ),
+        );
+        self.close(conn, CloseReason::Kicked(reason));
+    }
+
+    /// Forgets the connection and tells the transport to close it.
+    fn close(&mut self, conn: ConnId, reason: CloseReason) {
+        if self.forget(conn) {
+            self.counters.connections_closed += 1;
+            self.actions.push_back(Action::Close { conn, reason });
+        }
+    }
+
+    /// Removes every trace of a connection: session, rooms. False if it was unknown.
+    fn forget(&mut self, conn: ConnId) -> bool {
+        let Some(c) = self.registry.remove(conn) else {
+            return false;
+        };
+        for room in c.rooms {
+            self.rooms.leave(room, conn);
+        }
+        true
+    }
+
+    /// Takes one request's worth from the connection's bucket; on failure answers
+    /// `RateLimited` with the time until the next request is allowed.
+    fn rate_limit(&mut self, now: Timestamp, conn: ConnId, rid: u32) -> bool {
+        let Some(c) = self.registry.get_mut(conn) else {
+            return false;
+        };
+        match c.bucket.try_take(now) {
+            Ok(()) => true,
+            Err(retry_after_ms) => {
+                self.counters.rate_limited += 1;
+                self.send_error(
+                    conn,
+                    rid,
+                    pb::ErrorCode::RateLimited,
+                    "request rate limit exceeded",
+                    retry_after_ms,
+                );
+                false
+            }
+        }
+    }
+
+    // ---- start-up ----
+
+    fn request_revocations(&mut self, now: Timestamp) {
+        self.storage(
+            Request::LoadRevoked {
+                now_ms: now.as_millis(),
+            },
+            Pending::LoadRevoked,
+        );
+    }
+
+    fn on_revocations_loaded(&mut self, now: Timestamp, result: Result<Reply, StorageError>) {
+        match result {
+            Ok(Reply::Revoked(list)) => {
+                for entry in list {
+                    self.revoked
+                        .insert(entry.token.0, Timestamp(entry.expires_at_ms));
+                }
+                self.revocations_loaded = true;
+            }
+            _ => {
+                self.counters.storage_errors += 1;
+                self.timers.arm(
+                    now.saturating_add(RELOAD_REVOKED_AFTER),
+                    TimerKind::RetryLoadRevoked,
+                );
+            }
+        }
+    }
+}

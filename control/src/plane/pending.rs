@@ -1,0 +1,95 @@
+//! What the control plane must do when a storage request completes.
+//!
+//! Every [`crate::Action::Storage`] leaves one [`Pending`] entry under its ticket. The
+//! entry holds the context needed to answer: which connection and request id to reply
+//! to (the connection may be gone by then; the reply is then dropped, but fan-out to
+//! other users still happens), and for appends the content to push.
+
+use std::sync::Arc;
+
+use petrel_proto::pb;
+use petrel_storage::{ConversationKey, Role};
+
+use crate::conn_id::ConnId;
+
+/// The context of one outstanding storage request.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    /// The start-up load of the revocation list.
+    LoadRevoked,
+    /// A write nobody waits for (activity touch, token revocation); only failures are
+    /// counted.
+    Background,
+    /// A message append.
+    Append(AppendCtx),
+    /// A conversation operation.
+    Op(OpCtx),
+    /// A sync page.
+    Sync(SyncCtx),
+    /// A history page.
+    History(HistoryCtx),
+}
+
+/// Who asked.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplyTo {
+    /// The requesting connection.
+    pub conn: ConnId,
+    /// The request id to answer.
+    pub rid: u32,
+    /// The requesting user.
+    pub user: u64,
+}
+
+/// Context of an append.
+#[derive(Debug)]
+pub(crate) struct AppendCtx {
+    pub to: ReplyTo,
+    pub device: Arc<str>,
+    pub client_msg_id: u64,
+    pub key: ConversationKey,
+    pub content: pb::Content,
+}
+
+/// Context of a sync request.
+#[derive(Debug)]
+pub(crate) struct SyncCtx {
+    pub to: ReplyTo,
+    /// The request's inbox cursor, returned again if the page has to be cut.
+    pub inbox_cursor: u64,
+}
+
+/// Context of a history request.
+#[derive(Debug)]
+pub(crate) struct HistoryCtx {
+    pub to: ReplyTo,
+    pub limit: usize,
+}
+
+/// Context of a conversation operation.
+#[derive(Debug)]
+pub(crate) struct OpCtx {
+    pub to: ReplyTo,
+    pub kind: OpKind,
+}
+
+/// Which operation, with what the answer needs beyond the storage reply.
+#[derive(Debug)]
+pub(crate) enum OpKind {
+    /// `CreateGroup`; the initial members as requested (storage replies with only the
+    /// new key).
+    CreateGroup { members: Vec<u64> },
+    /// `CreatePublicAccount`.
+    CreatePublicAccount,
+    /// A group membership change announced as a `ConversationEvent` of `event` kind.
+    Membership {
+        event: pb::ConversationEventKind,
+        role: Option<Role>,
+    },
+    /// `Follow` / `Unfollow` (no event: follower lists can be huge).
+    Follow,
+    /// `MarkRead`.
+    MarkRead { key: ConversationKey },
+    /// `ListMembers` of a persisted conversation.
+    ListMembers { key: ConversationKey },
+}
