@@ -42,12 +42,13 @@ impl std::fmt::Debug for RocksKv {
 }
 
 impl RocksKv {
-    /// Open (creating if needed) the database at `path`.
-    pub fn open(path: &Path) -> Result<Self, StorageError> {
+    /// Open (creating if needed) the database at `path`. `config` sets the expiry of
+    /// the compaction filters (dedup window).
+    pub fn open(path: &Path, config: &StorageConfig) -> Result<Self, StorageError> {
         let cache = Cache::new_lru_cache(options::BLOCK_CACHE_BYTES);
-        let cfs = Cf::ALL
-            .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), options::cf_options(*cf, &cache)));
+        let cfs = Cf::ALL.iter().map(|cf| {
+            ColumnFamilyDescriptor::new(cf.name(), options::cf_options(*cf, &cache, config))
+        });
         let db = DB::open_cf_descriptors(&options::db_options(), path, cfs).map_err(backend)?;
         Ok(RocksKv { db })
     }
@@ -56,6 +57,14 @@ impl RocksKv {
         self.db
             .cf_handle(cf.name())
             .ok_or_else(|| StorageError::Backend(format!("column family {} missing", cf.name())))
+    }
+
+    /// Compact one column family completely (maintenance, tests): runs the expiry
+    /// filters over every entry.
+    pub fn compact(&self, cf: Cf) -> Result<(), StorageError> {
+        let h = self.handle(cf)?;
+        self.db.compact_range_cf(h, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
     }
 
     /// Write a consistent point-in-time copy of the database to `dir` (which must not
@@ -189,7 +198,7 @@ impl RocksEngine {
     /// conversation, inbox heads, id allocators) are recovered lazily from the data on
     /// first use, so open cost does not grow with the number of conversations.
     pub fn open(path: &Path, config: StorageConfig) -> Result<Self, StorageError> {
-        Ok(Store::with_kv(RocksKv::open(path)?, config))
+        Ok(Store::with_kv(RocksKv::open(path, &config)?, config))
     }
 
     /// Consistent checkpoint of the whole database into `dir` (see [`RocksKv::checkpoint`]).

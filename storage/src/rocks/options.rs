@@ -2,10 +2,15 @@
 //! by short range scans from a cursor, point lookups that mostly miss (dedup), and small
 //! hot tables (members, cursors). Each choice carries a one-line reason.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rocksdb::compaction_filter::Decision;
 use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, SliceTransform};
 
 use crate::cf::Cf;
-use crate::keys::CONV_LEN;
+use crate::config::StorageConfig;
+use crate::keys::{self, CONV_LEN};
+use crate::values::DedupEntry;
 
 /// Block cache shared by every column family (one budget for the process).
 pub const BLOCK_CACHE_BYTES: usize = 256 << 20;
@@ -40,8 +45,16 @@ pub fn db_options() -> Options {
     o
 }
 
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before 1970, which
+/// makes the expiry filters keep everything).
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Per-column-family options.
-pub fn cf_options(cf: Cf, cache: &Cache) -> Options {
+pub fn cf_options(cf: Cf, cache: &Cache, config: &StorageConfig) -> Options {
     let mut o = Options::default();
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
@@ -83,6 +96,31 @@ pub fn cf_options(cf: Cf, cache: &Cache) -> Options {
         Cf::Dedup => o.set_write_buffer_size(32 << 20),
         // The rest is small; small memtables keep memory for the block cache.
         _ => o.set_write_buffer_size(8 << 20),
+    }
+    match cf {
+        // Expired dedup entries are garbage: compaction drops them for free instead of
+        // a purge job rewriting the table. Undecodable values are kept for inspection.
+        Cf::Dedup => {
+            let window = config.dedup_window_ms;
+            o.set_compaction_filter("petrel-dedup-expiry", move |_, _: &[u8], v: &[u8]| {
+                match DedupEntry::decode(v) {
+                    Ok(d) if d.server_time_ms.saturating_add(window) <= wall_ms() => {
+                        Decision::Remove
+                    }
+                    _ => Decision::Keep,
+                }
+            });
+        }
+        // A revoked token past its own expiry cannot be presented any more.
+        Cf::Revoked => {
+            o.set_compaction_filter("petrel-revoked-expiry", |_, _: &[u8], v: &[u8]| {
+                match keys::decode_u64("revoked expiry", v) {
+                    Ok(expires) if expires <= wall_ms() => Decision::Remove,
+                    _ => Decision::Keep,
+                }
+            });
+        }
+        _ => {}
     }
     o
 }
