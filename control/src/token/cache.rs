@@ -41,6 +41,11 @@ impl VerifiedTokens {
         ring: &KeyRing,
         revoked: &RevocationList,
     ) -> Result<Claims, TokenError> {
+        if token.len() > super::MAX_TOKEN_TEXT_LEN {
+            // Rejected before hashing: an oversized token costs nothing to refuse.
+            self.misses += 1;
+            return Err(TokenError::Malformed("too long"));
+        }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(claims) = self.cache.get(&key) {
             self.hits += 1;

@@ -424,6 +424,34 @@ mod tests {
         assert!(verify(&t, Timestamp(2_000), &r, &RevocationList::default()).is_ok());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,300}") {
+            let r = ring(K1);
+            let result = verify(&text, Timestamp(0), &r, &RevocationList::default());
+            proptest::prop_assert!(result.is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_verify(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let r = ring(K1);
+            let text = URL_SAFE_NO_PAD.encode(&bytes);
+            let result = verify(&text, Timestamp(0), &r, &RevocationList::default());
+            proptest::prop_assert!(result.is_err());
+        }
+
+        #[test]
+        fn any_single_byte_change_is_rejected(pos in 0usize..1000, flip in 1u8..=255) {
+            let r = ring(K1);
+            let t = mint(&r, &spec("device")).unwrap().token;
+            let mut raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+            let pos = pos % raw.len();
+            raw[pos] ^= flip;
+            let result = verify(&URL_SAFE_NO_PAD.encode(&raw), Timestamp(2_000), &r, &RevocationList::default());
+            proptest::prop_assert!(result.is_err());
+        }
+    }
+
     #[test]
     fn truncations_and_garbage_never_panic() {
         let r = ring(K1);
