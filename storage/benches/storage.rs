@@ -46,9 +46,7 @@ fn append(sender: UserId, conversation: ConversationKey, cmid: u64) -> AppendReq
 fn one_to_one_group_commit(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Arc::new(open(&dir, DiffusionMode::Hybrid));
-    for u in 0..20_000 {
-        engine.touch_activity(UserId(u), NOW).expect("touch");
-    }
+    touch_all(&engine, 0..20_000);
     let queue =
         CommitQueue::start(Arc::clone(&engine), CommitQueueConfig::default()).expect("queue");
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -99,9 +97,7 @@ fn group_1000(c: &mut Criterion) {
         let group = engine
             .create_group(UserId(1), "bench", &members, NOW)
             .expect("group");
-        for u in 1..=100 {
-            engine.touch_activity(UserId(u), NOW).expect("touch");
-        }
+        touch_all(&engine, 1..=100);
         let mut cmid = 0u64;
         g.bench_function(name, |b| {
             b.iter(|| {
@@ -131,12 +127,20 @@ fn sync_1000(c: &mut Criterion) {
         .map(|p| ConversationKey::single(reader, UserId(p)))
         .collect();
     let mut cmid = 0u64;
+    // Setup writes go in durable batches of 256 (one fsync each), not one fsync each.
     let mut fill = |engine: &RocksEngine, n: usize| {
-        for i in 0..n {
-            cmid += 1;
-            let conv = convs[i % convs.len()];
-            let peer = conv.peer_of(reader).expect("peer");
-            engine.append(append(peer, conv, cmid)).expect("append");
+        let requests: Vec<Request> = (0..n)
+            .map(|i| {
+                cmid += 1;
+                let conv = convs[i % convs.len()];
+                let peer = conv.peer_of(reader).expect("peer");
+                Request::Append(append(peer, conv, cmid))
+            })
+            .collect();
+        for chunk in requests.chunks(256) {
+            for r in engine.execute_batch(chunk.to_vec()) {
+                r.expect("append");
+            }
         }
     };
     fill(&engine, 100);
@@ -176,6 +180,21 @@ fn sync_1000(c: &mut Criterion) {
         )
     });
     g.finish();
+}
+
+/// Mark users active, in durable batches of 1,000.
+fn touch_all(engine: &RocksEngine, users: impl Iterator<Item = u64>) {
+    let requests: Vec<Request> = users
+        .map(|u| Request::TouchActivity {
+            user: UserId(u),
+            now_ms: NOW,
+        })
+        .collect();
+    for chunk in requests.chunks(1000) {
+        for r in engine.execute_batch(chunk.to_vec()) {
+            r.expect("touch");
+        }
+    }
 }
 
 fn report_bytes(label: &str, engine: &RocksEngine) {
