@@ -103,6 +103,8 @@ pub struct Kicks {
     pub slow_consumer: u64,
     /// Token revoked by a logout elsewhere.
     pub token_revoked: u64,
+    /// Kicked by an operator.
+    pub admin: u64,
 }
 
 /// Everything the control plane counts.

@@ -791,6 +791,32 @@ fn randomized_one_to_one_traffic_is_delivered_exactly_once() {
 }
 
 #[test]
+fn reconnect_storms_hit_the_token_cache_and_admin_kicks_close_every_device() {
+    let mut s = sim();
+    let token = s.token(ALICE, "a", pb::Platform::Ios, DAY);
+    for _ in 0..5 {
+        let conn = s.connect_on(3);
+        assert_eq!(conn.core(), 3);
+        s.login_with(conn, ALICE, "a", pb::Platform::Ios, &token)
+            .unwrap();
+    }
+    // One signature check, four cache hits; each login replaced the previous one.
+    assert_eq!(s.control.counters().token_cache_hits, 4);
+    assert_eq!(s.control.counters().kicks.replaced, 4);
+    assert_eq!(s.control.online_devices(ALICE).len(), 1);
+
+    let desk = s.login(ALICE, "desk", pb::Platform::Desktop);
+    assert_eq!(s.control.kick_user(ALICE, "account suspended"), 2);
+    s.run();
+    assert_eq!(
+        s.client(desk).closed,
+        Some(CloseReason::Kicked(pb::KickReason::Admin))
+    );
+    assert!(s.control.online_devices(ALICE).is_empty());
+    assert_eq!(s.control.session_count(), 0);
+}
+
+#[test]
 fn shutdown_kicks_everyone() {
     let mut s = sim();
     let a = s.login(ALICE, "a", pb::Platform::Ios);

@@ -229,6 +229,17 @@ impl Control {
         self.token_cache.clear();
     }
 
+    /// Kicks every session of `user` with `Kick{Admin}` (an operator action). Returns
+    /// how many connections were closed.
+    pub fn kick_user(&mut self, user: u64, message: &str) -> usize {
+        let conns = self.registry.user_conns(user).to_vec();
+        for &conn in &conns {
+            self.counters.kicks.admin += 1;
+            self.kick(conn, pb::KickReason::Admin, message);
+        }
+        conns.len()
+    }
+
     /// Kicks every connection with `Kick{ServerShutdown}` and closes it.
     pub fn shutdown(&mut self) {
         for conn in self.registry.conn_ids() {
