@@ -1,15 +1,19 @@
 //! `petrel` — the Petrel instant-messaging server's command line.
 //!
-//! One binary for operators and developers: `serve` runs the server, and further
-//! subcommands (tokens, diagnostics, benchmarks) join as their issues land. The crates it
-//! wires together, in the direction data flows:
+//! One binary for operators and developers: `serve` runs the server, `token issue` mints
+//! login tokens, `frames` lists the wire protocol's frame types. The crates it wires
+//! together, in the direction data flows:
 //! `petrel-dataplane` (NIC/socket) → `petrel-proto` (frames) → `petrel-control` (sessions,
 //! routing) → `petrel-storage` (RocksDB); `petrel-sdk` is the client side.
 #![deny(unsafe_code)]
 
+mod server;
+mod token_cmd;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
 
 /// Petrel: an instant-messaging server built for millions of connections per node.
 #[derive(Debug, Parser)]
@@ -21,23 +25,34 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server.
-    Serve,
+    /// Run the server (kernel sockets, embedded RocksDB).
+    Serve(server::ServeArgs),
+    /// Login tokens.
+    #[command(subcommand)]
+    Token(token_cmd::TokenCommand),
     /// Print the wire protocol's frame types and their type bytes.
     Frames,
 }
 
+fn init_logging(filter: &str, format: server::config::LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        server::config::LogFormat::Human => builder.init(),
+        server::config::LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Serve => {
-            eprintln!(
-                "petrel serve: not implemented yet. The kernel-socket server lands with the \
-                 `petrel serve` issue; until then this build provides the wire protocol \
-                 (petrel-proto) and `petrel frames`."
-            );
-            ExitCode::from(2)
-        }
+    let result = match cli.command {
+        Command::Serve(args) => server::ServeConfig::resolve(&args).and_then(|config| {
+            init_logging(&config.log_level, config.log_format);
+            server::run(config)
+        }),
+        Command::Token(cmd) => token_cmd::run(cmd),
         Command::Frames => {
             for &t in petrel_proto::FrameType::ALL {
                 let direction = if t.is_client_to_server() {
@@ -45,9 +60,16 @@ fn main() -> ExitCode {
                 } else {
                     "server -> client"
                 };
-                println!("{:#04x}  {:<22} {direction}", t as u8, t.message_name());
+                println!("{:#04x}  {:<30} {direction}", t as u8, t.message_name());
             }
-            ExitCode::SUCCESS
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("petrel: error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

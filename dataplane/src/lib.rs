@@ -1,18 +1,33 @@
 //! # petrel-dataplane — bytes in from the network, bytes out to it
 //!
 //! The dataplane owns connections and moves bytes; it never interprets them beyond
-//! framing. It reads from the network, cuts the stream into frames with
-//! `petrel-proto`'s decoder, hands connection events and frames to the control plane
-//! (`petrel-control`), and writes back whatever the control plane asks it to send.
+//! framing. It reads from the network, cuts the stream into frames with `petrel-proto`'s
+//! decoder, hands connection events and frames to the control plane (`petrel-control`)
+//! as [`petrel_control::Event`]s, and writes back what the control plane's
+//! [`petrel_control::Action`]s ask it to send. It must never make routing, session or
+//! storage decisions: those belong to the control plane.
 //!
-//! Two transports will implement one boundary, so the control plane never knows which it
-//! runs on:
-//! - **kernel sockets**: one pinned epoll event loop per core with `SO_REUSEPORT`
-//!   listeners — the portable fallback (the `petrel serve` issue);
-//! - **AF_XDP + userspace TCP (smoltcp)**: one socket per NIC queue, polled by a pinned
-//!   core, with an XDP program that passes everything that isn't Petrel's to the kernel
-//!   (the AF_XDP issue).
+//! ## The transport boundary
+//! Every transport implements the same boundary, so the control plane never knows which
+//! one it runs on:
+//! - **in**: `Opened`, `Frame`, `FrameError`, `Flushed` and `Closed` events, sent over a
+//!   bounded crossbeam channel to the thread that runs the control plane (a full channel
+//!   makes the transport stop reading: back-pressure, never unbounded memory);
+//! - **out**: [`CoreCommand`]s (send bytes, close, shut down), routed by the
+//!   [`Router`] straight to the core that owns the connection — a
+//!   [`petrel_control::ConnId`] carries its core in its top bits.
 //!
-//! Neither exists yet: this crate is a placeholder so the workspace has its final shape.
-//! It must never make routing or storage decisions; those belong to the control plane.
+//! ## Transports
+//! - [`kernel`]: kernel sockets — one pinned mio/epoll event loop per core, each with its
+//!   own `SO_REUSEPORT` listener on every listen address so the kernel spreads
+//!   connections across cores. The portable fallback and the baseline.
+//! - AF_XDP + userspace TCP (smoltcp): not written yet (the AF_XDP issue).
+//!
+//! [`pin`] pins threads to cores.
 #![deny(unsafe_code)]
+
+pub mod boundary;
+pub mod kernel;
+pub mod pin;
+
+pub use boundary::{CoreCommand, CoreHandle, Router};

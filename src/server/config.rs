@@ -1,0 +1,288 @@
+//! `petrel serve` configuration: built-in defaults, overridden by a TOML file
+//! (`--config petrel.toml`), overridden by command-line flags. Every option and its
+//! default is listed in docs/CONFIGURATION.md.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+/// Which transport carries client connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataplaneKind {
+    /// Kernel sockets: pinned epoll loops with SO_REUSEPORT listeners.
+    Kernel,
+    /// AF_XDP with userspace TCP.
+    Xdp,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Storage diffusion mode (see docs/STORAGE.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Diffusion {
+    /// One copy per conversation.
+    Read,
+    /// An inbox entry per recipient.
+    Write,
+    /// Write diffusion for active users, read for inactive ones.
+    Hybrid,
+}
+
+/// When appends reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sync {
+    /// fsync every write batch separately.
+    Always,
+    /// Group commit: appends arriving together share one fsync.
+    Batch,
+    /// No fsync; the OS writes back later (loses recent acks on power loss).
+    None,
+}
+
+/// Command-line flags of `petrel serve`. Every flag is optional so that an absent flag
+/// leaves the file's (or the default) value in place.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the database and the token key file [default: ./petrel-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to accept clients on; repeat for several [default: 0.0.0.0:9500].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+    /// Transport [default: kernel].
+    #[arg(long, value_enum)]
+    pub dataplane: Option<DataplaneKind>,
+    /// CPUs for the dataplane loops, e.g. `0,1` [default: every CPU].
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub cores: Vec<usize>,
+    /// Most concurrent client connections [default: 1000000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Token signing keys (`kid hex-secret` per line, first = active)
+    /// [default: DATA_DIR/keys, created on first start].
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Storage diffusion mode [default: hybrid].
+    #[arg(long, value_enum)]
+    pub diffusion: Option<Diffusion>,
+    /// Storage durability [default: batch].
+    #[arg(long, value_enum)]
+    pub sync: Option<Sync>,
+    /// Log filter, e.g. `info` or `petrel=debug` [default: info; env RUST_LOG].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log format [default: human].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The `[server]`-less flat TOML file. Unknown keys are an error, so a typo never
+/// silently falls back to a default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<Vec<SocketAddr>>,
+    dataplane: Option<DataplaneKind>,
+    cores: Option<Vec<usize>>,
+    max_connections: Option<usize>,
+    key_file: Option<PathBuf>,
+    diffusion: Option<Diffusion>,
+    sync: Option<Sync>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+    max_frame_body: Option<u32>,
+    max_outbound_bytes: Option<usize>,
+    heartbeat_interval_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    login_deadline_secs: Option<u64>,
+    rate_limit_per_second: Option<u32>,
+    rate_limit_burst: Option<u32>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub dataplane: DataplaneKind,
+    pub cores: Vec<usize>,
+    pub max_connections: usize,
+    pub key_file: PathBuf,
+    pub diffusion: Diffusion,
+    pub sync: Sync,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub max_frame_body: u32,
+    pub max_outbound_bytes: usize,
+    pub heartbeat_interval: Duration,
+    pub idle_timeout: Duration,
+    pub login_deadline: Duration,
+    /// Sustained SendMessage/ConversationOp frames per second per connection (0 = no
+    /// limit).
+    pub rate_limit_per_second: u32,
+    /// Burst allowance of the same limit.
+    pub rate_limit_burst: u32,
+}
+
+impl ServeConfig {
+    /// Defaults ← file (if `--config` was given) ← flags.
+    pub fn resolve(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./petrel-data"));
+        let key_file = args
+            .key_file
+            .clone()
+            .or(file.key_file)
+            .unwrap_or_else(|| data_dir.join("keys"));
+        let listen = if !args.listen.is_empty() {
+            args.listen.clone()
+        } else {
+            file.listen
+                .unwrap_or_else(|| vec![SocketAddr::from(([0, 0, 0, 0], 9500))])
+        };
+        let cores = if !args.cores.is_empty() {
+            args.cores.clone()
+        } else {
+            file.cores.unwrap_or_default()
+        };
+        let heartbeat_interval = Duration::from_secs(file.heartbeat_interval_secs.unwrap_or(50));
+        let config = ServeConfig {
+            data_dir,
+            listen,
+            dataplane: args
+                .dataplane
+                .or(file.dataplane)
+                .unwrap_or(DataplaneKind::Kernel),
+            cores,
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(1_000_000),
+            key_file,
+            diffusion: args
+                .diffusion
+                .or(file.diffusion)
+                .unwrap_or(Diffusion::Hybrid),
+            sync: args.sync.or(file.sync).unwrap_or(Sync::Batch),
+            log_level: args
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Human),
+            max_frame_body: file.max_frame_body.unwrap_or(64 * 1024),
+            max_outbound_bytes: file.max_outbound_bytes.unwrap_or(4 << 20),
+            heartbeat_interval,
+            idle_timeout: file
+                .idle_timeout_secs
+                .map_or(heartbeat_interval * 3, Duration::from_secs),
+            login_deadline: Duration::from_secs(file.login_deadline_secs.unwrap_or(10)),
+            rate_limit_per_second: file.rate_limit_per_second.unwrap_or(20),
+            rate_limit_burst: file.rate_limit_burst.unwrap_or(50),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.listen.is_empty() {
+            bail!("at least one listen address is required");
+        }
+        if self.max_connections == 0 {
+            bail!("max_connections must be at least 1");
+        }
+        if self.max_frame_body < 1024 {
+            bail!("max_frame_body must be at least 1024 bytes");
+        }
+        if self.heartbeat_interval.is_zero() || self.idle_timeout <= self.heartbeat_interval {
+            bail!("idle_timeout must be longer than heartbeat_interval (both non-zero)");
+        }
+        Ok(())
+    }
+}
+
+fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_without_file_or_flags() {
+        let c = ServeConfig::resolve(&ServeArgs::default()).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./petrel-data"));
+        assert_eq!(c.key_file, PathBuf::from("./petrel-data/keys"));
+        assert_eq!(c.listen, vec!["0.0.0.0:9500".parse().unwrap()]);
+        assert_eq!(c.dataplane, DataplaneKind::Kernel);
+        assert_eq!(c.sync, Sync::Batch);
+        assert_eq!(c.idle_timeout, Duration::from_secs(150));
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("petrel.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/from/file\"\nlisten = [\"127.0.0.1:7000\"]\nsync = \"none\"\n\
+             heartbeat_interval_secs = 10\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            data_dir: Some("/from/flag".into()),
+            ..ServeArgs::default()
+        };
+        let c = ServeConfig::resolve(&args).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(c.listen, vec!["127.0.0.1:7000".parse().unwrap()]);
+        assert_eq!(c.sync, Sync::None);
+        assert_eq!(c.idle_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("petrel.toml");
+        std::fs::write(&path, "lsiten = [\"127.0.0.1:7000\"]\n").unwrap();
+        let err = ServeConfig::resolve(&ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("lsiten"), "{err:#}");
+    }
+}

@@ -1,0 +1,172 @@
+//! `petrel serve`: wires the dataplane, the control plane and storage into a running
+//! server.
+//!
+//! Threads: one pinned event loop per dataplane core (`petrel-core-N`), the control-plane
+//! thread (this module's [`driver`], running on the caller's thread), and the storage
+//! writer (`petrel-storage-writer`, group commit). See docs/ARCHITECTURE.md for the data
+//! flow.
+
+pub mod config;
+mod driver;
+mod keys;
+mod limits;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use petrel_control::Control;
+use petrel_dataplane::kernel::{KernelConfig, KernelTransport};
+use petrel_proto::DecoderConfig;
+use petrel_storage::{
+    CommitQueue, CommitQueueConfig, DiffusionMode, RocksEngine, StorageConfig, SyncMode,
+};
+
+pub use config::{ServeArgs, ServeConfig};
+pub use driver::now;
+
+use self::config::{DataplaneKind, Diffusion, Sync};
+
+/// Events a transport may queue for the control plane before it stops reading.
+const TRANSPORT_EVENT_QUEUE: usize = 64 * 1024;
+
+fn storage_config(config: &ServeConfig) -> StorageConfig {
+    StorageConfig {
+        diffusion: match config.diffusion {
+            Diffusion::Read => DiffusionMode::Read,
+            Diffusion::Write => DiffusionMode::Write,
+            Diffusion::Hybrid => DiffusionMode::Hybrid,
+        },
+        sync: match config.sync {
+            Sync::Always => SyncMode::Always,
+            Sync::Batch => SyncMode::Batch,
+            Sync::None => SyncMode::None,
+        },
+        ..StorageConfig::default()
+    }
+}
+
+fn control_config(config: &ServeConfig) -> petrel_control::Config {
+    petrel_control::Config {
+        heartbeat_interval: config.heartbeat_interval,
+        idle_timeout: config.idle_timeout,
+        login_deadline: config.login_deadline,
+        rate_limit: petrel_control::RateLimit {
+            burst: config.rate_limit_burst,
+            per_second: config.rate_limit_per_second,
+        },
+        id_seed: rand::random(),
+        ..petrel_control::Config::default()
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM, then shuts down gracefully.
+pub fn run(config: ServeConfig) -> anyhow::Result<()> {
+    if config.dataplane == DataplaneKind::Xdp {
+        bail!(
+            "--dataplane xdp is not implemented yet: the AF_XDP dataplane (XDP filter, \
+             per-queue AF_XDP sockets, userspace TCP) is still being built. Use \
+             --dataplane kernel."
+        );
+    }
+    limits::raise_nofile(config.max_connections);
+
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let keys = keys::load_or_create(&config.key_file)?;
+    let db_path = config.data_dir.join("db");
+    let engine = Arc::new(
+        RocksEngine::open(&db_path, storage_config(&config))
+            .with_context(|| format!("cannot open database {}", db_path.display()))?,
+    );
+    let storage = CommitQueue::start(engine, CommitQueueConfig::default())
+        .context("cannot start the storage writer")?;
+
+    let mut control = Control::new(control_config(&config), keys, now());
+    let (storage_tx, storage_rx) = crossbeam_channel::unbounded();
+    driver::warm_up(&mut control, &storage, &storage_tx, &storage_rx)?;
+
+    let (transport_tx, transport_rx) = crossbeam_channel::bounded(TRANSPORT_EVENT_QUEUE);
+    let cores: Vec<Option<usize>> = if config.cores.is_empty() {
+        let cpus = petrel_dataplane::pin::available_cpus();
+        if cpus.is_empty() {
+            vec![None]
+        } else {
+            cpus.into_iter().map(Some).collect()
+        }
+    } else {
+        config.cores.iter().copied().map(Some).collect()
+    };
+    let transport = KernelTransport::start(
+        KernelConfig {
+            listen: config.listen.clone(),
+            cores,
+            max_connections: config.max_connections,
+            max_outbound_bytes: config.max_outbound_bytes,
+            decoder: DecoderConfig {
+                max_body_len: config.max_frame_body,
+            },
+            ..KernelConfig::default()
+        },
+        transport_tx,
+    )
+    .context("cannot start the kernel-socket dataplane")?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (stop_wakeup_tx, stop_wakeup_rx) = crossbeam_channel::bounded(1);
+    {
+        let stop = stop.clone();
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])
+        .context("cannot install signal handlers")?;
+        std::thread::Builder::new()
+            .name("petrel-signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    tracing::info!(signal, "signal received; shutting down gracefully");
+                    stop.store(true, Ordering::Relaxed);
+                    let _ = stop_wakeup_tx.try_send(());
+                }
+            })?;
+    }
+
+    for addr in transport.local_addrs() {
+        tracing::info!(%addr, dataplane = "kernel", "listening");
+    }
+    println!(
+        "petrel: serving on {} (kernel sockets, data in {})\n\
+         petrel: mint a token:  petrel token issue --key-file {} --user 1 --device laptop\n\
+         petrel: then connect to {} with any client speaking docs/PROTOCOL.md \
+         (Login frame with that token, user 1, device laptop)",
+        transport
+            .local_addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        config.data_dir.display(),
+        config.key_file.display(),
+        transport
+            .local_addrs()
+            .first()
+            .map_or("127.0.0.1:9500".into(), ToString::to_string),
+    );
+
+    let driver = driver::Driver {
+        control,
+        router: transport.router(),
+        storage,
+        transport_events: transport_rx,
+        storage_events: storage_rx,
+        storage_events_tx: storage_tx,
+        stop,
+        stop_wakeup: stop_wakeup_rx,
+    };
+    let result = driver.run();
+    transport.join();
+    result.context("storage did not shut down cleanly")?;
+    tracing::info!("stopped");
+    Ok(())
+}
