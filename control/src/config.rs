@@ -42,6 +42,9 @@ pub struct Config {
     /// push of a persisted conversation kicks it (`Kick{SlowConsumer}`; it re-syncs on
     /// reconnect). Default 1 MiB.
     pub max_outbound_bytes: u64,
+    /// Whether a session ends when its token expires without renewal (the client gets
+    /// `Error(TokenExpired)` and is closed). Default true.
+    pub enforce_token_expiry: bool,
     /// Lifetime of tokens minted by `RenewToken`. Default 24 h.
     pub renew_ttl: Duration,
     /// Verified tokens remembered by the token cache. Default 65 536.
@@ -74,6 +77,7 @@ impl Default for Config {
                 per_second: 20,
             },
             max_outbound_bytes: 1 << 20,
+            enforce_token_expiry: true,
             renew_ttl: Duration::from_secs(24 * 3600),
             token_cache_capacity: 65_536,
             chatroom_recent: 50,

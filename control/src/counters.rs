@@ -120,6 +120,8 @@ pub struct Counters {
     pub logins_failed: LoginFailures,
     /// Connections closed for not logging in within the deadline.
     pub login_timeouts: u64,
+    /// Sessions closed because their token expired without renewal.
+    pub sessions_expired: u64,
     /// Frames received, by type.
     pub frames_in: FrameCounts,
     /// Frames sent, by type (a fan-out push counts once per receiver).

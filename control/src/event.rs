@@ -80,6 +80,9 @@ pub enum CloseReason {
     Logout,
     /// The byte stream lost sync (an `Error` frame was sent first).
     FatalFrameError(pb::ErrorCode),
+    /// Every token of the session expired without a renewal (an `Error(TokenExpired)`
+    /// frame was sent first).
+    SessionExpired,
 }
 
 /// Something the driver must do.

@@ -31,6 +31,17 @@ pub struct Session {
     pub tokens: Vec<([u8; TOKEN_ID_LEN], Timestamp)>,
 }
 
+impl Session {
+    /// When the newest token of the session expires.
+    pub fn expires_at(&self) -> Timestamp {
+        self.tokens
+            .iter()
+            .map(|&(_, exp)| exp)
+            .max()
+            .unwrap_or_default()
+    }
+}
+
 /// One transport connection.
 #[derive(Debug)]
 pub struct Conn {

@@ -1,13 +1,14 @@
 //! Connection deadlines: a binary heap with lazy deletion.
 //!
-//! Every connection has at most two entries: its login deadline (armed when it opens)
-//! and its idle deadline (armed when it opens, re-armed when it fires for a connection
-//! that has been active since). Frames never touch the heap: receiving one only updates
+//! Every connection has at most three entries: its login deadline (armed when it
+//! opens), its idle deadline (armed when it opens, re-armed when it fires for a
+//! connection that has been active since) and its session expiry (armed at login,
+//! re-armed when it fires for a session that renewed its token since). Frames never touch the heap: receiving one only updates
 //! the connection's `last_activity`. When an entry expires the control plane checks it
 //! against the connection's current state and either acts (close), re-arms it once at
 //! `last_activity + idle_timeout`, or drops it (the connection is gone or logged in).
 //! So a tick costs O(expired · log n), never O(connections), and the heap holds at most
-//! 2 entries per connection plus the housekeeping timer.
+//! 3 entries per connection plus the housekeeping timer.
 //!
 //! Why a heap rather than a hashed timer wheel: deadlines here are few per connection
 //! and re-armed rarely (once per idle timeout, not per frame), so a heap's O(log n)
@@ -27,6 +28,8 @@ pub enum TimerKind {
     LoginDeadline(ConnId),
     /// The connection must have been heard from since `deadline - idle_timeout`.
     Idle(ConnId),
+    /// The session's newest token expires now (unless renewed since).
+    SessionExpiry(ConnId),
     /// Periodic upkeep (pruning the revocation list).
     Housekeeping,
     /// Ask storage for the revocation list again after a failed load.

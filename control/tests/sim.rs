@@ -299,6 +299,40 @@ fn renewal_gives_a_fresh_token_without_reconnecting() {
 }
 
 #[test]
+fn a_session_ends_when_its_token_expires_unless_renewed() {
+    let mut s = sim();
+    let ttl = Duration::from_secs(200);
+    let lapsing_token = s.token(ALICE, "a", pb::Platform::Ios, ttl);
+    let renewing_token = s.token(BOB, "b", pb::Platform::Ios, ttl);
+    let lapsing = s.connect();
+    s.login_with(lapsing, ALICE, "a", pb::Platform::Ios, &lapsing_token)
+        .unwrap();
+    let renewing = s.connect();
+    s.login_with(renewing, BOB, "b", pb::Platform::Ios, &renewing_token)
+        .unwrap();
+    for step in 1..=6 {
+        s.advance(Duration::from_secs(50));
+        for conn in [lapsing, renewing] {
+            s.send(conn, pb::Ping { client_time_ms: 0 });
+        }
+        if step == 2 {
+            s.send(renewing, pb::RenewToken {});
+        }
+    }
+    assert_eq!(s.client(lapsing).closed, Some(CloseReason::SessionExpired));
+    assert!(
+        errors(&s.client(lapsing).take())
+            .iter()
+            .any(|e| e.code == pb::ErrorCode::TokenExpired as i32)
+    );
+    assert!(
+        s.client(renewing).closed.is_none(),
+        "renewal extends the session"
+    );
+    assert_eq!(s.control.counters().sessions_expired, 1);
+}
+
+#[test]
 fn non_members_cannot_send_to_a_group_and_removed_members_stop_receiving() {
     let mut s = sim();
     let alice = s.login(ALICE, "a", pb::Platform::Ios);

@@ -182,6 +182,10 @@ impl Control {
                     .get(c)
                     .is_none_or(|conn| conn.session.is_some()),
                 TimerKind::Idle(c) => self.registry.get(c).is_none(),
+                TimerKind::SessionExpiry(c) => self
+                    .registry
+                    .get(c)
+                    .is_none_or(|conn| conn.session.is_none()),
                 TimerKind::Housekeeping | TimerKind::RetryLoadRevoked => false,
             };
             if !stale {
@@ -386,6 +390,29 @@ impl Control {
                         self.kick(conn, pb::KickReason::Idle, "heartbeat timed out");
                     } else {
                         self.timers.arm(due, TimerKind::Idle(conn));
+                    }
+                }
+                TimerKind::SessionExpiry(conn) => {
+                    let Some(expires_at) = self
+                        .registry
+                        .get(conn)
+                        .and_then(|c| c.session.as_ref())
+                        .map(|s| s.expires_at())
+                    else {
+                        continue;
+                    };
+                    if expires_at <= now {
+                        self.counters.sessions_expired += 1;
+                        self.send_error(
+                            conn,
+                            0,
+                            pb::ErrorCode::TokenExpired,
+                            "session token expired; log in with a fresh token",
+                            0,
+                        );
+                        self.close(conn, CloseReason::SessionExpired);
+                    } else {
+                        self.timers.arm(expires_at, TimerKind::SessionExpiry(conn));
                     }
                 }
                 TimerKind::Housekeeping => {

@@ -13,6 +13,7 @@ use crate::conn_id::ConnId;
 use crate::event::CloseReason;
 use crate::session::Session;
 use crate::time::Timestamp;
+use crate::timers::TimerKind;
 use crate::token::{self, TOKEN_ID_LEN, TokenError, TokenSpec};
 
 /// How long a client should wait before retrying a login refused during start-up.
@@ -119,6 +120,9 @@ impl Control {
             },
         );
         self.counters.logins_ok += 1;
+        if self.config.enforce_token_expiry {
+            self.timers.arm(expires_at, TimerKind::SessionExpiry(conn));
+        }
         self.send_frame(
             conn,
             Frame::response(
