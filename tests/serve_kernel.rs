@@ -214,3 +214,43 @@ fn sigterm_during_a_burst_loses_no_acked_message() {
         &lost[..lost.len().min(5)]
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_while_a_chatroom_floods_it_does_not_slow_the_room() {
+    let mut server = TestServer::start("rate_limit_per_second = 0\n");
+    let room = pb::ConversationId {
+        kind: pb::ConversationKind::Chatroom as i32,
+        id: 5,
+    };
+    let join = |c: &mut TestClient| {
+        let r = c.request(pb::ConversationOp {
+            op: Some(pb::conversation_op::Op::JoinChatroom(pb::JoinChatroom {
+                room_id: room.id,
+            })),
+        });
+        assert!(matches!(r.body, Body::ConversationOpResult(_)), "{r:?}");
+    };
+    let (flooder, reader, stalled) = (51, 52, 53);
+    let mut f = TestClient::login(server.addr, &server.token(flooder, "f"), flooder, "f");
+    let mut r = TestClient::login(server.addr, &server.token(reader, "r"), reader, "r");
+    let mut s = TestClient::login(server.addr, &server.token(stalled, "s"), stalled, "s");
+    for c in [&mut f, &mut r, &mut s] {
+        join(c);
+    }
+    // `s` never reads again. Its socket buffers fill, then the server's queue for it.
+    let rss_before = server.rss_kib();
+    let text = "x".repeat(1000);
+    const MESSAGES: u64 = 20_000;
+    for id in 1..=MESSAGES {
+        let ack = f.send_text(room, id, &text);
+        assert_eq!(ack.client_msg_id, id);
+        // The attentive reader gets every message, in order, while `s` is stalled.
+        let p = r.push();
+        assert_eq!(p.client_msg_id, id);
+    }
+    // 20 MB went to the room; the server held at most its per-connection limit for `s`.
+    let grown = server.rss_kib().saturating_sub(rss_before);
+    assert!(grown < 64 * 1024, "server RSS grew by {grown} KiB");
+    assert_server_healthy(&mut server);
+    drop(s);
+}
