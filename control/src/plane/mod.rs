@@ -80,6 +80,65 @@ const ENCODE_CHUNK: usize = 64 * 1024;
 /// Logins are answered `ServerBusy` until the revocation list requested by
 /// [`Control::new`] has been loaded, so a revoked token can never slip in during
 /// start-up.
+///
+/// # Example
+///
+/// A minimal driver: in-memory storage, one connection that logs in.
+///
+/// ```
+/// use std::time::Duration;
+/// use petrel_control::token::{self, TokenSpec};
+/// use petrel_control::{Action, Config, ConnId, Control, Event, KeyRing, Timestamp};
+/// use petrel_proto::{Frame, FrameDecoder, Body, pb};
+/// use petrel_storage::{Engine, MemEngine};
+///
+/// let keys = KeyRing::parse("k1 000102030405060708090a0b0c0d0e0f\n").unwrap();
+/// let storage = MemEngine::new(Default::default());
+/// let now = Timestamp::from_millis(1_764_000_000_000);
+/// let mut control = Control::new(Config::default(), keys.clone(), now);
+///
+/// // Perform actions until the control plane is quiet; collect what was sent.
+/// let mut wire = bytes::BytesMut::new();
+/// let mut drive = |control: &mut Control, wire: &mut bytes::BytesMut| {
+///     while let Some(action) = control.poll_action() {
+///         match action {
+///             Action::Send { bytes, .. } => wire.extend_from_slice(&bytes),
+///             Action::Close { conn, .. } => control.handle(now, Event::Closed { conn }),
+///             Action::Storage { ticket, request } => {
+///                 let result = storage.execute(request);
+///                 control.handle(now, Event::Storage { ticket, result });
+///             }
+///         }
+///     }
+/// };
+/// drive(&mut control, &mut wire); // loads the revocation list
+///
+/// let conn = ConnId::new(0, 1);
+/// control.handle(now, Event::Opened { conn });
+/// let issued = token::mint(&keys, &TokenSpec {
+///     user: 42,
+///     device: "phone",
+///     platform: pb::Platform::Ios,
+///     issued_at: now,
+///     ttl: Duration::from_secs(3600),
+///     token_id: [1; 16],
+/// }).unwrap();
+/// let login = pb::Login {
+///     token: issued.token,
+///     user_id: 42,
+///     device_id: "phone".into(),
+///     platform: pb::Platform::Ios as i32,
+///     client_version: "doc".into(),
+/// };
+/// control.handle(now, Event::Frame { conn, frame: Frame::new(1, login) });
+/// drive(&mut control, &mut wire);
+///
+/// let reply = FrameDecoder::default().decode(&mut wire).unwrap().unwrap();
+/// assert!(matches!(reply.body, Body::LoginResult(r) if r.user_id == 42));
+/// assert_eq!(control.session_count(), 1);
+/// // The next thing to wake up for is the login's idle deadline or housekeeping.
+/// assert!(control.poll_timeout().is_some());
+/// ```
 pub struct Control {
     config: Config,
     keys: KeyRing,
