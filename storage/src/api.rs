@@ -393,9 +393,38 @@ pub trait Engine: Send + Sync {
     /// If the final sync fails, every write reply is replaced by the error.
     fn execute_batch(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>>;
 
+    /// Apply `requests` in order without waiting for durability: their writes become
+    /// durable at the next [`Engine::make_durable`], and nobody may be told about them
+    /// before that returns. Lets the commit queue apply one group while the previous
+    /// group's fsync runs. The default is [`Engine::execute_batch`] (already durable).
+    fn apply_batch(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>> {
+        self.execute_batch(requests)
+    }
+
+    /// Make every write applied so far durable: one WAL fsync in `SyncMode::Batch`; in
+    /// the other modes writes are already as durable as the mode promises.
+    fn make_durable(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     /// Run one request (durable per the engine's sync mode on return).
     fn execute(&self, request: Request) -> Result<Reply, StorageError> {
         dispatch(self, request)
+    }
+}
+
+/// After a failed WAL sync: replace every successful write reply by an error, because
+/// the write may not survive a crash. `writes[i]` says whether request `i` was a write.
+pub fn fail_not_durable(
+    writes: &[bool],
+    replies: &mut [Result<Reply, StorageError>],
+    cause: &StorageError,
+) {
+    let msg = format!("WAL sync failed, write not durable: {cause}");
+    for (w, r) in writes.iter().zip(replies.iter_mut()) {
+        if *w && r.is_ok() {
+            *r = Err(StorageError::Backend(msg.clone()));
+        }
     }
 }
 

@@ -1,22 +1,30 @@
-//! Group commit: a dedicated writer thread that turns many small requests into one
-//! durable batch, so callers (the control plane's driver on a dataplane core) never
-//! block on fsync.
+//! Group commit: a dedicated writer thread turns many small requests into few durable
+//! groups, so callers (the control plane's driver on a dataplane core) never block on
+//! fsync.
 //!
 //! ```text
 //! callers ──submit(request, completion)──▶ channel ──▶ writer thread
 //!                                                     │ take up to N requests, waiting at
-//!                                                     │ most M µs for more after the first
-//!                                                     │ Engine::execute_batch (one WAL fsync
+//!                                                     │ most M µs for more after the first;
+//!                                                     │ Engine::apply_batch (not yet durable)
+//!                                                     ▼
+//!                                                  syncer thread
+//!                                                     │ take every group waiting;
+//!                                                     │ Engine::make_durable (one WAL fsync
 //!                                                     │ in SyncMode::Batch)
-//! completion(reply) ◀─────────────────────────────────┘ only after the fsync returned
+//! completion(reply) ◀─────────────────────────────────┘ only after that fsync returned
 //! ```
 //!
-//! Nobody is told "done" before their write is durable: completions run after
-//! `execute_batch` returns, and `execute_batch` syncs the WAL before it returns. Replies
-//! keep submission order. Completions run on the writer thread, so they must be quick
-//! (send on a channel, wake a core); a slow completion delays the next batch.
+//! The writer applies group k+1 while the syncer fsyncs group k, so the disk and the
+//! CPU work overlap; under load several groups share one fsync. Nobody is told "done"
+//! before their write is durable: completions run only after a `make_durable` that
+//! started after the write was applied. If the fsync fails, every write in those groups
+//! is completed with an error. Replies keep submission order. Completions run on the
+//! syncer thread, so they must be quick (send on a channel, wake a core).
 //!
-//! The queue is unbounded (submit never blocks); the caller bounds in-flight requests.
+//! The submission queue is unbounded (submit never blocks); the caller bounds in-flight
+//! requests. Between writer and syncer at most [`SYNC_QUEUE_GROUPS`] groups wait, so
+//! applied-but-not-durable work stays bounded when the disk is slow.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::api::{Engine, Reply, Request};
+use crate::api::{Engine, Reply, Request, fail_not_durable};
 use crate::error::StorageError;
 
 /// A completion callback: receives the reply once it is durable.
@@ -53,11 +61,21 @@ struct Job {
     done: Completion,
 }
 
-/// Handle to the writer thread. Dropping it (or calling [`CommitQueue::shutdown`])
-/// finishes every request already submitted, then stops the thread.
+/// An applied group waiting for its fsync.
+struct Applied {
+    writes: Vec<bool>,
+    replies: Vec<Result<Reply, StorageError>>,
+    completions: Vec<Completion>,
+}
+
+/// Most applied groups waiting for the syncer before the writer pauses.
+pub const SYNC_QUEUE_GROUPS: usize = 4;
+
+/// Handle to the writer and syncer threads. Dropping it (or calling
+/// [`CommitQueue::shutdown`]) finishes every request already submitted, then stops them.
 pub struct CommitQueue {
     tx: Option<Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for CommitQueue {
@@ -75,12 +93,26 @@ impl CommitQueue {
         config: CommitQueueConfig,
     ) -> Result<Self, StorageError> {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-        let thread = std::thread::Builder::new()
+        let (applied_tx, applied_rx) = crossbeam_channel::bounded::<Applied>(SYNC_QUEUE_GROUPS);
+        let syncer_engine = Arc::clone(&engine);
+        let syncer = std::thread::Builder::new()
+            .name("petrel-storage-syncer".into())
+            .spawn(move || syncer_loop(&*syncer_engine, &applied_rx))?;
+        let writer = std::thread::Builder::new()
             .name("petrel-storage-writer".into())
-            .spawn(move || writer_loop(&*engine, &rx, config))?;
+            .spawn(move || writer_loop(&*engine, &rx, &applied_tx, config));
+        let writer = match writer {
+            Ok(w) => w,
+            Err(e) => {
+                // The syncer stops once its channel's sender (moved into the failed
+                // closure, now dropped) is gone.
+                let _ = syncer.join();
+                return Err(e.into());
+            }
+        };
         Ok(CommitQueue {
             tx: Some(tx),
-            thread: Some(thread),
+            threads: vec![writer, syncer],
         })
     }
 
@@ -120,12 +152,16 @@ impl CommitQueue {
 
     fn stop(&mut self) -> Result<(), StorageError> {
         drop(self.tx.take());
-        match self.thread.take() {
-            Some(t) => t
-                .join()
-                .map_err(|_| StorageError::Backend("storage writer thread panicked".into())),
-            None => Ok(()),
+        let mut result = Ok(());
+        // Writer first (it closes the syncer's channel when it ends), then the syncer.
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                result = Err(StorageError::Backend(
+                    "storage commit thread panicked".into(),
+                ));
+            }
         }
+        result
     }
 }
 
@@ -136,36 +172,82 @@ impl Drop for CommitQueue {
     }
 }
 
-fn writer_loop<E: Engine + ?Sized>(engine: &E, rx: &Receiver<Job>, config: CommitQueueConfig) {
+fn writer_loop<E: Engine + ?Sized>(
+    engine: &E,
+    rx: &Receiver<Job>,
+    to_syncer: &Sender<Applied>,
+    config: CommitQueueConfig,
+) {
     let max_batch = config.max_batch.max(1);
-    let mut requests = Vec::with_capacity(max_batch);
-    let mut completions: Vec<Completion> = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
+        let mut requests = Vec::with_capacity(max_batch);
+        let mut completions: Vec<Completion> = Vec::with_capacity(max_batch);
         requests.push(first.request);
         completions.push(first.done);
         let deadline = Instant::now() + config.max_wait;
-        let mut open = true;
         while requests.len() < max_batch {
             let job = match rx.try_recv() {
                 Ok(job) => job,
                 Err(_) => match rx.recv_deadline(deadline) {
                     Ok(job) => job,
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        open = false;
-                        break;
-                    }
+                    // Timeout: send what we have. Disconnected: the outer `recv` ends the
+                    // loop after this group.
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 },
             };
             requests.push(job.request);
             completions.push(job.done);
         }
-        let replies = engine.execute_batch(std::mem::take(&mut requests));
-        for (done, reply) in completions.drain(..).zip(replies) {
-            done(reply);
+        let writes: Vec<bool> = requests.iter().map(Request::is_write).collect();
+        let replies = engine.apply_batch(requests);
+        let applied = Applied {
+            writes,
+            replies,
+            completions,
+        };
+        if let Err(crossbeam_channel::SendError(lost)) = to_syncer.send(applied) {
+            // The syncer is gone (it panicked): these writes will never be made durable.
+            fail_all(
+                lost,
+                "storage syncer thread stopped; write not known durable",
+            );
         }
-        if !open {
-            break;
+    }
+}
+
+fn syncer_loop<E: Engine + ?Sized>(engine: &E, rx: &Receiver<Applied>) {
+    let mut groups = Vec::with_capacity(SYNC_QUEUE_GROUPS + 1);
+    while let Ok(first) = rx.recv() {
+        groups.push(first);
+        groups.extend(rx.try_iter());
+        let wrote = groups.iter().any(|g| {
+            g.writes
+                .iter()
+                .zip(&g.replies)
+                .any(|(w, r)| *w && r.is_ok())
+        });
+        let synced = if wrote { engine.make_durable() } else { Ok(()) };
+        for mut g in groups.drain(..) {
+            if let Err(e) = &synced {
+                fail_not_durable(&g.writes, &mut g.replies, e);
+            }
+            for (done, reply) in g.completions.into_iter().zip(g.replies) {
+                done(reply);
+            }
         }
+    }
+}
+
+fn fail_all(group: Applied, why: &str) {
+    for (done, (write, reply)) in group
+        .completions
+        .into_iter()
+        .zip(group.writes.into_iter().zip(group.replies))
+    {
+        done(if write && reply.is_ok() {
+            Err(StorageError::Backend(why.to_owned()))
+        } else {
+            reply
+        });
     }
 }

@@ -14,13 +14,16 @@ use petrel_storage::{
     StorageError, Store, SyncMode, UserId,
 };
 
-/// An in-memory backend that counts WAL syncs and writes not yet synced.
+/// An in-memory backend that counts writes and WAL syncs.
 #[derive(Default)]
 struct CountingKv {
     inner: MemKv,
     syncs: AtomicU64,
     synced_writes: AtomicU64,
-    unsynced: AtomicU64,
+    /// Writes applied so far.
+    applied: AtomicU64,
+    /// Writes known durable: `applied` as it was when the last sync started.
+    durable: AtomicU64,
 }
 
 impl Kv for CountingKv {
@@ -32,14 +35,16 @@ impl Kv for CountingKv {
         self.inner.write(batch, sync)?;
         if sync {
             self.synced_writes.fetch_add(1, Ordering::SeqCst);
-        } else {
-            self.unsynced.fetch_add(1, Ordering::SeqCst);
         }
+        self.applied.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
     fn sync_wal(&self) -> Result<(), StorageError> {
+        let upto = self.applied.load(Ordering::SeqCst);
+        // A slow disk, so the writer really runs ahead of the syncer.
+        std::thread::sleep(Duration::from_micros(300));
         self.syncs.fetch_add(1, Ordering::SeqCst);
-        self.unsynced.store(0, Ordering::SeqCst);
+        self.durable.fetch_max(upto, Ordering::SeqCst);
         Ok(())
     }
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
@@ -93,16 +98,20 @@ fn completions_come_after_one_shared_sync() {
         let tx = tx.clone();
         queue
             .submit(append(1 + cmid % 4, 10, cmid), move |reply| {
-                // Durable before done: no write is waiting for a sync when we are told.
-                let unsynced = store.kv().unsynced.load(Ordering::SeqCst);
-                tx.send((cmid, reply, unsynced)).unwrap();
+                // Each append is one write, applied in submission order: append `cmid`
+                // is write number cmid + 1, and must be durable when we are told.
+                let durable = store.kv().durable.load(Ordering::SeqCst);
+                tx.send((cmid, reply, durable)).unwrap();
             })
             .unwrap();
     }
     let mut seqs = std::collections::BTreeMap::<u64, Vec<u64>>::new();
     for _ in 0..n {
-        let (cmid, reply, unsynced) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
-        assert_eq!(unsynced, 0, "completion before its write was synced");
+        let (cmid, reply, durable) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert!(
+            durable > cmid,
+            "append {cmid} completed before it was synced"
+        );
         let Ok(Reply::Appended(out)) = reply else {
             panic!("append failed: {reply:?}")
         };
@@ -120,7 +129,8 @@ fn completions_come_after_one_shared_sync() {
         "no per-write fsync"
     );
     let syncs = kv.syncs.load(Ordering::SeqCst);
-    assert!(syncs >= n / 64, "at most 64 per group: {syncs}");
+    // Several groups (of at most 64) may share one sync while the previous one runs.
+    assert!(syncs >= 1);
     assert!(
         syncs < n / 2,
         "groups formed: {syncs} syncs for {n} appends"

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::api::{
     AppendOutcome, AppendRequest, Engine, MembershipChange, Reply, Request, SyncPage, SyncRequest,
-    dispatch,
+    dispatch, fail_not_durable,
 };
 use crate::cf::Cf;
 use crate::config::{StorageConfig, SyncMode};
@@ -447,26 +447,24 @@ impl<K: Kv> Engine for Store<K> {
     }
 
     fn execute_batch(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>> {
-        let defer = self.config.sync == SyncMode::Batch;
-        let mut out: Vec<(bool, Result<Reply, StorageError>)> = {
-            let _guard = defer.then(DeferGuard::set);
-            requests
-                .into_iter()
-                .map(|r| (r.is_write(), dispatch(self, r)))
-                .collect()
-        };
-        let wrote = out.iter().any(|(w, r)| *w && r.is_ok());
-        if defer
-            && wrote
-            && let Err(e) = self.kv.sync_wal()
-        {
-            let msg = format!("WAL sync failed, write not durable: {e}");
-            for (w, r) in &mut out {
-                if *w && r.is_ok() {
-                    *r = Err(StorageError::Backend(msg.clone()));
-                }
-            }
+        let writes: Vec<bool> = requests.iter().map(Request::is_write).collect();
+        let mut out = self.apply_batch(requests);
+        let wrote = writes.iter().zip(&out).any(|(w, r)| *w && r.is_ok());
+        if wrote && let Err(e) = self.make_durable() {
+            fail_not_durable(&writes, &mut out, &e);
         }
-        out.into_iter().map(|(_, r)| r).collect()
+        out
+    }
+
+    fn apply_batch(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>> {
+        let _guard = (self.config.sync == SyncMode::Batch).then(DeferGuard::set);
+        requests.into_iter().map(|r| dispatch(self, r)).collect()
+    }
+
+    fn make_durable(&self) -> Result<(), StorageError> {
+        match self.config.sync {
+            SyncMode::Batch => self.kv.sync_wal(),
+            SyncMode::Always | SyncMode::None => Ok(()),
+        }
     }
 }
