@@ -34,8 +34,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Multi-device policy. Default one session per platform class.
     pub multi_device: MultiDevicePolicy,
-    /// Limit on `SendMessage` and `ConversationOp` frames per connection. Default burst
-    /// 50, 20 per second.
+    /// Limit on the requests of one logged-in connection (every frame but `Ping` and
+    /// `Logout`). Default burst 50, 20 per second.
     pub rate_limit: RateLimit,
     /// Bytes handed to the transport and not yet reported flushed, per connection, above
     /// which the connection is a slow consumer: chatroom pushes to it are dropped, and a

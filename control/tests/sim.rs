@@ -851,6 +851,41 @@ fn reconnect_storms_hit_the_token_cache_and_admin_kicks_close_every_device() {
 }
 
 #[test]
+fn notes_to_self_and_group_echo_reach_each_other_device_once() {
+    let mut s = sim();
+    let phone = s.login(ALICE, "a-phone", pb::Platform::Ios);
+    let desk = s.login(ALICE, "a-desk", pb::Platform::Desktop);
+    let ack = s
+        .send_text(phone, single(ALICE), 1, "note to self")
+        .unwrap();
+    assert_eq!(ack.conversation, Some(single(ALICE)));
+    let at_desk = Sim::pushes(&s.client(desk).take());
+    assert_eq!(at_desk.len(), 1, "{at_desk:?}");
+    assert_eq!(at_desk[0].conversation, Some(single(ALICE)));
+    assert!(Sim::pushes(&s.client(phone).take()).is_empty());
+
+    let bob = s.login(BOB, "b", pb::Platform::Ios);
+    let gid = s
+        .op(
+            phone,
+            Op::CreateGroup(pb::CreateGroup {
+                name: "g".into(),
+                members: vec![BOB, BOB, ALICE],
+            }),
+        )
+        .unwrap()
+        .conversation
+        .unwrap()
+        .id;
+    s.send_text(phone, group(gid), 2, "to the group").unwrap();
+    for conn in [desk, bob] {
+        let got = Sim::pushes(&s.client(conn).take());
+        assert_eq!(got.len(), 1, "{conn}: {got:?}");
+        assert_eq!(got[0].conversation, Some(group(gid)));
+    }
+}
+
+#[test]
 fn shutdown_kicks_everyone() {
     let mut s = sim();
     let a = s.login(ALICE, "a", pb::Platform::Ios);

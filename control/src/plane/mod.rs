@@ -388,8 +388,16 @@ impl Control {
                     self.on_conversation_op(now, conn_id, rid, op);
                 }
             }
-            Body::SyncRequest(req) => self.on_sync(now, conn_id, rid, req),
-            Body::HistoryRequest(req) => self.on_history(conn_id, rid, req),
+            Body::SyncRequest(req) => {
+                if self.rate_limit(now, conn_id, rid) {
+                    self.on_sync(now, conn_id, rid, req);
+                }
+            }
+            Body::HistoryRequest(req) => {
+                if self.rate_limit(now, conn_id, rid) {
+                    self.on_history(conn_id, rid, req);
+                }
+            }
             // Server-to-client bodies were answered above; nothing else exists.
             Body::LoginResult(_)
             | Body::RenewResult(_)
