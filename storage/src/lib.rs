@@ -20,7 +20,10 @@
 //! - [`kv`] — the key-value boundary; [`mem`] is its in-memory backend;
 //! - [`engine`] — the domain logic ([`engine::Store`]), written once over [`kv::Kv`];
 //! - [`rocks`] — the RocksDB backend, its options and checkpoints;
-//! - [`commit`] — the group-commit writer thread: submit now, completion once durable.
+//! - [`commit`] — group commit (writer + syncer threads): submit now, completion once
+//!   durable.
+//!
+//! `src/bin/storage-crash-child.rs` is a test helper for `tests/crash.rs`, not a server.
 //!
 //! The next layer up is `petrel-control`, which emits [`Request`]s as actions and
 //! receives [`Reply`]s as events; its driver runs them on an engine.
