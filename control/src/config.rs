@@ -49,6 +49,9 @@ pub struct Config {
     pub renew_ttl: Duration,
     /// Verified tokens remembered by the token cache. Default 65 536.
     pub token_cache_capacity: usize,
+    /// Chatrooms one connection may be in at once; joining more is refused with
+    /// `PermissionDenied`. Default 32.
+    pub max_rooms_per_conn: usize,
     /// Messages each chatroom keeps for late joiners. Default 50 (0 keeps none).
     pub chatroom_recent: usize,
     /// Largest (and default) page of a `SyncRequest`. Default 200 messages.
@@ -80,6 +83,7 @@ impl Default for Config {
             enforce_token_expiry: true,
             renew_ttl: Duration::from_secs(24 * 3600),
             token_cache_capacity: 65_536,
+            max_rooms_per_conn: 32,
             chatroom_recent: 50,
             sync_page_limit: 200,
             history_page_limit: 100,

@@ -491,6 +491,15 @@ fn chatroom_slow_receiver_is_dropped_for_not_waited_on() {
     assert_eq!(joined.recent.first().unwrap().seq, n - 49);
     assert_eq!(joined.recent.last().unwrap().seq, n);
     assert_eq!(joined.members.len(), 4);
+    // One connection can be in a bounded number of rooms.
+    for r in 100..100 + Config::default().max_rooms_per_conn as u64 - 1 {
+        s.op(late, Op::JoinChatroom(pb::JoinChatroom { room_id: r }))
+            .unwrap();
+    }
+    let err = s
+        .op(late, Op::JoinChatroom(pb::JoinChatroom { room_id: 999 }))
+        .unwrap_err();
+    assert_eq!(err.code, pb::ErrorCode::PermissionDenied as i32);
     // Not a member: cannot send.
     s.op(fast, Op::LeaveChatroom(pb::LeaveChatroom { room_id: 5 }))
         .unwrap();

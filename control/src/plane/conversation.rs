@@ -400,6 +400,18 @@ impl Control {
     }
 
     fn join_chatroom(&mut self, conn: ConnId, rid: u32, room: u64) {
+        let Some(c) = self.registry.get(conn) else {
+            return;
+        };
+        if !c.rooms.contains(&room) && c.rooms.len() >= self.config.max_rooms_per_conn {
+            return self.send_error(
+                conn,
+                rid,
+                pb::ErrorCode::PermissionDenied,
+                "in too many chatrooms; leave one first",
+                0,
+            );
+        }
         if self.rooms.join(room, conn)
             && let Some(c) = self.registry.get_mut(conn)
         {
