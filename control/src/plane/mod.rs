@@ -678,3 +678,16 @@ impl Control {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_can_move_to_its_own_thread() {
+        fn assert_send<T: Send + 'static>() {}
+        assert_send::<Control>();
+        assert_send::<Event>();
+        assert_send::<Action>();
+    }
+}
