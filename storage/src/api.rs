@@ -69,8 +69,8 @@ pub struct SyncRequest {
     pub cursors: Vec<(ConversationKey, u64)>,
     /// Most messages to return (capped by the engine's `max_page`).
     pub limit: usize,
-    /// Current time (ms since epoch). Not used by the engines yet: a sync does not count
-    /// as activity by itself; send `TouchActivity` for that.
+    /// Current time (ms since epoch). Advances the engine's expiry clock; a sync does not
+    /// count as activity by itself (send `TouchActivity` for that).
     pub now_ms: u64,
 }
 

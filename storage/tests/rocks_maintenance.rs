@@ -1,5 +1,6 @@
-//! RocksDB-only maintenance: compaction drops expired dedup and revocation entries
-//! (by wall clock) and nothing else.
+//! RocksDB-only maintenance: compaction drops expired dedup and revocation entries and
+//! nothing else, judging expiry by the engine's clock (the latest request time), not by
+//! the wall clock — the test runs in 2023.
 
 use bytes::Bytes;
 use petrel_storage::cf::Cf;
@@ -9,19 +10,12 @@ use petrel_storage::{
     AppendRequest, ConversationKey, Engine, RocksEngine, StorageConfig, TokenId, UserId,
 };
 
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
-}
-
 #[test]
-fn compaction_drops_only_expired_dedup_and_revocations() {
+fn compaction_expiry_follows_request_time_not_wall_clock() {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = RocksEngine::open(dir.path(), StorageConfig::default()).expect("open");
     let conv = ConversationKey::single(UserId(1), UserId(2));
-    let now = wall_ms();
+    let now = 1_700_000_000_000u64;
     let two_days = 2 * petrel_storage::config::DAY_MS;
     for (cmid, at) in [(1u64, now - two_days), (2, now)] {
         engine

@@ -36,6 +36,7 @@ impl<K: Kv> Store<K> {
     }
 
     pub(super) fn do_touch(&self, user: UserId, now_ms: u64) -> Result<(), StorageError> {
+        self.observe_time(now_ms);
         let mut w = self.lock()?;
         let known = match w.activity.get(&user) {
             Some(t) => *t,
@@ -60,6 +61,7 @@ impl<K: Kv> Store<K> {
     }
 
     pub(super) fn do_load_revoked(&self, now_ms: u64) -> Result<Vec<RevokedToken>, StorageError> {
+        self.observe_time(now_ms);
         let mut out = Vec::new();
         let end = [0xFFu8; 17];
         self.kv.scan(

@@ -18,6 +18,7 @@ use crate::values::{self, DedupEntry, InboxEntry};
 
 impl<K: Kv> Store<K> {
     pub(super) fn do_append(&self, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
+        self.observe_time(req.now_ms);
         let mut w = self.lock()?;
         let dedup_key = keys::u64_u64(req.sender.0, req.client_msg_id);
         if let Some(v) = self.kv.get(Cf::Dedup, &dedup_key)? {

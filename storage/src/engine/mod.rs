@@ -92,6 +92,10 @@ pub struct Store<K: Kv> {
     appends: AtomicU64,
     append_bytes: AtomicU64,
     inbox_entries: AtomicU64,
+    /// Latest `now_ms` any request has carried: the engine's notion of "now" for
+    /// background expiry (compaction filters), so storage never reads a wall clock and
+    /// expiry agrees with the times the control plane passes in.
+    clock: Arc<AtomicU64>,
 }
 
 impl<K: Kv + std::fmt::Debug> std::fmt::Debug for Store<K> {
@@ -108,6 +112,11 @@ impl<K: Kv + std::fmt::Debug> std::fmt::Debug for Store<K> {
 impl<K: Kv> Store<K> {
     /// Wrap a backend.
     pub fn with_kv(kv: K, config: StorageConfig) -> Self {
+        Self::with_kv_and_clock(kv, config, Arc::new(AtomicU64::new(0)))
+    }
+
+    /// Wrap a backend whose background expiry reads `clock` (see [`Store::clock`]).
+    pub fn with_kv_and_clock(kv: K, config: StorageConfig, clock: Arc<AtomicU64>) -> Self {
         Store {
             kv,
             config,
@@ -115,6 +124,7 @@ impl<K: Kv> Store<K> {
             appends: AtomicU64::new(0),
             append_bytes: AtomicU64::new(0),
             inbox_entries: AtomicU64::new(0),
+            clock,
         }
     }
 
@@ -126,6 +136,16 @@ impl<K: Kv> Store<K> {
     /// The backend (for backend-specific operations such as checkpoints).
     pub fn kv(&self) -> &K {
         &self.kv
+    }
+
+    /// The latest request time seen (0 before the first timed request since open).
+    pub fn clock(&self) -> u64 {
+        self.clock.load(Ordering::Relaxed)
+    }
+
+    /// Advance the clock to `now_ms` if it is later.
+    fn observe_time(&self, now_ms: u64) {
+        self.clock.fetch_max(now_ms, Ordering::Relaxed);
     }
 
     /// Write counters since open.

@@ -100,6 +100,7 @@ impl<K: Kv> Store<K> {
     }
 
     pub(super) fn do_sync(&self, req: &SyncRequest) -> Result<SyncPage, StorageError> {
+        self.observe_time(req.now_ms);
         let budget = req.limit.clamp(1, self.config.max_page.max(1));
         let mut cursors: HashMap<ConversationKey, u64> = HashMap::with_capacity(req.cursors.len());
         for (c, s) in &req.cursors {

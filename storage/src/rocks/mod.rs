@@ -3,11 +3,14 @@
 //!
 //! Every `Kv::write` is one RocksDB `WriteBatch`, so an append (message, inbox entries,
 //! dedup entry, counters) is all or nothing. `sync_wal` is `FlushWAL(sync = true)`: one
-//! fsync that makes every earlier write durable, which is what group commit needs.
+//! write of the buffered WAL (in `SyncMode::Batch` the WAL is flushed manually) and one
+//! fsync, making every earlier write durable, which is what group commit needs.
 
 pub mod options;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{
@@ -42,14 +45,20 @@ impl std::fmt::Debug for RocksKv {
 }
 
 impl RocksKv {
-    /// Open (creating if needed) the database at `path`. `config` sets the expiry of
-    /// the compaction filters (dedup window).
-    pub fn open(path: &Path, config: &StorageConfig) -> Result<Self, StorageError> {
+    /// Open (creating if needed) the database at `path`. `config` sets the dedup window
+    /// of the expiry compaction filter; `clock` is the time they judge expiry by
+    /// (the engine's latest request time, see [`crate::Store::clock`]).
+    pub fn open(
+        path: &Path,
+        config: &StorageConfig,
+        clock: &Arc<AtomicU64>,
+    ) -> Result<Self, StorageError> {
         let cache = Cache::new_lru_cache(options::BLOCK_CACHE_BYTES);
         let cfs = Cf::ALL.iter().map(|cf| {
-            ColumnFamilyDescriptor::new(cf.name(), options::cf_options(*cf, &cache, config))
+            ColumnFamilyDescriptor::new(cf.name(), options::cf_options(*cf, &cache, config, clock))
         });
-        let db = DB::open_cf_descriptors(&options::db_options(), path, cfs).map_err(backend)?;
+        let db =
+            DB::open_cf_descriptors(&options::db_options(config), path, cfs).map_err(backend)?;
         Ok(RocksKv { db })
     }
 
@@ -198,7 +207,9 @@ impl RocksEngine {
     /// conversation, inbox heads, id allocators) are recovered lazily from the data on
     /// first use, so open cost does not grow with the number of conversations.
     pub fn open(path: &Path, config: StorageConfig) -> Result<Self, StorageError> {
-        Ok(Store::with_kv(RocksKv::open(path, &config)?, config))
+        let clock = Arc::new(AtomicU64::new(0));
+        let kv = RocksKv::open(path, &config, &clock)?;
+        Ok(Store::with_kv_and_clock(kv, config, clock))
     }
 
     /// Consistent checkpoint of the whole database into `dir` (see [`RocksKv::checkpoint`]).

@@ -2,13 +2,14 @@
 //! by short range scans from a cursor, point lookups that mostly miss (dedup), and small
 //! hot tables (members, cursors). Each choice carries a one-line reason.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, SliceTransform};
 
 use crate::cf::Cf;
-use crate::config::StorageConfig;
+use crate::config::{StorageConfig, SyncMode};
 use crate::keys::{self, CONV_LEN};
 use crate::values::DedupEntry;
 
@@ -27,7 +28,7 @@ pub fn prefix_len(cf: Cf) -> Option<usize> {
 }
 
 /// Database-wide options.
-pub fn db_options() -> Options {
+pub fn db_options(config: &StorageConfig) -> Options {
     let mut o = Options::default();
     o.create_if_missing(true);
     o.create_missing_column_families(true);
@@ -39,22 +40,27 @@ pub fn db_options() -> Options {
     // Let the OS write the WAL back incrementally, so a group-commit fsync finds little
     // dirty data and stays short.
     o.set_wal_bytes_per_sync(1 << 20);
-    // Keep the default automatic WAL flush: every write reaches the OS before it returns,
-    // so even `SyncMode::None` survives a process crash (only power loss can lose data).
-    o.set_manual_wal_flush(false);
+    // Batch mode: buffer WAL records in RocksDB until the group's FlushWAL(sync), so a
+    // group costs one write(2) + one fsync instead of a write(2) per append; nothing is
+    // acknowledged before that flush, so a crash loses only unacknowledged writes.
+    // Other modes: flush each write to the OS as it happens, so even `SyncMode::None`
+    // survives a process crash (only power loss can lose data).
+    o.set_manual_wal_flush(config.sync == SyncMode::Batch);
     o
 }
 
-/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before 1970, which
-/// makes the expiry filters keep everything).
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Per-column-family options.
-pub fn cf_options(cf: Cf, cache: &Cache, config: &StorageConfig) -> Options {
+///
+/// `clock` is the engine's latest request time ([`crate::Store::clock`]): the expiry
+/// filters judge entries by it rather than by a wall clock, so they agree with the dedup
+/// window the engine applies to requests; before the first request it is 0 and nothing
+/// expires.
+pub fn cf_options(
+    cf: Cf,
+    cache: &Cache,
+    config: &StorageConfig,
+    clock: &Arc<AtomicU64>,
+) -> Options {
     let mut o = Options::default();
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
@@ -102,9 +108,11 @@ pub fn cf_options(cf: Cf, cache: &Cache, config: &StorageConfig) -> Options {
         // a purge job rewriting the table. Undecodable values are kept for inspection.
         Cf::Dedup => {
             let window = config.dedup_window_ms;
+            let clock = Arc::clone(clock);
             o.set_compaction_filter("petrel-dedup-expiry", move |_, _: &[u8], v: &[u8]| {
+                let now = clock.load(Ordering::Relaxed);
                 match DedupEntry::decode(v) {
-                    Ok(d) if d.server_time_ms.saturating_add(window) <= wall_ms() => {
+                    Ok(d) if now > 0 && d.server_time_ms.saturating_add(window) <= now => {
                         Decision::Remove
                     }
                     _ => Decision::Keep,
@@ -113,9 +121,11 @@ pub fn cf_options(cf: Cf, cache: &Cache, config: &StorageConfig) -> Options {
         }
         // A revoked token past its own expiry cannot be presented any more.
         Cf::Revoked => {
-            o.set_compaction_filter("petrel-revoked-expiry", |_, _: &[u8], v: &[u8]| {
+            let clock = Arc::clone(clock);
+            o.set_compaction_filter("petrel-revoked-expiry", move |_, _: &[u8], v: &[u8]| {
+                let now = clock.load(Ordering::Relaxed);
                 match keys::decode_u64("revoked expiry", v) {
-                    Ok(expires) if expires <= wall_ms() => Decision::Remove,
+                    Ok(expires) if now > 0 && expires <= now => Decision::Remove,
                     _ => Decision::Keep,
                 }
             });
