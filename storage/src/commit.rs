@@ -87,7 +87,7 @@ impl std::fmt::Debug for CommitQueue {
 }
 
 impl CommitQueue {
-    /// Start the writer thread for `engine`.
+    /// Start the writer and syncer threads for `engine`.
     pub fn start<E: Engine + 'static>(
         engine: Arc<E>,
         config: CommitQueueConfig,
