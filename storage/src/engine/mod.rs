@@ -1,5 +1,6 @@
 //! The domain logic, written once over the [`Kv`] boundary: [`Store<K>`] implements
-//! [`Engine`] for every backend, so the in-memory and RocksDB engines cannot drift apart.
+//! [`Engine`](crate::Engine) for every backend, so the in-memory and RocksDB engines
+//! cannot drift apart.
 //!
 //! **Single writer.** Every mutation runs under one `Mutex<WriterState>`, which also owns
 //! the caches the writer needs (last seq per conversation, inbox head per user, member
@@ -9,8 +10,9 @@
 //! Reads (sync, history, membership lookups) go to the database without the lock.
 //!
 //! **Durability.** A write method returns after its batch is durable per
-//! [`SyncMode`]; [`Engine::execute_batch`] writes each request's batch unsynced and
-//! fsyncs the WAL once at the end (group commit).
+//! [`SyncMode`]; [`Engine::apply_batch`](crate::Engine::apply_batch) writes each
+//! request's batch unsynced and [`Engine::make_durable`](crate::Engine::make_durable)
+//! fsyncs the WAL once for all of them (group commit).
 //!
 //! Per-request paths (`append`, `sync`) are the hot paths: no logging, no global
 //! locks besides the writer mutex, keys encoded into stack arrays.
