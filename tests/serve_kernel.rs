@@ -134,8 +134,9 @@ fn a_valid_header_with_an_invalid_protobuf_body_gets_an_error_and_a_close() {
     let mut bytes = header.to_bytes().to_vec();
     bytes.extend_from_slice(&[0x0a, 0xff, 0x01]); // a string field longer than the body
     c.send_raw(&bytes).unwrap();
-    // Before login the connection is closed after the error; the stream itself is still in
-    // sync, but an unauthenticated client gets no second chance.
+    let sent = std::time::Instant::now();
+    // The stream itself is still in sync, but a client that has not logged in gets no
+    // second chance: the error, then an immediate close (not the login deadline's).
     let frames = c.recv_until_closed(Duration::from_secs(10));
     let first = frames.first().expect("an error frame");
     match &first.body {
@@ -143,6 +144,10 @@ fn a_valid_header_with_an_invalid_protobuf_body_gets_an_error_and_a_close() {
         other => panic!("expected an error, got {other:?}"),
     }
     assert_eq!(first.request_id, 7);
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "closed only by the 10 s login deadline"
+    );
     assert_server_healthy(&mut server);
 }
 

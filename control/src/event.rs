@@ -80,6 +80,9 @@ pub enum CloseReason {
     Logout,
     /// The byte stream lost sync (an `Error` frame was sent first).
     FatalFrameError(pb::ErrorCode),
+    /// A connection that had not logged in sent a frame the decoder rejected (unknown
+    /// type, invalid body); an `Error` frame was sent first.
+    BadFrameBeforeLogin(pb::ErrorCode),
     /// Every token of the session expired without a renewal (an `Error(TokenExpired)`
     /// frame was sent first).
     SessionExpired,

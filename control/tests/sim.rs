@@ -685,6 +685,32 @@ fn frame_errors_answer_and_close_only_when_fatal() {
 }
 
 #[test]
+fn a_bad_frame_before_login_is_answered_and_closes_the_connection() {
+    let mut s = sim();
+    let conn = s.connect();
+    s.control.handle(
+        s.now,
+        petrel_control::Event::FrameError {
+            conn,
+            error: FrameError::InvalidBody {
+                frame_type: petrel_proto::FrameType::Login,
+                request_id: 4,
+                reason: "truncated".into(),
+            },
+        },
+    );
+    s.run();
+    match Sim::answer(&s.client(conn).take(), 4) {
+        Some(Body::Error(e)) => assert_eq!(e.code, pb::ErrorCode::InvalidBody as i32),
+        other => panic!("expected an error answer, got {other:?}"),
+    }
+    assert_eq!(
+        s.client(conn).closed,
+        Some(CloseReason::BadFrameBeforeLogin(pb::ErrorCode::InvalidBody))
+    );
+}
+
+#[test]
 fn mark_read_moves_the_position_on_the_other_devices() {
     let mut s = sim();
     let alice = s.login(ALICE, "a", pb::Platform::Ios);

@@ -417,6 +417,7 @@ impl Control {
             return;
         };
         c.last_activity = now;
+        let logged_in = c.session.is_some();
         self.counters.frame_errors += 1;
         let code = error.error_code();
         self.send_error(
@@ -426,8 +427,13 @@ impl Control {
             &error.to_string(),
             0,
         );
+        // A logged-in client keeps its connection after a frame the stream survived
+        // (unknown type, bad body); an anonymous one gets no second chance, just as any
+        // frame other than Login or Ping before login closes it.
         if error.is_fatal() {
             self.close(conn, CloseReason::FatalFrameError(code));
+        } else if !logged_in {
+            self.close(conn, CloseReason::BadFrameBeforeLogin(code));
         }
     }
 
