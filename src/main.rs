@@ -17,7 +17,11 @@ use tracing_subscriber::EnvFilter;
 
 /// Petrel: an instant-messaging server built for millions of connections per node.
 #[derive(Debug, Parser)]
-#[command(name = "petrel", version, about, long_about = None)]
+#[command(
+    name = "petrel",
+    version,
+    about = "Petrel: an instant-messaging server built for millions of connections per node"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -18,7 +18,7 @@ pub enum TokenCommand {
         /// User id.
         #[arg(long)]
         user: u64,
-        /// Device id (at most 64 bytes).
+        /// Device id (at most 128 bytes).
         #[arg(long)]
         device: String,
         /// Platform class of the device.
