@@ -1,0 +1,173 @@
+//! What the SDK tells the app: messages, acks, kicks and connection state changes.
+//!
+//! Events arrive on the [`crate::Events`] receiver returned by [`crate::Client::start`],
+//! in the order the SDK produced them. Messages of one persisted conversation come in
+//! ascending seq order, each exactly once (also across reconnects and restarts of the
+//! app with the same store).
+
+use std::time::Duration;
+
+use petrel_proto::pb;
+
+/// A conversation as the local user sees it (`kind` + id; for one-to-one chats the id is
+/// the peer's user id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConversationKey {
+    /// The conversation kind.
+    pub kind: pb::ConversationKind,
+    /// Peer user id (single), group, chatroom or public-account id.
+    pub id: u64,
+}
+
+impl ConversationKey {
+    /// A one-to-one chat with `peer`.
+    pub const fn single(peer: u64) -> Self {
+        ConversationKey {
+            kind: pb::ConversationKind::Single,
+            id: peer,
+        }
+    }
+    /// A group.
+    pub const fn group(id: u64) -> Self {
+        ConversationKey {
+            kind: pb::ConversationKind::Group,
+            id,
+        }
+    }
+    /// A chatroom (online only, never stored).
+    pub const fn chatroom(id: u64) -> Self {
+        ConversationKey {
+            kind: pb::ConversationKind::Chatroom,
+            id,
+        }
+    }
+    /// A public account.
+    pub const fn public_account(id: u64) -> Self {
+        ConversationKey {
+            kind: pb::ConversationKind::PublicAccount,
+            id,
+        }
+    }
+
+    /// The wire form.
+    pub fn to_wire(self) -> pb::ConversationId {
+        pb::ConversationId {
+            kind: self.kind as i32,
+            id: self.id,
+        }
+    }
+
+    /// From the wire form; `None` for a missing id or an unknown kind.
+    pub fn from_wire(id: Option<&pb::ConversationId>) -> Option<Self> {
+        let id = id?;
+        let kind = pb::ConversationKind::try_from(id.kind).ok()?;
+        (kind != pb::ConversationKind::Unspecified).then_some(ConversationKey { kind, id: id.id })
+    }
+
+    /// Whether the server stores this conversation (everything but chatrooms).
+    pub fn is_persisted(self) -> bool {
+        self.kind != pb::ConversationKind::Chatroom
+    }
+}
+
+/// A message in a conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Where it was posted.
+    pub conversation: ConversationKey,
+    /// Its position in the conversation (gap-free from 1 for persisted kinds).
+    pub seq: u64,
+    /// Who sent it.
+    pub sender: u64,
+    /// The sender's device.
+    pub sender_device: String,
+    /// The sender's client message id.
+    pub client_msg_id: u64,
+    /// Server receive time, ms since the Unix epoch.
+    pub server_time_ms: u64,
+    /// What it says.
+    pub content: pb::Content,
+}
+
+impl Message {
+    /// The text of a text message, if it is one.
+    pub fn text(&self) -> Option<&str> {
+        match self.content.body.as_ref()? {
+            pb::content::Body::Text(t) => Some(&t.text),
+            _ => None,
+        }
+    }
+}
+
+/// The connection's state as the app should show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Opening a connection to `endpoint` (attempt counts since the last stable session).
+    Connecting {
+        /// The `host:port` being tried.
+        endpoint: String,
+        /// Attempts since the back-off was last reset.
+        attempt: u32,
+    },
+    /// Logged in; sends flow and the local store is synced.
+    Connected {
+        /// The endpoint the session runs on.
+        endpoint: String,
+        /// The server's session id.
+        session_id: u64,
+    },
+    /// The connection ended; the SDK will try again after `retry_in`.
+    Disconnected {
+        /// Why.
+        reason: String,
+        /// The back-off delay before the next attempt.
+        retry_in: Duration,
+    },
+    /// The SDK will not reconnect by itself (kicked, auth failed twice, or shut down);
+    /// [`crate::Client::reconnect_now`] starts again.
+    Stopped {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Something the app should know about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The connection state changed.
+    State(ConnectionState),
+    /// A new message from someone else (or from this user's other devices).
+    Message(Message),
+    /// The server stored a message this device sent.
+    Acked {
+        /// The id [`crate::Client::send`] returned.
+        client_msg_id: u64,
+        /// Where it went.
+        conversation: ConversationKey,
+        /// Its seq.
+        seq: u64,
+    },
+    /// The server refused a message for good; it has left the outbox.
+    SendFailed {
+        /// The id [`crate::Client::send`] returned.
+        client_msg_id: u64,
+        /// Why.
+        code: pb::ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server closed the session on purpose.
+    Kicked {
+        /// Why.
+        reason: pb::KickReason,
+        /// The server's explanation.
+        message: String,
+    },
+    /// Membership, roles or read position changed in a conversation.
+    Conversation(pb::ConversationEvent),
+    /// The token was renewed over the live connection.
+    TokenRenewed {
+        /// When the new token expires, ms since the Unix epoch.
+        expires_at_ms: u64,
+    },
+}

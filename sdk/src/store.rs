@@ -1,0 +1,790 @@
+//! The local store: conversations, messages, cursors and the outbox, in SQLite.
+//!
+//! Tables (ids are stored as SQLite integers; u64 values are kept bit-for-bit as i64):
+//! - `conversations(kind, id, delivered_seq, last_seq, read_seq)` — `delivered_seq` is the
+//!   cursor: every message up to it has been stored **and** handed to the app. It is what
+//!   the SDK sends in `SyncRequest.cursors` after every (re)connect.
+//! - `messages(kind, id, seq, sender, sender_device, client_msg_id, server_time_ms,
+//!   content, own)` — one row per persisted message, primary key `(kind, id, seq)`, so a
+//!   message that arrives twice (push and sync, or a resend's duplicate ack) is stored once.
+//!   `own` marks messages this device sent (the app learns of those through acks).
+//! - `outbox(pos, client_msg_id, kind, id, content)` — sends not yet acknowledged, in
+//!   send order. A send leaves the outbox when its ack arrives, or when a sync shows the
+//!   server already has it.
+//! - `meta(key, value)` — the inbox cursor.
+//!
+//! Delivery rule: after any insert the store "drains" a conversation — it hands out the
+//! messages at `delivered_seq + 1, + 2, …` while they are present, and advances the
+//! cursor. A message beyond a hole waits (and the caller syncs); so the app sees each
+//! message once, in seq order. A hole that a complete sync cannot fill (e.g. a group
+//! joined late, whose early messages this user may not read) is skipped by
+//! [`Store::skip_unfillable_gaps`].
+//!
+//! Chatroom messages are online-only and never stored.
+
+use std::path::Path;
+
+use petrel_proto::pb;
+use prost::Message as _;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::error::SdkError;
+use crate::event::{ConversationKey, Message};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS conversations (
+    kind INTEGER NOT NULL,
+    id INTEGER NOT NULL,
+    delivered_seq INTEGER NOT NULL DEFAULT 0,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    read_seq INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, id)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    kind INTEGER NOT NULL,
+    id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    sender INTEGER NOT NULL,
+    sender_device TEXT NOT NULL,
+    client_msg_id INTEGER NOT NULL,
+    server_time_ms INTEGER NOT NULL,
+    content BLOB NOT NULL,
+    own INTEGER NOT NULL,
+    PRIMARY KEY (kind, id, seq)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    pos INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_msg_id INTEGER NOT NULL UNIQUE,
+    kind INTEGER NOT NULL,
+    id INTEGER NOT NULL,
+    content BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+";
+
+/// One queued send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// The id the server dedups on.
+    pub client_msg_id: u64,
+    /// Where it goes.
+    pub conversation: ConversationKey,
+    /// What it says.
+    pub content: pb::Content,
+}
+
+/// A conversation in the conversation list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationSummary {
+    /// Which conversation.
+    pub conversation: ConversationKey,
+    /// Highest seq known (stored locally or announced by the server).
+    pub last_seq: u64,
+    /// Highest seq this user has read.
+    pub read_seq: u64,
+    /// Messages from others above `read_seq` in the local store.
+    pub unread: u64,
+    /// The newest stored message, for a preview.
+    pub last_message: Option<Message>,
+}
+
+/// What applying server input changed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Applied {
+    /// Messages now deliverable to the app, per conversation in seq order.
+    pub deliver: Vec<Message>,
+    /// Sends that left the outbox: (client message id, conversation, seq).
+    pub acked: Vec<(u64, ConversationKey, u64)>,
+    /// A message arrived beyond a hole: the caller should sync.
+    pub gap: bool,
+    /// Messages stored that were not stored before.
+    pub inserted: usize,
+}
+
+/// The SQLite-backed local store of one user on one device.
+pub struct Store {
+    conn: Connection,
+    user_id: u64,
+    device_id: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("user_id", &self.user_id)
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn i(v: u64) -> i64 {
+    v as i64
+}
+
+fn u(v: i64) -> u64 {
+    v as u64
+}
+
+fn kind_of(v: i64) -> Result<pb::ConversationKind, SdkError> {
+    i32::try_from(v)
+        .ok()
+        .and_then(|k| pb::ConversationKind::try_from(k).ok())
+        .ok_or_else(|| SdkError::CorruptRow(format!("conversation kind {v}")))
+}
+
+fn decode_content(blob: &[u8]) -> Result<pb::Content, SdkError> {
+    pb::Content::decode(blob).map_err(|e| SdkError::CorruptRow(format!("message content: {e}")))
+}
+
+const MESSAGE_COLUMNS: &str =
+    "kind, id, seq, sender, sender_device, client_msg_id, server_time_ms, content";
+
+type MessageRow = (i64, i64, i64, i64, String, i64, i64, Vec<u8>);
+
+fn read_message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+    ))
+}
+
+fn message_from_row(r: MessageRow) -> Result<Message, SdkError> {
+    Ok(Message {
+        conversation: ConversationKey {
+            kind: kind_of(r.0)?,
+            id: u(r.1),
+        },
+        seq: u(r.2),
+        sender: u(r.3),
+        sender_device: r.4,
+        client_msg_id: u(r.5),
+        server_time_ms: u(r.6),
+        content: decode_content(&r.7)?,
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`, or an in-memory store with `None`.
+    pub fn open(path: Option<&Path>, user_id: u64, device_id: &str) -> Result<Store, SdkError> {
+        let conn = match path {
+            Some(p) => {
+                let c = Connection::open(p)?;
+                c.pragma_update(None, "journal_mode", "WAL")?;
+                c.pragma_update(None, "synchronous", "NORMAL")?;
+                c
+            }
+            None => Connection::open_in_memory()?,
+        };
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store {
+            conn,
+            user_id,
+            device_id: device_id.to_owned(),
+        })
+    }
+
+    /// Queues a send and returns its new client message id.
+    pub fn outbox_push(
+        &mut self,
+        conversation: ConversationKey,
+        content: &pb::Content,
+    ) -> Result<u64, SdkError> {
+        let blob = content.encode_to_vec();
+        loop {
+            let id = rand::random::<u64>().max(1);
+            let result = self.conn.execute(
+                "INSERT INTO outbox (client_msg_id, kind, id, content) VALUES (?1, ?2, ?3, ?4)",
+                params![i(id), conversation.kind as i64, i(conversation.id), blob],
+            );
+            match result {
+                Ok(_) => return Ok(id),
+                // A 64-bit collision: draw again.
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Queued sends, oldest first, skipping the first `skip` (already in flight).
+    pub fn outbox(&self, skip: usize, limit: usize) -> Result<Vec<OutboxEntry>, SdkError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT client_msg_id, kind, id, content FROM outbox ORDER BY pos LIMIT ?1 OFFSET ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![limit as i64, skip as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(cmid, kind, id, blob)| {
+                Ok(OutboxEntry {
+                    client_msg_id: u(cmid),
+                    conversation: ConversationKey {
+                        kind: kind_of(kind)?,
+                        id: u(id),
+                    },
+                    content: decode_content(&blob)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Number of queued sends.
+    pub fn outbox_len(&self) -> Result<usize, SdkError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
+        Ok(n as usize)
+    }
+
+    /// Drops a queued send the server refused for good. Returns whether it was queued.
+    pub fn outbox_remove(&mut self, client_msg_id: u64) -> Result<bool, SdkError> {
+        Ok(self.conn.execute(
+            "DELETE FROM outbox WHERE client_msg_id = ?1",
+            params![i(client_msg_id)],
+        )? > 0)
+    }
+
+    /// The server stored one of this device's sends.
+    pub fn apply_ack(&mut self, ack: &pb::Ack) -> Result<Applied, SdkError> {
+        let mut applied = Applied::default();
+        let Some(key) = ConversationKey::from_wire(ack.conversation.as_ref()) else {
+            return Ok(applied);
+        };
+        let tx = self.conn.transaction()?;
+        let content: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT content FROM outbox WHERE client_msg_id = ?1",
+                params![i(ack.client_msg_id)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(content) = content else {
+            // Acked before (a duplicate ack of a resend) or seen in a sync already.
+            return Ok(applied);
+        };
+        tx.execute(
+            "DELETE FROM outbox WHERE client_msg_id = ?1",
+            params![i(ack.client_msg_id)],
+        )?;
+        applied.acked.push((ack.client_msg_id, key, ack.seq));
+        if key.is_persisted() {
+            let push = pb::MessagePush {
+                conversation: ack.conversation,
+                seq: ack.seq,
+                sender: self.user_id,
+                server_time_ms: ack.server_time_ms,
+                client_msg_id: ack.client_msg_id,
+                content: Some(decode_content(&content)?),
+                sender_device: self.device_id.clone(),
+            };
+            insert(&tx, self.user_id, &self.device_id, key, &push, &mut applied)?;
+            drain(&tx, key, &mut applied)?;
+        }
+        tx.commit()?;
+        Ok(applied)
+    }
+
+    /// A pushed message. Chatroom messages are handed straight back (never stored).
+    pub fn apply_push(&mut self, push: &pb::MessagePush) -> Result<Applied, SdkError> {
+        let mut applied = Applied::default();
+        let Some(key) = ConversationKey::from_wire(push.conversation.as_ref()) else {
+            return Ok(applied);
+        };
+        if !key.is_persisted() {
+            applied.deliver.push(to_message(key, push));
+            return Ok(applied);
+        }
+        let tx = self.conn.transaction()?;
+        insert(&tx, self.user_id, &self.device_id, key, push, &mut applied)?;
+        let delivered = delivered_seq(&tx, key)?;
+        if push.seq > delivered + 1 {
+            applied.gap = true;
+        }
+        drain(&tx, key, &mut applied)?;
+        tx.commit()?;
+        Ok(applied)
+    }
+
+    /// One `SyncResponse` page (from a `SyncRequest`).
+    pub fn apply_sync_page(&mut self, page: &pb::SyncResponse) -> Result<Applied, SdkError> {
+        let mut applied = Applied::default();
+        let tx = self.conn.transaction()?;
+        let mut touched = Vec::new();
+        for push in &page.messages {
+            let Some(key) = ConversationKey::from_wire(push.conversation.as_ref()) else {
+                continue;
+            };
+            if key.is_persisted() {
+                insert(&tx, self.user_id, &self.device_id, key, push, &mut applied)?;
+                if !touched.contains(&key) {
+                    touched.push(key);
+                }
+            }
+        }
+        for state in &page.conversations {
+            let Some(key) = ConversationKey::from_wire(state.conversation.as_ref()) else {
+                continue;
+            };
+            ensure_conversation(&tx, key)?;
+            tx.execute(
+                "UPDATE conversations SET last_seq = MAX(last_seq, ?3), read_seq = MAX(read_seq, ?4)
+                 WHERE kind = ?1 AND id = ?2",
+                params![key.kind as i64, i(key.id), i(state.last_seq), i(state.read_seq)],
+            )?;
+        }
+        for key in touched {
+            drain(&tx, key, &mut applied)?;
+        }
+        if page.inbox_cursor != 0 {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('inbox_cursor', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![i(page.inbox_cursor)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(applied)
+    }
+
+    /// After a sync that ended with `has_more = false`: any hole still open cannot be
+    /// filled from the server, so delivery skips past it.
+    pub fn skip_unfillable_gaps(&mut self) -> Result<Applied, SdkError> {
+        let mut applied = Applied::default();
+        let tx = self.conn.transaction()?;
+        let stuck: Vec<(i64, i64, i64)> = {
+            let mut stmt = tx.prepare(
+                "SELECT c.kind, c.id, MIN(m.seq) FROM conversations c
+                 JOIN messages m ON m.kind = c.kind AND m.id = c.id AND m.seq > c.delivered_seq
+                 GROUP BY c.kind, c.id
+                 HAVING MIN(m.seq) > c.delivered_seq + 1",
+            )?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        for (kind, id, first) in stuck {
+            let key = ConversationKey {
+                kind: kind_of(kind)?,
+                id: u(id),
+            };
+            tracing::debug!(?key, first, "skipping a hole the server cannot fill");
+            tx.execute(
+                "UPDATE conversations SET delivered_seq = ?3 WHERE kind = ?1 AND id = ?2",
+                params![kind, id, first - 1],
+            )?;
+            drain(&tx, key, &mut applied)?;
+        }
+        tx.commit()?;
+        Ok(applied)
+    }
+
+    /// The `SyncRequest` to send after (re)connecting: the stored inbox cursor and one
+    /// cursor per persisted conversation.
+    pub fn sync_request(&self, limit: u32) -> Result<pb::SyncRequest, SdkError> {
+        let inbox_cursor: i64 = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'inbox_cursor'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT kind, id, delivered_seq FROM conversations")?;
+        let cursors = stmt
+            .query_map([], |r| {
+                Ok(pb::Cursor {
+                    conversation: Some(pb::ConversationId {
+                        kind: r.get::<_, i64>(0)? as i32,
+                        id: u(r.get(1)?),
+                    }),
+                    after_seq: u(r.get(2)?),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(pb::SyncRequest {
+            inbox_cursor: u(inbox_cursor),
+            cursors,
+            limit,
+        })
+    }
+
+    /// Stores messages fetched with a `HistoryRequest` (older pages). They do not move
+    /// cursors; ones above the cursor are delivered by the next drain like any other.
+    pub fn store_history(&mut self, page: &pb::SyncResponse) -> Result<Applied, SdkError> {
+        // The same rules as a sync page; history pages carry no inbox cursor.
+        self.apply_sync_page(&pb::SyncResponse {
+            messages: page.messages.clone(),
+            has_more: page.has_more,
+            inbox_cursor: 0,
+            conversations: Vec::new(),
+        })
+    }
+
+    /// Up to `limit` stored messages of `conversation` with seq below `before_seq` (0 =
+    /// from the newest), newest first.
+    pub fn history(
+        &self,
+        conversation: ConversationKey,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, SdkError> {
+        let before = if before_seq == 0 {
+            u64::MAX >> 1
+        } else {
+            before_seq
+        };
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE kind = ?1 AND id = ?2 AND seq < ?3
+             ORDER BY seq DESC LIMIT ?4"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    conversation.kind as i64,
+                    i(conversation.id),
+                    i(before),
+                    limit as i64
+                ],
+                read_message_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(message_from_row).collect()
+    }
+
+    /// Records that the user read `conversation` up to `seq`.
+    pub fn set_read(&mut self, conversation: ConversationKey, seq: u64) -> Result<(), SdkError> {
+        ensure_conversation(&self.conn, conversation)?;
+        self.conn.execute(
+            "UPDATE conversations SET read_seq = MAX(read_seq, ?3) WHERE kind = ?1 AND id = ?2",
+            params![conversation.kind as i64, i(conversation.id), i(seq)],
+        )?;
+        Ok(())
+    }
+
+    /// The conversation list, most recently active first, with unread counts.
+    pub fn conversations(&self) -> Result<Vec<ConversationSummary>, SdkError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT c.kind, c.id, MAX(c.last_seq, IFNULL((SELECT MAX(seq) FROM messages m
+                    WHERE m.kind = c.kind AND m.id = c.id), 0)) AS top, c.read_seq,
+                    (SELECT COUNT(*) FROM messages m WHERE m.kind = c.kind AND m.id = c.id
+                     AND m.seq > c.read_seq AND m.own = 0 AND m.sender != ?1)
+             FROM conversations c ORDER BY top DESC",
+        )?;
+        let rows: Vec<(i64, i64, i64, i64, i64)> = stmt
+            .query_map(params![i(self.user_id)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(kind, id, top, read, unread)| {
+                let conversation = ConversationKey {
+                    kind: kind_of(kind)?,
+                    id: u(id),
+                };
+                Ok(ConversationSummary {
+                    conversation,
+                    last_seq: u(top),
+                    read_seq: u(read),
+                    unread: u(unread),
+                    last_message: self.history(conversation, 0, 1)?.into_iter().next(),
+                })
+            })
+            .collect()
+    }
+
+    /// The delivery cursor of `conversation` (0 if unknown).
+    pub fn delivered_seq(&self, conversation: ConversationKey) -> Result<u64, SdkError> {
+        delivered_seq(&self.conn, conversation)
+    }
+}
+
+fn to_message(key: ConversationKey, push: &pb::MessagePush) -> Message {
+    Message {
+        conversation: key,
+        seq: push.seq,
+        sender: push.sender,
+        sender_device: push.sender_device.clone(),
+        client_msg_id: push.client_msg_id,
+        server_time_ms: push.server_time_ms,
+        content: push.content.clone().unwrap_or_default(),
+    }
+}
+
+fn ensure_conversation(conn: &Connection, key: ConversationKey) -> Result<(), SdkError> {
+    conn.execute(
+        "INSERT OR IGNORE INTO conversations (kind, id) VALUES (?1, ?2)",
+        params![key.kind as i64, i(key.id)],
+    )?;
+    Ok(())
+}
+
+fn delivered_seq(conn: &Connection, key: ConversationKey) -> Result<u64, SdkError> {
+    Ok(conn
+        .query_row(
+            "SELECT delivered_seq FROM conversations WHERE kind = ?1 AND id = ?2",
+            params![key.kind as i64, i(key.id)],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .map_or(0, u))
+}
+
+/// Stores one message (once). A message this device sent that is still in the outbox
+/// (its ack was lost) leaves the outbox here and is reported as acked.
+fn insert(
+    tx: &Transaction<'_>,
+    user_id: u64,
+    device_id: &str,
+    key: ConversationKey,
+    push: &pb::MessagePush,
+    applied: &mut Applied,
+) -> Result<(), SdkError> {
+    if push.seq == 0 {
+        return Ok(());
+    }
+    ensure_conversation(tx, key)?;
+    let own = push.sender == user_id && push.sender_device == device_id;
+    let content = push.content.clone().unwrap_or_default().encode_to_vec();
+    applied.inserted += tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO messages
+         (kind, id, seq, sender, sender_device, client_msg_id, server_time_ms, content, own)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            key.kind as i64,
+            i(key.id),
+            i(push.seq),
+            i(push.sender),
+            push.sender_device,
+            i(push.client_msg_id),
+            i(push.server_time_ms),
+            content,
+            own
+        ])?;
+    if own
+        && tx.execute(
+            "DELETE FROM outbox WHERE client_msg_id = ?1",
+            params![i(push.client_msg_id)],
+        )? > 0
+    {
+        applied.acked.push((push.client_msg_id, key, push.seq));
+    }
+    Ok(())
+}
+
+/// Hands out stored messages contiguous with the cursor and advances it.
+fn drain(
+    tx: &Transaction<'_>,
+    key: ConversationKey,
+    applied: &mut Applied,
+) -> Result<(), SdkError> {
+    let mut cursor = delivered_seq(tx, key)?;
+    let start = cursor;
+    let rows: Vec<(MessageRow, bool)> = {
+        let mut stmt = tx.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS}, own FROM messages WHERE kind = ?1 AND id = ?2 AND seq > ?3
+             ORDER BY seq"
+        ))?;
+        stmt.query_map(params![key.kind as i64, i(key.id), i(cursor)], |r| {
+            Ok((read_message_row(r)?, r.get::<_, bool>(8)?))
+        })?
+        .collect::<Result<_, _>>()?
+    };
+    for (row, own) in rows {
+        if u(row.2) != cursor + 1 {
+            break;
+        }
+        cursor += 1;
+        if !own {
+            applied.deliver.push(message_from_row(row)?);
+        }
+    }
+    if cursor != start {
+        tx.execute(
+            "UPDATE conversations SET delivered_seq = ?3 WHERE kind = ?1 AND id = ?2",
+            params![key.kind as i64, i(key.id), i(cursor)],
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: u64 = 1;
+    const PEER: u64 = 2;
+
+    fn text(t: &str) -> pb::Content {
+        pb::Content {
+            body: Some(pb::content::Body::Text(pb::Text {
+                text: t.into(),
+                mentions: vec![],
+            })),
+        }
+    }
+
+    fn push(seq: u64, sender: u64, device: &str, cmid: u64) -> pb::MessagePush {
+        pb::MessagePush {
+            conversation: Some(ConversationKey::single(PEER).to_wire()),
+            seq,
+            sender,
+            server_time_ms: 1000 + seq,
+            client_msg_id: cmid,
+            content: Some(text(&format!("m{seq}"))),
+            sender_device: device.into(),
+        }
+    }
+
+    fn seqs(a: &Applied) -> Vec<u64> {
+        a.deliver.iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn out_of_order_and_duplicate_messages_are_delivered_once_in_seq_order() {
+        let mut s = Store::open(None, ME, "dev").unwrap();
+        assert_eq!(seqs(&s.apply_push(&push(1, PEER, "p", 11)).unwrap()), [1]);
+        let a = s.apply_push(&push(3, PEER, "p", 13)).unwrap();
+        assert!(a.gap);
+        assert!(a.deliver.is_empty());
+        assert!(
+            s.apply_push(&push(1, PEER, "p", 11))
+                .unwrap()
+                .deliver
+                .is_empty()
+        );
+        let page = pb::SyncResponse {
+            messages: vec![push(2, PEER, "p", 12), push(3, PEER, "p", 13)],
+            has_more: false,
+            inbox_cursor: 77,
+            conversations: vec![],
+        };
+        assert_eq!(seqs(&s.apply_sync_page(&page).unwrap()), [2, 3]);
+        assert_eq!(s.delivered_seq(ConversationKey::single(PEER)).unwrap(), 3);
+        let req = s.sync_request(0).unwrap();
+        assert_eq!(req.inbox_cursor, 77);
+        assert_eq!(req.cursors.len(), 1);
+        assert_eq!(req.cursors[0].after_seq, 3);
+    }
+
+    #[test]
+    fn the_outbox_keeps_order_and_an_ack_or_a_synced_echo_removes_exactly_once() {
+        let mut s = Store::open(None, ME, "dev").unwrap();
+        let conv = ConversationKey::single(PEER);
+        let a = s.outbox_push(conv, &text("one")).unwrap();
+        let b = s.outbox_push(conv, &text("two")).unwrap();
+        let queued: Vec<u64> = s
+            .outbox(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.client_msg_id)
+            .collect();
+        assert_eq!(queued, [a, b]);
+        assert_eq!(s.outbox(1, 10).unwrap()[0].client_msg_id, b);
+        let ack = pb::Ack {
+            client_msg_id: a,
+            conversation: Some(conv.to_wire()),
+            seq: 1,
+            server_time_ms: 5,
+            duplicate: false,
+        };
+        let applied = s.apply_ack(&ack).unwrap();
+        assert_eq!(applied.acked, vec![(a, conv, 1)]);
+        assert!(applied.deliver.is_empty(), "own messages are not echoed");
+        assert_eq!(
+            s.apply_ack(&ack).unwrap(),
+            Applied::default(),
+            "duplicate ack"
+        );
+        // The ack of `b` was lost; a sync shows the server has it.
+        let page = pb::SyncResponse {
+            messages: vec![push(2, ME, "dev", b)],
+            ..Default::default()
+        };
+        let applied = s.apply_sync_page(&page).unwrap();
+        assert_eq!(applied.acked, vec![(b, conv, 2)]);
+        assert_eq!(s.outbox_len().unwrap(), 0);
+        assert_eq!(s.delivered_seq(conv).unwrap(), 2);
+        let history: Vec<u64> = s
+            .history(conv, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(history, [2, 1]);
+        assert_eq!(s.history(conv, 2, 10).unwrap()[0].text(), Some("one"));
+    }
+
+    #[test]
+    fn unread_counts_only_others_messages_above_the_read_position() {
+        let mut s = Store::open(None, ME, "dev").unwrap();
+        let conv = ConversationKey::single(PEER);
+        for seq in 1..=4 {
+            s.apply_push(&push(seq, PEER, "p", seq)).unwrap();
+        }
+        s.apply_push(&push(5, ME, "other-device", 99)).unwrap();
+        let list = s.conversations().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].last_seq, list[0].unread), (5, 4));
+        assert_eq!(list[0].last_message.as_ref().map(|m| m.seq), Some(5));
+        s.set_read(conv, 3).unwrap();
+        assert_eq!(s.conversations().unwrap()[0].unread, 1);
+    }
+
+    #[test]
+    fn a_hole_a_complete_sync_cannot_fill_is_skipped() {
+        let mut s = Store::open(None, ME, "dev").unwrap();
+        let group = ConversationKey::group(40);
+        let mut late = push(50, PEER, "p", 1);
+        late.conversation = Some(group.to_wire());
+        assert!(s.apply_push(&late).unwrap().gap);
+        assert_eq!(seqs(&s.skip_unfillable_gaps().unwrap()), [50]);
+        assert_eq!(s.delivered_seq(group).unwrap(), 50);
+    }
+
+    #[test]
+    fn chatroom_messages_pass_through_unstored() {
+        let mut s = Store::open(None, ME, "dev").unwrap();
+        let mut m = push(3, PEER, "p", 1);
+        m.conversation = Some(ConversationKey::chatroom(9).to_wire());
+        assert_eq!(seqs(&s.apply_push(&m).unwrap()), [3]);
+        assert!(s.conversations().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_store_survives_reopening_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite");
+        let conv = ConversationKey::single(PEER);
+        let id = {
+            let mut s = Store::open(Some(&path), ME, "dev").unwrap();
+            s.apply_push(&push(1, PEER, "p", 1)).unwrap();
+            s.outbox_push(conv, &text("queued")).unwrap()
+        };
+        let s = Store::open(Some(&path), ME, "dev").unwrap();
+        assert_eq!(s.delivered_seq(conv).unwrap(), 1);
+        assert_eq!(s.outbox(0, 10).unwrap()[0].client_msg_id, id);
+    }
+}
