@@ -5,12 +5,15 @@
 #
 # - clang + libclang-dev: bindgen (librocksdb-sys) needs libclang; RocksDB's C++ builds
 #   with the system C++ compiler.
+# - linux-libc-dev + libbpf-dev: headers for the XDP filter (vendor/xdp), which
+#   dataplane/build.rs compiles with clang -target bpf.
+# - iproute2, ethtool, iputils-ping: scripts/veth-lab.sh and the AF_XDP integration test.
 # - Rust itself is expected from rustup (the machine image provides it).
 set -euo pipefail
 
 need_apt=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in clang libclang-dev pkg-config; do
+for pkg in clang libclang-dev pkg-config linux-libc-dev libbpf-dev iproute2 ethtool iputils-ping; do
   have_pkg "$pkg" || need_apt+=("$pkg")
 done
 

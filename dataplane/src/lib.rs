@@ -21,13 +21,19 @@
 //! - [`kernel`]: kernel sockets — one pinned mio/epoll event loop per core, each with its
 //!   own `SO_REUSEPORT` listener on every listen address so the kernel spreads
 //!   connections across cores. The portable fallback and the baseline.
-//! - AF_XDP + userspace TCP (smoltcp): not written yet (the AF_XDP issue).
+//! - [`xdp`]: AF_XDP + userspace TCP (smoltcp). In progress: the XDP filter program,
+//!   UMEM bookkeeping, frame classification and ARP exist and are tested; the sockets,
+//!   the pollers and the boundary implementation are not written yet (see its docs).
 //!
-//! [`pin`] pins threads to cores.
+//! [`pin`] pins threads to cores. `sys` is the one module allowed `unsafe` code (raw
+//! kernel interfaces, each block with a `// SAFETY:` comment); everything else is safe Rust.
 #![deny(unsafe_code)]
 
 pub mod boundary;
 pub mod kernel;
 pub mod pin;
+#[allow(unsafe_code)]
+pub mod sys;
+pub mod xdp;
 
 pub use boundary::{CoreCommand, CoreHandle, Router};

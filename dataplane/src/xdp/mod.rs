@@ -1,0 +1,37 @@
+//! The AF_XDP dataplane (the fast path): NIC queues owned through AF_XDP sockets, TCP in
+//! user space (smoltcp), Ethernet and ARP done here.
+//!
+//! It will implement the same transport boundary as [`crate::kernel`] (the same
+//! `petrel_control::Event`s in, the same [`crate::CoreCommand`]s out), so the control plane
+//! never knows which one it runs on. One packet's path, once it is all written:
+//!
+//! ```text
+//! NIC rx queue q ─▶ XDP filter (vendor/xdp): Petrel's TCP/ARP? ─no─▶ kernel stack (SSH, ...)
+//!                          │ yes: XSKMAP[q]
+//!                          ▼
+//!   AF_XDP socket q (sys) ─▶ rx ring ─▶ FrameAllocator::received (umem)
+//!                          ─▶ wire::classify ─▶ ARP: neighbour::arp_reply, reuse frame for tx
+//!                                            └─▶ TCP: neighbour table learns the source MAC,
+//!                                                the IPv4 packet goes to smoltcp (Medium::Ip)
+//!                                                ─▶ FrameDecoder ─▶ Event::Frame ─▶ control
+//! ```
+//!
+//! Written so far (each piece unit-tested without a NIC):
+//! - [`filter`]: loads, configures and attaches the XDP filter program, reads its counters;
+//! - [`umem`]: UMEM frame ownership bookkeeping (fill / rx / tx / completion);
+//! - [`ring`]: AF_XDP ring index arithmetic;
+//! - [`wire`]: checked classification of received frames; malformed ones dropped and counted;
+//! - [`neighbour`]: ARP replies for our address and the neighbour table.
+//!
+//! The AF_XDP socket itself is [`crate::sys::xsk::Xsk`] (receive side only so far), in
+//! `sys`, the one module where unsafe code may live.
+//!
+//! **Not written yet** (the AF_XDP issue): transmit, the per-queue pinned poller, the
+//! sharded smoltcp interfaces, ntuple steering, and the boundary implementation. Nothing
+//! here is wired into `petrel serve` yet.
+
+pub mod filter;
+pub mod neighbour;
+pub mod ring;
+pub mod umem;
+pub mod wire;
