@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use petrel_dataplane::sys::if_index;
-use petrel_dataplane::sys::xsk::{Xsk, XskConfig};
+use petrel_dataplane::sys::xsk::{BindMode, Xsk, XskConfig};
 use petrel_dataplane::xdp::filter::{AttachMode, FilterConfig, XdpFilter};
 use petrel_dataplane::xdp::wire::{Inbound, RxCounters, classify};
 
@@ -92,7 +92,30 @@ fn filter_redirects_petrel_tcp_and_passes_the_rest() {
         return;
     }
     let _lab = Lab::up();
+    // veth runs XDP natively; generic (SKB) mode is what a NIC without XDP support gets.
+    check_mode(AttachMode::Driver, KERNEL_PORT);
+    check_mode(AttachMode::Generic, KERNEL_PORT + 1);
 
+    // veth has no zero-copy AF_XDP: the bind is refused, and the error says so.
+    let index = if_index(HOST_IF).expect("lab interface");
+    let error = Xsk::bind(
+        index,
+        0,
+        XskConfig {
+            frame_count: 64,
+            ring_size: 32,
+            tx_reserve: 0,
+            bind: BindMode::ZeroCopy,
+            ..XskConfig::default()
+        },
+    )
+    .expect_err("zero-copy AF_XDP on veth");
+    eprintln!("zero-copy bind on veth: {error}");
+}
+
+/// Attaches the filter in `mode`, binds a socket per queue, sends Petrel TCP, ICMP and
+/// kernel TCP (to `kernel_port`) from the namespace, and checks who got what.
+fn check_mode(mode: AttachMode, kernel_port: u16) {
     let mut filter = XdpFilter::load().expect("load the XDP filter (verifier)");
     filter
         .configure(&FilterConfig {
@@ -101,7 +124,8 @@ fn filter_redirects_petrel_tcp_and_passes_the_rest() {
             own_arp: false,
         })
         .expect("configure");
-    let mode = filter.attach(HOST_IF, AttachMode::Auto).expect("attach");
+    let attached = filter.attach(HOST_IF, mode).expect("attach");
+    assert_eq!(attached, mode);
     eprintln!("filter attached in {mode:?} mode");
 
     let index = if_index(HOST_IF).expect("lab interface");
@@ -127,7 +151,7 @@ fn filter_redirects_petrel_tcp_and_passes_the_rest() {
 
     // A kernel service on another port of the same address must keep working.
     let kernel_listener =
-        TcpListener::bind((HOST_ADDR, KERNEL_PORT)).expect("kernel listener on the lab address");
+        TcpListener::bind((HOST_ADDR, kernel_port)).expect("kernel listener on the lab address");
     kernel_listener.set_nonblocking(true).unwrap();
 
     // Kernel TCP from the namespace to Petrel's port: nobody in the kernel listens there,
@@ -158,7 +182,7 @@ fn filter_redirects_petrel_tcp_and_passes_the_rest() {
         "3",
         "bash",
         "-c",
-        &format!("echo hello > /dev/tcp/{HOST_ADDR}/{KERNEL_PORT}"),
+        &format!("echo hello > /dev/tcp/{HOST_ADDR}/{kernel_port}"),
     ])
     .status()
     .expect("kernel TCP client");
@@ -226,4 +250,5 @@ fn filter_redirects_petrel_tcp_and_passes_the_rest() {
         counters.passed >= 3,
         "pings and the kernel-port TCP were passed"
     );
+    assert_eq!(counters.no_socket, 0);
 }
