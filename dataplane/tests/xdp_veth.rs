@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use petrel_dataplane::sys::if_index;
 use petrel_dataplane::sys::xsk::{BindMode, Xsk, XskConfig};
 use petrel_dataplane::xdp::filter::{AttachMode, FilterConfig, XdpFilter};
+use petrel_dataplane::xdp::neighbour::arp_reply;
 use petrel_dataplane::xdp::wire::{Inbound, RxCounters, classify};
+use smoltcp::wire::{ArpRepr, EthernetAddress};
 
 const NS: &str = "petrel-xdp-test";
 const HOST_IF: &str = "petrel-xh";
@@ -95,6 +97,7 @@ fn filter_redirects_petrel_tcp_and_passes_the_rest() {
     // veth runs XDP natively; generic (SKB) mode is what a NIC without XDP support gets.
     check_mode(AttachMode::Driver, KERNEL_PORT);
     check_mode(AttachMode::Generic, KERNEL_PORT + 1);
+    check_arp_for_an_address_only_petrel_has();
 
     // veth has no zero-copy AF_XDP: the bind is refused, and the error says so.
     let index = if_index(HOST_IF).expect("lab interface");
@@ -251,4 +254,97 @@ fn check_mode(mode: AttachMode, kernel_port: u16) {
         "pings and the kernel-port TCP were passed"
     );
     assert_eq!(counters.no_socket, 0);
+}
+
+/// Petrel owns 10.77.1.3, which the kernel does not have: the filter redirects ARP for it,
+/// userspace answers through the tx ring, and the namespace learns the host veth's MAC.
+fn check_arp_for_an_address_only_petrel_has() {
+    let petrel_addr = Ipv4Addr::new(10, 77, 1, 3);
+    let mac_text = std::fs::read_to_string(format!("/sys/class/net/{HOST_IF}/address"))
+        .expect("host veth MAC");
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(mac_text.trim().split(':')) {
+        *byte = u8::from_str_radix(part, 16).expect("hex MAC");
+    }
+    let our_mac = EthernetAddress(mac);
+
+    let mut filter = XdpFilter::load().expect("load");
+    filter
+        .configure(&FilterConfig {
+            addr: petrel_addr,
+            ports: vec![PETREL_PORT],
+            own_arp: true,
+        })
+        .expect("configure");
+    filter.attach(HOST_IF, AttachMode::Driver).expect("attach");
+    let index = if_index(HOST_IF).expect("lab interface");
+    let mut sockets: Vec<Xsk> = (0..2)
+        .map(|queue| {
+            let xsk = Xsk::bind(
+                index,
+                queue,
+                XskConfig {
+                    frame_count: 256,
+                    ring_size: 128,
+                    tx_reserve: 64,
+                    ..XskConfig::default()
+                },
+            )
+            .expect("AF_XDP socket");
+            filter.register_socket(queue, &xsk).expect("register");
+            xsk
+        })
+        .collect();
+
+    // The ping itself fails (nobody answers ICMP for 10.77.1.3); it is there to make the
+    // namespace resolve the address.
+    let mut pinger = in_ns(&["ping", "-c", "2", "-W", "1", &petrel_addr.to_string()])
+        .spawn()
+        .expect("ping");
+    let mut replies = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && replies == 0 {
+        for xsk in &mut sockets {
+            let mut requests: Vec<ArpRepr> = Vec::new();
+            xsk.receive(64, |frame| {
+                if let Ok(Inbound::Arp { arp, .. }) = classify(frame, petrel_addr) {
+                    requests.push(arp);
+                }
+            });
+            for request in &requests {
+                if xsk.send(|buf| arp_reply(request, our_mac, petrel_addr, buf)) {
+                    replies += 1;
+                }
+            }
+            xsk.flush_tx().expect("kick tx");
+        }
+        let _ = sockets[0].wait_readable(50);
+    }
+    let _ = pinger.wait();
+    let neighbours = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            NS,
+            "ip",
+            "neigh",
+            "show",
+            &petrel_addr.to_string(),
+        ])
+        .output()
+        .expect("ip neigh");
+    let neighbours = String::from_utf8_lossy(&neighbours.stdout);
+    eprintln!(
+        "ARP replies sent: {replies}; namespace neighbour entry: {}; filter: {:?}",
+        neighbours.trim(),
+        filter.counters()
+    );
+    assert!(
+        replies > 0,
+        "an ARP request for {petrel_addr} reached userspace"
+    );
+    assert!(
+        neighbours.contains(mac_text.trim()),
+        "the namespace learned Petrel's MAC from our reply"
+    );
 }

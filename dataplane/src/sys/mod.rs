@@ -8,7 +8,7 @@
 //! Contents:
 //! - [`cvt`]: the libc return-value helper;
 //! - [`if_index`]: interface name → index;
-//! - [`xsk`]: the AF_XDP socket — UMEM and the four mmap'ed rings (receive side; its doc
+//! - [`xsk`]: the AF_XDP socket — UMEM and the four mmap'ed rings (receive, transmit; its doc
 //!   states the UMEM frame-ownership rule and how it is enforced);
 //! - the `aya::Pod` marker for the XDP filter's config value, which aya copies into a BPF
 //!   map byte for byte.

@@ -1,12 +1,13 @@
-//! An AF_XDP socket with its own UMEM and four mmap'ed rings (receive side).
+//! An AF_XDP socket with its own UMEM and four mmap'ed rings.
 //!
 //! ## UMEM frame ownership
 //! A frame belongs to the kernel from the moment its address is published on the fill (or
 //! tx) ring until the kernel hands it back on the rx (or completion) ring; otherwise it
 //! belongs to us. This type enforces the rule at run time: every frame's state lives in a
-//! [`FrameAllocator`], and the only way to see a frame's bytes is [`Xsk::receive`], which
+//! [`FrameAllocator`], and the only ways to see a frame's bytes are [`Xsk::receive`], which
 //! lends a frame the allocator has just moved from `Fill` to `Rx` (so the kernel has
-//! returned it and will not write it again until we publish it, which needs `&mut self`).
+//! returned it and will not write it again until we publish it, which needs `&mut self`),
+//! and [`Xsk::send`], which lends a frame just moved from `Free` to `Tx` before publishing it.
 //! An rx descriptor the allocator refuses (an address we never published, a length
 //! crossing the frame) is counted and skipped, never read.
 //!
@@ -17,7 +18,11 @@
 //! Acquire, read the slots, then publish the new consumer index with Release. Index math:
 //! [`crate::xdp::ring`].
 //!
-//! Not written yet: transmit (tx ring + completion handling beyond draining), shared UMEM
+//! Transmit: [`Xsk::send`] builds a frame in a free UMEM frame (moved to `Tx`, so the
+//! kernel cannot have it) and queues it on the tx ring; [`Xsk::flush_tx`] kicks the kernel
+//! (copy mode transmits in the `sendto` call); the completion ring hands frames back.
+//!
+//! Not written yet: batched transmit, replying in place in a received frame, shared UMEM
 //! between sockets, zero-copy binding (veth refuses it with EOPNOTSUPP anyway).
 
 use std::ffi::c_void;
@@ -73,6 +78,8 @@ impl Default for XskConfig {
 pub struct XskCounters {
     /// Frames received and handed to the caller.
     pub received: u64,
+    /// Frames queued for transmission.
+    pub sent: u64,
     /// rx or completion descriptors refused by the frame bookkeeping.
     pub bad_descriptors: u64,
     /// Times a ring's indexes were found corrupt (nothing was read from it).
@@ -227,7 +234,7 @@ pub struct Xsk {
     fill: Ring<u64>,
     completion: Ring<u64>,
     rx: Ring<libc::xdp_desc>,
-    _tx: Ring<libc::xdp_desc>,
+    tx: Ring<libc::xdp_desc>,
     umem: Mapping,
     frames: FrameAllocator,
     config: XskConfig,
@@ -350,7 +357,7 @@ impl Xsk {
             fill,
             completion,
             rx,
-            _tx: tx,
+            tx,
             umem,
             frames: FrameAllocator::new(layout),
             config,
@@ -452,6 +459,88 @@ impl Xsk {
         self.drain_completions();
         self.refill();
         handed
+    }
+
+    /// Builds one outgoing frame with `build` in a free UMEM frame and queues it on the tx
+    /// ring. `build` gets the whole frame buffer and returns the frame's length, or `None`
+    /// to send nothing. Returns false when nothing was queued (no free frame, tx ring full,
+    /// `build` declined or returned a length beyond the frame). Call [`Xsk::flush_tx`] after
+    /// a batch.
+    pub fn send(&mut self, build: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+        self.drain_completions();
+        let prod = self.tx.producer().load(Ordering::Relaxed);
+        let cons = self.tx.consumer().load(Ordering::Acquire);
+        match ring::free(prod, cons, self.tx.size) {
+            Ok(0) => return false,
+            Ok(_) => {}
+            Err(_) => {
+                self.counters.corrupt_rings += 1;
+                return false;
+            }
+        }
+        let Some(addr) = self.frames.take_for_tx() else {
+            return false;
+        };
+        let frame_size = self.frames.layout().frame_size() as usize;
+        // SAFETY: `take_for_tx` returned the start of a whole frame inside the UMEM mapping
+        // and moved it from Free to Tx: the kernel does not own it (it is on no ring yet) and
+        // no other borrow of it exists (frames are only lent while `&mut self` is held).
+        let buf = unsafe {
+            std::slice::from_raw_parts_mut(
+                self.umem.ptr.as_ptr().cast::<u8>().add(addr as usize),
+                frame_size,
+            )
+        };
+        let len = match build(buf) {
+            Some(len) if len > 0 && len <= frame_size => len,
+            _ => {
+                // Cannot fail: the frame is in Tx, put there just above.
+                let _ = self.frames.unpublished(addr);
+                return false;
+            }
+        };
+        self.tx.write(
+            prod,
+            libc::xdp_desc {
+                addr,
+                len: len as u32,
+                options: 0,
+            },
+        );
+        self.tx
+            .producer()
+            .store(prod.wrapping_add(1), Ordering::Release);
+        self.counters.sent += 1;
+        true
+    }
+
+    /// Asks the kernel to transmit what is queued on the tx ring (a zero-length `sendto`).
+    /// `EAGAIN`, `EBUSY` and `ENOBUFS` mean "try again later" and are not errors here.
+    pub fn flush_tx(&mut self) -> io::Result<()> {
+        // SAFETY: a zero-length send with null buffer and address reads no memory; the
+        // descriptor is our open socket.
+        let ret = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
+        };
+        match cvt(ret) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Takes finished transmissions off the completion ring.

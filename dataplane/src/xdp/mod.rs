@@ -23,10 +23,10 @@
 //! - [`wire`]: checked classification of received frames; malformed ones dropped and counted;
 //! - [`neighbour`]: ARP replies for our address and the neighbour table.
 //!
-//! The AF_XDP socket itself is [`crate::sys::xsk::Xsk`] (receive side only so far), in
+//! The AF_XDP socket itself is [`crate::sys::xsk::Xsk`] (receive and single-frame transmit so far), in
 //! `sys`, the one module where unsafe code may live.
 //!
-//! **Not written yet** (the AF_XDP issue): transmit, the per-queue pinned poller, the
+//! **Not written yet** (the AF_XDP issue): batched transmit, the per-queue pinned poller, the
 //! sharded smoltcp interfaces, ntuple steering, and the boundary implementation. Nothing
 //! here is wired into `petrel serve` yet.
 
