@@ -1,0 +1,336 @@
+//! End-to-end tests of the client SDK (`petrel-sdk`) against the real `petrel serve`
+//! (kernel sockets, RocksDB in a temporary directory).
+//!
+//! - a server restart mid-conversation: the SDK reconnects with back-off, flushes its
+//!   outbox, and the receiver sees every message exactly once, in order;
+//! - the primary endpoint is down: the SDK connects to the backup;
+//! - a token that expires during the session is renewed over the live connection without
+//!   the app noticing (no disconnect, the provider asked only once);
+//! - 1,000 SDK clients in one process exchange messages with no errors. The acceptance
+//!   run is a minute (`PETREL_SDK_SOAK_SECS=60`); the default is 10 s to keep CI short.
+
+#[allow(unused_imports)] // common re-exports TestClient, which these tests do not use
+mod common;
+#[path = "common/sdk_keys.rs"]
+mod sdk_keys;
+
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::TestServer;
+use petrel_sdk::{ConnectionState, ConversationKey, Event, Events, Message};
+use sdk_keys::{Keys, start, test_config};
+use tokio::task::block_in_place;
+use tokio::time::{Instant, sleep, timeout};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Reads events until `n` messages arrived (failing after `limit`); returns them and
+/// every other event seen.
+async fn messages(events: &mut Events, n: usize, limit: Duration) -> (Vec<Message>, Vec<Event>) {
+    let deadline = Instant::now() + limit;
+    let (mut got, mut other) = (Vec::new(), Vec::new());
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, events.recv()).await {
+            Ok(Some(Event::Message(m))) => got.push(m),
+            Ok(Some(e)) => other.push(e),
+            Ok(None) => panic!("event stream closed"),
+            Err(_) => panic!(
+                "only {} of {n} messages within {limit:?}: {got:?}",
+                got.len()
+            ),
+        }
+    }
+    (got, other)
+}
+
+/// Every event that arrives within `window`.
+async fn drain(events: &mut Events, window: Duration) -> Vec<Event> {
+    let mut seen = Vec::new();
+    while let Ok(Some(e)) = timeout(window, events.recv()).await {
+        seen.push(e);
+    }
+    seen
+}
+
+fn texts(ms: &[Message]) -> Vec<String> {
+    ms.iter()
+        .map(|m| m.text().unwrap_or("?").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_mid_conversation_delivers_every_message_once_in_order() {
+    let keys = Arc::new(Keys::generate());
+    let mut server = TestServer::start(&keys.server_config());
+    let (alice, bob) = (1001, 1002);
+    let endpoints = vec![server.addr.to_string()];
+    let (a, mut a_events, _) = start(&keys, test_config(alice, endpoints.clone()));
+    let (b, mut b_events, _) = start(&keys, test_config(bob, endpoints));
+    a.wait_connected(WAIT).await.unwrap();
+    b.wait_connected(WAIT).await.unwrap();
+
+    let to_bob = ConversationKey::single(bob);
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(a.send_text(to_bob, &format!("m{i}")).unwrap());
+    }
+    // Stop the server while those are in flight, keep sending while it is down.
+    block_in_place(|| server.stop());
+    for i in 10..20 {
+        ids.push(a.send_text(to_bob, &format!("m{i}")).unwrap());
+    }
+    sleep(Duration::from_millis(300)).await;
+    block_in_place(|| server.restart_stopped());
+    for i in 20..30 {
+        ids.push(a.send_text(to_bob, &format!("m{i}")).unwrap());
+    }
+
+    let (got, _) = messages(&mut b_events, 30, WAIT).await;
+    let expected: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts(&got), expected);
+    assert_eq!(
+        got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=30).collect::<Vec<u64>>()
+    );
+    assert!(
+        got.iter()
+            .all(|m| m.conversation == ConversationKey::single(alice))
+    );
+    // Nothing more arrives: no duplicates.
+    let late = drain(&mut b_events, Duration::from_millis(500)).await;
+    assert!(
+        !late.iter().any(|e| matches!(e, Event::Message(_))),
+        "duplicates: {late:?}"
+    );
+
+    // Alice saw each send acked once, and reconnected by herself.
+    let a_seen = drain(&mut a_events, Duration::from_millis(500)).await;
+    let acked: Vec<u64> = a_seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Acked { client_msg_id, .. } => Some(*client_msg_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acked.len(), 30, "{a_seen:?}");
+    assert_eq!(
+        acked.iter().collect::<HashSet<_>>(),
+        ids.iter().collect::<HashSet<_>>()
+    );
+    let connects = a_seen
+        .iter()
+        .filter(|e| matches!(e, Event::State(ConnectionState::Connected { .. })))
+        .count();
+    let drops = a_seen
+        .iter()
+        .filter(|e| matches!(e, Event::State(ConnectionState::Disconnected { .. })))
+        .count();
+    assert!(connects >= 2 && drops >= 1, "no reconnect: {a_seen:?}");
+    assert_eq!(a.outbox_len().unwrap(), 0);
+
+    // The conversation list and history come from the local store.
+    let list = b.conversations().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!((list[0].last_seq, list[0].unread), (30, 30));
+    b.mark_read(ConversationKey::single(alice), 30)
+        .await
+        .unwrap();
+    assert_eq!(b.conversations().unwrap()[0].unread, 0);
+    let page = b
+        .load_history(ConversationKey::single(alice), 11, 5)
+        .await
+        .unwrap();
+    assert_eq!(texts(&page), ["m9", "m8", "m7", "m6", "m5"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_primary_endpoint_down_the_sdk_connects_to_the_backup() {
+    let keys = Arc::new(Keys::generate());
+    let server = TestServer::start(&keys.server_config());
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (alice, bob) = (2001, 2002);
+    let endpoints = vec![dead.to_string(), server.addr.to_string()];
+    let (a, mut a_events, _) = start(&keys, test_config(alice, endpoints.clone()));
+    let (b, mut b_events, _) = start(&keys, test_config(bob, endpoints));
+    a.wait_connected(WAIT).await.unwrap();
+    b.wait_connected(WAIT).await.unwrap();
+    assert!(
+        matches!(a.state(), ConnectionState::Connected { endpoint, .. } if endpoint == server.addr.to_string())
+    );
+    let states = drain(&mut a_events, Duration::from_millis(200)).await;
+    assert!(
+        states.iter().any(|e| matches!(e,
+            Event::State(ConnectionState::Disconnected { reason, .. }) if reason.contains(&dead.to_string()))),
+        "{states:?}"
+    );
+    a.send_text(ConversationKey::single(bob), "via the backup")
+        .unwrap();
+    let (got, _) = messages(&mut b_events, 1, WAIT).await;
+    assert_eq!(texts(&got), ["via the backup"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_expiring_mid_session_is_renewed_without_the_app_noticing() {
+    let keys = Arc::new(Keys::generate());
+    let server = TestServer::start(&keys.server_config());
+    let (alice, bob) = (3001, 3002);
+    let endpoints = vec![server.addr.to_string()];
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(alice, endpoints.clone());
+    config.token_cache_path = Some(dir.path().join("alice.token"));
+    let (provider, calls) = keys.provider(alice, &config.device_id, Duration::from_secs(3));
+    let (a, mut a_events) = petrel_sdk::Client::start(config, provider).unwrap();
+    let (b, mut b_events, _) = start(&keys, test_config(bob, endpoints));
+    a.wait_connected(WAIT).await.unwrap();
+    b.wait_connected(WAIT).await.unwrap();
+
+    // Outlive the first token (the server ends sessions whose token expired).
+    sleep(Duration::from_secs(5)).await;
+    a.send_text(ConversationKey::single(bob), "after expiry")
+        .unwrap();
+    let (got, _) = messages(&mut b_events, 1, WAIT).await;
+    assert_eq!(texts(&got), ["after expiry"]);
+    b.send_text(ConversationKey::single(alice), "still there?")
+        .unwrap();
+    let (got, seen) = messages(&mut a_events, 1, WAIT).await;
+    assert_eq!(texts(&got), ["still there?"]);
+
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "provider asked again");
+    assert!(
+        seen.iter().any(|e| matches!(e, Event::TokenRenewed { .. })),
+        "{seen:?}"
+    );
+    let connects = seen
+        .iter()
+        .filter(|e| matches!(e, Event::State(ConnectionState::Connected { .. })))
+        .count();
+    assert_eq!(connects, 1, "the session was interrupted: {seen:?}");
+    assert!(matches!(a.state(), ConnectionState::Connected { .. }));
+    let cache = dir.path().join("alice.token");
+    let mode = std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(&cache).unwrap();
+    let expires: u64 = text.lines().next().unwrap().parse().unwrap();
+    let now = common::server::now().as_millis();
+    assert!(
+        expires > now + 3_600_000,
+        "cached token is not the renewed one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_sdk_clients_exchange_messages_without_errors() {
+    let secs: u64 = std::env::var("PETREL_SDK_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    const CLIENTS: u64 = 1000;
+    let keys = Arc::new(Keys::generate());
+    let server = TestServer::start(&keys.server_config());
+    let endpoints = vec![server.addr.to_string()];
+    let errors = Arc::new(AtomicU64::new(0));
+    let received: Arc<Vec<AtomicU64>> = Arc::new((0..CLIENTS).map(|_| AtomicU64::new(0)).collect());
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..CLIENTS).map(|_| AtomicU64::new(0)).collect());
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+
+    let mut clients = Vec::new();
+    for batch in 0..CLIENTS / 100 {
+        let mut started = Vec::new();
+        for i in batch * 100..(batch + 1) * 100 {
+            let user = 10_000 + i;
+            let (client, mut events, _) = start(&keys, test_config(user, endpoints.clone()));
+            let (errors, received, first_error) =
+                (errors.clone(), received.clone(), first_error.clone());
+            tokio::spawn(async move {
+                // Messages from the partner must be n0, n1, n2, … exactly once each.
+                while let Some(event) = events.recv().await {
+                    let problem = match &event {
+                        Event::Message(m) => {
+                            let expected = received[i as usize].load(Ordering::SeqCst);
+                            if m.text() == Some(format!("n{expected}").as_str()) {
+                                received[i as usize].fetch_add(1, Ordering::SeqCst);
+                                None
+                            } else {
+                                Some(format!("client {i} expected n{expected}, got {m:?}"))
+                            }
+                        }
+                        Event::Kicked { .. }
+                        | Event::SendFailed { .. }
+                        | Event::State(ConnectionState::Disconnected { .. })
+                        | Event::State(ConnectionState::Stopped { .. }) => {
+                            Some(format!("client {i}: {event:?}"))
+                        }
+                        _ => None,
+                    };
+                    if let Some(p) = problem {
+                        errors.fetch_add(1, Ordering::SeqCst);
+                        first_error.lock().unwrap().get_or_insert(p);
+                    }
+                }
+            });
+            started.push(client);
+        }
+        for c in &started {
+            c.wait_connected(WAIT).await.unwrap();
+        }
+        clients.extend(started);
+    }
+
+    // Pairs (2k, 2k+1) talk to each other, one message a second each.
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut senders = Vec::new();
+    for (i, client) in clients.iter().enumerate() {
+        let (client, sent) = (client.clone(), sent.clone());
+        let partner = ConversationKey::single(10_000 + (i as u64 ^ 1));
+        senders.push(tokio::spawn(async move {
+            // Spread the sends over the second.
+            sleep(Duration::from_millis((i as u64 * 7) % 1000)).await;
+            let mut n = 0;
+            while Instant::now() < end {
+                client.send_text(partner, &format!("n{n}")).unwrap();
+                n += 1;
+                sent[i].store(n, Ordering::SeqCst);
+                sleep(Duration::from_secs(1)).await;
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let behind = (0..CLIENTS as usize)
+            .filter(|&i| received[i].load(Ordering::SeqCst) < sent[i ^ 1].load(Ordering::SeqCst))
+            .count();
+        if behind == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{behind} clients still missing messages"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+    let total: u64 = sent.iter().map(|s| s.load(Ordering::SeqCst)).sum();
+    assert!(
+        total >= CLIENTS * secs.max(1) / 2,
+        "only {total} messages sent"
+    );
+    assert_eq!(
+        errors.load(Ordering::SeqCst),
+        0,
+        "first error: {:?}",
+        first_error.lock().unwrap()
+    );
+    for c in &clients {
+        assert_eq!(c.outbox_len().unwrap(), 0);
+    }
+}
