@@ -7,6 +7,7 @@
 //! routing) → `petrel-storage` (RocksDB); `petrel-sdk` is the client side.
 #![deny(unsafe_code)]
 
+mod chat;
 mod server;
 mod token_cmd;
 
@@ -36,6 +37,8 @@ enum Command {
     Token(token_cmd::TokenCommand),
     /// Print the wire protocol's frame types and their type bytes.
     Frames,
+    /// Interactive terminal client (on the SDK) for trying a server.
+    Chat(chat::ChatArgs),
 }
 
 fn init_logging(filter: &str, format: server::config::LogFormat) {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
             server::run(config)
         }),
         Command::Token(cmd) => token_cmd::run(cmd),
+        Command::Chat(args) => chat::run(args),
         Command::Frames => {
             for &t in petrel_proto::FrameType::ALL {
                 let direction = if t.is_client_to_server() {
