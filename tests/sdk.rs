@@ -334,3 +334,102 @@ async fn a_thousand_sdk_clients_exchange_messages_without_errors() {
         assert_eq!(c.outbox_len().unwrap(), 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_cached_token_makes_one_provider_call_and_a_refused_fresh_one_stops() {
+    let keys = Arc::new(Keys::generate());
+    let server = TestServer::start(&keys.server_config());
+    let dir = tempfile::tempdir().unwrap();
+    let user = 4001;
+
+    // A cached token the server refuses (signed by another deployment's key).
+    let other = Keys::generate();
+    let cache_path = dir.path().join("token");
+    let forged = other.mint(user, &format!("dev-{user}"), Duration::from_secs(3600));
+    std::fs::write(
+        &cache_path,
+        format!("{}\n{}\n", forged.expires_at_ms, forged.token),
+    )
+    .unwrap();
+    let mut config = test_config(user, vec![server.addr.to_string()]);
+    config.token_cache_path = Some(cache_path.clone());
+    let (client, _events, calls) = start(&keys, config);
+    client.wait_connected(WAIT).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    client.shutdown(false).await;
+
+    // A provider whose tokens are always refused: asked once, then the client stops.
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = refused.clone();
+    let provider = petrel_sdk::token_fn(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Ok(other.mint(4002, "dev-4002", Duration::from_secs(3600)))
+    });
+    let (client, mut events) =
+        petrel_sdk::Client::start(test_config(4002, vec![server.addr.to_string()]), provider)
+            .unwrap();
+    let stopped = timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Some(Event::State(ConnectionState::Stopped { reason })) => return reason,
+                Some(_) => {}
+                None => panic!("event stream closed"),
+            }
+        }
+    })
+    .await
+    .expect("the client stops");
+    assert!(stopped.contains("refused"), "{stopped}");
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        refused.load(Ordering::SeqCst),
+        1,
+        "provider called in a loop"
+    );
+    assert!(matches!(client.state(), ConnectionState::Stopped { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_pong_makes_the_sdk_reconnect() {
+    let keys = Arc::new(Keys::generate());
+    let server = TestServer::start(&keys.server_config());
+    let mut config = test_config(5001, vec![server.addr.to_string()]);
+    config.heartbeat_interval = Duration::from_millis(300);
+    config.pong_timeout = Duration::from_millis(500);
+    config.login_timeout = Duration::from_secs(1);
+    let (client, mut events, _) = start(&keys, config);
+    client.wait_connected(WAIT).await.unwrap();
+    // Pongs flow: a few heartbeats pass without a reconnect.
+    let quiet = drain(&mut events, Duration::from_millis(1500)).await;
+    assert!(
+        !quiet
+            .iter()
+            .any(|e| matches!(e, Event::State(ConnectionState::Disconnected { .. }))),
+        "{quiet:?}"
+    );
+    // Freeze the server: pings go unanswered.
+    let pid = server.pid().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    let reason = timeout(WAIT, async {
+        loop {
+            if let Some(Event::State(ConnectionState::Disconnected { reason, .. })) =
+                events.recv().await
+            {
+                return reason;
+            }
+        }
+    })
+    .await;
+    signal("-CONT");
+    let reason = reason.expect("no disconnect while the server was frozen");
+    assert!(reason.contains("no pong"), "{reason}");
+    client.wait_connected(WAIT).await.unwrap();
+}
