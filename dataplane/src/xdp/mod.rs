@@ -21,17 +21,20 @@
 //! - [`umem`]: UMEM frame ownership bookkeeping (fill / rx / tx / completion);
 //! - [`ring`]: AF_XDP ring index arithmetic;
 //! - [`wire`]: checked classification of received frames; malformed ones dropped and counted;
-//! - [`neighbour`]: ARP replies for our address and the neighbour table.
+//! - [`neighbour`]: ARP replies for our address and the neighbour table;
+//! - [`tcp`]: one smoltcp shard (`Medium::Ip`) with a re-armed listener, and Ethernet
+//!   framing of what it sends.
 //!
 //! The AF_XDP socket itself is [`crate::sys::xsk::Xsk`] (receive and single-frame transmit so far), in
 //! `sys`, the one module where unsafe code may live.
 //!
-//! **Not written yet** (the AF_XDP issue): batched transmit, the per-queue pinned poller, the
-//! sharded smoltcp interfaces, ntuple steering, and the boundary implementation. Nothing
+//! **Not written yet** (the AF_XDP issue): batched transmit, the per-queue pinned poller, many
+//! smoltcp shards per core with a timer wheel, ntuple steering, and the boundary implementation. Nothing
 //! here is wired into `petrel serve` yet.
 
 pub mod filter;
 pub mod neighbour;
 pub mod ring;
+pub mod tcp;
 pub mod umem;
 pub mod wire;

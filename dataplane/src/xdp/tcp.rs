@@ -1,0 +1,384 @@
+//! One userspace TCP shard: a smoltcp `Interface` (`Medium::Ip`) and `SocketSet`, fed
+//! with IPv4 packets the dataplane has already classified (see [`super::wire`]) and
+//! emitting IPv4 packets the dataplane frames in Ethernet (see [`frame_ipv4`]).
+//!
+//! smoltcp's listening socket has no backlog — it *becomes* the connection on a SYN — so
+//! after every poll a shard whose listener left LISTEN moves it to its connections and arms
+//! a fresh one. Two SYNs in the same poll still meet one listener (the second is refused
+//! with RST and the client retries); the sharding that fixes this is not written yet.
+//!
+//! Sans-IO: time comes in as milliseconds of any monotonic clock. Packet buffers are
+//! pooled: after warm-up, receiving and transmitting allocate nothing.
+//!
+//! **Not written yet** (issue 8, part 4): many shards per core chosen by a hash of the
+//! 4-tuple, the timer wheel over `poll_at`, bounded shard size with SYN refusal counted,
+//! Cubic congestion control (smoltcp's `socket-tcp-cubic` feature), delayed-ACK and RTO
+//! tuning, and the bridge to `FrameDecoder` / `Event`s.
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
+use smoltcp::socket::{AnySocket, tcp};
+use smoltcp::time::Instant;
+use smoltcp::wire::{
+    ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr,
+    HardwareAddress, IpCidr, Ipv4Packet,
+};
+
+/// Settings of one shard.
+#[derive(Debug, Clone, Copy)]
+pub struct ShardConfig {
+    /// Our IPv4 address.
+    pub addr: Ipv4Addr,
+    /// Prefix length of the on-link subnet (peers inside it are answered directly).
+    pub prefix_len: u8,
+    /// The port to accept connections on.
+    pub port: u16,
+    /// Receive buffer per connection, bytes.
+    pub rx_buffer: usize,
+    /// Transmit buffer per connection, bytes.
+    pub tx_buffer: usize,
+    /// IP MTU.
+    pub mtu: usize,
+    /// Most packets queued in either direction; more are dropped (TCP retransmits).
+    pub max_queued: usize,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            addr: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 24,
+            port: 9500,
+            rx_buffer: 4096,
+            tx_buffer: 4096,
+            mtu: 1500,
+            max_queued: 256,
+        }
+    }
+}
+
+/// In-memory packet queues that smoltcp sees as its network device.
+#[derive(Debug)]
+struct Queues {
+    rx: VecDeque<Vec<u8>>,
+    tx: VecDeque<Vec<u8>>,
+    rx_pool: Vec<Vec<u8>>,
+    tx_pool: Vec<Vec<u8>>,
+    mtu: usize,
+    max_queued: usize,
+}
+
+struct RxToken<'a> {
+    buf: Vec<u8>,
+    pool: &'a mut Vec<Vec<u8>>,
+}
+
+impl phy::RxToken for RxToken<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        let result = f(&self.buf);
+        let mut buf = self.buf;
+        buf.clear();
+        self.pool.push(buf);
+        result
+    }
+}
+
+struct TxToken<'a> {
+    queue: &'a mut VecDeque<Vec<u8>>,
+    pool: &'a mut Vec<Vec<u8>>,
+    max_queued: usize,
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = self.pool.pop().unwrap_or_default();
+        buf.clear();
+        buf.resize(len, 0);
+        let result = f(&mut buf);
+        if self.queue.len() < self.max_queued {
+            self.queue.push_back(buf);
+        } else {
+            self.pool.push(buf); // dropped: TCP retransmits
+        }
+        result
+    }
+}
+
+impl Device for Queues {
+    type RxToken<'a> = RxToken<'a>;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+        let buf = self.rx.pop_front()?;
+        Some((
+            RxToken {
+                buf,
+                pool: &mut self.rx_pool,
+            },
+            TxToken {
+                queue: &mut self.tx,
+                pool: &mut self.tx_pool,
+                max_queued: self.max_queued,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
+        Some(TxToken {
+            queue: &mut self.tx,
+            pool: &mut self.tx_pool,
+            max_queued: self.max_queued,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = self.mtu;
+        // Received packets were verified by `wire::classify`; transmitted ones get
+        // checksums from smoltcp (the default).
+        caps.checksum = ChecksumCapabilities::default();
+        caps
+    }
+}
+
+/// One smoltcp interface with a listening socket that is re-armed after every accept.
+pub struct TcpShard {
+    config: ShardConfig,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    queues: Queues,
+    listener: SocketHandle,
+    connections: Vec<SocketHandle>,
+    dropped_rx: u64,
+}
+
+impl std::fmt::Debug for TcpShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpShard")
+            .field("config", &self.config)
+            .field("connections", &self.connections.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcpShard {
+    /// A shard listening on `config.addr:config.port`.
+    pub fn new(config: ShardConfig, now_ms: u64) -> TcpShard {
+        let mut queues = Queues {
+            rx: VecDeque::new(),
+            tx: VecDeque::new(),
+            rx_pool: Vec::new(),
+            tx_pool: Vec::new(),
+            mtu: config.mtu,
+            max_queued: config.max_queued,
+        };
+        let mut iface = Interface::new(
+            Config::new(HardwareAddress::Ip),
+            &mut queues,
+            instant(now_ms),
+        );
+        iface.update_ip_addrs(|addrs| {
+            // The vector holds IFACE_MAX_ADDR_COUNT addresses; this is the first.
+            let _ = addrs.push(IpCidr::new(config.addr.into(), config.prefix_len));
+        });
+        let mut sockets = SocketSet::new(Vec::new());
+        let listener = sockets.add(listening_socket(&config));
+        TcpShard {
+            config,
+            iface,
+            sockets,
+            queues,
+            listener,
+            connections: Vec::new(),
+            dropped_rx: 0,
+        }
+    }
+
+    /// Queues one IPv4 packet (from `wire::classify`) for the next poll. False (and
+    /// counted) when the queue is full.
+    pub fn push_rx(&mut self, ip_packet: &[u8]) -> bool {
+        if self.queues.rx.len() >= self.config.max_queued {
+            self.dropped_rx += 1;
+            return false;
+        }
+        let mut buf = self.queues.rx_pool.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(ip_packet);
+        self.queues.rx.push_back(buf);
+        true
+    }
+
+    /// Runs smoltcp on everything queued and re-arms the listener if it accepted.
+    pub fn poll(&mut self, now_ms: u64) {
+        self.iface
+            .poll(instant(now_ms), &mut self.queues, &mut self.sockets);
+        let listener = self.sockets.get::<tcp::Socket>(self.listener);
+        if listener.state() != tcp::State::Listen {
+            self.connections.push(self.listener);
+            self.listener = self.sockets.add(listening_socket(&self.config));
+        }
+        // Closed connections give their slot back.
+        let sockets = &mut self.sockets;
+        self.connections.retain(|handle| {
+            let closed = sockets.get::<tcp::Socket>(*handle).state() == tcp::State::Closed;
+            if closed {
+                sockets.remove(*handle);
+            }
+            !closed
+        });
+    }
+
+    /// When smoltcp next needs a poll (milliseconds), if ever.
+    pub fn poll_at(&mut self, now_ms: u64) -> Option<u64> {
+        self.iface
+            .poll_at(instant(now_ms), &self.sockets)
+            .map(|at| u64::try_from(at.total_millis()).unwrap_or(0))
+    }
+
+    /// The next IPv4 packet to send, if any. Give it back with [`TcpShard::recycle_tx`].
+    pub fn pop_tx(&mut self) -> Option<Vec<u8>> {
+        self.queues.tx.pop_front()
+    }
+
+    /// Returns a transmitted packet's buffer to the pool.
+    pub fn recycle_tx(&mut self, buf: Vec<u8>) {
+        self.queues.tx_pool.push(buf);
+    }
+
+    /// Established (or closing) connections, with their sockets.
+    pub fn connections(&mut self) -> impl Iterator<Item = &mut tcp::Socket<'static>> {
+        let handles = &self.connections;
+        self.sockets
+            .iter_mut()
+            .filter(|(handle, _)| handles.contains(handle))
+            .filter_map(|(_, socket)| tcp::Socket::downcast_mut(socket))
+    }
+
+    /// Number of connections (not counting the listener).
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Packets dropped because the receive queue was full.
+    pub fn dropped_rx(&self) -> u64 {
+        self.dropped_rx
+    }
+}
+
+fn listening_socket(config: &ShardConfig) -> tcp::Socket<'static> {
+    let mut socket = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; config.rx_buffer]),
+        tcp::SocketBuffer::new(vec![0; config.tx_buffer]),
+    );
+    // IM frames are small and latency-bound: no Nagle.
+    socket.set_nagle_enabled(false);
+    // A fresh socket in the closed state always accepts `listen` for a non-zero port.
+    let _ = socket.listen(config.port);
+    socket
+}
+
+fn instant(ms: u64) -> Instant {
+    Instant::from_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
+/// Frames the IPv4 packet `ip_packet` in Ethernet from `src` to `dst` into `buf`; returns
+/// the frame length, or `None` if `buf` is too short or the packet is not IPv4.
+pub fn frame_ipv4(
+    ip_packet: &[u8],
+    src: EthernetAddress,
+    dst: EthernetAddress,
+    buf: &mut [u8],
+) -> Option<usize> {
+    Ipv4Packet::new_checked(ip_packet).ok()?;
+    let len = ETHERNET_HEADER_LEN + ip_packet.len();
+    let mut frame = EthernetFrame::new_checked(buf.get_mut(..len)?).ok()?;
+    EthernetRepr {
+        src_addr: src,
+        dst_addr: dst,
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut frame);
+    frame.payload_mut().copy_from_slice(ip_packet);
+    Some(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use smoltcp::wire::{IpAddress, TcpPacket};
+
+    use super::*;
+    use crate::xdp::wire::tests::{OUR_MAC, OURS, PEER, PEER_MAC, syn_frame};
+    use crate::xdp::wire::{Inbound, classify};
+
+    fn shard() -> TcpShard {
+        TcpShard::new(
+            ShardConfig {
+                addr: OURS,
+                ..ShardConfig::default()
+            },
+            0,
+        )
+    }
+
+    #[test]
+    fn a_syn_gets_a_syn_ack_and_the_listener_is_rearmed() {
+        let mut shard = shard();
+        let frame = syn_frame(OURS, 0);
+        let Ok(Inbound::Tcp { ip_packet, .. }) = classify(&frame, OURS) else {
+            panic!("fixture is not TCP");
+        };
+        assert!(shard.push_rx(ip_packet));
+        shard.poll(1);
+
+        let reply = shard.pop_tx().expect("a SYN-ACK");
+        let ip = Ipv4Packet::new_checked(&reply[..]).unwrap();
+        assert_eq!(ip.dst_addr(), PEER);
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.syn() && tcp.ack());
+        assert_eq!((tcp.src_port(), tcp.dst_port()), (9500, 40000));
+        assert!(tcp.verify_checksum(&IpAddress::Ipv4(OURS), &IpAddress::Ipv4(PEER)));
+        assert_eq!(shard.connection_count(), 1);
+        assert_eq!(
+            shard.connections().next().map(|s| s.state()),
+            Some(tcp::State::SynReceived)
+        );
+        shard.recycle_tx(reply);
+        assert!(shard.pop_tx().is_none());
+    }
+
+    #[test]
+    fn a_full_receive_queue_drops_and_counts() {
+        let mut shard = TcpShard::new(
+            ShardConfig {
+                addr: OURS,
+                max_queued: 2,
+                ..ShardConfig::default()
+            },
+            0,
+        );
+        let frame = syn_frame(OURS, 0);
+        let packet = &frame[ETHERNET_HEADER_LEN..];
+        assert!(shard.push_rx(packet));
+        assert!(shard.push_rx(packet));
+        assert!(!shard.push_rx(packet));
+        assert_eq!(shard.dropped_rx(), 1);
+    }
+
+    #[test]
+    fn framing_puts_the_packet_behind_an_ethernet_header() {
+        let frame = syn_frame(OURS, 0);
+        let packet = &frame[ETHERNET_HEADER_LEN..];
+        let mut buf = [0u8; 2048];
+        let len = frame_ipv4(packet, OUR_MAC, PEER_MAC, &mut buf).unwrap();
+        let framed = EthernetFrame::new_checked(&buf[..len]).unwrap();
+        assert_eq!(framed.dst_addr(), PEER_MAC);
+        assert_eq!(framed.src_addr(), OUR_MAC);
+        assert_eq!(framed.payload(), packet);
+        assert_eq!(frame_ipv4(packet, OUR_MAC, PEER_MAC, &mut buf[..20]), None);
+        assert_eq!(frame_ipv4(&[0x45, 0], OUR_MAC, PEER_MAC, &mut buf), None);
+    }
+}
