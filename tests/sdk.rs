@@ -433,3 +433,82 @@ async fn a_missing_pong_makes_the_sdk_reconnect() {
     assert!(reason.contains("no pong"), "{reason}");
     client.wait_connected(WAIT).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_chatrooms_and_public_accounts_through_the_sdk() {
+    let keys = Arc::new(Keys::generate());
+    let server = TestServer::start(&keys.server_config());
+    let endpoints = vec![server.addr.to_string()];
+    let (owner, member) = (7001, 7002);
+    let (o, _o_events, _) = start(&keys, test_config(owner, endpoints.clone()));
+    let (m, mut m_events, _) = start(&keys, test_config(member, endpoints));
+    o.wait_connected(WAIT).await.unwrap();
+    m.wait_connected(WAIT).await.unwrap();
+
+    // Group: created with a member, who receives its messages.
+    let group = o.create_group("team", &[member]).await.unwrap();
+    assert_eq!(group.kind, petrel_sdk::pb::ConversationKind::Group);
+    let members: HashSet<u64> = o
+        .list_members(group)
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| x.user_id)
+        .collect();
+    assert_eq!(members, HashSet::from([owner, member]));
+    o.send_text(group, "welcome").unwrap();
+    o.send_emoji(group, "🎉", "").unwrap();
+    let (got, _) = messages(&mut m_events, 2, WAIT).await;
+    assert_eq!(got[0].text(), Some("welcome"));
+    assert_eq!(got[1].conversation, group);
+    assert_eq!(got.iter().map(|x| x.seq).collect::<Vec<_>>(), [1, 2]);
+
+    // Chatroom: both join, the member sees the owner online and gets the message.
+    o.join_chatroom(900).await.unwrap();
+    let joined = m.join_chatroom(900).await.unwrap();
+    assert!(joined.members.iter().any(|x| x.user_id == owner));
+    o.send_text(ConversationKey::chatroom(900), "in the room")
+        .unwrap();
+    let (got, _) = messages(&mut m_events, 1, WAIT).await;
+    assert_eq!(
+        (got[0].conversation, got[0].text()),
+        (ConversationKey::chatroom(900), Some("in the room"))
+    );
+    m.leave_chatroom(900).await.unwrap();
+
+    // Public account: the follower gets the owner's posts.
+    let account = o.create_public_account("news").await.unwrap();
+    m.follow(account.id).await.unwrap();
+    let media = petrel_sdk::content::media("https://media.example/a.jpg", 1234, "image/jpeg");
+    o.send_image(account, media, 640, 480).unwrap();
+    let (got, _) = messages(&mut m_events, 1, WAIT).await;
+    assert_eq!(got[0].conversation, account);
+    assert!(matches!(
+        got[0].content.body,
+        Some(petrel_sdk::pb::content::Body::Image(ref i)) if i.width == 640
+    ));
+
+    // Unread counts, and mark read.
+    let unread: Vec<(ConversationKey, u64)> = m
+        .conversations()
+        .unwrap()
+        .iter()
+        .map(|c| (c.conversation, c.unread))
+        .collect();
+    assert!(unread.contains(&(group, 2)), "{unread:?}");
+    m.mark_read(group, 2).await.unwrap();
+    let after = m.conversations().unwrap();
+    assert_eq!(
+        after
+            .iter()
+            .find(|c| c.conversation == group)
+            .unwrap()
+            .unread,
+        0
+    );
+
+    // Removing the member: a permission-checked operation the server answers.
+    o.remove_members(group.id, &[member]).await.unwrap();
+    let err = m.add_members(group.id, &[7003]).await.unwrap_err();
+    assert!(matches!(err, petrel_sdk::SdkError::Server { .. }), "{err}");
+}
