@@ -23,18 +23,22 @@
 //! - [`wire`]: checked classification of received frames; malformed ones dropped and counted;
 //! - [`neighbour`]: ARP replies for our address and the neighbour table;
 //! - [`tcp`]: one smoltcp shard (`Medium::Ip`) with a re-armed listener, and Ethernet
-//!   framing of what it sends.
+//!   framing of what it sends;
+//! - [`shards`]: many shards per core by 4-tuple hash, polling only those with work or an
+//!   expired timer, refusing SYNs for a full shard.
 //!
-//! The AF_XDP socket itself is [`crate::sys::xsk::Xsk`] (receive and single-frame transmit so far), in
+//! The AF_XDP socket itself is [`crate::sys::xsk::Xsk`] (receive and single-frame
+//! transmit so far), in
 //! `sys`, the one module where unsafe code may live.
 //!
-//! **Not written yet** (the AF_XDP issue): batched transmit, the per-queue pinned poller, many
-//! smoltcp shards per core with a timer wheel, ntuple steering, and the boundary implementation. Nothing
-//! here is wired into `petrel serve` yet.
+//! **Not written yet** (the AF_XDP issue): batched transmit, the per-queue pinned poller
+//! (which will own an `Xsk`, a `ShardSet` and a neighbour table), ntuple steering, and the
+//! boundary implementation. Nothing here is wired into `petrel serve` yet.
 
 pub mod filter;
 pub mod neighbour;
 pub mod ring;
+pub mod shards;
 pub mod tcp;
 pub mod umem;
 pub mod wire;

@@ -10,10 +10,10 @@
 //! Sans-IO: time comes in as milliseconds of any monotonic clock. Packet buffers are
 //! pooled: after warm-up, receiving and transmitting allocate nothing.
 //!
-//! **Not written yet** (issue 8, part 4): many shards per core chosen by a hash of the
-//! 4-tuple, the timer wheel over `poll_at`, bounded shard size with SYN refusal counted,
-//! Cubic congestion control (smoltcp's `socket-tcp-cubic` feature), delayed-ACK and RTO
-//! tuning, and the bridge to `FrameDecoder` / `Event`s.
+//! Many shards per core, their timers and SYN refusal: [`super::shards`].
+//!
+//! **Not written yet** (issue 8, part 4): delayed-ACK and minimum-RTO tuning, and the
+//! bridge to `FrameDecoder` / `Event`s. (Congestion control is Cubic; Nagle is off.)
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
@@ -276,6 +276,8 @@ fn listening_socket(config: &ShardConfig) -> tcp::Socket<'static> {
     );
     // IM frames are small and latency-bound: no Nagle.
     socket.set_nagle_enabled(false);
+    // smoltcp's default is no congestion control at all.
+    socket.set_congestion_control(tcp::CongestionControl::Cubic);
     // A fresh socket in the closed state always accepts `listen` for a non-zero port.
     let _ = socket.listen(config.port);
     socket
@@ -342,10 +344,10 @@ mod tests {
         assert_eq!((tcp.src_port(), tcp.dst_port()), (9500, 40000));
         assert!(tcp.verify_checksum(&IpAddress::Ipv4(OURS), &IpAddress::Ipv4(PEER)));
         assert_eq!(shard.connection_count(), 1);
-        assert_eq!(
-            shard.connections().next().map(|s| s.state()),
-            Some(tcp::State::SynReceived)
-        );
+        let accepted = shard.connections().next().expect("the accepted connection");
+        assert_eq!(accepted.state(), tcp::State::SynReceived);
+        assert_eq!(accepted.congestion_control(), tcp::CongestionControl::Cubic);
+        assert!(!accepted.nagle_enabled());
         shard.recycle_tx(reply);
         assert!(shard.pop_tx().is_none());
     }

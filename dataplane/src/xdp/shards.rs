@@ -1,0 +1,304 @@
+//! Many small smoltcp shards per core, chosen by a hash of the 4-tuple.
+//!
+//! smoltcp scans every socket of an interface for each packet and each egress poll, so one
+//! interface with 100,000 sockets would be O(n) per packet. A [`ShardSet`] splits a core's
+//! connections over many [`TcpShard`]s; a packet goes to the shard its 4-tuple hashes to,
+//! and only shards with something to do are polled: those that received a packet or were
+//! marked dirty (the application wrote to one of their sockets), and those whose smoltcp
+//! timer (`poll_at`) has expired. Timers sit in a min-heap with lazy deletion (a timer
+//! wheel is the planned refinement). Each shard is bounded: a SYN for a full shard is
+//! refused (dropped, counted; the client retries) instead of growing it.
+//!
+//! Sans-IO: time is milliseconds passed in. Performance-critical path: no allocation per
+//! packet after warm-up (the heap and dirty list keep their capacity).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use smoltcp::wire::{Ipv4Packet, TcpPacket};
+
+use super::tcp::{ShardConfig, TcpShard};
+
+/// Settings of a [`ShardSet`].
+#[derive(Debug, Clone, Copy)]
+pub struct ShardSetConfig {
+    /// Number of shards (at least 1).
+    pub shards: usize,
+    /// Most connections per shard; SYNs beyond are refused.
+    pub max_connections_per_shard: usize,
+    /// Seed of the 4-tuple hash (random per process, so a client cannot aim at one shard).
+    pub seed: u64,
+    /// Settings of every shard.
+    pub shard: ShardConfig,
+}
+
+/// What happened to a packet given to [`ShardSet::push_rx`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxVerdict {
+    /// Queued in shard `0`.
+    Queued(usize),
+    /// A SYN for a full shard: dropped and counted.
+    RefusedSyn,
+    /// The shard's receive queue was full: dropped (TCP retransmits).
+    QueueFull,
+    /// Not an IPv4 TCP packet (the dataplane should have classified it first).
+    NotTcp,
+}
+
+/// A core's shards, with dirty tracking and timers.
+#[derive(Debug)]
+pub struct ShardSet {
+    config: ShardSetConfig,
+    shards: Vec<TcpShard>,
+    dirty: Vec<bool>,
+    dirty_list: Vec<usize>,
+    /// The `poll_at` each shard last reported; heap entries that disagree are stale.
+    next_at: Vec<Option<u64>>,
+    timers: BinaryHeap<Reverse<(u64, usize)>>,
+    refused_syns: u64,
+    polls: u64,
+}
+
+impl ShardSet {
+    /// `config.shards` empty shards.
+    pub fn new(config: ShardSetConfig, now_ms: u64) -> ShardSet {
+        let n = config.shards.max(1);
+        ShardSet {
+            config,
+            shards: (0..n)
+                .map(|_| TcpShard::new(config.shard, now_ms))
+                .collect(),
+            dirty: vec![false; n],
+            dirty_list: Vec::with_capacity(n),
+            next_at: vec![None; n],
+            timers: BinaryHeap::with_capacity(n),
+            refused_syns: 0,
+            polls: 0,
+        }
+    }
+
+    /// The shard a packet with this 4-tuple belongs to.
+    pub fn shard_for(&self, src: [u8; 4], src_port: u16, dst: [u8; 4], dst_port: u16) -> usize {
+        let addrs = (u64::from(u32::from_be_bytes(src)) << 32) | u64::from(u32::from_be_bytes(dst));
+        let ports = (u64::from(src_port) << 16) | u64::from(dst_port);
+        let tuple = addrs ^ ports.rotate_left(40);
+        (mix(tuple ^ self.config.seed) % self.shards.len() as u64) as usize
+    }
+
+    /// Routes one IPv4 TCP packet (as `wire::classify` returns it) to its shard.
+    pub fn push_rx(&mut self, ip_packet: &[u8]) -> RxVerdict {
+        let Ok(ip) = Ipv4Packet::new_checked(ip_packet) else {
+            return RxVerdict::NotTcp;
+        };
+        let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+            return RxVerdict::NotTcp;
+        };
+        let index = self.shard_for(
+            ip.src_addr().octets(),
+            tcp.src_port(),
+            ip.dst_addr().octets(),
+            tcp.dst_port(),
+        );
+        let shard = &mut self.shards[index];
+        if tcp.syn()
+            && !tcp.ack()
+            && shard.connection_count() >= self.config.max_connections_per_shard
+        {
+            self.refused_syns += 1;
+            return RxVerdict::RefusedSyn;
+        }
+        if !shard.push_rx(ip_packet) {
+            return RxVerdict::QueueFull;
+        }
+        self.mark_dirty(index);
+        RxVerdict::Queued(index)
+    }
+
+    /// Marks shard `index` for the next poll (e.g. after writing to one of its sockets).
+    pub fn mark_dirty(&mut self, index: usize) {
+        if let Some(dirty) = self.dirty.get_mut(index)
+            && !*dirty
+        {
+            *dirty = true;
+            self.dirty_list.push(index);
+        }
+    }
+
+    /// Polls every dirty shard and every shard whose timer expired at `now_ms`, then hands
+    /// each packet they emit to `transmit`. Returns how many shards were polled.
+    pub fn poll(&mut self, now_ms: u64, mut transmit: impl FnMut(&[u8])) -> usize {
+        while let Some(&Reverse((at, index))) = self.timers.peek() {
+            if at > now_ms {
+                break;
+            }
+            self.timers.pop();
+            if self.next_at[index] == Some(at) {
+                self.next_at[index] = None;
+                self.mark_dirty(index);
+            }
+        }
+        let mut polled = 0;
+        let mut list = std::mem::take(&mut self.dirty_list);
+        for &index in &list {
+            self.dirty[index] = false;
+            let shard = &mut self.shards[index];
+            shard.poll(now_ms);
+            while let Some(packet) = shard.pop_tx() {
+                transmit(&packet);
+                shard.recycle_tx(packet);
+            }
+            let at = shard.poll_at(now_ms);
+            if at != self.next_at[index] {
+                self.next_at[index] = at;
+                if let Some(at) = at {
+                    self.timers.push(Reverse((at, index)));
+                }
+            }
+            polled += 1;
+        }
+        list.clear();
+        self.dirty_list = list;
+        self.polls += polled as u64;
+        polled
+    }
+
+    /// The earliest shard timer, if any (when to call [`ShardSet::poll`] next at the latest).
+    pub fn poll_at(&self) -> Option<u64> {
+        self.next_at.iter().flatten().min().copied()
+    }
+
+    /// Shard `index`, to read or write its connections (then [`ShardSet::mark_dirty`]).
+    pub fn shard_mut(&mut self, index: usize) -> Option<&mut TcpShard> {
+        self.shards.get_mut(index)
+    }
+
+    /// Number of shards.
+    pub fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Always false: a set has at least one shard.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// SYNs refused because their shard was full.
+    pub fn refused_syns(&self) -> u64 {
+        self.refused_syns
+    }
+
+    /// Shard polls so far.
+    pub fn polls(&self) -> u64 {
+        self.polls
+    }
+}
+
+/// A 64-bit finaliser (splitmix64): every input bit affects every output bit.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use smoltcp::wire::ETHERNET_HEADER_LEN;
+
+    use super::*;
+    use crate::xdp::wire::tests::{OURS, syn_frame};
+
+    fn set(shards: usize, max: usize) -> ShardSet {
+        ShardSet::new(
+            ShardSetConfig {
+                shards,
+                max_connections_per_shard: max,
+                seed: 42,
+                shard: ShardConfig {
+                    addr: OURS,
+                    ..ShardConfig::default()
+                },
+            },
+            0,
+        )
+    }
+
+    /// The fixture SYN from source port `port`, checksums fixed.
+    fn syn_from(port: u16) -> Vec<u8> {
+        let mut frame = syn_frame(OURS, 0);
+        let packet = &mut frame[ETHERNET_HEADER_LEN..];
+        let (src, dst) = {
+            let ip = Ipv4Packet::new_unchecked(&*packet);
+            (ip.src_addr(), ip.dst_addr())
+        };
+        let mut ip = Ipv4Packet::new_unchecked(packet);
+        let mut tcp = TcpPacket::new_unchecked(ip.payload_mut());
+        tcp.set_src_port(port);
+        tcp.fill_checksum(&src.into(), &dst.into());
+        frame[ETHERNET_HEADER_LEN..].to_vec()
+    }
+
+    #[test]
+    fn one_tuple_always_maps_to_one_shard_and_tuples_spread() {
+        let set = set(16, 10);
+        let a = set.shard_for([10, 0, 0, 2], 40000, [10, 0, 0, 1], 9500);
+        assert_eq!(a, set.shard_for([10, 0, 0, 2], 40000, [10, 0, 0, 1], 9500));
+        let mut used = [0u32; 16];
+        for port in 30000..34000u16 {
+            used[set.shard_for([10, 0, 0, 2], port, [10, 0, 0, 1], 9500)] += 1;
+        }
+        // 4,000 tuples over 16 shards: every shard gets a fair share (250 ± 40%).
+        assert!(used.iter().all(|n| (150..=350).contains(n)), "{used:?}");
+    }
+
+    #[test]
+    fn only_shards_with_work_are_polled() {
+        let mut set = set(8, 10);
+        let mut sent = 0;
+        assert_eq!(set.poll(0, |_| sent += 1), 0);
+        let RxVerdict::Queued(index) = set.push_rx(&syn_from(40000)) else {
+            panic!("SYN not queued");
+        };
+        assert_eq!(set.poll(1, |_| sent += 1), 1);
+        assert_eq!(sent, 1, "the SYN-ACK");
+        assert_eq!(set.shard_mut(index).unwrap().connection_count(), 1);
+        // Nothing new and no timer due yet: nothing is polled.
+        assert_eq!(set.poll(2, |_| sent += 1), 0);
+    }
+
+    #[test]
+    fn an_expired_timer_polls_its_shard_and_retransmits() {
+        let mut set = set(4, 10);
+        set.push_rx(&syn_from(40000));
+        let mut sent = 0;
+        set.poll(0, |_| sent += 1);
+        let at = set.poll_at().expect("a SYN-ACK retransmit timer");
+        assert!(at > 0);
+        assert_eq!(set.poll(at - 1, |_| sent += 1), 0);
+        // Past the retransmission timeout the SYN-ACK goes out again.
+        let mut later = at;
+        while sent < 2 && later < at + 5_000 {
+            set.poll(later, |_| sent += 1);
+            later += 100;
+        }
+        assert_eq!(sent, 2);
+    }
+
+    #[test]
+    fn a_full_shard_refuses_syns_and_counts_them() {
+        let mut set = set(1, 2);
+        for port in [40000, 40001] {
+            assert!(matches!(set.push_rx(&syn_from(port)), RxVerdict::Queued(0)));
+            set.poll(0, |_| {});
+        }
+        assert_eq!(set.push_rx(&syn_from(40002)), RxVerdict::RefusedSyn);
+        assert_eq!(set.refused_syns(), 1);
+        assert_eq!(set.shard_mut(0).unwrap().connection_count(), 2);
+    }
+
+    #[test]
+    fn garbage_is_not_tcp() {
+        let mut set = set(2, 2);
+        assert_eq!(set.push_rx(&[0x45, 0, 0]), RxVerdict::NotTcp);
+        assert_eq!(set.push_rx(&[]), RxVerdict::NotTcp);
+    }
+}
