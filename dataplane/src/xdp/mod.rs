@@ -28,8 +28,7 @@
 //!   expired timer, refusing SYNs for a full shard.
 //!
 //! The AF_XDP socket itself is [`crate::sys::xsk::Xsk`] (receive and single-frame
-//! transmit so far), in
-//! `sys`, the one module where unsafe code may live.
+//! transmit so far), in `sys`, the one module where unsafe code may live.
 //!
 //! **Not written yet** (the AF_XDP issue): batched transmit, the per-queue pinned poller
 //! (which will own an `Xsk`, a `ShardSet` and a neighbour table), ntuple steering, and the
