@@ -512,3 +512,50 @@ async fn groups_chatrooms_and_public_accounts_through_the_sdk() {
     let err = m.add_members(group.id, &[7003]).await.unwrap_err();
     assert!(matches!(err, petrel_sdk::SdkError::Server { .. }), "{err}");
 }
+
+/// Waits until the client reports a lost connection and then a new session.
+async fn reconnected(events: &mut Events) {
+    let mut dropped = false;
+    timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Some(Event::State(ConnectionState::Disconnected { .. })) => dropped = true,
+                Some(Event::State(ConnectionState::Connected { .. })) if dropped => return,
+                Some(_) => {}
+                None => panic!("event stream closed"),
+            }
+        }
+    })
+    .await
+    .expect("no reconnect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chatrooms_are_rejoined_after_a_reconnect() {
+    let keys = Arc::new(Keys::generate());
+    let mut server = TestServer::start(&keys.server_config());
+    let endpoints = vec![server.addr.to_string()];
+    let (a, mut a_events, _) = start(&keys, test_config(8001, endpoints.clone()));
+    let (b, mut b_events, _) = start(&keys, test_config(8002, endpoints));
+    a.wait_connected(WAIT).await.unwrap();
+    b.wait_connected(WAIT).await.unwrap();
+    a.join_chatroom(55).await.unwrap();
+    b.join_chatroom(55).await.unwrap();
+
+    block_in_place(|| server.restart());
+    reconnected(&mut a_events).await;
+    reconnected(&mut b_events).await;
+
+    a.send_text(ConversationKey::chatroom(55), "back in the room")
+        .unwrap();
+    let (got, _) = messages(&mut b_events, 1, WAIT).await;
+    assert_eq!(got[0].text(), Some("back in the room"));
+    let online: HashSet<u64> = b
+        .list_members(ConversationKey::chatroom(55))
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.user_id)
+        .collect();
+    assert_eq!(online, HashSet::from([8001, 8002]));
+}

@@ -75,6 +75,7 @@ impl Client {
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             events: events_tx,
+            rooms: Mutex::new(Default::default()),
         });
         let task = Task::new(
             config.clone(),
@@ -294,14 +295,19 @@ impl Client {
     }
 
     /// Joins (or creates) a chatroom. The result lists who is online and the room's
-    /// recent messages.
+    /// recent messages. The SDK rejoins it after every reconnect until
+    /// [`Client::leave_chatroom`].
     pub async fn join_chatroom(&self, room: u64) -> Result<pb::ConversationOpResult, SdkError> {
-        self.conversation_op(Op::JoinChatroom(pb::JoinChatroom { room_id: room }))
-            .await
+        let result = self
+            .conversation_op(Op::JoinChatroom(pb::JoinChatroom { room_id: room }))
+            .await?;
+        self.inner.shared.rooms().insert(room);
+        Ok(result)
     }
 
     /// Leaves a chatroom.
     pub async fn leave_chatroom(&self, room: u64) -> Result<(), SdkError> {
+        self.inner.shared.rooms().remove(&room);
         self.conversation_op(Op::LeaveChatroom(pb::LeaveChatroom { room_id: room }))
             .await
             .map(drop)

@@ -4,7 +4,8 @@
 //! Life of the task:
 //! 1. Pick the endpoint and delay from the [`Reconnector`]; get a token (cache, else the
 //!    provider); connect; send `Login`.
-//! 2. On `LoginResult`: report `Connected`, send `SyncRequest` from the stored cursors
+//! 2. On `LoginResult`: report `Connected`, rejoin the app's chatrooms, send
+//!    `SyncRequest` from the stored cursors
 //!    (following `has_more` pages), and send the outbox (at most `send_window` in flight).
 //! 3. While connected, one `select!` loop handles: frames from the server, commands from
 //!    the [`crate::Client`] handle, the heartbeat timer (Ping; a Pong missing after
@@ -19,7 +20,7 @@
 //! order the store delivered them even when the API side (history loading) also
 //! delivers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -55,6 +56,9 @@ pub(crate) enum Command {
 pub(crate) struct Shared {
     pub store: Mutex<Store>,
     pub events: mpsc::UnboundedSender<Event>,
+    /// Chatrooms the app is in; rejoined after every reconnect (the server forgets a
+    /// connection's rooms when it closes).
+    pub rooms: Mutex<BTreeSet<u64>>,
 }
 
 impl Shared {
@@ -62,6 +66,11 @@ impl Shared {
     /// and the store's own transactions keep it consistent).
     pub fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The chatrooms to rejoin.
+    pub fn rooms(&self) -> MutexGuard<'_, BTreeSet<u64>> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Emits what applying server input produced. Call with the store lock held.
@@ -98,6 +107,7 @@ enum Pending {
     Sync,
     Send(u64),
     User(oneshot::Sender<Result<Body, SdkError>>),
+    Rejoin(u64),
 }
 
 fn now_ms() -> u64 {
@@ -375,6 +385,7 @@ impl Task {
 
     async fn session(&mut self, live: &mut Live) -> Outcome {
         let result: Result<Option<Outcome>, ConnError> = async {
+            self.rejoin_rooms(live)?;
             self.start_sync(live)?;
             self.flush_outbox(live)?;
             live.io.flush().await?;
@@ -461,6 +472,23 @@ impl Task {
                 move_on: false,
             },
         }
+    }
+
+    /// Joins again the chatrooms the app was in (before the outbox is flushed, so queued
+    /// chatroom messages find their room).
+    fn rejoin_rooms(&mut self, live: &mut Live) -> Result<(), ConnError> {
+        let rooms: Vec<u64> = self.shared.rooms().iter().copied().collect();
+        for room in rooms {
+            let rid = self.request_id();
+            let op = pb::ConversationOp {
+                op: Some(pb::conversation_op::Op::JoinChatroom(pb::JoinChatroom {
+                    room_id: room,
+                })),
+            };
+            live.io.queue(&Frame::new(rid, op))?;
+            live.pending.insert(rid, Pending::Rejoin(room));
+        }
+        Ok(())
     }
 
     /// Starts a sync from the stored cursors, or asks for another one after the sync in
@@ -682,6 +710,13 @@ impl Task {
             (Pending::Send(id), other) => {
                 live.in_flight.remove(&id);
                 tracing::warn!(answer = ?other, "unexpected answer to SendMessage");
+            }
+            (Pending::Rejoin(room), Body::ConversationOpResult(_)) => {
+                tracing::debug!(room, "rejoined chatroom");
+            }
+            (Pending::Rejoin(room), other) => {
+                tracing::warn!(room, answer = ?other, "could not rejoin chatroom");
+                self.shared.rooms().remove(&room);
             }
             (Pending::User(reply), body) => {
                 let answer = match body {
