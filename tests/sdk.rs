@@ -559,3 +559,60 @@ async fn chatrooms_are_rejoined_after_a_reconnect() {
         .collect();
     assert_eq!(online, HashSet::from([8001, 8002]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_survives_an_app_restart_and_history_pages_come_from_the_server() {
+    let keys = Arc::new(Keys::generate());
+    let mut server = TestServer::start(&keys.server_config());
+    let endpoints = vec![server.addr.to_string()];
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (9001, 9002);
+    let alice_config = || {
+        let mut c = test_config(alice, endpoints.clone());
+        c.store_path = Some(dir.path().join("alice.sqlite"));
+        c.token_cache_path = Some(dir.path().join("alice.token"));
+        c
+    };
+
+    // Alice queues messages while the server is down, then the app quits.
+    block_in_place(|| server.stop());
+    let (a, _a_events, _) = start(&keys, alice_config());
+    for i in 0..5 {
+        a.send_text(ConversationKey::single(bob), &format!("queued {i}"))
+            .unwrap();
+    }
+    a.shutdown(false).await;
+    assert_eq!(a.outbox_len().unwrap(), 5);
+    drop(a);
+
+    // The app starts again with the same store: the outbox goes out.
+    block_in_place(|| server.restart_stopped());
+    let (a, mut a_events, _) = start(&keys, alice_config());
+    let (b, mut b_events, _) = start(&keys, test_config(bob, vec![server.addr.to_string()]));
+    let (got, _) = messages(&mut b_events, 5, WAIT).await;
+    let expected: Vec<String> = (0..5).map(|i| format!("queued {i}")).collect();
+    assert_eq!(texts(&got), expected);
+    let acked = drain(&mut a_events, Duration::from_millis(300)).await;
+    assert_eq!(
+        acked
+            .iter()
+            .filter(|e| matches!(e, Event::Acked { .. }))
+            .count(),
+        5
+    );
+    assert_eq!(a.outbox_len().unwrap(), 0);
+
+    // A public account posted to before bob followed: bob's history comes from the
+    // server, page by page, and is stored for next time.
+    let account = a.create_public_account("alice news").await.unwrap();
+    for i in 0..4 {
+        a.send_text(account, &format!("post {i}")).unwrap();
+    }
+    let _ = drain(&mut a_events, Duration::from_millis(500)).await;
+    b.wait_connected(WAIT).await.unwrap();
+    b.follow(account.id).await.unwrap();
+    let page = b.load_history(account, 0, 2).await.unwrap();
+    assert_eq!(texts(&page), ["post 3", "post 2"]);
+    let older = b.load_history(account, page[1].seq, 10).await.unwrap();
+    assert_eq!(texts(&older), ["post 1", "post 0"]);
+}
