@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use petrel_dataplane::sys::if_index;
 use petrel_dataplane::sys::xsk::{BindMode, Xsk, XskConfig};
+use petrel_dataplane::sys::{ethtool, if_index};
 use petrel_dataplane::xdp::filter::{AttachMode, FilterConfig, XdpFilter};
 use petrel_dataplane::xdp::neighbour::{NeighbourConfig, NeighbourTable, arp_reply};
 use petrel_dataplane::xdp::tcp::{ShardConfig, TcpShard, frame_ipv4};
@@ -114,6 +114,14 @@ fn filter_redirects_petrel_tcp_and_passes_the_rest() {
         error.raw_os_error(),
         Some(libc::EOPNOTSUPP),
         "zero-copy bind on veth: {error}"
+    );
+    // veth has no ntuple filters: steering is refused with EOPNOTSUPP (the dataplane then
+    // relies on RSS).
+    let refused = ethtool::steer_tcp_port(HOST_IF, Some(HOST_ADDR), PETREL_PORT, 0)
+        .expect_err("ntuple on veth");
+    assert!(
+        ethtool::is_unsupported(&refused),
+        "ntuple on veth: {refused}"
     );
     // veth runs XDP natively; generic (SKB) mode is what a NIC without XDP support gets.
     check_mode(AttachMode::Driver, KERNEL_PORT);

@@ -31,8 +31,9 @@
 //! transmit so far), in `sys`, the one module where unsafe code may live.
 //!
 //! **Not written yet** (the AF_XDP issue): batched transmit, the per-queue pinned poller
-//! (which will own an `Xsk`, a `ShardSet` and a neighbour table), ntuple steering, and the
-//! boundary implementation. Nothing here is wired into `petrel serve` yet.
+//! (which will own an `Xsk`, a `ShardSet` and a neighbour table, and install ntuple rules
+//! with `crate::sys::ethtool`), and the boundary implementation. Nothing here is wired
+//! into `petrel serve` yet.
 
 pub mod filter;
 pub mod neighbour;
