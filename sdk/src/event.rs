@@ -109,7 +109,8 @@ pub enum ConnectionState {
         /// Attempts since the back-off was last reset.
         attempt: u32,
     },
-    /// Logged in; sends flow and the local store is synced.
+    /// Logged in: queued sends are going out and the sync from the stored cursors has
+    /// started (its messages arrive as [`Event::Message`]s).
     Connected {
         /// The endpoint the session runs on.
         endpoint: String,
