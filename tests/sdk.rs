@@ -390,9 +390,11 @@ async fn a_refused_cached_token_makes_one_provider_call_and_a_refused_fresh_one_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_pong_makes_the_sdk_reconnect() {
+async fn a_missing_pong_makes_the_sdk_reconnect_and_resent_sends_are_stored_once() {
     let keys = Arc::new(Keys::generate());
     let server = TestServer::start(&keys.server_config());
+    let (b, mut b_events, _) = start(&keys, test_config(5002, vec![server.addr.to_string()]));
+    b.wait_connected(WAIT).await.unwrap();
     let mut config = test_config(5001, vec![server.addr.to_string()]);
     config.heartbeat_interval = Duration::from_millis(300);
     config.pong_timeout = Duration::from_millis(500);
@@ -418,6 +420,13 @@ async fn a_missing_pong_makes_the_sdk_reconnect() {
         assert!(ok, "kill {sig}");
     };
     signal("-STOP");
+    // These reach the frozen server's socket buffer; their acks will go to a dead
+    // connection, so the SDK resends them and the server's dedup must store each once.
+    for i in 0..5 {
+        client
+            .send_text(ConversationKey::single(5002), &format!("frozen {i}"))
+            .unwrap();
+    }
     let reason = timeout(WAIT, async {
         loop {
             if let Some(Event::State(ConnectionState::Disconnected { reason, .. })) =
@@ -432,6 +441,26 @@ async fn a_missing_pong_makes_the_sdk_reconnect() {
     let reason = reason.expect("no disconnect while the server was frozen");
     assert!(reason.contains("no pong"), "{reason}");
     client.wait_connected(WAIT).await.unwrap();
+
+    let (got, _) = messages(&mut b_events, 5, WAIT).await;
+    let expected: Vec<String> = (0..5).map(|i| format!("frozen {i}")).collect();
+    assert_eq!(texts(&got), expected);
+    assert_eq!(
+        got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    let late = drain(&mut b_events, Duration::from_millis(500)).await;
+    assert!(
+        !late.iter().any(|e| matches!(e, Event::Message(_))),
+        "duplicates: {late:?}"
+    );
+    let acked = drain(&mut events, Duration::from_millis(300))
+        .await
+        .iter()
+        .filter(|e| matches!(e, Event::Acked { .. }))
+        .count();
+    assert_eq!(acked, 5);
+    assert_eq!(client.outbox_len().unwrap(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
