@@ -10,6 +10,7 @@
 //! - [`if_index`]: interface name → index;
 //! - [`xsk`]: the AF_XDP socket — UMEM and the four mmap'ed rings (receive, transmit; its doc
 //!   states the UMEM frame-ownership rule and how it is enforced);
+//! - [`event`]: the eventfd that wakes an AF_XDP poller, and poll(2) over it and a socket;
 //! - [`ethtool`]: ntuple rules steering a TCP port to an rx queue (`SIOCETHTOOL`);
 //! - the `aya::Pod` marker for the XDP filter's config value, which aya copies into a BPF
 //!   map byte for byte.
@@ -20,6 +21,7 @@ use std::io;
 use crate::xdp::filter::ConfigValue;
 
 pub mod ethtool;
+pub mod event;
 pub mod xsk;
 
 /// Turns a libc return value into a `Result`: -1 becomes the thread's `errno` as an

@@ -153,6 +153,10 @@ pub struct TcpShard {
     queues: Queues,
     listener: SocketHandle,
     connections: Vec<SocketHandle>,
+    /// Connections accepted since the owner last took them.
+    accepted: Vec<SocketHandle>,
+    /// Connections closed (and removed) since the owner last took them.
+    closed: Vec<SocketHandle>,
     dropped_rx: u64,
 }
 
@@ -194,6 +198,8 @@ impl TcpShard {
             queues,
             listener,
             connections: Vec::new(),
+            accepted: Vec::new(),
+            closed: Vec::new(),
             dropped_rx: 0,
         }
     }
@@ -219,16 +225,19 @@ impl TcpShard {
         let listener = self.sockets.get::<tcp::Socket>(self.listener);
         if listener.state() != tcp::State::Listen {
             self.connections.push(self.listener);
+            self.accepted.push(self.listener);
             self.listener = self.sockets.add(listening_socket(&self.config));
         }
         // Closed connections give their slot back.
         let sockets = &mut self.sockets;
+        let closed = &mut self.closed;
         self.connections.retain(|handle| {
-            let closed = sockets.get::<tcp::Socket>(*handle).state() == tcp::State::Closed;
-            if closed {
+            let is_closed = sockets.get::<tcp::Socket>(*handle).state() == tcp::State::Closed;
+            if is_closed {
                 sockets.remove(*handle);
+                closed.push(*handle);
             }
-            !closed
+            !is_closed
         });
     }
 
@@ -256,6 +265,28 @@ impl TcpShard {
             .iter_mut()
             .filter(|(handle, _)| handles.contains(handle))
             .filter_map(|(_, socket)| tcp::Socket::downcast_mut(socket))
+    }
+
+    /// Moves the handles of connections accepted since the last call into `out`.
+    ///
+    /// Take [`TcpShard::take_closed`] first: smoltcp reuses the handle of a removed socket,
+    /// so a handle may be closed and accepted again between two calls.
+    pub fn take_accepted(&mut self, out: &mut Vec<SocketHandle>) {
+        out.append(&mut self.accepted);
+    }
+
+    /// Moves the handles of connections closed (and removed) since the last call into `out`.
+    pub fn take_closed(&mut self, out: &mut Vec<SocketHandle>) {
+        out.append(&mut self.closed);
+    }
+
+    /// The connection `handle`, if it is one of this shard's live connections.
+    pub fn connection_mut(&mut self, handle: SocketHandle) -> Option<&mut tcp::Socket<'static>> {
+        if self.connections.contains(&handle) {
+            Some(self.sockets.get_mut::<tcp::Socket>(handle))
+        } else {
+            None
+        }
     }
 
     /// Number of connections (not counting the listener).
@@ -350,6 +381,21 @@ mod tests {
         assert!(!accepted.nagle_enabled());
         shard.recycle_tx(reply);
         assert!(shard.pop_tx().is_none());
+
+        let mut accepted = Vec::new();
+        shard.take_accepted(&mut accepted);
+        assert_eq!(accepted.len(), 1);
+        shard.take_accepted(&mut accepted);
+        assert_eq!(accepted.len(), 1, "reported once");
+
+        // An abort closes it at once: reported closed, removed, no longer reachable.
+        shard.connection_mut(accepted[0]).unwrap().abort();
+        shard.poll(2);
+        let mut closed = Vec::new();
+        shard.take_closed(&mut closed);
+        assert_eq!(closed, accepted);
+        assert_eq!(shard.connection_count(), 0);
+        assert!(shard.connection_mut(accepted[0]).is_none());
     }
 
     #[test]
