@@ -28,11 +28,12 @@ pub struct ChatArgs {
     #[arg(long)]
     device: Option<String>,
     /// Login token (from the deployment's login service or `petrel token issue`).
-    #[arg(long, conflicts_with = "key_file")]
-    token: Option<String>,
-    /// Development shortcut: mint a 24 h token from the server's key file.
     #[arg(long)]
-    key_file: Option<PathBuf>,
+    token: Option<String>,
+    /// Development shortcut: mint a 24 h token from the server's key file (used when
+    /// --token is not given).
+    #[arg(long, default_value = "./petrel-data/keys")]
+    key_file: PathBuf,
     /// SQLite file for the local store (default: in memory).
     #[arg(long)]
     store: Option<PathBuf>,
@@ -56,13 +57,14 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
         .device
         .clone()
         .unwrap_or_else(|| format!("chat-{}", args.user));
-    let token = match (&args.token, &args.key_file) {
-        (Some(t), _) => Token {
+    let token = match &args.token {
+        Some(t) => Token {
             token: t.clone(),
             expires_at_ms: 0,
         },
-        (None, Some(path)) => mint(path, args.user, &device)?,
-        (None, None) => bail!("pass --token TOKEN or --key-file FILE"),
+        None => mint(&args.key_file, args.user, &device).context(
+            "no --token given, and no key file to mint one from (pass --token or --key-file)",
+        )?,
     };
     let mut config = ClientConfig::new(args.user, device, args.servers.clone());
     config.store_path = args.store.clone();
@@ -74,7 +76,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     runtime.block_on(chat(config, token))
 }
 
-fn mint(path: &PathBuf, user: u64, device: &str) -> anyhow::Result<Token> {
+fn mint(path: &std::path::Path, user: u64, device: &str) -> anyhow::Result<Token> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read key file {}", path.display()))?;
     let ring = KeyRing::parse(&text).context("invalid key file")?;
