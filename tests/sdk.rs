@@ -645,3 +645,35 @@ async fn the_outbox_survives_an_app_restart_and_history_pages_come_from_the_serv
     let older = b.load_history(account, page[1].seq, 10).await.unwrap();
     assert_eq!(texts(&older), ["post 1", "post 0"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_now_skips_a_long_back_off() {
+    let keys = Arc::new(Keys::generate());
+    let mut server = TestServer::start(&keys.server_config());
+    block_in_place(|| server.stop());
+    let mut config = test_config(12_001, vec![server.addr.to_string()]);
+    config.backoff.base = Duration::from_secs(120);
+    config.backoff.cap = Duration::from_secs(120);
+    let (client, mut events, _) = start(&keys, config);
+    let retry_in = timeout(WAIT, async {
+        loop {
+            if let Some(Event::State(ConnectionState::Disconnected { retry_in, .. })) =
+                events.recv().await
+            {
+                return retry_in;
+            }
+        }
+    })
+    .await
+    .expect("the first attempt fails");
+    assert!(
+        retry_in > Duration::from_secs(20),
+        "jitter drew {retry_in:?}; pick another seed so the back-off is long"
+    );
+    block_in_place(|| server.restart_stopped());
+    client.reconnect_now();
+    client
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("reconnect_now did not cut the back-off short");
+}

@@ -44,7 +44,10 @@ pub trait TokenProvider: Send + Sync + 'static {
     fn fetch(&self) -> BoxFuture<'_, Result<Token, String>>;
 }
 
-/// A [`TokenProvider`] made from a synchronous closure (see [`token_fn`]).
+/// A [`TokenProvider`] made from a synchronous closure (see [`token_fn`]). The closure
+/// runs on the client's tokio task, so it must not block for long (no network call);
+/// a provider that talks to a login service should implement [`TokenProvider`] with an
+/// async `fetch`.
 pub struct FnProvider<F>(F);
 
 impl<F> TokenProvider for FnProvider<F>
