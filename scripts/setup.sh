@@ -8,6 +8,8 @@
 # - linux-libc-dev + libbpf-dev: headers for the XDP filter (vendor/xdp), which
 #   dataplane/build.rs compiles with clang -target bpf.
 # - iproute2, ethtool, iputils-ping: scripts/veth-lab.sh and the AF_XDP integration test.
+# - Python packages of examples/python (protobuf, grpcio-tools): the interop test runs
+#   a Python client against the server.
 # - Rust itself is expected from rustup (the machine image provides it).
 set -euo pipefail
 
@@ -23,6 +25,11 @@ if ((${#need_apt[@]})); then
   [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! python3 -c "import google.protobuf, grpc_tools" >/dev/null 2>&1; then
+  echo "setup: installing the Python interop client's packages" >&2
+  python3 -m pip install -q -r "$(dirname "$0")/../examples/python/requirements.txt"
 fi
 
 if ! command -v cargo >/dev/null; then
