@@ -21,9 +21,10 @@
 //! - [`kernel`]: kernel sockets — one pinned mio/epoll event loop per core, each with its
 //!   own `SO_REUSEPORT` listener on every listen address so the kernel spreads
 //!   connections across cores. The portable fallback and the baseline.
-//! - [`xdp`]: AF_XDP + userspace TCP (smoltcp). In progress: the XDP filter program,
-//!   UMEM bookkeeping, frame classification and ARP exist and are tested; the sockets,
-//!   the pollers and the boundary implementation are not written yet (see its docs).
+//! - [`xdp`]: AF_XDP + userspace TCP (smoltcp): an XDP filter program, one AF_XDP socket
+//!   and pinned poller per NIC queue, smoltcp shards, Ethernet/ARP done here
+//!   ([`xdp::transport::XdpTransport`]). First version, tested on the veth lab; not yet
+//!   selectable in `petrel serve` (see its docs for what is missing).
 //!
 //! [`pin`] pins threads to cores. `sys` is the one module allowed `unsafe` code (raw
 //! kernel interfaces, each block with a `// SAFETY:` comment); everything else is safe Rust.

@@ -128,6 +128,7 @@ fn filter_redirects_petrel_tcp_and_passes_the_rest() {
     check_mode(AttachMode::Generic, KERNEL_PORT + 1);
     check_arp_for_an_address_only_petrel_has();
     check_userspace_tcp_echo();
+    check_transport_boundary();
 }
 
 /// Attaches the filter in `mode`, binds a socket per queue, sends Petrel TCP, ICMP and
@@ -481,4 +482,92 @@ fn check_userspace_tcp_echo() {
         filter.counters()
     );
     assert_eq!(line.trim(), "hello-petrel", "the client read its line back");
+}
+
+/// The whole AF_XDP transport behind the boundary: a kernel-TCP client connects, sends
+/// bytes that are not a Petrel frame, and gets what the "control plane" (this test) sends
+/// back through the router before it closes the connection.
+fn check_transport_boundary() {
+    use petrel_control::Event;
+    use petrel_dataplane::CoreCommand;
+    use petrel_dataplane::xdp::transport::{XdpConfig, XdpTransport};
+
+    let (events_tx, events) = crossbeam_channel::bounded(1024);
+    let mut config = XdpConfig::new(HOST_IF, HOST_ADDR, PETREL_PORT);
+    config.queues = vec![0, 1];
+    config.cores = vec![None, None];
+    config.attach = AttachMode::Driver;
+    config.shards_per_queue = 4;
+    config.xsk = XskConfig {
+        frame_count: 256,
+        ring_size: 128,
+        tx_reserve: 64,
+        ..XskConfig::default()
+    };
+    let transport = XdpTransport::start(config, events_tx).expect("start the AF_XDP transport");
+    let mut router = transport.router();
+
+    let client = in_ns(&[
+        "timeout",
+        "5",
+        "bash",
+        "-c",
+        &format!(
+            "exec 3<>/dev/tcp/{HOST_ADDR}/{PETREL_PORT}; printf 'not-a-petrel-frame!' >&3; \
+             read -t 4 -N 4 reply <&3; echo \"$reply\""
+        ),
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("client");
+
+    let next = |what: &str| {
+        events
+            .recv_timeout(Duration::from_secs(4))
+            .unwrap_or_else(|_| panic!("no {what} event"))
+    };
+    let Event::Opened { conn } = next("Opened") else {
+        panic!("first event must be Opened");
+    };
+    let Event::FrameError { conn: errored, .. } = next("FrameError") else {
+        panic!("garbage must be a FrameError");
+    };
+    assert_eq!(errored, conn);
+    router.command(
+        conn,
+        CoreCommand::Send {
+            conn,
+            bytes: bytes::Bytes::from_static(b"pong"),
+        },
+    );
+    router.command(conn, CoreCommand::Close { conn });
+    router.wake_pending();
+
+    let mut flushed = 0;
+    let mut closed = false;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !closed {
+        match events.recv_timeout(Duration::from_millis(200)) {
+            Ok(Event::Flushed { conn: c, bytes }) if c == conn => flushed += bytes,
+            Ok(Event::Closed { conn: c }) if c == conn => closed = true,
+            Ok(other) => panic!("unexpected event {other:?}"),
+            Err(_) => {}
+        }
+    }
+    let output = client.wait_with_output().expect("client output");
+    let reply = String::from_utf8_lossy(&output.stdout);
+    eprintln!(
+        "transport: flushed {flushed} bytes, closed {closed}, client got {:?}, filter {:?}",
+        reply.trim(),
+        transport.filter_counters()
+    );
+    router.shutdown_all();
+    transport.join();
+    assert_eq!(
+        reply.trim(),
+        "pong",
+        "the client read what the control plane sent"
+    );
+    assert_eq!(flushed, 4);
+    assert!(closed, "Closed reported after our close");
 }

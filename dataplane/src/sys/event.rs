@@ -2,7 +2,7 @@
 //!
 //! The AF_XDP poller sleeps in [`wait`] on two descriptors: its socket (frames arrived)
 //! and its [`EventFd`] (the control plane queued commands and called
-//! [`Wake::wake`](crate::boundary::Wake::wake)). One write per batch wakes it; the counter
+//! [`Wake::wake`]). One write per batch wakes it; the counter
 //! is drained on wake-up.
 
 use std::io;

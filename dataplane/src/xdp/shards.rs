@@ -55,6 +55,8 @@ pub struct ShardSet {
     /// The `poll_at` each shard last reported; heap entries that disagree are stale.
     next_at: Vec<Option<u64>>,
     timers: BinaryHeap<Reverse<(u64, usize)>>,
+    /// Indexes of the shards the last `poll` polled.
+    last_polled: Vec<usize>,
     refused_syns: u64,
     polls: u64,
 }
@@ -72,6 +74,7 @@ impl ShardSet {
             dirty_list: Vec::with_capacity(n),
             next_at: vec![None; n],
             timers: BinaryHeap::with_capacity(n),
+            last_polled: Vec::with_capacity(n),
             refused_syns: 0,
             polls: 0,
         }
@@ -156,10 +159,23 @@ impl ShardSet {
             }
             polled += 1;
         }
+        self.last_polled.clear();
+        self.last_polled.extend_from_slice(&list);
         list.clear();
         self.dirty_list = list;
         self.polls += polled as u64;
         polled
+    }
+
+    /// The shards the last [`ShardSet::poll`] polled: the only ones whose sockets can have
+    /// changed since.
+    pub fn last_polled(&self) -> &[usize] {
+        &self.last_polled
+    }
+
+    /// Whether some shard is marked for the next poll (the caller should not sleep).
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty_list.is_empty()
     }
 
     /// The earliest shard timer, if any (when to call [`ShardSet::poll`] next at the latest).
@@ -259,6 +275,7 @@ mod tests {
             panic!("SYN not queued");
         };
         assert_eq!(set.poll(1, |_| sent += 1), 1);
+        assert_eq!(set.last_polled(), &[index]);
         assert_eq!(sent, 1, "the SYN-ACK");
         assert_eq!(set.shard_mut(index).unwrap().connection_count(), 1);
         // Nothing new and no timer due yet: nothing is polled.

@@ -1,0 +1,727 @@
+//! The AF_XDP transport: one pinned poller per NIC queue, behind the same boundary as
+//! [`crate::kernel::KernelTransport`] (`Event`s out on a bounded channel, `CoreCommand`s
+//! in through a [`Router`]).
+//!
+//! Per wake-up a poller: receives a batch of frames (ARP answered or learned, TCP pushed to
+//! its shard), applies queued commands, writes queued output into smoltcp sockets, polls
+//! the shards with work or an expired timer (their packets are framed and transmitted),
+//! reports accepted and closed connections, and reads what arrived on the connections of
+//! the shards it polled through each one's `FrameDecoder`. Then it sleeps on the socket and
+//! its eventfd until the next frame, command or shard timer.
+//!
+//! Performance-critical path. No locks shared between pollers, no logging above debug per
+//! packet. First version: see the crate docs for what is measured and what is missing.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use petrel_control::{ConnId, Event};
+use petrel_proto::{DecoderConfig, FrameDecoder};
+use slab::Slab;
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+use smoltcp::wire::{ArpOperation, ArpRepr, EthernetAddress, Ipv4Packet};
+
+use super::filter::{AttachMode, FilterConfig, FilterCounters, FilterError, XdpFilter};
+use super::neighbour::{NeighbourConfig, NeighbourTable, arp_reply};
+use super::shards::{ShardSet, ShardSetConfig};
+use super::tcp::{ShardConfig, frame_ipv4};
+use super::wire::{Inbound, classify};
+use crate::boundary::{CoreCommand, CoreHandle, Router, Wake};
+use crate::sys::event::{EventFd, wait};
+use crate::sys::xsk::{Xsk, XskConfig};
+
+/// Frames taken off the rx ring per batch.
+const RX_BATCH: u32 = 64;
+/// Longest sleep when no shard timer is due (the poller also re-checks shutdown).
+const MAX_SLEEP_MS: u64 = 100;
+/// How long a stopping poller keeps flushing before it closes regardless.
+const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(3);
+
+/// Settings of the AF_XDP transport.
+#[derive(Debug, Clone)]
+pub struct XdpConfig {
+    /// The interface to serve on.
+    pub iface: String,
+    /// Petrel's IPv4 address on it.
+    pub addr: Ipv4Addr,
+    /// Prefix length of the on-link subnet.
+    pub prefix_len: u8,
+    /// The TCP port.
+    pub port: u16,
+    /// rx queues to serve, one poller each.
+    pub queues: Vec<u32>,
+    /// CPU to pin each queue's poller to (same length as `queues`; `None`: unpinned).
+    pub cores: Vec<Option<usize>>,
+    /// Native, generic, or native with fallback.
+    pub attach: AttachMode,
+    /// Answer ARP for `addr` (Petrel owns an address the kernel does not have).
+    pub own_arp: bool,
+    /// smoltcp shards per queue.
+    pub shards_per_queue: usize,
+    /// Most connections per shard.
+    pub max_connections_per_shard: usize,
+    /// Per-connection smoltcp buffers and queue limits.
+    pub shard: ShardConfig,
+    /// Most bytes queued for one connection before it is closed as a slow consumer.
+    pub max_outbound_bytes: usize,
+    /// Frame decoder limits.
+    pub decoder: DecoderConfig,
+    /// AF_XDP socket settings.
+    pub xsk: XskConfig,
+}
+
+impl XdpConfig {
+    /// Defaults for serving `addr:port` on `iface`, queue 0, unpinned.
+    pub fn new(iface: &str, addr: Ipv4Addr, port: u16) -> XdpConfig {
+        XdpConfig {
+            iface: iface.to_owned(),
+            addr,
+            prefix_len: 24,
+            port,
+            queues: vec![0],
+            cores: vec![None],
+            attach: AttachMode::Auto,
+            own_arp: false,
+            shards_per_queue: 64,
+            max_connections_per_shard: 4096,
+            shard: ShardConfig {
+                addr,
+                port,
+                ..ShardConfig::default()
+            },
+            max_outbound_bytes: 4 << 20,
+            decoder: DecoderConfig::default(),
+            xsk: XskConfig::default(),
+        }
+    }
+}
+
+/// Why the transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    /// The XDP filter failed to load, configure or attach.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    /// An AF_XDP socket, eventfd, thread or the interface's MAC address failed.
+    #[error("AF_XDP transport: {0}")]
+    Io(#[from] io::Error),
+    /// The configuration is inconsistent.
+    #[error("AF_XDP transport config: {0}")]
+    Config(&'static str),
+}
+
+/// A running AF_XDP transport. [`XdpTransport::join`] after [`Router::shutdown_all`];
+/// the filter is detached when the transport is dropped.
+#[derive(Debug)]
+pub struct XdpTransport {
+    handles: Vec<CoreHandle>,
+    threads: Vec<JoinHandle<()>>,
+    // Dropped last: the pollers' sockets must be gone before the filter detaches.
+    filter: XdpFilter,
+}
+
+impl XdpTransport {
+    /// Loads and attaches the filter, binds one AF_XDP socket per queue and starts one
+    /// poller thread per queue.
+    pub fn start(config: XdpConfig, events: Sender<Event>) -> Result<XdpTransport, XdpError> {
+        if config.queues.is_empty() || config.queues.len() > 256 {
+            return Err(XdpError::Config("between 1 and 256 queues"));
+        }
+        if config.cores.len() != config.queues.len() {
+            return Err(XdpError::Config("one core entry per queue"));
+        }
+        let our_mac = interface_mac(&config.iface)?;
+        let mut filter = XdpFilter::load()?;
+        filter.configure(&FilterConfig {
+            addr: config.addr,
+            ports: vec![config.port],
+            own_arp: config.own_arp,
+        })?;
+        let mode = filter.attach(&config.iface, config.attach)?;
+        tracing::info!(iface = %config.iface, ?mode, "XDP filter attached");
+        let if_index = crate::sys::if_index(&config.iface)?;
+
+        let mut handles = Vec::new();
+        let mut threads = Vec::new();
+        for (index, (&queue, &cpu)) in config.queues.iter().zip(&config.cores).enumerate() {
+            let xsk = Xsk::bind(if_index, queue, config.xsk)?;
+            filter.register_socket(queue, &xsk)?;
+            let event = Arc::new(EventFd::new()?);
+            let (tx, rx) = crossbeam_channel::unbounded();
+            handles.push(CoreHandle::new(tx, event.clone() as Arc<dyn Wake>));
+            let poller = Poller::new(
+                index as u8,
+                xsk,
+                event,
+                rx,
+                events.clone(),
+                our_mac,
+                &config,
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("petrel-xdp-{index}"))
+                    .spawn(move || {
+                        if let Some(cpu) = cpu {
+                            crate::pin::pin_current_thread(cpu);
+                        }
+                        let mut poller = poller;
+                        poller.run();
+                    })?,
+            );
+        }
+        Ok(XdpTransport {
+            handles,
+            threads,
+            filter,
+        })
+    }
+
+    /// A router for the control-plane thread.
+    pub fn router(&self) -> Router {
+        Router::new(self.handles.clone())
+    }
+
+    /// The filter program's counters.
+    pub fn filter_counters(&self) -> Result<FilterCounters, FilterError> {
+        self.filter.counters()
+    }
+
+    /// Waits for every poller to exit (after [`Router::shutdown_all`]), then detaches the
+    /// filter.
+    pub fn join(self) {
+        for thread in self.threads {
+            if thread.join().is_err() {
+                tracing::error!("an AF_XDP poller thread panicked");
+            }
+        }
+    }
+}
+
+/// The MAC address of `iface`, from sysfs.
+fn interface_mac(iface: &str) -> io::Result<EthernetAddress> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for byte in &mut mac {
+        *byte = parts
+            .next()
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .ok_or_else(|| io::Error::other(format!("bad MAC address {text:?} for {iface}")))?;
+    }
+    Ok(EthernetAddress(mac))
+}
+
+/// One connection on a poller.
+struct Conn {
+    id: ConnId,
+    shard: usize,
+    handle: SocketHandle,
+    read_buf: BytesMut,
+    decoder: FrameDecoder,
+    read_stopped: bool,
+    out: VecDeque<Bytes>,
+    out_bytes: usize,
+    closing: bool,
+    dirty: bool,
+}
+
+struct Poller {
+    index: u8,
+    xsk: Xsk,
+    event: Arc<EventFd>,
+    commands: Receiver<CoreCommand>,
+    events: Sender<Event>,
+    our_mac: EthernetAddress,
+    our_ip: Ipv4Addr,
+    own_arp: bool,
+    max_outbound_bytes: usize,
+    decoder: DecoderConfig,
+    shards: ShardSet,
+    neighbours: NeighbourTable,
+    conns: Slab<Conn>,
+    keys: HashMap<ConnId, usize>,
+    by_socket: HashMap<(usize, SocketHandle), usize>,
+    next_local: u64,
+    dirty: Vec<usize>,
+    scratch: Vec<u8>,
+    arp_requests: Vec<ArpRepr>,
+    handles: Vec<SocketHandle>,
+    start: Instant,
+    shutdown_started: Option<Instant>,
+    control_gone: bool,
+}
+
+impl Poller {
+    fn new(
+        index: u8,
+        xsk: Xsk,
+        event: Arc<EventFd>,
+        commands: Receiver<CoreCommand>,
+        events: Sender<Event>,
+        our_mac: EthernetAddress,
+        config: &XdpConfig,
+    ) -> Poller {
+        let seed = std::collections::hash_map::RandomState::new();
+        let seed = std::hash::BuildHasher::hash_one(&seed, index);
+        Poller {
+            index,
+            xsk,
+            event,
+            commands,
+            events,
+            our_mac,
+            our_ip: config.addr,
+            own_arp: config.own_arp,
+            max_outbound_bytes: config.max_outbound_bytes,
+            decoder: config.decoder,
+            shards: ShardSet::new(
+                ShardSetConfig {
+                    shards: config.shards_per_queue,
+                    max_connections_per_shard: config.max_connections_per_shard,
+                    seed,
+                    shard: ShardConfig {
+                        addr: config.addr,
+                        prefix_len: config.prefix_len,
+                        port: config.port,
+                        ..config.shard
+                    },
+                },
+                0,
+            ),
+            neighbours: NeighbourTable::new(NeighbourConfig::default()),
+            conns: Slab::new(),
+            keys: HashMap::new(),
+            by_socket: HashMap::new(),
+            next_local: 0,
+            dirty: Vec::new(),
+            scratch: vec![0; 64 * 1024],
+            arp_requests: Vec::new(),
+            handles: Vec::new(),
+            start: Instant::now(),
+            shutdown_started: None,
+            control_gone: false,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn run(&mut self) {
+        loop {
+            let now = self.now_ms();
+            self.receive(now);
+            self.drain_commands();
+            self.write_dirty();
+            self.poll_shards(now);
+            self.report_connections();
+            // Reading frees receive window and may close: the shards read from are marked
+            // and polled on the next round, without sleeping.
+            self.read_polled();
+            if let Err(e) = self.xsk.flush_tx() {
+                tracing::debug!(queue = self.index, error = %e, "AF_XDP tx kick failed");
+            }
+            if self.control_gone {
+                self.begin_shutdown();
+            }
+            if let Some(started) = self.shutdown_started
+                && (self.conns.is_empty() || started.elapsed() > SHUTDOWN_FLUSH_LIMIT)
+            {
+                return;
+            }
+            let timeout = match self.shards.poll_at() {
+                Some(at) => at.saturating_sub(self.now_ms()).min(MAX_SLEEP_MS),
+                None => MAX_SLEEP_MS,
+            };
+            let timeout = if self.shards.has_dirty() {
+                0
+            } else if self.shutdown_started.is_some() {
+                timeout.min(10)
+            } else {
+                timeout
+            };
+            match wait(
+                std::os::fd::AsFd::as_fd(&self.xsk),
+                &self.event,
+                timeout as i32,
+            ) {
+                Ok(ready) if ready.woken => {
+                    let _ = self.event.drain();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(queue = self.index, error = %e, "poll failed; poller stops");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self, event: Event) -> bool {
+        if !self.control_gone && self.events.send(event).is_err() {
+            self.control_gone = true;
+        }
+        !self.control_gone
+    }
+
+    /// One batch of frames: ARP learned (and answered when we own the address), TCP to
+    /// its shard.
+    fn receive(&mut self, now: u64) {
+        let Poller {
+            xsk,
+            shards,
+            neighbours,
+            arp_requests,
+            our_ip,
+            own_arp,
+            ..
+        } = self;
+        xsk.receive(RX_BATCH, |frame| match classify(frame, *our_ip) {
+            Ok(Inbound::Tcp {
+                src_mac,
+                src,
+                ip_packet,
+            }) => {
+                neighbours.learn(src, src_mac, now);
+                shards.push_rx(ip_packet);
+            }
+            Ok(Inbound::Arp { arp, .. }) => {
+                neighbours.learn_arp(&arp, now);
+                if *own_arp
+                    && matches!(
+                        arp,
+                        ArpRepr::EthernetIpv4 {
+                            operation: ArpOperation::Request,
+                            ..
+                        }
+                    )
+                {
+                    arp_requests.push(arp);
+                }
+            }
+            // Counted by the caller of classify in a later version; dropped here.
+            Ok(Inbound::NotOurs) | Err(_) => {}
+        });
+        for request in self.arp_requests.drain(..) {
+            let (mac, ip) = (self.our_mac, self.our_ip);
+            self.xsk.send(|buf| arp_reply(&request, mac, ip, buf));
+        }
+    }
+
+    fn poll_shards(&mut self, now: u64) {
+        let Poller {
+            xsk,
+            shards,
+            neighbours,
+            our_mac,
+            ..
+        } = self;
+        shards.poll(now, |packet| {
+            let Ok(dst) = Ipv4Packet::new_checked(packet).map(|p| p.dst_addr()) else {
+                return;
+            };
+            // A peer we never heard from cannot be answered (we only answer, never dial).
+            if let Some(mac) = neighbours.lookup(dst, now) {
+                xsk.send(|buf| frame_ipv4(packet, *our_mac, mac, buf));
+            }
+        });
+    }
+
+    /// Emits `Closed` for connections smoltcp removed and `Opened` for new ones.
+    fn report_connections(&mut self) {
+        let polled: Vec<usize> = self.shards.last_polled().to_vec();
+        for shard in polled {
+            let Some(s) = self.shards.shard_mut(shard) else {
+                continue;
+            };
+            let mut handles = std::mem::take(&mut self.handles);
+            s.take_closed(&mut handles);
+            for handle in handles.drain(..) {
+                if let Some(&key) = self.by_socket.get(&(shard, handle)) {
+                    self.forget(key);
+                }
+            }
+            if let Some(s) = self.shards.shard_mut(shard) {
+                s.take_accepted(&mut handles);
+            }
+            for handle in handles.drain(..) {
+                if self.shutdown_started.is_some() {
+                    if let Some(socket) = self
+                        .shards
+                        .shard_mut(shard)
+                        .and_then(|s| s.connection_mut(handle))
+                    {
+                        socket.abort();
+                    }
+                    continue;
+                }
+                let id = ConnId::new(self.index, self.next_local);
+                self.next_local += 1;
+                let key = self.conns.insert(Conn {
+                    id,
+                    shard,
+                    handle,
+                    read_buf: BytesMut::new(),
+                    decoder: FrameDecoder::new(self.decoder),
+                    read_stopped: false,
+                    out: VecDeque::new(),
+                    out_bytes: 0,
+                    closing: false,
+                    dirty: false,
+                });
+                self.keys.insert(id, key);
+                self.by_socket.insert((shard, handle), key);
+                self.emit(Event::Opened { conn: id });
+            }
+            self.handles = handles;
+        }
+    }
+
+    /// Reads every connection of the shards just polled through its decoder.
+    fn read_polled(&mut self) {
+        let polled: Vec<usize> = self.shards.last_polled().to_vec();
+        let keys: Vec<usize> = self
+            .by_socket
+            .iter()
+            .filter(|((shard, _), _)| polled.contains(shard))
+            .map(|(_, key)| *key)
+            .collect();
+        for key in keys {
+            self.read_conn(key);
+        }
+    }
+
+    fn read_conn(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(socket) = self
+            .shards
+            .shard_mut(conn.shard)
+            .and_then(|s| s.connection_mut(conn.handle))
+        else {
+            return;
+        };
+        let mut pending = Vec::new();
+        let mut progressed = false;
+        if !conn.read_stopped {
+            while socket.can_recv() {
+                let n = match socket.recv_slice(&mut self.scratch) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                progressed = true;
+                conn.read_buf.extend_from_slice(&self.scratch[..n]);
+                loop {
+                    match conn.decoder.decode(&mut conn.read_buf) {
+                        Ok(Some(frame)) => pending.push(Event::Frame {
+                            conn: conn.id,
+                            frame,
+                        }),
+                        Ok(None) => break,
+                        Err(error) => {
+                            let fatal = error.is_fatal();
+                            pending.push(Event::FrameError {
+                                conn: conn.id,
+                                error,
+                            });
+                            if fatal {
+                                conn.read_stopped = true;
+                                conn.read_buf = BytesMut::new();
+                                break;
+                            }
+                        }
+                    }
+                }
+                if conn.read_stopped {
+                    break;
+                }
+            }
+            if conn.read_buf.is_empty() {
+                conn.read_buf = BytesMut::new();
+            }
+        }
+        // The peer finished sending (its FIN arrived while we were established): finish our
+        // side too once our output is written.
+        if socket.state() == tcp::State::CloseWait && !conn.closing {
+            conn.closing = true;
+            progressed = true;
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+        if progressed {
+            let shard = conn.shard;
+            self.shards.mark_dirty(shard);
+        }
+        for event in pending {
+            if !self.emit(event) {
+                return;
+            }
+        }
+    }
+
+    fn drain_commands(&mut self) {
+        loop {
+            match self.commands.try_recv() {
+                Ok(CoreCommand::Send { conn, bytes }) => {
+                    let Some(&key) = self.keys.get(&conn) else {
+                        continue;
+                    };
+                    let c = &mut self.conns[key];
+                    if !bytes.is_empty() {
+                        c.out_bytes += bytes.len();
+                        c.out.push_back(bytes);
+                    }
+                    if c.out_bytes > self.max_outbound_bytes {
+                        tracing::debug!(%conn, queued = c.out_bytes, "outbound limit exceeded; closing");
+                        self.abort(key);
+                    } else {
+                        self.mark_dirty(key);
+                    }
+                }
+                Ok(CoreCommand::Close { conn }) => {
+                    if let Some(&key) = self.keys.get(&conn) {
+                        self.conns[key].closing = true;
+                        self.mark_dirty(key);
+                    }
+                }
+                Ok(CoreCommand::Shutdown) => self.begin_shutdown(),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    self.begin_shutdown();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key)
+            && !conn.dirty
+        {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_started.is_some() {
+            return;
+        }
+        self.shutdown_started = Some(Instant::now());
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.conns[key].closing = true;
+            self.mark_dirty(key);
+        }
+    }
+
+    /// Resets a connection at once (slow consumer).
+    fn abort(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.out.clear();
+        conn.out_bytes = 0;
+        if let Some(socket) = self
+            .shards
+            .shard_mut(conn.shard)
+            .and_then(|s| s.connection_mut(conn.handle))
+        {
+            socket.abort();
+        }
+        let shard = conn.shard;
+        self.shards.mark_dirty(shard);
+    }
+
+    /// Moves queued output into the smoltcp sockets (as much as their buffers take) and
+    /// closes connections that asked for it once their output is in.
+    fn write_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        let mut still_dirty = Vec::new();
+        let mut finished = Vec::new();
+        for &key in &dirty {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.dirty = false;
+            let Some(socket) = self
+                .shards
+                .shard_mut(conn.shard)
+                .and_then(|s| s.connection_mut(conn.handle))
+            else {
+                continue;
+            };
+            if !socket.may_send() && socket.state() != tcp::State::SynReceived {
+                // Our side is closed or reset: queued output can never go out.
+                conn.out.clear();
+                conn.out_bytes = 0;
+            }
+            let mut written = 0usize;
+            while let Some(front) = conn.out.front_mut() {
+                let n = socket.send_slice(front).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                written += n;
+                if n == front.len() {
+                    conn.out.pop_front();
+                } else {
+                    front.advance(n);
+                }
+            }
+            conn.out_bytes -= written;
+            let mut changed = written > 0;
+            if conn.out.is_empty() && conn.closing {
+                // FIN after the buffered output. smoltcp keeps the socket (FIN-WAIT,
+                // TIME-WAIT) until it is done; the connection is over for the control plane
+                // now, as with the kernel transport.
+                socket.close();
+                finished.push(key);
+                changed = true;
+            } else if !conn.out.is_empty() {
+                // The socket buffer is full: try again on a later round (ACKs arriving
+                // wake this poller and free buffer space).
+                conn.dirty = true;
+                still_dirty.push(key);
+            }
+            let (id, shard) = (conn.id, conn.shard);
+            if changed {
+                self.shards.mark_dirty(shard);
+            }
+            if written > 0 {
+                self.emit(Event::Flushed {
+                    conn: id,
+                    bytes: written as u64,
+                });
+            }
+        }
+        dirty.clear();
+        dirty.extend(still_dirty);
+        self.dirty = dirty;
+        for key in finished {
+            self.forget(key);
+        }
+    }
+
+    /// Drops our record of a connection and reports it closed. Its smoltcp socket may live
+    /// on in the shard until TCP is done with it; its later removal finds no record.
+    fn forget(&mut self, key: usize) {
+        let Some(conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        self.keys.remove(&conn.id);
+        self.by_socket.remove(&(conn.shard, conn.handle));
+        self.emit(Event::Closed { conn: conn.id });
+    }
+}
