@@ -561,8 +561,15 @@ fn check_transport_boundary() {
         reply.trim(),
         transport.filter_counters()
     );
+    let rx = transport.rx_counters();
+    eprintln!("transport rx: {rx:?}");
     router.shutdown_all();
     transport.join();
+    assert!(
+        rx.tcp >= 4,
+        "handshake, data and FIN reached the classifier"
+    );
+    assert_eq!(rx.malformed_total(), 0);
     assert_eq!(
         reply.trim(),
         "pong",

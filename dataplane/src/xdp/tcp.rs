@@ -289,6 +289,11 @@ impl TcpShard {
         }
     }
 
+    /// The handles of the live connections.
+    pub fn connection_handles(&self) -> &[SocketHandle] {
+        &self.connections
+    }
+
     /// Number of connections (not counting the listener).
     pub fn connection_count(&self) -> usize {
         self.connections.len()

@@ -16,6 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,7 @@ use super::filter::{AttachMode, FilterConfig, FilterCounters, FilterError, XdpFi
 use super::neighbour::{NeighbourConfig, NeighbourTable, arp_reply};
 use super::shards::{ShardSet, ShardSetConfig};
 use super::tcp::{ShardConfig, frame_ipv4};
-use super::wire::{Inbound, classify};
+use super::wire::{Inbound, Malformed, RxCounters, classify};
 use crate::boundary::{CoreCommand, CoreHandle, Router, Wake};
 use crate::sys::event::{EventFd, wait};
 use crate::sys::xsk::{Xsk, XskConfig};
@@ -103,6 +104,37 @@ impl XdpConfig {
     }
 }
 
+/// What one poller's classifier saw, published with relaxed atomics once per batch.
+#[derive(Debug, Default)]
+struct SharedRxCounters {
+    arp: AtomicU64,
+    tcp: AtomicU64,
+    not_ours: AtomicU64,
+    malformed: [AtomicU64; Malformed::COUNT],
+}
+
+impl SharedRxCounters {
+    fn add(&self, batch: &RxCounters) {
+        self.arp.fetch_add(batch.arp, Ordering::Relaxed);
+        self.tcp.fetch_add(batch.tcp, Ordering::Relaxed);
+        self.not_ours.fetch_add(batch.not_ours, Ordering::Relaxed);
+        for (total, n) in self.malformed.iter().zip(batch.malformed) {
+            if n > 0 {
+                total.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn add_to(&self, sum: &mut RxCounters) {
+        sum.arp += self.arp.load(Ordering::Relaxed);
+        sum.tcp += self.tcp.load(Ordering::Relaxed);
+        sum.not_ours += self.not_ours.load(Ordering::Relaxed);
+        for (total, n) in sum.malformed.iter_mut().zip(&self.malformed) {
+            *total += n.load(Ordering::Relaxed);
+        }
+    }
+}
+
 /// Why the transport could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
@@ -122,6 +154,7 @@ pub enum XdpError {
 #[derive(Debug)]
 pub struct XdpTransport {
     handles: Vec<CoreHandle>,
+    rx_counters: Vec<Arc<SharedRxCounters>>,
     threads: Vec<JoinHandle<()>>,
     // Dropped last: the pollers' sockets must be gone before the filter detaches.
     filter: XdpFilter,
@@ -150,18 +183,24 @@ impl XdpTransport {
 
         let mut handles = Vec::new();
         let mut threads = Vec::new();
+        let mut rx_counters = Vec::new();
         for (index, (&queue, &cpu)) in config.queues.iter().zip(&config.cores).enumerate() {
             let xsk = Xsk::bind(if_index, queue, config.xsk)?;
             filter.register_socket(queue, &xsk)?;
             let event = Arc::new(EventFd::new()?);
             let (tx, rx) = crossbeam_channel::unbounded();
             handles.push(CoreHandle::new(tx, event.clone() as Arc<dyn Wake>));
+            let counters = Arc::new(SharedRxCounters::default());
+            rx_counters.push(counters.clone());
             let poller = Poller::new(
                 index as u8,
-                xsk,
-                event,
-                rx,
-                events.clone(),
+                PollerLinks {
+                    xsk,
+                    event,
+                    commands: rx,
+                    events: events.clone(),
+                    rx_counters: counters,
+                },
                 our_mac,
                 &config,
             );
@@ -179,6 +218,7 @@ impl XdpTransport {
         }
         Ok(XdpTransport {
             handles,
+            rx_counters,
             threads,
             filter,
         })
@@ -192,6 +232,16 @@ impl XdpTransport {
     /// The filter program's counters.
     pub fn filter_counters(&self) -> Result<FilterCounters, FilterError> {
         self.filter.counters()
+    }
+
+    /// What the pollers' frame classifier saw, summed over queues: frames for us, and the
+    /// malformed ones dropped, by reason.
+    pub fn rx_counters(&self) -> RxCounters {
+        let mut sum = RxCounters::default();
+        for counters in &self.rx_counters {
+            counters.add_to(&mut sum);
+        }
+        sum
     }
 
     /// Waits for every poller to exit (after [`Router::shutdown_all`]), then detaches the
@@ -217,6 +267,15 @@ fn interface_mac(iface: &str) -> io::Result<EthernetAddress> {
             .ok_or_else(|| io::Error::other(format!("bad MAC address {text:?} for {iface}")))?;
     }
     Ok(EthernetAddress(mac))
+}
+
+/// What connects a poller to its queue and to the rest of the process.
+struct PollerLinks {
+    xsk: Xsk,
+    event: Arc<EventFd>,
+    commands: Receiver<CoreCommand>,
+    events: Sender<Event>,
+    rx_counters: Arc<SharedRxCounters>,
 }
 
 /// One connection on a poller.
@@ -253,22 +312,24 @@ struct Poller {
     dirty: Vec<usize>,
     scratch: Vec<u8>,
     arp_requests: Vec<ArpRepr>,
+    rx_counters: Arc<SharedRxCounters>,
     handles: Vec<SocketHandle>,
+    polled: Vec<usize>,
+    read_keys: Vec<usize>,
     start: Instant,
     shutdown_started: Option<Instant>,
     control_gone: bool,
 }
 
 impl Poller {
-    fn new(
-        index: u8,
-        xsk: Xsk,
-        event: Arc<EventFd>,
-        commands: Receiver<CoreCommand>,
-        events: Sender<Event>,
-        our_mac: EthernetAddress,
-        config: &XdpConfig,
-    ) -> Poller {
+    fn new(index: u8, links: PollerLinks, our_mac: EthernetAddress, config: &XdpConfig) -> Poller {
+        let PollerLinks {
+            xsk,
+            event,
+            commands,
+            events,
+            rx_counters,
+        } = links;
         let seed = std::collections::hash_map::RandomState::new();
         let seed = std::hash::BuildHasher::hash_one(&seed, index);
         Poller {
@@ -304,7 +365,10 @@ impl Poller {
             dirty: Vec::new(),
             scratch: vec![0; 64 * 1024],
             arp_requests: Vec::new(),
+            rx_counters,
             handles: Vec::new(),
+            polled: Vec::new(),
+            read_keys: Vec::new(),
             start: Instant::now(),
             shutdown_started: None,
             control_gone: false,
@@ -384,32 +448,38 @@ impl Poller {
             own_arp,
             ..
         } = self;
-        xsk.receive(RX_BATCH, |frame| match classify(frame, *our_ip) {
-            Ok(Inbound::Tcp {
-                src_mac,
-                src,
-                ip_packet,
-            }) => {
-                neighbours.learn(src, src_mac, now);
-                shards.push_rx(ip_packet);
-            }
-            Ok(Inbound::Arp { arp, .. }) => {
-                neighbours.learn_arp(&arp, now);
-                if *own_arp
-                    && matches!(
-                        arp,
-                        ArpRepr::EthernetIpv4 {
-                            operation: ArpOperation::Request,
-                            ..
-                        }
-                    )
-                {
-                    arp_requests.push(arp);
+        let mut batch = RxCounters::default();
+        xsk.receive(RX_BATCH, |frame| {
+            let result = classify(frame, *our_ip);
+            batch.record(&result);
+            match result {
+                Ok(Inbound::Tcp {
+                    src_mac,
+                    src,
+                    ip_packet,
+                }) => {
+                    neighbours.learn(src, src_mac, now);
+                    shards.push_rx(ip_packet);
                 }
+                Ok(Inbound::Arp { arp, .. }) => {
+                    neighbours.learn_arp(&arp, now);
+                    if *own_arp
+                        && matches!(
+                            arp,
+                            ArpRepr::EthernetIpv4 {
+                                operation: ArpOperation::Request,
+                                ..
+                            }
+                        )
+                    {
+                        arp_requests.push(arp);
+                    }
+                }
+                // Counted above; dropped.
+                Ok(Inbound::NotOurs) | Err(_) => {}
             }
-            // Counted by the caller of classify in a later version; dropped here.
-            Ok(Inbound::NotOurs) | Err(_) => {}
         });
+        self.rx_counters.add(&batch);
         for request in self.arp_requests.drain(..) {
             let (mac, ip) = (self.our_mac, self.our_ip);
             self.xsk.send(|buf| arp_reply(&request, mac, ip, buf));
@@ -437,8 +507,10 @@ impl Poller {
 
     /// Emits `Closed` for connections smoltcp removed and `Opened` for new ones.
     fn report_connections(&mut self) {
-        let polled: Vec<usize> = self.shards.last_polled().to_vec();
-        for shard in polled {
+        let mut polled = std::mem::take(&mut self.polled);
+        polled.clear();
+        polled.extend_from_slice(self.shards.last_polled());
+        for &shard in &polled {
             let Some(s) = self.shards.shard_mut(shard) else {
                 continue;
             };
@@ -483,20 +555,31 @@ impl Poller {
             }
             self.handles = handles;
         }
+        self.polled = polled;
     }
 
-    /// Reads every connection of the shards just polled through its decoder.
+    /// Reads every connection of the shards just polled through its decoder. Cost: the
+    /// connections of those shards only, never all of the poller's.
     fn read_polled(&mut self) {
-        let polled: Vec<usize> = self.shards.last_polled().to_vec();
-        let keys: Vec<usize> = self
-            .by_socket
-            .iter()
-            .filter(|((shard, _), _)| polled.contains(shard))
-            .map(|(_, key)| *key)
-            .collect();
-        for key in keys {
-            self.read_conn(key);
+        let mut polled = std::mem::take(&mut self.polled);
+        polled.clear();
+        polled.extend_from_slice(self.shards.last_polled());
+        let mut keys = std::mem::take(&mut self.read_keys);
+        for &shard in &polled {
+            keys.clear();
+            if let Some(s) = self.shards.shard_mut(shard) {
+                keys.extend(
+                    s.connection_handles()
+                        .iter()
+                        .filter_map(|handle| self.by_socket.get(&(shard, *handle)).copied()),
+                );
+            }
+            for &key in &keys {
+                self.read_conn(key);
+            }
         }
+        self.polled = polled;
+        self.read_keys = keys;
     }
 
     fn read_conn(&mut self, key: usize) {
