@@ -160,6 +160,13 @@ impl NeighbourTable {
             .map(|e| e.mac)
     }
 
+    /// The MAC last learned for `ip`, even if expired. The dataplane only answers peers that
+    /// talked to it, and does not send ARP requests of its own yet, so for a connection idle
+    /// longer than the TTL the last known MAC is the best there is.
+    pub fn lookup_any(&self, ip: Ipv4Address) -> Option<EthernetAddress> {
+        self.entries.get(&ip).map(|e| e.mac)
+    }
+
     /// Number of entries (expired ones included until evicted).
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -268,6 +275,7 @@ mod tests {
         assert_eq!(table.lookup(PEER, 100), Some(PEER_MAC));
         assert_eq!(table.lookup(PEER, 1099), Some(PEER_MAC));
         assert_eq!(table.lookup(PEER, 1100), None);
+        assert_eq!(table.lookup_any(PEER), Some(PEER_MAC), "stale but known");
         // A frame confirms it again.
         table.learn(PEER, PEER_MAC, 1100);
         assert_eq!(table.lookup(PEER, 1500), Some(PEER_MAC));

@@ -499,7 +499,12 @@ impl Poller {
                 return;
             };
             // A peer we never heard from cannot be answered (we only answer, never dial).
-            if let Some(mac) = neighbours.lookup(dst, now) {
+            // An expired entry is still used: an idle connection's peer is refreshed only
+            // when it sends again (no ARP probing yet).
+            if let Some(mac) = neighbours
+                .lookup(dst, now)
+                .or_else(|| neighbours.lookup_any(dst))
+            {
                 xsk.send(|buf| frame_ipv4(packet, *our_mac, mac, buf));
             }
         });
