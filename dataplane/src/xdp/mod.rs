@@ -34,10 +34,10 @@
 //! transmit), in `sys`, the one module where unsafe code may live.
 //!
 //! **Not written yet** (the AF_XDP issue): `--dataplane xdp` in `petrel serve` (the lead
-//! wires it), ntuple rules installed by the transport (`crate::sys::ethtool` exists),
-//! counters for frames the poller drops, batched transmit and in-place replies,
-//! delayed-ACK/RTO tuning, the e2e suite and 100k-connection/RSS runs over the lab, and
-//! latency/throughput numbers.
+//! wires it), per-port ntuple steering with several queues (one queue is steered),
+//! batched transmit and in-place replies, delayed-ACK/RTO tuning, idle-connection memory
+//! (smoltcp buffers are allocated per socket up front), the e2e suite and
+//! 100k-connection/RSS runs over the lab, and latency/throughput numbers.
 
 pub mod filter;
 pub mod neighbour;

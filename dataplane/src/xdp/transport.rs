@@ -35,6 +35,7 @@ use super::shards::{ShardSet, ShardSetConfig};
 use super::tcp::{ShardConfig, frame_ipv4};
 use super::wire::{Inbound, Malformed, RxCounters, classify};
 use crate::boundary::{CoreCommand, CoreHandle, Router, Wake};
+use crate::sys::ethtool::{self, NtupleRule};
 use crate::sys::event::{EventFd, wait};
 use crate::sys::xsk::{Xsk, XskConfig};
 
@@ -154,6 +155,8 @@ pub enum XdpError {
 #[derive(Debug)]
 pub struct XdpTransport {
     handles: Vec<CoreHandle>,
+    /// Deleted when the transport is dropped.
+    _ntuple: Option<NtupleRule>,
     rx_counters: Vec<Arc<SharedRxCounters>>,
     threads: Vec<JoinHandle<()>>,
     // Dropped last: the pollers' sockets must be gone before the filter detaches.
@@ -180,6 +183,7 @@ impl XdpTransport {
         let mode = filter.attach(&config.iface, config.attach)?;
         tracing::info!(iface = %config.iface, ?mode, "XDP filter attached");
         let if_index = crate::sys::if_index(&config.iface)?;
+        let ntuple = steer(&config);
 
         let mut handles = Vec::new();
         let mut threads = Vec::new();
@@ -218,6 +222,7 @@ impl XdpTransport {
         }
         Ok(XdpTransport {
             handles,
+            _ntuple: ntuple,
             rx_counters,
             threads,
             filter,
@@ -251,6 +256,30 @@ impl XdpTransport {
             if thread.join().is_err() {
                 tracing::error!("an AF_XDP poller thread panicked");
             }
+        }
+    }
+}
+
+/// With one queue, steers Petrel's port to it with an ntuple rule, so RSS cannot spread the
+/// port's flows to queues nobody serves. (With several queues every queue has a poller and
+/// RSS spreads connections over them; per-port steering needs one port per queue, not
+/// configurable yet.) NICs without ntuple filters are reported once and left to RSS.
+fn steer(config: &XdpConfig) -> Option<NtupleRule> {
+    let [queue] = config.queues[..] else {
+        return None;
+    };
+    match ethtool::steer_tcp_port(&config.iface, Some(config.addr), config.port, queue) {
+        Ok(rule) => {
+            tracing::info!(iface = %config.iface, port = config.port, queue, location = rule.location(), "ntuple rule installed");
+            Some(rule)
+        }
+        Err(e) if ethtool::is_unsupported(&e) => {
+            tracing::info!(iface = %config.iface, "no ntuple filters on this NIC; relying on RSS (serve every rx queue)");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(iface = %config.iface, error = %e, "could not install the ntuple rule; relying on RSS");
+            None
         }
     }
 }
