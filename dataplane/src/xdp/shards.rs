@@ -7,7 +7,13 @@
 //! marked dirty (the application wrote to one of their sockets), and those whose smoltcp
 //! timer (`poll_at`) has expired. Timers sit in a min-heap with lazy deletion (a timer
 //! wheel is the planned refinement). Each shard is bounded: a SYN for a full shard is
-//! refused (dropped, counted; the client retries) instead of growing it.
+//! refused (dropped, counted; the client retries) instead of growing it. smoltcp's
+//! listener has no backlog, so a second SYN for a shard within one poll is held back and
+//! delivered after the listener is re-armed, in the same [`ShardSet::poll`] call.
+//!
+//! Known gap: a retransmitted SYN of a connection still in SYN-RECEIVED can reach the fresh
+//! listener (smoltcp gives a packet to the first socket that accepts it) and open a
+//! duplicate half-open connection, which times out.
 //!
 //! Sans-IO: time is milliseconds passed in. Performance-critical path: no allocation per
 //! packet after warm-up (the heap and dirty list keep their capacity).
@@ -39,6 +45,9 @@ pub enum RxVerdict {
     Queued(usize),
     /// A SYN for a full shard: dropped and counted.
     RefusedSyn,
+    /// A SYN for a shard whose listener already has one this round: delivered after the
+    /// next poll re-arms it.
+    Deferred,
     /// The shard's receive queue was full: dropped (TCP retransmits).
     QueueFull,
     /// Not an IPv4 TCP packet (the dataplane should have classified it first).
@@ -57,6 +66,11 @@ pub struct ShardSet {
     timers: BinaryHeap<Reverse<(u64, usize)>>,
     /// Indexes of the shards the last `poll` polled.
     last_polled: Vec<usize>,
+    /// Shards whose listener has a SYN queued for the next poll.
+    syn_pending: Vec<bool>,
+    /// SYNs waiting for their shard's listener to be re-armed.
+    deferred: Vec<Vec<u8>>,
+    deferred_pool: Vec<Vec<u8>>,
     refused_syns: u64,
     polls: u64,
 }
@@ -75,6 +89,9 @@ impl ShardSet {
             next_at: vec![None; n],
             timers: BinaryHeap::with_capacity(n),
             last_polled: Vec::with_capacity(n),
+            syn_pending: vec![false; n],
+            deferred: Vec::new(),
+            deferred_pool: Vec::new(),
             refused_syns: 0,
             polls: 0,
         }
@@ -103,13 +120,26 @@ impl ShardSet {
             tcp.dst_port(),
         );
         let shard = &mut self.shards[index];
-        if tcp.syn()
-            && !tcp.ack()
-            && shard.connection_count() >= self.config.max_connections_per_shard
-        {
-            self.refused_syns += 1;
-            return RxVerdict::RefusedSyn;
+        if tcp.syn() && !tcp.ack() {
+            if shard.connection_count() >= self.config.max_connections_per_shard {
+                self.refused_syns += 1;
+                return RxVerdict::RefusedSyn;
+            }
+            // smoltcp's listener has no backlog: a second SYN in the same poll would be
+            // answered with RST. Hold it until the listener is re-armed.
+            if self.syn_pending[index] {
+                if self.deferred.len() >= self.config.shard.max_queued {
+                    return RxVerdict::QueueFull;
+                }
+                let mut buf = self.deferred_pool.pop().unwrap_or_default();
+                buf.clear();
+                buf.extend_from_slice(ip_packet);
+                self.deferred.push(buf);
+                return RxVerdict::Deferred;
+            }
+            self.syn_pending[index] = true;
         }
+        let shard = &mut self.shards[index];
         if !shard.push_rx(ip_packet) {
             return RxVerdict::QueueFull;
         }
@@ -128,7 +158,9 @@ impl ShardSet {
     }
 
     /// Polls every dirty shard and every shard whose timer expired at `now_ms`, then hands
-    /// each packet they emit to `transmit`. Returns how many shards were polled.
+    /// each packet they emit to `transmit`. SYNs deferred because their shard's listener
+    /// was taken are then delivered and their shards polled again, until none is left.
+    /// Returns how many shard polls ran.
     pub fn poll(&mut self, now_ms: u64, mut transmit: impl FnMut(&[u8])) -> usize {
         while let Some(&Reverse((at, index))) = self.timers.peek() {
             if at > now_ms {
@@ -140,10 +172,31 @@ impl ShardSet {
                 self.mark_dirty(index);
             }
         }
+        self.last_polled.clear();
+        let mut polled = self.poll_dirty(now_ms, &mut transmit);
+        // Each round re-arms the listeners the previous SYNs took, so at least one deferred
+        // SYN per shard goes through per round.
+        while !self.deferred.is_empty() {
+            let mut batch = std::mem::take(&mut self.deferred);
+            for packet in batch.drain(..) {
+                // May defer again (into `self.deferred`) when two wait for one shard.
+                self.push_rx(&packet);
+                self.deferred_pool.push(packet);
+            }
+            if self.deferred.is_empty() {
+                self.deferred = batch; // keep the allocation
+            }
+            polled += self.poll_dirty(now_ms, &mut transmit);
+        }
+        polled
+    }
+
+    fn poll_dirty(&mut self, now_ms: u64, transmit: &mut impl FnMut(&[u8])) -> usize {
         let mut polled = 0;
         let mut list = std::mem::take(&mut self.dirty_list);
         for &index in &list {
             self.dirty[index] = false;
+            self.syn_pending[index] = false;
             let shard = &mut self.shards[index];
             shard.poll(now_ms);
             while let Some(packet) = shard.pop_tx() {
@@ -157,10 +210,11 @@ impl ShardSet {
                     self.timers.push(Reverse((at, index)));
                 }
             }
+            if !self.last_polled.contains(&index) {
+                self.last_polled.push(index);
+            }
             polled += 1;
         }
-        self.last_polled.clear();
-        self.last_polled.extend_from_slice(&list);
         list.clear();
         self.dirty_list = list;
         self.polls += polled as u64;
@@ -310,6 +364,32 @@ mod tests {
         assert_eq!(set.push_rx(&syn_from(40002)), RxVerdict::RefusedSyn);
         assert_eq!(set.refused_syns(), 1);
         assert_eq!(set.shard_mut(0).unwrap().connection_count(), 2);
+    }
+
+    #[test]
+    fn simultaneous_syns_for_one_shard_are_all_accepted() {
+        // One shard, so every SYN meets the same listener within one poll.
+        let mut set = set(1, 100);
+        let mut verdicts = Vec::new();
+        for port in 40000..40005 {
+            verdicts.push(set.push_rx(&syn_from(port)));
+        }
+        assert_eq!(verdicts[0], RxVerdict::Queued(0));
+        assert!(verdicts[1..].iter().all(|v| *v == RxVerdict::Deferred));
+        let mut syn_acks = 0;
+        let mut resets = 0;
+        set.poll(1, |packet| {
+            let ip = Ipv4Packet::new_checked(packet).unwrap();
+            let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+            if tcp.rst() {
+                resets += 1;
+            } else if tcp.syn() && tcp.ack() {
+                syn_acks += 1;
+            }
+        });
+        assert_eq!((syn_acks, resets), (5, 0));
+        assert_eq!(set.shard_mut(0).unwrap().connection_count(), 5);
+        assert_eq!(set.last_polled(), &[0]);
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //!
 //! smoltcp's listening socket has no backlog — it *becomes* the connection on a SYN — so
 //! after every poll a shard whose listener left LISTEN moves it to its connections and arms
-//! a fresh one. Two SYNs in the same poll still meet one listener (the second is refused
-//! with RST and the client retries); the sharding that fixes this is not written yet.
+//! a fresh one. A second SYN for the same shard within one poll would meet no listener and
+//! be reset; [`super::shards::ShardSet`] holds such SYNs back until the re-arm.
 //!
 //! Sans-IO: time comes in as milliseconds of any monotonic clock. Packet buffers are
 //! pooled: after warm-up, receiving and transmitting allocate nothing.
