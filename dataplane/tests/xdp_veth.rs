@@ -129,6 +129,7 @@ fn filter_redirects_petrel_tcp_and_passes_the_rest() {
     check_arp_for_an_address_only_petrel_has();
     check_userspace_tcp_echo();
     check_transport_boundary();
+    check_many_concurrent_connections(200);
 }
 
 /// Attaches the filter in `mode`, binds a socket per queue, sends Petrel TCP, ICMP and
@@ -577,4 +578,66 @@ fn check_transport_boundary() {
     );
     assert_eq!(flushed, 4);
     assert!(closed, "Closed reported after our close");
+}
+
+/// `n` kernel-TCP clients connect at once; every one is accepted (no RST from a listener
+/// taken by another SYN), answered through the router and closed.
+fn check_many_concurrent_connections(n: usize) {
+    use petrel_control::Event;
+    use petrel_dataplane::CoreCommand;
+    use petrel_dataplane::xdp::transport::{XdpConfig, XdpTransport};
+
+    let (events_tx, events) = crossbeam_channel::bounded(4096);
+    let mut config = XdpConfig::new(HOST_IF, HOST_ADDR, PETREL_PORT);
+    config.queues = vec![0, 1];
+    config.cores = vec![None, None];
+    config.attach = AttachMode::Driver;
+    config.shards_per_queue = 8;
+    let transport = XdpTransport::start(config, events_tx).expect("start the AF_XDP transport");
+    let mut router = transport.router();
+
+    let script = format!(
+        "for i in $(seq {n}); do ( exec 3<>/dev/tcp/{HOST_ADDR}/{PETREL_PORT} && \
+           printf 'not-a-petrel-frame!' >&3 && read -t 8 -N 4 r <&3 && \
+           [ \"$r\" = pong ] && echo ok ) & done; wait"
+    );
+    let clients = in_ns(&["timeout", "10", "bash", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("clients");
+
+    let (mut opened, mut closed) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && closed < n {
+        match events.recv_timeout(Duration::from_millis(200)) {
+            Ok(Event::Opened { .. }) => opened += 1,
+            // The first bytes of each client: answer and close.
+            Ok(Event::FrameError { conn, .. }) => {
+                router.command(
+                    conn,
+                    CoreCommand::Send {
+                        conn,
+                        bytes: bytes::Bytes::from_static(b"pong"),
+                    },
+                );
+                router.command(conn, CoreCommand::Close { conn });
+                router.wake_pending();
+            }
+            Ok(Event::Closed { .. }) => closed += 1,
+            Ok(_) | Err(_) => {}
+        }
+    }
+    let output = clients.wait_with_output().expect("clients' output");
+    let ok = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| *l == "ok")
+        .count();
+    eprintln!(
+        "{n} concurrent clients: opened {opened}, closed {closed}, answered {ok}; rx {:?}",
+        transport.rx_counters()
+    );
+    router.shutdown_all();
+    transport.join();
+    assert_eq!(opened, n, "every client was accepted");
+    assert_eq!(ok, n, "every client read its reply");
 }
