@@ -16,7 +16,7 @@ for target in $(cargo fuzz list); do
   status=0
   RUSTC_BOOTSTRAP=1 cargo fuzz run --target-dir "$target_dir" "$target" "$corpus" "fuzz/seeds/$target" -- \
     -dict="fuzz/$target.dict" -max_total_time="$seconds" >"$log" 2>&1 || status=$?
-  grep -E '^#[0-9]+ +DONE|ERROR|SUMMARY|panicked' "$log" || true
+  grep -E '^#[0-9]+[[:space:]]+DONE|ERROR|SUMMARY|panicked' "$log" || true
   if ((status != 0)); then
     tail -40 "$log" >&2
     echo "fuzz: $target failed (exit $status); crashing inputs, if any, are in proto/fuzz/artifacts/$target" >&2

@@ -64,9 +64,10 @@ fn control_config(config: &ServeConfig) -> petrel_control::Config {
 pub fn run(config: ServeConfig) -> anyhow::Result<()> {
     if config.dataplane == DataplaneKind::Xdp {
         bail!(
-            "--dataplane xdp is not implemented yet: the AF_XDP dataplane (XDP filter, \
-             per-queue AF_XDP sockets, userspace TCP) is still being built. Use \
-             --dataplane kernel."
+            "--dataplane xdp is not available in petrel serve yet: the AF_XDP transport \
+             (XDP filter, per-queue AF_XDP sockets, userspace TCP) exists in \
+             petrel-dataplane and passes its veth-lab test, but serve does not start it \
+             yet. Use --dataplane kernel."
         );
     }
     limits::raise_nofile(config.max_connections);
