@@ -575,18 +575,32 @@ async fn chatrooms_are_rejoined_after_a_reconnect() {
     reconnected(&mut a_events).await;
     reconnected(&mut b_events).await;
 
+    // Both SDKs rejoin the room on their own after reconnecting. A chatroom is
+    // online-only, so wait until the server lists both before sending: a message sent
+    // before `b` is back in the room is rightly never delivered to it.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let online: HashSet<u64> = b
+            .list_members(ConversationKey::chatroom(55))
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.user_id)
+            .collect();
+        if online == HashSet::from([8001, 8002]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both clients were not back in the room within {WAIT:?}: {online:?}"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+
     a.send_text(ConversationKey::chatroom(55), "back in the room")
         .unwrap();
     let (got, _) = messages(&mut b_events, 1, WAIT).await;
     assert_eq!(got[0].text(), Some("back in the room"));
-    let online: HashSet<u64> = b
-        .list_members(ConversationKey::chatroom(55))
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m.user_id)
-        .collect();
-    assert_eq!(online, HashSet::from([8001, 8002]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
