@@ -23,6 +23,26 @@ use crate::kv::{Batch, Direction, Kv};
 use crate::model::{ConversationKey, Role, UserId};
 use crate::values::{self, ConversationInfo, InboxEntry};
 
+/// The role of `actor` in `conv` if it may manage members (owner or admin); otherwise
+/// `NotAMember` or `NotAdmin`. One check for adding and removing members.
+fn manager_role(
+    members: &MemberMap,
+    conv: ConversationKey,
+    actor: UserId,
+) -> Result<Role, StorageError> {
+    match members.get(&actor) {
+        None => Err(StorageError::NotAMember {
+            conversation: conv,
+            user: actor,
+        }),
+        Some(Role::Member) => Err(StorageError::NotAdmin {
+            conversation: conv,
+            user: actor,
+        }),
+        Some(role) => Ok(*role),
+    }
+}
+
 impl<K: Kv> Store<K> {
     /// Allocate the next group or public-account id (persisted in the same batch).
     fn next_id(&self, w: &mut WriterState, group: bool) -> Result<u64, StorageError> {
@@ -124,21 +144,7 @@ impl<K: Kv> Store<K> {
         let mut w = self.lock()?;
         let members = self.members_of(&mut w, conv)?;
         if let ConversationKey::Group(_) = conv {
-            match members.get(&actor) {
-                None => {
-                    return Err(StorageError::NotAMember {
-                        conversation: conv,
-                        user: actor,
-                    });
-                }
-                Some(Role::Member) => {
-                    return Err(StorageError::NotAdmin {
-                        conversation: conv,
-                        user: actor,
-                    });
-                }
-                Some(Role::Admin | Role::Owner) => {}
-            }
+            manager_role(&members, conv, actor)?;
         }
         let mut added: Vec<UserId> = users
             .iter()
@@ -208,21 +214,7 @@ impl<K: Kv> Store<K> {
         let conv = ConversationKey::Group(group);
         let mut w = self.lock()?;
         let members = self.members_of(&mut w, conv)?;
-        let actor_role = match members.get(&actor) {
-            None => {
-                return Err(StorageError::NotAMember {
-                    conversation: conv,
-                    user: actor,
-                });
-            }
-            Some(Role::Member) => {
-                return Err(StorageError::NotAdmin {
-                    conversation: conv,
-                    user: actor,
-                });
-            }
-            Some(r) => *r,
-        };
+        let actor_role = manager_role(&members, conv, actor)?;
         let mut removed = Vec::new();
         for u in users {
             let Some(role) = members.get(u) else { continue };
