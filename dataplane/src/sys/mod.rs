@@ -12,6 +12,8 @@
 //!   states the UMEM frame-ownership rule and how it is enforced);
 //! - [`event`]: the eventfd that wakes an AF_XDP poller, and poll(2) over it and a socket;
 //! - [`ethtool`]: ntuple rules steering a TCP port to an rx queue (`SIOCETHTOOL`);
+//! - [`ifaddrs`]: the IPv4 addresses the kernel has on an interface;
+//! - [`netns`]: moving a thread into another network namespace (the tests' veth lab);
 //! - the `aya::Pod` marker for the XDP filter's config value, which aya copies into a BPF
 //!   map byte for byte.
 
@@ -22,6 +24,8 @@ use crate::xdp::filter::ConfigValue;
 
 pub mod ethtool;
 pub mod event;
+pub mod ifaddrs;
+pub mod netns;
 pub mod xsk;
 
 /// Turns a libc return value into a `Result`: -1 becomes the thread's `errno` as an
