@@ -4,7 +4,7 @@
 //
 // It sends to the rx queue's AF_XDP socket ONLY Petrel's own frames:
 //   - IPv4 TCP whose destination is the configured address and one of the configured
-//     ports;
+//     ports (any port when Petrel, not the kernel, owns the address);
 //   - ARP whose target protocol address is the configured address, when the config says
 //     Petrel (not the kernel) owns that address;
 // and returns XDP_PASS for everything else, so SSH and every other service on the host keep
@@ -157,7 +157,10 @@ int petrel_filter(struct xdp_md *ctx)
 		return count(COUNTER_MALFORMED, XDP_DROP);
 
 	__u16 port = tcp->dest;
-	if (!bpf_map_lookup_elem(&PETREL_PORTS, &port))
+	// When the kernel has the address too, other ports are its services. When Petrel owns
+	// the address alone, every TCP segment to it is Petrel's: the userspace TCP answers a
+	// closed port with RST, as a host would (the kernel would drop it silently).
+	if (!(config->flags & CONFIG_FLAG_ARP) && !bpf_map_lookup_elem(&PETREL_PORTS, &port))
 		return count(COUNTER_PASSED, XDP_PASS); // another service on our address
 
 	return to_socket(ctx);

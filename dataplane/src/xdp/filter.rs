@@ -3,7 +3,8 @@
 //! The program (`vendor/xdp/petrel_filter.bpf.c`, compiled by `dataplane/build.rs` and
 //! embedded in the binary) redirects to the rx queue's AF_XDP socket only Petrel's frames —
 //! IPv4 TCP to the configured address and ports, and ARP for that address when Petrel owns
-//! it — and passes everything else to the kernel, so SSH and other services keep working.
+//! it (then every TCP port of the address is Petrel's, so closed ports get a RST from the
+//! userspace TCP) — and passes everything else to the kernel, so SSH and other services keep working.
 //!
 //! Loading and attaching use [aya](https://docs.rs/aya) (pure Rust; no libbpf/libxdp, no
 //! bpffs). aya attaches through a BPF link when the kernel has them, so the program is
