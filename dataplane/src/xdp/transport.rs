@@ -45,6 +45,10 @@ const RX_BATCH: u32 = 64;
 const MAX_SLEEP_MS: u64 = 100;
 /// How long a stopping poller keeps flushing before it closes regardless.
 const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(3);
+/// How long a connection we closed may take to finish (FIN handshake) before it is reset.
+const LINGER_MS: u64 = 10_000;
+/// How often lingering connections are checked.
+const LINGER_CHECK_MS: u64 = 5;
 
 /// Settings of the AF_XDP transport.
 #[derive(Debug, Clone)]
@@ -189,7 +193,7 @@ impl XdpTransport {
         let mut threads = Vec::new();
         let mut rx_counters = Vec::new();
         for (index, (&queue, &cpu)) in config.queues.iter().zip(&config.cores).enumerate() {
-            let xsk = Xsk::bind(if_index, queue, config.xsk)?;
+            let xsk = bind_retrying(if_index, queue, config.xsk)?;
             filter.register_socket(queue, &xsk)?;
             let event = Arc::new(EventFd::new()?);
             let (tx, rx) = crossbeam_channel::unbounded();
@@ -284,6 +288,25 @@ fn steer(config: &XdpConfig) -> Option<NtupleRule> {
     }
 }
 
+/// How long a bind answered `EBUSY` is retried.
+const BIND_RETRY_LIMIT: Duration = Duration::from_secs(3);
+
+/// Binds queue `queue`'s socket, retrying for a moment while the kernel answers `EBUSY`:
+/// it releases a closed socket's hold on the queue asynchronously, so a server restarted
+/// right after its predecessor exited can find the queue still taken.
+fn bind_retrying(if_index: u32, queue: u32, config: XskConfig) -> io::Result<Xsk> {
+    let deadline = Instant::now() + BIND_RETRY_LIMIT;
+    loop {
+        match Xsk::bind(if_index, queue, config) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                tracing::debug!(queue, "AF_XDP queue still busy; retrying the bind");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// The MAC address of `iface`, from sysfs.
 fn interface_mac(iface: &str) -> io::Result<EthernetAddress> {
     let text = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
@@ -348,6 +371,18 @@ struct Poller {
     start: Instant,
     shutdown_started: Option<Instant>,
     control_gone: bool,
+    /// Connections we closed that smoltcp still holds (FIN sent, not yet done).
+    lingering: HashMap<(usize, SocketHandle), Linger>,
+    next_linger_check: u64,
+}
+
+/// A connection closed on our side, waiting for TCP to finish.
+#[derive(Debug, Clone, Copy)]
+struct Linger {
+    /// Reset at this time (ms) if still not done.
+    deadline: u64,
+    /// We had stopped reading it (a fatal frame error): whatever it sends is never read.
+    read_stopped: bool,
 }
 
 impl Poller {
@@ -401,6 +436,8 @@ impl Poller {
             start: Instant::now(),
             shutdown_started: None,
             control_gone: false,
+            lingering: HashMap::new(),
+            next_linger_check: 0,
         }
     }
 
@@ -416,6 +453,7 @@ impl Poller {
             self.write_dirty();
             self.poll_shards(now);
             self.report_connections();
+            self.reap_lingering(now);
             // Reading frees receive window and may close: the shards read from are marked
             // and polled on the next round, without sleeping.
             self.read_polled();
@@ -554,6 +592,8 @@ impl Poller {
                 if let Some(&key) = self.by_socket.get(&(shard, handle)) {
                     self.forget(key);
                 }
+                // Removed by smoltcp before its handle can be reused: forget the linger.
+                self.lingering.remove(&(shard, handle));
             }
             if let Some(s) = self.shards.shard_mut(shard) {
                 s.take_accepted(&mut handles);
@@ -802,8 +842,16 @@ impl Poller {
             if conn.out.is_empty() && conn.closing {
                 // FIN after the buffered output. smoltcp keeps the socket (FIN-WAIT,
                 // TIME-WAIT) until it is done; the connection is over for the control plane
-                // now, as with the kernel transport.
+                // now, as with the kernel transport. `reap_lingering` resets it if the peer
+                // keeps sending into a connection nobody reads, or never finishes.
                 socket.close();
+                self.lingering.insert(
+                    (conn.shard, conn.handle),
+                    Linger {
+                        deadline: self.start.elapsed().as_millis() as u64 + LINGER_MS,
+                        read_stopped: conn.read_stopped,
+                    },
+                );
                 finished.push(key);
                 changed = true;
             } else if !conn.out.is_empty() {
@@ -829,6 +877,34 @@ impl Poller {
         for key in finished {
             self.forget(key);
         }
+    }
+
+    /// Resets connections we closed that will not finish cleanly, as a kernel does on
+    /// `close` with unread data: once our output is acknowledged, a peer that sent data
+    /// after our FIN (or whose data we had stopped reading) is reset, so its writes fail
+    /// instead of blocking on a zero window forever; and any connection still not done
+    /// [`LINGER_MS`] after our FIN is reset too. Checked every [`LINGER_CHECK_MS`].
+    fn reap_lingering(&mut self, now: u64) {
+        if self.lingering.is_empty() || now < self.next_linger_check {
+            return;
+        }
+        self.next_linger_check = now + LINGER_CHECK_MS;
+        let Poller {
+            lingering, shards, ..
+        } = self;
+        lingering.retain(|&(shard, handle), linger| {
+            let Some(socket) = shards.shard_mut(shard).and_then(|s| s.connection_mut(handle))
+            else {
+                return false;
+            };
+            let unread = linger.read_stopped || socket.recv_queue() > 0;
+            let reset = (unread && socket.send_queue() == 0) || now >= linger.deadline;
+            if reset {
+                socket.abort();
+                shards.mark_dirty(shard);
+            }
+            !reset
+        });
     }
 
     /// Drops our record of a connection and reports it closed. Its smoltcp socket may live
