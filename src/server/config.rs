@@ -20,6 +20,18 @@ pub enum DataplaneKind {
     Xdp,
 }
 
+/// How the XDP filter attaches to the interface (`--xdp-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic mode where the driver lacks XDP.
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (SKB) mode only: any interface, slower.
+    Generic,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,6 +88,17 @@ pub struct ServeArgs {
     /// Most concurrent client connections [default: 1000000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// AF_XDP: the network interface whose queues Petrel takes (required with
+    /// `--dataplane xdp`).
+    #[arg(long, value_name = "IF")]
+    pub iface: Option<String>,
+    /// AF_XDP: rx queues to serve, one pinned poller each, e.g. `0,1` [default: every rx
+    /// queue of the interface].
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub queues: Vec<u32>,
+    /// AF_XDP: how the XDP filter attaches [default: auto].
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpMode>,
     /// Token signing keys (`kid hex-secret` per line, first = active)
     /// [default: DATA_DIR/keys, created on first start].
     #[arg(long, value_name = "FILE")]
@@ -104,6 +127,12 @@ struct FileConfig {
     dataplane: Option<DataplaneKind>,
     cores: Option<Vec<usize>>,
     max_connections: Option<usize>,
+    iface: Option<String>,
+    queues: Option<Vec<u32>>,
+    xdp_mode: Option<XdpMode>,
+    xdp_shards_per_queue: Option<usize>,
+    xdp_tcp_rx_buffer: Option<usize>,
+    xdp_tcp_tx_buffer: Option<usize>,
     key_file: Option<PathBuf>,
     diffusion: Option<Diffusion>,
     sync: Option<Sync>,
@@ -126,6 +155,8 @@ pub struct ServeConfig {
     pub dataplane: DataplaneKind,
     pub cores: Vec<usize>,
     pub max_connections: usize,
+    /// AF_XDP settings (used with `dataplane = "xdp"`).
+    pub xdp: XdpSettings,
     pub key_file: PathBuf,
     pub diffusion: Diffusion,
     pub sync: Sync,
@@ -141,6 +172,28 @@ pub struct ServeConfig {
     pub rate_limit_per_second: u32,
     /// Burst allowance of the same limit.
     pub rate_limit_burst: u32,
+}
+
+/// Connections per smoltcp shard the automatic shard count aims for: smoltcp scans a
+/// shard's sockets for every packet, so a shard must stay small.
+pub const CONNECTIONS_PER_SHARD: usize = 128;
+
+/// The AF_XDP dataplane's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpSettings {
+    /// The interface (required for the xdp dataplane).
+    pub iface: Option<String>,
+    /// rx queues to serve; empty: every rx queue of the interface.
+    pub queues: Vec<u32>,
+    /// How the filter attaches.
+    pub mode: XdpMode,
+    /// smoltcp shards per queue (each a small interface + socket set); `None`: sized
+    /// from `max_connections` for about [`CONNECTIONS_PER_SHARD`] connections per shard.
+    pub shards_per_queue: Option<usize>,
+    /// Userspace TCP receive buffer per connection, bytes.
+    pub tcp_rx_buffer: usize,
+    /// Userspace TCP transmit buffer per connection, bytes.
+    pub tcp_tx_buffer: usize,
 }
 
 impl ServeConfig {
@@ -172,6 +225,18 @@ impl ServeConfig {
             file.cores.unwrap_or_default()
         };
         let heartbeat_interval = Duration::from_secs(file.heartbeat_interval_secs.unwrap_or(50));
+        let xdp = XdpSettings {
+            iface: args.iface.clone().or(file.iface),
+            queues: if args.queues.is_empty() {
+                file.queues.unwrap_or_default()
+            } else {
+                args.queues.clone()
+            },
+            mode: args.xdp_mode.or(file.xdp_mode).unwrap_or(XdpMode::Auto),
+            shards_per_queue: file.xdp_shards_per_queue,
+            tcp_rx_buffer: file.xdp_tcp_rx_buffer.unwrap_or(2048),
+            tcp_tx_buffer: file.xdp_tcp_tx_buffer.unwrap_or(4096),
+        };
         let config = ServeConfig {
             data_dir,
             listen,
@@ -184,6 +249,7 @@ impl ServeConfig {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(1_000_000),
+            xdp,
             key_file,
             diffusion: args
                 .diffusion
@@ -225,6 +291,48 @@ impl ServeConfig {
         }
         if self.heartbeat_interval.is_zero() || self.idle_timeout <= self.heartbeat_interval {
             bail!("idle_timeout must be longer than heartbeat_interval (both non-zero)");
+        }
+        if self.dataplane == DataplaneKind::Xdp {
+            self.validate_xdp()?;
+        }
+        Ok(())
+    }
+
+    fn validate_xdp(&self) -> anyhow::Result<()> {
+        if self.xdp.iface.is_none() {
+            bail!("--dataplane xdp needs --iface IF (the interface whose queues Petrel serves)");
+        }
+        let [addr] = self.listen[..] else {
+            bail!(
+                "--dataplane xdp serves exactly one --listen IPV4:PORT (got {})",
+                self.listen.len()
+            );
+        };
+        if !addr.is_ipv4() || addr.ip().is_unspecified() || addr.port() == 0 {
+            bail!(
+                "--dataplane xdp needs a concrete IPv4 address and port to listen on \
+                 (got {addr}): the XDP filter matches that address and port"
+            );
+        }
+        if !self.cores.is_empty()
+            && !self.xdp.queues.is_empty()
+            && self.cores.len() != self.xdp.queues.len()
+        {
+            bail!(
+                "--cores must name one CPU per queue with --dataplane xdp ({} cores, {} queues)",
+                self.cores.len(),
+                self.xdp.queues.len()
+            );
+        }
+        if self
+            .xdp
+            .shards_per_queue
+            .is_some_and(|n| n == 0 || n > 65_536)
+        {
+            bail!("xdp_shards_per_queue must be between 1 and 65536");
+        }
+        if self.xdp.tcp_rx_buffer < 256 || self.xdp.tcp_tx_buffer < 256 {
+            bail!("xdp_tcp_rx_buffer and xdp_tcp_tx_buffer must be at least 256 bytes");
         }
         Ok(())
     }
@@ -284,5 +392,42 @@ mod tests {
         })
         .unwrap_err();
         assert!(format!("{err:#}").contains("lsiten"), "{err:#}");
+    }
+
+    #[test]
+    fn xdp_needs_an_interface_and_one_concrete_ipv4_listen_address() {
+        let xdp = |listen: &[&str], iface: Option<&str>| {
+            ServeConfig::resolve(&ServeArgs {
+                dataplane: Some(DataplaneKind::Xdp),
+                listen: listen.iter().map(|a| a.parse().unwrap()).collect(),
+                iface: iface.map(str::to_owned),
+                ..ServeArgs::default()
+            })
+            .map_err(|e| format!("{e:#}"))
+        };
+        assert!(
+            xdp(&["10.0.0.1:9500"], None)
+                .unwrap_err()
+                .contains("--iface")
+        );
+        assert!(
+            xdp(&["0.0.0.0:9500"], Some("eth0"))
+                .unwrap_err()
+                .contains("concrete IPv4")
+        );
+        assert!(
+            xdp(&["10.0.0.1:0"], Some("eth0"))
+                .unwrap_err()
+                .contains("concrete IPv4")
+        );
+        assert!(
+            xdp(&["10.0.0.1:9500", "10.0.0.1:9501"], Some("eth0"))
+                .unwrap_err()
+                .contains("exactly one")
+        );
+        let ok = xdp(&["10.0.0.1:9500"], Some("eth0")).unwrap();
+        assert_eq!(ok.xdp.iface.as_deref(), Some("eth0"));
+        assert_eq!(ok.xdp.mode, XdpMode::Auto);
+        assert!(ok.xdp.queues.is_empty());
     }
 }

@@ -10,14 +10,13 @@ pub mod config;
 mod driver;
 mod keys;
 mod limits;
+mod transport;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use petrel_control::Control;
-use petrel_dataplane::kernel::{KernelConfig, KernelTransport};
-use petrel_proto::DecoderConfig;
 use petrel_storage::{
     CommitQueue, CommitQueueConfig, DiffusionMode, RocksEngine, StorageConfig, SyncMode,
 };
@@ -26,6 +25,7 @@ pub use config::{ServeArgs, ServeConfig};
 pub use driver::now;
 
 use self::config::{DataplaneKind, Diffusion, Sync};
+use self::transport::Transport;
 
 /// Events a transport may queue for the control plane before it stops reading.
 const TRANSPORT_EVENT_QUEUE: usize = 64 * 1024;
@@ -62,15 +62,10 @@ fn control_config(config: &ServeConfig) -> petrel_control::Config {
 
 /// Runs the server until SIGINT or SIGTERM, then shuts down gracefully.
 pub fn run(config: ServeConfig) -> anyhow::Result<()> {
-    if config.dataplane == DataplaneKind::Xdp {
-        bail!(
-            "--dataplane xdp is not available in petrel serve yet: the AF_XDP transport \
-             (XDP filter, per-queue AF_XDP sockets, userspace TCP) exists in \
-             petrel-dataplane and passes its veth-lab test, but serve does not start it \
-             yet. Use --dataplane kernel."
-        );
+    if config.dataplane == DataplaneKind::Kernel {
+        // AF_XDP connections hold no file descriptor; kernel sockets hold one each.
+        limits::raise_nofile(config.max_connections);
     }
-    limits::raise_nofile(config.max_connections);
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
@@ -88,30 +83,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
     driver::warm_up(&mut control, &storage, &storage_tx, &storage_rx)?;
 
     let (transport_tx, transport_rx) = crossbeam_channel::bounded(TRANSPORT_EVENT_QUEUE);
-    let cores: Vec<Option<usize>> = if config.cores.is_empty() {
-        let cpus = petrel_dataplane::pin::available_cpus();
-        if cpus.is_empty() {
-            vec![None]
-        } else {
-            cpus.into_iter().map(Some).collect()
-        }
-    } else {
-        config.cores.iter().copied().map(Some).collect()
-    };
-    let transport = KernelTransport::start(
-        KernelConfig {
-            listen: config.listen.clone(),
-            cores,
-            max_connections: config.max_connections,
-            max_outbound_bytes: config.max_outbound_bytes,
-            decoder: DecoderConfig {
-                max_body_len: config.max_frame_body,
-            },
-            ..KernelConfig::default()
-        },
-        transport_tx,
-    )
-    .context("cannot start the kernel-socket dataplane")?;
+    let transport = Transport::start(&config, transport_tx)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (stop_wakeup_tx, stop_wakeup_rx) = crossbeam_channel::bounded(1);
@@ -133,24 +105,24 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
             })?;
     }
 
-    for addr in transport.local_addrs() {
-        tracing::info!(%addr, dataplane = "kernel", "listening");
+    let local_addrs = transport.local_addrs();
+    for addr in &local_addrs {
+        tracing::info!(%addr, dataplane = transport.describe(), "listening");
     }
     println!(
-        "petrel: serving on {} (kernel sockets, data in {})\n\
+        "petrel: serving on {} ({}, data in {})\n\
          petrel: mint a token:  petrel token issue --key-file {} --user 1 --device laptop\n\
          petrel: then connect to {} with any client speaking docs/PROTOCOL.md \
          (Login frame with that token, user 1, device laptop)",
-        transport
-            .local_addrs()
+        local_addrs
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", "),
+        transport.describe(),
         config.data_dir.display(),
         config.key_file.display(),
-        transport
-            .local_addrs()
+        local_addrs
             .first()
             .map_or("127.0.0.1:9500".into(), ToString::to_string),
     );
@@ -166,6 +138,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
         stop_wakeup: stop_wakeup_rx,
     };
     let result = driver.run();
+    transport.log_counters();
     transport.join();
     result.context("storage did not shut down cleanly")?;
     tracing::info!("stopped");

@@ -1,0 +1,243 @@
+//! Starting the configured dataplane: kernel sockets or AF_XDP. Both implement the same
+//! boundary (`Event`s to the control thread, `CoreCommand`s through a [`Router`]), so the
+//! rest of `petrel serve` does not care which one runs.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use anyhow::{Context, bail};
+use crossbeam_channel::Sender;
+use petrel_control::Event;
+use petrel_dataplane::Router;
+use petrel_dataplane::kernel::{KernelConfig, KernelTransport};
+use petrel_dataplane::sys::ifaddrs;
+use petrel_dataplane::xdp::filter::AttachMode;
+use petrel_dataplane::xdp::tcp::ShardConfig;
+use petrel_dataplane::xdp::transport::{XdpConfig, XdpTransport};
+use petrel_proto::DecoderConfig;
+
+use super::config::{CONNECTIONS_PER_SHARD, DataplaneKind, ServeConfig, XdpMode};
+
+/// Fewest and most shards per queue the automatic sizing picks.
+const MIN_AUTO_SHARDS: usize = 16;
+const MAX_AUTO_SHARDS: usize = 8192;
+
+/// The running dataplane.
+pub enum Transport {
+    /// Pinned epoll loops over kernel sockets.
+    Kernel(KernelTransport),
+    /// Pinned AF_XDP pollers with userspace TCP.
+    Xdp(XdpTransport, SocketAddr),
+}
+
+impl Transport {
+    /// Starts the dataplane `config` names; its events go to `events`.
+    pub fn start(config: &ServeConfig, events: Sender<Event>) -> anyhow::Result<Transport> {
+        let decoder = DecoderConfig {
+            max_body_len: config.max_frame_body,
+        };
+        match config.dataplane {
+            DataplaneKind::Kernel => {
+                let transport = KernelTransport::start(
+                    KernelConfig {
+                        listen: config.listen.clone(),
+                        cores: kernel_cores(&config.cores),
+                        max_connections: config.max_connections,
+                        max_outbound_bytes: config.max_outbound_bytes,
+                        decoder,
+                        ..KernelConfig::default()
+                    },
+                    events,
+                )
+                .context("cannot start the kernel-socket dataplane")?;
+                Ok(Transport::Kernel(transport))
+            }
+            DataplaneKind::Xdp => {
+                let xdp = xdp_config(config, decoder)?;
+                let addr = SocketAddr::from((xdp.addr, xdp.port));
+                let iface = xdp.iface.clone();
+                let transport = XdpTransport::start(xdp, events).with_context(|| {
+                    format!("cannot start the AF_XDP dataplane on {iface} (needs root)")
+                })?;
+                Ok(Transport::Xdp(transport, addr))
+            }
+        }
+    }
+
+    /// A router for the control thread.
+    pub fn router(&self) -> Router {
+        match self {
+            Transport::Kernel(t) => t.router(),
+            Transport::Xdp(t, _) => t.router(),
+        }
+    }
+
+    /// The addresses clients connect to (a port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        match self {
+            Transport::Kernel(t) => t.local_addrs().to_vec(),
+            Transport::Xdp(_, addr) => vec![*addr],
+        }
+    }
+
+    /// A short name for logs and the start-up line.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Transport::Kernel(_) => "kernel sockets",
+            Transport::Xdp(..) => "AF_XDP, userspace TCP",
+        }
+    }
+
+    /// Logs the dataplane's own counters (AF_XDP: the filter's verdicts and the
+    /// classifier's drops) once, at shutdown.
+    pub fn log_counters(&self) {
+        if let Transport::Xdp(t, _) = self {
+            match t.filter_counters() {
+                Ok(filter) => tracing::info!(?filter, rx = ?t.rx_counters(), "AF_XDP counters"),
+                Err(e) => tracing::warn!(error = %e, "cannot read the XDP filter's counters"),
+            }
+        }
+    }
+
+    /// Waits for the dataplane threads after the router asked them to shut down.
+    pub fn join(self) {
+        match self {
+            Transport::Kernel(t) => t.join(),
+            Transport::Xdp(t, _) => t.join(),
+        }
+    }
+}
+
+/// `--cores` for the kernel transport: one loop per listed CPU, or one per available CPU.
+fn kernel_cores(cores: &[usize]) -> Vec<Option<usize>> {
+    if !cores.is_empty() {
+        return cores.iter().copied().map(Some).collect();
+    }
+    let cpus = petrel_dataplane::pin::available_cpus();
+    if cpus.is_empty() {
+        vec![None]
+    } else {
+        cpus.into_iter().map(Some).collect()
+    }
+}
+
+/// The AF_XDP transport's settings from `petrel serve`'s.
+fn xdp_config(config: &ServeConfig, decoder: DecoderConfig) -> anyhow::Result<XdpConfig> {
+    let iface = config
+        .xdp
+        .iface
+        .as_deref()
+        .context("--dataplane xdp needs --iface")?;
+    let SocketAddr::V4(listen) = config.listen[0] else {
+        bail!("--dataplane xdp listens on IPv4 only");
+    };
+    let addr = *listen.ip();
+    let queues = if config.xdp.queues.is_empty() {
+        rx_queues(iface)?
+    } else {
+        config.xdp.queues.clone()
+    };
+    let cores: Vec<Option<usize>> = if config.cores.is_empty() {
+        let cpus = petrel_dataplane::pin::available_cpus();
+        (0..queues.len())
+            .map(|i| (!cpus.is_empty()).then(|| cpus[i % cpus.len()]))
+            .collect()
+    } else if config.cores.len() == queues.len() {
+        config.cores.iter().copied().map(Some).collect()
+    } else {
+        bail!(
+            "--cores must name one CPU per served queue ({} cores, queues {queues:?})",
+            config.cores.len()
+        );
+    };
+    // Where the kernel has the address, it answers ARP and Petrel takes only the TCP
+    // port; otherwise Petrel owns the address and answers ARP itself.
+    let kernel_addrs = ifaddrs::ipv4_addrs(iface)
+        .with_context(|| format!("cannot read the addresses of {iface}"))?;
+    let (own_arp, prefix_len) = match kernel_addrs.iter().find(|net| net.addr == addr) {
+        Some(net) => (false, net.prefix_len),
+        None => (true, on_link_prefix(addr, &kernel_addrs)),
+    };
+    let per_queue = config.max_connections.div_ceil(queues.len());
+    let shards_per_queue = config.xdp.shards_per_queue.unwrap_or_else(|| {
+        per_queue
+            .div_ceil(CONNECTIONS_PER_SHARD)
+            .clamp(MIN_AUTO_SHARDS, MAX_AUTO_SHARDS)
+    });
+    // The 4-tuple hash does not fill shards evenly: twice the mean, plus some.
+    let per_shard = per_queue.div_ceil(shards_per_queue) * 2 + 16;
+
+    let mut xdp = XdpConfig::new(iface, addr, listen.port());
+    xdp.prefix_len = prefix_len;
+    xdp.queues = queues;
+    xdp.cores = cores;
+    xdp.attach = match config.xdp.mode {
+        XdpMode::Auto => AttachMode::Auto,
+        XdpMode::Native => AttachMode::Driver,
+        XdpMode::Generic => AttachMode::Generic,
+    };
+    xdp.own_arp = own_arp;
+    xdp.shards_per_queue = shards_per_queue;
+    xdp.max_connections_per_shard = per_shard;
+    xdp.shard = ShardConfig {
+        addr,
+        prefix_len,
+        port: listen.port(),
+        rx_buffer: config.xdp.tcp_rx_buffer,
+        tx_buffer: config.xdp.tcp_tx_buffer,
+        ..ShardConfig::default()
+    };
+    xdp.max_outbound_bytes = config.max_outbound_bytes;
+    xdp.decoder = decoder;
+    Ok(xdp)
+}
+
+/// The prefix of the kernel's subnet on the interface that contains `addr`, or /24.
+fn on_link_prefix(addr: Ipv4Addr, kernel_addrs: &[ifaddrs::Ipv4Net]) -> u8 {
+    kernel_addrs
+        .iter()
+        .find(|net| {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(net.prefix_len))
+                .unwrap_or(0);
+            u32::from(net.addr) & mask == u32::from(addr) & mask
+        })
+        .map_or(24, |net| net.prefix_len)
+}
+
+/// The rx queues of `iface` (`/sys/class/net/IF/queues/rx-N`), sorted.
+fn rx_queues(iface: &str) -> anyhow::Result<Vec<u32>> {
+    let dir = format!("/sys/class/net/{iface}/queues");
+    let mut queues: Vec<u32> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot list the queues of {iface} ({dir})"))?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            name.to_str()?.strip_prefix("rx-")?.parse().ok()
+        })
+        .collect();
+    queues.sort_unstable();
+    if queues.is_empty() {
+        bail!("{iface} has no rx queues in {dir}");
+    }
+    Ok(queues)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_on_link_prefix_comes_from_the_kernel_subnet_containing_the_address() {
+        let nets = [ifaddrs::Ipv4Net {
+            addr: Ipv4Addr::new(10, 77, 0, 1),
+            prefix_len: 16,
+        }];
+        assert_eq!(on_link_prefix(Ipv4Addr::new(10, 77, 9, 9), &nets), 16);
+        assert_eq!(on_link_prefix(Ipv4Addr::new(10, 78, 0, 1), &nets), 24);
+    }
+
+    #[test]
+    fn loopback_has_rx_queues_and_a_missing_interface_is_an_error() {
+        assert!(!rx_queues("lo").unwrap().is_empty());
+        assert!(rx_queues("petrel-no-such0").is_err());
+    }
+}
