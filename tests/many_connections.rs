@@ -4,24 +4,24 @@
 //! to the hard limit first (20,000 on the CI machine); the server, a separate process,
 //! does the same for itself at start-up.
 
+#[macro_use]
 mod common;
 
 use std::time::Instant;
 
-use common::{TestClient, TestServer};
+use common::{Dataplane, TestClient, TestServer};
 use petrel_proto::{Body, pb};
 
 const CONNECTIONS: u64 = 10_000;
 
-#[test]
-fn ten_thousand_connections_log_in_and_heartbeat() {
+fn ten_thousand_connections_log_in_and_heartbeat(dp: Dataplane) {
     let limit = rlimit::increase_nofile_limit(u64::MAX).expect("raise RLIMIT_NOFILE");
     assert!(
         limit >= CONNECTIONS + 512,
         "this test needs {} descriptors, the hard limit allows {limit}",
         CONNECTIONS + 512
     );
-    let server = TestServer::start("");
+    let server = TestServer::start_on(dp, "");
     let rss_idle = server.rss_kib();
     let started = Instant::now();
 
@@ -58,3 +58,5 @@ fn ten_thousand_connections_log_in_and_heartbeat() {
         (rss_loaded.saturating_sub(rss_idle) * 1024) / CONNECTIONS,
     );
 }
+
+dataplane_tests!(ten_thousand_connections_log_in_and_heartbeat,);

@@ -1,12 +1,13 @@
 //! End-to-end delivery in every scenario over real TCP: a group of 50, a chatroom of 200,
 //! and a public account with 100 followers, some of them offline.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashSet;
 
 use common::client::text_of;
-use common::{TestClient, TestServer};
+use common::{Dataplane, TestClient, TestServer};
 use petrel_proto::Body;
 use petrel_proto::pb::{self, ConversationKind, conversation_op::Op};
 
@@ -32,9 +33,8 @@ fn conv(kind: ConversationKind, id: u64) -> pb::ConversationId {
     }
 }
 
-#[test]
-fn group_of_fifty_every_member_gets_every_message_once() {
-    let server = TestServer::start("");
+fn group_of_fifty_every_member_gets_every_message_once(dp: Dataplane) {
+    let server = TestServer::start_on(dp, "");
     let users: Vec<u64> = (1_000..1_050).collect();
     let mut clients = login_many(&server, users.iter().copied());
     let created = op(
@@ -70,9 +70,8 @@ fn group_of_fifty_every_member_gets_every_message_once() {
     }
 }
 
-#[test]
-fn chatroom_of_two_hundred_delivers_to_everyone_online() {
-    let server = TestServer::start("");
+fn chatroom_of_two_hundred_delivers_to_everyone_online(dp: Dataplane) {
+    let server = TestServer::start_on(dp, "");
     let users: Vec<u64> = (2_000..2_200).collect();
     let mut clients = login_many(&server, users.iter().copied());
     let room = 77;
@@ -90,9 +89,8 @@ fn chatroom_of_two_hundred_delivers_to_everyone_online() {
     }
 }
 
-#[test]
-fn public_account_reaches_online_followers_live_and_offline_ones_on_sync() {
-    let server = TestServer::start("");
+fn public_account_reaches_online_followers_live_and_offline_ones_on_sync(dp: Dataplane) {
+    let server = TestServer::start_on(dp, "");
     let owner = 3_000;
     let followers: Vec<u64> = (3_001..3_101).collect();
     let mut owner_client = login_many(&server, [owner]).pop().unwrap();
@@ -143,3 +141,9 @@ fn public_account_reaches_online_followers_live_and_offline_ones_on_sync() {
         );
     }
 }
+
+dataplane_tests!(
+    group_of_fifty_every_member_gets_every_message_once,
+    chatroom_of_two_hundred_delivers_to_everyone_online,
+    public_account_reaches_online_followers_live_and_offline_ones_on_sync,
+);

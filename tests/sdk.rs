@@ -1,5 +1,6 @@
 //! End-to-end tests of the client SDK (`petrel-sdk`) against the real `petrel serve`
-//! (kernel sockets, RocksDB in a temporary directory).
+//! (RocksDB in a temporary directory), each on both dataplanes: kernel sockets on
+//! loopback (`NAME::kernel`) and AF_XDP on the veth lab (`NAME::xdp`, root only).
 //!
 //! - a server restart mid-conversation: the SDK reconnects with back-off, flushes its
 //!   outbox, and the receiver sees every message exactly once, in order;
@@ -10,6 +11,7 @@
 //!   (`PETREL_SDK_SOAK_SECS` shortens or lengthens the run).
 
 #[allow(unused_imports)] // common re-exports TestClient, which these tests do not use
+#[macro_use]
 mod common;
 #[path = "common/sdk_keys.rs"]
 mod sdk_keys;
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::TestServer;
+use common::{Dataplane, TestServer};
 use petrel_sdk::{ConnectionState, ConversationKey, Event, Events, Message};
 use sdk_keys::{Keys, start, test_config};
 use tokio::task::block_in_place;
@@ -63,483 +65,493 @@ fn texts(ms: &[Message]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_restart_mid_conversation_delivers_every_message_once_in_order() {
-    let keys = Arc::new(Keys::generate());
-    let mut server = TestServer::start(&keys.server_config());
-    let (alice, bob) = (1001, 1002);
-    let endpoints = vec![server.addr.to_string()];
-    let (a, mut a_events, _) = start(&keys, test_config(alice, endpoints.clone()));
-    let (b, mut b_events, _) = start(&keys, test_config(bob, endpoints));
-    a.wait_connected(WAIT).await.unwrap();
-    b.wait_connected(WAIT).await.unwrap();
+fn server_restart_mid_conversation_delivers_every_message_once_in_order(dp: Dataplane) {
+    common::server::block_on(dp, async move {
+        let keys = Arc::new(Keys::generate());
+        let mut server = TestServer::start_on(dp, &keys.server_config());
+        let (alice, bob) = (1001, 1002);
+        let endpoints = vec![server.addr.to_string()];
+        let (a, mut a_events, _) = start(&keys, test_config(alice, endpoints.clone()));
+        let (b, mut b_events, _) = start(&keys, test_config(bob, endpoints));
+        a.wait_connected(WAIT).await.unwrap();
+        b.wait_connected(WAIT).await.unwrap();
 
-    let to_bob = ConversationKey::single(bob);
-    let mut ids = Vec::new();
-    for i in 0..10 {
-        ids.push(a.send_text(to_bob, &format!("m{i}")).unwrap());
-    }
-    // Stop the server while those are in flight, keep sending while it is down.
-    block_in_place(|| server.stop());
-    for i in 10..20 {
-        ids.push(a.send_text(to_bob, &format!("m{i}")).unwrap());
-    }
-    sleep(Duration::from_millis(300)).await;
-    block_in_place(|| server.restart_stopped());
-    for i in 20..30 {
-        ids.push(a.send_text(to_bob, &format!("m{i}")).unwrap());
-    }
+        let to_bob = ConversationKey::single(bob);
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            ids.push(a.send_text(to_bob, &format!("m{i}")).unwrap());
+        }
+        // Stop the server while those are in flight, keep sending while it is down.
+        block_in_place(|| server.stop());
+        for i in 10..20 {
+            ids.push(a.send_text(to_bob, &format!("m{i}")).unwrap());
+        }
+        sleep(Duration::from_millis(300)).await;
+        block_in_place(|| server.restart_stopped());
+        for i in 20..30 {
+            ids.push(a.send_text(to_bob, &format!("m{i}")).unwrap());
+        }
 
-    let (got, _) = messages(&mut b_events, 30, WAIT).await;
-    let expected: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
-    assert_eq!(texts(&got), expected);
-    assert_eq!(
-        got.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        (1..=30).collect::<Vec<u64>>()
-    );
-    assert!(
-        got.iter()
-            .all(|m| m.conversation == ConversationKey::single(alice))
-    );
-    // Nothing more arrives: no duplicates.
-    let late = drain(&mut b_events, Duration::from_millis(500)).await;
-    assert!(
-        !late.iter().any(|e| matches!(e, Event::Message(_))),
-        "duplicates: {late:?}"
-    );
+        let (got, _) = messages(&mut b_events, 30, WAIT).await;
+        let expected: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
+        assert_eq!(texts(&got), expected);
+        assert_eq!(
+            got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            (1..=30).collect::<Vec<u64>>()
+        );
+        assert!(
+            got.iter()
+                .all(|m| m.conversation == ConversationKey::single(alice))
+        );
+        // Nothing more arrives: no duplicates.
+        let late = drain(&mut b_events, Duration::from_millis(500)).await;
+        assert!(
+            !late.iter().any(|e| matches!(e, Event::Message(_))),
+            "duplicates: {late:?}"
+        );
 
-    // Alice saw each send acked once, and reconnected by herself.
-    let a_seen = drain(&mut a_events, Duration::from_millis(500)).await;
-    let acked: Vec<u64> = a_seen
-        .iter()
-        .filter_map(|e| match e {
-            Event::Acked { client_msg_id, .. } => Some(*client_msg_id),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(acked.len(), 30, "{a_seen:?}");
-    assert_eq!(
-        acked.iter().collect::<HashSet<_>>(),
-        ids.iter().collect::<HashSet<_>>()
-    );
-    let connects = a_seen
-        .iter()
-        .filter(|e| matches!(e, Event::State(ConnectionState::Connected { .. })))
-        .count();
-    let drops = a_seen
-        .iter()
-        .filter(|e| matches!(e, Event::State(ConnectionState::Disconnected { .. })))
-        .count();
-    assert!(connects >= 2 && drops >= 1, "no reconnect: {a_seen:?}");
-    assert_eq!(a.outbox_len().unwrap(), 0);
+        // Alice saw each send acked once, and reconnected by herself.
+        let a_seen = drain(&mut a_events, Duration::from_millis(500)).await;
+        let acked: Vec<u64> = a_seen
+            .iter()
+            .filter_map(|e| match e {
+                Event::Acked { client_msg_id, .. } => Some(*client_msg_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acked.len(), 30, "{a_seen:?}");
+        assert_eq!(
+            acked.iter().collect::<HashSet<_>>(),
+            ids.iter().collect::<HashSet<_>>()
+        );
+        let connects = a_seen
+            .iter()
+            .filter(|e| matches!(e, Event::State(ConnectionState::Connected { .. })))
+            .count();
+        let drops = a_seen
+            .iter()
+            .filter(|e| matches!(e, Event::State(ConnectionState::Disconnected { .. })))
+            .count();
+        assert!(connects >= 2 && drops >= 1, "no reconnect: {a_seen:?}");
+        assert_eq!(a.outbox_len().unwrap(), 0);
 
-    // The conversation list and history come from the local store.
-    let list = b.conversations().unwrap();
-    assert_eq!(list.len(), 1);
-    assert_eq!((list[0].last_seq, list[0].unread), (30, 30));
-    b.mark_read(ConversationKey::single(alice), 30)
-        .await
-        .unwrap();
-    assert_eq!(b.conversations().unwrap()[0].unread, 0);
-    let page = b
-        .load_history(ConversationKey::single(alice), 11, 5)
-        .await
-        .unwrap();
-    assert_eq!(texts(&page), ["m9", "m8", "m7", "m6", "m5"]);
+        // The conversation list and history come from the local store.
+        let list = b.conversations().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].last_seq, list[0].unread), (30, 30));
+        b.mark_read(ConversationKey::single(alice), 30)
+            .await
+            .unwrap();
+        assert_eq!(b.conversations().unwrap()[0].unread, 0);
+        let page = b
+            .load_history(ConversationKey::single(alice), 11, 5)
+            .await
+            .unwrap();
+        assert_eq!(texts(&page), ["m9", "m8", "m7", "m6", "m5"]);
+    })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_primary_endpoint_down_the_sdk_connects_to_the_backup() {
-    let keys = Arc::new(Keys::generate());
-    let server = TestServer::start(&keys.server_config());
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let (alice, bob) = (2001, 2002);
-    let endpoints = vec![dead.to_string(), server.addr.to_string()];
-    let (a, mut a_events, _) = start(&keys, test_config(alice, endpoints.clone()));
-    let (b, mut b_events, _) = start(&keys, test_config(bob, endpoints));
-    a.wait_connected(WAIT).await.unwrap();
-    b.wait_connected(WAIT).await.unwrap();
-    assert!(
-        matches!(a.state(), ConnectionState::Connected { endpoint, .. } if endpoint == server.addr.to_string())
-    );
-    let states = drain(&mut a_events, Duration::from_millis(200)).await;
-    assert!(
+fn with_the_primary_endpoint_down_the_sdk_connects_to_the_backup(dp: Dataplane) {
+    common::server::block_on(dp, async move {
+        let keys = Arc::new(Keys::generate());
+        let server = TestServer::start_on(dp, &keys.server_config());
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let (alice, bob) = (2001, 2002);
+        let endpoints = vec![dead.to_string(), server.addr.to_string()];
+        let (a, mut a_events, _) = start(&keys, test_config(alice, endpoints.clone()));
+        let (b, mut b_events, _) = start(&keys, test_config(bob, endpoints));
+        a.wait_connected(WAIT).await.unwrap();
+        b.wait_connected(WAIT).await.unwrap();
+        assert!(
+            matches!(a.state(), ConnectionState::Connected { endpoint, .. } if endpoint == server.addr.to_string())
+        );
+        let states = drain(&mut a_events, Duration::from_millis(200)).await;
+        assert!(
         states.iter().any(|e| matches!(e,
             Event::State(ConnectionState::Disconnected { reason, .. }) if reason.contains(&dead.to_string()))),
         "{states:?}"
     );
-    a.send_text(ConversationKey::single(bob), "via the backup")
-        .unwrap();
-    let (got, _) = messages(&mut b_events, 1, WAIT).await;
-    assert_eq!(texts(&got), ["via the backup"]);
+        a.send_text(ConversationKey::single(bob), "via the backup")
+            .unwrap();
+        let (got, _) = messages(&mut b_events, 1, WAIT).await;
+        assert_eq!(texts(&got), ["via the backup"]);
+    })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_expiring_mid_session_is_renewed_without_the_app_noticing() {
-    let keys = Arc::new(Keys::generate());
-    let server = TestServer::start(&keys.server_config());
-    let (alice, bob) = (3001, 3002);
-    let endpoints = vec![server.addr.to_string()];
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(alice, endpoints.clone());
-    config.token_cache_path = Some(dir.path().join("alice.token"));
-    let (provider, calls) = keys.provider(alice, &config.device_id, Duration::from_secs(3));
-    let (a, mut a_events) = petrel_sdk::Client::start(config, provider).unwrap();
-    let (b, mut b_events, _) = start(&keys, test_config(bob, endpoints));
-    a.wait_connected(WAIT).await.unwrap();
-    b.wait_connected(WAIT).await.unwrap();
+fn a_token_expiring_mid_session_is_renewed_without_the_app_noticing(dp: Dataplane) {
+    common::server::block_on(dp, async move {
+        let keys = Arc::new(Keys::generate());
+        let server = TestServer::start_on(dp, &keys.server_config());
+        let (alice, bob) = (3001, 3002);
+        let endpoints = vec![server.addr.to_string()];
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(alice, endpoints.clone());
+        config.token_cache_path = Some(dir.path().join("alice.token"));
+        let (provider, calls) = keys.provider(alice, &config.device_id, Duration::from_secs(3));
+        let (a, mut a_events) = petrel_sdk::Client::start(config, provider).unwrap();
+        let (b, mut b_events, _) = start(&keys, test_config(bob, endpoints));
+        a.wait_connected(WAIT).await.unwrap();
+        b.wait_connected(WAIT).await.unwrap();
 
-    // Outlive the first token (the server ends sessions whose token expired).
-    sleep(Duration::from_secs(5)).await;
-    a.send_text(ConversationKey::single(bob), "after expiry")
-        .unwrap();
-    let (got, _) = messages(&mut b_events, 1, WAIT).await;
-    assert_eq!(texts(&got), ["after expiry"]);
-    b.send_text(ConversationKey::single(alice), "still there?")
-        .unwrap();
-    let (got, seen) = messages(&mut a_events, 1, WAIT).await;
-    assert_eq!(texts(&got), ["still there?"]);
+        // Outlive the first token (the server ends sessions whose token expired).
+        sleep(Duration::from_secs(5)).await;
+        a.send_text(ConversationKey::single(bob), "after expiry")
+            .unwrap();
+        let (got, _) = messages(&mut b_events, 1, WAIT).await;
+        assert_eq!(texts(&got), ["after expiry"]);
+        b.send_text(ConversationKey::single(alice), "still there?")
+            .unwrap();
+        let (got, seen) = messages(&mut a_events, 1, WAIT).await;
+        assert_eq!(texts(&got), ["still there?"]);
 
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "provider asked again");
-    assert!(
-        seen.iter().any(|e| matches!(e, Event::TokenRenewed { .. })),
-        "{seen:?}"
-    );
-    let connects = seen
-        .iter()
-        .filter(|e| matches!(e, Event::State(ConnectionState::Connected { .. })))
-        .count();
-    assert_eq!(connects, 1, "the session was interrupted: {seen:?}");
-    assert!(matches!(a.state(), ConnectionState::Connected { .. }));
-    let cache = dir.path().join("alice.token");
-    let mode = std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
-    let text = std::fs::read_to_string(&cache).unwrap();
-    let expires: u64 = text.lines().next().unwrap().parse().unwrap();
-    let now = common::server::now().as_millis();
-    assert!(
-        expires > now + 3_600_000,
-        "cached token is not the renewed one"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_sdk_clients_exchange_messages_without_errors() {
-    let secs: u64 = std::env::var("PETREL_SDK_SOAK_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
-    const CLIENTS: u64 = 1000;
-    let keys = Arc::new(Keys::generate());
-    let server = TestServer::start(&keys.server_config());
-    let endpoints = vec![server.addr.to_string()];
-    let errors = Arc::new(AtomicU64::new(0));
-    let received: Arc<Vec<AtomicU64>> = Arc::new((0..CLIENTS).map(|_| AtomicU64::new(0)).collect());
-    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..CLIENTS).map(|_| AtomicU64::new(0)).collect());
-    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
-
-    let mut clients = Vec::new();
-    for batch in 0..CLIENTS / 100 {
-        let mut started = Vec::new();
-        for i in batch * 100..(batch + 1) * 100 {
-            let user = 10_000 + i;
-            let (client, mut events, _) = start(&keys, test_config(user, endpoints.clone()));
-            let (errors, received, first_error) =
-                (errors.clone(), received.clone(), first_error.clone());
-            tokio::spawn(async move {
-                // Messages from the partner must be n0, n1, n2, … exactly once each.
-                while let Some(event) = events.recv().await {
-                    let problem = match &event {
-                        Event::Message(m) => {
-                            let expected = received[i as usize].load(Ordering::SeqCst);
-                            if m.text() == Some(format!("n{expected}").as_str()) {
-                                received[i as usize].fetch_add(1, Ordering::SeqCst);
-                                None
-                            } else {
-                                Some(format!("client {i} expected n{expected}, got {m:?}"))
-                            }
-                        }
-                        Event::Kicked { .. }
-                        | Event::SendFailed { .. }
-                        | Event::State(ConnectionState::Disconnected { .. })
-                        | Event::State(ConnectionState::Stopped { .. }) => {
-                            Some(format!("client {i}: {event:?}"))
-                        }
-                        _ => None,
-                    };
-                    if let Some(p) = problem {
-                        errors.fetch_add(1, Ordering::SeqCst);
-                        first_error.lock().unwrap().get_or_insert(p);
-                    }
-                }
-            });
-            started.push(client);
-        }
-        for c in &started {
-            c.wait_connected(WAIT).await.unwrap();
-        }
-        clients.extend(started);
-    }
-
-    // Pairs (2k, 2k+1) talk to each other, one message a second each.
-    let end = Instant::now() + Duration::from_secs(secs);
-    let mut senders = Vec::new();
-    for (i, client) in clients.iter().enumerate() {
-        let (client, sent) = (client.clone(), sent.clone());
-        let partner = ConversationKey::single(10_000 + (i as u64 ^ 1));
-        senders.push(tokio::spawn(async move {
-            // Spread the sends over the second.
-            sleep(Duration::from_millis((i as u64 * 7) % 1000)).await;
-            let mut n = 0;
-            while Instant::now() < end {
-                client.send_text(partner, &format!("n{n}")).unwrap();
-                n += 1;
-                sent[i].store(n, Ordering::SeqCst);
-                sleep(Duration::from_secs(1)).await;
-            }
-        }));
-    }
-    for s in senders {
-        s.await.unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let behind = (0..CLIENTS as usize)
-            .filter(|&i| received[i].load(Ordering::SeqCst) < sent[i ^ 1].load(Ordering::SeqCst))
-            .count();
-        if behind == 0 {
-            break;
-        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "provider asked again");
         assert!(
-            Instant::now() < deadline,
-            "{behind} clients still missing messages"
+            seen.iter().any(|e| matches!(e, Event::TokenRenewed { .. })),
+            "{seen:?}"
         );
-        sleep(Duration::from_millis(200)).await;
-    }
-    let total: u64 = sent.iter().map(|s| s.load(Ordering::SeqCst)).sum();
-    assert!(
-        total >= CLIENTS * secs.max(1) / 2,
-        "only {total} messages sent"
-    );
-    assert_eq!(
-        errors.load(Ordering::SeqCst),
-        0,
-        "first error: {:?}",
-        first_error.lock().unwrap()
-    );
-    for c in &clients {
-        assert_eq!(c.outbox_len().unwrap(), 0);
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_cached_token_makes_one_provider_call_and_a_refused_fresh_one_stops() {
-    let keys = Arc::new(Keys::generate());
-    let server = TestServer::start(&keys.server_config());
-    let dir = tempfile::tempdir().unwrap();
-    let user = 4001;
-
-    // A cached token the server refuses (signed by another deployment's key).
-    let other = Keys::generate();
-    let cache_path = dir.path().join("token");
-    let forged = other.mint(user, &format!("dev-{user}"), Duration::from_secs(3600));
-    std::fs::write(
-        &cache_path,
-        format!("{}\n{}\n", forged.expires_at_ms, forged.token),
-    )
-    .unwrap();
-    let mut config = test_config(user, vec![server.addr.to_string()]);
-    config.token_cache_path = Some(cache_path.clone());
-    let (client, _events, calls) = start(&keys, config);
-    client.wait_connected(WAIT).await.unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
-    client.shutdown(false).await;
-
-    // A provider whose tokens are always refused: asked once, then the client stops.
-    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = refused.clone();
-    let provider = petrel_sdk::token_fn(move || {
-        counter.fetch_add(1, Ordering::SeqCst);
-        Ok(other.mint(4002, "dev-4002", Duration::from_secs(3600)))
-    });
-    let (client, mut events) =
-        petrel_sdk::Client::start(test_config(4002, vec![server.addr.to_string()]), provider)
-            .unwrap();
-    let stopped = timeout(WAIT, async {
-        loop {
-            match events.recv().await {
-                Some(Event::State(ConnectionState::Stopped { reason })) => return reason,
-                Some(_) => {}
-                None => panic!("event stream closed"),
-            }
-        }
-    })
-    .await
-    .expect("the client stops");
-    assert!(stopped.contains("refused"), "{stopped}");
-    sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        refused.load(Ordering::SeqCst),
-        1,
-        "provider called in a loop"
-    );
-    assert!(matches!(client.state(), ConnectionState::Stopped { .. }));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_pong_makes_the_sdk_reconnect_and_resent_sends_are_stored_once() {
-    let keys = Arc::new(Keys::generate());
-    let server = TestServer::start(&keys.server_config());
-    let (b, mut b_events, _) = start(&keys, test_config(5002, vec![server.addr.to_string()]));
-    b.wait_connected(WAIT).await.unwrap();
-    let mut config = test_config(5001, vec![server.addr.to_string()]);
-    config.heartbeat_interval = Duration::from_millis(300);
-    config.pong_timeout = Duration::from_millis(500);
-    config.login_timeout = Duration::from_secs(1);
-    let (client, mut events, _) = start(&keys, config);
-    client.wait_connected(WAIT).await.unwrap();
-    // Pongs flow: a few heartbeats pass without a reconnect.
-    let quiet = drain(&mut events, Duration::from_millis(1500)).await;
-    assert!(
-        !quiet
+        let connects = seen
             .iter()
-            .any(|e| matches!(e, Event::State(ConnectionState::Disconnected { .. }))),
-        "{quiet:?}"
-    );
-    // Freeze the server: pings go unanswered.
-    let pid = server.pid().to_string();
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    };
-    signal("-STOP");
-    // These reach the frozen server's socket buffer; their acks will go to a dead
-    // connection, so the SDK resends them and the server's dedup must store each once.
-    for i in 0..5 {
-        client
-            .send_text(ConversationKey::single(5002), &format!("frozen {i}"))
-            .unwrap();
-    }
-    let reason = timeout(WAIT, async {
-        loop {
-            if let Some(Event::State(ConnectionState::Disconnected { reason, .. })) =
-                events.recv().await
-            {
-                return reason;
-            }
-        }
+            .filter(|e| matches!(e, Event::State(ConnectionState::Connected { .. })))
+            .count();
+        assert_eq!(connects, 1, "the session was interrupted: {seen:?}");
+        assert!(matches!(a.state(), ConnectionState::Connected { .. }));
+        let cache = dir.path().join("alice.token");
+        let mode = std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let text = std::fs::read_to_string(&cache).unwrap();
+        let expires: u64 = text.lines().next().unwrap().parse().unwrap();
+        let now = common::server::now().as_millis();
+        assert!(
+            expires > now + 3_600_000,
+            "cached token is not the renewed one"
+        );
     })
-    .await;
-    signal("-CONT");
-    let reason = reason.expect("no disconnect while the server was frozen");
-    assert!(reason.contains("no pong"), "{reason}");
-    client.wait_connected(WAIT).await.unwrap();
-
-    let (got, _) = messages(&mut b_events, 5, WAIT).await;
-    let expected: Vec<String> = (0..5).map(|i| format!("frozen {i}")).collect();
-    assert_eq!(texts(&got), expected);
-    assert_eq!(
-        got.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5]
-    );
-    let late = drain(&mut b_events, Duration::from_millis(500)).await;
-    assert!(
-        !late.iter().any(|e| matches!(e, Event::Message(_))),
-        "duplicates: {late:?}"
-    );
-    let acked = drain(&mut events, Duration::from_millis(300))
-        .await
-        .iter()
-        .filter(|e| matches!(e, Event::Acked { .. }))
-        .count();
-    assert_eq!(acked, 5);
-    assert_eq!(client.outbox_len().unwrap(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn groups_chatrooms_and_public_accounts_through_the_sdk() {
-    let keys = Arc::new(Keys::generate());
-    let server = TestServer::start(&keys.server_config());
-    let endpoints = vec![server.addr.to_string()];
-    let (owner, member) = (7001, 7002);
-    let (o, _o_events, _) = start(&keys, test_config(owner, endpoints.clone()));
-    let (m, mut m_events, _) = start(&keys, test_config(member, endpoints));
-    o.wait_connected(WAIT).await.unwrap();
-    m.wait_connected(WAIT).await.unwrap();
+fn a_thousand_sdk_clients_exchange_messages_without_errors(dp: Dataplane) {
+    common::server::block_on(dp, async move {
+        let secs: u64 = std::env::var("PETREL_SDK_SOAK_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60);
+        const CLIENTS: u64 = 1000;
+        let keys = Arc::new(Keys::generate());
+        let server = TestServer::start_on(dp, &keys.server_config());
+        let endpoints = vec![server.addr.to_string()];
+        let errors = Arc::new(AtomicU64::new(0));
+        let received: Arc<Vec<AtomicU64>> =
+            Arc::new((0..CLIENTS).map(|_| AtomicU64::new(0)).collect());
+        let sent: Arc<Vec<AtomicU64>> = Arc::new((0..CLIENTS).map(|_| AtomicU64::new(0)).collect());
+        let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
 
-    // Group: created with a member, who receives its messages.
-    let group = o.create_group("team", &[member]).await.unwrap();
-    assert_eq!(group.kind, petrel_sdk::pb::ConversationKind::Group);
-    let members: HashSet<u64> = o
-        .list_members(group)
-        .await
-        .unwrap()
-        .iter()
-        .map(|x| x.user_id)
-        .collect();
-    assert_eq!(members, HashSet::from([owner, member]));
-    o.send_text(group, "welcome").unwrap();
-    o.send_emoji(group, "🎉", "").unwrap();
-    let (got, _) = messages(&mut m_events, 2, WAIT).await;
-    assert_eq!(got[0].text(), Some("welcome"));
-    assert_eq!(got[1].conversation, group);
-    assert_eq!(got.iter().map(|x| x.seq).collect::<Vec<_>>(), [1, 2]);
+        let mut clients = Vec::new();
+        for batch in 0..CLIENTS / 100 {
+            let mut started = Vec::new();
+            for i in batch * 100..(batch + 1) * 100 {
+                let user = 10_000 + i;
+                let (client, mut events, _) = start(&keys, test_config(user, endpoints.clone()));
+                let (errors, received, first_error) =
+                    (errors.clone(), received.clone(), first_error.clone());
+                tokio::spawn(async move {
+                    // Messages from the partner must be n0, n1, n2, … exactly once each.
+                    while let Some(event) = events.recv().await {
+                        let problem = match &event {
+                            Event::Message(m) => {
+                                let expected = received[i as usize].load(Ordering::SeqCst);
+                                if m.text() == Some(format!("n{expected}").as_str()) {
+                                    received[i as usize].fetch_add(1, Ordering::SeqCst);
+                                    None
+                                } else {
+                                    Some(format!("client {i} expected n{expected}, got {m:?}"))
+                                }
+                            }
+                            Event::Kicked { .. }
+                            | Event::SendFailed { .. }
+                            | Event::State(ConnectionState::Disconnected { .. })
+                            | Event::State(ConnectionState::Stopped { .. }) => {
+                                Some(format!("client {i}: {event:?}"))
+                            }
+                            _ => None,
+                        };
+                        if let Some(p) = problem {
+                            errors.fetch_add(1, Ordering::SeqCst);
+                            first_error.lock().unwrap().get_or_insert(p);
+                        }
+                    }
+                });
+                started.push(client);
+            }
+            for c in &started {
+                c.wait_connected(WAIT).await.unwrap();
+            }
+            clients.extend(started);
+        }
 
-    // Chatroom: both join, the member sees the owner online and gets the message.
-    o.join_chatroom(900).await.unwrap();
-    let joined = m.join_chatroom(900).await.unwrap();
-    assert!(joined.members.iter().any(|x| x.user_id == owner));
-    o.send_text(ConversationKey::chatroom(900), "in the room")
+        // Pairs (2k, 2k+1) talk to each other, one message a second each.
+        let end = Instant::now() + Duration::from_secs(secs);
+        let mut senders = Vec::new();
+        for (i, client) in clients.iter().enumerate() {
+            let (client, sent) = (client.clone(), sent.clone());
+            let partner = ConversationKey::single(10_000 + (i as u64 ^ 1));
+            senders.push(tokio::spawn(async move {
+                // Spread the sends over the second.
+                sleep(Duration::from_millis((i as u64 * 7) % 1000)).await;
+                let mut n = 0;
+                while Instant::now() < end {
+                    client.send_text(partner, &format!("n{n}")).unwrap();
+                    n += 1;
+                    sent[i].store(n, Ordering::SeqCst);
+                    sleep(Duration::from_secs(1)).await;
+                }
+            }));
+        }
+        for s in senders {
+            s.await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let behind = (0..CLIENTS as usize)
+                .filter(|&i| {
+                    received[i].load(Ordering::SeqCst) < sent[i ^ 1].load(Ordering::SeqCst)
+                })
+                .count();
+            if behind == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{behind} clients still missing messages"
+            );
+            sleep(Duration::from_millis(200)).await;
+        }
+        let total: u64 = sent.iter().map(|s| s.load(Ordering::SeqCst)).sum();
+        assert!(
+            total >= CLIENTS * secs.max(1) / 2,
+            "only {total} messages sent"
+        );
+        assert_eq!(
+            errors.load(Ordering::SeqCst),
+            0,
+            "first error: {:?}",
+            first_error.lock().unwrap()
+        );
+        for c in &clients {
+            assert_eq!(c.outbox_len().unwrap(), 0);
+        }
+    })
+}
+
+fn a_refused_cached_token_makes_one_provider_call_and_a_refused_fresh_one_stops(dp: Dataplane) {
+    common::server::block_on(dp, async move {
+        let keys = Arc::new(Keys::generate());
+        let server = TestServer::start_on(dp, &keys.server_config());
+        let dir = tempfile::tempdir().unwrap();
+        let user = 4001;
+
+        // A cached token the server refuses (signed by another deployment's key).
+        let other = Keys::generate();
+        let cache_path = dir.path().join("token");
+        let forged = other.mint(user, &format!("dev-{user}"), Duration::from_secs(3600));
+        std::fs::write(
+            &cache_path,
+            format!("{}\n{}\n", forged.expires_at_ms, forged.token),
+        )
         .unwrap();
-    let (got, _) = messages(&mut m_events, 1, WAIT).await;
-    assert_eq!(
-        (got[0].conversation, got[0].text()),
-        (ConversationKey::chatroom(900), Some("in the room"))
-    );
-    m.leave_chatroom(900).await.unwrap();
+        let mut config = test_config(user, vec![server.addr.to_string()]);
+        config.token_cache_path = Some(cache_path.clone());
+        let (client, _events, calls) = start(&keys, config);
+        client.wait_connected(WAIT).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        client.shutdown(false).await;
 
-    // Public account: the follower gets the owner's posts.
-    let account = o.create_public_account("news").await.unwrap();
-    m.follow(account.id).await.unwrap();
-    let media = petrel_sdk::content::media("https://media.example/a.jpg", 1234, "image/jpeg");
-    o.send_image(account, media, 640, 480).unwrap();
-    let (got, _) = messages(&mut m_events, 1, WAIT).await;
-    assert_eq!(got[0].conversation, account);
-    assert!(matches!(
-        got[0].content.body,
-        Some(petrel_sdk::pb::content::Body::Image(ref i)) if i.width == 640
-    ));
+        // A provider whose tokens are always refused: asked once, then the client stops.
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = refused.clone();
+        let provider = petrel_sdk::token_fn(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(other.mint(4002, "dev-4002", Duration::from_secs(3600)))
+        });
+        let (client, mut events) =
+            petrel_sdk::Client::start(test_config(4002, vec![server.addr.to_string()]), provider)
+                .unwrap();
+        let stopped = timeout(WAIT, async {
+            loop {
+                match events.recv().await {
+                    Some(Event::State(ConnectionState::Stopped { reason })) => return reason,
+                    Some(_) => {}
+                    None => panic!("event stream closed"),
+                }
+            }
+        })
+        .await
+        .expect("the client stops");
+        assert!(stopped.contains("refused"), "{stopped}");
+        sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            refused.load(Ordering::SeqCst),
+            1,
+            "provider called in a loop"
+        );
+        assert!(matches!(client.state(), ConnectionState::Stopped { .. }));
+    })
+}
 
-    // Unread counts, and mark read.
-    let unread: Vec<(ConversationKey, u64)> = m
-        .conversations()
-        .unwrap()
-        .iter()
-        .map(|c| (c.conversation, c.unread))
-        .collect();
-    assert!(unread.contains(&(group, 2)), "{unread:?}");
-    m.mark_read(group, 2).await.unwrap();
-    let after = m.conversations().unwrap();
-    assert_eq!(
-        after
+fn a_missing_pong_makes_the_sdk_reconnect_and_resent_sends_are_stored_once(dp: Dataplane) {
+    common::server::block_on(dp, async move {
+        let keys = Arc::new(Keys::generate());
+        let server = TestServer::start_on(dp, &keys.server_config());
+        let (b, mut b_events, _) = start(&keys, test_config(5002, vec![server.addr.to_string()]));
+        b.wait_connected(WAIT).await.unwrap();
+        let mut config = test_config(5001, vec![server.addr.to_string()]);
+        config.heartbeat_interval = Duration::from_millis(300);
+        config.pong_timeout = Duration::from_millis(500);
+        config.login_timeout = Duration::from_secs(1);
+        let (client, mut events, _) = start(&keys, config);
+        client.wait_connected(WAIT).await.unwrap();
+        // Pongs flow: a few heartbeats pass without a reconnect.
+        let quiet = drain(&mut events, Duration::from_millis(1500)).await;
+        assert!(
+            !quiet
+                .iter()
+                .any(|e| matches!(e, Event::State(ConnectionState::Disconnected { .. }))),
+            "{quiet:?}"
+        );
+        // Freeze the server: pings go unanswered.
+        let pid = server.pid().to_string();
+        let signal = |sig: &str| {
+            let ok = std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "kill {sig}");
+        };
+        signal("-STOP");
+        // These reach the frozen server's socket buffer; their acks will go to a dead
+        // connection, so the SDK resends them and the server's dedup must store each once.
+        for i in 0..5 {
+            client
+                .send_text(ConversationKey::single(5002), &format!("frozen {i}"))
+                .unwrap();
+        }
+        let reason = timeout(WAIT, async {
+            loop {
+                if let Some(Event::State(ConnectionState::Disconnected { reason, .. })) =
+                    events.recv().await
+                {
+                    return reason;
+                }
+            }
+        })
+        .await;
+        signal("-CONT");
+        let reason = reason.expect("no disconnect while the server was frozen");
+        assert!(reason.contains("no pong"), "{reason}");
+        client.wait_connected(WAIT).await.unwrap();
+
+        let (got, _) = messages(&mut b_events, 5, WAIT).await;
+        let expected: Vec<String> = (0..5).map(|i| format!("frozen {i}")).collect();
+        assert_eq!(texts(&got), expected);
+        assert_eq!(
+            got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        let late = drain(&mut b_events, Duration::from_millis(500)).await;
+        assert!(
+            !late.iter().any(|e| matches!(e, Event::Message(_))),
+            "duplicates: {late:?}"
+        );
+        let acked = drain(&mut events, Duration::from_millis(300))
+            .await
             .iter()
-            .find(|c| c.conversation == group)
-            .unwrap()
-            .unread,
-        0
-    );
+            .filter(|e| matches!(e, Event::Acked { .. }))
+            .count();
+        assert_eq!(acked, 5);
+        assert_eq!(client.outbox_len().unwrap(), 0);
+    })
+}
 
-    // Removing the member: a permission-checked operation the server answers.
-    o.remove_members(group.id, &[member]).await.unwrap();
-    let err = m.add_members(group.id, &[7003]).await.unwrap_err();
-    assert!(matches!(err, petrel_sdk::SdkError::Server { .. }), "{err}");
+fn groups_chatrooms_and_public_accounts_through_the_sdk(dp: Dataplane) {
+    common::server::block_on(dp, async move {
+        let keys = Arc::new(Keys::generate());
+        let server = TestServer::start_on(dp, &keys.server_config());
+        let endpoints = vec![server.addr.to_string()];
+        let (owner, member) = (7001, 7002);
+        let (o, _o_events, _) = start(&keys, test_config(owner, endpoints.clone()));
+        let (m, mut m_events, _) = start(&keys, test_config(member, endpoints));
+        o.wait_connected(WAIT).await.unwrap();
+        m.wait_connected(WAIT).await.unwrap();
+
+        // Group: created with a member, who receives its messages.
+        let group = o.create_group("team", &[member]).await.unwrap();
+        assert_eq!(group.kind, petrel_sdk::pb::ConversationKind::Group);
+        let members: HashSet<u64> = o
+            .list_members(group)
+            .await
+            .unwrap()
+            .iter()
+            .map(|x| x.user_id)
+            .collect();
+        assert_eq!(members, HashSet::from([owner, member]));
+        o.send_text(group, "welcome").unwrap();
+        o.send_emoji(group, "🎉", "").unwrap();
+        let (got, _) = messages(&mut m_events, 2, WAIT).await;
+        assert_eq!(got[0].text(), Some("welcome"));
+        assert_eq!(got[1].conversation, group);
+        assert_eq!(got.iter().map(|x| x.seq).collect::<Vec<_>>(), [1, 2]);
+
+        // Chatroom: both join, the member sees the owner online and gets the message.
+        o.join_chatroom(900).await.unwrap();
+        let joined = m.join_chatroom(900).await.unwrap();
+        assert!(joined.members.iter().any(|x| x.user_id == owner));
+        o.send_text(ConversationKey::chatroom(900), "in the room")
+            .unwrap();
+        let (got, _) = messages(&mut m_events, 1, WAIT).await;
+        assert_eq!(
+            (got[0].conversation, got[0].text()),
+            (ConversationKey::chatroom(900), Some("in the room"))
+        );
+        m.leave_chatroom(900).await.unwrap();
+
+        // Public account: the follower gets the owner's posts.
+        let account = o.create_public_account("news").await.unwrap();
+        m.follow(account.id).await.unwrap();
+        let media = petrel_sdk::content::media("https://media.example/a.jpg", 1234, "image/jpeg");
+        o.send_image(account, media, 640, 480).unwrap();
+        let (got, _) = messages(&mut m_events, 1, WAIT).await;
+        assert_eq!(got[0].conversation, account);
+        assert!(matches!(
+            got[0].content.body,
+            Some(petrel_sdk::pb::content::Body::Image(ref i)) if i.width == 640
+        ));
+
+        // Unread counts, and mark read.
+        let unread: Vec<(ConversationKey, u64)> = m
+            .conversations()
+            .unwrap()
+            .iter()
+            .map(|c| (c.conversation, c.unread))
+            .collect();
+        assert!(unread.contains(&(group, 2)), "{unread:?}");
+        m.mark_read(group, 2).await.unwrap();
+        let after = m.conversations().unwrap();
+        assert_eq!(
+            after
+                .iter()
+                .find(|c| c.conversation == group)
+                .unwrap()
+                .unread,
+            0
+        );
+
+        // Removing the member: a permission-checked operation the server answers.
+        o.remove_members(group.id, &[member]).await.unwrap();
+        let err = m.add_members(group.id, &[7003]).await.unwrap_err();
+        assert!(matches!(err, petrel_sdk::SdkError::Server { .. }), "{err}");
+    })
 }
 
 /// Waits until the client reports a lost connection and then a new session.
@@ -559,135 +571,151 @@ async fn reconnected(events: &mut Events) {
     .expect("no reconnect");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chatrooms_are_rejoined_after_a_reconnect() {
-    let keys = Arc::new(Keys::generate());
-    let mut server = TestServer::start(&keys.server_config());
-    let endpoints = vec![server.addr.to_string()];
-    let (a, mut a_events, _) = start(&keys, test_config(8001, endpoints.clone()));
-    let (b, mut b_events, _) = start(&keys, test_config(8002, endpoints));
-    a.wait_connected(WAIT).await.unwrap();
-    b.wait_connected(WAIT).await.unwrap();
-    a.join_chatroom(55).await.unwrap();
-    b.join_chatroom(55).await.unwrap();
+fn chatrooms_are_rejoined_after_a_reconnect(dp: Dataplane) {
+    common::server::block_on(dp, async move {
+        let keys = Arc::new(Keys::generate());
+        let mut server = TestServer::start_on(dp, &keys.server_config());
+        let endpoints = vec![server.addr.to_string()];
+        let (a, mut a_events, _) = start(&keys, test_config(8001, endpoints.clone()));
+        let (b, mut b_events, _) = start(&keys, test_config(8002, endpoints));
+        a.wait_connected(WAIT).await.unwrap();
+        b.wait_connected(WAIT).await.unwrap();
+        a.join_chatroom(55).await.unwrap();
+        b.join_chatroom(55).await.unwrap();
 
-    block_in_place(|| server.restart());
-    reconnected(&mut a_events).await;
-    reconnected(&mut b_events).await;
+        block_in_place(|| server.restart());
+        reconnected(&mut a_events).await;
+        reconnected(&mut b_events).await;
 
-    // Both SDKs rejoin the room on their own after reconnecting. A chatroom is
-    // online-only, so wait until the server lists both before sending: a message sent
-    // before `b` is back in the room is rightly never delivered to it.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let online: HashSet<u64> = b
-            .list_members(ConversationKey::chatroom(55))
-            .await
-            .unwrap()
-            .iter()
-            .map(|m| m.user_id)
-            .collect();
-        if online == HashSet::from([8001, 8002]) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "both clients were not back in the room within {WAIT:?}: {online:?}"
-        );
-        sleep(Duration::from_millis(50)).await;
-    }
-
-    a.send_text(ConversationKey::chatroom(55), "back in the room")
-        .unwrap();
-    let (got, _) = messages(&mut b_events, 1, WAIT).await;
-    assert_eq!(got[0].text(), Some("back in the room"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_outbox_survives_an_app_restart_and_history_pages_come_from_the_server() {
-    let keys = Arc::new(Keys::generate());
-    let mut server = TestServer::start(&keys.server_config());
-    let endpoints = vec![server.addr.to_string()];
-    let dir = tempfile::tempdir().unwrap();
-    let (alice, bob) = (9001, 9002);
-    let alice_config = || {
-        let mut c = test_config(alice, endpoints.clone());
-        c.store_path = Some(dir.path().join("alice.sqlite"));
-        c.token_cache_path = Some(dir.path().join("alice.token"));
-        c
-    };
-
-    // Alice queues messages while the server is down, then the app quits.
-    block_in_place(|| server.stop());
-    let (a, _a_events, _) = start(&keys, alice_config());
-    for i in 0..5 {
-        a.send_text(ConversationKey::single(bob), &format!("queued {i}"))
-            .unwrap();
-    }
-    a.shutdown(false).await;
-    assert_eq!(a.outbox_len().unwrap(), 5);
-    drop(a);
-
-    // The app starts again with the same store: the outbox goes out.
-    block_in_place(|| server.restart_stopped());
-    let (a, mut a_events, _) = start(&keys, alice_config());
-    let (b, mut b_events, _) = start(&keys, test_config(bob, vec![server.addr.to_string()]));
-    let (got, _) = messages(&mut b_events, 5, WAIT).await;
-    let expected: Vec<String> = (0..5).map(|i| format!("queued {i}")).collect();
-    assert_eq!(texts(&got), expected);
-    let acked = drain(&mut a_events, Duration::from_millis(300)).await;
-    assert_eq!(
-        acked
-            .iter()
-            .filter(|e| matches!(e, Event::Acked { .. }))
-            .count(),
-        5
-    );
-    assert_eq!(a.outbox_len().unwrap(), 0);
-
-    // A public account posted to before bob followed: bob's history comes from the
-    // server, page by page, and is stored for next time.
-    let account = a.create_public_account("alice news").await.unwrap();
-    for i in 0..4 {
-        a.send_text(account, &format!("post {i}")).unwrap();
-    }
-    let _ = drain(&mut a_events, Duration::from_millis(500)).await;
-    b.wait_connected(WAIT).await.unwrap();
-    b.follow(account.id).await.unwrap();
-    let page = b.load_history(account, 0, 2).await.unwrap();
-    assert_eq!(texts(&page), ["post 3", "post 2"]);
-    let older = b.load_history(account, page[1].seq, 10).await.unwrap();
-    assert_eq!(texts(&older), ["post 1", "post 0"]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconnect_now_skips_a_long_back_off() {
-    let keys = Arc::new(Keys::generate());
-    let mut server = TestServer::start(&keys.server_config());
-    block_in_place(|| server.stop());
-    let mut config = test_config(12_001, vec![server.addr.to_string()]);
-    config.backoff.base = Duration::from_secs(120);
-    config.backoff.cap = Duration::from_secs(120);
-    let (client, mut events, _) = start(&keys, config);
-    let retry_in = timeout(WAIT, async {
+        // Both SDKs rejoin the room on their own after reconnecting. A chatroom is
+        // online-only, so wait until the server lists both before sending: a message sent
+        // before `b` is back in the room is rightly never delivered to it.
+        let deadline = Instant::now() + WAIT;
         loop {
-            if let Some(Event::State(ConnectionState::Disconnected { retry_in, .. })) =
-                events.recv().await
-            {
-                return retry_in;
+            let online: HashSet<u64> = b
+                .list_members(ConversationKey::chatroom(55))
+                .await
+                .unwrap()
+                .iter()
+                .map(|m| m.user_id)
+                .collect();
+            if online == HashSet::from([8001, 8002]) {
+                break;
             }
+            assert!(
+                Instant::now() < deadline,
+                "both clients were not back in the room within {WAIT:?}: {online:?}"
+            );
+            sleep(Duration::from_millis(50)).await;
         }
+
+        a.send_text(ConversationKey::chatroom(55), "back in the room")
+            .unwrap();
+        let (got, _) = messages(&mut b_events, 1, WAIT).await;
+        assert_eq!(got[0].text(), Some("back in the room"));
     })
-    .await
-    .expect("the first attempt fails");
-    assert!(
-        retry_in > Duration::from_secs(20),
-        "jitter drew {retry_in:?}; pick another seed so the back-off is long"
-    );
-    block_in_place(|| server.restart_stopped());
-    client.reconnect_now();
-    client
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .expect("reconnect_now did not cut the back-off short");
 }
+
+fn the_outbox_survives_an_app_restart_and_history_pages_come_from_the_server(dp: Dataplane) {
+    common::server::block_on(dp, async move {
+        let keys = Arc::new(Keys::generate());
+        let mut server = TestServer::start_on(dp, &keys.server_config());
+        let endpoints = vec![server.addr.to_string()];
+        let dir = tempfile::tempdir().unwrap();
+        let (alice, bob) = (9001, 9002);
+        let alice_config = || {
+            let mut c = test_config(alice, endpoints.clone());
+            c.store_path = Some(dir.path().join("alice.sqlite"));
+            c.token_cache_path = Some(dir.path().join("alice.token"));
+            c
+        };
+
+        // Alice queues messages while the server is down, then the app quits.
+        block_in_place(|| server.stop());
+        let (a, _a_events, _) = start(&keys, alice_config());
+        for i in 0..5 {
+            a.send_text(ConversationKey::single(bob), &format!("queued {i}"))
+                .unwrap();
+        }
+        a.shutdown(false).await;
+        assert_eq!(a.outbox_len().unwrap(), 5);
+        drop(a);
+
+        // The app starts again with the same store: the outbox goes out.
+        block_in_place(|| server.restart_stopped());
+        let (a, mut a_events, _) = start(&keys, alice_config());
+        let (b, mut b_events, _) = start(&keys, test_config(bob, vec![server.addr.to_string()]));
+        let (got, _) = messages(&mut b_events, 5, WAIT).await;
+        let expected: Vec<String> = (0..5).map(|i| format!("queued {i}")).collect();
+        assert_eq!(texts(&got), expected);
+        let acked = drain(&mut a_events, Duration::from_millis(300)).await;
+        assert_eq!(
+            acked
+                .iter()
+                .filter(|e| matches!(e, Event::Acked { .. }))
+                .count(),
+            5
+        );
+        assert_eq!(a.outbox_len().unwrap(), 0);
+
+        // A public account posted to before bob followed: bob's history comes from the
+        // server, page by page, and is stored for next time.
+        let account = a.create_public_account("alice news").await.unwrap();
+        for i in 0..4 {
+            a.send_text(account, &format!("post {i}")).unwrap();
+        }
+        let _ = drain(&mut a_events, Duration::from_millis(500)).await;
+        b.wait_connected(WAIT).await.unwrap();
+        b.follow(account.id).await.unwrap();
+        let page = b.load_history(account, 0, 2).await.unwrap();
+        assert_eq!(texts(&page), ["post 3", "post 2"]);
+        let older = b.load_history(account, page[1].seq, 10).await.unwrap();
+        assert_eq!(texts(&older), ["post 1", "post 0"]);
+    })
+}
+
+fn reconnect_now_skips_a_long_back_off(dp: Dataplane) {
+    common::server::block_on(dp, async move {
+        let keys = Arc::new(Keys::generate());
+        let mut server = TestServer::start_on(dp, &keys.server_config());
+        block_in_place(|| server.stop());
+        let mut config = test_config(12_001, vec![server.addr.to_string()]);
+        config.backoff.base = Duration::from_secs(120);
+        config.backoff.cap = Duration::from_secs(120);
+        let (client, mut events, _) = start(&keys, config);
+        let retry_in = timeout(WAIT, async {
+            loop {
+                if let Some(Event::State(ConnectionState::Disconnected { retry_in, .. })) =
+                    events.recv().await
+                {
+                    return retry_in;
+                }
+            }
+        })
+        .await
+        .expect("the first attempt fails");
+        assert!(
+            retry_in > Duration::from_secs(20),
+            "jitter drew {retry_in:?}; pick another seed so the back-off is long"
+        );
+        block_in_place(|| server.restart_stopped());
+        client.reconnect_now();
+        client
+            .wait_connected(Duration::from_secs(10))
+            .await
+            .expect("reconnect_now did not cut the back-off short");
+    })
+}
+
+dataplane_tests!(
+    server_restart_mid_conversation_delivers_every_message_once_in_order,
+    with_the_primary_endpoint_down_the_sdk_connects_to_the_backup,
+    a_token_expiring_mid_session_is_renewed_without_the_app_noticing,
+    a_thousand_sdk_clients_exchange_messages_without_errors,
+    a_refused_cached_token_makes_one_provider_call_and_a_refused_fresh_one_stops,
+    a_missing_pong_makes_the_sdk_reconnect_and_resent_sends_are_stored_once,
+    groups_chatrooms_and_public_accounts_through_the_sdk,
+    chatrooms_are_rejoined_after_a_reconnect,
+    the_outbox_survives_an_app_restart_and_history_pages_come_from_the_server,
+    reconnect_now_skips_a_long_back_off,
+);

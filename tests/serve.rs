@@ -1,18 +1,19 @@
-//! End-to-end tests of `petrel serve` on kernel sockets: the real binary, real TCP on
-//! loopback, RocksDB in a temporary directory.
+//! End-to-end tests of `petrel serve`: the real binary, real TCP, RocksDB in a temporary
+//! directory — each test once on kernel sockets over loopback (`NAME::kernel`) and once on
+//! the AF_XDP dataplane over the veth lab (`NAME::xdp`, root only).
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
 use common::client::{single, text_of};
-use common::{TestClient, TestServer};
+use common::{Dataplane, TestClient, TestServer};
 use petrel_proto::header::{FrameHeader, HeaderRepr};
 use petrel_proto::{Body, FrameFlags, FrameType, pb};
 
-#[test]
-fn one_to_one_chat_both_ways_then_restart_and_sync_history_exactly_once() {
-    let mut server = TestServer::start("");
+fn one_to_one_chat_both_ways_then_restart_and_sync_history_exactly_once(dp: Dataplane) {
+    let mut server = TestServer::start_on(dp, "");
     let (alice, bob) = (101, 202);
     let mut a = TestClient::login(
         server.addr,
@@ -81,9 +82,8 @@ fn expect_error_then_close(c: &mut TestClient, code: pb::ErrorCode) {
     assert_eq!(codes, vec![code as i32], "frames before close: {frames:?}");
 }
 
-#[test]
-fn random_bytes_get_an_error_frame_and_a_close() {
-    let mut server = TestServer::start("");
+fn random_bytes_get_an_error_frame_and_a_close(dp: Dataplane) {
+    let mut server = TestServer::start_on(dp, "");
     let mut c = TestClient::connect(server.addr);
     let garbage: Vec<u8> = (0..4096).map(|_| rand::random::<u8>() | 0x80).collect();
     c.send_raw(&garbage).unwrap();
@@ -91,9 +91,8 @@ fn random_bytes_get_an_error_frame_and_a_close() {
     assert_server_healthy(&mut server);
 }
 
-#[test]
-fn a_header_announcing_one_gib_is_refused_before_any_body_is_read() {
-    let mut server = TestServer::start("");
+fn a_header_announcing_one_gib_is_refused_before_any_body_is_read(dp: Dataplane) {
+    let mut server = TestServer::start_on(dp, "");
     let rss_before = server.rss_kib();
     let mut c = TestClient::connect(server.addr);
     let header = HeaderRepr {
@@ -121,9 +120,8 @@ fn a_header_announcing_one_gib_is_refused_before_any_body_is_read() {
     assert_server_healthy(&mut server);
 }
 
-#[test]
-fn a_valid_header_with_an_invalid_protobuf_body_gets_an_error_and_a_close() {
-    let mut server = TestServer::start("");
+fn a_valid_header_with_an_invalid_protobuf_body_gets_an_error_and_a_close(dp: Dataplane) {
+    let mut server = TestServer::start_on(dp, "");
     let mut c = TestClient::connect(server.addr);
     let header = HeaderRepr {
         frame_type: FrameType::Login,
@@ -151,9 +149,8 @@ fn a_valid_header_with_an_invalid_protobuf_body_gets_an_error_and_a_close() {
     assert_server_healthy(&mut server);
 }
 
-#[test]
-fn a_connection_that_sends_nothing_is_closed_at_the_login_deadline() {
-    let mut server = TestServer::start("login_deadline_secs = 1\n");
+fn a_connection_that_sends_nothing_is_closed_at_the_login_deadline(dp: Dataplane) {
+    let mut server = TestServer::start_on(dp, "login_deadline_secs = 1\n");
     let mut c = TestClient::connect(server.addr);
     let started = std::time::Instant::now();
     let frames = c.recv_until_closed(Duration::from_secs(10));
@@ -167,9 +164,8 @@ fn a_connection_that_sends_nothing_is_closed_at_the_login_deadline() {
     assert_server_healthy(&mut server);
 }
 
-#[test]
-fn sigterm_during_a_burst_loses_no_acked_message() {
-    let mut server = TestServer::start("rate_limit_per_second = 0\n");
+fn sigterm_during_a_burst_loses_no_acked_message(dp: Dataplane) {
+    let mut server = TestServer::start_on(dp, "rate_limit_per_second = 0\n");
     let (alice, bob) = (1, 2);
     let addr = server.addr;
     let token = server.token(alice, "burst");
@@ -220,9 +216,8 @@ fn sigterm_during_a_burst_loses_no_acked_message() {
     );
 }
 
-#[test]
-fn a_client_that_stops_reading_while_a_chatroom_floods_it_does_not_slow_the_room() {
-    let mut server = TestServer::start("rate_limit_per_second = 0\n");
+fn a_client_that_stops_reading_while_a_chatroom_floods_it_does_not_slow_the_room(dp: Dataplane) {
+    let mut server = TestServer::start_on(dp, "rate_limit_per_second = 0\n");
     let room = pb::ConversationId {
         kind: pb::ConversationKind::Chatroom as i32,
         id: 5,
@@ -259,3 +254,13 @@ fn a_client_that_stops_reading_while_a_chatroom_floods_it_does_not_slow_the_room
     assert_server_healthy(&mut server);
     drop(s);
 }
+
+dataplane_tests!(
+    one_to_one_chat_both_ways_then_restart_and_sync_history_exactly_once,
+    random_bytes_get_an_error_frame_and_a_close,
+    a_header_announcing_one_gib_is_refused_before_any_body_is_read,
+    a_valid_header_with_an_invalid_protobuf_body_gets_an_error_and_a_close,
+    a_connection_that_sends_nothing_is_closed_at_the_login_deadline,
+    sigterm_during_a_burst_loses_no_acked_message,
+    a_client_that_stops_reading_while_a_chatroom_floods_it_does_not_slow_the_room,
+);

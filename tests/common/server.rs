@@ -1,52 +1,131 @@
-//! A `petrel serve` child process on 127.0.0.1 with a temporary data directory.
+//! A `petrel serve` child process with a temporary data directory, on either dataplane:
+//! kernel sockets on 127.0.0.1, or AF_XDP on the veth lab ([`super::lab`]) with the test's
+//! clients inside the lab's namespace.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use petrel_control::{KeyRing, TokenSpec};
 use petrel_proto::pb;
 
+use super::lab::{self, Lab};
+
+/// Which transport the server under test runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dataplane {
+    /// Kernel sockets on loopback.
+    Kernel,
+    /// AF_XDP with userspace TCP on the veth lab; clients in the lab's namespace.
+    Xdp,
+}
+
+impl Dataplane {
+    /// Whether this machine can run the dataplane (xdp needs root); prints why not.
+    pub fn available(self) -> bool {
+        match self {
+            Dataplane::Kernel => true,
+            Dataplane::Xdp if lab::available() => true,
+            Dataplane::Xdp => {
+                eprintln!("SKIPPED: the xdp dataplane needs root (veth lab, XDP, AF_XDP)");
+                false
+            }
+        }
+    }
+}
+
 /// A running server. Killed (SIGKILL) on drop if still running.
 pub struct TestServer {
     child: Option<Child>,
     pub addr: SocketAddr,
+    pub dataplane: Dataplane,
     data_dir: PathBuf,
     extra_config: String,
     _tmp: Option<tempfile::TempDir>,
+    /// Dropped after the child is killed (see `Drop`).
+    lab: Option<Arc<Lab>>,
 }
 
 impl TestServer {
-    /// Starts a server on a fresh data directory. `extra_config` is appended to the TOML
-    /// config file (e.g. `"login_deadline_secs = 1\n"`).
+    /// Starts a kernel-socket server on a fresh data directory. `extra_config` is appended
+    /// to the TOML config file (e.g. `"login_deadline_secs = 1\n"`).
     pub fn start(extra_config: &str) -> TestServer {
+        TestServer::start_on(Dataplane::Kernel, extra_config)
+    }
+
+    /// Starts a server on `dataplane`. With [`Dataplane::Xdp`] the calling thread moves
+    /// into the lab's namespace, so the clients it opens from now on reach the server
+    /// across the veth.
+    pub fn start_on(dataplane: Dataplane, extra_config: &str) -> TestServer {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().to_path_buf();
-        let mut server = TestServer::spawn(&data_dir, extra_config, None);
+        let lab = (dataplane == Dataplane::Xdp).then(Lab::shared);
+        let mut server = TestServer::spawn(&data_dir, extra_config, None, lab);
         server._tmp = Some(tmp);
         server
     }
 
-    fn spawn(data_dir: &Path, extra_config: &str, port: Option<u16>) -> TestServer {
+    /// Starts an xdp server listening on `addr` of the lab's subnet, an address the
+    /// kernel does not have: Petrel answers ARP for it and owns every TCP port on it.
+    pub fn start_xdp_owning(addr: std::net::Ipv4Addr, extra_config: &str) -> TestServer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().to_path_buf();
+        let listen = SocketAddr::from((addr, lab::PORT));
+        let mut server =
+            TestServer::spawn(&data_dir, extra_config, Some(listen), Some(Lab::shared()));
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// The lab this server runs on (xdp only).
+    pub fn lab(&self) -> Option<&Lab> {
+        self.lab.as_deref()
+    }
+
+    fn spawn(
+        data_dir: &Path,
+        extra_config: &str,
+        listen: Option<SocketAddr>,
+        lab: Option<Arc<Lab>>,
+    ) -> TestServer {
         let config_path = data_dir.join("petrel.toml");
-        let listen = format!("127.0.0.1:{}", port.unwrap_or(0));
+        let transport = match &lab {
+            None => format!(
+                "listen = [\"{}\"]\n",
+                listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+            ),
+            Some(lab) => format!(
+                "dataplane = \"xdp\"\niface = {:?}\nlisten = [\"{}\"]\n",
+                lab::HOST_IF,
+                listen.unwrap_or_else(|| lab.server_addr())
+            ),
+        };
         std::fs::write(
             &config_path,
             format!(
-                "data_dir = {:?}\nlisten = [{listen:?}]\nlog_level = \"warn\"\nmax_connections = 15000\n{extra_config}",
+                "data_dir = {:?}\n{transport}log_level = \"warn\"\nmax_connections = 15000\n{extra_config}",
                 data_dir.display().to_string()
             ),
         )
         .expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_petrel"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_petrel"));
+        command
             .args(["serve", "--config"])
             .arg(&config_path)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn petrel serve");
+            .stderr(Stdio::inherit());
+        let mut child = match &lab {
+            None => command.spawn(),
+            Some(lab) => {
+                let child = lab.in_root(|| command.spawn());
+                lab.enter_clients();
+                child
+            }
+        }
+        .expect("spawn petrel serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let addr = loop {
@@ -64,9 +143,15 @@ impl TestServer {
         TestServer {
             child: Some(child),
             addr,
+            dataplane: if lab.is_some() {
+                Dataplane::Xdp
+            } else {
+                Dataplane::Kernel
+            },
             data_dir: data_dir.to_path_buf(),
             extra_config: extra_config.to_owned(),
             _tmp: None,
+            lab,
         }
     }
 
@@ -94,8 +179,12 @@ impl TestServer {
     pub fn restart_stopped(&mut self) {
         assert!(self.child.is_none(), "server still running");
         let tmp = self._tmp.take();
-        let mut again =
-            TestServer::spawn(&self.data_dir, &self.extra_config, Some(self.addr.port()));
+        let mut again = TestServer::spawn(
+            &self.data_dir,
+            &self.extra_config,
+            Some(self.addr),
+            self.lab.clone(),
+        );
         again._tmp = tmp;
         *self = again;
     }
@@ -173,4 +262,45 @@ pub fn now() -> petrel_control::Timestamp {
         .expect("clock")
         .as_millis() as u64;
     petrel_control::Timestamp::from_millis(ms)
+}
+
+/// Generates `NAME::kernel` and `NAME::xdp` tests for each `fn NAME(dp: Dataplane)` named.
+/// The xdp variant prints why and returns when the machine cannot run it (not root).
+#[macro_export]
+macro_rules! dataplane_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn kernel() {
+                super::$name($crate::common::Dataplane::Kernel);
+            }
+
+            #[test]
+            fn xdp() {
+                if $crate::common::Dataplane::Xdp.available() {
+                    super::$name($crate::common::Dataplane::Xdp);
+                }
+            }
+        }
+    )*};
+}
+
+/// Runs an async test body on a two-worker tokio runtime whose threads are in the
+/// dataplane's client namespace: with [`Dataplane::Xdp`] the runtime is built after the
+/// calling thread entered the lab's namespace, so every socket the SDK opens is a client
+/// across the veth.
+pub fn block_on<F: std::future::Future>(dataplane: Dataplane, body: F) -> F::Output {
+    let lab = (dataplane == Dataplane::Xdp).then(Lab::shared);
+    if let Some(lab) = &lab {
+        lab.enter_clients();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let output = runtime.block_on(body);
+    drop(runtime);
+    drop(lab);
+    output
 }
