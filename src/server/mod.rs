@@ -6,10 +6,12 @@
 //! writer (`petrel-storage-writer`, group commit). See docs/ARCHITECTURE.md for the data
 //! flow.
 
+pub mod admin;
 pub mod config;
 mod driver;
 mod keys;
 mod limits;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,8 +82,25 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
         RocksEngine::open(&db_path, storage_config(&config))
             .with_context(|| format!("cannot open database {}", db_path.display()))?,
     );
+    let _admin = admin::start(&config.data_dir, &engine).with_context(|| {
+        format!(
+            "cannot create the admin socket in {}",
+            config.data_dir.display()
+        )
+    })?;
     let storage = CommitQueue::start(engine, CommitQueueConfig::default())
         .context("cannot start the storage writer")?;
+    let metrics = match config.metrics_addr {
+        Some(addr) => {
+            let metrics = metrics::Metrics::new("kernel", storage.stats());
+            let endpoint = metrics::serve(addr, metrics.clone())
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            tracing::info!(addr = %endpoint.addr, "metrics endpoint listening");
+            println!("petrel: metrics on http://{}/metrics", endpoint.addr);
+            Some(metrics)
+        }
+        None => None,
+    };
 
     let mut control = Control::new(control_config(&config), keys, now());
     let (storage_tx, storage_rx) = crossbeam_channel::unbounded();
@@ -164,6 +183,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
         storage_events_tx: storage_tx,
         stop,
         stop_wakeup: stop_wakeup_rx,
+        metrics: metrics.map(driver::DriverMetrics::new),
     };
     let result = driver.run();
     transport.join();
