@@ -19,15 +19,14 @@ fn counters_move_with_logins_messages_and_closes() {
     let dir = tempfile::tempdir().unwrap();
     // No rate limit: the sender below is faster than 20 messages a second.
     let server = Server::start(dir.path(), "rate_limit_per_second = 0\n", true);
-    let first = server.scrape();
+    // One connection gauge per dataplane core, labelled with the dataplane, from the
+    // driver's first publication on.
+    let first = server.scrape_until("the first publication", |s| {
+        s.text
+            .contains("petrel_connections{dataplane=\"kernel\",core=\"0\"}")
+    });
     assert_eq!(first.sum("petrel_connections", ""), 0.0, "{}", first.text);
     assert_eq!(first.get("petrel_logins_total"), 0.0);
-    // One connection gauge per dataplane core, labelled with the dataplane.
-    assert!(
-        first
-            .text
-            .contains("petrel_connections{dataplane=\"kernel\",core=\"0\"}")
-    );
     let baseline_commits = first.get("petrel_storage_commit_latency_seconds_count");
 
     // A login with a bad token fails and its connection is closed.

@@ -127,6 +127,13 @@ impl Drop for Lab {
     }
 }
 
+fn xdp_attached(lab: &Lab) -> bool {
+    let link = run(&[
+        "ip", "netns", "exec", &lab.ns, "ip", "link", "show", &lab.ns_if,
+    ]);
+    String::from_utf8_lossy(&link.stdout).contains("xdp")
+}
+
 const NET: [&str; 3] = [
     "/proc/sys/net/core/somaxconn",
     "/proc/sys/net/ipv4/tcp_max_syn_backlog",
@@ -165,6 +172,21 @@ fn tune_changes_the_namespace_only_and_dry_run_nothing() {
     }
     let lab = Lab::new();
     let ns_if = lab.ns_if.as_str();
+    // Probing XDP on the fresh pair (4 rx queues each way) attaches the filter natively,
+    // then detaches it.
+    let (_, out) = lab.petrel(&[
+        "doctor",
+        "--probe-xdp",
+        "--iface",
+        ns_if,
+        "--connections",
+        "1000",
+    ]);
+    assert!(
+        out.contains("native (driver mode): attached and detached"),
+        "{out}"
+    );
+    assert!(!xdp_attached(&lab), "the probe detached");
     // Start the namespace from known, untuned values (a new namespace starts from the
     // kernel defaults, not the host's).
     for (path, value) in NET.iter().zip(["128", "128", "32768 60999"]) {
@@ -179,7 +201,7 @@ fn tune_changes_the_namespace_only_and_dry_run_nothing() {
         ]);
     }
     // One queue to start with, set by tune itself (veth takes `ethtool -L` within the
-    // queues it was created with).
+    // queues it was created with): the AF_XDP dataplane wants one queue per core.
     let (ok, out) = lab.petrel(&[
         "tune",
         "--apply",
@@ -189,6 +211,8 @@ fn tune_changes_the_namespace_only_and_dry_run_nothing() {
         ns_if,
         "--cores",
         "0",
+        "--dataplane",
+        "xdp",
         "--connections",
         "1000",
     ]);
@@ -261,7 +285,8 @@ fn tune_changes_the_namespace_only_and_dry_run_nothing() {
     assert!(ok, "{out}");
     assert!(!out.contains("[net]") && !out.contains("[nic]"), "{out}");
 
-    // Probing XDP attaches the filter natively on veth, and detaches it.
+    // With 2 rx queues against the peer's 4 tx queues, veth refuses native XDP: the
+    // probe says so and falls back to generic mode.
     let (_, out) = lab.petrel(&[
         "doctor",
         "--probe-xdp",
@@ -270,12 +295,15 @@ fn tune_changes_the_namespace_only_and_dry_run_nothing() {
         "--connections",
         "1000",
     ]);
-    assert!(out.contains("native (driver mode)"), "{out}");
-    let link = run(&["ip", "netns", "exec", &lab.ns, "ip", "link", "show", ns_if]);
     assert!(
-        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
-        "the probe detached"
+        out.contains("generic (SKB) mode only: native refused when probing"),
+        "{out}"
     );
+    assert!(
+        out.contains("as many rx queues as its peer has tx queues"),
+        "{out}"
+    );
+    assert!(!xdp_attached(&lab), "the probe detached");
     assert_eq!(host_state(&lab.host_if), before);
 }
 

@@ -402,7 +402,7 @@ fn nic_checks(nic: &Nic, scale: &Scale) -> Vec<Check> {
                 )
             };
             let mut c = Check::new(format!("{name}: queues"), Status::Ok, shape)
-                .recommend(format!("{want} (one per dataplane core, {cores} cores)"));
+                .recommend(format!("{want} (one per dataplane core)"));
             let off = match scale.dataplane {
                 // Each AF_XDP socket serves one queue with one core: queues without a
                 // socket pass Petrel's packets to the kernel.
@@ -517,7 +517,14 @@ fn nic_checks(nic: &Nic, scale: &Scale) -> Vec<Check> {
         XdpSupport::ProbedGeneric(why) => (
             Status::Warn,
             "generic (SKB) mode only: native refused when probing (--probe-xdp)".to_owned(),
-            Some(format!("native mode: {why}")),
+            Some(if nic.driver.as_ref().is_ok_and(|(d, _)| d == "veth") {
+                format!(
+                    "native mode: {why}; veth takes native XDP only with at least as many rx \
+                     queues as its peer has tx queues, and a peer MTU that fits a page"
+                )
+            } else {
+                format!("native mode: {why}")
+            }),
         ),
         XdpSupport::ProbeFailed(why) => (Status::Warn, format!("probe failed: {why}"), None),
         XdpSupport::DriverNative(d) => (

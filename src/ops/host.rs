@@ -249,12 +249,19 @@ fn probe(iface: &str) -> XdpSupport {
         Ok(f) => f,
         Err(e) => return XdpSupport::ProbeFailed(format!("loading the filter: {e}")),
     };
+    use petrel_dataplane::xdp::filter::FilterError;
     match filter.attach(iface, AttachMode::Driver) {
         Ok(_) => XdpSupport::ProbedNative,
-        Err(native) => match filter.attach(iface, AttachMode::Generic) {
-            Ok(_) => XdpSupport::ProbedGeneric(native.to_string()),
-            Err(e) => XdpSupport::ProbeFailed(e.to_string()),
-        },
+        Err(error) => {
+            let native = match error {
+                FilterError::Attach { native, .. } => native,
+                other => other.to_string(),
+            };
+            match filter.attach(iface, AttachMode::Generic) {
+                Ok(_) => XdpSupport::ProbedGeneric(native),
+                Err(e) => XdpSupport::ProbeFailed(e.to_string()),
+            }
+        }
     }
 }
 
