@@ -127,16 +127,16 @@ fn classify(name: &str, naming: &IrqNaming) -> Option<(usize, QueueKind)> {
         };
         return Some((trailing_number(rest)?, kind));
     }
-    if let Some(device) = &naming.device {
-        if let Some(rest) = name.strip_prefix(&format!("{device}-")) {
-            if let Some(q) = rest.strip_prefix("input.") {
-                return Some((q.parse().ok()?, QueueKind::Rx));
-            }
-            if let Some(q) = rest.strip_prefix("output.") {
-                return Some((q.parse().ok()?, QueueKind::Tx));
-            }
-            return None;
+    if let Some(device) = &naming.device
+        && let Some(rest) = name.strip_prefix(&format!("{device}-"))
+    {
+        if let Some(q) = rest.strip_prefix("input.") {
+            return Some((q.parse().ok()?, QueueKind::Rx));
         }
+        if let Some(q) = rest.strip_prefix("output.") {
+            return Some((q.parse().ok()?, QueueKind::Tx));
+        }
+        return None;
     }
     if let Some(bus) = &naming.bus_info
         && !bus.is_empty()

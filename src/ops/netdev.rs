@@ -31,7 +31,9 @@ pub fn count_queues<'a>(entries: impl IntoIterator<Item = &'a str>) -> (usize, u
 
 /// The two sections of `ethtool -g` / `-l` output: "Pre-set maximums" and "Current
 /// hardware settings", each as (field, value) with `n/a` read as 0.
-fn sections(text: &str) -> Option<(Vec<(String, u32)>, Vec<(String, u32)>)> {
+type Fields = Vec<(String, u32)>;
+
+fn sections(text: &str) -> Option<(Fields, Fields)> {
     let mut max = Vec::new();
     let mut current = Vec::new();
     let mut section = 0;

@@ -525,8 +525,10 @@ mod tests {
     fn published_counters_and_a_fake_xdp_source_are_rendered() {
         let stats = Arc::new(CommitStats::default());
         let metrics = Metrics::new("xdp", stats);
-        let mut counters = Counters::default();
-        counters.logins_ok = 3;
+        let mut counters = Counters {
+            logins_ok: 3,
+            ..Counters::default()
+        };
         counters.logins_failed.expired = 2;
         counters.messages_persisted.single = 5;
         counters.frames_in.add(petrel_proto::FrameType::SendMessage);
@@ -575,8 +577,10 @@ mod tests {
         assert!(!text.contains("petrel_xdp"), "{text}");
 
         metrics.set_transport_source(Box::new(|| {
-            let mut rx = RxCounters::default();
-            rx.tcp = 40;
+            let mut rx = RxCounters {
+                tcp: 40,
+                ..RxCounters::default()
+            };
             rx.malformed[Malformed::BadTcpChecksum as usize] = 2;
             TransportSnapshot {
                 filter: Some(FilterCounters {
