@@ -59,17 +59,18 @@ fn counters_move_with_logins_messages_and_closes() {
     assert_eq!(s.get("petrel_frames_in_total{type=\"Login\"}"), 3.0);
     assert_eq!(s.get("petrel_frames_out_total{type=\"LoginResult\"}"), 2.0);
 
-    // Alice sends while the test scrapes; Bob reads every push.
+    // Alice sends while the test scrapes; Bob reads every push. Halfway the sender stops
+    // until the test has seen exactly the first half in the metrics.
     let halfway = Arc::new(Barrier::new(2));
+    let resume = Arc::new(Barrier::new(2));
     let done = Arc::new(AtomicBool::new(false));
     let sender = {
-        let (halfway, done) = (halfway.clone(), done.clone());
+        let (halfway, resume, done) = (halfway.clone(), resume.clone(), done.clone());
         std::thread::spawn(move || {
             for i in 0..MESSAGES {
                 if i == MESSAGES / 2 {
                     halfway.wait();
-                    // Give the scraper a publish interval or two mid-stream.
-                    std::thread::sleep(Duration::from_millis(1_200));
+                    resume.wait();
                 }
                 let ack = a.send_text(single(bob), i + 1, &format!("message {i}"));
                 assert_eq!(ack.seq, i + 1);
@@ -86,13 +87,35 @@ fn counters_move_with_logins_messages_and_closes() {
     });
 
     halfway.wait();
+    let half = (MESSAGES / 2) as f64;
     let during = server.scrape_until("the first half persisted", |s| {
-        s.get("petrel_messages_persisted_total{scenario=\"single\"}") >= (MESSAGES / 2) as f64
+        s.get("petrel_messages_persisted_total{scenario=\"single\"}") >= half
     });
-    assert!(!done.load(Ordering::SeqCst), "the sender paused halfway");
-    let persisted = during.get("petrel_messages_persisted_total{scenario=\"single\"}");
-    assert_eq!(persisted, (MESSAGES / 2) as f64, "{}", during.text);
-    assert!(during.get("petrel_frames_in_total{type=\"SendMessage\"}") == persisted);
+    assert_eq!(
+        during.get("petrel_messages_persisted_total{scenario=\"single\"}"),
+        half,
+        "{}",
+        during.text
+    );
+    assert_eq!(
+        during.get("petrel_frames_in_total{type=\"SendMessage\"}"),
+        half
+    );
+    assert_eq!(during.get("petrel_frames_out_total{type=\"Ack\"}"), half);
+    resume.wait();
+    // Scrape while the second half flows: the counters only grow.
+    let mut last = half;
+    let mut scrapes = 0;
+    while !done.load(Ordering::SeqCst) {
+        let now = server
+            .scrape()
+            .get("petrel_messages_persisted_total{scenario=\"single\"}");
+        assert!(now >= last && now <= MESSAGES as f64, "{last} then {now}");
+        last = now;
+        scrapes += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("{scrapes} scrapes during the second half");
 
     let a = sender.join().unwrap();
     let b = reader.join().unwrap();

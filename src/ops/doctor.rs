@@ -167,7 +167,7 @@ fn limit(v: Option<u64>) -> String {
 
 const SYSCTL_FILE: &str = "scripts/deploy/sysctl.d/90-petrel.conf → /etc/sysctl.d/";
 const LIMITS_FILE: &str = "scripts/deploy/limits.d/90-petrel.conf → /etc/security/limits.d/";
-const UNIT_FILE: &str = "scripts/deploy/petrel.service (LimitNOFILE=) → /etc/systemd/system/";
+const UNIT_FILE: &str = "scripts/deploy/petrel.service → /etc/systemd/system/";
 
 /// Every check for `host` at `scale`.
 pub fn evaluate(host: &Host, scale: &Scale) -> Vec<Check> {
