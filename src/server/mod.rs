@@ -82,12 +82,16 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
         RocksEngine::open(&db_path, storage_config(&config))
             .with_context(|| format!("cannot open database {}", db_path.display()))?,
     );
-    let _admin = admin::start(&config.data_dir, &engine).with_context(|| {
-        format!(
-            "cannot create the admin socket in {}",
-            config.data_dir.display()
-        )
-    })?;
+    // Without it only offline backups work; not a reason to refuse to serve.
+    let _admin = admin::start(&config.data_dir, &engine)
+        .inspect_err(|error| {
+            tracing::warn!(
+                %error,
+                dir = %config.data_dir.display(),
+                "no admin socket: `petrel admin backup` works only while the server is stopped"
+            );
+        })
+        .ok();
     let storage = CommitQueue::start(engine, CommitQueueConfig::default())
         .context("cannot start the storage writer")?;
     let metrics = match config.metrics_addr {
