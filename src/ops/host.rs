@@ -42,8 +42,9 @@ pub enum XdpSupport {
     Unknown,
 }
 
-/// Drivers with native XDP (`ndo_bpf`) in Linux 6.x. AF_XDP zero-copy is a subset
-/// (ixgbe, i40e, ice, igb, igc, mlx5_core, stmmac, virtio_net since 6.11, ...).
+/// Drivers with native XDP (`ndo_bpf`) in Linux 6.x, as far as this list knows; a driver
+/// missing here is reported as generic-only "by driver name", and `--probe-xdp` settles
+/// it. AF_XDP zero-copy is a subset (ixgbe, i40e, ice, igb, igc, mlx5_core, stmmac, ...).
 pub const NATIVE_XDP_DRIVERS: &[&str] = &[
     "atlantic",
     "bnxt_en",
