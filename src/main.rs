@@ -1,13 +1,15 @@
 //! `petrel` — the Petrel instant-messaging server's command line.
 //!
 //! One binary for operators and developers: `serve` runs the server, `token issue` mints
-//! login tokens, `frames` lists the wire protocol's frame types. The crates it wires
+//! login tokens, `frames` lists the wire protocol's frame types, `doctor` / `tune` check
+//! and tune the host, `admin backup` checkpoints the database (see [`ops`]). The crates it wires
 //! together, in the direction data flows:
 //! `petrel-dataplane` (NIC/socket) → `petrel-proto` (frames) → `petrel-control` (sessions,
 //! routing) → `petrel-storage` (RocksDB); `petrel-sdk` is the client side.
 #![deny(unsafe_code)]
 
 mod chat;
+mod ops;
 mod server;
 mod token_cmd;
 
@@ -39,6 +41,22 @@ enum Command {
     Frames,
     /// Interactive terminal client (on the SDK) for trying a server.
     Chat(chat::ChatArgs),
+    /// Check this host for the configured scale: limits, sysctls, NIC rings, queues, IRQ
+    /// affinity, ntuple and XDP support; each failing line names its fix. Exits 1 when
+    /// something blocks the configured scale.
+    Doctor(ops::DoctorArgs),
+    /// Apply what doctor recommends (--apply, root) or print it (--dry-run).
+    Tune(ops::TuneArgs),
+    /// Administration of a server's data.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Write a consistent checkpoint of the database to DIR (through the running
+    /// server's admin socket, or directly when no server runs).
+    Backup(ops::backup::BackupArgs),
 }
 
 fn init_logging(filter: &str, format: server::config::LogFormat) {
@@ -52,6 +70,13 @@ fn init_logging(filter: &str, format: server::config::LogFormat) {
     }
 }
 
+fn exit(result: anyhow::Result<ExitCode>) -> ExitCode {
+    result.unwrap_or_else(|e| {
+        eprintln!("petrel: error: {e:#}");
+        ExitCode::from(2)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -61,6 +86,9 @@ fn main() -> ExitCode {
         }),
         Command::Token(cmd) => token_cmd::run(cmd),
         Command::Chat(args) => chat::run(args),
+        Command::Doctor(args) => return exit(ops::doctor(&args)),
+        Command::Tune(args) => return exit(ops::tune(&args)),
+        Command::Admin(AdminCommand::Backup(args)) => ops::backup::run(&args),
         Command::Frames => {
             for &t in petrel_proto::FrameType::ALL {
                 let direction = if t.is_client_to_server() {

@@ -132,6 +132,12 @@ impl Router {
         }
     }
 
+    /// Commands queued for each core and not yet taken by it (for metrics: a core that
+    /// falls behind shows a growing queue).
+    pub fn queued(&self) -> Vec<usize> {
+        self.cores.iter().map(|c| c.commands.len()).collect()
+    }
+
     /// Asks every core to shut down (stop accepting, flush, close) and wakes them.
     pub fn shutdown_all(&mut self) {
         for (core, handle) in self.cores.iter().enumerate() {
@@ -185,6 +191,7 @@ mod tests {
 
         assert_eq!(channels[0].1.len(), 0);
         assert_eq!(channels[1].1.len(), 5);
+        assert_eq!(router.queued(), vec![0, 5]);
         assert_eq!(wakers[0].0.load(Ordering::Relaxed), 0);
         assert_eq!(wakers[1].0.load(Ordering::Relaxed), 1);
     }

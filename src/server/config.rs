@@ -115,6 +115,10 @@ pub struct ServeArgs {
     /// Log format [default: human].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (port 0 picks one; the
+    /// address is printed at start) [default: off].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The `[server]`-less flat TOML file. Unknown keys are an error, so a typo never
@@ -138,6 +142,7 @@ struct FileConfig {
     sync: Option<Sync>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
+    metrics_addr: Option<SocketAddr>,
     max_frame_body: Option<u32>,
     max_outbound_bytes: Option<usize>,
     heartbeat_interval_secs: Option<u64>,
@@ -162,6 +167,8 @@ pub struct ServeConfig {
     pub sync: Sync,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Where the Prometheus endpoint listens, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
     pub max_frame_body: u32,
     pub max_outbound_bytes: usize,
     pub heartbeat_interval: Duration,
@@ -265,6 +272,7 @@ impl ServeConfig {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Human),
+            metrics_addr: args.metrics_addr.or(file.metrics_addr),
             max_frame_body: file.max_frame_body.unwrap_or(64 * 1024),
             max_outbound_bytes: file.max_outbound_bytes.unwrap_or(4 << 20),
             heartbeat_interval,
@@ -357,6 +365,23 @@ mod tests {
         assert_eq!(c.dataplane, DataplaneKind::Kernel);
         assert_eq!(c.sync, Sync::Batch);
         assert_eq!(c.idle_timeout, Duration::from_secs(150));
+        assert_eq!(c.metrics_addr, None);
+    }
+
+    #[test]
+    fn metrics_addr_comes_from_the_file_or_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("petrel.toml");
+        std::fs::write(&path, "metrics_addr = \"127.0.0.1:9600\"\n").unwrap();
+        let mut args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        let c = ServeConfig::resolve(&args).unwrap();
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9600".parse().unwrap()));
+        args.metrics_addr = Some("0.0.0.0:9700".parse().unwrap());
+        let c = ServeConfig::resolve(&args).unwrap();
+        assert_eq!(c.metrics_addr, Some("0.0.0.0:9700".parse().unwrap()));
     }
 
     #[test]

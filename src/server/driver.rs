@@ -18,6 +18,8 @@ use petrel_control::{Action, Control, Event, Timestamp};
 use petrel_dataplane::Router;
 use petrel_storage::CommitQueue;
 
+use super::metrics::{Metrics, PUBLISH_INTERVAL, Published};
+
 /// Events handled before actions are flushed and cores woken.
 const BATCH: usize = 512;
 /// How long a graceful shutdown waits for in-flight storage writes to be acked.
@@ -70,6 +72,64 @@ pub struct Driver {
     pub storage_events_tx: Sender<Event>,
     pub stop: Arc<AtomicBool>,
     pub stop_wakeup: Receiver<()>,
+    /// Where metrics are published (`--metrics-addr`), if anywhere.
+    pub metrics: Option<DriverMetrics>,
+}
+
+/// The driver's side of the metrics: per-core connection counts kept from the events it
+/// handles anyway (plain integers on this thread), published every [`PUBLISH_INTERVAL`].
+pub struct DriverMetrics {
+    metrics: Arc<Metrics>,
+    connections: Vec<u64>,
+    next_publish: Instant,
+}
+
+impl DriverMetrics {
+    /// Publishes into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> DriverMetrics {
+        DriverMetrics {
+            metrics,
+            connections: Vec::new(),
+            next_publish: Instant::now(),
+        }
+    }
+
+    fn count(&mut self, event: &Event) {
+        let (conn, opened) = match event {
+            Event::Opened { conn } => (conn, true),
+            Event::Closed { conn } => (conn, false),
+            _ => return,
+        };
+        let core = usize::from(conn.core());
+        if self.connections.len() <= core {
+            self.connections.resize(core + 1, 0);
+        }
+        let n = &mut self.connections[core];
+        *n = if opened { *n + 1 } else { n.saturating_sub(1) };
+    }
+
+    fn publish_if_due(&mut self, driver: &Driver, in_flight: u64, force: bool) {
+        let now = Instant::now();
+        if !force && now < self.next_publish {
+            return;
+        }
+        self.next_publish = now + PUBLISH_INTERVAL;
+        let mut connections = self.connections.clone();
+        connections.resize(driver.router.cores().max(connections.len()), 0);
+        self.metrics.publish(Published {
+            counters: driver.control.counters().clone(),
+            sessions: driver.control.session_count(),
+            connections,
+            outbound_queue: driver
+                .router
+                .queued()
+                .into_iter()
+                .map(|n| n as u64)
+                .collect(),
+            inbound_queue: driver.transport_events.len() as u64,
+            storage_in_flight: in_flight,
+        });
+    }
 }
 
 impl Driver {
@@ -115,17 +175,28 @@ impl Driver {
                 self.control.handle(now(), Event::Tick);
             }
             self.perform_actions(&mut in_flight);
+            self.publish_metrics(in_flight, false);
         }
 
         self.control.shutdown();
         self.perform_actions(&mut in_flight);
         self.router.shutdown_all();
+        self.publish_metrics(in_flight, true);
         self.storage.shutdown()
+    }
+
+    fn publish_metrics(&mut self, in_flight: u64, force: bool) {
+        if let Some(mut m) = self.metrics.take() {
+            m.publish_if_due(self, in_flight, force);
+            self.metrics = Some(m);
+        }
     }
 
     fn wait_time(&mut self, draining: bool) -> Duration {
         let cap = if draining {
             Duration::from_millis(20)
+        } else if self.metrics.is_some() {
+            PUBLISH_INTERVAL
         } else {
             Duration::from_secs(1)
         };
@@ -138,6 +209,9 @@ impl Driver {
     fn handle(&mut self, event: Event, in_flight: &mut u64) {
         if matches!(event, Event::Storage { .. }) {
             *in_flight = in_flight.saturating_sub(1);
+        }
+        if let Some(m) = &mut self.metrics {
+            m.count(&event);
         }
         self.control.handle(now(), event);
     }

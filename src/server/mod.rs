@@ -6,10 +6,12 @@
 //! writer (`petrel-storage-writer`, group commit). See docs/ARCHITECTURE.md for the data
 //! flow.
 
+pub mod admin;
 pub mod config;
 mod driver;
 mod keys;
 mod limits;
+pub mod metrics;
 mod transport;
 
 use std::sync::Arc;
@@ -75,15 +77,38 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
         RocksEngine::open(&db_path, storage_config(&config))
             .with_context(|| format!("cannot open database {}", db_path.display()))?,
     );
+    // Without it only offline backups work; not a reason to refuse to serve.
+    let _admin = admin::start(&config.data_dir, &engine)
+        .inspect_err(|error| {
+            tracing::warn!(
+                %error,
+                dir = %config.data_dir.display(),
+                "no admin socket: `petrel admin backup` works only while the server is stopped"
+            );
+        })
+        .ok();
     let storage = CommitQueue::start(engine, CommitQueueConfig::default())
         .context("cannot start the storage writer")?;
-
     let mut control = Control::new(control_config(&config), keys, now());
     let (storage_tx, storage_rx) = crossbeam_channel::unbounded();
     driver::warm_up(&mut control, &storage, &storage_tx, &storage_rx)?;
 
     let (transport_tx, transport_rx) = crossbeam_channel::bounded(TRANSPORT_EVENT_QUEUE);
     let transport = Transport::start(&config, transport_tx)?;
+    let metrics = match config.metrics_addr {
+        Some(addr) => {
+            let metrics = metrics::Metrics::new(transport.metrics_label(), storage.stats());
+            if let Some(source) = transport.metrics_source() {
+                metrics.set_transport_source(source);
+            }
+            let endpoint = metrics::serve(addr, metrics.clone())
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            tracing::info!(addr = %endpoint.addr, "metrics endpoint listening");
+            println!("petrel: metrics on http://{}/metrics", endpoint.addr);
+            Some(metrics)
+        }
+        None => None,
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     let (stop_wakeup_tx, stop_wakeup_rx) = crossbeam_channel::bounded(1);
@@ -136,6 +161,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
         storage_events_tx: storage_tx,
         stop,
         stop_wakeup: stop_wakeup_rx,
+        metrics: metrics.map(driver::DriverMetrics::new),
     };
     let result = driver.run();
     transport.log_counters();

@@ -16,6 +16,7 @@ use petrel_dataplane::xdp::transport::{XdpConfig, XdpTransport};
 use petrel_proto::DecoderConfig;
 
 use super::config::{CONNECTIONS_PER_SHARD, DataplaneKind, ServeConfig, XdpMode};
+use super::metrics;
 
 /// Fewest and most shards per queue the automatic sizing picks.
 const MIN_AUTO_SHARDS: usize = 16;
@@ -77,6 +78,27 @@ impl Transport {
             Transport::Kernel(t) => t.local_addrs().to_vec(),
             Transport::Xdp(_, addr) => vec![*addr],
         }
+    }
+
+    /// The dataplane's name in metrics labels.
+    pub fn metrics_label(&self) -> &'static str {
+        match self {
+            Transport::Kernel(_) => "kernel",
+            Transport::Xdp(..) => "xdp",
+        }
+    }
+
+    /// Reads the dataplane's own counters at scrape time (AF_XDP only; the kernel
+    /// transport has none beyond what the driver publishes).
+    pub fn metrics_source(&self) -> Option<metrics::TransportSource> {
+        let Transport::Xdp(t, _) = self else {
+            return None;
+        };
+        let stats = t.stats();
+        Some(Box::new(move || metrics::TransportSnapshot {
+            filter: stats.filter_counters().ok(),
+            rx: Some(stats.rx_counters()),
+        }))
     }
 
     /// A short name for logs and the start-up line.

@@ -25,8 +25,13 @@
 //! The submission queue is unbounded (submit never blocks); the caller bounds in-flight
 //! requests. Between writer and syncer at most [`SYNC_QUEUE_GROUPS`] groups wait, so
 //! applied-but-not-durable work stays bounded when the disk is slow.
+//!
+//! [`CommitStats`] records how long each request took from `submit` to its completion (the
+//! latency a client's Ack waits for storage) in a fixed-bucket histogram of relaxed
+//! atomics, written by the syncer thread only and read by whoever exports metrics.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -59,6 +64,7 @@ impl Default for CommitQueueConfig {
 struct Job {
     request: Request,
     done: Completion,
+    submitted: Instant,
 }
 
 /// An applied group waiting for its fsync.
@@ -66,6 +72,66 @@ struct Applied {
     writes: Vec<bool>,
     replies: Vec<Result<Reply, StorageError>>,
     completions: Vec<Completion>,
+    submitted: Vec<Instant>,
+}
+
+/// Upper bounds of [`CommitStats`]' latency buckets, in microseconds (the last bucket,
+/// +Inf, is implicit).
+pub const LATENCY_BUCKETS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
+];
+
+/// Submit-to-completion latency of every request, as a histogram. Shared with the
+/// metrics exporter through [`CommitQueue::stats`].
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// Per bucket (not cumulative); the last one is +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    groups: AtomicU64,
+}
+
+/// A copy of [`CommitStats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitStatsSnapshot {
+    /// Requests per bucket (not cumulative), bounds [`LATENCY_BUCKETS_US`] then +Inf.
+    pub buckets: Vec<u64>,
+    /// Requests completed.
+    pub count: u64,
+    /// Sum of their latencies, microseconds.
+    pub sum_us: u64,
+    /// Durability rounds (one WAL fsync each in `SyncMode::Batch`) completed.
+    pub groups: u64,
+}
+
+impl CommitStats {
+    fn record(&self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// The current values (each read on its own: a scrape racing the syncer may see a
+    /// count one round ahead of the buckets).
+    pub fn snapshot(&self) -> CommitStatsSnapshot {
+        CommitStatsSnapshot {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            count: self.count.load(Ordering::Relaxed),
+            sum_us: self.sum_us.load(Ordering::Relaxed),
+            groups: self.groups.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Most applied groups waiting for the syncer before the writer pauses.
@@ -76,6 +142,7 @@ pub const SYNC_QUEUE_GROUPS: usize = 4;
 pub struct CommitQueue {
     tx: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
+    stats: Arc<CommitStats>,
 }
 
 impl std::fmt::Debug for CommitQueue {
@@ -95,9 +162,11 @@ impl CommitQueue {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let (applied_tx, applied_rx) = crossbeam_channel::bounded::<Applied>(SYNC_QUEUE_GROUPS);
         let syncer_engine = Arc::clone(&engine);
+        let stats = Arc::new(CommitStats::default());
+        let syncer_stats = Arc::clone(&stats);
         let syncer = std::thread::Builder::new()
             .name("petrel-storage-syncer".into())
-            .spawn(move || syncer_loop(&*syncer_engine, &applied_rx))?;
+            .spawn(move || syncer_loop(&*syncer_engine, &applied_rx, &syncer_stats))?;
         let writer = std::thread::Builder::new()
             .name("petrel-storage-writer".into())
             .spawn(move || writer_loop(&*engine, &rx, &applied_tx, config));
@@ -113,7 +182,13 @@ impl CommitQueue {
         Ok(CommitQueue {
             tx: Some(tx),
             threads: vec![writer, syncer],
+            stats,
         })
+    }
+
+    /// The latency histogram, for metrics.
+    pub fn stats(&self) -> Arc<CommitStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Queue a request; `done` is called with its reply once durable. Never blocks.
@@ -127,6 +202,7 @@ impl CommitQueue {
         tx.send(Job {
             request,
             done: Box::new(done),
+            submitted: Instant::now(),
         })
         .map_err(|_| StorageError::Closed)
     }
@@ -182,8 +258,10 @@ fn writer_loop<E: Engine + ?Sized>(
     while let Ok(first) = rx.recv() {
         let mut requests = Vec::with_capacity(max_batch);
         let mut completions: Vec<Completion> = Vec::with_capacity(max_batch);
+        let mut submitted = Vec::with_capacity(max_batch);
         requests.push(first.request);
         completions.push(first.done);
+        submitted.push(first.submitted);
         let deadline = Instant::now() + config.max_wait;
         while requests.len() < max_batch {
             let job = match rx.try_recv() {
@@ -197,6 +275,7 @@ fn writer_loop<E: Engine + ?Sized>(
             };
             requests.push(job.request);
             completions.push(job.done);
+            submitted.push(job.submitted);
         }
         let writes: Vec<bool> = requests.iter().map(Request::is_write).collect();
         let replies = engine.apply_batch(requests);
@@ -204,6 +283,7 @@ fn writer_loop<E: Engine + ?Sized>(
             writes,
             replies,
             completions,
+            submitted,
         };
         if let Err(crossbeam_channel::SendError(lost)) = to_syncer.send(applied) {
             // The syncer is gone (it panicked): these writes will never be made durable.
@@ -215,7 +295,7 @@ fn writer_loop<E: Engine + ?Sized>(
     }
 }
 
-fn syncer_loop<E: Engine + ?Sized>(engine: &E, rx: &Receiver<Applied>) {
+fn syncer_loop<E: Engine + ?Sized>(engine: &E, rx: &Receiver<Applied>, stats: &CommitStats) {
     let mut groups = Vec::with_capacity(SYNC_QUEUE_GROUPS + 1);
     while let Ok(first) = rx.recv() {
         groups.push(first);
@@ -227,9 +307,14 @@ fn syncer_loop<E: Engine + ?Sized>(engine: &E, rx: &Receiver<Applied>) {
                 .any(|(w, r)| *w && r.is_ok())
         });
         let synced = if wrote { engine.make_durable() } else { Ok(()) };
+        let now = Instant::now();
+        stats.groups.fetch_add(1, Ordering::Relaxed);
         for mut g in groups.drain(..) {
             if let Err(e) = &synced {
                 fail_not_durable(&g.writes, &mut g.replies, e);
+            }
+            for at in &g.submitted {
+                stats.record(now.saturating_duration_since(*at));
             }
             for (done, reply) in g.completions.into_iter().zip(g.replies) {
                 done(reply);

@@ -45,7 +45,10 @@ pub mod values;
 pub use api::{
     AppendOutcome, AppendRequest, Engine, MembershipChange, Reply, Request, SyncPage, SyncRequest,
 };
-pub use commit::{CommitQueue, CommitQueueConfig, Completion};
+pub use commit::{
+    CommitQueue, CommitQueueConfig, CommitStats, CommitStatsSnapshot, Completion,
+    LATENCY_BUCKETS_US,
+};
 pub use config::{DiffusionMode, StorageConfig, SyncMode};
 pub use engine::{Store, StoreStats};
 pub use error::{DecodeError, StorageError};

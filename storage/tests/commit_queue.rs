@@ -121,6 +121,17 @@ fn completions_come_after_one_shared_sync() {
     for (_, s) in seqs {
         assert_eq!(s, (1..=250).collect::<Vec<_>>());
     }
+    // Every request's latency is recorded before its completion runs, and none can be
+    // shorter than the 300 µs fsync it waited for.
+    let stats = queue.stats().snapshot();
+    assert_eq!(stats.count, n);
+    assert_eq!(stats.buckets.iter().sum::<u64>(), n);
+    assert_eq!(
+        stats.buckets.len(),
+        petrel_storage::LATENCY_BUCKETS_US.len() + 1
+    );
+    assert_eq!(stats.buckets[..3], [0, 0, 0], "{stats:?}");
+    assert!(stats.sum_us >= 300 * n, "{stats:?}");
     queue.shutdown().unwrap();
     let kv = store.kv();
     assert_eq!(
@@ -135,6 +146,7 @@ fn completions_come_after_one_shared_sync() {
         syncs < n / 2,
         "groups formed: {syncs} syncs for {n} appends"
     );
+    assert_eq!(stats.groups, syncs, "one durability round per sync");
 }
 
 #[test]

@@ -26,6 +26,9 @@ const LISTENER_BASE: usize = usize::MAX - 1;
 const SCRATCH_LEN: usize = 64 * 1024;
 /// How long a shutting-down core keeps trying to flush before it closes regardless.
 const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(3);
+/// At most one "accept failed" warning per core per this interval: out of descriptors,
+/// every new SYN would otherwise log a line (a log flood exactly when the host is full).
+const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 pub(super) struct CoreSettings {
     pub(super) index: u8,
@@ -48,6 +51,9 @@ pub(super) struct CoreLoop {
     dirty: Vec<usize>,
     shutdown_started: Option<Instant>,
     control_gone: bool,
+    /// When the last "accept failed" warning was logged, and failures since.
+    accept_warned: Option<Instant>,
+    accept_failures: u64,
 }
 
 impl CoreLoop {
@@ -69,6 +75,8 @@ impl CoreLoop {
             dirty: Vec::new(),
             shutdown_started: None,
             control_gone: false,
+            accept_warned: None,
+            accept_failures: 0,
         })
     }
 
@@ -145,7 +153,21 @@ impl CoreLoop {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // EMFILE/ENFILE and friends: leave the rest in the backlog for now.
-                    tracing::warn!(core = self.settings.index, error = %e, "accept failed");
+                    self.accept_failures += 1;
+                    if self
+                        .accept_warned
+                        .is_none_or(|at| at.elapsed() >= ACCEPT_WARNING_INTERVAL)
+                    {
+                        tracing::warn!(
+                            core = self.settings.index,
+                            error = %e,
+                            failures = self.accept_failures,
+                            "accept failed (logged at most every 10 s per core; failures \
+                             counts every one since the last line)"
+                        );
+                        self.accept_warned = Some(Instant::now());
+                        self.accept_failures = 0;
+                    }
                     return;
                 }
             };

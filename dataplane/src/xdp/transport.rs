@@ -163,8 +163,34 @@ pub struct XdpTransport {
     _ntuple: Option<NtupleRule>,
     rx_counters: Vec<Arc<SharedRxCounters>>,
     threads: Vec<JoinHandle<()>>,
-    // Dropped last: the pollers' sockets must be gone before the filter detaches.
-    filter: XdpFilter,
+    // Dropped last: the pollers' sockets must be gone before the filter detaches. (A
+    // [`XdpStats`] handle may keep it attached a little longer; with no socket left the
+    // program passes everything to the kernel.)
+    filter: Arc<XdpFilter>,
+}
+
+/// A cheap, cloneable view of a transport's counters for another thread (the metrics
+/// endpoint), usable while the transport runs and after it stopped.
+#[derive(Debug, Clone)]
+pub struct XdpStats {
+    filter: Arc<XdpFilter>,
+    rx_counters: Vec<Arc<SharedRxCounters>>,
+}
+
+impl XdpStats {
+    /// The filter program's counters.
+    pub fn filter_counters(&self) -> Result<FilterCounters, FilterError> {
+        self.filter.counters()
+    }
+
+    /// What the pollers' classifier saw, summed over queues.
+    pub fn rx_counters(&self) -> RxCounters {
+        let mut sum = RxCounters::default();
+        for counters in &self.rx_counters {
+            counters.add_to(&mut sum);
+        }
+        sum
+    }
 }
 
 impl XdpTransport {
@@ -229,13 +255,21 @@ impl XdpTransport {
             _ntuple: ntuple,
             rx_counters,
             threads,
-            filter,
+            filter: Arc::new(filter),
         })
     }
 
     /// A router for the control-plane thread.
     pub fn router(&self) -> Router {
         Router::new(self.handles.clone())
+    }
+
+    /// A handle on the counters for another thread.
+    pub fn stats(&self) -> XdpStats {
+        XdpStats {
+            filter: self.filter.clone(),
+            rx_counters: self.rx_counters.clone(),
+        }
     }
 
     /// The filter program's counters.
@@ -246,11 +280,7 @@ impl XdpTransport {
     /// What the pollers' frame classifier saw, summed over queues: frames for us, and the
     /// malformed ones dropped, by reason.
     pub fn rx_counters(&self) -> RxCounters {
-        let mut sum = RxCounters::default();
-        for counters in &self.rx_counters {
-            counters.add_to(&mut sum);
-        }
-        sum
+        self.stats().rx_counters()
     }
 
     /// Waits for every poller to exit (after [`Router::shutdown_all`]), then detaches the
@@ -893,7 +923,9 @@ impl Poller {
             lingering, shards, ..
         } = self;
         lingering.retain(|&(shard, handle), linger| {
-            let Some(socket) = shards.shard_mut(shard).and_then(|s| s.connection_mut(handle))
+            let Some(socket) = shards
+                .shard_mut(shard)
+                .and_then(|s| s.connection_mut(handle))
             else {
                 return false;
             };

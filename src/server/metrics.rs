@@ -1,0 +1,638 @@
+//! The Prometheus endpoint of `petrel serve` (`--metrics-addr ADDR:PORT`).
+//!
+//! **Publishing.** The control plane's [`Counters`] are plain `u64`s owned by the
+//! control-plane thread; nothing on the hot path locks or touches an atomic for metrics.
+//! Instead the driver copies them, with its per-core connection counts and queue depths,
+//! into [`Metrics::publish`] every [`PUBLISH_INTERVAL`] — one short mutex hold per
+//! interval. A scrape renders the last published copy (so counters lag by at most that
+//! interval), plus two sources read at scrape time: the storage writer's latency
+//! histogram ([`CommitStats`], relaxed atomics written by the syncer thread) and, for the
+//! AF_XDP dataplane, a [`TransportSource`] closure (filter and poller counters).
+//!
+//! **Format.** Rendered with `prometheus-client` (the Prometheus project's Rust client) as
+//! OpenMetrics text, which Prometheus scrapes natively.
+//!
+//! **Serving.** A tiny HTTP/1.0 responder on its own thread (`petrel-metrics`) on a std
+//! `TcpListener`: it answers `GET /metrics` and nothing else, one request per connection.
+//! No HTTP server crate: a scrape every few seconds needs no keep-alive, TLS or routing,
+//! and an async stack (hyper/axum) or another blocking server would add a dependency
+//! tree bigger than the rest of the binary's direct dependencies for one URL. Put a
+//! reverse proxy in front of it if the endpoint must leave the host.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use petrel_control::Counters;
+use petrel_dataplane::xdp::filter::FilterCounters;
+use petrel_dataplane::xdp::wire::{Malformed, RxCounters};
+use petrel_storage::{CommitStats, LATENCY_BUCKETS_US};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+/// How often the driver publishes a snapshot.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What the driver publishes.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// The control plane's counters.
+    pub counters: Counters,
+    /// Logged-in sessions.
+    pub sessions: u64,
+    /// Open connections per dataplane core.
+    pub connections: Vec<u64>,
+    /// Commands (outbound frames, closes) queued for each core, not yet taken.
+    pub outbound_queue: Vec<u64>,
+    /// Transport events waiting for the control plane.
+    pub inbound_queue: u64,
+    /// Storage requests submitted and not yet completed.
+    pub storage_in_flight: u64,
+}
+
+/// The AF_XDP dataplane's counters, read at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct TransportSnapshot {
+    /// The XDP filter program's verdicts (summed over CPUs), if it could be read.
+    pub filter: Option<FilterCounters>,
+    /// What the pollers classified, summed over queues.
+    pub rx: Option<RxCounters>,
+}
+
+/// Reads the transport's counters; called on the metrics thread at each scrape, so it
+/// must not block for long (reading a BPF map and a few atomics is fine).
+pub type TransportSource = Box<dyn Fn() -> TransportSnapshot + Send + Sync>;
+
+/// Everything a scrape renders.
+pub struct Metrics {
+    dataplane: &'static str,
+    published: Mutex<Published>,
+    storage: Arc<CommitStats>,
+    transport: Mutex<Option<TransportSource>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("dataplane", &self.dataplane)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Metrics for a server on `dataplane` (`kernel` or `xdp`) whose storage queue
+    /// records into `storage`.
+    pub fn new(dataplane: &'static str, storage: Arc<CommitStats>) -> Arc<Metrics> {
+        Arc::new(Metrics {
+            dataplane,
+            published: Mutex::new(Published::default()),
+            storage,
+            transport: Mutex::new(None),
+        })
+    }
+
+    /// Replaces the published snapshot (the driver, every [`PUBLISH_INTERVAL`]).
+    pub fn publish(&self, snapshot: Published) {
+        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
+    }
+
+    /// Sets where the XDP families come from (the AF_XDP transport). Without one they
+    /// are not rendered.
+    #[allow(dead_code)] // Connected when serve starts the AF_XDP transport.
+    pub fn set_transport_source(&self, source: TransportSource) {
+        *self.transport.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
+    /// The whole exposition, OpenMetrics text.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Arc::clone(self)));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+fn counter(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels<'_>, u64)],
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in rows {
+        if labels.is_empty() {
+            ConstCounter::new(*v).encode(m.encode_family(&Vec::<(&str, &str)>::new())?)?;
+        } else {
+            ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+fn gauge(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels<'_>, i64)],
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in rows {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// Names of [`Malformed`] reasons, in index order.
+pub fn malformed_name(reason: Malformed) -> &'static str {
+    match reason {
+        Malformed::TruncatedEthernet => "truncated_ethernet",
+        Malformed::BadArp => "bad_arp",
+        Malformed::TruncatedIp => "truncated_ip",
+        Malformed::BadIpLength => "bad_ip_length",
+        Malformed::BadIpChecksum => "bad_ip_checksum",
+        Malformed::IpFragment => "ip_fragment",
+        Malformed::TruncatedTcp => "truncated_tcp",
+        Malformed::BadTcpChecksum => "bad_tcp_checksum",
+        Malformed::BadTcpHeader => "bad_tcp_header",
+    }
+}
+
+const MALFORMED: [Malformed; Malformed::COUNT] = [
+    Malformed::TruncatedEthernet,
+    Malformed::BadArp,
+    Malformed::TruncatedIp,
+    Malformed::BadIpLength,
+    Malformed::BadIpChecksum,
+    Malformed::IpFragment,
+    Malformed::TruncatedTcp,
+    Malformed::BadTcpChecksum,
+    Malformed::BadTcpHeader,
+];
+
+impl Collector for Metrics {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let p = self
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let c = &p.counters;
+        let dp = self.dataplane;
+        let cores: Vec<String> = (0..p.connections.len().max(p.outbound_queue.len()))
+            .map(|i| i.to_string())
+            .collect();
+
+        gauge(
+            &mut e,
+            "petrel_connections",
+            "Open client connections, by dataplane and core.",
+            &p.connections
+                .iter()
+                .zip(&cores)
+                .map(|(n, core)| (vec![("dataplane", dp), ("core", core.as_str())], *n as i64))
+                .collect::<Vec<_>>(),
+        )?;
+        gauge(
+            &mut e,
+            "petrel_sessions",
+            "Logged-in sessions.",
+            &[(vec![], p.sessions as i64)],
+        )?;
+        counter(
+            &mut e,
+            "petrel_connections_opened",
+            "Connections accepted.",
+            &[(vec![], c.connections_opened)],
+        )?;
+        counter(
+            &mut e,
+            "petrel_connections_closed",
+            "Connections gone (closed by either side).",
+            &[(vec![], c.connections_closed)],
+        )?;
+        counter(
+            &mut e,
+            "petrel_logins",
+            "Successful logins.",
+            &[(vec![], c.logins_ok)],
+        )?;
+        let f = &c.logins_failed;
+        counter(
+            &mut e,
+            "petrel_login_failures",
+            "Failed logins, by reason (deadline: no login within login_deadline_secs).",
+            &[
+                (vec![("reason", "malformed")], f.malformed),
+                (vec![("reason", "bad_signature")], f.bad_signature),
+                (vec![("reason", "expired")], f.expired),
+                (vec![("reason", "unknown_key")], f.unknown_key),
+                (vec![("reason", "revoked")], f.revoked),
+                (vec![("reason", "mismatch")], f.mismatch),
+                (vec![("reason", "not_ready")], f.not_ready),
+                (vec![("reason", "already_logged_in")], f.already_logged_in),
+                (vec![("reason", "deadline")], c.login_timeouts),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "petrel_sessions_expired",
+            "Sessions closed because their token expired without renewal.",
+            &[(vec![], c.sessions_expired)],
+        )?;
+        let frames = |counts: &petrel_control::counters::FrameCounts| {
+            counts
+                .iter()
+                .map(|(t, n)| {
+                    let name = t.message_name();
+                    (
+                        vec![("type", name.strip_prefix("petrel.v1.").unwrap_or(name))],
+                        n,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        counter(
+            &mut e,
+            "petrel_frames_in",
+            "Frames received, by type.",
+            &frames(&c.frames_in),
+        )?;
+        counter(
+            &mut e,
+            "petrel_frames_out",
+            "Frames sent, by type (a fan-out push counts once per receiver).",
+            &frames(&c.frames_out),
+        )?;
+        counter(
+            &mut e,
+            "petrel_frame_errors",
+            "Frames that failed to decode.",
+            &[(vec![], c.frame_errors)],
+        )?;
+        let scenarios = |s: &petrel_control::counters::ByScenario| {
+            vec![
+                (vec![("scenario", "single")], s.single),
+                (vec![("scenario", "group")], s.group),
+                (vec![("scenario", "chatroom")], s.chatroom),
+                (vec![("scenario", "public_account")], s.public_account),
+            ]
+        };
+        counter(
+            &mut e,
+            "petrel_messages_persisted",
+            "Messages stored, by scenario (retries of stored messages not counted).",
+            &scenarios(&c.messages_persisted),
+        )?;
+        counter(
+            &mut e,
+            "petrel_messages_delivered",
+            "Pushes handed to the transport (one per receiving connection), by scenario.",
+            &scenarios(&c.messages_delivered),
+        )?;
+        counter(
+            &mut e,
+            "petrel_messages_dropped",
+            "Pushes not delivered to slow consumers (chatrooms), by scenario.",
+            &scenarios(&c.messages_dropped),
+        )?;
+        counter(
+            &mut e,
+            "petrel_messages_duplicate",
+            "Retried sends answered with the stored original's seq.",
+            &[(vec![], c.messages_duplicate)],
+        )?;
+        counter(
+            &mut e,
+            "petrel_messages_rejected",
+            "Sends refused (not a member, unknown conversation, ...).",
+            &[(vec![], c.messages_rejected)],
+        )?;
+        counter(
+            &mut e,
+            "petrel_rate_limited",
+            "Requests refused by the per-connection rate limit.",
+            &[(vec![], c.rate_limited)],
+        )?;
+        let k = &c.kicks;
+        counter(
+            &mut e,
+            "petrel_kicks",
+            "Kicks sent, by reason.",
+            &[
+                (vec![("reason", "replaced")], k.replaced),
+                (vec![("reason", "idle")], k.idle),
+                (vec![("reason", "slow_consumer")], k.slow_consumer),
+                (vec![("reason", "token_revoked")], k.token_revoked),
+                (vec![("reason", "admin")], k.admin),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "petrel_storage_errors",
+            "Storage requests that failed with an internal error.",
+            &[(vec![], c.storage_errors)],
+        )?;
+        gauge(
+            &mut e,
+            "petrel_storage_in_flight",
+            "Storage requests submitted and not yet completed.",
+            &[(vec![], p.storage_in_flight as i64)],
+        )?;
+        gauge(
+            &mut e,
+            "petrel_outbound_queue_depth",
+            "Commands (outbound frames, closes) queued for a dataplane core and not yet taken.",
+            &p.outbound_queue
+                .iter()
+                .zip(&cores)
+                .map(|(n, core)| (vec![("dataplane", dp), ("core", core.as_str())], *n as i64))
+                .collect::<Vec<_>>(),
+        )?;
+        gauge(
+            &mut e,
+            "petrel_inbound_queue_depth",
+            "Transport events waiting for the control plane (bounded; full means back-pressure).",
+            &[(vec![], p.inbound_queue as i64)],
+        )?;
+
+        let s = self.storage.snapshot();
+        {
+            let mut m = e.encode_descriptor(
+                "petrel_storage_commit_latency_seconds",
+                "Storage requests from submit to durable completion (group commit included).",
+                None,
+                MetricType::Histogram,
+            )?;
+            let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_US
+                .iter()
+                .map(|&us| us as f64 / 1e6)
+                .chain(std::iter::once(f64::INFINITY))
+                .zip(s.buckets.iter().copied())
+                .collect();
+            m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                s.sum_us as f64 / 1e6,
+                s.count,
+                &buckets,
+                None,
+            )?;
+        }
+        counter(
+            &mut e,
+            "petrel_storage_commit_rounds",
+            "Durability rounds of the storage writer (one WAL fsync each with sync = batch).",
+            &[(vec![], s.groups)],
+        )?;
+
+        let transport = self.transport.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(source) = transport.as_ref() {
+            let t = source();
+            if let Some(f) = t.filter {
+                counter(
+                    &mut e,
+                    "petrel_xdp_packets",
+                    "XDP filter verdicts: redirected to AF_XDP, passed to the kernel, dropped.",
+                    &[
+                        (vec![("verdict", "redirected")], f.redirected),
+                        (vec![("verdict", "passed")], f.passed),
+                        (vec![("verdict", "passed_no_socket")], f.no_socket),
+                        (vec![("verdict", "dropped_malformed")], f.malformed),
+                        (vec![("verdict", "dropped_fragment")], f.fragments),
+                    ],
+                )?;
+            }
+            if let Some(rx) = t.rx {
+                counter(
+                    &mut e,
+                    "petrel_xdp_rx_frames",
+                    "Frames the AF_XDP pollers classified, by class.",
+                    &[
+                        (vec![("class", "tcp")], rx.tcp),
+                        (vec![("class", "arp")], rx.arp),
+                        (vec![("class", "not_ours")], rx.not_ours),
+                        (vec![("class", "malformed")], rx.malformed_total()),
+                    ],
+                )?;
+                counter(
+                    &mut e,
+                    "petrel_xdp_rx_malformed",
+                    "Frames the AF_XDP pollers dropped, by reason.",
+                    &MALFORMED
+                        .iter()
+                        .map(|&r| (vec![("reason", malformed_name(r))], rx.malformed(r)))
+                        .collect::<Vec<_>>(),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A running endpoint.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// Binds `addr` and serves `GET /metrics` from `metrics` on a thread of its own.
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<Endpoint> {
+    let listener = TcpListener::bind(addr)?;
+    let addr = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("petrel-metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(stream) => {
+                        if let Err(error) = answer(stream, &metrics) {
+                            tracing::debug!(%error, "metrics request failed");
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "metrics accept failed");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })?;
+    Ok(Endpoint { addr })
+}
+
+fn answer(mut stream: TcpStream, metrics: &Arc<Metrics>) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > 16 * 1024 {
+            break;
+        }
+    }
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, kind, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.render(),
+        ),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "petrel serves only /metrics here\n".to_owned(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET /metrics\n".to_owned(),
+        ),
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn published_counters_and_a_fake_xdp_source_are_rendered() {
+        let stats = Arc::new(CommitStats::default());
+        let metrics = Metrics::new("xdp", stats);
+        let mut counters = Counters {
+            logins_ok: 3,
+            ..Counters::default()
+        };
+        counters.logins_failed.expired = 2;
+        counters.messages_persisted.single = 5;
+        counters.frames_in.add(petrel_proto::FrameType::SendMessage);
+        metrics.publish(Published {
+            counters,
+            sessions: 3,
+            connections: vec![2, 1],
+            outbound_queue: vec![0, 7],
+            inbound_queue: 4,
+            storage_in_flight: 1,
+        });
+        let text = metrics.render();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(value(&text, "petrel_logins_total"), Some(3.0));
+        assert_eq!(
+            value(&text, "petrel_login_failures_total{reason=\"expired\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&text, "petrel_connections{dataplane=\"xdp\",core=\"1\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "petrel_outbound_queue_depth{dataplane=\"xdp\",core=\"1\"}"
+            ),
+            Some(7.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "petrel_messages_persisted_total{scenario=\"single\"}"
+            ),
+            Some(5.0)
+        );
+        assert_eq!(
+            value(&text, "petrel_frames_in_total{type=\"SendMessage\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, "petrel_storage_commit_latency_seconds_count"),
+            Some(0.0)
+        );
+        // No transport source yet: no XDP families.
+        assert!(!text.contains("petrel_xdp"), "{text}");
+
+        metrics.set_transport_source(Box::new(|| {
+            let mut rx = RxCounters {
+                tcp: 40,
+                ..RxCounters::default()
+            };
+            rx.malformed[Malformed::BadTcpChecksum as usize] = 2;
+            TransportSnapshot {
+                filter: Some(FilterCounters {
+                    redirected: 42,
+                    passed: 9,
+                    malformed: 1,
+                    fragments: 0,
+                    no_socket: 3,
+                }),
+                rx: Some(rx),
+            }
+        }));
+        let text = metrics.render();
+        assert_eq!(
+            value(&text, "petrel_xdp_packets_total{verdict=\"redirected\"}"),
+            Some(42.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "petrel_xdp_packets_total{verdict=\"passed_no_socket\"}"
+            ),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(&text, "petrel_xdp_rx_frames_total{class=\"malformed\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "petrel_xdp_rx_malformed_total{reason=\"bad_tcp_checksum\"}"
+            ),
+            Some(2.0)
+        );
+    }
+
+    #[test]
+    fn the_endpoint_answers_get_metrics_and_refuses_the_rest() {
+        let metrics = Metrics::new("kernel", Arc::new(CommitStats::default()));
+        let endpoint = serve("127.0.0.1:0".parse().unwrap(), metrics).unwrap();
+        let get = |request: &str| {
+            let mut s = TcpStream::connect(endpoint.addr).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        };
+        let ok = get("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(ok.contains("petrel_connections_opened_total 0"), "{ok}");
+        assert!(get("GET / HTTP/1.0\r\n\r\n").starts_with("HTTP/1.1 404"));
+        assert!(get("POST /metrics HTTP/1.0\r\n\r\n").starts_with("HTTP/1.1 405"));
+    }
+}

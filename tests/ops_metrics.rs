@@ -1,0 +1,174 @@
+//! The Prometheus endpoint of `petrel serve --metrics-addr`, scraped while 1:1 traffic
+//! flows and after: every family the operations guide tells operators to watch moves by
+//! exactly what the traffic did.
+
+mod ops_support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use ops_support::Server;
+use ops_support::client::{TestClient, single};
+use petrel_proto::{Body, pb};
+
+const MESSAGES: u64 = 300;
+
+#[test]
+fn counters_move_with_logins_messages_and_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    // No rate limit: the sender below is faster than 20 messages a second.
+    let server = Server::start(dir.path(), "rate_limit_per_second = 0\n", true);
+    // One connection gauge per dataplane core, labelled with the dataplane, from the
+    // driver's first publication on.
+    let first = server.scrape_until("the first publication", |s| {
+        s.text
+            .contains("petrel_connections{dataplane=\"kernel\",core=\"0\"}")
+    });
+    assert_eq!(first.sum("petrel_connections", ""), 0.0, "{}", first.text);
+    assert_eq!(first.get("petrel_logins_total"), 0.0);
+    let baseline_commits = first.get("petrel_storage_commit_latency_seconds_count");
+
+    // A login with a bad token fails and its connection is closed.
+    let mut bad = TestClient::connect(server.addr);
+    let reply = bad.request(pb::Login {
+        token: "not-a-token".into(),
+        user_id: 7,
+        device_id: "x".into(),
+        platform: pb::Platform::Desktop as i32,
+        client_version: "ops-test".into(),
+    });
+    assert!(matches!(reply.body, Body::Error(_)), "{reply:?}");
+    drop(bad);
+
+    let (alice, bob) = (1_001, 2_002);
+    let mut a = TestClient::login(server.addr, &server.token(alice, "a"), alice, "a");
+    let mut b = TestClient::login(server.addr, &server.token(bob, "b"), bob, "b");
+    let s = server.scrape_until("two sessions", |s| s.get("petrel_sessions") == 2.0);
+    assert_eq!(s.get("petrel_logins_total"), 2.0);
+    assert_eq!(
+        s.get("petrel_login_failures_total{reason=\"malformed\"}"),
+        1.0,
+        "{}",
+        s.text
+    );
+    assert_eq!(s.sum("petrel_login_failures_total", ""), 1.0);
+    assert_eq!(s.sum("petrel_connections", ""), 2.0, "{}", s.text);
+    assert_eq!(s.get("petrel_connections_opened_total"), 3.0);
+    assert_eq!(s.get("petrel_connections_closed_total"), 1.0);
+    assert_eq!(s.get("petrel_frames_in_total{type=\"Login\"}"), 3.0);
+    assert_eq!(s.get("petrel_frames_out_total{type=\"LoginResult\"}"), 2.0);
+
+    // Alice sends while the test scrapes; Bob reads every push. Halfway the sender stops
+    // until the test has seen exactly the first half in the metrics.
+    let halfway = Arc::new(Barrier::new(2));
+    let resume = Arc::new(Barrier::new(2));
+    let done = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (halfway, resume, done) = (halfway.clone(), resume.clone(), done.clone());
+        std::thread::spawn(move || {
+            for i in 0..MESSAGES {
+                if i == MESSAGES / 2 {
+                    halfway.wait();
+                    resume.wait();
+                }
+                let ack = a.send_text(single(bob), i + 1, &format!("message {i}"));
+                assert_eq!(ack.seq, i + 1);
+            }
+            done.store(true, Ordering::SeqCst);
+            a
+        })
+    };
+    let reader = std::thread::spawn(move || {
+        for _ in 0..MESSAGES {
+            b.push();
+        }
+        b
+    });
+
+    halfway.wait();
+    let half = (MESSAGES / 2) as f64;
+    let during = server.scrape_until("the first half persisted", |s| {
+        s.get("petrel_messages_persisted_total{scenario=\"single\"}") >= half
+    });
+    assert_eq!(
+        during.get("petrel_messages_persisted_total{scenario=\"single\"}"),
+        half,
+        "{}",
+        during.text
+    );
+    assert_eq!(
+        during.get("petrel_frames_in_total{type=\"SendMessage\"}"),
+        half
+    );
+    assert_eq!(during.get("petrel_frames_out_total{type=\"Ack\"}"), half);
+    resume.wait();
+    // Scrape while the second half flows: the counters only grow.
+    let mut last = half;
+    let mut scrapes = 0;
+    while !done.load(Ordering::SeqCst) {
+        let now = server
+            .scrape()
+            .get("petrel_messages_persisted_total{scenario=\"single\"}");
+        assert!(now >= last && now <= MESSAGES as f64, "{last} then {now}");
+        last = now;
+        scrapes += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("{scrapes} scrapes during the second half");
+
+    let a = sender.join().unwrap();
+    let b = reader.join().unwrap();
+    let m = MESSAGES as f64;
+    let after = server.scrape_until("every message persisted and delivered", |s| {
+        s.get("petrel_messages_delivered_total{scenario=\"single\"}") == m
+    });
+    assert_eq!(
+        after.get("petrel_messages_persisted_total{scenario=\"single\"}"),
+        m
+    );
+    assert_eq!(
+        after.get("petrel_messages_persisted_total{scenario=\"group\"}"),
+        0.0
+    );
+    assert_eq!(
+        after.get("petrel_messages_dropped_total{scenario=\"single\"}"),
+        0.0
+    );
+    assert_eq!(after.get("petrel_frames_in_total{type=\"SendMessage\"}"), m);
+    assert_eq!(after.get("petrel_frames_out_total{type=\"Ack\"}"), m);
+    assert_eq!(
+        after.get("petrel_frames_out_total{type=\"MessagePush\"}"),
+        m
+    );
+    // Every append went through the storage writer and was timed.
+    let commits = after.get("petrel_storage_commit_latency_seconds_count") - baseline_commits;
+    assert!(
+        commits >= m,
+        "{commits} storage requests timed for {m} appends"
+    );
+    assert_eq!(
+        after.get("petrel_storage_commit_latency_seconds_bucket{le=\"+Inf\"}"),
+        after.get("petrel_storage_commit_latency_seconds_count")
+    );
+    assert!(after.get("petrel_storage_commit_latency_seconds_sum") > 0.0);
+    assert!(after.get("petrel_storage_commit_rounds_total") >= 1.0);
+    assert_eq!(after.get("petrel_storage_in_flight"), 0.0, "{}", after.text);
+    assert_eq!(after.sum("petrel_outbound_queue_depth", ""), 0.0);
+    // The kernel dataplane has no XDP families.
+    assert!(!after.text.contains("petrel_xdp_"));
+
+    drop(b);
+    let closed = server.scrape_until("bob's close", |s| s.get("petrel_sessions") == 1.0);
+    assert_eq!(closed.sum("petrel_connections", ""), 1.0);
+    assert_eq!(closed.get("petrel_connections_closed_total"), 2.0);
+    drop(a);
+}
+
+#[test]
+fn serve_without_metrics_addr_prints_no_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), "", false);
+    assert!(server.metrics.is_none());
+    server.stop();
+}
