@@ -130,6 +130,7 @@ fn filter_redirects_petrel_tcp_and_passes_the_rest() {
     check_userspace_tcp_echo();
     check_transport_boundary();
     check_many_concurrent_connections(200);
+    check_malformed_frames_are_dropped_and_counted();
 }
 
 /// Attaches the filter in `mode`, binds a socket per queue, sends Petrel TCP, ICMP and
@@ -640,4 +641,199 @@ fn check_many_concurrent_connections(n: usize) {
     transport.join();
     assert_eq!(opened, n, "every client was accepted");
     assert_eq!(ok, n, "every client read its reply");
+}
+
+/// Raw Ethernet frames, one per line in hex, sent from the namespace's end of the veth with
+/// an AF_PACKET socket (Python's standard library: no unsafe code in the test).
+fn inject_frames(frames: &[Vec<u8>]) {
+    use std::io::Write;
+    let script = format!(
+        "import socket, sys\n\
+         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+         s.bind(({PEER_IF:?}, 0))\n\
+         for line in sys.stdin.read().split():\n    s.send(bytes.fromhex(line))\n"
+    );
+    let mut child = in_ns(&["python3", "-c", &script])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 for raw frames");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for frame in frames {
+        writeln!(stdin, "{}", hex(frame)).expect("write frame");
+    }
+    drop(stdin);
+    assert!(
+        child.wait().expect("python3").success(),
+        "raw frame injection failed"
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn mac_of(iface: &str, netns: Option<&str>) -> EthernetAddress {
+    let text = match netns {
+        None => std::fs::read_to_string(format!("/sys/class/net/{iface}/address")).expect("MAC"),
+        Some(ns) => {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    ns,
+                    "cat",
+                    &format!("/sys/class/net/{iface}/address"),
+                ])
+                .output()
+                .expect("peer MAC");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).expect("MAC byte"))
+        .collect();
+    EthernetAddress::from_bytes(&bytes)
+}
+
+/// A well-formed Ethernet/IPv4/TCP SYN from the peer to Petrel's port, with correct
+/// checksums, that the variants below break one field at a time.
+fn valid_syn(src_mac: EthernetAddress, dst_mac: EthernetAddress, src_port: u16) -> Vec<u8> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Repr, TcpControl, TcpPacket,
+        TcpRepr, TcpSeqNumber,
+    };
+    let src_ip: Ipv4Addr = PEER_ADDR.parse().expect("peer address");
+    let tcp = TcpRepr {
+        src_port,
+        dst_port: PETREL_PORT,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(1),
+        ack_number: None,
+        window_len: 1024,
+        window_scale: None,
+        max_seg_size: Some(1460),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = Ipv4Repr {
+        src_addr: src_ip,
+        dst_addr: HOST_ADDR,
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let eth = EthernetRepr {
+        src_addr: src_mac,
+        dst_addr: dst_mac,
+        ethertype: EthernetProtocol::Ipv4,
+    };
+    let mut buf = vec![0u8; eth.buffer_len() + ip.buffer_len() + tcp.buffer_len()];
+    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+    eth.emit(&mut frame);
+    let caps = ChecksumCapabilities::default();
+    let mut ip_packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+    ip.emit(&mut ip_packet, &caps);
+    let mut tcp_packet = TcpPacket::new_unchecked(ip_packet.payload_mut());
+    tcp.emit(&mut tcp_packet, &src_ip.into(), &HOST_ADDR.into(), &caps);
+    buf
+}
+
+/// Malformed frames addressed to Petrel — truncated IP and TCP headers, bad lengths, bad
+/// checksums, fragments, garbage TCP options — are dropped by the filter or the poller's
+/// classifier, each counted under its reason, and the transport keeps serving.
+fn check_malformed_frames_are_dropped_and_counted() {
+    use petrel_dataplane::xdp::transport::{XdpConfig, XdpTransport};
+    use petrel_dataplane::xdp::wire::Malformed;
+
+    let (events_tx, events) = crossbeam_channel::bounded(4096);
+    let mut config = XdpConfig::new(HOST_IF, HOST_ADDR, PETREL_PORT);
+    config.queues = vec![0, 1];
+    config.cores = vec![None, None];
+    config.attach = AttachMode::Driver;
+    config.shards_per_queue = 4;
+    let transport = XdpTransport::start(config, events_tx).expect("start the AF_XDP transport");
+
+    let (ours, peer) = (mac_of(HOST_IF, None), mac_of(PEER_IF, Some(NS)));
+    let syn = |port| valid_syn(peer, ours, port);
+    const ETH: usize = 14;
+    let mut frames = Vec::new();
+    // The filter drops: an IPv4 header with IHL < 5 …
+    let mut f = syn(40_001);
+    f[ETH] = 0x44;
+    frames.push(f);
+    // … a TCP header cut off after 8 bytes (the IP total length is left as it was) …
+    let f = syn(40_002);
+    frames.push(f[..ETH + 20 + 8].to_vec());
+    // … and a fragment (more-fragments set).
+    let mut f = syn(40_003);
+    f[ETH + 6] |= 0x20;
+    frames.push(f);
+    // The classifier drops: a wrong IP header checksum …
+    let mut f = syn(40_004);
+    f[ETH + 10] ^= 0xff;
+    frames.push(f);
+    // … a wrong TCP checksum …
+    let mut f = syn(40_005);
+    f[ETH + 20 + 16] ^= 0xff;
+    frames.push(f);
+    // … an IP total length longer than the frame …
+    let mut f = syn(40_006);
+    f[ETH + 2] = 0x05;
+    frames.push(f);
+    // … and a TCP data offset pointing past the segment (options that are not there).
+    let mut f = syn(40_007);
+    f[ETH + 20 + 12] = 0xf0;
+    frames.push(f);
+    // … and a TCP option with an impossible length (MSS, length 0), checksum recomputed
+    // so that only the options are wrong.
+    let mut f = syn(40_008);
+    f[ETH + 20 + 21] = 0;
+    {
+        let src: Ipv4Addr = PEER_ADDR.parse().expect("peer address");
+        let mut segment = smoltcp::wire::TcpPacket::new_unchecked(&mut f[ETH + 20..]);
+        segment.fill_checksum(&src.into(), &HOST_ADDR.into());
+    }
+    frames.push(f);
+    inject_frames(&frames);
+
+    // Then a real client still gets in.
+    let connected = in_ns(&[
+        "timeout",
+        "5",
+        "bash",
+        "-c",
+        &format!("exec 3<>/dev/tcp/{HOST_ADDR}/{PETREL_PORT}"),
+    ])
+    .status()
+    .expect("client");
+    let opened = std::iter::from_fn(|| events.recv_timeout(Duration::from_secs(2)).ok())
+        .any(|e| matches!(e, petrel_control::Event::Opened { .. }));
+
+    let filter = transport.filter_counters().expect("filter counters");
+    let rx = transport.rx_counters();
+    eprintln!("malformed injection: filter {filter:?}, classifier {rx:?}");
+    let mut router = transport.router();
+    router.shutdown_all();
+    transport.join();
+    assert!(
+        connected.success() && opened,
+        "a valid client connects afterwards"
+    );
+    assert_eq!(filter.fragments, 1, "the fragment was dropped in XDP");
+    assert!(
+        filter.malformed >= 2,
+        "short IP and TCP headers dropped in XDP: {filter:?}"
+    );
+    let dropped = |reason: Malformed| rx.malformed[reason as usize];
+    assert_eq!(dropped(Malformed::BadIpChecksum), 1, "{rx:?}");
+    assert_eq!(dropped(Malformed::BadTcpChecksum), 1, "{rx:?}");
+    assert_eq!(dropped(Malformed::BadIpLength), 1, "{rx:?}");
+    assert_eq!(dropped(Malformed::TruncatedTcp), 1, "{rx:?}");
+    assert_eq!(dropped(Malformed::BadTcpHeader), 1, "{rx:?}");
 }
