@@ -82,6 +82,13 @@ lab_up() {
   # way; this keeps captures on the host side honest).
   ethtool -K "$HOST_IF" tx off >/dev/null
 
+  # A veth delivers each packet on the rx queue matching the tx queue the sender picked,
+  # and the sender's kernel re-picks a flow's tx queue after a retransmission timeout
+  # (net.core.txrehash): the flow then lands on another AF_XDP queue, whose userspace TCP
+  # does not know it and answers RST. A real NIC's RSS hashes the 4-tuple and keeps a
+  # flow on one queue; pin the lab's clients to that behaviour (a per-namespace sysctl).
+  ip netns exec "$NS" sysctl -qw net.core.txrehash=0
+
   trap - ERR
   echo "veth-lab: up ($HOST_IF $HOST_ADDR <-> $NS/$PEER_IF $PEER_ADDR, $QUEUES queues)"
 }
