@@ -300,13 +300,13 @@ impl ServeConfig {
         if self.heartbeat_interval.is_zero() || self.idle_timeout <= self.heartbeat_interval {
             bail!("idle_timeout must be longer than heartbeat_interval (both non-zero)");
         }
-        if self.dataplane == DataplaneKind::Xdp {
-            self.validate_xdp()?;
-        }
         Ok(())
     }
 
-    fn validate_xdp(&self) -> anyhow::Result<()> {
+    /// What `petrel serve --dataplane xdp` needs beyond a valid configuration: an
+    /// interface and one concrete IPv4 listen address. (Checked when serving, not when
+    /// resolving: `petrel doctor` and `tune` read the same settings for other purposes.)
+    pub fn validate_xdp(&self) -> anyhow::Result<()> {
         if self.xdp.iface.is_none() {
             bail!("--dataplane xdp needs --iface IF (the interface whose queues Petrel serves)");
         }
@@ -428,6 +428,7 @@ mod tests {
                 iface: iface.map(str::to_owned),
                 ..ServeArgs::default()
             })
+            .and_then(|config| config.validate_xdp().map(|()| config))
             .map_err(|e| format!("{e:#}"))
         };
         assert!(

@@ -64,9 +64,12 @@ fn control_config(config: &ServeConfig) -> petrel_control::Config {
 
 /// Runs the server until SIGINT or SIGTERM, then shuts down gracefully.
 pub fn run(config: ServeConfig) -> anyhow::Result<()> {
-    if config.dataplane == DataplaneKind::Kernel {
-        // AF_XDP connections hold no file descriptor; kernel sockets hold one each.
-        limits::raise_nofile(config.max_connections);
+    match config.dataplane {
+        // Kernel sockets hold a descriptor each; AF_XDP connections hold none.
+        DataplaneKind::Kernel => {
+            limits::raise_nofile(config.max_connections);
+        }
+        DataplaneKind::Xdp => config.validate_xdp()?,
     }
 
     std::fs::create_dir_all(&config.data_dir)
