@@ -1,13 +1,14 @@
 //! `petrel admin backup DIR`: through the running server's admin socket, and directly on
 //! the database when no server runs; each checkpoint restores into a working server.
 
-mod ops_support;
+#[allow(unused_imports)] // common re-exports what other test files use
+mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use ops_support::client::{TestClient, single, text_of};
-use ops_support::{Server, petrel};
+use common::client::{single, text_of};
+use common::{Dataplane, TestClient, TestServer, petrel};
 
 fn backup(data_dir: &Path, dir: &Path) -> std::process::Output {
     petrel(&[
@@ -24,7 +25,7 @@ fn restored_history(checkpoint: &Path, keys: &Path, user: u64) -> Vec<String> {
     let restore = tempfile::tempdir().unwrap();
     std::fs::rename(checkpoint, restore.path().join("db")).unwrap();
     std::fs::copy(keys, restore.path().join("keys")).unwrap();
-    let mut server = Server::start(restore.path(), "", false);
+    let mut server = TestServer::start_in(Dataplane::Kernel, restore.path(), "");
     let mut c = TestClient::login(
         server.addr,
         &server.token(user, "restored"),
@@ -41,7 +42,7 @@ fn restored_history(checkpoint: &Path, keys: &Path, user: u64) -> Vec<String> {
 fn backup_while_running_and_while_stopped() {
     let data = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let mut server = Server::start(data.path(), "", false);
+    let mut server = TestServer::start_in(Dataplane::Kernel, data.path(), "");
     let socket = data.path().join("admin.sock");
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "admin socket mode {mode:o}");

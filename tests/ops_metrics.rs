@@ -1,29 +1,36 @@
 //! The Prometheus endpoint of `petrel serve --metrics-addr`, scraped while 1:1 traffic
 //! flows and after: every family the operations guide tells operators to watch moves by
-//! exactly what the traffic did.
+//! exactly what the traffic did — on both dataplanes (`NAME::kernel`, `NAME::xdp`; the
+//! AF_XDP one also exports its filter's and classifier's counters).
 
-mod ops_support;
+#[macro_use]
+mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use ops_support::Server;
-use ops_support::client::{TestClient, single};
+use common::client::single;
+use common::{Dataplane, TestClient, TestServer};
 use petrel_proto::{Body, pb};
 
 const MESSAGES: u64 = 300;
 
-#[test]
-fn counters_move_with_logins_messages_and_closes() {
-    let dir = tempfile::tempdir().unwrap();
+const METRICS: &str = "metrics_addr = \"127.0.0.1:0\"\n";
+
+fn counters_move_with_logins_messages_and_closes(dp: Dataplane) {
     // No rate limit: the sender below is faster than 20 messages a second.
-    let server = Server::start(dir.path(), "rate_limit_per_second = 0\n", true);
+    let server = TestServer::start_on(dp, &format!("rate_limit_per_second = 0\n{METRICS}"));
+    let label = match dp {
+        Dataplane::Kernel => "kernel",
+        Dataplane::Xdp => "xdp",
+    };
     // One connection gauge per dataplane core, labelled with the dataplane, from the
     // driver's first publication on.
     let first = server.scrape_until("the first publication", |s| {
-        s.text
-            .contains("petrel_connections{dataplane=\"kernel\",core=\"0\"}")
+        s.text.contains(&format!(
+            "petrel_connections{{dataplane=\"{label}\",core=\"0\"}}"
+        ))
     });
     assert_eq!(first.sum("petrel_connections", ""), 0.0, "{}", first.text);
     assert_eq!(first.get("petrel_logins_total"), 0.0);
@@ -155,8 +162,19 @@ fn counters_move_with_logins_messages_and_closes() {
     assert!(after.get("petrel_storage_commit_rounds_total") >= 1.0);
     assert_eq!(after.get("petrel_storage_in_flight"), 0.0, "{}", after.text);
     assert_eq!(after.sum("petrel_outbound_queue_depth", ""), 0.0);
-    // The kernel dataplane has no XDP families.
-    assert!(!after.text.contains("petrel_xdp_"));
+    match dp {
+        // The kernel dataplane has no XDP families.
+        Dataplane::Kernel => assert!(!after.text.contains("petrel_xdp_")),
+        // Every segment of the traffic went through the filter to a socket and was
+        // classified as TCP for us; nothing was malformed.
+        Dataplane::Xdp => {
+            let redirected = after.get("petrel_xdp_packets_total{verdict=\"redirected\"}");
+            let tcp = after.get("petrel_xdp_rx_frames_total{class=\"tcp\"}");
+            assert!(redirected >= 2.0 * m, "{}", after.text);
+            assert!(tcp >= 2.0 * m && tcp <= redirected, "{}", after.text);
+            assert_eq!(after.sum("petrel_xdp_rx_malformed_total", ""), 0.0);
+        }
+    }
 
     drop(b);
     let closed = server.scrape_until("bob's close", |s| s.get("petrel_sessions") == 1.0);
@@ -167,8 +185,9 @@ fn counters_move_with_logins_messages_and_closes() {
 
 #[test]
 fn serve_without_metrics_addr_prints_no_endpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), "", false);
+    let mut server = TestServer::start("");
     assert!(server.metrics.is_none());
     server.stop();
 }
+
+dataplane_tests!(counters_move_with_logins_messages_and_closes);

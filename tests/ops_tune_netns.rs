@@ -6,12 +6,14 @@
 //!
 //! Needs root (network namespaces); skipped with a message otherwise.
 
-mod ops_support;
+#[allow(unused_imports)] // common re-exports what other test files use
+mod common;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
-use ops_support::{PETREL, is_root};
+use common::PETREL;
+use common::lab::available as is_root;
 
 /// The namespace and veth pair; removed on drop (deleting the namespace deletes the pair).
 struct Lab {

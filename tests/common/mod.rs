@@ -4,7 +4,19 @@
 
 pub mod client;
 pub mod lab;
+pub mod metrics;
 pub mod server;
 
 pub use client::TestClient;
 pub use server::{Dataplane, TestServer};
+
+/// The `petrel` binary under test.
+pub const PETREL: &str = env!("CARGO_BIN_EXE_petrel");
+
+/// Runs `petrel ARGS`, returning its output.
+pub fn petrel(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(PETREL)
+        .args(args)
+        .output()
+        .expect("run petrel")
+}

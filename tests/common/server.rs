@@ -41,6 +41,8 @@ impl Dataplane {
 pub struct TestServer {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The metrics endpoint, when the config set `metrics_addr` (in the root namespace).
+    pub metrics: Option<SocketAddr>,
     pub dataplane: Dataplane,
     data_dir: PathBuf,
     extra_config: String,
@@ -66,6 +68,14 @@ impl TestServer {
         let mut server = TestServer::spawn(&data_dir, extra_config, None, lab);
         server._tmp = Some(tmp);
         server
+    }
+
+    /// Starts a server on `dataplane` in an existing data directory (kept after the
+    /// server is gone).
+    pub fn start_in(dataplane: Dataplane, data_dir: &Path, extra_config: &str) -> TestServer {
+        std::fs::create_dir_all(data_dir).expect("data dir");
+        let lab = (dataplane == Dataplane::Xdp).then(Lab::shared);
+        TestServer::spawn(data_dir, extra_config, None, lab)
     }
 
     /// Starts an xdp server listening on `addr` of the lab's subnet, an address the
@@ -128,11 +138,16 @@ impl TestServer {
         .expect("spawn petrel serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
+        let mut metrics = None;
         let addr = loop {
             let line = lines
                 .next()
                 .expect("petrel serve exited before printing its address")
                 .expect("read stdout");
+            if let Some(rest) = line.strip_prefix("petrel: metrics on http://") {
+                let addr = rest.strip_suffix("/metrics").expect("…/metrics");
+                metrics = Some(addr.parse().expect("metrics address"));
+            }
             if let Some(rest) = line.strip_prefix("petrel: serving on ") {
                 let addr = rest.split_whitespace().next().expect("address");
                 break addr.parse().expect("socket address");
@@ -143,6 +158,7 @@ impl TestServer {
         TestServer {
             child: Some(child),
             addr,
+            metrics,
             dataplane: if lab.is_some() {
                 Dataplane::Xdp
             } else {
@@ -187,6 +203,42 @@ impl TestServer {
         );
         again._tmp = tmp;
         *self = again;
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// One scrape of the metrics endpoint (reached from the root namespace, where the
+    /// server listens, whichever namespace the calling thread is in).
+    pub fn scrape(&self) -> super::metrics::Scrape {
+        let addr = self.metrics.expect("metrics_addr not configured");
+        match &self.lab {
+            Some(lab) => lab.in_root(|| super::metrics::scrape(addr)),
+            None => super::metrics::scrape(addr),
+        }
+    }
+
+    /// Scrapes until `pred` holds (the driver publishes every 500 ms), up to 10 s.
+    pub fn scrape_until(
+        &self,
+        what: &str,
+        mut pred: impl FnMut(&super::metrics::Scrape) -> bool,
+    ) -> super::metrics::Scrape {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.scrape();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never saw {what}:\n{}",
+                s.text
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The process id.
