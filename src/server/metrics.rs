@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use petrel_control::Counters;
 use petrel_dataplane::xdp::filter::FilterCounters;
+use petrel_dataplane::xdp::transport::TcpDrops;
 use petrel_dataplane::xdp::wire::{Malformed, RxCounters};
 use petrel_storage::{CommitStats, LATENCY_BUCKETS_US};
 use prometheus_client::collector::Collector;
@@ -62,6 +63,8 @@ pub struct TransportSnapshot {
     pub filter: Option<FilterCounters>,
     /// What the pollers classified, summed over queues.
     pub rx: Option<RxCounters>,
+    /// What the userspace TCP dropped before smoltcp saw it.
+    pub tcp: Option<TcpDrops>,
 }
 
 /// Reads the transport's counters; called on the metrics thread at each scrape, so it
@@ -431,6 +434,19 @@ impl Collector for Metrics {
                         .collect::<Vec<_>>(),
                 )?;
             }
+            if let Some(tcp) = t.tcp {
+                counter(
+                    &mut e,
+                    "petrel_xdp_tcp_dropped",
+                    "Segments the userspace TCP dropped before smoltcp: SYNs for a full shard \
+                     (the shard's connection limit: back-pressure), segments for a full \
+                     shard queue.",
+                    &[
+                        (vec![("reason", "shard_full_syn")], tcp.refused_syns),
+                        (vec![("reason", "queue_full")], tcp.queue_full),
+                    ],
+                )?;
+            }
         }
         Ok(())
     }
@@ -591,6 +607,10 @@ mod tests {
                     no_socket: 3,
                 }),
                 rx: Some(rx),
+                tcp: Some(TcpDrops {
+                    refused_syns: 5,
+                    queue_full: 0,
+                }),
             }
         }));
         let text = metrics.render();
@@ -615,6 +635,13 @@ mod tests {
                 "petrel_xdp_rx_malformed_total{reason=\"bad_tcp_checksum\"}"
             ),
             Some(2.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "petrel_xdp_tcp_dropped_total{reason=\"shard_full_syn\"}"
+            ),
+            Some(5.0)
         );
     }
 

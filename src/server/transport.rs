@@ -98,6 +98,7 @@ impl Transport {
         Some(Box::new(move || metrics::TransportSnapshot {
             filter: stats.filter_counters().ok(),
             rx: Some(stats.rx_counters()),
+            tcp: Some(stats.tcp_drops()),
         }))
     }
 

@@ -31,7 +31,7 @@ use smoltcp::wire::{ArpOperation, ArpRepr, EthernetAddress, Ipv4Packet};
 
 use super::filter::{AttachMode, FilterConfig, FilterCounters, FilterError, XdpFilter};
 use super::neighbour::{NeighbourConfig, NeighbourTable, arp_reply};
-use super::shards::{ShardSet, ShardSetConfig};
+use super::shards::{RxVerdict, ShardSet, ShardSetConfig};
 use super::tcp::{ShardConfig, frame_ipv4};
 use super::wire::{Inbound, Malformed, RxCounters, classify};
 use crate::boundary::{CoreCommand, CoreHandle, Router, Wake};
@@ -109,6 +109,15 @@ impl XdpConfig {
     }
 }
 
+/// Segments the userspace TCP dropped before smoltcp saw them, summed over pollers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpDrops {
+    /// SYNs for a shard already holding its most connections (the client retries).
+    pub refused_syns: u64,
+    /// Segments for a shard whose receive queue was full (TCP retransmits them).
+    pub queue_full: u64,
+}
+
 /// What one poller's classifier saw, published with relaxed atomics once per batch.
 #[derive(Debug, Default)]
 struct SharedRxCounters {
@@ -116,9 +125,22 @@ struct SharedRxCounters {
     tcp: AtomicU64,
     not_ours: AtomicU64,
     malformed: [AtomicU64; Malformed::COUNT],
+    refused_syns: AtomicU64,
+    queue_full: AtomicU64,
 }
 
 impl SharedRxCounters {
+    fn add_drops(&self, drops: TcpDrops) {
+        if drops.refused_syns > 0 {
+            self.refused_syns
+                .fetch_add(drops.refused_syns, Ordering::Relaxed);
+        }
+        if drops.queue_full > 0 {
+            self.queue_full
+                .fetch_add(drops.queue_full, Ordering::Relaxed);
+        }
+    }
+
     fn add(&self, batch: &RxCounters) {
         self.arp.fetch_add(batch.arp, Ordering::Relaxed);
         self.tcp.fetch_add(batch.tcp, Ordering::Relaxed);
@@ -188,6 +210,16 @@ impl XdpStats {
         let mut sum = RxCounters::default();
         for counters in &self.rx_counters {
             counters.add_to(&mut sum);
+        }
+        sum
+    }
+
+    /// Segments the userspace TCP dropped (full shards, full queues), summed over queues.
+    pub fn tcp_drops(&self) -> TcpDrops {
+        let mut sum = TcpDrops::default();
+        for counters in &self.rx_counters {
+            sum.refused_syns += counters.refused_syns.load(Ordering::Relaxed);
+            sum.queue_full += counters.queue_full.load(Ordering::Relaxed);
         }
         sum
     }
@@ -546,6 +578,7 @@ impl Poller {
             ..
         } = self;
         let mut batch = RxCounters::default();
+        let mut drops = TcpDrops::default();
         xsk.receive(RX_BATCH, |frame| {
             let result = classify(frame, *our_ip);
             batch.record(&result);
@@ -556,7 +589,11 @@ impl Poller {
                     ip_packet,
                 }) => {
                     neighbours.learn(src, src_mac, now);
-                    shards.push_rx(ip_packet);
+                    match shards.push_rx(ip_packet) {
+                        RxVerdict::RefusedSyn => drops.refused_syns += 1,
+                        RxVerdict::QueueFull => drops.queue_full += 1,
+                        RxVerdict::Queued(_) | RxVerdict::Deferred | RxVerdict::NotTcp => {}
+                    }
                 }
                 Ok(Inbound::Arp { arp, .. }) => {
                     neighbours.learn_arp(&arp, now);
@@ -577,6 +614,7 @@ impl Poller {
             }
         });
         self.rx_counters.add(&batch);
+        self.rx_counters.add_drops(drops);
         for request in self.arp_requests.drain(..) {
             let (mac, ip) = (self.our_mac, self.our_ip);
             self.xsk.send(|buf| arp_reply(&request, mac, ip, buf));
