@@ -4,7 +4,8 @@
 //! - Petrel takes only its own port: a kernel service on another port of the same address
 //!   keeps answering, and a closed port is refused by the kernel's RST;
 //! - on an address the kernel does not have, Petrel answers ARP itself (the clients'
-//!   neighbour table learns the server's MAC) and its userspace TCP resets closed ports.
+//!   neighbour table learns the server's MAC) and its userspace TCP resets closed ports;
+//! - clients off the server's subnet (behind a router) are answered too.
 //!
 //! The e2e suites (`tests/serve.rs`, `tests/scenarios.rs`, `tests/many_connections.rs`,
 //! `tests/sdk*.rs`) run on this dataplane too, as their `NAME::xdp` variants.
@@ -100,4 +101,35 @@ fn on_an_address_only_petrel_has_it_answers_arp_and_resets_closed_ports() {
         "a closed port must be reset"
     );
     chat(&server);
+}
+
+#[test]
+fn a_client_from_another_subnet_is_answered() {
+    if !Dataplane::Xdp.available() {
+        return;
+    }
+    let server = TestServer::start_on(Dataplane::Xdp, "");
+    // A source address outside 10.77.2.0/24, on the clients' end of the veth (this thread
+    // is in the lab's namespace). Its packets reach the server through the veth like a
+    // router's would. The server has no route for it: smoltcp (Medium::Ip) routes
+    // nothing, and the dataplane frames the answer for the MAC the client's packets came
+    // from — a router's MAC, in a real network.
+    let source = Ipv4Addr::new(10, 78, 9, 1);
+    let added = Command::new("ip")
+        .args(["addr", "add", &format!("{source}/32"), "dev", lab::PEER_IF])
+        .status()
+        .expect("ip addr add");
+    assert!(added.success());
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from((source, 0)).into())
+        .expect("bind the off-subnet source");
+    socket
+        .connect_timeout(&server.addr.into(), Duration::from_secs(5))
+        .expect("connect from another subnet");
+    let user = 7_100;
+    let mut c = TestClient::over(socket.into()).log_in(&server.token(user, "far"), user, "far");
+    let pong = c.request(petrel_proto::pb::Ping { client_time_ms: 7 });
+    assert!(matches!(pong.body, petrel_proto::Body::Pong(_)), "{pong:?}");
 }

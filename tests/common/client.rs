@@ -25,7 +25,11 @@ pub struct TestClient {
 
 impl TestClient {
     pub fn connect(addr: SocketAddr) -> TestClient {
-        let stream = TcpStream::connect(addr).expect("connect");
+        TestClient::over(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A client over an already connected stream.
+    pub fn over(stream: TcpStream) -> TestClient {
         stream.set_nodelay(true).expect("nodelay");
         TestClient {
             stream,
@@ -39,9 +43,13 @@ impl TestClient {
 
     /// Connects and logs in; panics unless the server answers LoginResult.
     pub fn login(addr: SocketAddr, token: &str, user: u64, device: &str) -> TestClient {
-        let mut c = TestClient::connect(addr);
-        c.user = user;
-        let result = c.request(pb::Login {
+        TestClient::connect(addr).log_in(token, user, device)
+    }
+
+    /// Logs in on this connection; panics unless the server answers LoginResult.
+    pub fn log_in(mut self, token: &str, user: u64, device: &str) -> TestClient {
+        self.user = user;
+        let result = self.request(pb::Login {
             token: token.into(),
             user_id: user,
             device_id: device.into(),
@@ -52,7 +60,7 @@ impl TestClient {
             Body::LoginResult(r) => assert_eq!(r.user_id, user),
             other => panic!("login of user {user} failed: {other:?}"),
         }
-        c
+        self
     }
 
     pub fn send(&mut self, frame: &Frame) {
