@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::cvt;
 use crate::xdp::ring;
-use crate::xdp::umem::{FrameAllocator, UmemLayout};
+use crate::xdp::umem::{FrameAllocator, FrameState, UmemLayout};
 
 /// How to bind the socket to its queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -469,7 +469,15 @@ impl Xsk {
     pub fn send(&mut self, build: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
         self.drain_completions();
         let prod = self.tx.producer().load(Ordering::Relaxed);
-        let cons = self.tx.consumer().load(Ordering::Acquire);
+        let mut cons = self.tx.consumer().load(Ordering::Acquire);
+        if ring::free(prod, cons, self.tx.size) == Ok(0) || self.frames.count(FrameState::Free) == 0
+        {
+            // Ring or frames used up: let the kernel transmit (and complete) what is
+            // queued before giving up on this packet.
+            let _ = self.kick_tx();
+            self.drain_completions();
+            cons = self.tx.consumer().load(Ordering::Acquire);
+        }
         match ring::free(prod, cons, self.tx.size) {
             Ok(0) => return false,
             Ok(_) => {}
@@ -514,9 +522,35 @@ impl Xsk {
         true
     }
 
-    /// Asks the kernel to transmit what is queued on the tx ring (a zero-length `sendto`).
-    /// `EAGAIN`, `EBUSY` and `ENOBUFS` mean "try again later" and are not errors here.
+    /// Frames queued on the tx ring that the kernel has not taken yet.
+    pub fn tx_pending(&self) -> u32 {
+        let prod = self.tx.producer().load(Ordering::Relaxed);
+        let cons = self.tx.consumer().load(Ordering::Acquire);
+        ring::filled(prod, cons, self.tx.size).unwrap_or(0)
+    }
+
+    /// Asks the kernel to transmit everything queued on the tx ring. In copy mode one
+    /// `sendto` transmits a bounded batch (32 frames in Linux 6.x), so it is repeated while
+    /// the kernel keeps taking frames; otherwise what is left would wait for the next
+    /// wake-up of the poller — up to its longest sleep.
     pub fn flush_tx(&mut self) -> io::Result<()> {
+        let mut pending = self.tx_pending();
+        while pending > 0 {
+            self.kick_tx()?;
+            let left = self.tx_pending();
+            if left >= pending {
+                // The kernel took nothing (busy, or out of buffers): the caller polls again
+                // soon (see `tx_pending`).
+                break;
+            }
+            pending = left;
+        }
+        Ok(())
+    }
+
+    /// One zero-length `sendto`: the kernel transmits a batch from the tx ring.
+    /// `EAGAIN`, `EBUSY` and `ENOBUFS` mean "try again later" and are not errors here.
+    fn kick_tx(&mut self) -> io::Result<()> {
         // SAFETY: a zero-length send with null buffer and address reads no memory; the
         // descriptor is our open socket.
         let ret = unsafe {

@@ -528,6 +528,16 @@ impl Poller {
             if let Some(started) = self.shutdown_started
                 && (self.conns.is_empty() || started.elapsed() > SHUTDOWN_FLUSH_LIMIT)
             {
+                match self.xsk.statistics() {
+                    Ok(stats) => tracing::info!(
+                        queue = self.index,
+                        ?stats,
+                        counters = ?self.xsk.counters(),
+                        refused_syns = self.shards.refused_syns(),
+                        "AF_XDP poller stopped"
+                    ),
+                    Err(e) => tracing::debug!(queue = self.index, error = %e, "no XDP statistics"),
+                }
                 return;
             }
             let timeout = match self.shards.poll_at() {
@@ -536,6 +546,9 @@ impl Poller {
             };
             let timeout = if self.shards.has_dirty() {
                 0
+            } else if self.xsk.tx_pending() > 0 {
+                // The kernel did not take every queued frame (busy): try again very soon.
+                1
             } else if self.shutdown_started.is_some() {
                 timeout.min(10)
             } else {
