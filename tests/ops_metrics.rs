@@ -173,6 +173,11 @@ fn counters_move_with_logins_messages_and_closes(dp: Dataplane) {
             assert!(redirected >= 2.0 * m, "{}", after.text);
             assert!(tcp >= 2.0 * m && tcp <= redirected, "{}", after.text);
             assert_eq!(after.sum("petrel_xdp_rx_malformed_total", ""), 0.0);
+            assert!(after.text.contains("petrel_xdp_socket_drops_total"));
+            assert_eq!(
+                after.get("petrel_xdp_socket_drops_total{reason=\"invalid_descs\"}"),
+                0.0
+            );
         }
     }
 

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use petrel_control::Counters;
 use petrel_dataplane::xdp::filter::FilterCounters;
-use petrel_dataplane::xdp::transport::TcpDrops;
+use petrel_dataplane::xdp::transport::{SocketDrops, TcpDrops};
 use petrel_dataplane::xdp::wire::{Malformed, RxCounters};
 use petrel_storage::{CommitStats, LATENCY_BUCKETS_US};
 use prometheus_client::collector::Collector;
@@ -65,6 +65,8 @@ pub struct TransportSnapshot {
     pub rx: Option<RxCounters>,
     /// What the userspace TCP dropped before smoltcp saw it.
     pub tcp: Option<TcpDrops>,
+    /// What the kernel counted on the AF_XDP sockets.
+    pub sockets: Option<SocketDrops>,
 }
 
 /// Reads the transport's counters; called on the metrics thread at each scrape, so it
@@ -434,6 +436,21 @@ impl Collector for Metrics {
                         .collect::<Vec<_>>(),
                 )?;
             }
+            if let Some(k) = t.sockets {
+                counter(
+                    &mut e,
+                    "petrel_xdp_socket_drops",
+                    "What the kernel counted on the AF_XDP sockets (XDP_STATISTICS, read once a \
+                     second): frames dropped, rx ring full (a poller behind), fill ring empty, \
+                     invalid descriptors.",
+                    &[
+                        (vec![("reason", "rx_dropped")], k.rx_dropped),
+                        (vec![("reason", "rx_ring_full")], k.rx_ring_full),
+                        (vec![("reason", "fill_ring_empty")], k.fill_ring_empty),
+                        (vec![("reason", "invalid_descs")], k.invalid_descs),
+                    ],
+                )?;
+            }
             if let Some(tcp) = t.tcp {
                 counter(
                     &mut e,
@@ -611,6 +628,10 @@ mod tests {
                     refused_syns: 5,
                     queue_full: 0,
                 }),
+                sockets: Some(SocketDrops {
+                    rx_ring_full: 4,
+                    ..SocketDrops::default()
+                }),
             }
         }));
         let text = metrics.render();
@@ -642,6 +663,13 @@ mod tests {
                 "petrel_xdp_tcp_dropped_total{reason=\"shard_full_syn\"}"
             ),
             Some(5.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "petrel_xdp_socket_drops_total{reason=\"rx_ring_full\"}"
+            ),
+            Some(4.0)
         );
     }
 

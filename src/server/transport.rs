@@ -99,6 +99,7 @@ impl Transport {
             filter: stats.filter_counters().ok(),
             rx: Some(stats.rx_counters()),
             tcp: Some(stats.tcp_drops()),
+            sockets: Some(stats.socket_drops()),
         }))
     }
 

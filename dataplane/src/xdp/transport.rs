@@ -37,7 +37,7 @@ use super::wire::{Inbound, Malformed, RxCounters, classify};
 use crate::boundary::{CoreCommand, CoreHandle, Router, Wake};
 use crate::sys::ethtool::{self, NtupleRule};
 use crate::sys::event::{EventFd, wait};
-use crate::sys::xsk::{Xsk, XskConfig};
+use crate::sys::xsk::{Xsk, XskConfig, XskStatistics};
 
 /// Frames taken off the rx ring per batch.
 const RX_BATCH: u32 = 64;
@@ -49,6 +49,8 @@ const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(3);
 const LINGER_MS: u64 = 10_000;
 /// How often lingering connections are checked.
 const LINGER_CHECK_MS: u64 = 5;
+/// How often a poller reads its socket's kernel statistics (one getsockopt).
+const STATISTICS_INTERVAL_MS: u64 = 1000;
 
 /// Settings of the AF_XDP transport.
 #[derive(Debug, Clone)]
@@ -118,6 +120,19 @@ pub struct TcpDrops {
     pub queue_full: u64,
 }
 
+/// The kernel's counters of the AF_XDP sockets (`XDP_STATISTICS`), summed over queues.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketDrops {
+    /// Frames the kernel dropped on the way to a socket (other than the reasons below).
+    pub rx_dropped: u64,
+    /// Frames dropped because a socket's rx ring was full (its poller fell behind).
+    pub rx_ring_full: u64,
+    /// Times a frame arrived with no fill-ring frame to put it in.
+    pub fill_ring_empty: u64,
+    /// Invalid rx or tx descriptors (a bug, if ever non-zero).
+    pub invalid_descs: u64,
+}
+
 /// What one poller's classifier saw, published with relaxed atomics once per batch.
 #[derive(Debug, Default)]
 struct SharedRxCounters {
@@ -127,9 +142,27 @@ struct SharedRxCounters {
     malformed: [AtomicU64; Malformed::COUNT],
     refused_syns: AtomicU64,
     queue_full: AtomicU64,
+    /// The socket's kernel statistics as last read (`XDP_STATISTICS`, once a second).
+    kernel_rx_dropped: AtomicU64,
+    kernel_rx_ring_full: AtomicU64,
+    kernel_fill_ring_empty: AtomicU64,
+    kernel_invalid_descs: AtomicU64,
 }
 
 impl SharedRxCounters {
+    fn set_kernel(&self, stats: &XskStatistics) {
+        self.kernel_rx_dropped
+            .store(stats.rx_dropped, Ordering::Relaxed);
+        self.kernel_rx_ring_full
+            .store(stats.rx_ring_full, Ordering::Relaxed);
+        self.kernel_fill_ring_empty
+            .store(stats.rx_fill_ring_empty_descs, Ordering::Relaxed);
+        self.kernel_invalid_descs.store(
+            stats.rx_invalid_descs + stats.tx_invalid_descs,
+            Ordering::Relaxed,
+        );
+    }
+
     fn add_drops(&self, drops: TcpDrops) {
         if drops.refused_syns > 0 {
             self.refused_syns
@@ -210,6 +243,19 @@ impl XdpStats {
         let mut sum = RxCounters::default();
         for counters in &self.rx_counters {
             counters.add_to(&mut sum);
+        }
+        sum
+    }
+
+    /// What the kernel counted on the AF_XDP sockets (read once a second), summed over
+    /// queues.
+    pub fn socket_drops(&self) -> SocketDrops {
+        let mut sum = SocketDrops::default();
+        for c in &self.rx_counters {
+            sum.rx_dropped += c.kernel_rx_dropped.load(Ordering::Relaxed);
+            sum.rx_ring_full += c.kernel_rx_ring_full.load(Ordering::Relaxed);
+            sum.fill_ring_empty += c.kernel_fill_ring_empty.load(Ordering::Relaxed);
+            sum.invalid_descs += c.kernel_invalid_descs.load(Ordering::Relaxed);
         }
         sum
     }
@@ -436,6 +482,7 @@ struct Poller {
     /// Connections we closed that smoltcp still holds (FIN sent, not yet done).
     lingering: HashMap<(usize, SocketHandle), Linger>,
     next_linger_check: u64,
+    next_statistics: u64,
 }
 
 /// A connection closed on our side, waiting for TCP to finish.
@@ -500,6 +547,7 @@ impl Poller {
             control_gone: false,
             lingering: HashMap::new(),
             next_linger_check: 0,
+            next_statistics: 0,
         }
     }
 
@@ -516,6 +564,12 @@ impl Poller {
             self.poll_shards(now);
             self.report_connections();
             self.reap_lingering(now);
+            if now >= self.next_statistics {
+                self.next_statistics = now + STATISTICS_INTERVAL_MS;
+                if let Ok(stats) = self.xsk.statistics() {
+                    self.rx_counters.set_kernel(&stats);
+                }
+            }
             // Reading frees receive window and may close: the shards read from are marked
             // and polled on the next round, without sleeping.
             self.read_polled();
