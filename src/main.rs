@@ -7,6 +7,7 @@
 //! routing) → `petrel-storage` (RocksDB); `petrel-sdk` is the client side.
 #![deny(unsafe_code)]
 
+mod bench;
 mod chat;
 mod server;
 mod token_cmd;
@@ -39,6 +40,9 @@ enum Command {
     Frames,
     /// Interactive terminal client (on the SDK) for trying a server.
     Chat(chat::ChatArgs),
+    /// Load generator: run a scenario against a server and report latency, throughput
+    /// and the server's memory and CPU.
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn init_logging(filter: &str, format: server::config::LogFormat) {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         }),
         Command::Token(cmd) => token_cmd::run(cmd),
         Command::Chat(args) => chat::run(args),
+        Command::Bench(args) => bench::run(*args),
         Command::Frames => {
             for &t in petrel_proto::FrameType::ALL {
                 let direction = if t.is_client_to_server() {
