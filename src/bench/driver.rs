@@ -399,6 +399,13 @@ fn run_load(
             );
         }
     }
+    // Whatever the last iteration did not reach is still due before the end.
+    if let Some(schedule) = &mut open_loop {
+        for k in schedule.due(end, u64::MAX) {
+            let (i, conv) = senders[(k % senders.len() as u64) as usize];
+            engine.send_message(i, conv, schedule.scheduled_at(k));
+        }
+    }
     Ok(())
 }
 
