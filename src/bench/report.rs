@@ -105,6 +105,8 @@ pub struct Report {
     pub window: Option<u32>,
     /// Payload bytes.
     pub payload_bytes: usize,
+    /// Ping interval per connection, seconds.
+    pub heartbeat_secs: f64,
     /// Warm-up seconds.
     pub warmup_secs: f64,
     /// Measured seconds.
@@ -203,6 +205,7 @@ impl Report {
             rate: config.rate,
             window: config.rate.is_none().then_some(config.window),
             payload_bytes: config.payload.len(),
+            heartbeat_secs: config.heartbeat.as_secs_f64(),
             warmup_secs: config.warmup.as_secs_f64(),
             duration_secs: secs,
             connections,
@@ -260,6 +263,10 @@ impl Report {
             let _ = writeln!(s, "  load average at start: {load}");
         }
         let load = match (self.rate, self.window) {
+            _ if self.fanout == 0 => format!(
+                "hold, a ping per connection every {:.1} s",
+                self.heartbeat_secs
+            ),
             (Some(r), _) => format!("open loop, {} msg/s target", thousands(r)),
             (None, Some(w)) => format!("flat out, window {w} per sender (closed loop)"),
             _ => "—".into(),
