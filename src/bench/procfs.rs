@@ -133,6 +133,21 @@ pub fn parse_sockstat(text: &str) -> Result<TcpSockstat, ParseError> {
     Ok(out)
 }
 
+/// `SUnreclaim` of `/proc/meminfo` in KiB: unreclaimable kernel slab, where TCP sockets
+/// live (system-wide).
+pub fn parse_meminfo_sunreclaim(text: &str) -> Result<u64, ParseError> {
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("SUnreclaim:"))
+        .ok_or_else(|| ParseError("no SUnreclaim line in /proc/meminfo".into()))?;
+    value
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .map_err(|_| ParseError(format!("bad SUnreclaim value {value:?} in /proc/meminfo")))
+}
+
 /// One reading of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Sample {
@@ -142,6 +157,8 @@ pub struct Sample {
     pub cpu: ProcCpu,
     /// The kernel's TCP memory (system-wide), if readable.
     pub sockstat: Option<TcpSockstat>,
+    /// Unreclaimable kernel slab (system-wide), KiB, if readable.
+    pub slab_unreclaimable_kib: Option<u64>,
 }
 
 /// Reads `/proc/PID/status`, `/proc/PID/stat` and `/proc/net/sockstat`.
@@ -154,10 +171,14 @@ pub fn sample(pid: u32) -> anyhow::Result<Sample> {
     let sockstat = std::fs::read_to_string("/proc/net/sockstat")
         .ok()
         .and_then(|t| parse_sockstat(&t).ok());
+    let slab_unreclaimable_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| parse_meminfo_sunreclaim(&t).ok());
     Ok(Sample {
         status: parse_status(&status)?,
         cpu: parse_stat(&stat)?,
         sockstat,
+        slab_unreclaimable_kib,
     })
 }
 
@@ -227,6 +248,14 @@ mod tests {
             }
         );
         assert!(parse_sockstat("UDP: inuse 2 mem 1\n").is_err());
+    }
+
+    #[test]
+    fn meminfo_unreclaimable_slab() {
+        let text = "MemTotal:       24569872 kB\nSlab:             412000 kB\n\
+                    SReclaimable:     300000 kB\nSUnreclaim:       112000 kB\n";
+        assert_eq!(parse_meminfo_sunreclaim(text).unwrap(), 112_000);
+        assert!(parse_meminfo_sunreclaim("MemTotal: 1 kB\n").is_err());
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub struct ServerFigures {
     pub cpu_secs_per_1000_messages: Option<f64>,
     /// That per 1,000 deliveries.
     pub cpu_secs_per_1000_deliveries: Option<f64>,
+    /// Growth of unreclaimable kernel slab (where socket structures live) from idle to
+    /// connected, per connection, bytes. System-wide: on loopback it holds both ends of
+    /// every connection, and other processes' allocations add noise.
+    pub kernel_slab_per_connection_bytes: Option<f64>,
     /// Growth of the kernel's TCP buffer memory (system-wide, both ends) from idle to
     /// connected, KiB.
     pub kernel_tcp_mem_delta_kib: Option<i64>,
@@ -190,6 +194,13 @@ impl Report {
                 cpu_secs_measured: cpu,
                 cpu_secs_per_1000_messages: per(c.acked_measured),
                 cpu_secs_per_1000_deliveries: per(c.delivered_measured),
+                kernel_slab_per_connection_bytes: match (
+                    idle.slab_unreclaimable_kib,
+                    connected.slab_unreclaimable_kib,
+                ) {
+                    (Some(a), Some(b)) => Some((b as f64 - a as f64) * 1024.0 / connections as f64),
+                    _ => None,
+                },
                 kernel_tcp_mem_delta_kib: match (idle.sockstat, connected.sockstat) {
                     (Some(a), Some(b)) => Some((b.mem_pages as i64 - a.mem_pages as i64) * 4),
                     _ => None,
@@ -343,6 +354,13 @@ impl Report {
                 f.rss_end_kib as f64 / 1024.0,
                 f.rss_peak_kib as f64 / 1024.0
             );
+            if let Some(slab) = f.kernel_slab_per_connection_bytes {
+                let _ = writeln!(
+                    s,
+                    "  kernel slab (system-wide, both ends on loopback): {slab:.0} B per \
+                     connection"
+                );
+            }
             let per = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.4}"));
             let _ = writeln!(
                 s,

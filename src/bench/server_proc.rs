@@ -59,6 +59,16 @@ pub fn parse_banner_line(line: &str, banner: &mut Option<ServeBanner>) -> anyhow
     Ok(false)
 }
 
+/// What the spawned server can hold with one descriptor per connection: its
+/// `RLIMIT_NOFILE` hard limit less the 1,024 serve keeps for itself (so serve does not
+/// warn about a limit the bench cannot change).
+fn spawned_max_connections() -> u64 {
+    match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((_, hard)) if hard > 2048 && hard < 1_001_024 => hard - 1024,
+        _ => 1_000_000,
+    }
+}
+
 impl SpawnedServer {
     /// Starts the server and waits (up to 60 s) until it prints its address.
     pub fn start(serve_args: &[String]) -> anyhow::Result<SpawnedServer> {
@@ -72,8 +82,9 @@ impl SpawnedServer {
             &config_path,
             format!(
                 "data_dir = {:?}\nlisten = [\"127.0.0.1:0\"]\nlog_level = \"warn\"\n\
-                 rate_limit_per_second = 0\n",
-                data_dir.path().display().to_string()
+                 rate_limit_per_second = 0\nmax_connections = {}\n",
+                data_dir.path().display().to_string(),
+                spawned_max_connections()
             ),
         )
         .context("cannot write the server's config file")?;
