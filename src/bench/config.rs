@@ -347,7 +347,52 @@ pub fn parse_source_ips(items: &[String]) -> anyhow::Result<Vec<Ipv4Addr>> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn resolve(line: &str) -> anyhow::Result<BenchConfig> {
+        let cli = Cli::try_parse_from(std::iter::once("bench").chain(line.split_whitespace()))?;
+        BenchConfig::resolve(&cli.args, 12345)
+    }
+
+    #[test]
+    fn defaults_make_a_runnable_config() {
+        let c = resolve("group --groups 3 --members 4").unwrap();
+        assert_eq!(c.plan().connections(), 12);
+        assert_eq!(c.rate, None);
+        assert_eq!(c.payload.len(), 100);
+        let room = resolve("chatroom").unwrap();
+        assert!(matches!(room.scenario, Scenario::Chatroom { room, .. } if room > 0));
+    }
+
+    #[test]
+    fn nonsense_is_refused_with_the_flag_named() {
+        for (line, flag) in [
+            ("chat1v1 --pairs 0", "--pairs"),
+            ("chat1v1 --rate=-1", "--rate"),
+            ("chat1v1 --rate=inf", "--rate"),
+            ("chat1v1 --duration 0", "--duration"),
+            ("chat1v1 --warmup=-1", "--warmup"),
+            ("chat1v1 --payload 100000", "--payload"),
+            ("chat1v1 --window 0", "--window"),
+            ("connect --conns-per-process 30000", "--conns-per-process"),
+            (
+                "connect -n 5 --first-user 18446744073709551614",
+                "--first-user",
+            ),
+            ("chatroom --members 1", "--members"),
+        ] {
+            let err = format!("{:#}", resolve(line).unwrap_err());
+            assert!(err.contains(flag), "{line}: {err}");
+        }
+    }
 
     #[test]
     fn source_ip_lists_and_ranges() {
