@@ -158,6 +158,7 @@ fn coordinate(args: BenchArgs) -> anyhow::Result<()> {
     let duration = config.duration.as_nanos() as u64;
     let mut rates = RateMeter::default();
     let mut last_draw = Instant::now();
+    let mut client_cpu_start = 0.0;
     while results.iter().any(Option::is_none) {
         let now = unix_ns();
         // Wake for the next /proc sample on time.
@@ -203,9 +204,11 @@ fn coordinate(args: BenchArgs) -> anyhow::Result<()> {
         if let Some(s) = start_ns {
             if samples.measure_start.is_none() && now >= s + warmup {
                 samples.measure_start = sample(pid)?;
+                client_cpu_start = client_cpu(&handles);
             }
             if samples.measure_end.is_none() && now >= s + warmup + duration {
                 samples.measure_end = sample(pid)?;
+                samples.client_cpu_secs = Some(client_cpu(&handles) - client_cpu_start);
             }
         }
         if last_draw.elapsed() >= Duration::from_millis(250) {
@@ -275,6 +278,17 @@ fn coordinate(args: BenchArgs) -> anyhow::Result<()> {
         server.stop()?;
     }
     Ok(())
+}
+
+/// CPU seconds used so far by the load generator: this process, or its workers.
+fn client_cpu(handles: &[ShardHandle]) -> f64 {
+    let mut pids: Vec<u32> = handles.iter().map(ShardHandle::pid).collect();
+    pids.dedup();
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|text| procfs::parse_stat(&text).ok())
+        .map(|cpu| cpu.seconds())
+        .sum()
 }
 
 /// What a reader must not miss: unanswered sends, missing deliveries.

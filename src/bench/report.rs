@@ -88,6 +88,8 @@ pub struct ServerSamples {
     pub measure_end: Option<Sample>,
     /// After draining.
     pub end: Option<Sample>,
+    /// The load generator's own CPU over the measured window (all its processes).
+    pub client_cpu_secs: Option<f64>,
 }
 
 /// Everything `petrel bench` reports.
@@ -141,6 +143,9 @@ pub struct Report {
     pub login: Percentiles,
     /// Server figures, when its pid is known.
     pub server_figures: Option<ServerFigures>,
+    /// CPU seconds the load generator used in the measured window (all its processes):
+    /// near `duration × client cores` means the client, not the server, was the limit.
+    pub client_cpu_secs: Option<f64>,
     /// Load average when the run started (the machine may be shared).
     pub load_average: Option<String>,
 }
@@ -236,6 +241,7 @@ impl Report {
             ping: Percentiles::of(&stats.pong),
             login: Percentiles::of(&stats.login),
             server_figures,
+            client_cpu_secs: facts.samples.client_cpu_secs,
             load_average: facts.load_average,
         }
     }
@@ -369,6 +375,13 @@ impl Report {
                 f.cpu_secs_measured,
                 per(f.cpu_secs_per_1000_messages),
                 per(f.cpu_secs_per_1000_deliveries)
+            );
+        }
+        if let Some(cpu) = self.client_cpu_secs {
+            let _ = writeln!(
+                s,
+                "  load generator CPU in the measured window: {cpu:.2} s ({:.0} % of one core)",
+                cpu / self.duration_secs * 100.0
             );
         }
         s

@@ -52,6 +52,14 @@ pub enum ShardHandle {
 }
 
 impl ShardHandle {
+    /// The worker's process id (this process for a thread).
+    pub fn pid(&self) -> u32 {
+        match self {
+            ShardHandle::Thread { .. } => std::process::id(),
+            ShardHandle::Process { child, .. } => child.id(),
+        }
+    }
+
     /// Tells the shard to start at `start_ns`.
     pub fn start(&mut self, start_ns: u64) -> anyhow::Result<()> {
         match self {
