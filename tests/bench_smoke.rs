@@ -245,6 +245,25 @@ fn groups_stay_whole_in_a_worker_process() {
 }
 
 #[test]
+fn worker_processes_spread_over_source_addresses() {
+    // Two processes, connections round-robin over two loopback source addresses.
+    let server = Server::start();
+    let r = server.bench(&[
+        "chat1v1",
+        "--pairs",
+        "6",
+        "--rate",
+        "120",
+        "--conns-per-process",
+        "6",
+        "--source-ips",
+        "127.0.0.2-127.0.0.3",
+    ]);
+    assert_eq!(u(&r, "client_processes"), 2);
+    assert_consistent(&r, 12, 1);
+}
+
+#[test]
 fn spawn_server_and_table_output() {
     let dir = tempfile::tempdir().expect("tempdir");
     let svg = dir.path().join("latency.svg");

@@ -443,3 +443,58 @@ fn drain(
     ctl.progress(Phase::Draining, &engine.stats.counts);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::config::Scenario;
+
+    fn config(connections: u64, source_ips: Vec<Ipv4Addr>) -> BenchConfig {
+        BenchConfig {
+            scenario: Scenario::Connect { connections },
+            rate: None,
+            window: 1,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            drain: Duration::from_secs(1),
+            payload: String::new(),
+            heartbeat: Duration::from_secs(1),
+            connect_concurrency: 1,
+            connect_timeout: Duration::from_secs(1),
+            source_ips,
+            conns_per_process: 18_000,
+            first_user: 1,
+        }
+    }
+
+    #[test]
+    fn explicit_sources_are_used_round_robin() {
+        let ips = vec![Ipv4Addr::new(10, 78, 0, 1), Ipv4Addr::new(10, 78, 0, 2)];
+        let c = config(10, ips);
+        let server: SocketAddr = "10.77.30.1:9530".parse().unwrap();
+        let picks: Vec<_> = (0..4).map(|i| source_for(&c, server, i)).collect();
+        assert_eq!(
+            picks,
+            ["10.78.0.1", "10.78.0.2", "10.78.0.1", "10.78.0.2"]
+                .map(|a| Some(a.parse::<IpAddr>().unwrap()))
+        );
+    }
+
+    #[test]
+    fn loopback_sources_only_when_one_address_would_run_out() {
+        let server: SocketAddr = "127.0.0.1:9500".parse().unwrap();
+        assert_eq!(source_for(&config(25_000, vec![]), server, 7), None);
+        let big = config(60_000, vec![]);
+        // 60,000 connections: three loopback sources, 20,000 each.
+        let picks: std::collections::BTreeSet<_> = (0..60_000)
+            .map(|i| source_for(&big, server, i).unwrap())
+            .collect();
+        assert_eq!(
+            picks.into_iter().collect::<Vec<_>>(),
+            ["127.0.0.1", "127.0.0.2", "127.0.0.3"].map(|a| a.parse::<IpAddr>().unwrap())
+        );
+        // Not loopback: the kernel chooses (the caller must pass --source-ips).
+        let remote: SocketAddr = "10.77.30.1:9530".parse().unwrap();
+        assert_eq!(source_for(&big, remote, 0), None);
+    }
+}
