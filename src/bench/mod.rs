@@ -353,7 +353,7 @@ fn progress_bar(args: &BenchArgs, config: &BenchConfig) -> ProgressBar {
     let total_ms = (config.warmup + config.duration).as_millis() as u64;
     let bar = ProgressBar::new(total_ms.max(1));
     if let Ok(style) =
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:24} {wide_msg}")
+        ProgressStyle::with_template("{spinner} {elapsed_precise} {bar:12} {wide_msg}")
     {
         bar.set_style(style);
     }
@@ -384,23 +384,27 @@ fn draw(
         total.merge(c);
     }
     let phase = latest.iter().map(|(p, _)| *p).min_by_key(|p| *p as u8);
-    if let Some((t, prev)) = meter.last {
-        let dt = (now - t) as f64 / 1e9;
-        if dt > 0.0 {
+    // Rates over at least a second: shards report every 200 ms and the bar redraws every
+    // 250 ms, so shorter differences alias.
+    match meter.last {
+        Some((t, prev)) if now - t >= 1_000_000_000 => {
+            let dt = (now - t) as f64 / 1e9;
             meter.rates = (
-                (total.sent - prev.sent) as f64 / dt,
-                (total.acked - prev.acked) as f64 / dt,
-                (total.delivered - prev.delivered) as f64 / dt,
+                total.sent.saturating_sub(prev.sent) as f64 / dt,
+                total.acked.saturating_sub(prev.acked) as f64 / dt,
+                total.delivered.saturating_sub(prev.delivered) as f64 / dt,
             );
+            meter.last = Some((now, total));
         }
+        Some(_) => {}
+        None => meter.last = Some((now, total)),
     }
-    meter.last = Some((now, total));
     if let Some(s) = start_ns {
         bar.set_position(now.saturating_sub(s) / 1_000_000);
     }
     let (sent, acked, delivered) = meter.rates;
     bar.set_message(format!(
-        "{:?} | {}/{} logged in | sent {}/s acked {}/s delivered {}/s",
+        "{:?} {}/{} conns | sent {}/s ack {}/s dlv {}/s",
         phase.unwrap_or(Phase::Connecting),
         total.logged_in,
         config.plan().connections(),
