@@ -328,3 +328,26 @@ fn bad_arguments_are_clear_errors() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn unreachable_server_is_a_clear_error() {
+    // A port nobody listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("k1 {}\n", "ab".repeat(32))).expect("key file");
+    let output = Command::new(env!("CARGO_BIN_EXE_petrel"))
+        .args(["bench", "connect", "-n", "3", "--quiet", "--server"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--key-file")
+        .arg(&keys)
+        .output()
+        .expect("run petrel bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert!(stderr.contains("0 of 3 connections logged in"), "{stderr}");
+}
