@@ -57,9 +57,9 @@ pub trait ShardControl {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShardJob {
     /// The run's settings.
-    pub config: BenchConfigWire,
+    pub config: BenchConfig,
     /// Which connections.
-    pub shard: ShardWire,
+    pub shard: Shard,
     /// Server address.
     pub server: SocketAddr,
     /// Key file contents (to mint tokens).
@@ -67,11 +67,6 @@ pub struct ShardJob {
     /// Public account for broadcast, if the coordinator created it.
     pub account: Option<u64>,
 }
-
-/// [`BenchConfig`] as JSON.
-pub type BenchConfigWire = BenchConfig;
-/// [`Shard`] as JSON.
-pub type ShardWire = Shard;
 
 /// The source address connection `i` binds: explicit `--source-ips` round-robin, or
 /// 127.0.0.x against a loopback server when one address would run out of ports.
@@ -119,7 +114,7 @@ pub fn run_shard(job: &ShardJob, ctl: &mut dyn ShardControl) -> anyhow::Result<S
         }
         engine.poll_once(Some(Duration::from_millis(10)))?;
     };
-    run_load(&mut engine, config, &plan, shard, &targets, start_ns, ctl)?;
+    run_load(&mut engine, config, &plan, &targets, start_ns, ctl)?;
     drain(&mut engine, config, &plan, shard, ctl)?;
     Ok(std::mem::take(&mut engine.stats))
 }
@@ -295,7 +290,6 @@ fn run_load(
     engine: &mut Engine,
     config: &BenchConfig,
     plan: &Plan,
-    shard: Shard,
     targets: &[Option<pb::ConversationId>],
     start_ns: u64,
     ctl: &mut dyn ShardControl,
@@ -325,7 +319,6 @@ fn run_load(
     };
     let flat_out = config.rate.is_none() && !senders.is_empty();
     engine.set_window(flat_out.then_some(config.window));
-    let _ = shard;
     // Wait for the start.
     while clock.now_ns() < start_ns {
         engine.poll_once(Some(Duration::from_millis(1)))?;
