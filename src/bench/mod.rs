@@ -344,10 +344,7 @@ fn create_account(
 }
 
 fn progress_bar(args: &BenchArgs, config: &BenchConfig) -> ProgressBar {
-    if args.quiet
-        || args.json && !std::io::stderr().is_terminal()
-        || !std::io::stdout().is_terminal()
-    {
+    if args.quiet || !std::io::stdout().is_terminal() {
         return ProgressBar::hidden();
     }
     let total_ms = (config.warmup + config.duration).as_millis() as u64;
