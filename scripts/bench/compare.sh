@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# Kernel sockets vs AF_XDP, back to back, on the veth lab: one `petrel bench` scenario
+# against `petrel serve --dataplane kernel`, then the same against `--dataplane xdp`, with
+# the load generator inside the lab namespace; prints both results and the xdp/kernel
+# ratios of throughput, p50, p99 and server memory per connection.
+#
+#   host (root namespace)                          namespace $PETREL_LAB_NS
+#   $PETREL_LAB_HOST_IF  10.77.30.1  <── veth ──>  $PETREL_LAB_PEER_IF  10.77.30.2
+#   petrel serve (kernel, then xdp)                petrel bench (+ 10.78.x.y sources)
+#
+# Usage (root):
+#   scripts/bench/compare.sh SCENARIO [BENCH ARGS...]
+#   e.g. scripts/bench/compare.sh chat1v1 --pairs 100 --rate 20000 --duration 10
+#        scripts/bench/compare.sh connect -n 50000 --duration 20
+#
+# Environment:
+#   PETREL            petrel binary [default: $CARGO_TARGET_DIR/release/petrel]
+#   PETREL_LAB_NS, PETREL_LAB_HOST_IF, PETREL_LAB_PEER_IF, PETREL_LAB_HOST_ADDR,
+#   PETREL_LAB_PEER_ADDR   passed to scripts/veth-lab.sh [default: petrel-bench, pbn-h,
+#                     pbn-n, 10.77.30.1, 10.77.30.2]
+#   PORT              server port [default: 9530]
+#   SOURCES           extra client source addresses 10.78.0.1.. added in the namespace
+#                     (one per 25,000 connections is plenty) [default: 0]
+#   XDP_ARGS          extra `petrel serve` flags for the xdp run, e.g. "--queues 0,1 --cores 0,1"
+#   KERNEL_ARGS       extra `petrel serve` flags for the kernel run, e.g. "--cores 0"
+#   OUT               directory for the JSON results and server logs [default: a temp dir]
+#   KEEP_LAB=1        leave the lab up afterwards
+#
+# The lab, the route for 10.78.0.0/16 via the host veth and both servers are removed on
+# exit, also after a failure. Needs python3 (for the ratios).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+source "$repo/scripts/env.sh"
+
+[[ $# -ge 1 ]] || { sed -n '2,/^set -euo/p' "$0" | sed 's/^# \{0,1\}//;/^set -euo/d' >&2; exit 2; }
+scenario=$1
+shift
+bench_args=("$@")
+
+export PETREL_LAB_NS=${PETREL_LAB_NS:-petrel-bench}
+export PETREL_LAB_HOST_IF=${PETREL_LAB_HOST_IF:-pbn-h}
+export PETREL_LAB_PEER_IF=${PETREL_LAB_PEER_IF:-pbn-n}
+export PETREL_LAB_HOST_ADDR=${PETREL_LAB_HOST_ADDR:-10.77.30.1}
+export PETREL_LAB_PEER_ADDR=${PETREL_LAB_PEER_ADDR:-10.77.30.2}
+PETREL=${PETREL:-$CARGO_TARGET_DIR/release/petrel}
+PORT=${PORT:-9530}
+SOURCES=${SOURCES:-0}
+OUT=${OUT:-$(mktemp -d /tmp/petrel-compare.XXXXXX)}
+mkdir -p "$OUT"
+
+die() { echo "compare: $*" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || die "must run as root (veth lab)"
+[[ -x $PETREL ]] || die "no petrel binary at $PETREL (cargo build --release --bin petrel)"
+command -v python3 >/dev/null || die "python3 not found"
+(( SOURCES <= 65000 )) || die "SOURCES must be at most 65000"
+
+server_pid=
+route_added=
+cleanup() {
+  if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$server_pid" 2>/dev/null || true
+  fi
+  if [[ -n $route_added ]]; then
+    ip route del 10.78.0.0/16 dev "$PETREL_LAB_HOST_IF" 2>/dev/null || true
+  fi
+  if [[ ${KEEP_LAB:-0} != 1 ]]; then
+    bash "$repo/scripts/veth-lab.sh" down >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+
+bash "$repo/scripts/veth-lab.sh" up
+
+source_flag=()
+if (( SOURCES > 0 )); then
+  # Client addresses 10.78.0.1 ... on the namespace end; the host reaches them through
+  # its veth end (a route, not an address: the host must not own them).
+  for k in $(seq 1 "$SOURCES"); do
+    ip netns exec "$PETREL_LAB_NS" ip addr add "10.78.$(( k / 256 )).$(( k % 256 ))/32" \
+      dev "$PETREL_LAB_PEER_IF"
+  done
+  ip route add 10.78.0.0/16 dev "$PETREL_LAB_HOST_IF"
+  route_added=1
+  last="10.78.$(( SOURCES / 256 )).$(( SOURCES % 256 ))"
+  source_flag=(--source-ips "10.78.0.1-$last")
+fi
+
+# One run: start the server in MODE, wait for its banner, bench from the namespace, stop.
+run_mode() {
+  local mode=$1
+  shift
+  local data="$OUT/data-$mode"
+  rm -rf "$data"
+  mkdir -p "$data"
+  cat >"$data/petrel.toml" <<EOF
+data_dir = "$data"
+log_level = "warn"
+rate_limit_per_second = 0
+EOF
+  "$PETREL" serve --config "$data/petrel.toml" --dataplane "$mode" \
+    --listen "$PETREL_LAB_HOST_ADDR:$PORT" "$@" >"$OUT/serve-$mode.out" 2>"$OUT/serve-$mode.err" &
+  server_pid=$!
+  for _ in $(seq 600); do
+    grep -q '^petrel: serving on' "$OUT/serve-$mode.out" 2>/dev/null && break
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if ! grep -q '^petrel: serving on' "$OUT/serve-$mode.out" 2>/dev/null; then
+    echo "compare: petrel serve --dataplane $mode did not start:" >&2
+    tail -5 "$OUT/serve-$mode.err" >&2
+    kill -KILL "$server_pid" 2>/dev/null || true
+    server_pid=
+    return 1
+  fi
+  echo "compare: $mode server up (pid $server_pid); running petrel bench $scenario ${bench_args[*]}" >&2
+  local ok=0
+  ip netns exec "$PETREL_LAB_NS" "$PETREL" bench "$scenario" \
+    --server "$PETREL_LAB_HOST_ADDR:$PORT" --key-file "$data/keys" --server-pid "$server_pid" \
+    --json --quiet "${source_flag[@]}" "${bench_args[@]}" >"$OUT/$mode.json" || ok=1
+  kill -TERM "$server_pid" 2>/dev/null || true
+  for _ in $(seq 300); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$server_pid" 2>/dev/null || true
+  server_pid=
+  return $ok
+}
+
+echo "compare: load average $(cut -d' ' -f1-3 /proc/loadavg) (the machine may be shared)" >&2
+kernel_ok=0
+xdp_ok=0
+# shellcheck disable=SC2086 # *_ARGS are word lists on purpose
+run_mode kernel ${KERNEL_ARGS:-} || kernel_ok=1
+# The interface is needed for the AF_XDP socket and the filter program.
+# shellcheck disable=SC2086
+run_mode xdp --iface "$PETREL_LAB_HOST_IF" ${XDP_ARGS:-} || xdp_ok=1
+
+python3 - "$OUT/kernel.json" "$OUT/xdp.json" "$kernel_ok" "$xdp_ok" <<'EOF'
+import json, sys
+
+def load(path, ok):
+    if ok != "0":
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+kernel, xdp = load(sys.argv[1], sys.argv[3]), load(sys.argv[2], sys.argv[4])
+
+def figures(r):
+    if r is None:
+        return None
+    messaging = r["counts"]["sent"] > 0
+    lat = r["ack"] if messaging else r["ping"]
+    server = r.get("server_figures") or {}
+    return {
+        "throughput": r["throughput_msgs_per_sec"] if messaging else r["connect_rate"],
+        "deliveries/s": r["deliveries_per_sec"],
+        "p50_us": lat["p50_us"],
+        "p99_us": lat["p99_us"],
+        "ping_p50_us": r["ping"]["p50_us"],
+        "rss_per_conn_B": server.get("rss_per_connection_bytes"),
+        "label": "send→ack" if messaging else "ping→pong",
+        "throughput_label": "msg/s acked" if messaging else "logins/s",
+    }
+
+k, x = figures(kernel), figures(xdp)
+ref = k or x
+if ref is None:
+    print("compare: neither run produced results")
+    sys.exit(1)
+rows = [
+    ("throughput (" + ref["throughput_label"] + ")", "throughput"),
+    ("deliveries/s", "deliveries/s"),
+    ("p50 " + ref["label"] + " (µs)", "p50_us"),
+    ("p99 " + ref["label"] + " (µs)", "p99_us"),
+    ("p50 ping→pong (µs)", "ping_p50_us"),
+    ("server RSS per connection (B)", "rss_per_conn_B"),
+]
+def cell(f, key):
+    if f is None or f.get(key) is None:
+        return "—"
+    return f"{f[key]:,.1f}"
+print(f"{'':34} {'kernel':>14} {'xdp':>14} {'xdp/kernel':>11}")
+for label, key in rows:
+    ratio = "—"
+    if k and x and k.get(key) and x.get(key) is not None:
+        ratio = f"{x[key] / k[key]:.3f}"
+    print(f"{label:34} {cell(k, key):>14} {cell(x, key):>14} {ratio:>11}")
+if x is None:
+    print("compare: the xdp run failed (see serve-xdp.err); ratios need both runs")
+if k is None:
+    print("compare: the kernel run failed (see serve-kernel.err)")
+EOF
+echo "compare: results and server logs in $OUT" >&2
+[[ $kernel_ok == 0 && $xdp_ok == 0 ]]

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# One `petrel bench` run on loopback with the server and the load generator on separate
+# cores (the setup the numbers in docs/PERFORMANCE.md use): `petrel serve` pinned to
+# SERVER_CPUS with its dataplane loop on SERVER_CORES, `petrel bench` pinned to
+# CLIENT_CPUS. The server gets a fresh temporary data directory and no rate limit, and is
+# stopped (SIGTERM) afterwards, also on failure.
+#
+# Usage: scripts/bench/pinned.sh SCENARIO [BENCH ARGS...]
+#   e.g. scripts/bench/pinned.sh chat1v1 --pairs 100 --rate 10000 --duration 10
+#
+# Environment:
+#   PETREL         petrel binary [default: $CARGO_TARGET_DIR/release/petrel]
+#   SERVER_CPUS    taskset list for the whole server process [default: 0]
+#   SERVER_CORES   `petrel serve --cores` [default: 0]
+#   CLIENT_CPUS    taskset list for the load generator [default: 1]
+#   PORT           [default: 9630]
+#   SERVE_ARGS     extra `petrel serve` flags, e.g. "--sync none"
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/../env.sh"
+[[ $# -ge 1 ]] || { sed -n '2,/^set -euo/p' "$0" | sed 's/^# \{0,1\}//;/^set -euo/d' >&2; exit 2; }
+PETREL=${PETREL:-$CARGO_TARGET_DIR/release/petrel}
+SERVER_CPUS=${SERVER_CPUS:-0}
+SERVER_CORES=${SERVER_CORES:-0}
+CLIENT_CPUS=${CLIENT_CPUS:-1}
+PORT=${PORT:-9630}
+[[ -x $PETREL ]] || { echo "pinned: no petrel binary at $PETREL" >&2; exit 1; }
+
+data=$(mktemp -d /tmp/petrel-pinned.XXXXXX)
+pid=
+cleanup() {
+  if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -rf "$data"
+}
+trap cleanup EXIT
+
+cat >"$data/petrel.toml" <<EOF
+data_dir = "$data"
+listen = ["127.0.0.1:$PORT"]
+log_level = "warn"
+rate_limit_per_second = 0
+EOF
+# shellcheck disable=SC2086 # SERVE_ARGS is a word list on purpose
+taskset -c "$SERVER_CPUS" "$PETREL" serve --config "$data/petrel.toml" --cores "$SERVER_CORES" \
+  ${SERVE_ARGS:-} >"$data/serve.out" 2>"$data/serve.err" &
+pid=$!
+for _ in $(seq 600); do
+  grep -q '^petrel: serving on' "$data/serve.out" 2>/dev/null && break
+  kill -0 "$pid" 2>/dev/null || { cat "$data/serve.err" >&2; exit 1; }
+  sleep 0.1
+done
+grep -q '^petrel: serving on' "$data/serve.out" || { echo "pinned: server did not start" >&2; exit 1; }
+taskset -c "$CLIENT_CPUS" "$PETREL" bench "$@" --server "127.0.0.1:$PORT" \
+  --key-file "$data/keys" --server-pid "$pid"

@@ -1,0 +1,415 @@
+//! `petrel bench` command line and its validated form.
+//!
+//! [`BenchArgs`] is what clap parses; [`BenchConfig::resolve`] checks it (rates positive,
+//! scenario sizes that make sense, a key file to mint tokens from) and turns every
+//! mistake into an error message instead of a panic or a silent default.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use super::plan::Plan;
+
+/// Which load to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScenarioKind {
+    /// N connections log in, heartbeat and hold: connect rate, memory per connection.
+    Connect,
+    /// Pairs of users messaging each other.
+    Chat1v1,
+    /// G groups of M members; every member sends to its group.
+    Group,
+    /// One chatroom of M members; every member sends to the room.
+    Chatroom,
+    /// One public account with F followers; the owner broadcasts.
+    Broadcast,
+}
+
+/// How the load generator opens its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientMode {
+    /// One kernel TCP socket per connection; several processes past ~18,000.
+    Kernel,
+    /// Userspace TCP over an AF_XDP socket (not implemented yet: see docs/PERFORMANCE.md).
+    Xdp,
+}
+
+/// Arguments of `petrel bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Scenario to run.
+    #[arg(value_enum)]
+    pub scenario: ScenarioKind,
+    /// Server to load. With --spawn-server, defaults to the address the server prints.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub server: Option<SocketAddr>,
+    /// Token key file of that server (tokens are minted locally from it)
+    /// [default: ./petrel-data/keys, or the spawned server's].
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Start `petrel serve` for the run (temporary data dir, 127.0.0.1, port 0, rate
+    /// limit off); arguments after `--` are passed on to it.
+    #[arg(long)]
+    pub spawn_server: bool,
+    /// Process id of an already-running server, for its RSS and CPU from /proc.
+    #[arg(long, value_name = "PID", conflicts_with = "spawn_server")]
+    pub server_pid: Option<u32>,
+    /// connect: number of connections.
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    pub connections: u64,
+    /// chat1v1: number of pairs.
+    #[arg(long, default_value_t = 100)]
+    pub pairs: u64,
+    /// group: number of groups.
+    #[arg(long, default_value_t = 10)]
+    pub groups: u64,
+    /// group and chatroom: members per group / in the room.
+    #[arg(long, default_value_t = 20)]
+    pub members: u64,
+    /// broadcast: followers of the public account.
+    #[arg(long, default_value_t = 1000)]
+    pub followers: u64,
+    /// Messages per second over all senders (open loop). Without it: flat out, each
+    /// sender keeping --window messages unacknowledged.
+    #[arg(long, value_name = "MSGS_PER_SEC")]
+    pub rate: Option<f64>,
+    /// Flat-out mode: unacknowledged messages per sender.
+    #[arg(long, default_value_t = 8)]
+    pub window: u32,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub duration: f64,
+    /// Seconds of load before measuring starts (sent, but not in the histograms).
+    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+    pub warmup: f64,
+    /// Most seconds to wait for outstanding acks and deliveries after the last send.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub drain: f64,
+    /// Text payload per message, bytes.
+    #[arg(long, default_value_t = 100, value_name = "BYTES")]
+    pub payload: usize,
+    /// Every connection pings once per this many seconds.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub heartbeat: f64,
+    /// TCP handshakes + logins in flight at once while connecting.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Most seconds for connecting and logging in every connection.
+    #[arg(long, default_value_t = 120.0, value_name = "SECS")]
+    pub connect_timeout: f64,
+    /// Client source addresses, round-robin over connections: a list (`10.78.0.1,10.78.0.2`)
+    /// or ranges (`10.78.0.1-10.78.0.40`). Default: the kernel's choice, or 127.0.0.x
+    /// (one per 25,000 connections) against a loopback server.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub source_ips: Vec<String>,
+    /// Most connections per load-generating process (a process holds at most 20,000
+    /// file descriptors here).
+    #[arg(long, default_value_t = 18_000)]
+    pub conns_per_process: u64,
+    /// Client side implementation.
+    #[arg(long, value_enum, default_value_t = ClientMode::Kernel)]
+    pub client_mode: ClientMode,
+    /// First user id; the run uses consecutive ids from there.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    pub first_user: u64,
+    /// Chatroom id [default: derived from the start time].
+    #[arg(long)]
+    pub room: Option<u64>,
+    /// Print the results as JSON on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write a latency-percentile plot (SVG) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// No progress bar (it is also hidden when stdout is not a terminal).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Internal: run as worker I of W (`I/W`), started by a parent `petrel bench`.
+    #[arg(long, hide = true, value_name = "I/W")]
+    pub worker: Option<String>,
+    /// Internal: the unix time (ns) the parent's run started, shared by all workers.
+    #[arg(long, hide = true)]
+    pub run_id: Option<u64>,
+    /// Arguments for the spawned `petrel serve` (after `--`).
+    #[arg(last = true, value_name = "SERVE_ARGS")]
+    pub serve_args: Vec<String>,
+}
+
+/// Scenario shape, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "scenario", rename_all = "lowercase")]
+pub enum Scenario {
+    /// `connections` connections.
+    Connect {
+        /// N.
+        connections: u64,
+    },
+    /// `pairs` pairs.
+    Chat1v1 {
+        /// Pairs.
+        pairs: u64,
+    },
+    /// `groups` × `members`.
+    Group {
+        /// G.
+        groups: u64,
+        /// M.
+        members: u64,
+    },
+    /// One room of `members`.
+    Chatroom {
+        /// M.
+        members: u64,
+        /// Room id.
+        room: u64,
+    },
+    /// Owner + `followers`.
+    Broadcast {
+        /// F.
+        followers: u64,
+    },
+}
+
+/// A validated `petrel bench` run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchConfig {
+    /// What to run.
+    pub scenario: Scenario,
+    /// Messages/s over all senders, or `None` for flat out.
+    pub rate: Option<f64>,
+    /// Flat-out window per sender.
+    pub window: u32,
+    /// Measured time.
+    pub duration: Duration,
+    /// Warm-up time.
+    pub warmup: Duration,
+    /// Longest drain.
+    pub drain: Duration,
+    /// Payload text.
+    pub payload: String,
+    /// Ping interval per connection.
+    pub heartbeat: Duration,
+    /// Handshakes in flight.
+    pub connect_concurrency: usize,
+    /// Connect phase limit.
+    pub connect_timeout: Duration,
+    /// Explicit source addresses (empty = automatic).
+    pub source_ips: Vec<Ipv4Addr>,
+    /// Connections per process.
+    pub conns_per_process: u64,
+    /// First user id.
+    pub first_user: u64,
+}
+
+/// Largest payload accepted: the server's default frame limit is 64 KiB.
+const MAX_PAYLOAD: usize = 60 * 1024;
+
+impl BenchConfig {
+    /// Checks the arguments. `run_id` seeds the default room id.
+    pub fn resolve(args: &BenchArgs, run_id: u64) -> anyhow::Result<BenchConfig> {
+        let positive = |name: &str, n: u64| -> anyhow::Result<u64> {
+            if n == 0 {
+                bail!("--{name} must be at least 1");
+            }
+            Ok(n)
+        };
+        let scenario = match args.scenario {
+            ScenarioKind::Connect => Scenario::Connect {
+                connections: positive("connections", args.connections)?,
+            },
+            ScenarioKind::Chat1v1 => Scenario::Chat1v1 {
+                pairs: positive("pairs", args.pairs)?,
+            },
+            ScenarioKind::Group => {
+                if args.members < 2 {
+                    bail!("--members must be at least 2 for a group (a sender and a receiver)");
+                }
+                Scenario::Group {
+                    groups: positive("groups", args.groups)?,
+                    members: args.members,
+                }
+            }
+            ScenarioKind::Chatroom => {
+                if args.members < 2 {
+                    bail!("--members must be at least 2 for a chatroom");
+                }
+                Scenario::Chatroom {
+                    members: args.members,
+                    room: args.room.unwrap_or(run_id % 1_000_000_007 + 1),
+                }
+            }
+            ScenarioKind::Broadcast => Scenario::Broadcast {
+                followers: positive("followers", args.followers)?,
+            },
+        };
+        if let Some(rate) = args.rate
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            bail!("--rate must be a positive number of messages per second, not {rate}");
+        }
+        let secs = |name: &str, v: f64, min: f64| -> anyhow::Result<Duration> {
+            if !v.is_finite() || v < min || v > 86_400.0 {
+                bail!("--{name} must be between {min} and 86400 seconds, not {v}");
+            }
+            Ok(Duration::from_secs_f64(v))
+        };
+        if args.payload > MAX_PAYLOAD {
+            bail!(
+                "--payload {} is over {MAX_PAYLOAD} bytes (the server's frame limit is 64 KiB)",
+                args.payload
+            );
+        }
+        if args.window == 0 {
+            bail!("--window must be at least 1");
+        }
+        if args.connect_concurrency == 0 {
+            bail!("--connect-concurrency must be at least 1");
+        }
+        if args.conns_per_process == 0 || args.conns_per_process > 19_500 {
+            bail!(
+                "--conns-per-process must be between 1 and 19500 (a process holds at most \
+                 20,000 file descriptors here)"
+            );
+        }
+        let source_ips = parse_source_ips(&args.source_ips)?;
+        let config = BenchConfig {
+            scenario,
+            rate: args.rate,
+            window: args.window,
+            duration: secs("duration", args.duration, 0.1)?,
+            warmup: secs("warmup", args.warmup, 0.0)?,
+            drain: secs("drain", args.drain, 0.1)?,
+            payload: "x".repeat(args.payload),
+            heartbeat: secs("heartbeat", args.heartbeat, 0.1)?,
+            connect_concurrency: args.connect_concurrency,
+            connect_timeout: secs("connect-timeout", args.connect_timeout, 1.0)?,
+            source_ips,
+            conns_per_process: args.conns_per_process,
+            first_user: args.first_user,
+        };
+        config
+            .first_user
+            .checked_add(config.plan().connections())
+            .context("--first-user plus the number of connections overflows a user id")?;
+        Ok(config)
+    }
+
+    /// The scenario's layout.
+    pub fn plan(&self) -> Plan {
+        Plan {
+            scenario: self.scenario,
+            first_user: self.first_user,
+        }
+    }
+}
+
+/// Parses `a.b.c.d` items and `a.b.c.d-e.f.g.h` ranges (at most 65,536 addresses).
+pub fn parse_source_ips(items: &[String]) -> anyhow::Result<Vec<Ipv4Addr>> {
+    let mut out = Vec::new();
+    for item in items {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        match item.split_once('-') {
+            Some((a, b)) => {
+                let a: Ipv4Addr = a
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("bad address {a:?} in --source-ips"))?;
+                let b: Ipv4Addr = b
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("bad address {b:?} in --source-ips"))?;
+                let (a, b) = (u32::from(a), u32::from(b));
+                if b < a {
+                    bail!("--source-ips range {item} ends before it starts");
+                }
+                if b - a >= 65_536 || out.len() + (b - a) as usize >= 65_536 {
+                    bail!("--source-ips: at most 65,536 addresses");
+                }
+                out.extend((a..=b).map(Ipv4Addr::from));
+            }
+            None => out.push(
+                item.parse()
+                    .with_context(|| format!("bad address {item:?} in --source-ips"))?,
+            ),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn resolve(line: &str) -> anyhow::Result<BenchConfig> {
+        let cli = Cli::try_parse_from(std::iter::once("bench").chain(line.split_whitespace()))?;
+        BenchConfig::resolve(&cli.args, 12345)
+    }
+
+    #[test]
+    fn defaults_make_a_runnable_config() {
+        let c = resolve("group --groups 3 --members 4").unwrap();
+        assert_eq!(c.plan().connections(), 12);
+        assert_eq!(c.rate, None);
+        assert_eq!(c.payload.len(), 100);
+        let room = resolve("chatroom").unwrap();
+        assert!(matches!(room.scenario, Scenario::Chatroom { room, .. } if room > 0));
+    }
+
+    #[test]
+    fn nonsense_is_refused_with_the_flag_named() {
+        for (line, flag) in [
+            ("chat1v1 --pairs 0", "--pairs"),
+            ("chat1v1 --rate=-1", "--rate"),
+            ("chat1v1 --rate=inf", "--rate"),
+            ("chat1v1 --duration 0", "--duration"),
+            ("chat1v1 --warmup=-1", "--warmup"),
+            ("chat1v1 --payload 100000", "--payload"),
+            ("chat1v1 --window 0", "--window"),
+            ("connect --conns-per-process 30000", "--conns-per-process"),
+            (
+                "connect -n 5 --first-user 18446744073709551614",
+                "--first-user",
+            ),
+            ("chatroom --members 1", "--members"),
+        ] {
+            let err = format!("{:#}", resolve(line).unwrap_err());
+            assert!(err.contains(flag), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn source_ip_lists_and_ranges() {
+        let ips = parse_source_ips(&["10.78.0.1".into(), "10.78.0.254-10.78.1.1".into()]).unwrap();
+        assert_eq!(
+            ips,
+            [
+                "10.78.0.1",
+                "10.78.0.254",
+                "10.78.0.255",
+                "10.78.1.0",
+                "10.78.1.1"
+            ]
+            .map(|s| s.parse::<Ipv4Addr>().unwrap())
+        );
+        assert!(parse_source_ips(&["10.78.0.9-10.78.0.1".into()]).is_err());
+        assert!(parse_source_ips(&["10.0.0.0-10.255.0.0".into()]).is_err());
+        assert!(parse_source_ips(&["host".into()]).is_err());
+    }
+}

@@ -1,0 +1,752 @@
+//! The kernel-socket client: many nonblocking TCP connections on one mio poll loop,
+//! speaking the wire protocol through `petrel-proto`'s codec.
+//!
+//! Kept cheap so the client is not the bottleneck: frames are encoded straight into each
+//! connection's output buffer (one reused `SendMessage` frame, no allocation per send),
+//! every connection with output is written once per loop iteration (many frames, one
+//! `write`), and reads go through one shared 64 KiB scratch buffer. No per-message state
+//! is kept: a message's `client_msg_id` *is* its scheduled send time in nanoseconds since
+//! the Unix epoch, so an `Ack` or a `MessagePush` carries everything needed to compute
+//! its latency.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use bytes::{Buf, BytesMut};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use petrel_control::{KeyRing, TokenSpec};
+use petrel_proto::codec::FrameEncoder;
+use petrel_proto::pb;
+use petrel_proto::{Body, Frame, FrameDecoder, FrameType};
+use prost::Message as _;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::stats::Stats;
+
+/// Output queued for one connection beyond which the schedule's sends to it are skipped
+/// (and counted): the server is not reading, and the client must not grow without bound.
+const MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
+
+/// The fields of a `MessagePush` (`proto/schema/petrel/v1/message.proto`) the bench
+/// reads; prost skips the others (content, sender device) without allocating them.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PushIds {
+    /// `MessagePush.client_msg_id`: the scheduled send time (ns since the epoch).
+    #[prost(uint64, tag = "5")]
+    client_msg_id: u64,
+}
+
+/// A clock in nanoseconds since the Unix epoch, monotonic within the process (wall
+/// time read once, then advanced by `Instant`), so latencies never go negative when the
+/// system clock is adjusted mid-run.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base: Instant,
+    base_unix_ns: u64,
+}
+
+impl Clock {
+    /// Reads the wall clock once.
+    pub fn new() -> Clock {
+        let base_unix_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Clock {
+            base: Instant::now(),
+            base_unix_ns,
+        }
+    }
+
+    /// Now, in ns since the Unix epoch.
+    pub fn now_ns(&self) -> u64 {
+        self.base_unix_ns + self.base.elapsed().as_nanos() as u64
+    }
+}
+
+/// One connection to open.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnSpec {
+    /// Its user id (device `bench-<user>`).
+    pub user: u64,
+    /// Source address to bind, if not the kernel's choice.
+    pub source: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    NotOpened,
+    Connecting,
+    LoginSent,
+    Ready,
+    Closed,
+}
+
+#[derive(Debug)]
+struct Conn {
+    spec: ConnSpec,
+    stream: Option<TcpStream>,
+    state: State,
+    rbuf: BytesMut,
+    decoder: FrameDecoder,
+    out: BytesMut,
+    write_blocked: bool,
+    dirty: bool,
+    next_request: u32,
+    last_msg_id: u64,
+    outstanding: u32,
+    ping_sent_ns: u64,
+    connect_ns: u64,
+}
+
+/// Many client connections on one poll loop.
+pub struct Engine {
+    poll: Poll,
+    events: Events,
+    ready_tokens: Vec<(usize, bool, bool)>,
+    clock: Clock,
+    server: SocketAddr,
+    keyring: KeyRing,
+    conns: Vec<Conn>,
+    dirty: Vec<usize>,
+    scratch: Vec<u8>,
+    encoder: FrameEncoder,
+    template: Frame,
+    measure_from_ns: u64,
+    pending_logins: usize,
+    outstanding_total: u64,
+    window: Option<u32>,
+    first_failure: Option<String>,
+    capture_responses: bool,
+    last_rx_ns: u64,
+    /// What this engine measured.
+    pub stats: Stats,
+    /// Responses captured during setup (`capture_responses`): connection index, frame.
+    pub responses: Vec<(usize, Frame)>,
+    /// Senders whose flat-out window has room again since the last look.
+    pub freed: Vec<usize>,
+}
+
+impl Engine {
+    /// An engine for these connections (none opened yet). `payload` is the text of every
+    /// message.
+    pub fn new(
+        server: SocketAddr,
+        keyring: KeyRing,
+        specs: &[ConnSpec],
+        payload: &str,
+        clock: Clock,
+    ) -> anyhow::Result<Engine> {
+        let conns = specs
+            .iter()
+            .map(|&spec| Conn {
+                spec,
+                stream: None,
+                state: State::NotOpened,
+                rbuf: BytesMut::new(),
+                decoder: FrameDecoder::default(),
+                out: BytesMut::new(),
+                write_blocked: false,
+                dirty: false,
+                next_request: 1,
+                last_msg_id: 0,
+                outstanding: 0,
+                ping_sent_ns: 0,
+                connect_ns: 0,
+            })
+            .collect();
+        let template = Frame::new(
+            0,
+            pb::SendMessage {
+                client_msg_id: 0,
+                conversation: None,
+                content: Some(pb::Content {
+                    body: Some(pb::content::Body::Text(pb::Text {
+                        text: payload.to_owned(),
+                        mentions: vec![],
+                    })),
+                }),
+            },
+        );
+        Ok(Engine {
+            poll: Poll::new().context("cannot create an epoll instance")?,
+            events: Events::with_capacity(4096),
+            ready_tokens: Vec::with_capacity(4096),
+            clock,
+            server,
+            keyring,
+            conns,
+            dirty: Vec::new(),
+            scratch: vec![0; 64 * 1024],
+            encoder: FrameEncoder::default(),
+            template,
+            measure_from_ns: u64::MAX,
+            pending_logins: 0,
+            outstanding_total: 0,
+            window: None,
+            first_failure: None,
+            capture_responses: false,
+            last_rx_ns: 0,
+            stats: Stats::default(),
+            responses: Vec::new(),
+            freed: Vec::new(),
+        })
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// Number of connections.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Sends scheduled at or after this time are measured; earlier ones are warm-up.
+    pub fn set_measure_from(&mut self, ns: u64) {
+        self.measure_from_ns = ns;
+    }
+
+    /// Flat-out mode: report senders whose unacknowledged count drops below `window`.
+    pub fn set_window(&mut self, window: Option<u32>) {
+        self.window = window;
+    }
+
+    /// Capture request responses (setup) instead of counting them as send results.
+    pub fn set_capture_responses(&mut self, on: bool) {
+        self.capture_responses = on;
+    }
+
+    /// Sends not yet answered on connections still open.
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding_total
+    }
+
+    /// When the last frame arrived (ns since the epoch).
+    pub fn last_rx_ns(&self) -> u64 {
+        self.last_rx_ns
+    }
+
+    /// User id of connection `i`.
+    pub fn user(&self, i: usize) -> u64 {
+        self.conns[i].spec.user
+    }
+
+    /// Opens every connection and logs each in, at most `concurrency` handshakes at a
+    /// time, within `timeout`. Fails on the first refused login or connect error.
+    pub fn connect_all(
+        &mut self,
+        concurrency: usize,
+        timeout: Duration,
+        mut progress: impl FnMut(&Stats),
+    ) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let started_ns = self.clock.now_ns();
+        let mut next = 0;
+        let mut last_progress = Instant::now();
+        while (self.stats.counts.logged_in as usize) < self.conns.len() {
+            while next < self.conns.len() && self.pending_logins < concurrency {
+                self.open(next)?;
+                next += 1;
+            }
+            self.poll_once(Some(Duration::from_millis(5)))?;
+            if let Some(failure) = &self.first_failure {
+                bail!(
+                    "{failure} ({} of {} connections logged in)",
+                    self.stats.counts.logged_in,
+                    self.conns.len()
+                );
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "only {} of {} connections logged in within {timeout:?} (raise \
+                     --connect-timeout, or lower the load)",
+                    self.stats.counts.logged_in,
+                    self.conns.len()
+                );
+            }
+            if last_progress.elapsed() > Duration::from_millis(200) {
+                progress(&self.stats);
+                last_progress = Instant::now();
+            }
+        }
+        self.stats.connect_secs = (self.clock.now_ns() - started_ns) as f64 / 1e9;
+        Ok(())
+    }
+
+    fn open(&mut self, i: usize) -> anyhow::Result<()> {
+        let conn = &mut self.conns[i];
+        let domain = Domain::for_address(self.server);
+        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+            .context("cannot create a TCP socket (file descriptor limit?)")?;
+        socket.set_nonblocking(true)?;
+        socket.set_tcp_nodelay(true)?;
+        if let Some(source) = conn.spec.source {
+            socket
+                .bind(&SocketAddr::new(source, 0).into())
+                .with_context(|| format!("cannot bind source address {source}"))?;
+        }
+        match socket.connect(&self.server.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => bail!(
+                "connect to {}: {e} — out of source ports; spread connections over more \
+                 source addresses with --source-ips",
+                self.server
+            ),
+            Err(e) => return Err(e).with_context(|| format!("connect to {}", self.server)),
+        }
+        let mut stream = TcpStream::from_std(socket.into());
+        self.poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .context("cannot register a socket with epoll")?;
+        conn.stream = Some(stream);
+        conn.state = State::Connecting;
+        conn.connect_ns = self.clock.now_ns();
+        self.pending_logins += 1;
+        Ok(())
+    }
+
+    /// Queues a request frame on connection `i`; returns its request id.
+    pub fn request(&mut self, i: usize, body: impl Into<Body>) -> anyhow::Result<u32> {
+        let conn = &mut self.conns[i];
+        let id = conn.next_request;
+        conn.next_request = conn.next_request.wrapping_add(1).max(1);
+        self.encoder
+            .encode(&Frame::new(id, body), &mut conn.out)
+            .context("cannot encode a request")?;
+        mark_dirty(&mut self.dirty, i, conn);
+        Ok(id)
+    }
+
+    /// Queues one `SendMessage` to `conversation`, scheduled at `scheduled_ns`. Returns
+    /// false (and counts it as skipped) if the connection is closed or its output queue
+    /// is full.
+    pub fn send_message(
+        &mut self,
+        i: usize,
+        conversation: pb::ConversationId,
+        scheduled_ns: u64,
+    ) -> bool {
+        let conn = &mut self.conns[i];
+        if conn.state != State::Ready || conn.out.len() > MAX_QUEUED_BYTES {
+            self.stats.counts.skipped += 1;
+            return false;
+        }
+        let id = scheduled_ns.max(conn.last_msg_id + 1);
+        conn.last_msg_id = id;
+        if let Body::SendMessage(m) = &mut self.template.body {
+            m.client_msg_id = id;
+            m.conversation = Some(conversation);
+        }
+        self.template.request_id = conn.next_request;
+        conn.next_request = conn.next_request.wrapping_add(1).max(1);
+        if self.encoder.encode(&self.template, &mut conn.out).is_err() {
+            self.stats.counts.skipped += 1;
+            return false;
+        }
+        conn.outstanding += 1;
+        self.outstanding_total += 1;
+        self.stats.counts.sent += 1;
+        if scheduled_ns >= self.measure_from_ns {
+            self.stats.counts.sent_measured += 1;
+        }
+        mark_dirty(&mut self.dirty, i, conn);
+        true
+    }
+
+    /// Unacknowledged sends of connection `i`.
+    pub fn outstanding_of(&self, i: usize) -> u32 {
+        self.conns[i].outstanding
+    }
+
+    /// Queues a `Ping` on connection `i` (if it is logged in).
+    pub fn ping(&mut self, i: usize) {
+        let now = self.clock.now_ns();
+        let conn = &mut self.conns[i];
+        if conn.state != State::Ready {
+            return;
+        }
+        let id = conn.next_request;
+        conn.next_request = conn.next_request.wrapping_add(1).max(1);
+        let frame = Frame::new(
+            id,
+            pb::Ping {
+                client_time_ms: now / 1_000_000,
+            },
+        );
+        if self.encoder.encode(&frame, &mut conn.out).is_ok() {
+            conn.ping_sent_ns = now;
+            self.stats.counts.pings += 1;
+            mark_dirty(&mut self.dirty, i, conn);
+        }
+    }
+
+    /// Writes queued output, waits up to `timeout` for socket events, handles them, and
+    /// writes again.
+    pub fn poll_once(&mut self, timeout: Option<Duration>) -> anyhow::Result<()> {
+        self.flush();
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e).context("epoll_wait failed"),
+        }
+        self.ready_tokens.clear();
+        for event in self.events.iter() {
+            self.ready_tokens.push((
+                event.token().0,
+                event.is_readable() || event.is_read_closed() || event.is_error(),
+                event.is_writable() || event.is_write_closed(),
+            ));
+        }
+        for k in 0..self.ready_tokens.len() {
+            let (i, readable, writable) = self.ready_tokens[k];
+            if self.conns[i].state == State::Connecting {
+                self.check_connected(i);
+                continue;
+            }
+            if writable && self.conns[i].state != State::Closed {
+                let conn = &mut self.conns[i];
+                conn.write_blocked = false;
+                if !conn.out.is_empty() {
+                    mark_dirty(&mut self.dirty, i, conn);
+                }
+            }
+            if readable {
+                self.read(i);
+            }
+        }
+        self.flush();
+        Ok(())
+    }
+
+    fn check_connected(&mut self, i: usize) {
+        let conn = &mut self.conns[i];
+        let Some(stream) = &conn.stream else { return };
+        let error = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => Some(e),
+            Ok(None) => match stream.peer_addr() {
+                Ok(_) => None,
+                Err(e) if e.kind() == ErrorKind::NotConnected => return, // still connecting
+                Err(e) => Some(e),
+            },
+        };
+        if let Some(e) = error {
+            let user = conn.spec.user;
+            self.fail_login(i, format!("connect to {} (user {user}): {e}", self.server));
+            return;
+        }
+        conn.state = State::LoginSent;
+        let user = conn.spec.user;
+        let device = format!("bench-{user}");
+        let token = match mint(&self.keyring, user, &device, self.clock.now_ns()) {
+            Ok(t) => t,
+            Err(e) => {
+                self.fail_login(i, format!("cannot mint a token for user {user}: {e}"));
+                return;
+            }
+        };
+        let login = pb::Login {
+            token,
+            user_id: user,
+            device_id: device,
+            platform: pb::Platform::Desktop as i32,
+            client_version: "petrel-bench".into(),
+        };
+        if let Err(e) = self.request(i, login) {
+            self.fail_login(i, format!("{e:#}"));
+        }
+    }
+
+    fn fail_login(&mut self, i: usize, why: String) {
+        self.stats.counts.login_failures += 1;
+        self.first_failure.get_or_insert(why);
+        self.close(i);
+    }
+
+    fn close(&mut self, i: usize) {
+        let conn = &mut self.conns[i];
+        match conn.state {
+            State::Connecting | State::LoginSent => self.pending_logins -= 1,
+            State::Ready => self.stats.counts.disconnects += 1,
+            State::NotOpened | State::Closed => {}
+        }
+        if let Some(mut stream) = conn.stream.take() {
+            let _ = self.poll.registry().deregister(&mut stream);
+        }
+        self.outstanding_total -= u64::from(conn.outstanding);
+        conn.outstanding = 0;
+        conn.state = State::Closed;
+        conn.out = BytesMut::new();
+        conn.rbuf = BytesMut::new();
+    }
+
+    fn read(&mut self, i: usize) {
+        loop {
+            let conn = &mut self.conns[i];
+            let Some(stream) = conn.stream.as_mut() else {
+                return;
+            };
+            match stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    self.closed_by_peer(i, "the server closed the connection");
+                    return;
+                }
+                Ok(n) => {
+                    conn.rbuf.extend_from_slice(&self.scratch[..n]);
+                    self.decode(i);
+                    if self.conns[i].state == State::Closed {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.closed_by_peer(i, &e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn closed_by_peer(&mut self, i: usize, why: &str) {
+        if matches!(self.conns[i].state, State::Connecting | State::LoginSent) {
+            let user = self.conns[i].spec.user;
+            self.fail_login(i, format!("login of user {user}: {why}"));
+        } else {
+            self.close(i);
+        }
+    }
+
+    fn decode(&mut self, i: usize) {
+        let now = self.clock.now_ns();
+        self.last_rx_ns = now;
+        loop {
+            let conn = &mut self.conns[i];
+            let raw = match conn.decoder.decode_raw(&mut conn.rbuf) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => return,
+                Err(e) => {
+                    self.bad_frame(i, &e.to_string());
+                    return;
+                }
+            };
+            if raw.header.frame_type == FrameType::MessagePush {
+                // The hot frame of every fan-out: only its id is needed, and the slim view
+                // skips the text and device strings without allocating them.
+                match PushIds::decode(raw.body) {
+                    Ok(ids) => self.on_push(ids.client_msg_id, now),
+                    Err(e) => {
+                        self.bad_frame(i, &e.to_string());
+                        return;
+                    }
+                }
+                continue;
+            }
+            match raw.decode_body() {
+                Ok(frame) => self.on_frame(i, frame, now),
+                Err(e) => {
+                    self.bad_frame(i, &e.to_string());
+                    return;
+                }
+            }
+            if self.conns[i].state == State::Closed {
+                return;
+            }
+        }
+    }
+
+    fn bad_frame(&mut self, i: usize, why: &str) {
+        let conn = &self.conns[i];
+        let user = conn.spec.user;
+        if conn.state == State::LoginSent {
+            self.fail_login(i, format!("user {user}: bad frame from the server: {why}"));
+        } else {
+            self.close(i);
+        }
+    }
+
+    fn on_push(&mut self, client_msg_id: u64, now: u64) {
+        let c = &mut self.stats.counts;
+        c.delivered += 1;
+        if client_msg_id >= self.measure_from_ns {
+            c.delivered_measured += 1;
+            self.stats
+                .delivery
+                .record(now.saturating_sub(client_msg_id));
+        }
+    }
+
+    fn on_frame(&mut self, i: usize, frame: Frame, now: u64) {
+        let c = &mut self.stats.counts;
+        let conn = &mut self.conns[i];
+        match frame.body {
+            Body::LoginResult(_) if conn.state == State::LoginSent => {
+                conn.state = State::Ready;
+                self.pending_logins -= 1;
+                c.logged_in += 1;
+                self.stats.login.record(now.saturating_sub(conn.connect_ns));
+            }
+            Body::Error(e) if conn.state == State::LoginSent => {
+                let user = conn.spec.user;
+                self.fail_login(
+                    i,
+                    format!(
+                        "login of user {user} refused: {:?} {}",
+                        pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Unspecified),
+                        e.message
+                    ),
+                );
+            }
+            Body::Ack(ack) => {
+                c.acked += 1;
+                if ack.duplicate {
+                    c.duplicates += 1;
+                }
+                if ack.client_msg_id >= self.measure_from_ns {
+                    c.acked_measured += 1;
+                    self.stats.ack.record(now.saturating_sub(ack.client_msg_id));
+                }
+                self.answered(i);
+            }
+            Body::MessagePush(push) => self.on_push(push.client_msg_id, now),
+            Body::Pong(_) => {
+                c.pongs += 1;
+                self.stats
+                    .pong
+                    .record(now.saturating_sub(conn.ping_sent_ns));
+            }
+            Body::Kick(_) => c.kicks += 1,
+            Body::ConversationEvent(_) => {}
+            Body::Error(e) if !self.capture_responses && frame.flags.is_response() => {
+                c.send_errors += 1;
+                if e.code == pb::ErrorCode::RateLimited as i32 {
+                    c.rate_limited += 1;
+                }
+                self.answered(i);
+            }
+            body => {
+                if self.capture_responses && frame.flags.is_response() {
+                    self.responses.push((i, Frame { body, ..frame }));
+                }
+            }
+        }
+    }
+
+    fn answered(&mut self, i: usize) {
+        let conn = &mut self.conns[i];
+        if conn.outstanding > 0 {
+            conn.outstanding -= 1;
+            self.outstanding_total -= 1;
+            if let Some(window) = self.window
+                && conn.outstanding + 1 == window
+            {
+                self.freed.push(i);
+            }
+        }
+    }
+
+    /// Writes every connection with queued output once.
+    pub fn flush(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &i in &dirty {
+            let conn = &mut self.conns[i];
+            conn.dirty = false;
+            if conn.write_blocked {
+                continue;
+            }
+            let Some(stream) = conn.stream.as_mut() else {
+                continue;
+            };
+            while !conn.out.is_empty() {
+                match stream.write(&conn.out) {
+                    Ok(n) => conn.out.advance(n),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        conn.write_blocked = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        self.close(i);
+                        break;
+                    }
+                }
+            }
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        // Keep the allocation; anything marked dirty while writing is already in self.dirty.
+        dirty.append(&mut self.dirty);
+        self.dirty = dirty;
+    }
+}
+
+fn mark_dirty(dirty: &mut Vec<usize>, i: usize, conn: &mut Conn) {
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(i);
+    }
+}
+
+/// Mints a one-day token for `user`/`device` from the server's key ring.
+pub fn mint(ring: &KeyRing, user: u64, device: &str, now_ns: u64) -> anyhow::Result<String> {
+    Ok(petrel_control::token::mint(
+        ring,
+        &TokenSpec {
+            user,
+            device,
+            platform: pb::Platform::Desktop,
+            issued_at: petrel_control::Timestamp::from_millis(now_ns / 1_000_000),
+            ttl: Duration::from_secs(24 * 3600),
+            token_id: rand::random(),
+        },
+    )?
+    .token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_view_reads_the_id_of_a_full_push() {
+        let push = pb::MessagePush {
+            conversation: Some(pb::ConversationId {
+                kind: pb::ConversationKind::Group as i32,
+                id: 7,
+            }),
+            seq: 42,
+            sender: 1001,
+            server_time_ms: 1_700_000_000_000,
+            client_msg_id: 1_764_000_000_123_456_789,
+            content: Some(pb::Content {
+                body: Some(pb::content::Body::Text(pb::Text {
+                    text: "x".repeat(100),
+                    mentions: vec![3],
+                })),
+            }),
+            sender_device: "bench-1001".into(),
+        };
+        let bytes = push.encode_to_vec();
+        let ids = PushIds::decode(bytes.as_slice()).unwrap();
+        assert_eq!(ids.client_msg_id, 1_764_000_000_123_456_789);
+    }
+
+    #[test]
+    fn clock_is_wall_time_and_monotonic() {
+        let clock = Clock::new();
+        let a = clock.now_ns();
+        let b = clock.now_ns();
+        assert!(b >= a);
+        // Some time after 2024.
+        assert!(a > 1_700_000_000_000_000_000);
+    }
+}
