@@ -424,7 +424,9 @@ fn drain(
             Some(e) => counts.delivered >= e,
             None => clock.now_ns().saturating_sub(engine.last_rx_ns()) > quiet_ns,
         };
-        if engine.outstanding() == 0 && deliveries_done {
+        // Every ping sent is answered too (the last heartbeats go out just before the end).
+        let pongs_done = counts.pongs >= counts.pings;
+        if engine.outstanding() == 0 && deliveries_done && pongs_done {
             break;
         }
         engine.poll_once(Some(Duration::from_millis(5)))?;

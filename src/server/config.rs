@@ -241,8 +241,8 @@ impl ServeConfig {
             },
             mode: args.xdp_mode.or(file.xdp_mode).unwrap_or(XdpMode::Auto),
             shards_per_queue: file.xdp_shards_per_queue,
-            tcp_rx_buffer: file.xdp_tcp_rx_buffer.unwrap_or(1024),
-            tcp_tx_buffer: file.xdp_tcp_tx_buffer.unwrap_or(2048),
+            tcp_rx_buffer: file.xdp_tcp_rx_buffer.unwrap_or(2048),
+            tcp_tx_buffer: file.xdp_tcp_tx_buffer.unwrap_or(4096),
         };
         let config = ServeConfig {
             data_dir,
