@@ -23,6 +23,9 @@
 #                     (one per 25,000 connections is plenty) [default: 0]
 #   XDP_ARGS          extra `petrel serve` flags for the xdp run, e.g. "--queues 0,1 --cores 0,1"
 #   KERNEL_ARGS       extra `petrel serve` flags for the kernel run, e.g. "--cores 0"
+#   SERVER_CPUS       taskset CPU list for the server process [default: 0]
+#   CLIENT_CPUS       taskset CPU list for the load generator [default: 1] (as pinned.sh:
+#                     server and client never compete for a core)
 #   OUT               directory for the JSON results and server logs [default: a temp dir]
 #   KEEP_LAB=1        leave the lab up afterwards
 #
@@ -47,6 +50,8 @@ export PETREL_LAB_PEER_ADDR=${PETREL_LAB_PEER_ADDR:-10.77.30.2}
 PETREL=${PETREL:-$CARGO_TARGET_DIR/release/petrel}
 PORT=${PORT:-9530}
 SOURCES=${SOURCES:-0}
+SERVER_CPUS=${SERVER_CPUS:-0}
+CLIENT_CPUS=${CLIENT_CPUS:-1}
 OUT=${OUT:-$(mktemp -d /tmp/petrel-compare.XXXXXX)}
 mkdir -p "$OUT"
 
@@ -101,7 +106,7 @@ data_dir = "$data"
 log_level = "warn"
 rate_limit_per_second = 0
 EOF
-  "$PETREL" serve --config "$data/petrel.toml" --dataplane "$mode" \
+  taskset -c "$SERVER_CPUS" "$PETREL" serve --config "$data/petrel.toml" --dataplane "$mode" \
     --listen "$PETREL_LAB_HOST_ADDR:$PORT" "$@" >"$OUT/serve-$mode.out" 2>"$OUT/serve-$mode.err" &
   server_pid=$!
   for _ in $(seq 600); do
@@ -118,7 +123,7 @@ EOF
   fi
   echo "compare: $mode server up (pid $server_pid); running petrel bench $scenario ${bench_args[*]}" >&2
   local ok=0
-  ip netns exec "$PETREL_LAB_NS" "$PETREL" bench "$scenario" \
+  ip netns exec "$PETREL_LAB_NS" taskset -c "$CLIENT_CPUS" "$PETREL" bench "$scenario" \
     --server "$PETREL_LAB_HOST_ADDR:$PORT" --key-file "$data/keys" --server-pid "$server_pid" \
     --json --quiet "${source_flag[@]}" "${bench_args[@]}" >"$OUT/$mode.json" || ok=1
   kill -TERM "$server_pid" 2>/dev/null || true

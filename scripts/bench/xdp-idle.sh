@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Many idle logged-in connections on the AF_XDP dataplane, and the server's memory per
+# connection: `petrel serve --dataplane xdp` on the host end of a veth lab, `petrel bench
+# connect` inside the lab namespace (kernel-TCP clients over several source addresses and
+# worker processes, past the 20,000-descriptor limit of one process).
+#
+#   host (root namespace)                          namespace $PETREL_LAB_NS
+#   $PETREL_LAB_HOST_IF  10.77.40.1  <── veth ──>  $PETREL_LAB_PEER_IF  10.77.40.2 .. .(1+SOURCES)
+#   petrel serve --dataplane xdp                   petrel bench connect -n N
+#
+# Usage (root): scripts/bench/xdp-idle.sh [BENCH ARGS...]
+#   e.g. N=100000 scripts/bench/xdp-idle.sh --duration 10
+#
+# Environment:
+#   PETREL      petrel binary [default: $CARGO_TARGET_DIR/release/petrel]
+#   N           connections [default: 100000]
+#   SOURCES     client source addresses (each gets ~28,000 ports) [default: N/20000 + 1]
+#   EXTRA       extra TOML lines for the server, e.g. $'xdp_tcp_rx_buffer = 512\nxdp_tcp_tx_buffer = 512'
+#   OUT         directory for the server's config, data and logs [default: a temp dir]
+# The lab and the server are removed on exit, also after a failure.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+source "$repo/scripts/env.sh"
+
+export PETREL_LAB_NS=${PETREL_LAB_NS:-petrel-idle}
+export PETREL_LAB_HOST_IF=${PETREL_LAB_HOST_IF:-pid-h}
+export PETREL_LAB_PEER_IF=${PETREL_LAB_PEER_IF:-pid-n}
+export PETREL_LAB_HOST_ADDR=10.77.40.1
+export PETREL_LAB_PEER_ADDR=10.77.40.2
+PETREL=${PETREL:-$CARGO_TARGET_DIR/release/petrel}
+N=${N:-100000}
+SOURCES=${SOURCES:-$(( N / 20000 + 1 ))}
+OUT=${OUT:-$(mktemp -d /tmp/petrel-xdp-idle.XXXXXX)}
+
+die() { echo "xdp-idle: $*" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || die "must run as root (veth lab, XDP)"
+[[ -x $PETREL ]] || die "no petrel binary at $PETREL (cargo build --release --bin petrel)"
+(( SOURCES >= 1 && SOURCES <= 200 )) || die "SOURCES must be between 1 and 200"
+
+server_pid=
+cleanup() {
+  if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$server_pid" 2>/dev/null || true
+  fi
+  bash "$repo/scripts/veth-lab.sh" down >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+bash "$repo/scripts/veth-lab.sh" up
+sources=$PETREL_LAB_PEER_ADDR
+for k in $(seq 3 $(( SOURCES + 1 ))); do
+  ip netns exec "$PETREL_LAB_NS" ip addr add "10.77.40.$k/24" dev "$PETREL_LAB_PEER_IF"
+  sources="$sources,10.77.40.$k"
+done
+
+mkdir -p "$OUT"
+printf 'data_dir = "%s"\nlog_level = "warn"\nmax_connections = %d\nrate_limit_per_second = 0\n%s\n' \
+  "$OUT" $(( N * 2 )) "${EXTRA:-}" >"$OUT/petrel.toml"
+"$PETREL" serve --config "$OUT/petrel.toml" --dataplane xdp --iface "$PETREL_LAB_HOST_IF" \
+  --listen "$PETREL_LAB_HOST_ADDR:9500" >"$OUT/serve.out" 2>"$OUT/serve.err" &
+server_pid=$!
+for _ in $(seq 300); do
+  grep -q '^petrel: serving on' "$OUT/serve.out" 2>/dev/null && break
+  kill -0 "$server_pid" 2>/dev/null || break
+  sleep 0.1
+done
+grep -q '^petrel: serving on' "$OUT/serve.out" 2>/dev/null ||
+  { tail -5 "$OUT/serve.err" >&2; die "petrel serve --dataplane xdp did not start"; }
+
+echo "xdp-idle: server pid $server_pid; $N connections from $SOURCES source addresses" >&2
+ip netns exec "$PETREL_LAB_NS" "$PETREL" bench connect -n "$N" \
+  --server "$PETREL_LAB_HOST_ADDR:9500" --key-file "$OUT/keys" --server-pid "$server_pid" \
+  --source-ips "$sources" --quiet "$@"
