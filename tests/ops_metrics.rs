@@ -166,12 +166,14 @@ fn counters_move_with_logins_messages_and_closes(dp: Dataplane) {
         // The kernel dataplane has no XDP families.
         Dataplane::Kernel => assert!(!after.text.contains("petrel_xdp_")),
         // Every segment of the traffic went through the filter to a socket and was
-        // classified as TCP for us; nothing was malformed.
+        // classified as TCP for us; nothing was malformed. Each SendMessage is a segment of
+        // its own (the sender waits for its ack); the ACKs the clients send may be
+        // coalesced, so they add an unknown number on top.
         Dataplane::Xdp => {
             let redirected = after.get("petrel_xdp_packets_total{verdict=\"redirected\"}");
             let tcp = after.get("petrel_xdp_rx_frames_total{class=\"tcp\"}");
-            assert!(redirected >= 2.0 * m, "{}", after.text);
-            assert!(tcp >= 2.0 * m && tcp <= redirected, "{}", after.text);
+            assert!(redirected >= m, "{}", after.text);
+            assert!(tcp >= m && tcp <= redirected, "{}", after.text);
             assert_eq!(after.sum("petrel_xdp_rx_malformed_total", ""), 0.0);
             assert!(after.text.contains("petrel_xdp_socket_drops_total"));
             assert_eq!(
