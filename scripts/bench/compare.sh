@@ -36,6 +36,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 source "$repo/scripts/env.sh"
+source "$here/lib.sh"
 
 [[ $# -ge 1 ]] || { sed -n '2,/^set -euo/p' "$0" | sed 's/^# \{0,1\}//;/^set -euo/d' >&2; exit 2; }
 scenario=$1
@@ -64,11 +65,7 @@ command -v python3 >/dev/null || die "python3 not found"
 server_pid=
 route_added=
 cleanup() {
-  if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$server_pid" 2>/dev/null || true
-  fi
+  stop_server "$server_pid"
   if [[ -n $route_added ]]; then
     ip route del 10.78.0.0/16 dev "$PETREL_LAB_HOST_IF" 2>/dev/null || true
   fi
@@ -109,12 +106,7 @@ EOF
   taskset -c "$SERVER_CPUS" "$PETREL" serve --config "$data/petrel.toml" --dataplane "$mode" \
     --listen "$PETREL_LAB_HOST_ADDR:$PORT" "$@" >"$OUT/serve-$mode.out" 2>"$OUT/serve-$mode.err" &
   server_pid=$!
-  for _ in $(seq 600); do
-    grep -q '^petrel: serving on' "$OUT/serve-$mode.out" 2>/dev/null && break
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if ! grep -q '^petrel: serving on' "$OUT/serve-$mode.out" 2>/dev/null; then
+  if ! wait_for_banner "$server_pid" "$OUT/serve-$mode.out"; then
     echo "compare: petrel serve --dataplane $mode did not start:" >&2
     tail -5 "$OUT/serve-$mode.err" >&2
     kill -KILL "$server_pid" 2>/dev/null || true
@@ -126,9 +118,7 @@ EOF
   ip netns exec "$PETREL_LAB_NS" taskset -c "$CLIENT_CPUS" "$PETREL" bench "$scenario" \
     --server "$PETREL_LAB_HOST_ADDR:$PORT" --key-file "$data/keys" --server-pid "$server_pid" \
     --json --quiet "${source_flag[@]}" "${bench_args[@]}" >"$OUT/$mode.json" || ok=1
-  kill -TERM "$server_pid" 2>/dev/null || true
-  for _ in $(seq 300); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$server_pid" 2>/dev/null || true
+  stop_server "$server_pid"
   server_pid=
   return $ok
 }

@@ -19,6 +19,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/../env.sh"
+source "$here/lib.sh"
 [[ $# -ge 1 ]] || { sed -n '2,/^set -euo/p' "$0" | sed 's/^# \{0,1\}//;/^set -euo/d' >&2; exit 2; }
 PETREL=${PETREL:-$CARGO_TARGET_DIR/release/petrel}
 SERVER_CPUS=${SERVER_CPUS:-0}
@@ -30,11 +31,7 @@ PORT=${PORT:-9630}
 data=$(mktemp -d /tmp/petrel-pinned.XXXXXX)
 pid=
 cleanup() {
-  if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
+  stop_server "$pid"
   rm -rf "$data"
 }
 trap cleanup EXIT
@@ -49,11 +46,7 @@ EOF
 taskset -c "$SERVER_CPUS" "$PETREL" serve --config "$data/petrel.toml" --cores "$SERVER_CORES" \
   ${SERVE_ARGS:-} >"$data/serve.out" 2>"$data/serve.err" &
 pid=$!
-for _ in $(seq 600); do
-  grep -q '^petrel: serving on' "$data/serve.out" 2>/dev/null && break
-  kill -0 "$pid" 2>/dev/null || { cat "$data/serve.err" >&2; exit 1; }
-  sleep 0.1
-done
-grep -q '^petrel: serving on' "$data/serve.out" || { echo "pinned: server did not start" >&2; exit 1; }
+wait_for_banner "$pid" "$data/serve.out" ||
+  { cat "$data/serve.err" >&2; echo "pinned: server did not start" >&2; exit 1; }
 taskset -c "$CLIENT_CPUS" "$PETREL" bench "$@" --server "127.0.0.1:$PORT" \
   --key-file "$data/keys" --server-pid "$pid"

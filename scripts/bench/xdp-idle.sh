@@ -23,6 +23,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 source "$repo/scripts/env.sh"
+source "$here/lib.sh"
 
 export PETREL_LAB_NS=${PETREL_LAB_NS:-petrel-idle}
 export PETREL_LAB_HOST_IF=${PETREL_LAB_HOST_IF:-pid-h}
@@ -41,11 +42,7 @@ die() { echo "xdp-idle: $*" >&2; exit 1; }
 
 server_pid=
 cleanup() {
-  if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$server_pid" 2>/dev/null || true
-  fi
+  stop_server "$server_pid"
   bash "$repo/scripts/veth-lab.sh" down >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -63,12 +60,7 @@ printf 'data_dir = "%s"\nlog_level = "warn"\nmax_connections = %d\nrate_limit_pe
 "$PETREL" serve --config "$OUT/petrel.toml" --dataplane xdp --iface "$PETREL_LAB_HOST_IF" \
   --listen "$PETREL_LAB_HOST_ADDR:9500" >"$OUT/serve.out" 2>"$OUT/serve.err" &
 server_pid=$!
-for _ in $(seq 300); do
-  grep -q '^petrel: serving on' "$OUT/serve.out" 2>/dev/null && break
-  kill -0 "$server_pid" 2>/dev/null || break
-  sleep 0.1
-done
-grep -q '^petrel: serving on' "$OUT/serve.out" 2>/dev/null ||
+wait_for_banner "$server_pid" "$OUT/serve.out" ||
   { tail -5 "$OUT/serve.err" >&2; die "petrel serve --dataplane xdp did not start"; }
 
 echo "xdp-idle: server pid $server_pid; $N connections from $SOURCES source addresses" >&2
