@@ -939,6 +939,7 @@ impl Poller {
     /// Moves queued output into the smoltcp sockets (as much as their buffers take) and
     /// closes connections that asked for it once their output is in.
     fn write_dirty(&mut self) {
+        let now = self.now_ms();
         let mut dirty = std::mem::take(&mut self.dirty);
         let mut still_dirty = Vec::new();
         let mut finished = Vec::new();
@@ -983,7 +984,7 @@ impl Poller {
                 self.lingering.insert(
                     (conn.shard, conn.handle),
                     Linger {
-                        deadline: self.start.elapsed().as_millis() as u64 + LINGER_MS,
+                        deadline: now + LINGER_MS,
                         read_stopped: conn.read_stopped,
                     },
                 );
