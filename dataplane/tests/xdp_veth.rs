@@ -40,6 +40,8 @@ fn lab(action: &str) -> std::process::Output {
         .env("PETREL_LAB_PEER_IF", PEER_IF)
         .env("PETREL_LAB_HOST_ADDR", HOST_ADDR.to_string())
         .env("PETREL_LAB_PEER_ADDR", PEER_ADDR)
+        // No AF_XDP load generator here: no route for its source network.
+        .env("PETREL_LAB_CLIENT_NET", "")
         .output()
         .expect("run scripts/veth-lab.sh")
 }
@@ -140,6 +142,7 @@ fn check_mode(mode: AttachMode, kernel_port: u16) {
     filter
         .configure(&FilterConfig {
             addr: HOST_ADDR,
+            prefix_len: 32,
             ports: vec![PETREL_PORT],
             own_arp: false,
         })
@@ -283,6 +286,7 @@ fn check_arp_for_an_address_only_petrel_has() {
     filter
         .configure(&FilterConfig {
             addr: petrel_addr,
+            prefix_len: 32,
             ports: vec![PETREL_PORT],
             own_arp: true,
         })
@@ -379,6 +383,7 @@ fn check_userspace_tcp_echo() {
     filter
         .configure(&FilterConfig {
             addr: HOST_ADDR,
+            prefix_len: 32,
             ports: vec![PETREL_PORT],
             own_arp: false,
         })

@@ -7,6 +7,9 @@
 //     ports (any port when Petrel, not the kernel, owns the address);
 //   - ARP whose target protocol address is the configured address, when the config says
 //     Petrel (not the kernel) owns that address;
+// where "the configured address" is a prefix: a server matches its one address (/32); the
+// load generator's userspace-TCP client (petrel bench --client-mode xdp) owns a whole
+// source network (e.g. a /16) that the kernel does not have, and matches all of it;
 // and returns XDP_PASS for everything else, so SSH and every other service on the host keep
 // working while Petrel runs. Frames addressed to Petrel that it cannot handle (truncated
 // or impossible headers, IP fragments) are dropped here. Every decision bumps one per-CPU
@@ -37,12 +40,14 @@ enum petrel_counter {
 	COUNTER_COUNT = 5,
 };
 
-// One entry, key 0. `addr` is the IPv4 address exactly as it appears in the packet
-// (network byte order). `flags` bit 0: redirect ARP for `addr` (Petrel owns the address;
-// the kernel does not have it).
+// One entry, key 0. `addr` is the IPv4 address (or network) exactly as it appears in the
+// packet (network byte order) and `mask` the prefix's netmask, also as packet bytes
+// (0xffffffff for one address); `addr` is stored already masked. `flags` bit 0: redirect
+// ARP for the prefix (Petrel owns it; the kernel does not have it).
 struct petrel_config {
 	__u32 addr;
 	__u32 flags;
+	__u32 mask;
 };
 #define CONFIG_FLAG_ARP 1u
 
@@ -130,7 +135,8 @@ int petrel_filter(struct xdp_md *ctx)
 		struct arp_ipv4 *arp = (void *)(eth + 1);
 		if ((void *)(arp + 1) > data_end)
 			return count(COUNTER_PASSED, XDP_PASS);
-		if (arp->ptype != bpf_htons(ETH_P_IP) || arp->plen != 4 || arp->tpa != config->addr)
+		if (arp->ptype != bpf_htons(ETH_P_IP) || arp->plen != 4 ||
+		    (arp->tpa & config->mask) != config->addr)
 			return count(COUNTER_PASSED, XDP_PASS);
 		return to_socket(ctx);
 	}
@@ -141,7 +147,7 @@ int petrel_filter(struct xdp_md *ctx)
 	struct iphdr *ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > data_end)
 		return count(COUNTER_PASSED, XDP_PASS);
-	if (ip->daddr != config->addr || ip->protocol != IPPROTO_TCP)
+	if ((ip->daddr & config->mask) != config->addr || ip->protocol != IPPROTO_TCP)
 		return count(COUNTER_PASSED, XDP_PASS);
 
 	// From here on the frame is addressed to Petrel's address and protocol.

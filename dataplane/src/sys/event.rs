@@ -108,11 +108,57 @@ pub fn wait(socket: BorrowedFd<'_>, event: &EventFd, timeout_ms: i32) -> io::Res
     }
 }
 
+/// Most sockets [`wait_any`] watches (the XDP filter's socket map holds 64 queues).
+pub const WAIT_ANY_MAX: usize = 64;
+
+/// Sleeps up to `timeout_ms` (-1: forever) until one of `sockets` is readable; returns
+/// whether one is. At most [`WAIT_ANY_MAX`] sockets (more is an `InvalidInput` error);
+/// no allocation. An interrupted wait (EINTR) returns false.
+pub fn wait_any<'a>(
+    sockets: impl IntoIterator<Item = BorrowedFd<'a>>,
+    timeout_ms: i32,
+) -> io::Result<bool> {
+    let mut fds = [libc::pollfd {
+        fd: -1,
+        events: libc::POLLIN,
+        revents: 0,
+    }; WAIT_ANY_MAX];
+    let mut count = 0;
+    for socket in sockets {
+        let Some(slot) = fds.get_mut(count) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("wait_any watches at most {WAIT_ANY_MAX} sockets"),
+            ));
+        };
+        slot.fd = socket.as_raw_fd();
+        count += 1;
+    }
+    // SAFETY: `fds` is a live array and we pass a length no larger than it; poll only
+    // writes `revents` of those entries.
+    match cvt(unsafe { libc::poll(fds.as_mut_ptr(), count as libc::nfds_t, timeout_ms) }) {
+        Ok(n) => Ok(n > 0),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    #[test]
+    fn wait_any_sees_the_one_readable_socket_of_several() {
+        let quiet = EventFd::new().unwrap();
+        let loud = EventFd::new().unwrap();
+        assert!(!wait_any([quiet.as_fd(), loud.as_fd()], 0).unwrap());
+        loud.wake().unwrap();
+        assert!(wait_any([quiet.as_fd(), loud.as_fd()], 5_000).unwrap());
+        let many = vec![quiet.as_fd(); WAIT_ANY_MAX + 1];
+        assert!(wait_any(many, 0).is_err());
+    }
 
     #[test]
     fn a_wake_from_another_thread_ends_the_wait_and_drains_once() {

@@ -43,13 +43,18 @@ pub struct ConfigValue {
     addr: u32,
     /// Bit 0: redirect ARP for `addr`.
     flags: u32,
+    /// Netmask of the prefix `addr` starts, as packet bytes (all ones: one address).
+    mask: u32,
 }
 
 /// What the filter redirects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterConfig {
-    /// Petrel's IPv4 address on the interface.
+    /// Petrel's IPv4 address on the interface (the first address of the prefix).
     pub addr: Ipv4Addr,
+    /// Prefix length: 32 for a server's one address; a load generator's client owns a
+    /// whole source network (e.g. 16) and matches every address in it.
+    pub prefix_len: u8,
     /// TCP ports Petrel serves on `addr` (at most [`MAX_PORTS`]).
     pub ports: Vec<u16>,
     /// Redirect ARP requests for `addr` to Petrel. Only when Petrel owns an address the
@@ -59,9 +64,15 @@ pub struct FilterConfig {
 
 impl FilterConfig {
     fn value(&self) -> ConfigValue {
+        let prefix = u32::from(self.prefix_len.min(32));
+        let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+        let mask = mask.to_be_bytes();
+        let addr = self.addr.octets();
+        let masked: [u8; 4] = std::array::from_fn(|i| addr[i] & mask[i]);
         ConfigValue {
-            addr: u32::from_ne_bytes(self.addr.octets()),
+            addr: u32::from_ne_bytes(masked),
             flags: if self.own_arp { CONFIG_FLAG_ARP } else { 0 },
+            mask: u32::from_ne_bytes(mask),
         }
     }
 }
@@ -319,18 +330,33 @@ mod tests {
 
     #[test]
     fn config_value_matches_the_c_struct_layout() {
-        // struct petrel_config { __u32 addr; __u32 flags; }
-        assert_eq!(std::mem::size_of::<ConfigValue>(), 8);
+        // struct petrel_config { __u32 addr; __u32 flags; __u32 mask; }
+        assert_eq!(std::mem::size_of::<ConfigValue>(), 12);
         assert_eq!(std::mem::align_of::<ConfigValue>(), 4);
         let value = FilterConfig {
             addr: Ipv4Addr::new(10, 77, 0, 1),
+            prefix_len: 32,
             ports: vec![9500],
             own_arp: true,
         }
         .value();
         // The program compares against the packet's bytes 10.77.0.1 read as a u32.
         assert_eq!(value.addr.to_ne_bytes(), [10, 77, 0, 1]);
+        assert_eq!(value.mask.to_ne_bytes(), [255; 4]);
         assert_eq!(value.flags, CONFIG_FLAG_ARP);
+    }
+
+    #[test]
+    fn a_prefix_is_stored_masked_with_its_netmask_in_packet_byte_order() {
+        let value = FilterConfig {
+            addr: Ipv4Addr::new(10, 78, 3, 9),
+            prefix_len: 16,
+            ports: vec![],
+            own_arp: true,
+        }
+        .value();
+        assert_eq!(value.addr.to_ne_bytes(), [10, 78, 0, 0]);
+        assert_eq!(value.mask.to_ne_bytes(), [255, 255, 0, 0]);
     }
 
     #[test]

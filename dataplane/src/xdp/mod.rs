@@ -39,6 +39,7 @@
 //! (smoltcp buffers are allocated per socket up front), the e2e suite and
 //! 100k-connection/RSS runs over the lab, and latency/throughput numbers.
 
+pub mod client;
 pub mod filter;
 pub mod neighbour;
 pub mod ring;

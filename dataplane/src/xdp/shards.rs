@@ -20,7 +20,10 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::net::SocketAddrV4;
 
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
 use smoltcp::wire::{Ipv4Packet, TcpPacket};
 
 use super::tcp::{ShardConfig, TcpShard};
@@ -52,6 +55,23 @@ pub enum RxVerdict {
     QueueFull,
     /// Not an IPv4 TCP packet (the dataplane should have classified it first).
     NotTcp,
+}
+
+/// Why [`ShardSet::connect`] opened nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// The shard the 4-tuple hashes to holds its most connections already.
+    #[error("the userspace TCP shard for this 4-tuple is full")]
+    ShardFull,
+    /// smoltcp refused the endpoints (a zero port or an unspecified address).
+    #[error("userspace TCP refused the endpoints: {0:?}")]
+    Tcp(tcp::ConnectError),
+}
+
+impl From<tcp::ConnectError> for OpenError {
+    fn from(e: tcp::ConnectError) -> OpenError {
+        OpenError::Tcp(e)
+    }
 }
 
 /// A core's shards, with dirty tracking and timers.
@@ -147,6 +167,30 @@ impl ShardSet {
         RxVerdict::Queued(index)
     }
 
+    /// Opens a connection from `local` to `remote` (a client's active open) in the shard
+    /// the replies' 4-tuple hashes to, so they find it; the SYN leaves on the next poll.
+    /// Returns the shard and the socket's handle there.
+    pub fn connect(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Result<(usize, SocketHandle), OpenError> {
+        // The replies' source is `remote`: the same tuple order as `push_rx` hashes.
+        let index = self.shard_for(
+            remote.ip().octets(),
+            remote.port(),
+            local.ip().octets(),
+            local.port(),
+        );
+        let shard = &mut self.shards[index];
+        if shard.connection_count() >= self.config.max_connections_per_shard {
+            return Err(OpenError::ShardFull);
+        }
+        let handle = shard.connect(local, remote)?;
+        self.mark_dirty(index);
+        Ok((index, handle))
+    }
+
     /// Marks shard `index` for the next poll (e.g. after writing to one of its sockets).
     pub fn mark_dirty(&mut self, index: usize) {
         if let Some(dirty) = self.dirty.get_mut(index)
@@ -158,10 +202,10 @@ impl ShardSet {
     }
 
     /// Polls every dirty shard and every shard whose timer expired at `now_ms`, then hands
-    /// each packet they emit to `transmit`. SYNs deferred because their shard's listener
+    /// each packet they emit to `transmit`, with the index of the shard that sent it. SYNs deferred because their shard's listener
     /// was taken are then delivered and their shards polled again, until none is left.
     /// Returns how many shard polls ran.
-    pub fn poll(&mut self, now_ms: u64, mut transmit: impl FnMut(&[u8])) -> usize {
+    pub fn poll(&mut self, now_ms: u64, mut transmit: impl FnMut(usize, &[u8])) -> usize {
         while let Some(&Reverse((at, index))) = self.timers.peek() {
             if at > now_ms {
                 break;
@@ -191,7 +235,7 @@ impl ShardSet {
         polled
     }
 
-    fn poll_dirty(&mut self, now_ms: u64, transmit: &mut impl FnMut(&[u8])) -> usize {
+    fn poll_dirty(&mut self, now_ms: u64, transmit: &mut impl FnMut(usize, &[u8])) -> usize {
         let mut polled = 0;
         let mut list = std::mem::take(&mut self.dirty_list);
         for &index in &list {
@@ -200,7 +244,7 @@ impl ShardSet {
             let shard = &mut self.shards[index];
             shard.poll(now_ms);
             while let Some(packet) = shard.pop_tx() {
-                transmit(&packet);
+                transmit(index, &packet);
                 shard.recycle_tx(packet);
             }
             let at = shard.poll_at(now_ms);
@@ -324,16 +368,16 @@ mod tests {
     fn only_shards_with_work_are_polled() {
         let mut set = set(8, 10);
         let mut sent = 0;
-        assert_eq!(set.poll(0, |_| sent += 1), 0);
+        assert_eq!(set.poll(0, |_, _| sent += 1), 0);
         let RxVerdict::Queued(index) = set.push_rx(&syn_from(40000)) else {
             panic!("SYN not queued");
         };
-        assert_eq!(set.poll(1, |_| sent += 1), 1);
+        assert_eq!(set.poll(1, |_, _| sent += 1), 1);
         assert_eq!(set.last_polled(), &[index]);
         assert_eq!(sent, 1, "the SYN-ACK");
         assert_eq!(set.shard_mut(index).unwrap().connection_count(), 1);
         // Nothing new and no timer due yet: nothing is polled.
-        assert_eq!(set.poll(2, |_| sent += 1), 0);
+        assert_eq!(set.poll(2, |_, _| sent += 1), 0);
     }
 
     #[test]
@@ -341,14 +385,14 @@ mod tests {
         let mut set = set(4, 10);
         set.push_rx(&syn_from(40000));
         let mut sent = 0;
-        set.poll(0, |_| sent += 1);
+        set.poll(0, |_, _| sent += 1);
         let at = set.poll_at().expect("a SYN-ACK retransmit timer");
         assert!(at > 0);
-        assert_eq!(set.poll(at - 1, |_| sent += 1), 0);
+        assert_eq!(set.poll(at - 1, |_, _| sent += 1), 0);
         // Past the retransmission timeout the SYN-ACK goes out again.
         let mut later = at;
         while sent < 2 && later < at + 5_000 {
-            set.poll(later, |_| sent += 1);
+            set.poll(later, |_, _| sent += 1);
             later += 100;
         }
         assert_eq!(sent, 2);
@@ -359,7 +403,7 @@ mod tests {
         let mut set = set(1, 2);
         for port in [40000, 40001] {
             assert!(matches!(set.push_rx(&syn_from(port)), RxVerdict::Queued(0)));
-            set.poll(0, |_| {});
+            set.poll(0, |_, _| {});
         }
         assert_eq!(set.push_rx(&syn_from(40002)), RxVerdict::RefusedSyn);
         assert_eq!(set.refused_syns(), 1);
@@ -378,7 +422,7 @@ mod tests {
         assert!(verdicts[1..].iter().all(|v| *v == RxVerdict::Deferred));
         let mut syn_acks = 0;
         let mut resets = 0;
-        set.poll(1, |packet| {
+        set.poll(1, |_, packet| {
             let ip = Ipv4Packet::new_checked(packet).unwrap();
             let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
             if tcp.rst() {
@@ -390,6 +434,81 @@ mod tests {
         assert_eq!((syn_acks, resets), (5, 0));
         assert_eq!(set.shard_mut(0).unwrap().connection_count(), 5);
         assert_eq!(set.last_polled(), &[0]);
+    }
+
+    #[test]
+    fn an_active_open_lands_where_the_replies_hash_and_completes() {
+        use std::net::{Ipv4Addr, SocketAddrV4};
+        let mut server = set(8, 100);
+        let mut client = ShardSet::new(
+            ShardSetConfig {
+                shards: 16,
+                max_connections_per_shard: 100,
+                seed: 7,
+                shard: ShardConfig {
+                    addr: Ipv4Addr::new(10, 78, 0, 1),
+                    prefix_len: 16,
+                    port: 0,
+                    any_ip: true,
+                    ..ShardConfig::default()
+                },
+            },
+            0,
+        );
+        let remote = SocketAddrV4::new(OURS, 9500);
+        let mut opened = Vec::new();
+        for k in 0..40u16 {
+            let local = SocketAddrV4::new(Ipv4Addr::new(10, 78, 1, (k % 4) as u8), 2000 + k);
+            opened.push(client.connect(local, remote).unwrap());
+        }
+        for now in 1..10 {
+            let mut to_server = Vec::new();
+            client.poll(now, |_, p| to_server.push(p.to_vec()));
+            for p in &to_server {
+                server.push_rx(p);
+            }
+            let mut to_client = Vec::new();
+            server.poll(now, |_, p| to_client.push(p.to_vec()));
+            for p in &to_client {
+                // A reply for a shard other than the one that connected would be reset.
+                assert!(matches!(client.push_rx(p), RxVerdict::Queued(_)));
+            }
+        }
+        for (shard, handle) in opened {
+            let socket = client
+                .shard_mut(shard)
+                .unwrap()
+                .connection_mut(handle)
+                .unwrap();
+            assert_eq!(socket.state(), tcp::State::Established);
+        }
+    }
+
+    #[test]
+    fn an_active_open_into_a_full_shard_is_refused() {
+        use std::net::{Ipv4Addr, SocketAddrV4};
+        let mut client = ShardSet::new(
+            ShardSetConfig {
+                shards: 1,
+                max_connections_per_shard: 1,
+                seed: 7,
+                shard: ShardConfig {
+                    addr: Ipv4Addr::new(10, 78, 0, 1),
+                    prefix_len: 16,
+                    port: 0,
+                    any_ip: true,
+                    ..ShardConfig::default()
+                },
+            },
+            0,
+        );
+        let remote = SocketAddrV4::new(OURS, 9500);
+        let local = |port| SocketAddrV4::new(Ipv4Addr::new(10, 78, 0, 1), port);
+        client.connect(local(2000), remote).unwrap();
+        assert_eq!(
+            client.connect(local(2001), remote),
+            Err(OpenError::ShardFull)
+        );
     }
 
     #[test]

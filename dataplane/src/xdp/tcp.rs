@@ -2,6 +2,13 @@
 //! with IPv4 packets the dataplane has already classified (see [`super::wire`]) and
 //! emitting IPv4 packets the dataplane frames in Ethernet (see [`frame_ipv4`]).
 //!
+//! Both ends of a connection can live here: a server shard listens on one address
+//! ([`ShardConfig::port`]); a client shard (the load generator's, `petrel bench
+//! --client-mode xdp`) listens on nothing and opens connections with
+//! [`TcpShard::connect`] from any address of the prefix it owns
+//! ([`ShardConfig::any_ip`]: smoltcp's AnyIP, with a route for the prefix via our own
+//! address, which is how smoltcp decides a packet to another address is still ours).
+//!
 //! smoltcp's listening socket has no backlog — it *becomes* the connection on a SYN — so
 //! after every poll a shard whose listener left LISTEN moves it to its connections and arms
 //! a fresh one. A second SYN for the same shard within one poll would meet no listener and
@@ -19,15 +26,15 @@
 //! plus 5 ms (the kernel's floor is 200 ms).
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, Route, SocketHandle, SocketSet};
 use smoltcp::phy::{self, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::{AnySocket, tcp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{
     ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr,
-    HardwareAddress, IpCidr, Ipv4Packet,
+    HardwareAddress, IpCidr, IpEndpoint, Ipv4Cidr, Ipv4Packet,
 };
 
 /// Settings of one shard.
@@ -37,8 +44,11 @@ pub struct ShardConfig {
     pub addr: Ipv4Addr,
     /// Prefix length of the on-link subnet (peers inside it are answered directly).
     pub prefix_len: u8,
-    /// The port to accept connections on.
+    /// The port to accept connections on; 0: no listener (a client shard).
     pub port: u16,
+    /// Own every address of `addr/prefix_len`, not only `addr` (a client shard whose
+    /// connections come from many source addresses).
+    pub any_ip: bool,
     /// Receive buffer per connection, bytes.
     pub rx_buffer: usize,
     /// Transmit buffer per connection, bytes.
@@ -59,6 +69,7 @@ impl Default for ShardConfig {
             addr: Ipv4Addr::UNSPECIFIED,
             prefix_len: 24,
             port: 9500,
+            any_ip: false,
             rx_buffer: 4096,
             tx_buffer: 4096,
             mtu: 1500,
@@ -159,7 +170,8 @@ pub struct TcpShard {
     iface: Interface,
     sockets: SocketSet<'static>,
     queues: Queues,
-    listener: SocketHandle,
+    /// `None` for a client shard.
+    listener: Option<SocketHandle>,
     connections: Vec<SocketHandle>,
     /// Connections accepted since the owner last took them.
     accepted: Vec<SocketHandle>,
@@ -178,7 +190,7 @@ impl std::fmt::Debug for TcpShard {
 }
 
 impl TcpShard {
-    /// A shard listening on `config.addr:config.port`.
+    /// A shard listening on `config.addr:config.port` (or on nothing when the port is 0).
     pub fn new(config: ShardConfig, now_ms: u64) -> TcpShard {
         let mut queues = Queues {
             rx: VecDeque::new(),
@@ -197,8 +209,23 @@ impl TcpShard {
             // The vector holds IFACE_MAX_ADDR_COUNT addresses; this is the first.
             let _ = addrs.push(IpCidr::new(config.addr.into(), config.prefix_len));
         });
+        if config.any_ip {
+            iface.set_any_ip(true);
+            // AnyIP takes a packet for another address only if a route for it leads to one
+            // of our own addresses.
+            let prefix = Ipv4Cidr::new(config.addr, config.prefix_len).network();
+            iface.routes_mut().update(|routes| {
+                // The table holds IFACE_MAX_ROUTE_COUNT routes; this is the first.
+                let _ = routes.push(Route {
+                    cidr: IpCidr::Ipv4(prefix),
+                    via_router: config.addr.into(),
+                    preferred_until: None,
+                    expires_at: None,
+                });
+            });
+        }
         let mut sockets = SocketSet::new(Vec::new());
-        let listener = sockets.add(listening_socket(&config));
+        let listener = (config.port != 0).then(|| sockets.add(listening_socket(&config)));
         TcpShard {
             config,
             iface,
@@ -230,11 +257,12 @@ impl TcpShard {
     pub fn poll(&mut self, now_ms: u64) {
         self.iface
             .poll(instant(now_ms), &mut self.queues, &mut self.sockets);
-        let listener = self.sockets.get::<tcp::Socket>(self.listener);
-        if listener.state() != tcp::State::Listen {
-            self.connections.push(self.listener);
-            self.accepted.push(self.listener);
-            self.listener = self.sockets.add(listening_socket(&self.config));
+        if let Some(listener) = self.listener
+            && self.sockets.get::<tcp::Socket>(listener).state() != tcp::State::Listen
+        {
+            self.connections.push(listener);
+            self.accepted.push(listener);
+            self.listener = Some(self.sockets.add(listening_socket(&self.config)));
         }
         // Closed connections give their slot back.
         let sockets = &mut self.sockets;
@@ -247,6 +275,27 @@ impl TcpShard {
             }
             !is_closed
         });
+    }
+
+    /// Opens a connection from `local` (an address this shard owns) to `remote`: the SYN
+    /// leaves on the next poll. The handle is one of [`TcpShard::connection_handles`]
+    /// from now on; it is never reported by [`TcpShard::take_accepted`], and it is
+    /// reported by [`TcpShard::take_closed`] when the connection ends (refused, reset,
+    /// timed out or closed).
+    pub fn connect(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Result<SocketHandle, tcp::ConnectError> {
+        let mut socket = new_socket(&self.config);
+        socket.connect(
+            self.iface.context(),
+            IpEndpoint::new((*remote.ip()).into(), remote.port()),
+            IpEndpoint::new((*local.ip()).into(), local.port()),
+        )?;
+        let handle = self.sockets.add(socket);
+        self.connections.push(handle);
+        Ok(handle)
     }
 
     /// When smoltcp next needs a poll (milliseconds), if ever.
@@ -314,6 +363,14 @@ impl TcpShard {
 }
 
 fn listening_socket(config: &ShardConfig) -> tcp::Socket<'static> {
+    let mut socket = new_socket(config);
+    // A fresh socket in the closed state always accepts `listen` for a non-zero port.
+    let _ = socket.listen(config.port);
+    socket
+}
+
+/// A closed socket with this shard's buffers and tuning.
+fn new_socket(config: &ShardConfig) -> tcp::Socket<'static> {
     let mut socket = tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0; config.rx_buffer]),
         tcp::SocketBuffer::new(vec![0; config.tx_buffer]),
@@ -326,8 +383,6 @@ fn listening_socket(config: &ShardConfig) -> tcp::Socket<'static> {
         (config.ack_delay_ms > 0)
             .then(|| smoltcp::time::Duration::from_millis(config.ack_delay_ms)),
     );
-    // A fresh socket in the closed state always accepts `listen` for a non-zero port.
-    let _ = socket.listen(config.port);
     socket
 }
 
@@ -413,6 +468,117 @@ mod tests {
         assert_eq!(closed, accepted);
         assert_eq!(shard.connection_count(), 0);
         assert!(shard.connection_mut(accepted[0]).is_none());
+    }
+
+    /// Moves every packet either shard has queued to the other until both are quiet.
+    fn shuttle(a: &mut TcpShard, b: &mut TcpShard, now: u64) {
+        for _ in 0..20 {
+            a.poll(now);
+            b.poll(now);
+            let mut moved = false;
+            while let Some(packet) = a.pop_tx() {
+                assert!(b.push_rx(&packet));
+                a.recycle_tx(packet);
+                moved = true;
+            }
+            while let Some(packet) = b.pop_tx() {
+                assert!(a.push_rx(&packet));
+                b.recycle_tx(packet);
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the shards never went quiet");
+    }
+
+    #[test]
+    fn a_client_shard_connects_from_any_address_of_its_prefix_and_exchanges_data() {
+        let server_addr = Ipv4Addr::new(10, 77, 0, 1);
+        let mut server = TcpShard::new(
+            ShardConfig {
+                addr: server_addr,
+                ..ShardConfig::default()
+            },
+            0,
+        );
+        let mut client = TcpShard::new(
+            ShardConfig {
+                addr: Ipv4Addr::new(10, 78, 0, 1),
+                prefix_len: 16,
+                port: 0,
+                any_ip: true,
+                ..ShardConfig::default()
+            },
+            0,
+        );
+        // Not the client shard's configured address: another one of its /16.
+        let local = SocketAddrV4::new(Ipv4Addr::new(10, 78, 5, 7), 40_001);
+        let remote = SocketAddrV4::new(server_addr, 9500);
+        let handle = client.connect(local, remote).unwrap();
+        assert_eq!(client.connection_handles(), &[handle]);
+        shuttle(&mut client, &mut server, 1);
+
+        let mut accepted = Vec::new();
+        server.take_accepted(&mut accepted);
+        assert_eq!(accepted.len(), 1);
+        let mut none = Vec::new();
+        client.take_accepted(&mut none);
+        assert!(
+            none.is_empty(),
+            "an opened connection is not an accepted one"
+        );
+        let socket = client.connection_mut(handle).unwrap();
+        assert_eq!(socket.state(), tcp::State::Established);
+        assert_eq!(
+            socket.local_endpoint(),
+            Some(IpEndpoint::new((*local.ip()).into(), local.port()))
+        );
+        socket.send_slice(b"login").unwrap();
+        shuttle(&mut client, &mut server, 2);
+        let mut buf = [0u8; 16];
+        let n = server
+            .connection_mut(accepted[0])
+            .unwrap()
+            .recv_slice(&mut buf)
+            .unwrap();
+        assert_eq!(&buf[..n], b"login");
+
+        // A reset from the server ends the client's connection: reported closed.
+        server.connection_mut(accepted[0]).unwrap().abort();
+        shuttle(&mut client, &mut server, 3);
+        let mut closed = Vec::new();
+        client.take_closed(&mut closed);
+        assert_eq!(closed, [handle]);
+        assert_eq!(client.connection_count(), 0);
+    }
+
+    #[test]
+    fn a_client_shard_without_any_ip_ignores_its_prefix_s_other_addresses() {
+        let mut client = TcpShard::new(
+            ShardConfig {
+                addr: Ipv4Addr::new(10, 78, 0, 1),
+                prefix_len: 16,
+                port: 0,
+                ..ShardConfig::default()
+            },
+            0,
+        );
+        let local = SocketAddrV4::new(Ipv4Addr::new(10, 78, 5, 7), 40_001);
+        let remote = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 1), 9500);
+        let handle = client.connect(local, remote).unwrap();
+        let mut server = TcpShard::new(
+            ShardConfig {
+                addr: Ipv4Addr::new(10, 77, 0, 1),
+                ..ShardConfig::default()
+            },
+            0,
+        );
+        shuttle(&mut client, &mut server, 1);
+        // The SYN-ACK to 10.78.5.7 was not taken: still waiting for it.
+        let state = client.connection_mut(handle).unwrap().state();
+        assert_eq!(state, tcp::State::SynSent);
     }
 
     #[test]

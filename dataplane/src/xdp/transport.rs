@@ -285,6 +285,7 @@ impl XdpTransport {
         let mut filter = XdpFilter::load()?;
         filter.configure(&FilterConfig {
             addr: config.addr,
+            prefix_len: 32,
             ports: vec![config.port],
             own_arp: config.own_arp,
         })?;
@@ -402,7 +403,7 @@ const BIND_RETRY_LIMIT: Duration = Duration::from_secs(3);
 /// Binds queue `queue`'s socket, retrying for a moment while the kernel answers `EBUSY`:
 /// it releases a closed socket's hold on the queue asynchronously, so a server restarted
 /// right after its predecessor exited can find the queue still taken.
-fn bind_retrying(if_index: u32, queue: u32, config: XskConfig) -> io::Result<Xsk> {
+pub(crate) fn bind_retrying(if_index: u32, queue: u32, config: XskConfig) -> io::Result<Xsk> {
     let deadline = Instant::now() + BIND_RETRY_LIMIT;
     loop {
         match Xsk::bind(if_index, queue, config) {
@@ -416,7 +417,7 @@ fn bind_retrying(if_index: u32, queue: u32, config: XskConfig) -> io::Result<Xsk
 }
 
 /// The MAC address of `iface`, from sysfs.
-fn interface_mac(iface: &str) -> io::Result<EthernetAddress> {
+pub(crate) fn interface_mac(iface: &str) -> io::Result<EthernetAddress> {
     let text = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
     let mut mac = [0u8; 6];
     let mut parts = text.trim().split(':');
@@ -696,7 +697,7 @@ impl Poller {
             our_mac,
             ..
         } = self;
-        shards.poll(now, |packet| {
+        shards.poll(now, |_, packet| {
             let Ok(dst) = Ipv4Packet::new_checked(packet).map(|p| p.dst_addr()) else {
                 return;
             };

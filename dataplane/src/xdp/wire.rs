@@ -20,7 +20,7 @@
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress, IpProtocol,
-    Ipv4Address, Ipv4Packet, TcpPacket, TcpRepr,
+    Ipv4Address, Ipv4Cidr, Ipv4Packet, TcpPacket, TcpRepr,
 };
 
 const IPV4_MIN_HEADER: usize = 20;
@@ -117,6 +117,12 @@ impl RxCounters {
 
 /// Classifies one received Ethernet frame for the host whose IPv4 address is `ours`.
 pub fn classify(frame: &[u8], ours: Ipv4Address) -> Result<Inbound<'_>, Malformed> {
+    classify_for(frame, Ipv4Cidr::new(ours, 32))
+}
+
+/// Classifies one received Ethernet frame for a host that owns every address of `ours`
+/// (the load generator's userspace-TCP client owns a whole source network).
+pub fn classify_for(frame: &[u8], ours: Ipv4Cidr) -> Result<Inbound<'_>, Malformed> {
     let eth = EthernetFrame::new_checked(frame).map_err(|_| Malformed::TruncatedEthernet)?;
     let src_mac = eth.src_addr();
     match eth.ethertype() {
@@ -129,7 +135,7 @@ pub fn classify(frame: &[u8], ours: Ipv4Address) -> Result<Inbound<'_>, Malforme
 fn classify_arp(
     payload: &[u8],
     src_mac: EthernetAddress,
-    ours: Ipv4Address,
+    ours: Ipv4Cidr,
 ) -> Result<Inbound<'_>, Malformed> {
     let packet = ArpPacket::new_checked(payload).map_err(|_| Malformed::BadArp)?;
     let arp = ArpRepr::parse(&packet).map_err(|_| Malformed::BadArp)?;
@@ -140,7 +146,7 @@ fn classify_arp(
     else {
         return Err(Malformed::BadArp);
     };
-    if target_protocol_addr != ours {
+    if !ours.contains_addr(&target_protocol_addr) {
         return Ok(Inbound::NotOurs);
     }
     Ok(Inbound::Arp { src_mac, arp })
@@ -149,7 +155,7 @@ fn classify_arp(
 fn classify_ipv4(
     payload: &[u8],
     src_mac: EthernetAddress,
-    ours: Ipv4Address,
+    ours: Ipv4Cidr,
 ) -> Result<Inbound<'_>, Malformed> {
     if payload.len() < IPV4_MIN_HEADER {
         return Err(Malformed::TruncatedIp);
@@ -163,7 +169,8 @@ fn classify_ipv4(
     if !ip.verify_checksum() {
         return Err(Malformed::BadIpChecksum);
     }
-    if ip.dst_addr() != ours || ip.next_header() != IpProtocol::Tcp {
+    let dst = ip.dst_addr();
+    if !ours.contains_addr(&dst) || ip.next_header() != IpProtocol::Tcp {
         return Ok(Inbound::NotOurs);
     }
     if ip.more_frags() || ip.frag_offset() != 0 {
@@ -176,7 +183,7 @@ fn classify_ipv4(
         return Err(Malformed::TruncatedTcp);
     }
     let tcp = TcpPacket::new_checked(segment).map_err(|_| Malformed::TruncatedTcp)?;
-    let (src_ip, dst_ip) = (IpAddress::Ipv4(src), IpAddress::Ipv4(ours));
+    let (src_ip, dst_ip) = (IpAddress::Ipv4(src), IpAddress::Ipv4(dst));
     if !tcp.verify_checksum(&src_ip, &dst_ip) {
         return Err(Malformed::BadTcpChecksum);
     }
@@ -312,6 +319,34 @@ pub(crate) mod tests {
         ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
         assert_eq!(classify(&ipv6, OURS), Ok(Inbound::NotOurs));
         assert_eq!(classify(&arp_request(PEER), OURS), Ok(Inbound::NotOurs));
+    }
+
+    #[test]
+    fn a_host_owning_a_prefix_takes_tcp_and_arp_for_any_address_in_it() {
+        // OURS is 10.77.0.1; a /16 starting at it owns 10.77.200.9 as well.
+        let prefix = Ipv4Cidr::new(OURS, 16);
+        let other = Ipv4Address::new(10, 77, 200, 9);
+        let mut frame = syn_frame(other, 0);
+        // The fixture's TCP checksum was computed for `other` already.
+        assert!(matches!(
+            classify_for(&frame, prefix),
+            Ok(Inbound::Tcp { .. })
+        ));
+        assert!(matches!(
+            classify_for(&arp_request(other), prefix),
+            Ok(Inbound::Arp { .. })
+        ));
+        // Outside the prefix: not ours, as for a single address.
+        let outside = Ipv4Address::new(10, 78, 0, 1);
+        assert_eq!(
+            classify_for(&syn_frame(outside, 0), prefix),
+            Ok(Inbound::NotOurs)
+        );
+        // The TCP checksum is checked against the packet's own destination: moved to
+        // another address of the prefix, the segment no longer verifies.
+        frame[IP + 19] ^= 1;
+        fix_ip_checksum(&mut frame);
+        assert_eq!(classify_for(&frame, prefix), Err(Malformed::BadTcpChecksum));
     }
 
     #[test]
