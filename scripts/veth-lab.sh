@@ -4,7 +4,10 @@
 #   host (root namespace)                      namespace "petrel-lab"
 #   petrel-h  10.77.0.1/24  <──── veth ────>  petrel-n  10.77.0.2/24
 #   (petrel serve --dataplane xdp binds here)  (kernel-TCP clients run here:
-#                                               ip netns exec petrel-lab ...)
+#   route 10.78.0.0/16 dev petrel-h             ip netns exec petrel-lab ...;
+#                                               petrel bench --client-mode xdp owns
+#                                               10.78.0.0/16 on petrel-n, which the
+#                                               namespace's kernel does not have)
 #
 # Usage: scripts/veth-lab.sh up|down|status
 #   up      create everything (idempotent: a half-built lab is torn down and rebuilt)
@@ -12,9 +15,11 @@
 #   status  print what exists; exit 0 if the lab is fully up, 1 otherwise
 #
 # Names and addresses can be overridden with PETREL_LAB_NS, PETREL_LAB_HOST_IF,
-# PETREL_LAB_PEER_IF, PETREL_LAB_HOST_ADDR, PETREL_LAB_PEER_ADDR (prefix length is /24).
-# Only these two addresses, on these two interfaces, are ever configured: the lab never
-# touches another interface or route of the machine.
+# PETREL_LAB_PEER_IF, PETREL_LAB_HOST_ADDR, PETREL_LAB_PEER_ADDR (prefix length is /24)
+# and PETREL_LAB_CLIENT_NET (the AF_XDP load generator's source network).
+# Only these two addresses, on these two interfaces, and the one route to the client
+# network through the lab's own veth are ever configured: the lab never touches another
+# interface or route of the machine (deleting the veth removes the route).
 #
 # Both veth ends get two rx and two tx queues so per-queue AF_XDP sockets can be tried.
 # (A veth created without numrxqueues has one rx queue; XDP on veth delivers on the rx
@@ -27,6 +32,8 @@ PEER_IF=${PETREL_LAB_PEER_IF:-petrel-n}
 HOST_ADDR=${PETREL_LAB_HOST_ADDR:-10.77.0.1}
 PEER_ADDR=${PETREL_LAB_PEER_ADDR:-10.77.0.2}
 QUEUES=${PETREL_LAB_QUEUES:-2}
+# Set but empty: no route (a lab with no AF_XDP load generator).
+CLIENT_NET=${PETREL_LAB_CLIENT_NET-10.78.0.0/16}
 
 die() { echo "veth-lab: $*" >&2; exit 1; }
 have_ns() { ip netns list 2>/dev/null | grep -qw -- "$NS"; }
@@ -67,6 +74,13 @@ lab_up() {
 
   ip addr add "$HOST_ADDR/24" dev "$HOST_IF"
   ip link set dev "$HOST_IF" up
+  # The AF_XDP load generator (petrel bench --client-mode xdp) sends from addresses of
+  # this network; a kernel-mode server answers them through the lab's veth (and resolves
+  # them with ARP, which the load generator answers).
+  if [[ -n $CLIENT_NET ]]; then
+    ip route add "$CLIENT_NET" dev "$HOST_IF" ||
+      die "cannot route $CLIENT_NET to $HOST_IF (another lab up? set PETREL_LAB_CLIENT_NET)"
+  fi
   ip netns exec "$NS" ip addr add "$PEER_ADDR/24" dev "$PEER_IF"
   ip netns exec "$NS" ip link set dev "$PEER_IF" up
   ip netns exec "$NS" ip link set dev lo up
@@ -90,7 +104,7 @@ lab_up() {
   ip netns exec "$NS" sysctl -qw net.core.txrehash=0
 
   trap - ERR
-  echo "veth-lab: up ($HOST_IF $HOST_ADDR <-> $NS/$PEER_IF $PEER_ADDR, $QUEUES queues)"
+  echo "veth-lab: up ($HOST_IF $HOST_ADDR <-> $NS/$PEER_IF $PEER_ADDR, $QUEUES queues, client net $CLIENT_NET)"
 }
 
 lab_status() {

@@ -2,6 +2,13 @@
 //! a real `petrel serve`, so the load generator keeps working. The assertions are about
 //! the results being consistent (every send acked, every expected delivery arrived,
 //! histogram counts matching the counters), never about timing.
+//!
+//! `xdp_client::*` run the userspace-TCP client mode (`--client-mode xdp`) from the veth
+//! lab's namespace against a server of either dataplane at the lab's host address (root
+//! only; one at a time, in nextest's `veth-lab` group).
+
+#[allow(unused_imports)] // the shared harness re-exports more than these tests use
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -306,7 +313,45 @@ fn bad_arguments_are_clear_errors() {
         (&["group", "--members", "1"][..], "at least 2"),
         (
             &["connect", "--client-mode", "xdp"][..],
-            "not implemented yet",
+            "needs --xdp-iface",
+        ),
+        (
+            &[
+                "connect",
+                "--client-mode",
+                "xdp",
+                "--xdp-iface",
+                "lo",
+                "--xdp-source-net",
+                "10.78.0.0/33",
+            ][..],
+            "prefix length 33 is over 32",
+        ),
+        (
+            &[
+                "connect",
+                "--client-mode",
+                "xdp",
+                "--xdp-iface",
+                "lo",
+                "--source-ips",
+                "10.1.0.1",
+            ][..],
+            "outside --xdp-source-net",
+        ),
+        (
+            &[
+                "connect",
+                "-n",
+                "70000000",
+                "--client-mode",
+                "xdp",
+                "--xdp-iface",
+                "lo",
+                "--xdp-source-net",
+                "10.78.0.0/30",
+            ][..],
+            "has 2",
         ),
         (
             &["connect", "--key-file", "/nonexistent/keys"][..],
@@ -350,4 +395,99 @@ fn unreachable_server_is_a_clear_error() {
     assert!(!output.status.success());
     assert!(stderr.contains("Connection refused"), "{stderr}");
     assert!(stderr.contains("0 of 3 connections logged in"), "{stderr}");
+}
+
+/// `petrel bench --client-mode xdp` from the lab's namespace: every connection is
+/// userspace TCP over AF_XDP sockets on the lab's client end, from the lab's client
+/// network (no kernel socket, no address the namespace's kernel has).
+mod xdp_client {
+    use serde_json::Value;
+
+    use super::common::{Dataplane, TestServer, lab};
+    use super::{assert_consistent, report, u};
+
+    fn bench(server: &TestServer, args: &[&str]) -> Value {
+        // `ip netns exec` (not only this thread's setns) so the bench sees the
+        // namespace's own /sys, where it reads the interface's queues and MAC address.
+        let output = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                lab::NS,
+                env!("CARGO_BIN_EXE_petrel"),
+                "bench",
+            ])
+            .args(args)
+            .args(["--json", "--quiet", "--warmup", "0.5", "--duration", "1.5"])
+            .args(["--client-mode", "xdp", "--xdp-iface", lab::PEER_IF])
+            .args(["--xdp-source-net", lab::CLIENT_NET])
+            .arg("--server")
+            .arg(server.addr.to_string())
+            .arg("--key-file")
+            .arg(server.data_dir().join("keys"))
+            .arg("--server-pid")
+            .arg(server.pid().to_string())
+            .output()
+            .expect("run petrel bench");
+        let r = report(output);
+        assert_eq!(r["client_mode"], "xdp", "{r:#}");
+        assert_eq!(u(&r, "client_processes"), 1, "{r:#}");
+        r
+    }
+
+    /// Connect, 1:1 and a chatroom over one server of `dataplane`.
+    fn scenarios(dataplane: Dataplane) {
+        if !lab::available() {
+            eprintln!("SKIPPED: the AF_XDP client needs root (veth lab, XDP, AF_XDP)");
+            return;
+        }
+        let server = TestServer::start_on_lab(dataplane, "rate_limit_per_second = 0\n");
+        // More connections than one source address has ports for would need a second
+        // address; 3,000 spread over one address's ports and heartbeat twice a second.
+        let r = bench(&server, &["connect", "-n", "3000", "--heartbeat", "0.5"]);
+        assert_eq!(u(&r, "counts.logged_in"), 3000, "{r:#}");
+        assert_eq!(u(&r, "counts.login_failures"), 0, "{r:#}");
+        let pings = u(&r, "counts.pings");
+        assert!(pings >= 3000, "{r:#}");
+        assert_eq!(u(&r, "counts.pongs"), pings, "{r:#}");
+
+        let r = bench(
+            &server,
+            &[
+                "chat1v1",
+                "--pairs",
+                "20",
+                "--rate",
+                "400",
+                "--first-user",
+                "2000000000",
+            ],
+        );
+        assert_consistent(&r, 40, 1);
+        assert_eq!(u(&r, "counts.sent"), 800);
+
+        let r = bench(
+            &server,
+            &[
+                "chatroom",
+                "--members",
+                "12",
+                "--rate",
+                "100",
+                "--first-user",
+                "3000000000",
+            ],
+        );
+        assert_consistent(&r, 12, 11);
+    }
+
+    #[test]
+    fn against_a_kernel_server() {
+        scenarios(Dataplane::Kernel);
+    }
+
+    #[test]
+    fn against_an_xdp_server() {
+        scenarios(Dataplane::Xdp);
+    }
 }

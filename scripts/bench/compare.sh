@@ -7,6 +7,7 @@
 #   host (root namespace)                          namespace $PETREL_LAB_NS
 #   $PETREL_LAB_HOST_IF  10.77.30.1  <── veth ──>  $PETREL_LAB_PEER_IF  10.77.30.2
 #   petrel serve (kernel, then xdp)                petrel bench (+ 10.78.x.y sources)
+#   route 10.78.0.0/16 dev $PETREL_LAB_HOST_IF
 #
 # Usage (root):
 #   scripts/bench/compare.sh SCENARIO [BENCH ARGS...]
@@ -19,8 +20,13 @@
 #   PETREL_LAB_PEER_ADDR   passed to scripts/veth-lab.sh [default: petrel-bench, pbn-h,
 #                     pbn-n, 10.77.30.1, 10.77.30.2]
 #   PORT              server port [default: 9530]
-#   SOURCES           extra client source addresses 10.78.0.1.. added in the namespace
-#                     (one per 25,000 connections is plenty) [default: 0]
+#   CLIENT_MODE       kernel (kernel sockets, several processes past 18,000 connections)
+#                     or xdp (petrel bench --client-mode xdp: userspace TCP over AF_XDP
+#                     on $PETREL_LAB_PEER_IF, sources from 10.78.0.0/16, one process)
+#                     [default: kernel]
+#   SOURCES           kernel client mode: extra client source addresses 10.78.0.1..
+#                     added in the namespace (one per 25,000 connections is plenty)
+#                     [default: 0]
 #   XDP_ARGS          extra `petrel serve` flags for the xdp run, e.g. "--queues 0,1 --cores 0,1"
 #   KERNEL_ARGS       extra `petrel serve` flags for the kernel run, e.g. "--cores 0"
 #   SERVER_CPUS       taskset CPU list for the server process [default: 0]
@@ -29,8 +35,8 @@
 #   OUT               directory for the JSON results and server logs [default: a temp dir]
 #   KEEP_LAB=1        leave the lab up afterwards
 #
-# The lab, the route for 10.78.0.0/16 via the host veth and both servers are removed on
-# exit, also after a failure. Needs python3 (for the ratios).
+# The lab (with its route for 10.78.0.0/16 via the host veth) and both servers are
+# removed on exit, also after a failure. Needs python3 (for the ratios).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -48,6 +54,8 @@ export PETREL_LAB_HOST_IF=${PETREL_LAB_HOST_IF:-pbn-h}
 export PETREL_LAB_PEER_IF=${PETREL_LAB_PEER_IF:-pbn-n}
 export PETREL_LAB_HOST_ADDR=${PETREL_LAB_HOST_ADDR:-10.77.30.1}
 export PETREL_LAB_PEER_ADDR=${PETREL_LAB_PEER_ADDR:-10.77.30.2}
+export PETREL_LAB_CLIENT_NET=10.78.0.0/16
+CLIENT_MODE=${CLIENT_MODE:-kernel}
 PETREL=${PETREL:-$CARGO_TARGET_DIR/release/petrel}
 PORT=${PORT:-9530}
 SOURCES=${SOURCES:-0}
@@ -61,14 +69,13 @@ die() { echo "compare: $*" >&2; exit 1; }
 [[ -x $PETREL ]] || die "no petrel binary at $PETREL (cargo build --release --bin petrel)"
 command -v python3 >/dev/null || die "python3 not found"
 (( SOURCES <= 65000 )) || die "SOURCES must be at most 65000"
+[[ $CLIENT_MODE == kernel || $CLIENT_MODE == xdp ]] || die "CLIENT_MODE must be kernel or xdp"
+(( SOURCES == 0 )) || [[ $CLIENT_MODE == kernel ]] ||
+  die "SOURCES is for the kernel client mode (the xdp client owns 10.78.0.0/16 itself)"
 
 server_pid=
-route_added=
 cleanup() {
   stop_server "$server_pid"
-  if [[ -n $route_added ]]; then
-    ip route del 10.78.0.0/16 dev "$PETREL_LAB_HOST_IF" 2>/dev/null || true
-  fi
   if [[ ${KEEP_LAB:-0} != 1 ]]; then
     bash "$repo/scripts/veth-lab.sh" down >/dev/null 2>&1 || true
   fi
@@ -78,15 +85,15 @@ trap cleanup EXIT
 bash "$repo/scripts/veth-lab.sh" up
 
 source_flag=()
-if (( SOURCES > 0 )); then
+if [[ $CLIENT_MODE == xdp ]]; then
+  source_flag=(--client-mode xdp --xdp-iface "$PETREL_LAB_PEER_IF" --xdp-source-net 10.78.0.0/16)
+elif (( SOURCES > 0 )); then
   # Client addresses 10.78.0.1 ... on the namespace end; the host reaches them through
-  # its veth end (a route, not an address: the host must not own them).
+  # its veth end (the lab's route, not an address: the host must not own them).
   for k in $(seq 1 "$SOURCES"); do
     ip netns exec "$PETREL_LAB_NS" ip addr add "10.78.$(( k / 256 )).$(( k % 256 ))/32" \
       dev "$PETREL_LAB_PEER_IF"
   done
-  ip route add 10.78.0.0/16 dev "$PETREL_LAB_HOST_IF"
-  route_added=1
   last="10.78.$(( SOURCES / 256 )).$(( SOURCES % 256 ))"
   source_flag=(--source-ips "10.78.0.1-$last")
 fi

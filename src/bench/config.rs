@@ -36,7 +36,9 @@ pub enum ScenarioKind {
 pub enum ClientMode {
     /// One kernel TCP socket per connection; several processes past ~18,000.
     Kernel,
-    /// Userspace TCP over an AF_XDP socket (not implemented yet: see docs/PERFORMANCE.md).
+    /// Userspace TCP (the dataplane's smoltcp shards) over AF_XDP sockets on the load
+    /// generator's end of the link: no file descriptor per connection, source addresses
+    /// from a whole network (--xdp-iface, --xdp-source-net). One process.
     Xdp,
 }
 
@@ -115,6 +117,18 @@ pub struct BenchArgs {
     /// Client side implementation.
     #[arg(long, value_enum, default_value_t = ClientMode::Kernel)]
     pub client_mode: ClientMode,
+    /// --client-mode xdp: the interface to send on (the load generator's end of the link;
+    /// run the bench as root inside that interface's network namespace).
+    #[arg(long, value_name = "IFACE")]
+    pub xdp_iface: Option<String>,
+    /// --client-mode xdp: the source network the client owns. The kernel must have none
+    /// of its addresses, and the server needs a route to it through the link
+    /// (scripts/veth-lab.sh adds one for the default).
+    #[arg(long, default_value = "10.78.0.0/16", value_name = "CIDR")]
+    pub xdp_source_net: String,
+    /// --client-mode xdp: userspace TCP receive and transmit buffer per connection, bytes.
+    #[arg(long, default_value_t = 4096, value_name = "BYTES")]
+    pub xdp_tcp_buffer: usize,
     /// First user id; the run uses consecutive ids from there.
     #[arg(long, default_value_t = 1_000_000_000)]
     pub first_user: u64,
@@ -176,6 +190,43 @@ pub enum Scenario {
     },
 }
 
+/// `--client-mode xdp` settings, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XdpClientSetup {
+    /// Interface to send on.
+    pub iface: String,
+    /// Source network address.
+    pub source_addr: Ipv4Addr,
+    /// Source network prefix length.
+    pub prefix_len: u8,
+    /// smoltcp buffer per direction per connection.
+    pub tcp_buffer: usize,
+}
+
+/// Connections per source address `--client-mode xdp` puts on one address by itself
+/// (ports 1024-65535 are all the client's: 64,512 of them).
+pub const XDP_CONNS_PER_SOURCE: u64 = 60_000;
+
+impl XdpClientSetup {
+    /// Source addresses for `connections` connections when none are given: the network's
+    /// first host addresses, one per [`XDP_CONNS_PER_SOURCE`].
+    pub fn sources(&self, connections: u64) -> Vec<Ipv4Addr> {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0);
+        let first = (u32::from(self.source_addr) & mask) + 1;
+        let count = connections.div_ceil(XDP_CONNS_PER_SOURCE).max(1) as u32;
+        (0..count).map(|k| Ipv4Addr::from(first + k)).collect()
+    }
+
+    fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.source_addr) & mask
+    }
+}
+
 /// A validated `petrel bench` run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchConfig {
@@ -205,6 +256,48 @@ pub struct BenchConfig {
     pub conns_per_process: u64,
     /// First user id.
     pub first_user: u64,
+    /// `--client-mode xdp`, or `None` for kernel sockets.
+    pub xdp: Option<XdpClientSetup>,
+}
+
+/// Checks the `--xdp-*` flags.
+fn xdp_setup(args: &BenchArgs) -> anyhow::Result<XdpClientSetup> {
+    let Some(iface) = args.xdp_iface.clone() else {
+        bail!(
+            "--client-mode xdp needs --xdp-iface: the load generator's end of the link to the \
+             server (e.g. petrel-n inside the veth lab's namespace)"
+        );
+    };
+    let (source_addr, prefix_len) = parse_cidr(&args.xdp_source_net)
+        .with_context(|| format!("bad --xdp-source-net {:?}", args.xdp_source_net))?;
+    if !(8..=30).contains(&prefix_len) {
+        bail!("--xdp-source-net must be a prefix between /8 and /30, not /{prefix_len}");
+    }
+    if !(256..=1 << 20).contains(&args.xdp_tcp_buffer) {
+        bail!(
+            "--xdp-tcp-buffer must be between 256 bytes and 1 MiB, not {}",
+            args.xdp_tcp_buffer
+        );
+    }
+    Ok(XdpClientSetup {
+        iface,
+        source_addr,
+        prefix_len,
+        tcp_buffer: args.xdp_tcp_buffer,
+    })
+}
+
+/// Parses `a.b.c.d/len`.
+pub fn parse_cidr(text: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
+    let (addr, len) = text
+        .split_once('/')
+        .context("expected ADDRESS/PREFIX_LENGTH, e.g. 10.78.0.0/16")?;
+    let addr: Ipv4Addr = addr.parse().context("not an IPv4 address")?;
+    let len: u8 = len.parse().context("not a prefix length")?;
+    if len > 32 {
+        bail!("prefix length {len} is over 32");
+    }
+    Ok((addr, len))
 }
 
 /// Largest payload accepted: the server's default frame limit is 64 KiB.
@@ -271,13 +364,27 @@ impl BenchConfig {
         if args.connect_concurrency == 0 {
             bail!("--connect-concurrency must be at least 1");
         }
-        if args.conns_per_process == 0 || args.conns_per_process > 19_500 {
+        let xdp = match args.client_mode {
+            ClientMode::Kernel => None,
+            ClientMode::Xdp => Some(xdp_setup(args)?),
+        };
+        if xdp.is_none() && (args.conns_per_process == 0 || args.conns_per_process > 19_500) {
             bail!(
                 "--conns-per-process must be between 1 and 19500 (a process holds at most \
                  20,000 file descriptors here)"
             );
         }
         let source_ips = parse_source_ips(&args.source_ips)?;
+        if let Some(setup) = &xdp
+            && let Some(outside) = source_ips.iter().find(|ip| !setup.contains(**ip))
+        {
+            bail!(
+                "--source-ips {outside} is outside --xdp-source-net {}/{}: the AF_XDP client \
+                 sends only from addresses of its own network",
+                setup.source_addr,
+                setup.prefix_len
+            );
+        }
         let config = BenchConfig {
             scenario,
             rate: args.rate,
@@ -290,9 +397,27 @@ impl BenchConfig {
             connect_concurrency: args.connect_concurrency,
             connect_timeout: secs("connect-timeout", args.connect_timeout, 1.0)?,
             source_ips,
-            conns_per_process: args.conns_per_process,
+            // The AF_XDP client needs no descriptor per connection: one process.
+            conns_per_process: if xdp.is_some() {
+                u64::MAX
+            } else {
+                args.conns_per_process
+            },
             first_user: args.first_user,
+            xdp,
         };
+        if let Some(setup) = &config.xdp {
+            let needed = config.plan().connections().div_ceil(XDP_CONNS_PER_SOURCE);
+            let hosts = (1u64 << (32 - u32::from(setup.prefix_len))) - 2;
+            if config.source_ips.is_empty() && needed > hosts {
+                bail!(
+                    "{} connections need {needed} source addresses at {XDP_CONNS_PER_SOURCE} \
+                     each; --xdp-source-net /{} has {hosts}",
+                    config.plan().connections(),
+                    setup.prefix_len
+                );
+            }
+        }
         config
             .first_user
             .checked_add(config.plan().connections())

@@ -17,9 +17,11 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{BenchConfig, Scenario};
 use super::engine::{Clock, ConnSpec, Engine};
+use super::io::{Io, KernelIo};
 use super::plan::{Plan, Role, Shard};
 use super::schedule::{HeartbeatWheel, OpenLoop};
 use super::stats::{Counts, Stats};
+use super::xdp_io::XdpIo;
 
 /// Connections per source address when the bench picks loopback sources itself (the
 /// ephemeral port range holds ~28,000 ports per source and destination).
@@ -68,14 +70,23 @@ pub struct ShardJob {
     pub account: Option<u64>,
 }
 
-/// The source address connection `i` binds: explicit `--source-ips` round-robin, or
-/// 127.0.0.x against a loopback server when one address would run out of ports.
+/// The source address connection `i` binds: explicit `--source-ips` round-robin; with
+/// `--client-mode xdp`, the source network's first addresses, one per 60,000
+/// connections; or 127.0.0.x against a loopback server when one address would run out
+/// of ports.
 pub fn source_for(config: &BenchConfig, server: SocketAddr, i: u64) -> Option<IpAddr> {
     if !config.source_ips.is_empty() {
         let ips = &config.source_ips;
         return Some(IpAddr::V4(ips[(i % ips.len() as u64) as usize]));
     }
     let total = config.plan().connections();
+    if let Some(setup) = &config.xdp {
+        let count = total.div_ceil(super::config::XDP_CONNS_PER_SOURCE).max(1);
+        let first = setup.sources(1)[0];
+        return Some(IpAddr::V4(Ipv4Addr::from(
+            u32::from(first) + (i % count) as u32,
+        )));
+    }
     if server.ip().is_loopback() && server.is_ipv4() && total > CONNS_PER_LOOPBACK_SOURCE {
         let sources = total.div_ceil(CONNS_PER_LOOPBACK_SOURCE);
         let k = (i % sources) as u32;
@@ -99,7 +110,11 @@ pub fn run_shard(job: &ShardJob, ctl: &mut dyn ShardControl) -> anyhow::Result<S
         })
         .collect();
     let clock = Clock::new();
-    let mut engine = Engine::new(job.server, keyring, &specs, &config.payload, clock)?;
+    let io = match &config.xdp {
+        None => Io::Kernel(KernelIo::new(job.server, specs.len())?),
+        Some(setup) => Io::Xdp(Box::new(XdpIo::start(setup, job.server, specs.len())?)),
+    };
+    let mut engine = Engine::new(io, keyring, &specs, &config.payload, clock)?;
 
     engine.connect_all(config.connect_concurrency, config.connect_timeout, |s| {
         ctl.progress(Phase::Connecting, &s.counts)
@@ -116,6 +131,10 @@ pub fn run_shard(job: &ShardJob, ctl: &mut dyn ShardControl) -> anyhow::Result<S
     };
     run_load(&mut engine, config, &plan, &targets, start_ns, ctl)?;
     drain(&mut engine, config, &plan, shard, ctl)?;
+    if let Io::Xdp(xdp) = engine.io() {
+        // Once per run: what the userspace TCP dropped, next to the results.
+        tracing::info!(stats = ?xdp.stats(), "AF_XDP client counters");
+    }
     Ok(std::mem::take(&mut engine.stats))
 }
 
@@ -459,6 +478,7 @@ mod tests {
             source_ips,
             conns_per_process: 18_000,
             first_user: 1,
+            xdp: None,
         }
     }
 

@@ -1,5 +1,6 @@
-//! The kernel-socket client: many nonblocking TCP connections on one mio poll loop,
-//! speaking the wire protocol through `petrel-proto`'s codec.
+//! The load generator's client: many connections on one loop, speaking the wire protocol
+//! through `petrel-proto`'s codec, over kernel sockets or the AF_XDP userspace TCP
+//! ([`super::io`]).
 //!
 //! Kept cheap so the client is not the bottleneck: frames are encoded straight into each
 //! connection's output buffer (one reused `SendMessage` frame, no allocation per send),
@@ -9,21 +10,19 @@
 //! the Unix epoch, so an `Ack` or a `MessagePush` carries everything needed to compute
 //! its latency.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::io::ErrorKind;
+use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use bytes::{Buf, BytesMut};
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
 use petrel_control::{KeyRing, TokenSpec};
 use petrel_proto::codec::FrameEncoder;
 use petrel_proto::pb;
 use petrel_proto::{Body, Frame, FrameDecoder, FrameType};
 use prost::Message as _;
-use socket2::{Domain, Protocol, Socket, Type};
 
+use super::io::{Handshake, Io, Ready};
 use super::stats::Stats;
 
 /// Output queued for one connection beyond which the schedule's sends to it are skipped
@@ -87,7 +86,6 @@ enum State {
 #[derive(Debug)]
 struct Conn {
     spec: ConnSpec,
-    stream: Option<TcpStream>,
     state: State,
     rbuf: BytesMut,
     decoder: FrameDecoder,
@@ -103,11 +101,9 @@ struct Conn {
 
 /// Many client connections on one poll loop.
 pub struct Engine {
-    poll: Poll,
-    events: Events,
-    ready_tokens: Vec<(usize, bool, bool)>,
+    io: Io,
+    ready: Vec<Ready>,
     clock: Clock,
-    server: SocketAddr,
     keyring: KeyRing,
     conns: Vec<Conn>,
     dirty: Vec<usize>,
@@ -130,10 +126,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine for these connections (none opened yet). `payload` is the text of every
-    /// message.
+    /// An engine for these connections (none opened yet) over `io`. `payload` is the text
+    /// of every message.
     pub fn new(
-        server: SocketAddr,
+        io: Io,
         keyring: KeyRing,
         specs: &[ConnSpec],
         payload: &str,
@@ -143,7 +139,6 @@ impl Engine {
             .iter()
             .map(|&spec| Conn {
                 spec,
-                stream: None,
                 state: State::NotOpened,
                 rbuf: BytesMut::new(),
                 decoder: FrameDecoder::default(),
@@ -171,11 +166,9 @@ impl Engine {
             },
         );
         Ok(Engine {
-            poll: Poll::new().context("cannot create an epoll instance")?,
-            events: Events::with_capacity(4096),
-            ready_tokens: Vec::with_capacity(4096),
+            io,
+            ready: Vec::with_capacity(4096),
             clock,
-            server,
             keyring,
             conns,
             dirty: Vec::new(),
@@ -278,41 +271,17 @@ impl Engine {
     }
 
     fn open(&mut self, i: usize) -> anyhow::Result<()> {
+        self.io.open(i, self.conns[i].spec.source)?;
         let conn = &mut self.conns[i];
-        let domain = Domain::for_address(self.server);
-        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
-            .context("cannot create a TCP socket (file descriptor limit?)")?;
-        socket.set_nonblocking(true)?;
-        socket.set_tcp_nodelay(true)?;
-        if let Some(source) = conn.spec.source {
-            socket
-                .bind(&SocketAddr::new(source, 0).into())
-                .with_context(|| format!("cannot bind source address {source}"))?;
-        }
-        match socket.connect(&self.server.into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => bail!(
-                "connect to {}: {e} — out of source ports; spread connections over more \
-                 source addresses with --source-ips",
-                self.server
-            ),
-            Err(e) => return Err(e).with_context(|| format!("connect to {}", self.server)),
-        }
-        let mut stream = TcpStream::from_std(socket.into());
-        self.poll
-            .registry()
-            .register(
-                &mut stream,
-                Token(i),
-                Interest::READABLE | Interest::WRITABLE,
-            )
-            .context("cannot register a socket with epoll")?;
-        conn.stream = Some(stream);
         conn.state = State::Connecting;
         conn.connect_ns = self.clock.now_ns();
         self.pending_logins += 1;
         Ok(())
+    }
+
+    /// The transport, for its own counters.
+    pub fn io(&self) -> &Io {
+        &self.io
     }
 
     /// Queues a request frame on connection `i`; returns its request id.
@@ -394,21 +363,14 @@ impl Engine {
     /// writes again.
     pub fn poll_once(&mut self, timeout: Option<Duration>) -> anyhow::Result<()> {
         self.flush();
-        match self.poll.poll(&mut self.events, timeout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(()),
-            Err(e) => return Err(e).context("epoll_wait failed"),
-        }
-        self.ready_tokens.clear();
-        for event in self.events.iter() {
-            self.ready_tokens.push((
-                event.token().0,
-                event.is_readable() || event.is_read_closed() || event.is_error(),
-                event.is_writable() || event.is_write_closed(),
-            ));
-        }
-        for k in 0..self.ready_tokens.len() {
-            let (i, readable, writable) = self.ready_tokens[k];
+        let mut ready = std::mem::take(&mut self.ready);
+        self.io.poll(timeout, &mut ready)?;
+        for &Ready {
+            conn: i,
+            readable,
+            writable,
+        } in &ready
+        {
             if self.conns[i].state == State::Connecting {
                 self.check_connected(i);
                 continue;
@@ -424,26 +386,22 @@ impl Engine {
                 self.read(i);
             }
         }
+        self.ready = ready;
         self.flush();
         Ok(())
     }
 
     fn check_connected(&mut self, i: usize) {
-        let conn = &mut self.conns[i];
-        let Some(stream) = &conn.stream else { return };
-        let error = match stream.take_error() {
-            Ok(Some(e)) | Err(e) => Some(e),
-            Ok(None) => match stream.peer_addr() {
-                Ok(_) => None,
-                Err(e) if e.kind() == ErrorKind::NotConnected => return, // still connecting
-                Err(e) => Some(e),
-            },
-        };
-        if let Some(e) = error {
-            let user = conn.spec.user;
-            self.fail_login(i, format!("connect to {} (user {user}): {e}", self.server));
-            return;
+        match self.io.handshake(i) {
+            Handshake::Pending => return,
+            Handshake::Failed(e) => {
+                let user = self.conns[i].spec.user;
+                self.fail_login(i, format!("connect (user {user}): {e}"));
+                return;
+            }
+            Handshake::Done => {}
         }
+        let conn = &mut self.conns[i];
         conn.state = State::LoginSent;
         let user = conn.spec.user;
         let device = format!("bench-{user}");
@@ -479,9 +437,7 @@ impl Engine {
             State::Ready => self.stats.counts.disconnects += 1,
             State::NotOpened | State::Closed => {}
         }
-        if let Some(mut stream) = conn.stream.take() {
-            let _ = self.poll.registry().deregister(&mut stream);
-        }
+        self.io.close(i);
         self.outstanding_total -= u64::from(conn.outstanding);
         conn.outstanding = 0;
         conn.state = State::Closed;
@@ -491,17 +447,16 @@ impl Engine {
 
     fn read(&mut self, i: usize) {
         loop {
-            let conn = &mut self.conns[i];
-            let Some(stream) = conn.stream.as_mut() else {
+            if self.conns[i].state == State::Closed {
                 return;
-            };
-            match stream.read(&mut self.scratch) {
+            }
+            match self.io.read(i, &mut self.scratch) {
                 Ok(0) => {
                     self.closed_by_peer(i, "the server closed the connection");
                     return;
                 }
                 Ok(n) => {
-                    conn.rbuf.extend_from_slice(&self.scratch[..n]);
+                    self.conns[i].rbuf.extend_from_slice(&self.scratch[..n]);
                     self.decode(i);
                     if self.conns[i].state == State::Closed {
                         return;
@@ -660,14 +615,11 @@ impl Engine {
         for &i in &dirty {
             let conn = &mut self.conns[i];
             conn.dirty = false;
-            if conn.write_blocked {
+            if conn.write_blocked || conn.state == State::Closed {
                 continue;
             }
-            let Some(stream) = conn.stream.as_mut() else {
-                continue;
-            };
             while !conn.out.is_empty() {
-                match stream.write(&conn.out) {
+                match self.io.write(i, &conn.out) {
                     Ok(n) => conn.out.advance(n),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
                         conn.write_blocked = true;

@@ -5,7 +5,9 @@
 //! 1. [`config`] — the command line and its validation.
 //! 2. [`plan`] — who is who in a scenario, and how connections split over processes.
 //! 3. [`schedule`] — the open-loop send schedule (no coordinated omission).
-//! 4. [`engine`] — the kernel-socket client: many connections on one mio loop.
+//! 4. [`engine`] — the client: many connections on one loop, over [`io`]: kernel
+//!    sockets (mio) or, with `--client-mode xdp`, userspace TCP over AF_XDP
+//!    ([`xdp_io`]).
 //! 5. [`driver`] — one shard's run: connect, set up, load, drain.
 //! 6. [`workers`] — shards in a thread or in worker processes past ~18,000 connections.
 //! 7. [`stats`], [`procfs`], [`report`], [`svg`] — what is measured and how it is shown.
@@ -18,6 +20,7 @@
 pub mod config;
 pub mod driver;
 pub mod engine;
+pub mod io;
 pub mod plan;
 pub mod procfs;
 pub mod report;
@@ -26,6 +29,7 @@ pub mod server_proc;
 pub mod stats;
 pub mod svg;
 pub mod workers;
+pub mod xdp_io;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -34,33 +38,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 pub use config::BenchArgs;
-use config::{BenchConfig, ClientMode, Scenario};
+use config::{BenchConfig, Scenario};
 use crossbeam_channel::RecvTimeoutError;
 use indicatif::{ProgressBar, ProgressStyle};
 use petrel_control::KeyRing;
 
 use self::driver::{Phase, ShardJob};
 use self::engine::{Clock, ConnSpec, Engine};
+use self::io::{Io, KernelIo};
 use self::report::{Report, RunFacts, ServerSamples};
 use self::stats::{Counts, Stats};
 use self::workers::{ShardHandle, ToParent};
 
-/// What `--client-mode xdp` would need and does not have yet.
-pub const XDP_CLIENT_MISSING: &str = "petrel bench --client-mode xdp is not implemented yet. \
-    Missing: (1) an active-open (connect) path in the smoltcp shards of \
-    dataplane/src/xdp/ — they only listen and accept today; (2) an XDP filter mode that \
-    steers the server's replies (by destination address in the client /16) to the AF_XDP \
-    socket on the namespace end of the veth instead of matching the server's own \
-    address and port; (3) an engine loop that drives this bench's framing over smoltcp \
-    sockets instead of mio. Until then use --client-mode kernel: past 18,000 connections \
-    it runs several processes, and --source-ips spreads them over many source addresses \
-    (see docs/PERFORMANCE.md)";
-
 /// Runs `petrel bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.client_mode == ClientMode::Xdp {
-        bail!("{XDP_CLIENT_MISSING}");
-    }
     if args.worker.is_some() {
         return workers::worker_main();
     }
@@ -332,7 +323,8 @@ fn create_account(
         user: owner,
         source: driver::source_for(config, server, 0),
     };
-    let mut engine = Engine::new(server, keyring.clone(), &[spec], "", Clock::new())?;
+    let io = Io::Kernel(KernelIo::new(server, 1)?);
+    let mut engine = Engine::new(io, keyring.clone(), &[spec], "", Clock::new())?;
     engine.connect_all(1, config.connect_timeout, |_| {})?;
     engine.set_capture_responses(true);
     let id = engine.request(0, driver::create_account_op(owner))?;

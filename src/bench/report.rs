@@ -97,7 +97,8 @@ pub struct ServerSamples {
 pub struct Report {
     /// Scenario and its shape.
     pub scenario: Scenario,
-    /// `kernel` (one kernel TCP socket per connection).
+    /// `kernel` (one kernel TCP socket per connection) or `xdp` (userspace TCP over
+    /// AF_XDP sockets, one process).
     pub client_mode: &'static str,
     /// Load-generating processes.
     pub client_processes: u64,
@@ -214,7 +215,11 @@ impl Report {
         });
         Report {
             scenario: config.scenario,
-            client_mode: "kernel",
+            client_mode: if config.xdp.is_some() {
+                "xdp"
+            } else {
+                "kernel"
+            },
             client_processes: facts.processes,
             server: facts.server,
             server_spawned: facts.spawned,
@@ -266,7 +271,11 @@ impl Report {
         let _ = writeln!(s, "petrel bench: {scenario}");
         let _ = writeln!(
             s,
-            "  client mode: kernel sockets, {} process{}; server {}{}",
+            "  client mode: {}, {} process{}; server {}{}",
+            match self.client_mode {
+                "xdp" => "userspace TCP over AF_XDP",
+                _ => "kernel sockets",
+            },
             self.client_processes,
             if self.client_processes == 1 { "" } else { "es" },
             self.server,

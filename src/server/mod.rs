@@ -12,7 +12,7 @@ mod driver;
 mod keys;
 mod limits;
 pub mod metrics;
-mod transport;
+pub(crate) mod transport;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -229,7 +229,7 @@ fn on_link_prefix(addr: Ipv4Addr, kernel_addrs: &[ifaddrs::Ipv4Net]) -> u8 {
 }
 
 /// The rx queues of `iface` (`/sys/class/net/IF/queues/rx-N`), sorted.
-fn rx_queues(iface: &str) -> anyhow::Result<Vec<u32>> {
+pub(crate) fn rx_queues(iface: &str) -> anyhow::Result<Vec<u32>> {
     let dir = format!("/sys/class/net/{iface}/queues");
     let mut queues: Vec<u32> = std::fs::read_dir(&dir)
         .with_context(|| format!("cannot list the queues of {iface} ({dir})"))?

@@ -30,6 +30,9 @@ pub const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 1);
 pub const PEER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 2);
 /// The port the server listens on.
 pub const PORT: u16 = 9500;
+/// The source network `petrel bench --client-mode xdp` owns on [`PEER_IF`] (the host
+/// routes it through the veth; unlike the other labs', so they can coexist).
+pub const CLIENT_NET: &str = "10.79.0.0/16";
 
 /// A running lab.
 pub struct Lab {
@@ -46,6 +49,7 @@ fn lab_script(action: &str) -> std::process::Output {
         .env("PETREL_LAB_PEER_IF", PEER_IF)
         .env("PETREL_LAB_HOST_ADDR", HOST_ADDR.to_string())
         .env("PETREL_LAB_PEER_ADDR", PEER_ADDR.to_string())
+        .env("PETREL_LAB_CLIENT_NET", CLIENT_NET)
         .output()
         .expect("run scripts/veth-lab.sh")
 }

@@ -65,7 +65,21 @@ impl TestServer {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().to_path_buf();
         let lab = (dataplane == Dataplane::Xdp).then(Lab::shared);
-        let mut server = TestServer::spawn(&data_dir, extra_config, None, lab);
+        let mut server = TestServer::spawn(&data_dir, extra_config, None, lab, dataplane);
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// Starts a server on `dataplane` at the lab's host address, whichever the
+    /// dataplane: kernel sockets too (for clients that need the veth, such as `petrel
+    /// bench --client-mode xdp`). The calling thread moves into the lab's namespace.
+    pub fn start_on_lab(dataplane: Dataplane, extra_config: &str) -> TestServer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().to_path_buf();
+        let lab = Lab::shared();
+        let listen = lab.server_addr();
+        let mut server =
+            TestServer::spawn(&data_dir, extra_config, Some(listen), Some(lab), dataplane);
         server._tmp = Some(tmp);
         server
     }
@@ -75,7 +89,7 @@ impl TestServer {
     pub fn start_in(dataplane: Dataplane, data_dir: &Path, extra_config: &str) -> TestServer {
         std::fs::create_dir_all(data_dir).expect("data dir");
         let lab = (dataplane == Dataplane::Xdp).then(Lab::shared);
-        TestServer::spawn(data_dir, extra_config, None, lab)
+        TestServer::spawn(data_dir, extra_config, None, lab, dataplane)
     }
 
     /// Starts an xdp server listening on `addr` of the lab's subnet, an address the
@@ -84,8 +98,13 @@ impl TestServer {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().to_path_buf();
         let listen = SocketAddr::from((addr, lab::PORT));
-        let mut server =
-            TestServer::spawn(&data_dir, extra_config, Some(listen), Some(Lab::shared()));
+        let mut server = TestServer::spawn(
+            &data_dir,
+            extra_config,
+            Some(listen),
+            Some(Lab::shared()),
+            Dataplane::Xdp,
+        );
         server._tmp = Some(tmp);
         server
     }
@@ -100,14 +119,15 @@ impl TestServer {
         extra_config: &str,
         listen: Option<SocketAddr>,
         lab: Option<Arc<Lab>>,
+        dataplane: Dataplane,
     ) -> TestServer {
         let config_path = data_dir.join("petrel.toml");
-        let transport = match &lab {
-            None => format!(
+        let transport = match (&lab, dataplane) {
+            (None, _) | (Some(_), Dataplane::Kernel) => format!(
                 "listen = [\"{}\"]\n",
                 listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
             ),
-            Some(lab) => format!(
+            (Some(lab), Dataplane::Xdp) => format!(
                 "dataplane = \"xdp\"\niface = {:?}\nlisten = [\"{}\"]\n",
                 lab::HOST_IF,
                 listen.unwrap_or_else(|| lab.server_addr())
@@ -159,11 +179,7 @@ impl TestServer {
             child: Some(child),
             addr,
             metrics,
-            dataplane: if lab.is_some() {
-                Dataplane::Xdp
-            } else {
-                Dataplane::Kernel
-            },
+            dataplane,
             data_dir: data_dir.to_path_buf(),
             extra_config: extra_config.to_owned(),
             _tmp: None,
@@ -200,6 +216,7 @@ impl TestServer {
             &self.extra_config,
             Some(self.addr),
             self.lab.clone(),
+            self.dataplane,
         );
         again._tmp = tmp;
         *self = again;

@@ -1,0 +1,206 @@
+//! How the bench's connections reach the server: one kernel TCP socket each on a mio
+//! loop ([`KernelIo`]), or userspace TCP over AF_XDP sockets ([`super::xdp_io::XdpIo`],
+//! no descriptor per connection). The [`super::engine::Engine`] speaks the protocol the
+//! same way over either: it opens connection `i`, learns which connections may have
+//! something to read or room to write, and reads and writes bytes.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::xdp_io::XdpIo;
+
+/// A connection that may have changed.
+#[derive(Debug, Clone, Copy)]
+pub struct Ready {
+    /// Index of the connection.
+    pub conn: usize,
+    /// Data, end of stream or an error may be waiting.
+    pub readable: bool,
+    /// Room to write may have opened.
+    pub writable: bool,
+}
+
+/// Where a connection's handshake is.
+#[derive(Debug)]
+pub enum Handshake {
+    /// Still connecting.
+    Pending,
+    /// Established.
+    Done,
+    /// Refused, reset or timed out.
+    Failed(String),
+}
+
+/// The client side's transport.
+pub enum Io {
+    /// Kernel sockets.
+    Kernel(KernelIo),
+    /// Userspace TCP over AF_XDP.
+    Xdp(Box<XdpIo>),
+}
+
+impl Io {
+    /// Starts connecting connection `i` from `source` (if given).
+    pub fn open(&mut self, i: usize, source: Option<IpAddr>) -> anyhow::Result<()> {
+        match self {
+            Io::Kernel(k) => k.open(i, source),
+            Io::Xdp(x) => x.open(i, source),
+        }
+    }
+
+    /// Where connection `i`'s handshake is (call when it was reported ready).
+    pub fn handshake(&mut self, i: usize) -> Handshake {
+        match self {
+            Io::Kernel(k) => k.handshake(i),
+            Io::Xdp(x) => x.handshake(i),
+        }
+    }
+
+    /// Reads from connection `i`: `Ok(0)` is the end of the stream, `WouldBlock` means
+    /// nothing more for now.
+    pub fn read(&mut self, i: usize, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Io::Kernel(k) => k.read(i, buf),
+            Io::Xdp(x) => x.read(i, buf),
+        }
+    }
+
+    /// Writes to connection `i`; `WouldBlock` when it has no room.
+    pub fn write(&mut self, i: usize, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Io::Kernel(k) => k.write(i, buf),
+            Io::Xdp(x) => x.write(i, buf),
+        }
+    }
+
+    /// Drops connection `i`.
+    pub fn close(&mut self, i: usize) {
+        match self {
+            Io::Kernel(k) => k.close(i),
+            Io::Xdp(x) => x.close(i),
+        }
+    }
+
+    /// Sends what was written, waits up to `timeout` for something to happen and lists
+    /// the connections that may have changed in `ready`.
+    pub fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        ready: &mut Vec<Ready>,
+    ) -> anyhow::Result<()> {
+        ready.clear();
+        match self {
+            Io::Kernel(k) => k.poll(timeout, ready),
+            Io::Xdp(x) => x.poll(timeout, ready),
+        }
+    }
+}
+
+/// Kernel TCP sockets on one epoll instance (mio), one per connection.
+pub struct KernelIo {
+    poll: Poll,
+    events: Events,
+    server: SocketAddr,
+    streams: Vec<Option<TcpStream>>,
+}
+
+impl KernelIo {
+    /// Sockets to `server` for `connections` connections (none opened yet).
+    pub fn new(server: SocketAddr, connections: usize) -> anyhow::Result<KernelIo> {
+        Ok(KernelIo {
+            poll: Poll::new().context("cannot create an epoll instance")?,
+            events: Events::with_capacity(4096),
+            server,
+            streams: (0..connections).map(|_| None).collect(),
+        })
+    }
+
+    fn open(&mut self, i: usize, source: Option<IpAddr>) -> anyhow::Result<()> {
+        let domain = Domain::for_address(self.server);
+        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+            .context("cannot create a TCP socket (file descriptor limit?)")?;
+        socket.set_nonblocking(true)?;
+        socket.set_tcp_nodelay(true)?;
+        if let Some(source) = source {
+            socket
+                .bind(&SocketAddr::new(source, 0).into())
+                .with_context(|| format!("cannot bind source address {source}"))?;
+        }
+        match socket.connect(&self.server.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => bail!(
+                "connect to {}: {e} — out of source ports; spread connections over more \
+                 source addresses with --source-ips",
+                self.server
+            ),
+            Err(e) => return Err(e).with_context(|| format!("connect to {}", self.server)),
+        }
+        let mut stream = TcpStream::from_std(socket.into());
+        self.poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .context("cannot register a socket with epoll")?;
+        self.streams[i] = Some(stream);
+        Ok(())
+    }
+
+    fn handshake(&mut self, i: usize) -> Handshake {
+        let Some(stream) = &self.streams[i] else {
+            return Handshake::Failed("closed".into());
+        };
+        let error = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => e,
+            Ok(None) => match stream.peer_addr() {
+                Ok(_) => return Handshake::Done,
+                Err(e) if e.kind() == ErrorKind::NotConnected => return Handshake::Pending,
+                Err(e) => e,
+            },
+        };
+        Handshake::Failed(error.to_string())
+    }
+
+    fn read(&mut self, i: usize, buf: &mut [u8]) -> io::Result<usize> {
+        match self.streams[i].as_mut() {
+            Some(stream) => stream.read(buf),
+            None => Err(ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn write(&mut self, i: usize, buf: &[u8]) -> io::Result<usize> {
+        match self.streams[i].as_mut() {
+            Some(stream) => stream.write(buf),
+            None => Err(ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn close(&mut self, i: usize) {
+        if let Some(mut stream) = self.streams[i].take() {
+            let _ = self.poll.registry().deregister(&mut stream);
+        }
+    }
+
+    fn poll(&mut self, timeout: Option<Duration>, ready: &mut Vec<Ready>) -> anyhow::Result<()> {
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e).context("epoll_wait failed"),
+        }
+        ready.extend(self.events.iter().map(|event| Ready {
+            conn: event.token().0,
+            readable: event.is_readable() || event.is_read_closed() || event.is_error(),
+            writable: event.is_writable() || event.is_write_closed(),
+        }));
+        Ok(())
+    }
+}
