@@ -158,7 +158,7 @@ fn check_mode(mode: AttachMode, kernel_port: u16) {
                 index,
                 queue,
                 XskConfig {
-                    frame_count: 256,
+                    frame_count: 512,
                     ring_size: 128,
                     tx_reserve: 64,
                     ..XskConfig::default()
@@ -299,7 +299,7 @@ fn check_arp_for_an_address_only_petrel_has() {
                 index,
                 queue,
                 XskConfig {
-                    frame_count: 256,
+                    frame_count: 512,
                     ring_size: 128,
                     tx_reserve: 64,
                     ..XskConfig::default()
@@ -396,7 +396,7 @@ fn check_userspace_tcp_echo() {
                 index,
                 queue,
                 XskConfig {
-                    frame_count: 256,
+                    frame_count: 512,
                     ring_size: 128,
                     tx_reserve: 64,
                     ..XskConfig::default()
@@ -506,7 +506,7 @@ fn check_transport_boundary() {
     config.attach = AttachMode::Driver;
     config.shards_per_queue = 4;
     config.xsk = XskConfig {
-        frame_count: 256,
+        frame_count: 512,
         ring_size: 128,
         tx_reserve: 64,
         ..XskConfig::default()

@@ -21,6 +21,8 @@
 #   SOURCES     kernel client mode: source addresses (each gets ~28,000 ports)
 #               [default: N/20000 + 1]
 #   EXTRA       extra TOML lines for the server, e.g. $'xdp_tcp_rx_buffer = 512\nxdp_tcp_tx_buffer = 512'
+#   LOG_LEVEL   the server's log level [default: info: its AF_XDP pollers log their
+#               sockets' kernel drop counters when they stop, printed at the end]
 #   OUT         directory for the server's config, data and logs [default: a temp dir]
 # The lab and the server are removed on exit, also after a failure.
 set -euo pipefail
@@ -69,8 +71,8 @@ else
 fi
 
 mkdir -p "$OUT"
-printf 'data_dir = "%s"\nlog_level = "warn"\nmax_connections = %d\nrate_limit_per_second = 0\n%s\n' \
-  "$OUT" $(( N * 2 )) "${EXTRA:-}" >"$OUT/petrel.toml"
+printf 'data_dir = "%s"\nlog_level = "%s"\nmax_connections = %d\nrate_limit_per_second = 0\n%s\n' \
+  "$OUT" "${LOG_LEVEL:-info}" $(( N * 2 )) "${EXTRA:-}" >"$OUT/petrel.toml"
 "$PETREL" serve --config "$OUT/petrel.toml" --dataplane xdp --iface "$PETREL_LAB_HOST_IF" \
   --listen "$PETREL_LAB_HOST_ADDR:9500" >"$OUT/serve.out" 2>"$OUT/serve.err" &
 server_pid=$!
@@ -80,4 +82,9 @@ wait_for_banner "$server_pid" "$OUT/serve.out" ||
 echo "xdp-idle: server pid $server_pid; $N connections from $SOURCES source addresses" >&2
 ip netns exec "$PETREL_LAB_NS" "$PETREL" bench connect -n "$N" \
   --server "$PETREL_LAB_HOST_ADDR:9500" --key-file "$OUT/keys" --server-pid "$server_pid" \
-  "${client_flags[@]}" --quiet "$@"
+  "${client_flags[@]}" --quiet "$@" || status=$?
+stop_server "$server_pid"
+server_pid=
+echo "xdp-idle: the server's AF_XDP sockets when it stopped:" >&2
+grep -h "AF_XDP poller stopped" "$OUT/serve.err" "$OUT/serve.out" >&2 || echo "  (not logged; LOG_LEVEL=info)" >&2
+exit "${status:-0}"

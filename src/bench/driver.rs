@@ -116,9 +116,15 @@ pub fn run_shard(job: &ShardJob, ctl: &mut dyn ShardControl) -> anyhow::Result<S
     };
     let mut engine = Engine::new(io, keyring, &specs, &config.payload, clock)?;
 
-    engine.connect_all(config.connect_concurrency, config.connect_timeout, |s| {
+    engine.set_keepalive(Some(config.heartbeat));
+    let connected = engine.connect_all(config.connect_concurrency, config.connect_timeout, |s| {
         ctl.progress(Phase::Connecting, &s.counts)
-    })?;
+    });
+    if let (Err(e), Io::Xdp(xdp)) = (&connected, engine.io()) {
+        // The AF_XDP client's drops often explain a failed connect phase.
+        bail!("{e:#}; AF_XDP client counters: {:?}", xdp.counters());
+    }
+    connected?;
     ctl.progress(Phase::Setup, &engine.stats.counts);
     let targets = setup(&mut engine, config, &plan, shard, job.account)?;
     ctl.ready()?;
@@ -128,12 +134,14 @@ pub fn run_shard(job: &ShardJob, ctl: &mut dyn ShardControl) -> anyhow::Result<S
             break t;
         }
         engine.poll_once(Some(Duration::from_millis(10)))?;
+        engine.keep_alive();
     };
+    // From here the heartbeat wheel pings, measured.
+    engine.set_keepalive(None);
     run_load(&mut engine, config, &plan, &targets, start_ns, ctl)?;
     drain(&mut engine, config, &plan, shard, ctl)?;
     if let Io::Xdp(xdp) = engine.io() {
-        // Once per run: what the userspace TCP dropped, next to the results.
-        tracing::info!(stats = ?xdp.stats(), "AF_XDP client counters");
+        engine.stats.client_dataplane = Some(xdp.counters());
     }
     Ok(std::mem::take(&mut engine.stats))
 }

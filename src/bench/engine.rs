@@ -10,6 +10,7 @@
 //! the Unix epoch, so an `Ack` or a `MessagePush` carries everything needed to compute
 //! its latency.
 
+use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -96,6 +97,8 @@ struct Conn {
     last_msg_id: u64,
     outstanding: u32,
     ping_sent_ns: u64,
+    /// The ping in flight is a measured heartbeat (not a keep-alive of the setup phases).
+    ping_measured: bool,
     connect_ns: u64,
 }
 
@@ -117,6 +120,10 @@ pub struct Engine {
     first_failure: Option<String>,
     capture_responses: bool,
     last_rx_ns: u64,
+    /// Keep-alive interval while connecting and setting up (0: off).
+    keepalive_ns: u64,
+    /// Logged-in connections by when they need their next keep-alive ping.
+    keepalive_due: VecDeque<(u64, usize)>,
     /// What this engine measured.
     pub stats: Stats,
     /// Responses captured during setup (`capture_responses`): connection index, frame.
@@ -149,6 +156,7 @@ impl Engine {
                 last_msg_id: 0,
                 outstanding: 0,
                 ping_sent_ns: 0,
+                ping_measured: false,
                 connect_ns: 0,
             })
             .collect();
@@ -182,6 +190,8 @@ impl Engine {
             first_failure: None,
             capture_responses: false,
             last_rx_ns: 0,
+            keepalive_ns: 0,
+            keepalive_due: VecDeque::new(),
             stats: Stats::default(),
             responses: Vec::new(),
             freed: Vec::new(),
@@ -228,6 +238,35 @@ impl Engine {
         self.conns[i].spec.user
     }
 
+    /// Keeps logged-in connections alive with a ping per `interval` while the run is not
+    /// measuring yet (a long connect phase would otherwise outlast the server's idle
+    /// timeout and get the first connections kicked), or stops that (`None`). These
+    /// pings are not counted or measured; [`Engine::keep_alive`] sends them.
+    pub fn set_keepalive(&mut self, interval: Option<Duration>) {
+        self.keepalive_ns = interval.map_or(0, |d| d.as_nanos() as u64);
+        if self.keepalive_ns == 0 {
+            self.keepalive_due = VecDeque::new();
+        }
+    }
+
+    /// Sends the keep-alive pings that are due (see [`Engine::set_keepalive`]).
+    pub fn keep_alive(&mut self) {
+        if self.keepalive_ns == 0 {
+            return;
+        }
+        let now = self.clock.now_ns();
+        while let Some(&(due, i)) = self.keepalive_due.front() {
+            if due > now {
+                break;
+            }
+            self.keepalive_due.pop_front();
+            if self.conns[i].state == State::Ready {
+                self.send_ping(i, false);
+                self.keepalive_due.push_back((now + self.keepalive_ns, i));
+            }
+        }
+    }
+
     /// Opens every connection and logs each in, at most `concurrency` handshakes at a
     /// time, within `timeout`. Fails on the first refused login or connect error.
     pub fn connect_all(
@@ -246,6 +285,7 @@ impl Engine {
                 next += 1;
             }
             self.poll_once(Some(Duration::from_millis(5)))?;
+            self.keep_alive();
             if let Some(failure) = &self.first_failure {
                 bail!(
                     "{failure} ({} of {} connections logged in)",
@@ -339,6 +379,10 @@ impl Engine {
 
     /// Queues a `Ping` on connection `i` (if it is logged in).
     pub fn ping(&mut self, i: usize) {
+        self.send_ping(i, true);
+    }
+
+    fn send_ping(&mut self, i: usize, measured: bool) {
         let now = self.clock.now_ns();
         let conn = &mut self.conns[i];
         if conn.state != State::Ready {
@@ -354,7 +398,10 @@ impl Engine {
         );
         if self.encoder.encode(&frame, &mut conn.out).is_ok() {
             conn.ping_sent_ns = now;
-            self.stats.counts.pings += 1;
+            conn.ping_measured = measured;
+            if measured {
+                self.stats.counts.pings += 1;
+            }
             mark_dirty(&mut self.dirty, i, conn);
         }
     }
@@ -549,6 +596,9 @@ impl Engine {
                 self.pending_logins -= 1;
                 c.logged_in += 1;
                 self.stats.login.record(now.saturating_sub(conn.connect_ns));
+                if self.keepalive_ns > 0 {
+                    self.keepalive_due.push_back((now + self.keepalive_ns, i));
+                }
             }
             Body::Error(e) if conn.state == State::LoginSent => {
                 let user = conn.spec.user;
@@ -573,12 +623,15 @@ impl Engine {
                 self.answered(i);
             }
             Body::MessagePush(push) => self.on_push(push.client_msg_id, now),
-            Body::Pong(_) => {
+            Body::Pong(_) if conn.ping_measured => {
+                conn.ping_measured = false;
                 c.pongs += 1;
                 self.stats
                     .pong
                     .record(now.saturating_sub(conn.ping_sent_ns));
             }
+            // The answer to a keep-alive ping of the connect or setup phase.
+            Body::Pong(_) => {}
             Body::Kick(_) => c.kicks += 1,
             Body::ConversationEvent(_) => {}
             Body::Error(e) if !self.capture_responses && frame.flags.is_response() => {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::config::{BenchConfig, Scenario};
 use super::procfs::Sample;
-use super::stats::{Counts, Latency, Stats};
+use super::stats::{ClientDataplane, Counts, Latency, Stats};
 
 /// Percentiles of one latency histogram, in microseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -149,6 +149,8 @@ pub struct Report {
     pub client_cpu_secs: Option<f64>,
     /// Load average when the run started (the machine may be shared).
     pub load_average: Option<String>,
+    /// The AF_XDP client's frame counters (`--client-mode xdp`).
+    pub client_dataplane: Option<ClientDataplane>,
 }
 
 /// What the coordinator knows besides the merged stats.
@@ -248,6 +250,7 @@ impl Report {
             server_figures,
             client_cpu_secs: facts.samples.client_cpu_secs,
             load_average: facts.load_average,
+            client_dataplane: stats.client_dataplane,
         }
     }
 
@@ -391,6 +394,21 @@ impl Report {
                 s,
                 "  load generator CPU in the measured window: {cpu:.2} s ({:.0} % of one core)",
                 cpu / self.duration_secs * 100.0
+            );
+        }
+        if let Some(d) = &self.client_dataplane {
+            let _ = writeln!(
+                s,
+                "  AF_XDP client: {} TCP + {} ARP frames in; dropped: {} fill ring empty, {} rx \
+                 ring full, {} other (kernel), {} shard queue full, {} tx ring full, {} malformed",
+                thousands(d.tcp_frames as f64),
+                thousands(d.arp_frames as f64),
+                d.socket_fill_ring_empty,
+                d.socket_rx_ring_full,
+                d.socket_rx_dropped,
+                d.queue_full,
+                d.tx_dropped,
+                d.malformed
             );
         }
         s

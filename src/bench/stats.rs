@@ -155,6 +155,31 @@ pub struct Stats {
     pub pong: Latency,
     /// Wall-clock seconds of the connect phase (first connect → last login).
     pub connect_secs: f64,
+    /// What the AF_XDP client's dataplane counted (`--client-mode xdp` only).
+    pub client_dataplane: Option<ClientDataplane>,
+}
+
+/// Frames the AF_XDP client received and what it (or the kernel, for its sockets)
+/// dropped: a load generator that drops frames slows the run it measures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientDataplane {
+    /// TCP frames received for the client's connections.
+    pub tcp_frames: u64,
+    /// ARP frames received.
+    pub arp_frames: u64,
+    /// Malformed frames dropped.
+    pub malformed: u64,
+    /// Segments dropped because their shard's receive queue was full.
+    pub queue_full: u64,
+    /// Frames not sent because a transmit ring stayed full.
+    pub tx_dropped: u64,
+    /// The kernel's counters of the client's AF_XDP sockets: frames dropped, rx ring
+    /// full, fill ring found empty.
+    pub socket_rx_dropped: u64,
+    /// See above.
+    pub socket_rx_ring_full: u64,
+    /// See above.
+    pub socket_fill_ring_empty: u64,
 }
 
 /// [`Stats`] as one JSON line between a worker process and its parent.
@@ -166,6 +191,7 @@ pub struct StatsWire {
     delivery: String,
     pong: String,
     connect_secs: f64,
+    client_dataplane: Option<ClientDataplane>,
 }
 
 impl Stats {
@@ -178,6 +204,8 @@ impl Stats {
         self.delivery.merge(&o.delivery)?;
         self.pong.merge(&o.pong)?;
         self.connect_secs = self.connect_secs.max(o.connect_secs);
+        // One AF_XDP client process per run: at most one side has counters.
+        self.client_dataplane = self.client_dataplane.or(o.client_dataplane);
         Ok(())
     }
 
@@ -190,6 +218,7 @@ impl Stats {
             delivery: self.delivery.encode()?,
             pong: self.pong.encode()?,
             connect_secs: self.connect_secs,
+            client_dataplane: self.client_dataplane,
         })
     }
 
@@ -202,6 +231,7 @@ impl Stats {
             delivery: Latency::decode(&w.delivery)?,
             pong: Latency::decode(&w.pong)?,
             connect_secs: w.connect_secs,
+            client_dataplane: w.client_dataplane,
         })
     }
 }

@@ -22,6 +22,7 @@ use petrel_dataplane::xdp::tcp::ShardConfig;
 
 use super::config::XdpClientSetup;
 use super::io::{Handshake, Ready};
+use super::stats::ClientDataplane;
 
 /// Lowest local port handed out.
 const FIRST_PORT: u16 = 1024;
@@ -72,8 +73,9 @@ impl XdpIo {
                 tx_buffer: setup.tcp_buffer,
                 ..ShardConfig::default()
             },
+            // One thread takes every connection's frames: rings twice the server's.
             xsk: XskConfig {
-                frame_count: 8192,
+                frame_count: 16384,
                 ring_size: 4096,
                 tx_reserve: 2048,
                 ..XskConfig::default()
@@ -96,9 +98,24 @@ impl XdpIo {
         })
     }
 
-    /// The dataplane's counters.
-    pub fn stats(&self) -> XdpClientStats {
-        self.client.stats()
+    /// The dataplane's counters, as the report shows them.
+    pub fn counters(&self) -> ClientDataplane {
+        let XdpClientStats {
+            rx,
+            tcp_drops,
+            sockets,
+            tx_dropped,
+        } = self.client.stats();
+        ClientDataplane {
+            tcp_frames: rx.tcp,
+            arp_frames: rx.arp,
+            malformed: rx.malformed_total(),
+            queue_full: tcp_drops.queue_full,
+            tx_dropped,
+            socket_rx_dropped: sockets.rx_dropped,
+            socket_rx_ring_full: sockets.rx_ring_full,
+            socket_fill_ring_empty: sockets.fill_ring_empty,
+        }
     }
 
     pub(super) fn open(&mut self, i: usize, source: Option<IpAddr>) -> anyhow::Result<()> {

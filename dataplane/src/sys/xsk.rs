@@ -61,11 +61,26 @@ pub struct XskConfig {
     pub tx_reserve: u32,
 }
 
+impl XskConfig {
+    /// The fewest frames this config works with: a full fill ring, a full tx ring *and*
+    /// the reserve. With fewer, a transmit backlog (a slow peer leaves the tx ring full)
+    /// holds the frames the fill ring needs, the kernel finds the fill ring empty and drops
+    /// every frame it receives — the collapse a million-connection storm on the veth lab
+    /// showed (receive rounds slowed, the tx ring filled, then ~4 million rx drops).
+    pub fn min_frames(&self) -> u32 {
+        self.ring_size
+            .saturating_mul(2)
+            .saturating_add(self.tx_reserve)
+    }
+}
+
 impl Default for XskConfig {
     fn default() -> Self {
         XskConfig {
             frame_size: 2048,
-            frame_count: 4096,
+            // min_frames() is 5,120: room for a full fill ring, a full tx ring and the
+            // reserve (16 MiB of UMEM per queue).
+            frame_count: 8192,
             ring_size: 2048,
             bind: BindMode::Copy,
             tx_reserve: 1024,
@@ -280,6 +295,19 @@ impl Xsk {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         ring::check_size(config.ring_size)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if config.frame_count < config.min_frames() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} UMEM frames are too few for rings of {} and a tx reserve of {}: at \
+                     least {} (a full fill ring, a full tx ring and the reserve)",
+                    config.frame_count,
+                    config.ring_size,
+                    config.tx_reserve,
+                    config.min_frames()
+                ),
+            ));
+        }
 
         // SAFETY: socket() takes plain values and returns a new descriptor or -1.
         let raw =

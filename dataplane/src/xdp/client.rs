@@ -22,6 +22,7 @@
 //! Sans-IO where it can be: the protocol work is in the shards; this module is the I/O
 //! loop around them. Performance-critical path: no allocation per packet after warm-up.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsFd;
@@ -49,6 +50,8 @@ const RX_BATCH: u32 = 64;
 const RX_BATCHES_PER_POLL: usize = 16;
 /// How long [`XdpClient::start`] waits for the server's ARP reply.
 const ARP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Resets per second [`XdpClient::abort_all`] sends.
+pub const ABORT_RATE: f64 = 50_000.0;
 /// How often the ARP request is repeated meanwhile.
 const ARP_RETRY: Duration = Duration::from_millis(200);
 
@@ -97,8 +100,9 @@ pub enum ConnPhase {
 /// What [`XdpClient::poll`] found.
 #[derive(Debug, Default)]
 pub struct PollOutcome {
-    /// Live connections of the shards that ran: the only ones whose state, readable data
-    /// or send room can have changed.
+    /// Live connections that need the caller: their handshake finished, they have data
+    /// (or the server's FIN) to read, or room opened after a send found none. Only the
+    /// shards that ran are looked at, and only these of their connections reported.
     pub touched: Vec<ConnKey>,
     /// Connections that ended (refused, reset, timed out, or closed and done) and are
     /// gone; their keys may be handed out again by the next [`XdpClient::connect`].
@@ -139,6 +143,10 @@ pub struct XdpClient {
     touched: Vec<usize>,
     touched_mark: Vec<bool>,
     handles: Vec<SocketHandle>,
+    /// Connections whose handshake is not done yet.
+    opening: HashSet<ConnKey>,
+    /// Connections a send found without room.
+    blocked: HashSet<ConnKey>,
 }
 
 impl std::fmt::Debug for XdpClient {
@@ -225,6 +233,8 @@ impl XdpClient {
             touched: Vec::with_capacity(n),
             touched_mark: vec![false; n],
             handles: Vec::new(),
+            opening: HashSet::new(),
+            blocked: HashSet::new(),
         };
         client.server_mac = client.resolve_server()?;
         tracing::info!(server = %config.server, mac = %client.server_mac, "server resolved");
@@ -247,7 +257,9 @@ impl XdpClient {
         if !self.source.contains_addr(local.ip()) {
             return Err(OpenError::Tcp(tcp::ConnectError::Unaddressable));
         }
-        self.shards.connect(local, self.server)
+        let key = self.shards.connect(local, self.server)?;
+        self.opening.insert(key);
+        Ok(key)
     }
 
     fn socket(&mut self, key: ConnKey) -> Option<&mut tcp::Socket<'static>> {
@@ -287,7 +299,10 @@ impl XdpClient {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
         match socket.send_slice(buf) {
-            Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+            Ok(0) => {
+                self.blocked.insert(key);
+                Err(io::ErrorKind::WouldBlock.into())
+            }
             Ok(n) => {
                 self.shards.mark_dirty(key.0);
                 Ok(n)
@@ -356,27 +371,37 @@ impl XdpClient {
         }
     }
 
-    /// Resets every connection and sends the resets, a shard at a time so the transmit
-    /// rings keep up (best effort: a reset that finds a full ring is dropped, and the
-    /// server times that connection out).
+    /// Resets every connection and sends the resets, a shard at a time and at most
+    /// [`ABORT_RATE`] a second: a million resets at once overflow the server's receive
+    /// path (its fill ring runs dry and it drops frames for seconds). A reset that finds a
+    /// full ring is dropped, and the server times that connection out.
     pub fn abort_all(&mut self) {
+        let started = Instant::now();
+        let mut sent = 0u64;
         for index in 0..self.shards.len() {
             let Some(shard) = self.shards.shard_mut(index) else {
                 continue;
             };
-            let handles: Vec<SocketHandle> = shard.connection_handles().to_vec();
-            for handle in handles {
+            self.handles.clear();
+            self.handles.extend_from_slice(shard.connection_handles());
+            for &handle in &self.handles {
                 if let Some(socket) = shard.connection_mut(handle) {
                     socket.abort();
                 }
             }
+            sent += self.handles.len() as u64;
             self.shards.mark_dirty(index);
             let now = self.now_ms();
             self.run_shards(now);
+            // Keep to the pace; what arrives meanwhile is taken so the rings keep moving.
+            let due = Duration::from_secs_f64(sent as f64 / ABORT_RATE);
+            while started.elapsed() < due {
+                std::thread::sleep(Duration::from_millis(1));
+                self.receive();
+            }
         }
-        for xsk in &mut self.xsks {
-            let _ = xsk.flush_tx();
-        }
+        self.touched.clear();
+        self.touched_mark.fill(false);
     }
 
     /// Asks for the server's MAC until it answers or [`ARP_TIMEOUT`] passes.
@@ -515,9 +540,29 @@ impl XdpClient {
             };
             self.handles.clear();
             shard.take_closed(&mut self.handles);
-            out.closed.extend(self.handles.iter().map(|&h| (index, h)));
-            out.touched
-                .extend(shard.connection_handles().iter().map(|&h| (index, h)));
+            for &handle in &self.handles {
+                let key = (index, handle);
+                self.opening.remove(&key);
+                self.blocked.remove(&key);
+                out.closed.push(key);
+            }
+            self.handles.clear();
+            self.handles.extend_from_slice(shard.connection_handles());
+            for &handle in &self.handles {
+                let key = (index, handle);
+                let Some(socket) = shard.connection_mut(handle) else {
+                    continue;
+                };
+                let opened = !matches!(
+                    socket.state(),
+                    tcp::State::SynSent | tcp::State::SynReceived
+                ) && self.opening.remove(&key);
+                let readable = socket.can_recv() || !socket.may_recv();
+                let writable = socket.can_send() && self.blocked.remove(&key);
+                if opened || readable || writable {
+                    out.touched.push(key);
+                }
+            }
         }
     }
 }

@@ -11,9 +11,13 @@
 //! listener has no backlog, so a second SYN for a shard within one poll is held back and
 //! delivered after the listener is re-armed, in the same [`ShardSet::poll`] call.
 //!
-//! Known gap: a retransmitted SYN of a connection still in SYN-RECEIVED can reach the fresh
-//! listener (smoltcp gives a packet to the first socket that accepts it) and open a
-//! duplicate half-open connection, which times out.
+//! A retransmitted SYN of a connection the shard already has (its SYN-ACK was lost) is
+//! dropped, not given to the re-armed listener: smoltcp hands a packet to the first socket
+//! that accepts it, so the listener could take it and open a second half-open connection
+//! for the same 4-tuple, whose different sequence numbers then reset the client's
+//! connection. The existing socket retransmits its SYN-ACK on its own timer. (Found by a
+//! million-connection storm with the AF_XDP load generator: 806,102 logged in, then a
+//! reset.)
 //!
 //! Sans-IO: time is milliseconds passed in. Performance-critical path: no allocation per
 //! packet after warm-up (the heap and dirty list keep their capacity).
@@ -53,6 +57,9 @@ pub enum RxVerdict {
     Deferred,
     /// The shard's receive queue was full: dropped (TCP retransmits).
     QueueFull,
+    /// A SYN for a 4-tuple the shard already has a connection for (a retransmission):
+    /// dropped; that connection's SYN-ACK retransmission answers it.
+    DuplicateSyn,
     /// Not an IPv4 TCP packet (the dataplane should have classified it first).
     NotTcp,
 }
@@ -92,6 +99,7 @@ pub struct ShardSet {
     deferred: Vec<Vec<u8>>,
     deferred_pool: Vec<Vec<u8>>,
     refused_syns: u64,
+    duplicate_syns: u64,
     polls: u64,
 }
 
@@ -113,6 +121,7 @@ impl ShardSet {
             deferred: Vec::new(),
             deferred_pool: Vec::new(),
             refused_syns: 0,
+            duplicate_syns: 0,
             polls: 0,
         }
     }
@@ -141,6 +150,10 @@ impl ShardSet {
         );
         let shard = &mut self.shards[index];
         if tcp.syn() && !tcp.ack() {
+            if shard.has_connection(ip.src_addr(), tcp.src_port(), tcp.dst_port()) {
+                self.duplicate_syns += 1;
+                return RxVerdict::DuplicateSyn;
+            }
             if shard.connection_count() >= self.config.max_connections_per_shard {
                 self.refused_syns += 1;
                 return RxVerdict::RefusedSyn;
@@ -299,6 +312,11 @@ impl ShardSet {
     /// SYNs refused because their shard was full.
     pub fn refused_syns(&self) -> u64 {
         self.refused_syns
+    }
+
+    /// Retransmitted SYNs dropped because their connection already exists.
+    pub fn duplicate_syns(&self) -> u64 {
+        self.duplicate_syns
     }
 
     /// Shard polls so far.
@@ -509,6 +527,23 @@ mod tests {
             client.connect(local(2001), remote),
             Err(OpenError::ShardFull)
         );
+    }
+
+    #[test]
+    fn a_retransmitted_syn_does_not_open_a_second_connection() {
+        let mut set = set(1, 100);
+        let mut syn_acks = Vec::new();
+        assert!(matches!(set.push_rx(&syn_from(40000)), RxVerdict::Queued(0)));
+        set.poll(1, |_, p| syn_acks.push(p.to_vec()));
+        // The SYN-ACK was lost; the client sends its SYN again, once after the poll and
+        // once twice within one poll.
+        assert_eq!(set.push_rx(&syn_from(40000)), RxVerdict::DuplicateSyn);
+        assert!(matches!(set.push_rx(&syn_from(40001)), RxVerdict::Queued(0)));
+        assert_eq!(set.push_rx(&syn_from(40001)), RxVerdict::Deferred);
+        set.poll(2, |_, p| syn_acks.push(p.to_vec()));
+        assert_eq!(set.shard_mut(0).unwrap().connection_count(), 2);
+        assert_eq!(set.duplicate_syns(), 2);
+        assert_eq!(syn_acks.len(), 2, "one SYN-ACK per connection, no reset");
     }
 
     #[test]

@@ -25,7 +25,7 @@
 //! 300 ms and clamps the RTO to 10 ms–10 s, so on a LAN it settles near the measured RTT
 //! plus 5 ms (the kernel's floor is 200 ms).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use smoltcp::iface::{Config, Interface, Route, SocketHandle, SocketSet};
@@ -173,6 +173,9 @@ pub struct TcpShard {
     /// `None` for a client shard.
     listener: Option<SocketHandle>,
     connections: Vec<SocketHandle>,
+    /// The same handles, for an O(1) membership test ([`TcpShard::connection_mut`] is on
+    /// every read and write of the transports).
+    live: HashSet<SocketHandle>,
     /// Connections accepted since the owner last took them.
     accepted: Vec<SocketHandle>,
     /// Connections closed (and removed) since the owner last took them.
@@ -233,6 +236,7 @@ impl TcpShard {
             queues,
             listener,
             connections: Vec::new(),
+            live: HashSet::new(),
             accepted: Vec::new(),
             closed: Vec::new(),
             dropped_rx: 0,
@@ -261,16 +265,19 @@ impl TcpShard {
             && self.sockets.get::<tcp::Socket>(listener).state() != tcp::State::Listen
         {
             self.connections.push(listener);
+            self.live.insert(listener);
             self.accepted.push(listener);
             self.listener = Some(self.sockets.add(listening_socket(&self.config)));
         }
         // Closed connections give their slot back.
         let sockets = &mut self.sockets;
         let closed = &mut self.closed;
+        let live = &mut self.live;
         self.connections.retain(|handle| {
             let is_closed = sockets.get::<tcp::Socket>(*handle).state() == tcp::State::Closed;
             if is_closed {
                 sockets.remove(*handle);
+                live.remove(handle);
                 closed.push(*handle);
             }
             !is_closed
@@ -295,6 +302,7 @@ impl TcpShard {
         )?;
         let handle = self.sockets.add(socket);
         self.connections.push(handle);
+        self.live.insert(handle);
         Ok(handle)
     }
 
@@ -317,7 +325,7 @@ impl TcpShard {
 
     /// Established (or closing) connections, with their sockets.
     pub fn connections(&mut self) -> impl Iterator<Item = &mut tcp::Socket<'static>> {
-        let handles = &self.connections;
+        let handles = &self.live;
         self.sockets
             .iter_mut()
             .filter(|(handle, _)| handles.contains(handle))
@@ -339,7 +347,7 @@ impl TcpShard {
 
     /// The connection `handle`, if it is one of this shard's live connections.
     pub fn connection_mut(&mut self, handle: SocketHandle) -> Option<&mut tcp::Socket<'static>> {
-        if self.connections.contains(&handle) {
+        if self.live.contains(&handle) {
             Some(self.sockets.get_mut::<tcp::Socket>(handle))
         } else {
             None
@@ -349,6 +357,17 @@ impl TcpShard {
     /// The handles of the live connections.
     pub fn connection_handles(&self) -> &[SocketHandle] {
         &self.connections
+    }
+
+    /// Whether a live connection of this shard has the remote endpoint `remote:port` and
+    /// the local port `local_port` (a scan of the shard's connections).
+    pub fn has_connection(&self, remote: Ipv4Addr, port: u16, local_port: u16) -> bool {
+        let remote = IpEndpoint::new(remote.into(), port);
+        self.connections.iter().any(|&handle| {
+            let socket = self.sockets.get::<tcp::Socket>(handle);
+            socket.remote_endpoint() == Some(remote)
+                && socket.local_endpoint().map(|e| e.port) == Some(local_port)
+        })
     }
 
     /// Number of connections (not counting the listener).

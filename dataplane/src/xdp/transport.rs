@@ -41,6 +41,9 @@ use crate::sys::xsk::{Xsk, XskConfig, XskStatistics};
 
 /// Frames taken off the rx ring per batch.
 const RX_BATCH: u32 = 64;
+/// Batches a round takes at most before the shards run: a round that takes one batch
+/// while a storm arrives lets the rx ring hold every frame and the fill ring run dry.
+const RX_BATCHES_PER_ROUND: usize = 16;
 /// Longest sleep when no shard timer is due (the poller also re-checks shutdown).
 const MAX_SLEEP_MS: u64 = 100;
 /// How long a stopping poller keeps flushing before it closes regardless.
@@ -589,6 +592,7 @@ impl Poller {
                         ?stats,
                         counters = ?self.xsk.counters(),
                         refused_syns = self.shards.refused_syns(),
+                        duplicate_syns = self.shards.duplicate_syns(),
                         "AF_XDP poller stopped"
                     ),
                     Err(e) => tracing::debug!(queue = self.index, error = %e, "no XDP statistics"),
@@ -633,8 +637,8 @@ impl Poller {
         !self.control_gone
     }
 
-    /// One batch of frames: ARP learned (and answered when we own the address), TCP to
-    /// its shard.
+    /// What arrived, up to [`RX_BATCHES_PER_ROUND`] batches: ARP learned (and answered
+    /// when we own the address), TCP to its shard.
     fn receive(&mut self, now: u64) {
         let Poller {
             xsk,
@@ -647,7 +651,7 @@ impl Poller {
         } = self;
         let mut batch = RxCounters::default();
         let mut drops = TcpDrops::default();
-        xsk.receive(RX_BATCH, |frame| {
+        let mut handle = |frame: &[u8]| {
             let result = classify(frame, *our_ip);
             batch.record(&result);
             match result {
@@ -660,7 +664,10 @@ impl Poller {
                     match shards.push_rx(ip_packet) {
                         RxVerdict::RefusedSyn => drops.refused_syns += 1,
                         RxVerdict::QueueFull => drops.queue_full += 1,
-                        RxVerdict::Queued(_) | RxVerdict::Deferred | RxVerdict::NotTcp => {}
+                        RxVerdict::Queued(_)
+                        | RxVerdict::Deferred
+                        | RxVerdict::DuplicateSyn
+                        | RxVerdict::NotTcp => {}
                     }
                 }
                 Ok(Inbound::Arp { arp, .. }) => {
@@ -680,7 +687,13 @@ impl Poller {
                 // Counted above; dropped.
                 Ok(Inbound::NotOurs) | Err(_) => {}
             }
-        });
+        };
+        for _ in 0..RX_BATCHES_PER_ROUND {
+            // Each batch also refills the fill ring with the frames it released.
+            if xsk.receive(RX_BATCH, &mut handle) < RX_BATCH {
+                break;
+            }
+        }
         self.rx_counters.add(&batch);
         self.rx_counters.add_drops(drops);
         for request in self.arp_requests.drain(..) {
