@@ -26,8 +26,8 @@ use super::stats::ClientDataplane;
 
 /// Lowest local port handed out.
 const FIRST_PORT: u16 = 1024;
-/// Connections per smoltcp shard (each poll of a shard looks at all of its connections).
-const CONNS_PER_SHARD: usize = 64;
+/// Connections per smoltcp shard (each poll of a shard scans all of its sockets).
+const CONNS_PER_SHARD: usize = 16;
 /// Longest wait per poll, so the caller's schedule keeps its pace.
 const MAX_WAIT_MS: u64 = 5;
 

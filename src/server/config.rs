@@ -182,8 +182,11 @@ pub struct ServeConfig {
 }
 
 /// Connections per smoltcp shard the automatic shard count aims for: smoltcp scans a
-/// shard's sockets for every packet, so a shard must stay small.
-pub const CONNECTIONS_PER_SHARD: usize = 128;
+/// shard's sockets for every packet and every egress poll, and the poller reads every
+/// connection of a shard it polled, so a shard must stay small. 32, not 128: at 128 a
+/// million connections' heartbeats (one packet polls a shard) cost more than a core on
+/// the veth lab; a shard's own memory (~3 KB with its listener) is ~100 B per connection.
+pub const CONNECTIONS_PER_SHARD: usize = 32;
 
 /// The AF_XDP dataplane's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]

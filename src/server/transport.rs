@@ -20,7 +20,7 @@ use super::metrics;
 
 /// Fewest and most shards per queue the automatic sizing picks.
 const MIN_AUTO_SHARDS: usize = 16;
-const MAX_AUTO_SHARDS: usize = 8192;
+const MAX_AUTO_SHARDS: usize = 65_536;
 
 /// The running dataplane.
 pub enum Transport {

@@ -93,6 +93,9 @@ pub struct ShardSet {
     timers: BinaryHeap<Reverse<(u64, usize)>>,
     /// Indexes of the shards the last `poll` polled.
     last_polled: Vec<usize>,
+    /// Whether a shard is in `last_polled` (an O(1) test: thousands of shards can be
+    /// polled in one round).
+    in_last_polled: Vec<bool>,
     /// Shards whose listener has a SYN queued for the next poll.
     syn_pending: Vec<bool>,
     /// SYNs waiting for their shard's listener to be re-armed.
@@ -117,6 +120,7 @@ impl ShardSet {
             next_at: vec![None; n],
             timers: BinaryHeap::with_capacity(n),
             last_polled: Vec::with_capacity(n),
+            in_last_polled: vec![false; n],
             syn_pending: vec![false; n],
             deferred: Vec::new(),
             deferred_pool: Vec::new(),
@@ -229,6 +233,9 @@ impl ShardSet {
                 self.mark_dirty(index);
             }
         }
+        for &index in &self.last_polled {
+            self.in_last_polled[index] = false;
+        }
         self.last_polled.clear();
         let mut polled = self.poll_dirty(now_ms, &mut transmit);
         // Each round re-arms the listeners the previous SYNs took, so at least one deferred
@@ -267,7 +274,8 @@ impl ShardSet {
                     self.timers.push(Reverse((at, index)));
                 }
             }
-            if !self.last_polled.contains(&index) {
+            if !self.in_last_polled[index] {
+                self.in_last_polled[index] = true;
                 self.last_polled.push(index);
             }
             polled += 1;
@@ -290,8 +298,16 @@ impl ShardSet {
     }
 
     /// The earliest shard timer, if any (when to call [`ShardSet::poll`] next at the latest).
-    pub fn poll_at(&self) -> Option<u64> {
-        self.next_at.iter().flatten().min().copied()
+    /// The top of the timer heap, after dropping its stale entries: O(log n), not a scan of
+    /// every shard (a million connections are 60,000 shards, and this runs every round).
+    pub fn poll_at(&mut self) -> Option<u64> {
+        while let Some(&Reverse((at, index))) = self.timers.peek() {
+            if self.next_at[index] == Some(at) {
+                return Some(at);
+            }
+            self.timers.pop();
+        }
+        None
     }
 
     /// Shard `index`, to read or write its connections (then [`ShardSet::mark_dirty`]).
@@ -533,12 +549,18 @@ mod tests {
     fn a_retransmitted_syn_does_not_open_a_second_connection() {
         let mut set = set(1, 100);
         let mut syn_acks = Vec::new();
-        assert!(matches!(set.push_rx(&syn_from(40000)), RxVerdict::Queued(0)));
+        assert!(matches!(
+            set.push_rx(&syn_from(40000)),
+            RxVerdict::Queued(0)
+        ));
         set.poll(1, |_, p| syn_acks.push(p.to_vec()));
         // The SYN-ACK was lost; the client sends its SYN again, once after the poll and
         // once twice within one poll.
         assert_eq!(set.push_rx(&syn_from(40000)), RxVerdict::DuplicateSyn);
-        assert!(matches!(set.push_rx(&syn_from(40001)), RxVerdict::Queued(0)));
+        assert!(matches!(
+            set.push_rx(&syn_from(40001)),
+            RxVerdict::Queued(0)
+        ));
         assert_eq!(set.push_rx(&syn_from(40001)), RxVerdict::Deferred);
         set.poll(2, |_, p| syn_acks.push(p.to_vec()));
         assert_eq!(set.shard_mut(0).unwrap().connection_count(), 2);

@@ -354,6 +354,15 @@ impl TcpShard {
         }
     }
 
+    /// Whether live connection `handle` has something for its reader: received data, or
+    /// the peer's FIN (CLOSE-WAIT). False for a handle that is not a live connection.
+    pub fn wants_read(&self, handle: SocketHandle) -> bool {
+        self.live.contains(&handle) && {
+            let socket = self.sockets.get::<tcp::Socket>(handle);
+            socket.can_recv() || socket.state() == tcp::State::CloseWait
+        }
+    }
+
     /// The handles of the live connections.
     pub fn connection_handles(&self) -> &[SocketHandle] {
         &self.connections

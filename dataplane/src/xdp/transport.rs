@@ -781,8 +781,9 @@ impl Poller {
         self.polled = polled;
     }
 
-    /// Reads every connection of the shards just polled through its decoder. Cost: the
-    /// connections of those shards only, never all of the poller's.
+    /// Reads the connections of the shards just polled that have data (or the peer's FIN)
+    /// through their decoders. Cost: a look at the connections of those shards only, never
+    /// all of the poller's.
     fn read_polled(&mut self) {
         let mut polled = std::mem::take(&mut self.polled);
         polled.clear();
@@ -791,9 +792,12 @@ impl Poller {
         for &shard in &polled {
             keys.clear();
             if let Some(s) = self.shards.shard_mut(shard) {
+                // Only those with data or the peer's FIN: reading every connection of a
+                // polled shard was a sixth of a poller's time at a million connections.
                 keys.extend(
                     s.connection_handles()
                         .iter()
+                        .filter(|handle| s.wants_read(**handle))
                         .filter_map(|handle| self.by_socket.get(&(shard, *handle)).copied()),
                 );
             }
