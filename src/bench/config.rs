@@ -476,6 +476,33 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn xdp_sources_are_the_network_s_first_hosts_one_per_60000_connections() {
+        let setup = XdpClientSetup {
+            iface: "petrel-n".into(),
+            source_addr: Ipv4Addr::new(10, 78, 3, 4),
+            prefix_len: 16,
+            tcp_buffer: 4096,
+        };
+        assert_eq!(setup.sources(1), [Ipv4Addr::new(10, 78, 0, 1)]);
+        let million = setup.sources(1_000_000);
+        assert_eq!(million.len(), 17);
+        assert_eq!(million[16], Ipv4Addr::new(10, 78, 0, 17));
+        assert!(setup.contains(Ipv4Addr::new(10, 78, 255, 254)));
+        assert!(!setup.contains(Ipv4Addr::new(10, 79, 0, 1)));
+    }
+
+    #[test]
+    fn cidrs_parse_or_say_why_not() {
+        assert_eq!(
+            parse_cidr("10.78.0.0/16").unwrap(),
+            (Ipv4Addr::new(10, 78, 0, 0), 16)
+        );
+        for bad in ["10.78.0.0", "10.78.0.0/33", "host/16", "10.78.0.0/x"] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+    }
+
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]

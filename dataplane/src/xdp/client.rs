@@ -30,17 +30,15 @@ use std::time::{Duration, Instant};
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
-use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame,
-    EthernetProtocol, EthernetRepr, Ipv4Cidr,
-};
+use smoltcp::wire::{ArpRepr, EthernetAddress, Ipv4Cidr};
 
 use super::filter::{AttachMode, FilterConfig, XdpFilter};
-use super::neighbour::{ARP_FRAME_LEN, NeighbourConfig, NeighbourTable, arp_reply};
-use super::shards::{OpenError, RxVerdict, ShardSet, ShardSetConfig};
+use super::neighbour::{NeighbourConfig, NeighbourTable, arp_reply, arp_request};
+use super::rx::Intake;
+use super::shards::{OpenError, ShardSet, ShardSetConfig};
 use super::tcp::{ShardConfig, frame_ipv4};
 use super::transport::{SocketDrops, TcpDrops, XdpError, bind_retrying, interface_mac};
-use super::wire::{Inbound, RxCounters, classify_for};
+use super::wire::RxCounters;
 use crate::sys::event::{WAIT_ANY_MAX, wait_any};
 use crate::sys::xsk::{Xsk, XskConfig};
 
@@ -447,39 +445,19 @@ impl XdpClient {
             tcp_drops,
             ..
         } = self;
-        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut intake = Intake {
+            ours: *source,
+            answer_arp: true,
+            now_ms: u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
+            shards,
+            neighbours,
+            arp_requests,
+            counters: rx,
+            drops: tcp_drops,
+        };
         for xsk in xsks.iter_mut() {
             for _ in 0..RX_BATCHES_PER_POLL {
-                let taken = xsk.receive(RX_BATCH, |frame| {
-                    let result = classify_for(frame, *source);
-                    rx.record(&result);
-                    match result {
-                        Ok(Inbound::Tcp {
-                            src_mac,
-                            src,
-                            ip_packet,
-                        }) => {
-                            neighbours.learn(src, src_mac, now);
-                            if shards.push_rx(ip_packet) == RxVerdict::QueueFull {
-                                tcp_drops.queue_full += 1;
-                            }
-                        }
-                        Ok(Inbound::Arp { arp, .. }) => {
-                            neighbours.learn_arp(&arp, now);
-                            if matches!(
-                                arp,
-                                ArpRepr::EthernetIpv4 {
-                                    operation: ArpOperation::Request,
-                                    ..
-                                }
-                            ) {
-                                arp_requests.push(arp);
-                            }
-                        }
-                        Ok(Inbound::NotOurs) | Err(_) => {}
-                    }
-                });
-                if taken < RX_BATCH {
+                if xsk.receive(RX_BATCH, |frame| intake.take(frame)) < RX_BATCH {
                     break;
                 }
             }
@@ -570,31 +548,4 @@ impl XdpClient {
 /// The first host address of `net` (its network address + 1; `net` is /30 or wider).
 fn first_host(net: Ipv4Cidr) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(net.network().address()) + 1)
-}
-
-/// Builds an ARP request "who has `target`, tell `our_ip`" into `buf`.
-fn arp_request(
-    our_mac: EthernetAddress,
-    our_ip: Ipv4Addr,
-    target: Ipv4Addr,
-    buf: &mut [u8],
-) -> Option<usize> {
-    let request = ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Request,
-        source_hardware_addr: our_mac,
-        source_protocol_addr: our_ip,
-        target_hardware_addr: EthernetAddress([0; 6]),
-        target_protocol_addr: target,
-    };
-    let frame_buf = buf.get_mut(..ARP_FRAME_LEN)?;
-    let mut frame = EthernetFrame::new_checked(frame_buf).ok()?;
-    EthernetRepr {
-        src_addr: our_mac,
-        dst_addr: EthernetAddress::BROADCAST,
-        ethertype: EthernetProtocol::Arp,
-    }
-    .emit(&mut frame);
-    request.emit(&mut ArpPacket::new_checked(frame.payload_mut()).ok()?);
-    debug_assert_eq!(ARP_FRAME_LEN, ETHERNET_HEADER_LEN + request.buffer_len());
-    Some(ARP_FRAME_LEN)
 }

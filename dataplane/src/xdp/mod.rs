@@ -27,22 +27,23 @@
 //! - [`shards`]: many shards per core by 4-tuple hash, polling only those with work or an
 //!   expired timer, refusing SYNs for a full shard;
 //! - [`transport`]: [`transport::XdpTransport`], one pinned poller per queue behind the
-//!   same boundary as the kernel transport (`Event`s out, `CoreCommand`s in). First version,
-//!   tested end to end on the veth lab (connect, frame error, send, close).
+//!   same boundary as the kernel transport (`Event`s out, `CoreCommand`s in), served by
+//!   `petrel serve --dataplane xdp` and tested end to end on the veth lab;
+//! - [`client`]: [`client::XdpClient`], the same pieces pointed the other way — outgoing
+//!   connections from a whole source network, for `petrel bench --client-mode xdp`.
 //!
 //! The AF_XDP socket itself is [`crate::sys::xsk::Xsk`] (receive and single-frame
 //! transmit), in `sys`, the one module where unsafe code may live.
 //!
-//! **Not written yet** (the AF_XDP issue): `--dataplane xdp` in `petrel serve` (the lead
-//! wires it), per-port ntuple steering with several queues (one queue is steered),
-//! batched transmit and in-place replies, delayed-ACK/RTO tuning, idle-connection memory
-//! (smoltcp buffers are allocated per socket up front), the e2e suite and
-//! 100k-connection/RSS runs over the lab, and latency/throughput numbers.
+//! **Not written yet**: per-port ntuple steering with several queues (one queue is
+//! steered), in-place replies, buffers that exist only while data is in flight (idle
+//! connections cost ~2.9 KB with 512-byte buffers), zero-copy binds, IPv6.
 
 pub mod client;
 pub mod filter;
 pub mod neighbour;
 pub mod ring;
+mod rx;
 pub mod shards;
 pub mod tcp;
 pub mod transport;

@@ -63,6 +63,33 @@ pub fn arp_reply(
     Some(ARP_FRAME_LEN)
 }
 
+/// Builds an ARP request "who has `target`, tell `our_ip`" (broadcast) into `buf`;
+/// returns the frame length, or `None` if `buf` is too short.
+pub fn arp_request(
+    our_mac: EthernetAddress,
+    our_ip: Ipv4Address,
+    target: Ipv4Address,
+    buf: &mut [u8],
+) -> Option<usize> {
+    let request = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: our_mac,
+        source_protocol_addr: our_ip,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    };
+    let frame_buf = buf.get_mut(..ARP_FRAME_LEN)?;
+    let mut frame = EthernetFrame::new_checked(frame_buf).ok()?;
+    EthernetRepr {
+        src_addr: our_mac,
+        dst_addr: EthernetAddress::BROADCAST,
+        ethertype: EthernetProtocol::Arp,
+    }
+    .emit(&mut frame);
+    request.emit(&mut ArpPacket::new_checked(frame.payload_mut()).ok()?);
+    Some(ARP_FRAME_LEN)
+}
+
 /// Settings of a [`NeighbourTable`].
 #[derive(Debug, Clone, Copy)]
 pub struct NeighbourConfig {

@@ -370,6 +370,25 @@ mod tests {
         )
     }
 
+    /// A client's set: no listener, AnyIP for 10.78.0.0/16.
+    fn client_set(shards: usize, max: usize) -> ShardSet {
+        ShardSet::new(
+            ShardSetConfig {
+                shards,
+                max_connections_per_shard: max,
+                seed: 7,
+                shard: ShardConfig {
+                    addr: std::net::Ipv4Addr::new(10, 78, 0, 1),
+                    prefix_len: 16,
+                    port: 0,
+                    any_ip: true,
+                    ..ShardConfig::default()
+                },
+            },
+            0,
+        )
+    }
+
     /// The fixture SYN from source port `port`, checksums fixed.
     fn syn_from(port: u16) -> Vec<u8> {
         let mut frame = syn_frame(OURS, 0);
@@ -474,21 +493,7 @@ mod tests {
     fn an_active_open_lands_where_the_replies_hash_and_completes() {
         use std::net::{Ipv4Addr, SocketAddrV4};
         let mut server = set(8, 100);
-        let mut client = ShardSet::new(
-            ShardSetConfig {
-                shards: 16,
-                max_connections_per_shard: 100,
-                seed: 7,
-                shard: ShardConfig {
-                    addr: Ipv4Addr::new(10, 78, 0, 1),
-                    prefix_len: 16,
-                    port: 0,
-                    any_ip: true,
-                    ..ShardConfig::default()
-                },
-            },
-            0,
-        );
+        let mut client = client_set(16, 100);
         let remote = SocketAddrV4::new(OURS, 9500);
         let mut opened = Vec::new();
         for k in 0..40u16 {
@@ -521,21 +526,7 @@ mod tests {
     #[test]
     fn an_active_open_into_a_full_shard_is_refused() {
         use std::net::{Ipv4Addr, SocketAddrV4};
-        let mut client = ShardSet::new(
-            ShardSetConfig {
-                shards: 1,
-                max_connections_per_shard: 1,
-                seed: 7,
-                shard: ShardConfig {
-                    addr: Ipv4Addr::new(10, 78, 0, 1),
-                    prefix_len: 16,
-                    port: 0,
-                    any_ip: true,
-                    ..ShardConfig::default()
-                },
-            },
-            0,
-        );
+        let mut client = client_set(1, 1);
         let remote = SocketAddrV4::new(OURS, 9500);
         let local = |port| SocketAddrV4::new(Ipv4Addr::new(10, 78, 0, 1), port);
         client.connect(local(2000), remote).unwrap();

@@ -27,13 +27,14 @@ use petrel_proto::{DecoderConfig, FrameDecoder};
 use slab::Slab;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
-use smoltcp::wire::{ArpOperation, ArpRepr, EthernetAddress, Ipv4Packet};
+use smoltcp::wire::{ArpRepr, EthernetAddress, Ipv4Cidr, Ipv4Packet};
 
 use super::filter::{AttachMode, FilterConfig, FilterCounters, FilterError, XdpFilter};
 use super::neighbour::{NeighbourConfig, NeighbourTable, arp_reply};
-use super::shards::{RxVerdict, ShardSet, ShardSetConfig};
+use super::rx::Intake;
+use super::shards::{ShardSet, ShardSetConfig};
 use super::tcp::{ShardConfig, frame_ipv4};
-use super::wire::{Inbound, Malformed, RxCounters, classify};
+use super::wire::{Malformed, RxCounters};
 use crate::boundary::{CoreCommand, CoreHandle, Router, Wake};
 use crate::sys::ethtool::{self, NtupleRule};
 use crate::sys::event::{EventFd, wait};
@@ -651,43 +652,17 @@ impl Poller {
         } = self;
         let mut batch = RxCounters::default();
         let mut drops = TcpDrops::default();
-        let mut handle = |frame: &[u8]| {
-            let result = classify(frame, *our_ip);
-            batch.record(&result);
-            match result {
-                Ok(Inbound::Tcp {
-                    src_mac,
-                    src,
-                    ip_packet,
-                }) => {
-                    neighbours.learn(src, src_mac, now);
-                    match shards.push_rx(ip_packet) {
-                        RxVerdict::RefusedSyn => drops.refused_syns += 1,
-                        RxVerdict::QueueFull => drops.queue_full += 1,
-                        RxVerdict::Queued(_)
-                        | RxVerdict::Deferred
-                        | RxVerdict::DuplicateSyn
-                        | RxVerdict::NotTcp => {}
-                    }
-                }
-                Ok(Inbound::Arp { arp, .. }) => {
-                    neighbours.learn_arp(&arp, now);
-                    if *own_arp
-                        && matches!(
-                            arp,
-                            ArpRepr::EthernetIpv4 {
-                                operation: ArpOperation::Request,
-                                ..
-                            }
-                        )
-                    {
-                        arp_requests.push(arp);
-                    }
-                }
-                // Counted above; dropped.
-                Ok(Inbound::NotOurs) | Err(_) => {}
-            }
+        let mut intake = Intake {
+            ours: Ipv4Cidr::new(*our_ip, 32),
+            answer_arp: *own_arp,
+            now_ms: now,
+            shards,
+            neighbours,
+            arp_requests,
+            counters: &mut batch,
+            drops: &mut drops,
         };
+        let mut handle = |frame: &[u8]| intake.take(frame);
         for _ in 0..RX_BATCHES_PER_ROUND {
             // Each batch also refills the fill ring with the frames it released.
             if xsk.receive(RX_BATCH, &mut handle) < RX_BATCH {

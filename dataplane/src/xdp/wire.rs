@@ -257,22 +257,10 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn arp_request(target: Ipv4Address) -> Vec<u8> {
-        let arp = ArpRepr::EthernetIpv4 {
-            operation: ArpOperation::Request,
-            source_hardware_addr: PEER_MAC,
-            source_protocol_addr: PEER,
-            target_hardware_addr: EthernetAddress([0; 6]),
-            target_protocol_addr: target,
-        };
-        let eth = EthernetRepr {
-            src_addr: PEER_MAC,
-            dst_addr: EthernetAddress::BROADCAST,
-            ethertype: EthernetProtocol::Arp,
-        };
-        let mut buf = vec![0u8; ETHERNET_HEADER_LEN + arp.buffer_len()];
-        let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
-        eth.emit(&mut frame);
-        arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+        let mut buf = vec![0u8; crate::xdp::neighbour::ARP_FRAME_LEN];
+        let len = crate::xdp::neighbour::arp_request(PEER_MAC, PEER, target, &mut buf)
+            .expect("an ARP frame fits");
+        buf.truncate(len);
         buf
     }
 

@@ -1,0 +1,67 @@
+//! What the dataplane does with one received frame, the same for the server's pollers
+//! ([`super::transport`]) and the load generator's client ([`super::client`]): classify
+//! it, learn the sender's MAC, hand a TCP segment to its shard, keep an ARP request to be
+//! answered. Performance-critical path: no allocation, no logging.
+
+use smoltcp::wire::{ArpOperation, ArpRepr, Ipv4Cidr};
+
+use super::neighbour::NeighbourTable;
+use super::shards::{RxVerdict, ShardSet};
+use super::transport::TcpDrops;
+use super::wire::{Inbound, RxCounters, classify_for};
+
+/// Where received frames go, borrowed from their owner for one batch.
+pub(crate) struct Intake<'a> {
+    /// The addresses that are ours (a server's one address, a client's network).
+    pub ours: Ipv4Cidr,
+    /// Keep ARP requests for `ours` to answer (we, not the kernel, own the addresses).
+    pub answer_arp: bool,
+    /// The owner's clock, milliseconds.
+    pub now_ms: u64,
+    pub shards: &'a mut ShardSet,
+    pub neighbours: &'a mut NeighbourTable,
+    /// ARP requests to answer after the batch.
+    pub arp_requests: &'a mut Vec<ArpRepr>,
+    pub counters: &'a mut RxCounters,
+    pub drops: &'a mut TcpDrops,
+}
+
+impl Intake<'_> {
+    /// Takes one frame.
+    pub(crate) fn take(&mut self, frame: &[u8]) {
+        let result = classify_for(frame, self.ours);
+        self.counters.record(&result);
+        match result {
+            Ok(Inbound::Tcp {
+                src_mac,
+                src,
+                ip_packet,
+            }) => {
+                self.neighbours.learn(src, src_mac, self.now_ms);
+                match self.shards.push_rx(ip_packet) {
+                    RxVerdict::RefusedSyn => self.drops.refused_syns += 1,
+                    RxVerdict::QueueFull => self.drops.queue_full += 1,
+                    RxVerdict::Queued(_)
+                    | RxVerdict::Deferred
+                    | RxVerdict::DuplicateSyn
+                    | RxVerdict::NotTcp => {}
+                }
+            }
+            Ok(Inbound::Arp { arp, .. }) => {
+                self.neighbours.learn_arp(&arp, self.now_ms);
+                let request = matches!(
+                    arp,
+                    ArpRepr::EthernetIpv4 {
+                        operation: ArpOperation::Request,
+                        ..
+                    }
+                );
+                if self.answer_arp && request {
+                    self.arp_requests.push(arp);
+                }
+            }
+            // Counted above; dropped.
+            Ok(Inbound::NotOurs) | Err(_) => {}
+        }
+    }
+}
