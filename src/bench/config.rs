@@ -102,6 +102,12 @@ pub struct BenchArgs {
     /// TCP handshakes + logins in flight at once while connecting.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// Most new connections per second (over all load-generating processes) while
+    /// connecting; default: as fast as --connect-concurrency allows. A connect storm that
+    /// outlasts the heartbeat interval adds every connection's first heartbeat to the
+    /// logins still under way: pace it so the server keeps up.
+    #[arg(long, value_name = "PER_SEC")]
+    pub connect_rate: Option<f64>,
     /// Most seconds for connecting and logging in every connection.
     #[arg(long, default_value_t = 120.0, value_name = "SECS")]
     pub connect_timeout: f64,
@@ -248,6 +254,9 @@ pub struct BenchConfig {
     pub heartbeat: Duration,
     /// Handshakes in flight.
     pub connect_concurrency: usize,
+    /// New connections per second over all processes, if paced.
+    #[serde(default)]
+    pub connect_rate: Option<f64>,
     /// Connect phase limit.
     pub connect_timeout: Duration,
     /// Explicit source addresses (empty = automatic).
@@ -361,6 +370,11 @@ impl BenchConfig {
         if args.window == 0 {
             bail!("--window must be at least 1");
         }
+        if let Some(rate) = args.connect_rate
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            bail!("--connect-rate must be a positive number of connections per second, not {rate}");
+        }
         if args.connect_concurrency == 0 {
             bail!("--connect-concurrency must be at least 1");
         }
@@ -395,6 +409,7 @@ impl BenchConfig {
             payload: "x".repeat(args.payload),
             heartbeat: secs("heartbeat", args.heartbeat, 0.1)?,
             connect_concurrency: args.connect_concurrency,
+            connect_rate: args.connect_rate,
             connect_timeout: secs("connect-timeout", args.connect_timeout, 1.0)?,
             source_ips,
             // The AF_XDP client needs no descriptor per connection: one process.

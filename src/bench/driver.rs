@@ -117,9 +117,15 @@ pub fn run_shard(job: &ShardJob, ctl: &mut dyn ShardControl) -> anyhow::Result<S
     let mut engine = Engine::new(io, keyring, &specs, &config.payload, clock)?;
 
     engine.set_keepalive(Some(config.heartbeat));
-    let connected = engine.connect_all(config.connect_concurrency, config.connect_timeout, |s| {
-        ctl.progress(Phase::Connecting, &s.counts)
-    });
+    // This shard's share of the paced rate.
+    let share = (shard.end - shard.start) as f64 / plan.connections().max(1) as f64;
+    let rate = config.connect_rate.map(|r| r * share);
+    let connected = engine.connect_all(
+        config.connect_concurrency,
+        rate,
+        config.connect_timeout,
+        |s| ctl.progress(Phase::Connecting, &s.counts),
+    );
     if let (Err(e), Io::Xdp(xdp)) = (&connected, engine.io()) {
         // The AF_XDP client's drops often explain a failed connect phase.
         bail!("{e:#}; AF_XDP client counters: {:?}", xdp.counters());
@@ -482,6 +488,7 @@ mod tests {
             payload: String::new(),
             heartbeat: Duration::from_secs(1),
             connect_concurrency: 1,
+            connect_rate: None,
             connect_timeout: Duration::from_secs(1),
             source_ips,
             conns_per_process: 18_000,

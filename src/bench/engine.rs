@@ -268,10 +268,12 @@ impl Engine {
     }
 
     /// Opens every connection and logs each in, at most `concurrency` handshakes at a
-    /// time, within `timeout`. Fails on the first refused login or connect error.
+    /// time and (if given) `rate` new connections per second, within `timeout`. Fails on
+    /// the first refused login or connect error.
     pub fn connect_all(
         &mut self,
         concurrency: usize,
+        rate: Option<f64>,
         timeout: Duration,
         mut progress: impl FnMut(&Stats),
     ) -> anyhow::Result<()> {
@@ -280,7 +282,10 @@ impl Engine {
         let mut next = 0;
         let mut last_progress = Instant::now();
         while (self.stats.counts.logged_in as usize) < self.conns.len() {
-            while next < self.conns.len() && self.pending_logins < concurrency {
+            let allowed = rate.map_or(self.conns.len(), |r| {
+                ((start.elapsed().as_secs_f64() * r) as usize + 1).min(self.conns.len())
+            });
+            while next < allowed && self.pending_logins < concurrency {
                 self.open(next)?;
                 next += 1;
             }

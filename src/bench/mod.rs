@@ -325,7 +325,7 @@ fn create_account(
     };
     let io = Io::Kernel(KernelIo::new(server, 1)?);
     let mut engine = Engine::new(io, keyring.clone(), &[spec], "", Clock::new())?;
-    engine.connect_all(1, config.connect_timeout, |_| {})?;
+    engine.connect_all(1, None, config.connect_timeout, |_| {})?;
     engine.set_capture_responses(true);
     let id = engine.request(0, driver::create_account_op(owner))?;
     let frames = driver::await_responses(&mut engine, &[(0, id)], config.connect_timeout)?;
