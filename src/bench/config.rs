@@ -214,22 +214,28 @@ pub struct XdpClientSetup {
 pub const XDP_CONNS_PER_SOURCE: u64 = 60_000;
 
 impl XdpClientSetup {
-    /// Source addresses for `connections` connections when none are given: the network's
-    /// first host addresses, one per [`XDP_CONNS_PER_SOURCE`].
-    pub fn sources(&self, connections: u64) -> Vec<Ipv4Addr> {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix_len))
-            .unwrap_or(0);
-        let first = (u32::from(self.source_addr) & mask) + 1;
-        let count = connections.div_ceil(XDP_CONNS_PER_SOURCE).max(1) as u32;
-        (0..count).map(|k| Ipv4Addr::from(first + k)).collect()
+    /// Source addresses `connections` connections use when none are given: one per
+    /// [`XDP_CONNS_PER_SOURCE`].
+    pub fn sources_needed(connections: u64) -> u64 {
+        connections.div_ceil(XDP_CONNS_PER_SOURCE).max(1)
+    }
+
+    /// The source of connection `i` of `connections` when none are given: the network's
+    /// first [`XdpClientSetup::sources_needed`] host addresses, round-robin.
+    pub fn source(&self, connections: u64, i: u64) -> Ipv4Addr {
+        let first = (u32::from(self.source_addr) & self.mask()) + 1;
+        let k = i % Self::sources_needed(connections);
+        Ipv4Addr::from(first + k as u32)
     }
 
     fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX
+        u32::from(ip) & self.mask() == u32::from(self.source_addr) & self.mask()
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX
             .checked_shl(32 - u32::from(self.prefix_len))
-            .unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.source_addr) & mask
+            .unwrap_or(0)
     }
 }
 
@@ -422,7 +428,7 @@ impl BenchConfig {
             xdp,
         };
         if let Some(setup) = &config.xdp {
-            let needed = config.plan().connections().div_ceil(XDP_CONNS_PER_SOURCE);
+            let needed = XdpClientSetup::sources_needed(config.plan().connections());
             let hosts = (1u64 << (32 - u32::from(setup.prefix_len))) - 2;
             if config.source_ips.is_empty() && needed > hosts {
                 bail!(
@@ -499,10 +505,10 @@ mod tests {
             prefix_len: 16,
             tcp_buffer: 4096,
         };
-        assert_eq!(setup.sources(1), [Ipv4Addr::new(10, 78, 0, 1)]);
-        let million = setup.sources(1_000_000);
-        assert_eq!(million.len(), 17);
-        assert_eq!(million[16], Ipv4Addr::new(10, 78, 0, 17));
+        assert_eq!(setup.source(1, 0), Ipv4Addr::new(10, 78, 0, 1));
+        assert_eq!(XdpClientSetup::sources_needed(1_000_000), 17);
+        assert_eq!(setup.source(1_000_000, 16), Ipv4Addr::new(10, 78, 0, 17));
+        assert_eq!(setup.source(1_000_000, 17), Ipv4Addr::new(10, 78, 0, 1));
         assert!(setup.contains(Ipv4Addr::new(10, 78, 255, 254)));
         assert!(!setup.contains(Ipv4Addr::new(10, 79, 0, 1)));
     }

@@ -81,11 +81,7 @@ pub fn source_for(config: &BenchConfig, server: SocketAddr, i: u64) -> Option<Ip
     }
     let total = config.plan().connections();
     if let Some(setup) = &config.xdp {
-        let count = total.div_ceil(super::config::XDP_CONNS_PER_SOURCE).max(1);
-        let first = setup.sources(1)[0];
-        return Some(IpAddr::V4(Ipv4Addr::from(
-            u32::from(first) + (i % count) as u32,
-        )));
+        return Some(IpAddr::V4(setup.source(total, i)));
     }
     if server.ip().is_loopback() && server.is_ipv4() && total > CONNS_PER_LOOPBACK_SOURCE {
         let sources = total.div_ceil(CONNS_PER_LOOPBACK_SOURCE);
