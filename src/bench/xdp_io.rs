@@ -37,7 +37,7 @@ pub struct XdpIo {
     keys: Vec<Option<ConnKey>>,
     by_key: HashMap<ConnKey, usize>,
     /// Connections that ended before the engine looked (refused, reset).
-    failed: Vec<Option<String>>,
+    failed: Vec<bool>,
     next_port: HashMap<Ipv4Addr, u16>,
     outcome: PollOutcome,
 }
@@ -92,7 +92,7 @@ impl XdpIo {
             client,
             keys: vec![None; connections],
             by_key: HashMap::with_capacity(connections),
-            failed: vec![None; connections],
+            failed: vec![false; connections],
             next_port: HashMap::new(),
             outcome: PollOutcome::default(),
         })
@@ -143,8 +143,8 @@ impl XdpIo {
     }
 
     pub(super) fn handshake(&mut self, i: usize) -> Handshake {
-        if let Some(why) = self.failed[i].take() {
-            return Handshake::Failed(why);
+        if std::mem::take(&mut self.failed[i]) {
+            return Handshake::Failed("reset by the server, refused or timed out".into());
         }
         let Some(key) = self.keys[i] else {
             return Handshake::Failed("closed".into());
@@ -185,7 +185,7 @@ impl XdpIo {
         for key in &self.outcome.closed {
             if let Some(i) = self.by_key.remove(key) {
                 self.keys[i] = None;
-                self.failed[i] = Some("reset by the server, refused or timed out".into());
+                self.failed[i] = true;
                 ready.push(Ready {
                     conn: i,
                     readable: true,

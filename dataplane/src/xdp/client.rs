@@ -354,11 +354,8 @@ impl XdpClient {
     pub fn stats(&self) -> XdpClientStats {
         let mut sockets = SocketDrops::default();
         for xsk in &self.xsks {
-            if let Ok(s) = xsk.statistics() {
-                sockets.rx_dropped += s.rx_dropped;
-                sockets.rx_ring_full += s.rx_ring_full;
-                sockets.fill_ring_empty += s.rx_fill_ring_empty_descs;
-                sockets.invalid_descs += s.rx_invalid_descs + s.tx_invalid_descs;
+            if let Ok(stats) = xsk.statistics() {
+                sockets.add(&stats);
             }
         }
         XdpClientStats {
@@ -435,6 +432,7 @@ impl XdpClient {
 
     /// Takes what every queue received: ARP learned and answered, TCP to its shard.
     fn receive(&mut self) {
+        let now_ms = self.now_ms();
         let XdpClient {
             xsks,
             shards,
@@ -448,7 +446,7 @@ impl XdpClient {
         let mut intake = Intake {
             ours: *source,
             answer_arp: true,
-            now_ms: u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
+            now_ms,
             shards,
             neighbours,
             arp_requests,

@@ -137,6 +137,16 @@ pub struct SocketDrops {
     pub invalid_descs: u64,
 }
 
+impl SocketDrops {
+    /// Adds one socket's kernel statistics.
+    pub fn add(&mut self, stats: &XskStatistics) {
+        self.rx_dropped += stats.rx_dropped;
+        self.rx_ring_full += stats.rx_ring_full;
+        self.fill_ring_empty += stats.rx_fill_ring_empty_descs;
+        self.invalid_descs += stats.rx_invalid_descs + stats.tx_invalid_descs;
+    }
+}
+
 /// What one poller's classifier saw, published with relaxed atomics once per batch.
 #[derive(Debug, Default)]
 struct SharedRxCounters {
@@ -155,16 +165,16 @@ struct SharedRxCounters {
 
 impl SharedRxCounters {
     fn set_kernel(&self, stats: &XskStatistics) {
+        let mut drops = SocketDrops::default();
+        drops.add(stats);
         self.kernel_rx_dropped
-            .store(stats.rx_dropped, Ordering::Relaxed);
+            .store(drops.rx_dropped, Ordering::Relaxed);
         self.kernel_rx_ring_full
-            .store(stats.rx_ring_full, Ordering::Relaxed);
+            .store(drops.rx_ring_full, Ordering::Relaxed);
         self.kernel_fill_ring_empty
-            .store(stats.rx_fill_ring_empty_descs, Ordering::Relaxed);
-        self.kernel_invalid_descs.store(
-            stats.rx_invalid_descs + stats.tx_invalid_descs,
-            Ordering::Relaxed,
-        );
+            .store(drops.fill_ring_empty, Ordering::Relaxed);
+        self.kernel_invalid_descs
+            .store(drops.invalid_descs, Ordering::Relaxed);
     }
 
     fn add_drops(&self, drops: TcpDrops) {
