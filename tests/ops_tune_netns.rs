@@ -96,6 +96,19 @@ impl Lab {
         (out.status.success(), text)
     }
 
+    /// `petrel doctor --probe-xdp` on the namespace's interface; its output.
+    fn probe_xdp(&self) -> String {
+        let (_, out) = self.petrel(&[
+            "doctor",
+            "--probe-xdp",
+            "--iface",
+            &self.ns_if,
+            "--connections",
+            "1000",
+        ]);
+        out
+    }
+
     fn ns_read(&self, path: &str) -> String {
         let out = run(&["ip", "netns", "exec", &self.ns, "cat", path]);
         String::from_utf8_lossy(&out.stdout)
@@ -176,14 +189,7 @@ fn tune_changes_the_namespace_only_and_dry_run_nothing() {
     let ns_if = lab.ns_if.as_str();
     // Probing XDP on the fresh pair (4 rx queues each way) attaches the filter natively,
     // then detaches it.
-    let (_, out) = lab.petrel(&[
-        "doctor",
-        "--probe-xdp",
-        "--iface",
-        ns_if,
-        "--connections",
-        "1000",
-    ]);
+    let out = lab.probe_xdp();
     assert!(
         out.contains("native (driver mode): attached and detached"),
         "{out}"
@@ -289,14 +295,7 @@ fn tune_changes_the_namespace_only_and_dry_run_nothing() {
 
     // With 2 rx queues against the peer's 4 tx queues, veth refuses native XDP: the
     // probe says so and falls back to generic mode.
-    let (_, out) = lab.petrel(&[
-        "doctor",
-        "--probe-xdp",
-        "--iface",
-        ns_if,
-        "--connections",
-        "1000",
-    ]);
+    let out = lab.probe_xdp();
     assert!(
         out.contains("generic (SKB) mode only: native refused when probing"),
         "{out}"
