@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use petrel_proto::pb;
 
-use crate::conn_id::ConnId;
+use petrel_conn::ConnId;
 
 /// One room.
 #[derive(Debug, Default)]

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use petrel_proto::{Frame, FrameError, pb};
 use petrel_storage::{Reply, Request, StorageError};
 
-use crate::conn_id::ConnId;
+use petrel_conn::{ConnId, TransportEvent};
 
 /// Correlates a [`Action::Storage`] request with its [`Event::Storage`] completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -63,6 +63,18 @@ pub enum Event {
     /// Nothing happened but time passed: the driver reached
     /// [`crate::Control::poll_timeout`].
     Tick,
+}
+
+impl From<TransportEvent> for Event {
+    fn from(event: TransportEvent) -> Event {
+        match event {
+            TransportEvent::Opened { conn } => Event::Opened { conn },
+            TransportEvent::Frame { conn, frame } => Event::Frame { conn, frame },
+            TransportEvent::FrameError { conn, error } => Event::FrameError { conn, error },
+            TransportEvent::Flushed { conn, bytes } => Event::Flushed { conn, bytes },
+            TransportEvent::Closed { conn } => Event::Closed { conn },
+        }
+    }
 }
 
 /// Why the control plane closes a connection.

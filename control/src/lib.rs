@@ -16,7 +16,7 @@
 //! whose `Request`/`Reply` it speaks. The binary (`src/main.rs`) wires them together.
 //!
 //! Read it in this order:
-//! 1. [`time`], [`conn_id`] — the two ids every input carries.
+//! 1. [`time`], [`ConnId`] (from `petrel-conn`) — the two ids every input carries.
 //! 2. [`event`] — [`Event`] in, [`Action`] out.
 //! 3. [`Control`] (module `plane`) — the state machine and its calling order.
 //! 4. [`token`] — token format, key ring, cache, revocation list.
@@ -30,7 +30,6 @@
 
 pub mod chatroom;
 pub mod config;
-pub mod conn_id;
 pub mod convert;
 pub mod counters;
 pub mod event;
@@ -42,9 +41,9 @@ pub mod timers;
 pub mod token;
 
 pub use config::{Config, MultiDevicePolicy, RateLimit};
-pub use conn_id::ConnId;
 pub use counters::Counters;
 pub use event::{Action, CloseReason, Event, Ticket};
+pub use petrel_conn::ConnId;
 pub use plane::Control;
 pub use time::Timestamp;
 pub use token::{Claims, IssuedToken, KeyRing, TokenError, TokenSpec};

@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
-use crate::conn_id::ConnId;
 use crate::rate_limit::TokenBucket;
 use crate::time::Timestamp;
 use crate::token::TOKEN_ID_LEN;
+use petrel_conn::ConnId;
 
 /// A logged-in session's identity.
 #[derive(Debug, Clone)]

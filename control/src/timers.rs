@@ -18,8 +18,8 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use crate::conn_id::ConnId;
 use crate::time::Timestamp;
+use petrel_conn::ConnId;
 
 /// What a deadline is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -14,9 +14,9 @@ use petrel_storage::{ConversationKey, Member, Reply, Request, Role, StorageError
 
 use super::Control;
 use super::pending::{OpCtx, OpKind, Pending, ReplyTo};
-use crate::conn_id::ConnId;
 use crate::convert::{self, Target};
 use crate::time::Timestamp;
+use petrel_conn::ConnId;
 
 fn wire_members(members: impl IntoIterator<Item = Member>) -> Vec<pb::Member> {
     members

@@ -15,10 +15,10 @@ use prost::Message as _;
 
 use super::Control;
 use super::pending::{AppendCtx, Pending, ReplyTo};
-use crate::conn_id::ConnId;
 use crate::convert::{self, Target};
 use crate::counters::ByScenario;
 use crate::time::Timestamp;
+use petrel_conn::ConnId;
 
 /// Which per-scenario counter a conversation feeds.
 fn scenario(counters: &mut ByScenario, key: ConversationKey) -> &mut u64 {

@@ -28,7 +28,6 @@ use petrel_storage::{Reply, Request, StorageError};
 use self::pending::Pending;
 use crate::chatroom::Rooms;
 use crate::config::Config;
-use crate::conn_id::ConnId;
 use crate::counters::Counters;
 use crate::event::{Action, CloseReason, Event, Ticket};
 use crate::rate_limit::TokenBucket;
@@ -36,6 +35,7 @@ use crate::session::{Conn, Registry};
 use crate::time::Timestamp;
 use crate::timers::{TimerKind, TimerQueue};
 use crate::token::{KeyRing, RevocationList, VerifiedTokens};
+use petrel_conn::ConnId;
 
 /// How often the revocation list is pruned of expired entries.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);

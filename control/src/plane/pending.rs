@@ -10,7 +10,7 @@ use std::sync::Arc;
 use petrel_proto::pb;
 use petrel_storage::{ConversationKey, Role};
 
-use crate::conn_id::ConnId;
+use petrel_conn::ConnId;
 
 /// The context of one outstanding storage request.
 #[derive(Debug)]

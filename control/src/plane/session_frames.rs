@@ -9,12 +9,12 @@ use sha2::{Digest, Sha256};
 use super::Control;
 use super::pending::Pending;
 use crate::config::MultiDevicePolicy;
-use crate::conn_id::ConnId;
 use crate::event::CloseReason;
 use crate::session::Session;
 use crate::time::Timestamp;
 use crate::timers::TimerKind;
 use crate::token::{self, TOKEN_ID_LEN, TokenError, TokenSpec};
+use petrel_conn::ConnId;
 
 /// How long a client should wait before retrying a login refused during start-up.
 const NOT_READY_RETRY_MS: u32 = 1_000;

@@ -12,9 +12,9 @@ use petrel_storage::{Reply, Request, StorageError, SyncRequest, UserId};
 
 use super::Control;
 use super::pending::{HistoryCtx, Pending, ReplyTo, SyncCtx};
-use crate::conn_id::ConnId;
 use crate::convert::{self, Target};
 use crate::time::Timestamp;
+use petrel_conn::ConnId;
 
 /// Bytes of repeated fields a response may fill: the 64 KiB body limit minus room for
 /// the scalar fields.
