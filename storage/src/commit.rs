@@ -90,7 +90,7 @@ pub struct CommitStats {
     buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
     count: AtomicU64,
     sum_us: AtomicU64,
-    groups: AtomicU64,
+    pub(crate) groups: AtomicU64,
 }
 
 /// A copy of [`CommitStats`].
@@ -108,14 +108,21 @@ pub struct CommitStatsSnapshot {
 
 impl CommitStats {
     fn record(&self, latency: Duration) {
+        self.record_many(latency, 1);
+    }
+
+    /// Records `n` requests that each took `latency` (one group released together).
+    pub(crate) fn record_many(&self, latency: Duration, n: usize) {
+        let n = n as u64;
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         let i = LATENCY_BUCKETS_US
             .iter()
             .position(|&b| us <= b)
             .unwrap_or(LATENCY_BUCKETS_US.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.buckets[i].fetch_add(n, Ordering::Relaxed);
+        self.count.fetch_add(n, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(us.saturating_mul(n), Ordering::Relaxed);
     }
 
     /// The current values (each read on its own: a scrape racing the syncer may see a

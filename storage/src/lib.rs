@@ -21,7 +21,10 @@
 //! - [`engine`] — the domain logic ([`engine::Store`]), written once over [`kv::Kv`];
 //! - [`rocks`] — the RocksDB backend, its options and checkpoints;
 //! - [`commit`] — group commit (writer + syncer threads): submit now, completion once
-//!   durable.
+//!   durable;
+//! - [`committer`] — group commit for a run-to-completion loop: the loop applies each
+//!   group itself, a syncer thread fsyncs, replies are released once durable (what
+//!   `petrel serve` uses).
 //!
 //! `src/bin/storage-crash-child.rs` is a test helper for `tests/crash.rs`, not a server.
 //!
@@ -32,6 +35,7 @@
 pub mod api;
 pub mod cf;
 pub mod commit;
+pub mod committer;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -49,6 +53,7 @@ pub use commit::{
     CommitQueue, CommitQueueConfig, CommitStats, CommitStatsSnapshot, Completion,
     LATENCY_BUCKETS_US,
 };
+pub use committer::{Committer, GroupEngine, WakeLoop};
 pub use config::{DiffusionMode, StorageConfig, SyncMode};
 pub use engine::{Store, StoreStats};
 pub use error::{DecodeError, StorageError};

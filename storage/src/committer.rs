@@ -1,0 +1,540 @@
+//! Group commit for a run-to-completion loop: the loop applies each group itself, a
+//! syncer thread makes it durable, and the loop releases the group's replies once it is.
+//!
+//! ```text
+//!  per-core loop (one thread)                         syncer thread
+//!  ──────────────────────────                         ─────────────
+//!  commit(group k):  Engine::apply_batch  ──sync k──▶ take every request waiting,
+//!                    (not yet durable)                Engine::make_durable (one WAL
+//!  … keeps serving connections …                      fsync in SyncMode::Batch)
+//!  take_ready():     replies of groups ◀──durable k── wake the loop
+//!                    ≤ k, in order
+//! ```
+//!
+//! Unlike [`crate::CommitQueue`] there is no writer thread: the requests of one loop
+//! iteration are one group, applied on the loop's own core without a hand-off, and the
+//! loop never waits for the disk. Nobody may be told about a write before the fsync that
+//! covers it returned: replies (of reads too, which may have seen earlier groups' writes)
+//! are released strictly in group order, and a group's only after every write before it
+//! is durable. A group with no writes behind nothing unsynced is released at once.
+//!
+//! If an fsync fails, every write of the groups it covered is answered with an error
+//! (never an ack), and the committer refuses every later write with an error naming the
+//! cause — after a failed fsync the WAL's state is unknown, so only a restart (which
+//! replays the WAL) can be trusted. Reads still run.
+//!
+//! With a sync mode other than `Batch` ([`Committer::start`]'s `sync_rounds = false`)
+//! writes are as durable as the mode promises when `apply_batch` returns, and replies are
+//! released at once (`Always` fsyncs inside `apply_batch`, on the loop's thread).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use crate::api::{Engine, Reply, Request, fail_not_durable};
+use crate::commit::CommitStats;
+use crate::error::StorageError;
+
+/// What a [`Committer`] needs of an engine: apply a group, make it durable. Every
+/// [`Engine`] is one.
+pub trait GroupEngine: Send + Sync {
+    /// See [`Engine::apply_batch`].
+    fn apply_group(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>>;
+    /// See [`Engine::make_durable`].
+    fn sync_group(&self) -> Result<(), StorageError>;
+}
+
+impl<E: Engine + ?Sized> GroupEngine for E {
+    fn apply_group(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>> {
+        self.apply_batch(requests)
+    }
+    fn sync_group(&self) -> Result<(), StorageError> {
+        self.make_durable()
+    }
+}
+
+/// Called by the syncer thread after each fsync, to wake the loop (must be quick: write
+/// an eventfd).
+pub type WakeLoop = Arc<dyn Fn() + Send + Sync>;
+
+/// One applied group waiting for release.
+struct Group<T> {
+    id: u64,
+    tags: Vec<T>,
+    writes: Vec<bool>,
+    replies: Vec<Result<Reply, StorageError>>,
+    submitted: Instant,
+    /// Whether any write of the group succeeded (and so needs the fsync).
+    wrote: bool,
+}
+
+/// The loop's side of group commit. See the module docs.
+pub struct Committer<E: GroupEngine + 'static, T> {
+    engine: Arc<E>,
+    syncer: Option<Syncer>,
+    groups: VecDeque<Group<T>>,
+    next_group: u64,
+    /// Every group with an id below this is durable.
+    durable_below: u64,
+    /// Groups whose fsync failed: below this id, writes are answered with `failed`.
+    failed_below: u64,
+    /// Why writes are refused (after a failed fsync).
+    failed: Option<StorageError>,
+    in_flight: usize,
+    stats: Arc<CommitStats>,
+    requests: Vec<Request>,
+}
+
+impl<E: GroupEngine + 'static, T> std::fmt::Debug for Committer<E, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer")
+            .field("groups", &self.groups.len())
+            .field("in_flight", &self.in_flight)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Syncer {
+    requests: Option<Sender<u64>>,
+    done: Receiver<(u64, Result<(), StorageError>)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<E: GroupEngine + 'static, T> Committer<E, T> {
+    /// A committer over `engine`. With `sync_rounds` (the engine is in `SyncMode::Batch`)
+    /// a syncer thread is started that calls `wake` after every fsync; without, replies
+    /// are released as soon as a group is applied.
+    pub fn start(engine: Arc<E>, sync_rounds: bool, wake: WakeLoop) -> Result<Self, StorageError> {
+        let syncer = if sync_rounds {
+            let (requests_tx, requests_rx) = crossbeam_channel::unbounded::<u64>();
+            let (done_tx, done_rx) = crossbeam_channel::unbounded();
+            let engine = Arc::clone(&engine);
+            let thread = std::thread::Builder::new()
+                .name("petrel-syncer".into())
+                .spawn(move || syncer_loop(&*engine, &requests_rx, &done_tx, &*wake))?;
+            Some(Syncer {
+                requests: Some(requests_tx),
+                done: done_rx,
+                thread: Some(thread),
+            })
+        } else {
+            None
+        };
+        Ok(Committer {
+            engine,
+            syncer,
+            groups: VecDeque::new(),
+            next_group: 0,
+            durable_below: 0,
+            failed_below: 0,
+            failed: None,
+            in_flight: 0,
+            stats: Arc::new(CommitStats::default()),
+            requests: Vec::new(),
+        })
+    }
+
+    /// Submit-to-release latencies and durability rounds, for metrics.
+    pub fn stats(&self) -> Arc<CommitStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Requests committed and not yet released by [`Committer::take_ready`].
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Whether writes are refused after a failed fsync, and why.
+    pub fn failure(&self) -> Option<&StorageError> {
+        self.failed.as_ref()
+    }
+
+    /// Applies `batch` (drained) as one group now, in order, and asks the syncer to make
+    /// it durable. Its replies come out of [`Committer::take_ready`], tagged.
+    pub fn commit(&mut self, batch: &mut Vec<(T, Request)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let submitted = Instant::now();
+        let mut tags = Vec::with_capacity(batch.len());
+        let mut writes = Vec::with_capacity(batch.len());
+        let mut refused = Vec::new();
+        self.requests.clear();
+        for (i, (tag, request)) in batch.drain(..).enumerate() {
+            let write = request.is_write();
+            tags.push(tag);
+            writes.push(write);
+            if write && self.failed.is_some() {
+                refused.push(i);
+            } else {
+                self.requests.push(request);
+            }
+        }
+        let applied = self.engine.apply_group(std::mem::take(&mut self.requests));
+        let replies = if refused.is_empty() {
+            applied
+        } else {
+            let cause = self.failed.as_ref().map(ToString::to_string);
+            let mut applied = applied.into_iter();
+            let mut next_refused = refused.iter().peekable();
+            (0..tags.len())
+                .map(|i| {
+                    if next_refused.peek() == Some(&&i) {
+                        next_refused.next();
+                        Err(StorageError::Backend(format!(
+                            "storage refuses writes until the server is restarted: an earlier \
+                             WAL sync failed ({})",
+                            cause.as_deref().unwrap_or("unknown")
+                        )))
+                    } else {
+                        applied.next().unwrap_or_else(|| {
+                            Err(StorageError::Backend(
+                                "engine returned too few replies".into(),
+                            ))
+                        })
+                    }
+                })
+                .collect()
+        };
+        let wrote = writes.iter().zip(&replies).any(|(w, r)| *w && r.is_ok());
+        let id = self.next_group;
+        self.next_group += 1;
+        self.in_flight += tags.len();
+        self.groups.push_back(Group {
+            id,
+            tags,
+            writes,
+            replies,
+            submitted,
+            wrote,
+        });
+        match &self.syncer {
+            Some(syncer) if wrote => {
+                let sent = syncer
+                    .requests
+                    .as_ref()
+                    .is_some_and(|tx| tx.send(id).is_ok());
+                if !sent {
+                    self.sync_failed(
+                        id + 1,
+                        StorageError::Backend("storage syncer thread stopped".into()),
+                    );
+                }
+            }
+            // Nothing to make durable in this group, or the mode makes writes durable as
+            // they are applied.
+            _ => {
+                if self.syncer.is_none() {
+                    self.durable_below = self.next_group;
+                }
+            }
+        }
+    }
+
+    /// Releases, in order, the replies of every group that may be told now; calls
+    /// `release(tag, reply)` for each. Returns how many were released.
+    pub fn take_ready(&mut self, mut release: impl FnMut(T, Result<Reply, StorageError>)) -> usize {
+        self.collect_syncs();
+        let mut released = 0;
+        while let Some(front) = self.groups.front() {
+            // A group that wrote waits for its own fsync; one that did not waits only for
+            // the groups before it (reads may have seen their writes).
+            let ready = front.id < self.durable_below || !front.wrote;
+            if !ready {
+                break;
+            }
+            let Some(mut group) = self.groups.pop_front() else {
+                break;
+            };
+            if group.id < self.failed_below
+                && let Some(cause) = &self.failed
+            {
+                fail_not_durable(&group.writes, &mut group.replies, cause);
+            }
+            let now = Instant::now();
+            self.stats.record_many(
+                now.saturating_duration_since(group.submitted),
+                group.tags.len(),
+            );
+            released += group.tags.len();
+            for (tag, reply) in group.tags.into_iter().zip(group.replies) {
+                release(tag, reply);
+            }
+        }
+        self.in_flight -= released;
+        released
+    }
+
+    /// Whether [`Committer::take_ready`] would release something now.
+    pub fn has_ready(&mut self) -> bool {
+        self.collect_syncs();
+        self.groups
+            .front()
+            .is_some_and(|g| g.id < self.durable_below || !g.wrote)
+    }
+
+    fn collect_syncs(&mut self) {
+        let Some(syncer) = &self.syncer else {
+            return;
+        };
+        let mut failure = None;
+        loop {
+            match syncer.done.try_recv() {
+                Ok((through, Ok(()))) => {
+                    self.durable_below = self.durable_below.max(through + 1);
+                    self.stats.groups.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok((through, Err(e))) => failure = Some((through + 1, e)),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    failure = Some((
+                        self.next_group,
+                        StorageError::Backend("storage syncer thread stopped".into()),
+                    ));
+                    break;
+                }
+            }
+        }
+        if let Some((below, e)) = failure {
+            self.sync_failed(below, e);
+        }
+    }
+
+    fn sync_failed(&mut self, below: u64, cause: StorageError) {
+        self.failed_below = self.failed_below.max(below);
+        self.durable_below = self.durable_below.max(below);
+        if self.failed.is_none() {
+            self.failed = Some(cause);
+        }
+    }
+
+    /// Waits until every committed group is durable (or failed) and releases their
+    /// replies, then stops the syncer.
+    pub fn shutdown(mut self, mut release: impl FnMut(T, Result<Reply, StorageError>)) {
+        if let Some(syncer) = &mut self.syncer {
+            drop(syncer.requests.take());
+            while let Ok((through, result)) = syncer.done.recv() {
+                match result {
+                    Ok(()) => self.durable_below = self.durable_below.max(through + 1),
+                    Err(e) => {
+                        self.failed_below = self.failed_below.max(through + 1);
+                        self.durable_below = self.durable_below.max(through + 1);
+                        self.failed.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(thread) = syncer.thread.take() {
+                let _ = thread.join();
+            }
+            // Anything not covered by a completed sync was never made durable.
+            let unsynced = self.next_group;
+            if self.durable_below < unsynced {
+                self.failed_below = unsynced;
+                self.durable_below = unsynced;
+                self.failed.get_or_insert(StorageError::Closed);
+            }
+            self.syncer = None;
+        }
+        self.take_ready(&mut release);
+    }
+}
+
+impl<E: GroupEngine + 'static, T> Drop for Committer<E, T> {
+    fn drop(&mut self) {
+        if let Some(syncer) = &mut self.syncer {
+            drop(syncer.requests.take());
+            if let Some(thread) = syncer.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+fn syncer_loop<E: GroupEngine + ?Sized>(
+    engine: &E,
+    requests: &Receiver<u64>,
+    done: &Sender<(u64, Result<(), StorageError>)>,
+    wake: &(dyn Fn() + Send + Sync),
+) {
+    while let Ok(first) = requests.recv() {
+        // Every group asked for so far shares this fsync.
+        let through = requests.try_iter().fold(first, u64::max);
+        let result = engine.sync_group();
+        if done.send((through, result)).is_err() {
+            return;
+        }
+        wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::api::AppendRequest;
+    use crate::config::StorageConfig;
+    use crate::mem::MemEngine;
+    use crate::model::{ConversationKey, UserId};
+
+    /// An engine that counts fsyncs and can be told to fail them or hold them.
+    struct Probe {
+        inner: MemEngine,
+        syncs: AtomicUsize,
+        fail: AtomicBool,
+        hold: Mutex<()>,
+    }
+
+    impl Probe {
+        fn new() -> Arc<Probe> {
+            Arc::new(Probe {
+                inner: MemEngine::new(StorageConfig::default()),
+                syncs: AtomicUsize::new(0),
+                fail: AtomicBool::new(false),
+                hold: Mutex::new(()),
+            })
+        }
+    }
+
+    impl GroupEngine for Probe {
+        fn apply_group(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>> {
+            self.inner.execute_batch(requests)
+        }
+        fn sync_group(&self) -> Result<(), StorageError> {
+            let _held = self.hold.lock().unwrap_or_else(|e| e.into_inner());
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            if self.fail.load(Ordering::SeqCst) {
+                Err(StorageError::Backend("injected fsync failure".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn append(sender: u64, id: u64) -> Request {
+        Request::Append(AppendRequest {
+            sender: UserId(sender),
+            sender_device: "d".into(),
+            client_msg_id: id,
+            conversation: ConversationKey::single(UserId(sender), UserId(2)),
+            payload: bytes::Bytes::from_static(b"x"),
+            now_ms: 1,
+        })
+    }
+
+    fn released_within(
+        c: &mut Committer<Probe, u32>,
+        want: usize,
+    ) -> Vec<(u32, Result<Reply, StorageError>)> {
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while out.len() < want && Instant::now() < deadline {
+            c.take_ready(|t, r| out.push((t, r)));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        out
+    }
+
+    #[test]
+    fn replies_wait_for_the_fsync_and_come_out_in_order() {
+        let engine = Probe::new();
+        let held = engine.hold.lock().unwrap();
+        let mut c = Committer::start(engine.clone(), true, Arc::new(|| {})).unwrap();
+        c.commit(&mut vec![(1, append(1, 1)), (2, append(1, 2))]);
+        c.commit(&mut vec![(3, Request::LastActive { user: UserId(1) })]);
+        std::thread::sleep(Duration::from_millis(20));
+        // Nothing is released while the fsync is held, not even the read behind it.
+        assert_eq!(c.take_ready(|_, _| panic!("released before durable")), 0);
+        assert_eq!(c.in_flight(), 3);
+        drop(held);
+        let out = released_within(&mut c, 3);
+        let tags: Vec<u32> = out.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, vec![1, 2, 3]);
+        assert!(out.iter().all(|(_, r)| r.is_ok()));
+        assert_eq!(c.in_flight(), 0);
+        assert!(engine.syncs.load(Ordering::SeqCst) >= 1);
+    }
+
+    #[test]
+    fn a_read_only_group_with_nothing_unsynced_before_it_is_released_at_once() {
+        let engine = Probe::new();
+        let _held = engine.hold.lock().unwrap();
+        let mut c = Committer::start(engine.clone(), true, Arc::new(|| {})).unwrap();
+        c.commit(&mut vec![(7, Request::LastActive { user: UserId(1) })]);
+        let mut got = Vec::new();
+        c.take_ready(|t, r| got.push((t, r.is_ok())));
+        assert_eq!(got, vec![(7, true)]);
+        assert_eq!(engine.syncs.load(Ordering::SeqCst), 0, "no fsync for reads");
+    }
+
+    #[test]
+    fn a_failed_fsync_is_never_an_ack_and_later_writes_are_refused() {
+        let engine = Probe::new();
+        engine.fail.store(true, Ordering::SeqCst);
+        let mut c = Committer::start(engine.clone(), true, Arc::new(|| {})).unwrap();
+        c.commit(&mut vec![
+            (1, append(1, 1)),
+            (2, Request::LastActive { user: UserId(1) }),
+        ]);
+        let out = released_within(&mut c, 2);
+        assert_eq!(out.len(), 2);
+        assert!(
+            out[0].1.is_err(),
+            "the write of the failed group is an error"
+        );
+        assert!(out[1].1.is_ok(), "a read of the group still answers");
+        assert!(c.failure().is_some());
+
+        engine.fail.store(false, Ordering::SeqCst);
+        c.commit(&mut vec![
+            (3, append(1, 2)),
+            (4, Request::LastActive { user: UserId(1) }),
+        ]);
+        let out = released_within(&mut c, 2);
+        let err = out[0].1.as_ref().expect_err("writes stay refused");
+        assert!(err.to_string().contains("restarted"), "{err}");
+        assert!(out[1].1.is_ok());
+    }
+
+    #[test]
+    fn without_sync_rounds_replies_are_released_as_applied() {
+        let engine = Probe::new();
+        let mut c = Committer::start(engine.clone(), false, Arc::new(|| {})).unwrap();
+        c.commit(&mut vec![(1, append(1, 1))]);
+        assert!(c.has_ready());
+        let mut n = 0;
+        c.take_ready(|_, r| {
+            assert!(r.is_ok());
+            n += 1;
+        });
+        assert_eq!(n, 1);
+        assert_eq!(engine.syncs.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn shutdown_waits_for_the_last_fsync() {
+        let engine = Probe::new();
+        let woken = Arc::new(AtomicUsize::new(0));
+        let w = woken.clone();
+        let mut c = Committer::start(
+            engine.clone(),
+            true,
+            Arc::new(move || {
+                w.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .unwrap();
+        c.commit(&mut vec![(1, append(1, 1))]);
+        let mut got = Vec::new();
+        c.shutdown(|t, r| got.push((t, r.is_ok())));
+        assert_eq!(got, vec![(1, true)]);
+        assert!(woken.load(Ordering::SeqCst) >= 1);
+    }
+}
