@@ -1,38 +1,36 @@
-//! The transport boundary: commands from the control plane's thread to the dataplane
-//! cores, and the router that delivers them to the core owning each connection.
+//! The transport boundary: what one core's share of a transport offers the loop that
+//! drives it ([`CoreIo`]), and a small threaded adapter over it for tests and tools
+//! ([`spawn_threaded`]).
 //!
-//! Events flow the other way as plain [`petrel_control::Event`]s on a bounded channel
-//! (see the crate docs).
+//! A transport owns no thread of its own. The server's per-core loop (in the `petrel`
+//! binary) calls, per iteration:
+//!
+//! ```text
+//! io.wait(timeout)          sleep until I/O is ready, the core is woken, or timeout
+//! io.receive(&mut events)   accept, read and decode: Opened / Frame / FrameError / Closed
+//! …feed the events to the control plane, collect its actions…
+//! io.send(conn, bytes)      queue whole frames         (per Send action)
+//! io.close(conn)            flush, then close           (per Close action)
+//! io.transmit(&mut events)  write what is queued: Flushed / Closed
+//! ```
+//!
+//! so a message is read, handled and answered on one core without a hand-off. Events
+//! are appended to a caller-owned `Vec` that the loop reuses, so the boundary allocates
+//! nothing per event. Other threads (a storage syncer, another core) end a core's
+//! `wait` through its [`Wake`] handle.
 
 use std::io;
 use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_channel::Sender;
-use petrel_control::{Action, ConnId};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use petrel_conn::{ConnId, TransportEvent};
 
-/// What a dataplane core is asked to do.
-#[derive(Debug)]
-pub enum CoreCommand {
-    /// Queue `bytes` (whole frames) on `conn`'s outbound stream.
-    Send {
-        /// The connection.
-        conn: ConnId,
-        /// Encoded frames; a fan-out shares one buffer among receivers.
-        bytes: Bytes,
-    },
-    /// Flush what is queued for `conn`, then close it.
-    Close {
-        /// The connection.
-        conn: ConnId,
-    },
-    /// Stop accepting, flush every connection, close them and exit the loop.
-    Shutdown,
-}
-
-/// Wakes a core's event loop after commands were queued for it.
+/// Wakes a core's loop from another thread.
 pub trait Wake: Send + Sync {
-    /// Interrupts the core's poll so it drains its command queue.
+    /// Ends the core's current or next [`CoreIo::wait`].
     fn wake(&self) -> io::Result<()>;
 }
 
@@ -42,172 +40,153 @@ impl Wake for mio::Waker {
     }
 }
 
-/// The sending half of one core's command queue.
-#[derive(Clone)]
-pub struct CoreHandle {
-    commands: Sender<CoreCommand>,
-    waker: Arc<dyn Wake>,
-}
-
-impl std::fmt::Debug for CoreHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CoreHandle")
-            .field("queued", &self.commands.len())
-            .finish()
-    }
-}
-
-impl CoreHandle {
-    /// A handle from a command sender and the core's waker.
-    pub fn new(commands: Sender<CoreCommand>, waker: Arc<dyn Wake>) -> CoreHandle {
-        CoreHandle { commands, waker }
-    }
-
-    /// Queues a command without waking the core.
-    fn queue(&self, command: CoreCommand) -> bool {
-        self.commands.send(command).is_ok()
-    }
-}
-
-/// Delivers the control plane's transport actions to the owning cores, waking each core
-/// at most once per batch (one eventfd write per core, not one per frame).
+/// One core's share of a transport (a kernel-socket event loop's sockets, or one AF_XDP
+/// queue with its userspace TCP shards), driven by the loop that owns it.
 ///
-/// Owned by the thread that runs the control plane.
+/// Contract: events for one connection come out in order — `Opened` first, `Closed`
+/// last and nothing after it; `send` and `close` for a connection that is gone are
+/// ignored. A connection whose queued output passes the transport's limit is closed as
+/// a slow consumer (its `Closed` follows).
+pub trait CoreIo: Send {
+    /// The core index in this core's [`ConnId`]s.
+    fn index(&self) -> u8;
+
+    /// Takes what the network delivered since the last call, without blocking: accepted
+    /// connections, decoded frames, decode errors, closes. Appends to `events`.
+    fn receive(&mut self, events: &mut Vec<TransportEvent>);
+
+    /// Queues `bytes` (whole frames) on `conn`'s outbound stream.
+    fn send(&mut self, conn: ConnId, bytes: Bytes);
+
+    /// Closes `conn` once what is queued for it is written.
+    fn close(&mut self, conn: ConnId);
+
+    /// Writes queued output as far as the network takes it. Appends `Flushed` (and
+    /// `Closed`, for connections finished or failed) to `events`.
+    fn transmit(&mut self, events: &mut Vec<TransportEvent>);
+
+    /// Sleeps until there is I/O, [`CoreIo::waker`] is woken, or `timeout` passed
+    /// (`None`: no limit of the caller's; the transport may still wake for its own
+    /// timers). `Some(Duration::ZERO)` only looks, and may do nothing at all where the
+    /// transport needs no system call to see new input (AF_XDP rings): busy polling.
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+
+    /// The handle other threads use to end [`CoreIo::wait`].
+    fn waker(&self) -> Arc<dyn Wake>;
+
+    /// Stops accepting and closes every connection once its output is written.
+    fn begin_shutdown(&mut self);
+
+    /// After [`CoreIo::begin_shutdown`]: true once every connection is gone. Past the
+    /// transport's flush limit the rest are closed regardless (their `Closed` appended).
+    fn shutdown_done(&mut self, events: &mut Vec<TransportEvent>) -> bool;
+
+    /// Connections open on this core.
+    fn connections(&self) -> usize;
+}
+
+/// A command for a core run by [`spawn_threaded`].
 #[derive(Debug)]
-pub struct Router {
-    cores: Vec<CoreHandle>,
-    pending: Vec<bool>,
+pub enum Command {
+    /// [`CoreIo::send`].
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// Whole frames.
+        bytes: Bytes,
+    },
+    /// [`CoreIo::close`].
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// [`CoreIo::begin_shutdown`], then exit once done.
+    Shutdown,
 }
 
-impl Router {
-    /// A router over the given cores; `cores[i]` owns connections whose
-    /// [`ConnId::core`] is `i`.
-    pub fn new(cores: Vec<CoreHandle>) -> Router {
-        let pending = vec![false; cores.len()];
-        Router { cores, pending }
-    }
+/// A core running on a thread of its own, driven through channels: for dataplane tests
+/// and tools that need a transport without the server's loop.
+#[derive(Debug)]
+pub struct Threaded {
+    commands: Sender<Command>,
+    waker: Arc<dyn Wake>,
+    thread: Option<JoinHandle<()>>,
+}
 
-    /// Number of cores.
-    pub fn cores(&self) -> usize {
-        self.cores.len()
-    }
-
-    /// Queues a command for the core owning `conn`. Returns false if that core does not
-    /// exist or has exited (the command is dropped; the connection is gone anyway).
-    pub fn command(&mut self, conn: ConnId, command: CoreCommand) -> bool {
-        let core = usize::from(conn.core());
-        match self.cores.get(core) {
-            Some(handle) if handle.queue(command) => {
-                self.pending[core] = true;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Routes a control-plane action. Transport actions (`Send`, `Close`) are queued and
-    /// `None` is returned; a `Storage` action is handed back for the storage driver.
-    pub fn route(&mut self, action: Action) -> Option<Action> {
-        match action {
-            Action::Send { conn, bytes } => {
-                self.command(conn, CoreCommand::Send { conn, bytes });
-                None
-            }
-            Action::Close { conn, .. } => {
-                self.command(conn, CoreCommand::Close { conn });
-                None
-            }
-            other => Some(other),
-        }
-    }
-
-    /// Wakes every core that has commands queued since the last call.
-    pub fn wake_pending(&mut self) {
-        for (core, pending) in self.pending.iter_mut().enumerate() {
-            if std::mem::take(pending)
-                && let Err(e) = self.cores[core].waker.wake()
-            {
-                tracing::warn!(core, error = %e, "failed to wake dataplane core");
-            }
-        }
-    }
-
-    /// Commands queued for each core and not yet taken by it (for metrics: a core that
-    /// falls behind shows a growing queue).
-    pub fn queued(&self) -> Vec<usize> {
-        self.cores.iter().map(|c| c.commands.len()).collect()
-    }
-
-    /// Asks every core to shut down (stop accepting, flush, close) and wakes them.
-    pub fn shutdown_all(&mut self) {
-        for (core, handle) in self.cores.iter().enumerate() {
-            if handle.queue(CoreCommand::Shutdown) {
-                self.pending[core] = true;
-            }
-        }
-        self.wake_pending();
+impl std::fmt::Debug for dyn Wake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Wake")
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use crossbeam_channel::unbounded;
-
-    use super::*;
-
-    #[derive(Default)]
-    struct CountingWaker(AtomicUsize);
-
-    impl Wake for CountingWaker {
-        fn wake(&self) -> io::Result<()> {
-            self.0.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        }
+impl Threaded {
+    /// Sends a command and wakes the core.
+    pub fn command(&self, command: Command) -> bool {
+        let sent = self.commands.send(command).is_ok();
+        let _ = self.waker.wake();
+        sent
     }
 
-    #[test]
-    fn routes_by_core_bits_and_wakes_each_core_once_per_batch() {
-        let wakers: Vec<Arc<CountingWaker>> = (0..2).map(|_| Arc::default()).collect();
-        let channels: Vec<_> = (0..2).map(|_| unbounded()).collect();
-        let handles = channels
-            .iter()
-            .zip(&wakers)
-            .map(|((tx, _), w)| CoreHandle::new(tx.clone(), w.clone() as Arc<dyn Wake>))
-            .collect();
-        let mut router = Router::new(handles);
-
-        for i in 0..5 {
-            let conn = ConnId::new(1, i);
-            let passed = router.route(Action::Send {
-                conn,
-                bytes: Bytes::from_static(b"x"),
-            });
-            assert!(passed.is_none());
+    /// Asks the core to shut down and waits for its thread.
+    pub fn shutdown(mut self) {
+        self.command(Command::Shutdown);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("a threaded transport core panicked");
         }
-        router.wake_pending();
-        router.wake_pending();
-
-        assert_eq!(channels[0].1.len(), 0);
-        assert_eq!(channels[1].1.len(), 5);
-        assert_eq!(router.queued(), vec![0, 5]);
-        assert_eq!(wakers[0].0.load(Ordering::Relaxed), 0);
-        assert_eq!(wakers[1].0.load(Ordering::Relaxed), 1);
     }
+}
 
-    #[test]
-    fn commands_for_a_missing_core_are_refused() {
-        let (tx, _rx) = unbounded();
-        let mut router = Router::new(vec![CoreHandle::new(
-            tx,
-            Arc::new(CountingWaker::default()) as Arc<dyn Wake>,
-        )]);
-        assert!(!router.command(
-            ConnId::new(7, 1),
-            CoreCommand::Close {
-                conn: ConnId::new(7, 1)
+/// Runs `core` on a new thread: its events go to `events` (blocking when the channel is
+/// full: back-pressure by not reading), and [`Threaded::command`] drives it.
+pub fn spawn_threaded<C: CoreIo + 'static>(
+    mut core: C,
+    events: Sender<TransportEvent>,
+) -> io::Result<Threaded> {
+    let (commands, rx): (Sender<Command>, Receiver<Command>) = crossbeam_channel::unbounded();
+    let waker = core.waker();
+    let thread = std::thread::Builder::new()
+        .name(format!("petrel-io-{}", core.index()))
+        .spawn(move || {
+            let mut batch = Vec::new();
+            let mut stopping = false;
+            loop {
+                if let Err(e) = core.wait(Some(Duration::from_millis(20))) {
+                    tracing::error!(error = %e, "transport wait failed; core stops");
+                    return;
+                }
+                core.receive(&mut batch);
+                loop {
+                    match rx.try_recv() {
+                        Ok(Command::Send { conn, bytes }) => core.send(conn, bytes),
+                        Ok(Command::Close { conn }) => core.close(conn),
+                        Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
+                            if !stopping {
+                                stopping = true;
+                                core.begin_shutdown();
+                            }
+                            break;
+                        }
+                        Err(TryRecvError::Empty) => break,
+                    }
+                }
+                core.transmit(&mut batch);
+                let done = stopping && core.shutdown_done(&mut batch);
+                for event in batch.drain(..) {
+                    if events.send(event).is_err() && !stopping {
+                        stopping = true;
+                        core.begin_shutdown();
+                    }
+                }
+                if done {
+                    return;
+                }
             }
-        ));
-    }
+        })?;
+    Ok(Threaded {
+        commands,
+        waker,
+        thread: Some(thread),
+    })
 }

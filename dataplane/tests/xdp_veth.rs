@@ -495,11 +495,10 @@ fn check_userspace_tcp_echo() {
 /// bytes that are not a Petrel frame, and gets what the "control plane" (this test) sends
 /// back through the router before it closes the connection.
 fn check_transport_boundary() {
-    use petrel_control::Event;
-    use petrel_dataplane::CoreCommand;
-    use petrel_dataplane::xdp::transport::{XdpConfig, XdpTransport};
+    use petrel_conn::TransportEvent as Event;
+    use petrel_dataplane::Command;
+    use petrel_dataplane::xdp::transport::XdpConfig;
 
-    let (events_tx, events) = crossbeam_channel::bounded(1024);
     let mut config = XdpConfig::new(HOST_IF, HOST_ADDR, PETREL_PORT);
     config.queues = vec![0, 1];
     config.cores = vec![None, None];
@@ -511,8 +510,7 @@ fn check_transport_boundary() {
         tx_reserve: 64,
         ..XskConfig::default()
     };
-    let transport = XdpTransport::start(config, events_tx).expect("start the AF_XDP transport");
-    let mut router = transport.router();
+    let (transport, cores, events) = start_threaded(&config);
 
     let client = in_ns(&[
         "timeout",
@@ -540,15 +538,14 @@ fn check_transport_boundary() {
         panic!("garbage must be a FrameError");
     };
     assert_eq!(errored, conn);
-    router.command(
-        conn,
-        CoreCommand::Send {
+    command(
+        &cores,
+        Command::Send {
             conn,
             bytes: bytes::Bytes::from_static(b"pong"),
         },
     );
-    router.command(conn, CoreCommand::Close { conn });
-    router.wake_pending();
+    command(&cores, Command::Close { conn });
 
     let mut flushed = 0;
     let mut closed = false;
@@ -570,8 +567,7 @@ fn check_transport_boundary() {
     );
     let rx = transport.rx_counters();
     eprintln!("transport rx: {rx:?}");
-    router.shutdown_all();
-    transport.join();
+    stop_threaded(transport, cores);
     assert!(
         rx.tcp >= 4,
         "handshake, data and FIN reached the classifier"
@@ -589,18 +585,16 @@ fn check_transport_boundary() {
 /// `n` kernel-TCP clients connect at once; every one is accepted (no RST from a listener
 /// taken by another SYN), answered through the router and closed.
 fn check_many_concurrent_connections(n: usize) {
-    use petrel_control::Event;
-    use petrel_dataplane::CoreCommand;
-    use petrel_dataplane::xdp::transport::{XdpConfig, XdpTransport};
+    use petrel_conn::TransportEvent as Event;
+    use petrel_dataplane::Command;
+    use petrel_dataplane::xdp::transport::XdpConfig;
 
-    let (events_tx, events) = crossbeam_channel::bounded(4096);
     let mut config = XdpConfig::new(HOST_IF, HOST_ADDR, PETREL_PORT);
     config.queues = vec![0, 1];
     config.cores = vec![None, None];
     config.attach = AttachMode::Driver;
     config.shards_per_queue = 8;
-    let transport = XdpTransport::start(config, events_tx).expect("start the AF_XDP transport");
-    let mut router = transport.router();
+    let (transport, cores, events) = start_threaded(&config);
 
     let script = format!(
         "for i in $(seq {n}); do ( exec 3<>/dev/tcp/{HOST_ADDR}/{PETREL_PORT} && \
@@ -619,15 +613,14 @@ fn check_many_concurrent_connections(n: usize) {
             Ok(Event::Opened { .. }) => opened += 1,
             // The first bytes of each client: answer and close.
             Ok(Event::FrameError { conn, .. }) => {
-                router.command(
-                    conn,
-                    CoreCommand::Send {
+                command(
+                    &cores,
+                    Command::Send {
                         conn,
                         bytes: bytes::Bytes::from_static(b"pong"),
                     },
                 );
-                router.command(conn, CoreCommand::Close { conn });
-                router.wake_pending();
+                command(&cores, Command::Close { conn });
             }
             Ok(Event::Closed { .. }) => closed += 1,
             Ok(_) | Err(_) => {}
@@ -642,10 +635,49 @@ fn check_many_concurrent_connections(n: usize) {
         "{n} concurrent clients: opened {opened}, closed {closed}, answered {ok}; rx {:?}",
         transport.rx_counters()
     );
-    router.shutdown_all();
-    transport.join();
+    stop_threaded(transport, cores);
     assert_eq!(opened, n, "every client was accepted");
     assert_eq!(ok, n, "every client read its reply");
+}
+
+/// Starts the AF_XDP transport with each queue's core on a thread of its own behind
+/// channels (what the server's per-core loop does on one thread, here driven by the test).
+fn start_threaded(
+    config: &petrel_dataplane::xdp::transport::XdpConfig,
+) -> (
+    petrel_dataplane::xdp::transport::XdpTransport,
+    Vec<petrel_dataplane::Threaded>,
+    crossbeam_channel::Receiver<petrel_conn::TransportEvent>,
+) {
+    let (events_tx, events) = crossbeam_channel::bounded(4096);
+    let (transport, cores) = petrel_dataplane::xdp::transport::XdpTransport::start(config)
+        .expect("start the AF_XDP transport");
+    let threads = cores
+        .into_iter()
+        .map(|core| petrel_dataplane::spawn_threaded(core, events_tx.clone()).expect("core"))
+        .collect();
+    (transport, threads, events)
+}
+
+/// Sends `command` to the core owning its connection.
+fn command(cores: &[petrel_dataplane::Threaded], command: petrel_dataplane::Command) {
+    let conn = match &command {
+        petrel_dataplane::Command::Send { conn, .. }
+        | petrel_dataplane::Command::Close { conn } => *conn,
+        petrel_dataplane::Command::Shutdown => return,
+    };
+    cores[usize::from(conn.core())].command(command);
+}
+
+/// Shuts every core down (their sockets close), then the transport (the filter detaches).
+fn stop_threaded(
+    transport: petrel_dataplane::xdp::transport::XdpTransport,
+    cores: Vec<petrel_dataplane::Threaded>,
+) {
+    for core in cores {
+        core.shutdown();
+    }
+    drop(transport);
 }
 
 /// Raw Ethernet frames, one per line in hex, sent from the namespace's end of the veth with
@@ -753,16 +785,15 @@ fn valid_syn(src_mac: EthernetAddress, dst_mac: EthernetAddress, src_port: u16) 
 /// checksums, fragments, garbage TCP options — are dropped by the filter or the poller's
 /// classifier, each counted under its reason, and the transport keeps serving.
 fn check_malformed_frames_are_dropped_and_counted() {
-    use petrel_dataplane::xdp::transport::{XdpConfig, XdpTransport};
+    use petrel_dataplane::xdp::transport::XdpConfig;
     use petrel_dataplane::xdp::wire::Malformed;
 
-    let (events_tx, events) = crossbeam_channel::bounded(4096);
     let mut config = XdpConfig::new(HOST_IF, HOST_ADDR, PETREL_PORT);
     config.queues = vec![0, 1];
     config.cores = vec![None, None];
     config.attach = AttachMode::Driver;
     config.shards_per_queue = 4;
-    let transport = XdpTransport::start(config, events_tx).expect("start the AF_XDP transport");
+    let (transport, cores, events) = start_threaded(&config);
 
     let (ours, peer) = (mac_of(HOST_IF, None), mac_of(PEER_IF, Some(NS)));
     let syn = |port| valid_syn(peer, ours, port);
@@ -818,14 +849,12 @@ fn check_malformed_frames_are_dropped_and_counted() {
     .status()
     .expect("client");
     let opened = std::iter::from_fn(|| events.recv_timeout(Duration::from_secs(2)).ok())
-        .any(|e| matches!(e, petrel_control::Event::Opened { .. }));
+        .any(|e| matches!(e, petrel_conn::TransportEvent::Opened { .. }));
 
     let filter = transport.filter_counters().expect("filter counters");
     let rx = transport.rx_counters();
     eprintln!("malformed injection: filter {filter:?}, classifier {rx:?}");
-    let mut router = transport.router();
-    router.shutdown_all();
-    transport.join();
+    stop_threaded(transport, cores);
     assert!(
         connected.success() && opened,
         "a valid client connects afterwards"

@@ -2,8 +2,8 @@
 //! outbound bytes.
 //!
 //! Performance-critical path: `read_frames` and `flush` run for every packet. They
-//! allocate only to grow the read buffer for a partial frame; frames go to the control
-//! plane as they are decoded, and outbound `Bytes` are written with one vectored write
+//! allocate only to grow the read buffer for a partial frame; frames go to the core's
+//! loop as they are decoded, and outbound `Bytes` are written with one vectored write
 //! without being copied or concatenated.
 
 use std::collections::VecDeque;
@@ -11,7 +11,7 @@ use std::io::{self, IoSlice, Read, Write};
 
 use bytes::{Buf, Bytes, BytesMut};
 use mio::net::TcpStream;
-use petrel_control::{ConnId, Event};
+use petrel_conn::{ConnId, TransportEvent};
 use petrel_proto::{DecoderConfig, FrameDecoder};
 
 /// Most buffers handed to one `writev` call.
@@ -26,8 +26,6 @@ pub(super) enum ReadOutcome {
     PeerClosed,
     /// The socket failed.
     Failed(io::Error),
-    /// The control plane's event channel is gone (the server is stopping).
-    ControlGone,
 }
 
 pub(super) struct Connection {
@@ -46,6 +44,10 @@ pub(super) struct Connection {
     pub(super) closing: bool,
     /// In the core's list of connections to flush this wake-up.
     pub(super) dirty: bool,
+    /// Its queued output passed the limit: closed without writing more.
+    slow_consumer: bool,
+    /// In the core's list of connections to read at the next `receive`.
+    pub(super) read_pending: bool,
 }
 
 impl Connection {
@@ -61,7 +63,21 @@ impl Connection {
             wants_write: false,
             closing: false,
             dirty: false,
+            slow_consumer: false,
+            read_pending: false,
         }
+    }
+
+    /// Drops what is queued; the connection is to be closed as a slow consumer.
+    pub(super) fn fail_slow_consumer(&mut self) {
+        self.out.clear();
+        self.out_bytes = 0;
+        self.slow_consumer = true;
+    }
+
+    /// Whether [`Connection::fail_slow_consumer`] was called.
+    pub(super) fn is_slow_consumer(&self) -> bool {
+        self.slow_consumer
     }
 
     /// Bytes queued and not yet written.
@@ -69,12 +85,12 @@ impl Connection {
         self.out_bytes
     }
 
-    /// Reads until the socket would block, emitting a `Frame` or `FrameError` event for
+    /// Reads until the socket would block, appending a `Frame` or `FrameError` event for
     /// every frame. `scratch` is the core's shared read buffer.
     pub(super) fn read_frames(
         &mut self,
         scratch: &mut [u8],
-        emit: &mut impl FnMut(Event) -> bool,
+        events: &mut Vec<TransportEvent>,
     ) -> ReadOutcome {
         if self.read_stopped {
             return ReadOutcome::Open;
@@ -90,23 +106,17 @@ impl Connection {
             self.read_buf.extend_from_slice(&scratch[..n]);
             loop {
                 match self.decoder.decode(&mut self.read_buf) {
-                    Ok(Some(frame)) => {
-                        if !emit(Event::Frame {
-                            conn: self.id,
-                            frame,
-                        }) {
-                            return ReadOutcome::ControlGone;
-                        }
-                    }
+                    Ok(Some(frame)) => events.push(TransportEvent::Frame {
+                        conn: self.id,
+                        frame,
+                    }),
                     Ok(None) => break,
                     Err(error) => {
                         let fatal = error.is_fatal();
-                        if !emit(Event::FrameError {
+                        events.push(TransportEvent::FrameError {
                             conn: self.id,
                             error,
-                        }) {
-                            return ReadOutcome::ControlGone;
-                        }
+                        });
                         if fatal {
                             self.read_stopped = true;
                             self.read_buf = BytesMut::new();
@@ -126,7 +136,7 @@ impl Connection {
 
     /// Queues bytes for the next flush.
     pub(super) fn queue(&mut self, bytes: Bytes) {
-        if !bytes.is_empty() {
+        if !bytes.is_empty() && !self.slow_consumer {
             self.out_bytes += bytes.len();
             self.out.push_back(bytes);
         }

@@ -1,23 +1,24 @@
-//! The per-core event loop: accept, read and decode, apply commands, write.
+//! One core's kernel sockets: its listeners and connections behind [`CoreIo`].
 //!
-//! Performance-critical path. Per wake-up: handle every ready socket, drain the command
-//! queue, then flush each connection with output once. No global locks (each core owns
-//! its connections outright), no per-frame logging above debug level.
+//! Performance-critical path. `wait` is one `epoll_wait`; `receive` accepts and reads
+//! every socket it reported until it would block, decoding frames in place; `transmit`
+//! writes each connection with output **once** (a vectored write of everything queued).
+//! No global locks (each core owns its connections outright), no hash per lookup (a
+//! [`ConnId`] carries its slab slot), no per-frame logging above debug level.
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use bytes::Bytes;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use petrel_control::{ConnId, Event};
+use petrel_conn::{ConnId, TransportEvent};
 use petrel_proto::DecoderConfig;
 use slab::Slab;
 
 use super::conn::{Connection, ReadOutcome};
-use crate::boundary::CoreCommand;
+use crate::boundary::{CoreIo, Wake};
 
 const WAKER: Token = Token(usize::MAX);
 /// Listener `i` uses token `LISTENER_BASE - i`; connections use their slab key.
@@ -29,117 +30,79 @@ const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(3);
 /// At most one "accept failed" warning per core per this interval: out of descriptors,
 /// every new SYN would otherwise log a line (a log flood exactly when the host is full).
 const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+/// Readiness events taken per `epoll_wait`.
+const EVENTS_PER_WAIT: usize = 1024;
 
 pub(super) struct CoreSettings {
     pub(super) index: u8,
     pub(super) listeners: Vec<TcpListener>,
-    pub(super) commands: Receiver<CoreCommand>,
-    pub(super) events: Sender<Event>,
     pub(super) max_connections: usize,
     pub(super) max_outbound_bytes: usize,
     pub(super) decoder: DecoderConfig,
 }
 
-pub(super) struct CoreLoop {
+/// One core's kernel sockets. See the module docs.
+pub struct KernelCore {
     settings: CoreSettings,
     poll: Poll,
+    ready: Events,
     waker: Arc<Waker>,
     conns: Slab<Connection>,
-    keys: HashMap<ConnId, usize>,
-    next_local: u64,
+    next_generation: u64,
     scratch: Vec<u8>,
     dirty: Vec<usize>,
+    /// Readable connections to read in the next `receive`.
+    readable: Vec<usize>,
+    /// Listeners with pending connections.
+    accepting: Vec<usize>,
     shutdown_started: Option<Instant>,
-    control_gone: bool,
     /// When the last "accept failed" warning was logged, and failures since.
     accept_warned: Option<Instant>,
     accept_failures: u64,
 }
 
-impl CoreLoop {
-    pub(super) fn new(mut settings: CoreSettings) -> io::Result<CoreLoop> {
+impl std::fmt::Debug for KernelCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelCore")
+            .field("index", &self.settings.index)
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KernelCore {
+    pub(super) fn new(mut settings: CoreSettings) -> io::Result<KernelCore> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         for (i, listener) in settings.listeners.iter_mut().enumerate() {
             poll.registry()
                 .register(listener, Token(LISTENER_BASE - i), Interest::READABLE)?;
         }
-        Ok(CoreLoop {
+        Ok(KernelCore {
             settings,
             poll,
+            ready: Events::with_capacity(EVENTS_PER_WAIT),
             waker,
             conns: Slab::new(),
-            keys: HashMap::new(),
-            next_local: 0,
+            next_generation: 0,
             scratch: vec![0; SCRATCH_LEN],
             dirty: Vec::new(),
+            readable: Vec::new(),
+            accepting: Vec::new(),
             shutdown_started: None,
-            control_gone: false,
             accept_warned: None,
             accept_failures: 0,
         })
     }
 
-    pub(super) fn waker(&self) -> Arc<Waker> {
-        self.waker.clone()
+    /// The connection `conn` names, if it is still open.
+    fn key_of(&self, conn: ConnId) -> Option<usize> {
+        let key = conn.slot();
+        (conn.core() == self.settings.index && self.conns.get(key).is_some_and(|c| c.id == conn))
+            .then_some(key)
     }
 
-    /// Runs until a `Shutdown` command has been handled (or the control plane is gone).
-    pub(super) fn run(&mut self) {
-        let mut events = Events::with_capacity(1024);
-        loop {
-            let timeout = self.shutdown_started.map(|_| Duration::from_millis(50));
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                tracing::error!(core = self.settings.index, error = %e, "poll failed; core stops");
-                return;
-            }
-            for event in events.iter() {
-                match event.token() {
-                    WAKER => {}
-                    Token(t) if t > LISTENER_BASE - self.settings.listeners.len() => {
-                        self.accept(LISTENER_BASE - t);
-                    }
-                    Token(key) => {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read(key);
-                        }
-                        if event.is_writable() {
-                            self.mark_dirty(key);
-                        }
-                    }
-                }
-            }
-            self.drain_commands();
-            self.flush_dirty();
-            if self.control_gone {
-                self.begin_shutdown();
-            }
-            if let Some(started) = self.shutdown_started
-                && (self.conns.is_empty() || started.elapsed() > SHUTDOWN_FLUSH_LIMIT)
-            {
-                let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-                for key in keys {
-                    self.close(key);
-                }
-                return;
-            }
-        }
-    }
-
-    fn emit(&mut self, event: Event) -> bool {
-        if self.control_gone {
-            return false;
-        }
-        if self.settings.events.send(event).is_err() {
-            self.control_gone = true;
-        }
-        !self.control_gone
-    }
-
-    fn accept(&mut self, listener_index: usize) {
+    fn accept(&mut self, listener_index: usize, events: &mut Vec<TransportEvent>) {
         loop {
             if self.shutdown_started.is_some() {
                 return;
@@ -179,10 +142,12 @@ impl CoreLoop {
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(%peer, error = %e, "TCP_NODELAY failed");
             }
-            let id = ConnId::new(self.settings.index, self.next_local);
-            self.next_local += 1;
             let entry = self.conns.vacant_entry();
             let key = entry.key();
+            let Ok(slot) = u32::try_from(key) else {
+                tracing::warn!("connection slab past 2^32 slots; refusing");
+                continue;
+            };
             if let Err(e) =
                 self.poll
                     .registry()
@@ -191,32 +156,23 @@ impl CoreLoop {
                 tracing::warn!(error = %e, "register failed; dropping connection");
                 continue;
             }
+            let id = ConnId::from_slot(self.settings.index, slot, self.next_generation);
+            self.next_generation += 1;
             entry.insert(Connection::new(id, stream, self.settings.decoder));
-            self.keys.insert(id, key);
-            if !self.emit(Event::Opened { conn: id }) {
-                return;
-            }
+            events.push(TransportEvent::Opened { conn: id });
         }
     }
 
-    fn read(&mut self, key: usize) {
+    fn read(&mut self, key: usize, events: &mut Vec<TransportEvent>) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let events = &self.settings.events;
-        let gone = &mut self.control_gone;
-        let mut emit = |event: Event| {
-            if events.send(event).is_err() {
-                *gone = true;
-            }
-            !*gone
-        };
-        match conn.read_frames(&mut self.scratch, &mut emit) {
-            ReadOutcome::Open | ReadOutcome::ControlGone => {}
-            ReadOutcome::PeerClosed => self.close(key),
+        match conn.read_frames(&mut self.scratch, events) {
+            ReadOutcome::Open => {}
+            ReadOutcome::PeerClosed => self.remove(key, events),
             ReadOutcome::Failed(e) => {
                 tracing::debug!(conn = %conn.id, error = %e, "read failed");
-                self.close(key);
+                self.remove(key, events);
             }
         }
     }
@@ -230,68 +186,79 @@ impl CoreLoop {
         }
     }
 
-    fn drain_commands(&mut self) {
-        loop {
-            match self.settings.commands.try_recv() {
-                Ok(CoreCommand::Send { conn, bytes }) => {
-                    let Some(&key) = self.keys.get(&conn) else {
-                        continue;
-                    };
-                    let limit = self.settings.max_outbound_bytes;
-                    let c = &mut self.conns[key];
-                    c.queue(bytes);
-                    if c.queued_bytes() > limit {
-                        tracing::debug!(%conn, queued = c.queued_bytes(), "outbound limit exceeded; closing");
-                        self.close(key);
-                    } else {
-                        self.mark_dirty(key);
-                    }
-                }
-                Ok(CoreCommand::Close { conn }) => {
-                    if let Some(&key) = self.keys.get(&conn) {
-                        self.conns[key].closing = true;
-                        self.mark_dirty(key);
-                    }
-                }
-                Ok(CoreCommand::Shutdown) => self.begin_shutdown(),
-                Err(TryRecvError::Empty) => return,
-                Err(TryRecvError::Disconnected) => {
-                    self.begin_shutdown();
-                    return;
-                }
-            }
-        }
-    }
-
-    fn begin_shutdown(&mut self) {
-        if self.shutdown_started.is_some() {
+    fn remove(&mut self, key: usize, events: &mut Vec<TransportEvent>) {
+        if !self.conns.contains(key) {
             return;
         }
-        self.shutdown_started = Some(Instant::now());
-        for mut listener in std::mem::take(&mut self.settings.listeners) {
-            let _ = self.poll.registry().deregister(&mut listener);
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        events.push(TransportEvent::Closed { conn: conn.id });
+    }
+}
+
+impl CoreIo for KernelCore {
+    fn index(&self) -> u8 {
+        self.settings.index
+    }
+
+    fn receive(&mut self, events: &mut Vec<TransportEvent>) {
+        let mut accepting = std::mem::take(&mut self.accepting);
+        for &listener in &accepting {
+            self.accept(listener, events);
         }
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
+        accepting.clear();
+        self.accepting = accepting;
+        let mut readable = std::mem::take(&mut self.readable);
+        for &key in &readable {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.read_pending = false;
+            }
+            self.read(key, events);
+        }
+        readable.clear();
+        self.readable = readable;
+    }
+
+    fn send(&mut self, conn: ConnId, bytes: Bytes) {
+        let Some(key) = self.key_of(conn) else {
+            return;
+        };
+        let limit = self.settings.max_outbound_bytes;
+        let c = &mut self.conns[key];
+        c.queue(bytes);
+        if c.queued_bytes() > limit {
+            tracing::debug!(%conn, queued = c.queued_bytes(), "outbound limit exceeded; closing");
+            // Closed as a slow consumer: nothing more is written; `transmit` reports it.
+            c.fail_slow_consumer();
+        }
+        self.mark_dirty(key);
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        if let Some(key) = self.key_of(conn) {
             self.conns[key].closing = true;
             self.mark_dirty(key);
         }
     }
 
-    fn flush_dirty(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
+    fn transmit(&mut self, events: &mut Vec<TransportEvent>) {
+        let mut dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
             conn.dirty = false;
+            if conn.is_slow_consumer() {
+                self.remove(key, events);
+                continue;
+            }
             let id = conn.id;
             let result = conn.flush();
             let done = conn.queued_bytes() == 0;
             match result {
                 Ok(written) => {
                     if written > 0 {
-                        self.emit(Event::Flushed {
+                        events.push(TransportEvent::Flushed {
                             conn: id,
                             bytes: written as u64,
                         });
@@ -299,7 +266,7 @@ impl CoreLoop {
                 }
                 Err(e) => {
                     tracing::debug!(conn = %id, error = %e, "write failed");
-                    self.close(key);
+                    self.remove(key, events);
                     continue;
                 }
             }
@@ -307,7 +274,7 @@ impl CoreLoop {
                 continue;
             };
             if done && conn.closing {
-                self.close(key);
+                self.remove(key, events);
                 continue;
             }
             let wants_write = !done;
@@ -324,27 +291,99 @@ impl CoreLoop {
                         .reregister(&mut conn.stream, Token(key), interest)
                 {
                     tracing::debug!(conn = %id, error = %e, "reregister failed");
-                    self.close(key);
+                    self.remove(key, events);
                 }
             }
         }
         // Reuse the allocation next time.
-        let mut dirty = dirty;
         dirty.clear();
         if self.dirty.is_empty() {
             self.dirty = dirty;
         }
     }
 
-    fn close(&mut self, key: usize) {
-        if !self.conns.contains(key) {
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let timeout = match self.shutdown_started {
+            Some(_) => Some(timeout.map_or(Duration::from_millis(50), |t| {
+                t.min(Duration::from_millis(50))
+            })),
+            None => timeout,
+        };
+        match self.poll.poll(&mut self.ready, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let listeners = self.settings.listeners.len();
+        for event in self.ready.iter() {
+            match event.token() {
+                WAKER => {}
+                Token(t) if t > LISTENER_BASE - listeners => {
+                    // A caller that does not `receive` between waits (back-pressure)
+                    // must not grow these lists: each entry is listed once.
+                    if !self.accepting.contains(&(LISTENER_BASE - t)) {
+                        self.accepting.push(LISTENER_BASE - t);
+                    }
+                }
+                Token(key) => {
+                    if (event.is_readable() || event.is_read_closed() || event.is_error())
+                        && let Some(conn) = self.conns.get_mut(key)
+                        && !conn.read_pending
+                    {
+                        conn.read_pending = true;
+                        self.readable.push(key);
+                    }
+                    if event.is_writable()
+                        && let Some(conn) = self.conns.get_mut(key)
+                        && !conn.dirty
+                    {
+                        conn.dirty = true;
+                        self.dirty.push(key);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn waker(&self) -> Arc<dyn Wake> {
+        self.waker.clone()
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_started.is_some() {
             return;
         }
-        let mut conn = self.conns.remove(key);
-        let _ = self.poll.registry().deregister(&mut conn.stream);
-        self.keys.remove(&conn.id);
-        let id = conn.id;
-        drop(conn);
-        self.emit(Event::Closed { conn: id });
+        self.shutdown_started = Some(Instant::now());
+        for mut listener in std::mem::take(&mut self.settings.listeners) {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.accepting.clear();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.conns[key].closing = true;
+            self.mark_dirty(key);
+        }
+    }
+
+    fn shutdown_done(&mut self, events: &mut Vec<TransportEvent>) -> bool {
+        let Some(started) = self.shutdown_started else {
+            return false;
+        };
+        if self.conns.is_empty() {
+            return true;
+        }
+        if started.elapsed() > SHUTDOWN_FLUSH_LIMIT {
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                self.remove(key, events);
+            }
+            return true;
+        }
+        false
+    }
+
+    fn connections(&self) -> usize {
+        self.conns.len()
     }
 }

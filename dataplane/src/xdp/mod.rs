@@ -1,9 +1,9 @@
 //! The AF_XDP dataplane (the fast path): NIC queues owned through AF_XDP sockets, TCP in
 //! user space (smoltcp), Ethernet and ARP done here.
 //!
-//! It implements the same transport boundary as [`crate::kernel`] (the same
-//! `petrel_control::Event`s in, the same [`crate::CoreCommand`]s out), so the control plane
-//! never knows which one it runs on. One packet's path:
+//! It implements the same transport boundary as [`crate::kernel`]
+//! ([`crate::boundary::CoreIo`]: the same `TransportEvent`s out, the same sends and
+//! closes in), so the control plane never knows which one it runs on. One packet's path:
 //!
 //! ```text
 //! NIC rx queue q ─▶ XDP filter (vendor/xdp): Petrel's TCP/ARP? ─no─▶ kernel stack (SSH, ...)
@@ -13,7 +13,8 @@
 //!                          ─▶ wire::classify ─▶ ARP: neighbour::arp_reply, reuse frame for tx
 //!                                            └─▶ TCP: neighbour table learns the source MAC,
 //!                                                the IPv4 packet goes to smoltcp (Medium::Ip)
-//!                                                ─▶ FrameDecoder ─▶ Event::Frame ─▶ control
+//!                                                ─▶ FrameDecoder ─▶ TransportEvent::Frame
+//!                                                ─▶ the core's loop: control, storage
 //! ```
 //!
 //! Written so far (each piece unit-tested without a NIC):
@@ -26,9 +27,12 @@
 //!   framing of what it sends;
 //! - [`shards`]: many shards per core by 4-tuple hash, polling only those with work or an
 //!   expired timer, refusing SYNs for a full shard;
-//! - [`transport`]: [`transport::XdpTransport`], one pinned poller per queue behind the
-//!   same boundary as the kernel transport (`Event`s out, `CoreCommand`s in), served by
-//!   `petrel serve --dataplane xdp` and tested end to end on the veth lab;
+//! - [`transport`]: setup — [`transport::XdpTransport::start`] attaches the filter, binds
+//!   one socket per queue and returns one [`poller::XdpCore`] per queue;
+//! - [`poller`]: [`poller::XdpCore`], one queue's poller behind the same boundary as the
+//!   kernel transport, driven by `petrel serve --dataplane xdp`'s per-core loop (busy,
+//!   adaptive or interrupt polling) and tested end to end on the veth lab;
+//! - [`stats`]: the classifier's, userspace TCP's and the sockets' kernel counters;
 //! - [`client`]: [`client::XdpClient`], the same pieces pointed the other way — outgoing
 //!   connections from a whole source network, for `petrel bench --client-mode xdp`.
 //!
@@ -42,9 +46,11 @@
 pub mod client;
 pub mod filter;
 pub mod neighbour;
+pub mod poller;
 pub mod ring;
 mod rx;
 pub mod shards;
+pub mod stats;
 pub mod tcp;
 pub mod transport;
 pub mod umem;
