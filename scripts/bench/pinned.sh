@@ -14,7 +14,10 @@
 #   SERVER_CORES   `petrel serve --cores` [default: 0]
 #   CLIENT_CPUS    taskset list for the load generator [default: 1]
 #   PORT           [default: 9630]
-#   SERVE_ARGS     extra `petrel serve` flags, e.g. "--sync none"
+#   SERVE_ARGS     extra `petrel serve` flags, e.g. "--sync none" or "--poll busy"
+#   FSYNC_PROBE    fdatasync calls measured on the data directory's filesystem right
+#                  after the run (scripts/bench/fsync-probe.py), printed next to the
+#                  bench's latencies; 0 skips it [default: 500]
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -50,3 +53,8 @@ wait_for_banner "$pid" "$data/serve.out" ||
   { cat "$data/serve.err" >&2; echo "pinned: server did not start" >&2; exit 1; }
 taskset -c "$CLIENT_CPUS" "$PETREL" bench "$@" --server "127.0.0.1:$PORT" \
   --key-file "$data/keys" --server-pid "$pid"
+if [[ ${FSYNC_PROBE:-500} != 0 ]]; then
+  # The disk's own fdatasync latency bounds every durable latency above: same run, same
+  # filesystem, the server idle (its CPU), the probe on the client's CPU.
+  taskset -c "$CLIENT_CPUS" python3 "$here/fsync-probe.py" --dir "$data" --count "${FSYNC_PROBE:-500}"
+fi

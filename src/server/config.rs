@@ -32,6 +32,36 @@ pub enum XdpMode {
     Generic,
 }
 
+/// How a core waits when it has nothing to do (`--poll`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PollKind {
+    /// Never sleep: spin on the sockets (AF_XDP: the rings, with no system call) — a
+    /// dedicated core per loop, the lowest latency.
+    Busy,
+    /// Spin for `poll_spin_us` after the last work, then sleep until woken.
+    Adaptive,
+    /// Sleep until woken (epoll / poll on the AF_XDP socket) whenever idle.
+    Interrupt,
+}
+
+/// The resolved polling mode of every core's loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollMode {
+    /// See [`PollKind::Busy`].
+    Busy,
+    /// See [`PollKind::Adaptive`].
+    Adaptive {
+        /// How long to keep spinning after the last work.
+        spin: Duration,
+    },
+    /// See [`PollKind::Interrupt`].
+    Interrupt,
+}
+
+/// Default spin of [`PollMode::Adaptive`], microseconds.
+pub const DEFAULT_POLL_SPIN_US: u64 = 50;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,9 +112,18 @@ pub struct ServeArgs {
     /// Transport [default: kernel].
     #[arg(long, value_enum)]
     pub dataplane: Option<DataplaneKind>,
-    /// CPUs for the dataplane loops, e.g. `0,1` [default: every CPU].
+    /// CPUs for the per-core loops, e.g. `0,1`; the first is the home core (control
+    /// plane and storage) [default: every CPU].
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub cores: Vec<usize>,
+    /// How an idle core waits: `busy` spins (a dedicated core), `adaptive` spins
+    /// `--poll-spin-us` after work then sleeps, `interrupt` sleeps at once
+    /// [default: adaptive].
+    #[arg(long, value_enum)]
+    pub poll: Option<PollKind>,
+    /// Spin of `--poll adaptive` after the last work, microseconds [default: 50].
+    #[arg(long, value_name = "US")]
+    pub poll_spin_us: Option<u64>,
     /// Most concurrent client connections [default: 1000000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
@@ -130,6 +169,8 @@ struct FileConfig {
     listen: Option<Vec<SocketAddr>>,
     dataplane: Option<DataplaneKind>,
     cores: Option<Vec<usize>>,
+    poll: Option<PollKind>,
+    poll_spin_us: Option<u64>,
     max_connections: Option<usize>,
     iface: Option<String>,
     queues: Option<Vec<u32>>,
@@ -159,6 +200,8 @@ pub struct ServeConfig {
     pub listen: Vec<SocketAddr>,
     pub dataplane: DataplaneKind,
     pub cores: Vec<usize>,
+    /// How idle cores wait.
+    pub poll: PollMode,
     pub max_connections: usize,
     /// AF_XDP settings (used with `dataplane = "xdp"`).
     pub xdp: XdpSettings,
@@ -255,6 +298,17 @@ impl ServeConfig {
                 .or(file.dataplane)
                 .unwrap_or(DataplaneKind::Kernel),
             cores,
+            poll: match args.poll.or(file.poll).unwrap_or(PollKind::Adaptive) {
+                PollKind::Busy => PollMode::Busy,
+                PollKind::Adaptive => PollMode::Adaptive {
+                    spin: Duration::from_micros(
+                        args.poll_spin_us
+                            .or(file.poll_spin_us)
+                            .unwrap_or(DEFAULT_POLL_SPIN_US),
+                    ),
+                },
+                PollKind::Interrupt => PollMode::Interrupt,
+            },
             max_connections: args
                 .max_connections
                 .or(file.max_connections)

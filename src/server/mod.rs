@@ -1,14 +1,15 @@
 //! `petrel serve`: wires the dataplane, the control plane and storage into a running
 //! server.
 //!
-//! Threads: one pinned event loop per dataplane core (`petrel-core-N`), the control-plane
-//! thread (this module's [`driver`], running on the caller's thread), and the storage
-//! writer (`petrel-storage-writer`, group commit). See docs/ARCHITECTURE.md for the data
-//! flow.
+//! Threads: one pinned loop per core (`petrel-core-N`, [`core_loop`]): core 0, the home
+//! core, runs transport I/O, the control plane and storage writes; the others run
+//! transport I/O and talk to it over bounded rings. Beside them, the storage syncer
+//! (`petrel-syncer`, which sleeps in fdatasync), the signal thread and, when enabled,
+//! the metrics endpoint. See docs/ARCHITECTURE.md for the data flow.
 
 pub mod admin;
 pub mod config;
-mod driver;
+pub mod core_loop;
 mod keys;
 mod limits;
 pub mod metrics;
@@ -17,20 +18,17 @@ pub(crate) mod transport;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::time::{Duration, Instant};
+
 use anyhow::Context;
-use petrel_control::Control;
-use petrel_storage::{
-    CommitQueue, CommitQueueConfig, DiffusionMode, RocksEngine, StorageConfig, SyncMode,
-};
+use petrel_control::{Action, Control, Event, Ticket};
+use petrel_storage::{Committer, DiffusionMode, GroupEngine, RocksEngine, StorageConfig, SyncMode};
 
 pub use config::{ServeArgs, ServeConfig};
-pub use driver::now;
+pub use core_loop::now;
 
 use self::config::{DataplaneKind, Diffusion, Sync};
-use self::transport::Transport;
-
-/// Events a transport may queue for the control plane before it stops reading.
-const TRANSPORT_EVENT_QUEUE: usize = 64 * 1024;
+use self::transport::{Cores, Transport};
 
 fn storage_config(config: &ServeConfig) -> StorageConfig {
     StorageConfig {
@@ -90,17 +88,25 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
             );
         })
         .ok();
-    let storage = CommitQueue::start(engine, CommitQueueConfig::default())
-        .context("cannot start the storage writer")?;
+    let (transport, cores, cpus) = Transport::start(&config)?;
+    let home_waker = cores
+        .home_waker()
+        .context("the dataplane started no core")?;
+    let syncer_wakes = home_waker.clone();
+    let mut committer = Committer::start(
+        engine,
+        config.sync == Sync::Batch,
+        Arc::new(move || {
+            let _ = syncer_wakes.wake();
+        }),
+    )
+    .context("cannot start the storage syncer")?;
     let mut control = Control::new(control_config(&config), keys, now());
-    let (storage_tx, storage_rx) = crossbeam_channel::unbounded();
-    driver::warm_up(&mut control, &storage, &storage_tx, &storage_rx)?;
+    warm_up(&mut control, &mut committer)?;
 
-    let (transport_tx, transport_rx) = crossbeam_channel::bounded(TRANSPORT_EVENT_QUEUE);
-    let transport = Transport::start(&config, transport_tx)?;
     let metrics = match config.metrics_addr {
         Some(addr) => {
-            let metrics = metrics::Metrics::new(transport.metrics_label(), storage.stats());
+            let metrics = metrics::Metrics::new(transport.metrics_label(), committer.stats());
             if let Some(source) = transport.metrics_source() {
                 metrics.set_transport_source(source);
             }
@@ -114,9 +120,9 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
     };
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (stop_wakeup_tx, stop_wakeup_rx) = crossbeam_channel::bounded(1);
     {
         let stop = stop.clone();
+        let home_waker = home_waker.clone();
         let mut signals = signal_hook::iterator::Signals::new([
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGTERM,
@@ -128,14 +134,14 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
                 if let Some(signal) = signals.forever().next() {
                     tracing::info!(signal, "signal received; shutting down gracefully");
                     stop.store(true, Ordering::Relaxed);
-                    let _ = stop_wakeup_tx.try_send(());
+                    let _ = home_waker.wake();
                 }
             })?;
     }
 
     let local_addrs = transport.local_addrs();
     for addr in &local_addrs {
-        tracing::info!(%addr, dataplane = transport.describe(), "listening");
+        tracing::info!(%addr, dataplane = transport.describe(), cores = cpus.len(), poll = ?config.poll, "listening");
     }
     println!(
         "petrel: serving on {} ({}, data in {})\n\
@@ -155,21 +161,48 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
             .map_or("127.0.0.1:9500".into(), ToString::to_string),
     );
 
-    let driver = driver::Driver {
+    let home = core_loop::HomeParts {
         control,
-        router: transport.router(),
-        storage,
-        transport_events: transport_rx,
-        storage_events: storage_rx,
-        storage_events_tx: storage_tx,
+        committer,
         stop,
-        stop_wakeup: stop_wakeup_rx,
-        metrics: metrics.map(driver::DriverMetrics::new),
+        metrics,
     };
-    let result = driver.run();
+    let result = match cores {
+        Cores::Kernel(cores) => core_loop::run(cores, cpus, config.poll, home),
+        Cores::Xdp(cores) => core_loop::run(cores, cpus, config.poll, home),
+    };
     transport.log_counters();
-    transport.join();
-    result.context("storage did not shut down cleanly")?;
+    drop(transport);
+    result?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Runs the control plane's start-up storage work (loading the token revocation list)
+/// before any client is served, so the first logins are not turned away as "server
+/// busy".
+fn warm_up<E: GroupEngine + 'static>(
+    control: &mut Control,
+    committer: &mut Committer<E, Ticket>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut batch = Vec::new();
+    while !control.is_ready() {
+        while let Some(action) = control.poll_action() {
+            let Action::Storage { ticket, request } = action else {
+                anyhow::bail!("control plane asked for network I/O before any connection existed");
+            };
+            batch.push((ticket, request));
+        }
+        committer.commit(&mut batch);
+        committer
+            .take_ready(|ticket, result| control.handle(now(), Event::Storage { ticket, result }));
+        if Instant::now() > deadline {
+            anyhow::bail!("storage did not answer the start-up requests within 30 s");
+        }
+        if !control.is_ready() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
     Ok(())
 }

@@ -1,18 +1,17 @@
-//! Starting the configured dataplane: kernel sockets or AF_XDP. Both implement the same
-//! boundary (`Event`s to the control thread, `CoreCommand`s through a [`Router`]), so the
-//! rest of `petrel serve` does not care which one runs.
+//! Starting the configured dataplane: kernel sockets or AF_XDP. Both hand out one
+//! [`CoreIo`](petrel_dataplane::CoreIo) per core, so the per-core loops
+//! (`super::core_loop`) do not care which one runs.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
 use anyhow::{Context, bail};
-use crossbeam_channel::Sender;
-use petrel_control::Event;
-use petrel_dataplane::Router;
-use petrel_dataplane::kernel::{KernelConfig, KernelTransport};
+use petrel_dataplane::kernel::{self, KernelConfig, KernelCore};
 use petrel_dataplane::sys::ifaddrs;
 use petrel_dataplane::xdp::filter::AttachMode;
+use petrel_dataplane::xdp::poller::XdpCore;
 use petrel_dataplane::xdp::tcp::ShardConfig;
 use petrel_dataplane::xdp::transport::{XdpConfig, XdpTransport};
+use petrel_dataplane::{CoreIo, Wake};
 use petrel_proto::DecoderConfig;
 
 use super::config::{CONNECTIONS_PER_SHARD, DataplaneKind, ServeConfig, XdpMode};
@@ -22,60 +21,75 @@ use super::metrics;
 const MIN_AUTO_SHARDS: usize = 16;
 const MAX_AUTO_SHARDS: usize = 65_536;
 
-/// The running dataplane.
+/// The cores of the running dataplane, for the per-core loops.
+pub enum Cores {
+    /// One per kernel-socket core.
+    Kernel(Vec<KernelCore>),
+    /// One per AF_XDP queue.
+    Xdp(Vec<XdpCore>),
+}
+
+impl Cores {
+    /// The waker of core 0, the home core.
+    pub fn home_waker(&self) -> Option<std::sync::Arc<dyn Wake>> {
+        match self {
+            Cores::Kernel(c) => c.first().map(CoreIo::waker),
+            Cores::Xdp(c) => c.first().map(CoreIo::waker),
+        }
+    }
+}
+
+/// The running dataplane: what is shared while its cores run.
 pub enum Transport {
-    /// Pinned epoll loops over kernel sockets.
-    Kernel(KernelTransport),
-    /// Pinned AF_XDP pollers with userspace TCP.
+    /// Kernel sockets; the bound addresses.
+    Kernel(Vec<SocketAddr>),
+    /// AF_XDP: the filter, rule and counters; the served address.
     Xdp(XdpTransport, SocketAddr),
 }
 
 impl Transport {
-    /// Starts the dataplane `config` names; its events go to `events`.
-    pub fn start(config: &ServeConfig, events: Sender<Event>) -> anyhow::Result<Transport> {
+    /// Starts the dataplane `config` names. Returns it, its cores, and the CPU each
+    /// core's loop is pinned to.
+    pub fn start(config: &ServeConfig) -> anyhow::Result<(Transport, Cores, Vec<Option<usize>>)> {
         let decoder = DecoderConfig {
             max_body_len: config.max_frame_body,
         };
         match config.dataplane {
             DataplaneKind::Kernel => {
-                let transport = KernelTransport::start(
-                    KernelConfig {
-                        listen: config.listen.clone(),
-                        cores: kernel_cores(&config.cores),
-                        max_connections: config.max_connections,
-                        max_outbound_bytes: config.max_outbound_bytes,
-                        decoder,
-                        ..KernelConfig::default()
-                    },
-                    events,
-                )
+                let cpus = kernel_cores(&config.cores);
+                let (cores, addrs) = kernel::bind(&KernelConfig {
+                    listen: config.listen.clone(),
+                    cores: cpus.clone(),
+                    max_connections: config.max_connections,
+                    max_outbound_bytes: config.max_outbound_bytes,
+                    decoder,
+                    ..KernelConfig::default()
+                })
                 .context("cannot start the kernel-socket dataplane")?;
-                Ok(Transport::Kernel(transport))
+                Ok((Transport::Kernel(addrs), Cores::Kernel(cores), cpus))
             }
             DataplaneKind::Xdp => {
                 let xdp = xdp_config(config, decoder)?;
                 let addr = SocketAddr::from((xdp.addr, xdp.port));
-                let iface = xdp.iface.clone();
-                let transport = XdpTransport::start(xdp, events).with_context(|| {
-                    format!("cannot start the AF_XDP dataplane on {iface} (needs root)")
+                let (transport, cores) = XdpTransport::start(&xdp).with_context(|| {
+                    format!(
+                        "cannot start the AF_XDP dataplane on {} (needs root)",
+                        xdp.iface
+                    )
                 })?;
-                Ok(Transport::Xdp(transport, addr))
+                Ok((
+                    Transport::Xdp(transport, addr),
+                    Cores::Xdp(cores),
+                    xdp.cores,
+                ))
             }
-        }
-    }
-
-    /// A router for the control thread.
-    pub fn router(&self) -> Router {
-        match self {
-            Transport::Kernel(t) => t.router(),
-            Transport::Xdp(t, _) => t.router(),
         }
     }
 
     /// The addresses clients connect to (a port 0 resolved).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         match self {
-            Transport::Kernel(t) => t.local_addrs().to_vec(),
+            Transport::Kernel(addrs) => addrs.clone(),
             Transport::Xdp(_, addr) => vec![*addr],
         }
     }
@@ -89,7 +103,7 @@ impl Transport {
     }
 
     /// Reads the dataplane's own counters at scrape time (AF_XDP only; the kernel
-    /// transport has none beyond what the driver publishes).
+    /// transport has none beyond what the home core publishes).
     pub fn metrics_source(&self) -> Option<metrics::TransportSource> {
         let Transport::Xdp(t, _) = self else {
             return None;
@@ -119,14 +133,6 @@ impl Transport {
                 Ok(filter) => tracing::info!(?filter, rx = ?t.rx_counters(), "AF_XDP counters"),
                 Err(e) => tracing::warn!(error = %e, "cannot read the XDP filter's counters"),
             }
-        }
-    }
-
-    /// Waits for the dataplane threads after the router asked them to shut down.
-    pub fn join(self) {
-        match self {
-            Transport::Kernel(t) => t.join(),
-            Transport::Xdp(t, _) => t.join(),
         }
     }
 }

@@ -133,6 +133,16 @@ impl TestServer {
                 listen.unwrap_or_else(|| lab.server_addr())
             ),
         };
+        // PETREL_TEST_CORES=1 runs the kernel dataplane's server on one core (the home
+        // core alone: no rings); by default it uses every CPU (two here: rings in use).
+        let one_core = dataplane == Dataplane::Kernel
+            && std::env::var("PETREL_TEST_CORES").is_ok_and(|v| v == "1")
+            && !extra_config.contains("cores =");
+        let transport = if one_core {
+            format!("{transport}cores = [0]\n")
+        } else {
+            transport
+        };
         std::fs::write(
             &config_path,
             format!(
@@ -198,6 +208,13 @@ impl TestServer {
         assert!(status.success());
         let exit = wait_timeout(&mut child, Duration::from_secs(30));
         assert!(exit.success(), "petrel serve exited with {exit}");
+    }
+
+    /// Sends SIGKILL (a crash: no shutdown, no flush) and waits for the process to go.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("server running");
+        child.kill().expect("SIGKILL the server");
+        let _ = child.wait();
     }
 
     /// Stops the server gracefully and starts it again on the same data directory and

@@ -1,0 +1,640 @@
+//! The per-core loop: the one place that drives transport, control plane and storage.
+//!
+//! Every served core runs one [`CoreIo`] on one pinned thread. Core 0 is the **home**
+//! core: its loop also owns the sans-IO [`Control`] and the storage [`Committer`], so on
+//! a one-core server a message is read, decoded, handled, written to RocksDB and — once
+//! the syncer thread reports the fsync — acked and pushed, all on that one thread,
+//! without a hand-off:
+//!
+//! ```text
+//! home core, one iteration:
+//!   io.wait ─▶ io.receive ─▶ Control::handle(now, event) ─▶ actions
+//!        ▲                    ▲ Storage replies once durable   │ Send/Close: io (or a ring)
+//!        │                    └── Committer::take_ready        │ Storage: this iteration's
+//!        │                                                     ▼ group → Committer::commit
+//!        └──────── io.transmit ◀───────────────────────────────┘ (apply now; fsync on the
+//!                                                                  syncer thread, which
+//!                                                                  wakes this core)
+//! ```
+//!
+//! With more cores, the others run the same loop without a control plane: their events
+//! travel to the home core on a bounded single-producer/single-consumer ring, and the
+//! home core's sends and closes for their connections come back on another (crossbeam's
+//! bounded array channel used one-to-one: lock-free, allocation-free once built, and
+//! already a dependency). Each ring is woken once per iteration, not per message.
+//!
+//! Back-pressure: a core whose ring to home is full stops reading its sockets until it
+//! drains (TCP then slows the clients); home stops taking input while a ring to another
+//! core is full or while storage has [`MAX_IN_FLIGHT`] requests unreleased. Nothing
+//! queues without a bound.
+//!
+//! Not done yet (docs/ARCHITECTURE.md): each core owning the sessions of its own
+//! connections and the conversations that hash to it, so that cores share nothing. The
+//! control plane still lives on one core; the others do transport I/O only.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use petrel_conn::{ConnId, TransportEvent};
+use petrel_control::{Action, Control, Event, Ticket, Timestamp};
+use petrel_dataplane::{CoreIo, Wake};
+use petrel_storage::{Committer, GroupEngine, Request};
+
+use super::config::PollMode;
+use super::metrics::{Metrics, PUBLISH_INTERVAL, Published};
+
+/// Capacity of each ring between two cores, in events or commands.
+const RING: usize = 16 * 1024;
+/// Most events taken off one ring per iteration (the rest wait for the next one).
+const RING_BATCH: usize = 1024;
+/// Storage requests applied and not yet released past which home stops taking input.
+pub const MAX_IN_FLIGHT: usize = 64 * 1024;
+/// How long a graceful shutdown waits for in-flight storage writes to be acked.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// Longest sleep of an idle core (it re-checks the stop flag).
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Sleep of a core whose ring to home is full (home is behind: give it the CPU).
+const BACKLOG_SLEEP: Duration = Duration::from_micros(200);
+
+/// Milliseconds since the Unix epoch, for the control plane's `now`.
+pub fn now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Timestamp::from_millis(ms)
+}
+
+/// A command from the home core to another core.
+#[derive(Debug)]
+enum Down {
+    Send { conn: ConnId, bytes: Bytes },
+    Close { conn: ConnId },
+    Shutdown,
+}
+
+/// The home core's end of the rings to one other core.
+struct Remote {
+    down: Sender<Down>,
+    up: Receiver<TransportEvent>,
+    waker: Arc<dyn Wake>,
+    /// Commands that did not fit in the ring, in order; sent before anything newer.
+    overflow: VecDeque<Down>,
+    wake: bool,
+}
+
+impl Remote {
+    fn push(&mut self, command: Down) {
+        self.wake = true;
+        if self.overflow.is_empty() {
+            match self.down.try_send(command) {
+                Ok(()) => {}
+                Err(TrySendError::Full(c)) => self.overflow.push_back(c),
+                // The core has exited (it stops only after a Shutdown): nothing to do.
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        } else {
+            self.overflow.push_back(command);
+        }
+    }
+
+    fn flush_overflow(&mut self) {
+        while let Some(command) = self.overflow.pop_front() {
+            match self.down.try_send(command) {
+                Ok(()) => self.wake = true,
+                Err(TrySendError::Full(c)) => {
+                    self.overflow.push_front(c);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.overflow.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn wake_if_needed(&mut self) {
+        if std::mem::take(&mut self.wake)
+            && let Err(e) = self.waker.wake()
+        {
+            tracing::warn!(error = %e, "cannot wake a dataplane core");
+        }
+    }
+}
+
+/// Another core's end of its rings to home.
+struct HomeLink {
+    up: Sender<TransportEvent>,
+    down: Receiver<Down>,
+    home: Arc<dyn Wake>,
+}
+
+/// What the home core's loop owns besides its transport.
+pub struct HomeParts<E: GroupEngine + 'static> {
+    /// The control plane, warmed up (revocation list loaded).
+    pub control: Control,
+    /// Storage group commit.
+    pub committer: Committer<E, Ticket>,
+    /// Raised by the signal handler; the home core's waker is woken with it.
+    pub stop: Arc<AtomicBool>,
+    /// Where metrics are published, if anywhere.
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// Runs one loop per core, `cores[0]` as home, each pinned to `cpus[i]`, until `stop`
+/// is raised and the graceful shutdown has finished. Blocks the calling thread.
+pub fn run<I, E>(
+    cores: Vec<I>,
+    cpus: Vec<Option<usize>>,
+    poll: PollMode,
+    home: HomeParts<E>,
+) -> anyhow::Result<()>
+where
+    I: CoreIo + 'static,
+    E: GroupEngine + 'static,
+{
+    let mut cores = cores.into_iter();
+    let home_io = cores.next().context("no dataplane core to run")?;
+    let home_waker = home_io.waker();
+    let mut remotes = Vec::new();
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    for (io, cpu) in cores.zip(cpus.iter().skip(1).copied()) {
+        let (up_tx, up_rx) = crossbeam_channel::bounded(RING);
+        let (down_tx, down_rx) = crossbeam_channel::bounded(RING);
+        remotes.push(Remote {
+            down: down_tx,
+            up: up_rx,
+            waker: io.waker(),
+            overflow: VecDeque::new(),
+            wake: false,
+        });
+        let link = HomeLink {
+            up: up_tx,
+            down: down_rx,
+            home: home_waker.clone(),
+        };
+        let index = io.index();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("petrel-core-{index}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        petrel_dataplane::pin::pin_current_thread(cpu);
+                    }
+                    RemoteLoop::new(io, link, poll).run();
+                })
+                .context("cannot start a core thread")?,
+        );
+    }
+    let home_cpu = cpus.first().copied().flatten();
+    let home_thread = std::thread::Builder::new()
+        .name(format!("petrel-core-{}", home_io.index()))
+        .spawn(move || {
+            if let Some(cpu) = home_cpu {
+                petrel_dataplane::pin::pin_current_thread(cpu);
+            }
+            HomeLoop::new(home_io, remotes, poll, home).run();
+        })
+        .context("cannot start the home core thread")?;
+    let mut panicked = home_thread.join().is_err();
+    for thread in threads {
+        panicked |= thread.join().is_err();
+    }
+    if panicked {
+        anyhow::bail!("a core thread panicked");
+    }
+    Ok(())
+}
+
+/// How long to sleep: not at all while there is work or while spinning, else until the
+/// next timer (capped).
+fn sleep_for(poll: PollMode, work_waiting: bool, idle_since: Instant, next: Duration) -> Duration {
+    if work_waiting {
+        return Duration::ZERO;
+    }
+    match poll {
+        PollMode::Busy => Duration::ZERO,
+        PollMode::Adaptive { spin } if idle_since.elapsed() < spin => Duration::ZERO,
+        PollMode::Adaptive { .. } | PollMode::Interrupt => next,
+    }
+}
+
+struct HomeLoop<I: CoreIo, E: GroupEngine + 'static> {
+    io: I,
+    remotes: Vec<Remote>,
+    poll: PollMode,
+    control: Control,
+    committer: Committer<E, Ticket>,
+    stop: Arc<AtomicBool>,
+    events: Vec<TransportEvent>,
+    batch: Vec<(Ticket, Request)>,
+    metrics: Option<LoopMetrics>,
+    storage_failure_logged: bool,
+}
+
+/// The home loop's side of the metrics: connection counts kept from the events it
+/// handles anyway, published every [`PUBLISH_INTERVAL`].
+struct LoopMetrics {
+    metrics: Arc<Metrics>,
+    connections: Vec<u64>,
+    next_publish: Instant,
+}
+
+impl LoopMetrics {
+    fn count(&mut self, event: &TransportEvent) {
+        let (conn, opened) = match event {
+            TransportEvent::Opened { conn } => (conn, true),
+            TransportEvent::Closed { conn } => (conn, false),
+            _ => return,
+        };
+        let core = usize::from(conn.core());
+        if self.connections.len() <= core {
+            self.connections.resize(core + 1, 0);
+        }
+        let n = &mut self.connections[core];
+        *n = if opened { *n + 1 } else { n.saturating_sub(1) };
+    }
+}
+
+impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
+    fn new(io: I, remotes: Vec<Remote>, poll: PollMode, parts: HomeParts<E>) -> Self {
+        HomeLoop {
+            io,
+            remotes,
+            poll,
+            control: parts.control,
+            committer: parts.committer,
+            stop: parts.stop,
+            events: Vec::with_capacity(1024),
+            batch: Vec::with_capacity(1024),
+            metrics: parts.metrics.map(|metrics| LoopMetrics {
+                metrics,
+                connections: Vec::new(),
+                next_publish: Instant::now(),
+            }),
+            storage_failure_logged: false,
+        }
+    }
+
+    fn run(mut self) {
+        let mut idle_since = Instant::now();
+        let mut draining_since: Option<Instant> = None;
+        loop {
+            if draining_since.is_none() && self.stop.load(Ordering::Relaxed) {
+                tracing::info!(
+                    in_flight = self.committer.in_flight(),
+                    "shutting down: finishing in-flight writes"
+                );
+                draining_since = Some(Instant::now());
+            }
+            if let Some(since) = draining_since
+                && (self.committer.in_flight() == 0 || since.elapsed() > DRAIN_LIMIT)
+            {
+                break;
+            }
+            let next = self.next_timeout(draining_since.is_some());
+            // Events left by the last transmit, replies ready, or commands that did not
+            // fit in a full ring to another core (it does not wake us when it drains).
+            let waiting = !self.events.is_empty()
+                || self.committer.has_ready()
+                || self.remotes.iter().any(|r| !r.overflow.is_empty());
+            let sleep = sleep_for(self.poll, waiting, idle_since, next);
+            if let Err(e) = self.io.wait(Some(sleep)) {
+                tracing::error!(error = %e, "home core: waiting for I/O failed; stopping");
+                self.stop.store(true, Ordering::Relaxed);
+            }
+            let now = now();
+            if self.iterate(now) {
+                idle_since = Instant::now();
+            }
+            self.publish_metrics(false);
+        }
+        self.shut_down();
+    }
+
+    /// One iteration after the wait. Returns whether anything happened.
+    fn iterate(&mut self, now: Timestamp) -> bool {
+        let mut work = !self.events.is_empty();
+        for remote in &mut self.remotes {
+            remote.flush_overflow();
+        }
+        let blocked = self.committer.in_flight() >= MAX_IN_FLIGHT
+            || self.remotes.iter().any(|r| !r.overflow.is_empty());
+        if !blocked {
+            self.io.receive(&mut self.events);
+            work |= !self.events.is_empty();
+        }
+        self.handle_events(now);
+        if !blocked {
+            for i in 0..self.remotes.len() {
+                for _ in 0..RING_BATCH {
+                    match self.remotes[i].up.try_recv() {
+                        Ok(event) => {
+                            work = true;
+                            self.handle_transport(now, event);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        work |= self.take_storage(now) > 0;
+        if self.control.poll_timeout().is_some_and(|t| t <= now) {
+            self.control.handle(now, Event::Tick);
+        }
+        self.perform(now);
+        self.io.transmit(&mut self.events);
+        for remote in &mut self.remotes {
+            remote.wake_if_needed();
+        }
+        work
+    }
+
+    fn handle_events(&mut self, now: Timestamp) {
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
+            self.handle_transport(now, event);
+        }
+        self.events = events;
+    }
+
+    fn handle_transport(&mut self, now: Timestamp, event: TransportEvent) {
+        if let Some(m) = &mut self.metrics {
+            m.count(&event);
+        }
+        self.control.handle(now, event.into());
+    }
+
+    fn take_storage(&mut self, now: Timestamp) -> usize {
+        let control = &mut self.control;
+        let n = self.committer.take_ready(|ticket, result| {
+            control.handle(now, Event::Storage { ticket, result });
+        });
+        if !self.storage_failure_logged
+            && let Some(cause) = self.committer.failure()
+        {
+            self.storage_failure_logged = true;
+            tracing::error!(
+                error = %cause,
+                "storage: a WAL sync failed; every write is refused until the server is \
+                 restarted (reads and sessions keep working)"
+            );
+        }
+        n
+    }
+
+    /// Performs the control plane's actions: sends and closes to their cores, this
+    /// iteration's storage requests as one group. Where storage answers at once (no
+    /// fsync to wait for), the replies are handled and their actions performed too.
+    fn perform(&mut self, now: Timestamp) {
+        loop {
+            while let Some(action) = self.control.poll_action() {
+                match action {
+                    Action::Send { conn, bytes } => self.route(conn, Down::Send { conn, bytes }),
+                    Action::Close { conn, .. } => self.route(conn, Down::Close { conn }),
+                    Action::Storage { ticket, request } => self.batch.push((ticket, request)),
+                }
+            }
+            self.committer.commit(&mut self.batch);
+            if !self.committer.has_ready() {
+                return;
+            }
+            self.take_storage(now);
+        }
+    }
+
+    fn route(&mut self, conn: ConnId, command: Down) {
+        let core = usize::from(conn.core());
+        if core == usize::from(self.io.index()) {
+            match command {
+                Down::Send { conn, bytes } => self.io.send(conn, bytes),
+                Down::Close { conn } => self.io.close(conn),
+                Down::Shutdown => {}
+            }
+        } else if let Some(remote) = core.checked_sub(1).and_then(|i| self.remotes.get_mut(i)) {
+            remote.push(command);
+        }
+    }
+
+    fn next_timeout(&mut self, draining: bool) -> Duration {
+        let cap = if draining {
+            Duration::from_millis(20)
+        } else if self.metrics.is_some() {
+            PUBLISH_INTERVAL
+        } else {
+            MAX_SLEEP
+        };
+        match self.control.poll_timeout() {
+            Some(t) => t.saturating_since(now()).min(cap),
+            None => cap,
+        }
+    }
+
+    fn publish_metrics(&mut self, force: bool) {
+        let Some(m) = &mut self.metrics else {
+            return;
+        };
+        let at = Instant::now();
+        if !force && at < m.next_publish {
+            return;
+        }
+        m.next_publish = at + PUBLISH_INTERVAL;
+        let cores = self.remotes.len() + 1;
+        let mut connections = m.connections.clone();
+        connections.resize(cores.max(connections.len()), 0);
+        let mut outbound_queue = vec![0];
+        outbound_queue.extend(
+            self.remotes
+                .iter()
+                .map(|r| (r.down.len() + r.overflow.len()) as u64),
+        );
+        m.metrics.publish(Published {
+            counters: self.control.counters().clone(),
+            sessions: self.control.session_count(),
+            connections,
+            outbound_queue,
+            inbound_queue: self.remotes.iter().map(|r| r.up.len() as u64).sum(),
+            storage_in_flight: self.committer.in_flight() as u64,
+        });
+    }
+
+    /// Kicks every client with `ServerShutdown`, lets every core flush and close, then
+    /// waits for the last fsync.
+    fn shut_down(mut self) {
+        let now_ts = now();
+        self.control.shutdown();
+        self.perform(now_ts);
+        for remote in &mut self.remotes {
+            remote.push(Down::Shutdown);
+        }
+        self.io.begin_shutdown();
+        loop {
+            for remote in &mut self.remotes {
+                remote.flush_overflow();
+                remote.wake_if_needed();
+                // Their events no longer matter, but a full ring would stall them.
+                while remote.up.try_recv().is_ok() {}
+            }
+            self.io.receive(&mut self.events);
+            self.io.transmit(&mut self.events);
+            let done = self.io.shutdown_done(&mut self.events);
+            let now_ts = now();
+            self.handle_events(now_ts);
+            self.take_storage(now_ts);
+            // Closing connections produce no new work worth doing; drop what is queued.
+            while self.control.poll_action().is_some() {}
+            let remotes_done = self.remotes.iter().all(|r| r.overflow.is_empty());
+            if done && remotes_done {
+                break;
+            }
+            if let Err(e) = self.io.wait(Some(Duration::from_millis(10))) {
+                tracing::warn!(error = %e, "waiting during shutdown failed");
+                break;
+            }
+        }
+        self.publish_metrics(true);
+        let control = &mut self.control;
+        let now_ts = now();
+        self.committer.shutdown(|ticket, result| {
+            control.handle(now_ts, Event::Storage { ticket, result });
+        });
+        // Drop the rings: a remote still running sees its command ring close and stops.
+    }
+}
+
+struct RemoteLoop<I: CoreIo> {
+    io: I,
+    link: HomeLink,
+    poll: PollMode,
+    events: Vec<TransportEvent>,
+    /// Events that did not fit in the ring to home, in order.
+    backlog: VecDeque<TransportEvent>,
+    stopping: bool,
+}
+
+impl<I: CoreIo> RemoteLoop<I> {
+    fn new(io: I, link: HomeLink, poll: PollMode) -> Self {
+        RemoteLoop {
+            io,
+            link,
+            poll,
+            events: Vec::with_capacity(1024),
+            backlog: VecDeque::new(),
+            stopping: false,
+        }
+    }
+
+    fn run(mut self) {
+        let mut idle_since = Instant::now();
+        loop {
+            if self.backlog.is_empty() {
+                let sleep = sleep_for(self.poll, false, idle_since, MAX_SLEEP);
+                if let Err(e) = self.io.wait(Some(sleep)) {
+                    tracing::error!(core = self.io.index(), error = %e, "waiting for I/O failed");
+                    self.begin_shutdown();
+                }
+            } else {
+                // Home is behind: read nothing new, give it the CPU, then retry the ring.
+                std::thread::sleep(BACKLOG_SLEEP);
+            }
+            let mut work = false;
+            if self.backlog.is_empty() {
+                self.io.receive(&mut self.events);
+            }
+            loop {
+                match self.link.down.try_recv() {
+                    Ok(Down::Send { conn, bytes }) => self.io.send(conn, bytes),
+                    Ok(Down::Close { conn }) => self.io.close(conn),
+                    Ok(Down::Shutdown) | Err(TryRecvError::Disconnected) => {
+                        self.begin_shutdown();
+                        break;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                }
+                work = true;
+            }
+            self.io.transmit(&mut self.events);
+            let done = self.stopping && self.io.shutdown_done(&mut self.events);
+            work |= self.push_up();
+            if done {
+                return;
+            }
+            if work {
+                idle_since = Instant::now();
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if !self.stopping {
+            self.stopping = true;
+            self.io.begin_shutdown();
+        }
+    }
+
+    /// Sends the backlog, then this iteration's events, to home; wakes it once.
+    fn push_up(&mut self) -> bool {
+        let mut sent = false;
+        while let Some(event) = self.backlog.pop_front() {
+            match self.link.up.try_send(event) {
+                Ok(()) => sent = true,
+                Err(TrySendError::Full(e)) => {
+                    self.backlog.push_front(e);
+                    break;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.backlog.clear();
+                    break;
+                }
+            }
+        }
+        for event in self.events.drain(..) {
+            if !self.backlog.is_empty() {
+                self.backlog.push_back(event);
+                continue;
+            }
+            match self.link.up.try_send(event) {
+                Ok(()) => sent = true,
+                Err(TrySendError::Full(e)) => self.backlog.push_back(e),
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+        if sent && let Err(e) = self.link.home.wake() {
+            tracing::warn!(error = %e, "cannot wake the home core");
+        }
+        sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_never_sleeps_adaptive_spins_then_sleeps_interrupt_sleeps() {
+        let next = Duration::from_millis(7);
+        let just_now = Instant::now();
+        let long_ago = just_now - Duration::from_secs(1);
+        assert_eq!(
+            sleep_for(PollMode::Busy, false, long_ago, next),
+            Duration::ZERO
+        );
+        let adaptive = PollMode::Adaptive {
+            spin: Duration::from_millis(100),
+        };
+        assert_eq!(sleep_for(adaptive, false, just_now, next), Duration::ZERO);
+        assert_eq!(sleep_for(adaptive, false, long_ago, next), next);
+        assert_eq!(sleep_for(PollMode::Interrupt, false, just_now, next), next);
+        // Work waiting is never slept on, whatever the mode.
+        assert_eq!(
+            sleep_for(PollMode::Interrupt, true, long_ago, next),
+            Duration::ZERO
+        );
+    }
+}
