@@ -14,9 +14,11 @@
 //! Unlike [`crate::CommitQueue`] there is no writer thread: the requests of one loop
 //! iteration are one group, applied on the loop's own core without a hand-off, and the
 //! loop never waits for the disk. Nobody may be told about a write before the fsync that
-//! covers it returned: replies (of reads too, which may have seen earlier groups' writes)
-//! are released strictly in group order, and a group's only after every write before it
-//! is durable. A group with no writes behind nothing unsynced is released at once.
+//! covers it returned: write replies are released in group order, each group's once its
+//! fsync (and so every one before it) has returned. Reads do not queue behind appends:
+//! a sync or history page waits only for the fsync of the unsynced writes it actually
+//! shows ([`crate::unsynced`]), so a page of a quiet conversation is answered while the
+//! appends of busy ones wait for the disk. Other reads wait for every write before them.
 //!
 //! If an fsync fails, every write of the groups it covered is answered with an error
 //! (never an ack), and the committer refuses every later write with an error naming the
@@ -38,6 +40,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use crate::api::{Engine, Reply, Request, fail_not_durable};
 use crate::commit::CommitStats;
 use crate::error::StorageError;
+use crate::unsynced::{Unsynced, classify};
 
 /// What a [`Committer`] needs of an engine: apply a group, make it durable. Every
 /// [`Engine`] is one.
@@ -61,15 +64,23 @@ impl<E: Engine + ?Sized> GroupEngine for E {
 /// an eventfd).
 pub type WakeLoop = Arc<dyn Fn() + Send + Sync>;
 
-/// One applied group waiting for release.
+/// The writes of one applied group, waiting for release.
 struct Group<T> {
     id: u64,
     tags: Vec<T>,
-    writes: Vec<bool>,
     replies: Vec<Result<Reply, StorageError>>,
     submitted: Instant,
     /// Whether any write of the group succeeded (and so needs the fsync).
     wrote: bool,
+}
+
+/// An answered read waiting for the fsync of the writes it shows.
+struct WaitingRead<T> {
+    tag: T,
+    reply: Result<Reply, StorageError>,
+    /// The write group that must be durable first, if any.
+    need: Option<u64>,
+    submitted: Instant,
 }
 
 /// The loop's side of group commit. See the module docs.
@@ -77,6 +88,8 @@ pub struct Committer<E: GroupEngine + 'static, T> {
     engine: Arc<E>,
     syncer: Option<Syncer>,
     groups: VecDeque<Group<T>>,
+    reads: VecDeque<WaitingRead<T>>,
+    unsynced: Unsynced,
     next_group: u64,
     /// Every group with an id below this is durable.
     durable_below: u64,
@@ -93,6 +106,7 @@ impl<E: GroupEngine + 'static, T> std::fmt::Debug for Committer<E, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Committer")
             .field("groups", &self.groups.len())
+            .field("reads", &self.reads.len())
             .field("in_flight", &self.in_flight)
             .field("failed", &self.failed)
             .finish_non_exhaustive()
@@ -129,6 +143,8 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
             engine,
             syncer,
             groups: VecDeque::new(),
+            reads: VecDeque::new(),
+            unsynced: Unsynced::default(),
             next_group: 0,
             durable_below: 0,
             failed_below: 0,
@@ -161,55 +177,74 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
             return;
         }
         let submitted = Instant::now();
+        let id = self.next_group;
         let mut tags = Vec::with_capacity(batch.len());
-        let mut writes = Vec::with_capacity(batch.len());
-        let mut refused = Vec::new();
+        let mut kinds = Vec::with_capacity(batch.len());
         self.requests.clear();
-        for (i, (tag, request)) in batch.drain(..).enumerate() {
-            let write = request.is_write();
+        for (tag, request) in batch.drain(..) {
+            let kind = classify(&request);
+            let refused = kind.is_ok() && self.failed.is_some();
             tags.push(tag);
-            writes.push(write);
-            if write && self.failed.is_some() {
-                refused.push(i);
-            } else {
+            kinds.push((kind, refused));
+            if !refused {
                 self.requests.push(request);
             }
         }
-        let applied = self.engine.apply_group(std::mem::take(&mut self.requests));
-        let replies = if refused.is_empty() {
-            applied
-        } else {
-            let cause = self.failed.as_ref().map(ToString::to_string);
-            let mut applied = applied.into_iter();
-            let mut next_refused = refused.iter().peekable();
-            (0..tags.len())
-                .map(|i| {
-                    if next_refused.peek() == Some(&&i) {
-                        next_refused.next();
-                        Err(StorageError::Backend(format!(
-                            "storage refuses writes until the server is restarted: an earlier \
-                             WAL sync failed ({})",
-                            cause.as_deref().unwrap_or("unknown")
-                        )))
-                    } else {
-                        applied.next().unwrap_or_else(|| {
-                            Err(StorageError::Backend(
-                                "engine returned too few replies".into(),
-                            ))
-                        })
-                    }
+        let mut applied = self
+            .engine
+            .apply_group(std::mem::take(&mut self.requests))
+            .into_iter();
+        let mut group_tags = Vec::new();
+        let mut group_replies = Vec::new();
+        let mut wrote = false;
+        for (tag, (kind, refused)) in tags.into_iter().zip(kinds) {
+            let reply = if refused {
+                Err(self.refusal())
+            } else {
+                applied.next().unwrap_or_else(|| {
+                    Err(StorageError::Backend(
+                        "engine returned too few replies".into(),
+                    ))
                 })
-                .collect()
-        };
-        let wrote = writes.iter().zip(&replies).any(|(w, r)| *w && r.is_ok());
-        let id = self.next_group;
+            };
+            match kind {
+                Ok(write) => {
+                    if let Ok(r) = &reply {
+                        self.unsynced.record(id, write, r);
+                        wrote = true;
+                    }
+                    group_tags.push(tag);
+                    group_replies.push(reply);
+                }
+                Err(read) => {
+                    // Evaluated here, in request order: a read sees the writes applied
+                    // before it (earlier groups and earlier in this one), never later ones.
+                    let need = reply
+                        .as_ref()
+                        .ok()
+                        .and_then(|r| self.unsynced.needed_by(r, read));
+                    self.reads.push_back(WaitingRead {
+                        tag,
+                        reply,
+                        need,
+                        submitted,
+                    });
+                    self.in_flight += 1;
+                }
+            }
+        }
         self.next_group += 1;
-        self.in_flight += tags.len();
+        if group_tags.is_empty() {
+            if self.syncer.is_none() {
+                self.durable_below = self.next_group;
+            }
+            return;
+        }
+        self.in_flight += group_tags.len();
         self.groups.push_back(Group {
             id,
-            tags,
-            writes,
-            replies,
+            tags: group_tags,
+            replies: group_replies,
             submitted,
             wrote,
         });
@@ -231,19 +266,31 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
             _ => {
                 if self.syncer.is_none() {
                     self.durable_below = self.next_group;
+                    self.unsynced.durable(self.durable_below);
                 }
             }
         }
     }
 
-    /// Releases, in order, the replies of every group that may be told now; calls
-    /// `release(tag, reply)` for each. Returns how many were released.
+    /// The error for a write refused after a failed fsync.
+    fn refusal(&self) -> StorageError {
+        StorageError::Backend(format!(
+            "storage refuses writes until the server is restarted: an earlier WAL sync \
+             failed ({})",
+            self.failed
+                .as_ref()
+                .map_or_else(|| "unknown".to_string(), ToString::to_string)
+        ))
+    }
+
+    /// Releases the replies that may be told now: writes in group order once durable,
+    /// reads once what they show is durable. Calls `release(tag, reply)` for each and
+    /// returns how many were released.
     pub fn take_ready(&mut self, mut release: impl FnMut(T, Result<Reply, StorageError>)) -> usize {
         self.collect_syncs();
         let mut released = 0;
         while let Some(front) = self.groups.front() {
-            // A group that wrote waits for its own fsync; one that did not waits only for
-            // the groups before it (reads may have seen their writes).
+            // A group whose writes all failed has nothing to wait for.
             let ready = front.id < self.durable_below || !front.wrote;
             if !ready {
                 break;
@@ -254,7 +301,8 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
             if group.id < self.failed_below
                 && let Some(cause) = &self.failed
             {
-                fail_not_durable(&group.writes, &mut group.replies, cause);
+                let writes = vec![true; group.replies.len()];
+                fail_not_durable(&writes, &mut group.replies, cause);
             }
             let now = Instant::now();
             self.stats.record_many(
@@ -266,6 +314,25 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
                 release(tag, reply);
             }
         }
+        if !self.reads.is_empty() {
+            let durable_below = self.durable_below;
+            let now = Instant::now();
+            let mut waiting = self.reads.len();
+            while waiting > 0 {
+                waiting -= 1;
+                let Some(read) = self.reads.pop_front() else {
+                    break;
+                };
+                if read.need.is_none_or(|g| g < durable_below) {
+                    self.stats
+                        .record_many(now.saturating_duration_since(read.submitted), 1);
+                    released += 1;
+                    release(read.tag, read.reply);
+                } else {
+                    self.reads.push_back(read);
+                }
+            }
+        }
         self.in_flight -= released;
         released
     }
@@ -273,9 +340,14 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
     /// Whether [`Committer::take_ready`] would release something now.
     pub fn has_ready(&mut self) -> bool {
         self.collect_syncs();
+        let durable_below = self.durable_below;
         self.groups
             .front()
-            .is_some_and(|g| g.id < self.durable_below || !g.wrote)
+            .is_some_and(|g| g.id < durable_below || !g.wrote)
+            || self
+                .reads
+                .iter()
+                .any(|r| r.need.is_none_or(|g| g < durable_below))
     }
 
     fn collect_syncs(&mut self) {
@@ -303,6 +375,7 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
         if let Some((below, e)) = failure {
             self.sync_failed(below, e);
         }
+        self.unsynced.durable(self.durable_below);
     }
 
     fn sync_failed(&mut self, below: u64, cause: StorageError) {
@@ -460,6 +533,46 @@ mod tests {
         assert!(out.iter().all(|(_, r)| r.is_ok()));
         assert_eq!(c.in_flight(), 0);
         assert!(engine.syncs.load(Ordering::SeqCst) >= 1);
+    }
+
+    fn history(user: u64, peer: u64) -> Request {
+        Request::History {
+            user: UserId(user),
+            conversation: ConversationKey::single(UserId(user), UserId(peer)),
+            before_seq: u64::MAX,
+            limit: 10,
+        }
+    }
+
+    #[test]
+    fn a_page_of_a_quiet_conversation_does_not_wait_for_appends_elsewhere() {
+        let engine = Probe::new();
+        let mut c = Committer::start(engine.clone(), true, Arc::new(|| {})).unwrap();
+        // Conversation 2–3 gets a message, made durable.
+        c.commit(&mut vec![(1, append(3, 1))]);
+        assert_eq!(released_within(&mut c, 1).len(), 1);
+        let held = engine.hold.lock().unwrap();
+        // An append to 1–2 waits for its fsync; a page of 2–3 read after it does not.
+        c.commit(&mut vec![(2, append(1, 1)), (3, history(3, 2))]);
+        let mut got = Vec::new();
+        c.take_ready(|t, r| got.push((t, r)));
+        assert_eq!(got.len(), 1, "only the quiet page is out");
+        assert_eq!(got[0].0, 3);
+        assert!(matches!(&got[0].1, Ok(Reply::History(m)) if m.len() == 1));
+        // A page that shows the unsynced append waits for it.
+        c.commit(&mut vec![(4, history(1, 2))]);
+        assert!(!c.has_ready());
+        assert_eq!(c.take_ready(|_, _| panic!("shown before durable")), 0);
+        drop(held);
+        let out = released_within(&mut c, 2);
+        let tags: Vec<u32> = out.iter().map(|(t, _)| *t).collect();
+        assert_eq!(
+            tags,
+            vec![2, 4],
+            "the append's ack, then the page that shows it"
+        );
+        assert!(matches!(&out[1].1, Ok(Reply::History(m)) if m.len() == 1));
+        assert_eq!(c.in_flight(), 0);
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub mod kv;
 pub mod mem;
 pub mod model;
 pub mod rocks;
+pub mod unsynced;
 pub mod values;
 
 pub use api::{
