@@ -77,6 +77,21 @@ impl From<TransportEvent> for Event {
     }
 }
 
+/// Which sessions [`crate::Control::revoke_sessions`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// Every live session of this user (and the tokens they use).
+    User(u64),
+    /// The token with this id (whether or not a session uses it), and every live session
+    /// that logged in with it or was renewed to it.
+    Token {
+        /// The token id (the revocation key inside the token).
+        token_id: [u8; crate::token::TOKEN_ID_LEN],
+        /// When the token expires; the revocation is kept until then.
+        expires_at: crate::Timestamp,
+    },
+}
+
 /// Why the control plane closes a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
