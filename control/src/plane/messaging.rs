@@ -18,6 +18,7 @@ use super::Control;
 use super::pending::{AppendCtx, Pending, ReplyTo};
 use crate::convert::{self, Target};
 use crate::counters::ByScenario;
+use crate::session::Conn;
 use crate::time::Timestamp;
 use petrel_conn::ConnId;
 
@@ -30,6 +31,12 @@ fn empty_content(content: &pb::Content) -> Option<&'static str> {
         Some(pb::content::Body::Text(t)) if t.text.is_empty() => Some("text content is empty"),
         Some(_) => None,
     }
+}
+
+/// Whether `c` is too far behind for a chatroom push of `len` more bytes: its queue
+/// would pass `max_bytes`, or it has `budget` (if non-zero) chatroom pushes unflushed.
+fn lagging(c: &Conn, len: u64, max_bytes: u64, budget: u64) -> bool {
+    c.queued_bytes + len > max_bytes || (budget > 0 && c.rooms.lag() >= budget)
 }
 
 /// Which per-scenario counter a conversation feeds.
@@ -307,28 +314,34 @@ impl Control {
             ),
         );
         if let Some(bytes) = encoded {
+            let (max_bytes, budget) = (
+                self.config.max_outbound_bytes,
+                self.config.chatroom_lag_budget,
+            );
             for &target in &targets {
+                let Some(c) = self.registry.get_mut(target) else {
+                    continue;
+                };
                 // A lagging receiver loses this message (and is told so with a Gap when
                 // it catches up); the room does not wait for it.
-                if self.chatroom_lagging(target, len) {
-                    if let Some(c) = self.registry.get_mut(target) {
-                        c.rooms.skipped(room_id, seq);
-                        self.counters.messages_dropped.chatroom += 1;
-                    }
+                if lagging(c, len, max_bytes, budget) {
+                    c.rooms.skipped(room_id, seq);
+                    self.counters.messages_dropped.chatroom += 1;
                     continue;
                 }
-                if let Some((from, to)) = self
-                    .registry
-                    .get_mut(target)
-                    .and_then(|c| c.rooms.take_gap(room_id))
-                {
-                    self.send_gap(target, room_id, from, to);
+                // One lookup per receiver on the common path; a gap owed (rare) first
+                // goes out on its own.
+                match c.rooms.take_gap(room_id) {
+                    None => c.rooms.pushed(c.sent_bytes + len),
+                    Some((from, to)) => {
+                        self.send_gap(target, room_id, from, to);
+                        if let Some(c) = self.registry.get_mut(target) {
+                            c.rooms.pushed(c.sent_bytes + len);
+                        }
+                    }
                 }
                 if self.send_bytes(target, bytes.clone(), FrameType::MessagePush) {
                     self.counters.messages_delivered.chatroom += 1;
-                    if let Some(c) = self.registry.get_mut(target) {
-                        c.rooms.pushed(c.sent_bytes);
-                    }
                 }
             }
         }
@@ -343,12 +356,14 @@ impl Control {
     /// the lag budget in messages, or over the outbound byte limit. Unknown connections
     /// count as lagging (nothing is sent to them).
     pub(super) fn chatroom_lagging(&self, conn: ConnId, len: u64) -> bool {
-        let Some(c) = self.registry.get(conn) else {
-            return true;
-        };
-        let budget = self.config.chatroom_lag_budget;
-        c.queued_bytes + len > self.config.max_outbound_bytes
-            || (budget > 0 && c.rooms.lag() >= budget)
+        self.registry.get(conn).is_none_or(|c| {
+            lagging(
+                c,
+                len,
+                self.config.max_outbound_bytes,
+                self.config.chatroom_lag_budget,
+            )
+        })
     }
 
     /// Tells `conn` that pushes `from..=to` of `room` were skipped for it.
