@@ -159,6 +159,10 @@ async fn chat(config: ClientConfig, token: Token) -> anyhow::Result<()> {
                     println!("* stopped: {reason}");
                 }
                 Some(Event::Kicked { reason, message }) => println!("* kicked: {reason:?} {message}"),
+                Some(Event::Gap { conversation, from_seq, to_seq }) => println!(
+                    "* [{}] #{from_seq}..#{to_seq} skipped: this device fell behind the room",
+                    show(conversation)
+                ),
                 Some(Event::SendFailed { code, message, .. }) => {
                     println!("* send failed: {code:?} {message}");
                 }

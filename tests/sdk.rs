@@ -719,3 +719,158 @@ dataplane_tests!(
     the_outbox_survives_an_app_restart_and_history_pages_come_from_the_server,
     reconnect_now_skips_a_long_back_off,
 );
+
+/// A scripted stand-in server for one SDK behaviour: answers Login, Ping and Sync like
+/// `petrel serve`, and hands every `SendMessage` to `on_send`, which answers it.
+fn fake_server_session(
+    stream: std::net::TcpStream,
+    mut on_send: impl FnMut(u32, petrel_proto::pb::SendMessage, &mut Vec<petrel_proto::Frame>) -> bool,
+) {
+    use std::io::{Read, Write};
+
+    use petrel_proto::codec::FrameEncoder;
+    use petrel_proto::{Body, Frame, FrameDecoder, pb};
+
+    let mut stream = stream;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut decoder = FrameDecoder::default();
+    let mut buf = bytes::BytesMut::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        while let Some(frame) = decoder
+            .decode(&mut buf)
+            .expect("the SDK sends valid frames")
+        {
+            let rid = frame.request_id;
+            let mut out = Vec::new();
+            let mut end = false;
+            match frame.body {
+                Body::Login(l) => out.push(Frame::response(
+                    rid,
+                    pb::LoginResult {
+                        user_id: l.user_id,
+                        session_id: 1,
+                        server_time_ms: 1,
+                        heartbeat_interval_s: 50,
+                        token_expires_at_ms: 0,
+                    },
+                )),
+                Body::Ping(p) => out.push(Frame::response(
+                    rid,
+                    pb::Pong {
+                        client_time_ms: p.client_time_ms,
+                        server_time_ms: 1,
+                    },
+                )),
+                Body::SyncRequest(_) => out.push(Frame::response(rid, pb::SyncResponse::default())),
+                Body::SendMessage(m) => end = on_send(rid, m, &mut out),
+                _ => {}
+            }
+            for f in &out {
+                let bytes = FrameEncoder::default().encode_to_bytes(f).expect("encode");
+                if stream.write_all(&bytes).is_err() {
+                    return;
+                }
+            }
+            if end {
+                return;
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[test]
+fn a_send_refused_with_shutting_down_is_sent_again_after_the_reconnect_with_the_same_id() {
+    use petrel_proto::{Frame, pb};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let server = std::thread::spawn(move || {
+        // First session: the send is refused (the server is draining), then the kick.
+        let (stream, _) = listener.accept().expect("first connection");
+        let mut refused = None;
+        fake_server_session(stream, |rid, m, out| {
+            refused = Some(m.client_msg_id);
+            out.push(Frame::response(
+                rid,
+                pb::Error {
+                    code: pb::ErrorCode::ShuttingDown as i32,
+                    message: "server shutting down".into(),
+                    retry_after_ms: 0,
+                },
+            ));
+            out.push(Frame::new(
+                0,
+                pb::Kick {
+                    reason: pb::KickReason::ServerShutdown as i32,
+                    message: "bye".into(),
+                },
+            ));
+            true
+        });
+        // Second session (after the reconnect): the same id again, acked.
+        let (stream, _) = listener.accept().expect("second connection");
+        let mut resent = None;
+        fake_server_session(stream, |rid, m, out| {
+            resent = Some(m.client_msg_id);
+            out.push(Frame::response(
+                rid,
+                pb::Ack {
+                    client_msg_id: m.client_msg_id,
+                    conversation: m.conversation,
+                    seq: 1,
+                    server_time_ms: 1,
+                    duplicate: false,
+                },
+            ));
+            false
+        });
+        (refused, resent)
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        let provider = petrel_sdk::token_fn(|| {
+            Ok(petrel_sdk::Token {
+                token: "fake".into(),
+                expires_at_ms: 0,
+            })
+        });
+        let (client, mut events) =
+            petrel_sdk::Client::start(test_config(3001, vec![addr]), provider).expect("start");
+        client.wait_connected(WAIT).await.unwrap();
+        let id = client
+            .send_text(ConversationKey::single(3002), "during a shutdown")
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match timeout(left, events.recv()).await {
+                Ok(Some(Event::Acked { client_msg_id, .. })) => {
+                    assert_eq!(client_msg_id, id);
+                    break;
+                }
+                Ok(Some(Event::SendFailed { code, .. })) => {
+                    panic!("a SHUTTING_DOWN send must stay in the outbox, got SendFailed({code:?})")
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => panic!("the refused send was never acked"),
+            }
+        }
+        assert_eq!(client.outbox_len().unwrap(), 0);
+        client.shutdown(false).await;
+    });
+    let (refused, resent) = server.join().expect("fake server");
+    assert!(refused.is_some(), "the first session saw no send");
+    assert_eq!(refused, resent, "resent with the same client_msg_id");
+}

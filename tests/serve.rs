@@ -251,8 +251,87 @@ fn a_client_that_stops_reading_while_a_chatroom_floods_it_does_not_slow_the_room
     // 20 MB went to the room; the server held at most its per-connection limit for `s`.
     let grown = server.rss_kib().saturating_sub(rss_before);
     assert!(grown < 64 * 1024, "server RSS grew by {grown} KiB");
+
+    // `s` reads again: every seq of the flood is either pushed to it or reported in a
+    // Gap, exactly once, and each gap comes before any later push of the room.
+    let mut covered: Vec<(u64, u64)> = Vec::new();
+    let mut gaps = 0;
+    while covered.last().is_none_or(|&(_, to)| to < MESSAGES) {
+        let frame = s.recv();
+        let (from, to) = match frame.body {
+            Body::MessagePush(p) if p.conversation == Some(room) => (p.seq, p.seq),
+            Body::Gap(g) if g.conversation == Some(room) => {
+                gaps += 1;
+                (g.from_seq, g.to_seq)
+            }
+            _ => continue,
+        };
+        let expected = covered.last().map_or(1, |&(_, to)| to + 1);
+        assert_eq!(from, expected, "seqs {from}..={to} after {covered:?}");
+        covered.push((from, to));
+    }
+    assert!(
+        gaps >= 1,
+        "the stalled member was never told it missed pushes"
+    );
+    // Caught up, it gets the next message like everyone else.
+    f.send_text(room, MESSAGES + 1, "after the flood");
+    assert_eq!(s.push().seq, MESSAGES + 1);
+    assert_eq!(r.push().seq, MESSAGES + 1);
     assert_server_healthy(&mut server);
-    drop(s);
+}
+
+fn requests_during_a_graceful_shutdown_get_shutting_down_then_a_kick(dp: Dataplane) {
+    let mut server = TestServer::start_on(dp, "shutdown_grace_ms = 1500\n");
+    let (alice, bob) = (61, 62);
+    let mut a = TestClient::login(server.addr, &server.token(alice, "a"), alice, "a");
+    assert_eq!(a.send_text(single(bob), 1, "before").seq, 1);
+    let late_token = server.token(bob, "b");
+
+    server.signal_stop();
+    std::thread::sleep(Duration::from_millis(300));
+    // A new request is refused with SHUTTING_DOWN (answering its request id) and the
+    // connection stays open; Ping is still answered.
+    let refused = a.request(pb::SendMessage {
+        client_msg_id: 2,
+        conversation: Some(single(bob)),
+        content: Some(common::client::text_content("during")),
+    });
+    match &refused.body {
+        Body::Error(e) => assert_eq!(e.code, pb::ErrorCode::ShuttingDown as i32, "{e:?}"),
+        other => panic!("expected SHUTTING_DOWN, got {other:?}"),
+    }
+    assert!(refused.flags.is_response());
+    let pong = a.request(pb::Ping { client_time_ms: 5 });
+    assert!(matches!(pong.body, Body::Pong(_)), "{pong:?}");
+    // A login now is refused the same way, then closed.
+    let mut late = TestClient::connect(server.addr);
+    late.send(&petrel_proto::Frame::new(
+        1,
+        pb::Login {
+            token: late_token,
+            user_id: bob,
+            device_id: "b".into(),
+            platform: pb::Platform::Desktop as i32,
+            client_version: "petrel-tests".into(),
+        },
+    ));
+    expect_error_then_close(&mut late, pb::ErrorCode::ShuttingDown);
+    // Then everyone is kicked.
+    let frames = a.recv_until_closed(Duration::from_secs(10));
+    assert!(
+        frames.iter().any(|f| matches!(&f.body,
+            Body::Kick(k) if k.reason == pb::KickReason::ServerShutdown as i32)),
+        "{frames:?}"
+    );
+    server.stop();
+
+    // After the restart the refused message is sent again with its client_msg_id: it
+    // was never stored, so it gets the next seq (not a duplicate).
+    server.restart_stopped();
+    let mut a = TestClient::login(server.addr, &server.token(alice, "a"), alice, "a");
+    let ack = a.send_text(single(bob), 2, "during");
+    assert_eq!((ack.seq, ack.duplicate), (2, false));
 }
 
 dataplane_tests!(
@@ -263,4 +342,5 @@ dataplane_tests!(
     a_connection_that_sends_nothing_is_closed_at_the_login_deadline,
     sigterm_during_a_burst_loses_no_acked_message,
     a_client_that_stops_reading_while_a_chatroom_floods_it_does_not_slow_the_room,
+    requests_during_a_graceful_shutdown_get_shutting_down_then_a_kick,
 );

@@ -8,6 +8,24 @@
 //!
 //! Members are kept in a `BTreeSet` so fan-out order is deterministic (the simulator
 //! relies on it) and join/leave are O(log n).
+//!
+//! # Slow members
+//!
+//! A room never waits for its slowest member. Each connection's [`Seats`] count how
+//! many chatroom pushes it has been handed and not yet written out (its *lag*, in
+//! messages); a member whose lag reaches the configured budget (or whose outbound queue
+//! is over its byte limit) is skipped, and the skipped seqs are remembered per room as
+//! one range. When the member is below the budget again — at the next push of that
+//! room, or as soon as the transport reports its queue drained — it is sent one `Gap`
+//! frame for the range before anything newer of that room, so a client can show
+//! "some messages were skipped" instead of guessing from a seq jump.
+//!
+//! Flush reports come in bytes, not frames, so the lag is tracked with one mark: the
+//! byte offset at which some push ends and the push count up to it. When the transport
+//! has flushed past the mark, every push up to it is out; when the queue is empty, every
+//! push is. The count is therefore exact whenever the queue drains and otherwise errs
+//! towards "behind" by at most the pushes handed over since the mark was set. It costs
+//! four integers per connection and nothing per message but two additions.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -64,6 +82,135 @@ impl Room {
             self.recent.pop_front();
         }
         self.recent.push_back(push);
+    }
+}
+
+/// A connection's place in one room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seat {
+    /// The room id.
+    pub room: u64,
+    /// Seqs of this room skipped for the connection and not yet reported, inclusive.
+    pub gap: Option<(u64, u64)>,
+}
+
+/// The chatrooms one connection is in, and how far behind their pushes it is.
+#[derive(Debug, Clone, Default)]
+pub struct Seats {
+    seats: Vec<Seat>,
+    /// Chatroom pushes handed to the transport.
+    pushed: u64,
+    /// Of those, how many are known to be written out.
+    flushed: u64,
+    /// `(end, count)`: the byte offset at which push number `count` ends.
+    mark: Option<(u64, u64)>,
+    /// Whether some seat has a gap to report.
+    owed: bool,
+}
+
+impl Seats {
+    /// The rooms, in join order.
+    pub fn rooms(&self) -> impl Iterator<Item = u64> + '_ {
+        self.seats.iter().map(|s| s.room)
+    }
+
+    /// Number of rooms.
+    pub fn len(&self) -> usize {
+        self.seats.len()
+    }
+
+    /// Whether the connection is in no room.
+    pub fn is_empty(&self) -> bool {
+        self.seats.is_empty()
+    }
+
+    /// Whether the connection is in `room`.
+    pub fn contains(&self, room: u64) -> bool {
+        self.seats.iter().any(|s| s.room == room)
+    }
+
+    /// Takes a seat in `room`. False if it already had one.
+    pub fn join(&mut self, room: u64) -> bool {
+        if self.contains(room) {
+            return false;
+        }
+        self.seats.push(Seat { room, gap: None });
+        true
+    }
+
+    /// Gives up the seat in `room` (and any gap owed for it). False if it had none.
+    pub fn leave(&mut self, room: u64) -> bool {
+        let before = self.seats.len();
+        self.seats.retain(|s| s.room != room);
+        self.owed = self.seats.iter().any(|s| s.gap.is_some());
+        self.seats.len() != before
+    }
+
+    /// Chatroom pushes handed to the transport and not known to be written out.
+    pub fn lag(&self) -> u64 {
+        self.pushed - self.flushed
+    }
+
+    /// Records a push handed to the transport; `end` is the connection's byte count
+    /// sent so far, this push included.
+    pub fn pushed(&mut self, end: u64) {
+        self.pushed += 1;
+        if self.mark.is_none() {
+            self.mark = Some((end, self.pushed));
+        }
+    }
+
+    /// Records a flush report: `flushed_to` bytes of the connection's output are written
+    /// out, and `queue_empty` says whether that is all of it.
+    pub fn flushed(&mut self, flushed_to: u64, queue_empty: bool) {
+        if queue_empty {
+            self.flushed = self.pushed;
+            self.mark = None;
+        } else if let Some((end, count)) = self.mark
+            && flushed_to >= end
+        {
+            self.flushed = count;
+            self.mark = None;
+        }
+    }
+
+    /// Records that the push with `seq` of `room` was skipped.
+    pub fn skipped(&mut self, room: u64, seq: u64) {
+        if let Some(seat) = self.seats.iter_mut().find(|s| s.room == room) {
+            seat.gap = Some(match seat.gap {
+                Some((from, to)) => (from.min(seq), to.max(seq)),
+                None => (seq, seq),
+            });
+            self.owed = true;
+        }
+    }
+
+    /// Whether a gap is waiting to be reported.
+    pub fn owes_gaps(&self) -> bool {
+        self.owed
+    }
+
+    /// Takes the gap owed for `room`, if any.
+    pub fn take_gap(&mut self, room: u64) -> Option<(u64, u64)> {
+        if !self.owed {
+            return None;
+        }
+        let gap = self.seats.iter_mut().find(|s| s.room == room)?.gap.take();
+        self.owed = self.seats.iter().any(|s| s.gap.is_some());
+        gap
+    }
+
+    /// Takes any owed gap: `(room, from_seq, to_seq)`.
+    pub fn take_any_gap(&mut self) -> Option<(u64, u64, u64)> {
+        if !self.owed {
+            return None;
+        }
+        let found = self
+            .seats
+            .iter_mut()
+            .find_map(|s| s.gap.take().map(|(from, to)| (s.room, from, to)));
+        self.owed = self.seats.iter().any(|s| s.gap.is_some());
+        found
     }
 }
 
@@ -130,6 +277,49 @@ mod tests {
         assert!(rooms.leave(9, b));
         assert!(rooms.get(9).is_none());
         assert!(rooms.is_empty());
+    }
+
+    #[test]
+    fn lag_counts_pushes_until_a_flush_passes_the_mark() {
+        let mut seats = Seats::default();
+        assert!(seats.join(5));
+        assert!(!seats.join(5));
+        // Three 100-byte pushes: offsets 100, 200, 300.
+        for end in [100, 200, 300] {
+            seats.pushed(end);
+        }
+        assert_eq!(seats.lag(), 3);
+        // Flushed past the first push only: the mark was the first push.
+        seats.flushed(150, false);
+        assert_eq!(seats.lag(), 2);
+        // The next push sets a new mark at 400; a flush to 350 does not pass it.
+        seats.pushed(400);
+        seats.flushed(350, false);
+        assert_eq!(seats.lag(), 3, "errs towards behind");
+        seats.flushed(400, true);
+        assert_eq!(seats.lag(), 0, "an empty queue is exact");
+    }
+
+    #[test]
+    fn skipped_seqs_become_one_gap_per_room() {
+        let mut seats = Seats::default();
+        seats.join(5);
+        seats.join(6);
+        assert!(!seats.owes_gaps());
+        for seq in 10..=14 {
+            seats.skipped(5, seq);
+        }
+        seats.skipped(6, 3);
+        seats.skipped(7, 1); // not in room 7: ignored
+        assert!(seats.owes_gaps());
+        assert_eq!(seats.take_gap(5), Some((10, 14)));
+        assert_eq!(seats.take_gap(5), None);
+        assert_eq!(seats.take_any_gap(), Some((6, 3, 3)));
+        assert!(!seats.owes_gaps());
+        seats.skipped(6, 4);
+        assert!(seats.leave(6));
+        assert!(!seats.owes_gaps(), "leaving forgets the gap");
+        assert_eq!(seats.rooms().collect::<Vec<_>>(), [5]);
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub struct Kicks {
     pub idle: u64,
     /// Outbound queue over its limit.
     pub slow_consumer: u64,
-    /// Token revoked by a logout elsewhere.
+    /// Token revoked (a logout with `revoke_token` elsewhere, or an operator revocation).
     pub token_revoked: u64,
     /// Kicked by an operator.
     pub admin: u64,
@@ -138,8 +138,8 @@ pub struct Counters {
     pub messages_duplicate: u64,
     /// Pushes handed to the transport (one per receiving connection).
     pub messages_delivered: ByScenario,
-    /// Pushes not delivered because the receiver was a slow consumer (chatrooms only;
-    /// persisted conversations kick the receiver instead).
+    /// Pushes not delivered because the receiver lagged (chatrooms only, each reported
+    /// to it in a `Gap`; persisted conversations kick the receiver instead).
     pub messages_dropped: ByScenario,
     /// Sends refused (not a member, not the owner, unknown conversation, ...).
     pub messages_rejected: u64,
@@ -152,4 +152,14 @@ pub struct Counters {
     pub unknown_tickets: u64,
     /// Token verifications answered from the cache.
     pub token_cache_hits: u64,
+    /// Client frames refused for their direction or flags: a server-to-client type
+    /// (`UnknownFrameType`) or the RESPONSE flag (`InvalidRequest`).
+    pub frames_misdirected: u64,
+    /// Requests answered `Error(ShuttingDown)` during a graceful shutdown.
+    pub refused_shutting_down: u64,
+    /// `Gap` notices sent: runs of chatroom pushes skipped for a lagging member.
+    pub chatroom_gaps: u64,
+    /// Sessions ended by [`crate::Control::revoke_sessions`] (also counted in
+    /// `kicks.token_revoked`).
+    pub sessions_revoked: u64,
 }

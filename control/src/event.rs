@@ -77,6 +77,21 @@ impl From<TransportEvent> for Event {
     }
 }
 
+/// Which sessions [`crate::Control::revoke_sessions`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// Every live session of this user (and the tokens they use).
+    User(u64),
+    /// The token with this id (whether or not a session uses it), and every live session
+    /// that logged in with it or was renewed to it.
+    Token {
+        /// The token id (the revocation key inside the token).
+        token_id: [u8; crate::token::TOKEN_ID_LEN],
+        /// When the token expires; the revocation is kept until then.
+        expires_at: crate::Timestamp,
+    },
+}
+
 /// Why the control plane closes a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -84,7 +99,8 @@ pub enum CloseReason {
     LoginTimeout,
     /// A request frame arrived before login.
     NotLoggedIn,
-    /// The login's token was rejected (code sent in an `Error` frame first).
+    /// The login was refused: its token (a token code), or because the server is
+    /// shutting down (`ShuttingDown`); the code was sent in an `Error` frame first.
     LoginRejected(pb::ErrorCode),
     /// The session was kicked (a `Kick` frame was sent first).
     Kicked(pb::KickReason),
@@ -93,7 +109,8 @@ pub enum CloseReason {
     /// The byte stream lost sync (an `Error` frame was sent first).
     FatalFrameError(pb::ErrorCode),
     /// A connection that had not logged in sent a frame the decoder rejected (unknown
-    /// type, invalid body); an `Error` frame was sent first.
+    /// type, invalid body) or one not valid from a client (a server-to-client type, the
+    /// RESPONSE flag); an `Error` frame was sent first.
     BadFrameBeforeLogin(pb::ErrorCode),
     /// Every token of the session expired without a renewal (an `Error(TokenExpired)`
     /// frame was sent first).

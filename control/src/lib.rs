@@ -42,7 +42,7 @@ pub mod token;
 
 pub use config::{Config, MultiDevicePolicy, RateLimit};
 pub use counters::Counters;
-pub use event::{Action, CloseReason, Event, Ticket};
+pub use event::{Action, CloseReason, Event, Revocation, Ticket};
 pub use petrel_conn::ConnId;
 pub use plane::Control;
 pub use time::Timestamp;

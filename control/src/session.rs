@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
+use crate::chatroom::Seats;
 use crate::rate_limit::TokenBucket;
 use crate::time::Timestamp;
 use crate::token::TOKEN_ID_LEN;
@@ -53,10 +54,12 @@ pub struct Conn {
     pub session: Option<Session>,
     /// Bytes sent to the transport and not yet reported flushed.
     pub queued_bytes: u64,
+    /// Bytes sent to the transport since the connection opened.
+    pub sent_bytes: u64,
     /// Request rate limit.
     pub bucket: TokenBucket,
-    /// Chatrooms this connection has joined.
-    pub rooms: Vec<u64>,
+    /// Chatrooms this connection has joined, with its lag and the gaps it is owed.
+    pub rooms: Seats,
 }
 
 /// Every connection, and each user's logged-in connections.
@@ -143,6 +146,13 @@ impl Registry {
     pub fn conn_ids(&self) -> Vec<ConnId> {
         self.conns.keys().copied().collect()
     }
+
+    /// Every logged-in connection with its session.
+    pub fn sessions(&self) -> impl Iterator<Item = (ConnId, &Session)> + '_ {
+        self.conns
+            .iter()
+            .filter_map(|(&id, c)| c.session.as_ref().map(|s| (id, s)))
+    }
 }
 
 #[cfg(test)]
@@ -156,6 +166,7 @@ mod tests {
             last_activity: Timestamp(0),
             session: None,
             queued_bytes: 0,
+            sent_bytes: 0,
             bucket: TokenBucket::new(
                 RateLimit {
                     burst: 1,
@@ -163,7 +174,7 @@ mod tests {
                 },
                 Timestamp(0),
             ),
-            rooms: Vec::new(),
+            rooms: Seats::default(),
         }
     }
 

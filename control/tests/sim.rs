@@ -481,6 +481,9 @@ fn chatroom_slow_receiver_is_dropped_for_not_waited_on() {
         "chatrooms drop, they do not kick"
     );
     assert_eq!(c.messages_persisted.chatroom, 0);
+    // Once it reads, it is told what it missed: its pushes and the gap cover 1..=n.
+    s.catch_up(slow);
+    assert_eq!(harness::gaps(&s.client(slow).take()), [(5, at_slow + 1, n)]);
 
     // A late joiner gets the recent ring (the last 50 by default).
     let late = s.login(1004, "l", pb::Platform::Ios);

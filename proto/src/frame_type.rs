@@ -1,9 +1,11 @@
 //! Frame types, and the one table that ties each type byte to its protobuf body.
 //!
 //! Type bytes below 0x80 travel client → server; bytes with the high bit set travel
-//! server → client. A receiver that gets a type it does not know (or one meant for the
-//! other direction) answers with an `ERROR_CODE_UNKNOWN_FRAME_TYPE` error; because the
-//! header carries the body length, the stream stays in sync.
+//! server → client. A receiver that gets a type it does not know, or one meant for the
+//! other direction ("unknown or not valid in this direction"), answers with an
+//! `ERROR_CODE_UNKNOWN_FRAME_TYPE` error; because the header carries the body length, the
+//! stream stays in sync. The decoder itself accepts every defined type in either
+//! direction; [`FrameType::is_client_to_server`] is what a server checks.
 //!
 //! [`frame_table!`] expands the table into [`FrameType`] and [`crate::Body`], so adding a
 //! frame type is one line here and cannot leave the two out of step.
@@ -131,6 +133,8 @@ frame_table! {
     ConversationOpResult = 0x93 => pb::ConversationOpResult,
     /// Membership, role or read-position change in one of the user's conversations.
     ConversationEvent = 0x94 => pb::ConversationEvent,
+    /// Chatroom pushes skipped for this connection (it fell behind the room).
+    Gap = 0x95 => pb::Gap,
 }
 
 impl FrameType {

@@ -192,6 +192,106 @@ fn valid() -> Vec<Valid> {
             ),
         },
         Valid {
+            name: "sync_response_has_more",
+            meaning: "SyncResponse answering request 6 (flags = RESPONSE). Body: messages = \
+                      [MessagePush {conversation = {GROUP, 7}, seq = 101, sender = 42, \
+                      server_time_ms = 1700000000123, client_msg_id = 1002, content = text \
+                      \"hi\", sender_device = \"phone-1\"}], has_more = true, inbox_cursor = \
+                      9, conversations = [{conversation = {GROUP, 7}, last_seq = 140, read_seq \
+                      = 100}]. The follow-up SyncRequest sends inbox_cursor = 9 and the cursor \
+                      {GROUP, 7} after_seq = 101.",
+            frame: Frame::response(
+                6,
+                pb::SyncResponse {
+                    messages: vec![pb::MessagePush {
+                        conversation: common::conv(ConversationKind::Group, 7),
+                        seq: 101,
+                        sender: 42,
+                        server_time_ms: 1_700_000_000_123,
+                        client_msg_id: 1002,
+                        content: common::text("hi"),
+                        sender_device: "phone-1".into(),
+                    }],
+                    has_more: true,
+                    inbox_cursor: 9,
+                    conversations: vec![pb::ConversationState {
+                        conversation: common::conv(ConversationKind::Group, 7),
+                        last_seq: 140,
+                        read_seq: 100,
+                    }],
+                },
+            ),
+        },
+        Valid {
+            name: "gap",
+            meaning: "Gap, request id 0 (unsolicited). Body: conversation = {CHATROOM (3), 5}, \
+                      from_seq = 120, to_seq = 348: pushes 120..=348 of room 5 were skipped for \
+                      this connection.",
+            frame: Frame::new(
+                0,
+                pb::Gap {
+                    conversation: common::conv(ConversationKind::Chatroom, 5),
+                    from_seq: 120,
+                    to_seq: 348,
+                },
+            ),
+        },
+        Valid {
+            name: "error_shutting_down",
+            meaning: "Error answering request 4 (flags = RESPONSE). Body: code = \
+                      ERROR_CODE_SHUTTING_DOWN (42), message = \"server shutting down\". Retry the \
+                      request after reconnecting (a SendMessage with the same client_msg_id).",
+            frame: Frame::response(
+                4,
+                pb::Error {
+                    code: pb::ErrorCode::ShuttingDown as i32,
+                    message: "server shutting down".into(),
+                    retry_after_ms: 0,
+                },
+            ),
+        },
+        Valid {
+            name: "error_login_timeout",
+            meaning: "Error, request id 0, no flags (it answers no request). Body: code = \
+                      ERROR_CODE_LOGIN_TIMEOUT (11), message = \"no login\". The server closes \
+                      the connection after it.",
+            frame: Frame::new(
+                0,
+                pb::Error {
+                    code: pb::ErrorCode::LoginTimeout as i32,
+                    message: "no login".into(),
+                    retry_after_ms: 0,
+                },
+            ),
+        },
+        Valid {
+            name: "kick_token_revoked",
+            meaning: "Kick, request id 0. Body: reason = KICK_REASON_TOKEN_REVOKED (2), message = \
+                      \"revoked\". Do not reconnect with the same token.",
+            frame: Frame::new(
+                0,
+                pb::Kick {
+                    reason: pb::KickReason::TokenRevoked as i32,
+                    message: "revoked".into(),
+                },
+            ),
+        },
+        Valid {
+            name: "client_frame_with_response_flag",
+            meaning: "SendMessage with flags = RESPONSE (0x01), request id 4, body as in \
+                      send_text_single. Well formed, so a decoder reads it, but only servers \
+                      send responses: a server answers it with Error INVALID_REQUEST (30) for \
+                      request 4 and does not process it (before login it then closes).",
+            frame: Frame::response(
+                4,
+                pb::SendMessage {
+                    client_msg_id: 1001,
+                    conversation: common::conv(ConversationKind::Single, 43),
+                    content: common::text("hi"),
+                },
+            ),
+        },
+        Valid {
             name: "join_chatroom",
             meaning: "ConversationOp, request id 8. Body: op = join_chatroom {room_id = 5}.",
             frame: Frame::new(

@@ -157,6 +157,17 @@ pub enum Event {
         /// The server's explanation.
         message: String,
     },
+    /// Chatroom messages `from_seq..=to_seq` were skipped for this device: it fell too
+    /// far behind the room (the server does not wait for slow members, and chatrooms
+    /// are not stored, so they cannot be fetched). Show "some messages were skipped".
+    Gap {
+        /// The chatroom.
+        conversation: ConversationKey,
+        /// First skipped seq.
+        from_seq: u64,
+        /// Last skipped seq (inclusive).
+        to_seq: u64,
+    },
     /// The server closed the session on purpose.
     Kicked {
         /// Why.

@@ -13,7 +13,9 @@
 //!    expiry) and the outbox retry timer (after `RATE_LIMITED`).
 //! 4. When the connection ends: pending requests fail with `ConnectionLost`; unacked
 //!    sends stay in the outbox; wait the back-off delay (cut short by `reconnect_now`)
-//!    and go to 1. Kicks for `REPLACED`, `TOKEN_REVOKED` and `ADMIN`, and a token refused
+//!    and go to 1. A send the server refused with `SHUTTING_DOWN` stays in the outbox
+//!    too, and no further sends go out on that connection: after the reconnect the same
+//!    `client_msg_id` is sent again (the server stores it at most once). Kicks for `REPLACED`, `TOKEN_REVOKED` and `ADMIN`, and a token refused
 //!    twice in a row, stop the task from reconnecting by itself (`Stopped`).
 //!
 //! Events are emitted while the store lock is held, so the app sees messages in the
@@ -157,6 +159,8 @@ struct Live {
     ping_interval: Duration,
     pong_deadline: Option<tokio::time::Instant>,
     renew_at: Option<tokio::time::Instant>,
+    /// The server answered `SHUTTING_DOWN`: send nothing more on this connection.
+    server_draining: bool,
 }
 
 impl Task {
@@ -362,6 +366,7 @@ impl Task {
             ping_interval,
             pong_deadline: None,
             renew_at: self.renew_at(result.token_expires_at_ms),
+            server_draining: false,
         };
         let outcome = self.session(&mut live).await;
         for (_, p) in live.pending.drain() {
@@ -532,7 +537,7 @@ impl Task {
 
     /// Sends queued messages until `send_window` are in flight.
     fn flush_outbox(&mut self, live: &mut Live) -> Result<(), ConnError> {
-        if live.sends_paused_until.is_some() {
+        if live.sends_paused_until.is_some() || live.server_draining {
             return Ok(());
         }
         let window = self.config.send_window;
@@ -633,6 +638,17 @@ impl Task {
                     },
                 }));
             }
+            Body::Gap(gap) => {
+                if let Some(conversation) =
+                    crate::ConversationKey::from_wire(gap.conversation.as_ref())
+                {
+                    let _ = self.shared.events.send(Event::Gap {
+                        conversation,
+                        from_seq: gap.from_seq,
+                        to_seq: gap.to_seq,
+                    });
+                }
+            }
             Body::Error(e) => {
                 tracing::debug!(code = e.code, message = %e.message, "connection-level error");
             }
@@ -695,6 +711,11 @@ impl Task {
                 if matches!(code, pb::ErrorCode::RateLimited | pb::ErrorCode::ServerBusy) {
                     let wait = Duration::from_millis(u64::from(e.retry_after_ms.max(100)));
                     live.sends_paused_until = Some(tokio::time::Instant::now() + wait);
+                } else if code == pb::ErrorCode::ShuttingDown {
+                    // Not refused for good: the entry stays in the outbox and goes out
+                    // again, with the same client_msg_id, after the reconnect that the
+                    // server's shutdown kick starts.
+                    live.server_draining = true;
                 } else {
                     let store = self.shared.store();
                     if store_removed(store, id) {
@@ -713,6 +734,12 @@ impl Task {
             }
             (Pending::Rejoin(room), Body::ConversationOpResult(_)) => {
                 tracing::debug!(room, "rejoined chatroom");
+            }
+            (Pending::Rejoin(room), Body::Error(e))
+                if e.code == pb::ErrorCode::ShuttingDown as i32 =>
+            {
+                // Rejoined after the reconnect.
+                tracing::debug!(room, "chatroom rejoin refused: server shutting down");
             }
             (Pending::Rejoin(room), other) => {
                 tracing::warn!(room, answer = ?other, "could not rejoin chatroom");

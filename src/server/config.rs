@@ -158,6 +158,11 @@ pub struct ServeArgs {
     /// address is printed at start) [default: off].
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Chatroom pushes a connection may have queued before further pushes of its rooms
+    /// are skipped and reported to it with a Gap frame; 0 = only the byte limit
+    /// [default: 1024].
+    #[arg(long, value_name = "MESSAGES")]
+    pub chatroom_lag_budget: Option<u64>,
 }
 
 /// The `[server]`-less flat TOML file. Unknown keys are an error, so a typo never
@@ -191,6 +196,8 @@ struct FileConfig {
     login_deadline_secs: Option<u64>,
     rate_limit_per_second: Option<u32>,
     rate_limit_burst: Option<u32>,
+    chatroom_lag_budget: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -222,6 +229,12 @@ pub struct ServeConfig {
     pub rate_limit_per_second: u32,
     /// Burst allowance of the same limit.
     pub rate_limit_burst: u32,
+    /// Chatroom pushes queued for one connection before its pushes are skipped (and
+    /// reported with a Gap); 0 = only the byte limit.
+    pub chatroom_lag_budget: u64,
+    /// How long a graceful shutdown keeps answering new requests with SHUTTING_DOWN
+    /// before it kicks everyone.
+    pub shutdown_grace: Duration,
 }
 
 /// Connections per smoltcp shard the automatic shard count aims for: smoltcp scans a
@@ -339,6 +352,11 @@ impl ServeConfig {
             login_deadline: Duration::from_secs(file.login_deadline_secs.unwrap_or(10)),
             rate_limit_per_second: file.rate_limit_per_second.unwrap_or(20),
             rate_limit_burst: file.rate_limit_burst.unwrap_or(50),
+            chatroom_lag_budget: args
+                .chatroom_lag_budget
+                .or(file.chatroom_lag_budget)
+                .unwrap_or(1024),
+            shutdown_grace: Duration::from_millis(file.shutdown_grace_ms.unwrap_or(200)),
         };
         config.validate()?;
         Ok(config)
@@ -356,6 +374,9 @@ impl ServeConfig {
         }
         if self.heartbeat_interval.is_zero() || self.idle_timeout <= self.heartbeat_interval {
             bail!("idle_timeout must be longer than heartbeat_interval (both non-zero)");
+        }
+        if self.shutdown_grace > Duration::from_secs(60) {
+            bail!("shutdown_grace_ms must be at most 60000");
         }
         Ok(())
     }
@@ -423,6 +444,30 @@ mod tests {
         assert_eq!(c.sync, Sync::Batch);
         assert_eq!(c.idle_timeout, Duration::from_secs(150));
         assert_eq!(c.metrics_addr, None);
+        assert_eq!(c.chatroom_lag_budget, 1024);
+        assert_eq!(c.shutdown_grace, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn chatroom_lag_budget_and_shutdown_grace_come_from_the_file_or_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("petrel.toml");
+        std::fs::write(
+            &path,
+            "chatroom_lag_budget = 64
+shutdown_grace_ms = 1500
+",
+        )
+        .unwrap();
+        let mut args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        let c = ServeConfig::resolve(&args).unwrap();
+        assert_eq!(c.chatroom_lag_budget, 64);
+        assert_eq!(c.shutdown_grace, Duration::from_millis(1500));
+        args.chatroom_lag_budget = Some(0);
+        assert_eq!(ServeConfig::resolve(&args).unwrap().chatroom_lag_budget, 0);
     }
 
     #[test]

@@ -55,7 +55,8 @@ const RING: usize = 16 * 1024;
 const RING_BATCH: usize = 1024;
 /// Storage requests applied and not yet released past which home stops taking input.
 pub const MAX_IN_FLIGHT: usize = 64 * 1024;
-/// How long a graceful shutdown waits for in-flight storage writes to be acked.
+/// How long a graceful shutdown waits for in-flight storage writes to be acked, beyond
+/// the control plane's `shutdown_grace`.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// Longest sleep of an idle core (it re-checks the stop flag).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -282,21 +283,34 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
         }
     }
 
+    /// Serves until the stop flag is raised, then drains: the control plane answers new
+    /// requests `Error(ShuttingDown)` while the storage requests already in flight
+    /// complete and are acked — transport events keep being handled all along — and
+    /// once nothing is left (or after the drain limit) everyone is kicked and closed.
     fn run(mut self) {
         let mut idle_since = Instant::now();
         let mut draining_since: Option<Instant> = None;
+        let drain_limit = DRAIN_LIMIT + self.control.config().shutdown_grace;
         loop {
             if draining_since.is_none() && self.stop.load(Ordering::Relaxed) {
                 tracing::info!(
                     in_flight = self.committer.in_flight(),
-                    "shutting down: finishing in-flight writes"
+                    "shutting down: refusing new requests, finishing in-flight writes"
                 );
+                self.control.begin_shutdown(now());
                 draining_since = Some(Instant::now());
             }
-            if let Some(since) = draining_since
-                && (self.committer.in_flight() == 0 || since.elapsed() > DRAIN_LIMIT)
-            {
-                break;
+            if let Some(since) = draining_since {
+                if self.committer.in_flight() == 0 && self.control.is_drained(now()) {
+                    break;
+                }
+                if since.elapsed() > drain_limit {
+                    tracing::warn!(
+                        in_flight = self.committer.in_flight(),
+                        "shutting down: drain limit reached with storage requests unanswered"
+                    );
+                    break;
+                }
             }
             let next = self.next_timeout(draining_since.is_some());
             // Events left by the last transmit, replies ready, or commands that did not

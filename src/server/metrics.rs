@@ -306,7 +306,7 @@ impl Collector for Metrics {
         counter(
             &mut e,
             "petrel_messages_dropped",
-            "Pushes not delivered to slow consumers (chatrooms), by scenario.",
+            "Pushes not delivered to lagging members (chatrooms; reported to them in Gap frames), by scenario.",
             &scenarios(&c.messages_dropped),
         )?;
         counter(
@@ -320,6 +320,30 @@ impl Collector for Metrics {
             "petrel_messages_rejected",
             "Sends refused (not a member, unknown conversation, ...).",
             &[(vec![], c.messages_rejected)],
+        )?;
+        counter(
+            &mut e,
+            "petrel_chatroom_gaps",
+            "Gap notices sent to chatroom members that fell behind (one per run of skipped pushes).",
+            &[(vec![], c.chatroom_gaps)],
+        )?;
+        counter(
+            &mut e,
+            "petrel_frames_misdirected",
+            "Client frames refused for their direction (a server-to-client type) or flags (RESPONSE).",
+            &[(vec![], c.frames_misdirected)],
+        )?;
+        counter(
+            &mut e,
+            "petrel_refused_shutting_down",
+            "Requests answered SHUTTING_DOWN during a graceful shutdown.",
+            &[(vec![], c.refused_shutting_down)],
+        )?;
+        counter(
+            &mut e,
+            "petrel_sessions_revoked",
+            "Sessions ended by an operator revocation (Kick TOKEN_REVOKED).",
+            &[(vec![], c.sessions_revoked)],
         )?;
         counter(
             &mut e,
@@ -565,6 +589,8 @@ mod tests {
         counters.logins_failed.expired = 2;
         counters.messages_persisted.single = 5;
         counters.frames_in.add(petrel_proto::FrameType::SendMessage);
+        counters.chatroom_gaps = 4;
+        counters.refused_shutting_down = 6;
         metrics.publish(Published {
             counters,
             sessions: 3,
@@ -601,6 +627,15 @@ mod tests {
         assert_eq!(
             value(&text, "petrel_frames_in_total{type=\"SendMessage\"}"),
             Some(1.0)
+        );
+        assert_eq!(value(&text, "petrel_chatroom_gaps_total"), Some(4.0));
+        assert_eq!(
+            value(&text, "petrel_refused_shutting_down_total"),
+            Some(6.0)
+        );
+        assert_eq!(
+            value(&text, "petrel_frames_out_total{type=\"Gap\"}"),
+            Some(0.0)
         );
         assert_eq!(
             value(&text, "petrel_storage_commit_latency_seconds_count"),

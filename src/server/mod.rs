@@ -55,6 +55,8 @@ fn control_config(config: &ServeConfig) -> petrel_control::Config {
             burst: config.rate_limit_burst,
             per_second: config.rate_limit_per_second,
         },
+        chatroom_lag_budget: config.chatroom_lag_budget,
+        shutdown_grace: config.shutdown_grace,
         id_seed: rand::random(),
         ..petrel_control::Config::default()
     }

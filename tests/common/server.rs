@@ -197,6 +197,17 @@ impl TestServer {
         }
     }
 
+    /// Sends SIGTERM and returns at once: the server drains, then exits. [`Self::stop`]
+    /// (which signals again, harmlessly) waits for the exit.
+    pub fn signal_stop(&self) {
+        let child = self.child.as_ref().expect("server running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+    }
+
     /// Sends SIGTERM and waits for a clean exit (status 0).
     pub fn stop(&mut self) {
         let mut child = self.child.take().expect("server running");

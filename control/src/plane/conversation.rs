@@ -403,7 +403,7 @@ impl Control {
         let Some(c) = self.registry.get(conn) else {
             return;
         };
-        if !c.rooms.contains(&room) && c.rooms.len() >= self.config.max_rooms_per_conn {
+        if !c.rooms.contains(room) && c.rooms.len() >= self.config.max_rooms_per_conn {
             return self.send_error(
                 conn,
                 rid,
@@ -415,7 +415,7 @@ impl Control {
         if self.rooms.join(room, conn)
             && let Some(c) = self.registry.get_mut(conn)
         {
-            c.rooms.push(room);
+            c.rooms.join(room);
         }
         // The newest messages that fit in one frame, oldest first.
         let mut recent: Vec<pb::MessagePush> = Vec::new();
@@ -448,7 +448,7 @@ impl Control {
     fn leave_chatroom(&mut self, conn: ConnId, rid: u32, room: u64) {
         self.rooms.leave(room, conn);
         if let Some(c) = self.registry.get_mut(conn) {
-            c.rooms.retain(|&r| r != room);
+            c.rooms.leave(room);
         }
         self.send_frame(
             conn,

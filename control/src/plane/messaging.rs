@@ -1,6 +1,7 @@
 //! Sending messages: `SendMessage` → storage append → `Ack` to the sender and
 //! `MessagePush` to every other online device of every recipient; and chatroom sends,
-//! which never touch storage.
+//! which never touch storage and skip members that lag (reported to them with a `Gap`,
+//! see [`crate::chatroom`]).
 //!
 //! Performance-critical path (every message goes through here): no locks, no logging,
 //! one encode per distinct view of a push (a 1:1 chat has two: the peer's side and the
@@ -17,8 +18,26 @@ use super::Control;
 use super::pending::{AppendCtx, Pending, ReplyTo};
 use crate::convert::{self, Target};
 use crate::counters::ByScenario;
+use crate::session::Conn;
 use crate::time::Timestamp;
 use petrel_conn::ConnId;
+
+/// Why `content` carries nothing worth storing, if it does not: no body at all (which
+/// is also how a content type this server does not know decodes — storing it would
+/// lose it), or a text with no text.
+fn empty_content(content: &pb::Content) -> Option<&'static str> {
+    match &content.body {
+        None => Some("content has no body (empty, or a content type this server does not know)"),
+        Some(pb::content::Body::Text(t)) if t.text.is_empty() => Some("text content is empty"),
+        Some(_) => None,
+    }
+}
+
+/// Whether `c` is too far behind for a chatroom push of `len` more bytes: its queue
+/// would pass `max_bytes`, or it has `budget` (if non-zero) chatroom pushes unflushed.
+fn lagging(c: &Conn, len: u64, max_bytes: u64, budget: u64) -> bool {
+    c.queued_bytes + len > max_bytes || (budget > 0 && c.rooms.lag() >= budget)
+}
 
 /// Which per-scenario counter a conversation feeds.
 fn scenario(counters: &mut ByScenario, key: ConversationKey) -> &mut u64 {
@@ -53,6 +72,9 @@ impl Control {
         let Some(content) = msg.content else {
             return self.reject_send(conn, rid, pb::ErrorCode::InvalidRequest, "content missing");
         };
+        if let Some(why) = empty_content(&content) {
+            return self.reject_send(conn, rid, pb::ErrorCode::InvalidRequest, why);
+        }
         if content.encoded_len() > self.config.max_content_len {
             return self.reject_send(
                 conn,
@@ -277,6 +299,7 @@ impl Control {
             },
         );
         let encoded = self.encode(&frame);
+        let len = encoded.as_ref().map_or(0, |b| b.len() as u64);
         self.send_frame(
             conn,
             Frame::response(
@@ -291,14 +314,31 @@ impl Control {
             ),
         );
         if let Some(bytes) = encoded {
+            let (max_bytes, budget) = (
+                self.config.max_outbound_bytes,
+                self.config.chatroom_lag_budget,
+            );
             for &target in &targets {
-                let Some(c) = self.registry.get(target) else {
+                let Some(c) = self.registry.get_mut(target) else {
                     continue;
                 };
-                // A slow receiver loses this message; the room does not wait for it.
-                if c.queued_bytes + bytes.len() as u64 > self.config.max_outbound_bytes {
+                // A lagging receiver loses this message (and is told so with a Gap when
+                // it catches up); the room does not wait for it.
+                if lagging(c, len, max_bytes, budget) {
+                    c.rooms.skipped(room_id, seq);
                     self.counters.messages_dropped.chatroom += 1;
                     continue;
+                }
+                // One lookup per receiver on the common path; a gap owed (rare) first
+                // goes out on its own.
+                match c.rooms.take_gap(room_id) {
+                    None => c.rooms.pushed(c.sent_bytes + len),
+                    Some((from, to)) => {
+                        self.send_gap(target, room_id, from, to);
+                        if let Some(c) = self.registry.get_mut(target) {
+                            c.rooms.pushed(c.sent_bytes + len);
+                        }
+                    }
                 }
                 if self.send_bytes(target, bytes.clone(), FrameType::MessagePush) {
                     self.counters.messages_delivered.chatroom += 1;
@@ -309,6 +349,35 @@ impl Control {
         let keep = self.config.chatroom_recent;
         if let (Some(room), Body::MessagePush(push)) = (self.rooms.get_mut(room_id), frame.body) {
             room.remember(push, keep);
+        }
+    }
+
+    /// Whether `conn` is too far behind for a chatroom push of `len` more bytes: over
+    /// the lag budget in messages, or over the outbound byte limit. Unknown connections
+    /// count as lagging (nothing is sent to them).
+    pub(super) fn chatroom_lagging(&self, conn: ConnId, len: u64) -> bool {
+        self.registry.get(conn).is_none_or(|c| {
+            lagging(
+                c,
+                len,
+                self.config.max_outbound_bytes,
+                self.config.chatroom_lag_budget,
+            )
+        })
+    }
+
+    /// Tells `conn` that pushes `from..=to` of `room` were skipped for it.
+    pub(super) fn send_gap(&mut self, conn: ConnId, room: u64, from: u64, to: u64) {
+        let frame = Frame::new(
+            0,
+            pb::Gap {
+                conversation: Some(convert::chatroom_id(room)),
+                from_seq: from,
+                to_seq: to,
+            },
+        );
+        if self.send_frame(conn, frame) {
+            self.counters.chatroom_gaps += 1;
         }
     }
 }

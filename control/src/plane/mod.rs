@@ -23,18 +23,18 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use petrel_proto::codec::FrameEncoder;
 use petrel_proto::{Body, Frame, FrameError, FrameType, pb};
-use petrel_storage::{Reply, Request, StorageError};
+use petrel_storage::{Reply, Request, StorageError, TokenId};
 
 use self::pending::Pending;
-use crate::chatroom::Rooms;
+use crate::chatroom::{Rooms, Seats};
 use crate::config::Config;
 use crate::counters::Counters;
-use crate::event::{Action, CloseReason, Event, Ticket};
+use crate::event::{Action, CloseReason, Event, Revocation, Ticket};
 use crate::rate_limit::TokenBucket;
 use crate::session::{Conn, Registry};
 use crate::time::Timestamp;
 use crate::timers::{TimerKind, TimerQueue};
-use crate::token::{KeyRing, RevocationList, VerifiedTokens};
+use crate::token::{KeyRing, RevocationList, TOKEN_ID_LEN, VerifiedTokens};
 use petrel_conn::ConnId;
 
 /// How often the revocation list is pruned of expired entries.
@@ -43,6 +43,8 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
 const RELOAD_REVOKED_AFTER: Duration = Duration::from_secs(1);
 /// Size of each chunk of the reusable encode buffer.
 const ENCODE_CHUNK: usize = 64 * 1024;
+/// Room a `Gap` frame needs in an outbound queue (header plus the largest body).
+const GAP_FRAME_LEN: u64 = 16 + 40;
 
 /// The control plane: sessions, tokens, heartbeats and routing, with no I/O.
 ///
@@ -63,7 +65,13 @@ const ENCODE_CHUNK: usize = 64 * 1024;
 /// 3. **Timer** — [`Control::poll_timeout`]: the next instant at which the driver must
 ///    call `handle(now, Event::Tick)`, or `None`. Ask again after every `handle`.
 /// 4. **Inspection** — [`Control::counters`], [`Control::connection_count`],
-///    [`Control::session_count`], [`Control::online_devices`]: read-only, any time.
+///    [`Control::session_count`], [`Control::online_devices`], [`Control::is_drained`]:
+///    read-only, any time.
+///
+/// Besides events, a driver may call three operator methods between iterations (their
+/// actions are polled like any other): [`Control::kick_user`],
+/// [`Control::revoke_sessions`], and the graceful shutdown pair
+/// [`Control::begin_shutdown`] / [`Control::shutdown`].
 ///
 /// Calling order, per driver loop iteration:
 ///
@@ -80,6 +88,19 @@ const ENCODE_CHUNK: usize = 64 * 1024;
 /// Logins are answered `ServerBusy` until the revocation list requested by
 /// [`Control::new`] has been loaded, so a revoked token can never slip in during
 /// start-up.
+///
+/// # Graceful shutdown
+///
+/// ```text
+/// control.begin_shutdown(now);            // new requests: Error(ShuttingDown)
+/// while !(storage_idle && control.is_drained(now)) { keep looping as above }
+/// control.shutdown();                     // Kick{ServerShutdown} + Close for everyone
+/// ```
+///
+/// Between the two, storage requests already emitted still complete and are answered
+/// (an append is acked and pushed); every new request except `Ping` and `Logout` is
+/// refused with `Error(ShuttingDown)`, which tells a client to send it again after it
+/// reconnects (a `SendMessage` with the same `client_msg_id`).
 ///
 /// # Example
 ///
@@ -157,6 +178,8 @@ pub struct Control {
     encode_buf: BytesMut,
     /// Reused list of fan-out targets (avoids an allocation per push).
     scratch_conns: Vec<ConnId>,
+    /// Set by [`Control::begin_shutdown`]: when the drain began.
+    draining_since: Option<Timestamp>,
     counters: Counters,
 }
 
@@ -193,6 +216,7 @@ impl Control {
             encoder: FrameEncoder::default(),
             encode_buf: BytesMut::new(),
             scratch_conns: Vec::new(),
+            draining_since: None,
             counters: Counters::default(),
         };
         control.request_revocations(now);
@@ -209,11 +233,7 @@ impl Control {
             Event::Opened { conn } => self.handle_opened(now, conn),
             Event::Frame { conn, frame } => self.handle_frame(now, conn, frame),
             Event::FrameError { conn, error } => self.handle_frame_error(now, conn, error),
-            Event::Flushed { conn, bytes } => {
-                if let Some(c) = self.registry.get_mut(conn) {
-                    c.queued_bytes = c.queued_bytes.saturating_sub(bytes);
-                }
-            }
+            Event::Flushed { conn, bytes } => self.on_flushed(conn, bytes),
             Event::Closed { conn } => {
                 if self.forget(conn) {
                     self.counters.connections_closed += 1;
@@ -303,6 +323,74 @@ impl Control {
         conns.len()
     }
 
+    /// Revokes tokens and ends the live sessions using them (an operator action, or the
+    /// login service reporting a lost device): every token of each matching session is
+    /// put on the revocation list (and persisted with `Request::RevokeToken`), and the
+    /// session gets `Kick{TokenRevoked}` and is closed. A client kicked this way must
+    /// not log in again with its token. Returns how many sessions were ended.
+    ///
+    /// [`Revocation::User`] reaches the tokens of the user's *live* sessions only;
+    /// [`Revocation::Token`] also revokes a token no session is using right now.
+    pub fn revoke_sessions(&mut self, now: Timestamp, what: Revocation) -> usize {
+        let conns: Vec<ConnId> = match what {
+            Revocation::User(user) => self.registry.user_conns(user).to_vec(),
+            Revocation::Token {
+                token_id,
+                expires_at,
+            } => {
+                self.revoke_token(now, token_id, expires_at);
+                self.registry
+                    .sessions()
+                    .filter(|(_, s)| s.tokens.iter().any(|(id, _)| *id == token_id))
+                    .map(|(conn, _)| conn)
+                    .collect()
+            }
+        };
+        for &conn in &conns {
+            let tokens = self
+                .registry
+                .get(conn)
+                .and_then(|c| c.session.as_ref())
+                .map(|s| s.tokens.clone())
+                .unwrap_or_default();
+            for (id, expires_at) in tokens {
+                self.revoke_token(now, id, expires_at);
+            }
+            self.counters.sessions_revoked += 1;
+            self.counters.kicks.token_revoked += 1;
+            self.kick(conn, pb::KickReason::TokenRevoked, "token revoked");
+        }
+        conns.len()
+    }
+
+    /// Starts a graceful shutdown: from now on every new request except `Ping` and
+    /// `Logout` is answered `Error(ShuttingDown)` (a `Login` is then also closed), while
+    /// storage requests already emitted complete and are answered as usual. Poll
+    /// [`Control::is_drained`] to know when to call [`Control::shutdown`]. Calling it
+    /// again changes nothing.
+    pub fn begin_shutdown(&mut self, now: Timestamp) {
+        self.draining_since.get_or_insert(now);
+    }
+
+    /// Whether a shutdown begun with [`Control::begin_shutdown`] has nothing left to
+    /// finish: no storage request is waiting for its completion and the
+    /// `shutdown_grace` has passed. False if no shutdown was begun.
+    pub fn is_drained(&self, now: Timestamp) -> bool {
+        let Some(since) = self.draining_since else {
+            return false;
+        };
+        now >= since.saturating_add(self.config.shutdown_grace)
+            && self
+                .pending
+                .values()
+                .all(|p| matches!(p, Pending::LoadRevoked))
+    }
+
+    /// Whether [`Control::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.draining_since.is_some()
+    }
+
     /// Kicks every connection with `Kick{ServerShutdown}` and closes it.
     pub fn shutdown(&mut self) {
         for conn in self.registry.conn_ids() {
@@ -324,8 +412,9 @@ impl Control {
                 last_activity: now,
                 session: None,
                 queued_bytes: 0,
+                sent_bytes: 0,
                 bucket: TokenBucket::new(self.config.rate_limit, now),
-                rooms: Vec::new(),
+                rooms: Seats::default(),
             },
         );
         if !fresh {
@@ -352,16 +441,33 @@ impl Control {
         let frame_type = frame.body.frame_type();
         self.counters.frames_in.add(frame_type);
         let rid = frame.request_id;
+        // Only servers send types 0x80 and up, and only servers answer requests. Either
+        // is refused without being processed; like any bad frame before login, it also
+        // ends a connection that has not logged in.
+        let misdirected = if !frame_type.is_client_to_server() {
+            Some((
+                pb::ErrorCode::UnknownFrameType,
+                "frame type unknown or not valid in this direction (server to client)",
+            ))
+        } else if frame.flags.is_response() {
+            Some((
+                pb::ErrorCode::InvalidRequest,
+                "clients may not set the RESPONSE flag",
+            ))
+        } else {
+            None
+        };
+        if let Some((code, message)) = misdirected {
+            self.counters.frames_misdirected += 1;
+            self.send_error(conn_id, rid, code, message, 0);
+            if !logged_in {
+                self.close(conn_id, CloseReason::BadFrameBeforeLogin(code));
+            }
+            return;
+        }
         match frame.body {
             Body::Ping(ping) => self.on_ping(now, conn_id, rid, ping),
             Body::Login(login) => self.on_login(now, conn_id, rid, login),
-            _ if !frame_type.is_client_to_server() => self.send_error(
-                conn_id,
-                rid,
-                pb::ErrorCode::UnknownFrameType,
-                "server-to-client frame type sent by a client",
-                0,
-            ),
             _ if !logged_in => {
                 self.send_error(
                     conn_id,
@@ -372,7 +478,8 @@ impl Control {
                 );
                 self.close(conn_id, CloseReason::NotLoggedIn);
             }
-            Body::Logout(logout) => self.on_logout(conn_id, logout),
+            Body::Logout(logout) => self.on_logout(now, conn_id, logout),
+            _ if self.draining_since.is_some() => self.refuse_shutting_down(conn_id, rid),
             Body::RenewToken(_) => {
                 if self.rate_limit(now, conn_id, rid) {
                     self.on_renew(now, conn_id, rid);
@@ -398,7 +505,7 @@ impl Control {
                     self.on_history(conn_id, rid, req);
                 }
             }
-            // Server-to-client bodies were answered above; nothing else exists.
+            // Server-to-client bodies were refused above; nothing else exists.
             Body::LoginResult(_)
             | Body::RenewResult(_)
             | Body::Pong(_)
@@ -408,7 +515,41 @@ impl Control {
             | Body::MessagePush(_)
             | Body::SyncResponse(_)
             | Body::ConversationOpResult(_)
-            | Body::ConversationEvent(_) => {}
+            | Body::ConversationEvent(_)
+            | Body::Gap(_) => {}
+        }
+    }
+
+    /// Answers a request that a shutting-down plane will not start.
+    fn refuse_shutting_down(&mut self, conn: ConnId, rid: u32) {
+        self.counters.refused_shutting_down += 1;
+        self.send_error(
+            conn,
+            rid,
+            pb::ErrorCode::ShuttingDown,
+            "server shutting down; send it again after reconnecting",
+            0,
+        );
+    }
+
+    /// Bytes of `conn`'s output are written out: shrink its queue, move its chatroom
+    /// lag, and send the `Gap`s it is owed if it has caught up.
+    fn on_flushed(&mut self, conn: ConnId, bytes: u64) {
+        let Some(c) = self.registry.get_mut(conn) else {
+            return;
+        };
+        c.queued_bytes = c.queued_bytes.saturating_sub(bytes);
+        let flushed_to = c.sent_bytes - c.queued_bytes;
+        c.rooms.flushed(flushed_to, c.queued_bytes == 0);
+        if !c.rooms.owes_gaps() || self.chatroom_lagging(conn, GAP_FRAME_LEN) {
+            return;
+        }
+        while let Some((room, from, to)) = self
+            .registry
+            .get_mut(conn)
+            .and_then(|c| c.rooms.take_any_gap())
+        {
+            self.send_gap(conn, room, from, to);
         }
     }
 
@@ -558,6 +699,7 @@ impl Control {
             return false;
         };
         c.queued_bytes += bytes.len() as u64;
+        c.sent_bytes += bytes.len() as u64;
         self.counters.frames_out.add(frame_type);
         self.actions.push_back(Action::Send { conn, bytes });
         true
@@ -626,7 +768,7 @@ impl Control {
         let Some(c) = self.registry.remove(conn) else {
             return false;
         };
-        for room in c.rooms {
+        for room in c.rooms.rooms() {
             self.rooms.leave(room, conn);
         }
         true
@@ -652,6 +794,22 @@ impl Control {
                 false
             }
         }
+    }
+
+    /// Puts a token on the revocation list and persists it, unless it has expired
+    /// anyway or is listed already.
+    fn revoke_token(&mut self, now: Timestamp, id: [u8; TOKEN_ID_LEN], expires_at: Timestamp) {
+        if expires_at <= now || self.revoked.contains(id) {
+            return;
+        }
+        self.revoked.insert(id, expires_at);
+        self.storage(
+            Request::RevokeToken {
+                token: TokenId(id),
+                expires_at_ms: expires_at.as_millis(),
+            },
+            Pending::Background,
+        );
     }
 
     // ---- start-up ----

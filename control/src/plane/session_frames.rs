@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use petrel_proto::{Frame, pb};
-use petrel_storage::{Request, TokenId, UserId};
+use petrel_storage::{Request, UserId};
 use sha2::{Digest, Sha256};
 
 use super::Control;
@@ -45,6 +45,19 @@ impl Control {
             );
             return;
         }
+        if self.draining_since.is_some() {
+            self.counters.refused_shutting_down += 1;
+            let code = pb::ErrorCode::ShuttingDown;
+            self.send_error(
+                conn,
+                rid,
+                code,
+                "server shutting down; log in again after a back-off",
+                0,
+            );
+            self.close(conn, CloseReason::LoginRejected(code));
+            return;
+        }
         if !self.revocations_loaded {
             self.counters.logins_failed.not_ready += 1;
             self.send_error(
@@ -60,7 +73,13 @@ impl Control {
             .token_cache
             .verify(&login.token, now, &self.keys, &self.revoked)
             .and_then(|claims| {
-                if claims.user == login.user_id && *claims.device == *login.device_id {
+                // The token names the user, device and platform; a Login naming others
+                // is refused rather than silently corrected, since the multi-device
+                // policy acts on the platform.
+                if claims.user == login.user_id
+                    && *claims.device == *login.device_id
+                    && claims.platform == login.platform
+                {
                     Ok(claims)
                 } else {
                     Err(TokenError::Mismatch)
@@ -190,20 +209,13 @@ impl Control {
         }
     }
 
-    pub(super) fn on_logout(&mut self, conn: ConnId, logout: pb::Logout) {
+    pub(super) fn on_logout(&mut self, now: Timestamp, conn: ConnId, logout: pb::Logout) {
         if logout.revoke_token {
             let Some(session) = self.registry.get(conn).and_then(|c| c.session.clone()) else {
                 return;
             };
             for &(id, expires_at) in &session.tokens {
-                self.revoked.insert(id, expires_at);
-                self.storage(
-                    Request::RevokeToken {
-                        token: TokenId(id),
-                        expires_at_ms: expires_at.as_millis(),
-                    },
-                    Pending::Background,
-                );
+                self.revoke_token(now, id, expires_at);
             }
             // Other sessions that logged in with one of these tokens end too.
             let others: Vec<ConnId> = self

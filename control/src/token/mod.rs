@@ -138,8 +138,8 @@ pub enum TokenError {
     /// On the revocation list (logout with revoke, lost device).
     #[error("token {} has been revoked", hex::encode(.0))]
     Revoked([u8; TOKEN_ID_LEN]),
-    /// Valid, but for another user or device than the login names.
-    #[error("token is for another user or device than the login names")]
+    /// Valid, but for another user, device or platform than the login names.
+    #[error("token is for another user, device or platform than the login names")]
     Mismatch,
     /// The claims to mint cannot be encoded (device id too long, ...).
     #[error("cannot mint token: {0}")]

@@ -4,8 +4,9 @@
 //! wall clock: a 150-second heartbeat test runs in microseconds and never flakes.
 //!
 //! Knobs: per-connection "slow reader" (the client never reports bytes flushed, so its
-//! outbound queue only grows), and a seeded RNG the randomized workloads draw from, so
-//! every run with the same seed is identical.
+//! outbound queue only grows, until [`Sim::catch_up`]), storage that holds its
+//! completions back ([`Sim::hold_storage`], for in-flight requests), and a seeded RNG
+//! the randomized workloads draw from, so every run with the same seed is identical.
 
 #![allow(dead_code)]
 
@@ -65,6 +66,8 @@ pub struct Sim {
     next_conn: u64,
     /// Storage requests not yet executed, in emission order.
     queue: VecDeque<(Ticket, Request)>,
+    /// While set, storage requests wait in the queue instead of completing.
+    pub hold_storage: bool,
 }
 
 impl Sim {
@@ -86,10 +89,17 @@ impl Sim {
             rng: StdRng::seed_from_u64(seed),
             next_conn: 0,
             queue: VecDeque::new(),
+            hold_storage: false,
         };
         sim.run();
         assert!(sim.control.is_ready(), "revocation list must load at start");
         sim
+    }
+
+    /// A "restart": a new control plane with `config` over this world's storage (what
+    /// was persisted survives, everything in memory is gone).
+    pub fn restart(self, config: Config) -> Sim {
+        Sim::with_storage(config, 24, self.storage)
     }
 
     /// Mints a token for (user, device, platform) valid for `ttl`, signed by `main`.
@@ -145,18 +155,33 @@ impl Sim {
 
     /// Sends a request frame from `conn`; returns its request id.
     pub fn send(&mut self, conn: ConnId, body: impl Into<Body>) -> u32 {
+        let rid = self.next_rid(conn);
+        self.send_frame(conn, Frame::new(rid, body));
+        rid
+    }
+
+    /// The next request id of `conn`'s client.
+    pub fn next_rid(&mut self, conn: ConnId) -> u32 {
         let client = self.clients.get_mut(&conn).expect("known client");
         client.next_rid += 1;
-        let rid = client.next_rid;
-        self.control.handle(
-            self.now,
-            Event::Frame {
-                conn,
-                frame: Frame::new(rid, body),
-            },
-        );
+        client.next_rid
+    }
+
+    /// Delivers `frame` from `conn` exactly as given (flags included).
+    pub fn send_frame(&mut self, conn: ConnId, frame: Frame) {
+        self.control.handle(self.now, Event::Frame { conn, frame });
         self.run();
-        rid
+    }
+
+    /// Storage requests emitted and not yet completed (while [`Sim::hold_storage`]).
+    pub fn storage_queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Lets held storage requests complete, and later ones complete at once again.
+    pub fn release_storage(&mut self) {
+        self.hold_storage = false;
+        self.run();
     }
 
     /// Connects and logs in with a fresh 24-hour token. Panics unless the login succeeds.
@@ -212,6 +237,17 @@ impl Sim {
     /// Marks `conn` a slow reader: it never reports flushed bytes.
     pub fn set_slow(&mut self, conn: ConnId, slow: bool) {
         self.client(conn).slow = slow;
+    }
+
+    /// A slow reader reads everything queued for it (one flush report) and is slow no
+    /// more.
+    pub fn catch_up(&mut self, conn: ConnId) {
+        let client = self.client(conn);
+        client.slow = false;
+        let bytes = std::mem::take(&mut client.unflushed);
+        self.control
+            .handle(self.now, Event::Flushed { conn, bytes });
+        self.run();
     }
 
     /// The client closes its side.
@@ -274,7 +310,7 @@ impl Sim {
                     Action::Storage { ticket, request } => self.queue.push_back((ticket, request)),
                 }
             }
-            if self.queue.is_empty() {
+            if self.queue.is_empty() || self.hold_storage {
                 return;
             }
             // Storage completes requests in the order they were emitted, like the
@@ -471,6 +507,17 @@ pub fn account(id: u64) -> pb::ConversationId {
         kind: pb::ConversationKind::PublicAccount as i32,
         id,
     }
+}
+
+/// Every `Gap` in `frames`, as (room, from_seq, to_seq).
+pub fn gaps(frames: &[Frame]) -> Vec<(u64, u64, u64)> {
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            Body::Gap(g) => Some((g.conversation?.id, g.from_seq, g.to_seq)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The `Kick` in `frames`, if any.

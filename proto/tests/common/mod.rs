@@ -170,6 +170,12 @@ pub fn body_for(t: FrameType, n: u64, s: &str) -> Body {
             seq: 0,
         }
         .into(),
+        FrameType::Gap => pb::Gap {
+            conversation: conv(Chatroom, n),
+            from_seq: n,
+            to_seq: n + 9,
+        }
+        .into(),
     }
 }
 
