@@ -10,10 +10,9 @@ bash scripts/setup.sh
 source scripts/env.sh
 cargo nextest run --workspace --no-fail-fast "$@"
 # The end-to-end suites again with the server on one core (the home core alone, no rings
-# between cores); the run above used every CPU. Kernel dataplane: the AF_XDP lab has two
-# queues, one core each.
+# between cores); the run above used every CPU. Both dataplanes: with AF_XDP the one
+# loop reads both of the lab's queues.
 PETREL_TEST_CORES=1 cargo nextest run -p petrel --no-fail-fast \
-  --test serve --test scenarios --test many_connections --test sdk --test ops_metrics \
-  -E 'test(/::kernel$/)' "$@"
+  --test serve --test scenarios --test many_connections --test sdk --test ops_metrics "$@"
 # nextest does not run doc tests; they are part of the suite too.
 cargo test --workspace --doc

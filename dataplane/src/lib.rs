@@ -28,6 +28,7 @@
 #![deny(unsafe_code)]
 
 pub mod boundary;
+mod framed;
 pub mod kernel;
 pub mod pin;
 #[allow(unsafe_code)]

@@ -131,7 +131,9 @@ fn filter_redirects_petrel_tcp_and_passes_the_rest() {
     check_arp_for_an_address_only_petrel_has();
     check_userspace_tcp_echo();
     check_transport_boundary();
-    check_many_concurrent_connections(200);
+    check_many_concurrent_connections(200, 2);
+    // One core serving both queues: flows arriving on either find the same shards.
+    check_many_concurrent_connections(200, 1);
     check_malformed_frames_are_dropped_and_counted();
 }
 
@@ -582,16 +584,17 @@ fn check_transport_boundary() {
     assert!(closed, "Closed reported after our close");
 }
 
-/// `n` kernel-TCP clients connect at once; every one is accepted (no RST from a listener
-/// taken by another SYN), answered through the router and closed.
-fn check_many_concurrent_connections(n: usize) {
+/// `n` kernel-TCP clients connect at once to the lab's two queues served by
+/// `core_count` cores; every one is accepted (no RST from a listener taken by another SYN), answered
+/// through the router and closed.
+fn check_many_concurrent_connections(n: usize, core_count: usize) {
     use petrel_conn::TransportEvent as Event;
     use petrel_dataplane::Command;
     use petrel_dataplane::xdp::transport::XdpConfig;
 
     let mut config = XdpConfig::new(HOST_IF, HOST_ADDR, PETREL_PORT);
     config.queues = vec![0, 1];
-    config.cores = vec![None, None];
+    config.cores = vec![None; core_count];
     config.attach = AttachMode::Driver;
     config.shards_per_queue = 8;
     let (transport, cores, events) = start_threaded(&config);
@@ -632,7 +635,8 @@ fn check_many_concurrent_connections(n: usize) {
         .filter(|l| *l == "ok")
         .count();
     eprintln!(
-        "{n} concurrent clients: opened {opened}, closed {closed}, answered {ok}; rx {:?}",
+        "{n} concurrent clients, {core_count} core(s): opened {opened}, closed {closed}, answered \
+         {ok}; rx {:?}",
         transport.rx_counters()
     );
     stop_threaded(transport, cores);

@@ -131,8 +131,8 @@ pub struct ServeArgs {
     /// `--dataplane xdp`).
     #[arg(long, value_name = "IF")]
     pub iface: Option<String>,
-    /// AF_XDP: rx queues to serve, one pinned poller each, e.g. `0,1` [default: every rx
-    /// queue of the interface].
+    /// AF_XDP: rx queues to serve, e.g. `0,1` [default: every rx queue of the interface];
+    /// spread over the `--cores` loops (a loop serves one or more queues).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub queues: Vec<u32>,
     /// AF_XDP: how the XDP filter attaches [default: auto].
@@ -402,10 +402,11 @@ impl ServeConfig {
         }
         if !self.cores.is_empty()
             && !self.xdp.queues.is_empty()
-            && self.cores.len() != self.xdp.queues.len()
+            && self.cores.len() > self.xdp.queues.len()
         {
             bail!(
-                "--cores must name one CPU per queue with --dataplane xdp ({} cores, {} queues)",
+                "--cores names more CPUs than --queues names queues with --dataplane xdp \
+                 ({} cores, {} queues): each core serves one or more queues",
                 self.cores.len(),
                 self.xdp.queues.len()
             );

@@ -166,16 +166,21 @@ fn xdp_config(config: &ServeConfig, decoder: DecoderConfig) -> anyhow::Result<Xd
     } else {
         config.xdp.queues.clone()
     };
+    // One loop per CPU, never more loops than queues: a CPU with several queues serves
+    // them from one loop (two busy loops sharing a CPU wait for each other's time slice).
     let cores: Vec<Option<usize>> = if config.cores.is_empty() {
         let cpus = petrel_dataplane::pin::available_cpus();
-        (0..queues.len())
-            .map(|i| (!cpus.is_empty()).then(|| cpus[i % cpus.len()]))
-            .collect()
-    } else if config.cores.len() == queues.len() {
+        if cpus.is_empty() {
+            vec![None; queues.len()]
+        } else {
+            cpus.into_iter().take(queues.len()).map(Some).collect()
+        }
+    } else if config.cores.len() <= queues.len() {
         config.cores.iter().copied().map(Some).collect()
     } else {
         bail!(
-            "--cores must name one CPU per served queue ({} cores, queues {queues:?})",
+            "--cores names more CPUs than there are queues to serve ({} cores, queues \
+             {queues:?}): each core serves at least one queue",
             config.cores.len()
         );
     };

@@ -133,10 +133,10 @@ impl TestServer {
                 listen.unwrap_or_else(|| lab.server_addr())
             ),
         };
-        // PETREL_TEST_CORES=1 runs the kernel dataplane's server on one core (the home
-        // core alone: no rings); by default it uses every CPU (two here: rings in use).
-        let one_core = dataplane == Dataplane::Kernel
-            && std::env::var("PETREL_TEST_CORES").is_ok_and(|v| v == "1")
+        // PETREL_TEST_CORES=1 runs the server on one core (the home core alone: no rings;
+        // with AF_XDP that one loop reads both of the lab's queues); by default it uses
+        // every CPU (two here: rings in use).
+        let one_core = std::env::var("PETREL_TEST_CORES").is_ok_and(|v| v == "1")
             && !extra_config.contains("cores =");
         let transport = if one_core {
             format!("{transport}cores = [0]\n")

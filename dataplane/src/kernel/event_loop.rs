@@ -98,7 +98,7 @@ impl KernelCore {
     /// The connection `conn` names, if it is still open.
     fn key_of(&self, conn: ConnId) -> Option<usize> {
         let key = conn.slot();
-        (conn.core() == self.settings.index && self.conns.get(key).is_some_and(|c| c.id == conn))
+        (conn.core() == self.settings.index && self.conns.get(key).is_some_and(|c| c.id() == conn))
             .then_some(key)
     }
 
@@ -171,7 +171,7 @@ impl KernelCore {
             ReadOutcome::Open => {}
             ReadOutcome::PeerClosed => self.remove(key, events),
             ReadOutcome::Failed(e) => {
-                tracing::debug!(conn = %conn.id, error = %e, "read failed");
+                tracing::debug!(conn = %conn.id(), error = %e, "read failed");
                 self.remove(key, events);
             }
         }
@@ -192,7 +192,7 @@ impl KernelCore {
         }
         let mut conn = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut conn.stream);
-        events.push(TransportEvent::Closed { conn: conn.id });
+        events.push(TransportEvent::Closed { conn: conn.id() });
     }
 }
 
@@ -224,12 +224,9 @@ impl CoreIo for KernelCore {
             return;
         };
         let limit = self.settings.max_outbound_bytes;
-        let c = &mut self.conns[key];
-        c.queue(bytes);
-        if c.queued_bytes() > limit {
-            tracing::debug!(%conn, queued = c.queued_bytes(), "outbound limit exceeded; closing");
+        if self.conns[key].queue(bytes, limit) {
             // Closed as a slow consumer: nothing more is written; `transmit` reports it.
-            c.fail_slow_consumer();
+            tracing::debug!(%conn, limit, "outbound limit exceeded; closing");
         }
         self.mark_dirty(key);
     }
@@ -252,7 +249,7 @@ impl CoreIo for KernelCore {
                 self.remove(key, events);
                 continue;
             }
-            let id = conn.id;
+            let id = conn.id();
             let result = conn.flush();
             let done = conn.queued_bytes() == 0;
             match result {

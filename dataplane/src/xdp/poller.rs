@@ -1,28 +1,34 @@
-//! One AF_XDP queue with its userspace TCP shards behind [`CoreIo`]: the poller a core's
-//! loop drives.
+//! One or more AF_XDP queues with their userspace TCP shards behind [`CoreIo`]: the
+//! poller a core's loop drives.
 //!
-//! `receive` takes up to [`RX_BATCHES_PER_ROUND`] batches off the rx ring (ARP answered or
+//! A core serves every queue it was given with one set of shards: a one-CPU server on a
+//! two-queue NIC runs one loop that reads both sockets, not two loops that take turns on
+//! the CPU. Frames from any of its queues go to the same shards (the 4-tuple picks the
+//! shard), and its packets leave through whichever of its sockets has the most free tx
+//! ring (a NIC transmits from any queue).
+//!
+//! `receive` takes up to [`RX_BATCHES_PER_ROUND`] batches off each rx ring (ARP answered or
 //! learned, TCP pushed to its shard), then pumps: queued output into the smoltcp sockets,
 //! the shards with work or an expired timer polled (their packets framed and put on the
 //! tx ring), accepted and closed connections reported, and what arrived on the
 //! connections of the polled shards read through each one's `FrameDecoder`, then the tx
-//! ring kicked. `transmit` pumps again after the loop queued its sends. `wait` sleeps on
-//! the socket and the core's eventfd until the next frame, wake-up or shard timer —
+//! rings kicked. `transmit` pumps again after the loop queued its sends. `wait` sleeps on
+//! the sockets and the core's eventfd until the next frame, wake-up or shard timer —
 //! or, asked for no wait at all, returns without a system call: the rings are memory
 //! the kernel fills, so a busy-polling core sees new frames with no syscall.
 //!
 //! Performance-critical path. No locks shared between pollers, no logging above debug per
 //! packet, no hash per lookup by [`ConnId`] (it carries the slab slot).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use petrel_conn::{ConnId, TransportEvent};
-use petrel_proto::{DecoderConfig, FrameDecoder};
+use petrel_proto::DecoderConfig;
 use slab::Slab;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
@@ -36,7 +42,8 @@ use super::tcp::{ShardConfig, frame_ipv4};
 use super::transport::XdpConfig;
 use super::wire::RxCounters;
 use crate::boundary::{CoreIo, Wake};
-use crate::sys::event::{EventFd, wait};
+use crate::framed::Framed;
+use crate::sys::event::{EventFd, WAIT_ANY_MAX, wait, wait_any};
 use crate::sys::xsk::Xsk;
 
 /// Frames taken off the rx ring per batch.
@@ -55,16 +62,11 @@ const LINGER_CHECK_MS: u64 = 5;
 /// How often a poller reads its socket's kernel statistics (one getsockopt).
 const STATISTICS_INTERVAL_MS: u64 = 1000;
 
-/// One connection on a poller.
+/// One connection on a poller: its smoltcp socket and its [`Framed`] half.
 struct Conn {
-    id: ConnId,
     shard: usize,
     handle: SocketHandle,
-    read_buf: BytesMut,
-    decoder: FrameDecoder,
-    read_stopped: bool,
-    out: VecDeque<Bytes>,
-    out_bytes: usize,
+    framed: Framed,
     closing: bool,
     dirty: bool,
 }
@@ -78,10 +80,23 @@ struct Linger {
     read_stopped: bool,
 }
 
-/// One AF_XDP queue's poller. See the module docs.
+/// One AF_XDP socket of a core, with the counters of its queue.
+pub(crate) struct Queue {
+    /// The socket bound to the queue.
+    pub(crate) xsk: Xsk,
+    /// What this queue's frames showed, for the metrics.
+    pub(crate) rx_counters: Arc<SharedRxCounters>,
+}
+
+/// Most queues one core serves (one `poll(2)` watches them and the eventfd).
+pub const MAX_QUEUES_PER_CORE: usize = WAIT_ANY_MAX - 1;
+
+/// The poller of one core's AF_XDP queues. See the module docs.
 pub struct XdpCore {
     index: u8,
-    xsk: Xsk,
+    queues: Vec<Queue>,
+    /// The queue whose socket this round's packets leave through.
+    tx: usize,
     event: Arc<EventFd>,
     our_mac: EthernetAddress,
     our_ip: Ipv4Addr,
@@ -96,7 +111,6 @@ pub struct XdpCore {
     dirty: Vec<usize>,
     scratch: Vec<u8>,
     arp_requests: Vec<ArpRepr>,
-    rx_counters: Arc<SharedRxCounters>,
     handles: Vec<SocketHandle>,
     polled: Vec<usize>,
     read_keys: Vec<usize>,
@@ -114,24 +128,34 @@ impl std::fmt::Debug for XdpCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("XdpCore")
             .field("index", &self.index)
+            .field("queues", &self.queues.len())
             .field("connections", &self.conns.len())
             .finish_non_exhaustive()
     }
 }
 
 impl XdpCore {
+    /// A core serving `queues` (at least one, at most [`MAX_QUEUES_PER_CORE`]) with
+    /// `config.shards_per_queue` shards for each.
     pub(crate) fn new(
         index: u8,
-        xsk: Xsk,
-        rx_counters: Arc<SharedRxCounters>,
+        queues: Vec<Queue>,
         our_mac: EthernetAddress,
         config: &XdpConfig,
     ) -> io::Result<XdpCore> {
+        if queues.is_empty() || queues.len() > MAX_QUEUES_PER_CORE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("an AF_XDP core serves 1 to {MAX_QUEUES_PER_CORE} queues"),
+            ));
+        }
         let seed = std::collections::hash_map::RandomState::new();
         let seed = std::hash::BuildHasher::hash_one(&seed, index);
+        let shards = config.shards_per_queue.saturating_mul(queues.len());
         Ok(XdpCore {
             index,
-            xsk,
+            queues,
+            tx: 0,
             event: Arc::new(EventFd::new()?),
             our_mac,
             our_ip: config.addr,
@@ -140,7 +164,7 @@ impl XdpCore {
             decoder: config.decoder,
             shards: ShardSet::new(
                 ShardSetConfig {
-                    shards: config.shards_per_queue,
+                    shards,
                     max_connections_per_shard: config.max_connections_per_shard,
                     seed,
                     shard: ShardConfig {
@@ -159,7 +183,6 @@ impl XdpCore {
             dirty: Vec::new(),
             scratch: vec![0; 64 * 1024],
             arp_requests: Vec::new(),
-            rx_counters,
             handles: Vec::new(),
             polled: Vec::new(),
             read_keys: Vec::new(),
@@ -180,36 +203,51 @@ impl XdpCore {
     /// The connection `conn` names, if it is still open.
     fn key_of(&self, conn: ConnId) -> Option<usize> {
         let key = conn.slot();
-        (conn.core() == self.index && self.conns.get(key).is_some_and(|c| c.id == conn))
+        (conn.core() == self.index && self.conns.get(key).is_some_and(|c| c.framed.id() == conn))
             .then_some(key)
     }
 
     /// Output into the sockets, shards polled, connections reported and read, tx kicked.
     fn pump(&mut self, events: &mut Vec<TransportEvent>) {
         let now = self.now_ms();
+        self.pick_tx();
         self.write_dirty(now, events);
         self.poll_shards(now);
         self.report_connections(events);
         self.reap_lingering(now);
         if now >= self.next_statistics {
             self.next_statistics = now + STATISTICS_INTERVAL_MS;
-            if let Ok(stats) = self.xsk.statistics() {
-                self.rx_counters.set_kernel(&stats);
+            for queue in &self.queues {
+                if let Ok(stats) = queue.xsk.statistics() {
+                    queue.rx_counters.set_kernel(&stats);
+                }
             }
         }
         // Reading frees receive window and may close: the shards read from are marked
         // and polled on the next pump, without sleeping.
         self.read_polled(events);
-        if let Err(e) = self.xsk.flush_tx() {
-            tracing::debug!(queue = self.index, error = %e, "AF_XDP tx kick failed");
+        for queue in &mut self.queues {
+            if let Err(e) = queue.xsk.flush_tx() {
+                tracing::debug!(core = self.index, error = %e, "AF_XDP tx kick failed");
+            }
         }
     }
 
-    /// What arrived, up to [`RX_BATCHES_PER_ROUND`] batches: ARP learned (and answered
-    /// when we own the address), TCP to its shard.
+    /// Sends this round's packets through the socket with the fewest frames waiting for
+    /// the kernel (with one queue, always it).
+    fn pick_tx(&mut self) {
+        if self.queues.len() > 1 {
+            self.tx = (0..self.queues.len())
+                .min_by_key(|&i| self.queues[i].xsk.tx_pending())
+                .unwrap_or(0);
+        }
+    }
+
+    /// What arrived, up to [`RX_BATCHES_PER_ROUND`] batches per queue: ARP learned (and
+    /// answered when we own the address), TCP to its shard.
     fn take_frames(&mut self, now: u64) {
         let XdpCore {
-            xsk,
+            queues,
             shards,
             neighbours,
             arp_requests,
@@ -217,46 +255,51 @@ impl XdpCore {
             own_arp,
             ..
         } = self;
-        let mut batch = RxCounters::default();
-        let mut drops = TcpDrops::default();
-        let mut intake = Intake {
-            ours: Ipv4Cidr::new(*our_ip, 32),
-            answer_arp: *own_arp,
-            now_ms: now,
-            shards,
-            neighbours,
-            arp_requests,
-            counters: &mut batch,
-            drops: &mut drops,
-        };
-        let mut handle = |frame: &[u8]| intake.take(frame);
-        let mut taken = 0;
-        for _ in 0..RX_BATCHES_PER_ROUND {
-            // Each batch also refills the fill ring with the frames it released.
-            let n = xsk.receive(RX_BATCH, &mut handle);
-            taken += n;
-            if n < RX_BATCH {
-                break;
+        for queue in queues.iter_mut() {
+            let mut batch = RxCounters::default();
+            let mut drops = TcpDrops::default();
+            let mut intake = Intake {
+                ours: Ipv4Cidr::new(*our_ip, 32),
+                answer_arp: *own_arp,
+                now_ms: now,
+                shards: &mut *shards,
+                neighbours: &mut *neighbours,
+                arp_requests: &mut *arp_requests,
+                counters: &mut batch,
+                drops: &mut drops,
+            };
+            let mut handle = |frame: &[u8]| intake.take(frame);
+            let mut taken = 0;
+            for _ in 0..RX_BATCHES_PER_ROUND {
+                // Each batch also refills the fill ring with the frames it released.
+                let n = queue.xsk.receive(RX_BATCH, &mut handle);
+                taken += n;
+                if n < RX_BATCH {
+                    break;
+                }
+            }
+            if taken > 0 {
+                queue.rx_counters.add(&batch);
+                queue.rx_counters.add_drops(drops);
             }
         }
-        if taken > 0 {
-            self.rx_counters.add(&batch);
-            self.rx_counters.add_drops(drops);
-        }
+        let xsk = &mut self.queues[self.tx].xsk;
         for request in self.arp_requests.drain(..) {
             let (mac, ip) = (self.our_mac, self.our_ip);
-            self.xsk.send(|buf| arp_reply(&request, mac, ip, buf));
+            xsk.send(|buf| arp_reply(&request, mac, ip, buf));
         }
     }
 
     fn poll_shards(&mut self, now: u64) {
         let XdpCore {
-            xsk,
+            queues,
+            tx,
             shards,
             neighbours,
             our_mac,
             ..
         } = self;
+        let xsk = &mut queues[*tx].xsk;
         shards.poll(now, |_, packet| {
             let Ok(dst) = Ipv4Packet::new_checked(packet).map(|p| p.dst_addr()) else {
                 return;
@@ -311,14 +354,9 @@ impl XdpCore {
                 self.next_generation += 1;
                 let key = entry.key();
                 entry.insert(Conn {
-                    id,
                     shard,
                     handle,
-                    read_buf: BytesMut::new(),
-                    decoder: FrameDecoder::new(self.decoder),
-                    read_stopped: false,
-                    out: VecDeque::new(),
-                    out_bytes: 0,
+                    framed: Framed::new(id, self.decoder),
                     closing: false,
                     dirty: false,
                 });
@@ -370,42 +408,13 @@ impl XdpCore {
             return;
         };
         let mut progressed = false;
-        if !conn.read_stopped {
-            while socket.can_recv() {
-                let n = match socket.recv_slice(&mut self.scratch) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                progressed = true;
-                conn.read_buf.extend_from_slice(&self.scratch[..n]);
-                loop {
-                    match conn.decoder.decode(&mut conn.read_buf) {
-                        Ok(Some(frame)) => events.push(TransportEvent::Frame {
-                            conn: conn.id,
-                            frame,
-                        }),
-                        Ok(None) => break,
-                        Err(error) => {
-                            let fatal = error.is_fatal();
-                            events.push(TransportEvent::FrameError {
-                                conn: conn.id,
-                                error,
-                            });
-                            if fatal {
-                                conn.read_stopped = true;
-                                conn.read_buf = BytesMut::new();
-                                break;
-                            }
-                        }
-                    }
-                }
-                if conn.read_stopped {
-                    break;
-                }
-            }
-            if conn.read_buf.is_empty() {
-                conn.read_buf = BytesMut::new();
-            }
+        while !conn.framed.read_stopped() && socket.can_recv() {
+            let n = match socket.recv_slice(&mut self.scratch) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            progressed = true;
+            conn.framed.ingest(&self.scratch[..n], events);
         }
         // The peer finished sending (its FIN arrived while we were established): finish our
         // side too once our output is written.
@@ -437,8 +446,7 @@ impl XdpCore {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        conn.out.clear();
-        conn.out_bytes = 0;
+        conn.framed.clear_output();
         if let Some(socket) = self
             .shards
             .shard_mut(conn.shard)
@@ -470,25 +478,26 @@ impl XdpCore {
             };
             if !socket.may_send() && socket.state() != tcp::State::SynReceived {
                 // Our side is closed or reset: queued output can never go out.
-                conn.out.clear();
-                conn.out_bytes = 0;
+                conn.framed.clear_output();
             }
-            let mut written = 0usize;
-            while let Some(front) = conn.out.front_mut() {
-                let n = socket.send_slice(front).unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                written += n;
-                if n == front.len() {
-                    conn.out.pop_front();
-                } else {
-                    front.advance(n);
-                }
-            }
-            conn.out_bytes -= written;
+            // Into the socket's send buffer until it is full (a smoltcp send never fails
+            // but by taking nothing).
+            let written = conn
+                .framed
+                .write_out(true, |slices| {
+                    let mut n = 0;
+                    for slice in slices {
+                        let k = socket.send_slice(slice).unwrap_or(0);
+                        n += k;
+                        if k < slice.len() {
+                            break;
+                        }
+                    }
+                    Ok(n)
+                })
+                .unwrap_or(0);
             let mut changed = written > 0;
-            if conn.out.is_empty() && conn.closing {
+            if !conn.framed.has_output() && conn.closing {
                 // FIN after the buffered output. smoltcp keeps the socket (FIN-WAIT,
                 // TIME-WAIT) until it is done; the connection is over for the control plane
                 // now, as with the kernel transport. `reap_lingering` resets it if the peer
@@ -498,18 +507,18 @@ impl XdpCore {
                     (conn.shard, conn.handle),
                     Linger {
                         deadline: now + LINGER_MS,
-                        read_stopped: conn.read_stopped,
+                        read_stopped: conn.framed.read_stopped(),
                     },
                 );
                 finished.push(key);
                 changed = true;
-            } else if !conn.out.is_empty() {
+            } else if conn.framed.has_output() {
                 // The socket buffer is full: try again on a later round (ACKs arriving
                 // wake this poller and free buffer space).
                 conn.dirty = true;
                 still_dirty.push(key);
             }
-            let (id, shard) = (conn.id, conn.shard);
+            let (id, shard) = (conn.framed.id(), conn.shard);
             if changed {
                 self.shards.mark_dirty(shard);
             }
@@ -568,21 +577,30 @@ impl XdpCore {
             return;
         };
         self.by_socket.remove(&(conn.shard, conn.handle));
-        events.push(TransportEvent::Closed { conn: conn.id });
+        events.push(TransportEvent::Closed {
+            conn: conn.framed.id(),
+        });
     }
 
     fn log_stopped(&self) {
-        match self.xsk.statistics() {
-            Ok(stats) => tracing::info!(
-                queue = self.index,
-                ?stats,
-                counters = ?self.xsk.counters(),
-                refused_syns = self.shards.refused_syns(),
-                duplicate_syns = self.shards.duplicate_syns(),
-                "AF_XDP poller stopped"
-            ),
-            Err(e) => tracing::debug!(queue = self.index, error = %e, "no XDP statistics"),
+        for (i, queue) in self.queues.iter().enumerate() {
+            match queue.xsk.statistics() {
+                Ok(stats) => tracing::info!(
+                    core = self.index,
+                    socket = i,
+                    ?stats,
+                    counters = ?queue.xsk.counters(),
+                    "AF_XDP socket stopped"
+                ),
+                Err(e) => tracing::debug!(core = self.index, error = %e, "no XDP statistics"),
+            }
         }
+        tracing::info!(
+            core = self.index,
+            refused_syns = self.shards.refused_syns(),
+            duplicate_syns = self.shards.duplicate_syns(),
+            "AF_XDP poller stopped"
+        );
     }
 }
 
@@ -601,13 +619,9 @@ impl CoreIo for XdpCore {
         let Some(key) = self.key_of(conn) else {
             return;
         };
-        let c = &mut self.conns[key];
-        if !bytes.is_empty() {
-            c.out_bytes += bytes.len();
-            c.out.push_back(bytes);
-        }
-        if c.out_bytes > self.max_outbound_bytes {
-            tracing::debug!(%conn, queued = c.out_bytes, "outbound limit exceeded; closing");
+        let limit = self.max_outbound_bytes;
+        if self.conns[key].framed.queue(bytes, limit) {
+            tracing::debug!(%conn, limit, "outbound limit exceeded; closing");
             self.abort(key);
         } else {
             self.mark_dirty(key);
@@ -632,7 +646,7 @@ impl CoreIo for XdpCore {
         };
         let own = if self.shards.has_dirty() {
             0
-        } else if self.xsk.tx_pending() > 0 {
+        } else if self.queues.iter().any(|q| q.xsk.tx_pending() > 0) {
             // The kernel did not take every queued frame (busy): try again very soon.
             1
         } else if self.shutdown_started.is_some() {
@@ -648,17 +662,26 @@ impl CoreIo for XdpCore {
         if ms == 0 {
             // Busy polling, or work is waiting: the rings need no system call to look at,
             // unless the kernel asked to be woken to use the fill ring.
-            if self.xsk.fill_needs_wakeup() {
-                self.xsk.wait_readable(0)?;
+            for queue in &self.queues {
+                if queue.xsk.fill_needs_wakeup() {
+                    queue.xsk.wait_readable(0)?;
+                }
             }
             return Ok(());
         }
-        let ready = wait(
-            std::os::fd::AsFd::as_fd(&self.xsk),
-            &self.event,
-            i32::try_from(ms).unwrap_or(i32::MAX),
-        )?;
-        if ready.woken {
+        let ms = i32::try_from(ms).unwrap_or(i32::MAX);
+        if let [queue] = &self.queues[..] {
+            let ready = wait(std::os::fd::AsFd::as_fd(&queue.xsk), &self.event, ms)?;
+            if ready.woken {
+                let _ = self.event.drain();
+            }
+        } else {
+            let sockets = self.queues.iter().map(|q| std::os::fd::AsFd::as_fd(&q.xsk));
+            wait_any(
+                sockets.chain(std::iter::once(std::os::fd::AsFd::as_fd(&*self.event))),
+                ms,
+            )?;
+            // Whatever woke us, a pending wake-up is consumed (drain does not block).
             let _ = self.event.drain();
         }
         Ok(())

@@ -1,6 +1,6 @@
 //! Setting up the AF_XDP transport: the XDP filter loaded, configured and attached, one
 //! AF_XDP socket bound per queue, the port steered to a lone queue, and one
-//! [`XdpCore`] per queue handed to the caller, whose per-core loops drive them (see
+//! [`XdpCore`] per core (serving one or more of the queues) handed to the caller, whose per-core loops drive them (see
 //! [`super::poller`]; counters in [`super::stats`]).
 
 use std::io;
@@ -12,7 +12,7 @@ use petrel_proto::DecoderConfig;
 use smoltcp::wire::EthernetAddress;
 
 use super::filter::{AttachMode, FilterConfig, FilterCounters, FilterError, XdpFilter};
-use super::poller::XdpCore;
+use super::poller::{MAX_QUEUES_PER_CORE, Queue, XdpCore};
 use super::stats::SharedRxCounters;
 pub use super::stats::{SocketDrops, TcpDrops, XdpStats};
 use super::tcp::ShardConfig;
@@ -31,9 +31,11 @@ pub struct XdpConfig {
     pub prefix_len: u8,
     /// The TCP port.
     pub port: u16,
-    /// rx queues to serve, one poller each.
+    /// rx queues to serve.
     pub queues: Vec<u32>,
-    /// CPU to pin each queue's poller to (same length as `queues`; `None`: unpinned).
+    /// One entry per core (poller), with the CPU its loop is to be pinned to (`None`:
+    /// unpinned). At most one per queue; queue `i` is served by core `i % cores.len()`,
+    /// so fewer cores than queues means a core reads several sockets in one loop.
     pub cores: Vec<Option<usize>>,
     /// Native, generic, or native with fallback.
     pub attach: AttachMode,
@@ -109,14 +111,20 @@ pub struct XdpTransport {
 
 impl XdpTransport {
     /// Loads and attaches the filter and binds one AF_XDP socket per queue. Returns the
-    /// transport and one core per queue (index `i` for `config.queues[i]`); pinning each
-    /// core's loop to `config.cores[i]` is the caller's job.
+    /// transport and one core per entry of `config.cores` (index `i`, serving the queues
+    /// `config.queues[j]` with `j % cores == i`); pinning each core's loop to
+    /// `config.cores[i]` is the caller's job.
     pub fn start(config: &XdpConfig) -> Result<(XdpTransport, Vec<XdpCore>), XdpError> {
         if config.queues.is_empty() || config.queues.len() > 256 {
             return Err(XdpError::Config("between 1 and 256 queues"));
         }
-        if config.cores.len() != config.queues.len() {
-            return Err(XdpError::Config("one core entry per queue"));
+        if config.cores.is_empty() || config.cores.len() > config.queues.len() {
+            return Err(XdpError::Config(
+                "between 1 core and one core per queue (a core serves one or more queues)",
+            ));
+        }
+        if config.queues.len().div_ceil(config.cores.len()) > MAX_QUEUES_PER_CORE {
+            return Err(XdpError::Config("too many queues per core"));
         }
         let our_mac = interface_mac(&config.iface)?;
         let mut filter = XdpFilter::load()?;
@@ -131,14 +139,21 @@ impl XdpTransport {
         let if_index = crate::sys::if_index(&config.iface)?;
         let ntuple = steer(config);
 
-        let mut cores = Vec::new();
+        let mut per_core: Vec<Vec<Queue>> = config.cores.iter().map(|_| Vec::new()).collect();
         let mut rx_counters = Vec::new();
-        for (index, &queue) in config.queues.iter().enumerate() {
+        for (i, &queue) in config.queues.iter().enumerate() {
             let xsk = bind_retrying(if_index, queue, config.xsk)?;
             filter.register_socket(queue, &xsk)?;
             let counters = Arc::new(SharedRxCounters::default());
             rx_counters.push(counters.clone());
-            cores.push(XdpCore::new(index as u8, xsk, counters, our_mac, config)?);
+            per_core[i % config.cores.len()].push(Queue {
+                xsk,
+                rx_counters: counters,
+            });
+        }
+        let mut cores = Vec::with_capacity(per_core.len());
+        for (index, queues) in per_core.into_iter().enumerate() {
+            cores.push(XdpCore::new(index as u8, queues, our_mac, config)?);
         }
         let transport = XdpTransport {
             _ntuple: ntuple,
@@ -223,4 +238,28 @@ pub(crate) fn interface_mac(iface: &str) -> io::Result<EthernetAddress> {
             .ok_or_else(|| io::Error::other(format!("bad MAC address {text:?} for {iface}")))?;
     }
     Ok(EthernetAddress(mac))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(config: &XdpConfig) -> String {
+        match XdpTransport::start(config) {
+            Err(XdpError::Config(why)) => why.to_owned(),
+            Err(e) => panic!("expected a config error, got {e}"),
+            Ok(_) => panic!("expected a config error, got a running transport"),
+        }
+    }
+
+    #[test]
+    fn every_core_serves_at_least_one_queue() {
+        // Checked before anything touches the interface (which does not exist here).
+        let mut config = XdpConfig::new("petrel-no-such0", Ipv4Addr::LOCALHOST, 9500);
+        config.queues = vec![0];
+        config.cores = vec![Some(0), Some(1)];
+        assert!(refused(&config).contains("one core per queue"));
+        config.cores = Vec::new();
+        assert!(refused(&config).contains("between 1 core"));
+    }
 }

@@ -1,0 +1,271 @@
+//! The framed half of a connection, the same for every transport: received bytes become
+//! frames (a read buffer and a [`FrameDecoder`]), and frames to send wait in one outbound
+//! queue of `Bytes` with one limit until the transport's socket takes them.
+//!
+//! The kernel transport (`kernel::conn`) feeds it from `read(2)` and drains it with one
+//! `writev`; the AF_XDP transport (`xdp::poller`) feeds it from a smoltcp socket's receive
+//! buffer and drains it into the socket's send buffer. Neither keeps a decoder, read
+//! buffer or outbound queue of its own.
+//!
+//! Performance-critical path. Frames are split off the read buffer without copying (their
+//! bodies share its allocation); outbound `Bytes` are handed to the socket as they are,
+//! never concatenated; an idle connection holds no read buffer at all.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+
+use bytes::{Buf, Bytes, BytesMut};
+use petrel_conn::{ConnId, TransportEvent};
+use petrel_proto::{DecoderConfig, FrameDecoder};
+
+/// Most buffers handed to one write.
+pub(crate) const MAX_IOVECS: usize = 64;
+
+/// A connection's frames in and bytes out. See the module docs.
+pub(crate) struct Framed {
+    id: ConnId,
+    read_buf: BytesMut,
+    decoder: FrameDecoder,
+    /// After a fatal framing error the stream is out of sync: nothing more is decoded,
+    /// and the control plane sends its error frame and closes.
+    read_stopped: bool,
+    out: VecDeque<Bytes>,
+    out_bytes: usize,
+}
+
+impl Framed {
+    pub(crate) fn new(id: ConnId, decoder: DecoderConfig) -> Framed {
+        Framed {
+            id,
+            read_buf: BytesMut::new(),
+            decoder: FrameDecoder::new(decoder),
+            read_stopped: false,
+            out: VecDeque::new(),
+            out_bytes: 0,
+        }
+    }
+
+    /// The connection's id.
+    pub(crate) fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Whether a fatal framing error stopped reading.
+    pub(crate) fn read_stopped(&self) -> bool {
+        self.read_stopped
+    }
+
+    /// Takes `data` off the wire: appends a `Frame` event for every whole frame it
+    /// completes, a `FrameError` for every bad one (and stops reading after a fatal one).
+    pub(crate) fn ingest(&mut self, data: &[u8], events: &mut Vec<TransportEvent>) {
+        if self.read_stopped {
+            return;
+        }
+        self.read_buf.extend_from_slice(data);
+        loop {
+            match self.decoder.decode(&mut self.read_buf) {
+                Ok(Some(frame)) => events.push(TransportEvent::Frame {
+                    conn: self.id,
+                    frame,
+                }),
+                Ok(None) => break,
+                Err(error) => {
+                    let fatal = error.is_fatal();
+                    events.push(TransportEvent::FrameError {
+                        conn: self.id,
+                        error,
+                    });
+                    if fatal {
+                        self.read_stopped = true;
+                        self.read_buf = BytesMut::new();
+                        return;
+                    }
+                }
+            }
+        }
+        if self.read_buf.is_empty() {
+            // Idle connections hold no read buffer: memory per idle connection is a
+            // headline number.
+            self.read_buf = BytesMut::new();
+        }
+    }
+
+    /// Queues `bytes` (whole frames) after what is queued. Returns whether the queue is
+    /// now over `limit` bytes — a slow consumer, which the transport closes.
+    pub(crate) fn queue(&mut self, bytes: Bytes, limit: usize) -> bool {
+        if !bytes.is_empty() {
+            self.out_bytes += bytes.len();
+            self.out.push_back(bytes);
+        }
+        self.out_bytes > limit
+    }
+
+    /// Bytes queued and not yet taken by the socket.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.out_bytes
+    }
+
+    /// Whether anything is queued.
+    pub(crate) fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Drops everything queued (the connection is reset or can never send again).
+    pub(crate) fn clear_output(&mut self) {
+        self.out.clear();
+        self.out_bytes = 0;
+    }
+
+    /// Hands the queued output to `write` — up to [`MAX_IOVECS`] buffers at a time, in
+    /// order — until it is all taken or `write` takes nothing more. `write` returns how
+    /// many bytes it took from the front; `Err(WouldBlock)` (or `Ok(0)` where
+    /// `zero_is_full`) means the socket is full for now. Returns the bytes taken; any other
+    /// error is the connection's failure.
+    pub(crate) fn write_out(
+        &mut self,
+        zero_is_full: bool,
+        mut write: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let mut written = 0;
+        while !self.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (slot, bytes) in slices.iter_mut().zip(self.out.iter()) {
+                *slot = IoSlice::new(bytes);
+                count += 1;
+            }
+            let n = match write(&slices[..count]) {
+                Ok(0) if zero_is_full => break,
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            written += n;
+            self.advance(n);
+        }
+        Ok(written)
+    }
+
+    /// Drops `n` bytes from the front of the queue (they were written).
+    fn advance(&mut self, n: usize) {
+        self.out_bytes -= n;
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = self.out.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                self.out.pop_front();
+            } else {
+                front.advance(left);
+                left = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use petrel_proto::codec::FrameEncoder;
+    use petrel_proto::{Frame, pb};
+
+    use super::*;
+
+    fn ping(id: u32) -> Vec<u8> {
+        FrameEncoder::default()
+            .encode_to_bytes(&Frame::new(id, pb::Ping::default()))
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn frames_split_across_reads_come_out_whole_and_idle_holds_no_buffer() {
+        let mut f = Framed::new(ConnId::new(0, 1), DecoderConfig::default());
+        let mut wire = ping(1);
+        wire.extend(ping(2));
+        let mut events = Vec::new();
+        let (a, b) = wire.split_at(5);
+        f.ingest(a, &mut events);
+        assert!(events.is_empty());
+        f.ingest(b, &mut events);
+        let ids: Vec<u32> = events
+            .iter()
+            .map(|e| match e {
+                TransportEvent::Frame { frame, .. } => frame.request_id,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, vec![1, 2]);
+        assert_eq!(f.read_buf.capacity(), 0);
+    }
+
+    #[test]
+    fn a_fatal_error_stops_reading() {
+        let mut f = Framed::new(ConnId::new(0, 1), DecoderConfig::default());
+        let mut events = Vec::new();
+        f.ingest(&[0xff; 32], &mut events);
+        assert!(matches!(events[..], [TransportEvent::FrameError { .. }]));
+        assert!(f.read_stopped());
+        f.ingest(&ping(3), &mut events);
+        assert_eq!(events.len(), 1, "nothing decoded after a fatal error");
+    }
+
+    #[test]
+    fn output_is_taken_in_order_across_partial_writes_and_the_limit_is_reported() {
+        let mut f = Framed::new(ConnId::new(0, 1), DecoderConfig::default());
+        assert!(!f.queue(Bytes::from_static(b"hello "), 10));
+        assert!(f.queue(Bytes::from_static(b"world"), 10), "11 bytes > 10");
+        let mut sink = Vec::new();
+        // A socket that takes 4 bytes per call, then is full.
+        let mut budget = 8;
+        let taken = f
+            .write_out(true, |slices| {
+                let mut n = 0;
+                for s in slices {
+                    let k = s.len().min(4 - n).min(budget);
+                    sink.extend_from_slice(&s[..k]);
+                    n += k;
+                    budget -= k;
+                    if n == 4 || budget == 0 {
+                        break;
+                    }
+                }
+                Ok(n)
+            })
+            .unwrap();
+        assert_eq!(taken, 8);
+        assert_eq!(f.queued_bytes(), 3);
+        let rest = f
+            .write_out(false, |slices| {
+                let n: usize = slices.iter().map(|s| s.len()).sum();
+                for s in slices {
+                    sink.extend_from_slice(s);
+                }
+                Ok(n)
+            })
+            .unwrap();
+        assert_eq!(rest, 3);
+        assert_eq!(sink, b"hello world");
+        assert!(!f.has_output());
+    }
+
+    #[test]
+    fn a_socket_that_takes_nothing_is_full_or_failed_as_asked() {
+        let mut f = Framed::new(ConnId::new(0, 1), DecoderConfig::default());
+        f.queue(Bytes::from_static(b"x"), 10);
+        assert_eq!(f.write_out(true, |_| Ok(0)).unwrap(), 0);
+        assert_eq!(
+            f.write_out(false, |_| Ok(0)).unwrap_err().kind(),
+            io::ErrorKind::WriteZero
+        );
+        assert_eq!(
+            f.write_out(false, |_| Err(io::ErrorKind::WouldBlock.into()))
+                .unwrap(),
+            0
+        );
+        assert_eq!(f.queued_bytes(), 1);
+    }
+}
