@@ -28,3 +28,11 @@ pub fn available_cpus() -> Vec<usize> {
     ids.sort_unstable();
     ids
 }
+
+/// Runs `thread` (a live thread of this process) under `SCHED_FIFO` at the lowest
+/// real-time priority, so it takes its CPU the moment it wakes — for a thread that only
+/// ever sleeps in the kernel and then does a few microseconds of work (the storage
+/// syncer). Fails without `CAP_SYS_NICE` (or an `RLIMIT_RTPRIO` of at least 1).
+pub fn run_realtime(thread: std::os::unix::thread::RawPthread) -> std::io::Result<()> {
+    crate::sys::sched::set_fifo(thread, 1)
+}

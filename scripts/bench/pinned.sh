@@ -18,6 +18,8 @@
 #   FSYNC_PROBE    fdatasync calls measured on the data directory's filesystem right
 #                  after the run (scripts/bench/fsync-probe.py), printed next to the
 #                  bench's latencies; 0 skips it [default: 500]
+#   THREAD_STATS   1: print each server thread's CPU time and run-queue wait over the
+#                  bench's run (scripts/bench/thread-stats.py) [default: 0]
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -51,8 +53,17 @@ taskset -c "$SERVER_CPUS" "$PETREL" serve --config "$data/petrel.toml" --cores "
 pid=$!
 wait_for_banner "$pid" "$data/serve.out" ||
   { cat "$data/serve.err" >&2; echo "pinned: server did not start" >&2; exit 1; }
+stats_pid=
+if [[ ${THREAD_STATS:-0} == 1 ]]; then
+  taskset -c "$CLIENT_CPUS" python3 "$here/thread-stats.py" --pid "$pid" >"$data/threads.out" &
+  stats_pid=$!
+fi
 taskset -c "$CLIENT_CPUS" "$PETREL" bench "$@" --server "127.0.0.1:$PORT" \
   --key-file "$data/keys" --server-pid "$pid"
+if [[ -n $stats_pid ]]; then
+  kill -TERM "$stats_pid" && wait "$stats_pid" || true
+  cat "$data/threads.out"
+fi
 if [[ ${FSYNC_PROBE:-500} != 0 ]]; then
   # The disk's own fdatasync latency bounds every durable latency above: same run, same
   # filesystem, the server idle (its CPU), the probe on the client's CPU.

@@ -45,6 +45,19 @@ pub enum PollKind {
     Interrupt,
 }
 
+/// How the storage syncer thread is scheduled (`--syncer-priority`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncerPriority {
+    /// `SCHED_FIFO` at the lowest real-time priority: the syncer runs the moment its
+    /// fsync returns, even on a CPU a busy-polling loop keeps busy (falls back to
+    /// `normal`, with a warning, where the process may not: needs `CAP_SYS_NICE` or
+    /// `LimitRTPRIO=1`).
+    Realtime,
+    /// The ordinary scheduler: a woken syncer waits for a CPU like any thread.
+    Normal,
+}
+
 /// The resolved polling mode of every core's loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PollMode {
@@ -124,6 +137,11 @@ pub struct ServeArgs {
     /// Spin of `--poll adaptive` after the last work, microseconds [default: 50].
     #[arg(long, value_name = "US")]
     pub poll_spin_us: Option<u64>,
+    /// Scheduling of the storage syncer thread (sync = batch): `realtime` lets it run the
+    /// moment an fsync returns, `normal` leaves it to the ordinary scheduler
+    /// [default: realtime].
+    #[arg(long, value_enum)]
+    pub syncer_priority: Option<SyncerPriority>,
     /// Most concurrent client connections [default: 1000000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
@@ -176,6 +194,7 @@ struct FileConfig {
     cores: Option<Vec<usize>>,
     poll: Option<PollKind>,
     poll_spin_us: Option<u64>,
+    syncer_priority: Option<SyncerPriority>,
     max_connections: Option<usize>,
     iface: Option<String>,
     queues: Option<Vec<u32>>,
@@ -209,6 +228,8 @@ pub struct ServeConfig {
     pub cores: Vec<usize>,
     /// How idle cores wait.
     pub poll: PollMode,
+    /// How the storage syncer thread is scheduled.
+    pub syncer_priority: SyncerPriority,
     pub max_connections: usize,
     /// AF_XDP settings (used with `dataplane = "xdp"`).
     pub xdp: XdpSettings,
@@ -322,6 +343,10 @@ impl ServeConfig {
                 },
                 PollKind::Interrupt => PollMode::Interrupt,
             },
+            syncer_priority: args
+                .syncer_priority
+                .or(file.syncer_priority)
+                .unwrap_or(SyncerPriority::Realtime),
             max_connections: args
                 .max_connections
                 .or(file.max_connections)

@@ -156,6 +156,30 @@ fn gauge(
     Ok(())
 }
 
+/// A histogram over [`LATENCY_BUCKETS_US`] (then +Inf): `buckets` per bucket, not
+/// cumulative; the count is their sum.
+fn latency_histogram(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    buckets: &[u64],
+    sum_us: u64,
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    let rows: Vec<(f64, u64)> = LATENCY_BUCKETS_US
+        .iter()
+        .map(|&us| us as f64 / 1e6)
+        .chain(std::iter::once(f64::INFINITY))
+        .zip(buckets.iter().copied())
+        .collect();
+    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        sum_us as f64 / 1e6,
+        buckets.iter().sum(),
+        &rows,
+        None,
+    )
+}
+
 /// Names of [`Malformed`] reasons, in index order.
 pub fn malformed_name(reason: Malformed) -> &'static str {
     match reason {
@@ -394,26 +418,20 @@ impl Collector for Metrics {
         )?;
 
         let s = self.storage.snapshot();
-        {
-            let mut m = e.encode_descriptor(
-                "petrel_storage_commit_latency_seconds",
-                "Storage requests from submit to durable completion (group commit included).",
-                None,
-                MetricType::Histogram,
-            )?;
-            let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_US
-                .iter()
-                .map(|&us| us as f64 / 1e6)
-                .chain(std::iter::once(f64::INFINITY))
-                .zip(s.buckets.iter().copied())
-                .collect();
-            m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                s.sum_us as f64 / 1e6,
-                s.count,
-                &buckets,
-                None,
-            )?;
-        }
+        latency_histogram(
+            &mut e,
+            "petrel_storage_commit_latency_seconds",
+            "Storage requests from submit to durable completion (group commit included).",
+            &s.buckets,
+            s.sum_us,
+        )?;
+        latency_histogram(
+            &mut e,
+            "petrel_storage_wal_sync_seconds",
+            "How long each durability round's WAL sync (fdatasync) took, on the syncer thread.",
+            &s.sync_buckets,
+            s.sync_sum_us,
+        )?;
         counter(
             &mut e,
             "petrel_storage_commit_rounds",
@@ -639,6 +657,10 @@ mod tests {
         );
         assert_eq!(
             value(&text, "petrel_storage_commit_latency_seconds_count"),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(&text, "petrel_storage_wal_sync_seconds_count"),
             Some(0.0)
         );
         // No transport source yet: no XDP families.

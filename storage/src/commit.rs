@@ -91,6 +91,9 @@ pub struct CommitStats {
     count: AtomicU64,
     sum_us: AtomicU64,
     pub(crate) groups: AtomicU64,
+    /// How long each durability round's WAL sync took (one per round; count = `groups`).
+    sync_buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    sync_sum_us: AtomicU64,
 }
 
 /// A copy of [`CommitStats`].
@@ -104,6 +107,11 @@ pub struct CommitStatsSnapshot {
     pub sum_us: u64,
     /// Durability rounds (one WAL fsync each in `SyncMode::Batch`) completed.
     pub groups: u64,
+    /// Rounds per bucket of how long their WAL sync took (not cumulative), bounds
+    /// [`LATENCY_BUCKETS_US`] then +Inf; rounds recorded by a syncer that times them.
+    pub sync_buckets: Vec<u64>,
+    /// Sum of those syncs' durations, microseconds.
+    pub sync_sum_us: u64,
 }
 
 impl CommitStats {
@@ -114,15 +122,17 @@ impl CommitStats {
     /// Records `n` requests that each took `latency` (one group released together).
     pub(crate) fn record_many(&self, latency: Duration, n: usize) {
         let n = n as u64;
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let i = LATENCY_BUCKETS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(LATENCY_BUCKETS_US.len());
-        self.buckets[i].fetch_add(n, Ordering::Relaxed);
+        let us = bucket_add(&self.buckets, latency, n);
         self.count.fetch_add(n, Ordering::Relaxed);
         self.sum_us
             .fetch_add(us.saturating_mul(n), Ordering::Relaxed);
+    }
+
+    /// Records how long one durability round's WAL sync took (the disk's share of every
+    /// durable latency, next to the commit latency it bounds).
+    pub(crate) fn record_sync(&self, took: Duration) {
+        let us = bucket_add(&self.sync_buckets, took, 1);
+        self.sync_sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
     /// The current values (each read on its own: a scrape racing the syncer may see a
@@ -137,8 +147,26 @@ impl CommitStats {
             count: self.count.load(Ordering::Relaxed),
             sum_us: self.sum_us.load(Ordering::Relaxed),
             groups: self.groups.load(Ordering::Relaxed),
+            sync_buckets: self
+                .sync_buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            sync_sum_us: self.sync_sum_us.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Adds `n` to the bucket of [`LATENCY_BUCKETS_US`] (then +Inf) that `latency` falls in;
+/// returns the latency in microseconds.
+fn bucket_add(buckets: &[AtomicU64], latency: Duration, n: u64) -> u64 {
+    let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    let i = LATENCY_BUCKETS_US
+        .iter()
+        .position(|&b| us <= b)
+        .unwrap_or(LATENCY_BUCKETS_US.len());
+    buckets[i].fetch_add(n, Ordering::Relaxed);
+    us
 }
 
 /// Most applied groups waiting for the syncer before the writer pauses.

@@ -14,6 +14,7 @@
 //! - [`ethtool`]: ntuple rules steering a TCP port to an rx queue (`SIOCETHTOOL`);
 //! - [`ifaddrs`]: the IPv4 addresses the kernel has on an interface;
 //! - [`netns`]: moving a thread into another network namespace (the tests' veth lab);
+//! - [`sched`]: `SCHED_FIFO` for the storage syncer, so it runs as soon as its fsync ends;
 //! - the `aya::Pod` marker for the XDP filter's config value, which aya copies into a BPF
 //!   map byte for byte.
 
@@ -26,6 +27,7 @@ pub mod ethtool;
 pub mod event;
 pub mod ifaddrs;
 pub mod netns;
+pub mod sched;
 pub mod xsk;
 
 /// Turns a libc return value into a `Result`: -1 becomes the thread's `errno` as an
