@@ -33,7 +33,7 @@ pub struct StorageConfig {
     pub diffusion: DiffusionMode,
     /// Durability mode (default batch).
     pub sync: SyncMode,
-    /// How long a (sender, client_msg_id) dedup entry is honoured (default 24 h).
+    /// How long a (sender, conversation, client_msg_id) dedup entry is honoured (default 24 h).
     pub dedup_window_ms: u64,
     /// A user active within this window counts as active for hybrid diffusion (default 7 days).
     pub active_window_ms: u64,
@@ -41,6 +41,13 @@ pub struct StorageConfig {
     pub large_group_threshold: usize,
     /// Most messages one sync or history page may return, whatever the caller asks (default 1000).
     pub max_page: usize,
+    /// Most client message ids the writer's recent-id filter holds over all senders
+    /// (default 4,000,000, ≈ 16 bytes each): beyond it, least recently active senders are
+    /// dropped and reloaded by one scan on their next append.
+    pub dedup_filter_ids: usize,
+    /// Most ids the filter holds per sender (default 1024): a sender with more appends
+    /// inside the dedup window costs one dedup read per append.
+    pub dedup_filter_per_sender: usize,
 }
 
 /// One hour in milliseconds.
@@ -57,6 +64,8 @@ impl Default for StorageConfig {
             active_window_ms: 7 * DAY_MS,
             large_group_threshold: 500,
             max_page: 1000,
+            dedup_filter_ids: 4_000_000,
+            dedup_filter_per_sender: 1024,
         }
     }
 }

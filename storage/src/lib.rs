@@ -5,9 +5,9 @@
 //! revoked tokens. See `docs/STORAGE.md` for the model and every key layout.
 //!
 //! **Owns:** the persisted model and its invariants — per-conversation seqs that are
-//! gap-free and never reused, exactly-once append by `(sender, client_msg_id)`,
-//! membership/permission checks done atomically with the write they guard, and
-//! durability (an append is acknowledged only once it is in the WAL, per [`SyncMode`]).
+//! gap-free and never reused, exactly-once append by `(sender, conversation,
+//! client_msg_id)`, membership/permission checks done atomically with the write they
+//! guard, and durability (an append is acknowledged only once it is in the WAL, per [`SyncMode`]).
 //!
 //! **Must never:** parse protocol frames (payloads are opaque bytes; no dependency on
 //! `petrel-proto`), touch a socket, or make policy decisions that belong to the control
@@ -19,6 +19,7 @@
 //! - [`cf`], [`keys`], [`values`] — column families and byte layouts of every key and value;
 //! - [`kv`] — the key-value boundary; [`mem`] is its in-memory backend;
 //! - [`engine`] — the domain logic ([`engine::Store`]), written once over [`kv::Kv`];
+//!   [`recent_ids`] is its bounded in-memory dedup filter;
 //! - [`rocks`] — the RocksDB backend, its options and checkpoints;
 //! - [`commit`] — group commit (writer + syncer threads): submit now, completion once
 //!   durable;
@@ -43,6 +44,7 @@ pub mod keys;
 pub mod kv;
 pub mod mem;
 pub mod model;
+pub mod recent_ids;
 pub mod rocks;
 pub mod unsynced;
 pub mod values;
@@ -62,4 +64,5 @@ pub use mem::MemEngine;
 pub use model::{
     ConversationKey, ConversationState, Member, RevokedToken, Role, StoredMessage, TokenId, UserId,
 };
+pub use recent_ids::RecentIdsStats;
 pub use rocks::RocksEngine;

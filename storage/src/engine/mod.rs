@@ -4,15 +4,19 @@
 //!
 //! **Single writer.** Every mutation runs under one `Mutex<WriterState>`, which also owns
 //! the caches the writer needs (last seq per conversation, inbox head per user, member
-//! maps, activity, pending news markers). Caches are filled lazily from the database
-//! (e.g. a conversation's last seq is one reverse seek), and updated only after the
-//! batch has been written, so a failed write leaves them consistent with the database.
-//! Reads (sync, history, membership lookups) go to the database without the lock.
+//! maps, activity, pending news markers, the recent-id dedup filter). Caches are filled
+//! lazily from the database (e.g. a conversation's last seq is one reverse seek). Appends
+//! advance them as they are added to a run's batch, so the next append of the group sees
+//! them; if the batch write fails the counters are forgotten and refilled from the
+//! database. Reads (sync, history, membership lookups) go to the database without the
+//! lock.
 //!
-//! **Durability.** A write method returns after its batch is durable per
-//! [`SyncMode`]; [`Engine::apply_batch`](crate::Engine::apply_batch) writes each
-//! request's batch unsynced and [`Engine::make_durable`](crate::Engine::make_durable)
-//! fsyncs the WAL once for all of them (group commit).
+//! **Durability** is an argument, not ambient state: a write made through a direct
+//! [`Engine`](crate::Engine) method is durable per [`SyncMode`] when it returns;
+//! [`Engine::apply_batch`](crate::Engine::apply_batch) writes each run of appends as one
+//! batch (and every other write as its own), unsynced in `Batch` mode, and
+//! [`Engine::make_durable`](crate::Engine::make_durable) fsyncs the WAL once for all of
+//! them (group commit).
 //!
 //! Per-request paths (`append`, `sync`) are the hot paths: no logging, no global
 //! locks besides the writer mutex, keys encoded into stack arrays.
@@ -23,7 +27,6 @@ mod groups;
 mod sync;
 mod trait_impl;
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,35 +37,14 @@ use crate::error::StorageError;
 use crate::keys;
 use crate::kv::Kv;
 use crate::model::{ConversationKey, Member, Role, UserId};
+use crate::recent_ids::{RecentIds, RecentIdsStats};
 use crate::values;
-
-thread_local! {
-    /// Set while [`Engine::execute_batch`] runs on this thread: writes skip their own
-    /// fsync because the batch ends with one.
-    static DEFER_SYNC: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Resets [`DEFER_SYNC`] even if a request panics.
-pub(crate) struct DeferGuard;
-
-impl DeferGuard {
-    pub(crate) fn set() -> Self {
-        DEFER_SYNC.with(|d| d.set(true));
-        DeferGuard
-    }
-}
-
-impl Drop for DeferGuard {
-    fn drop(&mut self) {
-        DEFER_SYNC.with(|d| d.set(false));
-    }
-}
 
 /// Members of a group or public account, by user id.
 pub(crate) type MemberMap = BTreeMap<UserId, Role>;
 
 /// State owned by the single writer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct WriterState {
     last_seq: HashMap<ConversationKey, u64>,
     inbox_head: HashMap<UserId, u64>,
@@ -73,6 +55,35 @@ pub(crate) struct WriterState {
     pending_news: HashMap<UserId, HashMap<ConversationKey, u64>>,
     last_group: Option<u64>,
     last_public: Option<u64>,
+    /// Which `(sender, conversation, client_msg_id)` are certainly new (bounded).
+    recent_ids: RecentIds,
+}
+
+impl WriterState {
+    fn new(config: &StorageConfig) -> Self {
+        WriterState {
+            last_seq: HashMap::new(),
+            inbox_head: HashMap::new(),
+            members: HashMap::new(),
+            activity: HashMap::new(),
+            pending_news: HashMap::new(),
+            last_group: None,
+            last_public: None,
+            recent_ids: RecentIds::new(
+                config.dedup_window_ms,
+                config.dedup_filter_per_sender,
+                config.dedup_filter_ids,
+            ),
+        }
+    }
+
+    /// Forget every cached counter after a failed write: the write may or may not have
+    /// reached the database, so the caches are refilled from it on next use.
+    fn forget_counters(&mut self) {
+        self.last_seq.clear();
+        self.inbox_head.clear();
+        self.pending_news.clear();
+    }
 }
 
 /// Write counters, for write-amplification measurements.
@@ -121,8 +132,8 @@ impl<K: Kv> Store<K> {
     pub fn with_kv_and_clock(kv: K, config: StorageConfig, clock: Arc<AtomicU64>) -> Self {
         Store {
             kv,
+            writer: Mutex::new(WriterState::new(&config)),
             config,
-            writer: Mutex::new(WriterState::default()),
             appends: AtomicU64::new(0),
             append_bytes: AtomicU64::new(0),
             inbox_entries: AtomicU64::new(0),
@@ -165,14 +176,29 @@ impl<K: Kv> Store<K> {
             .map_err(|_| StorageError::Backend("writer lock poisoned by a panic".into()))
     }
 
-    /// Write a batch, fsyncing per the sync mode (deferred inside `execute_batch`).
-    fn commit(&self, batch: K::Batch<'_>) -> Result<(), StorageError> {
-        let sync = match self.config.sync {
-            SyncMode::Always => true,
-            SyncMode::Batch => !DEFER_SYNC.with(Cell::get),
-            SyncMode::None => false,
-        };
+    /// Write a batch; if `sync`, the WAL is fsynced before this returns.
+    fn commit(&self, batch: K::Batch<'_>, sync: bool) -> Result<(), StorageError> {
         self.kv.write(batch, sync)
+    }
+
+    /// Whether a write made by a direct [`Engine`](crate::Engine) call fsyncs before it
+    /// returns: in `Batch` mode a direct call is a group of one.
+    fn direct_sync(&self) -> bool {
+        match self.config.sync {
+            SyncMode::Always | SyncMode::Batch => true,
+            SyncMode::None => false,
+        }
+    }
+
+    /// Whether a group applied by `apply_batch` fsyncs its writes itself: only in
+    /// `Always`; in `Batch` the next `make_durable` does, in `None` nobody does.
+    fn group_sync(&self) -> bool {
+        self.config.sync == SyncMode::Always
+    }
+
+    /// The writer's recent-id filter counters (dedup reads avoided, sizes).
+    pub fn recent_ids_stats(&self) -> Result<RecentIdsStats, StorageError> {
+        Ok(self.lock()?.recent_ids.stats())
     }
 
     /// Last assigned seq of a conversation, read from the database (reverse seek).

@@ -1,8 +1,8 @@
 //! RocksDB backend: [`RocksKv`] implements [`Kv`] over one column family per [`Cf`],
 //! and [`RocksEngine`] is the domain logic over it. Options are in [`options`].
 //!
-//! Every `Kv::write` is one RocksDB `WriteBatch`, so an append (message, inbox entries,
-//! dedup entry, counters) is all or nothing. `sync_wal` is `FlushWAL(sync = true)`: one
+//! Every `Kv::write` is one RocksDB `WriteBatch`, so a group's appends (messages, inbox
+//! entries, dedup entries) are one WAL record and all or nothing. `sync_wal` is `FlushWAL(sync = true)`: one
 //! write of the buffered WAL (in `SyncMode::Batch` the WAL is flushed manually) and one
 //! fsync, making every earlier write durable, which is what group commit needs.
 
@@ -86,9 +86,10 @@ impl RocksKv {
     }
 }
 
-/// A RocksDB write batch being filled.
+/// A RocksDB write batch being filled. Column-family handles are resolved once, when
+/// the batch is started (one group's appends share a batch), not by name per put.
 pub struct RocksBatch<'a> {
-    kv: &'a RocksKv,
+    handles: [Option<&'a ColumnFamily>; Cf::ALL.len()],
     batch: WriteBatch,
     bytes: usize,
     missing: Option<Cf>,
@@ -97,7 +98,7 @@ pub struct RocksBatch<'a> {
 impl Batch for RocksBatch<'_> {
     fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
         self.bytes += key.len() + value.len();
-        match self.kv.db.cf_handle(cf.name()) {
+        match self.handles[cf.index()] {
             Some(h) => self.batch.put_cf(h, key, value),
             None => self.missing = Some(cf),
         }
@@ -105,7 +106,7 @@ impl Batch for RocksBatch<'_> {
 
     fn delete(&mut self, cf: Cf, key: &[u8]) {
         self.bytes += key.len();
-        match self.kv.db.cf_handle(cf.name()) {
+        match self.handles[cf.index()] {
             Some(h) => self.batch.delete_cf(h, key),
             None => self.missing = Some(cf),
         }
@@ -121,7 +122,7 @@ impl Kv for RocksKv {
 
     fn batch(&self) -> RocksBatch<'_> {
         RocksBatch {
-            kv: self,
+            handles: Cf::ALL.map(|cf| self.db.cf_handle(cf.name())),
             batch: WriteBatch::default(),
             bytes: 0,
             missing: None,

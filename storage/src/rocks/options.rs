@@ -111,10 +111,8 @@ pub fn cf_options(
             let clock = Arc::clone(clock);
             o.set_compaction_filter("petrel-dedup-expiry", move |_, _: &[u8], v: &[u8]| {
                 let now = clock.load(Ordering::Relaxed);
-                match DedupEntry::decode(v) {
-                    Ok(d) if now > 0 && d.server_time_ms.saturating_add(window) <= now => {
-                        Decision::Remove
-                    }
+                match DedupEntry::server_time_of(v) {
+                    Ok(t) if now > 0 && t.saturating_add(window) <= now => Decision::Remove,
                     _ => Decision::Keep,
                 }
             });
