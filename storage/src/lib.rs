@@ -4,6 +4,13 @@
 //! inboxes and news markers, memberships and roles, read cursors, user activity and
 //! revoked tokens. See `docs/STORAGE.md` for the model and every key layout.
 //!
+//! This crate does not depend on RocksDB: it holds the model, the requests and replies,
+//! the [`Kv`](kv::Kv) boundary and the logic over it, the in-memory engine and group
+//! commit. The RocksDB engine is the `petrel-storage-rocks` crate (one more [`kv::Kv`]
+//! implementation), which only the server binary and the tests that need a real
+//! database depend on — so the control plane, the dataplane and their tests never
+//! compile RocksDB's C++.
+//!
 //! **Owns:** the persisted model and its invariants — per-conversation seqs that are
 //! gap-free and never reused, exactly-once append by `(sender, conversation,
 //! client_msg_id)`, membership/permission checks done atomically with the write they
@@ -20,14 +27,11 @@
 //! - [`kv`] — the key-value boundary; [`mem`] is its in-memory backend;
 //! - [`engine`] — the domain logic ([`engine::Store`]), written once over [`kv::Kv`];
 //!   [`recent_ids`] is its bounded in-memory dedup filter;
-//! - [`rocks`] — the RocksDB backend, its options and checkpoints;
 //! - [`commit`] — group commit (writer + syncer threads): submit now, completion once
 //!   durable;
 //! - [`committer`] — group commit for a run-to-completion loop: the loop applies each
 //!   group itself, a syncer thread fsyncs, replies are released once durable (what
 //!   `petrel serve` uses).
-//!
-//! `src/bin/storage-crash-child.rs` is a test helper for `tests/crash.rs`, not a server.
 //!
 //! The next layer up is `petrel-control`, which emits [`Request`]s as actions and
 //! receives [`Reply`]s as events; its driver runs them on an engine.
@@ -45,7 +49,6 @@ pub mod kv;
 pub mod mem;
 pub mod model;
 pub mod recent_ids;
-pub mod rocks;
 pub mod unsynced;
 pub mod values;
 
@@ -65,4 +68,3 @@ pub use model::{
     ConversationKey, ConversationState, Member, RevokedToken, Role, StoredMessage, TokenId, UserId,
 };
 pub use recent_ids::RecentIdsStats;
-pub use rocks::RocksEngine;

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, SliceTransform};
 
-use crate::cf::Cf;
-use crate::config::{StorageConfig, SyncMode};
-use crate::keys::{self, CONV_LEN};
-use crate::values::DedupEntry;
+use petrel_storage::cf::Cf;
+use petrel_storage::keys::{self, CONV_LEN};
+use petrel_storage::values::DedupEntry;
+use petrel_storage::{StorageConfig, SyncMode};
 
 /// Block cache shared by every column family (one budget for the process).
 pub const BLOCK_CACHE_BYTES: usize = 256 << 20;
@@ -51,7 +51,7 @@ pub fn db_options(config: &StorageConfig) -> Options {
 
 /// Per-column-family options.
 ///
-/// `clock` is the engine's latest request time ([`crate::Store::clock`]): the expiry
+/// `clock` is the engine's latest request time ([`petrel_storage::Store::clock`]): the expiry
 /// filters judge entries by it rather than by a wall clock, so they agree with the dedup
 /// window the engine applies to requests; before the first request it is 0 and nothing
 /// expires.

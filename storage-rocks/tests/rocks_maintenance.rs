@@ -8,9 +8,8 @@ use bytes::Bytes;
 use petrel_storage::cf::Cf;
 use petrel_storage::keys;
 use petrel_storage::kv::{Batch, Kv};
-use petrel_storage::{
-    AppendRequest, ConversationKey, Engine, RocksEngine, StorageConfig, TokenId, UserId,
-};
+use petrel_storage::{AppendRequest, ConversationKey, Engine, StorageConfig, TokenId, UserId};
+use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
 
 #[test]
 fn compaction_expiry_follows_request_time_not_wall_clock() {

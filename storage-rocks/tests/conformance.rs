@@ -15,6 +15,7 @@ use petrel_storage::{
     AppendOutcome, AppendRequest, Committer, ConversationKey, DiffusionMode, Engine, Reply,
     Request, Role, StorageConfig, StorageError, Store, SyncMode, SyncRequest, TokenId, UserId,
 };
+use petrel_storage_rocks::RocksEngineExt;
 
 /// Opens an engine of one kind, and can reopen it (RocksDB: close and open the same
 /// directory; in-memory: the same instance, since nothing is persisted).
@@ -115,23 +116,24 @@ impl Harness for Mem {
 }
 
 struct Rocks {
-    engine: Option<petrel_storage::RocksEngine>,
+    engine: Option<petrel_storage_rocks::RocksEngine>,
     dir: tempfile::TempDir,
     config: StorageConfig,
 }
 
 impl Harness for Rocks {
-    type E = petrel_storage::RocksEngine;
-    type K = petrel_storage::rocks::RocksKv;
+    type E = petrel_storage_rocks::RocksEngine;
+    type K = petrel_storage_rocks::RocksKv;
     fn backend(config: &StorageConfig) -> (Self::K, Option<tempfile::TempDir>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = Arc::new(AtomicU64::new(0));
-        let kv = petrel_storage::rocks::RocksKv::open(dir.path(), config, &clock).expect("open");
+        let kv = petrel_storage_rocks::RocksKv::open(dir.path(), config, &clock).expect("open");
         (kv, Some(dir))
     }
     fn open(config: StorageConfig) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let engine = petrel_storage::RocksEngine::open(dir.path(), config.clone()).expect("open");
+        let engine =
+            petrel_storage_rocks::RocksEngine::open(dir.path(), config.clone()).expect("open");
         Rocks {
             engine: Some(engine),
             dir,
@@ -143,7 +145,7 @@ impl Harness for Rocks {
     }
     fn reopen(mut self) -> Self {
         drop(self.engine.take());
-        let engine = petrel_storage::RocksEngine::open(self.dir.path(), self.config.clone())
+        let engine = petrel_storage_rocks::RocksEngine::open(self.dir.path(), self.config.clone())
             .expect("reopen");
         self.engine = Some(engine);
         self
