@@ -48,6 +48,13 @@ pub struct StorageConfig {
     /// Most ids the filter holds per sender (default 1024): a sender with more appends
     /// inside the dedup window costs one dedup read per append.
     pub dedup_filter_per_sender: usize,
+    /// Bound of each of the writer's per-conversation and per-user caches — last seq,
+    /// inbox head, activity, pending news markers (default 1,000,000 entries each, tens of
+    /// bytes per entry). Dropped entries are re-read from the database on next use.
+    pub writer_cache_entries: usize,
+    /// Bound of the writer's cache of group / public-account member maps (default 16,384
+    /// conversations; a map costs ≈ 40 bytes per member).
+    pub member_cache_conversations: usize,
 }
 
 /// One hour in milliseconds.
@@ -66,6 +73,8 @@ impl Default for StorageConfig {
             max_page: 1000,
             dedup_filter_ids: 4_000_000,
             dedup_filter_per_sender: 1024,
+            writer_cache_entries: 1_000_000,
+            member_cache_conversations: 16_384,
         }
     }
 }

@@ -61,7 +61,7 @@ pub use commit::{
 };
 pub use committer::{Committer, GroupEngine, WakeLoop};
 pub use config::{DiffusionMode, StorageConfig, SyncMode};
-pub use engine::{Store, StoreStats};
+pub use engine::{Store, StoreStats, WriterCacheStats};
 pub use error::{DecodeError, StorageError};
 pub use mem::MemEngine;
 pub use model::{

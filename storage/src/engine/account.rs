@@ -49,13 +49,13 @@ impl<K: Kv> Store<K> {
             None => self.stored_activity(user)?.unwrap_or(0),
         };
         if now_ms <= known {
-            w.activity.insert(user, known);
+            w.activity.put(user, known);
             return Ok(());
         }
         let mut batch = self.kv.batch();
         batch.put(Cf::Activity, &keys::u64_key(user.0), &keys::u64_key(now_ms));
         self.commit(batch, sync)?;
-        w.activity.insert(user, now_ms);
+        w.activity.put(user, now_ms);
         Ok(())
     }
 

@@ -146,7 +146,7 @@ impl<K: Kv> Store<K> {
             };
             if !pointer
                 && w.pending_news
-                    .get(&r)
+                    .peek(&r)
                     .is_some_and(|pending| pending.contains_key(&conv))
             {
                 continue;
@@ -188,12 +188,14 @@ impl<K: Kv> Store<K> {
                 InboxEntry::Pointer(conv, seq)
             };
             batch.put(Cf::Inbox, &keys::u64_u64(r.0, head), &entry.encode());
-            w.inbox_head.insert(r, head);
+            w.inbox_head.put(r, head);
             if news {
-                w.pending_news.entry(r).or_default().insert(conv, head);
+                w.pending_news
+                    .get_or_insert_mut(r, HashMap::new)
+                    .insert(conv, head);
             }
         }
-        w.last_seq.insert(conv, seq);
+        w.last_seq.put(conv, seq);
         w.recent_ids.record(req.sender, fp, req.now_ms);
         run.written.insert(dedup_key, dedup);
         run.appended += 1;

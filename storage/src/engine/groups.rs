@@ -12,6 +12,7 @@
 //! every device pulls the timeline (new devices get it anyway: they read every
 //! conversation from the start).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{MemberMap, Store, WriterState, member_list};
@@ -109,8 +110,8 @@ impl<K: Kv> Store<K> {
         } else {
             w.last_public = Some(id);
         }
-        w.last_seq.insert(conv, 0);
-        w.members.insert(conv, Arc::new(map));
+        w.last_seq.put(conv, 0);
+        w.members.put(conv, Arc::new(map));
         Ok(conv)
     }
 
@@ -197,11 +198,13 @@ impl<K: Kv> Store<K> {
             map.insert(*u, Role::Member);
         }
         for (u, head) in markers {
-            w.inbox_head.insert(u, head);
-            w.pending_news.entry(u).or_default().insert(conv, head);
+            w.inbox_head.put(u, head);
+            w.pending_news
+                .get_or_insert_mut(u, HashMap::new)
+                .insert(conv, head);
         }
         let list = member_list(&map);
-        w.members.insert(conv, Arc::new(map));
+        w.members.put(conv, Arc::new(map));
         Ok(MembershipChange {
             conversation: conv,
             changed: added,
@@ -292,7 +295,7 @@ impl<K: Kv> Store<K> {
             }
         }
         let list = member_list(&map);
-        w.members.insert(conv, Arc::new(map));
+        w.members.put(conv, Arc::new(map));
         Ok(MembershipChange {
             conversation: conv,
             changed: removed,
@@ -362,7 +365,7 @@ impl<K: Kv> Store<K> {
             }
         }
         let list = member_list(&map);
-        w.members.insert(conv, Arc::new(map));
+        w.members.put(conv, Arc::new(map));
         Ok(MembershipChange {
             conversation: conv,
             changed: changes.into_iter().map(|(u, _)| u).collect(),

@@ -37,36 +37,63 @@ use crate::error::StorageError;
 use crate::keys;
 use crate::kv::Kv;
 use crate::model::{ConversationKey, Member, Role, UserId};
+use lru::LruCache;
+
 use crate::recent_ids::{RecentIds, RecentIdsStats};
 use crate::values;
 
 /// Members of a group or public account, by user id.
 pub(crate) type MemberMap = BTreeMap<UserId, Role>;
 
-/// State owned by the single writer.
+/// State owned by the single writer. Every cache is an LRU map trimmed to its bound
+/// (`StorageConfig::writer_cache_entries`, `member_cache_conversations`) each time the
+/// writer lock is taken — never in the middle of a run, whose unwritten counters live
+/// only here. Last seqs, inbox heads, member maps and activity are refilled from the
+/// database when dropped; a dropped pending-news entry costs at most one repeated
+/// marker (markers are never missing).
 #[derive(Debug)]
 pub(crate) struct WriterState {
-    last_seq: HashMap<ConversationKey, u64>,
-    inbox_head: HashMap<UserId, u64>,
-    members: HashMap<ConversationKey, Arc<MemberMap>>,
-    activity: HashMap<UserId, u64>,
+    last_seq: LruCache<ConversationKey, u64>,
+    inbox_head: LruCache<UserId, u64>,
+    members: LruCache<ConversationKey, Arc<MemberMap>>,
+    activity: LruCache<UserId, u64>,
     /// Per user: conversations with an unconsumed news marker, and that marker's inbox seq.
     /// While one is pending, further read-diffused appends write no new marker.
-    pending_news: HashMap<UserId, HashMap<ConversationKey, u64>>,
+    pending_news: LruCache<UserId, HashMap<ConversationKey, u64>>,
     last_group: Option<u64>,
     last_public: Option<u64>,
     /// Which `(sender, conversation, client_msg_id)` are certainly new (bounded).
     recent_ids: RecentIds,
+    max_entries: usize,
+    max_member_maps: usize,
+    evictions: u64,
+}
+
+/// Sizes of the writer's caches and how many entries their bounds dropped, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterCacheStats {
+    /// Conversations whose last seq is cached.
+    pub last_seqs: u64,
+    /// Users whose inbox head is cached.
+    pub inbox_heads: u64,
+    /// Groups and public accounts whose member map is cached.
+    pub member_maps: u64,
+    /// Users whose last activity is cached.
+    pub activities: u64,
+    /// Users with pending news markers tracked.
+    pub pending_news_users: u64,
+    /// Entries dropped by the bounds since open (all caches).
+    pub evictions: u64,
 }
 
 impl WriterState {
     fn new(config: &StorageConfig) -> Self {
         WriterState {
-            last_seq: HashMap::new(),
-            inbox_head: HashMap::new(),
-            members: HashMap::new(),
-            activity: HashMap::new(),
-            pending_news: HashMap::new(),
+            last_seq: LruCache::unbounded(),
+            inbox_head: LruCache::unbounded(),
+            members: LruCache::unbounded(),
+            activity: LruCache::unbounded(),
+            pending_news: LruCache::unbounded(),
             last_group: None,
             last_public: None,
             recent_ids: RecentIds::new(
@@ -74,6 +101,38 @@ impl WriterState {
                 config.dedup_filter_per_sender,
                 config.dedup_filter_ids,
             ),
+            max_entries: config.writer_cache_entries.max(1),
+            max_member_maps: config.member_cache_conversations.max(1),
+            evictions: 0,
+        }
+    }
+
+    /// Drop least recently used entries beyond the bounds. Only called when the lock
+    /// is taken, so no run's unwritten counter is ever dropped.
+    fn trim(&mut self) {
+        fn trim_one<K: std::hash::Hash + Eq, V>(c: &mut LruCache<K, V>, max: usize) -> u64 {
+            let mut n = 0;
+            while c.len() > max && c.pop_lru().is_some() {
+                n += 1;
+            }
+            n
+        }
+        let max = self.max_entries;
+        self.evictions += trim_one(&mut self.last_seq, max)
+            + trim_one(&mut self.inbox_head, max)
+            + trim_one(&mut self.activity, max)
+            + trim_one(&mut self.pending_news, max)
+            + trim_one(&mut self.members, self.max_member_maps);
+    }
+
+    fn cache_stats(&self) -> WriterCacheStats {
+        WriterCacheStats {
+            last_seqs: self.last_seq.len() as u64,
+            inbox_heads: self.inbox_head.len() as u64,
+            member_maps: self.members.len() as u64,
+            activities: self.activity.len() as u64,
+            pending_news_users: self.pending_news.len() as u64,
+            evictions: self.evictions,
         }
     }
 
@@ -170,10 +229,20 @@ impl<K: Kv> Store<K> {
         }
     }
 
+    /// Take the writer lock (and trim the caches to their bounds: nothing is pending
+    /// between two holders of the lock).
     fn lock(&self) -> Result<MutexGuard<'_, WriterState>, StorageError> {
-        self.writer
+        let mut w = self
+            .writer
             .lock()
-            .map_err(|_| StorageError::Backend("writer lock poisoned by a panic".into()))
+            .map_err(|_| StorageError::Backend("writer lock poisoned by a panic".into()))?;
+        w.trim();
+        Ok(w)
+    }
+
+    /// Sizes and evictions of the writer's caches.
+    pub fn writer_cache_stats(&self) -> Result<WriterCacheStats, StorageError> {
+        Ok(self.lock()?.cache_stats())
     }
 
     /// Write a batch; if `sync`, the WAL is fsynced before this returns.
@@ -217,7 +286,7 @@ impl<K: Kv> Store<K> {
             return Ok(*s);
         }
         let s = self.stored_last_seq(c)?;
-        w.last_seq.insert(c, s);
+        w.last_seq.put(c, s);
         Ok(s)
     }
 
@@ -237,7 +306,7 @@ impl<K: Kv> Store<K> {
             return Ok(*h);
         }
         let h = self.stored_inbox_head(u)?;
-        w.inbox_head.insert(u, h);
+        w.inbox_head.put(u, h);
         Ok(h)
     }
 
@@ -283,7 +352,7 @@ impl<K: Kv> Store<K> {
             return Ok(Arc::clone(m));
         }
         let m = Arc::new(self.stored_members(c)?);
-        w.members.insert(c, Arc::clone(&m));
+        w.members.put(c, Arc::clone(&m));
         Ok(m)
     }
 
@@ -293,7 +362,7 @@ impl<K: Kv> Store<K> {
             Some(t) => *t,
             None => {
                 let t = self.stored_activity(u)?.unwrap_or(0);
-                w.activity.insert(u, t);
+                w.activity.put(u, t);
                 t
             }
         };
