@@ -185,7 +185,7 @@ impl<K: Kv> Engine for Store<K> {
         out
     }
 
-    /// Consecutive appends share one [`Run`] (one backend write); any other request
+    /// Consecutive appends share one `Run` (one backend write); any other request
     /// first writes the run so far, so it sees every earlier write of the group.
     fn apply_batch(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>> {
         let sync = self.group_sync();
