@@ -1,6 +1,6 @@
 //! # petrel-workspace-hack — one feature set for every build
 //!
-//! Cargo unifies dependency features per invocation: `cargo test -p petrel-storage` and
+//! Cargo unifies dependency features per invocation: `cargo test -p petrel-storage-rocks` and
 //! `cargo test --workspace` can compile a shared dependency (syn, libc, …) with different
 //! features. Anything downstream of such a dependency then gets a new hash — and for
 //! `librocksdb-sys`, downstream of bindgen → syn, a new hash means compiling RocksDB's C++

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use petrel_storage::{RocksEngine, StorageConfig};
+use petrel_storage::StorageConfig;
+use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
 
 use crate::server::admin::SOCKET_NAME;
 use crate::server::config::{ServeArgs, ServeConfig};

@@ -16,7 +16,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
-use petrel_storage::RocksEngine;
+use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
 
 /// The socket's file name inside the data dir.
 pub const SOCKET_NAME: &str = "admin.sock";

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use petrel_control::{Action, Control, Event, Ticket};
-use petrel_storage::{Committer, DiffusionMode, GroupEngine, RocksEngine, StorageConfig, SyncMode};
+use petrel_storage::{Committer, DiffusionMode, GroupEngine, StorageConfig, SyncMode};
+use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
 
 pub use config::{ServeArgs, ServeConfig};
 pub use core_loop::now;

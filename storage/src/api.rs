@@ -15,7 +15,8 @@ use crate::model::{
     ConversationKey, ConversationState, Member, RevokedToken, Role, StoredMessage, TokenId, UserId,
 };
 
-/// Append one message to a conversation (exactly-once by `(sender, client_msg_id)`).
+/// Append one message to a conversation (exactly-once by `(sender, conversation,
+/// client_msg_id)`: the same id in another conversation is another message).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendRequest {
     /// Who sends it; must be a participant (the owner, for a public account).
@@ -36,7 +37,7 @@ pub struct AppendRequest {
 /// Result of an append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendOutcome {
-    /// The conversation appended to.
+    /// The conversation appended to (always the request's: dedup is per conversation).
     pub conversation: ConversationKey,
     /// The assigned (or, for a duplicate, originally assigned) seq.
     pub seq: u64,

@@ -33,7 +33,7 @@ pub struct StorageConfig {
     pub diffusion: DiffusionMode,
     /// Durability mode (default batch).
     pub sync: SyncMode,
-    /// How long a (sender, client_msg_id) dedup entry is honoured (default 24 h).
+    /// How long a (sender, conversation, client_msg_id) dedup entry is honoured (default 24 h).
     pub dedup_window_ms: u64,
     /// A user active within this window counts as active for hybrid diffusion (default 7 days).
     pub active_window_ms: u64,
@@ -41,6 +41,20 @@ pub struct StorageConfig {
     pub large_group_threshold: usize,
     /// Most messages one sync or history page may return, whatever the caller asks (default 1000).
     pub max_page: usize,
+    /// Most client message ids the writer's recent-id filter holds over all senders
+    /// (default 4,000,000, ≈ 16 bytes each): beyond it, least recently active senders are
+    /// dropped and reloaded by one scan on their next append.
+    pub dedup_filter_ids: usize,
+    /// Most ids the filter holds per sender (default 1024): a sender with more appends
+    /// inside the dedup window costs one dedup read per append.
+    pub dedup_filter_per_sender: usize,
+    /// Bound of each of the writer's per-conversation and per-user caches — last seq,
+    /// inbox head, activity, pending news markers (default 1,000,000 entries each, tens of
+    /// bytes per entry). Dropped entries are re-read from the database on next use.
+    pub writer_cache_entries: usize,
+    /// Bound of the writer's cache of group / public-account member maps (default 16,384
+    /// conversations; a map costs ≈ 40 bytes per member).
+    pub member_cache_conversations: usize,
 }
 
 /// One hour in milliseconds.
@@ -57,6 +71,10 @@ impl Default for StorageConfig {
             active_window_ms: 7 * DAY_MS,
             large_group_threshold: 500,
             max_page: 1000,
+            dedup_filter_ids: 4_000_000,
+            dedup_filter_per_sender: 1024,
+            writer_cache_entries: 1_000_000,
+            member_cache_conversations: 16_384,
         }
     }
 }

@@ -8,7 +8,8 @@
 //! conversation (17) = tag:u8 | a:u64 | b:u64     tag 1 single(lo,hi) 2 group(id,0) 3 public(id,0)
 //! messages          = conversation(17) | seq:u64                       (25)
 //! inbox             = user:u64 | inbox_seq:u64                         (16)
-//! dedup             = sender:u64 | client_msg_id:u64                   (16)
+//! dedup             = sender:u64 | conversation(17) | client_msg_id:u64 (33)
+//!   (legacy, read only: sender:u64 | client_msg_id:u64                  (16))
 //! members           = conversation(17) | user:u64                      (25)
 //! user_conversations= user:u64 | conversation(17)                      (25)
 //! cursors           = user:u64 | conversation(17)                      (25)
@@ -29,6 +30,8 @@ pub const CONV_LEN: usize = 17;
 pub const CONV_U64_LEN: usize = CONV_LEN + 8;
 /// Length of a `u64 | u64` key.
 pub const U64_U64_LEN: usize = 16;
+/// Length of a dedup key: `sender | conversation | client_msg_id`.
+pub const DEDUP_KEY_LEN: usize = 8 + CONV_LEN + 8;
 
 const TAG_SINGLE: u8 = 1;
 const TAG_GROUP: u8 = 2;
@@ -95,7 +98,29 @@ pub fn decode_user_conversation(bytes: &[u8]) -> Result<(UserId, ConversationKey
     Ok((UserId(be_u64(&b[..8])), decode_conversation(&b[8..])?))
 }
 
-/// `a | b` for inbox (user, inbox seq) and dedup (sender, client msg id) keys.
+/// Dedup key `sender | conversation | client_msg_id`: a retried id is the same message
+/// only in the same conversation, and all of a sender's entries share the 8-byte prefix
+/// (one range scan loads them into the writer's recent-id filter).
+pub fn dedup(sender: UserId, c: ConversationKey, client_msg_id: u64) -> [u8; DEDUP_KEY_LEN] {
+    let mut out = [0u8; DEDUP_KEY_LEN];
+    out[..8].copy_from_slice(&sender.0.to_be_bytes());
+    out[8..8 + CONV_LEN].copy_from_slice(&conversation(c));
+    out[8 + CONV_LEN..].copy_from_slice(&client_msg_id.to_be_bytes());
+    out
+}
+
+/// Decode a dedup key into `(sender, conversation, client_msg_id)`.
+pub fn decode_dedup(bytes: &[u8]) -> Result<(UserId, ConversationKey, u64), DecodeError> {
+    let b = exact::<DEDUP_KEY_LEN>("dedup key", bytes)?;
+    Ok((
+        UserId(be_u64(&b[..8])),
+        decode_conversation(&b[8..8 + CONV_LEN])?,
+        be_u64(&b[8 + CONV_LEN..]),
+    ))
+}
+
+/// `a | b` for inbox (user, inbox seq) keys, and the legacy dedup key (sender, client
+/// msg id) written before dedup became per conversation.
 pub fn u64_u64(a: u64, b: u64) -> [u8; U64_U64_LEN] {
     let mut out = [0u8; U64_U64_LEN];
     out[..8].copy_from_slice(&a.to_be_bytes());
@@ -234,6 +259,32 @@ mod tests {
         let enc: Vec<_> = uc.iter().map(|(u, c)| user_conversation(*u, *c)).collect();
         assert!(enc.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(decode_user_conversation(&enc[5]), Ok(uc[5]));
+    }
+
+    #[test]
+    fn dedup_keys_group_by_sender_and_roundtrip() {
+        let mut logical = Vec::new();
+        for s in [0u64, 1, 256, u64::MAX] {
+            for c in convs() {
+                for id in [0u64, 1, u64::MAX] {
+                    logical.push((UserId(s), c, id));
+                }
+            }
+        }
+        logical.sort();
+        logical.dedup();
+        let encoded: Vec<_> = logical
+            .iter()
+            .map(|(s, c, id)| dedup(*s, *c, *id))
+            .collect();
+        assert!(encoded.windows(2).all(|w| w[0] < w[1]));
+        for (l, k) in logical.iter().zip(&encoded) {
+            assert_eq!(decode_dedup(k), Ok(*l));
+            // Every entry of a sender lies in its 8-byte prefix range.
+            let p = l.0.0.to_be_bytes();
+            assert!(k.starts_with(&p) && k.as_slice() < prefix_end(&p).as_slice());
+        }
+        assert!(decode_dedup(&[0; 16]).is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Like TiKV's `engine_traits`, this trait has no RocksDB types in it: the domain logic
 //! (`engine::Store`) is written once against [`Kv`], and each backend — an ordered
-//! in-memory map ([`crate::mem::MemKv`]) or RocksDB ([`crate::rocks::RocksKv`]) —
+//! in-memory map ([`crate::mem::MemKv`]) or RocksDB (`petrel_storage_rocks::RocksKv`) —
 //! supplies ordered column families, point reads, bounded scans and atomic batches.
 
 use crate::cf::Cf;

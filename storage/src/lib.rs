@@ -4,10 +4,17 @@
 //! inboxes and news markers, memberships and roles, read cursors, user activity and
 //! revoked tokens. See `docs/STORAGE.md` for the model and every key layout.
 //!
+//! This crate does not depend on RocksDB: it holds the model, the requests and replies,
+//! the [`Kv`](kv::Kv) boundary and the logic over it, the in-memory engine and group
+//! commit. The RocksDB engine is the `petrel-storage-rocks` crate (one more [`kv::Kv`]
+//! implementation), which only the server binary and the tests that need a real
+//! database depend on — so the control plane, the dataplane and their tests never
+//! compile RocksDB's C++.
+//!
 //! **Owns:** the persisted model and its invariants — per-conversation seqs that are
-//! gap-free and never reused, exactly-once append by `(sender, client_msg_id)`,
-//! membership/permission checks done atomically with the write they guard, and
-//! durability (an append is acknowledged only once it is in the WAL, per [`SyncMode`]).
+//! gap-free and never reused, exactly-once append by `(sender, conversation,
+//! client_msg_id)`, membership/permission checks done atomically with the write they
+//! guard, and durability (an append is acknowledged only once it is in the WAL, per [`SyncMode`]).
 //!
 //! **Must never:** parse protocol frames (payloads are opaque bytes; no dependency on
 //! `petrel-proto`), touch a socket, or make policy decisions that belong to the control
@@ -19,14 +26,12 @@
 //! - [`cf`], [`keys`], [`values`] — column families and byte layouts of every key and value;
 //! - [`kv`] — the key-value boundary; [`mem`] is its in-memory backend;
 //! - [`engine`] — the domain logic ([`engine::Store`]), written once over [`kv::Kv`];
-//! - [`rocks`] — the RocksDB backend, its options and checkpoints;
+//!   [`recent_ids`] is its bounded in-memory dedup filter;
 //! - [`commit`] — group commit (writer + syncer threads): submit now, completion once
 //!   durable;
 //! - [`committer`] — group commit for a run-to-completion loop: the loop applies each
 //!   group itself, a syncer thread fsyncs, replies are released once durable (what
 //!   `petrel serve` uses).
-//!
-//! `src/bin/storage-crash-child.rs` is a test helper for `tests/crash.rs`, not a server.
 //!
 //! The next layer up is `petrel-control`, which emits [`Request`]s as actions and
 //! receives [`Reply`]s as events; its driver runs them on an engine.
@@ -43,7 +48,7 @@ pub mod keys;
 pub mod kv;
 pub mod mem;
 pub mod model;
-pub mod rocks;
+pub mod recent_ids;
 pub mod unsynced;
 pub mod values;
 
@@ -56,10 +61,10 @@ pub use commit::{
 };
 pub use committer::{Committer, GroupEngine, WakeLoop};
 pub use config::{DiffusionMode, StorageConfig, SyncMode};
-pub use engine::{Store, StoreStats};
+pub use engine::{Store, StoreStats, WriterCacheStats};
 pub use error::{DecodeError, StorageError};
 pub use mem::MemEngine;
 pub use model::{
     ConversationKey, ConversationState, Member, RevokedToken, Role, StoredMessage, TokenId, UserId,
 };
-pub use rocks::RocksEngine;
+pub use recent_ids::RecentIdsStats;

@@ -4,7 +4,8 @@
 //! message    = version:u8(1) | sender:u64 | client_msg_id:u64 | server_time_ms:u64
 //!              | device_len:u16 | device:utf8 | payload (rest)
 //! inbox      = kind:u8 (1 pointer, 2 news marker) | conversation(17) | seq:u64
-//! dedup      = conversation(17) | seq:u64 | server_time_ms:u64
+//! dedup      = seq:u64 | server_time_ms:u64   (the conversation is in the key)
+//!   (legacy, read only: conversation(17) | seq:u64 | server_time_ms:u64)
 //! role       = u8 (1 member, 2 admin, 3 owner)
 //! info       = version:u8(1) | owner:u64 | created_ms:u64 | name:utf8
 //! counters, cursors, activity, revoked = u64 big-endian
@@ -30,9 +31,31 @@ pub fn encode_message(
     device: &str,
     payload: &[u8],
 ) -> Result<Vec<u8>, crate::StorageError> {
+    let mut out = Vec::with_capacity(MESSAGE_HEADER + device.len() + payload.len());
+    encode_message_into(
+        &mut out,
+        sender,
+        client_msg_id,
+        server_time_ms,
+        device,
+        payload,
+    )?;
+    Ok(out)
+}
+
+/// [`encode_message`] into a reused buffer (cleared first): the append path encodes
+/// every message of a group into one scratch buffer instead of allocating per message.
+pub fn encode_message_into(
+    out: &mut Vec<u8>,
+    sender: UserId,
+    client_msg_id: u64,
+    server_time_ms: u64,
+    device: &str,
+    payload: &[u8],
+) -> Result<(), crate::StorageError> {
     let dev_len = u16::try_from(device.len())
         .map_err(|_| crate::StorageError::Invalid("sender_device longer than 65535 bytes"))?;
-    let mut out = Vec::with_capacity(MESSAGE_HEADER + device.len() + payload.len());
+    out.clear();
     out.push(MESSAGE_V1);
     out.extend_from_slice(&sender.0.to_be_bytes());
     out.extend_from_slice(&client_msg_id.to_be_bytes());
@@ -40,7 +63,7 @@ pub fn encode_message(
     out.extend_from_slice(&dev_len.to_be_bytes());
     out.extend_from_slice(device.as_bytes());
     out.extend_from_slice(payload);
-    Ok(out)
+    Ok(())
 }
 
 /// Decode a message value read at `conversation | seq`.
@@ -139,11 +162,9 @@ impl InboxEntry {
     }
 }
 
-/// Where a deduplicated append was stored.
+/// Where a deduplicated append was stored (the conversation is part of its key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DedupEntry {
-    /// The conversation.
-    pub conversation: ConversationKey,
     /// The assigned seq.
     pub seq: u64,
     /// The assigned server time (also the start of the dedup window).
@@ -151,26 +172,45 @@ pub struct DedupEntry {
 }
 
 /// Encoded length of a dedup entry.
-pub const DEDUP_LEN: usize = CONV_LEN + 16;
+pub const DEDUP_LEN: usize = 16;
+/// Encoded length of a legacy dedup entry (`conversation | seq | server_time_ms`).
+pub const LEGACY_DEDUP_LEN: usize = CONV_LEN + 16;
 
 impl DedupEntry {
     /// Encode.
     pub fn encode(&self) -> [u8; DEDUP_LEN] {
-        let mut out = [0u8; DEDUP_LEN];
-        out[..CONV_LEN + 8].copy_from_slice(&keys::conversation_u64(self.conversation, self.seq));
-        out[CONV_LEN + 8..].copy_from_slice(&self.server_time_ms.to_be_bytes());
-        out
+        keys::u64_u64(self.seq, self.server_time_ms)
     }
 
     /// Decode.
     pub fn decode(v: &[u8]) -> Result<Self, DecodeError> {
         let b = keys::exact::<DEDUP_LEN>("dedup entry", v)?;
-        let (conversation, seq) = keys::decode_conversation_u64(&b[..CONV_LEN + 8])?;
         Ok(DedupEntry {
-            conversation,
-            seq,
-            server_time_ms: keys::be_u64(&b[CONV_LEN + 8..]),
+            seq: keys::be_u64(&b[..8]),
+            server_time_ms: keys::be_u64(&b[8..]),
         })
+    }
+
+    /// Decode a legacy entry (written under a `sender | client_msg_id` key before dedup
+    /// became per conversation): the conversation it was stored in, and where.
+    pub fn decode_legacy(v: &[u8]) -> Result<(ConversationKey, Self), DecodeError> {
+        let b = keys::exact::<LEGACY_DEDUP_LEN>("legacy dedup entry", v)?;
+        let (conversation, seq) = keys::decode_conversation_u64(&b[..CONV_LEN + 8])?;
+        Ok((
+            conversation,
+            DedupEntry {
+                seq,
+                server_time_ms: keys::be_u64(&b[CONV_LEN + 8..]),
+            },
+        ))
+    }
+
+    /// The server time of a current or legacy entry, whichever `v` is (expiry filters).
+    pub fn server_time_of(v: &[u8]) -> Result<u64, DecodeError> {
+        match v.len() {
+            LEGACY_DEDUP_LEN => Ok(Self::decode_legacy(v)?.1.server_time_ms),
+            _ => Ok(Self::decode(v)?.server_time_ms),
+        }
     }
 }
 
@@ -285,11 +325,16 @@ mod tests {
         bad[0] = 0;
         assert!(InboxEntry::decode(&bad).is_err());
         let d = DedupEntry {
-            conversation: c,
             seq: 4,
             server_time_ms: 99,
         };
         assert_eq!(DedupEntry::decode(&d.encode()), Ok(d));
+        assert_eq!(DedupEntry::server_time_of(&d.encode()), Ok(99));
+        let mut legacy = keys::conversation_u64(c, 4).to_vec();
+        legacy.extend_from_slice(&99u64.to_be_bytes());
+        assert_eq!(DedupEntry::decode_legacy(&legacy), Ok((c, d)));
+        assert_eq!(DedupEntry::server_time_of(&legacy), Ok(99));
+        assert!(DedupEntry::server_time_of(&[0; 5]).is_err());
         for r in [Role::Member, Role::Admin, Role::Owner] {
             assert_eq!(decode_role(&encode_role(r)), Ok(r));
         }

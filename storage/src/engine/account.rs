@@ -10,6 +10,7 @@ use crate::model::{ConversationKey, ConversationState, RevokedToken, TokenId, Us
 impl<K: Kv> Store<K> {
     pub(super) fn do_mark_read(
         &self,
+        sync: bool,
         user: UserId,
         c: ConversationKey,
         seq: u64,
@@ -26,7 +27,7 @@ impl<K: Kv> Store<K> {
                 &keys::user_conversation(user, c),
                 &keys::u64_key(new),
             );
-            self.commit(batch)?;
+            self.commit(batch, sync)?;
         }
         Ok(ConversationState {
             key: c,
@@ -35,7 +36,12 @@ impl<K: Kv> Store<K> {
         })
     }
 
-    pub(super) fn do_touch(&self, user: UserId, now_ms: u64) -> Result<(), StorageError> {
+    pub(super) fn do_touch(
+        &self,
+        sync: bool,
+        user: UserId,
+        now_ms: u64,
+    ) -> Result<(), StorageError> {
         self.observe_time(now_ms);
         let mut w = self.lock()?;
         let known = match w.activity.get(&user) {
@@ -43,21 +49,26 @@ impl<K: Kv> Store<K> {
             None => self.stored_activity(user)?.unwrap_or(0),
         };
         if now_ms <= known {
-            w.activity.insert(user, known);
+            w.activity.put(user, known);
             return Ok(());
         }
         let mut batch = self.kv.batch();
         batch.put(Cf::Activity, &keys::u64_key(user.0), &keys::u64_key(now_ms));
-        self.commit(batch)?;
-        w.activity.insert(user, now_ms);
+        self.commit(batch, sync)?;
+        w.activity.put(user, now_ms);
         Ok(())
     }
 
-    pub(super) fn do_revoke(&self, token: TokenId, expires_at_ms: u64) -> Result<(), StorageError> {
+    pub(super) fn do_revoke(
+        &self,
+        sync: bool,
+        token: TokenId,
+        expires_at_ms: u64,
+    ) -> Result<(), StorageError> {
         let _w = self.lock()?;
         let mut batch = self.kv.batch();
         batch.put(Cf::Revoked, &token.0, &keys::u64_key(expires_at_ms));
-        self.commit(batch)
+        self.commit(batch, sync)
     }
 
     pub(super) fn do_load_revoked(&self, now_ms: u64) -> Result<Vec<RevokedToken>, StorageError> {

@@ -1,9 +1,29 @@
-//! Exactly-once append with read, write or hybrid diffusion — one atomic batch.
+//! Exactly-once append with read, write or hybrid diffusion. The appends of one group
+//! share one atomic batch (a [`Run`]), so a group of appends is one backend write.
 //!
-//! Performance-critical path: runs once per message under the writer lock. It allocates
-//! the encoded message and the recipient list, nothing per recipient besides the cache
-//! updates; keys are stack arrays.
+//! **Run.** [`Store::begin_run`] takes the writer lock and starts a batch; each
+//! [`Store::append_in`] runs every check of its request first (dedup, permission,
+//! recipients, seq and inbox counters, encoding) and only then adds its puts to the
+//! batch and advances the writer's caches, so a refused request adds nothing, and the
+//! next request of the run sees the writes of the previous ones (consecutive seqs,
+//! inbox heads, an id retried inside the run is a duplicate). [`Store::finish_run`]
+//! writes the batch; if that fails the caches are forgotten (refilled from the database
+//! on next use) and every reply of the run becomes an error. The lock is held for the
+//! whole run, so no other write interleaves with a batch not yet written.
+//!
+//! **Dedup.** `(sender, conversation, client_msg_id)`: a retried id is the same message
+//! only in the same conversation (an id reused in another conversation is a new
+//! message, never an ack carrying another conversation's seq). The writer's
+//! [`RecentIds`](crate::recent_ids::RecentIds) filter answers "certainly new" from
+//! memory; the `dedup` column family is read only when it cannot.
+//!
+//! Performance-critical path: runs once per message under the writer lock. Keys are
+//! stack arrays, the message is encoded into the run's scratch buffer, the inbox plan
+//! into the run's scratch vector; the recipient list (returned to the caller) is the
+//! one allocation per message.
 
+use std::collections::HashMap;
+use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
 
 use super::{Store, WriterState};
@@ -11,109 +31,175 @@ use crate::api::{AppendOutcome, AppendRequest};
 use crate::cf::Cf;
 use crate::config::DiffusionMode;
 use crate::error::StorageError;
-use crate::keys;
-use crate::kv::{Batch, Kv};
+use crate::keys::{self, DEDUP_KEY_LEN};
+use crate::kv::{Batch, Direction, Kv};
 use crate::model::{ConversationKey, Role, UserId};
+use crate::recent_ids::{Answer, fingerprint};
 use crate::values::{self, DedupEntry, InboxEntry};
 
+/// Appends applied into one batch under the writer lock; see the module doc.
+pub(crate) struct Run<'a, K: Kv + 'a> {
+    w: MutexGuard<'a, WriterState>,
+    batch: K::Batch<'a>,
+    /// Dedup entries this run wrote (read-your-writes before the batch reaches the store).
+    written: HashMap<[u8; DEDUP_KEY_LEN], DedupEntry>,
+    /// Messages stored by this run (duplicates excluded).
+    appended: u64,
+    /// Inbox entries this run wrote.
+    inbox_entries: u64,
+    /// Scratch: the encoded message.
+    message: Vec<u8>,
+    /// Scratch: `(recipient, inbox seq, is news marker)` of the append being planned.
+    plan: Vec<(UserId, u64, bool)>,
+}
+
 impl<K: Kv> Store<K> {
+    /// One append on its own: a run of one, durable per the sync mode on return.
     pub(super) fn do_append(&self, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
-        self.observe_time(req.now_ms);
-        let mut w = self.lock()?;
-        let dedup_key = keys::u64_u64(req.sender.0, req.client_msg_id);
-        if let Some(v) = self.kv.get(Cf::Dedup, &dedup_key)? {
-            let d = DedupEntry::decode(&v)?;
-            let expires = d.server_time_ms.saturating_add(self.config.dedup_window_ms);
-            if req.now_ms < expires {
-                return Ok(AppendOutcome {
-                    conversation: d.conversation,
-                    seq: d.seq,
-                    server_time_ms: d.server_time_ms,
-                    duplicate: true,
-                    recipients: Vec::new(),
-                });
-            }
+        let mut run = self.begin_run()?;
+        let outcome = self.append_in(&mut run, req)?;
+        self.finish_run(run, self.direct_sync())?;
+        Ok(outcome)
+    }
+
+    /// Take the writer lock and start an empty batch.
+    pub(crate) fn begin_run(&self) -> Result<Run<'_, K>, StorageError> {
+        Ok(Run {
+            w: self.lock()?,
+            batch: self.kv.batch(),
+            written: HashMap::new(),
+            appended: 0,
+            inbox_entries: 0,
+            message: Vec::new(),
+            plan: Vec::new(),
+        })
+    }
+
+    /// Write the run's batch (fsynced if `sync`). On failure nothing of the run may be
+    /// acknowledged, and the writer's counters are forgotten.
+    pub(crate) fn finish_run(&self, run: Run<'_, K>, sync: bool) -> Result<(), StorageError> {
+        let Run {
+            mut w,
+            batch,
+            appended,
+            inbox_entries,
+            ..
+        } = run;
+        if appended == 0 {
+            return Ok(());
         }
+        let bytes = batch.payload_bytes() as u64;
+        if let Err(e) = self.commit(batch, sync) {
+            w.forget_counters();
+            return Err(e);
+        }
+        drop(w);
+        self.appends.fetch_add(appended, Ordering::Relaxed);
+        self.append_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.inbox_entries
+            .fetch_add(inbox_entries, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Check and plan one append, then add it to the run (see the module doc).
+    pub(crate) fn append_in(
+        &self,
+        run: &mut Run<'_, K>,
+        req: AppendRequest,
+    ) -> Result<AppendOutcome, StorageError> {
+        self.observe_time(req.now_ms);
         let conv = req.conversation;
-        let recipients = self.recipients_for_send(&mut w, conv, req.sender)?;
+        let dedup_key = keys::dedup(req.sender, conv, req.client_msg_id);
+        let fp = fingerprint(conv, req.client_msg_id);
+        if let Some(d) = self.find_duplicate(run, &dedup_key, fp, &req)? {
+            return Ok(AppendOutcome {
+                conversation: conv,
+                seq: d.seq,
+                server_time_ms: d.server_time_ms,
+                duplicate: true,
+                recipients: Vec::new(),
+            });
+        }
+
+        // Every check and every read before the first put.
+        let w = &mut *run.w;
+        let recipients = self.recipients_for_send(w, conv, req.sender)?;
         let seq = self
-            .last_seq(&mut w, conv)?
+            .last_seq(w, conv)?
             .checked_add(1)
             .ok_or(StorageError::Overflow)?;
-
-        let mut batch = self.kv.batch();
-        let message = values::encode_message(
+        values::encode_message_into(
+            &mut run.message,
             req.sender,
             req.client_msg_id,
             req.now_ms,
             &req.sender_device,
             &req.payload,
         )?;
-        batch.put(Cf::Messages, &keys::conversation_u64(conv, seq), &message);
-        let dedup = DedupEntry {
-            conversation: conv,
-            seq,
-            server_time_ms: req.now_ms,
-        };
-        batch.put(Cf::Dedup, &dedup_key, &dedup.encode());
-        if seq == 1
-            && let ConversationKey::Single { lo, hi } = conv
-        {
-            batch.put(
-                Cf::UserConversations,
-                &keys::user_conversation(lo, conv),
-                &[],
-            );
-            batch.put(
-                Cf::UserConversations,
-                &keys::user_conversation(hi, conv),
-                &[],
-            );
-        }
-
         let large = recipients.len() > self.config.large_group_threshold;
-        // (user, inbox seq, is_news): cache updates applied only after the write succeeds.
-        let mut entries: Vec<(UserId, u64, bool)> = Vec::with_capacity(recipients.len());
+        run.plan.clear();
         for &r in &recipients {
             let pointer = match self.config.diffusion {
                 DiffusionMode::Write => true,
                 DiffusionMode::Read => false,
-                DiffusionMode::Hybrid => !large && self.is_active(&mut w, r, req.now_ms)?,
+                DiffusionMode::Hybrid => !large && self.is_active(w, r, req.now_ms)?,
             };
             if !pointer
                 && w.pending_news
-                    .get(&r)
+                    .peek(&r)
                     .is_some_and(|pending| pending.contains_key(&conv))
             {
                 continue;
             }
             let head = self
-                .inbox_head(&mut w, r)?
+                .inbox_head(w, r)?
                 .checked_add(1)
                 .ok_or(StorageError::Overflow)?;
-            let entry = if pointer {
-                InboxEntry::Pointer(conv, seq)
-            } else {
-                InboxEntry::News(conv, seq)
-            };
-            batch.put(Cf::Inbox, &keys::u64_u64(r.0, head), &entry.encode());
-            entries.push((r, head, !pointer));
+            run.plan.push((r, head, !pointer));
         }
-        let bytes = batch.payload_bytes() as u64;
-        self.commit(batch)?;
 
-        w.last_seq.insert(conv, seq);
-        for &(r, head, news) in &entries {
-            w.inbox_head.insert(r, head);
-            if news {
-                w.pending_news.entry(r).or_default().insert(conv, head);
+        // Checks passed: add the writes and advance the caches.
+        let dedup = DedupEntry {
+            seq,
+            server_time_ms: req.now_ms,
+        };
+        let batch = &mut run.batch;
+        batch.put(
+            Cf::Messages,
+            &keys::conversation_u64(conv, seq),
+            &run.message,
+        );
+        batch.put(Cf::Dedup, &dedup_key, &dedup.encode());
+        if seq == 1
+            && let ConversationKey::Single { lo, hi } = conv
+        {
+            for u in [lo, hi] {
+                batch.put(
+                    Cf::UserConversations,
+                    &keys::user_conversation(u, conv),
+                    &[],
+                );
             }
         }
-        drop(w);
-        self.appends.fetch_add(1, Ordering::Relaxed);
-        self.append_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.inbox_entries
-            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        for &(r, head, news) in &run.plan {
+            let entry = if news {
+                InboxEntry::News(conv, seq)
+            } else {
+                InboxEntry::Pointer(conv, seq)
+            };
+            batch.put(Cf::Inbox, &keys::u64_u64(r.0, head), &entry.encode());
+            w.inbox_head.put(r, head);
+            if news {
+                w.pending_news
+                    .get_or_insert_mut(r, HashMap::new)
+                    .insert(conv, head);
+            }
+        }
+        w.last_seq.put(conv, seq);
+        w.recent_ids.record(req.sender, fp, req.now_ms);
+        run.written.insert(dedup_key, dedup);
+        run.appended += 1;
+        run.inbox_entries += run.plan.len() as u64;
         Ok(AppendOutcome {
             conversation: conv,
             seq,
@@ -121,6 +207,105 @@ impl<K: Kv> Store<K> {
             duplicate: false,
             recipients,
         })
+    }
+
+    /// Where this request's id was stored, if it is a retry inside the dedup window:
+    /// this run's own writes first, then the recent-id filter, then (only if the filter
+    /// cannot answer) the `dedup` column family.
+    fn find_duplicate(
+        &self,
+        run: &mut Run<'_, K>,
+        dedup_key: &[u8; DEDUP_KEY_LEN],
+        fp: u64,
+        req: &AppendRequest,
+    ) -> Result<Option<DedupEntry>, StorageError> {
+        let window = self.config.dedup_window_ms;
+        let live = |d: &DedupEntry| req.now_ms < d.server_time_ms.saturating_add(window);
+        if let Some(d) = run.written.get(dedup_key) {
+            return Ok(live(d).then_some(*d));
+        }
+        let w = &mut *run.w;
+        if !w.recent_ids.is_loaded(req.sender) {
+            self.load_recent_ids(w, req.sender, req.now_ms)?;
+        }
+        if w.recent_ids.check(req.sender, fp, req.now_ms) == Some(Answer::New) {
+            return Ok(None);
+        }
+        Ok(self
+            .stored_dedup(dedup_key, req.sender, req.conversation, req.client_msg_id)?
+            .filter(live))
+    }
+
+    /// The stored dedup entry for `(sender, c, client_msg_id)`, also under the legacy
+    /// `sender | client_msg_id` key when that one was stored in the same conversation.
+    fn stored_dedup(
+        &self,
+        dedup_key: &[u8],
+        sender: UserId,
+        c: ConversationKey,
+        client_msg_id: u64,
+    ) -> Result<Option<DedupEntry>, StorageError> {
+        if let Some(v) = self.kv.get(Cf::Dedup, dedup_key)? {
+            return Ok(Some(DedupEntry::decode(&v)?));
+        }
+        match self
+            .kv
+            .get(Cf::Dedup, &keys::u64_u64(sender.0, client_msg_id))?
+        {
+            Some(v) => {
+                let (stored_in, d) = DedupEntry::decode_legacy(&v)?;
+                Ok((stored_in == c).then_some(d))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Load a sender's stored ids into the recent-id filter: one range scan of its dedup
+    /// prefix, at most a few times the per-sender bound (beyond that, or on an entry it
+    /// cannot decode, the sender is loaded as incomplete and always asks the store).
+    fn load_recent_ids(
+        &self,
+        w: &mut WriterState,
+        sender: UserId,
+        now_ms: u64,
+    ) -> Result<(), StorageError> {
+        let prefix = keys::u64_key(sender.0);
+        let end = keys::prefix_end(&prefix);
+        let limit = self
+            .config
+            .dedup_filter_per_sender
+            .saturating_mul(4)
+            .max(16);
+        let mut entries = Vec::new();
+        let mut decodable = true;
+        let mut seen = 0usize;
+        self.kv.scan(
+            Cf::Dedup,
+            &prefix,
+            &end,
+            Direction::Forward,
+            limit,
+            &mut |k, v| {
+                seen += 1;
+                let entry = if k.len() == DEDUP_KEY_LEN {
+                    keys::decode_dedup(k)
+                        .and_then(|(_, c, id)| Ok((fingerprint(c, id), DedupEntry::decode(v)?)))
+                } else {
+                    keys::decode_u64_u64(k).and_then(|(_, id)| {
+                        let (c, d) = DedupEntry::decode_legacy(v)?;
+                        Ok((fingerprint(c, id), d))
+                    })
+                };
+                match entry {
+                    Ok((fp, d)) => entries.push((fp, d.server_time_ms)),
+                    Err(_) => decodable = false,
+                }
+                Ok(true)
+            },
+        )?;
+        let complete = decodable && seen < limit;
+        w.recent_ids.load(sender, entries, complete, now_ms);
+        Ok(())
     }
 
     /// Check the sender may post to `conv` and list who receives it (sender included).

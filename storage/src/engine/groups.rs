@@ -12,6 +12,7 @@
 //! every device pulls the timeline (new devices get it anyway: they read every
 //! conversation from the start).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{MemberMap, Store, WriterState, member_list};
@@ -64,6 +65,7 @@ impl<K: Kv> Store<K> {
 
     fn create(
         &self,
+        sync: bool,
         group: bool,
         owner: UserId,
         name: &str,
@@ -102,40 +104,43 @@ impl<K: Kv> Store<K> {
                 &[],
             );
         }
-        self.commit(batch)?;
+        self.commit(batch, sync)?;
         if group {
             w.last_group = Some(id);
         } else {
             w.last_public = Some(id);
         }
-        w.last_seq.insert(conv, 0);
-        w.members.insert(conv, Arc::new(map));
+        w.last_seq.put(conv, 0);
+        w.members.put(conv, Arc::new(map));
         Ok(conv)
     }
 
     pub(super) fn do_create_group(
         &self,
+        sync: bool,
         owner: UserId,
         name: &str,
         members: &[UserId],
         now_ms: u64,
     ) -> Result<ConversationKey, StorageError> {
-        self.create(true, owner, name, members, now_ms)
+        self.create(sync, true, owner, name, members, now_ms)
     }
 
     pub(super) fn do_create_public(
         &self,
+        sync: bool,
         owner: UserId,
         name: &str,
         now_ms: u64,
     ) -> Result<ConversationKey, StorageError> {
-        self.create(false, owner, name, &[], now_ms)
+        self.create(sync, false, owner, name, &[], now_ms)
     }
 
     /// Add members to a group (actor must be owner/admin) or a follower to a public
     /// account (actor is the follower).
     pub(super) fn do_add(
         &self,
+        sync: bool,
         actor: UserId,
         conv: ConversationKey,
         users: &[UserId],
@@ -187,17 +192,19 @@ impl<K: Kv> Store<K> {
                 markers.push((*u, head));
             }
         }
-        self.commit(batch)?;
+        self.commit(batch, sync)?;
         let mut map = (*members).clone();
         for u in &added {
             map.insert(*u, Role::Member);
         }
         for (u, head) in markers {
-            w.inbox_head.insert(u, head);
-            w.pending_news.entry(u).or_default().insert(conv, head);
+            w.inbox_head.put(u, head);
+            w.pending_news
+                .get_or_insert_mut(u, HashMap::new)
+                .insert(conv, head);
         }
         let list = member_list(&map);
-        w.members.insert(conv, Arc::new(map));
+        w.members.put(conv, Arc::new(map));
         Ok(MembershipChange {
             conversation: conv,
             changed: added,
@@ -207,6 +214,7 @@ impl<K: Kv> Store<K> {
 
     pub(super) fn do_remove(
         &self,
+        sync: bool,
         actor: UserId,
         group: u64,
         users: &[UserId],
@@ -232,12 +240,13 @@ impl<K: Kv> Store<K> {
         }
         removed.sort_unstable();
         removed.dedup();
-        self.write_removal(&mut w, conv, &members, removed)
+        self.write_removal(sync, &mut w, conv, &members, removed)
     }
 
     /// Leave a group or unfollow a public account (owners cannot).
     pub(super) fn do_leave(
         &self,
+        sync: bool,
         user: UserId,
         conv: ConversationKey,
     ) -> Result<MembershipChange, StorageError> {
@@ -252,12 +261,13 @@ impl<K: Kv> Store<K> {
                 conversation: conv,
                 target: user,
             }),
-            Some(_) => self.write_removal(&mut w, conv, &members, vec![user]),
+            Some(_) => self.write_removal(sync, &mut w, conv, &members, vec![user]),
         }
     }
 
     fn write_removal(
         &self,
+        sync: bool,
         w: &mut WriterState,
         conv: ConversationKey,
         members: &Arc<MemberMap>,
@@ -276,7 +286,7 @@ impl<K: Kv> Store<K> {
             batch.delete(Cf::UserConversations, &keys::user_conversation(*u, conv));
             batch.delete(Cf::Cursors, &keys::user_conversation(*u, conv));
         }
-        self.commit(batch)?;
+        self.commit(batch, sync)?;
         let mut map = (**members).clone();
         for u in &removed {
             map.remove(u);
@@ -285,7 +295,7 @@ impl<K: Kv> Store<K> {
             }
         }
         let list = member_list(&map);
-        w.members.insert(conv, Arc::new(map));
+        w.members.put(conv, Arc::new(map));
         Ok(MembershipChange {
             conversation: conv,
             changed: removed,
@@ -295,6 +305,7 @@ impl<K: Kv> Store<K> {
 
     pub(super) fn do_set_role(
         &self,
+        sync: bool,
         actor: UserId,
         group: u64,
         user: UserId,
@@ -348,13 +359,13 @@ impl<K: Kv> Store<K> {
                     &values::encode_role(*r),
                 );
             }
-            self.commit(batch)?;
+            self.commit(batch, sync)?;
             for (u, r) in &changes {
                 map.insert(*u, *r);
             }
         }
         let list = member_list(&map);
-        w.members.insert(conv, Arc::new(map));
+        w.members.put(conv, Arc::new(map));
         Ok(MembershipChange {
             conversation: conv,
             changed: changes.into_iter().map(|(u, _)| u).collect(),

@@ -4,15 +4,19 @@
 //!
 //! **Single writer.** Every mutation runs under one `Mutex<WriterState>`, which also owns
 //! the caches the writer needs (last seq per conversation, inbox head per user, member
-//! maps, activity, pending news markers). Caches are filled lazily from the database
-//! (e.g. a conversation's last seq is one reverse seek), and updated only after the
-//! batch has been written, so a failed write leaves them consistent with the database.
-//! Reads (sync, history, membership lookups) go to the database without the lock.
+//! maps, activity, pending news markers, the recent-id dedup filter). Caches are filled
+//! lazily from the database (e.g. a conversation's last seq is one reverse seek). Appends
+//! advance them as they are added to a run's batch, so the next append of the group sees
+//! them; if the batch write fails the counters are forgotten and refilled from the
+//! database. Reads (sync, history, membership lookups) go to the database without the
+//! lock.
 //!
-//! **Durability.** A write method returns after its batch is durable per
-//! [`SyncMode`]; [`Engine::apply_batch`](crate::Engine::apply_batch) writes each
-//! request's batch unsynced and [`Engine::make_durable`](crate::Engine::make_durable)
-//! fsyncs the WAL once for all of them (group commit).
+//! **Durability** is an argument, not ambient state: a write made through a direct
+//! [`Engine`](crate::Engine) method is durable per [`SyncMode`] when it returns;
+//! [`Engine::apply_batch`](crate::Engine::apply_batch) writes each run of appends as one
+//! batch (and every other write as its own), unsynced in `Batch` mode, and
+//! [`Engine::make_durable`](crate::Engine::make_durable) fsyncs the WAL once for all of
+//! them (group commit).
 //!
 //! Per-request paths (`append`, `sync`) are the hot paths: no logging, no global
 //! locks besides the writer mutex, keys encoded into stack arrays.
@@ -23,7 +27,6 @@ mod groups;
 mod sync;
 mod trait_impl;
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,45 +37,112 @@ use crate::error::StorageError;
 use crate::keys;
 use crate::kv::Kv;
 use crate::model::{ConversationKey, Member, Role, UserId};
+use lru::LruCache;
+
+use crate::recent_ids::{RecentIds, RecentIdsStats};
 use crate::values;
-
-thread_local! {
-    /// Set while [`Engine::execute_batch`] runs on this thread: writes skip their own
-    /// fsync because the batch ends with one.
-    static DEFER_SYNC: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Resets [`DEFER_SYNC`] even if a request panics.
-pub(crate) struct DeferGuard;
-
-impl DeferGuard {
-    pub(crate) fn set() -> Self {
-        DEFER_SYNC.with(|d| d.set(true));
-        DeferGuard
-    }
-}
-
-impl Drop for DeferGuard {
-    fn drop(&mut self) {
-        DEFER_SYNC.with(|d| d.set(false));
-    }
-}
 
 /// Members of a group or public account, by user id.
 pub(crate) type MemberMap = BTreeMap<UserId, Role>;
 
-/// State owned by the single writer.
-#[derive(Debug, Default)]
+/// State owned by the single writer. Every cache is an LRU map trimmed to its bound
+/// (`StorageConfig::writer_cache_entries`, `member_cache_conversations`) each time the
+/// writer lock is taken — never in the middle of a run, whose unwritten counters live
+/// only here. Last seqs, inbox heads, member maps and activity are refilled from the
+/// database when dropped; a dropped pending-news entry costs at most one repeated
+/// marker (markers are never missing).
+#[derive(Debug)]
 pub(crate) struct WriterState {
-    last_seq: HashMap<ConversationKey, u64>,
-    inbox_head: HashMap<UserId, u64>,
-    members: HashMap<ConversationKey, Arc<MemberMap>>,
-    activity: HashMap<UserId, u64>,
+    last_seq: LruCache<ConversationKey, u64>,
+    inbox_head: LruCache<UserId, u64>,
+    members: LruCache<ConversationKey, Arc<MemberMap>>,
+    activity: LruCache<UserId, u64>,
     /// Per user: conversations with an unconsumed news marker, and that marker's inbox seq.
     /// While one is pending, further read-diffused appends write no new marker.
-    pending_news: HashMap<UserId, HashMap<ConversationKey, u64>>,
+    pending_news: LruCache<UserId, HashMap<ConversationKey, u64>>,
     last_group: Option<u64>,
     last_public: Option<u64>,
+    /// Which `(sender, conversation, client_msg_id)` are certainly new (bounded).
+    recent_ids: RecentIds,
+    max_entries: usize,
+    max_member_maps: usize,
+    evictions: u64,
+}
+
+/// Sizes of the writer's caches and how many entries their bounds dropped, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterCacheStats {
+    /// Conversations whose last seq is cached.
+    pub last_seqs: u64,
+    /// Users whose inbox head is cached.
+    pub inbox_heads: u64,
+    /// Groups and public accounts whose member map is cached.
+    pub member_maps: u64,
+    /// Users whose last activity is cached.
+    pub activities: u64,
+    /// Users with pending news markers tracked.
+    pub pending_news_users: u64,
+    /// Entries dropped by the bounds since open (all caches).
+    pub evictions: u64,
+}
+
+impl WriterState {
+    fn new(config: &StorageConfig) -> Self {
+        WriterState {
+            last_seq: LruCache::unbounded(),
+            inbox_head: LruCache::unbounded(),
+            members: LruCache::unbounded(),
+            activity: LruCache::unbounded(),
+            pending_news: LruCache::unbounded(),
+            last_group: None,
+            last_public: None,
+            recent_ids: RecentIds::new(
+                config.dedup_window_ms,
+                config.dedup_filter_per_sender,
+                config.dedup_filter_ids,
+            ),
+            max_entries: config.writer_cache_entries.max(1),
+            max_member_maps: config.member_cache_conversations.max(1),
+            evictions: 0,
+        }
+    }
+
+    /// Drop least recently used entries beyond the bounds. Only called when the lock
+    /// is taken, so no run's unwritten counter is ever dropped.
+    fn trim(&mut self) {
+        fn trim_one<K: std::hash::Hash + Eq, V>(c: &mut LruCache<K, V>, max: usize) -> u64 {
+            let mut n = 0;
+            while c.len() > max && c.pop_lru().is_some() {
+                n += 1;
+            }
+            n
+        }
+        let max = self.max_entries;
+        self.evictions += trim_one(&mut self.last_seq, max)
+            + trim_one(&mut self.inbox_head, max)
+            + trim_one(&mut self.activity, max)
+            + trim_one(&mut self.pending_news, max)
+            + trim_one(&mut self.members, self.max_member_maps);
+    }
+
+    fn cache_stats(&self) -> WriterCacheStats {
+        WriterCacheStats {
+            last_seqs: self.last_seq.len() as u64,
+            inbox_heads: self.inbox_head.len() as u64,
+            member_maps: self.members.len() as u64,
+            activities: self.activity.len() as u64,
+            pending_news_users: self.pending_news.len() as u64,
+            evictions: self.evictions,
+        }
+    }
+
+    /// Forget every cached counter after a failed write: the write may or may not have
+    /// reached the database, so the caches are refilled from it on next use.
+    fn forget_counters(&mut self) {
+        self.last_seq.clear();
+        self.inbox_head.clear();
+        self.pending_news.clear();
+    }
 }
 
 /// Write counters, for write-amplification measurements.
@@ -121,8 +191,8 @@ impl<K: Kv> Store<K> {
     pub fn with_kv_and_clock(kv: K, config: StorageConfig, clock: Arc<AtomicU64>) -> Self {
         Store {
             kv,
+            writer: Mutex::new(WriterState::new(&config)),
             config,
-            writer: Mutex::new(WriterState::default()),
             appends: AtomicU64::new(0),
             append_bytes: AtomicU64::new(0),
             inbox_entries: AtomicU64::new(0),
@@ -159,20 +229,45 @@ impl<K: Kv> Store<K> {
         }
     }
 
+    /// Take the writer lock (and trim the caches to their bounds: nothing is pending
+    /// between two holders of the lock).
     fn lock(&self) -> Result<MutexGuard<'_, WriterState>, StorageError> {
-        self.writer
+        let mut w = self
+            .writer
             .lock()
-            .map_err(|_| StorageError::Backend("writer lock poisoned by a panic".into()))
+            .map_err(|_| StorageError::Backend("writer lock poisoned by a panic".into()))?;
+        w.trim();
+        Ok(w)
     }
 
-    /// Write a batch, fsyncing per the sync mode (deferred inside `execute_batch`).
-    fn commit(&self, batch: K::Batch<'_>) -> Result<(), StorageError> {
-        let sync = match self.config.sync {
-            SyncMode::Always => true,
-            SyncMode::Batch => !DEFER_SYNC.with(Cell::get),
-            SyncMode::None => false,
-        };
+    /// Sizes and evictions of the writer's caches.
+    pub fn writer_cache_stats(&self) -> Result<WriterCacheStats, StorageError> {
+        Ok(self.lock()?.cache_stats())
+    }
+
+    /// Write a batch; if `sync`, the WAL is fsynced before this returns.
+    fn commit(&self, batch: K::Batch<'_>, sync: bool) -> Result<(), StorageError> {
         self.kv.write(batch, sync)
+    }
+
+    /// Whether a write made by a direct [`Engine`](crate::Engine) call fsyncs before it
+    /// returns: in `Batch` mode a direct call is a group of one.
+    fn direct_sync(&self) -> bool {
+        match self.config.sync {
+            SyncMode::Always | SyncMode::Batch => true,
+            SyncMode::None => false,
+        }
+    }
+
+    /// Whether a group applied by `apply_batch` fsyncs its writes itself: only in
+    /// `Always`; in `Batch` the next `make_durable` does, in `None` nobody does.
+    fn group_sync(&self) -> bool {
+        self.config.sync == SyncMode::Always
+    }
+
+    /// The writer's recent-id filter counters (dedup reads avoided, sizes).
+    pub fn recent_ids_stats(&self) -> Result<RecentIdsStats, StorageError> {
+        Ok(self.lock()?.recent_ids.stats())
     }
 
     /// Last assigned seq of a conversation, read from the database (reverse seek).
@@ -191,7 +286,7 @@ impl<K: Kv> Store<K> {
             return Ok(*s);
         }
         let s = self.stored_last_seq(c)?;
-        w.last_seq.insert(c, s);
+        w.last_seq.put(c, s);
         Ok(s)
     }
 
@@ -211,7 +306,7 @@ impl<K: Kv> Store<K> {
             return Ok(*h);
         }
         let h = self.stored_inbox_head(u)?;
-        w.inbox_head.insert(u, h);
+        w.inbox_head.put(u, h);
         Ok(h)
     }
 
@@ -257,7 +352,7 @@ impl<K: Kv> Store<K> {
             return Ok(Arc::clone(m));
         }
         let m = Arc::new(self.stored_members(c)?);
-        w.members.insert(c, Arc::clone(&m));
+        w.members.put(c, Arc::clone(&m));
         Ok(m)
     }
 
@@ -267,7 +362,7 @@ impl<K: Kv> Store<K> {
             Some(t) => *t,
             None => {
                 let t = self.stored_activity(u)?.unwrap_or(0);
-                w.activity.insert(u, t);
+                w.activity.put(u, t);
                 t
             }
         };

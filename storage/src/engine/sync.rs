@@ -140,7 +140,7 @@ impl<K: Kv> Store<K> {
         let head = {
             let mut w = self.lock()?;
             let head = self.inbox_head(&mut w, user)?;
-            w.pending_news.remove(&user);
+            w.pending_news.pop(&user);
             head
         };
         for c in self.do_conversations_of(user)? {

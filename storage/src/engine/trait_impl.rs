@@ -1,13 +1,18 @@
 //! The [`Engine`] trait for [`Store`]: thin delegation to the per-topic modules
 //! (`append`, `groups`, `sync`, `account`), plus the batch and durability methods that
 //! the group-commit queue drives.
+//!
+//! Durability is an argument: a direct call fsyncs per the sync mode
+//! (`Store::direct_sync`), a group applied by `apply_batch` leaves the fsync to
+//! `make_durable` in `Batch` mode (`Store::group_sync`).
 
-use super::{DeferGuard, Store, member_list};
+use super::{Store, member_list};
 use crate::api::{
     AppendOutcome, AppendRequest, Engine, MembershipChange, Reply, Request, SyncPage, SyncRequest,
     dispatch, fail_not_durable,
 };
 use crate::config::SyncMode;
+use crate::engine::append::Run;
 use crate::error::StorageError;
 use crate::kv::Kv;
 use crate::model::{
@@ -26,7 +31,7 @@ impl<K: Kv> Engine for Store<K> {
         members: &[UserId],
         now_ms: u64,
     ) -> Result<ConversationKey, StorageError> {
-        self.do_create_group(owner, name, members, now_ms)
+        self.do_create_group(self.direct_sync(), owner, name, members, now_ms)
     }
 
     fn add_members(
@@ -36,7 +41,13 @@ impl<K: Kv> Engine for Store<K> {
         users: &[UserId],
         now_ms: u64,
     ) -> Result<MembershipChange, StorageError> {
-        self.do_add(actor, ConversationKey::Group(group), users, now_ms)
+        self.do_add(
+            self.direct_sync(),
+            actor,
+            ConversationKey::Group(group),
+            users,
+            now_ms,
+        )
     }
 
     fn remove_members(
@@ -45,11 +56,11 @@ impl<K: Kv> Engine for Store<K> {
         group: u64,
         users: &[UserId],
     ) -> Result<MembershipChange, StorageError> {
-        self.do_remove(actor, group, users)
+        self.do_remove(self.direct_sync(), actor, group, users)
     }
 
     fn leave(&self, user: UserId, group: u64) -> Result<MembershipChange, StorageError> {
-        self.do_leave(user, ConversationKey::Group(group))
+        self.do_leave(self.direct_sync(), user, ConversationKey::Group(group))
     }
 
     fn set_role(
@@ -59,7 +70,7 @@ impl<K: Kv> Engine for Store<K> {
         user: UserId,
         role: Role,
     ) -> Result<MembershipChange, StorageError> {
-        self.do_set_role(actor, group, user, role)
+        self.do_set_role(self.direct_sync(), actor, group, user, role)
     }
 
     fn create_public_account(
@@ -68,7 +79,7 @@ impl<K: Kv> Engine for Store<K> {
         name: &str,
         now_ms: u64,
     ) -> Result<ConversationKey, StorageError> {
-        self.do_create_public(owner, name, now_ms)
+        self.do_create_public(self.direct_sync(), owner, name, now_ms)
     }
 
     fn follow(
@@ -78,6 +89,7 @@ impl<K: Kv> Engine for Store<K> {
         now_ms: u64,
     ) -> Result<MembershipChange, StorageError> {
         self.do_add(
+            self.direct_sync(),
             user,
             ConversationKey::PublicAccount(account),
             &[user],
@@ -86,7 +98,11 @@ impl<K: Kv> Engine for Store<K> {
     }
 
     fn unfollow(&self, user: UserId, account: u64) -> Result<MembershipChange, StorageError> {
-        self.do_leave(user, ConversationKey::PublicAccount(account))
+        self.do_leave(
+            self.direct_sync(),
+            user,
+            ConversationKey::PublicAccount(account),
+        )
     }
 
     fn members(&self, conversation: ConversationKey) -> Result<Vec<Member>, StorageError> {
@@ -140,11 +156,11 @@ impl<K: Kv> Engine for Store<K> {
         conversation: ConversationKey,
         seq: u64,
     ) -> Result<ConversationState, StorageError> {
-        self.do_mark_read(user, conversation, seq)
+        self.do_mark_read(self.direct_sync(), user, conversation, seq)
     }
 
     fn touch_activity(&self, user: UserId, now_ms: u64) -> Result<(), StorageError> {
-        self.do_touch(user, now_ms)
+        self.do_touch(self.direct_sync(), user, now_ms)
     }
 
     fn last_active(&self, user: UserId) -> Result<Option<u64>, StorageError> {
@@ -152,7 +168,7 @@ impl<K: Kv> Engine for Store<K> {
     }
 
     fn revoke_token(&self, token: TokenId, expires_at_ms: u64) -> Result<(), StorageError> {
-        self.do_revoke(token, expires_at_ms)
+        self.do_revoke(self.direct_sync(), token, expires_at_ms)
     }
 
     fn load_revoked(&self, now_ms: u64) -> Result<Vec<RevokedToken>, StorageError> {
@@ -169,9 +185,41 @@ impl<K: Kv> Engine for Store<K> {
         out
     }
 
+    /// Consecutive appends share one `Run` (one backend write); any other request
+    /// first writes the run so far, so it sees every earlier write of the group.
     fn apply_batch(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>> {
-        let _guard = (self.config.sync == SyncMode::Batch).then(DeferGuard::set);
-        requests.into_iter().map(|r| dispatch(self, r)).collect()
+        let sync = self.group_sync();
+        let mut out = Vec::with_capacity(requests.len());
+        // The open run and the index of its first reply in `out`.
+        let mut run: Option<(Run<'_, K>, usize)> = None;
+        for request in requests {
+            match request {
+                Request::Append(req) => {
+                    if run.is_none() {
+                        match self.begin_run() {
+                            Ok(r) => run = Some((r, out.len())),
+                            Err(e) => {
+                                out.push(Err(e));
+                                continue;
+                            }
+                        }
+                    }
+                    if let Some((r, _)) = run.as_mut() {
+                        out.push(self.append_in(r, req).map(Reply::Appended));
+                    }
+                }
+                other => {
+                    if let Some((r, first)) = run.take() {
+                        self.end_run(r, sync, &mut out[first..]);
+                    }
+                    out.push(self.apply_one(other, sync));
+                }
+            }
+        }
+        if let Some((r, first)) = run.take() {
+            self.end_run(r, sync, &mut out[first..]);
+        }
+        out
     }
 
     fn make_durable(&self) -> Result<(), StorageError> {
@@ -179,5 +227,94 @@ impl<K: Kv> Engine for Store<K> {
             SyncMode::Batch => self.kv.sync_wal(),
             SyncMode::Always | SyncMode::None => Ok(()),
         }
+    }
+}
+
+impl<K: Kv> Store<K> {
+    /// Write a run; if that fails, every reply it produced becomes the error (a
+    /// duplicate answered inside the run may point at a write that never happened).
+    fn end_run(&self, run: Run<'_, K>, sync: bool, replies: &mut [Result<Reply, StorageError>]) {
+        if let Err(e) = self.finish_run(run, sync) {
+            let msg = format!("group write failed, nothing of it was stored: {e}");
+            for r in replies.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(StorageError::Backend(msg.clone()));
+            }
+        }
+    }
+
+    /// One request that is not an append, inside a group: writes fsync only if `sync`.
+    fn apply_one(&self, request: Request, sync: bool) -> Result<Reply, StorageError> {
+        Ok(match request {
+            Request::CreateGroup {
+                owner,
+                name,
+                members,
+                now_ms,
+            } => Reply::Created(self.do_create_group(sync, owner, &name, &members, now_ms)?),
+            Request::AddMembers {
+                actor,
+                group,
+                users,
+                now_ms,
+            } => Reply::Membership(self.do_add(
+                sync,
+                actor,
+                ConversationKey::Group(group),
+                &users,
+                now_ms,
+            )?),
+            Request::RemoveMembers {
+                actor,
+                group,
+                users,
+            } => Reply::Membership(self.do_remove(sync, actor, group, &users)?),
+            Request::Leave { user, group } => {
+                Reply::Membership(self.do_leave(sync, user, ConversationKey::Group(group))?)
+            }
+            Request::SetRole {
+                actor,
+                group,
+                user,
+                role,
+            } => Reply::Membership(self.do_set_role(sync, actor, group, user, role)?),
+            Request::CreatePublicAccount {
+                owner,
+                name,
+                now_ms,
+            } => Reply::Created(self.do_create_public(sync, owner, &name, now_ms)?),
+            Request::Follow {
+                user,
+                account,
+                now_ms,
+            } => Reply::Membership(self.do_add(
+                sync,
+                user,
+                ConversationKey::PublicAccount(account),
+                &[user],
+                now_ms,
+            )?),
+            Request::Unfollow { user, account } => Reply::Membership(self.do_leave(
+                sync,
+                user,
+                ConversationKey::PublicAccount(account),
+            )?),
+            Request::MarkRead {
+                user,
+                conversation,
+                seq,
+            } => Reply::State(self.do_mark_read(sync, user, conversation, seq)?),
+            Request::TouchActivity { user, now_ms } => {
+                self.do_touch(sync, user, now_ms)?;
+                Reply::Done
+            }
+            Request::RevokeToken {
+                token,
+                expires_at_ms,
+            } => {
+                self.do_revoke(sync, token, expires_at_ms)?;
+                Reply::Done
+            }
+            read => dispatch(self, read)?,
+        })
     }
 }

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, SliceTransform};
 
-use crate::cf::Cf;
-use crate::config::{StorageConfig, SyncMode};
-use crate::keys::{self, CONV_LEN};
-use crate::values::DedupEntry;
+use petrel_storage::cf::Cf;
+use petrel_storage::keys::{self, CONV_LEN};
+use petrel_storage::values::DedupEntry;
+use petrel_storage::{StorageConfig, SyncMode};
 
 /// Block cache shared by every column family (one budget for the process).
 pub const BLOCK_CACHE_BYTES: usize = 256 << 20;
@@ -51,7 +51,7 @@ pub fn db_options(config: &StorageConfig) -> Options {
 
 /// Per-column-family options.
 ///
-/// `clock` is the engine's latest request time ([`crate::Store::clock`]): the expiry
+/// `clock` is the engine's latest request time ([`petrel_storage::Store::clock`]): the expiry
 /// filters judge entries by it rather than by a wall clock, so they agree with the dedup
 /// window the engine applies to requests; before the first request it is 0 and nothing
 /// expires.
@@ -111,10 +111,8 @@ pub fn cf_options(
             let clock = Arc::clone(clock);
             o.set_compaction_filter("petrel-dedup-expiry", move |_, _: &[u8], v: &[u8]| {
                 let now = clock.load(Ordering::Relaxed);
-                match DedupEntry::decode(v) {
-                    Ok(d) if now > 0 && d.server_time_ms.saturating_add(window) <= now => {
-                        Decision::Remove
-                    }
+                match DedupEntry::server_time_of(v) {
+                    Ok(t) if now > 0 && t.saturating_add(window) <= now => Decision::Remove,
                     _ => Decision::Keep,
                 }
             });

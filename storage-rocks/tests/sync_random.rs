@@ -9,9 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use petrel_storage::config::DAY_MS;
 use petrel_storage::{
-    AppendRequest, ConversationKey, DiffusionMode, Engine, MemEngine, RocksEngine, Role,
-    StorageConfig, SyncMode, SyncRequest, UserId,
+    AppendRequest, ConversationKey, DiffusionMode, Engine, MemEngine, Role, StorageConfig,
+    SyncMode, SyncRequest, UserId,
 };
+use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
 
 /// splitmix64: a tiny deterministic generator, enough for choosing test actions.
 struct Rng(u64);

@@ -13,8 +13,9 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use petrel_storage::{
     AppendRequest, CommitQueue, CommitQueueConfig, ConversationKey, DiffusionMode, Engine, Request,
-    RocksEngine, StorageConfig, SyncMode, SyncRequest, UserId,
+    StorageConfig, SyncMode, SyncRequest, UserId,
 };
+use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
 
 const NOW: u64 = 1_700_000_000_000;
 const PAYLOAD: &[u8] = &[b'x'; 200];

@@ -8,7 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use bytes::Bytes;
-use petrel_storage::{AppendRequest, ConversationKey, Engine, RocksEngine, StorageConfig, UserId};
+use petrel_storage::{AppendRequest, ConversationKey, Engine, StorageConfig, UserId};
+use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
 
 fn conversations() -> [ConversationKey; 3] {
     [

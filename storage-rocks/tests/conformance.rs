@@ -1,27 +1,109 @@
 //! Conformance suite: every test runs against every engine (in-memory and RocksDB) via
-//! the `conformance!` macro, so both must behave identically.
+//! the `conformance!` macro, so both must behave identically. Failure paths (a group
+//! write that fails, an fsync that fails) run each backend behind [`Flaky`], a `Kv`
+//! wrapper that counts writes and fails them on demand.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use petrel_storage::cf::Cf;
+use petrel_storage::kv::{Direction, Kv, Visitor};
 use petrel_storage::{
-    AppendOutcome, AppendRequest, ConversationKey, DiffusionMode, Engine, Reply, Request, Role,
-    StorageConfig, StorageError, SyncMode, SyncRequest, TokenId, UserId,
+    AppendOutcome, AppendRequest, Committer, ConversationKey, DiffusionMode, Engine, Reply,
+    Request, Role, StorageConfig, StorageError, Store, SyncMode, SyncRequest, TokenId, UserId,
 };
+use petrel_storage_rocks::RocksEngineExt;
 
 /// Opens an engine of one kind, and can reopen it (RocksDB: close and open the same
 /// directory; in-memory: the same instance, since nothing is persisted).
 trait Harness: Sized {
     type E: Engine;
+    /// The backend, for wrapping in [`Flaky`].
+    type K: Kv + 'static;
     fn open(config: StorageConfig) -> Self;
     fn engine(&self) -> &Self::E;
     fn reopen(self) -> Self;
+    /// A fresh backend (and the directory that must outlive it, if any).
+    fn backend(config: &StorageConfig) -> (Self::K, Option<tempfile::TempDir>);
+}
+
+/// A backend wrapper that counts batch writes and fails writes or WAL syncs on demand.
+struct Flaky<K> {
+    inner: K,
+    writes: AtomicU64,
+    fail_writes: AtomicBool,
+    fail_syncs: AtomicBool,
+}
+
+impl<K> Flaky<K> {
+    fn new(inner: K) -> Self {
+        Flaky {
+            inner,
+            writes: AtomicU64::new(0),
+            fail_writes: AtomicBool::new(false),
+            fail_syncs: AtomicBool::new(false),
+        }
+    }
+}
+
+impl<K: Kv> Kv for Flaky<K> {
+    type Batch<'a>
+        = K::Batch<'a>
+    where
+        Self: 'a;
+
+    fn batch(&self) -> Self::Batch<'_> {
+        self.inner.batch()
+    }
+    fn write(&self, batch: Self::Batch<'_>, sync: bool) -> Result<(), StorageError> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(StorageError::Backend("injected write failure".into()));
+        }
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.write(batch, sync)
+    }
+    fn sync_wal(&self) -> Result<(), StorageError> {
+        if self.fail_syncs.load(Ordering::SeqCst) {
+            return Err(StorageError::Backend("injected fsync failure".into()));
+        }
+        self.inner.sync_wal()
+    }
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.get(cf, key)
+    }
+    fn scan(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+        dir: Direction,
+        limit: usize,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), StorageError> {
+        self.inner.scan(cf, start, end, dir, limit, visit)
+    }
+}
+
+/// The engine over `H`'s backend behind [`Flaky`].
+type FlakyEngine<H> = Store<Flaky<<H as Harness>::K>>;
+
+/// An engine of `H`'s backend behind [`Flaky`] (keep the directory alive with it).
+fn flaky<H: Harness>(config: StorageConfig) -> (Arc<FlakyEngine<H>>, Option<tempfile::TempDir>) {
+    let (kv, dir) = H::backend(&config);
+    (Arc::new(Store::with_kv(Flaky::new(kv), config)), dir)
 }
 
 struct Mem(petrel_storage::MemEngine);
 
 impl Harness for Mem {
     type E = petrel_storage::MemEngine;
+    type K = petrel_storage::mem::MemKv;
+    fn backend(_: &StorageConfig) -> (Self::K, Option<tempfile::TempDir>) {
+        (petrel_storage::mem::MemKv::default(), None)
+    }
     fn open(config: StorageConfig) -> Self {
         Mem(petrel_storage::MemEngine::new(config))
     }
@@ -34,16 +116,24 @@ impl Harness for Mem {
 }
 
 struct Rocks {
-    engine: Option<petrel_storage::RocksEngine>,
+    engine: Option<petrel_storage_rocks::RocksEngine>,
     dir: tempfile::TempDir,
     config: StorageConfig,
 }
 
 impl Harness for Rocks {
-    type E = petrel_storage::RocksEngine;
+    type E = petrel_storage_rocks::RocksEngine;
+    type K = petrel_storage_rocks::RocksKv;
+    fn backend(config: &StorageConfig) -> (Self::K, Option<tempfile::TempDir>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Arc::new(AtomicU64::new(0));
+        let kv = petrel_storage_rocks::RocksKv::open(dir.path(), config, &clock).expect("open");
+        (kv, Some(dir))
+    }
     fn open(config: StorageConfig) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let engine = petrel_storage::RocksEngine::open(dir.path(), config.clone()).expect("open");
+        let engine =
+            petrel_storage_rocks::RocksEngine::open(dir.path(), config.clone()).expect("open");
         Rocks {
             engine: Some(engine),
             dir,
@@ -55,7 +145,7 @@ impl Harness for Rocks {
     }
     fn reopen(mut self) -> Self {
         drop(self.engine.take());
-        let engine = petrel_storage::RocksEngine::open(self.dir.path(), self.config.clone())
+        let engine = petrel_storage_rocks::RocksEngine::open(self.dir.path(), self.config.clone())
             .expect("reopen");
         self.engine = Some(engine);
         self
@@ -620,6 +710,240 @@ fn execute_dispatches_and_batches<H: Harness>() {
     assert_eq!(cs, vec![ab]);
 }
 
+fn append_req(sender: UserId, conv: ConversationKey, cmid: u64) -> Request {
+    Request::Append(AppendRequest {
+        sender,
+        sender_device: "dev".into(),
+        client_msg_id: cmid,
+        conversation: conv,
+        payload: Bytes::from(format!("{conv:?}/{cmid}")),
+        now_ms: T0,
+    })
+}
+
+fn appended(r: &Result<Reply, StorageError>) -> &AppendOutcome {
+    match r {
+        Ok(Reply::Appended(o)) => o,
+        other => panic!("expected an append, got {other:?}"),
+    }
+}
+
+fn history_seqs(e: &impl Engine, user: UserId, c: ConversationKey) -> Vec<(u64, Bytes)> {
+    e.history(user, c, u64::MAX, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.seq, m.payload))
+        .collect()
+}
+
+/// The appends of one group are one backend write, and they see each other: two
+/// appends to one conversation get consecutive seqs, a refused request in the middle
+/// takes no seq and stores nothing.
+fn group_appends_are_one_write_in_order<H: Harness>() {
+    let cfg = StorageConfig {
+        sync: SyncMode::Batch,
+        ..config(DiffusionMode::Hybrid)
+    };
+    let (e, _dir) = flaky::<H>(cfg);
+    let ab = ConversationKey::single(A, B);
+    let g = e.create_group(A, "g", &[B], T0).unwrap();
+    e.touch_activity(B, T0).unwrap();
+    let mut device = Device::new(B);
+    device.sync_all(&*e, 100);
+    let before = e.kv().writes.load(Ordering::SeqCst);
+    let replies = e.execute_batch(vec![
+        append_req(A, ab, 1),
+        append_req(B, ab, 2),
+        append_req(A, g, 3),
+        append_req(C, ab, 4), // not a participant: refused, takes no seq
+        append_req(A, ab, 5),
+        append_req(B, g, 6),
+    ]);
+    assert_eq!(
+        e.kv().writes.load(Ordering::SeqCst) - before,
+        1,
+        "one backend write for the whole group"
+    );
+    let seqs: Vec<Option<u64>> = replies
+        .iter()
+        .map(|r| r.as_ref().ok().map(|_| appended(r).seq))
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![Some(1), Some(2), Some(1), None, Some(3), Some(2)]
+    );
+    assert!(matches!(replies[3], Err(StorageError::NotAMember { .. })));
+    let payload = |c: ConversationKey, id: u64| Bytes::from(format!("{c:?}/{id}"));
+    assert_eq!(
+        history_seqs(&*e, A, ab),
+        vec![
+            (1, payload(ab, 1)),
+            (2, payload(ab, 2)),
+            (3, payload(ab, 5))
+        ]
+    );
+    assert_eq!(
+        history_seqs(&*e, B, g),
+        vec![(1, payload(g, 3)), (2, payload(g, 6))]
+    );
+    // The recipient's inbox saw the group's writes in order too.
+    let got: Vec<(ConversationKey, u64)> = device
+        .sync_all(&*e, 100)
+        .into_iter()
+        .map(|(c, s, _)| (c, s))
+        .collect();
+    let mut want = vec![(ab, 1), (ab, 2), (ab, 3), (g, 1), (g, 2)];
+    let mut sorted = got.clone();
+    sorted.sort();
+    want.sort();
+    assert_eq!(sorted, want);
+    // A read inside a group sees the appends before it.
+    let replies = e.execute_batch(vec![
+        append_req(A, ab, 7),
+        Request::History {
+            user: B,
+            conversation: ab,
+            before_seq: u64::MAX,
+            limit: 10,
+        },
+        append_req(A, ab, 8),
+    ]);
+    assert!(matches!(&replies[1], Ok(Reply::History(m)) if m.len() == 4));
+    assert_eq!(appended(&replies[2]).seq, 5);
+}
+
+/// A client id retried inside one group is deduplicated against the group's own
+/// unwritten append; the same id in another conversation is another message; both
+/// survive a reopen.
+fn group_internal_dedup<H: Harness>() {
+    let cfg = StorageConfig {
+        sync: SyncMode::Batch,
+        ..config(DiffusionMode::Hybrid)
+    };
+    let h = H::open(cfg);
+    let e = h.engine();
+    let ab = ConversationKey::single(A, B);
+    let ac = ConversationKey::single(A, C);
+    let replies = e.execute_batch(vec![
+        append_req(A, ab, 7),
+        append_req(A, ab, 7),
+        append_req(A, ac, 7),
+        append_req(A, ab, 8),
+        append_req(A, ac, 7),
+    ]);
+    let first = appended(&replies[0]);
+    assert!(!first.duplicate);
+    let retry = appended(&replies[1]);
+    assert!(retry.duplicate && retry.recipients.is_empty());
+    assert_eq!((retry.conversation, retry.seq), (ab, 1));
+    assert_eq!(retry.server_time_ms, first.server_time_ms);
+    let other = appended(&replies[2]);
+    assert!(
+        !other.duplicate,
+        "same id, other conversation: a new message"
+    );
+    assert_eq!((other.conversation, other.seq), (ac, 1));
+    assert_eq!(appended(&replies[3]).seq, 2);
+    let other_retry = appended(&replies[4]);
+    assert!(other_retry.duplicate);
+    assert_eq!((other_retry.conversation, other_retry.seq), (ac, 1));
+    assert_eq!(history_seqs(e, A, ab).len(), 2);
+    assert_eq!(history_seqs(e, A, ac).len(), 1);
+    // After a reopen the filter is empty and the store answers.
+    let h = h.reopen();
+    let e = h.engine();
+    let again = send(e, A, ab, 7, T0 + 1).unwrap();
+    assert!(again.duplicate);
+    assert_eq!((again.conversation, again.seq), (ab, 1));
+    let again = send(e, A, ac, 7, T0 + 1).unwrap();
+    assert!(again.duplicate);
+    assert_eq!((again.conversation, again.seq), (ac, 1));
+    let fresh = send(e, A, ab, 9, T0 + 1).unwrap();
+    assert_eq!((fresh.seq, fresh.duplicate), (3, false));
+}
+
+/// A group whose batch write fails: every reply is an error (an in-group duplicate
+/// too), nothing is stored, and the next group continues as if it never happened.
+fn a_failed_group_write_stores_nothing<H: Harness>() {
+    let cfg = StorageConfig {
+        sync: SyncMode::Batch,
+        ..config(DiffusionMode::Write)
+    };
+    let (e, _dir) = flaky::<H>(cfg);
+    let ab = ConversationKey::single(A, B);
+    assert_eq!(send(&*e, A, ab, 1, T0).unwrap().seq, 1);
+    e.kv().fail_writes.store(true, Ordering::SeqCst);
+    let replies = e.execute_batch(vec![
+        append_req(A, ab, 2),
+        append_req(B, ab, 3),
+        append_req(A, ab, 2),
+    ]);
+    assert!(replies.iter().all(Result::is_err), "{replies:?}");
+    e.kv().fail_writes.store(false, Ordering::SeqCst);
+    assert_eq!(history_seqs(&*e, A, ab).len(), 1);
+    let replies = e.execute_batch(vec![append_req(A, ab, 2), append_req(B, ab, 3)]);
+    let seqs: Vec<(u64, bool)> = replies
+        .iter()
+        .map(|r| (appended(r).seq, appended(r).duplicate))
+        .collect();
+    assert_eq!(seqs, vec![(2, false), (3, false)], "no seq was burnt");
+    let mut device = Device::new(B);
+    let got: Vec<u64> = device.sync_all(&*e, 100).iter().map(|m| m.1).collect();
+    assert_eq!(got, vec![1, 2, 3]);
+}
+
+/// Through the committer: an fsync error answers every write of its group with an
+/// error (never an ack), and every later write is refused until a restart.
+fn fsync_error_is_never_an_ack<H: Harness>() {
+    let cfg = StorageConfig {
+        sync: SyncMode::Batch,
+        ..config(DiffusionMode::Hybrid)
+    };
+    let (e, _dir) = flaky::<H>(cfg);
+    let ab = ConversationKey::single(A, B);
+    let mut committer = Committer::start(Arc::clone(&e), true, Arc::new(|| {})).unwrap();
+    let take = |c: &mut Committer<FlakyEngine<H>, u32>, want: usize| {
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while out.len() < want && Instant::now() < deadline {
+            c.take_ready(|t, r| out.push((t, r)));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        out
+    };
+    committer.commit(&mut vec![(1, append_req(A, ab, 1))]);
+    let ok = take(&mut committer, 1);
+    assert_eq!(appended(&ok[0].1).seq, 1);
+
+    e.kv().fail_syncs.store(true, Ordering::SeqCst);
+    committer.commit(&mut vec![
+        (2, append_req(A, ab, 2)),
+        (3, append_req(B, ab, 3)),
+        (4, append_req(A, ab, 1)),
+    ]);
+    let failed = take(&mut committer, 3);
+    assert_eq!(failed.len(), 3);
+    for (tag, reply) in &failed {
+        let err = reply.as_ref().expect_err("no ack after a failed fsync");
+        assert!(err.to_string().contains("not durable"), "{tag}: {err}");
+    }
+    assert!(committer.failure().is_some());
+
+    e.kv().fail_syncs.store(false, Ordering::SeqCst);
+    committer.commit(&mut vec![
+        (5, append_req(A, ab, 5)),
+        (6, Request::Members { conversation: ab }),
+    ]);
+    let later = take(&mut committer, 2);
+    let refused = later[0].1.as_ref().expect_err("writes stay refused");
+    assert!(refused.to_string().contains("restarted"), "{refused}");
+    assert!(
+        matches!(later[1].1, Ok(Reply::Members(_))),
+        "reads still answer"
+    );
+    committer.shutdown(|_, _| {});
+}
+
 macro_rules! conformance {
     ($module:ident, $harness:ty) => {
         mod $module {
@@ -680,6 +1004,22 @@ macro_rules! conformance {
             #[test]
             fn execute_dispatches_and_batches() {
                 super::execute_dispatches_and_batches::<$harness>();
+            }
+            #[test]
+            fn group_appends_are_one_write_in_order() {
+                super::group_appends_are_one_write_in_order::<$harness>();
+            }
+            #[test]
+            fn group_internal_dedup() {
+                super::group_internal_dedup::<$harness>();
+            }
+            #[test]
+            fn a_failed_group_write_stores_nothing() {
+                super::a_failed_group_write_stores_nothing::<$harness>();
+            }
+            #[test]
+            fn fsync_error_is_never_an_ack() {
+                super::fsync_error_is_never_an_ack::<$harness>();
             }
         }
     };

@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use petrel_storage::{
-    AppendRequest, CommitQueue, CommitQueueConfig, ConversationKey, Reply, Request, RocksEngine,
-    StorageConfig, UserId,
+    AppendRequest, CommitQueue, CommitQueueConfig, ConversationKey, Reply, Request, StorageConfig,
+    UserId,
 };
+use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
 
 /// Conversations the child writes to; the test uses the same list.
 fn conversations() -> [ConversationKey; 3] {

@@ -1,10 +1,24 @@
-//! RocksDB backend: [`RocksKv`] implements [`Kv`] over one column family per [`Cf`],
-//! and [`RocksEngine`] is the domain logic over it. Options are in [`options`].
+//! # petrel-storage-rocks
 //!
-//! Every `Kv::write` is one RocksDB `WriteBatch`, so an append (message, inbox entries,
-//! dedup entry, counters) is all or nothing. `sync_wal` is `FlushWAL(sync = true)`: one
-//! write of the buffered WAL (in `SyncMode::Batch` the WAL is flushed manually) and one
-//! fsync, making every earlier write durable, which is what group commit needs.
+//! Petrel's persistent engine: [`RocksKv`] implements `petrel-storage`'s [`Kv`] boundary
+//! over embedded RocksDB (one column family per [`Cf`]), and [`RocksEngine`] is the
+//! domain logic of `petrel-storage` ([`Store`]) over it. Options are in [`options`].
+//!
+//! **Owns:** everything that knows RocksDB exists — opening the database, column-family
+//! options, compaction filters, checkpoints. **Must never:** hold domain logic (seqs,
+//! permissions, diffusion, dedup live in `petrel-storage`, so the in-memory engine and
+//! this one cannot disagree; the conformance suite in `tests/conformance.rs` runs both).
+//! Only the server binary and the tests that need a real database depend on this crate,
+//! so the control plane, the dataplane and their tests build without RocksDB's C++.
+//!
+//! Every `Kv::write` is one RocksDB `WriteBatch`, so a group's appends (messages, inbox
+//! entries, dedup entries) are one WAL record and all or nothing. `sync_wal` is
+//! `FlushWAL(sync = true)`: one write of the buffered WAL (in `SyncMode::Batch` the WAL
+//! is flushed manually) and one fsync, making every earlier write durable, which is what
+//! group commit needs.
+//!
+//! `src/bin/storage-crash-child.rs` is a test helper for `tests/crash.rs`, not a server.
+#![deny(unsafe_code)]
 
 pub mod options;
 
@@ -17,12 +31,10 @@ use rocksdb::{
     Cache, ColumnFamily, ColumnFamilyDescriptor, DB, ReadOptions, WriteBatch, WriteOptions,
 };
 
-use crate::cf::Cf;
-use crate::config::StorageConfig;
-use crate::engine::Store;
-use crate::error::StorageError;
-use crate::keys;
-use crate::kv::{Batch, Direction, Kv, Visitor};
+use petrel_storage::cf::Cf;
+use petrel_storage::keys;
+use petrel_storage::kv::{Batch, Direction, Kv, Visitor};
+use petrel_storage::{StorageConfig, StorageError, Store};
 
 /// The RocksDB engine.
 pub type RocksEngine = Store<RocksKv>;
@@ -47,7 +59,7 @@ impl std::fmt::Debug for RocksKv {
 impl RocksKv {
     /// Open (creating if needed) the database at `path`. `config` sets the dedup window
     /// of the expiry compaction filter; `clock` is the time they judge expiry by
-    /// (the engine's latest request time, see [`crate::Store::clock`]).
+    /// (the engine's latest request time, see [`Store::clock`]).
     pub fn open(
         path: &Path,
         config: &StorageConfig,
@@ -86,9 +98,10 @@ impl RocksKv {
     }
 }
 
-/// A RocksDB write batch being filled.
+/// A RocksDB write batch being filled. Column-family handles are resolved once, when
+/// the batch is started (one group's appends share a batch), not by name per put.
 pub struct RocksBatch<'a> {
-    kv: &'a RocksKv,
+    handles: [Option<&'a ColumnFamily>; Cf::ALL.len()],
     batch: WriteBatch,
     bytes: usize,
     missing: Option<Cf>,
@@ -97,7 +110,7 @@ pub struct RocksBatch<'a> {
 impl Batch for RocksBatch<'_> {
     fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
         self.bytes += key.len() + value.len();
-        match self.kv.db.cf_handle(cf.name()) {
+        match self.handles[cf.index()] {
             Some(h) => self.batch.put_cf(h, key, value),
             None => self.missing = Some(cf),
         }
@@ -105,7 +118,7 @@ impl Batch for RocksBatch<'_> {
 
     fn delete(&mut self, cf: Cf, key: &[u8]) {
         self.bytes += key.len();
-        match self.kv.db.cf_handle(cf.name()) {
+        match self.handles[cf.index()] {
             Some(h) => self.batch.delete_cf(h, key),
             None => self.missing = Some(cf),
         }
@@ -121,7 +134,7 @@ impl Kv for RocksKv {
 
     fn batch(&self) -> RocksBatch<'_> {
         RocksBatch {
-            kv: self,
+            handles: Cf::ALL.map(|cf| self.db.cf_handle(cf.name())),
             batch: WriteBatch::default(),
             bytes: 0,
             missing: None,
@@ -202,18 +215,27 @@ impl Kv for RocksKv {
     }
 }
 
-impl RocksEngine {
+/// Opening and checkpointing a [`RocksEngine`] (a trait because [`Store`] lives in
+/// `petrel-storage`): `RocksEngine::open(path, config)` with this trait in scope.
+pub trait RocksEngineExt: Sized {
     /// Open (creating if needed) a RocksDB engine at `path`. Counters (last seq per
     /// conversation, inbox heads, id allocators) are recovered lazily from the data on
     /// first use, so open cost does not grow with the number of conversations.
-    pub fn open(path: &Path, config: StorageConfig) -> Result<Self, StorageError> {
+    fn open(path: &Path, config: StorageConfig) -> Result<Self, StorageError>;
+
+    /// Consistent checkpoint of the whole database into `dir` (see
+    /// [`RocksKv::checkpoint`]).
+    fn checkpoint(&self, dir: &Path) -> Result<(), StorageError>;
+}
+
+impl RocksEngineExt for RocksEngine {
+    fn open(path: &Path, config: StorageConfig) -> Result<Self, StorageError> {
         let clock = Arc::new(AtomicU64::new(0));
         let kv = RocksKv::open(path, &config, &clock)?;
         Ok(Store::with_kv_and_clock(kv, config, clock))
     }
 
-    /// Consistent checkpoint of the whole database into `dir` (see [`RocksKv::checkpoint`]).
-    pub fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
+    fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
         self.kv().checkpoint(dir)
     }
 }

@@ -1,0 +1,127 @@
+//! RocksDB-only maintenance: compaction drops expired dedup and revocation entries and
+//! nothing else, judging expiry by the engine's clock (the latest request time), not by
+//! the wall clock — the test runs in 2023. Legacy dedup entries (`sender |
+//! client_msg_id` keys, written before dedup became per conversation) expire the same way
+//! and still answer retries in their own conversation.
+
+use bytes::Bytes;
+use petrel_storage::cf::Cf;
+use petrel_storage::keys;
+use petrel_storage::kv::{Batch, Kv};
+use petrel_storage::{AppendRequest, ConversationKey, Engine, StorageConfig, TokenId, UserId};
+use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
+
+#[test]
+fn compaction_expiry_follows_request_time_not_wall_clock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = RocksEngine::open(dir.path(), StorageConfig::default()).expect("open");
+    let conv = ConversationKey::single(UserId(1), UserId(2));
+    let now = 1_700_000_000_000u64;
+    let two_days = 2 * petrel_storage::config::DAY_MS;
+    for (cmid, at) in [(1u64, now - two_days), (2, now)] {
+        engine
+            .append(AppendRequest {
+                sender: UserId(1),
+                sender_device: "d".into(),
+                client_msg_id: cmid,
+                conversation: conv,
+                payload: Bytes::from_static(b"m"),
+                now_ms: at,
+            })
+            .expect("append");
+    }
+    engine
+        .revoke_token(TokenId([1; 16]), now - 1)
+        .expect("revoke");
+    engine
+        .revoke_token(TokenId([2; 16]), now + two_days)
+        .expect("revoke");
+
+    let kv = engine.kv();
+    // Legacy entries of user 3 (never seen by this engine's filter): one expired, one live.
+    let legacy_conv = ConversationKey::single(UserId(3), UserId(2));
+    let legacy_value = |seq: u64, at: u64| {
+        let mut v = keys::conversation_u64(legacy_conv, seq).to_vec();
+        v.extend_from_slice(&at.to_be_bytes());
+        v
+    };
+    let mut batch = kv.batch();
+    batch.put(
+        Cf::Dedup,
+        &keys::u64_u64(3, 7),
+        &legacy_value(1, now - two_days),
+    );
+    batch.put(Cf::Dedup, &keys::u64_u64(3, 8), &legacy_value(2, now));
+    kv.write(batch, true).expect("legacy entries");
+    let key = |cmid| keys::dedup(UserId(1), conv, cmid);
+    assert!(kv.get(Cf::Dedup, &key(1)).unwrap().is_some());
+    kv.compact(Cf::Dedup).expect("compact dedup");
+    kv.compact(Cf::Revoked).expect("compact revoked");
+    kv.compact(Cf::Messages).expect("compact messages");
+
+    assert!(
+        kv.get(Cf::Dedup, &key(1)).unwrap().is_none(),
+        "expired dedup kept"
+    );
+    assert!(
+        kv.get(Cf::Dedup, &key(2)).unwrap().is_some(),
+        "live dedup dropped"
+    );
+    assert!(
+        kv.get(Cf::Dedup, &keys::u64_u64(3, 7)).unwrap().is_none(),
+        "expired legacy dedup kept"
+    );
+    assert!(
+        kv.get(Cf::Dedup, &keys::u64_u64(3, 8)).unwrap().is_some(),
+        "live legacy dedup dropped"
+    );
+    assert!(
+        kv.get(Cf::Revoked, &[1; 16]).unwrap().is_none(),
+        "expired revocation kept"
+    );
+    assert!(
+        kv.get(Cf::Revoked, &[2; 16]).unwrap().is_some(),
+        "live revocation dropped"
+    );
+    // Messages are untouched and the live dedup entry still answers retries.
+    assert_eq!(
+        engine.history(UserId(2), conv, u64::MAX, 10).unwrap().len(),
+        2
+    );
+    let retry = engine
+        .append(AppendRequest {
+            sender: UserId(1),
+            sender_device: "d".into(),
+            client_msg_id: 2,
+            conversation: conv,
+            payload: Bytes::from_static(b"m"),
+            now_ms: now + 1,
+        })
+        .expect("retry");
+    assert!(retry.duplicate);
+    assert_eq!(retry.seq, 2);
+
+    // A live legacy entry answers a retry in its own conversation only.
+    let legacy_retry = |conversation| AppendRequest {
+        sender: UserId(3),
+        sender_device: "d".into(),
+        client_msg_id: 8,
+        conversation,
+        payload: Bytes::from_static(b"m"),
+        now_ms: now + 1,
+    };
+    let again = engine
+        .append(legacy_retry(legacy_conv))
+        .expect("legacy retry");
+    assert!(again.duplicate);
+    assert_eq!((again.conversation, again.seq), (legacy_conv, 2));
+    let elsewhere = ConversationKey::single(UserId(3), UserId(4));
+    let other = engine
+        .append(legacy_retry(elsewhere))
+        .expect("other conversation");
+    assert!(
+        !other.duplicate,
+        "same id in another conversation is a new message"
+    );
+    assert_eq!((other.conversation, other.seq), (elsewhere, 1));
+}

@@ -1,0 +1,313 @@
+//! The writer's recent-id filter: answers "is this `(sender, conversation,
+//! client_msg_id)` certainly new?" from memory, so an append reads the `dedup` column
+//! family only when the filter cannot answer (a real retry, a fingerprint collision, or
+//! a sender whose window overflowed the filter).
+//!
+//! Per sender it keeps the fingerprints and server times of the ids stored recently, in
+//! store order, and a *horizon*: every entry the sender stored with a server time after
+//! the horizon is in the list (`None`: every entry is). A sender is loaded on first use
+//! from one range scan of its dedup prefix. The answer for `(fingerprint, now)`:
+//!
+//! - the fingerprint is listed → [`Answer::AskStore`] (probably a retry; the store says
+//!   where it was stored, or that it was a collision);
+//! - not listed, and every entry that could still be inside the dedup window at `now`
+//!   lies after the horizon → [`Answer::New`] (no read);
+//! - otherwise → [`Answer::AskStore`].
+//!
+//! **Bounds.** At most `max_per_sender` ids per sender: storing one more drops the oldest
+//! and moves the horizon up to its time (that sender then asks the store until the
+//! dropped ids leave the window). At most `max_ids` ids in total: the least recently
+//! used senders are dropped whole (and reloaded by a scan on their next append). The
+//! filter never answers `New` for an id it cannot vouch for, so dropping anything only
+//! costs reads, never a duplicate.
+//!
+//! Performance-critical path: one lookup per append, under the writer lock; a linear
+//! scan of one sender's list (bounded by `max_per_sender`), no allocation once a
+//! sender's list has grown.
+
+use std::collections::VecDeque;
+
+use lru::LruCache;
+
+use crate::keys;
+use crate::model::{ConversationKey, UserId};
+
+/// What the filter knows about an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Certainly not stored within the dedup window: no read needed.
+    New,
+    /// Possibly stored: read the store.
+    AskStore,
+}
+
+/// Fingerprint of `(conversation, client_msg_id)` within one sender's list. Collisions
+/// only cost a store read.
+pub fn fingerprint(c: ConversationKey, client_msg_id: u64) -> u64 {
+    let conv = keys::conversation(c);
+    let mut h = mix(client_msg_id ^ 0x9E37_79B9_7F4A_7C15);
+    h = mix(h ^ u64::from(conv[0]));
+    h = mix(h ^ keys::be_u64(&conv[1..9]));
+    mix(h ^ keys::be_u64(&conv[9..17]))
+}
+
+/// splitmix64's finaliser: a cheap, well-distributed 64-bit mix.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[derive(Debug)]
+struct SenderIds {
+    /// Every entry with a server time after this is listed (`None`: every entry).
+    horizon: Option<u64>,
+    /// `(fingerprint, server_time_ms)` in the order they were stored or loaded.
+    ids: VecDeque<(u64, u64)>,
+}
+
+/// Counters of the filter, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecentIdsStats {
+    /// Senders currently held.
+    pub senders: u64,
+    /// Ids currently held (bounded by `max_ids`).
+    pub ids: u64,
+    /// Lookups answered `New` without a read.
+    pub answered: u64,
+    /// Lookups that had to read the store.
+    pub asked_store: u64,
+    /// Senders loaded from the store by a scan.
+    pub loads: u64,
+    /// Senders dropped to stay within `max_ids`.
+    pub evictions: u64,
+}
+
+/// The filter; see the module doc.
+#[derive(Debug)]
+pub struct RecentIds {
+    senders: LruCache<UserId, SenderIds>,
+    max_per_sender: usize,
+    max_ids: usize,
+    window_ms: u64,
+    stats: RecentIdsStats,
+}
+
+impl RecentIds {
+    /// An empty filter for a dedup window of `window_ms`.
+    pub fn new(window_ms: u64, max_per_sender: usize, max_ids: usize) -> Self {
+        RecentIds {
+            senders: LruCache::unbounded(),
+            max_per_sender: max_per_sender.max(1),
+            max_ids: max_ids.max(1),
+            window_ms,
+            stats: RecentIdsStats::default(),
+        }
+    }
+
+    /// Counters and current sizes.
+    pub fn stats(&self) -> RecentIdsStats {
+        RecentIdsStats {
+            senders: self.senders.len() as u64,
+            ..self.stats
+        }
+    }
+
+    /// Whether `sender` is held (else [`RecentIds::load`] it before asking).
+    pub fn is_loaded(&mut self, sender: UserId) -> bool {
+        self.senders.contains(&sender)
+    }
+
+    /// What the filter knows about `fp` from `sender` at `now_ms`; `None` if the sender is
+    /// not loaded.
+    pub fn check(&mut self, sender: UserId, fp: u64, now_ms: u64) -> Option<Answer> {
+        let window = self.window_ms;
+        let s = self.senders.get(&sender)?;
+        let listed = s.ids.iter().any(|&(f, _)| f == fp);
+        // Entries that can still be duplicates at `now` have time > now - window; all of
+        // them are listed iff horizon <= now - window.
+        let covered = s.horizon.is_none_or(|h| h.saturating_add(window) <= now_ms);
+        let answer = if !listed && covered {
+            self.stats.answered += 1;
+            Answer::New
+        } else {
+            self.stats.asked_store += 1;
+            Answer::AskStore
+        };
+        Some(answer)
+    }
+
+    /// Load `sender` from its stored entries `(fingerprint, server_time_ms)` at `now_ms`.
+    /// `complete` says whether `entries` are all of them; entries already outside the
+    /// window are skipped. If more than `max_per_sender` remain, the sender is held with
+    /// no coverage (every lookup asks the store) until it is dropped.
+    pub fn load(
+        &mut self,
+        sender: UserId,
+        entries: impl IntoIterator<Item = (u64, u64)>,
+        complete: bool,
+        now_ms: u64,
+    ) {
+        let window = self.window_ms;
+        let mut ids = VecDeque::new();
+        let mut overflow = !complete;
+        for (fp, t) in entries {
+            if t.saturating_add(window) <= now_ms {
+                continue;
+            }
+            if ids.len() == self.max_per_sender {
+                overflow = true;
+                break;
+            }
+            ids.push_back((fp, t));
+        }
+        let horizon = overflow.then_some(u64::MAX);
+        self.stats.loads += 1;
+        self.stats.ids += ids.len() as u64;
+        if let Some(old) = self.senders.put(sender, SenderIds { horizon, ids }) {
+            self.stats.ids -= old.ids.len() as u64;
+        }
+        self.enforce_budget(sender);
+    }
+
+    /// Record that `sender` stored `fp` at `server_time_ms` (call for every stored append,
+    /// including ones whose group write later fails: a listed id only causes a read).
+    pub fn record(&mut self, sender: UserId, fp: u64, server_time_ms: u64) {
+        let max = self.max_per_sender;
+        let Some(s) = self.senders.get_mut(&sender) else {
+            return;
+        };
+        s.ids.push_back((fp, server_time_ms));
+        self.stats.ids += 1;
+        if s.ids.len() > max
+            && let Some((_, t)) = s.ids.pop_front()
+        {
+            self.stats.ids -= 1;
+            s.horizon = Some(s.horizon.map_or(t, |h| h.max(t)));
+        }
+        self.enforce_budget(sender);
+    }
+
+    /// Drop least recently used senders (never `keep`) until within `max_ids`.
+    fn enforce_budget(&mut self, keep: UserId) {
+        while self.stats.ids > self.max_ids as u64 {
+            if self.senders.peek_lru().is_some_and(|(u, _)| *u == keep) {
+                // Only the current sender is left over budget: trim its own list.
+                let Some(s) = self.senders.peek_mut(&keep) else {
+                    return;
+                };
+                let Some((_, t)) = s.ids.pop_front() else {
+                    return;
+                };
+                s.horizon = Some(s.horizon.map_or(t, |h| h.max(t)));
+                self.stats.ids -= 1;
+                continue;
+            }
+            let Some((_, dropped)) = self.senders.pop_lru() else {
+                return;
+            };
+            self.stats.ids -= dropped.ids.len() as u64;
+            self.stats.evictions += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 86_400_000;
+
+    fn fp(id: u64) -> u64 {
+        fingerprint(ConversationKey::Group(1), id)
+    }
+
+    #[test]
+    fn fingerprints_separate_conversations_and_ids() {
+        let a = fingerprint(ConversationKey::Group(1), 7);
+        assert_ne!(a, fingerprint(ConversationKey::Group(2), 7));
+        assert_ne!(a, fingerprint(ConversationKey::PublicAccount(1), 7));
+        assert_ne!(a, fingerprint(ConversationKey::Group(1), 8));
+        assert_eq!(a, fingerprint(ConversationKey::Group(1), 7));
+    }
+
+    #[test]
+    fn unknown_sender_must_be_loaded_first() {
+        let mut f = RecentIds::new(DAY, 8, 100);
+        assert_eq!(f.check(UserId(1), fp(1), 10), None);
+        f.load(UserId(1), [], true, 10);
+        assert_eq!(f.check(UserId(1), fp(1), 10), Some(Answer::New));
+    }
+
+    #[test]
+    fn a_stored_id_asks_the_store_and_others_do_not() {
+        let mut f = RecentIds::new(DAY, 8, 100);
+        f.load(UserId(1), [(fp(1), 5)], true, 10);
+        assert_eq!(f.check(UserId(1), fp(1), 10), Some(Answer::AskStore));
+        assert_eq!(f.check(UserId(1), fp(2), 10), Some(Answer::New));
+        f.record(UserId(1), fp(2), 10);
+        assert_eq!(f.check(UserId(1), fp(2), 11), Some(Answer::AskStore));
+        let s = f.stats();
+        assert_eq!((s.answered, s.asked_store, s.ids), (1, 2, 2));
+    }
+
+    #[test]
+    fn expired_entries_are_not_loaded() {
+        let mut f = RecentIds::new(DAY, 1, 100);
+        // The expired one does not count against the per-sender bound either.
+        f.load(UserId(1), [(fp(1), 0), (fp(2), DAY + 5)], true, DAY + 10);
+        assert_eq!(f.stats().ids, 1);
+        assert_eq!(f.check(UserId(1), fp(1), DAY + 10), Some(Answer::New));
+    }
+
+    #[test]
+    fn overflowing_a_sender_moves_the_horizon_and_asks_until_it_leaves_the_window() {
+        let mut f = RecentIds::new(DAY, 2, 100);
+        f.load(UserId(1), [], true, 0);
+        f.record(UserId(1), fp(1), 100);
+        f.record(UserId(1), fp(2), 200);
+        f.record(UserId(1), fp(3), 300); // drops id 1 (time 100)
+        assert_eq!(f.stats().ids, 2);
+        // Id 1 may still be a duplicate: the filter cannot vouch for any unlisted id.
+        assert_eq!(f.check(UserId(1), fp(1), 400), Some(Answer::AskStore));
+        assert_eq!(f.check(UserId(1), fp(9), 400), Some(Answer::AskStore));
+        // Once time 100 is out of the window, unlisted ids are new again.
+        assert_eq!(f.check(UserId(1), fp(9), 100 + DAY), Some(Answer::New));
+    }
+
+    #[test]
+    fn an_incomplete_load_never_answers_new() {
+        let mut f = RecentIds::new(DAY, 2, 100);
+        f.load(UserId(1), [(fp(1), 1), (fp(2), 2), (fp(3), 3)], true, 10);
+        assert_eq!(f.check(UserId(1), fp(9), 10 * DAY), Some(Answer::AskStore));
+        f.load(UserId(2), [], false, 10);
+        assert_eq!(f.check(UserId(2), fp(9), 10), Some(Answer::AskStore));
+    }
+
+    #[test]
+    fn the_total_budget_drops_least_recently_used_senders() {
+        let mut f = RecentIds::new(DAY, 8, 4);
+        for u in 1..=3 {
+            f.load(UserId(u), [], true, 0);
+            f.record(UserId(u), fp(u), 1);
+            f.record(UserId(u), fp(u + 10), 1);
+        }
+        let s = f.stats();
+        assert!(s.ids <= 4, "{s:?}");
+        assert_eq!(s.evictions, 1);
+        assert!(
+            !f.is_loaded(UserId(1)),
+            "the least recently used sender went"
+        );
+        assert!(f.is_loaded(UserId(3)));
+        // A single sender over the whole budget trims its own list.
+        let mut g = RecentIds::new(DAY, 100, 2);
+        g.load(UserId(1), [], true, 0);
+        for id in 0..5 {
+            g.record(UserId(1), fp(id), 1);
+        }
+        assert_eq!(g.stats().ids, 2);
+        assert_eq!(g.check(UserId(1), fp(99), 2), Some(Answer::AskStore));
+    }
+}
