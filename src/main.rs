@@ -8,7 +8,6 @@
 //! routing) → `petrel-storage` (RocksDB); `petrel-sdk` is the client side.
 #![deny(unsafe_code)]
 
-mod bench;
 mod chat;
 mod ops;
 mod server;
@@ -53,7 +52,7 @@ enum Command {
     Admin(AdminCommand),
     /// Load generator: run a scenario against a server and report latency, throughput
     /// and the server's memory and CPU.
-    Bench(Box<bench::BenchArgs>),
+    Bench(Box<petrel_bench::BenchArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,7 +92,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => return exit(ops::doctor(&args)),
         Command::Tune(args) => return exit(ops::tune(&args)),
         Command::Admin(AdminCommand::Backup(args)) => ops::backup::run(&args),
-        Command::Bench(args) => bench::run(*args),
+        Command::Bench(args) => petrel_bench::run(*args),
         Command::Frames => {
             for &t in petrel_proto::FrameType::ALL {
                 let direction = if t.is_client_to_server() {

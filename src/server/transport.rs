@@ -162,7 +162,7 @@ fn xdp_config(config: &ServeConfig, decoder: DecoderConfig) -> anyhow::Result<Xd
     };
     let addr = *listen.ip();
     let queues = if config.xdp.queues.is_empty() {
-        rx_queues(iface)?
+        petrel_dataplane::xdp::rx_queues(iface)?
     } else {
         config.xdp.queues.clone()
     };
@@ -239,23 +239,6 @@ fn on_link_prefix(addr: Ipv4Addr, kernel_addrs: &[ifaddrs::Ipv4Net]) -> u8 {
         .map_or(24, |net| net.prefix_len)
 }
 
-/// The rx queues of `iface` (`/sys/class/net/IF/queues/rx-N`), sorted.
-pub(crate) fn rx_queues(iface: &str) -> anyhow::Result<Vec<u32>> {
-    let dir = format!("/sys/class/net/{iface}/queues");
-    let mut queues: Vec<u32> = std::fs::read_dir(&dir)
-        .with_context(|| format!("cannot list the queues of {iface} ({dir})"))?
-        .filter_map(|entry| {
-            let name = entry.ok()?.file_name();
-            name.to_str()?.strip_prefix("rx-")?.parse().ok()
-        })
-        .collect();
-    queues.sort_unstable();
-    if queues.is_empty() {
-        bail!("{iface} has no rx queues in {dir}");
-    }
-    Ok(queues)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,11 +251,5 @@ mod tests {
         }];
         assert_eq!(on_link_prefix(Ipv4Addr::new(10, 77, 9, 9), &nets), 16);
         assert_eq!(on_link_prefix(Ipv4Addr::new(10, 78, 0, 1), &nets), 24);
-    }
-
-    #[test]
-    fn loopback_has_rx_queues_and_a_missing_interface_is_an_error() {
-        assert!(!rx_queues("lo").unwrap().is_empty());
-        assert!(rx_queues("petrel-no-such0").is_err());
     }
 }

@@ -28,13 +28,16 @@
 //! - [`shards`]: many shards per core by 4-tuple hash, polling only those with work or an
 //!   expired timer, refusing SYNs for a full shard;
 //! - [`transport`]: setup — [`transport::XdpTransport::start`] attaches the filter, binds
-//!   one socket per queue and returns one [`poller::XdpCore`] per queue;
-//! - [`poller`]: [`poller::XdpCore`], one queue's poller behind the same boundary as the
-//!   kernel transport, driven by `petrel serve --dataplane xdp`'s per-core loop (busy,
-//!   adaptive or interrupt polling) and tested end to end on the veth lab;
+//!   one socket per queue and returns one [`poller::XdpCore`] per core;
+//! - [`poller`]: [`poller::XdpCore`], one core's poller of one or more queues behind the
+//!   same boundary as the kernel transport, driven by `petrel serve --dataplane xdp`'s
+//!   per-core loop (busy, adaptive or interrupt polling) and tested end to end on the veth
+//!   lab;
+//! - [`rx_queues`]: the interface's rx queues, from sysfs;
 //! - [`stats`]: the classifier's, userspace TCP's and the sockets' kernel counters;
-//! - [`client`]: [`client::XdpClient`], the same pieces pointed the other way — outgoing
-//!   connections from a whole source network, for `petrel bench --client-mode xdp`.
+//! - `client` (cargo feature `client`, which the load generator turns on and the server
+//!   does not): `XdpClient`, the same pieces pointed the other way — outgoing connections
+//!   from a whole source network, for `petrel bench --client-mode xdp`.
 //!
 //! The AF_XDP socket itself is [`crate::sys::xsk::Xsk`] (receive and single-frame
 //! transmit), in `sys`, the one module where unsafe code may live.
@@ -43,6 +46,7 @@
 //! steered), in-place replies, buffers that exist only while data is in flight (idle
 //! connections cost ~2.9 KB with 512-byte buffers), zero-copy binds, IPv6.
 
+#[cfg(feature = "client")]
 pub mod client;
 pub mod filter;
 pub mod neighbour;
@@ -55,3 +59,40 @@ pub mod tcp;
 pub mod transport;
 pub mod umem;
 pub mod wire;
+
+/// The rx queues of `iface` (`/sys/class/net/IF/queues/rx-N`), sorted. `/sys` shows the
+/// network namespace it was mounted in: run inside the interface's namespace with
+/// `ip netns exec`.
+pub fn rx_queues(iface: &str) -> std::io::Result<Vec<u32>> {
+    let dir = format!("/sys/class/net/{iface}/queues");
+    let entries = std::fs::read_dir(&dir).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot list the queues of {iface} ({dir}): {e}"),
+        )
+    })?;
+    let mut queues: Vec<u32> = entries
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            name.to_str()?.strip_prefix("rx-")?.parse().ok()
+        })
+        .collect();
+    queues.sort_unstable();
+    if queues.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{iface} has no rx queues in {dir}"),
+        ));
+    }
+    Ok(queues)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_has_rx_queues_and_a_missing_interface_is_an_error() {
+        assert!(!super::rx_queues("lo").unwrap().is_empty());
+        let e = super::rx_queues("petrel-no-such0").unwrap_err();
+        assert!(e.to_string().contains("petrel-no-such0"), "{e}");
+    }
+}

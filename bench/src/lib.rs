@@ -1,5 +1,8 @@
 //! `petrel bench`: a reproducible load generator for a Petrel server, and the report of
-//! what it measured on both sides.
+//! what it measured on both sides. A crate of its own (the `petrel` binary's `bench`
+//! subcommand calls [`run`]): it speaks the protocol from outside, through
+//! `petrel-proto` and the dataplane's AF_XDP client (cargo feature `client`, which only
+//! this crate turns on), and builds without the server, its storage or RocksDB.
 //!
 //! Read in this order:
 //! 1. [`config`] — the command line and its validation.
@@ -17,19 +20,19 @@
 //! right moments, starts every shard at the same instant, draws the progress bar and
 //! merges the shards' results.
 
-pub mod config;
-pub mod driver;
-pub mod engine;
-pub mod io;
-pub mod plan;
-pub mod procfs;
-pub mod report;
-pub mod schedule;
-pub mod server_proc;
-pub mod stats;
-pub mod svg;
-pub mod workers;
-pub mod xdp_io;
+mod config;
+mod driver;
+mod engine;
+mod io;
+mod plan;
+mod procfs;
+mod report;
+mod schedule;
+mod server_proc;
+mod stats;
+mod svg;
+mod workers;
+mod xdp_io;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

@@ -53,7 +53,7 @@ impl XdpIo {
         let SocketAddr::V4(server) = server else {
             bail!("--client-mode xdp needs an IPv4 server address, not {server}");
         };
-        let queues = crate::server::transport::rx_queues(&setup.iface).context(
+        let queues = petrel_dataplane::xdp::rx_queues(&setup.iface).context(
             "run the bench inside the interface's namespace with `ip netns exec`, which \
              mounts that namespace's /sys",
         )?;

@@ -471,7 +471,7 @@ fn drain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::config::Scenario;
+    use crate::config::Scenario;
 
     fn config(connections: u64, source_ips: Vec<Ipv4Addr>) -> BenchConfig {
         BenchConfig {
