@@ -180,11 +180,9 @@ fn host_state(host_if: &str) -> BTreeMap<String, String> {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces); scripts/test.sh runs it as root and in CI"]
 fn tune_changes_the_namespace_only_and_dry_run_nothing() {
-    if !is_root() {
-        eprintln!("skipped: network namespaces need root");
-        return;
-    }
+    assert!(is_root(), "network namespaces need root: run as root");
     let lab = Lab::new();
     let ns_if = lab.ns_if.as_str();
     // Probing XDP on the fresh pair (4 rx queues each way) attaches the filter natively,
@@ -309,11 +307,12 @@ fn tune_changes_the_namespace_only_and_dry_run_nothing() {
 }
 
 #[test]
+#[ignore = "needs root (every IRQ's affinity); scripts/test.sh runs it as root and in CI"]
 fn irq_affinity_is_only_shown_by_a_dry_run_on_the_host() {
-    if !is_root() {
-        eprintln!("skipped: reading every IRQ's affinity needs root");
-        return;
-    }
+    assert!(
+        is_root(),
+        "reading every IRQ's affinity needs root: run as root"
+    );
     // On the host's default interface, pinned to one core: any queue IRQ not on that
     // core is listed as an [irq] change, and a dry run leaves every affinity as it was.
     let before: BTreeMap<String, String> = host_state("lo");

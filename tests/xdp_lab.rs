@@ -42,10 +42,9 @@ fn refused(addr: SocketAddr) -> bool {
 }
 
 #[test]
+#[ignore = "needs root (veth lab, XDP, AF_XDP); scripts/test.sh runs it as root and in CI"]
 fn a_kernel_service_on_another_port_keeps_working_and_closed_ports_are_refused() {
-    if !Dataplane::Xdp.available() {
-        return;
-    }
+    Dataplane::Xdp.require();
     let server = TestServer::start_on(Dataplane::Xdp, "");
     let lab: &Lab = server.lab().expect("xdp server");
     // A kernel service on the same address, in the root namespace where that address is.
@@ -74,10 +73,9 @@ fn a_kernel_service_on_another_port_keeps_working_and_closed_ports_are_refused()
 }
 
 #[test]
+#[ignore = "needs root (veth lab, XDP, AF_XDP); scripts/test.sh runs it as root and in CI"]
 fn on_an_address_only_petrel_has_it_answers_arp_and_resets_closed_ports() {
-    if !Dataplane::Xdp.available() {
-        return;
-    }
+    Dataplane::Xdp.require();
     let owned = Ipv4Addr::new(10, 77, 2, 3);
     let server = TestServer::start_xdp_owning(owned, "");
     assert_eq!(server.addr, SocketAddr::from((owned, lab::PORT)));
@@ -104,10 +102,9 @@ fn on_an_address_only_petrel_has_it_answers_arp_and_resets_closed_ports() {
 }
 
 #[test]
+#[ignore = "needs root (veth lab, XDP, AF_XDP); scripts/test.sh runs it as root and in CI"]
 fn a_client_from_another_subnet_is_answered() {
-    if !Dataplane::Xdp.available() {
-        return;
-    }
+    Dataplane::Xdp.require();
     let server = TestServer::start_on(Dataplane::Xdp, "");
     // A source address outside 10.77.2.0/24, on the clients' end of the veth (this thread
     // is in the lab's namespace). Its packets reach the server through the veth like a
