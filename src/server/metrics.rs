@@ -6,8 +6,10 @@
 //! into [`Metrics::publish`] every [`PUBLISH_INTERVAL`] — one short mutex hold per
 //! interval. A scrape renders the last published copy (so counters lag by at most that
 //! interval), plus two sources read at scrape time: the storage writer's latency
-//! histogram ([`CommitStats`], relaxed atomics written by the syncer thread) and, for the
-//! AF_XDP dataplane, a [`TransportSource`] closure (filter and poller counters).
+//! histogram ([`CommitStats`], relaxed atomics written by the syncer thread), a
+//! [`StorageSource`] closure (the writer's bounded caches and dedup filter: one short hold
+//! of the writer's lock per scrape) and, for the AF_XDP dataplane, a [`TransportSource`]
+//! closure (filter and poller counters).
 //!
 //! **Format.** Rendered with `prometheus-client` (the Prometheus project's Rust client) as
 //! OpenMetrics text, which Prometheus scrapes natively.
@@ -28,7 +30,7 @@ use petrel_control::Counters;
 use petrel_dataplane::xdp::filter::FilterCounters;
 use petrel_dataplane::xdp::transport::{SocketDrops, TcpDrops};
 use petrel_dataplane::xdp::wire::{Malformed, RxCounters};
-use petrel_storage::{CommitStats, LATENCY_BUCKETS_US};
+use petrel_storage::{CommitStats, LATENCY_BUCKETS_US, RecentIdsStats, WriterCacheStats};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -73,11 +75,24 @@ pub struct TransportSnapshot {
 /// must not block for long (reading a BPF map and a few atomics is fine).
 pub type TransportSource = Box<dyn Fn() -> TransportSnapshot + Send + Sync>;
 
+/// The storage writer's bounded caches and recent-id filter, read at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct StorageSnapshot {
+    /// Entries of each writer cache and the evictions the bounds made.
+    pub caches: Option<WriterCacheStats>,
+    /// The dedup filter's size and how its lookups were answered.
+    pub dedup: Option<RecentIdsStats>,
+}
+
+/// Reads [`StorageSnapshot`]; called on the metrics thread at each scrape.
+pub type StorageSource = Box<dyn Fn() -> StorageSnapshot + Send + Sync>;
+
 /// Everything a scrape renders.
 pub struct Metrics {
     dataplane: &'static str,
     published: Mutex<Published>,
     storage: Arc<CommitStats>,
+    storage_source: Mutex<Option<StorageSource>>,
     transport: Mutex<Option<TransportSource>>,
 }
 
@@ -97,8 +112,17 @@ impl Metrics {
             dataplane,
             published: Mutex::new(Published::default()),
             storage,
+            storage_source: Mutex::new(None),
             transport: Mutex::new(None),
         })
+    }
+
+    /// Where the storage writer's cache and dedup-filter figures come from.
+    pub fn set_storage_source(&self, source: StorageSource) {
+        *self
+            .storage_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(source);
     }
 
     /// Replaces the published snapshot (the driver, every [`PUBLISH_INTERVAL`]).
@@ -152,6 +176,59 @@ fn gauge(
     let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, v) in rows {
         ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// The storage writer's bounded caches and dedup filter (docs/CONFIGURATION.md, "Storage
+/// memory bounds").
+fn encode_storage_caches(e: &mut DescriptorEncoder, s: &StorageSnapshot) -> std::fmt::Result {
+    if let Some(c) = &s.caches {
+        let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        gauge(
+            e,
+            "petrel_storage_cache_entries",
+            "Entries in each of the storage writer's bounded caches.",
+            &[
+                (vec![("cache", "last_seq")], to_i64(c.last_seqs)),
+                (vec![("cache", "inbox_head")], to_i64(c.inbox_heads)),
+                (vec![("cache", "member_map")], to_i64(c.member_maps)),
+                (vec![("cache", "activity")], to_i64(c.activities)),
+                (
+                    vec![("cache", "pending_news")],
+                    to_i64(c.pending_news_users),
+                ),
+            ],
+        )?;
+        counter(
+            e,
+            "petrel_storage_cache_evictions",
+            "Entries the storage writer's cache bounds dropped (re-read from disk on next use).",
+            &[(vec![], c.evictions)],
+        )?;
+    }
+    if let Some(d) = &s.dedup {
+        gauge(
+            e,
+            "petrel_storage_dedup_filter_ids",
+            "Client message ids held by the in-memory dedup filter.",
+            &[(vec![], i64::try_from(d.ids).unwrap_or(i64::MAX))],
+        )?;
+        counter(
+            e,
+            "petrel_storage_dedup_lookups",
+            "Dedup checks of appends, by who answered: the in-memory filter or a store read.",
+            &[
+                (vec![("answered_by", "memory")], d.answered),
+                (vec![("answered_by", "store")], d.asked_store),
+            ],
+        )?;
+        counter(
+            e,
+            "petrel_storage_dedup_filter_evictions",
+            "Senders the dedup filter dropped to stay within its bound (reloaded by one scan).",
+            &[(vec![], d.evictions)],
+        )?;
     }
     Ok(())
 }
@@ -438,6 +515,14 @@ impl Collector for Metrics {
             "Durability rounds of the storage writer (one WAL fsync each with sync = batch).",
             &[(vec![], s.groups)],
         )?;
+        let source = self
+            .storage_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(source) = source.as_ref() {
+            encode_storage_caches(&mut e, &source())?;
+        }
+        drop(source);
 
         let transport = self.transport.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(source) = transport.as_ref() {
@@ -663,8 +748,40 @@ mod tests {
             value(&text, "petrel_storage_wal_sync_seconds_count"),
             Some(0.0)
         );
-        // No transport source yet: no XDP families.
+        // No transport source yet: no XDP families; no storage source: no cache families.
         assert!(!text.contains("petrel_xdp"), "{text}");
+        assert!(!text.contains("petrel_storage_cache"), "{text}");
+
+        metrics.set_storage_source(Box::new(|| StorageSnapshot {
+            caches: Some(WriterCacheStats {
+                last_seqs: 12,
+                evictions: 3,
+                ..WriterCacheStats::default()
+            }),
+            dedup: Some(RecentIdsStats {
+                ids: 40,
+                answered: 30,
+                asked_store: 2,
+                ..RecentIdsStats::default()
+            }),
+        }));
+        let text = metrics.render();
+        assert_eq!(
+            value(&text, "petrel_storage_cache_entries{cache=\"last_seq\"}"),
+            Some(12.0)
+        );
+        assert_eq!(
+            value(&text, "petrel_storage_cache_evictions_total"),
+            Some(3.0)
+        );
+        assert_eq!(value(&text, "petrel_storage_dedup_filter_ids"), Some(40.0));
+        assert_eq!(
+            value(
+                &text,
+                "petrel_storage_dedup_lookups_total{answered_by=\"store\"}"
+            ),
+            Some(2.0)
+        );
 
         metrics.set_transport_source(Box::new(|| {
             let mut rx = RxCounters {

@@ -96,6 +96,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
         .home_waker()
         .context("the dataplane started no core")?;
     let syncer_wakes = home_waker.clone();
+    let engine_figures = Arc::clone(&engine);
     let mut committer = Committer::start(
         engine,
         config.sync == Sync::Batch,
@@ -114,6 +115,10 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
             if let Some(source) = transport.metrics_source() {
                 metrics.set_transport_source(source);
             }
+            metrics.set_storage_source(Box::new(move || metrics::StorageSnapshot {
+                caches: engine_figures.writer_cache_stats().ok(),
+                dedup: engine_figures.recent_ids_stats().ok(),
+            }));
             let endpoint = metrics::serve(addr, metrics.clone())
                 .with_context(|| format!("cannot serve metrics on {addr}"))?;
             tracing::info!(addr = %endpoint.addr, "metrics endpoint listening");
