@@ -165,7 +165,11 @@ fn counters_move_with_logins_messages_and_closes(dp: Dataplane) {
     // Every append's dedup check was answered, by the in-memory filter or a store read.
     let dedup = after.get("petrel_storage_dedup_lookups_total{answered_by=\"memory\"}")
         + after.get("petrel_storage_dedup_lookups_total{answered_by=\"store\"}");
-    assert!(dedup >= m, "{dedup} dedup checks for {m} appends: {}", after.text);
+    assert!(
+        dedup >= m,
+        "{dedup} dedup checks for {m} appends: {}",
+        after.text
+    );
     assert!(after.get("petrel_storage_cache_entries{cache=\"last_seq\"}") >= 1.0);
     assert_eq!(after.get("petrel_storage_in_flight"), 0.0, "{}", after.text);
     assert_eq!(after.sum("petrel_outbound_queue_depth", ""), 0.0);
