@@ -437,11 +437,9 @@ mod xdp_client {
 
     /// Connect, 1:1 and a chatroom over one server of `dataplane`.
     fn scenarios(dataplane: Dataplane) {
-        assert!(
-            lab::available(),
-            "the AF_XDP client needs root (veth lab, XDP, AF_XDP): run as root, or leave \
-             the ignored root-only tests out"
-        );
+        // The AF_XDP client runs on the lab's veth, whichever server it talks to: the
+        // same privilege as the xdp dataplane.
+        Dataplane::Xdp.require();
         let server = TestServer::start_on_lab(dataplane, "rate_limit_per_second = 0\n");
         // More connections than one source address has ports for would need a second
         // address; 3,000 spread over one address's ports and heartbeat twice a second.
