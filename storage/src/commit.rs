@@ -22,8 +22,10 @@
 //! is completed with an error. Replies keep submission order. Completions run on the
 //! syncer thread, so they must be quick (send on a channel, wake a core).
 //!
-//! The submission queue is unbounded (submit never blocks); the caller bounds in-flight
-//! requests. Between writer and syncer at most [`SYNC_QUEUE_GROUPS`] groups wait, so
+//! The submission queue holds at most [`CommitQueueConfig::max_queued`] requests: a
+//! `submit` beyond that blocks its caller until the writer catches up (back-pressure
+//! on the producer, never unbounded memory); [`CommitQueue::queued`] shows the depth.
+//! Between writer and syncer at most [`SYNC_QUEUE_GROUPS`] groups wait, so
 //! applied-but-not-durable work stays bounded when the disk is slow.
 //!
 //! [`CommitStats`] records how long each request took from `submit` to its completion (the
@@ -50,6 +52,8 @@ pub struct CommitQueueConfig {
     pub max_batch: usize,
     /// Longest the writer waits for more requests after the first one of a batch (M).
     pub max_wait: Duration,
+    /// Most requests waiting for the writer; `submit` blocks while this many wait.
+    pub max_queued: usize,
 }
 
 impl Default for CommitQueueConfig {
@@ -57,6 +61,7 @@ impl Default for CommitQueueConfig {
         CommitQueueConfig {
             max_batch: 512,
             max_wait: Duration::from_micros(100),
+            max_queued: 65_536,
         }
     }
 }
@@ -194,7 +199,7 @@ impl CommitQueue {
         engine: Arc<E>,
         config: CommitQueueConfig,
     ) -> Result<Self, StorageError> {
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(config.max_queued.max(1));
         let (applied_tx, applied_rx) = crossbeam_channel::bounded::<Applied>(SYNC_QUEUE_GROUPS);
         let syncer_engine = Arc::clone(&engine);
         let stats = Arc::new(CommitStats::default());
@@ -226,7 +231,8 @@ impl CommitQueue {
         Arc::clone(&self.stats)
     }
 
-    /// Queue a request; `done` is called with its reply once durable. Never blocks.
+    /// Queue a request; `done` is called with its reply once durable. Blocks while
+    /// `max_queued` requests wait for the writer (back-pressure).
     /// Fails with [`StorageError::Closed`] if the writer has stopped.
     pub fn submit(
         &self,
@@ -240,6 +246,11 @@ impl CommitQueue {
             submitted: Instant::now(),
         })
         .map_err(|_| StorageError::Closed)
+    }
+
+    /// Requests submitted and not yet taken by the writer (at most `max_queued`).
+    pub fn queued(&self) -> usize {
+        self.tx.as_ref().map_or(0, Sender::len)
     }
 
     /// Queue a request whose reply is sent to `to` tagged with `ticket` (for a driver

@@ -101,6 +101,7 @@ fn completions_come_after_one_shared_sync() {
         CommitQueueConfig {
             max_batch: 64,
             max_wait: Duration::from_millis(2),
+            ..CommitQueueConfig::default()
         },
     )
     .unwrap();
@@ -186,4 +187,39 @@ fn tickets_route_replies_and_shutdown_drains() {
     assert!(matches!(&got[1], (71, Ok(Reply::Appended(o))) if o.seq == 1 && o.duplicate));
     assert!(matches!(&got[2], (80, Ok(Reply::Appended(o))) if o.seq == 1));
     assert!(matches!(&got[3], (90, Err(StorageError::NotFound(_)))));
+}
+
+#[test]
+fn intake_is_bounded_and_a_full_queue_blocks_the_producer() {
+    // The slow-disk backend keeps the writer behind a fast producer.
+    let store = Arc::new(Store::with_kv(
+        CountingKv::default(),
+        StorageConfig {
+            sync: SyncMode::Batch,
+            ..StorageConfig::default()
+        },
+    ));
+    let queue = CommitQueue::start(
+        Arc::clone(&store),
+        CommitQueueConfig {
+            max_batch: 4,
+            max_queued: 8,
+            ..CommitQueueConfig::default()
+        },
+    )
+    .unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let n = 400u64;
+    let mut deepest = 0;
+    for cmid in 0..n {
+        queue
+            .submit_to(append(1, 2, cmid), cmid, tx.clone())
+            .unwrap();
+        deepest = deepest.max(queue.queued());
+    }
+    assert!(deepest <= 8, "queue depth {deepest} passed its bound of 8");
+    queue.shutdown().unwrap();
+    let got: Vec<_> = rx.try_iter().collect();
+    assert_eq!(got.len() as u64, n, "every request completed");
+    assert!(got.iter().all(|(_, r)| matches!(r, Ok(Reply::Appended(_)))));
 }
