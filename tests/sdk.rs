@@ -674,6 +674,67 @@ fn the_outbox_survives_an_app_restart_and_history_pages_come_from_the_server(dp:
     })
 }
 
+/// Retention on a real server: 1:1 messages older than a second are trimmed (each chat
+/// keeps its newest), and a device that syncs afterwards gets what is left plus a `Gap`
+/// event for what is gone — no hang waiting for a hole to fill, no duplicate.
+fn retention_trims_old_messages_and_a_new_device_is_told_what_is_gone(dp: Dataplane) {
+    common::server::block_on(dp, async move {
+        let keys = Arc::new(Keys::generate());
+        let config = format!(
+            "{}retention_single_secs = 1\ntrim_interval_secs = 1\nmetrics_addr = \"127.0.0.1:0\"\n",
+            keys.server_config()
+        );
+        let server = TestServer::start_on(dp, &config);
+        let (alice, bob) = (13_001, 13_002);
+        let (a, mut a_events, _) = start(&keys, test_config(alice, vec![server.addr.to_string()]));
+        for i in 0..5 {
+            a.send_text(ConversationKey::single(bob), &format!("old {i}"))
+                .unwrap();
+        }
+        let acked = timeout(WAIT, async {
+            let mut n = 0;
+            while n < 5 {
+                if let Some(Event::Acked { .. }) = a_events.recv().await {
+                    n += 1;
+                }
+            }
+        })
+        .await;
+        assert!(acked.is_ok(), "5 acks");
+        // The pass that runs once they are a second old removes all but the newest.
+        block_in_place(|| {
+            server.scrape_until("4 messages trimmed", |s| {
+                s.get("petrel_storage_trimmed_total{what=\"messages\"}") >= 4.0
+            })
+        });
+        let (b, mut b_events, _) = start(&keys, test_config(bob, vec![server.addr.to_string()]));
+        let (got, other) = messages(&mut b_events, 1, WAIT).await;
+        assert_eq!(texts(&got), ["old 4"]);
+        assert_eq!(got[0].seq, 5);
+        let alice_chat = ConversationKey::single(alice);
+        let mut seen = other;
+        seen.extend(drain(&mut b_events, Duration::from_millis(500)).await);
+        let gaps: Vec<_> = seen
+            .iter()
+            .filter_map(|e| match e {
+                Event::Gap {
+                    conversation,
+                    from_seq,
+                    to_seq,
+                } => Some((*conversation, *from_seq, *to_seq)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gaps, [(alice_chat, 1, 4)], "one Gap for the trimmed seqs");
+        assert!(
+            !seen.iter().any(|e| matches!(e, Event::Message(_))),
+            "{seen:?}"
+        );
+        // The server's history starts at 5 too.
+        assert!(b.load_history(alice_chat, 5, 10).await.unwrap().is_empty());
+    })
+}
+
 fn reconnect_now_skips_a_long_back_off(dp: Dataplane) {
     common::server::block_on(dp, async move {
         let keys = Arc::new(Keys::generate());
@@ -717,6 +778,7 @@ dataplane_tests!(
     groups_chatrooms_and_public_accounts_through_the_sdk,
     chatrooms_are_rejoined_after_a_reconnect,
     the_outbox_survives_an_app_restart_and_history_pages_come_from_the_server,
+    retention_trims_old_messages_and_a_new_device_is_told_what_is_gone,
     reconnect_now_skips_a_long_back_off,
 );
 

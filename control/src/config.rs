@@ -75,6 +75,9 @@ pub struct Config {
     /// Seed for ids the control plane invents (token ids of renewed tokens). The driver
     /// should pass a random value at start; tests pass a fixed one.
     pub id_seed: u64,
+    /// How often a storage retention pass starts (`Request::Trim` steps until the pass
+    /// is complete, `TRIM_STEP_PAUSE` apart). Default 60 s; zero never trims.
+    pub trim_interval: Duration,
 }
 
 impl Default for Config {
@@ -101,6 +104,7 @@ impl Default for Config {
             history_page_limit: 100,
             max_content_len: 60 * 1024,
             id_seed: 0x5EED,
+            trim_interval: Duration::from_secs(60),
         }
     }
 }

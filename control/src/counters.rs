@@ -145,6 +145,12 @@ pub struct Counters {
     pub messages_rejected: u64,
     /// Storage requests that failed with an internal error (backend, corruption, ...).
     pub storage_errors: u64,
+    /// Messages deleted by storage retention.
+    pub trimmed_messages: u64,
+    /// Inbox entries deleted by storage retention.
+    pub trimmed_inbox_entries: u64,
+    /// Retention passes completed.
+    pub trim_passes: u64,
     /// Frames that could not be encoded (bigger than the protocol allows); a bug if
     /// ever non-zero.
     pub encode_errors: u64,

@@ -34,6 +34,8 @@ pub enum TimerKind {
     Housekeeping,
     /// Ask storage for the revocation list again after a failed load.
     RetryLoadRevoked,
+    /// Ask storage for the next retention step.
+    Trim,
 }
 
 /// Pending deadlines, earliest first.

@@ -218,7 +218,59 @@ fn valid() -> Vec<Valid> {
                         conversation: common::conv(ConversationKind::Group, 7),
                         last_seq: 140,
                         read_seq: 100,
+                        first_seq: 0,
                     }],
+                    first_seq: 0,
+                },
+            ),
+        },
+        Valid {
+            name: "sync_response_trimmed",
+            meaning: "SyncResponse answering request 7 (flags = RESPONSE). Body: no messages, \
+                      has_more = false, inbox_cursor = 31, conversations = [{conversation = \
+                      {GROUP, 7}, last_seq = 140, read_seq = 100, first_seq = 120}]: retention \
+                      removed seqs 1..=119 of group 7, so a client holding up to 100 shows \
+                      \"earlier messages are no longer available\" and continues from 120.",
+            frame: Frame::response(
+                7,
+                pb::SyncResponse {
+                    messages: vec![],
+                    has_more: false,
+                    inbox_cursor: 31,
+                    conversations: vec![pb::ConversationState {
+                        conversation: common::conv(ConversationKind::Group, 7),
+                        last_seq: 140,
+                        read_seq: 100,
+                        first_seq: 120,
+                    }],
+                    first_seq: 0,
+                },
+            ),
+        },
+        Valid {
+            name: "history_response_reaches_trimmed_start",
+            meaning: "SyncResponse answering a HistoryRequest, request 8 (flags = RESPONSE). \
+                      Body: messages = [MessagePush {conversation = {GROUP, 7}, seq = 120, \
+                      sender = 42, server_time_ms = 1700000000123, client_msg_id = 1002, \
+                      content = text \"hi\", sender_device = \"phone-1\"}], has_more = false, \
+                      first_seq = 120: the page reached the oldest message still stored; \
+                      seqs below 120 were removed by retention.",
+            frame: Frame::response(
+                8,
+                pb::SyncResponse {
+                    messages: vec![pb::MessagePush {
+                        conversation: common::conv(ConversationKind::Group, 7),
+                        seq: 120,
+                        sender: 42,
+                        server_time_ms: 1_700_000_000_123,
+                        client_msg_id: 1002,
+                        content: common::text("hi"),
+                        sender_device: "phone-1".into(),
+                    }],
+                    has_more: false,
+                    inbox_cursor: 0,
+                    conversations: vec![],
+                    first_seq: 120,
                 },
             ),
         },

@@ -157,9 +157,11 @@ pub enum Event {
         /// The server's explanation.
         message: String,
     },
-    /// Chatroom messages `from_seq..=to_seq` were skipped for this device: it fell too
-    /// far behind the room (the server does not wait for slow members, and chatrooms
-    /// are not stored, so they cannot be fetched). Show "some messages were skipped".
+    /// Messages `from_seq..=to_seq` will never reach this device. In a chatroom: it fell
+    /// too far behind the room (the server does not wait for slow members, and chatrooms
+    /// are not stored, so they cannot be fetched). In a stored conversation: the server's
+    /// retention removed them before this device synced. Show "some messages were
+    /// skipped" / "earlier messages are no longer available".
     Gap {
         /// The chatroom.
         conversation: ConversationKey,

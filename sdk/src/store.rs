@@ -100,6 +100,9 @@ pub struct Applied {
     pub acked: Vec<(u64, ConversationKey, u64)>,
     /// A message arrived beyond a hole: the caller should sync.
     pub gap: bool,
+    /// Ranges `(conversation, from_seq, to_seq)` the server no longer stores (removed by
+    /// its retention before this device got them): delivery skipped past them.
+    pub gone: Vec<(ConversationKey, u64, u64)>,
     /// Messages stored that were not stored before.
     pub inserted: usize,
 }
@@ -340,6 +343,7 @@ impl Store {
                 }
             }
         }
+        let mut starts = Vec::new();
         for state in &page.conversations {
             let Some(key) = ConversationKey::from_wire(state.conversation.as_ref()) else {
                 continue;
@@ -350,9 +354,36 @@ impl Store {
                  WHERE kind = ?1 AND id = ?2",
                 params![key.kind as i64, i(key.id), i(state.last_seq), i(state.read_seq)],
             )?;
+            if state.first_seq > 1 {
+                starts.push((key, state.first_seq));
+            }
         }
         for key in touched {
             drain(&tx, key, &mut applied)?;
+        }
+        // What the server's retention removed will never come: deliver what is stored
+        // below it, then skip the rest of the hole.
+        for (key, first_seq) in starts {
+            loop {
+                let delivered = delivered_seq(&tx, key)?;
+                if delivered + 1 >= first_seq {
+                    break;
+                }
+                // Up to the next message stored here (one that arrived before the
+                // trim), or to where the server's timeline starts now.
+                let next: Option<i64> = tx.query_row(
+                    "SELECT MIN(seq) FROM messages WHERE kind = ?1 AND id = ?2 AND seq > ?3",
+                    params![key.kind as i64, i(key.id), i(delivered)],
+                    |r| r.get(0),
+                )?;
+                let resume = next.map_or(first_seq, u).min(first_seq);
+                applied.gone.push((key, delivered + 1, resume - 1));
+                tx.execute(
+                    "UPDATE conversations SET delivered_seq = ?3 WHERE kind = ?1 AND id = ?2",
+                    params![key.kind as i64, i(key.id), i(resume - 1)],
+                )?;
+                drain(&tx, key, &mut applied)?;
+            }
         }
         if page.inbox_cursor != 0 {
             tx.execute(
@@ -438,6 +469,7 @@ impl Store {
             has_more: page.has_more,
             inbox_cursor: 0,
             conversations: Vec::new(),
+            first_seq: page.first_seq,
         })
     }
 
@@ -663,6 +695,38 @@ mod tests {
     }
 
     #[test]
+    fn what_retention_removed_is_reported_once_and_skipped() {
+        let mut s = Store::open(None, ME, "dev").unwrap();
+        assert_eq!(seqs(&s.apply_push(&push(1, PEER, "p", 11)).unwrap()), [1]);
+        // Seq 3 arrived live; the server has since trimmed everything below 5.
+        assert!(s.apply_push(&push(3, PEER, "p", 13)).unwrap().gap);
+        let key = ConversationKey::single(PEER);
+        let page = pb::SyncResponse {
+            messages: vec![push(5, PEER, "p", 15), push(6, PEER, "p", 16)],
+            has_more: false,
+            inbox_cursor: 9,
+            conversations: vec![pb::ConversationState {
+                conversation: Some(key.to_wire()),
+                last_seq: 6,
+                read_seq: 0,
+                first_seq: 5,
+            }],
+            first_seq: 0,
+        };
+        let a = s.apply_sync_page(&page).unwrap();
+        assert_eq!(
+            seqs(&a),
+            [3, 5, 6],
+            "what is stored here is still delivered"
+        );
+        assert_eq!(a.gone, [(key, 2, 2), (key, 4, 4)]);
+        assert_eq!(s.delivered_seq(key).unwrap(), 6);
+        // The same page again changes nothing and reports nothing.
+        let again = s.apply_sync_page(&page).unwrap();
+        assert!(again.deliver.is_empty() && again.gone.is_empty());
+    }
+
+    #[test]
     fn out_of_order_and_duplicate_messages_are_delivered_once_in_seq_order() {
         let mut s = Store::open(None, ME, "dev").unwrap();
         assert_eq!(seqs(&s.apply_push(&push(1, PEER, "p", 11)).unwrap()), [1]);
@@ -680,6 +744,7 @@ mod tests {
             has_more: false,
             inbox_cursor: 77,
             conversations: vec![],
+            first_seq: 0,
         };
         assert_eq!(seqs(&s.apply_sync_page(&page).unwrap()), [2, 3]);
         assert_eq!(s.delivered_seq(ConversationKey::single(PEER)).unwrap(), 3);

@@ -87,6 +87,13 @@ impl Shared {
         for m in applied.deliver {
             let _ = self.events.send(Event::Message(m));
         }
+        for (conversation, from_seq, to_seq) in applied.gone {
+            let _ = self.events.send(Event::Gap {
+                conversation,
+                from_seq,
+                to_seq,
+            });
+        }
     }
 }
 

@@ -217,6 +217,16 @@ struct FileConfig {
     rate_limit_burst: Option<u32>,
     chatroom_lag_budget: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+    retention_single_secs: Option<u64>,
+    retention_group_secs: Option<u64>,
+    retention_public_secs: Option<u64>,
+    inbox_max_entries: Option<u64>,
+    inbox_retention_secs: Option<u64>,
+    trim_interval_secs: Option<u64>,
+    dedup_filter_ids: Option<usize>,
+    dedup_filter_per_sender: Option<usize>,
+    writer_cache_entries: Option<usize>,
+    member_cache_conversations: Option<usize>,
 }
 
 /// The resolved configuration.
@@ -256,6 +266,62 @@ pub struct ServeConfig {
     /// How long a graceful shutdown keeps answering new requests with SHUTTING_DOWN
     /// before it kicks everyone.
     pub shutdown_grace: Duration,
+    /// Retention and the storage writer's memory bounds.
+    pub storage: StorageSettings,
+}
+
+/// Retention and storage memory bounds (docs/CONFIGURATION.md, "Storage").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageSettings {
+    /// How long 1:1 messages are kept; `None` = forever.
+    pub retention_single: Option<Duration>,
+    /// How long group messages are kept; `None` = forever.
+    pub retention_group: Option<Duration>,
+    /// How long public-account messages are kept; `None` = forever.
+    pub retention_public: Option<Duration>,
+    /// Most inbox entries kept per user.
+    pub inbox_max_entries: u64,
+    /// Inbox entries older than this are trimmed; `None` = by count only.
+    pub inbox_retention: Option<Duration>,
+    /// How often a retention pass starts; zero = never.
+    pub trim_interval: Duration,
+    /// The writer's recent-id dedup filter: ids over all senders.
+    pub dedup_filter_ids: usize,
+    /// The same filter: ids per sender.
+    pub dedup_filter_per_sender: usize,
+    /// Each of the writer's per-conversation / per-user caches, entries.
+    pub writer_cache_entries: usize,
+    /// The writer's member-map cache, conversations.
+    pub member_cache_conversations: usize,
+}
+
+impl StorageSettings {
+    fn from_file(file: &FileConfig) -> StorageSettings {
+        let defaults = petrel_storage::StorageConfig::default();
+        // 0 in the file means "keep forever" / "by count only", like leaving it out.
+        let secs = |v: Option<u64>| v.filter(|s| *s > 0).map(Duration::from_secs);
+        StorageSettings {
+            retention_single: secs(file.retention_single_secs),
+            retention_group: secs(file.retention_group_secs),
+            retention_public: secs(file.retention_public_secs),
+            inbox_max_entries: file.inbox_max_entries.unwrap_or(defaults.inbox_max_entries),
+            inbox_retention: match file.inbox_retention_secs {
+                Some(s) => secs(Some(s)),
+                None => defaults.inbox_retention_ms.map(Duration::from_millis),
+            },
+            trim_interval: Duration::from_secs(file.trim_interval_secs.unwrap_or(60)),
+            dedup_filter_ids: file.dedup_filter_ids.unwrap_or(defaults.dedup_filter_ids),
+            dedup_filter_per_sender: file
+                .dedup_filter_per_sender
+                .unwrap_or(defaults.dedup_filter_per_sender),
+            writer_cache_entries: file
+                .writer_cache_entries
+                .unwrap_or(defaults.writer_cache_entries),
+            member_cache_conversations: file
+                .member_cache_conversations
+                .unwrap_or(defaults.member_cache_conversations),
+        }
+    }
 }
 
 /// Connections per smoltcp shard the automatic shard count aims for: smoltcp scans a
@@ -290,6 +356,7 @@ impl ServeConfig {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
+        let storage = StorageSettings::from_file(&file);
         let data_dir = args
             .data_dir
             .clone()
@@ -382,6 +449,7 @@ impl ServeConfig {
                 .or(file.chatroom_lag_budget)
                 .unwrap_or(1024),
             shutdown_grace: Duration::from_millis(file.shutdown_grace_ms.unwrap_or(200)),
+            storage,
         };
         config.validate()?;
         Ok(config)
@@ -402,6 +470,20 @@ impl ServeConfig {
         }
         if self.shutdown_grace > Duration::from_secs(60) {
             bail!("shutdown_grace_ms must be at most 60000");
+        }
+        let s = &self.storage;
+        if s.inbox_max_entries == 0 {
+            bail!("inbox_max_entries must be at least 1 (each user keeps their newest entry)");
+        }
+        if s.dedup_filter_ids == 0
+            || s.dedup_filter_per_sender == 0
+            || s.writer_cache_entries == 0
+            || s.member_cache_conversations == 0
+        {
+            bail!(
+                "dedup_filter_ids, dedup_filter_per_sender, writer_cache_entries and \
+                 member_cache_conversations must be at least 1"
+            );
         }
         Ok(())
     }
@@ -494,6 +576,48 @@ shutdown_grace_ms = 1500
         assert_eq!(c.shutdown_grace, Duration::from_millis(1500));
         args.chatroom_lag_budget = Some(0);
         assert_eq!(ServeConfig::resolve(&args).unwrap().chatroom_lag_budget, 0);
+    }
+
+    #[test]
+    fn retention_and_storage_bounds_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("petrel.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            ServeConfig::resolve(&ServeArgs {
+                config: Some(path.clone()),
+                ..ServeArgs::default()
+            })
+        };
+        let defaults = resolve("").unwrap().storage;
+        assert_eq!(
+            defaults.retention_group, None,
+            "messages are kept forever by default"
+        );
+        assert_eq!(defaults.inbox_max_entries, 10_000);
+        assert_eq!(
+            defaults.inbox_retention,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(defaults.trim_interval, Duration::from_secs(60));
+        let s = resolve(
+            "retention_single_secs = 86400\nretention_group_secs = 0\n\
+             retention_public_secs = 7200\ninbox_max_entries = 500\ninbox_retention_secs = 0\n\
+             trim_interval_secs = 5\nwriter_cache_entries = 1000\n",
+        )
+        .unwrap()
+        .storage;
+        assert_eq!(s.retention_single, Some(Duration::from_secs(86_400)));
+        assert_eq!(s.retention_group, None, "0 keeps forever");
+        assert_eq!(s.retention_public, Some(Duration::from_secs(7200)));
+        assert_eq!(s.inbox_max_entries, 500);
+        assert_eq!(s.inbox_retention, None, "0 trims by count only");
+        assert_eq!(s.trim_interval, Duration::from_secs(5));
+        assert_eq!(s.writer_cache_entries, 1000);
+        for bad in ["inbox_max_entries = 0\n", "dedup_filter_ids = 0\n"] {
+            let err = resolve(bad).unwrap_err();
+            assert!(format!("{err:#}").contains("at least 1"), "{bad}: {err:#}");
+        }
     }
 
     #[test]

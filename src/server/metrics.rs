@@ -471,6 +471,22 @@ impl Collector for Metrics {
             "Storage requests that failed with an internal error.",
             &[(vec![], c.storage_errors)],
         )?;
+        counter(
+            &mut e,
+            "petrel_storage_trimmed",
+            "Entries deleted by retention (messages past their kind's retention, inbox \
+             entries past the per-user cap or inbox retention).",
+            &[
+                (vec![("what", "messages")], c.trimmed_messages),
+                (vec![("what", "inbox_entries")], c.trimmed_inbox_entries),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "petrel_storage_trim_passes",
+            "Retention passes completed over every timeline and inbox.",
+            &[(vec![], c.trim_passes)],
+        )?;
         gauge(
             &mut e,
             "petrel_storage_in_flight",

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use petrel_control::{Action, Control, Event, Ticket};
-use petrel_storage::{Committer, DiffusionMode, GroupEngine, StorageConfig, SyncMode};
+use petrel_storage::{Committer, DiffusionMode, GroupEngine, Retention, StorageConfig, SyncMode};
 use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
 
 pub use config::{ServeArgs, ServeConfig};
@@ -43,8 +43,23 @@ fn storage_config(config: &ServeConfig) -> StorageConfig {
             Sync::Batch => SyncMode::Batch,
             Sync::None => SyncMode::None,
         },
+        retention: Retention {
+            single_ms: millis(config.storage.retention_single),
+            group_ms: millis(config.storage.retention_group),
+            public_ms: millis(config.storage.retention_public),
+        },
+        inbox_max_entries: config.storage.inbox_max_entries,
+        inbox_retention_ms: millis(config.storage.inbox_retention),
+        dedup_filter_ids: config.storage.dedup_filter_ids,
+        dedup_filter_per_sender: config.storage.dedup_filter_per_sender,
+        writer_cache_entries: config.storage.writer_cache_entries,
+        member_cache_conversations: config.storage.member_cache_conversations,
         ..StorageConfig::default()
     }
+}
+
+fn millis(d: Option<Duration>) -> Option<u64> {
+    d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn control_config(config: &ServeConfig) -> petrel_control::Config {
@@ -58,6 +73,7 @@ fn control_config(config: &ServeConfig) -> petrel_control::Config {
         },
         chatroom_lag_budget: config.chatroom_lag_budget,
         shutdown_grace: config.shutdown_grace,
+        trim_interval: config.storage.trim_interval,
         id_seed: rand::random(),
         ..petrel_control::Config::default()
     }

@@ -124,6 +124,14 @@ impl Batch for RocksBatch<'_> {
         }
     }
 
+    fn delete_range(&mut self, cf: Cf, start: &[u8], end: &[u8]) {
+        self.bytes += start.len() + end.len();
+        match self.handles[cf.index()] {
+            Some(h) => self.batch.delete_range_cf(h, start, end),
+            None => self.missing = Some(cf),
+        }
+    }
+
     fn payload_bytes(&self) -> usize {
         self.bytes
     }

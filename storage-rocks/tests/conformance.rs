@@ -13,7 +13,8 @@ use petrel_storage::cf::Cf;
 use petrel_storage::kv::{Direction, Kv, Visitor};
 use petrel_storage::{
     AppendOutcome, AppendRequest, Committer, ConversationKey, DiffusionMode, Engine, Reply,
-    Request, Role, StorageConfig, StorageError, Store, SyncMode, SyncRequest, TokenId, UserId,
+    Request, Retention, Role, StorageConfig, StorageError, Store, SyncMode, SyncRequest, TokenId,
+    TrimReport, UserId,
 };
 use petrel_storage_rocks::RocksEngineExt;
 
@@ -219,6 +220,13 @@ impl Device {
                 .expect("sync");
             self.pages += 1;
             assert!(page.messages.len() <= limit.max(1));
+            // What retention removed is announced, not a gap: skip to the first seq kept.
+            for state in &page.conversations {
+                let cur = self.cursors.entry(state.key).or_insert(0);
+                if state.first_seq > *cur + 1 {
+                    *cur = state.first_seq - 1;
+                }
+            }
             for m in &page.messages {
                 let cur = self.cursors.entry(m.conversation).or_insert(0);
                 assert_eq!(m.seq, *cur + 1, "gap or duplicate in {:?}", m.conversation);
@@ -250,7 +258,7 @@ fn seqs_are_gap_free_per_conversation<H: Harness>() {
         assert_eq!(out.server_time_ms, T0 + i);
     }
     let hist = e.history(A, g, u64::MAX, 1000).unwrap();
-    let seqs: Vec<u64> = hist.iter().map(|m| m.seq).collect();
+    let seqs: Vec<u64> = hist.messages.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
     // Seqs continue after a reopen: no reuse, no gap.
     let h = h.reopen();
@@ -271,7 +279,7 @@ fn duplicate_append_returns_original_seq<H: Harness>() {
     assert_eq!(retry.seq, first.seq);
     assert_eq!(retry.server_time_ms, first.server_time_ms);
     assert!(retry.recipients.is_empty());
-    assert_eq!(e.history(A, ab, u64::MAX, 100).unwrap().len(), 2);
+    assert_eq!(e.history(A, ab, u64::MAX, 100).unwrap().messages.len(), 2);
     // Dedup survives a reopen.
     let h = h.reopen();
     let again = send(h.engine(), A, ab, 7, T0 + 10_000).unwrap();
@@ -596,18 +604,21 @@ fn history_pages_backwards<H: Harness>() {
         send(e, A, ab, i, T0).unwrap();
     }
     let page = e.history(B, ab, u64::MAX, 4).unwrap();
+    assert_eq!(page.first_seq, 1);
     assert_eq!(
-        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
         vec![7, 8, 9, 10]
     );
     let page = e.history(B, ab, 7, 4).unwrap();
     assert_eq!(
-        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
         vec![3, 4, 5, 6]
     );
     let page = e.history(B, ab, 3, 4).unwrap();
+    assert_eq!(page.first_seq, 1);
+    let page = page.messages;
     assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
-    assert!(e.history(B, ab, 1, 4).unwrap().is_empty());
+    assert!(e.history(B, ab, 1, 4).unwrap().messages.is_empty());
     assert_eq!(page[0].sender, A);
     assert_eq!(page[0].sender_device, "dev");
     assert_eq!(page[0].payload, Bytes::from(format!("{ab:?}/0")));
@@ -731,6 +742,7 @@ fn appended(r: &Result<Reply, StorageError>) -> &AppendOutcome {
 fn history_seqs(e: &impl Engine, user: UserId, c: ConversationKey) -> Vec<(u64, Bytes)> {
     e.history(user, c, u64::MAX, 1000)
         .unwrap()
+        .messages
         .into_iter()
         .map(|m| (m.seq, m.payload))
         .collect()
@@ -808,7 +820,7 @@ fn group_appends_are_one_write_in_order<H: Harness>() {
         },
         append_req(A, ab, 8),
     ]);
-    assert!(matches!(&replies[1], Ok(Reply::History(m)) if m.len() == 4));
+    assert!(matches!(&replies[1], Ok(Reply::History(p)) if p.messages.len() == 4));
     assert_eq!(appended(&replies[2]).seq, 5);
 }
 
@@ -944,6 +956,165 @@ fn fsync_error_is_never_an_ack<H: Harness>() {
     committer.shutdown(|_, _| {});
 }
 
+/// Runs retention steps until a pass completes; returns the summed report and the
+/// number of steps.
+fn trim_pass(e: &impl Engine, now_ms: u64) -> (TrimReport, usize) {
+    let mut total = TrimReport::default();
+    for step in 1..=10_000 {
+        let r = e.trim(now_ms).expect("trim");
+        total.messages += r.messages;
+        total.inbox_entries += r.inbox_entries;
+        if r.pass_complete {
+            return (total, step);
+        }
+    }
+    panic!("a retention pass never completed");
+}
+
+/// Messages past their kind's retention are deleted (each conversation keeps its newest),
+/// readers are told where history now starts, and seqs are never reused — also after a
+/// reopen, which recovers the last seq from what is left.
+fn retention_trims_old_messages<H: Harness>() {
+    const DAY: u64 = 24 * 60 * 60 * 1000;
+    let cfg = StorageConfig {
+        retention: Retention {
+            single_ms: Some(DAY),
+            group_ms: None,
+            public_ms: Some(DAY),
+        },
+        ..config(DiffusionMode::Hybrid)
+    };
+    let h = H::open(cfg);
+    let e = h.engine();
+    let (ab, ac) = (ConversationKey::single(A, B), ConversationKey::single(A, C));
+    let g = e.create_group(A, "g", &[B, C], T0).unwrap();
+    for i in 0..10 {
+        send(e, A, ab, i, T0).unwrap();
+        send(e, A, g, i, T0).unwrap();
+    }
+    for i in 10..15 {
+        send(e, B, ab, i, T0 + 2 * DAY).unwrap();
+    }
+    for i in 0..3 {
+        send(e, A, ac, i, T0).unwrap();
+    }
+    let (report, _) = trim_pass(e, T0 + 2 * DAY + 1);
+    assert_eq!(
+        report.messages,
+        10 + 2,
+        "ab's 10 old ones, ac's all but its newest"
+    );
+    let page = e.history(B, ab, u64::MAX, 100).unwrap();
+    assert_eq!(page.first_seq, 11);
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (11..=15).collect::<Vec<_>>()
+    );
+    let older = e.history(B, ab, 11, 4).unwrap();
+    assert!(older.messages.is_empty());
+    assert_eq!(older.first_seq, 11, "history before 11 is gone");
+    assert_eq!(e.history(B, g, u64::MAX, 100).unwrap().messages.len(), 10);
+    assert_eq!(
+        history_seqs(e, C, ac)
+            .iter()
+            .map(|m| m.0)
+            .collect::<Vec<_>>(),
+        vec![3]
+    );
+    // A new device gets what is left and the state saying where each timeline starts.
+    let mut b = Device::new(B);
+    let got = b.sync_all(e, 100);
+    assert_eq!(got.iter().filter(|m| m.0 == ab).count(), 5);
+    assert_eq!(got.iter().filter(|m| m.0 == g).count(), 10);
+    // A second pass finds nothing more to do.
+    assert_eq!(trim_pass(e, T0 + 2 * DAY + 2).0, TrimReport::default());
+    let h = h.reopen();
+    let e = h.engine();
+    assert_eq!(
+        send(e, A, ac, 99, T0 + 3 * DAY).unwrap().seq,
+        4,
+        "no seq reused"
+    );
+    assert_eq!(send(e, A, ab, 99, T0 + 3 * DAY).unwrap().seq, 16);
+}
+
+/// Inbox entries beyond the per-user cap are trimmed; a device whose inbox cursor fell
+/// below what is kept is resynced from its per-conversation cursors and still gets every
+/// message exactly once.
+fn inbox_trimming_falls_back_to_a_full_resync<H: Harness>() {
+    let cfg = StorageConfig {
+        inbox_max_entries: 3,
+        inbox_retention_ms: None,
+        ..config(DiffusionMode::Write)
+    };
+    let h = H::open(cfg);
+    let e = h.engine();
+    let (ab, bc) = (ConversationKey::single(A, B), ConversationKey::single(B, C));
+    send(e, A, ab, 0, T0).unwrap();
+    let mut behind = Device::new(B);
+    assert_eq!(behind.sync_all(e, 100).len(), 1);
+    for i in 1..=10 {
+        send(e, A, ab, i, T0).unwrap();
+    }
+    for i in 0..2 {
+        send(e, C, bc, i, T0).unwrap();
+    }
+    let mut current = Device::new(B);
+    assert_eq!(current.sync_all(e, 100).len(), 13);
+    // B's inbox held 13 entries; 3 stay. A's held 11 (ab only) and C's 2.
+    let (report, _) = trim_pass(e, T0);
+    assert_eq!(report.inbox_entries, (13 - 3) + (11 - 3));
+    assert_eq!(report.messages, 0, "no message retention configured");
+    let got = behind.sync_all(e, 4);
+    assert_eq!(got.iter().filter(|m| m.0 == ab).count(), 10, "ab 2..=11");
+    assert_eq!(got.iter().filter(|m| m.0 == bc).count(), 2);
+    // New appends after the trim continue the inbox, for old and new devices alike.
+    send(e, A, ab, 50, T0).unwrap();
+    assert_eq!(behind.sync_all(e, 100).len(), 1);
+    assert_eq!(current.sync_all(e, 100).len(), 1);
+    assert_eq!(Device::new(B).sync_all(e, 100).len(), 14);
+}
+
+/// Inbox entries older than the inbox retention go (the newest stays), and a step never
+/// examines more than its key budget: a pass over many users takes many steps.
+fn inbox_retention_by_age_in_bounded_steps<H: Harness>() {
+    const DAY: u64 = 24 * 60 * 60 * 1000;
+    let cfg = StorageConfig {
+        inbox_retention_ms: Some(DAY),
+        trim_step_keys: 8,
+        ..config(DiffusionMode::Write)
+    };
+    let h = H::open(cfg);
+    let e = h.engine();
+    for peer in 100..120u64 {
+        for i in 0..3 {
+            send(e, A, ConversationKey::single(A, UserId(peer)), i, T0).unwrap();
+        }
+    }
+    send(
+        e,
+        A,
+        ConversationKey::single(A, UserId(100)),
+        9,
+        T0 + 2 * DAY,
+    )
+    .unwrap();
+    let (report, steps) = trim_pass(e, T0 + 2 * DAY);
+    // A: 61 entries, all but the young newest go; each peer: 3 old, the newest stays
+    // (peer 100's newest is young).
+    assert_eq!(report.inbox_entries, 60 + 19 * 2 + 3);
+    assert!(
+        steps > 5,
+        "a pass over 21 inboxes with 8 keys a step took {steps} steps"
+    );
+    let mut a = Device::new(A);
+    assert_eq!(
+        a.sync_all(e, 1000).len(),
+        61,
+        "messages themselves are kept"
+    );
+}
+
 macro_rules! conformance {
     ($module:ident, $harness:ty) => {
         mod $module {
@@ -1020,6 +1191,18 @@ macro_rules! conformance {
             #[test]
             fn fsync_error_is_never_an_ack() {
                 super::fsync_error_is_never_an_ack::<$harness>();
+            }
+            #[test]
+            fn retention_trims_old_messages() {
+                super::retention_trims_old_messages::<$harness>();
+            }
+            #[test]
+            fn inbox_trimming_falls_back_to_a_full_resync() {
+                super::inbox_trimming_falls_back_to_a_full_resync::<$harness>();
+            }
+            #[test]
+            fn inbox_retention_by_age_in_bounded_steps() {
+                super::inbox_retention_by_age_in_bounded_steps::<$harness>();
             }
         }
     };

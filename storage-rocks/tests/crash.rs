@@ -95,7 +95,8 @@ fn acknowledged_appends_survive_sigkill() {
             loop {
                 let page = engine
                     .history(reader, *conv, before, 1000)
-                    .expect("history");
+                    .expect("history")
+                    .messages;
                 let Some(first) = page.first() else { break };
                 before = first.seq;
                 timeline.splice(0..0, page);
@@ -181,7 +182,8 @@ fn checkpoint_opens_as_a_consistent_copy() {
     let restored = RocksEngine::open(&copy, StorageConfig::default()).expect("open checkpoint");
     let hist = restored
         .history(UserId(2), conv, u64::MAX, 100)
-        .expect("history");
+        .expect("history")
+        .messages;
     assert_eq!(hist.len(), 10);
     assert_eq!(hist.last().map(|m| m.seq), Some(10));
     assert!(

@@ -85,7 +85,11 @@ fn compaction_expiry_follows_request_time_not_wall_clock() {
     );
     // Messages are untouched and the live dedup entry still answers retries.
     assert_eq!(
-        engine.history(UserId(2), conv, u64::MAX, 10).unwrap().len(),
+        engine
+            .history(UserId(2), conv, u64::MAX, 10)
+            .unwrap()
+            .messages
+            .len(),
         2
     );
     let retry = engine

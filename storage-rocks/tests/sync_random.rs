@@ -173,7 +173,7 @@ fn run<E: Engine>(e: &E, seed: u64, steps: usize) {
     for c in &convs {
         let who = e.members(*c).unwrap()[0].user;
         let newest = e.history(who, *c, u64::MAX, 1).unwrap();
-        last.insert(*c, newest.first().map_or(0, |m| m.seq));
+        last.insert(*c, newest.messages.first().map_or(0, |m| m.seq));
     }
     for d in &mut devices {
         d.sync_all(e, 5, now);

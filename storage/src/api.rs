@@ -89,6 +89,28 @@ pub struct SyncPage {
     pub conversations: Vec<ConversationState>,
 }
 
+/// One history page.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HistoryPage {
+    /// Messages below the request's `before_seq`, ascending seq.
+    pub messages: Vec<StoredMessage>,
+    /// Lowest seq the conversation still stores (0 if it is empty): when a page ends
+    /// above 1, this says whether older messages exist or were removed by retention.
+    pub first_seq: u64,
+}
+
+/// What one retention step removed ([`Request::Trim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TrimReport {
+    /// Messages deleted.
+    pub messages: u64,
+    /// Inbox entries deleted.
+    pub inbox_entries: u64,
+    /// True if this step finished a pass over every conversation and inbox (the next
+    /// step starts a new pass); false if the step ran out of its key budget.
+    pub pass_complete: bool,
+}
+
 /// What a membership operation changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MembershipChange {
@@ -248,6 +270,14 @@ pub enum Request {
         /// Current time.
         now_ms: u64,
     },
+    /// One bounded step of retention: delete messages and inbox entries past their
+    /// retention or cap (`StorageConfig::retention`, `inbox_max_entries`,
+    /// `inbox_retention_ms`), at most `trim_step_keys` keys examined, resuming where the
+    /// previous step stopped. Reply: [`Reply::Trimmed`].
+    Trim {
+        /// Current time.
+        now_ms: u64,
+    },
 }
 
 impl Request {
@@ -284,13 +314,15 @@ pub enum Reply {
     /// From `Sync`.
     Synced(SyncPage),
     /// From `History`.
-    History(Vec<StoredMessage>),
+    History(HistoryPage),
     /// From `MarkRead`.
     State(ConversationState),
     /// From `LastActive`: ms since epoch, `None` if never seen.
     LastActive(Option<u64>),
     /// From `LoadRevoked`.
     Revoked(Vec<RevokedToken>),
+    /// From `Trim`.
+    Trimmed(TrimReport),
     /// From requests with nothing to report.
     Done,
 }
@@ -372,7 +404,7 @@ pub trait Engine: Send + Sync {
         conversation: ConversationKey,
         before_seq: u64,
         limit: usize,
-    ) -> Result<Vec<StoredMessage>, StorageError>;
+    ) -> Result<HistoryPage, StorageError>;
     /// Advance a read cursor.
     fn mark_read(
         &self,
@@ -388,6 +420,8 @@ pub trait Engine: Send + Sync {
     fn revoke_token(&self, token: TokenId, expires_at_ms: u64) -> Result<(), StorageError>;
     /// Unexpired revoked tokens.
     fn load_revoked(&self, now_ms: u64) -> Result<Vec<RevokedToken>, StorageError>;
+    /// One bounded retention step (see [`Request::Trim`]).
+    fn trim(&self, now_ms: u64) -> Result<TrimReport, StorageError>;
 
     /// Apply `requests` in order and make all their writes durable together (one WAL
     /// fsync in `SyncMode::Batch`) before returning; replies are in request order.
@@ -496,5 +530,6 @@ pub fn dispatch<E: Engine + ?Sized>(engine: &E, request: Request) -> Result<Repl
             Reply::Done
         }
         Request::LoadRevoked { now_ms } => Reply::Revoked(engine.load_revoked(now_ms)?),
+        Request::Trim { now_ms } => Reply::Trimmed(engine.trim(now_ms)?),
     })
 }

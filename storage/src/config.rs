@@ -26,6 +26,30 @@ pub enum SyncMode {
     None,
 }
 
+/// How long messages are kept, per conversation kind; `None` keeps them forever.
+/// Chatrooms are never persisted, so they have no entry here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// 1:1 chats.
+    pub single_ms: Option<u64>,
+    /// Groups.
+    pub group_ms: Option<u64>,
+    /// Public accounts.
+    pub public_ms: Option<u64>,
+}
+
+impl Retention {
+    /// The retention of `c`'s kind.
+    pub fn of(&self, c: crate::model::ConversationKey) -> Option<u64> {
+        use crate::model::ConversationKey;
+        match c {
+            ConversationKey::Single { .. } => self.single_ms,
+            ConversationKey::Group(_) => self.group_ms,
+            ConversationKey::PublicAccount(_) => self.public_ms,
+        }
+    }
+}
+
 /// Engine configuration. `Default` gives the documented defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageConfig {
@@ -55,6 +79,18 @@ pub struct StorageConfig {
     /// Bound of the writer's cache of group / public-account member maps (default 16,384
     /// conversations; a map costs ≈ 40 bytes per member).
     pub member_cache_conversations: usize,
+    /// Message retention per conversation kind (default: forever). Older messages are
+    /// trimmed by [`crate::Request::Trim`], except each conversation's newest.
+    pub retention: Retention,
+    /// Most inbox entries kept per user (default 10,000); older ones are trimmed. A device
+    /// whose inbox cursor falls below what is kept gets a full resync from its
+    /// per-conversation cursors instead of the inbox walk.
+    pub inbox_max_entries: u64,
+    /// Inbox entries older than this are trimmed (default 30 days; `None` = by count only).
+    pub inbox_retention_ms: Option<u64>,
+    /// Most keys one [`crate::Request::Trim`] step examines (default 2,000), which bounds
+    /// how long a step holds the writer.
+    pub trim_step_keys: usize,
 }
 
 /// One hour in milliseconds.
@@ -75,6 +111,10 @@ impl Default for StorageConfig {
             dedup_filter_per_sender: 1024,
             writer_cache_entries: 1_000_000,
             member_cache_conversations: 16_384,
+            retention: Retention::default(),
+            inbox_max_entries: 10_000,
+            inbox_retention_ms: Some(30 * DAY_MS),
+            trim_step_keys: 2_000,
         }
     }
 }

@@ -14,6 +14,9 @@ pub trait Batch {
     fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]);
     /// Queue a delete.
     fn delete(&mut self, cf: Cf, key: &[u8]);
+    /// Queue a delete of every key in `[start, end)` (one range tombstone in RocksDB, so
+    /// later seeks over the range stay cheap before compaction drops it).
+    fn delete_range(&mut self, cf: Cf, start: &[u8], end: &[u8]);
     /// Bytes of keys and values queued (for write-amplification accounting).
     fn payload_bytes(&self) -> usize;
 }

@@ -53,14 +53,15 @@ pub mod unsynced;
 pub mod values;
 
 pub use api::{
-    AppendOutcome, AppendRequest, Engine, MembershipChange, Reply, Request, SyncPage, SyncRequest,
+    AppendOutcome, AppendRequest, Engine, HistoryPage, MembershipChange, Reply, Request, SyncPage,
+    SyncRequest, TrimReport,
 };
 pub use commit::{
     CommitQueue, CommitQueueConfig, CommitStats, CommitStatsSnapshot, Completion,
     LATENCY_BUCKETS_US,
 };
 pub use committer::{Committer, GroupEngine, WakeLoop};
-pub use config::{DiffusionMode, StorageConfig, SyncMode};
+pub use config::{DiffusionMode, Retention, StorageConfig, SyncMode};
 pub use engine::{Store, StoreStats, WriterCacheStats};
 pub use error::{DecodeError, StorageError};
 pub use mem::MemEngine;

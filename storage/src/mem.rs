@@ -31,22 +31,36 @@ impl MemEngine {
     }
 }
 
+/// One queued operation.
+#[derive(Debug)]
+enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    DeleteRange(Vec<u8>, Vec<u8>),
+}
+
 /// A batch of owned operations.
 #[derive(Debug, Default)]
 pub struct MemBatch {
-    ops: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<(Cf, Op)>,
     bytes: usize,
 }
 
 impl Batch for MemBatch {
     fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
         self.bytes += key.len() + value.len();
-        self.ops.push((cf, key.to_vec(), Some(value.to_vec())));
+        self.ops.push((cf, Op::Put(key.to_vec(), value.to_vec())));
     }
 
     fn delete(&mut self, cf: Cf, key: &[u8]) {
         self.bytes += key.len();
-        self.ops.push((cf, key.to_vec(), None));
+        self.ops.push((cf, Op::Delete(key.to_vec())));
+    }
+
+    fn delete_range(&mut self, cf: Cf, start: &[u8], end: &[u8]) {
+        self.bytes += start.len() + end.len();
+        self.ops
+            .push((cf, Op::DeleteRange(start.to_vec(), end.to_vec())));
     }
 
     fn payload_bytes(&self) -> usize {
@@ -67,14 +81,28 @@ impl Kv for MemKv {
 
     fn write(&self, batch: MemBatch, _sync: bool) -> Result<(), StorageError> {
         let mut tables = self.tables.write().map_err(|_| poisoned())?;
-        for (cf, key, value) in batch.ops {
+        for (cf, op) in batch.ops {
             let table = &mut tables[cf.index()];
-            match value {
-                Some(v) => {
-                    table.insert(key, v);
+            match op {
+                Op::Put(k, v) => {
+                    table.insert(k, v);
                 }
-                None => {
-                    table.remove(&key);
+                Op::Delete(k) => {
+                    table.remove(&k);
+                }
+                Op::DeleteRange(start, end) => {
+                    if start < end {
+                        let doomed: Vec<Vec<u8>> = table
+                            .range::<[u8], _>((
+                                Bound::Included(&start[..]),
+                                Bound::Excluded(&end[..]),
+                            ))
+                            .map(|(k, _)| k.clone())
+                            .collect();
+                        for k in doomed {
+                            table.remove(&k);
+                        }
+                    }
                 }
             }
         }

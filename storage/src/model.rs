@@ -100,6 +100,10 @@ pub struct ConversationState {
     pub last_seq: u64,
     /// The user's read position (0 if never read). `last_seq - read_seq` is the unread count.
     pub read_seq: u64,
+    /// Lowest seq still stored (0 if the conversation is empty): messages below it were
+    /// removed by retention. The newest message is never removed, so `first_seq <=
+    /// last_seq` and the stored messages are exactly `first_seq..=last_seq`.
+    pub first_seq: u64,
 }
 
 impl ConversationState {

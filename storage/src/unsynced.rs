@@ -55,7 +55,7 @@ impl Unsynced {
             (WriteKind::MarkRead, Reply::State(state)) => {
                 self.entry(state.key).mark_group = Some(group);
             }
-            (WriteKind::Activity, _) => {}
+            (WriteKind::Activity | WriteKind::Trim, _) => {}
             _ => self.last_other_write = Some(group),
         }
     }
@@ -105,7 +105,7 @@ impl Unsynced {
         }
         let (messages, states): (&[StoredMessage], &[ConversationState]) = match reply {
             Reply::Synced(page) => (&page.messages, &page.conversations),
-            Reply::History(messages) => (messages, &[]),
+            Reply::History(page) => (&page.messages, &[]),
             _ => return self.last_write,
         };
         for m in messages {
@@ -146,6 +146,10 @@ pub enum WriteKind {
     MarkRead,
     /// `TouchActivity`: only `LastActive` shows it, and that read waits for everything.
     Activity,
+    /// `Trim`: only deletes what retention expired. A page read before the deletes are
+    /// durable shows less than a crash would leave (the next pass deletes it again), never
+    /// data that could be lost, so no page waits for it.
+    Trim,
     /// Anything else: every page read waits for it.
     Other,
 }
@@ -167,6 +171,7 @@ pub fn classify(request: &Request) -> Result<WriteKind, ReadKind> {
         Request::Append(_) => Ok(WriteKind::Append),
         Request::MarkRead { .. } => Ok(WriteKind::MarkRead),
         Request::TouchActivity { .. } => Ok(WriteKind::Activity),
+        Request::Trim { .. } => Ok(WriteKind::Trim),
         _ => Ok(WriteKind::Other),
     }
 }
@@ -176,7 +181,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::api::{AppendOutcome, SyncPage};
+    use crate::api::{AppendOutcome, HistoryPage, SyncPage};
     use crate::model::UserId;
 
     fn conv(a: u64, b: u64) -> ConversationKey {
@@ -191,6 +196,13 @@ mod tests {
             duplicate: false,
             recipients: Vec::new(),
         })
+    }
+
+    fn history(messages: Vec<StoredMessage>) -> HistoryPage {
+        HistoryPage {
+            first_seq: messages.first().map_or(0, |m| m.seq),
+            messages,
+        }
     }
 
     fn message(c: ConversationKey, seq: u64) -> StoredMessage {
@@ -212,12 +224,12 @@ mod tests {
         u.record(5, WriteKind::Append, &appended(a, 10));
         u.record(6, WriteKind::Append, &appended(a, 11));
         // Older history of the same conversation and any page of another one: at once.
-        let old = Reply::History(vec![message(a, 8), message(a, 9)]);
+        let old = Reply::History(history(vec![message(a, 8), message(a, 9)]));
         assert_eq!(u.needed_by(&old, ReadKind::Page), None);
-        let other = Reply::History(vec![message(b, 1)]);
+        let other = Reply::History(history(vec![message(b, 1)]));
         assert_eq!(u.needed_by(&other, ReadKind::Page), None);
         // A page showing seq 10 waits for the last group that appended there.
-        let new = Reply::History(vec![message(a, 9), message(a, 10)]);
+        let new = Reply::History(history(vec![message(a, 9), message(a, 10)]));
         assert_eq!(u.needed_by(&new, ReadKind::Page), Some(6));
         // A sync page whose state counts the unsynced append waits too.
         let page = Reply::Synced(SyncPage {
@@ -228,6 +240,7 @@ mod tests {
                 key: a,
                 last_seq: 11,
                 read_seq: 0,
+                first_seq: 1,
             }],
         });
         assert_eq!(u.needed_by(&page, ReadKind::Page), Some(6));
@@ -247,11 +260,17 @@ mod tests {
         u.durable(2);
         assert_eq!(u.len(), 1);
         assert_eq!(
-            u.needed_by(&Reply::History(vec![message(a, 1)]), ReadKind::Page),
+            u.needed_by(
+                &Reply::History(history(vec![message(a, 1)])),
+                ReadKind::Page
+            ),
             None
         );
         assert_eq!(
-            u.needed_by(&Reply::History(vec![message(b, 1)]), ReadKind::Page),
+            u.needed_by(
+                &Reply::History(history(vec![message(b, 1)])),
+                ReadKind::Page
+            ),
             Some(2)
         );
     }
@@ -260,7 +279,7 @@ mod tests {
     fn an_unsynced_membership_change_holds_every_page() {
         let mut u = Unsynced::default();
         u.record(3, WriteKind::Other, &Reply::Done);
-        let page = Reply::History(vec![message(conv(1, 2), 1)]);
+        let page = Reply::History(history(vec![message(conv(1, 2), 1)]));
         assert_eq!(u.needed_by(&page, ReadKind::Page), Some(3));
         u.durable(4);
         assert_eq!(u.needed_by(&page, ReadKind::Page), None);
@@ -278,7 +297,7 @@ mod tests {
         });
         u.record(1, WriteKind::Append, &dup);
         u.record(1, WriteKind::Activity, &Reply::Done);
-        let page = Reply::History(vec![message(conv(1, 2), 4)]);
+        let page = Reply::History(history(vec![message(conv(1, 2), 4)]));
         assert_eq!(u.needed_by(&page, ReadKind::Page), None);
         assert_eq!(u.needed_by(&Reply::Done, ReadKind::Other), Some(1));
     }

@@ -66,6 +66,25 @@ pub fn encode_message_into(
     Ok(())
 }
 
+/// The server time of an encoded message, without decoding the rest (retention scans).
+pub fn message_time_ms(v: &[u8]) -> Result<u64, DecodeError> {
+    const WHAT: &str = "message";
+    if v.len() < MESSAGE_HEADER {
+        return Err(DecodeError::Length {
+            what: WHAT,
+            expected: MESSAGE_HEADER,
+            got: v.len(),
+        });
+    }
+    if v[0] != MESSAGE_V1 {
+        return Err(DecodeError::Version {
+            what: WHAT,
+            version: v[0],
+        });
+    }
+    Ok(keys::be_u64(&v[17..25]))
+}
+
 /// Decode a message value read at `conversation | seq`.
 pub fn decode_message(
     conversation: ConversationKey,
@@ -122,34 +141,64 @@ pub enum InboxEntry {
     News(ConversationKey, u64),
 }
 
-/// Encoded length of an inbox entry.
-pub const INBOX_LEN: usize = 1 + CONV_LEN + 8;
+/// Encoded length of an inbox entry: tag, conversation, seq and the minute it was
+/// written (what retention trims by).
+pub const INBOX_LEN: usize = 1 + CONV_LEN + 8 + 4;
+/// Length of an entry written before entries carried their time (read, never written).
+const INBOX_LEGACY_LEN: usize = 1 + CONV_LEN + 8;
 const INBOX_POINTER: u8 = 1;
 const INBOX_NEWS: u8 = 2;
+const MINUTE_MS: u64 = 60_000;
 
 impl InboxEntry {
-    /// Encode into a fixed array.
-    pub fn encode(self) -> [u8; INBOX_LEN] {
+    /// Encode into a fixed array, stamped with the minute of `written_ms` (ms since the
+    /// Unix epoch; minutes fit a `u32` until the year 10,000).
+    pub fn encode(self, written_ms: u64) -> [u8; INBOX_LEN] {
         let (tag, c, s) = match self {
             InboxEntry::Pointer(c, s) => (INBOX_POINTER, c, s),
             InboxEntry::News(c, s) => (INBOX_NEWS, c, s),
         };
+        let minute = u32::try_from(written_ms / MINUTE_MS).unwrap_or(u32::MAX);
         let mut out = [0u8; INBOX_LEN];
         out[0] = tag;
-        out[1..].copy_from_slice(&keys::conversation_u64(c, s));
+        out[1..INBOX_LEGACY_LEN].copy_from_slice(&keys::conversation_u64(c, s));
+        out[INBOX_LEGACY_LEN..].copy_from_slice(&minute.to_be_bytes());
         out
     }
 
-    /// Decode.
+    /// Decode an entry of either layout.
     pub fn decode(v: &[u8]) -> Result<Self, DecodeError> {
-        let b = keys::exact::<INBOX_LEN>("inbox entry", v)?;
-        let (c, s) = keys::decode_conversation_u64(&b[1..])?;
-        match b[0] {
+        let body = Self::body(v)?;
+        let (c, s) = keys::decode_conversation_u64(&body[1..])?;
+        match body[0] {
             INBOX_POINTER => Ok(InboxEntry::Pointer(c, s)),
             INBOX_NEWS => Ok(InboxEntry::News(c, s)),
             tag => Err(DecodeError::Tag {
                 what: "inbox entry",
                 tag,
+            }),
+        }
+    }
+
+    /// When an encoded entry was written (ms since the epoch, to the minute); `None` for
+    /// an entry from before entries carried their time.
+    pub fn written_ms(v: &[u8]) -> Result<Option<u64>, DecodeError> {
+        Self::body(v)?;
+        if v.len() == INBOX_LEGACY_LEN {
+            return Ok(None);
+        }
+        let minute = u32::from_be_bytes([v[26], v[27], v[28], v[29]]);
+        Ok(Some(u64::from(minute) * MINUTE_MS))
+    }
+
+    /// The tag, conversation and seq of either layout, length-checked.
+    fn body(v: &[u8]) -> Result<&[u8], DecodeError> {
+        match v.len() {
+            INBOX_LEN | INBOX_LEGACY_LEN => Ok(&v[..INBOX_LEGACY_LEN]),
+            got => Err(DecodeError::Length {
+                what: "inbox entry",
+                expected: INBOX_LEN,
+                got,
             }),
         }
     }
@@ -297,6 +346,8 @@ mod tests {
         assert_eq!(m.server_time_ms, 1234);
         assert_eq!(m.sender_device, "phone");
         assert_eq!(&m.payload[..], b"hello");
+        assert_eq!(message_time_ms(&v), Ok(1234));
+        assert!(message_time_ms(&v[..10]).is_err());
         assert!(matches!(
             decode_message(c, 5, &v[..10]),
             Err(DecodeError::Length { .. })
@@ -319,11 +370,18 @@ mod tests {
     fn small_values_roundtrip() {
         let c = ConversationKey::single(UserId(3), UserId(1));
         for e in [InboxEntry::Pointer(c, 9), InboxEntry::News(c, 10)] {
-            assert_eq!(InboxEntry::decode(&e.encode()), Ok(e));
+            let v = e.encode(3 * MINUTE_MS + 59_999);
+            assert_eq!(InboxEntry::decode(&v), Ok(e));
+            assert_eq!(InboxEntry::written_ms(&v), Ok(Some(3 * MINUTE_MS)));
+            // An entry from before entries carried their time still reads, timeless.
+            assert_eq!(InboxEntry::decode(&v[..INBOX_LEGACY_LEN]), Ok(e));
+            assert_eq!(InboxEntry::written_ms(&v[..INBOX_LEGACY_LEN]), Ok(None));
         }
-        let mut bad = InboxEntry::Pointer(c, 1).encode();
+        let mut bad = InboxEntry::Pointer(c, 1).encode(0);
         bad[0] = 0;
         assert!(InboxEntry::decode(&bad).is_err());
+        assert!(InboxEntry::decode(&bad[..20]).is_err());
+        assert!(InboxEntry::written_ms(&bad[..29]).is_err());
         let d = DedupEntry {
             seq: 4,
             server_time_ms: 99,

@@ -39,6 +39,9 @@ use petrel_conn::ConnId;
 
 /// How often the revocation list is pruned of expired entries.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
+/// Pause between the steps of one retention pass: each step holds the storage writer for
+/// at most `trim_step_keys` keys, so the pause bounds the loop time trimming takes.
+const TRIM_STEP_PAUSE: Duration = Duration::from_millis(100);
 /// Wait before asking storage for the revocation list again after a failure.
 const RELOAD_REVOKED_AFTER: Duration = Duration::from_secs(1);
 /// Size of each chunk of the reusable encode buffer.
@@ -224,6 +227,7 @@ impl Control {
             now.saturating_add(HOUSEKEEPING_INTERVAL),
             TimerKind::Housekeeping,
         );
+        control.schedule_trim(now, control.config.trim_interval);
         control
     }
 
@@ -265,7 +269,7 @@ impl Control {
                     .registry
                     .get(c)
                     .is_none_or(|conn| conn.session.is_none()),
-                TimerKind::Housekeeping | TimerKind::RetryLoadRevoked => false,
+                TimerKind::Housekeeping | TimerKind::RetryLoadRevoked | TimerKind::Trim => false,
             };
             if !stale {
                 break;
@@ -637,6 +641,16 @@ impl Control {
                     );
                 }
                 TimerKind::RetryLoadRevoked => self.request_revocations(now),
+                TimerKind::Trim if self.draining_since.is_none() => {
+                    self.storage(
+                        Request::Trim {
+                            now_ms: now.as_millis(),
+                        },
+                        Pending::Trim,
+                    );
+                }
+                // No new retention step during a shutdown.
+                TimerKind::Trim => {}
             }
         }
     }
@@ -662,7 +676,37 @@ impl Control {
             Pending::Op(ctx) => self.on_op_done(ctx, result),
             Pending::Sync(ctx) => self.on_synced(ctx, result),
             Pending::History(ctx) => self.on_history_done(ctx, result),
+            Pending::Trim => self.on_trimmed(now, result),
         }
+    }
+
+    /// Arms the next retention step `after` from now (never, if trimming is off).
+    fn schedule_trim(&mut self, now: Timestamp, after: Duration) {
+        if !self.config.trim_interval.is_zero() {
+            self.timers.arm(now.saturating_add(after), TimerKind::Trim);
+        }
+    }
+
+    /// Counts what a retention step removed and schedules the next step: soon if the
+    /// pass is unfinished, at the next interval otherwise (or after a failure).
+    fn on_trimmed(&mut self, now: Timestamp, result: Result<Reply, StorageError>) {
+        let next = match result {
+            Ok(Reply::Trimmed(report)) => {
+                self.counters.trimmed_messages += report.messages;
+                self.counters.trimmed_inbox_entries += report.inbox_entries;
+                if report.pass_complete {
+                    self.counters.trim_passes += 1;
+                    self.config.trim_interval
+                } else {
+                    TRIM_STEP_PAUSE
+                }
+            }
+            _ => {
+                self.counters.storage_errors += 1;
+                self.config.trim_interval
+            }
+        };
+        self.schedule_trim(now, next);
     }
 
     // ---- outputs ----
@@ -846,6 +890,94 @@ impl Control {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The retention steps a control plane asks for between `from` and `to`, each answered
+    /// by `reply(step)`; returns the times the steps were asked at.
+    fn trim_steps(
+        control: &mut Control,
+        from: Timestamp,
+        to: Timestamp,
+        mut reply: impl FnMut(usize) -> Result<Reply, StorageError>,
+    ) -> Vec<u64> {
+        let mut asked = Vec::new();
+        let mut now = from;
+        while now <= to {
+            if control.poll_timeout().is_some_and(|t| t <= now) {
+                control.handle(now, Event::Tick);
+            }
+            while let Some(action) = control.poll_action() {
+                if let Action::Storage { ticket, request } = action {
+                    match request {
+                        Request::Trim { now_ms } => {
+                            assert_eq!(now_ms, now.as_millis());
+                            asked.push(now_ms - from.as_millis());
+                            let r = reply(asked.len());
+                            control.handle(now, Event::Storage { ticket, result: r });
+                        }
+                        Request::LoadRevoked { .. } => control.handle(
+                            now,
+                            Event::Storage {
+                                ticket,
+                                result: Ok(Reply::Revoked(Vec::new())),
+                            },
+                        ),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }
+            now = now.saturating_add(Duration::from_millis(10));
+        }
+        asked
+    }
+
+    #[test]
+    fn retention_steps_follow_each_other_until_a_pass_completes() {
+        let t0 = Timestamp::from_millis(1_000_000);
+        let keys = KeyRing::parse("k 000102030405060708090a0b0c0d0e0f\n").unwrap();
+        let config = Config {
+            trim_interval: Duration::from_secs(5),
+            ..Config::default()
+        };
+        let mut control = Control::new(config, keys, t0);
+        // Steps 1–3 leave the pass unfinished, step 4 completes it, step 5 fails.
+        let asked = trim_steps(
+            &mut control,
+            t0,
+            t0.saturating_add(Duration::from_secs(16)),
+            |n| match n {
+                5 => Err(StorageError::Backend("disk on fire".into())),
+                _ => Ok(Reply::Trimmed(petrel_storage::TrimReport {
+                    messages: 10,
+                    inbox_entries: 1,
+                    pass_complete: n >= 4,
+                })),
+            },
+        );
+        // First step after the interval, the next ones TRIM_STEP_PAUSE apart, then the
+        // next pass one interval later, and after the failure one interval again.
+        assert_eq!(asked, [5_000, 5_100, 5_200, 5_300, 10_300, 15_300]);
+        let c = control.counters();
+        assert_eq!(c.trimmed_messages, 50);
+        assert_eq!(c.trimmed_inbox_entries, 5);
+        assert_eq!(c.trim_passes, 2);
+        assert_eq!(c.storage_errors, 1);
+    }
+
+    #[test]
+    fn no_retention_steps_when_off_or_shutting_down() {
+        let t0 = Timestamp::from_millis(1_000_000);
+        let keys = KeyRing::parse("k 000102030405060708090a0b0c0d0e0f\n").unwrap();
+        let off = Config {
+            trim_interval: Duration::ZERO,
+            ..Config::default()
+        };
+        let mut control = Control::new(off, keys.clone(), t0);
+        let end = t0.saturating_add(Duration::from_secs(300));
+        assert!(trim_steps(&mut control, t0, end, |_| unreachable!()).is_empty());
+        let mut control = Control::new(Config::default(), keys, t0);
+        control.begin_shutdown(t0);
+        assert!(trim_steps(&mut control, t0, end, |_| unreachable!()).is_empty());
+    }
 
     #[test]
     fn control_can_move_to_its_own_thread() {

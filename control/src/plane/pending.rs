@@ -28,6 +28,8 @@ pub(crate) enum Pending {
     Sync(SyncCtx),
     /// A history page.
     History(HistoryCtx),
+    /// A retention step.
+    Trim,
 }
 
 /// Who asked.

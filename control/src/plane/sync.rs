@@ -137,6 +137,7 @@ impl Control {
                 conversation: Some(convert::wire_id(to.user, state.key)),
                 last_seq: state.last_seq,
                 read_seq: state.read_seq,
+                first_seq: state.first_seq,
             };
             let len = repeated_field_len(&s);
             if len > budget / 4 {
@@ -167,6 +168,7 @@ impl Control {
                 has_more: true,
                 inbox_cursor: ctx.inbox_cursor,
                 conversations,
+                first_seq: 0,
             }
         } else {
             pb::SyncResponse {
@@ -174,22 +176,27 @@ impl Control {
                 has_more: page.has_more,
                 inbox_cursor: page.inbox_cursor,
                 conversations,
+                first_seq: 0,
             }
         };
         self.send_frame(to.conn, Frame::response(to.rid, response));
     }
 
     pub(super) fn on_history_done(&mut self, ctx: HistoryCtx, result: Result<Reply, StorageError>) {
-        let messages = match result {
-            Ok(Reply::History(messages)) => messages,
+        let page = match result {
+            Ok(Reply::History(page)) => page,
             other => return self.storage_failed(ctx.to, other),
         };
         if self.registry.get(ctx.to.conn).is_none() {
             return;
         }
-        // Storage returns ascending seq; the wire wants newest first.
-        let mut has_more =
-            messages.len() >= ctx.limit && messages.first().is_some_and(|m| m.seq > 1);
+        let messages = page.messages;
+        // Storage returns ascending seq; the wire wants newest first. Older messages exist
+        // only down to the first seq retention left.
+        let mut has_more = messages.len() >= ctx.limit
+            && messages
+                .first()
+                .is_some_and(|m| m.seq > page.first_seq.max(1));
         let mut budget = RESPONSE_BUDGET;
         let mut out = Vec::with_capacity(messages.len());
         for stored in messages.iter().rev() {
@@ -214,6 +221,7 @@ impl Control {
                     has_more,
                     inbox_cursor: 0,
                     conversations: Vec::new(),
+                    first_seq: page.first_seq,
                 },
             ),
         );

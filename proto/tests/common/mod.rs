@@ -149,7 +149,9 @@ pub fn body_for(t: FrameType, n: u64, s: &str) -> Body {
                 conversation: conv(Group, n),
                 last_seq: n + 1,
                 read_seq: n,
+                first_seq: n / 2,
             }],
+            first_seq: n / 3,
         }
         .into(),
         FrameType::ConversationOpResult => pb::ConversationOpResult {

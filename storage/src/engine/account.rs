@@ -33,6 +33,7 @@ impl<K: Kv> Store<K> {
             key: c,
             last_seq,
             read_seq: new.max(old),
+            first_seq: self.stored_first_seq(c)?,
         })
     }
 

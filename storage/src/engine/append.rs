@@ -187,7 +187,11 @@ impl<K: Kv> Store<K> {
             } else {
                 InboxEntry::Pointer(conv, seq)
             };
-            batch.put(Cf::Inbox, &keys::u64_u64(r.0, head), &entry.encode());
+            batch.put(
+                Cf::Inbox,
+                &keys::u64_u64(r.0, head),
+                &entry.encode(req.now_ms),
+            );
             w.inbox_head.put(r, head);
             if news {
                 w.pending_news

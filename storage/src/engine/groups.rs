@@ -144,7 +144,7 @@ impl<K: Kv> Store<K> {
         actor: UserId,
         conv: ConversationKey,
         users: &[UserId],
-        _now_ms: u64,
+        now_ms: u64,
     ) -> Result<MembershipChange, StorageError> {
         let mut w = self.lock()?;
         let members = self.members_of(&mut w, conv)?;
@@ -187,7 +187,7 @@ impl<K: Kv> Store<K> {
                 batch.put(
                     Cf::Inbox,
                     &keys::u64_u64(u.0, head),
-                    &InboxEntry::News(conv, last).encode(),
+                    &InboxEntry::News(conv, last).encode(now_ms),
                 );
                 markers.push((*u, head));
             }

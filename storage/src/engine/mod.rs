@@ -26,6 +26,7 @@ mod append;
 mod groups;
 mod sync;
 mod trait_impl;
+mod trim;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +65,8 @@ pub(crate) struct WriterState {
     last_public: Option<u64>,
     /// Which `(sender, conversation, client_msg_id)` are certainly new (bounded).
     recent_ids: RecentIds,
+    /// Where the next retention step resumes.
+    trim: trim::TrimCursor,
     max_entries: usize,
     max_member_maps: usize,
     evictions: u64,
@@ -101,6 +104,7 @@ impl WriterState {
                 config.dedup_filter_per_sender,
                 config.dedup_filter_ids,
             ),
+            trim: trim::TrimCursor::default(),
             max_entries: config.writer_cache_entries.max(1),
             max_member_maps: config.member_cache_conversations.max(1),
             evictions: 0,
@@ -278,6 +282,25 @@ impl<K: Kv> Store<K> {
             Some(k) => Ok(keys::decode_conversation_u64(&k)?.1),
             None => Ok(0),
         }
+    }
+
+    /// Lowest seq still stored (0 if the conversation is empty): one forward seek.
+    fn stored_first_seq(&self, c: ConversationKey) -> Result<u64, StorageError> {
+        let prefix = keys::conversation(c);
+        let end = keys::prefix_end(&prefix);
+        let mut first = 0;
+        self.kv.scan(
+            Cf::Messages,
+            &prefix,
+            &end,
+            crate::kv::Direction::Forward,
+            1,
+            &mut |k, _| {
+                first = keys::decode_conversation_u64(k)?.1;
+                Ok(false)
+            },
+        )?;
+        Ok(first)
     }
 
     /// Last assigned seq, cached in the writer.

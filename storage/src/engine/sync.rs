@@ -19,7 +19,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::Store;
-use crate::api::{SyncPage, SyncRequest};
+use crate::api::{HistoryPage, SyncPage, SyncRequest};
 use crate::cf::Cf;
 use crate::error::StorageError;
 use crate::keys;
@@ -109,7 +109,7 @@ impl<K: Kv> Store<K> {
         }
         let mut page = SyncPage::default();
         let mut touched = BTreeSet::new();
-        if req.inbox_cursor == 0 {
+        if req.inbox_cursor == 0 || self.inbox_trimmed_past(req.user, req.inbox_cursor)? {
             self.sync_everything(req.user, budget, &mut cursors, &mut page, &mut touched)?;
         } else {
             self.sync_inbox(req, budget, &mut cursors, &mut page, &mut touched)?;
@@ -120,9 +120,31 @@ impl<K: Kv> Store<K> {
                 key: c,
                 last_seq: self.stored_last_seq(c)?,
                 read_seq: self.read_cursor(req.user, c)?,
+                first_seq: self.stored_first_seq(c)?,
             });
         }
         Ok(page)
+    }
+
+    /// Whether retention removed inbox entries the device with `inbox_cursor` has not
+    /// seen: the user's first stored entry is past `inbox_cursor + 1`. Such a device
+    /// cannot learn from the inbox which conversations changed, so it is synced like a
+    /// new one, from its per-conversation cursors (slower, never lossy).
+    fn inbox_trimmed_past(&self, user: UserId, inbox_cursor: u64) -> Result<bool, StorageError> {
+        let prefix = keys::u64_key(user.0);
+        let mut first = None;
+        self.kv.scan(
+            Cf::Inbox,
+            &prefix,
+            &keys::prefix_end(&prefix),
+            Direction::Forward,
+            1,
+            &mut |k, _| {
+                first = Some(keys::decode_u64_u64(k)?.1);
+                Ok(false)
+            },
+        )?;
+        Ok(first.is_some_and(|f| f > inbox_cursor.saturating_add(1)))
     }
 
     /// New device: every conversation from the device's cursor (0 if unknown).
@@ -251,12 +273,15 @@ impl<K: Kv> Store<K> {
         c: ConversationKey,
         before_seq: u64,
         limit: usize,
-    ) -> Result<Vec<StoredMessage>, StorageError> {
+    ) -> Result<HistoryPage, StorageError> {
         self.require_participant(c, user)?;
         let limit = limit.clamp(1, self.config.max_page.max(1));
         let mut out = Vec::new();
         if before_seq <= 1 {
-            return Ok(out);
+            return Ok(HistoryPage {
+                messages: out,
+                first_seq: self.stored_first_seq(c)?,
+            });
         }
         let start = keys::conversation_u64(c, 1);
         let end = keys::conversation_u64(c, before_seq);
@@ -273,6 +298,15 @@ impl<K: Kv> Store<K> {
             },
         )?;
         out.reverse();
-        Ok(out)
+        // Stored messages are one contiguous range, so a short page that starts above 1
+        // ends at the first stored seq; only a full page needs the seek.
+        let first_seq = match out.first() {
+            Some(m) if out.len() < limit => m.seq,
+            _ => self.stored_first_seq(c)?,
+        };
+        Ok(HistoryPage {
+            messages: out,
+            first_seq,
+        })
     }
 }

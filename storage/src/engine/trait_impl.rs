@@ -8,15 +8,15 @@
 
 use super::{Store, member_list};
 use crate::api::{
-    AppendOutcome, AppendRequest, Engine, MembershipChange, Reply, Request, SyncPage, SyncRequest,
-    dispatch, fail_not_durable,
+    AppendOutcome, AppendRequest, Engine, HistoryPage, MembershipChange, Reply, Request, SyncPage,
+    SyncRequest, TrimReport, dispatch, fail_not_durable,
 };
 use crate::config::SyncMode;
 use crate::engine::append::Run;
 use crate::error::StorageError;
 use crate::kv::Kv;
 use crate::model::{
-    ConversationKey, ConversationState, Member, RevokedToken, Role, StoredMessage, TokenId, UserId,
+    ConversationKey, ConversationState, Member, RevokedToken, Role, TokenId, UserId,
 };
 
 impl<K: Kv> Engine for Store<K> {
@@ -146,7 +146,7 @@ impl<K: Kv> Engine for Store<K> {
         conversation: ConversationKey,
         before_seq: u64,
         limit: usize,
-    ) -> Result<Vec<StoredMessage>, StorageError> {
+    ) -> Result<HistoryPage, StorageError> {
         self.do_history(user, conversation, before_seq, limit)
     }
 
@@ -173,6 +173,10 @@ impl<K: Kv> Engine for Store<K> {
 
     fn load_revoked(&self, now_ms: u64) -> Result<Vec<RevokedToken>, StorageError> {
         self.do_load_revoked(now_ms)
+    }
+
+    fn trim(&self, now_ms: u64) -> Result<TrimReport, StorageError> {
+        self.do_trim(self.direct_sync(), now_ms)
     }
 
     fn execute_batch(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>> {
@@ -314,6 +318,7 @@ impl<K: Kv> Store<K> {
                 self.do_revoke(sync, token, expires_at_ms)?;
                 Reply::Done
             }
+            Request::Trim { now_ms } => Reply::Trimmed(self.do_trim(sync, now_ms)?),
             read => dispatch(self, read)?,
         })
     }
