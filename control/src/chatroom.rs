@@ -217,7 +217,7 @@ impl Seats {
 /// Every live room.
 #[derive(Debug, Default)]
 pub struct Rooms {
-    rooms: HashMap<u64, Room>,
+    rooms: HashMap<u64, Room, foldhash::fast::RandomState>,
 }
 
 impl Rooms {

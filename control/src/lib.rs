@@ -30,6 +30,7 @@
 
 pub mod chatroom;
 pub mod config;
+pub mod conn_table;
 pub mod convert;
 pub mod counters;
 pub mod event;

@@ -10,7 +10,10 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
+use foldhash::fast::RandomState;
+
 use crate::chatroom::Seats;
+use crate::conn_table::ConnTable;
 use crate::rate_limit::TokenBucket;
 use crate::time::Timestamp;
 use crate::token::TOKEN_ID_LEN;
@@ -62,40 +65,37 @@ pub struct Conn {
     pub rooms: Seats,
 }
 
-/// Every connection, and each user's logged-in connections.
+/// Every connection, and each user's logged-in connections. Connections are found by
+/// their id's slab slot ([`ConnTable`]); users through foldhash (user ids come from
+/// tokens this server signed, and a keyed hash keeps even those from colliding on
+/// purpose), never SipHash on the per-message path.
 #[derive(Debug, Default)]
 pub struct Registry {
-    conns: HashMap<ConnId, Conn>,
-    users: HashMap<u64, Vec<ConnId>>,
+    conns: ConnTable<Conn>,
+    users: HashMap<u64, Vec<ConnId>, RandomState>,
     sessions: u64,
 }
 
 impl Registry {
     /// Adds a connection that has not logged in. Returns false if the id is in use.
     pub fn open(&mut self, id: ConnId, conn: Conn) -> bool {
-        match self.conns.entry(id) {
-            Entry::Occupied(_) => false,
-            Entry::Vacant(v) => {
-                v.insert(conn);
-                true
-            }
-        }
+        self.conns.insert(id, conn)
     }
 
     /// The connection, if open.
     pub fn get(&self, id: ConnId) -> Option<&Conn> {
-        self.conns.get(&id)
+        self.conns.get(id)
     }
 
     /// The connection, if open.
     pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
-        self.conns.get_mut(&id)
+        self.conns.get_mut(id)
     }
 
     /// Marks `id` logged in as `session`. The connection must be open and not yet
     /// logged in; returns false otherwise.
     pub fn login(&mut self, id: ConnId, session: Session) -> bool {
-        let Some(conn) = self.conns.get_mut(&id) else {
+        let Some(conn) = self.conns.get_mut(id) else {
             return false;
         };
         if conn.session.is_some() {
@@ -109,7 +109,7 @@ impl Registry {
 
     /// Removes a connection (and its session), returning it.
     pub fn remove(&mut self, id: ConnId) -> Option<Conn> {
-        let conn = self.conns.remove(&id)?;
+        let conn = self.conns.remove(id)?;
         if let Some(session) = &conn.session {
             self.sessions -= 1;
             if let Entry::Occupied(mut e) = self.users.entry(session.user) {
@@ -144,14 +144,14 @@ impl Registry {
 
     /// Every open connection id (for shutdown).
     pub fn conn_ids(&self) -> Vec<ConnId> {
-        self.conns.keys().copied().collect()
+        self.conns.iter().map(|(id, _)| id).collect()
     }
 
     /// Every logged-in connection with its session.
     pub fn sessions(&self) -> impl Iterator<Item = (ConnId, &Session)> + '_ {
         self.conns
             .iter()
-            .filter_map(|(&id, c)| c.session.as_ref().map(|s| (id, s)))
+            .filter_map(|(id, c)| c.session.as_ref().map(|s| (id, s)))
     }
 }
 
