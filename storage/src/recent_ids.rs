@@ -122,7 +122,7 @@ pub struct RecentIdsStats {
 /// The filter; see the module doc.
 #[derive(Debug)]
 pub struct RecentIds {
-    senders: LruCache<UserId, SenderIds>,
+    senders: LruCache<UserId, SenderIds, RandomState>,
     max_per_sender: usize,
     max_ids: usize,
     window_ms: u64,
@@ -133,7 +133,7 @@ impl RecentIds {
     /// An empty filter for a dedup window of `window_ms`.
     pub fn new(window_ms: u64, max_per_sender: usize, max_ids: usize) -> Self {
         RecentIds {
-            senders: LruCache::unbounded(),
+            senders: LruCache::unbounded_with_hasher(RandomState::default()),
             max_per_sender: max_per_sender.max(1),
             max_ids: max_ids.max(1),
             window_ms,

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
 
-use super::{Store, WriterState};
+use super::{PendingNews, Store, WriterState};
 use crate::api::{AppendOutcome, AppendRequest};
 use crate::cf::Cf;
 use crate::config::DiffusionMode;
@@ -195,7 +195,7 @@ impl<K: Kv> Store<K> {
             w.inbox_head.put(r, head);
             if news {
                 w.pending_news
-                    .get_or_insert_mut(r, HashMap::new)
+                    .get_or_insert_mut(r, PendingNews::default)
                     .insert(conv, head);
             }
         }

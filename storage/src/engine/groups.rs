@@ -12,10 +12,9 @@
 //! every device pulls the timeline (new devices get it anyway: they read every
 //! conversation from the start).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{MemberMap, Store, WriterState, member_list};
+use super::{MemberMap, PendingNews, Store, WriterState, member_list};
 use crate::api::MembershipChange;
 use crate::cf::Cf;
 use crate::error::StorageError;
@@ -200,7 +199,7 @@ impl<K: Kv> Store<K> {
         for (u, head) in markers {
             w.inbox_head.put(u, head);
             w.pending_news
-                .get_or_insert_mut(u, HashMap::new)
+                .get_or_insert_mut(u, PendingNews::default)
                 .insert(conv, head);
         }
         let list = member_list(&map);
