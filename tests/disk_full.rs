@@ -3,11 +3,12 @@
 //! While the disk is full the server refuses writes with `Error STORAGE_FULL` (and a
 //! `retry_after_ms`), and keeps serving what needs no new space: logins, pings, sync and
 //! history of what is stored. When space returns (the filler file is deleted) RocksDB
-//! clears its background error by itself, but Petrel's storage writer keeps refusing
-//! writes until a restart, because a WAL flush failed and it cannot know which of the
-//! writes in flight reached the log (see docs/OPERATIONS.md, "Disk full"). After the
-//! restart, on the same data directory, writes are accepted again and nothing acked
-//! before the disk filled is lost.
+//! does not resume by itself (with a manually flushed WAL it makes a failed WAL write a
+//! fatal error) and Petrel's storage writer keeps refusing writes, because it cannot
+//! know which writes in flight reached the log: a restart is needed (docs/OPERATIONS.md,
+//! "Disk full"). After the restart, on the same data directory, writes are accepted
+//! again and nothing acked before the disk filled is lost. The test fails if a running
+//! server starts taking writes again, so that the docs are updated when that changes.
 
 #[allow(unused_imports)]
 mod common;
@@ -74,7 +75,7 @@ fn fill(dir: &Path) -> PathBuf {
     loop {
         match f.write_all(&chunk) {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc_enospc()) => break,
+            Err(e) if e.raw_os_error() == Some(ENOSPC) => break,
             Err(e) => panic!("filling the disk: {e}"),
         }
     }
@@ -83,9 +84,8 @@ fn fill(dir: &Path) -> PathBuf {
     path
 }
 
-const fn libc_enospc() -> i32 {
-    28 // ENOSPC on Linux
-}
+/// errno of a full file system on Linux.
+const ENOSPC: i32 = 28;
 
 /// Sends text `id` from `c` to `peer`; the answer frame's body.
 fn send(c: &mut TestClient, peer: u64, id: u64) -> Body {

@@ -103,9 +103,8 @@ async fn listen(user: u64, mut events: Events, heard: Arc<Mutex<Heard>>) {
                 conversation,
                 seq,
             } => {
-                if h.acked.insert(client_msg_id, (conversation, seq)).is_some() {
-                    h.double_acks += 1;
-                }
+                let again = h.acked.insert(client_msg_id, (conversation, seq)).is_some();
+                h.double_acks += u64::from(again);
             }
             Event::Message(m) => match Conv::of(user, m.conversation) {
                 Some(conv) => {
