@@ -8,15 +8,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
-# Tests that need root (the veth lab, XDP, AF_XDP, network namespaces) are #[ignore]d with
-# the reason, so a run without root lists them as skipped rather than passing them
-# untested. As root they run too, and in CI always: there a missing privilege fails them
+# Tests that need root (the veth lab, XDP, AF_XDP, network namespaces, the disk-full
+# test's tmpfs) are #[ignore]d with the reason, so a run without root lists them as
+# skipped rather than passing them untested. As root they run too, and in CI always: there a missing privilege fails them
 # loudly.
 root_only=()
 if [[ $(id -u) -eq 0 || -n ${CI:-} ]]; then
   root_only=(--run-ignored all)
 else
-  echo "test.sh: not root: the root-only tests (AF_XDP, veth lab, namespaces) are skipped" >&2
+  echo "test.sh: not root: the root-only tests (AF_XDP, veth lab, namespaces, disk full) are skipped" >&2
 fi
 cargo nextest run --workspace --no-fail-fast "${root_only[@]}" "$@"
 # The end-to-end suites again with the server on one core (the home core alone, no rings

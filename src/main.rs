@@ -13,6 +13,7 @@ mod ops;
 mod server;
 mod token_cmd;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -62,10 +63,13 @@ enum AdminCommand {
     Backup(ops::backup::BackupArgs),
 }
 
+/// Logs go to stderr, in colour only when stderr is a terminal: a log file, a pipe or
+/// the journal gets plain text without ANSI escape codes.
 fn init_logging(filter: &str, format: server::config::LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         server::config::LogFormat::Human => builder.init(),

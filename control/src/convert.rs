@@ -90,6 +90,9 @@ pub fn role_from_wire(role: i32) -> Option<Role> {
 /// The protocol error code for a failed storage request, and whether the failure is
 /// the server's fault (counted as a storage error) rather than the request's.
 pub fn storage_error_code(err: &StorageError) -> (pb::ErrorCode, bool) {
+    if err.is_no_space() {
+        return (pb::ErrorCode::StorageFull, true);
+    }
     match err {
         StorageError::NotAMember { .. } => (pb::ErrorCode::NotAMember, false),
         StorageError::NotOwner { .. }
@@ -104,6 +107,19 @@ pub fn storage_error_code(err: &StorageError) -> (pb::ErrorCode, bool) {
         | StorageError::Overflow => (pb::ErrorCode::Internal, true),
     }
 }
+
+/// How long a client should wait before sending again a write refused with `code`
+/// (`retry_after_ms` of the `Error`); 0 when there is nothing to wait for.
+pub fn storage_retry_after_ms(code: pb::ErrorCode) -> u32 {
+    match code {
+        // Space comes back when an operator frees it: minutes rather than milliseconds.
+        pb::ErrorCode::StorageFull => STORAGE_FULL_RETRY_MS,
+        _ => 0,
+    }
+}
+
+/// `retry_after_ms` of `Error STORAGE_FULL`.
+pub const STORAGE_FULL_RETRY_MS: u32 = 5_000;
 
 /// A stored message as `viewer` receives it. `None` content if the stored payload does
 /// not decode (reported by the caller).
@@ -127,6 +143,19 @@ pub fn push_from_stored(viewer: u64, msg: &StoredMessage) -> (pb::MessagePush, b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_answered_storage_full_with_a_retry_delay() {
+        let full = StorageError::Backend(
+            "WAL sync failed, write not durable: backend: IO error: No space left on device".into(),
+        );
+        let (code, internal) = storage_error_code(&full);
+        assert_eq!((code, internal), (pb::ErrorCode::StorageFull, true));
+        assert_eq!(storage_retry_after_ms(code), STORAGE_FULL_RETRY_MS);
+        let broken = StorageError::Backend("IO error: Input/output error".into());
+        assert_eq!(storage_error_code(&broken).0, pb::ErrorCode::Internal);
+        assert_eq!(storage_retry_after_ms(pb::ErrorCode::Internal), 0);
+    }
 
     fn id(kind: pb::ConversationKind, id: u64) -> pb::ConversationId {
         pb::ConversationId {

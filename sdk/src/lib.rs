@@ -50,6 +50,7 @@ pub mod conn;
 pub mod content;
 pub mod error;
 pub mod event;
+pub mod room_seen;
 pub mod store;
 mod task;
 pub mod token;

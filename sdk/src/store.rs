@@ -20,12 +20,15 @@
 //! joined late, whose early messages this user may not read) is skipped by
 //! [`Store::skip_unfillable_gaps`].
 //!
-//! Chatroom messages are online-only and never stored.
+//! Chatroom messages are online-only and never stored; a chatroom message pushed twice
+//! (a resend after a lost ack) is shown once ([`crate::room_seen`]).
 
 use std::path::Path;
 
 use petrel_proto::pb;
 use prost::Message as _;
+
+use crate::room_seen::RoomSeen;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::error::SdkError;
@@ -112,6 +115,8 @@ pub struct Store {
     conn: Connection,
     user_id: u64,
     device_id: String,
+    /// Chatroom messages shown lately (they are not stored, so not deduplicated by seq).
+    rooms_seen: RoomSeen,
 }
 
 impl std::fmt::Debug for Store {
@@ -192,6 +197,7 @@ impl Store {
             conn,
             user_id,
             device_id: device_id.to_owned(),
+            rooms_seen: RoomSeen::default(),
         })
     }
 
@@ -313,7 +319,13 @@ impl Store {
             return Ok(applied);
         };
         if !key.is_persisted() {
-            applied.deliver.push(to_message(key, push));
+            // A resend after a lost ack is pushed again: show it once.
+            if self
+                .rooms_seen
+                .first_time(key.id, push.sender, push.client_msg_id)
+            {
+                applied.deliver.push(to_message(key, push));
+            }
             return Ok(applied);
         }
         let tx = self.conn.transaction()?;
@@ -836,6 +848,9 @@ mod tests {
         m.conversation = Some(ConversationKey::chatroom(9).to_wire());
         assert_eq!(seqs(&s.apply_push(&m).unwrap()), [3]);
         assert!(s.conversations().unwrap().is_empty());
+        // The same message pushed again (its sender resent it; the room gave it seq 4).
+        m.seq = 4;
+        assert!(seqs(&s.apply_push(&m).unwrap()).is_empty(), "shown twice");
     }
 
     #[test]

@@ -715,7 +715,13 @@ impl Task {
             (Pending::Send(id), Body::Error(e)) => {
                 live.in_flight.remove(&id);
                 let code = pb::ErrorCode::try_from(e.code).unwrap_or_default();
-                if matches!(code, pb::ErrorCode::RateLimited | pb::ErrorCode::ServerBusy) {
+                if matches!(
+                    code,
+                    pb::ErrorCode::RateLimited
+                        | pb::ErrorCode::ServerBusy
+                        | pb::ErrorCode::StorageFull
+                ) {
+                    // Not refused for good: wait as told, then send it again (same id).
                     let wait = Duration::from_millis(u64::from(e.retry_after_ms.max(100)));
                     live.sends_paused_until = Some(tokio::time::Instant::now() + wait);
                 } else if code == pb::ErrorCode::ShuttingDown {

@@ -98,3 +98,42 @@ pub enum StorageError {
     #[error("counter overflow")]
     Overflow,
 }
+
+/// The `strerror` text of ENOSPC, which RocksDB's messages carry (its errors reach us as
+/// strings only).
+const NO_SPACE_TEXT: &str = "No space left on device";
+
+impl StorageError {
+    /// Whether the failure is a full disk (ENOSPC) rather than a broken request or
+    /// database: a write may succeed once space is freed. Also true for the errors that
+    /// wrap such a failure (a refused group write, a failed WAL sync).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StorageError::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
+            StorageError::Backend(msg) => msg.contains(NO_SPACE_TEXT),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_told_apart_from_other_failures() {
+        let rocks = "IO error: No space left on device: While appending to file: \
+                     /var/lib/petrel/db/000004.log: No space left on device";
+        assert!(StorageError::Backend(rocks.into()).is_no_space());
+        assert!(
+            StorageError::Backend(format!(
+                "WAL sync failed, write not durable: backend: {rocks}"
+            ))
+            .is_no_space()
+        );
+        assert!(StorageError::Io(std::io::Error::from_raw_os_error(28)).is_no_space());
+        assert!(!StorageError::Backend("IO error: Input/output error".into()).is_no_space());
+        assert!(!StorageError::Io(std::io::Error::from_raw_os_error(5)).is_no_space());
+        assert!(!StorageError::Closed.is_no_space());
+    }
+}

@@ -36,14 +36,19 @@ impl Keys {
         format!("key_file = {:?}\n", self.path.display().to_string())
     }
 
-    /// A token for `user` on `device` valid for `ttl`.
+    /// A token for `user` on `device` (a desktop) valid for `ttl`.
     pub fn mint(&self, user: u64, device: &str, ttl: Duration) -> Token {
+        self.mint_on(user, device, pb::Platform::Desktop, ttl)
+    }
+
+    /// A token for `user` on `device` of `platform` valid for `ttl`.
+    pub fn mint_on(&self, user: u64, device: &str, platform: pb::Platform, ttl: Duration) -> Token {
         let issued = petrel_control::token::mint(
             &self.ring,
             &TokenSpec {
                 user,
                 device,
-                platform: pb::Platform::Desktop,
+                platform,
                 issued_at: crate::common::server::now(),
                 ttl,
                 token_id: rand::random(),
@@ -63,11 +68,22 @@ impl Keys {
         device: &str,
         ttl: Duration,
     ) -> (impl petrel_sdk::TokenProvider + use<>, Arc<AtomicUsize>) {
+        self.provider_on(user, device, pb::Platform::Desktop, ttl)
+    }
+
+    /// A provider minting `ttl` tokens for `platform`, and a count of its calls.
+    pub fn provider_on(
+        self: &Arc<Self>,
+        user: u64,
+        device: &str,
+        platform: pb::Platform,
+        ttl: Duration,
+    ) -> (impl petrel_sdk::TokenProvider + use<>, Arc<AtomicUsize>) {
         let calls = Arc::new(AtomicUsize::new(0));
         let (keys, device, counter) = (self.clone(), device.to_owned(), calls.clone());
         let provider = token_fn(move || {
             counter.fetch_add(1, Ordering::SeqCst);
-            Ok(keys.mint(user, &device, ttl))
+            Ok(keys.mint_on(user, &device, platform, ttl))
         });
         (provider, calls)
     }

@@ -227,7 +227,8 @@ impl Control {
                 if internal {
                     self.counters.storage_errors += 1;
                 }
-                return self.send_error(to.conn, to.rid, code, &err.to_string(), 0);
+                let retry = convert::storage_retry_after_ms(code);
+                return self.send_error(to.conn, to.rid, code, &err.to_string(), retry);
             }
         };
         match (ctx.kind, reply) {

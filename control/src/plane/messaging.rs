@@ -148,7 +148,8 @@ impl Control {
                 } else {
                     self.counters.messages_rejected += 1;
                 }
-                return self.send_error(ctx.to.conn, ctx.to.rid, code, &err.to_string(), 0);
+                let retry = convert::storage_retry_after_ms(code);
+                return self.send_error(ctx.to.conn, ctx.to.rid, code, &err.to_string(), retry);
             }
         };
         // The write is durable: acknowledge the sender (if still connected).

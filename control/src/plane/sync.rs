@@ -117,7 +117,8 @@ impl Control {
                 )
             }
         };
-        self.send_error(to.conn, to.rid, code, &message, 0);
+        let retry = convert::storage_retry_after_ms(code);
+        self.send_error(to.conn, to.rid, code, &message, retry);
     }
 
     pub(super) fn on_synced(&mut self, ctx: SyncCtx, result: Result<Reply, StorageError>) {
