@@ -17,9 +17,14 @@
 //! is flushed manually) and one fsync, making every earlier write durable, which is what
 //! group commit needs.
 //!
+//! Once a WAL flush has failed (a full disk), reads are pinned to the last durable
+//! snapshot (`durable_view`), so the refused writes still in the memtable are never
+//! shown: readers see exactly what a restart will find.
+//!
 //! `src/bin/storage-crash-child.rs` is a test helper for `tests/crash.rs`, not a server.
 #![deny(unsafe_code)]
 
+mod durable_view;
 pub mod options;
 
 use std::path::Path;
@@ -45,7 +50,11 @@ fn backend(e: rocksdb::Error) -> StorageError {
 
 /// An open RocksDB database with Petrel's column families.
 pub struct RocksKv {
-    db: DB,
+    /// Declared before `db`, so it (and its snapshot, which borrows the database) is
+    /// dropped first.
+    view: durable_view::DurableView,
+    /// Boxed so the address the view's snapshot borrows stays put when `RocksKv` moves.
+    db: Box<DB>,
 }
 
 impl std::fmt::Debug for RocksKv {
@@ -69,9 +78,14 @@ impl RocksKv {
         let cfs = Cf::ALL.iter().map(|cf| {
             ColumnFamilyDescriptor::new(cf.name(), options::cf_options(*cf, &cache, config, clock))
         });
-        let db =
-            DB::open_cf_descriptors(&options::db_options(config), path, cfs).map_err(backend)?;
-        Ok(RocksKv { db })
+        let db = Box::new(
+            DB::open_cf_descriptors(&options::db_options(config), path, cfs).map_err(backend)?,
+        );
+        #[allow(unsafe_code)]
+        // SAFETY: `db` is boxed (its address never changes) and is dropped after `view`
+        // (field order of `RocksKv`), which is all `DurableView::new` asks.
+        let view = unsafe { durable_view::DurableView::new(&db) };
+        Ok(RocksKv { view, db })
     }
 
     fn handle(&self, cf: Cf) -> Result<&ColumnFamily, StorageError> {
@@ -162,16 +176,27 @@ impl Kv for RocksKv {
     }
 
     fn sync_wal(&self) -> Result<(), StorageError> {
-        self.db.flush_wal(true).map_err(backend)
+        // After a failed flush, reads show only what was durable before it (see
+        // `durable_view`): the refused writes in the memtable never reach a reader.
+        self.view
+            .flush(&self.db, || self.db.flush_wal(true))
+            .map_err(backend)
     }
 
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         let h = self.handle(cf)?;
-        Ok(self
-            .db
-            .get_pinned_cf(h, key)
-            .map_err(backend)?
-            .map(|v| v.to_vec()))
+        let read = |ro: ReadOptions| {
+            Ok(self
+                .db
+                .get_pinned_cf_opt(h, key, &ro)
+                .map_err(backend)?
+                .map(|v| v.to_vec()))
+        };
+        if self.view.is_frozen() {
+            self.view.pinned(ReadOptions::default(), read)
+        } else {
+            read(ReadOptions::default())
+        }
     }
 
     fn scan(
@@ -202,24 +227,31 @@ impl Kv for RocksKv {
         } else {
             ro.set_total_order_seek(true);
         }
-        let mut it = self.db.raw_iterator_cf_opt(h, ro);
-        match dir {
-            Direction::Forward => it.seek(start),
-            Direction::Reverse => it.seek_to_last(),
-        }
-        let mut n = 0;
-        while n < limit {
-            let Some((k, v)) = it.item() else { break };
-            n += 1;
-            if !visit(k, v)? {
-                return Ok(());
-            }
+        let mut walk = |ro: ReadOptions| {
+            let mut it = self.db.raw_iterator_cf_opt(h, ro);
             match dir {
-                Direction::Forward => it.next(),
-                Direction::Reverse => it.prev(),
+                Direction::Forward => it.seek(start),
+                Direction::Reverse => it.seek_to_last(),
             }
+            let mut n = 0;
+            while n < limit {
+                let Some((k, v)) = it.item() else { break };
+                n += 1;
+                if !visit(k, v)? {
+                    return Ok(());
+                }
+                match dir {
+                    Direction::Forward => it.next(),
+                    Direction::Reverse => it.prev(),
+                }
+            }
+            it.status().map_err(backend)
+        };
+        if self.view.is_frozen() {
+            self.view.pinned(ro, walk)
+        } else {
+            walk(ro)
         }
-        it.status().map_err(backend)
     }
 }
 

@@ -97,6 +97,9 @@ pub struct Committer<E: GroupEngine + 'static, T> {
     failed_below: u64,
     /// Why writes are refused (after a failed fsync).
     failed: Option<StorageError>,
+    /// The first group whose fsync failed: a read held for it or a later group may show
+    /// writes that will never be durable, so it is answered with the failure instead.
+    failed_from: Option<u64>,
     in_flight: usize,
     stats: Arc<CommitStats>,
     requests: Vec<Request>,
@@ -154,6 +157,7 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
             durable_below: 0,
             failed_below: 0,
             failed: None,
+            failed_from: None,
             in_flight: 0,
             stats,
             requests: Vec::new(),
@@ -338,7 +342,16 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
                     self.stats
                         .record_many(now.saturating_duration_since(read.submitted), 1);
                     released += 1;
-                    release(read.tag, read.reply);
+                    let shows_failed = read
+                        .need
+                        .is_some_and(|g| self.failed_from.is_some_and(|f| g >= f));
+                    let reply = match (&self.failed, shows_failed) {
+                        (Some(cause), true) => Err(StorageError::Backend(format!(
+                            "read refused: it may show writes whose WAL sync failed ({cause})"
+                        ))),
+                        _ => read.reply,
+                    };
+                    release(read.tag, reply);
                 } else {
                     self.reads.push_back(read);
                 }
@@ -390,6 +403,7 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
     }
 
     fn sync_failed(&mut self, below: u64, cause: StorageError) {
+        self.failed_from.get_or_insert(self.durable_below);
         self.failed_below = self.failed_below.max(below);
         self.durable_below = self.durable_below.max(below);
         if self.failed.is_none() {
@@ -695,7 +709,11 @@ mod tests {
             out[0].1.is_err(),
             "the write of the failed group is an error"
         );
-        assert!(out[1].1.is_ok(), "a read of the group still answers");
+        // The read waited for the failed group, so it may show its refused write (the
+        // memtable has it): it is refused too. Later reads answer (the engine pins them
+        // to the last durable state).
+        let err = out[1].1.as_ref().expect_err("a read that waited for it");
+        assert!(err.to_string().contains("read refused"), "{err}");
         assert!(c.failure().is_some());
 
         engine.fail.store(false, Ordering::SeqCst);
