@@ -249,17 +249,8 @@ impl World {
     /// Users 1–3 logged in (device d0), user 1's group with 2 and 3, and user 2's
     /// public account followed by 3; storage settled.
     fn start() -> World {
-        let mut sim = Sim::new(config(), 7);
-        sim.hold_storage = true;
-        let mut w = World {
-            sim,
-            model: Model::new(config()),
-        };
-        let conns: Vec<ConnId> = (1..=3).map(|_| w.connect()).collect();
-        for (user, &conn) in (1..=3).zip(&conns) {
-            w.login(conn, user, 0, false, LONG_TTL);
-            w.check(&[]);
-        }
+        let mut w = World::empty();
+        let conns: Vec<ConnId> = (1..=3).map(|user| w.online(user, 0, LONG_TTL)).collect();
         w.op(
             conns[0],
             Op::CreateGroup(pb::CreateGroup {
@@ -277,6 +268,38 @@ impl World {
         w.sim.settle();
         w.check(&[]);
         w
+    }
+
+    /// No connection yet; storage held.
+    fn empty() -> World {
+        let mut sim = Sim::new(config(), 7);
+        sim.hold_storage = true;
+        World {
+            sim,
+            model: Model::new(config()),
+        }
+    }
+
+    /// A new connection logged in as (user, device) with a fresh token valid for `ttl`.
+    fn online(&mut self, user: u64, device: u8, ttl: Duration) -> ConnId {
+        let conn = self.connect();
+        let rid = self.login(conn, user, device, false, ttl);
+        self.check(&[Closing::Replaced]);
+        assert!(
+            matches!(self.answer(conn, rid), Some(Body::LoginResult(_))),
+            "login of {user}/d{device}"
+        );
+        conn
+    }
+
+    /// The frames `conn` received since the last call.
+    fn take(&mut self, conn: ConnId) -> Vec<Frame> {
+        self.model.received.remove(&conn).unwrap_or_default()
+    }
+
+    /// The answer to `rid` among the frames `conn` received (and keeps).
+    fn answer(&self, conn: ConnId, rid: u32) -> Option<Body> {
+        Sim::answer(self.model.received.get(&conn)?, rid).cloned()
     }
 
     fn check(&mut self, allowed: &[Closing]) {
@@ -639,4 +662,299 @@ fn schedules_reach_every_fault_class() {
     }
     assert!(total.jumps_in_flight > 0);
     assert!(total.error_answers > 0 && total.acks > 0 && total.pushes > 0);
+}
+
+/// Reordered completions: storage applies three appends to one conversation (seqs 1, 2,
+/// 3) and the completions come back newest first. Each sender is acked with the seq
+/// storage assigned to its own message, and each push carries its message's seq.
+#[test]
+fn completions_delivered_out_of_order_carry_the_seqs_storage_assigned() {
+    let mut w = World::empty();
+    let a = w.online(1, 0, LONG_TTL);
+    let b = w.online(2, 0, LONG_TTL);
+    w.sim.settle();
+    w.check(&[]);
+    let a1 = w.send_text(a, To::Single(2), 11);
+    w.check(BY_REQUEST);
+    let b1 = w.send_text(b, To::Single(1), 21);
+    w.check(BY_REQUEST);
+    let a2 = w.send_text(a, To::Single(2), 12);
+    w.check(BY_REQUEST);
+    // a's second append may not be applied before its first.
+    assert_eq!(w.sim.executable().len(), 2);
+    for _ in 0..3 {
+        w.sim.execute(0, None);
+        w.check(&[]);
+    }
+    for _ in 0..3 {
+        let newest = w.sim.held().len() - 1;
+        assert_eq!(w.sim.deliver(newest), Some(newest > 0));
+        w.check(&[]);
+    }
+    let seq_of = |body: Option<Body>| match body {
+        Some(Body::Ack(ack)) => ack.seq,
+        other => panic!("expected an Ack, got {other:?}"),
+    };
+    assert_eq!(seq_of(w.answer(a, a1)), 1);
+    assert_eq!(seq_of(w.answer(b, b1)), 2);
+    assert_eq!(seq_of(w.answer(a, a2)), 3);
+    let pushed = |frames: Vec<Frame>| -> Vec<(u64, u64)> {
+        Sim::pushes(&frames)
+            .iter()
+            .map(|p| (p.seq, p.client_msg_id))
+            .collect()
+    };
+    assert_eq!(pushed(w.take(b)), [(3, 12), (1, 11)]);
+    assert_eq!(pushed(w.take(a)), [(2, 21)]);
+    w.finish();
+}
+
+/// Injected storage errors, every kind: the requester gets `Error` with the documented
+/// code and stays connected, nobody gets a push, and the retry (same `client_msg_id`)
+/// is stored at the next seq — the failed append took none. Sync, history and
+/// conversation operations are answered the same way.
+#[test]
+fn every_storage_error_is_answered_with_its_code_and_takes_no_seq() {
+    let mut w = World::empty();
+    let a = w.online(1, 0, LONG_TTL);
+    let b = w.online(2, 0, LONG_TTL);
+    w.sim.settle();
+    w.check(&[]);
+    let error_code = |body: Option<Body>| match body {
+        Some(Body::Error(e)) => e.code,
+        other => panic!("expected an Error, got {other:?}"),
+    };
+    for (seq, fault) in (1u64..).zip(StorageFault::ALL) {
+        // Stay within the rate limit (five requests per round).
+        w.sim.advance(Duration::from_secs(1));
+        w.check(BY_CLOCK);
+        let id = 100 + seq;
+        let rid = w.send_text(a, To::Single(2), id);
+        w.check(BY_REQUEST);
+        w.sim.execute(0, Some(fault));
+        w.check(&[]);
+        w.sim.deliver(0);
+        w.check(&[]);
+        assert_eq!(
+            error_code(w.answer(a, rid)),
+            fault.expected_code() as i32,
+            "{fault:?}"
+        );
+        assert!(w.sim.client(a).closed.is_none());
+        assert!(Sim::pushes(&w.take(b)).is_empty(), "{fault:?} pushed");
+
+        let rid = w.send_text(a, To::Single(2), id);
+        w.check(BY_REQUEST);
+        w.sim.settle();
+        w.check(&[]);
+        match w.answer(a, rid) {
+            Some(Body::Ack(ack)) => assert_eq!((ack.seq, ack.duplicate), (seq, false)),
+            other => panic!("retry after {fault:?}: {other:?}"),
+        }
+        let pushes = Sim::pushes(&w.take(b));
+        assert_eq!(pushes.len(), 1);
+        assert_eq!((pushes[0].seq, pushes[0].client_msg_id), (seq, id));
+
+        let requests = [
+            w.send(
+                a,
+                Req::Sync,
+                pb::SyncRequest {
+                    inbox_cursor: 0,
+                    cursors: Vec::new(),
+                    limit: 0,
+                },
+            ),
+            w.send(
+                a,
+                Req::History,
+                pb::HistoryRequest {
+                    conversation: Some(single(2)),
+                    before_seq: 0,
+                    limit: 0,
+                },
+            ),
+            w.op(
+                a,
+                Op::CreateGroup(pb::CreateGroup {
+                    name: "g".into(),
+                    members: vec![2],
+                }),
+            ),
+        ];
+        w.check(BY_REQUEST);
+        for _ in requests {
+            w.sim.execute(0, Some(fault));
+            w.check(&[]);
+        }
+        while w.sim.deliver(0).is_some() {
+            w.check(&[]);
+        }
+        for rid in requests {
+            assert_eq!(
+                error_code(w.answer(a, rid)),
+                fault.expected_code() as i32,
+                "{fault:?}"
+            );
+        }
+        w.take(a);
+    }
+    w.finish();
+}
+
+/// How a connection goes away while its request is in flight.
+#[derive(Debug, Clone, Copy)]
+enum Gone {
+    ClientClosed,
+    Kicked,
+    Revoked,
+    LoggedOut,
+    IdleTimeout,
+    TokenExpired,
+}
+
+/// A connection closed (six ways) while its append waits for storage, before or after
+/// storage applied it: the write completes, the recipient gets the push, nothing is
+/// sent to the closed connection (the harness panics on that), and nothing is left
+/// pending.
+#[test]
+fn a_request_in_flight_outlives_its_connection() {
+    for gone in [
+        Gone::ClientClosed,
+        Gone::Kicked,
+        Gone::Revoked,
+        Gone::LoggedOut,
+        Gone::IdleTimeout,
+        Gone::TokenExpired,
+    ] {
+        for applied in [false, true] {
+            let mut w = World::empty();
+            let ttl = match gone {
+                Gone::TokenExpired => SHORT_TTL,
+                _ => LONG_TTL,
+            };
+            let a = w.online(1, 0, ttl);
+            let b = w.online(2, 0, LONG_TTL);
+            w.sim.settle();
+            w.check(&[]);
+            w.sim.advance(Duration::from_secs(60));
+            w.check(BY_CLOCK);
+            w.send_text(a, To::Single(2), 7);
+            w.check(BY_REQUEST);
+            if applied {
+                w.sim.execute(0, None);
+                w.check(&[]);
+            }
+            match gone {
+                Gone::ClientClosed => {
+                    w.disconnect(a);
+                    w.check(&[]);
+                }
+                Gone::Kicked => {
+                    w.sim.control.kick_user(1, "operator");
+                    w.sim.run();
+                    w.check(&[Closing::Admin]);
+                }
+                Gone::Revoked => {
+                    w.model.revoking_user(1);
+                    let now = w.sim.now;
+                    w.sim.control.revoke_sessions(now, Revocation::User(1));
+                    w.sim.run();
+                    w.check(&[Closing::TokenRevoked]);
+                }
+                Gone::LoggedOut => {
+                    w.send(
+                        a,
+                        Req::Logout { revoke: true },
+                        pb::Logout { revoke_token: true },
+                    );
+                    w.check(&[Closing::Logout]);
+                }
+                Gone::IdleTimeout => {
+                    // b pings at 120 s; a, silent since its send at 60 s, times out at
+                    // 210 s.
+                    w.sim.advance(Duration::from_secs(60));
+                    w.check(BY_CLOCK);
+                    w.send(b, Req::Ping, pb::Ping { client_time_ms: 1 });
+                    w.check(&[]);
+                    w.sim.advance(Duration::from_secs(100));
+                    w.check(BY_CLOCK);
+                }
+                Gone::TokenExpired => {
+                    w.sim.advance(Duration::from_secs(31));
+                    w.check(BY_CLOCK);
+                }
+            }
+            assert!(w.sim.client(a).closed.is_some(), "{gone:?}");
+            assert!(w.sim.client(b).closed.is_none(), "{gone:?}");
+            w.take(b);
+            w.sim.settle();
+            w.check(&[]);
+            let pushes = Sim::pushes(&w.take(b));
+            assert_eq!(pushes.len(), 1, "{gone:?}, applied first: {applied}");
+            assert_eq!((pushes[0].seq, pushes[0].client_msg_id), (1, 7));
+            assert_eq!(w.sim.control.pending_storage_requests(), 0, "{gone:?}");
+            w.finish();
+        }
+    }
+}
+
+/// A clock jump of three years with one append applied and one not: one tick closes
+/// every connection that is due (idle, not logged in), the writes still complete after
+/// it, and a device reconnecting with its old token — whose verification is cached —
+/// is refused as expired at the new time. A fresh login syncs both messages.
+#[test]
+fn a_clock_jump_closes_what_is_due_and_keeps_the_writes_in_flight() {
+    let mut w = World::empty();
+    let a = w.online(1, 0, LONG_TTL);
+    let b = w.online(2, 0, LONG_TTL);
+    let anonymous = w.connect();
+    w.sim.settle();
+    w.check(&[]);
+    w.send_text(a, To::Single(2), 7);
+    w.check(BY_REQUEST);
+    w.sim.execute(0, None);
+    w.check(&[]);
+    w.send_text(b, To::Single(1), 8);
+    w.check(BY_REQUEST);
+    w.sim.jump(Duration::from_millis(3 * 365 * 24 * HOUR_MS));
+    w.check(BY_CLOCK);
+    for conn in [a, b, anonymous] {
+        assert!(
+            w.sim.client(conn).closed.is_some(),
+            "{conn} survived the jump"
+        );
+    }
+    w.sim.settle();
+    w.check(&[]);
+
+    let again = w.connect();
+    let rid = w.login(again, 1, 0, true, LONG_TTL);
+    w.check(&[Closing::LoginRejected]);
+    match w.answer(again, rid) {
+        Some(Body::Error(e)) => assert_eq!(e.code, pb::ErrorCode::TokenExpired as i32),
+        other => panic!("old token after the jump: {other:?}"),
+    }
+
+    let fresh = w.online(1, 0, LONG_TTL);
+    let rid = w.send(
+        fresh,
+        Req::Sync,
+        pb::SyncRequest {
+            inbox_cursor: 0,
+            cursors: Vec::new(),
+            limit: 0,
+        },
+    );
+    w.check(BY_REQUEST);
+    w.sim.settle();
+    w.check(&[]);
+    match w.answer(fresh, rid) {
+        Some(Body::SyncResponse(page)) => {
+            let ids: Vec<u64> = page.messages.iter().map(|m| m.client_msg_id).collect();
+            assert_eq!(ids, [7, 8]);
+        }
+        other => panic!("sync after the jump: {other:?}"),
+    }
+    w.finish();
 }

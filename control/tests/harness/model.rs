@@ -244,6 +244,8 @@ pub struct Model {
     /// What `Counters::storage_errors` must read.
     storage_errors: u64,
     pub stats: Stats,
+    /// Every frame each connection received, for tests to look at (and clear).
+    pub received: BTreeMap<ConnId, Vec<Frame>>,
 }
 
 /// The persisted conversation `id` names as `viewer` sees it; `None` for chatrooms and
@@ -278,6 +280,7 @@ impl Model {
             pushable: HashMap::new(),
             storage_errors: 0,
             stats: Stats::default(),
+            received: BTreeMap::new(),
         }
     }
 
@@ -456,6 +459,7 @@ impl Model {
         // What the clients received, frame by frame.
         for (&conn, client) in sim.clients.iter_mut() {
             for frame in client.take() {
+                self.received.entry(conn).or_default().push(frame.clone());
                 self.received(conn, frame, now);
             }
         }
