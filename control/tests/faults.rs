@@ -607,8 +607,17 @@ fn run(steps: Vec<Step>) -> Stats {
     w.finish()
 }
 
+/// Schedules per run: 256 by default (a few seconds in a debug build); `PROPTEST_CASES`
+/// sets more for a longer hunt.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     /// Random fault schedules keep every invariant of `harness/model.rs`.
     #[test]
