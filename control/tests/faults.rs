@@ -15,7 +15,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::held::StorageFault;
-use harness::model::{Closing, Model, Req, Stats, fault_label};
+use harness::model::{Closing, Model, Req, Stats};
 use harness::{Sim, account, group, room, single, text_content};
 use petrel_control::{Config, ConnId, RateLimit, Revocation};
 use petrel_proto::{Body, Frame, pb};
@@ -69,6 +69,15 @@ impl To {
             To::Room(r) => room(r),
         }
     }
+}
+
+/// A failure storage injects when it executes a request.
+#[derive(Debug, Clone, Copy)]
+enum Fail {
+    /// Refused unapplied with this error.
+    Refuse(StorageFault),
+    /// A write applied, then failed because the WAL sync failed (`Backend`).
+    NotDurable,
 }
 
 /// One step of a schedule. `conn` picks among the open connections (modulo their
@@ -148,7 +157,7 @@ enum Step {
     /// Storage executes one request (or fails it with `fault`); the completion is held.
     Execute {
         pick: usize,
-        fault: Option<StorageFault>,
+        fault: Option<Fail>,
     },
     /// One held completion is delivered.
     Deliver {
@@ -177,7 +186,11 @@ fn step() -> impl Strategy<Value = Step> {
     ];
     let fault = prop_oneof![
         3 => Just(None),
-        1 => prop::sample::select(StorageFault::ALL.to_vec()).prop_map(Some),
+        1 => prop_oneof![
+            10 => prop::sample::select(StorageFault::ALL.to_vec()).prop_map(Fail::Refuse),
+            1 => Just(Fail::NotDurable),
+        ]
+        .prop_map(Some),
     ];
     let jump = prop_oneof![
         Just(HOUR_MS),
@@ -391,14 +404,19 @@ impl World {
                 &[]
             }
             Step::Execute { pick, fault } => {
-                if let Some(out_of_order) = self.sim.execute(pick, fault) {
+                let executed = match fault {
+                    Some(Fail::NotDurable) => self.sim.execute_not_durable(pick),
+                    Some(Fail::Refuse(fault)) => self.sim.execute(pick, Some(fault)),
+                    None => self.sim.execute(pick, None),
+                };
+                if let Some(out_of_order) = executed {
                     self.model.stats.executed_out_of_order += u64::from(out_of_order);
                     if let Some(fault) = fault {
                         *self
                             .model
                             .stats
                             .injected
-                            .entry(fault_label(fault))
+                            .entry(format!("{fault:?}"))
                             .or_default() += 1;
                     }
                 }
@@ -631,7 +649,10 @@ proptest! {
 #[test]
 fn schedules_reach_every_fault_class() {
     let mut runner = TestRunner::new_with_rng(
-        RunnerConfig::default(),
+        RunnerConfig {
+            failure_persistence: None,
+            ..RunnerConfig::default()
+        },
         TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
     );
     let schedules = prop::collection::vec(step(), 60..120);
@@ -648,13 +669,14 @@ fn schedules_reach_every_fault_class() {
         assert!(
             total
                 .injected
-                .get(&fault_label(fault))
+                .get(&format!("{:?}", Fail::Refuse(fault)))
                 .copied()
                 .unwrap_or(0)
                 > 0,
             "{fault:?} never injected"
         );
     }
+    assert!(total.injected.contains_key("NotDurable"));
     assert!(total.executed_out_of_order > 0);
     assert!(total.delivered_out_of_order > 0);
     for closing in [
@@ -807,6 +829,43 @@ fn every_storage_error_is_answered_with_its_code_and_takes_no_seq() {
             );
         }
         w.take(a);
+    }
+    w.finish();
+}
+
+/// A write storage applied but failed because the WAL sync failed: the sender gets
+/// `INTERNAL`, not an Ack, and no push goes out; its retry (same `client_msg_id`) is acked
+/// as a duplicate with the seq the write kept, and the next message gets the seq after.
+#[test]
+fn an_applied_write_reported_failed_is_acked_only_on_retry() {
+    let mut w = World::empty();
+    let a = w.online(1, 0, LONG_TTL);
+    let b = w.online(2, 0, LONG_TTL);
+    w.sim.settle();
+    w.check(&[]);
+    let rid = w.send_text(a, To::Single(2), 5);
+    w.check(BY_REQUEST);
+    w.sim.execute_not_durable(0);
+    w.check(&[]);
+    w.sim.deliver(0);
+    w.check(&[]);
+    match w.answer(a, rid) {
+        Some(Body::Error(e)) => assert_eq!(e.code, pb::ErrorCode::Internal as i32),
+        other => panic!("not-durable append answered {other:?}"),
+    }
+    assert!(Sim::pushes(&w.take(b)).is_empty());
+    let retry = w.send_text(a, To::Single(2), 5);
+    w.check(BY_REQUEST);
+    let next = w.send_text(a, To::Single(2), 6);
+    w.check(BY_REQUEST);
+    w.sim.settle();
+    w.check(&[]);
+    match (w.answer(a, retry), w.answer(a, next)) {
+        (Some(Body::Ack(r)), Some(Body::Ack(n))) => {
+            assert_eq!((r.seq, r.duplicate), (1, true));
+            assert_eq!((n.seq, n.duplicate), (2, false));
+        }
+        other => panic!("retry and next: {other:?}"),
     }
     w.finish();
 }

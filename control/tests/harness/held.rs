@@ -6,7 +6,9 @@
 //!   driver contract allows next: requests of one connection are applied in emission
 //!   order, requests of different connections in any order (`Action::Storage`'s doc) —
 //!   or, with a [`StorageFault`], fails it *without applying it* (the engine refused
-//!   before writing anything). Either way the completion is held, not delivered.
+//!   before writing anything). [`Sim::execute_not_durable`] applies a write and still
+//!   fails it, as the commit queue does after a failed WAL sync. Either way the
+//!   completion is held, not delivered.
 //! - [`Sim::deliver`] hands one held completion to the control plane, in any order: a
 //!   completion can be delayed past any number of later ones.
 //!
@@ -61,6 +63,14 @@ pub struct Delivered {
     pub result: Result<Reply, StorageFault>,
     /// Whether the error was injected.
     pub injected: bool,
+}
+
+/// How [`Sim::execute_as`] runs a request.
+#[derive(Debug, Clone, Copy)]
+enum Execution {
+    Normal,
+    Refused(StorageFault),
+    NotDurable,
 }
 
 /// One kind of [`StorageError`], injectable into any completion.
@@ -224,6 +234,19 @@ impl Sim {
     /// `fault` without applying it; its completion is held. Returns whether it was
     /// executed out of emission order, or `None` if nothing was queued.
     pub fn execute(&mut self, pick: usize, fault: Option<StorageFault>) -> Option<bool> {
+        self.execute_as(pick, fault.map_or(Execution::Normal, Execution::Refused))
+    }
+
+    /// Executes executable request number `pick` (modulo their count) and then fails it
+    /// if it wrote, as the commit queue does when the WAL sync after a group fails
+    /// (`petrel_storage::api::fail_not_durable`): the write *is* applied — it holds its
+    /// seq and dedup entry, later reads see it — but its completion is
+    /// `StorageError::Backend`. Reads complete normally.
+    pub fn execute_not_durable(&mut self, pick: usize) -> Option<bool> {
+        self.execute_as(pick, Execution::NotDurable)
+    }
+
+    fn execute_as(&mut self, pick: usize, how: Execution) -> Option<bool> {
         let executable = self.executable();
         if executable.is_empty() {
             return None;
@@ -234,16 +257,25 @@ impl Sim {
             request,
             origin,
         } = self.queue.remove(index).expect("index from executable()");
-        let result = match fault {
-            Some(fault) => Err(fault.error()),
-            None => self.storage.execute(request.clone()),
+        let (result, injected) = match how {
+            Execution::Refused(fault) => (Err(fault.error()), true),
+            Execution::Normal => (self.storage.execute(request.clone()), false),
+            Execution::NotDurable => match self.storage.execute(request.clone()) {
+                Ok(_) if request.is_write() => (
+                    Err(StorageError::Backend(
+                        "WAL sync failed, write not durable: injected".into(),
+                    )),
+                    true,
+                ),
+                other => (other, false),
+            },
         };
         self.held.push(Completion {
             ticket,
             origin,
             request,
             result,
-            injected: fault.is_some(),
+            injected,
         });
         Some(index > 0)
     }

@@ -22,7 +22,7 @@
 //!    errored append took none — and every acked or pushed message is among them.
 //! 4. **A storage error is answered with an error.** When a completion carrying an error
 //!    is delivered and the requester is still connected, the request is answered
-//!    `Error` with the documented code ([`StorageFault::expected_code`]) and the
+//!    `Error` with the documented code ([`super::held::StorageFault::expected_code`]) and the
 //!    connection stays open; a successful append is answered `Ack` with the seq storage
 //!    assigned; any other completed request gets exactly one answer. No request is ever
 //!    answered twice, and (at the end) none on an open connection goes unanswered.
@@ -45,7 +45,7 @@ use petrel_proto::{Body, Frame, pb};
 use petrel_storage::{ConversationKey, Engine, Reply, Request, UserId};
 
 use super::Sim;
-use super::held::{Delivered, Origin, StorageFault, is_answered};
+use super::held::{Delivered, Origin, is_answered};
 
 /// Why a connection closed, as far as the schedule is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -988,9 +988,4 @@ fn read_all(sim: &Sim, user: u64, key: ConversationKey) -> Option<Vec<(u64, Msg)
         all = older;
     }
     Some(all)
-}
-
-/// The injected-fault label for [`Stats::injected`].
-pub fn fault_label(fault: StorageFault) -> String {
-    format!("{fault:?}")
 }
