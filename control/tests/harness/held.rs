@@ -87,11 +87,13 @@ pub enum StorageFault {
     Io,
     Closed,
     Overflow,
+    /// An `Io` error of kind `StorageFull`: the disk is full.
+    NoSpace,
 }
 
 impl StorageFault {
-    /// Every variant of [`StorageError`], one each.
-    pub const ALL: [StorageFault; 11] = [
+    /// Every variant of [`StorageError`], one each, and a full disk.
+    pub const ALL: [StorageFault; 12] = [
         StorageFault::NotAMember,
         StorageFault::NotOwner,
         StorageFault::NotAdmin,
@@ -103,6 +105,7 @@ impl StorageFault {
         StorageFault::Io,
         StorageFault::Closed,
         StorageFault::Overflow,
+        StorageFault::NoSpace,
     ];
 
     /// The error itself. ([`StorageFault::of`] matches [`StorageError`] exhaustively,
@@ -128,12 +131,16 @@ impl StorageFault {
             StorageFault::Io => StorageError::Io(std::io::Error::other("injected")),
             StorageFault::Closed => StorageError::Closed,
             StorageFault::Overflow => StorageError::Overflow,
+            StorageFault::NoSpace => {
+                StorageError::Io(std::io::Error::from(std::io::ErrorKind::StorageFull))
+            }
         }
     }
 
     /// The `Error` code the requester gets: the request's own fault maps to its protocol
     /// code, a storage that is shutting down to `SHUTTING_DOWN` (send it again after
-    /// reconnecting), anything else to `INTERNAL` (docs/PROTOCOL.md, 5.7).
+    /// reconnecting), a full disk to `STORAGE_FULL`, anything else to `INTERNAL`
+    /// (docs/PROTOCOL.md, 5.7).
     pub fn expected_code(self) -> pb::ErrorCode {
         match self {
             StorageFault::NotAMember => pb::ErrorCode::NotAMember,
@@ -143,6 +150,7 @@ impl StorageFault {
             StorageFault::NotFound => pb::ErrorCode::NotFound,
             StorageFault::Invalid => pb::ErrorCode::InvalidRequest,
             StorageFault::Closed => pb::ErrorCode::ShuttingDown,
+            StorageFault::NoSpace => pb::ErrorCode::StorageFull,
             StorageFault::Corrupt
             | StorageFault::Backend
             | StorageFault::Io
@@ -152,6 +160,9 @@ impl StorageFault {
 
     /// The kind of `error`.
     pub fn of(error: &StorageError) -> StorageFault {
+        if error.is_no_space() {
+            return StorageFault::NoSpace;
+        }
         match error {
             StorageError::NotAMember { .. } => StorageFault::NotAMember,
             StorageError::NotOwner { .. } => StorageFault::NotOwner,
@@ -177,6 +188,7 @@ impl StorageFault {
                 | StorageFault::Io
                 | StorageFault::Closed
                 | StorageFault::Overflow
+                | StorageFault::NoSpace
         )
     }
 }
@@ -203,7 +215,8 @@ pub fn is_answered(request: &Request) -> bool {
         | Request::TouchActivity { .. }
         | Request::LastActive { .. }
         | Request::RevokeToken { .. }
-        | Request::LoadRevoked { .. } => false,
+        | Request::LoadRevoked { .. }
+        | Request::Trim { .. } => false,
     }
 }
 

@@ -506,6 +506,9 @@ impl Model {
                         "{} was closed after an Error answering a failed storage request",
                         o.conn
                     );
+                    if code == pb::ErrorCode::StorageFull {
+                        assert!(e.retry_after_ms > 0, "STORAGE_FULL without retry_after_ms");
+                    }
                     self.stats.error_answers += 1;
                 }
                 (Expect::Answer, _) => {}
@@ -968,11 +971,12 @@ fn read_all(sim: &Sim, user: u64, key: ConversationKey) -> Option<Vec<(u64, Msg)
         let Reply::History(page) = reply else {
             panic!("History answered {reply:?}");
         };
-        if page.is_empty() {
+        if page.messages.is_empty() {
             break;
         }
-        before = page[0].seq;
+        before = page.messages[0].seq;
         let mut older: Vec<(u64, Msg)> = page
+            .messages
             .iter()
             .map(|m| {
                 (
