@@ -68,8 +68,9 @@ const GAP_FRAME_LEN: u64 = 16 + 40;
 /// 3. **Timer** — [`Control::poll_timeout`]: the next instant at which the driver must
 ///    call `handle(now, Event::Tick)`, or `None`. Ask again after every `handle`.
 /// 4. **Inspection** — [`Control::counters`], [`Control::connection_count`],
-///    [`Control::session_count`], [`Control::online_devices`], [`Control::is_drained`]:
-///    read-only, any time.
+///    [`Control::session_count`], [`Control::online_devices`],
+///    [`Control::pending_storage_requests`], [`Control::chatroom_count`],
+///    [`Control::is_drained`]: read-only, any time.
 ///
 /// Besides events, a driver may call three operator methods between iterations (their
 /// actions are polled like any other): [`Control::kick_user`],
@@ -299,6 +300,21 @@ impl Control {
     /// The logged-in connections of `user`.
     pub fn online_devices(&self, user: u64) -> &[ConnId] {
         self.registry.user_conns(user)
+    }
+
+    /// Storage requests emitted as [`Action::Storage`] whose [`Event::Storage`] has not
+    /// arrived yet (the start-up `LoadRevoked` included). A request outlives the
+    /// connection that made it — its completion is still needed for fan-out — so this
+    /// drops to zero only once the driver has delivered every completion, whatever
+    /// closed in between.
+    pub fn pending_storage_requests(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Chatrooms with at least one member connection (a room is dropped when its last
+    /// member leaves or closes).
+    pub fn chatroom_count(&self) -> usize {
+        self.rooms.len()
     }
 
     /// Whether the revocation list has been loaded (logins are accepted).

@@ -7,19 +7,25 @@
 //! outbound queue only grows, until [`Sim::catch_up`]), storage that holds its
 //! completions back ([`Sim::hold_storage`], for in-flight requests), and a seeded RNG
 //! the randomized workloads draw from, so every run with the same seed is identical.
+//!
+//! Faults (used by `tests/faults.rs`): [`held`] lets a test execute held storage requests
+//! in any order a real storage driver may, inject storage errors, and deliver the
+//! completions in any order; [`Sim::jump`] moves the clock in one step; [`model`] checks
+//! what the clients saw against what storage made durable.
 
 #![allow(dead_code)]
+
+pub mod held;
+pub mod model;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use petrel_control::token::{self, TokenSpec};
-use petrel_control::{
-    Action, CloseReason, Config, ConnId, Control, Event, KeyRing, Ticket, Timestamp,
-};
+use petrel_control::{Action, CloseReason, Config, ConnId, Control, Event, KeyRing, Timestamp};
 use petrel_proto::{Body, Frame, FrameDecoder, pb};
-use petrel_storage::{Engine, MemEngine, Request, StorageConfig};
+use petrel_storage::{Engine, MemEngine, StorageConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -65,9 +71,15 @@ pub struct Sim {
     rng: StdRng,
     next_conn: u64,
     /// Storage requests not yet executed, in emission order.
-    queue: VecDeque<(Ticket, Request)>,
+    queue: VecDeque<held::Queued>,
     /// While set, storage requests wait in the queue instead of completing.
     pub hold_storage: bool,
+    /// The client request being handled, stamped on the storage requests it emits.
+    origin: Option<held::Origin>,
+    /// Executed requests whose completions have not been delivered (see [`held`]).
+    held: Vec<held::Completion>,
+    /// Completions delivered since [`Sim::take_delivered`] was last called.
+    delivered: Vec<held::Delivered>,
 }
 
 impl Sim {
@@ -90,6 +102,9 @@ impl Sim {
             next_conn: 0,
             queue: VecDeque::new(),
             hold_storage: false,
+            origin: None,
+            held: Vec::new(),
+            delivered: Vec::new(),
         };
         sim.run();
         assert!(sim.control.is_ready(), "revocation list must load at start");
@@ -169,8 +184,13 @@ impl Sim {
 
     /// Delivers `frame` from `conn` exactly as given (flags included).
     pub fn send_frame(&mut self, conn: ConnId, frame: Frame) {
+        self.origin = Some(held::Origin {
+            conn,
+            rid: frame.request_id,
+        });
         self.control.handle(self.now, Event::Frame { conn, frame });
         self.run();
+        self.origin = None;
     }
 
     /// Storage requests emitted and not yet completed (while [`Sim::hold_storage`]).
@@ -273,6 +293,27 @@ impl Sim {
         self.now = end;
     }
 
+    /// Moves the virtual clock forward by `d` in one step, as a wall clock does when NTP
+    /// steps it or a suspended VM resumes: every deadline passed on the way is delivered
+    /// late, stamped with the new time, by the driver loop of the documented calling
+    /// order (tick while `poll_timeout() <= now`).
+    pub fn jump(&mut self, d: Duration) {
+        self.now = self.now.saturating_add(d);
+        for _ in 0..10_000 {
+            match self.control.poll_timeout() {
+                Some(t) if t <= self.now => {
+                    self.control.handle(self.now, Event::Tick);
+                    self.run();
+                }
+                _ => return,
+            }
+        }
+        panic!(
+            "poll_timeout still in the past after 10000 ticks at {}",
+            self.now
+        );
+    }
+
     /// Performs every action until the control plane is quiet: sends are decoded by the
     /// receiving client, closes are recorded and reported back, and storage requests
     /// run on the in-memory engine, their completions fed back in.
@@ -307,15 +348,22 @@ impl Sim {
                         }
                         self.control.handle(self.now, Event::Closed { conn });
                     }
-                    Action::Storage { ticket, request } => self.queue.push_back((ticket, request)),
+                    Action::Storage { ticket, request } => self.queue.push_back(held::Queued {
+                        ticket,
+                        request,
+                        origin: self.origin,
+                    }),
                 }
             }
             if self.queue.is_empty() || self.hold_storage {
                 return;
             }
             // Storage completes requests in the order they were emitted, like the
-            // real commit queue.
-            let (ticket, request) = self.queue.pop_front().expect("queue not empty");
+            // real commit queue. What a completion causes has no client request behind it.
+            self.origin = None;
+            let held::Queued {
+                ticket, request, ..
+            } = self.queue.pop_front().expect("queue not empty");
             let result = self.storage.execute(request);
             self.control
                 .handle(self.now, Event::Storage { ticket, result });
