@@ -116,7 +116,12 @@ impl<K: Kv> Store<K> {
                 continue;
             };
             let cutoff = now_ms.saturating_sub(keep_ms);
-            let last = self.last_seq(w, c)?;
+            // Peek, not get: a pass over every conversation must not push the hot
+            // entries out of the writer's cache.
+            let last = match w.last_seq.peek(&c) {
+                Some(s) => *s,
+                None => self.stored_last_seq(c)?,
+            };
             // Scan [first, last): the newest message always stays.
             let mut cut = first;
             let mut young = false;
@@ -173,7 +178,10 @@ impl<K: Kv> Store<K> {
             let (user, first) = keys::decode_u64_u64(&key)?;
             let user = UserId(user);
             let next_user = keys::prefix_end(&keys::u64_key(user.0));
-            let head = self.inbox_head(w, user)?;
+            let head = match w.inbox_head.peek(&user) {
+                Some(h) => *h,
+                None => self.stored_inbox_head(user)?,
+            };
             // Entries above head - cap stay by count; the newest (head) always stays.
             let mut cut = first.max(head.saturating_sub(cap) + 1).min(head);
             let mut young = false;
