@@ -50,6 +50,8 @@ pub mod conn;
 pub mod content;
 pub mod error;
 pub mod event;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod store;
 mod task;
 pub mod token;
