@@ -1,5 +1,6 @@
 //! Frames over a tokio `TcpStream`: petrel-proto's decoder on a `BytesMut` read buffer,
-//! and its encoder into a write buffer flushed once per batch of frames.
+//! and its encoder into a write buffer flushed once per batch of frames. The buffers
+//! ([`FramedIo`]) are apart from the socket, which is passed in for each read and write.
 //!
 //! [`FramedIo::read_frame`] is cancel-safe (it may lose a race in `tokio::select!`
 //! without losing bytes): bytes only move from the socket into the read buffer when a
@@ -25,21 +26,29 @@ pub enum ConnError {
     Encode(#[from] EncodeError),
 }
 
-/// A framed connection.
+/// A connection's framing state: petrel-proto's decoder over the bytes received so far,
+/// and the encoded frames waiting to be written. It owns no socket: the session passes
+/// its `TcpStream` to [`FramedIo::read_frame`] and [`FramedIo::flush`], and the frame
+/// handling in between (`task`) is synchronous, so the SDK's fuzz target can drive it
+/// with bytes ([`FramedIo::received`], [`FramedIo::next_frame`], [`FramedIo::take_output`]).
 #[derive(Debug)]
 pub struct FramedIo {
-    stream: TcpStream,
     decoder: FrameDecoder,
     encoder: FrameEncoder,
     rbuf: BytesMut,
     wbuf: BytesMut,
 }
 
+impl Default for FramedIo {
+    fn default() -> Self {
+        FramedIo::new()
+    }
+}
+
 impl FramedIo {
-    /// Wraps a connected stream.
-    pub fn new(stream: TcpStream) -> FramedIo {
+    /// Empty buffers.
+    pub fn new() -> FramedIo {
         FramedIo {
-            stream,
             decoder: FrameDecoder::default(),
             encoder: FrameEncoder::default(),
             rbuf: BytesMut::with_capacity(16 * 1024),
@@ -47,20 +56,38 @@ impl FramedIo {
         }
     }
 
-    /// The next frame; `None` when the server closed the connection. Frames of unknown
-    /// types or with undecodable bodies are skipped (the stream stays in sync).
-    pub async fn read_frame(&mut self) -> Result<Option<Frame>, ConnError> {
+    /// The next whole frame among the bytes received so far, if any. Frames of unknown
+    /// types or with undecodable bodies are skipped (the stream stays in sync); a fatal
+    /// framing error is returned.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, ConnError> {
         loop {
             match self.decoder.decode(&mut self.rbuf) {
-                Ok(Some(frame)) => return Ok(Some(frame)),
-                Ok(None) => {}
+                Ok(frame) => return Ok(frame),
                 Err(e) if !e.is_fatal() => {
                     tracing::debug!(error = %e, "skipping a frame this SDK does not understand");
-                    continue;
                 }
                 Err(e) => return Err(e.into()),
             }
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+        }
+    }
+
+    /// Takes the bytes received and not yet decoded.
+    pub fn take_unread(&mut self) -> BytesMut {
+        self.rbuf.split()
+    }
+
+    /// Appends bytes received from the server.
+    pub fn received(&mut self, bytes: &[u8]) {
+        self.rbuf.extend_from_slice(bytes);
+    }
+
+    /// The next frame from `stream`; `None` when the server closed the connection.
+    pub async fn read_frame(&mut self, stream: &mut TcpStream) -> Result<Option<Frame>, ConnError> {
+        loop {
+            if let Some(frame) = self.next_frame()? {
+                return Ok(Some(frame));
+            }
+            if stream.read_buf(&mut self.rbuf).await? == 0 {
                 return Ok(None);
             }
         }
@@ -72,10 +99,15 @@ impl FramedIo {
         Ok(())
     }
 
-    /// Writes every queued frame.
-    pub async fn flush(&mut self) -> Result<(), ConnError> {
+    /// Takes every queued byte (instead of writing it to a socket).
+    pub fn take_output(&mut self) -> BytesMut {
+        self.wbuf.split()
+    }
+
+    /// Writes every queued frame to `stream`.
+    pub async fn flush(&mut self, stream: &mut TcpStream) -> Result<(), ConnError> {
         if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await?;
+            stream.write_all(&self.wbuf).await?;
             self.wbuf.clear();
         }
         Ok(())

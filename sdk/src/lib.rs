@@ -50,6 +50,8 @@ pub mod conn;
 pub mod content;
 pub mod error;
 pub mod event;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod room_seen;
 pub mod store;
 mod task;

@@ -210,20 +210,38 @@ impl Store {
         let blob = content.encode_to_vec();
         loop {
             let id = rand::random::<u64>().max(1);
-            let result = self.conn.execute(
-                "INSERT INTO outbox (client_msg_id, kind, id, content) VALUES (?1, ?2, ?3, ?4)",
-                params![i(id), conversation.kind as i64, i(conversation.id), blob],
-            );
-            match result {
-                Ok(_) => return Ok(id),
-                // A 64-bit collision: draw again.
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
+            if self.outbox_insert(id, conversation, &blob)? {
+                return Ok(id);
             }
+            // A 64-bit collision: draw again.
+        }
+    }
+
+    /// Queues a send (encoded `Content`) under `client_msg_id`; false if that id is
+    /// queued already. [`Store::outbox_push`] draws the id; the fuzzing harness picks it.
+    pub(crate) fn outbox_insert(
+        &mut self,
+        client_msg_id: u64,
+        conversation: ConversationKey,
+        blob: &[u8],
+    ) -> Result<bool, SdkError> {
+        let result = self.conn.execute(
+            "INSERT INTO outbox (client_msg_id, kind, id, content) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                i(client_msg_id),
+                conversation.kind as i64,
+                i(conversation.id),
+                blob
+            ],
+        );
+        match result {
+            Ok(_) => Ok(true),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 

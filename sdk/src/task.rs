@@ -98,7 +98,7 @@ impl Shared {
 }
 
 /// How one connection attempt ended.
-enum Outcome {
+pub(crate) enum Outcome {
     /// No session was established (connect, token or login failed).
     ConnectFailed(String),
     /// An established session ended; reconnect (to the next endpoint with `move_on`).
@@ -153,9 +153,11 @@ pub(crate) struct Task {
     auth_failed: bool,
 }
 
-/// One live session's bookkeeping.
-struct Live {
-    io: FramedIo,
+/// One live session's bookkeeping. It holds no socket (the session's `TcpStream` is
+/// passed to each read and flush), so the frame handling ([`Task::on_frame`]) is
+/// synchronous and can be driven without one (the `fuzzing` feature's harness does).
+pub(crate) struct Live {
+    pub(crate) io: FramedIo,
     pending: HashMap<u32, Pending>,
     in_flight: HashSet<u64>,
     sends_paused_until: Option<tokio::time::Instant>,
@@ -168,6 +170,42 @@ struct Live {
     renew_at: Option<tokio::time::Instant>,
     /// The server answered `SHUTTING_DOWN`: send nothing more on this connection.
     server_draining: bool,
+}
+
+impl Live {
+    /// A session just logged in.
+    pub(crate) fn new(
+        io: FramedIo,
+        ping_interval: Duration,
+        renew_at: Option<tokio::time::Instant>,
+    ) -> Live {
+        Live {
+            io,
+            pending: HashMap::new(),
+            in_flight: HashSet::new(),
+            sends_paused_until: None,
+            syncing: false,
+            resync: false,
+            last_sync: None,
+            next_ping: tokio::time::Instant::now() + ping_interval,
+            ping_interval,
+            pong_deadline: None,
+            renew_at,
+            server_draining: false,
+        }
+    }
+
+    /// Requests waiting for an answer.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Sends waiting for an ack.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
 }
 
 impl Task {
@@ -190,6 +228,12 @@ impl Task {
             next_request: 0,
             auth_failed: false,
         }
+    }
+
+    /// Queued sends in the store's outbox.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn store_outbox_len(&self) -> usize {
+        self.shared.store().outbox_len().unwrap_or(0)
     }
 
     fn set_state(&self, state: ConnectionState) {
@@ -287,14 +331,14 @@ impl Task {
             Err(e) => return Outcome::ConnectFailed(format!("token provider: {e}")),
         };
         let endpoint = self.reconnector.endpoint().to_owned();
-        let stream = match timeout(self.config.connect_timeout, TcpStream::connect(&endpoint)).await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Outcome::ConnectFailed(format!("connect {endpoint}: {e}")),
-            Err(_) => return Outcome::ConnectFailed(format!("connect {endpoint}: timed out")),
-        };
+        let mut stream =
+            match timeout(self.config.connect_timeout, TcpStream::connect(&endpoint)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Outcome::ConnectFailed(format!("connect {endpoint}: {e}")),
+                Err(_) => return Outcome::ConnectFailed(format!("connect {endpoint}: timed out")),
+            };
         let _ = stream.set_nodelay(true);
-        let mut io = FramedIo::new(stream);
+        let mut io = FramedIo::new();
         let rid = self.request_id();
         let login = pb::Login {
             token: token.token.clone(),
@@ -305,9 +349,9 @@ impl Task {
         };
         let answer = async {
             io.queue(&Frame::new(rid, login))?;
-            io.flush().await?;
+            io.flush(&mut stream).await?;
             loop {
-                match io.read_frame().await? {
+                match io.read_frame(&mut stream).await? {
                     Some(f) if f.flags.is_response() && f.request_id == rid => {
                         return Ok::<_, ConnError>(Some(f.body));
                     }
@@ -361,21 +405,8 @@ impl Task {
             ping_interval =
                 ping_interval.min(Duration::from_secs(result.heartbeat_interval_s.into()));
         }
-        let mut live = Live {
-            io,
-            pending: HashMap::new(),
-            in_flight: HashSet::new(),
-            sends_paused_until: None,
-            syncing: false,
-            resync: false,
-            last_sync: None,
-            next_ping: tokio::time::Instant::now() + ping_interval,
-            ping_interval,
-            pong_deadline: None,
-            renew_at: self.renew_at(result.token_expires_at_ms),
-            server_draining: false,
-        };
-        let outcome = self.session(&mut live).await;
+        let mut live = Live::new(io, ping_interval, self.renew_at(result.token_expires_at_ms));
+        let outcome = self.session(&mut live, &mut stream).await;
         for (_, p) in live.pending.drain() {
             if let Pending::User(reply) = p {
                 let _ = reply.send(Err(SdkError::ConnectionLost));
@@ -395,18 +426,23 @@ impl Task {
         Some(tokio::time::Instant::now() + (remaining - lead))
     }
 
-    async fn session(&mut self, live: &mut Live) -> Outcome {
+    /// What a new session sends first: chatroom rejoins, a sync, the outbox.
+    pub(crate) fn begin(&mut self, live: &mut Live) -> Result<(), ConnError> {
+        self.rejoin_rooms(live)?;
+        self.start_sync(live)?;
+        self.flush_outbox(live)
+    }
+
+    async fn session(&mut self, live: &mut Live, stream: &mut TcpStream) -> Outcome {
         let result: Result<Option<Outcome>, ConnError> = async {
-            self.rejoin_rooms(live)?;
-            self.start_sync(live)?;
-            self.flush_outbox(live)?;
-            live.io.flush().await?;
+            self.begin(live)?;
+            live.io.flush(stream).await?;
             loop {
                 let paused = live.sends_paused_until;
                 let renew_at = live.renew_at;
                 let pong_deadline = live.pong_deadline;
                 tokio::select! {
-                    frame = live.io.read_frame() => match frame? {
+                    frame = live.io.read_frame(stream) => match frame? {
                         Some(frame) => {
                             if let Some(outcome) = self.on_frame(live, frame)? {
                                 return Ok(Some(outcome));
@@ -422,7 +458,7 @@ impl Task {
                         Some(Command::Shutdown { revoke_token }) => {
                             let rid = self.request_id();
                             live.io.queue(&Frame::new(rid, pb::Logout { revoke_token }))?;
-                            live.io.flush().await?;
+                            live.io.flush(stream).await?;
                             if revoke_token {
                                 let _ = self.cache.clear();
                             }
@@ -469,7 +505,7 @@ impl Task {
                         self.flush_outbox(live)?;
                     },
                 }
-                live.io.flush().await?;
+                live.io.flush(stream).await?;
             }
         }
         .await;
@@ -600,7 +636,13 @@ impl Task {
         }
     }
 
-    fn on_frame(&mut self, live: &mut Live, frame: Frame) -> Result<Option<Outcome>, ConnError> {
+    /// Handles one frame from the server: answers to pending requests, pushes, kicks.
+    /// `Some` when the session must end.
+    pub(crate) fn on_frame(
+        &mut self,
+        live: &mut Live,
+        frame: Frame,
+    ) -> Result<Option<Outcome>, ConnError> {
         if frame.flags.is_response() {
             let Some(pending) = live.pending.remove(&frame.request_id) else {
                 return Ok(None);

@@ -269,6 +269,7 @@ pub fn malformed_name(reason: Malformed) -> &'static str {
         Malformed::TruncatedTcp => "truncated_tcp",
         Malformed::BadTcpChecksum => "bad_tcp_checksum",
         Malformed::BadTcpHeader => "bad_tcp_header",
+        Malformed::BadSourceAddress => "bad_source_address",
     }
 }
 
@@ -282,6 +283,7 @@ const MALFORMED: [Malformed; Malformed::COUNT] = [
     Malformed::TruncatedTcp,
     Malformed::BadTcpChecksum,
     Malformed::BadTcpHeader,
+    Malformed::BadSourceAddress,
 ];
 
 impl Collector for Metrics {

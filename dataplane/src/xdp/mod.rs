@@ -22,6 +22,8 @@
 //! - [`umem`]: UMEM frame ownership bookkeeping (fill / rx / tx / completion);
 //! - [`ring`]: AF_XDP ring index arithmetic;
 //! - [`wire`]: checked classification of received frames; malformed ones dropped and counted;
+//! - [`rx`]: one received frame's path (classify, learn the neighbour, ARP, to its shard),
+//!   shared by the pollers, the client and the `xdp_ingress` fuzz target;
 //! - [`neighbour`]: ARP replies for our address and the neighbour table;
 //! - [`tcp`]: one smoltcp shard (`Medium::Ip`) with a re-armed listener, and Ethernet
 //!   framing of what it sends;
@@ -52,7 +54,7 @@ pub mod filter;
 pub mod neighbour;
 pub mod poller;
 pub mod ring;
-mod rx;
+pub mod rx;
 pub mod shards;
 pub mod stats;
 pub mod tcp;

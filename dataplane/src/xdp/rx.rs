@@ -2,6 +2,9 @@
 //! ([`super::transport`]) and the load generator's client ([`super::client`]): classify
 //! it, learn the sender's MAC, hand a TCP segment to its shard, keep an ARP request to be
 //! answered. Performance-critical path: no allocation, no logging.
+//!
+//! Public (not only to the pollers) so the fuzz target in `dataplane/fuzz` drives
+//! exactly this path with whole Ethernet frames, without an AF_XDP socket.
 
 use smoltcp::wire::{ArpOperation, ArpRepr, Ipv4Cidr};
 
@@ -11,24 +14,28 @@ use super::transport::TcpDrops;
 use super::wire::{Inbound, RxCounters, classify_for};
 
 /// Where received frames go, borrowed from their owner for one batch.
-pub(crate) struct Intake<'a> {
+pub struct Intake<'a> {
     /// The addresses that are ours (a server's one address, a client's network).
     pub ours: Ipv4Cidr,
     /// Keep ARP requests for `ours` to answer (we, not the kernel, own the addresses).
     pub answer_arp: bool,
     /// The owner's clock, milliseconds.
     pub now_ms: u64,
+    /// Where TCP segments go.
     pub shards: &'a mut ShardSet,
+    /// Learns the sender's MAC of every TCP segment and ARP packet for us.
     pub neighbours: &'a mut NeighbourTable,
     /// ARP requests to answer after the batch.
     pub arp_requests: &'a mut Vec<ArpRepr>,
+    /// What [`classify_for`] said, per reason.
     pub counters: &'a mut RxCounters,
+    /// Segments the shards refused.
     pub drops: &'a mut TcpDrops,
 }
 
 impl Intake<'_> {
     /// Takes one frame.
-    pub(crate) fn take(&mut self, frame: &[u8]) {
+    pub fn take(&mut self, frame: &[u8]) {
         let result = classify_for(frame, self.ours);
         self.counters.record(&result);
         match result {

@@ -269,16 +269,24 @@ impl TcpShard {
             self.accepted.push(listener);
             self.listener = Some(self.sockets.add(listening_socket(&self.config)));
         }
-        // Closed connections give their slot back.
+        // Closed connections give their slot back. One the owner has not taken from
+        // `accepted` yet (accepted and closed before it looked, e.g. SYN, ACK and RST in
+        // one receive batch) is never reported at all: reported as accepted, it would
+        // name a socket that no longer exists, and the owner would keep it forever.
         let sockets = &mut self.sockets;
         let closed = &mut self.closed;
+        let accepted = &mut self.accepted;
         let live = &mut self.live;
         self.connections.retain(|handle| {
             let is_closed = sockets.get::<tcp::Socket>(*handle).state() == tcp::State::Closed;
             if is_closed {
                 sockets.remove(*handle);
                 live.remove(handle);
-                closed.push(*handle);
+                if let Some(at) = accepted.iter().position(|h| h == handle) {
+                    accepted.swap_remove(at);
+                } else {
+                    closed.push(*handle);
+                }
             }
             !is_closed
         });
@@ -625,6 +633,82 @@ mod tests {
         assert!(shard.push_rx(packet));
         assert!(!shard.push_rx(packet));
         assert_eq!(shard.dropped_rx(), 1);
+    }
+
+    /// An IPv4 packet from PEER:40000 to OURS:9500 (the fixture SYN's connection).
+    fn segment_from_peer(seq: u32, ack: u32, control: smoltcp::wire::TcpControl) -> Vec<u8> {
+        use smoltcp::wire::{IpProtocol, Ipv4Repr, TcpRepr, TcpSeqNumber};
+        let tcp = TcpRepr {
+            src_port: 40000,
+            dst_port: 9500,
+            control,
+            seq_number: TcpSeqNumber(seq as i32),
+            ack_number: Some(TcpSeqNumber(ack as i32)),
+            window_len: 64240,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: &[],
+        };
+        let ip = Ipv4Repr {
+            src_addr: PEER,
+            dst_addr: OURS,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut buf = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+        let mut packet = Ipv4Packet::new_unchecked(&mut buf[..]);
+        ip.emit(&mut packet, &ChecksumCapabilities::default());
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(packet.payload_mut()),
+            &IpAddress::Ipv4(PEER),
+            &IpAddress::Ipv4(OURS),
+            &ChecksumCapabilities::default(),
+        );
+        buf
+    }
+
+    #[test]
+    fn a_connection_accepted_and_closed_in_one_poll_is_never_reported() {
+        // Found by the xdp_ingress fuzz target's seed: SYN, the handshake's ACK and a RST
+        // in one receive batch. The shard used to report the connection as accepted (and
+        // closed before that), so the poller registered a socket that no longer existed.
+        let frame = syn_frame(OURS, 0);
+        let syn = &frame[ETHERNET_HEADER_LEN..];
+        // smoltcp's sequence numbers come from a fixed seed: learn the SYN-ACK's first.
+        let mut probe = shard();
+        probe.push_rx(syn);
+        probe.poll(1);
+        let reply = probe.pop_tx().expect("a SYN-ACK");
+        let ip = Ipv4Packet::new_checked(&reply[..]).unwrap();
+        let their = TcpPacket::new_checked(ip.payload()).unwrap().seq_number().0 as u32;
+
+        let mut shard = shard();
+        shard.push_rx(syn);
+        shard.push_rx(&segment_from_peer(
+            1001,
+            their + 1,
+            smoltcp::wire::TcpControl::None,
+        ));
+        shard.push_rx(&segment_from_peer(
+            1001,
+            their + 1,
+            smoltcp::wire::TcpControl::Rst,
+        ));
+        shard.poll(1);
+        let (mut accepted, mut closed) = (Vec::new(), Vec::new());
+        shard.take_closed(&mut closed);
+        shard.take_accepted(&mut accepted);
+        assert_eq!((accepted.len(), closed.len()), (0, 0));
+        assert_eq!(shard.connection_count(), 0);
+        // The re-armed listener still accepts.
+        shard.push_rx(syn);
+        shard.poll(2);
+        shard.take_accepted(&mut accepted);
+        assert_eq!(accepted.len(), 1);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! **No-panic contract:** `classify` accepts any byte slice, of any length and content,
 //! and returns; every header access goes through a view whose length was checked first.
 //! Malformed frames (truncated Ethernet/IP/TCP, impossible lengths, bad checksums, IP
-//! fragments, garbage TCP options) are reported as a [`Malformed`] reason and counted by
+//! fragments, garbage TCP options, sources no reply can go to) are reported as a
+//! [`Malformed`] reason and counted by
 //! [`RxCounters`]; the dataplane drops them.
 //!
 //! Checksums are verified here, in software, once: a veth peer with tx checksum offload on
@@ -73,11 +74,16 @@ pub enum Malformed {
     BadTcpChecksum,
     /// Unparseable TCP options, a zero port, or an impossible flag combination.
     BadTcpHeader,
+    /// A TCP segment from an address no reply can go to: unspecified (0.0.0.0),
+    /// broadcast or multicast (RFC 1122 §3.2.1.3, §4.2.3.10). smoltcp would answer a SYN
+    /// from 0.0.0.0 and then panic on the unspecified destination of its SYN-ACK (found
+    /// by the `xdp_ingress` fuzz target): one packet stopped a dataplane core.
+    BadSourceAddress,
 }
 
 impl Malformed {
     /// Number of reasons.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 }
 
 /// Per-reason counts of what [`classify`] returned.
@@ -178,6 +184,9 @@ fn classify_ipv4(
     }
     let total = usize::from(ip.total_len());
     let src = ip.src_addr();
+    if src.is_unspecified() || src.is_broadcast() || src.is_multicast() {
+        return Err(Malformed::BadSourceAddress);
+    }
     let segment = ip.payload();
     if segment.len() < TCP_MIN_HEADER {
         return Err(Malformed::TruncatedTcp);
@@ -449,6 +458,29 @@ pub(crate) mod tests {
         let mut frame = syn_frame(OURS, 0);
         frame[TCP + 12] = 0x40;
         assert_eq!(classify(&frame, OURS), Err(Malformed::TruncatedTcp));
+    }
+
+    #[test]
+    fn segments_from_unanswerable_sources_are_dropped() {
+        // The xdp_ingress fuzz target's crash: a SYN from 0.0.0.0 made smoltcp panic on
+        // the unspecified destination of its SYN-ACK.
+        for src in [
+            Ipv4Address::UNSPECIFIED,
+            Ipv4Address::BROADCAST,
+            Ipv4Address::new(224, 0, 0, 1),
+        ] {
+            let mut frame = syn_frame(OURS, 0);
+            frame[IP + 12..IP + 16].copy_from_slice(&src.octets());
+            fix_ip_checksum(&mut frame);
+            let end = IP + usize::from(Ipv4Packet::new_unchecked(&frame[IP..]).total_len());
+            TcpPacket::new_unchecked(&mut frame[TCP..end])
+                .fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(OURS));
+            assert_eq!(
+                classify(&frame, OURS),
+                Err(Malformed::BadSourceAddress),
+                "{src}"
+            );
+        }
     }
 
     #[test]
