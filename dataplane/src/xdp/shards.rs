@@ -113,7 +113,13 @@ impl ShardSet {
         ShardSet {
             config,
             shards: (0..n)
-                .map(|_| TcpShard::new(config.shard, now_ms))
+                .map(|i| {
+                    let shard = ShardConfig {
+                        random_seed: mix(config.seed ^ mix(i as u64 + 1)),
+                        ..config.shard
+                    };
+                    TcpShard::new(shard, now_ms)
+                })
                 .collect(),
             dirty: vec![false; n],
             dirty_list: Vec::with_capacity(n),
@@ -402,6 +408,46 @@ mod tests {
         tcp.set_src_port(port);
         tcp.fill_checksum(&src.into(), &dst.into());
         frame[ETHERNET_HEADER_LEN..].to_vec()
+    }
+
+    /// The initial sequence number of the SYN-ACK a set with hash seed `seed` answers
+    /// the fixture SYN with.
+    fn syn_ack_isn(seed: u64) -> u32 {
+        let mut set = ShardSet::new(
+            ShardSetConfig {
+                shards: 4,
+                max_connections_per_shard: 10,
+                seed,
+                shard: ShardConfig {
+                    addr: OURS,
+                    ..ShardConfig::default()
+                },
+            },
+            0,
+        );
+        assert!(matches!(
+            set.push_rx(&syn_from(40000)),
+            RxVerdict::Queued(_)
+        ));
+        let mut isn = None;
+        set.poll(1, |_, packet| {
+            let ip = Ipv4Packet::new_checked(packet).expect("ip");
+            let tcp = TcpPacket::new_checked(ip.payload()).expect("tcp");
+            isn = Some(tcp.seq_number().0 as u32);
+        });
+        isn.expect("a SYN-ACK")
+    }
+
+    #[test]
+    fn initial_sequence_numbers_differ_between_sets_and_shards() {
+        // Before, every shard of every process used smoltcp's seed 0: the same numbers.
+        let isns: Vec<u32> = (1..=8u64).map(|seed| syn_ack_isn(seed * 0x9e37)).collect();
+        let mut distinct = isns.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(distinct.len() >= 7, "{isns:?}");
+        // The same seed gives the same numbers (deterministic tests stay possible).
+        assert_eq!(syn_ack_isn(5), syn_ack_isn(5));
     }
 
     #[test]

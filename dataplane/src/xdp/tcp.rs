@@ -61,6 +61,12 @@ pub struct ShardConfig {
     /// smoltcp's default, 10 ms, suits WANs; in a datacenter a reply usually leaves within
     /// a millisecond and carries the ACK.
     pub ack_delay_ms: u64,
+    /// Seed of smoltcp's generator for initial sequence numbers and ephemeral ports. A
+    /// [`super::shards::ShardSet`] gives each shard its own, drawn from its random seed,
+    /// so sequence numbers cannot be predicted from another process or shard (with a
+    /// fixed seed every shard of every server started at the same numbers, which makes
+    /// off-path reset and data injection easy). 0 in tests that want fixed numbers.
+    pub random_seed: u64,
 }
 
 impl Default for ShardConfig {
@@ -75,6 +81,7 @@ impl Default for ShardConfig {
             mtu: 1500,
             max_queued: 256,
             ack_delay_ms: 1,
+            random_seed: 0,
         }
     }
 }
@@ -203,11 +210,9 @@ impl TcpShard {
             mtu: config.mtu,
             max_queued: config.max_queued,
         };
-        let mut iface = Interface::new(
-            Config::new(HardwareAddress::Ip),
-            &mut queues,
-            instant(now_ms),
-        );
+        let mut iface_config = Config::new(HardwareAddress::Ip);
+        iface_config.random_seed = config.random_seed;
+        let mut iface = Interface::new(iface_config, &mut queues, instant(now_ms));
         iface.update_ip_addrs(|addrs| {
             // The vector holds IFACE_MAX_ADDR_COUNT addresses; this is the first.
             let _ = addrs.push(IpCidr::new(config.addr.into(), config.prefix_len));
