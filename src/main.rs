@@ -87,10 +87,23 @@ fn exit(result: anyhow::Result<ExitCode>) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => server::ServeConfig::resolve(&args).and_then(|config| {
-            init_logging(&config.log_level, config.log_format);
-            server::run(config)
-        }),
+        Command::Serve(args) => {
+            let stopped = server::ServeConfig::resolve(&args).and_then(|config| {
+                init_logging(&config.log_level, config.log_format);
+                server::run(config)
+            });
+            match stopped {
+                Ok(server::Stopped::ForStorageRestart) => {
+                    eprintln!(
+                        "petrel: stopped after a full disk had space again; start it again to \
+                         reopen the database (systemd restarts it: exit status {})",
+                        server::disk_watch::EXIT_RESTART
+                    );
+                    return ExitCode::from(server::disk_watch::EXIT_RESTART);
+                }
+                other => other.map(|_| ()),
+            }
+        }
         Command::Token(cmd) => token_cmd::run(cmd),
         Command::Chat(args) => chat::run(args),
         Command::Doctor(args) => return exit(ops::doctor(&args)),

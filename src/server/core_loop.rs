@@ -146,6 +146,8 @@ pub struct HomeParts<E: GroupEngine + 'static> {
     pub stop: Arc<AtomicBool>,
     /// Where metrics are published, if anywhere.
     pub metrics: Option<Arc<Metrics>>,
+    /// Told when storage fails for lack of space (`disk_watch`).
+    pub disk: Arc<super::disk_watch::DiskWatch>,
 }
 
 /// Runs one loop per core, `cores[0]` as home, each pinned to `cpus[i]`, until `stop`
@@ -237,6 +239,7 @@ struct HomeLoop<I: CoreIo, E: GroupEngine + 'static> {
     batch: Vec<(Ticket, Request)>,
     metrics: Option<LoopMetrics>,
     storage_failure_logged: bool,
+    disk: Arc<super::disk_watch::DiskWatch>,
 }
 
 /// The home loop's side of the metrics: connection counts kept from the events it
@@ -280,6 +283,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
                 next_publish: Instant::now(),
             }),
             storage_failure_logged: false,
+            disk: parts.disk,
         }
     }
 
@@ -399,6 +403,14 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
                 "storage: a WAL sync failed; every write is refused until the server is \
                  restarted (reads and sessions keep working)"
             );
+            if cause.is_no_space() {
+                // The disk watch stops the server for a restart once space is back.
+                self.disk.storage_full.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    "storage: the disk is full; free space on it and the server stops by \
+                     itself (exit status 75) to be restarted with the database reopened"
+                );
+            }
         }
         n
     }

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod config;
 pub mod core_loop;
+pub mod disk_watch;
 mod keys;
 mod limits;
 pub mod metrics;
@@ -79,8 +80,19 @@ fn control_config(config: &ServeConfig) -> petrel_control::Config {
     }
 }
 
-/// Runs the server until SIGINT or SIGTERM, then shuts down gracefully.
-pub fn run(config: ServeConfig) -> anyhow::Result<()> {
+/// How a server run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// By a signal, after a graceful shutdown.
+    Signal,
+    /// By the disk watch, after a graceful shutdown, so the database is reopened: exit
+    /// with [`disk_watch::EXIT_RESTART`] and let the supervisor start the server again.
+    ForStorageRestart,
+}
+
+/// Runs the server until SIGINT or SIGTERM (or a full disk that has space again), then
+/// shuts down gracefully.
+pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     match config.dataplane {
         // Kernel sockets hold a descriptor each; AF_XDP connections hold none.
         DataplaneKind::Kernel => {
@@ -186,11 +198,20 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
             .map_or("127.0.0.1:9500".into(), ToString::to_string),
     );
 
+    let disk = Arc::new(disk_watch::DiskWatch::default());
+    disk_watch::start(
+        config.data_dir.clone(),
+        disk.clone(),
+        stop.clone(),
+        home_waker.clone(),
+    )
+    .context("cannot start the disk watch")?;
     let home = core_loop::HomeParts {
         control,
         committer,
         stop,
         metrics,
+        disk: disk.clone(),
     };
     let result = match cores {
         Cores::Kernel(cores) => core_loop::run(cores, cpus, config.poll, home),
@@ -200,7 +221,11 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
     drop(transport);
     result?;
     tracing::info!("stopped");
-    Ok(())
+    Ok(if disk.restart.load(Ordering::Relaxed) {
+        Stopped::ForStorageRestart
+    } else {
+        Stopped::Signal
+    })
 }
 
 /// Gives the storage syncer thread the configured scheduling policy. The real-time one

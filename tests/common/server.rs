@@ -221,6 +221,12 @@ impl TestServer {
         assert!(exit.success(), "petrel serve exited with {exit}");
     }
 
+    /// Waits (up to `limit`) for the server to exit by itself and returns its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        wait_timeout(&mut child, limit)
+    }
+
     /// Sends SIGKILL (a crash: no shutdown, no flush) and waits for the process to go.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("server running");
