@@ -64,10 +64,27 @@ pub trait Kv: Send + Sync {
         visit: &mut Visitor<'_>,
     ) -> Result<(), StorageError>;
 
+    /// First key in `[start, end)`, if any (where a timeline or an inbox starts after
+    /// retention; where a retention walk goes next).
+    fn first_key(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.edge_key(cf, start, end, Direction::Forward)
+    }
+
     /// Last key in `[start, end)`, if any (recovers counters: last seq, last inbox seq).
     fn last_key(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.edge_key(cf, start, end, Direction::Reverse)
+    }
+
+    /// The first key of `[start, end)` in `dir` order, if any.
+    fn edge_key(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+        dir: Direction,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
         let mut found = None;
-        self.scan(cf, start, end, Direction::Reverse, 1, &mut |k, _| {
+        self.scan(cf, start, end, dir, 1, &mut |k, _| {
             found = Some(k.to_vec());
             Ok(false)
         })?;

@@ -297,19 +297,10 @@ impl<K: Kv> Store<K> {
     fn stored_first_seq(&self, c: ConversationKey) -> Result<u64, StorageError> {
         let prefix = keys::conversation(c);
         let end = keys::prefix_end(&prefix);
-        let mut first = 0;
-        self.kv.scan(
-            Cf::Messages,
-            &prefix,
-            &end,
-            crate::kv::Direction::Forward,
-            1,
-            &mut |k, _| {
-                first = keys::decode_conversation_u64(k)?.1;
-                Ok(false)
-            },
-        )?;
-        Ok(first)
+        match self.kv.first_key(Cf::Messages, &prefix, &end)? {
+            Some(k) => Ok(keys::decode_conversation_u64(&k)?.1),
+            None => Ok(0),
+        }
     }
 
     /// Last assigned seq, cached in the writer.

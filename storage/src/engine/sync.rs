@@ -132,18 +132,13 @@ impl<K: Kv> Store<K> {
     /// new one, from its per-conversation cursors (slower, never lossy).
     fn inbox_trimmed_past(&self, user: UserId, inbox_cursor: u64) -> Result<bool, StorageError> {
         let prefix = keys::u64_key(user.0);
-        let mut first = None;
-        self.kv.scan(
-            Cf::Inbox,
-            &prefix,
-            &keys::prefix_end(&prefix),
-            Direction::Forward,
-            1,
-            &mut |k, _| {
-                first = Some(keys::decode_u64_u64(k)?.1);
-                Ok(false)
-            },
-        )?;
+        let first = match self
+            .kv
+            .first_key(Cf::Inbox, &prefix, &keys::prefix_end(&prefix))?
+        {
+            Some(k) => Some(keys::decode_u64_u64(&k)?.1),
+            None => None,
+        };
         Ok(first.is_some_and(|f| f > inbox_cursor.saturating_add(1)))
     }
 

@@ -79,17 +79,6 @@ impl<K: Kv> Store<K> {
         Ok(report)
     }
 
-    /// The first key at or after `from` in `cf`, if any.
-    fn next_key(&self, cf: Cf, from: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let mut found = None;
-        self.kv
-            .scan(cf, from, &END, Direction::Forward, 1, &mut |k, _| {
-                found = Some(k.to_vec());
-                Ok(false)
-            })?;
-        Ok(found)
-    }
-
     /// Delete each conversation's messages older than its kind's retention.
     fn trim_messages(
         &self,
@@ -105,7 +94,7 @@ impl<K: Kv> Store<K> {
             return Ok(Walk::Finished);
         }
         while *budget > 0 {
-            let Some(key) = self.next_key(Cf::Messages, &from)? else {
+            let Some(key) = self.kv.first_key(Cf::Messages, &from, &END)? else {
                 return Ok(Walk::Finished);
             };
             *budget -= 1;
@@ -171,7 +160,7 @@ impl<K: Kv> Store<K> {
             .inbox_retention_ms
             .map(|keep| now_ms.saturating_sub(keep));
         while *budget > 0 {
-            let Some(key) = self.next_key(Cf::Inbox, &from)? else {
+            let Some(key) = self.kv.first_key(Cf::Inbox, &from, &END)? else {
                 return Ok(Walk::Finished);
             };
             *budget -= 1;
