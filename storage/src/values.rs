@@ -68,6 +68,12 @@ pub fn encode_message_into(
 
 /// The server time of an encoded message, without decoding the rest (retention scans).
 pub fn message_time_ms(v: &[u8]) -> Result<u64, DecodeError> {
+    check_message_header(v)?;
+    Ok(keys::be_u64(&v[17..25]))
+}
+
+/// Checks a message value's length and version before its header fields are read.
+fn check_message_header(v: &[u8]) -> Result<(), DecodeError> {
     const WHAT: &str = "message";
     if v.len() < MESSAGE_HEADER {
         return Err(DecodeError::Length {
@@ -82,7 +88,7 @@ pub fn message_time_ms(v: &[u8]) -> Result<u64, DecodeError> {
             version: v[0],
         });
     }
-    Ok(keys::be_u64(&v[17..25]))
+    Ok(())
 }
 
 /// Decode a message value read at `conversation | seq`.
@@ -92,19 +98,7 @@ pub fn decode_message(
     v: &[u8],
 ) -> Result<StoredMessage, DecodeError> {
     const WHAT: &str = "message";
-    if v.len() < MESSAGE_HEADER {
-        return Err(DecodeError::Length {
-            what: WHAT,
-            expected: MESSAGE_HEADER,
-            got: v.len(),
-        });
-    }
-    if v[0] != MESSAGE_V1 {
-        return Err(DecodeError::Version {
-            what: WHAT,
-            version: v[0],
-        });
-    }
+    check_message_header(v)?;
     let sender = UserId(keys::be_u64(&v[1..9]));
     let client_msg_id = keys::be_u64(&v[9..17]);
     let server_time_ms = keys::be_u64(&v[17..25]);
