@@ -70,14 +70,12 @@ impl DurableView {
         }
     }
 
-    /// Whether reads are pinned to the last durable snapshot.
-    pub(crate) fn is_frozen(&self) -> bool {
-        self.frozen.load(Ordering::Acquire)
-    }
-
-    /// Runs `read` with read options pinned to the last durable snapshot (the guard keeps
-    /// the snapshot alive for the read).
-    pub(crate) fn pinned<T>(&self, mut ro: ReadOptions, read: impl FnOnce(ReadOptions) -> T) -> T {
+    /// Runs `read` with `ro`, pinned to the last durable snapshot once a flush has failed
+    /// (the lock then keeps the snapshot alive for the read; before, reads take no lock).
+    pub(crate) fn read<T>(&self, mut ro: ReadOptions, read: impl FnOnce(ReadOptions) -> T) -> T {
+        if !self.frozen.load(Ordering::Acquire) {
+            return read(ro);
+        }
         let guard = self.lock();
         if let Some(snapshot) = guard.as_ref() {
             ro.set_snapshot(snapshot);

@@ -192,11 +192,7 @@ impl Kv for RocksKv {
                 .map_err(backend)?
                 .map(|v| v.to_vec()))
         };
-        if self.view.is_frozen() {
-            self.view.pinned(ReadOptions::default(), read)
-        } else {
-            read(ReadOptions::default())
-        }
+        self.view.read(ReadOptions::default(), read)
     }
 
     fn scan(
@@ -227,7 +223,7 @@ impl Kv for RocksKv {
         } else {
             ro.set_total_order_seek(true);
         }
-        let mut walk = |ro: ReadOptions| {
+        let walk = |ro: ReadOptions| {
             let mut it = self.db.raw_iterator_cf_opt(h, ro);
             match dir {
                 Direction::Forward => it.seek(start),
@@ -247,11 +243,7 @@ impl Kv for RocksKv {
             }
             it.status().map_err(backend)
         };
-        if self.view.is_frozen() {
-            self.view.pinned(ro, walk)
-        } else {
-            walk(ro)
-        }
+        self.view.read(ro, walk)
     }
 }
 
