@@ -76,6 +76,17 @@ impl Kv for CountingKv {
     }
 }
 
+/// A group-commit store over the counting, slow-syncing backend.
+fn slow_batch_store() -> Arc<Store<CountingKv>> {
+    Arc::new(Store::with_kv(
+        CountingKv::default(),
+        StorageConfig {
+            sync: SyncMode::Batch,
+            ..StorageConfig::default()
+        },
+    ))
+}
+
 fn append(sender: u64, peer: u64, cmid: u64) -> Request {
     Request::Append(AppendRequest {
         sender: UserId(sender),
@@ -89,13 +100,7 @@ fn append(sender: u64, peer: u64, cmid: u64) -> Request {
 
 #[test]
 fn completions_come_after_one_shared_sync() {
-    let store = Arc::new(Store::with_kv(
-        CountingKv::default(),
-        StorageConfig {
-            sync: SyncMode::Batch,
-            ..StorageConfig::default()
-        },
-    ));
+    let store = slow_batch_store();
     let queue = CommitQueue::start(
         Arc::clone(&store),
         CommitQueueConfig {
@@ -191,14 +196,8 @@ fn tickets_route_replies_and_shutdown_drains() {
 
 #[test]
 fn intake_is_bounded_and_a_full_queue_blocks_the_producer() {
-    // The slow-disk backend keeps the writer behind a fast producer.
-    let store = Arc::new(Store::with_kv(
-        CountingKv::default(),
-        StorageConfig {
-            sync: SyncMode::Batch,
-            ..StorageConfig::default()
-        },
-    ));
+    // The slow disk keeps the writer behind a fast producer.
+    let store = slow_batch_store();
     let queue = CommitQueue::start(
         Arc::clone(&store),
         CommitQueueConfig {
