@@ -19,6 +19,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", schema_dir.join(file).display());
     }
     let descriptors = protox::compile(files, [&schema_dir])?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    // The messages that carry message content are hand-written in `src/wire.rs`, with the
+    // content as encoded bytes (the same wire as the schema's embedded `Content`).
+    prost_build::Config::new()
+        .extern_path(".petrel.v1.SendMessage", "crate::wire::SendMessage")
+        .extern_path(".petrel.v1.MessagePush", "crate::wire::MessagePush")
+        .extern_path(".petrel.v1.SyncResponse", "crate::wire::SyncResponse")
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -240,7 +240,10 @@ async fn command(
             *current = Some(ConversationKey::chatroom(room));
             println!("* joined room {room}; online: {online:?}");
             for m in r.recent {
-                let text = m.content.as_ref().map(content::summary).unwrap_or_default();
+                let text = m
+                    .decode_content()
+                    .map(|c| content::summary(&c))
+                    .unwrap_or_default();
                 println!("  (recent) from {}: {text}", m.sender);
             }
         }

@@ -24,7 +24,9 @@ fn send_until_the_server_dies(mut c: TestClient, group: pb::ConversationId) -> V
             pb::SendMessage {
                 client_msg_id: id,
                 conversation: Some(group),
-                content: Some(common::client::text_content(&format!("{}:{id}", c.user))),
+                content: petrel_proto::wire::encode_content(&common::client::text_content(
+                    &format!("{}:{id}", c.user),
+                )),
             },
         );
         let bytes = FrameEncoder::default()

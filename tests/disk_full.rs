@@ -92,7 +92,9 @@ fn send(c: &mut TestClient, peer: u64, id: u64) -> Body {
     c.request(pb::SendMessage {
         client_msg_id: id,
         conversation: Some(single(peer)),
-        content: Some(common::client::text_content(&format!("m{id}"))),
+        content: petrel_proto::wire::encode_content(&common::client::text_content(&format!(
+            "m{id}"
+        ))),
     })
     .body
 }

@@ -85,7 +85,7 @@ fn chatroom_of_two_hundred_delivers_to_everyone_online(dp: Dataplane) {
         }
         let p = c.push();
         assert_eq!(p.conversation, Some(conv(ConversationKind::Chatroom, room)));
-        assert_eq!((p.sender, text_of(&p)), (users[5], "hello room"));
+        assert_eq!((p.sender, text_of(&p).as_str()), (users[5], "hello room"));
     }
 }
 

@@ -213,7 +213,7 @@ fn a_python_client_that_stalls_in_a_flooded_chatroom_is_told_what_it_missed(dp: 
             pb::SendMessage {
                 client_msg_id: id,
                 conversation: Some(room),
-                content: Some(common::client::text_content(&text)),
+                content: petrel_proto::wire::encode_content(&common::client::text_content(&text)),
             },
         ));
     }

@@ -28,7 +28,7 @@ fn one_to_one_chat_both_ways_then_restart_and_sync_history_exactly_once(dp: Data
     let push = b.push();
     assert_eq!(push.conversation, Some(single(alice)));
     assert_eq!(
-        (push.seq, push.sender, text_of(&push)),
+        (push.seq, push.sender, text_of(&push).as_str()),
         (1, alice, "hi bob")
     );
 
@@ -37,7 +37,7 @@ fn one_to_one_chat_both_ways_then_restart_and_sync_history_exactly_once(dp: Data
     let push = a.push();
     assert_eq!(push.conversation, Some(single(bob)));
     assert_eq!(
-        (push.seq, push.sender, text_of(&push)),
+        (push.seq, push.sender, text_of(&push).as_str()),
         (2, bob, "hi alice")
     );
 
@@ -47,13 +47,13 @@ fn one_to_one_chat_both_ways_then_restart_and_sync_history_exactly_once(dp: Data
     for (user, peer, device) in [(alice, bob, "a-laptop"), (bob, alice, "b-laptop")] {
         let mut c = TestClient::login(server.addr, &server.token(user, device), user, device);
         let history = c.sync_all();
-        let seen: Vec<(u64, u64, &str)> = history
+        let seen: Vec<(u64, u64, String)> = history
             .iter()
             .map(|m| (m.seq, m.sender, text_of(m)))
             .collect();
         assert_eq!(
             seen,
-            vec![(1, alice, "hi bob"), (2, bob, "hi alice")],
+            vec![(1, alice, "hi bob".into()), (2, bob, "hi alice".into())],
             "user {user}"
         );
         assert!(history.iter().all(|m| m.conversation == Some(single(peer))));
@@ -178,7 +178,9 @@ fn sigterm_during_a_burst_loses_no_acked_message(dp: Dataplane) {
                 pb::SendMessage {
                     client_msg_id: id,
                     conversation: Some(single(bob)),
-                    content: Some(common::client::text_content(&format!("m{id}"))),
+                    content: petrel_proto::wire::encode_content(&common::client::text_content(
+                        &format!("m{id}"),
+                    )),
                 },
             ));
             // Read whatever acks are ready without stalling the burst.
@@ -295,7 +297,7 @@ fn requests_during_a_graceful_shutdown_get_shutting_down_then_a_kick(dp: Datapla
     let refused = a.request(pb::SendMessage {
         client_msg_id: 2,
         conversation: Some(single(bob)),
-        content: Some(common::client::text_content("during")),
+        content: petrel_proto::wire::encode_content(&common::client::text_content("during")),
     });
     match &refused.body {
         Body::Error(e) => assert_eq!(e.code, pb::ErrorCode::ShuttingDown as i32, "{e:?}"),

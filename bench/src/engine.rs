@@ -165,7 +165,7 @@ impl Engine {
             pb::SendMessage {
                 client_msg_id: 0,
                 conversation: None,
-                content: Some(pb::Content {
+                content: petrel_proto::wire::encode_content(&pb::Content {
                     body: Some(pb::content::Body::Text(pb::Text {
                         text: payload.to_owned(),
                         mentions: vec![],
@@ -738,7 +738,7 @@ mod tests {
             sender: 1001,
             server_time_ms: 1_700_000_000_000,
             client_msg_id: 1_764_000_000_123_456_789,
-            content: Some(pb::Content {
+            content: petrel_proto::wire::encode_content(&pb::Content {
                 body: Some(pb::content::Body::Text(pb::Text {
                     text: "x".repeat(100),
                     mentions: vec![3],

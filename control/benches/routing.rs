@@ -139,7 +139,7 @@ impl Bench {
                                 kind: pb::ConversationKind::Single as i32,
                                 id: to,
                             }),
-                            content: Some(pb::Content {
+                            content: petrel_proto::wire::encode_content(&pb::Content {
                                 body: Some(pb::content::Body::Text(pb::Text {
                                     text: "a short chat message of typical length".into(),
                                     mentions: Vec::new(),

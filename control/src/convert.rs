@@ -2,9 +2,10 @@
 //! (`petrel_storage`): conversation ids seen from a viewer's side, roles, stored
 //! messages and storage errors.
 
+use bytes::Bytes;
+use petrel_proto::content::ContentView;
 use petrel_proto::pb;
 use petrel_storage::{ConversationKey, Role, StorageError, StoredMessage, UserId};
-use prost::Message as _;
 
 /// What a wire conversation id names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,11 +122,11 @@ pub fn storage_retry_after_ms(code: pb::ErrorCode) -> u32 {
 /// `retry_after_ms` of `Error STORAGE_FULL`.
 pub const STORAGE_FULL_RETRY_MS: u32 = 5_000;
 
-/// A stored message as `viewer` receives it. `None` content if the stored payload does
-/// not decode (reported by the caller).
+/// A stored message as `viewer` receives it: the stored content bytes as they are, and
+/// whether they still pass the content check they passed when written (if not, the push
+/// carries no content and the caller counts a storage error).
 pub fn push_from_stored(viewer: u64, msg: &StoredMessage) -> (pb::MessagePush, bool) {
-    let content = pb::Content::decode(msg.payload.clone());
-    let ok = content.is_ok();
+    let ok = ContentView::new_checked(&msg.payload).is_ok();
     (
         pb::MessagePush {
             conversation: Some(wire_id(viewer, msg.conversation)),
@@ -133,7 +134,11 @@ pub fn push_from_stored(viewer: u64, msg: &StoredMessage) -> (pb::MessagePush, b
             sender: msg.sender.0,
             server_time_ms: msg.server_time_ms,
             client_msg_id: msg.client_msg_id,
-            content: content.ok(),
+            content: if ok {
+                msg.payload.clone()
+            } else {
+                Bytes::new()
+            },
             sender_device: msg.sender_device.clone(),
         },
         ok,

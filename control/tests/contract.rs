@@ -85,19 +85,26 @@ fn the_multi_device_policy_replaces_per_platform_class() {
 }
 
 #[test]
-fn empty_messages_are_refused_and_not_stored() {
+fn empty_and_malformed_messages_are_refused_and_not_stored() {
     let mut s = sim();
     let alice = s.login(ALICE, "a", pb::Platform::Ios);
     let bob = s.login(BOB, "b", pb::Platform::Ios);
+    let encode = petrel_proto::wire::encode_content;
     let empties = [
-        None,
-        Some(pb::Content { body: None }),
-        Some(pb::Content {
+        bytes::Bytes::new(),
+        encode(&pb::Content { body: None }),
+        encode(&pb::Content {
             body: Some(pb::content::Body::Text(pb::Text {
                 text: String::new(),
                 mentions: vec![BOB],
             })),
         }),
+        // Only a content type this server does not know (field 9).
+        bytes::Bytes::from_static(&[0x4a, 0x01, 0x00]),
+        // A text whose bytes are not UTF-8: no client could decode it.
+        bytes::Bytes::from_static(&[0x0a, 0x03, 0x0a, 0x01, 0xff]),
+        // A length running past the end.
+        bytes::Bytes::from_static(&[0x0a, 0x09, 0x0a, 0x01]),
     ];
     for (i, content) in empties.into_iter().enumerate() {
         let rid = s.send(
@@ -113,7 +120,7 @@ fn empty_messages_are_refused_and_not_stored() {
             pb::ErrorCode::InvalidRequest
         );
     }
-    assert_eq!(s.control.counters().messages_rejected, 3);
+    assert_eq!(s.control.counters().messages_rejected, 6);
     assert_eq!(s.control.counters().messages_persisted.single, 0);
     assert!(Sim::pushes(&s.client(bob).take()).is_empty());
     let (stored, _) = s.sync_all(bob, 0, 50);
@@ -134,7 +141,7 @@ fn a_client_frame_with_the_response_flag_is_refused_with_invalid_request() {
             pb::SendMessage {
                 client_msg_id: 1,
                 conversation: Some(single(BOB)),
-                content: Some(text_content("flagged")),
+                content: petrel_proto::wire::encode_content(&text_content("flagged")),
             },
         ),
     );
@@ -254,7 +261,7 @@ fn a_graceful_shutdown_acks_what_is_in_flight_and_refuses_the_rest() {
         pb::SendMessage {
             client_msg_id: 1,
             conversation: Some(single(BOB)),
-            content: Some(text_content("just in time")),
+            content: petrel_proto::wire::encode_content(&text_content("just in time")),
         },
     );
     assert_eq!(s.storage_queued(), 1);
@@ -268,7 +275,7 @@ fn a_graceful_shutdown_acks_what_is_in_flight_and_refuses_the_rest() {
         pb::SendMessage {
             client_msg_id: 2,
             conversation: Some(single(BOB)),
-            content: Some(text_content("too late")),
+            content: petrel_proto::wire::encode_content(&text_content("too late")),
         },
     );
     assert_eq!(

@@ -375,7 +375,9 @@ impl World {
             pb::SendMessage {
                 client_msg_id,
                 conversation: Some(conversation),
-                content: Some(text_content(&format!("m{client_msg_id}"))),
+                content: petrel_proto::wire::encode_content(&text_content(&format!(
+                    "m{client_msg_id}"
+                ))),
             },
         )
     }

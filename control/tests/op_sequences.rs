@@ -254,7 +254,7 @@ fn send_text(s: &mut Sim, conn: ConnId, conversation: pb::ConversationId, id: u6
         pb::SendMessage {
             client_msg_id: id,
             conversation: Some(conversation),
-            content: Some(text_content("p")),
+            content: petrel_proto::wire::encode_content(&text_content("p")),
         },
     );
 }

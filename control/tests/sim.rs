@@ -578,7 +578,7 @@ fn offline_public_account_follower_gets_posts_on_sync() {
     let bob = s.login(BOB, "b", pb::Platform::Ios);
     assert!(Sim::pushes(&s.client(bob).take()).is_empty());
     let (posts, _) = s.sync_all(bob, cursor, 100);
-    let texts: Vec<&str> = posts
+    let texts: Vec<String> = posts
         .iter()
         .filter(|m| m.conversation == Some(account(aid)))
         .map(text_of)

@@ -25,7 +25,7 @@ fn frame_with_100_byte_body() -> Frame {
                     kind: ConversationKind::Single as i32,
                     id: 42,
                 }),
-                content: Some(pb::Content {
+                content: petrel_proto::wire::encode_content(&pb::Content {
                     body: Some(pb::content::Body::Text(pb::Text {
                         text: text.clone(),
                         mentions: vec![],

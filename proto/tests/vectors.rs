@@ -99,7 +99,7 @@ fn valid() -> Vec<Valid> {
                 pb::SendMessage {
                     client_msg_id: 1002,
                     conversation: common::conv(ConversationKind::Group, 7),
-                    content: Some(pb::Content {
+                    content: petrel_proto::wire::encode_content(&pb::Content {
                         body: Some(pb::content::Body::Image(pb::Image {
                             media: Some(pb::Media {
                                 uri: "https://m.example/a.jpg".into(),

@@ -320,7 +320,7 @@ impl Store {
                 sender: self.user_id,
                 server_time_ms: ack.server_time_ms,
                 client_msg_id: ack.client_msg_id,
-                content: Some(decode_content(&content)?),
+                content: bytes::Bytes::from(content),
                 sender_device: self.device_id.clone(),
             };
             insert(&tx, self.user_id, &self.device_id, key, &push, &mut applied)?;
@@ -589,7 +589,9 @@ fn to_message(key: ConversationKey, push: &pb::MessagePush) -> Message {
         sender_device: push.sender_device.clone(),
         client_msg_id: push.client_msg_id,
         server_time_ms: push.server_time_ms,
-        content: push.content.clone().unwrap_or_default(),
+        // The server checks every content it stores; one that still does not decode
+        // here shows as empty content rather than losing the message's place.
+        content: push.decode_content().unwrap_or_default(),
     }
 }
 
@@ -627,7 +629,11 @@ fn insert(
     }
     ensure_conversation(tx, key)?;
     let own = push.sender == user_id && push.sender_device == device_id;
-    let content = push.content.clone().unwrap_or_default().encode_to_vec();
+    // Stored as the server sent it (the encoded `Content`), unless it does not decode.
+    let content = match push.decode_content() {
+        Ok(_) => push.content.to_vec(),
+        Err(_) => Vec::new(),
+    };
     applied.inserted += tx
         .prepare_cached(
             "INSERT OR IGNORE INTO messages
@@ -715,7 +721,7 @@ mod tests {
             sender,
             server_time_ms: 1000 + seq,
             client_msg_id: cmid,
-            content: Some(text(&format!("m{seq}"))),
+            content: petrel_proto::wire::encode_content(&text(&format!("m{seq}"))),
             sender_device: device.into(),
         }
     }

@@ -607,7 +607,7 @@ impl Task {
                 pb::SendMessage {
                     client_msg_id: entry.client_msg_id,
                     conversation: Some(entry.conversation.to_wire()),
-                    content: Some(entry.content),
+                    content: petrel_proto::wire::encode_content(&entry.content),
                 },
             ))?;
             live.pending.insert(rid, Pending::Send(entry.client_msg_id));

@@ -166,7 +166,7 @@ impl TestClient {
         let frame = self.request(pb::SendMessage {
             client_msg_id,
             conversation: Some(conv),
-            content: Some(text_content(text)),
+            content: petrel_proto::wire::encode_content(&text_content(text)),
         });
         match frame.body {
             Body::Ack(ack) => ack,
@@ -234,9 +234,9 @@ pub fn text_content(text: &str) -> pb::Content {
     }
 }
 
-pub fn text_of(push: &pb::MessagePush) -> &str {
-    match push.content.as_ref().and_then(|c| c.body.as_ref()) {
-        Some(pb::content::Body::Text(t)) => &t.text,
+pub fn text_of(push: &pb::MessagePush) -> String {
+    match push.decode_content().map(|c| c.body) {
+        Ok(Some(pb::content::Body::Text(t))) => t.text,
         other => panic!("not a text message: {other:?}"),
     }
 }

@@ -522,7 +522,7 @@ impl World {
                     pb::SendMessage {
                         client_msg_id: u64::from(client_msg_id),
                         conversation: Some(conversation),
-                        content: Some(pb::Content {
+                        content: petrel_proto::wire::encode_content(&pb::Content {
                             body: Some(pb::content::Body::Text(pb::Text {
                                 text: "m".into(),
                                 mentions: Vec::new(),

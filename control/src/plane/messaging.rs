@@ -8,11 +8,11 @@
 //! sender's side; a group or public account has one), shared by every receiver.
 
 use bytes::Bytes;
+use petrel_proto::content::ContentView;
 use petrel_proto::{Body, Frame, FrameType, pb};
 use petrel_storage::{
     AppendOutcome, AppendRequest, ConversationKey, Reply, Request, StorageError, UserId,
 };
-use prost::Message as _;
 
 use super::Control;
 use super::pending::{AppendCtx, Pending, ReplyTo};
@@ -21,17 +21,6 @@ use crate::counters::ByScenario;
 use crate::session::Conn;
 use crate::time::Timestamp;
 use petrel_conn::ConnId;
-
-/// Why `content` carries nothing worth storing, if it does not: no body at all (which
-/// is also how a content type this server does not know decodes — storing it would
-/// lose it), or a text with no text.
-fn empty_content(content: &pb::Content) -> Option<&'static str> {
-    match &content.body {
-        None => Some("content has no body (empty, or a content type this server does not know)"),
-        Some(pb::content::Body::Text(t)) if t.text.is_empty() => Some("text content is empty"),
-        Some(_) => None,
-    }
-}
 
 /// Whether `c` is too far behind for a chatroom push of `len` more bytes: its queue
 /// would pass `max_bytes`, or it has `budget` (if non-zero) chatroom pushes unflushed.
@@ -69,19 +58,23 @@ impl Control {
                 "client_msg_id is 0",
             );
         }
-        let Some(content) = msg.content else {
+        let content = msg.content;
+        if content.is_empty() {
             return self.reject_send(conn, rid, pb::ErrorCode::InvalidRequest, "content missing");
-        };
-        if let Some(why) = empty_content(&content) {
-            return self.reject_send(conn, rid, pb::ErrorCode::InvalidRequest, why);
         }
-        if content.encoded_len() > self.config.max_content_len {
+        if content.len() > self.config.max_content_len {
             return self.reject_send(
                 conn,
                 rid,
                 pb::ErrorCode::ContentTooLarge,
                 "content exceeds the server's limit",
             );
+        }
+        // Checked once, never decoded: the bytes are stored and pushed as they came.
+        if let Err(why) = ContentView::new_checked(&content) {
+            self.counters.messages_rejected += 1;
+            let message = why.to_string();
+            return self.send_error(conn, rid, pb::ErrorCode::InvalidRequest, &message, 0);
         }
         match convert::target(user, msg.conversation.as_ref()) {
             None => self.reject_send(
@@ -101,7 +94,7 @@ impl Control {
                 content,
             ),
             Some(Target::Persisted(key)) => {
-                let payload = Bytes::from(content.encode_to_vec());
+                let payload = content.clone();
                 self.storage(
                     Request::Append(AppendRequest {
                         sender: UserId(user),
@@ -188,7 +181,7 @@ impl Control {
                 sender,
                 server_time_ms: outcome.server_time_ms,
                 client_msg_id: ctx.client_msg_id,
-                content: Some(ctx.content),
+                content: ctx.content,
                 sender_device: ctx.device.to_string(),
             },
         );
@@ -268,7 +261,7 @@ impl Control {
         device: &str,
         client_msg_id: u64,
         room_id: u64,
-        content: pb::Content,
+        content: Bytes,
     ) {
         let Some(room) = self
             .rooms
@@ -295,7 +288,7 @@ impl Control {
                 sender: user,
                 server_time_ms: now.as_millis(),
                 client_msg_id,
-                content: Some(content),
+                content,
                 sender_device: device.to_owned(),
             },
         );

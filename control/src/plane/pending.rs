@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use petrel_proto::pb;
 use petrel_storage::{ConversationKey, Role};
 
@@ -50,7 +52,8 @@ pub(crate) struct AppendCtx {
     pub device: Arc<str>,
     pub client_msg_id: u64,
     pub key: ConversationKey,
-    pub content: pb::Content,
+    /// Encoded `Content`, as received and stored.
+    pub content: Bytes,
 }
 
 /// Context of a sync request.

@@ -402,7 +402,7 @@ impl Sim {
             pb::SendMessage {
                 client_msg_id,
                 conversation: Some(conversation),
-                content: Some(text_content(text)),
+                content: petrel_proto::wire::encode_content(&text_content(text)),
             },
         );
         self.take_answer(conn, rid, |b| match b {
@@ -518,10 +518,10 @@ pub fn text_content(text: &str) -> pb::Content {
 }
 
 /// The text of a push (empty if it is not text).
-pub fn text_of(push: &pb::MessagePush) -> &str {
-    match push.content.as_ref().and_then(|c| c.body.as_ref()) {
-        Some(pb::content::Body::Text(t)) => &t.text,
-        _ => "",
+pub fn text_of(push: &pb::MessagePush) -> String {
+    match push.decode_content().ok().and_then(|c| c.body) {
+        Some(pb::content::Body::Text(t)) => t.text,
+        _ => String::new(),
     }
 }
 

@@ -12,9 +12,9 @@ pub fn conv(kind: pb::ConversationKind, id: u64) -> Option<pb::ConversationId> {
     })
 }
 
-/// Text content.
-pub fn text(s: &str) -> Option<pb::Content> {
-    Some(pb::Content {
+/// Text content, encoded as frames carry it.
+pub fn text(s: &str) -> bytes::Bytes {
+    petrel_proto::wire::encode_content(&pb::Content {
         body: Some(content::Body::Text(pb::Text {
             text: s.to_owned(),
             mentions: vec![],
@@ -51,7 +51,7 @@ pub fn body_for(t: FrameType, n: u64, s: &str) -> Body {
         FrameType::SendMessage => pb::SendMessage {
             client_msg_id: n,
             conversation: conv(Group, n / 3),
-            content: Some(pb::Content {
+            content: petrel_proto::wire::encode_content(&pb::Content {
                 body: Some(match n % 5 {
                     0 => content::Body::Text(pb::Text {
                         text: s.into(),

@@ -18,8 +18,8 @@ fn conv(kind: pb::ConversationKind, id: u64) -> Option<pb::ConversationId> {
     })
 }
 
-fn text(t: &str) -> Option<pb::Content> {
-    Some(pb::Content {
+fn text(t: &str) -> bytes::Bytes {
+    petrel_proto::wire::encode_content(&pb::Content {
         body: Some(pb::content::Body::Text(pb::Text {
             text: t.into(),
             mentions: Vec::new(),
