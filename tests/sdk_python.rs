@@ -164,10 +164,7 @@ fn a_python_client_and_a_rust_sdk_client_chat(dp: Dataplane) {
 fn a_python_client_that_stalls_in_a_flooded_chatroom_is_told_what_it_missed(dp: Dataplane) {
     require_python();
     let keys = Keys::generate();
-    let config = format!(
-        "{}rate_limit_per_second = 0\nchatroom_lag_budget = 64\n",
-        keys.server_config()
-    );
+    let config = format!("{}rate_limit_per_second = 0\n", keys.server_config());
     let server = TestServer::start_on(dp, &config);
     let (py_user, flooder) = (6101, 6102);
     let room_id = 77;

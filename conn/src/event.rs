@@ -31,13 +31,19 @@ pub enum TransportEvent {
         /// What the decoder reported.
         error: FrameError,
     },
-    /// Bytes of earlier sends were handed to the network (the kernel socket, or the
-    /// userspace TCP socket's buffer).
-    Flushed {
+    /// After a write, the connection's queued output is still over the transport's
+    /// outbound limit: its peer reads slower than the server writes. Until `Drained`, the
+    /// transport reads nothing more from it (so its requests stop adding answers), and
+    /// the control plane pushes nothing more to it. Reported once per crossing.
+    Congested {
         /// The connection.
         conn: ConnId,
-        /// Bytes written since the last report.
-        bytes: u64,
+    },
+    /// A congested connection's queue is down to half the limit or less: the transport
+    /// reads it again, and pushes may resume.
+    Drained {
+        /// The connection.
+        conn: ConnId,
     },
     /// The connection is gone (peer closed, reset, or after our close).
     Closed {
@@ -53,7 +59,8 @@ impl TransportEvent {
             TransportEvent::Opened { conn }
             | TransportEvent::Frame { conn, .. }
             | TransportEvent::FrameError { conn, .. }
-            | TransportEvent::Flushed { conn, .. }
+            | TransportEvent::Congested { conn }
+            | TransportEvent::Drained { conn }
             | TransportEvent::Closed { conn } => *conn,
         }
     }

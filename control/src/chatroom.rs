@@ -11,21 +11,13 @@
 //!
 //! # Slow members
 //!
-//! A room never waits for its slowest member. Each connection's [`Seats`] count how
-//! many chatroom pushes it has been handed and not yet written out (its *lag*, in
-//! messages); a member whose lag reaches the configured budget (or whose outbound queue
-//! is over its byte limit) is skipped, and the skipped seqs are remembered per room as
-//! one range. When the member is below the budget again — at the next push of that
-//! room, or as soon as the transport reports its queue drained — it is sent one `Gap`
-//! frame for the range before anything newer of that room, so a client can show
-//! "some messages were skipped" instead of guessing from a seq jump.
-//!
-//! Flush reports come in bytes, not frames, so the lag is tracked with one mark: the
-//! byte offset at which some push ends and the push count up to it. When the transport
-//! has flushed past the mark, every push up to it is out; when the queue is empty, every
-//! push is. The count is therefore exact whenever the queue drains and otherwise errs
-//! towards "behind" by at most the pushes handed over since the mark was set. It costs
-//! four integers per connection and nothing per message but two additions.
+//! A room never waits for its slowest member. A member whose connection is congested
+//! (its transport's outbound queue stayed over the limit after a write,
+//! [`crate::Event::Congested`]) is skipped, and the skipped seqs are remembered per room
+//! as one range in its [`Seats`]. When the connection drains it is sent one `Gap` frame
+//! per room for the range before anything newer of that room, so a client can show "some
+//! messages were skipped" instead of guessing from a seq jump. Nothing is counted per
+//! push: the transport's one limit and its congested/drained edge decide.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -94,16 +86,10 @@ pub struct Seat {
     pub gap: Option<(u64, u64)>,
 }
 
-/// The chatrooms one connection is in, and how far behind their pushes it is.
+/// The chatrooms one connection is in, and the gaps it is owed.
 #[derive(Debug, Clone, Default)]
 pub struct Seats {
     seats: Vec<Seat>,
-    /// Chatroom pushes handed to the transport.
-    pushed: u64,
-    /// Of those, how many are known to be written out.
-    flushed: u64,
-    /// `(end, count)`: the byte offset at which push number `count` ends.
-    mark: Option<(u64, u64)>,
     /// Whether some seat has a gap to report.
     owed: bool,
 }
@@ -144,34 +130,6 @@ impl Seats {
         self.seats.retain(|s| s.room != room);
         self.owed = self.seats.iter().any(|s| s.gap.is_some());
         self.seats.len() != before
-    }
-
-    /// Chatroom pushes handed to the transport and not known to be written out.
-    pub fn lag(&self) -> u64 {
-        self.pushed - self.flushed
-    }
-
-    /// Records a push handed to the transport; `end` is the connection's byte count
-    /// sent so far, this push included.
-    pub fn pushed(&mut self, end: u64) {
-        self.pushed += 1;
-        if self.mark.is_none() {
-            self.mark = Some((end, self.pushed));
-        }
-    }
-
-    /// Records a flush report: `flushed_to` bytes of the connection's output are written
-    /// out, and `queue_empty` says whether that is all of it.
-    pub fn flushed(&mut self, flushed_to: u64, queue_empty: bool) {
-        if queue_empty {
-            self.flushed = self.pushed;
-            self.mark = None;
-        } else if let Some((end, count)) = self.mark
-            && flushed_to >= end
-        {
-            self.flushed = count;
-            self.mark = None;
-        }
     }
 
     /// Records that the push with `seq` of `room` was skipped.
@@ -277,27 +235,6 @@ mod tests {
         assert!(rooms.leave(9, b));
         assert!(rooms.get(9).is_none());
         assert!(rooms.is_empty());
-    }
-
-    #[test]
-    fn lag_counts_pushes_until_a_flush_passes_the_mark() {
-        let mut seats = Seats::default();
-        assert!(seats.join(5));
-        assert!(!seats.join(5));
-        // Three 100-byte pushes: offsets 100, 200, 300.
-        for end in [100, 200, 300] {
-            seats.pushed(end);
-        }
-        assert_eq!(seats.lag(), 3);
-        // Flushed past the first push only: the mark was the first push.
-        seats.flushed(150, false);
-        assert_eq!(seats.lag(), 2);
-        // The next push sets a new mark at 400; a flush to 350 does not pass it.
-        seats.pushed(400);
-        seats.flushed(350, false);
-        assert_eq!(seats.lag(), 3, "errs towards behind");
-        seats.flushed(400, true);
-        assert_eq!(seats.lag(), 0, "an empty queue is exact");
     }
 
     #[test]

@@ -37,16 +37,6 @@ pub struct Config {
     /// Limit on the requests of one logged-in connection (every frame but `Ping` and
     /// `Logout`). Default burst 50, 20 per second.
     pub rate_limit: RateLimit,
-    /// Bytes handed to the transport and not yet reported flushed, per connection, above
-    /// which the connection is a slow consumer: chatroom pushes to it are skipped (it is
-    /// sent a `Gap` once it catches up), and a push of a persisted conversation kicks it
-    /// (`Kick{SlowConsumer}`; it re-syncs on reconnect). Default 1 MiB.
-    pub max_outbound_bytes: u64,
-    /// Chatroom pushes one connection may have queued (handed to the transport, not yet
-    /// written out) before further pushes of its rooms are skipped and reported with a
-    /// `Gap` frame. Applies together with `max_outbound_bytes`, whichever is reached
-    /// first; 0 leaves only the byte limit. Default 1024 messages.
-    pub chatroom_lag_budget: u64,
     /// After [`crate::Control::begin_shutdown`], how long the plane keeps answering new
     /// requests with `Error(ShuttingDown)` before [`crate::Control::is_drained`] can
     /// report true, so requests already on the wire get an answer rather than only the
@@ -92,8 +82,6 @@ impl Default for Config {
                 burst: 50,
                 per_second: 20,
             },
-            max_outbound_bytes: 1 << 20,
-            chatroom_lag_budget: 1024,
             shutdown_grace: Duration::from_millis(200),
             enforce_token_expiry: true,
             renew_ttl: Duration::from_secs(24 * 3600),

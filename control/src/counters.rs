@@ -165,6 +165,9 @@ pub struct Counters {
     pub refused_shutting_down: u64,
     /// `Gap` notices sent: runs of chatroom pushes skipped for a lagging member.
     pub chatroom_gaps: u64,
+    /// Times a connection became congested (its transport's queue stayed over the
+    /// outbound limit after a write).
+    pub congested: u64,
     /// Sessions ended by [`crate::Control::revoke_sessions`] (also counted in
     /// `kicks.token_revoked`).
     pub sessions_revoked: u64,

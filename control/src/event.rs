@@ -38,14 +38,19 @@ pub enum Event {
         /// What the decoder reported.
         error: FrameError,
     },
-    /// The transport wrote `bytes` bytes of earlier [`Action::Send`]s for `conn` to the
-    /// socket (or NIC). Used for the per-connection outbound queue limit; a transport
-    /// that cannot tell should report each send as flushed once handed to the kernel.
-    Flushed {
+    /// `conn`'s output queued in the transport stayed over the transport's outbound limit
+    /// after a write: its peer reads slower than it is sent to. Until [`Event::Drained`],
+    /// a push of a persisted conversation kicks it (`Kick{SlowConsumer}`; it re-syncs
+    /// after reconnecting) and chatroom pushes skip it (a `Gap` reports them later).
+    Congested {
         /// The connection.
         conn: ConnId,
-        /// Bytes written since the last report.
-        bytes: u64,
+    },
+    /// A congested connection's queue drained (to half the limit): pushes resume, after
+    /// the `Gap`s it is owed.
+    Drained {
+        /// The connection.
+        conn: ConnId,
     },
     /// The connection is gone (peer closed, reset, or after an [`Action::Close`]).
     /// Events for unknown connections are ignored.
@@ -71,7 +76,8 @@ impl From<TransportEvent> for Event {
             TransportEvent::Opened { conn } => Event::Opened { conn },
             TransportEvent::Frame { conn, frame } => Event::Frame { conn, frame },
             TransportEvent::FrameError { conn, error } => Event::FrameError { conn, error },
-            TransportEvent::Flushed { conn, bytes } => Event::Flushed { conn, bytes },
+            TransportEvent::Congested { conn } => Event::Congested { conn },
+            TransportEvent::Drained { conn } => Event::Drained { conn },
             TransportEvent::Closed { conn } => Event::Closed { conn },
         }
     }

@@ -55,13 +55,12 @@ pub struct Conn {
     pub last_activity: Timestamp,
     /// `Some` once logged in.
     pub session: Option<Session>,
-    /// Bytes sent to the transport and not yet reported flushed.
-    pub queued_bytes: u64,
-    /// Bytes sent to the transport since the connection opened.
-    pub sent_bytes: u64,
+    /// The transport reported it congested ([`crate::Event::Congested`]) and not drained
+    /// since: nothing is pushed to it.
+    pub congested: bool,
     /// Request rate limit.
     pub bucket: TokenBucket,
-    /// Chatrooms this connection has joined, with its lag and the gaps it is owed.
+    /// Chatrooms this connection has joined, and the gaps it is owed.
     pub rooms: Seats,
 }
 
@@ -165,8 +164,7 @@ mod tests {
             opened_at: Timestamp(0),
             last_activity: Timestamp(0),
             session: None,
-            queued_bytes: 0,
-            sent_bytes: 0,
+            congested: false,
             bucket: TokenBucket::new(
                 RateLimit {
                     burst: 1,

@@ -468,11 +468,10 @@ fn room_of_three(config: Config) -> (Sim, [petrel_control::ConnId; 3]) {
 }
 
 #[test]
-fn a_member_past_the_lag_budget_skips_pushes_and_gets_one_gap_when_it_catches_up() {
-    let (mut s, [speaker, fast, slow]) = room_of_three(Config {
-        chatroom_lag_budget: 10,
-        ..Config::default()
-    });
+fn a_congested_member_skips_pushes_and_gets_one_gap_when_it_drains() {
+    let (mut s, [speaker, fast, slow]) = room_of_three(Config::default());
+    // A small transport limit: the slow reader is congested after a dozen pushes.
+    s.outbound_limit = 1_000;
     s.set_slow(slow, true);
     for i in 1..=30u64 {
         s.send_text(speaker, room(5), i, &format!("m{i}")).unwrap();
@@ -480,22 +479,22 @@ fn a_member_past_the_lag_budget_skips_pushes_and_gets_one_gap_when_it_catches_up
     assert_eq!(Sim::pushes(&s.client(fast).take()).len(), 30);
     let frames = s.client(slow).take();
     let seqs: Vec<u64> = Sim::pushes(&frames).iter().map(|p| p.seq).collect();
-    assert_eq!(
-        seqs,
-        (1..=10).collect::<Vec<_>>(),
-        "the budget, then nothing"
-    );
-    assert!(gaps(&frames).is_empty(), "no gap while still behind");
-    assert_eq!(s.control.counters().messages_dropped.chatroom, 20);
+    let k = seqs.len() as u64;
+    assert!(k > 0 && k < 30, "{k} pushes before congestion");
+    assert_eq!(seqs, (1..=k).collect::<Vec<_>>(), "a prefix, then nothing");
+    assert!(gaps(&frames).is_empty(), "no gap while still congested");
+    let c = s.control.counters();
+    assert_eq!(c.messages_dropped.chatroom, 30 - k);
+    assert_eq!(c.congested, 1, "one edge, however many pushes it skipped");
     assert!(
         s.client(slow).closed.is_none(),
         "chatrooms skip, they never kick"
     );
 
-    // The member reads what it was sent: the flush report brings the gap at once,
-    // before any newer push of the room.
+    // The member reads what it was sent: the drain brings the gap at once, before any
+    // newer push of the room.
     s.catch_up(slow);
-    assert_eq!(gaps(&s.client(slow).take()), [(5, 11, 30)]);
+    assert_eq!(gaps(&s.client(slow).take()), [(5, k + 1, 30)]);
     s.send_text(speaker, room(5), 31, "m31").unwrap();
     let frames = s.client(slow).take();
     assert!(gaps(&frames).is_empty());
@@ -506,53 +505,40 @@ fn a_member_past_the_lag_budget_skips_pushes_and_gets_one_gap_when_it_catches_up
 }
 
 #[test]
-fn a_gap_is_sent_before_the_next_push_of_the_room() {
-    // Byte limit only (no message budget): the member stays behind until the push that
-    // finds it below the limit, which is preceded by the gap.
-    let (mut s, [speaker, _fast, slow]) = room_of_three(Config {
-        chatroom_lag_budget: 0,
-        max_outbound_bytes: 2_000,
-        ..Config::default()
-    });
+fn a_drained_member_gets_one_gap_per_room_before_any_newer_push() {
+    let (mut s, [speaker, _fast, slow]) = room_of_three(Config::default());
+    for conn in [speaker, slow] {
+        s.op(conn, Op::JoinChatroom(pb::JoinChatroom { room_id: 6 }))
+            .unwrap();
+        s.client(conn).take();
+    }
+    s.outbound_limit = 600;
     s.set_slow(slow, true);
-    let n = 60u64;
+    let n = 40u64;
     for i in 1..=n {
-        s.send_text(speaker, room(5), i, &format!("m{i:03}"))
+        let r = if i % 2 == 0 { 5 } else { 6 };
+        s.send_text(speaker, room(r), i, &format!("m{i:03}"))
             .unwrap();
     }
-    let first = s.client(slow).take();
-    let delivered = Sim::pushes(&first).len() as u64;
+    let delivered = Sim::pushes(&s.client(slow).take()).len() as u64;
     assert!(delivered > 0 && delivered < n, "{delivered}");
-    // It reads, but without a flush report of everything: nothing is sent until the
-    // next push, which finds it below the limit and is preceded by the gap.
-    let client = s.client(slow);
-    let unflushed = std::mem::take(&mut client.unflushed);
-    client.slow = false;
-    s.control.handle(
-        s.now,
-        petrel_control::Event::Flushed {
-            conn: slow,
-            bytes: unflushed - 1,
-        },
-    );
-    s.run();
+    s.catch_up(slow);
     s.send_text(speaker, room(5), n + 1, "after").unwrap();
     let frames = s.client(slow).take();
     let order: Vec<String> = frames
         .iter()
         .map(|f| match &f.body {
-            Body::Gap(g) => format!("gap {}-{}", g.from_seq, g.to_seq),
-            Body::MessagePush(p) => format!("push {}", p.seq),
+            Body::Gap(g) => format!("gap {}", g.conversation.unwrap().id),
+            Body::MessagePush(p) => format!("push {}", p.conversation.unwrap().id),
             other => format!("{:?}", other.frame_type()),
         })
         .collect();
-    assert_eq!(
-        order,
-        [
-            format!("gap {}-{n}", delivered + 1),
-            format!("push {}", n + 1)
-        ]
-    );
+    let mut gaps_first = order[..2].to_vec();
+    gaps_first.sort();
+    assert_eq!(gaps_first, ["gap 5", "gap 6"], "{order:?}");
+    assert_eq!(order[2..], ["push 5"], "{order:?}");
+    // Pushes and gaps account for every seq of each room exactly once.
+    assert_eq!(s.control.counters().chatroom_gaps, 2);
 }
 
 #[test]

@@ -191,7 +191,6 @@ fn platform(p: u8) -> pb::Platform {
 fn run(steps: Vec<Step>) {
     let mut s = Sim::new(
         Config {
-            max_outbound_bytes: 4_000,
             rate_limit: RateLimit {
                 burst: 20,
                 per_second: 5,
@@ -200,6 +199,8 @@ fn run(steps: Vec<Step>) {
         },
         1,
     );
+    // A small transport limit, so slow readers become congested within a sequence.
+    s.outbound_limit = 4_000;
     // Start with three logged-in users and one connection that has not logged in.
     let mut conns: Vec<ConnId> = (1..=3)
         .map(|user| s.login(user, "d0", pb::Platform::Ios))

@@ -444,7 +444,6 @@ fn heartbeat_kick_happens_exactly_at_the_timeout() {
 fn chatroom_slow_receiver_is_dropped_for_not_waited_on() {
     let mut s = Sim::new(
         Config {
-            max_outbound_bytes: 2_000,
             rate_limit: RateLimit {
                 burst: 1000,
                 per_second: 1000,
@@ -453,6 +452,7 @@ fn chatroom_slow_receiver_is_dropped_for_not_waited_on() {
         },
         7,
     );
+    s.outbound_limit = 2_000;
     let speaker = s.login(ALICE, "a", pb::Platform::Ios);
     let fast = s.login(BOB, "b", pb::Platform::Ios);
     let slow = s.login(CAROL, "c", pb::Platform::Ios);
@@ -512,13 +512,8 @@ fn chatroom_slow_receiver_is_dropped_for_not_waited_on() {
 
 #[test]
 fn persisted_push_to_a_slow_consumer_kicks_it_and_it_resyncs() {
-    let mut s = Sim::new(
-        Config {
-            max_outbound_bytes: 1_500,
-            ..Config::default()
-        },
-        7,
-    );
+    let mut s = Sim::new(Config::default(), 7);
+    s.outbound_limit = 1_500;
     let alice = s.login(ALICE, "a", pb::Platform::Ios);
     let bob = s.login(BOB, "b", pb::Platform::Ios);
     s.set_slow(bob, true);

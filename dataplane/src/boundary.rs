@@ -11,7 +11,7 @@
 //! …feed the events to the control plane, collect its actions…
 //! io.send(conn, bytes)      queue whole frames         (per Send action)
 //! io.close(conn)            flush, then close           (per Close action)
-//! io.transmit(&mut events)  write what is queued: Flushed / Closed
+//! io.transmit(&mut events)  write what is queued: Congested / Drained / Closed
 //! ```
 //!
 //! so a message is read, handled and answered on one core without a hand-off. Events
@@ -61,8 +61,9 @@ pub trait CoreIo: Send {
     /// Closes `conn` once what is queued for it is written.
     fn close(&mut self, conn: ConnId);
 
-    /// Writes queued output as far as the network takes it. Appends `Flushed` (and
-    /// `Closed`, for connections finished or failed) to `events`.
+    /// Writes queued output as far as the network takes it. Appends the back-pressure
+    /// edges (`Congested`, `Drained`) and `Closed` (connections finished or failed) to
+    /// `events`.
     fn transmit(&mut self, events: &mut Vec<TransportEvent>);
 
     /// Sleeps until there is I/O, [`CoreIo::waker`] is woken, or `timeout` passed

@@ -2,6 +2,15 @@
 //! frames (a read buffer and a [`FrameDecoder`]), and frames to send wait in one outbound
 //! queue of `Bytes` with one limit until the transport's socket takes them.
 //!
+//! **Back-pressure, one limit, one edge.** After each write the transport asks
+//! [`Framed::edge`]: a queue still over the limit makes the connection *congested*
+//! (reported once, [`TransportEvent::Congested`]); the transport then stops reading it,
+//! so its own requests add no more answers, and the control plane stops pushing to it.
+//! Once the queue is down to half the limit it is *drained* ([`TransportEvent::Drained`])
+//! and reading resumes. What the control plane had already handed over when it learned
+//! of the congestion still queues; a queue past twice the limit ([`Framed::overflowed`])
+//! means the peer reads nothing at all, and the transport closes it.
+//!
 //! The kernel transport (`kernel::conn`) feeds it from `read(2)` and drains it with one
 //! `writev`; the AF_XDP transport (`xdp::poller`) feeds it from a smoltcp socket's receive
 //! buffer and drains it into the socket's send buffer. Neither keeps a decoder, read
@@ -31,6 +40,8 @@ pub(crate) struct Framed {
     read_stopped: bool,
     out: VecDeque<Bytes>,
     out_bytes: usize,
+    /// Reported congested and not drained since.
+    congested: bool,
 }
 
 impl Framed {
@@ -42,6 +53,7 @@ impl Framed {
             read_stopped: false,
             out: VecDeque::new(),
             out_bytes: 0,
+            congested: false,
         }
     }
 
@@ -91,13 +103,39 @@ impl Framed {
     }
 
     /// Queues `bytes` (whole frames) after what is queued. Returns whether the queue is
-    /// now over `limit` bytes — a slow consumer, which the transport closes.
+    /// now past twice `limit` ([`Framed::overflowed`]): the transport closes it.
     pub(crate) fn queue(&mut self, bytes: Bytes, limit: usize) -> bool {
         if !bytes.is_empty() {
             self.out_bytes += bytes.len();
             self.out.push_back(bytes);
         }
-        self.out_bytes > limit
+        self.overflowed(limit)
+    }
+
+    /// Whether the queue is past twice `limit`: congested, and the peer still reads too
+    /// little for what was already handed over.
+    pub(crate) fn overflowed(&self, limit: usize) -> bool {
+        self.out_bytes > limit.saturating_mul(2)
+    }
+
+    /// Whether the connection is congested: its transport does not read it.
+    pub(crate) fn is_congested(&self) -> bool {
+        self.congested
+    }
+
+    /// The back-pressure edge to report after a write, if the queue crossed a mark:
+    /// `Congested` when it is over `limit`, `Drained` when a congested one is down to half
+    /// of it. At most one event per crossing.
+    pub(crate) fn edge(&mut self, limit: usize) -> Option<TransportEvent> {
+        if !self.congested && self.out_bytes > limit {
+            self.congested = true;
+            Some(TransportEvent::Congested { conn: self.id })
+        } else if self.congested && self.out_bytes <= limit / 2 {
+            self.congested = false;
+            Some(TransportEvent::Drained { conn: self.id })
+        } else {
+            None
+        }
     }
 
     /// Bytes queued and not yet taken by the socket.
@@ -214,10 +252,13 @@ mod tests {
     }
 
     #[test]
-    fn output_is_taken_in_order_across_partial_writes_and_the_limit_is_reported() {
+    fn output_is_taken_in_order_across_partial_writes_and_an_overflow_is_reported() {
         let mut f = Framed::new(ConnId::new(0, 1), DecoderConfig::default());
-        assert!(!f.queue(Bytes::from_static(b"hello "), 10));
-        assert!(f.queue(Bytes::from_static(b"world"), 10), "11 bytes > 10");
+        assert!(!f.queue(Bytes::from_static(b"hello "), 5));
+        assert!(
+            f.queue(Bytes::from_static(b"world"), 5),
+            "11 bytes > twice 5"
+        );
         let mut sink = Vec::new();
         // A socket that takes 4 bytes per call, then is full.
         let mut budget = 8;
@@ -267,5 +308,38 @@ mod tests {
             0
         );
         assert_eq!(f.queued_bytes(), 1);
+    }
+
+    #[test]
+    fn congestion_is_one_edge_each_way_with_half_the_limit_as_the_low_mark() {
+        let mut f = Framed::new(ConnId::new(0, 1), DecoderConfig::default());
+        let limit = 100;
+        assert!(!f.queue(Bytes::from(vec![0; 100]), limit));
+        assert!(f.edge(limit).is_none(), "at the limit is not over it");
+        assert!(!f.queue(Bytes::from(vec![0; 50]), limit));
+        assert!(matches!(
+            f.edge(limit),
+            Some(TransportEvent::Congested { .. })
+        ));
+        assert!(f.is_congested());
+        assert!(f.edge(limit).is_none(), "reported once");
+        // 120 of 150 written: 30 left, still over half? No: 30 <= 50 drains.
+        let mut taken = 0;
+        f.write_out(true, |slices| {
+            let n = slices[0].len().min(120 - taken);
+            taken += n;
+            Ok(n)
+        })
+        .unwrap();
+        assert_eq!(f.queued_bytes(), 30);
+        assert!(matches!(
+            f.edge(limit),
+            Some(TransportEvent::Drained { .. })
+        ));
+        assert!(!f.is_congested());
+        assert!(f.edge(limit).is_none());
+        // Past twice the limit: the transport closes it.
+        assert!(!f.queue(Bytes::from(vec![0; 170]), limit));
+        assert!(f.queue(Bytes::from(vec![0; 1]), limit));
     }
 }

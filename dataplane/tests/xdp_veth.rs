@@ -550,12 +550,10 @@ fn check_transport_boundary() {
     );
     command(&cores, Command::Close { conn });
 
-    let mut flushed = 0;
     let mut closed = false;
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline && !closed {
         match events.recv_timeout(Duration::from_millis(200)) {
-            Ok(Event::Flushed { conn: c, bytes }) if c == conn => flushed += bytes,
             Ok(Event::Closed { conn: c }) if c == conn => closed = true,
             Ok(other) => panic!("unexpected event {other:?}"),
             Err(_) => {}
@@ -564,7 +562,7 @@ fn check_transport_boundary() {
     let output = client.wait_with_output().expect("client output");
     let reply = String::from_utf8_lossy(&output.stdout);
     eprintln!(
-        "transport: flushed {flushed} bytes, closed {closed}, client got {:?}, filter {:?}",
+        "transport: closed {closed}, client got {:?}, filter {:?}",
         reply.trim(),
         transport.filter_counters()
     );
@@ -581,7 +579,6 @@ fn check_transport_boundary() {
         "pong",
         "the client read what the control plane sent"
     );
-    assert_eq!(flushed, 4);
     assert!(closed, "Closed reported after our close");
 }
 

@@ -176,10 +176,9 @@ pub struct ServeArgs {
     /// address is printed at start) [default: off].
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_addr: Option<SocketAddr>,
-    /// Chatroom pushes a connection may have queued before further pushes of its rooms
-    /// are skipped and reported to it with a Gap frame; 0 = only the byte limit
-    /// [default: 1024].
-    #[arg(long, value_name = "MESSAGES")]
+    /// No longer used (a warning says so at start): chatroom members are skipped while
+    /// their connection is congested, i.e. over `max_outbound_bytes`.
+    #[arg(long, value_name = "MESSAGES", hide = true)]
     pub chatroom_lag_budget: Option<u64>,
 }
 
@@ -260,9 +259,9 @@ pub struct ServeConfig {
     pub rate_limit_per_second: u32,
     /// Burst allowance of the same limit.
     pub rate_limit_burst: u32,
-    /// Chatroom pushes queued for one connection before its pushes are skipped (and
-    /// reported with a Gap); 0 = only the byte limit.
-    pub chatroom_lag_budget: u64,
+    /// Set if the retired `chatroom_lag_budget` key or flag was given: ignored, with a
+    /// warning at start (the one outbound limit, `max_outbound_bytes`, decides).
+    pub chatroom_lag_budget: Option<u64>,
     /// How long a graceful shutdown keeps answering new requests with SHUTTING_DOWN
     /// before it kicks everyone.
     pub shutdown_grace: Duration,
@@ -436,7 +435,7 @@ impl ServeConfig {
                 .unwrap_or(LogFormat::Human),
             metrics_addr: args.metrics_addr.or(file.metrics_addr),
             max_frame_body: file.max_frame_body.unwrap_or(64 * 1024),
-            max_outbound_bytes: file.max_outbound_bytes.unwrap_or(4 << 20),
+            max_outbound_bytes: file.max_outbound_bytes.unwrap_or(1 << 20),
             heartbeat_interval,
             idle_timeout: file
                 .idle_timeout_secs
@@ -444,10 +443,7 @@ impl ServeConfig {
             login_deadline: Duration::from_secs(file.login_deadline_secs.unwrap_or(10)),
             rate_limit_per_second: file.rate_limit_per_second.unwrap_or(20),
             rate_limit_burst: file.rate_limit_burst.unwrap_or(50),
-            chatroom_lag_budget: args
-                .chatroom_lag_budget
-                .or(file.chatroom_lag_budget)
-                .unwrap_or(1024),
+            chatroom_lag_budget: args.chatroom_lag_budget.or(file.chatroom_lag_budget),
             shutdown_grace: Duration::from_millis(file.shutdown_grace_ms.unwrap_or(200)),
             storage,
         };
@@ -464,6 +460,12 @@ impl ServeConfig {
         }
         if self.max_frame_body < 1024 {
             bail!("max_frame_body must be at least 1024 bytes");
+        }
+        if self.max_outbound_bytes < self.max_frame_body as usize + 16 {
+            bail!(
+                "max_outbound_bytes must be at least one largest frame (max_frame_body + 16 = {} bytes)",
+                self.max_frame_body as usize + 16
+            );
         }
         if self.heartbeat_interval.is_zero() || self.idle_timeout <= self.heartbeat_interval {
             bail!("idle_timeout must be longer than heartbeat_interval (both non-zero)");
@@ -552,12 +554,13 @@ mod tests {
         assert_eq!(c.sync, Sync::Batch);
         assert_eq!(c.idle_timeout, Duration::from_secs(150));
         assert_eq!(c.metrics_addr, None);
-        assert_eq!(c.chatroom_lag_budget, 1024);
+        assert_eq!(c.chatroom_lag_budget, None);
+        assert_eq!(c.max_outbound_bytes, 1 << 20);
         assert_eq!(c.shutdown_grace, Duration::from_millis(200));
     }
 
     #[test]
-    fn chatroom_lag_budget_and_shutdown_grace_come_from_the_file_or_the_flag() {
+    fn the_retired_lag_budget_is_still_accepted_and_shutdown_grace_comes_from_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("petrel.toml");
         std::fs::write(
@@ -572,10 +575,13 @@ shutdown_grace_ms = 1500
             ..ServeArgs::default()
         };
         let c = ServeConfig::resolve(&args).unwrap();
-        assert_eq!(c.chatroom_lag_budget, 64);
+        assert_eq!(c.chatroom_lag_budget, Some(64));
         assert_eq!(c.shutdown_grace, Duration::from_millis(1500));
         args.chatroom_lag_budget = Some(0);
-        assert_eq!(ServeConfig::resolve(&args).unwrap().chatroom_lag_budget, 0);
+        assert_eq!(
+            ServeConfig::resolve(&args).unwrap().chatroom_lag_budget,
+            Some(0)
+        );
     }
 
     #[test]

@@ -432,6 +432,12 @@ impl Collector for Metrics {
         )?;
         counter(
             &mut e,
+            "petrel_connections_congested",
+            "Times a connection's queued output stayed over max_outbound_bytes after a write (not read, not pushed to, until it drains).",
+            &[(vec![], c.congested)],
+        )?;
+        counter(
+            &mut e,
             "petrel_frames_misdirected",
             "Client frames refused for their direction (a server-to-client type) or flags (RESPONSE).",
             &[(vec![], c.frames_misdirected)],

@@ -72,7 +72,6 @@ fn control_config(config: &ServeConfig) -> petrel_control::Config {
             burst: config.rate_limit_burst,
             per_second: config.rate_limit_per_second,
         },
-        chatroom_lag_budget: config.chatroom_lag_budget,
         shutdown_grace: config.shutdown_grace,
         trim_interval: config.storage.trim_interval,
         id_seed: rand::random(),
@@ -103,6 +102,14 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    if let Some(budget) = config.chatroom_lag_budget {
+        tracing::warn!(
+            chatroom_lag_budget = budget,
+            max_outbound_bytes = config.max_outbound_bytes,
+            "chatroom_lag_budget is no longer used and is ignored: a chatroom member is \
+             skipped while its connection's queued output is over max_outbound_bytes"
+        );
+    }
     let keys = keys::load_or_create(&config.key_file)?;
     let db_path = config.data_dir.join("db");
     let engine = Arc::new(

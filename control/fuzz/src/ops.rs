@@ -331,9 +331,15 @@ struct Client {
     next_rid: u32,
     slow: bool,
     unflushed: u64,
+    /// Reported congested (over [`OUTBOUND_LIMIT`] unread) and not drained since.
+    congested: bool,
     /// Highest live-push seq seen per conversation (kind, id).
     pushed: HashMap<(i32, u64), u64>,
 }
+
+/// The simulated transport's outbound limit: a slow reader with more unread than this is
+/// reported congested (small, so sequences reach it).
+const OUTBOUND_LIMIT: u64 = 4_000;
 
 /// The simulated world: control plane, storage and clients.
 pub struct World {
@@ -383,7 +389,6 @@ impl World {
         let keys = crate::token::ring();
         let old_keys = crate::token::ring_signing("old").expect("the fuzz ring has `old`");
         let config = Config {
-            max_outbound_bytes: 4_000,
             rate_limit: RateLimit {
                 burst: 20,
                 per_second: 5,
@@ -481,6 +486,7 @@ impl World {
                     next_rid: 0,
                     slow: false,
                     unflushed: 0,
+                    congested: false,
                     pushed: HashMap::new(),
                 });
                 self.control.handle(self.now, Event::Opened { conn: id });
@@ -580,12 +586,13 @@ impl World {
                 if let Some(i) = self.open_conn(conn) {
                     let client = &mut self.clients[i];
                     client.slow = slow;
-                    if !slow && client.unflushed > 0 {
-                        let bytes = std::mem::take(&mut client.unflushed);
-                        let id = client.id;
-                        self.control
-                            .handle(self.now, Event::Flushed { conn: id, bytes });
-                        self.run();
+                    if !slow {
+                        client.unflushed = 0;
+                        if std::mem::take(&mut client.congested) {
+                            let id = client.id;
+                            self.control.handle(self.now, Event::Drained { conn: id });
+                            self.run();
+                        }
                     }
                 }
             }
@@ -800,10 +807,10 @@ impl World {
         let client = &mut self.clients[i];
         if client.slow {
             client.unflushed += bytes.len() as u64;
-        } else {
-            let len = bytes.len() as u64;
-            self.control
-                .handle(self.now, Event::Flushed { conn, bytes: len });
+            if !client.congested && client.unflushed > OUTBOUND_LIMIT {
+                client.congested = true;
+                self.control.handle(self.now, Event::Congested { conn });
+            }
         }
     }
 

@@ -18,15 +18,8 @@ use super::Control;
 use super::pending::{AppendCtx, Pending, ReplyTo};
 use crate::convert::{self, Target};
 use crate::counters::ByScenario;
-use crate::session::Conn;
 use crate::time::Timestamp;
 use petrel_conn::ConnId;
-
-/// Whether `c` is too far behind for a chatroom push of `len` more bytes: its queue
-/// would pass `max_bytes`, or it has `budget` (if non-zero) chatroom pushes unflushed.
-fn lagging(c: &Conn, len: u64, max_bytes: u64, budget: u64) -> bool {
-    c.queued_bytes + len > max_bytes || (budget > 0 && c.rooms.lag() >= budget)
-}
 
 /// Which per-scenario counter a conversation feeds.
 fn scenario(counters: &mut ByScenario, key: ConversationKey) -> &mut u64 {
@@ -228,14 +221,14 @@ impl Control {
         self.scratch_conns = targets;
     }
 
-    /// Delivers one push of a persisted conversation. A connection whose outbound queue
-    /// is over the limit is kicked as a slow consumer rather than silently skipped: it
-    /// re-syncs the message when it reconnects.
+    /// Delivers one push of a persisted conversation. A congested connection is kicked
+    /// as a slow consumer rather than silently skipped: it re-syncs the message when it
+    /// reconnects.
     fn deliver_persisted(&mut self, conn: ConnId, bytes: Bytes, key: ConversationKey) {
         let Some(c) = self.registry.get(conn) else {
             return;
         };
-        if c.queued_bytes + bytes.len() as u64 > self.config.max_outbound_bytes {
+        if c.congested {
             self.counters.kicks.slow_consumer += 1;
             self.kick(
                 conn,
@@ -293,7 +286,6 @@ impl Control {
             },
         );
         let encoded = self.encode(&frame);
-        let len = encoded.as_ref().map_or(0, |b| b.len() as u64);
         self.send_frame(
             conn,
             Frame::response(
@@ -308,31 +300,20 @@ impl Control {
             ),
         );
         if let Some(bytes) = encoded {
-            let (max_bytes, budget) = (
-                self.config.max_outbound_bytes,
-                self.config.chatroom_lag_budget,
-            );
             for &target in &targets {
                 let Some(c) = self.registry.get_mut(target) else {
                     continue;
                 };
-                // A lagging receiver loses this message (and is told so with a Gap when
-                // it catches up); the room does not wait for it.
-                if lagging(c, len, max_bytes, budget) {
+                // A congested receiver loses this message (and is told so with a Gap when
+                // it drains); the room does not wait for it.
+                if c.congested {
                     c.rooms.skipped(room_id, seq);
                     self.counters.messages_dropped.chatroom += 1;
                     continue;
                 }
-                // One lookup per receiver on the common path; a gap owed (rare) first
-                // goes out on its own.
-                match c.rooms.take_gap(room_id) {
-                    None => c.rooms.pushed(c.sent_bytes + len),
-                    Some((from, to)) => {
-                        self.send_gap(target, room_id, from, to);
-                        if let Some(c) = self.registry.get_mut(target) {
-                            c.rooms.pushed(c.sent_bytes + len);
-                        }
-                    }
+                // A gap owed (rare: it drained with no room to report it) goes out first.
+                if let Some((from, to)) = c.rooms.take_gap(room_id) {
+                    self.send_gap(target, room_id, from, to);
                 }
                 if self.send_bytes(target, bytes.clone(), FrameType::MessagePush) {
                     self.counters.messages_delivered.chatroom += 1;
@@ -344,20 +325,6 @@ impl Control {
         if let (Some(room), Body::MessagePush(push)) = (self.rooms.get_mut(room_id), frame.body) {
             room.remember(push, keep);
         }
-    }
-
-    /// Whether `conn` is too far behind for a chatroom push of `len` more bytes: over
-    /// the lag budget in messages, or over the outbound byte limit. Unknown connections
-    /// count as lagging (nothing is sent to them).
-    pub(super) fn chatroom_lagging(&self, conn: ConnId, len: u64) -> bool {
-        self.registry.get(conn).is_none_or(|c| {
-            lagging(
-                c,
-                len,
-                self.config.max_outbound_bytes,
-                self.config.chatroom_lag_budget,
-            )
-        })
     }
 
     /// Tells `conn` that pushes `from..=to` of `room` were skipped for it.

@@ -46,8 +46,6 @@ const TRIM_STEP_PAUSE: Duration = Duration::from_millis(100);
 const RELOAD_REVOKED_AFTER: Duration = Duration::from_secs(1);
 /// Size of each chunk of the reusable encode buffer.
 const ENCODE_CHUNK: usize = 64 * 1024;
-/// Room a `Gap` frame needs in an outbound queue (header plus the largest body).
-const GAP_FRAME_LEN: u64 = 16 + 40;
 
 /// The control plane: sessions, tokens, heartbeats and routing, with no I/O.
 ///
@@ -240,7 +238,13 @@ impl Control {
             Event::Opened { conn } => self.handle_opened(now, conn),
             Event::Frame { conn, frame } => self.handle_frame(now, conn, frame),
             Event::FrameError { conn, error } => self.handle_frame_error(now, conn, error),
-            Event::Flushed { conn, bytes } => self.on_flushed(conn, bytes),
+            Event::Congested { conn } => {
+                if let Some(c) = self.registry.get_mut(conn) {
+                    c.congested = true;
+                    self.counters.congested += 1;
+                }
+            }
+            Event::Drained { conn } => self.on_drained(conn),
             Event::Closed { conn } => {
                 if self.forget(conn) {
                     self.counters.connections_closed += 1;
@@ -433,8 +437,7 @@ impl Control {
                 opened_at: now,
                 last_activity: now,
                 session: None,
-                queued_bytes: 0,
-                sent_bytes: 0,
+                congested: false,
                 bucket: TokenBucket::new(self.config.rate_limit, now),
                 rooms: Seats::default(),
             },
@@ -554,16 +557,14 @@ impl Control {
         );
     }
 
-    /// Bytes of `conn`'s output are written out: shrink its queue, move its chatroom
-    /// lag, and send the `Gap`s it is owed if it has caught up.
-    fn on_flushed(&mut self, conn: ConnId, bytes: u64) {
+    /// `conn` caught up: pushes resume, and it gets the `Gap`s it is owed at once (before
+    /// any newer push of those rooms).
+    fn on_drained(&mut self, conn: ConnId) {
         let Some(c) = self.registry.get_mut(conn) else {
             return;
         };
-        c.queued_bytes = c.queued_bytes.saturating_sub(bytes);
-        let flushed_to = c.sent_bytes - c.queued_bytes;
-        c.rooms.flushed(flushed_to, c.queued_bytes == 0);
-        if !c.rooms.owes_gaps() || self.chatroom_lagging(conn, GAP_FRAME_LEN) {
+        c.congested = false;
+        if !c.rooms.owes_gaps() {
             return;
         }
         while let Some((room, from, to)) = self
@@ -757,11 +758,9 @@ impl Control {
 
     /// Queues already-encoded bytes for `conn`. False if the connection is gone.
     fn send_bytes(&mut self, conn: ConnId, bytes: Bytes, frame_type: FrameType) -> bool {
-        let Some(c) = self.registry.get_mut(conn) else {
+        if self.registry.get(conn).is_none() {
             return false;
-        };
-        c.queued_bytes += bytes.len() as u64;
-        c.sent_bytes += bytes.len() as u64;
+        }
         self.counters.frames_out.add(frame_type);
         self.actions.push_back(Action::Send { conn, bytes });
         true

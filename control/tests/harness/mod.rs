@@ -3,8 +3,9 @@
 //! every storage action and feeds the completion back. No sockets, no threads, no
 //! wall clock: a 150-second heartbeat test runs in microseconds and never flakes.
 //!
-//! Knobs: per-connection "slow reader" (the client never reports bytes flushed, so its
-//! outbound queue only grows, until [`Sim::catch_up`]), storage that holds its
+//! Knobs: per-connection "slow reader" (the client reads nothing, so its outbound queue
+//! only grows, until [`Sim::catch_up`]; past [`Sim::outbound_limit`] the simulated
+//! transport reports it `Congested`, and `Drained` when it catches up), storage that holds its
 //! completions back ([`Sim::hold_storage`], for in-flight requests), and a seeded RNG
 //! the randomized workloads draw from, so every run with the same seed is identical.
 //!
@@ -49,8 +50,10 @@ pub struct Client {
     pub closed: Option<CloseReason>,
     /// Bytes received that the client has not "read" (only grows for slow readers).
     pub unflushed: u64,
-    /// Whether this client reports flushes.
+    /// Whether this client reads slower than it is sent to (nothing, until caught up).
     pub slow: bool,
+    /// Reported congested and not drained since.
+    pub congested: bool,
     next_rid: u32,
 }
 
@@ -80,6 +83,9 @@ pub struct Sim {
     held: Vec<held::Completion>,
     /// Completions delivered since [`Sim::take_delivered`] was last called.
     delivered: Vec<held::Delivered>,
+    /// The simulated transport's outbound limit: a slow reader with more than this
+    /// unread is reported congested (the server's default, 1 MiB).
+    pub outbound_limit: u64,
 }
 
 impl Sim {
@@ -105,6 +111,7 @@ impl Sim {
             origin: None,
             held: Vec::new(),
             delivered: Vec::new(),
+            outbound_limit: 1 << 20,
         };
         sim.run();
         assert!(sim.control.is_ready(), "revocation list must load at start");
@@ -254,19 +261,20 @@ impl Sim {
         self.clients.get_mut(&conn).expect("known client")
     }
 
-    /// Marks `conn` a slow reader: it never reports flushed bytes.
+    /// Marks `conn` a slow reader: it reads nothing of what is sent to it.
     pub fn set_slow(&mut self, conn: ConnId, slow: bool) {
         self.client(conn).slow = slow;
     }
 
-    /// A slow reader reads everything queued for it (one flush report) and is slow no
-    /// more.
+    /// A slow reader reads everything queued for it (`Drained` if it was congested) and
+    /// is slow no more.
     pub fn catch_up(&mut self, conn: ConnId) {
         let client = self.client(conn);
         client.slow = false;
-        let bytes = std::mem::take(&mut client.unflushed);
-        self.control
-            .handle(self.now, Event::Flushed { conn, bytes });
+        client.unflushed = 0;
+        if std::mem::take(&mut client.congested) {
+            self.control.handle(self.now, Event::Drained { conn });
+        }
         self.run();
     }
 
@@ -337,9 +345,10 @@ impl Sim {
                         }
                         if client.slow {
                             client.unflushed += len;
-                        } else {
-                            self.control
-                                .handle(self.now, Event::Flushed { conn, bytes: len });
+                            if !client.congested && client.unflushed > self.outbound_limit {
+                                client.congested = true;
+                                self.control.handle(self.now, Event::Congested { conn });
+                            }
                         }
                     }
                     Action::Close { conn, reason } => {

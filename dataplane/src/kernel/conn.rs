@@ -15,11 +15,20 @@ use petrel_proto::DecoderConfig;
 
 use crate::framed::Framed;
 
+/// Most bytes read from one connection per call of [`Connection::read_frames`]. A client
+/// that pipelines megabytes of requests is answered a batch at a time, its answers pass
+/// the congestion check between batches (so a client that does not read its answers is
+/// paused, not overflowed), and the other connections of the core get their turn.
+const READ_BUDGET: usize = 64 * 1024;
+
 /// What reading a readable socket led to.
 #[derive(Debug)]
 pub(super) enum ReadOutcome {
-    /// Read until the socket would block; the connection stays open.
+    /// Read until the socket would block (or congestion paused it); the connection stays
+    /// open.
     Open,
+    /// Read [`READ_BUDGET`] bytes; the socket may hold more: read it again next time.
+    More,
     /// The peer closed its side.
     PeerClosed,
     /// The socket failed.
@@ -35,10 +44,13 @@ pub(super) struct Connection {
     pub(super) closing: bool,
     /// In the core's list of connections to flush this wake-up.
     pub(super) dirty: bool,
-    /// Its queued output passed the limit: closed without writing more.
+    /// Its queued output passed twice the limit: closed without writing more.
     slow_consumer: bool,
     /// In the core's list of connections to read at the next `receive`.
     pub(super) read_pending: bool,
+    /// A read was skipped while congested: read it again once drained (epoll reports
+    /// only new data, not data left in the socket).
+    pub(super) read_paused: bool,
 }
 
 impl Connection {
@@ -51,6 +63,7 @@ impl Connection {
             dirty: false,
             slow_consumer: false,
             read_pending: false,
+            read_paused: false,
         }
     }
 
@@ -70,27 +83,38 @@ impl Connection {
     }
 
     /// Reads until the socket would block, appending a `Frame` or `FrameError` event for
-    /// every frame. `scratch` is the core's shared read buffer.
+    /// every frame. `scratch` is the core's shared read buffer. A congested connection
+    /// is not read (back-pressure on its peer) until it drains.
     pub(super) fn read_frames(
         &mut self,
         scratch: &mut [u8],
         events: &mut Vec<TransportEvent>,
     ) -> ReadOutcome {
+        if self.framed.is_congested() {
+            self.read_paused = true;
+            return ReadOutcome::Open;
+        }
+        let mut budget = READ_BUDGET;
         while !self.framed.read_stopped() {
-            let n = match self.stream.read(scratch) {
+            if budget == 0 {
+                return ReadOutcome::More;
+            }
+            let want = scratch.len().min(budget);
+            let n = match self.stream.read(&mut scratch[..want]) {
                 Ok(0) => return ReadOutcome::PeerClosed,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return ReadOutcome::Failed(e),
             };
+            budget -= n;
             self.framed.ingest(&scratch[..n], events);
         }
         ReadOutcome::Open
     }
 
-    /// Queues bytes for the next flush. Past `limit` queued bytes the connection is a
-    /// slow consumer: what is queued is dropped, nothing more is written, and it is
+    /// Queues bytes for the next flush. Past twice `limit` queued bytes the connection is
+    /// a slow consumer: what is queued is dropped, nothing more is written, and it is
     /// closed at the next flush. Returns whether that happened now.
     pub(super) fn queue(&mut self, bytes: Bytes, limit: usize) -> bool {
         if self.slow_consumer {
@@ -109,5 +133,10 @@ impl Connection {
         let stream = &mut self.stream;
         self.framed
             .write_out(false, |slices| stream.write_vectored(slices))
+    }
+
+    /// The back-pressure edge after a flush, if any (see [`Framed::edge`]).
+    pub(super) fn edge(&mut self, limit: usize) -> Option<TransportEvent> {
+        self.framed.edge(limit)
     }
 }

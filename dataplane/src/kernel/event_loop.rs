@@ -169,6 +169,12 @@ impl KernelCore {
         };
         match conn.read_frames(&mut self.scratch, events) {
             ReadOutcome::Open => {}
+            ReadOutcome::More => {
+                // Its turn is over for this iteration; the next `receive` reads on (no new
+                // epoll edge would come for data already there).
+                conn.read_pending = true;
+                self.readable.push(key);
+            }
             ReadOutcome::PeerClosed => self.remove(key, events),
             ReadOutcome::Failed(e) => {
                 tracing::debug!(conn = %conn.id(), error = %e, "read failed");
@@ -215,7 +221,9 @@ impl CoreIo for KernelCore {
             }
             self.read(key, events);
         }
+        // Keep the allocation; what `read` listed again (budget used up) is next.
         readable.clear();
+        readable.append(&mut self.readable);
         self.readable = readable;
     }
 
@@ -250,22 +258,23 @@ impl CoreIo for KernelCore {
                 continue;
             }
             let id = conn.id();
-            let result = conn.flush();
+            if let Err(e) = conn.flush() {
+                tracing::debug!(conn = %id, error = %e, "write failed");
+                self.remove(key, events);
+                continue;
+            }
             let done = conn.queued_bytes() == 0;
-            match result {
-                Ok(written) => {
-                    if written > 0 {
-                        events.push(TransportEvent::Flushed {
-                            conn: id,
-                            bytes: written as u64,
-                        });
+            match conn.edge(self.settings.max_outbound_bytes) {
+                Some(edge @ TransportEvent::Drained { .. }) => {
+                    events.push(edge);
+                    // Data left unread while congested gets no new epoll edge.
+                    if std::mem::take(&mut conn.read_paused) && !conn.read_pending {
+                        conn.read_pending = true;
+                        self.readable.push(key);
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(conn = %id, error = %e, "write failed");
-                    self.remove(key, events);
-                    continue;
-                }
+                Some(edge) => events.push(edge),
+                None => {}
             }
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
@@ -300,6 +309,12 @@ impl CoreIo for KernelCore {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        // A drained connection waits to be read (see `transmit`): do not sleep.
+        let timeout = if self.readable.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
         let timeout = match self.shutdown_started {
             Some(_) => Some(timeout.map_or(Duration::from_millis(50), |t| {
                 t.min(Duration::from_millis(50))

@@ -17,8 +17,10 @@
 //! The cores own no threads: the server's per-core loop drives each through
 //! [`CoreIo`](crate::boundary::CoreIo).
 //!
-//! A connection whose queued output exceeds [`KernelConfig::max_outbound_bytes`] is
-//! closed: memory never grows because a client stops reading.
+//! A connection whose queued output stays over [`KernelConfig::max_outbound_bytes`]
+//! after a write is congested: it is not read until it drains to half of that, and past
+//! twice that it is closed, so memory never grows because a client stops reading
+//! (`crate::framed`).
 
 mod conn;
 mod event_loop;
@@ -42,7 +44,8 @@ pub struct KernelConfig {
     pub cores: Vec<Option<usize>>,
     /// Most connections the whole transport holds; further accepts are closed at once.
     pub max_connections: usize,
-    /// Most bytes queued for one connection before it is closed as a slow consumer.
+    /// Bytes queued for one connection past which it is congested (twice this: closed as
+    /// a slow consumer).
     pub max_outbound_bytes: usize,
     /// Frame decoder limits.
     pub decoder: DecoderConfig,
@@ -56,7 +59,7 @@ impl Default for KernelConfig {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 9500))],
             cores: vec![None],
             max_connections: 1_000_000,
-            max_outbound_bytes: 4 << 20,
+            max_outbound_bytes: 1 << 20,
             decoder: DecoderConfig::default(),
             backlog: 4096,
         }

@@ -116,6 +116,8 @@ pub struct XdpCore {
     read_keys: Vec<usize>,
     still_dirty: Vec<usize>,
     finished: Vec<usize>,
+    /// Connections that drained this round, to read what waited in their sockets.
+    drained: Vec<usize>,
     start: Instant,
     shutdown_started: Option<Instant>,
     /// Connections we closed that smoltcp still holds (FIN sent, not yet done).
@@ -188,6 +190,7 @@ impl XdpCore {
             read_keys: Vec::new(),
             still_dirty: Vec::new(),
             finished: Vec::new(),
+            drained: Vec::new(),
             start: Instant::now(),
             shutdown_started: None,
             lingering: HashMap::new(),
@@ -408,7 +411,9 @@ impl XdpCore {
             return;
         };
         let mut progressed = false;
-        while !conn.framed.read_stopped() && socket.can_recv() {
+        // A congested connection is not read: its data waits in the socket's receive
+        // buffer and TCP's window stops the peer. `write_dirty` reads it once it drains.
+        while !conn.framed.read_stopped() && !conn.framed.is_congested() && socket.can_recv() {
             let n = match socket.recv_slice(&mut self.scratch) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
@@ -464,6 +469,7 @@ impl XdpCore {
         let mut dirty = std::mem::take(&mut self.dirty);
         let mut still_dirty = std::mem::take(&mut self.still_dirty);
         let mut finished = std::mem::take(&mut self.finished);
+        let mut drained = std::mem::take(&mut self.drained);
         for &key in &dirty {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
@@ -518,15 +524,17 @@ impl XdpCore {
                 conn.dirty = true;
                 still_dirty.push(key);
             }
-            let (id, shard) = (conn.framed.id(), conn.shard);
+            let shard = conn.shard;
             if changed {
                 self.shards.mark_dirty(shard);
             }
-            if written > 0 {
-                events.push(TransportEvent::Flushed {
-                    conn: id,
-                    bytes: written as u64,
-                });
+            match conn.framed.edge(self.max_outbound_bytes) {
+                Some(edge @ TransportEvent::Drained { .. }) => {
+                    events.push(edge);
+                    drained.push(key);
+                }
+                Some(edge) => events.push(edge),
+                None => {}
             }
         }
         dirty.clear();
@@ -538,6 +546,12 @@ impl XdpCore {
         }
         finished.clear();
         self.finished = finished;
+        // What arrived while they were congested is in their sockets already.
+        for &key in &drained {
+            self.read_conn(key, events);
+        }
+        drained.clear();
+        self.drained = drained;
     }
 
     /// Resets connections we closed that will not finish cleanly, as a kernel does on

@@ -47,7 +47,8 @@ pub struct XdpConfig {
     pub max_connections_per_shard: usize,
     /// Per-connection smoltcp buffers and queue limits.
     pub shard: ShardConfig,
-    /// Most bytes queued for one connection before it is closed as a slow consumer.
+    /// Bytes queued for one connection past which it is congested: not read until it
+    /// drains to half of that; past twice this it is reset as a slow consumer.
     pub max_outbound_bytes: usize,
     /// Frame decoder limits.
     pub decoder: DecoderConfig,
@@ -74,7 +75,7 @@ impl XdpConfig {
                 port,
                 ..ShardConfig::default()
             },
-            max_outbound_bytes: 4 << 20,
+            max_outbound_bytes: 1 << 20,
             decoder: DecoderConfig::default(),
             xsk: XskConfig::default(),
         }
