@@ -410,6 +410,8 @@ fn nic_checks(nic: &Nic, scale: &Scale) -> Vec<Check> {
                 // The kernel stack spreads flows over queues; fewer queues than cores
                 // leaves cores without softirq work of their own.
                 DataplaneKind::Kernel => now < want,
+                // A DPDK-bound NIC has no kernel channels: DPDK configures its queues.
+                DataplaneKind::Dpdk => false,
             };
             if off {
                 c.status = Status::Warn;
@@ -563,6 +565,7 @@ pub fn render(checks: &[Check], scale: &Scale, host: &Host) -> String {
         match scale.dataplane {
             DataplaneKind::Kernel => "kernel",
             DataplaneKind::Xdp => "xdp",
+            DataplaneKind::Dpdk => "dpdk",
         },
         format_cpu_list(&scale.cores),
         host.cpus.len(),
