@@ -111,7 +111,11 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(name: impl Into<String>, status: Status, current: impl Into<String>) -> Check {
+    pub(super) fn new(
+        name: impl Into<String>,
+        status: Status,
+        current: impl Into<String>,
+    ) -> Check {
         Check {
             name: name.into(),
             status,
@@ -123,17 +127,17 @@ impl Check {
         }
     }
 
-    fn recommend(mut self, value: impl Into<String>) -> Check {
+    pub(super) fn recommend(mut self, value: impl Into<String>) -> Check {
         self.recommended = value.into();
         self
     }
 
-    fn fix(mut self, how: impl Into<String>) -> Check {
+    pub(super) fn fix(mut self, how: impl Into<String>) -> Check {
         self.fix.push(how.into());
         self
     }
 
-    fn note(mut self, note: impl Into<String>) -> Check {
+    pub(super) fn note(mut self, note: impl Into<String>) -> Check {
         self.note = Some(note.into());
         self
     }
@@ -541,7 +545,7 @@ fn nic_checks(nic: &Nic, scale: &Scale) -> Vec<Check> {
         ),
         XdpSupport::Unknown => (Status::Info, "unknown (no driver name)".to_owned(), None),
     };
-    let status = if scale.dataplane == DataplaneKind::Kernel && status == Status::Warn {
+    let status = if scale.dataplane != DataplaneKind::Xdp && status == Status::Warn {
         Status::Info
     } else {
         status
