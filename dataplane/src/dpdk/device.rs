@@ -230,8 +230,8 @@ pub(crate) mod fake {
     //! tests can check every buffer is freed exactly once.
 
     use std::collections::VecDeque;
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::{Arc, Mutex};
 
     use super::*;
 
@@ -275,11 +275,35 @@ pub(crate) mod fake {
         }
     }
 
-    /// A wire in a vector: `inbox` is what arrives, `wire` what was transmitted.
+    /// Frames waiting to be received, with their segment counts.
+    type Arriving = VecDeque<(Vec<u8>, u8)>;
+
+    /// Both directions of a fake link, shared with the test while the queue is inside a
+    /// poller: `inbox` is what arrives (bytes, segments), `wire` what was transmitted.
+    #[derive(Debug, Default, Clone)]
+    pub(crate) struct Link {
+        pub(crate) inbox: Arc<Mutex<Arriving>>,
+        pub(crate) wire: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl Link {
+        pub(crate) fn arrive(&self, frame: Vec<u8>, segments: u8) {
+            self.inbox.lock().unwrap().push_back((frame, segments));
+        }
+
+        pub(crate) fn waiting(&self) -> usize {
+            self.inbox.lock().unwrap().len()
+        }
+
+        pub(crate) fn take_sent(&self) -> Vec<Vec<u8>> {
+            std::mem::take(&mut *self.wire.lock().unwrap())
+        }
+    }
+
+    /// A port queue on a [`Link`], with a pool of `pool` buffers.
     #[derive(Debug, Default)]
     pub(crate) struct FakeQueue {
-        pub(crate) inbox: VecDeque<(Vec<u8>, u8)>,
-        pub(crate) wire: Vec<Vec<u8>>,
+        pub(crate) link: Link,
         /// How many packets the next tx bursts take in total (`usize::MAX`: all).
         pub(crate) tx_room: usize,
         /// Buffers left in the pool.
@@ -311,9 +335,11 @@ pub(crate) mod fake {
         type Buf = FakeBuf;
 
         fn rx_burst(&mut self, out: &mut Vec<FakeBuf>, max: u16) -> usize {
-            let n = self.inbox.len().min(usize::from(max));
+            let inbox = self.link.inbox.clone();
+            let mut inbox = inbox.lock().unwrap();
+            let n = inbox.len().min(usize::from(max));
             for _ in 0..n {
-                let (bytes, segments) = self.inbox.pop_front().unwrap_or_default();
+                let (bytes, segments) = inbox.pop_front().unwrap_or_default();
                 let len = bytes.len();
                 let buf = self.buf(bytes, len, segments);
                 out.push(buf);
@@ -326,7 +352,7 @@ pub(crate) mod fake {
             self.tx_room = self.tx_room.saturating_sub(n);
             for buf in packets.drain(..n) {
                 // The "driver" frees it after transmitting.
-                self.wire.push(buf.data().to_vec());
+                self.link.wire.lock().unwrap().push(buf.data().to_vec());
             }
             n
         }
@@ -349,10 +375,10 @@ mod tests {
 
     #[test]
     fn received_packets_are_handed_over_and_freed_and_chained_ones_dropped() {
-        let mut queue = FakeQueue::new(0);
-        queue.inbox.push_back((vec![1, 2, 3], 1));
-        queue.inbox.push_back((vec![4; 3000], 2));
-        queue.inbox.push_back((vec![5], 1));
+        let queue = FakeQueue::new(0);
+        queue.link.arrive(vec![1, 2, 3], 1);
+        queue.link.arrive(vec![4; 3000], 2);
+        queue.link.arrive(vec![5], 1);
         let outstanding = queue.outstanding.clone();
         let mut device = BurstDevice::new(queue);
         let mut seen = Vec::new();
@@ -365,15 +391,15 @@ mod tests {
 
     #[test]
     fn receive_stops_at_max_and_leaves_the_rest_on_the_queue() {
-        let mut queue = FakeQueue::new(0);
+        let queue = FakeQueue::new(0);
         for i in 0..200u8 {
-            queue.inbox.push_back((vec![i], 1));
+            queue.link.arrive(vec![i], 1);
         }
         let mut device = BurstDevice::new(queue);
         let mut n = 0;
         assert_eq!(device.receive(100, |_| n += 1), 100);
         assert_eq!(n, 100);
-        assert_eq!(device.queue().inbox.len(), 100);
+        assert_eq!(device.queue().link.waiting(), 100);
     }
 
     #[test]
@@ -394,7 +420,7 @@ mod tests {
         assert_eq!(outstanding.get(), 1, "only the queued frame is out");
         assert_eq!(device.tx_pending(), 1);
         device.flush_tx().unwrap();
-        assert_eq!(device.queue().wire, vec![b"ping".to_vec()]);
+        assert_eq!(device.queue().link.take_sent(), vec![b"ping".to_vec()]);
         assert_eq!(device.tx_pending(), 0);
         assert_eq!(outstanding.get(), 0, "the driver freed what it sent");
     }
@@ -415,7 +441,13 @@ mod tests {
         assert_eq!(device.tx_pending(), 3);
         device.queue.tx_room = usize::MAX;
         device.flush_tx().unwrap();
-        let sent: Vec<u8> = device.queue().wire.iter().map(|f| f[0]).collect();
+        let sent: Vec<u8> = device
+            .queue()
+            .link
+            .take_sent()
+            .iter()
+            .map(|f| f[0])
+            .collect();
         assert_eq!(sent, vec![0, 1, 2, 3, 4]);
         assert_eq!(outstanding.get(), 0);
     }
@@ -442,5 +474,95 @@ mod tests {
             0,
             "dropping the device frees its backlog"
         );
+    }
+
+    /// The glue end to end, without an EAL: a poller over a burst device answers ARP for
+    /// its address, answers a SYN with a SYN-ACK framed for the sender's MAC, drops and
+    /// counts what is not its own, and every buffer is freed once.
+    #[test]
+    fn the_poller_over_a_burst_device_answers_arp_and_syns_and_drops_the_rest() {
+        use petrel_proto::DecoderConfig;
+        use smoltcp::wire::{
+            ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, IpProtocol,
+            Ipv4Packet, TcpPacket,
+        };
+
+        use crate::boundary::CoreIo;
+        use crate::xdp::neighbour::arp_request;
+        use crate::xdp::poller::{CoreSettings, Queue, XdpCore};
+        use crate::xdp::stats::SharedRxCounters;
+        use crate::xdp::tcp::ShardConfig;
+        use crate::xdp::wire::tests::{OUR_MAC, OURS, PEER, PEER_MAC, syn_frame};
+
+        let queue = FakeQueue::new(64);
+        let (link, outstanding) = (queue.link.clone(), queue.outstanding.clone());
+        let counters = std::sync::Arc::new(SharedRxCounters::default());
+        let settings = CoreSettings {
+            addr: OURS,
+            prefix_len: 24,
+            port: 9500,
+            own_arp: true,
+            shards_per_queue: 4,
+            max_connections_per_shard: 16,
+            shard: ShardConfig {
+                addr: OURS,
+                port: 9500,
+                ..ShardConfig::default()
+            },
+            max_outbound_bytes: 1 << 20,
+            decoder: DecoderConfig::default(),
+        };
+        let queues = vec![Queue {
+            device: BurstDevice::new(queue),
+            rx_counters: counters.clone(),
+        }];
+        let mut core = XdpCore::new(0, queues, OUR_MAC, &settings).unwrap();
+        let mut events = Vec::new();
+
+        let mut arp = vec![0u8; 64];
+        let n = arp_request(PEER_MAC, PEER, OURS, &mut arp).unwrap();
+        arp.truncate(n);
+        link.arrive(arp, 1);
+        let mut udp = syn_frame(OURS, 0);
+        let mut ip = Ipv4Packet::new_unchecked(&mut udp[14..]);
+        ip.set_next_header(IpProtocol::Udp);
+        ip.fill_checksum();
+        link.arrive(udp, 1);
+        core.receive(&mut events);
+        let sent = link.take_sent();
+        assert_eq!(sent.len(), 1, "one ARP reply: {sent:?}");
+        let frame = EthernetFrame::new_checked(&sent[0][..]).unwrap();
+        assert_eq!(frame.ethertype(), EthernetProtocol::Arp);
+        assert_eq!(frame.dst_addr(), PEER_MAC);
+        match ArpRepr::parse(&ArpPacket::new_checked(frame.payload()).unwrap()).unwrap() {
+            ArpRepr::EthernetIpv4 {
+                operation,
+                source_hardware_addr,
+                source_protocol_addr,
+                ..
+            } => {
+                assert_eq!(operation, ArpOperation::Reply);
+                assert_eq!(source_hardware_addr, OUR_MAC);
+                assert_eq!(source_protocol_addr, OURS);
+            }
+            other => panic!("not an IPv4 ARP reply: {other:?}"),
+        }
+
+        link.arrive(syn_frame(OURS, 0), 1);
+        core.receive(&mut events);
+        let sent = link.take_sent();
+        assert_eq!(sent.len(), 1, "one SYN-ACK: {sent:?}");
+        let frame = EthernetFrame::new_checked(&sent[0][..]).unwrap();
+        assert_eq!((frame.src_addr(), frame.dst_addr()), (OUR_MAC, PEER_MAC));
+        let ip = Ipv4Packet::new_checked(frame.payload()).unwrap();
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (OURS, PEER));
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.syn() && tcp.ack() && tcp.dst_port() == 40000);
+
+        let mut seen = crate::xdp::wire::RxCounters::default();
+        counters.add_to(&mut seen);
+        assert_eq!((seen.arp, seen.tcp, seen.not_ours), (1, 1, 1), "{seen:?}");
+        drop(core);
+        assert_eq!(outstanding.get(), 0, "every buffer freed exactly once");
     }
 }
