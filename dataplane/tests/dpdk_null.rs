@@ -122,18 +122,17 @@ fn a_vdev_comes_and_goes_at_run_time_and_a_second_init_is_refused() {
     assert!(eal.port_by_name("net_null7").is_err());
     eal.probe("net_null7").unwrap();
     let id = eal.port_by_name("net_null7").unwrap();
+    let queues = PortConfig {
+        queues: 5000,
+        ..SMALL
+    };
+    let e = Port::start(eal, id, queues).unwrap_err();
+    assert!(e.to_string().contains("queue pairs"), "{e}");
     {
         let (_port, _queues) = Port::start(eal, id, SMALL).unwrap();
-        let e = Port::start(
-            eal,
-            id,
-            PortConfig {
-                queues: 5000,
-                ..SMALL
-            },
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("queue pairs"), "{e}");
+        // Once at a time: a second start would reconfigure it under its queues.
+        let e = Port::start(eal, id, SMALL).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
     }
     // Port and queues dropped: stopped and closed, so it can be removed.
     eal.remove_vdev("net_null7").unwrap();

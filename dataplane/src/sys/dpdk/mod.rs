@@ -14,8 +14,9 @@
 //!   so an mbuf can never outlive its pool.
 //! - [`port::Port`] and [`port::PortQueue`]: a configured, started port (stopped and
 //!   closed when its last handle goes) and one rx/tx queue pair of it, owned by one core
-//!   (a queue is not thread-safe in DPDK: `PortQueue` is not `Clone`, each queue is
-//!   handed out once, and its bursts take `&mut self`); [`port::FlowRule`]: an
+//!   (a queue is not thread-safe in DPDK: a port is started by one `Port` at a time,
+//!   `PortQueue` is not `Clone`, each queue is handed out once, and its bursts take
+//!   `&mut self`); [`port::FlowRule`]: an
 //!   `rte_flow` steering rule, destroyed on drop.
 
 pub(crate) mod ffi;

@@ -5,7 +5,7 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::net::Ipv4Addr;
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::Eal;
 use super::ffi::{self, RteFlow, RteMbuf, RteMempool};
@@ -53,10 +53,42 @@ pub struct PortStats {
     pub rx_nombuf: u64,
 }
 
-/// Stops and closes the port when the last handle (port, queue or flow rule) goes.
+/// Ports this process has claimed: one [`Port`] at a time per port id, so safe code cannot
+/// reconfigure a port while its queues are being polled (a data race inside the driver).
+static CLAIMED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+/// The claim on one port id, released on drop.
+#[derive(Debug)]
+struct Claim(u16);
+
+impl Claim {
+    fn take(id: u16) -> io::Result<Claim> {
+        let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+        if claimed.contains(&id) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("dpdk: port {id} is already started in this process"),
+            ));
+        }
+        claimed.push(id);
+        Ok(Claim(id))
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+        claimed.retain(|&id| id != self.0);
+    }
+}
+
+/// Stops and closes the port when the last handle (port, queue or flow rule) goes, then
+/// releases its claim.
 #[derive(Debug)]
 struct PortInner {
     id: u16,
+    /// Dropped after `drop` closed the port.
+    _claim: Claim,
 }
 
 impl Drop for PortInner {
@@ -83,6 +115,7 @@ impl Port {
     /// Configures port `id` with `config.queues` queue pairs, one fresh mbuf pool each
     /// (on the port's NUMA socket), starts it and returns it with its queues.
     pub fn start(eal: &Eal, id: u16, config: PortConfig) -> io::Result<(Port, Vec<PortQueue>)> {
+        let claim = Claim::take(id)?;
         let (max_rx, max_tx) = max_queues(id)?;
         if config.queues == 0 || config.queues > max_rx.min(max_tx) {
             return Err(io::Error::new(
@@ -123,7 +156,7 @@ impl Port {
         cvt(unsafe { ffi::petrel_dpdk_port_start(id) })
             .map_err(|e| io::Error::new(e.kind(), format!("dpdk: starting port {id}: {e}")))?;
         let port = Port {
-            inner: Arc::new(PortInner { id }),
+            inner: Arc::new(PortInner { id, _claim: claim }),
         };
         let queues = pools
             .into_iter()
