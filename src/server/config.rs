@@ -780,4 +780,66 @@ shutdown_grace_ms = 1500
         assert_eq!(ok.xdp.mode, XdpMode::Auto);
         assert!(ok.xdp.queues.is_empty());
     }
+
+    #[test]
+    fn dpdk_needs_eal_arguments_one_concrete_ipv4_address_and_no_xdp_queues() {
+        let dpdk = |listen: &str, args: Option<&str>, queues: Vec<u32>| {
+            ServeConfig::resolve(&ServeArgs {
+                dataplane: Some(DataplaneKind::Dpdk),
+                listen: vec![listen.parse().unwrap()],
+                dpdk_args: args.map(str::to_owned),
+                queues,
+                ..ServeArgs::default()
+            })
+            .and_then(|config| config.validate_dpdk().map(|()| config))
+            .map_err(|e| format!("{e:#}"))
+        };
+        let eal = Some("-l 1  --no-huge -m 256 --vdev=net_af_packet0,iface=veth1");
+        assert!(
+            dpdk("10.0.0.1:9500", None, vec![])
+                .unwrap_err()
+                .contains("--dpdk-args")
+        );
+        assert!(
+            dpdk("0.0.0.0:9500", eal, vec![])
+                .unwrap_err()
+                .contains("concrete IPv4")
+        );
+        assert!(
+            dpdk("10.0.0.1:9500", eal, vec![0, 1])
+                .unwrap_err()
+                .contains("--queues is for --dataplane xdp")
+        );
+        let ok = dpdk("10.0.0.1:9500", eal, vec![]).unwrap();
+        assert_eq!(
+            ok.dpdk.args,
+            [
+                "-l",
+                "1",
+                "--no-huge",
+                "-m",
+                "256",
+                "--vdev=net_af_packet0,iface=veth1"
+            ]
+        );
+        assert_eq!(ok.dpdk.device, None);
+        assert_eq!(ok.dpdk.mbufs_per_queue, 8191);
+
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            file.path(),
+            "dataplane = \"dpdk\"\ndpdk_args = \"-l 2 --in-memory -a 0000:03:00.0\"\n\
+             dpdk_device = \"0000:03:00.0\"\ndpdk_mbufs_per_queue = 4095\n",
+        )
+        .unwrap();
+        let from_file = ServeConfig::resolve(&ServeArgs {
+            config: Some(file.path().to_owned()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.dataplane, DataplaneKind::Dpdk);
+        assert_eq!(from_file.dpdk.args.len(), 5);
+        assert_eq!(from_file.dpdk.device.as_deref(), Some("0000:03:00.0"));
+        assert_eq!(from_file.dpdk.mbufs_per_queue, 4095);
+    }
 }

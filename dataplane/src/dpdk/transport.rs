@@ -249,3 +249,48 @@ fn steer(port: &Port, device: &str, config: &DpdkConfig) -> Option<FlowRule> {
 pub fn port_mac(id: u16) -> io::Result<EthernetAddress> {
     port::port_mac(id).map(EthernetAddress)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> DpdkConfig {
+        let args = args.iter().map(|a| a.to_string()).collect();
+        DpdkConfig::new(args, Ipv4Addr::new(10, 0, 0, 1), 9500)
+    }
+
+    #[test]
+    fn the_port_is_the_configured_device_else_the_first_vdev() {
+        let vdev = config(&[
+            "-l",
+            "1",
+            "--vdev=net_af_packet0,iface=veth1",
+            "--vdev=net_null0",
+        ]);
+        assert_eq!(vdev.device_name().as_deref(), Some("net_af_packet0"));
+        let spaced = config(&["--vdev", "net_null3", "--no-pci"]);
+        assert_eq!(spaced.device_name().as_deref(), Some("net_null3"));
+        let mut pci = config(&["-l", "1", "-a", "0000:03:00.0", "--vdev=net_null0"]);
+        pci.device = Some("0000:03:00.0".into());
+        assert_eq!(pci.device_name().as_deref(), Some("0000:03:00.0"));
+        assert_eq!(config(&["-l", "1", "--in-memory"]).device_name(), None);
+    }
+
+    #[test]
+    fn the_pollers_own_arp_and_use_the_configured_address_and_port() {
+        let settings = config(&[]).core_settings();
+        assert!(settings.own_arp, "nobody else answers ARP on a DPDK port");
+        assert_eq!(settings.shard.addr, Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(settings.shard.port, 9500);
+    }
+
+    #[test]
+    fn no_core_is_a_config_error_before_the_eal_starts() {
+        let mut c = config(&["--no-pci"]);
+        c.cores.clear();
+        match DpdkTransport::start(&c) {
+            Err(DpdkError::Config(why)) => assert!(why.contains("between 1 and 256")),
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+}
