@@ -4,12 +4,17 @@
 //! Needs clang (already required for RocksDB's bindgen) and the headers from
 //! `linux-libc-dev` and `libbpf-dev` (scripts/setup.sh installs them). The exact command is
 //! printed on stderr (shown by `cargo build -vv`) and repeated in the C file's header comment.
+//!
+//! With the cargo feature `dpdk`, also compiles the DPDK shim (`vendor/dpdk/shim.c`) and
+//! links DPDK, both with the flags of `pkg-config libdpdk` (see [`dpdk`]).
 
 use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
+    #[cfg(feature = "dpdk")]
+    dpdk::build();
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let source = manifest.join("../vendor/xdp/petrel_filter.bpf.c");
     let out =
@@ -44,4 +49,60 @@ fn main() {
          (scripts/setup.sh)",
         source.display()
     );
+}
+
+/// The DPDK shim. Its C flags are taken raw from `pkg-config --cflags libdpdk`: they carry
+/// `-include rte_config.h` and `-march=...`, which the `pkg-config` crate drops and without
+/// which `rte_memcpy.h` does not compile; the link flags come from the `pkg-config` crate.
+#[cfg(feature = "dpdk")]
+mod dpdk {
+    use std::process::Command;
+
+    pub fn build() {
+        let manifest =
+            std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+        let dir = manifest.join("../vendor/dpdk");
+        println!("cargo:rerun-if-changed={}", dir.join("shim.c").display());
+        println!("cargo:rerun-if-changed={}", dir.join("shim.h").display());
+        println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
+        let library = pkg_config::Config::new()
+            .atleast_version("22.11")
+            .probe("libdpdk")
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the `dpdk` feature needs DPDK 22.11 or later (libdpdk-dev; \
+                     scripts/setup.sh installs it): {e}"
+                )
+            });
+        let output = Command::new("pkg-config")
+            .args(["--cflags", "libdpdk"])
+            .output()
+            .expect("running pkg-config --cflags libdpdk");
+        assert!(
+            output.status.success(),
+            "pkg-config --cflags libdpdk failed"
+        );
+        let cflags = String::from_utf8(output.stdout).expect("pkg-config printed UTF-8");
+        let mut build = cc::Build::new();
+        build
+            .file(dir.join("shim.c"))
+            .include(&dir)
+            .warnings(true)
+            .warnings_into_errors(true);
+        for path in &library.include_paths {
+            build.include(path);
+        }
+        let mut flags = cflags.split_whitespace();
+        while let Some(flag) = flags.next() {
+            if flag == "-include" {
+                if let Some(file) = flags.next() {
+                    build.flag("-include").flag(file);
+                }
+            } else if !flag.starts_with("-I") {
+                build.flag(flag);
+            }
+        }
+        eprintln!("building the DPDK shim with {cflags}");
+        build.compile("petrel_dpdk_shim");
+    }
 }

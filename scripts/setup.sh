@@ -8,6 +8,9 @@
 # - linux-libc-dev + libbpf-dev: headers for the XDP filter (vendor/xdp), which
 #   dataplane/build.rs compiles with clang -target bpf.
 # - iproute2, ethtool, iputils-ping: scripts/veth-lab.sh and the AF_XDP integration test.
+# - dpdk-dev + libdpdk-dev (DPDK 22.11, found with pkg-config): the cargo feature `dpdk`
+#   (the DPDK dataplane), which scripts/test.sh and CI turn on. PETREL_DPDK=0 skips them
+#   (and test.sh then builds without the feature).
 # - Python packages of examples/python (protobuf, grpcio-tools): the interop test runs
 #   a Python client against the server.
 # - Rust itself is expected from rustup (the machine image provides it).
@@ -15,7 +18,11 @@ set -euo pipefail
 
 need_apt=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in clang libclang-dev pkg-config linux-libc-dev libbpf-dev iproute2 ethtool iputils-ping; do
+pkgs=(clang libclang-dev pkg-config linux-libc-dev libbpf-dev iproute2 ethtool iputils-ping)
+if [[ ${PETREL_DPDK:-1} != 0 ]]; then
+  pkgs+=(dpdk-dev libdpdk-dev)
+fi
+for pkg in "${pkgs[@]}"; do
   have_pkg "$pkg" || need_apt+=("$pkg")
 done
 

@@ -12,18 +12,25 @@ source scripts/env.sh
 # test's tmpfs) are #[ignore]d with the reason, so a run without root lists them as
 # skipped rather than passing them untested. As root they run too, and in CI always: there a missing privilege fails them
 # loudly.
+# The DPDK dataplane (cargo feature `dpdk`, libdpdk-dev from setup.sh) is built and tested
+# too: its unit tests, the EAL tests on net_null, and every end-to-end test's `NAME::dpdk`
+# variant (root). PETREL_DPDK=0 leaves it out (a machine without DPDK).
+features=()
+if [[ ${PETREL_DPDK:-1} != 0 ]]; then
+  features=(--features petrel/dpdk,petrel-dataplane/dpdk)
+fi
 root_only=()
 if [[ $(id -u) -eq 0 || -n ${CI:-} ]]; then
   root_only=(--run-ignored all)
 else
   echo "test.sh: not root: the root-only tests (AF_XDP, veth lab, namespaces, disk full) are skipped" >&2
 fi
-cargo nextest run --workspace --no-fail-fast "${root_only[@]}" "$@"
+cargo nextest run --workspace --no-fail-fast "${features[@]}" "${root_only[@]}" "$@"
 # The end-to-end suites again with the server on one core (the home core alone, no rings
-# between cores); the run above used every CPU. Both dataplanes: with AF_XDP the one
-# loop reads both of the lab's queues.
-PETREL_TEST_CORES=1 cargo nextest run -p petrel --no-fail-fast \
+# between cores); the run above used every CPU. Kernel and AF_XDP: with AF_XDP the one
+# loop reads both of the lab's queues. (The DPDK variants run on one core already.)
+PETREL_TEST_CORES=1 cargo nextest run -p petrel --no-fail-fast "${features[@]}" \
   --test serve --test scenarios --test many_connections --test sdk --test ops_metrics \
-  "${root_only[@]}" "$@"
+  -E 'not test(/::dpdk$/)' "${root_only[@]}" "$@"
 # nextest does not run doc tests; they are part of the suite too.
 cargo test --workspace --doc

@@ -17,6 +17,9 @@
 # Names and addresses can be overridden with PETREL_LAB_NS, PETREL_LAB_HOST_IF,
 # PETREL_LAB_PEER_IF, PETREL_LAB_HOST_ADDR, PETREL_LAB_PEER_ADDR (prefix length is /24)
 # and PETREL_LAB_CLIENT_NET (the AF_XDP load generator's source network).
+# PETREL_LAB_BARE_HOST=1 leaves the host end without an address, for a DPDK port
+# (net_af_packet) that owns PETREL_LAB_HOST_ADDR itself: were the kernel to have it too,
+# it would answer the same SYNs and reset Petrel's connections.
 # Only these two addresses, on these two interfaces, and the one route to the client
 # network through the lab's own veth are ever configured: the lab never touches another
 # interface or route of the machine (deleting the veth removes the route).
@@ -34,6 +37,7 @@ PEER_ADDR=${PETREL_LAB_PEER_ADDR:-10.77.0.2}
 QUEUES=${PETREL_LAB_QUEUES:-2}
 # Set but empty: no route (a lab with no AF_XDP load generator).
 CLIENT_NET=${PETREL_LAB_CLIENT_NET-10.78.0.0/16}
+BARE_HOST=${PETREL_LAB_BARE_HOST:-0}
 
 die() { echo "veth-lab: $*" >&2; exit 1; }
 have_ns() { ip netns list 2>/dev/null | grep -qw -- "$NS"; }
@@ -72,7 +76,9 @@ lab_up() {
     peer name "$PEER_IF" numtxqueues "$QUEUES" numrxqueues "$QUEUES"
   ip link set dev "$PEER_IF" netns "$NS"
 
-  ip addr add "$HOST_ADDR/24" dev "$HOST_IF"
+  if [[ $BARE_HOST != 1 ]]; then
+    ip addr add "$HOST_ADDR/24" dev "$HOST_IF"
+  fi
   ip link set dev "$HOST_IF" up
   # The AF_XDP load generator (petrel bench --client-mode xdp) sends from addresses of
   # this network; a kernel-mode server answers them through the lab's veth (and resolves
@@ -113,7 +119,9 @@ lab_status() {
   if have_host_if; then
     echo "host interface $HOST_IF: $(ip -br addr show dev "$HOST_IF" | tr -s ' ')"
     ip -d link show dev "$HOST_IF" | grep -Eo 'prog/xdp[a-z]* id [0-9]+' | sed 's/^/  xdp: /' || true
-    ip addr show dev "$HOST_IF" | grep -q "inet $HOST_ADDR/" || ok=1
+    if [[ $BARE_HOST != 1 ]]; then
+      ip addr show dev "$HOST_IF" | grep -q "inet $HOST_ADDR/" || ok=1
+    fi
   else
     echo "host interface $HOST_IF: absent"
     ok=1

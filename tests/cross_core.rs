@@ -64,8 +64,9 @@ fn send_until_the_server_dies(mut c: TestClient, group: pb::ConversationId) -> V
 fn a_group_spanning_cores_keeps_gap_free_exactly_once_seqs_through_a_sigkill(dp: Dataplane) {
     // The kernel dataplane spreads connections over two cores by SO_REUSEPORT hashing;
     // the AF_XDP lab has two queues, one core each, and RSS spreads them likewise.
+    // DPDK: two queues of net_af_packet, whose fanout spreads flows over them.
     let cores = match dp {
-        Dataplane::Kernel => "cores = [0, 1]\n",
+        Dataplane::Kernel | Dataplane::Dpdk => "cores = [0, 1]\n",
         Dataplane::Xdp => "",
     };
     let config = format!("{cores}rate_limit_per_second = 0\nmetrics_addr = \"127.0.0.1:0\"\n");

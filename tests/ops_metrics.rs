@@ -24,6 +24,7 @@ fn counters_move_with_logins_messages_and_closes(dp: Dataplane) {
     let label = match dp {
         Dataplane::Kernel => "kernel",
         Dataplane::Xdp => "xdp",
+        Dataplane::Dpdk => "dpdk",
     };
     // One connection gauge per dataplane core, labelled with the dataplane, from the
     // driver's first publication on.
@@ -191,6 +192,14 @@ fn counters_move_with_logins_messages_and_closes(dp: Dataplane) {
                 after.get("petrel_xdp_socket_drops_total{reason=\"invalid_descs\"}"),
                 0.0
             );
+        }
+        // No XDP filter: the pollers' classifier and the port's drop counters only.
+        Dataplane::Dpdk => {
+            assert!(!after.text.contains("petrel_xdp_packets_total"));
+            let tcp = after.get("petrel_xdp_rx_frames_total{class=\"tcp\"}");
+            assert!(tcp >= m, "{}", after.text);
+            assert_eq!(after.sum("petrel_xdp_rx_malformed_total", ""), 0.0);
+            assert!(after.text.contains("petrel_xdp_socket_drops_total"));
         }
     }
 

@@ -23,11 +23,17 @@
 //!   ([`xdp::transport::XdpTransport`] sets it up); also the client end
 //!   ([`xdp::client`]) the load generator uses.
 //!
+//! - `dpdk` (cargo feature `dpdk`): a DPDK-owned port — the same poller, shards and
+//!   userspace TCP as `xdp`, over DPDK port queues and mbufs instead of AF_XDP sockets
+//!   (`dpdk::transport::DpdkTransport` sets it up).
+//!
 //! [`pin`] pins threads to cores. `sys` is the one module allowed `unsafe` code (raw
 //! kernel interfaces, each block with a `// SAFETY:` comment); everything else is safe Rust.
 #![deny(unsafe_code)]
 
 pub mod boundary;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 mod framed;
 pub mod kernel;
 pub mod pin;

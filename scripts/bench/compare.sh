@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Kernel sockets vs AF_XDP, back to back, on the veth lab: one `petrel bench` scenario
-# against `petrel serve --dataplane kernel`, then the same against `--dataplane xdp`, with
-# the load generator inside the lab namespace; prints both results and the xdp/kernel
-# ratios of throughput, p50, p99 and server memory per connection.
+# Kernel sockets vs AF_XDP vs DPDK, back to back, on the veth lab: one `petrel bench`
+# scenario against `petrel serve --dataplane kernel`, then the same against `--dataplane
+# xdp`, then (a petrel built with --features dpdk) against `--dataplane dpdk` on
+# net_af_packet, with the load generator inside the lab namespace; prints the results side
+# by side with the xdp/kernel and dpdk/kernel ratios of throughput, p50, p99 and server
+# memory per connection. For the dpdk run the host end's kernel address is removed (the
+# DPDK port owns it; the kernel would answer the same SYNs).
 #
 #   host (root namespace)                          namespace $PETREL_LAB_NS
 #   $PETREL_LAB_HOST_IF  10.77.30.1  <── veth ──>  $PETREL_LAB_PEER_IF  10.77.30.2
@@ -28,6 +31,9 @@
 #                     added in the namespace (one per 25,000 connections is plenty)
 #                     [default: 0]
 #   XDP_ARGS          extra `petrel serve` flags for the xdp run, e.g. "--queues 0,1 --cores 0,1"
+#   DPDK              1: run the dpdk column too [default: 1 when $PETREL links DPDK]
+#   DPDK_ARGS         extra `petrel serve` flags for the dpdk run, e.g. "--poll busy"
+#                     (it gets --cores with SERVER_CPUS' first CPU, one queue)
 #   KERNEL_ARGS       extra `petrel serve` flags for the kernel run, e.g. "--cores 0"
 #   SERVER_CPUS       taskset CPU list for the server process [default: 0]
 #   CLIENT_CPUS       taskset CPU list for the load generator [default: 1] (as pinned.sh:
@@ -139,7 +145,21 @@ run_mode kernel ${KERNEL_ARGS:-} || kernel_ok=1
 # shellcheck disable=SC2086
 run_mode xdp --iface "$PETREL_LAB_HOST_IF" ${XDP_ARGS:-} || xdp_ok=1
 
-python3 - "$OUT/kernel.json" "$OUT/xdp.json" "$kernel_ok" "$xdp_ok" <<'EOF'
+dpdk_ok=skip
+links_dpdk=0
+[[ $(ldd "$PETREL" 2>/dev/null) == *librte_ethdev* ]] && links_dpdk=1
+if [[ ${DPDK:-$links_dpdk} == 1 ]]; then
+  # The DPDK port owns the address: the kernel must not have it any more.
+  ip addr del "$PETREL_LAB_HOST_ADDR/24" dev "$PETREL_LAB_HOST_IF"
+  dpdk_cpu=${SERVER_CPUS%%[,-]*}
+  dpdk_ok=0
+  # shellcheck disable=SC2086
+  run_mode dpdk --cores "$dpdk_cpu" --dpdk-args "-l $dpdk_cpu --no-huge -m 512 --no-pci \
+--no-shconf --no-telemetry --vdev=net_af_packet0,iface=$PETREL_LAB_HOST_IF" ${DPDK_ARGS:-} ||
+    dpdk_ok=1
+fi
+
+python3 - "$OUT/kernel.json" "$OUT/xdp.json" "$kernel_ok" "$xdp_ok" "$OUT/dpdk.json" "$dpdk_ok" <<'EOF'
 import json, sys
 
 def load(path, ok):
@@ -152,6 +172,7 @@ def load(path, ok):
         return None
 
 kernel, xdp = load(sys.argv[1], sys.argv[3]), load(sys.argv[2], sys.argv[4])
+dpdk = load(sys.argv[5], sys.argv[6])
 
 def figures(r):
     if r is None:
@@ -170,8 +191,8 @@ def figures(r):
         "throughput_label": "msg/s acked" if messaging else "logins/s",
     }
 
-k, x = figures(kernel), figures(xdp)
-ref = k or x
+k, x, d = figures(kernel), figures(xdp), figures(dpdk)
+ref = k or x or d
 if ref is None:
     print("compare: neither run produced results")
     sys.exit(1)
@@ -187,16 +208,20 @@ def cell(f, key):
     if f is None or f.get(key) is None:
         return "—"
     return f"{f[key]:,.1f}"
-print(f"{'':34} {'kernel':>14} {'xdp':>14} {'xdp/kernel':>11}")
+def ratio(f, key):
+    if k and f and k.get(key) and f.get(key) is not None:
+        return f"{f[key] / k[key]:.3f}"
+    return "—"
+print(f"{'':34} {'kernel':>14} {'xdp':>14} {'dpdk':>14} {'xdp/kernel':>11} {'dpdk/kernel':>12}")
 for label, key in rows:
-    ratio = "—"
-    if k and x and k.get(key) and x.get(key) is not None:
-        ratio = f"{x[key] / k[key]:.3f}"
-    print(f"{label:34} {cell(k, key):>14} {cell(x, key):>14} {ratio:>11}")
+    print(f"{label:34} {cell(k, key):>14} {cell(x, key):>14} {cell(d, key):>14} "
+          f"{ratio(x, key):>11} {ratio(d, key):>12}")
 if x is None:
     print("compare: the xdp run failed (see serve-xdp.err); ratios need both runs")
 if k is None:
     print("compare: the kernel run failed (see serve-kernel.err)")
+if d is None and sys.argv[6] != "skip":
+    print("compare: the dpdk run failed (see serve-dpdk.err)")
 EOF
 echo "compare: results and server logs in $OUT" >&2
 [[ $kernel_ok == 0 && $xdp_ok == 0 ]]

@@ -111,7 +111,11 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(name: impl Into<String>, status: Status, current: impl Into<String>) -> Check {
+    pub(super) fn new(
+        name: impl Into<String>,
+        status: Status,
+        current: impl Into<String>,
+    ) -> Check {
         Check {
             name: name.into(),
             status,
@@ -123,17 +127,17 @@ impl Check {
         }
     }
 
-    fn recommend(mut self, value: impl Into<String>) -> Check {
+    pub(super) fn recommend(mut self, value: impl Into<String>) -> Check {
         self.recommended = value.into();
         self
     }
 
-    fn fix(mut self, how: impl Into<String>) -> Check {
+    pub(super) fn fix(mut self, how: impl Into<String>) -> Check {
         self.fix.push(how.into());
         self
     }
 
-    fn note(mut self, note: impl Into<String>) -> Check {
+    pub(super) fn note(mut self, note: impl Into<String>) -> Check {
         self.note = Some(note.into());
         self
     }
@@ -410,6 +414,8 @@ fn nic_checks(nic: &Nic, scale: &Scale) -> Vec<Check> {
                 // The kernel stack spreads flows over queues; fewer queues than cores
                 // leaves cores without softirq work of their own.
                 DataplaneKind::Kernel => now < want,
+                // A DPDK-bound NIC has no kernel channels: DPDK configures its queues.
+                DataplaneKind::Dpdk => false,
             };
             if off {
                 c.status = Status::Warn;
@@ -539,7 +545,7 @@ fn nic_checks(nic: &Nic, scale: &Scale) -> Vec<Check> {
         ),
         XdpSupport::Unknown => (Status::Info, "unknown (no driver name)".to_owned(), None),
     };
-    let status = if scale.dataplane == DataplaneKind::Kernel && status == Status::Warn {
+    let status = if scale.dataplane != DataplaneKind::Xdp && status == Status::Warn {
         Status::Info
     } else {
         status
@@ -563,6 +569,7 @@ pub fn render(checks: &[Check], scale: &Scale, host: &Host) -> String {
         match scale.dataplane {
             DataplaneKind::Kernel => "kernel",
             DataplaneKind::Xdp => "xdp",
+            DataplaneKind::Dpdk => "dpdk",
         },
         format_cpu_list(&scale.cores),
         host.cpus.len(),

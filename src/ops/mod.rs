@@ -8,12 +8,14 @@
 //! - [`host`] — one plain [`host::Host`] value read live from /proc, /sys and
 //!   `SIOCETHTOOL` (petrel-dataplane's `sys::ethtool`, the only place with `unsafe`);
 //! - [`doctor`] — the checks: host + scale → checklist, each line with its fix;
+//! - [`dpdk`] — doctor's DPDK readiness lines (hugepages, IOMMU, vfio-pci, EAL arguments);
 //! - [`tune`] — the changes those checks carry, applied or printed, by scope;
 //! - [`backup`] — `petrel admin backup DIR`, through a running server's admin socket or
 //!   straight on the database.
 
 pub mod backup;
 pub mod doctor;
+pub mod dpdk;
 pub mod host;
 pub mod interrupts;
 pub mod netdev;
@@ -80,6 +82,15 @@ impl HostArgs {
         })
     }
 
+    /// serve's DPDK EAL arguments.
+    fn eal_args(&self) -> anyhow::Result<Vec<String>> {
+        let config = ServeConfig::resolve(&ServeArgs {
+            config: self.config.clone(),
+            ..ServeArgs::default()
+        })?;
+        Ok(config.dpdk.args)
+    }
+
     fn read(&self) -> anyhow::Result<(Host, Scale)> {
         let host = Host::read(self.pid, self.iface.as_deref(), self.probe_xdp);
         let scale = self.scale(&host)?;
@@ -114,7 +125,15 @@ pub struct TuneArgs {
 /// Exit status 1 when something blocks the configured scale, 0 otherwise.
 pub fn doctor(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     let (host, scale) = args.host.read()?;
-    let checks = doctor::evaluate(&host, &scale);
+    let mut checks = doctor::evaluate(&host, &scale);
+    if scale.dataplane == DataplaneKind::Dpdk {
+        let eal_args = args.host.eal_args()?;
+        checks.extend(dpdk::checks(
+            &dpdk::DpdkHost::read(),
+            &eal_args,
+            &scale.cores,
+        ));
+    }
     print!("{}", doctor::render(&checks, &scale, &host));
     Ok(if checks.iter().any(|c| c.status == Status::Fail) {
         ExitCode::from(1)

@@ -18,6 +18,8 @@ pub enum DataplaneKind {
     Kernel,
     /// AF_XDP with userspace TCP.
     Xdp,
+    /// DPDK with userspace TCP (a `petrel` built with the cargo feature `dpdk`).
+    Dpdk,
 }
 
 /// How the XDP filter attaches to the interface (`--xdp-mode`).
@@ -156,6 +158,14 @@ pub struct ServeArgs {
     /// AF_XDP: how the XDP filter attaches [default: auto].
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpMode>,
+    /// DPDK: the EAL arguments, one string split at spaces, e.g. `-l 1 --no-huge -m 256
+    /// --no-pci --vdev=net_af_packet0,iface=eth1` (required with `--dataplane dpdk`).
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub dpdk_args: Option<String>,
+    /// DPDK: the port's device name, a vdev (`net_af_packet0`) or a PCI address
+    /// (`0000:03:00.0`) [default: the first `--vdev` of `--dpdk-args`, else port 0].
+    #[arg(long, value_name = "NAME")]
+    pub dpdk_device: Option<String>,
     /// Token signing keys (`kid hex-secret` per line, first = active)
     /// [default: DATA_DIR/keys, created on first start].
     #[arg(long, value_name = "FILE")]
@@ -201,6 +211,9 @@ struct FileConfig {
     xdp_shards_per_queue: Option<usize>,
     xdp_tcp_rx_buffer: Option<usize>,
     xdp_tcp_tx_buffer: Option<usize>,
+    dpdk_args: Option<String>,
+    dpdk_device: Option<String>,
+    dpdk_mbufs_per_queue: Option<u32>,
     key_file: Option<PathBuf>,
     diffusion: Option<Diffusion>,
     sync: Option<Sync>,
@@ -240,8 +253,11 @@ pub struct ServeConfig {
     /// How the storage syncer thread is scheduled.
     pub syncer_priority: SyncerPriority,
     pub max_connections: usize,
-    /// AF_XDP settings (used with `dataplane = "xdp"`).
+    /// AF_XDP settings (used with `dataplane = "xdp"`; the userspace TCP ones with
+    /// `dataplane = "dpdk"` too).
     pub xdp: XdpSettings,
+    /// DPDK settings (used with `dataplane = "dpdk"`).
+    pub dpdk: DpdkSettings,
     pub key_file: PathBuf,
     pub diffusion: Diffusion,
     pub sync: Sync,
@@ -348,6 +364,17 @@ pub struct XdpSettings {
     pub tcp_tx_buffer: usize,
 }
 
+/// The DPDK dataplane's settings (its userspace TCP ones are [`XdpSettings`]').
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DpdkSettings {
+    /// EAL arguments, split at spaces.
+    pub args: Vec<String>,
+    /// The port's device name; `None`: the first `--vdev`, else port 0.
+    pub device: Option<String>,
+    /// Mbufs in each queue's pool.
+    pub mbufs_per_queue: u32,
+}
+
 impl ServeConfig {
     /// Defaults ← file (if `--config` was given) ← flags.
     pub fn resolve(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
@@ -390,6 +417,16 @@ impl ServeConfig {
             tcp_rx_buffer: file.xdp_tcp_rx_buffer.unwrap_or(2048),
             tcp_tx_buffer: file.xdp_tcp_tx_buffer.unwrap_or(4096),
         };
+        let dpdk = DpdkSettings {
+            args: args
+                .dpdk_args
+                .clone()
+                .or(file.dpdk_args)
+                .map(|a| a.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
+            device: args.dpdk_device.clone().or(file.dpdk_device),
+            mbufs_per_queue: file.dpdk_mbufs_per_queue.unwrap_or(8191),
+        };
         let config = ServeConfig {
             data_dir,
             listen,
@@ -418,6 +455,7 @@ impl ServeConfig {
                 .or(file.max_connections)
                 .unwrap_or(1_000_000),
             xdp,
+            dpdk,
             key_file,
             diffusion: args
                 .diffusion
@@ -486,6 +524,40 @@ impl ServeConfig {
                 "dedup_filter_ids, dedup_filter_per_sender, writer_cache_entries and \
                  member_cache_conversations must be at least 1"
             );
+        }
+        Ok(())
+    }
+
+    /// What `petrel serve --dataplane dpdk` needs beyond a valid configuration: EAL
+    /// arguments, one concrete IPv4 listen address, and one queue per core (not
+    /// `--queues`, which names AF_XDP queues).
+    pub fn validate_dpdk(&self) -> anyhow::Result<()> {
+        if self.dpdk.args.is_empty() {
+            bail!(
+                "--dataplane dpdk needs --dpdk-args \"EAL ARGS\" (e.g. \"-l 1 --no-huge -m 256 \
+                 --no-pci --vdev=net_af_packet0,iface=eth1\")"
+            );
+        }
+        let [addr] = self.listen[..] else {
+            bail!(
+                "--dataplane dpdk serves exactly one --listen IPV4:PORT (got {})",
+                self.listen.len()
+            );
+        };
+        if !addr.is_ipv4() || addr.ip().is_unspecified() || addr.port() == 0 {
+            bail!(
+                "--dataplane dpdk needs a concrete IPv4 address and port to listen on \
+                 (got {addr}): Petrel owns that address on the DPDK port"
+            );
+        }
+        if !self.xdp.queues.is_empty() {
+            bail!("--queues is for --dataplane xdp; a DPDK port gets one queue per --cores CPU");
+        }
+        if self.dpdk.mbufs_per_queue < 1024 {
+            bail!("dpdk_mbufs_per_queue must be at least 1024");
+        }
+        if self.xdp.tcp_rx_buffer < 256 || self.xdp.tcp_tx_buffer < 256 {
+            bail!("xdp_tcp_rx_buffer and xdp_tcp_tx_buffer must be at least 256 bytes");
         }
         Ok(())
     }
@@ -713,5 +785,67 @@ shutdown_grace_ms = 1500
         assert_eq!(ok.xdp.iface.as_deref(), Some("eth0"));
         assert_eq!(ok.xdp.mode, XdpMode::Auto);
         assert!(ok.xdp.queues.is_empty());
+    }
+
+    #[test]
+    fn dpdk_needs_eal_arguments_one_concrete_ipv4_address_and_no_xdp_queues() {
+        let dpdk = |listen: &str, args: Option<&str>, queues: Vec<u32>| {
+            ServeConfig::resolve(&ServeArgs {
+                dataplane: Some(DataplaneKind::Dpdk),
+                listen: vec![listen.parse().unwrap()],
+                dpdk_args: args.map(str::to_owned),
+                queues,
+                ..ServeArgs::default()
+            })
+            .and_then(|config| config.validate_dpdk().map(|()| config))
+            .map_err(|e| format!("{e:#}"))
+        };
+        let eal = Some("-l 1  --no-huge -m 256 --vdev=net_af_packet0,iface=veth1");
+        assert!(
+            dpdk("10.0.0.1:9500", None, vec![])
+                .unwrap_err()
+                .contains("--dpdk-args")
+        );
+        assert!(
+            dpdk("0.0.0.0:9500", eal, vec![])
+                .unwrap_err()
+                .contains("concrete IPv4")
+        );
+        assert!(
+            dpdk("10.0.0.1:9500", eal, vec![0, 1])
+                .unwrap_err()
+                .contains("--queues is for --dataplane xdp")
+        );
+        let ok = dpdk("10.0.0.1:9500", eal, vec![]).unwrap();
+        assert_eq!(
+            ok.dpdk.args,
+            [
+                "-l",
+                "1",
+                "--no-huge",
+                "-m",
+                "256",
+                "--vdev=net_af_packet0,iface=veth1"
+            ]
+        );
+        assert_eq!(ok.dpdk.device, None);
+        assert_eq!(ok.dpdk.mbufs_per_queue, 8191);
+
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            file.path(),
+            "dataplane = \"dpdk\"\ndpdk_args = \"-l 2 --in-memory -a 0000:03:00.0\"\n\
+             dpdk_device = \"0000:03:00.0\"\ndpdk_mbufs_per_queue = 4095\n",
+        )
+        .unwrap();
+        let from_file = ServeConfig::resolve(&ServeArgs {
+            config: Some(file.path().to_owned()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.dataplane, DataplaneKind::Dpdk);
+        assert_eq!(from_file.dpdk.args.len(), 5);
+        assert_eq!(from_file.dpdk.device.as_deref(), Some("0000:03:00.0"));
+        assert_eq!(from_file.dpdk.mbufs_per_queue, 4095);
     }
 }

@@ -98,6 +98,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
             limits::raise_nofile(config.max_connections);
         }
         DataplaneKind::Xdp => config.validate_xdp()?,
+        DataplaneKind::Dpdk => config.validate_dpdk()?,
     }
 
     std::fs::create_dir_all(&config.data_dir)
@@ -223,6 +224,8 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     let result = match cores {
         Cores::Kernel(cores) => core_loop::run(cores, cpus, config.poll, home),
         Cores::Xdp(cores) => core_loop::run(cores, cpus, config.poll, home),
+        #[cfg(feature = "dpdk")]
+        Cores::Dpdk(cores) => core_loop::run(cores, cpus, config.poll, home),
     };
     transport.log_counters();
     drop(transport);

@@ -1,10 +1,12 @@
-//! Starting the configured dataplane: kernel sockets or AF_XDP. Both hand out one
-//! [`CoreIo`](petrel_dataplane::CoreIo) per core, so the per-core loops
-//! (`super::core_loop`) do not care which one runs.
+//! Starting the configured dataplane: kernel sockets, AF_XDP or DPDK (cargo feature
+//! `dpdk`). Each hands out one [`CoreIo`](petrel_dataplane::CoreIo) per core, so the
+//! per-core loops (`super::core_loop`) do not care which one runs.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
 use anyhow::{Context, bail};
+#[cfg(feature = "dpdk")]
+use petrel_dataplane::dpdk::transport::{DpdkConfig, DpdkCore, DpdkTransport};
 use petrel_dataplane::kernel::{self, KernelConfig, KernelCore};
 use petrel_dataplane::sys::ifaddrs;
 use petrel_dataplane::xdp::filter::AttachMode;
@@ -27,6 +29,9 @@ pub enum Cores {
     Kernel(Vec<KernelCore>),
     /// One per AF_XDP queue.
     Xdp(Vec<XdpCore>),
+    /// One per DPDK queue.
+    #[cfg(feature = "dpdk")]
+    Dpdk(Vec<DpdkCore>),
 }
 
 impl Cores {
@@ -35,6 +40,8 @@ impl Cores {
         match self {
             Cores::Kernel(c) => c.first().map(CoreIo::waker),
             Cores::Xdp(c) => c.first().map(CoreIo::waker),
+            #[cfg(feature = "dpdk")]
+            Cores::Dpdk(c) => c.first().map(CoreIo::waker),
         }
     }
 }
@@ -45,6 +52,9 @@ pub enum Transport {
     Kernel(Vec<SocketAddr>),
     /// AF_XDP: the filter, rule and counters; the served address.
     Xdp(XdpTransport, SocketAddr),
+    /// DPDK: the port, rule and counters; the served address.
+    #[cfg(feature = "dpdk")]
+    Dpdk(DpdkTransport, SocketAddr),
 }
 
 impl Transport {
@@ -83,6 +93,27 @@ impl Transport {
                     xdp.cores,
                 ))
             }
+            #[cfg(feature = "dpdk")]
+            DataplaneKind::Dpdk => {
+                let dpdk = dpdk_config(config, decoder)?;
+                let addr = SocketAddr::from((dpdk.addr, dpdk.port));
+                let (transport, cores) = DpdkTransport::start(&dpdk).with_context(|| {
+                    format!(
+                        "cannot start the DPDK dataplane with EAL arguments {:?} (needs root)",
+                        dpdk.eal_args
+                    )
+                })?;
+                Ok((
+                    Transport::Dpdk(transport, addr),
+                    Cores::Dpdk(cores),
+                    dpdk.cores,
+                ))
+            }
+            #[cfg(not(feature = "dpdk"))]
+            DataplaneKind::Dpdk => bail!(
+                "dpdk: this petrel was built without the `dpdk` cargo feature; rebuild it with \
+                 `cargo build --features dpdk` (needs libdpdk-dev: scripts/setup.sh)"
+            ),
         }
     }
 
@@ -91,6 +122,8 @@ impl Transport {
         match self {
             Transport::Kernel(addrs) => addrs.clone(),
             Transport::Xdp(_, addr) => vec![*addr],
+            #[cfg(feature = "dpdk")]
+            Transport::Dpdk(_, addr) => vec![*addr],
         }
     }
 
@@ -99,12 +132,24 @@ impl Transport {
         match self {
             Transport::Kernel(_) => "kernel",
             Transport::Xdp(..) => "xdp",
+            #[cfg(feature = "dpdk")]
+            Transport::Dpdk(..) => "dpdk",
         }
     }
 
     /// Reads the dataplane's own counters at scrape time (AF_XDP only; the kernel
     /// transport has none beyond what the home core publishes).
     pub fn metrics_source(&self) -> Option<metrics::TransportSource> {
+        #[cfg(feature = "dpdk")]
+        if let Transport::Dpdk(t, _) = self {
+            let stats = t.stats();
+            return Some(Box::new(move || metrics::TransportSnapshot {
+                filter: None,
+                rx: Some(stats.rx_counters()),
+                tcp: Some(stats.tcp_drops()),
+                sockets: Some(stats.device_drops()),
+            }));
+        }
         let Transport::Xdp(t, _) = self else {
             return None;
         };
@@ -122,6 +167,8 @@ impl Transport {
         match self {
             Transport::Kernel(_) => "kernel sockets",
             Transport::Xdp(..) => "AF_XDP, userspace TCP",
+            #[cfg(feature = "dpdk")]
+            Transport::Dpdk(..) => "DPDK, userspace TCP",
         }
     }
 
@@ -133,6 +180,16 @@ impl Transport {
                 Ok(filter) => tracing::info!(?filter, rx = ?t.rx_counters(), "AF_XDP counters"),
                 Err(e) => tracing::warn!(error = %e, "cannot read the XDP filter's counters"),
             }
+        }
+        #[cfg(feature = "dpdk")]
+        if let Transport::Dpdk(t, _) = self {
+            let stats = t.stats();
+            tracing::info!(
+                device = t.device(),
+                port = ?t.port_stats().ok(),
+                rx = ?stats.rx_counters(),
+                "DPDK counters"
+            );
         }
     }
 }
@@ -192,14 +249,7 @@ fn xdp_config(config: &ServeConfig, decoder: DecoderConfig) -> anyhow::Result<Xd
         Some(net) => (false, net.prefix_len),
         None => (true, on_link_prefix(addr, &kernel_addrs)),
     };
-    let per_queue = config.max_connections.div_ceil(queues.len());
-    let shards_per_queue = config.xdp.shards_per_queue.unwrap_or_else(|| {
-        per_queue
-            .div_ceil(CONNECTIONS_PER_SHARD)
-            .clamp(MIN_AUTO_SHARDS, MAX_AUTO_SHARDS)
-    });
-    // The 4-tuple hash does not fill shards evenly: twice the mean, plus some.
-    let per_shard = per_queue.div_ceil(shards_per_queue) * 2 + 16;
+    let (shards_per_queue, per_shard) = shard_sizing(config, queues.len());
 
     let mut xdp = XdpConfig::new(iface, addr, listen.port());
     xdp.prefix_len = prefix_len;
@@ -224,6 +274,53 @@ fn xdp_config(config: &ServeConfig, decoder: DecoderConfig) -> anyhow::Result<Xd
     xdp.max_outbound_bytes = config.max_outbound_bytes;
     xdp.decoder = decoder;
     Ok(xdp)
+}
+
+/// Shards per queue and most connections per shard for `queues` queues: as configured,
+/// or sized from `max_connections`.
+fn shard_sizing(config: &ServeConfig, queues: usize) -> (usize, usize) {
+    let per_queue = config.max_connections.div_ceil(queues);
+    let shards_per_queue = config.xdp.shards_per_queue.unwrap_or_else(|| {
+        per_queue
+            .div_ceil(CONNECTIONS_PER_SHARD)
+            .clamp(MIN_AUTO_SHARDS, MAX_AUTO_SHARDS)
+    });
+    // The 4-tuple hash does not fill shards evenly: twice the mean, plus some.
+    let per_shard = per_queue.div_ceil(shards_per_queue) * 2 + 16;
+    (shards_per_queue, per_shard)
+}
+
+/// The DPDK transport's settings from `petrel serve`'s: one queue per `--cores` CPU (one
+/// queue on the first available CPU without `--cores`), the userspace TCP sized as for
+/// AF_XDP.
+#[cfg(feature = "dpdk")]
+fn dpdk_config(config: &ServeConfig, decoder: DecoderConfig) -> anyhow::Result<DpdkConfig> {
+    let SocketAddr::V4(listen) = config.listen[0] else {
+        bail!("--dataplane dpdk listens on IPv4 only");
+    };
+    let cores: Vec<Option<usize>> = if config.cores.is_empty() {
+        vec![petrel_dataplane::pin::available_cpus().first().copied()]
+    } else {
+        config.cores.iter().copied().map(Some).collect()
+    };
+    let (shards_per_queue, per_shard) = shard_sizing(config, cores.len());
+    let mut dpdk = DpdkConfig::new(config.dpdk.args.clone(), *listen.ip(), listen.port());
+    dpdk.device = config.dpdk.device.clone();
+    dpdk.cores = cores;
+    dpdk.port_config.mbufs_per_queue = config.dpdk.mbufs_per_queue;
+    dpdk.shards_per_queue = shards_per_queue;
+    dpdk.max_connections_per_shard = per_shard;
+    dpdk.shard = ShardConfig {
+        addr: dpdk.addr,
+        prefix_len: dpdk.prefix_len,
+        port: listen.port(),
+        rx_buffer: config.xdp.tcp_rx_buffer,
+        tx_buffer: config.xdp.tcp_tx_buffer,
+        ..ShardConfig::default()
+    };
+    dpdk.max_outbound_bytes = config.max_outbound_bytes;
+    dpdk.decoder = decoder;
+    Ok(dpdk)
 }
 
 /// The prefix of the kernel's subnet on the interface that contains `addr`, or /24.

@@ -10,6 +10,11 @@
 //! One lab per test process, shared by the servers a test starts, torn down when the last
 //! handle drops (also on panic). The xdp tests run one at a time (`.config/nextest.toml`,
 //! test group `veth-lab`), since they share these names and addresses.
+//!
+//! The dpdk tests use a second lab of their own ([`DPDK_LAB`], namespace `petrel-e2d`):
+//! the same shape, but the host end has no address — the DPDK port (`net_af_packet` on
+//! it) owns [`DPDK_LAB`]'s host address and answers ARP itself; a kernel with the same
+//! address would answer the SYNs too and reset the connections.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -34,22 +39,71 @@ pub const PORT: u16 = 9500;
 /// routes it through the veth; unlike the other labs', so they can coexist).
 pub const CLIENT_NET: &str = "10.79.0.0/16";
 
+/// The names and addresses of one lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabSpec {
+    /// Namespace of the clients.
+    pub ns: &'static str,
+    /// The server's end of the veth (root namespace).
+    pub host_if: &'static str,
+    /// The clients' end.
+    pub peer_if: &'static str,
+    /// The server's address.
+    pub host_addr: Ipv4Addr,
+    /// The clients' address.
+    pub peer_addr: Ipv4Addr,
+    /// Routed to the host end for the AF_XDP load generator; empty: none.
+    pub client_net: &'static str,
+    /// The host end has no kernel address (a DPDK port owns `host_addr`).
+    pub bare_host: bool,
+}
+
+/// The AF_XDP (and kernel-on-the-lab) tests' lab.
+pub const XDP_LAB: LabSpec = LabSpec {
+    ns: NS,
+    host_if: HOST_IF,
+    peer_if: PEER_IF,
+    host_addr: HOST_ADDR,
+    peer_addr: PEER_ADDR,
+    client_net: CLIENT_NET,
+    bare_host: false,
+};
+
+/// The DPDK tests' lab: `net_af_packet` on `petrel-dh`, which has no kernel address.
+pub const DPDK_LAB: LabSpec = LabSpec {
+    ns: "petrel-e2d",
+    host_if: "petrel-dh",
+    peer_if: "petrel-dn",
+    host_addr: Ipv4Addr::new(10, 77, 5, 1),
+    peer_addr: Ipv4Addr::new(10, 77, 5, 2),
+    client_net: "",
+    bare_host: true,
+};
+
+/// A lab of the process and its spec.
+type LabEntry = (LabSpec, Weak<Lab>);
+
 /// A running lab.
 pub struct Lab {
+    spec: LabSpec,
     root: NetNs,
     clients: NetNs,
 }
 
-fn lab_script(action: &str) -> std::process::Output {
+fn lab_script(spec: &LabSpec, action: &str) -> std::process::Output {
     Command::new("bash")
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/veth-lab.sh"))
         .arg(action)
-        .env("PETREL_LAB_NS", NS)
-        .env("PETREL_LAB_HOST_IF", HOST_IF)
-        .env("PETREL_LAB_PEER_IF", PEER_IF)
-        .env("PETREL_LAB_HOST_ADDR", HOST_ADDR.to_string())
-        .env("PETREL_LAB_PEER_ADDR", PEER_ADDR.to_string())
-        .env("PETREL_LAB_CLIENT_NET", CLIENT_NET)
+        .env("PETREL_LAB_NS", spec.ns)
+        .env("PETREL_LAB_HOST_IF", spec.host_if)
+        .env("PETREL_LAB_PEER_IF", spec.peer_if)
+        .env("PETREL_LAB_HOST_ADDR", spec.host_addr.to_string())
+        .env("PETREL_LAB_PEER_ADDR", spec.peer_addr.to_string())
+        .env("PETREL_LAB_CLIENT_NET", spec.client_net)
+        .env(
+            "PETREL_LAB_BARE_HOST",
+            if spec.bare_host { "1" } else { "0" },
+        )
         .output()
         .expect("run scripts/veth-lab.sh")
 }
@@ -64,34 +118,53 @@ pub fn available() -> bool {
 }
 
 impl Lab {
-    /// The process's lab, built on first use.
+    /// The process's AF_XDP lab, built on first use.
     pub fn shared() -> Arc<Lab> {
-        static CURRENT: OnceLock<Mutex<Weak<Lab>>> = OnceLock::new();
-        let mut current = CURRENT
-            .get_or_init(|| Mutex::new(Weak::new()))
+        Lab::shared_for(XDP_LAB)
+    }
+
+    /// The process's lab `spec`, built on first use.
+    pub fn shared_for(spec: LabSpec) -> Arc<Lab> {
+        static CURRENT: OnceLock<Mutex<Vec<LabEntry>>> = OnceLock::new();
+        let mut labs = CURRENT
+            .get_or_init(|| Mutex::new(Vec::new()))
             .lock()
             .expect("lab lock");
-        if let Some(lab) = current.upgrade() {
+        labs.retain(|(_, lab)| lab.strong_count() > 0);
+        if let Some(lab) = labs
+            .iter()
+            .find(|(s, _)| *s == spec)
+            .and_then(|(_, lab)| lab.upgrade())
+        {
             return lab;
         }
         // Opened before anything moves this thread: the namespace servers run in.
         let root = NetNs::current().expect("current network namespace");
-        let out = lab_script("up");
+        let out = lab_script(&spec, "up");
         assert!(
             out.status.success(),
             "veth-lab up failed: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let clients = NetNs::named(NS).expect("the lab namespace");
-        let lab = Arc::new(Lab { root, clients });
-        *current = Arc::downgrade(&lab);
+        let clients = NetNs::named(spec.ns).expect("the lab namespace");
+        let lab = Arc::new(Lab {
+            spec,
+            root,
+            clients,
+        });
+        labs.push((spec, Arc::downgrade(&lab)));
         lab
     }
 
     /// Where clients connect.
     pub fn server_addr(&self) -> SocketAddr {
-        SocketAddr::from((HOST_ADDR, PORT))
+        SocketAddr::from((self.spec.host_addr, PORT))
+    }
+
+    /// Its names and addresses.
+    pub fn spec(&self) -> &LabSpec {
+        &self.spec
     }
 
     /// Runs `f` (e.g. spawning the server) in the root namespace, whichever namespace the
@@ -109,7 +182,8 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         // The script must run in the root namespace, where the host end lives.
-        let out = self.root.run(|| lab_script("down"));
+        let spec = self.spec;
+        let out = self.root.run(|| lab_script(&spec, "down"));
         match out {
             Ok(out) if out.status.success() => {}
             Ok(out) => eprintln!(

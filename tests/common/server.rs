@@ -1,6 +1,6 @@
-//! A `petrel serve` child process with a temporary data directory, on either dataplane:
-//! kernel sockets on 127.0.0.1, or AF_XDP on the veth lab ([`super::lab`]) with the test's
-//! clients inside the lab's namespace.
+//! A `petrel serve` child process with a temporary data directory, on any dataplane:
+//! kernel sockets on 127.0.0.1, AF_XDP on the veth lab ([`super::lab`]) with the test's
+//! clients inside the lab's namespace, or DPDK (`net_af_packet`) on the DPDK lab.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -21,6 +21,9 @@ pub enum Dataplane {
     Kernel,
     /// AF_XDP with userspace TCP on the veth lab; clients in the lab's namespace.
     Xdp,
+    /// DPDK (`net_af_packet` on a veth) with userspace TCP on the DPDK lab; clients in its
+    /// namespace. Only built with the `dpdk` feature.
+    Dpdk,
 }
 
 impl Dataplane {
@@ -31,9 +34,18 @@ impl Dataplane {
     pub fn require(self) {
         assert!(
             self == Dataplane::Kernel || lab::available(),
-            "the xdp dataplane needs root (veth lab, XDP, AF_XDP): run as root, or leave \
-             the ignored root-only tests out (plain `cargo nextest run` does)"
+            "the {self:?} dataplane needs root (veth lab, XDP, AF_XDP, DPDK): run as root, \
+             or leave the ignored root-only tests out (plain `cargo nextest run` does)"
         );
+    }
+
+    /// The lab this dataplane's servers and clients run on (none for kernel sockets).
+    pub fn lab(self) -> Option<Arc<Lab>> {
+        match self {
+            Dataplane::Kernel => None,
+            Dataplane::Xdp => Some(Lab::shared()),
+            Dataplane::Dpdk => Some(Lab::shared_for(lab::DPDK_LAB)),
+        }
     }
 }
 
@@ -64,7 +76,7 @@ impl TestServer {
     pub fn start_on(dataplane: Dataplane, extra_config: &str) -> TestServer {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().to_path_buf();
-        let lab = (dataplane == Dataplane::Xdp).then(Lab::shared);
+        let lab = dataplane.lab();
         let mut server = TestServer::spawn(&data_dir, extra_config, None, lab, dataplane);
         server._tmp = Some(tmp);
         server
@@ -76,7 +88,7 @@ impl TestServer {
     pub fn start_on_lab(dataplane: Dataplane, extra_config: &str) -> TestServer {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().to_path_buf();
-        let lab = Lab::shared();
+        let lab = dataplane.lab().unwrap_or_else(Lab::shared);
         let listen = lab.server_addr();
         let mut server =
             TestServer::spawn(&data_dir, extra_config, Some(listen), Some(lab), dataplane);
@@ -88,7 +100,7 @@ impl TestServer {
     /// server is gone).
     pub fn start_in(dataplane: Dataplane, data_dir: &Path, extra_config: &str) -> TestServer {
         std::fs::create_dir_all(data_dir).expect("data dir");
-        let lab = (dataplane == Dataplane::Xdp).then(Lab::shared);
+        let lab = dataplane.lab();
         TestServer::spawn(data_dir, extra_config, None, lab, dataplane)
     }
 
@@ -132,12 +144,34 @@ impl TestServer {
                 lab::HOST_IF,
                 listen.unwrap_or_else(|| lab.server_addr())
             ),
+            (Some(lab), Dataplane::Dpdk) => {
+                // net_af_packet fans a port's packets out over `qpairs` sockets by flow
+                // hash: exactly one per core the server runs (one unless the test names
+                // its cores), or a flow would land on a queue nobody polls.
+                let cores = extra_config
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("cores ="))
+                    .map_or(1, |list| list.matches(',').count() + 1);
+                let cores_line = if extra_config.contains("cores =") {
+                    String::new()
+                } else {
+                    "cores = [0]\n".to_owned()
+                };
+                format!(
+                    "dataplane = \"dpdk\"\ndpdk_args = \"-l 1 --no-huge -m 512 --no-pci \
+                     --no-shconf --no-telemetry --vdev=net_af_packet0,iface={},qpairs={cores}\"\n\
+                     listen = [\"{}\"]\n{cores_line}",
+                    lab.spec().host_if,
+                    listen.unwrap_or_else(|| lab.server_addr())
+                )
+            }
         };
         // PETREL_TEST_CORES=1 runs the server on one core (the home core alone: no rings;
         // with AF_XDP that one loop reads both of the lab's queues); by default it uses
         // every CPU (two here: rings in use).
         let one_core = std::env::var("PETREL_TEST_CORES").is_ok_and(|v| v == "1")
-            && !extra_config.contains("cores =");
+            && !extra_config.contains("cores =")
+            && dataplane != Dataplane::Dpdk;
         let transport = if one_core {
             format!("{transport}cores = [0]\n")
         } else {
@@ -367,8 +401,9 @@ pub fn now() -> petrel_control::Timestamp {
     petrel_control::Timestamp::from_millis(ms)
 }
 
-/// Generates `NAME::kernel` and `NAME::xdp` tests for each `fn NAME(dp: Dataplane)` named.
-/// The xdp variant prints why and returns when the machine cannot run it (not root).
+/// Generates `NAME::kernel` and `NAME::xdp` tests for each `fn NAME(dp: Dataplane)` named,
+/// and `NAME::dpdk` when the `dpdk` feature is on. The root-only variants are ignored
+/// (run by scripts/test.sh as root and in CI) and fail saying why without root.
 #[macro_export]
 macro_rules! dataplane_tests {
     ($($name:ident),* $(,)?) => {$(
@@ -384,6 +419,14 @@ macro_rules! dataplane_tests {
                 $crate::common::Dataplane::Xdp.require();
                 super::$name($crate::common::Dataplane::Xdp);
             }
+
+            #[cfg(feature = "dpdk")]
+            #[test]
+            #[ignore = "needs root (veth lab, DPDK EAL); scripts/test.sh runs it as root and in CI"]
+            fn dpdk() {
+                $crate::common::Dataplane::Dpdk.require();
+                super::$name($crate::common::Dataplane::Dpdk);
+            }
         }
     )*};
 }
@@ -393,7 +436,7 @@ macro_rules! dataplane_tests {
 /// calling thread entered the lab's namespace, so every socket the SDK opens is a client
 /// across the veth.
 pub fn block_on<F: std::future::Future>(dataplane: Dataplane, body: F) -> F::Output {
-    let lab = (dataplane == Dataplane::Xdp).then(Lab::shared);
+    let lab = dataplane.lab();
     if let Some(lab) = &lab {
         lab.enter_clients();
     }

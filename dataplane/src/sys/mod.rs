@@ -14,6 +14,8 @@
 //! - [`ethtool`]: ntuple rules steering a TCP port to an rx queue (`SIOCETHTOOL`);
 //! - [`ifaddrs`]: the IPv4 addresses the kernel has on an interface;
 //! - [`netns`]: moving a thread into another network namespace (the tests' veth lab);
+//! - `dpdk` (cargo feature `dpdk`): the EAL, ports, queues, mbuf pools and mbufs over the
+//!   C shim in `vendor/dpdk` (its doc states the mbuf ownership rule);
 //! - [`sched`]: `SCHED_FIFO` for the storage syncer, so it runs as soon as its fsync ends;
 //! - the `aya::Pod` marker for the XDP filter's config value, which aya copies into a BPF
 //!   map byte for byte.
@@ -23,6 +25,8 @@ use std::io;
 
 use crate::xdp::filter::ConfigValue;
 
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod ethtool;
 pub mod event;
 pub mod ifaddrs;

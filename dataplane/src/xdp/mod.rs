@@ -31,6 +31,8 @@
 //!   expired timer, refusing SYNs for a full shard;
 //! - [`transport`]: setup — [`transport::XdpTransport::start`] attaches the filter, binds
 //!   one socket per queue and returns one [`poller::XdpCore`] per core;
+//! - [`device`]: the [`device::Device`] a poller reads and writes — an AF_XDP socket here,
+//!   a DPDK port queue in [`crate::dpdk`] (feature `dpdk`), under the same poller;
 //! - [`poller`]: [`poller::XdpCore`], one core's poller of one or more queues behind the
 //!   same boundary as the kernel transport, driven by `petrel serve --dataplane xdp`'s
 //!   per-core loop (busy, adaptive or interrupt polling) and tested end to end on the veth
@@ -50,6 +52,7 @@
 
 #[cfg(feature = "client")]
 pub mod client;
+pub mod device;
 pub mod filter;
 pub mod neighbour;
 pub mod poller;

@@ -1,6 +1,11 @@
 //! One or more AF_XDP queues with their userspace TCP shards behind [`CoreIo`]: the
 //! poller a core's loop drives.
 //!
+//! Generic over the [`Device`] under it: an AF_XDP socket ([`Xsk`], the default, hence
+//! the name) or a DPDK port queue (feature `dpdk`) — the same shards, TCP, ARP and
+//! connection bookkeeping for both. The prose below says "socket" and "ring" for the
+//! AF_XDP case; a DPDK queue has bursts instead, and no descriptor to sleep on.
+//!
 //! A core serves every queue it was given with one set of shards: a one-CPU server on a
 //! two-queue NIC runs one loop that reads both sockets, not two loops that take turns on
 //! the CPU. Frames from any of its queues go to the same shards (the 4-tuple picks the
@@ -34,12 +39,12 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{ArpRepr, EthernetAddress, Ipv4Cidr, Ipv4Packet};
 
+use super::device::Device;
 use super::neighbour::{NeighbourConfig, NeighbourTable, arp_reply};
 use super::rx::Intake;
 use super::shards::{ShardSet, ShardSetConfig};
 use super::stats::{SharedRxCounters, TcpDrops};
 use super::tcp::{ShardConfig, frame_ipv4};
-use super::transport::XdpConfig;
 use super::wire::RxCounters;
 use crate::boundary::{CoreIo, Wake};
 use crate::framed::Framed;
@@ -80,10 +85,10 @@ struct Linger {
     read_stopped: bool,
 }
 
-/// One AF_XDP socket of a core, with the counters of its queue.
-pub(crate) struct Queue {
-    /// The socket bound to the queue.
-    pub(crate) xsk: Xsk,
+/// One device queue of a core (an AF_XDP socket, a DPDK queue), with its counters.
+pub(crate) struct Queue<D: Device = Xsk> {
+    /// The device queue.
+    pub(crate) device: D,
     /// What this queue's frames showed, for the metrics.
     pub(crate) rx_counters: Arc<SharedRxCounters>,
 }
@@ -91,10 +96,31 @@ pub(crate) struct Queue {
 /// Most queues one core serves (one `poll(2)` watches them and the eventfd).
 pub const MAX_QUEUES_PER_CORE: usize = WAIT_ANY_MAX - 1;
 
-/// The poller of one core's AF_XDP queues. See the module docs.
-pub struct XdpCore {
+/// How long a poller over a device with no descriptor to sleep on (DPDK) sleeps at most
+/// between looks at it when its loop asked to sleep longer (adaptive and interrupt
+/// polling; busy polling never sleeps).
+const POLL_TICK_MS: u64 = 1;
+
+/// What a poller needs to know, whichever the device: the address and port it serves,
+/// and the shards' and connections' limits.
+#[derive(Debug, Clone)]
+pub(crate) struct CoreSettings {
+    pub(crate) addr: Ipv4Addr,
+    pub(crate) prefix_len: u8,
+    pub(crate) port: u16,
+    pub(crate) own_arp: bool,
+    pub(crate) shards_per_queue: usize,
+    pub(crate) max_connections_per_shard: usize,
+    pub(crate) shard: ShardConfig,
+    pub(crate) max_outbound_bytes: usize,
+    pub(crate) decoder: DecoderConfig,
+}
+
+/// The poller of one core's device queues (AF_XDP sockets unless `D` says otherwise).
+/// See the module docs.
+pub struct XdpCore<D: Device = Xsk> {
     index: u8,
-    queues: Vec<Queue>,
+    queues: Vec<Queue<D>>,
     /// The queue whose socket this round's packets leave through.
     tx: usize,
     event: Arc<EventFd>,
@@ -126,7 +152,7 @@ pub struct XdpCore {
     next_statistics: u64,
 }
 
-impl std::fmt::Debug for XdpCore {
+impl<D: Device> std::fmt::Debug for XdpCore<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("XdpCore")
             .field("index", &self.index)
@@ -136,19 +162,19 @@ impl std::fmt::Debug for XdpCore {
     }
 }
 
-impl XdpCore {
+impl<D: Device> XdpCore<D> {
     /// A core serving `queues` (at least one, at most [`MAX_QUEUES_PER_CORE`]) with
     /// `config.shards_per_queue` shards for each.
     pub(crate) fn new(
         index: u8,
-        queues: Vec<Queue>,
+        queues: Vec<Queue<D>>,
         our_mac: EthernetAddress,
-        config: &XdpConfig,
-    ) -> io::Result<XdpCore> {
+        config: &CoreSettings,
+    ) -> io::Result<XdpCore<D>> {
         if queues.is_empty() || queues.len() > MAX_QUEUES_PER_CORE {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("an AF_XDP core serves 1 to {MAX_QUEUES_PER_CORE} queues"),
+                format!("a poller serves 1 to {MAX_QUEUES_PER_CORE} queues"),
             ));
         }
         let seed = std::collections::hash_map::RandomState::new();
@@ -221,8 +247,8 @@ impl XdpCore {
         if now >= self.next_statistics {
             self.next_statistics = now + STATISTICS_INTERVAL_MS;
             for queue in &self.queues {
-                if let Ok(stats) = queue.xsk.statistics() {
-                    queue.rx_counters.set_kernel(&stats);
+                if let Some(drops) = queue.device.drops() {
+                    queue.rx_counters.set_kernel(drops);
                 }
             }
         }
@@ -230,8 +256,8 @@ impl XdpCore {
         // and polled on the next pump, without sleeping.
         self.read_polled(events);
         for queue in &mut self.queues {
-            if let Err(e) = queue.xsk.flush_tx() {
-                tracing::debug!(core = self.index, error = %e, "AF_XDP tx kick failed");
+            if let Err(e) = queue.device.flush_tx() {
+                tracing::debug!(core = self.index, error = %e, kind = D::KIND, "tx kick failed");
             }
         }
     }
@@ -241,7 +267,7 @@ impl XdpCore {
     fn pick_tx(&mut self) {
         if self.queues.len() > 1 {
             self.tx = (0..self.queues.len())
-                .min_by_key(|&i| self.queues[i].xsk.tx_pending())
+                .min_by_key(|&i| self.queues[i].device.tx_pending())
                 .unwrap_or(0);
         }
     }
@@ -275,7 +301,7 @@ impl XdpCore {
             let mut taken = 0;
             for _ in 0..RX_BATCHES_PER_ROUND {
                 // Each batch also refills the fill ring with the frames it released.
-                let n = queue.xsk.receive(RX_BATCH, &mut handle);
+                let n = queue.device.receive(RX_BATCH, &mut handle);
                 taken += n;
                 if n < RX_BATCH {
                     break;
@@ -286,7 +312,7 @@ impl XdpCore {
                 queue.rx_counters.add_drops(drops);
             }
         }
-        let xsk = &mut self.queues[self.tx].xsk;
+        let xsk = &mut self.queues[self.tx].device;
         for request in self.arp_requests.drain(..) {
             let (mac, ip) = (self.our_mac, self.our_ip);
             xsk.send(|buf| arp_reply(&request, mac, ip, buf));
@@ -302,7 +328,7 @@ impl XdpCore {
             our_mac,
             ..
         } = self;
-        let xsk = &mut queues[*tx].xsk;
+        let xsk = &mut queues[*tx].device;
         shards.poll(now, |_, packet| {
             let Ok(dst) = Ipv4Packet::new_checked(packet).map(|p| p.dst_addr()) else {
                 return;
@@ -598,27 +624,19 @@ impl XdpCore {
 
     fn log_stopped(&self) {
         for (i, queue) in self.queues.iter().enumerate() {
-            match queue.xsk.statistics() {
-                Ok(stats) => tracing::info!(
-                    core = self.index,
-                    socket = i,
-                    ?stats,
-                    counters = ?queue.xsk.counters(),
-                    "AF_XDP socket stopped"
-                ),
-                Err(e) => tracing::debug!(core = self.index, error = %e, "no XDP statistics"),
-            }
+            queue.device.log_stopped(self.index, i);
         }
         tracing::info!(
             core = self.index,
             refused_syns = self.shards.refused_syns(),
             duplicate_syns = self.shards.duplicate_syns(),
-            "AF_XDP poller stopped"
+            kind = D::KIND,
+            "poller stopped"
         );
     }
 }
 
-impl CoreIo for XdpCore {
+impl<D: Device + Send> CoreIo for XdpCore<D> {
     fn index(&self) -> u8 {
         self.index
     }
@@ -660,7 +678,7 @@ impl CoreIo for XdpCore {
         };
         let own = if self.shards.has_dirty() {
             0
-        } else if self.queues.iter().any(|q| q.xsk.tx_pending() > 0) {
+        } else if self.queues.iter().any(|q| q.device.tx_pending() > 0) {
             // The kernel did not take every queued frame (busy): try again very soon.
             1
         } else if self.shutdown_started.is_some() {
@@ -677,20 +695,26 @@ impl CoreIo for XdpCore {
             // Busy polling, or work is waiting: the rings need no system call to look at,
             // unless the kernel asked to be woken to use the fill ring.
             for queue in &self.queues {
-                if queue.xsk.fill_needs_wakeup() {
-                    queue.xsk.wait_readable(0)?;
-                }
+                queue.device.kick_rx()?;
             }
             return Ok(());
         }
+        // A device with nothing to sleep on (DPDK) is looked at again after a tick.
+        let ms = if self.queues.iter().any(|q| q.device.readable_fd().is_none()) {
+            ms.min(POLL_TICK_MS)
+        } else {
+            ms
+        };
         let ms = i32::try_from(ms).unwrap_or(i32::MAX);
-        if let [queue] = &self.queues[..] {
-            let ready = wait(std::os::fd::AsFd::as_fd(&queue.xsk), &self.event, ms)?;
+        if let [queue] = &self.queues[..]
+            && let Some(fd) = queue.device.readable_fd()
+        {
+            let ready = wait(fd, &self.event, ms)?;
             if ready.woken {
                 let _ = self.event.drain();
             }
         } else {
-            let sockets = self.queues.iter().map(|q| std::os::fd::AsFd::as_fd(&q.xsk));
+            let sockets = self.queues.iter().filter_map(|q| q.device.readable_fd());
             wait_any(
                 sockets.chain(std::iter::once(std::os::fd::AsFd::as_fd(&*self.event))),
                 ms,

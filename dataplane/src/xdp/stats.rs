@@ -58,9 +58,8 @@ pub(crate) struct SharedRxCounters {
 }
 
 impl SharedRxCounters {
-    pub(crate) fn set_kernel(&self, stats: &XskStatistics) {
-        let mut drops = SocketDrops::default();
-        drops.add(stats);
+    /// Publishes the device's drop counters as last read.
+    pub(crate) fn set_kernel(&self, drops: SocketDrops) {
         self.kernel_rx_dropped
             .store(drops.rx_dropped, Ordering::Relaxed);
         self.kernel_rx_ring_full
@@ -108,7 +107,7 @@ impl SharedRxCounters {
 #[derive(Debug, Clone)]
 pub struct XdpStats {
     pub(crate) filter: Arc<XdpFilter>,
-    pub(crate) rx_counters: Vec<Arc<SharedRxCounters>>,
+    pub(crate) queues: QueueStats,
 }
 
 impl XdpStats {
@@ -119,6 +118,31 @@ impl XdpStats {
 
     /// What the pollers' classifier saw, summed over queues.
     pub fn rx_counters(&self) -> RxCounters {
+        self.queues.rx_counters()
+    }
+
+    /// What the kernel counted on the AF_XDP sockets (read once a second), summed over
+    /// queues.
+    pub fn socket_drops(&self) -> SocketDrops {
+        self.queues.device_drops()
+    }
+
+    /// Segments the userspace TCP dropped (full shards, full queues), summed over queues.
+    pub fn tcp_drops(&self) -> TcpDrops {
+        self.queues.tcp_drops()
+    }
+}
+
+/// The pollers' counters, whichever the device (AF_XDP, DPDK): cloneable, for another
+/// thread.
+#[derive(Debug, Clone)]
+pub struct QueueStats {
+    pub(crate) rx_counters: Vec<Arc<SharedRxCounters>>,
+}
+
+impl QueueStats {
+    /// What the pollers' classifier saw, summed over queues.
+    pub fn rx_counters(&self) -> RxCounters {
         let mut sum = RxCounters::default();
         for counters in &self.rx_counters {
             counters.add_to(&mut sum);
@@ -126,9 +150,9 @@ impl XdpStats {
         sum
     }
 
-    /// What the kernel counted on the AF_XDP sockets (read once a second), summed over
-    /// queues.
-    pub fn socket_drops(&self) -> SocketDrops {
+    /// What the devices counted (AF_XDP: the kernel's socket statistics; DPDK: the port's
+    /// missed, erroneous and no-mbuf receptions), read once a second, summed over queues.
+    pub fn device_drops(&self) -> SocketDrops {
         let mut sum = SocketDrops::default();
         for c in &self.rx_counters {
             sum.rx_dropped += c.kernel_rx_dropped.load(Ordering::Relaxed);

@@ -12,7 +12,7 @@ use petrel_proto::DecoderConfig;
 use smoltcp::wire::EthernetAddress;
 
 use super::filter::{AttachMode, FilterConfig, FilterCounters, FilterError, XdpFilter};
-use super::poller::{MAX_QUEUES_PER_CORE, Queue, XdpCore};
+use super::poller::{CoreSettings, MAX_QUEUES_PER_CORE, Queue, XdpCore};
 use super::stats::SharedRxCounters;
 pub use super::stats::{SocketDrops, TcpDrops, XdpStats};
 use super::tcp::ShardConfig;
@@ -78,6 +78,23 @@ impl XdpConfig {
             max_outbound_bytes: 1 << 20,
             decoder: DecoderConfig::default(),
             xsk: XskConfig::default(),
+        }
+    }
+}
+
+impl XdpConfig {
+    /// What the pollers need of it.
+    pub(crate) fn core_settings(&self) -> CoreSettings {
+        CoreSettings {
+            addr: self.addr,
+            prefix_len: self.prefix_len,
+            port: self.port,
+            own_arp: self.own_arp,
+            shards_per_queue: self.shards_per_queue,
+            max_connections_per_shard: self.max_connections_per_shard,
+            shard: self.shard,
+            max_outbound_bytes: self.max_outbound_bytes,
+            decoder: self.decoder,
         }
     }
 }
@@ -148,13 +165,14 @@ impl XdpTransport {
             let counters = Arc::new(SharedRxCounters::default());
             rx_counters.push(counters.clone());
             per_core[i % config.cores.len()].push(Queue {
-                xsk,
+                device: xsk,
                 rx_counters: counters,
             });
         }
+        let settings = config.core_settings();
         let mut cores = Vec::with_capacity(per_core.len());
         for (index, queues) in per_core.into_iter().enumerate() {
-            cores.push(XdpCore::new(index as u8, queues, our_mac, config)?);
+            cores.push(XdpCore::new(index as u8, queues, our_mac, &settings)?);
         }
         let transport = XdpTransport {
             _ntuple: ntuple,
@@ -168,7 +186,9 @@ impl XdpTransport {
     pub fn stats(&self) -> XdpStats {
         XdpStats {
             filter: self.filter.clone(),
-            rx_counters: self.rx_counters.clone(),
+            queues: super::stats::QueueStats {
+                rx_counters: self.rx_counters.clone(),
+            },
         }
     }
 
