@@ -252,7 +252,11 @@ fn start_media(
     engine: Arc<RocksEngine>,
 ) -> anyhow::Result<std::net::SocketAddr> {
     use petrel_storage::Engine as _;
+    // Weak: the media threads live until the process exits and must not keep the
+    // database open past the server's own shutdown.
+    let engine = Arc::downgrade(&engine);
     let revoked: crate::media::RevocationSource = Box::new(move |now_ms| {
+        let engine = engine.upgrade().ok_or("the database is closed")?;
         let mut list = petrel_control::token::RevocationList::default();
         for entry in engine.load_revoked(now_ms).map_err(|e| e.to_string())? {
             list.insert(
