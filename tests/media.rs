@@ -8,6 +8,7 @@
 //! - the same bytes uploaded twice are stored once;
 //! - chunked uploads: the SDK's large-file path, resuming at the server's offset, and
 //!   another user's session refused;
+//! - `petrel chat --media URL` sends a picture with `/send-image FILE`;
 //! - bad input: no/garbage/expired/revoked token, oversize, wrong MIME (from the bytes),
 //!   undecodable image, empty and truncated uploads, path tricks — each a 4xx JSON
 //!   error with nothing left on disk.
@@ -30,7 +31,7 @@ use common::server::block_on;
 use common::{Dataplane, TestServer};
 use http::{bearer, send};
 use petrel_sdk::pb::content::Body;
-use petrel_sdk::{ConversationKey, Event, MediaClient, MediaKind, SdkError, token_fn};
+use petrel_sdk::{ConversationKey, Event, MediaClient, MediaKind, token_fn};
 use sdk_keys::{Keys, start, test_config};
 use sha2::{Digest, Sha256};
 
@@ -495,6 +496,85 @@ fn bad_input_gets_clear_4xx_errors_and_leaves_nothing_behind() {
         assert!(Instant::now() < deadline, "the revoked token still works");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let _ = start; // the shared helpers module also serves other test files
-    let _: Option<SdkError> = None;
+}
+
+#[test]
+fn petrel_chat_sends_an_image_with_send_image() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    let keys = Arc::new(Keys::generate());
+    let server = media_server(&keys);
+    let base = format!("http://{}", media_addr(&server));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cat.png");
+    let original = png(&path, 300, 200);
+    let (chat_user, sdk_user) = (12_001, 12_002);
+    let endpoint = vec![server.addr.to_string()];
+    block_on(Dataplane::Kernel, async {
+        let (sdk, mut events, _) = start(&keys, test_config(sdk_user, endpoint));
+        sdk.wait_connected(WAIT).await.unwrap();
+        let token = keys.mint(chat_user, &format!("chat-{chat_user}"), HOUR);
+        let mut chat = Command::new(env!("CARGO_BIN_EXE_petrel"))
+            .args(["chat", "--user", &chat_user.to_string()])
+            .args([
+                "--server",
+                &server.addr.to_string(),
+                "--token",
+                &token.token,
+            ])
+            .args(["--media", &base])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run petrel chat");
+        let mut stdin = chat.stdin.take().unwrap();
+        let stdout = chat.stdout.take().unwrap();
+        let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let wait_for = |needle: &str| {
+            tokio::task::block_in_place(|| {
+                loop {
+                    let line = lines
+                        .recv_timeout(WAIT)
+                        .unwrap_or_else(|_| panic!("petrel chat never printed {needle:?}"));
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+            })
+        };
+        wait_for("* connected to");
+        writeln!(stdin, "/to single:{sdk_user}").unwrap();
+        writeln!(stdin, "/send-image {}", path.display()).unwrap();
+        let line = wait_for("* uploaded");
+        assert!(line.contains("300x200"), "{line}");
+        let message = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(Event::Message(m)) = events.recv().await {
+                    break m;
+                }
+            }
+        })
+        .await
+        .expect("the SDK client gets the picture");
+        assert_eq!(message.sender, chat_user);
+        let Some(Body::Image(image)) = message.content.body else {
+            panic!("not an image: {:?}", message.content)
+        };
+        assert_eq!((image.width, image.height), (300, 200));
+        let media = image.media.unwrap();
+        assert!(!media.thumbnail_base64.is_empty());
+        let client = MediaClient::new(&base, keys.mint(sdk_user, "d", HOUR).token).unwrap();
+        assert_eq!(client.download(&media.uri).await.unwrap(), original);
+        writeln!(stdin, "/quit").unwrap();
+        let status = tokio::task::block_in_place(|| chat.wait()).unwrap();
+        assert!(status.success(), "petrel chat exited with {status}");
+        sdk.shutdown(false).await;
+    });
 }
