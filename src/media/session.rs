@@ -176,14 +176,22 @@ pub fn sweep(app: &App) {
         else {
             continue;
         };
-        let idle = entry
-            .metadata()
+        let (meta, part) = paths(app, &id);
+        // A session's age is that of its last chunk (the `.part` file), whichever of
+        // its two files this entry is; a stray file counts from its own change.
+        let aged = if part.exists() {
+            part.clone()
+        } else {
+            path.clone()
+        };
+        let idle = std::fs::metadata(&aged)
             .and_then(|m| m.modified())
             .ok()
             .and_then(|m| SystemTime::now().duration_since(m).ok())
             .unwrap_or_default();
-        let (meta, part) = paths(app, &id);
         let orphan = !is_session_id(&id) || !meta.exists() || !part.exists();
+        // An orphan younger than a minute may be a session being created right now.
+        let orphan = orphan && idle > std::time::Duration::from_secs(60);
         if orphan || idle > app.settings.upload_session_ttl {
             tracing::debug!(id, "media: removing an expired upload session");
             if is_session_id(&id) {
