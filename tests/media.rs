@@ -9,6 +9,8 @@
 //! - chunked uploads: the SDK's large-file path, resuming at the server's offset, and
 //!   another user's session refused;
 //! - `petrel chat --media URL` sends a picture with `/send-image FILE`;
+//! - interop: the Python example (`examples/python/petrel_media.py`) uploads, in one
+//!   request and in chunks, what the Rust SDK downloads, and the other way round;
 //! - bad input: no/garbage/expired/revoked token, oversize, wrong MIME (from the bytes),
 //!   undecodable image, empty and truncated uploads, path tricks — each a 4xx JSON
 //!   error with nothing left on disk.
@@ -205,7 +207,7 @@ fn range_requests_answer_206_and_416() {
     assert_eq!(r.status, 206);
     assert_eq!(r.header("content-range"), Some("bytes 99990-99999/100000"));
 
-    for bad in ["bytes=100000-", "bytes=200000-300000"] {
+    for bad in ["bytes=100000-", "bytes=200000-300000", "bytes=0-1,5-6"] {
         let r = get(addr, &token, &uri, &[("Range", bad)]);
         assert_eq!(r.status, 416, "{bad}");
         assert_eq!(r.header("content-range"), Some("bytes */100000"), "{bad}");
@@ -577,4 +579,97 @@ fn petrel_chat_sends_an_image_with_send_image() {
         assert!(status.success(), "petrel chat exited with {status}");
         sdk.shutdown(false).await;
     });
+}
+
+fn python_media(base: &str, token: &str, args: &[&str]) -> String {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/python/petrel_media.py"
+    );
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--media", base, "--token", token])
+        .args(args)
+        .output()
+        .expect("run python3 (the media example needs only the standard library)");
+    assert!(
+        out.status.success(),
+        "petrel_media.py {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_python_example_and_the_rust_sdk_exchange_media() {
+    let keys = Keys::generate();
+    let server = media_server(&keys);
+    let base = format!("http://{}", media_addr(&server));
+    let token = keys.mint(1, "py", HOUR).token;
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("photo.png");
+    let photo_bytes = png(&photo, 200, 100);
+    let blob = dir.path().join("blob.bin");
+    let blob_bytes = noise(300_000, 9);
+    std::fs::write(&blob, &blob_bytes).unwrap();
+
+    let one = python_media(
+        &base,
+        &token,
+        &["upload", photo.to_str().unwrap(), "--kind", "image"],
+    );
+    let one: serde_json::Value = serde_json::from_str(one.trim()).unwrap();
+    assert_eq!(one["sha256"], sha256(&photo_bytes));
+    assert_eq!(
+        (one["width"].as_u64(), one["height"].as_u64()),
+        (Some(200), Some(100))
+    );
+    assert!(
+        one["thumbnail_base64"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
+    // 100,000-byte chunks: a session of three PUTs.
+    let chunked = python_media(
+        &base,
+        &token,
+        &[
+            "upload",
+            blob.to_str().unwrap(),
+            "--chunk",
+            "100000",
+            "--name",
+            "blob.bin",
+        ],
+    );
+    let chunked: serde_json::Value = serde_json::from_str(chunked.trim()).unwrap();
+    assert_eq!(chunked["sha256"], sha256(&blob_bytes));
+    assert_eq!(chunked["name"], "blob.bin");
+
+    let sdk_upload = dir.path().join("sdk.bin");
+    let sdk_bytes = noise(12_345, 10);
+    std::fs::write(&sdk_upload, &sdk_bytes).unwrap();
+    let sdk_uri = block_on(Dataplane::Kernel, async {
+        let media = MediaClient::new(&base, keys.mint(2, "rs", HOUR).token).unwrap();
+        for (answer, original) in [(&one, &photo_bytes), (&chunked, &blob_bytes)] {
+            let got = media
+                .download(answer["uri"].as_str().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(&got, original, "the SDK downloads what Python uploaded");
+        }
+        media
+            .upload(&sdk_upload, MediaKind::File)
+            .await
+            .unwrap()
+            .uri
+    });
+    let out = dir.path().join("from-sdk.bin");
+    let said = python_media(
+        &base,
+        &token,
+        &["download", &sdk_uri, "--out", out.to_str().unwrap()],
+    );
+    assert!(said.contains(&sha256(&sdk_bytes)), "{said}");
+    assert_eq!(std::fs::read(&out).unwrap(), sdk_bytes);
 }
