@@ -11,7 +11,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use petrel_control::{KeyRing, TokenSpec};
 use petrel_sdk::{
-    Client, ClientConfig, ConnectionState, ConversationKey, Event, Token, content, pb, token_fn,
+    Client, ClientConfig, ConnectionState, ConversationKey, Event, MediaClient, MediaKind, Token,
+    content, pb, token_fn,
 };
 use tokio::sync::mpsc;
 
@@ -37,6 +38,10 @@ pub struct ChatArgs {
     /// SQLite file for the local store (default: in memory).
     #[arg(long)]
     store: Option<PathBuf>,
+    /// The server's media service, e.g. `http://127.0.0.1:9600` (`petrel serve
+    /// --media-addr`); needed by /send-image.
+    #[arg(long, value_name = "URL")]
+    media: Option<String>,
 }
 
 const HELP: &str = "\
@@ -48,6 +53,7 @@ commands:
   /who                members of the current group, or who is in the current room
   /group NAME ID,ID   create a group with these members
   /read               mark the current conversation read
+  /send-image FILE    upload FILE to the media service (--media) and send it here
   /quit               leave
 anything else is sent as a text message to the current conversation";
 
@@ -73,7 +79,12 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(chat(config, token))
+    let media = args
+        .media
+        .as_deref()
+        .map(|url| MediaClient::new(url, token.token.clone()))
+        .transpose()?;
+    runtime.block_on(chat(config, token, media))
 }
 
 fn mint(path: &std::path::Path, user: u64, device: &str) -> anyhow::Result<Token> {
@@ -125,7 +136,11 @@ fn show(c: ConversationKey) -> String {
     format!("{kind}:{}", c.id)
 }
 
-async fn chat(config: ClientConfig, token: Token) -> anyhow::Result<()> {
+async fn chat(
+    config: ClientConfig,
+    token: Token,
+    media: Option<MediaClient>,
+) -> anyhow::Result<()> {
     let (client, mut events) = Client::start(config, token_fn(move || Ok(token.clone())))?;
     let (lines_tx, mut lines) = mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
@@ -170,7 +185,7 @@ async fn chat(config: ClientConfig, token: Token) -> anyhow::Result<()> {
             },
             line = lines.recv() => {
                 let Some(line) = line else { break };
-                match command(&client, &mut current, line.trim()).await {
+                match command(&client, media.as_ref(), &mut current, line.trim()).await {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => println!("! {e:#}"),
@@ -185,6 +200,7 @@ async fn chat(config: ClientConfig, token: Token) -> anyhow::Result<()> {
 /// Runs one input line. Returns false to quit.
 async fn command(
     client: &Client,
+    media: Option<&MediaClient>,
     current: &mut Option<ConversationKey>,
     line: &str,
 ) -> anyhow::Result<bool> {
@@ -272,6 +288,30 @@ async fn command(
                 .first()
                 .map_or(0, |m| m.seq);
             client.mark_read(c, seq).await?;
+        }
+        "/send-image" => {
+            let to = current.context("pick a conversation first: /to single:ID")?;
+            let media = media.context("no media service: start petrel chat with --media URL")?;
+            if rest.is_empty() {
+                bail!("/send-image FILE");
+            }
+            let uploaded = media
+                .upload(std::path::Path::new(rest), MediaKind::Image)
+                .await
+                .with_context(|| format!("cannot upload {rest}"))?;
+            println!(
+                "* uploaded {} ({} bytes, {}x{}{})",
+                uploaded.uri,
+                uploaded.size,
+                uploaded.width.unwrap_or(0),
+                uploaded.height.unwrap_or(0),
+                if uploaded.deduplicated {
+                    ", already stored"
+                } else {
+                    ""
+                }
+            );
+            client.send_image_ref(to, &uploaded)?;
         }
         w if w.starts_with('/') => bail!("unknown command {w}; /help lists them"),
         _ => {

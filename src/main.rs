@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 mod chat;
+mod media;
 mod ops;
 mod server;
 mod token_cmd;

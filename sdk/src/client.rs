@@ -218,6 +218,38 @@ impl Client {
         )
     }
 
+    /// Sends an image uploaded with [`crate::MediaClient::upload`]: its URI, thumbnail
+    /// and server-measured dimensions.
+    pub fn send_image_ref(
+        &self,
+        conversation: ConversationKey,
+        media: &crate::MediaRef,
+    ) -> Result<u64, SdkError> {
+        self.send(conversation, media.image_content())
+    }
+
+    /// Sends a voice message uploaded with [`crate::MediaClient::upload_with`] (its
+    /// duration given there).
+    pub fn send_voice_ref(
+        &self,
+        conversation: ConversationKey,
+        media: &crate::MediaRef,
+    ) -> Result<u64, SdkError> {
+        self.send(conversation, media.voice_content())
+    }
+
+    /// Sends a video uploaded with [`crate::MediaClient::upload_with`]; the frame size
+    /// is the client's to tell.
+    pub fn send_video_ref(
+        &self,
+        conversation: ConversationKey,
+        media: &crate::MediaRef,
+        width: u32,
+        height: u32,
+    ) -> Result<u64, SdkError> {
+        self.send(conversation, media.video_content(width, height))
+    }
+
     /// Sends not yet acknowledged by the server.
     pub fn outbox_len(&self) -> Result<usize, SdkError> {
         self.inner.shared.store().outbox_len()

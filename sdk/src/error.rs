@@ -46,6 +46,19 @@ pub enum SdkError {
     /// The client was shut down (or its task ended).
     #[error("the client has been shut down")]
     Closed,
+    /// The media service answered an upload or download with an error (docs/MEDIA.md).
+    #[error("media service: HTTP {status} {code}: {message}")]
+    Media {
+        /// The HTTP status.
+        status: u16,
+        /// The service's error code (`too_large`, `unsupported_media_type`, ...).
+        code: String,
+        /// Its explanation.
+        message: String,
+    },
+    /// Talking HTTP to the media service, or reading/writing the local file, failed.
+    #[error("media transfer: {0}")]
+    MediaTransfer(String),
     /// The call is part of the SDK's planned API but is not implemented yet.
     #[error("not implemented yet: {0}")]
     NotImplemented(&'static str),

@@ -17,6 +17,8 @@
 //! 6. `task` (private) — the connection task: login, sync, outbox, heartbeat, renewal,
 //!    reconnect.
 //! 7. [`client`] — [`Client`], the handle an app calls, and [`event`] — what it hears back.
+//! 8. [`media`] — [`MediaClient`]: uploads to and downloads from the media service
+//!    (HTTP), giving the [`MediaRef`] an image/voice/video message references.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), petrel_sdk::SdkError> {
@@ -52,6 +54,7 @@ pub mod error;
 pub mod event;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod media;
 pub mod room_seen;
 pub mod store;
 mod task;
@@ -62,6 +65,7 @@ pub use client::{Client, Events};
 pub use config::ClientConfig;
 pub use error::SdkError;
 pub use event::{ConnectionState, ConversationKey, Event, Message};
+pub use media::{MediaClient, MediaKind, MediaRef};
 pub use petrel_proto::pb;
 pub use store::{ConversationSummary, Store};
 pub use token::{Token, TokenCache, TokenProvider, token_fn};

@@ -190,6 +190,10 @@ pub struct ServeArgs {
     /// their connection is congested, i.e. over `max_outbound_bytes`.
     #[arg(long, value_name = "MESSAGES", hide = true)]
     pub chatroom_lag_budget: Option<u64>,
+    /// Serve the media upload service (HTTP, docs/MEDIA.md) on ADDR:PORT, on its own
+    /// threads (port 0 picks one; the address is printed at start) [default: off].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub media_addr: Option<SocketAddr>,
 }
 
 /// The `[server]`-less flat TOML file. Unknown keys are an error, so a typo never
@@ -239,6 +243,8 @@ struct FileConfig {
     dedup_filter_per_sender: Option<usize>,
     writer_cache_entries: Option<usize>,
     member_cache_conversations: Option<usize>,
+    /// The `[media]` table (docs/CONFIGURATION.md, "Media").
+    media: Option<crate::media::MediaFile>,
 }
 
 /// The resolved configuration.
@@ -283,6 +289,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Retention and the storage writer's memory bounds.
     pub storage: StorageSettings,
+    /// The media upload service (off unless it has an address).
+    pub media: crate::media::MediaSettings,
 }
 
 /// Retention and storage memory bounds (docs/CONFIGURATION.md, "Storage").
@@ -383,6 +391,7 @@ impl ServeConfig {
             None => FileConfig::default(),
         };
         let storage = StorageSettings::from_file(&file);
+        let media = crate::media::MediaSettings::resolve(file.media.as_ref(), args.media_addr)?;
         let data_dir = args
             .data_dir
             .clone()
@@ -484,6 +493,7 @@ impl ServeConfig {
             chatroom_lag_budget: args.chatroom_lag_budget.or(file.chatroom_lag_budget),
             shutdown_grace: Duration::from_millis(file.shutdown_grace_ms.unwrap_or(200)),
             storage,
+            media,
         };
         config.validate()?;
         Ok(config)

@@ -112,6 +112,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         );
     }
     let keys = keys::load_or_create(&config.key_file)?;
+    let media_keys = keys.clone();
     let db_path = config.data_dir.join("db");
     let engine = Arc::new(
         RocksEngine::open(&db_path, storage_config(&config))
@@ -133,6 +134,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         .context("the dataplane started no core")?;
     let syncer_wakes = home_waker.clone();
     let engine_figures = Arc::clone(&engine);
+    let media_engine = Arc::clone(&engine);
     let mut committer = Committer::start(
         engine,
         config.sync == Sync::Batch,
@@ -163,6 +165,12 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         }
         None => None,
     };
+
+    if let Some(addr) = config.media.addr {
+        let addr = start_media(&config, addr, media_keys, media_engine)?;
+        tracing::info!(%addr, "media service listening");
+        println!("petrel: media on http://{addr}");
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -236,6 +244,32 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     } else {
         Stopped::Signal
     })
+}
+
+/// Starts the media upload service on its own runtime; it reads the revocation list
+/// from the database (see `media::auth`).
+fn start_media(
+    config: &ServeConfig,
+    addr: std::net::SocketAddr,
+    keys: petrel_control::KeyRing,
+    engine: Arc<RocksEngine>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    use petrel_storage::Engine as _;
+    // Weak: the media threads live until the process exits and must not keep the
+    // database open past the server's own shutdown.
+    let engine = Arc::downgrade(&engine);
+    let revoked: crate::media::RevocationSource = Box::new(move |now_ms| {
+        let engine = engine.upgrade().ok_or("the database is closed")?;
+        let mut list = petrel_control::token::RevocationList::default();
+        for entry in engine.load_revoked(now_ms).map_err(|e| e.to_string())? {
+            list.insert(
+                entry.token.0,
+                petrel_control::Timestamp::from_millis(entry.expires_at_ms),
+            );
+        }
+        Ok(list)
+    });
+    crate::media::start(config.media.clone(), addr, &config.data_dir, keys, revoked)
 }
 
 /// Gives the storage syncer thread the configured scheduling policy. The real-time one

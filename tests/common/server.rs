@@ -55,6 +55,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The metrics endpoint, when the config set `metrics_addr` (in the root namespace).
     pub metrics: Option<SocketAddr>,
+    /// The media service, when the config has a `[media]` table with an `addr`.
+    pub media: Option<SocketAddr>,
     pub dataplane: Dataplane,
     data_dir: PathBuf,
     extra_config: String,
@@ -203,6 +205,7 @@ impl TestServer {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let mut metrics = None;
+        let mut media = None;
         let addr = loop {
             let line = lines
                 .next()
@@ -211,6 +214,9 @@ impl TestServer {
             if let Some(rest) = line.strip_prefix("petrel: metrics on http://") {
                 let addr = rest.strip_suffix("/metrics").expect("…/metrics");
                 metrics = Some(addr.parse().expect("metrics address"));
+            }
+            if let Some(rest) = line.strip_prefix("petrel: media on http://") {
+                media = Some(rest.parse().expect("media address"));
             }
             if let Some(rest) = line.strip_prefix("petrel: serving on ") {
                 let addr = rest.split_whitespace().next().expect("address");
@@ -223,6 +229,7 @@ impl TestServer {
             child: Some(child),
             addr,
             metrics,
+            media,
             dataplane,
             data_dir: data_dir.to_path_buf(),
             extra_config: extra_config.to_owned(),
