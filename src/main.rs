@@ -8,6 +8,7 @@
 //! routing) → `petrel-storage` (RocksDB); `petrel-sdk` is the client side.
 #![deny(unsafe_code)]
 
+mod api;
 mod chat;
 mod ops;
 mod server;
