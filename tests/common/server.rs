@@ -43,6 +43,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The metrics endpoint, when the config set `metrics_addr` (in the root namespace).
     pub metrics: Option<SocketAddr>,
+    /// The HTTP API, when the config set `api_addr` (in the root namespace).
+    pub api: Option<SocketAddr>,
     pub dataplane: Dataplane,
     data_dir: PathBuf,
     extra_config: String,
@@ -169,6 +171,7 @@ impl TestServer {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let mut metrics = None;
+        let mut api = None;
         let addr = loop {
             let line = lines
                 .next()
@@ -177,6 +180,10 @@ impl TestServer {
             if let Some(rest) = line.strip_prefix("petrel: metrics on http://") {
                 let addr = rest.strip_suffix("/metrics").expect("…/metrics");
                 metrics = Some(addr.parse().expect("metrics address"));
+            }
+            if let Some(rest) = line.strip_prefix("petrel: api on http://") {
+                let addr = rest.strip_suffix("/v1").expect("…/v1");
+                api = Some(addr.parse().expect("api address"));
             }
             if let Some(rest) = line.strip_prefix("petrel: serving on ") {
                 let addr = rest.split_whitespace().next().expect("address");
@@ -189,6 +196,7 @@ impl TestServer {
             child: Some(child),
             addr,
             metrics,
+            api,
             dataplane,
             data_dir: data_dir.to_path_buf(),
             extra_config: extra_config.to_owned(),
@@ -268,6 +276,25 @@ impl TestServer {
         match &self.lab {
             Some(lab) => lab.in_root(|| super::metrics::scrape(addr)),
             None => super::metrics::scrape(addr),
+        }
+    }
+
+    /// One request to the HTTP API (from the root namespace, where it listens): `body`,
+    /// if any, is sent as JSON; `key` is the bearer key.
+    pub fn api_request(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> super::http::Response {
+        let addr = self.api.expect("api_addr not configured");
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let content_type = body.map(|_| "application/json");
+        let send = || super::http::request(addr, method, path, key, content_type, &bytes);
+        match &self.lab {
+            Some(lab) => lab.in_root(send),
+            None => send(),
         }
     }
 
