@@ -191,7 +191,15 @@ impl Control {
                 conversation,
                 client_msg_id,
                 content,
-            } => self.api_send(now, id, sender, device, conversation, client_msg_id, content),
+            } => self.api_send(
+                now,
+                id,
+                sender,
+                device,
+                conversation,
+                client_msg_id,
+                content,
+            ),
             ApiRequest::History {
                 user,
                 conversation,
@@ -199,7 +207,11 @@ impl Control {
                 limit,
             } => {
                 let max = self.config.history_page_limit;
-                let limit = if limit == 0 || limit > max { max } else { limit } as usize;
+                let limit = if limit == 0 || limit > max {
+                    max
+                } else {
+                    limit
+                } as usize;
                 self.storage(
                     Request::History {
                         user: UserId(user),
@@ -321,7 +333,8 @@ impl Control {
     fn api_conversation(&mut self, now: Timestamp, id: ApiId, actor: u64, op: ApiConversationOp) {
         let users = |ids: &[u64]| ids.iter().copied().map(UserId).collect::<Vec<_>>();
         let now_ms = now.as_millis();
-        let membership = |event: pb::ConversationEventKind| OpKind::Membership { event, role: None };
+        let membership =
+            |event: pb::ConversationEventKind| OpKind::Membership { event, role: None };
         let (request, kind) = match op {
             ApiConversationOp::CreateGroup { name, members } => (
                 Request::CreateGroup {
@@ -554,16 +567,33 @@ mod tests {
         };
         let (id, req) = send(1);
         control.handle_api(now, id, req);
-        assert!(control.poll_api_reply().is_none(), "no answer before storage");
+        assert!(
+            control.poll_api_reply().is_none(),
+            "no answer before storage"
+        );
         run(&mut control, &storage, now);
         let (id, reply) = control.poll_api_reply().unwrap();
         assert_eq!(id, ApiId(1));
-        assert!(matches!(reply, Ok(ApiReply::Sent { seq: 1, duplicate: false, .. })));
+        assert!(matches!(
+            reply,
+            Ok(ApiReply::Sent {
+                seq: 1,
+                duplicate: false,
+                ..
+            })
+        ));
         let (id, req) = send(2);
         control.handle_api(now, id, req);
         run(&mut control, &storage, now);
         let (_, reply) = control.poll_api_reply().unwrap();
-        assert!(matches!(reply, Ok(ApiReply::Sent { seq: 1, duplicate: true, .. })));
+        assert!(matches!(
+            reply,
+            Ok(ApiReply::Sent {
+                seq: 1,
+                duplicate: true,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -653,7 +683,13 @@ mod tests {
             panic!("{reply:?}")
         };
         assert!(token::verify(&token, now, &control.keys, &control.revoked).is_ok());
-        control.handle_api(now, ApiId(2), ApiRequest::RevokeToken { token: token.clone() });
+        control.handle_api(
+            now,
+            ApiId(2),
+            ApiRequest::RevokeToken {
+                token: token.clone(),
+            },
+        );
         assert!(matches!(
             control.poll_api_reply(),
             Some((_, Ok(ApiReply::Ended { sessions: 0 })))
