@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (kernel sockets, embedded RocksDB).
-    Serve(server::ServeArgs),
+    Serve(Box<server::ServeArgs>),
     /// Login tokens.
     #[command(subcommand)]
     Token(token_cmd::TokenCommand),

@@ -36,30 +36,86 @@ fn field_of(path: &str, message: &str) -> Option<String> {
     }
 }
 
+/// Rewrites numbers written with a fraction of zero (`7.0`, `1e3`) as the integers they
+/// are: JSON Schema (and so the OpenAPI document) counts them as integers, serde's `u64`
+/// does not. Others (`7.5`, negative or beyond `u64`) stay floats and are refused where
+/// an integer is expected.
+fn integral_floats_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && (0.0..=u64::MAX as f64).contains(&f)
+                && f < u64::MAX as f64
+            {
+                *value = Value::from(f as u64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
+}
+
+/// Fields that are objects wherever they appear in this API's bodies. serde's derive
+/// would also take an array of a struct's fields in order; the API promises objects.
+const OBJECT_FIELDS: [&str; 2] = ["conversation", "media"];
+
+/// The path of the first [`OBJECT_FIELDS`] field holding something other than an object
+/// (or `null`), if any.
+fn array_for_object(value: &serde_json::Value, path: &str) -> Option<String> {
+    use serde_json::Value;
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match value {
+        Value::Object(map) => map.iter().find_map(|(key, v)| {
+            if OBJECT_FIELDS.contains(&key.as_str()) && !(v.is_object() || v.is_null()) {
+                Some(join(key))
+            } else {
+                array_for_object(v, &join(key))
+            }
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| array_for_object(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
 /// Parses `bytes` as JSON into `T`, with the error naming the field.
 pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let message = inner.to_string();
-        let code = if inner.is_syntax() || inner.is_eof() {
-            "invalid_json"
-        } else {
-            "invalid_request"
-        };
-        let mut error = HttpError::new(StatusCode::BAD_REQUEST, code, message.clone());
-        error.field = field_of(&path, &message);
-        error
-    })?;
-    de.end().map_err(|e| {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
         HttpError::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",
-            format!("trailing characters after the JSON value: {e}"),
+            format!("the body is not JSON: {e}"),
         )
     })?;
-    Ok(value)
+    if !value.is_object() {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the body must be a JSON object",
+        ));
+    }
+    integral_floats_as_integers(&mut value);
+    if let Some(field) = array_for_object(&value, "") {
+        return Err(HttpError::invalid(&field, "expected a JSON object"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        let mut error = HttpError::new(StatusCode::BAD_REQUEST, "invalid_request", message.clone());
+        error.field = field_of(&path, &message);
+        error
+    })
 }
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
@@ -194,6 +250,22 @@ mod tests {
         let e = from_json::<Outer>(br#"{"user": 1,"#).unwrap_err();
         assert_eq!(e.code, "invalid_json");
         assert!(from_json::<Outer>(br#"{"user": 1, "inner": {"text": "a"}}"#).is_ok());
+        // JSON Schema's integers include 7.0; 7.5 and -1 are not u64s.
+        assert_eq!(
+            from_json::<Outer>(br#"{"user": 7.0, "inner": {"text": "a"}}"#)
+                .unwrap()
+                .user,
+            7
+        );
+        let e = from_json::<Outer>(br#"{"user": 7.5, "inner": {"text": "a"}}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("user"));
+        let e = from_json::<Outer>(br#"{"user": -1, "inner": {"text": "a"}}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("user"));
+        // Objects stay objects: no struct from an array of its fields.
+        let e = from_json::<Outer>(br#"[1, {"text": "a"}]"#).unwrap_err();
+        assert_eq!(e.code, "invalid_request");
+        let e = from_json::<serde_json::Value>(br#"{"content": {"media": ["u"]}}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("content.media"));
     }
 
     #[test]

@@ -47,10 +47,11 @@ impl ConversationRef {
             Kind::Group => ConversationKey::Group(self.id),
             Kind::PublicAccount => ConversationKey::PublicAccount(self.id),
             Kind::Chatroom => {
-                return Err(
-                    HttpError::not_implemented("chatrooms over the API (sends, history)")
-                        .field(format!("{field}.kind")),
-                );
+                return Err(HttpError::invalid(
+                    &format!("{field}.kind"),
+                    "chatrooms are not stored (no history) and the API cannot send into \
+                     them yet: use single, group or public_account",
+                ));
             }
         })
     }
@@ -176,7 +177,7 @@ fn media_out(m: pb::Media) -> Media {
 
 impl Content {
     /// The protocol's `Content`; `Unknown` cannot be sent.
-    pub fn to_wire(self) -> Result<pb::Content, HttpError> {
+    pub fn into_wire(self) -> Result<pb::Content, HttpError> {
         use pb::content::Body;
         let body = match self {
             Content::Text { text, mentions } => {

@@ -82,7 +82,7 @@ pub async fn send(
         ));
     }
     let key = body.conversation.key(sender, "conversation")?;
-    let content = body.content.to_wire()?;
+    let content = body.content.into_wire()?;
     let reply = call(
         &state,
         ApiRequest::Send {
