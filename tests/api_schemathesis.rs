@@ -8,6 +8,7 @@
 //! The seed is fixed so a failure reproduces; `PETREL_SCHEMATHESIS_EXAMPLES` raises the
 //! examples per operation (default 50).
 
+#[allow(unused_imports)] // common re-exports TestClient and Dataplane, unused here
 mod common;
 
 use std::process::Command;
