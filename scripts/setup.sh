@@ -13,6 +13,8 @@
 #   (and test.sh then builds without the feature).
 # - Python packages of examples/python (protobuf, grpcio-tools): the interop test runs
 #   a Python client against the server.
+# - schemathesis (PyPI): tests/api_schemathesis.rs fuzzes the server API against its
+#   OpenAPI document.
 # - Rust itself is expected from rustup (the machine image provides it).
 set -euo pipefail
 
@@ -37,6 +39,12 @@ fi
 if ! python3 -c "import google.protobuf, grpc_tools" >/dev/null 2>&1; then
   echo "setup: installing the Python interop client's packages" >&2
   python3 -m pip install -q -r "$(dirname "$0")/../examples/python/requirements.txt"
+fi
+
+# schemathesis: tests/api_schemathesis.rs fuzzes the server API against docs/openapi.json.
+if ! python3 -c "import schemathesis.cli" >/dev/null 2>&1; then
+  echo "setup: installing schemathesis (API fuzzing against its OpenAPI document)" >&2
+  python3 -m pip install -q "schemathesis>=4.3,<5"
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -8,6 +8,7 @@
 //! routing) → `petrel-storage` (RocksDB); `petrel-sdk` is the client side.
 #![deny(unsafe_code)]
 
+mod api;
 mod chat;
 mod media;
 mod ops;
@@ -35,7 +36,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (kernel sockets, embedded RocksDB).
-    Serve(server::ServeArgs),
+    Serve(Box<server::ServeArgs>),
     /// Login tokens.
     #[command(subcommand)]
     Token(token_cmd::TokenCommand),

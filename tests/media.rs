@@ -18,8 +18,6 @@
 #[allow(unused_imports)] // common re-exports TestClient, which these tests do not use
 #[macro_use]
 mod common;
-#[path = "common/http.rs"]
-mod http;
 #[path = "common/sdk_keys.rs"]
 mod sdk_keys;
 
@@ -29,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::http;
 use common::server::block_on;
 use common::{Dataplane, TestServer};
 use http::{bearer, send};

@@ -23,11 +23,13 @@
 //! 5. [`session`], [`timers`], [`rate_limit`] — per-connection state.
 //! 6. [`chatroom`], [`convert`] — in-memory rooms; wire ↔ storage translation.
 //! 7. [`config`], [`counters`] — knobs and metrics.
+//! 8. [`api`] — operator requests of the deployment's backend (the server HTTP API).
 //!
 //! The event/action interface is described for transport authors in
 //! `docs/ARCHITECTURE.md`, section "Control plane: events and actions".
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod chatroom;
 pub mod config;
 pub mod conn_table;

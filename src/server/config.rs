@@ -186,6 +186,17 @@ pub struct ServeArgs {
     /// address is printed at start) [default: off].
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve the HTTP API for the deployment's backend at ADDR:PORT (docs/API.md; port 0
+    /// picks one; the address is printed at start). Needs `--api-key-file` [default: off].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub api_addr: Option<SocketAddr>,
+    /// File holding the API key that requests must send as `Authorization: Bearer KEY`
+    /// (at least 16 printable characters).
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// User id that API messages sent with `"system": true` come from [default: none].
+    #[arg(long, value_name = "USER")]
+    pub api_system_user: Option<u64>,
     /// No longer used (a warning says so at start): chatroom members are skipped while
     /// their connection is congested, i.e. over `max_outbound_bytes`.
     #[arg(long, value_name = "MESSAGES", hide = true)]
@@ -224,6 +235,9 @@ struct FileConfig {
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     metrics_addr: Option<SocketAddr>,
+    api_addr: Option<SocketAddr>,
+    api_key_file: Option<PathBuf>,
+    api_system_user: Option<u64>,
     max_frame_body: Option<u32>,
     max_outbound_bytes: Option<usize>,
     heartbeat_interval_secs: Option<u64>,
@@ -271,6 +285,12 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// Where the Prometheus endpoint listens, if enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the HTTP API listens, if enabled.
+    pub api_addr: Option<SocketAddr>,
+    /// The API key file (required with `api_addr`).
+    pub api_key_file: Option<PathBuf>,
+    /// The user `"system": true` API messages come from.
+    pub api_system_user: Option<u64>,
     pub max_frame_body: u32,
     pub max_outbound_bytes: usize,
     pub heartbeat_interval: Duration,
@@ -481,6 +501,9 @@ impl ServeConfig {
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Human),
             metrics_addr: args.metrics_addr.or(file.metrics_addr),
+            api_addr: args.api_addr.or(file.api_addr),
+            api_key_file: args.api_key_file.clone().or(file.api_key_file),
+            api_system_user: args.api_system_user.or(file.api_system_user),
             max_frame_body: file.max_frame_body.unwrap_or(64 * 1024),
             max_outbound_bytes: file.max_outbound_bytes.unwrap_or(1 << 20),
             heartbeat_interval,
@@ -520,6 +543,12 @@ impl ServeConfig {
         }
         if self.shutdown_grace > Duration::from_secs(60) {
             bail!("shutdown_grace_ms must be at most 60000");
+        }
+        if self.api_addr.is_some() && self.api_key_file.is_none() {
+            bail!("api_addr needs api_key_file (the key every API request must carry)");
+        }
+        if self.api_system_user == Some(0) {
+            bail!("api_system_user must be a user id (1 or more)");
         }
         let s = &self.storage;
         if s.inbox_max_entries == 0 {

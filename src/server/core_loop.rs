@@ -148,6 +148,8 @@ pub struct HomeParts<E: GroupEngine + 'static> {
     pub metrics: Option<Arc<Metrics>>,
     /// Told when storage fails for lack of space (`disk_watch`).
     pub disk: Arc<super::disk_watch::DiskWatch>,
+    /// Requests of the HTTP API, when it is enabled.
+    pub api: Option<crate::api::bridge::ApiInbox>,
 }
 
 /// Runs one loop per core, `cores[0]` as home, each pinned to `cpus[i]`, until `stop`
@@ -240,6 +242,7 @@ struct HomeLoop<I: CoreIo, E: GroupEngine + 'static> {
     metrics: Option<LoopMetrics>,
     storage_failure_logged: bool,
     disk: Arc<super::disk_watch::DiskWatch>,
+    api: Option<crate::api::bridge::ApiInbox>,
 }
 
 /// The home loop's side of the metrics: connection counts kept from the events it
@@ -284,6 +287,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
             }),
             storage_failure_logged: false,
             disk: parts.disk,
+            api: parts.api,
         }
     }
 
@@ -321,6 +325,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
             // fit in a full ring to another core (it does not wake us when it drains).
             let waiting = !self.events.is_empty()
                 || self.committer.has_ready()
+                || self.api.as_ref().is_some_and(|a| a.has_calls())
                 || self.remotes.iter().any(|r| !r.overflow.is_empty());
             let sleep = sleep_for(self.poll, waiting, idle_since, next);
             if let Err(e) = self.io.wait(Some(sleep)) {
@@ -363,10 +368,17 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
             }
         }
         work |= self.take_storage(now) > 0;
+        // The HTTP API's requests: one try_recv on an empty channel when it is idle.
+        if !blocked && let Some(api) = &mut self.api {
+            work |= api.take(now, &mut self.control) > 0;
+        }
         if self.control.poll_timeout().is_some_and(|t| t <= now) {
             self.control.handle(now, Event::Tick);
         }
         self.perform(now);
+        if let Some(api) = &mut self.api {
+            api.answer(&mut self.control);
+        }
         self.io.transmit(&mut self.events);
         for remote in &mut self.remotes {
             remote.wake_if_needed();

@@ -94,6 +94,7 @@ pub struct Metrics {
     storage: Arc<CommitStats>,
     storage_source: Mutex<Option<StorageSource>>,
     transport: Mutex<Option<TransportSource>>,
+    api: Mutex<Option<Arc<crate::api::stats::ApiStats>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -114,7 +115,13 @@ impl Metrics {
             storage,
             storage_source: Mutex::new(None),
             transport: Mutex::new(None),
+            api: Mutex::new(None),
         })
+    }
+
+    /// Where the HTTP API's request counts come from (when the API is on).
+    pub fn set_api_stats(&self, stats: Arc<crate::api::stats::ApiStats>) {
+        *self.api.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
     }
 
     /// Where the storage writer's cache and dedup-filter figures come from.
@@ -547,6 +554,31 @@ impl Collector for Metrics {
             encode_storage_caches(&mut e, &source())?;
         }
         drop(source);
+
+        let api = self.api.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(api) = api {
+            let rows = api.snapshot();
+            let statuses: Vec<String> = rows.iter().map(|r| r.2.to_string()).collect();
+            counter(
+                &mut e,
+                "petrel_api_requests",
+                "HTTP API requests, by method, route template and response status.",
+                &rows
+                    .iter()
+                    .zip(&statuses)
+                    .map(|((method, route, _, n), status)| {
+                        (
+                            vec![
+                                ("method", method.as_str()),
+                                ("route", route.as_str()),
+                                ("status", status.as_str()),
+                            ],
+                            *n,
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )?;
+        }
 
         let transport = self.transport.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(source) = transport.as_ref() {

@@ -5,7 +5,8 @@
 //! core, runs transport I/O, the control plane and storage writes; the others run
 //! transport I/O and talk to it over bounded rings. Beside them, the storage syncer
 //! (`petrel-syncer`, which sleeps in fdatasync), the signal thread and, when enabled,
-//! the metrics endpoint. See docs/ARCHITECTURE.md for the data flow.
+//! the metrics endpoint and the HTTP API (`petrel-api`, whose requests reach the home
+//! core's control plane over a bounded channel: [`crate::api::bridge`]). See docs/ARCHITECTURE.md for the data flow.
 
 pub mod admin;
 pub mod config;
@@ -147,9 +148,37 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     let mut control = Control::new(control_config(&config), keys, now());
     warm_up(&mut control, &mut committer)?;
 
+    let api_stats = Arc::new(crate::api::stats::ApiStats::default());
+    let api_inbox = match config.api_addr {
+        Some(addr) => {
+            let key_file = config
+                .api_key_file
+                .as_deref()
+                .context("api_addr needs api_key_file")?;
+            let key = crate::api::auth::ApiKey::load(key_file)?;
+            let (bridge, inbox) = crate::api::bridge::channel(home_waker.clone());
+            let endpoint = crate::api::start(
+                crate::api::ApiSettings {
+                    addr,
+                    key,
+                    system_user: config.api_system_user,
+                },
+                bridge,
+                api_stats.clone(),
+            )?;
+            tracing::info!(addr = %endpoint.addr, "api listening");
+            println!("petrel: api on http://{}/v1", endpoint.addr);
+            Some(inbox)
+        }
+        None => None,
+    };
+
     let metrics = match config.metrics_addr {
         Some(addr) => {
             let metrics = metrics::Metrics::new(transport.metrics_label(), committer.stats());
+            if config.api_addr.is_some() {
+                metrics.set_api_stats(api_stats.clone());
+            }
             if let Some(source) = transport.metrics_source() {
                 metrics.set_transport_source(source);
             }
@@ -228,6 +257,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         stop,
         metrics,
         disk: disk.clone(),
+        api: api_inbox,
     };
     let result = match cores {
         Cores::Kernel(cores) => core_loop::run(cores, cpus, config.poll, home),

@@ -1,6 +1,7 @@
-//! A blocking HTTP/1.1 test client on a raw `TcpStream`, for the media service tests:
-//! it can send what a real client library refuses to (a body shorter than its
-//! `Content-Length`, odd paths), one request per connection (`Connection: close`).
+//! A blocking HTTP/1.1 test client on a raw `TcpStream`, for the media service and
+//! server API tests: it can send what a real client library refuses to (a body shorter
+//! than its `Content-Length`, odd paths, a body that is not JSON), one request per
+//! connection (`Connection: close`). Loopback only; no TLS, no chunked request bodies.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -34,6 +35,11 @@ impl Response {
         })
     }
 
+    /// The body as text (lossy), for assertion messages.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     /// The `error` code of a JSON error body.
     pub fn error_code(&self) -> String {
         self.json()["error"].as_str().unwrap_or_default().to_owned()
@@ -50,7 +56,7 @@ pub fn send(
     body: &[u8],
     declared_len: Option<usize>,
 ) -> Response {
-    let mut stream = TcpStream::connect(addr).expect("connect to media service");
+    let mut stream = TcpStream::connect(addr).expect("connect to the HTTP service");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
@@ -93,17 +99,58 @@ pub fn parse(raw: &[u8]) -> Response {
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
         .collect();
-    assert!(
-        !headers
-            .iter()
-            .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")),
-        "this test client reads Content-Length bodies only"
-    );
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
     Response {
         status,
         headers,
-        body: raw[split + 4..].to_vec(),
+        body,
     }
+}
+
+/// The payload of a chunked body (extensions and trailers ignored).
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size_field = std::str::from_utf8(&data[..eol]).unwrap_or("0");
+        let size_field = size_field.split(';').next().unwrap_or("0").trim();
+        let size = usize::from_str_radix(size_field, 16).unwrap_or(0);
+        let start = eol + 2;
+        if size == 0 || data.len() < start + size {
+            return out;
+        }
+        out.extend_from_slice(&data[start..start + size]);
+        data = data.get(start + size + 2..).unwrap_or_default();
+    }
+}
+
+/// Sends `method path` with an optional bearer `key` and `content_type` (the server API
+/// tests' shape of [`send`]).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Response {
+    let auth = key.map(bearer);
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    if let Some((name, value)) = &auth {
+        headers.push((name, value));
+    }
+    if let Some(ct) = content_type {
+        headers.push(("Content-Type", ct));
+    }
+    send(addr, method, path, &headers, body, None)
 }
 
 /// `Authorization: Bearer TOKEN`.

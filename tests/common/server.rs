@@ -57,6 +57,8 @@ pub struct TestServer {
     pub metrics: Option<SocketAddr>,
     /// The media service, when the config has a `[media]` table with an `addr`.
     pub media: Option<SocketAddr>,
+    /// The HTTP API, when the config set `api_addr` (in the root namespace).
+    pub api: Option<SocketAddr>,
     pub dataplane: Dataplane,
     data_dir: PathBuf,
     extra_config: String,
@@ -206,6 +208,7 @@ impl TestServer {
         let mut lines = BufReader::new(stdout).lines();
         let mut metrics = None;
         let mut media = None;
+        let mut api = None;
         let addr = loop {
             let line = lines
                 .next()
@@ -217,6 +220,10 @@ impl TestServer {
             }
             if let Some(rest) = line.strip_prefix("petrel: media on http://") {
                 media = Some(rest.parse().expect("media address"));
+            }
+            if let Some(rest) = line.strip_prefix("petrel: api on http://") {
+                let addr = rest.strip_suffix("/v1").expect("…/v1");
+                api = Some(addr.parse().expect("api address"));
             }
             if let Some(rest) = line.strip_prefix("petrel: serving on ") {
                 let addr = rest.split_whitespace().next().expect("address");
@@ -230,6 +237,7 @@ impl TestServer {
             addr,
             metrics,
             media,
+            api,
             dataplane,
             data_dir: data_dir.to_path_buf(),
             extra_config: extra_config.to_owned(),
@@ -309,6 +317,25 @@ impl TestServer {
         match &self.lab {
             Some(lab) => lab.in_root(|| super::metrics::scrape(addr)),
             None => super::metrics::scrape(addr),
+        }
+    }
+
+    /// One request to the HTTP API (from the root namespace, where it listens): `body`,
+    /// if any, is sent as JSON; `key` is the bearer key.
+    pub fn api_request(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> super::http::Response {
+        let addr = self.api.expect("api_addr not configured");
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let content_type = body.map(|_| "application/json");
+        let send = || super::http::request(addr, method, path, key, content_type, &bytes);
+        match &self.lab {
+            Some(lab) => lab.in_root(send),
+            None => send(),
         }
     }
 

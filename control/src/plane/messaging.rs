@@ -163,7 +163,7 @@ impl Control {
 
     /// Pushes a stored message to every online device of every recipient except the
     /// sending connection.
-    fn fan_out(&mut self, ctx: AppendCtx, outcome: AppendOutcome) {
+    pub(super) fn fan_out(&mut self, ctx: AppendCtx, outcome: AppendOutcome) {
         let sender = ctx.to.user;
         let single = matches!(ctx.key, ConversationKey::Single { .. });
         let mut frame = Frame::new(

@@ -11,6 +11,7 @@
 //! lock, log or read a clock; frames are encoded into one reusable buffer and split
 //! off as shared [`Bytes`], and a fan-out push is encoded once per distinct view.
 
+mod api;
 mod conversation;
 mod messaging;
 mod pending;
@@ -73,7 +74,9 @@ const ENCODE_CHUNK: usize = 64 * 1024;
 /// Besides events, a driver may call three operator methods between iterations (their
 /// actions are polled like any other): [`Control::kick_user`],
 /// [`Control::revoke_sessions`], and the graceful shutdown pair
-/// [`Control::begin_shutdown`] / [`Control::shutdown`].
+/// [`Control::begin_shutdown`] / [`Control::shutdown`]. Requests of the deployment's
+/// backend (the server HTTP API) come in through [`Control::handle_api`] and their
+/// answers go out through [`Control::poll_api_reply`] (module [`crate::api`]).
 ///
 /// Calling order, per driver loop iteration:
 ///
@@ -185,6 +188,8 @@ pub struct Control {
     /// Set by [`Control::begin_shutdown`]: when the drain began.
     draining_since: Option<Timestamp>,
     counters: Counters,
+    /// Operator requests' answers and batches in progress ([`Control::handle_api`]).
+    api: api::ApiState,
 }
 
 impl std::fmt::Debug for Control {
@@ -222,6 +227,7 @@ impl Control {
             scratch_conns: Vec::new(),
             draining_since: None,
             counters: Counters::default(),
+            api: api::ApiState::default(),
         };
         control.request_revocations(now);
         control.timers.arm(
@@ -696,6 +702,7 @@ impl Control {
             Pending::Sync(ctx) => self.on_synced(ctx, result),
             Pending::History(ctx) => self.on_history_done(ctx, result),
             Pending::Trim => self.on_trimmed(now, result),
+            Pending::Api(pending) => self.on_api_storage(pending, result),
         }
     }
 

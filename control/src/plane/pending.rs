@@ -32,6 +32,8 @@ pub(crate) enum Pending {
     History(HistoryCtx),
     /// A retention step.
     Trim,
+    /// A request of the server API.
+    Api(super::api::ApiPending),
 }
 
 /// Who asked.

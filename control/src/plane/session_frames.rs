@@ -248,7 +248,7 @@ impl Control {
     }
 
     /// A fresh token id: SHA-256 of the configured seed and a counter, truncated.
-    fn new_token_id(&mut self) -> [u8; TOKEN_ID_LEN] {
+    pub(super) fn new_token_id(&mut self) -> [u8; TOKEN_ID_LEN] {
         self.next_token_seq += 1;
         let digest = Sha256::new()
             .chain_update(self.config.id_seed.to_le_bytes())

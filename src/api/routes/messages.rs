@@ -1,0 +1,167 @@
+//! Messages: send as a user or as the system (`POST /v1/messages`) and page a
+//! conversation's history (`GET /v1/conversations/{kind}/{id}/messages`).
+//!
+//! A send is the protocol's `SendMessage` made by the backend: the same storage append
+//! (exactly once per sender, conversation and `client_msg_id`, for the dedup window) and
+//! the same live push to every online device of every recipient — the sender's devices
+//! included, since no device of theirs sent it. The answer comes once the message is
+//! durable.
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use petrel_control::api::{ApiReply, ApiRequest};
+use serde::{Deserialize, Serialize};
+
+use super::{AppState, call, unexpected, user_id};
+use crate::api::error::HttpError;
+use crate::api::extract::{ApiJson, ApiPath, parse_query};
+use crate::api::json::{Content, ConversationRef, Kind, MessageOut};
+
+/// Device recorded with messages the API sends when the request names none.
+const API_DEVICE: &str = "api";
+
+/// Body of `POST /v1/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendBody {
+    #[serde(default)]
+    sender: Option<u64>,
+    #[serde(default)]
+    system: bool,
+    #[serde(default)]
+    device: Option<String>,
+    conversation: ConversationRef,
+    client_msg_id: u64,
+    content: Content,
+}
+
+/// Answer of `POST /v1/messages`.
+#[derive(Debug, Serialize)]
+pub struct Sent {
+    sender: u64,
+    conversation: ConversationRef,
+    seq: u64,
+    server_time_ms: u64,
+    duplicate: bool,
+}
+
+/// `POST /v1/messages`.
+pub async fn send(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<SendBody>,
+) -> Result<Json<Sent>, HttpError> {
+    let sender = match (body.sender, body.system) {
+        (Some(id), false) => user_id("sender", id)?,
+        (None, true) => state.system_user.ok_or_else(|| {
+            HttpError::invalid(
+                "system",
+                "no system user is configured (set api_system_user in the server config)",
+            )
+        })?,
+        (Some(_), true) => {
+            return Err(HttpError::invalid(
+                "system",
+                "give either `sender` or `\"system\": true`, not both",
+            ));
+        }
+        (None, false) => {
+            return Err(HttpError::invalid(
+                "sender",
+                "give the sending user (`sender`) or `\"system\": true`",
+            ));
+        }
+    };
+    if body.client_msg_id == 0 {
+        return Err(HttpError::invalid("client_msg_id", "must not be 0"));
+    }
+    let device = body.device.unwrap_or_else(|| API_DEVICE.to_owned());
+    if device.is_empty() || device.len() > 128 {
+        return Err(HttpError::invalid(
+            "device",
+            "device ids are 1 to 128 bytes",
+        ));
+    }
+    let key = body.conversation.key(sender, "conversation")?;
+    let content = body.content.into_wire()?;
+    let reply = call(
+        &state,
+        ApiRequest::Send {
+            sender,
+            device,
+            conversation: key,
+            client_msg_id: body.client_msg_id,
+            content,
+        },
+    )
+    .await?;
+    match reply {
+        ApiReply::Sent {
+            seq,
+            server_time_ms,
+            duplicate,
+        } => Ok(Json(Sent {
+            sender,
+            conversation: ConversationRef::of(sender, key),
+            seq,
+            server_time_ms,
+            duplicate,
+        })),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Answer of the history route.
+#[derive(Debug, Serialize)]
+pub struct HistoryOut {
+    messages: Vec<MessageOut>,
+    first_seq: u64,
+    has_more: bool,
+}
+
+/// `GET /v1/conversations/{kind}/{id}/messages?user=U&before_seq=S&limit=N`: messages
+/// below `before_seq` (default: from the newest), ascending, at most `limit` (1–100,
+/// default 100), as user `U` (a participant) sees the conversation.
+pub async fn history(
+    State(state): State<AppState>,
+    ApiPath((kind, id)): ApiPath<(Kind, u64)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<HistoryOut>, HttpError> {
+    let [user, before_seq, limit] = parse_query(query.as_deref(), ["user", "before_seq", "limit"])?;
+    let user = user_id(
+        "user",
+        user.ok_or_else(|| HttpError::invalid("user", "`user` (the reader) is required"))?,
+    )?;
+    let limit = match limit {
+        None => 0,
+        Some(n @ 1..=100) => n as u32,
+        Some(_) => return Err(HttpError::invalid("limit", "limit is 1 to 100")),
+    };
+    let key = ConversationRef { kind, id }.key(user, "conversation")?;
+    let reply = call(
+        &state,
+        ApiRequest::History {
+            user,
+            conversation: key,
+            before_seq: before_seq.unwrap_or(0),
+            limit,
+        },
+    )
+    .await?;
+    match reply {
+        ApiReply::History {
+            messages,
+            first_seq,
+            has_more,
+        } => Ok(Json(HistoryOut {
+            messages: messages.iter().map(MessageOut::from).collect(),
+            first_seq,
+            has_more,
+        })),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `POST /v1/messages/recall`: not implemented (storage has no recall yet).
+pub async fn recall() -> HttpError {
+    HttpError::not_implemented("recalling a message")
+}

@@ -1,0 +1,589 @@
+//! End-to-end tests of the server HTTP API (`petrel serve --api-addr`, docs/API.md)
+//! against the real binary, with the SDK or the raw protocol client on the other side:
+//!
+//! - a token minted over the API logs in with the SDK, and the session is listed;
+//! - a system message sent over the API reaches an SDK client live, exactly once even
+//!   when the backend retries it with the same `client_msg_id`;
+//! - a device kicked over the API sees `Kicked{ADMIN}`; revoking a user's tokens kicks
+//!   with `TOKEN_REVOKED` and the token no longer logs in;
+//! - a group created over the API gets messages sent over the API pushed to its members;
+//! - bad input gets a 4xx with a JSON error naming the field, never a 5xx; a missing or
+//!   wrong API key gets 401.
+//!
+//! The tests with a client run on both dataplanes (`NAME::kernel`, `NAME::xdp`); the API
+//! itself always listens on loopback in the root namespace.
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::server::block_on;
+use common::{Dataplane, TestClient, TestServer};
+use petrel_proto::{Body, pb};
+use petrel_sdk::{Client, ClientConfig, ConnectionState, ConversationKey, Event, Token, token_fn};
+use serde_json::{Value, json};
+use tokio::task::block_in_place;
+use tokio::time::{Instant, timeout};
+
+const KEY: &str = "api-test-key-0123456789abcdef";
+const SYSTEM: u64 = 900_000;
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A server with the API on, its key in a file of its own.
+struct ApiServer {
+    server: TestServer,
+    _dir: tempfile::TempDir,
+}
+
+impl ApiServer {
+    fn start(dp: Dataplane) -> ApiServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = dir.path().join("api.key");
+        std::fs::write(&key_file, format!("{KEY}\n")).expect("key file");
+        let config = format!(
+            "api_addr = \"127.0.0.1:0\"\napi_key_file = {:?}\napi_system_user = {SYSTEM}\n",
+            key_file.display().to_string()
+        );
+        ApiServer {
+            server: TestServer::start_on(dp, &config),
+            _dir: dir,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> common::http::Response {
+        self.server
+            .api_request(method, path, Some(KEY), body.as_ref())
+    }
+
+    /// `call`, expecting `status`; returns the JSON body.
+    fn expect(&self, status: u16, method: &str, path: &str, body: Option<Value>) -> Value {
+        let r = self.call(method, path, body);
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+        r.json()
+    }
+
+    fn token(&self, user: u64, device: &str) -> (String, u64) {
+        let body = self.expect(
+            201,
+            "POST",
+            "/v1/tokens",
+            Some(
+                json!({"user_id": user, "device": device, "platform": "desktop", "ttl_secs": 3600}),
+            ),
+        );
+        (
+            body["token"].as_str().expect("token").to_owned(),
+            body["expires_at_ms"].as_u64().expect("expiry"),
+        )
+    }
+}
+
+/// An SDK client of `user` on `device` whose token comes from the API.
+fn sdk_client(api: &ApiServer, user: u64, device: &str) -> (Client, petrel_sdk::Events) {
+    let (token, expires_at_ms) = block_in_place(|| api.token(user, device));
+    let mut config = ClientConfig::new(user, device, vec![api.server.addr.to_string()]);
+    config.connect_timeout = Duration::from_secs(2);
+    config.jitter_seed = Some(user);
+    let provider = token_fn(move || {
+        Ok(Token {
+            token: token.clone(),
+            expires_at_ms,
+        })
+    });
+    Client::start(config, provider).expect("start client")
+}
+
+async fn next_matching(
+    events: &mut petrel_sdk::Events,
+    what: &str,
+    mut pred: impl FnMut(&Event) -> bool,
+) -> Event {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, events.recv()).await {
+            Ok(Some(e)) if pred(&e) => return e,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("event stream closed before {what}"),
+            Err(_) => panic!("no {what} within {WAIT:?}"),
+        }
+    }
+}
+
+fn a_token_minted_over_the_api_logs_in_with_the_sdk(dp: Dataplane) {
+    let api = ApiServer::start(dp);
+    block_on(dp, async {
+        let (client, mut events) = sdk_client(&api, 11, "laptop-11");
+        next_matching(&mut events, "a connection", |e| {
+            matches!(e, Event::State(ConnectionState::Connected { .. }))
+        })
+        .await;
+        let sessions = block_in_place(|| api.expect(200, "GET", "/v1/users/11/sessions", None));
+        let list = sessions["sessions"].as_array().expect("sessions");
+        assert_eq!(list.len(), 1, "{sessions}");
+        assert_eq!(list[0]["device"], "laptop-11");
+        assert_eq!(list[0]["platform"], "desktop");
+        let presence = block_in_place(|| {
+            api.expect(
+                200,
+                "POST",
+                "/v1/presence",
+                Some(json!({"user_ids": [11, 12]})),
+            )
+        });
+        assert_eq!(presence["users"][0]["online"], true, "{presence}");
+        assert_eq!(presence["users"][1]["online"], false, "{presence}");
+        assert!(
+            presence["users"][0]["last_active_ms"].as_u64().is_some(),
+            "{presence}"
+        );
+        client.shutdown(false).await;
+    });
+}
+
+fn a_system_message_over_the_api_reaches_an_sdk_client_live_once(dp: Dataplane) {
+    let api = ApiServer::start(dp);
+    block_on(dp, async {
+        let (client, mut events) = sdk_client(&api, 21, "phone-21");
+        client.wait_connected(WAIT).await.expect("connected");
+        let send = json!({
+            "system": true,
+            "conversation": {"kind": "single", "id": 21},
+            "client_msg_id": 4242,
+            "content": {"type": "text", "text": "your order shipped"}
+        });
+        let first = block_in_place(|| api.expect(200, "POST", "/v1/messages", Some(send.clone())));
+        assert_eq!(first["duplicate"], false);
+        assert_eq!(first["sender"], SYSTEM);
+        let Event::Message(m) = next_matching(&mut events, "the system message", |e| {
+            matches!(e, Event::Message(_))
+        })
+        .await
+        else {
+            unreachable!()
+        };
+        assert_eq!(m.sender, SYSTEM);
+        assert_eq!(m.text(), Some("your order shipped"));
+        assert_eq!(m.conversation, ConversationKey::single(SYSTEM));
+        assert_eq!(m.seq, first["seq"].as_u64().unwrap());
+        // The backend retries (say, after a timeout): stored and pushed once.
+        let again = block_in_place(|| api.expect(200, "POST", "/v1/messages", Some(send)));
+        assert_eq!(again["duplicate"], true);
+        assert_eq!(again["seq"], first["seq"]);
+        let more = timeout(Duration::from_millis(700), async {
+            loop {
+                if let Some(Event::Message(m)) = events.recv().await {
+                    return m;
+                }
+            }
+        })
+        .await;
+        assert!(more.is_err(), "a retried send was pushed again: {more:?}");
+        // History shows it once, from the user's side.
+        let page = block_in_place(|| {
+            api.expect(
+                200,
+                "GET",
+                &format!("/v1/conversations/single/{SYSTEM}/messages?user=21"),
+                None,
+            )
+        });
+        assert_eq!(page["messages"].as_array().unwrap().len(), 1, "{page}");
+        assert_eq!(page["messages"][0]["content"]["text"], "your order shipped");
+        client.shutdown(false).await;
+    });
+}
+
+fn a_device_kicked_over_the_api_sees_kicked(dp: Dataplane) {
+    let api = ApiServer::start(dp);
+    block_on(dp, async {
+        let (client, mut events) = sdk_client(&api, 31, "tablet-31");
+        client.wait_connected(WAIT).await.expect("connected");
+        let ended = block_in_place(|| {
+            api.expect(
+                200,
+                "POST",
+                "/v1/users/31/kick",
+                Some(json!({"device": "tablet-31", "message": "account suspended"})),
+            )
+        });
+        assert_eq!(ended["sessions_ended"], 1);
+        let kicked =
+            next_matching(&mut events, "Kicked", |e| matches!(e, Event::Kicked { .. })).await;
+        let Event::Kicked { reason, message } = kicked else {
+            unreachable!()
+        };
+        assert_eq!(reason, pb::KickReason::Admin);
+        assert_eq!(message, "account suspended");
+        // Another device of nobody: nothing to end.
+        let none = block_in_place(|| {
+            api.expect(
+                200,
+                "POST",
+                "/v1/users/31/kick",
+                Some(json!({"device": "other"})),
+            )
+        });
+        assert_eq!(none["sessions_ended"], 0);
+        client.shutdown(false).await;
+    });
+}
+
+fn revoking_a_users_tokens_kicks_and_the_token_no_longer_logs_in(dp: Dataplane) {
+    let api = ApiServer::start(dp);
+    let (token, _) = api.token(41, "desk-41");
+    let mut client = TestClient::login(api.server.addr, &token, 41, "desk-41");
+    let ended = api.expect(200, "POST", "/v1/users/41/tokens/revoke", None);
+    assert_eq!(ended["sessions_ended"], 1);
+    let frames = client.recv_until_closed(WAIT);
+    assert!(
+        frames.iter().any(
+            |f| matches!(&f.body, Body::Kick(k) if k.reason == pb::KickReason::TokenRevoked as i32)
+        ),
+        "{frames:?}"
+    );
+    let mut again = TestClient::connect(api.server.addr);
+    let reply = again.request(pb::Login {
+        token: token.clone(),
+        user_id: 41,
+        device_id: "desk-41".into(),
+        platform: pb::Platform::Desktop as i32,
+        client_version: "test".into(),
+    });
+    assert!(
+        matches!(&reply.body, Body::Error(e) if e.code == pb::ErrorCode::TokenRevoked as i32),
+        "{reply:?}"
+    );
+    // Revoking one token by its text works whether or not it is in use.
+    let (other, _) = api.token(41, "desk-41");
+    let ended = api.expect(
+        200,
+        "POST",
+        "/v1/tokens/revoke",
+        Some(json!({"token": other})),
+    );
+    assert_eq!(ended["sessions_ended"], 0);
+}
+
+fn a_group_made_over_the_api_gets_api_messages_pushed_to_members(dp: Dataplane) {
+    let api = ApiServer::start(dp);
+    let (token, _) = api.token(52, "phone-52");
+    let mut member = TestClient::login(api.server.addr, &token, 52, "phone-52");
+    let group = api.expect(
+        201,
+        "POST",
+        "/v1/groups",
+        Some(json!({"owner": 51, "name": "orders", "members": [52]})),
+    );
+    let id = group["id"].as_u64().expect("group id");
+    assert_eq!(group["members"].as_array().unwrap().len(), 2, "{group}");
+    // The member hears about the group like a protocol client would.
+    member.recv_matching(|f| matches!(&f.body, Body::ConversationEvent(_)));
+    let sent = api.expect(
+        200,
+        "POST",
+        "/v1/messages",
+        Some(json!({
+            "sender": 51,
+            "conversation": {"kind": "group", "id": id},
+            "client_msg_id": 1,
+            "content": {"type": "text", "text": "welcome"}
+        })),
+    );
+    assert_eq!(sent["seq"], 1);
+    let push = member.push();
+    assert_eq!(common::client::text_of(&push), "welcome");
+    assert_eq!(push.sender, 51);
+    // Someone outside the group cannot post to it.
+    let refused = api.call(
+        "POST",
+        "/v1/messages",
+        Some(json!({
+            "sender": 99,
+            "conversation": {"kind": "group", "id": id},
+            "client_msg_id": 1,
+            "content": {"type": "text", "text": "spam"}
+        })),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["code"], "not_a_member");
+    // Roles are the protocol's: a plain member cannot add members.
+    let denied = api.call(
+        "POST",
+        &format!("/v1/groups/{id}/members"),
+        Some(json!({"actor": 52, "user_ids": [53]})),
+    );
+    assert_eq!(denied.status, 403, "{}", denied.text());
+    let added = api.expect(
+        200,
+        "POST",
+        &format!("/v1/groups/{id}/members"),
+        Some(json!({"actor": 51, "user_ids": [53]})),
+    );
+    assert_eq!(added["changed"], json!([53]));
+}
+
+dataplane_tests!(
+    a_token_minted_over_the_api_logs_in_with_the_sdk,
+    a_system_message_over_the_api_reaches_an_sdk_client_live_once,
+    a_device_kicked_over_the_api_sees_kicked,
+    revoking_a_users_tokens_kicks_and_the_token_no_longer_logs_in,
+    a_group_made_over_the_api_gets_api_messages_pushed_to_members,
+);
+
+/// (method, path, body, expected status, expected `error.field`)
+type Case = (
+    &'static str,
+    String,
+    Option<Value>,
+    u16,
+    Option<&'static str>,
+);
+
+#[test]
+fn bad_input_gets_a_4xx_json_error_naming_the_field_never_a_5xx() {
+    let api = ApiServer::start(Dataplane::Kernel);
+    let text = |t: &str| json!({"type": "text", "text": t});
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/v1/tokens".into(),
+            Some(json!({"user_id": "seven", "device": "d"})),
+            400,
+            Some("user_id"),
+        ),
+        (
+            "POST",
+            "/v1/tokens".into(),
+            Some(json!({"user_id": 7, "device": "d", "admin": true})),
+            400,
+            Some("admin"),
+        ),
+        (
+            "POST",
+            "/v1/tokens".into(),
+            Some(json!({"device": "d"})),
+            400,
+            Some("user_id"),
+        ),
+        (
+            "POST",
+            "/v1/tokens".into(),
+            Some(json!({"user_id": 7, "device": "d", "platform": "fridge"})),
+            400,
+            Some("platform"),
+        ),
+        (
+            "POST",
+            "/v1/tokens".into(),
+            Some(json!({"user_id": 7, "device": "d", "ttl_secs": 0})),
+            400,
+            Some("ttl_secs"),
+        ),
+        (
+            "POST",
+            "/v1/tokens".into(),
+            Some(json!({"user_id": 0, "device": "d"})),
+            400,
+            Some("user_id"),
+        ),
+        (
+            "POST",
+            "/v1/tokens/revoke".into(),
+            Some(json!({"token": "garbage"})),
+            400,
+            Some("token"),
+        ),
+        (
+            "GET",
+            "/v1/users/abc/sessions".into(),
+            None,
+            400,
+            Some("user_id"),
+        ),
+        (
+            "POST",
+            "/v1/presence".into(),
+            Some(json!({"user_ids": []})),
+            400,
+            Some("user_ids"),
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            Some(
+                json!({"sender": 1, "conversation": {"kind": "single", "id": 2}, "client_msg_id": 1, "content": {"type": "text", "text": ""}}),
+            ),
+            400,
+            Some("content.text"),
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            Some(
+                json!({"sender": 1, "conversation": {"kind": "single", "id": 2}, "client_msg_id": 1, "content": {"type": "text", "text": "x", "colour": "red"}}),
+            ),
+            400,
+            Some("content.colour"),
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            Some(
+                json!({"sender": 1, "conversation": {"kind": "planet", "id": 2}, "client_msg_id": 1, "content": text("x")}),
+            ),
+            400,
+            Some("conversation.kind"),
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            Some(
+                json!({"sender": 1, "conversation": {"kind": "single", "id": 2}, "client_msg_id": 0, "content": text("x")}),
+            ),
+            400,
+            Some("client_msg_id"),
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            Some(
+                json!({"conversation": {"kind": "single", "id": 2}, "client_msg_id": 1, "content": text("x")}),
+            ),
+            400,
+            Some("sender"),
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            Some(
+                json!({"sender": 1, "system": true, "conversation": {"kind": "single", "id": 2}, "client_msg_id": 1, "content": text("x")}),
+            ),
+            400,
+            Some("system"),
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            Some(
+                json!({"sender": 1, "conversation": {"kind": "group", "id": 987654}, "client_msg_id": 1, "content": text("x")}),
+            ),
+            404,
+            None,
+        ),
+        (
+            "GET",
+            "/v1/conversations/single/2/messages?user=1&limit=1000".into(),
+            None,
+            400,
+            Some("limit"),
+        ),
+        (
+            "GET",
+            "/v1/conversations/single/2/messages?user=1&page=3".into(),
+            None,
+            400,
+            Some("page"),
+        ),
+        (
+            "GET",
+            "/v1/conversations/single/2/messages".into(),
+            None,
+            400,
+            Some("user"),
+        ),
+        (
+            "POST",
+            "/v1/groups/987654/members".into(),
+            Some(json!({"actor": 1, "user_ids": [2]})),
+            404,
+            None,
+        ),
+        ("POST", "/v1/groups/987654/dissolve".into(), None, 501, None),
+    ];
+    for (method, path, body, status, field) in cases {
+        let r = api.call(method, &path, body.clone());
+        assert_eq!(r.status, status, "{method} {path} {body:?}: {}", r.text());
+        assert!(
+            r.json()["error"]["code"].is_string(),
+            "{method} {path}: {}",
+            r.text()
+        );
+        assert_eq!(
+            r.json()["error"]["field"].as_str(),
+            field,
+            "{method} {path} {body:?}: {}",
+            r.text()
+        );
+    }
+    // Syntax errors, a body that is not JSON, a huge body.
+    let addr = api.server.api.unwrap();
+    let r = common::http::request(
+        addr,
+        "POST",
+        "/v1/presence",
+        Some(KEY),
+        Some("application/json"),
+        b"{\"user_ids\": [1,",
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (400, Some("invalid_json")),
+        "{}",
+        r.text()
+    );
+    let r = common::http::request(
+        addr,
+        "POST",
+        "/v1/presence",
+        Some(KEY),
+        Some("text/plain"),
+        b"user_ids=1",
+    );
+    assert_eq!(r.status, 415, "{}", r.text());
+    let huge = format!("{{\"user_ids\": [{}1]}}", "1,".repeat(200_000));
+    let r = common::http::request(
+        addr,
+        "POST",
+        "/v1/presence",
+        Some(KEY),
+        Some("application/json"),
+        huge.as_bytes(),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{}",
+        r.text()
+    );
+    let r = api.call("GET", "/v1/no-such-thing", None);
+    assert_eq!(r.status, 404);
+    let r = api.call("DELETE", "/v1/tokens", None);
+    assert_eq!(r.status, 405);
+}
+
+#[test]
+fn a_missing_or_wrong_api_key_is_401_and_the_openapi_document_is_public() {
+    let api = ApiServer::start(Dataplane::Kernel);
+    let body = json!({"user_id": 1, "device": "d"});
+    for key in [None, Some("wrong-key-0123456789abcdef"), Some("")] {
+        let r = api
+            .server
+            .api_request("POST", "/v1/tokens", key, Some(&body));
+        assert_eq!(r.status, 401, "{key:?}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "unauthorized");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    }
+    let r = api
+        .server
+        .api_request("GET", "/v1/openapi.json", None, None);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["openapi"].as_str().map(|v| &v[..2]),
+        Some("3."),
+        "{}",
+        r.text()
+    );
+    assert!(r.json()["paths"]["/v1/messages"].is_object());
+}
