@@ -112,6 +112,8 @@ frame_table! {
     HistoryRequest = 0x12 => pb::HistoryRequest,
     /// Group, chatroom, public-account and read-position operations.
     ConversationOp = 0x13 => pb::ConversationOp,
+    /// Started or stopped typing (fire and forget, never answered).
+    Typing = 0x14 => pb::Typing,
     // ---- server -> client ----
     /// Answer to Login.
     LoginResult = 0x81 => pb::LoginResult,
@@ -135,6 +137,8 @@ frame_table! {
     ConversationEvent = 0x94 => pb::ConversationEvent,
     /// Chatroom pushes skipped for this connection (it fell behind the room).
     Gap = 0x95 => pb::Gap,
+    /// Another member started or stopped typing.
+    TypingNotice = 0x96 => pb::TypingNotice,
 }
 
 impl FrameType {

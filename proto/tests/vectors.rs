@@ -289,6 +289,32 @@ fn valid() -> Vec<Valid> {
             ),
         },
         Valid {
+            name: "typing_single",
+            meaning: "Typing, request id 0 (fire and forget). Body: conversation = \
+                      {SINGLE (1), 43} (the peer), typing = true.",
+            frame: Frame::new(
+                0,
+                pb::Typing {
+                    conversation: common::conv(ConversationKind::Single, 43),
+                    typing: true,
+                },
+            ),
+        },
+        Valid {
+            name: "typing_notice_group",
+            meaning: "TypingNotice, request id 0 (unsolicited). Body: conversation = {GROUP (2), \
+                      7}, user = 42, typing = true, expires_ms = 6000.",
+            frame: Frame::new(
+                0,
+                pb::TypingNotice {
+                    conversation: common::conv(ConversationKind::Group, 7),
+                    user: 42,
+                    typing: true,
+                    expires_ms: 6_000,
+                },
+            ),
+        },
+        Valid {
             name: "error_shutting_down",
             meaning: "Error answering request 4 (flags = RESPONSE). Body: code = \
                       ERROR_CODE_SHUTTING_DOWN (42), message = \"server shutting down\". Retry the \

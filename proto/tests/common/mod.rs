@@ -178,6 +178,18 @@ pub fn body_for(t: FrameType, n: u64, s: &str) -> Body {
             to_seq: n + 9,
         }
         .into(),
+        FrameType::Typing => pb::Typing {
+            conversation: conv(Group, n),
+            typing: n.is_multiple_of(2),
+        }
+        .into(),
+        FrameType::TypingNotice => pb::TypingNotice {
+            conversation: conv(Group, n),
+            user: n + 1,
+            typing: n % 2 == 1,
+            expires_ms: 6_000,
+        }
+        .into(),
     }
 }
 
