@@ -65,6 +65,12 @@ pub struct Config {
     /// Seed for ids the control plane invents (token ids of renewed tokens). The driver
     /// should pass a random value at start; tests pass a fixed one.
     pub id_seed: u64,
+    /// Typing indicators one connection may send: a burst, then a sustained rate. Over
+    /// it they are dropped (never answered). Default burst 3, one a second.
+    pub typing_rate: RateLimit,
+    /// Largest conversation (members, or connections of a chatroom) that typing
+    /// indicators are forwarded in; larger ones drop them. Default 500.
+    pub typing_max_audience: usize,
     /// How often a storage retention pass starts (`Request::Trim` steps until the pass
     /// is complete, `TRIM_STEP_PAUSE` apart). Default 60 s; zero never trims.
     pub trim_interval: Duration,
@@ -93,6 +99,11 @@ impl Default for Config {
             max_content_len: 60 * 1024,
             id_seed: 0x5EED,
             trim_interval: Duration::from_secs(60),
+            typing_rate: RateLimit {
+                burst: 3,
+                per_second: 1,
+            },
+            typing_max_audience: 500,
         }
     }
 }

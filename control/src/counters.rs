@@ -165,6 +165,11 @@ pub struct Counters {
     pub refused_shutting_down: u64,
     /// `Gap` notices sent: runs of chatroom pushes skipped for a lagging member.
     pub chatroom_gaps: u64,
+    /// `TypingNotice`s sent (one per receiving connection).
+    pub typing_notices: u64,
+    /// Typing indicators (or notices to one receiver) dropped: over the sender's typing
+    /// limit, not a member, too large an audience, a busy server or a congested receiver.
+    pub typing_dropped: u64,
     /// Times a connection became congested (its transport's queue stayed over the
     /// outbound limit after a write).
     pub congested: u64,

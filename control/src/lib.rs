@@ -47,6 +47,6 @@ pub use config::{Config, MultiDevicePolicy, RateLimit};
 pub use counters::Counters;
 pub use event::{Action, CloseReason, Event, Revocation, Ticket};
 pub use petrel_conn::ConnId;
-pub use plane::Control;
+pub use plane::{Control, TYPING_EXPIRES_MS};
 pub use time::Timestamp;
 pub use token::{Claims, IssuedToken, KeyRing, TokenError, TokenSpec};

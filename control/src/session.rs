@@ -60,6 +60,8 @@ pub struct Conn {
     pub congested: bool,
     /// Request rate limit.
     pub bucket: TokenBucket,
+    /// Typing-indicator limit (its own, so typing never eats the request budget).
+    pub typing_bucket: TokenBucket,
     /// Chatrooms this connection has joined, and the gaps it is owed.
     pub rooms: Seats,
 }
@@ -166,6 +168,13 @@ mod tests {
             session: None,
             congested: false,
             bucket: TokenBucket::new(
+                RateLimit {
+                    burst: 1,
+                    per_second: 1,
+                },
+                Timestamp(0),
+            ),
+            typing_bucket: TokenBucket::new(
                 RateLimit {
                     burst: 1,
                     per_second: 1,

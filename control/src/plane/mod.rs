@@ -17,6 +17,9 @@ mod messaging;
 mod pending;
 mod session_frames;
 mod sync;
+mod typing;
+
+pub use self::typing::TYPING_EXPIRES_MS;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -444,6 +447,7 @@ impl Control {
                 last_activity: now,
                 session: None,
                 congested: false,
+                typing_bucket: TokenBucket::new(self.config.typing_rate, now),
                 bucket: TokenBucket::new(self.config.rate_limit, now),
                 rooms: Seats::default(),
             },
@@ -536,6 +540,8 @@ impl Control {
                     self.on_history(conn_id, rid, req);
                 }
             }
+            // Fire and forget: its own limit, no answer (see `typing`).
+            Body::Typing(typing) => self.on_typing(now, conn_id, typing),
             // Server-to-client bodies were refused above; nothing else exists.
             Body::LoginResult(_)
             | Body::RenewResult(_)
@@ -547,7 +553,8 @@ impl Control {
             | Body::SyncResponse(_)
             | Body::ConversationOpResult(_)
             | Body::ConversationEvent(_)
-            | Body::Gap(_) => {}
+            | Body::Gap(_)
+            | Body::TypingNotice(_) => {}
         }
     }
 
@@ -703,6 +710,7 @@ impl Control {
             Pending::History(ctx) => self.on_history_done(ctx, result),
             Pending::Trim => self.on_trimmed(now, result),
             Pending::Api(pending) => self.on_api_storage(pending, result),
+            Pending::Typing(ctx) => self.on_typing_members(ctx, result),
         }
     }
 

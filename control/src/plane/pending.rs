@@ -34,6 +34,8 @@ pub(crate) enum Pending {
     Trim,
     /// A request of the server API.
     Api(super::api::ApiPending),
+    /// A group's member list, to forward a typing indicator.
+    Typing(TypingCtx),
 }
 
 /// Who asked.
@@ -56,6 +58,16 @@ pub(crate) struct AppendCtx {
     pub key: ConversationKey,
     /// Encoded `Content`, as received and stored.
     pub content: Bytes,
+}
+
+/// Context of a typing indicator waiting for its group's member list.
+#[derive(Debug)]
+pub(crate) struct TypingCtx {
+    /// The typing connection (not told anything).
+    pub conn: ConnId,
+    pub user: u64,
+    pub key: ConversationKey,
+    pub typing: bool,
 }
 
 /// Context of a sync request.
