@@ -150,6 +150,18 @@ impl Client {
 
     // ---- sending -------------------------------------------------------------------
 
+    /// Tells the conversation's other online members that this user started (`true`) or
+    /// stopped (`false`) typing; they get [`Event::Typing`]. Call it with `true` when
+    /// typing starts and again at most every 3 s while it goes on, and with `false` when
+    /// the user stops or sends. Best effort: never stored, never answered, dropped while
+    /// disconnected and by a busy server (docs/PROTOCOL.md, "Typing indicators").
+    pub fn set_typing(&self, conversation: ConversationKey, typing: bool) -> Result<(), SdkError> {
+        self.command(Command::Typing {
+            conversation,
+            typing,
+        })
+    }
+
     /// Queues `content` for `conversation` and returns its client message id. The
     /// message is sent as soon as (and every time) a session is up, until acked; the
     /// ack arrives as [`Event::Acked`].

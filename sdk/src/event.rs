@@ -179,6 +179,20 @@ pub enum Event {
     },
     /// Membership, roles or read position changed in a conversation.
     Conversation(pb::ConversationEvent),
+    /// Another member started (`typing`) or stopped typing in a conversation. Show it
+    /// until a `typing: false`, a message from `user` in `conversation`, or `expires`
+    /// without a new one. Never stored, and best effort: the server drops indicators
+    /// when it or this device is busy.
+    Typing {
+        /// Where.
+        conversation: crate::ConversationKey,
+        /// Who.
+        user: u64,
+        /// Started (true) or stopped (false).
+        typing: bool,
+        /// How long to show it without a new one.
+        expires: std::time::Duration,
+    },
     /// The token was renewed over the live connection.
     TokenRenewed {
         /// When the new token expires, ms since the Unix epoch.

@@ -48,6 +48,11 @@ pub(crate) enum Command {
         body: Box<Body>,
         reply: oneshot::Sender<Result<Body, SdkError>>,
     },
+    /// Tell the conversation's other online members this user is (not) typing.
+    Typing {
+        conversation: crate::ConversationKey,
+        typing: bool,
+    },
     /// The network changed: reconnect immediately.
     ReconnectNow,
     /// Log out (optionally revoking the token) and end the task.
@@ -304,7 +309,8 @@ impl Task {
                 Some(Command::Request { reply, .. }) => {
                     let _ = reply.send(Err(SdkError::NotConnected));
                 }
-                Some(Command::Flush) => {}
+                // Ephemeral: not worth keeping for a later connection.
+                Some(Command::Flush | Command::Typing { .. }) => {}
             }
         }
     }
@@ -472,6 +478,16 @@ impl Task {
                             }));
                         }
                         Some(Command::Flush) => self.flush_outbox(live)?,
+                        Some(Command::Typing { conversation, typing }) => {
+                            // Fire and forget: request id 0, never answered.
+                            live.io.queue(&Frame::new(
+                                0,
+                                pb::Typing {
+                                    conversation: Some(conversation.to_wire()),
+                                    typing,
+                                },
+                            ))?;
+                        }
                         Some(Command::Request { body, reply }) => {
                             let rid = self.request_id();
                             live.io.queue(&Frame::new(rid, *body))?;
@@ -695,6 +711,18 @@ impl Task {
                         conversation,
                         from_seq: gap.from_seq,
                         to_seq: gap.to_seq,
+                    });
+                }
+            }
+            Body::TypingNotice(notice) => {
+                if let Some(conversation) =
+                    crate::ConversationKey::from_wire(notice.conversation.as_ref())
+                {
+                    let _ = self.shared.events.send(Event::Typing {
+                        conversation,
+                        user: notice.user,
+                        typing: notice.typing,
+                        expires: std::time::Duration::from_millis(notice.expires_ms.into()),
                     });
                 }
             }
