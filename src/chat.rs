@@ -53,6 +53,7 @@ commands:
   /who                members of the current group, or who is in the current room
   /group NAME ID,ID   create a group with these members
   /read               mark the current conversation read
+  /typing [off]       tell the current conversation you are typing (or stopped)
   /send-image FILE    upload FILE to the media service (--media) and send it here
   /quit               leave
 anything else is sent as a text message to the current conversation";
@@ -178,6 +179,11 @@ async fn chat(
                     "* [{}] #{from_seq}..#{to_seq} skipped: this device fell behind the room",
                     show(conversation)
                 ),
+                Some(Event::Typing { conversation, user, typing, .. }) => println!(
+                    "* [{}] {user} {}",
+                    show(conversation),
+                    if typing { "is typing…" } else { "stopped typing" }
+                ),
                 Some(Event::SendFailed { code, message, .. }) => {
                     println!("* send failed: {code:?} {message}");
                 }
@@ -288,6 +294,15 @@ async fn command(
                 .first()
                 .map_or(0, |m| m.seq);
             client.mark_read(c, seq).await?;
+        }
+        "/typing" => {
+            let c = current.context("pick a conversation first: /to …")?;
+            let typing = match rest {
+                "" | "on" => true,
+                "off" => false,
+                _ => bail!("usage: /typing [on|off]"),
+            };
+            client.set_typing(c, typing)?;
         }
         "/send-image" => {
             let to = current.context("pick a conversation first: /to single:ID")?;

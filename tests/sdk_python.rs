@@ -1,6 +1,6 @@
 //! Interop: the Python example client (`examples/python/petrel_client.py`, message classes
 //! generated from the `.proto` files) against `petrel serve`: it chats with a Rust SDK
-//! client, gets a Gap notice after stalling in a flooded chatroom, and sees
+//! client (typing indicators both ways, then a message each way), gets a Gap notice after stalling in a flooded chatroom, and sees
 //! SHUTTING_DOWN during a graceful stop and resends after reconnecting.
 //!
 //! Needs `python3` with the packages of `examples/python/requirements.txt`; the test fails
@@ -132,10 +132,19 @@ fn a_python_client_and_a_rust_sdk_client_chat(dp: Dataplane) {
             .spawn()
             .expect("run python3");
 
+        // The Python client says it is typing, then sends: the indicator comes first
+        // (it needs no storage), as an SDK event.
+        let mut typing_seen = None;
         let from_python = timeout(Duration::from_secs(30), async {
             loop {
                 match events.recv().await {
                     Some(Event::Message(m)) => return m,
+                    Some(Event::Typing {
+                        conversation,
+                        user,
+                        typing,
+                        expires,
+                    }) => typing_seen = Some((conversation, user, typing, expires)),
                     Some(_) => {}
                     None => panic!("event stream closed"),
                 }
@@ -143,10 +152,22 @@ fn a_python_client_and_a_rust_sdk_client_chat(dp: Dataplane) {
         })
         .await
         .expect("no message from the Python client");
+        assert_eq!(
+            typing_seen,
+            Some((
+                ConversationKey::single(py_user),
+                py_user,
+                true,
+                Duration::from_millis(petrel_control::TYPING_EXPIRES_MS.into())
+            )),
+            "the Python client's typing indicator, before its message"
+        );
         assert_eq!(from_python.text(), Some("hello from python"));
         assert_eq!(from_python.sender, py_user);
         assert_eq!(from_python.conversation, ConversationKey::single(py_user));
 
+        rust.set_typing(ConversationKey::single(py_user), true)
+            .unwrap();
         rust.send_text(ConversationKey::single(py_user), "hello from rust")
             .unwrap();
         let output = block_in_place(|| python.wait_with_output()).expect("python output");
@@ -157,6 +178,7 @@ fn a_python_client_and_a_rust_sdk_client_chat(dp: Dataplane) {
             String::from_utf8_lossy(&output.stderr)
         );
         assert!(stdout.contains("acked: seq 1"), "{stdout}");
+        assert!(stdout.contains("typing: 6002"), "{stdout}");
         assert!(stdout.contains("got: hello from rust"), "{stdout}");
     })
 }

@@ -6,8 +6,10 @@ proto/schema/petrel/v1/*.proto (by grpcio-tools' bundled protoc, into a temporar
 directory at start-up, so the code always matches the schema in this checkout).
 Three modes, each exiting 0 on success and 1 on any failure (reason on stderr):
 
-Chat (default): log in, send one text message to the peer, wait for the Ack, then wait
-for a message from the peer whose text is --expect (printing "got: TEXT").
+Chat (default): log in, tell the peer we are typing (a Typing indicator, PROTOCOL.md
+5.9), send one text message to it, wait for the Ack, then wait for a message from the
+peer whose text is --expect (printing "got: TEXT"). Prints "typing: USER" when the peer's
+typing indicator arrives first.
 
     pip install -r examples/python/requirements.txt
     python3 examples/python/petrel_client.py --server 127.0.0.1:9500 --user 101 \\
@@ -42,9 +44,9 @@ VERSION = 1
 RESPONSE = 0x01
 
 # Frame type bytes (docs/PROTOCOL.md, section 4).
-LOGIN, SEND_MESSAGE, CONVERSATION_OP = 0x01, 0x10, 0x13
+LOGIN, SEND_MESSAGE, CONVERSATION_OP, TYPING = 0x01, 0x10, 0x13, 0x14
 LOGIN_RESULT, ERROR, KICK, ACK, MESSAGE_PUSH = 0x81, 0x85, 0x86, 0x90, 0x91
-CONVERSATION_OP_RESULT, GAP = 0x93, 0x95
+CONVERSATION_OP_RESULT, GAP, TYPING_NOTICE = 0x93, 0x95, 0x96
 
 _GENERATED = None
 
@@ -155,6 +157,8 @@ def chat(pb, args):
     common_pb2, _, _, message_pb2, session_pb2 = pb
     conn = log_in(pb, args)
     deadline = time.monotonic() + args.timeout
+    peer = common_pb2.ConversationId(kind=common_pb2.CONVERSATION_KIND_SINGLE, id=args.peer)
+    conn.send(TYPING, message_pb2.Typing(conversation=peer, typing=True))  # never answered
     send = text_message(pb, common_pb2.CONVERSATION_KIND_SINGLE, args.peer, args.send)
     send_rid = conn.send(SEND_MESSAGE, send)
     acked = False
@@ -169,6 +173,10 @@ def chat(pb, args):
             raise RuntimeError(f"server error {err.code}: {err.message}")
         elif ftype == KICK:
             raise RuntimeError(f"kicked: {session_pb2.Kick.FromString(body)}")
+        elif ftype == TYPING_NOTICE:
+            notice = message_pb2.TypingNotice.FromString(body)
+            if notice.user == args.peer and notice.typing:
+                print(f"typing: {notice.user}", flush=True)
         elif ftype == MESSAGE_PUSH:
             push = message_pb2.MessagePush.FromString(body)
             text = push.content.text.text

@@ -246,6 +246,7 @@ struct FileConfig {
     rate_limit_per_second: Option<u32>,
     rate_limit_burst: Option<u32>,
     chatroom_lag_budget: Option<u64>,
+    typing_max_audience: Option<usize>,
     shutdown_grace_ms: Option<u64>,
     retention_single_secs: Option<u64>,
     retention_group_secs: Option<u64>,
@@ -304,6 +305,8 @@ pub struct ServeConfig {
     /// Set if the retired `chatroom_lag_budget` key or flag was given: ignored, with a
     /// warning at start (the one outbound limit, `max_outbound_bytes`, decides).
     pub chatroom_lag_budget: Option<u64>,
+    /// Largest conversation that typing indicators are forwarded in.
+    pub typing_max_audience: usize,
     /// How long a graceful shutdown keeps answering new requests with SHUTTING_DOWN
     /// before it kicks everyone.
     pub shutdown_grace: Duration,
@@ -514,6 +517,7 @@ impl ServeConfig {
             rate_limit_per_second: file.rate_limit_per_second.unwrap_or(20),
             rate_limit_burst: file.rate_limit_burst.unwrap_or(50),
             chatroom_lag_budget: args.chatroom_lag_budget.or(file.chatroom_lag_budget),
+            typing_max_audience: file.typing_max_audience.unwrap_or(500),
             shutdown_grace: Duration::from_millis(file.shutdown_grace_ms.unwrap_or(200)),
             storage,
             media,

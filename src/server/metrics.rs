@@ -439,6 +439,18 @@ impl Collector for Metrics {
         )?;
         counter(
             &mut e,
+            "petrel_typing_notices",
+            "TypingNotice frames sent (one per receiving connection).",
+            &[(vec![], c.typing_notices)],
+        )?;
+        counter(
+            &mut e,
+            "petrel_typing_dropped",
+            "Typing indicators dropped: over the sender's typing limit, not a member, audience too large, server busy, or a congested receiver.",
+            &[(vec![], c.typing_dropped)],
+        )?;
+        counter(
+            &mut e,
             "petrel_connections_congested",
             "Times a connection's queued output stayed over max_outbound_bytes after a write (not read, not pushed to, until it drains).",
             &[(vec![], c.congested)],

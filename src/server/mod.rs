@@ -75,6 +75,7 @@ fn control_config(config: &ServeConfig) -> petrel_control::Config {
         },
         shutdown_grace: config.shutdown_grace,
         trim_interval: config.storage.trim_interval,
+        typing_max_audience: config.typing_max_audience,
         id_seed: rand::random(),
         ..petrel_control::Config::default()
     }
