@@ -8,7 +8,8 @@
 //! - a token that expires during the session is renewed over the live connection without
 //!   the app noticing (no disconnect, the provider asked only once);
 //! - 1,000 SDK clients in one process exchange messages for a minute with no errors
-//!   (`PETREL_SDK_SOAK_SECS` shortens or lengthens the run).
+//!   (`PETREL_SDK_SOAK_SECS` shortens or lengthens the run);
+//! - typing indicators between two SDK clients, 1:1 and in a group, never stored.
 
 #[allow(unused_imports)] // common re-exports TestClient, which these tests do not use
 #[macro_use]
@@ -777,6 +778,69 @@ fn reconnect_now_skips_a_long_back_off(dp: Dataplane) {
     })
 }
 
+/// Waits for the next typing indicator (failing after [`WAIT`]); returns it and the
+/// messages seen meanwhile.
+async fn next_typing(events: &mut Events) -> ((ConversationKey, u64, bool), Vec<Message>) {
+    let mut seen = Vec::new();
+    let typing = timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Some(Event::Typing {
+                    conversation,
+                    user,
+                    typing,
+                    ..
+                }) => return (conversation, user, typing),
+                Some(Event::Message(m)) => seen.push(m),
+                Some(_) => {}
+                None => panic!("event stream closed"),
+            }
+        }
+    })
+    .await
+    .expect("no typing indicator");
+    (typing, seen)
+}
+
+fn typing_indicators_reach_the_other_sdk_client_and_are_never_stored(dp: Dataplane) {
+    common::server::block_on(dp, async move {
+        let keys = Arc::new(Keys::generate());
+        let server = TestServer::start_on(dp, &keys.server_config());
+        let endpoints = vec![server.addr.to_string()];
+        let (alice, bob) = (7101, 7102);
+        let (a, _a_events, _) = start(&keys, test_config(alice, endpoints.clone()));
+        let (b, mut b_events, _) = start(&keys, test_config(bob, endpoints));
+        a.wait_connected(WAIT).await.unwrap();
+        b.wait_connected(WAIT).await.unwrap();
+
+        // 1:1: bob sees alice start and stop typing, named as bob names the chat.
+        a.set_typing(ConversationKey::single(bob), true).unwrap();
+        let (on, _) = next_typing(&mut b_events).await;
+        assert_eq!(on, (ConversationKey::single(alice), alice, true));
+        a.set_typing(ConversationKey::single(bob), false).unwrap();
+        let (off, _) = next_typing(&mut b_events).await;
+        assert_eq!(off, (ConversationKey::single(alice), alice, false));
+
+        // A group: the member list comes from storage; bob sees it under the group's id.
+        let group = a.create_group("typists", &[bob]).await.unwrap();
+        a.set_typing(group, true).unwrap();
+        let (in_group, seen) = next_typing(&mut b_events).await;
+        assert_eq!(in_group, (group, alice, true));
+
+        // Never stored: no message arrived and neither conversation has history.
+        assert!(seen.is_empty(), "{seen:?}");
+        assert!(
+            drain(&mut b_events, Duration::from_millis(300))
+                .await
+                .iter()
+                .all(|e| !matches!(e, Event::Message(_)))
+        );
+        for c in [ConversationKey::single(alice), group] {
+            assert!(b.load_history(c, 0, 10).await.unwrap().is_empty(), "{c:?}");
+        }
+    })
+}
+
 dataplane_tests!(
     server_restart_mid_conversation_delivers_every_message_once_in_order,
     with_the_primary_endpoint_down_the_sdk_connects_to_the_backup,
@@ -789,6 +853,7 @@ dataplane_tests!(
     the_outbox_survives_an_app_restart_and_history_pages_come_from_the_server,
     retention_trims_old_messages_and_a_new_device_is_told_what_is_gone,
     reconnect_now_skips_a_long_back_off,
+    typing_indicators_reach_the_other_sdk_client_and_are_never_stored,
 );
 
 /// A scripted stand-in server for one SDK behaviour: answers Login, Ping and Sync like
