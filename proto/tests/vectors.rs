@@ -315,6 +315,24 @@ fn valid() -> Vec<Valid> {
             ),
         },
         Valid {
+            name: "conversation_event_read_receipt",
+            meaning: "ConversationEvent, request id 0 (unsolicited). Body: conversation = \
+                      {SINGLE (1), 42} (the reader, as this receiver names the chat), kind = \
+                      CONVERSATION_EVENT_KIND_READ_RECEIPT (6), actor = 42, users = [42], \
+                      seq = 17: user 42 read this 1:1 chat up to seq 17.",
+            frame: Frame::new(
+                0,
+                pb::ConversationEvent {
+                    conversation: common::conv(ConversationKind::Single, 42),
+                    kind: pb::ConversationEventKind::ReadReceipt as i32,
+                    actor: 42,
+                    users: vec![42],
+                    role: 0,
+                    seq: 17,
+                },
+            ),
+        },
+        Valid {
             name: "error_shutting_down",
             meaning: "Error answering request 4 (flags = RESPONSE). Body: code = \
                       ERROR_CODE_SHUTTING_DOWN (42), message = \"server shutting down\". Retry the \
