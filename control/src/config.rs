@@ -71,6 +71,9 @@ pub struct Config {
     /// Largest conversation (members, or connections of a chatroom) that typing
     /// indicators are forwarded in; larger ones drop them. Default 500.
     pub typing_max_audience: usize,
+    /// Largest group whose members get each other's read receipts; 0 turns group
+    /// receipts off (1:1 chats always have them). Default 100.
+    pub read_receipt_max_group: usize,
     /// How often a storage retention pass starts (`Request::Trim` steps until the pass
     /// is complete, `TRIM_STEP_PAUSE` apart). Default 60 s; zero never trims.
     pub trim_interval: Duration,
@@ -104,6 +107,7 @@ impl Default for Config {
                 per_second: 1,
             },
             typing_max_audience: 500,
+            read_receipt_max_group: 100,
         }
     }
 }

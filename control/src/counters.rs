@@ -170,6 +170,11 @@ pub struct Counters {
     /// Typing indicators (or notices to one receiver) dropped: over the sender's typing
     /// limit, not a member, too large an audience, a busy server or a congested receiver.
     pub typing_dropped: u64,
+    /// Read receipts sent (`ConversationEvent` READ_RECEIPT, one per receiving connection).
+    pub read_receipts: u64,
+    /// Group read receipts not sent because the member list could not be read or the
+    /// server had many storage requests outstanding.
+    pub read_receipts_skipped: u64,
     /// Times a connection became congested (its transport's queue stayed over the
     /// outbound limit after a write).
     pub congested: u64,

@@ -185,13 +185,14 @@ impl Control {
     }
 
     /// Sends `event` to every online device of `audience` except the requesting
-    /// connection. Each user is notified once even if listed twice.
-    fn notify(
+    /// connection. Each user is notified once even if listed twice. Returns how many
+    /// connections it was sent to.
+    pub(super) fn notify(
         &mut self,
         to: ReplyTo,
         audience: impl IntoIterator<Item = u64>,
         event: pb::ConversationEvent,
-    ) {
+    ) -> u64 {
         let audience: BTreeSet<u64> = audience.into_iter().collect();
         let mut targets = std::mem::take(&mut self.scratch_conns);
         targets.clear();
@@ -204,18 +205,22 @@ impl Control {
                     .filter(|&c| c != to.conn),
             );
         }
+        let mut sent = 0;
         if !targets.is_empty()
             && let Some(bytes) = self.encode(&Frame::new(0, event))
         {
             for &conn in &targets {
-                self.send_bytes(
+                if self.send_bytes(
                     conn,
                     bytes.clone(),
                     petrel_proto::FrameType::ConversationEvent,
-                );
+                ) {
+                    sent += 1;
+                }
             }
         }
         self.scratch_conns = targets;
+        sent
     }
 
     pub(super) fn on_op_done(&mut self, ctx: OpCtx, result: Result<Reply, StorageError>) {
@@ -344,6 +349,8 @@ impl Control {
                         seq: state.read_seq,
                     },
                 );
+                // And the other members see a receipt (receipts.rs).
+                self.send_read_receipts(to, key, state.read_seq);
             }
             (OpKind::ListMembers { key }, Reply::Members(members)) => {
                 let me = members.iter().find(|m| m.user.0 == to.user);

@@ -15,6 +15,7 @@ mod api;
 mod conversation;
 mod messaging;
 mod pending;
+mod receipts;
 mod session_frames;
 mod sync;
 mod typing;
@@ -711,6 +712,7 @@ impl Control {
             Pending::Trim => self.on_trimmed(now, result),
             Pending::Api(pending) => self.on_api_storage(pending, result),
             Pending::Typing(ctx) => self.on_typing_members(ctx, result),
+            Pending::Receipt(ctx) => self.on_receipt_members(ctx, result),
         }
     }
 

@@ -36,6 +36,8 @@ pub(crate) enum Pending {
     Api(super::api::ApiPending),
     /// A group's member list, to forward a typing indicator.
     Typing(TypingCtx),
+    /// A group's member list, to send a read receipt.
+    Receipt(ReceiptCtx),
 }
 
 /// Who asked.
@@ -68,6 +70,16 @@ pub(crate) struct TypingCtx {
     pub user: u64,
     pub key: ConversationKey,
     pub typing: bool,
+}
+
+/// Context of a read receipt waiting for a group's member list.
+#[derive(Debug)]
+pub(crate) struct ReceiptCtx {
+    /// The reader's connection (not told; its other devices got `READ`).
+    pub to: ReplyTo,
+    pub key: ConversationKey,
+    /// The reader's new read position.
+    pub seq: u64,
 }
 
 /// Context of a sync request.

@@ -1,0 +1,193 @@
+//! Read receipts in the simulator: a member's read position reaches the other members
+//! (1:1 peer on every device, groups up to `read_receipt_max_group`), the reader's own
+//! other devices get `READ` and never a receipt, and unread counts across devices.
+
+mod harness;
+
+use harness::{Sim, account, group, single};
+use petrel_control::{Config, ConnId};
+use petrel_proto::{Body, Frame, pb};
+
+use pb::ConversationEventKind as Kind;
+use pb::conversation_op::Op;
+
+const ALICE: u64 = 3001;
+const BOB: u64 = 3002;
+const CAROL: u64 = 3003;
+
+/// The conversation events of `kind` among `frames`, as (conversation, actor, seq).
+fn events(frames: &[Frame], kind: Kind) -> Vec<(pb::ConversationId, u64, u64)> {
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            Body::ConversationEvent(e) if e.kind == kind as i32 => {
+                Some((e.conversation.unwrap(), e.actor, e.seq))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn mark_read(s: &mut Sim, conn: ConnId, conversation: pb::ConversationId, seq: u64) {
+    s.op(
+        conn,
+        Op::MarkRead(pb::MarkRead {
+            conversation: Some(conversation),
+            seq,
+        }),
+    )
+    .expect("mark read");
+}
+
+/// `conn`'s read position of `conversation`, from a full sync's conversation states.
+fn read_seq(s: &mut Sim, conn: ConnId, conversation: pb::ConversationId) -> Option<u64> {
+    let rid = s.send(
+        conn,
+        pb::SyncRequest {
+            inbox_cursor: 0,
+            cursors: Vec::new(),
+            limit: 200,
+        },
+    );
+    let sync = s
+        .take_answer(conn, rid, |b| match b {
+            Body::SyncResponse(r) => Some(r),
+            _ => None,
+        })
+        .expect("sync");
+    sync.conversations
+        .iter()
+        .find(|c| c.conversation == Some(conversation))
+        .map(|c| c.read_seq)
+}
+
+fn new_group(s: &mut Sim, owner: ConnId, members: Vec<u64>) -> u64 {
+    s.op(
+        owner,
+        Op::CreateGroup(pb::CreateGroup {
+            name: "g".into(),
+            members,
+        }),
+    )
+    .unwrap()
+    .conversation
+    .unwrap()
+    .id
+}
+
+fn clear(s: &mut Sim, conns: &[ConnId]) {
+    for &c in conns {
+        s.client(c).take();
+    }
+}
+
+#[test]
+fn a_one_to_one_read_reaches_every_device_of_the_peer_and_moves_only_the_readers_unread() {
+    let mut s = Sim::new(Config::default(), 1);
+    let a_phone = s.login(ALICE, "phone", pb::Platform::Ios);
+    let b_phone = s.login(BOB, "phone", pb::Platform::Ios);
+    let b_laptop = s.login(BOB, "laptop", pb::Platform::Desktop);
+    let carol = s.login(CAROL, "c", pb::Platform::Ios);
+    for n in 1..=3 {
+        s.send_text(a_phone, single(BOB), n, "hi").unwrap();
+    }
+    clear(&mut s, &[a_phone, b_phone, b_laptop, carol]);
+
+    // Bob reads on his phone: his laptop moves its own position (READ), Alice gets a
+    // receipt naming the chat after Bob, nobody else hears anything.
+    mark_read(&mut s, b_phone, single(ALICE), 3);
+    let laptop = s.client(b_laptop).take();
+    assert_eq!(events(&laptop, Kind::Read), [(single(ALICE), BOB, 3)]);
+    assert!(events(&laptop, Kind::ReadReceipt).is_empty());
+    let alice = s.client(a_phone).take();
+    assert_eq!(events(&alice, Kind::ReadReceipt), [(single(BOB), BOB, 3)]);
+    assert!(
+        events(&alice, Kind::Read).is_empty(),
+        "not Alice's own position"
+    );
+    assert!(s.client(carol).take().is_empty());
+    assert!(
+        s.client(b_phone).take().is_empty(),
+        "the reader has its answer"
+    );
+    assert_eq!(s.control.counters().read_receipts, 1);
+
+    // Unread counts: Bob's are cleared on every device (the laptop's sync says so),
+    // Alice's own read position of the chat did not move.
+    assert_eq!(read_seq(&mut s, b_laptop, single(ALICE)), Some(3));
+    assert_eq!(read_seq(&mut s, a_phone, single(BOB)), Some(0));
+}
+
+#[test]
+fn group_receipts_reach_online_members_up_to_the_configured_size() {
+    let config = Config {
+        read_receipt_max_group: 3,
+        ..Config::default()
+    };
+    let mut s = Sim::new(config, 2);
+    let alice = s.login(ALICE, "a", pb::Platform::Ios);
+    let bob = s.login(BOB, "b", pb::Platform::Ios);
+    let carol = s.login(CAROL, "c", pb::Platform::Ios);
+    let small = new_group(&mut s, alice, vec![BOB, CAROL]);
+    let large = new_group(&mut s, alice, vec![BOB, CAROL, 3004]);
+    for gid in [small, large] {
+        s.send_text(alice, group(gid), gid, "hello all").unwrap();
+    }
+    clear(&mut s, &[alice, bob, carol]);
+
+    mark_read(&mut s, bob, group(small), 1);
+    for conn in [alice, carol] {
+        assert_eq!(
+            events(&s.client(conn).take(), Kind::ReadReceipt),
+            [(group(small), BOB, 1)]
+        );
+    }
+    assert!(s.client(bob).take().is_empty());
+
+    // Four members is over the size: the read is stored, nobody is told.
+    mark_read(&mut s, bob, group(large), 1);
+    for conn in [alice, bob, carol] {
+        assert!(s.client(conn).take().is_empty());
+    }
+    assert_eq!(s.control.counters().read_receipts, 2);
+}
+
+#[test]
+fn public_accounts_send_no_receipts_and_zero_turns_group_receipts_off() {
+    let config = Config {
+        read_receipt_max_group: 0,
+        ..Config::default()
+    };
+    let mut s = Sim::new(config, 3);
+    let alice = s.login(ALICE, "a", pb::Platform::Ios);
+    let bob = s.login(BOB, "b", pb::Platform::Ios);
+    let gid = new_group(&mut s, alice, vec![BOB]);
+    let acct = s
+        .op(
+            alice,
+            Op::CreatePublicAccount(pb::CreatePublicAccount {
+                name: "news".into(),
+            }),
+        )
+        .unwrap()
+        .conversation
+        .unwrap()
+        .id;
+    s.op(bob, Op::Follow(pb::Follow { account_id: acct }))
+        .unwrap();
+    s.send_text(alice, group(gid), 1, "g").unwrap();
+    s.send_text(alice, account(acct), 2, "post").unwrap();
+    clear(&mut s, &[alice, bob]);
+
+    mark_read(&mut s, bob, group(gid), 1);
+    mark_read(&mut s, bob, account(acct), 1);
+    assert!(events(&s.client(alice).take(), Kind::ReadReceipt).is_empty());
+    // 1:1 receipts do not depend on the group setting.
+    s.send_text(alice, single(BOB), 3, "dm").unwrap();
+    s.client(alice).take();
+    mark_read(&mut s, bob, single(ALICE), 1);
+    assert_eq!(
+        events(&s.client(alice).take(), Kind::ReadReceipt),
+        [(single(BOB), BOB, 1)]
+    );
+}
