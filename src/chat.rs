@@ -184,6 +184,9 @@ async fn chat(
                     show(conversation),
                     if typing { "is typing…" } else { "stopped typing" }
                 ),
+                Some(Event::ReadReceipt { conversation, reader, seq }) => {
+                    println!("* [{}] {reader} read up to #{seq}", show(conversation));
+                }
                 Some(Event::SendFailed { code, message, .. }) => {
                     println!("* send failed: {code:?} {message}");
                 }

@@ -179,6 +179,17 @@ pub enum Event {
     },
     /// Membership, roles or read position changed in a conversation.
     Conversation(pb::ConversationEvent),
+    /// Another member (`reader`) read `conversation` up to `seq`: a read receipt, in 1:1
+    /// chats and in groups up to the server's receipt size (docs/PROTOCOL.md 5.6). This
+    /// user's own read position and unread counts are not affected.
+    ReadReceipt {
+        /// Where.
+        conversation: crate::ConversationKey,
+        /// Who read.
+        reader: u64,
+        /// Up to which seq (inclusive).
+        seq: u64,
+    },
     /// Another member started (`typing`) or stopped typing in a conversation. Show it
     /// until a `typing: false`, a message from `user` in `conversation`, or `expires`
     /// without a new one. Never stored, and best effort: the server drops indicators

@@ -672,8 +672,21 @@ impl Task {
                 }
             }
             Body::ConversationEvent(ev) => {
+                let key = crate::ConversationKey::from_wire(ev.conversation.as_ref());
+                if ev.kind == pb::ConversationEventKind::ReadReceipt as i32 {
+                    // Another member's read position: theirs, not this user's unread count.
+                    if let Some(conversation) = key {
+                        let _ = self.shared.events.send(Event::ReadReceipt {
+                            conversation,
+                            reader: ev.actor,
+                            seq: ev.seq,
+                        });
+                    }
+                    return Ok(None);
+                }
                 if ev.kind == pb::ConversationEventKind::Read as i32
-                    && let Some(key) = crate::ConversationKey::from_wire(ev.conversation.as_ref())
+                    && ev.actor == self.config.user_id
+                    && let Some(key) = key
                     && let Err(e) = self.shared.store().set_read(key, ev.seq)
                 {
                     tracing::error!(error = %e, "local store write failed");

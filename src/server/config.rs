@@ -247,6 +247,7 @@ struct FileConfig {
     rate_limit_burst: Option<u32>,
     chatroom_lag_budget: Option<u64>,
     typing_max_audience: Option<usize>,
+    read_receipt_max_group: Option<usize>,
     shutdown_grace_ms: Option<u64>,
     retention_single_secs: Option<u64>,
     retention_group_secs: Option<u64>,
@@ -307,6 +308,8 @@ pub struct ServeConfig {
     pub chatroom_lag_budget: Option<u64>,
     /// Largest conversation that typing indicators are forwarded in.
     pub typing_max_audience: usize,
+    /// Largest group whose members get each other's read receipts (0: none).
+    pub read_receipt_max_group: usize,
     /// How long a graceful shutdown keeps answering new requests with SHUTTING_DOWN
     /// before it kicks everyone.
     pub shutdown_grace: Duration,
@@ -518,6 +521,7 @@ impl ServeConfig {
             rate_limit_burst: file.rate_limit_burst.unwrap_or(50),
             chatroom_lag_budget: args.chatroom_lag_budget.or(file.chatroom_lag_budget),
             typing_max_audience: file.typing_max_audience.unwrap_or(500),
+            read_receipt_max_group: file.read_receipt_max_group.unwrap_or(100),
             shutdown_grace: Duration::from_millis(file.shutdown_grace_ms.unwrap_or(200)),
             storage,
             media,

@@ -451,6 +451,18 @@ impl Collector for Metrics {
         )?;
         counter(
             &mut e,
+            "petrel_read_receipts",
+            "Read receipts sent to other members (one per receiving connection).",
+            &[(vec![], c.read_receipts)],
+        )?;
+        counter(
+            &mut e,
+            "petrel_read_receipts_skipped",
+            "Group read receipts not sent: the member list could not be read or the server was busy.",
+            &[(vec![], c.read_receipts_skipped)],
+        )?;
+        counter(
+            &mut e,
             "petrel_connections_congested",
             "Times a connection's queued output stayed over max_outbound_bytes after a write (not read, not pushed to, until it drains).",
             &[(vec![], c.congested)],

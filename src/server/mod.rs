@@ -76,6 +76,7 @@ fn control_config(config: &ServeConfig) -> petrel_control::Config {
         shutdown_grace: config.shutdown_grace,
         trim_interval: config.storage.trim_interval,
         typing_max_audience: config.typing_max_audience,
+        read_receipt_max_group: config.read_receipt_max_group,
         id_seed: rand::random(),
         ..petrel_control::Config::default()
     }
