@@ -9,7 +9,8 @@
 //!   the app noticing (no disconnect, the provider asked only once);
 //! - 1,000 SDK clients in one process exchange messages for a minute with no errors
 //!   (`PETREL_SDK_SOAK_SECS` shortens or lengthens the run);
-//! - typing indicators between two SDK clients, 1:1 and in a group, never stored.
+//! - typing indicators between two SDK clients, 1:1 and in a group, never stored;
+//! - read receipts, 1:1 and in a small group.
 
 #[allow(unused_imports)] // common re-exports TestClient, which these tests do not use
 #[macro_use]
@@ -841,6 +842,69 @@ fn typing_indicators_reach_the_other_sdk_client_and_are_never_stored(dp: Datapla
     })
 }
 
+/// Waits for the next read receipt (failing after [`WAIT`]).
+async fn read_receipt(events: &mut Events) -> (ConversationKey, u64, u64) {
+    timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Some(Event::ReadReceipt {
+                    conversation,
+                    reader,
+                    seq,
+                }) => return (conversation, reader, seq),
+                Some(_) => {}
+                None => panic!("event stream closed"),
+            }
+        }
+    })
+    .await
+    .expect("no read receipt")
+}
+
+fn read_receipts_reach_the_sender_on_every_dataplane(dp: Dataplane) {
+    common::server::block_on(dp, async move {
+        let keys = Arc::new(Keys::generate());
+        let server = TestServer::start_on(dp, &keys.server_config());
+        let endpoints = vec![server.addr.to_string()];
+        let (alice, bob, carol) = (7201, 7202, 7203);
+        let (a, mut a_events, _) = start(&keys, test_config(alice, endpoints.clone()));
+        let (b, mut b_events, _) = start(&keys, test_config(bob, endpoints.clone()));
+        let (_c, mut c_events, _) = start(&keys, test_config(carol, endpoints));
+        a.wait_connected(WAIT).await.unwrap();
+        b.wait_connected(WAIT).await.unwrap();
+
+        // 1:1: Bob reads Alice's two messages; Alice sees the receipt under Bob's name.
+        a.send_text(ConversationKey::single(bob), "one").unwrap();
+        a.send_text(ConversationKey::single(bob), "two").unwrap();
+        let (got, _) = messages(&mut b_events, 2, WAIT).await;
+        b.mark_read(ConversationKey::single(alice), got[1].seq)
+            .await
+            .unwrap();
+        assert_eq!(
+            read_receipt(&mut a_events).await,
+            (ConversationKey::single(bob), bob, 2)
+        );
+        // Bob's unread is cleared by his own read.
+        let unread = |client: &petrel_sdk::Client, c: ConversationKey| {
+            client
+                .conversations()
+                .unwrap()
+                .iter()
+                .find(|x| x.conversation == c)
+                .map(|x| x.unread)
+        };
+        assert_eq!(unread(&b, ConversationKey::single(alice)), Some(0));
+
+        // A small group: both other members get Bob's receipt.
+        let gid = a.create_group("readers", &[bob, carol]).await.unwrap();
+        a.send_text(gid, "to all").unwrap();
+        let (got, _) = messages(&mut b_events, 1, WAIT).await;
+        b.mark_read(gid, got[0].seq).await.unwrap();
+        assert_eq!(read_receipt(&mut a_events).await, (gid, bob, 1));
+        assert_eq!(read_receipt(&mut c_events).await, (gid, bob, 1));
+    })
+}
+
 dataplane_tests!(
     server_restart_mid_conversation_delivers_every_message_once_in_order,
     with_the_primary_endpoint_down_the_sdk_connects_to_the_backup,
@@ -854,6 +918,7 @@ dataplane_tests!(
     retention_trims_old_messages_and_a_new_device_is_told_what_is_gone,
     reconnect_now_skips_a_long_back_off,
     typing_indicators_reach_the_other_sdk_client_and_are_never_stored,
+    read_receipts_reach_the_sender_on_every_dataplane,
 );
 
 /// A scripted stand-in server for one SDK behaviour: answers Login, Ping and Sync like
