@@ -61,26 +61,6 @@ fn read_seq(s: &mut Sim, conn: ConnId, conversation: pb::ConversationId) -> Opti
         .map(|c| c.read_seq)
 }
 
-fn new_group(s: &mut Sim, owner: ConnId, members: Vec<u64>) -> u64 {
-    s.op(
-        owner,
-        Op::CreateGroup(pb::CreateGroup {
-            name: "g".into(),
-            members,
-        }),
-    )
-    .unwrap()
-    .conversation
-    .unwrap()
-    .id
-}
-
-fn clear(s: &mut Sim, conns: &[ConnId]) {
-    for &c in conns {
-        s.client(c).take();
-    }
-}
-
 #[test]
 fn a_one_to_one_read_reaches_every_device_of_the_peer_and_moves_only_the_readers_unread() {
     let mut s = Sim::new(Config::default(), 1);
@@ -91,7 +71,7 @@ fn a_one_to_one_read_reaches_every_device_of_the_peer_and_moves_only_the_readers
     for n in 1..=3 {
         s.send_text(a_phone, single(BOB), n, "hi").unwrap();
     }
-    clear(&mut s, &[a_phone, b_phone, b_laptop, carol]);
+    s.clear(&[a_phone, b_phone, b_laptop, carol]);
 
     // Bob reads on his phone: his laptop moves its own position (READ), Alice gets a
     // receipt naming the chat after Bob, nobody else hears anything.
@@ -128,12 +108,12 @@ fn group_receipts_reach_online_members_up_to_the_configured_size() {
     let alice = s.login(ALICE, "a", pb::Platform::Ios);
     let bob = s.login(BOB, "b", pb::Platform::Ios);
     let carol = s.login(CAROL, "c", pb::Platform::Ios);
-    let small = new_group(&mut s, alice, vec![BOB, CAROL]);
-    let large = new_group(&mut s, alice, vec![BOB, CAROL, 3004]);
+    let small = s.create_group(alice, vec![BOB, CAROL]);
+    let large = s.create_group(alice, vec![BOB, CAROL, 3004]);
     for gid in [small, large] {
         s.send_text(alice, group(gid), gid, "hello all").unwrap();
     }
-    clear(&mut s, &[alice, bob, carol]);
+    s.clear(&[alice, bob, carol]);
 
     mark_read(&mut s, bob, group(small), 1);
     for conn in [alice, carol] {
@@ -161,7 +141,7 @@ fn public_accounts_send_no_receipts_and_zero_turns_group_receipts_off() {
     let mut s = Sim::new(config, 3);
     let alice = s.login(ALICE, "a", pb::Platform::Ios);
     let bob = s.login(BOB, "b", pb::Platform::Ios);
-    let gid = new_group(&mut s, alice, vec![BOB]);
+    let gid = s.create_group(alice, vec![BOB]);
     let acct = s
         .op(
             alice,
@@ -177,7 +157,7 @@ fn public_accounts_send_no_receipts_and_zero_turns_group_receipts_off() {
         .unwrap();
     s.send_text(alice, group(gid), 1, "g").unwrap();
     s.send_text(alice, account(acct), 2, "post").unwrap();
-    clear(&mut s, &[alice, bob]);
+    s.clear(&[alice, bob]);
 
     mark_read(&mut s, bob, group(gid), 1);
     mark_read(&mut s, bob, account(acct), 1);

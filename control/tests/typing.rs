@@ -6,7 +6,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::{Sim, account, group, room, single};
-use petrel_control::{Config, ConnId, TYPING_EXPIRES_MS};
+use petrel_control::{Config, TYPING_EXPIRES_MS};
 use petrel_proto::{Body, Frame, pb};
 
 use pb::conversation_op::Op;
@@ -38,26 +38,6 @@ fn notices(frames: &[Frame]) -> Vec<(pb::ConversationId, u64, bool)> {
         .collect()
 }
 
-fn new_group(s: &mut Sim, owner: ConnId, members: Vec<u64>) -> u64 {
-    s.op(
-        owner,
-        Op::CreateGroup(pb::CreateGroup {
-            name: "g".into(),
-            members,
-        }),
-    )
-    .unwrap()
-    .conversation
-    .unwrap()
-    .id
-}
-
-fn clear(s: &mut Sim, conns: &[ConnId]) {
-    for &c in conns {
-        s.client(c).take();
-    }
-}
-
 #[test]
 fn one_to_one_typing_reaches_every_device_of_the_peer_and_nothing_else() {
     let mut s = Sim::new(Config::default(), 1);
@@ -66,7 +46,7 @@ fn one_to_one_typing_reaches_every_device_of_the_peer_and_nothing_else() {
     let b_phone = s.login(BOB, "phone", pb::Platform::Ios);
     let b_desk = s.login(BOB, "desk", pb::Platform::Desktop);
     let carol = s.login(CAROL, "c", pb::Platform::Ios);
-    clear(&mut s, &[a_phone, a_laptop, b_phone, b_desk, carol]);
+    s.clear(&[a_phone, a_laptop, b_phone, b_desk, carol]);
 
     s.send(a_phone, typing(single(BOB), true));
     s.send(a_phone, typing(single(BOB), false));
@@ -93,8 +73,8 @@ fn group_typing_reaches_online_members_and_a_stranger_reaches_no_one() {
     let bob = s.login(BOB, "b", pb::Platform::Ios);
     let dave = s.login(DAVE, "d", pb::Platform::Ios);
     // Carol is a member but offline.
-    let gid = new_group(&mut s, alice, vec![BOB, CAROL]);
-    clear(&mut s, &[alice, bob, dave]);
+    let gid = s.create_group(alice, vec![BOB, CAROL]);
+    s.clear(&[alice, bob, dave]);
 
     s.send(alice, typing(group(gid), true));
     assert_eq!(notices(&s.client(bob).take()), [(group(gid), ALICE, true)]);
@@ -121,7 +101,7 @@ fn the_typing_limit_is_the_senders_own_and_drops_silently() {
     let mut s = Sim::new(Config::default(), 3);
     let alice = s.login(ALICE, "a", pb::Platform::Ios);
     let bob = s.login(BOB, "b", pb::Platform::Ios);
-    clear(&mut s, &[alice, bob]);
+    s.clear(&[alice, bob]);
     for _ in 0..10 {
         s.send(alice, typing(single(BOB), true));
     }
@@ -145,7 +125,7 @@ fn public_accounts_and_audiences_over_the_limit_drop_typing() {
     let alice = s.login(ALICE, "a", pb::Platform::Ios);
     let bob = s.login(BOB, "b", pb::Platform::Ios);
     let carol = s.login(CAROL, "c", pb::Platform::Ios);
-    let gid = new_group(&mut s, alice, vec![BOB, CAROL]);
+    let gid = s.create_group(alice, vec![BOB, CAROL]);
     let aid = s
         .op(
             alice,
@@ -163,7 +143,7 @@ fn public_accounts_and_audiences_over_the_limit_drop_typing() {
         s.op(conn, Op::JoinChatroom(pb::JoinChatroom { room_id: 9 }))
             .unwrap();
     }
-    clear(&mut s, &[alice, bob, carol]);
+    s.clear(&[alice, bob, carol]);
     s.send(alice, typing(group(gid), true)); // three members > 2
     s.send(alice, typing(account(aid), true));
     s.send(alice, typing(room(9), true)); // three connections > 2
@@ -183,7 +163,7 @@ fn chatroom_typing_reaches_the_rooms_connections_but_not_congested_ones() {
         s.op(conn, Op::JoinChatroom(pb::JoinChatroom { room_id: 9 }))
             .unwrap();
     }
-    clear(&mut s, &[alice, bob, carol]);
+    s.clear(&[alice, bob, carol]);
     s.send(alice, typing(room(9), true));
     assert_eq!(notices(&s.client(bob).take()), [(room(9), ALICE, true)]);
     assert_eq!(notices(&s.client(carol).take()), [(room(9), ALICE, true)]);
@@ -203,7 +183,7 @@ fn chatroom_typing_reaches_the_rooms_connections_but_not_congested_ones() {
         )
         .unwrap();
     }
-    clear(&mut s, &[bob, carol]);
+    s.clear(&[bob, carol]);
     let dropped = s.control.counters().typing_dropped;
     s.send(alice, typing(room(9), false));
     assert_eq!(notices(&s.client(bob).take()), [(room(9), ALICE, false)]);

@@ -433,6 +433,28 @@ impl Sim {
         })
     }
 
+    /// Creates a group named "g" owned by `owner`'s user with `members`; returns its id.
+    pub fn create_group(&mut self, owner: ConnId, members: Vec<u64>) -> u64 {
+        self.op(
+            owner,
+            pb::conversation_op::Op::CreateGroup(pb::CreateGroup {
+                name: "g".into(),
+                members,
+            }),
+        )
+        .expect("create group")
+        .conversation
+        .expect("group id")
+        .id
+    }
+
+    /// Drops every frame `conns` have received so far.
+    pub fn clear(&mut self, conns: &[ConnId]) {
+        for &c in conns {
+            self.client(c).take();
+        }
+    }
+
     /// Removes the answer to `rid` from `conn`'s frames (leaving everything else).
     pub fn take_answer<T>(
         &mut self,
