@@ -442,6 +442,9 @@ impl Control {
                 if outcome.duplicate {
                     self.counters.messages_duplicate += 1;
                 } else {
+                    // Counted like a client's send (petrel_messages_persisted_total).
+                    *super::messaging::scenario(&mut self.counters.messages_persisted, ctx.key) +=
+                        1;
                     self.fan_out(ctx, outcome);
                 }
             }
@@ -596,6 +599,9 @@ mod tests {
                 ..
             })
         ));
+        // Counted like client sends: one stored 1:1 message, one duplicate.
+        assert_eq!(control.counters().messages_persisted.single, 1);
+        assert_eq!(control.counters().messages_duplicate, 1);
     }
 
     #[test]

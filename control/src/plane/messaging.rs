@@ -22,7 +22,7 @@ use crate::time::Timestamp;
 use petrel_conn::ConnId;
 
 /// Which per-scenario counter a conversation feeds.
-fn scenario(counters: &mut ByScenario, key: ConversationKey) -> &mut u64 {
+pub(super) fn scenario(counters: &mut ByScenario, key: ConversationKey) -> &mut u64 {
     match key {
         ConversationKey::Single { .. } => &mut counters.single,
         ConversationKey::Group(_) => &mut counters.group,
