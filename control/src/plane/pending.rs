@@ -14,6 +14,10 @@ use petrel_storage::{ConversationKey, Role};
 
 use petrel_conn::ConnId;
 
+/// Outstanding storage requests from which courtesy reads (a group's member list for a
+/// typing indicator or a read receipt) are skipped: messages and syncs come first.
+pub(crate) const COURTESY_SHED_PENDING: usize = 1_024;
+
 /// The context of one outstanding storage request.
 #[derive(Debug)]
 pub(crate) enum Pending {

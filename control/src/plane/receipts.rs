@@ -13,12 +13,8 @@ use petrel_proto::pb;
 use petrel_storage::{ConversationKey, Reply, Request, StorageError, UserId};
 
 use super::Control;
-use super::pending::{Pending, ReceiptCtx, ReplyTo};
+use super::pending::{COURTESY_SHED_PENDING, Pending, ReceiptCtx, ReplyTo};
 use crate::convert;
-
-/// Outstanding storage requests from which a group's receipt is skipped rather than
-/// adding a member-list read.
-const RECEIPT_SHED_PENDING: usize = 1_024;
 
 impl Control {
     /// `to.user` read `key` up to `seq` (stored): tell the other members.
@@ -30,7 +26,7 @@ impl Control {
                 }
             }
             ConversationKey::Group(_) if self.config.read_receipt_max_group > 0 => {
-                if self.pending.len() >= RECEIPT_SHED_PENDING {
+                if self.pending.len() >= COURTESY_SHED_PENDING {
                     self.counters.read_receipts_skipped += 1;
                     return;
                 }

@@ -13,7 +13,7 @@ use petrel_proto::{FrameType, pb};
 use petrel_storage::{ConversationKey, Member, Reply, Request, StorageError, UserId};
 
 use super::Control;
-use super::pending::{Pending, TypingCtx};
+use super::pending::{COURTESY_SHED_PENDING, Pending, TypingCtx};
 use crate::convert::{self, Target};
 use crate::time::Timestamp;
 use petrel_conn::ConnId;
@@ -21,10 +21,6 @@ use petrel_conn::ConnId;
 /// How long a receiver shows an indicator without a new notice (`TypingNotice.expires_ms`).
 /// Senders repeat `typing = true` at most every 3 s, so one lost notice does not blink it.
 pub const TYPING_EXPIRES_MS: u32 = 6_000;
-
-/// Outstanding storage requests from which typing in groups is dropped rather than adding
-/// a member-list read: messages and syncs come first.
-const TYPING_SHED_PENDING: usize = 1_024;
 
 impl Control {
     pub(super) fn on_typing(&mut self, now: Timestamp, conn: ConnId, typing: pb::Typing) {
@@ -44,7 +40,7 @@ impl Control {
                 self.deliver_typing(conn, user, key, typing.typing, peers.map(|p| p.0));
             }
             Some(Target::Persisted(key @ ConversationKey::Group(_))) => {
-                if self.pending.len() >= TYPING_SHED_PENDING {
+                if self.pending.len() >= COURTESY_SHED_PENDING {
                     self.counters.typing_dropped += 1;
                     return;
                 }
