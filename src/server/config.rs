@@ -585,18 +585,7 @@ impl ServeConfig {
                  --no-pci --vdev=net_af_packet0,iface=eth1\")"
             );
         }
-        let [addr] = self.listen[..] else {
-            bail!(
-                "--dataplane dpdk serves exactly one --listen IPV4:PORT (got {})",
-                self.listen.len()
-            );
-        };
-        if !addr.is_ipv4() || addr.ip().is_unspecified() || addr.port() == 0 {
-            bail!(
-                "--dataplane dpdk needs a concrete IPv4 address and port to listen on \
-                 (got {addr}): Petrel owns that address on the DPDK port"
-            );
-        }
+        self.one_concrete_ipv4_listen("dpdk", "Petrel owns that address on the DPDK port")?;
         if !self.xdp.queues.is_empty() {
             bail!("--queues is for --dataplane xdp; a DPDK port gets one queue per --cores CPU");
         }
@@ -609,6 +598,24 @@ impl ServeConfig {
         Ok(())
     }
 
+    /// The kernel-bypass dataplanes serve exactly one concrete IPv4 `--listen` address
+    /// (`why` says what depends on it).
+    fn one_concrete_ipv4_listen(&self, dataplane: &str, why: &str) -> anyhow::Result<()> {
+        let [addr] = self.listen[..] else {
+            bail!(
+                "--dataplane {dataplane} serves exactly one --listen IPV4:PORT (got {})",
+                self.listen.len()
+            );
+        };
+        if !addr.is_ipv4() || addr.ip().is_unspecified() || addr.port() == 0 {
+            bail!(
+                "--dataplane {dataplane} needs a concrete IPv4 address and port to listen on \
+                 (got {addr}): {why}"
+            );
+        }
+        Ok(())
+    }
+
     /// What `petrel serve --dataplane xdp` needs beyond a valid configuration: an
     /// interface and one concrete IPv4 listen address. (Checked when serving, not when
     /// resolving: `petrel doctor` and `tune` read the same settings for other purposes.)
@@ -616,18 +623,7 @@ impl ServeConfig {
         if self.xdp.iface.is_none() {
             bail!("--dataplane xdp needs --iface IF (the interface whose queues Petrel serves)");
         }
-        let [addr] = self.listen[..] else {
-            bail!(
-                "--dataplane xdp serves exactly one --listen IPV4:PORT (got {})",
-                self.listen.len()
-            );
-        };
-        if !addr.is_ipv4() || addr.ip().is_unspecified() || addr.port() == 0 {
-            bail!(
-                "--dataplane xdp needs a concrete IPv4 address and port to listen on \
-                 (got {addr}): the XDP filter matches that address and port"
-            );
-        }
+        self.one_concrete_ipv4_listen("xdp", "the XDP filter matches that address and port")?;
         if !self.cores.is_empty()
             && !self.xdp.queues.is_empty()
             && self.cores.len() > self.xdp.queues.len()
