@@ -142,6 +142,15 @@ pub enum Action {
         /// Why.
         reason: CloseReason,
     },
+    /// The control plane has taken one [`Event::Congested`] of `conn` into account:
+    /// what it sends to `conn` after this action, it sends knowing. Emitted once per
+    /// `Congested`, for every connection, in order with the sends; the transport
+    /// measures its slow-consumer limit from here, so pushes that were already on their
+    /// way (on a ring from another core) do not close the connection.
+    NoteCongestion {
+        /// The connection.
+        conn: ConnId,
+    },
     /// Run `request` on the storage engine and report the result as
     /// [`Event::Storage`] with the same ticket. Requests may run concurrently and
     /// complete in any order, but two requests of one connection must be applied in

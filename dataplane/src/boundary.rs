@@ -46,7 +46,8 @@ impl Wake for mio::Waker {
 /// Contract: events for one connection come out in order — `Opened` first, `Closed`
 /// last and nothing after it; `send` and `close` for a connection that is gone are
 /// ignored. A connection whose queued output passes the transport's limit is closed as
-/// a slow consumer (its `Closed` follows).
+/// a slow consumer (its `Closed` follows); the limit is measured from the driver's
+/// [`CoreIo::note_congestion`] for its `Congested` edge (see `framed`'s module docs).
 pub trait CoreIo: Send {
     /// The core index in this core's [`ConnId`]s.
     fn index(&self) -> u8;
@@ -60,6 +61,11 @@ pub trait CoreIo: Send {
 
     /// Closes `conn` once what is queued for it is written.
     fn close(&mut self, conn: ConnId);
+
+    /// The driver (the control plane) has seen one `Congested` edge of `conn`: what it
+    /// sends to `conn` after this, it sends knowing. Called once per edge, in order with
+    /// `send`; the slow-consumer limit counts from here.
+    fn note_congestion(&mut self, conn: ConnId);
 
     /// Writes queued output as far as the network takes it. Appends the back-pressure
     /// edges (`Congested`, `Drained`) and `Closed` (connections finished or failed) to
@@ -98,6 +104,11 @@ pub enum Command {
     },
     /// [`CoreIo::close`].
     Close {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// [`CoreIo::note_congestion`].
+    NoteCongestion {
         /// The connection.
         conn: ConnId,
     },
@@ -162,6 +173,7 @@ pub fn spawn_threaded<C: CoreIo + 'static>(
                     match rx.try_recv() {
                         Ok(Command::Send { conn, bytes }) => core.send(conn, bytes),
                         Ok(Command::Close { conn }) => core.close(conn),
+                        Ok(Command::NoteCongestion { conn }) => core.note_congestion(conn),
                         Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
                             if !stopping {
                                 stopping = true;

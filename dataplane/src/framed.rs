@@ -7,9 +7,16 @@
 //! (reported once, [`TransportEvent::Congested`]); the transport then stops reading it,
 //! so its own requests add no more answers, and the control plane stops pushing to it.
 //! Once the queue is down to half the limit it is *drained* ([`TransportEvent::Drained`])
-//! and reading resumes. What the control plane had already handed over when it learned
-//! of the congestion still queues; a queue past twice the limit ([`Framed::overflowed`])
-//! means the peer reads nothing at all, and the transport closes it.
+//! and reading resumes.
+//!
+//! **Slow consumers.** What the control plane handed over before it learned of the
+//! congestion still queues: on a server with more than one core that can be a whole ring
+//! of pushes, sent while the connection's core was descheduled. So the close rule is
+//! measured from the moment the control plane *noted* the edge
+//! ([`Framed::note_congestion`], one per `Congested`, in order with its sends): past
+//! `limit` more than was queued then, the peer reads nothing at all and the transport
+//! closes it. Before it is noted, only a safety cap of [`UNNOTED_CAP_FACTOR`] × `limit`
+//! applies (a driver that never notes; see [`Framed::overflowed`]).
 //!
 //! The kernel transport (`kernel::conn`) feeds it from `read(2)` and drains it with one
 //! `writev`; the AF_XDP transport (`xdp::poller`) feeds it from a smoltcp socket's receive
@@ -30,6 +37,12 @@ use petrel_proto::{DecoderConfig, FrameDecoder};
 /// Most buffers handed to one write.
 pub(crate) const MAX_IOVECS: usize = 64;
 
+/// Before the control plane has noted a connection's congestion, its queue may grow to
+/// this many times the limit before it is closed. What a control plane on another core
+/// sends before it sees the edge is bounded by the rings between the cores; this cap is
+/// only the safety net for a driver that never notes.
+pub(crate) const UNNOTED_CAP_FACTOR: usize = 8;
+
 /// A connection's frames in and bytes out. See the module docs.
 pub(crate) struct Framed {
     id: ConnId,
@@ -42,6 +55,10 @@ pub(crate) struct Framed {
     out_bytes: usize,
     /// Reported congested and not drained since.
     congested: bool,
+    /// `Congested` edges reported and not yet noted by the control plane.
+    unnoted: u32,
+    /// `out_bytes` when the control plane noted the last edge.
+    noted_at: usize,
 }
 
 impl Framed {
@@ -54,6 +71,8 @@ impl Framed {
             out: VecDeque::new(),
             out_bytes: 0,
             congested: false,
+            unnoted: 0,
+            noted_at: 0,
         }
     }
 
@@ -103,7 +122,7 @@ impl Framed {
     }
 
     /// Queues `bytes` (whole frames) after what is queued. Returns whether the queue is
-    /// now past twice `limit` ([`Framed::overflowed`]): the transport closes it.
+    /// now past its cap ([`Framed::overflowed`]): the transport closes it.
     pub(crate) fn queue(&mut self, bytes: Bytes, limit: usize) -> bool {
         if !bytes.is_empty() {
             self.out_bytes += bytes.len();
@@ -112,10 +131,26 @@ impl Framed {
         self.overflowed(limit)
     }
 
-    /// Whether the queue is past twice `limit`: congested, and the peer still reads too
-    /// little for what was already handed over.
+    /// Whether the queue is past its cap. Once the control plane has noted the
+    /// congestion, the cap is `limit` above what was queued then (at least twice `limit`):
+    /// what it sent knowing, the peer did not read either. Until then it is
+    /// [`UNNOTED_CAP_FACTOR`] × `limit`.
     pub(crate) fn overflowed(&self, limit: usize) -> bool {
-        self.out_bytes > limit.saturating_mul(2)
+        let cap = if self.congested && self.unnoted == 0 {
+            self.noted_at.max(limit).saturating_add(limit)
+        } else {
+            limit.saturating_mul(UNNOTED_CAP_FACTOR)
+        };
+        self.out_bytes > cap
+    }
+
+    /// The control plane took one `Congested` edge of this connection into account; what
+    /// it queues from now on it queued knowing (see the module docs).
+    pub(crate) fn note_congestion(&mut self) {
+        self.unnoted = self.unnoted.saturating_sub(1);
+        if self.unnoted == 0 {
+            self.noted_at = self.out_bytes;
+        }
     }
 
     /// Whether the connection is congested: its transport does not read it.
@@ -129,6 +164,7 @@ impl Framed {
     pub(crate) fn edge(&mut self, limit: usize) -> Option<TransportEvent> {
         if !self.congested && self.out_bytes > limit {
             self.congested = true;
+            self.unnoted += 1;
             Some(TransportEvent::Congested { conn: self.id })
         } else if self.congested && self.out_bytes <= limit / 2 {
             self.congested = false;
@@ -254,10 +290,10 @@ mod tests {
     #[test]
     fn output_is_taken_in_order_across_partial_writes_and_an_overflow_is_reported() {
         let mut f = Framed::new(ConnId::new(0, 1), DecoderConfig::default());
-        assert!(!f.queue(Bytes::from_static(b"hello "), 5));
+        assert!(!f.queue(Bytes::from_static(b"hello "), 1));
         assert!(
-            f.queue(Bytes::from_static(b"world"), 5),
-            "11 bytes > twice 5"
+            f.queue(Bytes::from_static(b"world"), 1),
+            "11 bytes > 8 x 1, and nothing was noted"
         );
         let mut sink = Vec::new();
         // A socket that takes 4 bytes per call, then is full.
@@ -323,6 +359,7 @@ mod tests {
         ));
         assert!(f.is_congested());
         assert!(f.edge(limit).is_none(), "reported once");
+        f.note_congestion();
         // 120 of 150 written: 30 left, still over half? No: 30 <= 50 drains.
         let mut taken = 0;
         f.write_out(true, |slices| {
@@ -338,8 +375,58 @@ mod tests {
         ));
         assert!(!f.is_congested());
         assert!(f.edge(limit).is_none());
-        // Past twice the limit: the transport closes it.
-        assert!(!f.queue(Bytes::from(vec![0; 170]), limit));
+        // Congested again (130 queued) and noted: `limit` more than that closes it.
+        assert!(!f.queue(Bytes::from(vec![0; 100]), limit));
+        assert!(f.edge(limit).is_some());
+        f.note_congestion();
+        assert!(!f.queue(Bytes::from(vec![0; 100]), limit));
         assert!(f.queue(Bytes::from(vec![0; 1]), limit));
+    }
+
+    #[test]
+    fn what_was_on_its_way_before_the_congestion_was_noted_does_not_close_it() {
+        let mut f = Framed::new(ConnId::new(0, 1), DecoderConfig::default());
+        let limit = 100;
+        assert!(!f.queue(Bytes::from(vec![0; 150]), limit));
+        assert!(matches!(
+            f.edge(limit),
+            Some(TransportEvent::Congested { .. })
+        ));
+        // A ring's worth of pushes sent before the control plane saw the edge.
+        assert!(!f.queue(Bytes::from(vec![0; 500]), limit));
+        f.note_congestion();
+        // From here, `limit` more than the 650 queued when it was noted.
+        assert!(!f.queue(Bytes::from(vec![0; 100]), limit));
+        assert!(f.queue(Bytes::from(vec![0; 1]), limit));
+
+        // Without a note, only the safety cap.
+        let mut g = Framed::new(ConnId::new(0, 2), DecoderConfig::default());
+        assert!(!g.queue(Bytes::from(vec![0; 150]), limit));
+        assert!(g.edge(limit).is_some());
+        assert!(!g.queue(Bytes::from(vec![0; 8 * limit - 150]), limit));
+        assert!(g.queue(Bytes::from(vec![0; 1]), limit));
+    }
+
+    #[test]
+    fn a_late_note_of_an_earlier_edge_does_not_count_for_the_next_one() {
+        let mut f = Framed::new(ConnId::new(0, 1), DecoderConfig::default());
+        let limit = 100;
+        f.queue(Bytes::from(vec![0; 150]), limit);
+        assert!(f.edge(limit).is_some());
+        f.write_out(true, |s| Ok(s[0].len())).unwrap();
+        assert!(matches!(
+            f.edge(limit),
+            Some(TransportEvent::Drained { .. })
+        ));
+        // Congested again before the first edge's note arrives.
+        f.queue(Bytes::from(vec![0; 150]), limit);
+        assert!(f.edge(limit).is_some());
+        f.note_congestion();
+        assert!(
+            !f.queue(Bytes::from(vec![0; 300]), limit),
+            "the second edge is not noted yet: only the safety cap applies"
+        );
+        f.note_congestion();
+        assert!(f.queue(Bytes::from(vec![0; 101]), limit));
     }
 }

@@ -665,7 +665,8 @@ fn start_threaded(
 fn command(cores: &[petrel_dataplane::Threaded], command: petrel_dataplane::Command) {
     let conn = match &command {
         petrel_dataplane::Command::Send { conn, .. }
-        | petrel_dataplane::Command::Close { conn } => *conn,
+        | petrel_dataplane::Command::Close { conn }
+        | petrel_dataplane::Command::NoteCongestion { conn } => *conn,
         petrel_dataplane::Command::Shutdown => return,
     };
     cores[usize::from(conn.core())].command(command);

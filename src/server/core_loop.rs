@@ -76,6 +76,7 @@ pub fn now() -> Timestamp {
 enum Down {
     Send { conn: ConnId, bytes: Bytes },
     Close { conn: ConnId },
+    NoteCongestion { conn: ConnId },
     Shutdown,
 }
 
@@ -436,6 +437,9 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
                 match action {
                     Action::Send { conn, bytes } => self.route(conn, Down::Send { conn, bytes }),
                     Action::Close { conn, .. } => self.route(conn, Down::Close { conn }),
+                    Action::NoteCongestion { conn } => {
+                        self.route(conn, Down::NoteCongestion { conn });
+                    }
                     Action::Storage { ticket, request } => self.batch.push((ticket, request)),
                 }
             }
@@ -453,6 +457,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
             match command {
                 Down::Send { conn, bytes } => self.io.send(conn, bytes),
                 Down::Close { conn } => self.io.close(conn),
+                Down::NoteCongestion { conn } => self.io.note_congestion(conn),
                 Down::Shutdown => {}
             }
         } else if let Some(remote) = core.checked_sub(1).and_then(|i| self.remotes.get_mut(i)) {
@@ -589,6 +594,7 @@ impl<I: CoreIo> RemoteLoop<I> {
                 match self.link.down.try_recv() {
                     Ok(Down::Send { conn, bytes }) => self.io.send(conn, bytes),
                     Ok(Down::Close { conn }) => self.io.close(conn),
+                    Ok(Down::NoteCongestion { conn }) => self.io.note_congestion(conn),
                     Ok(Down::Shutdown) | Err(TryRecvError::Disconnected) => {
                         self.begin_shutdown();
                         break;

@@ -777,6 +777,7 @@ impl World {
                     Action::Storage { ticket, request } => {
                         self.queue.push_back((ticket, request));
                     }
+                    Action::NoteCongestion { .. } => {}
                 }
             }
             if self.hold || !self.complete_one() {

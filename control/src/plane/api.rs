@@ -540,7 +540,7 @@ mod tests {
                     control.handle(now, Event::Storage { ticket, result });
                 }
                 Action::Send { .. } => sends += 1,
-                Action::Close { .. } => {}
+                Action::Close { .. } | Action::NoteCongestion { .. } => {}
             }
         }
         sends

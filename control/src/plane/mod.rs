@@ -253,6 +253,7 @@ impl Control {
                     c.congested = true;
                     self.counters.congested += 1;
                 }
+                self.actions.push_back(Action::NoteCongestion { conn });
             }
             Event::Drained { conn } => self.on_drained(conn),
             Event::Closed { conn } => {

@@ -5,7 +5,9 @@
 //!
 //! Knobs: per-connection "slow reader" (the client reads nothing, so its outbound queue
 //! only grows, until [`Sim::catch_up`]; past [`Sim::outbound_limit`] the simulated
-//! transport reports it `Congested`, and `Drained` when it catches up), storage that holds its
+//! transport reports it `Congested`, and `Drained` when it catches up; once the control
+//! plane notes the congestion it may send at most that limit more, or the run panics as
+//! the real transport would close the connection), storage that holds its
 //! completions back ([`Sim::hold_storage`], for in-flight requests), and a seeded RNG
 //! the randomized workloads draw from, so every run with the same seed is identical.
 //!
@@ -54,6 +56,9 @@ pub struct Client {
     pub slow: bool,
     /// Reported congested and not drained since.
     pub congested: bool,
+    /// Bytes the server sent while congested, after it noted the congestion: past
+    /// the outbound limit the real transport would close the connection.
+    pub sent_knowing: Option<u64>,
     next_rid: u32,
 }
 
@@ -272,6 +277,7 @@ impl Sim {
         let client = self.client(conn);
         client.slow = false;
         client.unflushed = 0;
+        client.sent_knowing = None;
         if std::mem::take(&mut client.congested) {
             self.control.handle(self.now, Event::Drained { conn });
         }
@@ -343,12 +349,27 @@ impl Sim {
                         {
                             client.frames.push(frame);
                         }
+                        if let Some(sent) = &mut client.sent_knowing {
+                            *sent += len;
+                            assert!(
+                                *sent <= self.outbound_limit,
+                                "the control plane sent {sent} bytes to {conn} after noting \
+                                 it congested: the transport would close it"
+                            );
+                        }
                         if client.slow {
                             client.unflushed += len;
                             if !client.congested && client.unflushed > self.outbound_limit {
                                 client.congested = true;
                                 self.control.handle(self.now, Event::Congested { conn });
                             }
+                        }
+                    }
+                    Action::NoteCongestion { conn } => {
+                        if let Some(client) = self.clients.get_mut(&conn) {
+                            assert!(client.congested, "{conn} noted but not congested");
+                            assert!(client.sent_knowing.is_none(), "{conn} noted twice");
+                            client.sent_knowing = Some(0);
                         }
                     }
                     Action::Close { conn, reason } => {

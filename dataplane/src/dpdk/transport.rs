@@ -52,7 +52,8 @@ pub struct DpdkConfig {
     pub max_connections_per_shard: usize,
     /// Per-connection smoltcp buffers and queue limits.
     pub shard: ShardConfig,
-    /// Most bytes queued for one connection before it is closed as a slow consumer.
+    /// Bytes queued for one connection past which it is congested (this much more after
+    /// the driver noted it: closed as a slow consumer).
     pub max_outbound_bytes: usize,
     /// Frame decoder limits.
     pub decoder: DecoderConfig,

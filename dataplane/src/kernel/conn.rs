@@ -113,7 +113,8 @@ impl Connection {
         ReadOutcome::Open
     }
 
-    /// Queues bytes for the next flush. Past twice `limit` queued bytes the connection is
+    /// Queues bytes for the next flush. Past its cap ([`Framed::overflowed`]: `limit`
+    /// more than when the driver noted the congestion) the connection is
     /// a slow consumer: what is queued is dropped, nothing more is written, and it is
     /// closed at the next flush. Returns whether that happened now.
     pub(super) fn queue(&mut self, bytes: Bytes, limit: usize) -> bool {
@@ -133,6 +134,11 @@ impl Connection {
         let stream = &mut self.stream;
         self.framed
             .write_out(false, |slices| stream.write_vectored(slices))
+    }
+
+    /// The driver saw one `Congested` edge (see [`Framed::note_congestion`]).
+    pub(super) fn note_congestion(&mut self) {
+        self.framed.note_congestion();
     }
 
     /// The back-pressure edge after a flush, if any (see [`Framed::edge`]).

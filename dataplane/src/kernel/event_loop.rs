@@ -246,6 +246,12 @@ impl CoreIo for KernelCore {
         }
     }
 
+    fn note_congestion(&mut self, conn: ConnId) {
+        if let Some(key) = self.key_of(conn) {
+            self.conns[key].note_congestion();
+        }
+    }
+
     fn transmit(&mut self, events: &mut Vec<TransportEvent>) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {

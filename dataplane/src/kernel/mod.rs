@@ -18,9 +18,9 @@
 //! [`CoreIo`](crate::boundary::CoreIo).
 //!
 //! A connection whose queued output stays over [`KernelConfig::max_outbound_bytes`]
-//! after a write is congested: it is not read until it drains to half of that, and past
-//! twice that it is closed, so memory never grows because a client stops reading
-//! (`crate::framed`).
+//! after a write is congested: it is not read until it drains to half of that, and once
+//! the driver has noted that, `max_outbound_bytes` more queued closes it, so memory never
+//! grows because a client stops reading (`crate::framed`).
 
 mod conn;
 mod event_loop;
@@ -44,8 +44,8 @@ pub struct KernelConfig {
     pub cores: Vec<Option<usize>>,
     /// Most connections the whole transport holds; further accepts are closed at once.
     pub max_connections: usize,
-    /// Bytes queued for one connection past which it is congested (twice this: closed as
-    /// a slow consumer).
+    /// Bytes queued for one connection past which it is congested (this much more after
+    /// the driver noted it: closed as a slow consumer).
     pub max_outbound_bytes: usize,
     /// Frame decoder limits.
     pub decoder: DecoderConfig,

@@ -667,6 +667,12 @@ impl<D: Device + Send> CoreIo for XdpCore<D> {
         }
     }
 
+    fn note_congestion(&mut self, conn: ConnId) {
+        if let Some(key) = self.key_of(conn) {
+            self.conns[key].framed.note_congestion();
+        }
+    }
+
     fn transmit(&mut self, events: &mut Vec<TransportEvent>) {
         self.pump(events);
     }

@@ -48,7 +48,8 @@ pub struct XdpConfig {
     /// Per-connection smoltcp buffers and queue limits.
     pub shard: ShardConfig,
     /// Bytes queued for one connection past which it is congested: not read until it
-    /// drains to half of that; past twice this it is reset as a slow consumer.
+    /// drains to half of that; this much more after the driver noted it: reset as a slow
+    /// consumer.
     pub max_outbound_bytes: usize,
     /// Frame decoder limits.
     pub decoder: DecoderConfig,
