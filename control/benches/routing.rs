@@ -41,7 +41,7 @@ impl Bench {
                     Action::Close { conn, .. } => {
                         self.control.handle(self.now, Event::Closed { conn });
                     }
-                    Action::NoteCongestion { .. } => {}
+                    Action::NoteCongestion { .. } | Action::OfflineMessage(_) => {}
                     Action::Storage { ticket, request } => {
                         completions.push((ticket, self.storage.execute(request)));
                     }

@@ -77,6 +77,10 @@ pub struct Config {
     /// How often a storage retention pass starts (`Request::Trim` steps until the pass
     /// is complete, `TRIM_STEP_PAUSE` apart). Default 60 s; zero never trims.
     pub trim_interval: Duration,
+    /// Emit [`crate::Action::OfflineMessage`] for every stored message that has
+    /// recipients with no online session (the driver turns them into webhook calls).
+    /// Default off: no per-message work when nobody listens.
+    pub offline_notices: bool,
 }
 
 impl Default for Config {
@@ -108,6 +112,7 @@ impl Default for Config {
             },
             typing_max_audience: 500,
             read_receipt_max_group: 100,
+            offline_notices: false,
         }
     }
 }

@@ -181,4 +181,7 @@ pub struct Counters {
     /// Sessions ended by [`crate::Control::revoke_sessions`] (also counted in
     /// `kicks.token_revoked`).
     pub sessions_revoked: u64,
+    /// Stored messages that had recipients with no online session, handed to the driver
+    /// as [`crate::Action::OfflineMessage`] (with `Config::offline_notices`).
+    pub offline_notices: u64,
 }

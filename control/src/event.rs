@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use petrel_proto::{Frame, FrameError, pb};
-use petrel_storage::{Reply, Request, StorageError};
+use petrel_storage::{ConversationKey, Reply, Request, StorageError};
 
 use petrel_conn::{ConnId, TransportEvent};
 
@@ -151,6 +151,11 @@ pub enum Action {
         /// The connection.
         conn: ConnId,
     },
+    /// A stored message reached recipients that have no online session (only with
+    /// [`crate::Config::offline_notices`]): the driver tells the deployment's backend
+    /// (a webhook), which sends a phone push. Emitted after the message is durable, once
+    /// per message, never for duplicates.
+    OfflineMessage(Box<OfflineMessage>),
     /// Run `request` on the storage engine and report the result as
     /// [`Event::Storage`] with the same ticket. Requests may run concurrently and
     /// complete in any order, but two requests of one connection must be applied in
@@ -161,4 +166,26 @@ pub enum Action {
         /// The request.
         request: Request,
     },
+}
+
+/// A stored message and who of its recipients had no online session when it was pushed
+/// ([`Action::OfflineMessage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineMessage {
+    /// The conversation (a 1:1 chat has one offline recipient at most: the peer).
+    pub conversation: ConversationKey,
+    /// The message's seq in it.
+    pub seq: u64,
+    /// Who sent it.
+    pub sender: u64,
+    /// The sending device.
+    pub sender_device: String,
+    /// The sender's idempotency id.
+    pub client_msg_id: u64,
+    /// When it was stored (ms since epoch).
+    pub server_time_ms: u64,
+    /// The encoded `Content`, as stored.
+    pub content: Bytes,
+    /// Recipients with no online session, the sender never among them.
+    pub recipients: Vec<u64>,
 }

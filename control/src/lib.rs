@@ -45,7 +45,7 @@ pub mod token;
 
 pub use config::{Config, MultiDevicePolicy, RateLimit};
 pub use counters::Counters;
-pub use event::{Action, CloseReason, Event, Revocation, Ticket};
+pub use event::{Action, CloseReason, Event, OfflineMessage, Revocation, Ticket};
 pub use petrel_conn::ConnId;
 pub use plane::{Control, TYPING_EXPIRES_MS};
 pub use time::Timestamp;

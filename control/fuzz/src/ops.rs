@@ -777,7 +777,7 @@ impl World {
                     Action::Storage { ticket, request } => {
                         self.queue.push_back((ticket, request));
                     }
-                    Action::NoteCongestion { .. } => {}
+                    Action::NoteCongestion { .. } | Action::OfflineMessage(_) => {}
                 }
             }
             if self.hold || !self.complete_one() {

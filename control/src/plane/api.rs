@@ -540,7 +540,9 @@ mod tests {
                     control.handle(now, Event::Storage { ticket, result });
                 }
                 Action::Send { .. } => sends += 1,
-                Action::Close { .. } | Action::NoteCongestion { .. } => {}
+                Action::Close { .. }
+                | Action::NoteCongestion { .. }
+                | Action::OfflineMessage(_) => {}
             }
         }
         sends

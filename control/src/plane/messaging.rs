@@ -18,6 +18,7 @@ use super::Control;
 use super::pending::{AppendCtx, Pending, ReplyTo};
 use crate::convert::{self, Target};
 use crate::counters::ByScenario;
+use crate::event::{Action, OfflineMessage};
 use crate::time::Timestamp;
 use petrel_conn::ConnId;
 
@@ -183,6 +184,7 @@ impl Control {
         let mut sender_view: Option<Bytes> = None;
         let mut peer_view: Option<Bytes> = None;
         let mut targets = std::mem::take(&mut self.scratch_conns);
+        let mut offline = Vec::new();
         for recipient in outcome.recipients {
             targets.clear();
             targets.extend(
@@ -193,6 +195,12 @@ impl Control {
                     .filter(|&c| c != ctx.to.conn),
             );
             if targets.is_empty() {
+                if self.config.offline_notices
+                    && recipient.0 != sender
+                    && self.registry.user_conns(recipient.0).is_empty()
+                {
+                    offline.push(recipient.0);
+                }
                 continue;
             }
             let is_sender = single && recipient.0 == sender;
@@ -219,6 +227,22 @@ impl Control {
             }
         }
         self.scratch_conns = targets;
+        if !offline.is_empty()
+            && let Body::MessagePush(push) = frame.body
+        {
+            self.counters.offline_notices += 1;
+            self.actions
+                .push_back(Action::OfflineMessage(Box::new(OfflineMessage {
+                    conversation: ctx.key,
+                    seq: push.seq,
+                    sender,
+                    sender_device: push.sender_device,
+                    client_msg_id: push.client_msg_id,
+                    server_time_ms: push.server_time_ms,
+                    content: push.content,
+                    recipients: offline,
+                })));
+        }
     }
 
     /// Delivers one push of a persisted conversation. A congested connection is kicked

@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use petrel_control::token::{self, TokenSpec};
-use petrel_control::{Action, CloseReason, Config, ConnId, Control, Event, KeyRing, Timestamp};
+use petrel_control::{
+    Action, CloseReason, Config, ConnId, Control, Event, KeyRing, OfflineMessage, Timestamp,
+};
 use petrel_proto::{Body, Frame, FrameDecoder, pb};
 use petrel_storage::{Engine, MemEngine, StorageConfig};
 use rand::rngs::StdRng;
@@ -91,6 +93,8 @@ pub struct Sim {
     /// The simulated transport's outbound limit: a slow reader with more than this
     /// unread is reported congested (the server's default, 1 MiB).
     pub outbound_limit: u64,
+    /// Every `OfflineMessage` action, in order (with `Config::offline_notices`).
+    pub offline: Vec<OfflineMessage>,
 }
 
 impl Sim {
@@ -117,6 +121,7 @@ impl Sim {
             held: Vec::new(),
             delivered: Vec::new(),
             outbound_limit: 1 << 20,
+            offline: Vec::new(),
         };
         sim.run();
         assert!(sim.control.is_ready(), "revocation list must load at start");
@@ -365,6 +370,7 @@ impl Sim {
                             }
                         }
                     }
+                    Action::OfflineMessage(message) => self.offline.push(*message),
                     Action::NoteCongestion { conn } => {
                         if let Some(client) = self.clients.get_mut(&conn) {
                             assert!(client.congested, "{conn} noted but not congested");
