@@ -21,11 +21,14 @@
 //! snapshot (`durable_view`), so the refused writes still in the memtable are never
 //! shown: readers see exactly what a restart will find.
 //!
+//! [`outbox::Outbox`] is a durable queue in a database of its own (the webhook queue).
+//!
 //! `src/bin/storage-crash-child.rs` is a test helper for `tests/crash.rs`, not a server.
 #![deny(unsafe_code)]
 
 mod durable_view;
 pub mod options;
+pub mod outbox;
 
 use std::path::Path;
 use std::sync::Arc;
