@@ -14,6 +14,7 @@ mod media;
 mod ops;
 mod server;
 mod token_cmd;
+mod webhook;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -205,6 +205,11 @@ pub struct ServeArgs {
     /// threads (port 0 picks one; the address is printed at start) [default: off].
     #[arg(long, value_name = "ADDR:PORT")]
     pub media_addr: Option<SocketAddr>,
+    /// POST an event for every message to a recipient with no online session to URL
+    /// (http://…; docs/API.md, "Webhooks"). Needs `secret_file` in the `[webhook]` table
+    /// [default: off].
+    #[arg(long, value_name = "URL")]
+    pub webhook_url: Option<String>,
 }
 
 /// The `[server]`-less flat TOML file. Unknown keys are an error, so a typo never
@@ -261,6 +266,8 @@ struct FileConfig {
     member_cache_conversations: Option<usize>,
     /// The `[media]` table (docs/CONFIGURATION.md, "Media").
     media: Option<crate::media::MediaFile>,
+    /// The `[webhook]` table (docs/CONFIGURATION.md, "Webhooks").
+    webhook: Option<crate::webhook::WebhookFile>,
 }
 
 /// The resolved configuration.
@@ -317,6 +324,8 @@ pub struct ServeConfig {
     pub storage: StorageSettings,
     /// The media upload service (off unless it has an address).
     pub media: crate::media::MediaSettings,
+    /// Webhooks for offline recipients (off unless a URL is set).
+    pub webhook: Option<crate::webhook::WebhookSettings>,
 }
 
 /// Retention and storage memory bounds (docs/CONFIGURATION.md, "Storage").
@@ -418,6 +427,10 @@ impl ServeConfig {
         };
         let storage = StorageSettings::from_file(&file);
         let media = crate::media::MediaSettings::resolve(file.media.as_ref(), args.media_addr)?;
+        let webhook = crate::webhook::WebhookSettings::resolve(
+            file.webhook.as_ref(),
+            args.webhook_url.as_deref(),
+        )?;
         let data_dir = args
             .data_dir
             .clone()
@@ -525,6 +538,7 @@ impl ServeConfig {
             shutdown_grace: Duration::from_millis(file.shutdown_grace_ms.unwrap_or(200)),
             storage,
             media,
+            webhook,
         };
         config.validate()?;
         Ok(config)

@@ -151,6 +151,8 @@ pub struct HomeParts<E: GroupEngine + 'static> {
     pub disk: Arc<super::disk_watch::DiskWatch>,
     /// Requests of the HTTP API, when it is enabled.
     pub api: Option<crate::api::bridge::ApiInbox>,
+    /// Where offline-message events go, when webhooks are enabled.
+    pub webhook: Option<crate::webhook::dispatch::WebhookSender>,
 }
 
 /// Runs one loop per core, `cores[0]` as home, each pinned to `cpus[i]`, until `stop`
@@ -244,6 +246,7 @@ struct HomeLoop<I: CoreIo, E: GroupEngine + 'static> {
     storage_failure_logged: bool,
     disk: Arc<super::disk_watch::DiskWatch>,
     api: Option<crate::api::bridge::ApiInbox>,
+    webhook: Option<crate::webhook::dispatch::WebhookSender>,
 }
 
 /// The home loop's side of the metrics: connection counts kept from the events it
@@ -289,6 +292,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
             storage_failure_logged: false,
             disk: parts.disk,
             api: parts.api,
+            webhook: parts.webhook,
         }
     }
 
@@ -441,6 +445,11 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
                         self.route(conn, Down::NoteCongestion { conn });
                     }
                     Action::Storage { ticket, request } => self.batch.push((ticket, request)),
+                    Action::OfflineMessage(message) => {
+                        if let Some(webhook) = &self.webhook {
+                            webhook.offer(message);
+                        }
+                    }
                 }
             }
             self.committer.commit(&mut self.batch);

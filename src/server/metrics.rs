@@ -95,6 +95,7 @@ pub struct Metrics {
     storage_source: Mutex<Option<StorageSource>>,
     transport: Mutex<Option<TransportSource>>,
     api: Mutex<Option<Arc<crate::api::stats::ApiStats>>>,
+    webhook: Mutex<Option<Arc<crate::webhook::WebhookStats>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,12 +117,18 @@ impl Metrics {
             storage_source: Mutex::new(None),
             transport: Mutex::new(None),
             api: Mutex::new(None),
+            webhook: Mutex::new(None),
         })
     }
 
     /// Where the HTTP API's request counts come from (when the API is on).
     pub fn set_api_stats(&self, stats: Arc<crate::api::stats::ApiStats>) {
         *self.api.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+    }
+
+    /// Where the webhook's counters come from (when webhooks are on).
+    pub fn set_webhook_stats(&self, stats: Arc<crate::webhook::WebhookStats>) {
+        *self.webhook.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
     }
 
     /// Where the storage writer's cache and dedup-filter figures come from.
@@ -601,6 +608,49 @@ impl Collector for Metrics {
                         )
                     })
                     .collect::<Vec<_>>(),
+            )?;
+        }
+
+        let webhook = self
+            .webhook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(w) = webhook {
+            use crate::webhook::WebhookStats as W;
+            counter(
+                &mut e,
+                "petrel_webhook_events",
+                "Webhook events (messages to offline recipients), by outcome: queued on \
+                 disk, delivered (acknowledged 2xx), dead (given up after max_attempts), \
+                 dropped (hand-over channel or queue full, or the queue failed).",
+                &[
+                    (vec![("outcome", "queued")], W::get(&w.queued)),
+                    (vec![("outcome", "delivered")], W::get(&w.delivered)),
+                    (vec![("outcome", "dead")], W::get(&w.dead)),
+                    (vec![("outcome", "dropped")], W::get(&w.dropped)),
+                ],
+            )?;
+            counter(
+                &mut e,
+                "petrel_webhook_calls",
+                "Webhook HTTP calls, by result (failed: no connection, timeout or non-2xx).",
+                &[
+                    (vec![("result", "ok")], W::get(&w.calls_ok)),
+                    (vec![("result", "failed")], W::get(&w.calls_failed)),
+                ],
+            )?;
+            gauge(
+                &mut e,
+                "petrel_webhook_queue_depth",
+                "Webhook events waiting on disk.",
+                &[(vec![], W::get(&w.queue_depth) as i64)],
+            )?;
+            gauge(
+                &mut e,
+                "petrel_webhook_dead_letters",
+                "Webhook events given up on, kept on disk.",
+                &[(vec![], W::get(&w.dead_depth) as i64)],
             )?;
         }
 

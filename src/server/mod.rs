@@ -77,6 +77,7 @@ fn control_config(config: &ServeConfig) -> petrel_control::Config {
         trim_interval: config.storage.trim_interval,
         typing_max_audience: config.typing_max_audience,
         read_receipt_max_group: config.read_receipt_max_group,
+        offline_notices: config.webhook.is_some(),
         id_seed: rand::random(),
         ..petrel_control::Config::default()
     }
@@ -197,6 +198,20 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         None => None,
     };
 
+    let webhooks = match &config.webhook {
+        Some(settings) => {
+            let stats = Arc::new(crate::webhook::WebhookStats::default());
+            if let Some(metrics) = &metrics {
+                metrics.set_webhook_stats(stats.clone());
+            }
+            let webhooks =
+                crate::webhook::Webhooks::start(settings.clone(), &config.data_dir, stats)?;
+            tracing::info!(url = %settings.target.url, "webhooks on");
+            Some(webhooks)
+        }
+        None => None,
+    };
+
     if let Some(addr) = config.media.addr {
         let addr = start_media(&config, addr, media_keys, media_engine)?;
         tracing::info!(%addr, "media service listening");
@@ -260,6 +275,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         metrics,
         disk: disk.clone(),
         api: api_inbox,
+        webhook: webhooks.as_ref().and_then(|w| w.sender()),
     };
     let result = match cores {
         Cores::Kernel(cores) => core_loop::run(cores, cpus, config.poll, home),
@@ -269,6 +285,9 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     };
     transport.log_counters();
     drop(transport);
+    if let Some(webhooks) = webhooks {
+        webhooks.stop();
+    }
     result?;
     tracing::info!("stopped");
     Ok(if disk.restart.load(Ordering::Relaxed) {
