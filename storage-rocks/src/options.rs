@@ -20,7 +20,7 @@ pub const BLOCK_CACHE_BYTES: usize = 256 << 20;
 pub fn prefix_len(cf: Cf) -> Option<usize> {
     match cf {
         // Timelines and member lists are scanned within one conversation.
-        Cf::Messages | Cf::Members => Some(CONV_LEN),
+        Cf::Messages | Cf::Members | Cf::Mutes => Some(CONV_LEN),
         // Inboxes, reverse memberships and cursors are scanned within one user.
         Cf::Inbox | Cf::UserConversations | Cf::Cursors => Some(8),
         Cf::Dedup | Cf::Activity | Cf::Revoked | Cf::Conversations | Cf::Meta => None,

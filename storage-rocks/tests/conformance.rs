@@ -438,6 +438,63 @@ fn group_role_rules<H: Harness>() {
     assert_ne!(g2, g, "group ids are never reused");
 }
 
+/// Mutes: who may mute whom, what a mute refuses (and what not), and that it survives a
+/// reopen, ends on its own, and goes with a removed member.
+fn group_mute_rules<H: Harness>() {
+    let h = H::open(config(DiffusionMode::Hybrid));
+    let e = h.engine();
+    let g = e.create_group(A, "g", &[B, C, D], T0).unwrap();
+    let id = account_id(g);
+    e.set_role(A, id, B, Role::Admin).unwrap();
+    // Plain members mute nobody; an admin mutes plain members only; nobody the owner.
+    assert!(matches!(
+        e.mute(C, id, Some(D), T0 + 1000, T0),
+        Err(StorageError::NotAdmin { .. })
+    ));
+    assert!(matches!(
+        e.mute(B, id, Some(A), T0 + 1000, T0),
+        Err(StorageError::Protected { .. })
+    ));
+    assert!(matches!(
+        e.mute(A, id, Some(E), T0 + 1000, T0),
+        Err(StorageError::NotAMember { .. })
+    ));
+    e.mute(B, id, Some(C), T0 + 1000, T0).unwrap();
+    match send(e, C, g, 1, T0 + 10) {
+        Err(StorageError::Muted { user, until_ms, .. }) => {
+            assert_eq!((user, until_ms), (C, T0 + 1000));
+        }
+        other => panic!("a muted member sent: {other:?}"),
+    }
+    send(e, D, g, 1, T0 + 10).unwrap();
+    // The whole group: plain members are refused, the owner and admins are not.
+    e.mute(A, id, None, T0 + 2000, T0).unwrap();
+    assert!(
+        matches!(send(e, D, g, 2, T0 + 20), Err(StorageError::Muted { until_ms, .. }) if until_ms == T0 + 2000)
+    );
+    send(e, A, g, 1, T0 + 20).unwrap();
+    send(e, B, g, 1, T0 + 20).unwrap();
+    // Both persist.
+    let h = h.reopen();
+    let e = h.engine();
+    assert!(
+        matches!(send(e, C, g, 3, T0 + 30), Err(StorageError::Muted { until_ms, .. }) if until_ms == T0 + 2000)
+    );
+    // Unmuting the group leaves C's own mute; it ends on its own at its time.
+    e.mute(B, id, None, 0, T0 + 40).unwrap();
+    send(e, D, g, 4, T0 + 40).unwrap();
+    assert!(matches!(
+        send(e, C, g, 5, T0 + 40),
+        Err(StorageError::Muted { .. })
+    ));
+    send(e, C, g, 6, T0 + 1000).unwrap();
+    // A removed member's mute goes with them: added back, they may send.
+    e.mute(A, id, Some(D), T0 + 1_000_000, T0 + 1000).unwrap();
+    e.remove_members(A, id, &[D]).unwrap();
+    e.add_members(A, id, &[D], T0 + 1000).unwrap();
+    send(e, D, g, 7, T0 + 1001).unwrap();
+}
+
 fn public_account_follow_rules<H: Harness>() {
     let h = H::open(config(DiffusionMode::Hybrid));
     let e = h.engine();
@@ -1139,6 +1196,10 @@ macro_rules! conformance {
             #[test]
             fn group_role_rules() {
                 super::group_role_rules::<$harness>();
+            }
+            #[test]
+            fn group_mute_rules() {
+                super::group_mute_rules::<$harness>();
             }
             #[test]
             fn public_account_follow_rules() {

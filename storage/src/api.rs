@@ -178,6 +178,24 @@ pub enum Request {
         /// The new role.
         role: Role,
     },
+    /// Mute one member of a group (`user`), or the whole group (`user: None`), until
+    /// `until_ms`; `until_ms` 0 (or a time already past) unmutes. The owner or an admin
+    /// mutes; an admin mutes plain members only, and nobody mutes the owner. A muted
+    /// member's appends fail with `Muted`; a muted group refuses every member's appends
+    /// except its owner's and admins'. Removing a member drops their mute.
+    /// Reply: [`Reply::Done`].
+    Mute {
+        /// Who asks.
+        actor: UserId,
+        /// The group.
+        group: u64,
+        /// The member, or `None` for the whole group.
+        user: Option<UserId>,
+        /// When the mute ends (ms since the epoch); 0 unmutes.
+        until_ms: u64,
+        /// Current time: a mute already over is removed rather than stored.
+        now_ms: u64,
+    },
     /// Create a public account published by `owner`. Reply: [`Reply::Created`].
     CreatePublicAccount {
         /// The publisher.
@@ -369,6 +387,16 @@ pub trait Engine: Send + Sync {
         user: UserId,
         role: Role,
     ) -> Result<MembershipChange, StorageError>;
+    /// Mute a member (or the whole group: `user` `None`) until `until_ms` (see
+    /// [`Request::Mute`]).
+    fn mute(
+        &self,
+        actor: UserId,
+        group: u64,
+        user: Option<UserId>,
+        until_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), StorageError>;
     /// Create a public account; returns its key.
     fn create_public_account(
         &self,
@@ -491,6 +519,16 @@ pub fn dispatch<E: Engine + ?Sized>(engine: &E, request: Request) -> Result<Repl
             user,
             role,
         } => Reply::Membership(engine.set_role(actor, group, user, role)?),
+        Request::Mute {
+            actor,
+            group,
+            user,
+            until_ms,
+            now_ms,
+        } => {
+            engine.mute(actor, group, user, until_ms, now_ms)?;
+            Reply::Done
+        }
         Request::CreatePublicAccount {
             owner,
             name,

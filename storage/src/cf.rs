@@ -24,11 +24,13 @@ pub enum Cf {
     Conversations,
     /// Id allocation counters: fixed ASCII names → u64.
     Meta,
+    /// Group mutes: `conversation | user` → muted until (ms); user 0 = the whole group.
+    Mutes,
 }
 
 impl Cf {
     /// Every column family, in a fixed order (the in-memory engine indexes by position).
-    pub const ALL: [Cf; 10] = [
+    pub const ALL: [Cf; 11] = [
         Cf::Messages,
         Cf::Inbox,
         Cf::Dedup,
@@ -39,6 +41,7 @@ impl Cf {
         Cf::Revoked,
         Cf::Conversations,
         Cf::Meta,
+        Cf::Mutes,
     ];
 
     /// The RocksDB column-family name.
@@ -54,6 +57,7 @@ impl Cf {
             Cf::Revoked => "revoked",
             Cf::Conversations => "conversations",
             Cf::Meta => "meta",
+            Cf::Mutes => "mutes",
         }
     }
 

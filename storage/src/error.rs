@@ -76,6 +76,17 @@ pub enum StorageError {
         /// The protected user.
         target: UserId,
     },
+    /// The sender is muted in the group — itself, or the whole group while it is not
+    /// the group's owner or an admin — until `until_ms`.
+    #[error("user {user:?} is muted in {conversation:?} until {until_ms} ms since the epoch")]
+    Muted {
+        /// The group.
+        conversation: ConversationKey,
+        /// The muted sender.
+        user: UserId,
+        /// When the mute ends.
+        until_ms: u64,
+    },
     /// The group or public account does not exist.
     #[error("{0:?} not found")]
     NotFound(ConversationKey),

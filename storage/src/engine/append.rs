@@ -123,7 +123,7 @@ impl<K: Kv> Store<K> {
 
         // Every check and every read before the first put.
         let w = &mut *run.w;
-        let recipients = self.recipients_for_send(w, conv, req.sender)?;
+        let recipients = self.recipients_for_send(w, conv, req.sender, req.now_ms)?;
         let seq = self
             .last_seq(w, conv)?
             .checked_add(1)
@@ -312,12 +312,14 @@ impl<K: Kv> Store<K> {
         Ok(())
     }
 
-    /// Check the sender may post to `conv` and list who receives it (sender included).
+    /// Check the sender may post to `conv` (a member, not muted at `now_ms`) and list
+    /// who receives it (sender included).
     fn recipients_for_send(
         &self,
         w: &mut WriterState,
         conv: ConversationKey,
         sender: UserId,
+        now_ms: u64,
     ) -> Result<Vec<UserId>, StorageError> {
         match conv {
             ConversationKey::Single { lo, hi } => {
@@ -331,12 +333,13 @@ impl<K: Kv> Store<K> {
             }
             ConversationKey::Group(_) => {
                 let members = self.members_of(w, conv)?;
-                if !members.contains_key(&sender) {
+                let Some(role) = members.get(&sender) else {
                     return Err(StorageError::NotAMember {
                         conversation: conv,
                         user: sender,
                     });
-                }
+                };
+                self.check_not_muted(w, conv, sender, *role, now_ms)?;
                 Ok(members.keys().copied().collect())
             }
             ConversationKey::PublicAccount(_) => {

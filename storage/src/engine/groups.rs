@@ -25,7 +25,7 @@ use crate::values::{self, ConversationInfo, InboxEntry};
 
 /// The role of `actor` in `conv` if it may manage members (owner or admin); otherwise
 /// `NotAMember` or `NotAdmin`. One check for adding and removing members.
-fn manager_role(
+pub(super) fn manager_role(
     members: &MemberMap,
     conv: ConversationKey,
     actor: UserId,
@@ -204,6 +204,7 @@ impl<K: Kv> Store<K> {
         }
         let list = member_list(&map);
         w.members.put(conv, Arc::new(map));
+        w.mutes.pop(&conv);
         Ok(MembershipChange {
             conversation: conv,
             changed: added,
@@ -281,6 +282,7 @@ impl<K: Kv> Store<K> {
         }
         let mut batch = self.kv.batch();
         for u in &removed {
+            batch.delete(Cf::Mutes, &keys::conversation_u64(conv, u.0));
             batch.delete(Cf::Members, &keys::conversation_u64(conv, u.0));
             batch.delete(Cf::UserConversations, &keys::user_conversation(*u, conv));
             batch.delete(Cf::Cursors, &keys::user_conversation(*u, conv));

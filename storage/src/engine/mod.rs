@@ -24,6 +24,7 @@
 mod account;
 mod append;
 mod groups;
+mod mutes;
 mod sync;
 mod trait_impl;
 mod trim;
@@ -66,6 +67,8 @@ pub(crate) struct WriterState {
     last_seq: Lru<ConversationKey, u64>,
     inbox_head: Lru<UserId, u64>,
     members: Lru<ConversationKey, Arc<MemberMap>>,
+    /// Mutes of groups, cached and bounded like the member maps.
+    mutes: Lru<ConversationKey, Arc<mutes::MuteMap>>,
     activity: Lru<UserId, u64>,
     /// Per user: conversations with an unconsumed news marker, and that marker's inbox seq.
     /// While one is pending, further read-diffused appends write no new marker.
@@ -104,6 +107,7 @@ impl WriterState {
             last_seq: Lru::unbounded_with_hasher(RandomState::default()),
             inbox_head: Lru::unbounded_with_hasher(RandomState::default()),
             members: Lru::unbounded_with_hasher(RandomState::default()),
+            mutes: Lru::unbounded_with_hasher(RandomState::default()),
             activity: Lru::unbounded_with_hasher(RandomState::default()),
             pending_news: Lru::unbounded_with_hasher(RandomState::default()),
             last_group: None,
@@ -135,7 +139,8 @@ impl WriterState {
             + trim_one(&mut self.inbox_head, max)
             + trim_one(&mut self.activity, max)
             + trim_one(&mut self.pending_news, max)
-            + trim_one(&mut self.members, self.max_member_maps);
+            + trim_one(&mut self.members, self.max_member_maps)
+            + trim_one(&mut self.mutes, self.max_member_maps);
     }
 
     fn cache_stats(&self) -> WriterCacheStats {

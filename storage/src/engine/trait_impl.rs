@@ -73,6 +73,17 @@ impl<K: Kv> Engine for Store<K> {
         self.do_set_role(self.direct_sync(), actor, group, user, role)
     }
 
+    fn mute(
+        &self,
+        actor: UserId,
+        group: u64,
+        user: Option<UserId>,
+        until_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), StorageError> {
+        self.do_mute(self.direct_sync(), actor, group, user, until_ms, now_ms)
+    }
+
     fn create_public_account(
         &self,
         owner: UserId,
@@ -281,6 +292,16 @@ impl<K: Kv> Store<K> {
                 user,
                 role,
             } => Reply::Membership(self.do_set_role(sync, actor, group, user, role)?),
+            Request::Mute {
+                actor,
+                group,
+                user,
+                until_ms,
+                now_ms,
+            } => {
+                self.do_mute(sync, actor, group, user, until_ms, now_ms)?;
+                Reply::Done
+            }
             Request::CreatePublicAccount {
                 owner,
                 name,
