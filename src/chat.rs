@@ -190,6 +190,11 @@ async fn chat(
                 Some(Event::SendFailed { code, message, .. }) => {
                     println!("* send failed: {code:?} {message}");
                 }
+                Some(Event::Conversation(ev))
+                    if ev.kind == pb::ConversationEventKind::Muted as i32 =>
+                {
+                    println!("* {}", describe_mute(&ev));
+                }
                 Some(_) => {}
             },
             line = lines.recv() => {
@@ -204,6 +209,28 @@ async fn chat(
     }
     client.shutdown(false).await;
     Ok(())
+}
+
+/// "[group:7] 5 muted 42 for 59 min" (or the whole group, or lifted the mute).
+fn describe_mute(ev: &pb::ConversationEvent) -> String {
+    let place =
+        ConversationKey::from_wire(ev.conversation.as_ref()).map_or_else(|| "?".to_owned(), show);
+    let whom = match ev.users.as_slice() {
+        [] => "the group".to_owned(),
+        users => users
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    if ev.until_ms == 0 {
+        return format!("[{place}] {} lifted the mute on {whom}", ev.actor);
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let minutes = ev.until_ms.saturating_sub(now_ms).div_ceil(60_000);
+    format!("[{place}] {} muted {whom} for {minutes} min", ev.actor)
 }
 
 /// Runs one input line. Returns false to quit.
@@ -343,6 +370,29 @@ async fn command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mute_events_read_as_sentences() {
+        let mut ev = pb::ConversationEvent {
+            conversation: Some(pb::ConversationId {
+                kind: pb::ConversationKind::Group as i32,
+                id: 7,
+            }),
+            kind: pb::ConversationEventKind::Muted as i32,
+            actor: 5,
+            users: vec![42],
+            until_ms: 0,
+            ..Default::default()
+        };
+        assert_eq!(describe_mute(&ev), "[group:7] 5 lifted the mute on 42");
+        ev.users.clear();
+        ev.until_ms = u64::MAX;
+        assert!(
+            describe_mute(&ev).starts_with("[group:7] 5 muted the group for "),
+            "{}",
+            describe_mute(&ev)
+        );
+    }
 
     #[test]
     fn conversation_names_parse_and_print_back() {

@@ -324,7 +324,140 @@ fn a_group_made_over_the_api_gets_api_messages_pushed_to_members(dp: Dataplane) 
     assert_eq!(added["changed"], json!([53]));
 }
 
+/// An API error's `error.code`.
+fn api_code(r: &common::http::Response) -> String {
+    r.json()["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Sends `text` as `sender` into group `id` over the API.
+fn api_group_send(
+    api: &ApiServer,
+    sender: u64,
+    id: u64,
+    cmid: u64,
+    text: &str,
+) -> common::http::Response {
+    api.call(
+        "POST",
+        "/v1/messages",
+        Some(json!({
+            "sender": sender,
+            "conversation": {"kind": "group", "id": id},
+            "client_msg_id": cmid,
+            "content": {"type": "text", "text": text}
+        })),
+    )
+}
+
+fn a_muted_member_is_refused_with_muted_until_the_mute_is_lifted(dp: Dataplane) {
+    let api = ApiServer::start(dp);
+    let (owner, muted, other) = (61, 62, 63);
+    let (token, _) = api.token(muted, "phone-62");
+    let mut member = TestClient::login(api.server.addr, &token, muted, "phone-62");
+    let group = api.expect(
+        201,
+        "POST",
+        "/v1/groups",
+        Some(json!({"owner": owner, "name": "quiet please", "members": [muted, other]})),
+    );
+    let id = group["id"].as_u64().expect("group id");
+    let conversation = pb::ConversationId {
+        kind: pb::ConversationKind::Group as i32,
+        id,
+    };
+    member.recv_matching(|f| matches!(&f.body, Body::ConversationEvent(_)));
+    member.send_text(conversation, 1, "before");
+    // Plain members mute nobody; the owner mutes member 62 for an hour.
+    let denied = api.call(
+        "POST",
+        &format!("/v1/groups/{id}/mute"),
+        Some(json!({"actor": other, "user_id": muted, "seconds": 3600})),
+    );
+    assert_eq!(
+        (denied.status, api_code(&denied)),
+        (403, "permission_denied".into())
+    );
+    let before = common::server::now().as_millis();
+    let changed = api.expect(
+        200,
+        "POST",
+        &format!("/v1/groups/{id}/mute"),
+        Some(json!({"actor": owner, "user_id": muted, "seconds": 3600})),
+    );
+    assert_eq!(changed["changed"], json!([muted]));
+    // The member is told, with the end of the mute.
+    let event = member.recv_matching(|f| {
+        matches!(&f.body, Body::ConversationEvent(e) if e.kind == pb::ConversationEventKind::Muted as i32)
+    });
+    let Body::ConversationEvent(event) = event.body else {
+        unreachable!()
+    };
+    assert_eq!((event.actor, event.users.as_slice()), (owner, &[muted][..]));
+    assert!(
+        (before + 3_600_000..before + 3_660_000).contains(&event.until_ms),
+        "until {} (now {before})",
+        event.until_ms
+    );
+    // Its sends are refused with MUTED and how long it still lasts; not stored.
+    let answer = member.request(pb::SendMessage {
+        client_msg_id: 2,
+        conversation: Some(conversation),
+        content: petrel_proto::wire::encode_content(&common::client::text_content("let me talk")),
+    });
+    let Body::Error(error) = answer.body else {
+        panic!("a muted member's send was not refused: {answer:?}")
+    };
+    assert_eq!(error.code, pb::ErrorCode::Muted as i32, "{error:?}");
+    assert!(error.message.contains("muted"), "{error:?}");
+    assert!(
+        (3_500_000..=3_600_000).contains(&error.retry_after_ms),
+        "{error:?}"
+    );
+    // Over the API too: 403 `muted` with Retry-After; the others still speak.
+    let refused = api_group_send(&api, muted, id, 3, "via the api");
+    assert_eq!((refused.status, api_code(&refused)), (403, "muted".into()));
+    let retry: u64 = refused
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((3_500..=3_600).contains(&retry), "{retry}");
+    assert_eq!(api_group_send(&api, other, id, 1, "I can").status, 200);
+
+    // The whole group: plain member 63 is refused too, the owner is not.
+    api.expect(
+        200,
+        "POST",
+        &format!("/v1/groups/{id}/mute"),
+        Some(json!({"actor": owner, "seconds": 60})),
+    );
+    let refused = api_group_send(&api, other, id, 2, "me too?");
+    assert_eq!((refused.status, api_code(&refused)), (403, "muted".into()));
+    assert_eq!(
+        api_group_send(&api, owner, id, 1, "announcement").status,
+        200
+    );
+
+    // Lifted: everyone speaks again, and history holds only what was accepted.
+    for body in [
+        json!({"actor": owner, "seconds": 0}),
+        json!({"actor": owner, "user_id": muted, "seconds": 0}),
+    ] {
+        api.expect(200, "POST", &format!("/v1/groups/{id}/mute"), Some(body));
+    }
+    let ack = member.send_text(conversation, 4, "thanks");
+    assert_eq!(ack.seq, 4, "before, I can, announcement, thanks");
+    assert_eq!(
+        api_group_send(&api, other, id, 3, "welcome back").status,
+        200
+    );
+}
+
 dataplane_tests!(
+    a_muted_member_is_refused_with_muted_until_the_mute_is_lifted,
     a_token_minted_over_the_api_logs_in_with_the_sdk,
     a_system_message_over_the_api_reaches_an_sdk_client_live_once,
     a_device_kicked_over_the_api_sees_kicked,

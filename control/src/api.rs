@@ -150,6 +150,16 @@ pub enum ApiConversationOp {
         /// The new role.
         role: petrel_storage::Role,
     },
+    /// Mute a member (`user`) or the whole group (`user` `None`) for `duration_ms`
+    /// from now; 0 lifts it (owner or admin; the removal rules say whom).
+    Mute {
+        /// The group.
+        group: u64,
+        /// The member, or `None` for every plain member.
+        user: Option<u64>,
+        /// How long; 0 lifts the mute.
+        duration_ms: u64,
+    },
     /// Create a public account; the actor publishes it.
     CreatePublicAccount {
         /// Display name.

@@ -100,6 +100,7 @@ pub fn storage_error_code(err: &StorageError) -> (pb::ErrorCode, bool) {
         | StorageError::NotAdmin { .. }
         | StorageError::Protected { .. } => (pb::ErrorCode::PermissionDenied, false),
         StorageError::NotFound(_) => (pb::ErrorCode::NotFound, false),
+        StorageError::Muted { .. } => (pb::ErrorCode::Muted, false),
         StorageError::Invalid(_) => (pb::ErrorCode::InvalidRequest, false),
         StorageError::Closed => (pb::ErrorCode::ShuttingDown, true),
         StorageError::Corrupt(_)
@@ -109,12 +110,18 @@ pub fn storage_error_code(err: &StorageError) -> (pb::ErrorCode, bool) {
     }
 }
 
-/// How long a client should wait before sending again a write refused with `code`
+/// How long a client should wait before sending again a write refused with `err`
 /// (`retry_after_ms` of the `Error`); 0 when there is nothing to wait for.
-pub fn storage_retry_after_ms(code: pb::ErrorCode) -> u32 {
-    match code {
+pub fn storage_retry_after_ms(err: &StorageError) -> u32 {
+    if err.is_no_space() {
         // Space comes back when an operator frees it: minutes rather than milliseconds.
-        pb::ErrorCode::StorageFull => STORAGE_FULL_RETRY_MS,
+        return STORAGE_FULL_RETRY_MS;
+    }
+    match err {
+        // Until the mute ends (at most u32::MAX ms, 49 days, for a longer one).
+        StorageError::Muted { remaining_ms, .. } => {
+            u32::try_from(*remaining_ms).unwrap_or(u32::MAX)
+        }
         _ => 0,
     }
 }
@@ -156,10 +163,18 @@ mod tests {
         );
         let (code, internal) = storage_error_code(&full);
         assert_eq!((code, internal), (pb::ErrorCode::StorageFull, true));
-        assert_eq!(storage_retry_after_ms(code), STORAGE_FULL_RETRY_MS);
+        assert_eq!(storage_retry_after_ms(&full), STORAGE_FULL_RETRY_MS);
         let broken = StorageError::Backend("IO error: Input/output error".into());
         assert_eq!(storage_error_code(&broken).0, pb::ErrorCode::Internal);
-        assert_eq!(storage_retry_after_ms(pb::ErrorCode::Internal), 0);
+        assert_eq!(storage_retry_after_ms(&broken), 0);
+        let muted = StorageError::Muted {
+            conversation: petrel_storage::ConversationKey::Group(1),
+            user: petrel_storage::UserId(2),
+            until_ms: 10_000,
+            remaining_ms: 4_000,
+        };
+        assert_eq!(storage_error_code(&muted), (pb::ErrorCode::Muted, false));
+        assert_eq!(storage_retry_after_ms(&muted), 4_000);
     }
 
     fn id(kind: pb::ConversationKind, id: u64) -> pb::ConversationId {

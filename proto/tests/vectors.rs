@@ -329,6 +329,40 @@ fn valid() -> Vec<Valid> {
                     users: vec![42],
                     role: 0,
                     seq: 17,
+                    until_ms: 0,
+                },
+            ),
+        },
+        Valid {
+            name: "conversation_event_muted",
+            meaning: "ConversationEvent, request id 0 (unsolicited). Body: conversation = \
+                      {GROUP (2), 7}, kind = CONVERSATION_EVENT_KIND_MUTED (7), actor = 5, \
+                      users = [42], until_ms = 1796369657146: admin 5 muted member 42 of group \
+                      7 until that time.",
+            frame: Frame::new(
+                0,
+                pb::ConversationEvent {
+                    conversation: common::conv(ConversationKind::Group, 7),
+                    kind: pb::ConversationEventKind::Muted as i32,
+                    actor: 5,
+                    users: vec![42],
+                    role: 0,
+                    seq: 0,
+                    until_ms: 1_796_369_657_146,
+                },
+            ),
+        },
+        Valid {
+            name: "error_muted",
+            meaning: "Error answering request 6 (flags = RESPONSE). Body: code = \
+                      ERROR_CODE_MUTED (36), message = \"muted\", retry_after_ms = 60000: the \
+                      sender may send to that group again in a minute.",
+            frame: Frame::response(
+                6,
+                pb::Error {
+                    code: pb::ErrorCode::Muted as i32,
+                    message: "muted".into(),
+                    retry_after_ms: 60_000,
                 },
             ),
         },

@@ -89,7 +89,7 @@ impl From<ApiError> for HttpError {
         use pb::ErrorCode as C;
         let status = match e.code {
             C::NotFound => StatusCode::NOT_FOUND,
-            C::NotAMember | C::PermissionDenied => StatusCode::FORBIDDEN,
+            C::NotAMember | C::PermissionDenied | C::Muted => StatusCode::FORBIDDEN,
             C::ContentTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             C::StorageFull | C::ShuttingDown | C::ServerBusy => StatusCode::SERVICE_UNAVAILABLE,

@@ -183,7 +183,8 @@ pub enum Request {
     /// mutes; an admin mutes plain members only, and nobody mutes the owner. A muted
     /// member's appends fail with `Muted`; a muted group refuses every member's appends
     /// except its owner's and admins'. Removing a member drops their mute.
-    /// Reply: [`Reply::Done`].
+    /// Reply: [`Reply::Membership`] (`changed`: the muted member, or empty for the whole
+    /// group; `members`: who to tell).
     Mute {
         /// Who asks.
         actor: UserId,
@@ -396,7 +397,7 @@ pub trait Engine: Send + Sync {
         user: Option<UserId>,
         until_ms: u64,
         now_ms: u64,
-    ) -> Result<(), StorageError>;
+    ) -> Result<MembershipChange, StorageError>;
     /// Create a public account; returns its key.
     fn create_public_account(
         &self,
@@ -525,10 +526,7 @@ pub fn dispatch<E: Engine + ?Sized>(engine: &E, request: Request) -> Result<Repl
             user,
             until_ms,
             now_ms,
-        } => {
-            engine.mute(actor, group, user, until_ms, now_ms)?;
-            Reply::Done
-        }
+        } => Reply::Membership(engine.mute(actor, group, user, until_ms, now_ms)?),
         Request::CreatePublicAccount {
             owner,
             name,

@@ -86,6 +86,8 @@ pub enum StorageError {
         user: UserId,
         /// When the mute ends.
         until_ms: u64,
+        /// How long it still lasts from the request's time.
+        remaining_ms: u64,
     },
     /// The group or public account does not exist.
     #[error("{0:?} not found")]

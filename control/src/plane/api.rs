@@ -63,7 +63,7 @@ fn storage_failure(err: &StorageError) -> ApiError {
     ApiError {
         code,
         message: err.to_string(),
-        retry_after_ms: convert::storage_retry_after_ms(code),
+        retry_after_ms: convert::storage_retry_after_ms(err),
     }
 }
 
@@ -383,6 +383,27 @@ impl Control {
                     role: Some(role),
                 },
             ),
+            ApiConversationOp::Mute {
+                group,
+                user,
+                duration_ms,
+            } => {
+                let until_ms = if duration_ms == 0 {
+                    0
+                } else {
+                    now_ms.saturating_add(duration_ms)
+                };
+                (
+                    Request::Mute {
+                        actor: UserId(actor),
+                        group,
+                        user: user.map(UserId),
+                        until_ms,
+                        now_ms,
+                    },
+                    OpKind::Mute { until_ms },
+                )
+            }
             ApiConversationOp::CreatePublicAccount { name } => (
                 Request::CreatePublicAccount {
                     owner: UserId(actor),

@@ -232,7 +232,7 @@ impl Control {
                 if internal {
                     self.counters.storage_errors += 1;
                 }
-                let retry = convert::storage_retry_after_ms(code);
+                let retry = convert::storage_retry_after_ms(&err);
                 return self.send_error(to.conn, to.rid, code, &err.to_string(), retry);
             }
         };
@@ -270,6 +270,7 @@ impl Control {
                         users: added,
                         role: 0,
                         seq: 0,
+                        until_ms: 0,
                     },
                 );
             }
@@ -315,6 +316,37 @@ impl Control {
                         users: changed,
                         role: role.map_or(0, |r| convert::role_to_wire(r) as i32),
                         seq: 0,
+                        until_ms: 0,
+                    },
+                );
+            }
+            (OpKind::Mute { until_ms }, Reply::Membership(change)) => {
+                let conversation = convert::wire_id(to.user, change.conversation);
+                self.op_result(
+                    to,
+                    pb::ConversationOpResult {
+                        conversation: Some(conversation),
+                        members: Vec::new(),
+                        recent: Vec::new(),
+                    },
+                );
+                let audience: Vec<u64> = change
+                    .members
+                    .iter()
+                    .map(|m| m.user.0)
+                    .chain([to.user])
+                    .collect();
+                self.notify(
+                    to,
+                    audience,
+                    pb::ConversationEvent {
+                        conversation: Some(conversation),
+                        kind: pb::ConversationEventKind::Muted as i32,
+                        actor: to.user,
+                        users: change.changed.iter().map(|u| u.0).collect(),
+                        role: 0,
+                        seq: 0,
+                        until_ms,
                     },
                 );
             }
@@ -347,6 +379,7 @@ impl Control {
                         users: vec![to.user],
                         role: 0,
                         seq: state.read_seq,
+                        until_ms: 0,
                     },
                 );
                 // And the other members see a receipt (receipts.rs).

@@ -135,7 +135,7 @@ impl Control {
                 } else {
                     self.counters.messages_rejected += 1;
                 }
-                let retry = convert::storage_retry_after_ms(code);
+                let retry = convert::storage_retry_after_ms(&err);
                 return self.send_error(ctx.to.conn, ctx.to.rid, code, &err.to_string(), retry);
             }
         };

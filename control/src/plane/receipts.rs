@@ -79,6 +79,7 @@ impl Control {
             users: vec![to.user],
             role: 0,
             seq,
+            until_ms: 0,
         };
         self.counters.read_receipts += self.notify(to, audience, event);
     }

@@ -101,23 +101,23 @@ impl Control {
     }
 
     fn storage_failed(&mut self, to: ReplyTo, result: Result<Reply, StorageError>) {
-        let (code, message) = match result {
+        let (code, message, retry) = match result {
             Err(err) => {
                 let (code, internal) = convert::storage_error_code(&err);
                 if internal {
                     self.counters.storage_errors += 1;
                 }
-                (code, err.to_string())
+                (code, err.to_string(), convert::storage_retry_after_ms(&err))
             }
             Ok(_) => {
                 self.counters.storage_errors += 1;
                 (
                     pb::ErrorCode::Internal,
                     "storage answered with the wrong reply".to_owned(),
+                    0,
                 )
             }
         };
-        let retry = convert::storage_retry_after_ms(code);
         self.send_error(to.conn, to.rid, code, &message, retry);
     }
 

@@ -80,6 +80,7 @@ pub enum StorageFault {
     NotOwner,
     NotAdmin,
     Protected,
+    Muted,
     NotFound,
     Invalid,
     Corrupt,
@@ -93,11 +94,12 @@ pub enum StorageFault {
 
 impl StorageFault {
     /// Every variant of [`StorageError`], one each, and a full disk.
-    pub const ALL: [StorageFault; 12] = [
+    pub const ALL: [StorageFault; 13] = [
         StorageFault::NotAMember,
         StorageFault::NotOwner,
         StorageFault::NotAdmin,
         StorageFault::Protected,
+        StorageFault::Muted,
         StorageFault::NotFound,
         StorageFault::Invalid,
         StorageFault::Corrupt,
@@ -120,6 +122,12 @@ impl StorageFault {
             StorageFault::Protected => StorageError::Protected {
                 conversation,
                 target: user,
+            },
+            StorageFault::Muted => StorageError::Muted {
+                conversation,
+                user,
+                until_ms: 1,
+                remaining_ms: 1,
             },
             StorageFault::NotFound => StorageError::NotFound(conversation),
             StorageFault::Invalid => StorageError::Invalid("injected"),
@@ -148,6 +156,7 @@ impl StorageFault {
                 pb::ErrorCode::PermissionDenied
             }
             StorageFault::NotFound => pb::ErrorCode::NotFound,
+            StorageFault::Muted => pb::ErrorCode::Muted,
             StorageFault::Invalid => pb::ErrorCode::InvalidRequest,
             StorageFault::Closed => pb::ErrorCode::ShuttingDown,
             StorageFault::NoSpace => pb::ErrorCode::StorageFull,
@@ -169,6 +178,7 @@ impl StorageFault {
             StorageError::NotAdmin { .. } => StorageFault::NotAdmin,
             StorageError::Protected { .. } => StorageFault::Protected,
             StorageError::NotFound(_) => StorageFault::NotFound,
+            StorageError::Muted { .. } => StorageFault::Muted,
             StorageError::Invalid(_) => StorageFault::Invalid,
             StorageError::Corrupt(_) => StorageFault::Corrupt,
             StorageError::Backend(_) => StorageFault::Backend,
@@ -203,6 +213,7 @@ pub fn is_answered(request: &Request) -> bool {
         | Request::RemoveMembers { .. }
         | Request::Leave { .. }
         | Request::SetRole { .. }
+        | Request::Mute { .. }
         | Request::CreatePublicAccount { .. }
         | Request::Follow { .. }
         | Request::Unfollow { .. }

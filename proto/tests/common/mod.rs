@@ -170,6 +170,7 @@ pub fn body_for(t: FrameType, n: u64, s: &str) -> Body {
             users: vec![n + 1],
             role: pb::Role::Unspecified as i32,
             seq: 0,
+            until_ms: 0,
         }
         .into(),
         FrameType::Gap => pb::Gap {

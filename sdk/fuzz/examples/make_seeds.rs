@@ -188,6 +188,7 @@ fn main() {
                             kind: pb::ConversationEventKind::Read as i32,
                             conversation: conv(Single, 202),
                             seq: 2,
+                            until_ms: 0,
                             ..Default::default()
                         },
                     ),

@@ -3,8 +3,7 @@
 //! acting user (`actor`, or `owner` / `user_id`): a group change needs the role it needs
 //! in the protocol (owner or admin).
 //!
-//! Not implemented yet, answered `501 not_implemented`: dissolving a group, muting a
-//! member or a group, and chatrooms (the control plane keeps chatrooms per connection and
+//! Not implemented yet, answered `501 not_implemented`: dissolving a group, and chatrooms (the control plane keeps chatrooms per connection and
 //! has no operator operations on them).
 
 use axum::Json;
@@ -234,9 +233,50 @@ pub async fn dissolve() -> HttpError {
     HttpError::not_implemented("dissolving a group")
 }
 
-/// `POST /v1/groups/{group_id}/mute`: not implemented yet.
-pub async fn mute() -> HttpError {
-    HttpError::not_implemented("muting a group or a member")
+/// Longest mute, seconds (ten years; "forever" in practice).
+const MAX_MUTE_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// Body of `POST /v1/groups/{group_id}/mute`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MuteBody {
+    actor: u64,
+    /// The member; absent for the whole group (every plain member).
+    #[serde(default)]
+    user_id: Option<u64>,
+    /// How long from now; 0 lifts the mute.
+    seconds: u64,
+}
+
+/// `POST /v1/groups/{group_id}/mute`: mute a member or the whole group for `seconds`
+/// (0 lifts it). Members online get `ConversationEvent` MUTED; a muted sender's sends
+/// are refused with `MUTED` (`403 muted`, with `Retry-After`, over the API).
+pub async fn mute(
+    State(state): State<AppState>,
+    ApiPath(group): ApiPath<u64>,
+    ApiJson(body): ApiJson<MuteBody>,
+) -> Result<Json<Changed>, HttpError> {
+    let group = id("group_id", group)?;
+    let actor = user_id("actor", body.actor)?;
+    let user = body.user_id.map(|u| user_id("user_id", u)).transpose()?;
+    if body.seconds > MAX_MUTE_SECS {
+        return Err(HttpError::invalid(
+            "seconds",
+            format!("at most {MAX_MUTE_SECS} (ten years)"),
+        ));
+    }
+    changed(
+        op(
+            &state,
+            actor,
+            ApiConversationOp::Mute {
+                group,
+                user,
+                duration_ms: body.seconds * 1000,
+            },
+        )
+        .await?,
+    )
 }
 
 /// `POST /v1/chatrooms` and below: not implemented yet.

@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Store, WriterState, groups};
+use super::{Store, WriterState, groups, member_list};
+use crate::api::MembershipChange;
 use crate::cf::Cf;
 use crate::error::StorageError;
 use crate::keys;
@@ -80,6 +81,7 @@ impl<K: Kv> Store<K> {
                 conversation: conv,
                 user: sender,
                 until_ms: until,
+                remaining_ms: until - now_ms,
             });
         }
         Ok(())
@@ -93,7 +95,7 @@ impl<K: Kv> Store<K> {
         user: Option<UserId>,
         until_ms: u64,
         now_ms: u64,
-    ) -> Result<(), StorageError> {
+    ) -> Result<MembershipChange, StorageError> {
         self.observe_time(now_ms);
         let conv = ConversationKey::Group(group);
         let mut w = self.lock()?;
@@ -136,6 +138,10 @@ impl<K: Kv> Store<K> {
         }
         self.commit(batch, sync)?;
         w.mutes.put(conv, Arc::new(map));
-        Ok(())
+        Ok(MembershipChange {
+            conversation: conv,
+            changed: user.into_iter().collect(),
+            members: member_list(&members),
+        })
     }
 }

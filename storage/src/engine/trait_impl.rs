@@ -80,7 +80,7 @@ impl<K: Kv> Engine for Store<K> {
         user: Option<UserId>,
         until_ms: u64,
         now_ms: u64,
-    ) -> Result<(), StorageError> {
+    ) -> Result<MembershipChange, StorageError> {
         self.do_mute(self.direct_sync(), actor, group, user, until_ms, now_ms)
     }
 
@@ -298,10 +298,7 @@ impl<K: Kv> Store<K> {
                 user,
                 until_ms,
                 now_ms,
-            } => {
-                self.do_mute(sync, actor, group, user, until_ms, now_ms)?;
-                Reply::Done
-            }
+            } => Reply::Membership(self.do_mute(sync, actor, group, user, until_ms, now_ms)?),
             Request::CreatePublicAccount {
                 owner,
                 name,
