@@ -195,6 +195,13 @@ async fn chat(
                 {
                     println!("* {}", describe_mute(&ev));
                 }
+                Some(Event::Conversation(ev))
+                    if ev.kind == pb::ConversationEventKind::Dissolved as i32 =>
+                {
+                    let place = ConversationKey::from_wire(ev.conversation.as_ref())
+                        .map_or_else(|| "?".to_owned(), show);
+                    println!("* [{place}] {} dissolved the group", ev.actor);
+                }
                 Some(_) => {}
             },
             line = lines.recv() => {

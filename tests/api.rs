@@ -456,7 +456,96 @@ fn a_muted_member_is_refused_with_muted_until_the_mute_is_lifted(dp: Dataplane) 
     );
 }
 
+fn a_dissolved_group_tells_its_members_and_is_gone_for_every_request(dp: Dataplane) {
+    let api = ApiServer::start(dp);
+    let (owner, online, offline) = (71, 72, 73);
+    let (token, _) = api.token(online, "phone-72");
+    let mut member = TestClient::login(api.server.addr, &token, online, "phone-72");
+    let group = api.expect(
+        201,
+        "POST",
+        "/v1/groups",
+        Some(json!({"owner": owner, "name": "short-lived", "members": [online, offline]})),
+    );
+    let id = group["id"].as_u64().expect("group id");
+    let conversation = pb::ConversationId {
+        kind: pb::ConversationKind::Group as i32,
+        id,
+    };
+    member.recv_matching(|f| matches!(&f.body, Body::ConversationEvent(_)));
+    member.send_text(conversation, 1, "hello");
+    assert_eq!(api_group_send(&api, owner, id, 1, "hi").status, 200);
+    member.push();
+
+    let denied = api.call(
+        "POST",
+        &format!("/v1/groups/{id}/dissolve"),
+        Some(json!({"actor": online})),
+    );
+    assert_eq!(
+        (denied.status, api_code(&denied)),
+        (403, "permission_denied".into())
+    );
+    let dissolved = api.expect(
+        200,
+        "POST",
+        &format!("/v1/groups/{id}/dissolve"),
+        Some(json!({"actor": owner})),
+    );
+    assert_eq!(dissolved["changed"], json!([owner, online, offline]));
+    assert_eq!(dissolved["members"], json!([]));
+    let event = member.recv_matching(|f| {
+        matches!(&f.body, Body::ConversationEvent(e) if e.kind == pb::ConversationEventKind::Dissolved as i32)
+    });
+    let Body::ConversationEvent(event) = event.body else {
+        unreachable!()
+    };
+    assert_eq!(event.conversation, Some(conversation));
+    assert_eq!(event.actor, owner);
+
+    // Gone for every request: sends (protocol and API), history, members, a second dissolve.
+    let answer = member.request(pb::SendMessage {
+        client_msg_id: 2,
+        conversation: Some(conversation),
+        content: petrel_proto::wire::encode_content(&common::client::text_content("anyone?")),
+    });
+    assert!(
+        matches!(&answer.body, Body::Error(e) if e.code == pb::ErrorCode::NotFound as i32),
+        "{answer:?}"
+    );
+    let refused = api_group_send(&api, owner, id, 2, "echo");
+    assert_eq!(
+        (refused.status, api_code(&refused)),
+        (404, "not_found".into())
+    );
+    for (method, path, body) in [
+        ("GET", format!("/v1/groups/{id}/members"), None),
+        (
+            "GET",
+            format!("/v1/conversations/group/{id}/messages?user={owner}"),
+            None,
+        ),
+        (
+            "POST",
+            format!("/v1/groups/{id}/dissolve"),
+            Some(json!({"actor": owner})),
+        ),
+    ] {
+        let r = api.call(method, &path, body);
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.text());
+    }
+    // A new group never reuses the id.
+    let again = api.expect(
+        201,
+        "POST",
+        "/v1/groups",
+        Some(json!({"owner": owner, "name": "next", "members": [online]})),
+    );
+    assert_ne!(again["id"].as_u64(), Some(id));
+}
+
 dataplane_tests!(
+    a_dissolved_group_tells_its_members_and_is_gone_for_every_request,
     a_muted_member_is_refused_with_muted_until_the_mute_is_lifted,
     a_token_minted_over_the_api_logs_in_with_the_sdk,
     a_system_message_over_the_api_reaches_an_sdk_client_live_once,
@@ -633,7 +722,21 @@ fn bad_input_gets_a_4xx_json_error_naming_the_field_never_a_5xx() {
             404,
             None,
         ),
-        ("POST", "/v1/groups/987654/dissolve".into(), None, 501, None),
+        (
+            "POST",
+            "/v1/groups/987654/dissolve".into(),
+            Some(json!({"actor": 1})),
+            404,
+            None,
+        ),
+        (
+            "POST",
+            "/v1/groups/987654/mute".into(),
+            Some(json!({"actor": 1, "seconds": 315_360_001u64})),
+            400,
+            Some("seconds"),
+        ),
+        ("POST", "/v1/chatrooms".into(), None, 501, None),
     ];
     for (method, path, body, status, field) in cases {
         let r = api.call(method, &path, body.clone());

@@ -150,6 +150,11 @@ pub enum ApiConversationOp {
         /// The new role.
         role: petrel_storage::Role,
     },
+    /// Dissolve a group (owner only).
+    Dissolve {
+        /// The group.
+        group: u64,
+    },
     /// Mute a member (`user`) or the whole group (`user` `None`) for `duration_ms`
     /// from now; 0 lifts it (owner or admin; the removal rules say whom).
     Mute {

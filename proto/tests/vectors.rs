@@ -353,6 +353,24 @@ fn valid() -> Vec<Valid> {
             ),
         },
         Valid {
+            name: "conversation_event_dissolved",
+            meaning: "ConversationEvent, request id 0 (unsolicited). Body: conversation = \
+                      {GROUP (2), 7}, kind = CONVERSATION_EVENT_KIND_DISSOLVED (8), actor = 5, \
+                      users = []: the owner dissolved group 7; every member is out.",
+            frame: Frame::new(
+                0,
+                pb::ConversationEvent {
+                    conversation: common::conv(ConversationKind::Group, 7),
+                    kind: pb::ConversationEventKind::Dissolved as i32,
+                    actor: 5,
+                    users: vec![],
+                    role: 0,
+                    seq: 0,
+                    until_ms: 0,
+                },
+            ),
+        },
+        Valid {
             name: "error_muted",
             meaning: "Error answering request 6 (flags = RESPONSE). Body: code = \
                       ERROR_CODE_MUTED (36), message = \"muted\", retry_after_ms = 60000: the \

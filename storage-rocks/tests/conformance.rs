@@ -495,6 +495,66 @@ fn group_mute_rules<H: Harness>() {
     send(e, D, g, 7, T0 + 1001).unwrap();
 }
 
+/// Dissolving: owner only; afterwards the group is gone for every request, its members
+/// no longer list it, a known device's sync skips it, and its id is never given again.
+fn dissolving_a_group<H: Harness>() {
+    let h = H::open(config(DiffusionMode::Hybrid));
+    let e = h.engine();
+    let g = e.create_group(A, "g", &[B, C], T0).unwrap();
+    let id = account_id(g);
+    let mut device = Device::new(B);
+    send(e, A, g, 1, T0).unwrap();
+    assert_eq!(device.sync_all(e, 10).len(), 1);
+    send(e, C, g, 1, T0).unwrap();
+    e.mute(A, id, Some(C), T0 + 10_000, T0).unwrap();
+    assert!(matches!(
+        e.dissolve(B, id),
+        Err(StorageError::NotOwner { .. })
+    ));
+    assert!(matches!(
+        e.dissolve(D, id),
+        Err(StorageError::NotAMember { .. })
+    ));
+    let change = e.dissolve(A, id).unwrap();
+    assert_eq!(change.changed, vec![A, B, C]);
+    assert!(change.members.is_empty());
+    let h = h.reopen();
+    let e = h.engine();
+    assert!(matches!(
+        send(e, A, g, 2, T0),
+        Err(StorageError::NotFound(_))
+    ));
+    assert!(matches!(e.members(g), Err(StorageError::NotFound(_))));
+    assert!(matches!(
+        e.history(B, g, u64::MAX, 10),
+        Err(StorageError::NotFound(_))
+    ));
+    assert!(matches!(e.dissolve(A, id), Err(StorageError::NotFound(_))));
+    assert!(matches!(
+        e.add_members(A, id, &[D], T0),
+        Err(StorageError::NotFound(_))
+    ));
+    for u in [A, B, C] {
+        assert!(!e.conversations_of(u).unwrap().contains(&g), "{u:?}");
+    }
+    // B's device had an inbox entry for C's message: it leads nowhere now.
+    let page = e
+        .sync(&SyncRequest {
+            user: B,
+            inbox_cursor: device.inbox_cursor,
+            cursors: device.cursors.iter().map(|(c, s)| (*c, *s)).collect(),
+            limit: 10,
+            now_ms: T0,
+        })
+        .unwrap();
+    assert!(page.messages.is_empty(), "{page:?}");
+    assert!(page.conversations.iter().all(|s| s.key != g), "{page:?}");
+    // A new device of B sees nothing of it either; a new group gets a new id.
+    assert!(Device::new(B).sync_all(e, 10).is_empty());
+    let next = e.create_group(A, "again", &[B], T0).unwrap();
+    assert_ne!(next, g);
+}
+
 fn public_account_follow_rules<H: Harness>() {
     let h = H::open(config(DiffusionMode::Hybrid));
     let e = h.engine();
@@ -1196,6 +1256,10 @@ macro_rules! conformance {
             #[test]
             fn group_role_rules() {
                 super::group_role_rules::<$harness>();
+            }
+            #[test]
+            fn dissolving_a_group() {
+                super::dissolving_a_group::<$harness>();
             }
             #[test]
             fn group_mute_rules() {

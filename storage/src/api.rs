@@ -178,6 +178,17 @@ pub enum Request {
         /// The new role.
         role: Role,
     },
+    /// Dissolve a group (owner only): every membership, read cursor and mute goes, the
+    /// group's metadata goes (so every later request naming it is `NotFound`, and its id
+    /// is never given again), and its messages are deleted (one range delete; the space
+    /// comes back with compaction). Inbox entries that pointed at them lead nowhere and
+    /// sync skips them. Reply: [`Reply::Membership`] (`changed`: every former member).
+    Dissolve {
+        /// Who asks (must be the owner).
+        actor: UserId,
+        /// The group.
+        group: u64,
+    },
     /// Mute one member of a group (`user`), or the whole group (`user: None`), until
     /// `until_ms`; `until_ms` 0 (or a time already past) unmutes. The owner or an admin
     /// mutes; an admin mutes plain members only, and nobody mutes the owner. A muted
@@ -388,6 +399,8 @@ pub trait Engine: Send + Sync {
         user: UserId,
         role: Role,
     ) -> Result<MembershipChange, StorageError>;
+    /// Dissolve a group (see [`Request::Dissolve`]).
+    fn dissolve(&self, actor: UserId, group: u64) -> Result<MembershipChange, StorageError>;
     /// Mute a member (or the whole group: `user` `None`) until `until_ms` (see
     /// [`Request::Mute`]).
     fn mute(
@@ -520,6 +533,7 @@ pub fn dispatch<E: Engine + ?Sized>(engine: &E, request: Request) -> Result<Repl
             user,
             role,
         } => Reply::Membership(engine.set_role(actor, group, user, role)?),
+        Request::Dissolve { actor, group } => Reply::Membership(engine.dissolve(actor, group)?),
         Request::Mute {
             actor,
             group,

@@ -383,6 +383,13 @@ impl Control {
                     role: Some(role),
                 },
             ),
+            ApiConversationOp::Dissolve { group } => (
+                Request::Dissolve {
+                    actor: UserId(actor),
+                    group,
+                },
+                membership(pb::ConversationEventKind::Dissolved),
+            ),
             ApiConversationOp::Mute {
                 group,
                 user,

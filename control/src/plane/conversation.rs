@@ -298,7 +298,7 @@ impl Control {
                 if change.changed.is_empty() {
                     return;
                 }
-                let changed: Vec<u64> = change.changed.iter().map(|u| u.0).collect();
+                let mut changed: Vec<u64> = change.changed.iter().map(|u| u.0).collect();
                 let audience: Vec<u64> = change
                     .members
                     .iter()
@@ -306,6 +306,10 @@ impl Control {
                     .chain(changed.iter().copied())
                     .chain([to.user])
                     .collect();
+                if event == pb::ConversationEventKind::Dissolved {
+                    // Everyone is out: no list (a large group's would not fit a frame).
+                    changed.clear();
+                }
                 self.notify(
                     to,
                     audience,

@@ -214,6 +214,7 @@ pub fn is_answered(request: &Request) -> bool {
         | Request::Leave { .. }
         | Request::SetRole { .. }
         | Request::Mute { .. }
+        | Request::Dissolve { .. }
         | Request::CreatePublicAccount { .. }
         | Request::Follow { .. }
         | Request::Unfollow { .. }

@@ -3,7 +3,7 @@
 //! acting user (`actor`, or `owner` / `user_id`): a group change needs the role it needs
 //! in the protocol (owner or admin).
 //!
-//! Not implemented yet, answered `501 not_implemented`: dissolving a group, and chatrooms (the control plane keeps chatrooms per connection and
+//! Not implemented yet, answered `501 not_implemented`: chatrooms (the control plane keeps chatrooms per connection and
 //! has no operator operations on them).
 
 use axum::Json;
@@ -228,9 +228,24 @@ pub async fn leave(
     changed(op(&state, user, ApiConversationOp::Leave { group }).await?)
 }
 
-/// `POST /v1/groups/{group_id}/dissolve`: not implemented yet.
-pub async fn dissolve() -> HttpError {
-    HttpError::not_implemented("dissolving a group")
+/// Body naming the acting user alone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorBody {
+    actor: u64,
+}
+
+/// `POST /v1/groups/{group_id}/dissolve` (owner only): every member is out and gets
+/// `ConversationEvent` DISSOLVED, the messages are deleted, and the group answers 404
+/// from then on. `changed` lists the former members.
+pub async fn dissolve(
+    State(state): State<AppState>,
+    ApiPath(group): ApiPath<u64>,
+    ApiJson(body): ApiJson<ActorBody>,
+) -> Result<Json<Changed>, HttpError> {
+    let group = id("group_id", group)?;
+    let actor = user_id("actor", body.actor)?;
+    changed(op(&state, actor, ApiConversationOp::Dissolve { group }).await?)
 }
 
 /// Longest mute, seconds (ten years; "forever" in practice).

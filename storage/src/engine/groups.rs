@@ -304,6 +304,58 @@ impl<K: Kv> Store<K> {
         })
     }
 
+    /// Dissolve a group (owner only; see `Request::Dissolve`).
+    pub(super) fn do_dissolve(
+        &self,
+        sync: bool,
+        actor: UserId,
+        group: u64,
+    ) -> Result<MembershipChange, StorageError> {
+        let conv = ConversationKey::Group(group);
+        let mut w = self.lock()?;
+        let members = self.members_of(&mut w, conv)?;
+        match members.get(&actor) {
+            Some(Role::Owner) => {}
+            Some(_) => {
+                return Err(StorageError::NotOwner {
+                    conversation: conv,
+                    user: actor,
+                });
+            }
+            None => {
+                return Err(StorageError::NotAMember {
+                    conversation: conv,
+                    user: actor,
+                });
+            }
+        }
+        let prefix = keys::conversation(conv);
+        let end = keys::prefix_end(&prefix);
+        let mut batch = self.kv.batch();
+        for u in members.keys() {
+            batch.delete(Cf::Members, &keys::conversation_u64(conv, u.0));
+            batch.delete(Cf::UserConversations, &keys::user_conversation(*u, conv));
+            batch.delete(Cf::Cursors, &keys::user_conversation(*u, conv));
+        }
+        batch.delete_range(Cf::Mutes, &prefix, &end);
+        batch.delete_range(Cf::Messages, &prefix, &end);
+        batch.delete(Cf::Conversations, &prefix);
+        self.commit(batch, sync)?;
+        for u in members.keys() {
+            if let Some(p) = w.pending_news.get_mut(u) {
+                p.remove(&conv);
+            }
+        }
+        w.members.pop(&conv);
+        w.mutes.pop(&conv);
+        w.last_seq.pop(&conv);
+        Ok(MembershipChange {
+            conversation: conv,
+            changed: members.keys().copied().collect(),
+            members: Vec::new(),
+        })
+    }
+
     pub(super) fn do_set_role(
         &self,
         sync: bool,

@@ -116,6 +116,15 @@ impl<K: Kv> Store<K> {
         }
         page.conversations.reserve(touched.len());
         for c in touched {
+            // A dissolved group (its inbox entries outlive it) has no state to report.
+            if matches!(c, ConversationKey::Group(_))
+                && self
+                    .kv
+                    .get(Cf::Conversations, &keys::conversation(c))?
+                    .is_none()
+            {
+                continue;
+            }
             page.conversations.push(ConversationState {
                 key: c,
                 last_seq: self.stored_last_seq(c)?,

@@ -73,6 +73,10 @@ impl<K: Kv> Engine for Store<K> {
         self.do_set_role(self.direct_sync(), actor, group, user, role)
     }
 
+    fn dissolve(&self, actor: UserId, group: u64) -> Result<MembershipChange, StorageError> {
+        self.do_dissolve(self.direct_sync(), actor, group)
+    }
+
     fn mute(
         &self,
         actor: UserId,
@@ -292,6 +296,9 @@ impl<K: Kv> Store<K> {
                 user,
                 role,
             } => Reply::Membership(self.do_set_role(sync, actor, group, user, role)?),
+            Request::Dissolve { actor, group } => {
+                Reply::Membership(self.do_dissolve(sync, actor, group)?)
+            }
             Request::Mute {
                 actor,
                 group,
