@@ -54,6 +54,8 @@ commands:
   /group NAME ID,ID   create a group with these members
   /read               mark the current conversation read
   /typing [off]       tell the current conversation you are typing (or stopped)
+  /recall SEQ         recall message SEQ of the current conversation (yours, recently;
+                      any, as a group's owner or admin)
   /send-image FILE    upload FILE to the media service (--media) and send it here
   /quit               leave
 anything else is sent as a text message to the current conversation";
@@ -163,7 +165,7 @@ async fn chat(
                     show(m.conversation),
                     m.seq,
                     m.sender,
-                    content::summary(&m.content)
+                    shown(&m)
                 ),
                 Some(Event::State(ConnectionState::Connected { endpoint, .. })) => {
                     println!("* connected to {endpoint}");
@@ -184,6 +186,9 @@ async fn chat(
                     show(conversation),
                     if typing { "is typing…" } else { "stopped typing" }
                 ),
+                Some(Event::Recalled { conversation, seq, recall }) => {
+                    println!("* [{}] #{seq} was recalled by {}", show(conversation), recall.by);
+                }
                 Some(Event::ReadReceipt { conversation, reader, seq }) => {
                     println!("* [{}] {reader} read up to #{seq}", show(conversation));
                 }
@@ -216,6 +221,14 @@ async fn chat(
     }
     client.shutdown(false).await;
     Ok(())
+}
+
+/// What a message says, or that it was recalled.
+fn shown(m: &petrel_sdk::Message) -> String {
+    match m.recalled {
+        Some(r) => format!("[recalled by {}]", r.by),
+        None => content::summary(&m.content),
+    }
 }
 
 /// "[group:7] 5 muted 42 for 59 min" (or the whole group, or lifted the mute).
@@ -263,10 +276,7 @@ async fn command(
         }
         "/list" => {
             for c in client.conversations()? {
-                let preview = c
-                    .last_message
-                    .map(|m| content::summary(&m.content))
-                    .unwrap_or_default();
+                let preview = c.last_message.map(|m| shown(&m)).unwrap_or_default();
                 println!(
                     "{:<16} unread {:>4}  {preview}",
                     show(c.conversation),
@@ -284,12 +294,7 @@ async fn command(
             let mut page = client.load_history(c, 0, n).await?;
             page.reverse();
             for m in page {
-                println!(
-                    "#{} from {}: {}",
-                    m.seq,
-                    m.sender,
-                    content::summary(&m.content)
-                );
+                println!("#{} from {}: {}", m.seq, m.sender, shown(&m));
             }
         }
         "/join" => {
@@ -331,6 +336,12 @@ async fn command(
                 .first()
                 .map_or(0, |m| m.seq);
             client.mark_read(c, seq).await?;
+        }
+        "/recall" => {
+            let c = current.context("pick a conversation first: /to …")?;
+            let seq: u64 = rest.parse().context("usage: /recall SEQ")?;
+            client.recall(c, seq).await?;
+            println!("* [{}] #{seq} recalled", show(c));
         }
         "/typing" => {
             let c = current.context("pick a conversation first: /to …")?;

@@ -544,7 +544,82 @@ fn a_dissolved_group_tells_its_members_and_is_gone_for_every_request(dp: Datapla
     assert_ne!(again["id"].as_u64(), Some(id));
 }
 
+fn a_message_recalled_over_the_api_is_gone_from_history_and_its_members_are_told(dp: Dataplane) {
+    let api = ApiServer::start(dp);
+    let (owner, member) = (81, 82);
+    let (token, _) = api.token(member, "phone-82");
+    let mut client = TestClient::login(api.server.addr, &token, member, "phone-82");
+    let group = api.expect(
+        201,
+        "POST",
+        "/v1/groups",
+        Some(json!({"owner": owner, "name": "announcements", "members": [member]})),
+    );
+    let id = group["id"].as_u64().expect("group id");
+    client.recv_matching(|f| matches!(&f.body, Body::ConversationEvent(_)));
+    assert_eq!(
+        api_group_send(&api, owner, id, 1, "wrong price").status,
+        200
+    );
+    assert_eq!(
+        api_group_send(&api, owner, id, 2, "right price").status,
+        200
+    );
+    client.push();
+    client.push();
+    let conversation = json!({"kind": "group", "id": id});
+    // The member may not recall the owner's message; the owner may.
+    let denied = api.call(
+        "POST",
+        "/v1/messages/recall",
+        Some(json!({"actor": member, "conversation": conversation, "seq": 1})),
+    );
+    assert_eq!(
+        (denied.status, api_code(&denied)),
+        (403, "permission_denied".into())
+    );
+    let missing = api.call(
+        "POST",
+        "/v1/messages/recall",
+        Some(json!({"actor": owner, "conversation": conversation, "seq": 99})),
+    );
+    assert_eq!(
+        (missing.status, api_code(&missing)),
+        (404, "not_found".into())
+    );
+    let recalled = api.expect(
+        200,
+        "POST",
+        "/v1/messages/recall",
+        Some(json!({"actor": owner, "conversation": conversation, "seq": 1})),
+    );
+    assert_eq!(recalled["seq"], 1);
+    assert_eq!(recalled["recalled"]["by"], owner);
+    let event = client.recv_matching(|f| {
+        matches!(&f.body, Body::ConversationEvent(e) if e.kind == pb::ConversationEventKind::Recalled as i32)
+    });
+    let Body::ConversationEvent(event) = event.body else {
+        unreachable!()
+    };
+    assert_eq!((event.actor, event.seq), (owner, 1));
+    // History: seq 1 in its place, recalled, without content; seq 2 as it was.
+    let history = api.expect(
+        200,
+        "GET",
+        &format!("/v1/conversations/group/{id}/messages?user={member}"),
+        None,
+    );
+    let messages = history["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 2, "{history}");
+    assert_eq!(messages[0]["seq"], 1);
+    assert_eq!(messages[0]["content"], Value::Null);
+    assert_eq!(messages[0]["recalled"]["by"], owner);
+    assert_eq!(messages[1]["content"]["text"], "right price");
+    assert_eq!(messages[1]["recalled"], Value::Null);
+}
+
 dataplane_tests!(
+    a_message_recalled_over_the_api_is_gone_from_history_and_its_members_are_told,
     a_dissolved_group_tells_its_members_and_is_gone_for_every_request,
     a_muted_member_is_refused_with_muted_until_the_mute_is_lifted,
     a_token_minted_over_the_api_logs_in_with_the_sdk,
@@ -737,6 +812,13 @@ fn bad_input_gets_a_4xx_json_error_naming_the_field_never_a_5xx() {
             Some("seconds"),
         ),
         ("POST", "/v1/chatrooms".into(), None, 501, None),
+        (
+            "POST",
+            "/v1/messages/recall".into(),
+            Some(json!({"actor": 1, "conversation": {"kind": "group", "id": 1}, "seq": 0})),
+            400,
+            Some("seq"),
+        ),
     ];
     for (method, path, body, status, field) in cases {
         let r = api.call(method, &path, body.clone());

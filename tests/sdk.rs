@@ -905,7 +905,76 @@ fn read_receipts_reach_the_sender_on_every_dataplane(dp: Dataplane) {
     })
 }
 
+async fn recalled(events: &mut Events) -> (ConversationKey, u64, u64) {
+    timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Some(Event::Recalled {
+                    conversation,
+                    seq,
+                    recall,
+                }) => return (conversation, seq, recall.by),
+                Some(_) => {}
+                None => panic!("event stream closed"),
+            }
+        }
+    })
+    .await
+    .expect("a recall within the wait")
+}
+
+fn a_recalled_message_is_gone_live_and_for_a_member_who_was_offline(dp: Dataplane) {
+    common::server::block_on(dp, async move {
+        let keys = Arc::new(Keys::generate());
+        let server = TestServer::start_on(dp, &keys.server_config());
+        let endpoints = vec![server.addr.to_string()];
+        let (alice, bob, carol) = (7301, 7302, 7303);
+        let (a, _a_events, _) = start(&keys, test_config(alice, endpoints.clone()));
+        let (b, mut b_events, _) = start(&keys, test_config(bob, endpoints.clone()));
+        a.wait_connected(WAIT).await.unwrap();
+        b.wait_connected(WAIT).await.unwrap();
+
+        // 1:1: Bob's SDK drops the content and says so under Alice's name.
+        a.send_text(ConversationKey::single(bob), "oops").unwrap();
+        let (got, _) = messages(&mut b_events, 1, WAIT).await;
+        a.recall(ConversationKey::single(bob), got[0].seq)
+            .await
+            .unwrap();
+        assert_eq!(
+            recalled(&mut b_events).await,
+            (ConversationKey::single(alice), 1, alice)
+        );
+        // Past the recall: nobody but the sender (or a group admin) may.
+        let refused = b.recall(ConversationKey::single(alice), 1).await;
+        assert!(refused.is_err(), "{refused:?}");
+
+        // A group with Carol offline: Alice (the owner) recalls the first of two.
+        let gid = a.create_group("recalls", &[bob, carol]).await.unwrap();
+        a.send_text(gid, "secret").unwrap();
+        a.send_text(gid, "kept").unwrap();
+        messages(&mut b_events, 2, WAIT).await;
+        a.recall(gid, 1).await.unwrap();
+        assert_eq!(recalled(&mut b_events).await, (gid, 1, alice));
+        let history = b.load_history(gid, 0, 10).await.unwrap();
+        let shown: Vec<(u64, Option<u64>, Option<&str>)> = history
+            .iter()
+            .map(|m| (m.seq, m.recalled.map(|r| r.by), m.text()))
+            .collect();
+        assert_eq!(shown, [(2, None, Some("kept")), (1, Some(alice), None)]);
+
+        // Carol comes online later: her sync brings seq 1 recalled, never its text.
+        let (_c, mut c_events, _) = start(&keys, test_config(carol, endpoints));
+        let (got, _) = messages(&mut c_events, 2, WAIT).await;
+        let shown: Vec<(u64, Option<u64>, Option<&str>)> = got
+            .iter()
+            .map(|m| (m.seq, m.recalled.map(|r| r.by), m.text()))
+            .collect();
+        assert_eq!(shown, [(1, Some(alice), None), (2, None, Some("kept"))]);
+    })
+}
+
 dataplane_tests!(
+    a_recalled_message_is_gone_live_and_for_a_member_who_was_offline,
     server_restart_mid_conversation_delivers_every_message_once_in_order,
     with_the_primary_endpoint_down_the_sdk_connects_to_the_backup,
     a_token_expiring_mid_session_is_renewed_without_the_app_noticing,

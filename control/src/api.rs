@@ -150,6 +150,14 @@ pub enum ApiConversationOp {
         /// The new role.
         role: petrel_storage::Role,
     },
+    /// Recall a message (its sender within the recall window; a group's owner or admins
+    /// at any time).
+    Recall {
+        /// The conversation, as the actor names it.
+        conversation: petrel_storage::ConversationKey,
+        /// The message.
+        seq: u64,
+    },
     /// Dissolve a group (owner only).
     Dissolve {
         /// The group.
@@ -251,6 +259,17 @@ pub enum ApiReply {
     },
     /// From `CreateGroup` / `CreatePublicAccount`.
     Created(ConversationKey),
+    /// From `Recall`.
+    Recalled {
+        /// The conversation.
+        conversation: ConversationKey,
+        /// The recalled message.
+        seq: u64,
+        /// Who recalled it (an earlier recall's, if it already was).
+        by: u64,
+        /// When.
+        at_ms: u64,
+    },
     /// From the membership operations.
     Membership {
         /// The conversation.

@@ -81,6 +81,9 @@ pub struct Config {
     /// recipients with no online session (the driver turns them into webhook calls).
     /// Default off: no per-message work when nobody listens.
     pub offline_notices: bool,
+    /// How long after sending its sender may recall a message (`RecallMessage`); a
+    /// group's owner and admins may at any time. Default 2 minutes.
+    pub recall_window: Duration,
 }
 
 impl Default for Config {
@@ -113,6 +116,7 @@ impl Default for Config {
             typing_max_audience: 500,
             read_receipt_max_group: 100,
             offline_notices: false,
+            recall_window: Duration::from_secs(120),
         }
     }
 }

@@ -99,7 +99,10 @@ pub fn storage_error_code(err: &StorageError) -> (pb::ErrorCode, bool) {
         StorageError::NotOwner { .. }
         | StorageError::NotAdmin { .. }
         | StorageError::Protected { .. } => (pb::ErrorCode::PermissionDenied, false),
-        StorageError::NotFound(_) => (pb::ErrorCode::NotFound, false),
+        StorageError::NotFound(_) | StorageError::NoSuchMessage { .. } => {
+            (pb::ErrorCode::NotFound, false)
+        }
+        StorageError::RecallWindowPassed { .. } => (pb::ErrorCode::PermissionDenied, false),
         StorageError::Muted { .. } => (pb::ErrorCode::Muted, false),
         StorageError::Invalid(_) => (pb::ErrorCode::InvalidRequest, false),
         StorageError::Closed => (pb::ErrorCode::ShuttingDown, true),
@@ -131,9 +134,10 @@ pub const STORAGE_FULL_RETRY_MS: u32 = 5_000;
 
 /// A stored message as `viewer` receives it: the stored content bytes as they are, and
 /// whether they still pass the content check they passed when written (if not, the push
-/// carries no content and the caller counts a storage error).
+/// carries no content and the caller counts a storage error). A recalled message carries
+/// who recalled it and when, and no content.
 pub fn push_from_stored(viewer: u64, msg: &StoredMessage) -> (pb::MessagePush, bool) {
-    let ok = ContentView::new_checked(&msg.payload).is_ok();
+    let ok = msg.recalled.is_some() || ContentView::new_checked(&msg.payload).is_ok();
     (
         pb::MessagePush {
             conversation: Some(wire_id(viewer, msg.conversation)),
@@ -147,6 +151,8 @@ pub fn push_from_stored(viewer: u64, msg: &StoredMessage) -> (pb::MessagePush, b
                 Bytes::new()
             },
             sender_device: msg.sender_device.clone(),
+            recalled_by: msg.recalled.map_or(0, |r| r.by.0),
+            recalled_at_ms: msg.recalled.map_or(0, |r| r.at_ms),
         },
         ok,
     )

@@ -184,4 +184,6 @@ pub struct Counters {
     /// Stored messages that had recipients with no online session, handed to the driver
     /// as [`crate::Action::OfflineMessage`] (with `Config::offline_notices`).
     pub offline_notices: u64,
+    /// Messages recalled (a repeated recall of one message counts again).
+    pub messages_recalled: u64,
 }

@@ -659,7 +659,9 @@ fn schedules_reach_every_fault_class() {
     );
     let schedules = prop::collection::vec(step(), 60..120);
     let mut total = Stats::default();
-    for _ in 0..32 {
+    // Enough schedules that each of the fault classes comes up (15 since mutes and
+    // recalls added theirs).
+    for _ in 0..64 {
         let steps = schedules
             .new_tree(&mut runner)
             .expect("a schedule")

@@ -83,6 +83,12 @@ pub struct MessagePush {
     /// The sending device.
     #[prost(string, tag = "7")]
     pub sender_device: String,
+    /// Who recalled it (0: not recalled; the content is then empty).
+    #[prost(uint64, tag = "8")]
+    pub recalled_by: u64,
+    /// When it was recalled (ms since the epoch).
+    #[prost(uint64, tag = "9")]
+    pub recalled_at_ms: u64,
 }
 
 impl MessagePush {

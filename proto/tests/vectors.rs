@@ -147,6 +147,62 @@ fn valid() -> Vec<Valid> {
                     client_msg_id: 1001,
                     content: common::text("hi"),
                     sender_device: "phone-1".into(),
+                    recalled_by: 0,
+                    recalled_at_ms: 0,
+                },
+            ),
+        },
+        Valid {
+            name: "message_push_recalled",
+            meaning: "MessagePush, request id 0 (unsolicited), as a sync or history page carries a \
+                      recalled message. Body: conversation = {GROUP, 7}, seq = 3, sender = 42, \
+                      server_time_ms = 1700000000123, client_msg_id = 1002, no content, \
+                      sender_device = \"phone-1\", recalled_by = 5, recalled_at_ms = \
+                      1700000060000.",
+            frame: Frame::new(
+                0,
+                pb::MessagePush {
+                    conversation: common::conv(ConversationKind::Group, 7),
+                    seq: 3,
+                    sender: 42,
+                    server_time_ms: 1_700_000_000_123,
+                    client_msg_id: 1002,
+                    content: bytes::Bytes::new(),
+                    sender_device: "phone-1".into(),
+                    recalled_by: 5,
+                    recalled_at_ms: 1_700_000_060_000,
+                },
+            ),
+        },
+        Valid {
+            name: "recall_message",
+            meaning: "ConversationOp, request id 11. Body: op = recall_message {conversation = \
+                      {SINGLE, 42}, seq = 17}: recall message 17 of the 1:1 chat with user 42.",
+            frame: Frame::new(
+                11,
+                pb::ConversationOp {
+                    op: Some(pb::conversation_op::Op::RecallMessage(pb::RecallMessage {
+                        conversation: common::conv(ConversationKind::Single, 42),
+                        seq: 17,
+                    })),
+                },
+            ),
+        },
+        Valid {
+            name: "conversation_event_recalled",
+            meaning: "ConversationEvent, request id 0 (unsolicited). Body: conversation = \
+                      {SINGLE (1), 42}, kind = CONVERSATION_EVENT_KIND_RECALLED (9), actor = 42, \
+                      seq = 17: user 42 recalled message 17 of this 1:1 chat.",
+            frame: Frame::new(
+                0,
+                pb::ConversationEvent {
+                    conversation: common::conv(ConversationKind::Single, 42),
+                    kind: pb::ConversationEventKind::Recalled as i32,
+                    actor: 42,
+                    users: vec![],
+                    role: 0,
+                    seq: 17,
+                    until_ms: 0,
                 },
             ),
         },
@@ -211,6 +267,8 @@ fn valid() -> Vec<Valid> {
                         client_msg_id: 1002,
                         content: common::text("hi"),
                         sender_device: "phone-1".into(),
+                        recalled_by: 0,
+                        recalled_at_ms: 0,
                     }],
                     has_more: true,
                     inbox_cursor: 9,
@@ -266,6 +324,8 @@ fn valid() -> Vec<Valid> {
                         client_msg_id: 1002,
                         content: common::text("hi"),
                         sender_device: "phone-1".into(),
+                        recalled_by: 0,
+                        recalled_at_ms: 0,
                     }],
                     has_more: false,
                     inbox_cursor: 0,

@@ -397,6 +397,29 @@ impl Client {
         .map(drop)
     }
 
+    /// Recalls message `seq` of `conversation`: allowed for its sender within the
+    /// server's recall window, and for a group's owner or admins at any time. Every
+    /// participant's devices drop its content ([`crate::Event::Recalled`], or
+    /// [`crate::Message::recalled`] at their next sync); so does this device's store.
+    pub async fn recall(&self, conversation: ConversationKey, seq: u64) -> Result<(), SdkError> {
+        self.conversation_op(Op::RecallMessage(pb::RecallMessage {
+            conversation: Some(conversation.to_wire()),
+            seq,
+        }))
+        .await?;
+        let recall = crate::Recalled {
+            by: self.inner.config.user_id,
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        self.inner
+            .shared
+            .store()
+            .apply_recall(conversation, seq, recall)?;
+        Ok(())
+    }
+
     /// Marks `conversation` read up to `seq`, locally and on the server (so the user's
     /// other devices learn it too).
     pub async fn mark_read(&self, conversation: ConversationKey, seq: u64) -> Result<(), SdkError> {

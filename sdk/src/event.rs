@@ -85,8 +85,29 @@ pub struct Message {
     pub client_msg_id: u64,
     /// Server receive time, ms since the Unix epoch.
     pub server_time_ms: u64,
-    /// What it says.
+    /// What it says (empty once recalled).
     pub content: pb::Content,
+    /// Set once it was recalled: who and when. Its place stays; its content is gone.
+    pub recalled: Option<Recalled>,
+}
+
+/// Who recalled a message and when ([`Message::recalled`], [`Event::Recalled`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recalled {
+    /// The sender, or a group owner or admin.
+    pub by: u64,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl Recalled {
+    /// The recall a push or stored message carries, if any (`recalled_by` 0: none).
+    pub fn of(push: &pb::MessagePush) -> Option<Recalled> {
+        (push.recalled_by != 0).then_some(Recalled {
+            by: push.recalled_by,
+            at_ms: push.recalled_at_ms,
+        })
+    }
 }
 
 impl Message {
@@ -179,6 +200,18 @@ pub enum Event {
     },
     /// Membership, roles or read position changed in a conversation.
     Conversation(pb::ConversationEvent),
+    /// Message `seq` of `conversation` was recalled (by its sender, or a group owner or
+    /// admin): the local store already dropped its content; show "recalled" in its place.
+    /// A device that was offline learns it at its next sync instead, as
+    /// [`Message::recalled`].
+    Recalled {
+        /// The conversation.
+        conversation: ConversationKey,
+        /// The recalled message.
+        seq: u64,
+        /// Who recalled it and when (when: as the event arrived).
+        recall: Recalled,
+    },
     /// Another member (`reader`) read `conversation` up to `seq`: a read receipt, in 1:1
     /// chats and in groups up to the server's receipt size (docs/PROTOCOL.md 5.6). This
     /// user's own read position and unread counts are not affected.

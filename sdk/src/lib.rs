@@ -64,7 +64,7 @@ pub use backoff::{Backoff, BackoffConfig, Reconnector};
 pub use client::{Client, Events};
 pub use config::ClientConfig;
 pub use error::SdkError;
-pub use event::{ConnectionState, ConversationKey, Event, Message};
+pub use event::{ConnectionState, ConversationKey, Event, Message, Recalled};
 pub use media::{MediaClient, MediaKind, MediaRef};
 pub use petrel_proto::pb;
 pub use store::{ConversationSummary, Store};

@@ -32,7 +32,7 @@ use crate::room_seen::RoomSeen;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::error::SdkError;
-use crate::event::{ConversationKey, Message};
+use crate::event::{ConversationKey, Message, Recalled};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS conversations (
@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS messages (
     server_time_ms INTEGER NOT NULL,
     content BLOB NOT NULL,
     own INTEGER NOT NULL,
+    recalled_by INTEGER NOT NULL DEFAULT 0,
+    recalled_at_ms INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (kind, id, seq)
 );
 CREATE TABLE IF NOT EXISTS outbox (
@@ -108,6 +110,8 @@ pub struct Applied {
     pub gone: Vec<(ConversationKey, u64, u64)>,
     /// Messages stored that were not stored before.
     pub inserted: usize,
+    /// Stored messages found recalled (a sync brought their recalled version).
+    pub recalled: Vec<(ConversationKey, u64, Recalled)>,
 }
 
 /// The SQLite-backed local store of one user on one device.
@@ -147,10 +151,10 @@ fn decode_content(blob: &[u8]) -> Result<pb::Content, SdkError> {
     pb::Content::decode(blob).map_err(|e| SdkError::CorruptRow(format!("message content: {e}")))
 }
 
-const MESSAGE_COLUMNS: &str =
-    "kind, id, seq, sender, sender_device, client_msg_id, server_time_ms, content";
+const MESSAGE_COLUMNS: &str = "kind, id, seq, sender, sender_device, client_msg_id, \
+     server_time_ms, content, recalled_by, recalled_at_ms";
 
-type MessageRow = (i64, i64, i64, i64, String, i64, i64, Vec<u8>);
+type MessageRow = (i64, i64, i64, i64, String, i64, i64, Vec<u8>, i64, i64);
 
 fn read_message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
     Ok((
@@ -162,6 +166,8 @@ fn read_message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
         row.get(5)?,
         row.get(6)?,
         row.get(7)?,
+        row.get(8)?,
+        row.get(9)?,
     ))
 }
 
@@ -177,7 +183,26 @@ fn message_from_row(r: MessageRow) -> Result<Message, SdkError> {
         client_msg_id: u(r.5),
         server_time_ms: u(r.6),
         content: decode_content(&r.7)?,
+        recalled: (r.8 != 0).then_some(Recalled {
+            by: u(r.8),
+            at_ms: u(r.9),
+        }),
     })
+}
+
+/// Stores made before recalls existed get the two columns (SQLite adds them with their
+/// defaults: not recalled).
+fn add_recall_columns(conn: &Connection) -> Result<(), SdkError> {
+    let has: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'recalled_by'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch(
+            "ALTER TABLE messages ADD COLUMN recalled_by INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE messages ADD COLUMN recalled_at_ms INTEGER NOT NULL DEFAULT 0;",
+        )?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -193,6 +218,7 @@ impl Store {
             None => Connection::open_in_memory()?,
         };
         conn.execute_batch(SCHEMA)?;
+        add_recall_columns(&conn)?;
         Ok(Store {
             conn,
             user_id,
@@ -322,6 +348,8 @@ impl Store {
                 client_msg_id: ack.client_msg_id,
                 content: bytes::Bytes::from(content),
                 sender_device: self.device_id.clone(),
+                recalled_by: 0,
+                recalled_at_ms: 0,
             };
             insert(&tx, self.user_id, &self.device_id, key, &push, &mut applied)?;
             drain(&tx, key, &mut applied)?;
@@ -575,6 +603,28 @@ impl Store {
             .collect()
     }
 
+    /// Message `seq` of `conversation` was recalled: its content is dropped and the
+    /// recall kept. Returns whether a stored message changed (not stored yet: the
+    /// recalled version comes with the next sync).
+    pub fn apply_recall(
+        &mut self,
+        conversation: ConversationKey,
+        seq: u64,
+        recall: Recalled,
+    ) -> Result<bool, SdkError> {
+        Ok(self.conn.execute(
+            "UPDATE messages SET content = x'', recalled_by = ?4, recalled_at_ms = ?5
+             WHERE kind = ?1 AND id = ?2 AND seq = ?3 AND recalled_by = 0",
+            params![
+                conversation.kind as i64,
+                i(conversation.id),
+                i(seq),
+                i(recall.by),
+                i(recall.at_ms)
+            ],
+        )? > 0)
+    }
+
     /// The delivery cursor of `conversation` (0 if unknown).
     pub fn delivered_seq(&self, conversation: ConversationKey) -> Result<u64, SdkError> {
         delivered_seq(&self.conn, conversation)
@@ -592,6 +642,7 @@ fn to_message(key: ConversationKey, push: &pb::MessagePush) -> Message {
         // The server checks every content it stores; one that still does not decode
         // here shows as empty content rather than losing the message's place.
         content: push.decode_content().unwrap_or_default(),
+        recalled: Recalled::of(push),
     }
 }
 
@@ -634,11 +685,30 @@ fn insert(
         Ok(_) => push.content.to_vec(),
         Err(_) => Vec::new(),
     };
+    let recall = Recalled::of(push);
+    if let Some(recall) = recall {
+        // Already stored before it was recalled: drop the content now.
+        let changed = tx.execute(
+            "UPDATE messages SET content = x'', recalled_by = ?4, recalled_at_ms = ?5
+             WHERE kind = ?1 AND id = ?2 AND seq = ?3 AND recalled_by = 0",
+            params![
+                key.kind as i64,
+                i(key.id),
+                i(push.seq),
+                i(recall.by),
+                i(recall.at_ms)
+            ],
+        )?;
+        if changed > 0 {
+            applied.recalled.push((key, push.seq, recall));
+        }
+    }
     applied.inserted += tx
         .prepare_cached(
             "INSERT OR IGNORE INTO messages
-         (kind, id, seq, sender, sender_device, client_msg_id, server_time_ms, content, own)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         (kind, id, seq, sender, sender_device, client_msg_id, server_time_ms, content, own,
+          recalled_by, recalled_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?
         .execute(params![
             key.kind as i64,
@@ -649,7 +719,9 @@ fn insert(
             i(push.client_msg_id),
             i(push.server_time_ms),
             content,
-            own
+            own,
+            i(recall.map_or(0, |r| r.by)),
+            i(recall.map_or(0, |r| r.at_ms))
         ])?;
     if own
         && tx.execute(
@@ -676,7 +748,7 @@ fn drain(
              ORDER BY seq"
         ))?;
         stmt.query_map(params![key.kind as i64, i(key.id), i(cursor)], |r| {
-            Ok((read_message_row(r)?, r.get::<_, bool>(8)?))
+            Ok((read_message_row(r)?, r.get::<_, bool>(10)?))
         })?
         .collect::<Result<_, _>>()?
     };
@@ -723,11 +795,57 @@ mod tests {
             client_msg_id: cmid,
             content: petrel_proto::wire::encode_content(&text(&format!("m{seq}"))),
             sender_device: device.into(),
+            recalled_by: 0,
+            recalled_at_ms: 0,
         }
     }
 
     fn seqs(a: &Applied) -> Vec<u64> {
         a.deliver.iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn a_recall_drops_the_content_live_or_from_a_sync_and_old_stores_gain_the_columns() {
+        // A store written before recalls existed: no recall columns.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(&SCHEMA.replace(
+                "    recalled_by INTEGER NOT NULL DEFAULT 0,\n    recalled_at_ms INTEGER NOT NULL DEFAULT 0,\n",
+                "",
+            ))
+            .unwrap();
+        let mut s = Store::open(Some(&path), ME, "dev").unwrap();
+        let key = ConversationKey::single(PEER);
+        s.apply_push(&push(1, PEER, "p", 11)).unwrap();
+        s.apply_push(&push(2, PEER, "p", 12)).unwrap();
+        let by_peer = Recalled { by: PEER, at_ms: 5 };
+        assert!(s.apply_recall(key, 1, by_peer).unwrap());
+        assert!(!s.apply_recall(key, 1, by_peer).unwrap(), "once");
+        // A sync that brings seq 2 recalled: dropped too, and reported.
+        let mut recalled = push(2, PEER, "p", 12);
+        recalled.content = bytes::Bytes::new();
+        recalled.recalled_by = PEER;
+        recalled.recalled_at_ms = 6;
+        let applied = s.apply_push(&recalled).unwrap();
+        assert_eq!(
+            applied.recalled,
+            [(key, 2, Recalled { by: PEER, at_ms: 6 })]
+        );
+        let shown: Vec<_> = s
+            .history(key, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|m| (m.seq, m.recalled, m.text().map(str::to_owned)))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (2, Some(Recalled { by: PEER, at_ms: 6 }), None),
+                (1, Some(by_peer), None)
+            ]
+        );
     }
 
     #[test]

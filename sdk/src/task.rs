@@ -92,6 +92,13 @@ impl Shared {
         for m in applied.deliver {
             let _ = self.events.send(Event::Message(m));
         }
+        for (conversation, seq, recall) in applied.recalled {
+            let _ = self.events.send(Event::Recalled {
+                conversation,
+                seq,
+                recall,
+            });
+        }
         for (conversation, from_seq, to_seq) in applied.gone {
             let _ = self.events.send(Event::Gap {
                 conversation,
@@ -680,6 +687,27 @@ impl Task {
                             conversation,
                             reader: ev.actor,
                             seq: ev.seq,
+                        });
+                    }
+                    return Ok(None);
+                }
+                if ev.kind == pb::ConversationEventKind::Recalled as i32 {
+                    if let Some(conversation) = key {
+                        let recall = crate::Recalled {
+                            by: ev.actor,
+                            at_ms: now_ms(),
+                        };
+                        if let Err(e) =
+                            self.shared
+                                .store()
+                                .apply_recall(conversation, ev.seq, recall)
+                        {
+                            tracing::error!(error = %e, "local store write failed");
+                        }
+                        let _ = self.shared.events.send(Event::Recalled {
+                            conversation,
+                            seq: ev.seq,
+                            recall,
                         });
                     }
                     return Ok(None);

@@ -274,8 +274,19 @@ pub struct MessageOut {
     pub client_msg_id: u64,
     /// Server time of the append.
     pub server_time_ms: u64,
-    /// What it says.
-    pub content: Content,
+    /// What it says; `null` once recalled.
+    pub content: Option<Content>,
+    /// Who recalled it and when; `null` if it was not.
+    pub recalled: Option<RecalledOut>,
+}
+
+/// `{"by": 5, "at_ms": …}`: a recall.
+#[derive(Debug, Serialize)]
+pub struct RecalledOut {
+    /// The sender, or a group owner or admin.
+    pub by: u64,
+    /// When (ms since the epoch).
+    pub at_ms: u64,
 }
 
 impl From<&StoredMessage> for MessageOut {
@@ -286,7 +297,14 @@ impl From<&StoredMessage> for MessageOut {
             sender_device: m.sender_device.clone(),
             client_msg_id: m.client_msg_id,
             server_time_ms: m.server_time_ms,
-            content: Content::from_stored(&m.payload),
+            content: m
+                .recalled
+                .is_none()
+                .then(|| Content::from_stored(&m.payload)),
+            recalled: m.recalled.map(|r| RecalledOut {
+                by: r.by.0,
+                at_ms: r.at_ms,
+            }),
         }
     }
 }

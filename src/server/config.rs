@@ -253,6 +253,7 @@ struct FileConfig {
     chatroom_lag_budget: Option<u64>,
     typing_max_audience: Option<usize>,
     read_receipt_max_group: Option<usize>,
+    recall_window_secs: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     retention_single_secs: Option<u64>,
     retention_group_secs: Option<u64>,
@@ -317,6 +318,8 @@ pub struct ServeConfig {
     pub typing_max_audience: usize,
     /// Largest group whose members get each other's read receipts (0: none).
     pub read_receipt_max_group: usize,
+    /// How long after sending a sender may recall a message.
+    pub recall_window: Duration,
     /// How long a graceful shutdown keeps answering new requests with SHUTTING_DOWN
     /// before it kicks everyone.
     pub shutdown_grace: Duration,
@@ -535,6 +538,7 @@ impl ServeConfig {
             chatroom_lag_budget: args.chatroom_lag_budget.or(file.chatroom_lag_budget),
             typing_max_audience: file.typing_max_audience.unwrap_or(500),
             read_receipt_max_group: file.read_receipt_max_group.unwrap_or(100),
+            recall_window: Duration::from_secs(file.recall_window_secs.unwrap_or(120)),
             shutdown_grace: Duration::from_millis(file.shutdown_grace_ms.unwrap_or(200)),
             storage,
             media,

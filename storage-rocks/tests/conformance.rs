@@ -555,6 +555,89 @@ fn dissolving_a_group<H: Harness>() {
     assert_ne!(next, g);
 }
 
+/// Recall: who may, within which window, and that history and sync show the tombstone
+/// in the message's place, never its content, also after a reopen.
+fn recall_rules_and_tombstones<H: Harness>() {
+    const WINDOW: u64 = 120_000;
+    let h = H::open(config(DiffusionMode::Hybrid));
+    let e = h.engine();
+    let single = ConversationKey::single(A, B);
+    let g = e.create_group(A, "g", &[B, C], T0).unwrap();
+    let id = account_id(g);
+    e.set_role(A, id, B, Role::Admin).unwrap();
+    send(e, A, single, 1, T0).unwrap();
+    send(e, B, single, 1, T0).unwrap();
+    send(e, C, g, 1, T0).unwrap();
+    send(e, C, g, 2, T0).unwrap();
+    // 1:1: only the sender, only within the window; the peer cannot.
+    assert!(matches!(
+        e.recall(B, single, 1, WINDOW, T0 + 10),
+        Err(StorageError::NotAdmin { .. })
+    ));
+    assert!(matches!(
+        e.recall(C, single, 1, WINDOW, T0 + 10),
+        Err(StorageError::NotAMember { .. })
+    ));
+    assert!(matches!(
+        e.recall(A, single, 1, WINDOW, T0 + WINDOW + 1),
+        Err(StorageError::RecallWindowPassed { .. })
+    ));
+    assert!(matches!(
+        e.recall(A, single, 9, WINDOW, T0),
+        Err(StorageError::NoSuchMessage { seq: 9, .. })
+    ));
+    let r = e.recall(A, single, 1, WINDOW, T0 + 10).unwrap();
+    assert_eq!(
+        (r.seq, r.sender, r.recall.by, r.recall.at_ms),
+        (1, A, A, T0 + 10)
+    );
+    assert_eq!(r.recipients, vec![A, B]);
+    // Again: the first recall, not an error.
+    assert_eq!(
+        e.recall(A, single, 1, WINDOW, T0 + 20)
+            .unwrap()
+            .recall
+            .at_ms,
+        T0 + 10
+    );
+    // Groups: a plain member other than the sender cannot; an admin can, any time.
+    assert!(matches!(
+        e.recall(A, g, 1, WINDOW, T0).map(|r| r.recall.by),
+        Ok(by) if by == A
+    ));
+    assert!(matches!(
+        e.recall(C, g, 2, WINDOW, T0 + WINDOW + 1),
+        Err(StorageError::RecallWindowPassed { .. })
+    ));
+    let late = e.recall(B, g, 2, WINDOW, T0 + 10 * WINDOW).unwrap();
+    assert_eq!(late.recall.by, B);
+    assert_eq!(late.recipients, vec![A, B, C]);
+
+    let h = h.reopen();
+    let e = h.engine();
+    // History: the seqs stay, the content is gone, the recall is said.
+    let page = e.history(B, single, u64::MAX, 10).unwrap();
+    let seqs: Vec<(u64, bool, usize)> = page
+        .messages
+        .iter()
+        .map(|m| (m.seq, m.recalled.is_some(), m.payload.len()))
+        .collect();
+    assert_eq!(
+        seqs,
+        [(1, true, 0), (2, false, page.messages[1].payload.len())]
+    );
+    assert!(!page.messages[1].payload.is_empty());
+    assert_eq!(page.messages[0].sender, A);
+    // A new device's sync shows the tombstones too.
+    let mut got = std::collections::BTreeMap::new();
+    let mut device = Device::new(C);
+    for (c, seq, payload) in device.sync_all(e, 100) {
+        got.insert((c, seq), payload);
+    }
+    assert_eq!(got.get(&(g, 1)).map(|p| p.len()), Some(0));
+    assert_eq!(got.get(&(g, 2)).map(|p| p.len()), Some(0));
+}
+
 fn public_account_follow_rules<H: Harness>() {
     let h = H::open(config(DiffusionMode::Hybrid));
     let e = h.engine();
@@ -1256,6 +1339,10 @@ macro_rules! conformance {
             #[test]
             fn group_role_rules() {
                 super::group_role_rules::<$harness>();
+            }
+            #[test]
+            fn recall_rules_and_tombstones() {
+                super::recall_rules_and_tombstones::<$harness>();
             }
             #[test]
             fn dissolving_a_group() {

@@ -12,7 +12,8 @@ use bytes::Bytes;
 
 use crate::error::StorageError;
 use crate::model::{
-    ConversationKey, ConversationState, Member, RevokedToken, Role, StoredMessage, TokenId, UserId,
+    ConversationKey, ConversationState, Member, Recall, RevokedToken, Role, StoredMessage, TokenId,
+    UserId,
 };
 
 /// Append one message to a conversation (exactly-once by `(sender, conversation,
@@ -48,6 +49,22 @@ pub struct AppendOutcome {
     /// Who should get a live push: both users of a 1:1 chat, all group members, or the
     /// followers and owner of a public account (the sender included, for their other
     /// devices). Empty for a duplicate (the original append already produced pushes).
+    pub recipients: Vec<UserId>,
+}
+
+/// Result of a recall.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecallOutcome {
+    /// The conversation.
+    pub conversation: ConversationKey,
+    /// The recalled message.
+    pub seq: u64,
+    /// Who sent it.
+    pub sender: UserId,
+    /// Who recalled it and when (the earlier recall, if it already was).
+    pub recall: Recall,
+    /// Who should be told live: the conversation's participants now (both users of a
+    /// 1:1 chat, group members, an account's followers and owner).
     pub recipients: Vec<UserId>,
 }
 
@@ -177,6 +194,25 @@ pub enum Request {
         user: UserId,
         /// The new role.
         role: Role,
+    },
+    /// Recall message `seq` of `conversation`: its content is replaced by a tombstone
+    /// (who, when) under the same key, so history and sync show the recall in its place
+    /// and never the content again. Allowed for its sender within `window_ms` of its
+    /// server time, and for a group's owner or admins (a public account's owner) at any
+    /// time. Recalling a recalled message answers the first recall again (to whoever may
+    /// recall it, even past the window: a retry after a lost answer).
+    /// Reply: [`Reply::Recalled`].
+    Recall {
+        /// Who asks.
+        actor: UserId,
+        /// The conversation.
+        conversation: ConversationKey,
+        /// The message.
+        seq: u64,
+        /// How long after sending the sender may recall.
+        window_ms: u64,
+        /// Current time.
+        now_ms: u64,
     },
     /// Dissolve a group (owner only): every membership, read cursor and mute goes, the
     /// group's metadata goes (so every later request naming it is `NotFound`, and its id
@@ -353,6 +389,8 @@ pub enum Reply {
     Revoked(Vec<RevokedToken>),
     /// From `Trim`.
     Trimmed(TrimReport),
+    /// From `Recall`.
+    Recalled(RecallOutcome),
     /// From requests with nothing to report.
     Done,
 }
@@ -399,6 +437,15 @@ pub trait Engine: Send + Sync {
         user: UserId,
         role: Role,
     ) -> Result<MembershipChange, StorageError>;
+    /// Recall a message (see [`Request::Recall`]).
+    fn recall(
+        &self,
+        actor: UserId,
+        conversation: ConversationKey,
+        seq: u64,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<RecallOutcome, StorageError>;
     /// Dissolve a group (see [`Request::Dissolve`]).
     fn dissolve(&self, actor: UserId, group: u64) -> Result<MembershipChange, StorageError>;
     /// Mute a member (or the whole group: `user` `None`) until `until_ms` (see
@@ -534,6 +581,13 @@ pub fn dispatch<E: Engine + ?Sized>(engine: &E, request: Request) -> Result<Repl
             role,
         } => Reply::Membership(engine.set_role(actor, group, user, role)?),
         Request::Dissolve { actor, group } => Reply::Membership(engine.dissolve(actor, group)?),
+        Request::Recall {
+            actor,
+            conversation,
+            seq,
+            window_ms,
+            now_ms,
+        } => Reply::Recalled(engine.recall(actor, conversation, seq, window_ms, now_ms)?),
         Request::Mute {
             actor,
             group,

@@ -89,6 +89,25 @@ pub enum StorageError {
         /// How long it still lasts from the request's time.
         remaining_ms: u64,
     },
+    /// No message `seq` in `conversation` (never stored, or deleted by retention).
+    #[error("no message {seq} in {conversation:?}")]
+    NoSuchMessage {
+        /// The conversation.
+        conversation: ConversationKey,
+        /// The seq asked for.
+        seq: u64,
+    },
+    /// A recall by the sender after the recall window (a group's owner or admins may
+    /// still recall it).
+    #[error("message {seq} in {conversation:?} is older than the {window_ms} ms recall window")]
+    RecallWindowPassed {
+        /// The conversation.
+        conversation: ConversationKey,
+        /// The message.
+        seq: u64,
+        /// The window.
+        window_ms: u64,
+    },
     /// The group or public account does not exist.
     #[error("{0:?} not found")]
     NotFound(ConversationKey),

@@ -53,8 +53,8 @@ pub mod unsynced;
 pub mod values;
 
 pub use api::{
-    AppendOutcome, AppendRequest, Engine, HistoryPage, MembershipChange, Reply, Request, SyncPage,
-    SyncRequest, TrimReport,
+    AppendOutcome, AppendRequest, Engine, HistoryPage, MembershipChange, RecallOutcome, Reply,
+    Request, SyncPage, SyncRequest, TrimReport,
 };
 pub use commit::{
     CommitQueue, CommitQueueConfig, CommitStats, CommitStatsSnapshot, Completion,
@@ -66,6 +66,7 @@ pub use engine::{Store, StoreStats, WriterCacheStats};
 pub use error::{DecodeError, StorageError};
 pub use mem::MemEngine;
 pub use model::{
-    ConversationKey, ConversationState, Member, RevokedToken, Role, StoredMessage, TokenId, UserId,
+    ConversationKey, ConversationState, Member, Recall, RevokedToken, Role, StoredMessage, TokenId,
+    UserId,
 };
 pub use recent_ids::RecentIdsStats;

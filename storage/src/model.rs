@@ -72,6 +72,15 @@ pub struct Member {
     pub role: Role,
 }
 
+/// Who recalled a message, and when (its content is gone; see `Request::Recall`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Recall {
+    /// The sender, or a group owner or admin.
+    pub by: UserId,
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+}
+
 /// One message as persisted in a conversation timeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
@@ -87,8 +96,10 @@ pub struct StoredMessage {
     pub client_msg_id: u64,
     /// Server-assigned time of the append, milliseconds since the Unix epoch.
     pub server_time_ms: u64,
-    /// Opaque content: the encoded protobuf `Content`.
+    /// Opaque content: the encoded protobuf `Content`; empty once recalled.
     pub payload: Bytes,
+    /// Set once the message was recalled: its seq stays, its content is gone.
+    pub recalled: Option<Recall>,
 }
 
 /// A user's view of one conversation: how far it goes and how far they have read.

@@ -214,6 +214,7 @@ mod tests {
             client_msg_id: seq,
             server_time_ms: 1,
             payload: Bytes::from_static(b"x"),
+            recalled: None,
         }
     }
 

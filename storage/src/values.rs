@@ -3,6 +3,8 @@
 //! ```text
 //! message    = version:u8(1) | sender:u64 | client_msg_id:u64 | server_time_ms:u64
 //!              | device_len:u16 | device:utf8 | payload (rest)
+//! recalled   = version:u8(2) | the same header and device | recalled_by:u64
+//!              | recalled_at_ms:u64          (no payload: the content is erased)
 //! inbox      = kind:u8 (1 pointer, 2 news marker) | conversation(17) | seq:u64
 //! dedup      = seq:u64 | server_time_ms:u64   (the conversation is in the key)
 //!   (legacy, read only: conversation(17) | seq:u64 | server_time_ms:u64)
@@ -18,9 +20,11 @@ use bytes::Bytes;
 
 use crate::error::DecodeError;
 use crate::keys::{self, CONV_LEN};
-use crate::model::{ConversationKey, Role, StoredMessage, UserId};
+use crate::model::{ConversationKey, Recall, Role, StoredMessage, UserId};
 
 const MESSAGE_V1: u8 = 1;
+/// A recalled message: the header and device of the original, then who and when.
+const MESSAGE_RECALLED: u8 = 2;
 const MESSAGE_HEADER: usize = 1 + 8 + 8 + 8 + 2;
 
 /// Encode a message value (conversation and seq live in the key).
@@ -66,6 +70,27 @@ pub fn encode_message_into(
     Ok(())
 }
 
+/// The tombstone that replaces `msg` once `recall` happened: the header and device stay
+/// (seq, sender and time are still shown), the content does not.
+pub fn encode_recalled(
+    msg: &StoredMessage,
+    recall: Recall,
+) -> Result<Vec<u8>, crate::StorageError> {
+    let mut out = Vec::with_capacity(MESSAGE_HEADER + msg.sender_device.len() + 16);
+    encode_message_into(
+        &mut out,
+        msg.sender,
+        msg.client_msg_id,
+        msg.server_time_ms,
+        &msg.sender_device,
+        &[],
+    )?;
+    out[0] = MESSAGE_RECALLED;
+    out.extend_from_slice(&recall.by.0.to_be_bytes());
+    out.extend_from_slice(&recall.at_ms.to_be_bytes());
+    Ok(out)
+}
+
 /// The server time of an encoded message, without decoding the rest (retention scans).
 pub fn message_time_ms(v: &[u8]) -> Result<u64, DecodeError> {
     check_message_header(v)?;
@@ -82,7 +107,7 @@ fn check_message_header(v: &[u8]) -> Result<(), DecodeError> {
             got: v.len(),
         });
     }
-    if v[0] != MESSAGE_V1 {
+    if v[0] != MESSAGE_V1 && v[0] != MESSAGE_RECALLED {
         return Err(DecodeError::Version {
             what: WHAT,
             version: v[0],
@@ -114,6 +139,21 @@ pub fn decode_message(
     let sender_device = std::str::from_utf8(&rest[..dev_len])
         .map_err(|_| DecodeError::Utf8 { what: WHAT })?
         .to_owned();
+    let tail = &rest[dev_len..];
+    let (payload, recalled) = if v[0] == MESSAGE_RECALLED {
+        let fields: &[u8; 16] = tail.try_into().map_err(|_| DecodeError::Length {
+            what: "recalled message",
+            expected: MESSAGE_HEADER + dev_len + 16,
+            got: v.len(),
+        })?;
+        let recall = Recall {
+            by: UserId(keys::be_u64(&fields[..8])),
+            at_ms: keys::be_u64(&fields[8..]),
+        };
+        (Bytes::new(), Some(recall))
+    } else {
+        (Bytes::copy_from_slice(tail), None)
+    };
     Ok(StoredMessage {
         conversation,
         seq,
@@ -121,7 +161,8 @@ pub fn decode_message(
         sender_device,
         client_msg_id,
         server_time_ms,
-        payload: Bytes::copy_from_slice(&rest[dev_len..]),
+        payload,
+        recalled,
     })
 }
 

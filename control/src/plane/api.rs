@@ -383,6 +383,10 @@ impl Control {
                     role: Some(role),
                 },
             ),
+            ApiConversationOp::Recall { conversation, seq } => (
+                self.recall_request(actor, conversation, seq, now_ms),
+                OpKind::Recall,
+            ),
             ApiConversationOp::Dissolve { group } => (
                 Request::Dissolve {
                     actor: UserId(actor),
@@ -479,6 +483,12 @@ impl Control {
             ApiPending::Op(id, ctx) => {
                 let answer = match &result {
                     Ok(Reply::Created(key)) => Ok(ApiReply::Created(*key)),
+                    Ok(Reply::Recalled(o)) => Ok(ApiReply::Recalled {
+                        conversation: o.conversation,
+                        seq: o.seq,
+                        by: o.recall.by.0,
+                        at_ms: o.recall.at_ms,
+                    }),
                     Ok(Reply::Membership(change)) => Ok(ApiReply::Membership {
                         conversation: change.conversation,
                         changed: change.changed.iter().map(|u| u.0).collect(),

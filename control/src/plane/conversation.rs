@@ -10,7 +10,9 @@
 use std::collections::BTreeSet;
 
 use petrel_proto::{Frame, pb};
-use petrel_storage::{ConversationKey, Member, Reply, Request, Role, StorageError, UserId};
+use petrel_storage::{
+    ConversationKey, Member, RecallOutcome, Reply, Request, Role, StorageError, UserId,
+};
 
 use super::Control;
 use super::pending::{OpCtx, OpKind, Pending, ReplyTo};
@@ -157,6 +159,19 @@ impl Control {
                     );
                 }
             },
+            Op::RecallMessage(r) => match convert::target(user, r.conversation.as_ref()) {
+                Some(Target::Persisted(key)) if r.seq != 0 => (
+                    self.recall_request(user, key, r.seq, now_ms),
+                    OpKind::Recall,
+                ),
+                _ => {
+                    return self.invalid(
+                        conn,
+                        rid,
+                        "recall names a message (seq 1 or more) of a persisted conversation",
+                    );
+                }
+            },
             Op::ListMembers(l) => match convert::target(user, l.conversation.as_ref()) {
                 Some(Target::Persisted(key)) => (
                     Request::Members { conversation: key },
@@ -174,6 +189,48 @@ impl Control {
             _ => return self.invalid(conn, rid, "id missing (0) in ConversationOp"),
         };
         self.storage(request, Pending::Op(OpCtx { to, kind }));
+    }
+
+    /// The storage request recalling `seq` of `key` as `actor`, with the configured
+    /// window (one place for the protocol's and the API's recall).
+    pub(super) fn recall_request(
+        &self,
+        actor: u64,
+        key: ConversationKey,
+        seq: u64,
+        now_ms: u64,
+    ) -> Request {
+        Request::Recall {
+            actor: UserId(actor),
+            conversation: key,
+            seq,
+            window_ms: u64::try_from(self.config.recall_window.as_millis()).unwrap_or(u64::MAX),
+            now_ms,
+        }
+    }
+
+    /// Tells every participant's online devices (but the requester's connection) that
+    /// a message was recalled; each user gets the conversation as they name it.
+    fn announce_recall(&mut self, to: ReplyTo, outcome: &RecallOutcome) {
+        let single = matches!(outcome.conversation, ConversationKey::Single { .. });
+        let event = |viewer: u64| pb::ConversationEvent {
+            conversation: Some(convert::wire_id(viewer, outcome.conversation)),
+            kind: pb::ConversationEventKind::Recalled as i32,
+            actor: outcome.recall.by.0,
+            users: Vec::new(),
+            role: 0,
+            seq: outcome.seq,
+            until_ms: 0,
+        };
+        if single {
+            for user in &outcome.recipients {
+                self.notify(to, [user.0], event(user.0));
+            }
+        } else {
+            let audience: Vec<u64> = outcome.recipients.iter().map(|u| u.0).collect();
+            self.notify(to, audience, event(to.user));
+        }
+        self.counters.messages_recalled += 1;
     }
 
     fn invalid(&mut self, conn: ConnId, rid: u32, message: &str) {
@@ -353,6 +410,17 @@ impl Control {
                         until_ms,
                     },
                 );
+            }
+            (OpKind::Recall, Reply::Recalled(outcome)) => {
+                self.op_result(
+                    to,
+                    pb::ConversationOpResult {
+                        conversation: Some(convert::wire_id(to.user, outcome.conversation)),
+                        members: Vec::new(),
+                        recent: Vec::new(),
+                    },
+                );
+                self.announce_recall(to, &outcome);
             }
             (OpKind::Follow, Reply::Membership(change)) => self.op_result(
                 to,

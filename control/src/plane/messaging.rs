@@ -177,6 +177,8 @@ impl Control {
                 client_msg_id: ctx.client_msg_id,
                 content: ctx.content,
                 sender_device: ctx.device.to_string(),
+                recalled_by: 0,
+                recalled_at_ms: 0,
             },
         );
         // Encoded lazily, once per view: a 1:1 chat has the peer's view and the
@@ -307,6 +309,8 @@ impl Control {
                 client_msg_id,
                 content,
                 sender_device: device.to_owned(),
+                recalled_by: 0,
+                recalled_at_ms: 0,
             },
         );
         let encoded = self.encode(&frame);

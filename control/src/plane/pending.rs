@@ -121,6 +121,8 @@ pub(crate) enum OpKind {
         event: pb::ConversationEventKind,
         role: Option<Role>,
     },
+    /// `RecallMessage`: announced as a `ConversationEvent` RECALLED to every participant.
+    Recall,
     /// `Mute`: announced as a `ConversationEvent` MUTED with `until_ms`.
     Mute { until_ms: u64 },
     /// `Follow` / `Unfollow` (no event: follower lists can be huge).

@@ -81,6 +81,8 @@ pub enum StorageFault {
     NotAdmin,
     Protected,
     Muted,
+    NoSuchMessage,
+    RecallWindowPassed,
     NotFound,
     Invalid,
     Corrupt,
@@ -94,12 +96,14 @@ pub enum StorageFault {
 
 impl StorageFault {
     /// Every variant of [`StorageError`], one each, and a full disk.
-    pub const ALL: [StorageFault; 13] = [
+    pub const ALL: [StorageFault; 15] = [
         StorageFault::NotAMember,
         StorageFault::NotOwner,
         StorageFault::NotAdmin,
         StorageFault::Protected,
         StorageFault::Muted,
+        StorageFault::NoSuchMessage,
+        StorageFault::RecallWindowPassed,
         StorageFault::NotFound,
         StorageFault::Invalid,
         StorageFault::Corrupt,
@@ -129,6 +133,15 @@ impl StorageFault {
                 until_ms: 1,
                 remaining_ms: 1,
             },
+            StorageFault::NoSuchMessage => StorageError::NoSuchMessage {
+                conversation,
+                seq: 1,
+            },
+            StorageFault::RecallWindowPassed => StorageError::RecallWindowPassed {
+                conversation,
+                seq: 1,
+                window_ms: 1,
+            },
             StorageFault::NotFound => StorageError::NotFound(conversation),
             StorageFault::Invalid => StorageError::Invalid("injected"),
             StorageFault::Corrupt => StorageError::Corrupt(DecodeError::Tag {
@@ -155,7 +168,8 @@ impl StorageFault {
             StorageFault::NotOwner | StorageFault::NotAdmin | StorageFault::Protected => {
                 pb::ErrorCode::PermissionDenied
             }
-            StorageFault::NotFound => pb::ErrorCode::NotFound,
+            StorageFault::NotFound | StorageFault::NoSuchMessage => pb::ErrorCode::NotFound,
+            StorageFault::RecallWindowPassed => pb::ErrorCode::PermissionDenied,
             StorageFault::Muted => pb::ErrorCode::Muted,
             StorageFault::Invalid => pb::ErrorCode::InvalidRequest,
             StorageFault::Closed => pb::ErrorCode::ShuttingDown,
@@ -178,6 +192,8 @@ impl StorageFault {
             StorageError::NotAdmin { .. } => StorageFault::NotAdmin,
             StorageError::Protected { .. } => StorageFault::Protected,
             StorageError::NotFound(_) => StorageFault::NotFound,
+            StorageError::NoSuchMessage { .. } => StorageFault::NoSuchMessage,
+            StorageError::RecallWindowPassed { .. } => StorageFault::RecallWindowPassed,
             StorageError::Muted { .. } => StorageFault::Muted,
             StorageError::Invalid(_) => StorageFault::Invalid,
             StorageError::Corrupt(_) => StorageFault::Corrupt,
@@ -215,6 +231,7 @@ pub fn is_answered(request: &Request) -> bool {
         | Request::SetRole { .. }
         | Request::Mute { .. }
         | Request::Dissolve { .. }
+        | Request::Recall { .. }
         | Request::CreatePublicAccount { .. }
         | Request::Follow { .. }
         | Request::Unfollow { .. }

@@ -204,6 +204,8 @@ pub fn push(n: u64, s: &str) -> pb::MessagePush {
         client_msg_id: n,
         content: text(s),
         sender_device: "phone".into(),
+        recalled_by: 0,
+        recalled_at_ms: 0,
     }
 }
 

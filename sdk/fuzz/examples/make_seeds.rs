@@ -36,6 +36,8 @@ fn push(kind: pb::ConversationKind, id: u64, seq: u64, sender: u64, cmid: u64) -
         client_msg_id: cmid,
         content: text("hello"),
         sender_device: "phone".into(),
+        recalled_by: 0,
+        recalled_at_ms: 0,
     }
 }
 

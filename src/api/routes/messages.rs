@@ -9,13 +9,13 @@
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use petrel_control::api::{ApiReply, ApiRequest};
+use petrel_control::api::{ApiConversationOp, ApiReply, ApiRequest};
 use serde::{Deserialize, Serialize};
 
 use super::{AppState, call, unexpected, user_id};
 use crate::api::error::HttpError;
 use crate::api::extract::{ApiJson, ApiPath, parse_query};
-use crate::api::json::{Content, ConversationRef, Kind, MessageOut};
+use crate::api::json::{Content, ConversationRef, Kind, MessageOut, RecalledOut};
 
 /// Device recorded with messages the API sends when the request names none.
 const API_DEVICE: &str = "api";
@@ -161,7 +161,58 @@ pub async fn history(
     }
 }
 
-/// `POST /v1/messages/recall`: not implemented (storage has no recall yet).
-pub async fn recall() -> HttpError {
-    HttpError::not_implemented("recalling a message")
+/// Body of `POST /v1/messages/recall`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecallBody {
+    actor: u64,
+    conversation: ConversationRef,
+    seq: u64,
+}
+
+/// Answer of `POST /v1/messages/recall`.
+#[derive(Debug, Serialize)]
+pub struct RecalledAnswer {
+    conversation: ConversationRef,
+    seq: u64,
+    recalled: RecalledOut,
+}
+
+/// `POST /v1/messages/recall`: as `actor` (the sender within the recall window, or a
+/// group's owner or admin at any time), recall message `seq` of `conversation`. Its
+/// content is gone from history and sync for good; participants online get
+/// `ConversationEvent` RECALLED.
+pub async fn recall(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RecallBody>,
+) -> Result<Json<RecalledAnswer>, HttpError> {
+    let actor = user_id("actor", body.actor)?;
+    if body.seq == 0 {
+        return Err(HttpError::invalid("seq", "seqs start at 1"));
+    }
+    let key = body.conversation.key(actor, "conversation")?;
+    let reply = call(
+        &state,
+        ApiRequest::Conversation {
+            actor,
+            op: ApiConversationOp::Recall {
+                conversation: key,
+                seq: body.seq,
+            },
+        },
+    )
+    .await?;
+    match reply {
+        ApiReply::Recalled {
+            conversation,
+            seq,
+            by,
+            at_ms,
+        } => Ok(Json(RecalledAnswer {
+            conversation: ConversationRef::of(actor, conversation),
+            seq,
+            recalled: RecalledOut { by, at_ms },
+        })),
+        other => Err(unexpected(&other)),
+    }
 }

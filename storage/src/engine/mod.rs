@@ -25,6 +25,7 @@ mod account;
 mod append;
 mod groups;
 mod mutes;
+mod recall;
 mod sync;
 mod trait_impl;
 mod trim;

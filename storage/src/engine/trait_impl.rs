@@ -8,8 +8,8 @@
 
 use super::{Store, member_list};
 use crate::api::{
-    AppendOutcome, AppendRequest, Engine, HistoryPage, MembershipChange, Reply, Request, SyncPage,
-    SyncRequest, TrimReport, dispatch, fail_not_durable,
+    AppendOutcome, AppendRequest, Engine, HistoryPage, MembershipChange, RecallOutcome, Reply,
+    Request, SyncPage, SyncRequest, TrimReport, dispatch, fail_not_durable,
 };
 use crate::config::SyncMode;
 use crate::engine::append::Run;
@@ -71,6 +71,24 @@ impl<K: Kv> Engine for Store<K> {
         role: Role,
     ) -> Result<MembershipChange, StorageError> {
         self.do_set_role(self.direct_sync(), actor, group, user, role)
+    }
+
+    fn recall(
+        &self,
+        actor: UserId,
+        conversation: ConversationKey,
+        seq: u64,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<RecallOutcome, StorageError> {
+        self.do_recall(
+            self.direct_sync(),
+            actor,
+            conversation,
+            seq,
+            window_ms,
+            now_ms,
+        )
     }
 
     fn dissolve(&self, actor: UserId, group: u64) -> Result<MembershipChange, StorageError> {
@@ -296,6 +314,20 @@ impl<K: Kv> Store<K> {
                 user,
                 role,
             } => Reply::Membership(self.do_set_role(sync, actor, group, user, role)?),
+            Request::Recall {
+                actor,
+                conversation,
+                seq,
+                window_ms,
+                now_ms,
+            } => Reply::Recalled(self.do_recall(
+                sync,
+                actor,
+                conversation,
+                seq,
+                window_ms,
+                now_ms,
+            )?),
             Request::Dissolve { actor, group } => {
                 Reply::Membership(self.do_dissolve(sync, actor, group)?)
             }

@@ -1,0 +1,104 @@
+//! Recalling a message (`Request::Recall`): the message's value is replaced, under the
+//! writer lock, by a tombstone that keeps its header (sender, time, client id, device)
+//! and says who recalled it and when; the content bytes are not written again.
+//!
+//! Rules: the sender within the recall window; a group's owner or admins, and a public
+//! account's owner, at any time. A second recall answers the first one again (a retry
+//! after a lost answer must not fail).
+//!
+//! **What "erased" means on disk.** The tombstone shadows the content at once for every
+//! reader. The old bytes stay in RocksDB's files until compaction rewrites that key range
+//! (and in the write-ahead log until its segment is recycled): docs/STORAGE.md, "Recall".
+
+use super::{Store, WriterState};
+use crate::api::RecallOutcome;
+use crate::cf::Cf;
+use crate::error::StorageError;
+use crate::keys;
+use crate::kv::{Batch, Kv};
+use crate::model::{ConversationKey, Recall, Role, UserId};
+use crate::values;
+
+impl<K: Kv> Store<K> {
+    /// The participants of `conv` now, and `user`'s role among them (`None`: not one).
+    fn participants(
+        &self,
+        w: &mut WriterState,
+        conv: ConversationKey,
+        user: UserId,
+    ) -> Result<(Vec<UserId>, Option<Role>), StorageError> {
+        match conv {
+            ConversationKey::Single { lo, hi } => {
+                let role = (user == lo || user == hi).then_some(Role::Member);
+                Ok((if lo == hi { vec![lo] } else { vec![lo, hi] }, role))
+            }
+            _ => {
+                let members = self.members_of(w, conv)?;
+                let role = members.get(&user).copied();
+                Ok((members.keys().copied().collect(), role))
+            }
+        }
+    }
+
+    pub(super) fn do_recall(
+        &self,
+        sync: bool,
+        actor: UserId,
+        conv: ConversationKey,
+        seq: u64,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<RecallOutcome, StorageError> {
+        self.observe_time(now_ms);
+        let mut w = self.lock()?;
+        let (recipients, role) = self.participants(&mut w, conv, actor)?;
+        let Some(role) = role else {
+            return Err(StorageError::NotAMember {
+                conversation: conv,
+                user: actor,
+            });
+        };
+        let key = keys::conversation_u64(conv, seq);
+        let Some(value) = self.kv.get(Cf::Messages, &key)? else {
+            return Err(StorageError::NoSuchMessage {
+                conversation: conv,
+                seq,
+            });
+        };
+        let msg = values::decode_message(conv, seq, &value)?;
+        let outcome = |recall| RecallOutcome {
+            conversation: conv,
+            seq,
+            sender: msg.sender,
+            recall,
+            recipients: recipients.clone(),
+        };
+        let moderator = !matches!(conv, ConversationKey::Single { .. })
+            && matches!(role, Role::Owner | Role::Admin);
+        if !moderator && msg.sender != actor {
+            return Err(StorageError::NotAdmin {
+                conversation: conv,
+                user: actor,
+            });
+        }
+        // A retry (the answer was lost) gets the first recall, even past the window.
+        if let Some(earlier) = msg.recalled {
+            return Ok(outcome(earlier));
+        }
+        if !moderator && now_ms.saturating_sub(msg.server_time_ms) > window_ms {
+            return Err(StorageError::RecallWindowPassed {
+                conversation: conv,
+                seq,
+                window_ms,
+            });
+        }
+        let recall = Recall {
+            by: actor,
+            at_ms: now_ms,
+        };
+        let mut batch = self.kv.batch();
+        batch.put(Cf::Messages, &key, &values::encode_recalled(&msg, recall)?);
+        self.commit(batch, sync)?;
+        Ok(outcome(recall))
+    }
+}
