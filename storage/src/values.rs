@@ -388,10 +388,33 @@ mod tests {
             Err(DecodeError::Length { .. })
         ));
         let mut bad = v.clone();
-        bad[0] = 2;
+        bad[0] = 3;
         assert!(matches!(
             decode_message(c, 5, &bad),
             Err(DecodeError::Version { .. })
+        ));
+        // A recalled message: the header stays, the content is gone, who and when said.
+        let recall = Recall {
+            by: UserId(4),
+            at_ms: 2000,
+        };
+        let t = encode_recalled(&m, recall).unwrap();
+        assert!(!t.windows(5).any(|w| w == b"hello"), "no content bytes");
+        let r = decode_message(c, 5, &t).unwrap();
+        assert_eq!(
+            (r.sender, r.client_msg_id, r.server_time_ms),
+            (UserId(9), 77, 1234)
+        );
+        assert_eq!(r.sender_device, "phone");
+        assert!(r.payload.is_empty());
+        assert_eq!(r.recalled, Some(recall));
+        assert_eq!(message_time_ms(&t), Ok(1234));
+        // Version 2 with anything but the 16 bytes of the recall is corrupt.
+        let mut wrong = v.clone();
+        wrong[0] = 2;
+        assert!(matches!(
+            decode_message(c, 5, &wrong),
+            Err(DecodeError::Length { .. })
         ));
         let mut short = v[..MESSAGE_HEADER + 2].to_vec();
         short[26] = 200;

@@ -43,6 +43,35 @@ pub(super) fn manager_role(
     }
 }
 
+/// `NotAMember` or `NotOwner` unless `actor` owns `conv`: the check of setting roles
+/// and dissolving.
+fn require_owner(
+    members: &MemberMap,
+    conv: ConversationKey,
+    actor: UserId,
+) -> Result<(), StorageError> {
+    match members.get(&actor) {
+        Some(Role::Owner) => Ok(()),
+        Some(_) => Err(StorageError::NotOwner {
+            conversation: conv,
+            user: actor,
+        }),
+        None => Err(StorageError::NotAMember {
+            conversation: conv,
+            user: actor,
+        }),
+    }
+}
+
+/// Whether a manager with `actor` role may act on a member with `target` role (remove
+/// or mute them): the owner on anyone but the owner, an admin on plain members only.
+pub(super) fn may_act_on(actor: Role, target: Role) -> bool {
+    match actor {
+        Role::Owner => target != Role::Owner,
+        _ => target == Role::Member,
+    }
+}
+
 impl<K: Kv> Store<K> {
     /// Allocate the next group or public-account id (persisted in the same batch).
     fn next_id(&self, w: &mut WriterState, group: bool) -> Result<u64, StorageError> {
@@ -226,11 +255,7 @@ impl<K: Kv> Store<K> {
         let mut removed = Vec::new();
         for u in users {
             let Some(role) = members.get(u) else { continue };
-            let allowed = match actor_role {
-                Role::Owner => *role != Role::Owner,
-                _ => *role == Role::Member,
-            };
-            if !allowed {
+            if !may_act_on(actor_role, *role) {
                 return Err(StorageError::Protected {
                     conversation: conv,
                     target: *u,
@@ -314,21 +339,7 @@ impl<K: Kv> Store<K> {
         let conv = ConversationKey::Group(group);
         let mut w = self.lock()?;
         let members = self.members_of(&mut w, conv)?;
-        match members.get(&actor) {
-            Some(Role::Owner) => {}
-            Some(_) => {
-                return Err(StorageError::NotOwner {
-                    conversation: conv,
-                    user: actor,
-                });
-            }
-            None => {
-                return Err(StorageError::NotAMember {
-                    conversation: conv,
-                    user: actor,
-                });
-            }
-        }
+        require_owner(&members, conv, actor)?;
         let prefix = keys::conversation(conv);
         let end = keys::prefix_end(&prefix);
         let mut batch = self.kv.batch();
@@ -367,21 +378,7 @@ impl<K: Kv> Store<K> {
         let conv = ConversationKey::Group(group);
         let mut w = self.lock()?;
         let members = self.members_of(&mut w, conv)?;
-        match members.get(&actor) {
-            None => {
-                return Err(StorageError::NotAMember {
-                    conversation: conv,
-                    user: actor,
-                });
-            }
-            Some(Role::Owner) => {}
-            Some(_) => {
-                return Err(StorageError::NotOwner {
-                    conversation: conv,
-                    user: actor,
-                });
-            }
-        }
+        require_owner(&members, conv, actor)?;
         let Some(current) = members.get(&user).copied() else {
             return Err(StorageError::NotAMember {
                 conversation: conv,

@@ -353,22 +353,36 @@ impl<K: Kv> Store<K> {
         {
             return Err(StorageError::NotFound(c));
         }
+        let mut map = MemberMap::new();
+        self.scan_conversation(Cf::Members, c, |user, v| {
+            map.insert(UserId(user), values::decode_role(v)?);
+            Ok(())
+        })?;
+        Ok(map)
+    }
+
+    /// Every `conversation | u64` entry of `cf` for conversation `c`, in key order:
+    /// `each(the u64, value)`. (Member lists and mutes.)
+    fn scan_conversation(
+        &self,
+        cf: Cf,
+        c: ConversationKey,
+        mut each: impl FnMut(u64, &[u8]) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
         let prefix = keys::conversation(c);
         let end = keys::prefix_end(&prefix);
-        let mut map = MemberMap::new();
         self.kv.scan(
-            Cf::Members,
+            cf,
             &prefix,
             &end,
             crate::kv::Direction::Forward,
             usize::MAX,
             &mut |k, v| {
-                let (_, user) = keys::decode_conversation_u64(k)?;
-                map.insert(UserId(user), values::decode_role(v)?);
+                let (_, id) = keys::decode_conversation_u64(k)?;
+                each(id, v)?;
                 Ok(true)
             },
-        )?;
-        Ok(map)
+        )
     }
 
     /// Members, cached in the writer.

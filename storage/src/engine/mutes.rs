@@ -25,21 +25,11 @@ const WHOLE_GROUP: u64 = 0;
 
 impl<K: Kv> Store<K> {
     fn stored_mutes(&self, conv: ConversationKey) -> Result<MuteMap, StorageError> {
-        let prefix = keys::conversation(conv);
-        let end = keys::prefix_end(&prefix);
         let mut map = MuteMap::new();
-        self.kv.scan(
-            Cf::Mutes,
-            &prefix,
-            &end,
-            crate::kv::Direction::Forward,
-            usize::MAX,
-            &mut |k, v| {
-                let (_, user) = keys::decode_conversation_u64(k)?;
-                map.insert(user, keys::decode_u64("mute", v)?);
-                Ok(true)
-            },
-        )?;
+        self.scan_conversation(Cf::Mutes, conv, |user, v| {
+            map.insert(user, keys::decode_u64("mute", v)?);
+            Ok(())
+        })?;
         Ok(map)
     }
 
@@ -110,13 +100,8 @@ impl<K: Kv> Store<K> {
                         user: target,
                     });
                 };
-                // The removal rules: the owner mutes anyone but itself, an admin plain
-                // members only.
-                let allowed = match actor_role {
-                    Role::Owner => *role != Role::Owner,
-                    _ => *role == Role::Member,
-                };
-                if !allowed {
+                // The removal rules.
+                if !groups::may_act_on(actor_role, *role) {
                     return Err(StorageError::Protected {
                         conversation: conv,
                         target,
