@@ -618,7 +618,77 @@ fn a_message_recalled_over_the_api_is_gone_from_history_and_its_members_are_told
     assert_eq!(messages[1]["recalled"], Value::Null);
 }
 
+fn join_room(client: &mut TestClient, room: u64) -> petrel_proto::Frame {
+    client.request(pb::ConversationOp {
+        op: Some(pb::conversation_op::Op::JoinChatroom(pb::JoinChatroom {
+            room_id: room,
+        })),
+    })
+}
+
+fn an_operator_kicks_a_user_out_of_a_chatroom_then_closes_and_reopens_it(dp: Dataplane) {
+    let api = ApiServer::start(dp);
+    let (stays, kicked, room) = (91, 92, 77);
+    let mut clients = [stays, kicked].map(|user| {
+        let device = format!("phone-{user}");
+        let (token, _) = api.token(user, &device);
+        let mut c = TestClient::login(api.server.addr, &token, user, &device);
+        let joined = join_room(&mut c, room);
+        assert!(
+            matches!(joined.body, Body::ConversationOpResult(_)),
+            "{joined:?}"
+        );
+        c
+    });
+    let path = |what: &str| format!("/v1/chatrooms/{room}/{what}");
+    let listed = api.expect(200, "GET", &path("members"), None);
+    assert_eq!(
+        listed,
+        json!({"room_id": room, "closed": false, "users": [stays, kicked]})
+    );
+
+    let out = api.expect(200, "POST", &path("kick"), Some(json!({"user_id": kicked})));
+    assert_eq!(out["users"], json!([kicked]));
+    let removed = |kind: pb::ConversationEventKind| {
+        move |f: &petrel_proto::Frame| {
+            matches!(&f.body, Body::ConversationEvent(e)
+                if e.kind == kind as i32
+                    && e.conversation.is_some_and(|c| c.kind == pb::ConversationKind::Chatroom as i32 && c.id == room))
+        }
+    };
+    clients[1].recv_matching(removed(pb::ConversationEventKind::MembersRemoved));
+    assert_eq!(
+        api.expect(200, "GET", &path("members"), None)["users"],
+        json!([stays])
+    );
+
+    // Closed: everyone out, joins refused until it is opened again.
+    let out = api.expect(200, "POST", &path("close"), None);
+    assert_eq!(
+        (out["users"].clone(), out["closed"].clone()),
+        (json!([stays]), json!(true))
+    );
+    clients[0].recv_matching(removed(pb::ConversationEventKind::Dissolved));
+    let refused = join_room(&mut clients[1], room);
+    assert!(
+        matches!(&refused.body, Body::Error(e) if e.code == pb::ErrorCode::NotFound as i32),
+        "{refused:?}"
+    );
+    let opened = api.expect(200, "POST", "/v1/chatrooms", Some(json!({"room_id": room})));
+    assert_eq!(opened["closed"], false);
+    let joined = join_room(&mut clients[1], room);
+    assert!(
+        matches!(joined.body, Body::ConversationOpResult(_)),
+        "{joined:?}"
+    );
+    assert_eq!(
+        api.expect(200, "GET", &path("members"), None)["users"],
+        json!([kicked])
+    );
+}
+
 dataplane_tests!(
+    an_operator_kicks_a_user_out_of_a_chatroom_then_closes_and_reopens_it,
     a_message_recalled_over_the_api_is_gone_from_history_and_its_members_are_told,
     a_dissolved_group_tells_its_members_and_is_gone_for_every_request,
     a_muted_member_is_refused_with_muted_until_the_mute_is_lifted,
@@ -811,7 +881,20 @@ fn bad_input_gets_a_4xx_json_error_naming_the_field_never_a_5xx() {
             400,
             Some("seconds"),
         ),
-        ("POST", "/v1/chatrooms".into(), None, 501, None),
+        (
+            "POST",
+            "/v1/chatrooms".into(),
+            Some(json!({"room_id": 0})),
+            400,
+            Some("room_id"),
+        ),
+        (
+            "POST",
+            "/v1/chatrooms/5/kick".into(),
+            Some(json!({"user_id": "seven"})),
+            400,
+            Some("user_id"),
+        ),
         (
             "POST",
             "/v1/messages/recall".into(),

@@ -110,6 +110,31 @@ pub enum ApiRequest {
         /// The conversation.
         conversation: ConversationKey,
     },
+    /// An operator operation on a chatroom (in memory, like chatrooms themselves).
+    Chatroom {
+        /// The room.
+        room: u64,
+        /// What.
+        op: ApiChatroomOp,
+    },
+}
+
+/// The operations of [`ApiRequest::Chatroom`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiChatroomOp {
+    /// Who is in it now.
+    Members,
+    /// Take every connection of `user` out of it (each gets `ConversationEvent`
+    /// MEMBERS_REMOVED naming the user; the SDK stops rejoining it).
+    Kick {
+        /// The user.
+        user: u64,
+    },
+    /// Take everyone out (`ConversationEvent` DISSOLVED), forget its recent messages,
+    /// and refuse joins (`NOT_FOUND`) until it is opened.
+    Close,
+    /// Let it be joined again after a close (joining creates rooms; nothing else to do).
+    Open,
 }
 
 /// The group and public-account operations of [`ApiRequest::Conversation`].
@@ -259,6 +284,14 @@ pub enum ApiReply {
     },
     /// From `CreateGroup` / `CreatePublicAccount`.
     Created(ConversationKey),
+    /// From `Chatroom`: the users in the room (`Members`), or taken out of it (`Kick`,
+    /// `Close`); `closed` says whether it is closed now.
+    Chatroom {
+        /// The users.
+        users: Vec<u64>,
+        /// Whether joins are refused now.
+        closed: bool,
+    },
     /// From `Recall`.
     Recalled {
         /// The conversation.

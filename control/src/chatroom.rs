@@ -172,13 +172,36 @@ impl Seats {
     }
 }
 
-/// Every live room.
+/// Every live room, and the rooms an operator closed.
 #[derive(Debug, Default)]
 pub struct Rooms {
     rooms: HashMap<u64, Room, foldhash::fast::RandomState>,
+    /// Closed over the server API: joins are refused until it is opened again. In
+    /// memory like the rooms themselves (a restart opens every room).
+    closed: std::collections::HashSet<u64, foldhash::fast::RandomState>,
 }
 
 impl Rooms {
+    /// Whether `room` was closed by an operator.
+    pub fn is_closed(&self, room: u64) -> bool {
+        self.closed.contains(&room)
+    }
+
+    /// Closes `room`: empties it (returns the connections that were in it, in order) and
+    /// refuses joins until [`Rooms::open`].
+    pub fn close(&mut self, room: u64) -> Vec<ConnId> {
+        self.closed.insert(room);
+        self.rooms
+            .remove(&room)
+            .map(|r| r.members.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Lets `room` be joined again. Returns whether it was closed.
+    pub fn open(&mut self, room: u64) -> bool {
+        self.closed.remove(&room)
+    }
+
     /// Adds `conn` to `room` (creating it). Returns false if it was already in.
     pub fn join(&mut self, room: u64, conn: ConnId) -> bool {
         self.rooms.entry(room).or_default().members.insert(conn)

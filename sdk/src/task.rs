@@ -691,6 +691,16 @@ impl Task {
                     }
                     return Ok(None);
                 }
+                // Taken out of a chatroom by the operator (kicked, or the room closed):
+                // stop rejoining it after reconnects.
+                if let Some(conversation) = key
+                    && conversation.kind == pb::ConversationKind::Chatroom
+                    && (ev.kind == pb::ConversationEventKind::Dissolved as i32
+                        || (ev.kind == pb::ConversationEventKind::MembersRemoved as i32
+                            && ev.users.contains(&self.config.user_id)))
+                {
+                    self.shared.rooms().remove(&conversation.id);
+                }
                 if ev.kind == pb::ConversationEventKind::Recalled as i32 {
                     if let Some(conversation) = key {
                         let recall = crate::Recalled {

@@ -4,8 +4,7 @@
 //! `code` is a stable snake_case word: the protocol's error codes (docs/PROTOCOL.md,
 //! e.g. `not_a_member`, `token_expired`) for what the control plane or storage refused,
 //! and a few of the HTTP layer's own (`unauthorized`, `invalid_json`, `payload_too_large`,
-//! `unsupported_media_type`, `route_not_found`, `method_not_allowed`, `busy`,
-//! `not_implemented`). `field` names the offending field (a JSON path such as
+//! `unsupported_media_type`, `route_not_found`, `method_not_allowed`, `busy`). `field` names the offending field (a JSON path such as
 //! `content.text`, a path parameter or a query parameter) when there is one.
 
 use axum::http::{HeaderValue, StatusCode, header};
@@ -64,15 +63,6 @@ impl HttpError {
     pub fn field(mut self, field: impl Into<String>) -> HttpError {
         self.field = Some(field.into());
         self
-    }
-
-    /// `501 not_implemented`: an endpoint the API lists but the server cannot do yet.
-    pub fn not_implemented(what: &str) -> HttpError {
-        HttpError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            format!("{what} is not implemented yet (docs/API.md, \"Not implemented yet\")"),
-        )
     }
 }
 

@@ -34,7 +34,7 @@ use axum::routing::{get, post, put};
 use self::auth::ApiKey;
 use self::bridge::ApiBridge;
 use self::error::HttpError;
-use self::routes::{AppState, conversations, messages, presence, sessions, tokens};
+use self::routes::{AppState, chatrooms, conversations, messages, presence, sessions, tokens};
 use self::stats::ApiStats;
 
 /// Largest request body, bytes (a message's content is at most 60 KiB encoded).
@@ -90,7 +90,10 @@ pub fn router(state: AppState, key: ApiKey, stats: Arc<ApiStats>) -> Router {
             post(conversations::dissolve),
         )
         .route("/v1/groups/{group_id}/mute", post(conversations::mute))
-        .route("/v1/chatrooms", post(conversations::chatrooms))
+        .route("/v1/chatrooms", post(chatrooms::open))
+        .route("/v1/chatrooms/{room_id}/members", get(chatrooms::members))
+        .route("/v1/chatrooms/{room_id}/kick", post(chatrooms::kick))
+        .route("/v1/chatrooms/{room_id}/close", post(chatrooms::close))
         .route("/v1/public-accounts", post(conversations::create_account))
         .route(
             "/v1/public-accounts/{account_id}/followers",

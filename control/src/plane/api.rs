@@ -228,6 +228,10 @@ impl Control {
                 );
             }
             ApiRequest::Conversation { actor, op } => self.api_conversation(now, id, actor, op),
+            ApiRequest::Chatroom { room, op } => {
+                let answer = self.api_chatroom(room, op);
+                self.api_answer(id, Ok(answer));
+            }
             ApiRequest::Members { conversation } => {
                 self.storage(
                     Request::Members { conversation },

@@ -16,6 +16,7 @@ use petrel_storage::{
 
 use super::Control;
 use super::pending::{OpCtx, OpKind, Pending, ReplyTo};
+use crate::api::{ApiChatroomOp, ApiReply};
 use crate::convert::{self, Target};
 use crate::time::Timestamp;
 use petrel_conn::ConnId;
@@ -516,6 +517,15 @@ impl Control {
         let Some(c) = self.registry.get(conn) else {
             return;
         };
+        if self.rooms.is_closed(room) {
+            return self.send_error(
+                conn,
+                rid,
+                pb::ErrorCode::NotFound,
+                "this chatroom was closed by the operator",
+                0,
+            );
+        }
         if !c.rooms.contains(room) && c.rooms.len() >= self.config.max_rooms_per_conn {
             return self.send_error(
                 conn,
@@ -574,6 +584,66 @@ impl Control {
                 },
             ),
         );
+    }
+
+    /// An operator's chatroom operation (`ApiRequest::Chatroom`).
+    pub(super) fn api_chatroom(&mut self, room: u64, op: ApiChatroomOp) -> ApiReply {
+        let removed: Vec<ConnId> = match op {
+            ApiChatroomOp::Members => {
+                let users = self
+                    .chatroom_members(room)
+                    .iter()
+                    .map(|m| m.user_id)
+                    .collect();
+                return ApiReply::Chatroom {
+                    users,
+                    closed: self.rooms.is_closed(room),
+                };
+            }
+            ApiChatroomOp::Open => {
+                self.rooms.open(room);
+                return ApiReply::Chatroom {
+                    users: Vec::new(),
+                    closed: false,
+                };
+            }
+            ApiChatroomOp::Close => self.rooms.close(room),
+            ApiChatroomOp::Kick { user } => {
+                let conns: Vec<ConnId> = self.registry.user_conns(user).to_vec();
+                conns
+                    .into_iter()
+                    .filter(|&c| self.rooms.leave(room, c))
+                    .collect()
+            }
+        };
+        let kind = match op {
+            ApiChatroomOp::Close => pb::ConversationEventKind::Dissolved,
+            _ => pb::ConversationEventKind::MembersRemoved,
+        };
+        let mut users = BTreeSet::new();
+        for conn in removed {
+            let Some(user) = self.registry.get_mut(conn).and_then(|c| {
+                c.rooms.leave(room);
+                c.session.as_ref().map(|s| s.user)
+            }) else {
+                continue;
+            };
+            users.insert(user);
+            let event = pb::ConversationEvent {
+                conversation: Some(convert::chatroom_id(room)),
+                kind: kind as i32,
+                actor: 0,
+                users: vec![user],
+                role: 0,
+                seq: 0,
+                until_ms: 0,
+            };
+            self.send_frame(conn, Frame::new(0, event));
+        }
+        ApiReply::Chatroom {
+            users: users.into_iter().collect(),
+            closed: self.rooms.is_closed(room),
+        }
     }
 
     fn list_chatroom(&mut self, conn: ConnId, rid: u32, room: u64) {

@@ -3,8 +3,7 @@
 //! acting user (`actor`, or `owner` / `user_id`): a group change needs the role it needs
 //! in the protocol (owner or admin).
 //!
-//! Not implemented yet, answered `501 not_implemented`: chatrooms (the control plane keeps chatrooms per connection and
-//! has no operator operations on them).
+//! Chatrooms are in [`super::chatrooms`].
 
 use axum::Json;
 use axum::extract::State;
@@ -292,11 +291,6 @@ pub async fn mute(
         )
         .await?,
     )
-}
-
-/// `POST /v1/chatrooms` and below: not implemented yet.
-pub async fn chatrooms() -> HttpError {
-    HttpError::not_implemented("managing chatrooms over the API")
 }
 
 /// Body of `POST /v1/public-accounts`.

@@ -2,6 +2,7 @@
 //! mistake a 4xx naming the field), builds one [`ApiRequest`], sends it to the control
 //! plane over the [`ApiBridge`] and shapes the answer as JSON.
 
+pub mod chatrooms;
 pub mod conversations;
 pub mod messages;
 pub mod presence;
