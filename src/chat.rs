@@ -56,6 +56,7 @@ commands:
   /typing [off]       tell the current conversation you are typing (or stopped)
   /recall SEQ         recall message SEQ of the current conversation (yours, recently;
                       any, as a group's owner or admin)
+  /edit SEQ TEXT      replace the text of your message SEQ
   /send-image FILE    upload FILE to the media service (--media) and send it here
   /quit               leave
 anything else is sent as a text message to the current conversation";
@@ -185,6 +186,13 @@ async fn chat(
                     "* [{}] {user} {}",
                     show(conversation),
                     if typing { "is typing…" } else { "stopped typing" }
+                ),
+                Some(Event::Edited(m)) => println!(
+                    "[{}] #{} from {} (edited): {}",
+                    show(m.conversation),
+                    m.seq,
+                    m.sender,
+                    shown(&m)
                 ),
                 Some(Event::Recalled { conversation, seq, recall }) => {
                     println!("* [{}] #{seq} was recalled by {}", show(conversation), recall.by);
@@ -342,6 +350,13 @@ async fn command(
             let seq: u64 = rest.parse().context("usage: /recall SEQ")?;
             client.recall(c, seq).await?;
             println!("* [{}] #{seq} recalled", show(c));
+        }
+        "/edit" => {
+            let c = current.context("pick a conversation first: /to …")?;
+            let (seq, text) = rest.split_once(' ').context("usage: /edit SEQ TEXT")?;
+            let seq: u64 = seq.parse().context("usage: /edit SEQ TEXT")?;
+            client.edit(c, seq, content::text(text.trim())).await?;
+            println!("* [{}] #{seq} edited", show(c));
         }
         "/typing" => {
             let c = current.context("pick a conversation first: /to …")?;

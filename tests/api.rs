@@ -544,7 +544,9 @@ fn a_dissolved_group_tells_its_members_and_is_gone_for_every_request(dp: Datapla
     assert_ne!(again["id"].as_u64(), Some(id));
 }
 
-fn a_message_recalled_over_the_api_is_gone_from_history_and_its_members_are_told(dp: Dataplane) {
+fn messages_recalled_and_edited_over_the_api_change_history_and_their_members_are_told(
+    dp: Dataplane,
+) {
     let api = ApiServer::start(dp);
     let (owner, member) = (81, 82);
     let (token, _) = api.token(member, "phone-82");
@@ -616,6 +618,40 @@ fn a_message_recalled_over_the_api_is_gone_from_history_and_its_members_are_told
     assert_eq!(messages[0]["recalled"]["by"], owner);
     assert_eq!(messages[1]["content"]["text"], "right price");
     assert_eq!(messages[1]["recalled"], Value::Null);
+    assert_eq!(messages[1]["edited_at_ms"], Value::Null);
+
+    // Edits: only the sender; the member sees the new version pushed and in history.
+    let edit = |actor: u64, text: &str| {
+        api.call(
+            "POST",
+            "/v1/messages/edit",
+            Some(
+                json!({"actor": actor, "conversation": conversation, "seq": 2,
+                        "content": {"type": "text", "text": text}}),
+            ),
+        )
+    };
+    let denied = edit(member, "free!");
+    assert_eq!(
+        (denied.status, api_code(&denied)),
+        (403, "permission_denied".into())
+    );
+    let edited = edit(owner, "right price: 10");
+    assert_eq!(edited.status, 200, "{}", edited.text());
+    let at = edited.json()["edited_at_ms"]
+        .as_u64()
+        .expect("edited_at_ms");
+    let push = client.push();
+    assert_eq!((push.seq, push.edited_at_ms), (2, at));
+    assert_eq!(common::client::text_of(&push), "right price: 10");
+    let history = api.expect(
+        200,
+        "GET",
+        &format!("/v1/conversations/group/{id}/messages?user={member}"),
+        None,
+    );
+    assert_eq!(history["messages"][1]["content"]["text"], "right price: 10");
+    assert_eq!(history["messages"][1]["edited_at_ms"], at);
 }
 
 fn join_room(client: &mut TestClient, room: u64) -> petrel_proto::Frame {
@@ -689,7 +725,7 @@ fn an_operator_kicks_a_user_out_of_a_chatroom_then_closes_and_reopens_it(dp: Dat
 
 dataplane_tests!(
     an_operator_kicks_a_user_out_of_a_chatroom_then_closes_and_reopens_it,
-    a_message_recalled_over_the_api_is_gone_from_history_and_its_members_are_told,
+    messages_recalled_and_edited_over_the_api_change_history_and_their_members_are_told,
     a_dissolved_group_tells_its_members_and_is_gone_for_every_request,
     a_muted_member_is_refused_with_muted_until_the_mute_is_lifted,
     a_token_minted_over_the_api_logs_in_with_the_sdk,

@@ -923,7 +923,7 @@ async fn recalled(events: &mut Events) -> (ConversationKey, u64, u64) {
     .expect("a recall within the wait")
 }
 
-fn a_recalled_message_is_gone_live_and_for_a_member_who_was_offline(dp: Dataplane) {
+fn a_recalled_message_is_gone_live_and_an_edited_one_replaced_everywhere(dp: Dataplane) {
     common::server::block_on(dp, async move {
         let keys = Arc::new(Keys::generate());
         let server = TestServer::start_on(dp, &keys.server_config());
@@ -970,11 +970,41 @@ fn a_recalled_message_is_gone_live_and_for_a_member_who_was_offline(dp: Dataplan
             .map(|m| (m.seq, m.recalled.map(|r| r.by), m.text()))
             .collect();
         assert_eq!(shown, [(1, Some(alice), None), (2, None, Some("kept"))]);
+
+        // Edits: Bob's SDK gets the new version of Alice's message; Carol (online now)
+        // too; a later history page shows only the latest text.
+        a.edit(gid, 2, petrel_sdk::content::text("kept (edited)"))
+            .await
+            .unwrap();
+        for events in [&mut b_events, &mut c_events] {
+            let edited = timeout(WAIT, async {
+                loop {
+                    match events.recv().await {
+                        Some(Event::Edited(m)) => return m,
+                        Some(_) => {}
+                        None => panic!("event stream closed"),
+                    }
+                }
+            })
+            .await
+            .expect("an edit within the wait");
+            assert_eq!(edited.seq, 2);
+            assert_eq!(edited.text(), Some("kept (edited)"));
+            assert!(edited.edited_at_ms.is_some());
+        }
+        let history = b.load_history(gid, 0, 10).await.unwrap();
+        assert_eq!(history[0].text(), Some("kept (edited)"));
+        // Bob cannot edit Alice's message.
+        assert!(
+            b.edit(gid, 2, petrel_sdk::content::text("mine"))
+                .await
+                .is_err()
+        );
     })
 }
 
 dataplane_tests!(
-    a_recalled_message_is_gone_live_and_for_a_member_who_was_offline,
+    a_recalled_message_is_gone_live_and_an_edited_one_replaced_everywhere,
     server_restart_mid_conversation_delivers_every_message_once_in_order,
     with_the_primary_endpoint_down_the_sdk_connects_to_the_backup,
     a_token_expiring_mid_session_is_renewed_without_the_app_noticing,

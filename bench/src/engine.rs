@@ -747,6 +747,7 @@ mod tests {
             sender_device: "bench-1001".into(),
             recalled_by: 0,
             recalled_at_ms: 0,
+            edited_at_ms: 0,
         };
         let bytes = push.encode_to_vec();
         let ids = PushIds::decode(bytes.as_slice()).unwrap();

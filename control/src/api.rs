@@ -183,6 +183,15 @@ pub enum ApiConversationOp {
         /// The message.
         seq: u64,
     },
+    /// Replace a message's content (its sender, within the edit window).
+    Edit {
+        /// The conversation, as the actor names it.
+        conversation: petrel_storage::ConversationKey,
+        /// The message.
+        seq: u64,
+        /// The new encoded `Content`.
+        content: bytes::Bytes,
+    },
     /// Dissolve a group (owner only).
     Dissolve {
         /// The group.
@@ -291,6 +300,15 @@ pub enum ApiReply {
         users: Vec<u64>,
         /// Whether joins are refused now.
         closed: bool,
+    },
+    /// From `Edit`.
+    Edited {
+        /// The conversation.
+        conversation: ConversationKey,
+        /// The edited message.
+        seq: u64,
+        /// When.
+        edited_at_ms: u64,
     },
     /// From `Recall`.
     Recalled {

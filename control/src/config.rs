@@ -84,6 +84,9 @@ pub struct Config {
     /// How long after sending its sender may recall a message (`RecallMessage`); a
     /// group's owner and admins may at any time. Default 2 minutes.
     pub recall_window: Duration,
+    /// How long after sending its sender may edit a message (`EditMessage`). Default
+    /// 2 days.
+    pub edit_window: Duration,
 }
 
 impl Default for Config {
@@ -117,6 +120,7 @@ impl Default for Config {
             read_receipt_max_group: 100,
             offline_notices: false,
             recall_window: Duration::from_secs(120),
+            edit_window: Duration::from_secs(2 * 24 * 3600),
         }
     }
 }

@@ -102,7 +102,7 @@ pub fn storage_error_code(err: &StorageError) -> (pb::ErrorCode, bool) {
         StorageError::NotFound(_) | StorageError::NoSuchMessage { .. } => {
             (pb::ErrorCode::NotFound, false)
         }
-        StorageError::RecallWindowPassed { .. } => (pb::ErrorCode::PermissionDenied, false),
+        StorageError::TooLate { .. } => (pb::ErrorCode::PermissionDenied, false),
         StorageError::Muted { .. } => (pb::ErrorCode::Muted, false),
         StorageError::Invalid(_) => (pb::ErrorCode::InvalidRequest, false),
         StorageError::Closed => (pb::ErrorCode::ShuttingDown, true),
@@ -153,6 +153,7 @@ pub fn push_from_stored(viewer: u64, msg: &StoredMessage) -> (pb::MessagePush, b
             sender_device: msg.sender_device.clone(),
             recalled_by: msg.recalled.map_or(0, |r| r.by.0),
             recalled_at_ms: msg.recalled.map_or(0, |r| r.at_ms),
+            edited_at_ms: msg.edited_at_ms.unwrap_or(0),
         },
         ok,
     )

@@ -186,4 +186,6 @@ pub struct Counters {
     pub offline_notices: u64,
     /// Messages recalled (a repeated recall of one message counts again).
     pub messages_recalled: u64,
+    /// Message edits stored.
+    pub messages_edited: u64,
 }

@@ -1,7 +1,8 @@
-//! Recall in the simulator: who may recall (the sender within the window, a group's
-//! owner or admins any time), who is told live (every participant's other devices, each
-//! naming the conversation their way), and what sync shows afterwards (the message in
-//! its place, recalled, without content).
+//! Recall and edit in the simulator: who may recall (the sender within the window, a
+//! group's owner or admins any time) or edit (the sender within its window), who is told
+//! live (every participant's other devices, each naming the conversation their way), and
+//! what sync shows afterwards (the message in its place, recalled without content, or
+//! its latest version).
 
 mod harness;
 
@@ -129,4 +130,84 @@ fn a_group_admin_recalls_any_members_message_at_any_time() {
     assert_eq!(page.messages.len(), 1);
     assert_eq!(page.messages[0].recalled_by, ALICE);
     assert!(page.messages[0].content.is_empty());
+}
+
+fn edit(
+    s: &mut Sim,
+    conn: ConnId,
+    conversation: pb::ConversationId,
+    seq: u64,
+    text: &str,
+) -> Result<pb::ConversationOpResult, pb::Error> {
+    s.op(
+        conn,
+        Op::EditMessage(pb::EditMessage {
+            conversation: Some(conversation),
+            seq,
+            content: Some(harness::text_content(text)),
+        }),
+    )
+}
+
+/// The pushes among `frames`, as (conversation, seq, edited_at_ms != 0, text).
+fn pushes(frames: &[Frame]) -> Vec<(pb::ConversationId, u64, bool, String)> {
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            Body::MessagePush(p) => {
+                let text = match p.decode_content().ok()?.body? {
+                    pb::content::Body::Text(t) => t.text,
+                    _ => String::new(),
+                };
+                Some((p.conversation.unwrap(), p.seq, p.edited_at_ms != 0, text))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn only_the_sender_edits_within_the_window_and_every_device_gets_the_new_version() {
+    let mut s = Sim::new(Config::default(), 3);
+    let a_phone = s.login(ALICE, "phone", pb::Platform::Ios);
+    let a_laptop = s.login(ALICE, "laptop", pb::Platform::Desktop);
+    let bob = s.login(BOB, "phone", pb::Platform::Ios);
+    s.send_text(a_phone, single(BOB), 1, "teh").unwrap();
+    s.clear(&[a_phone, a_laptop, bob]);
+
+    let denied = edit(&mut s, bob, single(ALICE), 1, "mine now").unwrap_err();
+    assert_eq!(denied.code, pb::ErrorCode::PermissionDenied as i32);
+    let empty = s
+        .op(
+            a_phone,
+            Op::EditMessage(pb::EditMessage {
+                conversation: Some(single(BOB)),
+                seq: 1,
+                content: None,
+            }),
+        )
+        .unwrap_err();
+    assert_eq!(empty.code, pb::ErrorCode::InvalidRequest as i32);
+
+    edit(&mut s, a_phone, single(BOB), 1, "the").expect("the sender edits");
+    assert_eq!(
+        pushes(&s.client(bob).take()),
+        [(single(ALICE), 1, true, "the".to_owned())]
+    );
+    assert_eq!(
+        pushes(&s.client(a_laptop).take()),
+        [(single(BOB), 1, true, "the".to_owned())]
+    );
+    assert_eq!(s.control.counters().messages_edited, 1);
+    // A sync returns the latest version.
+    let (synced, _) = s.sync_all(bob, 0, 100);
+    let got: Vec<_> = synced
+        .iter()
+        .map(|p| (p.seq, p.edited_at_ms != 0))
+        .collect();
+    assert_eq!(got, [(1, true)]);
+    // A recalled message is gone for edits too.
+    recall(&mut s, a_phone, single(BOB), 1).unwrap();
+    let gone = edit(&mut s, a_phone, single(BOB), 1, "again").unwrap_err();
+    assert_eq!(gone.code, pb::ErrorCode::NotFound as i32);
 }

@@ -89,6 +89,9 @@ pub struct MessagePush {
     /// When it was recalled (ms since the epoch).
     #[prost(uint64, tag = "9")]
     pub recalled_at_ms: u64,
+    /// When its sender last edited it (0: never; `content` is then the latest version).
+    #[prost(uint64, tag = "10")]
+    pub edited_at_ms: u64,
 }
 
 impl MessagePush {

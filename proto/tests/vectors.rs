@@ -149,6 +149,7 @@ fn valid() -> Vec<Valid> {
                     sender_device: "phone-1".into(),
                     recalled_by: 0,
                     recalled_at_ms: 0,
+                    edited_at_ms: 0,
                 },
             ),
         },
@@ -171,6 +172,7 @@ fn valid() -> Vec<Valid> {
                     sender_device: "phone-1".into(),
                     recalled_by: 5,
                     recalled_at_ms: 1_700_000_060_000,
+                    edited_at_ms: 0,
                 },
             ),
         },
@@ -185,6 +187,49 @@ fn valid() -> Vec<Valid> {
                         conversation: common::conv(ConversationKind::Single, 42),
                         seq: 17,
                     })),
+                },
+            ),
+        },
+        Valid {
+            name: "edit_message",
+            meaning: "ConversationOp, request id 12. Body: op = edit_message {conversation = \
+                      {GROUP, 7}, seq = 3, content = text \"hi\"}: replace the content of \
+                      message 3 of group 7.",
+            frame: Frame::new(
+                12,
+                pb::ConversationOp {
+                    op: Some(pb::conversation_op::Op::EditMessage(pb::EditMessage {
+                        conversation: common::conv(ConversationKind::Group, 7),
+                        seq: 3,
+                        content: Some(pb::Content {
+                            body: Some(pb::content::Body::Text(pb::Text {
+                                text: "hi".into(),
+                                mentions: vec![],
+                            })),
+                        }),
+                    })),
+                },
+            ),
+        },
+        Valid {
+            name: "message_push_edited",
+            meaning: "MessagePush, request id 0 (unsolicited): the new version of an edited \
+                      message. Body: conversation = {SINGLE, 42}, seq = 17, sender = 42, \
+                      server_time_ms = 1700000000123, client_msg_id = 1001, content = text \
+                      \"hi\", sender_device = \"phone-1\", edited_at_ms = 1700000090000.",
+            frame: Frame::new(
+                0,
+                pb::MessagePush {
+                    conversation: common::conv(ConversationKind::Single, 42),
+                    seq: 17,
+                    sender: 42,
+                    server_time_ms: 1_700_000_000_123,
+                    client_msg_id: 1001,
+                    content: common::text("hi"),
+                    sender_device: "phone-1".into(),
+                    recalled_by: 0,
+                    recalled_at_ms: 0,
+                    edited_at_ms: 1_700_000_090_000,
                 },
             ),
         },
@@ -269,6 +314,7 @@ fn valid() -> Vec<Valid> {
                         sender_device: "phone-1".into(),
                         recalled_by: 0,
                         recalled_at_ms: 0,
+                        edited_at_ms: 0,
                     }],
                     has_more: true,
                     inbox_cursor: 9,
@@ -326,6 +372,7 @@ fn valid() -> Vec<Valid> {
                         sender_device: "phone-1".into(),
                         recalled_by: 0,
                         recalled_at_ms: 0,
+                        edited_at_ms: 0,
                     }],
                     has_more: false,
                     inbox_cursor: 0,

@@ -420,6 +420,32 @@ impl Client {
         Ok(())
     }
 
+    /// Replaces the content of this user's message `seq` of `conversation` (within the
+    /// server's edit window). The other participants' devices get the new version
+    /// ([`crate::Event::Edited`], or the latest content at their next sync); so does this
+    /// device's store.
+    pub async fn edit(
+        &self,
+        conversation: ConversationKey,
+        seq: u64,
+        content: pb::Content,
+    ) -> Result<(), SdkError> {
+        self.conversation_op(Op::EditMessage(pb::EditMessage {
+            conversation: Some(conversation.to_wire()),
+            seq,
+            content: Some(content.clone()),
+        }))
+        .await?;
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.inner
+            .shared
+            .store()
+            .apply_own_edit(conversation, seq, &content, at_ms)?;
+        Ok(())
+    }
+
     /// Marks `conversation` read up to `seq`, locally and on the server (so the user's
     /// other devices learn it too).
     pub async fn mark_read(&self, conversation: ConversationKey, seq: u64) -> Result<(), SdkError> {

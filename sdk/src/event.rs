@@ -89,6 +89,8 @@ pub struct Message {
     pub content: pb::Content,
     /// Set once it was recalled: who and when. Its place stays; its content is gone.
     pub recalled: Option<Recalled>,
+    /// When its sender last edited it (`content` is the latest version).
+    pub edited_at_ms: Option<u64>,
 }
 
 /// Who recalled a message and when ([`Message::recalled`], [`Event::Recalled`]).
@@ -212,6 +214,9 @@ pub enum Event {
         /// Who recalled it and when (when: as the event arrived).
         recall: Recalled,
     },
+    /// A message was edited by its sender: the local store holds the new content
+    /// already; show it in the message's place (marked as edited).
+    Edited(Message),
     /// Another member (`reader`) read `conversation` up to `seq`: a read receipt, in 1:1
     /// chats and in groups up to the server's receipt size (docs/PROTOCOL.md 5.6). This
     /// user's own read position and unread counts are not affected.

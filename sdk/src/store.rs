@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS messages (
     own INTEGER NOT NULL,
     recalled_by INTEGER NOT NULL DEFAULT 0,
     recalled_at_ms INTEGER NOT NULL DEFAULT 0,
+    edited_at_ms INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (kind, id, seq)
 );
 CREATE TABLE IF NOT EXISTS outbox (
@@ -112,6 +113,8 @@ pub struct Applied {
     pub inserted: usize,
     /// Stored messages found recalled (a sync brought their recalled version).
     pub recalled: Vec<(ConversationKey, u64, Recalled)>,
+    /// Stored messages whose newer edited version arrived (a push or a sync).
+    pub edited: Vec<Message>,
 }
 
 /// The SQLite-backed local store of one user on one device.
@@ -152,9 +155,9 @@ fn decode_content(blob: &[u8]) -> Result<pb::Content, SdkError> {
 }
 
 const MESSAGE_COLUMNS: &str = "kind, id, seq, sender, sender_device, client_msg_id, \
-     server_time_ms, content, recalled_by, recalled_at_ms";
+     server_time_ms, content, recalled_by, recalled_at_ms, edited_at_ms";
 
-type MessageRow = (i64, i64, i64, i64, String, i64, i64, Vec<u8>, i64, i64);
+type MessageRow = (i64, i64, i64, i64, String, i64, i64, Vec<u8>, i64, i64, i64);
 
 fn read_message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
     Ok((
@@ -168,6 +171,7 @@ fn read_message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
         row.get(7)?,
         row.get(8)?,
         row.get(9)?,
+        row.get(10)?,
     ))
 }
 
@@ -187,20 +191,22 @@ fn message_from_row(r: MessageRow) -> Result<Message, SdkError> {
             by: u(r.8),
             at_ms: u(r.9),
         }),
+        edited_at_ms: (r.10 != 0).then_some(u(r.10)),
     })
 }
 
-/// Stores made before recalls existed get the two columns (SQLite adds them with their
-/// defaults: not recalled).
+/// Stores made before recalls and edits existed get their columns (SQLite adds them
+/// with their defaults: not recalled, never edited).
 fn add_recall_columns(conn: &Connection) -> Result<(), SdkError> {
-    let has: bool = conn
-        .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'recalled_by'")?
-        .exists([])?;
-    if !has {
-        conn.execute_batch(
-            "ALTER TABLE messages ADD COLUMN recalled_by INTEGER NOT NULL DEFAULT 0;
-             ALTER TABLE messages ADD COLUMN recalled_at_ms INTEGER NOT NULL DEFAULT 0;",
-        )?;
+    for column in ["recalled_by", "recalled_at_ms", "edited_at_ms"] {
+        let has: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = ?1")?
+            .exists([column])?;
+        if !has {
+            conn.execute_batch(&format!(
+                "ALTER TABLE messages ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0;"
+            ))?;
+        }
     }
     Ok(())
 }
@@ -350,6 +356,7 @@ impl Store {
                 sender_device: self.device_id.clone(),
                 recalled_by: 0,
                 recalled_at_ms: 0,
+                edited_at_ms: 0,
             };
             insert(&tx, self.user_id, &self.device_id, key, &push, &mut applied)?;
             drain(&tx, key, &mut applied)?;
@@ -625,6 +632,28 @@ impl Store {
         )? > 0)
     }
 
+    /// This device's own edit of message `seq` of `conversation`, acknowledged by the
+    /// server: the store holds `content` from now on.
+    pub fn apply_own_edit(
+        &mut self,
+        conversation: ConversationKey,
+        seq: u64,
+        content: &pb::Content,
+        at_ms: u64,
+    ) -> Result<bool, SdkError> {
+        Ok(self.conn.execute(
+            "UPDATE messages SET content = ?4, edited_at_ms = ?5
+             WHERE kind = ?1 AND id = ?2 AND seq = ?3 AND recalled_by = 0 AND edited_at_ms < ?5",
+            params![
+                conversation.kind as i64,
+                i(conversation.id),
+                i(seq),
+                content.encode_to_vec(),
+                i(at_ms)
+            ],
+        )? > 0)
+    }
+
     /// The delivery cursor of `conversation` (0 if unknown).
     pub fn delivered_seq(&self, conversation: ConversationKey) -> Result<u64, SdkError> {
         delivered_seq(&self.conn, conversation)
@@ -643,6 +672,7 @@ fn to_message(key: ConversationKey, push: &pb::MessagePush) -> Message {
         // here shows as empty content rather than losing the message's place.
         content: push.decode_content().unwrap_or_default(),
         recalled: Recalled::of(push),
+        edited_at_ms: (push.edited_at_ms != 0).then_some(push.edited_at_ms),
     }
 }
 
@@ -703,12 +733,29 @@ fn insert(
             applied.recalled.push((key, push.seq, recall));
         }
     }
+    if push.edited_at_ms != 0
+        && recall.is_none()
+        && tx.execute(
+            "UPDATE messages SET content = ?4, edited_at_ms = ?5
+             WHERE kind = ?1 AND id = ?2 AND seq = ?3 AND recalled_by = 0 AND edited_at_ms < ?5",
+            params![
+                key.kind as i64,
+                i(key.id),
+                i(push.seq),
+                content,
+                i(push.edited_at_ms)
+            ],
+        )? > 0
+    {
+        // Already stored: the newer version replaces it.
+        applied.edited.push(to_message(key, push));
+    }
     applied.inserted += tx
         .prepare_cached(
             "INSERT OR IGNORE INTO messages
          (kind, id, seq, sender, sender_device, client_msg_id, server_time_ms, content, own,
-          recalled_by, recalled_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+          recalled_by, recalled_at_ms, edited_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?
         .execute(params![
             key.kind as i64,
@@ -721,7 +768,8 @@ fn insert(
             content,
             own,
             i(recall.map_or(0, |r| r.by)),
-            i(recall.map_or(0, |r| r.at_ms))
+            i(recall.map_or(0, |r| r.at_ms)),
+            i(push.edited_at_ms)
         ])?;
     if own
         && tx.execute(
@@ -748,7 +796,7 @@ fn drain(
              ORDER BY seq"
         ))?;
         stmt.query_map(params![key.kind as i64, i(key.id), i(cursor)], |r| {
-            Ok((read_message_row(r)?, r.get::<_, bool>(10)?))
+            Ok((read_message_row(r)?, r.get::<_, bool>(11)?))
         })?
         .collect::<Result<_, _>>()?
     };
@@ -797,6 +845,7 @@ mod tests {
             sender_device: device.into(),
             recalled_by: 0,
             recalled_at_ms: 0,
+            edited_at_ms: 0,
         }
     }
 

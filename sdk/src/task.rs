@@ -92,6 +92,9 @@ impl Shared {
         for m in applied.deliver {
             let _ = self.events.send(Event::Message(m));
         }
+        for m in applied.edited {
+            let _ = self.events.send(Event::Edited(m));
+        }
         for (conversation, seq, recall) in applied.recalled {
             let _ = self.events.send(Event::Recalled {
                 conversation,

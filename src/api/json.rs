@@ -278,6 +278,8 @@ pub struct MessageOut {
     pub content: Option<Content>,
     /// Who recalled it and when; `null` if it was not.
     pub recalled: Option<RecalledOut>,
+    /// When its sender last edited it; `null` if never (`content` is the latest).
+    pub edited_at_ms: Option<u64>,
 }
 
 /// `{"by": 5, "at_ms": …}`: a recall.
@@ -305,6 +307,7 @@ impl From<&StoredMessage> for MessageOut {
                 by: r.by.0,
                 at_ms: r.at_ms,
             }),
+            edited_at_ms: m.edited_at_ms,
         }
     }
 }

@@ -67,6 +67,7 @@ pub fn router(state: AppState, key: ApiKey, stats: Arc<ApiStats>) -> Router {
         .route("/v1/presence", post(presence::presence))
         .route("/v1/messages", post(messages::send))
         .route("/v1/messages/recall", post(messages::recall))
+        .route("/v1/messages/edit", post(messages::edit))
         .route(
             "/v1/conversations/{kind}/{id}/messages",
             get(messages::history),

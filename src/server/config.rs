@@ -254,6 +254,7 @@ struct FileConfig {
     typing_max_audience: Option<usize>,
     read_receipt_max_group: Option<usize>,
     recall_window_secs: Option<u64>,
+    edit_window_secs: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     retention_single_secs: Option<u64>,
     retention_group_secs: Option<u64>,
@@ -320,6 +321,8 @@ pub struct ServeConfig {
     pub read_receipt_max_group: usize,
     /// How long after sending a sender may recall a message.
     pub recall_window: Duration,
+    /// How long after sending a sender may edit a message.
+    pub edit_window: Duration,
     /// How long a graceful shutdown keeps answering new requests with SHUTTING_DOWN
     /// before it kicks everyone.
     pub shutdown_grace: Duration,
@@ -539,6 +542,7 @@ impl ServeConfig {
             typing_max_audience: file.typing_max_audience.unwrap_or(500),
             read_receipt_max_group: file.read_receipt_max_group.unwrap_or(100),
             recall_window: Duration::from_secs(file.recall_window_secs.unwrap_or(120)),
+            edit_window: Duration::from_secs(file.edit_window_secs.unwrap_or(2 * 24 * 3600)),
             shutdown_grace: Duration::from_millis(file.shutdown_grace_ms.unwrap_or(200)),
             storage,
             media,

@@ -79,6 +79,7 @@ fn control_config(config: &ServeConfig) -> petrel_control::Config {
         read_receipt_max_group: config.read_receipt_max_group,
         offline_notices: config.webhook.is_some(),
         recall_window: config.recall_window,
+        edit_window: config.edit_window,
         id_seed: rand::random(),
         ..petrel_control::Config::default()
     }

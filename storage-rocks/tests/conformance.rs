@@ -580,7 +580,7 @@ fn recall_rules_and_tombstones<H: Harness>() {
     ));
     assert!(matches!(
         e.recall(A, single, 1, WINDOW, T0 + WINDOW + 1),
-        Err(StorageError::RecallWindowPassed { .. })
+        Err(StorageError::TooLate { .. })
     ));
     assert!(matches!(
         e.recall(A, single, 9, WINDOW, T0),
@@ -607,7 +607,7 @@ fn recall_rules_and_tombstones<H: Harness>() {
     ));
     assert!(matches!(
         e.recall(C, g, 2, WINDOW, T0 + WINDOW + 1),
-        Err(StorageError::RecallWindowPassed { .. })
+        Err(StorageError::TooLate { .. })
     ));
     let late = e.recall(B, g, 2, WINDOW, T0 + 10 * WINDOW).unwrap();
     assert_eq!(late.recall.by, B);
@@ -636,6 +636,50 @@ fn recall_rules_and_tombstones<H: Harness>() {
     }
     assert_eq!(got.get(&(g, 1)).map(|p| p.len()), Some(0));
     assert_eq!(got.get(&(g, 2)).map(|p| p.len()), Some(0));
+}
+
+/// Edits: only the sender, within the window, never a recalled message; history and sync
+/// return the latest version with its edit time, also after a reopen.
+fn edit_rules_and_latest_versions<H: Harness>() {
+    const WINDOW: u64 = 60_000;
+    let h = H::open(config(DiffusionMode::Hybrid));
+    let e = h.engine();
+    let g = e.create_group(A, "g", &[B], T0).unwrap();
+    send(e, B, g, 1, T0).unwrap();
+    send(e, B, g, 2, T0).unwrap();
+    let new = || Bytes::from_static(b"edited");
+    // Not the sender (not even the owner), not past the window, not a missing seq.
+    assert!(matches!(
+        e.edit(A, g, 1, new(), WINDOW, T0 + 1),
+        Err(StorageError::NotAdmin { .. })
+    ));
+    assert!(matches!(
+        e.edit(B, g, 1, new(), WINDOW, T0 + WINDOW + 1),
+        Err(StorageError::TooLate { action: "edit", .. })
+    ));
+    assert!(matches!(
+        e.edit(B, g, 9, new(), WINDOW, T0 + 1),
+        Err(StorageError::NoSuchMessage { .. })
+    ));
+    let out = e.edit(B, g, 1, new(), WINDOW, T0 + 5).unwrap();
+    assert_eq!(out.message.edited_at_ms, Some(T0 + 5));
+    assert_eq!(&out.message.payload[..], b"edited");
+    assert_eq!(out.message.server_time_ms, T0);
+    assert_eq!(out.recipients, vec![A, B]);
+    // A recalled message cannot be edited.
+    e.recall(B, g, 2, WINDOW, T0 + 6).unwrap();
+    assert!(matches!(
+        e.edit(B, g, 2, new(), WINDOW, T0 + 7),
+        Err(StorageError::NoSuchMessage { .. })
+    ));
+    let h = h.reopen();
+    let e = h.engine();
+    let page = e.history(A, g, u64::MAX, 10).unwrap();
+    assert_eq!(&page.messages[0].payload[..], b"edited");
+    assert_eq!(page.messages[0].edited_at_ms, Some(T0 + 5));
+    assert_eq!(page.messages[1].edited_at_ms, None);
+    let got = Device::new(A).sync_all(e, 10);
+    assert_eq!(got[0], (g, 1, new()));
 }
 
 fn public_account_follow_rules<H: Harness>() {
@@ -1339,6 +1383,10 @@ macro_rules! conformance {
             #[test]
             fn group_role_rules() {
                 super::group_role_rules::<$harness>();
+            }
+            #[test]
+            fn edit_rules_and_latest_versions() {
+                super::edit_rules_and_latest_versions::<$harness>();
             }
             #[test]
             fn recall_rules_and_tombstones() {

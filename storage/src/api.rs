@@ -68,6 +68,15 @@ pub struct RecallOutcome {
     pub recipients: Vec<UserId>,
 }
 
+/// Result of an edit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditOutcome {
+    /// The message as stored now (new content, `edited_at_ms` set).
+    pub message: StoredMessage,
+    /// Who should get the new version live: the conversation's participants now.
+    pub recipients: Vec<UserId>,
+}
+
 /// Incremental sync for one device.
 ///
 /// Contract: a device keeps its own `inbox_cursor` and per-conversation cursors (the
@@ -210,6 +219,24 @@ pub enum Request {
         /// The message.
         seq: u64,
         /// How long after sending the sender may recall.
+        window_ms: u64,
+        /// Current time.
+        now_ms: u64,
+    },
+    /// Replace the content of message `seq` of `conversation` by `payload` (an encoded
+    /// `Content`): its sender only, within `window_ms` of its server time, and not once
+    /// recalled. History and sync return the latest version with its edit time.
+    /// Reply: [`Reply::Edited`].
+    Edit {
+        /// Who asks (must be the sender).
+        actor: UserId,
+        /// The conversation.
+        conversation: ConversationKey,
+        /// The message.
+        seq: u64,
+        /// The new content.
+        payload: Bytes,
+        /// How long after sending the sender may edit.
         window_ms: u64,
         /// Current time.
         now_ms: u64,
@@ -391,6 +418,8 @@ pub enum Reply {
     Trimmed(TrimReport),
     /// From `Recall`.
     Recalled(RecallOutcome),
+    /// From `Edit`.
+    Edited(EditOutcome),
     /// From requests with nothing to report.
     Done,
 }
@@ -437,6 +466,16 @@ pub trait Engine: Send + Sync {
         user: UserId,
         role: Role,
     ) -> Result<MembershipChange, StorageError>;
+    /// Edit a message (see [`Request::Edit`]).
+    fn edit(
+        &self,
+        actor: UserId,
+        conversation: ConversationKey,
+        seq: u64,
+        payload: Bytes,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<EditOutcome, StorageError>;
     /// Recall a message (see [`Request::Recall`]).
     fn recall(
         &self,
@@ -588,6 +627,14 @@ pub fn dispatch<E: Engine + ?Sized>(engine: &E, request: Request) -> Result<Repl
             window_ms,
             now_ms,
         } => Reply::Recalled(engine.recall(actor, conversation, seq, window_ms, now_ms)?),
+        Request::Edit {
+            actor,
+            conversation,
+            seq,
+            payload,
+            window_ms,
+            now_ms,
+        } => Reply::Edited(engine.edit(actor, conversation, seq, payload, window_ms, now_ms)?),
         Request::Mute {
             actor,
             group,

@@ -97,14 +97,16 @@ pub enum StorageError {
         /// The seq asked for.
         seq: u64,
     },
-    /// A recall by the sender after the recall window (a group's owner or admins may
-    /// still recall it).
-    #[error("message {seq} in {conversation:?} is older than the {window_ms} ms recall window")]
-    RecallWindowPassed {
+    /// A recall or an edit by the sender after its window (a group's owner or admins
+    /// may still recall).
+    #[error("message {seq} in {conversation:?} is older than the {window_ms} ms {action} window")]
+    TooLate {
         /// The conversation.
         conversation: ConversationKey,
         /// The message.
         seq: u64,
+        /// What was asked: "recall" or "edit".
+        action: &'static str,
         /// The window.
         window_ms: u64,
     },

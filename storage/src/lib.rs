@@ -53,8 +53,8 @@ pub mod unsynced;
 pub mod values;
 
 pub use api::{
-    AppendOutcome, AppendRequest, Engine, HistoryPage, MembershipChange, RecallOutcome, Reply,
-    Request, SyncPage, SyncRequest, TrimReport,
+    AppendOutcome, AppendRequest, EditOutcome, Engine, HistoryPage, MembershipChange,
+    RecallOutcome, Reply, Request, SyncPage, SyncRequest, TrimReport,
 };
 pub use commit::{
     CommitQueue, CommitQueueConfig, CommitStats, CommitStatsSnapshot, Completion,

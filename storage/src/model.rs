@@ -100,6 +100,8 @@ pub struct StoredMessage {
     pub payload: Bytes,
     /// Set once the message was recalled: its seq stays, its content is gone.
     pub recalled: Option<Recall>,
+    /// When its sender last edited it (`payload` is then the latest content).
+    pub edited_at_ms: Option<u64>,
 }
 
 /// A user's view of one conversation: how far it goes and how far they have read.

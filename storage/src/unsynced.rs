@@ -215,6 +215,7 @@ mod tests {
             server_time_ms: 1,
             payload: Bytes::from_static(b"x"),
             recalled: None,
+            edited_at_ms: None,
         }
     }
 

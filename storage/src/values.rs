@@ -5,6 +5,8 @@
 //!              | device_len:u16 | device:utf8 | payload (rest)
 //! recalled   = version:u8(2) | the same header and device | recalled_by:u64
 //!              | recalled_at_ms:u64          (no payload: the content is erased)
+//! edited     = version:u8(3) | the same header and device | edited_at_ms:u64
+//!              | payload (rest: the latest content)
 //! inbox      = kind:u8 (1 pointer, 2 news marker) | conversation(17) | seq:u64
 //! dedup      = seq:u64 | server_time_ms:u64   (the conversation is in the key)
 //!   (legacy, read only: conversation(17) | seq:u64 | server_time_ms:u64)
@@ -25,6 +27,8 @@ use crate::model::{ConversationKey, Recall, Role, StoredMessage, UserId};
 const MESSAGE_V1: u8 = 1;
 /// A recalled message: the header and device of the original, then who and when.
 const MESSAGE_RECALLED: u8 = 2;
+/// An edited message: the header and device of the original, when, the new content.
+const MESSAGE_EDITED: u8 = 3;
 const MESSAGE_HEADER: usize = 1 + 8 + 8 + 8 + 2;
 
 /// Encode a message value (conversation and seq live in the key).
@@ -91,6 +95,27 @@ pub fn encode_recalled(
     Ok(out)
 }
 
+/// `msg` with `payload` as its content since `at_ms` (an edit: the header stays).
+pub fn encode_edited(
+    msg: &StoredMessage,
+    payload: &[u8],
+    at_ms: u64,
+) -> Result<Vec<u8>, crate::StorageError> {
+    let mut out = Vec::with_capacity(MESSAGE_HEADER + msg.sender_device.len() + 8 + payload.len());
+    encode_message_into(
+        &mut out,
+        msg.sender,
+        msg.client_msg_id,
+        msg.server_time_ms,
+        &msg.sender_device,
+        &[],
+    )?;
+    out[0] = MESSAGE_EDITED;
+    out.extend_from_slice(&at_ms.to_be_bytes());
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
 /// The server time of an encoded message, without decoding the rest (retention scans).
 pub fn message_time_ms(v: &[u8]) -> Result<u64, DecodeError> {
     check_message_header(v)?;
@@ -107,7 +132,7 @@ fn check_message_header(v: &[u8]) -> Result<(), DecodeError> {
             got: v.len(),
         });
     }
-    if v[0] != MESSAGE_V1 && v[0] != MESSAGE_RECALLED {
+    if !matches!(v[0], MESSAGE_V1 | MESSAGE_RECALLED | MESSAGE_EDITED) {
         return Err(DecodeError::Version {
             what: WHAT,
             version: v[0],
@@ -140,7 +165,18 @@ pub fn decode_message(
         .map_err(|_| DecodeError::Utf8 { what: WHAT })?
         .to_owned();
     let tail = &rest[dev_len..];
-    let (payload, recalled) = if v[0] == MESSAGE_RECALLED {
+    let mut edited_at_ms = None;
+    let (payload, recalled) = if v[0] == MESSAGE_EDITED {
+        let Some((at, content)) = tail.split_first_chunk::<8>() else {
+            return Err(DecodeError::Length {
+                what: "edited message",
+                expected: MESSAGE_HEADER + dev_len + 8,
+                got: v.len(),
+            });
+        };
+        edited_at_ms = Some(u64::from_be_bytes(*at));
+        (Bytes::copy_from_slice(content), None)
+    } else if v[0] == MESSAGE_RECALLED {
         let fields: &[u8; 16] = tail.try_into().map_err(|_| DecodeError::Length {
             what: "recalled message",
             expected: MESSAGE_HEADER + dev_len + 16,
@@ -163,6 +199,7 @@ pub fn decode_message(
         server_time_ms,
         payload,
         recalled,
+        edited_at_ms,
     })
 }
 
@@ -388,7 +425,7 @@ mod tests {
             Err(DecodeError::Length { .. })
         ));
         let mut bad = v.clone();
-        bad[0] = 3;
+        bad[0] = 4;
         assert!(matches!(
             decode_message(c, 5, &bad),
             Err(DecodeError::Version { .. })
@@ -409,6 +446,19 @@ mod tests {
         assert!(r.payload.is_empty());
         assert_eq!(r.recalled, Some(recall));
         assert_eq!(message_time_ms(&t), Ok(1234));
+        // An edited message: the header stays, the content is the new one.
+        let e = decode_message(c, 5, &encode_edited(&m, b"hello again", 3000).unwrap()).unwrap();
+        assert_eq!(
+            (e.sender, e.server_time_ms, e.edited_at_ms),
+            (UserId(9), 1234, Some(3000))
+        );
+        assert_eq!(&e.payload[..], b"hello again");
+        let mut cut = encode_edited(&m, b"", 3000).unwrap();
+        cut.truncate(cut.len() - 1);
+        assert!(matches!(
+            decode_message(c, 5, &cut),
+            Err(DecodeError::Length { .. })
+        ));
         // Version 2 with anything but the 16 bytes of the recall is corrupt.
         let mut wrong = v.clone();
         wrong[0] = 2;

@@ -387,6 +387,19 @@ impl Control {
                     role: Some(role),
                 },
             ),
+            ApiConversationOp::Edit {
+                conversation,
+                seq,
+                content,
+            } => {
+                if let Some((code, why)) = self.content_problem(&content) {
+                    return self.api_answer(id, Err(ApiError::new(code, why)));
+                }
+                (
+                    self.edit_request(actor, conversation, seq, content, now_ms),
+                    OpKind::Edit,
+                )
+            }
             ApiConversationOp::Recall { conversation, seq } => (
                 self.recall_request(actor, conversation, seq, now_ms),
                 OpKind::Recall,
@@ -487,6 +500,11 @@ impl Control {
             ApiPending::Op(id, ctx) => {
                 let answer = match &result {
                     Ok(Reply::Created(key)) => Ok(ApiReply::Created(*key)),
+                    Ok(Reply::Edited(o)) => Ok(ApiReply::Edited {
+                        conversation: o.message.conversation,
+                        seq: o.message.seq,
+                        edited_at_ms: o.message.edited_at_ms.unwrap_or(0),
+                    }),
                     Ok(Reply::Recalled(o)) => Ok(ApiReply::Recalled {
                         conversation: o.conversation,
                         seq: o.seq,

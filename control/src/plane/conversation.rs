@@ -9,9 +9,10 @@
 
 use std::collections::BTreeSet;
 
+use bytes::Bytes;
 use petrel_proto::{Frame, pb};
 use petrel_storage::{
-    ConversationKey, Member, RecallOutcome, Reply, Request, Role, StorageError, UserId,
+    ConversationKey, EditOutcome, Member, RecallOutcome, Reply, Request, Role, StorageError, UserId,
 };
 
 use super::Control;
@@ -173,6 +174,25 @@ impl Control {
                     );
                 }
             },
+            Op::EditMessage(e) => {
+                let content = petrel_proto::wire::encode_content(&e.content.unwrap_or_default());
+                if let Some((code, why)) = self.content_problem(&content) {
+                    return self.reject_send(conn, rid, code, &why);
+                }
+                match convert::target(user, e.conversation.as_ref()) {
+                    Some(Target::Persisted(key)) if e.seq != 0 => (
+                        self.edit_request(user, key, e.seq, content, now_ms),
+                        OpKind::Edit,
+                    ),
+                    _ => {
+                        return self.invalid(
+                            conn,
+                            rid,
+                            "edit names a message (seq 1 or more) of a persisted conversation",
+                        );
+                    }
+                }
+            }
             Op::ListMembers(l) => match convert::target(user, l.conversation.as_ref()) {
                 Some(Target::Persisted(key)) => (
                     Request::Members { conversation: key },
@@ -208,6 +228,65 @@ impl Control {
             window_ms: u64::try_from(self.config.recall_window.as_millis()).unwrap_or(u64::MAX),
             now_ms,
         }
+    }
+
+    /// The storage request replacing the content of `seq` of `key` by `content` as
+    /// `actor`, with the configured window (the protocol's and the API's edit).
+    pub(super) fn edit_request(
+        &self,
+        actor: u64,
+        key: ConversationKey,
+        seq: u64,
+        content: bytes::Bytes,
+        now_ms: u64,
+    ) -> Request {
+        Request::Edit {
+            actor: UserId(actor),
+            conversation: key,
+            seq,
+            payload: content,
+            window_ms: u64::try_from(self.config.edit_window.as_millis()).unwrap_or(u64::MAX),
+            now_ms,
+        }
+    }
+
+    /// Pushes the edited version of a message to every participant's online devices
+    /// (but the requester's connection), each naming the conversation their way.
+    fn push_edit(&mut self, to: ReplyTo, outcome: &EditOutcome) {
+        let single = matches!(outcome.message.conversation, ConversationKey::Single { .. });
+        let mut shared: Option<Bytes> = None;
+        let mut targets = std::mem::take(&mut self.scratch_conns);
+        for user in &outcome.recipients {
+            targets.clear();
+            targets.extend(
+                self.registry
+                    .user_conns(user.0)
+                    .iter()
+                    .copied()
+                    .filter(|&c| c != to.conn),
+            );
+            if targets.is_empty() {
+                continue;
+            }
+            let bytes = match (&shared, single) {
+                (Some(bytes), false) => bytes.clone(),
+                _ => {
+                    let (push, _) = convert::push_from_stored(user.0, &outcome.message);
+                    let Some(bytes) = self.encode(&Frame::new(0, push)) else {
+                        continue;
+                    };
+                    if !single {
+                        shared = Some(bytes.clone());
+                    }
+                    bytes
+                }
+            };
+            for &conn in &targets {
+                self.send_bytes(conn, bytes.clone(), petrel_proto::FrameType::MessagePush);
+            }
+        }
+        self.scratch_conns = targets;
+        self.counters.messages_edited += 1;
     }
 
     /// Tells every participant's online devices (but the requester's connection) that
@@ -411,6 +490,17 @@ impl Control {
                         until_ms,
                     },
                 );
+            }
+            (OpKind::Edit, Reply::Edited(outcome)) => {
+                self.op_result(
+                    to,
+                    pb::ConversationOpResult {
+                        conversation: Some(convert::wire_id(to.user, outcome.message.conversation)),
+                        members: Vec::new(),
+                        recent: Vec::new(),
+                    },
+                );
+                self.push_edit(to, &outcome);
             }
             (OpKind::Recall, Reply::Recalled(outcome)) => {
                 self.op_result(

@@ -53,22 +53,8 @@ impl Control {
             );
         }
         let content = msg.content;
-        if content.is_empty() {
-            return self.reject_send(conn, rid, pb::ErrorCode::InvalidRequest, "content missing");
-        }
-        if content.len() > self.config.max_content_len {
-            return self.reject_send(
-                conn,
-                rid,
-                pb::ErrorCode::ContentTooLarge,
-                "content exceeds the server's limit",
-            );
-        }
-        // Checked once, never decoded: the bytes are stored and pushed as they came.
-        if let Err(why) = ContentView::new_checked(&content) {
-            self.counters.messages_rejected += 1;
-            let message = why.to_string();
-            return self.send_error(conn, rid, pb::ErrorCode::InvalidRequest, &message, 0);
+        if let Some((code, why)) = self.content_problem(&content) {
+            return self.reject_send(conn, rid, code, &why);
         }
         match convert::target(user, msg.conversation.as_ref()) {
             None => self.reject_send(
@@ -110,7 +96,31 @@ impl Control {
         }
     }
 
-    fn reject_send(&mut self, conn: ConnId, rid: u32, code: pb::ErrorCode, message: &str) {
+    /// What is wrong with a message's content (a send's, an edit's), if anything: it must
+    /// be present, within `max_content_len`, and pass the checked view. Checked once,
+    /// never decoded: the bytes are stored and pushed as they came.
+    pub(super) fn content_problem(&self, content: &[u8]) -> Option<(pb::ErrorCode, String)> {
+        if content.is_empty() {
+            return Some((pb::ErrorCode::InvalidRequest, "content missing".into()));
+        }
+        if content.len() > self.config.max_content_len {
+            return Some((
+                pb::ErrorCode::ContentTooLarge,
+                "content exceeds the server's limit".into(),
+            ));
+        }
+        ContentView::new_checked(content)
+            .err()
+            .map(|why| (pb::ErrorCode::InvalidRequest, why.to_string()))
+    }
+
+    pub(super) fn reject_send(
+        &mut self,
+        conn: ConnId,
+        rid: u32,
+        code: pb::ErrorCode,
+        message: &str,
+    ) {
         self.counters.messages_rejected += 1;
         self.send_error(conn, rid, code, message, 0);
     }
@@ -179,6 +189,7 @@ impl Control {
                 sender_device: ctx.device.to_string(),
                 recalled_by: 0,
                 recalled_at_ms: 0,
+                edited_at_ms: 0,
             },
         );
         // Encoded lazily, once per view: a 1:1 chat has the peer's view and the
@@ -311,6 +322,7 @@ impl Control {
                 sender_device: device.to_owned(),
                 recalled_by: 0,
                 recalled_at_ms: 0,
+                edited_at_ms: 0,
             },
         );
         let encoded = self.encode(&frame);

@@ -138,6 +138,9 @@ const ENCODE_CHUNK: usize = 64 * 1024;
 ///                 let result = storage.execute(request);
 ///                 control.handle(now, Event::Storage { ticket, result });
 ///             }
+///             // A transport counts its slow-consumer limit from here; a webhook
+///             // driver would queue the notice.
+///             Action::NoteCongestion { .. } | Action::OfflineMessage(_) => {}
 ///         }
 ///     }
 /// };

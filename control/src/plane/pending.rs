@@ -123,6 +123,8 @@ pub(crate) enum OpKind {
     },
     /// `RecallMessage`: announced as a `ConversationEvent` RECALLED to every participant.
     Recall,
+    /// `EditMessage`: the new version pushed to every participant.
+    Edit,
     /// `Mute`: announced as a `ConversationEvent` MUTED with `until_ms`.
     Mute { until_ms: u64 },
     /// `Follow` / `Unfollow` (no event: follower lists can be huge).

@@ -82,7 +82,7 @@ pub enum StorageFault {
     Protected,
     Muted,
     NoSuchMessage,
-    RecallWindowPassed,
+    TooLate,
     NotFound,
     Invalid,
     Corrupt,
@@ -103,7 +103,7 @@ impl StorageFault {
         StorageFault::Protected,
         StorageFault::Muted,
         StorageFault::NoSuchMessage,
-        StorageFault::RecallWindowPassed,
+        StorageFault::TooLate,
         StorageFault::NotFound,
         StorageFault::Invalid,
         StorageFault::Corrupt,
@@ -137,9 +137,10 @@ impl StorageFault {
                 conversation,
                 seq: 1,
             },
-            StorageFault::RecallWindowPassed => StorageError::RecallWindowPassed {
+            StorageFault::TooLate => StorageError::TooLate {
                 conversation,
                 seq: 1,
+                action: "recall",
                 window_ms: 1,
             },
             StorageFault::NotFound => StorageError::NotFound(conversation),
@@ -169,7 +170,7 @@ impl StorageFault {
                 pb::ErrorCode::PermissionDenied
             }
             StorageFault::NotFound | StorageFault::NoSuchMessage => pb::ErrorCode::NotFound,
-            StorageFault::RecallWindowPassed => pb::ErrorCode::PermissionDenied,
+            StorageFault::TooLate => pb::ErrorCode::PermissionDenied,
             StorageFault::Muted => pb::ErrorCode::Muted,
             StorageFault::Invalid => pb::ErrorCode::InvalidRequest,
             StorageFault::Closed => pb::ErrorCode::ShuttingDown,
@@ -193,7 +194,7 @@ impl StorageFault {
             StorageError::Protected { .. } => StorageFault::Protected,
             StorageError::NotFound(_) => StorageFault::NotFound,
             StorageError::NoSuchMessage { .. } => StorageFault::NoSuchMessage,
-            StorageError::RecallWindowPassed { .. } => StorageFault::RecallWindowPassed,
+            StorageError::TooLate { .. } => StorageFault::TooLate,
             StorageError::Muted { .. } => StorageFault::Muted,
             StorageError::Invalid(_) => StorageFault::Invalid,
             StorageError::Corrupt(_) => StorageFault::Corrupt,
@@ -232,6 +233,7 @@ pub fn is_answered(request: &Request) -> bool {
         | Request::Mute { .. }
         | Request::Dissolve { .. }
         | Request::Recall { .. }
+        | Request::Edit { .. }
         | Request::CreatePublicAccount { .. }
         | Request::Follow { .. }
         | Request::Unfollow { .. }

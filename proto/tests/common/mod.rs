@@ -206,6 +206,7 @@ pub fn push(n: u64, s: &str) -> pb::MessagePush {
         sender_device: "phone".into(),
         recalled_by: 0,
         recalled_at_ms: 0,
+        edited_at_ms: 0,
     }
 }
 

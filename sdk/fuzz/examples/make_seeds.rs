@@ -38,6 +38,7 @@ fn push(kind: pb::ConversationKind, id: u64, seq: u64, sender: u64, cmid: u64) -
         sender_device: "phone".into(),
         recalled_by: 0,
         recalled_at_ms: 0,
+        edited_at_ms: 0,
     }
 }
 

@@ -161,6 +161,63 @@ pub async fn history(
     }
 }
 
+/// Body of `POST /v1/messages/edit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditBody {
+    actor: u64,
+    conversation: ConversationRef,
+    seq: u64,
+    content: Content,
+}
+
+/// Answer of `POST /v1/messages/edit`.
+#[derive(Debug, Serialize)]
+pub struct EditedAnswer {
+    conversation: ConversationRef,
+    seq: u64,
+    edited_at_ms: u64,
+}
+
+/// `POST /v1/messages/edit`: as `actor` (the message's sender, within the edit window),
+/// replace the content of message `seq` of `conversation`. Participants online get the
+/// new version pushed; history and sync return it from now on.
+pub async fn edit(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<EditBody>,
+) -> Result<Json<EditedAnswer>, HttpError> {
+    let actor = user_id("actor", body.actor)?;
+    if body.seq == 0 {
+        return Err(HttpError::invalid("seq", "seqs start at 1"));
+    }
+    let key = body.conversation.key(actor, "conversation")?;
+    let content = petrel_proto::wire::encode_content(&body.content.into_wire()?);
+    let reply = call(
+        &state,
+        ApiRequest::Conversation {
+            actor,
+            op: ApiConversationOp::Edit {
+                conversation: key,
+                seq: body.seq,
+                content,
+            },
+        },
+    )
+    .await?;
+    match reply {
+        ApiReply::Edited {
+            conversation,
+            seq,
+            edited_at_ms,
+        } => Ok(Json(EditedAnswer {
+            conversation: ConversationRef::of(actor, conversation),
+            seq,
+            edited_at_ms,
+        })),
+        other => Err(unexpected(&other)),
+    }
+}
+
 /// Body of `POST /v1/messages/recall`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -23,6 +23,7 @@
 
 mod account;
 mod append;
+mod edit;
 mod groups;
 mod mutes;
 mod recall;

@@ -8,7 +8,7 @@
 //!
 //! **What "erased" means on disk.** The tombstone shadows the content at once for every
 //! reader. The old bytes stay in RocksDB's files until compaction rewrites that key range
-//! (and in the write-ahead log until its segment is recycled): docs/STORAGE.md, "Recall".
+//! (and in the write-ahead log until its segment is recycled): docs/STORAGE.md, "Recall and edit".
 
 use super::{Store, WriterState};
 use crate::api::RecallOutcome;
@@ -21,7 +21,7 @@ use crate::values;
 
 impl<K: Kv> Store<K> {
     /// The participants of `conv` now, and `user`'s role among them (`None`: not one).
-    fn participants(
+    pub(super) fn participants(
         &self,
         w: &mut WriterState,
         conv: ConversationKey,
@@ -86,9 +86,10 @@ impl<K: Kv> Store<K> {
             return Ok(outcome(earlier));
         }
         if !moderator && now_ms.saturating_sub(msg.server_time_ms) > window_ms {
-            return Err(StorageError::RecallWindowPassed {
+            return Err(StorageError::TooLate {
                 conversation: conv,
                 seq,
+                action: "recall",
                 window_ms,
             });
         }

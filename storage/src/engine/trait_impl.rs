@@ -8,8 +8,8 @@
 
 use super::{Store, member_list};
 use crate::api::{
-    AppendOutcome, AppendRequest, Engine, HistoryPage, MembershipChange, RecallOutcome, Reply,
-    Request, SyncPage, SyncRequest, TrimReport, dispatch, fail_not_durable,
+    AppendOutcome, AppendRequest, EditOutcome, Engine, HistoryPage, MembershipChange,
+    RecallOutcome, Reply, Request, SyncPage, SyncRequest, TrimReport, dispatch, fail_not_durable,
 };
 use crate::config::SyncMode;
 use crate::engine::append::Run;
@@ -71,6 +71,26 @@ impl<K: Kv> Engine for Store<K> {
         role: Role,
     ) -> Result<MembershipChange, StorageError> {
         self.do_set_role(self.direct_sync(), actor, group, user, role)
+    }
+
+    fn edit(
+        &self,
+        actor: UserId,
+        conversation: ConversationKey,
+        seq: u64,
+        payload: bytes::Bytes,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<EditOutcome, StorageError> {
+        self.do_edit(
+            self.direct_sync(),
+            actor,
+            conversation,
+            seq,
+            payload,
+            window_ms,
+            now_ms,
+        )
     }
 
     fn recall(
@@ -314,6 +334,22 @@ impl<K: Kv> Store<K> {
                 user,
                 role,
             } => Reply::Membership(self.do_set_role(sync, actor, group, user, role)?),
+            Request::Edit {
+                actor,
+                conversation,
+                seq,
+                payload,
+                window_ms,
+                now_ms,
+            } => Reply::Edited(self.do_edit(
+                sync,
+                actor,
+                conversation,
+                seq,
+                payload,
+                window_ms,
+                now_ms,
+            )?),
             Request::Recall {
                 actor,
                 conversation,
