@@ -127,6 +127,7 @@ fn a_python_client_and_a_rust_sdk_client_chat(dp: Dataplane) {
             .args(["--user", &py_user.to_string(), "--device", "py"])
             .args(["--token", &token.token, "--peer", &rust_user.to_string()])
             .args(["--send", "hello from python", "--expect", "hello from rust"])
+            .args(["--edit", "hello from python, edited", "--recall"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -166,6 +167,24 @@ fn a_python_client_and_a_rust_sdk_client_chat(dp: Dataplane) {
         assert_eq!(from_python.sender, py_user);
         assert_eq!(from_python.conversation, ConversationKey::single(py_user));
 
+        // It edits its message, then recalls it: the SDK sees both, in that order.
+        let (edited, recalled) = timeout(Duration::from_secs(30), async {
+            let mut edited = None;
+            loop {
+                match events.recv().await {
+                    Some(Event::Edited(m)) => edited = Some(m),
+                    Some(Event::Recalled { seq, recall, .. }) => return (edited, (seq, recall.by)),
+                    Some(_) => {}
+                    None => panic!("event stream closed"),
+                }
+            }
+        })
+        .await
+        .expect("no edit and recall from the Python client");
+        let edited = edited.expect("the edit came before the recall");
+        assert_eq!(edited.text(), Some("hello from python, edited"));
+        assert_eq!(recalled, (from_python.seq, py_user));
+
         rust.set_typing(ConversationKey::single(py_user), true)
             .unwrap();
         rust.send_text(ConversationKey::single(py_user), "hello from rust")
@@ -178,6 +197,8 @@ fn a_python_client_and_a_rust_sdk_client_chat(dp: Dataplane) {
             String::from_utf8_lossy(&output.stderr)
         );
         assert!(stdout.contains("acked: seq 1"), "{stdout}");
+        assert!(stdout.contains("edited: seq 1"), "{stdout}");
+        assert!(stdout.contains("recalled: seq 1"), "{stdout}");
         assert!(stdout.contains("typing: 6002"), "{stdout}");
         assert!(stdout.contains("got: hello from rust"), "{stdout}");
     })

@@ -154,7 +154,7 @@ def text_message(pb, kind, conversation_id, text, client_msg_id=None):
 
 
 def chat(pb, args):
-    common_pb2, _, _, message_pb2, session_pb2 = pb
+    common_pb2, content_pb2, conversation_pb2, message_pb2, session_pb2 = pb
     conn = log_in(pb, args)
     deadline = time.monotonic() + args.timeout
     peer = common_pb2.ConversationId(kind=common_pb2.CONVERSATION_KIND_SINGLE, id=args.peer)
@@ -162,12 +162,27 @@ def chat(pb, args):
     send = text_message(pb, common_pb2.CONVERSATION_KIND_SINGLE, args.peer, args.send)
     send_rid = conn.send(SEND_MESSAGE, send)
     acked = False
+    pending = {}  # request id -> what to print when the server answers it
     while time.monotonic() < deadline:
         ftype, flags, got_rid, body = conn.recv()
         if ftype == ACK and got_rid == send_rid:
             ack = message_pb2.Ack.FromString(body)
             print(f"acked: seq {ack.seq}", flush=True)
             acked = True
+            if args.edit:  # replace our message's text (docs/PROTOCOL.md 5.11)
+                edit = conversation_pb2.EditMessage(
+                    conversation=peer,
+                    seq=ack.seq,
+                    content=content_pb2.Content(text=content_pb2.Text(text=args.edit)),
+                )
+                op = conversation_pb2.ConversationOp(edit_message=edit)
+                pending[conn.send(CONVERSATION_OP, op)] = f"edited: seq {ack.seq}"
+            if args.recall:  # then take it back (docs/PROTOCOL.md 5.10)
+                recall = conversation_pb2.RecallMessage(conversation=peer, seq=ack.seq)
+                op = conversation_pb2.ConversationOp(recall_message=recall)
+                pending[conn.send(CONVERSATION_OP, op)] = f"recalled: seq {ack.seq}"
+        elif ftype == CONVERSATION_OP_RESULT and got_rid in pending:
+            print(pending.pop(got_rid), flush=True)
         elif ftype == ERROR:
             err = session_pb2.Error.FromString(body)
             raise RuntimeError(f"server error {err.code}: {err.message}")
@@ -180,8 +195,10 @@ def chat(pb, args):
         elif ftype == MESSAGE_PUSH:
             push = message_pb2.MessagePush.FromString(body)
             text = push.content.text.text
-            if push.sender == args.peer and text == args.expect:
-                if not acked:
+            if push.sender == args.peer and push.edited_at_ms:
+                print(f"peer edited: seq {push.seq}: {text}", flush=True)
+            elif push.sender == args.peer and text == args.expect:
+                if not acked or pending:
                     raise RuntimeError("the peer answered before our message was acked")
                 print(f"got: {text}", flush=True)
                 return 0
@@ -307,6 +324,8 @@ def main():
     p.add_argument("--expect", help="chat, room: the text that ends the run")
     p.add_argument("--room", type=int, help="join this chatroom and report gaps")
     p.add_argument("--stall", type=float, default=2.0, help="room: seconds without reading")
+    p.add_argument("--edit", help="chat: once acked, edit our message to this text")
+    p.add_argument("--recall", action="store_true", help="chat: once acked, recall our message")
     p.add_argument("--shutdown-probe", action="store_true", help="send until the server stops")
     p.add_argument("--timeout", type=float, default=30.0)
     args = p.parse_args()
