@@ -470,6 +470,24 @@ impl Collector for Metrics {
         )?;
         counter(
             &mut e,
+            "petrel_messages_recalled",
+            "Messages recalled (by their sender, or a group owner or admin).",
+            &[(vec![], c.messages_recalled)],
+        )?;
+        counter(
+            &mut e,
+            "petrel_messages_edited",
+            "Message edits stored.",
+            &[(vec![], c.messages_edited)],
+        )?;
+        counter(
+            &mut e,
+            "petrel_offline_notices",
+            "Stored messages with recipients that had no online session, handed to the webhook.",
+            &[(vec![], c.offline_notices)],
+        )?;
+        counter(
+            &mut e,
             "petrel_connections_congested",
             "Times a connection's queued output stayed over max_outbound_bytes after a write (not read, not pushed to, until it drains).",
             &[(vec![], c.congested)],

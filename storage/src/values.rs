@@ -74,13 +74,14 @@ pub fn encode_message_into(
     Ok(())
 }
 
-/// The tombstone that replaces `msg` once `recall` happened: the header and device stay
-/// (seq, sender and time are still shown), the content does not.
-pub fn encode_recalled(
+/// `msg`'s header and device under `version` (a recall's or an edit's rewrite), with
+/// room for `extra` more bytes.
+fn rewritten_header(
+    version: u8,
     msg: &StoredMessage,
-    recall: Recall,
+    extra: usize,
 ) -> Result<Vec<u8>, crate::StorageError> {
-    let mut out = Vec::with_capacity(MESSAGE_HEADER + msg.sender_device.len() + 16);
+    let mut out = Vec::with_capacity(MESSAGE_HEADER + msg.sender_device.len() + extra);
     encode_message_into(
         &mut out,
         msg.sender,
@@ -89,7 +90,17 @@ pub fn encode_recalled(
         &msg.sender_device,
         &[],
     )?;
-    out[0] = MESSAGE_RECALLED;
+    out[0] = version;
+    Ok(out)
+}
+
+/// The tombstone that replaces `msg` once `recall` happened: the header and device stay
+/// (seq, sender and time are still shown), the content does not.
+pub fn encode_recalled(
+    msg: &StoredMessage,
+    recall: Recall,
+) -> Result<Vec<u8>, crate::StorageError> {
+    let mut out = rewritten_header(MESSAGE_RECALLED, msg, 16)?;
     out.extend_from_slice(&recall.by.0.to_be_bytes());
     out.extend_from_slice(&recall.at_ms.to_be_bytes());
     Ok(out)
@@ -101,16 +112,7 @@ pub fn encode_edited(
     payload: &[u8],
     at_ms: u64,
 ) -> Result<Vec<u8>, crate::StorageError> {
-    let mut out = Vec::with_capacity(MESSAGE_HEADER + msg.sender_device.len() + 8 + payload.len());
-    encode_message_into(
-        &mut out,
-        msg.sender,
-        msg.client_msg_id,
-        msg.server_time_ms,
-        &msg.sender_device,
-        &[],
-    )?;
-    out[0] = MESSAGE_EDITED;
+    let mut out = rewritten_header(MESSAGE_EDITED, msg, 8 + payload.len())?;
     out.extend_from_slice(&at_ms.to_be_bytes());
     out.extend_from_slice(payload);
     Ok(out)

@@ -161,6 +161,20 @@ pub async fn history(
     }
 }
 
+/// The acting user and the conversation of one message named by a request body (edit,
+/// recall), checked: ids from 1, the conversation as the actor names it.
+fn message_ref(
+    actor: u64,
+    conversation: &ConversationRef,
+    seq: u64,
+) -> Result<(u64, petrel_storage::ConversationKey), HttpError> {
+    let actor = user_id("actor", actor)?;
+    if seq == 0 {
+        return Err(HttpError::invalid("seq", "seqs start at 1"));
+    }
+    Ok((actor, conversation.key(actor, "conversation")?))
+}
+
 /// Body of `POST /v1/messages/edit`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,11 +200,7 @@ pub async fn edit(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<EditBody>,
 ) -> Result<Json<EditedAnswer>, HttpError> {
-    let actor = user_id("actor", body.actor)?;
-    if body.seq == 0 {
-        return Err(HttpError::invalid("seq", "seqs start at 1"));
-    }
-    let key = body.conversation.key(actor, "conversation")?;
+    let (actor, key) = message_ref(body.actor, &body.conversation, body.seq)?;
     let content = petrel_proto::wire::encode_content(&body.content.into_wire()?);
     let reply = call(
         &state,
@@ -243,11 +253,7 @@ pub async fn recall(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RecallBody>,
 ) -> Result<Json<RecalledAnswer>, HttpError> {
-    let actor = user_id("actor", body.actor)?;
-    if body.seq == 0 {
-        return Err(HttpError::invalid("seq", "seqs start at 1"));
-    }
-    let key = body.conversation.key(actor, "conversation")?;
+    let (actor, key) = message_ref(body.actor, &body.conversation, body.seq)?;
     let reply = call(
         &state,
         ApiRequest::Conversation {
