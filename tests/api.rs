@@ -652,6 +652,39 @@ fn messages_recalled_and_edited_over_the_api_change_history_and_their_members_ar
     );
     assert_eq!(history["messages"][1]["content"]["text"], "right price: 10");
     assert_eq!(history["messages"][1]["edited_at_ms"], at);
+
+    // Read counts: the member has not read seq 2; then it has.
+    let reads = format!("/v1/conversations/group/{id}/messages/2/reads?user={owner}");
+    assert_eq!(
+        api.expect(200, "GET", &reads, None),
+        json!({"seq": 2, "read": 0, "of": 1})
+    );
+    let marked = client.request(pb::ConversationOp {
+        op: Some(pb::conversation_op::Op::MarkRead(pb::MarkRead {
+            conversation: Some(pb::ConversationId {
+                kind: pb::ConversationKind::Group as i32,
+                id,
+            }),
+            seq: 2,
+        })),
+    });
+    assert!(
+        matches!(marked.body, Body::ConversationOpResult(_)),
+        "{marked:?}"
+    );
+    assert_eq!(
+        api.expect(200, "GET", &reads, None),
+        json!({"seq": 2, "read": 1, "of": 1})
+    );
+    let outsider = api.call(
+        "GET",
+        &format!("/v1/conversations/group/{id}/messages/2/reads?user=99"),
+        None,
+    );
+    assert_eq!(
+        (outsider.status, api_code(&outsider)),
+        (403, "not_a_member".into())
+    );
 }
 
 fn join_room(client: &mut TestClient, room: u64) -> petrel_proto::Frame {

@@ -962,6 +962,10 @@ fn a_recalled_message_is_gone_live_and_an_edited_one_replaced_everywhere(dp: Dat
             .collect();
         assert_eq!(shown, [(2, None, Some("kept")), (1, Some(alice), None)]);
 
+        // "Read by 1 of 2": Bob read the group up to seq 2, Carol did not.
+        b.mark_read(gid, 2).await.unwrap();
+        assert_eq!(a.read_count(gid, 2).await.unwrap(), (1, 2));
+
         // Carol comes online later: her sync brings seq 1 recalled, never its text.
         let (_c, mut c_events, _) = start(&keys, test_config(carol, endpoints));
         let (got, _) = messages(&mut c_events, 2, WAIT).await;

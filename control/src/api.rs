@@ -110,6 +110,16 @@ pub enum ApiRequest {
         /// The conversation.
         conversation: ConversationKey,
     },
+    /// How many participants other than its sender have read a message, as `user` (a
+    /// participant) asks.
+    ReadCount {
+        /// Who asks.
+        user: u64,
+        /// The conversation, as `user` names it.
+        conversation: ConversationKey,
+        /// The message.
+        seq: u64,
+    },
     /// An operator operation on a chatroom (in memory, like chatrooms themselves).
     Chatroom {
         /// The room.
@@ -300,6 +310,13 @@ pub enum ApiReply {
         users: Vec<u64>,
         /// Whether joins are refused now.
         closed: bool,
+    },
+    /// From `ReadCount`.
+    ReadCount {
+        /// Participants other than the sender at or past the message.
+        read: u64,
+        /// Participants other than the sender.
+        of: u64,
     },
     /// From `Edit`.
     Edited {

@@ -234,6 +234,39 @@ fn valid() -> Vec<Valid> {
             ),
         },
         Valid {
+            name: "read_count",
+            meaning: "ConversationOp, request id 13. Body: op = read_count {conversation = \
+                      {GROUP, 7}, seq = 3}: how many members have read message 3.",
+            frame: Frame::new(
+                13,
+                pb::ConversationOp {
+                    op: Some(pb::conversation_op::Op::ReadCount(pb::ReadCount {
+                        conversation: common::conv(ConversationKind::Group, 7),
+                        seq: 3,
+                    })),
+                },
+            ),
+        },
+        Valid {
+            name: "read_count_result",
+            meaning: "ConversationOpResult answering request 13 (flags = RESPONSE). Body: \
+                      conversation = {GROUP, 7}, read_count = {seq = 3, read = 37, of = 500}: \
+                      read by 37 of the 500 other members.",
+            frame: Frame::response(
+                13,
+                pb::ConversationOpResult {
+                    conversation: common::conv(ConversationKind::Group, 7),
+                    members: vec![],
+                    recent: vec![],
+                    read_count: Some(pb::ReadCountResult {
+                        seq: 3,
+                        read: 37,
+                        of: 500,
+                    }),
+                },
+            ),
+        },
+        Valid {
             name: "conversation_event_recalled",
             meaning: "ConversationEvent, request id 0 (unsolicited). Body: conversation = \
                       {SINGLE (1), 42}, kind = CONVERSATION_EVENT_KIND_RECALLED (9), actor = 42, \

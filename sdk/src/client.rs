@@ -397,6 +397,24 @@ impl Client {
         .map(drop)
     }
 
+    /// How many of the other participants have read message `seq` of `conversation`, and
+    /// of how many: `(read, of)`, e.g. "read by 37 of 500" (asked of the server; groups
+    /// up to 10,000 members).
+    pub async fn read_count(
+        &self,
+        conversation: ConversationKey,
+        seq: u64,
+    ) -> Result<(u64, u64), SdkError> {
+        let result = self
+            .conversation_op(Op::ReadCount(pb::ReadCount {
+                conversation: Some(conversation.to_wire()),
+                seq,
+            }))
+            .await?;
+        let counted = result.read_count.unwrap_or_default();
+        Ok((counted.read, counted.of))
+    }
+
     /// Recalls message `seq` of `conversation`: allowed for its sender within the
     /// server's recall window, and for a group's owner or admins at any time. Every
     /// participant's devices drop its content ([`crate::Event::Recalled`], or

@@ -72,6 +72,10 @@ pub fn router(state: AppState, key: ApiKey, stats: Arc<ApiStats>) -> Router {
             "/v1/conversations/{kind}/{id}/messages",
             get(messages::history),
         )
+        .route(
+            "/v1/conversations/{kind}/{id}/messages/{seq}/reads",
+            get(messages::read_count),
+        )
         .route("/v1/groups", post(conversations::create_group))
         .route(
             "/v1/groups/{group_id}/members",

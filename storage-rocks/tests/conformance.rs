@@ -682,6 +682,37 @@ fn edit_rules_and_latest_versions<H: Harness>() {
     assert_eq!(got[0], (g, 1, new()));
 }
 
+/// Read counts: the participants other than the sender at or past the seq, of how many.
+fn read_counts<H: Harness>() {
+    let h = H::open(config(DiffusionMode::Hybrid));
+    let e = h.engine();
+    let g = e.create_group(A, "g", &[B, C, D], T0).unwrap();
+    send(e, A, g, 1, T0).unwrap();
+    send(e, A, g, 2, T0).unwrap();
+    assert_eq!(e.read_count(A, g, 2).unwrap(), (0, 3));
+    e.mark_read(B, g, 2).unwrap();
+    e.mark_read(C, g, 1).unwrap();
+    assert_eq!(e.read_count(A, g, 1).unwrap(), (2, 3));
+    assert_eq!(
+        e.read_count(B, g, 2).unwrap(),
+        (1, 3),
+        "any participant may ask"
+    );
+    assert!(matches!(
+        e.read_count(E, g, 2),
+        Err(StorageError::NotAMember { .. })
+    ));
+    assert!(matches!(
+        e.read_count(A, g, 9),
+        Err(StorageError::NoSuchMessage { .. })
+    ));
+    let single = ConversationKey::single(A, B);
+    send(e, B, single, 1, T0).unwrap();
+    assert_eq!(e.read_count(B, single, 1).unwrap(), (0, 1));
+    e.mark_read(A, single, 1).unwrap();
+    assert_eq!(e.read_count(B, single, 1).unwrap(), (1, 1));
+}
+
 fn public_account_follow_rules<H: Harness>() {
     let h = H::open(config(DiffusionMode::Hybrid));
     let e = h.engine();
@@ -1383,6 +1414,10 @@ macro_rules! conformance {
             #[test]
             fn group_role_rules() {
                 super::group_role_rules::<$harness>();
+            }
+            #[test]
+            fn read_counts() {
+                super::read_counts::<$harness>();
             }
             #[test]
             fn edit_rules_and_latest_versions() {

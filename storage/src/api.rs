@@ -68,6 +68,9 @@ pub struct RecallOutcome {
     pub recipients: Vec<UserId>,
 }
 
+/// Largest conversation whose read count is counted (one cursor read per member).
+pub const READ_COUNT_MAX_MEMBERS: usize = 10_000;
+
 /// Result of an edit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EditOutcome {
@@ -222,6 +225,18 @@ pub enum Request {
         window_ms: u64,
         /// Current time.
         now_ms: u64,
+    },
+    /// How many participants other than its sender have read message `seq` of
+    /// `conversation` (their read position is at or past it), and of how many. Any
+    /// participant may ask; a conversation over [`READ_COUNT_MAX_MEMBERS`] members is
+    /// `Invalid`. Reply: [`Reply::ReadCount`].
+    ReadCount {
+        /// Who asks (a participant).
+        user: UserId,
+        /// The conversation.
+        conversation: ConversationKey,
+        /// The message.
+        seq: u64,
     },
     /// Replace the content of message `seq` of `conversation` by `payload` (an encoded
     /// `Content`): its sender only, within `window_ms` of its server time, and not once
@@ -385,6 +400,7 @@ impl Request {
                 | Request::History { .. }
                 | Request::LastActive { .. }
                 | Request::LoadRevoked { .. }
+                | Request::ReadCount { .. }
         )
     }
 }
@@ -420,6 +436,8 @@ pub enum Reply {
     Recalled(RecallOutcome),
     /// From `Edit`.
     Edited(EditOutcome),
+    /// From `ReadCount`: (read, of).
+    ReadCount(u64, u64),
     /// From requests with nothing to report.
     Done,
 }
@@ -466,6 +484,13 @@ pub trait Engine: Send + Sync {
         user: UserId,
         role: Role,
     ) -> Result<MembershipChange, StorageError>;
+    /// Read count of a message (see [`Request::ReadCount`]): (read, of).
+    fn read_count(
+        &self,
+        user: UserId,
+        conversation: ConversationKey,
+        seq: u64,
+    ) -> Result<(u64, u64), StorageError>;
     /// Edit a message (see [`Request::Edit`]).
     fn edit(
         &self,
@@ -635,6 +660,14 @@ pub fn dispatch<E: Engine + ?Sized>(engine: &E, request: Request) -> Result<Repl
             window_ms,
             now_ms,
         } => Reply::Edited(engine.edit(actor, conversation, seq, payload, window_ms, now_ms)?),
+        Request::ReadCount {
+            user,
+            conversation,
+            seq,
+        } => {
+            let (read, of) = engine.read_count(user, conversation, seq)?;
+            Reply::ReadCount(read, of)
+        }
         Request::Mute {
             actor,
             group,

@@ -44,6 +44,8 @@ pub(crate) enum ApiPending {
     History(ApiId, usize),
     /// A member list.
     Members(ApiId),
+    /// A read count.
+    ReadCount(ApiId),
     /// Entry `index` of the presence batch `id`.
     LastActive(ApiId, usize),
 }
@@ -228,6 +230,20 @@ impl Control {
                 );
             }
             ApiRequest::Conversation { actor, op } => self.api_conversation(now, id, actor, op),
+            ApiRequest::ReadCount {
+                user,
+                conversation,
+                seq,
+            } => {
+                self.storage(
+                    Request::ReadCount {
+                        user: UserId(user),
+                        conversation,
+                        seq,
+                    },
+                    Pending::Api(ApiPending::ReadCount(id)),
+                );
+            }
             ApiRequest::Chatroom { room, op } => {
                 let answer = self.api_chatroom(room, op);
                 self.api_answer(id, Ok(answer));
@@ -546,6 +562,14 @@ impl Control {
             ApiPending::Members(id) => {
                 let answer = match result {
                     Ok(Reply::Members(members)) => Ok(ApiReply::Members(members)),
+                    Ok(_) => Err(wrong_reply()),
+                    Err(err) => Err(storage_failure(&err)),
+                };
+                self.api_answer(id, answer);
+            }
+            ApiPending::ReadCount(id) => {
+                let answer = match result {
+                    Ok(Reply::ReadCount(read, of)) => Ok(ApiReply::ReadCount { read, of }),
                     Ok(_) => Err(wrong_reply()),
                     Err(err) => Err(storage_failure(&err)),
                 };

@@ -174,6 +174,23 @@ impl Control {
                     );
                 }
             },
+            Op::ReadCount(r) => match convert::target(user, r.conversation.as_ref()) {
+                Some(Target::Persisted(key)) if r.seq != 0 => (
+                    Request::ReadCount {
+                        user: UserId(user),
+                        conversation: key,
+                        seq: r.seq,
+                    },
+                    OpKind::ReadCount { key, seq: r.seq },
+                ),
+                _ => {
+                    return self.invalid(
+                        conn,
+                        rid,
+                        "read counts name a message (seq 1 or more) of a persisted conversation",
+                    );
+                }
+            },
             Op::EditMessage(e) => {
                 let content = petrel_proto::wire::encode_content(&e.content.unwrap_or_default());
                 if let Some((code, why)) = self.content_problem(&content) {
@@ -394,6 +411,7 @@ impl Control {
                         conversation: Some(conversation),
                         members: wire_members(list),
                         recent: Vec::new(),
+                        read_count: None,
                     },
                 );
                 let added: Vec<u64> = others.iter().copied().collect();
@@ -420,6 +438,7 @@ impl Control {
                         role: Role::Owner,
                     }]),
                     recent: Vec::new(),
+                    read_count: None,
                 },
             ),
             (OpKind::Membership { event, role }, Reply::Membership(change)) => {
@@ -430,6 +449,7 @@ impl Control {
                         conversation: Some(conversation),
                         members: Vec::new(),
                         recent: Vec::new(),
+                        read_count: None,
                     },
                 );
                 if change.changed.is_empty() {
@@ -469,6 +489,7 @@ impl Control {
                         conversation: Some(conversation),
                         members: Vec::new(),
                         recent: Vec::new(),
+                        read_count: None,
                     },
                 );
                 let audience: Vec<u64> = change
@@ -491,6 +512,15 @@ impl Control {
                     },
                 );
             }
+            (OpKind::ReadCount { key, seq }, Reply::ReadCount(read, of)) => self.op_result(
+                to,
+                pb::ConversationOpResult {
+                    conversation: Some(convert::wire_id(to.user, key)),
+                    members: Vec::new(),
+                    recent: Vec::new(),
+                    read_count: Some(pb::ReadCountResult { seq, read, of }),
+                },
+            ),
             (OpKind::Edit, Reply::Edited(outcome)) => {
                 self.op_result(
                     to,
@@ -498,6 +528,7 @@ impl Control {
                         conversation: Some(convert::wire_id(to.user, outcome.message.conversation)),
                         members: Vec::new(),
                         recent: Vec::new(),
+                        read_count: None,
                     },
                 );
                 self.push_edit(to, &outcome);
@@ -509,6 +540,7 @@ impl Control {
                         conversation: Some(convert::wire_id(to.user, outcome.conversation)),
                         members: Vec::new(),
                         recent: Vec::new(),
+                        read_count: None,
                     },
                 );
                 self.announce_recall(to, &outcome);
@@ -519,6 +551,7 @@ impl Control {
                     conversation: Some(convert::wire_id(to.user, change.conversation)),
                     members: Vec::new(),
                     recent: Vec::new(),
+                    read_count: None,
                 },
             ),
             (OpKind::MarkRead { key }, Reply::State(state)) => {
@@ -529,6 +562,7 @@ impl Control {
                         conversation: Some(conversation),
                         members: Vec::new(),
                         recent: Vec::new(),
+                        read_count: None,
                     },
                 );
                 // The user's other devices move their read position too.
@@ -570,6 +604,7 @@ impl Control {
                         conversation: Some(convert::wire_id(to.user, key)),
                         members: wire_members(members),
                         recent: Vec::new(),
+                        read_count: None,
                     },
                 );
             }
@@ -653,6 +688,7 @@ impl Control {
                     conversation: Some(convert::chatroom_id(room)),
                     members,
                     recent,
+                    read_count: None,
                 },
             ),
         );
@@ -671,6 +707,7 @@ impl Control {
                     conversation: Some(convert::chatroom_id(room)),
                     members: Vec::new(),
                     recent: Vec::new(),
+                    read_count: None,
                 },
             ),
         );
@@ -746,6 +783,7 @@ impl Control {
                     conversation: Some(convert::chatroom_id(room)),
                     members,
                     recent: Vec::new(),
+                    read_count: None,
                 },
             ),
         );

@@ -125,6 +125,8 @@ pub(crate) enum OpKind {
     Recall,
     /// `EditMessage`: the new version pushed to every participant.
     Edit,
+    /// `ReadCount` of message `seq`.
+    ReadCount { key: ConversationKey, seq: u64 },
     /// `Mute`: announced as a `ConversationEvent` MUTED with `until_ms`.
     Mute { until_ms: u64 },
     /// `Follow` / `Unfollow` (no event: follower lists can be huge).

@@ -234,6 +234,7 @@ pub fn is_answered(request: &Request) -> bool {
         | Request::Dissolve { .. }
         | Request::Recall { .. }
         | Request::Edit { .. }
+        | Request::ReadCount { .. }
         | Request::CreatePublicAccount { .. }
         | Request::Follow { .. }
         | Request::Unfollow { .. }

@@ -161,6 +161,7 @@ pub fn body_for(t: FrameType, n: u64, s: &str) -> Body {
                 role: pb::Role::Owner as i32,
             }],
             recent: vec![push(n, s)],
+            read_count: None,
         }
         .into(),
         FrameType::ConversationEvent => pb::ConversationEvent {

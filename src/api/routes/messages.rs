@@ -175,6 +175,48 @@ fn message_ref(
     Ok((actor, conversation.key(actor, "conversation")?))
 }
 
+/// Answer of the read-count route.
+#[derive(Debug, Serialize)]
+pub struct ReadCountOut {
+    seq: u64,
+    /// Participants other than the sender whose read position is at or past `seq`.
+    read: u64,
+    /// Participants other than the sender.
+    of: u64,
+}
+
+/// `GET /v1/conversations/{kind}/{id}/messages/{seq}/reads?user=U`: how many of the
+/// other participants have read message `seq` ("read by 37 of 500"), as user `U` (a
+/// participant) asks. Conversations up to 10,000 members.
+pub async fn read_count(
+    State(state): State<AppState>,
+    ApiPath((kind, id, seq)): ApiPath<(Kind, u64, u64)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<ReadCountOut>, HttpError> {
+    let [user] = parse_query(query.as_deref(), ["user"])?;
+    let user = user_id(
+        "user",
+        user.ok_or_else(|| HttpError::invalid("user", "`user` (who asks) is required"))?,
+    )?;
+    if seq == 0 {
+        return Err(HttpError::invalid("seq", "seqs start at 1"));
+    }
+    let conversation = ConversationRef { kind, id }.key(user, "conversation")?;
+    match call(
+        &state,
+        ApiRequest::ReadCount {
+            user,
+            conversation,
+            seq,
+        },
+    )
+    .await?
+    {
+        ApiReply::ReadCount { read, of } => Ok(Json(ReadCountOut { seq, read, of })),
+        other => Err(unexpected(&other)),
+    }
+}
+
 /// Body of `POST /v1/messages/edit`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

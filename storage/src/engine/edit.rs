@@ -2,11 +2,14 @@
 //! writer lock, within the edit window; the value keeps the original header (seq, time,
 //! client id, device) and records when it was edited. History and sync return the latest
 //! version; a recalled message cannot be edited.
+//!
+//! Also the per-message read count (`Request::ReadCount`), the other question a client
+//! asks about one stored message.
 
 use bytes::Bytes;
 
 use super::Store;
-use crate::api::EditOutcome;
+use crate::api::{EditOutcome, READ_COUNT_MAX_MEMBERS};
 use crate::cf::Cf;
 use crate::error::StorageError;
 use crate::keys;
@@ -15,6 +18,50 @@ use crate::model::{ConversationKey, UserId};
 use crate::values;
 
 impl<K: Kv> Store<K> {
+    /// How many participants other than the sender of `seq` have read it, of how many
+    /// (`Request::ReadCount`). The member list is taken under the writer lock; the
+    /// cursors are read after it, one point read each.
+    pub(super) fn do_read_count(
+        &self,
+        user: UserId,
+        conv: ConversationKey,
+        seq: u64,
+    ) -> Result<(u64, u64), StorageError> {
+        let (participants, role) = {
+            let mut w = self.lock()?;
+            self.participants(&mut w, conv, user)?
+        };
+        if role.is_none() {
+            return Err(StorageError::NotAMember {
+                conversation: conv,
+                user,
+            });
+        }
+        if participants.len() > READ_COUNT_MAX_MEMBERS {
+            return Err(StorageError::Invalid(
+                "read counts are kept for conversations of at most 10,000 members",
+            ));
+        }
+        let Some(value) = self
+            .kv
+            .get(Cf::Messages, &keys::conversation_u64(conv, seq))?
+        else {
+            return Err(StorageError::NoSuchMessage {
+                conversation: conv,
+                seq,
+            });
+        };
+        let sender = values::decode_message(conv, seq, &value)?.sender;
+        let (mut read, mut of) = (0, 0);
+        for member in participants.into_iter().filter(|&m| m != sender) {
+            of += 1;
+            if self.read_cursor(member, conv)? >= seq {
+                read += 1;
+            }
+        }
+        Ok((read, of))
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn do_edit(
         &self,

@@ -73,6 +73,15 @@ impl<K: Kv> Engine for Store<K> {
         self.do_set_role(self.direct_sync(), actor, group, user, role)
     }
 
+    fn read_count(
+        &self,
+        user: UserId,
+        conversation: ConversationKey,
+        seq: u64,
+    ) -> Result<(u64, u64), StorageError> {
+        self.do_read_count(user, conversation, seq)
+    }
+
     fn edit(
         &self,
         actor: UserId,
@@ -334,6 +343,14 @@ impl<K: Kv> Store<K> {
                 user,
                 role,
             } => Reply::Membership(self.do_set_role(sync, actor, group, user, role)?),
+            Request::ReadCount {
+                user,
+                conversation,
+                seq,
+            } => {
+                let (read, of) = self.do_read_count(user, conversation, seq)?;
+                Reply::ReadCount(read, of)
+            }
             Request::Edit {
                 actor,
                 conversation,
