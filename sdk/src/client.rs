@@ -439,29 +439,24 @@ impl Client {
     }
 
     /// Replaces the content of this user's message `seq` of `conversation` (within the
-    /// server's edit window). The other participants' devices get the new version
-    /// ([`crate::Event::Edited`], or the latest content at their next sync); so does this
-    /// device's store.
+    /// server's edit window). Every participant's devices get the new version
+    /// ([`crate::Event::Edited`], or the latest content at their next sync), this one
+    /// included.
     pub async fn edit(
         &self,
         conversation: ConversationKey,
         seq: u64,
         content: pb::Content,
     ) -> Result<(), SdkError> {
+        // The server pushes the new version, with its edit time, to this connection too:
+        // the store takes it from there (a device clock would not order edits).
         self.conversation_op(Op::EditMessage(pb::EditMessage {
             conversation: Some(conversation.to_wire()),
             seq,
-            content: Some(content.clone()),
+            content: Some(content),
         }))
-        .await?;
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.inner
-            .shared
-            .store()
-            .apply_own_edit(conversation, seq, &content, at_ms)?;
-        Ok(())
+        .await
+        .map(drop)
     }
 
     /// Marks `conversation` read up to `seq`, locally and on the server (so the user's

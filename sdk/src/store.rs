@@ -632,28 +632,6 @@ impl Store {
         )? > 0)
     }
 
-    /// This device's own edit of message `seq` of `conversation`, acknowledged by the
-    /// server: the store holds `content` from now on.
-    pub fn apply_own_edit(
-        &mut self,
-        conversation: ConversationKey,
-        seq: u64,
-        content: &pb::Content,
-        at_ms: u64,
-    ) -> Result<bool, SdkError> {
-        Ok(self.conn.execute(
-            "UPDATE messages SET content = ?4, edited_at_ms = ?5
-             WHERE kind = ?1 AND id = ?2 AND seq = ?3 AND recalled_by = 0 AND edited_at_ms < ?5",
-            params![
-                conversation.kind as i64,
-                i(conversation.id),
-                i(seq),
-                content.encode_to_vec(),
-                i(at_ms)
-            ],
-        )? > 0)
-    }
-
     /// The delivery cursor of `conversation` (0 if unknown).
     pub fn delivered_seq(&self, conversation: ConversationKey) -> Result<u64, SdkError> {
         delivered_seq(&self.conn, conversation)

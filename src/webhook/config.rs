@@ -144,8 +144,24 @@ impl WebhookSettings {
                 None => Ok(default),
             }
         };
-        let retry_base = positive(file.retry_base_ms, 1_000, "retry_base_ms")?;
-        let retry_max = positive(file.retry_max_ms, 300_000, "retry_max_ms")?;
+        let at_most = |value: u64, max: u64, key: &str| -> anyhow::Result<u64> {
+            if value > max {
+                bail!("webhook.{key} is at most {max}, got {value}");
+            }
+            Ok(value)
+        };
+        // A day between two calls at most; a minute per call at most (a graceful stop
+        // waits for the call in flight).
+        let retry_base = at_most(
+            positive(file.retry_base_ms, 1_000, "retry_base_ms")?,
+            86_400_000,
+            "retry_base_ms",
+        )?;
+        let retry_max = at_most(
+            positive(file.retry_max_ms, 300_000, "retry_max_ms")?,
+            86_400_000,
+            "retry_max_ms",
+        )?;
         if retry_max < retry_base {
             bail!("webhook.retry_max_ms ({retry_max}) is below retry_base_ms ({retry_base})");
         }
@@ -156,7 +172,11 @@ impl WebhookSettings {
             max_attempts: positive(file.max_attempts.map(u64::from), 8, "max_attempts")? as u32,
             retry_base: Duration::from_millis(retry_base),
             retry_max: Duration::from_millis(retry_max),
-            timeout: Duration::from_millis(positive(file.timeout_ms, 5_000, "timeout_ms")?),
+            timeout: Duration::from_millis(at_most(
+                positive(file.timeout_ms, 5_000, "timeout_ms")?,
+                60_000,
+                "timeout_ms",
+            )?),
             queue_max: positive(file.queue_max.map(|v| v as u64), 100_000, "queue_max")? as usize,
         }))
     }

@@ -30,6 +30,11 @@ const CHANNEL: usize = 8 * 1024;
 const PERSIST_MAX: usize = 4 * 1024;
 /// Largest answer body read from the receiver (the rest is not read).
 const ANSWER_LIMIT: usize = 64 * 1024;
+/// Most record bytes in one call (a call always carries at least one event).
+const BODY_LIMIT: usize = 1 << 20;
+/// Most recipients named in one event: a message to more offline users becomes several
+/// events (a broadcast to a million followers must not be one giant record).
+const RECIPIENTS_PER_EVENT: usize = 1_000;
 /// Pause after the queue itself failed (a disk error), before trying again.
 const QUEUE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
@@ -190,10 +195,22 @@ impl Dispatcher {
         if incoming.is_empty() {
             return;
         }
+        // One event per RECIPIENTS_PER_EVENT recipients of each message.
+        let events: Vec<(usize, std::ops::Range<usize>)> = incoming
+            .iter()
+            .enumerate()
+            .flat_map(|(i, m)| {
+                let n = m.recipients.len();
+                (0..n.div_ceil(RECIPIENTS_PER_EVENT).max(1)).map(move |k| {
+                    let start = k * RECIPIENTS_PER_EVENT;
+                    (i, start..(start + RECIPIENTS_PER_EVENT).min(n))
+                })
+            })
+            .collect();
         let room = self.settings.queue_max.saturating_sub(self.outbox.len());
-        let take = incoming.len().min(room);
-        if take < incoming.len() {
-            let over = incoming.len() - take;
+        let take = events.len().min(room);
+        if take < events.len() {
+            let over = events.len() - take;
             WebhookStats::add(&self.stats.dropped, over);
             tracing::warn!(
                 dropped = over,
@@ -201,10 +218,10 @@ impl Dispatcher {
                 "webhook: the queue is full (the receiver is down or slow); dropping new events"
             );
         }
-        match self
-            .outbox
-            .push(take, |i, id| event::render_offline(id, &incoming[i]))
-        {
+        match self.outbox.push(take, |k, id| {
+            let (i, range) = &events[k];
+            event::render_offline(id, &incoming[*i], &incoming[*i].recipients[range.clone()])
+        }) {
             Ok(_) => WebhookStats::add(&self.stats.queued, take),
             Err(error) => {
                 WebhookStats::add(&self.stats.dropped, take);
@@ -226,19 +243,38 @@ impl Dispatcher {
                 return;
             }
         };
+        // At most BODY_LIMIT bytes of records per call (always at least one).
+        let mut bytes = 0;
+        let keep = batch
+            .iter()
+            .take_while(|(_, record)| {
+                bytes += record.len();
+                bytes <= BODY_LIMIT
+            })
+            .count()
+            .max(1);
+        let mut batch = batch;
+        batch.truncate(keep);
+        let (Some(&(first, _)), Some(&(last, _))) = (batch.first(), batch.last()) else {
+            // The queue's length said otherwise: nothing to send after all.
+            self.retry_at = Some(Instant::now() + QUEUE_ERROR_PAUSE);
+            return;
+        };
         let body = event::body(batch.iter().map(|(_, record)| record.as_slice()));
-        let (first, last) = (batch[0].0, batch[batch.len() - 1].0);
         match self.call(body).await {
             Ok(()) => {
+                WebhookStats::add(&self.stats.calls_ok, 1);
+                self.attempts = 0;
                 let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
                 if let Err(error) = self.outbox.remove(&ids) {
+                    // Not deleted: they would go out again. Wait before trying anything
+                    // (a full disk refuses every write until space is back).
                     tracing::error!(%error, "webhook: cannot delete delivered events; they may be sent again");
                     self.retry_at = Some(Instant::now() + QUEUE_ERROR_PAUSE);
+                    return;
                 }
-                WebhookStats::add(&self.stats.calls_ok, 1);
                 WebhookStats::add(&self.stats.delivered, batch.len());
                 tracing::debug!(first, last, events = batch.len(), "webhook: delivered");
-                self.attempts = 0;
                 self.retry_at = None;
             }
             Err(why) => {
@@ -251,11 +287,18 @@ impl Dispatcher {
                         "webhook: giving up on these events; they are kept as dead letters"
                     );
                     match self.outbox.bury(&batch) {
-                        Ok(()) => WebhookStats::add(&self.stats.dead, batch.len()),
-                        Err(error) => tracing::error!(%error, "webhook: cannot bury events"),
+                        Ok(()) => {
+                            WebhookStats::add(&self.stats.dead, batch.len());
+                            self.attempts = 0;
+                            self.retry_at = None;
+                        }
+                        Err(error) => {
+                            // Still queued: try burying again after a pause, no new calls.
+                            tracing::error!(%error, "webhook: cannot bury events");
+                            self.attempts = self.settings.max_attempts.saturating_sub(1);
+                            self.retry_at = Some(Instant::now() + QUEUE_ERROR_PAUSE);
+                        }
                     }
-                    self.attempts = 0;
-                    self.retry_at = None;
                 } else {
                     let delay = backoff(&self.settings, self.attempts, rand::random());
                     tracing::warn!(
@@ -368,6 +411,40 @@ mod tests {
             timeout: Duration::from_secs(1),
             queue_max: 100,
         }
+    }
+
+    #[test]
+    fn a_message_to_many_offline_users_is_queued_as_events_of_at_most_a_thousand() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("webhooks")).unwrap();
+        let mut d = Dispatcher::new(settings(), outbox, Arc::new(WebhookStats::default()));
+        let message = |recipients: Vec<u64>| {
+            Box::new(OfflineMessage {
+                conversation: petrel_storage::ConversationKey::PublicAccount(3),
+                seq: 1,
+                sender: 9,
+                sender_device: "api".into(),
+                client_msg_id: 1,
+                server_time_ms: 1,
+                content: bytes::Bytes::new(),
+                recipients,
+            })
+        };
+        let mut incoming = vec![message((1..=2_500).collect()), message(vec![7])];
+        d.persist(&mut incoming);
+        assert!(incoming.is_empty());
+        let sizes: Vec<usize> = d
+            .outbox
+            .peek(10)
+            .unwrap()
+            .iter()
+            .map(|(_, record)| {
+                let event: serde_json::Value = serde_json::from_slice(record).unwrap();
+                event["recipients"].as_array().unwrap().len()
+            })
+            .collect();
+        assert_eq!(sizes, [1_000, 1_000, 500, 1]);
+        assert_eq!(WebhookStats::get(&d.stats.queued), 4);
     }
 
     #[test]

@@ -28,17 +28,14 @@ struct OfflineEvent<'a> {
     content: Content,
 }
 
-/// The JSON of one `message.offline` event with queue id `id`.
-pub fn render_offline(id: u64, message: &OfflineMessage) -> Vec<u8> {
-    let viewer = message
-        .recipients
-        .first()
-        .copied()
-        .unwrap_or(message.sender);
+/// The JSON of one `message.offline` event with queue id `id`, naming `recipients` (all
+/// or a share of the message's offline recipients).
+pub fn render_offline(id: u64, message: &OfflineMessage, recipients: &[u64]) -> Vec<u8> {
+    let viewer = recipients.first().copied().unwrap_or(message.sender);
     let event = OfflineEvent {
         id,
         kind: "message.offline",
-        recipients: &message.recipients,
+        recipients,
         conversation: ConversationRef::of(viewer, message.conversation),
         seq: message.seq,
         sender: message.sender,
@@ -88,7 +85,7 @@ mod tests {
             content,
             recipients: vec![7],
         };
-        let one = render_offline(12, &message);
+        let one = render_offline(12, &message, &message.recipients);
         let value: serde_json::Value = serde_json::from_slice(&one).unwrap();
         assert_eq!(value["id"], 12);
         assert_eq!(value["type"], "message.offline");

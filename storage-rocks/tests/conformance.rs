@@ -666,6 +666,13 @@ fn edit_rules_and_latest_versions<H: Harness>() {
     assert_eq!(&out.message.payload[..], b"edited");
     assert_eq!(out.message.server_time_ms, T0);
     assert_eq!(out.recipients, vec![A, B]);
+    // A muted member cannot edit either (no way around the mute).
+    e.mute(A, account_id(g), Some(B), T0 + 100, T0 + 5).unwrap();
+    assert!(matches!(
+        e.edit(B, g, 1, new(), WINDOW, T0 + 6),
+        Err(StorageError::Muted { .. })
+    ));
+    e.mute(A, account_id(g), Some(B), 0, T0 + 6).unwrap();
     // A recalled message cannot be edited.
     e.recall(B, g, 2, WINDOW, T0 + 6).unwrap();
     assert!(matches!(

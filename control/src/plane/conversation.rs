@@ -267,21 +267,16 @@ impl Control {
         }
     }
 
-    /// Pushes the edited version of a message to every participant's online devices
-    /// (but the requester's connection), each naming the conversation their way.
-    fn push_edit(&mut self, to: ReplyTo, outcome: &EditOutcome) {
+    /// Pushes the edited version of a message to every participant's online devices —
+    /// the requester's connection too, so it holds the server's edit time — each naming
+    /// the conversation their way.
+    fn push_edit(&mut self, outcome: &EditOutcome) {
         let single = matches!(outcome.message.conversation, ConversationKey::Single { .. });
         let mut shared: Option<Bytes> = None;
         let mut targets = std::mem::take(&mut self.scratch_conns);
         for user in &outcome.recipients {
             targets.clear();
-            targets.extend(
-                self.registry
-                    .user_conns(user.0)
-                    .iter()
-                    .copied()
-                    .filter(|&c| c != to.conn),
-            );
+            targets.extend(self.registry.user_conns(user.0).iter().copied());
             if targets.is_empty() {
                 continue;
             }
@@ -531,7 +526,7 @@ impl Control {
                         read_count: None,
                     },
                 );
-                self.push_edit(to, &outcome);
+                self.push_edit(&outcome);
             }
             (OpKind::Recall, Reply::Recalled(outcome)) => {
                 self.op_result(

@@ -76,11 +76,15 @@ impl<K: Kv> Store<K> {
         self.observe_time(now_ms);
         let mut w = self.lock()?;
         let (recipients, role) = self.participants(&mut w, conv, actor)?;
-        if role.is_none() {
+        let Some(role) = role else {
             return Err(StorageError::NotAMember {
                 conversation: conv,
                 user: actor,
             });
+        };
+        // A muted member may not get around the mute by editing.
+        if matches!(conv, ConversationKey::Group(_)) {
+            self.check_not_muted(&mut w, conv, actor, role, now_ms)?;
         }
         let key = keys::conversation_u64(conv, seq);
         let stored = self.kv.get(Cf::Messages, &key)?;
