@@ -37,6 +37,19 @@ pub fn target(viewer: u64, id: Option<&pb::ConversationId>) -> Option<Target> {
     }
 }
 
+/// The persisted conversation `id` names (as `viewer` sees it), when `seq` names a
+/// message in it (1 or more): what a recall, an edit and a read count act on.
+pub fn message_key(
+    viewer: u64,
+    id: Option<&pb::ConversationId>,
+    seq: u64,
+) -> Option<ConversationKey> {
+    match target(viewer, id)? {
+        Target::Persisted(key) if seq != 0 => Some(key),
+        _ => None,
+    }
+}
+
 /// The wire id of `key` as `viewer` sees it (for a 1:1 chat, the other user; for a
 /// chat with oneself, oneself).
 pub fn wire_id(viewer: u64, key: ConversationKey) -> pb::ConversationId {

@@ -619,17 +619,7 @@ impl Store {
         seq: u64,
         recall: Recalled,
     ) -> Result<bool, SdkError> {
-        Ok(self.conn.execute(
-            "UPDATE messages SET content = x'', recalled_by = ?4, recalled_at_ms = ?5
-             WHERE kind = ?1 AND id = ?2 AND seq = ?3 AND recalled_by = 0",
-            params![
-                conversation.kind as i64,
-                i(conversation.id),
-                i(seq),
-                i(recall.by),
-                i(recall.at_ms)
-            ],
-        )? > 0)
+        mark_recalled(&self.conn, conversation, seq, recall)
     }
 
     /// The delivery cursor of `conversation` (0 if unknown).
@@ -673,6 +663,27 @@ fn delivered_seq(conn: &Connection, key: ConversationKey) -> Result<u64, SdkErro
         .map_or(0, u))
 }
 
+/// Drops the content of stored message `seq` of `key` and keeps `recall`, unless it is
+/// recalled already. Returns whether a stored message changed.
+fn mark_recalled(
+    conn: &Connection,
+    key: ConversationKey,
+    seq: u64,
+    recall: Recalled,
+) -> Result<bool, SdkError> {
+    Ok(conn.execute(
+        "UPDATE messages SET content = x'', recalled_by = ?4, recalled_at_ms = ?5
+         WHERE kind = ?1 AND id = ?2 AND seq = ?3 AND recalled_by = 0",
+        params![
+            key.kind as i64,
+            i(key.id),
+            i(seq),
+            i(recall.by),
+            i(recall.at_ms)
+        ],
+    )? > 0)
+}
+
 /// Stores one message (once). A message this device sent that is still in the outbox
 /// (its ack was lost) leaves the outbox here and is reported as acked.
 fn insert(
@@ -696,18 +707,7 @@ fn insert(
     let recall = Recalled::of(push);
     if let Some(recall) = recall {
         // Already stored before it was recalled: drop the content now.
-        let changed = tx.execute(
-            "UPDATE messages SET content = x'', recalled_by = ?4, recalled_at_ms = ?5
-             WHERE kind = ?1 AND id = ?2 AND seq = ?3 AND recalled_by = 0",
-            params![
-                key.kind as i64,
-                i(key.id),
-                i(push.seq),
-                i(recall.by),
-                i(recall.at_ms)
-            ],
-        )?;
-        if changed > 0 {
+        if mark_recalled(tx, key, push.seq, recall)? {
             applied.recalled.push((key, push.seq, recall));
         }
     }

@@ -161,54 +161,52 @@ impl Control {
                     );
                 }
             },
-            Op::RecallMessage(r) => match convert::target(user, r.conversation.as_ref()) {
-                Some(Target::Persisted(key)) if r.seq != 0 => (
-                    self.recall_request(user, key, r.seq, now_ms),
-                    OpKind::Recall,
-                ),
-                _ => {
+            Op::RecallMessage(r) => {
+                let Some(key) = convert::message_key(user, r.conversation.as_ref(), r.seq) else {
                     return self.invalid(
                         conn,
                         rid,
                         "recall names a message (seq 1 or more) of a persisted conversation",
                     );
-                }
-            },
-            Op::ReadCount(r) => match convert::target(user, r.conversation.as_ref()) {
-                Some(Target::Persisted(key)) if r.seq != 0 => (
+                };
+                (
+                    self.recall_request(user, key, r.seq, now_ms),
+                    OpKind::Recall,
+                )
+            }
+            Op::ReadCount(r) => {
+                let Some(key) = convert::message_key(user, r.conversation.as_ref(), r.seq) else {
+                    return self.invalid(
+                        conn,
+                        rid,
+                        "read counts name a message (seq 1 or more) of a persisted conversation",
+                    );
+                };
+                (
                     Request::ReadCount {
                         user: UserId(user),
                         conversation: key,
                         seq: r.seq,
                     },
                     OpKind::ReadCount { key, seq: r.seq },
-                ),
-                _ => {
-                    return self.invalid(
-                        conn,
-                        rid,
-                        "read counts name a message (seq 1 or more) of a persisted conversation",
-                    );
-                }
-            },
+                )
+            }
             Op::EditMessage(e) => {
                 let content = petrel_proto::wire::encode_content(&e.content.unwrap_or_default());
                 if let Some((code, why)) = self.content_problem(&content) {
                     return self.reject_send(conn, rid, code, &why);
                 }
-                match convert::target(user, e.conversation.as_ref()) {
-                    Some(Target::Persisted(key)) if e.seq != 0 => (
-                        self.edit_request(user, key, e.seq, content, now_ms),
-                        OpKind::Edit,
-                    ),
-                    _ => {
-                        return self.invalid(
-                            conn,
-                            rid,
-                            "edit names a message (seq 1 or more) of a persisted conversation",
-                        );
-                    }
-                }
+                let Some(key) = convert::message_key(user, e.conversation.as_ref(), e.seq) else {
+                    return self.invalid(
+                        conn,
+                        rid,
+                        "edit names a message (seq 1 or more) of a persisted conversation",
+                    );
+                };
+                (
+                    self.edit_request(user, key, e.seq, content, now_ms),
+                    OpKind::Edit,
+                )
             }
             Op::ListMembers(l) => match convert::target(user, l.conversation.as_ref()) {
                 Some(Target::Persisted(key)) => (

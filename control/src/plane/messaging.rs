@@ -208,10 +208,9 @@ impl Control {
                     .filter(|&c| c != ctx.to.conn),
             );
             if targets.is_empty() {
-                if self.config.offline_notices
-                    && recipient.0 != sender
-                    && self.registry.user_conns(recipient.0).is_empty()
-                {
+                // Only the sender's own connection can be filtered out above: any other
+                // recipient with no target has no session at all.
+                if self.config.offline_notices && recipient.0 != sender {
                     offline.push(recipient.0);
                 }
                 continue;

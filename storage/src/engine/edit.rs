@@ -27,31 +27,16 @@ impl<K: Kv> Store<K> {
         conv: ConversationKey,
         seq: u64,
     ) -> Result<(u64, u64), StorageError> {
-        let (participants, role) = {
+        let (participants, _) = {
             let mut w = self.lock()?;
-            self.participants(&mut w, conv, user)?
+            self.participant(&mut w, conv, user)?
         };
-        if role.is_none() {
-            return Err(StorageError::NotAMember {
-                conversation: conv,
-                user,
-            });
-        }
         if participants.len() > READ_COUNT_MAX_MEMBERS {
             return Err(StorageError::Invalid(
                 "read counts are kept for conversations of at most 10,000 members",
             ));
         }
-        let Some(value) = self
-            .kv
-            .get(Cf::Messages, &keys::conversation_u64(conv, seq))?
-        else {
-            return Err(StorageError::NoSuchMessage {
-                conversation: conv,
-                seq,
-            });
-        };
-        let sender = values::decode_message(conv, seq, &value)?.sender;
+        let sender = self.stored_message(conv, seq)?.sender;
         let (mut read, mut of) = (0, 0);
         for member in participants.into_iter().filter(|&m| m != sender) {
             of += 1;
@@ -75,28 +60,12 @@ impl<K: Kv> Store<K> {
     ) -> Result<EditOutcome, StorageError> {
         self.observe_time(now_ms);
         let mut w = self.lock()?;
-        let (recipients, role) = self.participants(&mut w, conv, actor)?;
-        let Some(role) = role else {
-            return Err(StorageError::NotAMember {
-                conversation: conv,
-                user: actor,
-            });
-        };
+        let (recipients, role) = self.participant(&mut w, conv, actor)?;
         // A muted member may not get around the mute by editing.
         if matches!(conv, ConversationKey::Group(_)) {
             self.check_not_muted(&mut w, conv, actor, role, now_ms)?;
         }
-        let key = keys::conversation_u64(conv, seq);
-        let stored = self.kv.get(Cf::Messages, &key)?;
-        let msg = match stored {
-            Some(v) => values::decode_message(conv, seq, &v)?,
-            None => {
-                return Err(StorageError::NoSuchMessage {
-                    conversation: conv,
-                    seq,
-                });
-            }
-        };
+        let msg = self.stored_message(conv, seq)?;
         if msg.recalled.is_some() {
             return Err(StorageError::NoSuchMessage {
                 conversation: conv,
@@ -120,7 +89,7 @@ impl<K: Kv> Store<K> {
         let mut batch = self.kv.batch();
         batch.put(
             Cf::Messages,
-            &key,
+            &keys::conversation_u64(conv, seq),
             &values::encode_edited(&msg, &payload, now_ms)?,
         );
         self.commit(batch, sync)?;

@@ -16,27 +16,53 @@ use crate::cf::Cf;
 use crate::error::StorageError;
 use crate::keys;
 use crate::kv::{Batch, Kv};
-use crate::model::{ConversationKey, Recall, Role, UserId};
+use crate::model::{ConversationKey, Recall, Role, StoredMessage, UserId};
 use crate::values;
 
 impl<K: Kv> Store<K> {
-    /// The participants of `conv` now, and `user`'s role among them (`None`: not one).
-    pub(super) fn participants(
+    /// The participants of `conv` now, and `user`'s role among them; `NotAMember` if
+    /// `user` is not one. (Recall, edit and read counts ask about one stored message.)
+    pub(super) fn participant(
         &self,
         w: &mut WriterState,
         conv: ConversationKey,
         user: UserId,
-    ) -> Result<(Vec<UserId>, Option<Role>), StorageError> {
-        match conv {
+    ) -> Result<(Vec<UserId>, Role), StorageError> {
+        let (participants, role) = match conv {
             ConversationKey::Single { lo, hi } => {
                 let role = (user == lo || user == hi).then_some(Role::Member);
-                Ok((if lo == hi { vec![lo] } else { vec![lo, hi] }, role))
+                (if lo == hi { vec![lo] } else { vec![lo, hi] }, role)
             }
             _ => {
                 let members = self.members_of(w, conv)?;
                 let role = members.get(&user).copied();
-                Ok((members.keys().copied().collect(), role))
+                (members.keys().copied().collect(), role)
             }
+        };
+        match role {
+            Some(role) => Ok((participants, role)),
+            None => Err(StorageError::NotAMember {
+                conversation: conv,
+                user,
+            }),
+        }
+    }
+
+    /// Message `seq` of `conv` as stored; `NoSuchMessage` if there is none.
+    pub(super) fn stored_message(
+        &self,
+        conv: ConversationKey,
+        seq: u64,
+    ) -> Result<StoredMessage, StorageError> {
+        match self
+            .kv
+            .get(Cf::Messages, &keys::conversation_u64(conv, seq))?
+        {
+            Some(value) => Ok(values::decode_message(conv, seq, &value)?),
+            None => Err(StorageError::NoSuchMessage {
+                conversation: conv,
+                seq,
+            }),
         }
     }
 
@@ -51,21 +77,8 @@ impl<K: Kv> Store<K> {
     ) -> Result<RecallOutcome, StorageError> {
         self.observe_time(now_ms);
         let mut w = self.lock()?;
-        let (recipients, role) = self.participants(&mut w, conv, actor)?;
-        let Some(role) = role else {
-            return Err(StorageError::NotAMember {
-                conversation: conv,
-                user: actor,
-            });
-        };
-        let key = keys::conversation_u64(conv, seq);
-        let Some(value) = self.kv.get(Cf::Messages, &key)? else {
-            return Err(StorageError::NoSuchMessage {
-                conversation: conv,
-                seq,
-            });
-        };
-        let msg = values::decode_message(conv, seq, &value)?;
+        let (recipients, role) = self.participant(&mut w, conv, actor)?;
+        let msg = self.stored_message(conv, seq)?;
         let outcome = |recall| RecallOutcome {
             conversation: conv,
             seq,
@@ -98,7 +111,11 @@ impl<K: Kv> Store<K> {
             at_ms: now_ms,
         };
         let mut batch = self.kv.batch();
-        batch.put(Cf::Messages, &key, &values::encode_recalled(&msg, recall)?);
+        batch.put(
+            Cf::Messages,
+            &keys::conversation_u64(conv, seq),
+            &values::encode_recalled(&msg, recall)?,
+        );
         self.commit(batch, sync)?;
         Ok(outcome(recall))
     }
