@@ -93,6 +93,14 @@ pub fn cf_options(
         // The same for the memtable, where fresh messages (the ones being synced) live.
         o.set_memtable_prefix_bloom_ratio(0.1);
     }
+    if cf == Cf::Dedup {
+        // Dedup reads are point reads of keys that are almost never there (they happen
+        // for senders past the recent-id filter's bound, a bot or a load generator, on
+        // every append): a whole-key bloom answers "absent" for the memtables without
+        // walking their skip lists (that walk was 8 % of a flat-out 1:1 profile).
+        o.set_memtable_prefix_bloom_ratio(0.1);
+        o.set_memtable_whole_key_filtering(true);
+    }
     match cf {
         // Timelines and inboxes take every append: a 64 MiB memtable absorbs bursts and
         // makes L0 files large enough to compact efficiently.

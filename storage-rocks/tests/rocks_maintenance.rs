@@ -128,4 +128,11 @@ fn compaction_expiry_follows_request_time_not_wall_clock() {
         "same id in another conversation is a new message"
     );
     assert_eq!((other.conversation, other.seq), (elsewhere, 1));
+    // The store decided that legacy keys may exist (its dedup table was not empty when it
+    // first had to ask), so it reads them until a window after that.
+    let before = kv
+        .get(Cf::Meta, keys::META_LEGACY_DEDUP_BEFORE)
+        .unwrap()
+        .expect("legacy horizon written");
+    assert_eq!(keys::decode_u64("horizon", &before).unwrap(), now + 1);
 }

@@ -162,6 +162,10 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 pub const META_LAST_GROUP: &[u8] = b"last_group_id";
 /// Meta key holding the last allocated public-account id.
 pub const META_LAST_PUBLIC: &[u8] = b"last_public_id";
+/// Meta key holding the server time (ms) before which legacy `sender | client_msg_id`
+/// dedup keys may have been written; 0 when the database never held any (see
+/// `engine::append`).
+pub const META_LEGACY_DEDUP_BEFORE: &[u8] = b"legacy_dedup_before_ms";
 
 /// Check an exact length and return the bytes as an array.
 pub(crate) fn exact<const N: usize>(

@@ -93,3 +93,38 @@ fn tiny_bounds_keep_every_answer_right() {
     assert_eq!(page.messages.len(), 33);
     assert!(!page.has_more);
 }
+
+/// A store that never held a legacy `sender | client_msg_id` dedup key decides so the
+/// first time a retry makes it read the dedup table, and from then on reads only the
+/// current key; retries past the recent-id filter's bound still answer right.
+#[test]
+fn a_fresh_store_never_reads_legacy_dedup_keys() {
+    use petrel_storage::cf::Cf;
+    use petrel_storage::keys;
+    use petrel_storage::kv::Kv;
+
+    let e = MemEngine::new(StorageConfig {
+        sync: SyncMode::None,
+        dedup_filter_per_sender: 2,
+        ..StorageConfig::default()
+    });
+    let conv = ConversationKey::single(UserId(1), UserId(2));
+    // Five ids from one sender: past the filter's bound of two, so retries of the first
+    // ones must read the store.
+    for r in e.execute_batch((1..=5).map(|id| append(1, conv, id)).collect()) {
+        assert!(matches!(r, Ok(petrel_storage::Reply::Appended(ref o)) if !o.duplicate));
+    }
+    for r in e.execute_batch((1..=5).map(|id| append(1, conv, id)).collect()) {
+        let Ok(petrel_storage::Reply::Appended(out)) = r else {
+            panic!("retry failed: {r:?}")
+        };
+        assert!(out.duplicate);
+    }
+    // Written with the first run that had to ask the store, when its table was empty.
+    let horizon = e
+        .kv()
+        .get(Cf::Meta, keys::META_LEGACY_DEDUP_BEFORE)
+        .unwrap()
+        .expect("legacy horizon written");
+    assert_eq!(keys::decode_u64("horizon", &horizon).unwrap(), 0);
+}

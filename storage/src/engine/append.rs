@@ -47,6 +47,9 @@ pub(crate) struct Run<'a, K: Kv + 'a> {
     appended: u64,
     /// Inbox entries this run wrote.
     inbox_entries: u64,
+    /// Whether the batch holds a write besides appends (the legacy dedup horizon), so it
+    /// goes down even if every append of the run was a duplicate.
+    other_writes: bool,
     /// Scratch: the encoded message.
     message: Vec<u8>,
     /// Scratch: `(recipient, inbox seq, is news marker)` of the append being planned.
@@ -70,6 +73,7 @@ impl<K: Kv> Store<K> {
             written: HashMap::new(),
             appended: 0,
             inbox_entries: 0,
+            other_writes: false,
             message: Vec::new(),
             plan: Vec::new(),
         })
@@ -83,9 +87,10 @@ impl<K: Kv> Store<K> {
             batch,
             appended,
             inbox_entries,
+            other_writes,
             ..
         } = run;
-        if appended == 0 {
+        if appended == 0 && !other_writes {
             return Ok(());
         }
         let bytes = batch.payload_bytes() as u64;
@@ -235,22 +240,67 @@ impl<K: Kv> Store<K> {
         if w.recent_ids.check(req.sender, fp, req.now_ms) == Some(Answer::New) {
             return Ok(None);
         }
+        let before = self.legacy_dedup_before(run, req.now_ms)?;
+        let legacy = before > 0 && req.now_ms < before.saturating_add(window);
         Ok(self
-            .stored_dedup(dedup_key, req.sender, req.conversation, req.client_msg_id)?
+            .stored_dedup(
+                dedup_key,
+                legacy,
+                req.sender,
+                req.conversation,
+                req.client_msg_id,
+            )?
             .filter(live))
     }
 
-    /// The stored dedup entry for `(sender, c, client_msg_id)`, also under the legacy
-    /// `sender | client_msg_id` key when that one was stored in the same conversation.
+    /// The server time before which legacy dedup keys may have been written (0: never).
+    ///
+    /// Decided once per database and kept in `meta`: a database whose `dedup` column
+    /// family is empty when this is first asked never held a legacy key (this version
+    /// writes none), so the answer is 0; otherwise legacy keys may exist, all written
+    /// before `now_ms`, and they leave the dedup window a window after it. The decision
+    /// goes down with the run's batch; if that batch is lost it is decided again, later,
+    /// which only costs reads. Without it every dedup read that misses would read the
+    /// legacy key too: for a sender past the recent-id filter's bound, two point reads
+    /// per append instead of one.
+    fn legacy_dedup_before(&self, run: &mut Run<'_, K>, now_ms: u64) -> Result<u64, StorageError> {
+        if let Some(t) = run.w.legacy_dedup_before {
+            return Ok(t);
+        }
+        let t = match self.kv.get(Cf::Meta, keys::META_LEGACY_DEDUP_BEFORE)? {
+            Some(v) => keys::decode_u64("legacy dedup horizon", &v)?,
+            None => {
+                let empty = self
+                    .kv
+                    .first_key(Cf::Dedup, &[], &keys::prefix_end(&[]))?
+                    .is_none();
+                let t = if empty { 0 } else { now_ms };
+                run.batch
+                    .put(Cf::Meta, keys::META_LEGACY_DEDUP_BEFORE, &keys::u64_key(t));
+                run.other_writes = true;
+                t
+            }
+        };
+        run.w.legacy_dedup_before = Some(t);
+        Ok(t)
+    }
+
+    /// The stored dedup entry for `(sender, c, client_msg_id)`; with `legacy`, also under
+    /// the legacy `sender | client_msg_id` key when that one was stored in the same
+    /// conversation.
     fn stored_dedup(
         &self,
         dedup_key: &[u8],
+        legacy: bool,
         sender: UserId,
         c: ConversationKey,
         client_msg_id: u64,
     ) -> Result<Option<DedupEntry>, StorageError> {
         if let Some(v) = self.kv.get(Cf::Dedup, dedup_key)? {
             return Ok(Some(DedupEntry::decode(&v)?));
+        }
+        if !legacy {
+            return Ok(None);
         }
         match self
             .kv

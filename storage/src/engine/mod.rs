@@ -79,6 +79,9 @@ pub(crate) struct WriterState {
     last_public: Option<u64>,
     /// Which `(sender, conversation, client_msg_id)` are certainly new (bounded).
     recent_ids: RecentIds,
+    /// Until when a legacy dedup key can still be inside the dedup window: `None` until
+    /// first needed (then read from, or decided and written to, `meta`).
+    legacy_dedup_before: Option<u64>,
     /// Where the next retention step resumes.
     trim: trim::TrimCursor,
     max_entries: usize,
@@ -119,6 +122,7 @@ impl WriterState {
                 config.dedup_filter_per_sender,
                 config.dedup_filter_ids,
             ),
+            legacy_dedup_before: None,
             trim: trim::TrimCursor::default(),
             max_entries: config.writer_cache_entries.max(1),
             max_member_maps: config.member_cache_conversations.max(1),
