@@ -406,6 +406,7 @@ fn a_muted_member_is_refused_with_muted_until_the_mute_is_lifted(dp: Dataplane) 
         client_msg_id: 2,
         conversation: Some(conversation),
         content: petrel_proto::wire::encode_content(&common::client::text_content("let me talk")),
+        ..Default::default()
     });
     let Body::Error(error) = answer.body else {
         panic!("a muted member's send was not refused: {answer:?}")
@@ -508,6 +509,7 @@ fn a_dissolved_group_tells_its_members_and_is_gone_for_every_request(dp: Datapla
         client_msg_id: 2,
         conversation: Some(conversation),
         content: petrel_proto::wire::encode_content(&common::client::text_content("anyone?")),
+        ..Default::default()
     });
     assert!(
         matches!(&answer.body, Body::Error(e) if e.code == pb::ErrorCode::NotFound as i32),

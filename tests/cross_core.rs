@@ -27,6 +27,7 @@ fn send_until_the_server_dies(mut c: TestClient, group: pb::ConversationId) -> V
                 content: petrel_proto::wire::encode_content(&common::client::text_content(
                     &format!("{}:{id}", c.user),
                 )),
+                ..Default::default()
             },
         );
         let bytes = FrameEncoder::default()

@@ -95,6 +95,7 @@ fn send(c: &mut TestClient, peer: u64, id: u64) -> Body {
         content: petrel_proto::wire::encode_content(&common::client::text_content(&format!(
             "m{id}"
         ))),
+        ..Default::default()
     })
     .body
 }

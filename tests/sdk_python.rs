@@ -254,6 +254,7 @@ fn a_python_client_that_stalls_in_a_flooded_chatroom_is_told_what_it_missed(dp: 
                 client_msg_id: id,
                 conversation: Some(room),
                 content: petrel_proto::wire::encode_content(&common::client::text_content(&text)),
+                ..Default::default()
             },
         ));
     }

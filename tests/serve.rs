@@ -181,6 +181,7 @@ fn sigterm_during_a_burst_loses_no_acked_message(dp: Dataplane) {
                     content: petrel_proto::wire::encode_content(&common::client::text_content(
                         &format!("m{id}"),
                     )),
+                    ..Default::default()
                 },
             ));
             // Read whatever acks are ready without stalling the burst.
@@ -298,6 +299,7 @@ fn requests_during_a_graceful_shutdown_get_shutting_down_then_a_kick(dp: Datapla
         client_msg_id: 2,
         conversation: Some(single(bob)),
         content: petrel_proto::wire::encode_content(&common::client::text_content("during")),
+        ..Default::default()
     });
     match &refused.body {
         Body::Error(e) => assert_eq!(e.code, pb::ErrorCode::ShuttingDown as i32, "{e:?}"),

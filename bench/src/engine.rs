@@ -171,6 +171,7 @@ impl Engine {
                         mentions: vec![],
                     })),
                 }),
+                ..Default::default()
             },
         );
         Ok(Engine {
@@ -748,6 +749,7 @@ mod tests {
             recalled_by: 0,
             recalled_at_ms: 0,
             edited_at_ms: 0,
+            ..Default::default()
         };
         let bytes = push.encode_to_vec();
         let ids = PushIds::decode(bytes.as_slice()).unwrap();

@@ -144,6 +144,7 @@ impl Bench {
                                     mentions: Vec::new(),
                                 })),
                             }),
+                            ..Default::default()
                         },
                     ),
                 },

@@ -167,9 +167,16 @@ pub fn push_from_stored(viewer: u64, msg: &StoredMessage) -> (pb::MessagePush, b
             recalled_by: msg.recalled.map_or(0, |r| r.by.0),
             recalled_at_ms: msg.recalled.map_or(0, |r| r.at_ms),
             edited_at_ms: msg.edited_at_ms.unwrap_or(0),
+            reply_to: msg.refs.reply_to,
+            mentions: user_ids(&msg.refs.mentions),
         },
         ok,
     )
+}
+
+/// User ids as the wire carries them (a mention list: no allocation when empty).
+pub fn user_ids(users: &[UserId]) -> Vec<u64> {
+    users.iter().map(|u| u.0).collect()
 }
 
 #[cfg(test)]

@@ -186,6 +186,11 @@ pub struct OfflineMessage {
     pub server_time_ms: u64,
     /// The encoded `Content`, as stored.
     pub content: Bytes,
+    /// The seq it replies to (0: none).
+    pub reply_to: u64,
+    /// The members it mentions (a notification service shows those even for muted
+    /// conversations).
+    pub mentions: Vec<u64>,
     /// Recipients with no online session, the sender never among them.
     pub recipients: Vec<u64>,
 }

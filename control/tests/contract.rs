@@ -113,6 +113,7 @@ fn empty_and_malformed_messages_are_refused_and_not_stored() {
                 client_msg_id: 10 + i as u64,
                 conversation: Some(single(BOB)),
                 content,
+                ..Default::default()
             },
         );
         assert_eq!(
@@ -142,6 +143,7 @@ fn a_client_frame_with_the_response_flag_is_refused_with_invalid_request() {
                 client_msg_id: 1,
                 conversation: Some(single(BOB)),
                 content: petrel_proto::wire::encode_content(&text_content("flagged")),
+                ..Default::default()
             },
         ),
     );
@@ -262,6 +264,7 @@ fn a_graceful_shutdown_acks_what_is_in_flight_and_refuses_the_rest() {
             client_msg_id: 1,
             conversation: Some(single(BOB)),
             content: petrel_proto::wire::encode_content(&text_content("just in time")),
+            ..Default::default()
         },
     );
     assert_eq!(s.storage_queued(), 1);
@@ -276,6 +279,7 @@ fn a_graceful_shutdown_acks_what_is_in_flight_and_refuses_the_rest() {
             client_msg_id: 2,
             conversation: Some(single(BOB)),
             content: petrel_proto::wire::encode_content(&text_content("too late")),
+            ..Default::default()
         },
     );
     assert_eq!(

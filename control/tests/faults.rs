@@ -378,6 +378,7 @@ impl World {
                 content: petrel_proto::wire::encode_content(&text_content(&format!(
                     "m{client_msg_id}"
                 ))),
+                ..Default::default()
             },
         )
     }

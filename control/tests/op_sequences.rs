@@ -256,6 +256,7 @@ fn send_text(s: &mut Sim, conn: ConnId, conversation: pb::ConversationId, id: u6
             client_msg_id: id,
             conversation: Some(conversation),
             content: petrel_proto::wire::encode_content(&text_content("p")),
+            ..Default::default()
         },
     );
 }

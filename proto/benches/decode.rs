@@ -31,6 +31,7 @@ fn frame_with_100_byte_body() -> Frame {
                         mentions: vec![],
                     })),
                 }),
+                ..Default::default()
             },
         );
         if frame.body.encoded_len() >= 100 {

@@ -36,6 +36,13 @@ pub struct SendMessage {
     /// An encoded `petrel.v1.Content` (empty if the frame carried none).
     #[prost(bytes = "bytes", tag = "3")]
     pub content: Bytes,
+    /// The seq of the message in the same conversation this one replies to (0: none).
+    #[prost(uint64, tag = "4")]
+    pub reply_to: u64,
+    /// Users this message mentions (at most 100; ones not in the conversation are
+    /// dropped by the server).
+    #[prost(uint64, repeated, packed = "true", tag = "5")]
+    pub mentions: Vec<u64>,
 }
 
 impl SendMessage {
@@ -49,6 +56,8 @@ impl SendMessage {
             client_msg_id,
             conversation: Some(conversation),
             content: encode_content(content),
+            reply_to: 0,
+            mentions: Vec::new(),
         }
     }
 
@@ -92,6 +101,12 @@ pub struct MessagePush {
     /// When its sender last edited it (0: never; `content` is then the latest version).
     #[prost(uint64, tag = "10")]
     pub edited_at_ms: u64,
+    /// The seq of the message it replies to (0: none).
+    #[prost(uint64, tag = "11")]
+    pub reply_to: u64,
+    /// The users it mentions (members of the conversation only).
+    #[prost(uint64, repeated, packed = "true", tag = "12")]
+    pub mentions: Vec<u64>,
 }
 
 impl MessagePush {

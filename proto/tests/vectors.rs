@@ -85,6 +85,7 @@ fn valid() -> Vec<Valid> {
                     client_msg_id: 1001,
                     conversation: common::conv(ConversationKind::Single, 43),
                     content: common::text("hi"),
+                    ..Default::default()
                 },
             ),
         },
@@ -112,6 +113,7 @@ fn valid() -> Vec<Valid> {
                             height: 480,
                         })),
                     }),
+                    ..Default::default()
                 },
             ),
         },
@@ -150,6 +152,50 @@ fn valid() -> Vec<Valid> {
                     recalled_by: 0,
                     recalled_at_ms: 0,
                     edited_at_ms: 0,
+                    ..Default::default()
+                },
+            ),
+        },
+        Valid {
+            name: "send_reply_with_mentions",
+            meaning: "SendMessage, request id 6. Body: client_msg_id = 1003, conversation = \
+                      {GROUP (2), 7}, content = text \"@5 @9 yes\" (mentions 5 and 9 in the \
+                      text too, for display), reply_to = 3, mentions = [5, 9] (packed).",
+            frame: Frame::new(
+                6,
+                pb::SendMessage {
+                    client_msg_id: 1003,
+                    conversation: common::conv(ConversationKind::Group, 7),
+                    content: petrel_proto::wire::encode_content(&pb::Content {
+                        body: Some(pb::content::Body::Text(pb::Text {
+                            text: "@5 @9 yes".into(),
+                            mentions: vec![5, 9],
+                        })),
+                    }),
+                    reply_to: 3,
+                    mentions: vec![5, 9],
+                },
+            ),
+        },
+        Valid {
+            name: "message_push_reply_with_mentions",
+            meaning: "MessagePush, request id 0 (unsolicited). Body: conversation = {GROUP, 7}, \
+                      seq = 4, sender = 42, server_time_ms = 1700000000123, client_msg_id = 1003, \
+                      content = text \"yes\", sender_device = \"phone-1\", reply_to = 3, \
+                      mentions = [5, 9] (packed).",
+            frame: Frame::new(
+                0,
+                pb::MessagePush {
+                    conversation: common::conv(ConversationKind::Group, 7),
+                    seq: 4,
+                    sender: 42,
+                    server_time_ms: 1_700_000_000_123,
+                    client_msg_id: 1003,
+                    content: common::text("yes"),
+                    sender_device: "phone-1".into(),
+                    reply_to: 3,
+                    mentions: vec![5, 9],
+                    ..Default::default()
                 },
             ),
         },
@@ -173,6 +219,7 @@ fn valid() -> Vec<Valid> {
                     recalled_by: 5,
                     recalled_at_ms: 1_700_000_060_000,
                     edited_at_ms: 0,
+                    ..Default::default()
                 },
             ),
         },
@@ -230,6 +277,7 @@ fn valid() -> Vec<Valid> {
                     recalled_by: 0,
                     recalled_at_ms: 0,
                     edited_at_ms: 1_700_000_090_000,
+                    ..Default::default()
                 },
             ),
         },
@@ -348,6 +396,7 @@ fn valid() -> Vec<Valid> {
                         recalled_by: 0,
                         recalled_at_ms: 0,
                         edited_at_ms: 0,
+                        ..Default::default()
                     }],
                     has_more: true,
                     inbox_cursor: 9,
@@ -356,6 +405,7 @@ fn valid() -> Vec<Valid> {
                         last_seq: 140,
                         read_seq: 100,
                         first_seq: 0,
+                        ..Default::default()
                     }],
                     first_seq: 0,
                 },
@@ -379,6 +429,7 @@ fn valid() -> Vec<Valid> {
                         last_seq: 140,
                         read_seq: 100,
                         first_seq: 120,
+                        ..Default::default()
                     }],
                     first_seq: 0,
                 },
@@ -406,6 +457,7 @@ fn valid() -> Vec<Valid> {
                         recalled_by: 0,
                         recalled_at_ms: 0,
                         edited_at_ms: 0,
+                        ..Default::default()
                     }],
                     has_more: false,
                     inbox_cursor: 0,
@@ -576,6 +628,7 @@ fn valid() -> Vec<Valid> {
                     client_msg_id: 1001,
                     conversation: common::conv(ConversationKind::Single, 43),
                     content: common::text("hi"),
+                    ..Default::default()
                 },
             ),
         },

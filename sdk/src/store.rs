@@ -357,6 +357,7 @@ impl Store {
                 recalled_by: 0,
                 recalled_at_ms: 0,
                 edited_at_ms: 0,
+                ..Default::default()
             };
             insert(&tx, self.user_id, &self.device_id, key, &push, &mut applied)?;
             drain(&tx, key, &mut applied)?;
@@ -824,6 +825,7 @@ mod tests {
             recalled_by: 0,
             recalled_at_ms: 0,
             edited_at_ms: 0,
+            ..Default::default()
         }
     }
 
@@ -891,6 +893,7 @@ mod tests {
                 last_seq: 6,
                 read_seq: 0,
                 first_seq: 5,
+                ..Default::default()
             }],
             first_seq: 0,
         };

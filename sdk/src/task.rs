@@ -634,6 +634,7 @@ impl Task {
                     client_msg_id: entry.client_msg_id,
                     conversation: Some(entry.conversation.to_wire()),
                     content: petrel_proto::wire::encode_content(&entry.content),
+                    ..Default::default()
                 },
             ))?;
             live.pending.insert(rid, Pending::Send(entry.client_msg_id));

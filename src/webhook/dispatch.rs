@@ -427,6 +427,8 @@ mod tests {
                 client_msg_id: 1,
                 server_time_ms: 1,
                 content: bytes::Bytes::new(),
+                reply_to: 0,
+                mentions: Vec::new(),
                 recipients,
             })
         };

@@ -26,6 +26,11 @@ struct OfflineEvent<'a> {
     server_time_ms: u64,
     /// The message's content, as the API's history shows it.
     content: Content,
+    /// The seq it replies to (0: none).
+    reply_to: u64,
+    /// The members it mentions: a push service notifies them even where the user
+    /// silenced the conversation.
+    mentions: &'a [u64],
 }
 
 /// The JSON of one `message.offline` event with queue id `id`, naming `recipients` (all
@@ -43,6 +48,8 @@ pub fn render_offline(id: u64, message: &OfflineMessage, recipients: &[u64]) -> 
         client_msg_id: message.client_msg_id,
         server_time_ms: message.server_time_ms,
         content: Content::from_stored(&message.content),
+        reply_to: message.reply_to,
+        mentions: &message.mentions,
     };
     // A struct of plain fields always serializes.
     serde_json::to_vec(&event).unwrap_or_default()
@@ -83,6 +90,8 @@ mod tests {
             client_msg_id: 99,
             server_time_ms: 1_700_000_000_000,
             content,
+            reply_to: 2,
+            mentions: vec![7],
             recipients: vec![7],
         };
         let one = render_offline(12, &message, &message.recipients);
@@ -96,6 +105,10 @@ mod tests {
         );
         assert_eq!(value["content"]["type"], "text");
         assert_eq!(value["content"]["text"], "hi");
+        assert_eq!(
+            (value["reply_to"].clone(), value["mentions"].clone()),
+            (serde_json::json!(2), serde_json::json!([7]))
+        );
         let two = body([one.as_slice(), one.as_slice()].into_iter());
         let value: serde_json::Value = serde_json::from_slice(&two).unwrap();
         assert_eq!(value["events"].as_array().unwrap().len(), 2);

@@ -40,6 +40,7 @@ fn append(sender: UserId, conversation: ConversationKey, cmid: u64) -> AppendReq
         conversation,
         payload: Bytes::from_static(PAYLOAD),
         now_ms: NOW,
+        refs: Default::default(),
     }
 }
 

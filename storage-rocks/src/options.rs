@@ -23,6 +23,8 @@ pub fn prefix_len(cf: Cf) -> Option<usize> {
         Cf::Messages | Cf::Members | Cf::Mutes => Some(CONV_LEN),
         // Inboxes, reverse memberships and cursors are scanned within one user.
         Cf::Inbox | Cf::UserConversations | Cf::Cursors => Some(8),
+        // Unread mentions are counted within one user's conversation.
+        Cf::Mentions => Some(8 + CONV_LEN),
         Cf::Dedup | Cf::Activity | Cf::Revoked | Cf::Conversations | Cf::Meta => None,
     }
 }

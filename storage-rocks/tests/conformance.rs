@@ -12,7 +12,7 @@ use bytes::Bytes;
 use petrel_storage::cf::Cf;
 use petrel_storage::kv::{Direction, Kv, Visitor};
 use petrel_storage::{
-    AppendOutcome, AppendRequest, Committer, ConversationKey, DiffusionMode, Engine, Reply,
+    AppendOutcome, AppendRequest, Committer, ConversationKey, DiffusionMode, Engine, Refs, Reply,
     Request, Retention, Role, StorageConfig, StorageError, Store, SyncMode, SyncRequest, TokenId,
     TrimReport, UserId,
 };
@@ -183,6 +183,7 @@ fn send(
         conversation: conv,
         payload: Bytes::from(format!("{conv:?}/{cmid}")),
         now_ms,
+        refs: Default::default(),
     })
 }
 
@@ -841,6 +842,102 @@ fn new_device_gets_everything_with_paging<H: Harness>() {
     assert!(lonely.sync_all(e, 10).is_empty());
 }
 
+/// Replies and mentions: the reply must name an earlier message; mentions keep members
+/// other than the sender (sorted, once each), are stored with the message (an edit keeps
+/// them, a recall drops them), and count per mentioned member until they read past them
+/// — also in a group whose members are muted, where only the owner can post.
+fn replies_and_mentions<H: Harness>() {
+    let h = H::open(config(DiffusionMode::Hybrid));
+    let e = h.engine();
+    let g = e.create_group(A, "g", &[B, C], T0).unwrap();
+    let with_refs = |cmid: u64, reply_to: u64, mentions: &[UserId]| AppendRequest {
+        sender: A,
+        sender_device: "dev".into(),
+        client_msg_id: cmid,
+        conversation: g,
+        payload: Bytes::from(format!("m{cmid}")),
+        now_ms: T0,
+        refs: Refs {
+            reply_to,
+            mentions: mentions.to_vec(),
+        },
+    };
+    assert!(matches!(
+        e.append(with_refs(1, 1, &[])),
+        Err(StorageError::Invalid(_))
+    ));
+    assert!(matches!(
+        e.append(with_refs(1, 0, &[B; 101])),
+        Err(StorageError::Invalid(_))
+    ));
+    let first = e
+        .append(with_refs(1, 0, &[C, A, UserId(99), B, C]))
+        .unwrap();
+    assert_eq!(first.seq, 1);
+    assert_eq!(
+        first.refs.mentions,
+        vec![B, C],
+        "members only, not the sender, once each"
+    );
+    // The whole group muted: members cannot post, the owner still can, and mentions count.
+    e.mute(A, account_id(g), None, T0 + 3_600_000, T0).unwrap();
+    let second = e.append(with_refs(2, 1, &[B])).unwrap();
+    assert_eq!((second.seq, second.refs.reply_to), (2, 1));
+    let third = e.append(with_refs(3, 0, &[])).unwrap();
+    assert!(third.refs.is_empty());
+    let state_of = |user: UserId| {
+        let page = e
+            .sync(&SyncRequest {
+                user,
+                inbox_cursor: 0,
+                cursors: vec![],
+                limit: 100,
+                now_ms: T0,
+            })
+            .unwrap();
+        let state = *page.conversations.iter().find(|s| s.key == g).unwrap();
+        (state, page.messages)
+    };
+    let (b, messages) = state_of(B);
+    assert_eq!((b.read_seq, b.unread_mentions), (0, 2));
+    assert_eq!(state_of(C).0.unread_mentions, 1);
+    assert_eq!(state_of(A).0.unread_mentions, 0);
+    let refs: Vec<(u64, u64, Vec<UserId>)> = messages
+        .iter()
+        .map(|m| (m.seq, m.refs.reply_to, m.refs.mentions.clone()))
+        .collect();
+    assert_eq!(
+        refs,
+        vec![(1, 0, vec![B, C]), (2, 1, vec![B]), (3, 0, vec![])]
+    );
+    // Reading past a mention clears it (on every device: the count lives on the server).
+    assert_eq!(e.mark_read(B, g, 1).unwrap().unread_mentions, 1);
+    assert_eq!(state_of(B).0.unread_mentions, 1);
+    assert_eq!(e.mark_read(B, g, 3).unwrap().unread_mentions, 0);
+    // An edit keeps what the message quoted and named; a recall erases both.
+    e.edit(A, g, 2, Bytes::from_static(b"edited"), u64::MAX / 2, T0 + 1)
+        .unwrap();
+    let history = e.history(A, g, u64::MAX, 10).unwrap().messages;
+    let two = history.iter().find(|m| m.seq == 2).unwrap();
+    assert_eq!((two.refs.reply_to, two.refs.mentions.clone()), (1, vec![B]));
+    e.recall(A, g, 1, u64::MAX / 2, T0 + 2).unwrap();
+    let history = e.history(A, g, u64::MAX, 10).unwrap().messages;
+    assert!(history.iter().find(|m| m.seq == 1).unwrap().refs.is_empty());
+    // Mentions survive a reopen.
+    let h = h.reopen();
+    let page = h
+        .engine()
+        .sync(&SyncRequest {
+            user: C,
+            inbox_cursor: 0,
+            cursors: vec![],
+            limit: 100,
+            now_ms: T0,
+        })
+        .unwrap();
+    assert_eq!(page.conversations[0].unread_mentions, 1);
+}
+
 fn sync_reports_conversation_state_and_unread<H: Harness>() {
     let h = H::open(config(DiffusionMode::Write));
     let e = h.engine();
@@ -973,6 +1070,7 @@ fn execute_dispatches_and_batches<H: Harness>() {
             conversation: ab,
             payload: Bytes::from_static(b"x"),
             now_ms: T0,
+            refs: Default::default(),
         })
     };
     let Reply::Appended(out) = e.execute(append(1)).unwrap() else {
@@ -1011,6 +1109,7 @@ fn append_req(sender: UserId, conv: ConversationKey, cmid: u64) -> Request {
         conversation: conv,
         payload: Bytes::from(format!("{conv:?}/{cmid}")),
         now_ms: T0,
+        refs: Default::default(),
     })
 }
 
@@ -1429,6 +1528,10 @@ macro_rules! conformance {
             #[test]
             fn edit_rules_and_latest_versions() {
                 super::edit_rules_and_latest_versions::<$harness>();
+            }
+            #[test]
+            fn replies_and_mentions() {
+                super::replies_and_mentions::<$harness>();
             }
             #[test]
             fn recall_rules_and_tombstones() {

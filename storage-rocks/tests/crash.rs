@@ -124,6 +124,7 @@ fn acknowledged_appends_survive_sigkill() {
                         conversation: *conv,
                         payload: Bytes::new(),
                         now_ms: 1_700_000_000_000 + cmid + 1,
+                        refs: Default::default(),
                     })
                     .expect("retry");
                 assert!(retry.duplicate);
@@ -140,6 +141,7 @@ fn acknowledged_appends_survive_sigkill() {
                     conversation: *conv,
                     payload: Bytes::from(cmid.to_be_bytes().to_vec()),
                     now_ms: 1_700_000_000_000,
+                    refs: Default::default(),
                 })
                 .expect("append after crash");
             assert!(!next.duplicate);
@@ -163,6 +165,7 @@ fn checkpoint_opens_as_a_consistent_copy() {
                 conversation: conv,
                 payload: Bytes::from_static(b"x"),
                 now_ms: 1,
+                refs: Default::default(),
             })
             .expect("append");
     }
@@ -177,6 +180,7 @@ fn checkpoint_opens_as_a_consistent_copy() {
             conversation: conv,
             payload: Bytes::from_static(b"later"),
             now_ms: 2,
+            refs: Default::default(),
         })
         .expect("append");
     let restored = RocksEngine::open(&copy, StorageConfig::default()).expect("open checkpoint");

@@ -27,6 +27,7 @@ fn compaction_expiry_follows_request_time_not_wall_clock() {
                 conversation: conv,
                 payload: Bytes::from_static(b"m"),
                 now_ms: at,
+                refs: Default::default(),
             })
             .expect("append");
     }
@@ -100,6 +101,7 @@ fn compaction_expiry_follows_request_time_not_wall_clock() {
             conversation: conv,
             payload: Bytes::from_static(b"m"),
             now_ms: now + 1,
+            refs: Default::default(),
         })
         .expect("retry");
     assert!(retry.duplicate);
@@ -113,6 +115,7 @@ fn compaction_expiry_follows_request_time_not_wall_clock() {
         conversation,
         payload: Bytes::from_static(b"m"),
         now_ms: now + 1,
+        refs: Default::default(),
     };
     let again = engine
         .append(legacy_retry(legacy_conv))

@@ -134,6 +134,7 @@ fn run<E: Engine>(e: &E, seed: u64, steps: usize) {
                     conversation: conv,
                     payload: Bytes::from(cmid.to_be_bytes().to_vec()),
                     now_ms: now,
+                    refs: Default::default(),
                 })
                 .unwrap();
             }

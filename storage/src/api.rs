@@ -12,8 +12,8 @@ use bytes::Bytes;
 
 use crate::error::StorageError;
 use crate::model::{
-    ConversationKey, ConversationState, Member, Recall, RevokedToken, Role, StoredMessage, TokenId,
-    UserId,
+    ConversationKey, ConversationState, Member, Recall, Refs, RevokedToken, Role, StoredMessage,
+    TokenId, UserId,
 };
 
 /// Append one message to a conversation (exactly-once by `(sender, conversation,
@@ -33,6 +33,10 @@ pub struct AppendRequest {
     /// Current time (ms since epoch); becomes `server_time_ms` and drives dedup expiry
     /// and hybrid activity decisions.
     pub now_ms: u64,
+    /// The seq it replies to and the users it mentions, as the client sent them:
+    /// `reply_to` must be below the new seq ([`StorageError::Invalid`] otherwise); mentions
+    /// of non-members and of the sender are dropped.
+    pub refs: Refs,
 }
 
 /// Result of an append.
@@ -50,6 +54,9 @@ pub struct AppendOutcome {
     /// followers and owner of a public account (the sender included, for their other
     /// devices). Empty for a duplicate (the original append already produced pushes).
     pub recipients: Vec<UserId>,
+    /// What the stored message replies to and the members it mentions, as stored (the
+    /// request's mentions less non-members and the sender). Empty for a duplicate.
+    pub refs: Refs,
 }
 
 /// Result of a recall.

@@ -26,11 +26,14 @@ pub enum Cf {
     Meta,
     /// Group mutes: `conversation | user` → muted until (ms); user 0 = the whole group.
     Mutes,
+    /// Unread mentions: `user | conversation | seq` → empty, until the user reads past
+    /// `seq`.
+    Mentions,
 }
 
 impl Cf {
     /// Every column family, in a fixed order (the in-memory engine indexes by position).
-    pub const ALL: [Cf; 11] = [
+    pub const ALL: [Cf; 12] = [
         Cf::Messages,
         Cf::Inbox,
         Cf::Dedup,
@@ -42,6 +45,7 @@ impl Cf {
         Cf::Conversations,
         Cf::Meta,
         Cf::Mutes,
+        Cf::Mentions,
     ];
 
     /// The RocksDB column-family name.
@@ -58,6 +62,7 @@ impl Cf {
             Cf::Conversations => "conversations",
             Cf::Meta => "meta",
             Cf::Mutes => "mutes",
+            Cf::Mentions => "mentions",
         }
     }
 

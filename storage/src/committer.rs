@@ -591,6 +591,7 @@ mod tests {
             conversation: ConversationKey::single(UserId(sender), UserId(2)),
             payload: bytes::Bytes::from_static(b"x"),
             now_ms: 1,
+            refs: Default::default(),
         })
     }
 

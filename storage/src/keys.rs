@@ -16,6 +16,7 @@
 //! activity          = user:u64                                         (8)
 //! revoked           = token_id:[u8;16]                                 (16)
 //! conversations     = conversation(17)                                 (17)
+//! mentions          = user:u64 | conversation(17) | seq:u64            (33)
 //! ```
 //!
 //! Encoders write into fixed-size arrays (no allocation); decoders check the length
@@ -89,6 +90,17 @@ pub fn user_conversation(u: UserId, c: ConversationKey) -> [u8; CONV_U64_LEN] {
     let mut out = [0u8; CONV_U64_LEN];
     out[..8].copy_from_slice(&u.0.to_be_bytes());
     out[8..].copy_from_slice(&conversation(c));
+    out
+}
+
+/// Length of a mention key.
+pub const MENTION_LEN: usize = 8 + CONV_LEN + 8;
+
+/// `user | conversation | seq`: an unread mention of `user` by message `seq`.
+pub fn mention(u: UserId, c: ConversationKey, seq: u64) -> [u8; MENTION_LEN] {
+    let mut out = [0u8; MENTION_LEN];
+    out[..CONV_U64_LEN].copy_from_slice(&user_conversation(u, c));
+    out[CONV_U64_LEN..].copy_from_slice(&seq.to_be_bytes());
     out
 }
 

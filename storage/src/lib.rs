@@ -66,7 +66,7 @@ pub use engine::{Store, StoreStats, WriterCacheStats};
 pub use error::{DecodeError, StorageError};
 pub use mem::MemEngine;
 pub use model::{
-    ConversationKey, ConversationState, Member, Recall, RevokedToken, Role, StoredMessage, TokenId,
-    UserId,
+    ConversationKey, ConversationState, Member, Recall, Refs, RevokedToken, Role, StoredMessage,
+    TokenId, UserId,
 };
 pub use recent_ids::RecentIdsStats;

@@ -102,6 +102,30 @@ pub struct StoredMessage {
     pub recalled: Option<Recall>,
     /// When its sender last edited it (`payload` is then the latest content).
     pub edited_at_ms: Option<u64>,
+    /// What it replies to and whom it mentions (cleared by a recall).
+    pub refs: Refs,
+}
+
+/// A message's references to other messages and users: the seq it replies to in the
+/// same conversation (0: none) and the members it mentions (sorted, no duplicates, never
+/// the sender). Both are part of the stored message; mentions also count per mentioned
+/// member until they read past the message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Refs {
+    /// Seq of the quoted message (0: none).
+    pub reply_to: u64,
+    /// Mentioned members.
+    pub mentions: Vec<UserId>,
+}
+
+impl Refs {
+    /// Most mentions one message may carry.
+    pub const MAX_MENTIONS: usize = 100;
+
+    /// No reply, no mention.
+    pub fn is_empty(&self) -> bool {
+        self.reply_to == 0 && self.mentions.is_empty()
+    }
 }
 
 /// A user's view of one conversation: how far it goes and how far they have read.
@@ -117,9 +141,15 @@ pub struct ConversationState {
     /// removed by retention. The newest message is never removed, so `first_seq <=
     /// last_seq` and the stored messages are exactly `first_seq..=last_seq`.
     pub first_seq: u64,
+    /// Messages above `read_seq` that mention the user, counted up to
+    /// [`ConversationState::MENTIONS_COUNTED`].
+    pub unread_mentions: u32,
 }
 
 impl ConversationState {
+    /// Unread mentions are counted up to this many (a client shows "999+").
+    pub const MENTIONS_COUNTED: u32 = 1000;
+
     /// Messages after the read position.
     pub fn unread(&self) -> u64 {
         self.last_seq.saturating_sub(self.read_seq)

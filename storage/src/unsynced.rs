@@ -195,6 +195,7 @@ mod tests {
             server_time_ms: 1,
             duplicate: false,
             recipients: Vec::new(),
+            refs: Default::default(),
         })
     }
 
@@ -216,6 +217,7 @@ mod tests {
             payload: Bytes::from_static(b"x"),
             recalled: None,
             edited_at_ms: None,
+            refs: Default::default(),
         }
     }
 
@@ -243,6 +245,7 @@ mod tests {
                 last_seq: 11,
                 read_seq: 0,
                 first_seq: 1,
+                unread_mentions: 0,
             }],
         });
         assert_eq!(u.needed_by(&page, ReadKind::Page), Some(6));
@@ -296,6 +299,7 @@ mod tests {
             server_time_ms: 1,
             duplicate: true,
             recipients: Vec::new(),
+            refs: Default::default(),
         });
         u.record(1, WriteKind::Append, &dup);
         u.record(1, WriteKind::Activity, &Reply::Done);

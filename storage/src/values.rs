@@ -2,11 +2,13 @@
 //!
 //! ```text
 //! message    = version:u8(1) | sender:u64 | client_msg_id:u64 | server_time_ms:u64
-//!              | device_len:u16 | device:utf8 | payload (rest)
+//!              | device_len:u16 | device:utf8 | [refs] | payload (rest)
 //! recalled   = version:u8(2) | the same header and device | recalled_by:u64
 //!              | recalled_at_ms:u64          (no payload: the content is erased)
-//! edited     = version:u8(3) | the same header and device | edited_at_ms:u64
+//! edited     = version:u8(3) | the same header and device | [refs] | edited_at_ms:u64
 //!              | payload (rest: the latest content)
+//! refs       = reply_to:u64 | mention_count:u16 | mention:u64 × count
+//!              present iff the version byte has bit 0x80 set (a reply or a mention)
 //! inbox      = kind:u8 (1 pointer, 2 news marker) | conversation(17) | seq:u64
 //! dedup      = seq:u64 | server_time_ms:u64   (the conversation is in the key)
 //!   (legacy, read only: conversation(17) | seq:u64 | server_time_ms:u64)
@@ -22,7 +24,7 @@ use bytes::Bytes;
 
 use crate::error::DecodeError;
 use crate::keys::{self, CONV_LEN};
-use crate::model::{ConversationKey, Recall, Role, StoredMessage, UserId};
+use crate::model::{ConversationKey, Recall, Refs, Role, StoredMessage, UserId};
 
 const MESSAGE_V1: u8 = 1;
 /// A recalled message: the header and device of the original, then who and when.
@@ -30,6 +32,8 @@ const MESSAGE_RECALLED: u8 = 2;
 /// An edited message: the header and device of the original, when, the new content.
 const MESSAGE_EDITED: u8 = 3;
 const MESSAGE_HEADER: usize = 1 + 8 + 8 + 8 + 2;
+/// Version-byte flag: a refs section follows the device.
+const HAS_REFS: u8 = 0x80;
 
 /// Encode a message value (conversation and seq live in the key).
 pub fn encode_message(
@@ -37,6 +41,7 @@ pub fn encode_message(
     client_msg_id: u64,
     server_time_ms: u64,
     device: &str,
+    refs: &Refs,
     payload: &[u8],
 ) -> Result<Vec<u8>, crate::StorageError> {
     let mut out = Vec::with_capacity(MESSAGE_HEADER + device.len() + payload.len());
@@ -46,6 +51,7 @@ pub fn encode_message(
         client_msg_id,
         server_time_ms,
         device,
+        refs,
         payload,
     )?;
     Ok(out)
@@ -59,26 +65,41 @@ pub fn encode_message_into(
     client_msg_id: u64,
     server_time_ms: u64,
     device: &str,
+    refs: &Refs,
     payload: &[u8],
 ) -> Result<(), crate::StorageError> {
     let dev_len = u16::try_from(device.len())
         .map_err(|_| crate::StorageError::Invalid("sender_device longer than 65535 bytes"))?;
+    let mention_count = u16::try_from(refs.mentions.len())
+        .map_err(|_| crate::StorageError::Invalid("more than 65535 mentions"))?;
     out.clear();
-    out.push(MESSAGE_V1);
+    out.push(if refs.is_empty() {
+        MESSAGE_V1
+    } else {
+        MESSAGE_V1 | HAS_REFS
+    });
     out.extend_from_slice(&sender.0.to_be_bytes());
     out.extend_from_slice(&client_msg_id.to_be_bytes());
     out.extend_from_slice(&server_time_ms.to_be_bytes());
     out.extend_from_slice(&dev_len.to_be_bytes());
     out.extend_from_slice(device.as_bytes());
+    if !refs.is_empty() {
+        out.extend_from_slice(&refs.reply_to.to_be_bytes());
+        out.extend_from_slice(&mention_count.to_be_bytes());
+        for m in &refs.mentions {
+            out.extend_from_slice(&m.0.to_be_bytes());
+        }
+    }
     out.extend_from_slice(payload);
     Ok(())
 }
 
 /// `msg`'s header and device under `version` (a recall's or an edit's rewrite), with
-/// room for `extra` more bytes.
+/// `refs` and room for `extra` more bytes.
 fn rewritten_header(
     version: u8,
     msg: &StoredMessage,
+    refs: &Refs,
     extra: usize,
 ) -> Result<Vec<u8>, crate::StorageError> {
     let mut out = Vec::with_capacity(MESSAGE_HEADER + msg.sender_device.len() + extra);
@@ -88,9 +109,10 @@ fn rewritten_header(
         msg.client_msg_id,
         msg.server_time_ms,
         &msg.sender_device,
+        refs,
         &[],
     )?;
-    out[0] = version;
+    out[0] = version | (out[0] & HAS_REFS);
     Ok(out)
 }
 
@@ -100,7 +122,8 @@ pub fn encode_recalled(
     msg: &StoredMessage,
     recall: Recall,
 ) -> Result<Vec<u8>, crate::StorageError> {
-    let mut out = rewritten_header(MESSAGE_RECALLED, msg, 16)?;
+    // The content is erased, and with it what it quoted and whom it named.
+    let mut out = rewritten_header(MESSAGE_RECALLED, msg, &Refs::default(), 16)?;
     out.extend_from_slice(&recall.by.0.to_be_bytes());
     out.extend_from_slice(&recall.at_ms.to_be_bytes());
     Ok(out)
@@ -112,7 +135,7 @@ pub fn encode_edited(
     payload: &[u8],
     at_ms: u64,
 ) -> Result<Vec<u8>, crate::StorageError> {
-    let mut out = rewritten_header(MESSAGE_EDITED, msg, 8 + payload.len())?;
+    let mut out = rewritten_header(MESSAGE_EDITED, msg, &msg.refs, 8 + payload.len())?;
     out.extend_from_slice(&at_ms.to_be_bytes());
     out.extend_from_slice(payload);
     Ok(out)
@@ -134,7 +157,10 @@ fn check_message_header(v: &[u8]) -> Result<(), DecodeError> {
             got: v.len(),
         });
     }
-    if !matches!(v[0], MESSAGE_V1 | MESSAGE_RECALLED | MESSAGE_EDITED) {
+    if !matches!(
+        v[0] & !HAS_REFS,
+        MESSAGE_V1 | MESSAGE_RECALLED | MESSAGE_EDITED
+    ) {
         return Err(DecodeError::Version {
             what: WHAT,
             version: v[0],
@@ -166,9 +192,14 @@ pub fn decode_message(
     let sender_device = std::str::from_utf8(&rest[..dev_len])
         .map_err(|_| DecodeError::Utf8 { what: WHAT })?
         .to_owned();
-    let tail = &rest[dev_len..];
+    let (refs, tail) = if v[0] & HAS_REFS != 0 {
+        decode_refs(&rest[dev_len..])?
+    } else {
+        (Refs::default(), &rest[dev_len..])
+    };
+    let version = v[0] & !HAS_REFS;
     let mut edited_at_ms = None;
-    let (payload, recalled) = if v[0] == MESSAGE_EDITED {
+    let (payload, recalled) = if version == MESSAGE_EDITED {
         let Some((at, content)) = tail.split_first_chunk::<8>() else {
             return Err(DecodeError::Length {
                 what: "edited message",
@@ -178,7 +209,7 @@ pub fn decode_message(
         };
         edited_at_ms = Some(u64::from_be_bytes(*at));
         (Bytes::copy_from_slice(content), None)
-    } else if v[0] == MESSAGE_RECALLED {
+    } else if version == MESSAGE_RECALLED {
         let fields: &[u8; 16] = tail.try_into().map_err(|_| DecodeError::Length {
             what: "recalled message",
             expected: MESSAGE_HEADER + dev_len + 16,
@@ -202,7 +233,36 @@ pub fn decode_message(
         payload,
         recalled,
         edited_at_ms,
+        refs,
     })
+}
+
+/// A refs section and what follows it.
+fn decode_refs(v: &[u8]) -> Result<(Refs, &[u8]), DecodeError> {
+    const WHAT: &str = "message refs";
+    let short = |expected| DecodeError::Length {
+        what: WHAT,
+        expected,
+        got: v.len(),
+    };
+    let Some((reply_to, rest)) = v.split_first_chunk::<8>() else {
+        return Err(short(10));
+    };
+    let Some((count, rest)) = rest.split_first_chunk::<2>() else {
+        return Err(short(10));
+    };
+    let count = usize::from(u16::from_be_bytes(*count));
+    let Some(ids) = rest.get(..count * 8) else {
+        return Err(short(10 + count * 8));
+    };
+    let refs = Refs {
+        reply_to: u64::from_be_bytes(*reply_to),
+        mentions: ids
+            .chunks_exact(8)
+            .map(|c| UserId(keys::be_u64(c)))
+            .collect(),
+    };
+    Ok((refs, &rest[count * 8..]))
 }
 
 /// An inbox entry: a pointer to one message, or a "this conversation has news" marker.
@@ -411,9 +471,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn refs_survive_an_edit_and_leave_with_a_recall() {
+        let c = ConversationKey::Group(4);
+        let refs = Refs {
+            reply_to: 3,
+            mentions: vec![UserId(2), UserId(7)],
+        };
+        let v = encode_message(UserId(9), 77, 1234, "phone", &refs, b"hi @2 @7").unwrap();
+        let m = decode_message(c, 5, &v).unwrap();
+        assert_eq!((&m.refs, &m.payload[..]), (&refs, &b"hi @2 @7"[..]));
+        assert_eq!(message_time_ms(&v), Ok(1234));
+        let e = decode_message(c, 5, &encode_edited(&m, b"edited", 3000).unwrap()).unwrap();
+        assert_eq!(
+            (&e.refs, &e.payload[..], e.edited_at_ms),
+            (&refs, &b"edited"[..], Some(3000))
+        );
+        let r = decode_message(
+            c,
+            5,
+            &encode_recalled(
+                &m,
+                Recall {
+                    by: UserId(9),
+                    at_ms: 9,
+                },
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r.refs, Refs::default());
+        // A refs section cut short is a length error, never a panic.
+        for cut in MESSAGE_HEADER + 5..MESSAGE_HEADER + 5 + 10 + 16 {
+            assert!(
+                matches!(
+                    decode_message(c, 5, &v[..cut]),
+                    Err(DecodeError::Length { .. })
+                ),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
     fn message_roundtrip_and_corruption() {
         let c = ConversationKey::Group(4);
-        let v = encode_message(UserId(9), 77, 1234, "phone", b"hello").unwrap();
+        let v = encode_message(UserId(9), 77, 1234, "phone", &Refs::default(), b"hello").unwrap();
         let m = decode_message(c, 5, &v).unwrap();
         assert_eq!(m.sender, UserId(9));
         assert_eq!(m.client_msg_id, 77);

@@ -18,6 +18,7 @@ fn append(sender: u64, conversation: ConversationKey, cmid: u64) -> Request {
         conversation,
         payload: Bytes::from(format!("{cmid}")),
         now_ms: T0,
+        refs: Default::default(),
     })
 }
 

@@ -95,6 +95,7 @@ fn append(sender: u64, peer: u64, cmid: u64) -> Request {
         conversation: ConversationKey::single(UserId(sender), UserId(peer)),
         payload: Bytes::from_static(b"hello"),
         now_ms: 1_000,
+        refs: Default::default(),
     })
 }
 

@@ -34,6 +34,7 @@ fn measure(diffusion: DiffusionMode, threshold: usize, active: u64) -> (u64, u64
             conversation: g,
             payload: Bytes::from(vec![7u8; PAYLOAD]),
             now_ms: NOW,
+            refs: Default::default(),
         })
         .unwrap();
     }

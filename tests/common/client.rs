@@ -167,6 +167,7 @@ impl TestClient {
             client_msg_id,
             conversation: Some(conv),
             content: petrel_proto::wire::encode_content(&text_content(text)),
+            ..Default::default()
         });
         match frame.body {
             Body::Ack(ack) => ack,

@@ -534,6 +534,7 @@ impl World {
                                 mentions: Vec::new(),
                             })),
                         }),
+                        ..Default::default()
                     },
                 );
             }

@@ -334,6 +334,7 @@ impl Control {
                 conversation,
                 payload: payload.clone(),
                 now_ms: now.as_millis(),
+                refs: Default::default(),
             }),
             Pending::Api(ApiPending::Send(
                 id,

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use petrel_proto::content::ContentView;
 use petrel_proto::{Body, Frame, FrameType, pb};
 use petrel_storage::{
-    AppendOutcome, AppendRequest, ConversationKey, Reply, Request, StorageError, UserId,
+    AppendOutcome, AppendRequest, ConversationKey, Refs, Reply, Request, StorageError, UserId,
 };
 
 use super::Control;
@@ -56,6 +56,14 @@ impl Control {
         if let Some((code, why)) = self.content_problem(&content) {
             return self.reject_send(conn, rid, code, &why);
         }
+        if msg.mentions.len() > Refs::MAX_MENTIONS {
+            return self.reject_send(
+                conn,
+                rid,
+                pb::ErrorCode::InvalidRequest,
+                "more than 100 mentions",
+            );
+        }
         match convert::target(user, msg.conversation.as_ref()) {
             None => self.reject_send(
                 conn,
@@ -72,6 +80,10 @@ impl Control {
                 msg.client_msg_id,
                 room,
                 content,
+                Refs {
+                    reply_to: msg.reply_to,
+                    mentions: msg.mentions.into_iter().map(UserId).collect(),
+                },
             ),
             Some(Target::Persisted(key)) => {
                 let payload = content.clone();
@@ -83,6 +95,10 @@ impl Control {
                         conversation: key,
                         payload,
                         now_ms: now.as_millis(),
+                        refs: Refs {
+                            reply_to: msg.reply_to,
+                            mentions: msg.mentions.into_iter().map(UserId).collect(),
+                        },
                     }),
                     Pending::Append(AppendCtx {
                         to: ReplyTo { conn, rid, user },
@@ -190,6 +206,8 @@ impl Control {
                 recalled_by: 0,
                 recalled_at_ms: 0,
                 edited_at_ms: 0,
+                reply_to: outcome.refs.reply_to,
+                mentions: convert::user_ids(&outcome.refs.mentions),
             },
         );
         // Encoded lazily, once per view: a 1:1 chat has the peer's view and the
@@ -252,6 +270,8 @@ impl Control {
                     client_msg_id: push.client_msg_id,
                     server_time_ms: push.server_time_ms,
                     content: push.content,
+                    reply_to: push.reply_to,
+                    mentions: push.mentions,
                     recipients: offline,
                 })));
         }
@@ -291,6 +311,7 @@ impl Control {
         client_msg_id: u64,
         room_id: u64,
         content: Bytes,
+        refs: Refs,
     ) {
         let Some(room) = self
             .rooms
@@ -322,6 +343,8 @@ impl Control {
                 recalled_by: 0,
                 recalled_at_ms: 0,
                 edited_at_ms: 0,
+                reply_to: refs.reply_to,
+                mentions: convert::user_ids(&refs.mentions),
             },
         );
         let encoded = self.encode(&frame);

@@ -139,6 +139,7 @@ impl Control {
                 last_seq: state.last_seq,
                 read_seq: state.read_seq,
                 first_seq: state.first_seq,
+                unread_mentions: state.unread_mentions,
             };
             let len = repeated_field_len(&s);
             if len > budget / 4 {

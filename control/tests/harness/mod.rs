@@ -439,6 +439,7 @@ impl Sim {
                 client_msg_id,
                 conversation: Some(conversation),
                 content: petrel_proto::wire::encode_content(&text_content(text)),
+                ..Default::default()
             },
         );
         self.take_answer(conn, rid, |b| match b {

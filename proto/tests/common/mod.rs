@@ -79,6 +79,7 @@ pub fn body_for(t: FrameType, n: u64, s: &str) -> Body {
                     }),
                 }),
             }),
+            ..Default::default()
         }
         .into(),
         FrameType::SyncRequest => pb::SyncRequest {
@@ -150,6 +151,7 @@ pub fn body_for(t: FrameType, n: u64, s: &str) -> Body {
                 last_seq: n + 1,
                 read_seq: n,
                 first_seq: n / 2,
+                ..Default::default()
             }],
             first_seq: n / 3,
         }
@@ -208,6 +210,7 @@ pub fn push(n: u64, s: &str) -> pb::MessagePush {
         recalled_by: 0,
         recalled_at_ms: 0,
         edited_at_ms: 0,
+        ..Default::default()
     }
 }
 

@@ -39,6 +39,7 @@ fn push(kind: pb::ConversationKind, id: u64, seq: u64, sender: u64, cmid: u64) -
         recalled_by: 0,
         recalled_at_ms: 0,
         edited_at_ms: 0,
+        ..Default::default()
     }
 }
 

@@ -50,6 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 conversation: conv,
                 payload: Bytes::from(cmid.to_be_bytes().to_vec()),
                 now_ms: 1_700_000_000_000 + cmid,
+                refs: Default::default(),
             });
             queue.submit_to(request, cmid, tx.clone())?;
             cmid += 1;

@@ -27,14 +27,47 @@ impl<K: Kv> Store<K> {
                 &keys::user_conversation(user, c),
                 &keys::u64_key(new),
             );
+            // The mentions read past are no longer unread: one range delete, only when
+            // there is one (a range tombstone per read would slow the counting scans).
+            let (start, end) = (keys::mention(user, c, 0), keys::mention(user, c, new + 1));
+            if self.kv.first_key(Cf::Mentions, &start, &end)?.is_some() {
+                batch.delete_range(Cf::Mentions, &start, &end);
+            }
             self.commit(batch, sync)?;
         }
+        let read_seq = new.max(old);
         Ok(ConversationState {
             key: c,
             last_seq,
-            read_seq: new.max(old),
+            read_seq,
             first_seq: self.stored_first_seq(c)?,
+            unread_mentions: self.unread_mentions(user, c, read_seq)?,
         })
+    }
+
+    /// How many messages above `read_seq` mention `user` in `c`, up to
+    /// [`ConversationState::MENTIONS_COUNTED`].
+    pub(super) fn unread_mentions(
+        &self,
+        user: UserId,
+        c: ConversationKey,
+        read_seq: u64,
+    ) -> Result<u32, StorageError> {
+        let start = keys::mention(user, c, read_seq.saturating_add(1));
+        let end = keys::prefix_end(&keys::user_conversation(user, c));
+        let mut n = 0u32;
+        self.kv.scan(
+            Cf::Mentions,
+            &start,
+            &end,
+            Direction::Forward,
+            ConversationState::MENTIONS_COUNTED as usize,
+            &mut |_, _| {
+                n += 1;
+                Ok(true)
+            },
+        )?;
+        Ok(n)
     }
 
     pub(super) fn do_touch(

@@ -33,7 +33,7 @@ use crate::config::DiffusionMode;
 use crate::error::StorageError;
 use crate::keys::{self, DEDUP_KEY_LEN};
 use crate::kv::{Batch, Direction, Kv};
-use crate::model::{ConversationKey, Role, UserId};
+use crate::model::{ConversationKey, Refs, Role, UserId};
 use crate::recent_ids::{Answer, fingerprint};
 use crate::values::{self, DedupEntry, InboxEntry};
 
@@ -123,6 +123,7 @@ impl<K: Kv> Store<K> {
                 server_time_ms: d.server_time_ms,
                 duplicate: true,
                 recipients: Vec::new(),
+                refs: Refs::default(),
             });
         }
 
@@ -133,12 +134,14 @@ impl<K: Kv> Store<K> {
             .last_seq(w, conv)?
             .checked_add(1)
             .ok_or(StorageError::Overflow)?;
+        let refs = stored_refs(&req, seq, &recipients)?;
         values::encode_message_into(
             &mut run.message,
             req.sender,
             req.client_msg_id,
             req.now_ms,
             &req.sender_device,
+            &refs,
             &req.payload,
         )?;
         let large = recipients.len() > self.config.large_group_threshold;
@@ -186,6 +189,9 @@ impl<K: Kv> Store<K> {
                 );
             }
         }
+        for &m in &refs.mentions {
+            batch.put(Cf::Mentions, &keys::mention(m, conv, seq), &[]);
+        }
         for &(r, head, news) in &run.plan {
             let entry = if news {
                 InboxEntry::News(conv, seq)
@@ -215,6 +221,7 @@ impl<K: Kv> Store<K> {
             server_time_ms: req.now_ms,
             duplicate: false,
             recipients,
+            refs,
         })
     }
 
@@ -404,4 +411,31 @@ impl<K: Kv> Store<K> {
             }
         }
     }
+}
+
+/// The refs stored with an append of `seq` that `recipients` receive: the reply must
+/// name an earlier message; mentions keep only recipients other than the sender, sorted
+/// and once each (`recipients` is sorted: a 1:1 pair in order, or a member map's keys).
+fn stored_refs(req: &AppendRequest, seq: u64, recipients: &[UserId]) -> Result<Refs, StorageError> {
+    if req.refs.reply_to >= seq {
+        return Err(StorageError::Invalid(
+            "reply_to must be the seq of an earlier message of the conversation",
+        ));
+    }
+    if req.refs.mentions.len() > Refs::MAX_MENTIONS {
+        return Err(StorageError::Invalid("more than 100 mentions"));
+    }
+    let mut mentions: Vec<UserId> = req
+        .refs
+        .mentions
+        .iter()
+        .copied()
+        .filter(|&m| m != req.sender && recipients.binary_search(&m).is_ok())
+        .collect();
+    mentions.sort_unstable();
+    mentions.dedup();
+    Ok(Refs {
+        reply_to: req.refs.reply_to,
+        mentions,
+    })
 }
