@@ -201,13 +201,27 @@ fn a_python_client_and_a_rust_sdk_client_chat(dp: Dataplane) {
         assert!(stdout.contains("recalled: seq 1"), "{stdout}");
         assert!(stdout.contains("typing: 6002"), "{stdout}");
         assert!(stdout.contains("got: hello from rust"), "{stdout}");
+        assert!(
+            stdout.contains("refs: reply to 1, mentions me"),
+            "the SDK's reply and mention reach Python: {stdout}"
+        );
     })
 }
 
 fn a_python_client_that_stalls_in_a_flooded_chatroom_is_told_what_it_missed(dp: Dataplane) {
     require_python();
     let keys = Keys::generate();
-    let config = format!("{}rate_limit_per_second = 0\n", keys.server_config());
+    // One core: the transport's Congested edge reaches the control plane in the same
+    // loop, so the room skips the stalled member from the next batch on and the gap is
+    // certain. On two cores the home core may hand the whole flood (10 MB, within the
+    // rings and the 8x safety cap) to the member's core before that core runs and
+    // reports the congestion — by design, nothing is skipped then, only queued (seen in
+    // CI under load); that path is covered by dataplane/tests/kernel_backpressure.rs and
+    // the simulator, not by this interop test.
+    let config = format!(
+        "{}rate_limit_per_second = 0\ncores = [0]\n",
+        keys.server_config()
+    );
     let server = TestServer::start_on(dp, &config);
     let (py_user, flooder) = (6101, 6102);
     let room_id = 77;
