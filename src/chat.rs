@@ -57,9 +57,11 @@ commands:
   /recall SEQ         recall message SEQ of the current conversation (yours, recently;
                       any, as a group's owner or admin)
   /edit SEQ TEXT      replace the text of your message SEQ
+  /reply SEQ TEXT     answer message SEQ of the current conversation
   /send-image FILE    upload FILE to the media service (--media) and send it here
   /quit               leave
-anything else is sent as a text message to the current conversation";
+anything else is sent as a text message to the current conversation;
+@ID in a text mentions user ID (counted as an unread mention for them)";
 
 /// Runs the client until `/quit` or end of input.
 pub fn run(args: ChatArgs) -> anyhow::Result<()> {
@@ -157,15 +159,17 @@ async fn chat(
     });
     println!("{HELP}");
     let mut current: Option<ConversationKey> = None;
+    let user = client.config().user_id;
     loop {
         tokio::select! {
             event = events.recv() => match event {
                 None => break,
                 Some(Event::Message(m)) => println!(
-                    "[{}] #{} from {}: {}",
+                    "[{}] #{} from {}{}: {}",
                     show(m.conversation),
                     m.seq,
                     m.sender,
+                    refs_note(&m, user),
                     shown(&m)
                 ),
                 Some(Event::State(ConnectionState::Connected { endpoint, .. })) => {
@@ -231,6 +235,39 @@ async fn chat(
     Ok(())
 }
 
+/// " (reply to #3, mentions you)": what a message quotes and whether it names `me`.
+fn refs_note(m: &petrel_sdk::Message, me: u64) -> String {
+    let mut notes = Vec::new();
+    if let Some(seq) = m.reply_to {
+        notes.push(format!("reply to #{seq}"));
+    }
+    if m.mentions.contains(&me) {
+        notes.push("mentions you".to_owned());
+    }
+    if notes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", notes.join(", "))
+    }
+}
+
+/// The users a typed line mentions: every `@ID` word (IDs that are not numbers are
+/// plain text), once each.
+fn mentions_in(line: &str) -> Vec<u64> {
+    let mut ids: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix('@'))
+        .filter_map(|id| {
+            id.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// What a message says, or that it was recalled.
 fn shown(m: &petrel_sdk::Message) -> String {
     match m.recalled {
@@ -285,8 +322,13 @@ async fn command(
         "/list" => {
             for c in client.conversations()? {
                 let preview = c.last_message.map(|m| shown(&m)).unwrap_or_default();
+                let mentions = if c.unread_mentions > 0 {
+                    format!(" (@ {})", c.unread_mentions)
+                } else {
+                    String::new()
+                };
                 println!(
-                    "{:<16} unread {:>4}  {preview}",
+                    "{:<16} unread {:>4}{mentions}  {preview}",
                     show(c.conversation),
                     c.unread
                 );
@@ -358,6 +400,13 @@ async fn command(
             client.edit(c, seq, content::text(text.trim())).await?;
             println!("* [{}] #{seq} edited", show(c));
         }
+        "/reply" => {
+            let c = current.context("pick a conversation first: /to …")?;
+            let (seq, text) = rest.split_once(' ').context("usage: /reply SEQ TEXT")?;
+            let seq: u64 = seq.parse().context("usage: /reply SEQ TEXT")?;
+            let text = text.trim();
+            client.send_text_with(c, text, seq, &mentions_in(text))?;
+        }
         "/typing" => {
             let c = current.context("pick a conversation first: /to …")?;
             let typing = match rest {
@@ -394,7 +443,7 @@ async fn command(
         w if w.starts_with('/') => bail!("unknown command {w}; /help lists them"),
         _ => {
             let c = current.context("pick a conversation first: /to single:ID")?;
-            client.send_text(c, line)?;
+            client.send_text_with(c, line, 0, &mentions_in(line))?;
         }
     }
     Ok(true)
@@ -425,6 +474,12 @@ mod tests {
             "{}",
             describe_mute(&ev)
         );
+    }
+
+    #[test]
+    fn at_words_are_mentions_once_each() {
+        assert_eq!(mentions_in("hi @42, @7 and @42! mail@x @bob"), vec![7, 42]);
+        assert!(mentions_in("no one").is_empty());
     }
 
     #[test]

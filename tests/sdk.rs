@@ -1007,7 +1007,93 @@ fn a_recalled_message_is_gone_live_and_an_edited_one_replaced_everywhere(dp: Dat
     })
 }
 
+/// A mention in a muted group: the owner mutes the whole group over the server API, then
+/// posts a message mentioning Bob (and a user who is not a member) and a reply to it.
+/// Bob's SDK shows the reply and the mention, and counts one unread mention until he
+/// reads past it; Carol, not mentioned, counts none; the stranger is dropped.
+fn a_mention_in_a_muted_group_is_counted_until_read(dp: Dataplane) {
+    common::server::block_on(dp, async move {
+        const API_KEY: &str = "mentions-test-api-key-0123456789";
+        let keys = Arc::new(Keys::generate());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = dir.path().join("api.key");
+        std::fs::write(&key_file, API_KEY).expect("api key file");
+        let server = TestServer::start_on(
+            dp,
+            &format!(
+                "{}api_addr = \"127.0.0.1:0\"\napi_key_file = {:?}\n",
+                keys.server_config(),
+                key_file.display().to_string()
+            ),
+        );
+        let endpoints = vec![server.addr.to_string()];
+        let (alice, bob, carol, stranger) = (7401, 7402, 7403, 7499);
+        let (a, _a_events, _) = start(&keys, test_config(alice, endpoints.clone()));
+        let (b, mut b_events, _) = start(&keys, test_config(bob, endpoints.clone()));
+        let (c, mut c_events, _) = start(&keys, test_config(carol, endpoints));
+        for client in [&a, &b, &c] {
+            client.wait_connected(WAIT).await.unwrap();
+        }
+        let gid = a.create_group("quiet", &[bob, carol]).await.unwrap();
+        let muted = block_in_place(|| {
+            server.api_request(
+                "POST",
+                &format!("/v1/groups/{}/mute", gid.id),
+                Some(API_KEY),
+                Some(&serde_json::json!({"actor": alice, "seconds": 3600})),
+            )
+        });
+        assert_eq!(muted.status, 200, "{}", muted.text());
+
+        a.send_text_with(gid, "@7402 please read the rules", 0, &[bob, stranger])
+            .unwrap();
+        let (got, _) = messages(&mut b_events, 1, WAIT).await;
+        assert_eq!(
+            (got[0].reply_to, got[0].mentions.clone()),
+            (None, vec![bob])
+        );
+        a.send_text_with(gid, "(the rules are above)", got[0].seq, &[])
+            .unwrap();
+        let (got, _) = messages(&mut b_events, 1, WAIT).await;
+        assert_eq!((got[0].reply_to, got[0].mentions.len()), (Some(1), 0));
+        messages(&mut c_events, 2, WAIT).await;
+
+        let summary = |client: &petrel_sdk::Client| {
+            client
+                .conversations()
+                .unwrap()
+                .into_iter()
+                .find(|s| s.conversation == gid)
+                .expect("the group is listed")
+        };
+        assert_eq!((summary(&b).unread, summary(&b).unread_mentions), (2, 1));
+        assert_eq!(summary(&c).unread_mentions, 0);
+        b.mark_read(gid, 2).await.unwrap();
+        assert_eq!((summary(&b).unread, summary(&b).unread_mentions), (0, 0));
+
+        // The server keeps the count for every device of Bob's: none left past his read.
+        let page = b
+            .request(petrel_sdk::pb::SyncRequest {
+                inbox_cursor: 0,
+                cursors: vec![],
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        let petrel_proto::Body::SyncResponse(page) = page else {
+            panic!("not a sync response: {page:?}")
+        };
+        let state = page
+            .conversations
+            .iter()
+            .find(|s| s.conversation.is_some_and(|c| c.id == gid.id))
+            .expect("the group's state");
+        assert_eq!((state.read_seq, state.unread_mentions), (2, 0));
+    })
+}
+
 dataplane_tests!(
+    a_mention_in_a_muted_group_is_counted_until_read,
     a_recalled_message_is_gone_live_and_an_edited_one_replaced_everywhere,
     server_restart_mid_conversation_delivers_every_message_once_in_order,
     with_the_primary_endpoint_down_the_sdk_connects_to_the_backup,

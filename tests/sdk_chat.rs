@@ -83,6 +83,38 @@ fn petrel_chat_sends_receives_and_shows_history(dp: Dataplane) {
         let line = wait_for("hello back");
         assert!(line.contains(&format!("from {sdk_user}")), "{line}");
 
+        // A reply with an @mention from the terminal, and one back from the SDK.
+        writeln!(stdin, "/reply 2 sure thing @{sdk_user}").unwrap();
+        let reply = timeout(Duration::from_secs(30), async {
+            loop {
+                if let Some(Event::Message(m)) = events.recv().await {
+                    return m;
+                }
+            }
+        })
+        .await
+        .expect("the SDK client got no reply");
+        assert_eq!(
+            reply.text(),
+            Some(format!("sure thing @{sdk_user}").as_str())
+        );
+        assert_eq!(
+            (reply.reply_to, reply.mentions.clone()),
+            (Some(2), vec![sdk_user])
+        );
+        sdk.send_text_with(
+            ConversationKey::single(chat_user),
+            "great",
+            reply.seq,
+            &[chat_user],
+        )
+        .unwrap();
+        let line = wait_for("great");
+        assert!(
+            line.contains(&format!("(reply to #{}, mentions you)", reply.seq)),
+            "{line}"
+        );
+
         writeln!(stdin, "/history").unwrap();
         wait_for("#1 from 11001: hello from the terminal");
         writeln!(stdin, "/quit").unwrap();

@@ -127,7 +127,12 @@ fn a_python_client_and_a_rust_sdk_client_chat(dp: Dataplane) {
             .args(["--user", &py_user.to_string(), "--device", "py"])
             .args(["--token", &token.token, "--peer", &rust_user.to_string()])
             .args(["--send", "hello from python", "--expect", "hello from rust"])
-            .args(["--edit", "hello from python, edited", "--recall"])
+            .args([
+                "--edit",
+                "hello from python, edited",
+                "--recall",
+                "--mention-peer",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -166,6 +171,11 @@ fn a_python_client_and_a_rust_sdk_client_chat(dp: Dataplane) {
         assert_eq!(from_python.text(), Some("hello from python"));
         assert_eq!(from_python.sender, py_user);
         assert_eq!(from_python.conversation, ConversationKey::single(py_user));
+        assert_eq!(
+            from_python.mentions,
+            [rust_user],
+            "the Python client mentioned us"
+        );
 
         // It edits its message, then recalls it: the SDK sees both, in that order.
         let (edited, recalled) = timeout(Duration::from_secs(30), async {
@@ -187,8 +197,13 @@ fn a_python_client_and_a_rust_sdk_client_chat(dp: Dataplane) {
 
         rust.set_typing(ConversationKey::single(py_user), true)
             .unwrap();
-        rust.send_text(ConversationKey::single(py_user), "hello from rust")
-            .unwrap();
+        rust.send_text_with(
+            ConversationKey::single(py_user),
+            "hello from rust",
+            from_python.seq,
+            &[py_user],
+        )
+        .unwrap();
         let output = block_in_place(|| python.wait_with_output()).expect("python output");
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(

@@ -144,12 +144,17 @@ def log_in(pb, args, rcvbuf=None):
     return conn
 
 
-def text_message(pb, kind, conversation_id, text, client_msg_id=None):
+def text_message(pb, kind, conversation_id, text, client_msg_id=None, reply_to=0, mentions=()):
+    """A SendMessage of `text`; `reply_to` quotes an earlier seq and `mentions` names users
+    (docs/PROTOCOL.md 5.12): the server counts it as an unread mention for each of them.
+    The text's own mention list repeats them, for display."""
     common_pb2, content_pb2, _, message_pb2, _ = pb
     return message_pb2.SendMessage(
         client_msg_id=client_msg_id or random.getrandbits(63) + 1,
         conversation=common_pb2.ConversationId(kind=kind, id=conversation_id),
-        content=content_pb2.Content(text=content_pb2.Text(text=text)),
+        content=content_pb2.Content(text=content_pb2.Text(text=text, mentions=list(mentions))),
+        reply_to=reply_to,
+        mentions=list(mentions),
     )
 
 
@@ -159,7 +164,10 @@ def chat(pb, args):
     deadline = time.monotonic() + args.timeout
     peer = common_pb2.ConversationId(kind=common_pb2.CONVERSATION_KIND_SINGLE, id=args.peer)
     conn.send(TYPING, message_pb2.Typing(conversation=peer, typing=True))  # never answered
-    send = text_message(pb, common_pb2.CONVERSATION_KIND_SINGLE, args.peer, args.send)
+    mentions = [args.peer] if args.mention_peer else []
+    send = text_message(
+        pb, common_pb2.CONVERSATION_KIND_SINGLE, args.peer, args.send, mentions=mentions
+    )
     send_rid = conn.send(SEND_MESSAGE, send)
     acked = False
     pending = {}  # request id -> what to print when the server answers it
@@ -200,6 +208,9 @@ def chat(pb, args):
             elif push.sender == args.peer and text == args.expect:
                 if not acked or pending:
                     raise RuntimeError("the peer answered before our message was acked")
+                if push.reply_to or push.mentions:
+                    mentioned = "mentions me" if args.user in push.mentions else "no mention"
+                    print(f"refs: reply to {push.reply_to}, {mentioned}", flush=True)
                 print(f"got: {text}", flush=True)
                 return 0
     raise RuntimeError(f"no message {args.expect!r} from {args.peer} within {args.timeout} s")
@@ -326,6 +337,7 @@ def main():
     p.add_argument("--stall", type=float, default=2.0, help="room: seconds without reading")
     p.add_argument("--edit", help="chat: once acked, edit our message to this text")
     p.add_argument("--recall", action="store_true", help="chat: once acked, recall our message")
+    p.add_argument("--mention-peer", action="store_true", help="chat: our message mentions the peer")
     p.add_argument("--shutdown-probe", action="store_true", help="send until the server stops")
     p.add_argument("--timeout", type=float, default=30.0)
     args = p.parse_args()

@@ -179,9 +179,54 @@ impl Client {
         Ok(id)
     }
 
+    /// Queues `content` as a reply to message `refs.reply_to` of the same conversation
+    /// (0: none) that mentions `refs.mentions` (at most 100: the server counts it as an
+    /// unread mention for each member named, even in a muted group, and drops users who
+    /// are not members). Otherwise like [`Client::send`].
+    pub fn send_with(
+        &self,
+        conversation: ConversationKey,
+        content: pb::Content,
+        refs: &crate::Refs,
+    ) -> Result<u64, SdkError> {
+        if refs.mentions.len() > 100 {
+            return Err(SdkError::Invalid("a message mentions at most 100 users"));
+        }
+        let id = self
+            .inner
+            .shared
+            .store()
+            .outbox_push_with(conversation, &content, refs)?;
+        self.command(Command::Flush)?;
+        Ok(id)
+    }
+
     /// Sends a text message.
     pub fn send_text(&self, conversation: ConversationKey, text: &str) -> Result<u64, SdkError> {
         self.send(conversation, content::text(text))
+    }
+
+    /// Sends a text that replies to message `reply_to` (0: none) and mentions
+    /// `mentions`, which the text's own mention list names too (for highlighting).
+    pub fn send_text_with(
+        &self,
+        conversation: ConversationKey,
+        text: &str,
+        reply_to: u64,
+        mentions: &[u64],
+    ) -> Result<u64, SdkError> {
+        let mut body = content::text(text);
+        if let Some(pb::content::Body::Text(t)) = body.body.as_mut() {
+            t.mentions = mentions.to_vec();
+        }
+        self.send_with(
+            conversation,
+            body,
+            &crate::Refs {
+                reply_to,
+                mentions: mentions.to_vec(),
+            },
+        )
     }
 
     /// Sends an image already uploaded to `media.uri` (with an optional thumbnail).

@@ -59,6 +59,9 @@ pub enum SdkError {
     /// Talking HTTP to the media service, or reading/writing the local file, failed.
     #[error("media transfer: {0}")]
     MediaTransfer(String),
+    /// The call's arguments break a protocol limit (caught before anything is queued).
+    #[error("invalid request: {0}")]
+    Invalid(&'static str),
     /// The call is part of the SDK's planned API but is not implemented yet.
     #[error("not implemented yet: {0}")]
     NotImplemented(&'static str),

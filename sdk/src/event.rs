@@ -91,6 +91,10 @@ pub struct Message {
     pub recalled: Option<Recalled>,
     /// When its sender last edited it (`content` is the latest version).
     pub edited_at_ms: Option<u64>,
+    /// The seq of the message it replies to in the same conversation, if any.
+    pub reply_to: Option<u64>,
+    /// The users it mentions (members only, as the server stored them).
+    pub mentions: Vec<u64>,
 }
 
 /// Who recalled a message and when ([`Message::recalled`], [`Event::Recalled`]).

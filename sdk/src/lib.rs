@@ -67,5 +67,5 @@ pub use error::SdkError;
 pub use event::{ConnectionState, ConversationKey, Event, Message, Recalled};
 pub use media::{MediaClient, MediaKind, MediaRef};
 pub use petrel_proto::pb;
-pub use store::{ConversationSummary, Store};
+pub use store::{ConversationSummary, Refs, Store};
 pub use token::{Token, TokenCache, TokenProvider, token_fn};

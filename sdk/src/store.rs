@@ -8,8 +8,11 @@
 //!   content, own)` — one row per persisted message, primary key `(kind, id, seq)`, so a
 //!   message that arrives twice (push and sync, or a resend's duplicate ack) is stored once.
 //!   `own` marks messages this device sent (the app learns of those through acks).
-//! - `outbox(pos, client_msg_id, kind, id, content)` — sends not yet acknowledged, in
-//!   send order. A send leaves the outbox when its ack arrives, or when a sync shows the
+//!   `reply_to`, `mentions` (user ids, 8 bytes big-endian each) and `mentions_me` keep a
+//!   message's replies and mentions; `mentions_me` above the read position is the
+//!   conversation's unread-mention count.
+//! - `outbox(pos, client_msg_id, kind, id, content, reply_to, mentions)` — sends not yet
+//!   acknowledged, in send order. A send leaves the outbox when its ack arrives, or when a sync shows the
 //!   server already has it.
 //! - `meta(key, value)` — the inbox cursor.
 //!
@@ -80,6 +83,30 @@ pub struct OutboxEntry {
     pub conversation: ConversationKey,
     /// What it says.
     pub content: pb::Content,
+    /// What it replies to and whom it mentions.
+    pub refs: Refs,
+}
+
+/// What a message replies to (a seq of the same conversation, 0: none) and whom it
+/// mentions ([`crate::Client::send_with`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refs {
+    /// The quoted message's seq (0: none).
+    pub reply_to: u64,
+    /// Mentioned users (at most 100; the server keeps the conversation's members).
+    pub mentions: Vec<u64>,
+}
+
+/// Mentions as stored: 8 bytes big-endian per user.
+fn mentions_blob(mentions: &[u64]) -> Vec<u8> {
+    mentions.iter().flat_map(|m| m.to_be_bytes()).collect()
+}
+
+/// The users of a stored mentions blob (a torn tail is ignored).
+fn mentions_of(blob: &[u8]) -> Vec<u64> {
+    blob.chunks_exact(8)
+        .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()))
+        .collect()
 }
 
 /// A conversation in the conversation list.
@@ -93,6 +120,8 @@ pub struct ConversationSummary {
     pub read_seq: u64,
     /// Messages from others above `read_seq` in the local store.
     pub unread: u64,
+    /// Of those, the ones that mention this user.
+    pub unread_mentions: u64,
     /// The newest stored message, for a preview.
     pub last_message: Option<Message>,
 }
@@ -155,12 +184,27 @@ fn decode_content(blob: &[u8]) -> Result<pb::Content, SdkError> {
 }
 
 const MESSAGE_COLUMNS: &str = "kind, id, seq, sender, sender_device, client_msg_id, \
-     server_time_ms, content, recalled_by, recalled_at_ms, edited_at_ms";
+     server_time_ms, content, recalled_by, recalled_at_ms, edited_at_ms, reply_to, mentions";
 
-type MessageRow = (i64, i64, i64, i64, String, i64, i64, Vec<u8>, i64, i64, i64);
+/// The columns of [`MESSAGE_COLUMNS`], in order.
+struct MessageRow(
+    i64,
+    i64,
+    i64,
+    i64,
+    String,
+    i64,
+    i64,
+    Vec<u8>,
+    i64,
+    i64,
+    i64,
+    i64,
+    Vec<u8>,
+);
 
 fn read_message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
-    Ok((
+    Ok(MessageRow(
         row.get(0)?,
         row.get(1)?,
         row.get(2)?,
@@ -172,6 +216,8 @@ fn read_message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
         row.get(8)?,
         row.get(9)?,
         row.get(10)?,
+        row.get(11)?,
+        row.get(12)?,
     ))
 }
 
@@ -192,20 +238,31 @@ fn message_from_row(r: MessageRow) -> Result<Message, SdkError> {
             at_ms: u(r.9),
         }),
         edited_at_ms: (r.10 != 0).then_some(u(r.10)),
+        reply_to: (r.11 != 0).then_some(u(r.11)),
+        mentions: mentions_of(&r.12),
     })
 }
 
-/// Stores made before recalls and edits existed get their columns (SQLite adds them
-/// with their defaults: not recalled, never edited).
-fn add_recall_columns(conn: &Connection) -> Result<(), SdkError> {
-    for column in ["recalled_by", "recalled_at_ms", "edited_at_ms"] {
+/// Stores made before recalls, edits, replies and mentions existed get their columns
+/// (SQLite adds them with their defaults: not recalled, never edited, no reply, no
+/// mention).
+fn add_later_columns(conn: &Connection) -> Result<(), SdkError> {
+    const COLUMNS: [(&str, &str, &str); 8] = [
+        ("messages", "recalled_by", "INTEGER NOT NULL DEFAULT 0"),
+        ("messages", "recalled_at_ms", "INTEGER NOT NULL DEFAULT 0"),
+        ("messages", "edited_at_ms", "INTEGER NOT NULL DEFAULT 0"),
+        ("messages", "reply_to", "INTEGER NOT NULL DEFAULT 0"),
+        ("messages", "mentions", "BLOB NOT NULL DEFAULT x''"),
+        ("messages", "mentions_me", "INTEGER NOT NULL DEFAULT 0"),
+        ("outbox", "reply_to", "INTEGER NOT NULL DEFAULT 0"),
+        ("outbox", "mentions", "BLOB NOT NULL DEFAULT x''"),
+    ];
+    for (table, column, kind) in COLUMNS {
         let has: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = ?1")?
-            .exists([column])?;
+            .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+            .exists([table, column])?;
         if !has {
-            conn.execute_batch(&format!(
-                "ALTER TABLE messages ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0;"
-            ))?;
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind};"))?;
         }
     }
     Ok(())
@@ -224,7 +281,7 @@ impl Store {
             None => Connection::open_in_memory()?,
         };
         conn.execute_batch(SCHEMA)?;
-        add_recall_columns(&conn)?;
+        add_later_columns(&conn)?;
         Ok(Store {
             conn,
             user_id,
@@ -239,10 +296,26 @@ impl Store {
         conversation: ConversationKey,
         content: &pb::Content,
     ) -> Result<u64, SdkError> {
+        self.outbox_push_with(conversation, content, &Refs::default())
+    }
+
+    /// Queues a send that replies or mentions and returns its new client message id.
+    pub fn outbox_push_with(
+        &mut self,
+        conversation: ConversationKey,
+        content: &pb::Content,
+        refs: &Refs,
+    ) -> Result<u64, SdkError> {
         let blob = content.encode_to_vec();
         loop {
             let id = rand::random::<u64>().max(1);
             if self.outbox_insert(id, conversation, &blob)? {
+                if !refs.mentions.is_empty() || refs.reply_to != 0 {
+                    self.conn.execute(
+                        "UPDATE outbox SET reply_to = ?2, mentions = ?3 WHERE client_msg_id = ?1",
+                        params![i(id), i(refs.reply_to), mentions_blob(&refs.mentions)],
+                    )?;
+                }
                 return Ok(id);
             }
             // A 64-bit collision: draw again.
@@ -280,20 +353,24 @@ impl Store {
     /// Queued sends, oldest first, skipping the first `skip` (already in flight).
     pub fn outbox(&self, skip: usize, limit: usize) -> Result<Vec<OutboxEntry>, SdkError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT client_msg_id, kind, id, content FROM outbox ORDER BY pos LIMIT ?1 OFFSET ?2",
+            "SELECT client_msg_id, kind, id, content, reply_to, mentions FROM outbox
+             ORDER BY pos LIMIT ?1 OFFSET ?2",
         )?;
+        type Row = (i64, i64, i64, Vec<u8>, i64, Vec<u8>);
         let rows = stmt
             .query_map(params![limit as i64, skip as i64], |r| {
                 Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
                 ))
             })?
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<Row>, _>>()?;
         rows.into_iter()
-            .map(|(cmid, kind, id, blob)| {
+            .map(|(cmid, kind, id, blob, reply_to, mentions)| {
                 Ok(OutboxEntry {
                     client_msg_id: u(cmid),
                     conversation: ConversationKey {
@@ -301,6 +378,10 @@ impl Store {
                         id: u(id),
                     },
                     content: decode_content(&blob)?,
+                    refs: Refs {
+                        reply_to: u(reply_to),
+                        mentions: mentions_of(&mentions),
+                    },
                 })
             })
             .collect()
@@ -329,14 +410,14 @@ impl Store {
             return Ok(applied);
         };
         let tx = self.conn.transaction()?;
-        let content: Option<Vec<u8>> = tx
+        let queued: Option<(Vec<u8>, i64, Vec<u8>)> = tx
             .query_row(
-                "SELECT content FROM outbox WHERE client_msg_id = ?1",
+                "SELECT content, reply_to, mentions FROM outbox WHERE client_msg_id = ?1",
                 params![i(ack.client_msg_id)],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        let Some(content) = content else {
+        let Some((content, reply_to, mentions)) = queued else {
             // Acked before (a duplicate ack of a resend) or seen in a sync already.
             return Ok(applied);
         };
@@ -357,7 +438,8 @@ impl Store {
                 recalled_by: 0,
                 recalled_at_ms: 0,
                 edited_at_ms: 0,
-                ..Default::default()
+                reply_to: u(reply_to),
+                mentions: mentions_of(&mentions),
             };
             insert(&tx, self.user_id, &self.device_id, key, &push, &mut applied)?;
             drain(&tx, key, &mut applied)?;
@@ -586,16 +668,25 @@ impl Store {
             "SELECT c.kind, c.id, MAX(c.last_seq, IFNULL((SELECT MAX(seq) FROM messages m
                     WHERE m.kind = c.kind AND m.id = c.id), 0)) AS top, c.read_seq,
                     (SELECT COUNT(*) FROM messages m WHERE m.kind = c.kind AND m.id = c.id
-                     AND m.seq > c.read_seq AND m.own = 0 AND m.sender != ?1)
+                     AND m.seq > c.read_seq AND m.own = 0 AND m.sender != ?1),
+                    (SELECT COUNT(*) FROM messages m WHERE m.kind = c.kind AND m.id = c.id
+                     AND m.seq > c.read_seq AND m.mentions_me = 1)
              FROM conversations c ORDER BY top DESC",
         )?;
-        let rows: Vec<(i64, i64, i64, i64, i64)> = stmt
+        let rows: Vec<(i64, i64, i64, i64, i64, i64)> = stmt
             .query_map(params![i(self.user_id)], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })?
             .collect::<Result<_, _>>()?;
         rows.into_iter()
-            .map(|(kind, id, top, read, unread)| {
+            .map(|(kind, id, top, read, unread, mentions)| {
                 let conversation = ConversationKey {
                     kind: kind_of(kind)?,
                     id: u(id),
@@ -605,6 +696,7 @@ impl Store {
                     last_seq: u(top),
                     read_seq: u(read),
                     unread: u(unread),
+                    unread_mentions: u(mentions),
                     last_message: self.history(conversation, 0, 1)?.into_iter().next(),
                 })
             })
@@ -642,6 +734,8 @@ fn to_message(key: ConversationKey, push: &pb::MessagePush) -> Message {
         content: push.decode_content().unwrap_or_default(),
         recalled: Recalled::of(push),
         edited_at_ms: (push.edited_at_ms != 0).then_some(push.edited_at_ms),
+        reply_to: (push.reply_to != 0).then_some(push.reply_to),
+        mentions: push.mentions.clone(),
     }
 }
 
@@ -673,7 +767,8 @@ fn mark_recalled(
     recall: Recalled,
 ) -> Result<bool, SdkError> {
     Ok(conn.execute(
-        "UPDATE messages SET content = x'', recalled_by = ?4, recalled_at_ms = ?5
+        "UPDATE messages SET content = x'', recalled_by = ?4, recalled_at_ms = ?5,
+         reply_to = 0, mentions = x'', mentions_me = 0
          WHERE kind = ?1 AND id = ?2 AND seq = ?3 AND recalled_by = 0",
         params![
             key.kind as i64,
@@ -733,8 +828,8 @@ fn insert(
         .prepare_cached(
             "INSERT OR IGNORE INTO messages
          (kind, id, seq, sender, sender_device, client_msg_id, server_time_ms, content, own,
-          recalled_by, recalled_at_ms, edited_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+          recalled_by, recalled_at_ms, edited_at_ms, reply_to, mentions, mentions_me)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )?
         .execute(params![
             key.kind as i64,
@@ -748,7 +843,10 @@ fn insert(
             own,
             i(recall.map_or(0, |r| r.by)),
             i(recall.map_or(0, |r| r.at_ms)),
-            i(push.edited_at_ms)
+            i(push.edited_at_ms),
+            i(push.reply_to),
+            mentions_blob(&push.mentions),
+            push.mentions.contains(&user_id),
         ])?;
     if own
         && tx.execute(
@@ -775,7 +873,7 @@ fn drain(
              ORDER BY seq"
         ))?;
         stmt.query_map(params![key.kind as i64, i(key.id), i(cursor)], |r| {
-            Ok((read_message_row(r)?, r.get::<_, bool>(11)?))
+            Ok((read_message_row(r)?, r.get::<_, bool>(13)?))
         })?
         .collect::<Result<_, _>>()?
     };

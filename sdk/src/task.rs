@@ -634,7 +634,8 @@ impl Task {
                     client_msg_id: entry.client_msg_id,
                     conversation: Some(entry.conversation.to_wire()),
                     content: petrel_proto::wire::encode_content(&entry.content),
-                    ..Default::default()
+                    reply_to: entry.refs.reply_to,
+                    mentions: entry.refs.mentions.clone(),
                 },
             ))?;
             live.pending.insert(rid, Pending::Send(entry.client_msg_id));
