@@ -15,6 +15,8 @@
 #   a Python client against the server.
 # - schemathesis (PyPI): tests/api_schemathesis.rs fuzzes the server API against its
 #   OpenAPI document.
+# - moto[server] (PyPI): an S3-compatible server on loopback for tests/media_s3.rs (the
+#   media service with `[media.s3]`).
 # - Rust itself is expected from rustup (the machine image provides it).
 set -euo pipefail
 
@@ -45,6 +47,12 @@ fi
 if ! python3 -c "import schemathesis.cli" >/dev/null 2>&1; then
   echo "setup: installing schemathesis (API fuzzing against its OpenAPI document)" >&2
   python3 -m pip install -q "schemathesis>=4.3,<5"
+fi
+
+# moto_server: tests/media_s3.rs keeps media blobs in its S3 buckets.
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "setup: installing moto[server] (an S3-compatible test server)" >&2
+  python3 -m pip install -q "moto[server]>=5,<6"
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -1,5 +1,5 @@
-//! The media service's settings: the `[media]` table of the config file and
-//! `--media-addr`, resolved into [`MediaSettings`] (every key and default is in
+//! The media service's settings: the `[media]` table of the config file (with
+//! `[media.s3]` for an object store) and `--media-addr`, resolved into [`MediaSettings`] (every key and default is in
 //! docs/CONFIGURATION.md, "Media").
 
 use std::net::SocketAddr;
@@ -31,6 +31,98 @@ pub struct MediaFile {
     voice: Option<KindFile>,
     video: Option<KindFile>,
     file: Option<KindFile>,
+    s3: Option<S3File>,
+}
+
+/// The `[media.s3]` table: keep blobs in an S3-compatible object store.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3File {
+    bucket: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    prefix: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key_file: Option<std::path::PathBuf>,
+}
+
+/// Where blobs live when not on local disk: an S3-compatible bucket.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    /// The bucket (it must exist).
+    pub bucket: String,
+    /// The service's URL (`http://…` or `https://…`); `None` = AWS itself.
+    pub endpoint: Option<String>,
+    /// The region to sign for.
+    pub region: String,
+    /// Prepended to every object key (`PREFIX/blobs/<sha256>`), without slashes at the
+    /// ends; empty = none.
+    pub prefix: String,
+    /// Static credentials, if configured (else the standard `AWS_*` environment and
+    /// instance credentials apply).
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret key.
+        f.debug_struct("S3Settings")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("prefix", &self.prefix)
+            .field("credentials", &self.credentials.as_ref().map(|(id, _)| id))
+            .finish()
+    }
+}
+
+fn resolve_s3(file: &S3File) -> anyhow::Result<S3Settings> {
+    let Some(bucket) = file.bucket.clone().filter(|b| !b.is_empty()) else {
+        bail!("media.s3.bucket is required with a [media.s3] table");
+    };
+    if let Some(url) = &file.endpoint
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        bail!("media.s3.endpoint must start with http:// or https://, got {url:?}");
+    }
+    let credentials = match (&file.access_key_id, &file.secret_access_key_file) {
+        (None, None) => None,
+        (Some(id), Some(path)) => {
+            let secret = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read media.s3.secret_access_key_file {}: {e}",
+                    path.display()
+                )
+            })?;
+            let secret = secret.trim().to_owned();
+            if secret.is_empty() {
+                bail!(
+                    "media.s3.secret_access_key_file {} is empty",
+                    path.display()
+                );
+            }
+            Some((id.clone(), secret))
+        }
+        _ => bail!(
+            "media.s3.access_key_id and media.s3.secret_access_key_file go together (or \
+             leave both out to use the AWS_* environment)"
+        ),
+    };
+    Ok(S3Settings {
+        bucket,
+        endpoint: file
+            .endpoint
+            .as_ref()
+            .map(|e| e.trim_end_matches('/').to_owned()),
+        region: file.region.clone().unwrap_or_else(|| "us-east-1".into()),
+        prefix: file
+            .prefix
+            .as_deref()
+            .unwrap_or("")
+            .trim_matches('/')
+            .to_owned(),
+        credentials,
+    })
 }
 
 /// What one kind of media may be.
@@ -64,6 +156,8 @@ pub struct MediaSettings {
     pub video: KindLimits,
     /// Limits of other files.
     pub file: KindLimits,
+    /// Blobs in an S3-compatible bucket instead of the data directory.
+    pub s3: Option<S3Settings>,
 }
 
 const MIB: u64 = 1 << 20;
@@ -160,6 +254,7 @@ impl MediaSettings {
             voice: resolve_kind(Kind::Voice, file.voice.as_ref())?,
             video: resolve_kind(Kind::Video, file.video.as_ref())?,
             file: resolve_kind(Kind::File, file.file.as_ref())?,
+            s3: file.s3.as_ref().map(resolve_s3).transpose()?,
         })
     }
 
@@ -202,5 +297,43 @@ mod tests {
         let bad: MediaFile = toml::from_str("[voice]\nmime_types = []\n").unwrap();
         assert!(MediaSettings::resolve(Some(&bad), None).is_err());
         assert!(toml::from_str::<MediaFile>("[image]\nmax_byte = 1\n").is_err());
+    }
+
+    #[test]
+    fn an_s3_table_needs_a_bucket_and_both_credentials_or_none() {
+        let s3 = |text: &str| {
+            let file: MediaFile = toml::from_str(text).unwrap();
+            MediaSettings::resolve(Some(&file), None).map(|s| s.s3)
+        };
+        let s = s3("[s3]\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9/\"\nprefix = \"/p/\"\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                s.bucket.as_str(),
+                s.endpoint.as_deref(),
+                s.region.as_str(),
+                s.prefix.as_str()
+            ),
+            ("b", Some("http://127.0.0.1:9"), "us-east-1", "p")
+        );
+        assert!(s.credentials.is_none());
+        assert!(s3("[s3]\nendpoint = \"http://x\"\n").is_err(), "no bucket");
+        assert!(s3("[s3]\nbucket = \"b\"\nendpoint = \"ftp://x\"\n").is_err());
+        assert!(s3("[s3]\nbucket = \"b\"\naccess_key_id = \"k\"\n").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cr3t\n").unwrap();
+        let s = s3(&format!(
+            "[s3]\nbucket = \"b\"\naccess_key_id = \"k\"\nsecret_access_key_file = {:?}\n",
+            secret.display().to_string()
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.credentials, Some(("k".into(), "s3cr3t".into())));
+        assert!(
+            !format!("{s:?}").contains("s3cr3t"),
+            "the secret is never printed"
+        );
     }
 }

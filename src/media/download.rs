@@ -1,5 +1,6 @@
 //! `GET /v1/media/{sha256}` (and `HEAD`): the stored bytes, with single-range requests
-//! answered by tower-http's file service (`206` with `Content-Range`, `416` for a range
+//! answered by tower-http's file service (from a bucket: by `from_bucket`, the same
+//! answers) (`206` with `Content-Range`, `416` for a range
 //! outside the file, `Accept-Ranges: bytes`, `Last-Modified`). The `Content-Type` is the
 //! MIME type detected at upload, served with `nosniff`; blobs never change, so they are
 //! cacheable for good and their hash is their `ETag`.
@@ -12,14 +13,16 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt as _;
 use tower::ServiceExt as _;
 use tower_http::services::ServeFile;
 
 use super::App;
 use super::error::{ApiError, ApiResult};
-use super::store::is_sha256_hex;
+use super::remote::RemoteBlobs;
+use super::store::{BlobMeta, is_sha256_hex};
 
 /// Serves one blob.
 pub async fn download(
@@ -37,9 +40,14 @@ pub async fn download(
     }
     let meta = app
         .store
-        .meta(&sha)
+        .meta_async(&sha)
+        .await
         .map_err(|e| ApiError::io("reading blob metadata", &e))?
         .ok_or_else(|| ApiError::not_found("media"))?;
+    if let Some(remote) = app.store.remote() {
+        let response = from_bucket(remote, &sha, meta.size, request.headers()).await?;
+        return Ok(with_blob_headers(response, &sha, &meta));
+    }
     let size = std::fs::metadata(app.store.blob_path(&sha))
         .map_err(|e| ApiError::io("reading a blob", &e))?
         .len();
@@ -64,7 +72,16 @@ pub async fn download(
             &std::io::Error::other(format!("file service answered {}", response.status())),
         ));
     }
-    let mut response = response.map(Body::new).into_response();
+    Ok(with_blob_headers(
+        response.map(Body::new).into_response(),
+        &sha,
+        &meta,
+    ))
+}
+
+/// The headers every blob answer carries: its detected type (with `nosniff`), cacheable
+/// for good (blobs never change), its hash as the `ETag`.
+fn with_blob_headers(mut response: Response, sha: &str, meta: &BlobMeta) -> Response {
     let headers = response.headers_mut();
     let mime = if meta.mime.is_empty() {
         "application/octet-stream"
@@ -85,5 +102,62 @@ pub async fn download(
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{sha}\"")) {
         headers.insert(header::ETAG, etag);
     }
-    Ok(response)
+    response
+}
+
+/// A blob kept in the bucket: all of it, or the one byte range asked for (`206` with
+/// `Content-Range`; `416` for a range outside the blob or several ranges, as on disk),
+/// streamed from the store without holding it in memory.
+async fn from_bucket(
+    remote: &RemoteBlobs,
+    sha: &str,
+    size: u64,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let unsatisfiable = || {
+        let mut error = ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range_not_satisfiable",
+            format!("the range is outside the file's {size} bytes or not a single byte range"),
+        );
+        error.content_range = Some(format!("bytes */{size}"));
+        error
+    };
+    let range = match headers.get(header::RANGE) {
+        None => None,
+        Some(value) => {
+            let text = value.to_str().map_err(|_| unsatisfiable())?;
+            let ranges = http_range_header::parse_range_header(text)
+                .and_then(|r| r.validate(size))
+                .map_err(|_| unsatisfiable())?;
+            match ranges.as_slice() {
+                [one] => Some(*one.start()..*one.end() + 1),
+                _ => return Err(unsatisfiable()),
+            }
+        }
+    };
+    let got = remote
+        .get(sha, range.clone())
+        .await
+        .map_err(|e| ApiError::io("reading a blob from the bucket", &e))?;
+    let body = Body::from_stream(got.into_stream().map_err(std::io::Error::other));
+    let mut builder = Response::builder()
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(
+            header::CONTENT_LENGTH,
+            range.as_ref().map_or(size, |r| r.end - r.start),
+        );
+    builder = match &range {
+        Some(r) => builder.status(StatusCode::PARTIAL_CONTENT).header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{size}", r.start, r.end - 1),
+        ),
+        None => builder.status(StatusCode::OK),
+    };
+    builder.body(body).map_err(|e| {
+        ApiError::io(
+            "building a blob answer",
+            &std::io::Error::other(e.to_string()),
+        )
+    })
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod download;
 pub mod error;
 pub mod kind;
+pub mod remote;
 pub mod session;
 pub mod store;
 pub mod thumbnail;
@@ -89,7 +90,7 @@ pub fn start(
     ring: KeyRing,
     revoked: RevocationSource,
 ) -> anyhow::Result<SocketAddr> {
-    let store = BlobStore::open(&data_dir.join("media"))
+    let mut store = BlobStore::open(&data_dir.join("media"))
         .with_context(|| format!("cannot open the media store in {}", data_dir.display()))?;
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("cannot listen for media on {addr}"))?;
@@ -102,6 +103,12 @@ pub fn start(
         .enable_all()
         .build()
         .context("cannot start the media runtime")?;
+    if let Some(s3) = &settings.s3 {
+        let remote = remote::RemoteBlobs::new(s3)?;
+        runtime.block_on(remote.check())?;
+        tracing::info!(bucket = %s3.bucket, prefix = %s3.prefix, "media blobs in an object store");
+        store = store.with_remote(remote);
+    }
     let app = Arc::new(App {
         settings,
         store,

@@ -7,6 +7,9 @@
 //! media/uploads/           chunked upload sessions (see `session`)
 //! ```
 //!
+//! With `[media.s3]` the blobs and sidecars live in a bucket instead (`remote`); the
+//! temporary files and upload sessions stay here.
+//!
 //! An upload is written to a temporary file in `tmp/`, fsynced, then linked to its hash
 //! name without replacing an existing one (`persist_noclobber`): the same bytes
 //! uploaded twice are stored once, and a blob name never points at a half-written
@@ -17,8 +20,13 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use std::future::Future;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use tempfile::NamedTempFile;
+
+use super::remote::RemoteBlobs;
 
 /// What is known of a stored blob (its `.json` sidecar).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,10 +46,11 @@ pub struct BlobMeta {
     pub thumbnail_base64: Option<String>,
 }
 
-/// The media directory.
+/// The media directory, and the bucket when blobs live in one.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    remote: Option<Arc<RemoteBlobs>>,
 }
 
 /// Whether `id` is a blob name: exactly 64 lowercase hex digits.
@@ -54,6 +63,7 @@ impl BlobStore {
     pub fn open(root: &Path) -> io::Result<BlobStore> {
         let store = BlobStore {
             root: root.to_path_buf(),
+            remote: None,
         };
         std::fs::create_dir_all(store.blobs_dir())?;
         std::fs::create_dir_all(store.uploads_dir())?;
@@ -63,6 +73,23 @@ impl BlobStore {
         }
         std::fs::create_dir_all(&tmp)?;
         Ok(store)
+    }
+
+    /// Keeps blobs in `remote` from now on (temporary files stay local).
+    pub fn with_remote(mut self, remote: RemoteBlobs) -> BlobStore {
+        self.remote = Some(Arc::new(remote));
+        self
+    }
+
+    /// The bucket, when blobs live in one.
+    pub fn remote(&self) -> Option<&RemoteBlobs> {
+        self.remote.as_deref()
+    }
+
+    /// Waits for a bucket request from a blocking thread (`spawn_blocking`, where
+    /// `Handle::block_on` is allowed; the sync methods are called only from there).
+    fn wait<T>(future: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+        tokio::runtime::Handle::current().block_on(future)
     }
 
     fn blobs_dir(&self) -> PathBuf {
@@ -96,8 +123,23 @@ impl BlobStore {
         self.blobs_dir().join(&sha[..2]).join(format!("{sha}.json"))
     }
 
-    /// The sidecar of blob `sha`, if the blob exists.
+    /// The sidecar of blob `sha`, if the blob exists (from a blocking thread).
     pub fn meta(&self, sha: &str) -> io::Result<Option<BlobMeta>> {
+        if let Some(remote) = &self.remote {
+            return Self::wait(remote.meta(sha));
+        }
+        self.local_meta(sha)
+    }
+
+    /// [`BlobStore::meta`] from async code.
+    pub async fn meta_async(&self, sha: &str) -> io::Result<Option<BlobMeta>> {
+        match &self.remote {
+            Some(remote) => remote.meta(sha).await,
+            None => self.local_meta(sha),
+        }
+    }
+
+    fn local_meta(&self, sha: &str) -> io::Result<Option<BlobMeta>> {
         if !self.blob_path(sha).exists() {
             return Ok(None);
         }
@@ -108,8 +150,12 @@ impl BlobStore {
         }
     }
 
-    /// Writes the sidecar of `sha` atomically (temporary file, fsync, rename).
+    /// Writes the sidecar of `sha` atomically (temporary file, fsync, rename; one PUT in
+    /// a bucket). From a blocking thread.
     pub fn write_meta(&self, sha: &str, meta: &BlobMeta) -> io::Result<()> {
+        if let Some(remote) = &self.remote {
+            return Self::wait(remote.write_meta(sha, meta));
+        }
         let dir = self.blobs_dir().join(&sha[..2]);
         std::fs::create_dir_all(&dir)?;
         let mut side = tempfile::Builder::new()
@@ -126,6 +172,10 @@ impl BlobStore {
     /// blob; either way the temporary file is gone afterwards. Returns whether the blob
     /// was already there (a duplicate upload).
     pub fn commit(&self, tmp: NamedTempFile, sha: &str, meta: &BlobMeta) -> io::Result<bool> {
+        if let Some(remote) = &self.remote {
+            // The temporary file is removed when `tmp` drops, stored or not.
+            return Self::wait(remote.commit(tmp.path(), sha, meta));
+        }
         let dir = self.blobs_dir().join(&sha[..2]);
         let path = self.blob_path(sha);
         if path.exists() {
