@@ -15,6 +15,7 @@ pub mod disk_watch;
 mod keys;
 mod limits;
 pub mod metrics;
+pub mod scrub;
 pub(crate) mod transport;
 
 use std::sync::Arc;
@@ -141,6 +142,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     let syncer_wakes = home_waker.clone();
     let engine_figures = Arc::clone(&engine);
     let media_engine = Arc::clone(&engine);
+    let scrub_engine = Arc::downgrade(&engine);
     let mut committer = Committer::start(
         engine,
         config.sync == Sync::Batch,
@@ -270,6 +272,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         home_waker.clone(),
     )
     .context("cannot start the disk watch")?;
+    scrub::start(scrub_engine, stop.clone()).context("cannot start the scrub thread")?;
     let home = core_loop::HomeParts {
         control,
         committer,

@@ -105,6 +105,40 @@ impl RocksKv {
         Ok(())
     }
 
+    /// Purge the earlier values of `erasures`' keys from the database files: flush every
+    /// column family (the new values reach SST files, and every write-ahead log segment
+    /// holding an old value becomes obsolete and is deleted), then compact each key's
+    /// range down through the bottom level, which drops the versions the new value
+    /// shadows. Compaction rewrites whole files, so this runs on a background thread
+    /// (`petrel-scrub`), never on the writer. Old bytes survive only in checkpoints and
+    /// backups taken before, and wherever a snapshot still pins them.
+    pub fn purge(&self, erasures: &petrel_storage::Erasures) -> Result<(), StorageError> {
+        if erasures.is_empty() {
+            return Ok(());
+        }
+        let mut flush = rocksdb::FlushOptions::default();
+        flush.set_wait(true);
+        for cf in Cf::ALL {
+            self.db
+                .flush_cf_opt(self.handle(cf)?, &flush)
+                .map_err(backend)?;
+        }
+        let mut compact = rocksdb::CompactOptions::default();
+        compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        compact.set_exclusive_manual_compaction(false);
+        for (cf, key) in &erasures.keys {
+            let h = self.handle(*cf)?;
+            if erasures.overflowed {
+                self.db
+                    .compact_range_cf_opt(h, None::<&[u8]>, None::<&[u8]>, &compact);
+            } else {
+                self.db
+                    .compact_range_cf_opt(h, Some(key), Some(key), &compact);
+            }
+        }
+        Ok(())
+    }
+
     /// Write a consistent point-in-time copy of the database to `dir` (which must not
     /// exist). SST files are hard-linked, so this is cheap; the copy opens as a normal
     /// database, e.g. for backups.
@@ -261,6 +295,11 @@ pub trait RocksEngineExt: Sized {
     /// Consistent checkpoint of the whole database into `dir` (see
     /// [`RocksKv::checkpoint`]).
     fn checkpoint(&self, dir: &Path) -> Result<(), StorageError>;
+
+    /// Purge what recalls and edits overwrote since the last call from the database
+    /// files ([`RocksKv::purge`]); returns how many keys were purged. Failed purges are
+    /// queued again. Slow (flushes and compactions): call it from a background thread.
+    fn scrub(&self) -> Result<usize, StorageError>;
 }
 
 impl RocksEngineExt for RocksEngine {
@@ -272,5 +311,15 @@ impl RocksEngineExt for RocksEngine {
 
     fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
         self.kv().checkpoint(dir)
+    }
+
+    fn scrub(&self) -> Result<usize, StorageError> {
+        let erasures = self.take_erasures();
+        let n = erasures.keys.len();
+        if let Err(e) = self.kv().purge(&erasures) {
+            self.requeue_erasures(erasures);
+            return Err(e);
+        }
+        Ok(n)
     }
 }

@@ -62,7 +62,7 @@ pub use commit::{
 };
 pub use committer::{Committer, GroupEngine, WakeLoop};
 pub use config::{DiffusionMode, Retention, StorageConfig, SyncMode};
-pub use engine::{Store, StoreStats, WriterCacheStats};
+pub use engine::{Erasures, Store, StoreStats, WriterCacheStats};
 pub use error::{DecodeError, StorageError};
 pub use mem::MemEngine;
 pub use model::{

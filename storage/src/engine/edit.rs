@@ -86,13 +86,16 @@ impl<K: Kv> Store<K> {
                 window_ms,
             });
         }
+        let key = keys::conversation_u64(conv, seq);
         let mut batch = self.kv.batch();
         batch.put(
             Cf::Messages,
-            &keys::conversation_u64(conv, seq),
+            &key,
             &values::encode_edited(&msg, &payload, now_ms)?,
         );
         self.commit(batch, sync)?;
+        // The previous version is not kept: purged from the files like a recall's.
+        self.note_erasure(Cf::Messages, &key);
         let mut message = msg;
         message.payload = payload;
         message.edited_at_ms = Some(now_ms);

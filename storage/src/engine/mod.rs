@@ -192,6 +192,30 @@ pub struct Store<K: Kv> {
     /// background expiry (compaction filters), so storage never reads a wall clock and
     /// expiry agrees with the times the control plane passes in.
     clock: Arc<AtomicU64>,
+    /// Keys whose earlier values (recalled or edited content) must be purged from the
+    /// backend's files: taken by the backend's scrubber ([`Store::take_erasures`]).
+    erasures: Mutex<Erasures>,
+}
+
+/// Keys overwritten to erase what they held (a recall's content, an edit's previous
+/// version), waiting for the backend to purge the old bytes from its files.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Erasures {
+    /// `(column family, key)`, oldest first.
+    pub keys: Vec<(Cf, Vec<u8>)>,
+    /// More than [`Erasures::MAX_KEYS`] were queued: purge whole column families
+    /// (`keys` then names one key of each family concerned).
+    pub overflowed: bool,
+}
+
+impl Erasures {
+    /// Most keys queued one by one; past it the scrubber compacts whole families.
+    pub const MAX_KEYS: usize = 10_000;
+
+    /// Nothing to purge.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
 }
 
 impl<K: Kv + std::fmt::Debug> std::fmt::Debug for Store<K> {
@@ -221,6 +245,45 @@ impl<K: Kv> Store<K> {
             append_bytes: AtomicU64::new(0),
             inbox_entries: AtomicU64::new(0),
             clock,
+            erasures: Mutex::new(Erasures::default()),
+        }
+    }
+
+    /// Queue `key` of `cf` for purging once its new value is written (see [`Erasures`]).
+    pub(crate) fn note_erasure(&self, cf: Cf, key: &[u8]) {
+        let Ok(mut e) = self.erasures.lock() else {
+            return;
+        };
+        if e.overflowed {
+            if !e.keys.iter().any(|(c, _)| *c == cf) {
+                e.keys.push((cf, key.to_vec()));
+            }
+        } else if e.keys.len() >= Erasures::MAX_KEYS {
+            e.overflowed = true;
+            e.keys.push((cf, key.to_vec()));
+        } else {
+            e.keys.push((cf, key.to_vec()));
+        }
+    }
+
+    /// Takes the queued erasures (the backend's scrubber purges them; an in-memory
+    /// backend has nothing to purge and never calls this).
+    pub fn take_erasures(&self) -> Erasures {
+        self.erasures
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default()
+    }
+
+    /// Puts erasures the scrubber could not complete back in the queue.
+    pub fn requeue_erasures(&self, failed: Erasures) {
+        for (cf, key) in failed.keys {
+            self.note_erasure(cf, &key);
+        }
+        if failed.overflowed
+            && let Ok(mut e) = self.erasures.lock()
+        {
+            e.overflowed = true;
         }
     }
 

@@ -7,8 +7,9 @@
 //! after a lost answer must not fail).
 //!
 //! **What "erased" means on disk.** The tombstone shadows the content at once for every
-//! reader. The old bytes stay in RocksDB's files until compaction rewrites that key range
-//! (and in the write-ahead log until its segment is recycled): docs/STORAGE.md, "Recall and edit".
+//! reader, and the key is queued ([`Store::take_erasures`]) for the backend's scrubber,
+//! which purges the old bytes from its files (RocksDB: a flush and a compaction of that
+//! key's range, off the writer): docs/STORAGE.md, "Recall and edit".
 
 use super::{Store, WriterState};
 use crate::api::RecallOutcome;
@@ -110,13 +111,11 @@ impl<K: Kv> Store<K> {
             by: actor,
             at_ms: now_ms,
         };
+        let key = keys::conversation_u64(conv, seq);
         let mut batch = self.kv.batch();
-        batch.put(
-            Cf::Messages,
-            &keys::conversation_u64(conv, seq),
-            &values::encode_recalled(&msg, recall)?,
-        );
+        batch.put(Cf::Messages, &key, &values::encode_recalled(&msg, recall)?);
         self.commit(batch, sync)?;
+        self.note_erasure(Cf::Messages, &key);
         Ok(outcome(recall))
     }
 }
