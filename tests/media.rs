@@ -28,13 +28,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::http;
+use common::media::{get, noise, sha256, upload};
 use common::server::block_on;
 use common::{Dataplane, TestServer};
 use http::{bearer, send};
 use petrel_sdk::pb::content::Body;
 use petrel_sdk::{ConversationKey, Event, MediaClient, MediaKind, token_fn};
 use sdk_keys::{Keys, start, test_config};
-use sha2::{Digest, Sha256};
 
 const WAIT: Duration = Duration::from_secs(30);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -53,10 +53,6 @@ fn media_addr(server: &TestServer) -> SocketAddr {
     server.media.expect("the server printed its media address")
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 fn png(path: &Path, width: u32, height: u32) -> Vec<u8> {
     image::RgbImage::from_fn(width, height, |x, y| {
         image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
@@ -64,13 +60,6 @@ fn png(path: &Path, width: u32, height: u32) -> Vec<u8> {
     .save_with_format(path, image::ImageFormat::Png)
     .unwrap();
     std::fs::read(path).unwrap()
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    use rand::{RngCore, SeedableRng};
-    let mut bytes = vec![0u8; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut bytes);
-    bytes
 }
 
 /// Files under `DATA_DIR/media/blobs` that are blobs (not `.json` sidecars).
@@ -92,25 +81,6 @@ fn tmp_files(server: &TestServer) -> usize {
     std::fs::read_dir(server.data_dir().join("media/tmp"))
         .unwrap()
         .count()
-}
-
-fn upload(addr: SocketAddr, token: &str, query: &str, body: &[u8]) -> http::Response {
-    let auth = bearer(token);
-    send(
-        addr,
-        "POST",
-        &format!("/v1/media?{query}"),
-        &[(auth.0, &auth.1)],
-        body,
-        None,
-    )
-}
-
-fn get(addr: SocketAddr, token: &str, path: &str, extra: &[(&str, &str)]) -> http::Response {
-    let auth = bearer(token);
-    let mut headers = vec![(auth.0, auth.1.as_str())];
-    headers.extend_from_slice(extra);
-    send(addr, "GET", path, &headers, b"", None)
 }
 
 #[test]

@@ -18,9 +18,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TestServer;
-use common::http::{self, bearer, send};
+use common::http::send;
+use common::media::{get, noise, sha256, upload};
 use sdk_keys::Keys;
-use sha2::{Digest, Sha256};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const BUCKET: &str = "petrel-media-test";
@@ -103,36 +103,6 @@ fn media_config(endpoint: &str, bucket: &str, secret_file: &std::path::Path) -> 
          secret_access_key_file = {:?}\n",
         secret_file.display().to_string()
     )
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    use rand::{RngCore, SeedableRng};
-    let mut bytes = vec![0u8; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut bytes);
-    bytes
-}
-
-fn upload(addr: SocketAddr, token: &str, query: &str, body: &[u8]) -> http::Response {
-    let auth = bearer(token);
-    send(
-        addr,
-        "POST",
-        &format!("/v1/media?{query}"),
-        &[(auth.0, &auth.1)],
-        body,
-        None,
-    )
-}
-
-fn get(addr: SocketAddr, token: &str, path: &str, extra: &[(&str, &str)]) -> http::Response {
-    let auth = bearer(token);
-    let mut headers = vec![(auth.0, auth.1.as_str())];
-    headers.extend_from_slice(extra);
-    send(addr, "GET", path, &headers, b"", None)
 }
 
 #[test]

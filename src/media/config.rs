@@ -53,8 +53,9 @@ pub struct S3Settings {
     pub bucket: String,
     /// The service's URL (`http://…` or `https://…`); `None` = AWS itself.
     pub endpoint: Option<String>,
-    /// The region to sign for.
-    pub region: String,
+    /// The region to sign for (`None`: `AWS_REGION` / `AWS_DEFAULT_REGION`, else
+    /// `us-east-1`).
+    pub region: Option<String>,
     /// Prepended to every object key (`PREFIX/blobs/<sha256>`), without slashes at the
     /// ends; empty = none.
     pub prefix: String,
@@ -114,7 +115,7 @@ fn resolve_s3(file: &S3File) -> anyhow::Result<S3Settings> {
             .endpoint
             .as_ref()
             .map(|e| e.trim_end_matches('/').to_owned()),
-        region: file.region.clone().unwrap_or_else(|| "us-east-1".into()),
+        region: file.region.clone(),
         prefix: file
             .prefix
             .as_deref()
@@ -312,10 +313,10 @@ mod tests {
             (
                 s.bucket.as_str(),
                 s.endpoint.as_deref(),
-                s.region.as_str(),
+                s.region.as_deref(),
                 s.prefix.as_str()
             ),
-            ("b", Some("http://127.0.0.1:9"), "us-east-1", "p")
+            ("b", Some("http://127.0.0.1:9"), None, "p")
         );
         assert!(s.credentials.is_none());
         assert!(s3("[s3]\nendpoint = \"http://x\"\n").is_err(), "no bucket");

@@ -45,7 +45,8 @@ pub async fn download(
         .map_err(|e| ApiError::io("reading blob metadata", &e))?
         .ok_or_else(|| ApiError::not_found("media"))?;
     if let Some(remote) = app.store.remote() {
-        let response = from_bucket(remote, &sha, meta.size, request.headers()).await?;
+        let head = request.method() == axum::http::Method::HEAD;
+        let response = from_bucket(remote, &sha, meta.size, request.headers(), head).await?;
         return Ok(with_blob_headers(response, &sha, &meta));
     }
     let size = std::fs::metadata(app.store.blob_path(&sha))
@@ -113,6 +114,7 @@ async fn from_bucket(
     sha: &str,
     size: u64,
     headers: &HeaderMap,
+    head: bool,
 ) -> ApiResult<Response> {
     let unsatisfiable = || {
         let mut error = ApiError::new(
@@ -136,11 +138,20 @@ async fn from_bucket(
             }
         }
     };
-    let got = remote
-        .get(sha, range.clone())
-        .await
-        .map_err(|e| ApiError::io("reading a blob from the bucket", &e))?;
-    let body = Body::from_stream(got.into_stream().map_err(std::io::Error::other));
+    let body = if head {
+        // HEAD: the sidecar answered for size and type; no byte is fetched.
+        Body::empty()
+    } else {
+        let got = remote.get(sha, range.clone()).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                // A sidecar whose object was removed from the bucket by hand.
+                ApiError::not_found("media")
+            } else {
+                ApiError::io("reading a blob from the bucket", &e)
+            }
+        })?;
+        Body::from_stream(got.into_stream().map_err(std::io::Error::other))
+    };
     let mut builder = Response::builder()
         .header(header::ACCEPT_RANGES, "bytes")
         .header(

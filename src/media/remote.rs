@@ -58,9 +58,10 @@ fn io_error(e: object_store::Error) -> io::Error {
 impl RemoteBlobs {
     /// A client for `settings`' bucket (no request is made yet: see [`RemoteBlobs::check`]).
     pub fn new(settings: &S3Settings) -> anyhow::Result<RemoteBlobs> {
-        let mut builder = AmazonS3Builder::from_env()
-            .with_bucket_name(&settings.bucket)
-            .with_region(&settings.region);
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&settings.bucket);
+        if let Some(region) = &settings.region {
+            builder = builder.with_region(region);
+        }
         if let Some(endpoint) = &settings.endpoint {
             builder = builder
                 .with_endpoint(endpoint)
@@ -157,14 +158,22 @@ impl RemoteBlobs {
             let upload = self.store.put_multipart(&key).await.map_err(io_error)?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
             let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f.read(&mut buf).await?;
-                if n == 0 {
-                    break;
+            let copied: io::Result<()> = async {
+                loop {
+                    let n = f.read(&mut buf).await?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    // At most two parts in flight: memory stays bounded for any size.
+                    writer.wait_for_capacity(2).await.map_err(io_error)?;
+                    writer.write(&buf[..n]);
                 }
-                // At most two parts in flight: memory stays bounded for any file size.
-                writer.wait_for_capacity(2).await.map_err(io_error)?;
-                writer.write(&buf[..n]);
+            }
+            .await;
+            if let Err(e) = copied {
+                // The store keeps (and bills) the parts of an upload never completed.
+                let _ = writer.abort().await;
+                return Err(e);
             }
             writer.finish().await.map_err(io_error)?;
         }

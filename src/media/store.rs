@@ -20,7 +20,6 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use std::future::Future;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -86,12 +85,6 @@ impl BlobStore {
         self.remote.as_deref()
     }
 
-    /// Waits for a bucket request from a blocking thread (`spawn_blocking`, where
-    /// `Handle::block_on` is allowed; the sync methods are called only from there).
-    fn wait<T>(future: impl Future<Output = io::Result<T>>) -> io::Result<T> {
-        tokio::runtime::Handle::current().block_on(future)
-    }
-
     fn blobs_dir(&self) -> PathBuf {
         self.root.join("blobs")
     }
@@ -123,23 +116,47 @@ impl BlobStore {
         self.blobs_dir().join(&sha[..2]).join(format!("{sha}.json"))
     }
 
-    /// The sidecar of blob `sha`, if the blob exists (from a blocking thread).
-    pub fn meta(&self, sha: &str) -> io::Result<Option<BlobMeta>> {
-        if let Some(remote) = &self.remote {
-            return Self::wait(remote.meta(sha));
-        }
-        self.local_meta(sha)
-    }
-
-    /// [`BlobStore::meta`] from async code.
+    /// The sidecar of blob `sha`, if the blob exists: from the bucket, or read from
+    /// disk (one small file).
     pub async fn meta_async(&self, sha: &str) -> io::Result<Option<BlobMeta>> {
         match &self.remote {
             Some(remote) => remote.meta(sha).await,
-            None => self.local_meta(sha),
+            None => self.meta(sha),
         }
     }
 
-    fn local_meta(&self, sha: &str) -> io::Result<Option<BlobMeta>> {
+    /// Writes the sidecar of `sha`: one PUT to the bucket, or [`BlobStore::write_meta`]
+    /// on a blocking thread.
+    pub async fn write_meta_async(&self, sha: &str, meta: &BlobMeta) -> io::Result<()> {
+        if let Some(remote) = &self.remote {
+            return remote.write_meta(sha, meta).await;
+        }
+        let (store, sha, meta) = (self.clone(), sha.to_owned(), meta.clone());
+        tokio::task::spawn_blocking(move || store.write_meta(&sha, &meta))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// Stores a complete upload: copied to the bucket (the temporary file is deleted
+    /// afterwards either way), or [`BlobStore::commit`] on a blocking thread. Returns
+    /// whether the blob was there already.
+    pub async fn commit_async(
+        &self,
+        tmp: NamedTempFile,
+        sha: &str,
+        meta: &BlobMeta,
+    ) -> io::Result<bool> {
+        if let Some(remote) = &self.remote {
+            return remote.commit(tmp.path(), sha, meta).await;
+        }
+        let (store, sha, meta) = (self.clone(), sha.to_owned(), meta.clone());
+        tokio::task::spawn_blocking(move || store.commit(tmp, &sha, &meta))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// The sidecar of blob `sha` on disk, if the blob exists (blocking).
+    pub fn meta(&self, sha: &str) -> io::Result<Option<BlobMeta>> {
         if !self.blob_path(sha).exists() {
             return Ok(None);
         }
@@ -150,12 +167,9 @@ impl BlobStore {
         }
     }
 
-    /// Writes the sidecar of `sha` atomically (temporary file, fsync, rename; one PUT in
-    /// a bucket). From a blocking thread.
+    /// Writes the sidecar of `sha` on disk atomically (temporary file, fsync, rename).
+    /// Blocking.
     pub fn write_meta(&self, sha: &str, meta: &BlobMeta) -> io::Result<()> {
-        if let Some(remote) = &self.remote {
-            return Self::wait(remote.write_meta(sha, meta));
-        }
         let dir = self.blobs_dir().join(&sha[..2]);
         std::fs::create_dir_all(&dir)?;
         let mut side = tempfile::Builder::new()
@@ -172,10 +186,6 @@ impl BlobStore {
     /// blob; either way the temporary file is gone afterwards. Returns whether the blob
     /// was already there (a duplicate upload).
     pub fn commit(&self, tmp: NamedTempFile, sha: &str, meta: &BlobMeta) -> io::Result<bool> {
-        if let Some(remote) = &self.remote {
-            // The temporary file is removed when `tmp` drops, stored or not.
-            return Self::wait(remote.commit(tmp.path(), sha, meta));
-        }
         let dir = self.blobs_dir().join(&sha[..2]);
         let path = self.blob_path(sha);
         if path.exists() {

@@ -157,6 +157,10 @@ pub struct Declared {
 /// Checks a complete upload in `tmp` (`size` bytes hashing to `sha`) against its kind,
 /// probes images, and commits it to the store. The temporary file is gone afterwards
 /// whatever happens.
+///
+/// The checks and the probe read the file on a blocking thread; the store is then
+/// asked from here (async), so a bucket's requests never wait inside a blocking thread
+/// for another one (the media runtime has only a few).
 pub async fn finish(
     app: Arc<App>,
     tmp: NamedTempFile,
@@ -164,27 +168,7 @@ pub async fn finish(
     size: u64,
     declared: Declared,
 ) -> ApiResult<MediaRef> {
-    let worker = app.clone();
-    let job =
-        tokio::task::spawn_blocking(move || finish_blocking(&worker, tmp, &sha, size, declared));
-    job.await.map_err(|e| {
-        tracing::error!(error = %e, "media: finishing an upload panicked");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
-    })?
-}
-
-fn finish_blocking(
-    app: &App,
-    tmp: NamedTempFile,
-    sha: &str,
-    size: u64,
-    declared: Declared,
-) -> ApiResult<MediaRef> {
-    let limits = app.settings.limits(declared.kind);
+    let limits = app.settings.limits(declared.kind).clone();
     if size == 0 {
         return Err(ApiError::bad_request("empty", "the upload has no bytes"));
     }
@@ -196,9 +180,72 @@ fn finish_blocking(
     }
     let existing = app
         .store
-        .meta(sha)
+        .meta_async(&sha)
+        .await
         .map_err(|e| ApiError::io("reading blob metadata", &e))?;
-    let mut meta = match existing.clone() {
+    let thumbnail_max_side = app.settings.thumbnail_max_side;
+    let kind = declared.kind;
+    let known = existing.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        let checked = check_and_probe(&tmp, size, kind, &limits, known, thumbnail_max_side);
+        checked.map(|(meta, probed)| (tmp, meta, probed))
+    });
+    let (tmp, meta, probed) = job.await.map_err(|e| {
+        tracing::error!(error = %e, "media: checking an upload panicked");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })??;
+    let duplicate = if existing.is_some() {
+        // The bytes are stored already; an image first uploaded as a `file` gets its
+        // probe recorded now.
+        if probed {
+            app.store
+                .write_meta_async(&sha, &meta)
+                .await
+                .map_err(|e| ApiError::io("writing blob metadata", &e))?;
+        }
+        drop(tmp);
+        true
+    } else {
+        app.store
+            .commit_async(tmp, &sha, &meta)
+            .await
+            .map_err(|e| ApiError::io("committing an upload", &e))?
+    };
+    tracing::debug!(sha, size, mime = %meta.mime, duplicate, "media stored");
+    let image = declared.kind == Kind::Image;
+    Ok(MediaRef {
+        uri: app.uri_of(&sha),
+        sha256: sha,
+        size,
+        mime: meta.mime,
+        kind: declared.kind,
+        width: meta.width.filter(|_| image),
+        height: meta.height.filter(|_| image),
+        thumbnail_mime: (image && meta.thumbnail_base64.is_some()).then(|| "image/jpeg".into()),
+        thumbnail_base64: meta.thumbnail_base64.filter(|_| image),
+        duration_ms: declared.duration_ms,
+        name: declared.name,
+        deduplicated: duplicate,
+    })
+}
+
+/// The blob's metadata for an upload of `kind` in `tmp`: what is `known` of the same
+/// bytes already, or the MIME type detected from the first bytes; refused if the type
+/// is not one of the kind's; images probed (dimensions, thumbnail) unless known.
+/// Returns the metadata and whether it was probed now. Blocking (file reads, decoding).
+fn check_and_probe(
+    tmp: &NamedTempFile,
+    size: u64,
+    kind: Kind,
+    limits: &super::config::KindLimits,
+    known: Option<BlobMeta>,
+    thumbnail_max_side: u32,
+) -> ApiResult<(BlobMeta, bool)> {
+    let mut meta = match known {
         Some(meta) if !meta.mime.is_empty() => meta,
         _ => {
             let mut head = vec![0u8; kind::SNIFF_LEN];
@@ -217,14 +264,14 @@ fn finish_blocking(
             format!(
                 "the bytes are {} (detected from the content), not one of the {} types: {}",
                 meta.mime,
-                declared.kind.as_str(),
+                kind.as_str(),
                 limits.mime_types.join(", ")
             ),
         ));
     }
-    let probed = declared.kind == Kind::Image && meta.thumbnail_base64.is_none();
+    let probed = kind == Kind::Image && meta.thumbnail_base64.is_none();
     if probed {
-        let probe = thumbnail::probe(tmp.path(), app.settings.thumbnail_max_side).map_err(|e| {
+        let probe = thumbnail::probe(tmp.path(), thumbnail_max_side).map_err(|e| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "bad_image",
@@ -235,37 +282,7 @@ fn finish_blocking(
         meta.height = Some(probe.height);
         meta.thumbnail_base64 = Some(probe.thumbnail_base64);
     }
-    let duplicate = if existing.is_some() {
-        // The bytes are stored already; an image first uploaded as a `file` gets its
-        // probe recorded now.
-        if probed {
-            app.store
-                .write_meta(sha, &meta)
-                .map_err(|e| ApiError::io("writing blob metadata", &e))?;
-        }
-        drop(tmp);
-        true
-    } else {
-        app.store
-            .commit(tmp, sha, &meta)
-            .map_err(|e| ApiError::io("committing an upload", &e))?
-    };
-    tracing::debug!(sha, size, mime = %meta.mime, duplicate, "media stored");
-    let image = declared.kind == Kind::Image;
-    Ok(MediaRef {
-        uri: app.uri_of(sha),
-        sha256: sha.to_owned(),
-        size,
-        mime: meta.mime,
-        kind: declared.kind,
-        width: meta.width.filter(|_| image),
-        height: meta.height.filter(|_| image),
-        thumbnail_mime: (image && meta.thumbnail_base64.is_some()).then(|| "image/jpeg".into()),
-        thumbnail_base64: meta.thumbnail_base64.filter(|_| image),
-        duration_ms: declared.duration_ms,
-        name: declared.name,
-        deduplicated: duplicate,
-    })
+    Ok((meta, probed))
 }
 
 fn read_head(path: &std::path::Path, buf: &mut [u8]) -> std::io::Result<usize> {

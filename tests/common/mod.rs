@@ -5,6 +5,7 @@
 pub mod client;
 pub mod http;
 pub mod lab;
+pub mod media;
 pub mod metrics;
 pub mod server;
 
