@@ -309,13 +309,7 @@ impl Store {
         let blob = content.encode_to_vec();
         loop {
             let id = rand::random::<u64>().max(1);
-            if self.outbox_insert(id, conversation, &blob)? {
-                if !refs.mentions.is_empty() || refs.reply_to != 0 {
-                    self.conn.execute(
-                        "UPDATE outbox SET reply_to = ?2, mentions = ?3 WHERE client_msg_id = ?1",
-                        params![i(id), i(refs.reply_to), mentions_blob(&refs.mentions)],
-                    )?;
-                }
+            if self.outbox_insert_with(id, conversation, &blob, refs)? {
                 return Ok(id);
             }
             // A 64-bit collision: draw again.
@@ -324,19 +318,35 @@ impl Store {
 
     /// Queues a send (encoded `Content`) under `client_msg_id`; false if that id is
     /// queued already. [`Store::outbox_push`] draws the id; the fuzzing harness picks it.
+    #[cfg(feature = "fuzzing")]
     pub(crate) fn outbox_insert(
         &mut self,
         client_msg_id: u64,
         conversation: ConversationKey,
         blob: &[u8],
     ) -> Result<bool, SdkError> {
+        self.outbox_insert_with(client_msg_id, conversation, blob, &Refs::default())
+    }
+
+    /// [`Store::outbox_insert`] of a send that replies or mentions (one row: a crash
+    /// never leaves the send without its refs).
+    fn outbox_insert_with(
+        &mut self,
+        client_msg_id: u64,
+        conversation: ConversationKey,
+        blob: &[u8],
+        refs: &Refs,
+    ) -> Result<bool, SdkError> {
         let result = self.conn.execute(
-            "INSERT INTO outbox (client_msg_id, kind, id, content) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO outbox (client_msg_id, kind, id, content, reply_to, mentions)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 i(client_msg_id),
                 conversation.kind as i64,
                 i(conversation.id),
-                blob
+                blob,
+                i(refs.reply_to),
+                mentions_blob(&refs.mentions)
             ],
         );
         match result {
@@ -358,16 +368,7 @@ impl Store {
         )?;
         type Row = (i64, i64, i64, Vec<u8>, i64, Vec<u8>);
         let rows = stmt
-            .query_map(params![limit as i64, skip as i64], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })?
+            .query_map(params![limit as i64, skip as i64], |r| Row::try_from(r))?
             .collect::<Result<Vec<Row>, _>>()?;
         rows.into_iter()
             .map(|(cmid, kind, id, blob, reply_to, mentions)| {
@@ -673,17 +674,9 @@ impl Store {
                      AND m.seq > c.read_seq AND m.mentions_me = 1)
              FROM conversations c ORDER BY top DESC",
         )?;
-        let rows: Vec<(i64, i64, i64, i64, i64, i64)> = stmt
-            .query_map(params![i(self.user_id)], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })?
+        type Row = (i64, i64, i64, i64, i64, i64);
+        let rows: Vec<Row> = stmt
+            .query_map(params![i(self.user_id)], |r| Row::try_from(r))?
             .collect::<Result<_, _>>()?;
         rows.into_iter()
             .map(|(kind, id, top, read, unread, mentions)| {
@@ -846,7 +839,8 @@ fn insert(
             i(push.edited_at_ms),
             i(push.reply_to),
             mentions_blob(&push.mentions),
-            push.mentions.contains(&user_id),
+            // One's own message never counts as mentioning oneself.
+            push.sender != user_id && push.mentions.contains(&user_id),
         ])?;
     if own
         && tx.execute(
@@ -1098,6 +1092,48 @@ mod tests {
         assert_eq!(list[0].last_message.as_ref().map(|m| m.seq), Some(5));
         s.set_read(conv, 3).unwrap();
         assert_eq!(s.conversations().unwrap()[0].unread, 1);
+    }
+
+    #[test]
+    fn mentions_of_me_by_others_count_until_read_or_recalled_and_refs_stay_queued() {
+        let mut s = Store::open(None, ME, "dev").unwrap();
+        let conv = ConversationKey::single(PEER);
+        let mut mention = push(1, PEER, "p", 1);
+        (mention.reply_to, mention.mentions) = (0, vec![ME]);
+        s.apply_push(&mention).unwrap();
+        let mut reply = push(2, PEER, "p", 2);
+        reply.reply_to = 1;
+        s.apply_push(&reply).unwrap();
+        // My own message naming me (from my other device) is no mention.
+        let mut own = push(3, ME, "other-device", 3);
+        own.mentions = vec![ME];
+        s.apply_push(&own).unwrap();
+        let summary = &s.conversations().unwrap()[0];
+        assert_eq!((summary.unread, summary.unread_mentions), (2, 1));
+        let stored = s.history(conv, 0, 10).unwrap();
+        let refs: Vec<(u64, Option<u64>, Vec<u64>)> = stored
+            .iter()
+            .map(|m| (m.seq, m.reply_to, m.mentions.clone()))
+            .collect();
+        assert_eq!(
+            refs,
+            [
+                (3, None, vec![ME]),
+                (2, Some(1), vec![]),
+                (1, None, vec![ME])
+            ]
+        );
+        // A recall takes the mention away; so does reading past it.
+        mark_recalled(&s.conn, conv, 1, Recalled { by: PEER, at_ms: 5 }).unwrap();
+        assert_eq!(s.conversations().unwrap()[0].unread_mentions, 0);
+
+        let queued = Refs {
+            reply_to: 2,
+            mentions: vec![PEER, 7],
+        };
+        let id = s.outbox_push_with(conv, &text("re"), &queued).unwrap();
+        let entry = s.outbox(0, 10).unwrap().remove(0);
+        assert_eq!((entry.client_msg_id, entry.refs), (id, queued));
     }
 
     #[test]
