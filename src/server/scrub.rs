@@ -1,6 +1,6 @@
 //! The `petrel-scrub` thread: purges what recalls and edits overwrote from the database
-//! files (`RocksEngineExt::scrub`: a flush and a targeted compaction), a few seconds
-//! after it happened, off the core loops — compaction rewrites whole files and must not
+//! files (`RocksEngineExt::scrub`: a flush and a targeted compaction), within
+//! [`INTERVAL`] of it, off the core loops — compaction rewrites whole files and must not
 //! stall a loop. docs/STORAGE.md, "Recall and edit".
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
 
 /// How long a recalled message's old bytes may stay in the files (plus the time the
-/// purge takes).
-pub const INTERVAL: Duration = Duration::from_secs(5);
+/// purge takes). Each purge flushes every column family, so this also bounds how many
+/// small SST files recalls and edits can cause: at most one flush per family per
+/// interval, whatever their rate.
+pub const INTERVAL: Duration = Duration::from_secs(30);
 
 /// Starts the thread. It holds the database only while it purges (`Weak`), so it never
 /// keeps it open past the server's shutdown, and ends when `stop` is raised.

@@ -126,14 +126,11 @@ impl RocksKv {
         let mut compact = rocksdb::CompactOptions::default();
         compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
         compact.set_exclusive_manual_compaction(false);
-        for (cf, key) in &erasures.keys {
-            let h = self.handle(*cf)?;
-            if erasures.overflowed {
+        for (cf, ranges) in purge_ranges(erasures) {
+            let h = self.handle(cf)?;
+            for (start, end) in ranges {
                 self.db
-                    .compact_range_cf_opt(h, None::<&[u8]>, None::<&[u8]>, &compact);
-            } else {
-                self.db
-                    .compact_range_cf_opt(h, Some(key), Some(key), &compact);
+                    .compact_range_cf_opt(h, start.as_deref(), end.as_deref(), &compact);
             }
         }
         Ok(())
@@ -147,6 +144,46 @@ impl RocksKv {
             .and_then(|c| c.create_checkpoint(dir))
             .map_err(backend)
     }
+}
+
+/// Keys queued together in one family beyond this are purged as one range.
+const PURGE_KEYS_ONE_BY_ONE: usize = 16;
+
+/// An inclusive key range to compact (`None`: open at that end).
+type KeyRange = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// What [`RocksKv::purge`] compacts, per column family: `(start, end)` inclusive key
+/// ranges (`None`: open). A few keys are compacted one by one (each rewrites only the
+/// files that hold it); more than [`PURGE_KEYS_ONE_BY_ONE`] become one range from the
+/// smallest to the largest, since one compaction over a range rewrites each file once
+/// where many would rewrite the same bottom files again and again; an overflowed queue
+/// compacts each family named once, whole.
+fn purge_ranges(erasures: &petrel_storage::Erasures) -> Vec<(Cf, Vec<KeyRange>)> {
+    let mut by_cf: Vec<(Cf, Vec<&Vec<u8>>)> = Vec::new();
+    for (cf, key) in &erasures.keys {
+        match by_cf.iter_mut().find(|(c, _)| c == cf) {
+            Some((_, keys)) => keys.push(key),
+            None => by_cf.push((*cf, vec![key])),
+        }
+    }
+    by_cf
+        .into_iter()
+        .map(|(cf, mut keys)| {
+            keys.sort();
+            keys.dedup();
+            let ranges = if erasures.overflowed {
+                vec![(None, None)]
+            } else if keys.len() > PURGE_KEYS_ONE_BY_ONE {
+                let (first, last) = (keys[0], keys[keys.len() - 1]);
+                vec![(Some(first.clone()), Some(last.clone()))]
+            } else {
+                keys.iter()
+                    .map(|k| (Some((*k).clone()), Some((*k).clone())))
+                    .collect()
+            };
+            (cf, ranges)
+        })
+        .collect()
 }
 
 /// A RocksDB write batch being filled. Column-family handles are resolved once, when
@@ -321,5 +358,46 @@ impl RocksEngineExt for RocksEngine {
             return Err(e);
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use petrel_storage::Erasures;
+
+    #[test]
+    fn few_keys_are_purged_one_by_one_many_as_one_range_an_overflow_whole() {
+        let key = |n: u8| vec![n; 4];
+        let few = Erasures {
+            keys: vec![
+                (Cf::Messages, key(3)),
+                (Cf::Messages, key(1)),
+                (Cf::Messages, key(3)),
+            ],
+            overflowed: false,
+        };
+        let ranges = purge_ranges(&few);
+        assert_eq!(ranges.len(), 1);
+        assert_eq!(
+            ranges[0].1,
+            vec![(Some(key(1)), Some(key(1))), (Some(key(3)), Some(key(3)))]
+        );
+        let many = Erasures {
+            keys: (0..40).rev().map(|n| (Cf::Messages, key(n))).collect(),
+            overflowed: false,
+        };
+        assert_eq!(
+            purge_ranges(&many)[0].1,
+            vec![(Some(key(0)), Some(key(39)))]
+        );
+        let overflowed = Erasures {
+            keys: vec![(Cf::Messages, key(1)), (Cf::Messages, key(2))],
+            overflowed: true,
+        };
+        assert_eq!(
+            purge_ranges(&overflowed),
+            vec![(Cf::Messages, vec![(None, None)])]
+        );
     }
 }

@@ -923,7 +923,16 @@ fn replies_and_mentions<H: Harness>() {
     e.recall(A, g, 1, u64::MAX / 2, T0 + 2).unwrap();
     let history = e.history(A, g, u64::MAX, 10).unwrap().messages;
     assert!(history.iter().find(|m| m.seq == 1).unwrap().refs.is_empty());
+    // The recall took Carol's unread mention with it.
+    assert_eq!(state_of(C).0.unread_mentions, 0);
+    // Removing a member forgets their mentions: none count again if they rejoin.
+    e.append(with_refs(4, 0, &[B])).unwrap();
+    assert_eq!(state_of(B).0.unread_mentions, 1);
+    e.remove_members(A, account_id(g), &[B]).unwrap();
+    e.add_members(A, account_id(g), &[B], T0).unwrap();
+    assert_eq!(state_of(B).0.unread_mentions, 0);
     // Mentions survive a reopen.
+    e.append(with_refs(5, 0, &[C])).unwrap();
     let h = h.reopen();
     let page = h
         .engine()

@@ -27,33 +27,52 @@ impl<K: Kv> Store<K> {
                 &keys::user_conversation(user, c),
                 &keys::u64_key(new),
             );
-            // The mentions read past are no longer unread: one range delete, only when
-            // there is one (a range tombstone per read would slow the counting scans).
-            let (start, end) = (keys::mention(user, c, 0), keys::mention(user, c, new + 1));
-            if self.kv.first_key(Cf::Mentions, &start, &end)?.is_some() {
-                batch.delete_range(Cf::Mentions, &start, &end);
-            }
+            // The mentions read past are no longer unread.
+            self.forget_mentions(&mut batch, user, c, Some(new))?;
             self.commit(batch, sync)?;
         }
         let read_seq = new.max(old);
+        let first_seq = self.stored_first_seq(c)?;
         Ok(ConversationState {
             key: c,
             last_seq,
             read_seq,
-            first_seq: self.stored_first_seq(c)?,
-            unread_mentions: self.unread_mentions(user, c, read_seq)?,
+            first_seq,
+            unread_mentions: self.unread_mentions(user, c, read_seq, first_seq)?,
         })
     }
 
-    /// How many messages above `read_seq` mention `user` in `c`, up to
-    /// [`ConversationState::MENTIONS_COUNTED`].
+    /// Add to `batch` the deletion of `user`'s mentions in `c` up to seq `up_to`
+    /// (inclusive; `None`: all of them) — one range delete, and only when there is one to
+    /// delete (a range tombstone per read would slow the counting scans).
+    pub(super) fn forget_mentions<'a>(
+        &'a self,
+        batch: &mut K::Batch<'a>,
+        user: UserId,
+        c: ConversationKey,
+        up_to: Option<u64>,
+    ) -> Result<(), StorageError> {
+        let start = keys::mention(user, c, 0);
+        let end = match up_to {
+            Some(seq) => keys::mention(user, c, seq.saturating_add(1)).to_vec(),
+            None => keys::prefix_end(&keys::user_conversation(user, c)),
+        };
+        if self.kv.first_key(Cf::Mentions, &start, &end)?.is_some() {
+            batch.delete_range(Cf::Mentions, &start, &end);
+        }
+        Ok(())
+    }
+
+    /// How many messages above `read_seq` (and still stored: from `first_seq` on)
+    /// mention `user` in `c`, up to [`ConversationState::MENTIONS_COUNTED`].
     pub(super) fn unread_mentions(
         &self,
         user: UserId,
         c: ConversationKey,
         read_seq: u64,
+        first_seq: u64,
     ) -> Result<u32, StorageError> {
-        let start = keys::mention(user, c, read_seq.saturating_add(1));
+        let start = keys::mention(user, c, read_seq.saturating_add(1).max(first_seq));
         let end = keys::prefix_end(&keys::user_conversation(user, c));
         let mut n = 0u32;
         self.kv.scan(

@@ -311,6 +311,8 @@ impl<K: Kv> Store<K> {
             batch.delete(Cf::Members, &keys::conversation_u64(conv, u.0));
             batch.delete(Cf::UserConversations, &keys::user_conversation(*u, conv));
             batch.delete(Cf::Cursors, &keys::user_conversation(*u, conv));
+            // With the read position gone, old mentions must not count again on rejoin.
+            self.forget_mentions(&mut batch, *u, conv, None)?;
         }
         self.commit(batch, sync)?;
         let mut map = (**members).clone();
@@ -347,6 +349,7 @@ impl<K: Kv> Store<K> {
             batch.delete(Cf::Members, &keys::conversation_u64(conv, u.0));
             batch.delete(Cf::UserConversations, &keys::user_conversation(*u, conv));
             batch.delete(Cf::Cursors, &keys::user_conversation(*u, conv));
+            self.forget_mentions(&mut batch, *u, conv, None)?;
         }
         batch.delete_range(Cf::Mutes, &prefix, &end);
         batch.delete_range(Cf::Messages, &prefix, &end);

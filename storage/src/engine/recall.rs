@@ -114,6 +114,10 @@ impl<K: Kv> Store<K> {
         let key = keys::conversation_u64(conv, seq);
         let mut batch = self.kv.batch();
         batch.put(Cf::Messages, &key, &values::encode_recalled(&msg, recall)?);
+        // A recall takes the mentions with the content: no longer counted as unread.
+        for &m in &msg.refs.mentions {
+            batch.delete(Cf::Mentions, &keys::mention(m, conv, seq));
+        }
         self.commit(batch, sync)?;
         self.note_erasure(Cf::Messages, &key);
         Ok(outcome(recall))

@@ -126,12 +126,13 @@ impl<K: Kv> Store<K> {
                 continue;
             }
             let read_seq = self.read_cursor(req.user, c)?;
+            let first_seq = self.stored_first_seq(c)?;
             page.conversations.push(ConversationState {
                 key: c,
                 last_seq: self.stored_last_seq(c)?,
                 read_seq,
-                first_seq: self.stored_first_seq(c)?,
-                unread_mentions: self.unread_mentions(req.user, c, read_seq)?,
+                first_seq,
+                unread_mentions: self.unread_mentions(req.user, c, read_seq, first_seq)?,
             });
         }
         Ok(page)
