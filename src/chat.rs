@@ -201,6 +201,9 @@ async fn chat(
                 Some(Event::Recalled { conversation, seq, recall }) => {
                     println!("* [{}] #{seq} was recalled by {}", show(conversation), recall.by);
                 }
+                Some(Event::DeliveryReceipt { conversation, user, seq }) => {
+                    println!("* [{}] delivered to {user} up to #{seq}", show(conversation));
+                }
                 Some(Event::ReadReceipt { conversation, reader, seq }) => {
                     println!("* [{}] {reader} read up to #{seq}", show(conversation));
                 }

@@ -905,6 +905,71 @@ fn read_receipts_reach_the_sender_on_every_dataplane(dp: Dataplane) {
     })
 }
 
+/// The next delivery receipt among `events`, as (conversation, user, seq).
+async fn delivery_receipt(events: &mut Events) -> (ConversationKey, u64, u64) {
+    timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Some(Event::DeliveryReceipt {
+                    conversation,
+                    user,
+                    seq,
+                }) => return (conversation, user, seq),
+                Some(_) => {}
+                None => panic!("event stream closed"),
+            }
+        }
+    })
+    .await
+    .expect("a delivery receipt within the wait")
+}
+
+/// Delivery receipts ("delivered" before "read"): the receivers' SDKs report by
+/// themselves what they stored, coalesced, and the sender's SDK shows it; a device with
+/// `send_delivery_receipts` off reports nothing.
+fn delivery_receipts_reach_the_sender_without_the_app_asking(dp: Dataplane) {
+    common::server::block_on(dp, async move {
+        let keys = Arc::new(Keys::generate());
+        let server = TestServer::start_on(dp, &keys.server_config());
+        let endpoints = vec![server.addr.to_string()];
+        let (alice, bob, carol) = (7501, 7502, 7503);
+        let (a, mut a_events, _) = start(&keys, test_config(alice, endpoints.clone()));
+        let (b, mut b_events, _) = start(&keys, test_config(bob, endpoints.clone()));
+        let mut quiet = test_config(carol, endpoints);
+        quiet.send_delivery_receipts = false;
+        let (c, mut c_events, _) = start(&keys, quiet);
+        for client in [&a, &b, &c] {
+            client.wait_connected(WAIT).await.unwrap();
+        }
+
+        // 1:1: three messages in a burst; Bob's SDK reports the last one it has.
+        for text in ["one", "two", "three"] {
+            a.send_text(ConversationKey::single(bob), text).unwrap();
+        }
+        messages(&mut b_events, 3, WAIT).await;
+        let mut last = delivery_receipt(&mut a_events).await;
+        while last.2 < 3 {
+            last = delivery_receipt(&mut a_events).await;
+        }
+        assert_eq!(last, (ConversationKey::single(bob), bob, 3));
+
+        // A group: Bob's receipt reaches Alice; Carol, who has the message too, sends none.
+        let gid = a.create_group("delivered", &[bob, carol]).await.unwrap();
+        a.send_text(gid, "to all").unwrap();
+        messages(&mut b_events, 1, WAIT).await;
+        messages(&mut c_events, 1, WAIT).await;
+        assert_eq!(delivery_receipt(&mut a_events).await, (gid, bob, 1));
+        let later = drain(&mut a_events, Duration::from_secs(1)).await;
+        assert!(
+            !later.iter().any(|e| matches!(
+                e,
+                Event::DeliveryReceipt { user, .. } if *user == carol
+            )),
+            "carol turned delivery receipts off: {later:?}"
+        );
+    })
+}
+
 async fn recalled(events: &mut Events) -> (ConversationKey, u64, u64) {
     timeout(WAIT, async {
         loop {
@@ -1094,6 +1159,7 @@ fn a_mention_in_a_muted_group_is_counted_until_read(dp: Dataplane) {
 
 dataplane_tests!(
     a_mention_in_a_muted_group_is_counted_until_read,
+    delivery_receipts_reach_the_sender_without_the_app_asking,
     a_recalled_message_is_gone_live_and_an_edited_one_replaced_everywhere,
     server_restart_mid_conversation_delivers_every_message_once_in_order,
     with_the_primary_endpoint_down_the_sdk_connects_to_the_backup,

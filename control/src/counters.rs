@@ -172,9 +172,12 @@ pub struct Counters {
     pub typing_dropped: u64,
     /// Read receipts sent (`ConversationEvent` READ_RECEIPT, one per receiving connection).
     pub read_receipts: u64,
-    /// Group read receipts not sent because the member list could not be read or the
-    /// server had many storage requests outstanding.
+    /// Group read and delivery receipts not sent because the member list could not be
+    /// read or the server had many storage requests outstanding.
     pub read_receipts_skipped: u64,
+    /// Delivery receipts sent (`ConversationEvent` DELIVERY_RECEIPT, one per receiving
+    /// connection).
+    pub delivery_receipts: u64,
     /// Times a connection became congested (its transport's queue stayed over the
     /// outbound limit after a write).
     pub congested: u64,

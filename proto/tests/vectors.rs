@@ -526,6 +526,40 @@ fn valid() -> Vec<Valid> {
             ),
         },
         Valid {
+            name: "mark_delivered",
+            meaning: "ConversationOp, request id 14. Body: op = mark_delivered (16) \
+                      {conversation = {SINGLE (1), 42}, seq = 17}: this user's device has \
+                      every message of the chat with 42 up to seq 17.",
+            frame: Frame::new(
+                14,
+                pb::ConversationOp {
+                    op: Some(pb::conversation_op::Op::MarkDelivered(pb::MarkDelivered {
+                        conversation: common::conv(ConversationKind::Single, 42),
+                        seq: 17,
+                    })),
+                },
+            ),
+        },
+        Valid {
+            name: "conversation_event_delivery_receipt",
+            meaning: "ConversationEvent, request id 0 (unsolicited). Body: conversation = \
+                      {SINGLE (1), 42}, kind = CONVERSATION_EVENT_KIND_DELIVERY_RECEIPT (10), \
+                      actor = 42, users = [42], seq = 17: a device of user 42 has this 1:1 \
+                      chat up to seq 17.",
+            frame: Frame::new(
+                0,
+                pb::ConversationEvent {
+                    conversation: common::conv(ConversationKind::Single, 42),
+                    kind: pb::ConversationEventKind::DeliveryReceipt as i32,
+                    actor: 42,
+                    users: vec![42],
+                    role: 0,
+                    seq: 17,
+                    until_ms: 0,
+                },
+            ),
+        },
+        Valid {
             name: "conversation_event_muted",
             meaning: "ConversationEvent, request id 0 (unsolicited). Body: conversation = \
                       {GROUP (2), 7}, kind = CONVERSATION_EVENT_KIND_MUTED (7), actor = 5, \

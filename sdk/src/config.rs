@@ -46,6 +46,9 @@ pub struct ClientConfig {
     pub sync_page_limit: u32,
     /// Sent in `Login.client_version`.
     pub client_version: String,
+    /// Tell the other members when this device has stored their messages (delivery
+    /// receipts, `MarkDelivered`). Default on; off for users who hide it.
+    pub send_delivery_receipts: bool,
 }
 
 impl ClientConfig {
@@ -69,6 +72,7 @@ impl ClientConfig {
             send_window: 32,
             sync_page_limit: 0,
             client_version: concat!("petrel-sdk-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
+            send_delivery_receipts: true,
         }
     }
 

@@ -232,6 +232,18 @@ pub enum Event {
         /// Up to which seq (inclusive).
         seq: u64,
     },
+    /// Another member (`user`) has every message of `conversation` up to `seq` on one of
+    /// their devices: a delivery receipt ("delivered", before "read"), in 1:1 chats and in
+    /// groups up to the server's receipt size (docs/PROTOCOL.md 5.6). Live only: a
+    /// device that was offline does not get the receipts it missed.
+    DeliveryReceipt {
+        /// Where.
+        conversation: crate::ConversationKey,
+        /// Whose device.
+        user: u64,
+        /// Up to which seq (inclusive).
+        seq: u64,
+    },
     /// Another member started (`typing`) or stopped typing in a conversation. Show it
     /// until a `typing: false`, a message from `user` in `conversation`, or `expires`
     /// without a new one. Never stored, and best effort: the server drops indicators

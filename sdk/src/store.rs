@@ -144,6 +144,9 @@ pub struct Applied {
     pub recalled: Vec<(ConversationKey, u64, Recalled)>,
     /// Stored messages whose newer edited version arrived (a push or a sync).
     pub edited: Vec<Message>,
+    /// Conversations whose delivered position moved: every message up to the seq is
+    /// stored and handed out (what a delivery receipt reports).
+    pub advanced: Vec<(ConversationKey, u64)>,
 }
 
 /// The SQLite-backed local store of one user on one device.
@@ -885,6 +888,7 @@ fn drain(
             "UPDATE conversations SET delivered_seq = ?3 WHERE kind = ?1 AND id = ?2",
             params![key.kind as i64, i(key.id), i(cursor)],
         )?;
+        applied.advanced.push((key, cursor));
     }
     Ok(())
 }

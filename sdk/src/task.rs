@@ -112,6 +112,10 @@ impl Shared {
     }
 }
 
+/// How long the SDK gathers delivered positions before sending their receipts: a burst
+/// of pushes to one conversation makes one `MarkDelivered`.
+const DELIVERY_RECEIPT_DELAY: Duration = Duration::from_millis(250);
+
 /// How one connection attempt ended.
 pub(crate) enum Outcome {
     /// No session was established (connect, token or login failed).
@@ -185,6 +189,11 @@ pub(crate) struct Live {
     renew_at: Option<tokio::time::Instant>,
     /// The server answered `SHUTTING_DOWN`: send nothing more on this connection.
     server_draining: bool,
+    /// Delivery receipts to send: the highest delivered seq per conversation since the
+    /// last batch went out (coalesced: a burst of pushes makes one receipt).
+    receipts_due: HashMap<crate::ConversationKey, u64>,
+    /// When the due receipts go out.
+    receipts_at: Option<tokio::time::Instant>,
 }
 
 impl Live {
@@ -207,6 +216,8 @@ impl Live {
             pong_deadline: None,
             renew_at,
             server_draining: false,
+            receipts_due: HashMap::new(),
+            receipts_at: None,
         }
     }
 
@@ -457,6 +468,7 @@ impl Task {
                 let paused = live.sends_paused_until;
                 let renew_at = live.renew_at;
                 let pong_deadline = live.pong_deadline;
+                let receipts_at = live.receipts_at;
                 tokio::select! {
                     frame = live.io.read_frame(stream) => match frame? {
                         Some(frame) => {
@@ -530,6 +542,7 @@ impl Task {
                         live.sends_paused_until = None;
                         self.flush_outbox(live)?;
                     },
+                    _ = sleep_until_opt(receipts_at) => self.send_delivery_receipts(live)?,
                 }
                 live.io.flush(stream).await?;
             }
@@ -643,17 +656,55 @@ impl Task {
         Ok(())
     }
 
+    /// Sends the due delivery receipts (`MarkDelivered`, one per conversation; their
+    /// answers are not waited for).
+    fn send_delivery_receipts(&mut self, live: &mut Live) -> Result<(), ConnError> {
+        live.receipts_at = None;
+        for (conversation, seq) in std::mem::take(&mut live.receipts_due) {
+            let rid = self.request_id();
+            live.io.queue(&Frame::new(
+                rid,
+                pb::ConversationOp {
+                    op: Some(pb::conversation_op::Op::MarkDelivered(pb::MarkDelivered {
+                        conversation: Some(conversation.to_wire()),
+                        seq,
+                    })),
+                },
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Notes the delivered positions `advanced` for the next batch of delivery receipts
+    /// (sent [`DELIVERY_RECEIPT_DELAY`] after the first, so a burst makes one receipt).
+    fn note_delivered(&self, live: &mut Live, advanced: &[(crate::ConversationKey, u64)]) {
+        if !self.config.send_delivery_receipts {
+            return;
+        }
+        for &(conversation, seq) in advanced {
+            if !conversation.is_persisted() {
+                continue;
+            }
+            let due = live.receipts_due.entry(conversation).or_insert(0);
+            *due = (*due).max(seq);
+            live.receipts_at
+                .get_or_insert_with(|| tokio::time::Instant::now() + DELIVERY_RECEIPT_DELAY);
+        }
+    }
+
     /// Applies store input and emits the result, under one lock.
     fn apply(&self, f: impl FnOnce(&mut Store) -> Result<Applied, SdkError>) -> Option<Applied> {
         let mut store = self.shared.store();
         match f(&mut store) {
-            Ok(applied) => {
+            Ok(mut applied) => {
                 let gap = applied.gap;
                 let inserted = applied.inserted;
+                let advanced = std::mem::take(&mut applied.advanced);
                 self.shared.emit(applied);
                 Some(Applied {
                     gap,
                     inserted,
+                    advanced,
                     ..Applied::default()
                 })
             }
@@ -679,12 +730,25 @@ impl Task {
         }
         match frame.body {
             Body::MessagePush(push) => {
-                if self.apply(|s| s.apply_push(&push)).is_some_and(|a| a.gap) {
-                    self.start_sync(live)?;
+                if let Some(applied) = self.apply(|s| s.apply_push(&push)) {
+                    self.note_delivered(live, &applied.advanced);
+                    if applied.gap {
+                        self.start_sync(live)?;
+                    }
                 }
             }
             Body::ConversationEvent(ev) => {
                 let key = crate::ConversationKey::from_wire(ev.conversation.as_ref());
+                if ev.kind == pb::ConversationEventKind::DeliveryReceipt as i32 {
+                    if let Some(conversation) = key {
+                        let _ = self.shared.events.send(Event::DeliveryReceipt {
+                            conversation,
+                            user: ev.actor,
+                            seq: ev.seq,
+                        });
+                    }
+                    return Ok(None);
+                }
                 if ev.kind == pb::ConversationEventKind::ReadReceipt as i32 {
                     // Another member's read position: theirs, not this user's unread count.
                     if let Some(conversation) = key {
@@ -818,12 +882,16 @@ impl Task {
             }
             (Pending::Sync, Body::SyncResponse(page)) => {
                 live.syncing = false;
-                self.apply(|s| s.apply_sync_page(&page));
+                if let Some(applied) = self.apply(|s| s.apply_sync_page(&page)) {
+                    self.note_delivered(live, &applied.advanced);
+                }
                 if page.has_more {
                     self.send_sync(live, true)?;
                 } else {
                     // Complete: holes still open cannot be filled from the server.
-                    self.apply(|s| s.skip_unfillable_gaps());
+                    if let Some(applied) = self.apply(|s| s.skip_unfillable_gaps()) {
+                        self.note_delivered(live, &applied.advanced);
+                    }
                     if std::mem::take(&mut live.resync) {
                         self.start_sync(live)?;
                     }

@@ -464,8 +464,14 @@ impl Collector for Metrics {
         )?;
         counter(
             &mut e,
+            "petrel_delivery_receipts",
+            "Delivery receipts sent to other members (one per receiving connection).",
+            &[(vec![], c.delivery_receipts)],
+        )?;
+        counter(
+            &mut e,
             "petrel_read_receipts_skipped",
-            "Group read receipts not sent: the member list could not be read or the server was busy.",
+            "Group read and delivery receipts not sent: the member list could not be read or the server was busy.",
             &[(vec![], c.read_receipts_skipped)],
         )?;
         counter(

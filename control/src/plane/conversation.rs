@@ -17,6 +17,7 @@ use petrel_storage::{
 
 use super::Control;
 use super::pending::{OpCtx, OpKind, Pending, ReplyTo};
+use super::receipts::Receipt;
 use crate::api::{ApiChatroomOp, ApiReply};
 use crate::convert::{self, Target};
 use crate::time::Timestamp;
@@ -144,6 +145,27 @@ impl Control {
                 },
                 OpKind::Follow,
             ),
+            Op::MarkDelivered(d) => {
+                let Some(key) = convert::message_key(user, d.conversation.as_ref(), d.seq) else {
+                    return self.invalid(
+                        conn,
+                        rid,
+                        "delivery receipts name a message (seq 1 or more) of a persisted \
+                         conversation",
+                    );
+                };
+                // Nothing is stored: answered at once, the receipt goes out live.
+                self.op_result(
+                    to,
+                    pb::ConversationOpResult {
+                        conversation: d.conversation,
+                        members: Vec::new(),
+                        recent: Vec::new(),
+                        read_count: None,
+                    },
+                );
+                return self.send_receipts(to, key, d.seq, Receipt::Delivered);
+            }
             Op::MarkRead(m) => match convert::target(user, m.conversation.as_ref()) {
                 Some(Target::Persisted(key)) => (
                     Request::MarkRead {
@@ -573,7 +595,7 @@ impl Control {
                     },
                 );
                 // And the other members see a receipt (receipts.rs).
-                self.send_read_receipts(to, key, state.read_seq);
+                self.send_receipts(to, key, state.read_seq, Receipt::Read);
             }
             (OpKind::ListMembers { key }, Reply::Members(members)) => {
                 let me = members.iter().find(|m| m.user.0 == to.user);

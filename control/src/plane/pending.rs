@@ -82,8 +82,10 @@ pub(crate) struct ReceiptCtx {
     /// The reader's connection (not told; its other devices got `READ`).
     pub to: ReplyTo,
     pub key: ConversationKey,
-    /// The reader's new read position.
+    /// The reader's new read position (or the delivered one).
     pub seq: u64,
+    /// Which of the two.
+    pub receipt: super::receipts::Receipt,
 }
 
 /// Context of a sync request.
