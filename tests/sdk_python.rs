@@ -220,6 +220,28 @@ fn a_python_client_and_a_rust_sdk_client_chat(dp: Dataplane) {
             stdout.contains("refs: reply to 1, mentions me"),
             "the SDK's reply and mention reach Python: {stdout}"
         );
+        // Python reports our message stored, then read: the SDK hears both receipts.
+        assert!(stdout.contains("marked delivered: seq 2"), "{stdout}");
+        assert!(stdout.contains("marked read: seq 2"), "{stdout}");
+        let receipts = timeout(Duration::from_secs(30), async {
+            let (mut delivered, mut read) = (None, None);
+            while delivered.is_none() || read.is_none() {
+                match events.recv().await {
+                    Some(Event::DeliveryReceipt { user, seq, .. }) if user == py_user => {
+                        delivered = Some(seq);
+                    }
+                    Some(Event::ReadReceipt { reader, seq, .. }) if reader == py_user => {
+                        read = Some(seq);
+                    }
+                    Some(_) => {}
+                    None => panic!("event stream closed"),
+                }
+            }
+            (delivered, read)
+        })
+        .await
+        .expect("no receipts from the Python client");
+        assert_eq!(receipts, (Some(2), Some(2)));
     })
 }
 

@@ -46,7 +46,7 @@ RESPONSE = 0x01
 # Frame type bytes (docs/PROTOCOL.md, section 4).
 LOGIN, SEND_MESSAGE, CONVERSATION_OP, TYPING = 0x01, 0x10, 0x13, 0x14
 LOGIN_RESULT, ERROR, KICK, ACK, MESSAGE_PUSH = 0x81, 0x85, 0x86, 0x90, 0x91
-CONVERSATION_OP_RESULT, GAP, TYPING_NOTICE = 0x93, 0x95, 0x96
+CONVERSATION_OP_RESULT, CONVERSATION_EVENT, GAP, TYPING_NOTICE = 0x93, 0x94, 0x95, 0x96
 
 _GENERATED = None
 
@@ -170,6 +170,7 @@ def chat(pb, args):
     )
     send_rid = conn.send(SEND_MESSAGE, send)
     acked = False
+    done = False  # the expected message arrived; finishing once the receipts are answered
     pending = {}  # request id -> what to print when the server answers it
     while time.monotonic() < deadline:
         ftype, flags, got_rid, body = conn.recv()
@@ -212,7 +213,25 @@ def chat(pb, args):
                     mentioned = "mentions me" if args.user in push.mentions else "no mention"
                     print(f"refs: reply to {push.reply_to}, {mentioned}", flush=True)
                 print(f"got: {text}", flush=True)
-                return 0
+                # Receipts (docs/PROTOCOL.md 5.6): stored here ("delivered"), then read.
+                # Wait for both answers, so the server has them before we hang up.
+                delivered = conversation_pb2.MarkDelivered(conversation=peer, seq=push.seq)
+                op = conversation_pb2.ConversationOp(mark_delivered=delivered)
+                pending[conn.send(CONVERSATION_OP, op)] = f"marked delivered: seq {push.seq}"
+                read = conversation_pb2.MarkRead(conversation=peer, seq=push.seq)
+                op = conversation_pb2.ConversationOp(mark_read=read)
+                pending[conn.send(CONVERSATION_OP, op)] = f"marked read: seq {push.seq}"
+                done = True
+        elif ftype == CONVERSATION_EVENT:
+            event = conversation_pb2.ConversationEvent.FromString(body)
+            kinds = {
+                conversation_pb2.CONVERSATION_EVENT_KIND_DELIVERY_RECEIPT: "delivered",
+                conversation_pb2.CONVERSATION_EVENT_KIND_READ_RECEIPT: "read",
+            }
+            if event.actor == args.peer and event.kind in kinds:
+                print(f"{kinds[event.kind]} by peer: seq {event.seq}", flush=True)
+        if done and not pending:
+            return 0
     raise RuntimeError(f"no message {args.expect!r} from {args.peer} within {args.timeout} s")
 
 
