@@ -5,9 +5,10 @@
 
 mod harness;
 
-use harness::{Sim, group, single};
+use harness::{Sim, events, group, single};
+use pb::ConversationEventKind::DeliveryReceipt;
 use petrel_control::{Config, ConnId};
-use petrel_proto::{Body, Frame, pb};
+use petrel_proto::pb;
 
 use pb::conversation_op::Op;
 
@@ -31,21 +32,6 @@ fn delivered(
     )
 }
 
-/// The DELIVERY_RECEIPT events among `frames`, as (conversation, actor, seq).
-fn receipts(frames: &[Frame]) -> Vec<(pb::ConversationId, u64, u64)> {
-    frames
-        .iter()
-        .filter_map(|f| match &f.body {
-            Body::ConversationEvent(e)
-                if e.kind == pb::ConversationEventKind::DeliveryReceipt as i32 =>
-            {
-                Some((e.conversation.unwrap(), e.actor, e.seq))
-            }
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn a_delivery_report_reaches_the_other_members_and_only_them() {
     let mut s = Sim::new(Config::default(), 1);
@@ -62,7 +48,10 @@ fn a_delivery_report_reaches_the_other_members_and_only_them() {
     // 1:1: Bob's device has seq 1; both of Alice's devices hear it, named after Bob.
     delivered(&mut s, bob, single(ALICE), 1).expect("answered");
     for conn in [alice, alice_laptop] {
-        assert_eq!(receipts(&s.client(conn).take()), [(single(BOB), BOB, 1)]);
+        assert_eq!(
+            events(&s.client(conn).take(), DeliveryReceipt),
+            [(single(BOB), BOB, 1)]
+        );
     }
     assert!(
         s.client(bob).take().is_empty(),
@@ -72,14 +61,20 @@ fn a_delivery_report_reaches_the_other_members_and_only_them() {
 
     // Group: Carol reports; Alice and Bob hear it, Eve (not a member) does not.
     delivered(&mut s, carol, g, 1).expect("answered");
-    assert_eq!(receipts(&s.client(alice).take()), [(g, CAROL, 1)]);
-    assert_eq!(receipts(&s.client(bob).take()), [(g, CAROL, 1)]);
-    assert!(receipts(&s.client(eve).take()).is_empty());
+    assert_eq!(
+        events(&s.client(alice).take(), DeliveryReceipt),
+        [(g, CAROL, 1)]
+    );
+    assert_eq!(
+        events(&s.client(bob).take(), DeliveryReceipt),
+        [(g, CAROL, 1)]
+    );
+    assert!(events(&s.client(eve).take(), DeliveryReceipt).is_empty());
 
     // Eve is no member: her report is answered (nothing is stored) but reaches nobody.
     delivered(&mut s, eve, g, 1).expect("answered");
     for conn in [alice, bob, carol] {
-        assert!(receipts(&s.client(conn).take()).is_empty());
+        assert!(events(&s.client(conn).take(), DeliveryReceipt).is_empty());
     }
 
     // Seq 0 and chatrooms have no delivered position.

@@ -39,28 +39,6 @@ fn send_with_refs(
     })
 }
 
-/// The state sync reports for `conversation` to `conn`'s user.
-fn state(s: &mut Sim, conn: ConnId, conversation: pb::ConversationId) -> pb::ConversationState {
-    let rid = s.send(
-        conn,
-        pb::SyncRequest {
-            inbox_cursor: 0,
-            cursors: vec![],
-            limit: 100,
-        },
-    );
-    let page = s
-        .take_answer(conn, rid, |b| match b {
-            Body::SyncResponse(r) => Some(r),
-            _ => None,
-        })
-        .expect("sync");
-    page.conversations
-        .into_iter()
-        .find(|c| c.conversation == Some(conversation))
-        .expect("the conversation is reported")
-}
-
 #[test]
 fn a_mention_reaches_the_push_sync_and_the_unread_mention_count() {
     let mut s = Sim::new(Config::default(), 1);
@@ -92,8 +70,18 @@ fn a_mention_reaches_the_push_sync_and_the_unread_mention_count() {
     assert_eq!((two.reply_to, two.mentions.clone()), (1, vec![ALICE]));
 
     // Alice has one unread mention; Carol none. Reading past it clears it.
-    assert_eq!(state(&mut s, alice, g).unread_mentions, 1);
-    assert_eq!(state(&mut s, carol, g).unread_mentions, 0);
+    assert_eq!(
+        s.conversation_state(alice, g)
+            .expect("the group is reported")
+            .unread_mentions,
+        1
+    );
+    assert_eq!(
+        s.conversation_state(carol, g)
+            .expect("the group is reported")
+            .unread_mentions,
+        0
+    );
     s.op(
         alice,
         Op::MarkRead(pb::MarkRead {
@@ -102,7 +90,12 @@ fn a_mention_reaches_the_push_sync_and_the_unread_mention_count() {
         }),
     )
     .expect("mark read");
-    assert_eq!(state(&mut s, alice, g).unread_mentions, 0);
+    assert_eq!(
+        s.conversation_state(alice, g)
+            .expect("the group is reported")
+            .unread_mentions,
+        0
+    );
 
     // A reply to a message that does not exist yet, and too many mentions, are refused.
     let future = send_with_refs(&mut s, bob, g, 3, 9, vec![]).unwrap_err();

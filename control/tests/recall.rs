@@ -8,7 +8,8 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{Sim, group, single};
+use harness::{Sim, events, group, single};
+use pb::ConversationEventKind::Recalled;
 use petrel_control::{Config, ConnId};
 use petrel_proto::{Body, Frame, pb};
 
@@ -33,19 +34,6 @@ fn recall(
     )
 }
 
-/// The RECALLED events among `frames`, as (conversation, actor, seq).
-fn recalls(frames: &[Frame]) -> Vec<(pb::ConversationId, u64, u64)> {
-    frames
-        .iter()
-        .filter_map(|f| match &f.body {
-            Body::ConversationEvent(e) if e.kind == pb::ConversationEventKind::Recalled as i32 => {
-                Some((e.conversation.unwrap(), e.actor, e.seq))
-            }
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn a_sender_recalls_within_the_window_and_every_device_hears_it_its_own_way() {
     let mut s = Sim::new(Config::default(), 1);
@@ -67,9 +55,12 @@ fn a_sender_recalls_within_the_window_and_every_device_hears_it_its_own_way() {
     assert_eq!(missing.code, pb::ErrorCode::NotFound as i32);
 
     recall(&mut s, a_phone, single(BOB), 1).expect("the sender recalls");
-    assert_eq!(recalls(&s.client(bob).take()), [(single(ALICE), ALICE, 1)]);
     assert_eq!(
-        recalls(&s.client(a_laptop).take()),
+        events(&s.client(bob).take(), Recalled),
+        [(single(ALICE), ALICE, 1)]
+    );
+    assert_eq!(
+        events(&s.client(a_laptop).take(), Recalled),
         [(single(BOB), ALICE, 1)]
     );
     assert!(s.client(carol).take().is_empty());
@@ -111,7 +102,10 @@ fn a_group_admin_recalls_any_members_message_at_any_time() {
     assert_eq!(denied.code, pb::ErrorCode::PermissionDenied as i32);
     recall(&mut s, alice, group(gid), 1).expect("the owner recalls");
     for conn in [bob, carol] {
-        assert_eq!(recalls(&s.client(conn).take()), [(group(gid), ALICE, 1)]);
+        assert_eq!(
+            events(&s.client(conn).take(), Recalled),
+            [(group(gid), ALICE, 1)]
+        );
     }
     let history = s.send(
         bob,

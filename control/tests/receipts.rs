@@ -4,9 +4,9 @@
 
 mod harness;
 
-use harness::{Sim, account, group, single};
+use harness::{Sim, account, events, group, single};
 use petrel_control::{Config, ConnId};
-use petrel_proto::{Body, Frame, pb};
+use petrel_proto::pb;
 
 use pb::ConversationEventKind as Kind;
 use pb::conversation_op::Op;
@@ -14,19 +14,6 @@ use pb::conversation_op::Op;
 const ALICE: u64 = 3001;
 const BOB: u64 = 3002;
 const CAROL: u64 = 3003;
-
-/// The conversation events of `kind` among `frames`, as (conversation, actor, seq).
-fn events(frames: &[Frame], kind: Kind) -> Vec<(pb::ConversationId, u64, u64)> {
-    frames
-        .iter()
-        .filter_map(|f| match &f.body {
-            Body::ConversationEvent(e) if e.kind == kind as i32 => {
-                Some((e.conversation.unwrap(), e.actor, e.seq))
-            }
-            _ => None,
-        })
-        .collect()
-}
 
 fn mark_read(s: &mut Sim, conn: ConnId, conversation: pb::ConversationId, seq: u64) {
     s.op(
@@ -37,28 +24,6 @@ fn mark_read(s: &mut Sim, conn: ConnId, conversation: pb::ConversationId, seq: u
         }),
     )
     .expect("mark read");
-}
-
-/// `conn`'s read position of `conversation`, from a full sync's conversation states.
-fn read_seq(s: &mut Sim, conn: ConnId, conversation: pb::ConversationId) -> Option<u64> {
-    let rid = s.send(
-        conn,
-        pb::SyncRequest {
-            inbox_cursor: 0,
-            cursors: Vec::new(),
-            limit: 200,
-        },
-    );
-    let sync = s
-        .take_answer(conn, rid, |b| match b {
-            Body::SyncResponse(r) => Some(r),
-            _ => None,
-        })
-        .expect("sync");
-    sync.conversations
-        .iter()
-        .find(|c| c.conversation == Some(conversation))
-        .map(|c| c.read_seq)
 }
 
 #[test]
@@ -94,8 +59,16 @@ fn a_one_to_one_read_reaches_every_device_of_the_peer_and_moves_only_the_readers
 
     // Unread counts: Bob's are cleared on every device (the laptop's sync says so),
     // Alice's own read position of the chat did not move.
-    assert_eq!(read_seq(&mut s, b_laptop, single(ALICE)), Some(3));
-    assert_eq!(read_seq(&mut s, a_phone, single(BOB)), Some(0));
+    assert_eq!(
+        s.conversation_state(b_laptop, single(ALICE))
+            .map(|c| c.read_seq),
+        Some(3)
+    );
+    assert_eq!(
+        s.conversation_state(a_phone, single(BOB))
+            .map(|c| c.read_seq),
+        Some(0)
+    );
 }
 
 #[test]

@@ -551,6 +551,32 @@ impl Sim {
         panic!("sync did not finish in 1000 pages");
     }
 
+    /// What a full sync reports to `conn`'s user of `conversation` (read position,
+    /// unread mentions, …), if it reports it.
+    pub fn conversation_state(
+        &mut self,
+        conn: ConnId,
+        conversation: pb::ConversationId,
+    ) -> Option<pb::ConversationState> {
+        let rid = self.send(
+            conn,
+            pb::SyncRequest {
+                inbox_cursor: 0,
+                cursors: Vec::new(),
+                limit: 200,
+            },
+        );
+        let page = self
+            .take_answer(conn, rid, |b| match b {
+                Body::SyncResponse(r) => Some(r),
+                _ => None,
+            })
+            .expect("sync");
+        page.conversations
+            .into_iter()
+            .find(|c| c.conversation == Some(conversation))
+    }
+
     /// A fresh random value from the simulation's RNG.
     pub fn random_range(&mut self, range: std::ops::Range<u64>) -> u64 {
         self.rng.random_range(range)
@@ -614,6 +640,22 @@ pub fn account(id: u64) -> pb::ConversationId {
         kind: pb::ConversationKind::PublicAccount as i32,
         id,
     }
+}
+
+/// The conversation events of `kind` among `frames`, as (conversation, actor, seq).
+pub fn events(
+    frames: &[Frame],
+    kind: pb::ConversationEventKind,
+) -> Vec<(pb::ConversationId, u64, u64)> {
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            Body::ConversationEvent(e) if e.kind == kind as i32 => {
+                Some((e.conversation.unwrap(), e.actor, e.seq))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Every `Gap` in `frames`, as (room, from_seq, to_seq).
