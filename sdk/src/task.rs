@@ -739,23 +739,23 @@ impl Task {
             }
             Body::ConversationEvent(ev) => {
                 let key = crate::ConversationKey::from_wire(ev.conversation.as_ref());
-                if ev.kind == pb::ConversationEventKind::DeliveryReceipt as i32 {
+                let delivery = ev.kind == pb::ConversationEventKind::DeliveryReceipt as i32;
+                if delivery || ev.kind == pb::ConversationEventKind::ReadReceipt as i32 {
+                    // Another member's position: theirs, not this user's unread count.
                     if let Some(conversation) = key {
-                        let _ = self.shared.events.send(Event::DeliveryReceipt {
-                            conversation,
-                            user: ev.actor,
-                            seq: ev.seq,
-                        });
-                    }
-                    return Ok(None);
-                }
-                if ev.kind == pb::ConversationEventKind::ReadReceipt as i32 {
-                    // Another member's read position: theirs, not this user's unread count.
-                    if let Some(conversation) = key {
-                        let _ = self.shared.events.send(Event::ReadReceipt {
-                            conversation,
-                            reader: ev.actor,
-                            seq: ev.seq,
+                        let (user, seq) = (ev.actor, ev.seq);
+                        let _ = self.shared.events.send(if delivery {
+                            Event::DeliveryReceipt {
+                                conversation,
+                                user,
+                                seq,
+                            }
+                        } else {
+                            Event::ReadReceipt {
+                                conversation,
+                                reader: user,
+                                seq,
+                            }
                         });
                     }
                     return Ok(None);

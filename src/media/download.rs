@@ -59,13 +59,7 @@ pub async fn download(
         .await
         .unwrap_or_else(|never| match never {});
     if response.status() == StatusCode::RANGE_NOT_SATISFIABLE {
-        let mut error = ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "range_not_satisfiable",
-            format!("the range is outside the file's {size} bytes or not a single byte range"),
-        );
-        error.content_range = Some(format!("bytes */{size}"));
-        return Err(error);
+        return Err(range_not_satisfiable(size));
     }
     if response.status().is_server_error() {
         return Err(ApiError::io(
@@ -106,6 +100,17 @@ fn with_blob_headers(mut response: Response, sha: &str, meta: &BlobMeta) -> Resp
     response
 }
 
+/// `416` for a blob of `size` bytes, with the `Content-Range` that names its length.
+fn range_not_satisfiable(size: u64) -> ApiError {
+    let mut error = ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "range_not_satisfiable",
+        format!("the range is outside the file's {size} bytes or not a single byte range"),
+    );
+    error.content_range = Some(format!("bytes */{size}"));
+    error
+}
+
 /// A blob kept in the bucket: all of it, or the one byte range asked for (`206` with
 /// `Content-Range`; `416` for a range outside the blob or several ranges, as on disk),
 /// streamed from the store without holding it in memory.
@@ -116,15 +121,7 @@ async fn from_bucket(
     headers: &HeaderMap,
     head: bool,
 ) -> ApiResult<Response> {
-    let unsatisfiable = || {
-        let mut error = ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "range_not_satisfiable",
-            format!("the range is outside the file's {size} bytes or not a single byte range"),
-        );
-        error.content_range = Some(format!("bytes */{size}"));
-        error
-    };
+    let unsatisfiable = || range_not_satisfiable(size);
     let range = match headers.get(header::RANGE) {
         None => None,
         Some(value) => {

@@ -80,10 +80,7 @@ impl Control {
                 msg.client_msg_id,
                 room,
                 content,
-                Refs {
-                    reply_to: msg.reply_to,
-                    mentions: msg.mentions.into_iter().map(UserId).collect(),
-                },
+                (msg.reply_to, msg.mentions),
             ),
             Some(Target::Persisted(key)) => {
                 let payload = content.clone();
@@ -311,7 +308,7 @@ impl Control {
         client_msg_id: u64,
         room_id: u64,
         content: Bytes,
-        refs: Refs,
+        (reply_to, mentions): (u64, Vec<u64>),
     ) {
         let Some(room) = self
             .rooms
@@ -343,8 +340,9 @@ impl Control {
                 recalled_by: 0,
                 recalled_at_ms: 0,
                 edited_at_ms: 0,
-                reply_to: refs.reply_to,
-                mentions: convert::user_ids(&refs.mentions),
+                // Unchecked in a room (nothing is stored): passed on as they came.
+                reply_to,
+                mentions,
             },
         );
         let encoded = self.encode(&frame);
