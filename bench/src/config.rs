@@ -42,15 +42,31 @@ pub enum ClientMode {
     Xdp,
 }
 
+/// What the load generator speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireProtocol {
+    /// Petrel's protocol, to a `petrel serve`.
+    #[default]
+    Petrel,
+    /// MQTT 3.1.1 at QoS 1, to a broker such as mosquitto (chat1v1 and connect only):
+    /// the reference a Petrel run is compared with (scripts/bench/mosquitto.sh).
+    Mqtt,
+}
+
 /// Arguments of `petrel bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Scenario to run.
     #[arg(value_enum)]
     pub scenario: ScenarioKind,
-    /// Server to load. With --spawn-server, defaults to the address the server prints.
+    /// Server to load. With --spawn-server, defaults to the address the server prints
+    /// [default: 127.0.0.1:9500, or 127.0.0.1:1883 with --protocol mqtt].
     #[arg(long, value_name = "ADDR:PORT")]
     pub server: Option<SocketAddr>,
+    /// Protocol to speak: Petrel's, or MQTT to a broker for a side-by-side reference.
+    #[arg(long, value_enum, default_value_t = WireProtocol::Petrel)]
+    pub protocol: WireProtocol,
     /// Token key file of that server (tokens are minted locally from it)
     /// [default: ./petrel-data/keys, or the spawned server's].
     #[arg(long, value_name = "FILE")]
@@ -273,6 +289,9 @@ pub struct BenchConfig {
     pub first_user: u64,
     /// `--client-mode xdp`, or `None` for kernel sockets.
     pub xdp: Option<XdpClientSetup>,
+    /// What the connections speak.
+    #[serde(default)]
+    pub protocol: WireProtocol,
 }
 
 /// Checks the `--xdp-*` flags.
@@ -356,6 +375,20 @@ impl BenchConfig {
                 followers: positive("followers", args.followers)?,
             },
         };
+        if args.protocol == WireProtocol::Mqtt {
+            if !matches!(args.scenario, ScenarioKind::Chat1v1 | ScenarioKind::Connect) {
+                bail!(
+                    "--protocol mqtt runs chat1v1 and connect only (the other scenarios \
+                     create groups, rooms or accounts, which MQTT does not have)"
+                );
+            }
+            if args.spawn_server {
+                bail!("--protocol mqtt loads a broker that is already running, not --spawn-server");
+            }
+            if args.payload < 8 {
+                bail!("--protocol mqtt needs --payload of at least 8 bytes (the message id)");
+            }
+        }
         if let Some(rate) = args.rate
             && !(rate.is_finite() && rate > 0.0)
         {
@@ -426,6 +459,7 @@ impl BenchConfig {
             },
             first_user: args.first_user,
             xdp,
+            protocol: args.protocol,
         };
         if let Some(setup) = &config.xdp {
             let needed = XdpClientSetup::sources_needed(config.plan().connections());
@@ -546,6 +580,14 @@ mod tests {
     }
 
     #[test]
+    fn mqtt_runs_the_pairs_of_chat1v1() {
+        let c = resolve("chat1v1 --protocol mqtt --pairs 3").unwrap();
+        assert_eq!(c.protocol, WireProtocol::Mqtt);
+        assert_eq!(c.plan().connections(), 6);
+        assert_eq!(resolve("chat1v1").unwrap().protocol, WireProtocol::Petrel);
+    }
+
+    #[test]
     fn nonsense_is_refused_with_the_flag_named() {
         for (line, flag) in [
             ("chat1v1 --pairs 0", "--pairs"),
@@ -561,6 +603,9 @@ mod tests {
                 "--first-user",
             ),
             ("chatroom --members 1", "--members"),
+            ("group --protocol mqtt", "--protocol mqtt"),
+            ("chat1v1 --protocol mqtt --spawn-server", "--protocol mqtt"),
+            ("chat1v1 --protocol mqtt --payload 4", "--payload"),
         ] {
             let err = format!("{:#}", resolve(line).unwrap_err());
             assert!(err.contains(flag), "{line}: {err}");

@@ -15,8 +15,8 @@ use petrel_proto::pb::{self, ConversationKind};
 use petrel_proto::{Body, Frame};
 use serde::{Deserialize, Serialize};
 
-use super::config::{BenchConfig, Scenario};
-use super::engine::{Clock, ConnSpec, Engine};
+use super::config::{BenchConfig, Scenario, WireProtocol};
+use super::engine::{Clock, ConnSpec, Engine, Protocol};
 use super::io::{Io, KernelIo};
 use super::plan::{Plan, Role, Shard};
 use super::schedule::{HeartbeatWheel, OpenLoop};
@@ -98,7 +98,12 @@ pub fn run_shard(job: &ShardJob, ctl: &mut dyn ShardControl) -> anyhow::Result<S
     let config = &job.config;
     let plan = config.plan();
     let shard = job.shard;
-    let keyring = KeyRing::parse(&job.key_file_text).context("invalid key file")?;
+    let protocol = match config.protocol {
+        WireProtocol::Petrel => {
+            Protocol::Petrel(KeyRing::parse(&job.key_file_text).context("invalid key file")?)
+        }
+        WireProtocol::Mqtt => Protocol::Mqtt,
+    };
     let specs: Vec<ConnSpec> = (shard.start..shard.end)
         .map(|i| ConnSpec {
             user: plan.user(i),
@@ -110,7 +115,7 @@ pub fn run_shard(job: &ShardJob, ctl: &mut dyn ShardControl) -> anyhow::Result<S
         None => Io::Kernel(KernelIo::new(job.server, specs.len())?),
         Some(setup) => Io::Xdp(Box::new(XdpIo::start(setup, job.server, specs.len())?)),
     };
-    let mut engine = Engine::new(io, keyring, &specs, &config.payload, clock)?;
+    let mut engine = Engine::new(io, protocol, &specs, &config.payload, clock)?;
 
     engine.set_keepalive(Some(config.heartbeat));
     // This shard's share of the paced rate.
@@ -490,6 +495,7 @@ mod tests {
             conns_per_process: 18_000,
             first_user: 1,
             xdp: None,
+            protocol: WireProtocol::Petrel,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The load generator's client: many connections on one loop, speaking the wire protocol
-//! through `petrel-proto`'s codec, over kernel sockets or the AF_XDP userspace TCP
-//! ([`super::io`]).
+//! through `petrel-proto`'s codec (or MQTT 3.1.1 to a broker, [`super::mqtt`]), over
+//! kernel sockets or the AF_XDP userspace TCP ([`super::io`]).
 //!
 //! Kept cheap so the client is not the bottleneck: frames are encoded straight into each
 //! connection's output buffer (one reused `SendMessage` frame, no allocation per send),
@@ -24,7 +24,16 @@ use petrel_proto::{Body, Frame, FrameDecoder, FrameType};
 use prost::Message as _;
 
 use super::io::{Handshake, Io, Ready};
+use super::mqtt;
 use super::stats::Stats;
+
+/// What the connections speak.
+pub enum Protocol {
+    /// Petrel's protocol; tokens are minted from the server's key ring.
+    Petrel(KeyRing),
+    /// MQTT 3.1.1, QoS 1 ([`super::mqtt`]).
+    Mqtt,
+}
 
 /// Output queued for one connection beyond which the schedule's sends to it are skipped
 /// (and counted): the server is not reading, and the client must not grow without bound.
@@ -100,6 +109,8 @@ struct Conn {
     /// The ping in flight is a measured heartbeat (not a keep-alive of the setup phases).
     ping_measured: bool,
     connect_ns: u64,
+    /// MQTT only: packet ids in flight.
+    mqtt: mqtt::Session,
 }
 
 /// Many client connections on one poll loop.
@@ -107,7 +118,9 @@ pub struct Engine {
     io: Io,
     ready: Vec<Ready>,
     clock: Clock,
-    keyring: KeyRing,
+    protocol: Protocol,
+    /// MQTT: bytes per PUBLISH payload.
+    payload_len: usize,
     conns: Vec<Conn>,
     dirty: Vec<usize>,
     scratch: Vec<u8>,
@@ -137,7 +150,7 @@ impl Engine {
     /// of every message.
     pub fn new(
         io: Io,
-        keyring: KeyRing,
+        protocol: Protocol,
         specs: &[ConnSpec],
         payload: &str,
         clock: Clock,
@@ -158,6 +171,7 @@ impl Engine {
                 ping_sent_ns: 0,
                 ping_measured: false,
                 connect_ns: 0,
+                mqtt: mqtt::Session::default(),
             })
             .collect();
         let template = Frame::new(
@@ -178,7 +192,8 @@ impl Engine {
             io,
             ready: Vec::with_capacity(4096),
             clock,
-            keyring,
+            protocol,
+            payload_len: payload.len(),
             conns,
             dirty: Vec::new(),
             scratch: vec![0; 64 * 1024],
@@ -358,13 +373,27 @@ impl Engine {
         }
         let id = scheduled_ns.max(conn.last_msg_id + 1);
         conn.last_msg_id = id;
-        if let Body::SendMessage(m) = &mut self.template.body {
-            m.client_msg_id = id;
-            m.conversation = Some(conversation);
-        }
-        self.template.request_id = conn.next_request;
-        conn.next_request = conn.next_request.wrapping_add(1).max(1);
-        if self.encoder.encode(&self.template, &mut conn.out).is_err() {
+        let written = match self.protocol {
+            Protocol::Petrel(_) => {
+                if let Body::SendMessage(m) = &mut self.template.body {
+                    m.client_msg_id = id;
+                    m.conversation = Some(conversation);
+                }
+                self.template.request_id = conn.next_request;
+                conn.next_request = conn.next_request.wrapping_add(1).max(1);
+                self.encoder.encode(&self.template, &mut conn.out).is_ok()
+            }
+            // The peer's topic: chat1v1's conversations are the peer's user id.
+            Protocol::Mqtt => mqtt::write_publish(
+                &mut conn.mqtt,
+                conversation.id,
+                id,
+                self.payload_len,
+                &mut conn.out,
+            )
+            .is_ok(),
+        };
+        if !written {
             self.stats.counts.skipped += 1;
             return false;
         }
@@ -394,15 +423,21 @@ impl Engine {
         if conn.state != State::Ready {
             return;
         }
-        let id = conn.next_request;
-        conn.next_request = conn.next_request.wrapping_add(1).max(1);
-        let frame = Frame::new(
-            id,
-            pb::Ping {
-                client_time_ms: now / 1_000_000,
-            },
-        );
-        if self.encoder.encode(&frame, &mut conn.out).is_ok() {
+        let written = match self.protocol {
+            Protocol::Petrel(_) => {
+                let id = conn.next_request;
+                conn.next_request = conn.next_request.wrapping_add(1).max(1);
+                let frame = Frame::new(
+                    id,
+                    pb::Ping {
+                        client_time_ms: now / 1_000_000,
+                    },
+                );
+                self.encoder.encode(&frame, &mut conn.out).is_ok()
+            }
+            Protocol::Mqtt => mqtt::write_ping(&mut conn.out).is_ok(),
+        };
+        if written {
             conn.ping_sent_ns = now;
             conn.ping_measured = measured;
             if measured {
@@ -457,8 +492,18 @@ impl Engine {
         let conn = &mut self.conns[i];
         conn.state = State::LoginSent;
         let user = conn.spec.user;
+        let keyring = match &self.protocol {
+            Protocol::Petrel(keyring) => keyring,
+            Protocol::Mqtt => {
+                match mqtt::write_connect(user, &mut conn.out) {
+                    Ok(()) => mark_dirty(&mut self.dirty, i, conn),
+                    Err(e) => self.fail_login(i, format!("{e:#}")),
+                }
+                return;
+            }
+        };
         let device = format!("bench-{user}");
-        let token = match mint(&self.keyring, user, &device, self.clock.now_ns()) {
+        let token = match mint(keyring, user, &device, self.clock.now_ns()) {
             Ok(t) => t,
             Err(e) => {
                 self.fail_login(i, format!("cannot mint a token for user {user}: {e}"));
@@ -537,6 +582,9 @@ impl Engine {
     fn decode(&mut self, i: usize) {
         let now = self.clock.now_ns();
         self.last_rx_ns = now;
+        if matches!(self.protocol, Protocol::Mqtt) {
+            return self.decode_mqtt(i, now);
+        }
         loop {
             let conn = &mut self.conns[i];
             let raw = match conn.decoder.decode_raw(&mut conn.rbuf) {
@@ -572,6 +620,31 @@ impl Engine {
         }
     }
 
+    fn decode_mqtt(&mut self, i: usize, now: u64) {
+        loop {
+            let conn = &mut self.conns[i];
+            let user = conn.spec.user;
+            let incoming = match mqtt::read(&mut conn.mqtt, user, &mut conn.rbuf, &mut conn.out) {
+                Ok(Some(incoming)) => incoming,
+                Ok(None) => return,
+                Err(e) => return self.bad_frame(i, &format!("{e:#}")),
+            };
+            if !conn.out.is_empty() {
+                mark_dirty(&mut self.dirty, i, conn);
+            }
+            match incoming {
+                mqtt::Incoming::LoggedIn if conn.state == State::LoginSent => {
+                    self.logged_in(i, now)
+                }
+                mqtt::Incoming::Acked(id) => self.on_ack(i, id, false, now),
+                mqtt::Incoming::StrayAck => self.stats.counts.duplicates += 1,
+                mqtt::Incoming::Delivered(id) => self.on_push(id, now),
+                mqtt::Incoming::Pong => self.on_pong(i, now),
+                mqtt::Incoming::LoggedIn | mqtt::Incoming::Nothing => {}
+            }
+        }
+    }
+
     fn bad_frame(&mut self, i: usize, why: &str) {
         let conn = &self.conns[i];
         let user = conn.spec.user;
@@ -594,20 +667,11 @@ impl Engine {
     }
 
     fn on_frame(&mut self, i: usize, frame: Frame, now: u64) {
-        let c = &mut self.stats.counts;
-        let conn = &mut self.conns[i];
+        let logging_in = self.conns[i].state == State::LoginSent;
         match frame.body {
-            Body::LoginResult(_) if conn.state == State::LoginSent => {
-                conn.state = State::Ready;
-                self.pending_logins -= 1;
-                c.logged_in += 1;
-                self.stats.login.record(now.saturating_sub(conn.connect_ns));
-                if self.keepalive_ns > 0 {
-                    self.keepalive_due.push_back((now + self.keepalive_ns, i));
-                }
-            }
-            Body::Error(e) if conn.state == State::LoginSent => {
-                let user = conn.spec.user;
+            Body::LoginResult(_) if logging_in => self.logged_in(i, now),
+            Body::Error(e) if logging_in => {
+                let user = self.conns[i].spec.user;
                 self.fail_login(
                     i,
                     format!(
@@ -617,31 +681,14 @@ impl Engine {
                     ),
                 );
             }
-            Body::Ack(ack) => {
-                c.acked += 1;
-                if ack.duplicate {
-                    c.duplicates += 1;
-                }
-                if ack.client_msg_id >= self.measure_from_ns {
-                    c.acked_measured += 1;
-                    self.stats.ack.record(now.saturating_sub(ack.client_msg_id));
-                }
-                self.answered(i);
-            }
+            Body::Ack(ack) => self.on_ack(i, ack.client_msg_id, ack.duplicate, now),
             Body::MessagePush(push) => self.on_push(push.client_msg_id, now),
-            Body::Pong(_) if conn.ping_measured => {
-                conn.ping_measured = false;
-                c.pongs += 1;
-                self.stats
-                    .pong
-                    .record(now.saturating_sub(conn.ping_sent_ns));
-            }
-            // The answer to a keep-alive ping of the connect or setup phase.
-            Body::Pong(_) => {}
-            Body::Kick(_) => c.kicks += 1,
+            Body::Pong(_) => self.on_pong(i, now),
+            Body::Kick(_) => self.stats.counts.kicks += 1,
             // Chatroom pushes this connection fell too far behind to get.
             Body::ConversationEvent(_) | Body::Gap(_) => {}
             Body::Error(e) if !self.capture_responses && frame.flags.is_response() => {
+                let c = &mut self.stats.counts;
                 c.send_errors += 1;
                 if e.code == pb::ErrorCode::RateLimited as i32 {
                     c.rate_limited += 1;
@@ -653,6 +700,43 @@ impl Engine {
                     self.responses.push((i, Frame { body, ..frame }));
                 }
             }
+        }
+    }
+
+    fn logged_in(&mut self, i: usize, now: u64) {
+        let conn = &mut self.conns[i];
+        conn.state = State::Ready;
+        self.pending_logins -= 1;
+        self.stats.counts.logged_in += 1;
+        self.stats.login.record(now.saturating_sub(conn.connect_ns));
+        if self.keepalive_ns > 0 {
+            self.keepalive_due.push_back((now + self.keepalive_ns, i));
+        }
+    }
+
+    fn on_ack(&mut self, i: usize, client_msg_id: u64, duplicate: bool, now: u64) {
+        let c = &mut self.stats.counts;
+        c.acked += 1;
+        if duplicate {
+            c.duplicates += 1;
+        }
+        if client_msg_id >= self.measure_from_ns {
+            c.acked_measured += 1;
+            self.stats.ack.record(now.saturating_sub(client_msg_id));
+        }
+        self.answered(i);
+    }
+
+    /// A pong: measured if it answers a measured heartbeat (not a keep-alive ping of the
+    /// connect or setup phase).
+    fn on_pong(&mut self, i: usize, now: u64) {
+        let conn = &mut self.conns[i];
+        if conn.ping_measured {
+            conn.ping_measured = false;
+            self.stats.counts.pongs += 1;
+            self.stats
+                .pong
+                .record(now.saturating_sub(conn.ping_sent_ns));
         }
     }
 

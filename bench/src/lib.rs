@@ -10,7 +10,8 @@
 //! 3. [`schedule`] — the open-loop send schedule (no coordinated omission).
 //! 4. [`engine`] — the client: many connections on one loop, over [`io`]: kernel
 //!    sockets (mio) or, with `--client-mode xdp`, userspace TCP over AF_XDP
-//!    ([`xdp_io`]).
+//!    ([`xdp_io`]); it speaks Petrel's protocol, or MQTT 3.1.1 to a reference broker
+//!    ([`mqtt`]).
 //! 5. [`driver`] — one shard's run: connect, set up, load, drain.
 //! 6. [`workers`] — shards in a thread or in worker processes past ~18,000 connections.
 //! 7. [`stats`], [`procfs`], [`report`], [`svg`] — what is measured and how it is shown.
@@ -24,6 +25,7 @@ mod config;
 mod driver;
 mod engine;
 mod io;
+mod mqtt;
 mod plan;
 mod procfs;
 mod report;
@@ -41,13 +43,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 pub use config::BenchArgs;
-use config::{BenchConfig, Scenario};
+use config::{BenchConfig, Scenario, WireProtocol};
 use crossbeam_channel::RecvTimeoutError;
 use indicatif::{ProgressBar, ProgressStyle};
 use petrel_control::KeyRing;
 
 use self::driver::{Phase, ShardJob};
-use self::engine::{Clock, ConnSpec, Engine};
+use self::engine::{Clock, ConnSpec, Engine, Protocol};
 use self::io::{Io, KernelIo};
 use self::report::{Report, RunFacts, ServerSamples};
 use self::stats::{Counts, Stats};
@@ -89,32 +91,41 @@ fn coordinate(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let mqtt = config.protocol == WireProtocol::Mqtt;
     let server: SocketAddr = args
         .server
         .or(spawned.as_ref().map(|s| s.addr))
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9500)));
-    let key_file = args
-        .key_file
-        .clone()
-        .or(spawned.as_ref().map(|s| s.key_file.clone()))
-        .unwrap_or_else(|| PathBuf::from("./petrel-data/keys"));
-    let key_file_text = std::fs::read_to_string(&key_file).with_context(|| {
-        format!(
-            "cannot read the token key file {} (pass the server's with --key-file)",
-            key_file.display()
-        )
-    })?;
-    let keyring = KeyRing::parse(&key_file_text)
-        .with_context(|| format!("invalid key file {}", key_file.display()))?;
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], if mqtt { 1883 } else { 9500 })));
+    // An MQTT broker needs no tokens.
+    let key_file_text = if mqtt {
+        String::new()
+    } else {
+        let key_file = args
+            .key_file
+            .clone()
+            .or(spawned.as_ref().map(|s| s.key_file.clone()))
+            .unwrap_or_else(|| PathBuf::from("./petrel-data/keys"));
+        let text = std::fs::read_to_string(&key_file).with_context(|| {
+            format!(
+                "cannot read the token key file {} (pass the server's with --key-file)",
+                key_file.display()
+            )
+        })?;
+        KeyRing::parse(&text)
+            .with_context(|| format!("invalid key file {}", key_file.display()))?;
+        text
+    };
     let pid = spawned.as_ref().map(|s| s.pid()).or(args.server_pid);
     let _ = rlimit::increase_nofile_limit(u64::MAX);
 
     let plan = config.plan();
     let shards = plan.shards(config.conns_per_process)?;
     let account = match config.scenario {
-        Scenario::Broadcast { .. } if shards.len() > 1 => {
-            Some(create_account(server, &keyring, &config)?)
-        }
+        Scenario::Broadcast { .. } if shards.len() > 1 => Some(create_account(
+            server,
+            &KeyRing::parse(&key_file_text)?,
+            &config,
+        )?),
         _ => None,
     };
     let mut samples = ServerSamples::default();
@@ -327,7 +338,13 @@ fn create_account(
         source: driver::source_for(config, server, 0),
     };
     let io = Io::Kernel(KernelIo::new(server, 1)?);
-    let mut engine = Engine::new(io, keyring.clone(), &[spec], "", Clock::new())?;
+    let mut engine = Engine::new(
+        io,
+        Protocol::Petrel(keyring.clone()),
+        &[spec],
+        "",
+        Clock::new(),
+    )?;
     engine.connect_all(1, None, config.connect_timeout, |_| {})?;
     engine.set_capture_responses(true);
     let id = engine.request(0, driver::create_account_op(owner))?;

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::config::{BenchConfig, Scenario};
+use super::config::{BenchConfig, Scenario, WireProtocol};
 use super::procfs::Sample;
 use super::stats::{ClientDataplane, Counts, Latency, Stats};
 
@@ -100,6 +100,8 @@ pub struct Report {
     /// `kernel` (one kernel TCP socket per connection) or `xdp` (userspace TCP over
     /// AF_XDP sockets, one process).
     pub client_mode: &'static str,
+    /// `petrel`, or `mqtt` (a broker loaded for reference).
+    pub protocol: WireProtocol,
     /// Load-generating processes.
     pub client_processes: u64,
     /// Server address.
@@ -222,6 +224,7 @@ impl Report {
             } else {
                 "kernel"
             },
+            protocol: config.protocol,
             client_processes: facts.processes,
             server: facts.server,
             server_spawned: facts.spawned,
@@ -271,7 +274,14 @@ impl Report {
                 format!("broadcast, 1 public account × {followers} followers")
             }
         };
-        let _ = writeln!(s, "petrel bench: {scenario}");
+        let _ = writeln!(
+            s,
+            "petrel bench: {scenario}{}",
+            match self.protocol {
+                WireProtocol::Petrel => "",
+                WireProtocol::Mqtt => " — MQTT 3.1.1 QoS 1 to a broker (reference run)",
+            }
+        );
         let _ = writeln!(
             s,
             "  client mode: {}, {} process{}; server {}{}",
