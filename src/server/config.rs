@@ -77,6 +77,15 @@ pub enum PollMode {
 /// Default spin of [`PollMode::Adaptive`], microseconds.
 pub const DEFAULT_POLL_SPIN_US: u64 = 50;
 
+/// Default shortest time between two fsync starts with `sync = "batch"`, microseconds:
+/// none, each fsync starts as soon as the last returned (docs/PERFORMANCE.md, "Ninth
+/// session": spacing them saves the syncer's CPU but did not shorten the tail).
+pub const DEFAULT_SYNC_INTERVAL_US: u64 = 0;
+
+/// Largest `sync_interval_us` accepted: past this a lone message would wait longer for
+/// its ack than any IM user would accept.
+pub const MAX_SYNC_INTERVAL_US: u64 = 100_000;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -144,6 +153,12 @@ pub struct ServeArgs {
     /// [default: realtime].
     #[arg(long, value_enum)]
     pub syncer_priority: Option<SyncerPriority>,
+    /// Shortest time between the starts of two fsyncs (sync = batch), microseconds: under
+    /// load each fsync covers more messages and the syncer takes less CPU from the loops,
+    /// at the price of up to this much more ack latency [default: 0, sync again as soon
+    /// as the last fsync returned; at most 100000].
+    #[arg(long, value_name = "US")]
+    pub sync_interval_us: Option<u64>,
     /// Most concurrent client connections [default: 1000000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
@@ -224,6 +239,7 @@ struct FileConfig {
     poll: Option<PollKind>,
     poll_spin_us: Option<u64>,
     syncer_priority: Option<SyncerPriority>,
+    sync_interval_us: Option<u64>,
     max_connections: Option<usize>,
     iface: Option<String>,
     queues: Option<Vec<u32>>,
@@ -283,6 +299,8 @@ pub struct ServeConfig {
     pub poll: PollMode,
     /// How the storage syncer thread is scheduled.
     pub syncer_priority: SyncerPriority,
+    /// Shortest time between two fsync starts (`sync = "batch"`).
+    pub sync_interval: Duration,
     pub max_connections: usize,
     /// AF_XDP settings (used with `dataplane = "xdp"`; the userspace TCP ones with
     /// `dataplane = "dpdk"` too).
@@ -504,6 +522,11 @@ impl ServeConfig {
                 .syncer_priority
                 .or(file.syncer_priority)
                 .unwrap_or(SyncerPriority::Realtime),
+            sync_interval: Duration::from_micros(
+                args.sync_interval_us
+                    .or(file.sync_interval_us)
+                    .unwrap_or(DEFAULT_SYNC_INTERVAL_US),
+            ),
             max_connections: args
                 .max_connections
                 .or(file.max_connections)
@@ -558,6 +581,12 @@ impl ServeConfig {
         }
         if self.max_connections == 0 {
             bail!("max_connections must be at least 1");
+        }
+        if self.sync_interval > Duration::from_micros(MAX_SYNC_INTERVAL_US) {
+            bail!(
+                "sync_interval_us must be at most {MAX_SYNC_INTERVAL_US} (100 ms), not {}",
+                self.sync_interval.as_micros()
+            );
         }
         if self.max_frame_body < 1024 {
             bail!("max_frame_body must be at least 1024 bytes");
@@ -777,6 +806,31 @@ shutdown_grace_ms = 1500
         args.metrics_addr = Some("0.0.0.0:9700".parse().unwrap());
         let c = ServeConfig::resolve(&args).unwrap();
         assert_eq!(c.metrics_addr, Some("0.0.0.0:9700".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_sync_interval_comes_from_the_file_or_the_flag_and_is_bounded() {
+        assert_eq!(
+            ServeConfig::resolve(&ServeArgs::default())
+                .unwrap()
+                .sync_interval,
+            Duration::ZERO
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("petrel.toml");
+        std::fs::write(&path, "sync_interval_us = 700\n").unwrap();
+        let mut args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        let c = ServeConfig::resolve(&args).unwrap();
+        assert_eq!(c.sync_interval, Duration::from_micros(700));
+        args.sync_interval_us = Some(250);
+        let c = ServeConfig::resolve(&args).unwrap();
+        assert_eq!(c.sync_interval, Duration::from_micros(250));
+        args.sync_interval_us = Some(100_001);
+        let e = ServeConfig::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("sync_interval_us"), "{e}");
     }
 
     #[test]

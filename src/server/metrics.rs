@@ -595,6 +595,14 @@ impl Collector for Metrics {
             &s.sync_buckets,
             s.sync_sum_us,
         )?;
+        latency_histogram(
+            &mut e,
+            "petrel_storage_apply_seconds",
+            "How long each storage group took to apply on its loop's thread (write batch and \
+             WAL write, before the fsync); the loop serves nothing else meanwhile.",
+            &s.apply_buckets,
+            s.apply_sum_us,
+        )?;
         counter(
             &mut e,
             "petrel_storage_commit_rounds",

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use petrel_control::{Action, Control, Event, Ticket};
-use petrel_storage::{Committer, DiffusionMode, GroupEngine, Retention, StorageConfig, SyncMode};
+use petrel_storage::{
+    Committer, DiffusionMode, GroupEngine, Retention, StorageConfig, SyncMode, SyncRounds,
+};
 use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
 
 pub use config::{ServeArgs, ServeConfig};
@@ -145,7 +147,9 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     let scrub_engine = Arc::downgrade(&engine);
     let mut committer = Committer::start(
         engine,
-        config.sync == Sync::Batch,
+        (config.sync == Sync::Batch).then_some(SyncRounds {
+            min_interval: config.sync_interval,
+        }),
         Arc::new(move || {
             let _ = syncer_wakes.wake();
         }),

@@ -1303,7 +1303,8 @@ fn fsync_error_is_never_an_ack<H: Harness>() {
     };
     let (e, _dir) = flaky::<H>(cfg);
     let ab = ConversationKey::single(A, B);
-    let mut committer = Committer::start(Arc::clone(&e), true, Arc::new(|| {})).unwrap();
+    let mut committer =
+        Committer::start(Arc::clone(&e), Some(Default::default()), Arc::new(|| {})).unwrap();
     let take = |c: &mut Committer<FlakyEngine<H>, u32>, want: usize| {
         let mut out = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);

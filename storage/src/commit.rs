@@ -99,6 +99,11 @@ pub struct CommitStats {
     /// How long each durability round's WAL sync took (one per round; count = `groups`).
     sync_buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
     sync_sum_us: AtomicU64,
+    /// How long applying each group took on the loop's thread (the RocksDB write batch
+    /// and its WAL write, before any fsync); a slow apply stalls every connection of
+    /// that loop, so it shows here apart from the disk's sync time.
+    apply_buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    apply_sum_us: AtomicU64,
 }
 
 /// A copy of [`CommitStats`].
@@ -117,6 +122,11 @@ pub struct CommitStatsSnapshot {
     pub sync_buckets: Vec<u64>,
     /// Sum of those syncs' durations, microseconds.
     pub sync_sum_us: u64,
+    /// Groups per bucket of how long applying them took on the loop's thread (not
+    /// cumulative), bounds [`LATENCY_BUCKETS_US`] then +Inf; groups of a committer.
+    pub apply_buckets: Vec<u64>,
+    /// Sum of those applies' durations, microseconds.
+    pub apply_sum_us: u64,
 }
 
 impl CommitStats {
@@ -140,6 +150,12 @@ impl CommitStats {
         self.sync_sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
+    /// Records how long applying one group took on the loop's thread.
+    pub(crate) fn record_apply(&self, took: Duration) {
+        let us = bucket_add(&self.apply_buckets, took, 1);
+        self.apply_sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
     /// The current values (each read on its own: a scrape racing the syncer may see a
     /// count one round ahead of the buckets).
     pub fn snapshot(&self) -> CommitStatsSnapshot {
@@ -158,6 +174,12 @@ impl CommitStats {
                 .map(|b| b.load(Ordering::Relaxed))
                 .collect(),
             sync_sum_us: self.sync_sum_us.load(Ordering::Relaxed),
+            apply_buckets: self
+                .apply_buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            apply_sum_us: self.apply_sum_us.load(Ordering::Relaxed),
         }
     }
 }

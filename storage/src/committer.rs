@@ -25,15 +25,24 @@
 //! cause — after a failed fsync the WAL's state is unknown, so only a restart (which
 //! replays the WAL) can be trusted. Reads still run.
 //!
-//! With a sync mode other than `Batch` ([`Committer::start`]'s `sync_rounds = false`)
+//! With a sync mode other than `Batch` ([`Committer::start`] without [`SyncRounds`])
 //! writes are as durable as the mode promises when `apply_batch` returns, and replies are
 //! released at once (`Always` fsyncs inside `apply_batch`, on the loop's thread).
+//!
+//! **Pacing.** An fsync is not free for the CPU: on a virtual machine each one costs its
+//! thread ~85 µs (the virtio kick is a VM exit, then the interrupt and the wake-ups),
+//! and a syncer that starts the next fsync the moment the last returns syncs one or two
+//! messages at a time under steady load — at 10,000 msg/s it took ~50 % of the CPU it
+//! shares with its loop. [`SyncRounds::min_interval`] spaces fsync *starts* at least that
+//! far apart: under load every round covers more groups for the same cost, at low load
+//! (rounds further apart than the interval anyway) nothing waits. The price is latency
+//! (up to one interval per ack), so the server's default is no spacing.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
@@ -122,13 +131,25 @@ struct Syncer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// How the syncer makes groups durable (the engine is in `SyncMode::Batch`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncRounds {
+    /// Shortest time from one fsync's start to the next one's (see the module's
+    /// "Pacing"); zero starts each as soon as the last returned.
+    pub min_interval: Duration,
+}
+
 impl<E: GroupEngine + 'static, T> Committer<E, T> {
     /// A committer over `engine`. With `sync_rounds` (the engine is in `SyncMode::Batch`)
     /// a syncer thread is started that calls `wake` after every fsync; without, replies
     /// are released as soon as a group is applied.
-    pub fn start(engine: Arc<E>, sync_rounds: bool, wake: WakeLoop) -> Result<Self, StorageError> {
+    pub fn start(
+        engine: Arc<E>,
+        sync_rounds: Option<SyncRounds>,
+        wake: WakeLoop,
+    ) -> Result<Self, StorageError> {
         let stats = Arc::new(CommitStats::default());
-        let syncer = if sync_rounds {
+        let syncer = if let Some(rounds) = sync_rounds {
             let requests = Arc::new(SyncRequests::default());
             let (done_tx, done_rx) = crossbeam_channel::unbounded();
             let engine = Arc::clone(&engine);
@@ -137,7 +158,7 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
                 .spawn({
                     let stats = Arc::clone(&stats);
                     let requests = Arc::clone(&requests);
-                    move || syncer_loop(&*engine, &requests, &done_tx, &*wake, &stats)
+                    move || syncer_loop(&*engine, rounds, &requests, &done_tx, &*wake, &stats)
                 })?;
             Some(Syncer {
                 requests,
@@ -213,6 +234,7 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
             .engine
             .apply_group(std::mem::take(&mut self.requests))
             .into_iter();
+        self.stats.record_apply(submitted.elapsed());
         let mut group_tags = Vec::new();
         let mut group_replies = Vec::new();
         let mut wrote = false;
@@ -495,6 +517,12 @@ impl SyncRequests {
         self.asked.notify_one();
     }
 
+    /// The newest group asked for since [`SyncRequests::next`] returned `through`.
+    fn newest(&self, through: u64) -> u64 {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.through.take().map_or(through, |t| t.max(through))
+    }
+
     /// Waits for a request; returns the newest group asked for, or `None` once closed
     /// with nothing left.
     fn next(&self) -> Option<u64> {
@@ -516,14 +544,25 @@ impl SyncRequests {
 
 fn syncer_loop<E: GroupEngine + ?Sized>(
     engine: &E,
+    rounds: SyncRounds,
     requests: &SyncRequests,
     done: &Sender<(u64, Result<(), StorageError>)>,
     wake: &(dyn Fn() + Send + Sync),
     stats: &CommitStats,
 ) {
+    let mut last_start: Option<Instant> = None;
     // Every group asked for so far shares each fsync.
-    while let Some(through) = requests.next() {
+    while let Some(mut through) = requests.next() {
+        if let Some(last) = last_start {
+            let since = last.elapsed();
+            if since < rounds.min_interval {
+                // Let this round gather what arrives until the interval is up.
+                std::thread::sleep(rounds.min_interval - since);
+                through = requests.newest(through);
+            }
+        }
         let started = Instant::now();
+        last_start = Some(started);
         let result = engine.sync_group();
         stats.record_sync(started.elapsed());
         if done.send((through, result)).is_err() {
@@ -536,7 +575,6 @@ fn syncer_loop<E: GroupEngine + ?Sized>(
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize};
-    use std::time::Duration;
 
     use super::*;
     use crate::api::AppendRequest;
@@ -609,10 +647,37 @@ mod tests {
     }
 
     #[test]
+    fn paced_rounds_start_an_interval_apart_and_share_one_fsync() {
+        let engine = Probe::new();
+        let interval = Duration::from_millis(50);
+        let rounds = SyncRounds {
+            min_interval: interval,
+        };
+        let mut c = Committer::start(engine.clone(), Some(rounds), Arc::new(|| {})).unwrap();
+        c.commit(&mut vec![(1, append(1, 1))]);
+        assert_eq!(released_within(&mut c, 1).len(), 1);
+        let first = engine.entered.lock().unwrap().expect("one fsync ran");
+        // Three groups right after the first round: they wait for the interval, then
+        // share one fsync.
+        for k in 2..=4 {
+            c.commit(&mut vec![(k, append(1, u64::from(k)))]);
+        }
+        let got = released_within(&mut c, 3);
+        assert_eq!(
+            got.iter().map(|(t, r)| (*t, r.is_ok())).collect::<Vec<_>>(),
+            [(2, true), (3, true), (4, true)]
+        );
+        assert_eq!(engine.syncs.load(Ordering::SeqCst), 2);
+        let second = engine.entered.lock().unwrap().expect("two fsyncs ran");
+        assert!(second.duration_since(first) >= interval);
+    }
+
+    #[test]
     fn replies_wait_for_the_fsync_and_come_out_in_order() {
         let engine = Probe::new();
         let held = engine.hold.lock().unwrap();
-        let mut c = Committer::start(engine.clone(), true, Arc::new(|| {})).unwrap();
+        let mut c =
+            Committer::start(engine.clone(), Some(SyncRounds::default()), Arc::new(|| {})).unwrap();
         c.commit(&mut vec![(1, append(1, 1)), (2, append(1, 2))]);
         c.commit(&mut vec![(3, Request::LastActive { user: UserId(1) })]);
         std::thread::sleep(Duration::from_millis(20));
@@ -655,7 +720,8 @@ mod tests {
     #[test]
     fn a_page_of_a_quiet_conversation_does_not_wait_for_appends_elsewhere() {
         let engine = Probe::new();
-        let mut c = Committer::start(engine.clone(), true, Arc::new(|| {})).unwrap();
+        let mut c =
+            Committer::start(engine.clone(), Some(SyncRounds::default()), Arc::new(|| {})).unwrap();
         // Conversation 2–3 gets a message, made durable.
         c.commit(&mut vec![(1, append(3, 1))]);
         assert_eq!(released_within(&mut c, 1).len(), 1);
@@ -687,7 +753,8 @@ mod tests {
     fn a_read_only_group_with_nothing_unsynced_before_it_is_released_at_once() {
         let engine = Probe::new();
         let _held = engine.hold.lock().unwrap();
-        let mut c = Committer::start(engine.clone(), true, Arc::new(|| {})).unwrap();
+        let mut c =
+            Committer::start(engine.clone(), Some(SyncRounds::default()), Arc::new(|| {})).unwrap();
         c.commit(&mut vec![(7, Request::LastActive { user: UserId(1) })]);
         let mut got = Vec::new();
         c.take_ready(|t, r| got.push((t, r.is_ok())));
@@ -699,7 +766,8 @@ mod tests {
     fn a_failed_fsync_is_never_an_ack_and_later_writes_are_refused() {
         let engine = Probe::new();
         engine.fail.store(true, Ordering::SeqCst);
-        let mut c = Committer::start(engine.clone(), true, Arc::new(|| {})).unwrap();
+        let mut c =
+            Committer::start(engine.clone(), Some(SyncRounds::default()), Arc::new(|| {})).unwrap();
         c.commit(&mut vec![
             (1, append(1, 1)),
             (2, Request::LastActive { user: UserId(1) }),
@@ -731,7 +799,7 @@ mod tests {
     #[test]
     fn without_sync_rounds_replies_are_released_as_applied() {
         let engine = Probe::new();
-        let mut c = Committer::start(engine.clone(), false, Arc::new(|| {})).unwrap();
+        let mut c = Committer::start(engine.clone(), None, Arc::new(|| {})).unwrap();
         c.commit(&mut vec![(1, append(1, 1))]);
         assert!(c.has_ready());
         let mut n = 0;
@@ -750,7 +818,7 @@ mod tests {
         let w = woken.clone();
         let mut c = Committer::start(
             engine.clone(),
-            true,
+            Some(SyncRounds::default()),
             Arc::new(move || {
                 w.fetch_add(1, Ordering::SeqCst);
             }),

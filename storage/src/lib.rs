@@ -60,7 +60,7 @@ pub use commit::{
     CommitQueue, CommitQueueConfig, CommitStats, CommitStatsSnapshot, Completion,
     LATENCY_BUCKETS_US,
 };
-pub use committer::{Committer, GroupEngine, WakeLoop};
+pub use committer::{Committer, GroupEngine, SyncRounds, WakeLoop};
 pub use config::{DiffusionMode, Retention, StorageConfig, SyncMode};
 pub use engine::{Erasures, Store, StoreStats, WriterCacheStats};
 pub use error::{DecodeError, StorageError};
