@@ -288,6 +288,36 @@ fn duplicate_append_returns_original_seq<H: Harness>() {
     assert_eq!(again.seq, first.seq);
 }
 
+/// A sender past the recent-id filter's per-sender bound, with increasing ids, reopened:
+/// the filter reloads from an incomplete scan and takes its id ceiling from each
+/// conversation's largest stored id (reverse seeks on the backend); ids above it are new,
+/// retries below it still find their message.
+fn dedup_after_reopen_past_the_filter_bound<H: Harness>() {
+    let cfg = StorageConfig {
+        dedup_filter_per_sender: 2,
+        ..config(DiffusionMode::Hybrid)
+    };
+    let h = H::open(cfg);
+    let ab = ConversationKey::single(A, B);
+    let ac = ConversationKey::single(A, C);
+    for id in 1..=40u64 {
+        let conv = if id % 2 == 0 { ab } else { ac };
+        assert!(!send(h.engine(), A, conv, id, T0 + id).unwrap().duplicate);
+    }
+    let h = h.reopen();
+    let e = h.engine();
+    let retry = send(e, A, ac, 3, T0 + 100).unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.seq, 2);
+    assert!(send(e, A, ab, 40, T0 + 101).unwrap().duplicate);
+    let new = send(e, A, ab, 41, T0 + 102).unwrap();
+    assert!(!new.duplicate);
+    assert_eq!(new.seq, 21);
+    // The same id in the other conversation is another message.
+    assert!(!send(e, A, ac, 41, T0 + 103).unwrap().duplicate);
+    assert!(send(e, A, ac, 41, T0 + 104).unwrap().duplicate);
+}
+
 fn dedup_expires_after_window<H: Harness>() {
     let cfg = StorageConfig {
         dedup_window_ms: 1_000,
@@ -1518,6 +1548,10 @@ macro_rules! conformance {
             #[test]
             fn duplicate_append_returns_original_seq() {
                 super::duplicate_append_returns_original_seq::<$harness>();
+            }
+            #[test]
+            fn dedup_after_reopen_past_the_filter_bound() {
+                super::dedup_after_reopen_past_the_filter_bound::<$harness>();
             }
             #[test]
             fn dedup_expires_after_window() {

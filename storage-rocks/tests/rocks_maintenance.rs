@@ -18,7 +18,26 @@ fn compaction_expiry_follows_request_time_not_wall_clock() {
     let conv = ConversationKey::single(UserId(1), UserId(2));
     let now = 1_700_000_000_000u64;
     let two_days = 2 * petrel_storage::config::DAY_MS;
-    for (cmid, at) in [(1u64, now - two_days), (2, now)] {
+    let kv = engine.kv();
+    // Legacy entries of user 3 (never seen by this engine's filter): one expired, one live.
+    // Written before this version's first append, as an upgraded database has them: the
+    // first append decides whether legacy keys can exist.
+    let legacy_conv = ConversationKey::single(UserId(3), UserId(2));
+    let legacy_value = |seq: u64, at: u64| {
+        let mut v = keys::conversation_u64(legacy_conv, seq).to_vec();
+        v.extend_from_slice(&at.to_be_bytes());
+        v
+    };
+    let mut batch = kv.batch();
+    batch.put(
+        Cf::Dedup,
+        &keys::u64_u64(3, 7),
+        &legacy_value(1, now - two_days),
+    );
+    batch.put(Cf::Dedup, &keys::u64_u64(3, 8), &legacy_value(2, now));
+    kv.write(batch, true).expect("legacy entries");
+    // The first append (the deciding one) at `now`, the back-dated one after it.
+    for (cmid, at) in [(2u64, now), (1, now - two_days)] {
         engine
             .append(AppendRequest {
                 sender: UserId(1),
@@ -38,22 +57,6 @@ fn compaction_expiry_follows_request_time_not_wall_clock() {
         .revoke_token(TokenId([2; 16]), now + two_days)
         .expect("revoke");
 
-    let kv = engine.kv();
-    // Legacy entries of user 3 (never seen by this engine's filter): one expired, one live.
-    let legacy_conv = ConversationKey::single(UserId(3), UserId(2));
-    let legacy_value = |seq: u64, at: u64| {
-        let mut v = keys::conversation_u64(legacy_conv, seq).to_vec();
-        v.extend_from_slice(&at.to_be_bytes());
-        v
-    };
-    let mut batch = kv.batch();
-    batch.put(
-        Cf::Dedup,
-        &keys::u64_u64(3, 7),
-        &legacy_value(1, now - two_days),
-    );
-    batch.put(Cf::Dedup, &keys::u64_u64(3, 8), &legacy_value(2, now));
-    kv.write(batch, true).expect("legacy entries");
     let key = |cmid| keys::dedup(UserId(1), conv, cmid);
     assert!(kv.get(Cf::Dedup, &key(1)).unwrap().is_some());
     kv.compact(Cf::Dedup).expect("compact dedup");
@@ -105,7 +108,7 @@ fn compaction_expiry_follows_request_time_not_wall_clock() {
         })
         .expect("retry");
     assert!(retry.duplicate);
-    assert_eq!(retry.seq, 2);
+    assert_eq!(retry.seq, 1, "id 2 was the first append");
 
     // A live legacy entry answers a retry in its own conversation only.
     let legacy_retry = |conversation| AppendRequest {
@@ -131,11 +134,11 @@ fn compaction_expiry_follows_request_time_not_wall_clock() {
         "same id in another conversation is a new message"
     );
     assert_eq!((other.conversation, other.seq), (elsewhere, 1));
-    // The store decided that legacy keys may exist (its dedup table was not empty when it
-    // first had to ask), so it reads them until a window after that.
+    // The store decided that legacy keys may exist (its dedup table was not empty at its
+    // first append), so it reads them until a window after that.
     let before = kv
         .get(Cf::Meta, keys::META_LEGACY_DEDUP_BEFORE)
         .unwrap()
         .expect("legacy horizon written");
-    assert_eq!(keys::decode_u64("horizon", &before).unwrap(), now + 1);
+    assert_eq!(keys::decode_u64("horizon", &before).unwrap(), now);
 }

@@ -8,11 +8,21 @@
 //! the horizon is in the list (`None`: every entry is). A sender is loaded on first use
 //! from one range scan of its dedup prefix. The answer for `(fingerprint, now)`:
 //!
+//! - the id is above the sender's *id ceiling* → [`Answer::New`] (no read);
 //! - the fingerprint is listed → [`Answer::AskStore`] (probably a retry; the store says
 //!   where it was stored, or that it was a collision);
 //! - not listed, and every entry that could still be inside the dedup window at `now`
 //!   lies after the horizon → [`Answer::New`] (no read);
 //! - otherwise → [`Answer::AskStore`].
+//!
+//! **The id ceiling** is an upper bound of every client message id the sender has stored
+//! (known when the sender was loaded from a complete scan, or from the store's per
+//! conversation maxima; raised by every id stored since; `None` when unknown). An id above
+//! it was never stored, so it is new whatever the list says. It is what keeps a heavy
+//! sender off the store: past `max_per_sender` ids within the dedup window the list
+//! cannot vouch for anything, but a sender whose ids increase (a persisted counter, a
+//! time-based id, the load generator) is still answered from memory. Random ids get no
+//! help from it and cost nothing either.
 //!
 //! **Bounds.** At most `max_per_sender` ids per sender: storing one more drops the oldest
 //! and moves the horizon up to its time (that sender then asks the store until the
@@ -66,6 +76,8 @@ struct SenderIds {
     horizon: Option<u64>,
     /// `(fingerprint, server_time_ms)` in the order they were stored or loaded.
     ids: VecDeque<(u64, u64)>,
+    /// Upper bound of every client message id the sender stored (`None`: unknown).
+    id_ceiling: Option<u64>,
     /// How often each fingerprint of `ids` occurs, so a lookup is one probe instead of a
     /// scan of up to `max_per_sender` entries (it was 10 % of the control-plane routing
     /// benchmark's time).
@@ -73,10 +85,11 @@ struct SenderIds {
 }
 
 impl SenderIds {
-    fn new(horizon: Option<u64>) -> Self {
+    fn new(horizon: Option<u64>, id_ceiling: Option<u64>) -> Self {
         SenderIds {
             horizon,
             ids: VecDeque::new(),
+            id_ceiling,
             counts: HashMap::default(),
         }
     }
@@ -154,16 +167,23 @@ impl RecentIds {
         self.senders.contains(&sender)
     }
 
-    /// What the filter knows about `fp` from `sender` at `now_ms`; `None` if the sender is
-    /// not loaded.
-    pub fn check(&mut self, sender: UserId, fp: u64, now_ms: u64) -> Option<Answer> {
+    /// What the filter knows about `client_msg_id` (fingerprint `fp`) from `sender` at
+    /// `now_ms`; `None` if the sender is not loaded.
+    pub fn check(
+        &mut self,
+        sender: UserId,
+        fp: u64,
+        client_msg_id: u64,
+        now_ms: u64,
+    ) -> Option<Answer> {
         let window = self.window_ms;
         let s = self.senders.get(&sender)?;
+        let above_ceiling = s.id_ceiling.is_some_and(|c| client_msg_id > c);
         let listed = s.contains(fp);
         // Entries that can still be duplicates at `now` have time > now - window; all of
         // them are listed iff horizon <= now - window.
         let covered = s.horizon.is_none_or(|h| h.saturating_add(window) <= now_ms);
-        let answer = if !listed && covered {
+        let answer = if above_ceiling || (!listed && covered) {
             self.stats.answered += 1;
             Answer::New
         } else {
@@ -176,16 +196,19 @@ impl RecentIds {
     /// Load `sender` from its stored entries `(fingerprint, server_time_ms)` at `now_ms`.
     /// `complete` says whether `entries` are all of them; entries already outside the
     /// window are skipped. If more than `max_per_sender` remain, the sender is held with
-    /// no coverage (every lookup asks the store) until it is dropped.
+    /// no coverage (only ids above the ceiling are answered) until it is dropped.
+    /// `id_ceiling`: an upper bound of every client message id the sender ever stored,
+    /// if the caller knows one.
     pub fn load(
         &mut self,
         sender: UserId,
         entries: impl IntoIterator<Item = (u64, u64)>,
         complete: bool,
+        id_ceiling: Option<u64>,
         now_ms: u64,
     ) {
         let window = self.window_ms;
-        let mut ids = SenderIds::new(None);
+        let mut ids = SenderIds::new(None, id_ceiling);
         let mut overflow = !complete;
         for (fp, t) in entries {
             if t.saturating_add(window) <= now_ms {
@@ -206,14 +229,18 @@ impl RecentIds {
         self.enforce_budget(sender);
     }
 
-    /// Record that `sender` stored `fp` at `server_time_ms` (call for every stored append,
-    /// including ones whose group write later fails: a listed id only causes a read).
-    pub fn record(&mut self, sender: UserId, fp: u64, server_time_ms: u64) {
+    /// Record that `sender` stored `client_msg_id` (fingerprint `fp`) at `server_time_ms`
+    /// (call for every stored append, including ones whose group write later fails: a
+    /// listed id only causes a read, a raised ceiling only a read later).
+    pub fn record(&mut self, sender: UserId, fp: u64, client_msg_id: u64, server_time_ms: u64) {
         let max = self.max_per_sender;
         let Some(s) = self.senders.get_mut(&sender) else {
             return;
         };
         s.push(fp, server_time_ms);
+        if let Some(c) = &mut s.id_ceiling {
+            *c = (*c).max(client_msg_id);
+        }
         self.stats.ids += 1;
         if s.ids.len() > max
             && let Some((_, t)) = s.pop_front()
@@ -270,19 +297,19 @@ mod tests {
     #[test]
     fn unknown_sender_must_be_loaded_first() {
         let mut f = RecentIds::new(DAY, 8, 100);
-        assert_eq!(f.check(UserId(1), fp(1), 10), None);
-        f.load(UserId(1), [], true, 10);
-        assert_eq!(f.check(UserId(1), fp(1), 10), Some(Answer::New));
+        assert_eq!(f.check(UserId(1), fp(1), 1, 10), None);
+        f.load(UserId(1), [], true, None, 10);
+        assert_eq!(f.check(UserId(1), fp(1), 1, 10), Some(Answer::New));
     }
 
     #[test]
     fn a_stored_id_asks_the_store_and_others_do_not() {
         let mut f = RecentIds::new(DAY, 8, 100);
-        f.load(UserId(1), [(fp(1), 5)], true, 10);
-        assert_eq!(f.check(UserId(1), fp(1), 10), Some(Answer::AskStore));
-        assert_eq!(f.check(UserId(1), fp(2), 10), Some(Answer::New));
-        f.record(UserId(1), fp(2), 10);
-        assert_eq!(f.check(UserId(1), fp(2), 11), Some(Answer::AskStore));
+        f.load(UserId(1), [(fp(1), 5)], true, None, 10);
+        assert_eq!(f.check(UserId(1), fp(1), 1, 10), Some(Answer::AskStore));
+        assert_eq!(f.check(UserId(1), fp(2), 2, 10), Some(Answer::New));
+        f.record(UserId(1), fp(2), 2, 10);
+        assert_eq!(f.check(UserId(1), fp(2), 2, 11), Some(Answer::AskStore));
         let s = f.stats();
         assert_eq!((s.answered, s.asked_store, s.ids), (1, 2, 2));
     }
@@ -291,42 +318,79 @@ mod tests {
     fn expired_entries_are_not_loaded() {
         let mut f = RecentIds::new(DAY, 1, 100);
         // The expired one does not count against the per-sender bound either.
-        f.load(UserId(1), [(fp(1), 0), (fp(2), DAY + 5)], true, DAY + 10);
+        f.load(
+            UserId(1),
+            [(fp(1), 0), (fp(2), DAY + 5)],
+            true,
+            None,
+            DAY + 10,
+        );
         assert_eq!(f.stats().ids, 1);
-        assert_eq!(f.check(UserId(1), fp(1), DAY + 10), Some(Answer::New));
+        assert_eq!(f.check(UserId(1), fp(1), 1, DAY + 10), Some(Answer::New));
     }
 
     #[test]
     fn overflowing_a_sender_moves_the_horizon_and_asks_until_it_leaves_the_window() {
         let mut f = RecentIds::new(DAY, 2, 100);
-        f.load(UserId(1), [], true, 0);
-        f.record(UserId(1), fp(1), 100);
-        f.record(UserId(1), fp(2), 200);
-        f.record(UserId(1), fp(3), 300); // drops id 1 (time 100)
+        f.load(UserId(1), [], true, None, 0);
+        f.record(UserId(1), fp(1), 1, 100);
+        f.record(UserId(1), fp(2), 2, 200);
+        f.record(UserId(1), fp(3), 3, 300); // drops id 1 (time 100)
         assert_eq!(f.stats().ids, 2);
         // Id 1 may still be a duplicate: the filter cannot vouch for any unlisted id.
-        assert_eq!(f.check(UserId(1), fp(1), 400), Some(Answer::AskStore));
-        assert_eq!(f.check(UserId(1), fp(9), 400), Some(Answer::AskStore));
+        assert_eq!(f.check(UserId(1), fp(1), 1, 400), Some(Answer::AskStore));
+        assert_eq!(f.check(UserId(1), fp(9), 9, 400), Some(Answer::AskStore));
         // Once time 100 is out of the window, unlisted ids are new again.
-        assert_eq!(f.check(UserId(1), fp(9), 100 + DAY), Some(Answer::New));
+        assert_eq!(f.check(UserId(1), fp(9), 9, 100 + DAY), Some(Answer::New));
+    }
+
+    #[test]
+    fn ids_above_the_ceiling_are_new_even_past_the_per_sender_bound() {
+        let mut f = RecentIds::new(DAY, 2, 100);
+        // Incomplete, so the list vouches for nothing; the ceiling still does.
+        f.load(UserId(1), [(fp(5), 1), (fp(7), 2)], false, Some(7), 10);
+        assert_eq!(f.check(UserId(1), fp(8), 8, 10), Some(Answer::New));
+        assert_eq!(f.check(UserId(1), fp(6), 6, 10), Some(Answer::AskStore));
+        assert_eq!(f.check(UserId(1), fp(7), 7, 10), Some(Answer::AskStore));
+        // Storing raises it, also for ids the full list drops again.
+        for id in [8, 9, 10] {
+            f.record(UserId(1), fp(id), id, 20);
+        }
+        assert_eq!(f.check(UserId(1), fp(8), 8, 30), Some(Answer::AskStore));
+        assert_eq!(f.check(UserId(1), fp(11), 11, 30), Some(Answer::New));
+        // Without a ceiling an incomplete load answers nothing from memory.
+        f.load(UserId(2), [], false, None, 10);
+        assert_eq!(
+            f.check(UserId(2), fp(u64::MAX), u64::MAX, 10),
+            Some(Answer::AskStore)
+        );
     }
 
     #[test]
     fn an_incomplete_load_never_answers_new() {
         let mut f = RecentIds::new(DAY, 2, 100);
-        f.load(UserId(1), [(fp(1), 1), (fp(2), 2), (fp(3), 3)], true, 10);
-        assert_eq!(f.check(UserId(1), fp(9), 10 * DAY), Some(Answer::AskStore));
-        f.load(UserId(2), [], false, 10);
-        assert_eq!(f.check(UserId(2), fp(9), 10), Some(Answer::AskStore));
+        f.load(
+            UserId(1),
+            [(fp(1), 1), (fp(2), 2), (fp(3), 3)],
+            true,
+            None,
+            10,
+        );
+        assert_eq!(
+            f.check(UserId(1), fp(9), 9, 10 * DAY),
+            Some(Answer::AskStore)
+        );
+        f.load(UserId(2), [], false, None, 10);
+        assert_eq!(f.check(UserId(2), fp(9), 9, 10), Some(Answer::AskStore));
     }
 
     #[test]
     fn the_total_budget_drops_least_recently_used_senders() {
         let mut f = RecentIds::new(DAY, 8, 4);
         for u in 1..=3 {
-            f.load(UserId(u), [], true, 0);
-            f.record(UserId(u), fp(u), 1);
-            f.record(UserId(u), fp(u + 10), 1);
+            f.load(UserId(u), [], true, None, 0);
+            f.record(UserId(u), fp(u), u, 1);
+            f.record(UserId(u), fp(u + 10), u + 10, 1);
         }
         let s = f.stats();
         assert!(s.ids <= 4, "{s:?}");
@@ -338,11 +402,11 @@ mod tests {
         assert!(f.is_loaded(UserId(3)));
         // A single sender over the whole budget trims its own list.
         let mut g = RecentIds::new(DAY, 100, 2);
-        g.load(UserId(1), [], true, 0);
+        g.load(UserId(1), [], true, None, 0);
         for id in 0..5 {
-            g.record(UserId(1), fp(id), 1);
+            g.record(UserId(1), fp(id), id, 1);
         }
         assert_eq!(g.stats().ids, 2);
-        assert_eq!(g.check(UserId(1), fp(99), 2), Some(Answer::AskStore));
+        assert_eq!(g.check(UserId(1), fp(99), 99, 2), Some(Answer::AskStore));
     }
 }

@@ -129,3 +129,61 @@ fn a_fresh_store_never_reads_legacy_dedup_keys() {
         .expect("legacy horizon written");
     assert_eq!(keys::decode_u64("horizon", &horizon).unwrap(), 0);
 }
+
+/// A sender whose ids increase is answered from memory far past the filter's per-sender
+/// bound (its id ceiling), also after it was dropped and reloaded from an incomplete
+/// scan; a retry of an old id still finds the stored message.
+#[test]
+fn increasing_ids_past_the_bound_skip_the_store_and_retries_are_still_found() {
+    let e = MemEngine::new(StorageConfig {
+        sync: SyncMode::None,
+        dedup_filter_per_sender: 2,
+        dedup_filter_ids: 4,
+        ..StorageConfig::default()
+    });
+    let convs = [
+        ConversationKey::single(UserId(1), UserId(2)),
+        ConversationKey::single(UserId(1), UserId(3)),
+    ];
+    let send = |sender: u64, conv: ConversationKey, id: u64| match e
+        .execute_batch(vec![append(sender, conv, id)])
+        .pop()
+    {
+        Some(Ok(petrel_storage::Reply::Appended(out))) => out,
+        other => panic!("append failed: {other:?}"),
+    };
+    // 40 ids over two conversations: the load scan's limit is 16, the list holds 2.
+    for id in 1..=40 {
+        assert!(!send(1, convs[(id % 2) as usize], id).duplicate);
+    }
+    let asked = e.recent_ids_stats().unwrap().asked_store;
+    assert_eq!(asked, 0, "every id was above the ceiling");
+    // A retry of an old id is below the ceiling: the store is asked and finds it.
+    let retry = send(1, convs[1], 3);
+    assert!(retry.duplicate);
+    assert_eq!(retry.seq, 2);
+    assert_eq!(e.recent_ids_stats().unwrap().asked_store, asked + 1);
+    // Other senders push user 1 out of the filter (a budget of four ids).
+    for id in 1..=8 {
+        send(
+            50 + id,
+            ConversationKey::single(UserId(50 + id), UserId(2)),
+            id,
+        );
+    }
+    let before = e.recent_ids_stats().unwrap();
+    assert!(before.evictions > 0);
+    // Reloaded from an incomplete scan, with the ceiling from the per-conversation maxima.
+    assert!(!send(1, convs[0], 41).duplicate);
+    let after = e.recent_ids_stats().unwrap();
+    assert_eq!(
+        after.asked_store, before.asked_store,
+        "41 is above the ceiling"
+    );
+    assert!(after.loads > before.loads);
+    let again = send(1, convs[0], 40);
+    assert!(
+        again.duplicate,
+        "an id from before the reload is still a duplicate"
+    );
+}

@@ -15,7 +15,9 @@
 //! only in the same conversation (an id reused in another conversation is a new
 //! message, never an ack carrying another conversation's seq). The writer's
 //! [`RecentIds`](crate::recent_ids::RecentIds) filter answers "certainly new" from
-//! memory; the `dedup` column family is read only when it cannot.
+//! memory — from its list of the sender's recent ids, or because the id is above every
+//! id the sender ever stored (its *id ceiling*: senders whose ids increase never read);
+//! the `dedup` column family is read only when it cannot.
 //!
 //! Performance-critical path: runs once per message under the writer lock. Keys are
 //! stack arrays, the message is encoded into the run's scratch buffer, the inbox plan
@@ -36,6 +38,10 @@ use crate::kv::{Batch, Direction, Kv};
 use crate::model::{ConversationKey, Refs, Role, UserId};
 use crate::recent_ids::{Answer, fingerprint};
 use crate::values::{self, DedupEntry, InboxEntry};
+
+/// Most conversations [`Store::dedup_id_ceiling`] visits (two seeks each) before it
+/// gives up and leaves the sender's id ceiling unknown.
+const MAX_CEILING_CONVERSATIONS: usize = 1024;
 
 /// Appends applied into one batch under the writer lock; see the module doc.
 pub(crate) struct Run<'a, K: Kv + 'a> {
@@ -211,7 +217,8 @@ impl<K: Kv> Store<K> {
             }
         }
         w.last_seq.put(conv, seq);
-        w.recent_ids.record(req.sender, fp, req.now_ms);
+        w.recent_ids
+            .record(req.sender, fp, req.client_msg_id, req.now_ms);
         run.written.insert(dedup_key, dedup);
         run.appended += 1;
         run.inbox_entries += run.plan.len() as u64;
@@ -240,14 +247,21 @@ impl<K: Kv> Store<K> {
         if let Some(d) = run.written.get(dedup_key) {
             return Ok(live(d).then_some(*d));
         }
+        // Decided at the first append of a database's life (cached after): on a fresh
+        // one the dedup table is still empty then, so it never holds legacy keys. Asked
+        // only when the filter cannot answer, a fresh database whose senders' ids all
+        // stay above their ceilings would decide it late, with entries present.
+        let before = self.legacy_dedup_before(run, req.now_ms)?;
         let w = &mut *run.w;
         if !w.recent_ids.is_loaded(req.sender) {
             self.load_recent_ids(w, req.sender, req.now_ms)?;
         }
-        if w.recent_ids.check(req.sender, fp, req.now_ms) == Some(Answer::New) {
+        if w.recent_ids
+            .check(req.sender, fp, req.client_msg_id, req.now_ms)
+            == Some(Answer::New)
+        {
             return Ok(None);
         }
-        let before = self.legacy_dedup_before(run, req.now_ms)?;
         let legacy = before > 0 && req.now_ms < before.saturating_add(window);
         Ok(self
             .stored_dedup(
@@ -262,10 +276,10 @@ impl<K: Kv> Store<K> {
 
     /// The server time before which legacy dedup keys may have been written (0: never).
     ///
-    /// Decided once per database and kept in `meta`: a database whose `dedup` column
-    /// family is empty when this is first asked never held a legacy key (this version
-    /// writes none), so the answer is 0; otherwise legacy keys may exist, all written
-    /// before `now_ms`, and they leave the dedup window a window after it. The decision
+    /// Decided once per database, at its first append by this version, and kept in `meta`:
+    /// a database whose `dedup` column family is empty then never held a legacy key (this
+    /// version writes none), so the answer is 0; otherwise legacy keys may exist, all
+    /// written before `now_ms`, and they leave the dedup window a window after it. The decision
     /// goes down with the run's batch; if that batch is lost it is decided again, later,
     /// which only costs reads. Without it every dedup read that misses would read the
     /// legacy key too: for a sender past the recent-id filter's bound, two point reads
@@ -323,7 +337,9 @@ impl<K: Kv> Store<K> {
 
     /// Load a sender's stored ids into the recent-id filter: one range scan of its dedup
     /// prefix, at most a few times the per-sender bound (beyond that, or on an entry it
-    /// cannot decode, the sender is loaded as incomplete and always asks the store).
+    /// cannot decode, the sender is loaded as incomplete and asks the store for every id
+    /// not above its id ceiling). The ceiling is the largest id the scan saw when it saw
+    /// them all, else [`Self::dedup_id_ceiling`]'s.
     fn load_recent_ids(
         &self,
         w: &mut WriterState,
@@ -340,6 +356,7 @@ impl<K: Kv> Store<K> {
         let mut entries = Vec::new();
         let mut decodable = true;
         let mut seen = 0usize;
+        let mut ceiling = 0u64;
         self.kv.scan(
             Cf::Dedup,
             &prefix,
@@ -361,12 +378,64 @@ impl<K: Kv> Store<K> {
                     Ok((fp, d)) => entries.push((fp, d.server_time_ms)),
                     Err(_) => decodable = false,
                 }
+                // Both key forms end with the id (`sender | conversation | id`, legacy
+                // `sender | id`).
+                if k.len() >= 16 {
+                    ceiling = ceiling.max(keys::be_u64(&k[k.len() - 8..]));
+                }
                 Ok(true)
             },
         )?;
         let complete = decodable && seen < limit;
-        w.recent_ids.load(sender, entries, complete, now_ms);
+        let ceiling = if complete {
+            Some(ceiling)
+        } else {
+            self.dedup_id_ceiling(sender)?
+        };
+        w.recent_ids
+            .load(sender, entries, complete, ceiling, now_ms);
         Ok(())
+    }
+
+    /// The largest client message id `sender` has in the `dedup` column family, found
+    /// without reading every entry: keys are `sender | conversation | id`, so each
+    /// conversation's largest is its range's last key — two seeks per conversation. `None`
+    /// (unknown) past [`MAX_CEILING_CONVERSATIONS`] conversations or on a key of the
+    /// legacy `sender | id` form.
+    fn dedup_id_ceiling(&self, sender: UserId) -> Result<Option<u64>, StorageError> {
+        let prefix = keys::u64_key(sender.0);
+        let end = keys::prefix_end(&prefix);
+        let mut from = prefix.to_vec();
+        let mut ceiling = 0u64;
+        for _ in 0..MAX_CEILING_CONVERSATIONS {
+            let Some(first) = self.kv.first_key(Cf::Dedup, &from, &end)? else {
+                return Ok(Some(ceiling));
+            };
+            if first.len() != DEDUP_KEY_LEN {
+                return Ok(None);
+            }
+            let conv = &first[..DEDUP_KEY_LEN - 8];
+            let conv_end = keys::prefix_end(conv);
+            let mut last = None;
+            self.kv.scan(
+                Cf::Dedup,
+                conv,
+                &conv_end,
+                Direction::Reverse,
+                1,
+                &mut |k, _| {
+                    last =
+                        (k.len() == DEDUP_KEY_LEN).then(|| keys::be_u64(&k[DEDUP_KEY_LEN - 8..]));
+                    Ok(false)
+                },
+            )?;
+            let Some(last) = last else {
+                return Ok(None);
+            };
+            ceiling = ceiling.max(last);
+            from = conv_end;
+        }
+        Ok(None)
     }
 
     /// Check the sender may post to `conv` (a member, not muted at `now_ms`) and list
