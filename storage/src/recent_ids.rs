@@ -22,7 +22,9 @@
 //! sender off the store: past `max_per_sender` ids within the dedup window the list
 //! cannot vouch for anything, but a sender whose ids increase (a persisted counter, a
 //! time-based id, the load generator) is still answered from memory. Random ids get no
-//! help from it and cost nothing either.
+//! help from it and cost nothing either. Such a sender's list, which covers nothing once
+//! it overflowed, is dropped at its next id above the ceiling and not kept while its ids
+//! keep rising (the horizon moves with them): no hash work per append and no memory.
 //!
 //! **Bounds.** At most `max_per_sender` ids per sender: storing one more drops the oldest
 //! and moves the horizon up to its time (that sender then asks the store until the
@@ -234,13 +236,31 @@ impl RecentIds {
     /// listed id only causes a read, a raised ceiling only a read later).
     pub fn record(&mut self, sender: UserId, fp: u64, client_msg_id: u64, server_time_ms: u64) {
         let max = self.max_per_sender;
+        let window = self.window_ms;
         let Some(s) = self.senders.get_mut(&sender) else {
             return;
         };
-        s.push(fp, server_time_ms);
+        let above_ceiling = s.id_ceiling.is_some_and(|c| client_msg_id > c);
         if let Some(c) = &mut s.id_ceiling {
             *c = (*c).max(client_msg_id);
         }
+        let covered = s
+            .horizon
+            .is_none_or(|h| h.saturating_add(window) <= server_time_ms);
+        if above_ceiling && !covered {
+            // A sender past its bound whose ids increase: the ceiling answers its new ids
+            // and the list, which covers nothing, would only cost a hash insert and
+            // removal per append. Forget the list; the horizon moves past everything it
+            // held and past this unlisted id.
+            if !s.ids.is_empty() {
+                self.stats.ids -= s.ids.len() as u64;
+                s.ids = VecDeque::new();
+                s.counts = HashMap::default();
+            }
+            s.horizon = Some(s.horizon.map_or(server_time_ms, |h| h.max(server_time_ms)));
+            return;
+        }
+        s.push(fp, server_time_ms);
         self.stats.ids += 1;
         if s.ids.len() > max
             && let Some((_, t)) = s.pop_front()
@@ -364,6 +384,30 @@ mod tests {
             f.check(UserId(2), fp(u64::MAX), u64::MAX, 10),
             Some(Answer::AskStore)
         );
+    }
+
+    #[test]
+    fn a_rising_sender_past_its_bound_keeps_no_list() {
+        let mut f = RecentIds::new(DAY, 2, 100);
+        f.load(UserId(1), [], true, Some(0), 0);
+        for id in 1..=3 {
+            f.record(UserId(1), fp(id), id, id);
+        }
+        // Overflowed at id 3 (horizon 1): the list holds 2 and 3.
+        assert_eq!(f.stats().ids, 2);
+        f.record(UserId(1), fp(4), 4, 4);
+        assert_eq!(f.stats().ids, 0, "the list went");
+        for id in 5..=100 {
+            assert_eq!(f.check(UserId(1), fp(id), id, id), Some(Answer::New));
+            f.record(UserId(1), fp(id), id, id);
+        }
+        assert_eq!(f.stats().ids, 0);
+        // Every stored id is at or below the ceiling and uncovered: the store is asked.
+        for id in [1, 3, 4, 50, 100] {
+            assert_eq!(f.check(UserId(1), fp(id), id, 101), Some(Answer::AskStore));
+        }
+        // A window after its last append the sender is covered again.
+        assert_eq!(f.check(UserId(1), fp(7), 7, 100 + DAY), Some(Answer::New));
     }
 
     #[test]
