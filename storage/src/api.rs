@@ -8,6 +8,8 @@
 //! Every membership and permission check happens inside the engine's single writer,
 //! atomically with the write it guards.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::error::StorageError;
@@ -22,8 +24,9 @@ use crate::model::{
 pub struct AppendRequest {
     /// Who sends it; must be a participant (the owner, for a public account).
     pub sender: UserId,
-    /// The sending device (opaque).
-    pub sender_device: String,
+    /// The sending device (opaque): shared with the session that sends, so a request
+    /// costs a reference count, not a copy of the string.
+    pub sender_device: Arc<str>,
     /// The client's idempotency id.
     pub client_msg_id: u64,
     /// Target conversation.

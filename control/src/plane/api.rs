@@ -329,7 +329,7 @@ impl Control {
         self.storage(
             Request::Append(AppendRequest {
                 sender: UserId(sender),
-                sender_device: device.to_string(),
+                sender_device: Arc::clone(&device),
                 client_msg_id,
                 conversation,
                 payload: payload.clone(),

@@ -192,6 +192,8 @@ pub struct Control {
     encode_buf: BytesMut,
     /// Reused list of fan-out targets (avoids an allocation per push).
     scratch_conns: Vec<ConnId>,
+    /// Reused for the `sender_device` a persisted push owns while it is encoded.
+    scratch_device: String,
     /// Set by [`Control::begin_shutdown`]: when the drain began.
     draining_since: Option<Timestamp>,
     counters: Counters,
@@ -232,6 +234,7 @@ impl Control {
             encoder: FrameEncoder::default(),
             encode_buf: BytesMut::new(),
             scratch_conns: Vec::new(),
+            scratch_device: String::new(),
             draining_since: None,
             counters: Counters::default(),
             api: api::ApiState::default(),
