@@ -339,7 +339,7 @@ fn recipients_and_send_permissions<H: Harness>() {
     let ab = ConversationKey::single(B, A);
     assert_eq!(ab, ConversationKey::single(A, B));
     let out = send(e, A, ab, 1, T0).unwrap();
-    assert_eq!(out.recipients, vec![A, B]);
+    assert_eq!(out.recipients.as_slice(), [A, B]);
     assert!(matches!(
         send(e, C, ab, 1, T0),
         Err(StorageError::NotAMember { .. })
@@ -347,7 +347,7 @@ fn recipients_and_send_permissions<H: Harness>() {
     let g = e.create_group(A, "g", &[B], T0).unwrap();
     let mut r = send(e, B, g, 2, T0).unwrap().recipients;
     r.sort();
-    assert_eq!(r, vec![A, B]);
+    assert_eq!(r.as_slice(), [A, B]);
     assert!(matches!(
         send(e, C, g, 3, T0),
         Err(StorageError::NotAMember { .. })
@@ -365,7 +365,7 @@ fn recipients_and_send_permissions<H: Harness>() {
     ));
     let mut r = send(e, A, p, 6, T0).unwrap().recipients;
     r.sort();
-    assert_eq!(r, vec![A, B, C]);
+    assert_eq!(r.as_slice(), [A, B, C]);
     assert!(matches!(
         send(e, A, ConversationKey::PublicAccount(77), 7, T0),
         Err(StorageError::NotFound(_))

@@ -18,6 +18,9 @@ use crate::model::{
     TokenId, UserId,
 };
 
+/// Who receives an append: inline for a 1:1 chat's two users, on the heap for more.
+pub type Recipients = smallvec::SmallVec<[UserId; 2]>;
+
 /// Append one message to a conversation (exactly-once by `(sender, conversation,
 /// client_msg_id)`: the same id in another conversation is another message).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +59,8 @@ pub struct AppendOutcome {
     /// Who should get a live push: both users of a 1:1 chat, all group members, or the
     /// followers and owner of a public account (the sender included, for their other
     /// devices). Empty for a duplicate (the original append already produced pushes).
-    pub recipients: Vec<UserId>,
+    /// Inline up to two: a 1:1 append allocates none.
+    pub recipients: Recipients,
     /// What the stored message replies to and the members it mentions, as stored (the
     /// request's mentions less non-members and the sender). Empty for a duplicate.
     pub refs: Refs,
@@ -597,6 +601,17 @@ pub trait Engine: Send + Sync {
     /// group's fsync runs. The default is [`Engine::execute_batch`] (already durable).
     fn apply_batch(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>> {
         self.execute_batch(requests)
+    }
+
+    /// [`Engine::apply_batch`] into the caller's buffers: drains `requests` and appends
+    /// one reply per request to `replies`, so a caller that keeps both allocates nothing
+    /// per group (the committer does). The default goes through `apply_batch`.
+    fn apply_batch_into(
+        &self,
+        requests: &mut Vec<Request>,
+        replies: &mut Vec<Result<Reply, StorageError>>,
+    ) {
+        replies.extend(self.apply_batch(std::mem::take(requests)));
     }
 
     /// Make every write applied so far durable: one WAL fsync in `SyncMode::Batch`; in

@@ -49,20 +49,28 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use crate::api::{Engine, Reply, Request, fail_not_durable};
 use crate::commit::CommitStats;
 use crate::error::StorageError;
-use crate::unsynced::{Unsynced, classify};
+use crate::unsynced::{ReadKind, Unsynced, WriteKind, classify};
 
 /// What a [`Committer`] needs of an engine: apply a group, make it durable. Every
 /// [`Engine`] is one.
 pub trait GroupEngine: Send + Sync {
-    /// See [`Engine::apply_batch`].
-    fn apply_group(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>>;
+    /// See [`Engine::apply_batch_into`]: drains `requests`, appends a reply per request.
+    fn apply_group(
+        &self,
+        requests: &mut Vec<Request>,
+        replies: &mut Vec<Result<Reply, StorageError>>,
+    );
     /// See [`Engine::make_durable`].
     fn sync_group(&self) -> Result<(), StorageError>;
 }
 
 impl<E: Engine + ?Sized> GroupEngine for E {
-    fn apply_group(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>> {
-        self.apply_batch(requests)
+    fn apply_group(
+        &self,
+        requests: &mut Vec<Request>,
+        replies: &mut Vec<Result<Reply, StorageError>>,
+    ) {
+        self.apply_batch_into(requests, replies);
     }
     fn sync_group(&self) -> Result<(), StorageError> {
         self.make_durable()
@@ -111,7 +119,48 @@ pub struct Committer<E: GroupEngine + 'static, T> {
     failed_from: Option<u64>,
     in_flight: usize,
     stats: Arc<CommitStats>,
+    /// Buffers reused by every group, so a group allocates nothing once they have grown
+    /// (issue 14: no allocation per message on the 1:1 path).
+    scratch: Scratch<T>,
+}
+
+/// [`Committer::commit`]'s buffers, and the released groups' vectors for the next
+/// groups (at most [`GROUP_POOL`] kept).
+struct Scratch<T> {
     requests: Vec<Request>,
+    replies: Vec<Result<Reply, StorageError>>,
+    tags: Vec<T>,
+    kinds: Vec<(Result<WriteKind, ReadKind>, bool)>,
+    groups: Vec<GroupBuffers<T>>,
+}
+
+/// A group's tags and replies.
+type GroupBuffers<T> = (Vec<T>, Vec<Result<Reply, StorageError>>);
+
+/// Released groups' vectors kept for reuse.
+const GROUP_POOL: usize = 64;
+
+impl<T> Default for Scratch<T> {
+    fn default() -> Self {
+        Scratch {
+            requests: Vec::new(),
+            replies: Vec::new(),
+            tags: Vec::new(),
+            kinds: Vec::new(),
+            groups: Vec::new(),
+        }
+    }
+}
+
+impl<T> Scratch<T> {
+    /// Keeps a released group's (emptied) vectors for a later group.
+    fn recycle(&mut self, (mut tags, mut replies): GroupBuffers<T>) {
+        if self.groups.len() < GROUP_POOL {
+            tags.clear();
+            replies.clear();
+            self.groups.push((tags, replies));
+        }
+    }
 }
 
 impl<E: GroupEngine + 'static, T> std::fmt::Debug for Committer<E, T> {
@@ -181,7 +230,7 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
             failed_from: None,
             in_flight: 0,
             stats,
-            requests: Vec::new(),
+            scratch: Scratch::default(),
         })
     }
 
@@ -218,27 +267,27 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
         }
         let submitted = Instant::now();
         let id = self.next_group;
-        let mut tags = Vec::with_capacity(batch.len());
-        let mut kinds = Vec::with_capacity(batch.len());
-        self.requests.clear();
+        let mut tags = std::mem::take(&mut self.scratch.tags);
+        let mut kinds = std::mem::take(&mut self.scratch.kinds);
+        let mut requests = std::mem::take(&mut self.scratch.requests);
+        let mut replies = std::mem::take(&mut self.scratch.replies);
         for (tag, request) in batch.drain(..) {
             let kind = classify(&request);
             let refused = kind.is_ok() && self.failed.is_some();
             tags.push(tag);
             kinds.push((kind, refused));
             if !refused {
-                self.requests.push(request);
+                requests.push(request);
             }
         }
-        let mut applied = self
-            .engine
-            .apply_group(std::mem::take(&mut self.requests))
-            .into_iter();
+        self.engine.apply_group(&mut requests, &mut replies);
+        requests.clear();
+        self.scratch.requests = requests;
         self.stats.record_apply(submitted.elapsed());
-        let mut group_tags = Vec::new();
-        let mut group_replies = Vec::new();
+        let (mut group_tags, mut group_replies) = self.scratch.groups.pop().unwrap_or_default();
         let mut wrote = false;
-        for (tag, (kind, refused)) in tags.into_iter().zip(kinds) {
+        let mut applied = replies.drain(..);
+        for (tag, (kind, refused)) in tags.drain(..).zip(kinds.drain(..)) {
             let reply = if refused {
                 Err(self.refusal())
             } else {
@@ -274,11 +323,17 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
                 }
             }
         }
+        drop(applied);
+        replies.clear();
+        self.scratch.replies = replies;
+        self.scratch.tags = tags;
+        self.scratch.kinds = kinds;
         self.next_group += 1;
         if group_tags.is_empty() {
             if self.syncer.is_none() {
                 self.durable_below = self.next_group;
             }
+            self.scratch.recycle((group_tags, group_replies));
             return;
         }
         self.in_flight += group_tags.len();
@@ -347,9 +402,10 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
                 group.tags.len(),
             );
             released += group.tags.len();
-            for (tag, reply) in group.tags.into_iter().zip(group.replies) {
+            for (tag, reply) in group.tags.drain(..).zip(group.replies.drain(..)) {
                 release(tag, reply);
             }
+            self.scratch.recycle((group.tags, group.replies));
         }
         if !self.reads.is_empty() {
             let durable_below = self.durable_below;
@@ -605,8 +661,12 @@ mod tests {
     }
 
     impl GroupEngine for Probe {
-        fn apply_group(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>> {
-            self.inner.execute_batch(requests)
+        fn apply_group(
+            &self,
+            requests: &mut Vec<Request>,
+            replies: &mut Vec<Result<Reply, StorageError>>,
+        ) {
+            replies.extend(self.inner.execute_batch(std::mem::take(requests)));
         }
         fn sync_group(&self) -> Result<(), StorageError> {
             *self.entered.lock().unwrap_or_else(|e| e.into_inner()) =

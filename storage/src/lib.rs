@@ -54,7 +54,8 @@ pub mod values;
 
 pub use api::{
     AppendOutcome, AppendRequest, EditOutcome, Engine, HistoryPage, MembershipChange,
-    READ_COUNT_MAX_MEMBERS, RecallOutcome, Reply, Request, SyncPage, SyncRequest, TrimReport,
+    READ_COUNT_MAX_MEMBERS, RecallOutcome, Recipients, Reply, Request, SyncPage, SyncRequest,
+    TrimReport,
 };
 pub use commit::{
     CommitQueue, CommitQueueConfig, CommitStats, CommitStatsSnapshot, Completion,

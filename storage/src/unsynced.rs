@@ -194,7 +194,7 @@ mod tests {
             seq,
             server_time_ms: 1,
             duplicate: false,
-            recipients: Vec::new(),
+            recipients: Default::default(),
             refs: Default::default(),
         })
     }
@@ -298,7 +298,7 @@ mod tests {
             seq: 4,
             server_time_ms: 1,
             duplicate: true,
-            recipients: Vec::new(),
+            recipients: Default::default(),
             refs: Default::default(),
         });
         u.record(1, WriteKind::Append, &dup);

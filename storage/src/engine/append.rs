@@ -21,15 +21,16 @@
 //!
 //! Performance-critical path: runs once per message under the writer lock. Keys are
 //! stack arrays, the message is encoded into the run's scratch buffer, the inbox plan
-//! into the run's scratch vector; the recipient list (returned to the caller) is the
-//! one allocation per message.
+//! into the run's scratch vector (both lent by the writer state, so they keep their
+//! size from run to run), and the recipient list is inline up to two: a 1:1 append
+//! makes no Rust allocation (`storage-rocks/tests/allocations.rs` counts them).
 
 use std::collections::HashMap;
 use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
 
 use super::{PendingNews, Store, WriterState};
-use crate::api::{AppendOutcome, AppendRequest};
+use crate::api::{AppendOutcome, AppendRequest, Recipients};
 use crate::cf::Cf;
 use crate::config::DiffusionMode;
 use crate::error::StorageError;
@@ -42,6 +43,16 @@ use crate::values::{self, DedupEntry, InboxEntry};
 /// Most conversations [`Store::dedup_id_ceiling`] visits (two seeks each) before it
 /// gives up and leaves the sender's id ceiling unknown.
 const MAX_CEILING_CONVERSATIONS: usize = 1024;
+
+/// A run's scratch buffers, lent by the writer state for the run and given back
+/// (cleared) when it is written: after the first runs they have grown and a run
+/// allocates none of them.
+#[derive(Debug, Default)]
+pub(crate) struct RunScratch {
+    written: HashMap<[u8; DEDUP_KEY_LEN], DedupEntry>,
+    message: Vec<u8>,
+    plan: Vec<(UserId, u64, bool)>,
+}
 
 /// Appends applied into one batch under the writer lock; see the module doc.
 pub(crate) struct Run<'a, K: Kv + 'a> {
@@ -73,15 +84,21 @@ impl<K: Kv> Store<K> {
 
     /// Take the writer lock and start an empty batch.
     pub(crate) fn begin_run(&self) -> Result<Run<'_, K>, StorageError> {
+        let mut w = self.lock()?;
+        let RunScratch {
+            written,
+            message,
+            plan,
+        } = std::mem::take(&mut w.run_scratch);
         Ok(Run {
-            w: self.lock()?,
+            w,
             batch: self.kv.batch(),
-            written: HashMap::new(),
+            written,
             appended: 0,
             inbox_entries: 0,
             other_writes: false,
-            message: Vec::new(),
-            plan: Vec::new(),
+            message,
+            plan,
         })
     }
 
@@ -91,11 +108,21 @@ impl<K: Kv> Store<K> {
         let Run {
             mut w,
             batch,
+            mut written,
             appended,
             inbox_entries,
             other_writes,
-            ..
+            mut message,
+            mut plan,
         } = run;
+        written.clear();
+        message.clear();
+        plan.clear();
+        w.run_scratch = RunScratch {
+            written,
+            message,
+            plan,
+        };
         if appended == 0 && !other_writes {
             return Ok(());
         }
@@ -128,7 +155,7 @@ impl<K: Kv> Store<K> {
                 seq: d.seq,
                 server_time_ms: d.server_time_ms,
                 duplicate: true,
-                recipients: Vec::new(),
+                recipients: Recipients::new(),
                 refs: Refs::default(),
             });
         }
@@ -446,7 +473,7 @@ impl<K: Kv> Store<K> {
         conv: ConversationKey,
         sender: UserId,
         now_ms: u64,
-    ) -> Result<Vec<UserId>, StorageError> {
+    ) -> Result<Recipients, StorageError> {
         match conv {
             ConversationKey::Single { lo, hi } => {
                 if sender != lo && sender != hi {
@@ -455,7 +482,11 @@ impl<K: Kv> Store<K> {
                         user: sender,
                     });
                 }
-                Ok(if lo == hi { vec![lo] } else { vec![lo, hi] })
+                Ok(if lo == hi {
+                    smallvec::smallvec![lo]
+                } else {
+                    smallvec::smallvec![lo, hi]
+                })
             }
             ConversationKey::Group(_) => {
                 let members = self.members_of(w, conv)?;

@@ -82,6 +82,9 @@ pub(crate) struct WriterState {
     /// Until when a legacy dedup key can still be inside the dedup window: `None` until
     /// first needed (then read from, or decided and written to, `meta`).
     legacy_dedup_before: Option<u64>,
+    /// The scratch buffers of a [`append::Run`], kept between runs so a run allocates
+    /// nothing once they have grown.
+    run_scratch: append::RunScratch,
     /// Where the next retention step resumes.
     trim: trim::TrimCursor,
     max_entries: usize,
@@ -123,6 +126,7 @@ impl WriterState {
                 config.dedup_filter_ids,
             ),
             legacy_dedup_before: None,
+            run_scratch: append::RunScratch::default(),
             trim: trim::TrimCursor::default(),
             max_entries: config.writer_cache_entries.max(1),
             max_member_maps: config.member_cache_conversations.max(1),

@@ -253,12 +253,21 @@ impl<K: Kv> Engine for Store<K> {
 
     /// Consecutive appends share one `Run` (one backend write); any other request
     /// first writes the run so far, so it sees every earlier write of the group.
-    fn apply_batch(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>> {
-        let sync = self.group_sync();
+    fn apply_batch(&self, mut requests: Vec<Request>) -> Vec<Result<Reply, StorageError>> {
         let mut out = Vec::with_capacity(requests.len());
+        self.apply_batch_into(&mut requests, &mut out);
+        out
+    }
+
+    fn apply_batch_into(
+        &self,
+        requests: &mut Vec<Request>,
+        out: &mut Vec<Result<Reply, StorageError>>,
+    ) {
+        let sync = self.group_sync();
         // The open run and the index of its first reply in `out`.
         let mut run: Option<(Run<'_, K>, usize)> = None;
-        for request in requests {
+        for request in requests.drain(..) {
             match request {
                 Request::Append(req) => {
                     if run.is_none() {
@@ -285,7 +294,6 @@ impl<K: Kv> Engine for Store<K> {
         if let Some((r, first)) = run.take() {
             self.end_run(r, sync, &mut out[first..]);
         }
-        out
     }
 
     fn make_durable(&self) -> Result<(), StorageError> {
