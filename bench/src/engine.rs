@@ -637,7 +637,8 @@ impl Engine {
                     self.logged_in(i, now)
                 }
                 mqtt::Incoming::Acked(id) => self.on_ack(i, id, false, now),
-                mqtt::Incoming::StrayAck => self.stats.counts.duplicates += 1,
+                // Nothing of this run's to answer (a broker bug); not Petrel's duplicate.
+                mqtt::Incoming::StrayAck => {}
                 mqtt::Incoming::Delivered(id) => self.on_push(id, now),
                 mqtt::Incoming::Pong => self.on_pong(i, now),
                 mqtt::Incoming::LoggedIn | mqtt::Incoming::Nothing => {}

@@ -33,6 +33,11 @@ use rumqttc::mqttbytes::{self, QoS};
 /// Largest packet accepted from the broker.
 const MAX_PACKET: usize = 1 << 20;
 
+/// Most PUBLISHes one connection keeps unacknowledged: below the 65,535 packet ids, so an
+/// id is never reused while in flight (a send past it is skipped, like one whose queue is
+/// full).
+pub const MAX_IN_FLIGHT: usize = 60_000;
+
 /// The topic user `user` subscribes to and its peer publishes to.
 pub fn topic(user: u64) -> String {
     format!("petrel-bench/{user}")
@@ -77,7 +82,7 @@ pub enum Incoming {
     LoggedIn,
     /// A send was acknowledged (its message id).
     Acked(u64),
-    /// A PUBACK for no PUBLISH in flight (counted, not measured).
+    /// A PUBACK for no PUBLISH in flight (ignored).
     StrayAck,
     /// A message arrived for this connection (its message id); the PUBACK is queued.
     Delivered(u64),
@@ -97,7 +102,8 @@ pub fn write_connect(user: u64, out: &mut BytesMut) -> anyhow::Result<()> {
 }
 
 /// Writes a QoS 1 PUBLISH of message `id` to `peer`'s topic, padded to `payload_len`
-/// bytes (at least the eight of the id), and remembers it until its PUBACK.
+/// bytes (at least the eight of the id), and remembers it until its PUBACK. An error,
+/// writing nothing, when [`MAX_IN_FLIGHT`] are unacknowledged.
 pub fn write_publish(
     session: &mut Session,
     peer: u64,
@@ -105,6 +111,9 @@ pub fn write_publish(
     payload_len: usize,
     out: &mut BytesMut,
 ) -> anyhow::Result<()> {
+    if session.in_flight.len() >= MAX_IN_FLIGHT {
+        anyhow::bail!("{MAX_IN_FLIGHT} PUBLISHes unacknowledged: the broker is not answering");
+    }
     let mut payload = BytesMut::with_capacity(payload_len.max(8));
     payload.put_u64(id);
     payload.resize(payload_len.max(8), b'x');
@@ -322,6 +331,18 @@ mod tests {
             p.write(b).unwrap();
         });
         assert!(read(&mut s, 5, &mut rbuf, &mut out).is_err());
+    }
+
+    #[test]
+    fn packet_ids_are_never_reused_while_in_flight() {
+        let mut s = Session::default();
+        let mut out = BytesMut::new();
+        for id in 0..MAX_IN_FLIGHT as u64 {
+            write_publish(&mut s, 1, id, 8, &mut out).unwrap();
+        }
+        let before = out.len();
+        assert!(write_publish(&mut s, 1, 0, 8, &mut out).is_err());
+        assert_eq!(out.len(), before, "nothing written");
     }
 
     #[test]

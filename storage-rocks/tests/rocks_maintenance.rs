@@ -14,28 +14,33 @@ use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
 #[test]
 fn compaction_expiry_follows_request_time_not_wall_clock() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let engine = RocksEngine::open(dir.path(), StorageConfig::default()).expect("open");
     let conv = ConversationKey::single(UserId(1), UserId(2));
     let now = 1_700_000_000_000u64;
     let two_days = 2 * petrel_storage::config::DAY_MS;
-    let kv = engine.kv();
-    // Legacy entries of user 3 (never seen by this engine's filter): one expired, one live.
-    // Written before this version's first append, as an upgraded database has them: the
-    // first append decides whether legacy keys can exist.
     let legacy_conv = ConversationKey::single(UserId(3), UserId(2));
     let legacy_value = |seq: u64, at: u64| {
         let mut v = keys::conversation_u64(legacy_conv, seq).to_vec();
         v.extend_from_slice(&at.to_be_bytes());
         v
     };
-    let mut batch = kv.batch();
-    batch.put(
-        Cf::Dedup,
-        &keys::u64_u64(3, 7),
-        &legacy_value(1, now - two_days),
-    );
-    batch.put(Cf::Dedup, &keys::u64_u64(3, 8), &legacy_value(2, now));
-    kv.write(batch, true).expect("legacy entries");
+    // Legacy entries of user 3 (never seen by this engine's filter): one expired, one live.
+    // A database from before the legacy-dedup horizon existed: the legacy keys and no
+    // horizon in `meta` (a fresh database decides "none" when it is opened), then opened
+    // by this version, whose first append decides that legacy keys can exist.
+    {
+        let old = RocksEngine::open(dir.path(), StorageConfig::default()).expect("open");
+        let mut batch = old.kv().batch();
+        batch.delete(Cf::Meta, keys::META_LEGACY_DEDUP_BEFORE);
+        batch.put(
+            Cf::Dedup,
+            &keys::u64_u64(3, 7),
+            &legacy_value(1, now - two_days),
+        );
+        batch.put(Cf::Dedup, &keys::u64_u64(3, 8), &legacy_value(2, now));
+        old.kv().write(batch, true).expect("legacy entries");
+    }
+    let engine = RocksEngine::open(dir.path(), StorageConfig::default()).expect("open");
+    let kv = engine.kv();
     // The first append (the deciding one) at `now`, the back-dated one after it.
     for (cmid, at) in [(2u64, now), (1, now - two_days)] {
         engine

@@ -28,8 +28,9 @@
 //!
 //! **Bounds.** At most `max_per_sender` ids per sender: storing one more drops the oldest
 //! and moves the horizon up to its time (that sender then asks the store until the
-//! dropped ids leave the window). At most `max_ids` ids in total: the least recently
-//! used senders are dropped whole (and reloaded by a scan on their next append). The
+//! dropped ids leave the window). At most `max_ids` ids and senders in total (a sender
+//! counts one besides its ids): the least recently used senders are dropped whole (and
+//! reloaded by a scan on their next append). The
 //! filter never answers `New` for an id it cannot vouch for, so dropping anything only
 //! costs reads, never a duplicate.
 //!
@@ -251,13 +252,16 @@ impl RecentIds {
             // A sender past its bound whose ids increase: the ceiling answers its new ids
             // and the list, which covers nothing, would only cost a hash insert and
             // removal per append. Forget the list; the horizon moves past everything it
-            // held and past this unlisted id.
+            // held (their times, which need not be below this one: clocks step back)
+            // and past this unlisted id.
+            let mut horizon = s.horizon.map_or(server_time_ms, |h| h.max(server_time_ms));
             if !s.ids.is_empty() {
+                horizon = s.ids.iter().fold(horizon, |h, &(_, t)| h.max(t));
                 self.stats.ids -= s.ids.len() as u64;
                 s.ids = VecDeque::new();
                 s.counts = HashMap::default();
             }
-            s.horizon = Some(s.horizon.map_or(server_time_ms, |h| h.max(server_time_ms)));
+            s.horizon = Some(horizon);
             return;
         }
         s.push(fp, server_time_ms);
@@ -271,9 +275,15 @@ impl RecentIds {
         self.enforce_budget(sender);
     }
 
+    /// Ids plus senders held: what `max_ids` bounds (a sender costs its record even with
+    /// no id listed).
+    fn held(&self) -> u64 {
+        self.stats.ids + self.senders.len() as u64
+    }
+
     /// Drop least recently used senders (never `keep`) until within `max_ids`.
     fn enforce_budget(&mut self, keep: UserId) {
-        while self.stats.ids > self.max_ids as u64 {
+        while self.held() > self.max_ids as u64 {
             if self.senders.peek_lru().is_some_and(|(u, _)| *u == keep) {
                 // Only the current sender is left over budget: trim its own list.
                 let Some(s) = self.senders.peek_mut(&keep) else {
@@ -411,6 +421,25 @@ mod tests {
     }
 
     #[test]
+    fn dropping_the_list_keeps_the_horizon_past_its_entries_when_the_clock_steps_back() {
+        let mut f = RecentIds::new(DAY, 2, 100);
+        f.load(UserId(1), [], true, Some(0), 0);
+        for id in 1..=3 {
+            f.record(UserId(1), fp(id), id, 1_000 + id);
+        }
+        // The clock steps back 500 ms; id 4 is above the ceiling, the list (1002, 1003)
+        // goes.
+        f.record(UserId(1), fp(4), 4, 504);
+        assert_eq!(f.stats().ids, 0);
+        // A day after 504 but not after 1003: id 3 may still be inside its window.
+        assert_eq!(
+            f.check(UserId(1), fp(3), 3, 504 + DAY),
+            Some(Answer::AskStore)
+        );
+        assert_eq!(f.check(UserId(1), fp(3), 3, 1_003 + DAY), Some(Answer::New));
+    }
+
+    #[test]
     fn an_incomplete_load_never_answers_new() {
         let mut f = RecentIds::new(DAY, 2, 100);
         f.load(
@@ -436,9 +465,10 @@ mod tests {
             f.record(UserId(u), fp(u), u, 1);
             f.record(UserId(u), fp(u + 10), u + 10, 1);
         }
+        // The budget counts each sender held as well as its ids.
         let s = f.stats();
-        assert!(s.ids <= 4, "{s:?}");
-        assert_eq!(s.evictions, 1);
+        assert!(s.ids + s.senders <= 4, "{s:?}");
+        assert_eq!(s.evictions, 2);
         assert!(
             !f.is_loaded(UserId(1)),
             "the least recently used sender went"
@@ -450,7 +480,7 @@ mod tests {
         for id in 0..5 {
             g.record(UserId(1), fp(id), id, 1);
         }
-        assert_eq!(g.stats().ids, 2);
+        assert_eq!(g.stats().ids, 1);
         assert_eq!(g.check(UserId(1), fp(99), 99, 2), Some(Answer::AskStore));
     }
 }

@@ -187,3 +187,34 @@ fn increasing_ids_past_the_bound_skip_the_store_and_retries_are_still_found() {
         "an id from before the reload is still a duplicate"
     );
 }
+
+/// A sender dropped from the filter and reloaded inside the run that stored some of its
+/// ids: the reload takes those ids from the run (they are not in the store yet), so a
+/// later retry of one is still a duplicate.
+#[test]
+fn a_sender_reloaded_inside_a_run_keeps_that_run_s_ids() {
+    let e = MemEngine::new(StorageConfig {
+        sync: SyncMode::None,
+        dedup_filter_per_sender: 2,
+        // Ids and senders together: the second sender evicts the first.
+        dedup_filter_ids: 3,
+        ..StorageConfig::default()
+    });
+    let a = ConversationKey::single(UserId(1), UserId(2));
+    let b = ConversationKey::single(UserId(3), UserId(2));
+    let replies = e.execute_batch(vec![append(1, a, 100), append(3, b, 1), append(1, a, 50)]);
+    for r in &replies {
+        assert!(
+            matches!(r, Ok(petrel_storage::Reply::Appended(o)) if !o.duplicate),
+            "{r:?}"
+        );
+    }
+    assert!(e.recent_ids_stats().unwrap().evictions > 0);
+    match e.execute_batch(vec![append(1, a, 100)]).pop() {
+        Some(Ok(petrel_storage::Reply::Appended(o))) => {
+            assert!(o.duplicate, "id 100 was stored in the first run");
+            assert_eq!(o.seq, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+}

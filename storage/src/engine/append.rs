@@ -64,9 +64,6 @@ pub(crate) struct Run<'a, K: Kv + 'a> {
     appended: u64,
     /// Inbox entries this run wrote.
     inbox_entries: u64,
-    /// Whether the batch holds a write besides appends (the legacy dedup horizon), so it
-    /// goes down even if every append of the run was a duplicate.
-    other_writes: bool,
     /// Scratch: the encoded message.
     message: Vec<u8>,
     /// Scratch: `(recipient, inbox seq, is news marker)` of the append being planned.
@@ -96,7 +93,6 @@ impl<K: Kv> Store<K> {
             written,
             appended: 0,
             inbox_entries: 0,
-            other_writes: false,
             message,
             plan,
         })
@@ -111,7 +107,6 @@ impl<K: Kv> Store<K> {
             mut written,
             appended,
             inbox_entries,
-            other_writes,
             mut message,
             mut plan,
         } = run;
@@ -123,7 +118,7 @@ impl<K: Kv> Store<K> {
             message,
             plan,
         };
-        if appended == 0 && !other_writes {
+        if appended == 0 {
             return Ok(());
         }
         let bytes = batch.payload_bytes() as u64;
@@ -274,14 +269,13 @@ impl<K: Kv> Store<K> {
         if let Some(d) = run.written.get(dedup_key) {
             return Ok(live(d).then_some(*d));
         }
-        // Decided at the first append of a database's life (cached after): on a fresh
-        // one the dedup table is still empty then, so it never holds legacy keys. Asked
-        // only when the filter cannot answer, a fresh database whose senders' ids all
-        // stay above their ceilings would decide it late, with entries present.
+        // Decided when a fresh database is opened (none), else at the first append (cached
+        // after). Asked only when the filter cannot answer, a database whose senders' ids
+        // all stay above their ceilings would decide it late, with entries present.
         let before = self.legacy_dedup_before(run, req.now_ms)?;
         let w = &mut *run.w;
         if !w.recent_ids.is_loaded(req.sender) {
-            self.load_recent_ids(w, req.sender, req.now_ms)?;
+            self.load_recent_ids(w, &run.written, req.sender, req.now_ms)?;
         }
         if w.recent_ids
             .check(req.sender, fp, req.client_msg_id, req.now_ms)
@@ -307,8 +301,8 @@ impl<K: Kv> Store<K> {
     /// a database whose `dedup` column family is empty then never held a legacy key (this
     /// version writes none), so the answer is 0; otherwise legacy keys may exist, all
     /// written before `now_ms`, and they leave the dedup window a window after it. The decision
-    /// goes down with the run's batch; if that batch is lost it is decided again, later,
-    /// which only costs reads. Without it every dedup read that misses would read the
+    /// is written at once, in a write of its own (not synced: if a crash loses it, it is
+    /// decided again, later, which only costs reads). Without it every dedup read that misses would read the
     /// legacy key too: for a sender past the recent-id filter's bound, two point reads
     /// per append instead of one.
     fn legacy_dedup_before(&self, run: &mut Run<'_, K>, now_ms: u64) -> Result<u64, StorageError> {
@@ -323,9 +317,11 @@ impl<K: Kv> Store<K> {
                     .first_key(Cf::Dedup, &[], &keys::prefix_end(&[]))?
                     .is_none();
                 let t = if empty { 0 } else { now_ms };
-                run.batch
-                    .put(Cf::Meta, keys::META_LEGACY_DEDUP_BEFORE, &keys::u64_key(t));
-                run.other_writes = true;
+                // A write of its own, not the run's: a run dropped for a refused append
+                // must not take the decision with it.
+                let mut batch = self.kv.batch();
+                batch.put(Cf::Meta, keys::META_LEGACY_DEDUP_BEFORE, &keys::u64_key(t));
+                self.kv.write(batch, false)?;
                 t
             }
         };
@@ -367,9 +363,14 @@ impl<K: Kv> Store<K> {
     /// cannot decode, the sender is loaded as incomplete and asks the store for every id
     /// not above its id ceiling). The ceiling is the largest id the scan saw when it saw
     /// them all, else [`Self::dedup_id_ceiling`]'s.
+    ///
+    /// `written` is the open run's entries, not in the store yet: a sender dropped from
+    /// the filter and reloaded inside the run that stored some of its ids gets those
+    /// too, in its list and under its ceiling.
     fn load_recent_ids(
         &self,
         w: &mut WriterState,
+        written: &HashMap<[u8; DEDUP_KEY_LEN], DedupEntry>,
         sender: UserId,
         now_ms: u64,
     ) -> Result<(), StorageError> {
@@ -414,11 +415,20 @@ impl<K: Kv> Store<K> {
             },
         )?;
         let complete = decodable && seen < limit;
-        let ceiling = if complete {
+        let mut ceiling = if complete {
             Some(ceiling)
         } else {
             self.dedup_id_ceiling(sender)?
         };
+        for (k, d) in written {
+            if k[..8] == prefix {
+                let (_, c, id) = keys::decode_dedup(k)?;
+                entries.push((fingerprint(c, id), d.server_time_ms));
+                if let Some(ceiling) = &mut ceiling {
+                    *ceiling = (*ceiling).max(id);
+                }
+            }
+        }
         w.recent_ids
             .load(sender, entries, complete, ceiling, now_ms);
         Ok(())

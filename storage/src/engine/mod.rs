@@ -39,7 +39,7 @@ use crate::cf::Cf;
 use crate::config::{StorageConfig, SyncMode};
 use crate::error::StorageError;
 use crate::keys;
-use crate::kv::Kv;
+use crate::kv::{Batch, Kv};
 use crate::model::{ConversationKey, Member, Role, UserId};
 use foldhash::fast::RandomState;
 use lru::LruCache;
@@ -233,6 +233,27 @@ impl<K: Kv + std::fmt::Debug> std::fmt::Debug for Store<K> {
     }
 }
 
+/// `Some(0)` — no legacy dedup key can exist — for a database whose legacy-dedup horizon
+/// is undecided and whose `dedup` table is empty (a fresh one), with the decision written
+/// to `meta` (best effort: unwritten, it is decided again later, which only costs reads).
+/// `None` leaves it to the first append (see `append::legacy_dedup_before`), so a fresh
+/// database's appends never carry that write.
+fn fresh_dedup_table<K: Kv>(kv: &K) -> Option<u64> {
+    if !matches!(kv.get(Cf::Meta, keys::META_LEGACY_DEDUP_BEFORE), Ok(None)) {
+        return None;
+    }
+    if !matches!(
+        kv.first_key(Cf::Dedup, &[], &keys::prefix_end(&[])),
+        Ok(None)
+    ) {
+        return None;
+    }
+    let mut batch = kv.batch();
+    batch.put(Cf::Meta, keys::META_LEGACY_DEDUP_BEFORE, &keys::u64_key(0));
+    kv.write(batch, false).ok()?;
+    Some(0)
+}
+
 impl<K: Kv> Store<K> {
     /// Wrap a backend.
     pub fn with_kv(kv: K, config: StorageConfig) -> Self {
@@ -241,9 +262,11 @@ impl<K: Kv> Store<K> {
 
     /// Wrap a backend whose background expiry reads `clock` (see [`Store::clock`]).
     pub fn with_kv_and_clock(kv: K, config: StorageConfig, clock: Arc<AtomicU64>) -> Self {
+        let mut writer = WriterState::new(&config);
+        writer.legacy_dedup_before = fresh_dedup_table(&kv);
         Store {
             kv,
-            writer: Mutex::new(WriterState::new(&config)),
+            writer: Mutex::new(writer),
             config,
             appends: AtomicU64::new(0),
             append_bytes: AtomicU64::new(0),
