@@ -186,7 +186,49 @@ pub fn evaluate(host: &Host, scale: &Scale) -> Vec<Check> {
                 .note(host.no_nic.clone().unwrap_or_else(|| "no interface".into())),
         ),
     }
+    checks.extend(host.kdamonds.iter().map(|k| kdamond_check(k, host, scale)));
     checks
+}
+
+/// A running DAMON monitor on a dataplane core stalls that core's loop for the length of
+/// each of its runs (docs/PERFORMANCE.md, "Ninth session": 12 ms every 0.5 s on the
+/// project's VM, and `--sync none`'s p99 2–3× higher with it running).
+fn kdamond_check(k: &super::host::Kdamond, host: &Host, scale: &Scale) -> Check {
+    let name = match k.pid {
+        Some(pid) => format!("DAMON kdamond.{} (pid {pid})", k.index),
+        None => format!("DAMON kdamond.{}", k.index),
+    };
+    let allowed = k.cpus.clone().unwrap_or_else(|| host.cpus.clone());
+    let on_dataplane: Vec<usize> = allowed
+        .iter()
+        .copied()
+        .filter(|c| scale.cores.contains(c))
+        .collect();
+    let current = format!("running, on CPUs {}", format_cpu_list(&allowed));
+    if on_dataplane.is_empty() {
+        return Check::new(name, Status::Ok, current).recommend("off the dataplane cores");
+    }
+    let others: Vec<usize> = host
+        .cpus
+        .iter()
+        .copied()
+        .filter(|c| !scale.cores.contains(c))
+        .collect();
+    let mut check = Check::new(name, Status::Warn, current)
+        .recommend("off the dataplane cores")
+        .note(format!(
+            "the kernel's data-access monitor runs for milliseconds at a time; on dataplane \
+             CPUs {} each run stalls that core's loop and shows in the tail latency",
+            format_cpu_list(&on_dataplane)
+        ));
+    if let (Some(pid), false) = (k.pid, others.is_empty()) {
+        check = check.fix(format!("taskset -pc {} {pid}", format_cpu_list(&others)));
+    }
+    check.fix(format!(
+        "if the host can do without the reclaim it drives: echo off > {}/{}/state",
+        super::host::DAMON_ADMIN,
+        k.index
+    ))
 }
 
 fn limits(host: &Host, scale: &Scale, t: &Targets) -> Vec<Check> {
@@ -639,6 +681,39 @@ mod tests {
             cores,
             dataplane,
         }
+    }
+
+    #[test]
+    fn a_kdamond_on_a_dataplane_core_is_a_warning_with_the_command_that_moves_it() {
+        // The development VM runs one (a host-configured proactive reclaimer).
+        let mut host = from_fixture("vm-2cpu", "eth0", vec![0, 1], None);
+        assert_eq!(
+            host.kdamonds,
+            [crate::ops::host::Kdamond {
+                index: 0,
+                pid: Some(82),
+                cpus: Some(vec![0, 1]),
+            }]
+        );
+        let checks = evaluate(&host, &scale(1000, vec![0], DataplaneKind::Kernel));
+        let c = find(&checks, "DAMON kdamond.0 (pid 82)");
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.fix.iter().any(|f| f == "taskset -pc 1 82"), "{c:#?}");
+        assert!(c.note.as_deref().is_some_and(|n| n.contains("CPUs 0")));
+        // Every CPU a dataplane core: nowhere to move it, only the switch.
+        let checks = evaluate(&host, &scale(1000, vec![0, 1], DataplaneKind::Kernel));
+        let c = find(&checks, "DAMON kdamond.0");
+        assert_eq!(c.status, Status::Warn);
+        assert!(!c.fix.iter().any(|f| f.starts_with("taskset")));
+        assert!(c.fix.iter().any(|f| f.contains("kdamonds/0/state")));
+        // Kept off the dataplane cores: fine.
+        host.kdamonds[0].cpus = Some(vec![1]);
+        let checks = evaluate(&host, &scale(1000, vec![0], DataplaneKind::Kernel));
+        assert_eq!(find(&checks, "DAMON kdamond.0").status, Status::Ok);
+        // None running: no line.
+        host.kdamonds.clear();
+        let checks = evaluate(&host, &scale(1000, vec![0], DataplaneKind::Kernel));
+        assert!(!checks.iter().any(|c| c.name.starts_with("DAMON")));
     }
 
     #[test]

@@ -108,6 +108,47 @@ pub struct Nic {
     pub xdp: XdpSupport,
 }
 
+/// A running DAMON monitor thread (`kdamond.N`): the kernel's data-access monitor, set
+/// up by some hosts for proactive reclaim. It runs for milliseconds at a time on the
+/// CPUs it may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kdamond {
+    /// `N` of `/sys/kernel/mm/damon/admin/kdamonds/N`.
+    pub index: u32,
+    /// Its thread, if the kernel reports one.
+    pub pid: Option<u32>,
+    /// The CPUs it may run on (`Cpus_allowed_list`), if readable.
+    pub cpus: Option<Vec<usize>>,
+}
+
+/// DAMON's admin directory in sysfs.
+pub const DAMON_ADMIN: &str = "/sys/kernel/mm/damon/admin/kdamonds";
+
+/// The running kdamonds under `admin` (a `kdamonds` directory), with their CPUs from
+/// `/proc/PID/status`. None where DAMON is not built in or nothing runs.
+pub fn read_kdamonds(admin: &Path) -> Vec<Kdamond> {
+    let Ok(entries) = std::fs::read_dir(admin) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Kdamond> = entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let index: u32 = e.file_name().to_str()?.parse().ok()?;
+            let state = read(e.path().join("state"))?;
+            if state.trim() != "on" {
+                return None;
+            }
+            let pid = read(e.path().join("pid")).and_then(|t| t.trim().parse::<u32>().ok());
+            let cpus = pid
+                .and_then(|p| read(format!("/proc/{p}/status")))
+                .and_then(|t| procfs::parse_cpus_allowed(&t));
+            Some(Kdamond { index, pid, cpus })
+        })
+        .collect();
+    out.sort_by_key(|k| k.index);
+    out
+}
+
 /// Everything doctor looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
@@ -123,6 +164,8 @@ pub struct Host {
     pub nic: Option<Nic>,
     /// Why no interface is checked, when [`Host::nic`] is `None`.
     pub no_nic: Option<String>,
+    /// Running DAMON monitor threads.
+    pub kdamonds: Vec<Kdamond>,
 }
 
 fn read(path: impl AsRef<Path>) -> Option<String> {
@@ -179,6 +222,7 @@ impl Host {
             cpus,
             nic,
             no_nic,
+            kdamonds: read_kdamonds(Path::new(DAMON_ADMIN)),
         }
     }
 }
@@ -356,5 +400,19 @@ pub fn from_fixture(name: &str, iface: &str, cpus: Vec<usize>, device: Option<&s
             xdp,
         }),
         no_nic: None,
+        // `kdamonds`: one line per running monitor, `INDEX PID CPULIST`.
+        kdamonds: file("kdamonds")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some(Kdamond {
+                    index: f.next()?.parse().ok()?,
+                    pid: f.next()?.parse().ok(),
+                    cpus: f.next().and_then(procfs::parse_cpu_list),
+                })
+            })
+            .collect(),
     }
 }

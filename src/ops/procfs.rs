@@ -69,6 +69,14 @@ pub fn parse_port_range(text: &str) -> Option<(u32, u32)> {
     (fields.next().is_none() && low <= high).then_some((low, high))
 }
 
+/// The `Cpus_allowed_list` of a `/proc/PID/status` text.
+pub fn parse_cpus_allowed(status: &str) -> Option<Vec<usize>> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(parse_cpu_list)
+}
+
 /// Parses a CPU list such as `0-3,8,10-11` (`/sys/devices/system/cpu/online`,
 /// `/proc/irq/N/smp_affinity_list`). Returns the CPUs sorted, without duplicates.
 pub fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
@@ -199,5 +207,13 @@ mod tests {
                    em1\t00000000\t010010AC\t0003\t0\t0\t100\t00000000\n";
         assert_eq!(parse_default_route(two).as_deref(), Some("em1"));
         assert_eq!(parse_default_route("Iface\n"), None);
+    }
+
+    #[test]
+    fn cpus_allowed_comes_from_its_status_line() {
+        let status =
+            "Name:\tkdamond.0\nCpus_allowed:\t3\nCpus_allowed_list:\t0-1\nMems_allowed:\t1\n";
+        assert_eq!(parse_cpus_allowed(status), Some(vec![0, 1]));
+        assert_eq!(parse_cpus_allowed("Name:\tx\n"), None);
     }
 }
