@@ -25,11 +25,7 @@
 //!
 //! Performance-critical path. Frames are split off the read buffer without copying (their
 //! bodies share its allocation); outbound `Bytes` are handed to the socket as they are,
-//! never concatenated; an idle connection holds no read buffer at all. A read that
-//! starts at a frame boundary (the usual case) is decoded from the core's shared
-//! [`ReadChunk`], so its frames cost no allocation of their own — one per 64 KiB of input
-//! per core — and only a frame cut by the end of a read moves into the connection's own
-//! buffer.
+//! never concatenated; an idle connection holds no read buffer at all.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -46,27 +42,6 @@ pub(crate) const MAX_IOVECS: usize = 64;
 /// sends before it sees the edge is bounded by the rings between the cores; this cap is
 /// only the safety net for a driver that never notes.
 pub(crate) const UNNOTED_CAP_FACTOR: usize = 8;
-
-/// The core's input buffer shared by its connections: reads that start at a frame boundary
-/// are appended here and their frames split off it, sharing one allocation per
-/// [`ReadChunk::SIZE`] of input (a connection's own buffer, allocated and dropped per
-/// read so an idle connection holds none, cost two allocations per message).
-#[derive(Debug, Default)]
-pub(crate) struct ReadChunk(BytesMut);
-
-impl ReadChunk {
-    /// Bytes reserved at a time.
-    pub(crate) const SIZE: usize = 64 * 1024;
-
-    /// Appends `data`, reserving a new chunk when this one is full.
-    fn append(&mut self, data: &[u8]) -> &mut BytesMut {
-        if self.0.capacity() - self.0.len() < data.len() {
-            self.0.reserve(data.len().max(Self::SIZE));
-        }
-        self.0.extend_from_slice(data);
-        &mut self.0
-    }
-}
 
 /// A connection's frames in and bytes out. See the module docs.
 pub(crate) struct Framed {
@@ -113,37 +88,36 @@ impl Framed {
 
     /// Takes `data` off the wire: appends a `Frame` event for every whole frame it
     /// completes, a `FrameError` for every bad one (and stops reading after a fatal one).
-    /// `chunk` is the core's shared input buffer (see [`ReadChunk`]).
-    pub(crate) fn ingest(
-        &mut self,
-        data: &[u8],
-        chunk: &mut ReadChunk,
-        events: &mut Vec<TransportEvent>,
-    ) {
+    pub(crate) fn ingest(&mut self, data: &[u8], events: &mut Vec<TransportEvent>) {
         if self.read_stopped {
             return;
         }
-        if !self.read_buf.is_empty() {
-            // The rest of a frame an earlier read cut: complete it here.
-            self.read_buf.extend_from_slice(data);
-            let fatal = decode_all(&mut self.decoder, &mut self.read_buf, self.id, events);
-            if fatal || self.read_buf.is_empty() {
-                // Idle connections hold no read buffer: memory per idle connection is a
-                // headline number.
-                self.read_buf = BytesMut::new();
+        self.read_buf.extend_from_slice(data);
+        loop {
+            match self.decoder.decode(&mut self.read_buf) {
+                Ok(Some(frame)) => events.push(TransportEvent::Frame {
+                    conn: self.id,
+                    frame,
+                }),
+                Ok(None) => break,
+                Err(error) => {
+                    let fatal = error.is_fatal();
+                    events.push(TransportEvent::FrameError {
+                        conn: self.id,
+                        error,
+                    });
+                    if fatal {
+                        self.read_stopped = true;
+                        self.read_buf = BytesMut::new();
+                        return;
+                    }
+                }
             }
-            self.read_stopped |= fatal;
-            return;
         }
-        let buf = chunk.append(data);
-        let fatal = decode_all(&mut self.decoder, buf, self.id, events);
-        if fatal {
-            buf.clear();
-            self.read_stopped = true;
-        } else if !buf.is_empty() {
-            // A frame cut by the end of this read: it waits in the connection's buffer.
-            self.read_buf.extend_from_slice(buf);
-            buf.clear();
+        if self.read_buf.is_empty() {
+            // Idle connections hold no read buffer: memory per idle connection is a
+            // headline number.
+            self.read_buf = BytesMut::new();
         }
     }
 
@@ -267,29 +241,6 @@ impl Framed {
     }
 }
 
-/// Decodes every whole frame of `buf` into `events`; true after a fatal error (the
-/// stream is out of sync).
-fn decode_all(
-    decoder: &mut FrameDecoder,
-    buf: &mut BytesMut,
-    conn: ConnId,
-    events: &mut Vec<TransportEvent>,
-) -> bool {
-    loop {
-        match decoder.decode(buf) {
-            Ok(Some(frame)) => events.push(TransportEvent::Frame { conn, frame }),
-            Ok(None) => return false,
-            Err(error) => {
-                let fatal = error.is_fatal();
-                events.push(TransportEvent::FrameError { conn, error });
-                if fatal {
-                    return true;
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use petrel_proto::codec::FrameEncoder;
@@ -311,16 +262,9 @@ mod tests {
         wire.extend(ping(2));
         let mut events = Vec::new();
         let (a, b) = wire.split_at(5);
-        let mut chunk = ReadChunk::default();
-        f.ingest(a, &mut chunk, &mut events);
+        f.ingest(a, &mut events);
         assert!(events.is_empty());
-        assert_eq!(
-            f.read_buf.len(),
-            5,
-            "the cut frame waits in the connection's buffer"
-        );
-        assert!(chunk.0.is_empty(), "and nothing of it in the shared chunk");
-        f.ingest(b, &mut chunk, &mut events);
+        f.ingest(b, &mut events);
         let ids: Vec<u32> = events
             .iter()
             .map(|e| match e {
@@ -336,12 +280,10 @@ mod tests {
     fn a_fatal_error_stops_reading() {
         let mut f = Framed::new(ConnId::new(0, 1), DecoderConfig::default());
         let mut events = Vec::new();
-        let mut chunk = ReadChunk::default();
-        f.ingest(&[0xff; 32], &mut chunk, &mut events);
+        f.ingest(&[0xff; 32], &mut events);
         assert!(matches!(events[..], [TransportEvent::FrameError { .. }]));
         assert!(f.read_stopped());
-        assert!(chunk.0.is_empty());
-        f.ingest(&ping(3), &mut chunk, &mut events);
+        f.ingest(&ping(3), &mut events);
         assert_eq!(events.len(), 1, "nothing decoded after a fatal error");
     }
 

@@ -13,7 +13,7 @@ use mio::net::TcpStream;
 use petrel_conn::{ConnId, TransportEvent};
 use petrel_proto::DecoderConfig;
 
-use crate::framed::{Framed, ReadChunk};
+use crate::framed::Framed;
 
 /// Most bytes read from one connection per call of [`Connection::read_frames`]. A client
 /// that pipelines megabytes of requests is answered a batch at a time, its answers pass
@@ -88,7 +88,6 @@ impl Connection {
     pub(super) fn read_frames(
         &mut self,
         scratch: &mut [u8],
-        chunk: &mut ReadChunk,
         events: &mut Vec<TransportEvent>,
     ) -> ReadOutcome {
         if self.framed.is_congested() {
@@ -109,7 +108,7 @@ impl Connection {
                 Err(e) => return ReadOutcome::Failed(e),
             };
             budget -= n;
-            self.framed.ingest(&scratch[..n], chunk, events);
+            self.framed.ingest(&scratch[..n], events);
         }
         ReadOutcome::Open
     }

@@ -19,7 +19,6 @@ use slab::Slab;
 
 use super::conn::{Connection, ReadOutcome};
 use crate::boundary::{CoreIo, Wake};
-use crate::framed::ReadChunk;
 
 const WAKER: Token = Token(usize::MAX);
 /// Listener `i` uses token `LISTENER_BASE - i`; connections use their slab key.
@@ -51,8 +50,6 @@ pub struct KernelCore {
     conns: Slab<Connection>,
     next_generation: u64,
     scratch: Vec<u8>,
-    /// The connections' shared input buffer (see [`ReadChunk`]).
-    chunk: ReadChunk,
     dirty: Vec<usize>,
     /// Readable connections to read in the next `receive`.
     readable: Vec<usize>,
@@ -89,7 +86,6 @@ impl KernelCore {
             conns: Slab::new(),
             next_generation: 0,
             scratch: vec![0; SCRATCH_LEN],
-            chunk: ReadChunk::default(),
             dirty: Vec::new(),
             readable: Vec::new(),
             accepting: Vec::new(),
@@ -171,7 +167,7 @@ impl KernelCore {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        match conn.read_frames(&mut self.scratch, &mut self.chunk, events) {
+        match conn.read_frames(&mut self.scratch, events) {
             ReadOutcome::Open => {}
             ReadOutcome::More => {
                 // Its turn is over for this iteration; the next `receive` reads on (no new

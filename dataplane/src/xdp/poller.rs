@@ -47,7 +47,7 @@ use super::stats::{SharedRxCounters, TcpDrops};
 use super::tcp::{ShardConfig, frame_ipv4};
 use super::wire::RxCounters;
 use crate::boundary::{CoreIo, Wake};
-use crate::framed::{Framed, ReadChunk};
+use crate::framed::Framed;
 use crate::sys::event::{EventFd, WAIT_ANY_MAX, wait, wait_any};
 use crate::sys::xsk::Xsk;
 
@@ -136,8 +136,6 @@ pub struct XdpCore<D: Device = Xsk> {
     next_generation: u64,
     dirty: Vec<usize>,
     scratch: Vec<u8>,
-    /// The connections' shared input buffer (see [`ReadChunk`]).
-    chunk: ReadChunk,
     arp_requests: Vec<ArpRepr>,
     handles: Vec<SocketHandle>,
     polled: Vec<usize>,
@@ -212,7 +210,6 @@ impl<D: Device> XdpCore<D> {
             next_generation: 0,
             dirty: Vec::new(),
             scratch: vec![0; 64 * 1024],
-            chunk: ReadChunk::default(),
             arp_requests: Vec::new(),
             handles: Vec::new(),
             polled: Vec::new(),
@@ -448,8 +445,7 @@ impl<D: Device> XdpCore<D> {
                 Ok(n) => n,
             };
             progressed = true;
-            conn.framed
-                .ingest(&self.scratch[..n], &mut self.chunk, events);
+            conn.framed.ingest(&self.scratch[..n], events);
         }
         // The peer finished sending (its FIN arrived while we were established): finish our
         // side too once our output is written.
