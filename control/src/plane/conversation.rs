@@ -9,7 +9,6 @@
 
 use std::collections::BTreeSet;
 
-use bytes::Bytes;
 use petrel_proto::{Frame, pb};
 use petrel_storage::{
     ConversationKey, EditOutcome, Member, RecallOutcome, Reply, Request, Role, StorageError, UserId,
@@ -17,6 +16,7 @@ use petrel_storage::{
 
 use super::Control;
 use super::pending::{OpCtx, OpKind, Pending, ReplyTo};
+use super::push::{Push, PushKind};
 use super::receipts::Receipt;
 use crate::api::{ApiChatroomOp, ApiReply};
 use crate::convert::{self, Target};
@@ -292,32 +292,35 @@ impl Control {
     /// the conversation their way.
     fn push_edit(&mut self, outcome: &EditOutcome) {
         let single = matches!(outcome.message.conversation, ConversationKey::Single { .. });
-        let mut shared: Option<Bytes> = None;
-        let mut targets = std::mem::take(&mut self.scratch_conns);
-        for user in &outcome.recipients {
-            targets.clear();
-            targets.extend(self.registry.user_conns(user.0).iter().copied());
-            if targets.is_empty() {
+        let mut users = std::mem::take(&mut self.scratch_users);
+        users.clear();
+        users.extend(
+            outcome
+                .recipients
+                .iter()
+                .map(|u| u.0)
+                .filter(|&u| self.reachable(u, None)),
+        );
+        // A 1:1 chat is named differently by each side; a group the same for everyone.
+        let views: &[u64] = if single {
+            &users
+        } else {
+            &users[..users.len().min(1)]
+        };
+        for &viewer in views {
+            let (push, _) = convert::push_from_stored(viewer, &outcome.message);
+            let Some(bytes) = self.encode(&Frame::new(0, push)) else {
                 continue;
-            }
-            let bytes = match (&shared, single) {
-                (Some(bytes), false) => bytes.clone(),
-                _ => {
-                    let (push, _) = convert::push_from_stored(user.0, &outcome.message);
-                    let Some(bytes) = self.encode(&Frame::new(0, push)) else {
-                        continue;
-                    };
-                    if !single {
-                        shared = Some(bytes.clone());
-                    }
-                    bytes
-                }
             };
-            for &conn in &targets {
-                self.send_bytes(conn, bytes.clone(), petrel_proto::FrameType::MessagePush);
-            }
+            let one = [viewer];
+            self.deliver(Push {
+                users: if single { &one } else { &users },
+                except: None,
+                kind: PushKind::Edit,
+                bytes,
+            });
         }
-        self.scratch_conns = targets;
+        self.scratch_users = users;
         self.counters.messages_edited += 1;
     }
 
@@ -362,33 +365,25 @@ impl Control {
         audience: impl IntoIterator<Item = u64>,
         event: pb::ConversationEvent,
     ) -> u64 {
-        let audience: BTreeSet<u64> = audience.into_iter().collect();
-        let mut targets = std::mem::take(&mut self.scratch_conns);
-        targets.clear();
-        for user in audience {
-            targets.extend(
-                self.registry
-                    .user_conns(user)
-                    .iter()
-                    .copied()
-                    .filter(|&c| c != to.conn),
-            );
-        }
+        let except = Some(to.conn);
+        let mut users = std::mem::take(&mut self.scratch_users);
+        users.clear();
+        users.extend(audience);
+        users.sort_unstable();
+        users.dedup();
+        users.retain(|&u| self.reachable(u, except));
         let mut sent = 0;
-        if !targets.is_empty()
+        if !users.is_empty()
             && let Some(bytes) = self.encode(&Frame::new(0, event))
         {
-            for &conn in &targets {
-                if self.send_bytes(
-                    conn,
-                    bytes.clone(),
-                    petrel_proto::FrameType::ConversationEvent,
-                ) {
-                    sent += 1;
-                }
-            }
+            sent = self.deliver(Push {
+                users: &users,
+                except,
+                kind: PushKind::Event,
+                bytes,
+            });
         }
-        self.scratch_conns = targets;
+        self.scratch_users = users;
         sent
     }
 

@@ -21,6 +21,7 @@ use petrel_storage::{
 
 use super::Control;
 use super::pending::{AppendCtx, Pending, ReplyTo};
+use super::push::{Push, PushKind};
 use crate::convert::{self, Target};
 use crate::counters::ByScenario;
 use crate::event::{Action, OfflineMessage};
@@ -191,10 +192,31 @@ impl Control {
     }
 
     /// Pushes a stored message to every online device of every recipient except the
-    /// sending connection.
+    /// sending connection: one [`Push`] per view (a 1:1 chat has the peer's view and the
+    /// sender's own, for the sender's other devices; other kinds have one view), and
+    /// an [`OfflineMessage`] naming the recipients with no session at all.
     pub(super) fn fan_out(&mut self, ctx: AppendCtx, outcome: AppendOutcome) {
         let sender = ctx.to.user;
+        let except = Some(ctx.to.conn);
         let single = matches!(ctx.key, ConversationKey::Single { .. });
+        let mut peers = std::mem::take(&mut self.scratch_users);
+        peers.clear();
+        let mut own_devices = false;
+        let mut offline = Vec::new();
+        for recipient in &outcome.recipients {
+            let user = recipient.0;
+            if !self.reachable(user, except) {
+                // Only the sender's own connection is left out above: any other
+                // recipient not reachable has no session at all.
+                if self.config.offline_notices && user != sender {
+                    offline.push(user);
+                }
+            } else if single && user == sender {
+                own_devices = true;
+            } else {
+                peers.push(user);
+            }
+        }
         // The frame owns its strings; lend it the scratch one and take it back after.
         let mut sender_device = std::mem::take(&mut self.scratch_device);
         sender_device.clear();
@@ -216,53 +238,28 @@ impl Control {
                 mentions: convert::user_ids(&outcome.refs.mentions),
             },
         );
-        // Encoded lazily, once per view: a 1:1 chat has the peer's view and the
-        // sender's (for the sender's other devices); other kinds have one view.
-        let mut sender_view: Option<Bytes> = None;
-        let mut peer_view: Option<Bytes> = None;
-        let mut targets = std::mem::take(&mut self.scratch_conns);
-        let mut offline = Vec::new();
-        for recipient in outcome.recipients {
-            targets.clear();
-            targets.extend(
-                self.registry
-                    .user_conns(recipient.0)
-                    .iter()
-                    .copied()
-                    .filter(|&c| c != ctx.to.conn),
-            );
-            if targets.is_empty() {
-                // Only the sender's own connection can be filtered out above: any other
-                // recipient with no target has no session at all.
-                if self.config.offline_notices && recipient.0 != sender {
-                    offline.push(recipient.0);
-                }
+        let own = [sender];
+        let views = [
+            (peers.first().copied(), &peers[..]),
+            (own_devices.then_some(sender), &own[..]),
+        ];
+        for (viewer, users) in views {
+            let Some(viewer) = viewer else {
                 continue;
-            }
-            let is_sender = single && recipient.0 == sender;
-            let cached = if is_sender { &sender_view } else { &peer_view };
-            let bytes = match cached {
-                Some(bytes) => bytes.clone(),
-                None => {
-                    if let Body::MessagePush(push) = &mut frame.body {
-                        push.conversation = Some(convert::wire_id(recipient.0, ctx.key));
-                    }
-                    let Some(bytes) = self.encode(&frame) else {
-                        continue;
-                    };
-                    if is_sender {
-                        sender_view = Some(bytes.clone());
-                    } else {
-                        peer_view = Some(bytes.clone());
-                    }
-                    bytes
-                }
             };
-            for &conn in &targets {
-                self.deliver_persisted(conn, bytes.clone(), ctx.key);
+            if let Body::MessagePush(push) = &mut frame.body {
+                push.conversation = Some(convert::wire_id(viewer, ctx.key));
+            }
+            if let Some(bytes) = self.encode(&frame) {
+                self.deliver(Push {
+                    users,
+                    except,
+                    kind: PushKind::Message(ctx.key),
+                    bytes,
+                });
             }
         }
-        self.scratch_conns = targets;
+        self.scratch_users = peers;
         if offline.is_empty() {
             if let Body::MessagePush(push) = &mut frame.body {
                 self.scratch_device = std::mem::take(&mut push.sender_device);
@@ -282,27 +279,6 @@ impl Control {
                     mentions: push.mentions,
                     recipients: offline,
                 })));
-        }
-    }
-
-    /// Delivers one push of a persisted conversation. A congested connection is kicked
-    /// as a slow consumer rather than silently skipped: it re-syncs the message when it
-    /// reconnects.
-    fn deliver_persisted(&mut self, conn: ConnId, bytes: Bytes, key: ConversationKey) {
-        let Some(c) = self.registry.get(conn) else {
-            return;
-        };
-        if c.congested {
-            self.counters.kicks.slow_consumer += 1;
-            self.kick(
-                conn,
-                pb::KickReason::SlowConsumer,
-                "outbound queue full; reconnect and sync",
-            );
-            return;
-        }
-        if self.send_bytes(conn, bytes, FrameType::MessagePush) {
-            *scenario(&mut self.counters.messages_delivered, key) += 1;
         }
     }
 

@@ -4,7 +4,8 @@
 //! (login, renewal, logout, ping), [`messaging`] (send, ack, fan-out), [`conversation`]
 //! (group, chatroom and public-account operations, read positions) and [`sync`]
 //! (sync and history). [`pending`] remembers what to do when each storage request
-//! completes.
+//! completes. [`push`] is the one way conversation work reaches users' connections: the
+//! seam along which the session and conversation planes split.
 //!
 //! Performance-critical path: `handle(Event::Frame)` for `SendMessage` and
 //! `handle(Event::Storage)` for its append are run for every message. They do not
@@ -15,6 +16,7 @@ mod api;
 mod conversation;
 mod messaging;
 mod pending;
+mod push;
 mod receipts;
 mod session_frames;
 mod sync;
@@ -192,6 +194,8 @@ pub struct Control {
     encode_buf: BytesMut,
     /// Reused list of fan-out targets (avoids an allocation per push).
     scratch_conns: Vec<ConnId>,
+    /// Reused list of the users one push goes to.
+    scratch_users: Vec<u64>,
     /// Reused for the `sender_device` a persisted push owns while it is encoded.
     scratch_device: String,
     /// Set by [`Control::begin_shutdown`]: when the drain began.
@@ -234,6 +238,7 @@ impl Control {
             encoder: FrameEncoder::default(),
             encode_buf: BytesMut::new(),
             scratch_conns: Vec::new(),
+            scratch_users: Vec::new(),
             scratch_device: String::new(),
             draining_since: None,
             counters: Counters::default(),

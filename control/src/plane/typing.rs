@@ -9,11 +9,12 @@
 //! members than `typing_max_audience`; a congested receiver is skipped. A 1:1 chat needs no
 //! storage: the peer is in the conversation id. A chatroom's members are in memory.
 
-use petrel_proto::{FrameType, pb};
+use petrel_proto::pb;
 use petrel_storage::{ConversationKey, Member, Reply, Request, StorageError, UserId};
 
 use super::Control;
 use super::pending::{COURTESY_SHED_PENDING, Pending, TypingCtx};
+use super::push::{Push, PushKind};
 use crate::convert::{self, Target};
 use crate::time::Timestamp;
 use petrel_conn::ConnId;
@@ -122,29 +123,29 @@ impl Control {
         typing: bool,
         audience: impl IntoIterator<Item = u64>,
     ) {
-        let mut targets = std::mem::take(&mut self.scratch_conns);
-        targets.clear();
-        let mut viewer = None;
-        for member in audience {
-            viewer.get_or_insert(member);
-            targets.extend(
-                self.registry
-                    .user_conns(member)
-                    .iter()
-                    .copied()
-                    .filter(|&c| c != sender),
-            );
-        }
-        if let Some(viewer) = viewer.filter(|_| !targets.is_empty()) {
+        let except = Some(sender);
+        let mut users = std::mem::take(&mut self.scratch_users);
+        users.clear();
+        users.extend(audience);
+        if let Some(&viewer) = users.first()
+            && users.iter().any(|&u| self.reachable(u, except))
+        {
             let notice = pb::TypingNotice {
                 conversation: Some(convert::wire_id(viewer, key)),
                 user,
                 typing,
                 expires_ms: TYPING_EXPIRES_MS,
             };
-            self.send_typing_notice(&targets, notice);
+            if let Some(bytes) = self.encode(&petrel_proto::Frame::new(0, notice)) {
+                self.deliver(Push {
+                    users: &users,
+                    except,
+                    kind: PushKind::Typing,
+                    bytes,
+                });
+            }
         }
-        self.scratch_conns = targets;
+        self.scratch_users = users;
     }
 
     /// Encodes `notice` once and sends it to every target that is not congested.
@@ -153,13 +154,7 @@ impl Control {
             return;
         };
         for &target in targets {
-            if self.registry.get(target).is_none_or(|c| c.congested) {
-                self.counters.typing_dropped += 1;
-                continue;
-            }
-            if self.send_bytes(target, bytes.clone(), FrameType::TypingNotice) {
-                self.counters.typing_notices += 1;
-            }
+            self.deliver_to(target, PushKind::Typing, &bytes);
         }
     }
 }
