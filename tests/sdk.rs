@@ -1142,6 +1142,7 @@ fn a_mention_in_a_muted_group_is_counted_until_read(dp: Dataplane) {
                 inbox_cursor: 0,
                 cursors: vec![],
                 limit: 10,
+                inbox_position: Vec::new(),
             })
             .await
             .unwrap();

@@ -6,7 +6,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{Sim, T0, errors, gaps, kick_of, room, single, text_content};
+use harness::{Position, Sim, T0, errors, gaps, kick_of, room, single, text_content};
 use petrel_control::token::{self, TokenSpec};
 use petrel_control::{CloseReason, Config, RateLimit, Revocation};
 use petrel_proto::{Body, Frame, FrameType, pb};
@@ -124,7 +124,7 @@ fn empty_and_malformed_messages_are_refused_and_not_stored() {
     assert_eq!(s.control.counters().messages_rejected, 6);
     assert_eq!(s.control.counters().messages_persisted.single, 0);
     assert!(Sim::pushes(&s.client(bob).take()).is_empty());
-    let (stored, _) = s.sync_all(bob, 0, 50);
+    let (stored, _) = s.sync_all(bob, Position::default(), 50);
     assert!(stored.is_empty(), "{stored:?}");
     // A real message afterwards gets seq 1: nothing was stored before it.
     assert_eq!(s.send_text(alice, single(BOB), 20, "hi").unwrap().seq, 1);
@@ -337,7 +337,7 @@ fn a_graceful_shutdown_acks_what_is_in_flight_and_refuses_the_rest() {
             .send_text(alice, single(BOB), 2, "too late")
             .expect("stored on retry");
         assert_eq!((retry.seq, retry.duplicate), (2, false));
-        again.sync_all(bob, 0, 50)
+        again.sync_all(bob, Position::default(), 50)
     };
     assert_eq!(stored.len(), 2);
 }
@@ -571,14 +571,15 @@ fn sync_paging_follows_the_returned_inbox_cursor_and_limit_counts_messages() {
             .unwrap();
     }
     let bob = s.login(BOB, "b", pb::Platform::Ios);
-    let mut cursor = 0;
+    let mut position = Position::default();
     let mut after = 0;
     let mut pages = Vec::new();
     loop {
         let rid = s.send(
             bob,
             pb::SyncRequest {
-                inbox_cursor: cursor,
+                inbox_cursor: position.cursor,
+                inbox_position: position.token.clone(),
                 cursors: vec![pb::Cursor {
                     conversation: Some(single(ALICE)),
                     after_seq: after,
@@ -596,7 +597,10 @@ fn sync_paging_follows_the_returned_inbox_cursor_and_limit_counts_messages() {
         if let Some(last) = page.messages.last() {
             after = last.seq;
         }
-        cursor = page.inbox_cursor;
+        position = Position {
+            cursor: page.inbox_cursor,
+            token: page.inbox_position,
+        };
         if !page.has_more {
             break;
         }
@@ -612,6 +616,44 @@ fn sync_paging_follows_the_returned_inbox_cursor_and_limit_counts_messages() {
         })
         .unwrap();
     assert_eq!((page.messages.len(), page.has_more), (12, false));
+}
+
+#[test]
+fn a_malformed_inbox_position_is_refused_and_a_foreign_one_gets_a_full_sync() {
+    let mut s = sim();
+    let alice = s.login(ALICE, "a", pb::Platform::Ios);
+    for i in 1..=3u64 {
+        s.send_text(alice, single(BOB), i, &format!("m{i}"))
+            .unwrap();
+    }
+    let bob = s.login(BOB, "b", pb::Platform::Ios);
+    let sync = |s: &mut Sim, inbox_cursor: u64, inbox_position: Vec<u8>| {
+        let rid = s.send(
+            bob,
+            pb::SyncRequest {
+                inbox_cursor,
+                inbox_position,
+                ..Default::default()
+            },
+        );
+        s.take_answer(bob, rid, |b| match b {
+            Body::SyncResponse(p) => Some(p),
+            _ => None,
+        })
+    };
+    let err = sync(&mut s, 0, vec![9, 9, 9]).unwrap_err();
+    assert_eq!(err.code, pb::ErrorCode::InvalidRequest as i32);
+    assert!(err.message.contains("inbox position"), "{}", err.message);
+    // The simulator's database has 16 partitions: a plain cursor (from a one-partition
+    // database) or a token of another count fits none of them, so the device is synced
+    // like a new one — every message, and a position it can use from then on.
+    for (cursor, token) in [(7, vec![]), (0, vec![1, 2, 5, 5])] {
+        let page = sync(&mut s, cursor, token).unwrap();
+        assert_eq!(page.messages.len(), 3);
+        assert_eq!(page.inbox_cursor, 0);
+        let again = sync(&mut s, 0, page.inbox_position).unwrap();
+        assert!(again.messages.is_empty(), "{again:?}");
+    }
 }
 
 #[test]

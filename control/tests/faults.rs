@@ -578,6 +578,7 @@ impl World {
                             inbox_cursor: 0,
                             cursors: Vec::new(),
                             limit: 5,
+                            inbox_position: Vec::new(),
                         },
                     );
                 }
@@ -799,6 +800,7 @@ fn every_storage_error_is_answered_with_its_code_and_takes_no_seq() {
                     inbox_cursor: 0,
                     cursors: Vec::new(),
                     limit: 0,
+                    inbox_position: Vec::new(),
                 },
             ),
             w.send(
@@ -1017,6 +1019,7 @@ fn a_clock_jump_closes_what_is_due_and_keeps_the_writes_in_flight() {
             inbox_cursor: 0,
             cursors: Vec::new(),
             limit: 0,
+            inbox_position: Vec::new(),
         },
     );
     w.check(BY_REQUEST);

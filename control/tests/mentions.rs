@@ -4,7 +4,7 @@
 
 mod harness;
 
-use harness::{Sim, group, text_content};
+use harness::{Position, Sim, group, text_content};
 use petrel_control::{Config, ConnId};
 use petrel_proto::{Body, pb};
 
@@ -65,7 +65,7 @@ fn a_mention_reaches_the_push_sync_and_the_unread_mention_count() {
         vec![ALICE],
         "the sender's other devices see it too"
     );
-    let (synced, _) = s.sync_all(carol, 0, 100);
+    let (synced, _) = s.sync_all(carol, Position::default(), 100);
     let two = synced.iter().find(|m| m.seq == 2).unwrap();
     assert_eq!((two.reply_to, two.mentions.clone()), (1, vec![ALICE]));
 

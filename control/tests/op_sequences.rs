@@ -335,6 +335,7 @@ fn apply(s: &mut Sim, c: ConnId, step: Step) {
                     inbox_cursor: cursor,
                     cursors: Vec::new(),
                     limit,
+                    inbox_position: Vec::new(),
                 },
             );
         }

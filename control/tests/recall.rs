@@ -8,7 +8,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{Sim, events, group, single};
+use harness::{Position, Sim, events, group, single};
 use pb::ConversationEventKind::Recalled;
 use petrel_control::{Config, ConnId};
 use petrel_proto::{Body, Frame, pb};
@@ -69,7 +69,7 @@ fn a_sender_recalls_within_the_window_and_every_device_hears_it_its_own_way() {
     recall(&mut s, a_laptop, single(BOB), 1).expect("a repeated recall is answered");
 
     // A device syncing from scratch sees seq 1 recalled, without content, and seq 2.
-    let (pushes, _) = s.sync_all(bob, 0, 100);
+    let (pushes, _) = s.sync_all(bob, Position::default(), 100);
     let mine: Vec<_> = pushes
         .iter()
         .filter(|p| p.conversation == Some(single(ALICE)))
@@ -194,7 +194,7 @@ fn only_the_sender_edits_within_the_window_and_every_device_gets_the_new_version
     );
     assert_eq!(s.control.counters().messages_edited, 1);
     // A sync returns the latest version.
-    let (synced, _) = s.sync_all(bob, 0, 100);
+    let (synced, _) = s.sync_all(bob, Position::default(), 100);
     let got: Vec<_> = synced
         .iter()
         .map(|p| (p.seq, p.edited_at_ms != 0))

@@ -6,7 +6,7 @@ mod harness;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use harness::{Sim, account, errors, group, kick_of, room, single, text_of};
+use harness::{Position, Sim, account, errors, group, kick_of, room, single, text_of};
 use petrel_control::{CloseReason, Config, KeyRing, MultiDevicePolicy, RateLimit};
 use petrel_proto::{Body, FrameError, FrameType, pb};
 
@@ -78,7 +78,7 @@ fn retried_client_msg_id_is_stored_once_with_the_same_seq() {
     assert_eq!(first.server_time_ms, retry.server_time_ms);
     // Bob got one push, and the timeline holds one message.
     assert_eq!(Sim::pushes(&s.client(bob).take()).len(), 1);
-    let (all, _) = s.sync_all(bob, 0, 50);
+    let (all, _) = s.sync_all(bob, Position::default(), 50);
     assert_eq!(all.len(), 1);
     assert_eq!(s.control.counters().messages_duplicate, 1);
     assert_eq!(s.control.counters().messages_persisted.single, 1);
@@ -106,8 +106,11 @@ fn offline_user_syncs_everything_in_order() {
         s.advance(Duration::from_millis(10));
     }
     let bob = s.login(BOB, "b", pb::Platform::Ios);
-    let (all, cursor) = s.sync_all(bob, 0, 7);
-    assert!(cursor > 0, "sync returns an inbox cursor to resume from");
+    let (all, cursor) = s.sync_all(bob, Position::default(), 7);
+    assert!(
+        !cursor.is_new(),
+        "sync returns an inbox position to resume from"
+    );
     let from_alice: Vec<_> = all
         .iter()
         .filter(|m| m.conversation == Some(single(ALICE)))
@@ -531,7 +534,7 @@ fn persisted_push_to_a_slow_consumer_kicks_it_and_it_resyncs() {
     assert_eq!(s.control.counters().kicks.slow_consumer, 1);
     // Nothing was lost: after reconnecting Bob syncs every message.
     let bob2 = s.login(BOB, "b", pb::Platform::Ios);
-    let (all, _) = s.sync_all(bob2, 0, 1000);
+    let (all, _) = s.sync_all(bob2, Position::default(), 1000);
     assert_eq!(all.len() as u64, i);
 }
 
@@ -556,7 +559,7 @@ fn offline_public_account_follower_gets_posts_on_sync() {
             .unwrap();
     }
     // Bob syncs once (so his device has a cursor), then goes offline.
-    let (_, cursor) = s.sync_all(bob, 0, 100);
+    let (_, cursor) = s.sync_all(bob, Position::default(), 100);
     s.disconnect(bob);
 
     for i in 1..=3 {

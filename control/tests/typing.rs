@@ -5,7 +5,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{Sim, account, group, room, single};
+use harness::{Position, Sim, account, group, room, single};
 use petrel_control::{Config, TYPING_EXPIRES_MS};
 use petrel_proto::{Body, Frame, pb};
 
@@ -62,7 +62,7 @@ fn one_to_one_typing_reaches_every_device_of_the_peer_and_nothing_else() {
     }
     assert_eq!(s.control.counters().typing_notices, 4);
     // Never stored: the peer's sync has nothing.
-    let (stored, _) = s.sync_all(b_phone, 0, 50);
+    let (stored, _) = s.sync_all(b_phone, Position::default(), 50);
     assert!(stored.is_empty(), "{stored:?}");
 }
 

@@ -135,6 +135,9 @@ pub struct SyncResponse {
     /// History only: the lowest seq the conversation still stores.
     #[prost(uint64, tag = "5")]
     pub first_seq: u64,
+    /// Inbox position of a partitioned database (opaque to clients).
+    #[prost(bytes = "vec", tag = "6")]
+    pub inbox_position: Vec<u8>,
 }
 
 /// `content` encoded, as [`SendMessage::content`] and [`MessagePush::content`] carry it.

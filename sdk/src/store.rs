@@ -537,11 +537,14 @@ impl Store {
                 drain(&tx, key, &mut applied)?;
             }
         }
-        if page.inbox_cursor != 0 {
+        // The inbox position is the number of a one-partition server or the opaque
+        // token of a partitioned one; both are kept, and sent back as they came. (The
+        // token is a BLOB in `meta`'s INTEGER column: SQLite keeps a BLOB as it is.)
+        if page.inbox_cursor != 0 || !page.inbox_position.is_empty() {
             tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('inbox_cursor', ?1)
+                "INSERT INTO meta (key, value) VALUES ('inbox_cursor', ?1), ('inbox_position', ?2)
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![i(page.inbox_cursor)],
+                params![i(page.inbox_cursor), page.inbox_position],
             )?;
         }
         tx.commit()?;
@@ -579,7 +582,7 @@ impl Store {
         Ok(applied)
     }
 
-    /// The `SyncRequest` to send after (re)connecting: the stored inbox cursor and one
+    /// The `SyncRequest` to send after (re)connecting: the stored inbox position and one
     /// cursor per persisted conversation.
     pub fn sync_request(&self, limit: u32) -> Result<pb::SyncRequest, SdkError> {
         let inbox_cursor: i64 = self
@@ -591,6 +594,15 @@ impl Store {
             )
             .optional()?
             .unwrap_or(0);
+        let inbox_position: Vec<u8> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'inbox_position'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or_default();
         let mut stmt = self
             .conn
             .prepare_cached("SELECT kind, id, delivered_seq FROM conversations")?;
@@ -609,6 +621,7 @@ impl Store {
             inbox_cursor: u(inbox_cursor),
             cursors,
             limit,
+            inbox_position,
         })
     }
 
@@ -622,6 +635,7 @@ impl Store {
             inbox_cursor: 0,
             conversations: Vec::new(),
             first_seq: page.first_seq,
+            inbox_position: Vec::new(),
         })
     }
 
@@ -992,6 +1006,7 @@ mod tests {
                 ..Default::default()
             }],
             first_seq: 0,
+            inbox_position: Vec::new(),
         };
         let a = s.apply_sync_page(&page).unwrap();
         assert_eq!(
@@ -1025,6 +1040,7 @@ mod tests {
             inbox_cursor: 77,
             conversations: vec![],
             first_seq: 0,
+            inbox_position: Vec::new(),
         };
         assert_eq!(seqs(&s.apply_sync_page(&page).unwrap()), [2, 3]);
         assert_eq!(s.delivered_seq(ConversationKey::single(PEER)).unwrap(), 3);
@@ -1032,6 +1048,32 @@ mod tests {
         assert_eq!(req.inbox_cursor, 77);
         assert_eq!(req.cursors.len(), 1);
         assert_eq!(req.cursors[0].after_seq, 3);
+    }
+
+    #[test]
+    fn a_partitioned_servers_inbox_position_is_kept_and_sent_back_as_it_came() {
+        let mut s = Store::open(None, ME, "dev").unwrap();
+        let page = |cursor: u64, position: &[u8]| pb::SyncResponse {
+            inbox_cursor: cursor,
+            inbox_position: position.to_vec(),
+            ..Default::default()
+        };
+        s.apply_sync_page(&page(0, &[1, 2, 0, 9])).unwrap();
+        let req = s.sync_request(0).unwrap();
+        assert_eq!(
+            (req.inbox_cursor, req.inbox_position),
+            (0, vec![1, 2, 0, 9])
+        );
+        // A page that carries no position (cut, or history) keeps the stored one.
+        s.apply_sync_page(&page(0, &[])).unwrap();
+        assert_eq!(s.sync_request(0).unwrap().inbox_position, [1, 2, 0, 9]);
+        // A one-partition server's number replaces the token, and the other way round.
+        s.apply_sync_page(&page(12, &[])).unwrap();
+        let req = s.sync_request(0).unwrap();
+        assert_eq!((req.inbox_cursor, req.inbox_position), (12, vec![]));
+        s.apply_sync_page(&page(0, &[1, 1, 5])).unwrap();
+        let req = s.sync_request(0).unwrap();
+        assert_eq!((req.inbox_cursor, req.inbox_position), (0, vec![1, 1, 5]));
     }
 
     #[test]

@@ -282,6 +282,7 @@ struct FileConfig {
     dedup_filter_per_sender: Option<usize>,
     writer_cache_entries: Option<usize>,
     member_cache_conversations: Option<usize>,
+    partitions: Option<u16>,
     /// The `[media]` table (docs/CONFIGURATION.md, "Media").
     media: Option<crate::media::MediaFile>,
     /// The `[webhook]` table (docs/CONFIGURATION.md, "Webhooks").
@@ -375,6 +376,9 @@ pub struct StorageSettings {
     pub writer_cache_entries: usize,
     /// The writer's member-map cache, conversations.
     pub member_cache_conversations: usize,
+    /// Logical partitions of a database this server creates (an existing one keeps its
+    /// own count).
+    pub partitions: u16,
 }
 
 impl StorageSettings {
@@ -402,6 +406,7 @@ impl StorageSettings {
             member_cache_conversations: file
                 .member_cache_conversations
                 .unwrap_or(defaults.member_cache_conversations),
+            partitions: file.partitions.unwrap_or(defaults.partitions),
         }
     }
 }
@@ -610,6 +615,12 @@ impl ServeConfig {
             bail!("api_system_user must be a user id (1 or more)");
         }
         let s = &self.storage;
+        if !(1..=petrel_storage::partition::MAX_PARTITIONS).contains(&s.partitions) {
+            bail!(
+                "partitions must be 1 to {}",
+                petrel_storage::partition::MAX_PARTITIONS
+            );
+        }
         if s.inbox_max_entries == 0 {
             bail!("inbox_max_entries must be at least 1 (each user keeps their newest entry)");
         }
@@ -772,10 +783,11 @@ shutdown_grace_ms = 1500
             Some(Duration::from_secs(30 * 86_400))
         );
         assert_eq!(defaults.trim_interval, Duration::from_secs(60));
+        assert_eq!(defaults.partitions, 16);
         let s = resolve(
             "retention_single_secs = 86400\nretention_group_secs = 0\n\
              retention_public_secs = 7200\ninbox_max_entries = 500\ninbox_retention_secs = 0\n\
-             trim_interval_secs = 5\nwriter_cache_entries = 1000\n",
+             trim_interval_secs = 5\nwriter_cache_entries = 1000\npartitions = 64\n",
         )
         .unwrap()
         .storage;
@@ -786,9 +798,17 @@ shutdown_grace_ms = 1500
         assert_eq!(s.inbox_retention, None, "0 trims by count only");
         assert_eq!(s.trim_interval, Duration::from_secs(5));
         assert_eq!(s.writer_cache_entries, 1000);
+        assert_eq!(s.partitions, 64);
         for bad in ["inbox_max_entries = 0\n", "dedup_filter_ids = 0\n"] {
             let err = resolve(bad).unwrap_err();
             assert!(format!("{err:#}").contains("at least 1"), "{bad}: {err:#}");
+        }
+        for bad in ["partitions = 0\n", "partitions = 1025\n"] {
+            let err = resolve(bad).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("partitions must be 1 to 1024"),
+                "{bad}: {err:#}"
+            );
         }
     }
 

@@ -59,6 +59,7 @@ fn storage_config(config: &ServeConfig) -> StorageConfig {
         dedup_filter_per_sender: config.storage.dedup_filter_per_sender,
         writer_cache_entries: config.storage.writer_cache_entries,
         member_cache_conversations: config.storage.member_cache_conversations,
+        partitions: config.storage.partitions,
         ..StorageConfig::default()
     }
 }

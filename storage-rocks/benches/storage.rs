@@ -149,7 +149,7 @@ fn sync_1000(c: &mut Criterion) {
     let first = engine
         .sync(&SyncRequest {
             user: reader,
-            inbox_cursor: 0,
+            inbox: Default::default(),
             cursors: Vec::new(),
             limit: 1000,
             now_ms: NOW,
@@ -163,7 +163,7 @@ fn sync_1000(c: &mut Criterion) {
     fill(&engine, 1000);
     let req = SyncRequest {
         user: reader,
-        inbox_cursor: first.inbox_cursor,
+        inbox: first.inbox.clone(),
         cursors,
         limit: 1000,
         now_ms: NOW,

@@ -343,7 +343,7 @@ impl RocksEngineExt for RocksEngine {
     fn open(path: &Path, config: StorageConfig) -> Result<Self, StorageError> {
         let clock = Arc::new(AtomicU64::new(0));
         let kv = RocksKv::open(path, &config, &clock)?;
-        Ok(Store::with_kv_and_clock(kv, config, clock))
+        Store::with_kv_and_clock(kv, config, clock)
     }
 
     fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use petrel_storage::cf::Cf;
 use petrel_storage::kv::{Direction, Kv, Visitor};
+use petrel_storage::partition::Partitions;
 use petrel_storage::{
-    AppendOutcome, AppendRequest, Committer, ConversationKey, DiffusionMode, Engine, Refs, Reply,
-    Request, Retention, Role, StorageConfig, StorageError, Store, SyncMode, SyncRequest, TokenId,
-    TrimReport, UserId,
+    AppendOutcome, AppendRequest, Committer, ConversationKey, DiffusionMode, Engine, InboxCursor,
+    Refs, Reply, Request, Retention, Role, StorageConfig, StorageError, Store, SyncMode,
+    SyncRequest, TokenId, TrimReport, UserId,
 };
 use petrel_storage_rocks::RocksEngineExt;
 
@@ -94,7 +95,10 @@ type FlakyEngine<H> = Store<Flaky<<H as Harness>::K>>;
 /// An engine of `H`'s backend behind [`Flaky`] (keep the directory alive with it).
 fn flaky<H: Harness>(config: StorageConfig) -> (Arc<FlakyEngine<H>>, Option<tempfile::TempDir>) {
     let (kv, dir) = H::backend(&config);
-    (Arc::new(Store::with_kv(Flaky::new(kv), config)), dir)
+    (
+        Arc::new(Store::with_kv(Flaky::new(kv), config).expect("open")),
+        dir,
+    )
 }
 
 struct Mem(petrel_storage::MemEngine);
@@ -191,7 +195,7 @@ fn send(
 /// arrive in ascending seq with no gap after its cursor and no duplicate.
 struct Device {
     user: UserId,
-    inbox_cursor: u64,
+    inbox: InboxCursor,
     cursors: BTreeMap<ConversationKey, u64>,
     pages: usize,
 }
@@ -200,7 +204,7 @@ impl Device {
     fn new(user: UserId) -> Self {
         Device {
             user,
-            inbox_cursor: 0,
+            inbox: InboxCursor::default(),
             cursors: BTreeMap::new(),
             pages: 0,
         }
@@ -213,7 +217,7 @@ impl Device {
             let page = e
                 .sync(&SyncRequest {
                     user: self.user,
-                    inbox_cursor: self.inbox_cursor,
+                    inbox: self.inbox.clone(),
                     cursors: self.cursors.iter().map(|(c, s)| (*c, *s)).collect(),
                     limit,
                     now_ms: T0,
@@ -234,7 +238,7 @@ impl Device {
                 *cur = m.seq;
                 got.push((m.conversation, m.seq, m.payload.clone()));
             }
-            self.inbox_cursor = page.inbox_cursor;
+            self.inbox = page.inbox;
             if !page.has_more {
                 return got;
             }
@@ -572,7 +576,7 @@ fn dissolving_a_group<H: Harness>() {
     let page = e
         .sync(&SyncRequest {
             user: B,
-            inbox_cursor: device.inbox_cursor,
+            inbox: device.inbox.clone(),
             cursors: device.cursors.iter().map(|(c, s)| (*c, *s)).collect(),
             limit: 10,
             now_ms: T0,
@@ -859,7 +863,7 @@ fn new_device_gets_everything_with_paging<H: Harness>() {
     let got = dev.sync_all(e, 4);
     assert_eq!(got.len(), 18);
     assert!(dev.pages >= 5, "paged in pages of at most 4");
-    assert!(dev.inbox_cursor > 0);
+    assert!(!dev.inbox.is_new_device());
     assert!(dev.sync_all(e, 4).is_empty());
     send(e, B, g, 500, T0).unwrap();
     let got = dev.sync_all(e, 4);
@@ -919,7 +923,7 @@ fn replies_and_mentions<H: Harness>() {
         let page = e
             .sync(&SyncRequest {
                 user,
-                inbox_cursor: 0,
+                inbox: InboxCursor::default(),
                 cursors: vec![],
                 limit: 100,
                 now_ms: T0,
@@ -968,7 +972,7 @@ fn replies_and_mentions<H: Harness>() {
         .engine()
         .sync(&SyncRequest {
             user: C,
-            inbox_cursor: 0,
+            inbox: InboxCursor::default(),
             cursors: vec![],
             limit: 100,
             now_ms: T0,
@@ -996,7 +1000,7 @@ fn sync_reports_conversation_state_and_unread<H: Harness>() {
     let page = e
         .sync(&SyncRequest {
             user: B,
-            inbox_cursor: 0,
+            inbox: InboxCursor::default(),
             cursors: vec![(ab, 2)],
             limit: 100,
             now_ms: T0,
@@ -1461,11 +1465,12 @@ fn retention_trims_old_messages<H: Harness>() {
 
 /// Inbox entries beyond the per-user cap are trimmed; a device whose inbox cursor fell
 /// below what is kept is resynced from its per-conversation cursors and still gets every
-/// message exactly once.
+/// message exactly once. One partition: one inbox sequence per user.
 fn inbox_trimming_falls_back_to_a_full_resync<H: Harness>() {
     let cfg = StorageConfig {
         inbox_max_entries: 3,
         inbox_retention_ms: None,
+        partitions: 1,
         ..config(DiffusionMode::Write)
     };
     let h = H::open(cfg);
@@ -1497,12 +1502,14 @@ fn inbox_trimming_falls_back_to_a_full_resync<H: Harness>() {
 }
 
 /// Inbox entries older than the inbox retention go (the newest stays), and a step never
-/// examines more than its key budget: a pass over many users takes many steps.
+/// examines more than its key budget: a pass over many users takes many steps. One
+/// partition: one inbox sequence per user.
 fn inbox_retention_by_age_in_bounded_steps<H: Harness>() {
     const DAY: u64 = 24 * 60 * 60 * 1000;
     let cfg = StorageConfig {
         inbox_retention_ms: Some(DAY),
         trim_step_keys: 8,
+        partitions: 1,
         ..config(DiffusionMode::Write)
     };
     let h = H::open(cfg);
@@ -1534,6 +1541,60 @@ fn inbox_retention_by_age_in_bounded_steps<H: Harness>() {
         61,
         "messages themselves are kept"
     );
+}
+
+/// With partitions, a user's inbox is one sequence per partition and the cap applies to
+/// each: a device whose position fell below what one partition keeps is resynced in full
+/// and still gets every message exactly once; new appends continue every sequence.
+fn partitioned_inbox_trimming_caps_each_partition<H: Harness>() {
+    let cfg = StorageConfig {
+        inbox_max_entries: 3,
+        inbox_retention_ms: None,
+        partitions: 16,
+        ..config(DiffusionMode::Write)
+    };
+    let parts = Partitions::new(16).expect("16 partitions");
+    let h = H::open(cfg);
+    let e = h.engine();
+    let ab = ConversationKey::single(A, B);
+    // A peer of B whose chat with B lies in another partition than A's.
+    let bc = (100..)
+        .map(|u| ConversationKey::single(B, UserId(u)))
+        .find(|&c| parts.of(c) != parts.of(ab))
+        .expect("some chat lands elsewhere");
+    let ConversationKey::Single { lo, hi } = bc else {
+        unreachable!("a 1:1 key")
+    };
+    let c = if lo == B { hi } else { lo };
+    send(e, A, ab, 0, T0).unwrap();
+    let mut behind = Device::new(B);
+    assert_eq!(behind.sync_all(e, 100).len(), 1);
+    assert_eq!(behind.inbox.positions().len(), 16);
+    for i in 1..=10 {
+        send(e, A, ab, i, T0).unwrap();
+    }
+    for i in 0..2 {
+        send(e, c, bc, i, T0).unwrap();
+    }
+    let mut current = Device::new(B);
+    assert_eq!(current.sync_all(e, 100).len(), 13);
+    // B: 11 entries in ab's partition (3 stay) and 2 in bc's (both stay); A: 11 (3
+    // stay); C: 2.
+    let (report, _) = trim_pass(e, T0);
+    assert_eq!(report.inbox_entries, (11 - 3) + (11 - 3));
+    let got = behind.sync_all(e, 4);
+    assert_eq!(got.iter().filter(|m| m.0 == ab).count(), 10, "ab 2..=11");
+    assert_eq!(got.iter().filter(|m| m.0 == bc).count(), 2);
+    send(e, A, ab, 50, T0).unwrap();
+    send(e, c, bc, 50, T0).unwrap();
+    assert_eq!(behind.sync_all(e, 100).len(), 2);
+    assert_eq!(current.sync_all(e, 100).len(), 2);
+    assert_eq!(Device::new(B).sync_all(e, 100).len(), 15);
+    // A position of another partition count (the database was recreated) is a new
+    // device's: every message the per-conversation cursors do not cover, once.
+    let mut stranger = Device::new(B);
+    stranger.inbox = InboxCursor::single(5);
+    assert_eq!(stranger.sync_all(e, 100).len(), 15);
 }
 
 macro_rules! conformance {
@@ -1648,6 +1709,10 @@ macro_rules! conformance {
             #[test]
             fn inbox_trimming_falls_back_to_a_full_resync() {
                 super::inbox_trimming_falls_back_to_a_full_resync::<$harness>();
+            }
+            #[test]
+            fn partitioned_inbox_trimming_caps_each_partition() {
+                super::partitioned_inbox_trimming_caps_each_partition::<$harness>();
             }
             #[test]
             fn inbox_retention_by_age_in_bounded_steps() {

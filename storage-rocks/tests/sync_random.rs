@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use petrel_storage::config::DAY_MS;
 use petrel_storage::{
-    AppendRequest, ConversationKey, DiffusionMode, Engine, MemEngine, Role, StorageConfig,
-    SyncMode, SyncRequest, UserId,
+    AppendRequest, ConversationKey, DiffusionMode, Engine, InboxCursor, MemEngine, Role,
+    StorageConfig, SyncMode, SyncRequest, UserId,
 };
 use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
 
@@ -32,7 +32,7 @@ impl Rng {
 
 struct Device {
     user: UserId,
-    inbox_cursor: u64,
+    inbox: InboxCursor,
     cursors: BTreeMap<ConversationKey, u64>,
 }
 
@@ -40,7 +40,7 @@ impl Device {
     fn new(user: UserId) -> Self {
         Device {
             user,
-            inbox_cursor: 0,
+            inbox: InboxCursor::default(),
             cursors: BTreeMap::new(),
         }
     }
@@ -50,7 +50,7 @@ impl Device {
         let page = e
             .sync(&SyncRequest {
                 user: self.user,
-                inbox_cursor: self.inbox_cursor,
+                inbox: self.inbox.clone(),
                 cursors: self.cursors.iter().map(|(c, s)| (*c, *s)).collect(),
                 limit,
                 now_ms,
@@ -68,7 +68,7 @@ impl Device {
             );
             *cur = m.seq;
         }
-        self.inbox_cursor = page.inbox_cursor;
+        self.inbox = page.inbox;
         page.has_more
     }
 
@@ -188,14 +188,19 @@ fn run<E: Engine>(e: &E, seed: u64, steps: usize) {
     }
 }
 
-fn config(diffusion: DiffusionMode) -> StorageConfig {
+fn config(diffusion: DiffusionMode, partitions: u16) -> StorageConfig {
     StorageConfig {
         diffusion,
         sync: SyncMode::None,
         large_group_threshold: 4,
+        partitions,
         ..StorageConfig::default()
     }
 }
+
+/// One partition (a database from before partitions: one inbox sequence per user), a
+/// few (a user's conversations often share one), and the default.
+const PARTITIONS: [u16; 3] = [1, 3, 16];
 
 const MODES: [DiffusionMode; 3] = [
     DiffusionMode::Read,
@@ -206,8 +211,10 @@ const MODES: [DiffusionMode; 3] = [
 #[test]
 fn random_histories_in_memory() {
     for mode in MODES {
-        for seed in 0..40 {
-            run(&MemEngine::new(config(mode)), seed, 400);
+        for partitions in PARTITIONS {
+            for seed in 0..40 {
+                run(&MemEngine::new(config(mode, partitions)), seed, 400);
+            }
         }
     }
 }
@@ -215,9 +222,9 @@ fn random_histories_in_memory() {
 #[test]
 fn random_histories_rocksdb() {
     for mode in MODES {
-        for seed in 100..103 {
+        for (seed, partitions) in (100..).zip(PARTITIONS) {
             let dir = tempfile::tempdir().expect("tempdir");
-            let e = RocksEngine::open(dir.path(), config(mode)).expect("open");
+            let e = RocksEngine::open(dir.path(), config(mode, partitions)).expect("open");
             run(&e, seed, 300);
         }
     }

@@ -17,6 +17,7 @@ use crate::model::{
     ConversationKey, ConversationState, Member, Recall, Refs, RevokedToken, Role, StoredMessage,
     TokenId, UserId,
 };
+pub use crate::partition::InboxCursor;
 
 /// Who receives an append: inline for a 1:1 chat's two users, on the heap for more.
 pub type Recipients = smallvec::SmallVec<[UserId; 2]>;
@@ -96,19 +97,20 @@ pub struct EditOutcome {
 
 /// Incremental sync for one device.
 ///
-/// Contract: a device keeps its own `inbox_cursor` and per-conversation cursors (the
-/// highest seq it holds). A device with `inbox_cursor == 0` has never completed a sync
-/// (a new device): it gets every message of every conversation the user belongs to,
-/// except those at or below the cursors it passes. Otherwise only conversations with
-/// news since `inbox_cursor` are examined, so the cost is O(conversations changed).
-/// Page until `has_more` is false, passing back the returned `inbox_cursor` and the
-/// per-conversation maxima of the messages received.
+/// Contract: a device keeps its own inbox position (an [`InboxCursor`]: one position per
+/// partition) and per-conversation cursors (the highest seq it holds). A device with no
+/// inbox position has never completed a sync (a new device): it gets every message of
+/// every conversation the user belongs to, except those at or below the cursors it
+/// passes. Otherwise only conversations with news since its position are examined, so
+/// the cost is O(conversations changed) plus one seek per partition. Page until
+/// `has_more` is false, passing back the returned position and the per-conversation
+/// maxima of the messages received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncRequest {
     /// The user syncing.
     pub user: UserId,
-    /// The device's inbox position (0 = never synced).
-    pub inbox_cursor: u64,
+    /// The device's inbox position (empty = never synced).
+    pub inbox: InboxCursor,
     /// The device's per-conversation positions: it holds everything up to `after_seq`.
     pub cursors: Vec<(ConversationKey, u64)>,
     /// Most messages to return (capped by the engine's `max_page`).
@@ -125,7 +127,7 @@ pub struct SyncPage {
     /// device's cursor.
     pub messages: Vec<StoredMessage>,
     /// The inbox position to pass next time.
-    pub inbox_cursor: u64,
+    pub inbox: InboxCursor,
     /// True if the page was cut short; call again.
     pub has_more: bool,
     /// State of every conversation examined in this page (for unread counts).

@@ -82,12 +82,18 @@ pub struct StorageConfig {
     /// Message retention per conversation kind (default: forever). Older messages are
     /// trimmed by [`crate::Request::Trim`], except each conversation's newest.
     pub retention: Retention,
-    /// Most inbox entries kept per user (default 10,000); older ones are trimmed. A device
+    /// Most inbox entries kept per user in each partition (default 10,000); older ones
+    /// are trimmed. A device
     /// whose inbox cursor falls below what is kept gets a full resync from its
     /// per-conversation cursors instead of the inbox walk.
     pub inbox_max_entries: u64,
     /// Inbox entries older than this are trimmed (default 30 days; `None` = by count only).
     pub inbox_retention_ms: Option<u64>,
+    /// Logical partitions of a database created with this configuration (default 16,
+    /// clamped to 1..=1024; see [`crate::partition`]). Fixed at creation: an existing
+    /// database keeps the count recorded in it, and one from before partitions has one.
+    /// A server can spread a database's conversations over at most this many cores.
+    pub partitions: u16,
     /// Most keys one [`crate::Request::Trim`] step examines (default 2,000), which bounds
     /// how long a step holds the writer.
     pub trim_step_keys: usize,
@@ -115,6 +121,7 @@ impl Default for StorageConfig {
             inbox_max_entries: 10_000,
             inbox_retention_ms: Some(30 * DAY_MS),
             trim_step_keys: 2_000,
+            partitions: crate::partition::DEFAULT_PARTITIONS,
         }
     }
 }

@@ -7,7 +7,9 @@
 //! ```text
 //! conversation (17) = tag:u8 | a:u64 | b:u64     tag 1 single(lo,hi) 2 group(id,0) 3 public(id,0)
 //! messages          = conversation(17) | seq:u64                       (25)
-//! inbox             = user:u64 | inbox_seq:u64                         (16)
+//! inbox             = user:u64 | partition:u16 | inbox_seq:u64        (18)
+//!   (a one-partition database: user:u64 | inbox_seq:u64                (16);
+//!    encoded by `partition::Partitions`, which knows the layout)
 //! dedup             = sender:u64 | conversation(17) | client_msg_id:u64 (33)
 //!   (legacy, read only: sender:u64 | client_msg_id:u64                  (16))
 //! members           = conversation(17) | user:u64                      (25)
@@ -174,6 +176,9 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 pub const META_LAST_GROUP: &[u8] = b"last_group_id";
 /// Meta key holding the last allocated public-account id.
 pub const META_LAST_PUBLIC: &[u8] = b"last_public_id";
+/// Meta key holding the database's partition count (u64), written when it was created;
+/// absent in a database from before partitions, which has one.
+pub const META_PARTITIONS: &[u8] = b"partitions";
 /// Meta key holding the server time (ms) before which legacy `sender | client_msg_id`
 /// dedup keys may have been written; 0 when the database never held any (see
 /// `engine::append`).

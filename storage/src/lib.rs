@@ -24,6 +24,7 @@
 //! - [`model`], [`config`], [`error`] — plain types;
 //! - [`api`] — the [`Request`]/[`Reply`] enums and the [`Engine`] trait;
 //! - [`cf`], [`keys`], [`values`] — column families and byte layouts of every key and value;
+//!   [`partition`] — which partition a conversation belongs to, and the partitioned inbox;
 //! - [`kv`] — the key-value boundary; [`mem`] is its in-memory backend;
 //! - [`engine`] — the domain logic ([`engine::Store`]), written once over [`kv::Kv`];
 //!   [`recent_ids`] is its bounded in-memory dedup filter;
@@ -48,12 +49,13 @@ pub mod keys;
 pub mod kv;
 pub mod mem;
 pub mod model;
+pub mod partition;
 pub mod recent_ids;
 pub mod unsynced;
 pub mod values;
 
 pub use api::{
-    AppendOutcome, AppendRequest, EditOutcome, Engine, HistoryPage, MembershipChange,
+    AppendOutcome, AppendRequest, EditOutcome, Engine, HistoryPage, InboxCursor, MembershipChange,
     READ_COUNT_MAX_MEMBERS, RecallOutcome, Recipients, Reply, Request, SyncPage, SyncRequest,
     TrimReport,
 };

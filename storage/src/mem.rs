@@ -25,9 +25,10 @@ pub struct MemKv {
 pub type MemEngine = Store<MemKv>;
 
 impl MemEngine {
-    /// A fresh, empty in-memory engine.
+    /// A fresh, empty in-memory engine with `config.partitions` partitions.
     pub fn new(config: StorageConfig) -> Self {
-        Store::with_kv(MemKv::default(), config)
+        let partitions = crate::partition::Partitions::clamped(config.partitions);
+        Store::with_partitions(MemKv::default(), config, Default::default(), partitions)
     }
 }
 

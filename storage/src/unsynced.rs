@@ -238,7 +238,7 @@ mod tests {
         // A sync page whose state counts the unsynced append waits too.
         let page = Reply::Synced(SyncPage {
             messages: Vec::new(),
-            inbox_cursor: 0,
+            inbox: Default::default(),
             has_more: false,
             conversations: vec![ConversationState {
                 key: a,

@@ -85,7 +85,7 @@ fn tiny_bounds_keep_every_answer_right() {
     let page = e
         .sync(&SyncRequest {
             user: reader,
-            inbox_cursor: 0,
+            inbox: Default::default(),
             cursors: Vec::new(),
             limit: 1000,
             now_ms: T0,

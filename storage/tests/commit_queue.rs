@@ -78,13 +78,16 @@ impl Kv for CountingKv {
 
 /// A group-commit store over the counting, slow-syncing backend.
 fn slow_batch_store() -> Arc<Store<CountingKv>> {
-    Arc::new(Store::with_kv(
-        CountingKv::default(),
-        StorageConfig {
-            sync: SyncMode::Batch,
-            ..StorageConfig::default()
-        },
-    ))
+    Arc::new(
+        Store::with_kv(
+            CountingKv::default(),
+            StorageConfig {
+                sync: SyncMode::Batch,
+                ..StorageConfig::default()
+            },
+        )
+        .expect("open"),
+    )
 }
 
 fn append(sender: u64, peer: u64, cmid: u64) -> Request {

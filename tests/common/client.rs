@@ -188,12 +188,13 @@ impl TestClient {
     /// Syncs from scratch (inbox cursor 0, no per-conversation cursors), following pages
     /// until `has_more` is false. Returns every message.
     pub fn sync_all(&mut self) -> Vec<pb::MessagePush> {
-        let mut inbox_cursor = 0;
+        let (mut inbox_cursor, mut inbox_position) = (0, Vec::new());
         let mut cursors: Vec<pb::Cursor> = Vec::new();
         let mut all = Vec::new();
         loop {
             let frame = self.request(pb::SyncRequest {
                 inbox_cursor,
+                inbox_position: inbox_position.clone(),
                 cursors: cursors.clone(),
                 limit: 0,
             });
@@ -212,6 +213,7 @@ impl TestClient {
             }
             all.extend(page.messages);
             inbox_cursor = page.inbox_cursor;
+            inbox_position = page.inbox_position;
             if !page.has_more {
                 return all;
             }

@@ -349,6 +349,7 @@ fn ops_seeds(dir: &Path) {
                             inbox_cursor: 0,
                             cursors: Vec::new(),
                             limit: 3,
+                            inbox_position: Vec::new(),
                         },
                     ),
                     Frame::response(4, pb::Pong::default()),

@@ -552,6 +552,7 @@ impl World {
                     inbox_cursor: u64::from(cursor),
                     cursors: Vec::new(),
                     limit: u32::from(limit % 8),
+                    inbox_position: Vec::new(),
                 },
             ),
             Step::History { conn, peer, before } => self.request(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use petrel_proto::pb;
-use petrel_storage::{ConversationKey, Role};
+use petrel_storage::{ConversationKey, InboxCursor, Role};
 
 use petrel_conn::ConnId;
 
@@ -92,8 +92,8 @@ pub(crate) struct ReceiptCtx {
 #[derive(Debug)]
 pub(crate) struct SyncCtx {
     pub to: ReplyTo,
-    /// The request's inbox cursor, returned again if the page has to be cut.
-    pub inbox_cursor: u64,
+    /// The request's inbox position, returned again if the page has to be cut.
+    pub inbox: InboxCursor,
 }
 
 /// Context of a history request.

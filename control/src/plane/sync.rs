@@ -3,12 +3,12 @@
 //!
 //! A response must fit in one frame (64 KiB body). Storage pages are sized in
 //! messages, not bytes, so a page whose encoding would not fit is cut: a sync page keeps
-//! the request's inbox cursor and sets `has_more`, so the client's next request (with
+//! the request's inbox position and sets `has_more`, so the client's next request (with
 //! its per-conversation cursors advanced past what it got) fetches the rest; a history
 //! page keeps its newest messages and sets `has_more`.
 
 use petrel_proto::{Frame, pb};
-use petrel_storage::{Reply, Request, StorageError, SyncRequest, UserId};
+use petrel_storage::{InboxCursor, Reply, Request, StorageError, SyncRequest, UserId};
 
 use super::Control;
 use super::pending::{HistoryCtx, Pending, ReplyTo, SyncCtx};
@@ -24,6 +24,16 @@ pub(super) const RESPONSE_BUDGET: usize = 60 * 1024;
 pub(super) fn repeated_field_len(m: &impl prost::Message) -> usize {
     let len = m.encoded_len();
     1 + prost::length_delimiter_len(len) + len
+}
+
+/// An inbox position as the wire carries it: a one-partition database's as the plain
+/// `inbox_cursor` number (what clients from before partitions understand), a
+/// partitioned one's as 0 and the opaque `inbox_position` token.
+fn wire_position(inbox: &InboxCursor) -> (u64, Vec<u8>) {
+    match inbox.as_single() {
+        Some(n) => (n, Vec::new()),
+        None => (0, inbox.to_token()),
+    }
 }
 
 impl Control {
@@ -43,17 +53,33 @@ impl Control {
             0 => self.config.sync_page_limit,
             n => n.min(self.config.sync_page_limit),
         };
+        let inbox = if req.inbox_position.is_empty() {
+            InboxCursor::single(req.inbox_cursor)
+        } else {
+            match InboxCursor::from_token(&req.inbox_position) {
+                Ok(inbox) => inbox,
+                Err(why) => {
+                    return self.send_error(
+                        conn,
+                        rid,
+                        pb::ErrorCode::InvalidRequest,
+                        &why.to_string(),
+                        0,
+                    );
+                }
+            }
+        };
         self.storage(
             Request::Sync(SyncRequest {
                 user: UserId(user),
-                inbox_cursor: req.inbox_cursor,
+                inbox: inbox.clone(),
                 cursors,
                 limit: limit as usize,
                 now_ms: now.as_millis(),
             }),
             Pending::Sync(SyncCtx {
                 to: ReplyTo { conn, rid, user },
-                inbox_cursor: req.inbox_cursor,
+                inbox,
             }),
         );
     }
@@ -163,23 +189,21 @@ impl Control {
             budget -= len;
             messages.push(push);
         }
-        let response = if cut {
-            // Keep the old inbox cursor: the next request re-examines what was cut.
-            pb::SyncResponse {
-                messages,
-                has_more: true,
-                inbox_cursor: ctx.inbox_cursor,
-                conversations,
-                first_seq: 0,
-            }
+        // A cut page keeps the request's inbox position: the next request re-examines
+        // what was cut.
+        let (has_more, inbox) = if cut {
+            (true, &ctx.inbox)
         } else {
-            pb::SyncResponse {
-                messages,
-                has_more: page.has_more,
-                inbox_cursor: page.inbox_cursor,
-                conversations,
-                first_seq: 0,
-            }
+            (page.has_more, &page.inbox)
+        };
+        let (inbox_cursor, inbox_position) = wire_position(inbox);
+        let response = pb::SyncResponse {
+            messages,
+            has_more,
+            inbox_cursor,
+            conversations,
+            first_seq: 0,
+            inbox_position,
         };
         self.send_frame(to.conn, Frame::response(to.rid, response));
     }
@@ -224,6 +248,7 @@ impl Control {
                     inbox_cursor: 0,
                     conversations: Vec::new(),
                     first_seq: page.first_seq,
+                    inbox_position: Vec::new(),
                 },
             ),
         );

@@ -34,6 +34,22 @@ use petrel_storage::{Engine, MemEngine, StorageConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// An inbox position as a `SyncResponse` returns it and a `SyncRequest` sends it back:
+/// the plain cursor of a one-partition database, or the opaque token of a partitioned
+/// one. The default is a new device's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Position {
+    pub cursor: u64,
+    pub token: Vec<u8>,
+}
+
+impl Position {
+    /// Whether this is a new device's (no position at all).
+    pub fn is_new(&self) -> bool {
+        self.cursor == 0 && self.token.is_empty()
+    }
+}
+
 /// Key file used by every simulation: `main` signs, `old` still verifies.
 pub const KEY_FILE: &str = "\
 main 6d61696e2d7365637265742d6b65792d666f722d73696d756c6174696f6e2121
@@ -505,22 +521,22 @@ impl Sim {
         }
     }
 
-    /// Sync pages from `inbox_cursor` with the given per-conversation cursors until
-    /// `has_more` is false; returns every message received, in order, and the final
-    /// inbox cursor.
+    /// Sync pages from `inbox` (and no per-conversation cursors) until `has_more` is
+    /// false; returns every message received, in order, and the final inbox position.
     pub fn sync_all(
         &mut self,
         conn: ConnId,
-        mut inbox_cursor: u64,
+        mut inbox: Position,
         limit: u32,
-    ) -> (Vec<pb::MessagePush>, u64) {
+    ) -> (Vec<pb::MessagePush>, Position) {
         let mut cursors: BTreeMap<(i32, u64), u64> = BTreeMap::new();
         let mut all = Vec::new();
         for _ in 0..1000 {
             let rid = self.send(
                 conn,
                 pb::SyncRequest {
-                    inbox_cursor,
+                    inbox_cursor: inbox.cursor,
+                    inbox_position: inbox.token.clone(),
                     cursors: cursors
                         .iter()
                         .map(|(&(kind, id), &after_seq)| pb::Cursor {
@@ -543,9 +559,12 @@ impl Sim {
                 *cur = (*cur).max(m.seq);
             }
             all.extend(page.messages);
-            inbox_cursor = page.inbox_cursor;
+            inbox = Position {
+                cursor: page.inbox_cursor,
+                token: page.inbox_position,
+            };
             if !page.has_more {
-                return (all, inbox_cursor);
+                return (all, inbox);
             }
         }
         panic!("sync did not finish in 1000 pages");
@@ -564,6 +583,7 @@ impl Sim {
                 inbox_cursor: 0,
                 cursors: Vec::new(),
                 limit: 200,
+                inbox_position: Vec::new(),
             },
         );
         let page = self

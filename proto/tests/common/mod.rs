@@ -89,6 +89,7 @@ pub fn body_for(t: FrameType, n: u64, s: &str) -> Body {
                 after_seq: n / 2,
             }],
             limit: 100,
+            inbox_position: Vec::new(),
         }
         .into(),
         FrameType::HistoryRequest => pb::HistoryRequest {
@@ -154,6 +155,7 @@ pub fn body_for(t: FrameType, n: u64, s: &str) -> Body {
                 ..Default::default()
             }],
             first_seq: n / 3,
+            inbox_position: Vec::new(),
         }
         .into(),
         FrameType::ConversationOpResult => pb::ConversationOpResult {

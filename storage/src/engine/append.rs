@@ -173,6 +173,8 @@ impl<K: Kv> Store<K> {
             &req.payload,
         )?;
         let large = recipients.len() > self.config.large_group_threshold;
+        // Every inbox entry of this append goes to its conversation's partition.
+        let partition = self.partitions.of(conv);
         run.plan.clear();
         for &r in &recipients {
             let pointer = match self.config.diffusion {
@@ -188,7 +190,7 @@ impl<K: Kv> Store<K> {
                 continue;
             }
             let head = self
-                .inbox_head(w, r)?
+                .inbox_head(w, r, partition)?
                 .checked_add(1)
                 .ok_or(StorageError::Overflow)?;
             run.plan.push((r, head, !pointer));
@@ -228,10 +230,10 @@ impl<K: Kv> Store<K> {
             };
             batch.put(
                 Cf::Inbox,
-                &keys::u64_u64(r.0, head),
+                &self.partitions.inbox_key(r, partition, head),
                 &entry.encode(req.now_ms),
             );
-            w.inbox_head.put(r, head);
+            w.inbox_head.put((r, partition), head);
             if news {
                 w.pending_news
                     .get_or_insert_mut(r, PendingNews::default)

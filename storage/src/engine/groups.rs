@@ -194,6 +194,7 @@ impl<K: Kv> Store<K> {
             });
         }
         let last = self.last_seq(&mut w, conv)?;
+        let partition = self.partitions.of(conv);
         let mut batch = self.kv.batch();
         let mut markers = Vec::new();
         for u in &added {
@@ -209,12 +210,12 @@ impl<K: Kv> Store<K> {
             );
             if last > 0 {
                 let head = self
-                    .inbox_head(&mut w, *u)?
+                    .inbox_head(&mut w, *u, partition)?
                     .checked_add(1)
                     .ok_or(StorageError::Overflow)?;
                 batch.put(
                     Cf::Inbox,
-                    &keys::u64_u64(u.0, head),
+                    &self.partitions.inbox_key(*u, partition, head),
                     &InboxEntry::News(conv, last).encode(now_ms),
                 );
                 markers.push((*u, head));
@@ -226,7 +227,7 @@ impl<K: Kv> Store<K> {
             map.insert(*u, Role::Member);
         }
         for (u, head) in markers {
-            w.inbox_head.put(u, head);
+            w.inbox_head.put((u, partition), head);
             w.pending_news
                 .get_or_insert_mut(u, PendingNews::default)
                 .insert(conv, head);

@@ -41,6 +41,7 @@ use crate::error::StorageError;
 use crate::keys;
 use crate::kv::{Batch, Kv};
 use crate::model::{ConversationKey, Member, Role, UserId};
+use crate::partition::{Partition, Partitions};
 use foldhash::fast::RandomState;
 use lru::LruCache;
 
@@ -67,7 +68,8 @@ pub(crate) type PendingNews = HashMap<ConversationKey, u64, RandomState>;
 #[derive(Debug)]
 pub(crate) struct WriterState {
     last_seq: Lru<ConversationKey, u64>,
-    inbox_head: Lru<UserId, u64>,
+    /// Last inbox seq of each (user, partition) pair.
+    inbox_head: Lru<(UserId, Partition), u64>,
     members: Lru<ConversationKey, Arc<MemberMap>>,
     /// Mutes of groups, cached and bounded like the member maps.
     mutes: Lru<ConversationKey, Arc<mutes::MuteMap>>,
@@ -97,7 +99,7 @@ pub(crate) struct WriterState {
 pub struct WriterCacheStats {
     /// Conversations whose last seq is cached.
     pub last_seqs: u64,
-    /// Users whose inbox head is cached.
+    /// (User, partition) pairs whose inbox head is cached.
     pub inbox_heads: u64,
     /// Groups and public accounts whose member map is cached.
     pub member_maps: u64,
@@ -188,6 +190,8 @@ pub struct StoreStats {
 pub struct Store<K: Kv> {
     kv: K,
     config: StorageConfig,
+    /// The database's partitions, decided when it was created.
+    partitions: Partitions,
     writer: Mutex<WriterState>,
     appends: AtomicU64,
     append_bytes: AtomicU64,
@@ -254,20 +258,71 @@ fn fresh_dedup_table<K: Kv>(kv: &K) -> Option<u64> {
     Some(0)
 }
 
+/// The database's partitions: as recorded in `meta`; for a database with no record,
+/// one if it already holds inbox entries (it is from before partitions, and its keys
+/// have the one-partition layout), else `wanted`, recorded now — before any inbox entry
+/// can be written, so the record precedes them in the log.
+fn decide_partitions<K: Kv>(kv: &K, wanted: Partitions) -> Result<Partitions, StorageError> {
+    if let Some(v) = kv.get(Cf::Meta, keys::META_PARTITIONS)? {
+        let n = keys::decode_u64("partitions", &v)?;
+        return u16::try_from(n)
+            .ok()
+            .and_then(Partitions::new)
+            .ok_or(StorageError::Corrupt(crate::error::DecodeError::Tag {
+                what: "partition count",
+                tag: u8::try_from(n).unwrap_or(u8::MAX),
+            }));
+    }
+    if kv
+        .first_key(Cf::Inbox, &[], &keys::prefix_end(&[]))?
+        .is_some()
+    {
+        return Ok(Partitions::ONE);
+    }
+    let mut batch = kv.batch();
+    batch.put(
+        Cf::Meta,
+        keys::META_PARTITIONS,
+        &keys::u64_key(u64::from(wanted.count())),
+    );
+    // Unsynced: the first inbox entry's fsync covers it (the log is replayed in order),
+    // and a record lost with nothing after it is decided again at the next open.
+    kv.write(batch, false)?;
+    Ok(wanted)
+}
+
 impl<K: Kv> Store<K> {
-    /// Wrap a backend.
-    pub fn with_kv(kv: K, config: StorageConfig) -> Self {
+    /// Open a database on a backend: its partition count is read from it, or decided
+    /// and recorded if it is new (`config.partitions`).
+    pub fn with_kv(kv: K, config: StorageConfig) -> Result<Self, StorageError> {
         Self::with_kv_and_clock(kv, config, Arc::new(AtomicU64::new(0)))
     }
 
-    /// Wrap a backend whose background expiry reads `clock` (see [`Store::clock`]).
-    pub fn with_kv_and_clock(kv: K, config: StorageConfig, clock: Arc<AtomicU64>) -> Self {
+    /// Like [`Store::with_kv`], for a backend whose background expiry reads `clock` (see
+    /// [`Store::clock`]).
+    pub fn with_kv_and_clock(
+        kv: K,
+        config: StorageConfig,
+        clock: Arc<AtomicU64>,
+    ) -> Result<Self, StorageError> {
+        let partitions = decide_partitions(&kv, Partitions::clamped(config.partitions))?;
+        Ok(Self::with_partitions(kv, config, clock, partitions))
+    }
+
+    /// Wrap a backend whose partition count is already known (an empty in-memory one).
+    pub(crate) fn with_partitions(
+        kv: K,
+        config: StorageConfig,
+        clock: Arc<AtomicU64>,
+        partitions: Partitions,
+    ) -> Self {
         let mut writer = WriterState::new(&config);
         writer.legacy_dedup_before = fresh_dedup_table(&kv);
         Store {
             kv,
             writer: Mutex::new(writer),
             config,
+            partitions,
             appends: AtomicU64::new(0),
             append_bytes: AtomicU64::new(0),
             inbox_entries: AtomicU64::new(0),
@@ -319,9 +374,20 @@ impl<K: Kv> Store<K> {
         &self.config
     }
 
+    /// The database's partitions (fixed when it was created).
+    pub fn partitions(&self) -> Partitions {
+        self.partitions
+    }
+
     /// The backend (for backend-specific operations such as checkpoints).
     pub fn kv(&self) -> &K {
         &self.kv
+    }
+
+    /// Closes the store and hands the backend back (to open it again, e.g. with
+    /// another configuration).
+    pub fn into_kv(self) -> K {
+        self.kv
     }
 
     /// The latest request time seen (0 before the first timed request since open).
@@ -414,23 +480,28 @@ impl<K: Kv> Store<K> {
         Ok(s)
     }
 
-    /// Last inbox seq of a user, read from the database.
-    fn stored_inbox_head(&self, u: UserId) -> Result<u64, StorageError> {
-        let prefix = keys::u64_key(u.0);
+    /// Last inbox seq of a user in a partition, read from the database.
+    fn stored_inbox_head(&self, u: UserId, p: Partition) -> Result<u64, StorageError> {
+        let prefix = self.partitions.inbox_prefix(u, p);
         let end = keys::prefix_end(&prefix);
         match self.kv.last_key(Cf::Inbox, &prefix, &end)? {
-            Some(k) => Ok(keys::decode_u64_u64(&k)?.1),
+            Some(k) => Ok(self.partitions.decode_inbox(&k)?.2),
             None => Ok(0),
         }
     }
 
-    /// Last inbox seq, cached in the writer.
-    fn inbox_head(&self, w: &mut WriterState, u: UserId) -> Result<u64, StorageError> {
-        if let Some(h) = w.inbox_head.get(&u) {
+    /// Last inbox seq of a user in a partition, cached in the writer.
+    fn inbox_head(
+        &self,
+        w: &mut WriterState,
+        u: UserId,
+        p: Partition,
+    ) -> Result<u64, StorageError> {
+        if let Some(h) = w.inbox_head.get(&(u, p)) {
             return Ok(*h);
         }
-        let h = self.stored_inbox_head(u)?;
-        w.inbox_head.put(u, h);
+        let h = self.stored_inbox_head(u, p)?;
+        w.inbox_head.put((u, p), h);
         Ok(h)
     }
 

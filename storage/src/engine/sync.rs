@@ -6,15 +6,17 @@
 //! way the device gets every message after its own cursor for `c`, so the result is
 //! the same under read, write and hybrid diffusion.
 //!
-//! A device with inbox cursor 0 (new) reads every conversation the user belongs to.
-//! Otherwise only inbox entries after its cursor are examined: O(conversations changed).
+//! A device with no inbox position (new) reads every conversation the user belongs to.
+//! Otherwise only inbox entries after its position are examined, partition by partition
+//! (each has its own inbox sequence, see [`crate::partition`]): O(conversations changed)
+//! plus one seek per partition.
 //!
 //! News-marker bookkeeping: before a marker's timeline is read, the writer's "pending"
 //! flag for (user, conversation) is cleared under the writer lock, so any append that
 //! commits after the read starts writes a fresh marker (none can slip between).
 //!
-//! Performance-critical path: one inbox range scan plus one timeline read per
-//! conversation changed; no writer lock except to clear pending markers.
+//! Performance-critical path: one inbox range scan per partition plus one timeline read
+//! per conversation changed; no writer lock except to clear pending markers.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -25,6 +27,7 @@ use crate::error::StorageError;
 use crate::keys;
 use crate::kv::{Direction, Kv};
 use crate::model::{ConversationKey, ConversationState, StoredMessage, UserId};
+use crate::partition::InboxCursor;
 use crate::values::{self, InboxEntry};
 
 impl<K: Kv> Store<K> {
@@ -109,10 +112,21 @@ impl<K: Kv> Store<K> {
         }
         let mut page = SyncPage::default();
         let mut touched = BTreeSet::new();
-        if req.inbox_cursor == 0 || self.inbox_trimmed_past(req.user, req.inbox_cursor)? {
+        let positions = req.inbox.positions();
+        // A position of another partition count (the database was recreated) is as
+        // good as none.
+        let fits = positions.len() == usize::from(self.partitions.count());
+        if !fits || self.inbox_trimmed_past(req.user, positions)? {
             self.sync_everything(req.user, budget, &mut cursors, &mut page, &mut touched)?;
         } else {
-            self.sync_inbox(req, budget, &mut cursors, &mut page, &mut touched)?;
+            self.sync_inbox(
+                req.user,
+                positions,
+                budget,
+                &mut cursors,
+                &mut page,
+                &mut touched,
+            )?;
         }
         page.conversations.reserve(touched.len());
         for c in touched {
@@ -138,20 +152,24 @@ impl<K: Kv> Store<K> {
         Ok(page)
     }
 
-    /// Whether retention removed inbox entries the device with `inbox_cursor` has not
-    /// seen: the user's first stored entry is past `inbox_cursor + 1`. Such a device
-    /// cannot learn from the inbox which conversations changed, so it is synced like a
-    /// new one, from its per-conversation cursors (slower, never lossy).
-    fn inbox_trimmed_past(&self, user: UserId, inbox_cursor: u64) -> Result<bool, StorageError> {
-        let prefix = keys::u64_key(user.0);
-        let first = match self
-            .kv
-            .first_key(Cf::Inbox, &prefix, &keys::prefix_end(&prefix))?
-        {
-            Some(k) => Some(keys::decode_u64_u64(&k)?.1),
-            None => None,
-        };
-        Ok(first.is_some_and(|f| f > inbox_cursor.saturating_add(1)))
+    /// Whether retention removed inbox entries the device at `positions` has not seen:
+    /// in some partition the user's first stored entry is past the one after the
+    /// device's position. Such a device cannot learn from the inbox which conversations
+    /// changed, so it is synced like a new one, from its per-conversation cursors
+    /// (slower, never lossy).
+    fn inbox_trimmed_past(&self, user: UserId, positions: &[u64]) -> Result<bool, StorageError> {
+        for (p, &position) in self.partitions.all().zip(positions) {
+            let prefix = self.partitions.inbox_prefix(user, p);
+            let first = self
+                .kv
+                .first_key(Cf::Inbox, &prefix, &keys::prefix_end(&prefix))?;
+            if let Some(k) = first
+                && self.partitions.decode_inbox(&k)?.2 > position.saturating_add(1)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// New device: every conversation from the device's cursor (0 if unknown).
@@ -166,11 +184,15 @@ impl<K: Kv> Store<K> {
         // Read the inbox head and clear pending markers atomically w.r.t. appends: any
         // append after this point writes a fresh marker above `head`, and any append
         // before it is visible to the timeline reads below.
-        let head = {
+        let heads = {
             let mut w = self.lock()?;
-            let head = self.inbox_head(&mut w, user)?;
+            let heads = self
+                .partitions
+                .all()
+                .map(|p| self.inbox_head(&mut w, user, p))
+                .collect::<Result<Vec<u64>, StorageError>>()?;
             w.pending_news.pop(&user);
-            head
+            heads
         };
         for c in self.do_conversations_of(user)? {
             touched.insert(c);
@@ -181,82 +203,91 @@ impl<K: Kv> Store<K> {
                 break;
             }
         }
-        page.inbox_cursor = if page.has_more { 0 } else { head };
+        page.inbox = if page.has_more {
+            InboxCursor::new_device()
+        } else {
+            InboxCursor::from_positions(heads)
+        };
         Ok(())
     }
 
-    /// Known device: only conversations named by inbox entries after its cursor.
+    /// Known device: only conversations named by inbox entries after its position,
+    /// partition by partition; at most 4 × `budget` entries are examined in all.
     fn sync_inbox(
         &self,
-        req: &SyncRequest,
+        user: UserId,
+        positions: &[u64],
         budget: usize,
         cursors: &mut HashMap<ConversationKey, u64>,
         page: &mut SyncPage,
         touched: &mut BTreeSet<ConversationKey>,
     ) -> Result<(), StorageError> {
-        let user = req.user;
-        let Some(first) = req.inbox_cursor.checked_add(1) else {
-            page.inbox_cursor = req.inbox_cursor;
-            return Ok(());
-        };
-        let scan_cap = budget.saturating_mul(4).max(64);
-        let mut entries: Vec<(u64, InboxEntry)> = Vec::new();
-        let start = keys::u64_u64(user.0, first);
-        let end = keys::prefix_end(&keys::u64_key(user.0));
-        self.kv.scan(
-            Cf::Inbox,
-            &start,
-            &end,
-            Direction::Forward,
-            scan_cap,
-            &mut |k, v| {
-                entries.push((keys::decode_u64_u64(k)?.1, InboxEntry::decode(v)?));
-                Ok(true)
-            },
-        )?;
-        let mut processed = req.inbox_cursor;
+        let mut scan_left = budget.saturating_mul(4).max(64);
+        let mut reached = positions.to_vec();
         let mut participant: HashMap<ConversationKey, bool> = HashMap::new();
-        for &(inbox_seq, entry) in &entries {
-            let c = entry.conversation();
-            touched.insert(c);
-            let mut from = cursors.get(&c).copied().unwrap_or(0);
-            let upto = match entry {
-                InboxEntry::News(..) => {
-                    self.consume_news(user, c, inbox_seq)?;
-                    if !self.cached_participant(&mut participant, c, user)? {
-                        processed = inbox_seq;
-                        continue;
-                    }
-                    u64::MAX
-                }
-                InboxEntry::Pointer(_, s) => {
-                    if s <= from {
-                        processed = inbox_seq;
-                        continue;
-                    }
-                    // A gap before `s` is only filled for a current participant.
-                    if s > from + 1 && !self.cached_participant(&mut participant, c, user)? {
-                        from = s - 1;
-                    }
-                    s
-                }
+        let mut entries: Vec<(u64, InboxEntry)> = Vec::new();
+        for (p, processed) in self.partitions.all().zip(reached.iter_mut()) {
+            let Some(first) = processed.checked_add(1) else {
+                continue;
             };
-            let before = page.messages.len();
-            let remaining = budget - before;
-            let more = self.read_timeline(c, from, upto, remaining, &mut page.messages)?;
-            if let Some(last) = page.messages[before..].last() {
-                cursors.insert(c, last.seq);
+            entries.clear();
+            let start = self.partitions.inbox_key(user, p, first);
+            let end = keys::prefix_end(&self.partitions.inbox_prefix(user, p));
+            self.kv.scan(
+                Cf::Inbox,
+                &start,
+                &end,
+                Direction::Forward,
+                scan_left,
+                &mut |k, v| {
+                    entries.push((self.partitions.decode_inbox(k)?.2, InboxEntry::decode(v)?));
+                    Ok(true)
+                },
+            )?;
+            for &(inbox_seq, entry) in &entries {
+                let c = entry.conversation();
+                touched.insert(c);
+                let mut from = cursors.get(&c).copied().unwrap_or(0);
+                let upto = match entry {
+                    InboxEntry::News(..) => {
+                        self.consume_news(user, c, inbox_seq)?;
+                        if !self.cached_participant(&mut participant, c, user)? {
+                            *processed = inbox_seq;
+                            continue;
+                        }
+                        u64::MAX
+                    }
+                    InboxEntry::Pointer(_, s) => {
+                        if s <= from {
+                            *processed = inbox_seq;
+                            continue;
+                        }
+                        // A gap before `s` is only filled for a current participant.
+                        if s > from + 1 && !self.cached_participant(&mut participant, c, user)? {
+                            from = s - 1;
+                        }
+                        s
+                    }
+                };
+                let before = page.messages.len();
+                let remaining = budget - before;
+                let more = self.read_timeline(c, from, upto, remaining, &mut page.messages)?;
+                if let Some(last) = page.messages[before..].last() {
+                    cursors.insert(c, last.seq);
+                }
+                if more {
+                    page.has_more = true;
+                    break;
+                }
+                *processed = inbox_seq;
             }
-            if more {
+            scan_left -= entries.len();
+            if page.has_more || scan_left == 0 {
                 page.has_more = true;
                 break;
             }
-            processed = inbox_seq;
         }
-        if !page.has_more && entries.len() == scan_cap {
-            page.has_more = true;
-        }
-        page.inbox_cursor = processed;
+        page.inbox = InboxCursor::from_positions(reached);
         Ok(())
     }
 

@@ -9,7 +9,8 @@
 //!
 //! Two rules keep every invariant intact:
 //! - **The newest entry stays.** Each conversation keeps its newest message and each
-//!   user their newest inbox entry, because the last seq and the inbox head are
+//!   user their newest inbox entry in each partition (an inbox is one sequence per
+//!   partition, and `inbox_max_entries` applies to each), because the last seq and the inbox head are
 //!   recovered from the last stored key: deleting it would let a seq be reused.
 //! - **Only a prefix goes.** Deletion is always a range from the first stored key, so a
 //!   conversation's stored messages are exactly `first_seq..=last_seq` (reported to
@@ -24,7 +25,7 @@ use crate::cf::Cf;
 use crate::error::StorageError;
 use crate::keys;
 use crate::kv::{Batch, Direction, Kv};
-use crate::model::UserId;
+use crate::model::{ConversationKey, UserId};
 use crate::values::{self, InboxEntry};
 
 /// Where the current retention pass stands.
@@ -144,7 +145,8 @@ impl<K: Kv> Store<K> {
         Ok(Walk::Paused(from))
     }
 
-    /// Delete each user's inbox entries beyond the cap or older than the retention.
+    /// Delete each user's inbox entries beyond the cap or older than the retention, one
+    /// (user, partition) sequence at a time.
     fn trim_inboxes(
         &self,
         w: &mut WriterState,
@@ -164,12 +166,12 @@ impl<K: Kv> Store<K> {
                 return Ok(Walk::Finished);
             };
             *budget -= 1;
-            let (user, first) = keys::decode_u64_u64(&key)?;
-            let user = UserId(user);
-            let next_user = keys::prefix_end(&keys::u64_key(user.0));
-            let head = match w.inbox_head.peek(&user) {
+            let parts = self.partitions;
+            let (user, p, first) = parts.decode_inbox(&key)?;
+            let next_range = keys::prefix_end(&parts.inbox_prefix(user, p));
+            let head = match w.inbox_head.peek(&(user, p)) {
                 Some(h) => *h,
-                None => self.stored_inbox_head(user)?,
+                None => self.stored_inbox_head(user, p)?,
             };
             // Entries above head - cap stay by count; the newest (head) always stays.
             let mut cut = first.max(head.saturating_sub(cap) + 1).min(head);
@@ -177,8 +179,8 @@ impl<K: Kv> Store<K> {
             if let Some(cutoff) = cutoff {
                 self.kv.scan(
                     Cf::Inbox,
-                    &keys::u64_u64(user.0, cut),
-                    &keys::u64_u64(user.0, head),
+                    &parts.inbox_key(user, p, cut),
+                    &parts.inbox_key(user, p, head),
                     Direction::Forward,
                     *budget,
                     &mut |k, v| {
@@ -187,34 +189,40 @@ impl<K: Kv> Store<K> {
                             young = true;
                             return Ok(false);
                         }
-                        cut = keys::decode_u64_u64(k)?.1 + 1;
+                        cut = parts.decode_inbox(k)?.2 + 1;
                         Ok(true)
                     },
                 )?;
             }
             *budget = budget.saturating_sub(usize::from(young));
             if cut > first {
-                batch.delete_range(Cf::Inbox, &key, &keys::u64_u64(user.0, cut));
+                batch.delete_range(Cf::Inbox, &key, &parts.inbox_key(user, p, cut));
                 report.inbox_entries += cut - first;
                 *budget = budget.saturating_sub(((cut - first) as usize).min(*budget));
-                forget_trimmed_markers(w, user, cut);
+                forget_trimmed_markers(w, user, |c| parts.of(c) == p, cut);
             }
             let done_here = young || cut >= head || cutoff.is_none();
             from = if done_here {
-                next_user
+                next_range
             } else {
-                keys::u64_u64(user.0, cut).to_vec()
+                parts.inbox_key(user, p, cut).to_vec()
             };
         }
         Ok(Walk::Paused(from))
     }
 }
 
-/// A pending news marker that was trimmed no longer stops the next append from writing
-/// a fresh one.
-fn forget_trimmed_markers(w: &mut WriterState, user: UserId, cut: u64) {
+/// A pending news marker that was trimmed (below `cut` in the partition whose
+/// conversations `in_partition` selects) no longer stops the next append from writing a
+/// fresh one.
+fn forget_trimmed_markers(
+    w: &mut WriterState,
+    user: UserId,
+    in_partition: impl Fn(ConversationKey) -> bool,
+    cut: u64,
+) {
     if let Some(markers) = w.pending_news.get_mut(&user) {
-        markers.retain(|_, inbox_seq| *inbox_seq >= cut);
+        markers.retain(|&c, inbox_seq| *inbox_seq >= cut || !in_partition(c));
     }
     let empty = w.pending_news.peek(&user).is_some_and(HashMap::is_empty);
     if empty {
