@@ -153,6 +153,36 @@ impl Partitions {
     }
 }
 
+/// A set of partitions (of one database), iterated in ascending order: what a group of
+/// appends locks. A bitset on the stack: no allocation.
+#[derive(Clone, Debug)]
+pub struct PartitionSet([u64; MAX_PARTITIONS as usize / 64]);
+
+impl Default for PartitionSet {
+    fn default() -> Self {
+        PartitionSet([0; MAX_PARTITIONS as usize / 64])
+    }
+}
+
+impl PartitionSet {
+    /// Adds `p`.
+    pub fn insert(&mut self, p: Partition) {
+        let i = usize::from(p.0);
+        if let Some(word) = self.0.get_mut(i / 64) {
+            *word |= 1 << (i % 64);
+        }
+    }
+
+    /// The partitions in the set, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = Partition> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, &bits)| {
+            (0..64u16)
+                .filter(move |b| bits & (1 << b) != 0)
+                .map(move |b| Partition(w as u16 * 64 + b))
+        })
+    }
+}
+
 /// splitmix64's finaliser. Part of the on-disk format (it places 1:1 chats in
 /// partitions): never change it.
 fn mix(mut z: u64) -> u64 {
@@ -347,6 +377,17 @@ mod tests {
         }
         // 1,000 chats over 16 partitions: every one gets a fair share.
         assert!(used.iter().all(|&n| (30..=100).contains(&n)), "{used:?}");
+    }
+
+    #[test]
+    fn a_partition_set_iterates_ascending() {
+        let mut set = PartitionSet::default();
+        for p in [900, 3, 64, 3, 0, 1023] {
+            set.insert(Partition(p));
+        }
+        let got: Vec<u16> = set.iter().map(|p| p.0).collect();
+        assert_eq!(got, [0, 3, 64, 900, 1023]);
+        assert_eq!(PartitionSet::default().iter().count(), 0);
     }
 
     #[test]

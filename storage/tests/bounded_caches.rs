@@ -24,6 +24,14 @@ fn append(sender: u64, conversation: ConversationKey, cmid: u64) -> Request {
 
 #[test]
 fn tiny_bounds_keep_every_answer_right() {
+    // One writer holds the bounds exactly; with more partitions each writer holds its
+    // share of them, at least one entry.
+    for partitions in [1, 4] {
+        tiny_bounds_with(partitions);
+    }
+}
+
+fn tiny_bounds_with(partitions: u16) {
     let e = MemEngine::new(StorageConfig {
         diffusion: DiffusionMode::Read,
         sync: SyncMode::None,
@@ -31,8 +39,10 @@ fn tiny_bounds_keep_every_answer_right() {
         member_cache_conversations: 1,
         dedup_filter_ids: 3,
         dedup_filter_per_sender: 2,
+        partitions,
         ..StorageConfig::default()
     });
+    let bound = |n: u64| n.max(u64::from(partitions));
     let reader = UserId(1);
     let group = e
         .create_group(reader, "g", &[UserId(2), UserId(3)], T0)
@@ -72,13 +82,13 @@ fn tiny_bounds_keep_every_answer_right() {
             assert_eq!(out.seq, round);
         }
         let caches = e.writer_cache_stats().unwrap();
-        assert!(caches.last_seqs <= 2, "{caches:?}");
+        assert!(caches.last_seqs <= bound(2), "{caches:?}");
         assert!(
-            caches.inbox_heads <= 2 && caches.pending_news_users <= 2,
+            caches.inbox_heads <= bound(2) && caches.pending_news_users <= bound(2),
             "{caches:?}"
         );
-        assert!(caches.member_maps <= 1, "{caches:?}");
-        assert!(e.recent_ids_stats().unwrap().ids <= 3);
+        assert!(caches.member_maps <= bound(1), "{caches:?}");
+        assert!(e.recent_ids_stats().unwrap().ids <= bound(3));
     }
     assert!(e.writer_cache_stats().unwrap().evictions > 0);
     // The reader, a new device, gets all 33 messages, gap-free (markers were never lost).
@@ -139,6 +149,9 @@ fn increasing_ids_past_the_bound_skip_the_store_and_retries_are_still_found() {
         sync: SyncMode::None,
         dedup_filter_per_sender: 2,
         dedup_filter_ids: 4,
+        // One writer, so one filter that every sender shares (with more partitions each
+        // partition's writer has its own, with its share of the budget).
+        partitions: 1,
         ..StorageConfig::default()
     });
     let convs = [
@@ -196,8 +209,10 @@ fn a_sender_reloaded_inside_a_run_keeps_that_run_s_ids() {
     let e = MemEngine::new(StorageConfig {
         sync: SyncMode::None,
         dedup_filter_per_sender: 2,
-        // Ids and senders together: the second sender evicts the first.
+        // Ids and senders together: the second sender evicts the first (in the one
+        // filter of a one-partition database).
         dedup_filter_ids: 3,
+        partitions: 1,
         ..StorageConfig::default()
     });
     let a = ConversationKey::single(UserId(1), UserId(2));

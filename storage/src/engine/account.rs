@@ -16,7 +16,7 @@ impl<K: Kv> Store<K> {
         seq: u64,
     ) -> Result<ConversationState, StorageError> {
         self.require_participant(c, user)?;
-        let mut w = self.lock()?;
+        let mut w = self.lock_for(c)?;
         let last_seq = self.last_seq(&mut w, c)?;
         let old = self.read_cursor(user, c)?;
         let new = seq.min(last_seq);
@@ -96,19 +96,23 @@ impl<K: Kv> Store<K> {
         now_ms: u64,
     ) -> Result<(), StorageError> {
         self.observe_time(now_ms);
-        let mut w = self.lock()?;
-        let known = match w.activity.get(&user) {
-            Some(t) => *t,
-            None => self.stored_activity(user)?.unwrap_or(0),
-        };
-        if now_ms <= known {
-            w.activity.put(user, known);
-            return Ok(());
+        // Activity only moves forward: read, compare and write one user at a time.
+        let _touching = Self::lock_plain(&self.touches)?;
+        let known = self.stored_activity(user)?.unwrap_or(0);
+        if now_ms > known {
+            let mut batch = self.kv.batch();
+            batch.put(Cf::Activity, &keys::u64_key(user.0), &keys::u64_key(now_ms));
+            self.commit(batch, sync)?;
         }
-        let mut batch = self.kv.batch();
-        batch.put(Cf::Activity, &keys::u64_key(user.0), &keys::u64_key(now_ms));
-        self.commit(batch, sync)?;
-        w.activity.put(user, now_ms);
+        // Every partition's writer that caches the user sees the new time (the others
+        // read it from the database when they need it).
+        let latest = now_ms.max(known);
+        for p in self.partitions.all() {
+            let mut w = self.lock(p)?;
+            if let Some(t) = w.activity.peek_mut(&user) {
+                *t = latest;
+            }
+        }
         Ok(())
     }
 
@@ -118,7 +122,6 @@ impl<K: Kv> Store<K> {
         token: TokenId,
         expires_at_ms: u64,
     ) -> Result<(), StorageError> {
-        let _w = self.lock()?;
         let mut batch = self.kv.batch();
         batch.put(Cf::Revoked, &token.0, &keys::u64_key(expires_at_ms));
         self.commit(batch, sync)

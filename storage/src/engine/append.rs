@@ -1,15 +1,17 @@
 //! Exactly-once append with read, write or hybrid diffusion. The appends of one group
 //! share one atomic batch (a [`Run`]), so a group of appends is one backend write.
 //!
-//! **Run.** [`Store::begin_run`] takes the writer lock and starts a batch; each
+//! **Run.** [`Store::begin_run`] takes the writer locks of the partitions the group's
+//! appends touch (in ascending order, so two runs cannot deadlock) and starts a batch; each
 //! [`Store::append_in`] runs every check of its request first (dedup, permission,
 //! recipients, seq and inbox counters, encoding) and only then adds its puts to the
 //! batch and advances the writer's caches, so a refused request adds nothing, and the
 //! next request of the run sees the writes of the previous ones (consecutive seqs,
 //! inbox heads, an id retried inside the run is a duplicate). [`Store::finish_run`]
 //! writes the batch; if that fails the caches are forgotten (refilled from the database
-//! on next use) and every reply of the run becomes an error. The lock is held for the
-//! whole run, so no other write interleaves with a batch not yet written.
+//! on next use) and every reply of the run becomes an error. The locks are held for the
+//! whole run, so no other write to those partitions interleaves with a batch not yet
+//! written.
 //!
 //! **Dedup.** `(sender, conversation, client_msg_id)`: a retried id is the same message
 //! only in the same conversation (an id reused in another conversation is a new
@@ -29,6 +31,8 @@ use std::collections::HashMap;
 use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
 
+use smallvec::SmallVec;
+
 use super::{PendingNews, Store, WriterState};
 use crate::api::{AppendOutcome, AppendRequest, Recipients};
 use crate::cf::Cf;
@@ -37,6 +41,7 @@ use crate::error::StorageError;
 use crate::keys::{self, DEDUP_KEY_LEN};
 use crate::kv::{Batch, Direction, Kv};
 use crate::model::{ConversationKey, Refs, Role, UserId};
+use crate::partition::{Partition, PartitionSet};
 use crate::recent_ids::{Answer, fingerprint};
 use crate::values::{self, DedupEntry, InboxEntry};
 
@@ -54,9 +59,13 @@ pub(crate) struct RunScratch {
     plan: Vec<(UserId, u64, bool)>,
 }
 
-/// Appends applied into one batch under the writer lock; see the module doc.
+/// The writer states a run holds, ascending by partition.
+type Held<'a> = SmallVec<[(Partition, MutexGuard<'a, WriterState>); 4]>;
+
+/// Appends applied into one batch under their partitions' writer locks; see the module
+/// doc.
 pub(crate) struct Run<'a, K: Kv + 'a> {
-    w: MutexGuard<'a, WriterState>,
+    states: Held<'a>,
     batch: K::Batch<'a>,
     /// Dedup entries this run wrote (read-your-writes before the batch reaches the store).
     written: HashMap<[u8; DEDUP_KEY_LEN], DedupEntry>,
@@ -70,25 +79,46 @@ pub(crate) struct Run<'a, K: Kv + 'a> {
     plan: Vec<(UserId, u64, bool)>,
 }
 
+/// The state of partition `p` among those a run holds.
+fn state_of<'s>(
+    states: &'s mut Held<'_>,
+    p: Partition,
+) -> Result<&'s mut WriterState, StorageError> {
+    match states.binary_search_by_key(&p, |(q, _)| *q) {
+        Ok(i) => Ok(&mut *states[i].1),
+        Err(_) => Err(StorageError::Backend(
+            "an append's partition was not locked by its run".into(),
+        )),
+    }
+}
+
 impl<K: Kv> Store<K> {
     /// One append on its own: a run of one, durable per the sync mode on return.
     pub(super) fn do_append(&self, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
-        let mut run = self.begin_run()?;
+        let mut parts = PartitionSet::default();
+        parts.insert(self.partitions.of(req.conversation));
+        let mut run = self.begin_run(&parts)?;
         let outcome = self.append_in(&mut run, req)?;
         self.finish_run(run, self.direct_sync())?;
         Ok(outcome)
     }
 
-    /// Take the writer lock and start an empty batch.
-    pub(crate) fn begin_run(&self) -> Result<Run<'_, K>, StorageError> {
-        let mut w = self.lock()?;
+    /// Take the writer locks of `parts`, in ascending order, and start an empty batch.
+    pub(crate) fn begin_run(&self, parts: &PartitionSet) -> Result<Run<'_, K>, StorageError> {
+        let mut states = Held::new();
+        for p in parts.iter() {
+            states.push((p, self.lock(p)?));
+        }
         let RunScratch {
             written,
             message,
             plan,
-        } = std::mem::take(&mut w.run_scratch);
+        } = states
+            .first_mut()
+            .map(|(_, w)| std::mem::take(&mut w.run_scratch))
+            .unwrap_or_default();
         Ok(Run {
-            w,
+            states,
             batch: self.kv.batch(),
             written,
             appended: 0,
@@ -102,7 +132,7 @@ impl<K: Kv> Store<K> {
     /// acknowledged, and the writer's counters are forgotten.
     pub(crate) fn finish_run(&self, run: Run<'_, K>, sync: bool) -> Result<(), StorageError> {
         let Run {
-            mut w,
+            mut states,
             batch,
             mut written,
             appended,
@@ -113,20 +143,24 @@ impl<K: Kv> Store<K> {
         written.clear();
         message.clear();
         plan.clear();
-        w.run_scratch = RunScratch {
-            written,
-            message,
-            plan,
-        };
+        if let Some((_, w)) = states.first_mut() {
+            w.run_scratch = RunScratch {
+                written,
+                message,
+                plan,
+            };
+        }
         if appended == 0 {
             return Ok(());
         }
         let bytes = batch.payload_bytes() as u64;
         if let Err(e) = self.commit(batch, sync) {
-            w.forget_counters();
+            for (_, w) in &mut states {
+                w.forget_counters();
+            }
             return Err(e);
         }
-        drop(w);
+        drop(states);
         self.appends.fetch_add(appended, Ordering::Relaxed);
         self.append_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.inbox_entries
@@ -142,9 +176,10 @@ impl<K: Kv> Store<K> {
     ) -> Result<AppendOutcome, StorageError> {
         self.observe_time(req.now_ms);
         let conv = req.conversation;
+        let partition = self.partitions.of(conv);
         let dedup_key = keys::dedup(req.sender, conv, req.client_msg_id);
         let fp = fingerprint(conv, req.client_msg_id);
-        if let Some(d) = self.find_duplicate(run, &dedup_key, fp, &req)? {
+        if let Some(d) = self.find_duplicate(run, partition, &dedup_key, fp, &req)? {
             return Ok(AppendOutcome {
                 conversation: conv,
                 seq: d.seq,
@@ -156,7 +191,7 @@ impl<K: Kv> Store<K> {
         }
 
         // Every check and every read before the first put.
-        let w = &mut *run.w;
+        let w = state_of(&mut run.states, partition)?;
         let recipients = self.recipients_for_send(w, conv, req.sender, req.now_ms)?;
         let seq = self
             .last_seq(w, conv)?
@@ -174,7 +209,6 @@ impl<K: Kv> Store<K> {
         )?;
         let large = recipients.len() > self.config.large_group_threshold;
         // Every inbox entry of this append goes to its conversation's partition.
-        let partition = self.partitions.of(conv);
         run.plan.clear();
         for &r in &recipients {
             let pointer = match self.config.diffusion {
@@ -262,6 +296,7 @@ impl<K: Kv> Store<K> {
     fn find_duplicate(
         &self,
         run: &mut Run<'_, K>,
+        partition: Partition,
         dedup_key: &[u8; DEDUP_KEY_LEN],
         fp: u64,
         req: &AppendRequest,
@@ -274,8 +309,8 @@ impl<K: Kv> Store<K> {
         // Decided when a fresh database is opened (none), else at the first append (cached
         // after). Asked only when the filter cannot answer, a database whose senders' ids
         // all stay above their ceilings would decide it late, with entries present.
-        let before = self.legacy_dedup_before(run, req.now_ms)?;
-        let w = &mut *run.w;
+        let w = state_of(&mut run.states, partition)?;
+        let before = self.legacy_dedup_before(w, req.now_ms)?;
         if !w.recent_ids.is_loaded(req.sender) {
             self.load_recent_ids(w, &run.written, req.sender, req.now_ms)?;
         }
@@ -307,8 +342,8 @@ impl<K: Kv> Store<K> {
     /// decided again, later, which only costs reads). Without it every dedup read that misses would read the
     /// legacy key too: for a sender past the recent-id filter's bound, two point reads
     /// per append instead of one.
-    fn legacy_dedup_before(&self, run: &mut Run<'_, K>, now_ms: u64) -> Result<u64, StorageError> {
-        if let Some(t) = run.w.legacy_dedup_before {
+    fn legacy_dedup_before(&self, w: &mut WriterState, now_ms: u64) -> Result<u64, StorageError> {
+        if let Some(t) = w.legacy_dedup_before {
             return Ok(t);
         }
         let t = match self.kv.get(Cf::Meta, keys::META_LEGACY_DEDUP_BEFORE)? {
@@ -327,7 +362,7 @@ impl<K: Kv> Store<K> {
                 t
             }
         };
-        run.w.legacy_dedup_before = Some(t);
+        w.legacy_dedup_before = Some(t);
         Ok(t)
     }
 

@@ -28,7 +28,7 @@ impl<K: Kv> Store<K> {
         seq: u64,
     ) -> Result<(u64, u64), StorageError> {
         let (participants, _) = {
-            let mut w = self.lock()?;
+            let mut w = self.lock_for(conv)?;
             self.participant(&mut w, conv, user)?
         };
         if participants.len() > READ_COUNT_MAX_MEMBERS {
@@ -59,7 +59,7 @@ impl<K: Kv> Store<K> {
         now_ms: u64,
     ) -> Result<EditOutcome, StorageError> {
         self.observe_time(now_ms);
-        let mut w = self.lock()?;
+        let mut w = self.lock_for(conv)?;
         let (recipients, role) = self.participant(&mut w, conv, actor)?;
         // A muted member may not get around the mute by editing.
         if matches!(conv, ConversationKey::Group(_)) {

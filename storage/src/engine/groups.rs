@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use super::{MemberMap, PendingNews, Store, WriterState, member_list};
+use super::{Ids, MemberMap, PendingNews, Store, WriterState, member_list};
 use crate::api::MembershipChange;
 use crate::cf::Cf;
 use crate::error::StorageError;
@@ -74,11 +74,11 @@ pub(super) fn may_act_on(actor: Role, target: Role) -> bool {
 
 impl<K: Kv> Store<K> {
     /// Allocate the next group or public-account id (persisted in the same batch).
-    fn next_id(&self, w: &mut WriterState, group: bool) -> Result<u64, StorageError> {
+    fn next_id(&self, ids: &mut Ids, group: bool) -> Result<u64, StorageError> {
         let (slot, meta_key) = if group {
-            (&mut w.last_group, keys::META_LAST_GROUP)
+            (&mut ids.last_group, keys::META_LAST_GROUP)
         } else {
-            (&mut w.last_public, keys::META_LAST_PUBLIC)
+            (&mut ids.last_public, keys::META_LAST_PUBLIC)
         };
         let last = match slot {
             Some(v) => *v,
@@ -100,13 +100,15 @@ impl<K: Kv> Store<K> {
         members: &[UserId],
         now_ms: u64,
     ) -> Result<ConversationKey, StorageError> {
-        let mut w = self.lock()?;
-        let id = self.next_id(&mut w, group)?;
+        // The allocator first, then the new conversation's partition.
+        let mut ids = Self::lock_plain(&self.ids)?;
+        let id = self.next_id(&mut ids, group)?;
         let (conv, meta_key) = if group {
             (ConversationKey::Group(id), keys::META_LAST_GROUP)
         } else {
             (ConversationKey::PublicAccount(id), keys::META_LAST_PUBLIC)
         };
+        let mut w = self.lock_for(conv)?;
         let mut map = MemberMap::new();
         map.insert(owner, Role::Owner);
         for m in members {
@@ -134,9 +136,9 @@ impl<K: Kv> Store<K> {
         }
         self.commit(batch, sync)?;
         if group {
-            w.last_group = Some(id);
+            ids.last_group = Some(id);
         } else {
-            w.last_public = Some(id);
+            ids.last_public = Some(id);
         }
         w.last_seq.put(conv, 0);
         w.members.put(conv, Arc::new(map));
@@ -174,7 +176,7 @@ impl<K: Kv> Store<K> {
         users: &[UserId],
         now_ms: u64,
     ) -> Result<MembershipChange, StorageError> {
-        let mut w = self.lock()?;
+        let mut w = self.lock_for(conv)?;
         let members = self.members_of(&mut w, conv)?;
         if let ConversationKey::Group(_) = conv {
             manager_role(&members, conv, actor)?;
@@ -250,7 +252,7 @@ impl<K: Kv> Store<K> {
         users: &[UserId],
     ) -> Result<MembershipChange, StorageError> {
         let conv = ConversationKey::Group(group);
-        let mut w = self.lock()?;
+        let mut w = self.lock_for(conv)?;
         let members = self.members_of(&mut w, conv)?;
         let actor_role = manager_role(&members, conv, actor)?;
         let mut removed = Vec::new();
@@ -276,7 +278,7 @@ impl<K: Kv> Store<K> {
         user: UserId,
         conv: ConversationKey,
     ) -> Result<MembershipChange, StorageError> {
-        let mut w = self.lock()?;
+        let mut w = self.lock_for(conv)?;
         let members = self.members_of(&mut w, conv)?;
         match members.get(&user) {
             None => Err(StorageError::NotAMember {
@@ -340,7 +342,7 @@ impl<K: Kv> Store<K> {
         group: u64,
     ) -> Result<MembershipChange, StorageError> {
         let conv = ConversationKey::Group(group);
-        let mut w = self.lock()?;
+        let mut w = self.lock_for(conv)?;
         let members = self.members_of(&mut w, conv)?;
         require_owner(&members, conv, actor)?;
         let prefix = keys::conversation(conv);
@@ -380,7 +382,7 @@ impl<K: Kv> Store<K> {
         role: Role,
     ) -> Result<MembershipChange, StorageError> {
         let conv = ConversationKey::Group(group);
-        let mut w = self.lock()?;
+        let mut w = self.lock_for(conv)?;
         let members = self.members_of(&mut w, conv)?;
         require_owner(&members, conv, actor)?;
         let Some(current) = members.get(&user).copied() else {

@@ -2,14 +2,19 @@
 //! [`Engine`](crate::Engine) for every backend, so the in-memory and RocksDB engines
 //! cannot drift apart.
 //!
-//! **Single writer.** Every mutation runs under one `Mutex<WriterState>`, which also owns
-//! the caches the writer needs (last seq per conversation, inbox head per user, member
-//! maps, activity, pending news markers, the recent-id dedup filter). Caches are filled
-//! lazily from the database (e.g. a conversation's last seq is one reverse seek). Appends
-//! advance them as they are added to a run's batch, so the next append of the group sees
-//! them; if the batch write fails the counters are forgotten and refilled from the
-//! database. Reads (sync, history, membership lookups) go to the database without the
-//! lock.
+//! **One writer per partition.** Every mutation of a conversation runs under its
+//! partition's `Mutex<WriterState>` ([`crate::partition`]), which also owns the caches
+//! the writer needs (last seq per conversation, inbox head per user, member maps,
+//! activity, pending news markers, the recent-id dedup filter). Two writers that own
+//! different partitions — two cores of a server — never wait for each other; a group of
+//! appends locks the partitions it touches in ascending order (so two groups cannot
+//! deadlock), and a retention step locks them all. Group and public-account ids come
+//! from one allocator (`ids`, taken before any partition). Caches are filled lazily from
+//! the database (e.g. a conversation's last seq is one reverse seek); each is bounded
+//! per partition (the configured bound divided by the partition count). Appends advance
+//! them as they are added to a run's batch, so the next append of the group sees them;
+//! if the batch write fails the counters are forgotten and refilled from the database.
+//! Reads (sync, history, membership lookups) go to the database without the locks.
 //!
 //! **Durability** is an argument, not ambient state: a write made through a direct
 //! [`Engine`](crate::Engine) method is durable per [`SyncMode`] when it returns;
@@ -59,7 +64,7 @@ pub(crate) type Lru<K, V> = LruCache<K, V, RandomState>;
 /// One user's conversations with an unconsumed news marker, and that marker's inbox seq.
 pub(crate) type PendingNews = HashMap<ConversationKey, u64, RandomState>;
 
-/// State owned by the single writer. Every cache is an LRU map trimmed to its bound
+/// State owned by one partition's writer. Every cache is an LRU map trimmed to its bound
 /// (`StorageConfig::writer_cache_entries`, `member_cache_conversations`) each time the
 /// writer lock is taken — never in the middle of a run, whose unwritten counters live
 /// only here. Last seqs, inbox heads, member maps and activity are refilled from the
@@ -77,8 +82,6 @@ pub(crate) struct WriterState {
     /// Per user: conversations with an unconsumed news marker, and that marker's inbox seq.
     /// While one is pending, further read-diffused appends write no new marker.
     pending_news: Lru<UserId, PendingNews>,
-    last_group: Option<u64>,
-    last_public: Option<u64>,
     /// Which `(sender, conversation, client_msg_id)` are certainly new (bounded).
     recent_ids: RecentIds,
     /// Until when a legacy dedup key can still be inside the dedup window: `None` until
@@ -87,8 +90,6 @@ pub(crate) struct WriterState {
     /// The scratch buffers of a [`append::Run`], kept between runs so a run allocates
     /// nothing once they have grown.
     run_scratch: append::RunScratch,
-    /// Where the next retention step resumes.
-    trim: trim::TrimCursor,
     max_entries: usize,
     max_member_maps: usize,
     evictions: u64,
@@ -111,8 +112,28 @@ pub struct WriterCacheStats {
     pub evictions: u64,
 }
 
+impl WriterCacheStats {
+    fn add(&mut self, other: WriterCacheStats) {
+        self.last_seqs += other.last_seqs;
+        self.inbox_heads += other.inbox_heads;
+        self.member_maps += other.member_maps;
+        self.activities += other.activities;
+        self.pending_news_users += other.pending_news_users;
+        self.evictions += other.evictions;
+    }
+}
+
+/// The last allocated group and public-account ids (`None` until read from `meta`).
+#[derive(Debug, Default)]
+pub(crate) struct Ids {
+    last_group: Option<u64>,
+    last_public: Option<u64>,
+}
+
 impl WriterState {
-    fn new(config: &StorageConfig) -> Self {
+    /// One partition's state: each bound of `config` is shared by `partitions`.
+    fn new(config: &StorageConfig, partitions: Partitions) -> Self {
+        let share = |n: usize| (n / usize::from(partitions.count())).max(1);
         WriterState {
             last_seq: Lru::unbounded_with_hasher(RandomState::default()),
             inbox_head: Lru::unbounded_with_hasher(RandomState::default()),
@@ -120,18 +141,15 @@ impl WriterState {
             mutes: Lru::unbounded_with_hasher(RandomState::default()),
             activity: Lru::unbounded_with_hasher(RandomState::default()),
             pending_news: Lru::unbounded_with_hasher(RandomState::default()),
-            last_group: None,
-            last_public: None,
             recent_ids: RecentIds::new(
                 config.dedup_window_ms,
                 config.dedup_filter_per_sender,
-                config.dedup_filter_ids,
+                share(config.dedup_filter_ids),
             ),
             legacy_dedup_before: None,
             run_scratch: append::RunScratch::default(),
-            trim: trim::TrimCursor::default(),
-            max_entries: config.writer_cache_entries.max(1),
-            max_member_maps: config.member_cache_conversations.max(1),
+            max_entries: share(config.writer_cache_entries),
+            max_member_maps: share(config.member_cache_conversations),
             evictions: 0,
         }
     }
@@ -192,7 +210,14 @@ pub struct Store<K: Kv> {
     config: StorageConfig,
     /// The database's partitions, decided when it was created.
     partitions: Partitions,
-    writer: Mutex<WriterState>,
+    /// One writer state per partition, by index.
+    writers: Box<[Mutex<WriterState>]>,
+    /// The group and public-account id allocator (locked before any partition).
+    ids: Mutex<Ids>,
+    /// Where the next retention step resumes (locked before the partitions).
+    trim: Mutex<trim::TrimCursor>,
+    /// Serialises activity updates (a read-modify-write that keeps the latest).
+    touches: Mutex<()>,
     appends: AtomicU64,
     append_bytes: AtomicU64,
     inbox_entries: AtomicU64,
@@ -316,11 +341,21 @@ impl<K: Kv> Store<K> {
         clock: Arc<AtomicU64>,
         partitions: Partitions,
     ) -> Self {
-        let mut writer = WriterState::new(&config);
-        writer.legacy_dedup_before = fresh_dedup_table(&kv);
+        let legacy_dedup_before = fresh_dedup_table(&kv);
+        let writers = partitions
+            .all()
+            .map(|_| {
+                let mut w = WriterState::new(&config, partitions);
+                w.legacy_dedup_before = legacy_dedup_before;
+                Mutex::new(w)
+            })
+            .collect();
         Store {
             kv,
-            writer: Mutex::new(writer),
+            writers,
+            ids: Mutex::new(Ids::default()),
+            trim: Mutex::new(trim::TrimCursor::default()),
+            touches: Mutex::new(()),
             config,
             partitions,
             appends: AtomicU64::new(0),
@@ -409,20 +444,42 @@ impl<K: Kv> Store<K> {
         }
     }
 
-    /// Take the writer lock (and trim the caches to their bounds: nothing is pending
-    /// between two holders of the lock).
-    fn lock(&self) -> Result<MutexGuard<'_, WriterState>, StorageError> {
+    /// Take partition `p`'s writer lock (and trim its caches to their bounds: nothing
+    /// is pending between two holders of the lock).
+    fn lock(&self, p: Partition) -> Result<MutexGuard<'_, WriterState>, StorageError> {
         let mut w = self
-            .writer
+            .writers
+            .get(usize::from(p.0))
+            .ok_or(StorageError::Invalid("no such partition"))?
             .lock()
             .map_err(|_| StorageError::Backend("writer lock poisoned by a panic".into()))?;
         w.trim();
         Ok(w)
     }
 
-    /// Sizes and evictions of the writer's caches.
+    /// Take the writer lock of `c`'s partition.
+    fn lock_for(&self, c: ConversationKey) -> Result<MutexGuard<'_, WriterState>, StorageError> {
+        self.lock(self.partitions.of(c))
+    }
+
+    /// Take every partition's writer lock, in ascending order.
+    fn lock_all(&self) -> Result<Vec<MutexGuard<'_, WriterState>>, StorageError> {
+        self.partitions.all().map(|p| self.lock(p)).collect()
+    }
+
+    /// A lock that holds no writer state (the id allocator, the trim cursor).
+    fn lock_plain<'a, T>(m: &'a Mutex<T>) -> Result<MutexGuard<'a, T>, StorageError> {
+        m.lock()
+            .map_err(|_| StorageError::Backend("writer lock poisoned by a panic".into()))
+    }
+
+    /// Sizes and evictions of the writer's caches, over every partition.
     pub fn writer_cache_stats(&self) -> Result<WriterCacheStats, StorageError> {
-        Ok(self.lock()?.cache_stats())
+        let mut total = WriterCacheStats::default();
+        for p in self.partitions.all() {
+            total.add(self.lock(p)?.cache_stats());
+        }
+        Ok(total)
     }
 
     /// Write a batch; if `sync`, the WAL is fsynced before this returns.
@@ -445,9 +502,20 @@ impl<K: Kv> Store<K> {
         self.config.sync == SyncMode::Always
     }
 
-    /// The writer's recent-id filter counters (dedup reads avoided, sizes).
+    /// The writers' recent-id filter counters (dedup reads avoided, sizes), over every
+    /// partition.
     pub fn recent_ids_stats(&self) -> Result<RecentIdsStats, StorageError> {
-        Ok(self.lock()?.recent_ids.stats())
+        let mut total = RecentIdsStats::default();
+        for p in self.partitions.all() {
+            let s = self.lock(p)?.recent_ids.stats();
+            total.senders += s.senders;
+            total.ids += s.ids;
+            total.answered += s.answered;
+            total.asked_store += s.asked_store;
+            total.loads += s.loads;
+            total.evictions += s.evictions;
+        }
+        Ok(total)
     }
 
     /// Last assigned seq of a conversation, read from the database (reverse seek).

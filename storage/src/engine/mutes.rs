@@ -88,7 +88,7 @@ impl<K: Kv> Store<K> {
     ) -> Result<MembershipChange, StorageError> {
         self.observe_time(now_ms);
         let conv = ConversationKey::Group(group);
-        let mut w = self.lock()?;
+        let mut w = self.lock_for(conv)?;
         let members = self.members_of(&mut w, conv)?;
         let actor_role = groups::manager_role(&members, conv, actor)?;
         let slot = match user {

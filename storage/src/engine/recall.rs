@@ -77,7 +77,7 @@ impl<K: Kv> Store<K> {
         now_ms: u64,
     ) -> Result<RecallOutcome, StorageError> {
         self.observe_time(now_ms);
-        let mut w = self.lock()?;
+        let mut w = self.lock_for(conv)?;
         let (recipients, role) = self.participant(&mut w, conv, actor)?;
         let msg = self.stored_message(conv, seq)?;
         let outcome = |recall| RecallOutcome {

@@ -93,7 +93,7 @@ impl<K: Kv> Store<K> {
         c: ConversationKey,
         inbox_seq: u64,
     ) -> Result<(), StorageError> {
-        let mut w = self.lock()?;
+        let mut w = self.lock_for(c)?;
         if let Some(p) = w.pending_news.get_mut(&user)
             && p.get(&c).is_some_and(|marked| *marked <= inbox_seq)
         {
@@ -181,19 +181,15 @@ impl<K: Kv> Store<K> {
         page: &mut SyncPage,
         touched: &mut BTreeSet<ConversationKey>,
     ) -> Result<(), StorageError> {
-        // Read the inbox head and clear pending markers atomically w.r.t. appends: any
-        // append after this point writes a fresh marker above `head`, and any append
-        // before it is visible to the timeline reads below.
-        let heads = {
-            let mut w = self.lock()?;
-            let heads = self
-                .partitions
-                .all()
-                .map(|p| self.inbox_head(&mut w, user, p))
-                .collect::<Result<Vec<u64>, StorageError>>()?;
+        // Per partition, read the inbox head and clear pending markers atomically w.r.t.
+        // appends: any append after this point writes a fresh marker above `head`, and
+        // any append before it is visible to the timeline reads below.
+        let mut heads = Vec::with_capacity(usize::from(self.partitions.count()));
+        for p in self.partitions.all() {
+            let mut w = self.lock(p)?;
+            heads.push(self.inbox_head(&mut w, user, p)?);
             w.pending_news.pop(&user);
-            heads
-        };
+        }
         for c in self.do_conversations_of(user)? {
             touched.insert(c);
             let from = cursors.get(&c).copied().unwrap_or(0);

@@ -18,6 +18,7 @@ use crate::kv::Kv;
 use crate::model::{
     ConversationKey, ConversationState, Member, RevokedToken, Role, TokenId, UserId,
 };
+use crate::partition::PartitionSet;
 
 impl<K: Kv> Engine for Store<K> {
     fn append(&self, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
@@ -265,13 +266,21 @@ impl<K: Kv> Engine for Store<K> {
         out: &mut Vec<Result<Reply, StorageError>>,
     ) {
         let sync = self.group_sync();
+        // Every run of the group locks the partitions of all the group's appends (in
+        // ascending order): for a core that owns them, its own.
+        let mut parts = PartitionSet::default();
+        for request in requests.iter() {
+            if let Request::Append(req) = request {
+                parts.insert(self.partitions.of(req.conversation));
+            }
+        }
         // The open run and the index of its first reply in `out`.
         let mut run: Option<(Run<'_, K>, usize)> = None;
         for request in requests.drain(..) {
             match request {
                 Request::Append(req) => {
                     if run.is_none() {
-                        match self.begin_run() {
+                        match self.begin_run(&parts) {
                             Ok(r) => run = Some((r, out.len())),
                             Err(e) => {
                                 out.push(Err(e));

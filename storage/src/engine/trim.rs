@@ -19,6 +19,8 @@
 
 use std::collections::HashMap;
 
+use std::sync::MutexGuard;
+
 use super::{Store, WriterState};
 use crate::api::TrimReport;
 use crate::cf::Cf;
@@ -53,25 +55,28 @@ enum Walk {
 impl<K: Kv> Store<K> {
     pub(super) fn do_trim(&self, sync: bool, now_ms: u64) -> Result<TrimReport, StorageError> {
         self.observe_time(now_ms);
-        let mut w = self.lock()?;
+        // The cursor, then every partition (a step walks conversations and inboxes of
+        // all of them; it is bounded by `trim_step_keys`).
+        let mut cursor = Self::lock_plain(&self.trim)?;
+        let mut ws = self.lock_all()?;
         let mut budget = self.config.trim_step_keys.max(2);
         let mut report = TrimReport::default();
         let mut batch = self.kv.batch();
-        if !w.trim.in_inboxes {
-            let from = w.trim.messages.take().unwrap_or_default();
-            match self.trim_messages(&mut w, &mut batch, from, now_ms, &mut budget, &mut report)? {
-                Walk::Finished => w.trim.in_inboxes = true,
-                Walk::Paused(at) => w.trim.messages = Some(at),
+        if !cursor.in_inboxes {
+            let from = cursor.messages.take().unwrap_or_default();
+            match self.trim_messages(&mut ws, &mut batch, from, now_ms, &mut budget, &mut report)? {
+                Walk::Finished => cursor.in_inboxes = true,
+                Walk::Paused(at) => cursor.messages = Some(at),
             }
         }
-        if w.trim.in_inboxes && budget > 0 {
-            let from = w.trim.inboxes.take().unwrap_or_default();
-            match self.trim_inboxes(&mut w, &mut batch, from, now_ms, &mut budget, &mut report)? {
+        if cursor.in_inboxes && budget > 0 {
+            let from = cursor.inboxes.take().unwrap_or_default();
+            match self.trim_inboxes(&mut ws, &mut batch, from, now_ms, &mut budget, &mut report)? {
                 Walk::Finished => {
-                    w.trim.in_inboxes = false;
+                    cursor.in_inboxes = false;
                     report.pass_complete = true;
                 }
-                Walk::Paused(at) => w.trim.inboxes = Some(at),
+                Walk::Paused(at) => cursor.inboxes = Some(at),
             }
         }
         if report.messages > 0 || report.inbox_entries > 0 {
@@ -83,7 +88,7 @@ impl<K: Kv> Store<K> {
     /// Delete each conversation's messages older than its kind's retention.
     fn trim_messages(
         &self,
-        w: &mut WriterState,
+        ws: &mut [MutexGuard<'_, WriterState>],
         batch: &mut K::Batch<'_>,
         mut from: Vec<u8>,
         now_ms: u64,
@@ -108,6 +113,7 @@ impl<K: Kv> Store<K> {
             let cutoff = now_ms.saturating_sub(keep_ms);
             // Peek, not get: a pass over every conversation must not push the hot
             // entries out of the writer's cache.
+            let w = &ws[usize::from(self.partitions.of(c).0)];
             let last = match w.last_seq.peek(&c) {
                 Some(s) => *s,
                 None => self.stored_last_seq(c)?,
@@ -149,7 +155,7 @@ impl<K: Kv> Store<K> {
     /// (user, partition) sequence at a time.
     fn trim_inboxes(
         &self,
-        w: &mut WriterState,
+        ws: &mut [MutexGuard<'_, WriterState>],
         batch: &mut K::Batch<'_>,
         mut from: Vec<u8>,
         now_ms: u64,
@@ -168,6 +174,7 @@ impl<K: Kv> Store<K> {
             *budget -= 1;
             let parts = self.partitions;
             let (user, p, first) = parts.decode_inbox(&key)?;
+            let w = &mut *ws[usize::from(p.0)];
             let next_range = keys::prefix_end(&parts.inbox_prefix(user, p));
             let head = match w.inbox_head.peek(&(user, p)) {
                 Some(h) => *h,
