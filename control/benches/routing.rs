@@ -41,7 +41,9 @@ impl Bench {
                     Action::Close { conn, .. } => {
                         self.control.handle(self.now, Event::Closed { conn });
                     }
-                    Action::NoteCongestion { .. } | Action::OfflineMessage(_) => {}
+                    Action::NoteCongestion { .. }
+                    | Action::OfflineMessage(_)
+                    | Action::ToCore { .. } => {}
                     Action::Storage { ticket, request } => {
                         completions.push((ticket, self.storage.execute(request)));
                     }

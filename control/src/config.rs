@@ -87,6 +87,12 @@ pub struct Config {
     /// How long after sending its sender may edit a message (`EditMessage`). Default
     /// 2 days.
     pub edit_window: Duration,
+    /// Which core this control plane runs on, of `core_count` (default 0 of 1). With
+    /// more than one, each core's control plane owns the sessions of its own
+    /// connections and tells the others about them ([`crate::remote`]).
+    pub core_index: u8,
+    /// How many cores run a control plane (1 to [`crate::remote::MAX_CORES`]).
+    pub core_count: u8,
 }
 
 impl Default for Config {
@@ -121,6 +127,8 @@ impl Default for Config {
             offline_notices: false,
             recall_window: Duration::from_secs(120),
             edit_window: Duration::from_secs(2 * 24 * 3600),
+            core_index: 0,
+            core_count: 1,
         }
     }
 }

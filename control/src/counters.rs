@@ -187,6 +187,8 @@ pub struct Counters {
     /// Stored messages that had recipients with no online session, handed to the driver
     /// as [`crate::Action::OfflineMessage`] (with `Config::offline_notices`).
     pub offline_notices: u64,
+    /// Pushes handed to another core for its connections ([`crate::remote`]).
+    pub pushes_forwarded: u64,
     /// Messages recalled (a repeated recall of one message counts again).
     pub messages_recalled: u64,
     /// Message edits stored.

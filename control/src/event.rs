@@ -4,6 +4,7 @@
 //! ("Control plane: events and actions") for how transports and the storage driver use
 //! them.
 
+use crate::remote::CoreMessage;
 use bytes::Bytes;
 use petrel_proto::{Frame, FrameError, pb};
 use petrel_storage::{ConversationKey, Reply, Request, StorageError};
@@ -68,6 +69,13 @@ pub enum Event {
     /// Nothing happened but time passed: the driver reached
     /// [`crate::Control::poll_timeout`].
     Tick,
+    /// Another core's control plane told this one something ([`crate::remote`]).
+    FromCore {
+        /// The sending core.
+        core: u8,
+        /// What it said.
+        message: CoreMessage,
+    },
 }
 
 impl From<TransportEvent> for Event {
@@ -156,6 +164,14 @@ pub enum Action {
     /// (a webhook), which sends a phone push. Emitted after the message is durable, once
     /// per message, never for duplicates.
     OfflineMessage(Box<OfflineMessage>),
+    /// Hand `message` to core `core`'s control plane (as [`Event::FromCore`]), on the
+    /// ring between the two cores; only with [`crate::Config::core_count`] > 1.
+    ToCore {
+        /// The receiving core.
+        core: u8,
+        /// What to tell it.
+        message: CoreMessage,
+    },
     /// Run `request` on the storage engine and report the result as
     /// [`Event::Storage`] with the same ticket. Requests may run concurrently and
     /// complete in any order, but two requests of one connection must be applied in

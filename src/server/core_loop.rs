@@ -450,6 +450,9 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
                             webhook.offer(message);
                         }
                     }
+                    // The server runs one control plane (core_count 1), which has no
+                    // other core to tell anything (docs/ARCHITECTURE.md, "Not done yet").
+                    Action::ToCore { .. } => {}
                 }
             }
             self.committer.commit(&mut self.batch);

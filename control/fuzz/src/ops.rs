@@ -779,7 +779,9 @@ impl World {
                     Action::Storage { ticket, request } => {
                         self.queue.push_back((ticket, request));
                     }
-                    Action::NoteCongestion { .. } | Action::OfflineMessage(_) => {}
+                    Action::NoteCongestion { .. }
+                    | Action::OfflineMessage(_)
+                    | Action::ToCore { .. } => {}
                 }
             }
             if self.hold || !self.complete_one() {

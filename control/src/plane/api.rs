@@ -627,7 +627,8 @@ mod tests {
                 Action::Send { .. } => sends += 1,
                 Action::Close { .. }
                 | Action::NoteCongestion { .. }
-                | Action::OfflineMessage(_) => {}
+                | Action::OfflineMessage(_)
+                | Action::ToCore { .. } => {}
             }
         }
         sends

@@ -38,6 +38,7 @@ use crate::config::Config;
 use crate::counters::Counters;
 use crate::event::{Action, CloseReason, Event, Revocation, Ticket};
 use crate::rate_limit::TokenBucket;
+use crate::remote::CoreMessage;
 use crate::session::{Conn, Registry};
 use crate::time::Timestamp;
 use crate::timers::{TimerKind, TimerQueue};
@@ -142,7 +143,9 @@ const ENCODE_CHUNK: usize = 64 * 1024;
 ///             }
 ///             // A transport counts its slow-consumer limit from here; a webhook
 ///             // driver would queue the notice.
-///             Action::NoteCongestion { .. } | Action::OfflineMessage(_) => {}
+///             Action::NoteCongestion { .. }
+///             | Action::OfflineMessage(_)
+///             | Action::ToCore { .. } => {}
 ///         }
 ///     }
 /// };
@@ -203,6 +206,9 @@ pub struct Control {
     counters: Counters,
     /// Operator requests' answers and batches in progress ([`Control::handle_api`]).
     api: api::ApiState,
+    /// Per user, the other cores with a session of theirs (bit = core index); empty
+    /// on a one-core server ([`crate::remote`]).
+    presence: HashMap<u64, u64, foldhash::fast::RandomState>,
 }
 
 impl std::fmt::Debug for Control {
@@ -243,6 +249,7 @@ impl Control {
             draining_since: None,
             counters: Counters::default(),
             api: api::ApiState::default(),
+            presence: HashMap::default(),
         };
         control.request_revocations(now);
         control.timers.arm(
@@ -274,6 +281,7 @@ impl Control {
             }
             Event::Storage { ticket, result } => self.handle_storage(now, ticket, result),
             Event::Tick => self.handle_timeout(now),
+            Event::FromCore { core, message } => self.handle_from_core(core, message),
         }
     }
 
@@ -861,7 +869,42 @@ impl Control {
         for room in c.rooms.rooms() {
             self.rooms.leave(room, conn);
         }
+        if let Some(user) = c.session.map(|s| s.user)
+            && self.registry.user_conns(user).is_empty()
+        {
+            self.announce_presence(user, false);
+        }
         true
+    }
+
+    /// Tells every other core that this one has a session of `user` now (`online`), or
+    /// no longer has any. Nothing on a one-core server.
+    fn announce_presence(&mut self, user: u64, online: bool) {
+        let me = self.config.core_index;
+        for core in (0..self.config.core_count).filter(|&c| c != me) {
+            self.actions.push_back(Action::ToCore {
+                core,
+                message: CoreMessage::Presence { user, online },
+            });
+        }
+    }
+
+    /// What another core's control plane said.
+    fn handle_from_core(&mut self, core: u8, message: CoreMessage) {
+        match message {
+            CoreMessage::Presence { user, online } => {
+                let bit = 1u64.checked_shl(u32::from(core)).unwrap_or(0);
+                if online {
+                    *self.presence.entry(user).or_insert(0) |= bit;
+                } else if let Some(cores) = self.presence.get_mut(&user) {
+                    *cores &= !bit;
+                    if *cores == 0 {
+                        self.presence.remove(&user);
+                    }
+                }
+            }
+            CoreMessage::Push(push) => self.deliver_forwarded(push),
+        }
     }
 
     /// Takes one request's worth from the connection's bucket; on failure answers

@@ -17,36 +17,19 @@
 
 use bytes::Bytes;
 use petrel_proto::{FrameType, pb};
-use petrel_storage::ConversationKey;
 
 use super::Control;
 use super::messaging::scenario;
+use crate::event::Action;
+pub(crate) use crate::remote::PushKind;
+use crate::remote::{CoreMessage, RemotePush};
 use petrel_conn::ConnId;
 
-/// What a push carries, which decides what happens at a congested receiver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum PushKind {
-    /// A stored message of this conversation. A congested receiver is kicked as a slow
-    /// consumer: skipping it silently would leave a hole it never learns of, while a
-    /// reconnect syncs the message from storage.
-    Message(ConversationKey),
-    /// The edited version of a stored message. Rare and small: queued even to a
-    /// congested receiver (the transport's slow-consumer limit still bounds it).
-    Edit,
-    /// A conversation event: membership, mute, recall, read position, receipt. Queued
-    /// like an edit.
-    Event,
-    /// A typing notice: ephemeral, so a congested receiver simply misses it.
-    Typing,
-}
-
-impl PushKind {
-    fn frame_type(self) -> FrameType {
-        match self {
-            PushKind::Message(_) | PushKind::Edit => FrameType::MessagePush,
-            PushKind::Event => FrameType::ConversationEvent,
-            PushKind::Typing => FrameType::TypingNotice,
-        }
+fn frame_type(kind: PushKind) -> FrameType {
+    match kind {
+        PushKind::Message(_) | PushKind::Edit => FrameType::MessagePush,
+        PushKind::Event => FrameType::ConversationEvent,
+        PushKind::Typing => FrameType::TypingNotice,
     }
 }
 
@@ -63,18 +46,66 @@ pub(super) struct Push<'a> {
 }
 
 impl Control {
-    /// Whether `user` has a session on a connection other than `except`: worth
-    /// encoding a push for. (With sessions on several cores, the presence directory.)
+    /// Whether `user` has a session on a connection other than `except`, on this core
+    /// or (by presence) another: worth encoding a push for.
     pub(super) fn reachable(&self, user: u64, except: Option<ConnId>) -> bool {
         self.registry
             .user_conns(user)
             .iter()
             .any(|&c| Some(c) != except)
+            || self.presence.get(&user).is_some_and(|&cores| cores != 0)
     }
 
     /// Sends `push` to every connection of its users but `except`, with the policy of
-    /// its kind. Returns how many connections it was queued for.
+    /// its kind: this core's connections now, and one [`RemotePush`] to each other
+    /// core where one of the users has a session. Returns how many of this core's
+    /// connections it was queued for.
     pub(super) fn deliver(&mut self, push: Push<'_>) -> u64 {
+        if !self.presence.is_empty() {
+            self.forward(&push);
+        }
+        self.deliver_here(push)
+    }
+
+    /// Hands `push` to the other cores where its users have sessions.
+    fn forward(&mut self, push: &Push<'_>) {
+        let cores = push
+            .users
+            .iter()
+            .filter_map(|u| self.presence.get(u))
+            .fold(0u64, |all, &c| all | c);
+        for core in (0..64u8).filter(|c| cores & (1 << c) != 0) {
+            let users: Vec<u64> = push
+                .users
+                .iter()
+                .copied()
+                .filter(|u| self.presence.get(u).is_some_and(|&c| c & (1 << core) != 0))
+                .collect();
+            self.counters.pushes_forwarded += 1;
+            self.actions.push_back(Action::ToCore {
+                core,
+                message: CoreMessage::Push(RemotePush {
+                    users,
+                    except: push.except,
+                    kind: push.kind,
+                    bytes: push.bytes.clone(),
+                }),
+            });
+        }
+    }
+
+    /// A push another core forwarded: its users' connections on this core get it.
+    pub(super) fn deliver_forwarded(&mut self, push: RemotePush) {
+        self.deliver_here(Push {
+            users: &push.users,
+            except: push.except,
+            kind: push.kind,
+            bytes: push.bytes,
+        });
+    }
+
+    /// Sends `push` to this core's connections of its users but `except`.
+    fn deliver_here(&mut self, push: Push<'_>) -> u64 {
         let mut targets = std::mem::take(&mut self.scratch_conns);
         targets.clear();
         for &user in push.users {
@@ -123,7 +154,7 @@ impl Control {
                 PushKind::Edit | PushKind::Event => {}
             }
         }
-        if !self.send_bytes(conn, bytes.clone(), kind.frame_type()) {
+        if !self.send_bytes(conn, bytes.clone(), frame_type(kind)) {
             return false;
         }
         match kind {

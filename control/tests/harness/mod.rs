@@ -387,6 +387,9 @@ impl Sim {
                         }
                     }
                     Action::OfflineMessage(message) => self.offline.push(*message),
+                    Action::ToCore { core, .. } => {
+                        panic!("a one-core control plane told core {core} something")
+                    }
                     Action::NoteCongestion { conn } => {
                         if let Some(client) = self.clients.get_mut(&conn) {
                             assert!(client.congested, "{conn} noted but not congested");
