@@ -91,7 +91,8 @@ pub struct Config {
     /// more than one, each core's control plane owns the sessions of its own
     /// connections and tells the others about them ([`crate::remote`]).
     pub core_index: u8,
-    /// How many cores run a control plane (1 to [`crate::remote::MAX_CORES`]).
+    /// How many cores run a control plane (1 to [`crate::remote::MAX_CORES`]; clamped
+    /// into that range, and an index outside it is taken as 0).
     pub core_count: u8,
 }
 

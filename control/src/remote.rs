@@ -15,9 +15,17 @@
 //!   [`PushKind`] — and that core delivers it to its own connections with the receiver's
 //!   policy (congestion is known only there).
 //!
-//! Presence is eventually consistent: a push that races a login on another core may miss
-//! that one device, which syncs after logging in anyway (the protocol's rule), so no
-//! stored message is lost.
+//! Presence is eventually consistent, and that has two edges the driver must close
+//! before sessions span cores in production (not done yet):
+//! - A message appended on core A after a new device on core B read its first sync, but
+//!   before A learned of that session, is neither pushed nor in that sync: the device
+//!   sees it only at its next sync or the next seq gap. The fix is an ordering rule for
+//!   the driver: answer a login (`LoginResult`) only after every core has taken its
+//!   presence in.
+//! - A user whose last session just closed on B still counts as online on A until the
+//!   notice arrives: a message in between sends no offline notice (`OfflineMessage`).
+//!
+//! No stored message is lost either way: it is in storage, and every sync returns it.
 
 use bytes::Bytes;
 use petrel_conn::ConnId;

@@ -148,6 +148,9 @@ struct Shared {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Committers not yet shut down or dropped; the last one joins the thread.
     open: AtomicUsize,
+    /// An fsync failed: every committer refuses writes from its next group on, whether
+    /// or not it had a group in that round.
+    failed: AtomicBool,
 }
 
 impl Shared {
@@ -286,6 +289,7 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
             marks: (0..n).map(|_| Marks::new()).collect(),
             thread: Mutex::new(None),
             open: AtomicUsize::new(n),
+            failed: AtomicBool::new(false),
         });
         let mut dones: Vec<Option<Receiver<_>>> = (0..n).map(|_| None).collect();
         if let Some(rounds) = sync_rounds {
@@ -341,10 +345,12 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
             .map(JoinHandleExt::as_pthread_t)
     }
 
-    /// Whether other committers share this one's engine (their reads and this one's
-    /// watch each other's watermarks).
+    /// Whether other committers share this one's engine and their writes can be seen
+    /// before they are durable (there is a syncer), so reads watch each other's
+    /// watermarks. Without a syncer every write is as durable as the sync mode promises
+    /// once applied.
     fn has_peers(&self) -> bool {
-        self.shared.marks.len() > 1
+        self.shared.marks.len() > 1 && self.syncer.is_some()
     }
 
     /// The other committers' groups applied and not yet durable: what a read evaluated
@@ -390,6 +396,11 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
         let mut kinds = std::mem::take(&mut self.scratch.kinds);
         let mut requests = std::mem::take(&mut self.scratch.requests);
         let mut replies = std::mem::take(&mut self.scratch.replies);
+        if self.failed.is_none() && self.shared.failed.load(Ordering::SeqCst) {
+            self.failed = Some(StorageError::Backend(
+                "a WAL sync of another core's writes failed".into(),
+            ));
+        }
         let mut has_writes = false;
         for (tag, request) in batch.drain(..) {
             let kind = classify(&request);
@@ -466,13 +477,6 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
         self.scratch.tags = tags;
         self.scratch.kinds = kinds;
         self.next_group += 1;
-        if self.syncer.is_none() {
-            // Durable as applied (or never, by the sync mode's choice): so the others'
-            // reads need not wait for it.
-            self.shared.marks[self.index]
-                .durable
-                .store(self.next_group, Ordering::SeqCst);
-        }
         if group_tags.is_empty() {
             if self.syncer.is_none() {
                 self.durable_below = self.next_group;
@@ -674,6 +678,11 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
             }
         }
         self.take_ready(&mut release);
+        // Reads still waiting for another committer's fsync get no answer from it now.
+        for read in self.reads.drain(..) {
+            self.in_flight -= 1;
+            release(read.tag, Err(StorageError::Closed));
+        }
     }
 
     /// This committer is done with the syncer: the last one out joins its thread.
@@ -860,6 +869,7 @@ fn syncer_loop<E: GroupEngine + ?Sized>(
             let mut first_error = result.err();
             if let Some(e) = &first_error {
                 failure.get_or_insert_with(|| copy_error(e));
+                shared.failed.store(true, Ordering::SeqCst);
             }
             let last = taken.len() - 1;
             for (k, &(i, through)) in taken.iter().enumerate() {

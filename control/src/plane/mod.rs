@@ -226,7 +226,11 @@ impl std::fmt::Debug for Control {
 impl Control {
     /// A control plane with no connections. Queues an [`Action::Storage`] asking for
     /// the revocation list; logins wait for it.
-    pub fn new(config: Config, keys: KeyRing, now: Timestamp) -> Control {
+    pub fn new(mut config: Config, keys: KeyRing, now: Timestamp) -> Control {
+        config.core_count = config.core_count.clamp(1, crate::remote::MAX_CORES);
+        if config.core_index >= config.core_count {
+            config.core_index = 0;
+        }
         let mut control = Control {
             token_cache: VerifiedTokens::new(config.token_cache_capacity),
             config,
