@@ -647,7 +647,10 @@ fn a_malformed_inbox_position_is_refused_and_a_foreign_one_gets_a_full_sync() {
     // The simulator's database has 16 partitions: a plain cursor (from a one-partition
     // database) or a token of another count fits none of them, so the device is synced
     // like a new one — every message, and a position it can use from then on.
-    for (cursor, token) in [(7, vec![]), (0, vec![1, 2, 5, 5])] {
+    // ... and so does a token of the right count from another database (another epoch:
+    // this one was recreated), whose positions are far above this database's.
+    let recreated = petrel_storage::InboxCursor::from_positions(12_345, vec![100; 16]).to_token();
+    for (cursor, token) in [(7, vec![]), (0, vec![1, 9, 2, 5, 5]), (0, recreated)] {
         let page = sync(&mut s, cursor, token).unwrap();
         assert_eq!(page.messages.len(), 3);
         assert_eq!(page.inbox_cursor, 0);

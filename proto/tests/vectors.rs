@@ -442,9 +442,10 @@ fn valid() -> Vec<Valid> {
             name: "sync_response_partitioned",
             meaning: "SyncResponse answering request 9 (flags = RESPONSE) from a server whose \
                       database has partitions. Body: no messages, has_more = false, \
-                      inbox_cursor = 0, inbox_position = 01 04 00 07 00 83 01 (an opaque token \
-                      — version 1, four partitions at 0, 7, 0 and 131 — that the client sends \
-                      back as is in its next SyncRequest's inbox_position).",
+                      inbox_cursor = 0, inbox_position = 01 05 04 00 07 00 83 01 (an opaque \
+                      token — version 1, database epoch 5, four partitions at 0, 7, 0 and 131 — \
+                      that the client sends back as is in its next SyncRequest's \
+                      inbox_position).",
             frame: Frame::response(
                 9,
                 pb::SyncResponse {
@@ -453,7 +454,7 @@ fn valid() -> Vec<Valid> {
                     inbox_cursor: 0,
                     conversations: vec![],
                     first_seq: 0,
-                    inbox_position: vec![1, 4, 0, 7, 0, 0x83, 1],
+                    inbox_position: vec![1, 5, 4, 0, 7, 0, 0x83, 1],
                 },
             ),
         },

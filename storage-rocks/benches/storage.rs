@@ -3,6 +3,8 @@
 //! - 1:1 appends/s, hybrid diffusion, group commit (`SyncMode::Batch` + `CommitQueue`);
 //! - appends/s to a 1,000-member group under write, read and hybrid diffusion;
 //! - time to sync 1,000 messages from a cursor;
+//! - time of a sync that finds nothing new, with one partition and with 16 (one inbox
+//!   seek per partition);
 //! - bytes handed to RocksDB per message for each mode (printed once per mode).
 
 use std::hint::black_box;
@@ -184,6 +186,62 @@ fn sync_1000(c: &mut Criterion) {
     g.finish();
 }
 
+/// A known device's sync when nothing changed (what every reconnect of an up-to-date
+/// device costs): one partition against the default 16. The reader has 50 chats.
+fn sync_nothing_new(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sync_nothing_new_50_conversations");
+    for partitions in [1u16, 16] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = RocksEngine::open(
+            dir.path(),
+            StorageConfig {
+                sync: SyncMode::Batch,
+                partitions,
+                ..StorageConfig::default()
+            },
+        )
+        .expect("open rocksdb");
+        let reader = UserId(1);
+        let requests: Vec<Request> = (0..50u64)
+            .map(|i| {
+                let peer = UserId(100 + i);
+                Request::Append(append(peer, ConversationKey::single(reader, peer), i + 1))
+            })
+            .collect();
+        for r in engine.execute_batch(requests) {
+            r.expect("append");
+        }
+        let first = engine
+            .sync(&SyncRequest {
+                user: reader,
+                inbox: Default::default(),
+                cursors: Vec::new(),
+                limit: 1000,
+                now_ms: NOW,
+            })
+            .expect("initial sync");
+        let req = SyncRequest {
+            user: reader,
+            inbox: first.inbox.clone(),
+            cursors: first
+                .conversations
+                .iter()
+                .map(|s| (s.key, s.last_seq))
+                .collect(),
+            limit: 1000,
+            now_ms: NOW,
+        };
+        g.bench_function(format!("{partitions}_partitions"), |b| {
+            b.iter(|| {
+                let page = engine.sync(&req).expect("sync");
+                assert!(page.messages.is_empty());
+                black_box(page)
+            })
+        });
+    }
+    g.finish();
+}
+
 /// Mark users active, in durable batches of 1,000.
 fn touch_all(engine: &RocksEngine, users: impl Iterator<Item = u64>) {
     let requests: Vec<Request> = users
@@ -213,6 +271,6 @@ fn report_bytes(label: &str, engine: &RocksEngine) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(5)).sample_size(20);
-    targets = one_to_one_group_commit, group_1000, sync_1000
+    targets = one_to_one_group_commit, group_1000, sync_1000, sync_nothing_new
 }
 criterion_main!(benches);

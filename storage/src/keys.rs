@@ -179,6 +179,9 @@ pub const META_LAST_PUBLIC: &[u8] = b"last_public_id";
 /// Meta key holding the database's partition count (u64), written when it was created;
 /// absent in a database from before partitions, which has one.
 pub const META_PARTITIONS: &[u8] = b"partitions";
+/// Meta key holding the database's epoch (u64, random, written when it is first opened
+/// by a build that knows it): inbox positions carry it.
+pub const META_EPOCH: &[u8] = b"epoch";
 /// Meta key holding the server time (ms) before which legacy `sender | client_msg_id`
 /// dedup keys may have been written; 0 when the database never held any (see
 /// `engine::append`).

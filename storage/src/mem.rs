@@ -25,10 +25,15 @@ pub struct MemKv {
 pub type MemEngine = Store<MemKv>;
 
 impl MemEngine {
-    /// A fresh, empty in-memory engine with `config.partitions` partitions.
+    /// A fresh, empty in-memory engine with `config.partitions` partitions (recorded
+    /// in it, like a new database's, so it can be opened again from its backend).
     pub fn new(config: StorageConfig) -> Self {
-        let partitions = crate::partition::Partitions::clamped(config.partitions);
-        Store::with_partitions(MemKv::default(), config, Default::default(), partitions)
+        let kv = MemKv::default();
+        let wanted = crate::partition::Partitions::clamped(config.partitions);
+        // An empty in-memory backend cannot fail to record it.
+        let partitions = crate::engine::decide_partitions(&kv, wanted).unwrap_or(wanted);
+        let epoch = crate::engine::decide_epoch(&kv).unwrap_or(1);
+        Store::with_partitions(kv, config, Default::default(), partitions, epoch)
     }
 }
 

@@ -193,20 +193,27 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// A device's position in its user's inbox: the last inbox seq it has processed in each
-/// partition. Empty for a device that never completed a sync.
+/// partition, and the database it was given by. Empty for a device that never completed
+/// a sync.
 ///
 /// On the wire a one-partition position is the plain `inbox_cursor` number (as before
-/// partitions); a partitioned one is the opaque token of [`InboxCursor::to_token`]. A
-/// position that does not fit the database (another partition count: the database was
-/// recreated) is treated like a new device's — a full sync from the per-conversation
+/// partitions); a partitioned one is the opaque token of [`InboxCursor::to_token`],
+/// which also carries the database's *epoch* (a random number recorded when the database
+/// was created). A position that does not fit the database — another partition count, or
+/// another epoch: the database was recreated, and positions of the old one mean nothing
+/// in it — is treated like a new device's: a full sync from the per-conversation
 /// cursors, slower but never lossy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct InboxCursor(Vec<u64>);
+pub struct InboxCursor {
+    /// The database's epoch (0: unknown, a plain one-partition cursor).
+    epoch: u64,
+    positions: Vec<u64>,
+}
 
 /// First byte of a token: its format.
 const TOKEN_VERSION: u8 = 1;
-/// Longest token: version, count and ten bytes per partition.
-pub const MAX_TOKEN_LEN: usize = 1 + 3 + 10 * MAX_PARTITIONS as usize;
+/// Longest token: version, epoch, count and ten bytes per partition.
+pub const MAX_TOKEN_LEN: usize = 1 + 10 + 3 + 10 * MAX_PARTITIONS as usize;
 
 /// Why an inbox token was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -219,7 +226,7 @@ pub enum TokenError {
 impl InboxCursor {
     /// A new device's position.
     pub fn new_device() -> InboxCursor {
-        InboxCursor(Vec::new())
+        InboxCursor::default()
     }
 
     /// A one-partition position (`inbox_cursor` on the wire; 0 = new device).
@@ -227,48 +234,57 @@ impl InboxCursor {
         if seq == 0 {
             InboxCursor::new_device()
         } else {
-            InboxCursor(vec![seq])
+            InboxCursor {
+                epoch: 0,
+                positions: vec![seq],
+            }
         }
     }
 
-    /// One position per partition, in partition order.
-    pub fn from_positions(positions: Vec<u64>) -> InboxCursor {
+    /// One position per partition, in partition order, in the database of `epoch`.
+    pub fn from_positions(epoch: u64, positions: Vec<u64>) -> InboxCursor {
         if positions.iter().all(|&s| s == 0) {
             InboxCursor::new_device()
         } else {
-            InboxCursor(positions)
+            InboxCursor { epoch, positions }
         }
     }
 
     /// Whether this is a device that never completed a sync.
     pub fn is_new_device(&self) -> bool {
-        self.0.is_empty()
+        self.positions.is_empty()
     }
 
     /// The positions, one per partition (empty for a new device).
     pub fn positions(&self) -> &[u64] {
-        &self.0
+        &self.positions
+    }
+
+    /// The epoch of the database that gave this position (0: unknown).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The position as the one-partition wire number, if it is one (0 for a new device).
     pub fn as_single(&self) -> Option<u64> {
-        match self.0.as_slice() {
+        match self.positions.as_slice() {
             [] => Some(0),
             [one] => Some(*one),
             _ => None,
         }
     }
 
-    /// The opaque wire token: a version byte, then the count and each position as
-    /// LEB128 varints. Empty for a new device.
+    /// The opaque wire token: a version byte, then the epoch, the count and each
+    /// position as LEB128 varints. Empty for a new device.
     pub fn to_token(&self) -> Vec<u8> {
-        if self.0.is_empty() {
+        if self.positions.is_empty() {
             return Vec::new();
         }
-        let mut out = Vec::with_capacity(2 + 3 * self.0.len());
+        let mut out = Vec::with_capacity(12 + 3 * self.positions.len());
         out.push(TOKEN_VERSION);
-        put_varint(&mut out, self.0.len() as u64);
-        for &s in &self.0 {
+        put_varint(&mut out, self.epoch);
+        put_varint(&mut out, self.positions.len() as u64);
+        for &s in &self.positions {
             put_varint(&mut out, s);
         }
         out
@@ -282,6 +298,7 @@ impl InboxCursor {
         if version != TOKEN_VERSION || token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed);
         }
+        let epoch = take_varint(&mut rest)?;
         let count = take_varint(&mut rest)?;
         if count == 0 || count > u64::from(MAX_PARTITIONS) {
             return Err(TokenError::Malformed);
@@ -293,7 +310,7 @@ impl InboxCursor {
         if !rest.is_empty() {
             return Err(TokenError::Malformed);
         }
-        Ok(InboxCursor::from_positions(positions))
+        Ok(InboxCursor::from_positions(epoch, positions))
     }
 }
 
@@ -401,27 +418,27 @@ mod tests {
     fn tokens_round_trip_and_bad_ones_are_refused() {
         for cursor in [
             InboxCursor::new_device(),
-            InboxCursor::from_positions(vec![0, 5, u64::MAX, 128]),
+            InboxCursor::from_positions(u64::MAX, vec![0, 5, u64::MAX, 128]),
             InboxCursor::single(3),
         ] {
             assert_eq!(InboxCursor::from_token(&cursor.to_token()).unwrap(), cursor);
         }
         // The golden vector `sync_response_partitioned` (proto/tests/vectors) carries this.
         assert_eq!(
-            InboxCursor::from_positions(vec![0, 7, 0, 131]).to_token(),
-            [1, 4, 0, 7, 0, 0x83, 1]
+            InboxCursor::from_positions(5, vec![0, 7, 0, 131]).to_token(),
+            [1, 5, 4, 0, 7, 0, 0x83, 1]
         );
-        assert!(InboxCursor::from_positions(vec![0, 0]).is_new_device());
+        assert!(InboxCursor::from_positions(9, vec![0, 0]).is_new_device());
         assert_eq!(InboxCursor::single(0).as_single(), Some(0));
-        assert_eq!(InboxCursor::from_positions(vec![1, 2]).as_single(), None);
-        let good = InboxCursor::from_positions(vec![1, 300]).to_token();
+        assert_eq!(InboxCursor::from_positions(9, vec![1, 2]).as_single(), None);
+        let good = InboxCursor::from_positions(9, vec![1, 300]).to_token();
         for bad in [
-            vec![2, 1, 1],                    // unknown version
-            vec![1, 0],                       // no partitions
-            vec![1, 2, 1],                    // one position short
+            vec![2, 9, 1, 1],                 // unknown version
+            vec![1, 9, 0],                    // no partitions
+            vec![1, 9, 2, 1],                 // one position short
             [good.clone(), vec![0]].concat(), // trailing byte
             vec![
-                1, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+                1, 9, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
             ], // > u64
             vec![1, 0x80],                    // cut varint
         ] {

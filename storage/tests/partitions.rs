@@ -109,6 +109,33 @@ fn an_empty_database_without_a_record_gets_the_configured_count() {
 }
 
 #[test]
+fn a_position_from_a_recreated_database_gets_a_full_sync() {
+    let old = Store::with_kv(MemKv::default(), config(16)).expect("open");
+    for id in 1..=3 {
+        send(&old, id);
+    }
+    let (got, position) = sync(&old, InboxCursor::new_device(), 0);
+    assert_eq!((got, position.epoch()), (3, old.epoch()));
+    // The data directory wiped and the server started again: same partition count,
+    // another epoch. One message so far; the device's old position is far above it.
+    let new = Store::with_kv(MemKv::default(), config(16)).expect("open");
+    assert_ne!(new.epoch(), old.epoch());
+    send(&new, 1);
+    let (got, position) = sync(&new, position, 0);
+    assert_eq!(
+        got, 1,
+        "the old position is not trusted: everything after cursor 0"
+    );
+    assert_eq!(position.epoch(), new.epoch());
+    // Reopened, the database keeps its epoch, and positions stay good.
+    let epoch = new.epoch();
+    let new = Store::with_kv(new.into_kv(), config(16)).expect("reopen");
+    assert_eq!(new.epoch(), epoch);
+    send(&new, 2);
+    assert_eq!(sync(&new, position, 1).0, 1);
+}
+
+#[test]
 fn a_bad_record_refuses_to_open() {
     for bad in [0u64, 1025, 1 << 40] {
         let kv = MemKv::default();

@@ -156,7 +156,16 @@ impl Control {
         if self.registry.get(to.conn).is_none() {
             return;
         }
-        let mut budget = RESPONSE_BUDGET;
+        // The position goes in too, either the page's or (if cut) the request's: leave
+        // room for the longer (a partitioned token is about 3 bytes per partition).
+        let token_room = 16
+            + ctx
+                .inbox
+                .positions()
+                .len()
+                .max(page.inbox.positions().len())
+                * 10;
+        let mut budget = RESPONSE_BUDGET.saturating_sub(token_room);
         let mut cut = false;
         let mut conversations = Vec::with_capacity(page.conversations.len());
         for state in &page.conversations {

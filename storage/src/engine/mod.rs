@@ -210,6 +210,9 @@ pub struct Store<K: Kv> {
     config: StorageConfig,
     /// The database's partitions, decided when it was created.
     partitions: Partitions,
+    /// The database's epoch (random, recorded in `meta`): inbox positions carry it, so
+    /// one given by another database — this one recreated — is recognised.
+    epoch: u64,
     /// One writer state per partition, by index.
     writers: Box<[Mutex<WriterState>]>,
     /// The group and public-account id allocator (locked before any partition).
@@ -287,7 +290,10 @@ fn fresh_dedup_table<K: Kv>(kv: &K) -> Option<u64> {
 /// one if it already holds inbox entries (it is from before partitions, and its keys
 /// have the one-partition layout), else `wanted`, recorded now — before any inbox entry
 /// can be written, so the record precedes them in the log.
-fn decide_partitions<K: Kv>(kv: &K, wanted: Partitions) -> Result<Partitions, StorageError> {
+pub(crate) fn decide_partitions<K: Kv>(
+    kv: &K,
+    wanted: Partitions,
+) -> Result<Partitions, StorageError> {
     if let Some(v) = kv.get(Cf::Meta, keys::META_PARTITIONS)? {
         let n = keys::decode_u64("partitions", &v)?;
         return u16::try_from(n)
@@ -316,6 +322,23 @@ fn decide_partitions<K: Kv>(kv: &K, wanted: Partitions) -> Result<Partitions, St
     Ok(wanted)
 }
 
+/// The database's epoch: as recorded in `meta`, else a random non-zero number recorded
+/// now. (If that write is lost in a crash, the next open picks another: positions given
+/// in between get one full sync, never a wrong one.)
+pub(crate) fn decide_epoch<K: Kv>(kv: &K) -> Result<u64, StorageError> {
+    if let Some(v) = kv.get(Cf::Meta, keys::META_EPOCH)? {
+        return Ok(keys::decode_u64("epoch", &v)?);
+    }
+    // std's hasher keys are random per process: a random number without a new
+    // dependency or a clock.
+    use std::hash::BuildHasher;
+    let epoch = std::collections::hash_map::RandomState::new().hash_one(0x5045_5452_454c_u64) | 1;
+    let mut batch = kv.batch();
+    batch.put(Cf::Meta, keys::META_EPOCH, &keys::u64_key(epoch));
+    kv.write(batch, false)?;
+    Ok(epoch)
+}
+
 impl<K: Kv> Store<K> {
     /// Open a database on a backend: its partition count is read from it, or decided
     /// and recorded if it is new (`config.partitions`).
@@ -331,7 +354,8 @@ impl<K: Kv> Store<K> {
         clock: Arc<AtomicU64>,
     ) -> Result<Self, StorageError> {
         let partitions = decide_partitions(&kv, Partitions::clamped(config.partitions))?;
-        Ok(Self::with_partitions(kv, config, clock, partitions))
+        let epoch = decide_epoch(&kv)?;
+        Ok(Self::with_partitions(kv, config, clock, partitions, epoch))
     }
 
     /// Wrap a backend whose partition count is already known (an empty in-memory one).
@@ -340,6 +364,7 @@ impl<K: Kv> Store<K> {
         config: StorageConfig,
         clock: Arc<AtomicU64>,
         partitions: Partitions,
+        epoch: u64,
     ) -> Self {
         let legacy_dedup_before = fresh_dedup_table(&kv);
         let writers = partitions
@@ -358,6 +383,7 @@ impl<K: Kv> Store<K> {
             touches: Mutex::new(()),
             config,
             partitions,
+            epoch,
             appends: AtomicU64::new(0),
             append_bytes: AtomicU64::new(0),
             inbox_entries: AtomicU64::new(0),
@@ -412,6 +438,11 @@ impl<K: Kv> Store<K> {
     /// The database's partitions (fixed when it was created).
     pub fn partitions(&self) -> Partitions {
         self.partitions
+    }
+
+    /// The database's epoch (see [`crate::partition::InboxCursor`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The backend (for backend-specific operations such as checkpoints).

@@ -27,8 +27,18 @@ use crate::error::StorageError;
 use crate::keys;
 use crate::kv::{Direction, Kv};
 use crate::model::{ConversationKey, ConversationState, StoredMessage, UserId};
-use crate::partition::InboxCursor;
+use crate::partition::{InboxCursor, Partitions};
 use crate::values::{self, InboxEntry};
+
+/// How a walk of the inbox ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walked {
+    /// The page is filled from the inbox.
+    Done,
+    /// Retention removed entries the device has not seen (or its position does not fit
+    /// the database): it must be synced like a new device.
+    TrimmedPast,
+}
 
 impl<K: Kv> Store<K> {
     /// Append messages of `c` with `after < seq <= upto` to `out`, at most `max` of them.
@@ -105,20 +115,24 @@ impl<K: Kv> Store<K> {
     pub(super) fn do_sync(&self, req: &SyncRequest) -> Result<SyncPage, StorageError> {
         self.observe_time(req.now_ms);
         let budget = req.limit.clamp(1, self.config.max_page.max(1));
-        let mut cursors: HashMap<ConversationKey, u64> = HashMap::with_capacity(req.cursors.len());
-        for (c, s) in &req.cursors {
-            let e = cursors.entry(*c).or_insert(0);
-            *e = (*e).max(*s);
-        }
+        let device_cursors = || {
+            let mut cursors: HashMap<ConversationKey, u64> =
+                HashMap::with_capacity(req.cursors.len());
+            for (c, s) in &req.cursors {
+                let e = cursors.entry(*c).or_insert(0);
+                *e = (*e).max(*s);
+            }
+            cursors
+        };
+        let mut cursors = device_cursors();
         let mut page = SyncPage::default();
         let mut touched = BTreeSet::new();
         let positions = req.inbox.positions();
-        // A position of another partition count (the database was recreated) is as
-        // good as none.
-        let fits = positions.len() == usize::from(self.partitions.count());
-        if !fits || self.inbox_trimmed_past(req.user, positions)? {
-            self.sync_everything(req.user, budget, &mut cursors, &mut page, &mut touched)?;
-        } else {
+        // A position of another partition count or another database (this one was
+        // recreated) is as good as none. A plain one-partition cursor carries no epoch.
+        let fits = positions.len() == usize::from(self.partitions.count())
+            && (self.partitions == Partitions::ONE || req.inbox.epoch() == self.epoch);
+        let walked = if fits {
             self.sync_inbox(
                 req.user,
                 positions,
@@ -126,7 +140,16 @@ impl<K: Kv> Store<K> {
                 &mut cursors,
                 &mut page,
                 &mut touched,
-            )?;
+            )?
+        } else {
+            Walked::TrimmedPast
+        };
+        if walked == Walked::TrimmedPast {
+            // Start over, from the device's own cursors only.
+            cursors = device_cursors();
+            page = SyncPage::default();
+            touched.clear();
+            self.sync_everything(req.user, budget, &mut cursors, &mut page, &mut touched)?;
         }
         page.conversations.reserve(touched.len());
         for c in touched {
@@ -150,26 +173,6 @@ impl<K: Kv> Store<K> {
             });
         }
         Ok(page)
-    }
-
-    /// Whether retention removed inbox entries the device at `positions` has not seen:
-    /// in some partition the user's first stored entry is past the one after the
-    /// device's position. Such a device cannot learn from the inbox which conversations
-    /// changed, so it is synced like a new one, from its per-conversation cursors
-    /// (slower, never lossy).
-    fn inbox_trimmed_past(&self, user: UserId, positions: &[u64]) -> Result<bool, StorageError> {
-        for (p, &position) in self.partitions.all().zip(positions) {
-            let prefix = self.partitions.inbox_prefix(user, p);
-            let first = self
-                .kv
-                .first_key(Cf::Inbox, &prefix, &keys::prefix_end(&prefix))?;
-            if let Some(k) = first
-                && self.partitions.decode_inbox(&k)?.2 > position.saturating_add(1)
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     /// New device: every conversation from the device's cursor (0 if unknown).
@@ -202,13 +205,20 @@ impl<K: Kv> Store<K> {
         page.inbox = if page.has_more {
             InboxCursor::new_device()
         } else {
-            InboxCursor::from_positions(heads)
+            InboxCursor::from_positions(self.epoch, heads)
         };
         Ok(())
     }
 
     /// Known device: only conversations named by inbox entries after its position,
     /// partition by partition; at most 4 × `budget` entries are examined in all.
+    ///
+    /// [`Walked::TrimmedPast`] if retention removed entries the device has not seen — in
+    /// some partition the first entry after its position is not the next seq (a
+    /// partition's entries are contiguous, and its newest always stays, so this is the
+    /// only way to find out, and it costs no seek of its own). Such a device cannot learn
+    /// from the inbox which conversations changed: the caller syncs it like a new one,
+    /// from its per-conversation cursors (slower, never lossy).
     fn sync_inbox(
         &self,
         user: UserId,
@@ -217,7 +227,7 @@ impl<K: Kv> Store<K> {
         cursors: &mut HashMap<ConversationKey, u64>,
         page: &mut SyncPage,
         touched: &mut BTreeSet<ConversationKey>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Walked, StorageError> {
         let mut scan_left = budget.saturating_mul(4).max(64);
         let mut reached = positions.to_vec();
         let mut participant: HashMap<ConversationKey, bool> = HashMap::new();
@@ -240,6 +250,9 @@ impl<K: Kv> Store<K> {
                     Ok(true)
                 },
             )?;
+            if entries.first().is_some_and(|&(seq, _)| seq > first) {
+                return Ok(Walked::TrimmedPast);
+            }
             for &(inbox_seq, entry) in &entries {
                 let c = entry.conversation();
                 touched.insert(c);
@@ -283,8 +296,8 @@ impl<K: Kv> Store<K> {
                 break;
             }
         }
-        page.inbox = InboxCursor::from_positions(reached);
-        Ok(())
+        page.inbox = InboxCursor::from_positions(self.epoch, reached);
+        Ok(Walked::Done)
     }
 
     fn cached_participant(
