@@ -233,3 +233,42 @@ fn a_sender_reloaded_inside_a_run_keeps_that_run_s_ids() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Each partition's writer lists only a sender's ids in that partition's conversations
+/// (a retry lands in the partition of its conversation), so its share of the filter's
+/// budget is not spent on the others'.
+#[test]
+fn a_partitions_filter_loads_only_its_own_conversations_ids() {
+    use petrel_storage::engine::Store;
+    use petrel_storage::partition::Partitions;
+
+    let config = StorageConfig {
+        sync: SyncMode::None,
+        partitions: 2,
+        ..StorageConfig::default()
+    };
+    let parts = Partitions::new(2).unwrap();
+    let here = ConversationKey::single(UserId(1), UserId(2));
+    let there = (3..)
+        .map(|u| ConversationKey::single(UserId(1), UserId(u)))
+        .find(|&c| parts.of(c) != parts.of(here))
+        .unwrap();
+    let e = MemEngine::new(config.clone());
+    for id in 1..=5 {
+        e.execute_batch(vec![append(1, here, id), append(1, there, 100 + id)]);
+    }
+    // Reopened: the filters are empty, and the sender's next append in `here`'s
+    // partition loads it from its dedup prefix.
+    let e = Store::with_kv(e.into_kv(), config).unwrap();
+    assert_eq!(e.recent_ids_stats().unwrap().ids, 0);
+    let out = e.execute_batch(vec![append(1, here, 6)]);
+    assert!(matches!(&out[0], Ok(petrel_storage::Reply::Appended(o)) if !o.duplicate));
+    let stats = e.recent_ids_stats().unwrap();
+    assert_eq!(stats.loads, 1);
+    assert_eq!(stats.ids, 6, "here's five and the new one, none of there's");
+    // Retries in either conversation are still duplicates.
+    for (conv, id) in [(here, 3), (there, 103)] {
+        let out = e.execute_batch(vec![append(1, conv, id)]);
+        assert!(matches!(&out[0], Ok(petrel_storage::Reply::Appended(o)) if o.duplicate));
+    }
+}

@@ -312,7 +312,7 @@ impl<K: Kv> Store<K> {
         let w = state_of(&mut run.states, partition)?;
         let before = self.legacy_dedup_before(w, req.now_ms)?;
         if !w.recent_ids.is_loaded(req.sender) {
-            self.load_recent_ids(w, &run.written, req.sender, req.now_ms)?;
+            self.load_recent_ids(w, partition, &run.written, req.sender, req.now_ms)?;
         }
         if w.recent_ids
             .check(req.sender, fp, req.client_msg_id, req.now_ms)
@@ -404,9 +404,15 @@ impl<K: Kv> Store<K> {
     /// `written` is the open run's entries, not in the store yet: a sender dropped from
     /// the filter and reloaded inside the run that stored some of its ids gets those
     /// too, in its list and under its ceiling.
+    ///
+    /// `w` is the writer of `partition`, whose filter is asked only about conversations
+    /// of that partition (a retry lands where the original did): only their ids are
+    /// listed, so each partition's share of the filter's budget holds its own. The
+    /// ceiling counts every conversation's ids — higher than needed, never wrong.
     fn load_recent_ids(
         &self,
         w: &mut WriterState,
+        partition: Partition,
         written: &HashMap<[u8; DEDUP_KEY_LEN], DedupEntry>,
         sender: UserId,
         now_ms: u64,
@@ -432,15 +438,18 @@ impl<K: Kv> Store<K> {
                 seen += 1;
                 let entry = if k.len() == DEDUP_KEY_LEN {
                     keys::decode_dedup(k)
-                        .and_then(|(_, c, id)| Ok((fingerprint(c, id), DedupEntry::decode(v)?)))
+                        .and_then(|(_, c, id)| Ok((c, fingerprint(c, id), DedupEntry::decode(v)?)))
                 } else {
                     keys::decode_u64_u64(k).and_then(|(_, id)| {
                         let (c, d) = DedupEntry::decode_legacy(v)?;
-                        Ok((fingerprint(c, id), d))
+                        Ok((c, fingerprint(c, id), d))
                     })
                 };
                 match entry {
-                    Ok((fp, d)) => entries.push((fp, d.server_time_ms)),
+                    Ok((c, fp, d)) if self.partitions.of(c) == partition => {
+                        entries.push((fp, d.server_time_ms));
+                    }
+                    Ok(_) => {}
                     Err(_) => decodable = false,
                 }
                 // Both key forms end with the id (`sender | conversation | id`, legacy
@@ -460,7 +469,9 @@ impl<K: Kv> Store<K> {
         for (k, d) in written {
             if k[..8] == prefix {
                 let (_, c, id) = keys::decode_dedup(k)?;
-                entries.push((fingerprint(c, id), d.server_time_ms));
+                if self.partitions.of(c) == partition {
+                    entries.push((fingerprint(c, id), d.server_time_ms));
+                }
                 if let Some(ceiling) = &mut ceiling {
                     *ceiling = (*ceiling).max(id);
                 }
