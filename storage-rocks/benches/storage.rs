@@ -121,6 +121,32 @@ fn group_1000(c: &mut Criterion) {
     g.finish();
 }
 
+/// The next sync request of a device of `reader` that has synced everything there is now
+/// (one page of up to 1,000 messages): its inbox position and per-conversation cursors.
+fn caught_up(engine: &RocksEngine, reader: UserId) -> SyncRequest {
+    let first = engine
+        .sync(&SyncRequest {
+            user: reader,
+            inbox: Default::default(),
+            cursors: Vec::new(),
+            limit: 1000,
+            now_ms: NOW,
+        })
+        .expect("initial sync");
+    assert!(!first.has_more, "the setup fits one page");
+    SyncRequest {
+        user: reader,
+        inbox: first.inbox,
+        cursors: first
+            .conversations
+            .iter()
+            .map(|s| (s.key, s.last_seq))
+            .collect(),
+        limit: 1000,
+        now_ms: NOW,
+    }
+}
+
 /// One device syncs 1,000 new messages spread over 10 conversations from its cursor.
 fn sync_1000(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -148,28 +174,8 @@ fn sync_1000(c: &mut Criterion) {
         }
     };
     fill(&engine, 100);
-    let first = engine
-        .sync(&SyncRequest {
-            user: reader,
-            inbox: Default::default(),
-            cursors: Vec::new(),
-            limit: 1000,
-            now_ms: NOW,
-        })
-        .expect("initial sync");
-    let cursors: Vec<(ConversationKey, u64)> = first
-        .conversations
-        .iter()
-        .map(|s| (s.key, s.last_seq))
-        .collect();
+    let req = caught_up(&engine, reader);
     fill(&engine, 1000);
-    let req = SyncRequest {
-        user: reader,
-        inbox: first.inbox.clone(),
-        cursors,
-        limit: 1000,
-        now_ms: NOW,
-    };
     let mut g = c.benchmark_group("sync_from_cursor");
     g.throughput(Throughput::Elements(1000));
     g.bench_function("1000_messages_10_conversations", |b| {
@@ -211,26 +217,7 @@ fn sync_nothing_new(c: &mut Criterion) {
         for r in engine.execute_batch(requests) {
             r.expect("append");
         }
-        let first = engine
-            .sync(&SyncRequest {
-                user: reader,
-                inbox: Default::default(),
-                cursors: Vec::new(),
-                limit: 1000,
-                now_ms: NOW,
-            })
-            .expect("initial sync");
-        let req = SyncRequest {
-            user: reader,
-            inbox: first.inbox.clone(),
-            cursors: first
-                .conversations
-                .iter()
-                .map(|s| (s.key, s.last_seq))
-                .collect(),
-            limit: 1000,
-            now_ms: NOW,
-        };
+        let req = caught_up(&engine, reader);
         g.bench_function(format!("{partitions}_partitions"), |b| {
             b.iter(|| {
                 let page = engine.sync(&req).expect("sync");

@@ -45,6 +45,7 @@ use lru::LruCache;
 
 use crate::keys;
 use crate::model::{ConversationKey, UserId};
+use crate::partition::mix;
 
 /// What the filter knows about an id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,14 +64,6 @@ pub fn fingerprint(c: ConversationKey, client_msg_id: u64) -> u64 {
     h = mix(h ^ u64::from(conv[0]));
     h = mix(h ^ keys::be_u64(&conv[1..9]));
     mix(h ^ keys::be_u64(&conv[9..17]))
-}
-
-/// splitmix64's finaliser: a cheap, well-distributed 64-bit mix.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[derive(Debug)]
@@ -133,6 +126,18 @@ pub struct RecentIdsStats {
     pub loads: u64,
     /// Senders dropped to stay within `max_ids`.
     pub evictions: u64,
+}
+
+impl RecentIdsStats {
+    /// Adds `other`'s counts (the filters of several partitions' writers).
+    pub fn add(&mut self, other: RecentIdsStats) {
+        self.senders += other.senders;
+        self.ids += other.ids;
+        self.answered += other.answered;
+        self.asked_store += other.asked_store;
+        self.loads += other.loads;
+        self.evictions += other.evictions;
+    }
 }
 
 /// The filter; see the module doc.

@@ -538,13 +538,7 @@ impl<K: Kv> Store<K> {
     pub fn recent_ids_stats(&self) -> Result<RecentIdsStats, StorageError> {
         let mut total = RecentIdsStats::default();
         for p in self.partitions.all() {
-            let s = self.lock(p)?.recent_ids.stats();
-            total.senders += s.senders;
-            total.ids += s.ids;
-            total.answered += s.answered;
-            total.asked_store += s.asked_store;
-            total.loads += s.loads;
-            total.evictions += s.evictions;
+            total.add(self.lock(p)?.recent_ids.stats());
         }
         Ok(total)
     }
