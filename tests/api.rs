@@ -250,6 +250,7 @@ fn revoking_a_users_tokens_kicks_and_the_token_no_longer_logs_in(dp: Dataplane) 
         device_id: "desk-41".into(),
         platform: pb::Platform::Desktop as i32,
         client_version: "test".into(),
+        attempt: 0,
     });
     assert!(
         matches!(&reply.body, Body::Error(e) if e.code == pb::ErrorCode::TokenRevoked as i32),

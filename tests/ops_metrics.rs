@@ -45,6 +45,7 @@ fn counters_move_with_logins_messages_and_closes(dp: Dataplane) {
         device_id: "x".into(),
         platform: pb::Platform::Desktop as i32,
         client_version: "ops-test".into(),
+        attempt: 0,
     });
     assert!(matches!(reply.body, Body::Error(_)), "{reply:?}");
     drop(bad);

@@ -318,6 +318,7 @@ fn requests_during_a_graceful_shutdown_get_shutting_down_then_a_kick(dp: Datapla
             device_id: "b".into(),
             platform: pb::Platform::Desktop as i32,
             client_version: "petrel-tests".into(),
+            attempt: 0,
         },
     ));
     expect_error_then_close(&mut late, pb::ErrorCode::ShuttingDown);

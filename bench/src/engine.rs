@@ -516,6 +516,7 @@ impl Engine {
             device_id: device,
             platform: pb::Platform::Desktop as i32,
             client_version: "petrel-bench".into(),
+            attempt: 0,
         };
         if let Err(e) = self.request(i, login) {
             self.fail_login(i, format!("{e:#}"));

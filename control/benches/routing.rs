@@ -109,6 +109,7 @@ impl Bench {
                             device_id: "d".into(),
                             platform: pb::Platform::Ios as i32,
                             client_version: "bench".into(),
+                            attempt: 0,
                         },
                     ),
                 },

@@ -76,6 +76,8 @@ pub struct LoginFailures {
     pub not_ready: u64,
     /// A second login on an already logged-in connection.
     pub already_logged_in: u64,
+    /// A device's older login attempt that arrived after a newer one (`STALE_LOGIN`).
+    pub stale: u64,
 }
 
 impl LoginFailures {

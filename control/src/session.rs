@@ -30,6 +30,9 @@ pub struct Session {
     pub device: Arc<str>,
     /// Platform class (`pb::Platform` value).
     pub platform: i32,
+    /// The login's `Login.attempt` (0: not given). A later login of the same device with
+    /// a smaller non-zero attempt is stale and refused.
+    pub attempt: u64,
     /// Ids and expiries of every token this session used or was issued (the login token
     /// first, then renewals); revoked together on `Logout{revoke_token}`.
     pub tokens: Vec<([u8; TOKEN_ID_LEN], Timestamp)>,
@@ -191,6 +194,7 @@ mod tests {
             user,
             device: "d".into(),
             platform: 1,
+            attempt: 0,
             tokens: Vec::new(),
         }
     }

@@ -96,6 +96,7 @@ fn no_allocation_per_one_to_one_message_in_the_control_plane() {
             device_id: "phone".into(),
             platform: pb::Platform::Ios as i32,
             client_version: "t".into(),
+            attempt: 0,
         };
         control.handle(
             now,

@@ -352,6 +352,7 @@ impl World {
             device_id: name.clone(),
             platform: platform as i32,
             client_version: "faults".into(),
+            attempt: 0,
         };
         self.send(
             conn,

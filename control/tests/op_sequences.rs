@@ -283,6 +283,7 @@ fn apply(s: &mut Sim, c: ConnId, step: Step) {
                     device_id: device,
                     platform: platform(p) as i32,
                     client_version: String::new(),
+                    attempt: 0,
                 },
             );
         }

@@ -134,6 +134,50 @@ fn offline_user_syncs_everything_in_order() {
 }
 
 #[test]
+fn an_older_login_attempt_arriving_late_does_not_replace_the_newer_session() {
+    let mut s = sim();
+    let device = (BOB, "phone", pb::Platform::Ios);
+    let token = s.token(BOB, "phone", pb::Platform::Ios, Duration::from_secs(3600));
+    // The client gave up on attempt 7 and logged in with attempt 8, which the server
+    // handled first (attempt 7's connection came in over another core, or sat in the
+    // backlog of a server that was stopped).
+    let (stale, newer) = (s.connect(), s.connect());
+    s.login_attempt(newer, device, &token, 8)
+        .expect("the newer attempt logs in");
+    let refused = s
+        .login_attempt(stale, device, &token, 7)
+        .expect_err("the late older attempt is refused");
+    assert_eq!(refused.code, pb::ErrorCode::StaleLogin as i32);
+    assert_eq!(
+        s.client(stale).closed,
+        Some(CloseReason::LoginRejected(pb::ErrorCode::StaleLogin))
+    );
+    assert!(s.client(newer).closed.is_none());
+    assert!(kick_of(&s.client(newer).take()).is_none());
+    assert_eq!(s.control.online_devices(BOB), [newer]);
+    assert_eq!(s.control.counters().logins_failed.stale, 1);
+    assert_eq!(s.control.counters().kicks.replaced, 0);
+
+    // A later attempt replaces the session (a reconnect the server has not noticed), and
+    // so does a login that does not number its attempts (0).
+    let later = s.connect();
+    s.login_attempt(later, device, &token, 9)
+        .expect("later attempt");
+    assert_eq!(
+        s.client(newer).closed,
+        Some(CloseReason::Kicked(pb::KickReason::Replaced))
+    );
+    let unnumbered = s.connect();
+    s.login_attempt(unnumbered, device, &token, 0)
+        .expect("unnumbered attempt");
+    assert_eq!(
+        s.client(later).closed,
+        Some(CloseReason::Kicked(pb::KickReason::Replaced))
+    );
+    assert_eq!(s.control.online_devices(BOB), [unnumbered]);
+}
+
+#[test]
 fn second_login_on_the_same_platform_kicks_the_first() {
     let mut s = sim();
     let phone1 = s.login(BOB, "phone-1", pb::Platform::Ios);

@@ -132,6 +132,7 @@ impl Cores {
             device_id: device.into(),
             platform: platform as i32,
             client_version: "test".into(),
+            attempt: 0,
         };
         control.handle(
             self.now,

@@ -66,6 +66,7 @@ fn valid() -> Vec<Valid> {
                     device_id: "phone-1".into(),
                     platform: pb::Platform::Ios as i32,
                     client_version: "sdk/1".into(),
+                    attempt: 0,
                 },
             ),
         },

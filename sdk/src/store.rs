@@ -14,7 +14,7 @@
 //! - `outbox(pos, client_msg_id, kind, id, content, reply_to, mentions)` — sends not yet
 //!   acknowledged, in send order. A send leaves the outbox when its ack arrives, or when a sync shows the
 //!   server already has it.
-//! - `meta(key, value)` — the inbox cursor.
+//! - `meta(key, value)` — the inbox cursor and position, and the login attempt counter.
 //!
 //! Delivery rule: after any insert the store "drains" a conversation — it hands out the
 //! messages at `delivered_seq + 1, + 2, …` while they are present, and advances the
@@ -582,6 +582,20 @@ impl Store {
         Ok(applied)
     }
 
+    /// The number of this device's next login attempt (1, 2, …; kept across restarts), sent
+    /// as `Login.attempt` so the server can refuse an older attempt that reaches it after
+    /// a newer one instead of letting it replace the live session.
+    pub fn next_login_attempt(&mut self) -> Result<u64, SdkError> {
+        let next: i64 = self.conn.query_row(
+            "INSERT INTO meta (key, value) VALUES ('login_attempt', 1)
+             ON CONFLICT(key) DO UPDATE SET value = value + 1
+             RETURNING value",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(u(next))
+    }
+
     /// The `SyncRequest` to send after (re)connecting: the stored inbox position and one
     /// cursor per persisted conversation.
     pub fn sync_request(&self, limit: u32) -> Result<pb::SyncRequest, SdkError> {
@@ -941,6 +955,19 @@ mod tests {
 
     fn seqs(a: &Applied) -> Vec<u64> {
         a.deliver.iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn login_attempts_count_up_across_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attempts.db");
+        let mut s = Store::open(Some(&path), ME, "dev").unwrap();
+        assert_eq!(s.next_login_attempt().unwrap(), 1);
+        assert_eq!(s.next_login_attempt().unwrap(), 2);
+        drop(s);
+        // An app restart goes on counting: its logins are newer than the last process's.
+        let mut s = Store::open(Some(&path), ME, "dev").unwrap();
+        assert_eq!(s.next_login_attempt().unwrap(), 3);
     }
 
     #[test]

@@ -263,8 +263,9 @@ impl Task {
     }
 
     fn set_state(&self, state: ConnectionState) {
-        let _ = self.shared.events.send(Event::State(state.clone()));
-        self.state.send_replace(state);
+        // The state first: an app that reads it on seeing the event sees this one.
+        self.state.send_replace(state.clone());
+        let _ = self.shared.events.send(Event::State(state));
     }
 
     fn request_id(&mut self) -> u32 {
@@ -367,12 +368,23 @@ impl Task {
         let _ = stream.set_nodelay(true);
         let mut io = FramedIo::new();
         let rid = self.request_id();
+        let attempt = self
+            .shared
+            .store()
+            .next_login_attempt()
+            .unwrap_or_else(|e| {
+                // Without it the server lets the newest login it handles win, as for
+                // clients that do not count.
+                tracing::error!(error = %e, "local store: cannot count the login attempt");
+                0
+            });
         let login = pb::Login {
             token: token.token.clone(),
             user_id: self.config.user_id,
             device_id: self.config.device_id.clone(),
             platform: self.config.platform as i32,
             client_version: self.config.client_version.clone(),
+            attempt,
         };
         let answer = async {
             io.queue(&Frame::new(rid, login))?;

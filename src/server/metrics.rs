@@ -361,6 +361,7 @@ impl Collector for Metrics {
                 (vec![("reason", "mismatch")], f.mismatch),
                 (vec![("reason", "not_ready")], f.not_ready),
                 (vec![("reason", "already_logged_in")], f.already_logged_in),
+                (vec![("reason", "stale")], f.stale),
                 (vec![("reason", "deadline")], c.login_timeouts),
             ],
         )?;

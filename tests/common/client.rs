@@ -55,6 +55,7 @@ impl TestClient {
             device_id: device.into(),
             platform: pb::Platform::Desktop as i32,
             client_version: "petrel-tests".into(),
+            attempt: 0,
         });
         match result.body {
             Body::LoginResult(r) => assert_eq!(r.user_id, user),

@@ -325,6 +325,7 @@ fn ops_seeds(dir: &Path) {
                         device_id: "raw".into(),
                         platform: 1,
                         client_version: "seed".into(),
+                        attempt: 0,
                     },
                 ),
             ]);

@@ -513,6 +513,7 @@ impl World {
                         device_id: device,
                         platform: platform as i32,
                         client_version: "fuzz".into(),
+                        attempt: 0,
                     },
                 );
             }

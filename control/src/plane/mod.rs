@@ -167,6 +167,7 @@ const ENCODE_CHUNK: usize = 64 * 1024;
 ///     device_id: "phone".into(),
 ///     platform: pb::Platform::Ios as i32,
 ///     client_version: "doc".into(),
+///     attempt: 0,
 /// };
 /// control.handle(now, Event::Frame { conn, frame: Frame::new(1, login) });
 /// drive(&mut control, &mut wire);

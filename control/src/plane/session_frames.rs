@@ -97,6 +97,30 @@ impl Control {
             }
         };
 
+        // An attempt the device already gave up on, arriving after its newer login (from
+        // another core's connection, or out of the backlog of a server that was stopped),
+        // must not replace the session the device uses now.
+        let same_device_newer = login.attempt != 0
+            && self.registry.user_conns(claims.user).iter().any(|&c| {
+                self.registry
+                    .get(c)
+                    .and_then(|c| c.session.as_ref())
+                    .is_some_and(|s| *s.device == *claims.device && s.attempt > login.attempt)
+            });
+        if same_device_newer {
+            self.counters.logins_failed.stale += 1;
+            let code = pb::ErrorCode::StaleLogin;
+            self.send_error(
+                conn,
+                rid,
+                code,
+                "this device has logged in again since this attempt; the newer session stays",
+                0,
+            );
+            self.close(conn, CloseReason::LoginRejected(code));
+            return;
+        }
+
         // Replace older sessions: always the same device (a reconnect the server has
         // not noticed yet), and under the one-per-platform policy the same platform.
         let one_per_platform = self.config.multi_device == MultiDevicePolicy::OnePerPlatform;
@@ -135,6 +159,7 @@ impl Control {
                 user,
                 device: Arc::from(claims.device),
                 platform: claims.platform,
+                attempt: login.attempt,
                 tokens: vec![(claims.token_id, expires_at)],
             },
         );

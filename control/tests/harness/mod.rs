@@ -258,6 +258,17 @@ impl Sim {
         platform: pb::Platform,
         token: &str,
     ) -> Result<pb::LoginResult, pb::Error> {
+        self.login_attempt(conn, (user, device, platform), token, 0)
+    }
+
+    /// Sends a Login numbered `attempt` (`Login.attempt`) on `conn`; returns its answer.
+    pub fn login_attempt(
+        &mut self,
+        conn: ConnId,
+        (user, device, platform): (u64, &str, pb::Platform),
+        token: &str,
+        attempt: u64,
+    ) -> Result<pb::LoginResult, pb::Error> {
         let rid = self.send(
             conn,
             pb::Login {
@@ -266,6 +277,7 @@ impl Sim {
                 device_id: device.to_owned(),
                 platform: platform as i32,
                 client_version: "sim".into(),
+                attempt,
             },
         );
         let frames = self.client(conn).take();

@@ -103,6 +103,7 @@ fn petrel_frames() -> Vec<u8> {
                 device_id: "xdp".into(),
                 platform: 1,
                 client_version: "seed".into(),
+                attempt: 0,
             },
         ),
         Frame::new(2, pb::Ping { client_time_ms: 9 }),

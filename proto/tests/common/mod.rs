@@ -40,6 +40,7 @@ pub fn body_for(t: FrameType, n: u64, s: &str) -> Body {
             device_id: format!("dev-{s}"),
             platform: pb::Platform::Ios as i32,
             client_version: "test/1".into(),
+            attempt: 0,
         }
         .into(),
         FrameType::RenewToken => pb::RenewToken {}.into(),
