@@ -5,11 +5,19 @@
 //! but these messages, which the driver carries between them on the rings between cores
 //! ([`crate::Action::ToCore`] out, [`crate::Event::FromCore`] in):
 //!
-//! - **Presence.** When the first session of a user opens on a core, and when its last
-//!   one closes, that core tells every other core. Each control plane keeps, per user,
-//!   the set of other cores with a session (a bitmask), so that a conversation's push
-//!   goes only to cores where one of its users is online, and a user online on another
-//!   core is not reported offline.
+//! - **Presence and logins.** Every login on a core is told to every other core
+//!   ([`RemoteLogin`]), and so is the close of a user's last session there. Each control
+//!   plane keeps, per user, the set of other cores with a session (a bitmask), so that
+//!   a conversation's push goes only to cores where one of its users is online, and a
+//!   user online on another core is not reported offline.
+//! - **The multi-device policy across cores.** Of two sessions of one user that the
+//!   policy does not let live side by side (same device; same platform under
+//!   `OnePerPlatform`), the later login wins on every core alike: by `Login.attempt`
+//!   for two numbered logins of one device, else by login time, then core index. A core
+//!   that hears of a login kicks its own sessions that lose to it, and tells the login's
+//!   core to kick the login if one of its own wins ([`CoreMessage::Replace`]).
+//! - **Revocations.** A token revoked on one core (and stored there) is refused by every
+//!   core from the moment the notice arrives, and the sessions using it end.
 //! - **Pushes.** A push for users with sessions on another core travels there as one
 //!   [`RemotePush`] — users, the connection to leave out, the encoded frame and its
 //!   [`PushKind`] — and that core delivers it to its own connections with the receiver's
@@ -26,6 +34,8 @@
 //!   notice arrives: a message in between sends no offline notice (`OfflineMessage`).
 //!
 //! No stored message is lost either way: it is in storage, and every sync returns it.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use petrel_conn::ConnId;
@@ -64,15 +74,50 @@ pub struct RemotePush {
     pub bytes: Bytes,
 }
 
+/// A session that just logged in on the sending core: what the other cores need to
+/// apply the multi-device policy to their own sessions of the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteLogin {
+    /// The user.
+    pub user: u64,
+    /// The device id.
+    pub device: Arc<str>,
+    /// Platform class (`pb::Platform` value).
+    pub platform: i32,
+    /// The login's `Login.attempt` (0: not numbered).
+    pub attempt: u64,
+    /// When it logged in, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Its connection (on the sending core).
+    pub conn: ConnId,
+}
+
 /// One message from one core's control plane to another's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CoreMessage {
-    /// `user` now has a session on the sending core (`online`), or no longer has any.
-    Presence {
+    /// A session logged in on the sending core: the user is online there now, and each
+    /// core replaces its own sessions the login wins over (same device, or same
+    /// platform under `OnePerPlatform`), or has the sending core replace this one if
+    /// one of its own wins ([`CoreMessage::Replace`]).
+    LoggedIn(RemoteLogin),
+    /// The sending core has no session of `user` left.
+    Offline {
         /// The user.
         user: u64,
-        /// Whether the sending core has a session of theirs.
-        online: bool,
+    },
+    /// A session of the receiving core (on `conn`) lost to a login on the sending core:
+    /// kick it with `REPLACED` if it is still there.
+    Replace {
+        /// The receiving core's connection.
+        conn: ConnId,
+    },
+    /// The sending core revoked a token (logout with `revoke_token`, or the API) and
+    /// stored the revocation: refuse it from now on and end the sessions that use it.
+    Revoked {
+        /// The token id.
+        token_id: [u8; crate::token::TOKEN_ID_LEN],
+        /// Until when the revocation matters (the token's expiry), in milliseconds.
+        expires_at_ms: u64,
     },
     /// A push to deliver to the receiving core's connections.
     Push(RemotePush),

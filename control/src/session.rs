@@ -33,6 +33,8 @@ pub struct Session {
     /// The login's `Login.attempt` (0: not given). A later login of the same device with
     /// a smaller non-zero attempt is stale and refused.
     pub attempt: u64,
+    /// When it logged in (orders it against logins on other cores).
+    pub logged_in_at: Timestamp,
     /// Ids and expiries of every token this session used or was issued (the login token
     /// first, then renewals); revoked together on `Logout{revoke_token}`.
     pub tokens: Vec<([u8; TOKEN_ID_LEN], Timestamp)>,
@@ -195,6 +197,7 @@ mod tests {
             device: "d".into(),
             platform: 1,
             attempt: 0,
+            logged_in_at: Timestamp(0),
             tokens: Vec::new(),
         }
     }

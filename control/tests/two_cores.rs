@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use petrel_control::token::{self, TokenSpec};
 use petrel_control::{
-    Action, Config, ConnId, Control, CoreMessage, Event, KeyRing, OfflineMessage, Timestamp,
+    Action, CloseReason, Config, ConnId, Control, CoreMessage, Event, KeyRing, MultiDevicePolicy,
+    OfflineMessage, Revocation, Timestamp,
 };
 use petrel_proto::{Body, Frame, FrameDecoder, pb};
 use petrel_storage::{Engine, MemEngine, StorageConfig};
@@ -25,12 +26,17 @@ struct Cores {
     /// What each connection received, not yet decoded.
     wire: HashMap<ConnId, BytesMut>,
     offline: Vec<OfflineMessage>,
+    closed: HashMap<ConnId, CloseReason>,
     next_slot: u64,
     next_token: u8,
 }
 
 impl Cores {
     fn new() -> Cores {
+        Cores::with_policy(MultiDevicePolicy::OnePerPlatform)
+    }
+
+    fn with_policy(multi_device: MultiDevicePolicy) -> Cores {
         let keys = KeyRing::parse("k1 000102030405060708090a0b0c0d0e0f\n").expect("keys");
         let now = Timestamp::from_millis(1_764_000_000_000);
         let controls = (0..2)
@@ -40,6 +46,7 @@ impl Cores {
                     core_count: 2,
                     offline_notices: true,
                     id_seed: 1000 + u64::from(core),
+                    multi_device,
                     ..Config::default()
                 };
                 Control::new(config, keys.clone(), now)
@@ -52,6 +59,7 @@ impl Cores {
             now,
             wire: HashMap::new(),
             offline: Vec::new(),
+            closed: HashMap::new(),
             next_slot: 1,
             next_token: 1,
         };
@@ -87,7 +95,10 @@ impl Cores {
                             rings.push_back((core as u8, to, message));
                         }
                         Action::OfflineMessage(message) => self.offline.push(*message),
-                        Action::Close { .. } | Action::NoteCongestion { .. } => {}
+                        Action::Close { conn, reason } => {
+                            self.closed.insert(conn, reason);
+                        }
+                        Action::NoteCongestion { .. } => {}
                     }
                 }
             }
@@ -107,11 +118,10 @@ impl Cores {
         }
     }
 
-    /// Opens a connection on `core` and logs `user` in on it.
-    fn login(&mut self, core: u8, user: u64, device: &str, platform: pb::Platform) -> ConnId {
-        let conn = ConnId::new(core, self.next_slot);
-        self.next_slot += 1;
+    /// A fresh token for (user, device, platform) and its id.
+    fn mint(&mut self, user: u64, device: &str, platform: pb::Platform) -> (String, [u8; 16]) {
         self.next_token += 1;
+        let token_id = [self.next_token; 16];
         let issued = token::mint(
             &self.keys,
             &TokenSpec {
@@ -120,19 +130,34 @@ impl Cores {
                 platform,
                 issued_at: self.now,
                 ttl: Duration::from_secs(3600),
-                token_id: [self.next_token; 16],
+                token_id,
             },
         )
         .expect("token");
+        (issued.token, token_id)
+    }
+
+    /// Opens a connection on `core` and sends a Login numbered `attempt` with `token`,
+    /// one millisecond after the previous login; returns the connection and its frames.
+    fn try_login(
+        &mut self,
+        core: u8,
+        (user, device, platform): (u64, &str, pb::Platform),
+        token: &str,
+        attempt: u64,
+    ) -> (ConnId, Vec<Frame>) {
+        let conn = ConnId::new(core, self.next_slot);
+        self.next_slot += 1;
+        self.now = self.now.saturating_add(Duration::from_millis(1));
         let control = &mut self.controls[usize::from(core)];
         control.handle(self.now, Event::Opened { conn });
         let login = pb::Login {
-            token: issued.token,
+            token: token.to_owned(),
             user_id: user,
             device_id: device.into(),
             platform: platform as i32,
             client_version: "test".into(),
-            attempt: 0,
+            attempt,
         };
         control.handle(
             self.now,
@@ -143,6 +168,20 @@ impl Cores {
         );
         self.run();
         let frames = self.take(conn);
+        (conn, frames)
+    }
+
+    /// Logs `user` in on a new connection of `core` with attempt `attempt`.
+    fn login_numbered(
+        &mut self,
+        core: u8,
+        user: u64,
+        device: &str,
+        platform: pb::Platform,
+        attempt: u64,
+    ) -> ConnId {
+        let (token, _) = self.mint(user, device, platform);
+        let (conn, frames) = self.try_login(core, (user, device, platform), &token, attempt);
         assert!(
             frames
                 .iter()
@@ -150,6 +189,31 @@ impl Cores {
             "{frames:?}"
         );
         conn
+    }
+
+    /// Logs `user` in on a new connection of `core`.
+    fn login(&mut self, core: u8, user: u64, device: &str, platform: pb::Platform) -> ConnId {
+        self.login_numbered(core, user, device, platform, 0)
+    }
+
+    /// Why `conn` was kicked and closed, if it was (checked against the `Kick` frame
+    /// when one is still unread).
+    fn kicked(&mut self, conn: ConnId) -> Option<pb::KickReason> {
+        let frame = self.take(conn).into_iter().find_map(|f| match f.body {
+            Body::Kick(k) => pb::KickReason::try_from(k.reason).ok(),
+            _ => None,
+        });
+        let reason = match self.closed.get(&conn) {
+            Some(CloseReason::Kicked(reason)) => Some(*reason),
+            _ => None,
+        };
+        if frame.is_some() {
+            assert_eq!(
+                frame, reason,
+                "{conn}: the Kick frame names the close's reason"
+            );
+        }
+        reason
     }
 
     fn close(&mut self, conn: ConnId) {
@@ -263,4 +327,94 @@ fn pushes_reach_devices_on_the_other_core_and_presence_follows_sessions() {
         )
         .expect("history");
     assert_eq!(stored.messages.len(), 5, "every message stored once");
+}
+
+#[test]
+fn a_device_logging_in_on_another_core_replaces_its_session_there() {
+    let mut cores = Cores::new();
+    let alice = cores.login(0, ALICE, "a-phone", pb::Platform::Ios);
+    let old = cores.login(0, BOB, "b-phone", pb::Platform::Ios);
+    let desk = cores.login(0, BOB, "b-desk", pb::Platform::Desktop);
+    // The phone reconnects and lands on core 1 before core 0 noticed the old connection.
+    let new = cores.login(1, BOB, "b-phone", pb::Platform::Ios);
+    assert_eq!(cores.kicked(old), Some(pb::KickReason::Replaced));
+    assert_eq!(cores.kicked(new), None);
+    assert_eq!(cores.kicked(desk), None, "another platform stays");
+    assert_eq!(cores.controls[0].counters().kicks.replaced, 1);
+    cores.send(alice, BOB, 1);
+    assert_eq!(cores.pushes(new), [1]);
+    assert_eq!(cores.pushes(desk), [1]);
+}
+
+#[test]
+fn a_late_older_attempt_on_another_core_is_replaced_by_the_newer_session() {
+    let mut cores = Cores::new();
+    // Attempt 8 logged in on core 0; attempt 7, which the device gave up on, reaches
+    // core 1 afterwards and logs in there: core 0 has it replaced, and keeps its own.
+    let newer = cores.login_numbered(0, BOB, "b-phone", pb::Platform::Ios, 8);
+    let stale = cores.login_numbered(1, BOB, "b-phone", pb::Platform::Ios, 7);
+    assert_eq!(cores.kicked(stale), Some(pb::KickReason::Replaced));
+    assert_eq!(cores.kicked(newer), None);
+    assert_eq!(cores.controls[1].counters().kicks.replaced, 1);
+    assert_eq!(cores.controls[0].counters().kicks.replaced, 0);
+    // Pushes for Bob go to the newer session only.
+    let alice = cores.login(1, ALICE, "a-phone", pb::Platform::Ios);
+    cores.send(alice, BOB, 1);
+    assert_eq!(cores.pushes(newer), [1]);
+}
+
+#[test]
+fn the_platform_policy_spans_cores_and_unlimited_keeps_both() {
+    let mut cores = Cores::new();
+    let first = cores.login(0, BOB, "iphone-1", pb::Platform::Ios);
+    let second = cores.login(1, BOB, "iphone-2", pb::Platform::Ios);
+    assert_eq!(cores.kicked(first), Some(pb::KickReason::Replaced));
+    assert_eq!(cores.kicked(second), None);
+
+    let mut cores = Cores::with_policy(MultiDevicePolicy::Unlimited);
+    let first = cores.login(0, BOB, "iphone-1", pb::Platform::Ios);
+    let second = cores.login(1, BOB, "iphone-2", pb::Platform::Ios);
+    assert_eq!(cores.kicked(first), None);
+    assert_eq!(cores.kicked(second), None);
+    // The same device is still one session, whatever the policy.
+    let again = cores.login(0, BOB, "iphone-2", pb::Platform::Ios);
+    assert_eq!(cores.kicked(second), Some(pb::KickReason::Replaced));
+    assert_eq!(cores.kicked(again), None);
+    assert_eq!(cores.kicked(first), None);
+}
+
+#[test]
+fn a_token_revoked_on_one_core_ends_its_sessions_and_is_refused_on_the_other() {
+    let mut cores = Cores::new();
+    let device = (BOB, "b-phone", pb::Platform::Ios);
+    let (token, token_id) = cores.mint(BOB, "b-phone", pb::Platform::Ios);
+    let (bob, frames) = cores.try_login(1, device, &token, 0);
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(f.body, Body::LoginResult(_)))
+    );
+    // The operator revokes the token through core 0, which has no session using it.
+    let now = cores.now;
+    let ended = cores.controls[0].revoke_sessions(
+        now,
+        Revocation::Token {
+            token_id,
+            expires_at: now.saturating_add(Duration::from_secs(3600)),
+        },
+    );
+    assert_eq!(ended, 0, "none on core 0");
+    cores.run();
+    assert_eq!(cores.kicked(bob), Some(pb::KickReason::TokenRevoked));
+    assert_eq!(cores.controls[1].counters().sessions_revoked, 1);
+    // Logging in with it again on core 1 is refused.
+    let (again, frames) = cores.try_login(1, device, &token, 0);
+    assert!(
+        frames.iter().any(|f| matches!(
+            &f.body,
+            Body::Error(e) if e.code == pb::ErrorCode::TokenRevoked as i32
+        )),
+        "{frames:?}"
+    );
+    assert!(cores.closed.contains_key(&again));
 }

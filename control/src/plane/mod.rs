@@ -14,6 +14,7 @@
 
 mod api;
 mod conversation;
+mod cores;
 mod messaging;
 mod pending;
 mod push;
@@ -38,7 +39,6 @@ use crate::config::Config;
 use crate::counters::Counters;
 use crate::event::{Action, CloseReason, Event, Revocation, Ticket};
 use crate::rate_limit::TokenBucket;
-use crate::remote::CoreMessage;
 use crate::session::{Conn, Registry};
 use crate::time::Timestamp;
 use crate::timers::{TimerKind, TimerQueue};
@@ -877,39 +877,9 @@ impl Control {
         if let Some(user) = c.session.map(|s| s.user)
             && self.registry.user_conns(user).is_empty()
         {
-            self.announce_presence(user, false);
+            self.announce_offline(user);
         }
         true
-    }
-
-    /// Tells every other core that this one has a session of `user` now (`online`), or
-    /// no longer has any. Nothing on a one-core server.
-    fn announce_presence(&mut self, user: u64, online: bool) {
-        let me = self.config.core_index;
-        for core in (0..self.config.core_count).filter(|&c| c != me) {
-            self.actions.push_back(Action::ToCore {
-                core,
-                message: CoreMessage::Presence { user, online },
-            });
-        }
-    }
-
-    /// What another core's control plane said.
-    fn handle_from_core(&mut self, core: u8, message: CoreMessage) {
-        match message {
-            CoreMessage::Presence { user, online } => {
-                let bit = 1u64.checked_shl(u32::from(core)).unwrap_or(0);
-                if online {
-                    *self.presence.entry(user).or_insert(0) |= bit;
-                } else if let Some(cores) = self.presence.get_mut(&user) {
-                    *cores &= !bit;
-                    if *cores == 0 {
-                        self.presence.remove(&user);
-                    }
-                }
-            }
-            CoreMessage::Push(push) => self.deliver_forwarded(push),
-        }
     }
 
     /// Takes one request's worth from the connection's bucket; on failure answers
@@ -948,6 +918,7 @@ impl Control {
             },
             Pending::Background,
         );
+        self.announce_revoked(id, expires_at);
     }
 
     // ---- start-up ----

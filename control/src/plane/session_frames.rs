@@ -160,13 +160,11 @@ impl Control {
                 device: Arc::from(claims.device),
                 platform: claims.platform,
                 attempt: login.attempt,
+                logged_in_at: now,
                 tokens: vec![(claims.token_id, expires_at)],
             },
         );
-        if self.registry.user_conns(user).len() == 1 {
-            // The user's first session on this core.
-            self.announce_presence(user, true);
-        }
+        self.announce_login(conn);
         self.counters.logins_ok += 1;
         if self.config.enforce_token_expiry {
             self.timers.arm(expires_at, TimerKind::SessionExpiry(conn));

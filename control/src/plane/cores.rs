@@ -1,0 +1,214 @@
+//! This control plane's side of the other cores ([`crate::remote`]): what it tells them
+//! (logins, a user's last session closing, revoked tokens) and what it does with what
+//! they tell it. Nothing here runs on a one-core server (`core_count` 1).
+
+use petrel_proto::pb;
+
+use super::Control;
+use crate::config::MultiDevicePolicy;
+use crate::event::Action;
+use crate::remote::{CoreMessage, RemoteLogin};
+use crate::time::Timestamp;
+use crate::token::TOKEN_ID_LEN;
+use petrel_conn::ConnId;
+
+/// Where a login stands among the logins of one user, the same on every core.
+#[derive(Clone, Copy, Debug)]
+struct LoginOrder {
+    /// `Login.attempt` (0: not numbered).
+    attempt: u64,
+    at_ms: u64,
+    core: u8,
+}
+
+impl LoginOrder {
+    /// Whether this login came after `other`: by attempt for two numbered logins of one
+    /// device (its own count, which a late delivery cannot reorder), else by login time
+    /// and then core index (a total order every core computes alike).
+    fn later_than(self, other: LoginOrder, same_device: bool) -> bool {
+        if same_device && self.attempt != 0 && other.attempt != 0 && self.attempt != other.attempt {
+            return self.attempt > other.attempt;
+        }
+        (self.at_ms, self.core) > (other.at_ms, other.core)
+    }
+}
+
+impl Control {
+    /// The other cores' indices.
+    fn other_cores(&self) -> impl Iterator<Item = u8> + use<> {
+        let me = self.config.core_index;
+        (0..self.config.core_count).filter(move |&c| c != me)
+    }
+
+    fn tell_others(&mut self, message: impl Fn() -> CoreMessage) {
+        for core in self.other_cores() {
+            self.actions.push_back(Action::ToCore {
+                core,
+                message: message(),
+            });
+        }
+    }
+
+    /// Tells every other core of the session that just logged in on `conn`.
+    pub(super) fn announce_login(&mut self, conn: ConnId) {
+        if self.config.core_count <= 1 {
+            return;
+        }
+        let Some(s) = self.registry.get(conn).and_then(|c| c.session.as_ref()) else {
+            return;
+        };
+        let login = RemoteLogin {
+            user: s.user,
+            device: s.device.clone(),
+            platform: s.platform,
+            attempt: s.attempt,
+            at_ms: s.logged_in_at.as_millis(),
+            conn,
+        };
+        self.tell_others(|| CoreMessage::LoggedIn(login.clone()));
+    }
+
+    /// Tells every other core that this one has no session of `user` left.
+    pub(super) fn announce_offline(&mut self, user: u64) {
+        self.tell_others(|| CoreMessage::Offline { user });
+    }
+
+    /// Tells every other core of a token this one revoked (and stored).
+    pub(super) fn announce_revoked(&mut self, token_id: [u8; TOKEN_ID_LEN], expires: Timestamp) {
+        self.tell_others(|| CoreMessage::Revoked {
+            token_id,
+            expires_at_ms: expires.as_millis(),
+        });
+    }
+
+    /// What another core's control plane said.
+    pub(super) fn handle_from_core(&mut self, core: u8, message: CoreMessage) {
+        match message {
+            CoreMessage::LoggedIn(login) => self.on_remote_login(core, login),
+            CoreMessage::Offline { user } => {
+                let bit = 1u64.checked_shl(u32::from(core)).unwrap_or(0);
+                if let Some(cores) = self.presence.get_mut(&user) {
+                    *cores &= !bit;
+                    if *cores == 0 {
+                        self.presence.remove(&user);
+                    }
+                }
+            }
+            CoreMessage::Replace { conn } => {
+                if self.registry.get(conn).is_some_and(|c| c.session.is_some()) {
+                    self.counters.kicks.replaced += 1;
+                    self.kick(
+                        conn,
+                        pb::KickReason::Replaced,
+                        "a later login of this device or platform replaced this session",
+                    );
+                }
+            }
+            CoreMessage::Revoked {
+                token_id,
+                expires_at_ms,
+            } => self.on_remote_revoked(token_id, Timestamp::from_millis(expires_at_ms)),
+            CoreMessage::Push(push) => self.deliver_forwarded(push),
+        }
+    }
+
+    /// A login on `core`: the user is online there; this core's sessions that the
+    /// multi-device policy does not let live beside it and that it came after are kicked
+    /// here, and if one of ours came after it, `core` is told to kick it.
+    fn on_remote_login(&mut self, core: u8, login: RemoteLogin) {
+        let bit = 1u64.checked_shl(u32::from(core)).unwrap_or(0);
+        *self.presence.entry(login.user).or_insert(0) |= bit;
+        let one_per_platform = self.config.multi_device == MultiDevicePolicy::OnePerPlatform;
+        let theirs = LoginOrder {
+            attempt: login.attempt,
+            at_ms: login.at_ms,
+            core,
+        };
+        let me = self.config.core_index;
+        let mut losers = std::mem::take(&mut self.scratch_conns);
+        losers.clear();
+        let mut theirs_loses = false;
+        for &conn in self.registry.user_conns(login.user) {
+            let Some(s) = self.registry.get(conn).and_then(|c| c.session.as_ref()) else {
+                continue;
+            };
+            let same_device = *s.device == *login.device;
+            if !(same_device || (one_per_platform && s.platform == login.platform)) {
+                continue;
+            }
+            let ours = LoginOrder {
+                attempt: s.attempt,
+                at_ms: s.logged_in_at.as_millis(),
+                core: me,
+            };
+            if theirs.later_than(ours, same_device) {
+                losers.push(conn);
+            } else {
+                theirs_loses = true;
+            }
+        }
+        for &conn in &losers {
+            self.counters.kicks.replaced += 1;
+            self.kick(
+                conn,
+                pb::KickReason::Replaced,
+                "a later login of this device or platform replaced this session",
+            );
+        }
+        losers.clear();
+        self.scratch_conns = losers;
+        if theirs_loses {
+            self.actions.push_back(Action::ToCore {
+                core,
+                message: CoreMessage::Replace { conn: login.conn },
+            });
+        }
+    }
+
+    /// A token another core revoked (and stored): refused here from now on, and this
+    /// core's sessions that use it end.
+    fn on_remote_revoked(&mut self, token_id: [u8; TOKEN_ID_LEN], expires_at: Timestamp) {
+        if !self.revoked.contains(token_id) {
+            self.revoked.insert(token_id, expires_at);
+        }
+        let holders: Vec<ConnId> = self
+            .registry
+            .sessions()
+            .filter(|(_, s)| s.tokens.iter().any(|(id, _)| *id == token_id))
+            .map(|(conn, _)| conn)
+            .collect();
+        for conn in holders {
+            self.counters.sessions_revoked += 1;
+            self.counters.kicks.token_revoked += 1;
+            self.kick(conn, pb::KickReason::TokenRevoked, "token revoked");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LoginOrder;
+
+    fn at(attempt: u64, at_ms: u64, core: u8) -> LoginOrder {
+        LoginOrder {
+            attempt,
+            at_ms,
+            core,
+        }
+    }
+
+    #[test]
+    fn a_devices_numbered_attempts_order_its_logins_whatever_the_clock() {
+        // Attempt 8 handled at t=100 on core 0, attempt 7 delivered late at t=105 on 1.
+        let newer = at(8, 100, 0);
+        let late = at(7, 105, 1);
+        assert!(newer.later_than(late, true));
+        assert!(!late.later_than(newer, true));
+        // Across devices attempts mean nothing: time decides, then the core.
+        assert!(late.later_than(newer, false));
+        assert!(at(0, 100, 1).later_than(at(0, 100, 0), true));
+        assert!(!at(0, 100, 0).later_than(at(0, 100, 1), true));
+        // One numbered and one not: time decides.
+        assert!(at(0, 101, 0).later_than(at(9, 100, 1), true));
+    }
+}
