@@ -47,6 +47,20 @@ pub enum PollKind {
     Interrupt,
 }
 
+/// Which cores run a control plane (`--ownership`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ownership {
+    /// Core 0 runs the one control plane and storage committer; the other cores do
+    /// transport I/O and hand their events over rings.
+    Home,
+    /// Every core runs the whole loop for its own connections — control plane,
+    /// committer, transport — and the cores share nothing but messages on rings
+    /// (docs/ARCHITECTURE.md, "Shared-nothing cores"). Not yet with the HTTP API or the
+    /// metrics endpoint.
+    PerCore,
+}
+
 /// How the storage syncer thread is scheduled (`--syncer-priority`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -148,6 +162,10 @@ pub struct ServeArgs {
     /// Spin of `--poll adaptive` after the last work, microseconds [default: 50].
     #[arg(long, value_name = "US")]
     pub poll_spin_us: Option<u64>,
+    /// Which cores run a control plane: `home` (core 0 only) or `per-core` (every core
+    /// its own connections; no HTTP API or metrics endpoint yet) [default: home].
+    #[arg(long, value_enum)]
+    pub ownership: Option<Ownership>,
     /// Scheduling of the storage syncer thread (sync = batch): `realtime` lets it run the
     /// moment an fsync returns, `normal` leaves it to the ordinary scheduler
     /// [default: realtime].
@@ -238,6 +256,7 @@ struct FileConfig {
     cores: Option<Vec<usize>>,
     poll: Option<PollKind>,
     poll_spin_us: Option<u64>,
+    ownership: Option<Ownership>,
     syncer_priority: Option<SyncerPriority>,
     sync_interval_us: Option<u64>,
     max_connections: Option<usize>,
@@ -298,6 +317,8 @@ pub struct ServeConfig {
     pub cores: Vec<usize>,
     /// How idle cores wait.
     pub poll: PollMode,
+    /// Which cores run a control plane.
+    pub ownership: Ownership,
     /// How the storage syncer thread is scheduled.
     pub syncer_priority: SyncerPriority,
     /// Shortest time between two fsync starts (`sync = "batch"`).
@@ -523,6 +544,7 @@ impl ServeConfig {
                 },
                 PollKind::Interrupt => PollMode::Interrupt,
             },
+            ownership: args.ownership.or(file.ownership).unwrap_or(Ownership::Home),
             syncer_priority: args
                 .syncer_priority
                 .or(file.syncer_priority)
@@ -610,6 +632,22 @@ impl ServeConfig {
         }
         if self.api_addr.is_some() && self.api_key_file.is_none() {
             bail!("api_addr needs api_key_file (the key every API request must carry)");
+        }
+        if self.ownership == Ownership::PerCore {
+            if self.api_addr.is_some() {
+                bail!(
+                    "ownership = \"per-core\" does not serve the HTTP API yet (its calls must \
+                     reach every core's control plane; docs/ARCHITECTURE.md): remove api_addr \
+                     or use ownership = \"home\""
+                );
+            }
+            if self.metrics_addr.is_some() {
+                bail!(
+                    "ownership = \"per-core\" does not serve metrics yet (the cores' counters \
+                     are not summed; docs/ARCHITECTURE.md): remove metrics_addr or use \
+                     ownership = \"home\""
+                );
+            }
         }
         if self.api_system_user == Some(0) {
             bail!("api_system_user must be a user id (1 or more)");

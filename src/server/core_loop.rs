@@ -48,18 +48,15 @@ use petrel_storage::{Committer, GroupEngine, Request};
 
 use super::config::PollMode;
 use super::metrics::{Metrics, PUBLISH_INTERVAL, Published};
+use super::ring::{RING, RING_BATCH, RingOut};
 
-/// Capacity of each ring between two cores, in events or commands.
-const RING: usize = 16 * 1024;
-/// Most events taken off one ring per iteration (the rest wait for the next one).
-const RING_BATCH: usize = 1024;
 /// Storage requests applied and not yet released past which home stops taking input.
 pub const MAX_IN_FLIGHT: usize = 64 * 1024;
 /// How long a graceful shutdown waits for in-flight storage writes to be acked, beyond
 /// the control plane's `shutdown_grace`.
-const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+pub(super) const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// Longest sleep of an idle core (it re-checks the stop flag).
-const MAX_SLEEP: Duration = Duration::from_secs(1);
+pub(super) const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Sleep of a core whose ring to home is full (home is behind: give it the CPU).
 const BACKLOG_SLEEP: Duration = Duration::from_micros(200);
 
@@ -82,52 +79,8 @@ enum Down {
 
 /// The home core's end of the rings to one other core.
 struct Remote {
-    down: Sender<Down>,
+    down: RingOut<Down>,
     up: Receiver<TransportEvent>,
-    waker: Arc<dyn Wake>,
-    /// Commands that did not fit in the ring, in order; sent before anything newer.
-    overflow: VecDeque<Down>,
-    wake: bool,
-}
-
-impl Remote {
-    fn push(&mut self, command: Down) {
-        self.wake = true;
-        if self.overflow.is_empty() {
-            match self.down.try_send(command) {
-                Ok(()) => {}
-                Err(TrySendError::Full(c)) => self.overflow.push_back(c),
-                // The core has exited (it stops only after a Shutdown): nothing to do.
-                Err(TrySendError::Disconnected(_)) => {}
-            }
-        } else {
-            self.overflow.push_back(command);
-        }
-    }
-
-    fn flush_overflow(&mut self) {
-        while let Some(command) = self.overflow.pop_front() {
-            match self.down.try_send(command) {
-                Ok(()) => self.wake = true,
-                Err(TrySendError::Full(c)) => {
-                    self.overflow.push_front(c);
-                    return;
-                }
-                Err(TrySendError::Disconnected(_)) => {
-                    self.overflow.clear();
-                    return;
-                }
-            }
-        }
-    }
-
-    fn wake_if_needed(&mut self) {
-        if std::mem::take(&mut self.wake)
-            && let Err(e) = self.waker.wake()
-        {
-            tracing::warn!(error = %e, "cannot wake a dataplane core");
-        }
-    }
 }
 
 /// Another core's end of its rings to home.
@@ -176,11 +129,8 @@ where
         let (up_tx, up_rx) = crossbeam_channel::bounded(RING);
         let (down_tx, down_rx) = crossbeam_channel::bounded(RING);
         remotes.push(Remote {
-            down: down_tx,
+            down: RingOut::new(down_tx, io.waker()),
             up: up_rx,
-            waker: io.waker(),
-            overflow: VecDeque::new(),
-            wake: false,
         });
         let link = HomeLink {
             up: up_tx,
@@ -220,9 +170,42 @@ where
     Ok(())
 }
 
+/// Logs the committer's failure once (and tells the disk watch when the disk is full).
+pub(super) fn note_storage_failure<E: GroupEngine + 'static>(
+    committer: &Committer<E, Ticket>,
+    logged: &mut bool,
+    disk: &super::disk_watch::DiskWatch,
+) {
+    if *logged {
+        return;
+    }
+    let Some(cause) = committer.failure() else {
+        return;
+    };
+    *logged = true;
+    tracing::error!(
+        error = %cause,
+        "storage: a WAL sync failed; every write is refused until the server is \
+         restarted (reads and sessions keep working)"
+    );
+    if cause.is_no_space() {
+        // The disk watch stops the server for a restart once space is back.
+        disk.storage_full.store(true, Ordering::Relaxed);
+        tracing::warn!(
+            "storage: the disk is full; free space on it and the server stops by \
+             itself (exit status 75) to be restarted with the database reopened"
+        );
+    }
+}
+
 /// How long to sleep: not at all while there is work or while spinning, else until the
 /// next timer (capped).
-fn sleep_for(poll: PollMode, work_waiting: bool, idle_since: Instant, next: Duration) -> Duration {
+pub(super) fn sleep_for(
+    poll: PollMode,
+    work_waiting: bool,
+    idle_since: Instant,
+    next: Duration,
+) -> Duration {
     if work_waiting {
         return Duration::ZERO;
     }
@@ -331,7 +314,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
             let waiting = !self.events.is_empty()
                 || self.committer.has_ready()
                 || self.api.as_ref().is_some_and(|a| a.has_calls())
-                || self.remotes.iter().any(|r| !r.overflow.is_empty());
+                || self.remotes.iter().any(|r| r.down.is_backed_up());
             let sleep = sleep_for(self.poll, waiting, idle_since, next);
             if let Err(e) = self.io.wait(Some(sleep)) {
                 tracing::error!(error = %e, "home core: waiting for I/O failed; stopping");
@@ -350,10 +333,10 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
     fn iterate(&mut self, now: Timestamp) -> bool {
         let mut work = !self.events.is_empty();
         for remote in &mut self.remotes {
-            remote.flush_overflow();
+            remote.down.flush_overflow();
         }
         let blocked = self.committer.in_flight() >= MAX_IN_FLIGHT
-            || self.remotes.iter().any(|r| !r.overflow.is_empty());
+            || self.remotes.iter().any(|r| r.down.is_backed_up());
         if !blocked {
             self.io.receive(&mut self.events);
             work |= !self.events.is_empty();
@@ -386,7 +369,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
         }
         self.io.transmit(&mut self.events);
         for remote in &mut self.remotes {
-            remote.wake_if_needed();
+            remote.down.wake_if_needed();
         }
         work
     }
@@ -411,24 +394,11 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
         let n = self.committer.take_ready(|ticket, result| {
             control.handle(now, Event::Storage { ticket, result });
         });
-        if !self.storage_failure_logged
-            && let Some(cause) = self.committer.failure()
-        {
-            self.storage_failure_logged = true;
-            tracing::error!(
-                error = %cause,
-                "storage: a WAL sync failed; every write is refused until the server is \
-                 restarted (reads and sessions keep working)"
-            );
-            if cause.is_no_space() {
-                // The disk watch stops the server for a restart once space is back.
-                self.disk.storage_full.store(true, Ordering::Relaxed);
-                tracing::warn!(
-                    "storage: the disk is full; free space on it and the server stops by \
-                     itself (exit status 75) to be restarted with the database reopened"
-                );
-            }
-        }
+        note_storage_failure(
+            &self.committer,
+            &mut self.storage_failure_logged,
+            &self.disk,
+        );
         n
     }
 
@@ -473,7 +443,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
                 Down::Shutdown => {}
             }
         } else if let Some(remote) = core.checked_sub(1).and_then(|i| self.remotes.get_mut(i)) {
-            remote.push(command);
+            remote.down.push(command);
         }
     }
 
@@ -504,11 +474,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
         let mut connections = m.connections.clone();
         connections.resize(cores.max(connections.len()), 0);
         let mut outbound_queue = vec![0];
-        outbound_queue.extend(
-            self.remotes
-                .iter()
-                .map(|r| (r.down.len() + r.overflow.len()) as u64),
-        );
+        outbound_queue.extend(self.remotes.iter().map(|r| r.down.queued() as u64));
         m.metrics.publish(Published {
             counters: self.control.counters().clone(),
             sessions: self.control.session_count(),
@@ -526,13 +492,13 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
         self.control.shutdown();
         self.perform(now_ts);
         for remote in &mut self.remotes {
-            remote.push(Down::Shutdown);
+            remote.down.push(Down::Shutdown);
         }
         self.io.begin_shutdown();
         loop {
             for remote in &mut self.remotes {
-                remote.flush_overflow();
-                remote.wake_if_needed();
+                remote.down.flush_overflow();
+                remote.down.wake_if_needed();
                 // Their events no longer matter, but a full ring would stall them.
                 while remote.up.try_recv().is_ok() {}
             }
@@ -544,7 +510,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
             self.take_storage(now_ts);
             // Closing connections produce no new work worth doing; drop what is queued.
             while self.control.poll_action().is_some() {}
-            let remotes_done = self.remotes.iter().all(|r| r.overflow.is_empty());
+            let remotes_done = self.remotes.iter().all(|r| !r.down.is_backed_up());
             if done && remotes_done {
                 break;
             }

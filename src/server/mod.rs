@@ -15,6 +15,8 @@ pub mod disk_watch;
 mod keys;
 mod limits;
 pub mod metrics;
+pub mod per_core;
+mod ring;
 pub mod scrub;
 pub(crate) mod transport;
 
@@ -33,7 +35,7 @@ use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
 pub use config::{ServeArgs, ServeConfig};
 pub use core_loop::now;
 
-use self::config::{DataplaneKind, Diffusion, PollMode, Sync, SyncerPriority};
+use self::config::{DataplaneKind, Diffusion, Ownership, PollMode, Sync, SyncerPriority};
 use self::transport::{Cores, Transport};
 
 fn storage_config(config: &ServeConfig) -> StorageConfig {
@@ -68,8 +70,12 @@ fn millis(d: Option<Duration>) -> Option<u64> {
     d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn control_config(config: &ServeConfig) -> petrel_control::Config {
+/// The control plane's settings for core `core_index` of `core_count` (1 when one control
+/// plane serves every core).
+fn control_config(config: &ServeConfig, core_index: u8, core_count: u8) -> petrel_control::Config {
     petrel_control::Config {
+        core_index,
+        core_count,
         heartbeat_interval: config.heartbeat_interval,
         idle_timeout: config.idle_timeout,
         login_deadline: config.login_deadline,
@@ -146,19 +152,47 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     let engine_figures = Arc::clone(&engine);
     let media_engine = Arc::clone(&engine);
     let scrub_engine = Arc::downgrade(&engine);
-    let mut committer = Committer::start(
+    // One control plane and committer on core 0, or one per core (each committer's
+    // syncer wake-ups go to its own core).
+    let loop_wakers = match config.ownership {
+        Ownership::Home => vec![syncer_wakes],
+        Ownership::PerCore => cores.wakers(),
+    };
+    let core_count = u8::try_from(loop_wakers.len())
+        .ok()
+        .filter(|&n| n <= petrel_control::remote::MAX_CORES)
+        .with_context(|| {
+            format!(
+                "ownership = \"per-core\" serves at most {} cores",
+                petrel_control::remote::MAX_CORES
+            )
+        })?;
+    let mut committers = Committer::start_many(
         engine,
         (config.sync == Sync::Batch).then_some(SyncRounds {
             min_interval: config.sync_interval,
         }),
-        Arc::new(move || {
-            let _ = syncer_wakes.wake();
-        }),
+        loop_wakers
+            .into_iter()
+            .map(|waker| -> petrel_storage::WakeLoop {
+                Arc::new(move || {
+                    let _ = waker.wake();
+                })
+            })
+            .collect(),
     )
     .context("cannot start the storage syncer")?;
-    schedule_syncer(&committer, config.syncer_priority, config.poll);
-    let mut control = Control::new(control_config(&config), keys, now());
-    warm_up(&mut control, &mut committer)?;
+    schedule_syncer(&committers[0], config.syncer_priority, config.poll);
+    let mut controls = Vec::with_capacity(committers.len());
+    for (index, committer) in (0..core_count).zip(committers.iter_mut()) {
+        let mut control = Control::new(
+            control_config(&config, index, core_count),
+            keys.clone(),
+            now(),
+        );
+        warm_up(&mut control, committer)?;
+        controls.push(control);
+    }
 
     let api_stats = Arc::new(crate::api::stats::ApiStats::default());
     let api_inbox = match config.api_addr {
@@ -187,7 +221,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
 
     let metrics = match config.metrics_addr {
         Some(addr) => {
-            let metrics = metrics::Metrics::new(transport.metrics_label(), committer.stats());
+            let metrics = metrics::Metrics::new(transport.metrics_label(), committers[0].stats());
             if config.api_addr.is_some() {
                 metrics.set_api_stats(api_stats.clone());
             }
@@ -278,20 +312,46 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     )
     .context("cannot start the disk watch")?;
     scrub::start(scrub_engine, stop.clone()).context("cannot start the scrub thread")?;
-    let home = core_loop::HomeParts {
-        control,
-        committer,
-        stop,
-        metrics,
-        disk: disk.clone(),
-        api: api_inbox,
-        webhook: webhooks.as_ref().and_then(|w| w.sender()),
-    };
-    let result = match cores {
-        Cores::Kernel(cores) => core_loop::run(cores, cpus, config.poll, home),
-        Cores::Xdp(cores) => core_loop::run(cores, cpus, config.poll, home),
-        #[cfg(feature = "dpdk")]
-        Cores::Dpdk(cores) => core_loop::run(cores, cpus, config.poll, home),
+    let webhook = webhooks.as_ref().and_then(|w| w.sender());
+    let result = match config.ownership {
+        Ownership::Home => {
+            let (Some(control), Some(committer)) = (controls.pop(), committers.pop()) else {
+                anyhow::bail!("no control plane was started");
+            };
+            let home = core_loop::HomeParts {
+                control,
+                committer,
+                stop,
+                metrics,
+                disk: disk.clone(),
+                api: api_inbox,
+                webhook,
+            };
+            match cores {
+                Cores::Kernel(cores) => core_loop::run(cores, cpus, config.poll, home),
+                Cores::Xdp(cores) => core_loop::run(cores, cpus, config.poll, home),
+                #[cfg(feature = "dpdk")]
+                Cores::Dpdk(cores) => core_loop::run(cores, cpus, config.poll, home),
+            }
+        }
+        Ownership::PerCore => {
+            let parts = controls
+                .into_iter()
+                .zip(committers)
+                .map(|(control, committer)| per_core::CoreParts { control, committer })
+                .collect();
+            let shared = per_core::SharedParts {
+                stop,
+                disk: disk.clone(),
+                webhook,
+            };
+            match cores {
+                Cores::Kernel(cores) => per_core::run(cores, cpus, config.poll, parts, shared),
+                Cores::Xdp(cores) => per_core::run(cores, cpus, config.poll, parts, shared),
+                #[cfg(feature = "dpdk")]
+                Cores::Dpdk(cores) => per_core::run(cores, cpus, config.poll, parts, shared),
+            }
+        }
     };
     transport.log_counters();
     drop(transport);

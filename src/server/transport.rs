@@ -35,6 +35,16 @@ pub enum Cores {
 }
 
 impl Cores {
+    /// Every core's waker, in core order.
+    pub fn wakers(&self) -> Vec<std::sync::Arc<dyn Wake>> {
+        match self {
+            Cores::Kernel(c) => c.iter().map(CoreIo::waker).collect(),
+            Cores::Xdp(c) => c.iter().map(CoreIo::waker).collect(),
+            #[cfg(feature = "dpdk")]
+            Cores::Dpdk(c) => c.iter().map(CoreIo::waker).collect(),
+        }
+    }
+
     /// The waker of core 0, the home core.
     pub fn home_waker(&self) -> Option<std::sync::Arc<dyn Wake>> {
         match self {

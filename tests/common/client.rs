@@ -21,6 +21,8 @@ pub struct TestClient {
     /// Frames received while waiting for something else, in arrival order.
     pending: VecDeque<Frame>,
     pub user: u64,
+    /// The session id the server gave at login (0 before).
+    pub session_id: u64,
 }
 
 impl TestClient {
@@ -38,6 +40,7 @@ impl TestClient {
             next_request: 1,
             pending: VecDeque::new(),
             user: 0,
+            session_id: 0,
         }
     }
 
@@ -58,7 +61,10 @@ impl TestClient {
             attempt: 0,
         });
         match result.body {
-            Body::LoginResult(r) => assert_eq!(r.user_id, user),
+            Body::LoginResult(r) => {
+                assert_eq!(r.user_id, user);
+                self.session_id = r.session_id;
+            }
             other => panic!("login of user {user} failed: {other:?}"),
         }
         self

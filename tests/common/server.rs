@@ -181,6 +181,15 @@ impl TestServer {
         } else {
             transport
         };
+        // PETREL_TEST_OWNERSHIP=per-core runs every core's own control plane (for a manual
+        // run of a whole suite; tests that need the HTTP API or metrics then fail to
+        // start, since that mode does not serve them yet).
+        let transport = match std::env::var("PETREL_TEST_OWNERSHIP") {
+            Ok(mode) if !extra_config.contains("ownership =") => {
+                format!("{transport}ownership = {mode:?}\n")
+            }
+            _ => transport,
+        };
         std::fs::write(
             &config_path,
             format!(

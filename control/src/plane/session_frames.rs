@@ -149,7 +149,13 @@ impl Control {
         }
 
         self.next_session += 1;
-        let session_id = self.next_session;
+        // Unique per server process: with several control planes the low byte names the
+        // core (one per process otherwise, numbered 1, 2, …).
+        let session_id = if self.config.core_count > 1 {
+            (self.next_session << 8) | u64::from(self.config.core_index)
+        } else {
+            self.next_session
+        };
         let user = claims.user;
         let expires_at = claims.expires_at;
         self.registry.login(

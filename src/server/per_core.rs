@@ -1,0 +1,378 @@
+//! Shared-nothing cores (`ownership = "per-core"`): every core runs the whole loop for
+//! its own connections, and no core is home.
+//!
+//! ```text
+//! core i, one iteration (one pinned thread, no hand-off):
+//!   io.wait ─▶ io.receive ─▶ Control_i::handle ─▶ actions ─┬─▶ Send/Close: io_i
+//!                              ▲        ▲                  ├─▶ Storage: this iteration's
+//!     rings from other cores ──┘        │                  │   group → Committer_i::commit
+//!     (Event::FromCore)                 │                  └─▶ ToCore: ring to core j
+//!                  Committer_i::take_ready (replies once durable; every committer
+//!                  shares one syncer thread, so one fsync covers every core's groups)
+//! ```
+//!
+//! Each core's control plane owns the sessions of its own connections
+//! (`Config::core_index`, `core_count`). What the cores tell each other — logins and
+//! presence, forwarded pushes, revocations, chatroom work for the room's owner core — is
+//! a [`CoreMessage`] on a bounded ring per ordered pair of cores ([`super::ring`]),
+//! drained at most [`RING_BATCH`] per iteration and woken once per iteration.
+//!
+//! Storage: each core's committer writes the conversations its sessions write to. The
+//! engine serialises writers per logical partition (a mutex each, locked in ascending
+//! order — never one global lock), so a conversation's seq stays gap-free and each
+//! message stored once whichever cores its members are on; a read waits for the other
+//! committers' unsynced groups it may show, so nothing is shown before it is durable.
+//! Not yet (docs/ARCHITECTURE.md): a conversation's writes sent to its partition's owner
+//! core, so that two cores never contend for one partition.
+//!
+//! Back-pressure: a core whose ring to another is full keeps what did not fit, in order,
+//! and stops reading its own sockets until it drains, as it does while its committer has
+//! [`MAX_IN_FLIGHT`] requests unreleased. It keeps reading the rings from the other
+//! cores, so two cores that wait on each other still drain both ways.
+//!
+//! Shutdown: the signal wakes core 0, which wakes the others. Each core drains its own
+//! in-flight writes (its control plane answers `SHUTTING_DOWN` meanwhile), kicks its
+//! sessions, closes its connections and shuts its committer down; the last committer
+//! stops the syncer after the last fsync.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crossbeam_channel::Receiver;
+use petrel_conn::TransportEvent;
+use petrel_control::{Action, Control, CoreMessage, Event, Ticket, Timestamp};
+use petrel_dataplane::{CoreIo, Wake};
+use petrel_storage::{Committer, GroupEngine, Request};
+
+use super::config::PollMode;
+use super::core_loop::{
+    DRAIN_LIMIT, MAX_IN_FLIGHT, MAX_SLEEP, note_storage_failure, now, sleep_for,
+};
+use super::disk_watch::DiskWatch;
+use super::ring::{RING, RING_BATCH, RingOut};
+use crate::webhook::dispatch::WebhookSender;
+
+/// What one core owns besides its transport.
+pub struct CoreParts<E: GroupEngine + 'static> {
+    /// Its control plane (`core_index` = its index), warmed up.
+    pub control: Control,
+    /// Its storage committer (one of `Committer::start_many`).
+    pub committer: Committer<E, Ticket>,
+}
+
+/// What every core shares.
+#[derive(Clone)]
+pub struct SharedParts {
+    /// Raised by the signal handler, which wakes core 0.
+    pub stop: Arc<AtomicBool>,
+    /// Told when storage fails for lack of space.
+    pub disk: Arc<DiskWatch>,
+    /// Where offline-message events go, when webhooks are enabled.
+    pub webhook: Option<WebhookSender>,
+}
+
+/// Runs one loop per core, each pinned to `cpus[i]`, core `i` with `parts[i]`, until
+/// `stop` is raised and every core has shut down. Blocks the calling thread.
+pub fn run<I, E>(
+    cores: Vec<I>,
+    cpus: Vec<Option<usize>>,
+    poll: PollMode,
+    parts: Vec<CoreParts<E>>,
+    shared: SharedParts,
+) -> anyhow::Result<()>
+where
+    I: CoreIo + 'static,
+    E: GroupEngine + 'static,
+{
+    let n = cores.len();
+    anyhow::ensure!(
+        n == parts.len(),
+        "{n} cores but {} control planes",
+        parts.len()
+    );
+    let wakers: Vec<Arc<dyn Wake>> = cores.iter().map(CoreIo::waker).collect();
+    // outs[i][j]: core i's end of its ring to core j; ins[j]: (i, receiver) for every i.
+    let mut outs: Vec<Vec<Option<RingOut<CoreMessage>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut ins: Vec<Vec<(u8, Receiver<CoreMessage>)>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, row) in outs.iter_mut().enumerate() {
+        for (j, slot) in row.iter_mut().enumerate() {
+            if i == j {
+                continue;
+            }
+            let (tx, rx) = crossbeam_channel::bounded(RING);
+            *slot = Some(RingOut::new(tx, wakers[j].clone()));
+            ins[j].push((u8::try_from(i).context("more than 255 cores")?, rx));
+        }
+    }
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let others: Vec<Arc<dyn Wake>> = wakers.iter().skip(1).cloned().collect();
+    for (((io, part), (outs, ins)), cpu) in cores
+        .into_iter()
+        .zip(parts)
+        .zip(outs.into_iter().zip(ins))
+        .zip(cpus.into_iter().chain(std::iter::repeat(None)))
+    {
+        let index = io.index();
+        let shared = shared.clone();
+        let others = if index == 0 {
+            others.clone()
+        } else {
+            Vec::new()
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("petrel-core-{index}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        petrel_dataplane::pin::pin_current_thread(cpu);
+                    }
+                    OwnerLoop {
+                        io,
+                        control: part.control,
+                        committer: part.committer,
+                        outs,
+                        ins,
+                        others,
+                        poll,
+                        shared,
+                        events: Vec::with_capacity(1024),
+                        batch: Vec::with_capacity(1024),
+                        storage_failure_logged: false,
+                    }
+                    .run();
+                })
+                .context("cannot start a core thread")?,
+        );
+    }
+    let mut panicked = false;
+    for thread in threads {
+        panicked |= thread.join().is_err();
+    }
+    if panicked {
+        anyhow::bail!("a core thread panicked");
+    }
+    Ok(())
+}
+
+struct OwnerLoop<I: CoreIo, E: GroupEngine + 'static> {
+    io: I,
+    control: Control,
+    committer: Committer<E, Ticket>,
+    /// Indexed by core; `None` for this one.
+    outs: Vec<Option<RingOut<CoreMessage>>>,
+    ins: Vec<(u8, Receiver<CoreMessage>)>,
+    /// The other cores' wakers (core 0 only: it passes the stop signal on).
+    others: Vec<Arc<dyn Wake>>,
+    poll: PollMode,
+    shared: SharedParts,
+    events: Vec<TransportEvent>,
+    batch: Vec<(Ticket, Request)>,
+    storage_failure_logged: bool,
+}
+
+impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
+    fn run(mut self) {
+        let mut idle_since = Instant::now();
+        let mut draining_since: Option<Instant> = None;
+        let drain_limit = DRAIN_LIMIT + self.control.config().shutdown_grace;
+        loop {
+            if draining_since.is_none() && self.shared.stop.load(Ordering::Relaxed) {
+                for waker in &self.others {
+                    let _ = waker.wake();
+                }
+                tracing::info!(
+                    core = self.io.index(),
+                    in_flight = self.committer.in_flight(),
+                    "shutting down: refusing new requests, finishing in-flight writes"
+                );
+                self.control.begin_shutdown(now());
+                draining_since = Some(Instant::now());
+            }
+            if let Some(since) = draining_since {
+                if self.committer.in_flight() == 0 && self.control.is_drained(now()) {
+                    break;
+                }
+                if since.elapsed() > drain_limit {
+                    tracing::warn!(
+                        core = self.io.index(),
+                        in_flight = self.committer.in_flight(),
+                        "shutting down: drain limit reached with storage requests unanswered"
+                    );
+                    break;
+                }
+            }
+            let next = self.next_timeout(draining_since.is_some());
+            let waiting = !self.events.is_empty() || self.committer.has_ready() || self.backed_up();
+            let sleep = sleep_for(self.poll, waiting, idle_since, next);
+            if let Err(e) = self.io.wait(Some(sleep)) {
+                tracing::error!(core = self.io.index(), error = %e, "waiting for I/O failed; stopping");
+                self.shared.stop.store(true, Ordering::Relaxed);
+            }
+            if self.iterate(now()) {
+                idle_since = Instant::now();
+            }
+        }
+        self.shut_down();
+    }
+
+    fn backed_up(&self) -> bool {
+        self.outs.iter().flatten().any(RingOut::is_backed_up)
+    }
+
+    /// One iteration after the wait. Returns whether anything happened.
+    fn iterate(&mut self, now: Timestamp) -> bool {
+        let mut work = !self.events.is_empty();
+        for out in self.outs.iter_mut().flatten() {
+            out.flush_overflow();
+        }
+        let blocked = self.committer.in_flight() >= MAX_IN_FLIGHT || self.backed_up();
+        if !blocked {
+            self.io.receive(&mut self.events);
+            work |= !self.events.is_empty();
+        }
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
+            self.control.handle(now, event.into());
+        }
+        self.events = events;
+        // Always, even when blocked: the other core may be waiting on this one.
+        work |= self.take_rings(now);
+        work |= self.take_storage(now) > 0;
+        if self.control.poll_timeout().is_some_and(|t| t <= now) {
+            self.control.handle(now, Event::Tick);
+        }
+        self.perform(now);
+        self.io.transmit(&mut self.events);
+        for out in self.outs.iter_mut().flatten() {
+            out.wake_if_needed();
+        }
+        work
+    }
+
+    /// Hands what the other cores sent to the control plane, at most [`RING_BATCH`]
+    /// per ring.
+    fn take_rings(&mut self, now: Timestamp) -> bool {
+        let mut any = false;
+        for (core, rx) in &self.ins {
+            for _ in 0..RING_BATCH {
+                let Ok(message) = rx.try_recv() else {
+                    break;
+                };
+                any = true;
+                self.control.handle(
+                    now,
+                    Event::FromCore {
+                        core: *core,
+                        message,
+                    },
+                );
+            }
+        }
+        any
+    }
+
+    fn take_storage(&mut self, now: Timestamp) -> usize {
+        let control = &mut self.control;
+        let n = self.committer.take_ready(|ticket, result| {
+            control.handle(now, Event::Storage { ticket, result });
+        });
+        note_storage_failure(
+            &self.committer,
+            &mut self.storage_failure_logged,
+            &self.shared.disk,
+        );
+        n
+    }
+
+    /// Performs the control plane's actions: sends and closes on this core's transport,
+    /// messages on the rings, this iteration's storage requests as one group.
+    fn perform(&mut self, now: Timestamp) {
+        loop {
+            while let Some(action) = self.control.poll_action() {
+                match action {
+                    Action::Send { conn, bytes } => {
+                        debug_assert_eq!(conn.core(), self.io.index(), "{conn} is not ours");
+                        self.io.send(conn, bytes);
+                    }
+                    Action::Close { conn, .. } => self.io.close(conn),
+                    Action::NoteCongestion { conn } => self.io.note_congestion(conn),
+                    Action::Storage { ticket, request } => self.batch.push((ticket, request)),
+                    Action::OfflineMessage(message) => {
+                        if let Some(webhook) = &self.shared.webhook {
+                            webhook.offer(message);
+                        }
+                    }
+                    Action::ToCore { core, message } => {
+                        if let Some(Some(out)) = self.outs.get_mut(usize::from(core)) {
+                            out.push(message);
+                        }
+                    }
+                }
+            }
+            self.committer.commit(&mut self.batch);
+            if !self.committer.has_ready() {
+                return;
+            }
+            self.take_storage(now);
+        }
+    }
+
+    fn next_timeout(&mut self, draining: bool) -> Duration {
+        let cap = if draining {
+            Duration::from_millis(20)
+        } else {
+            MAX_SLEEP
+        };
+        match self.control.poll_timeout() {
+            Some(t) => t.saturating_since(now()).min(cap),
+            None => cap,
+        }
+    }
+
+    /// Kicks this core's clients with `ServerShutdown`, flushes and closes its
+    /// connections, then waits for its last fsync.
+    fn shut_down(mut self) {
+        self.control.shutdown();
+        self.perform(now());
+        self.io.begin_shutdown();
+        loop {
+            for out in self.outs.iter_mut().flatten() {
+                out.flush_overflow();
+                out.wake_if_needed();
+            }
+            // What the other cores still send no longer matters, but a full ring would
+            // hold them back.
+            for (_, rx) in &self.ins {
+                while rx.try_recv().is_ok() {}
+            }
+            self.io.receive(&mut self.events);
+            self.io.transmit(&mut self.events);
+            let done = self.io.shutdown_done(&mut self.events);
+            let now_ts = now();
+            let mut events = std::mem::take(&mut self.events);
+            for event in events.drain(..) {
+                self.control.handle(now_ts, event.into());
+            }
+            self.events = events;
+            self.take_storage(now_ts);
+            // Closing connections produce no new work worth doing; drop what is queued.
+            while self.control.poll_action().is_some() {}
+            if done {
+                break;
+            }
+            if let Err(e) = self.io.wait(Some(Duration::from_millis(10))) {
+                tracing::warn!(error = %e, "waiting during shutdown failed");
+                break;
+            }
+        }
+        let control = &mut self.control;
+        let now_ts = now();
+        self.committer.shutdown(|ticket, result| {
+            control.handle(now_ts, Event::Storage { ticket, result });
+        });
+    }
+}
