@@ -2,7 +2,7 @@
 //! connections. Users whose sessions are on different cores chat live (pushes cross
 //! between the cores), and a device that reconnects onto the other core replaces its
 //! old session there. The session id's low byte names the core, which is how these tests
-//! know where a session landed.
+//! know where a session landed. The HTTP API's calls about sessions reach every core.
 
 #[macro_use]
 mod common;
@@ -13,15 +13,20 @@ use std::time::Duration;
 use common::{Dataplane, TestClient, TestServer};
 use petrel_proto::Body;
 use petrel_proto::pb::{self, conversation_op::Op};
+use serde_json::{Value, json};
 
 fn start(dp: Dataplane) -> TestServer {
+    start_with(dp, "")
+}
+
+fn start_with(dp: Dataplane, extra: &str) -> TestServer {
     let cores = match dp {
         Dataplane::Kernel | Dataplane::Dpdk => "cores = [0, 1]\n",
         Dataplane::Xdp => "",
     };
     TestServer::start_on(
         dp,
-        &format!("{cores}ownership = \"per-core\"\nrate_limit_per_second = 0\n"),
+        &format!("{cores}ownership = \"per-core\"\nrate_limit_per_second = 0\n{extra}"),
     )
 }
 
@@ -131,7 +136,114 @@ fn a_device_reconnecting_onto_the_other_core_replaces_its_old_session(dp: Datapl
     panic!("64 logins never landed on the other core");
 }
 
+const API_KEY: &str = "per-core-api-key-0123456789abcdef";
+
+/// The HTTP API's calls about sessions reach every core: a user with a desktop session
+/// on one core and a phone on the other is listed, counted, kicked and revoked whole.
+fn the_api_sees_and_ends_sessions_on_every_core(dp: Dataplane) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("api.key");
+    std::fs::write(&key_file, API_KEY).expect("key file");
+    let server = start_with(
+        dp,
+        &format!(
+            "api_addr = \"127.0.0.1:0\"\napi_key_file = {:?}\n",
+            key_file.display().to_string()
+        ),
+    );
+    let api = |method: &str, path: &str, body: Option<Value>| -> Value {
+        let r = server.api_request(method, path, Some(API_KEY), body.as_ref());
+        assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
+        r.json()
+    };
+    let token = |device: &str, platform: &str| -> String {
+        let r = server.api_request(
+            "POST",
+            "/v1/tokens",
+            Some(API_KEY),
+            Some(
+                &json!({"user_id": 8200, "device": device, "platform": platform, "ttl_secs": 3600}),
+            ),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["token"].as_str().expect("token").to_owned()
+    };
+    let desk = TestClient::login(server.addr, &token("desk", "desktop"), 8200, "desk");
+    // A phone of the same user, until one lands on the other core.
+    let phone = (0..64)
+        .map(|i| {
+            let device = format!("phone-{i}");
+            TestClient::connect(server.addr).log_in_as(
+                &token(&device, "ios"),
+                8200,
+                &device,
+                pb::Platform::Ios,
+            )
+        })
+        .find(|p| core_of(p) != core_of(&desk))
+        .expect("64 phones never landed on the other core");
+    let mut phone = phone;
+    let mut desk = desk;
+
+    let sessions = api("GET", "/v1/users/8200/sessions", None);
+    let ids: HashSet<u64> = sessions["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| s["session_id"].as_u64().expect("session id"))
+        .collect();
+    assert!(ids.contains(&desk.session_id), "{sessions}");
+    assert!(ids.contains(&phone.session_id), "{sessions}");
+    let presence = api(
+        "POST",
+        "/v1/presence",
+        Some(json!({"user_ids": [8200, 8201]})),
+    );
+    assert_eq!(presence["users"][0]["online"], true, "{presence}");
+    assert_eq!(presence["users"][1]["online"], false, "{presence}");
+
+    // Kicking the phone ends it on its core, and only it.
+    let device = format!("phone-{}", phone_index(&sessions, phone.session_id));
+    let ended = api(
+        "POST",
+        "/v1/users/8200/kick",
+        Some(json!({"device": device, "message": "bye"})),
+    );
+    assert_eq!(ended["sessions_ended"], 1, "{ended}");
+    let frames = phone.recv_until_closed(Duration::from_secs(10));
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(&f.body, Body::Kick(k) if k.reason == pb::KickReason::Admin as i32)),
+        "{frames:?}"
+    );
+    // Revoking the user's tokens ends the desktop session on the other core.
+    let ended = api("POST", "/v1/users/8200/tokens/revoke", None);
+    assert!(ended["sessions_ended"].as_u64() >= Some(1), "{ended}");
+    let frames = desk.recv_until_closed(Duration::from_secs(10));
+    assert!(
+        frames.iter().any(
+            |f| matches!(&f.body, Body::Kick(k) if k.reason == pb::KickReason::TokenRevoked as i32)
+        ),
+        "{frames:?}"
+    );
+}
+
+/// The number in the device name of the listed session `session_id`.
+fn phone_index(sessions: &Value, session_id: u64) -> String {
+    sessions["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .find(|s| s["session_id"].as_u64() == Some(session_id))
+        .and_then(|s| s["device"].as_str())
+        .and_then(|d| d.strip_prefix("phone-"))
+        .expect("the phone is listed")
+        .to_owned()
+}
+
 dataplane_tests!(
     users_on_both_cores_chat_one_to_one_and_in_a_group_live,
-    a_device_reconnecting_onto_the_other_core_replaces_its_old_session
+    a_device_reconnecting_onto_the_other_core_replaces_its_old_session,
+    the_api_sees_and_ends_sessions_on_every_core
 );

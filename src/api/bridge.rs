@@ -1,14 +1,21 @@
-//! The way from an HTTP handler to the control plane on the home core and back.
+//! The way from an HTTP handler to the control plane(s) and back.
 //!
 //! A handler puts an [`ApiCall`] — the request and a oneshot for its answer — on a
-//! bounded channel ([`QUEUE`] calls) and wakes the home core. The home core's loop polls
-//! the channel once per iteration ([`ApiInbox::take`]), hands each request to
+//! bounded channel ([`QUEUE`] calls) to a core and wakes it. The core's loop polls the
+//! channel once per iteration ([`ApiInbox::take`]), hands each request to
 //! [`Control::handle_api`] under an id of its own, and after performing the actions
 //! sends every answer [`Control::poll_api_reply`] has for it back over its oneshot
 //! ([`ApiInbox::answer`]). A full channel is answered `503` with `Retry-After` at once;
-//! nothing waits on the core loop for room.
+//! nothing waits on a core loop for room.
 //!
-//! The loop's cost when the API is idle is one `try_recv` on an empty channel per
+//! With one control plane (`ownership = "home"`) every call goes to core 0. With one per
+//! core (`"per-core"`) a call about sessions — `Sessions`, `Kick`, `Presence`,
+//! `RevokeToken`, `RevokeUser` — goes to every core, each answers for its own sessions,
+//! and the answers are merged ([`merge`]); everything else (tokens, sends, history,
+//! conversation operations: storage and pushes, which cross cores by themselves) to
+//! core 0.
+//!
+//! A loop's cost when the API is idle is one `try_recv` on an empty channel per
 //! iteration; the map of outstanding oneshots is touched only by API traffic.
 
 use std::collections::HashMap;
@@ -20,15 +27,15 @@ use petrel_control::{Control, Timestamp};
 use petrel_dataplane::Wake;
 use tokio::sync::oneshot;
 
-/// Calls waiting for the home core, at most.
+/// Calls waiting for one core, at most.
 pub const QUEUE: usize = 1024;
-/// Calls the home core takes per iteration (the rest wait for the next one).
+/// Calls a core takes per iteration (the rest wait for the next one).
 const BATCH: usize = 64;
 
 /// The answer to one call.
 pub type Answer = Result<ApiReply, ApiError>;
 
-/// One request on its way to the home core.
+/// One request on its way to a core.
 pub struct ApiCall {
     request: ApiRequest,
     reply: oneshot::Sender<Answer>,
@@ -37,53 +44,155 @@ pub struct ApiCall {
 /// Why a call got no answer from the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unanswered {
-    /// The queue to the home core is full.
+    /// The queue to a core is full.
     Busy,
-    /// The home core stopped (the server is shutting down).
+    /// A core stopped (the server is shutting down).
     Stopped,
+}
+
+/// One core's end of the bridge.
+#[derive(Clone)]
+struct CoreLine {
+    calls: Sender<ApiCall>,
+    waker: Arc<dyn Wake>,
 }
 
 /// The HTTP side: cloned into every handler.
 #[derive(Clone)]
 pub struct ApiBridge {
-    calls: Sender<ApiCall>,
-    home: Arc<dyn Wake>,
+    /// One per control plane, in core order.
+    cores: Arc<[CoreLine]>,
+}
+
+/// Which control planes a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    One(usize),
+    Every,
+}
+
+fn scope(request: &ApiRequest, cores: usize) -> Scope {
+    if cores <= 1 {
+        return Scope::One(0);
+    }
+    match request {
+        ApiRequest::Sessions { .. }
+        | ApiRequest::Kick { .. }
+        | ApiRequest::Presence { .. }
+        | ApiRequest::RevokeToken { .. }
+        | ApiRequest::RevokeUser { .. } => Scope::Every,
+        // Chatrooms do not cross cores yet (docs/ARCHITECTURE.md): core 0's rooms.
+        _ => Scope::One(0),
+    }
 }
 
 impl ApiBridge {
-    /// Sends `request` to the control plane and waits for its answer.
+    /// Sends `request` to the control plane(s) it concerns and waits for the answer.
     pub async fn call(&self, request: ApiRequest) -> Result<Answer, Unanswered> {
+        match scope(&request, self.cores.len()) {
+            Scope::One(core) => self.call_one(core, request)?.await,
+            Scope::Every => {
+                let mut pending = Vec::with_capacity(self.cores.len());
+                for core in 0..self.cores.len() {
+                    pending.push(self.call_one(core, request.clone())?);
+                }
+                let mut answers = Vec::with_capacity(pending.len());
+                for answer in pending {
+                    answers.push(answer.await?);
+                }
+                Ok(merge(answers))
+            }
+        }
+    }
+
+    /// Queues `request` for `core`; the future resolves with its answer.
+    fn call_one(
+        &self,
+        core: usize,
+        request: ApiRequest,
+    ) -> Result<impl Future<Output = Result<Answer, Unanswered>> + use<>, Unanswered> {
+        let line = self.cores.get(core).ok_or(Unanswered::Stopped)?;
         let (tx, rx) = oneshot::channel();
-        match self.calls.try_send(ApiCall { request, reply: tx }) {
+        match line.calls.try_send(ApiCall { request, reply: tx }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(Unanswered::Busy),
             Err(TrySendError::Disconnected(_)) => return Err(Unanswered::Stopped),
         }
-        if let Err(error) = self.home.wake() {
-            tracing::warn!(%error, "api: cannot wake the home core");
+        if let Err(error) = line.waker.wake() {
+            tracing::warn!(%error, core, "api: cannot wake a core");
         }
-        rx.await.map_err(|_| Unanswered::Stopped)
+        Ok(async move { rx.await.map_err(|_| Unanswered::Stopped) })
     }
 }
 
-/// The home core's side.
+/// One answer from the answers of every core to a request about sessions: the first
+/// error if any core refused it (they refuse alike: the checks need no session), else
+/// the sessions ended summed, the session lists joined (by session id), the presence
+/// counts added user by user (the last activity, read from storage, is the same).
+fn merge(answers: Vec<Answer>) -> Answer {
+    let mut merged: Option<ApiReply> = None;
+    for answer in answers {
+        let reply = answer?;
+        merged = Some(match (merged, reply) {
+            (None, reply) => reply,
+            (Some(ApiReply::Ended { sessions: a }), ApiReply::Ended { sessions: b }) => {
+                ApiReply::Ended { sessions: a + b }
+            }
+            (Some(ApiReply::Sessions(mut a)), ApiReply::Sessions(b)) => {
+                a.extend(b);
+                a.sort_by_key(|s| s.session_id);
+                ApiReply::Sessions(a)
+            }
+            (Some(ApiReply::Presence(mut a)), ApiReply::Presence(b)) => {
+                for (mine, theirs) in a.iter_mut().zip(b) {
+                    mine.devices += theirs.devices;
+                    mine.last_active_ms = mine.last_active_ms.max(theirs.last_active_ms);
+                }
+                ApiReply::Presence(a)
+            }
+            (Some(first), other) => {
+                return Err(ApiError::new(
+                    petrel_proto::pb::ErrorCode::Internal,
+                    format!("cores answered unlike: {first:?} and {other:?}"),
+                ));
+            }
+        });
+    }
+    merged.ok_or_else(|| {
+        ApiError::new(
+            petrel_proto::pb::ErrorCode::Internal,
+            "no core answered".to_string(),
+        )
+    })
+}
+
+/// A bridge and one inbox per core; `wakers[i]` is woken whenever a call is queued for
+/// core `i`.
+pub fn channel(wakers: Vec<Arc<dyn Wake>>) -> (ApiBridge, Vec<ApiInbox>) {
+    let mut lines = Vec::with_capacity(wakers.len());
+    let mut inboxes = Vec::with_capacity(wakers.len());
+    for waker in wakers {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        lines.push(CoreLine { calls: tx, waker });
+        inboxes.push(ApiInbox {
+            calls: rx,
+            waiting: HashMap::new(),
+            next_id: 0,
+        });
+    }
+    (
+        ApiBridge {
+            cores: lines.into(),
+        },
+        inboxes,
+    )
+}
+
+/// A core's side.
 pub struct ApiInbox {
     calls: Receiver<ApiCall>,
     waiting: HashMap<ApiId, oneshot::Sender<Answer>>,
     next_id: u64,
-}
-
-/// A bridge and its inbox; `home` is woken whenever a call is queued.
-pub fn channel(home: Arc<dyn Wake>) -> (ApiBridge, ApiInbox) {
-    let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-    (
-        ApiBridge { calls: tx, home },
-        ApiInbox {
-            calls: rx,
-            waiting: HashMap::new(),
-            next_id: 0,
-        },
-    )
 }
 
 impl ApiInbox {

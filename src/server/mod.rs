@@ -158,6 +158,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         Ownership::Home => vec![syncer_wakes],
         Ownership::PerCore => cores.wakers(),
     };
+    let api_wakers = loop_wakers.clone();
     let core_count = u8::try_from(loop_wakers.len())
         .ok()
         .filter(|&n| n <= petrel_control::remote::MAX_CORES)
@@ -195,14 +196,14 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     }
 
     let api_stats = Arc::new(crate::api::stats::ApiStats::default());
-    let api_inbox = match config.api_addr {
+    let mut api_inboxes = match config.api_addr {
         Some(addr) => {
             let key_file = config
                 .api_key_file
                 .as_deref()
                 .context("api_addr needs api_key_file")?;
             let key = crate::api::auth::ApiKey::load(key_file)?;
-            let (bridge, inbox) = crate::api::bridge::channel(home_waker.clone());
+            let (bridge, inboxes) = crate::api::bridge::channel(api_wakers);
             let endpoint = crate::api::start(
                 crate::api::ApiSettings {
                     addr,
@@ -214,9 +215,9 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
             )?;
             tracing::info!(addr = %endpoint.addr, "api listening");
             println!("petrel: api on http://{}/v1", endpoint.addr);
-            Some(inbox)
+            inboxes
         }
-        None => None,
+        None => Vec::new(),
     };
 
     let metrics = match config.metrics_addr {
@@ -324,7 +325,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
                 stop,
                 metrics,
                 disk: disk.clone(),
-                api: api_inbox,
+                api: api_inboxes.pop(),
                 webhook,
             };
             match cores {
@@ -335,10 +336,15 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
             }
         }
         Ownership::PerCore => {
+            let mut api = api_inboxes.into_iter();
             let parts = controls
                 .into_iter()
                 .zip(committers)
-                .map(|(control, committer)| per_core::CoreParts { control, committer })
+                .map(|(control, committer)| per_core::CoreParts {
+                    control,
+                    committer,
+                    api: api.next(),
+                })
                 .collect();
             let shared = per_core::SharedParts {
                 stop,

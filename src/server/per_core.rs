@@ -53,6 +53,7 @@ use super::core_loop::{
 };
 use super::disk_watch::DiskWatch;
 use super::ring::{RING, RING_BATCH, RingOut};
+use crate::api::bridge::ApiInbox;
 use crate::webhook::dispatch::WebhookSender;
 
 /// What one core owns besides its transport.
@@ -61,6 +62,8 @@ pub struct CoreParts<E: GroupEngine + 'static> {
     pub control: Control,
     /// Its storage committer (one of `Committer::start_many`).
     pub committer: Committer<E, Ticket>,
+    /// Its end of the HTTP API's bridge, when the API is enabled.
+    pub api: Option<ApiInbox>,
 }
 
 /// What every core shares.
@@ -134,6 +137,7 @@ where
                         io,
                         control: part.control,
                         committer: part.committer,
+                        api: part.api,
                         outs,
                         ins,
                         others,
@@ -162,6 +166,7 @@ struct OwnerLoop<I: CoreIo, E: GroupEngine + 'static> {
     io: I,
     control: Control,
     committer: Committer<E, Ticket>,
+    api: Option<ApiInbox>,
     /// Indexed by core; `None` for this one.
     outs: Vec<Option<RingOut<CoreMessage>>>,
     ins: Vec<(u8, Receiver<CoreMessage>)>,
@@ -206,7 +211,10 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
                 }
             }
             let next = self.next_timeout(draining_since.is_some());
-            let waiting = !self.events.is_empty() || self.committer.has_ready() || self.backed_up();
+            let waiting = !self.events.is_empty()
+                || self.committer.has_ready()
+                || self.api.as_ref().is_some_and(ApiInbox::has_calls)
+                || self.backed_up();
             let sleep = sleep_for(self.poll, waiting, idle_since, next);
             if let Err(e) = self.io.wait(Some(sleep)) {
                 tracing::error!(core = self.io.index(), error = %e, "waiting for I/O failed; stopping");
@@ -242,10 +250,17 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
         // Always, even when blocked: the other core may be waiting on this one.
         work |= self.take_rings(now);
         work |= self.take_storage(now) > 0;
+        // The HTTP API's requests: one try_recv on an empty channel when it is idle.
+        if !blocked && let Some(api) = &mut self.api {
+            work |= api.take(now, &mut self.control) > 0;
+        }
         if self.control.poll_timeout().is_some_and(|t| t <= now) {
             self.control.handle(now, Event::Tick);
         }
         self.perform(now);
+        if let Some(api) = &mut self.api {
+            api.answer(&mut self.control);
+        }
         self.io.transmit(&mut self.events);
         for out in self.outs.iter_mut().flatten() {
             out.wake_if_needed();

@@ -50,13 +50,25 @@ impl TestClient {
     }
 
     /// Logs in on this connection; panics unless the server answers LoginResult.
-    pub fn log_in(mut self, token: &str, user: u64, device: &str) -> TestClient {
+    pub fn log_in(self, token: &str, user: u64, device: &str) -> TestClient {
+        self.log_in_as(token, user, device, pb::Platform::Desktop)
+    }
+
+    /// Logs in on this connection as a device of `platform` (which the token must
+    /// name); panics unless the server answers LoginResult.
+    pub fn log_in_as(
+        mut self,
+        token: &str,
+        user: u64,
+        device: &str,
+        platform: pb::Platform,
+    ) -> TestClient {
         self.user = user;
         let result = self.request(pb::Login {
             token: token.into(),
             user_id: user,
             device_id: device.into(),
-            platform: pb::Platform::Desktop as i32,
+            platform: platform as i32,
             client_version: "petrel-tests".into(),
             attempt: 0,
         });
