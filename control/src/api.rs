@@ -120,7 +120,10 @@ pub enum ApiRequest {
         /// The message.
         seq: u64,
     },
-    /// An operator operation on a chatroom (in memory, like chatrooms themselves).
+    /// An operator operation on a chatroom (in memory, like chatrooms themselves). With
+    /// several cores only the room's owner can answer it: the driver hands it to the
+    /// control plane of core [`crate::chatroom::room_owner`]`(room, core_count)`, which
+    /// tells the other cores of their connections it takes out of the room.
     Chatroom {
         /// The room.
         room: u64,

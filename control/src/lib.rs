@@ -49,6 +49,8 @@ pub use counters::Counters;
 pub use event::{Action, CloseReason, Event, OfflineMessage, Revocation, Ticket};
 pub use petrel_conn::ConnId;
 pub use plane::{Control, TYPING_EXPIRES_MS};
-pub use remote::{CoreMessage, PushKind, RemoteLogin, RemotePush};
+pub use remote::{
+    CoreMessage, PushKind, RemoteLogin, RemotePush, RoomPushKind, RoomRequest, RoomSend,
+};
 pub use time::Timestamp;
 pub use token::{Claims, IssuedToken, KeyRing, TokenError, TokenSpec};

@@ -22,6 +22,22 @@
 //!   [`RemotePush`] — users, the connection to leave out, the encoded frame and its
 //!   [`PushKind`] — and that core delivers it to its own connections with the receiver's
 //!   policy (congestion is known only there).
+//! - **Chatrooms.** Each room is owned by one core, [`crate::chatroom::room_owner`]
+//!   (`room_id % core_count`), which holds its seq counter, recent backlog, closed flag
+//!   and every member across cores. A connection's own core keeps its seats and a local
+//!   index of its members per room; it sends the owner what its connections do in a room
+//!   it does not own — join ([`CoreMessage::RoomJoin`]), leave or close
+//!   ([`CoreMessage::RoomLeft`]), send ([`CoreMessage::RoomSend`]), typing
+//!   ([`CoreMessage::RoomTyping`]), member list ([`CoreMessage::RoomList`]) — and the
+//!   owner answers with the encoded response ([`CoreMessage::RoomJoined`],
+//!   [`CoreMessage::RoomReply`]). A message is sequenced and encoded once by the owner
+//!   and sent as one [`CoreMessage::RoomPush`] to each other core with members, which
+//!   delivers it to its own (skipping congested ones, who get a `Gap` later). An
+//!   operator's close or kick, answered by the owner (the driver routes an API chatroom
+//!   call there), reaches the removed members' cores as [`CoreMessage::RoomRemoved`].
+//!   Since messages between two cores arrive in order, a member core's view of its
+//!   connections' seats follows the owner's: a join's answer that finds its seat gone
+//!   (the connection left or closed meanwhile) tells the owner to remove it again.
 //!
 //! Presence is eventually consistent, and that has two edges the driver must close
 //! before sessions span cores in production (not done yet):
@@ -39,6 +55,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use petrel_conn::ConnId;
+use petrel_proto::{FrameType, pb};
 use petrel_storage::ConversationKey;
 
 /// Most cores one server's control planes can span (the presence bitmask).
@@ -92,6 +109,53 @@ pub struct RemoteLogin {
     pub conn: ConnId,
 }
 
+/// A chatroom request of a connection on the sending core, for the room's owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomRequest {
+    /// The room.
+    pub room: u64,
+    /// The connection (on the sending core).
+    pub conn: ConnId,
+    /// The request id to answer.
+    pub rid: u32,
+    /// The connection's user.
+    pub user: u64,
+}
+
+/// A message a connection on the sending core sends to a room the receiving core owns,
+/// checked there already (content, mentions, the sender's seat).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomSend {
+    /// The room, the sender's connection, its request id and user.
+    pub request: RoomRequest,
+    /// The sender's device id.
+    pub device: Arc<str>,
+    /// The client's id of the message.
+    pub client_msg_id: u64,
+    /// The encoded content, as it came.
+    pub content: Bytes,
+    /// The seq it replies to (unchecked in a room).
+    pub reply_to: u64,
+    /// The users it mentions (unchecked in a room).
+    pub mentions: Vec<u64>,
+    /// Server time of the send, in milliseconds since the Unix epoch (the sender's
+    /// core's clock, as on a one-core server).
+    pub server_time_ms: u64,
+}
+
+/// What a [`CoreMessage::RoomPush`] carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoomPushKind {
+    /// A message of the room with this seq: a congested member skips it and is owed a
+    /// `Gap`.
+    Message {
+        /// The room's seq of the message.
+        seq: u64,
+    },
+    /// A typing notice: a congested member simply misses it.
+    Typing,
+}
+
 /// One message from one core's control plane to another's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CoreMessage {
@@ -121,4 +185,86 @@ pub enum CoreMessage {
     },
     /// A push to deliver to the receiving core's connections.
     Push(RemotePush),
+    /// A connection of the sending core asks to join a room the receiving core owns:
+    /// refused if the room is closed, else it becomes a member; answered with
+    /// [`CoreMessage::RoomJoined`]. (The sending core checked its seat limit and holds
+    /// the seat meanwhile.)
+    RoomJoin(RoomRequest),
+    /// The owner's answer to [`CoreMessage::RoomJoin`]: the encoded response for `conn`
+    /// (`ConversationOpResult` with members and recent messages if `seated`, else an
+    /// `Error`). If seated, the member core indexes the seat for deliveries — or, if the
+    /// connection no longer holds it (left or closed meanwhile), tells the owner to
+    /// remove it ([`CoreMessage::RoomLeft`]); if refused, it drops the seat.
+    RoomJoined {
+        /// The room.
+        room: u64,
+        /// The connection (on the receiving core).
+        conn: ConnId,
+        /// Whether the owner made it a member.
+        seated: bool,
+        /// The encoded response frame.
+        bytes: Bytes,
+    },
+    /// A connection of the sending core left a room the receiving core owns (or
+    /// closed): take it out of the members.
+    RoomLeft {
+        /// The room.
+        room: u64,
+        /// The connection (on the sending core).
+        conn: ConnId,
+    },
+    /// A message to a room the receiving core owns: it assigns the seq, answers the
+    /// sender with [`CoreMessage::RoomReply`] (the `Ack`, or `NotAMember` if the sender
+    /// is no longer in the room), remembers it for late joiners and delivers it to every
+    /// other member ([`CoreMessage::RoomPush`] for other cores').
+    RoomSend(RoomSend),
+    /// A typing notice to a room the receiving core owns: delivered to the other
+    /// members like a message, without a seq or an answer (dropped if the sender is not
+    /// a member or the room is over `typing_max_audience`).
+    RoomTyping {
+        /// The room.
+        room: u64,
+        /// The typing connection (on the sending core).
+        conn: ConnId,
+        /// Its user.
+        user: u64,
+        /// Started (true) or stopped (false).
+        typing: bool,
+    },
+    /// A connection of the sending core asks for the members of a room the receiving
+    /// core owns: answered with [`CoreMessage::RoomReply`].
+    RoomList(RoomRequest),
+    /// An encoded answer from a room's owner to a request of a connection on the
+    /// receiving core: send it as it is.
+    RoomReply {
+        /// The connection (on the receiving core).
+        conn: ConnId,
+        /// The frame's type (for the counters).
+        frame_type: FrameType,
+        /// The encoded frame.
+        bytes: Bytes,
+    },
+    /// A room push from the room's owner: the receiving core's members of `room` but
+    /// `except` get it, a congested one skipping it (and owed a `Gap` for a message).
+    RoomPush {
+        /// The room.
+        room: u64,
+        /// What it is.
+        kind: RoomPushKind,
+        /// The connection that caused it (it has its answer already).
+        except: Option<ConnId>,
+        /// The encoded frame, shared by every receiver.
+        bytes: Bytes,
+    },
+    /// The room's owner took these connections of the receiving core out of `room` (an
+    /// operator's close or kick): they drop their seats and each gets a
+    /// `ConversationEvent` of `kind` naming its user.
+    RoomRemoved {
+        /// The room.
+        room: u64,
+        /// The connections (on the receiving core).
+        conns: Vec<ConnId>,
+        /// `Dissolved` for a close, `MembersRemoved` for a kick.
+        kind: pb::ConversationEventKind,
+    },
 }

@@ -5,7 +5,7 @@
 //! with the change; the answer is a `ConversationOpResult` to the requester and a
 //! `ConversationEvent` to every other online device of the affected users (the members
 //! after the change, plus whoever was removed or left). Chatroom operations are
-//! answered from memory at once.
+//! answered from memory by the room's owner core (`chatrooms`, `room_owner`).
 
 use std::collections::BTreeSet;
 
@@ -18,7 +18,6 @@ use super::Control;
 use super::pending::{OpCtx, OpKind, Pending, ReplyTo};
 use super::push::{Push, PushKind};
 use super::receipts::Receipt;
-use crate::api::{ApiChatroomOp, ApiReply};
 use crate::convert::{self, Target};
 use crate::time::Timestamp;
 use petrel_conn::ConnId;
@@ -629,173 +628,5 @@ impl Control {
                 );
             }
         }
-    }
-
-    fn chatroom_members(&self, room: u64) -> Vec<pb::Member> {
-        let Some(room) = self.rooms.get(room) else {
-            return Vec::new();
-        };
-        let online: BTreeSet<u64> = room
-            .members()
-            .filter_map(|c| self.registry.get(c)?.session.as_ref().map(|s| s.user))
-            .collect();
-        online
-            .into_iter()
-            .map(|user_id| pb::Member {
-                user_id,
-                role: pb::Role::Member as i32,
-            })
-            .collect()
-    }
-
-    fn join_chatroom(&mut self, conn: ConnId, rid: u32, room: u64) {
-        let Some(c) = self.registry.get(conn) else {
-            return;
-        };
-        if self.rooms.is_closed(room) {
-            return self.send_error(
-                conn,
-                rid,
-                pb::ErrorCode::NotFound,
-                "this chatroom was closed by the operator",
-                0,
-            );
-        }
-        if !c.rooms.contains(room) && c.rooms.len() >= self.config.max_rooms_per_conn {
-            return self.send_error(
-                conn,
-                rid,
-                pb::ErrorCode::PermissionDenied,
-                "in too many chatrooms; leave one first",
-                0,
-            );
-        }
-        if self.rooms.join(room, conn)
-            && let Some(c) = self.registry.get_mut(conn)
-        {
-            c.rooms.join(room);
-        }
-        // The newest messages that fit in one frame, oldest first.
-        let mut recent: Vec<pb::MessagePush> = Vec::new();
-        if let Some(r) = self.rooms.get(room) {
-            let mut budget = super::sync::RESPONSE_BUDGET;
-            for m in r.recent().rev() {
-                let len = super::sync::repeated_field_len(m);
-                if len > budget {
-                    break;
-                }
-                budget -= len;
-                recent.push(m.clone());
-            }
-            recent.reverse();
-        }
-        let members = self.chatroom_members(room);
-        self.send_frame(
-            conn,
-            Frame::response(
-                rid,
-                pb::ConversationOpResult {
-                    conversation: Some(convert::chatroom_id(room)),
-                    members,
-                    recent,
-                    read_count: None,
-                },
-            ),
-        );
-    }
-
-    fn leave_chatroom(&mut self, conn: ConnId, rid: u32, room: u64) {
-        self.rooms.leave(room, conn);
-        if let Some(c) = self.registry.get_mut(conn) {
-            c.rooms.leave(room);
-        }
-        self.send_frame(
-            conn,
-            Frame::response(
-                rid,
-                pb::ConversationOpResult {
-                    conversation: Some(convert::chatroom_id(room)),
-                    members: Vec::new(),
-                    recent: Vec::new(),
-                    read_count: None,
-                },
-            ),
-        );
-    }
-
-    /// An operator's chatroom operation (`ApiRequest::Chatroom`).
-    pub(super) fn api_chatroom(&mut self, room: u64, op: ApiChatroomOp) -> ApiReply {
-        let removed: Vec<ConnId> = match op {
-            ApiChatroomOp::Members => {
-                let users = self
-                    .chatroom_members(room)
-                    .iter()
-                    .map(|m| m.user_id)
-                    .collect();
-                return ApiReply::Chatroom {
-                    users,
-                    closed: self.rooms.is_closed(room),
-                };
-            }
-            ApiChatroomOp::Open => {
-                self.rooms.open(room);
-                return ApiReply::Chatroom {
-                    users: Vec::new(),
-                    closed: false,
-                };
-            }
-            ApiChatroomOp::Close => self.rooms.close(room),
-            ApiChatroomOp::Kick { user } => {
-                let conns: Vec<ConnId> = self.registry.user_conns(user).to_vec();
-                conns
-                    .into_iter()
-                    .filter(|&c| self.rooms.leave(room, c))
-                    .collect()
-            }
-        };
-        let kind = match op {
-            ApiChatroomOp::Close => pb::ConversationEventKind::Dissolved,
-            _ => pb::ConversationEventKind::MembersRemoved,
-        };
-        let mut users = BTreeSet::new();
-        for conn in removed {
-            let Some(user) = self.registry.get_mut(conn).and_then(|c| {
-                c.rooms.leave(room);
-                c.session.as_ref().map(|s| s.user)
-            }) else {
-                continue;
-            };
-            users.insert(user);
-            let event = pb::ConversationEvent {
-                conversation: Some(convert::chatroom_id(room)),
-                kind: kind as i32,
-                actor: 0,
-                users: vec![user],
-                role: 0,
-                seq: 0,
-                until_ms: 0,
-            };
-            self.send_frame(conn, Frame::new(0, event));
-        }
-        ApiReply::Chatroom {
-            users: users.into_iter().collect(),
-            closed: self.rooms.is_closed(room),
-        }
-    }
-
-    fn list_chatroom(&mut self, conn: ConnId, rid: u32, room: u64) {
-        let members = self.chatroom_members(room);
-        self.send_frame(
-            conn,
-            Frame::response(
-                rid,
-                pb::ConversationOpResult {
-                    conversation: Some(convert::chatroom_id(room)),
-                    members,
-                    recent: Vec::new(),
-                    read_count: None,
-                },
-            ),
-        );
     }
 }

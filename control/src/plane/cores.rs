@@ -1,6 +1,7 @@
 //! This control plane's side of the other cores ([`crate::remote`]): what it tells them
 //! (logins, a user's last session closing, revoked tokens) and what it does with what
-//! they tell it. Nothing here runs on a one-core server (`core_count` 1).
+//! they tell it (chatroom messages go on to `room_owner`). Nothing here runs on a
+//! one-core server (`core_count` 1).
 
 use petrel_proto::pb;
 
@@ -109,6 +110,7 @@ impl Control {
                 expires_at_ms,
             } => self.on_remote_revoked(token_id, Timestamp::from_millis(expires_at_ms)),
             CoreMessage::Push(push) => self.deliver_forwarded(push),
+            room => self.handle_room_message(room),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Sending messages: `SendMessage` → storage append → `Ack` to the sender and
-//! `MessagePush` to every other online device of every recipient; and chatroom sends,
-//! which never touch storage and skip members that lag (reported to them with a `Gap`,
-//! see [`crate::chatroom`]).
+//! `MessagePush` to every other online device of every recipient. Chatroom sends never
+//! touch storage and are handed to the room's owner (`chatrooms`, `room_owner`), which
+//! skips members that lag (reported to them with a `Gap`, see [`crate::chatroom`]); the
+//! `Gap` frame itself is built here.
 //!
 //! Performance-critical path (every message goes through here): no locks, no logging,
 //! one encode per distinct view of a push (a 1:1 chat has two: the peer's side and the
@@ -12,9 +13,8 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use petrel_proto::content::ContentView;
-use petrel_proto::{Body, Frame, FrameType, pb};
+use petrel_proto::{Body, Frame, pb};
 use petrel_storage::{
     AppendOutcome, AppendRequest, ConversationKey, Refs, Reply, Request, StorageError, UserId,
 };
@@ -279,98 +279,6 @@ impl Control {
                     mentions: push.mentions,
                     recipients: offline,
                 })));
-        }
-    }
-
-    /// A chatroom message: sequenced and fanned out in memory, acknowledged at once.
-    /// Chatrooms keep no dedup state, so a retried `client_msg_id` is delivered again.
-    #[allow(clippy::too_many_arguments)]
-    fn send_to_chatroom(
-        &mut self,
-        now: Timestamp,
-        conn: ConnId,
-        rid: u32,
-        user: u64,
-        device: &str,
-        client_msg_id: u64,
-        room_id: u64,
-        content: Bytes,
-        (reply_to, mentions): (u64, Vec<u64>),
-    ) {
-        let Some(room) = self
-            .rooms
-            .get_mut(room_id)
-            .filter(|room| room.contains(conn))
-        else {
-            return self.reject_send(
-                conn,
-                rid,
-                pb::ErrorCode::NotAMember,
-                "join the chatroom before sending to it",
-            );
-        };
-        let seq = room.next_seq();
-        let mut targets = std::mem::take(&mut self.scratch_conns);
-        targets.clear();
-        targets.extend(room.members().filter(|&c| c != conn));
-        let conversation = convert::chatroom_id(room_id);
-        let frame = Frame::new(
-            0,
-            pb::MessagePush {
-                conversation: Some(conversation),
-                seq,
-                sender: user,
-                server_time_ms: now.as_millis(),
-                client_msg_id,
-                content,
-                sender_device: device.to_owned(),
-                recalled_by: 0,
-                recalled_at_ms: 0,
-                edited_at_ms: 0,
-                // Unchecked in a room (nothing is stored): passed on as they came.
-                reply_to,
-                mentions,
-            },
-        );
-        let encoded = self.encode(&frame);
-        self.send_frame(
-            conn,
-            Frame::response(
-                rid,
-                pb::Ack {
-                    client_msg_id,
-                    conversation: Some(conversation),
-                    seq,
-                    server_time_ms: now.as_millis(),
-                    duplicate: false,
-                },
-            ),
-        );
-        if let Some(bytes) = encoded {
-            for &target in &targets {
-                let Some(c) = self.registry.get_mut(target) else {
-                    continue;
-                };
-                // A congested receiver loses this message (and is told so with a Gap when
-                // it drains); the room does not wait for it.
-                if c.congested {
-                    c.rooms.skipped(room_id, seq);
-                    self.counters.messages_dropped.chatroom += 1;
-                    continue;
-                }
-                // A gap owed (rare: it drained with no room to report it) goes out first.
-                if let Some((from, to)) = c.rooms.take_gap(room_id) {
-                    self.send_gap(target, room_id, from, to);
-                }
-                if self.send_bytes(target, bytes.clone(), FrameType::MessagePush) {
-                    self.counters.messages_delivered.chatroom += 1;
-                }
-            }
-        }
-        self.scratch_conns = targets;
-        let keep = self.config.chatroom_recent;
-        if let (Some(room), Body::MessagePush(push)) = (self.rooms.get_mut(room_id), frame.body) {
-            room.remember(push, keep);
         }
     }
 

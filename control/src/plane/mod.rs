@@ -2,8 +2,9 @@
 //!
 //! The request handlers live in sibling modules, one per concern: [`session_frames`]
 //! (login, renewal, logout, ping), [`messaging`] (send, ack, fan-out), [`conversation`]
-//! (group, chatroom and public-account operations, read positions) and [`sync`]
-//! (sync and history). [`pending`] remembers what to do when each storage request
+//! (group and public-account operations, read positions), [`chatrooms`] and
+//! [`room_owner`] (a chatroom as a member's core and as its owner core see it) and
+//! [`sync`] (sync and history). [`pending`] remembers what to do when each storage request
 //! completes. [`push`] is the one way conversation work reaches users' connections: the
 //! seam along which the session and conversation planes split.
 //!
@@ -13,12 +14,14 @@
 //! off as shared [`Bytes`], and a fan-out push is encoded once per distinct view.
 
 mod api;
+mod chatrooms;
 mod conversation;
 mod cores;
 mod messaging;
 mod pending;
 mod push;
 mod receipts;
+mod room_owner;
 mod session_frames;
 mod sync;
 mod typing;
@@ -34,7 +37,7 @@ use petrel_proto::{Body, Frame, FrameError, FrameType, pb};
 use petrel_storage::{Reply, Request, StorageError, TokenId};
 
 use self::pending::Pending;
-use crate::chatroom::{Rooms, Seats};
+use crate::chatroom::{Rooms, Seated, Seats};
 use crate::config::Config;
 use crate::counters::Counters;
 use crate::event::{Action, CloseReason, Event, Revocation, Ticket};
@@ -185,7 +188,10 @@ pub struct Control {
     revoked: RevocationList,
     revocations_loaded: bool,
     registry: Registry,
+    /// The chatrooms this core owns ([`crate::chatroom`]).
     rooms: Rooms,
+    /// Which of this core's connections sit in each room, whoever owns it.
+    seated: Seated,
     timers: TimerQueue,
     actions: VecDeque<Action>,
     /// Outstanding storage requests by ticket (sequential numbers this plane assigns,
@@ -240,6 +246,7 @@ impl Control {
             revocations_loaded: false,
             registry: Registry::default(),
             rooms: Rooms::default(),
+            seated: Seated::default(),
             timers: TimerQueue::default(),
             actions: VecDeque::new(),
             pending: HashMap::default(),
@@ -350,8 +357,8 @@ impl Control {
         self.pending.len()
     }
 
-    /// Chatrooms with at least one member connection (a room is dropped when its last
-    /// member leaves or closes).
+    /// Chatrooms this core owns with at least one member connection (a room is dropped
+    /// when its last member leaves or closes).
     pub fn chatroom_count(&self) -> usize {
         self.rooms.len()
     }
@@ -830,17 +837,7 @@ impl Control {
         message: &str,
         retry_after_ms: u32,
     ) {
-        let body = pb::Error {
-            code: code as i32,
-            message: message.to_owned(),
-            retry_after_ms,
-        };
-        let frame = if rid == 0 {
-            Frame::new(0, body)
-        } else {
-            Frame::response(rid, body)
-        };
-        self.send_frame(conn, frame);
+        self.send_frame(conn, error_frame(rid, code, message, retry_after_ms));
     }
 
     /// Sends `Kick{reason}` and closes the connection.
@@ -872,7 +869,7 @@ impl Control {
             return false;
         };
         for room in c.rooms.rooms() {
-            self.rooms.leave(room, conn);
+            self.left_room(room, conn, true);
         }
         if let Some(user) = c.session.map(|s| s.user)
             && self.registry.user_conns(user).is_empty()
@@ -949,6 +946,20 @@ impl Control {
                 );
             }
         }
+    }
+}
+
+/// An `Error` frame answering request `rid` (an unsolicited one if `rid` is 0).
+fn error_frame(rid: u32, code: pb::ErrorCode, message: &str, retry_after_ms: u32) -> Frame {
+    let body = pb::Error {
+        code: code as i32,
+        message: message.to_owned(),
+        retry_after_ms,
+    };
+    if rid == 0 {
+        Frame::new(0, body)
+    } else {
+        Frame::response(rid, body)
     }
 }
 

@@ -119,7 +119,8 @@ impl Control {
         );
     }
 
-    fn session_user(&self, conn: ConnId) -> Option<u64> {
+    /// The user of `conn`'s session, if it has one.
+    pub(super) fn session_user(&self, conn: ConnId) -> Option<u64> {
         self.registry
             .get(conn)
             .and_then(|c| c.session.as_ref())

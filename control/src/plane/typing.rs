@@ -90,28 +90,6 @@ impl Control {
         self.deliver_typing(ctx.conn, ctx.user, ctx.key, ctx.typing, audience);
     }
 
-    fn typing_in_chatroom(&mut self, conn: ConnId, user: u64, room_id: u64, typing: pb::Typing) {
-        let Some(room) = self.rooms.get(room_id).filter(|r| r.contains(conn)) else {
-            self.counters.typing_dropped += 1;
-            return;
-        };
-        if room.len() > self.config.typing_max_audience {
-            self.counters.typing_dropped += 1;
-            return;
-        }
-        let mut targets = std::mem::take(&mut self.scratch_conns);
-        targets.clear();
-        targets.extend(room.members().filter(|&c| c != conn));
-        let notice = pb::TypingNotice {
-            conversation: Some(convert::chatroom_id(room_id)),
-            user,
-            typing: typing.typing,
-            expires_ms: TYPING_EXPIRES_MS,
-        };
-        self.send_typing_notice(&targets, notice);
-        self.scratch_conns = targets;
-    }
-
     /// Sends the notice to every online connection of `audience` (not the sender's). A
     /// group's id is the same for every member, and a 1:1 chat has one member to tell,
     /// so one frame serves them all.
@@ -146,15 +124,5 @@ impl Control {
             }
         }
         self.scratch_users = users;
-    }
-
-    /// Encodes `notice` once and sends it to every target that is not congested.
-    fn send_typing_notice(&mut self, targets: &[ConnId], notice: pb::TypingNotice) {
-        let Some(bytes) = self.encode(&petrel_proto::Frame::new(0, notice)) else {
-            return;
-        };
-        for &target in targets {
-            self.deliver_to(target, PushKind::Typing, &bytes);
-        }
     }
 }
