@@ -1,22 +1,28 @@
 //! Two control planes, one per core, each owning the sessions of its own connections
 //! (`Config::core_count` = 2): presence and pushes cross between them as
 //! `Action::ToCore` / `Event::FromCore` (`petrel_control::remote`), the way the rings
-//! between cores will carry them. Storage is one shared in-memory engine.
+//! between cores will carry them. Storage is one shared in-memory engine. Chatrooms are
+//! owned by core `room % 2`: room 6 by core 0, room 7 by core 1.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use petrel_control::api::{ApiChatroomOp, ApiId, ApiReply, ApiRequest};
+use petrel_control::chatroom::room_owner;
 use petrel_control::token::{self, TokenSpec};
 use petrel_control::{
     Action, CloseReason, Config, ConnId, Control, CoreMessage, Event, KeyRing, MultiDevicePolicy,
     OfflineMessage, Revocation, Timestamp,
 };
+use petrel_proto::pb::conversation_op::Op;
 use petrel_proto::{Body, Frame, FrameDecoder, pb};
 use petrel_storage::{Engine, MemEngine, StorageConfig};
 
 const ALICE: u64 = 1;
 const BOB: u64 = 2;
+const CAROL: u64 = 3;
+const DAVE: u64 = 4;
 
 struct Cores {
     keys: KeyRing,
@@ -25,6 +31,9 @@ struct Cores {
     now: Timestamp,
     /// What each connection received, not yet decoded.
     wire: HashMap<ConnId, BytesMut>,
+    /// What each connection received, decoded and not yet taken.
+    unread: HashMap<ConnId, Vec<Frame>>,
+    next_rid: u32,
     offline: Vec<OfflineMessage>,
     closed: HashMap<ConnId, CloseReason>,
     next_slot: u64,
@@ -58,6 +67,8 @@ impl Cores {
             storage: MemEngine::new(StorageConfig::default()),
             now,
             wire: HashMap::new(),
+            unread: HashMap::new(),
+            next_rid: 1000,
             offline: Vec::new(),
             closed: HashMap::new(),
             next_slot: 1,
@@ -247,13 +258,134 @@ impl Cores {
 
     /// The frames `conn` received since last asked.
     fn take(&mut self, conn: ConnId) -> Vec<Frame> {
-        let mut out = Vec::new();
+        self.decode(conn);
+        self.unread.remove(&conn).unwrap_or_default()
+    }
+
+    /// Decodes what `conn` received into its unread frames.
+    fn decode(&mut self, conn: ConnId) {
+        let unread = self.unread.entry(conn).or_default();
         if let Some(buf) = self.wire.get_mut(&conn) {
             while let Some(frame) = FrameDecoder::default().decode(buf).expect("frames") {
-                out.push(frame);
+                unread.push(frame);
             }
         }
-        out
+    }
+
+    /// Hands `body` to `conn`'s core as a request, without running the cores; returns
+    /// its request id.
+    fn submit(&mut self, conn: ConnId, body: impl Into<Body>) -> u32 {
+        self.next_rid += 1;
+        let frame = Frame::new(self.next_rid, body);
+        self.controls[usize::from(conn.core())].handle(self.now, Event::Frame { conn, frame });
+        self.next_rid
+    }
+
+    /// The answer to request `rid` of `conn` (other frames stay unread).
+    fn answer(&mut self, conn: ConnId, rid: u32) -> Option<Body> {
+        self.decode(conn);
+        let unread = self.unread.get_mut(&conn)?;
+        let at = unread
+            .iter()
+            .position(|f| f.flags.is_response() && f.request_id == rid)?;
+        Some(unread.remove(at).body)
+    }
+
+    /// Sends the conversation op and runs the cores; its answer.
+    fn op(&mut self, conn: ConnId, op: Op) -> Result<pb::ConversationOpResult, pb::Error> {
+        let rid = self.submit(conn, pb::ConversationOp { op: Some(op) });
+        self.run();
+        match self.answer(conn, rid) {
+            Some(Body::ConversationOpResult(r)) => Ok(r),
+            Some(Body::Error(e)) => Err(e),
+            other => panic!("{conn}: op answered with {other:?}"),
+        }
+    }
+
+    fn join(&mut self, conn: ConnId, room: u64) -> Result<pb::ConversationOpResult, pb::Error> {
+        self.op(conn, Op::JoinChatroom(pb::JoinChatroom { room_id: room }))
+    }
+
+    fn leave(&mut self, conn: ConnId, room: u64) {
+        self.op(conn, Op::LeaveChatroom(pb::LeaveChatroom { room_id: room }))
+            .expect("leave");
+    }
+
+    /// The users of `room` as `conn` lists them (a member or not).
+    fn list(&mut self, conn: ConnId, room: u64) -> Vec<u64> {
+        let listed = self
+            .op(
+                conn,
+                Op::ListMembers(pb::ListMembers {
+                    conversation: Some(chatroom(room)),
+                }),
+            )
+            .expect("list");
+        listed.members.iter().map(|m| m.user_id).collect()
+    }
+
+    /// `conn` sends text `id` to `room`; its answer (after the cores ran).
+    fn room_send(&mut self, conn: ConnId, room: u64, id: u64) -> Result<pb::Ack, pb::Error> {
+        let rid = self.submit_room_send(conn, room, id);
+        self.run();
+        match self.answer(conn, rid) {
+            Some(Body::Ack(ack)) => Ok(ack),
+            Some(Body::Error(e)) => Err(e),
+            other => panic!("{conn}: send answered with {other:?}"),
+        }
+    }
+
+    /// Hands `conn`'s send of text `id` to `room` to its core without running them.
+    fn submit_room_send(&mut self, conn: ConnId, room: u64, id: u64) -> u32 {
+        let content = petrel_proto::wire::encode_content(&pb::Content {
+            body: Some(pb::content::Body::Text(pb::Text {
+                text: format!("r{id}"),
+                mentions: Vec::new(),
+            })),
+        });
+        self.submit(
+            conn,
+            pb::SendMessage {
+                client_msg_id: id,
+                conversation: Some(chatroom(room)),
+                content,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// The (client_msg_id, seq) of the room pushes `conn` received since last asked.
+    fn room_pushes(&mut self, conn: ConnId) -> Vec<(u64, u64)> {
+        self.take(conn)
+            .into_iter()
+            .filter_map(|f| match f.body {
+                Body::MessagePush(p) => Some((p.client_msg_id, p.seq)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// An operator's chatroom operation, answered by the room's owner core.
+    fn api_room(&mut self, room: u64, op: ApiChatroomOp) -> (Vec<u64>, bool) {
+        let owner = usize::from(room_owner(room, 2));
+        self.controls[owner].handle_api(self.now, ApiId(room), ApiRequest::Chatroom { room, op });
+        let (id, reply) = self.controls[owner].poll_api_reply().expect("answered");
+        assert_eq!(id, ApiId(room));
+        self.run();
+        match reply {
+            Ok(ApiReply::Chatroom { users, closed }) => (users, closed),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn congested(&mut self, conn: ConnId) {
+        self.controls[usize::from(conn.core())].handle(self.now, Event::Congested { conn });
+        self.run();
+    }
+
+    fn drained(&mut self, conn: ConnId) {
+        self.controls[usize::from(conn.core())].handle(self.now, Event::Drained { conn });
+        self.run();
     }
 
     /// The `client_msg_id`s of the message pushes `conn` received since last asked.
@@ -266,6 +398,24 @@ impl Cores {
             })
             .collect()
     }
+}
+
+fn chatroom(room: u64) -> pb::ConversationId {
+    pb::ConversationId {
+        kind: pb::ConversationKind::Chatroom as i32,
+        id: room,
+    }
+}
+
+/// The `ConversationEvent` kinds in `frames` with the room and users they name.
+fn events(frames: &[Frame]) -> Vec<(i32, u64, Vec<u64>)> {
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            Body::ConversationEvent(e) => Some((e.kind, e.conversation?.id, e.users.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
@@ -417,4 +567,383 @@ fn a_token_revoked_on_one_core_ends_its_sessions_and_is_refused_on_the_other() {
         "{frames:?}"
     );
     assert!(cores.closed.contains_key(&again));
+}
+
+/// Four members, two per core, in `room`: (alice, carol) on core 0, (bob, dave) on 1.
+fn four_in_a_room(cores: &mut Cores, room: u64) -> [ConnId; 4] {
+    let alice = cores.login(0, ALICE, "a-phone", pb::Platform::Ios);
+    let bob = cores.login(1, BOB, "b-phone", pb::Platform::Ios);
+    let carol = cores.login(0, CAROL, "c-phone", pb::Platform::Ios);
+    let dave = cores.login(1, DAVE, "d-phone", pb::Platform::Ios);
+    for conn in [alice, bob, carol, dave] {
+        cores.join(conn, room).expect("join");
+    }
+    [alice, bob, carol, dave]
+}
+
+#[test]
+fn room_messages_from_either_core_reach_every_other_member_once_in_one_seq() {
+    // Room 6 is core 0's, room 7 core 1's: the same traffic either way.
+    for room in [6, 7] {
+        let owner = usize::from(room_owner(room, 2));
+        let mut cores = Cores::new();
+        let members = four_in_a_room(&mut cores, room);
+        assert_eq!(cores.controls[owner].chatroom_count(), 1);
+        assert_eq!(
+            cores.controls[1 - owner].chatroom_count(),
+            0,
+            "not the owner"
+        );
+        for &conn in &members {
+            cores.take(conn);
+        }
+        // Senders take turns across cores: alice, bob, carol, dave, alice, ...
+        let n = 8u64;
+        for id in 1..=n {
+            let sender = members[(id as usize - 1) % 4];
+            let ack = cores.room_send(sender, room, id).expect("ack");
+            assert_eq!(ack.seq, id, "room {room}: one counter for both cores");
+            assert_eq!(ack.client_msg_id, id);
+            assert_eq!(ack.conversation, Some(chatroom(room)));
+        }
+        for (i, &conn) in members.iter().enumerate() {
+            let expected: Vec<(u64, u64)> = (1..=n)
+                .filter(|id| (*id as usize - 1) % 4 != i)
+                .map(|id| (id, id))
+                .collect();
+            assert_eq!(
+                cores.room_pushes(conn),
+                expected,
+                "room {room}: {conn} gets every other member's message once, not its own"
+            );
+        }
+        let delivered: u64 = cores
+            .controls
+            .iter()
+            .map(|c| c.counters().messages_delivered.chatroom)
+            .sum();
+        assert_eq!(delivered, n * 3);
+        // Each core delivered to its own two members.
+        for control in &cores.controls {
+            assert_eq!(control.counters().messages_delivered.chatroom, n * 3 / 2);
+        }
+        assert_eq!(cores.list(members[1], room), [ALICE, BOB, CAROL, DAVE]);
+        assert_eq!(cores.list(members[0], room), [ALICE, BOB, CAROL, DAVE]);
+    }
+}
+
+#[test]
+fn a_late_joiner_on_the_other_core_gets_the_backlog_and_leaving_or_closing_stops_delivery() {
+    for room in [6, 7] {
+        let owner = room_owner(room, 2);
+        let other = 1 - owner;
+        let mut cores = Cores::new();
+        let speaker = cores.login(owner, ALICE, "a-phone", pb::Platform::Ios);
+        cores.join(speaker, room).expect("join");
+        for id in 1..=3 {
+            cores.room_send(speaker, room, id).expect("ack");
+        }
+        // Bob joins from the other core: the owner's backlog and member list.
+        let bob = cores.login(other, BOB, "b-phone", pb::Platform::Ios);
+        let joined = cores.join(bob, room).expect("join");
+        let recent: Vec<u64> = joined.recent.iter().map(|m| m.seq).collect();
+        assert_eq!(recent, [1, 2, 3], "room {room}");
+        let users: Vec<u64> = joined.members.iter().map(|m| m.user_id).collect();
+        assert_eq!(users, [ALICE, BOB]);
+        let carol = cores.login(other, CAROL, "c-phone", pb::Platform::Ios);
+        cores.join(carol, room).expect("join");
+        cores.room_send(speaker, room, 4).expect("ack");
+        assert_eq!(cores.room_pushes(bob), [(4, 4)]);
+        assert_eq!(cores.room_pushes(carol), [(4, 4)]);
+
+        // Bob leaves: the owner no longer lists him, and he gets nothing more.
+        cores.leave(bob, room);
+        assert_eq!(cores.list(speaker, room), [ALICE, CAROL], "room {room}");
+        let err = cores.room_send(bob, room, 50).unwrap_err();
+        assert_eq!(err.code, pb::ErrorCode::NotAMember as i32);
+        cores.room_send(speaker, room, 5).expect("ack");
+        assert!(cores.room_pushes(bob).is_empty());
+        assert_eq!(cores.room_pushes(carol), [(5, 5)]);
+        // Carol's connection closes: the owner's list and counters follow.
+        cores.close(carol);
+        assert_eq!(
+            cores.api_room(room, ApiChatroomOp::Members),
+            (vec![ALICE], false)
+        );
+        let delivered_before = cores.controls[usize::from(other)]
+            .counters()
+            .messages_delivered
+            .chatroom;
+        let ack = cores.room_send(speaker, room, 6).expect("ack");
+        assert_eq!(ack.seq, 6);
+        assert_eq!(
+            cores.controls[usize::from(other)]
+                .counters()
+                .messages_delivered
+                .chatroom,
+            delivered_before,
+            "nothing for the other core any more"
+        );
+        // The last member leaves: the owner drops the room.
+        cores.leave(speaker, room);
+        assert_eq!(cores.controls[usize::from(owner)].chatroom_count(), 0);
+    }
+}
+
+#[test]
+fn a_congested_member_on_the_other_core_is_skipped_and_told_the_gap_when_drained() {
+    for room in [6, 7] {
+        let owner = room_owner(room, 2);
+        let other = 1 - owner;
+        let mut cores = Cores::new();
+        let speaker = cores.login(owner, ALICE, "a-phone", pb::Platform::Ios);
+        let fast = cores.login(other, BOB, "b-phone", pb::Platform::Ios);
+        let slow = cores.login(other, CAROL, "c-phone", pb::Platform::Ios);
+        for conn in [speaker, fast, slow] {
+            cores.join(conn, room).expect("join");
+        }
+        cores.room_send(speaker, room, 1).expect("ack");
+        cores.congested(slow);
+        for id in 2..=4 {
+            cores.room_send(speaker, room, id).expect("ack");
+        }
+        assert_eq!(cores.room_pushes(slow), [(1, 1)], "room {room}");
+        assert_eq!(
+            cores.room_pushes(fast),
+            [(1, 1), (2, 2), (3, 3), (4, 4)],
+            "the room does not wait for its slowest member"
+        );
+        let c = cores.controls[usize::from(other)].counters();
+        assert_eq!(
+            c.messages_dropped.chatroom, 3,
+            "counted where it was skipped"
+        );
+        assert_eq!(
+            cores.controls[usize::from(owner)]
+                .counters()
+                .messages_dropped
+                .chatroom,
+            0
+        );
+        assert!(
+            cores.kicked(slow).is_none(),
+            "chatrooms skip, they never kick"
+        );
+        // It drains: one Gap for 2..=4, then newer messages again.
+        cores.drained(slow);
+        let frames = cores.take(slow);
+        let gaps: Vec<(u64, u64, u64)> = frames
+            .iter()
+            .filter_map(|f| match &f.body {
+                Body::Gap(g) => Some((g.conversation?.id, g.from_seq, g.to_seq)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gaps, [(room, 2, 4)]);
+        assert_eq!(
+            cores.controls[usize::from(other)].counters().chatroom_gaps,
+            1
+        );
+        cores.room_send(speaker, room, 5).expect("ack");
+        assert_eq!(cores.room_pushes(slow), [(5, 5)]);
+    }
+}
+
+#[test]
+fn operator_close_and_kick_on_the_owner_reach_members_on_the_other_core() {
+    for room in [6, 7] {
+        let owner = room_owner(room, 2);
+        let other = 1 - owner;
+        let mut cores = Cores::new();
+        let alice = cores.login(owner, ALICE, "a-phone", pb::Platform::Ios);
+        let bob_phone = cores.login(other, BOB, "b-phone", pb::Platform::Ios);
+        let bob_desk = cores.login(owner, BOB, "b-desk", pb::Platform::Desktop);
+        let carol = cores.login(other, CAROL, "c-phone", pb::Platform::Ios);
+        for conn in [alice, bob_phone, bob_desk, carol] {
+            cores.join(conn, room).expect("join");
+        }
+        for conn in [alice, bob_phone, bob_desk, carol] {
+            cores.take(conn);
+        }
+        // Kick Bob: both his connections, one per core, are out and told so.
+        let (users, closed) = cores.api_room(room, ApiChatroomOp::Kick { user: BOB });
+        assert_eq!((users, closed), (vec![BOB], false), "room {room}");
+        let removed = pb::ConversationEventKind::MembersRemoved as i32;
+        for conn in [bob_phone, bob_desk] {
+            assert_eq!(events(&cores.take(conn)), [(removed, room, vec![BOB])]);
+        }
+        assert!(events(&cores.take(carol)).is_empty());
+        assert_eq!(cores.list(carol, room), [ALICE, CAROL]);
+        let err = cores.room_send(bob_phone, room, 9).unwrap_err();
+        assert_eq!(err.code, pb::ErrorCode::NotAMember as i32);
+        cores.room_send(carol, room, 1).expect("ack");
+        assert!(cores.room_pushes(bob_phone).is_empty());
+        assert!(cores.room_pushes(bob_desk).is_empty());
+        assert_eq!(cores.room_pushes(alice), [(1, 1)]);
+
+        // Close: everyone is out, told DISSOLVED, and joins are refused on both cores.
+        let (mut users, closed) = cores.api_room(room, ApiChatroomOp::Close);
+        users.sort_unstable();
+        assert_eq!((users, closed), (vec![ALICE, CAROL], true));
+        let dissolved = pb::ConversationEventKind::Dissolved as i32;
+        assert_eq!(events(&cores.take(carol)), [(dissolved, room, vec![CAROL])]);
+        assert_eq!(events(&cores.take(alice)), [(dissolved, room, vec![ALICE])]);
+        assert_eq!(cores.controls[usize::from(owner)].chatroom_count(), 0);
+        for conn in [carol, alice] {
+            let err = cores.join(conn, room).unwrap_err();
+            assert_eq!(err.code, pb::ErrorCode::NotFound as i32, "room {room}");
+        }
+        let err = cores.room_send(carol, room, 2).unwrap_err();
+        assert_eq!(err.code, pb::ErrorCode::NotAMember as i32);
+        // The refused joins made no one a member.
+        assert!(cores.list(carol, room).is_empty());
+        // Opened again: the other core's connection joins an empty room.
+        assert_eq!(
+            cores.api_room(room, ApiChatroomOp::Open),
+            (Vec::new(), false)
+        );
+        let joined = cores.join(carol, room).expect("join");
+        assert!(joined.recent.is_empty(), "a close forgets the backlog");
+        assert_eq!(cores.list(alice, room), [CAROL]);
+    }
+}
+
+#[test]
+fn a_send_crossing_a_close_is_refused_by_the_owner() {
+    let room = 7; // core 1's
+    let mut cores = Cores::new();
+    let alice = cores.login(1, ALICE, "a-phone", pb::Platform::Ios);
+    let bob = cores.login(0, BOB, "b-phone", pb::Platform::Ios);
+    cores.join(alice, room).expect("join");
+    cores.join(bob, room).expect("join");
+    // Bob sends while the operator closes the room: his core still holds his seat and
+    // forwards the send; the owner has no room any more and refuses it.
+    let owner = &mut cores.controls[1];
+    owner.handle_api(
+        cores.now,
+        ApiId(1),
+        ApiRequest::Chatroom {
+            room,
+            op: ApiChatroomOp::Close,
+        },
+    );
+    let rid = cores.submit_room_send(bob, room, 1);
+    cores.run();
+    match cores.answer(bob, rid) {
+        Some(Body::Error(e)) => assert_eq!(e.code, pb::ErrorCode::NotAMember as i32),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cores.controls[1].counters().messages_rejected, 1);
+    let dissolved = pb::ConversationEventKind::Dissolved as i32;
+    assert_eq!(events(&cores.take(bob)), [(dissolved, room, vec![BOB])]);
+    assert!(cores.room_pushes(alice).is_empty());
+}
+
+#[test]
+fn a_join_whose_connection_leaves_or_closes_before_the_answer_leaves_no_member() {
+    let room = 6; // core 0's
+    let mut cores = Cores::new();
+    let alice = cores.login(0, ALICE, "a-phone", pb::Platform::Ios);
+    cores.join(alice, room).expect("join");
+    // Bob (core 1) joins and leaves before the owner answered.
+    let bob = cores.login(1, BOB, "b-phone", pb::Platform::Ios);
+    let join = cores.submit(
+        bob,
+        pb::ConversationOp {
+            op: Some(Op::JoinChatroom(pb::JoinChatroom { room_id: room })),
+        },
+    );
+    cores.submit(
+        bob,
+        pb::ConversationOp {
+            op: Some(Op::LeaveChatroom(pb::LeaveChatroom { room_id: room })),
+        },
+    );
+    cores.run();
+    assert!(matches!(
+        cores.answer(bob, join),
+        Some(Body::ConversationOpResult(_))
+    ));
+    assert_eq!(cores.list(alice, room), [ALICE]);
+    cores.room_send(alice, room, 1).expect("ack");
+    assert!(cores.room_pushes(bob).is_empty());
+    // Carol (core 1) joins and her connection closes before the answer.
+    let carol = cores.login(1, CAROL, "c-phone", pb::Platform::Ios);
+    cores.submit(
+        carol,
+        pb::ConversationOp {
+            op: Some(Op::JoinChatroom(pb::JoinChatroom { room_id: room })),
+        },
+    );
+    cores.controls[1].handle(cores.now, Event::Closed { conn: carol });
+    cores.run();
+    assert_eq!(cores.list(alice, room), [ALICE]);
+    // Dave (core 1) joins and sends before the answer: the owner takes the join first.
+    let dave = cores.login(1, DAVE, "d-phone", pb::Platform::Ios);
+    cores.submit(
+        dave,
+        pb::ConversationOp {
+            op: Some(Op::JoinChatroom(pb::JoinChatroom { room_id: room })),
+        },
+    );
+    let send = cores.submit_room_send(dave, room, 2);
+    cores.run();
+    match cores.answer(dave, send) {
+        Some(Body::Ack(ack)) => assert_eq!(ack.seq, 2),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cores.room_pushes(alice), [(2, 2)]);
+    assert_eq!(cores.list(alice, room), [ALICE, DAVE]);
+}
+
+#[test]
+fn the_seat_limit_is_checked_on_the_members_core_and_typing_crosses_cores() {
+    let mut cores = Cores::new();
+    let alice = cores.login(0, ALICE, "a-phone", pb::Platform::Ios);
+    let bob = cores.login(1, BOB, "b-phone", pb::Platform::Ios);
+    let max = Config::default().max_rooms_per_conn as u64;
+    // Rooms of both owners; the limit counts them all.
+    for room in 100..100 + max {
+        cores.join(alice, room).expect("join");
+    }
+    for room in [101, 102] {
+        let err = cores.join(alice, 1000 + room).unwrap_err();
+        assert_eq!(err.code, pb::ErrorCode::PermissionDenied as i32);
+    }
+    cores.join(alice, 101).expect("a room it is in already");
+    // Typing in room 101 (core 1's) from core 0 reaches Bob on core 1, and back.
+    cores.join(bob, 101).expect("join");
+    cores.take(alice);
+    for (from, to) in [(alice, bob), (bob, alice)] {
+        cores.submit(
+            from,
+            pb::Typing {
+                conversation: Some(chatroom(101)),
+                typing: true,
+            },
+        );
+        cores.run();
+        let notices: Vec<(u64, u64)> = cores
+            .take(to)
+            .into_iter()
+            .filter_map(|f| match f.body {
+                Body::TypingNotice(n) => Some((n.conversation?.id, n.user)),
+                _ => None,
+            })
+            .collect();
+        let user = if from == alice { ALICE } else { BOB };
+        assert_eq!(notices, [(101, user)]);
+        assert!(cores.take(from).is_empty(), "not to the typist");
+    }
+    // Typing to a room one is not in is dropped, on the typist's core.
+    cores.submit(
+        bob,
+        pb::Typing {
+            conversation: Some(chatroom(100)),
+            typing: true,
+        },
+    );
+    cores.run();
+    assert!(cores.take(alice).is_empty());
+    assert_eq!(cores.controls[1].counters().typing_dropped, 1);
 }
