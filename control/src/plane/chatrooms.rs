@@ -88,7 +88,14 @@ impl Control {
         true
     }
 
-    /// The owner's answer to a join of one of this core's connections.
+    /// The owner's answer to a join of one of this core's connections. Answers come in
+    /// the order the owner took the requests, so the seat this core holds decides: a
+    /// seated answer finding no seat (left or closed meanwhile) has the owner remove the
+    /// member again, and a refusal drops the seat (the owner has no member left after
+    /// a close). One race is accepted: join, leave and join again in quick succession
+    /// can index the second seat when the first answer arrives, so pushes sent between
+    /// the leave and the second join may reach the connection (each with its seq, also
+    /// in the second answer's backlog).
     pub(super) fn on_room_joined(&mut self, room: u64, conn: ConnId, seated: bool, bytes: Bytes) {
         let holds_seat = self
             .registry
