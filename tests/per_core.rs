@@ -2,7 +2,8 @@
 //! connections. Users whose sessions are on different cores chat live (pushes cross
 //! between the cores), and a device that reconnects onto the other core replaces its
 //! old session there. The session id's low byte names the core, which is how these tests
-//! know where a session landed. The HTTP API's calls about sessions reach every core.
+//! know where a session landed. Chatrooms span cores whichever core owns them, and the
+//! HTTP API's calls about sessions reach every core.
 
 #[macro_use]
 mod common;
@@ -136,6 +137,75 @@ fn a_device_reconnecting_onto_the_other_core_replaces_its_old_session(dp: Datapl
     panic!("64 logins never landed on the other core");
 }
 
+/// Members on both cores in a room owned by core 0 and in one owned by core 1: one seq
+/// counter per room, every other member gets each message once, and a late joiner on
+/// either core gets the backlog.
+fn a_chatroom_spans_cores_whichever_core_owns_it(dp: Dataplane) {
+    let server = start(dp);
+    let users: Vec<u64> = (8_300..8_312).collect();
+    let mut clients: Vec<TestClient> = users
+        .iter()
+        .map(|&u| TestClient::login(server.addr, &server.token(u, "d"), u, "d"))
+        .collect();
+    let on: HashSet<u64> = clients.iter().map(core_of).collect();
+    assert_eq!(
+        on,
+        HashSet::from([0, 1]),
+        "twelve sessions land on both cores"
+    );
+    for room in [40u64, 41] {
+        let conversation = pb::ConversationId {
+            kind: pb::ConversationKind::Chatroom as i32,
+            id: room,
+        };
+        for c in clients.iter_mut() {
+            let joined = c.request(pb::ConversationOp {
+                op: Some(Op::JoinChatroom(pb::JoinChatroom { room_id: room })),
+            });
+            assert!(
+                matches!(joined.body, Body::ConversationOpResult(_)),
+                "{joined:?}"
+            );
+        }
+        let mut seqs = Vec::new();
+        for (i, c) in clients.iter_mut().enumerate() {
+            seqs.push(c.send_text(conversation, 500 + i as u64, "room").seq);
+        }
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (1..=12).collect::<Vec<u64>>(),
+            "room {room}: one counter"
+        );
+        for (i, c) in clients.iter_mut().enumerate() {
+            let mut from = Vec::new();
+            for _ in 0..11 {
+                let p = c.push();
+                assert_eq!(p.conversation, Some(conversation));
+                from.push(p.sender);
+            }
+            from.sort_unstable();
+            let expected: Vec<u64> = users.iter().copied().filter(|&u| u != users[i]).collect();
+            assert_eq!(from, expected, "room {room}: each message once");
+        }
+        // A late joiner, wherever it lands, gets the room's backlog.
+        let mut late = TestClient::login(server.addr, &server.token(8_399, "late"), 8_399, "late");
+        let joined = late.request(pb::ConversationOp {
+            op: Some(Op::JoinChatroom(pb::JoinChatroom { room_id: room })),
+        });
+        let Body::ConversationOpResult(result) = joined.body else {
+            panic!("join failed: {joined:?}");
+        };
+        let mut recent: Vec<u64> = result.recent.iter().map(|m| m.seq).collect();
+        recent.sort_unstable();
+        assert_eq!(
+            recent,
+            (1..=12).collect::<Vec<u64>>(),
+            "room {room}: backlog"
+        );
+    }
+}
+
 const API_KEY: &str = "per-core-api-key-0123456789abcdef";
 
 /// The HTTP API's calls about sessions reach every core: a user with a desktop session
@@ -245,5 +315,6 @@ fn phone_index(sessions: &Value, session_id: u64) -> String {
 dataplane_tests!(
     users_on_both_cores_chat_one_to_one_and_in_a_group_live,
     a_device_reconnecting_onto_the_other_core_replaces_its_old_session,
-    the_api_sees_and_ends_sessions_on_every_core
+    the_api_sees_and_ends_sessions_on_every_core,
+    a_chatroom_spans_cores_whichever_core_owns_it
 );

@@ -11,9 +11,10 @@
 //! With one control plane (`ownership = "home"`) every call goes to core 0. With one per
 //! core (`"per-core"`) a call about sessions — `Sessions`, `Kick`, `Presence`,
 //! `RevokeToken`, `RevokeUser` — goes to every core, each answers for its own sessions,
-//! and the answers are merged ([`merge`]); everything else (tokens, sends, history,
-//! conversation operations: storage and pushes, which cross cores by themselves) to
-//! core 0.
+//! and the answers are merged ([`merge`]); a chatroom call goes to the room's owner core
+//! (`chatroom::room_owner`), which holds its members on every core; everything else
+//! (tokens, sends, history, conversation operations: storage and pushes, which cross
+//! cores by themselves) to core 0.
 //!
 //! A loop's cost when the API is idle is one `try_recv` on an empty channel per
 //! iteration; the map of outstanding oneshots is touched only by API traffic.
@@ -81,7 +82,10 @@ fn scope(request: &ApiRequest, cores: usize) -> Scope {
         | ApiRequest::Presence { .. }
         | ApiRequest::RevokeToken { .. }
         | ApiRequest::RevokeUser { .. } => Scope::Every,
-        // Chatrooms do not cross cores yet (docs/ARCHITECTURE.md): core 0's rooms.
+        // The room's owner core holds its members on every core.
+        ApiRequest::Chatroom { room, .. } => Scope::One(usize::from(
+            petrel_control::chatroom::room_owner(*room, u8::try_from(cores).unwrap_or(u8::MAX)),
+        )),
         _ => Scope::One(0),
     }
 }
