@@ -35,6 +35,18 @@ fn core_of(c: &TestClient) -> u64 {
     c.session_id & 0xff
 }
 
+/// Logs every user in on a connection of its own; checks that the sessions landed on
+/// both cores (twelve users: the chance that hashing puts all on one is 1 in 2,048).
+fn log_in_on_both_cores(server: &TestServer, users: &[u64]) -> Vec<TestClient> {
+    let clients: Vec<TestClient> = users
+        .iter()
+        .map(|&u| TestClient::login(server.addr, &server.token(u, "d"), u, "d"))
+        .collect();
+    let on: HashSet<u64> = clients.iter().map(core_of).collect();
+    assert_eq!(on, HashSet::from([0, 1]), "sessions land on both cores");
+    clients
+}
+
 fn single(peer: u64) -> pb::ConversationId {
     pb::ConversationId {
         kind: pb::ConversationKind::Single as i32,
@@ -45,16 +57,7 @@ fn single(peer: u64) -> pb::ConversationId {
 fn users_on_both_cores_chat_one_to_one_and_in_a_group_live(dp: Dataplane) {
     let server = start(dp);
     let users: Vec<u64> = (8_000..8_012).collect();
-    let mut clients: Vec<TestClient> = users
-        .iter()
-        .map(|&u| TestClient::login(server.addr, &server.token(u, "d"), u, "d"))
-        .collect();
-    let on: HashSet<u64> = clients.iter().map(core_of).collect();
-    assert_eq!(
-        on,
-        HashSet::from([0, 1]),
-        "twelve sessions land on both cores"
-    );
+    let mut clients = log_in_on_both_cores(&server, &users);
 
     // 1:1 across cores, both ways: a user on core 0 and one on core 1.
     let a = clients
@@ -143,16 +146,7 @@ fn a_device_reconnecting_onto_the_other_core_replaces_its_old_session(dp: Datapl
 fn a_chatroom_spans_cores_whichever_core_owns_it(dp: Dataplane) {
     let server = start(dp);
     let users: Vec<u64> = (8_300..8_312).collect();
-    let mut clients: Vec<TestClient> = users
-        .iter()
-        .map(|&u| TestClient::login(server.addr, &server.token(u, "d"), u, "d"))
-        .collect();
-    let on: HashSet<u64> = clients.iter().map(core_of).collect();
-    assert_eq!(
-        on,
-        HashSet::from([0, 1]),
-        "twelve sessions land on both cores"
-    );
+    let mut clients = log_in_on_both_cores(&server, &users);
     for room in [40u64, 41] {
         let conversation = pb::ConversationId {
             kind: pb::ConversationKind::Chatroom as i32,

@@ -54,7 +54,7 @@ use super::ring::{RING, RING_BATCH, RingOut};
 pub const MAX_IN_FLIGHT: usize = 64 * 1024;
 /// How long a graceful shutdown waits for in-flight storage writes to be acked, beyond
 /// the control plane's `shutdown_grace`.
-pub(super) const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// Longest sleep of an idle core (it re-checks the stop flag).
 pub(super) const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Sleep of a core whose ring to home is full (home is behind: give it the CPU).
@@ -198,6 +198,71 @@ pub(super) fn note_storage_failure<E: GroupEngine + 'static>(
     }
 }
 
+/// A loop's graceful shutdown: begun when the stop flag is raised (the control plane then
+/// answers new requests `SHUTTING_DOWN`), over when nothing is in flight and the
+/// control plane's grace has passed — or after [`DRAIN_LIMIT`] beyond the grace.
+pub(super) struct Drain {
+    since: Option<Instant>,
+    limit: Duration,
+}
+
+/// What a loop does next during a shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DrainStep {
+    /// Keep serving (and draining, if begun).
+    Serve,
+    /// The stop flag was just seen: the drain began this iteration.
+    Began,
+    /// Drained (or out of time): kick, close and stop.
+    Done,
+}
+
+impl Drain {
+    pub(super) fn new(control: &Control) -> Drain {
+        Drain {
+            since: None,
+            limit: DRAIN_LIMIT + control.config().shutdown_grace,
+        }
+    }
+
+    /// Whether the drain has begun.
+    pub(super) fn is_draining(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// Begins the drain once `stop` is raised, and says whether it is over.
+    pub(super) fn step<E: GroupEngine + 'static>(
+        &mut self,
+        stop: &AtomicBool,
+        control: &mut Control,
+        committer: &Committer<E, Ticket>,
+    ) -> DrainStep {
+        let Some(since) = self.since else {
+            if !stop.load(Ordering::Relaxed) {
+                return DrainStep::Serve;
+            }
+            tracing::info!(
+                in_flight = committer.in_flight(),
+                "shutting down: refusing new requests, finishing in-flight writes"
+            );
+            control.begin_shutdown(now());
+            self.since = Some(Instant::now());
+            return DrainStep::Began;
+        };
+        if committer.in_flight() == 0 && control.is_drained(now()) {
+            return DrainStep::Done;
+        }
+        if since.elapsed() > self.limit {
+            tracing::warn!(
+                in_flight = committer.in_flight(),
+                "shutting down: drain limit reached with storage requests unanswered"
+            );
+            return DrainStep::Done;
+        }
+        DrainStep::Serve
+    }
+}
+
 /// How long to sleep: not at all while there is work or while spinning, else until the
 /// next timer (capped).
 pub(super) fn sleep_for(
@@ -285,30 +350,12 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
     /// once nothing is left (or after the drain limit) everyone is kicked and closed.
     fn run(mut self) {
         let mut idle_since = Instant::now();
-        let mut draining_since: Option<Instant> = None;
-        let drain_limit = DRAIN_LIMIT + self.control.config().shutdown_grace;
+        let mut drain = Drain::new(&self.control);
         loop {
-            if draining_since.is_none() && self.stop.load(Ordering::Relaxed) {
-                tracing::info!(
-                    in_flight = self.committer.in_flight(),
-                    "shutting down: refusing new requests, finishing in-flight writes"
-                );
-                self.control.begin_shutdown(now());
-                draining_since = Some(Instant::now());
+            if drain.step(&self.stop, &mut self.control, &self.committer) == DrainStep::Done {
+                break;
             }
-            if let Some(since) = draining_since {
-                if self.committer.in_flight() == 0 && self.control.is_drained(now()) {
-                    break;
-                }
-                if since.elapsed() > drain_limit {
-                    tracing::warn!(
-                        in_flight = self.committer.in_flight(),
-                        "shutting down: drain limit reached with storage requests unanswered"
-                    );
-                    break;
-                }
-            }
-            let next = self.next_timeout(draining_since.is_some());
+            let next = self.next_timeout(drain.is_draining());
             // Events left by the last transmit, replies ready, or commands that did not
             // fit in a full ring to another core (it does not wake us when it drains).
             let waiting = !self.events.is_empty()

@@ -49,7 +49,7 @@ use petrel_storage::{Committer, GroupEngine, Request};
 
 use super::config::PollMode;
 use super::core_loop::{
-    DRAIN_LIMIT, MAX_IN_FLIGHT, MAX_SLEEP, note_storage_failure, now, sleep_for,
+    Drain, DrainStep, MAX_IN_FLIGHT, MAX_SLEEP, note_storage_failure, now, sleep_for,
 };
 use super::disk_watch::DiskWatch;
 use super::ring::{RING, RING_BATCH, RingOut};
@@ -182,35 +182,19 @@ struct OwnerLoop<I: CoreIo, E: GroupEngine + 'static> {
 impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
     fn run(mut self) {
         let mut idle_since = Instant::now();
-        let mut draining_since: Option<Instant> = None;
-        let drain_limit = DRAIN_LIMIT + self.control.config().shutdown_grace;
+        let mut drain = Drain::new(&self.control);
         loop {
-            if draining_since.is_none() && self.shared.stop.load(Ordering::Relaxed) {
-                for waker in &self.others {
-                    let _ = waker.wake();
+            match drain.step(&self.shared.stop, &mut self.control, &self.committer) {
+                DrainStep::Done => break,
+                // Core 0 passes the stop signal on to the others.
+                DrainStep::Began => {
+                    for waker in &self.others {
+                        let _ = waker.wake();
+                    }
                 }
-                tracing::info!(
-                    core = self.io.index(),
-                    in_flight = self.committer.in_flight(),
-                    "shutting down: refusing new requests, finishing in-flight writes"
-                );
-                self.control.begin_shutdown(now());
-                draining_since = Some(Instant::now());
+                DrainStep::Serve => {}
             }
-            if let Some(since) = draining_since {
-                if self.committer.in_flight() == 0 && self.control.is_drained(now()) {
-                    break;
-                }
-                if since.elapsed() > drain_limit {
-                    tracing::warn!(
-                        core = self.io.index(),
-                        in_flight = self.committer.in_flight(),
-                        "shutting down: drain limit reached with storage requests unanswered"
-                    );
-                    break;
-                }
-            }
-            let next = self.next_timeout(draining_since.is_some());
+            let next = self.next_timeout(drain.is_draining());
             let waiting = !self.events.is_empty()
                 || self.committer.has_ready()
                 || self.api.as_ref().is_some_and(ApiInbox::has_calls)
