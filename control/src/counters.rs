@@ -196,3 +196,187 @@ pub struct Counters {
     /// Message edits stored.
     pub messages_edited: u64,
 }
+
+impl FrameCounts {
+    /// Adds `other`'s counts to these.
+    pub fn absorb(&mut self, other: &FrameCounts) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0.iter()) {
+            *mine += theirs;
+        }
+    }
+}
+
+impl LoginFailures {
+    /// Adds `other`'s counts to these (the counters of several control planes, one
+    /// per core, summed for one exposition).
+    pub fn absorb(&mut self, other: &LoginFailures) {
+        // Destructured whole, so a new field cannot be left out of the sum.
+        let LoginFailures {
+            malformed,
+            bad_signature,
+            expired,
+            unknown_key,
+            revoked,
+            mismatch,
+            not_ready,
+            already_logged_in,
+            stale,
+        } = other;
+        self.malformed += malformed;
+        self.bad_signature += bad_signature;
+        self.expired += expired;
+        self.unknown_key += unknown_key;
+        self.revoked += revoked;
+        self.mismatch += mismatch;
+        self.not_ready += not_ready;
+        self.already_logged_in += already_logged_in;
+        self.stale += stale;
+    }
+}
+
+impl Kicks {
+    /// Adds `other`'s counts to these (the counters of several control planes, one
+    /// per core, summed for one exposition).
+    pub fn absorb(&mut self, other: &Kicks) {
+        // Destructured whole, so a new field cannot be left out of the sum.
+        let Kicks {
+            replaced,
+            idle,
+            slow_consumer,
+            token_revoked,
+            admin,
+        } = other;
+        self.replaced += replaced;
+        self.idle += idle;
+        self.slow_consumer += slow_consumer;
+        self.token_revoked += token_revoked;
+        self.admin += admin;
+    }
+}
+
+impl ByScenario {
+    /// Adds `other`'s counts to these (the counters of several control planes, one
+    /// per core, summed for one exposition).
+    pub fn absorb(&mut self, other: &ByScenario) {
+        // Destructured whole, so a new field cannot be left out of the sum.
+        let ByScenario {
+            single,
+            group,
+            chatroom,
+            public_account,
+        } = other;
+        self.single += single;
+        self.group += group;
+        self.chatroom += chatroom;
+        self.public_account += public_account;
+    }
+}
+
+impl Counters {
+    /// Adds `other`'s counts to these (the counters of several control planes, one
+    /// per core, summed for one exposition).
+    pub fn absorb(&mut self, other: &Counters) {
+        // Destructured whole, so a new field cannot be left out of the sum.
+        let Counters {
+            connections_opened,
+            connections_closed,
+            logins_ok,
+            logins_failed,
+            login_timeouts,
+            sessions_expired,
+            frames_in,
+            frames_out,
+            frame_errors,
+            rate_limited,
+            kicks,
+            messages_persisted,
+            messages_duplicate,
+            messages_delivered,
+            messages_dropped,
+            messages_rejected,
+            storage_errors,
+            trimmed_messages,
+            trimmed_inbox_entries,
+            trim_passes,
+            encode_errors,
+            unknown_tickets,
+            token_cache_hits,
+            frames_misdirected,
+            refused_shutting_down,
+            chatroom_gaps,
+            typing_notices,
+            typing_dropped,
+            read_receipts,
+            read_receipts_skipped,
+            delivery_receipts,
+            congested,
+            sessions_revoked,
+            offline_notices,
+            pushes_forwarded,
+            messages_recalled,
+            messages_edited,
+        } = other;
+        self.connections_opened += connections_opened;
+        self.connections_closed += connections_closed;
+        self.logins_ok += logins_ok;
+        self.logins_failed.absorb(logins_failed);
+        self.login_timeouts += login_timeouts;
+        self.sessions_expired += sessions_expired;
+        self.frames_in.absorb(frames_in);
+        self.frames_out.absorb(frames_out);
+        self.frame_errors += frame_errors;
+        self.rate_limited += rate_limited;
+        self.kicks.absorb(kicks);
+        self.messages_persisted.absorb(messages_persisted);
+        self.messages_duplicate += messages_duplicate;
+        self.messages_delivered.absorb(messages_delivered);
+        self.messages_dropped.absorb(messages_dropped);
+        self.messages_rejected += messages_rejected;
+        self.storage_errors += storage_errors;
+        self.trimmed_messages += trimmed_messages;
+        self.trimmed_inbox_entries += trimmed_inbox_entries;
+        self.trim_passes += trim_passes;
+        self.encode_errors += encode_errors;
+        self.unknown_tickets += unknown_tickets;
+        self.token_cache_hits += token_cache_hits;
+        self.frames_misdirected += frames_misdirected;
+        self.refused_shutting_down += refused_shutting_down;
+        self.chatroom_gaps += chatroom_gaps;
+        self.typing_notices += typing_notices;
+        self.typing_dropped += typing_dropped;
+        self.read_receipts += read_receipts;
+        self.read_receipts_skipped += read_receipts_skipped;
+        self.delivery_receipts += delivery_receipts;
+        self.congested += congested;
+        self.sessions_revoked += sessions_revoked;
+        self.offline_notices += offline_notices;
+        self.pushes_forwarded += pushes_forwarded;
+        self.messages_recalled += messages_recalled;
+        self.messages_edited += messages_edited;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absorbing_sums_every_kind_of_count() {
+        let mut a = Counters {
+            logins_ok: 2,
+            ..Counters::default()
+        };
+        a.kicks.replaced = 1;
+        a.messages_delivered.chatroom = 5;
+        a.frames_in.add(FrameType::Ping);
+        let mut b = a.clone();
+        b.logins_failed.stale = 3;
+        b.frames_in.add(FrameType::Ping);
+        a.absorb(&b);
+        assert_eq!(a.logins_ok, 4);
+        assert_eq!(a.kicks.replaced, 2);
+        assert_eq!(a.messages_delivered.chatroom, 10);
+        assert_eq!(a.logins_failed.stale, 3);
+        assert_eq!(a.frames_in.get(FrameType::Ping), 3);
+    }
+}

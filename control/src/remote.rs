@@ -39,13 +39,17 @@
 //!   connections' seats follows the owner's: a join's answer that finds its seat gone
 //!   (the connection left or closed meanwhile) tells the owner to remove it again.
 //!
-//! Presence is eventually consistent, and that has two edges the driver must close
-//! before sessions span cores in production (not done yet):
+//! Presence is eventually consistent, and that has two edges:
 //! - A message appended on core A after a new device on core B read its first sync, but
 //!   before A learned of that session, is neither pushed nor in that sync: the device
-//!   sees it only at its next sync or the next seq gap. The fix is an ordering rule for
-//!   the driver: answer a login (`LoginResult`) only after every core has taken its
-//!   presence in.
+//!   sees it only at its next sync or the next seq gap. The per-core driver narrows this
+//!   with an ordering rule (src/server/per_core.rs): a core takes in its rings after
+//!   reading its sockets and before handling what it read, and a login's notice is on
+//!   the ring before its `LoginResult` is sent, so whatever a client does after seeing
+//!   another's login reaches the control plane after that login's presence. What it does
+//!   not cover: a send read before the notice arrived whose append completes after the
+//!   new device's first sync (holding `LoginResult` until every core acknowledged the
+//!   login would; not done).
 //! - A user whose last session just closed on B still counts as online on A until the
 //!   notice arrives: a message in between sends no offline notice (`OfflineMessage`).
 //!

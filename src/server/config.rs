@@ -56,7 +56,7 @@ pub enum Ownership {
     Home,
     /// Every core runs the whole loop for its own connections — control plane,
     /// committer, transport — and the cores share nothing but messages on rings
-    /// (docs/ARCHITECTURE.md, "Shared-nothing cores"). Not yet with the metrics endpoint.
+    /// (docs/ARCHITECTURE.md, "Shared-nothing cores").
     PerCore,
 }
 
@@ -162,7 +162,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "US")]
     pub poll_spin_us: Option<u64>,
     /// Which cores run a control plane: `home` (core 0 only) or `per-core` (every core
-    /// its own connections; no metrics endpoint yet) [default: home].
+    /// its own connections) [default: home].
     #[arg(long, value_enum)]
     pub ownership: Option<Ownership>,
     /// Scheduling of the storage syncer thread (sync = batch): `realtime` lets it run the
@@ -631,13 +631,6 @@ impl ServeConfig {
         }
         if self.api_addr.is_some() && self.api_key_file.is_none() {
             bail!("api_addr needs api_key_file (the key every API request must carry)");
-        }
-        if self.ownership == Ownership::PerCore && self.metrics_addr.is_some() {
-            bail!(
-                "ownership = \"per-core\" does not serve metrics yet (the cores' counters are \
-                 not summed; docs/ARCHITECTURE.md): remove metrics_addr or use \
-                 ownership = \"home\""
-            );
         }
         if self.api_system_user == Some(0) {
             bail!("api_system_user must be a user id (1 or more)");

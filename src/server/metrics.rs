@@ -30,7 +30,9 @@ use petrel_control::Counters;
 use petrel_dataplane::xdp::filter::FilterCounters;
 use petrel_dataplane::xdp::transport::{SocketDrops, TcpDrops};
 use petrel_dataplane::xdp::wire::{Malformed, RxCounters};
-use petrel_storage::{CommitStats, LATENCY_BUCKETS_US, RecentIdsStats, WriterCacheStats};
+use petrel_storage::{
+    CommitStats, CommitStatsSnapshot, LATENCY_BUCKETS_US, RecentIdsStats, WriterCacheStats,
+};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -84,14 +86,38 @@ pub struct StorageSnapshot {
     pub dedup: Option<RecentIdsStats>,
 }
 
+impl Published {
+    /// Adds another control plane's snapshot to this one (one per core with
+    /// `ownership = "per-core"`): counts and gauges summed, per-core lists added index by
+    /// index (each core fills its own entries).
+    pub fn absorb(&mut self, other: &Published) {
+        fn add(mine: &mut Vec<u64>, theirs: &[u64]) {
+            if mine.len() < theirs.len() {
+                mine.resize(theirs.len(), 0);
+            }
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                *m += t;
+            }
+        }
+        self.counters.absorb(&other.counters);
+        self.sessions += other.sessions;
+        add(&mut self.connections, &other.connections);
+        add(&mut self.outbound_queue, &other.outbound_queue);
+        self.inbound_queue += other.inbound_queue;
+        self.storage_in_flight += other.storage_in_flight;
+    }
+}
+
 /// Reads [`StorageSnapshot`]; called on the metrics thread at each scrape.
 pub type StorageSource = Box<dyn Fn() -> StorageSnapshot + Send + Sync>;
 
 /// Everything a scrape renders.
 pub struct Metrics {
     dataplane: &'static str,
-    published: Mutex<Published>,
-    storage: Arc<CommitStats>,
+    /// The last snapshot of each publisher: the home core, or every core's own.
+    published: Mutex<Vec<Published>>,
+    /// Every committer's stats (one, or one per core).
+    storage: Vec<Arc<CommitStats>>,
     storage_source: Mutex<Option<StorageSource>>,
     transport: Mutex<Option<TransportSource>>,
     api: Mutex<Option<Arc<crate::api::stats::ApiStats>>>,
@@ -107,12 +133,12 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Metrics for a server on `dataplane` (`kernel` or `xdp`) whose storage queue
-    /// records into `storage`.
-    pub fn new(dataplane: &'static str, storage: Arc<CommitStats>) -> Arc<Metrics> {
+    /// Metrics for a server on `dataplane` (`kernel` or `xdp`) whose storage committers
+    /// record into `storage` (rendered summed).
+    pub fn new(dataplane: &'static str, storage: Vec<Arc<CommitStats>>) -> Arc<Metrics> {
         Arc::new(Metrics {
             dataplane,
-            published: Mutex::new(Published::default()),
+            published: Mutex::new(Vec::new()),
             storage,
             storage_source: Mutex::new(None),
             transport: Mutex::new(None),
@@ -141,7 +167,17 @@ impl Metrics {
 
     /// Replaces the published snapshot (the driver, every [`PUBLISH_INTERVAL`]).
     pub fn publish(&self, snapshot: Published) {
-        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
+        self.publish_from(0, snapshot);
+    }
+
+    /// Replaces the snapshot of publisher `core` (with `ownership = "per-core"` each core
+    /// publishes its own; a scrape renders their sum).
+    pub fn publish_from(&self, core: usize, snapshot: Published) {
+        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        if published.len() <= core {
+            published.resize_with(core + 1, Published::default);
+        }
+        published[core] = snapshot;
     }
 
     /// Sets where the XDP families come from (the AF_XDP transport). Without one they
@@ -302,11 +338,14 @@ const MALFORMED: [Malformed; Malformed::COUNT] = [
 
 impl Collector for Metrics {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
-        let p = self
-            .published
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let p = {
+            let published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+            let mut sum = Published::default();
+            for one in published.iter() {
+                sum.absorb(one);
+            }
+            sum
+        };
         let c = &p.counters;
         let dp = self.dataplane;
         let cores: Vec<String> = (0..p.connections.len().max(p.outbound_queue.len()))
@@ -581,7 +620,10 @@ impl Collector for Metrics {
             &[(vec![], p.inbound_queue as i64)],
         )?;
 
-        let s = self.storage.snapshot();
+        let mut s = CommitStatsSnapshot::default();
+        for stats in &self.storage {
+            s.absorb(&stats.snapshot());
+        }
         latency_histogram(
             &mut e,
             "petrel_storage_commit_latency_seconds",
@@ -847,7 +889,7 @@ mod tests {
     #[test]
     fn published_counters_and_a_fake_xdp_source_are_rendered() {
         let stats = Arc::new(CommitStats::default());
-        let metrics = Metrics::new("xdp", stats);
+        let metrics = Metrics::new("xdp", vec![stats]);
         let mut counters = Counters {
             logins_ok: 3,
             ..Counters::default()
@@ -1012,7 +1054,7 @@ mod tests {
 
     #[test]
     fn the_endpoint_answers_get_metrics_and_refuses_the_rest() {
-        let metrics = Metrics::new("kernel", Arc::new(CommitStats::default()));
+        let metrics = Metrics::new("kernel", vec![Arc::new(CommitStats::default())]);
         let endpoint = serve("127.0.0.1:0".parse().unwrap(), metrics).unwrap();
         let get = |request: &str| {
             let mut s = TcpStream::connect(endpoint.addr).unwrap();

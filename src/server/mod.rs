@@ -222,7 +222,10 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
 
     let metrics = match config.metrics_addr {
         Some(addr) => {
-            let metrics = metrics::Metrics::new(transport.metrics_label(), committers[0].stats());
+            let metrics = metrics::Metrics::new(
+                transport.metrics_label(),
+                committers.iter().map(Committer::stats).collect(),
+            );
             if config.api_addr.is_some() {
                 metrics.set_api_stats(api_stats.clone());
             }
@@ -350,6 +353,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
                 stop,
                 disk: disk.clone(),
                 webhook,
+                metrics,
             };
             match cores {
                 Cores::Kernel(cores) => per_core::run(cores, cpus, config.poll, parts, shared),

@@ -52,6 +52,7 @@ use super::core_loop::{
     Drain, DrainStep, MAX_IN_FLIGHT, MAX_SLEEP, note_storage_failure, now, sleep_for,
 };
 use super::disk_watch::DiskWatch;
+use super::metrics::{Metrics, PUBLISH_INTERVAL, Published};
 use super::ring::{RING, RING_BATCH, RingOut};
 use crate::api::bridge::ApiInbox;
 use crate::webhook::dispatch::WebhookSender;
@@ -75,6 +76,8 @@ pub struct SharedParts {
     pub disk: Arc<DiskWatch>,
     /// Where offline-message events go, when webhooks are enabled.
     pub webhook: Option<WebhookSender>,
+    /// Where each core publishes its counters (summed at a scrape), if anywhere.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Runs one loop per core, each pinned to `cpus[i]`, core `i` with `parts[i]`, until
@@ -146,6 +149,7 @@ where
                         events: Vec::with_capacity(1024),
                         batch: Vec::with_capacity(1024),
                         storage_failure_logged: false,
+                        next_publish: Instant::now(),
                     }
                     .run();
                 })
@@ -177,6 +181,7 @@ struct OwnerLoop<I: CoreIo, E: GroupEngine + 'static> {
     events: Vec<TransportEvent>,
     batch: Vec<(Ticket, Request)>,
     storage_failure_logged: bool,
+    next_publish: Instant,
 }
 
 impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
@@ -207,8 +212,44 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
             if self.iterate(now()) {
                 idle_since = Instant::now();
             }
+            self.publish_metrics(false);
         }
         self.shut_down();
+    }
+
+    /// Publishes this core's share of the metrics every [`PUBLISH_INTERVAL`] (or now,
+    /// with `force`).
+    fn publish_metrics(&mut self, force: bool) {
+        let Some(metrics) = &self.shared.metrics else {
+            return;
+        };
+        let at = Instant::now();
+        if !force && at < self.next_publish {
+            return;
+        }
+        self.next_publish = at + PUBLISH_INTERVAL;
+        let me = usize::from(self.io.index());
+        let mut connections = vec![0; me + 1];
+        connections[me] = self.io.connections() as u64;
+        // What waits in this core's rings to the others, as the home loop reports its
+        // rings to the other cores.
+        let mut outbound_queue = vec![0; self.outs.len().max(me + 1)];
+        for (core, out) in self.outs.iter().enumerate() {
+            if let Some(out) = out {
+                outbound_queue[core] = out.queued() as u64;
+            }
+        }
+        metrics.publish_from(
+            me,
+            Published {
+                counters: self.control.counters().clone(),
+                sessions: self.control.session_count(),
+                connections,
+                outbound_queue,
+                inbound_queue: self.ins.iter().map(|(_, rx)| rx.len() as u64).sum(),
+                storage_in_flight: self.committer.in_flight() as u64,
+            },
+        );
     }
 
     fn backed_up(&self) -> bool {
@@ -226,13 +267,18 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
             self.io.receive(&mut self.events);
             work |= !self.events.is_empty();
         }
+        // The rings after the sockets are read and before what was read is handled: what
+        // another core said before its client could see an effect of it — a login's
+        // presence goes on the ring before its LoginResult is transmitted — is taken in
+        // before anything that client's peers send in reaction (a typing notice or a
+        // message to the new session is then pushed to it). Always, even when blocked:
+        // the other core may be waiting on this one.
+        work |= self.take_rings(now);
         let mut events = std::mem::take(&mut self.events);
         for event in events.drain(..) {
             self.control.handle(now, event.into());
         }
         self.events = events;
-        // Always, even when blocked: the other core may be waiting on this one.
-        work |= self.take_rings(now);
         work |= self.take_storage(now) > 0;
         // The HTTP API's requests: one try_recv on an empty channel when it is idle.
         if !blocked && let Some(api) = &mut self.api {
@@ -323,6 +369,8 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
     fn next_timeout(&mut self, draining: bool) -> Duration {
         let cap = if draining {
             Duration::from_millis(20)
+        } else if self.shared.metrics.is_some() {
+            PUBLISH_INTERVAL
         } else {
             MAX_SLEEP
         };
@@ -368,6 +416,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
                 break;
             }
         }
+        self.publish_metrics(true);
         let control = &mut self.control;
         let now_ts = now();
         self.committer.shutdown(|ticket, result| {

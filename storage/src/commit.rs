@@ -129,6 +129,30 @@ pub struct CommitStatsSnapshot {
     pub apply_sum_us: u64,
 }
 
+impl CommitStatsSnapshot {
+    /// Adds `other` to this one: the stats of several committers (one per core) as one.
+    /// Durability rounds are recorded once each, by the round's first committer, so the
+    /// sum counts a shared fsync once.
+    pub fn absorb(&mut self, other: &CommitStatsSnapshot) {
+        fn add(mine: &mut Vec<u64>, theirs: &[u64]) {
+            if mine.len() < theirs.len() {
+                mine.resize(theirs.len(), 0);
+            }
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                *m += t;
+            }
+        }
+        add(&mut self.buckets, &other.buckets);
+        self.count += other.count;
+        self.sum_us += other.sum_us;
+        self.groups += other.groups;
+        add(&mut self.sync_buckets, &other.sync_buckets);
+        self.sync_sum_us += other.sync_sum_us;
+        add(&mut self.apply_buckets, &other.apply_buckets);
+        self.apply_sum_us += other.apply_sum_us;
+    }
+}
+
 impl CommitStats {
     fn record(&self, latency: Duration) {
         self.record_many(latency, 1);

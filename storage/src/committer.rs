@@ -624,7 +624,6 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
             match done.try_recv() {
                 Ok((through, Ok(()))) => {
                     self.durable_below = self.durable_below.max(through + 1);
-                    self.stats.groups.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok((through, Err(e))) => failure = Some((through + 1, e)),
                 Err(TryRecvError::Empty) => break,
@@ -860,8 +859,13 @@ fn syncer_loop<E: GroupEngine + ?Sized>(
                 Some(e) => Err(copy_error(e)),
                 None => {
                     let result = engine.sync_group();
-                    for &(i, _) in &taken {
-                        stats[i].record_sync(started.elapsed());
+                    // Once per round (in its first committer's stats), so that the
+                    // committers' stats summed count a shared fsync once.
+                    if let Some(&(first, _)) = taken.first() {
+                        stats[first].record_sync(started.elapsed());
+                        if result.is_ok() {
+                            stats[first].groups.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     result
                 }
