@@ -112,12 +112,18 @@ fn a_device_reconnecting_onto_the_other_core_replaces_its_old_session(dp: Datapl
     let server = start(dp);
     let user = 8_100;
     let token = server.token(user, "phone");
-    let first = TestClient::login(server.addr, &token, user, "phone");
+    // Numbered like the SDK numbers them: a reconnect within the same millisecond as the
+    // last login is still later (unnumbered logins in one millisecond on two cores are
+    // ordered by core index, which need not be the order they were made in).
+    let device = (user, "phone", pb::Platform::Desktop);
+    let log_in =
+        |attempt| TestClient::connect(server.addr).log_in_numbered(&token, device, attempt);
+    let first = log_in(1);
     // Log the same device in again until a connection lands on the other core; those
     // landing on the first core replace each other there (the one-core rule).
     let mut old = first;
-    for _ in 0..64 {
-        let next = TestClient::login(server.addr, &token, user, "phone");
+    for attempt in 2..66 {
+        let next = log_in(attempt);
         let crossed = core_of(&next) != core_of(&old);
         let frames = old.recv_until_closed(Duration::from_secs(5));
         let kick = frames.iter().find_map(|f| match &f.body {

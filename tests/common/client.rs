@@ -57,11 +57,22 @@ impl TestClient {
     /// Logs in on this connection as a device of `platform` (which the token must
     /// name); panics unless the server answers LoginResult.
     pub fn log_in_as(
-        mut self,
+        self,
         token: &str,
         user: u64,
         device: &str,
         platform: pb::Platform,
+    ) -> TestClient {
+        self.log_in_numbered(token, (user, device, platform), 0)
+    }
+
+    /// Logs in as a device of `platform` with `Login.attempt` = `attempt`; panics unless
+    /// the server answers LoginResult.
+    pub fn log_in_numbered(
+        mut self,
+        token: &str,
+        (user, device, platform): (u64, &str, pb::Platform),
+        attempt: u64,
     ) -> TestClient {
         self.user = user;
         let result = self.request(pb::Login {
@@ -70,7 +81,7 @@ impl TestClient {
             device_id: device.into(),
             platform: platform as i32,
             client_version: "petrel-tests".into(),
-            attempt: 0,
+            attempt,
         });
         match result.body {
             Body::LoginResult(r) => {
