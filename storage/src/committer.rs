@@ -354,11 +354,16 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
     }
 
     /// The other committers' groups applied and not yet durable: what a read evaluated
-    /// now may show of theirs.
+    /// now may show of theirs. A committer whose fsync already failed is not waited for:
+    /// it applies no write any more, and what its failed round applied will never be
+    /// durable — a read evaluated after the failure is answered, as a committer answers
+    /// reads evaluated after its own failure; reads that were waiting for the round are
+    /// refused (`peers_durable`), so a failure never leaves reads of other cores hanging
+    /// or refused for good.
     fn peer_needs(&self) -> Vec<(usize, u64)> {
         let mut needs = Vec::new();
         for (j, m) in self.shared.marks.iter().enumerate() {
-            if j == self.index {
+            if j == self.index || m.failed_from.load(Ordering::SeqCst) != u64::MAX {
                 continue;
             }
             let applying = m.applying.load(Ordering::SeqCst);
@@ -1225,6 +1230,12 @@ mod tests {
         assert!(released_within(&mut b, 1)[0].1.is_err());
         assert!(b.failure().is_some());
         assert_eq!(engine.syncs.load(Ordering::SeqCst), 1);
+        // Reads keep working on both: a read evaluated after the failure waits for no
+        // failed round and is answered.
+        b.commit(&mut vec![(4, history(2, 1))]);
+        assert!(released_within(&mut b, 1)[0].1.is_ok(), "reads after the failure");
+        a.commit(&mut vec![(5, history(1, 2))]);
+        assert!(released_within(&mut a, 1)[0].1.is_ok(), "reads after the failure");
     }
 
     #[test]
