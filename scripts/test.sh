@@ -32,5 +32,11 @@ cargo nextest run --workspace --no-fail-fast "${features[@]}" "${root_only[@]}" 
 PETREL_TEST_CORES=1 cargo nextest run -p petrel --no-fail-fast "${features[@]}" \
   --test serve --test scenarios --test many_connections --test sdk --test ops_metrics \
   -E 'not test(/::dpdk$/)' "${root_only[@]}" "$@"
+# The end-to-end suites once more with one control plane on core 0 and the other core
+# doing I/O only (`ownership = "home"`, the fallback layout), which the runs above do not
+# use (per-core is the default; one core is the same either way).
+PETREL_TEST_OWNERSHIP=home cargo nextest run -p petrel --no-fail-fast "${features[@]}" \
+  --test serve --test scenarios --test sdk --test api \
+  -E 'not test(/::dpdk$/)' "${root_only[@]}" "$@"
 # nextest does not run doc tests; they are part of the suite too.
 cargo test --workspace --doc

@@ -87,9 +87,9 @@ fn group_spanning_cores_through_a_sigkill(dp: Dataplane, ownership: Ownership) {
         Dataplane::Kernel | Dataplane::Dpdk => "cores = [0, 1]\n",
         Dataplane::Xdp => "",
     };
-    // Per-core control planes serve no metrics yet; their session ids name the core.
+    // Per-core control planes: their session ids name the core.
     let mode = match ownership {
-        Ownership::Home => "metrics_addr = \"127.0.0.1:0\"\n",
+        Ownership::Home => "ownership = \"home\"\nmetrics_addr = \"127.0.0.1:0\"\n",
         Ownership::PerCore => "ownership = \"per-core\"\n",
     };
     let config = format!("{cores}rate_limit_per_second = 0\n{mode}");

@@ -52,7 +52,8 @@ pub enum PollKind {
 #[serde(rename_all = "kebab-case")]
 pub enum Ownership {
     /// Core 0 runs the one control plane and storage committer; the other cores do
-    /// transport I/O and hand their events over rings.
+    /// transport I/O and hand their events over rings (the layout before per-core
+    /// control planes; kept as a fallback).
     Home,
     /// Every core runs the whole loop for its own connections — control plane,
     /// committer, transport — and the cores share nothing but messages on rings
@@ -161,8 +162,8 @@ pub struct ServeArgs {
     /// Spin of `--poll adaptive` after the last work, microseconds [default: 50].
     #[arg(long, value_name = "US")]
     pub poll_spin_us: Option<u64>,
-    /// Which cores run a control plane: `home` (core 0 only) or `per-core` (every core
-    /// its own connections) [default: home].
+    /// Which cores run a control plane: `per-core` (every core its own connections) or
+    /// `home` (core 0 only, the others do I/O) [default: per-core].
     #[arg(long, value_enum)]
     pub ownership: Option<Ownership>,
     /// Scheduling of the storage syncer thread (sync = batch): `realtime` lets it run the
@@ -543,7 +544,10 @@ impl ServeConfig {
                 },
                 PollKind::Interrupt => PollMode::Interrupt,
             },
-            ownership: args.ownership.or(file.ownership).unwrap_or(Ownership::Home),
+            ownership: args
+                .ownership
+                .or(file.ownership)
+                .unwrap_or(Ownership::PerCore),
             syncer_priority: args
                 .syncer_priority
                 .or(file.syncer_priority)

@@ -1,4 +1,6 @@
-//! The per-core loop: the one place that drives transport, control plane and storage.
+//! The home-core loops (`ownership = "home"`, the fallback layout; the default is
+//! [`super::per_core`]), and what both layouts' loops share (the drain rule, sleeping,
+//! storage failure reporting).
 //!
 //! Every served core runs one [`CoreIo`] on one pinned thread. Core 0 is the **home**
 //! core: its loop also owns the sans-IO [`Control`] and the storage [`Committer`], so on
@@ -28,9 +30,8 @@
 //! core is full or while storage has [`MAX_IN_FLIGHT`] requests unreleased. Nothing
 //! queues without a bound.
 //!
-//! Not done yet (docs/ARCHITECTURE.md): each core owning the sessions of its own
-//! connections and the conversations that hash to it, so that cores share nothing. The
-//! control plane still lives on one core; the others do transport I/O only.
+//! With `ownership = "per-core"` (the default) every core owns the sessions of its own
+//! connections instead: [`super::per_core`].
 
 use std::collections::VecDeque;
 use std::sync::Arc;

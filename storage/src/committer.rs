@@ -1233,9 +1233,15 @@ mod tests {
         // Reads keep working on both: a read evaluated after the failure waits for no
         // failed round and is answered.
         b.commit(&mut vec![(4, history(2, 1))]);
-        assert!(released_within(&mut b, 1)[0].1.is_ok(), "reads after the failure");
+        assert!(
+            released_within(&mut b, 1)[0].1.is_ok(),
+            "reads after the failure"
+        );
         a.commit(&mut vec![(5, history(1, 2))]);
-        assert!(released_within(&mut a, 1)[0].1.is_ok(), "reads after the failure");
+        assert!(
+            released_within(&mut a, 1)[0].1.is_ok(),
+            "reads after the failure"
+        );
     }
 
     #[test]

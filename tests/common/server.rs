@@ -181,9 +181,9 @@ impl TestServer {
         } else {
             transport
         };
-        // PETREL_TEST_OWNERSHIP=per-core runs every core's own control plane (for a manual
-        // run of a whole suite; tests that need the HTTP API or metrics then fail to
-        // start, since that mode does not serve them yet).
+        // PETREL_TEST_OWNERSHIP=home runs one control plane on core 0 and I/O only on the
+        // other cores (the fallback layout; per-core is the default); scripts/test.sh
+        // runs the main suites that way too.
         let transport = match std::env::var("PETREL_TEST_OWNERSHIP") {
             Ok(mode) if !extra_config.contains("ownership =") => {
                 format!("{transport}ownership = {mode:?}\n")
