@@ -151,6 +151,9 @@ struct Shared {
     /// An fsync failed: every committer refuses writes from its next group on, whether
     /// or not it had a group in that round.
     failed: AtomicBool,
+    /// Why the first failed fsync failed (set before `failed`), so that the other
+    /// committers refuse writes with the same cause — a full disk stays a full disk.
+    cause: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -290,6 +293,7 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
             thread: Mutex::new(None),
             open: AtomicUsize::new(n),
             failed: AtomicBool::new(false),
+            cause: Mutex::new(None),
         });
         let mut dones: Vec<Option<Receiver<_>>> = (0..n).map(|_| None).collect();
         if let Some(rounds) = sync_rounds {
@@ -402,9 +406,16 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
         let mut requests = std::mem::take(&mut self.scratch.requests);
         let mut replies = std::mem::take(&mut self.scratch.replies);
         if self.failed.is_none() && self.shared.failed.load(Ordering::SeqCst) {
-            self.failed = Some(StorageError::Backend(
-                "a WAL sync of another core's writes failed".into(),
-            ));
+            let cause = self
+                .shared
+                .cause
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+                .unwrap_or_default();
+            self.failed = Some(StorageError::Backend(format!(
+                "a WAL sync of another core's writes failed: {cause}"
+            )));
         }
         let mut has_writes = false;
         for (tag, request) in batch.drain(..) {
@@ -878,6 +889,11 @@ fn syncer_loop<E: GroupEngine + ?Sized>(
             let mut first_error = result.err();
             if let Some(e) = &first_error {
                 failure.get_or_insert_with(|| copy_error(e));
+                shared
+                    .cause
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get_or_insert_with(|| e.to_string());
                 shared.failed.store(true, Ordering::SeqCst);
             }
             let last = taken.len() - 1;
@@ -1227,7 +1243,12 @@ mod tests {
         // refuses writes from then on.
         engine.fail.store(false, Ordering::SeqCst);
         b.commit(&mut vec![(3, append(3, 1))]);
-        assert!(released_within(&mut b, 1)[0].1.is_err());
+        let refused = released_within(&mut b, 1).remove(0).1.expect_err("refused");
+        // With the first failure's cause: a full disk is reported as one on every core.
+        assert!(
+            refused.to_string().contains("injected fsync failure"),
+            "{refused}"
+        );
         assert!(b.failure().is_some());
         assert_eq!(engine.syncs.load(Ordering::SeqCst), 1);
         // Reads keep working on both: a read evaluated after the failure waits for no
