@@ -53,7 +53,14 @@ fn counters_move_with_logins_messages_and_closes(dp: Dataplane) {
     let (alice, bob) = (1_001, 2_002);
     let mut a = TestClient::login(server.addr, &server.token(alice, "a"), alice, "a");
     let mut b = TestClient::login(server.addr, &server.token(bob, "b"), bob, "b");
-    let s = server.scrape_until("two sessions", |s| s.get("petrel_sessions") == 2.0);
+    // Each core publishes its own counters on its own 500 ms clock: wait until every
+    // core's copy shows these connections (the bad one may be on a core neither session
+    // is on).
+    let s = server.scrape_until("two sessions, three connections", |s| {
+        s.get("petrel_sessions") == 2.0
+            && s.get("petrel_connections_opened_total") == 3.0
+            && s.get("petrel_connections_closed_total") == 1.0
+    });
     assert_eq!(s.get("petrel_logins_total"), 2.0);
     assert_eq!(
         s.get("petrel_login_failures_total{reason=\"malformed\"}"),
@@ -208,7 +215,9 @@ fn counters_move_with_logins_messages_and_closes(dp: Dataplane) {
     }
 
     drop(b);
-    let closed = server.scrape_until("bob's close", |s| s.get("petrel_sessions") == 1.0);
+    let closed = server.scrape_until("bob's close", |s| {
+        s.get("petrel_sessions") == 1.0 && s.get("petrel_connections_closed_total") == 2.0
+    });
     assert_eq!(closed.sum("petrel_connections", ""), 1.0);
     assert_eq!(closed.get("petrel_connections_closed_total"), 2.0);
     drop(a);

@@ -84,7 +84,12 @@ fn control_config(config: &ServeConfig, core_index: u8, core_count: u8) -> petre
             per_second: config.rate_limit_per_second,
         },
         shutdown_grace: config.shutdown_grace,
-        trim_interval: config.storage.trim_interval,
+        // Retention walks every partition through one shared cursor: one core runs it.
+        trim_interval: if core_index == 0 {
+            config.storage.trim_interval
+        } else {
+            Duration::ZERO
+        },
         typing_max_audience: config.typing_max_audience,
         read_receipt_max_group: config.read_receipt_max_group,
         offline_notices: config.webhook.is_some(),
