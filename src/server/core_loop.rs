@@ -468,8 +468,8 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
                             webhook.offer(message);
                         }
                     }
-                    // The server runs one control plane (core_count 1), which has no
-                    // other core to tell anything (docs/ARCHITECTURE.md, "Not done yet").
+                    // In the home layout the one control plane has core_count 1: it
+                    // has no other core to tell anything.
                     Action::ToCore { .. } => {}
                 }
             }

@@ -6,7 +6,6 @@
 use petrel_proto::pb;
 
 use super::Control;
-use crate::config::MultiDevicePolicy;
 use crate::event::Action;
 use crate::remote::{CoreMessage, RemoteLogin};
 use crate::time::Timestamp;
@@ -120,7 +119,6 @@ impl Control {
     fn on_remote_login(&mut self, core: u8, login: RemoteLogin) {
         let bit = 1u64.checked_shl(u32::from(core)).unwrap_or(0);
         *self.presence.entry(login.user).or_insert(0) |= bit;
-        let one_per_platform = self.config.multi_device == MultiDevicePolicy::OnePerPlatform;
         let theirs = LoginOrder {
             attempt: login.attempt,
             at_ms: login.at_ms,
@@ -130,14 +128,11 @@ impl Control {
         let mut losers = std::mem::take(&mut self.scratch_conns);
         losers.clear();
         let mut theirs_loses = false;
-        for &conn in self.registry.user_conns(login.user) {
-            let Some(s) = self.registry.get(conn).and_then(|c| c.session.as_ref()) else {
-                continue;
-            };
-            let same_device = *s.device == *login.device;
-            if !(same_device || (one_per_platform && s.platform == login.platform)) {
+        for (conn, s) in self.user_sessions(login.user) {
+            if !self.policy_excludes(s, &login.device, login.platform) {
                 continue;
             }
+            let same_device = *s.device == *login.device;
             let ours = LoginOrder {
                 attempt: s.attempt,
                 at_ms: s.logged_in_at.as_millis(),
@@ -173,16 +168,8 @@ impl Control {
         if !self.revoked.contains(token_id) {
             self.revoked.insert(token_id, expires_at);
         }
-        let holders: Vec<ConnId> = self
-            .registry
-            .sessions()
-            .filter(|(_, s)| s.tokens.iter().any(|(id, _)| *id == token_id))
-            .map(|(conn, _)| conn)
-            .collect();
-        for conn in holders {
-            self.counters.sessions_revoked += 1;
-            self.counters.kicks.token_revoked += 1;
-            self.kick(conn, pb::KickReason::TokenRevoked, "token revoked");
+        for conn in self.sessions_using(token_id) {
+            self.end_revoked(conn);
         }
     }
 }

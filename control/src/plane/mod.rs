@@ -38,11 +38,11 @@ use petrel_storage::{Reply, Request, StorageError, TokenId};
 
 use self::pending::Pending;
 use crate::chatroom::{Rooms, Seated, Seats};
-use crate::config::Config;
+use crate::config::{Config, MultiDevicePolicy};
 use crate::counters::Counters;
 use crate::event::{Action, CloseReason, Event, Revocation, Ticket};
 use crate::rate_limit::TokenBucket;
-use crate::session::{Conn, Registry};
+use crate::session::{Conn, Registry, Session};
 use crate::time::Timestamp;
 use crate::timers::{TimerKind, TimerQueue};
 use crate::token::{KeyRing, RevocationList, TOKEN_ID_LEN, VerifiedTokens};
@@ -407,11 +407,7 @@ impl Control {
                 expires_at,
             } => {
                 self.revoke_token(now, token_id, expires_at);
-                self.registry
-                    .sessions()
-                    .filter(|(_, s)| s.tokens.iter().any(|(id, _)| *id == token_id))
-                    .map(|(conn, _)| conn)
-                    .collect()
+                self.sessions_using(token_id)
             }
         };
         for &conn in &conns {
@@ -424,11 +420,43 @@ impl Control {
             for (id, expires_at) in tokens {
                 self.revoke_token(now, id, expires_at);
             }
-            self.counters.sessions_revoked += 1;
-            self.counters.kicks.token_revoked += 1;
-            self.kick(conn, pb::KickReason::TokenRevoked, "token revoked");
+            self.end_revoked(conn);
         }
         conns.len()
+    }
+
+    /// The live sessions of `user` on this core, with their connections.
+    fn user_sessions(&self, user: u64) -> impl Iterator<Item = (ConnId, &Session)> + '_ {
+        self.registry
+            .user_conns(user)
+            .iter()
+            .filter_map(|&c| Some((c, self.registry.get(c)?.session.as_ref()?)))
+    }
+
+    /// Whether the multi-device policy keeps a login of `device` on `platform` from
+    /// living beside session `s` (of the same user): always the same device, and under
+    /// `OnePerPlatform` the same platform class. Login order decides which one goes.
+    fn policy_excludes(&self, s: &Session, device: &str, platform: i32) -> bool {
+        *s.device == *device
+            || (self.config.multi_device == MultiDevicePolicy::OnePerPlatform
+                && s.platform == platform)
+    }
+
+    /// The connections whose session logged in with the token `token_id` or was renewed
+    /// to it.
+    fn sessions_using(&self, token_id: [u8; TOKEN_ID_LEN]) -> Vec<ConnId> {
+        self.registry
+            .sessions()
+            .filter(|(_, s)| s.tokens.iter().any(|(id, _)| *id == token_id))
+            .map(|(conn, _)| conn)
+            .collect()
+    }
+
+    /// Ends a session whose token was revoked: `Kick{TokenRevoked}` and a close.
+    fn end_revoked(&mut self, conn: ConnId) {
+        self.counters.sessions_revoked += 1;
+        self.counters.kicks.token_revoked += 1;
+        self.kick(conn, pb::KickReason::TokenRevoked, "token revoked");
     }
 
     /// Starts a graceful shutdown: from now on every new request except `Ping` and

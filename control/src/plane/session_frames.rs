@@ -8,7 +8,6 @@ use sha2::{Digest, Sha256};
 
 use super::Control;
 use super::pending::Pending;
-use crate::config::MultiDevicePolicy;
 use crate::event::CloseReason;
 use crate::session::Session;
 use crate::time::Timestamp;
@@ -101,12 +100,9 @@ impl Control {
         // another core's connection, or out of the backlog of a server that was stopped),
         // must not replace the session the device uses now.
         let same_device_newer = login.attempt != 0
-            && self.registry.user_conns(claims.user).iter().any(|&c| {
-                self.registry
-                    .get(c)
-                    .and_then(|c| c.session.as_ref())
-                    .is_some_and(|s| *s.device == *claims.device && s.attempt > login.attempt)
-            });
+            && self
+                .user_sessions(claims.user)
+                .any(|(_, s)| *s.device == *claims.device && s.attempt > login.attempt);
         if same_device_newer {
             self.counters.logins_failed.stale += 1;
             let code = pb::ErrorCode::StaleLogin;
@@ -123,21 +119,10 @@ impl Control {
 
         // Replace older sessions: always the same device (a reconnect the server has
         // not noticed yet), and under the one-per-platform policy the same platform.
-        let one_per_platform = self.config.multi_device == MultiDevicePolicy::OnePerPlatform;
         let replaced: Vec<ConnId> = self
-            .registry
-            .user_conns(claims.user)
-            .iter()
-            .copied()
-            .filter(|&c| {
-                self.registry
-                    .get(c)
-                    .and_then(|c| c.session.as_ref())
-                    .is_some_and(|s| {
-                        *s.device == *claims.device
-                            || (one_per_platform && s.platform == claims.platform)
-                    })
-            })
+            .user_sessions(claims.user)
+            .filter(|(_, s)| self.policy_excludes(s, &claims.device, claims.platform))
+            .map(|(c, _)| c)
             .collect();
         for old in replaced {
             self.counters.kicks.replaced += 1;
