@@ -1,6 +1,6 @@
 //! The home-core loops (`ownership = "home"`, the fallback layout; the default is
-//! [`super::per_core`]), and what both layouts' loops share (the drain rule, sleeping,
-//! storage failure reporting).
+//! [`super::per_core`]), and what both layouts' loops share besides
+//! [`super::plane::Plane`] (the drain rule, sleeping).
 //!
 //! Every served core runs one [`CoreIo`] on one pinned thread. Core 0 is the **home**
 //! core: its loop also owns the sans-IO [`Control`] and the storage [`Committer`], so on
@@ -43,12 +43,13 @@ use anyhow::Context;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use petrel_conn::{ConnId, TransportEvent};
-use petrel_control::{Action, Control, Event, Ticket, Timestamp};
+use petrel_control::{Action, Control, Ticket, Timestamp};
 use petrel_dataplane::{CoreIo, Wake};
-use petrel_storage::{Committer, GroupEngine, Request};
+use petrel_storage::{Committer, GroupEngine};
 
 use super::config::PollMode;
 use super::metrics::{Metrics, PUBLISH_INTERVAL, Published};
+use super::plane::Plane;
 use super::ring::{RING, RING_BATCH, RingOut};
 
 /// Storage requests applied and not yet released past which home stops taking input.
@@ -171,34 +172,6 @@ where
     Ok(())
 }
 
-/// Logs the committer's failure once (and tells the disk watch when the disk is full).
-pub(super) fn note_storage_failure<E: GroupEngine + 'static>(
-    committer: &Committer<E, Ticket>,
-    logged: &mut bool,
-    disk: &super::disk_watch::DiskWatch,
-) {
-    if *logged {
-        return;
-    }
-    let Some(cause) = committer.failure() else {
-        return;
-    };
-    *logged = true;
-    tracing::error!(
-        error = %cause,
-        "storage: a WAL sync failed; every write is refused until the server is \
-         restarted (reads and sessions keep working)"
-    );
-    if cause.is_no_space() {
-        // The disk watch stops the server for a restart once space is back.
-        disk.storage_full.store(true, Ordering::Relaxed);
-        tracing::warn!(
-            "storage: the disk is full; free space on it and the server stops by \
-             itself (exit status 75) to be restarted with the database reopened"
-        );
-    }
-}
-
 /// A loop's graceful shutdown: begun when the stop flag is raised (the control plane then
 /// answers new requests `SHUTTING_DOWN`), over when nothing is in flight and the
 /// control plane's grace has passed — or after [`DRAIN_LIMIT`] beyond the grace.
@@ -235,9 +208,11 @@ impl Drain {
     pub(super) fn step<E: GroupEngine + 'static>(
         &mut self,
         stop: &AtomicBool,
-        control: &mut Control,
-        committer: &Committer<E, Ticket>,
+        plane: &mut Plane<E>,
     ) -> DrainStep {
+        let Plane {
+            control, committer, ..
+        } = plane;
         let Some(since) = self.since else {
             if !stop.load(Ordering::Relaxed) {
                 return DrainStep::Serve;
@@ -286,16 +261,10 @@ struct HomeLoop<I: CoreIo, E: GroupEngine + 'static> {
     io: I,
     remotes: Vec<Remote>,
     poll: PollMode,
-    control: Control,
-    committer: Committer<E, Ticket>,
+    plane: Plane<E>,
     stop: Arc<AtomicBool>,
     events: Vec<TransportEvent>,
-    batch: Vec<(Ticket, Request)>,
     metrics: Option<LoopMetrics>,
-    storage_failure_logged: bool,
-    disk: Arc<super::disk_watch::DiskWatch>,
-    api: Option<crate::api::bridge::ApiInbox>,
-    webhook: Option<crate::webhook::dispatch::WebhookSender>,
 }
 
 /// The home loop's side of the metrics: connection counts kept from the events it
@@ -328,20 +297,20 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
             io,
             remotes,
             poll,
-            control: parts.control,
-            committer: parts.committer,
+            plane: Plane::new(
+                parts.control,
+                parts.committer,
+                parts.api,
+                parts.webhook,
+                parts.disk,
+            ),
             stop: parts.stop,
             events: Vec::with_capacity(1024),
-            batch: Vec::with_capacity(1024),
             metrics: parts.metrics.map(|metrics| LoopMetrics {
                 metrics,
                 connections: Vec::new(),
                 next_publish: Instant::now(),
             }),
-            storage_failure_logged: false,
-            disk: parts.disk,
-            api: parts.api,
-            webhook: parts.webhook,
         }
     }
 
@@ -351,17 +320,19 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
     /// once nothing is left (or after the drain limit) everyone is kicked and closed.
     fn run(mut self) {
         let mut idle_since = Instant::now();
-        let mut drain = Drain::new(&self.control);
+        let mut drain = Drain::new(&self.plane.control);
         loop {
-            if drain.step(&self.stop, &mut self.control, &self.committer) == DrainStep::Done {
+            if drain.step(&self.stop, &mut self.plane) == DrainStep::Done {
                 break;
             }
-            let next = self.next_timeout(drain.is_draining());
-            // Events left by the last transmit, replies ready, or commands that did not
-            // fit in a full ring to another core (it does not wake us when it drains).
+            let next = self
+                .plane
+                .next_timeout(drain.is_draining(), self.metrics.is_some());
+            // Events left by the last transmit, replies ready or API calls, or commands
+            // that did not fit in a full ring to another core (it does not wake us when
+            // it drains).
             let waiting = !self.events.is_empty()
-                || self.committer.has_ready()
-                || self.api.as_ref().is_some_and(|a| a.has_calls())
+                || self.plane.has_work()
                 || self.remotes.iter().any(|r| r.down.is_backed_up());
             let sleep = sleep_for(self.poll, waiting, idle_since, next);
             if let Err(e) = self.io.wait(Some(sleep)) {
@@ -383,7 +354,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
         for remote in &mut self.remotes {
             remote.down.flush_overflow();
         }
-        let blocked = self.committer.in_flight() >= MAX_IN_FLIGHT
+        let blocked = self.plane.committer.in_flight() >= MAX_IN_FLIGHT
             || self.remotes.iter().any(|r| r.down.is_backed_up());
         if !blocked {
             self.io.receive(&mut self.events);
@@ -403,18 +374,9 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
                 }
             }
         }
-        work |= self.take_storage(now) > 0;
-        // The HTTP API's requests: one try_recv on an empty channel when it is idle.
-        if !blocked && let Some(api) = &mut self.api {
-            work |= api.take(now, &mut self.control) > 0;
-        }
-        if self.control.poll_timeout().is_some_and(|t| t <= now) {
-            self.control.handle(now, Event::Tick);
-        }
+        work |= self.plane.take_storage(now) > 0;
+        work |= self.plane.take_calls_and_timers(now, blocked);
         self.perform(now);
-        if let Some(api) = &mut self.api {
-            api.answer(&mut self.control);
-        }
         self.io.transmit(&mut self.events);
         for remote in &mut self.remotes {
             remote.down.wake_if_needed();
@@ -434,79 +396,25 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
         if let Some(m) = &mut self.metrics {
             m.count(&event);
         }
-        self.control.handle(now, event.into());
+        self.plane.control.handle(now, event.into());
     }
 
-    fn take_storage(&mut self, now: Timestamp) -> usize {
-        let control = &mut self.control;
-        let n = self.committer.take_ready(|ticket, result| {
-            control.handle(now, Event::Storage { ticket, result });
-        });
-        note_storage_failure(
-            &self.committer,
-            &mut self.storage_failure_logged,
-            &self.disk,
-        );
-        n
-    }
-
-    /// Performs the control plane's actions: sends and closes to their cores, this
-    /// iteration's storage requests as one group. Where storage answers at once (no
-    /// fsync to wait for), the replies are handled and their actions performed too.
+    /// Performs the control plane's actions ([`Plane::perform`]): sends and closes to
+    /// their connections' cores.
     fn perform(&mut self, now: Timestamp) {
-        loop {
-            while let Some(action) = self.control.poll_action() {
-                match action {
-                    Action::Send { conn, bytes } => self.route(conn, Down::Send { conn, bytes }),
-                    Action::Close { conn, .. } => self.route(conn, Down::Close { conn }),
-                    Action::NoteCongestion { conn } => {
-                        self.route(conn, Down::NoteCongestion { conn });
-                    }
-                    Action::Storage { ticket, request } => self.batch.push((ticket, request)),
-                    Action::OfflineMessage(message) => {
-                        if let Some(webhook) = &self.webhook {
-                            webhook.offer(message);
-                        }
-                    }
-                    // In the home layout the one control plane has core_count 1: it
-                    // has no other core to tell anything.
-                    Action::ToCore { .. } => {}
-                }
-            }
-            self.committer.commit(&mut self.batch);
-            if !self.committer.has_ready() {
-                return;
-            }
-            self.take_storage(now);
-        }
-    }
-
-    fn route(&mut self, conn: ConnId, command: Down) {
-        let core = usize::from(conn.core());
-        if core == usize::from(self.io.index()) {
-            match command {
-                Down::Send { conn, bytes } => self.io.send(conn, bytes),
-                Down::Close { conn } => self.io.close(conn),
-                Down::NoteCongestion { conn } => self.io.note_congestion(conn),
-                Down::Shutdown => {}
-            }
-        } else if let Some(remote) = core.checked_sub(1).and_then(|i| self.remotes.get_mut(i)) {
-            remote.down.push(command);
-        }
-    }
-
-    fn next_timeout(&mut self, draining: bool) -> Duration {
-        let cap = if draining {
-            Duration::from_millis(20)
-        } else if self.metrics.is_some() {
-            PUBLISH_INTERVAL
-        } else {
-            MAX_SLEEP
-        };
-        match self.control.poll_timeout() {
-            Some(t) => t.saturating_since(now()).min(cap),
-            None => cap,
-        }
+        let (io, remotes) = (&mut self.io, &mut self.remotes);
+        self.plane.perform(now, |action| {
+            let (conn, command) = match action {
+                Action::Send { conn, bytes } => (conn, Down::Send { conn, bytes }),
+                Action::Close { conn, .. } => (conn, Down::Close { conn }),
+                Action::NoteCongestion { conn } => (conn, Down::NoteCongestion { conn }),
+                // In the home layout the one control plane has core_count 1: it has no
+                // other core to tell anything. (Storage and offline messages never
+                // reach here.)
+                _ => return,
+            };
+            route(io, remotes, conn, command);
+        });
     }
 
     fn publish_metrics(&mut self, force: bool) {
@@ -524,12 +432,12 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
         let mut outbound_queue = vec![0];
         outbound_queue.extend(self.remotes.iter().map(|r| r.down.queued() as u64));
         m.metrics.publish(Published {
-            counters: self.control.counters().clone(),
-            sessions: self.control.session_count(),
+            counters: self.plane.control.counters().clone(),
+            sessions: self.plane.control.session_count(),
             connections,
             outbound_queue,
             inbound_queue: self.remotes.iter().map(|r| r.up.len() as u64).sum(),
-            storage_in_flight: self.committer.in_flight() as u64,
+            storage_in_flight: self.plane.committer.in_flight() as u64,
         });
     }
 
@@ -537,7 +445,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
     /// waits for the last fsync.
     fn shut_down(mut self) {
         let now_ts = now();
-        self.control.shutdown();
+        self.plane.control.shutdown();
         self.perform(now_ts);
         for remote in &mut self.remotes {
             remote.down.push(Down::Shutdown);
@@ -555,9 +463,9 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
             let done = self.io.shutdown_done(&mut self.events);
             let now_ts = now();
             self.handle_events(now_ts);
-            self.take_storage(now_ts);
+            self.plane.take_storage(now_ts);
             // Closing connections produce no new work worth doing; drop what is queued.
-            while self.control.poll_action().is_some() {}
+            while self.plane.control.poll_action().is_some() {}
             let remotes_done = self.remotes.iter().all(|r| !r.down.is_backed_up());
             if done && remotes_done {
                 break;
@@ -568,12 +476,24 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
             }
         }
         self.publish_metrics(true);
-        let control = &mut self.control;
-        let now_ts = now();
-        self.committer.shutdown(|ticket, result| {
-            control.handle(now_ts, Event::Storage { ticket, result });
-        });
+        self.plane.shut_down_storage();
         // Drop the rings: a remote still running sees its command ring close and stops.
+    }
+}
+
+/// Hands `command` for `conn` to this core's transport, or to the ring of the core the
+/// connection is on.
+fn route<I: CoreIo>(io: &mut I, remotes: &mut [Remote], conn: ConnId, command: Down) {
+    let core = usize::from(conn.core());
+    if core == usize::from(io.index()) {
+        match command {
+            Down::Send { conn, bytes } => io.send(conn, bytes),
+            Down::Close { conn } => io.close(conn),
+            Down::NoteCongestion { conn } => io.note_congestion(conn),
+            Down::Shutdown => {}
+        }
+    } else if let Some(remote) = core.checked_sub(1).and_then(|i| remotes.get_mut(i)) {
+        remote.down.push(command);
     }
 }
 

@@ -16,6 +16,7 @@ mod keys;
 mod limits;
 pub mod metrics;
 pub mod per_core;
+mod plane;
 mod ring;
 pub mod scrub;
 pub(crate) mod transport;

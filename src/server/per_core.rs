@@ -45,14 +45,13 @@ use crossbeam_channel::Receiver;
 use petrel_conn::TransportEvent;
 use petrel_control::{Action, Control, CoreMessage, Event, Ticket, Timestamp};
 use petrel_dataplane::{CoreIo, Wake};
-use petrel_storage::{Committer, GroupEngine, Request};
+use petrel_storage::{Committer, GroupEngine};
 
 use super::config::PollMode;
-use super::core_loop::{
-    Drain, DrainStep, MAX_IN_FLIGHT, MAX_SLEEP, note_storage_failure, now, sleep_for,
-};
+use super::core_loop::{Drain, DrainStep, MAX_IN_FLIGHT, now, sleep_for};
 use super::disk_watch::DiskWatch;
 use super::metrics::{Metrics, PUBLISH_INTERVAL, Published};
+use super::plane::Plane;
 use super::ring::{RING, RING_BATCH, RingOut};
 use crate::api::bridge::ApiInbox;
 use crate::webhook::dispatch::WebhookSender;
@@ -138,17 +137,19 @@ where
                     }
                     OwnerLoop {
                         io,
-                        control: part.control,
-                        committer: part.committer,
-                        api: part.api,
+                        plane: Plane::new(
+                            part.control,
+                            part.committer,
+                            part.api,
+                            shared.webhook.clone(),
+                            shared.disk.clone(),
+                        ),
                         outs,
                         ins,
                         others,
                         poll,
                         shared,
                         events: Vec::with_capacity(1024),
-                        batch: Vec::with_capacity(1024),
-                        storage_failure_logged: false,
                         next_publish: Instant::now(),
                     }
                     .run();
@@ -168,9 +169,7 @@ where
 
 struct OwnerLoop<I: CoreIo, E: GroupEngine + 'static> {
     io: I,
-    control: Control,
-    committer: Committer<E, Ticket>,
-    api: Option<ApiInbox>,
+    plane: Plane<E>,
     /// Indexed by core; `None` for this one.
     outs: Vec<Option<RingOut<CoreMessage>>>,
     ins: Vec<(u8, Receiver<CoreMessage>)>,
@@ -179,17 +178,15 @@ struct OwnerLoop<I: CoreIo, E: GroupEngine + 'static> {
     poll: PollMode,
     shared: SharedParts,
     events: Vec<TransportEvent>,
-    batch: Vec<(Ticket, Request)>,
-    storage_failure_logged: bool,
     next_publish: Instant,
 }
 
 impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
     fn run(mut self) {
         let mut idle_since = Instant::now();
-        let mut drain = Drain::new(&self.control);
+        let mut drain = Drain::new(&self.plane.control);
         loop {
-            match drain.step(&self.shared.stop, &mut self.control, &self.committer) {
+            match drain.step(&self.shared.stop, &mut self.plane) {
                 DrainStep::Done => break,
                 // Core 0 passes the stop signal on to the others.
                 DrainStep::Began => {
@@ -199,11 +196,10 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
                 }
                 DrainStep::Serve => {}
             }
-            let next = self.next_timeout(drain.is_draining());
-            let waiting = !self.events.is_empty()
-                || self.committer.has_ready()
-                || self.api.as_ref().is_some_and(ApiInbox::has_calls)
-                || self.backed_up();
+            let next = self
+                .plane
+                .next_timeout(drain.is_draining(), self.shared.metrics.is_some());
+            let waiting = !self.events.is_empty() || self.plane.has_work() || self.backed_up();
             let sleep = sleep_for(self.poll, waiting, idle_since, next);
             if let Err(e) = self.io.wait(Some(sleep)) {
                 tracing::error!(core = self.io.index(), error = %e, "waiting for I/O failed; stopping");
@@ -242,12 +238,12 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
         metrics.publish_from(
             me,
             Published {
-                counters: self.control.counters().clone(),
-                sessions: self.control.session_count(),
+                counters: self.plane.control.counters().clone(),
+                sessions: self.plane.control.session_count(),
                 connections,
                 outbound_queue,
                 inbound_queue: self.ins.iter().map(|(_, rx)| rx.len() as u64).sum(),
-                storage_in_flight: self.committer.in_flight() as u64,
+                storage_in_flight: self.plane.committer.in_flight() as u64,
             },
         );
     }
@@ -262,7 +258,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
         for out in self.outs.iter_mut().flatten() {
             out.flush_overflow();
         }
-        let blocked = self.committer.in_flight() >= MAX_IN_FLIGHT || self.backed_up();
+        let blocked = self.plane.committer.in_flight() >= MAX_IN_FLIGHT || self.backed_up();
         if !blocked {
             self.io.receive(&mut self.events);
             work |= !self.events.is_empty();
@@ -276,21 +272,12 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
         work |= self.take_rings(now);
         let mut events = std::mem::take(&mut self.events);
         for event in events.drain(..) {
-            self.control.handle(now, event.into());
+            self.plane.control.handle(now, event.into());
         }
         self.events = events;
-        work |= self.take_storage(now) > 0;
-        // The HTTP API's requests: one try_recv on an empty channel when it is idle.
-        if !blocked && let Some(api) = &mut self.api {
-            work |= api.take(now, &mut self.control) > 0;
-        }
-        if self.control.poll_timeout().is_some_and(|t| t <= now) {
-            self.control.handle(now, Event::Tick);
-        }
+        work |= self.plane.take_storage(now) > 0;
+        work |= self.plane.take_calls_and_timers(now, blocked);
         self.perform(now);
-        if let Some(api) = &mut self.api {
-            api.answer(&mut self.control);
-        }
         self.io.transmit(&mut self.events);
         for out in self.outs.iter_mut().flatten() {
             out.wake_if_needed();
@@ -308,7 +295,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
                     break;
                 };
                 any = true;
-                self.control.handle(
+                self.plane.control.handle(
                     now,
                     Event::FromCore {
                         core: *core,
@@ -320,70 +307,31 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
         any
     }
 
-    fn take_storage(&mut self, now: Timestamp) -> usize {
-        let control = &mut self.control;
-        let n = self.committer.take_ready(|ticket, result| {
-            control.handle(now, Event::Storage { ticket, result });
-        });
-        note_storage_failure(
-            &self.committer,
-            &mut self.storage_failure_logged,
-            &self.shared.disk,
-        );
-        n
-    }
-
-    /// Performs the control plane's actions: sends and closes on this core's transport,
-    /// messages on the rings, this iteration's storage requests as one group.
+    /// Performs the control plane's actions ([`Plane::perform`]): sends and closes on
+    /// this core's transport, messages on the rings.
     fn perform(&mut self, now: Timestamp) {
-        loop {
-            while let Some(action) = self.control.poll_action() {
-                match action {
-                    Action::Send { conn, bytes } => {
-                        debug_assert_eq!(conn.core(), self.io.index(), "{conn} is not ours");
-                        self.io.send(conn, bytes);
-                    }
-                    Action::Close { conn, .. } => self.io.close(conn),
-                    Action::NoteCongestion { conn } => self.io.note_congestion(conn),
-                    Action::Storage { ticket, request } => self.batch.push((ticket, request)),
-                    Action::OfflineMessage(message) => {
-                        if let Some(webhook) = &self.shared.webhook {
-                            webhook.offer(message);
-                        }
-                    }
-                    Action::ToCore { core, message } => {
-                        if let Some(Some(out)) = self.outs.get_mut(usize::from(core)) {
-                            out.push(message);
-                        }
-                    }
+        let (io, outs) = (&mut self.io, &mut self.outs);
+        self.plane.perform(now, |action| match action {
+            Action::Send { conn, bytes } => {
+                debug_assert_eq!(conn.core(), io.index(), "{conn} is not ours");
+                io.send(conn, bytes);
+            }
+            Action::Close { conn, .. } => io.close(conn),
+            Action::NoteCongestion { conn } => io.note_congestion(conn),
+            Action::ToCore { core, message } => {
+                if let Some(Some(out)) = outs.get_mut(usize::from(core)) {
+                    out.push(message);
                 }
             }
-            self.committer.commit(&mut self.batch);
-            if !self.committer.has_ready() {
-                return;
-            }
-            self.take_storage(now);
-        }
-    }
-
-    fn next_timeout(&mut self, draining: bool) -> Duration {
-        let cap = if draining {
-            Duration::from_millis(20)
-        } else if self.shared.metrics.is_some() {
-            PUBLISH_INTERVAL
-        } else {
-            MAX_SLEEP
-        };
-        match self.control.poll_timeout() {
-            Some(t) => t.saturating_since(now()).min(cap),
-            None => cap,
-        }
+            // The plane keeps storage requests and offline messages.
+            Action::Storage { .. } | Action::OfflineMessage(_) => {}
+        });
     }
 
     /// Kicks this core's clients with `ServerShutdown`, flushes and closes its
     /// connections, then waits for its last fsync.
     fn shut_down(mut self) {
-        self.control.shutdown();
+        self.plane.control.shutdown();
         self.perform(now());
         self.io.begin_shutdown();
         loop {
@@ -402,12 +350,12 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
             let now_ts = now();
             let mut events = std::mem::take(&mut self.events);
             for event in events.drain(..) {
-                self.control.handle(now_ts, event.into());
+                self.plane.control.handle(now_ts, event.into());
             }
             self.events = events;
-            self.take_storage(now_ts);
+            self.plane.take_storage(now_ts);
             // Closing connections produce no new work worth doing; drop what is queued.
-            while self.control.poll_action().is_some() {}
+            while self.plane.control.poll_action().is_some() {}
             if done {
                 break;
             }
@@ -417,10 +365,6 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
             }
         }
         self.publish_metrics(true);
-        let control = &mut self.control;
-        let now_ts = now();
-        self.committer.shutdown(|ticket, result| {
-            control.handle(now_ts, Event::Storage { ticket, result });
-        });
+        self.plane.shut_down_storage();
     }
 }
