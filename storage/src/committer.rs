@@ -1228,9 +1228,15 @@ mod tests {
     fn a_failed_fsync_fails_every_committer_and_refuses_reads_of_failed_writes() {
         let engine = Probe::new();
         engine.fail.store(true, Ordering::SeqCst);
+        let held = engine.hold.lock().unwrap();
         let [mut a, mut b] = two(&engine, Some(SyncRounds::default()));
         a.commit(&mut vec![(1, append(1, 1))]);
+        // B's read is evaluated while A's round is still in its fsync: it may show A's
+        // append, so it waits for that round. (A read evaluated after the failure is
+        // answered — checked at the end — so the fsync is held until the read is in.)
+        wait_for_fsync_entry(&engine);
         b.commit(&mut vec![(2, history(2, 1))]);
+        drop(held);
         let out = released_within(&mut a, 1);
         assert!(out[0].1.is_err(), "never an ack");
         let out = released_within(&mut b, 1);
