@@ -3,7 +3,8 @@
 //! between the cores), and a device that reconnects onto the other core replaces its
 //! old session there. The session id's low byte names the core, which is how these tests
 //! know where a session landed. Chatrooms span cores whichever core owns them, and the
-//! HTTP API's calls about sessions reach every core.
+//! HTTP API's calls about sessions reach every core. Each conversation's writes are
+//! applied by the core that owns its storage partition.
 
 #[macro_use]
 mod common;
@@ -14,6 +15,8 @@ use std::time::Duration;
 use common::{Dataplane, TestClient, TestServer};
 use petrel_proto::Body;
 use petrel_proto::pb::{self, conversation_op::Op};
+use petrel_storage::partition::{DEFAULT_PARTITIONS, Partitions};
+use petrel_storage::{ConversationKey, UserId};
 use serde_json::{Value, json};
 
 fn start(dp: Dataplane) -> TestServer {
@@ -299,6 +302,64 @@ fn the_api_sees_and_ends_sessions_on_every_core(dp: Dataplane) {
     );
 }
 
+/// The core that writes `conversation`: its partition (of the default 16) mod 2 cores.
+fn writer_core(conversation: ConversationKey) -> u64 {
+    let partitions = Partitions::new(DEFAULT_PARTITIONS).expect("default partitions");
+    u64::from(partitions.of(conversation).0 % 2)
+}
+
+fn every_conversation_is_written_by_its_partition_owner_core(dp: Dataplane) {
+    let server = start_with(dp, "metrics_addr = \"127.0.0.1:0\"\n");
+    let users: Vec<u64> = (8_200..8_212).collect();
+    let mut clients = log_in_on_both_cores(&server, &users);
+    // Every pair chats both ways: the conversation's seqs come from one counter, and
+    // each write whose partition the sender's core does not own crosses to the owner.
+    let mut crossed = 0;
+    let mut id = 0;
+    for i in 0..users.len() {
+        for j in i + 1..users.len() {
+            let conversation = ConversationKey::single(UserId(users[i]), UserId(users[j]));
+            let writer = writer_core(conversation);
+            for (from, to, seq) in [(i, j, 1), (j, i, 2)] {
+                id += 1;
+                let ack = clients[from].send_text(single(users[to]), id, "hi");
+                assert_eq!(ack.seq, seq, "{conversation:?}");
+                crossed += u64::from(core_of(&clients[from]) != writer);
+            }
+        }
+    }
+    // A group: created where it is asked for, then every member's message is written
+    // by the group's owner core.
+    let created = clients[0].request(pb::ConversationOp {
+        op: Some(Op::CreateGroup(pb::CreateGroup {
+            name: "owned".into(),
+            members: users[1..].to_vec(),
+        })),
+    });
+    let Body::ConversationOpResult(created) = created.body else {
+        panic!("create group failed: {created:?}");
+    };
+    let group = created.conversation.expect("group id");
+    let writer = writer_core(ConversationKey::Group(group.id));
+    let mut seqs = Vec::new();
+    for c in clients.iter_mut() {
+        id += 1;
+        seqs.push(c.send_text(group, id, "hello").seq);
+        crossed += u64::from(core_of(c) != writer);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=12).collect::<Vec<u64>>(), "one gap-free counter");
+    // Sessions are on both cores and writes of both cores' partitions were made: some
+    // crossed (with twelve users, all 66 pairs' partitions on their senders' cores is
+    // out of the question), and each was applied once, by its owner.
+    assert!(crossed > 0);
+    let routed = |side: &str| format!("petrel_storage_routed_writes_total{{side=\"{side}\"}}");
+    let scrape = server.scrape_until("every routed write counted on both sides", |s| {
+        s.get(&routed("sent")) == crossed as f64 && s.get(&routed("applied")) == crossed as f64
+    });
+    assert_eq!(scrape.get("petrel_storage_in_flight"), 0.0);
+}
+
 /// The number in the device name of the listed session `session_id`.
 fn phone_index(sessions: &Value, session_id: u64) -> String {
     sessions["sessions"]
@@ -316,5 +377,6 @@ dataplane_tests!(
     users_on_both_cores_chat_one_to_one_and_in_a_group_live,
     a_device_reconnecting_onto_the_other_core_replaces_its_old_session,
     the_api_sees_and_ends_sessions_on_every_core,
-    a_chatroom_spans_cores_whichever_core_owns_it
+    a_chatroom_spans_cores_whichever_core_owns_it,
+    every_conversation_is_written_by_its_partition_owner_core
 );

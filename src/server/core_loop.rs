@@ -43,7 +43,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use petrel_conn::{ConnId, TransportEvent};
-use petrel_control::{Action, Control, Ticket, Timestamp};
+use petrel_control::{Action, Control, Timestamp};
 use petrel_dataplane::{CoreIo, Wake};
 use petrel_storage::{Committer, GroupEngine};
 
@@ -97,7 +97,7 @@ pub struct HomeParts<E: GroupEngine + 'static> {
     /// The control plane, warmed up (revocation list loaded).
     pub control: Control,
     /// Storage group commit.
-    pub committer: Committer<E, Ticket>,
+    pub committer: Committer<E, super::writers::Origin>,
     /// Raised by the signal handler; the home core's waker is woken with it.
     pub stop: Arc<AtomicBool>,
     /// Where metrics are published, if anywhere.
@@ -210,27 +210,26 @@ impl Drain {
         stop: &AtomicBool,
         plane: &mut Plane<E>,
     ) -> DrainStep {
-        let Plane {
-            control, committer, ..
-        } = plane;
+        let in_flight = plane.in_flight();
+        let control = &mut plane.control;
         let Some(since) = self.since else {
             if !stop.load(Ordering::Relaxed) {
                 return DrainStep::Serve;
             }
             tracing::info!(
-                in_flight = committer.in_flight(),
+                in_flight,
                 "shutting down: refusing new requests, finishing in-flight writes"
             );
             control.begin_shutdown(now());
             self.since = Some(Instant::now());
             return DrainStep::Began;
         };
-        if committer.in_flight() == 0 && control.is_drained(now()) {
+        if in_flight == 0 && control.is_drained(now()) {
             return DrainStep::Done;
         }
         if since.elapsed() > self.limit {
             tracing::warn!(
-                in_flight = committer.in_flight(),
+                in_flight,
                 "shutting down: drain limit reached with storage requests unanswered"
             );
             return DrainStep::Done;
@@ -437,7 +436,9 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
             connections,
             outbound_queue,
             inbound_queue: self.remotes.iter().map(|r| r.up.len() as u64).sum(),
-            storage_in_flight: self.plane.committer.in_flight() as u64,
+            storage_in_flight: self.plane.in_flight() as u64,
+            writes_sent_to_owner: self.plane.writes_sent,
+            writes_applied_for_others: self.plane.writes_applied_for_others,
         });
     }
 
@@ -476,7 +477,8 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
             }
         }
         self.publish_metrics(true);
-        self.plane.shut_down_storage();
+        // The home loop sends no write to another core, so no reply is for one.
+        self.plane.shut_down_storage(|_, _| {});
         // Drop the rings: a remote still running sees its command ring close and stops.
     }
 }

@@ -58,6 +58,11 @@ pub struct Published {
     pub inbound_queue: u64,
     /// Storage requests submitted and not yet completed.
     pub storage_in_flight: u64,
+    /// Writes sent to the core that owns their conversation's partition (per-core
+    /// ownership), since start.
+    pub writes_sent_to_owner: u64,
+    /// Writes applied for another core's control plane, since start.
+    pub writes_applied_for_others: u64,
 }
 
 /// The AF_XDP dataplane's counters, read at scrape time.
@@ -105,6 +110,8 @@ impl Published {
         add(&mut self.outbound_queue, &other.outbound_queue);
         self.inbound_queue += other.inbound_queue;
         self.storage_in_flight += other.storage_in_flight;
+        self.writes_sent_to_owner += other.writes_sent_to_owner;
+        self.writes_applied_for_others += other.writes_applied_for_others;
     }
 }
 
@@ -603,6 +610,16 @@ impl Collector for Metrics {
             "Storage requests submitted and not yet completed.",
             &[(vec![], p.storage_in_flight as i64)],
         )?;
+        counter(
+            &mut e,
+            "petrel_storage_routed_writes",
+            "Writes that crossed cores to their conversation's partition owner \
+             (ownership = \"per-core\"): sent by the asking core, applied by the owner.",
+            &[
+                (vec![("side", "sent")], p.writes_sent_to_owner),
+                (vec![("side", "applied")], p.writes_applied_for_others),
+            ],
+        )?;
         gauge(
             &mut e,
             "petrel_outbound_queue_depth",
@@ -906,10 +923,23 @@ mod tests {
             outbound_queue: vec![0, 7],
             inbound_queue: 4,
             storage_in_flight: 1,
+            writes_sent_to_owner: 8,
+            writes_applied_for_others: 9,
         });
         let text = metrics.render();
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert_eq!(value(&text, "petrel_logins_total"), Some(3.0));
+        assert_eq!(
+            value(&text, "petrel_storage_routed_writes_total{side=\"sent\"}"),
+            Some(8.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "petrel_storage_routed_writes_total{side=\"applied\"}"
+            ),
+            Some(9.0)
+        );
         assert_eq!(
             value(&text, "petrel_login_failures_total{reason=\"expired\"}"),
             Some(2.0)

@@ -20,6 +20,7 @@ mod plane;
 mod ring;
 pub mod scrub;
 pub(crate) mod transport;
+mod writers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,11 +28,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use petrel_control::{Action, Control, Event, Ticket};
+use petrel_control::{Action, Control, Event};
 use petrel_storage::{
     Committer, DiffusionMode, GroupEngine, Retention, StorageConfig, SyncMode, SyncRounds,
 };
 use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
+use writers::Origin;
 
 pub use config::{ServeArgs, ServeConfig};
 pub use core_loop::now;
@@ -174,6 +176,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
                 petrel_control::remote::MAX_CORES
             )
         })?;
+    let partitions = engine.partitions();
     let mut committers = Committer::start_many(
         engine,
         (config.sync == Sync::Batch).then_some(SyncRounds {
@@ -360,6 +363,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
                 disk: disk.clone(),
                 webhook,
                 metrics,
+                partitions,
             };
             match cores {
                 Cores::Kernel(cores) => per_core::run(cores, cpus, config.poll, parts, shared),
@@ -414,7 +418,7 @@ fn start_media(
 /// woken syncer waits for the loop's time slice before it can report a finished fsync
 /// (docs/PERFORMANCE.md measured 442 µs per wake-up on average, up to 10 ms).
 fn schedule_syncer<E: GroupEngine + 'static>(
-    committer: &Committer<E, Ticket>,
+    committer: &Committer<E, Origin>,
     priority: SyncerPriority,
     poll: PollMode,
 ) {
@@ -447,7 +451,7 @@ fn schedule_syncer<E: GroupEngine + 'static>(
 /// busy".
 fn warm_up<E: GroupEngine + 'static>(
     control: &mut Control,
-    committer: &mut Committer<E, Ticket>,
+    committer: &mut Committer<E, Origin>,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut batch = Vec::new();
@@ -456,11 +460,15 @@ fn warm_up<E: GroupEngine + 'static>(
             let Action::Storage { ticket, request } = action else {
                 anyhow::bail!("control plane asked for network I/O before any connection existed");
             };
-            batch.push((ticket, request));
+            batch.push((Origin::Here(ticket), request));
         }
         committer.commit(&mut batch);
-        committer
-            .take_ready(|ticket, result| control.handle(now(), Event::Storage { ticket, result }));
+        committer.take_ready(|origin, result| {
+            // Nothing crosses cores before the loops run.
+            if let Origin::Here(ticket) = origin {
+                control.handle(now(), Event::Storage { ticket, result });
+            }
+        });
         if Instant::now() > deadline {
             anyhow::bail!("storage did not answer the start-up requests within 30 s");
         }

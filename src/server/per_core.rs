@@ -6,7 +6,9 @@
 //!   io.wait ─▶ io.receive ─▶ Control_i::handle ─▶ actions ─┬─▶ Send/Close: io_i
 //!                              ▲        ▲                  ├─▶ Storage: this iteration's
 //!     rings from other cores ──┘        │                  │   group → Committer_i::commit
-//!     (Event::FromCore)                 │                  └─▶ ToCore: ring to core j
+//!     (control messages; writes for     │                  │   (writes for core j's
+//!      core i's partitions; replies)    │                  │    partitions: ring to j)
+//!                                       │                  └─▶ ToCore: ring to core j
 //!                  Committer_i::take_ready (replies once durable; every committer
 //!                  shares one syncer thread, so one fsync covers every core's groups)
 //! ```
@@ -17,13 +19,12 @@
 //! a [`CoreMessage`] on a bounded ring per ordered pair of cores ([`super::ring`]),
 //! drained at most [`RING_BATCH`] per iteration and woken once per iteration.
 //!
-//! Storage: each core's committer writes the conversations its sessions write to. The
-//! engine serialises writers per logical partition (a mutex each, locked in ascending
-//! order — never one global lock), so a conversation's seq stays gap-free and each
-//! message stored once whichever cores its members are on; a read waits for the other
-//! committers' unsynced groups it may show, so nothing is shown before it is durable.
-//! Not yet (docs/ARCHITECTURE.md): a conversation's writes sent to its partition's owner
-//! core, so that two cores never contend for one partition.
+//! Storage: each conversation is written by the core that owns its storage partition
+//! ([`super::writers`]): a write for another core's partition crosses on the ring as
+//! [`Mail::Write`], is applied in that core's next group commit, and its durable reply
+//! comes back as [`Mail::Written`]. Reads run here and wait only for the durable
+//! watermark of what they show (other committers' unsynced groups included), so
+//! nothing is shown before it is durable and no read queues behind an append.
 //!
 //! Back-pressure: a core whose ring to another is full keeps what did not fit, in order,
 //! and stops reading its own sockets until it drains, as it does while its committer has
@@ -43,9 +44,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use crossbeam_channel::Receiver;
 use petrel_conn::TransportEvent;
-use petrel_control::{Action, Control, CoreMessage, Event, Ticket, Timestamp};
+use petrel_control::{Action, Control, Timestamp};
 use petrel_dataplane::{CoreIo, Wake};
-use petrel_storage::{Committer, GroupEngine};
+use petrel_storage::partition::Partitions;
+use petrel_storage::{Committer, GroupEngine, StorageError};
 
 use super::config::PollMode;
 use super::core_loop::{Drain, DrainStep, MAX_IN_FLIGHT, now, sleep_for};
@@ -53,6 +55,7 @@ use super::disk_watch::DiskWatch;
 use super::metrics::{Metrics, PUBLISH_INTERVAL, Published};
 use super::plane::Plane;
 use super::ring::{RING, RING_BATCH, RingOut};
+use super::writers::{Mail, Origin, Writers};
 use crate::api::bridge::ApiInbox;
 use crate::webhook::dispatch::WebhookSender;
 
@@ -61,7 +64,7 @@ pub struct CoreParts<E: GroupEngine + 'static> {
     /// Its control plane (`core_index` = its index), warmed up.
     pub control: Control,
     /// Its storage committer (one of `Committer::start_many`).
-    pub committer: Committer<E, Ticket>,
+    pub committer: Committer<E, Origin>,
     /// Its end of the HTTP API's bridge, when the API is enabled.
     pub api: Option<ApiInbox>,
 }
@@ -77,6 +80,8 @@ pub struct SharedParts {
     pub webhook: Option<WebhookSender>,
     /// Where each core publishes its counters (summed at a scrape), if anywhere.
     pub metrics: Option<Arc<Metrics>>,
+    /// The database's partitions: partition p is written by core p mod cores.
+    pub partitions: Partitions,
 }
 
 /// Runs one loop per core, each pinned to `cpus[i]`, core `i` with `parts[i]`, until
@@ -100,9 +105,9 @@ where
     );
     let wakers: Vec<Arc<dyn Wake>> = cores.iter().map(CoreIo::waker).collect();
     // outs[i][j]: core i's end of its ring to core j; ins[j]: (i, receiver) for every i.
-    let mut outs: Vec<Vec<Option<RingOut<CoreMessage>>>> =
+    let mut outs: Vec<Vec<Option<RingOut<Mail>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    let mut ins: Vec<Vec<(u8, Receiver<CoreMessage>)>> = (0..n).map(|_| Vec::new()).collect();
+    let mut ins: Vec<Vec<(u8, Receiver<Mail>)>> = (0..n).map(|_| Vec::new()).collect();
     for (i, row) in outs.iter_mut().enumerate() {
         for (j, slot) in row.iter_mut().enumerate() {
             if i == j {
@@ -113,6 +118,7 @@ where
             ins[j].push((u8::try_from(i).context("more than 255 cores")?, rx));
         }
     }
+    let core_count = u8::try_from(n).context("more than 255 cores")?;
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     let others: Vec<Arc<dyn Wake>> = wakers.iter().skip(1).cloned().collect();
     for (((io, part), (outs, ins)), cpu) in cores
@@ -143,7 +149,12 @@ where
                             part.api,
                             shared.webhook.clone(),
                             shared.disk.clone(),
-                        ),
+                        )
+                        .with_writers(Writers::new(
+                            index,
+                            core_count,
+                            shared.partitions,
+                        )),
                         outs,
                         ins,
                         others,
@@ -171,8 +182,8 @@ struct OwnerLoop<I: CoreIo, E: GroupEngine + 'static> {
     io: I,
     plane: Plane<E>,
     /// Indexed by core; `None` for this one.
-    outs: Vec<Option<RingOut<CoreMessage>>>,
-    ins: Vec<(u8, Receiver<CoreMessage>)>,
+    outs: Vec<Option<RingOut<Mail>>>,
+    ins: Vec<(u8, Receiver<Mail>)>,
     /// The other cores' wakers (core 0 only: it passes the stop signal on).
     others: Vec<Arc<dyn Wake>>,
     poll: PollMode,
@@ -243,7 +254,9 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
                 connections,
                 outbound_queue,
                 inbound_queue: self.ins.iter().map(|(_, rx)| rx.len() as u64).sum(),
-                storage_in_flight: self.plane.committer.in_flight() as u64,
+                storage_in_flight: self.plane.in_flight() as u64,
+                writes_sent_to_owner: self.plane.writes_sent,
+                writes_applied_for_others: self.plane.writes_applied_for_others,
             },
         );
     }
@@ -285,8 +298,9 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
         work
     }
 
-    /// Hands what the other cores sent to the control plane, at most [`RING_BATCH`]
-    /// per ring.
+    /// Hands what the other cores sent to the plane (control-plane messages, writes
+    /// for this core's partitions, replies to this core's writes), at most
+    /// [`RING_BATCH`] per ring.
     fn take_rings(&mut self, now: Timestamp) -> bool {
         let mut any = false;
         for (core, rx) in &self.ins {
@@ -295,13 +309,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
                     break;
                 };
                 any = true;
-                self.plane.control.handle(
-                    now,
-                    Event::FromCore {
-                        core: *core,
-                        message,
-                    },
-                );
+                self.plane.take_mail(now, *core, message);
             }
         }
         any
@@ -318,14 +326,12 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
             }
             Action::Close { conn, .. } => io.close(conn),
             Action::NoteCongestion { conn } => io.note_congestion(conn),
-            Action::ToCore { core, message } => {
-                if let Some(Some(out)) = outs.get_mut(usize::from(core)) {
-                    out.push(message);
-                }
-            }
+            Action::ToCore { core, message } => post(outs, core, Mail::Control(message)),
             // The plane keeps storage requests and offline messages.
             Action::Storage { .. } | Action::OfflineMessage(_) => {}
         });
+        self.plane
+            .drain_outbox(|core, mail| post(&mut self.outs, core, mail));
     }
 
     /// Kicks this core's clients with `ServerShutdown`, flushes and closes its
@@ -340,20 +346,38 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
                 out.wake_if_needed();
             }
             // What the other cores still send no longer matters, but a full ring would
-            // hold them back.
-            for (_, rx) in &self.ins {
-                while rx.try_recv().is_ok() {}
+            // hold them back. A write for this core's partitions is answered with an
+            // error (its client was never told it was stored, and sends it again after
+            // the restart); a reply to one of this core's writes still reaches the
+            // control plane, which tells its client nothing more now.
+            let now_ts = now();
+            for (core, rx) in &self.ins {
+                while let Ok(mail) = rx.try_recv() {
+                    match mail {
+                        Mail::Write { ticket, .. } => post(
+                            &mut self.outs,
+                            *core,
+                            Mail::Written {
+                                ticket,
+                                result: Err(StorageError::Closed),
+                            },
+                        ),
+                        Mail::Written { .. } => self.plane.take_mail(now_ts, *core, mail),
+                        Mail::Control(_) => {}
+                    }
+                }
             }
             self.io.receive(&mut self.events);
             self.io.transmit(&mut self.events);
             let done = self.io.shutdown_done(&mut self.events);
-            let now_ts = now();
             let mut events = std::mem::take(&mut self.events);
             for event in events.drain(..) {
                 self.plane.control.handle(now_ts, event.into());
             }
             self.events = events;
             self.plane.take_storage(now_ts);
+            let outs = &mut self.outs;
+            self.plane.drain_outbox(|core, mail| post(outs, core, mail));
             // Closing connections produce no new work worth doing; drop what is queued.
             while self.plane.control.poll_action().is_some() {}
             if done {
@@ -365,6 +389,19 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
             }
         }
         self.publish_metrics(true);
-        self.plane.shut_down_storage();
+        let outs = &mut self.outs;
+        self.plane
+            .shut_down_storage(|core, mail| post(outs, core, mail));
+        for out in outs.iter_mut().flatten() {
+            out.flush_overflow();
+            out.wake_if_needed();
+        }
+    }
+}
+
+/// Puts `mail` on this core's ring to `core`.
+fn post(outs: &mut [Option<RingOut<Mail>>], core: u8, mail: Mail) {
+    if let Some(Some(out)) = outs.get_mut(usize::from(core)) {
+        out.push(mail);
     }
 }

@@ -4,26 +4,42 @@
 //! and due timers, the control plane's actions out (this iteration's storage requests
 //! as one group), the API's answers. Where a send, close or message to another core
 //! goes is the loop's own business: [`Plane::perform`] hands those to it.
+//!
+//! With one control plane per core, the plane also keeps each write in its partition's
+//! owner core ([`super::writers`]): a write for another core's partition waits in
+//! [`Plane::take_mail`]'s outbox as [`Mail::Write`], a write another core sent here is
+//! committed with this core's group, and its reply goes back as [`Mail::Written`].
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use petrel_control::{Action, Control, Event, Ticket, Timestamp};
+use petrel_control::{Action, Control, Event, Timestamp};
 use petrel_storage::{Committer, GroupEngine, Request};
 
 use super::core_loop::{MAX_SLEEP, now};
 use super::disk_watch::DiskWatch;
 use super::metrics::PUBLISH_INTERVAL;
+use super::writers::{Mail, Origin, Writers};
 use crate::api::bridge::ApiInbox;
 use crate::webhook::dispatch::WebhookSender;
 
 /// One loop's control plane, committer and their side channels.
 pub struct Plane<E: GroupEngine + 'static> {
     pub control: Control,
-    pub committer: Committer<E, Ticket>,
+    pub committer: Committer<E, Origin>,
     /// This iteration's storage requests (one group commit).
-    batch: Vec<(Ticket, Request)>,
+    batch: Vec<(Origin, Request)>,
+    /// Which core writes each partition (`None`: this plane writes everything).
+    writers: Option<Writers>,
+    /// Writes and replies for other cores, until the loop puts them on the rings.
+    outbox: Vec<(u8, Mail)>,
+    /// Writes sent to their partition's owner and not yet answered.
+    sent_away: usize,
+    /// Writes sent to their partition's owner core, since start.
+    pub writes_sent: u64,
+    /// Writes applied here for another core, since start.
+    pub writes_applied_for_others: u64,
     /// Its end of the HTTP API's bridge, when the API is enabled.
     api: Option<ApiInbox>,
     /// Where offline-message events go, when webhooks are enabled.
@@ -36,7 +52,7 @@ pub struct Plane<E: GroupEngine + 'static> {
 impl<E: GroupEngine + 'static> Plane<E> {
     pub fn new(
         control: Control,
-        committer: Committer<E, Ticket>,
+        committer: Committer<E, Origin>,
         api: Option<ApiInbox>,
         webhook: Option<WebhookSender>,
         disk: Arc<DiskWatch>,
@@ -45,10 +61,59 @@ impl<E: GroupEngine + 'static> Plane<E> {
             control,
             committer,
             batch: Vec::with_capacity(1024),
+            writers: None,
+            outbox: Vec::new(),
+            sent_away: 0,
+            writes_sent: 0,
+            writes_applied_for_others: 0,
             api,
             webhook,
             disk,
             storage_failure_logged: false,
+        }
+    }
+
+    /// Sends each write to its partition's owner core ([`super::writers`]).
+    pub fn with_writers(mut self, writers: Writers) -> Self {
+        self.writers = Some(writers);
+        self
+    }
+
+    /// Storage requests not yet answered: this committer's, and this core's writes
+    /// waiting for their owner core's reply.
+    pub fn in_flight(&self) -> usize {
+        self.committer.in_flight() + self.sent_away
+    }
+
+    /// Takes a message another core sent: control-plane messages go to the control
+    /// plane, writes join this iteration's group, replies go to the control plane as
+    /// storage replies.
+    pub fn take_mail(&mut self, now: Timestamp, from: u8, mail: Mail) {
+        match mail {
+            Mail::Control(message) => self.control.handle(
+                now,
+                Event::FromCore {
+                    core: from,
+                    message,
+                },
+            ),
+            Mail::Write { ticket, request } => {
+                self.writes_applied_for_others += 1;
+                self.batch
+                    .push((Origin::Core { core: from, ticket }, request));
+            }
+            Mail::Written { ticket, result } => {
+                self.sent_away = self.sent_away.saturating_sub(1);
+                self.control.handle(now, Event::Storage { ticket, result });
+            }
+        }
+    }
+
+    /// Hands the writes and replies for other cores to `send`, in the order they were
+    /// made.
+    pub fn drain_outbox(&mut self, mut send: impl FnMut(u8, Mail)) {
+        for (core, mail) in self.outbox.drain(..) {
+            send(core, mail);
         }
     }
 
@@ -61,9 +126,10 @@ impl<E: GroupEngine + 'static> Plane<E> {
     /// Hands the storage replies that may be told now to the control plane. Returns how
     /// many.
     pub fn take_storage(&mut self, now: Timestamp) -> usize {
-        let control = &mut self.control;
-        let n = self.committer.take_ready(|ticket, result| {
-            control.handle(now, Event::Storage { ticket, result });
+        let (control, outbox) = (&mut self.control, &mut self.outbox);
+        let n = self.committer.take_ready(|origin, result| match origin {
+            Origin::Here(ticket) => control.handle(now, Event::Storage { ticket, result }),
+            Origin::Core { core, ticket } => outbox.push((core, Mail::Written { ticket, result })),
         });
         note_storage_failure(
             &self.committer,
@@ -95,7 +161,16 @@ impl<E: GroupEngine + 'static> Plane<E> {
         loop {
             while let Some(action) = self.control.poll_action() {
                 match action {
-                    Action::Storage { ticket, request } => self.batch.push((ticket, request)),
+                    Action::Storage { ticket, request } => {
+                        match self.writers.and_then(|w| w.elsewhere(&request)) {
+                            Some(core) => {
+                                self.sent_away += 1;
+                                self.writes_sent += 1;
+                                self.outbox.push((core, Mail::Write { ticket, request }));
+                            }
+                            None => self.batch.push((Origin::Here(ticket), request)),
+                        }
+                    }
                     Action::OfflineMessage(message) => {
                         if let Some(webhook) = &self.webhook {
                             webhook.offer(message);
@@ -131,19 +206,21 @@ impl<E: GroupEngine + 'static> Plane<E> {
         }
     }
 
-    /// Waits for the last fsync and hands every remaining reply to the control plane.
-    pub fn shut_down_storage(mut self) {
+    /// Waits for the last fsync and hands every remaining reply to the control plane,
+    /// and those for other cores to `send`.
+    pub fn shut_down_storage(mut self, mut send: impl FnMut(u8, Mail)) {
         let control = &mut self.control;
         let now_ts = now();
-        self.committer.shutdown(|ticket, result| {
-            control.handle(now_ts, Event::Storage { ticket, result });
+        self.committer.shutdown(|origin, result| match origin {
+            Origin::Here(ticket) => control.handle(now_ts, Event::Storage { ticket, result }),
+            Origin::Core { core, ticket } => send(core, Mail::Written { ticket, result }),
         });
     }
 }
 
 /// Logs the committer's failure once (and tells the disk watch when the disk is full).
 fn note_storage_failure<E: GroupEngine + 'static>(
-    committer: &Committer<E, Ticket>,
+    committer: &Committer<E, Origin>,
     logged: &mut bool,
     disk: &DiskWatch,
 ) {

@@ -405,6 +405,43 @@ pub enum Request {
 }
 
 impl Request {
+    /// The conversation whose partition's writer state this request writes under — its
+    /// seq counter, member map, dedup entries, inbox heads — if it writes one: the
+    /// request a server with one writer per partition must send to that partition's
+    /// owner ([`crate::partition::Partitions::of`]). `None` for reads and for writes that belong
+    /// to no conversation's partition (activity, revocations, retention, and the
+    /// creation of a conversation, whose id is not known until it is allocated).
+    pub fn partition_conversation(&self) -> Option<ConversationKey> {
+        match self {
+            Request::Append(req) => Some(req.conversation),
+            Request::AddMembers { group, .. }
+            | Request::RemoveMembers { group, .. }
+            | Request::Leave { group, .. }
+            | Request::SetRole { group, .. }
+            | Request::Dissolve { group, .. }
+            | Request::Mute { group, .. } => Some(ConversationKey::Group(*group)),
+            Request::Follow { account, .. } | Request::Unfollow { account, .. } => {
+                Some(ConversationKey::PublicAccount(*account))
+            }
+            Request::Recall { conversation, .. }
+            | Request::Edit { conversation, .. }
+            | Request::MarkRead { conversation, .. } => Some(*conversation),
+            Request::CreateGroup { .. }
+            | Request::CreatePublicAccount { .. }
+            | Request::Members { .. }
+            | Request::RoleOf { .. }
+            | Request::ConversationsOf { .. }
+            | Request::Sync(_)
+            | Request::History { .. }
+            | Request::ReadCount { .. }
+            | Request::TouchActivity { .. }
+            | Request::LastActive { .. }
+            | Request::RevokeToken { .. }
+            | Request::LoadRevoked { .. }
+            | Request::Trim { .. } => None,
+        }
+    }
+
     /// True if the request may write (and so takes part in the WAL sync of its batch).
     pub fn is_write(&self) -> bool {
         !matches!(
