@@ -9,7 +9,9 @@
 //!   ([`RemoteLogin`]), and so is the close of a user's last session there. Each control
 //!   plane keeps, per user, the set of other cores with a session (a bitmask), so that
 //!   a conversation's push goes only to cores where one of its users is online, and a
-//!   user online on another core is not reported offline.
+//!   user online on another core is not reported offline. Each other core answers a
+//!   login with [`CoreMessage::LoginSeen`], and the login's `LoginResult` is held until
+//!   every core has: a client that has its `LoginResult` is known to every core.
 //! - **The multi-device policy across cores.** Of two sessions of one user that the
 //!   policy does not let live side by side (same device; same platform under
 //!   `OnePerPlatform`), the later login wins on every core alike: by `Login.attempt`
@@ -39,17 +41,16 @@
 //!   connections' seats follows the owner's: a join's answer that finds its seat gone
 //!   (the connection left or closed meanwhile) tells the owner to remove it again.
 //!
-//! Presence is eventually consistent, and that has two edges:
-//! - A message appended on core A after a new device on core B read its first sync, but
-//!   before A learned of that session, is neither pushed nor in that sync: the device
-//!   sees it only at its next sync or the next seq gap. The per-core driver narrows this
-//!   with an ordering rule (src/server/per_core.rs): a core takes in its rings after
-//!   reading its sockets and before handling what it read, and a login's notice is on
-//!   the ring before its `LoginResult` is sent, so whatever a client does after seeing
-//!   another's login reaches the control plane after that login's presence. What it does
-//!   not cover: a send read before the notice arrived whose append completes after the
-//!   new device's first sync (holding `LoginResult` until every core acknowledged the
-//!   login would; not done).
+//! Presence is eventually consistent; what keeps a new session from missing a message:
+//! - **The held `LoginResult`.** A message whose append completes on core A before A
+//!   learned of a new session on core B is not pushed to it; but A acknowledged the
+//!   login only after learning of it, and B sends `LoginResult` only after every core
+//!   acknowledged — so that message was durable before the client could ask for its
+//!   first sync, which returns it, and every append completing later is pushed. While
+//!   its `LoginResult` is held a session gets no pushes (the sync after it returns what
+//!   they carried; a chatroom needs a join, which needs the `LoginResult`). Requests a
+//!   client sends before its `LoginResult` arrives are served as usual, so their
+//!   answers may come first; the SDK waits for it.
 //! - A user whose last session just closed on B still counts as online on A until the
 //!   notice arrives: a message in between sends no offline notice (`OfflineMessage`).
 //!
@@ -168,6 +169,12 @@ pub enum CoreMessage {
     /// platform under `OnePerPlatform`), or has the sending core replace this one if
     /// one of its own wins ([`CoreMessage::Replace`]).
     LoggedIn(RemoteLogin),
+    /// The receiving core's login on `conn` ([`CoreMessage::LoggedIn`]) is known here
+    /// now: once every other core has said so, its `LoginResult` is sent.
+    LoginSeen {
+        /// The receiving core's connection.
+        conn: ConnId,
+    },
     /// The sending core has no session of `user` left.
     Offline {
         /// The user.

@@ -82,7 +82,36 @@ impl Cores {
     /// another is delivered after the sender's actions, like a ring drained next
     /// iteration.
     fn run(&mut self) {
+        self.perform_all(&mut VecDeque::new(), true);
+    }
+
+    /// Hands what the cores told each other to the receivers, then runs every core
+    /// until all are quiet.
+    fn deliver(&mut self, mut rings: VecDeque<(u8, u8, CoreMessage)>) {
+        while let Some((from, to, message)) = rings.pop_front() {
+            self.controls[usize::from(to)].handle(
+                self.now,
+                Event::FromCore {
+                    core: from,
+                    message,
+                },
+            );
+        }
+        self.run();
+    }
+
+    /// Performs every core's actions until all are quiet, but keeps what they tell
+    /// each other (as if the rings were slow): returned, for [`Cores::deliver`].
+    fn run_holding_rings(&mut self) -> VecDeque<(u8, u8, CoreMessage)> {
         let mut rings: VecDeque<(u8, u8, CoreMessage)> = VecDeque::new();
+        self.perform_all(&mut rings, false);
+        rings
+    }
+
+    /// Performs every core's actions until all are quiet; what one core tells another
+    /// is delivered after the sender's actions (unless not `deliver`: then it stays in
+    /// `rings`).
+    fn perform_all(&mut self, rings: &mut VecDeque<(u8, u8, CoreMessage)>, deliver: bool) {
         loop {
             let mut busy = false;
             for core in 0..self.controls.len() {
@@ -113,7 +142,7 @@ impl Cores {
                     }
                 }
             }
-            while let Some((from, to, message)) = rings.pop_front() {
+            while deliver && let Some((from, to, message)) = rings.pop_front() {
                 busy = true;
                 self.controls[usize::from(to)].handle(
                     self.now,
@@ -400,6 +429,15 @@ impl Cores {
     }
 }
 
+fn text_content(text: &str) -> bytes::Bytes {
+    petrel_proto::wire::encode_content(&pb::Content {
+        body: Some(pb::content::Body::Text(pb::Text {
+            text: text.into(),
+            mentions: Vec::new(),
+        })),
+    })
+}
+
 fn chatroom(room: u64) -> pb::ConversationId {
     pb::ConversationId {
         kind: pb::ConversationKind::Chatroom as i32,
@@ -480,6 +518,85 @@ fn pushes_reach_devices_on_the_other_core_and_presence_follows_sessions() {
 }
 
 #[test]
+fn a_login_is_answered_once_every_core_knows_it_so_its_first_sync_misses_nothing() {
+    let mut cores = Cores::new();
+    let alice = cores.login(0, ALICE, "a-phone", pb::Platform::Ios);
+    // Bob logs in on core 1 while the ring to core 0 is slow: no LoginResult yet.
+    let (token, _) = cores.mint(BOB, "b-phone", pb::Platform::Android);
+    let bob = ConnId::new(1, cores.next_slot);
+    cores.next_slot += 1;
+    cores.controls[1].handle(cores.now, Event::Opened { conn: bob });
+    let login = pb::Login {
+        token,
+        user_id: BOB,
+        device_id: "b-phone".into(),
+        platform: pb::Platform::Android as i32,
+        client_version: "test".into(),
+        attempt: 1,
+    };
+    cores.controls[1].handle(
+        cores.now,
+        Event::Frame {
+            conn: bob,
+            frame: Frame::new(1, login),
+        },
+    );
+    let mut rings = cores.run_holding_rings();
+    assert!(cores.take(bob).is_empty(), "LoginResult before core 0 knew");
+    // Meanwhile Alice (core 0, which has not heard of Bob's session) sends him a
+    // message: acked, stored, but not pushed to a session core 0 does not know.
+    cores.submit(
+        alice,
+        pb::SendMessage {
+            client_msg_id: 1,
+            conversation: Some(pb::ConversationId {
+                kind: pb::ConversationKind::Single as i32,
+                id: BOB,
+            }),
+            content: text_content("before"),
+            ..Default::default()
+        },
+    );
+    rings.extend(cores.run_holding_rings());
+    assert!(
+        cores
+            .take(alice)
+            .iter()
+            .any(|f| matches!(&f.body, Body::Ack(a) if a.seq == 1))
+    );
+    // Core 0 hears of the login and says so: now Bob gets his LoginResult, and the
+    // sync he makes after it has the message no push carried.
+    cores.deliver(rings);
+    let frames = cores.take(bob);
+    assert!(
+        matches!(frames.as_slice(), [f] if matches!(&f.body, Body::LoginResult(r) if r.user_id == BOB)),
+        "{frames:?}"
+    );
+    let rid = cores.submit(
+        bob,
+        pb::SyncRequest {
+            cursors: vec![pb::Cursor {
+                conversation: Some(pb::ConversationId {
+                    kind: pb::ConversationKind::Single as i32,
+                    id: ALICE,
+                }),
+                after_seq: 0,
+            }],
+            limit: 10,
+            ..Default::default()
+        },
+    );
+    cores.run();
+    let Some(Body::SyncResponse(page)) = cores.answer(bob, rid) else {
+        panic!("no sync answer");
+    };
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [1]);
+    // From now on core 0 pushes to him.
+    cores.send(alice, BOB, 2);
+    assert_eq!(cores.pushes(bob), [2]);
+}
+
+#[test]
 fn a_device_logging_in_on_another_core_replaces_its_session_there() {
     let mut cores = Cores::new();
     let alice = cores.login(0, ALICE, "a-phone", pb::Platform::Ios);
@@ -501,9 +618,19 @@ fn a_late_older_attempt_on_another_core_is_replaced_by_the_newer_session() {
     let mut cores = Cores::new();
     // Attempt 8 logged in on core 0; attempt 7, which the device gave up on, reaches
     // core 1 afterwards and logs in there: core 0 has it replaced, and keeps its own.
+    // The replacement arrives before core 0's acknowledgement of the login, so the stale
+    // attempt never sees a LoginResult, only the kick.
     let newer = cores.login_numbered(0, BOB, "b-phone", pb::Platform::Ios, 8);
-    let stale = cores.login_numbered(1, BOB, "b-phone", pb::Platform::Ios, 7);
-    assert_eq!(cores.kicked(stale), Some(pb::KickReason::Replaced));
+    let (token, _) = cores.mint(BOB, "b-phone", pb::Platform::Ios);
+    let (stale, frames) = cores.try_login(1, (BOB, "b-phone", pb::Platform::Ios), &token, 7);
+    assert!(
+        matches!(frames.as_slice(), [f] if matches!(&f.body, Body::Kick(_))),
+        "{frames:?}"
+    );
+    assert_eq!(
+        cores.closed.get(&stale),
+        Some(&CloseReason::Kicked(pb::KickReason::Replaced))
+    );
     assert_eq!(cores.kicked(newer), None);
     assert_eq!(cores.controls[1].counters().kicks.replaced, 1);
     assert_eq!(cores.controls[0].counters().kicks.replaced, 0);

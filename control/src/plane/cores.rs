@@ -3,7 +3,7 @@
 //! they tell it (chatroom messages go on to `room_owner`). Nothing here runs on a
 //! one-core server (`core_count` 1).
 
-use petrel_proto::pb;
+use petrel_proto::{Frame, FrameType, pb};
 
 use super::Control;
 use crate::event::Action;
@@ -68,6 +68,42 @@ impl Control {
         self.tell_others(|| CoreMessage::LoggedIn(login.clone()));
     }
 
+    /// Sends a login's `LoginResult` — on a server of several cores, once every other
+    /// core has acknowledged the login ([`crate::remote`], "the held `LoginResult`").
+    pub(super) fn answer_login(&mut self, conn: ConnId, result: Frame) {
+        if self.config.core_count <= 1 {
+            self.send_frame(conn, result);
+            return;
+        }
+        let Some(bytes) = self.encode(&result) else {
+            return;
+        };
+        let me = self.config.core_index;
+        let others = (0..self.config.core_count)
+            .filter(|&c| c != me)
+            .fold(0u64, |all, c| all | (1 << c));
+        self.held_logins.insert(conn, (others, bytes));
+    }
+
+    /// Core `core` knows of the login on `conn` now; the last one to say so releases
+    /// its `LoginResult`.
+    fn on_login_seen(&mut self, core: u8, conn: ConnId) {
+        let Some((waiting, _)) = self.held_logins.get_mut(&conn) else {
+            return;
+        };
+        *waiting &= !(1u64 << core);
+        if *waiting == 0
+            && let Some((_, bytes)) = self.held_logins.remove(&conn)
+        {
+            self.send_bytes(conn, bytes, FrameType::LoginResult);
+        }
+    }
+
+    /// Whether `conn`'s `LoginResult` is still held (it gets no pushes meanwhile).
+    pub(super) fn login_held(&self, conn: ConnId) -> bool {
+        !self.held_logins.is_empty() && self.held_logins.contains_key(&conn)
+    }
+
     /// Tells every other core that this one has no session of `user` left.
     pub(super) fn announce_offline(&mut self, user: u64) {
         self.tell_others(|| CoreMessage::Offline { user });
@@ -85,6 +121,7 @@ impl Control {
     pub(super) fn handle_from_core(&mut self, core: u8, message: CoreMessage) {
         match message {
             CoreMessage::LoggedIn(login) => self.on_remote_login(core, login),
+            CoreMessage::LoginSeen { conn } => self.on_login_seen(core, conn),
             CoreMessage::Offline { user } => {
                 let bit = 1u64.checked_shl(u32::from(core)).unwrap_or(0);
                 if let Some(cores) = self.presence.get_mut(&user) {
@@ -160,6 +197,11 @@ impl Control {
                 message: CoreMessage::Replace { conn: login.conn },
             });
         }
+        // Known here from now on: pushes of appends completing after this reach it.
+        self.actions.push_back(Action::ToCore {
+            core,
+            message: CoreMessage::LoginSeen { conn: login.conn },
+        });
     }
 
     /// A token another core revoked (and stored): refused here from now on, and this

@@ -216,6 +216,10 @@ pub struct Control {
     /// Per user, the other cores with a session of theirs (bit = core index); empty
     /// on a one-core server ([`crate::remote`]).
     presence: HashMap<u64, u64, foldhash::fast::RandomState>,
+    /// Logins of this core whose `LoginResult` waits for the other cores'
+    /// [`crate::CoreMessage::LoginSeen`] ([`crate::remote`]): the cores still to answer
+    /// (bit = core index) and the encoded frame. Empty on a one-core server.
+    held_logins: HashMap<ConnId, (u64, Bytes), foldhash::fast::RandomState>,
 }
 
 impl std::fmt::Debug for Control {
@@ -262,6 +266,7 @@ impl Control {
             counters: Counters::default(),
             api: api::ApiState::default(),
             presence: HashMap::default(),
+            held_logins: HashMap::default(),
         };
         control.request_revocations(now);
         control.timers.arm(
@@ -287,6 +292,9 @@ impl Control {
             }
             Event::Drained { conn } => self.on_drained(conn),
             Event::Closed { conn } => {
+                if !self.held_logins.is_empty() {
+                    self.held_logins.remove(&conn);
+                }
                 if self.forget(conn) {
                     self.counters.connections_closed += 1;
                 }

@@ -136,6 +136,11 @@ impl Control {
             }
             return false;
         };
+        // Not before its LoginResult: the sync the client makes after it returns what
+        // this push carries (it is durable already).
+        if self.login_held(conn) {
+            return false;
+        }
         if c.congested {
             match kind {
                 PushKind::Message(_) => {

@@ -397,6 +397,7 @@ impl Control {
                 self.on_room_removed(room, &conns, kind);
             }
             CoreMessage::LoggedIn(_)
+            | CoreMessage::LoginSeen { .. }
             | CoreMessage::Offline { .. }
             | CoreMessage::Replace { .. }
             | CoreMessage::Revoked { .. }

@@ -160,20 +160,18 @@ impl Control {
         if self.config.enforce_token_expiry {
             self.timers.arm(expires_at, TimerKind::SessionExpiry(conn));
         }
-        self.send_frame(
-            conn,
-            Frame::response(
-                rid,
-                pb::LoginResult {
-                    user_id: user,
-                    session_id,
-                    server_time_ms: now.as_millis(),
-                    heartbeat_interval_s: u32::try_from(self.config.heartbeat_interval.as_secs())
-                        .unwrap_or(u32::MAX),
-                    token_expires_at_ms: expires_at.as_millis(),
-                },
-            ),
+        let result = Frame::response(
+            rid,
+            pb::LoginResult {
+                user_id: user,
+                session_id,
+                server_time_ms: now.as_millis(),
+                heartbeat_interval_s: u32::try_from(self.config.heartbeat_interval.as_secs())
+                    .unwrap_or(u32::MAX),
+                token_expires_at_ms: expires_at.as_millis(),
+            },
         );
+        self.answer_login(conn, result);
         self.storage(
             Request::TouchActivity {
                 user: UserId(user),
