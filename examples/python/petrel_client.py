@@ -121,6 +121,19 @@ class Connection:
         self.sock.close()
 
 
+_last_attempt = 0
+
+
+def next_login_attempt():
+    """Login.attempt (docs/PROTOCOL.md, "Login attempts"): increasing across this
+    device's logins, so a late, abandoned attempt never replaces the newer session. The
+    Rust SDK keeps a counter in its store; this example has no store, so it uses the
+    wall clock in milliseconds (later after a restart too), bumped past the last one."""
+    global _last_attempt
+    _last_attempt = max(_last_attempt + 1, int(time.time() * 1000))
+    return _last_attempt
+
+
 def log_in(pb, args, rcvbuf=None):
     common_pb2, _, _, _, session_pb2 = pb
     conn = Connection(args.server, args.timeout, rcvbuf)
@@ -133,6 +146,7 @@ def log_in(pb, args, rcvbuf=None):
             # Must be the platform the token was issued for (else TOKEN_MISMATCH).
             platform=common_pb2.PLATFORM_DESKTOP,
             client_version="petrel-python-example/0.2",
+            attempt=next_login_attempt(),
         ),
     )
     ftype, flags, got_rid, body = conn.recv()
