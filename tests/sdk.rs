@@ -404,7 +404,11 @@ fn a_refused_cached_token_makes_one_provider_call_and_a_refused_fresh_one_stops(
 fn a_missing_pong_makes_the_sdk_reconnect_and_resent_sends_are_stored_once(dp: Dataplane) {
     common::server::block_on(dp, async move {
         let keys = Arc::new(Keys::generate());
-        let server = TestServer::start_on(dp, &keys.server_config());
+        // Metrics, for the failure message: what the server saw of the resent sends.
+        let server = TestServer::start_on(
+            dp,
+            &format!("{}metrics_addr = \"127.0.0.1:0\"\n", keys.server_config()),
+        );
         let (b, mut b_events, _) = start(&keys, test_config(5002, vec![server.addr.to_string()]));
         b.wait_connected(WAIT).await.unwrap();
         let mut config = test_config(5001, vec![server.addr.to_string()]);
@@ -472,35 +476,57 @@ fn a_missing_pong_makes_the_sdk_reconnect_and_resent_sends_are_stored_once(dp: D
         );
         // The acks come once the client has reconnected (resend or sync echo), which on a
         // loaded machine can be after b already has the messages: wait for them.
-        let acked = acks(&mut events, 5, WAIT).await;
-        let extra = drain(&mut events, Duration::from_millis(300))
-            .await
+        let (acked, mut seen) = acks(&mut events, 5, WAIT).await;
+        seen.extend(drain(&mut events, Duration::from_millis(300)).await);
+        let extra = seen
             .iter()
             .filter(|e| matches!(e, Event::Acked { .. }))
             .count();
-        assert_eq!(
-            acked + extra,
-            5,
-            "each send acked exactly once (client {:?})",
-            client.state()
-        );
+        if acked + extra != 5 {
+            let scrape = server.scrape();
+            let figures: Vec<&str> = scrape
+                .text
+                .lines()
+                .filter(|l| {
+                    !l.starts_with('#')
+                        && [
+                            "frames",
+                            "error",
+                            "storage_in_flight",
+                            "sessions",
+                            "login",
+                            "messages",
+                        ]
+                        .iter()
+                        .any(|k| l.contains(k))
+                })
+                .collect();
+            panic!(
+                "each send acked exactly once: {acked} + {extra} acks (client {:?}, outbox {:?}); \
+                 other events {seen:?}; server {figures:#?}",
+                client.state(),
+                client.outbox_len()
+            );
+        }
         assert_eq!(client.outbox_len().unwrap(), 0);
     })
 }
 
-/// Reads events until `n` acks arrived (or `limit` passed); returns how many did.
-async fn acks(events: &mut Events, n: usize, limit: Duration) -> usize {
+/// Reads events until `n` acks arrived (or `limit` passed); returns how many did, and
+/// the other events read meanwhile.
+async fn acks(events: &mut Events, n: usize, limit: Duration) -> (usize, Vec<Event>) {
     let deadline = Instant::now() + limit;
     let mut got = 0;
+    let mut others = Vec::new();
     while got < n {
         let left = deadline.saturating_duration_since(Instant::now());
         match timeout(left, events.recv()).await {
             Ok(Some(Event::Acked { .. })) => got += 1,
-            Ok(Some(_)) => {}
+            Ok(Some(other)) => others.push(other),
             Ok(None) | Err(_) => break,
         }
     }
-    got
+    (got, others)
 }
 
 fn groups_chatrooms_and_public_accounts_through_the_sdk(dp: Dataplane) {
@@ -720,7 +746,7 @@ fn retention_trims_old_messages_and_a_new_device_is_told_what_is_gone(dp: Datapl
             a.send_text(ConversationKey::single(bob), &format!("old {i}"))
                 .unwrap();
         }
-        assert_eq!(acks(&mut a_events, 5, WAIT).await, 5);
+        assert_eq!(acks(&mut a_events, 5, WAIT).await.0, 5);
         // The pass that runs once they are a second old removes all but the newest.
         block_in_place(|| {
             server.scrape_until("4 messages trimmed", |s| {

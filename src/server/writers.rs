@@ -142,6 +142,22 @@ mod tests {
     }
 
     #[test]
+    fn mail_stays_small_enough_for_rings_allocated_up_front() {
+        // Each ring holds `RING` slots of `Mail`, allocated when the server starts: one
+        // ring per ordered pair of cores, 16 Ki slots × 256 bytes at most = 4 MiB per
+        // ring (8 cores: 56 rings, 224 MiB). Boxing the large variants would cost an
+        // allocation per routed write instead.
+        let size = std::mem::size_of::<Mail>();
+        assert!(
+            size <= 256,
+            "Mail is {size} bytes (control {}, request {}, reply {})",
+            std::mem::size_of::<CoreMessage>(),
+            std::mem::size_of::<Request>(),
+            std::mem::size_of::<Result<Reply, StorageError>>()
+        );
+    }
+
+    #[test]
     fn one_core_writes_everything_itself() {
         let only = Writers::new(0, 1, Partitions::new(16).unwrap());
         for g in 0..64 {
