@@ -20,6 +20,8 @@
 #                  bench's latencies; 0 skips it [default: 500]
 #   THREAD_STATS   1: print each server thread's CPU time and run-queue wait over the
 #                  bench's run (scripts/bench/thread-stats.py) [default: 0]
+#   PERF_RECORD    a file: a flat `perf record` of the server over the bench's run
+#                  goes there (`perf report -i FILE --sort sym`); unset: none
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -58,8 +60,16 @@ if [[ ${THREAD_STATS:-0} == 1 ]]; then
   taskset -c "$CLIENT_CPUS" python3 "$here/thread-stats.py" --pid "$pid" >"$data/threads.out" &
   stats_pid=$!
 fi
+perf_pid=
+if [[ -n ${PERF_RECORD:-} ]]; then
+  taskset -c "$CLIENT_CPUS" perf record -q -p "$pid" -o "$PERF_RECORD" 2>"$data/perf.err" &
+  perf_pid=$!
+fi
 taskset -c "$CLIENT_CPUS" "$PETREL" bench "$@" --server "127.0.0.1:$PORT" \
   --key-file "$data/keys" --server-pid "$pid"
+if [[ -n $perf_pid ]]; then
+  kill -INT "$perf_pid" && wait "$perf_pid" || true
+fi
 if [[ -n $stats_pid ]]; then
   kill -TERM "$stats_pid" && wait "$stats_pid" || true
   cat "$data/threads.out"
