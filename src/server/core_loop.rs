@@ -436,7 +436,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
             connections,
             outbound_queue,
             inbound_queue: self.remotes.iter().map(|r| r.up.len() as u64).sum(),
-            storage_in_flight: self.plane.in_flight() as u64,
+            storage_in_flight: self.plane.committer.in_flight() as u64,
             writes_sent_to_owner: self.plane.writes_sent,
             writes_applied_for_others: self.plane.writes_applied_for_others,
         });

@@ -78,10 +78,7 @@ impl Control {
         let Some(bytes) = self.encode(&result) else {
             return;
         };
-        let me = self.config.core_index;
-        let others = (0..self.config.core_count)
-            .filter(|&c| c != me)
-            .fold(0u64, |all, c| all | (1 << c));
+        let others = self.other_cores().fold(0u64, |all, c| all | (1 << c));
         self.held_logins.insert(conn, (others, bytes));
     }
 

@@ -292,9 +292,6 @@ impl Control {
             }
             Event::Drained { conn } => self.on_drained(conn),
             Event::Closed { conn } => {
-                if !self.held_logins.is_empty() {
-                    self.held_logins.remove(&conn);
-                }
                 if self.forget(conn) {
                     self.counters.connections_closed += 1;
                 }
@@ -904,6 +901,9 @@ impl Control {
         let Some(c) = self.registry.remove(conn) else {
             return false;
         };
+        if !self.held_logins.is_empty() {
+            self.held_logins.remove(&conn);
+        }
         for room in c.rooms.rooms() {
             self.left_room(room, conn, true);
         }
