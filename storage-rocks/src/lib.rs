@@ -78,9 +78,13 @@ impl RocksKv {
         clock: &Arc<AtomicU64>,
     ) -> Result<Self, StorageError> {
         let cache = Cache::new_lru_cache(options::BLOCK_CACHE_BYTES);
-        let cfs = Cf::ALL.iter().map(|cf| {
-            ColumnFamilyDescriptor::new(cf.name(), options::cf_options(*cf, &cache, config, clock))
-        });
+        let cfs = Cf::ALL
+            .iter()
+            .map(|cf| {
+                let options = options::cf_options(*cf, &cache, config, clock).map_err(backend)?;
+                Ok(ColumnFamilyDescriptor::new(cf.name(), options))
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
         let db = Box::new(
             DB::open_cf_descriptors(&options::db_options(config), path, cfs).map_err(backend)?,
         );

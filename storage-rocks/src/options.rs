@@ -29,6 +29,19 @@ pub fn prefix_len(cf: Cf) -> Option<usize> {
     }
 }
 
+/// Length of the key prefix after which a column family's new keys usually land right
+/// behind the previous key with that prefix, if there is one: a conversation's next
+/// message (`conversation|seq`), a user's next inbox entry (`user|…`), a sender's next
+/// client id in one conversation (`sender|conversation|id`, for senders whose ids rise).
+pub fn insert_hint_len(cf: Cf) -> Option<usize> {
+    match cf {
+        Cf::Messages => Some(CONV_LEN),
+        Cf::Inbox => Some(8),
+        Cf::Dedup => Some(8 + CONV_LEN),
+        _ => None,
+    }
+}
+
 /// Database-wide options.
 pub fn db_options(config: &StorageConfig) -> Options {
     let mut o = Options::default();
@@ -62,8 +75,22 @@ pub fn cf_options(
     cache: &Cache,
     config: &StorageConfig,
     clock: &Arc<AtomicU64>,
-) -> Options {
-    let mut o = Options::default();
+) -> Result<Options, rocksdb::Error> {
+    let mut o = match insert_hint_len(cf) {
+        // Insert hints: the memtable remembers, per key prefix, where its last insert
+        // went and starts the next skip-list search there instead of at the top (the
+        // search was ≈ 27 % of a flat-out 1:1 message's server CPU). RocksDB uses them
+        // for writes that are not applied concurrently, which is every write of a
+        // one-core server and every write group of one. Neither RocksDB's C API nor the
+        // `rocksdb` crate has a setter; the option string is RocksDB's own, documented
+        // way to set any option, so no C++ shim is needed. It is applied to a fresh
+        // `Options` first, because the options it returns do not carry the Rust-side
+        // objects (filters, caches) set on the base.
+        Some(len) => Options::default().get_options_from_string(format!(
+            "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.{len}"
+        ))?,
+        None => Options::default(),
+    };
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     // 10 bits/key ≈ 1% false positives: a point lookup for an absent key (the common
@@ -140,5 +167,5 @@ pub fn cf_options(
         }
         _ => {}
     }
-    o
+    Ok(o)
 }

@@ -147,3 +147,43 @@ fn compaction_expiry_follows_request_time_not_wall_clock() {
         .expect("legacy horizon written");
     assert_eq!(keys::decode_u64("horizon", &before).unwrap(), now);
 }
+
+/// The insert hints are set through RocksDB's option string, which fails silently for
+/// nothing but could be misspelt into another option: RocksDB's own record of the options
+/// it opened with (the `OPTIONS-*` file) must name the hint prefix of exactly the column
+/// families that have one.
+#[test]
+fn memtable_insert_hints_are_what_rocksdb_opened_with() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = RocksEngine::open(dir.path(), StorageConfig::default()).expect("open");
+    drop(engine);
+    let options_file = std::fs::read_dir(dir.path())
+        .expect("list db dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("OPTIONS-") && !n.ends_with(".dbtmp"))
+        })
+        .max()
+        .expect("RocksDB wrote an OPTIONS file");
+    let text = std::fs::read_to_string(&options_file).expect("read OPTIONS");
+    // Each column family's section starts with `[CFOptions "name"]`.
+    let hint_of = |cf: Cf| -> Option<String> {
+        let header = format!("[CFOptions \"{}\"]", cf.name());
+        let section = text.split(&header).nth(1).expect("section of every cf");
+        let section = section.split("\n[").next().unwrap_or(section);
+        section
+            .lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix("memtable_insert_with_hint_prefix_extractor="))
+            .map(str::to_owned)
+    };
+    for cf in Cf::ALL {
+        let expected = petrel_storage_rocks::options::insert_hint_len(cf)
+            .map(|len| format!("rocksdb.FixedPrefix.{len}"));
+        let found = hint_of(cf).filter(|v| v != "nullptr");
+        assert_eq!(found, expected, "insert hint of {}", cf.name());
+    }
+}
