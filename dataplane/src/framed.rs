@@ -23,6 +23,10 @@
 //! buffer and drains it into the socket's send buffer. Neither keeps a decoder, read
 //! buffer or outbound queue of its own.
 //!
+//! **TLS.** A connection on a TLS listener carries a [`TlsSession`]: `ingest` decrypts
+//! before decoding and `write_out` encrypts what the socket can take, so the queue, its
+//! limit and its edges count plaintext as on a plain connection (see [`crate::tls`]).
+//!
 //! Performance-critical path. Frames are split off the read buffer without copying (their
 //! bodies share its allocation); outbound `Bytes` are handed to the socket as they are,
 //! never concatenated; an idle connection holds no read buffer at all.
@@ -33,6 +37,8 @@ use std::io::{self, IoSlice};
 use bytes::{Buf, Bytes, BytesMut};
 use petrel_conn::{ConnId, TransportEvent};
 use petrel_proto::{DecoderConfig, FrameDecoder};
+
+use crate::tls::TlsSession;
 
 /// Most buffers handed to one write.
 pub(crate) const MAX_IOVECS: usize = 64;
@@ -59,6 +65,11 @@ pub(crate) struct Framed {
     unnoted: u32,
     /// `out_bytes` when the control plane noted the last edge.
     noted_at: usize,
+    /// The connection's TLS session, on a TLS listener (boxed: a plain connection pays
+    /// one pointer for it).
+    tls: Option<Box<TlsSession>>,
+    /// Its TLS failed: the transport closes it once the alert is out.
+    tls_failed: bool,
 }
 
 impl Framed {
@@ -73,6 +84,29 @@ impl Framed {
             congested: false,
             unnoted: 0,
             noted_at: 0,
+            tls: None,
+            tls_failed: false,
+        }
+    }
+
+    /// A connection that speaks TLS through `session`.
+    pub(crate) fn with_tls(id: ConnId, decoder: DecoderConfig, session: TlsSession) -> Framed {
+        let mut framed = Framed::new(id, decoder);
+        framed.tls = Some(Box::new(session));
+        framed
+    }
+
+    /// Whether its TLS failed (see [`crate::tls`]): the transport closes it as soon as
+    /// what is queued (the alert) is written.
+    pub(crate) fn tls_failed(&self) -> bool {
+        self.tls_failed
+    }
+
+    /// The server closes the connection: on TLS, a close_notify alert goes out after
+    /// what is queued.
+    pub(crate) fn begin_close(&mut self) {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.close_notify();
         }
     }
 
@@ -92,7 +126,21 @@ impl Framed {
         if self.read_stopped {
             return;
         }
-        self.read_buf.extend_from_slice(data);
+        match self.tls.as_deref_mut() {
+            None => self.read_buf.extend_from_slice(data),
+            Some(tls) => {
+                if tls.decrypt(data, &mut self.read_buf).is_err() {
+                    // The stream cannot be trusted past this point: nothing more is
+                    // decoded, nothing queued is sent, only rustls's alert.
+                    self.tls_failed = true;
+                    self.read_stopped = true;
+                    self.read_buf = BytesMut::new();
+                    self.out.clear();
+                    self.out_bytes = 0;
+                    return;
+                }
+            }
+        }
         loop {
             match self.decoder.decode(&mut self.read_buf) {
                 Ok(Some(frame)) => events.push(TransportEvent::Frame {
@@ -175,13 +223,15 @@ impl Framed {
     }
 
     /// Bytes queued and not yet taken by the socket.
+    #[cfg(test)]
     pub(crate) fn queued_bytes(&self) -> usize {
         self.out_bytes
     }
 
-    /// Whether anything is queued.
+    /// Whether anything is queued (on TLS, also ciphertext rustls holds: handshake
+    /// messages, an alert).
     pub(crate) fn has_output(&self) -> bool {
-        !self.out.is_empty()
+        !self.out.is_empty() || self.tls.as_deref().is_some_and(TlsSession::wants_write)
     }
 
     /// Drops everything queued (the connection is reset or can never send again).
@@ -194,12 +244,29 @@ impl Framed {
     /// order — until it is all taken or `write` takes nothing more. `write` returns how
     /// many bytes it took from the front; `Err(WouldBlock)` (or `Ok(0)` where
     /// `zero_is_full`) means the socket is full for now. Returns the bytes taken; any other
-    /// error is the connection's failure.
+    /// error is the connection's failure. On TLS the bytes taken are ciphertext, and
+    /// plaintext is encrypted only as fast as the socket takes it.
     pub(crate) fn write_out(
         &mut self,
         zero_is_full: bool,
         mut write: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
     ) -> io::Result<usize> {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            let mut written = 0;
+            let mut counted = |slices: &[IoSlice<'_>]| {
+                let n = write(slices)?;
+                written += n;
+                Ok(n)
+            };
+            while tls.flush_ciphertext(zero_is_full, &mut counted)? && !self.out.is_empty() {
+                let n = tls.encrypt(self.out.iter().map(|b| &b[..]));
+                if n == 0 {
+                    break;
+                }
+                advance(&mut self.out, &mut self.out_bytes, n);
+            }
+            return Ok(written);
+        }
         let mut written = 0;
         while !self.out.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
@@ -217,26 +284,26 @@ impl Framed {
                 Err(e) => return Err(e),
             };
             written += n;
-            self.advance(n);
+            advance(&mut self.out, &mut self.out_bytes, n);
         }
         Ok(written)
     }
+}
 
-    /// Drops `n` bytes from the front of the queue (they were written).
-    fn advance(&mut self, n: usize) {
-        self.out_bytes -= n;
-        let mut left = n;
-        while left > 0 {
-            let Some(front) = self.out.front_mut() else {
-                break;
-            };
-            if front.len() <= left {
-                left -= front.len();
-                self.out.pop_front();
-            } else {
-                front.advance(left);
-                left = 0;
-            }
+/// Drops `n` bytes from the front of a queue of `out_bytes` (they were written).
+fn advance(out: &mut VecDeque<Bytes>, out_bytes: &mut usize, n: usize) {
+    *out_bytes -= n;
+    let mut left = n;
+    while left > 0 {
+        let Some(front) = out.front_mut() else {
+            break;
+        };
+        if front.len() <= left {
+            left -= front.len();
+            out.pop_front();
+        } else {
+            front.advance(left);
+            left = 0;
         }
     }
 }

@@ -27,6 +27,11 @@
 //!   userspace TCP as `xdp`, over DPDK port queues and mbufs instead of AF_XDP sockets
 //!   (`dpdk::transport::DpdkTransport` sets it up).
 //!
+//! ## TLS
+//! [`tls`]: a listener can speak TLS (rustls) on every transport; it runs inside the
+//! connection's framed half ([`tls::TlsAcceptor`] given to the transport's config), so the
+//! AF_XDP and DPDK loops terminate TLS over their userspace TCP streams themselves.
+//!
 //! [`pin`] pins threads to cores. `sys` is the one module allowed `unsafe` code (raw
 //! kernel interfaces, each block with a `// SAFETY:` comment); everything else is safe Rust.
 #![deny(unsafe_code)]
@@ -39,6 +44,8 @@ pub mod kernel;
 pub mod pin;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tls;
 pub mod xdp;
 
 pub use boundary::{Command, CoreIo, Threaded, Wake, spawn_threaded};
+pub use tls::{TlsAcceptor, TlsFailure, TlsStats};

@@ -49,6 +49,8 @@ pub struct ClientConfig {
     /// Tell the other members when this device has stored their messages (delivery
     /// receipts, `MarkDelivered`). Default on; off for users who hide it.
     pub send_delivery_receipts: bool,
+    /// Speak TLS to the servers (their listeners have `[tls]`); `None`: plaintext.
+    pub tls: Option<crate::stream::TlsConfig>,
 }
 
 impl ClientConfig {
@@ -73,6 +75,7 @@ impl ClientConfig {
             sync_page_limit: 0,
             client_version: concat!("petrel-sdk-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
             send_delivery_receipts: true,
+            tls: None,
         }
     }
 

@@ -1,4 +1,4 @@
-//! Frames over a tokio `TcpStream`: petrel-proto's decoder on a `BytesMut` read buffer,
+//! Frames over a tokio byte stream (a `TcpStream`, or TLS over one): petrel-proto's decoder on a `BytesMut` read buffer,
 //! and its encoder into a write buffer flushed once per batch of frames. The buffers
 //! ([`FramedIo`]) are apart from the socket, which is passed in for each read and write.
 //!
@@ -9,8 +9,7 @@
 use bytes::BytesMut;
 use petrel_proto::codec::{EncodeError, FrameEncoder};
 use petrel_proto::{Frame, FrameDecoder, FrameError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Why a connection can no longer be used.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +81,10 @@ impl FramedIo {
     }
 
     /// The next frame from `stream`; `None` when the server closed the connection.
-    pub async fn read_frame(&mut self, stream: &mut TcpStream) -> Result<Option<Frame>, ConnError> {
+    pub async fn read_frame<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+    ) -> Result<Option<Frame>, ConnError> {
         loop {
             if let Some(frame) = self.next_frame()? {
                 return Ok(Some(frame));
@@ -105,9 +107,11 @@ impl FramedIo {
     }
 
     /// Writes every queued frame to `stream`.
-    pub async fn flush(&mut self, stream: &mut TcpStream) -> Result<(), ConnError> {
+    pub async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<(), ConnError> {
         if !self.wbuf.is_empty() {
             stream.write_all(&self.wbuf).await?;
+            // TLS holds records until flushed; a plain socket's flush does nothing.
+            stream.flush().await?;
             self.wbuf.clear();
         }
         Ok(())

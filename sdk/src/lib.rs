@@ -13,7 +13,8 @@
 //! 3. [`token`] — [`TokenProvider`] (the app's login service) and the 0600 token cache.
 //! 4. [`store`] — the SQLite store: conversations, messages, cursors, outbox; the
 //!    exactly-once, in-order delivery rule.
-//! 5. [`conn`] — frames over a tokio `TcpStream`.
+//! 5. [`conn`] — frames over a tokio byte stream; [`stream`] — that stream: TCP, or TLS
+//!    over it ([`TlsConfig`], rustls).
 //! 6. `task` (private) — the connection task: login, sync, outbox, heartbeat, renewal,
 //!    reconnect.
 //! 7. [`client`] — [`Client`], the handle an app calls, and [`event`] — what it hears back.
@@ -57,6 +58,7 @@ pub mod fuzzing;
 pub mod media;
 pub mod room_seen;
 pub mod store;
+pub mod stream;
 mod task;
 pub mod token;
 
@@ -68,4 +70,5 @@ pub use event::{ConnectionState, ConversationKey, Event, Message, Recalled};
 pub use media::{MediaClient, MediaKind, MediaRef};
 pub use petrel_proto::pb;
 pub use store::{ConversationSummary, Refs, Store};
+pub use stream::TlsConfig;
 pub use token::{Token, TokenCache, TokenProvider, token_fn};

@@ -28,6 +28,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use petrel_proto::{Body, Frame, pb};
 use tokio::net::TcpStream;
+
+use crate::stream::Stream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, timeout};
 
@@ -359,13 +361,26 @@ impl Task {
             Err(e) => return Outcome::ConnectFailed(format!("token provider: {e}")),
         };
         let endpoint = self.reconnector.endpoint().to_owned();
-        let mut stream =
-            match timeout(self.config.connect_timeout, TcpStream::connect(&endpoint)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Outcome::ConnectFailed(format!("connect {endpoint}: {e}")),
-                Err(_) => return Outcome::ConnectFailed(format!("connect {endpoint}: timed out")),
-            };
+        let stream = match timeout(self.config.connect_timeout, TcpStream::connect(&endpoint)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Outcome::ConnectFailed(format!("connect {endpoint}: {e}")),
+            Err(_) => return Outcome::ConnectFailed(format!("connect {endpoint}: timed out")),
+        };
         let _ = stream.set_nodelay(true);
+        let tls = self.config.tls.as_ref();
+        let mut stream = match timeout(
+            self.config.connect_timeout,
+            Stream::open(stream, &endpoint, tls),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Outcome::ConnectFailed(format!("TLS with {endpoint}: {e}")),
+            Err(_) => {
+                return Outcome::ConnectFailed(format!("TLS with {endpoint}: timed out"));
+            }
+        };
         let mut io = FramedIo::new();
         let rid = self.request_id();
         let attempt = self
@@ -472,7 +487,7 @@ impl Task {
         self.flush_outbox(live)
     }
 
-    async fn session(&mut self, live: &mut Live, stream: &mut TcpStream) -> Outcome {
+    async fn session(&mut self, live: &mut Live, stream: &mut Stream) -> Outcome {
         let result: Result<Option<Outcome>, ConnError> = async {
             self.begin(live)?;
             live.io.flush(stream).await?;

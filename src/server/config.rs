@@ -243,6 +243,13 @@ pub struct ServeArgs {
     /// [default: off].
     #[arg(long, value_name = "URL")]
     pub webhook_url: Option<String>,
+    /// Speak TLS on every client listener with this PEM certificate chain (needs
+    /// --tls-key; reloaded on SIGHUP) [default: plaintext].
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The `[server]`-less flat TOML file. Unknown keys are an error, so a typo never
@@ -306,6 +313,8 @@ struct FileConfig {
     media: Option<crate::media::MediaFile>,
     /// The `[webhook]` table (docs/CONFIGURATION.md, "Webhooks").
     webhook: Option<crate::webhook::WebhookFile>,
+    /// The `[tls]` table (docs/CONFIGURATION.md, "TLS").
+    tls: Option<super::tls::TlsFile>,
 }
 
 /// The resolved configuration.
@@ -372,6 +381,8 @@ pub struct ServeConfig {
     pub media: crate::media::MediaSettings,
     /// Webhooks for offline recipients (off unless a URL is set).
     pub webhook: Option<crate::webhook::WebhookSettings>,
+    /// TLS on every client listener, when configured.
+    pub tls: Option<super::tls::TlsSettings>,
 }
 
 /// Retention and storage memory bounds (docs/CONFIGURATION.md, "Storage").
@@ -480,6 +491,11 @@ impl ServeConfig {
         let webhook = crate::webhook::WebhookSettings::resolve(
             file.webhook.as_ref(),
             args.webhook_url.as_deref(),
+        )?;
+        let tls = super::tls::TlsSettings::resolve(
+            file.tls.as_ref(),
+            args.tls_cert.as_deref(),
+            args.tls_key.as_deref(),
         )?;
         let data_dir = args
             .data_dir
@@ -600,6 +616,7 @@ impl ServeConfig {
             storage,
             media,
             webhook,
+            tls,
         };
         config.validate()?;
         Ok(config)

@@ -129,6 +129,7 @@ pub struct Metrics {
     transport: Mutex<Option<TransportSource>>,
     api: Mutex<Option<Arc<crate::api::stats::ApiStats>>>,
     webhook: Mutex<Option<Arc<crate::webhook::WebhookStats>>>,
+    tls: Mutex<Option<super::tls::TlsMetrics>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -151,6 +152,7 @@ impl Metrics {
             transport: Mutex::new(None),
             api: Mutex::new(None),
             webhook: Mutex::new(None),
+            tls: Mutex::new(None),
         })
     }
 
@@ -162,6 +164,11 @@ impl Metrics {
     /// Where the webhook's counters come from (when webhooks are on).
     pub fn set_webhook_stats(&self, stats: Arc<crate::webhook::WebhookStats>) {
         *self.webhook.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+    }
+
+    /// Where the TLS counters come from (when the listeners speak TLS).
+    pub fn set_tls(&self, tls: super::tls::TlsMetrics) {
+        *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = Some(tls);
     }
 
     /// Where the storage writer's cache and dedup-filter figures come from.
@@ -743,6 +750,42 @@ impl Collector for Metrics {
                 "petrel_webhook_dead_letters",
                 "Webhook events given up on, kept on disk.",
                 &[(vec![], W::get(&w.dead_depth) as i64)],
+            )?;
+        }
+
+        let tls = self.tls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(tls) = tls {
+            counter(
+                &mut e,
+                "petrel_tls_handshakes",
+                "TLS handshakes completed, by kind (resumed: a ticket or cached session).",
+                &[
+                    (
+                        vec![("kind", "full")],
+                        tls.stats.handshakes() - tls.stats.resumed(),
+                    ),
+                    (vec![("kind", "resumed")], tls.stats.resumed()),
+                ],
+            )?;
+            counter(
+                &mut e,
+                "petrel_tls_failures",
+                "TLS connections closed by the server, by reason: not_tls (the first bytes \
+                 were no TLS record, e.g. a plaintext client), handshake (refused or broken \
+                 handshake), bad_record (a record after the handshake did not decrypt).",
+                &petrel_dataplane::TlsFailure::ALL
+                    .iter()
+                    .map(|r| (vec![("reason", r.as_str())], tls.stats.failures(*r)))
+                    .collect::<Vec<_>>(),
+            )?;
+            counter(
+                &mut e,
+                "petrel_tls_reloads",
+                "Certificate reloads (SIGHUP), by result (failed: the old certificate stays).",
+                &[
+                    (vec![("result", "ok")], tls.cert.reloads(true)),
+                    (vec![("result", "failed")], tls.cert.reloads(false)),
+                ],
             )?;
         }
 

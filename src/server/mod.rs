@@ -19,6 +19,7 @@ pub mod per_core;
 mod plane;
 mod ring;
 pub mod scrub;
+pub mod tls;
 pub(crate) mod transport;
 mod writers;
 
@@ -152,7 +153,12 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
             );
         })
         .ok();
-    let (transport, cores, cpus) = Transport::start(&config)?;
+    let tls = match &config.tls {
+        Some(settings) => Some(tls::TlsServer::start(settings)?),
+        None => None,
+    };
+    let (transport, cores, cpus) =
+        Transport::start(&config, tls.as_ref().map(tls::TlsServer::acceptor))?;
     let home_waker = cores
         .home_waker()
         .context("the dataplane started no core")?;
@@ -241,6 +247,9 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
             if let Some(source) = transport.metrics_source() {
                 metrics.set_transport_source(source);
             }
+            if let Some(tls) = &tls {
+                metrics.set_tls(tls.metrics());
+            }
             metrics.set_storage_source(Box::new(move || metrics::StorageSnapshot {
                 caches: engine_figures.writer_cache_stats().ok(),
                 dedup: engine_figures.recent_ids_stats().ok(),
@@ -281,15 +290,33 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         let mut signals = signal_hook::iterator::Signals::new([
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGHUP,
         ])
         .context("cannot install signal handlers")?;
+        let reloader = tls.as_ref().map(tls::TlsServer::reloader);
         std::thread::Builder::new()
             .name("petrel-signals".into())
             .spawn(move || {
-                if let Some(signal) = signals.forever().next() {
+                for signal in signals.forever() {
+                    if signal == signal_hook::consts::SIGHUP {
+                        // SIGHUP reloads what can change without a restart: the TLS
+                        // certificate and key.
+                        match &reloader {
+                            Some(r) => match r.reload() {
+                                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                                Err(e) => tracing::warn!(
+                                    error = format!("{e:#}"),
+                                    "SIGHUP: TLS certificate not reloaded; the old one stays"
+                                ),
+                            },
+                            None => tracing::info!("SIGHUP: nothing to reload (no TLS)"),
+                        }
+                        continue;
+                    }
                     tracing::info!(signal, "signal received; shutting down gracefully");
                     stop.store(true, Ordering::Relaxed);
                     let _ = home_waker.wake();
+                    break;
                 }
             })?;
     }

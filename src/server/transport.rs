@@ -13,7 +13,7 @@ use petrel_dataplane::xdp::filter::AttachMode;
 use petrel_dataplane::xdp::poller::XdpCore;
 use petrel_dataplane::xdp::tcp::ShardConfig;
 use petrel_dataplane::xdp::transport::{XdpConfig, XdpTransport};
-use petrel_dataplane::{CoreIo, Wake};
+use petrel_dataplane::{CoreIo, TlsAcceptor, Wake};
 use petrel_proto::DecoderConfig;
 
 use super::config::{CONNECTIONS_PER_SHARD, DataplaneKind, ServeConfig, XdpMode};
@@ -70,10 +70,15 @@ pub enum Transport {
 impl Transport {
     /// Starts the dataplane `config` names. Returns it, its cores, and the CPU each
     /// core's loop is pinned to.
-    pub fn start(config: &ServeConfig) -> anyhow::Result<(Transport, Cores, Vec<Option<usize>>)> {
+    /// `tls`: every client connection speaks TLS with it.
+    pub fn start(
+        config: &ServeConfig,
+        tls: Option<&TlsAcceptor>,
+    ) -> anyhow::Result<(Transport, Cores, Vec<Option<usize>>)> {
         let decoder = DecoderConfig {
             max_body_len: config.max_frame_body,
         };
+        let tls = tls.cloned();
         match config.dataplane {
             DataplaneKind::Kernel => {
                 let cpus = kernel_cores(&config.cores);
@@ -83,13 +88,17 @@ impl Transport {
                     max_connections: config.max_connections,
                     max_outbound_bytes: config.max_outbound_bytes,
                     decoder,
+                    tls,
                     ..KernelConfig::default()
                 })
                 .context("cannot start the kernel-socket dataplane")?;
                 Ok((Transport::Kernel(addrs), Cores::Kernel(cores), cpus))
             }
             DataplaneKind::Xdp => {
-                let xdp = xdp_config(config, decoder)?;
+                let xdp = XdpConfig {
+                    tls,
+                    ..xdp_config(config, decoder)?
+                };
                 let addr = SocketAddr::from((xdp.addr, xdp.port));
                 let (transport, cores) = XdpTransport::start(&xdp).with_context(|| {
                     format!(
@@ -105,7 +114,10 @@ impl Transport {
             }
             #[cfg(feature = "dpdk")]
             DataplaneKind::Dpdk => {
-                let dpdk = dpdk_config(config, decoder)?;
+                let dpdk = DpdkConfig {
+                    tls,
+                    ..dpdk_config(config, decoder)?
+                };
                 let addr = SocketAddr::from((dpdk.addr, dpdk.port));
                 let (transport, cores) = DpdkTransport::start(&dpdk).with_context(|| {
                     format!(

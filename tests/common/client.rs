@@ -1,4 +1,5 @@
-//! A small blocking client for tests: frames over a std `TcpStream`.
+//! A small blocking client for tests: frames over a std `TcpStream`, in plaintext or
+//! through a rustls client session (TLS listeners).
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -15,6 +16,8 @@ pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct TestClient {
     pub stream: TcpStream,
+    /// The TLS session, on a TLS listener: every byte goes through it.
+    pub tls: Option<rustls::ClientConnection>,
     decoder: FrameDecoder,
     buf: BytesMut,
     next_request: u32,
@@ -35,12 +38,51 @@ impl TestClient {
         stream.set_nodelay(true).expect("nodelay");
         TestClient {
             stream,
+            tls: None,
             decoder: FrameDecoder::default(),
             buf: BytesMut::new(),
             next_request: 1,
             pending: VecDeque::new(),
             user: 0,
             session_id: 0,
+        }
+    }
+
+    /// A client that speaks TLS to `addr` with `config`, expecting the certificate to
+    /// name `server_name`. The handshake happens with the first write or read.
+    pub fn connect_tls(
+        addr: SocketAddr,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> TestClient {
+        let name =
+            rustls::pki_types::ServerName::try_from(server_name.to_owned()).expect("server name");
+        let mut client = TestClient::connect(addr);
+        client.tls = Some(rustls::ClientConnection::new(config, name).expect("TLS client"));
+        client
+    }
+
+    /// Writes `bytes` (through TLS on a TLS client).
+    fn write_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut self.tls {
+            Some(tls) => {
+                let mut stream = rustls::Stream::new(tls, &mut self.stream);
+                stream.write_all(bytes)?;
+                stream.flush()
+            }
+            None => self.stream.write_all(bytes),
+        }
+    }
+
+    /// Reads some bytes (through TLS on a TLS client); `Ok(0)` when the server closed.
+    fn read_bytes(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.tls {
+            Some(tls) => match rustls::Stream::new(tls, &mut self.stream).read(buf) {
+                // A close without close_notify (a reset, a failed handshake) is a close.
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(0),
+                other => other,
+            },
+            None => self.stream.read(buf),
         }
     }
 
@@ -97,11 +139,11 @@ impl TestClient {
         let bytes = FrameEncoder::default()
             .encode_to_bytes(frame)
             .expect("encode");
-        self.stream.write_all(&bytes).expect("write");
+        self.write_bytes(&bytes).expect("write");
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes)
+        self.write_bytes(bytes)
     }
 
     /// Sends a request and returns the response with the same request id; frames that
@@ -133,7 +175,7 @@ impl TestClient {
             }
             self.stream.set_read_timeout(Some(left)).expect("timeout");
             let mut chunk = [0u8; 16 * 1024];
-            match self.stream.read(&mut chunk) {
+            match self.read_bytes(&mut chunk) {
                 Ok(0) => return Ok(None),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {

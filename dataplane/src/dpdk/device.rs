@@ -511,6 +511,7 @@ mod tests {
             },
             max_outbound_bytes: 1 << 20,
             decoder: DecoderConfig::default(),
+            tls: None,
         };
         let queues = vec![Queue {
             device: BurstDevice::new(queue),

@@ -57,6 +57,8 @@ pub struct DpdkConfig {
     pub max_outbound_bytes: usize,
     /// Frame decoder limits.
     pub decoder: DecoderConfig,
+    /// The port speaks TLS with this acceptor (`None`: plaintext).
+    pub tls: Option<crate::tls::TlsAcceptor>,
 }
 
 impl DpdkConfig {
@@ -80,6 +82,7 @@ impl DpdkConfig {
             },
             max_outbound_bytes: 4 << 20,
             decoder: DecoderConfig::default(),
+            tls: None,
         }
     }
 
@@ -118,6 +121,7 @@ impl DpdkConfig {
             },
             max_outbound_bytes: self.max_outbound_bytes,
             decoder: self.decoder,
+            tls: self.tls.clone(),
         }
     }
 }

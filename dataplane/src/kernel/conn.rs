@@ -11,7 +11,6 @@ use std::io::{self, Read, Write};
 use bytes::Bytes;
 use mio::net::TcpStream;
 use petrel_conn::{ConnId, TransportEvent};
-use petrel_proto::DecoderConfig;
 
 use crate::framed::Framed;
 
@@ -54,10 +53,10 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    pub(super) fn new(id: ConnId, stream: TcpStream, decoder: DecoderConfig) -> Connection {
+    pub(super) fn new(stream: TcpStream, framed: Framed) -> Connection {
         Connection {
             stream,
-            framed: Framed::new(id, decoder),
+            framed,
             wants_write: false,
             closing: false,
             dirty: false,
@@ -75,11 +74,6 @@ impl Connection {
     /// Whether it was closed as a slow consumer (see [`Connection::queue`]).
     pub(super) fn is_slow_consumer(&self) -> bool {
         self.slow_consumer
-    }
-
-    /// Bytes queued and not yet written.
-    pub(super) fn queued_bytes(&self) -> usize {
-        self.framed.queued_bytes()
     }
 
     /// Reads until the socket would block, appending a `Frame` or `FrameError` event for
@@ -110,7 +104,25 @@ impl Connection {
             budget -= n;
             self.framed.ingest(&scratch[..n], events);
         }
+        if self.framed.tls_failed() {
+            // Its alert, if any, goes out with the next flush, then it is closed.
+            self.closing = true;
+        }
         ReadOutcome::Open
+    }
+
+    /// Whether anything waits to be written (frames, or TLS handshake records and
+    /// alerts).
+    pub(super) fn has_output(&self) -> bool {
+        self.framed.has_output()
+    }
+
+    /// The server closes it once its output is written (on TLS, after a close_notify).
+    pub(super) fn begin_close(&mut self) {
+        if !self.closing {
+            self.closing = true;
+            self.framed.begin_close();
+        }
     }
 
     /// Queues bytes for the next flush. Past its cap ([`Framed::overflowed`]: `limit`

@@ -19,6 +19,8 @@ use slab::Slab;
 
 use super::conn::{Connection, ReadOutcome};
 use crate::boundary::{CoreIo, Wake};
+use crate::framed::Framed;
+use crate::tls::TlsAcceptor;
 
 const WAKER: Token = Token(usize::MAX);
 /// Listener `i` uses token `LISTENER_BASE - i`; connections use their slab key.
@@ -39,6 +41,8 @@ pub(super) struct CoreSettings {
     pub(super) max_connections: usize,
     pub(super) max_outbound_bytes: usize,
     pub(super) decoder: DecoderConfig,
+    /// Every listener speaks TLS with this acceptor.
+    pub(super) tls: Option<TlsAcceptor>,
 }
 
 /// One core's kernel sockets. See the module docs.
@@ -142,6 +146,14 @@ impl KernelCore {
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(%peer, error = %e, "TCP_NODELAY failed");
             }
+            let tls = match self.settings.tls.as_ref().map(TlsAcceptor::session) {
+                None => None,
+                Some(Ok(session)) => Some(session),
+                Some(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "cannot start a TLS session; dropping connection");
+                    continue;
+                }
+            };
             let entry = self.conns.vacant_entry();
             let key = entry.key();
             let Ok(slot) = u32::try_from(key) else {
@@ -158,7 +170,11 @@ impl KernelCore {
             }
             let id = ConnId::from_slot(self.settings.index, slot, self.next_generation);
             self.next_generation += 1;
-            entry.insert(Connection::new(id, stream, self.settings.decoder));
+            let framed = match tls {
+                Some(session) => Framed::with_tls(id, self.settings.decoder, session),
+                None => Framed::new(id, self.settings.decoder),
+            };
+            entry.insert(Connection::new(stream, framed));
             events.push(TransportEvent::Opened { conn: id });
         }
     }
@@ -167,7 +183,10 @@ impl KernelCore {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        match conn.read_frames(&mut self.scratch, events) {
+        let outcome = conn.read_frames(&mut self.scratch, events);
+        // A TLS handshake answer to write, or a TLS failure's alert and close.
+        let flush = conn.has_output() || conn.closing;
+        match outcome {
             ReadOutcome::Open => {}
             ReadOutcome::More => {
                 // Its turn is over for this iteration; the next `receive` reads on (no new
@@ -180,6 +199,9 @@ impl KernelCore {
                 tracing::debug!(conn = %conn.id(), error = %e, "read failed");
                 self.remove(key, events);
             }
+        }
+        if flush {
+            self.mark_dirty(key);
         }
     }
 
@@ -241,7 +263,7 @@ impl CoreIo for KernelCore {
 
     fn close(&mut self, conn: ConnId) {
         if let Some(key) = self.key_of(conn) {
-            self.conns[key].closing = true;
+            self.conns[key].begin_close();
             self.mark_dirty(key);
         }
     }
@@ -269,7 +291,7 @@ impl CoreIo for KernelCore {
                 self.remove(key, events);
                 continue;
             }
-            let done = conn.queued_bytes() == 0;
+            let done = !conn.has_output();
             match conn.edge(self.settings.max_outbound_bytes) {
                 Some(edge @ TransportEvent::Drained { .. }) => {
                     events.push(edge);
@@ -379,7 +401,7 @@ impl CoreIo for KernelCore {
         self.accepting.clear();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            self.conns[key].closing = true;
+            self.conns[key].begin_close();
             self.mark_dirty(key);
         }
     }

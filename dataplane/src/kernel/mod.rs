@@ -51,6 +51,8 @@ pub struct KernelConfig {
     pub decoder: DecoderConfig,
     /// Listen backlog per socket.
     pub backlog: i32,
+    /// Every listener speaks TLS with this acceptor (`None`: plaintext).
+    pub tls: Option<crate::tls::TlsAcceptor>,
 }
 
 impl Default for KernelConfig {
@@ -62,6 +64,7 @@ impl Default for KernelConfig {
             max_outbound_bytes: 1 << 20,
             decoder: DecoderConfig::default(),
             backlog: 4096,
+            tls: None,
         }
     }
 }
@@ -92,6 +95,7 @@ pub fn bind(config: &KernelConfig) -> io::Result<(Vec<KernelCore>, Vec<SocketAdd
                 max_connections: max_per_core,
                 max_outbound_bytes: config.max_outbound_bytes,
                 decoder: config.decoder,
+                tls: config.tls.clone(),
             })
         })
         .collect::<io::Result<Vec<_>>>()?;

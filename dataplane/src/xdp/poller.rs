@@ -50,6 +50,7 @@ use crate::boundary::{CoreIo, Wake};
 use crate::framed::Framed;
 use crate::sys::event::{EventFd, WAIT_ANY_MAX, wait, wait_any};
 use crate::sys::xsk::Xsk;
+use crate::tls::TlsAcceptor;
 
 /// Frames taken off the rx ring per batch.
 const RX_BATCH: u32 = 64;
@@ -114,6 +115,8 @@ pub(crate) struct CoreSettings {
     pub(crate) shard: ShardConfig,
     pub(crate) max_outbound_bytes: usize,
     pub(crate) decoder: DecoderConfig,
+    /// The port speaks TLS with this acceptor.
+    pub(crate) tls: Option<TlsAcceptor>,
 }
 
 /// The poller of one core's device queues (AF_XDP sockets unless `D` says otherwise).
@@ -129,6 +132,7 @@ pub struct XdpCore<D: Device = Xsk> {
     own_arp: bool,
     max_outbound_bytes: usize,
     decoder: DecoderConfig,
+    tls: Option<TlsAcceptor>,
     shards: ShardSet,
     neighbours: NeighbourTable,
     conns: Slab<Conn>,
@@ -190,6 +194,7 @@ impl<D: Device> XdpCore<D> {
             own_arp: config.own_arp,
             max_outbound_bytes: config.max_outbound_bytes,
             decoder: config.decoder,
+            tls: config.tls.clone(),
             shards: ShardSet::new(
                 ShardSetConfig {
                     shards,
@@ -367,9 +372,17 @@ impl<D: Device> XdpCore<D> {
                 s.take_accepted(&mut handles);
             }
             for handle in handles.drain(..) {
+                let tls = match self.tls.as_ref().map(TlsAcceptor::session) {
+                    None => Ok(None),
+                    Some(Ok(session)) => Ok(Some(session)),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot start a TLS session; resetting");
+                        Err(())
+                    }
+                };
                 let entry = self.conns.vacant_entry();
                 let slot = u32::try_from(entry.key());
-                if self.shutdown_started.is_some() || slot.is_err() {
+                if self.shutdown_started.is_some() || slot.is_err() || tls.is_err() {
                     if let Some(socket) = self
                         .shards
                         .shard_mut(shard)
@@ -385,7 +398,10 @@ impl<D: Device> XdpCore<D> {
                 entry.insert(Conn {
                     shard,
                     handle,
-                    framed: Framed::new(id, self.decoder),
+                    framed: match tls {
+                        Ok(Some(session)) => Framed::with_tls(id, self.decoder, session),
+                        _ => Framed::new(id, self.decoder),
+                    },
                     closing: false,
                     dirty: false,
                 });
@@ -447,6 +463,11 @@ impl<D: Device> XdpCore<D> {
             progressed = true;
             conn.framed.ingest(&self.scratch[..n], events);
         }
+        // A TLS handshake answer to write, or a TLS failure: its alert, then close.
+        let flush = conn.framed.has_output() || conn.framed.tls_failed();
+        if conn.framed.tls_failed() {
+            conn.closing = true;
+        }
         // The peer finished sending (its FIN arrived while we were established): finish our
         // side too once our output is written.
         if socket.state() == tcp::State::CloseWait && !conn.closing {
@@ -460,6 +481,9 @@ impl<D: Device> XdpCore<D> {
         if progressed {
             let shard = conn.shard;
             self.shards.mark_dirty(shard);
+        }
+        if flush {
+            self.mark_dirty(key);
         }
     }
 
@@ -662,7 +686,11 @@ impl<D: Device + Send> CoreIo for XdpCore<D> {
 
     fn close(&mut self, conn: ConnId) {
         if let Some(key) = self.key_of(conn) {
-            self.conns[key].closing = true;
+            let conn = &mut self.conns[key];
+            if !conn.closing {
+                conn.closing = true;
+                conn.framed.begin_close();
+            }
             self.mark_dirty(key);
         }
     }
@@ -742,7 +770,11 @@ impl<D: Device + Send> CoreIo for XdpCore<D> {
         self.shutdown_started = Some(Instant::now());
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            self.conns[key].closing = true;
+            let conn = &mut self.conns[key];
+            if !conn.closing {
+                conn.closing = true;
+                conn.framed.begin_close();
+            }
             self.mark_dirty(key);
         }
     }

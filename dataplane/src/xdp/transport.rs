@@ -53,6 +53,8 @@ pub struct XdpConfig {
     pub max_outbound_bytes: usize,
     /// Frame decoder limits.
     pub decoder: DecoderConfig,
+    /// The port speaks TLS with this acceptor (`None`: plaintext).
+    pub tls: Option<crate::tls::TlsAcceptor>,
     /// AF_XDP socket settings.
     pub xsk: XskConfig,
 }
@@ -78,6 +80,7 @@ impl XdpConfig {
             },
             max_outbound_bytes: 1 << 20,
             decoder: DecoderConfig::default(),
+            tls: None,
             xsk: XskConfig::default(),
         }
     }
@@ -96,6 +99,7 @@ impl XdpConfig {
             shard: self.shard,
             max_outbound_bytes: self.max_outbound_bytes,
             decoder: self.decoder,
+            tls: self.tls.clone(),
         }
     }
 }
