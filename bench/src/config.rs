@@ -148,6 +148,16 @@ pub struct BenchArgs {
     /// (scripts/veth-lab.sh adds one for the default).
     #[arg(long, default_value = "10.78.0.0/16", value_name = "CIDR")]
     pub xdp_source_net: String,
+    /// Speak TLS to the server (its listeners have `[tls]`), with a rustls session per
+    /// connection over either client mode; needs --tls-ca.
+    #[arg(long)]
+    pub tls: bool,
+    /// --tls: PEM file of the certificate(s) to trust (the server's own, or its CA).
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// --tls: the name the server's certificate must carry.
+    #[arg(long, default_value = "localhost", value_name = "NAME")]
+    pub tls_server_name: String,
     /// --client-mode xdp: userspace TCP receive and transmit buffer per connection, bytes.
     #[arg(long, default_value_t = 4096, value_name = "BYTES")]
     pub xdp_tcp_buffer: usize,
@@ -292,6 +302,18 @@ pub struct BenchConfig {
     /// What the connections speak.
     #[serde(default)]
     pub protocol: WireProtocol,
+    /// `--tls`: the trusted certificates' file and the server name.
+    #[serde(default)]
+    pub tls: Option<TlsSetup>,
+}
+
+/// What `--tls` asked for (each worker process builds its rustls config from it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TlsSetup {
+    /// PEM file of the trusted certificates.
+    pub ca: std::path::PathBuf,
+    /// The name the server's certificate must carry.
+    pub server_name: String,
 }
 
 /// Checks the `--xdp-*` flags.
@@ -427,6 +449,22 @@ impl BenchConfig {
                  20,000 file descriptors here)"
             );
         }
+        let tls = match (args.tls, &args.tls_ca) {
+            (false, None) => None,
+            (false, Some(_)) => bail!("--tls-ca needs --tls"),
+            (true, None) => bail!("--tls needs --tls-ca (the server's certificate, PEM)"),
+            (true, Some(_)) if args.protocol != WireProtocol::Petrel => {
+                bail!("--tls is for Petrel's protocol only")
+            }
+            (true, Some(ca)) => {
+                // Checked here so a bad file fails before any process starts.
+                crate::tls_io::TlsClient::new(ca, &args.tls_server_name)?;
+                Some(TlsSetup {
+                    ca: ca.clone(),
+                    server_name: args.tls_server_name.clone(),
+                })
+            }
+        };
         let source_ips = parse_source_ips(&args.source_ips)?;
         if let Some(setup) = &xdp
             && let Some(outside) = source_ips.iter().find(|ip| !setup.contains(**ip))
@@ -460,6 +498,7 @@ impl BenchConfig {
             first_user: args.first_user,
             xdp,
             protocol: args.protocol,
+            tls,
         };
         if let Some(setup) = &config.xdp {
             let needed = XdpClientSetup::sources_needed(config.plan().connections());

@@ -21,6 +21,7 @@ use super::io::{Io, KernelIo};
 use super::plan::{Plan, Role, Shard};
 use super::schedule::{HeartbeatWheel, OpenLoop};
 use super::stats::{Counts, Stats};
+use super::tls_io;
 use super::xdp_io::XdpIo;
 
 /// Connections per source address when the bench picks loopback sources itself (the
@@ -115,6 +116,7 @@ pub fn run_shard(job: &ShardJob, ctl: &mut dyn ShardControl) -> anyhow::Result<S
         None => Io::Kernel(KernelIo::new(job.server, specs.len())?),
         Some(setup) => Io::Xdp(Box::new(XdpIo::start(setup, job.server, specs.len())?)),
     };
+    let io = tls_io::wrap(io, config.tls.as_ref())?;
     let mut engine = Engine::new(io, protocol, &specs, &config.payload, clock)?;
 
     engine.set_keepalive(Some(config.heartbeat));
@@ -496,6 +498,7 @@ mod tests {
             first_user: 1,
             xdp: None,
             protocol: WireProtocol::Petrel,
+            tls: None,
         }
     }
 

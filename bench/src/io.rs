@@ -13,6 +13,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::tls_io::TlsIo;
 use super::xdp_io::XdpIo;
 
 /// A connection that may have changed.
@@ -43,6 +44,8 @@ pub enum Io {
     Kernel(KernelIo),
     /// Userspace TCP over AF_XDP.
     Xdp(Box<XdpIo>),
+    /// TLS over one of the others (`--tls`).
+    Tls(Box<TlsIo>),
 }
 
 impl Io {
@@ -51,6 +54,7 @@ impl Io {
         match self {
             Io::Kernel(k) => k.open(i, source),
             Io::Xdp(x) => x.open(i, source),
+            Io::Tls(t) => t.open(i, source),
         }
     }
 
@@ -59,6 +63,7 @@ impl Io {
         match self {
             Io::Kernel(k) => k.handshake(i),
             Io::Xdp(x) => x.handshake(i),
+            Io::Tls(t) => t.handshake(i),
         }
     }
 
@@ -68,6 +73,7 @@ impl Io {
         match self {
             Io::Kernel(k) => k.read(i, buf),
             Io::Xdp(x) => x.read(i, buf),
+            Io::Tls(t) => t.read(i, buf),
         }
     }
 
@@ -76,6 +82,7 @@ impl Io {
         match self {
             Io::Kernel(k) => k.write(i, buf),
             Io::Xdp(x) => x.write(i, buf),
+            Io::Tls(t) => t.write(i, buf),
         }
     }
 
@@ -84,6 +91,7 @@ impl Io {
         match self {
             Io::Kernel(k) => k.close(i),
             Io::Xdp(x) => x.close(i),
+            Io::Tls(t) => t.close(i),
         }
     }
 
@@ -98,6 +106,7 @@ impl Io {
         match self {
             Io::Kernel(k) => k.poll(timeout, ready),
             Io::Xdp(x) => x.poll(timeout, ready),
+            Io::Tls(t) => t.poll(timeout, ready),
         }
     }
 }

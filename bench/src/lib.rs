@@ -33,6 +33,7 @@ mod schedule;
 mod server_proc;
 mod stats;
 mod svg;
+mod tls_io;
 mod workers;
 mod xdp_io;
 
@@ -337,7 +338,7 @@ fn create_account(
         user: owner,
         source: driver::source_for(config, server, 0),
     };
-    let io = Io::Kernel(KernelIo::new(server, 1)?);
+    let io = tls_io::wrap(Io::Kernel(KernelIo::new(server, 1)?), config.tls.as_ref())?;
     let mut engine = Engine::new(
         io,
         Protocol::Petrel(keyring.clone()),

@@ -22,6 +22,8 @@
 #                  bench's run (scripts/bench/thread-stats.py) [default: 0]
 #   PERF_RECORD    a file: a flat `perf record` of the server over the bench's run
 #                  goes there (`perf report -i FILE --sort sym`); unset: none
+#   TLS            1: the server speaks TLS with a fresh self-signed certificate
+#                  (openssl, P-256) and the bench connects with --tls [default: 0]
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -49,6 +51,15 @@ listen = ["127.0.0.1:$PORT"]
 log_level = "warn"
 rate_limit_per_second = 0
 EOF
+tls_args=()
+if [[ ${TLS:-0} == 1 ]]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+    -addext basicConstraints=critical,CA:FALSE \
+    -keyout "$data/tls.key" -out "$data/tls.crt" 2>/dev/null
+  printf '[tls]\ncert = "%s"\nkey = "%s"\n' "$data/tls.crt" "$data/tls.key" >>"$data/petrel.toml"
+  tls_args=(--tls --tls-ca "$data/tls.crt" --tls-server-name localhost)
+fi
 # shellcheck disable=SC2086 # SERVE_ARGS is a word list on purpose
 taskset -c "$SERVER_CPUS" "$PETREL" serve --config "$data/petrel.toml" --cores "$SERVER_CORES" \
   ${SERVE_ARGS:-} >"$data/serve.out" 2>"$data/serve.err" &
@@ -66,7 +77,7 @@ if [[ -n ${PERF_RECORD:-} ]]; then
   perf_pid=$!
 fi
 taskset -c "$CLIENT_CPUS" "$PETREL" bench "$@" --server "127.0.0.1:$PORT" \
-  --key-file "$data/keys" --server-pid "$pid"
+  --key-file "$data/keys" --server-pid "$pid" "${tls_args[@]}"
 if [[ -n $perf_pid ]]; then
   kill -INT "$perf_pid" && wait "$perf_pid" || true
 fi
