@@ -23,9 +23,6 @@ use rustls::{ServerConfig, ServerConnection};
 /// The TLS record type of a handshake message (RFC 8446, section 5.1).
 const HANDSHAKE_RECORD: u8 = 22;
 
-/// Plaintext read out of rustls per call into the read buffer.
-const PLAINTEXT_CHUNK: usize = 16 * 1024;
-
 /// Plaintext handed to rustls per batch before its ciphertext is written out.
 const ENCRYPT_BATCH: usize = 64 * 1024;
 
@@ -165,11 +162,15 @@ impl TlsSession {
                 Ok(_) => {}
                 Err(_) => return Err(self.fail(self.failure_kind())),
             }
-            if self.conn.process_new_packets().is_err() {
-                return Err(self.fail(self.failure_kind()));
-            }
+            let state = match self.conn.process_new_packets() {
+                Ok(state) => state,
+                Err(_) => return Err(self.fail(self.failure_kind())),
+            };
             self.note_handshake();
-            self.read_plaintext(plain);
+            if state.peer_has_closed() {
+                self.peer_closed = true;
+            }
+            self.read_plaintext(state.plaintext_bytes_to_read(), plain);
             if self.peer_closed {
                 break;
             }
@@ -256,26 +257,22 @@ impl TlsSession {
         }
     }
 
-    fn read_plaintext(&mut self, plain: &mut BytesMut) {
-        loop {
-            let start = plain.len();
-            plain.resize(start + PLAINTEXT_CHUNK, 0);
-            let result = self.conn.reader().read(&mut plain[start..]);
-            match result {
-                Ok(0) => {
-                    plain.truncate(start);
-                    self.peer_closed = true;
-                    return;
-                }
-                Ok(n) => plain.truncate(start + n),
-                Err(_) => {
-                    // WouldBlock: no more plaintext for now. (An unexpected EOF without
-                    // close_notify shows up as the socket's own close.)
-                    plain.truncate(start);
-                    return;
-                }
+    /// Moves the `available` bytes of plaintext rustls decrypted into `plain`, which
+    /// grows by exactly that much (no oversized buffer to zero and trim per read).
+    fn read_plaintext(&mut self, available: usize, plain: &mut BytesMut) {
+        if available == 0 {
+            return;
+        }
+        let start = plain.len();
+        plain.resize(start + available, 0);
+        let mut filled = 0;
+        while filled < available {
+            match self.conn.reader().read(&mut plain[start + filled..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => filled += n,
             }
         }
+        plain.truncate(start + filled);
     }
 }
 

@@ -38,6 +38,8 @@
 #   SERVER_CPUS       taskset CPU list for the server process [default: 0]
 #   CLIENT_CPUS       taskset CPU list for the load generator [default: 1] (as pinned.sh:
 #                     server and client never compete for a core)
+#   TLS=1             both servers speak TLS (a fresh self-signed certificate) and the
+#                     load generator connects with --tls: what TLS costs on each dataplane
 #   OUT               directory for the JSON results and server logs [default: a temp dir]
 #   KEEP_LAB=1        leave the lab up afterwards
 #
@@ -116,6 +118,10 @@ data_dir = "$data"
 log_level = "warn"
 rate_limit_per_second = 0
 EOF
+  tls_args=()
+  if [[ ${TLS:-0} == 1 ]]; then
+    make_test_cert "$data"
+  fi
   taskset -c "$SERVER_CPUS" "$PETREL" serve --config "$data/petrel.toml" --dataplane "$mode" \
     --listen "$PETREL_LAB_HOST_ADDR:$PORT" "$@" >"$OUT/serve-$mode.out" 2>"$OUT/serve-$mode.err" &
   server_pid=$!
@@ -130,7 +136,7 @@ EOF
   local ok=0
   ip netns exec "$PETREL_LAB_NS" taskset -c "$CLIENT_CPUS" "$PETREL" bench "$scenario" \
     --server "$PETREL_LAB_HOST_ADDR:$PORT" --key-file "$data/keys" --server-pid "$server_pid" \
-    --json --quiet "${source_flag[@]}" "${bench_args[@]}" >"$OUT/$mode.json" || ok=1
+    --json --quiet "${source_flag[@]}" "${tls_args[@]}" "${bench_args[@]}" >"$OUT/$mode.json" || ok=1
   stop_server "$server_pid"
   server_pid=
   return $ok

@@ -22,3 +22,19 @@ stop_server() {
   for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
 }
+
+# make_test_cert DIR: a fresh self-signed P-256 certificate for the name `localhost`
+# (openssl), DIR/tls.crt and DIR/tls.key, for benchmarks with TLS=1; appends the
+# matching [tls] table to DIR/petrel.toml when that file exists, and sets `tls_args` to
+# the bench flags that trust it.
+make_test_cert() {
+  local dir=$1
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+    -addext basicConstraints=critical,CA:FALSE \
+    -keyout "$dir/tls.key" -out "$dir/tls.crt" 2>/dev/null
+  if [[ -f $dir/petrel.toml ]]; then
+    printf '[tls]\ncert = "%s"\nkey = "%s"\n' "$dir/tls.crt" "$dir/tls.key" >>"$dir/petrel.toml"
+  fi
+  tls_args=(--tls --tls-ca "$dir/tls.crt" --tls-server-name localhost)
+}

@@ -53,12 +53,7 @@ rate_limit_per_second = 0
 EOF
 tls_args=()
 if [[ ${TLS:-0} == 1 ]]; then
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj /CN=localhost -addext subjectAltName=DNS:localhost \
-    -addext basicConstraints=critical,CA:FALSE \
-    -keyout "$data/tls.key" -out "$data/tls.crt" 2>/dev/null
-  printf '[tls]\ncert = "%s"\nkey = "%s"\n' "$data/tls.crt" "$data/tls.key" >>"$data/petrel.toml"
-  tls_args=(--tls --tls-ca "$data/tls.crt" --tls-server-name localhost)
+  make_test_cert "$data"
 fi
 # shellcheck disable=SC2086 # SERVE_ARGS is a word list on purpose
 taskset -c "$SERVER_CPUS" "$PETREL" serve --config "$data/petrel.toml" --cores "$SERVER_CORES" \
