@@ -69,6 +69,15 @@ impl TestCert {
     }
 }
 
+/// A server on `dp` speaking TLS with a fresh certificate (kept in the returned
+/// directory), `extra` added to its config.
+fn start_tls(dp: Dataplane, extra: &str) -> (tempfile::TempDir, TestCert, TestServer) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = TestCert::generate(dir.path(), "server");
+    let server = TestServer::start_on(dp, &format!("{extra}{}", cert.server_config()));
+    (dir, cert, server)
+}
+
 fn tls_login(
     server: &TestServer,
     config: &Arc<rustls::ClientConfig>,
@@ -93,9 +102,7 @@ fn chat(from: &mut TestClient, to: &mut TestClient, text: &str) {
 }
 
 fn tls_login_chat_and_resume(dp: Dataplane) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cert = TestCert::generate(dir.path(), "server");
-    let server = TestServer::start_on(dp, &cert.server_config());
+    let (_dir, cert, server) = start_tls(dp, "");
     let config = cert.client_config();
 
     let mut alice = tls_login(&server, &config, 1, "phone");
@@ -138,9 +145,7 @@ fn tls_login_chat_and_resume(dp: Dataplane) {
 }
 
 fn a_plaintext_client_and_tls_garbage_are_closed_and_counted(dp: Dataplane) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cert = TestCert::generate(dir.path(), "server");
-    let server = TestServer::start_on(dp, &cert.server_config());
+    let (_dir, cert, server) = start_tls(dp, "");
     let config = cert.client_config();
     let mut alice = tls_login(&server, &config, 1, "phone");
     let mut bob = tls_login(&server, &config, 2, "laptop");
@@ -212,9 +217,7 @@ fn a_plaintext_client_and_tls_garbage_are_closed_and_counted(dp: Dataplane) {
 }
 
 fn a_certificate_reloaded_on_sighup_drops_no_connection(dp: Dataplane) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let first = TestCert::generate(dir.path(), "server");
-    let server = TestServer::start_on(dp, &first.server_config());
+    let (dir, first, server) = start_tls(dp, "");
     let old_config = first.client_config();
     let mut alice = tls_login(&server, &old_config, 1, "phone");
     let mut bob = tls_login(&server, &old_config, 2, "laptop");
@@ -287,13 +290,8 @@ fn the_sdk_chats_over_tls_and_reconnects_after_a_restart(dp: Dataplane) {
     use sdk_keys::{Keys, start, test_config};
     const WAIT: Duration = Duration::from_secs(30);
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cert = TestCert::generate(dir.path(), "server");
     let keys = Arc::new(Keys::generate());
-    let mut server = TestServer::start_on(
-        dp,
-        &format!("{}{}", keys.server_config(), cert.server_config()),
-    );
+    let (_dir, cert, mut server) = start_tls(dp, &keys.server_config());
     common::server::block_on(dp, async move {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.der.clone()).expect("root");
