@@ -27,8 +27,13 @@ pub struct RateLimit {
 pub struct Config {
     /// A connection must log in within this time of opening or is closed. Default 10 s.
     pub login_deadline: Duration,
-    /// The ping interval announced to clients in `LoginResult`. Default 50 s.
+    /// The longest ping interval announced to clients in `LoginResult`. Default 50 s.
     pub heartbeat_interval: Duration,
+    /// How far below `heartbeat_interval` a session's announced interval may be, in
+    /// percent of it (0 to 50): each session gets its own interval in that range
+    /// ([`Config::heartbeat_for`]), so the clients of a reconnect storm do not ping in
+    /// waves forever after. Default 20 (40 to 50 s).
+    pub heartbeat_jitter_percent: u8,
     /// A logged-in connection silent for longer than this is kicked (`Kick{Idle}`).
     /// Default 3 heartbeat intervals (150 s).
     pub idle_timeout: Duration,
@@ -102,6 +107,7 @@ impl Default for Config {
         Config {
             login_deadline: Duration::from_secs(10),
             heartbeat_interval,
+            heartbeat_jitter_percent: 20,
             idle_timeout: heartbeat_interval * 3,
             multi_device: MultiDevicePolicy::OnePerPlatform,
             rate_limit: RateLimit {
@@ -131,5 +137,77 @@ impl Default for Config {
             core_index: 0,
             core_count: 1,
         }
+    }
+}
+
+/// Most `heartbeat_jitter_percent` honoured.
+pub const MAX_HEARTBEAT_JITTER_PERCENT: u8 = 50;
+
+impl Config {
+    /// The ping interval announced to session `session_id`, in whole seconds: spread
+    /// evenly over `[heartbeat_interval × (1 − jitter), heartbeat_interval]` by a hash of
+    /// the session id (deterministic, no clock and no RNG, like the rest of the plane),
+    /// never above `heartbeat_interval` (which `idle_timeout` is sized by) and never
+    /// below one second.
+    pub fn heartbeat_for(&self, session_id: u64) -> u32 {
+        let longest = self.heartbeat_interval.as_secs();
+        let percent = u64::from(
+            self.heartbeat_jitter_percent
+                .min(MAX_HEARTBEAT_JITTER_PERCENT),
+        );
+        let spread = longest.saturating_mul(percent) / 100;
+        let below = if spread == 0 {
+            0
+        } else {
+            mix(session_id) % (spread + 1)
+        };
+        u32::try_from(longest - below).unwrap_or(u32::MAX).max(1)
+    }
+}
+
+/// SplitMix64's finaliser: consecutive session ids land far apart.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announced_heartbeats_spread_over_the_jitter_range_and_never_exceed_the_interval() {
+        let config = Config::default();
+        let mut seen = std::collections::BTreeMap::new();
+        for session in 1..=10_000u64 {
+            let s = config.heartbeat_for(session);
+            assert!((40..=50).contains(&s), "session {session}: {s} s");
+            assert_eq!(s, config.heartbeat_for(session), "deterministic");
+            *seen.entry(s).or_insert(0u32) += 1;
+        }
+        // Eleven whole seconds, each about a tenth of the sessions.
+        assert_eq!(seen.len(), 11, "{seen:?}");
+        assert!(
+            seen.values().all(|&n| (700..=1_100).contains(&n)),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn no_jitter_announces_the_interval_and_tiny_intervals_stay_positive() {
+        let mut config = Config {
+            heartbeat_jitter_percent: 0,
+            ..Config::default()
+        };
+        assert!((1..100).all(|s| config.heartbeat_for(s) == 50));
+        config.heartbeat_interval = Duration::from_secs(1);
+        config.heartbeat_jitter_percent = 50;
+        assert!((1..100).all(|s| config.heartbeat_for(s) == 1));
+        config.heartbeat_interval = Duration::ZERO;
+        assert!((1..100).all(|s| config.heartbeat_for(s) == 1));
+        config.heartbeat_interval = Duration::from_secs(100);
+        config.heartbeat_jitter_percent = 200;
+        assert!((1..1000).all(|s| (50..=100).contains(&config.heartbeat_for(s))));
     }
 }

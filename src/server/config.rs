@@ -288,6 +288,7 @@ struct FileConfig {
     max_frame_body: Option<u32>,
     max_outbound_bytes: Option<usize>,
     heartbeat_interval_secs: Option<u64>,
+    heartbeat_jitter_percent: Option<u8>,
     idle_timeout_secs: Option<u64>,
     login_deadline_secs: Option<u64>,
     rate_limit_per_second: Option<u32>,
@@ -354,6 +355,8 @@ pub struct ServeConfig {
     pub max_frame_body: u32,
     pub max_outbound_bytes: usize,
     pub heartbeat_interval: Duration,
+    /// Each session's announced heartbeat is up to this many percent shorter.
+    pub heartbeat_jitter_percent: u8,
     pub idle_timeout: Duration,
     pub login_deadline: Duration,
     /// Sustained SendMessage/ConversationOp frames per second per connection (0 = no
@@ -601,6 +604,7 @@ impl ServeConfig {
             max_frame_body: file.max_frame_body.unwrap_or(64 * 1024),
             max_outbound_bytes: file.max_outbound_bytes.unwrap_or(1 << 20),
             heartbeat_interval,
+            heartbeat_jitter_percent: file.heartbeat_jitter_percent.unwrap_or(20),
             idle_timeout: file
                 .idle_timeout_secs
                 .map_or(heartbeat_interval * 3, Duration::from_secs),
@@ -642,6 +646,12 @@ impl ServeConfig {
             bail!(
                 "max_outbound_bytes must be at least one largest frame (max_frame_body + 16 = {} bytes)",
                 self.max_frame_body as usize + 16
+            );
+        }
+        if self.heartbeat_jitter_percent > petrel_control::config::MAX_HEARTBEAT_JITTER_PERCENT {
+            bail!(
+                "heartbeat_jitter_percent must be at most {}",
+                petrel_control::config::MAX_HEARTBEAT_JITTER_PERCENT
             );
         }
         if self.heartbeat_interval.is_zero() || self.idle_timeout <= self.heartbeat_interval {

@@ -81,6 +81,7 @@ fn control_config(config: &ServeConfig, core_index: u8, core_count: u8) -> petre
         core_index,
         core_count,
         heartbeat_interval: config.heartbeat_interval,
+        heartbeat_jitter_percent: config.heartbeat_jitter_percent,
         idle_timeout: config.idle_timeout,
         login_deadline: config.login_deadline,
         rate_limit: petrel_control::RateLimit {

@@ -166,8 +166,7 @@ impl Control {
                 user_id: user,
                 session_id,
                 server_time_ms: now.as_millis(),
-                heartbeat_interval_s: u32::try_from(self.config.heartbeat_interval.as_secs())
-                    .unwrap_or(u32::MAX),
+                heartbeat_interval_s: self.config.heartbeat_for(session_id),
                 token_expires_at_ms: expires_at.as_millis(),
             },
         );
