@@ -324,8 +324,39 @@ fn the_sdk_chats_over_tls_and_reconnects_after_a_restart(dp: Dataplane) {
     });
 }
 
+fn the_login_deadline_closes_tls_clients_with_their_reason_and_silent_ones_too(dp: Dataplane) {
+    let (_dir, cert, server) = start_tls(dp, "login_deadline_secs = 1\n");
+    // A TLS client that never logs in: its LoginTimeout error arrives before the close
+    // (the close_notify goes after the frames queued before it).
+    let mut idle = TestClient::connect_tls(server.addr, cert.client_config(), NAME);
+    let frames = idle.recv_until_closed(Duration::from_secs(10));
+    let codes: Vec<i32> = frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            petrel_proto::Body::Error(e) => Some(e.code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(codes, [pb::ErrorCode::LoginTimeout as i32], "{frames:?}");
+    // A TCP client that never even sends its TLS hello is closed at the deadline too.
+    let mut silent = std::net::TcpStream::connect(server.addr).expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .expect("timeout");
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    use std::io::Read;
+    let end = silent.read_to_end(&mut rest);
+    assert!(
+        !matches!(&end, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "closed, not left open: {end:?} after {:?}",
+        started.elapsed()
+    );
+}
+
 dataplane_tests!(
     tls_login_chat_and_resume,
+    the_login_deadline_closes_tls_clients_with_their_reason_and_silent_ones_too,
     the_sdk_chats_over_tls_and_reconnects_after_a_restart,
     a_plaintext_client_and_tls_garbage_are_closed_and_counted,
     a_certificate_reloaded_on_sighup_drops_no_connection,

@@ -22,8 +22,10 @@ use rustls::{ClientConfig, ClientConnection};
 use super::config::TlsSetup;
 use super::io::{Handshake, Io, Ready};
 
-/// Ciphertext read from the socket per call.
-const CIPHERTEXT_CHUNK: usize = 32 * 1024;
+/// Ciphertext read from the socket per call: small enough that what it decrypts to
+/// stays far below rustls's 16 KiB limit of undelivered plaintext (`read` hands out
+/// what rustls has before it reads more).
+const CIPHERTEXT_CHUNK: usize = 4 * 1024;
 
 /// `io` as it is, or with TLS over it when `--tls` asked for it.
 pub fn wrap(io: Io, tls: Option<&TlsSetup>) -> anyhow::Result<Io> {
@@ -82,6 +84,8 @@ pub struct TlsIo {
     /// per connection saying it is listed.
     unsent: Vec<usize>,
     listed: Vec<bool>,
+    /// Connections whose handshake just ended, reported writable at the next poll.
+    wake_writable: Vec<usize>,
     ciphertext: Vec<u8>,
 }
 
@@ -94,6 +98,7 @@ impl TlsIo {
             sessions: Vec::new(),
             unsent: Vec::new(),
             listed: Vec::new(),
+            wake_writable: Vec::new(),
             ciphertext: vec![0; CIPHERTEXT_CHUNK],
         }
     }
@@ -138,11 +143,23 @@ impl TlsIo {
             };
             let mut data = &self.ciphertext[..n];
             let session = session_of(&mut self.sessions, i)?;
+            let was_handshaking = session.is_handshaking();
             while !data.is_empty() {
-                session.read_tls(&mut data)?;
-                session
+                // 0: the server's close_notify came; what follows it is ignored.
+                if session.read_tls(&mut data)? == 0 {
+                    break;
+                }
+                let state = session
                     .process_new_packets()
                     .map_err(|e| io::Error::new(ErrorKind::InvalidData, format!("TLS: {e}")))?;
+                if state.peer_has_closed() {
+                    break;
+                }
+            }
+            if was_handshaking && !session.is_handshaking() {
+                // What the engine could not write while rustls held its pre-handshake
+                // bytes can go now, though the socket reports no new room.
+                self.wake_writable.push(i);
             }
             // Handshake messages, or what the engine wrote before the handshake ended.
             self.send_ciphertext(i)?;
@@ -150,10 +167,16 @@ impl TlsIo {
     }
 
     pub(crate) fn write(&mut self, i: usize, buf: &[u8]) -> io::Result<usize> {
-        let n = self.session(i)?.writer().write(buf)?;
+        let mut n = self.session(i)?.writer().write(buf)?;
         self.send_ciphertext(i)?;
         if n == 0 && !buf.is_empty() {
-            // rustls's own buffer is full: the socket has not taken its ciphertext.
+            // rustls's own buffer was full; the flush may have made room.
+            n = self.session(i)?.writer().write(buf)?;
+            self.send_ciphertext(i)?;
+        }
+        if n == 0 && !buf.is_empty() {
+            // Still full: the socket did not take rustls's ciphertext (a writable event
+            // follows), or the handshake is not done (`read` wakes the writer then).
             return Err(ErrorKind::WouldBlock.into());
         }
         Ok(n)
@@ -180,7 +203,8 @@ impl TlsIo {
         unsent.clear();
         unsent.append(&mut self.unsent);
         self.unsent = unsent;
-        let timeout = if self.unsent.is_empty() {
+        // Connections with ciphertext left wait for their socket's writable event.
+        let timeout = if self.wake_writable.is_empty() {
             timeout
         } else {
             Some(Duration::ZERO)
@@ -189,6 +213,11 @@ impl TlsIo {
         for r in ready.iter().filter(|r| r.writable) {
             let _ = self.send_ciphertext(r.conn);
         }
+        ready.extend(self.wake_writable.drain(..).map(|conn| Ready {
+            conn,
+            readable: false,
+            writable: true,
+        }));
         Ok(())
     }
 

@@ -70,6 +70,10 @@ pub(crate) struct Framed {
     tls: Option<Box<TlsSession>>,
     /// Its TLS failed: the transport closes it once the alert is out.
     tls_failed: bool,
+    /// The server closes it: on TLS, a close_notify goes out once `out` is empty.
+    close_notify_pending: bool,
+    /// [`Framed::clear_output`] was called: nothing is ever written again.
+    output_dead: bool,
 }
 
 impl Framed {
@@ -86,6 +90,8 @@ impl Framed {
             noted_at: 0,
             tls: None,
             tls_failed: false,
+            close_notify_pending: false,
+            output_dead: false,
         }
     }
 
@@ -103,11 +109,17 @@ impl Framed {
     }
 
     /// The server closes the connection: on TLS, a close_notify alert goes out after
-    /// what is queued.
+    /// what is queued. A connection still in its handshake can never read a frame, so
+    /// what is queued for it is dropped and only the alert goes.
     pub(crate) fn begin_close(&mut self) {
-        if let Some(tls) = self.tls.as_deref_mut() {
-            tls.close_notify();
+        let Some(tls) = self.tls.as_deref() else {
+            return;
+        };
+        if tls.is_handshaking() {
+            self.out.clear();
+            self.out_bytes = 0;
         }
+        self.close_notify_pending = !self.tls_failed;
     }
 
     /// The connection's id.
@@ -137,6 +149,7 @@ impl Framed {
                     self.read_buf = BytesMut::new();
                     self.out.clear();
                     self.out_bytes = 0;
+                    self.close_notify_pending = false;
                     return;
                 }
             }
@@ -172,6 +185,11 @@ impl Framed {
     /// Queues `bytes` (whole frames) after what is queued. Returns whether the queue is
     /// now past its cap ([`Framed::overflowed`]): the transport closes it.
     pub(crate) fn queue(&mut self, bytes: Bytes, limit: usize) -> bool {
+        if self.tls_failed || self.output_dead {
+            // Nothing is sent after a TLS failure but its alert, nor on a connection
+            // whose output was dropped.
+            return false;
+        }
         if !bytes.is_empty() {
             self.out_bytes += bytes.len();
             self.out.push_back(bytes);
@@ -231,13 +249,19 @@ impl Framed {
     /// Whether anything is queued (on TLS, also ciphertext rustls holds: handshake
     /// messages, an alert).
     pub(crate) fn has_output(&self) -> bool {
-        !self.out.is_empty() || self.tls.as_deref().is_some_and(TlsSession::wants_write)
+        !self.output_dead
+            && (!self.out.is_empty()
+                || self.close_notify_pending
+                || self.tls.as_deref().is_some_and(TlsSession::wants_write))
     }
 
-    /// Drops everything queued (the connection is reset or can never send again).
+    /// Drops everything queued (the connection is reset or can never send again),
+    /// including TLS records rustls holds: nothing is written from now on.
     pub(crate) fn clear_output(&mut self) {
         self.out.clear();
         self.out_bytes = 0;
+        self.close_notify_pending = false;
+        self.output_dead = true;
     }
 
     /// Hands the queued output to `write` — up to [`MAX_IOVECS`] buffers at a time, in
@@ -251,6 +275,9 @@ impl Framed {
         zero_is_full: bool,
         mut write: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
     ) -> io::Result<usize> {
+        if self.output_dead {
+            return Ok(0);
+        }
         if let Some(tls) = self.tls.as_deref_mut() {
             let mut written = 0;
             let mut counted = |slices: &[IoSlice<'_>]| {
@@ -258,7 +285,16 @@ impl Framed {
                 written += n;
                 Ok(n)
             };
-            while tls.flush_ciphertext(zero_is_full, &mut counted)? && !self.out.is_empty() {
+            while tls.flush_ciphertext(zero_is_full, &mut counted)? {
+                if self.out.is_empty() {
+                    if !self.close_notify_pending {
+                        break;
+                    }
+                    // Every frame is out: now the end of the TLS stream.
+                    self.close_notify_pending = false;
+                    tls.close_notify();
+                    continue;
+                }
                 let n = tls.encrypt(self.out.iter().map(|b| &b[..]));
                 if n == 0 {
                     break;

@@ -762,7 +762,9 @@ impl Collector for Metrics {
                 &[
                     (
                         vec![("kind", "full")],
-                        tls.stats.handshakes() - tls.stats.resumed(),
+                        // Two separate loads: a resumption between them must not
+                        // underflow.
+                        tls.stats.handshakes().saturating_sub(tls.stats.resumed()),
                     ),
                     (vec![("kind", "resumed")], tls.stats.resumed()),
                 ],

@@ -118,6 +118,14 @@ pub enum Stopped {
 /// Runs the server until SIGINT or SIGTERM (or a full disk that has space again), then
 /// shuts down gracefully.
 pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
+    // Registered first, so a SIGTERM or a SIGHUP (`systemctl reload`) during start-up is
+    // held for the signal thread instead of killing the process half started.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("cannot install signal handlers")?;
     match config.dataplane {
         // Kernel sockets hold a descriptor each; AF_XDP connections hold none.
         DataplaneKind::Kernel => {
@@ -288,12 +296,6 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     {
         let stop = stop.clone();
         let home_waker = home_waker.clone();
-        let mut signals = signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-            signal_hook::consts::SIGHUP,
-        ])
-        .context("cannot install signal handlers")?;
         let reloader = tls.as_ref().map(tls::TlsServer::reloader);
         std::thread::Builder::new()
             .name("petrel-signals".into())
