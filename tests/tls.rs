@@ -354,6 +354,53 @@ fn the_login_deadline_closes_tls_clients_with_their_reason_and_silent_ones_too(d
     );
 }
 
+/// `[tls] listen`: plaintext listeners and TLS listeners in one server (kernel sockets),
+/// each refusing the other kind of client.
+#[test]
+fn plaintext_and_tls_listeners_side_by_side_serve_the_same_users() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = TestCert::generate(dir.path(), "server");
+    let server = TestServer::start(&format!(
+        "{}listen = [\"127.0.0.1:0\"]\n",
+        cert.server_config()
+    ));
+    assert_eq!(server.tls_addrs.len(), 1, "one TLS listener printed");
+    let tls_addr = server.tls_addrs[0];
+    assert_ne!(tls_addr, server.addr);
+    let config = cert.client_config();
+    let mut plain = TestClient::login(server.addr, &server.token(1, "desk"), 1, "desk");
+    let mut secure = TestClient::connect_tls(tls_addr, config.clone(), NAME).log_in(
+        &server.token(2, "phone"),
+        2,
+        "phone",
+    );
+    chat(&mut plain, &mut secure, "from the plaintext port");
+    chat(&mut secure, &mut plain, "from the TLS port");
+
+    // A TLS client on the plaintext port: the server answers its hello as a bad frame.
+    let mut wrong = TestClient::connect_tls(server.addr, config, NAME);
+    wrong
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert!(
+        wrong.send_raw(b"PT").is_err(),
+        "no TLS on the plaintext port"
+    );
+    // A plaintext client on the TLS port: closed, counted.
+    let mut plain_on_tls = TestClient::connect(tls_addr);
+    plain_on_tls.send(&petrel_proto::Frame::new(1, pb::Ping::default()));
+    assert!(
+        plain_on_tls
+            .recv_until_closed(Duration::from_secs(5))
+            .is_empty()
+    );
+    server.scrape_until("the plaintext client on the TLS port", |s| {
+        s.sum("petrel_tls_failures_total", "reason=\"not_tls\"") == 1.0
+    });
+    chat(&mut plain, &mut secure, "both still here");
+}
+
 dataplane_tests!(
     tls_login_chat_and_resume,
     the_login_deadline_closes_tls_clients_with_their_reason_and_silent_ones_too,

@@ -630,6 +630,17 @@ impl ServeConfig {
         if self.listen.is_empty() {
             bail!("at least one listen address is required");
         }
+        if let Some(tls) = &self.tls
+            && !tls.listen.is_empty()
+            && self.dataplane != DataplaneKind::Kernel
+        {
+            bail!(
+                "[tls] listen: plaintext and TLS listeners side by side need dataplane = \
+                 \"kernel\"; the {:?} dataplane serves one port (leave [tls] listen out to \
+                 speak TLS on it)",
+                self.dataplane
+            );
+        }
         if self.max_connections == 0 {
             bail!("max_connections must be at least 1");
         }
@@ -903,6 +914,40 @@ shutdown_grace_ms = 1500
         args.sync_interval_us = Some(100_001);
         let e = ServeConfig::resolve(&args).unwrap_err().to_string();
         assert!(e.contains("sync_interval_us"), "{e}");
+    }
+
+    #[test]
+    fn tls_needs_cert_and_key_and_separate_tls_listeners_need_kernel_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("petrel.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            ServeConfig::resolve(&ServeArgs {
+                config: Some(path.clone()),
+                ..ServeArgs::default()
+            })
+        };
+        let c = resolve("[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n").unwrap();
+        let tls = c.tls.expect("TLS on");
+        assert!(tls.listen.is_empty(), "every listener speaks TLS");
+        assert_eq!(tls.alpn, ["petrel"]);
+        let e = resolve("[tls]\ncert = \"/c.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("private key"), "{e}");
+        let e = resolve("[tls]\nlisten = [\"0.0.0.0:9543\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cert"), "{e}");
+        let side_by_side = "[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n\
+                            listen = [\"0.0.0.0:9543\"]\n";
+        assert_eq!(resolve(side_by_side).unwrap().tls.unwrap().listen.len(), 1);
+        let e = resolve(&format!(
+            "dataplane = \"xdp\"\niface = \"veth0\"\n{side_by_side}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("side by side"), "{e}");
     }
 
     #[test]

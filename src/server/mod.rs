@@ -325,8 +325,25 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     }
 
     let local_addrs = transport.local_addrs();
-    for addr in &local_addrs {
-        tracing::info!(%addr, dataplane = transport.describe(), cores = cpus.len(), poll = ?config.poll, "listening");
+    // The TLS listeners: the last `[tls] listen` ones, or all of them.
+    let tls_from = match &config.tls {
+        None => local_addrs.len(),
+        Some(t) if t.listen.is_empty() => 0,
+        Some(t) => local_addrs.len().saturating_sub(t.listen.len()),
+    };
+    for (i, addr) in local_addrs.iter().enumerate() {
+        let tls = i >= tls_from;
+        tracing::info!(%addr, tls, dataplane = transport.describe(), cores = cpus.len(), poll = ?config.poll, "listening");
+    }
+    if tls_from < local_addrs.len() {
+        println!(
+            "petrel: TLS on {}",
+            local_addrs[tls_from..]
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     println!(
         "petrel: serving on {} ({}, data in {})\n\

@@ -41,6 +41,7 @@ const SESSION_CACHE_ENTRIES: usize = 4096;
 pub struct TlsFile {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+    listen: Option<Vec<std::net::SocketAddr>>,
     alpn: Option<Vec<String>>,
     tls12: Option<bool>,
 }
@@ -57,6 +58,9 @@ pub struct TlsSettings {
     pub alpn: Vec<String>,
     /// Whether TLS 1.2 is accepted besides TLS 1.3.
     pub tls12: bool,
+    /// Addresses that speak TLS beside the plaintext `listen` ones (kernel sockets only);
+    /// empty: every `listen` address speaks TLS.
+    pub listen: Vec<std::net::SocketAddr>,
 }
 
 impl TlsSettings {
@@ -75,7 +79,8 @@ impl TlsSettings {
             .or_else(|| file.and_then(|f| f.key.clone()));
         let (cert, key) = match (cert, key) {
             (None, None) => {
-                if file.is_some_and(|f| f.alpn.is_some() || f.tls12.is_some()) {
+                if file.is_some_and(|f| f.alpn.is_some() || f.tls12.is_some() || f.listen.is_some())
+                {
                     bail!("[tls] needs `cert` and `key` (or --tls-cert and --tls-key)");
                 }
                 return Ok(None);
@@ -97,6 +102,7 @@ impl TlsSettings {
             key,
             alpn,
             tls12: file.and_then(|f| f.tls12).unwrap_or(true),
+            listen: file.and_then(|f| f.listen.clone()).unwrap_or_default(),
         }))
     }
 }

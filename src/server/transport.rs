@@ -89,6 +89,11 @@ impl Transport {
                     max_outbound_bytes: config.max_outbound_bytes,
                     decoder,
                     tls,
+                    tls_listen: config
+                        .tls
+                        .as_ref()
+                        .map(|t| t.listen.clone())
+                        .unwrap_or_default(),
                     ..KernelConfig::default()
                 })
                 .context("cannot start the kernel-socket dataplane")?;

@@ -53,6 +53,8 @@ impl Dataplane {
 pub struct TestServer {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The listeners that speak TLS besides plaintext ones (`[tls] listen`), as printed.
+    pub tls_addrs: Vec<SocketAddr>,
     /// The metrics endpoint, when the config set `metrics_addr` (in the root namespace).
     pub metrics: Option<SocketAddr>,
     /// The media service, when the config has a `[media]` table with an `addr`.
@@ -218,6 +220,7 @@ impl TestServer {
         let mut metrics = None;
         let mut media = None;
         let mut api = None;
+        let mut tls_addrs = Vec::new();
         let addr = loop {
             let line = lines
                 .next()
@@ -234,8 +237,14 @@ impl TestServer {
                 let addr = rest.strip_suffix("/v1").expect("…/v1");
                 api = Some(addr.parse().expect("api address"));
             }
+            if let Some(rest) = line.strip_prefix("petrel: TLS on ") {
+                tls_addrs = rest
+                    .split(", ")
+                    .map(|a| a.parse().expect("TLS address"))
+                    .collect();
+            }
             if let Some(rest) = line.strip_prefix("petrel: serving on ") {
-                let addr = rest.split_whitespace().next().expect("address");
+                let addr = rest.split([',', ' ']).next().expect("address");
                 break addr.parse().expect("socket address");
             }
         };
@@ -244,6 +253,7 @@ impl TestServer {
         TestServer {
             child: Some(child),
             addr,
+            tls_addrs,
             metrics,
             media,
             api,

@@ -41,8 +41,10 @@ pub(super) struct CoreSettings {
     pub(super) max_connections: usize,
     pub(super) max_outbound_bytes: usize,
     pub(super) decoder: DecoderConfig,
-    /// Every listener speaks TLS with this acceptor.
+    /// The listeners from index `tls_from` on speak TLS with this acceptor.
     pub(super) tls: Option<TlsAcceptor>,
+    /// The first TLS listener (0: all of them).
+    pub(super) tls_from: usize,
 }
 
 /// One core's kernel sockets. See the module docs.
@@ -146,7 +148,12 @@ impl KernelCore {
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(%peer, error = %e, "TCP_NODELAY failed");
             }
-            let tls = match self.settings.tls.as_ref().map(TlsAcceptor::session) {
+            let acceptor = self
+                .settings
+                .tls
+                .as_ref()
+                .filter(|_| listener_index >= self.settings.tls_from);
+            let tls = match acceptor.map(TlsAcceptor::session) {
                 None => None,
                 Some(Ok(session)) => Some(session),
                 Some(Err(e)) => {

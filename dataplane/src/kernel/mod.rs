@@ -51,8 +51,11 @@ pub struct KernelConfig {
     pub decoder: DecoderConfig,
     /// Listen backlog per socket.
     pub backlog: i32,
-    /// Every listener speaks TLS with this acceptor (`None`: plaintext).
+    /// TLS with this acceptor (`None`: plaintext): on the `tls_listen` addresses, or on
+    /// every `listen` address when `tls_listen` is empty.
     pub tls: Option<crate::tls::TlsAcceptor>,
+    /// Addresses that speak TLS beside the plaintext `listen` ones (with `tls` set).
+    pub tls_listen: Vec<SocketAddr>,
 }
 
 impl Default for KernelConfig {
@@ -65,6 +68,7 @@ impl Default for KernelConfig {
             decoder: DecoderConfig::default(),
             backlog: 4096,
             tls: None,
+            tls_listen: Vec::new(),
         }
     }
 }
@@ -79,7 +83,26 @@ pub fn bind(config: &KernelConfig) -> io::Result<(Vec<KernelCore>, Vec<SocketAdd
             "the kernel transport needs between 1 and 256 cores",
         ));
     }
-    let per_core = listener::bind_reuseport(&config.listen, config.cores.len(), config.backlog)?;
+    if !config.tls_listen.is_empty() && config.tls.is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "TLS listen addresses need a TLS acceptor",
+        ));
+    }
+    // Plaintext listeners first, then the TLS ones; with no separate TLS addresses, the
+    // acceptor (if any) serves every listener.
+    let addrs: Vec<SocketAddr> = config
+        .listen
+        .iter()
+        .chain(&config.tls_listen)
+        .copied()
+        .collect();
+    let tls_from = if config.tls_listen.is_empty() {
+        0
+    } else {
+        config.listen.len()
+    };
+    let per_core = listener::bind_reuseport(&addrs, config.cores.len(), config.backlog)?;
     let local_addrs = per_core
         .first()
         .map(|ls| ls.iter().filter_map(|l| l.local_addr().ok()).collect())
@@ -96,6 +119,7 @@ pub fn bind(config: &KernelConfig) -> io::Result<(Vec<KernelCore>, Vec<SocketAdd
                 max_outbound_bytes: config.max_outbound_bytes,
                 decoder: config.decoder,
                 tls: config.tls.clone(),
+                tls_from,
             })
         })
         .collect::<io::Result<Vec<_>>>()?;
