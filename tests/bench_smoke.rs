@@ -14,6 +14,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -27,12 +28,16 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Server::start_in(tempfile::tempdir().expect("tempdir"), "127.0.0.1:0")
+    }
+
+    /// A server on `listen` with its data (and token key, if already written) in `dir`.
+    fn start_in(dir: tempfile::TempDir, listen: &str) -> Server {
         let config = dir.path().join("petrel.toml");
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\nlisten = [\"127.0.0.1:0\"]\nlog_level = \"warn\"\n\
+                "data_dir = {:?}\nlisten = [\"{listen}\"]\nlog_level = \"warn\"\n\
                  max_connections = 15000\nrate_limit_per_second = 0\n",
                 dir.path().display().to_string()
             ),
@@ -142,6 +147,81 @@ fn assert_consistent(r: &Value, connections: u64, fanout: u64) {
     assert!(r["ack"]["p50_us"].as_f64().unwrap() <= r["ack"]["max_us"].as_f64().unwrap());
     let server = &r["server_figures"];
     assert!(u(server, "rss_connected_kib") > 0, "{r:#}");
+}
+
+/// The load generator started before its server: the connects are refused, back off and
+/// are retried until the server is up, and the report counts the refusals.
+#[test]
+fn connect_backs_off_while_refused_and_gets_in_once_the_server_is_up() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    // The server's token key, written first: the bench mints its tokens with it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("keys");
+    let secret: [u8; 32] = rand::random();
+    std::fs::write(&key_file, format!("bench-test {}\n", hex::encode(secret))).expect("key");
+    let bench = Command::new(env!("CARGO_BIN_EXE_petrel"))
+        .args([
+            "bench",
+            "connect",
+            "-n",
+            "50",
+            "--json",
+            "--quiet",
+            "--duration",
+            "0.5",
+        ])
+        .args(["--connect-backoff-ms", "50", "--connect-retries", "12"])
+        .arg("--server")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--key-file")
+        .arg(&key_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run petrel bench");
+    std::thread::sleep(Duration::from_millis(800));
+    let _server = Server::start_in(dir, &format!("127.0.0.1:{port}"));
+    let r = report(bench.wait_with_output().expect("bench output"));
+    assert_eq!(u(&r, "counts.logged_in"), 50, "{r:#}");
+    assert_eq!(u(&r, "counts.login_failures"), 0, "{r:#}");
+    assert!(
+        u(&r, "counts.refused") >= 50,
+        "every connection was refused first: {r:#}"
+    );
+}
+
+#[test]
+fn a_bad_token_is_not_retried() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wrong_key = dir.path().join("keys");
+    let secret: [u8; 32] = rand::random();
+    std::fs::write(&wrong_key, format!("other {}\n", hex::encode(secret))).expect("key");
+    // Were the token refusals retried, a minute's back-off would run into the 30 s
+    // connect timeout and the run would end with that instead.
+    let output = Command::new(env!("CARGO_BIN_EXE_petrel"))
+        .args([
+            "bench",
+            "connect",
+            "-n",
+            "5",
+            "--quiet",
+            "--duration",
+            "0.5",
+        ])
+        .args(["--connect-backoff-ms", "60000", "--connect-timeout", "30"])
+        .arg("--server")
+        .arg(server.addr.to_string())
+        .arg("--key-file")
+        .arg(&wrong_key)
+        .output()
+        .expect("run petrel bench");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("refused: Token"), "{stderr}");
 }
 
 #[test]

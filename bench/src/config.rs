@@ -127,6 +127,16 @@ pub struct BenchArgs {
     /// Most seconds for connecting and logging in every connection.
     #[arg(long, default_value_t = 120.0, value_name = "SECS")]
     pub connect_timeout: f64,
+    /// A connection whose connect or login is refused (connection refused or reset,
+    /// closed before its login was answered, `RATE_LIMITED` or `SHUTTING_DOWN`) tries
+    /// again up to this many times, backing off as the SDK does; other login errors
+    /// (a bad token) end the run at once. 0: the first refusal ends the run.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub connect_retries: u32,
+    /// First back-off after a refusal, in milliseconds; it doubles after each further
+    /// refusal of the same connection, up to 64 times this, half fixed and half random.
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    pub connect_backoff_ms: u64,
     /// Client source addresses, round-robin over connections: a list (`10.78.0.1,10.78.0.2`)
     /// or ranges (`10.78.0.1-10.78.0.40`). Default: the kernel's choice, or 127.0.0.x
     /// (one per 25,000 connections) against a loopback server.
@@ -291,6 +301,9 @@ pub struct BenchConfig {
     pub connect_rate: Option<f64>,
     /// Connect phase limit.
     pub connect_timeout: Duration,
+    /// Retries of a refused connection, and the first back-off.
+    #[serde(default)]
+    pub connect_retry: crate::engine::RetryPolicy,
     /// Explicit source addresses (empty = automatic).
     pub source_ips: Vec<Ipv4Addr>,
     /// Connections per process.
@@ -488,6 +501,10 @@ impl BenchConfig {
             connect_concurrency: args.connect_concurrency,
             connect_rate: args.connect_rate,
             connect_timeout: secs("connect-timeout", args.connect_timeout, 1.0)?,
+            connect_retry: crate::engine::RetryPolicy {
+                attempts: args.connect_retries,
+                base: Duration::from_millis(args.connect_backoff_ms.max(1)),
+            },
             source_ips,
             // The AF_XDP client needs no descriptor per connection: one process.
             conns_per_process: if xdp.is_some() {

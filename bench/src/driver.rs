@@ -118,6 +118,7 @@ pub fn run_shard(job: &ShardJob, ctl: &mut dyn ShardControl) -> anyhow::Result<S
     };
     let io = tls_io::wrap(io, config.tls.as_ref())?;
     let mut engine = Engine::new(io, protocol, &specs, &config.payload, clock)?;
+    engine.set_retry(config.connect_retry);
 
     engine.set_keepalive(Some(config.heartbeat));
     // This shard's share of the paced rate.
@@ -493,6 +494,7 @@ mod tests {
             connect_concurrency: 1,
             connect_rate: None,
             connect_timeout: Duration::from_secs(1),
+            connect_retry: Default::default(),
             source_ips,
             conns_per_process: 18_000,
             first_user: 1,

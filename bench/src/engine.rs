@@ -10,7 +10,8 @@
 //! the Unix epoch, so an `Ack` or a `MessagePush` carries everything needed to compute
 //! its latency.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io::ErrorKind;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -109,8 +110,40 @@ struct Conn {
     /// The ping in flight is a measured heartbeat (not a keep-alive of the setup phases).
     ping_measured: bool,
     connect_ns: u64,
+    /// Refused connects or logins so far (each retried after a back-off).
+    attempts: u32,
     /// MQTT only: packet ids in flight.
     mqtt: mqtt::Session,
+}
+
+/// How the connect phase treats a refused connection (`--connect-retries`,
+/// `--connect-backoff-ms`): it tries again up to `attempts` times, after a back-off that
+/// starts at `base`, doubles per refusal up to 64 × `base`, and is half fixed, half
+/// random, so refused clients do not come back in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetryPolicy {
+    /// Retries per connection; 0 ends the run at the first refusal.
+    pub attempts: u32,
+    /// The first back-off.
+    pub base: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 0,
+            base: Duration::from_millis(100),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The back-off before retry number `attempt` (0 first), given a random `unit` in
+    /// [0, 1).
+    pub fn backoff(&self, attempt: u32, unit: f64) -> Duration {
+        let full = self.base.saturating_mul(1 << attempt.min(6));
+        full / 2 + full.mul_f64(unit.clamp(0.0, 1.0) / 2.0)
+    }
 }
 
 /// Many client connections on one poll loop.
@@ -143,6 +176,9 @@ pub struct Engine {
     pub responses: Vec<(usize, Frame)>,
     /// Senders whose flat-out window has room again since the last look.
     pub freed: Vec<usize>,
+    retry: RetryPolicy,
+    /// Refused connections waiting for their back-off, by when to open them again.
+    retry_due: BinaryHeap<Reverse<(u64, usize)>>,
 }
 
 impl Engine {
@@ -171,6 +207,7 @@ impl Engine {
                 ping_sent_ns: 0,
                 ping_measured: false,
                 connect_ns: 0,
+                attempts: 0,
                 mqtt: mqtt::Session::default(),
             })
             .collect();
@@ -211,7 +248,14 @@ impl Engine {
             stats: Stats::default(),
             responses: Vec::new(),
             freed: Vec::new(),
+            retry: RetryPolicy::default(),
+            retry_due: BinaryHeap::new(),
         })
+    }
+
+    /// How refused connections are retried while connecting (default: not at all).
+    pub fn set_retry(&mut self, retry: RetryPolicy) {
+        self.retry = retry;
     }
 
     /// The engine's clock.
@@ -301,6 +345,14 @@ impl Engine {
             let allowed = rate.map_or(self.conns.len(), |r| {
                 ((start.elapsed().as_secs_f64() * r) as usize + 1).min(self.conns.len())
             });
+            let now = self.clock.now_ns();
+            while self.pending_logins < concurrency
+                && let Some(&Reverse((due, i))) = self.retry_due.peek()
+                && due <= now
+            {
+                self.retry_due.pop();
+                self.open(i)?;
+            }
             while next < allowed && self.pending_logins < concurrency {
                 self.open(next)?;
                 next += 1;
@@ -334,6 +386,9 @@ impl Engine {
     fn open(&mut self, i: usize) -> anyhow::Result<()> {
         self.io.open(i, self.conns[i].spec.source)?;
         let conn = &mut self.conns[i];
+        // A retry starts from a clean stream.
+        conn.decoder = FrameDecoder::default();
+        conn.write_blocked = false;
         conn.state = State::Connecting;
         conn.connect_ns = self.clock.now_ns();
         self.pending_logins += 1;
@@ -484,7 +539,7 @@ impl Engine {
             Handshake::Pending => return,
             Handshake::Failed(e) => {
                 let user = self.conns[i].spec.user;
-                self.fail_login(i, format!("connect (user {user}): {e}"));
+                self.refused_or_failed(i, format!("connect (user {user}): {e}"));
                 return;
             }
             Handshake::Done => {}
@@ -521,6 +576,22 @@ impl Engine {
         if let Err(e) = self.request(i, login) {
             self.fail_login(i, format!("{e:#}"));
         }
+    }
+
+    /// A refusal worth retrying: the connection backs off and is opened again, unless it
+    /// used up its retries (then it failed).
+    fn refused_or_failed(&mut self, i: usize, why: String) {
+        let attempt = self.conns[i].attempts;
+        if attempt >= self.retry.attempts {
+            return self.fail_login(i, why);
+        }
+        self.stats.counts.refused += 1;
+        self.close(i);
+        let conn = &mut self.conns[i];
+        conn.attempts += 1;
+        let delay = self.retry.backoff(attempt, rand::random::<f64>());
+        let due = self.clock.now_ns() + u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        self.retry_due.push(Reverse((due, i)));
     }
 
     fn fail_login(&mut self, i: usize, why: String) {
@@ -574,7 +645,7 @@ impl Engine {
     fn closed_by_peer(&mut self, i: usize, why: &str) {
         if matches!(self.conns[i].state, State::Connecting | State::LoginSent) {
             let user = self.conns[i].spec.user;
-            self.fail_login(i, format!("login of user {user}: {why}"));
+            self.refused_or_failed(i, format!("login of user {user}: {why}"));
         } else {
             self.close(i);
         }
@@ -674,14 +745,18 @@ impl Engine {
             Body::LoginResult(_) if logging_in => self.logged_in(i, now),
             Body::Error(e) if logging_in => {
                 let user = self.conns[i].spec.user;
-                self.fail_login(
-                    i,
-                    format!(
-                        "login of user {user} refused: {:?} {}",
-                        pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Unspecified),
-                        e.message
-                    ),
-                );
+                let code = pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Unspecified);
+                let why = format!("login of user {user} refused: {code:?} {}", e.message);
+                // The server is busy or going away: worth another try later. Anything else
+                // (a bad token) would be refused again.
+                if matches!(
+                    code,
+                    pb::ErrorCode::RateLimited | pb::ErrorCode::ShuttingDown
+                ) {
+                    self.refused_or_failed(i, why);
+                } else {
+                    self.fail_login(i, why);
+                }
             }
             Body::Ack(ack) => self.on_ack(i, ack.client_msg_id, ack.duplicate, now),
             Body::MessagePush(push) => self.on_push(push.client_msg_id, now),
@@ -813,6 +888,25 @@ pub fn mint(ring: &KeyRing, user: u64, device: &str, now_ns: u64) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusal_back_off_doubles_up_to_64_times_the_base_half_of_it_random() {
+        let policy = RetryPolicy {
+            attempts: 10,
+            base: Duration::from_millis(100),
+        };
+        assert_eq!(policy.backoff(0, 0.0), Duration::from_millis(50));
+        assert_eq!(policy.backoff(0, 0.999_999).as_millis(), 99);
+        assert_eq!(policy.backoff(1, 0.0), Duration::from_millis(100));
+        assert_eq!(policy.backoff(3, 0.5), Duration::from_millis(600));
+        assert_eq!(policy.backoff(6, 0.0), Duration::from_millis(3_200));
+        assert_eq!(policy.backoff(30, 0.0), policy.backoff(6, 0.0), "capped");
+        assert_eq!(
+            policy.backoff(2, 7.0),
+            policy.backoff(2, 1.0),
+            "unit clamped"
+        );
+    }
 
     #[test]
     fn push_view_reads_the_id_of_a_full_push() {

@@ -317,13 +317,15 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  connections: {} logged in in {:.2} s ({}/s), {} failed, {} dropped, {} kicks",
+            "  connections: {} logged in in {:.2} s ({}/s), {} failed, {} dropped, {} kicks, \
+             {} refused and retried",
             c.logged_in,
             self.connect_secs,
             thousands(self.connect_rate),
             c.login_failures,
             c.disconnects,
-            c.kicks
+            c.kicks,
+            c.refused
         );
         if self.fanout > 0 {
             let _ = writeln!(

@@ -79,8 +79,11 @@ impl Latency {
 pub struct Counts {
     /// Connections that logged in.
     pub logged_in: u64,
-    /// Connections that could not connect or log in.
+    /// Connections that could not connect or log in (after their retries).
     pub login_failures: u64,
+    /// Connects or logins refused and tried again after a back-off.
+    #[serde(default)]
+    pub refused: u64,
     /// Connections the server closed (or reset) after login.
     pub disconnects: u64,
     /// Kicks received (any reason).
@@ -119,6 +122,7 @@ impl Counts {
     pub fn merge(&mut self, o: &Counts) {
         self.logged_in += o.logged_in;
         self.login_failures += o.login_failures;
+        self.refused += o.refused;
         self.disconnects += o.disconnects;
         self.kicks += o.kicks;
         self.sent += o.sent;
