@@ -149,6 +149,14 @@ fn assert_consistent(r: &Value, connections: u64, fanout: u64) {
     assert!(u(server, "rss_connected_kib") > 0, "{r:#}");
 }
 
+/// A fresh token signing key in `dir/keys` (the key file format `petrel serve` reads).
+fn new_key_file(dir: &std::path::Path) -> PathBuf {
+    let path = dir.join("keys");
+    let secret: [u8; 32] = rand::random();
+    std::fs::write(&path, format!("bench-test {}\n", hex::encode(secret))).expect("key");
+    path
+}
+
 /// The load generator started before its server: the connects are refused, back off and
 /// are retried until the server is up, and the report counts the refusals.
 #[test]
@@ -159,9 +167,7 @@ fn connect_backs_off_while_refused_and_gets_in_once_the_server_is_up() {
         .port();
     // The server's token key, written first: the bench mints its tokens with it.
     let dir = tempfile::tempdir().expect("tempdir");
-    let key_file = dir.path().join("keys");
-    let secret: [u8; 32] = rand::random();
-    std::fs::write(&key_file, format!("bench-test {}\n", hex::encode(secret))).expect("key");
+    let key_file = new_key_file(dir.path());
     let bench = Command::new(env!("CARGO_BIN_EXE_petrel"))
         .args([
             "bench",
@@ -197,9 +203,7 @@ fn connect_backs_off_while_refused_and_gets_in_once_the_server_is_up() {
 fn a_bad_token_is_not_retried() {
     let server = Server::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let wrong_key = dir.path().join("keys");
-    let secret: [u8; 32] = rand::random();
-    std::fs::write(&wrong_key, format!("other {}\n", hex::encode(secret))).expect("key");
+    let wrong_key = new_key_file(dir.path());
     // Were the token refusals retried, a minute's back-off would run into the 30 s
     // connect timeout and the run would end with that instead.
     let output = Command::new(env!("CARGO_BIN_EXE_petrel"))

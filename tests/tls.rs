@@ -58,15 +58,24 @@ impl TestCert {
     fn client_config(&self) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.der.clone()).expect("trust the test cert");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"petrel".to_vec()];
-        Arc::new(config)
+        petrel_sdk::TlsConfig::with_roots(roots)
+            .expect("TLS client config")
+            .config
     }
+}
+
+/// Every raw byte `stream` receives until the server closes it (a FIN or a reset); fails
+/// the test if it is still open after `limit`.
+fn raw_until_closed(stream: &mut std::net::TcpStream, limit: Duration) -> Vec<u8> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).expect("timeout");
+    let mut bytes = Vec::new();
+    let end = stream.read_to_end(&mut bytes);
+    assert!(
+        !matches!(&end, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the server left the connection open: {end:?}, {bytes:02x?}"
+    );
+    bytes
 }
 
 /// A server on `dp` speaking TLS with a fresh certificate (kept in the returned
@@ -164,13 +173,7 @@ fn a_plaintext_client_and_tls_garbage_are_closed_and_counted(dp: Dataplane) {
     let mut bytes = vec![0x16, 0x03, 0x01, 0x00, 0x40];
     bytes.extend((0..64).map(|_| rand::random::<u8>()));
     garbage.send_raw(&bytes).expect("write garbage");
-    let mut rest = Vec::new();
-    use std::io::Read;
-    garbage
-        .stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let _ = garbage.stream.read_to_end(&mut rest);
+    let rest = raw_until_closed(&mut garbage.stream, Duration::from_secs(5));
     assert!(
         rest.first().is_none_or(|&b| b == 0x15),
         "only a TLS alert record comes back: {rest:02x?}"
@@ -184,16 +187,7 @@ fn a_plaintext_client_and_tls_garbage_are_closed_and_counted(dp: Dataplane) {
     use std::io::Write;
     corrupt.stream.write_all(&record).expect("write raw");
     // Underneath TLS again: the server's answer is an alert record, then the close.
-    let mut answer = Vec::new();
-    corrupt
-        .stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let end = corrupt.stream.read_to_end(&mut answer);
-    assert!(
-        !matches!(&end, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
-        "the server closed the connection: {end:?}"
-    );
+    let answer = raw_until_closed(&mut corrupt.stream, Duration::from_secs(5));
     // TLS 1.3 encrypts alerts: one application-data record of 2 + 1 + 16 bytes.
     assert_eq!(
         (answer.get(..5), answer.len()),
@@ -293,11 +287,11 @@ fn the_sdk_chats_over_tls_and_reconnects_after_a_restart(dp: Dataplane) {
     let keys = Arc::new(Keys::generate());
     let (_dir, cert, mut server) = start_tls(dp, &keys.server_config());
     common::server::block_on(dp, async move {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.der.clone()).expect("root");
-        let mut tls = TlsConfig::with_roots(roots).expect("TLS config");
-        // The endpoint is an IP address; the certificate names `NAME`.
-        tls.server_name = Some(NAME.to_owned());
+        let tls = TlsConfig {
+            config: cert.client_config(),
+            // The endpoint is an IP address; the certificate names `NAME`.
+            server_name: Some(NAME.to_owned()),
+        };
         let endpoints = vec![server.addr.to_string()];
         let (alice, bob) = (7001, 7002);
         let config = |user: u64| {
@@ -340,18 +334,7 @@ fn the_login_deadline_closes_tls_clients_with_their_reason_and_silent_ones_too(d
     assert_eq!(codes, [pb::ErrorCode::LoginTimeout as i32], "{frames:?}");
     // A TCP client that never even sends its TLS hello is closed at the deadline too.
     let mut silent = std::net::TcpStream::connect(server.addr).expect("connect");
-    silent
-        .set_read_timeout(Some(Duration::from_secs(8)))
-        .expect("timeout");
-    let started = std::time::Instant::now();
-    let mut rest = Vec::new();
-    use std::io::Read;
-    let end = silent.read_to_end(&mut rest);
-    assert!(
-        !matches!(&end, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
-        "closed, not left open: {end:?} after {:?}",
-        started.elapsed()
-    );
+    raw_until_closed(&mut silent, Duration::from_secs(8));
 }
 
 /// `[tls] listen`: plaintext listeners and TLS listeners in one server (kernel sockets),

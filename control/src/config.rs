@@ -159,17 +159,11 @@ impl Config {
         let below = if spread == 0 {
             0
         } else {
-            mix(session_id) % (spread + 1)
+            // storage's splitmix64: consecutive session ids land far apart.
+            petrel_storage::partition::mix(session_id) % (spread + 1)
         };
         u32::try_from(longest - below).unwrap_or(u32::MAX).max(1)
     }
-}
-
-/// SplitMix64's finaliser: consecutive session ids land far apart.
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 #[cfg(test)]

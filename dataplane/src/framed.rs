@@ -68,8 +68,6 @@ pub(crate) struct Framed {
     /// The connection's TLS session, on a TLS listener (boxed: a plain connection pays
     /// one pointer for it).
     tls: Option<Box<TlsSession>>,
-    /// Its TLS failed: the transport closes it once the alert is out.
-    tls_failed: bool,
     /// The server closes it: on TLS, a close_notify goes out once `out` is empty.
     close_notify_pending: bool,
     /// [`Framed::clear_output`] was called: nothing is ever written again.
@@ -89,7 +87,6 @@ impl Framed {
             unnoted: 0,
             noted_at: 0,
             tls: None,
-            tls_failed: false,
             close_notify_pending: false,
             output_dead: false,
         }
@@ -105,7 +102,7 @@ impl Framed {
     /// Whether its TLS failed (see [`crate::tls`]): the transport closes it as soon as
     /// what is queued (the alert) is written.
     pub(crate) fn tls_failed(&self) -> bool {
-        self.tls_failed
+        self.tls.as_deref().is_some_and(TlsSession::failed)
     }
 
     /// The server closes the connection: on TLS, a close_notify alert goes out after
@@ -119,7 +116,7 @@ impl Framed {
             self.out.clear();
             self.out_bytes = 0;
         }
-        self.close_notify_pending = !self.tls_failed;
+        self.close_notify_pending = !tls.failed();
     }
 
     /// The connection's id.
@@ -144,7 +141,6 @@ impl Framed {
                 if tls.decrypt(data, &mut self.read_buf).is_err() {
                     // The stream cannot be trusted past this point: nothing more is
                     // decoded, nothing queued is sent, only rustls's alert.
-                    self.tls_failed = true;
                     self.read_stopped = true;
                     self.read_buf = BytesMut::new();
                     self.out.clear();
@@ -185,7 +181,7 @@ impl Framed {
     /// Queues `bytes` (whole frames) after what is queued. Returns whether the queue is
     /// now past its cap ([`Framed::overflowed`]): the transport closes it.
     pub(crate) fn queue(&mut self, bytes: Bytes, limit: usize) -> bool {
-        if self.tls_failed || self.output_dead {
+        if self.output_dead || self.tls_failed() {
             // Nothing is sent after a TLS failure but its alert, nor on a connection
             // whose output was dropped.
             return false;

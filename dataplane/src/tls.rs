@@ -186,6 +186,12 @@ impl TlsSession {
         self.conn.wants_write()
     }
 
+    /// Whether its TLS failed (see the module docs): nothing more is decrypted or
+    /// encrypted, only the alert already queued goes out.
+    pub(crate) fn failed(&self) -> bool {
+        self.failed
+    }
+
     /// Whether the handshake is still under way (nothing can be encrypted yet).
     pub(crate) fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()

@@ -784,6 +784,16 @@ fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
 mod tests {
     use super::*;
 
+    /// Resolves a config file of `text` (written into `dir`) with no flags.
+    fn resolve_file(dir: &Path, text: &str) -> anyhow::Result<ServeConfig> {
+        let path = dir.join("petrel.toml");
+        std::fs::write(&path, text).unwrap();
+        ServeConfig::resolve(&ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+    }
+
     #[test]
     fn defaults_apply_without_file_or_flags() {
         let c = ServeConfig::resolve(&ServeArgs::default()).unwrap();
@@ -827,14 +837,7 @@ shutdown_grace_ms = 1500
     #[test]
     fn retention_and_storage_bounds_come_from_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("petrel.toml");
-        let resolve = |text: &str| {
-            std::fs::write(&path, text).unwrap();
-            ServeConfig::resolve(&ServeArgs {
-                config: Some(path.clone()),
-                ..ServeArgs::default()
-            })
-        };
+        let resolve = |text: &str| resolve_file(dir.path(), text);
         let defaults = resolve("").unwrap().storage;
         assert_eq!(
             defaults.retention_group, None,
@@ -919,14 +922,7 @@ shutdown_grace_ms = 1500
     #[test]
     fn tls_needs_cert_and_key_and_separate_tls_listeners_need_kernel_sockets() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("petrel.toml");
-        let resolve = |text: &str| {
-            std::fs::write(&path, text).unwrap();
-            ServeConfig::resolve(&ServeArgs {
-                config: Some(path.clone()),
-                ..ServeArgs::default()
-            })
-        };
+        let resolve = |text: &str| resolve_file(dir.path(), text);
         let c = resolve("[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n").unwrap();
         let tls = c.tls.expect("TLS on");
         assert!(tls.listen.is_empty(), "every listener speaks TLS");

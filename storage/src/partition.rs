@@ -185,8 +185,8 @@ impl PartitionSet {
 
 /// splitmix64's finaliser: a cheap, well-distributed 64-bit mix. Part of the on-disk
 /// format (it places 1:1 chats in partitions): never change it. (The recent-id filter's
-/// fingerprints use it too.)
-pub(crate) fn mix(mut z: u64) -> u64 {
+/// fingerprints use it too, and the control plane spreads heartbeat intervals with it.)
+pub fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -77,6 +77,16 @@ struct Conn {
     dirty: bool,
 }
 
+impl Conn {
+    /// The server closes it once its output is written (on TLS, after a close_notify).
+    fn begin_close(&mut self) {
+        if !self.closing {
+            self.closing = true;
+            self.framed.begin_close();
+        }
+    }
+}
+
 /// A connection closed on our side, waiting for TCP to finish.
 #[derive(Debug, Clone, Copy)]
 struct Linger {
@@ -686,11 +696,7 @@ impl<D: Device + Send> CoreIo for XdpCore<D> {
 
     fn close(&mut self, conn: ConnId) {
         if let Some(key) = self.key_of(conn) {
-            let conn = &mut self.conns[key];
-            if !conn.closing {
-                conn.closing = true;
-                conn.framed.begin_close();
-            }
+            self.conns[key].begin_close();
             self.mark_dirty(key);
         }
     }
@@ -770,11 +776,7 @@ impl<D: Device + Send> CoreIo for XdpCore<D> {
         self.shutdown_started = Some(Instant::now());
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            let conn = &mut self.conns[key];
-            if !conn.closing {
-                conn.closing = true;
-                conn.framed.begin_close();
-            }
+            self.conns[key].begin_close();
             self.mark_dirty(key);
         }
     }
