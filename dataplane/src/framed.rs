@@ -27,6 +27,12 @@
 //! before decoding and `write_out` encrypts what the socket can take, so the queue, its
 //! limit and its edges count plaintext as on a plain connection (see [`crate::tls`]).
 //!
+//! **PROXY protocol.** On a listener behind a load balancer the connection starts with a
+//! PROXY header naming the real client ([`crate::proxy_header`]); `ingest` reads it before
+//! anything else (before TLS: the balancer writes it in the clear) and hands its outcome
+//! to the transport once. On any other listener a connection that *starts* with a header
+//! is refused: its address would be forged.
+//!
 //! Performance-critical path. Frames are split off the read buffer without copying (their
 //! bodies share its allocation); outbound `Bytes` are handed to the socket as they are,
 //! never concatenated; an idle connection holds no read buffer at all.
@@ -38,6 +44,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use petrel_conn::{ConnId, TransportEvent};
 use petrel_proto::{DecoderConfig, FrameDecoder};
 
+use crate::address_limit::AddressSlot;
+use crate::proxy_header::{self, Parsed, ProxyFailure, ProxyOutcome};
 use crate::tls::TlsSession;
 
 /// Most buffers handed to one write.
@@ -72,6 +80,24 @@ pub(crate) struct Framed {
     close_notify_pending: bool,
     /// [`Framed::clear_output`] was called: nothing is ever written again.
     output_dead: bool,
+    /// Refused before its first frame (a PROXY header that failed or was not expected):
+    /// the transport closes it without writing anything.
+    refused: bool,
+    /// Where its first bytes stand with respect to a PROXY header.
+    proxy: ProxyStage,
+    /// Its place in the per-address connection limit, if one applies (given back when the
+    /// connection is dropped).
+    address: Option<Box<AddressSlot>>,
+}
+
+/// Where a connection's first bytes stand with respect to a PROXY header.
+enum ProxyStage {
+    /// Not expected: a header at the very start is refused.
+    Unexpected,
+    /// Expected (a PROXY listener): the bytes of an incomplete header so far.
+    Expecting(Vec<u8>),
+    /// Settled: everything received is the stream itself.
+    Settled,
 }
 
 impl Framed {
@@ -89,7 +115,34 @@ impl Framed {
             tls: None,
             close_notify_pending: false,
             output_dead: false,
+            refused: false,
+            proxy: ProxyStage::Unexpected,
+            address: None,
         }
+    }
+
+    /// Its first bytes must be a PROXY header (the connection is on a PROXY listener).
+    pub(crate) fn expect_proxy_header(&mut self) {
+        self.proxy = ProxyStage::Expecting(Vec::new());
+    }
+
+    /// Holds `slot` (its place in the per-address limit) for as long as it lives.
+    pub(crate) fn hold_address(&mut self, slot: AddressSlot) {
+        self.address = Some(Box::new(slot));
+    }
+
+    /// Whether it was refused before its first frame, or its TLS failed: the transport
+    /// closes it as soon as what is queued (a TLS alert, if any) is written.
+    pub(crate) fn refused(&self) -> bool {
+        self.refused || self.tls_failed()
+    }
+
+    /// Refuses it: nothing more is read or written, and the transport closes it.
+    pub(crate) fn refuse(&mut self) {
+        self.refused = true;
+        self.read_stopped = true;
+        self.read_buf = BytesMut::new();
+        self.clear_output();
     }
 
     /// A connection that speaks TLS through `session`.
@@ -131,8 +184,67 @@ impl Framed {
 
     /// Takes `data` off the wire: appends a `Frame` event for every whole frame it
     /// completes, a `FrameError` for every bad one (and stops reading after a fatal one).
-    pub(crate) fn ingest(&mut self, data: &[u8], events: &mut Vec<TransportEvent>) {
+    /// Returns what its PROXY header said, once, on the call that settles it (a failure
+    /// refuses the connection; see [`Framed::refused`]).
+    pub(crate) fn ingest(
+        &mut self,
+        data: &[u8],
+        events: &mut Vec<TransportEvent>,
+    ) -> Option<ProxyOutcome> {
         if self.read_stopped {
+            return None;
+        }
+        match std::mem::replace(&mut self.proxy, ProxyStage::Settled) {
+            ProxyStage::Settled => {
+                self.ingest_stream(data, events);
+                None
+            }
+            ProxyStage::Unexpected if proxy_header::starts_like_header(data) => {
+                self.refuse();
+                Some(ProxyOutcome::Failed(ProxyFailure::Unexpected))
+            }
+            ProxyStage::Unexpected => {
+                self.ingest_stream(data, events);
+                None
+            }
+            ProxyStage::Expecting(mut pending) => {
+                let parsed = if pending.is_empty() {
+                    proxy_header::parse(data)
+                } else {
+                    pending.extend_from_slice(data);
+                    proxy_header::parse(&pending)
+                };
+                match parsed {
+                    Parsed::Incomplete => {
+                        if pending.is_empty() {
+                            pending.extend_from_slice(data);
+                        }
+                        self.proxy = ProxyStage::Expecting(pending);
+                        None
+                    }
+                    Parsed::Done {
+                        outcome: outcome @ ProxyOutcome::Failed(_),
+                        ..
+                    } => {
+                        self.refuse();
+                        Some(outcome)
+                    }
+                    Parsed::Done { consumed, outcome } => {
+                        if pending.is_empty() {
+                            self.ingest_stream(&data[consumed..], events);
+                        } else {
+                            self.ingest_stream(&pending[consumed..], events);
+                        }
+                        Some(outcome)
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Framed::ingest`] past the PROXY header: decrypts (on TLS) and decodes frames.
+    fn ingest_stream(&mut self, data: &[u8], events: &mut Vec<TransportEvent>) {
+        if data.is_empty() {
             return;
         }
         match self.tls.as_deref_mut() {
@@ -181,7 +293,7 @@ impl Framed {
     /// Queues `bytes` (whole frames) after what is queued. Returns whether the queue is
     /// now past its cap ([`Framed::overflowed`]): the transport closes it.
     pub(crate) fn queue(&mut self, bytes: Bytes, limit: usize) -> bool {
-        if self.output_dead || self.tls_failed() {
+        if self.output_dead || self.refused() {
             // Nothing is sent after a TLS failure but its alert, nor on a connection
             // whose output was dropped.
             return false;
@@ -373,6 +485,79 @@ mod tests {
             .collect();
         assert_eq!(ids, vec![1, 2]);
         assert_eq!(f.read_buf.capacity(), 0);
+    }
+
+    fn frame_ids(events: &[TransportEvent]) -> Vec<u32> {
+        events
+            .iter()
+            .map(|e| match e {
+                TransportEvent::Frame { frame, .. } => frame.request_id,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_proxy_header_split_across_reads_names_the_client_and_the_frames_follow() {
+        let mut f = Framed::new(ConnId::new(0, 1), DecoderConfig::default());
+        f.expect_proxy_header();
+        let mut wire = b"PROXY TCP4 198.51.100.4 10.0.0.1 41000 9500\r\n".to_vec();
+        wire.extend(ping(1));
+        wire.extend(ping(2));
+        let mut events = Vec::new();
+        // A byte at a time through the header, then the rest at once.
+        let mut outcomes = Vec::new();
+        for byte in &wire[..20] {
+            outcomes.extend(f.ingest(std::slice::from_ref(byte), &mut events));
+        }
+        assert!(outcomes.is_empty() && events.is_empty());
+        outcomes.extend(f.ingest(&wire[20..], &mut events));
+        assert_eq!(
+            outcomes,
+            vec![ProxyOutcome::Proxied {
+                version: 1,
+                source: "198.51.100.4:41000".parse().unwrap(),
+            }]
+        );
+        assert_eq!(frame_ids(&events), vec![1, 2]);
+        assert!(!f.refused());
+        // Settled: a later "PROXY" is just bytes for the decoder, never a second header.
+        assert_eq!(f.ingest(&ping(3), &mut events), None);
+        assert_eq!(frame_ids(&events), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_proxy_listener_refuses_a_client_without_a_header() {
+        let mut f = Framed::new(ConnId::new(0, 1), DecoderConfig::default());
+        f.expect_proxy_header();
+        f.queue(Bytes::from_static(b"queued"), 1 << 20);
+        let mut events = Vec::new();
+        assert_eq!(
+            f.ingest(&ping(1), &mut events),
+            Some(ProxyOutcome::Failed(ProxyFailure::Missing))
+        );
+        assert!(events.is_empty(), "nothing decoded");
+        assert!(f.refused() && f.read_stopped());
+        assert!(
+            !f.has_output(),
+            "nothing is written to a refused connection"
+        );
+    }
+
+    #[test]
+    fn a_header_on_an_ordinary_listener_is_a_forgery_and_refused() {
+        let mut f = Framed::new(ConnId::new(0, 1), DecoderConfig::default());
+        let mut events = Vec::new();
+        assert_eq!(
+            f.ingest(b"PROXY TCP4 1.2.3.4 10.0.0.1 1 9500\r\n", &mut events),
+            Some(ProxyOutcome::Failed(ProxyFailure::Unexpected))
+        );
+        assert!(f.refused() && events.is_empty());
+
+        // Frames are not mistaken for one.
+        let mut g = Framed::new(ConnId::new(0, 2), DecoderConfig::default());
+        assert_eq!(g.ingest(&ping(7), &mut events), None);
+        assert_eq!(frame_ids(&events), vec![7]);
     }
 
     #[test]

@@ -32,20 +32,32 @@
 //! connection's framed half ([`tls::TlsAcceptor`] given to the transport's config), so the
 //! AF_XDP and DPDK loops terminate TLS over their userspace TCP streams themselves.
 //!
+//! ## Behind a load balancer
+//! [`proxy_header`]: a listener can expect a PROXY protocol header (v1 or v2) before each
+//! connection's stream, naming the real client; [`address_limit`] caps connections per
+//! client address across the cores; [`peer::PeerPolicy`] applies both, for every
+//! transport.
+//!
 //! [`pin`] pins threads to cores. `sys` is the one module allowed `unsafe` code (raw
 //! kernel interfaces, each block with a `// SAFETY:` comment); everything else is safe Rust.
 #![deny(unsafe_code)]
 
+pub mod address_limit;
 pub mod boundary;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 mod framed;
 pub mod kernel;
+pub mod peer;
 pub mod pin;
+pub mod proxy_header;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tls;
 pub mod xdp;
 
+pub use address_limit::AddressLimiter;
 pub use boundary::{Command, CoreIo, Threaded, Wake, spawn_threaded};
+pub use peer::PeerPolicy;
+pub use proxy_header::{ProxyFailure, ProxyStats};
 pub use tls::{TlsAcceptor, TlsFailure, TlsStats};

@@ -512,6 +512,8 @@ mod tests {
             max_outbound_bytes: 1 << 20,
             decoder: DecoderConfig::default(),
             tls: None,
+            proxy_protocol: false,
+            peers: crate::PeerPolicy::default(),
         };
         let queues = vec![Queue {
             device: BurstDevice::new(queue),

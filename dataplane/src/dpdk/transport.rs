@@ -59,6 +59,11 @@ pub struct DpdkConfig {
     pub decoder: DecoderConfig,
     /// The port speaks TLS with this acceptor (`None`: plaintext).
     pub tls: Option<crate::tls::TlsAcceptor>,
+    /// The port's connections start with a PROXY protocol header from a load balancer
+    /// ([`crate::proxy_header`]).
+    pub proxy_protocol: bool,
+    /// PROXY header counters and the per-address connection limit.
+    pub peers: crate::PeerPolicy,
 }
 
 impl DpdkConfig {
@@ -83,6 +88,8 @@ impl DpdkConfig {
             max_outbound_bytes: 4 << 20,
             decoder: DecoderConfig::default(),
             tls: None,
+            proxy_protocol: false,
+            peers: crate::PeerPolicy::default(),
         }
     }
 
@@ -122,6 +129,8 @@ impl DpdkConfig {
             max_outbound_bytes: self.max_outbound_bytes,
             decoder: self.decoder,
             tls: self.tls.clone(),
+            proxy_protocol: self.proxy_protocol,
+            peers: self.peers.clone(),
         }
     }
 }

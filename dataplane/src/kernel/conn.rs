@@ -7,12 +7,15 @@
 //! without being copied or concatenated.
 
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use mio::net::TcpStream;
 use petrel_conn::{ConnId, TransportEvent};
 
 use crate::framed::Framed;
+use crate::peer::{PeerPolicy, Verdict};
+use crate::proxy_header::ProxyOutcome;
 
 /// Most bytes read from one connection per call of [`Connection::read_frames`]. A client
 /// that pipelines megabytes of requests is answered a batch at a time, its answers pass
@@ -82,6 +85,7 @@ impl Connection {
     pub(super) fn read_frames(
         &mut self,
         scratch: &mut [u8],
+        peers: &PeerPolicy,
         events: &mut Vec<TransportEvent>,
     ) -> ReadOutcome {
         if self.framed.is_congested() {
@@ -102,13 +106,30 @@ impl Connection {
                 Err(e) => return ReadOutcome::Failed(e),
             };
             budget -= n;
-            self.framed.ingest(&scratch[..n], events);
+            if let Some(outcome) = self.framed.ingest(&scratch[..n], events) {
+                self.settle(outcome, peers);
+            }
         }
-        if self.framed.tls_failed() {
-            // Its alert, if any, goes out with the next flush, then it is closed.
+        if self.framed.refused() {
+            // A TLS failure's alert, if any, goes out with the next flush, then it is
+            // closed.
             self.closing = true;
         }
         ReadOutcome::Open
+    }
+
+    /// Its PROXY header (or a header where none was expected) was read: counts it and
+    /// applies the per-address limit to the client it names.
+    fn settle(&mut self, outcome: ProxyOutcome, peers: &PeerPolicy) {
+        let via = self
+            .stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        match peers.settle(self.framed.id(), via, outcome) {
+            Verdict::Admit(Some(slot)) => self.framed.hold_address(slot),
+            Verdict::Admit(None) => {}
+            Verdict::Refuse => self.framed.refuse(),
+        }
     }
 
     /// Whether anything waits to be written (frames, or TLS handshake records and

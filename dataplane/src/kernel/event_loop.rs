@@ -20,6 +20,7 @@ use slab::Slab;
 use super::conn::{Connection, ReadOutcome};
 use crate::boundary::{CoreIo, Wake};
 use crate::framed::Framed;
+use crate::peer::{PeerPolicy, Verdict};
 use crate::tls::TlsAcceptor;
 
 const WAKER: Token = Token(usize::MAX);
@@ -45,6 +46,10 @@ pub(super) struct CoreSettings {
     pub(super) tls: Option<TlsAcceptor>,
     /// The first TLS listener (0: all of them).
     pub(super) tls_from: usize,
+    /// Per listener: whether its connections start with a PROXY header.
+    pub(super) proxy_listeners: Vec<bool>,
+    /// PROXY header counters and the per-address limit.
+    pub(super) peers: PeerPolicy,
 }
 
 /// One core's kernel sockets. See the module docs.
@@ -161,6 +166,22 @@ impl KernelCore {
                     continue;
                 }
             };
+            let proxied = self
+                .settings
+                .proxy_listeners
+                .get(listener_index)
+                .copied()
+                .unwrap_or(false);
+            // Behind a PROXY listener the client is known once its header is read;
+            // otherwise it is the TCP peer, limited now.
+            let address = if proxied {
+                None
+            } else {
+                match self.settings.peers.admit(peer) {
+                    Verdict::Admit(slot) => slot,
+                    Verdict::Refuse => continue,
+                }
+            };
             let entry = self.conns.vacant_entry();
             let key = entry.key();
             let Ok(slot) = u32::try_from(key) else {
@@ -177,10 +198,16 @@ impl KernelCore {
             }
             let id = ConnId::from_slot(self.settings.index, slot, self.next_generation);
             self.next_generation += 1;
-            let framed = match tls {
+            let mut framed = match tls {
                 Some(session) => Framed::with_tls(id, self.settings.decoder, session),
                 None => Framed::new(id, self.settings.decoder),
             };
+            if proxied {
+                framed.expect_proxy_header();
+            }
+            if let Some(address) = address {
+                framed.hold_address(address);
+            }
             entry.insert(Connection::new(stream, framed));
             events.push(TransportEvent::Opened { conn: id });
         }
@@ -190,7 +217,7 @@ impl KernelCore {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let outcome = conn.read_frames(&mut self.scratch, events);
+        let outcome = conn.read_frames(&mut self.scratch, &self.settings.peers, events);
         // A TLS handshake answer to write, or a TLS failure's alert and close.
         let flush = conn.has_output() || conn.closing;
         match outcome {

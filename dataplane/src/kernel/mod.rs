@@ -56,6 +56,11 @@ pub struct KernelConfig {
     pub tls: Option<crate::tls::TlsAcceptor>,
     /// Addresses that speak TLS beside the plaintext `listen` ones (with `tls` set).
     pub tls_listen: Vec<SocketAddr>,
+    /// Listen addresses (of `listen` or `tls_listen`) whose connections start with a
+    /// PROXY protocol header from a load balancer ([`crate::proxy_header`]).
+    pub proxy_listen: Vec<SocketAddr>,
+    /// PROXY header counters and the per-address connection limit.
+    pub peers: crate::PeerPolicy,
 }
 
 impl Default for KernelConfig {
@@ -69,6 +74,8 @@ impl Default for KernelConfig {
             backlog: 4096,
             tls: None,
             tls_listen: Vec::new(),
+            proxy_listen: Vec::new(),
+            peers: crate::PeerPolicy::default(),
         }
     }
 }
@@ -102,6 +109,16 @@ pub fn bind(config: &KernelConfig) -> io::Result<(Vec<KernelCore>, Vec<SocketAdd
     } else {
         config.listen.len()
     };
+    if let Some(stray) = config.proxy_listen.iter().find(|a| !addrs.contains(a)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("PROXY protocol address {stray} is not one of the listen addresses"),
+        ));
+    }
+    let proxy_listeners: Vec<bool> = addrs
+        .iter()
+        .map(|a| config.proxy_listen.contains(a))
+        .collect();
     let per_core = listener::bind_reuseport(&addrs, config.cores.len(), config.backlog)?;
     let local_addrs = per_core
         .first()
@@ -120,6 +137,8 @@ pub fn bind(config: &KernelConfig) -> io::Result<(Vec<KernelCore>, Vec<SocketAdd
                 decoder: config.decoder,
                 tls: config.tls.clone(),
                 tls_from,
+                proxy_listeners: proxy_listeners.clone(),
+                peers: config.peers.clone(),
             })
         })
         .collect::<io::Result<Vec<_>>>()?;

@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,7 @@ use super::tcp::{ShardConfig, frame_ipv4};
 use super::wire::RxCounters;
 use crate::boundary::{CoreIo, Wake};
 use crate::framed::Framed;
+use crate::peer::{PeerPolicy, Verdict};
 use crate::sys::event::{EventFd, WAIT_ANY_MAX, wait, wait_any};
 use crate::sys::xsk::Xsk;
 use crate::tls::TlsAcceptor;
@@ -127,6 +128,10 @@ pub(crate) struct CoreSettings {
     pub(crate) decoder: DecoderConfig,
     /// The port speaks TLS with this acceptor.
     pub(crate) tls: Option<TlsAcceptor>,
+    /// The port's connections start with a PROXY header.
+    pub(crate) proxy_protocol: bool,
+    /// PROXY header counters and the per-address limit.
+    pub(crate) peers: PeerPolicy,
 }
 
 /// The poller of one core's device queues (AF_XDP sockets unless `D` says otherwise).
@@ -143,6 +148,8 @@ pub struct XdpCore<D: Device = Xsk> {
     max_outbound_bytes: usize,
     decoder: DecoderConfig,
     tls: Option<TlsAcceptor>,
+    proxy_protocol: bool,
+    peers: PeerPolicy,
     shards: ShardSet,
     neighbours: NeighbourTable,
     conns: Slab<Conn>,
@@ -205,6 +212,8 @@ impl<D: Device> XdpCore<D> {
             max_outbound_bytes: config.max_outbound_bytes,
             decoder: config.decoder,
             tls: config.tls.clone(),
+            proxy_protocol: config.proxy_protocol,
+            peers: config.peers.clone(),
             shards: ShardSet::new(
                 ShardSetConfig {
                     shards,
@@ -390,8 +399,27 @@ impl<D: Device> XdpCore<D> {
                         Err(())
                     }
                 };
+                // Behind a PROXY port the client is known once its header is read;
+                // otherwise it is the TCP peer, limited now.
+                let address = match self.proxy_protocol {
+                    true => Verdict::Admit(None),
+                    false => match self.peer_of(shard, handle) {
+                        Some(peer) => self.peers.admit(peer),
+                        None => Verdict::Refuse,
+                    },
+                };
                 let entry = self.conns.vacant_entry();
                 let slot = u32::try_from(entry.key());
+                let Verdict::Admit(address) = address else {
+                    if let Some(socket) = self
+                        .shards
+                        .shard_mut(shard)
+                        .and_then(|s| s.connection_mut(handle))
+                    {
+                        socket.abort();
+                    }
+                    continue;
+                };
                 if self.shutdown_started.is_some() || slot.is_err() || tls.is_err() {
                     if let Some(socket) = self
                         .shards
@@ -405,13 +433,20 @@ impl<D: Device> XdpCore<D> {
                 let id = ConnId::from_slot(self.index, slot.unwrap_or(0), self.next_generation);
                 self.next_generation += 1;
                 let key = entry.key();
+                let mut framed = match tls {
+                    Ok(Some(session)) => Framed::with_tls(id, self.decoder, session),
+                    _ => Framed::new(id, self.decoder),
+                };
+                if self.proxy_protocol {
+                    framed.expect_proxy_header();
+                }
+                if let Some(address) = address {
+                    framed.hold_address(address);
+                }
                 entry.insert(Conn {
                     shard,
                     handle,
-                    framed: match tls {
-                        Ok(Some(session)) => Framed::with_tls(id, self.decoder, session),
-                        _ => Framed::new(id, self.decoder),
-                    },
+                    framed,
                     closing: false,
                     dirty: false,
                 });
@@ -471,11 +506,19 @@ impl<D: Device> XdpCore<D> {
                 Ok(n) => n,
             };
             progressed = true;
-            conn.framed.ingest(&self.scratch[..n], events);
+            if let Some(outcome) = conn.framed.ingest(&self.scratch[..n], events) {
+                let via = endpoint_addr(socket.remote_endpoint());
+                match self.peers.settle(conn.framed.id(), via, outcome) {
+                    Verdict::Admit(Some(slot)) => conn.framed.hold_address(slot),
+                    Verdict::Admit(None) => {}
+                    Verdict::Refuse => conn.framed.refuse(),
+                }
+            }
         }
-        // A TLS handshake answer to write, or a TLS failure: its alert, then close.
-        let flush = conn.framed.has_output() || conn.framed.tls_failed();
-        if conn.framed.tls_failed() {
+        // A TLS handshake answer to write; a TLS failure (its alert, then close) or a
+        // refused PROXY header (closed at once).
+        let flush = conn.framed.has_output() || conn.framed.refused();
+        if conn.framed.refused() {
             conn.closing = true;
         }
         // The peer finished sending (its FIN arrived while we were established): finish our
@@ -495,6 +538,12 @@ impl<D: Device> XdpCore<D> {
         if flush {
             self.mark_dirty(key);
         }
+    }
+
+    /// The TCP peer of a shard's connection.
+    fn peer_of(&mut self, shard: usize, handle: SocketHandle) -> Option<SocketAddr> {
+        let socket = self.shards.shard_mut(shard)?.connection_mut(handle)?;
+        Some(endpoint_addr(socket.remote_endpoint()))
     }
 
     fn mark_dirty(&mut self, key: usize) {
@@ -799,4 +848,11 @@ impl<D: Device + Send> CoreIo for XdpCore<D> {
     fn connections(&self) -> usize {
         self.conns.len()
     }
+}
+
+/// A smoltcp endpoint as a socket address (unspecified when there is none).
+fn endpoint_addr(endpoint: Option<smoltcp::wire::IpEndpoint>) -> SocketAddr {
+    endpoint.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |e| {
+        SocketAddr::new(IpAddr::from(e.addr), e.port)
+    })
 }

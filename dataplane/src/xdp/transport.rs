@@ -55,6 +55,11 @@ pub struct XdpConfig {
     pub decoder: DecoderConfig,
     /// The port speaks TLS with this acceptor (`None`: plaintext).
     pub tls: Option<crate::tls::TlsAcceptor>,
+    /// The port's connections start with a PROXY protocol header from a load balancer
+    /// ([`crate::proxy_header`]).
+    pub proxy_protocol: bool,
+    /// PROXY header counters and the per-address connection limit.
+    pub peers: crate::PeerPolicy,
     /// AF_XDP socket settings.
     pub xsk: XskConfig,
 }
@@ -81,6 +86,8 @@ impl XdpConfig {
             max_outbound_bytes: 1 << 20,
             decoder: DecoderConfig::default(),
             tls: None,
+            proxy_protocol: false,
+            peers: crate::PeerPolicy::default(),
             xsk: XskConfig::default(),
         }
     }
@@ -100,6 +107,8 @@ impl XdpConfig {
             max_outbound_bytes: self.max_outbound_bytes,
             decoder: self.decoder,
             tls: self.tls.clone(),
+            proxy_protocol: self.proxy_protocol,
+            peers: self.peers.clone(),
         }
     }
 }
