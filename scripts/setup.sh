@@ -11,6 +11,8 @@
 # - dpdk-dev + libdpdk-dev (DPDK 22.11, found with pkg-config): the cargo feature `dpdk`
 #   (the DPDK dataplane), which scripts/test.sh and CI turn on. PETREL_DPDK=0 skips them
 #   (and test.sh then builds without the feature).
+# - nginx + libnginx-mod-stream (Debian's nginx and its stream module): tests/nginx.rs
+#   runs the shipped scripts/deploy/nginx/nginx.conf in front of Petrel.
 # - Python packages of examples/python (protobuf, grpcio-tools): the interop test runs
 #   a Python client against the server.
 # - schemathesis (PyPI): tests/api_schemathesis.rs fuzzes the server API against its
@@ -22,7 +24,8 @@ set -euo pipefail
 
 need_apt=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-pkgs=(clang libclang-dev pkg-config linux-libc-dev libbpf-dev iproute2 ethtool iputils-ping)
+pkgs=(clang libclang-dev pkg-config linux-libc-dev libbpf-dev iproute2 ethtool iputils-ping
+  nginx libnginx-mod-stream)
 if [[ ${PETREL_DPDK:-1} != 0 ]]; then
   pkgs+=(dpdk-dev libdpdk-dev)
 fi

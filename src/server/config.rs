@@ -180,6 +180,15 @@ pub struct ServeArgs {
     /// Most concurrent client connections [default: 1000000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Most concurrent connections from one client IP address, across every core; behind
+    /// a PROXY protocol listener, the real client's [default: 0, no limit].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_address: Option<u32>,
+    /// A listen address (of --listen or `[tls] listen`) whose connections start with a
+    /// PROXY protocol v1/v2 header from a load balancer; repeat for several. Anywhere
+    /// else a PROXY header is refused as forged [default: none].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub proxy_protocol: Vec<SocketAddr>,
     /// AF_XDP: the network interface whose queues Petrel takes (required with
     /// `--dataplane xdp`).
     #[arg(long, value_name = "IF")]
@@ -267,6 +276,8 @@ struct FileConfig {
     syncer_priority: Option<SyncerPriority>,
     sync_interval_us: Option<u64>,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<u32>,
+    proxy_protocol: Option<Vec<SocketAddr>>,
     iface: Option<String>,
     queues: Option<Vec<u32>>,
     xdp_mode: Option<XdpMode>,
@@ -334,6 +345,10 @@ pub struct ServeConfig {
     /// Shortest time between two fsync starts (`sync = "batch"`).
     pub sync_interval: Duration,
     pub max_connections: usize,
+    /// Most connections per client address (`None`: no limit).
+    pub max_connections_per_address: Option<u32>,
+    /// Listen addresses whose connections start with a PROXY protocol header.
+    pub proxy_protocol: Vec<SocketAddr>,
     /// AF_XDP settings (used with `dataplane = "xdp"`; the userspace TCP ones with
     /// `dataplane = "dpdk"` too).
     pub xdp: XdpSettings,
@@ -580,6 +595,15 @@ impl ServeConfig {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(1_000_000),
+            max_connections_per_address: args
+                .max_connections_per_address
+                .or(file.max_connections_per_address)
+                .filter(|&n| n > 0),
+            proxy_protocol: if args.proxy_protocol.is_empty() {
+                file.proxy_protocol.unwrap_or_default()
+            } else {
+                args.proxy_protocol.clone()
+            },
             xdp,
             dpdk,
             key_file,
@@ -643,6 +667,17 @@ impl ServeConfig {
         }
         if self.max_connections == 0 {
             bail!("max_connections must be at least 1");
+        }
+        let tls_listen = self.tls.as_ref().map(|t| &t.listen[..]).unwrap_or_default();
+        if let Some(stray) = self
+            .proxy_protocol
+            .iter()
+            .find(|a| !self.listen.contains(a) && !tls_listen.contains(a))
+        {
+            bail!(
+                "proxy_protocol names {stray}, which is not a listen address (of `listen` or \
+                 `[tls] listen`): PROXY headers are expected per listener"
+            );
         }
         if self.sync_interval > Duration::from_micros(MAX_SYNC_INTERVAL_US) {
             bail!(
@@ -917,6 +952,28 @@ shutdown_grace_ms = 1500
         args.sync_interval_us = Some(100_001);
         let e = ServeConfig::resolve(&args).unwrap_err().to_string();
         assert!(e.contains("sync_interval_us"), "{e}");
+    }
+
+    #[test]
+    fn proxy_protocol_names_listen_addresses_and_a_zero_address_limit_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolve = |text: &str| resolve_file(dir.path(), text);
+        let c = resolve(
+            "listen = [\"0.0.0.0:9500\", \"0.0.0.0:9600\"]\n\
+             proxy_protocol = [\"0.0.0.0:9600\"]\nmax_connections_per_address = 50\n",
+        )
+        .unwrap();
+        assert_eq!(c.proxy_protocol, vec!["0.0.0.0:9600".parse().unwrap()]);
+        assert_eq!(c.max_connections_per_address, Some(50));
+        let tls_port = "proxy_protocol = [\"0.0.0.0:9643\"]\n\
+                        [tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nlisten = [\"0.0.0.0:9643\"]\n";
+        assert_eq!(resolve(tls_port).unwrap().proxy_protocol.len(), 1);
+        let e = resolve("proxy_protocol = [\"0.0.0.0:9700\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a listen address"), "{e}");
+        let c = resolve("max_connections_per_address = 0\n").unwrap();
+        assert_eq!(c.max_connections_per_address, None, "0 means no limit");
     }
 
     #[test]

@@ -130,6 +130,8 @@ pub struct Metrics {
     api: Mutex<Option<Arc<crate::api::stats::ApiStats>>>,
     webhook: Mutex<Option<Arc<crate::webhook::WebhookStats>>>,
     tls: Mutex<Option<super::tls::TlsMetrics>>,
+    /// PROXY header counters and the per-address limit.
+    peers: Mutex<Option<petrel_dataplane::PeerPolicy>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -153,6 +155,7 @@ impl Metrics {
             api: Mutex::new(None),
             webhook: Mutex::new(None),
             tls: Mutex::new(None),
+            peers: Mutex::new(None),
         })
     }
 
@@ -169,6 +172,11 @@ impl Metrics {
     /// Where the TLS counters come from (when the listeners speak TLS).
     pub fn set_tls(&self, tls: super::tls::TlsMetrics) {
         *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = Some(tls);
+    }
+
+    /// Exposes the PROXY header counters and the per-address limit's refusals.
+    pub fn set_peers(&self, peers: petrel_dataplane::PeerPolicy) {
+        *self.peers.lock().unwrap_or_else(|e| e.into_inner()) = Some(peers);
     }
 
     /// Where the storage writer's cache and dedup-filter figures come from.
@@ -789,6 +797,48 @@ impl Collector for Metrics {
                     (vec![("result", "failed")], tls.cert.reloads(false)),
                 ],
             )?;
+        }
+
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(peers) = peers {
+            let stats = &peers.proxy_stats;
+            counter(
+                &mut e,
+                "petrel_proxy_headers",
+                "PROXY protocol headers read, by result: v1 or v2 (named a client), local \
+                 (no client address: the balancer's own check).",
+                &[
+                    (vec![("result", "v1")], stats.proxied(1)),
+                    (vec![("result", "v2")], stats.proxied(2)),
+                    (vec![("result", "local")], stats.local()),
+                ],
+            )?;
+            counter(
+                &mut e,
+                "petrel_proxy_failures",
+                "Connections closed over their PROXY header, by reason: missing (a PROXY \
+                 listener's connection did not start with one), malformed, too_long, \
+                 unexpected (a header on a listener that expects none: a forged address).",
+                &petrel_dataplane::ProxyFailure::ALL
+                    .iter()
+                    .map(|r| (vec![("reason", r.as_str())], stats.failures(*r)))
+                    .collect::<Vec<_>>(),
+            )?;
+            if let Some(limiter) = &peers.per_address {
+                counter(
+                    &mut e,
+                    "petrel_connections_refused_per_address",
+                    "Connections refused because their client address already had \
+                     max_connections_per_address.",
+                    &[(vec![], limiter.refused())],
+                )?;
+                gauge(
+                    &mut e,
+                    "petrel_client_addresses",
+                    "Client addresses with at least one connection.",
+                    &[(vec![], limiter.addresses() as i64)],
+                )?;
+            }
         }
 
         let transport = self.transport.lock().unwrap_or_else(|e| e.into_inner());

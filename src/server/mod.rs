@@ -23,6 +23,7 @@ pub mod tls;
 pub(crate) mod transport;
 mod writers;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -166,8 +167,14 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         Some(settings) => Some(tls::TlsServer::start(settings)?),
         None => None,
     };
+    let peers = petrel_dataplane::PeerPolicy {
+        per_address: config
+            .max_connections_per_address
+            .map(petrel_dataplane::AddressLimiter::new),
+        ..Default::default()
+    };
     let (transport, cores, cpus) =
-        Transport::start(&config, tls.as_ref().map(tls::TlsServer::acceptor))?;
+        Transport::start(&config, tls.as_ref().map(tls::TlsServer::acceptor), &peers)?;
     let home_waker = cores
         .home_waker()
         .context("the dataplane started no core")?;
@@ -259,6 +266,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
             if let Some(tls) = &tls {
                 metrics.set_tls(tls.metrics());
             }
+            metrics.set_peers(peers.clone());
             metrics.set_storage_source(Box::new(move || metrics::StorageSnapshot {
                 caches: engine_figures.writer_cache_stats().ok(),
                 dedup: engine_figures.recent_ids_stats().ok(),
@@ -331,19 +339,39 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         Some(t) if t.listen.is_empty() => 0,
         Some(t) => local_addrs.len().saturating_sub(t.listen.len()),
     };
+    // The PROXY protocol listeners: bound in the order configured (`listen`, then
+    // `[tls] listen`).
+    let configured = config
+        .listen
+        .iter()
+        .chain(config.tls.iter().flat_map(|t| &t.listen));
+    let proxied: Vec<bool> = configured
+        .map(|a| config.proxy_protocol.contains(a))
+        .collect();
     for (i, addr) in local_addrs.iter().enumerate() {
         let tls = i >= tls_from;
-        tracing::info!(%addr, tls, dataplane = transport.describe(), cores = cpus.len(), poll = ?config.poll, "listening");
+        let proxy_protocol = proxied.get(i).copied().unwrap_or(false);
+        tracing::info!(%addr, tls, proxy_protocol, dataplane = transport.describe(), cores = cpus.len(), poll = ?config.poll, "listening");
     }
+    let list = |addrs: &mut dyn Iterator<Item = &SocketAddr>| {
+        addrs
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     if tls_from < local_addrs.len() {
         println!(
             "petrel: TLS on {}",
-            local_addrs[tls_from..]
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            list(&mut local_addrs[tls_from..].iter())
         );
+    }
+    if proxied.contains(&true) {
+        let mut addrs = local_addrs
+            .iter()
+            .zip(&proxied)
+            .filter(|(_, p)| **p)
+            .map(|(a, _)| a);
+        println!("petrel: PROXY protocol on {}", list(&mut addrs));
     }
     println!(
         "petrel: serving on {} ({}, data in {})\n\

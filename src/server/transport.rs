@@ -13,7 +13,7 @@ use petrel_dataplane::xdp::filter::AttachMode;
 use petrel_dataplane::xdp::poller::XdpCore;
 use petrel_dataplane::xdp::tcp::ShardConfig;
 use petrel_dataplane::xdp::transport::{XdpConfig, XdpTransport};
-use petrel_dataplane::{CoreIo, TlsAcceptor, Wake};
+use petrel_dataplane::{CoreIo, PeerPolicy, TlsAcceptor, Wake};
 use petrel_proto::DecoderConfig;
 
 use super::config::{CONNECTIONS_PER_SHARD, DataplaneKind, ServeConfig, XdpMode};
@@ -71,14 +71,19 @@ impl Transport {
     /// Starts the dataplane `config` names. Returns it, its cores, and the CPU each
     /// core's loop is pinned to.
     /// `tls`: every client connection speaks TLS with it.
+    /// `peers`: the PROXY header counters and per-address limit.
     pub fn start(
         config: &ServeConfig,
         tls: Option<&TlsAcceptor>,
+        peers: &PeerPolicy,
     ) -> anyhow::Result<(Transport, Cores, Vec<Option<usize>>)> {
         let decoder = DecoderConfig {
             max_body_len: config.max_frame_body,
         };
         let tls = tls.cloned();
+        let peers = peers.clone();
+        // The kernel-bypass dataplanes serve one address: it speaks PROXY or it does not.
+        let proxy_protocol = !config.proxy_protocol.is_empty();
         match config.dataplane {
             DataplaneKind::Kernel => {
                 let cpus = kernel_cores(&config.cores);
@@ -94,6 +99,8 @@ impl Transport {
                         .as_ref()
                         .map(|t| t.listen.clone())
                         .unwrap_or_default(),
+                    proxy_listen: config.proxy_protocol.clone(),
+                    peers,
                     ..KernelConfig::default()
                 })
                 .context("cannot start the kernel-socket dataplane")?;
@@ -102,6 +109,8 @@ impl Transport {
             DataplaneKind::Xdp => {
                 let xdp = XdpConfig {
                     tls,
+                    proxy_protocol,
+                    peers,
                     ..xdp_config(config, decoder)?
                 };
                 let addr = SocketAddr::from((xdp.addr, xdp.port));
@@ -121,6 +130,8 @@ impl Transport {
             DataplaneKind::Dpdk => {
                 let dpdk = DpdkConfig {
                     tls,
+                    proxy_protocol,
+                    peers,
                     ..dpdk_config(config, decoder)?
                 };
                 let addr = SocketAddr::from((dpdk.addr, dpdk.port));

@@ -55,6 +55,10 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The listeners that speak TLS besides plaintext ones (`[tls] listen`), as printed.
     pub tls_addrs: Vec<SocketAddr>,
+    /// Every listener, in the order printed (`addr` is the first).
+    pub addrs: Vec<SocketAddr>,
+    /// The listeners that expect a PROXY protocol header, as printed.
+    pub proxy_addrs: Vec<SocketAddr>,
     /// The metrics endpoint, when the config set `metrics_addr` (in the root namespace).
     pub metrics: Option<SocketAddr>,
     /// The media service, when the config has a `[media]` table with an `addr`.
@@ -141,6 +145,15 @@ impl TestServer {
     ) -> TestServer {
         let config_path = data_dir.join("petrel.toml");
         let transport = match (&lab, dataplane) {
+            // A kernel server whose test lists its own listeners.
+            (None, _)
+                if extra_config
+                    .lines()
+                    .take_while(|l| !l.starts_with('['))
+                    .any(|l| l.starts_with("listen =")) =>
+            {
+                String::new()
+            }
             (None, _) | (Some(_), Dataplane::Kernel) => format!(
                 "listen = [\"{}\"]\n",
                 listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -221,7 +234,13 @@ impl TestServer {
         let mut media = None;
         let mut api = None;
         let mut tls_addrs = Vec::new();
-        let addr = loop {
+        let mut proxy_addrs = Vec::new();
+        let parse_list = |list: &str| -> Vec<SocketAddr> {
+            list.split(", ")
+                .map(|a| a.parse().expect("listener address"))
+                .collect()
+        };
+        let addrs = loop {
             let line = lines
                 .next()
                 .expect("petrel serve exited before printing its address")
@@ -238,22 +257,25 @@ impl TestServer {
                 api = Some(addr.parse().expect("api address"));
             }
             if let Some(rest) = line.strip_prefix("petrel: TLS on ") {
-                tls_addrs = rest
-                    .split(", ")
-                    .map(|a| a.parse().expect("TLS address"))
-                    .collect();
+                tls_addrs = parse_list(rest);
+            }
+            if let Some(rest) = line.strip_prefix("petrel: PROXY protocol on ") {
+                proxy_addrs = parse_list(rest);
             }
             if let Some(rest) = line.strip_prefix("petrel: serving on ") {
-                let addr = rest.split([',', ' ']).next().expect("address");
-                break addr.parse().expect("socket address");
+                let list = rest.split(" (").next().expect("addresses");
+                break parse_list(list);
             }
         };
+        let addr = addrs[0];
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         TestServer {
             child: Some(child),
             addr,
             tls_addrs,
+            addrs,
+            proxy_addrs,
             metrics,
             media,
             api,

@@ -1,0 +1,301 @@
+//! Petrel behind Debian's nginx, with the shipped configuration
+//! (`scripts/deploy/nginx/nginx.conf` and `petrel-behind-nginx.toml`): the stream
+//! module forwards plain TCP, TLS it ends itself, and TLS it passes through, every
+//! upstream connection opening with a PROXY header, spread over four Petrel ports.
+//!
+//! **Port multiplexing, shown by arithmetic.** The test runs in a network namespace of
+//! its own whose ephemeral port range is 100 ports, so one balancer→backend port pair
+//! could carry at most 100 connections. nginx carries 240 plain clients to Petrel through
+//! the four ports, all logged in at once — impossible through one. The clients bind
+//! 40 distinct loopback source addresses, and Petrel counts 40 client addresses although
+//! every TCP connection it accepts comes from nginx: it sees the real clients.
+//!
+//! Needs root (a network namespace) and nginx with its stream module
+//! (`scripts/setup.sh` installs `nginx` and `libnginx-mod-stream`).
+
+#[allow(unused_imports)] // common re-exports `Dataplane`; this runs on kernel sockets only
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::client::{single, text_of};
+use common::{TestClient, TestServer};
+use petrel_dataplane::sys::netns::NetNs;
+
+const NAME: &str = "petrel.test";
+/// The namespace's ephemeral ports: 100.
+const PORT_RANGE: &str = "40000 40099";
+const PORTS_IN_RANGE: usize = 100;
+const PLAIN_CLIENTS: usize = 240;
+const SOURCE_ADDRESSES: usize = 40;
+
+fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(status.success(), "{program} {args:?}: {status}");
+}
+
+/// A network namespace with its loopback up and a 100-port ephemeral range, deleted
+/// when dropped (also on panic).
+struct Namespace {
+    name: String,
+}
+
+impl Namespace {
+    fn create() -> Namespace {
+        let name = format!("petrel-ngx-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &name])
+            .stderr(Stdio::null())
+            .status();
+        run("ip", &["netns", "add", &name]);
+        let ns = Namespace { name };
+        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns.name,
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.ip_local_port_range={PORT_RANGE}"),
+            ],
+        );
+        ns
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// nginx in the foreground; stopped (SIGTERM, then SIGKILL) when dropped.
+struct Nginx {
+    child: Child,
+    error_log: PathBuf,
+}
+
+impl Nginx {
+    fn start(config: &Path, dir: &Path) -> Nginx {
+        let error_log = dir.join("nginx-error.log");
+        let globals = format!(
+            "daemon off; pid {}; error_log {} info;",
+            dir.join("nginx.pid").display(),
+            error_log.display()
+        );
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(config)
+            .args(["-g", &globals])
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nginx (scripts/setup.sh installs it)");
+        let nginx = Nginx { child, error_log };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect("127.0.0.1:9500").is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen on 9500: {}",
+                nginx.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        nginx
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.error_log).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The shipped Petrel config for running behind nginx, made fit for a test server: the
+/// test's certificate, metrics on, no rate limit (the harness adds data_dir and friends).
+fn petrel_config(cert: &Path, key: &Path) -> String {
+    let text = std::fs::read_to_string(repo_file("scripts/deploy/nginx/petrel-behind-nginx.toml"))
+        .expect("read the shipped Petrel config");
+    let mut table: toml::Table = text.parse().expect("the shipped Petrel config parses");
+    for key in ["data_dir", "max_connections", "log_format", "metrics_addr"] {
+        table.remove(key);
+    }
+    table.insert("metrics_addr".into(), "127.0.0.1:0".into());
+    table.insert("rate_limit_per_second".into(), 0.into());
+    // Every client here comes through one loopback, most from a few addresses.
+    table.insert("max_connections_per_address".into(), 1000.into());
+    let tls = table
+        .get_mut("tls")
+        .and_then(toml::Value::as_table_mut)
+        .expect("[tls] in the shipped config");
+    tls.insert("cert".into(), cert.display().to_string().into());
+    tls.insert("key".into(), key.display().to_string().into());
+    toml::to_string(&table).expect("serialize")
+}
+
+/// A plain client from `source` (a loopback address and a port outside the ephemeral
+/// range: a port bound explicitly from the range would be closed to every connect(),
+/// nginx's included, and shrink the space this test measures), through nginx's port 9500.
+fn client_from(source: SocketAddr) -> TestClient {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&source.into())
+        .expect("bind a loopback source address");
+    socket
+        .connect(&SocketAddr::from(([127, 0, 0, 1], 9500)).into())
+        .expect("connect to nginx");
+    TestClient::over(socket.into())
+}
+
+fn chat(from: &mut TestClient, to: &mut TestClient, text: &str) {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    from.send_text(single(to.user), id, text);
+    assert_eq!(text_of(&to.push()), text);
+}
+
+#[test]
+#[ignore = "needs root (a network namespace) and nginx; scripts/test.sh runs it as root and in CI"]
+fn nginx_spreads_proxied_clients_over_petrel_ports_past_one_port_pairs_limit() {
+    assert!(
+        Command::new("nginx").arg("-v").output().is_ok(),
+        "nginx is not installed: run scripts/setup.sh"
+    );
+    let ns = Namespace::create();
+    // This thread, and so every process and socket it starts from here on, is inside.
+    NetNs::named(&ns.name)
+        .expect("open the namespace")
+        .enter()
+        .expect("enter the namespace");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let generated = rcgen::generate_simple_self_signed(vec![NAME.to_owned()]).expect("cert");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, generated.cert.pem()).expect("write cert");
+    std::fs::write(&key, generated.key_pair.serialize_pem()).expect("write key");
+
+    let server = TestServer::start(&petrel_config(&cert, &key));
+    assert_eq!(server.addrs.len(), 8, "four plain and four TLS ports");
+    assert_eq!(
+        server.proxy_addrs.len(),
+        8,
+        "every one expects PROXY headers"
+    );
+
+    // The shipped nginx config, its certificate paths pointed at the test's.
+    let shipped = std::fs::read_to_string(repo_file("scripts/deploy/nginx/nginx.conf"))
+        .expect("read the shipped nginx config");
+    let config = dir.path().join("nginx.conf");
+    std::fs::write(
+        &config,
+        shipped
+            .replace("/etc/petrel/tls/fullchain.pem", &cert.display().to_string())
+            .replace("/etc/petrel/tls/privkey.pem", &key.display().to_string()),
+    )
+    .expect("write nginx config");
+    let nginx = Nginx::start(&config, dir.path());
+
+    // More plain clients than one balancer→backend port pair could carry, all at once.
+    let mut clients: Vec<TestClient> = (0..PLAIN_CLIENTS)
+        .map(|i| {
+            let source = SocketAddr::from((
+                [127, 0, 1, (10 + i % SOURCE_ADDRESSES) as u8],
+                30_000 + i as u16,
+            ));
+            let user = 1 + i as u64;
+            client_from(source).log_in(&server.token(user, "phone"), user, "phone")
+        })
+        .collect();
+    const { assert!(PLAIN_CLIENTS > PORTS_IN_RANGE) };
+
+    // TLS through nginx both ways: ended by nginx (9543), passed through to Petrel (9443).
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(generated.cert.der().clone()).expect("trust");
+    let tls = petrel_sdk::TlsConfig::with_roots(roots)
+        .expect("TLS config")
+        .config;
+    let at_nginx = SocketAddr::from(([127, 0, 0, 1], 9543));
+    let passed_through = SocketAddr::from(([127, 0, 0, 1], 9443));
+    let mut ended_by_nginx = TestClient::connect_tls(at_nginx, Arc::clone(&tls), NAME).log_in(
+        &server.token(1001, "tls"),
+        1001,
+        "tls",
+    );
+    let mut ended_by_petrel = TestClient::connect_tls(passed_through, tls, NAME).log_in(
+        &server.token(1002, "tls"),
+        1002,
+        "tls",
+    );
+    assert_eq!(
+        ended_by_petrel
+            .tls
+            .as_ref()
+            .and_then(|t| t.alpn_protocol().map(<[u8]>::to_vec)),
+        Some(b"petrel".to_vec()),
+        "Petrel itself answered the passed-through handshake"
+    );
+
+    let (first, rest) = clients.split_at_mut(1);
+    chat(
+        &mut first[0],
+        &mut rest[PLAIN_CLIENTS - 2],
+        "across the balancer",
+    );
+    chat(&mut rest[0], &mut ended_by_nginx, "to TLS ended at nginx");
+    chat(&mut ended_by_nginx, &mut ended_by_petrel, "TLS to TLS");
+    chat(
+        &mut ended_by_petrel,
+        &mut first[0],
+        "passed-through TLS to plain",
+    );
+
+    let all = PLAIN_CLIENTS + 2;
+    let s = server.scrape_until("every connection counted", |s| {
+        s.sum("petrel_connections", "") == all as f64
+    });
+    // nginx's `proxy_protocol on` writes v1 headers (one more for the start-up probe's
+    // connection, if nginx reached Petrel before the probe hung up).
+    let headers = s.sum("petrel_proxy_headers_total", "result=\"v1\"");
+    assert!((all..=all + 1).contains(&(headers as usize)), "{headers}");
+    assert_eq!(s.sum("petrel_proxy_failures_total", ""), 0.0);
+    // The plain clients' 40 source addresses, and 127.0.0.1 for the two TLS clients:
+    // what the PROXY headers named. Every TCP peer Petrel accepted was nginx.
+    assert_eq!(
+        s.sum("petrel_client_addresses", ""),
+        (SOURCE_ADDRESSES + 1) as f64,
+        "nginx log:\n{}",
+        nginx.log()
+    );
+    drop(clients);
+    drop(nginx);
+}
