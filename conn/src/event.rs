@@ -45,6 +45,13 @@ pub enum TransportEvent {
         /// The connection.
         conn: ConnId,
     },
+    /// The client showed it is alive without sending a frame (a WebSocket ping): counts
+    /// as a heartbeat, like a protocol `Ping`, but needs no answer (the transport gave it
+    /// one).
+    Heartbeat {
+        /// The connection.
+        conn: ConnId,
+    },
     /// The connection is gone (peer closed, reset, or after our close).
     Closed {
         /// The connection.
@@ -61,6 +68,7 @@ impl TransportEvent {
             | TransportEvent::FrameError { conn, .. }
             | TransportEvent::Congested { conn }
             | TransportEvent::Drained { conn }
+            | TransportEvent::Heartbeat { conn }
             | TransportEvent::Closed { conn } => *conn,
         }
     }

@@ -53,6 +53,12 @@ pub enum Event {
         /// The connection.
         conn: ConnId,
     },
+    /// The client showed it is alive without a frame (a WebSocket ping, answered by the
+    /// transport): a heartbeat, like a `Ping` frame.
+    Heartbeat {
+        /// The connection.
+        conn: ConnId,
+    },
     /// The connection is gone (peer closed, reset, or after an [`Action::Close`]).
     /// Events for unknown connections are ignored.
     Closed {
@@ -86,6 +92,7 @@ impl From<TransportEvent> for Event {
             TransportEvent::FrameError { conn, error } => Event::FrameError { conn, error },
             TransportEvent::Congested { conn } => Event::Congested { conn },
             TransportEvent::Drained { conn } => Event::Drained { conn },
+            TransportEvent::Heartbeat { conn } => Event::Heartbeat { conn },
             TransportEvent::Closed { conn } => Event::Closed { conn },
         }
     }

@@ -27,6 +27,11 @@
 //! before decoding and `write_out` encrypts what the socket can take, so the queue, its
 //! limit and its edges count plaintext as on a plain connection (see [`crate::tls`]).
 //!
+//! **WebSocket.** On a WebSocket listener a [`WsSession`] sits between TLS (if any) and
+//! the decoder: binary messages' payloads are decoded as frames, and each queued frame
+//! buffer goes out as one binary message, its header queued in front of it
+//! ([`crate::websocket`]).
+//!
 //! **PROXY protocol.** On a listener behind a load balancer the connection starts with a
 //! PROXY header naming the real client ([`crate::proxy_header`]); `ingest` reads it before
 //! anything else (before TLS: the balancer writes it in the clear) and hands its outcome
@@ -47,6 +52,7 @@ use petrel_proto::{DecoderConfig, FrameDecoder};
 use crate::address_limit::AddressSlot;
 use crate::proxy_header::{self, Parsed, ProxyFailure, ProxyOutcome};
 use crate::tls::TlsSession;
+use crate::websocket::WsSession;
 
 /// Most buffers handed to one write.
 pub(crate) const MAX_IOVECS: usize = 64;
@@ -76,6 +82,8 @@ pub(crate) struct Framed {
     /// The connection's TLS session, on a TLS listener (boxed: a plain connection pays
     /// one pointer for it).
     tls: Option<Box<TlsSession>>,
+    /// The connection's WebSocket session, on a WebSocket listener.
+    ws: Option<Box<WsSession>>,
     /// The server closes it: on TLS, a close_notify goes out once `out` is empty.
     close_notify_pending: bool,
     /// [`Framed::clear_output`] was called: nothing is ever written again.
@@ -113,12 +121,18 @@ impl Framed {
             unnoted: 0,
             noted_at: 0,
             tls: None,
+            ws: None,
             close_notify_pending: false,
             output_dead: false,
             refused: false,
             proxy: ProxyStage::Unexpected,
             address: None,
         }
+    }
+
+    /// It speaks WebSocket through `session` (inside TLS, if it has that too).
+    pub(crate) fn speak_websocket(&mut self, session: WsSession) {
+        self.ws = Some(Box::new(session));
     }
 
     /// Its first bytes must be a PROXY header (the connection is on a PROXY listener).
@@ -162,6 +176,17 @@ impl Framed {
     /// what is queued. A connection still in its handshake can never read a frame, so
     /// what is queued for it is dropped and only the alert goes.
     pub(crate) fn begin_close(&mut self) {
+        if let Some(ws) = self.ws.as_deref_mut() {
+            if ws.is_handshaking() {
+                self.out.clear();
+                self.out_bytes = 0;
+            } else if let Some(close) = ws.close_frame()
+                && !self.output_dead
+            {
+                self.out_bytes += close.len();
+                self.out.push_back(close);
+            }
+        }
         let Some(tls) = self.tls.as_deref() else {
             return;
         };
@@ -242,15 +267,28 @@ impl Framed {
         }
     }
 
-    /// [`Framed::ingest`] past the PROXY header: decrypts (on TLS) and decodes frames.
+    /// [`Framed::ingest`] past the PROXY header: decrypts (on TLS), unwraps WebSocket
+    /// messages (on a WebSocket listener) and decodes frames.
     fn ingest_stream(&mut self, data: &[u8], events: &mut Vec<TransportEvent>) {
         if data.is_empty() {
             return;
         }
-        match self.tls.as_deref_mut() {
-            None => self.read_buf.extend_from_slice(data),
+        // On WebSocket over TLS the plaintext goes through a buffer of its own first (not
+        // kept: an idle connection holds none).
+        let mut ws_plain = BytesMut::new();
+        let plain_into = if self.ws.is_some() {
+            &mut ws_plain
+        } else {
+            &mut self.read_buf
+        };
+        let plain: &[u8] = match self.tls.as_deref_mut() {
+            None if self.ws.is_some() => data,
+            None => {
+                plain_into.extend_from_slice(data);
+                &[]
+            }
             Some(tls) => {
-                if tls.decrypt(data, &mut self.read_buf).is_err() {
+                if tls.decrypt(data, plain_into).is_err() {
                     // The stream cannot be trusted past this point: nothing more is
                     // decoded, nothing queued is sent, only rustls's alert.
                     self.read_stopped = true;
@@ -260,6 +298,30 @@ impl Framed {
                     self.close_notify_pending = false;
                     return;
                 }
+                &ws_plain
+            }
+        };
+        if let Some(ws) = self.ws.as_deref_mut() {
+            let mut answers = Vec::new();
+            let read = ws.ingest(plain, &mut self.read_buf, &mut answers);
+            if read.failed.is_some() || read.closed {
+                // Nothing more is read; what was queued for it goes unsent, only the
+                // WebSocket answer (a close frame, an HTTP error).
+                self.read_stopped = true;
+                self.refused = true;
+                self.out.clear();
+                self.out_bytes = 0;
+            }
+            for answer in answers {
+                self.out_bytes += answer.len();
+                self.out.push_back(answer);
+            }
+            if read.pinged {
+                events.push(TransportEvent::Heartbeat { conn: self.id });
+            }
+            if self.read_stopped {
+                self.read_buf = BytesMut::new();
+                return;
             }
         }
         loop {
@@ -297,6 +359,17 @@ impl Framed {
             // Nothing is sent after a TLS failure but its alert, nor on a connection
             // whose output was dropped.
             return false;
+        }
+        if let Some(ws) = self.ws.as_deref_mut()
+            && !bytes.is_empty()
+        {
+            if ws.is_handshaking() {
+                // It cannot read a frame before its upgrade: dropped.
+                return false;
+            }
+            let header = ws.message_header(bytes.len());
+            self.out_bytes += header.len();
+            self.out.push_back(header);
         }
         if !bytes.is_empty() {
             self.out_bytes += bytes.len();

@@ -32,6 +32,11 @@
 //! connection's framed half ([`tls::TlsAcceptor`] given to the transport's config), so the
 //! AF_XDP and DPDK loops terminate TLS over their userspace TCP streams themselves.
 //!
+//! ## WebSocket
+//! [`websocket`]: a listener can speak WebSocket (RFC 6455, inside TLS too) for browsers:
+//! binary messages carry the frames; it runs in the framed half like TLS
+//! ([`websocket::WsAcceptor`] in the transport's config).
+//!
 //! ## Behind a load balancer
 //! [`proxy_header`]: a listener can expect a PROXY protocol header (v1 or v2) before each
 //! connection's stream, naming the real client; [`address_limit`] caps connections per
@@ -54,6 +59,7 @@ pub mod proxy_header;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tls;
+pub mod websocket;
 pub mod xdp;
 
 pub use address_limit::AddressLimiter;
@@ -61,3 +67,4 @@ pub use boundary::{Command, CoreIo, Threaded, Wake, spawn_threaded};
 pub use peer::PeerPolicy;
 pub use proxy_header::{ProxyFailure, ProxyStats};
 pub use tls::{TlsAcceptor, TlsFailure, TlsStats};
+pub use websocket::{WsAcceptor, WsFailure, WsStats};

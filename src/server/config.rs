@@ -189,6 +189,15 @@ pub struct ServeArgs {
     /// else a PROXY header is refused as forged [default: none].
     #[arg(long, value_name = "ADDR:PORT")]
     pub proxy_protocol: Vec<SocketAddr>,
+    /// A listen address (of --listen or `[tls] listen`) that speaks WebSocket (RFC 6455;
+    /// `wss://` on a TLS listener) for browsers; repeat for several [default: none].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub websocket: Vec<SocketAddr>,
+    /// An `Origin` WebSocket upgrades may come from, e.g. `https://chat.example.com`;
+    /// repeat for several. Requests without an `Origin` (not from a browser) are always
+    /// accepted [default: any origin].
+    #[arg(long, value_name = "ORIGIN")]
+    pub websocket_origin: Vec<String>,
     /// AF_XDP: the network interface whose queues Petrel takes (required with
     /// `--dataplane xdp`).
     #[arg(long, value_name = "IF")]
@@ -278,6 +287,8 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_connections_per_address: Option<u32>,
     proxy_protocol: Option<Vec<SocketAddr>>,
+    websocket: Option<Vec<SocketAddr>>,
+    websocket_origins: Option<Vec<String>>,
     iface: Option<String>,
     queues: Option<Vec<u32>>,
     xdp_mode: Option<XdpMode>,
@@ -349,6 +360,10 @@ pub struct ServeConfig {
     pub max_connections_per_address: Option<u32>,
     /// Listen addresses whose connections start with a PROXY protocol header.
     pub proxy_protocol: Vec<SocketAddr>,
+    /// Listen addresses that speak WebSocket.
+    pub websocket: Vec<SocketAddr>,
+    /// Origins WebSocket upgrades may come from (empty: any).
+    pub websocket_origins: Vec<String>,
     /// AF_XDP settings (used with `dataplane = "xdp"`; the userspace TCP ones with
     /// `dataplane = "dpdk"` too).
     pub xdp: XdpSettings,
@@ -604,6 +619,16 @@ impl ServeConfig {
             } else {
                 args.proxy_protocol.clone()
             },
+            websocket: if args.websocket.is_empty() {
+                file.websocket.unwrap_or_default()
+            } else {
+                args.websocket.clone()
+            },
+            websocket_origins: if args.websocket_origin.is_empty() {
+                file.websocket_origins.unwrap_or_default()
+            } else {
+                args.websocket_origin.clone()
+            },
             xdp,
             dpdk,
             key_file,
@@ -669,14 +694,28 @@ impl ServeConfig {
             bail!("max_connections must be at least 1");
         }
         let tls_listen = self.tls.as_ref().map(|t| &t.listen[..]).unwrap_or_default();
-        if let Some(stray) = self
-            .proxy_protocol
+        for (key, addrs) in [
+            ("proxy_protocol", &self.proxy_protocol),
+            ("websocket", &self.websocket),
+        ] {
+            if let Some(stray) = addrs
+                .iter()
+                .find(|a| !self.listen.contains(a) && !tls_listen.contains(a))
+            {
+                bail!(
+                    "{key} names {stray}, which is not a listen address (of `listen` or \
+                     `[tls] listen`): it is set per listener"
+                );
+            }
+        }
+        if let Some(origin) = self
+            .websocket_origins
             .iter()
-            .find(|a| !self.listen.contains(a) && !tls_listen.contains(a))
+            .find(|o| !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/'))
         {
             bail!(
-                "proxy_protocol names {stray}, which is not a listen address (of `listen` or \
-                 `[tls] listen`): PROXY headers are expected per listener"
+                "websocket_origins: {origin:?} is not an origin (scheme://host[:port], no path \
+                 or trailing slash, as browsers send it)"
             );
         }
         if self.sync_interval > Duration::from_micros(MAX_SYNC_INTERVAL_US) {
@@ -972,6 +1011,20 @@ shutdown_grace_ms = 1500
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a listen address"), "{e}");
+        let c = resolve(
+            "listen = [\"0.0.0.0:9500\", \"0.0.0.0:9580\"]\nwebsocket = [\"0.0.0.0:9580\"]\n\
+             websocket_origins = [\"https://chat.example.com\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.websocket, vec!["0.0.0.0:9580".parse().unwrap()]);
+        let e = resolve("websocket = [\"0.0.0.0:9581\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("websocket names"), "{e}");
+        let e = resolve("websocket_origins = [\"https://chat.example.com/\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an origin"), "{e}");
         let c = resolve("max_connections_per_address = 0\n").unwrap();
         assert_eq!(c.max_connections_per_address, None, "0 means no limit");
     }

@@ -132,6 +132,8 @@ pub struct Metrics {
     tls: Mutex<Option<super::tls::TlsMetrics>>,
     /// PROXY header counters and the per-address limit.
     peers: Mutex<Option<petrel_dataplane::PeerPolicy>>,
+    /// WebSocket counters, with a WebSocket listener.
+    websocket: Mutex<Option<Arc<petrel_dataplane::WsStats>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -156,6 +158,7 @@ impl Metrics {
             webhook: Mutex::new(None),
             tls: Mutex::new(None),
             peers: Mutex::new(None),
+            websocket: Mutex::new(None),
         })
     }
 
@@ -172,6 +175,11 @@ impl Metrics {
     /// Where the TLS counters come from (when the listeners speak TLS).
     pub fn set_tls(&self, tls: super::tls::TlsMetrics) {
         *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = Some(tls);
+    }
+
+    /// Exposes the WebSocket counters.
+    pub fn set_websocket(&self, stats: Arc<petrel_dataplane::WsStats>) {
+        *self.websocket.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
     }
 
     /// Exposes the PROXY header counters and the per-address limit's refusals.
@@ -796,6 +804,38 @@ impl Collector for Metrics {
                     (vec![("result", "ok")], tls.cert.reloads(true)),
                     (vec![("result", "failed")], tls.cert.reloads(false)),
                 ],
+            )?;
+        }
+
+        let websocket = self
+            .websocket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(ws) = websocket {
+            counter(
+                &mut e,
+                "petrel_websocket_upgrades",
+                "WebSocket upgrades completed.",
+                &[(vec![], ws.upgrades())],
+            )?;
+            counter(
+                &mut e,
+                "petrel_websocket_pings",
+                "WebSocket pings from clients (each answered, each a heartbeat).",
+                &[(vec![], ws.pings())],
+            )?;
+            counter(
+                &mut e,
+                "petrel_websocket_failures",
+                "WebSocket connections closed by the server, by reason: handshake (no or a \
+                 bad upgrade request: 400), origin (not on websocket_origins: 403), too_large \
+                 (a message over one largest frame: close 1009), protocol (a text message or \
+                 a protocol violation: close 1003 or 1002).",
+                &petrel_dataplane::WsFailure::ALL
+                    .iter()
+                    .map(|r| (vec![("reason", r.as_str())], ws.failures(*r)))
+                    .collect::<Vec<_>>(),
             )?;
         }
 

@@ -173,8 +173,20 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
             .map(petrel_dataplane::AddressLimiter::new),
         ..Default::default()
     };
-    let (transport, cores, cpus) =
-        Transport::start(&config, tls.as_ref().map(tls::TlsServer::acceptor), &peers)?;
+    // Every WebSocket message is at most one largest frame of the protocol.
+    let websocket = (!config.websocket.is_empty()).then(|| {
+        petrel_dataplane::WsAcceptor::new(
+            config.websocket_origins.clone(),
+            config.max_frame_body as usize + petrel_proto::header::HEADER_LEN,
+            Arc::default(),
+        )
+    });
+    let (transport, cores, cpus) = Transport::start(
+        &config,
+        tls.as_ref().map(tls::TlsServer::acceptor),
+        &peers,
+        websocket.as_ref(),
+    )?;
     let home_waker = cores
         .home_waker()
         .context("the dataplane started no core")?;
@@ -267,6 +279,9 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
                 metrics.set_tls(tls.metrics());
             }
             metrics.set_peers(peers.clone());
+            if let Some(ws) = &websocket {
+                metrics.set_websocket(ws.stats().clone());
+            }
             metrics.set_storage_source(Box::new(move || metrics::StorageSnapshot {
                 caches: engine_figures.writer_cache_stats().ok(),
                 dedup: engine_figures.recent_ids_stats().ok(),
@@ -345,13 +360,19 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         .listen
         .iter()
         .chain(config.tls.iter().flat_map(|t| &t.listen));
-    let proxied: Vec<bool> = configured
-        .map(|a| config.proxy_protocol.contains(a))
-        .collect();
+    let (proxied, websockets): (Vec<bool>, Vec<bool>) = configured
+        .map(|a| {
+            (
+                config.proxy_protocol.contains(a),
+                config.websocket.contains(a),
+            )
+        })
+        .unzip();
     for (i, addr) in local_addrs.iter().enumerate() {
         let tls = i >= tls_from;
         let proxy_protocol = proxied.get(i).copied().unwrap_or(false);
-        tracing::info!(%addr, tls, proxy_protocol, dataplane = transport.describe(), cores = cpus.len(), poll = ?config.poll, "listening");
+        let websocket = websockets.get(i).copied().unwrap_or(false);
+        tracing::info!(%addr, tls, proxy_protocol, websocket, dataplane = transport.describe(), cores = cpus.len(), poll = ?config.poll, "listening");
     }
     let list = |addrs: &mut dyn Iterator<Item = &SocketAddr>| {
         addrs
@@ -372,6 +393,14 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
             .filter(|(_, p)| **p)
             .map(|(a, _)| a);
         println!("petrel: PROXY protocol on {}", list(&mut addrs));
+    }
+    if websockets.contains(&true) {
+        let mut addrs = local_addrs
+            .iter()
+            .zip(&websockets)
+            .filter(|(_, w)| **w)
+            .map(|(a, _)| a);
+        println!("petrel: WebSocket on {}", list(&mut addrs));
     }
     println!(
         "petrel: serving on {} ({}, data in {})\n\

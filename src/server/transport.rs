@@ -13,7 +13,7 @@ use petrel_dataplane::xdp::filter::AttachMode;
 use petrel_dataplane::xdp::poller::XdpCore;
 use petrel_dataplane::xdp::tcp::ShardConfig;
 use petrel_dataplane::xdp::transport::{XdpConfig, XdpTransport};
-use petrel_dataplane::{CoreIo, PeerPolicy, TlsAcceptor, Wake};
+use petrel_dataplane::{CoreIo, PeerPolicy, TlsAcceptor, Wake, WsAcceptor};
 use petrel_proto::DecoderConfig;
 
 use super::config::{CONNECTIONS_PER_SHARD, DataplaneKind, ServeConfig, XdpMode};
@@ -76,6 +76,7 @@ impl Transport {
         config: &ServeConfig,
         tls: Option<&TlsAcceptor>,
         peers: &PeerPolicy,
+        websocket: Option<&WsAcceptor>,
     ) -> anyhow::Result<(Transport, Cores, Vec<Option<usize>>)> {
         let decoder = DecoderConfig {
             max_body_len: config.max_frame_body,
@@ -84,6 +85,7 @@ impl Transport {
         let peers = peers.clone();
         // The kernel-bypass dataplanes serve one address: it speaks PROXY or it does not.
         let proxy_protocol = !config.proxy_protocol.is_empty();
+        let websocket = websocket.cloned();
         match config.dataplane {
             DataplaneKind::Kernel => {
                 let cpus = kernel_cores(&config.cores);
@@ -101,6 +103,8 @@ impl Transport {
                         .unwrap_or_default(),
                     proxy_listen: config.proxy_protocol.clone(),
                     peers,
+                    websocket,
+                    ws_listen: config.websocket.clone(),
                     ..KernelConfig::default()
                 })
                 .context("cannot start the kernel-socket dataplane")?;
@@ -111,6 +115,7 @@ impl Transport {
                     tls,
                     proxy_protocol,
                     peers,
+                    websocket,
                     ..xdp_config(config, decoder)?
                 };
                 let addr = SocketAddr::from((xdp.addr, xdp.port));
@@ -132,6 +137,7 @@ impl Transport {
                     tls,
                     proxy_protocol,
                     peers,
+                    websocket,
                     ..dpdk_config(config, decoder)?
                 };
                 let addr = SocketAddr::from((dpdk.addr, dpdk.port));

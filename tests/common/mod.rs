@@ -8,6 +8,7 @@ pub mod lab;
 pub mod media;
 pub mod metrics;
 pub mod server;
+pub mod ws;
 
 pub use client::TestClient;
 pub use server::{Dataplane, TestServer};

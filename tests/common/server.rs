@@ -59,6 +59,8 @@ pub struct TestServer {
     pub addrs: Vec<SocketAddr>,
     /// The listeners that expect a PROXY protocol header, as printed.
     pub proxy_addrs: Vec<SocketAddr>,
+    /// The listeners that speak WebSocket, as printed.
+    pub ws_addrs: Vec<SocketAddr>,
     /// The metrics endpoint, when the config set `metrics_addr` (in the root namespace).
     pub metrics: Option<SocketAddr>,
     /// The media service, when the config has a `[media]` table with an `addr`.
@@ -235,6 +237,7 @@ impl TestServer {
         let mut api = None;
         let mut tls_addrs = Vec::new();
         let mut proxy_addrs = Vec::new();
+        let mut ws_addrs = Vec::new();
         let parse_list = |list: &str| -> Vec<SocketAddr> {
             list.split(", ")
                 .map(|a| a.parse().expect("listener address"))
@@ -262,6 +265,9 @@ impl TestServer {
             if let Some(rest) = line.strip_prefix("petrel: PROXY protocol on ") {
                 proxy_addrs = parse_list(rest);
             }
+            if let Some(rest) = line.strip_prefix("petrel: WebSocket on ") {
+                ws_addrs = parse_list(rest);
+            }
             if let Some(rest) = line.strip_prefix("petrel: serving on ") {
                 let list = rest.split(" (").next().expect("addresses");
                 break parse_list(list);
@@ -276,6 +282,7 @@ impl TestServer {
             tls_addrs,
             addrs,
             proxy_addrs,
+            ws_addrs,
             metrics,
             media,
             api,

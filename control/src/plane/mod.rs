@@ -291,6 +291,11 @@ impl Control {
                 self.actions.push_back(Action::NoteCongestion { conn });
             }
             Event::Drained { conn } => self.on_drained(conn),
+            Event::Heartbeat { conn } => {
+                if let Some(c) = self.registry.get_mut(conn) {
+                    c.last_activity = now;
+                }
+            }
             Event::Closed { conn } => {
                 if self.forget(conn) {
                     self.counters.connections_closed += 1;

@@ -514,6 +514,7 @@ mod tests {
             tls: None,
             proxy_protocol: false,
             peers: crate::PeerPolicy::default(),
+            websocket: None,
         };
         let queues = vec![Queue {
             device: BurstDevice::new(queue),

@@ -64,6 +64,8 @@ pub struct DpdkConfig {
     pub proxy_protocol: bool,
     /// PROXY header counters and the per-address connection limit.
     pub peers: crate::PeerPolicy,
+    /// The port speaks WebSocket with this acceptor (inside TLS, with `tls` too).
+    pub websocket: Option<crate::WsAcceptor>,
 }
 
 impl DpdkConfig {
@@ -90,6 +92,7 @@ impl DpdkConfig {
             tls: None,
             proxy_protocol: false,
             peers: crate::PeerPolicy::default(),
+            websocket: None,
         }
     }
 
@@ -131,6 +134,7 @@ impl DpdkConfig {
             tls: self.tls.clone(),
             proxy_protocol: self.proxy_protocol,
             peers: self.peers.clone(),
+            websocket: self.websocket.clone(),
         }
     }
 }

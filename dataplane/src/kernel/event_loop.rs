@@ -22,6 +22,7 @@ use crate::boundary::{CoreIo, Wake};
 use crate::framed::Framed;
 use crate::peer::{PeerPolicy, Verdict};
 use crate::tls::TlsAcceptor;
+use crate::websocket::WsAcceptor;
 
 const WAKER: Token = Token(usize::MAX);
 /// Listener `i` uses token `LISTENER_BASE - i`; connections use their slab key.
@@ -50,6 +51,10 @@ pub(super) struct CoreSettings {
     pub(super) proxy_listeners: Vec<bool>,
     /// PROXY header counters and the per-address limit.
     pub(super) peers: PeerPolicy,
+    /// WebSocket on the listeners `ws_listeners` marks.
+    pub(super) websocket: Option<WsAcceptor>,
+    /// Per listener: whether it speaks WebSocket.
+    pub(super) ws_listeners: Vec<bool>,
 }
 
 /// One core's kernel sockets. See the module docs.
@@ -204,6 +209,15 @@ impl KernelCore {
             };
             if proxied {
                 framed.expect_proxy_header();
+            }
+            if let Some(ws) = self.settings.websocket.as_ref().filter(|_| {
+                self.settings
+                    .ws_listeners
+                    .get(listener_index)
+                    .copied()
+                    .unwrap_or(false)
+            }) {
+                framed.speak_websocket(ws.session());
             }
             if let Some(address) = address {
                 framed.hold_address(address);

@@ -61,6 +61,11 @@ pub struct KernelConfig {
     pub proxy_listen: Vec<SocketAddr>,
     /// PROXY header counters and the per-address connection limit.
     pub peers: crate::PeerPolicy,
+    /// WebSocket with this acceptor on the `ws_listen` addresses.
+    pub websocket: Option<crate::WsAcceptor>,
+    /// Listen addresses (of `listen` or `tls_listen`) that speak WebSocket (inside TLS
+    /// on a TLS one).
+    pub ws_listen: Vec<SocketAddr>,
 }
 
 impl Default for KernelConfig {
@@ -76,6 +81,8 @@ impl Default for KernelConfig {
             tls_listen: Vec::new(),
             proxy_listen: Vec::new(),
             peers: crate::PeerPolicy::default(),
+            websocket: None,
+            ws_listen: Vec::new(),
         }
     }
 }
@@ -115,6 +122,19 @@ pub fn bind(config: &KernelConfig) -> io::Result<(Vec<KernelCore>, Vec<SocketAdd
             format!("PROXY protocol address {stray} is not one of the listen addresses"),
         ));
     }
+    if !config.ws_listen.is_empty() && config.websocket.is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "WebSocket listen addresses need a WebSocket acceptor",
+        ));
+    }
+    if let Some(stray) = config.ws_listen.iter().find(|a| !addrs.contains(a)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("WebSocket address {stray} is not one of the listen addresses"),
+        ));
+    }
+    let ws_listeners: Vec<bool> = addrs.iter().map(|a| config.ws_listen.contains(a)).collect();
     let proxy_listeners: Vec<bool> = addrs
         .iter()
         .map(|a| config.proxy_listen.contains(a))
@@ -139,6 +159,8 @@ pub fn bind(config: &KernelConfig) -> io::Result<(Vec<KernelCore>, Vec<SocketAdd
                 tls_from,
                 proxy_listeners: proxy_listeners.clone(),
                 peers: config.peers.clone(),
+                websocket: config.websocket.clone(),
+                ws_listeners: ws_listeners.clone(),
             })
         })
         .collect::<io::Result<Vec<_>>>()?;

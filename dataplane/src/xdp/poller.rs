@@ -52,6 +52,7 @@ use crate::peer::{PeerPolicy, Verdict};
 use crate::sys::event::{EventFd, WAIT_ANY_MAX, wait, wait_any};
 use crate::sys::xsk::Xsk;
 use crate::tls::TlsAcceptor;
+use crate::websocket::WsAcceptor;
 
 /// Frames taken off the rx ring per batch.
 const RX_BATCH: u32 = 64;
@@ -132,6 +133,8 @@ pub(crate) struct CoreSettings {
     pub(crate) proxy_protocol: bool,
     /// PROXY header counters and the per-address limit.
     pub(crate) peers: PeerPolicy,
+    /// The port speaks WebSocket with this acceptor.
+    pub(crate) websocket: Option<WsAcceptor>,
 }
 
 /// The poller of one core's device queues (AF_XDP sockets unless `D` says otherwise).
@@ -150,6 +153,7 @@ pub struct XdpCore<D: Device = Xsk> {
     tls: Option<TlsAcceptor>,
     proxy_protocol: bool,
     peers: PeerPolicy,
+    websocket: Option<WsAcceptor>,
     shards: ShardSet,
     neighbours: NeighbourTable,
     conns: Slab<Conn>,
@@ -214,6 +218,7 @@ impl<D: Device> XdpCore<D> {
             tls: config.tls.clone(),
             proxy_protocol: config.proxy_protocol,
             peers: config.peers.clone(),
+            websocket: config.websocket.clone(),
             shards: ShardSet::new(
                 ShardSetConfig {
                     shards,
@@ -439,6 +444,9 @@ impl<D: Device> XdpCore<D> {
                 };
                 if self.proxy_protocol {
                     framed.expect_proxy_header();
+                }
+                if let Some(ws) = &self.websocket {
+                    framed.speak_websocket(ws.session());
                 }
                 if let Some(address) = address {
                     framed.hold_address(address);

@@ -60,6 +60,8 @@ pub struct XdpConfig {
     pub proxy_protocol: bool,
     /// PROXY header counters and the per-address connection limit.
     pub peers: crate::PeerPolicy,
+    /// The port speaks WebSocket with this acceptor (inside TLS, with `tls` too).
+    pub websocket: Option<crate::WsAcceptor>,
     /// AF_XDP socket settings.
     pub xsk: XskConfig,
 }
@@ -88,6 +90,7 @@ impl XdpConfig {
             tls: None,
             proxy_protocol: false,
             peers: crate::PeerPolicy::default(),
+            websocket: None,
             xsk: XskConfig::default(),
         }
     }
@@ -109,6 +112,7 @@ impl XdpConfig {
             tls: self.tls.clone(),
             proxy_protocol: self.proxy_protocol,
             peers: self.peers.clone(),
+            websocket: self.websocket.clone(),
         }
     }
 }
