@@ -33,12 +33,17 @@ impl Server {
 
     /// A server on `listen` with its data (and token key, if already written) in `dir`.
     fn start_in(dir: tempfile::TempDir, listen: &str) -> Server {
+        Server::start_with(dir, listen, "")
+    }
+
+    /// [`Server::start_in`] with `extra` lines in its config.
+    fn start_with(dir: tempfile::TempDir, listen: &str, extra: &str) -> Server {
         let config = dir.path().join("petrel.toml");
         std::fs::write(
             &config,
             format!(
                 "data_dir = {:?}\nlisten = [\"{listen}\"]\nlog_level = \"warn\"\n\
-                 max_connections = 15000\nrate_limit_per_second = 0\n",
+                 max_connections = 15000\nrate_limit_per_second = 0\n{extra}",
                 dir.path().display().to_string()
             ),
         )
@@ -251,6 +256,40 @@ fn chat1v1_open_loop() {
     assert_consistent(&r, 20, 1);
     // The open-loop schedule sends exactly rate × time (2 s at 400/s).
     assert_eq!(u(&r, "counts.sent"), 800);
+}
+
+#[test]
+fn chat1v1_over_websocket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with(dir, "127.0.0.1:0", "websocket = [\"127.0.0.1:0\"]\n");
+    let r = server.bench(&["chat1v1", "--pairs", "10", "--rate", "400", "--ws"]);
+    assert_consistent(&r, 20, 1);
+    assert_eq!(u(&r, "counts.sent"), 800);
+    // A plain client on the WebSocket port is refused at its upgrade, not served.
+    let output = Command::new(env!("CARGO_BIN_EXE_petrel"))
+        .args([
+            "bench",
+            "connect",
+            "-n",
+            "1",
+            "--json",
+            "--quiet",
+            "--duration",
+            "0.5",
+        ])
+        .args(["--connect-retries", "0", "--server"])
+        .arg(server.addr.to_string())
+        .arg("--key-file")
+        .arg(&server.key_file)
+        .output()
+        .expect("run petrel bench");
+    assert!(
+        !output.status.success()
+            || report(output)
+                .get("counts")
+                .is_some_and(|c| c["logged_in"] == 0),
+        "a plain client logged in on a WebSocket port"
+    );
 }
 
 #[test]

@@ -168,6 +168,10 @@ pub struct BenchArgs {
     /// --tls: the name the server's certificate must carry.
     #[arg(long, default_value = "localhost", value_name = "NAME")]
     pub tls_server_name: String,
+    /// Speak WebSocket to the server (a `websocket` listener; inside TLS with --tls):
+    /// every write is one binary message.
+    #[arg(long)]
+    pub ws: bool,
     /// --client-mode xdp: userspace TCP receive and transmit buffer per connection, bytes.
     #[arg(long, default_value_t = 4096, value_name = "BYTES")]
     pub xdp_tcp_buffer: usize,
@@ -318,6 +322,9 @@ pub struct BenchConfig {
     /// `--tls`: the trusted certificates' file and the server name.
     #[serde(default)]
     pub tls: Option<TlsSetup>,
+    /// `--ws`: WebSocket over the connections.
+    #[serde(default)]
+    pub ws: bool,
 }
 
 /// What `--tls` asked for (each worker process builds its rustls config from it).
@@ -478,6 +485,9 @@ impl BenchConfig {
                 })
             }
         };
+        if args.ws && args.protocol != WireProtocol::Petrel {
+            bail!("--ws is for Petrel's protocol only");
+        }
         let source_ips = parse_source_ips(&args.source_ips)?;
         if let Some(setup) = &xdp
             && let Some(outside) = source_ips.iter().find(|ip| !setup.contains(**ip))
@@ -516,6 +526,7 @@ impl BenchConfig {
             xdp,
             protocol: args.protocol,
             tls,
+            ws: args.ws,
         };
         if let Some(setup) = &config.xdp {
             let needed = XdpClientSetup::sources_needed(config.plan().connections());

@@ -21,8 +21,8 @@ use super::io::{Io, KernelIo};
 use super::plan::{Plan, Role, Shard};
 use super::schedule::{HeartbeatWheel, OpenLoop};
 use super::stats::{Counts, Stats};
-use super::tls_io;
 use super::xdp_io::XdpIo;
+use super::{tls_io, ws_io};
 
 /// Connections per source address when the bench picks loopback sources itself (the
 /// ephemeral port range holds ~28,000 ports per source and destination).
@@ -117,6 +117,7 @@ pub fn run_shard(job: &ShardJob, ctl: &mut dyn ShardControl) -> anyhow::Result<S
         Some(setup) => Io::Xdp(Box::new(XdpIo::start(setup, job.server, specs.len())?)),
     };
     let io = tls_io::wrap(io, config.tls.as_ref())?;
+    let io = ws_io::wrap(io, config.ws, &job.server.to_string());
     let mut engine = Engine::new(io, protocol, &specs, &config.payload, clock)?;
     engine.set_retry(config.connect_retry);
 
@@ -501,6 +502,7 @@ mod tests {
             xdp: None,
             protocol: WireProtocol::Petrel,
             tls: None,
+            ws: false,
         }
     }
 

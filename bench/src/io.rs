@@ -14,6 +14,7 @@ use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::tls_io::TlsIo;
+use super::ws_io::WsIo;
 use super::xdp_io::XdpIo;
 
 /// A connection that may have changed.
@@ -46,6 +47,8 @@ pub enum Io {
     Xdp(Box<XdpIo>),
     /// TLS over one of the others (`--tls`).
     Tls(Box<TlsIo>),
+    /// WebSocket over one of the others (`--ws`).
+    Ws(Box<WsIo>),
 }
 
 impl Io {
@@ -55,6 +58,7 @@ impl Io {
             Io::Kernel(k) => k.open(i, source),
             Io::Xdp(x) => x.open(i, source),
             Io::Tls(t) => t.open(i, source),
+            Io::Ws(w) => w.open(i, source),
         }
     }
 
@@ -64,6 +68,7 @@ impl Io {
             Io::Kernel(k) => k.handshake(i),
             Io::Xdp(x) => x.handshake(i),
             Io::Tls(t) => t.handshake(i),
+            Io::Ws(w) => w.handshake(i),
         }
     }
 
@@ -74,6 +79,7 @@ impl Io {
             Io::Kernel(k) => k.read(i, buf),
             Io::Xdp(x) => x.read(i, buf),
             Io::Tls(t) => t.read(i, buf),
+            Io::Ws(w) => w.read(i, buf),
         }
     }
 
@@ -83,6 +89,7 @@ impl Io {
             Io::Kernel(k) => k.write(i, buf),
             Io::Xdp(x) => x.write(i, buf),
             Io::Tls(t) => t.write(i, buf),
+            Io::Ws(w) => w.write(i, buf),
         }
     }
 
@@ -92,6 +99,7 @@ impl Io {
             Io::Kernel(k) => k.close(i),
             Io::Xdp(x) => x.close(i),
             Io::Tls(t) => t.close(i),
+            Io::Ws(w) => w.close(i),
         }
     }
 
@@ -107,6 +115,7 @@ impl Io {
             Io::Kernel(k) => k.poll(timeout, ready),
             Io::Xdp(x) => x.poll(timeout, ready),
             Io::Tls(t) => t.poll(timeout, ready),
+            Io::Ws(w) => w.poll(timeout, ready),
         }
     }
 }

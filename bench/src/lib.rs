@@ -35,6 +35,7 @@ mod stats;
 mod svg;
 mod tls_io;
 mod workers;
+mod ws_io;
 mod xdp_io;
 
 use std::io::IsTerminal;
@@ -339,6 +340,7 @@ fn create_account(
         source: driver::source_for(config, server, 0),
     };
     let io = tls_io::wrap(Io::Kernel(KernelIo::new(server, 1)?), config.tls.as_ref())?;
+    let io = ws_io::wrap(io, config.ws, &server.to_string());
     let mut engine = Engine::new(
         io,
         Protocol::Petrel(keyring.clone()),
