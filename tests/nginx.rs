@@ -8,7 +8,9 @@
 //! could carry at most 100 connections. nginx carries 240 plain clients to Petrel through
 //! the four ports, all logged in at once — impossible through one. The clients bind
 //! 40 distinct loopback source addresses, and Petrel counts 40 client addresses although
-//! every TCP connection it accepts comes from nginx: it sees the real clients.
+//! every TCP connection it accepts comes from nginx: it sees the real clients. Two
+//! browsers' WebSockets (one over TLS ended by nginx) go through nginx's http server,
+//! which names them in `X-Forwarded-For`.
 //!
 //! Needs root (a network namespace) and nginx with its stream module
 //! (`scripts/setup.sh` installs `nginx` and `libnginx-mod-stream`).
@@ -24,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::client::{single, text_of};
+use common::ws::WsClient;
 use common::{TestClient, TestServer};
 use petrel_dataplane::sys::netns::NetNs;
 
@@ -205,12 +208,17 @@ fn nginx_spreads_proxied_clients_over_petrel_ports_past_one_port_pairs_limit() {
     std::fs::write(&key, generated.key_pair.serialize_pem()).expect("write key");
 
     let server = TestServer::start(&petrel_config(&cert, &key));
-    assert_eq!(server.addrs.len(), 8, "four plain and four TLS ports");
+    assert_eq!(
+        server.addrs.len(),
+        12,
+        "four plain, four WebSocket and four TLS ports"
+    );
     assert_eq!(
         server.proxy_addrs.len(),
         8,
-        "every one expects PROXY headers"
+        "the stream ports expect PROXY headers"
     );
+    assert_eq!(server.ws_addrs.len(), 4);
 
     // The shipped nginx config, its certificate paths pointed at the test's.
     let shipped = std::fs::read_to_string(repo_file("scripts/deploy/nginx/nginx.conf"))
@@ -251,11 +259,8 @@ fn nginx_spreads_proxied_clients_over_petrel_ports_past_one_port_pairs_limit() {
         1001,
         "tls",
     );
-    let mut ended_by_petrel = TestClient::connect_tls(passed_through, tls, NAME).log_in(
-        &server.token(1002, "tls"),
-        1002,
-        "tls",
-    );
+    let mut ended_by_petrel = TestClient::connect_tls(passed_through, Arc::clone(&tls), NAME)
+        .log_in(&server.token(1002, "tls"), 1002, "tls");
     assert_eq!(
         ended_by_petrel
             .tls
@@ -264,6 +269,31 @@ fn nginx_spreads_proxied_clients_over_petrel_ports_past_one_port_pairs_limit() {
         Some(b"petrel".to_vec()),
         "Petrel itself answered the passed-through handshake"
     );
+
+    // WebSocket through nginx's http server, plain (from a source address of its own) and
+    // with TLS ended at nginx (wss://).
+    let ws_source =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    ws_source
+        .bind(&SocketAddr::from(([127, 0, 2, 1], 31_000)).into())
+        .expect("bind");
+    ws_source
+        .connect(&SocketAddr::from(([127, 0, 0, 1], 9580)).into())
+        .expect("connect to nginx's http port");
+    let mut browser = WsClient::over_tcp(ws_source.into(), "/ws")
+        .expect("upgrade through nginx")
+        .log_in(&server.token(1003, "web"), 1003, "web");
+    // Browsers offer ALPN http/1.1.
+    let mut web_tls = (*tls).clone();
+    web_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut secure_browser = WsClient::connect_tls(
+        SocketAddr::from(([127, 0, 0, 1], 9581)),
+        Arc::new(web_tls),
+        NAME,
+        "/ws",
+    )
+    .expect("wss upgrade through nginx")
+    .log_in(&server.token(1004, "web"), 1004, "web");
 
     let (first, rest) = clients.split_at_mut(1);
     chat(
@@ -279,20 +309,34 @@ fn nginx_spreads_proxied_clients_over_petrel_ports_past_one_port_pairs_limit() {
         "passed-through TLS to plain",
     );
 
-    let all = PLAIN_CLIENTS + 2;
+    browser.send_text(1, 900_001, "from a browser");
+    assert_eq!(text_of(&first[0].push()), "from a browser");
+    browser.send_text(1004, 900_002, "ws to wss");
+    assert_eq!(text_of(&secure_browser.push()), "ws to wss");
+
+    let all = PLAIN_CLIENTS + 2 + 2;
     let s = server.scrape_until("every connection counted", |s| {
         s.sum("petrel_connections", "") == all as f64
     });
     // nginx's `proxy_protocol on` writes v1 headers (one more for the start-up probe's
     // connection, if nginx reached Petrel before the probe hung up).
     let headers = s.sum("petrel_proxy_headers_total", "result=\"v1\"");
-    assert!((all..=all + 1).contains(&(headers as usize)), "{headers}");
+    assert!(
+        (all - 2..=all - 1).contains(&(headers as usize)),
+        "{headers}"
+    );
+    // nginx's http module set X-Forwarded-For on the two upgrades.
+    assert_eq!(
+        s.sum("petrel_proxy_headers_total", "result=\"forwarded\""),
+        2.0
+    );
     assert_eq!(s.sum("petrel_proxy_failures_total", ""), 0.0);
-    // The plain clients' 40 source addresses, and 127.0.0.1 for the two TLS clients:
-    // what the PROXY headers named. Every TCP peer Petrel accepted was nginx.
+    // The plain clients' 40 source addresses, 127.0.0.1 for the TLS clients and the
+    // secure browser, 127.0.2.1 for the other browser: what the PROXY headers and
+    // X-Forwarded-For named. Every TCP peer Petrel accepted was nginx.
     assert_eq!(
         s.sum("petrel_client_addresses", ""),
-        (SOURCE_ADDRESSES + 1) as f64,
+        (SOURCE_ADDRESSES + 2) as f64,
         "nginx log:\n{}",
         nginx.log()
     );

@@ -183,8 +183,10 @@ fn without_proxy_protocol_a_header_is_forged_and_the_tcp_peer_is_limited(dp: Dat
         behind_balancer(server.addr, &v2_header(Some(client_at(9)))),
         "a forged v2 header",
     );
-    server.scrape_until("both forgeries counted", |s| {
+    // Counted, and closed: their places in the limit are free again.
+    server.scrape_until("both forgeries counted and closed", |s| {
         s.sum("petrel_proxy_failures_total", "reason=\"unexpected\"") == 2.0
+            && s.sum("petrel_connections_closed_total", "") == 2.0
     });
 
     // The limit counts the TCP peer here: two connections, and the third is refused at

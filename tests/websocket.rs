@@ -169,14 +169,19 @@ fn tcp_websocket_and_websocket_over_tls_side_by_side() {
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(generated.cert.der().clone()).expect("trust");
-    let tls = petrel_sdk::TlsConfig::with_roots(roots)
+    // Offering ALPN http/1.1 as browsers do (the server adds it to its list when it has
+    // WebSocket listeners).
+    let mut tls = (*petrel_sdk::TlsConfig::with_roots(roots)
         .expect("TLS config")
-        .config;
+        .config)
+        .clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = std::sync::Arc::new(tls);
     let mut tcp = TestClient::login(tcp_addr, &server.token(1, "desk"), 1, "desk");
     let mut ws = WsClient::connect(ws_addr, Some(ORIGIN))
         .expect("upgrade")
         .log_in(&server.token(2, "web"), 2, "web");
-    let mut wss = WsClient::connect_tls(wss_addr, tls, "petrel.test")
+    let mut wss = WsClient::connect_tls(wss_addr, tls, "petrel.test", "/")
         .expect("TLS upgrade")
         .log_in(&server.token(3, "secure"), 3, "secure");
 

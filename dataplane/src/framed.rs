@@ -220,18 +220,12 @@ impl Framed {
             return None;
         }
         match std::mem::replace(&mut self.proxy, ProxyStage::Settled) {
-            ProxyStage::Settled => {
-                self.ingest_stream(data, events);
-                None
-            }
+            ProxyStage::Settled => self.ingest_stream(data, events),
             ProxyStage::Unexpected if proxy_header::starts_like_header(data) => {
                 self.refuse();
                 Some(ProxyOutcome::Failed(ProxyFailure::Unexpected))
             }
-            ProxyStage::Unexpected => {
-                self.ingest_stream(data, events);
-                None
-            }
+            ProxyStage::Unexpected => self.ingest_stream(data, events),
             ProxyStage::Expecting(mut pending) => {
                 let parsed = if pending.is_empty() {
                     proxy_header::parse(data)
@@ -255,6 +249,7 @@ impl Framed {
                         Some(outcome)
                     }
                     Parsed::Done { consumed, outcome } => {
+                        // (A listener is never both PROXY and behind an HTTP proxy.)
                         if pending.is_empty() {
                             self.ingest_stream(&data[consumed..], events);
                         } else {
@@ -268,10 +263,15 @@ impl Framed {
     }
 
     /// [`Framed::ingest`] past the PROXY header: decrypts (on TLS), unwraps WebSocket
-    /// messages (on a WebSocket listener) and decodes frames.
-    fn ingest_stream(&mut self, data: &[u8], events: &mut Vec<TransportEvent>) {
+    /// messages (on a WebSocket listener) and decodes frames. Returns the client an
+    /// upgrade's `X-Forwarded-For` named (behind an HTTP proxy).
+    fn ingest_stream(
+        &mut self,
+        data: &[u8],
+        events: &mut Vec<TransportEvent>,
+    ) -> Option<ProxyOutcome> {
         if data.is_empty() {
-            return;
+            return None;
         }
         // On WebSocket over TLS the plaintext goes through a buffer of its own first (not
         // kept: an idle connection holds none).
@@ -296,14 +296,18 @@ impl Framed {
                     self.out.clear();
                     self.out_bytes = 0;
                     self.close_notify_pending = false;
-                    return;
+                    return None;
                 }
                 &ws_plain
             }
         };
+        let mut forwarded = None;
         if let Some(ws) = self.ws.as_deref_mut() {
             let mut answers = Vec::new();
             let read = ws.ingest(plain, &mut self.read_buf, &mut answers);
+            forwarded = read.forwarded_for.map(|ip| ProxyOutcome::Forwarded {
+                source: std::net::SocketAddr::new(ip, 0),
+            });
             if read.failed.is_some() || read.closed {
                 // Nothing more is read; what was queued for it goes unsent, only the
                 // WebSocket answer (a close frame, an HTTP error).
@@ -321,7 +325,7 @@ impl Framed {
             }
             if self.read_stopped {
                 self.read_buf = BytesMut::new();
-                return;
+                return forwarded;
             }
         }
         loop {
@@ -340,7 +344,7 @@ impl Framed {
                     if fatal {
                         self.read_stopped = true;
                         self.read_buf = BytesMut::new();
-                        return;
+                        return forwarded;
                     }
                 }
             }
@@ -350,6 +354,7 @@ impl Framed {
             // headline number.
             self.read_buf = BytesMut::new();
         }
+        forwarded
     }
 
     /// Queues `bytes` (whole frames) after what is queued. Returns whether the queue is

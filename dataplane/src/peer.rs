@@ -57,6 +57,10 @@ impl PeerPolicy {
                 tracing::debug!(%conn, client = %source, %via, version, "PROXY header");
                 self.admit(source)
             }
+            ProxyOutcome::Forwarded { source } => {
+                tracing::debug!(%conn, client = %source.ip(), %via, "X-Forwarded-For");
+                self.admit(source)
+            }
             // The balancer's own check: not a client, not limited.
             ProxyOutcome::Local { version } => {
                 tracing::debug!(%conn, %via, version, "PROXY header without a client address");

@@ -40,6 +40,12 @@ pub enum ProxyOutcome {
         /// The real client's address and port.
         source: SocketAddr,
     },
+    /// An HTTP proxy's `X-Forwarded-For` on a WebSocket upgrade named the client
+    /// ([`crate::websocket`], behind a proxy; the port is 0: the header has none).
+    Forwarded {
+        /// The real client's address.
+        source: SocketAddr,
+    },
     /// A header without a client address (a `LOCAL` command: the balancer's own health
     /// check, or an unknown or non-IP address family): the TCP peer's address stands.
     Local {
@@ -88,6 +94,7 @@ impl ProxyFailure {
 #[derive(Debug, Default)]
 pub struct ProxyStats {
     by_version: [AtomicU64; 2],
+    forwarded: AtomicU64,
     local: AtomicU64,
     failures: [AtomicU64; 4],
 }
@@ -97,6 +104,11 @@ impl ProxyStats {
     pub fn proxied(&self, version: u8) -> u64 {
         let index = usize::from(version.clamp(1, 2) - 1);
         self.by_version[index].load(Ordering::Relaxed)
+    }
+
+    /// WebSocket upgrades whose `X-Forwarded-For` named the client.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
     }
 
     /// Headers without a client address (`LOCAL`, `UNKNOWN`).
@@ -115,6 +127,7 @@ impl ProxyStats {
             ProxyOutcome::Proxied { version, .. } => {
                 &self.by_version[usize::from(version.clamp(1, 2) - 1)]
             }
+            ProxyOutcome::Forwarded { .. } => &self.forwarded,
             ProxyOutcome::Local { .. } => &self.local,
             ProxyOutcome::Failed(reason) => &self.failures[reason as usize],
         };

@@ -22,11 +22,17 @@
 //! the session alive like a protocol `Ping` (browsers cannot send WebSocket pings; their
 //! clients send protocol `Ping` frames, which work as everywhere).
 //!
+//! **Behind an HTTP proxy** (nginx's `http` module cannot write PROXY headers) an acceptor
+//! built [`WsAcceptor::behind_proxy`] takes the client's address from the upgrade's
+//! `X-Forwarded-For` (its last entry: the address the proxy itself saw) and refuses an
+//! upgrade without one (`400`): such a listener is reachable only through the proxy.
+//!
 //! **Failures** — not a WebSocket upgrade, a refused origin, a text message, a message
 //! too large, a protocol violation — close the connection after the answer tungstenite
 //! gives (an HTTP error, a close frame), and are counted in [`WsStats`].
 
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -51,6 +57,7 @@ pub struct WsAcceptor {
     origins: Arc<[String]>,
     max_message: usize,
     stats: Arc<WsStats>,
+    forwarded_for: bool,
 }
 
 impl WsAcceptor {
@@ -63,6 +70,16 @@ impl WsAcceptor {
             origins: origins.into(),
             max_message,
             stats,
+            forwarded_for: false,
+        }
+    }
+
+    /// The same, for listeners behind an HTTP proxy: every upgrade must carry
+    /// `X-Forwarded-For`, whose last entry is taken as the client's address.
+    pub fn behind_proxy(self) -> WsAcceptor {
+        WsAcceptor {
+            forwarded_for: true,
+            ..self
         }
     }
 
@@ -170,22 +187,53 @@ impl Write for MemIo {
 }
 
 /// Checks the upgrade request's `Origin` against the allow-list.
-struct OriginCheck(Arc<[String]>);
+/// Checks the upgrade request's `Origin` against the allow-list and, behind a proxy,
+/// reads the client's address from `X-Forwarded-For` into `client`.
+struct UpgradeCheck<'a> {
+    origins: Arc<[String]>,
+    client: Option<&'a mut Option<IpAddr>>,
+}
 
-impl Callback for OriginCheck {
+impl Callback for UpgradeCheck<'_> {
     fn on_request(self, request: &Request, response: Response) -> Result<Response, ErrorResponse> {
+        let refusal = |status, why: &str| {
+            let mut refusal = ErrorResponse::new(Some(format!("{why}\n")));
+            *refusal.status_mut() = status;
+            refusal
+        };
         let origin = request
             .headers()
             .get("origin")
             .map(|o| o.to_str().unwrap_or(""));
-        match origin {
-            Some(origin) if !self.0.is_empty() && !self.0.iter().any(|o| o == origin) => {
-                let mut refusal = ErrorResponse::new(Some("origin not allowed\n".into()));
-                *refusal.status_mut() = tungstenite::http::StatusCode::FORBIDDEN;
-                Err(refusal)
-            }
-            _ => Ok(response),
+        if let Some(origin) = origin
+            && !self.origins.is_empty()
+            && !self.origins.iter().any(|o| o == origin)
+        {
+            return Err(refusal(
+                tungstenite::http::StatusCode::FORBIDDEN,
+                "origin not allowed",
+            ));
         }
+        if let Some(client) = self.client {
+            let last = request
+                .headers()
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .next_back()
+                .and_then(|ip| ip.trim().parse::<IpAddr>().ok());
+            match last {
+                Some(ip) => *client = Some(ip),
+                None => {
+                    return Err(refusal(
+                        tungstenite::http::StatusCode::BAD_REQUEST,
+                        "X-Forwarded-For required: this listener is behind a proxy",
+                    ));
+                }
+            }
+        }
+        Ok(response)
     }
 }
 
@@ -207,6 +255,8 @@ pub(crate) struct WsRead {
     pub(crate) closed: bool,
     /// The connection failed for this reason (its answer is in the output).
     pub(crate) failed: Option<WsFailure>,
+    /// Behind a proxy: the client the upgrade's `X-Forwarded-For` named.
+    pub(crate) forwarded_for: Option<IpAddr>,
 }
 
 /// One connection's WebSocket state. See the module docs.
@@ -238,7 +288,7 @@ impl WsSession {
             State::Open(ws) => ws.get_mut().input.extend_from_slice(data),
             State::Request(request) => {
                 request.extend_from_slice(data);
-                match self.upgrade(output) {
+                match self.upgrade(output, &mut read.forwarded_for) {
                     Ok(true) => {}
                     Ok(false) => return read,
                     Err(reason) => {
@@ -303,7 +353,11 @@ impl WsSession {
 
     /// Runs the upgrade once its request is complete (`Ok(true)`: open, with what came
     /// after the request in its input; `Ok(false)`: the request is incomplete).
-    fn upgrade(&mut self, output: &mut Vec<Bytes>) -> Result<bool, WsFailure> {
+    fn upgrade(
+        &mut self,
+        output: &mut Vec<Bytes>,
+        client: &mut Option<IpAddr>,
+    ) -> Result<bool, WsFailure> {
         let State::Request(request) = &mut self.state else {
             return Ok(false);
         };
@@ -330,9 +384,13 @@ impl WsSession {
             .write_buffer_size(0)
             .max_message_size(Some(self.acceptor.max_message))
             .max_frame_size(Some(self.acceptor.max_message));
-        let handshake =
-            ServerHandshake::start(io, OriginCheck(self.acceptor.origins.clone()), Some(config));
-        match handshake.handshake() {
+        let check = UpgradeCheck {
+            origins: self.acceptor.origins.clone(),
+            client: self.acceptor.forwarded_for.then_some(client),
+        };
+        let handshake = ServerHandshake::start(io, check, Some(config));
+        let result = handshake.handshake();
+        match result {
             Ok(mut ws) => {
                 let io = ws.get_mut();
                 output.push(Bytes::from(std::mem::take(&mut io.output)));
@@ -343,17 +401,21 @@ impl WsSession {
             }
             // The whole request was there, and MemIo's writes never block.
             Err(HandshakeError::Interrupted(_)) => Err(WsFailure::Handshake),
-            Err(HandshakeError::Failure(tungstenite::Error::Http(response)))
-                if response.status() == tungstenite::http::StatusCode::FORBIDDEN =>
-            {
+            Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                // tungstenite wrote the answer into the stream it kept; write it again.
+                let status = response.status();
                 let mut answer = format!(
-                    "HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     response.body().as_ref().map_or(0, Vec::len)
                 )
                 .into_bytes();
                 answer.extend(response.body().iter().flatten());
                 output.push(Bytes::from(answer));
-                Err(WsFailure::Origin)
+                Err(if status == tungstenite::http::StatusCode::FORBIDDEN {
+                    WsFailure::Origin
+                } else {
+                    WsFailure::Handshake
+                })
             }
             Err(HandshakeError::Failure(_)) => Err(WsFailure::Handshake),
         }
@@ -361,7 +423,7 @@ impl WsSession {
 
     /// Fails the upgrade for `reason`: a plain `400` unless an answer is out already.
     fn fail(&mut self, reason: WsFailure, output: &mut Vec<Bytes>) -> WsFailure {
-        if reason == WsFailure::Handshake {
+        if reason == WsFailure::Handshake && output.is_empty() {
             output.push(Bytes::from_static(
                 b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             ));
@@ -547,6 +609,35 @@ mod tests {
         assert_eq!(&output.concat()[2..4], &[0x03, 0xf1], "close 1009");
         let stats = &s.acceptor.stats;
         assert_eq!(stats.failures(WsFailure::TooLarge), 1);
+    }
+
+    #[test]
+    fn behind_a_proxy_the_last_forwarded_address_is_the_client_and_it_is_required() {
+        let proxied = || acceptor(&[]).behind_proxy().session();
+        let (mut frames, mut output) = (BytesMut::new(), Vec::new());
+        let request = format!("{UPGRADE}X-Forwarded-For: 10.9.9.9, 198.51.100.7\r\n\r\n");
+        let read = proxied().ingest(request.as_bytes(), &mut frames, &mut output);
+        assert_eq!(read.failed, None);
+        assert_eq!(read.forwarded_for, Some("198.51.100.7".parse().unwrap()));
+        output.clear();
+        let read = proxied().ingest(
+            format!("{UPGRADE}\r\n").as_bytes(),
+            &mut frames,
+            &mut output,
+        );
+        assert_eq!(read.failed, Some(WsFailure::Handshake));
+        let answer = text(&output);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert_eq!(
+            answer.matches("HTTP/1.1").count(),
+            1,
+            "one answer: {answer}"
+        );
+        // Not behind a proxy: the header means nothing.
+        let read = acceptor(&[])
+            .session()
+            .ingest(request.as_bytes(), &mut frames, &mut output);
+        assert_eq!((read.failed, read.forwarded_for), (None, None));
     }
 
     #[test]

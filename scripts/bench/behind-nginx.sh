@@ -63,7 +63,7 @@ make_test_cert "$data"
 # expect no PROXY header, a temporary data directory and the test certificate; the
 # per-address limit is off (every bench connection comes from 127.0.0.1).
 sed -e "s#^data_dir = .*#data_dir = \"$data\"#" \
-    -e 's#^listen = \["127.0.0.1:9501",#listen = ["127.0.0.1:9630", "127.0.0.1:9501",#' \
+    -e 's#^listen = \[$#listen = ["127.0.0.1:9630",#' \
     -e 's#^listen = \["127.0.0.1:9511",#listen = ["127.0.0.1:9631", "127.0.0.1:9511",#' \
     -e "s#/etc/petrel/tls/fullchain.pem#$data/tls.crt#; s#/etc/petrel/tls/privkey.pem#$data/tls.key#" \
     -e 's#^max_connections_per_address = .*#max_connections_per_address = 0#' \

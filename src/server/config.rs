@@ -198,6 +198,11 @@ pub struct ServeArgs {
     /// accepted [default: any origin].
     #[arg(long, value_name = "ORIGIN")]
     pub websocket_origin: Vec<String>,
+    /// The WebSocket listeners are behind an HTTP proxy (nginx's `http` module): each
+    /// upgrade must carry `X-Forwarded-For`, whose last entry is the client's address for
+    /// logs, metrics and the per-address limit [default: off].
+    #[arg(long)]
+    pub websocket_forwarded_for: bool,
     /// AF_XDP: the network interface whose queues Petrel takes (required with
     /// `--dataplane xdp`).
     #[arg(long, value_name = "IF")]
@@ -289,6 +294,7 @@ struct FileConfig {
     proxy_protocol: Option<Vec<SocketAddr>>,
     websocket: Option<Vec<SocketAddr>>,
     websocket_origins: Option<Vec<String>>,
+    websocket_forwarded_for: Option<bool>,
     iface: Option<String>,
     queues: Option<Vec<u32>>,
     xdp_mode: Option<XdpMode>,
@@ -364,6 +370,8 @@ pub struct ServeConfig {
     pub websocket: Vec<SocketAddr>,
     /// Origins WebSocket upgrades may come from (empty: any).
     pub websocket_origins: Vec<String>,
+    /// The WebSocket listeners are behind an HTTP proxy that sets `X-Forwarded-For`.
+    pub websocket_forwarded_for: bool,
     /// AF_XDP settings (used with `dataplane = "xdp"`; the userspace TCP ones with
     /// `dataplane = "dpdk"` too).
     pub xdp: XdpSettings,
@@ -574,7 +582,7 @@ impl ServeConfig {
             device: args.dpdk_device.clone().or(file.dpdk_device),
             mbufs_per_queue: file.dpdk_mbufs_per_queue.unwrap_or(8191),
         };
-        let config = ServeConfig {
+        let mut config = ServeConfig {
             data_dir,
             listen,
             dataplane: args
@@ -629,6 +637,8 @@ impl ServeConfig {
             } else {
                 args.websocket_origin.clone()
             },
+            websocket_forwarded_for: args.websocket_forwarded_for
+                || file.websocket_forwarded_for.unwrap_or(false),
             xdp,
             dpdk,
             key_file,
@@ -671,6 +681,14 @@ impl ServeConfig {
             webhook,
             tls,
         };
+        // Browsers offer ALPN `http/1.1` for wss://; a TLS listener that speaks WebSocket
+        // must accept it.
+        if let Some(tls) = &mut config.tls
+            && !config.websocket.is_empty()
+            && !tls.alpn.iter().any(|p| p == "http/1.1")
+        {
+            tls.alpn.push("http/1.1".to_owned());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -705,6 +723,21 @@ impl ServeConfig {
                 bail!(
                     "{key} names {stray}, which is not a listen address (of `listen` or \
                      `[tls] listen`): it is set per listener"
+                );
+            }
+        }
+        if self.websocket_forwarded_for {
+            if self.websocket.is_empty() {
+                bail!("websocket_forwarded_for needs WebSocket listeners (`websocket`)");
+            }
+            if let Some(both) = self
+                .websocket
+                .iter()
+                .find(|a| self.proxy_protocol.contains(a))
+            {
+                bail!(
+                    "{both} is in proxy_protocol and its WebSocket is behind an HTTP proxy \
+                     (websocket_forwarded_for): a listener gets its client address one way"
                 );
             }
         }

@@ -845,11 +845,13 @@ impl Collector for Metrics {
             counter(
                 &mut e,
                 "petrel_proxy_headers",
-                "PROXY protocol headers read, by result: v1 or v2 (named a client), local \
-                 (no client address: the balancer's own check).",
+                "PROXY protocol headers read, by result: v1 or v2 (named a client), \
+                 forwarded (a WebSocket upgrade's X-Forwarded-For named it, behind an HTTP \
+                 proxy), local (no client address: the balancer's own check).",
                 &[
                     (vec![("result", "v1")], stats.proxied(1)),
                     (vec![("result", "v2")], stats.proxied(2)),
+                    (vec![("result", "forwarded")], stats.forwarded()),
                     (vec![("result", "local")], stats.local()),
                 ],
             )?;

@@ -181,6 +181,13 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
             Arc::default(),
         )
     });
+    let websocket = websocket.map(|ws| {
+        if config.websocket_forwarded_for {
+            ws.behind_proxy()
+        } else {
+            ws
+        }
+    });
     let (transport, cores, cpus) = Transport::start(
         &config,
         tls.as_ref().map(tls::TlsServer::acceptor),

@@ -66,9 +66,9 @@ pub struct WsClient {
     pub user: u64,
 }
 
-/// The upgrade request for `host`, with `origin` if given.
-fn request(host: &str, origin: Option<&str>) -> Request<()> {
-    let mut builder = Request::get(format!("ws://{host}/"))
+/// The upgrade request for `path` on `host`, with `origin` if given.
+fn request(host: &str, path: &str, origin: Option<&str>) -> Request<()> {
+    let mut builder = Request::get(format!("ws://{host}{path}"))
         .header("Host", host)
         .header("Connection", "Upgrade")
         .header("Upgrade", "websocket")
@@ -85,15 +85,23 @@ impl WsClient {
     pub fn connect(addr: SocketAddr, origin: Option<&str>) -> Result<WsClient, tungstenite::Error> {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_nodelay(true).expect("nodelay");
-        WsClient::over(Wire::Plain(stream), &addr.to_string(), origin)
+        WsClient::over(Wire::Plain(stream), &addr.to_string(), "/", origin)
     }
 
-    /// Upgrades a TLS connection to `addr` (`wss://`), trusting `config`'s roots for
-    /// `server_name`.
+    /// Upgrades `stream` (already connected) with a request for `path`.
+    pub fn over_tcp(stream: TcpStream, path: &str) -> Result<WsClient, tungstenite::Error> {
+        stream.set_nodelay(true).expect("nodelay");
+        let host = stream.peer_addr().expect("peer").to_string();
+        WsClient::over(Wire::Plain(stream), &host, path, None)
+    }
+
+    /// Upgrades a TLS connection to `addr` (`wss://`) with a request for `path`, trusting
+    /// `config`'s roots for `server_name`.
     pub fn connect_tls(
         addr: SocketAddr,
         config: Arc<rustls::ClientConfig>,
         server_name: &str,
+        path: &str,
     ) -> Result<WsClient, tungstenite::Error> {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_nodelay(true).expect("nodelay");
@@ -101,15 +109,20 @@ impl WsClient {
             rustls::pki_types::ServerName::try_from(server_name.to_owned()).expect("server name");
         let conn = rustls::ClientConnection::new(config, name).expect("TLS client");
         let wire = Wire::Tls(Box::new(rustls::StreamOwned::new(conn, stream)));
-        WsClient::over(wire, server_name, None)
+        WsClient::over(wire, server_name, path, None)
     }
 
-    fn over(wire: Wire, host: &str, origin: Option<&str>) -> Result<WsClient, tungstenite::Error> {
+    fn over(
+        wire: Wire,
+        host: &str,
+        path: &str,
+        origin: Option<&str>,
+    ) -> Result<WsClient, tungstenite::Error> {
         wire.tcp()
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
         let (ws, _response) =
-            tungstenite::client(request(host, origin), wire).map_err(|e| match e {
+            tungstenite::client(request(host, path, origin), wire).map_err(|e| match e {
                 tungstenite::HandshakeError::Failure(e) => e,
                 tungstenite::HandshakeError::Interrupted(_) => {
                     tungstenite::Error::Io(std::io::ErrorKind::WouldBlock.into())
