@@ -276,7 +276,10 @@ fn decode(conn: &mut Conn) -> io::Result<Option<Vec<u8>>> {
             return Ok(pong);
         };
         let start = cursor.position() as usize;
-        let end = start + len as usize;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| start.checked_add(len))
+            .ok_or_else(|| invalid("a message length past memory"))?;
         if conn.raw.len() < end {
             return Ok(pong);
         }

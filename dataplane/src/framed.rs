@@ -88,8 +88,9 @@ pub(crate) struct Framed {
     close_notify_pending: bool,
     /// [`Framed::clear_output`] was called: nothing is ever written again.
     output_dead: bool,
-    /// Refused before its first frame (a PROXY header that failed or was not expected):
-    /// the transport closes it without writing anything.
+    /// Refused or ended by a stream layer (a PROXY header that failed or was not
+    /// expected, a WebSocket failure or close): the transport closes it once what is
+    /// queued (a WebSocket answer, a TLS close_notify) is written; nothing more is read.
     refused: bool,
     /// Where its first bytes stand with respect to a PROXY header.
     proxy: ProxyStage,
@@ -308,13 +309,15 @@ impl Framed {
             forwarded = read.forwarded_for.map(|ip| ProxyOutcome::Forwarded {
                 source: std::net::SocketAddr::new(ip, 0),
             });
-            if read.failed.is_some() || read.closed {
-                // Nothing more is read; what was queued for it goes unsent, only the
-                // WebSocket answer (a close frame, an HTTP error).
-                self.read_stopped = true;
+            let ended = read.failed.is_some() || read.closed;
+            if ended {
+                // What is queued goes out whole (a message cut short would garble the
+                // close frame behind it), then the WebSocket answer, then (on TLS) a
+                // close_notify; nothing new is queued.
                 self.refused = true;
-                self.out.clear();
-                self.out_bytes = 0;
+                if let Some(tls) = self.tls.as_deref() {
+                    self.close_notify_pending = !tls.failed();
+                }
             }
             for answer in answers {
                 self.out_bytes += answer.len();
@@ -323,11 +326,21 @@ impl Framed {
             if read.pinged {
                 events.push(TransportEvent::Heartbeat { conn: self.id });
             }
-            if self.read_stopped {
+            if ended {
+                // The messages before the close still count.
+                self.decode_frames(events);
+                self.read_stopped = true;
                 self.read_buf = BytesMut::new();
                 return forwarded;
             }
         }
+        self.decode_frames(events);
+        forwarded
+    }
+
+    /// Decodes every whole frame in the read buffer into `events`; after a fatal error,
+    /// stops reading.
+    fn decode_frames(&mut self, events: &mut Vec<TransportEvent>) {
         loop {
             match self.decoder.decode(&mut self.read_buf) {
                 Ok(Some(frame)) => events.push(TransportEvent::Frame {
@@ -344,7 +357,7 @@ impl Framed {
                     if fatal {
                         self.read_stopped = true;
                         self.read_buf = BytesMut::new();
-                        return forwarded;
+                        return;
                     }
                 }
             }
@@ -354,7 +367,6 @@ impl Framed {
             // headline number.
             self.read_buf = BytesMut::new();
         }
-        forwarded
     }
 
     /// Queues `bytes` (whole frames) after what is queued. Returns whether the queue is
@@ -636,6 +648,65 @@ mod tests {
         let mut g = Framed::new(ConnId::new(0, 2), DecoderConfig::default());
         assert_eq!(g.ingest(&ping(7), &mut events), None);
         assert_eq!(frame_ids(&events), vec![7]);
+    }
+
+    /// A client's masked WebSocket frame.
+    fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [9, 8, 7, 6];
+        let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        frame.extend(mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    #[test]
+    fn a_websocket_message_sent_right_before_a_close_still_counts_and_output_stays_whole() {
+        let acceptor =
+            crate::websocket::WsAcceptor::new(Vec::new(), 1024, std::sync::Arc::default());
+        let mut f = Framed::new(ConnId::new(0, 1), DecoderConfig::default());
+        f.speak_websocket(acceptor.session());
+        let mut events = Vec::new();
+        f.ingest(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            &mut events,
+        );
+        // A frame queued for it, half written when the client closes.
+        f.queue(Bytes::from(ping(7)), 1 << 20);
+        let mut sink = Vec::new();
+        let mut budget = 129 + 5; // the 101 answer, and a few bytes of the message
+        f.write_out(true, |slices| {
+            let mut n = 0;
+            for s in slices {
+                let k = s.len().min(budget - n);
+                sink.extend_from_slice(&s[..k]);
+                n += k;
+                if n == budget {
+                    break;
+                }
+            }
+            budget -= n;
+            Ok(n)
+        })
+        .unwrap();
+        let mut wire = ws_frame(0x2, &ping(1));
+        wire.extend(ws_frame(0x8, &[0x03, 0xe8]));
+        f.ingest(&wire, &mut events);
+        assert_eq!(frame_ids(&events), vec![1], "the message before the close");
+        assert!(f.refused() && f.read_stopped());
+        // The rest of the half-written message goes out, then the close frame.
+        f.write_out(false, |slices| {
+            let n: usize = slices.iter().map(|s| s.len()).sum();
+            for s in slices {
+                sink.extend_from_slice(s);
+            }
+            Ok(n)
+        })
+        .unwrap();
+        let message = [&[0x82, 16][..], &ping(7)[..]].concat();
+        let at = sink.windows(message.len()).position(|w| w == message);
+        assert!(at.is_some(), "the message went out whole");
+        assert_eq!(sink[at.unwrap() + message.len()], 0x88, "then the close frame");
     }
 
     #[test]

@@ -86,6 +86,12 @@ impl WsAcceptor {
         }
     }
 
+    /// Whether its listeners are behind an HTTP proxy ([`WsAcceptor::behind_proxy`]): the
+    /// client is known only once the upgrade is read.
+    pub fn is_behind_proxy(&self) -> bool {
+        self.forwarded_for
+    }
+
     /// The counters of every connection it accepted.
     pub fn stats(&self) -> &Arc<WsStats> {
         &self.stats
@@ -290,8 +296,10 @@ impl WsSession {
             State::Done => return read,
             State::Open(ws) => ws.get_mut().input.extend_from_slice(data),
             State::Request(request) => {
+                // The blank line may straddle the previous read: search from 3 back.
+                let from = request.len().saturating_sub(3);
                 request.extend_from_slice(data);
-                match self.upgrade(output, &mut read.forwarded_for) {
+                match self.upgrade(output, &mut read.forwarded_for, from) {
                     Ok(true) => {}
                     Ok(false) => return read,
                     Err(reason) => {
@@ -360,6 +368,7 @@ impl WsSession {
         &mut self,
         output: &mut Vec<Bytes>,
         client: &mut Option<IpAddr>,
+        search_from: usize,
     ) -> Result<bool, WsFailure> {
         let State::Request(request) = &mut self.state else {
             return Ok(false);
@@ -367,7 +376,11 @@ impl WsSession {
         if !b"GET ".starts_with(&request[..request.len().min(4)]) {
             return Err(WsFailure::Handshake);
         }
-        let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+        let Some(end) = request[search_from..]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|at| search_from + at)
+        else {
             return if request.len() > MAX_REQUEST_BYTES {
                 Err(WsFailure::Handshake)
             } else {

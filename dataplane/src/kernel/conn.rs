@@ -106,8 +106,12 @@ impl Connection {
                 Err(e) => return ReadOutcome::Failed(e),
             };
             budget -= n;
-            if let Some(outcome) = self.framed.ingest(&scratch[..n], events) {
-                self.settle(outcome, peers);
+            let before = events.len();
+            if let Some(outcome) = self.framed.ingest(&scratch[..n], events)
+                && !self.settle(outcome, peers)
+            {
+                // Nothing it sent counts: not even what came with its header.
+                events.truncate(before);
             }
         }
         if self.framed.refused() {
@@ -119,8 +123,8 @@ impl Connection {
     }
 
     /// Its PROXY header (or a header where none was expected) was read: counts it and
-    /// applies the per-address limit to the client it names.
-    fn settle(&mut self, outcome: ProxyOutcome, peers: &PeerPolicy) {
+    /// applies the per-address limit to the client it names. Returns whether it stays.
+    fn settle(&mut self, outcome: ProxyOutcome, peers: &PeerPolicy) -> bool {
         let via = self
             .stream
             .peer_addr()
@@ -128,8 +132,12 @@ impl Connection {
         match peers.settle(self.framed.id(), via, outcome) {
             Verdict::Admit(Some(slot)) => self.framed.hold_address(slot),
             Verdict::Admit(None) => {}
-            Verdict::Refuse => self.framed.refuse(),
+            Verdict::Refuse => {
+                self.framed.refuse();
+                return false;
+            }
         }
+        true
     }
 
     /// Whether anything waits to be written (frames, or TLS handshake records and

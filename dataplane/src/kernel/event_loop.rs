@@ -177,9 +177,23 @@ impl KernelCore {
                 .get(listener_index)
                 .copied()
                 .unwrap_or(false);
-            // Behind a PROXY listener the client is known once its header is read;
-            // otherwise it is the TCP peer, limited now.
-            let address = if proxied {
+            let ws_listener = self
+                .settings
+                .ws_listeners
+                .get(listener_index)
+                .copied()
+                .unwrap_or(false);
+            // Behind a PROXY listener (or an HTTP proxy, for WebSocket) the client is
+            // known once its header or upgrade is read; otherwise it is the TCP peer,
+            // limited now.
+            let deferred = proxied
+                || (ws_listener
+                    && self
+                        .settings
+                        .websocket
+                        .as_ref()
+                        .is_some_and(WsAcceptor::is_behind_proxy));
+            let address = if deferred {
                 None
             } else {
                 match self.settings.peers.admit(peer) {
@@ -210,13 +224,7 @@ impl KernelCore {
             if proxied {
                 framed.expect_proxy_header();
             }
-            if let Some(ws) = self.settings.websocket.as_ref().filter(|_| {
-                self.settings
-                    .ws_listeners
-                    .get(listener_index)
-                    .copied()
-                    .unwrap_or(false)
-            }) {
+            if let Some(ws) = self.settings.websocket.as_ref().filter(|_| ws_listener) {
                 framed.speak_websocket(ws.session());
             }
             if let Some(address) = address {

@@ -406,7 +406,12 @@ impl<D: Device> XdpCore<D> {
                 };
                 // Behind a PROXY port the client is known once its header is read;
                 // otherwise it is the TCP peer, limited now.
-                let address = match self.proxy_protocol {
+                let deferred = self.proxy_protocol
+                    || self
+                        .websocket
+                        .as_ref()
+                        .is_some_and(WsAcceptor::is_behind_proxy);
+                let address = match deferred {
                     true => Verdict::Admit(None),
                     false => match self.peer_of(shard, handle) {
                         Some(peer) => self.peers.admit(peer),
@@ -514,12 +519,17 @@ impl<D: Device> XdpCore<D> {
                 Ok(n) => n,
             };
             progressed = true;
+            let before = events.len();
             if let Some(outcome) = conn.framed.ingest(&self.scratch[..n], events) {
                 let via = endpoint_addr(socket.remote_endpoint());
                 match self.peers.settle(conn.framed.id(), via, outcome) {
                     Verdict::Admit(Some(slot)) => conn.framed.hold_address(slot),
                     Verdict::Admit(None) => {}
-                    Verdict::Refuse => conn.framed.refuse(),
+                    Verdict::Refuse => {
+                        // Nothing it sent counts: not even what came with its header.
+                        events.truncate(before);
+                        conn.framed.refuse();
+                    }
                 }
             }
         }
