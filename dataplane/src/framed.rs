@@ -706,7 +706,11 @@ mod tests {
         let message = [&[0x82, 16][..], &ping(7)[..]].concat();
         let at = sink.windows(message.len()).position(|w| w == message);
         assert!(at.is_some(), "the message went out whole");
-        assert_eq!(sink[at.unwrap() + message.len()], 0x88, "then the close frame");
+        assert_eq!(
+            sink[at.unwrap() + message.len()],
+            0x88,
+            "then the close frame"
+        );
     }
 
     #[test]

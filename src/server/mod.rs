@@ -393,21 +393,15 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
             list(&mut local_addrs[tls_from..].iter())
         );
     }
-    if proxied.contains(&true) {
-        let mut addrs = local_addrs
-            .iter()
-            .zip(&proxied)
-            .filter(|(_, p)| **p)
-            .map(|(a, _)| a);
-        println!("petrel: PROXY protocol on {}", list(&mut addrs));
-    }
-    if websockets.contains(&true) {
-        let mut addrs = local_addrs
-            .iter()
-            .zip(&websockets)
-            .filter(|(_, w)| **w)
-            .map(|(a, _)| a);
-        println!("petrel: WebSocket on {}", list(&mut addrs));
+    for (what, marks) in [("PROXY protocol", &proxied), ("WebSocket", &websockets)] {
+        if marks.contains(&true) {
+            let mut addrs = local_addrs
+                .iter()
+                .zip(marks)
+                .filter(|(_, marked)| **marked)
+                .map(|(a, _)| a);
+            println!("petrel: {what} on {}", list(&mut addrs));
+        }
     }
     println!(
         "petrel: serving on {} ({}, data in {})\n\

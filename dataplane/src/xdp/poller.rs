@@ -420,17 +420,13 @@ impl<D: Device> XdpCore<D> {
                 };
                 let entry = self.conns.vacant_entry();
                 let slot = u32::try_from(entry.key());
-                let Verdict::Admit(address) = address else {
-                    if let Some(socket) = self
-                        .shards
-                        .shard_mut(shard)
-                        .and_then(|s| s.connection_mut(handle))
-                    {
-                        socket.abort();
-                    }
-                    continue;
+                let address = match address {
+                    Verdict::Admit(address) => Some(address),
+                    Verdict::Refuse => None,
                 };
-                if self.shutdown_started.is_some() || slot.is_err() || tls.is_err() {
+                let refused = address.is_none();
+                let address = address.flatten();
+                if refused || self.shutdown_started.is_some() || slot.is_err() || tls.is_err() {
                     if let Some(socket) = self
                         .shards
                         .shard_mut(shard)
