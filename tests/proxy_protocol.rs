@@ -13,18 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::client::{single, text_of};
-use common::lab;
 use common::{Dataplane, TestClient, TestServer};
 use petrel_proto::pb;
-
-/// The listen address a server on `dp` is configured with (port 0: any, on loopback).
-fn served_addr(dp: Dataplane) -> SocketAddr {
-    match dp {
-        Dataplane::Kernel => SocketAddr::from(([127, 0, 0, 1], 0)),
-        Dataplane::Xdp => SocketAddr::from((lab::HOST_ADDR, lab::PORT)),
-        Dataplane::Dpdk => SocketAddr::from((lab::DPDK_LAB.host_addr, lab::PORT)),
-    }
-}
 
 /// A v1 header naming `client` (IPv4) as the source.
 fn v1_header(client: SocketAddr) -> Vec<u8> {
@@ -87,7 +77,7 @@ fn closed_without_a_word(mut client: TestClient, what: &str) {
 }
 
 fn clients_behind_a_balancer_are_known_by_their_real_address(dp: Dataplane) {
-    let addr = served_addr(dp);
+    let addr = dp.listen_addr();
     let server = TestServer::start_on(
         dp,
         &format!(

@@ -10,26 +10,16 @@
 #[macro_use]
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::client::{single, text_of};
-use common::lab;
 use common::ws::WsClient;
 use common::{Dataplane, TestClient, TestServer};
 use petrel_proto::pb;
 use tungstenite::Message;
 
 const ORIGIN: &str = "https://chat.petrel.test";
-
-fn served_addr(dp: Dataplane) -> SocketAddr {
-    match dp {
-        Dataplane::Kernel => SocketAddr::from(([127, 0, 0, 1], 0)),
-        Dataplane::Xdp => SocketAddr::from((lab::HOST_ADDR, lab::PORT)),
-        Dataplane::Dpdk => SocketAddr::from((lab::DPDK_LAB.host_addr, lab::PORT)),
-    }
-}
 
 fn next_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -53,7 +43,7 @@ fn close_code(client: &mut WsClient) -> Option<u16> {
 }
 
 fn websocket_clients_chat_and_bad_input_is_answered_and_counted(dp: Dataplane) {
-    let addr = served_addr(dp);
+    let addr = dp.listen_addr();
     let server = TestServer::start_on(
         dp,
         &format!(

@@ -27,6 +27,17 @@ pub enum Dataplane {
 }
 
 impl Dataplane {
+    /// The listen address a [`TestServer`] on this dataplane is configured with: port 0
+    /// on loopback for kernel sockets, the lab's host address for the others (what a
+    /// test names in per-listener settings such as `proxy_protocol` or `websocket`).
+    pub fn listen_addr(self) -> SocketAddr {
+        match self {
+            Dataplane::Kernel => SocketAddr::from(([127, 0, 0, 1], 0)),
+            Dataplane::Xdp => SocketAddr::from((lab::HOST_ADDR, lab::PORT)),
+            Dataplane::Dpdk => SocketAddr::from((lab::DPDK_LAB.host_addr, lab::PORT)),
+        }
+    }
+
     /// Fails the test, saying why, unless this machine can run the dataplane (xdp needs
     /// root). The tests that need it are `#[ignore]`d, so a run without root lists them
     /// as skipped; a run that asks for them (scripts/test.sh as root, and always in CI)
