@@ -120,6 +120,74 @@ impl Io {
     }
 }
 
+/// What a layer over a transport ([`TlsIo`], [`WsIo`]) must do at every poll: retry the
+/// connections whose bytes the transport did not take, and report writable the ones
+/// that became able to write without an event from the socket (a handshake or upgrade
+/// finished).
+#[derive(Default)]
+pub(crate) struct LayerWakes {
+    /// Connections with bytes left to hand down, each listed once (`listed`).
+    unsent: Vec<usize>,
+    listed: Vec<bool>,
+    /// Connections to report writable at the next poll.
+    wake_writable: Vec<usize>,
+}
+
+impl LayerWakes {
+    /// Connection `i` has bytes the transport did not take: retried at the next poll.
+    pub(crate) fn mark_unsent(&mut self, i: usize) {
+        if self.listed.len() <= i {
+            self.listed.resize(i + 1, false);
+        }
+        if !self.listed[i] {
+            self.listed[i] = true;
+            self.unsent.push(i);
+        }
+    }
+
+    /// Connection `i` can write now, though its socket reports nothing new.
+    pub(crate) fn wake_writable(&mut self, i: usize) {
+        self.wake_writable.push(i);
+    }
+
+    /// The layer's poll over `inner`: `send(inner, self, i)` hands connection `i`'s
+    /// pending bytes down (calling [`LayerWakes::mark_unsent`] for what is left), for the
+    /// connections left over and those the socket reports writable; the wait is zero
+    /// while connections are to be woken, and they are reported writable after the
+    /// transport's own events.
+    pub(crate) fn poll(
+        &mut self,
+        inner: &mut Io,
+        timeout: Option<Duration>,
+        ready: &mut Vec<Ready>,
+        mut send: impl FnMut(&mut Io, &mut LayerWakes, usize),
+    ) -> anyhow::Result<()> {
+        let mut unsent = std::mem::take(&mut self.unsent);
+        for &i in &unsent {
+            self.listed[i] = false;
+            send(inner, self, i);
+        }
+        unsent.clear();
+        unsent.append(&mut self.unsent);
+        self.unsent = unsent;
+        let timeout = if self.wake_writable.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
+        inner.poll(timeout, ready)?;
+        for r in ready.iter().filter(|r| r.writable) {
+            send(inner, self, r.conn);
+        }
+        ready.extend(self.wake_writable.drain(..).map(|conn| Ready {
+            conn,
+            readable: false,
+            writable: true,
+        }));
+        Ok(())
+    }
+}
+
 /// Kernel TCP sockets on one epoll instance (mio), one per connection.
 pub struct KernelIo {
     poll: Poll,

@@ -20,7 +20,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection};
 
 use super::config::TlsSetup;
-use super::io::{Handshake, Io, Ready};
+use super::io::{Handshake, Io, LayerWakes, Ready};
 
 /// Ciphertext read from the socket per call: small enough that what it decrypts to
 /// stays far below rustls's 16 KiB limit of undelivered plaintext (`read` hands out
@@ -80,12 +80,9 @@ pub struct TlsIo {
     inner: Io,
     client: TlsClient,
     sessions: Vec<Option<ClientConnection>>,
-    /// Connections whose session holds ciphertext the socket did not take, and a flag
-    /// per connection saying it is listed.
-    unsent: Vec<usize>,
-    listed: Vec<bool>,
-    /// Connections whose handshake just ended, reported writable at the next poll.
-    wake_writable: Vec<usize>,
+    /// Connections with ciphertext the socket did not take, and those whose handshake
+    /// just ended.
+    wakes: LayerWakes,
     ciphertext: Vec<u8>,
 }
 
@@ -96,9 +93,7 @@ impl TlsIo {
             inner,
             client,
             sessions: Vec::new(),
-            unsent: Vec::new(),
-            listed: Vec::new(),
-            wake_writable: Vec::new(),
+            wakes: LayerWakes::default(),
             ciphertext: vec![0; CIPHERTEXT_CHUNK],
         }
     }
@@ -106,7 +101,6 @@ impl TlsIo {
     pub(crate) fn open(&mut self, i: usize, source: Option<IpAddr>) -> anyhow::Result<()> {
         if self.sessions.len() <= i {
             self.sessions.resize_with(i + 1, || None);
-            self.listed.resize(i + 1, false);
         }
         let session = ClientConnection::new(self.client.config.clone(), self.client.name.clone())
             .context("TLS client session")?;
@@ -159,7 +153,7 @@ impl TlsIo {
             if was_handshaking && !session.is_handshaking() {
                 // What the engine could not write while rustls held its pre-handshake
                 // bytes can go now, though the socket reports no new room.
-                self.wake_writable.push(i);
+                self.wakes.wake_writable(i);
             }
             // Handshake messages, or what the engine wrote before the handshake ended.
             self.send_ciphertext(i)?;
@@ -194,65 +188,49 @@ impl TlsIo {
         timeout: Option<Duration>,
         ready: &mut Vec<Ready>,
     ) -> anyhow::Result<()> {
-        let mut unsent = std::mem::take(&mut self.unsent);
-        for &i in &unsent {
-            self.listed[i] = false;
-            // Errors surface at the connection's next read or write.
-            let _ = self.send_ciphertext(i);
-        }
-        unsent.clear();
-        unsent.append(&mut self.unsent);
-        self.unsent = unsent;
-        // Connections with ciphertext left wait for their socket's writable event.
-        let timeout = if self.wake_writable.is_empty() {
-            timeout
-        } else {
-            Some(Duration::ZERO)
-        };
-        self.inner.poll(timeout, ready)?;
-        for r in ready.iter().filter(|r| r.writable) {
-            let _ = self.send_ciphertext(r.conn);
-        }
-        ready.extend(self.wake_writable.drain(..).map(|conn| Ready {
-            conn,
-            readable: false,
-            writable: true,
-        }));
-        Ok(())
+        let TlsIo {
+            inner,
+            sessions,
+            wakes,
+            ..
+        } = self;
+        // Errors surface at the connection's next read or write.
+        wakes.poll(inner, timeout, ready, |inner, wakes, i| {
+            let _ = send_ciphertext(inner, sessions, wakes, i);
+        })
     }
 
     fn session(&mut self, i: usize) -> io::Result<&mut ClientConnection> {
         session_of(&mut self.sessions, i)
     }
 
-    /// Writes the session's pending ciphertext until the socket blocks; what is left is
-    /// retried at the next poll.
     fn send_ciphertext(&mut self, i: usize) -> io::Result<()> {
-        let TlsIo {
-            inner,
-            sessions,
-            unsent,
-            listed,
-            ..
-        } = self;
-        let session = session_of(sessions, i)?;
-        while session.wants_write() {
-            let mut sink = Sink { inner, conn: i };
-            match session.write_tls(&mut sink) {
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    if !listed[i] {
-                        listed[i] = true;
-                        unsent.push(i);
-                    }
-                    return Ok(());
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        send_ciphertext(&mut self.inner, &mut self.sessions, &mut self.wakes, i)
     }
+}
+
+/// Writes connection `i`'s pending ciphertext until the socket blocks; what is left is
+/// retried at the next poll.
+fn send_ciphertext(
+    inner: &mut Io,
+    sessions: &mut [Option<ClientConnection>],
+    wakes: &mut LayerWakes,
+    i: usize,
+) -> io::Result<()> {
+    let session = session_of(sessions, i)?;
+    while session.wants_write() {
+        let mut sink = Sink { inner, conn: i };
+        match session.write_tls(&mut sink) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                wakes.mark_unsent(i);
+                return Ok(());
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn session_of(

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use super::io::{Handshake, Io, Ready};
+use super::io::{Handshake, Io, LayerWakes, Ready};
 
 /// Raw bytes read from the inner transport per call.
 const READ_CHUNK: usize = 16 * 1024;
@@ -47,10 +47,8 @@ pub struct WsIo {
     inner: Io,
     host: String,
     conns: Vec<Option<Conn>>,
-    /// Connections with bytes the inner transport did not take.
-    unsent: Vec<usize>,
-    /// Connections just upgraded, reported writable at the next poll.
-    wake_writable: Vec<usize>,
+    /// Connections with bytes the inner transport did not take, and those just upgraded.
+    wakes: LayerWakes,
     chunk: Vec<u8>,
     mask_state: u64,
 }
@@ -72,8 +70,7 @@ impl WsIo {
             inner,
             host: host.to_owned(),
             conns: Vec::new(),
-            unsent: Vec::new(),
-            wake_writable: Vec::new(),
+            wakes: LayerWakes::default(),
             chunk: vec![0; READ_CHUNK],
             mask_state: 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()),
         }
@@ -145,7 +142,7 @@ impl WsIo {
                 }
                 conn.raw.drain(..end + 4);
                 conn.upgraded = true;
-                self.wake_writable.push(i);
+                self.wakes.wake_writable(i);
             }
             let pong = decode(conn)?;
             if let Some(payload) = pong {
@@ -184,25 +181,16 @@ impl WsIo {
         timeout: Option<Duration>,
         ready: &mut Vec<Ready>,
     ) -> anyhow::Result<()> {
-        for i in std::mem::take(&mut self.unsent) {
-            // Errors surface at the connection's next read or write.
-            let _ = self.send(i);
-        }
-        let timeout = if self.wake_writable.is_empty() {
-            timeout
-        } else {
-            Some(Duration::ZERO)
-        };
-        self.inner.poll(timeout, ready)?;
-        for r in ready.iter().filter(|r| r.writable) {
-            let _ = self.send(r.conn);
-        }
-        ready.extend(self.wake_writable.drain(..).map(|conn| Ready {
-            conn,
-            readable: false,
-            writable: true,
-        }));
-        Ok(())
+        let WsIo {
+            inner,
+            conns,
+            wakes,
+            ..
+        } = self;
+        // Errors surface at the connection's next read or write.
+        wakes.poll(inner, timeout, ready, |inner, wakes, i| {
+            let _ = send(inner, conns, wakes, i);
+        })
     }
 
     /// Queues one masked message with `payload` and sends what the socket takes.
@@ -226,31 +214,8 @@ impl WsIo {
         self.send(i)
     }
 
-    /// Writes the connection's pending bytes until the inner transport blocks; what is
-    /// left is retried at the next poll.
     fn send(&mut self, i: usize) -> io::Result<()> {
-        let WsIo {
-            inner,
-            conns,
-            unsent,
-            ..
-        } = self;
-        let conn = conn_of(conns, i)?;
-        while conn.out_at < conn.out.len() {
-            match inner.write(i, &conn.out[conn.out_at..]) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => conn.out_at += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    if !unsent.contains(&i) {
-                        unsent.push(i);
-                    }
-                    return Ok(());
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        send(&mut self.inner, &mut self.conns, &mut self.wakes, i)
     }
 
     fn next_mask(&mut self) -> u64 {
@@ -262,6 +227,30 @@ impl WsIo {
         self.mask_state = x;
         x
     }
+}
+
+/// Writes connection `i`'s pending bytes until the inner transport blocks; what is left
+/// is retried at the next poll.
+fn send(
+    inner: &mut Io,
+    conns: &mut [Option<Conn>],
+    wakes: &mut LayerWakes,
+    i: usize,
+) -> io::Result<()> {
+    let conn = conn_of(conns, i)?;
+    while conn.out_at < conn.out.len() {
+        match inner.write(i, &conn.out[conn.out_at..]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => conn.out_at += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                wakes.mark_unsent(i);
+                return Ok(());
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Decodes the whole messages in `conn.raw` into `conn.payload`; returns the payload of
