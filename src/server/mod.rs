@@ -175,13 +175,11 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     };
     // Every WebSocket message is at most one largest frame of the protocol.
     let websocket = (!config.websocket.is_empty()).then(|| {
-        petrel_dataplane::WsAcceptor::new(
+        let ws = petrel_dataplane::WsAcceptor::new(
             config.websocket_origins.clone(),
             config.max_frame_body as usize + petrel_proto::header::HEADER_LEN,
             Arc::default(),
-        )
-    });
-    let websocket = websocket.map(|ws| {
+        );
         if config.websocket_forwarded_for {
             ws.behind_proxy()
         } else {
