@@ -127,14 +127,15 @@ export class PetrelClient {
   lost(why) {
     this.connected = false;
     clearInterval(this.heartbeat);
-    for (const { reject } of this.pending.values()) reject(new Error(why));
+    for (const { reject } of this.pending.values()) reject(Object.assign(new Error(why), { lost: true }));
     this.pending.clear();
     this.buf = new Uint8Array(0);
     if (this.closed) {
       this.onState("offline");
       return;
     }
-    const delay = this.backoffMs * (0.5 + Math.random() / 2);
+    const delay = Math.max(
+      this.backoffMs * (0.5 + Math.random() / 2), (this.retryAt || 0) - Date.now());
     this.backoffMs = Math.min(this.backoffMs * 2, 30000);
     this.onState(`reconnecting in ${Math.round(delay)} ms`);
     setTimeout(() => this.connect(), delay);
@@ -152,6 +153,11 @@ export class PetrelClient {
         this.pending.delete(f.requestId);
         if (f.name === "Error") reject(Object.assign(new Error(f.body.message), f.body));
         else resolve(f.body);
+      } else if (f.name === "Kick") {
+        // Replaced by another device, or signed out by the server: reconnecting would
+        // only fight the other session.
+        this.closed = true;
+        this.onState(`signed out (kick reason ${f.body.reason})`);
       } else if (f.name === "MessagePush") {
         this.seen(f.body);
         this.onMessage(f.body);
@@ -171,23 +177,36 @@ export class PetrelClient {
   }
 
   async login() {
+    let result;
     try {
-      const result = await this.request("Login", {
+      result = await this.request("Login", {
         token: this.token, userId: this.user, deviceId: this.device,
         platform: PLATFORM_WEB, clientVersion: "petrel-web/0.1",
       });
-      this.connected = true;
-      this.backoffMs = 500;
-      this.onState("online");
-      const every = Math.max(5, result.heartbeatIntervalS || 50) * 1000;
-      this.heartbeat = setInterval(
-        () => this.request("Ping", { clientTimeMs: Date.now() }).catch(() => {}), every);
-      await this.sync();
     } catch (e) {
+      // A lost connection has its reconnect scheduled already (lost()); a refusal
+      // with retry_after_ms (server busy, rate limited) is retried after that long;
+      // any other refusal (a bad or expired token) is final until the page gets a new one.
+      if (e.lost) return;
+      if (e.retryAfterMs) {
+        this.retryAt = Date.now() + e.retryAfterMs;
+        this.ws.close();
+        return;
+      }
       this.onState(`login failed: ${e.message}`);
       this.closed = true;
       this.ws.close();
+      return;
     }
+    this.connected = true;
+    this.backoffMs = 500;
+    this.onState("online");
+    const every = Math.max(5, result.heartbeatIntervalS || 50) * 1000;
+    this.heartbeat = setInterval(
+      () => this.request("Ping", { clientTimeMs: Date.now() }).catch(() => {}), every);
+    // A connection lost mid-sync loses nothing: the next login syncs from the same
+    // cursors.
+    await this.sync().catch(() => {});
   }
 
   /** Fetches everything missed since the last cursors, page by page. */
