@@ -13,6 +13,9 @@
 #   (and test.sh then builds without the feature).
 # - nginx + libnginx-mod-stream (Debian's nginx and its stream module): tests/nginx.rs
 #   runs the shipped scripts/deploy/nginx/nginx.conf in front of Petrel.
+# - chromium (Debian's; fonts-dejavu-core for its text) + the web client's npm packages (`npm ci --prefix web`:
+#   protobufjs for the page, puppeteer-core and pngjs for its driver, with the machine's
+#   Node.js): tests/web_client.rs drives the web client in headless Chromium.
 # - Python packages of examples/python (protobuf, grpcio-tools): the interop test runs
 #   a Python client against the server.
 # - schemathesis (PyPI): tests/api_schemathesis.rs fuzzes the server API against its
@@ -25,7 +28,7 @@ set -euo pipefail
 need_apt=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 pkgs=(clang libclang-dev pkg-config linux-libc-dev libbpf-dev iproute2 ethtool iputils-ping
-  nginx libnginx-mod-stream)
+  nginx libnginx-mod-stream chromium fonts-dejavu-core)
 if [[ ${PETREL_DPDK:-1} != 0 ]]; then
   pkgs+=(dpdk-dev libdpdk-dev)
 fi
@@ -39,6 +42,14 @@ if ((${#need_apt[@]})); then
   [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# The web client's packages, as its lock file pins them (again when the lock changed).
+web="$(dirname "$0")/../web"
+if [[ ! -f $web/node_modules/.package-lock.json || $web/package-lock.json -nt $web/node_modules/.package-lock.json ]]; then
+  command -v npm >/dev/null || { echo "setup: npm not found (Node.js with npm is expected from the machine image)" >&2; exit 1; }
+  echo "setup: installing the web client's npm packages" >&2
+  PUPPETEER_SKIP_DOWNLOAD=1 npm ci --prefix "$web" --no-audit --no-fund --loglevel=error
 fi
 
 if ! python3 -c "import google.protobuf, grpc_tools" >/dev/null 2>&1; then

@@ -18,152 +18,23 @@
 #[allow(unused_imports)] // common re-exports `Dataplane`; this runs on kernel sockets only
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use common::client::{single, text_of};
+use common::nginx::{
+    CERT_NAME, Namespace, Nginx, TestCertificate, require_nginx, shipped_nginx_config,
+    shipped_petrel_config,
+};
 use common::ws::WsClient;
 use common::{TestClient, TestServer};
-use petrel_dataplane::sys::netns::NetNs;
 
-const NAME: &str = "petrel.test";
 /// The namespace's ephemeral ports: 100.
 const PORT_RANGE: &str = "40000 40099";
 const PORTS_IN_RANGE: usize = 100;
 const PLAIN_CLIENTS: usize = 240;
 const SOURCE_ADDRESSES: usize = 40;
-
-fn repo_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn run(program: &str, args: &[&str]) {
-    let status = Command::new(program)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(status.success(), "{program} {args:?}: {status}");
-}
-
-/// A network namespace with its loopback up and a 100-port ephemeral range, deleted
-/// when dropped (also on panic).
-struct Namespace {
-    name: String,
-}
-
-impl Namespace {
-    fn create() -> Namespace {
-        let name = format!("petrel-ngx-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &name])
-            .stderr(Stdio::null())
-            .status();
-        run("ip", &["netns", "add", &name]);
-        let ns = Namespace { name };
-        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &ns.name,
-                "sysctl",
-                "-qw",
-                &format!("net.ipv4.ip_local_port_range={PORT_RANGE}"),
-            ],
-        );
-        ns
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-    }
-}
-
-/// nginx in the foreground; stopped (SIGTERM, then SIGKILL) when dropped.
-struct Nginx {
-    child: Child,
-    error_log: PathBuf,
-}
-
-impl Nginx {
-    fn start(config: &Path, dir: &Path) -> Nginx {
-        let error_log = dir.join("nginx-error.log");
-        let globals = format!(
-            "daemon off; pid {}; error_log {} info;",
-            dir.join("nginx.pid").display(),
-            error_log.display()
-        );
-        let child = Command::new("nginx")
-            .arg("-c")
-            .arg(config)
-            .args(["-g", &globals])
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start nginx (scripts/setup.sh installs it)");
-        let nginx = Nginx { child, error_log };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect("127.0.0.1:9500").is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not listen on 9500: {}",
-                nginx.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        nginx
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.error_log).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The shipped Petrel config for running behind nginx, made fit for a test server: the
-/// test's certificate, metrics on, no rate limit (the harness adds data_dir and friends).
-fn petrel_config(cert: &Path, key: &Path) -> String {
-    let text = std::fs::read_to_string(repo_file("scripts/deploy/nginx/petrel-behind-nginx.toml"))
-        .expect("read the shipped Petrel config");
-    let mut table: toml::Table = text.parse().expect("the shipped Petrel config parses");
-    for key in ["data_dir", "max_connections", "log_format", "metrics_addr"] {
-        table.remove(key);
-    }
-    table.insert("metrics_addr".into(), "127.0.0.1:0".into());
-    table.insert("rate_limit_per_second".into(), 0.into());
-    // Every client here comes through one loopback, most from a few addresses.
-    table.insert("max_connections_per_address".into(), 1000.into());
-    let tls = table
-        .get_mut("tls")
-        .and_then(toml::Value::as_table_mut)
-        .expect("[tls] in the shipped config");
-    tls.insert("cert".into(), cert.display().to_string().into());
-    tls.insert("key".into(), key.display().to_string().into());
-    toml::to_string(&table).expect("serialize")
-}
 
 /// A plain client from `source` (a loopback address and a port outside the ephemeral
 /// range: a port bound explicitly from the range would be closed to every connect(),
@@ -190,24 +61,15 @@ fn chat(from: &mut TestClient, to: &mut TestClient, text: &str) {
 #[test]
 #[ignore = "needs root (a network namespace) and nginx; scripts/test.sh runs it as root and in CI"]
 fn nginx_spreads_proxied_clients_over_petrel_ports_past_one_port_pairs_limit() {
-    assert!(
-        Command::new("nginx").arg("-v").output().is_ok(),
-        "nginx is not installed: run scripts/setup.sh"
-    );
-    let ns = Namespace::create();
+    require_nginx();
+    let ns = Namespace::create("petrel-ngx", Some(PORT_RANGE));
     // This thread, and so every process and socket it starts from here on, is inside.
-    NetNs::named(&ns.name)
-        .expect("open the namespace")
-        .enter()
-        .expect("enter the namespace");
+    ns.enter();
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let generated = rcgen::generate_simple_self_signed(vec![NAME.to_owned()]).expect("cert");
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, generated.cert.pem()).expect("write cert");
-    std::fs::write(&key, generated.key_pair.serialize_pem()).expect("write key");
-
-    let server = TestServer::start(&petrel_config(&cert, &key));
+    let certificate = TestCertificate::write(dir.path());
+    let config = toml::to_string(&shipped_petrel_config(&certificate)).expect("serialize");
+    let server = TestServer::start(&config);
     assert_eq!(
         server.addrs.len(),
         12,
@@ -220,18 +82,9 @@ fn nginx_spreads_proxied_clients_over_petrel_ports_past_one_port_pairs_limit() {
     );
     assert_eq!(server.ws_addrs.len(), 4);
 
-    // The shipped nginx config, its certificate paths pointed at the test's.
-    let shipped = std::fs::read_to_string(repo_file("scripts/deploy/nginx/nginx.conf"))
-        .expect("read the shipped nginx config");
-    let config = dir.path().join("nginx.conf");
-    std::fs::write(
-        &config,
-        shipped
-            .replace("/etc/petrel/tls/fullchain.pem", &cert.display().to_string())
-            .replace("/etc/petrel/tls/privkey.pem", &key.display().to_string()),
-    )
-    .expect("write nginx config");
-    let nginx = Nginx::start(&config, dir.path());
+    let web_root = common::nginx::repo_file("web");
+    let config = shipped_nginx_config(dir.path(), &certificate, &web_root);
+    let nginx = Nginx::start(&config, dir.path(), "127.0.0.1:9500");
 
     // More plain clients than one balancer→backend port pair could carry, all at once.
     let mut clients: Vec<TestClient> = (0..PLAIN_CLIENTS)
@@ -248,18 +101,20 @@ fn nginx_spreads_proxied_clients_over_petrel_ports_past_one_port_pairs_limit() {
 
     // TLS through nginx both ways: ended by nginx (9543), passed through to Petrel (9443).
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(generated.cert.der().clone()).expect("trust");
+    roots
+        .add(certificate.generated.cert.der().clone())
+        .expect("trust");
     let tls = petrel_sdk::TlsConfig::with_roots(roots)
         .expect("TLS config")
         .config;
     let at_nginx = SocketAddr::from(([127, 0, 0, 1], 9543));
     let passed_through = SocketAddr::from(([127, 0, 0, 1], 9443));
-    let mut ended_by_nginx = TestClient::connect_tls(at_nginx, Arc::clone(&tls), NAME).log_in(
+    let mut ended_by_nginx = TestClient::connect_tls(at_nginx, Arc::clone(&tls), CERT_NAME).log_in(
         &server.token(1001, "tls"),
         1001,
         "tls",
     );
-    let mut ended_by_petrel = TestClient::connect_tls(passed_through, Arc::clone(&tls), NAME)
+    let mut ended_by_petrel = TestClient::connect_tls(passed_through, Arc::clone(&tls), CERT_NAME)
         .log_in(&server.token(1002, "tls"), 1002, "tls");
     assert_eq!(
         ended_by_petrel
@@ -289,7 +144,7 @@ fn nginx_spreads_proxied_clients_over_petrel_ports_past_one_port_pairs_limit() {
     let mut secure_browser = WsClient::connect_tls(
         SocketAddr::from(([127, 0, 0, 1], 9581)),
         Arc::new(web_tls),
-        NAME,
+        CERT_NAME,
         "/ws",
     )
     .expect("wss upgrade through nginx")

@@ -7,6 +7,7 @@ pub mod http;
 pub mod lab;
 pub mod media;
 pub mod metrics;
+pub mod nginx;
 pub mod server;
 pub mod ws;
 
