@@ -99,6 +99,9 @@ pub struct Config {
     /// How many cores run a control plane (1 to [`crate::remote::MAX_CORES`]; clamped
     /// into that range, and an index outside it is taken as 0).
     pub core_count: u8,
+    /// When this core refuses new logins (and the loop new connections) to keep
+    /// serving the sessions it has ([`crate::admission`]).
+    pub admission: crate::admission::AdmissionConfig,
 }
 
 impl Default for Config {
@@ -136,6 +139,7 @@ impl Default for Config {
             edit_window: Duration::from_secs(2 * 24 * 3600),
             core_index: 0,
             core_count: 1,
+            admission: crate::admission::AdmissionConfig::default(),
         }
     }
 }

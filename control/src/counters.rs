@@ -74,6 +74,11 @@ pub struct LoginFailures {
     pub mismatch: u64,
     /// Login before the revocation list was loaded (answered `ServerBusy`).
     pub not_ready: u64,
+    /// Login while the core was over its CPU budget (answered `ServerBusy` with a
+    /// retry-after; [`crate::admission`]).
+    pub overloaded: u64,
+    /// Login past the core's logins-per-second budget (answered `ServerBusy`).
+    pub login_rate: u64,
     /// A second login on an already logged-in connection.
     pub already_logged_in: u64,
     /// A device's older login attempt that arrived after a newer one (`STALE_LOGIN`).
@@ -219,6 +224,8 @@ impl LoginFailures {
             revoked,
             mismatch,
             not_ready,
+            overloaded,
+            login_rate,
             already_logged_in,
             stale,
         } = other;
@@ -229,6 +236,8 @@ impl LoginFailures {
         self.revoked += revoked;
         self.mismatch += mismatch;
         self.not_ready += not_ready;
+        self.overloaded += overloaded;
+        self.login_rate += login_rate;
         self.already_logged_in += already_logged_in;
         self.stale += stale;
     }

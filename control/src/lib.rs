@@ -29,6 +29,7 @@
 //! `docs/ARCHITECTURE.md`, section "Control plane: events and actions".
 #![deny(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod chatroom;
 pub mod config;
@@ -44,6 +45,7 @@ pub mod time;
 pub mod timers;
 pub mod token;
 
+pub use admission::{AdmissionConfig, Refusal};
 pub use config::{Config, MultiDevicePolicy, RateLimit};
 pub use counters::Counters;
 pub use event::{Action, CloseReason, Event, OfflineMessage, Revocation, Ticket};

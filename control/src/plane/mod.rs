@@ -37,6 +37,7 @@ use petrel_proto::{Body, Frame, FrameError, FrameType, pb};
 use petrel_storage::{Reply, Request, StorageError, TokenId};
 
 use self::pending::Pending;
+use crate::admission::Admission;
 use crate::chatroom::{Rooms, Seated, Seats};
 use crate::config::{Config, MultiDevicePolicy};
 use crate::counters::Counters;
@@ -220,6 +221,8 @@ pub struct Control {
     /// [`crate::CoreMessage::LoginSeen`] ([`crate::remote`]): the cores still to answer
     /// (bit = core index) and the encoded frame. Empty on a one-core server.
     held_logins: HashMap<ConnId, (u64, Bytes), foldhash::fast::RandomState>,
+    /// Whether this core takes new logins and connections ([`crate::admission`]).
+    admission: Admission,
 }
 
 impl std::fmt::Debug for Control {
@@ -242,6 +245,7 @@ impl Control {
         if config.core_index >= config.core_count {
             config.core_index = 0;
         }
+        let config_admission = config.admission;
         let mut control = Control {
             token_cache: VerifiedTokens::new(config.token_cache_capacity),
             config,
@@ -267,6 +271,7 @@ impl Control {
             api: api::ApiState::default(),
             presence: HashMap::default(),
             held_logins: HashMap::default(),
+            admission: Admission::new(config_admission, now),
         };
         control.request_revocations(now);
         control.timers.arm(
@@ -371,6 +376,18 @@ impl Control {
     /// when its last member leaves or closes).
     pub fn chatroom_count(&self) -> usize {
         self.rooms.len()
+    }
+
+    /// The loop spent `busy` on work in the round that ended at `now` (the CPU budget
+    /// of [`crate::admission`]; call once per loop iteration).
+    pub fn record_round(&mut self, now: Timestamp, busy: Duration) {
+        self.admission.record_round(now, busy);
+    }
+
+    /// Whether this core welcomes new connections: not while it is over its CPU budget
+    /// (the loop then leaves them unaccepted, or drops their SYNs).
+    pub fn admits_connections(&self) -> bool {
+        self.admission.admits_connections()
     }
 
     /// Whether the revocation list has been loaded (logins are accepted).

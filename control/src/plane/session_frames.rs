@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::Control;
 use super::pending::Pending;
+use crate::admission::Refusal;
 use crate::event::CloseReason;
 use crate::session::Session;
 use crate::time::Timestamp;
@@ -66,6 +67,26 @@ impl Control {
                 "server is starting; retry shortly",
                 NOT_READY_RETRY_MS,
             );
+            return;
+        }
+        // Before the token's verification, the costly part: refusing is cheap.
+        if let Err(refused) = self.admission.admit_login(now, conn.as_u64()) {
+            let failures = &mut self.counters.logins_failed;
+            match refused.why {
+                Refusal::Overloaded => failures.overloaded += 1,
+                Refusal::LoginRate => failures.login_rate += 1,
+            }
+            let code = pb::ErrorCode::ServerBusy;
+            self.send_error(
+                conn,
+                rid,
+                code,
+                "server busy; log in again after retry_after_ms",
+                refused.retry_after_ms,
+            );
+            // The connection goes too: an overloaded core keeps nothing for a client
+            // it cannot serve yet, and the client comes back after its wait.
+            self.close(conn, CloseReason::LoginRejected(code));
             return;
         }
         let verified = self

@@ -1,0 +1,279 @@
+//! Admission control: a core that is over its budget sheds *new* work — logins, and
+//! (through the loop, [`Admission::admits_connections`]) new connections — before the
+//! sessions it already serves suffer.
+//!
+//! Two budgets, each optional:
+//! - **CPU.** The loop reports how long each round kept it busy
+//!   ([`Admission::record_round`]). Over every window of [`WINDOW`] the busy share is
+//!   compared with two marks, with hysteresis: at or above `busy_high_percent` the core
+//!   becomes *overloaded*; it stays so until a window ends at or below
+//!   `busy_low_percent`. A connect storm meeting the first wave of heartbeats is what
+//!   this is for: the heartbeats keep being answered while logins wait.
+//! - **Logins per second**, a token bucket per core: a fixed ceiling an operator sets
+//!   from a measured capacity (token verification, session set-up and the sync that
+//!   follows are the costly part of a login).
+//!
+//! A refused login gets `ServerBusy` with a `retry_after_ms` spread by a hash of the
+//! connection and the time over `[retry_after, 2 × retry_after)`, so the refused
+//! clients do not return in step. `Ping`, and every request of a logged-in session, is
+//! never refused here.
+//!
+//! Sans-IO: time comes in as [`Timestamp`]s and busy time as a [`Duration`] measured by
+//! the driver; no clock is read.
+
+use std::time::Duration;
+
+use crate::config::RateLimit;
+use crate::rate_limit::TokenBucket;
+use crate::time::Timestamp;
+
+/// The span over which the busy share is measured.
+pub const WINDOW: Duration = Duration::from_millis(100);
+
+/// Settings of [`Admission`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    /// Busy share of a window (percent, 1–100) at or above which the core is
+    /// overloaded; 0 turns the CPU budget off. Default 90.
+    pub busy_high_percent: u8,
+    /// Busy share at or below which an overloaded core takes new work again. Default 70.
+    pub busy_low_percent: u8,
+    /// Logins per second this core accepts (a burst of as many); 0: no fixed ceiling.
+    /// Default 0.
+    pub logins_per_second: u32,
+    /// The shortest wait a refused client is told. Default 1 s.
+    pub retry_after: Duration,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            busy_high_percent: 90,
+            busy_low_percent: 70,
+            logins_per_second: 0,
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why a login was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The core is over its CPU budget.
+    Overloaded,
+    /// The core's logins-per-second budget is spent.
+    LoginRate,
+}
+
+/// A refused login: why, and how long the client should wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// Which budget refused it.
+    pub why: Refusal,
+    /// What to tell the client: wait at least this long.
+    pub retry_after_ms: u32,
+}
+
+/// One core's admission state.
+#[derive(Debug)]
+pub struct Admission {
+    config: AdmissionConfig,
+    window_start: Option<Timestamp>,
+    busy_in_window: Duration,
+    overloaded: bool,
+    logins: Option<TokenBucket>,
+}
+
+impl Admission {
+    /// A core within its budgets, its login budget full, at `now`.
+    pub fn new(config: AdmissionConfig, now: Timestamp) -> Admission {
+        let logins = (config.logins_per_second > 0).then(|| {
+            TokenBucket::new(
+                RateLimit {
+                    burst: config.logins_per_second,
+                    per_second: config.logins_per_second,
+                },
+                now,
+            )
+        });
+        Admission {
+            config,
+            window_start: None,
+            busy_in_window: Duration::ZERO,
+            overloaded: false,
+            logins,
+        }
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &AdmissionConfig {
+        &self.config
+    }
+
+    /// The loop spent `busy` on work in the round that ended at `now`. At the end of
+    /// each [`WINDOW`] the core's state is decided from the window's busy share.
+    pub fn record_round(&mut self, now: Timestamp, busy: Duration) {
+        if self.config.busy_high_percent == 0 {
+            return;
+        }
+        let start = *self.window_start.get_or_insert(now);
+        self.busy_in_window += busy;
+        let span = now.saturating_since(start);
+        if span < WINDOW {
+            return;
+        }
+        let percent = self.busy_in_window.as_micros() * 100 / span.as_micros().max(1);
+        if percent >= u128::from(self.config.busy_high_percent) {
+            self.overloaded = true;
+        } else if percent <= u128::from(self.config.busy_low_percent) {
+            self.overloaded = false;
+        }
+        self.window_start = Some(now);
+        self.busy_in_window = Duration::ZERO;
+    }
+
+    /// Whether the core is over its CPU budget (new connections should be refused).
+    pub fn is_overloaded(&self) -> bool {
+        self.overloaded
+    }
+
+    /// Whether new connections are welcome: not while overloaded.
+    pub fn admits_connections(&self) -> bool {
+        !self.overloaded
+    }
+
+    /// Decides on a login on `conn_key` (any number that differs between connections,
+    /// for the spread of retry times) at `now`.
+    pub fn admit_login(&mut self, now: Timestamp, conn_key: u64) -> Result<(), Refused> {
+        let why = if self.overloaded {
+            Refusal::Overloaded
+        } else if let Some(bucket) = &mut self.logins {
+            match bucket.try_take(now) {
+                Ok(()) => return Ok(()),
+                Err(_) => Refusal::LoginRate,
+            }
+        } else {
+            return Ok(());
+        };
+        Err(Refused {
+            why,
+            retry_after_ms: self.retry_after_ms(now, conn_key),
+        })
+    }
+
+    /// `retry_after` spread over `[retry_after, 2 × retry_after)` by a hash of the
+    /// connection and the time.
+    fn retry_after_ms(&self, now: Timestamp, conn_key: u64) -> u32 {
+        let base = u64::try_from(self.config.retry_after.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let spread = petrel_storage::partition::mix(conn_key ^ now.as_millis().rotate_left(32));
+        u32::try_from(base + spread % base).unwrap_or(u32::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    /// Rounds of `busy_us` out of every millisecond, from `from` for `ms` milliseconds.
+    fn load(a: &mut Admission, from: u64, ms: u64, busy_us: u64) {
+        for t in from..from + ms {
+            a.record_round(at(t), Duration::from_micros(busy_us));
+        }
+    }
+
+    #[test]
+    fn a_busy_window_overloads_and_a_quiet_one_recovers_with_hysteresis() {
+        let mut a = Admission::new(AdmissionConfig::default(), at(0));
+        load(&mut a, 0, 101, 500);
+        assert!(!a.is_overloaded(), "50 % busy is within budget");
+        load(&mut a, 101, 101, 950);
+        assert!(a.is_overloaded(), "95 % busy is over 90 %");
+        assert!(!a.admits_connections());
+        load(&mut a, 202, 101, 800);
+        assert!(
+            a.is_overloaded(),
+            "80 % is between the marks: still overloaded"
+        );
+        load(&mut a, 303, 101, 600);
+        assert!(!a.is_overloaded(), "60 % is under the low mark: recovered");
+        assert!(a.admits_connections());
+    }
+
+    #[test]
+    fn the_state_changes_only_at_the_end_of_a_window() {
+        let mut a = Admission::new(AdmissionConfig::default(), at(0));
+        load(&mut a, 0, 99, 1000);
+        assert!(!a.is_overloaded(), "the window is not over yet");
+        load(&mut a, 99, 2, 1000);
+        assert!(a.is_overloaded());
+    }
+
+    #[test]
+    fn overloaded_cores_refuse_logins_with_a_spread_retry_after() {
+        let config = AdmissionConfig {
+            retry_after: Duration::from_millis(1000),
+            ..AdmissionConfig::default()
+        };
+        let mut a = Admission::new(config, at(0));
+        assert_eq!(a.admit_login(at(0), 1), Ok(()));
+        load(&mut a, 0, 101, 1000);
+        let waits: Vec<u32> = (0..200)
+            .map(|conn| {
+                let refused = a.admit_login(at(101), conn).expect_err("overloaded");
+                assert_eq!(refused.why, Refusal::Overloaded);
+                refused.retry_after_ms
+            })
+            .collect();
+        assert!(waits.iter().all(|w| (1000..2000).contains(w)), "{waits:?}");
+        let early = waits.iter().filter(|w| **w < 1500).count();
+        assert!(
+            (60..140).contains(&early),
+            "spread over the range, not in step: {early} of 200 in the first half"
+        );
+    }
+
+    #[test]
+    fn the_login_rate_budget_refuses_past_its_burst_and_refills() {
+        let config = AdmissionConfig {
+            logins_per_second: 10,
+            ..AdmissionConfig::default()
+        };
+        let mut a = Admission::new(config, at(0));
+        for conn in 0..10 {
+            assert_eq!(a.admit_login(at(0), conn), Ok(()), "login {conn}");
+        }
+        let refused = a.admit_login(at(0), 10).expect_err("the burst is spent");
+        assert_eq!(refused.why, Refusal::LoginRate);
+        assert_eq!(
+            a.admit_login(at(100), 11),
+            Ok(()),
+            "one token back after 100 ms"
+        );
+        assert!(a.admit_login(at(100), 12).is_err());
+        assert!(
+            a.admits_connections(),
+            "the login budget leaves connections alone"
+        );
+    }
+
+    #[test]
+    fn budgets_at_zero_admit_everything() {
+        let config = AdmissionConfig {
+            busy_high_percent: 0,
+            logins_per_second: 0,
+            ..AdmissionConfig::default()
+        };
+        let mut a = Admission::new(config, at(0));
+        load(&mut a, 0, 1000, 1000);
+        assert!(!a.is_overloaded());
+        for conn in 0..1000 {
+            assert_eq!(a.admit_login(at(1000), conn), Ok(()));
+        }
+    }
+}
