@@ -81,6 +81,12 @@ pub trait CoreIo: Send {
     /// The handle other threads use to end [`CoreIo::wait`].
     fn waker(&self) -> Arc<dyn Wake>;
 
+    /// Whether new connections are welcome (the driver's admission control): with
+    /// false the transport takes none — kernel sockets leave them in the listen backlog
+    /// (the kernel's SYN cookies answer past it), the userspace TCP drops their SYNs
+    /// (counted; clients retransmit) — while every open connection is served as before.
+    fn admit_connections(&mut self, admit: bool);
+
     /// Stops accepting and closes every connection once its output is written.
     fn begin_shutdown(&mut self);
 

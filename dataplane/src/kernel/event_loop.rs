@@ -71,6 +71,10 @@ pub struct KernelCore {
     readable: Vec<usize>,
     /// Listeners with pending connections.
     accepting: Vec<usize>,
+    /// Whether `receive` accepts them ([`CoreIo::admit_connections`]); if not they wait
+    /// in the kernel's listen backlog, and `accepting` keeps them in mind (the listeners
+    /// are edge-triggered).
+    admitting: bool,
     shutdown_started: Option<Instant>,
     /// When the last "accept failed" warning was logged, and failures since.
     accept_warned: Option<Instant>,
@@ -105,6 +109,7 @@ impl KernelCore {
             dirty: Vec::new(),
             readable: Vec::new(),
             accepting: Vec::new(),
+            admitting: true,
             shutdown_started: None,
             accept_warned: None,
             accept_failures: 0,
@@ -286,12 +291,14 @@ impl CoreIo for KernelCore {
     }
 
     fn receive(&mut self, events: &mut Vec<TransportEvent>) {
-        let mut accepting = std::mem::take(&mut self.accepting);
-        for &listener in &accepting {
-            self.accept(listener, events);
+        if self.admitting {
+            let mut accepting = std::mem::take(&mut self.accepting);
+            for &listener in &accepting {
+                self.accept(listener, events);
+            }
+            accepting.clear();
+            self.accepting = accepting;
         }
-        accepting.clear();
-        self.accepting = accepting;
         let mut readable = std::mem::take(&mut self.readable);
         for &key in &readable {
             if let Some(conn) = self.conns.get_mut(key) {
@@ -444,6 +451,10 @@ impl CoreIo for KernelCore {
 
     fn waker(&self) -> Arc<dyn Wake> {
         self.waker.clone()
+    }
+
+    fn admit_connections(&mut self, admit: bool) {
+        self.admitting = admit;
     }
 
     fn begin_shutdown(&mut self) {

@@ -774,6 +774,10 @@ impl<D: Device + Send> CoreIo for XdpCore<D> {
         self.pump(events);
     }
 
+    fn admit_connections(&mut self, admit: bool) {
+        self.shards.set_admitting(admit);
+    }
+
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let own = match self.shards.poll_at() {
             Some(at) => at.saturating_sub(self.now_ms()).min(MAX_SLEEP_MS),

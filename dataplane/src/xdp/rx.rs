@@ -47,6 +47,7 @@ impl Intake<'_> {
                 self.neighbours.learn(src, src_mac, self.now_ms);
                 match self.shards.push_rx(ip_packet) {
                     RxVerdict::RefusedSyn => self.drops.refused_syns += 1,
+                    RxVerdict::ShedSyn => self.drops.shed_syns += 1,
                     RxVerdict::QueueFull => self.drops.queue_full += 1,
                     RxVerdict::Queued(_)
                     | RxVerdict::Deferred

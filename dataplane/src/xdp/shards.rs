@@ -52,6 +52,10 @@ pub enum RxVerdict {
     Queued(usize),
     /// A SYN for a full shard: dropped and counted.
     RefusedSyn,
+    /// A SYN while new connections are not admitted ([`ShardSet::set_admitting`]: the
+    /// core is over its CPU budget): dropped and counted; the client's SYN
+    /// retransmission (1 s, then doubling) is its back-off.
+    ShedSyn,
     /// A SYN for a shard whose listener already has one this round: delivered after the
     /// next poll re-arms it.
     Deferred,
@@ -104,6 +108,8 @@ pub struct ShardSet {
     refused_syns: u64,
     duplicate_syns: u64,
     polls: u64,
+    /// Whether new connections are taken ([`ShardSet::set_admitting`]).
+    admitting: bool,
 }
 
 impl ShardSet {
@@ -133,6 +139,7 @@ impl ShardSet {
             refused_syns: 0,
             duplicate_syns: 0,
             polls: 0,
+            admitting: true,
         }
     }
 
@@ -163,6 +170,9 @@ impl ShardSet {
             if shard.has_connection(ip.src_addr(), tcp.src_port(), tcp.dst_port()) {
                 self.duplicate_syns += 1;
                 return RxVerdict::DuplicateSyn;
+            }
+            if !self.admitting {
+                return RxVerdict::ShedSyn;
             }
             if shard.connection_count() >= self.config.max_connections_per_shard {
                 self.refused_syns += 1;
@@ -329,6 +339,13 @@ impl ShardSet {
     /// Always false: a set has at least one shard.
     pub fn is_empty(&self) -> bool {
         false
+    }
+
+    /// Whether SYNs of new connections are taken (true) or dropped as
+    /// [`RxVerdict::ShedSyn`] (false: the owner's core is over its budget). Segments of
+    /// connections the set already has are never affected.
+    pub fn set_admitting(&mut self, admitting: bool) {
+        self.admitting = admitting;
     }
 
     /// SYNs refused because their shard was full.
@@ -507,6 +524,26 @@ mod tests {
         assert_eq!(set.push_rx(&syn_from(40002)), RxVerdict::RefusedSyn);
         assert_eq!(set.refused_syns(), 1);
         assert_eq!(set.shard_mut(0).unwrap().connection_count(), 2);
+    }
+
+    #[test]
+    fn a_core_over_budget_sheds_new_syns_but_keeps_its_connections() {
+        let mut set = set(1, 100);
+        assert!(matches!(
+            set.push_rx(&syn_from(40000)),
+            RxVerdict::Queued(0)
+        ));
+        set.poll(1, |_, _| {});
+        set.set_admitting(false);
+        assert_eq!(set.push_rx(&syn_from(40001)), RxVerdict::ShedSyn);
+        // The connection the set has still gets its segments (here its SYN again).
+        assert_eq!(set.push_rx(&syn_from(40000)), RxVerdict::DuplicateSyn);
+        assert_eq!(set.shard_mut(0).unwrap().connection_count(), 1);
+        set.set_admitting(true);
+        assert!(matches!(
+            set.push_rx(&syn_from(40001)),
+            RxVerdict::Queued(0)
+        ));
     }
 
     #[test]

@@ -14,6 +14,9 @@ use crate::sys::xsk::XskStatistics;
 pub struct TcpDrops {
     /// SYNs for a shard already holding its most connections (the client retries).
     pub refused_syns: u64,
+    /// SYNs dropped while the core was over its CPU budget (admission control; the
+    /// client retries).
+    pub shed_syns: u64,
     /// Segments for a shard whose receive queue was full (TCP retransmits them).
     pub queue_full: u64,
 }
@@ -49,6 +52,7 @@ pub(crate) struct SharedRxCounters {
     not_ours: AtomicU64,
     malformed: [AtomicU64; Malformed::COUNT],
     refused_syns: AtomicU64,
+    shed_syns: AtomicU64,
     queue_full: AtomicU64,
     /// The socket's kernel statistics as last read (`XDP_STATISTICS`, once a second).
     kernel_rx_dropped: AtomicU64,
@@ -74,6 +78,9 @@ impl SharedRxCounters {
         if drops.refused_syns > 0 {
             self.refused_syns
                 .fetch_add(drops.refused_syns, Ordering::Relaxed);
+        }
+        if drops.shed_syns > 0 {
+            self.shed_syns.fetch_add(drops.shed_syns, Ordering::Relaxed);
         }
         if drops.queue_full > 0 {
             self.queue_full
@@ -127,7 +134,8 @@ impl XdpStats {
         self.queues.device_drops()
     }
 
-    /// Segments the userspace TCP dropped (full shards, full queues), summed over queues.
+    /// Segments the userspace TCP dropped (full shards, overload, full queues), summed
+    /// over queues.
     pub fn tcp_drops(&self) -> TcpDrops {
         self.queues.tcp_drops()
     }
@@ -168,6 +176,7 @@ impl QueueStats {
         let mut sum = TcpDrops::default();
         for counters in &self.rx_counters {
             sum.refused_syns += counters.refused_syns.load(Ordering::Relaxed);
+            sum.shed_syns += counters.shed_syns.load(Ordering::Relaxed);
             sum.queue_full += counters.queue_full.load(Ordering::Relaxed);
         }
         sum
