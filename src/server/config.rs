@@ -321,6 +321,10 @@ struct FileConfig {
     login_deadline_secs: Option<u64>,
     rate_limit_per_second: Option<u32>,
     rate_limit_burst: Option<u32>,
+    admission_busy_percent: Option<u8>,
+    admission_busy_low_percent: Option<u8>,
+    admission_logins_per_second: Option<u32>,
+    admission_retry_after_ms: Option<u64>,
     chatroom_lag_budget: Option<u64>,
     typing_max_audience: Option<usize>,
     read_receipt_max_group: Option<usize>,
@@ -402,6 +406,8 @@ pub struct ServeConfig {
     pub rate_limit_per_second: u32,
     /// Burst allowance of the same limit.
     pub rate_limit_burst: u32,
+    /// When a core sheds new logins and connections (`admission_*` keys).
+    pub admission: petrel_control::AdmissionConfig,
     /// Set if the retired `chatroom_lag_budget` key or flag was given: ignored, with a
     /// warning at start (the one outbound limit, `max_outbound_bytes`, decides).
     pub chatroom_lag_budget: Option<u64>,
@@ -670,6 +676,23 @@ impl ServeConfig {
             login_deadline: Duration::from_secs(file.login_deadline_secs.unwrap_or(10)),
             rate_limit_per_second: file.rate_limit_per_second.unwrap_or(20),
             rate_limit_burst: file.rate_limit_burst.unwrap_or(50),
+            admission: {
+                let default = petrel_control::AdmissionConfig::default();
+                petrel_control::AdmissionConfig {
+                    busy_high_percent: file
+                        .admission_busy_percent
+                        .unwrap_or(default.busy_high_percent),
+                    busy_low_percent: file
+                        .admission_busy_low_percent
+                        .unwrap_or(default.busy_low_percent),
+                    logins_per_second: file
+                        .admission_logins_per_second
+                        .unwrap_or(default.logins_per_second),
+                    retry_after: file
+                        .admission_retry_after_ms
+                        .map_or(default.retry_after, Duration::from_millis),
+                }
+            },
             chatroom_lag_budget: args.chatroom_lag_budget.or(file.chatroom_lag_budget),
             typing_max_audience: file.typing_max_audience.unwrap_or(500),
             read_receipt_max_group: file.read_receipt_max_group.unwrap_or(100),
@@ -771,6 +794,22 @@ impl ServeConfig {
                 "heartbeat_jitter_percent must be at most {}",
                 petrel_control::config::MAX_HEARTBEAT_JITTER_PERCENT
             );
+        }
+        let admission = &self.admission;
+        if admission.busy_high_percent > 100 {
+            bail!("admission_busy_percent must be at most 100 (0 turns the CPU budget off)");
+        }
+        if admission.busy_high_percent > 0
+            && admission.busy_low_percent >= admission.busy_high_percent
+        {
+            bail!(
+                "admission_busy_low_percent ({}) must be below admission_busy_percent ({})",
+                admission.busy_low_percent,
+                admission.busy_high_percent
+            );
+        }
+        if admission.retry_after.is_zero() || admission.retry_after > Duration::from_secs(600) {
+            bail!("admission_retry_after_ms must be between 1 and 600000");
         }
         if self.heartbeat_interval.is_zero() || self.idle_timeout <= self.heartbeat_interval {
             bail!("idle_timeout must be longer than heartbeat_interval (both non-zero)");
@@ -1024,6 +1063,47 @@ shutdown_grace_ms = 1500
         args.sync_interval_us = Some(100_001);
         let e = ServeConfig::resolve(&args).unwrap_err().to_string();
         assert!(e.contains("sync_interval_us"), "{e}");
+    }
+
+    #[test]
+    fn admission_keys_reach_the_control_plane_and_nonsense_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolve = |text: &str| resolve_file(dir.path(), text);
+        let c = resolve("").unwrap();
+        assert_eq!(c.admission, petrel_control::AdmissionConfig::default());
+        let c = resolve(
+            "admission_busy_percent = 80\nadmission_busy_low_percent = 50\n\
+             admission_logins_per_second = 2000\nadmission_retry_after_ms = 250\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.admission,
+            petrel_control::AdmissionConfig {
+                busy_high_percent: 80,
+                busy_low_percent: 50,
+                logins_per_second: 2000,
+                retry_after: Duration::from_millis(250),
+            }
+        );
+        assert_eq!(
+            resolve("admission_busy_percent = 0\n")
+                .unwrap()
+                .admission
+                .busy_high_percent,
+            0,
+            "0 turns the CPU budget off"
+        );
+        for (text, key) in [
+            ("admission_busy_percent = 101\n", "admission_busy_percent"),
+            (
+                "admission_busy_low_percent = 90\n",
+                "admission_busy_low_percent",
+            ),
+            ("admission_retry_after_ms = 0\n", "admission_retry_after_ms"),
+        ] {
+            let e = resolve(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

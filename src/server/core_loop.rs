@@ -240,6 +240,26 @@ impl Drain {
 
 /// How long to sleep: not at all while there is work or while spinning, else until the
 /// next timer (capped).
+/// Reports a round's busy time (`started` to now, if it `worked`) to the control plane's
+/// admission control ([`petrel_control::admission`]) and passes its verdict on new
+/// connections to the transport. With `ownership = "home"` only core 0 runs it: the
+/// other cores' transports keep accepting, and the home core's login budget decides.
+pub(super) fn admit_after_round<I: CoreIo>(
+    io: &mut I,
+    control: &mut Control,
+    now: Timestamp,
+    started: Instant,
+    worked: bool,
+) {
+    let busy = if worked {
+        started.elapsed()
+    } else {
+        Duration::ZERO
+    };
+    control.record_round(now, busy);
+    io.admit_connections(control.admits_connections());
+}
+
 pub(super) fn sleep_for(
     poll: PollMode,
     work_waiting: bool,
@@ -339,7 +359,10 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
                 self.stop.store(true, Ordering::Relaxed);
             }
             let now = now();
-            if self.iterate(now) {
+            let started = Instant::now();
+            let worked = self.iterate(now);
+            admit_after_round(&mut self.io, &mut self.plane.control, now, started, worked);
+            if worked {
                 idle_since = Instant::now();
             }
             self.publish_metrics(false);

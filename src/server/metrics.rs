@@ -420,7 +420,8 @@ impl Collector for Metrics {
         counter(
             &mut e,
             "petrel_login_failures",
-            "Failed logins, by reason (deadline: no login within login_deadline_secs).",
+            "Failed logins, by reason (deadline: no login within login_deadline_secs; \
+             overloaded and login_rate: refused by admission control with a retry-after).",
             &[
                 (vec![("reason", "malformed")], f.malformed),
                 (vec![("reason", "bad_signature")], f.bad_signature),
@@ -429,6 +430,8 @@ impl Collector for Metrics {
                 (vec![("reason", "revoked")], f.revoked),
                 (vec![("reason", "mismatch")], f.mismatch),
                 (vec![("reason", "not_ready")], f.not_ready),
+                (vec![("reason", "overloaded")], f.overloaded),
+                (vec![("reason", "login_rate")], f.login_rate),
                 (vec![("reason", "already_logged_in")], f.already_logged_in),
                 (vec![("reason", "stale")], f.stale),
                 (vec![("reason", "deadline")], c.login_timeouts),
@@ -942,10 +945,12 @@ impl Collector for Metrics {
                     &mut e,
                     "petrel_xdp_tcp_dropped",
                     "Segments the userspace TCP dropped before smoltcp: SYNs for a full shard \
-                     (the shard's connection limit: back-pressure), segments for a full \
-                     shard queue.",
+                     (the shard's connection limit: back-pressure), SYNs while the core was \
+                     over its CPU budget (admission control), segments for a full shard \
+                     queue.",
                     &[
                         (vec![("reason", "shard_full_syn")], tcp.refused_syns),
+                        (vec![("reason", "overloaded_syn")], tcp.shed_syns),
                         (vec![("reason", "queue_full")], tcp.queue_full),
                     ],
                 )?;
@@ -1172,6 +1177,7 @@ mod tests {
                 rx: Some(rx),
                 tcp: Some(TcpDrops {
                     refused_syns: 5,
+                    shed_syns: 2,
                     queue_full: 0,
                 }),
                 sockets: Some(SocketDrops {
@@ -1209,6 +1215,13 @@ mod tests {
                 "petrel_xdp_tcp_dropped_total{reason=\"shard_full_syn\"}"
             ),
             Some(5.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "petrel_xdp_tcp_dropped_total{reason=\"overloaded_syn\"}"
+            ),
+            Some(2.0)
         );
         assert_eq!(
             value(

@@ -90,6 +90,7 @@ fn control_config(config: &ServeConfig, core_index: u8, core_count: u8) -> petre
             per_second: config.rate_limit_per_second,
         },
         shutdown_grace: config.shutdown_grace,
+        admission: config.admission,
         // Retention walks every partition through one shared cursor: one core runs it.
         trim_interval: if core_index == 0 {
             config.storage.trim_interval

@@ -50,7 +50,7 @@ use petrel_storage::partition::Partitions;
 use petrel_storage::{Committer, GroupEngine, StorageError};
 
 use super::config::PollMode;
-use super::core_loop::{Drain, DrainStep, MAX_IN_FLIGHT, now, sleep_for};
+use super::core_loop::{Drain, DrainStep, MAX_IN_FLIGHT, admit_after_round, now, sleep_for};
 use super::disk_watch::DiskWatch;
 use super::metrics::{Metrics, PUBLISH_INTERVAL, Published};
 use super::plane::Plane;
@@ -216,7 +216,11 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
                 tracing::error!(core = self.io.index(), error = %e, "waiting for I/O failed; stopping");
                 self.shared.stop.store(true, Ordering::Relaxed);
             }
-            if self.iterate(now()) {
+            let now = now();
+            let started = Instant::now();
+            let worked = self.iterate(now);
+            admit_after_round(&mut self.io, &mut self.plane.control, now, started, worked);
+            if worked {
                 idle_since = Instant::now();
             }
             self.publish_metrics(false);
