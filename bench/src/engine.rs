@@ -581,6 +581,12 @@ impl Engine {
     /// A refusal worth retrying: the connection backs off and is opened again, unless it
     /// used up its retries (then it failed).
     fn refused_or_failed(&mut self, i: usize, why: String) {
+        self.refused_or_failed_after(i, why, Duration::ZERO);
+    }
+
+    /// [`Engine::refused_or_failed`], waiting at least `floor` (the server's
+    /// `retry_after_ms`).
+    fn refused_or_failed_after(&mut self, i: usize, why: String, floor: Duration) {
         let attempt = self.conns[i].attempts;
         if attempt >= self.retry.attempts {
             return self.fail_login(i, why);
@@ -589,7 +595,10 @@ impl Engine {
         self.close(i);
         let conn = &mut self.conns[i];
         conn.attempts += 1;
-        let delay = self.retry.backoff(attempt, rand::random::<f64>());
+        let delay = self
+            .retry
+            .backoff(attempt, rand::random::<f64>())
+            .max(floor);
         let due = self.clock.now_ns() + u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
         self.retry_due.push(Reverse((due, i)));
     }
@@ -747,13 +756,19 @@ impl Engine {
                 let user = self.conns[i].spec.user;
                 let code = pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Unspecified);
                 let why = format!("login of user {user} refused: {code:?} {}", e.message);
-                // The server is busy or going away: worth another try later. Anything else
-                // (a bad token) would be refused again.
+                // The server is busy or going away: worth another try later, no sooner
+                // than it asked. Anything else (a bad token) would be refused again.
                 if matches!(
                     code,
-                    pb::ErrorCode::RateLimited | pb::ErrorCode::ShuttingDown
+                    pb::ErrorCode::RateLimited
+                        | pb::ErrorCode::ShuttingDown
+                        | pb::ErrorCode::ServerBusy
                 ) {
-                    self.refused_or_failed(i, why);
+                    if code == pb::ErrorCode::ServerBusy {
+                        self.stats.counts.busy += 1;
+                    }
+                    let floor = Duration::from_millis(u64::from(e.retry_after_ms));
+                    self.refused_or_failed_after(i, why, floor);
                 } else {
                     self.fail_login(i, why);
                 }

@@ -318,14 +318,15 @@ impl Report {
         let _ = writeln!(
             s,
             "  connections: {} logged in in {:.2} s ({}/s), {} failed, {} dropped, {} kicks, \
-             {} refused and retried",
+             {} refused and retried ({} of them busy)",
             c.logged_in,
             self.connect_secs,
             thousands(self.connect_rate),
             c.login_failures,
             c.disconnects,
             c.kicks,
-            c.refused
+            c.refused,
+            c.busy
         );
         if self.fanout > 0 {
             let _ = writeln!(

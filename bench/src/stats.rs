@@ -84,6 +84,9 @@ pub struct Counts {
     /// Connects or logins refused and tried again after a back-off.
     #[serde(default)]
     pub refused: u64,
+    /// Of those, logins the server answered `SERVER_BUSY` (its admission control).
+    #[serde(default)]
+    pub busy: u64,
     /// Connections the server closed (or reset) after login.
     pub disconnects: u64,
     /// Kicks received (any reason).
@@ -123,6 +126,7 @@ impl Counts {
         self.logged_in += o.logged_in;
         self.login_failures += o.login_failures;
         self.refused += o.refused;
+        self.busy += o.busy;
         self.disconnects += o.disconnects;
         self.kicks += o.kicks;
         self.sent += o.sent;

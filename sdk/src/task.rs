@@ -122,6 +122,12 @@ const DELIVERY_RECEIPT_DELAY: Duration = Duration::from_millis(250);
 pub(crate) enum Outcome {
     /// No session was established (connect, token or login failed).
     ConnectFailed(String),
+    /// The server refused the login for now (`ServerBusy` or `RateLimited`: admission
+    /// control): try again, no sooner than `retry_after`.
+    Busy {
+        reason: String,
+        retry_after: Duration,
+    },
     /// An established session ended; reconnect (to the next endpoint with `move_on`).
     Ended { reason: String, move_on: bool },
     /// Do not reconnect by itself.
@@ -293,6 +299,14 @@ impl Task {
                     self.set_state(ConnectionState::Disconnected { reason, retry_in });
                     retry_in
                 }
+                Outcome::Busy {
+                    reason,
+                    retry_after,
+                } => {
+                    let retry_in = self.reconnector.connect_failed().max(retry_after);
+                    self.set_state(ConnectionState::Disconnected { reason, retry_in });
+                    retry_in
+                }
                 Outcome::Ended { reason, move_on } => {
                     let retry_in = self.reconnector.disconnected(Instant::now(), move_on);
                     self.set_state(ConnectionState::Disconnected { reason, retry_in });
@@ -437,6 +451,15 @@ impl Task {
                     "token refused ({}); fetching a new one",
                     SdkError::from_server(&e)
                 ));
+            }
+            Ok(Ok(Some(Body::Error(e))))
+                if e.code == pb::ErrorCode::ServerBusy as i32
+                    || e.code == pb::ErrorCode::RateLimited as i32 =>
+            {
+                return Outcome::Busy {
+                    retry_after: Duration::from_millis(u64::from(e.retry_after_ms)),
+                    reason: format!("login refused for now: {}", SdkError::from_server(&e)),
+                };
             }
             Ok(Ok(Some(other))) => {
                 return Outcome::ConnectFailed(format!("login refused: {other:?}"));
