@@ -3,12 +3,19 @@
 //! sessions it already serves suffer.
 //!
 //! Two budgets, each optional:
-//! - **CPU.** The loop reports how long each round kept it busy
-//!   ([`Admission::record_round`]). Over every window of [`WINDOW`] the busy share is
-//!   compared with two marks, with hysteresis: at or above `busy_high_percent` the core
-//!   becomes *overloaded*; it stays so until a window ends at or below
-//!   `busy_low_percent`. A connect storm meeting the first wave of heartbeats is what
-//!   this is for: the heartbeats keep being answered while logins wait.
+//! - **CPU.** After each round the loop reports a [`Round`]: how long since the last
+//!   round ended, how much of that the round's work took, and whether it left input
+//!   behind because it reached its per-round budget (the rx ring or the sockets hold
+//!   more than one round takes). Over every window of [`WINDOW`] two shares are taken:
+//!   *busy* (time spent on work) and *behind* (time during which input waited past a
+//!   round's budget: from the end of a backlogged round to the end of the next). When
+//!   either is at or above `busy_high_percent` the core becomes *overloaded*; it stays
+//!   so until a window ends with both at or below `busy_low_percent` (hysteresis). The
+//!   *behind* share catches what the busy time misses on a shared machine: a loop that
+//!   is descheduled between rounds is not busy, but it falls behind all the same; and a
+//!   burst that one round cannot take but the next few drain costs only those rounds'
+//!   time. A connect storm meeting the first wave of heartbeats is what this is for: the
+//!   heartbeats keep being answered while logins wait.
 //! - **Logins per second**, a token bucket per core: a fixed ceiling an operator sets
 //!   from a measured capacity (token verification, session set-up and the sync that
 //!   follows are the costly part of a login).
@@ -56,6 +63,17 @@ impl Default for AdmissionConfig {
     }
 }
 
+/// What the loop measured of one round (wait and work), for [`Admission::record_round`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Time since the previous round ended (this round's wait and work).
+    pub cycle: Duration,
+    /// Of that, the time the round's work took (zero if it found nothing to do).
+    pub busy: Duration,
+    /// The round left input behind: it reached its per-round budget.
+    pub backlogged: bool,
+}
+
 /// Why a login was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -78,8 +96,12 @@ pub struct Refused {
 #[derive(Debug)]
 pub struct Admission {
     config: AdmissionConfig,
-    window_start: Option<Timestamp>,
-    busy_in_window: Duration,
+    /// Time, busy time and time behind in the window so far.
+    window: Duration,
+    busy: Duration,
+    behind: Duration,
+    /// The last round left input behind.
+    last_backlogged: bool,
     overloaded: bool,
     logins: Option<TokenBucket>,
 }
@@ -98,8 +120,10 @@ impl Admission {
         });
         Admission {
             config,
-            window_start: None,
-            busy_in_window: Duration::ZERO,
+            window: Duration::ZERO,
+            busy: Duration::ZERO,
+            behind: Duration::ZERO,
+            last_backlogged: false,
             overloaded: false,
             logins,
         }
@@ -110,26 +134,31 @@ impl Admission {
         &self.config
     }
 
-    /// The loop spent `busy` on work in the round that ended at `now`. At the end of
-    /// each [`WINDOW`] the core's state is decided from the window's busy share.
-    pub fn record_round(&mut self, now: Timestamp, busy: Duration) {
+    /// One more round of the loop. At the end of each [`WINDOW`] the core's state is
+    /// decided from the window's busy and behind shares.
+    pub fn record_round(&mut self, round: Round) {
         if self.config.busy_high_percent == 0 {
             return;
         }
-        let start = *self.window_start.get_or_insert(now);
-        self.busy_in_window += busy;
-        let span = now.saturating_since(start);
-        if span < WINDOW {
+        self.window += round.cycle;
+        self.busy += round.busy.min(round.cycle);
+        if self.last_backlogged {
+            self.behind += round.cycle;
+        }
+        self.last_backlogged = round.backlogged;
+        if self.window < WINDOW {
             return;
         }
-        let percent = self.busy_in_window.as_micros() * 100 / span.as_micros().max(1);
-        if percent >= u128::from(self.config.busy_high_percent) {
+        let span = self.window.as_micros().max(1);
+        let load = self.busy.max(self.behind).as_micros() * 100 / span;
+        if load >= u128::from(self.config.busy_high_percent) {
             self.overloaded = true;
-        } else if percent <= u128::from(self.config.busy_low_percent) {
+        } else if load <= u128::from(self.config.busy_low_percent) {
             self.overloaded = false;
         }
-        self.window_start = Some(now);
-        self.busy_in_window = Duration::ZERO;
+        self.window = Duration::ZERO;
+        self.busy = Duration::ZERO;
+        self.behind = Duration::ZERO;
     }
 
     /// Whether the core is over its CPU budget (new connections should be refused).
@@ -180,27 +209,77 @@ mod tests {
         Timestamp::from_millis(ms)
     }
 
-    /// Rounds of `busy_us` out of every millisecond, from `from` for `ms` milliseconds.
-    fn load(a: &mut Admission, from: u64, ms: u64, busy_us: u64) {
-        for t in from..from + ms {
-            a.record_round(at(t), Duration::from_micros(busy_us));
+    /// `ms` rounds of one millisecond each, `busy_us` of it on work.
+    fn load(a: &mut Admission, ms: u64, busy_us: u64) {
+        for _ in 0..ms {
+            a.record_round(Round {
+                cycle: Duration::from_millis(1),
+                busy: Duration::from_micros(busy_us),
+                backlogged: false,
+            });
         }
+    }
+
+    #[test]
+    fn a_loop_that_falls_behind_is_overloaded_however_little_it_is_busy() {
+        let mut a = Admission::new(AdmissionConfig::default(), at(0));
+        // Descheduled most of the time (10 % busy), every round leaving input behind.
+        let behind = Round {
+            cycle: Duration::from_millis(1),
+            busy: Duration::from_micros(100),
+            backlogged: true,
+        };
+        for _ in 0..100 {
+            a.record_round(behind);
+        }
+        assert!(a.is_overloaded());
+        // Caught up: one round in ten leaves something, which the next one takes.
+        for i in 0..100 {
+            a.record_round(Round {
+                backlogged: i % 10 == 0,
+                ..behind
+            });
+        }
+        assert!(
+            !a.is_overloaded(),
+            "behind 10 % of the time is under the low mark"
+        );
+    }
+
+    #[test]
+    fn a_burst_drained_in_a_few_fast_rounds_is_no_overload() {
+        let mut a = Admission::new(AdmissionConfig::default(), at(0));
+        // Sixteen 10 µs rounds drain a burst, then the loop idles in 10 ms waits.
+        for _ in 0..16 {
+            a.record_round(Round {
+                cycle: Duration::from_micros(10),
+                busy: Duration::from_micros(10),
+                backlogged: true,
+            });
+        }
+        for _ in 0..10 {
+            a.record_round(Round {
+                cycle: Duration::from_millis(10),
+                ..Round::default()
+            });
+        }
+        assert!(!a.is_overloaded());
     }
 
     #[test]
     fn a_busy_window_overloads_and_a_quiet_one_recovers_with_hysteresis() {
         let mut a = Admission::new(AdmissionConfig::default(), at(0));
-        load(&mut a, 0, 101, 500);
+        load(&mut a, 100, 500);
         assert!(!a.is_overloaded(), "50 % busy is within budget");
-        load(&mut a, 101, 101, 950);
+        load(&mut a, 100, 950);
         assert!(a.is_overloaded(), "95 % busy is over 90 %");
         assert!(!a.admits_connections());
-        load(&mut a, 202, 101, 800);
+        load(&mut a, 100, 800);
         assert!(
             a.is_overloaded(),
             "80 % is between the marks: still overloaded"
         );
-        load(&mut a, 303, 101, 600);
+        load(&mut a, 100, 600);
         assert!(!a.is_overloaded(), "60 % is under the low mark: recovered");
         assert!(a.admits_connections());
     }
@@ -208,9 +287,9 @@ mod tests {
     #[test]
     fn the_state_changes_only_at_the_end_of_a_window() {
         let mut a = Admission::new(AdmissionConfig::default(), at(0));
-        load(&mut a, 0, 99, 1000);
+        load(&mut a, 99, 1000);
         assert!(!a.is_overloaded(), "the window is not over yet");
-        load(&mut a, 99, 2, 1000);
+        load(&mut a, 1, 1000);
         assert!(a.is_overloaded());
     }
 
@@ -222,7 +301,7 @@ mod tests {
         };
         let mut a = Admission::new(config, at(0));
         assert_eq!(a.admit_login(at(0), 1), Ok(()));
-        load(&mut a, 0, 101, 1000);
+        load(&mut a, 100, 1000);
         let waits: Vec<u32> = (0..200)
             .map(|conn| {
                 let refused = a.admit_login(at(101), conn).expect_err("overloaded");
@@ -270,7 +349,7 @@ mod tests {
             ..AdmissionConfig::default()
         };
         let mut a = Admission::new(config, at(0));
-        load(&mut a, 0, 1000, 1000);
+        load(&mut a, 1000, 1000);
         assert!(!a.is_overloaded());
         for conn in 0..1000 {
             assert_eq!(a.admit_login(at(1000), conn), Ok(()));

@@ -45,7 +45,7 @@ pub mod time;
 pub mod timers;
 pub mod token;
 
-pub use admission::{AdmissionConfig, Refusal};
+pub use admission::{AdmissionConfig, Refusal, Round};
 pub use config::{Config, MultiDevicePolicy, RateLimit};
 pub use counters::Counters;
 pub use event::{Action, CloseReason, Event, OfflineMessage, Revocation, Ticket};

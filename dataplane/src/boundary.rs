@@ -81,6 +81,11 @@ pub trait CoreIo: Send {
     /// The handle other threads use to end [`CoreIo::wait`].
     fn waker(&self) -> Arc<dyn Wake>;
 
+    /// Whether the last [`CoreIo::receive`] left input behind because it reached its
+    /// per-round budget (the rx ring, or readable sockets, hold more than one round
+    /// takes): the driver's admission control counts it as load.
+    fn backlogged(&self) -> bool;
+
     /// Whether new connections are welcome (the driver's admission control): with
     /// false the transport takes none — kernel sockets leave them in the listen backlog
     /// (the kernel's SYN cookies answer past it), the userspace TCP drops their SYNs

@@ -43,7 +43,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use petrel_conn::{ConnId, TransportEvent};
-use petrel_control::{Action, Control, Timestamp};
+use petrel_control::{Action, Control, Round, Timestamp};
 use petrel_dataplane::{CoreIo, Wake};
 use petrel_storage::{Committer, GroupEngine};
 
@@ -240,23 +240,31 @@ impl Drain {
 
 /// How long to sleep: not at all while there is work or while spinning, else until the
 /// next timer (capped).
-/// Reports a round's busy time (`started` to now, if it `worked`) to the control plane's
-/// admission control ([`petrel_control::admission`]) and passes its verdict on new
-/// connections to the transport. With `ownership = "home"` only core 0 runs it: the
-/// other cores' transports keep accepting, and the home core's login budget decides.
+/// Reports a round to the control plane's admission control
+/// ([`petrel_control::admission`]): the time since `last_end` (then moved to now), the
+/// time since `started` if the round `worked`, and whether the transport left input
+/// behind; and passes the verdict on new connections to the transport. With
+/// `ownership = "home"` only core 0 runs it: the other cores' transports keep
+/// accepting, and the home core's budget decides the logins.
 pub(super) fn admit_after_round<I: CoreIo>(
     io: &mut I,
     control: &mut Control,
-    now: Timestamp,
+    last_end: &mut Instant,
     started: Instant,
     worked: bool,
 ) {
+    let end = Instant::now();
     let busy = if worked {
-        started.elapsed()
+        end.saturating_duration_since(started)
     } else {
         Duration::ZERO
     };
-    control.record_round(now, busy);
+    control.record_round(Round {
+        cycle: end.saturating_duration_since(*last_end),
+        busy,
+        backlogged: io.backlogged(),
+    });
+    *last_end = end;
     io.admit_connections(control.admits_connections());
 }
 
@@ -339,6 +347,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
     /// once nothing is left (or after the drain limit) everyone is kicked and closed.
     fn run(mut self) {
         let mut idle_since = Instant::now();
+        let mut last_round_end = idle_since;
         let mut drain = Drain::new(&self.plane.control);
         loop {
             if drain.step(&self.stop, &mut self.plane) == DrainStep::Done {
@@ -358,10 +367,15 @@ impl<I: CoreIo, E: GroupEngine + 'static> HomeLoop<I, E> {
                 tracing::error!(error = %e, "home core: waiting for I/O failed; stopping");
                 self.stop.store(true, Ordering::Relaxed);
             }
-            let now = now();
             let started = Instant::now();
-            let worked = self.iterate(now);
-            admit_after_round(&mut self.io, &mut self.plane.control, now, started, worked);
+            let worked = self.iterate(now());
+            admit_after_round(
+                &mut self.io,
+                &mut self.plane.control,
+                &mut last_round_end,
+                started,
+                worked,
+            );
             if worked {
                 idle_since = Instant::now();
             }

@@ -195,6 +195,7 @@ struct OwnerLoop<I: CoreIo, E: GroupEngine + 'static> {
 impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
     fn run(mut self) {
         let mut idle_since = Instant::now();
+        let mut last_round_end = idle_since;
         let mut drain = Drain::new(&self.plane.control);
         loop {
             match drain.step(&self.shared.stop, &mut self.plane) {
@@ -216,10 +217,15 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
                 tracing::error!(core = self.io.index(), error = %e, "waiting for I/O failed; stopping");
                 self.shared.stop.store(true, Ordering::Relaxed);
             }
-            let now = now();
             let started = Instant::now();
-            let worked = self.iterate(now);
-            admit_after_round(&mut self.io, &mut self.plane.control, now, started, worked);
+            let worked = self.iterate(now());
+            admit_after_round(
+                &mut self.io,
+                &mut self.plane.control,
+                &mut last_round_end,
+                started,
+                worked,
+            );
             if worked {
                 idle_since = Instant::now();
             }

@@ -378,10 +378,10 @@ impl Control {
         self.rooms.len()
     }
 
-    /// The loop spent `busy` on work in the round that ended at `now` (the CPU budget
-    /// of [`crate::admission`]; call once per loop iteration).
-    pub fn record_round(&mut self, now: Timestamp, busy: Duration) {
-        self.admission.record_round(now, busy);
+    /// What the loop measured of its last round (the CPU budget of
+    /// [`crate::admission`]; call once per loop iteration).
+    pub fn record_round(&mut self, round: crate::admission::Round) {
+        self.admission.record_round(round);
     }
 
     /// Whether this core welcomes new connections: not while it is over its CPU budget

@@ -453,6 +453,11 @@ impl CoreIo for KernelCore {
         self.waker.clone()
     }
 
+    fn backlogged(&self) -> bool {
+        // `read` lists a connection again when its budget for the round ran out.
+        !self.readable.is_empty()
+    }
+
     fn admit_connections(&mut self, admit: bool) {
         self.admitting = admit;
     }

@@ -155,6 +155,8 @@ pub struct XdpCore<D: Device = Xsk> {
     peers: PeerPolicy,
     websocket: Option<WsAcceptor>,
     shards: ShardSet,
+    /// The last `take_frames` left frames on an rx ring (it took its most batches).
+    backlogged: bool,
     neighbours: NeighbourTable,
     conns: Slab<Conn>,
     by_socket: HashMap<(usize, SocketHandle), usize>,
@@ -219,6 +221,7 @@ impl<D: Device> XdpCore<D> {
             proxy_protocol: config.proxy_protocol,
             peers: config.peers.clone(),
             websocket: config.websocket.clone(),
+            backlogged: false,
             shards: ShardSet::new(
                 ShardSetConfig {
                     shards,
@@ -311,8 +314,10 @@ impl<D: Device> XdpCore<D> {
             arp_requests,
             our_ip,
             own_arp,
+            backlogged,
             ..
         } = self;
+        *backlogged = false;
         for queue in queues.iter_mut() {
             let mut batch = RxCounters::default();
             let mut drops = TcpDrops::default();
@@ -328,14 +333,17 @@ impl<D: Device> XdpCore<D> {
             };
             let mut handle = |frame: &[u8]| intake.take(frame);
             let mut taken = 0;
+            let mut drained = false;
             for _ in 0..RX_BATCHES_PER_ROUND {
                 // Each batch also refills the fill ring with the frames it released.
                 let n = queue.device.receive(RX_BATCH, &mut handle);
                 taken += n;
                 if n < RX_BATCH {
+                    drained = true;
                     break;
                 }
             }
+            *backlogged |= !drained;
             if taken > 0 {
                 queue.rx_counters.add(&batch);
                 queue.rx_counters.add_drops(drops);
@@ -772,6 +780,10 @@ impl<D: Device + Send> CoreIo for XdpCore<D> {
 
     fn transmit(&mut self, events: &mut Vec<TransportEvent>) {
         self.pump(events);
+    }
+
+    fn backlogged(&self) -> bool {
+        self.backlogged
     }
 
     fn admit_connections(&mut self, admit: bool) {
