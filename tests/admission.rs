@@ -26,6 +26,14 @@ const LOGINS_PER_SECOND: u32 = 10;
 const RETRY_AFTER_MS: u32 = 300;
 const STORM: u64 = 60;
 
+/// At least as many cores as a test server runs loops on (every CPU, one, or the lab's
+/// two queues).
+fn server_cores_at_most() -> u64 {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2) as u64
+}
+
 /// Sends a `Login` on `client` without waiting for its answer.
 fn send_login(client: &mut TestClient, server: &TestServer, user: u64) {
     client.user = user;
@@ -95,8 +103,9 @@ fn a_login_storm_past_the_budget_is_refused_busy_and_comes_back(dp: Dataplane) {
             Err(wait) => waiting.push((user, wait)),
         }
     }
-    // The server runs a loop on every CPU (or one): an upper bound of its cores.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    // The server runs a loop on every CPU, on one, or (AF_XDP, DPDK) on the lab's two
+    // queues: an upper bound of its cores.
+    let cores = server_cores_at_most();
     let budget = u64::from(LOGINS_PER_SECOND) * cores;
     assert!(
         logged_in.len() as u64 <= budget + cores,
@@ -105,7 +114,7 @@ fn a_login_storm_past_the_budget_is_refused_busy_and_comes_back(dp: Dataplane) {
     );
     let refused_first = waiting.len();
     assert!(
-        refused_first as u64 >= STORM - budget - cores,
+        refused_first as u64 >= STORM.saturating_sub(budget + cores),
         "{refused_first} refused"
     );
     for (_, wait) in &waiting {
@@ -117,7 +126,7 @@ fn a_login_storm_past_the_budget_is_refused_busy_and_comes_back(dp: Dataplane) {
     }
     let distinct: std::collections::HashSet<u32> = waiting.iter().map(|(_, w)| *w).collect();
     assert!(
-        distinct.len() > waiting.len() / 2,
+        waiting.len() < 4 || distinct.len() > waiting.len() / 2,
         "the waits are spread, not one value for everyone: {distinct:?}"
     );
 
@@ -197,9 +206,9 @@ fn sdk_clients_refused_busy_wait_as_told_and_get_in(dp: Dataplane) {
         }
         // Each core lets one login in per second: most of the storm was refused at
         // least once, and every refused client waited as long as it was told.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = server_cores_at_most();
         assert!(
-            busy_waits.len() >= CLIENTS as usize - 2 * cores,
+            busy_waits.len() as u64 >= CLIENTS.saturating_sub(2 * cores),
             "{busy_waits:?}"
         );
         assert!(

@@ -581,17 +581,18 @@ impl Engine {
     /// A refusal worth retrying: the connection backs off and is opened again, unless it
     /// used up its retries (then it failed).
     fn refused_or_failed(&mut self, i: usize, why: String) {
-        self.refused_or_failed_after(i, why, Duration::ZERO);
+        self.refused_or_failed_after(i, why, Duration::ZERO, false);
     }
 
     /// [`Engine::refused_or_failed`], waiting at least `floor` (the server's
-    /// `retry_after_ms`).
-    fn refused_or_failed_after(&mut self, i: usize, why: String, floor: Duration) {
+    /// `retry_after_ms`); `busy`: the refusal was `SERVER_BUSY` (counted apart).
+    fn refused_or_failed_after(&mut self, i: usize, why: String, floor: Duration, busy: bool) {
         let attempt = self.conns[i].attempts;
         if attempt >= self.retry.attempts {
             return self.fail_login(i, why);
         }
         self.stats.counts.refused += 1;
+        self.stats.counts.busy += u64::from(busy);
         self.close(i);
         let conn = &mut self.conns[i];
         conn.attempts += 1;
@@ -764,11 +765,9 @@ impl Engine {
                         | pb::ErrorCode::ShuttingDown
                         | pb::ErrorCode::ServerBusy
                 ) {
-                    if code == pb::ErrorCode::ServerBusy {
-                        self.stats.counts.busy += 1;
-                    }
                     let floor = Duration::from_millis(u64::from(e.retry_after_ms));
-                    self.refused_or_failed_after(i, why, floor);
+                    let busy = code == pb::ErrorCode::ServerBusy;
+                    self.refused_or_failed_after(i, why, floor, busy);
                 } else {
                     self.fail_login(i, why);
                 }

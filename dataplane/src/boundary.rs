@@ -87,9 +87,10 @@ pub trait CoreIo: Send {
     fn backlogged(&self) -> bool;
 
     /// Whether new connections are welcome (the driver's admission control): with
-    /// false the transport takes none — kernel sockets leave them in the listen backlog
-    /// (the kernel's SYN cookies answer past it), the userspace TCP drops their SYNs
-    /// (counted; clients retransmit) — while every open connection is served as before.
+    /// false a transport that owns the handshake takes none — the userspace TCP drops
+    /// their SYNs (counted; clients retransmit) — while every open connection is served
+    /// as before. Kernel sockets accept regardless (see their implementation): there the
+    /// login refusal sheds.
     fn admit_connections(&mut self, admit: bool);
 
     /// Stops accepting and closes every connection once its output is written.

@@ -238,14 +238,13 @@ impl Drain {
     }
 }
 
-/// How long to sleep: not at all while there is work or while spinning, else until the
-/// next timer (capped).
 /// Reports a round to the control plane's admission control
 /// ([`petrel_control::admission`]): the time since `last_end` (then moved to now), the
 /// time since `started` if the round `worked`, and whether the transport left input
 /// behind; and passes the verdict on new connections to the transport. With
 /// `ownership = "home"` only core 0 runs it: the other cores' transports keep
-/// accepting, and the home core's budget decides the logins.
+/// accepting, and the home core's budgets decide every login (its logins-per-second
+/// budget is then the whole server's).
 pub(super) fn admit_after_round<I: CoreIo>(
     io: &mut I,
     control: &mut Control,
@@ -268,6 +267,8 @@ pub(super) fn admit_after_round<I: CoreIo>(
     io.admit_connections(control.admits_connections());
 }
 
+/// How long to sleep: not at all while there is work or while spinning, else until the
+/// next timer (capped).
 pub(super) fn sleep_for(
     poll: PollMode,
     work_waiting: bool,

@@ -385,7 +385,8 @@ impl Control {
     }
 
     /// Whether this core welcomes new connections: not while it is over its CPU budget
-    /// (the loop then leaves them unaccepted, or drops their SYNs).
+    /// (the userspace TCP then drops their SYNs; kernel sockets accept them, and their
+    /// logins are refused).
     pub fn admits_connections(&self) -> bool {
         self.admission.admits_connections()
     }

@@ -71,10 +71,8 @@ pub struct KernelCore {
     readable: Vec<usize>,
     /// Listeners with pending connections.
     accepting: Vec<usize>,
-    /// Whether `receive` accepts them ([`CoreIo::admit_connections`]); if not they wait
-    /// in the kernel's listen backlog, and `accepting` keeps them in mind (the listeners
-    /// are edge-triggered).
-    admitting: bool,
+    /// The last `receive` left a connection with more to read than its budget.
+    backlogged: bool,
     shutdown_started: Option<Instant>,
     /// When the last "accept failed" warning was logged, and failures since.
     accept_warned: Option<Instant>,
@@ -109,7 +107,7 @@ impl KernelCore {
             dirty: Vec::new(),
             readable: Vec::new(),
             accepting: Vec::new(),
-            admitting: true,
+            backlogged: false,
             shutdown_started: None,
             accept_warned: None,
             accept_failures: 0,
@@ -252,6 +250,7 @@ impl KernelCore {
             ReadOutcome::More => {
                 // Its turn is over for this iteration; the next `receive` reads on (no new
                 // epoll edge would come for data already there).
+                self.backlogged = true;
                 conn.read_pending = true;
                 self.readable.push(key);
             }
@@ -291,14 +290,13 @@ impl CoreIo for KernelCore {
     }
 
     fn receive(&mut self, events: &mut Vec<TransportEvent>) {
-        if self.admitting {
-            let mut accepting = std::mem::take(&mut self.accepting);
-            for &listener in &accepting {
-                self.accept(listener, events);
-            }
-            accepting.clear();
-            self.accepting = accepting;
+        self.backlogged = false;
+        let mut accepting = std::mem::take(&mut self.accepting);
+        for &listener in &accepting {
+            self.accept(listener, events);
         }
+        accepting.clear();
+        self.accepting = accepting;
         let mut readable = std::mem::take(&mut self.readable);
         for &key in &readable {
             if let Some(conn) = self.conns.get_mut(key) {
@@ -454,13 +452,16 @@ impl CoreIo for KernelCore {
     }
 
     fn backlogged(&self) -> bool {
-        // `read` lists a connection again when its budget for the round ran out.
-        !self.readable.is_empty()
+        self.backlogged
     }
 
-    fn admit_connections(&mut self, admit: bool) {
-        self.admitting = admit;
-    }
+    /// Kernel sockets accept regardless: the kernel completes the handshake before
+    /// Petrel sees a connection, so one left in the listen backlog looks open to its
+    /// client, which sends its login into a socket nobody reads, times out, and comes
+    /// back while the server later serves the stale login. Accepting is cheap; the
+    /// overloaded control plane's refusal of the login (`SERVER_BUSY`, a retry time,
+    /// close) is the shedding here.
+    fn admit_connections(&mut self, _admit: bool) {}
 
     fn begin_shutdown(&mut self) {
         if self.shutdown_started.is_some() {
