@@ -40,6 +40,17 @@ impl Wake for mio::Waker {
     }
 }
 
+/// What a transport did in one round ([`CoreIo::round_load`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoundLoad {
+    /// It did work that may have produced no event: took input, or polled its
+    /// userspace TCP (ACKs, retransmissions, dropped SYNs).
+    pub worked: bool,
+    /// [`CoreIo::receive`] left input behind because it reached its per-round budget
+    /// (the rx ring, or readable sockets, hold more than one round takes).
+    pub backlogged: bool,
+}
+
 /// One core's share of a transport (a kernel-socket event loop's sockets, or one AF_XDP
 /// queue with its userspace TCP shards), driven by the loop that owns it.
 ///
@@ -81,10 +92,9 @@ pub trait CoreIo: Send {
     /// The handle other threads use to end [`CoreIo::wait`].
     fn waker(&self) -> Arc<dyn Wake>;
 
-    /// Whether the last [`CoreIo::receive`] left input behind because it reached its
-    /// per-round budget (the rx ring, or readable sockets, hold more than one round
-    /// takes): the driver's admission control counts it as load.
-    fn backlogged(&self) -> bool;
+    /// What the round since the last [`CoreIo::receive`] did, for the driver's
+    /// admission control.
+    fn round_load(&self) -> RoundLoad;
 
     /// Whether new connections are welcome (the driver's admission control): with
     /// false a transport that owns the handshake takes none — the userspace TCP drops

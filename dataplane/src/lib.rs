@@ -63,7 +63,7 @@ pub mod websocket;
 pub mod xdp;
 
 pub use address_limit::AddressLimiter;
-pub use boundary::{Command, CoreIo, Threaded, Wake, spawn_threaded};
+pub use boundary::{Command, CoreIo, RoundLoad, Threaded, Wake, spawn_threaded};
 pub use peer::PeerPolicy;
 pub use proxy_header::{ProxyFailure, ProxyStats};
 pub use tls::{TlsAcceptor, TlsFailure, TlsStats};

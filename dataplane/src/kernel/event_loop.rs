@@ -18,7 +18,7 @@ use petrel_proto::DecoderConfig;
 use slab::Slab;
 
 use super::conn::{Connection, ReadOutcome};
-use crate::boundary::{CoreIo, Wake};
+use crate::boundary::{CoreIo, RoundLoad, Wake};
 use crate::framed::Framed;
 use crate::peer::{PeerPolicy, Verdict};
 use crate::tls::TlsAcceptor;
@@ -71,8 +71,8 @@ pub struct KernelCore {
     readable: Vec<usize>,
     /// Listeners with pending connections.
     accepting: Vec<usize>,
-    /// The last `receive` left a connection with more to read than its budget.
-    backlogged: bool,
+    /// What the round since the last `receive` did ([`CoreIo::round_load`]).
+    load: RoundLoad,
     shutdown_started: Option<Instant>,
     /// When the last "accept failed" warning was logged, and failures since.
     accept_warned: Option<Instant>,
@@ -107,7 +107,7 @@ impl KernelCore {
             dirty: Vec::new(),
             readable: Vec::new(),
             accepting: Vec::new(),
-            backlogged: false,
+            load: RoundLoad::default(),
             shutdown_started: None,
             accept_warned: None,
             accept_failures: 0,
@@ -250,7 +250,7 @@ impl KernelCore {
             ReadOutcome::More => {
                 // Its turn is over for this iteration; the next `receive` reads on (no new
                 // epoll edge would come for data already there).
-                self.backlogged = true;
+                self.load.backlogged = true;
                 conn.read_pending = true;
                 self.readable.push(key);
             }
@@ -290,7 +290,10 @@ impl CoreIo for KernelCore {
     }
 
     fn receive(&mut self, events: &mut Vec<TransportEvent>) {
-        self.backlogged = false;
+        self.load = RoundLoad {
+            worked: !self.accepting.is_empty() || !self.readable.is_empty(),
+            backlogged: false,
+        };
         let mut accepting = std::mem::take(&mut self.accepting);
         for &listener in &accepting {
             self.accept(listener, events);
@@ -451,8 +454,8 @@ impl CoreIo for KernelCore {
         self.waker.clone()
     }
 
-    fn backlogged(&self) -> bool {
-        self.backlogged
+    fn round_load(&self) -> RoundLoad {
+        self.load
     }
 
     /// Kernel sockets accept regardless: the kernel completes the handshake before

@@ -46,7 +46,7 @@ use super::shards::{ShardSet, ShardSetConfig};
 use super::stats::{SharedRxCounters, TcpDrops};
 use super::tcp::{ShardConfig, frame_ipv4};
 use super::wire::RxCounters;
-use crate::boundary::{CoreIo, Wake};
+use crate::boundary::{CoreIo, RoundLoad, Wake};
 use crate::framed::Framed;
 use crate::peer::{PeerPolicy, Verdict};
 use crate::sys::event::{EventFd, WAIT_ANY_MAX, wait, wait_any};
@@ -155,8 +155,10 @@ pub struct XdpCore<D: Device = Xsk> {
     peers: PeerPolicy,
     websocket: Option<WsAcceptor>,
     shards: ShardSet,
-    /// The last `take_frames` left frames on an rx ring (it took its most batches).
-    backlogged: bool,
+    /// What the round since the last `receive` did ([`CoreIo::round_load`]): frames
+    /// taken or shards polled, and whether `take_frames` left frames on an rx ring (it
+    /// took its most batches).
+    load: RoundLoad,
     neighbours: NeighbourTable,
     conns: Slab<Conn>,
     by_socket: HashMap<(usize, SocketHandle), usize>,
@@ -221,7 +223,7 @@ impl<D: Device> XdpCore<D> {
             proxy_protocol: config.proxy_protocol,
             peers: config.peers.clone(),
             websocket: config.websocket.clone(),
-            backlogged: false,
+            load: RoundLoad::default(),
             shards: ShardSet::new(
                 ShardSetConfig {
                     shards,
@@ -314,10 +316,10 @@ impl<D: Device> XdpCore<D> {
             arp_requests,
             our_ip,
             own_arp,
-            backlogged,
+            load,
             ..
         } = self;
-        *backlogged = false;
+        *load = RoundLoad::default();
         for queue in queues.iter_mut() {
             let mut batch = RxCounters::default();
             let mut drops = TcpDrops::default();
@@ -343,7 +345,8 @@ impl<D: Device> XdpCore<D> {
                     break;
                 }
             }
-            *backlogged |= !drained;
+            load.backlogged |= !drained;
+            load.worked |= taken > 0;
             if taken > 0 {
                 queue.rx_counters.add(&batch);
                 queue.rx_counters.add_drops(drops);
@@ -366,7 +369,7 @@ impl<D: Device> XdpCore<D> {
             ..
         } = self;
         let xsk = &mut queues[*tx].device;
-        shards.poll(now, |_, packet| {
+        let polled = shards.poll(now, |_, packet| {
             let Ok(dst) = Ipv4Packet::new_checked(packet).map(|p| p.dst_addr()) else {
                 return;
             };
@@ -380,6 +383,7 @@ impl<D: Device> XdpCore<D> {
                 xsk.send(|buf| frame_ipv4(packet, *our_mac, mac, buf));
             }
         });
+        self.load.worked |= polled > 0;
     }
 
     /// Reports `Closed` for connections smoltcp removed and `Opened` for new ones.
@@ -782,8 +786,8 @@ impl<D: Device + Send> CoreIo for XdpCore<D> {
         self.pump(events);
     }
 
-    fn backlogged(&self) -> bool {
-        self.backlogged
+    fn round_load(&self) -> RoundLoad {
+        self.load
     }
 
     fn admit_connections(&mut self, admit: bool) {
