@@ -1096,7 +1096,7 @@ shutdown_grace_ms = 1500
         for (text, key) in [
             ("admission_busy_percent = 101\n", "admission_busy_percent"),
             (
-                "admission_busy_low_percent = 90\n",
+                "admission_busy_percent = 80\nadmission_busy_low_percent = 80\n",
                 "admission_busy_low_percent",
             ),
             ("admission_retry_after_ms = 0\n", "admission_retry_after_ms"),

@@ -240,8 +240,8 @@ impl Drain {
 
 /// Reports a round to the control plane's admission control
 /// ([`petrel_control::admission`]): the time since `last_end` (then moved to now), the
-/// time since `started` if the round `worked`, and whether the transport left input
-/// behind; and passes the verdict on new connections to the transport. With
+/// time since `started` if the round `worked` or the transport did work that produced
+/// no event (ACKs, timers, dropped SYNs), and whether the transport left input behind; and passes the verdict on new connections to the transport. With
 /// `ownership = "home"` only core 0 runs it: the other cores' transports keep
 /// accepting, and the home core's budgets decide every login (its logins-per-second
 /// budget is then the whole server's).
@@ -253,7 +253,8 @@ pub(super) fn admit_after_round<I: CoreIo>(
     worked: bool,
 ) {
     let end = Instant::now();
-    let busy = if worked {
+    let load = io.round_load();
+    let busy = if worked || load.worked {
         end.saturating_duration_since(started)
     } else {
         Duration::ZERO
@@ -261,7 +262,7 @@ pub(super) fn admit_after_round<I: CoreIo>(
     control.record_round(Round {
         cycle: end.saturating_duration_since(*last_end),
         busy,
-        backlogged: io.backlogged(),
+        backlogged: load.backlogged,
     });
     *last_end = end;
     io.admit_connections(control.admits_connections());
