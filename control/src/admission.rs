@@ -1,5 +1,5 @@
 //! Admission control: a core that is over its budget sheds *new* work — logins, and
-//! (through the loop, [`Admission::admits_connections`]) new connections — before the
+//! (through the loop, while [`Admission::is_overloaded`]) new connections — before the
 //! sessions it already serves suffer.
 //!
 //! Two budgets, each off by default (the CPU budget: see
@@ -138,11 +138,6 @@ impl Admission {
         }
     }
 
-    /// The settings in use.
-    pub fn config(&self) -> &AdmissionConfig {
-        &self.config
-    }
-
     /// One more round of the loop. At the end of each [`WINDOW`] the core's state is
     /// decided from the window's busy and behind shares.
     pub fn record_round(&mut self, round: Round) {
@@ -173,11 +168,6 @@ impl Admission {
     /// Whether the core is over its CPU budget (new connections should be refused).
     pub fn is_overloaded(&self) -> bool {
         self.overloaded
-    }
-
-    /// Whether new connections are welcome: not while overloaded.
-    pub fn admits_connections(&self) -> bool {
-        !self.overloaded
     }
 
     /// Decides on a login on `conn_key` (any number that differs between connections,
@@ -290,7 +280,6 @@ mod tests {
         assert!(!a.is_overloaded(), "50 % busy is within budget");
         load(&mut a, 100, 950);
         assert!(a.is_overloaded(), "95 % busy is over 90 %");
-        assert!(!a.admits_connections());
         load(&mut a, 100, 800);
         assert!(
             a.is_overloaded(),
@@ -298,7 +287,6 @@ mod tests {
         );
         load(&mut a, 100, 600);
         assert!(!a.is_overloaded(), "60 % is under the low mark: recovered");
-        assert!(a.admits_connections());
     }
 
     #[test]
@@ -353,7 +341,7 @@ mod tests {
         );
         assert!(a.admit_login(at(100), 12).is_err());
         assert!(
-            a.admits_connections(),
+            !a.is_overloaded(),
             "the login budget leaves connections alone"
         );
     }

@@ -388,7 +388,7 @@ impl Control {
     /// (the userspace TCP then drops their SYNs; kernel sockets accept them, and their
     /// logins are refused).
     pub fn admits_connections(&self) -> bool {
-        self.admission.admits_connections()
+        !self.admission.is_overloaded()
     }
 
     /// Whether the revocation list has been loaded (logins are accepted).
