@@ -27,6 +27,7 @@ use petrel_dataplane::xdp::neighbour::{ARP_FRAME_LEN, NeighbourConfig, Neighbour
 use petrel_dataplane::xdp::rx::Intake;
 use petrel_dataplane::xdp::shards::{ShardSet, ShardSetConfig};
 use petrel_dataplane::xdp::stats::TcpDrops;
+use petrel_dataplane::xdp::syn_cookie::CookieSynAck;
 use petrel_dataplane::xdp::tcp::{ShardConfig, frame_ipv4};
 use petrel_dataplane::xdp::wire::{Inbound, RxCounters, classify_for};
 use petrel_proto::{DecoderConfig, FrameDecoder};
@@ -214,6 +215,7 @@ pub struct Lab {
     shards: ShardSet,
     neighbours: NeighbourTable,
     arp_requests: Vec<ArpRepr>,
+    cookie_replies: Vec<(EthernetAddress, CookieSynAck)>,
     counters: RxCounters,
     drops: TcpDrops,
     frames_taken: u64,
@@ -239,6 +241,9 @@ impl Lab {
             shards: 2,
             max_connections_per_shard: MAX_PER_SHARD,
             seed: 42,
+            // Tiny, so fuzzed SYNs reach the cookie path and fuzzed ACKs are checked.
+            syn_backlog: 2,
+            syn_cookies: true,
             shard: ShardConfig {
                 addr: OURS,
                 prefix_len: 24,
@@ -257,6 +262,7 @@ impl Lab {
                 ttl_ms: 60_000,
             }),
             arp_requests: Vec::new(),
+            cookie_replies: Vec::new(),
             counters: RxCounters::default(),
             drops: TcpDrops::default(),
             frames_taken: 0,
@@ -358,6 +364,7 @@ impl Lab {
             shards: &mut self.shards,
             neighbours: &mut self.neighbours,
             arp_requests: &mut self.arp_requests,
+            cookie_replies: &mut self.cookie_replies,
             counters: &mut self.counters,
             drops: &mut self.drops,
         };
@@ -385,6 +392,17 @@ impl Lab {
                 );
                 sent.push(buf[..len].to_vec());
             }
+        }
+        // Then the SYN cookies' SYN-ACKs, to the MAC each SYN came from.
+        for (mac, reply) in self.cookie_replies.drain(..) {
+            let mut buf = [0u8; 128];
+            let len = reply.write_frame(OUR_MAC, mac, &mut buf).expect("a SYN-ACK fits");
+            let seen = classify_for(&buf[..len], Ipv4Cidr::new(reply.tuple.remote, 32));
+            assert!(
+                matches!(seen, Ok(Inbound::Tcp { .. })),
+                "the peer's classifier refuses our cookie SYN-ACK: {seen:?}"
+            );
+            sent.push(buf[..len].to_vec());
         }
         let now = self.now;
         let neighbours = &self.neighbours;

@@ -504,6 +504,8 @@ mod tests {
             own_arp: true,
             shards_per_queue: 4,
             max_connections_per_shard: 16,
+            syn_backlog: 1024,
+            syn_cookies: true,
             shard: ShardConfig {
                 addr: OURS,
                 port: 9500,

@@ -21,6 +21,7 @@ use crate::sys::dpdk::port::{self, PortConfig};
 use crate::sys::dpdk::{Eal, FlowRule, Port, PortQueue, PortStats};
 use crate::xdp::poller::{CoreSettings, MAX_QUEUES_PER_CORE, Queue, XdpCore};
 use crate::xdp::stats::{QueueStats, SharedRxCounters};
+use crate::xdp::syn_cookie::DEFAULT_SYN_BACKLOG;
 use crate::xdp::tcp::ShardConfig;
 
 /// One core's poller on the DPDK port: the AF_XDP poller over a DPDK queue.
@@ -50,6 +51,11 @@ pub struct DpdkConfig {
     pub shards_per_queue: usize,
     /// Most connections per shard.
     pub max_connections_per_shard: usize,
+    /// Most half-open connections per core; SYNs past it get SYN cookies (or are dropped
+    /// with `syn_cookies` off). See [`crate::xdp::syn_cookie`].
+    pub syn_backlog: usize,
+    /// Answer SYNs past `syn_backlog` with SYN cookies.
+    pub syn_cookies: bool,
     /// Per-connection smoltcp buffers and queue limits.
     pub shard: ShardConfig,
     /// Bytes queued for one connection past which it is congested (this much more after
@@ -82,6 +88,8 @@ impl DpdkConfig {
             port_config: PortConfig::default(),
             shards_per_queue: 64,
             max_connections_per_shard: 4096,
+            syn_backlog: DEFAULT_SYN_BACKLOG,
+            syn_cookies: true,
             shard: ShardConfig {
                 addr,
                 port,
@@ -124,6 +132,8 @@ impl DpdkConfig {
             own_arp: true,
             shards_per_queue: self.shards_per_queue,
             max_connections_per_shard: self.max_connections_per_shard,
+            syn_backlog: self.syn_backlog,
+            syn_cookies: self.syn_cookies,
             shard: ShardConfig {
                 addr: self.addr,
                 port: self.port,

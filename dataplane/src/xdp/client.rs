@@ -202,6 +202,9 @@ impl XdpClient {
             ShardSetConfig {
                 shards: config.shards,
                 max_connections_per_shard: config.max_connections_per_shard,
+                // A client's shards listen on nothing: no SYN reaches them.
+                syn_backlog: 0,
+                syn_cookies: false,
                 seed,
                 shard: ShardConfig {
                     addr: first,
@@ -450,6 +453,8 @@ impl XdpClient {
             shards,
             neighbours,
             arp_requests,
+            // A client listens on nothing: no SYN of its gets a cookie.
+            cookie_replies: &mut Vec::new(),
             counters: rx,
             drops: tcp_drops,
         };

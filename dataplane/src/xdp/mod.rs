@@ -60,6 +60,7 @@ pub mod ring;
 pub mod rx;
 pub mod shards;
 pub mod stats;
+pub mod syn_cookie;
 pub mod tcp;
 pub mod transport;
 pub mod umem;

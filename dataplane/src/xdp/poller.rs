@@ -42,8 +42,9 @@ use smoltcp::wire::{ArpRepr, EthernetAddress, Ipv4Cidr, Ipv4Packet};
 use super::device::Device;
 use super::neighbour::{NeighbourConfig, NeighbourTable, arp_reply};
 use super::rx::Intake;
-use super::shards::{ShardSet, ShardSetConfig};
+use super::shards::{CookieStats, ShardSet, ShardSetConfig};
 use super::stats::{SharedRxCounters, TcpDrops};
+use super::syn_cookie::CookieSynAck;
 use super::tcp::{ShardConfig, frame_ipv4};
 use super::wire::RxCounters;
 use crate::boundary::{CoreIo, RoundLoad, Wake};
@@ -124,6 +125,8 @@ pub(crate) struct CoreSettings {
     pub(crate) own_arp: bool,
     pub(crate) shards_per_queue: usize,
     pub(crate) max_connections_per_shard: usize,
+    pub(crate) syn_backlog: usize,
+    pub(crate) syn_cookies: bool,
     pub(crate) shard: ShardConfig,
     pub(crate) max_outbound_bytes: usize,
     pub(crate) decoder: DecoderConfig,
@@ -166,6 +169,10 @@ pub struct XdpCore<D: Device = Xsk> {
     dirty: Vec<usize>,
     scratch: Vec<u8>,
     arp_requests: Vec<ArpRepr>,
+    /// SYN cookie SYN-ACKs to send after this round's receive batches.
+    cookie_replies: Vec<(EthernetAddress, CookieSynAck)>,
+    /// The cookie counters and half-open count as last published to the metrics.
+    published_cookies: (CookieStats, usize),
     handles: Vec<SocketHandle>,
     polled: Vec<usize>,
     read_keys: Vec<usize>,
@@ -228,6 +235,8 @@ impl<D: Device> XdpCore<D> {
                 ShardSetConfig {
                     shards,
                     max_connections_per_shard: config.max_connections_per_shard,
+                    syn_backlog: config.syn_backlog,
+                    syn_cookies: config.syn_cookies,
                     seed,
                     shard: ShardConfig {
                         addr: config.addr,
@@ -245,6 +254,8 @@ impl<D: Device> XdpCore<D> {
             dirty: Vec::new(),
             scratch: vec![0; 64 * 1024],
             arp_requests: Vec::new(),
+            cookie_replies: Vec::new(),
+            published_cookies: (CookieStats::default(), 0),
             handles: Vec::new(),
             polled: Vec::new(),
             read_keys: Vec::new(),
@@ -314,6 +325,7 @@ impl<D: Device> XdpCore<D> {
             shards,
             neighbours,
             arp_requests,
+            cookie_replies,
             our_ip,
             own_arp,
             load,
@@ -330,6 +342,7 @@ impl<D: Device> XdpCore<D> {
                 shards: &mut *shards,
                 neighbours: &mut *neighbours,
                 arp_requests: &mut *arp_requests,
+                cookie_replies: &mut *cookie_replies,
                 counters: &mut batch,
                 drops: &mut drops,
             };
@@ -356,6 +369,14 @@ impl<D: Device> XdpCore<D> {
         for request in self.arp_requests.drain(..) {
             let (mac, ip) = (self.our_mac, self.our_ip);
             xsk.send(|buf| arp_reply(&request, mac, ip, buf));
+        }
+        for (peer_mac, reply) in self.cookie_replies.drain(..) {
+            xsk.send(|buf| reply.write_frame(self.our_mac, peer_mac, buf));
+        }
+        let cookies = (self.shards.cookie_stats(), self.shards.half_open());
+        if cookies != self.published_cookies {
+            self.published_cookies = cookies;
+            self.queues[0].rx_counters.set_cookies(cookies.0, cookies.1);
         }
     }
 

@@ -28,8 +28,9 @@ use std::net::SocketAddrV4;
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
-use smoltcp::wire::{Ipv4Packet, TcpPacket};
+use smoltcp::wire::{Ipv4Packet, TcpOption, TcpPacket};
 
+use super::syn_cookie::{self, CookieSynAck, SYN_PACKET_LEN, SynCookies, Tuple};
 use super::tcp::{ShardConfig, TcpShard};
 
 /// Settings of a [`ShardSet`].
@@ -41,6 +42,14 @@ pub struct ShardSetConfig {
     pub max_connections_per_shard: usize,
     /// Seed of the 4-tuple hash (random per process, so a client cannot aim at one shard).
     pub seed: u64,
+    /// Most half-open (SYN-RECEIVED) connections over all shards. Past it a SYN is
+    /// answered with a SYN cookie ([`super::syn_cookie`]) when `syn_cookies` is on, and
+    /// dropped ([`RxVerdict::BacklogFull`]) when it is off. 0 with cookies on: every SYN
+    /// gets a cookie.
+    pub syn_backlog: usize,
+    /// Answer SYNs past the backlog with cookies (a flood of spoofed SYNs then costs no
+    /// memory and locks no real client out).
+    pub syn_cookies: bool,
     /// Settings of every shard.
     pub shard: ShardConfig,
 }
@@ -61,6 +70,13 @@ pub enum RxVerdict {
     Deferred,
     /// The shard's receive queue was full: dropped (TCP retransmits).
     QueueFull,
+    /// A SYN past the half-open backlog: to be answered with this cookie SYN-ACK (by the
+    /// caller, to the MAC the SYN came from); nothing was stored.
+    Cookie(CookieSynAck),
+    /// An ACK that carried a valid cookie: its connection was opened in shard `0`.
+    OpenedFromCookie(usize),
+    /// A SYN past the half-open backlog with cookies off: dropped (the client retries).
+    BacklogFull,
     /// A SYN for a 4-tuple the shard already has a connection for (a retransmission):
     /// dropped; that connection's SYN-ACK retransmission answers it.
     DuplicateSyn,
@@ -108,6 +124,18 @@ pub struct ShardSet {
     refused_syns: u64,
     duplicate_syns: u64,
     polls: u64,
+    /// Half-open connections over all shards (the sum of [`TcpShard::half_open`]).
+    half_open: usize,
+    /// SYNs queued for a listener or deferred, not yet polled: half-open connections to
+    /// be, counted against the backlog so one receive batch cannot overshoot it.
+    pending_syns: usize,
+    cookies: SynCookies,
+    /// When the last cookie was issued: ACKs of unknown connections are checked for a
+    /// cookie only while one can still be valid.
+    last_cookie_ms: Option<u64>,
+    cookie_stats: CookieStats,
+    /// Where the SYN a valid cookie stands for is rebuilt.
+    syn_scratch: [u8; SYN_PACKET_LEN],
     /// Whether new connections are taken ([`ShardSet::set_admitting`]).
     admitting: bool,
 }
@@ -139,6 +167,12 @@ impl ShardSet {
             refused_syns: 0,
             duplicate_syns: 0,
             polls: 0,
+            half_open: 0,
+            pending_syns: 0,
+            cookies: SynCookies::new(),
+            last_cookie_ms: None,
+            cookie_stats: CookieStats::default(),
+            syn_scratch: [0; SYN_PACKET_LEN],
             admitting: true,
         }
     }
@@ -151,8 +185,9 @@ impl ShardSet {
         (mix(tuple ^ self.config.seed) % self.shards.len() as u64) as usize
     }
 
-    /// Routes one IPv4 TCP packet (as `wire::classify` returns it) to its shard.
-    pub fn push_rx(&mut self, ip_packet: &[u8]) -> RxVerdict {
+    /// Routes one IPv4 TCP packet (as `wire::classify` returns it), received at `now_ms`,
+    /// to its shard.
+    pub fn push_rx(&mut self, ip_packet: &[u8], now_ms: u64) -> RxVerdict {
         let Ok(ip) = Ipv4Packet::new_checked(ip_packet) else {
             return RxVerdict::NotTcp;
         };
@@ -178,6 +213,15 @@ impl ShardSet {
                 self.refused_syns += 1;
                 return RxVerdict::RefusedSyn;
             }
+            if self.half_open + self.pending_syns >= self.config.syn_backlog
+                && self.listens_on(tcp.dst_port())
+            {
+                if !self.config.syn_cookies {
+                    self.cookie_stats.backlog_full += 1;
+                    return RxVerdict::BacklogFull;
+                }
+                return RxVerdict::Cookie(self.issue_cookie(&ip, &tcp, now_ms));
+            }
             // smoltcp's listener has no backlog: a second SYN in the same poll would be
             // answered with RST. Hold it until the listener is re-armed.
             if self.syn_pending[index] {
@@ -188,9 +232,20 @@ impl ShardSet {
                 buf.clear();
                 buf.extend_from_slice(ip_packet);
                 self.deferred.push(buf);
+                self.pending_syns += 1;
                 return RxVerdict::Deferred;
             }
             self.syn_pending[index] = true;
+            self.pending_syns += 1;
+        } else if tcp.ack()
+            && !tcp.rst()
+            && !tcp.syn()
+            && self.cookies_may_be_valid(now_ms)
+            && self.listens_on(tcp.dst_port())
+            && !self.shards[index].has_connection(ip.src_addr(), tcp.src_port(), tcp.dst_port())
+            && let Some(verdict) = self.try_cookie(index, &ip, &tcp, ip_packet, now_ms)
+        {
+            return verdict;
         }
         let shard = &mut self.shards[index];
         if !shard.push_rx(ip_packet) {
@@ -198,6 +253,105 @@ impl ShardSet {
         }
         self.mark_dirty(index);
         RxVerdict::Queued(index)
+    }
+
+    /// Whether the shards listen on `port` (a client's set listens on nothing).
+    fn listens_on(&self, port: u16) -> bool {
+        self.config.shard.port != 0 && port == self.config.shard.port
+    }
+
+    /// Whether a cookie issued lately could still be valid at `now_ms`.
+    fn cookies_may_be_valid(&self, now_ms: u64) -> bool {
+        self.last_cookie_ms
+            .is_some_and(|at| now_ms.saturating_sub(at) < 2 * syn_cookie::PERIOD_MS)
+    }
+
+    /// The cookie SYN-ACK for a SYN past the backlog.
+    fn issue_cookie(
+        &mut self,
+        ip: &Ipv4Packet<&[u8]>,
+        tcp: &TcpPacket<&[u8]>,
+        now_ms: u64,
+    ) -> CookieSynAck {
+        let tuple = Tuple {
+            remote: ip.src_addr(),
+            remote_port: tcp.src_port(),
+            local: ip.dst_addr(),
+            local_port: tcp.dst_port(),
+        };
+        let client_isn = tcp.seq_number().0 as u32;
+        let cookie = self.cookies.issue(&tuple, client_isn, syn_mss(tcp), now_ms);
+        self.last_cookie_ms = Some(now_ms);
+        self.cookie_stats.sent += 1;
+        let shard = &self.config.shard;
+        CookieSynAck {
+            tuple,
+            client_isn,
+            cookie,
+            our_mss: u16::try_from(shard.mtu.saturating_sub(40)).unwrap_or(u16::MAX),
+            window: u16::try_from(shard.rx_buffer).unwrap_or(u16::MAX),
+        }
+    }
+
+    /// For an ACK of no known connection: if it carries a valid cookie, opens its
+    /// connection in shard `index` (`Some` verdict); if not, `None` (smoltcp answers it
+    /// with a reset, as any stray segment).
+    fn try_cookie(
+        &mut self,
+        index: usize,
+        ip: &Ipv4Packet<&[u8]>,
+        tcp: &TcpPacket<&[u8]>,
+        ip_packet: &[u8],
+        now_ms: u64,
+    ) -> Option<RxVerdict> {
+        let tuple = Tuple {
+            remote: ip.src_addr(),
+            remote_port: tcp.src_port(),
+            local: ip.dst_addr(),
+            local_port: tcp.dst_port(),
+        };
+        let client_isn = (tcp.seq_number().0 as u32).wrapping_sub(1);
+        let cookie = (tcp.ack_number().0 as u32).wrapping_sub(1);
+        let mss = match self.cookies.check(&tuple, client_isn, cookie, now_ms) {
+            Ok(mss) => mss,
+            Err(_) => {
+                self.cookie_stats.rejected += 1;
+                return None;
+            }
+        };
+        if !self.admitting {
+            return Some(RxVerdict::ShedSyn);
+        }
+        if self.shards[index].connection_count() >= self.config.max_connections_per_shard {
+            self.refused_syns += 1;
+            return Some(RxVerdict::RefusedSyn);
+        }
+        // The SYN the cookie stands for, as the client sent it (less the options a cookie
+        // cannot carry); its window is the ACK's, which is unscaled as no scaling was agreed.
+        let from = tuple.reversed();
+        let len = syn_cookie::write_syn(
+            &from,
+            client_isn,
+            None,
+            mss,
+            tcp.window_len(),
+            &mut self.syn_scratch,
+        )?;
+        let shard = &mut self.shards[index];
+        let before = shard.half_open();
+        let opened = shard.open_from_cookie(now_ms, &self.syn_scratch[..len], ip_packet, cookie);
+        self.half_open = self.half_open - before + shard.half_open();
+        // The listener was re-armed by the poll that took the SYN (and any SYN queued
+        // before it).
+        if std::mem::take(&mut self.syn_pending[index]) {
+            self.pending_syns = self.pending_syns.saturating_sub(1);
+        }
+        self.mark_dirty(index);
+        if !opened {
+            return Some(RxVerdict::QueueFull);
+        }
+        self.cookie_stats.opened += 1;
+        Some(RxVerdict::OpenedFromCookie(index))
     }
 
     /// Opens a connection from `local` to `remote` (a client's active open) in the shard
@@ -259,8 +413,22 @@ impl ShardSet {
         while !self.deferred.is_empty() {
             let mut batch = std::mem::take(&mut self.deferred);
             for packet in batch.drain(..) {
-                // May defer again (into `self.deferred`) when two wait for one shard.
-                self.push_rx(&packet);
+                self.pending_syns = self.pending_syns.saturating_sub(1);
+                // May defer again (into `self.deferred`) when two wait for one shard, or
+                // meet a full backlog: then its cookie SYN-ACK leaves here (its sender's
+                // MAC was learned when the SYN was deferred).
+                if let RxVerdict::Cookie(reply) = self.push_rx(&packet, now_ms)
+                    && let Some(len) = reply.write_packet(&mut self.syn_scratch)
+                {
+                    let t = reply.tuple;
+                    let index = self.shard_for(
+                        t.remote.octets(),
+                        t.remote_port,
+                        t.local.octets(),
+                        t.local_port,
+                    );
+                    transmit(index, &self.syn_scratch[..len]);
+                }
                 self.deferred_pool.push(packet);
             }
             if self.deferred.is_empty() {
@@ -276,9 +444,13 @@ impl ShardSet {
         let mut list = std::mem::take(&mut self.dirty_list);
         for &index in &list {
             self.dirty[index] = false;
-            self.syn_pending[index] = false;
+            if std::mem::take(&mut self.syn_pending[index]) {
+                self.pending_syns = self.pending_syns.saturating_sub(1);
+            }
             let shard = &mut self.shards[index];
+            let before = shard.half_open();
             shard.poll(now_ms);
+            self.half_open = self.half_open - before + shard.half_open();
             while let Some(packet) = shard.pop_tx() {
                 transmit(index, &packet);
                 shard.recycle_tx(packet);
@@ -362,6 +534,43 @@ impl ShardSet {
     pub fn polls(&self) -> u64 {
         self.polls
     }
+
+    /// Half-open (SYN-RECEIVED) connections over all shards.
+    pub fn half_open(&self) -> usize {
+        self.half_open
+    }
+
+    /// What the SYN-cookie handshake did so far.
+    pub fn cookie_stats(&self) -> CookieStats {
+        self.cookie_stats
+    }
+}
+
+/// Counters of the SYN-cookie handshake of one [`ShardSet`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CookieStats {
+    /// SYNs answered with a cookie (the backlog was full).
+    pub sent: u64,
+    /// Connections opened by an ACK with a valid cookie.
+    pub opened: u64,
+    /// ACKs of unknown connections whose cookie was expired or forged (reset by smoltcp).
+    pub rejected: u64,
+    /// SYNs dropped because the backlog was full and cookies are off.
+    pub backlog_full: u64,
+}
+
+/// The MSS option of a SYN, if it has one.
+fn syn_mss(tcp: &TcpPacket<&[u8]>) -> Option<u16> {
+    let mut options = tcp.options();
+    while !options.is_empty() {
+        let (rest, option) = TcpOption::parse(options).ok()?;
+        match option {
+            TcpOption::EndOfList => return None,
+            TcpOption::MaxSegmentSize(mss) => return Some(mss),
+            _ => options = rest,
+        }
+    }
+    None
 }
 
 /// A 64-bit finaliser (splitmix64): every input bit affects every output bit.
@@ -376,14 +585,21 @@ mod tests {
     use smoltcp::wire::ETHERNET_HEADER_LEN;
 
     use super::*;
-    use crate::xdp::wire::tests::{OURS, syn_frame};
+    use crate::xdp::wire::tests::{OURS, PEER, syn_frame};
 
     fn set(shards: usize, max: usize) -> ShardSet {
+        set_with_backlog(shards, max, 1024)
+    }
+
+    /// A server's set whose half-open backlog is `backlog` (past it: cookies).
+    fn set_with_backlog(shards: usize, max: usize, backlog: usize) -> ShardSet {
         ShardSet::new(
             ShardSetConfig {
                 shards,
                 max_connections_per_shard: max,
                 seed: 42,
+                syn_backlog: backlog,
+                syn_cookies: true,
                 shard: ShardConfig {
                     addr: OURS,
                     ..ShardConfig::default()
@@ -400,6 +616,8 @@ mod tests {
                 shards,
                 max_connections_per_shard: max,
                 seed: 7,
+                syn_backlog: 1024,
+                syn_cookies: true,
                 shard: ShardConfig {
                     addr: std::net::Ipv4Addr::new(10, 78, 0, 1),
                     prefix_len: 16,
@@ -435,6 +653,8 @@ mod tests {
                 shards: 4,
                 max_connections_per_shard: 10,
                 seed,
+                syn_backlog: 1024,
+                syn_cookies: true,
                 shard: ShardConfig {
                     addr: OURS,
                     ..ShardConfig::default()
@@ -443,7 +663,7 @@ mod tests {
             0,
         );
         assert!(matches!(
-            set.push_rx(&syn_from(40000)),
+            set.push_rx(&syn_from(40000), 0),
             RxVerdict::Queued(_)
         ));
         let mut isn = None;
@@ -485,7 +705,7 @@ mod tests {
         let mut set = set(8, 10);
         let mut sent = 0;
         assert_eq!(set.poll(0, |_, _| sent += 1), 0);
-        let RxVerdict::Queued(index) = set.push_rx(&syn_from(40000)) else {
+        let RxVerdict::Queued(index) = set.push_rx(&syn_from(40000), 0) else {
             panic!("SYN not queued");
         };
         assert_eq!(set.poll(1, |_, _| sent += 1), 1);
@@ -499,7 +719,7 @@ mod tests {
     #[test]
     fn an_expired_timer_polls_its_shard_and_retransmits() {
         let mut set = set(4, 10);
-        set.push_rx(&syn_from(40000));
+        set.push_rx(&syn_from(40000), 0);
         let mut sent = 0;
         set.poll(0, |_, _| sent += 1);
         let at = set.poll_at().expect("a SYN-ACK retransmit timer");
@@ -518,10 +738,13 @@ mod tests {
     fn a_full_shard_refuses_syns_and_counts_them() {
         let mut set = set(1, 2);
         for port in [40000, 40001] {
-            assert!(matches!(set.push_rx(&syn_from(port)), RxVerdict::Queued(0)));
+            assert!(matches!(
+                set.push_rx(&syn_from(port), 0),
+                RxVerdict::Queued(0)
+            ));
             set.poll(0, |_, _| {});
         }
-        assert_eq!(set.push_rx(&syn_from(40002)), RxVerdict::RefusedSyn);
+        assert_eq!(set.push_rx(&syn_from(40002), 0), RxVerdict::RefusedSyn);
         assert_eq!(set.refused_syns(), 1);
         assert_eq!(set.shard_mut(0).unwrap().connection_count(), 2);
     }
@@ -530,18 +753,18 @@ mod tests {
     fn a_core_over_budget_sheds_new_syns_but_keeps_its_connections() {
         let mut set = set(1, 100);
         assert!(matches!(
-            set.push_rx(&syn_from(40000)),
+            set.push_rx(&syn_from(40000), 0),
             RxVerdict::Queued(0)
         ));
         set.poll(1, |_, _| {});
         set.set_admitting(false);
-        assert_eq!(set.push_rx(&syn_from(40001)), RxVerdict::ShedSyn);
+        assert_eq!(set.push_rx(&syn_from(40001), 0), RxVerdict::ShedSyn);
         // The connection the set has still gets its segments (here its SYN again).
-        assert_eq!(set.push_rx(&syn_from(40000)), RxVerdict::DuplicateSyn);
+        assert_eq!(set.push_rx(&syn_from(40000), 0), RxVerdict::DuplicateSyn);
         assert_eq!(set.shard_mut(0).unwrap().connection_count(), 1);
         set.set_admitting(true);
         assert!(matches!(
-            set.push_rx(&syn_from(40001)),
+            set.push_rx(&syn_from(40001), 0),
             RxVerdict::Queued(0)
         ));
     }
@@ -552,7 +775,7 @@ mod tests {
         let mut set = set(1, 100);
         let mut verdicts = Vec::new();
         for port in 40000..40005 {
-            verdicts.push(set.push_rx(&syn_from(port)));
+            verdicts.push(set.push_rx(&syn_from(port), 0));
         }
         assert_eq!(verdicts[0], RxVerdict::Queued(0));
         assert!(verdicts[1..].iter().all(|v| *v == RxVerdict::Deferred));
@@ -587,13 +810,13 @@ mod tests {
             let mut to_server = Vec::new();
             client.poll(now, |_, p| to_server.push(p.to_vec()));
             for p in &to_server {
-                server.push_rx(p);
+                server.push_rx(p, now);
             }
             let mut to_client = Vec::new();
             server.poll(now, |_, p| to_client.push(p.to_vec()));
             for p in &to_client {
                 // A reply for a shard other than the one that connected would be reset.
-                assert!(matches!(client.push_rx(p), RxVerdict::Queued(_)));
+                assert!(matches!(client.push_rx(p, now), RxVerdict::Queued(_)));
             }
         }
         for (shard, handle) in opened {
@@ -624,18 +847,18 @@ mod tests {
         let mut set = set(1, 100);
         let mut syn_acks = Vec::new();
         assert!(matches!(
-            set.push_rx(&syn_from(40000)),
+            set.push_rx(&syn_from(40000), 0),
             RxVerdict::Queued(0)
         ));
         set.poll(1, |_, p| syn_acks.push(p.to_vec()));
         // The SYN-ACK was lost; the client sends its SYN again, once after the poll and
         // once twice within one poll.
-        assert_eq!(set.push_rx(&syn_from(40000)), RxVerdict::DuplicateSyn);
+        assert_eq!(set.push_rx(&syn_from(40000), 0), RxVerdict::DuplicateSyn);
         assert!(matches!(
-            set.push_rx(&syn_from(40001)),
+            set.push_rx(&syn_from(40001), 0),
             RxVerdict::Queued(0)
         ));
-        assert_eq!(set.push_rx(&syn_from(40001)), RxVerdict::Deferred);
+        assert_eq!(set.push_rx(&syn_from(40001), 0), RxVerdict::Deferred);
         set.poll(2, |_, p| syn_acks.push(p.to_vec()));
         assert_eq!(set.shard_mut(0).unwrap().connection_count(), 2);
         assert_eq!(set.duplicate_syns(), 2);
@@ -645,7 +868,242 @@ mod tests {
     #[test]
     fn garbage_is_not_tcp() {
         let mut set = set(2, 2);
-        assert_eq!(set.push_rx(&[0x45, 0, 0]), RxVerdict::NotTcp);
-        assert_eq!(set.push_rx(&[]), RxVerdict::NotTcp);
+        assert_eq!(set.push_rx(&[0x45, 0, 0], 0), RxVerdict::NotTcp);
+        assert_eq!(set.push_rx(&[], 0), RxVerdict::NotTcp);
+    }
+
+    /// One exchange between a client's set and a server's: the client's packets to the
+    /// server, the server's (its shards' and its cookie SYN-ACKs) back. Returns the
+    /// server's verdicts.
+    fn exchange(client: &mut ShardSet, server: &mut ShardSet, now: u64) -> Vec<RxVerdict> {
+        let mut to_server = Vec::new();
+        client.poll(now, |_, p| to_server.push(p.to_vec()));
+        let mut to_client = Vec::new();
+        let mut verdicts = Vec::new();
+        for p in &to_server {
+            let verdict = server.push_rx(p, now);
+            if let RxVerdict::Cookie(reply) = verdict {
+                let mut frame = [0u8; 128];
+                let mac = smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 1]);
+                let len = reply.write_frame(mac, mac, &mut frame).unwrap();
+                to_client.push(frame[ETHERNET_HEADER_LEN..len].to_vec());
+            }
+            verdicts.push(verdict);
+        }
+        server.poll(now, |_, p| to_client.push(p.to_vec()));
+        for p in &to_client {
+            client.push_rx(p, now);
+        }
+        verdicts
+    }
+
+    fn established(set: &mut ShardSet, (shard, handle): (usize, SocketHandle)) -> bool {
+        set.shard_mut(shard)
+            .and_then(|s| s.connection_mut(handle))
+            .is_some_and(|s| s.state() == tcp::State::Established)
+    }
+
+    #[test]
+    fn past_the_backlog_a_syn_gets_a_cookie_and_no_state_and_the_ack_opens_the_connection() {
+        use std::net::{Ipv4Addr, SocketAddrV4};
+        let mut server = set_with_backlog(4, 100, 0);
+        let mut client = client_set(4, 100);
+        let local = SocketAddrV4::new(Ipv4Addr::new(10, 78, 1, 1), 2000);
+        let conn = client
+            .connect(local, SocketAddrV4::new(OURS, 9500))
+            .unwrap();
+        // The SYN: a cookie, no socket.
+        let verdicts = exchange(&mut client, &mut server, 1);
+        assert!(
+            matches!(verdicts[..], [RxVerdict::Cookie(_)]),
+            "{verdicts:?}"
+        );
+        assert_eq!(server.half_open(), 0);
+        assert_eq!(
+            (0..4)
+                .map(|i| server.shard_mut(i).unwrap().connection_count())
+                .sum::<usize>(),
+            0
+        );
+        // The ACK opens the connection.
+        let verdicts = exchange(&mut client, &mut server, 2);
+        assert!(
+            matches!(verdicts[..], [RxVerdict::OpenedFromCookie(_)]),
+            "{verdicts:?}"
+        );
+        assert!(
+            established(&mut client, conn),
+            "the client took the cookie SYN-ACK"
+        );
+        let mut accepted = Vec::new();
+        let index = server.shard_for(local.ip().octets(), 2000, OURS.octets(), 9500);
+        server
+            .shard_mut(index)
+            .unwrap()
+            .take_accepted(&mut accepted);
+        assert_eq!(accepted.len(), 1);
+        let on_server = (index, accepted[0]);
+        assert!(established(&mut server, on_server));
+        assert_eq!(server.half_open(), 0);
+        assert_eq!(
+            server.cookie_stats(),
+            CookieStats {
+                sent: 1,
+                opened: 1,
+                rejected: 0,
+                backlog_full: 0
+            }
+        );
+
+        // Data both ways, across the two sequence spaces, more than a window's worth so
+        // acknowledgements and window updates are translated too.
+        let payload: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        let (mut sent_up, mut sent_down) = (0, 0);
+        let (mut got_up, mut got_down) = (Vec::new(), Vec::new());
+        for now in 3..400 {
+            let s = client
+                .shard_mut(conn.0)
+                .unwrap()
+                .connection_mut(conn.1)
+                .unwrap();
+            sent_up += s.send_slice(&payload[sent_up..]).unwrap();
+            s.recv(|b| {
+                got_down.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+            client.mark_dirty(conn.0);
+            let s = server
+                .shard_mut(on_server.0)
+                .unwrap()
+                .connection_mut(on_server.1)
+                .unwrap();
+            sent_down += s.send_slice(&payload[sent_down..]).unwrap();
+            s.recv(|b| {
+                got_up.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+            server.mark_dirty(on_server.0);
+            exchange(&mut client, &mut server, now);
+            if got_up.len() == payload.len() && got_down.len() == payload.len() {
+                break;
+            }
+        }
+        assert!(
+            got_up == payload,
+            "client → server: {} of {} bytes",
+            got_up.len(),
+            payload.len()
+        );
+        assert!(
+            got_down == payload,
+            "server → client: {} of {} bytes",
+            got_down.len(),
+            payload.len()
+        );
+    }
+
+    /// An ACK from `port` acknowledging `ack` with sequence number `seq`, checksums right.
+    fn ack_from(port: u16, seq: u32, ack: u32) -> Vec<u8> {
+        let from = Tuple {
+            remote: OURS,
+            remote_port: 9500,
+            local: PEER,
+            local_port: port,
+        };
+        // A SYN-ACK layout with the SYN flag cleared is an ACK with an MSS option.
+        let mut buf = vec![0u8; SYN_PACKET_LEN];
+        let len = syn_cookie::write_syn(&from, seq, Some(ack), 1460, 4096, &mut buf).unwrap();
+        buf.truncate(len);
+        let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
+        let mut segment = TcpPacket::new_unchecked(ip.payload_mut());
+        segment.set_syn(false);
+        segment.fill_checksum(&PEER.into(), &OURS.into());
+        buf
+    }
+
+    #[test]
+    fn forged_expired_and_replayed_cookie_acks_open_nothing_more() {
+        let mut server = set_with_backlog(2, 100, 0);
+        let RxVerdict::Cookie(reply) = server.push_rx(&syn_from(40000), 1_000) else {
+            panic!("a cookie was expected");
+        };
+        let isn = reply.client_isn;
+        // Forged: a wrong cookie, or the right one for another ISN.
+        let forged = ack_from(40000, isn.wrapping_add(1), reply.cookie.wrapping_add(2));
+        assert!(
+            matches!(server.push_rx(&forged, 1_001), RxVerdict::Queued(_)),
+            "handed to smoltcp, which resets it"
+        );
+        let other_isn = ack_from(40000, isn.wrapping_add(2), reply.cookie.wrapping_add(1));
+        assert!(matches!(
+            server.push_rx(&other_isn, 1_001),
+            RxVerdict::Queued(_)
+        ));
+        // Expired: two periods later.
+        let good = ack_from(40000, isn.wrapping_add(1), reply.cookie.wrapping_add(1));
+        let late = 1_000 + 2 * syn_cookie::PERIOD_MS;
+        // (Another SYN keeps cookies in use, so the late ACK is checked at all.)
+        assert!(matches!(
+            server.push_rx(&syn_from(40001), late - 1),
+            RxVerdict::Cookie(_)
+        ));
+        assert!(matches!(server.push_rx(&good, late), RxVerdict::Queued(_)));
+        assert_eq!(server.cookie_stats().rejected, 3);
+        server.poll(late, |_, _| {});
+        assert_eq!(
+            (0..2)
+                .map(|i| server.shard_mut(i).unwrap().connection_count())
+                .sum::<usize>(),
+            0
+        );
+        // Valid: opens one connection; the same ACK replayed opens no second one.
+        assert!(matches!(
+            server.push_rx(&good, 1_002),
+            RxVerdict::OpenedFromCookie(_)
+        ));
+        server.poll(1_002, |_, _| {});
+        assert!(matches!(server.push_rx(&good, 1_003), RxVerdict::Queued(_)));
+        server.poll(1_003, |_, _| {});
+        assert_eq!(server.cookie_stats().opened, 1);
+        assert_eq!(
+            (0..2)
+                .map(|i| server.shard_mut(i).unwrap().connection_count())
+                .sum::<usize>(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_flood_of_syns_holds_at_most_the_backlog_half_open() {
+        let mut server = set_with_backlog(8, 10_000, 16);
+        for port in 1000..3000u16 {
+            match server.push_rx(&syn_from(port), 5) {
+                RxVerdict::Cookie(_) => {}
+                RxVerdict::Queued(_) | RxVerdict::Deferred => {}
+                other => panic!("{other:?}"),
+            }
+            if port % 64 == 0 {
+                server.poll(5, |_, _| {});
+            }
+        }
+        server.poll(5, |_, _| {});
+        let held: usize = (0..8)
+            .map(|i| server.shard_mut(i).unwrap().connection_count())
+            .sum();
+        assert!(server.half_open() <= 16, "{} half-open", server.half_open());
+        assert_eq!(held, server.half_open());
+        // Deferred SYNs that met a full backlog got their cookies in `poll`.
+        assert_eq!(server.cookie_stats().sent as usize + held, 2000);
+        // With cookies off the rest are dropped instead.
+        let mut strict = set_with_backlog(8, 10_000, 16);
+        strict.config.syn_cookies = false;
+        for port in 1000..1100u16 {
+            strict.push_rx(&syn_from(port), 5);
+            strict.poll(5, |_, _| {});
+        }
+        assert_eq!(strict.half_open(), 16);
+        assert_eq!(strict.cookie_stats().backlog_full, 84);
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::filter::{FilterCounters, FilterError, XdpFilter};
+use super::shards::CookieStats;
 use super::wire::{Malformed, RxCounters};
 use crate::sys::xsk::XskStatistics;
 
@@ -19,6 +20,17 @@ pub struct TcpDrops {
     pub shed_syns: u64,
     /// Segments for a shard whose receive queue was full (TCP retransmits them).
     pub queue_full: u64,
+}
+
+/// The SYN handshake of the userspace TCP, summed over cores: the cookie counters
+/// ([`CookieStats`]) and the half-open connections held now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SynStats {
+    /// Cookies sent, connections opened from them, cookies refused, SYNs dropped past
+    /// the backlog with cookies off.
+    pub cookies: CookieStats,
+    /// Half-open (SYN-RECEIVED) connections now.
+    pub half_open: u64,
 }
 
 /// The kernel's counters of the AF_XDP sockets (`XDP_STATISTICS`), summed over queues.
@@ -54,6 +66,12 @@ pub(crate) struct SharedRxCounters {
     refused_syns: AtomicU64,
     shed_syns: AtomicU64,
     queue_full: AtomicU64,
+    /// The core's SYN handshake, as last published (on its first queue only).
+    cookies_sent: AtomicU64,
+    cookies_opened: AtomicU64,
+    cookies_rejected: AtomicU64,
+    backlog_full: AtomicU64,
+    half_open: AtomicU64,
     /// The socket's kernel statistics as last read (`XDP_STATISTICS`, once a second).
     kernel_rx_dropped: AtomicU64,
     kernel_rx_ring_full: AtomicU64,
@@ -72,6 +90,17 @@ impl SharedRxCounters {
             .store(drops.fill_ring_empty, Ordering::Relaxed);
         self.kernel_invalid_descs
             .store(drops.invalid_descs, Ordering::Relaxed);
+    }
+
+    /// Publishes the core's SYN handshake counters (cumulative) and half-open count.
+    pub(crate) fn set_cookies(&self, cookies: CookieStats, half_open: usize) {
+        self.cookies_sent.store(cookies.sent, Ordering::Relaxed);
+        self.cookies_opened.store(cookies.opened, Ordering::Relaxed);
+        self.cookies_rejected
+            .store(cookies.rejected, Ordering::Relaxed);
+        self.backlog_full
+            .store(cookies.backlog_full, Ordering::Relaxed);
+        self.half_open.store(half_open as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn add_drops(&self, drops: TcpDrops) {
@@ -139,6 +168,11 @@ impl XdpStats {
     pub fn tcp_drops(&self) -> TcpDrops {
         self.queues.tcp_drops()
     }
+
+    /// The SYN handshake (cookies, half-open connections), summed over cores.
+    pub fn syn_stats(&self) -> SynStats {
+        self.queues.syn_stats()
+    }
 }
 
 /// The pollers' counters, whichever the device (AF_XDP, DPDK): cloneable, for another
@@ -167,6 +201,19 @@ impl QueueStats {
             sum.rx_ring_full += c.kernel_rx_ring_full.load(Ordering::Relaxed);
             sum.fill_ring_empty += c.kernel_fill_ring_empty.load(Ordering::Relaxed);
             sum.invalid_descs += c.kernel_invalid_descs.load(Ordering::Relaxed);
+        }
+        sum
+    }
+
+    /// The SYN handshake (cookies, half-open connections), summed over cores.
+    pub fn syn_stats(&self) -> SynStats {
+        let mut sum = SynStats::default();
+        for c in &self.rx_counters {
+            sum.cookies.sent += c.cookies_sent.load(Ordering::Relaxed);
+            sum.cookies.opened += c.cookies_opened.load(Ordering::Relaxed);
+            sum.cookies.rejected += c.cookies_rejected.load(Ordering::Relaxed);
+            sum.cookies.backlog_full += c.backlog_full.load(Ordering::Relaxed);
+            sum.half_open += c.half_open.load(Ordering::Relaxed);
         }
         sum
     }

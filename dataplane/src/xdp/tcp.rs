@@ -25,7 +25,7 @@
 //! 300 ms and clamps the RTO to 10 ms–10 s, so on a LAN it settles near the measured RTT
 //! plus 5 ms (the kernel's floor is 200 ms).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use smoltcp::iface::{Config, Interface, Route, SocketHandle, SocketSet};
@@ -34,7 +34,7 @@ use smoltcp::socket::{AnySocket, tcp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{
     ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr,
-    HardwareAddress, IpCidr, IpEndpoint, Ipv4Cidr, Ipv4Packet,
+    HardwareAddress, IpCidr, IpEndpoint, Ipv4Cidr, Ipv4Packet, TcpPacket, TcpSeqNumber,
 };
 
 /// Settings of one shard.
@@ -187,6 +187,16 @@ pub struct TcpShard {
     accepted: Vec<SocketHandle>,
     /// Connections closed (and removed) since the owner last took them.
     closed: Vec<SocketHandle>,
+    /// Accepted connections still in SYN-RECEIVED (half-open).
+    half_open: Vec<SocketHandle>,
+    /// Connections opened from a SYN cookie ([`TcpShard::open_from_cookie`]): the client
+    /// knows our initial sequence number as the cookie, smoltcp as its own, so every
+    /// segment of theirs is translated by the difference (cookie − smoltcp's), keyed by
+    /// (client address, client port, our port). Empty unless a flood made cookies
+    /// necessary; then only those connections pay a lookup.
+    translations: HashMap<(Ipv4Addr, u16, u16), u32>,
+    /// The same connections by handle, to forget their translation when they close.
+    translated: HashMap<SocketHandle, (Ipv4Addr, u16, u16)>,
     dropped_rx: u64,
 }
 
@@ -244,6 +254,9 @@ impl TcpShard {
             live: HashSet::new(),
             accepted: Vec::new(),
             closed: Vec::new(),
+            half_open: Vec::new(),
+            translations: HashMap::new(),
+            translated: HashMap::new(),
             dropped_rx: 0,
         }
     }
@@ -258,8 +271,64 @@ impl TcpShard {
         let mut buf = self.queues.rx_pool.pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(ip_packet);
+        if !self.translations.is_empty() {
+            translate(&mut buf, &self.translations, Direction::In);
+        }
         self.queues.rx.push_back(buf);
         true
+    }
+
+    /// Opens a connection whose handshake a SYN cookie completed: `syn` is the client's SYN
+    /// as the cookie recorded it (see [`super::syn_cookie::write_syn`]), `ack` the client's
+    /// ACK of `cookie + 1` (it may carry data). smoltcp answers the SYN with a SYN-ACK of its
+    /// own, which is kept from the wire; from then on the connection's segments are
+    /// translated between the cookie and smoltcp's sequence numbers, and `ack` is queued
+    /// for the next poll. False (nothing opened) if the listener did not take the SYN.
+    pub fn open_from_cookie(&mut self, now_ms: u64, syn: &[u8], ack: &[u8], cookie: u32) -> bool {
+        let (Ok(ip), Some(listener)) = (Ipv4Packet::new_checked(syn), self.listener) else {
+            return false;
+        };
+        let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+            return false;
+        };
+        let key = (ip.src_addr(), tcp.src_port(), tcp.dst_port());
+        // Whatever is queued goes first, so the listener is free (re-armed) for this SYN.
+        if !self.queues.rx.is_empty()
+            || self.sockets.get::<tcp::Socket>(listener).state() != tcp::State::Listen
+        {
+            self.poll(now_ms);
+        }
+        if !self.push_rx(syn) {
+            return false;
+        }
+        let Some(listener) = self.listener else {
+            return false;
+        };
+        self.poll(now_ms);
+        if self.listener == Some(listener) {
+            return false; // the listener did not take it
+        }
+        // smoltcp's SYN-ACK: its initial sequence number, and never sent.
+        let Some(at) = self.queues.tx.iter().position(|p| is_syn_ack_to(p, key)) else {
+            return false;
+        };
+        let Some(packet) = self.queues.tx.remove(at) else {
+            return false;
+        };
+        let smoltcp_isn = Ipv4Packet::new_unchecked(&packet[..])
+            .payload()
+            .get(4..8)
+            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        self.queues.tx_pool.push(packet);
+        self.translations
+            .insert(key, cookie.wrapping_sub(smoltcp_isn));
+        self.translated.insert(listener, key);
+        self.push_rx(ack)
+    }
+
+    /// Accepted connections still half-open (SYN-RECEIVED).
+    pub fn half_open(&self) -> usize {
+        self.half_open.len()
     }
 
     /// Runs smoltcp on everything queued and re-arms the listener if it accepted.
@@ -272,6 +341,7 @@ impl TcpShard {
             self.connections.push(listener);
             self.live.insert(listener);
             self.accepted.push(listener);
+            self.half_open.push(listener);
             self.listener = Some(self.sockets.add(listening_socket(&self.config)));
         }
         // Closed connections give their slot back. One the owner has not taken from
@@ -282,11 +352,16 @@ impl TcpShard {
         let closed = &mut self.closed;
         let accepted = &mut self.accepted;
         let live = &mut self.live;
+        let translations = &mut self.translations;
+        let translated = &mut self.translated;
         self.connections.retain(|handle| {
             let is_closed = sockets.get::<tcp::Socket>(*handle).state() == tcp::State::Closed;
             if is_closed {
                 sockets.remove(*handle);
                 live.remove(handle);
+                if let Some(key) = translated.remove(handle) {
+                    translations.remove(&key);
+                }
                 if let Some(at) = accepted.iter().position(|h| h == handle) {
                     accepted.swap_remove(at);
                 } else {
@@ -294,6 +369,11 @@ impl TcpShard {
                 }
             }
             !is_closed
+        });
+        let (sockets, live) = (&self.sockets, &self.live);
+        self.half_open.retain(|handle| {
+            live.contains(handle)
+                && sockets.get::<tcp::Socket>(*handle).state() == tcp::State::SynReceived
         });
     }
 
@@ -328,7 +408,11 @@ impl TcpShard {
 
     /// The next IPv4 packet to send, if any. Give it back with [`TcpShard::recycle_tx`].
     pub fn pop_tx(&mut self) -> Option<Vec<u8>> {
-        self.queues.tx.pop_front()
+        let mut packet = self.queues.tx.pop_front()?;
+        if !self.translations.is_empty() {
+            translate(&mut packet, &self.translations, Direction::Out);
+        }
+        Some(packet)
     }
 
     /// Returns a transmitted packet's buffer to the pool.
@@ -401,6 +485,61 @@ impl TcpShard {
     pub fn dropped_rx(&self) -> u64 {
         self.dropped_rx
     }
+}
+
+/// Which way a segment of a cookie connection travels.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// From the client: its acknowledgement number is in the cookie's space.
+    In,
+    /// From smoltcp: its sequence number is in smoltcp's space.
+    Out,
+}
+
+/// Moves a segment of a connection opened from a SYN cookie between the client's and
+/// smoltcp's sequence spaces (a no-op for other connections), fixing the checksum.
+fn translate(
+    packet: &mut [u8],
+    translations: &HashMap<(Ipv4Addr, u16, u16), u32>,
+    direction: Direction,
+) {
+    let Ok(mut ip) = Ipv4Packet::new_checked(&mut *packet) else {
+        return;
+    };
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    let Ok(mut tcp) = TcpPacket::new_checked(ip.payload_mut()) else {
+        return;
+    };
+    let key = match direction {
+        Direction::In => (src, tcp.src_port(), tcp.dst_port()),
+        Direction::Out => (dst, tcp.dst_port(), tcp.src_port()),
+    };
+    let Some(&delta) = translations.get(&key) else {
+        return;
+    };
+    match direction {
+        Direction::In if tcp.ack() => {
+            let ack = tcp.ack_number().0.wrapping_sub(delta as i32);
+            tcp.set_ack_number(TcpSeqNumber(ack));
+        }
+        Direction::Out => {
+            let seq = tcp.seq_number().0.wrapping_add(delta as i32);
+            tcp.set_seq_number(TcpSeqNumber(seq));
+        }
+        Direction::In => return,
+    }
+    tcp.fill_checksum(&src.into(), &dst.into());
+}
+
+/// Whether `packet` is a SYN-ACK to the client `key` (address, port, our port).
+fn is_syn_ack_to(packet: &[u8], key: (Ipv4Addr, u16, u16)) -> bool {
+    let Ok(ip) = Ipv4Packet::new_checked(packet) else {
+        return false;
+    };
+    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+        return false;
+    };
+    tcp.syn() && tcp.ack() && (ip.dst_addr(), tcp.dst_port(), tcp.src_port()) == key
 }
 
 fn listening_socket(config: &ShardConfig) -> tcp::Socket<'static> {

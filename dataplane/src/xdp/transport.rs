@@ -14,7 +14,8 @@ use smoltcp::wire::EthernetAddress;
 use super::filter::{AttachMode, FilterConfig, FilterCounters, FilterError, XdpFilter};
 use super::poller::{CoreSettings, MAX_QUEUES_PER_CORE, Queue, XdpCore};
 use super::stats::SharedRxCounters;
-pub use super::stats::{SocketDrops, TcpDrops, XdpStats};
+pub use super::stats::{SocketDrops, SynStats, TcpDrops, XdpStats};
+use super::syn_cookie::DEFAULT_SYN_BACKLOG;
 use super::tcp::ShardConfig;
 use super::wire::RxCounters;
 use crate::sys::ethtool::{self, NtupleRule};
@@ -45,6 +46,11 @@ pub struct XdpConfig {
     pub shards_per_queue: usize,
     /// Most connections per shard.
     pub max_connections_per_shard: usize,
+    /// Most half-open connections per core; SYNs past it get SYN cookies (or are dropped
+    /// with `syn_cookies` off). See [`crate::xdp::syn_cookie`].
+    pub syn_backlog: usize,
+    /// Answer SYNs past `syn_backlog` with SYN cookies.
+    pub syn_cookies: bool,
     /// Per-connection smoltcp buffers and queue limits.
     pub shard: ShardConfig,
     /// Bytes queued for one connection past which it is congested: not read until it
@@ -80,6 +86,8 @@ impl XdpConfig {
             own_arp: false,
             shards_per_queue: 64,
             max_connections_per_shard: 4096,
+            syn_backlog: DEFAULT_SYN_BACKLOG,
+            syn_cookies: true,
             shard: ShardConfig {
                 addr,
                 port,
@@ -106,6 +114,8 @@ impl XdpConfig {
             own_arp: self.own_arp,
             shards_per_queue: self.shards_per_queue,
             max_connections_per_shard: self.max_connections_per_shard,
+            syn_backlog: self.syn_backlog,
+            syn_cookies: self.syn_cookies,
             shard: self.shard,
             max_outbound_bytes: self.max_outbound_bytes,
             decoder: self.decoder,
