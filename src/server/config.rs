@@ -301,6 +301,8 @@ struct FileConfig {
     xdp_shards_per_queue: Option<usize>,
     xdp_tcp_rx_buffer: Option<usize>,
     xdp_tcp_tx_buffer: Option<usize>,
+    xdp_syn_backlog: Option<usize>,
+    xdp_syn_cookies: Option<bool>,
     dpdk_args: Option<String>,
     dpdk_device: Option<String>,
     dpdk_mbufs_per_queue: Option<u32>,
@@ -513,6 +515,10 @@ pub struct XdpSettings {
     pub tcp_rx_buffer: usize,
     /// Userspace TCP transmit buffer per connection, bytes.
     pub tcp_tx_buffer: usize,
+    /// Most half-open connections per core; past it SYNs get SYN cookies.
+    pub syn_backlog: usize,
+    /// SYN cookies past `syn_backlog` (off: such SYNs are dropped).
+    pub syn_cookies: bool,
 }
 
 /// The DPDK dataplane's settings (its userspace TCP ones are [`XdpSettings`]').
@@ -577,6 +583,10 @@ impl ServeConfig {
             shards_per_queue: file.xdp_shards_per_queue,
             tcp_rx_buffer: file.xdp_tcp_rx_buffer.unwrap_or(2048),
             tcp_tx_buffer: file.xdp_tcp_tx_buffer.unwrap_or(4096),
+            syn_backlog: file
+                .xdp_syn_backlog
+                .unwrap_or(petrel_dataplane::xdp::syn_cookie::DEFAULT_SYN_BACKLOG),
+            syn_cookies: file.xdp_syn_cookies.unwrap_or(true),
         };
         let dpdk = DpdkSettings {
             args: args

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use petrel_control::Counters;
 use petrel_dataplane::xdp::filter::FilterCounters;
-use petrel_dataplane::xdp::transport::{SocketDrops, TcpDrops};
+use petrel_dataplane::xdp::transport::{SocketDrops, SynStats, TcpDrops};
 use petrel_dataplane::xdp::wire::{Malformed, RxCounters};
 use petrel_storage::{
     CommitStats, CommitStatsSnapshot, LATENCY_BUCKETS_US, RecentIdsStats, WriterCacheStats,
@@ -74,6 +74,8 @@ pub struct TransportSnapshot {
     pub rx: Option<RxCounters>,
     /// What the userspace TCP dropped before smoltcp saw it.
     pub tcp: Option<TcpDrops>,
+    /// The SYN handshake: cookies and half-open connections.
+    pub syn: Option<SynStats>,
     /// What the kernel counted on the AF_XDP sockets.
     pub sockets: Option<SocketDrops>,
 }
@@ -955,6 +957,30 @@ impl Collector for Metrics {
                     ],
                 )?;
             }
+            if let Some(syn) = t.syn {
+                let c = syn.cookies;
+                counter(
+                    &mut e,
+                    "petrel_xdp_syn_cookies",
+                    "The userspace TCP's SYN cookies (past the half-open backlog, \
+                     xdp_syn_backlog): SYNs answered with one, connections an ACK's valid \
+                     cookie opened, ACKs whose cookie was expired or forged (reset), SYNs \
+                     dropped past the backlog with cookies off.",
+                    &[
+                        (vec![("outcome", "sent")], c.sent),
+                        (vec![("outcome", "opened")], c.opened),
+                        (vec![("outcome", "rejected")], c.rejected),
+                        (vec![("outcome", "backlog_full")], c.backlog_full),
+                    ],
+                )?;
+                gauge(
+                    &mut e,
+                    "petrel_xdp_half_open_connections",
+                    "Connections of the userspace TCP in SYN-RECEIVED (at most \
+                     xdp_syn_backlog per core).",
+                    &[(vec![], i64::try_from(syn.half_open).unwrap_or(i64::MAX))],
+                )?;
+            }
         }
         Ok(())
     }
@@ -1180,6 +1206,15 @@ mod tests {
                     shed_syns: 2,
                     queue_full: 0,
                 }),
+                syn: Some(SynStats {
+                    cookies: petrel_dataplane::xdp::shards::CookieStats {
+                        sent: 7,
+                        opened: 1,
+                        rejected: 3,
+                        backlog_full: 0,
+                    },
+                    half_open: 11,
+                }),
                 sockets: Some(SocketDrops {
                     rx_ring_full: 4,
                     ..SocketDrops::default()
@@ -1230,6 +1265,15 @@ mod tests {
             ),
             Some(4.0)
         );
+        assert_eq!(
+            value(&text, "petrel_xdp_syn_cookies_total{outcome=\"sent\"}"),
+            Some(7.0)
+        );
+        assert_eq!(
+            value(&text, "petrel_xdp_syn_cookies_total{outcome=\"rejected\"}"),
+            Some(3.0)
+        );
+        assert_eq!(value(&text, "petrel_xdp_half_open_connections"), Some(11.0));
     }
 
     #[test]

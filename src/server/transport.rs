@@ -191,6 +191,7 @@ impl Transport {
                 filter: None,
                 rx: Some(stats.rx_counters()),
                 tcp: Some(stats.tcp_drops()),
+                syn: Some(stats.syn_stats()),
                 sockets: Some(stats.device_drops()),
             }));
         }
@@ -202,6 +203,7 @@ impl Transport {
             filter: stats.filter_counters().ok(),
             rx: Some(stats.rx_counters()),
             tcp: Some(stats.tcp_drops()),
+            syn: Some(stats.syn_stats()),
             sockets: Some(stats.socket_drops()),
         }))
     }
@@ -307,6 +309,8 @@ fn xdp_config(config: &ServeConfig, decoder: DecoderConfig) -> anyhow::Result<Xd
     xdp.own_arp = own_arp;
     xdp.shards_per_queue = shards_per_queue;
     xdp.max_connections_per_shard = per_shard;
+    xdp.syn_backlog = config.xdp.syn_backlog;
+    xdp.syn_cookies = config.xdp.syn_cookies;
     xdp.shard = ShardConfig {
         addr,
         prefix_len,
@@ -354,6 +358,8 @@ fn dpdk_config(config: &ServeConfig, decoder: DecoderConfig) -> anyhow::Result<D
     dpdk.port_config.mbufs_per_queue = config.dpdk.mbufs_per_queue;
     dpdk.shards_per_queue = shards_per_queue;
     dpdk.max_connections_per_shard = per_shard;
+    dpdk.syn_backlog = config.xdp.syn_backlog;
+    dpdk.syn_cookies = config.xdp.syn_cookies;
     dpdk.shard = ShardConfig {
         addr: dpdk.addr,
         prefix_len: dpdk.prefix_len,
