@@ -413,6 +413,8 @@ fn check_userspace_tcp_echo() {
 
     let start = Instant::now();
     let now_ms = || start.elapsed().as_millis() as u64;
+    // Lends the shard's sockets their TCP buffers while they are polled.
+    let mut pool = petrel_dataplane::xdp::buffers::BufferPool::new(4096, 4096, 64);
     let mut shard = TcpShard::new(
         ShardConfig {
             addr: HOST_ADDR,
@@ -454,7 +456,7 @@ fn check_userspace_tcp_echo() {
                 }
             });
         }
-        shard.poll(now_ms());
+        shard.poll(now_ms(), &mut pool);
         for socket in shard.connections() {
             while socket.can_recv() && socket.can_send() {
                 let Ok(n) = socket.recv_slice(&mut scratch) else {
@@ -466,7 +468,7 @@ fn check_userspace_tcp_echo() {
                 echoed += socket.send_slice(&scratch[..n]).unwrap_or(0);
             }
         }
-        shard.poll(now_ms());
+        shard.poll(now_ms(), &mut pool);
         while let Some(packet) = shard.pop_tx() {
             let dst = Ipv4Packet::new_checked(&packet[..]).map(|p| p.dst_addr());
             if let Ok(dst) = dst

@@ -876,6 +876,12 @@ impl ServeConfig {
         if self.xdp.tcp_rx_buffer < 256 || self.xdp.tcp_tx_buffer < 256 {
             bail!("xdp_tcp_rx_buffer and xdp_tcp_tx_buffer must be at least 256 bytes");
         }
+        if self.xdp.syn_backlog == 0 && !self.xdp.syn_cookies {
+            bail!(
+                "xdp_syn_backlog = 0 with xdp_syn_cookies = false would refuse every connection: \
+                 raise the backlog or turn cookies on"
+            );
+        }
         Ok(())
     }
 
@@ -925,6 +931,12 @@ impl ServeConfig {
         }
         if self.xdp.tcp_rx_buffer < 256 || self.xdp.tcp_tx_buffer < 256 {
             bail!("xdp_tcp_rx_buffer and xdp_tcp_tx_buffer must be at least 256 bytes");
+        }
+        if self.xdp.syn_backlog == 0 && !self.xdp.syn_cookies {
+            bail!(
+                "xdp_syn_backlog = 0 with xdp_syn_cookies = false would refuse every connection: \
+                 raise the backlog or turn cookies on"
+            );
         }
         Ok(())
     }
@@ -1246,10 +1258,22 @@ shutdown_grace_ms = 1500
                 .unwrap_err()
                 .contains("exactly one")
         );
-        let ok = xdp(&["10.0.0.1:9500"], Some("eth0")).unwrap();
+        let mut ok = xdp(&["10.0.0.1:9500"], Some("eth0")).unwrap();
         assert_eq!(ok.xdp.iface.as_deref(), Some("eth0"));
         assert_eq!(ok.xdp.mode, XdpMode::Auto);
         assert!(ok.xdp.queues.is_empty());
+        assert_eq!(
+            (ok.xdp.syn_backlog, ok.xdp.syn_cookies),
+            (petrel_dataplane::xdp::syn_cookie::DEFAULT_SYN_BACKLOG, true)
+        );
+        // A backlog of 0 means "cookies for every SYN"; without cookies it refuses all.
+        ok.xdp.syn_backlog = 0;
+        assert!(ok.validate_xdp().is_ok());
+        ok.xdp.syn_cookies = false;
+        assert!(
+            format!("{:#}", ok.validate_xdp().unwrap_err()).contains("xdp_syn_backlog = 0"),
+            "a backlog of 0 without cookies is refused"
+        );
     }
 
     #[test]

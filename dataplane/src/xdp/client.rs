@@ -295,7 +295,10 @@ impl XdpClient {
     /// Queues bytes on connection `key` (as many as its buffer takes; `WouldBlock` when
     /// none); they leave on the next poll.
     pub fn send(&mut self, key: ConnKey, buf: &[u8]) -> io::Result<usize> {
-        let socket = self.socket(key).ok_or(io::ErrorKind::ConnectionReset)?;
+        let socket = self
+            .shards
+            .writable(key.0, key.1)
+            .ok_or(io::ErrorKind::ConnectionReset)?;
         if !socket.may_send() {
             return Err(io::ErrorKind::BrokenPipe.into());
         }

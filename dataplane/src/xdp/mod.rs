@@ -47,9 +47,10 @@
 //! transmit), in `sys`, the one module where unsafe code may live.
 //!
 //! **Not written yet**: per-port ntuple steering with several queues (one queue is
-//! steered), in-place replies, buffers that exist only while data is in flight (idle
-//! connections cost ~2.9 KB with 512-byte buffers), zero-copy binds, IPv6.
+//! steered), in-place replies, zero-copy binds, IPv6. (TCP buffers exist only while a
+//! connection is polled or written to: [`buffers`].)
 
+pub mod buffers;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod device;

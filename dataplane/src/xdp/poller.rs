@@ -631,11 +631,7 @@ impl<D: Device> XdpCore<D> {
                 continue;
             };
             conn.dirty = false;
-            let Some(socket) = self
-                .shards
-                .shard_mut(conn.shard)
-                .and_then(|s| s.connection_mut(conn.handle))
-            else {
+            let Some(socket) = self.shards.writable(conn.shard, conn.handle) else {
                 continue;
             };
             if !socket.may_send() && socket.state() != tcp::State::SynReceived {

@@ -30,8 +30,13 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{Ipv4Packet, TcpOption, TcpPacket};
 
+use super::buffers::BufferPool;
 use super::syn_cookie::{self, CookieSynAck, SYN_PACKET_LEN, SynCookies, Tuple};
 use super::tcp::{ShardConfig, TcpShard};
+
+/// Free buffer pairs a core keeps for reuse (about 1.5 MiB at the default sizes): enough
+/// for the connections that are busy in one round; more are freed.
+const MAX_FREE_BUFFER_PAIRS: usize = 256;
 
 /// Settings of a [`ShardSet`].
 #[derive(Debug, Clone, Copy)]
@@ -136,6 +141,8 @@ pub struct ShardSet {
     cookie_stats: CookieStats,
     /// Where the SYN a valid cookie stands for is rebuilt.
     syn_scratch: [u8; SYN_PACKET_LEN],
+    /// The TCP buffers the shards' sockets are lent while they need them.
+    pool: BufferPool,
     /// Whether new connections are taken ([`ShardSet::set_admitting`]).
     admitting: bool,
 }
@@ -173,6 +180,11 @@ impl ShardSet {
             last_cookie_ms: None,
             cookie_stats: CookieStats::default(),
             syn_scratch: [0; SYN_PACKET_LEN],
+            pool: BufferPool::new(
+                config.shard.rx_buffer,
+                config.shard.tx_buffer,
+                MAX_FREE_BUFFER_PAIRS,
+            ),
             admitting: true,
         }
     }
@@ -215,6 +227,8 @@ impl ShardSet {
             }
             if self.half_open + self.pending_syns >= self.config.syn_backlog
                 && self.listens_on(tcp.dst_port())
+                && !tcp.rst()
+                && !tcp.fin()
             {
                 if !self.config.syn_cookies {
                     self.cookie_stats.backlog_full += 1;
@@ -339,7 +353,13 @@ impl ShardSet {
         )?;
         let shard = &mut self.shards[index];
         let before = shard.half_open();
-        let opened = shard.open_from_cookie(now_ms, &self.syn_scratch[..len], ip_packet, cookie);
+        let opened = shard.open_from_cookie(
+            now_ms,
+            &self.syn_scratch[..len],
+            ip_packet,
+            cookie,
+            &mut self.pool,
+        );
         self.half_open = self.half_open - before + shard.half_open();
         // The listener was re-armed by the poll that took the SYN (and any SYN queued
         // before it).
@@ -449,7 +469,7 @@ impl ShardSet {
             }
             let shard = &mut self.shards[index];
             let before = shard.half_open();
-            shard.poll(now_ms);
+            shard.poll(now_ms, &mut self.pool);
             self.half_open = self.half_open - before + shard.half_open();
             while let Some(packet) = shard.pop_tx() {
                 transmit(index, &packet);
@@ -478,6 +498,23 @@ impl ShardSet {
     /// changed since.
     pub fn last_polled(&self) -> &[usize] {
         &self.last_polled
+    }
+
+    /// Connection `handle` of shard `index`, lent buffers to write to. The shard is
+    /// marked for the next poll, which sends what was written (and takes the buffers back
+    /// once it is acknowledged, or at once if nothing was written).
+    pub fn writable(
+        &mut self,
+        index: usize,
+        handle: SocketHandle,
+    ) -> Option<&mut tcp::Socket<'static>> {
+        self.mark_dirty(index);
+        self.shards.get_mut(index)?.lend(handle, &mut self.pool)
+    }
+
+    /// The buffer pool: pairs lent out, kept free, allocated so far.
+    pub fn buffers(&self) -> &BufferPool {
+        &self.pool
     }
 
     /// Whether some shard is marked for the next poll (the caller should not sleep).
@@ -961,11 +998,7 @@ mod tests {
         let (mut sent_up, mut sent_down) = (0, 0);
         let (mut got_up, mut got_down) = (Vec::new(), Vec::new());
         for now in 3..400 {
-            let s = client
-                .shard_mut(conn.0)
-                .unwrap()
-                .connection_mut(conn.1)
-                .unwrap();
+            let s = client.writable(conn.0, conn.1).unwrap();
             sent_up += s.send_slice(&payload[sent_up..]).unwrap();
             s.recv(|b| {
                 got_down.extend_from_slice(b);
@@ -973,11 +1006,7 @@ mod tests {
             })
             .unwrap();
             client.mark_dirty(conn.0);
-            let s = server
-                .shard_mut(on_server.0)
-                .unwrap()
-                .connection_mut(on_server.1)
-                .unwrap();
+            let s = server.writable(on_server.0, on_server.1).unwrap();
             sent_down += s.send_slice(&payload[sent_down..]).unwrap();
             s.recv(|b| {
                 got_up.extend_from_slice(b);
@@ -1002,6 +1031,101 @@ mod tests {
             got_down.len(),
             payload.len()
         );
+
+        // The server resets the connection: its RST leaves in the client's sequence space
+        // (translated as smoltcp emits it, though the socket is gone by then), so the
+        // client accepts it and its connection ends.
+        server
+            .shard_mut(on_server.0)
+            .unwrap()
+            .connection_mut(on_server.1)
+            .unwrap()
+            .abort();
+        server.mark_dirty(on_server.0);
+        for now in 400..410 {
+            exchange(&mut client, &mut server, now);
+        }
+        assert!(
+            client
+                .shard_mut(conn.0)
+                .unwrap()
+                .connection_mut(conn.1)
+                .is_none(),
+            "the client's connection ended on the server's reset"
+        );
+    }
+
+    #[test]
+    fn a_retransmitted_syn_queued_before_the_cookie_ack_does_not_break_the_connection() {
+        use std::net::{Ipv4Addr, SocketAddrV4};
+        let mut server = set_with_backlog(4, 100, 0);
+        let mut client = client_set(4, 100);
+        let local = SocketAddrV4::new(Ipv4Addr::new(10, 78, 1, 1), 2001);
+        let conn = client
+            .connect(local, SocketAddrV4::new(OURS, 9500))
+            .unwrap();
+        let mut syn = Vec::new();
+        client.poll(1, |_, p| syn = p.to_vec());
+        let RxVerdict::Cookie(reply) = server.push_rx(&syn, 1) else {
+            panic!("a cookie was expected");
+        };
+        let mut syn_ack = [0u8; SYN_PACKET_LEN];
+        let len = reply.write_packet(&mut syn_ack).unwrap();
+        client.push_rx(&syn_ack[..len], 1);
+        // The SYN is retransmitted while the backlog has room: queued for smoltcp, in the
+        // same batch as the client's ACK of the cookie.
+        server.config.syn_backlog = 1024;
+        assert!(matches!(server.push_rx(&syn, 2), RxVerdict::Queued(_)));
+        let mut acks = Vec::new();
+        client.poll(2, |_, p| acks.push(p.to_vec()));
+        let verdicts: Vec<_> = acks.iter().map(|a| server.push_rx(a, 2)).collect();
+        assert!(
+            verdicts.contains(&RxVerdict::OpenedFromCookie(server.shard_for(
+                local.ip().octets(),
+                2001,
+                OURS.octets(),
+                9500
+            ))),
+            "{verdicts:?}"
+        );
+        for now in 3..10 {
+            exchange(&mut client, &mut server, now);
+        }
+        assert!(
+            established(&mut client, conn),
+            "no reset reached the client"
+        );
+        let index = server.shard_for(local.ip().octets(), 2001, OURS.octets(), 9500);
+        let shard = server.shard_mut(index).unwrap();
+        assert_eq!(
+            shard.connection_count(),
+            1,
+            "one connection for the 4-tuple"
+        );
+        let mut accepted = Vec::new();
+        shard.take_accepted(&mut accepted);
+        let on_server = (index, *accepted.last().unwrap());
+        assert!(established(&mut server, on_server));
+        // And it carries data.
+        let sent = client
+            .writable(conn.0, conn.1)
+            .unwrap()
+            .send_slice(b"hello")
+            .unwrap();
+        assert_eq!(sent, 5);
+        for now in 10..15 {
+            exchange(&mut client, &mut server, now);
+        }
+        let mut buf = [0u8; 8];
+        let n = server
+            .shard_mut(on_server.0)
+            .unwrap()
+            .connection_mut(on_server.1)
+            .unwrap()
+            .recv_slice(&mut buf)
+            .unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(server.half_open(), 0);
     }
 
     /// An ACK from `port` acknowledging `ack` with sequence number `seq`, checksums right.

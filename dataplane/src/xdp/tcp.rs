@@ -37,6 +37,8 @@ use smoltcp::wire::{
     HardwareAddress, IpCidr, IpEndpoint, Ipv4Cidr, Ipv4Packet, TcpPacket, TcpSeqNumber,
 };
 
+use super::buffers::{BufferPool, empty_pair};
+
 /// Settings of one shard.
 #[derive(Debug, Clone, Copy)]
 pub struct ShardConfig {
@@ -95,7 +97,18 @@ struct Queues {
     tx_pool: Vec<Vec<u8>>,
     mtu: usize,
     max_queued: usize,
+    /// Connections opened from a SYN cookie ([`TcpShard::open_from_cookie`]): the client
+    /// knows our initial sequence number as the cookie, smoltcp as its own, so each of
+    /// their segments is translated by the difference (cookie − smoltcp's): on the way in
+    /// when queued, on the way out as smoltcp emits it (so a reset smoltcp sends as it
+    /// drops the socket is translated too). Keyed by (client address, client port, our
+    /// port), with the socket's handle. Empty unless a flood made cookies necessary; then
+    /// only those connections pay a lookup.
+    translations: Translations,
 }
+
+/// See [`Queues::translations`].
+type Translations = HashMap<(Ipv4Addr, u16, u16), (SocketHandle, u32)>;
 
 struct RxToken<'a> {
     buf: Vec<u8>,
@@ -116,6 +129,7 @@ struct TxToken<'a> {
     queue: &'a mut VecDeque<Vec<u8>>,
     pool: &'a mut Vec<Vec<u8>>,
     max_queued: usize,
+    translations: &'a Translations,
 }
 
 impl phy::TxToken for TxToken<'_> {
@@ -124,6 +138,9 @@ impl phy::TxToken for TxToken<'_> {
         buf.clear();
         buf.resize(len, 0);
         let result = f(&mut buf);
+        if !self.translations.is_empty() {
+            translate(&mut buf, self.translations, Direction::Out);
+        }
         if self.queue.len() < self.max_queued {
             self.queue.push_back(buf);
         } else {
@@ -148,6 +165,7 @@ impl Device for Queues {
                 queue: &mut self.tx,
                 pool: &mut self.tx_pool,
                 max_queued: self.max_queued,
+                translations: &self.translations,
             },
         ))
     }
@@ -157,6 +175,7 @@ impl Device for Queues {
             queue: &mut self.tx,
             pool: &mut self.tx_pool,
             max_queued: self.max_queued,
+            translations: &self.translations,
         })
     }
 
@@ -189,13 +208,10 @@ pub struct TcpShard {
     closed: Vec<SocketHandle>,
     /// Accepted connections still in SYN-RECEIVED (half-open).
     half_open: Vec<SocketHandle>,
-    /// Connections opened from a SYN cookie ([`TcpShard::open_from_cookie`]): the client
-    /// knows our initial sequence number as the cookie, smoltcp as its own, so every
-    /// segment of theirs is translated by the difference (cookie − smoltcp's), keyed by
-    /// (client address, client port, our port). Empty unless a flood made cookies
-    /// necessary; then only those connections pay a lookup.
-    translations: HashMap<(Ipv4Addr, u16, u16), u32>,
-    /// The same connections by handle, to forget their translation when they close.
+    /// Scratch list of connections to remove after a poll.
+    gone: Vec<SocketHandle>,
+    /// The connections opened from a cookie, by handle, to forget their translation
+    /// ([`Queues::translations`]) when they close.
     translated: HashMap<SocketHandle, (Ipv4Addr, u16, u16)>,
     dropped_rx: u64,
 }
@@ -219,6 +235,7 @@ impl TcpShard {
             tx_pool: Vec::new(),
             mtu: config.mtu,
             max_queued: config.max_queued,
+            translations: HashMap::new(),
         };
         let mut iface_config = Config::new(HardwareAddress::Ip);
         iface_config.random_seed = config.random_seed;
@@ -255,8 +272,8 @@ impl TcpShard {
             accepted: Vec::new(),
             closed: Vec::new(),
             half_open: Vec::new(),
-            translations: HashMap::new(),
             translated: HashMap::new(),
+            gone: Vec::new(),
             dropped_rx: 0,
         }
     }
@@ -271,8 +288,8 @@ impl TcpShard {
         let mut buf = self.queues.rx_pool.pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(ip_packet);
-        if !self.translations.is_empty() {
-            translate(&mut buf, &self.translations, Direction::In);
+        if !self.queues.translations.is_empty() {
+            translate(&mut buf, &self.queues.translations, Direction::In);
         }
         self.queues.rx.push_back(buf);
         true
@@ -283,8 +300,16 @@ impl TcpShard {
     /// ACK of `cookie + 1` (it may carry data). smoltcp answers the SYN with a SYN-ACK of its
     /// own, which is kept from the wire; from then on the connection's segments are
     /// translated between the cookie and smoltcp's sequence numbers, and `ack` is queued
-    /// for the next poll. False (nothing opened) if the listener did not take the SYN.
-    pub fn open_from_cookie(&mut self, now_ms: u64, syn: &[u8], ack: &[u8], cookie: u32) -> bool {
+    /// for the next poll. False (nothing opened, nothing left behind) if smoltcp's
+    /// listener did not take the SYN or its SYN-ACK was lost to a full queue.
+    pub fn open_from_cookie(
+        &mut self,
+        now_ms: u64,
+        syn: &[u8],
+        ack: &[u8],
+        cookie: u32,
+        pool: &mut BufferPool,
+    ) -> bool {
         let (Ok(ip), Some(listener)) = (Ipv4Packet::new_checked(syn), self.listener) else {
             return false;
         };
@@ -296,7 +321,18 @@ impl TcpShard {
         if !self.queues.rx.is_empty()
             || self.sockets.get::<tcp::Socket>(listener).state() != tcp::State::Listen
         {
-            self.poll(now_ms);
+            self.poll(now_ms, pool);
+        }
+        // A half-open socket for this 4-tuple (the client's SYN retransmitted while the
+        // backlog had room, queued before the cookie's ACK came) would answer that ACK
+        // with a reset, or take the SYN below: it goes, without a reset, and so does its
+        // SYN-ACK if it has not left yet.
+        if let Some(handle) = self.connection_for(key) {
+            if self.sockets.get::<tcp::Socket>(handle).state() != tcp::State::SynReceived {
+                return false;
+            }
+            self.forget(handle, pool);
+            self.drop_syn_acks_to(key, 0);
         }
         if !self.push_rx(syn) {
             return false;
@@ -304,26 +340,79 @@ impl TcpShard {
         let Some(listener) = self.listener else {
             return false;
         };
-        self.poll(now_ms);
+        let queued_before = self.queues.tx.len();
+        self.poll(now_ms, pool);
         if self.listener == Some(listener) {
-            return false; // the listener did not take it
+            // Not the listener's: whatever socket took it goes.
+            if let Some(handle) = self.connection_for(key) {
+                self.forget(handle, pool);
+            }
+            self.drop_syn_acks_to(key, queued_before);
+            return false;
         }
-        // smoltcp's SYN-ACK: its initial sequence number, and never sent.
-        let Some(at) = self.queues.tx.iter().position(|p| is_syn_ack_to(p, key)) else {
+        // smoltcp's SYN-ACK, emitted by that poll: its initial sequence number, and never
+        // sent.
+        let Some(smoltcp_isn) = self.drop_syn_acks_to(key, queued_before) else {
+            // Lost to a full transmit queue: the connection cannot be completed.
+            self.forget(listener, pool);
             return false;
         };
-        let Some(packet) = self.queues.tx.remove(at) else {
-            return false;
-        };
-        let smoltcp_isn = Ipv4Packet::new_unchecked(&packet[..])
-            .payload()
-            .get(4..8)
-            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-        self.queues.tx_pool.push(packet);
-        self.translations
-            .insert(key, cookie.wrapping_sub(smoltcp_isn));
+        self.queues
+            .translations
+            .insert(key, (listener, cookie.wrapping_sub(smoltcp_isn)));
         self.translated.insert(listener, key);
-        self.push_rx(ack)
+        // A full receive queue loses the ACK, not the connection: the client's next
+        // segment acknowledges the cookie again.
+        self.push_rx(ack);
+        true
+    }
+
+    /// Removes the SYN-ACKs to `key` queued at `from` or later; returns the initial
+    /// sequence number of the last one.
+    fn drop_syn_acks_to(&mut self, key: (Ipv4Addr, u16, u16), from: usize) -> Option<u32> {
+        let mut isn = None;
+        let mut at = from;
+        while at < self.queues.tx.len() {
+            if is_syn_ack_to(&self.queues.tx[at], key)
+                && let Some(packet) = self.queues.tx.remove(at)
+            {
+                isn = Ipv4Packet::new_checked(&packet[..])
+                    .ok()
+                    .and_then(|ip| TcpPacket::new_checked(ip.payload()).ok())
+                    .map(|tcp| tcp.seq_number().0 as u32);
+                self.queues.tx_pool.push(packet);
+            } else {
+                at += 1;
+            }
+        }
+        isn
+    }
+
+    /// Removes connection `handle` at once, without a reset: its buffers go back to
+    /// `pool`, its translation is forgotten, and it is reported closed (or never
+    /// reported, if the owner has not taken it from `accepted` yet).
+    fn forget(&mut self, handle: SocketHandle, pool: &mut BufferPool) {
+        if !self.live.remove(&handle) {
+            return;
+        }
+        pool.release(self.sockets.get_mut::<tcp::Socket>(handle));
+        self.sockets.remove(handle);
+        if let Some(at) = self.connections.iter().position(|h| *h == handle) {
+            self.connections.remove(at);
+        }
+        if let Some(at) = self.half_open.iter().position(|h| *h == handle) {
+            self.half_open.swap_remove(at);
+        }
+        if let Some(key) = self.translated.remove(&handle)
+            && self.queues.translations.get(&key).map(|t| t.0) == Some(handle)
+        {
+            self.queues.translations.remove(&key);
+        }
+        if let Some(at) = self.accepted.iter().position(|h| *h == handle) {
+            self.accepted.swap_remove(at);
+        } else {
+            self.closed.push(handle);
+        }
     }
 
     /// Accepted connections still half-open (SYN-RECEIVED).
@@ -331,8 +420,16 @@ impl TcpShard {
         self.half_open.len()
     }
 
-    /// Runs smoltcp on everything queued and re-arms the listener if it accepted.
-    pub fn poll(&mut self, now_ms: u64) {
+    /// Runs smoltcp on everything queued and re-arms the listener if it accepted. Every
+    /// socket of the shard is lent buffers from `pool` for the poll (smoltcp may receive,
+    /// acknowledge or retransmit on any of them), and gives them back afterwards unless
+    /// they still hold data ([`super::buffers`]).
+    pub fn poll(&mut self, now_ms: u64, pool: &mut BufferPool) {
+        for (_, socket) in self.sockets.iter_mut() {
+            if let Some(socket) = tcp::Socket::downcast_mut(socket) {
+                pool.lend(socket);
+            }
+        }
         self.iface
             .poll(instant(now_ms), &mut self.queues, &mut self.sockets);
         if let Some(listener) = self.listener
@@ -347,34 +444,42 @@ impl TcpShard {
         // Closed connections give their slot back. One the owner has not taken from
         // `accepted` yet (accepted and closed before it looked, e.g. SYN, ACK and RST in
         // one receive batch) is never reported at all: reported as accepted, it would
-        // name a socket that no longer exists, and the owner would keep it forever.
-        let sockets = &mut self.sockets;
-        let closed = &mut self.closed;
-        let accepted = &mut self.accepted;
-        let live = &mut self.live;
-        let translations = &mut self.translations;
-        let translated = &mut self.translated;
-        self.connections.retain(|handle| {
-            let is_closed = sockets.get::<tcp::Socket>(*handle).state() == tcp::State::Closed;
-            if is_closed {
-                sockets.remove(*handle);
-                live.remove(handle);
-                if let Some(key) = translated.remove(handle) {
-                    translations.remove(&key);
-                }
-                if let Some(at) = accepted.iter().position(|h| h == handle) {
-                    accepted.swap_remove(at);
-                } else {
-                    closed.push(*handle);
-                }
-            }
-            !is_closed
-        });
+        // name a socket that no longer exists, and the owner would keep it forever. A
+        // connection back in LISTEN is gone too: smoltcp returns a half-open socket that
+        // is reset to LISTEN, where it would take SYNs meant for the listener.
+        let mut gone = std::mem::take(&mut self.gone);
+        gone.extend(self.connections.iter().copied().filter(|&handle| {
+            matches!(
+                self.sockets.get::<tcp::Socket>(handle).state(),
+                tcp::State::Closed | tcp::State::Listen
+            )
+        }));
+        for handle in gone.drain(..) {
+            self.forget(handle, pool);
+        }
+        self.gone = gone;
         let (sockets, live) = (&self.sockets, &self.live);
         self.half_open.retain(|handle| {
             live.contains(handle)
                 && sockets.get::<tcp::Socket>(*handle).state() == tcp::State::SynReceived
         });
+        for (_, socket) in self.sockets.iter_mut() {
+            if let Some(socket) = tcp::Socket::downcast_mut(socket) {
+                pool.reclaim(socket);
+            }
+        }
+    }
+
+    /// Live connection `handle` with buffers lent from `pool`, to write to (they go back
+    /// at a later poll, once what was written is acknowledged).
+    pub fn lend(
+        &mut self,
+        handle: SocketHandle,
+        pool: &mut BufferPool,
+    ) -> Option<&mut tcp::Socket<'static>> {
+        let socket = self.connection_mut(handle)?;
+        pool.lend(socket);
+        Some(socket)
     }
 
     /// Opens a connection from `local` (an address this shard owns) to `remote`: the SYN
@@ -408,11 +513,7 @@ impl TcpShard {
 
     /// The next IPv4 packet to send, if any. Give it back with [`TcpShard::recycle_tx`].
     pub fn pop_tx(&mut self) -> Option<Vec<u8>> {
-        let mut packet = self.queues.tx.pop_front()?;
-        if !self.translations.is_empty() {
-            translate(&mut packet, &self.translations, Direction::Out);
-        }
-        Some(packet)
+        self.queues.tx.pop_front()
     }
 
     /// Returns a transmitted packet's buffer to the pool.
@@ -468,8 +569,16 @@ impl TcpShard {
     /// Whether a live connection of this shard has the remote endpoint `remote:port` and
     /// the local port `local_port` (a scan of the shard's connections).
     pub fn has_connection(&self, remote: Ipv4Addr, port: u16, local_port: u16) -> bool {
+        self.connection_for((remote, port, local_port)).is_some()
+    }
+
+    /// The live connection with remote endpoint `key.0:key.1` and local port `key.2`.
+    fn connection_for(
+        &self,
+        (remote, port, local_port): (Ipv4Addr, u16, u16),
+    ) -> Option<SocketHandle> {
         let remote = IpEndpoint::new(remote.into(), port);
-        self.connections.iter().any(|&handle| {
+        self.connections.iter().copied().find(|&handle| {
             let socket = self.sockets.get::<tcp::Socket>(handle);
             socket.remote_endpoint() == Some(remote)
                 && socket.local_endpoint().map(|e| e.port) == Some(local_port)
@@ -498,11 +607,7 @@ enum Direction {
 
 /// Moves a segment of a connection opened from a SYN cookie between the client's and
 /// smoltcp's sequence spaces (a no-op for other connections), fixing the checksum.
-fn translate(
-    packet: &mut [u8],
-    translations: &HashMap<(Ipv4Addr, u16, u16), u32>,
-    direction: Direction,
-) {
+fn translate(packet: &mut [u8], translations: &Translations, direction: Direction) {
     let Ok(mut ip) = Ipv4Packet::new_checked(&mut *packet) else {
         return;
     };
@@ -514,7 +619,7 @@ fn translate(
         Direction::In => (src, tcp.src_port(), tcp.dst_port()),
         Direction::Out => (dst, tcp.dst_port(), tcp.src_port()),
     };
-    let Some(&delta) = translations.get(&key) else {
+    let Some(&(_, delta)) = translations.get(&key) else {
         return;
     };
     match direction {
@@ -549,12 +654,12 @@ fn listening_socket(config: &ShardConfig) -> tcp::Socket<'static> {
     socket
 }
 
-/// A closed socket with this shard's buffers and tuning.
+/// A closed socket with this shard's tuning, and no buffers until it is polled or
+/// written to ([`super::buffers`]). (Its window scale, which smoltcp derives from the
+/// receive buffer's size at creation, is therefore 0: windows up to 64 KiB.)
 fn new_socket(config: &ShardConfig) -> tcp::Socket<'static> {
-    let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; config.rx_buffer]),
-        tcp::SocketBuffer::new(vec![0; config.tx_buffer]),
-    );
+    let (rx, tx) = empty_pair();
+    let mut socket = tcp::Socket::new(rx, tx);
     // IM frames are small and latency-bound: no Nagle.
     socket.set_nagle_enabled(false);
     // smoltcp's default is no congestion control at all.
@@ -611,13 +716,14 @@ mod tests {
 
     #[test]
     fn a_syn_gets_a_syn_ack_and_the_listener_is_rearmed() {
+        let mut pool = pool();
         let mut shard = shard();
         let frame = syn_frame(OURS, 0);
         let Ok(Inbound::Tcp { ip_packet, .. }) = classify(&frame, OURS) else {
             panic!("fixture is not TCP");
         };
         assert!(shard.push_rx(ip_packet));
-        shard.poll(1);
+        shard.poll(1, &mut pool);
 
         let reply = shard.pop_tx().expect("a SYN-ACK");
         let ip = Ipv4Packet::new_checked(&reply[..]).unwrap();
@@ -642,7 +748,7 @@ mod tests {
 
         // An abort closes it at once: reported closed, removed, no longer reachable.
         shard.connection_mut(accepted[0]).unwrap().abort();
-        shard.poll(2);
+        shard.poll(2, &mut pool);
         let mut closed = Vec::new();
         shard.take_closed(&mut closed);
         assert_eq!(closed, accepted);
@@ -651,10 +757,15 @@ mod tests {
     }
 
     /// Moves every packet either shard has queued to the other until both are quiet.
-    fn shuttle(a: &mut TcpShard, b: &mut TcpShard, now: u64) {
+    /// A pool for the tests' shards (both ends of a test share it, as one core's do).
+    fn pool() -> BufferPool {
+        BufferPool::new(4096, 4096, 64)
+    }
+
+    fn shuttle(a: &mut TcpShard, b: &mut TcpShard, now: u64, pool: &mut BufferPool) {
         for _ in 0..20 {
-            a.poll(now);
-            b.poll(now);
+            a.poll(now, pool);
+            b.poll(now, pool);
             let mut moved = false;
             while let Some(packet) = a.pop_tx() {
                 assert!(b.push_rx(&packet));
@@ -675,6 +786,7 @@ mod tests {
 
     #[test]
     fn a_client_shard_connects_from_any_address_of_its_prefix_and_exchanges_data() {
+        let mut pool = pool();
         let server_addr = Ipv4Addr::new(10, 77, 0, 1);
         let mut server = TcpShard::new(
             ShardConfig {
@@ -698,7 +810,7 @@ mod tests {
         let remote = SocketAddrV4::new(server_addr, 9500);
         let handle = client.connect(local, remote).unwrap();
         assert_eq!(client.connection_handles(), &[handle]);
-        shuttle(&mut client, &mut server, 1);
+        shuttle(&mut client, &mut server, 1, &mut pool);
 
         let mut accepted = Vec::new();
         server.take_accepted(&mut accepted);
@@ -709,14 +821,14 @@ mod tests {
             none.is_empty(),
             "an opened connection is not an accepted one"
         );
-        let socket = client.connection_mut(handle).unwrap();
+        let socket = client.lend(handle, &mut pool).unwrap();
         assert_eq!(socket.state(), tcp::State::Established);
         assert_eq!(
             socket.local_endpoint(),
             Some(IpEndpoint::new((*local.ip()).into(), local.port()))
         );
         socket.send_slice(b"login").unwrap();
-        shuttle(&mut client, &mut server, 2);
+        shuttle(&mut client, &mut server, 2, &mut pool);
         let mut buf = [0u8; 16];
         let n = server
             .connection_mut(accepted[0])
@@ -727,15 +839,135 @@ mod tests {
 
         // A reset from the server ends the client's connection: reported closed.
         server.connection_mut(accepted[0]).unwrap().abort();
-        shuttle(&mut client, &mut server, 3);
+        shuttle(&mut client, &mut server, 3, &mut pool);
         let mut closed = Vec::new();
         client.take_closed(&mut closed);
         assert_eq!(closed, [handle]);
         assert_eq!(client.connection_count(), 0);
     }
 
+    /// A server shard and a client shard with one established connection between them:
+    /// (server, client, the server's handle, the client's handle).
+    fn connected_pair(pool: &mut BufferPool) -> (TcpShard, TcpShard, SocketHandle, SocketHandle) {
+        let server_addr = Ipv4Addr::new(10, 77, 0, 1);
+        let mut server = TcpShard::new(
+            ShardConfig {
+                addr: server_addr,
+                ..ShardConfig::default()
+            },
+            0,
+        );
+        let mut client = TcpShard::new(
+            ShardConfig {
+                addr: Ipv4Addr::new(10, 78, 0, 1),
+                prefix_len: 16,
+                port: 0,
+                any_ip: true,
+                ..ShardConfig::default()
+            },
+            0,
+        );
+        let local = SocketAddrV4::new(Ipv4Addr::new(10, 78, 0, 1), 40_002);
+        let handle = client
+            .connect(local, SocketAddrV4::new(server_addr, 9500))
+            .unwrap();
+        shuttle(&mut client, &mut server, 1, pool);
+        let mut accepted = Vec::new();
+        server.take_accepted(&mut accepted);
+        assert_eq!(accepted.len(), 1);
+        (server, client, accepted[0], handle)
+    }
+
+    #[test]
+    fn an_idle_connection_holds_no_buffers_and_one_with_data_in_flight_keeps_them() {
+        let mut pool = pool();
+        let (mut server, mut client, on_server, on_client) = connected_pair(&mut pool);
+        // Established and idle: neither end holds buffers, none are lent.
+        for (shard, handle) in [(&mut server, on_server), (&mut client, on_client)] {
+            let socket = shard.connection_mut(handle).unwrap();
+            assert_eq!(socket.state(), tcp::State::Established);
+            assert_eq!((socket.recv_capacity(), socket.send_capacity()), (0, 0));
+        }
+        assert_eq!(pool.lent(), 0);
+
+        // The server writes; its segment leaves, but the client's ACK is not delivered:
+        // the data is unacknowledged, so the server's buffers stay.
+        let written = server
+            .lend(on_server, &mut pool)
+            .unwrap()
+            .send_slice(b"push")
+            .unwrap();
+        assert_eq!(written, 4);
+        server.poll(2, &mut pool);
+        let segment = server.pop_tx().expect("the data segment");
+        assert!(server.connection_mut(on_server).unwrap().send_capacity() > 0);
+        assert_eq!(pool.lent(), 1);
+
+        // The client receives it and has not read it yet: its buffers stay too.
+        assert!(client.push_rx(&segment));
+        client.poll(3, &mut pool);
+        assert!(client.connection_mut(on_client).unwrap().recv_capacity() > 0);
+        assert_eq!(pool.lent(), 2);
+
+        // Read, acknowledged: both give their buffers back, and the bytes arrived intact.
+        let mut buf = [0u8; 8];
+        let n = client
+            .connection_mut(on_client)
+            .unwrap()
+            .recv_slice(&mut buf)
+            .unwrap();
+        assert_eq!(&buf[..n], b"push");
+        shuttle(&mut client, &mut server, 4, &mut pool);
+        for (shard, handle) in [(&mut server, on_server), (&mut client, on_client)] {
+            let socket = shard.connection_mut(handle).unwrap();
+            assert_eq!((socket.recv_capacity(), socket.send_capacity()), (0, 0));
+        }
+        assert_eq!(pool.lent(), 0);
+        assert!(
+            pool.allocated() <= 3,
+            "{} pairs allocated",
+            pool.allocated()
+        );
+    }
+
+    #[test]
+    fn many_round_trips_on_lent_buffers_lose_nothing() {
+        let mut pool = pool();
+        let (mut server, mut client, on_server, on_client) = connected_pair(&mut pool);
+        let mut received = Vec::new();
+        let mut expected = Vec::new();
+        for round in 0..200u32 {
+            let message = format!("message {round} ").repeat((round % 7 + 1) as usize);
+            expected.extend_from_slice(message.as_bytes());
+            let socket = client.lend(on_client, &mut pool).unwrap();
+            assert_eq!(
+                socket.send_slice(message.as_bytes()).unwrap(),
+                message.len()
+            );
+            shuttle(&mut client, &mut server, 10 + u64::from(round), &mut pool);
+            let socket = server.connection_mut(on_server).unwrap();
+            while socket.can_recv() {
+                socket
+                    .recv(|b| {
+                        received.extend_from_slice(b);
+                        (b.len(), ())
+                    })
+                    .unwrap();
+            }
+        }
+        assert!(
+            received == expected,
+            "{} of {} bytes",
+            received.len(),
+            expected.len()
+        );
+        shuttle(&mut client, &mut server, 1_000, &mut pool);
+        assert_eq!(pool.lent(), 0);
+    }
+
     #[test]
     fn a_client_shard_without_any_ip_ignores_its_prefix_s_other_addresses() {
+        let mut pool = pool();
         let mut client = TcpShard::new(
             ShardConfig {
                 addr: Ipv4Addr::new(10, 78, 0, 1),
@@ -755,7 +987,7 @@ mod tests {
             },
             0,
         );
-        shuttle(&mut client, &mut server, 1);
+        shuttle(&mut client, &mut server, 1, &mut pool);
         // The SYN-ACK to 10.78.5.7 was not taken: still waiting for it.
         let state = client.connection_mut(handle).unwrap().state();
         assert_eq!(state, tcp::State::SynSent);
@@ -817,6 +1049,7 @@ mod tests {
 
     #[test]
     fn a_connection_accepted_and_closed_in_one_poll_is_never_reported() {
+        let mut pool = pool();
         // Found by the xdp_ingress fuzz target's seed: SYN, the handshake's ACK and a RST
         // in one receive batch. The shard used to report the connection as accepted (and
         // closed before that), so the poller registered a socket that no longer existed.
@@ -825,7 +1058,7 @@ mod tests {
         // smoltcp's sequence numbers come from a fixed seed: learn the SYN-ACK's first.
         let mut probe = shard();
         probe.push_rx(syn);
-        probe.poll(1);
+        probe.poll(1, &mut pool);
         let reply = probe.pop_tx().expect("a SYN-ACK");
         let ip = Ipv4Packet::new_checked(&reply[..]).unwrap();
         let their = TcpPacket::new_checked(ip.payload()).unwrap().seq_number().0 as u32;
@@ -842,7 +1075,7 @@ mod tests {
             their + 1,
             smoltcp::wire::TcpControl::Rst,
         ));
-        shard.poll(1);
+        shard.poll(1, &mut pool);
         let (mut accepted, mut closed) = (Vec::new(), Vec::new());
         shard.take_closed(&mut closed);
         shard.take_accepted(&mut accepted);
@@ -850,7 +1083,7 @@ mod tests {
         assert_eq!(shard.connection_count(), 0);
         // The re-armed listener still accepts.
         shard.push_rx(syn);
-        shard.poll(2);
+        shard.poll(2, &mut pool);
         shard.take_accepted(&mut accepted);
         assert_eq!(accepted.len(), 1);
     }
