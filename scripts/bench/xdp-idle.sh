@@ -20,6 +20,9 @@
 #   CLIENT_MODE xdp or kernel [default: xdp]
 #   SOURCES     kernel client mode: source addresses (each gets ~28,000 ports)
 #               [default: N/20000 + 1]
+#   MAX_CONNECTIONS  the server's max_connections [default: 2 × N]; below N the rest
+#               are refused (their SYNs dropped and counted) and the bench reports how
+#               many got in
 #   EXTRA       extra TOML lines for the server, e.g. $'xdp_tcp_rx_buffer = 512\nxdp_tcp_tx_buffer = 512'
 #   LOG_LEVEL   the server's log level [default: info: its AF_XDP pollers log their
 #               sockets' kernel drop counters when they stop, printed at the end]
@@ -72,7 +75,7 @@ fi
 
 mkdir -p "$OUT"
 printf 'data_dir = "%s"\nlog_level = "%s"\nmax_connections = %d\nrate_limit_per_second = 0\n%s\n' \
-  "$OUT" "${LOG_LEVEL:-info}" $(( N * 2 )) "${EXTRA:-}" >"$OUT/petrel.toml"
+  "$OUT" "${LOG_LEVEL:-info}" "${MAX_CONNECTIONS:-$(( N * 2 ))}" "${EXTRA:-}" >"$OUT/petrel.toml"
 "$PETREL" serve --config "$OUT/petrel.toml" --dataplane xdp --iface "$PETREL_LAB_HOST_IF" \
   --listen "$PETREL_LAB_HOST_ADDR:9500" >"$OUT/serve.out" 2>"$OUT/serve.err" &
 server_pid=$!

@@ -949,11 +949,12 @@ impl Collector for Metrics {
                     "Segments the userspace TCP dropped before smoltcp: SYNs for a full shard \
                      (the shard's connection limit: back-pressure), SYNs while the core was \
                      over its CPU budget (admission control), segments for a full shard \
-                     queue.",
+                     queue, SYNs while the core held its share of max_connections.",
                     &[
                         (vec![("reason", "shard_full_syn")], tcp.refused_syns),
                         (vec![("reason", "overloaded_syn")], tcp.shed_syns),
                         (vec![("reason", "queue_full")], tcp.queue_full),
+                        (vec![("reason", "max_connections_syn")], tcp.capacity_syns),
                     ],
                 )?;
             }
@@ -1205,6 +1206,7 @@ mod tests {
                     refused_syns: 5,
                     shed_syns: 2,
                     queue_full: 0,
+                    capacity_syns: 6,
                 }),
                 syn: Some(SynStats {
                     cookies: petrel_dataplane::xdp::shards::CookieStats {

@@ -309,6 +309,7 @@ fn xdp_config(config: &ServeConfig, decoder: DecoderConfig) -> anyhow::Result<Xd
     xdp.own_arp = own_arp;
     xdp.shards_per_queue = shards_per_queue;
     xdp.max_connections_per_shard = per_shard;
+    xdp.max_connections_per_core = config.max_connections.div_ceil(xdp.cores.len().max(1));
     xdp.syn_backlog = config.xdp.syn_backlog;
     xdp.syn_cookies = config.xdp.syn_cookies;
     xdp.shard = ShardConfig {
@@ -358,6 +359,7 @@ fn dpdk_config(config: &ServeConfig, decoder: DecoderConfig) -> anyhow::Result<D
     dpdk.port_config.mbufs_per_queue = config.dpdk.mbufs_per_queue;
     dpdk.shards_per_queue = shards_per_queue;
     dpdk.max_connections_per_shard = per_shard;
+    dpdk.max_connections_per_core = config.max_connections.div_ceil(dpdk.cores.len().max(1));
     dpdk.syn_backlog = config.xdp.syn_backlog;
     dpdk.syn_cookies = config.xdp.syn_cookies;
     dpdk.shard = ShardConfig {

@@ -240,6 +240,8 @@ impl Lab {
         let config = ShardSetConfig {
             shards: 2,
             max_connections_per_shard: MAX_PER_SHARD,
+            // Below the shards' sum, so fuzzed SYNs also meet the core's limit.
+            max_connections: 2 * MAX_PER_SHARD - 1,
             seed: 42,
             // Tiny, so fuzzed SYNs reach the cookie path and fuzzed ACKs are checked.
             syn_backlog: 2,

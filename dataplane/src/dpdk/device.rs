@@ -504,6 +504,7 @@ mod tests {
             own_arp: true,
             shards_per_queue: 4,
             max_connections_per_shard: 16,
+            max_connections_per_core: usize::MAX,
             syn_backlog: 1024,
             syn_cookies: true,
             shard: ShardConfig {

@@ -202,6 +202,7 @@ impl XdpClient {
             ShardSetConfig {
                 shards: config.shards,
                 max_connections_per_shard: config.max_connections_per_shard,
+                max_connections: usize::MAX,
                 // A client's shards listen on nothing: no SYN reaches them.
                 syn_backlog: 0,
                 syn_cookies: false,

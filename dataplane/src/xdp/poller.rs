@@ -125,6 +125,7 @@ pub(crate) struct CoreSettings {
     pub(crate) own_arp: bool,
     pub(crate) shards_per_queue: usize,
     pub(crate) max_connections_per_shard: usize,
+    pub(crate) max_connections_per_core: usize,
     pub(crate) syn_backlog: usize,
     pub(crate) syn_cookies: bool,
     pub(crate) shard: ShardConfig,
@@ -235,6 +236,7 @@ impl<D: Device> XdpCore<D> {
                 ShardSetConfig {
                     shards,
                     max_connections_per_shard: config.max_connections_per_shard,
+                    max_connections: config.max_connections_per_core,
                     syn_backlog: config.syn_backlog,
                     syn_cookies: config.syn_cookies,
                     seed,

@@ -62,6 +62,10 @@ impl Intake<'_> {
                         self.drops.shed_syns += 1;
                         false
                     }
+                    RxVerdict::AtCapacity => {
+                        self.drops.capacity_syns += 1;
+                        false
+                    }
                     RxVerdict::Cookie(reply) => {
                         self.cookie_replies.push((src_mac, reply));
                         false

@@ -45,6 +45,9 @@ pub struct ShardSetConfig {
     pub shards: usize,
     /// Most connections per shard; SYNs beyond are refused.
     pub max_connections_per_shard: usize,
+    /// Most connections over all shards (the core's share of the server's
+    /// `max_connections`); SYNs beyond are refused ([`RxVerdict::AtCapacity`]).
+    pub max_connections: usize,
     /// Seed of the 4-tuple hash (random per process, so a client cannot aim at one shard).
     pub seed: u64,
     /// Most half-open (SYN-RECEIVED) connections over all shards. Past it a SYN is
@@ -66,6 +69,9 @@ pub enum RxVerdict {
     Queued(usize),
     /// A SYN for a full shard: dropped and counted.
     RefusedSyn,
+    /// A SYN while the set holds its most connections ([`ShardSetConfig::max_connections`]):
+    /// dropped and counted (the client's SYN retransmissions find room when some leave).
+    AtCapacity,
     /// A SYN while new connections are not admitted ([`ShardSet::set_admitting`]: the
     /// core is over its CPU budget): dropped and counted; the client's SYN
     /// retransmission (1 s, then doubling) is its back-off.
@@ -95,6 +101,9 @@ pub enum OpenError {
     /// The shard the 4-tuple hashes to holds its most connections already.
     #[error("the userspace TCP shard for this 4-tuple is full")]
     ShardFull,
+    /// The set holds its most connections already.
+    #[error("the userspace TCP holds its most connections already")]
+    AtCapacity,
     /// smoltcp refused the endpoints (a zero port or an unspecified address).
     #[error("userspace TCP refused the endpoints: {0:?}")]
     Tcp(tcp::ConnectError),
@@ -131,6 +140,10 @@ pub struct ShardSet {
     polls: u64,
     /// Half-open connections over all shards (the sum of [`TcpShard::half_open`]).
     half_open: usize,
+    /// Connections over all shards (the sum of [`TcpShard::connection_count`]).
+    connections: usize,
+    /// SYNs refused at [`ShardSetConfig::max_connections`].
+    capacity_syns: u64,
     /// SYNs queued for a listener or deferred, not yet polled: half-open connections to
     /// be, counted against the backlog so one receive batch cannot overshoot it.
     pending_syns: usize,
@@ -175,6 +188,8 @@ impl ShardSet {
             duplicate_syns: 0,
             polls: 0,
             half_open: 0,
+            connections: 0,
+            capacity_syns: 0,
             pending_syns: 0,
             cookies: SynCookies::new(),
             last_cookie_ms: None,
@@ -224,6 +239,11 @@ impl ShardSet {
             if shard.connection_count() >= self.config.max_connections_per_shard {
                 self.refused_syns += 1;
                 return RxVerdict::RefusedSyn;
+            }
+            // SYNs already queued will be connections too.
+            if self.connections + self.pending_syns >= self.config.max_connections {
+                self.capacity_syns += 1;
+                return RxVerdict::AtCapacity;
             }
             if self.half_open + self.pending_syns >= self.config.syn_backlog
                 && self.listens_on(tcp.dst_port())
@@ -340,6 +360,10 @@ impl ShardSet {
             self.refused_syns += 1;
             return Some(RxVerdict::RefusedSyn);
         }
+        if self.connections + self.pending_syns >= self.config.max_connections {
+            self.capacity_syns += 1;
+            return Some(RxVerdict::AtCapacity);
+        }
         // The SYN the cookie stands for, as the client sent it (less the options a cookie
         // cannot carry); its window is the ACK's, which is unscaled as no scaling was agreed.
         let from = tuple.reversed();
@@ -352,7 +376,7 @@ impl ShardSet {
             &mut self.syn_scratch,
         )?;
         let shard = &mut self.shards[index];
-        let before = shard.half_open();
+        let before = (shard.half_open(), shard.connection_count());
         let opened = shard.open_from_cookie(
             now_ms,
             &self.syn_scratch[..len],
@@ -360,7 +384,8 @@ impl ShardSet {
             cookie,
             &mut self.pool,
         );
-        self.half_open = self.half_open - before + shard.half_open();
+        self.half_open = self.half_open - before.0 + shard.half_open();
+        self.connections = self.connections - before.1 + shard.connection_count();
         // The listener was re-armed by the poll that took the SYN (and any SYN queued
         // before it).
         if std::mem::take(&mut self.syn_pending[index]) {
@@ -393,7 +418,11 @@ impl ShardSet {
         if shard.connection_count() >= self.config.max_connections_per_shard {
             return Err(OpenError::ShardFull);
         }
+        if self.connections >= self.config.max_connections {
+            return Err(OpenError::AtCapacity);
+        }
         let handle = shard.connect(local, remote)?;
+        self.connections += 1;
         self.mark_dirty(index);
         Ok((index, handle))
     }
@@ -468,9 +497,10 @@ impl ShardSet {
                 self.pending_syns = self.pending_syns.saturating_sub(1);
             }
             let shard = &mut self.shards[index];
-            let before = shard.half_open();
+            let before = (shard.half_open(), shard.connection_count());
             shard.poll(now_ms, &mut self.pool);
-            self.half_open = self.half_open - before + shard.half_open();
+            self.half_open = self.half_open - before.0 + shard.half_open();
+            self.connections = self.connections - before.1 + shard.connection_count();
             while let Some(packet) = shard.pop_tx() {
                 transmit(index, &packet);
                 shard.recycle_tx(packet);
@@ -572,6 +602,16 @@ impl ShardSet {
         self.polls
     }
 
+    /// SYNs refused because the set held its most connections.
+    pub fn capacity_syns(&self) -> u64 {
+        self.capacity_syns
+    }
+
+    /// Connections over all shards.
+    pub fn connections(&self) -> usize {
+        self.connections
+    }
+
     /// Half-open (SYN-RECEIVED) connections over all shards.
     pub fn half_open(&self) -> usize {
         self.half_open
@@ -634,6 +674,7 @@ mod tests {
             ShardSetConfig {
                 shards,
                 max_connections_per_shard: max,
+                max_connections: usize::MAX,
                 seed: 42,
                 syn_backlog: backlog,
                 syn_cookies: true,
@@ -652,6 +693,7 @@ mod tests {
             ShardSetConfig {
                 shards,
                 max_connections_per_shard: max,
+                max_connections: usize::MAX,
                 seed: 7,
                 syn_backlog: 1024,
                 syn_cookies: true,
@@ -689,6 +731,7 @@ mod tests {
             ShardSetConfig {
                 shards: 4,
                 max_connections_per_shard: 10,
+                max_connections: usize::MAX,
                 seed,
                 syn_backlog: 1024,
                 syn_cookies: true,
@@ -1197,6 +1240,45 @@ mod tests {
                 .sum::<usize>(),
             1
         );
+    }
+
+    #[test]
+    fn past_max_connections_syns_are_refused_until_one_leaves() {
+        let mut server = set(8, 100);
+        server.config.max_connections = 3;
+        let mut verdicts = Vec::new();
+        for port in 40000..40005u16 {
+            verdicts.push(server.push_rx(&syn_from(port), 1));
+            server.poll(1, |_, _| {});
+        }
+        let refused = verdicts
+            .iter()
+            .filter(|v| **v == RxVerdict::AtCapacity)
+            .count();
+        assert_eq!(refused, 2, "{verdicts:?}");
+        assert_eq!((server.connections(), server.capacity_syns()), (3, 2));
+        // One connection goes: a SYN gets in again.
+        let (index, handle) = (0..8)
+            .find_map(|i| {
+                let shard = server.shard_mut(i)?;
+                let mut accepted = Vec::new();
+                shard.take_accepted(&mut accepted);
+                accepted.first().map(|h| (i, *h))
+            })
+            .expect("an accepted connection");
+        server
+            .shard_mut(index)
+            .unwrap()
+            .connection_mut(handle)
+            .unwrap()
+            .abort();
+        server.mark_dirty(index);
+        server.poll(2, |_, _| {});
+        assert_eq!(server.connections(), 2);
+        assert!(matches!(
+            server.push_rx(&syn_from(40009), 3),
+            RxVerdict::Queued(_)
+        ));
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct TcpDrops {
     pub shed_syns: u64,
     /// Segments for a shard whose receive queue was full (TCP retransmits them).
     pub queue_full: u64,
+    /// SYNs while the core held its share of `max_connections` (the client retries).
+    pub capacity_syns: u64,
 }
 
 /// The SYN handshake of the userspace TCP, summed over cores: the cookie counters
@@ -66,6 +68,7 @@ pub(crate) struct SharedRxCounters {
     refused_syns: AtomicU64,
     shed_syns: AtomicU64,
     queue_full: AtomicU64,
+    capacity_syns: AtomicU64,
     /// The core's SYN handshake, as last published (on its first queue only).
     cookies_sent: AtomicU64,
     cookies_opened: AtomicU64,
@@ -110,6 +113,10 @@ impl SharedRxCounters {
         }
         if drops.shed_syns > 0 {
             self.shed_syns.fetch_add(drops.shed_syns, Ordering::Relaxed);
+        }
+        if drops.capacity_syns > 0 {
+            self.capacity_syns
+                .fetch_add(drops.capacity_syns, Ordering::Relaxed);
         }
         if drops.queue_full > 0 {
             self.queue_full
@@ -225,6 +232,7 @@ impl QueueStats {
             sum.refused_syns += counters.refused_syns.load(Ordering::Relaxed);
             sum.shed_syns += counters.shed_syns.load(Ordering::Relaxed);
             sum.queue_full += counters.queue_full.load(Ordering::Relaxed);
+            sum.capacity_syns += counters.capacity_syns.load(Ordering::Relaxed);
         }
         sum
     }

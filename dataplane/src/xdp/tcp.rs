@@ -14,6 +14,11 @@
 //! a fresh one. A second SYN for the same shard within one poll would meet no listener and
 //! be reset; [`super::shards::ShardSet`] holds such SYNs back until the re-arm.
 //!
+//! A socket has TCP buffers only while it is polled or written to: they are lent from its
+//! core's [`super::buffers::BufferPool`] and taken back once empty, so an idle connection
+//! holds none. A connection opened from a SYN cookie ([`TcpShard::open_from_cookie`]) has
+//! its segments translated between the cookie's sequence numbers and smoltcp's.
+//!
 //! Sans-IO: time comes in as milliseconds of any monotonic clock. Packet buffers are
 //! pooled: after warm-up, receiving and transmitting allocate nothing.
 //!

@@ -46,6 +46,9 @@ pub struct XdpConfig {
     pub shards_per_queue: usize,
     /// Most connections per shard.
     pub max_connections_per_shard: usize,
+    /// Most connections on each core (its share of the server's `max_connections`);
+    /// SYNs beyond are dropped and counted.
+    pub max_connections_per_core: usize,
     /// Most half-open connections per core; SYNs past it get SYN cookies (or are dropped
     /// with `syn_cookies` off). See [`crate::xdp::syn_cookie`].
     pub syn_backlog: usize,
@@ -86,6 +89,7 @@ impl XdpConfig {
             own_arp: false,
             shards_per_queue: 64,
             max_connections_per_shard: 4096,
+            max_connections_per_core: usize::MAX,
             syn_backlog: DEFAULT_SYN_BACKLOG,
             syn_cookies: true,
             shard: ShardConfig {
@@ -114,6 +118,7 @@ impl XdpConfig {
             own_arp: self.own_arp,
             shards_per_queue: self.shards_per_queue,
             max_connections_per_shard: self.max_connections_per_shard,
+            max_connections_per_core: self.max_connections_per_core,
             syn_backlog: self.syn_backlog,
             syn_cookies: self.syn_cookies,
             shard: self.shard,
