@@ -789,18 +789,16 @@ mod tests {
         panic!("the shards never went quiet");
     }
 
-    #[test]
-    fn a_client_shard_connects_from_any_address_of_its_prefix_and_exchanges_data() {
-        let mut pool = pool();
-        let server_addr = Ipv4Addr::new(10, 77, 0, 1);
-        let mut server = TcpShard::new(
+    /// A server shard on `server_addr` and a client shard owning 10.78.0.0/16 (AnyIP).
+    fn server_and_client_shards(server_addr: Ipv4Addr) -> (TcpShard, TcpShard) {
+        let server = TcpShard::new(
             ShardConfig {
                 addr: server_addr,
                 ..ShardConfig::default()
             },
             0,
         );
-        let mut client = TcpShard::new(
+        let client = TcpShard::new(
             ShardConfig {
                 addr: Ipv4Addr::new(10, 78, 0, 1),
                 prefix_len: 16,
@@ -810,6 +808,14 @@ mod tests {
             },
             0,
         );
+        (server, client)
+    }
+
+    #[test]
+    fn a_client_shard_connects_from_any_address_of_its_prefix_and_exchanges_data() {
+        let mut pool = pool();
+        let server_addr = Ipv4Addr::new(10, 77, 0, 1);
+        let (mut server, mut client) = server_and_client_shards(server_addr);
         // Not the client shard's configured address: another one of its /16.
         let local = SocketAddrV4::new(Ipv4Addr::new(10, 78, 5, 7), 40_001);
         let remote = SocketAddrV4::new(server_addr, 9500);
@@ -855,23 +861,7 @@ mod tests {
     /// (server, client, the server's handle, the client's handle).
     fn connected_pair(pool: &mut BufferPool) -> (TcpShard, TcpShard, SocketHandle, SocketHandle) {
         let server_addr = Ipv4Addr::new(10, 77, 0, 1);
-        let mut server = TcpShard::new(
-            ShardConfig {
-                addr: server_addr,
-                ..ShardConfig::default()
-            },
-            0,
-        );
-        let mut client = TcpShard::new(
-            ShardConfig {
-                addr: Ipv4Addr::new(10, 78, 0, 1),
-                prefix_len: 16,
-                port: 0,
-                any_ip: true,
-                ..ShardConfig::default()
-            },
-            0,
-        );
+        let (mut server, mut client) = server_and_client_shards(server_addr);
         let local = SocketAddrV4::new(Ipv4Addr::new(10, 78, 0, 1), 40_002);
         let handle = client
             .connect(local, SocketAddrV4::new(server_addr, 9500))
