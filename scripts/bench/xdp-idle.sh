@@ -23,6 +23,9 @@
 #   MAX_CONNECTIONS  the server's max_connections [default: 2 × N]; below N the rest
 #               are refused (their SYNs dropped and counted) and the bench reports how
 #               many got in
+#   SERVER_CPUS taskset CPU list for the server (e.g. 0, with EXTRA='cores = [0]' so its
+#               one loop serves both queues) [default: not pinned]
+#   CLIENT_CPUS taskset CPU list for the load generator (e.g. 1) [default: not pinned]
 #   EXTRA       extra TOML lines for the server, e.g. $'xdp_tcp_rx_buffer = 512\nxdp_tcp_tx_buffer = 512'
 #   LOG_LEVEL   the server's log level [default: info: its AF_XDP pollers log their
 #               sockets' kernel drop counters when they stop, printed at the end]
@@ -76,14 +79,17 @@ fi
 mkdir -p "$OUT"
 printf 'data_dir = "%s"\nlog_level = "%s"\nmax_connections = %d\nrate_limit_per_second = 0\n%s\n' \
   "$OUT" "${LOG_LEVEL:-info}" "${MAX_CONNECTIONS:-$(( N * 2 ))}" "${EXTRA:-}" >"$OUT/petrel.toml"
-"$PETREL" serve --config "$OUT/petrel.toml" --dataplane xdp --iface "$PETREL_LAB_HOST_IF" \
+pin_server=() pin_client=()
+[[ -n ${SERVER_CPUS:-} ]] && pin_server=(taskset -c "$SERVER_CPUS")
+[[ -n ${CLIENT_CPUS:-} ]] && pin_client=(taskset -c "$CLIENT_CPUS")
+"${pin_server[@]}" "$PETREL" serve --config "$OUT/petrel.toml" --dataplane xdp --iface "$PETREL_LAB_HOST_IF" \
   --listen "$PETREL_LAB_HOST_ADDR:9500" >"$OUT/serve.out" 2>"$OUT/serve.err" &
 server_pid=$!
 wait_for_banner "$server_pid" "$OUT/serve.out" ||
   { tail -5 "$OUT/serve.err" >&2; die "petrel serve --dataplane xdp did not start"; }
 
 echo "xdp-idle: server pid $server_pid; $N connections from $SOURCES source addresses" >&2
-ip netns exec "$PETREL_LAB_NS" "$PETREL" bench connect -n "$N" \
+ip netns exec "$PETREL_LAB_NS" "${pin_client[@]}" "$PETREL" bench connect -n "$N" \
   --server "$PETREL_LAB_HOST_ADDR:9500" --key-file "$OUT/keys" --server-pid "$server_pid" \
   "${client_flags[@]}" --quiet "$@" || status=$?
 stop_server "$server_pid"
