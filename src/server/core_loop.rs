@@ -241,10 +241,10 @@ impl Drain {
 /// Reports a round to the control plane's admission control
 /// ([`petrel_control::admission`]): the time since `last_end` (then moved to now), the
 /// time since `started` if the round `worked` or the transport did work that produced
-/// no event (ACKs, timers, dropped SYNs), and whether the transport left input behind; and passes the verdict on new connections to the transport. With
-/// `ownership = "home"` only core 0 runs it: the other cores' transports keep
-/// accepting, and the home core's budgets decide every login (its logins-per-second
-/// budget is then the whole server's).
+/// no event (ACKs, timers, dropped SYNs), and whether the transport left input behind;
+/// and passes the verdict on new connections to the transport. With `ownership = "home"`
+/// only core 0 runs it: the other cores' transports keep accepting, and the home core's
+/// budgets decide every login (its logins-per-second budget is then the whole server's).
 pub(super) fn admit_after_round<I: CoreIo>(
     io: &mut I,
     control: &mut Control,

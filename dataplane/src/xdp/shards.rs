@@ -289,6 +289,29 @@ impl ShardSet {
         RxVerdict::Queued(index)
     }
 
+    /// Runs `f` on shard `index` (with the buffer pool) and keeps the set's half-open and
+    /// connection counts in step with what it did.
+    fn counted<R>(
+        &mut self,
+        index: usize,
+        f: impl FnOnce(&mut TcpShard, &mut BufferPool) -> R,
+    ) -> R {
+        let shard = &mut self.shards[index];
+        let before = (shard.half_open(), shard.connection_count());
+        let result = f(shard, &mut self.pool);
+        self.half_open = self.half_open - before.0 + shard.half_open();
+        self.connections = self.connections - before.1 + shard.connection_count();
+        result
+    }
+
+    /// Shard `index`'s listener has been polled: its queued SYN (if any) is no longer
+    /// pending.
+    fn clear_syn_pending(&mut self, index: usize) {
+        if std::mem::take(&mut self.syn_pending[index]) {
+            self.pending_syns = self.pending_syns.saturating_sub(1);
+        }
+    }
+
     /// Whether the shards listen on `port` (a client's set listens on nothing).
     fn listens_on(&self, port: u16) -> bool {
         self.config.shard.port != 0 && port == self.config.shard.port
@@ -307,12 +330,7 @@ impl ShardSet {
         tcp: &TcpPacket<&[u8]>,
         now_ms: u64,
     ) -> CookieSynAck {
-        let tuple = Tuple {
-            remote: ip.src_addr(),
-            remote_port: tcp.src_port(),
-            local: ip.dst_addr(),
-            local_port: tcp.dst_port(),
-        };
+        let tuple = Tuple::of_received(ip, tcp);
         let client_isn = tcp.seq_number().0 as u32;
         let cookie = self.cookies.issue(&tuple, client_isn, syn_mss(tcp), now_ms);
         self.last_cookie_ms = Some(now_ms);
@@ -338,12 +356,7 @@ impl ShardSet {
         ip_packet: &[u8],
         now_ms: u64,
     ) -> Option<RxVerdict> {
-        let tuple = Tuple {
-            remote: ip.src_addr(),
-            remote_port: tcp.src_port(),
-            local: ip.dst_addr(),
-            local_port: tcp.dst_port(),
-        };
+        let tuple = Tuple::of_received(ip, tcp);
         let client_isn = (tcp.seq_number().0 as u32).wrapping_sub(1);
         let cookie = (tcp.ack_number().0 as u32).wrapping_sub(1);
         let mss = match self.cookies.check(&tuple, client_isn, cookie, now_ms) {
@@ -375,22 +388,13 @@ impl ShardSet {
             tcp.window_len(),
             &mut self.syn_scratch,
         )?;
-        let shard = &mut self.shards[index];
-        let before = (shard.half_open(), shard.connection_count());
-        let opened = shard.open_from_cookie(
-            now_ms,
-            &self.syn_scratch[..len],
-            ip_packet,
-            cookie,
-            &mut self.pool,
-        );
-        self.half_open = self.half_open - before.0 + shard.half_open();
-        self.connections = self.connections - before.1 + shard.connection_count();
+        let syn = self.syn_scratch;
+        let opened = self.counted(index, |shard, pool| {
+            shard.open_from_cookie(now_ms, &syn[..len], ip_packet, cookie, pool)
+        });
         // The listener was re-armed by the poll that took the SYN (and any SYN queued
         // before it).
-        if std::mem::take(&mut self.syn_pending[index]) {
-            self.pending_syns = self.pending_syns.saturating_sub(1);
-        }
+        self.clear_syn_pending(index);
         self.mark_dirty(index);
         if !opened {
             return Some(RxVerdict::QueueFull);
@@ -414,15 +418,13 @@ impl ShardSet {
             local.ip().octets(),
             local.port(),
         );
-        let shard = &mut self.shards[index];
-        if shard.connection_count() >= self.config.max_connections_per_shard {
+        if self.shards[index].connection_count() >= self.config.max_connections_per_shard {
             return Err(OpenError::ShardFull);
         }
         if self.connections >= self.config.max_connections {
             return Err(OpenError::AtCapacity);
         }
-        let handle = shard.connect(local, remote)?;
-        self.connections += 1;
+        let handle = self.counted(index, |shard, _| shard.connect(local, remote))?;
         self.mark_dirty(index);
         Ok((index, handle))
     }
@@ -493,14 +495,9 @@ impl ShardSet {
         let mut list = std::mem::take(&mut self.dirty_list);
         for &index in &list {
             self.dirty[index] = false;
-            if std::mem::take(&mut self.syn_pending[index]) {
-                self.pending_syns = self.pending_syns.saturating_sub(1);
-            }
+            self.clear_syn_pending(index);
+            self.counted(index, |shard, pool| shard.poll(now_ms, pool));
             let shard = &mut self.shards[index];
-            let before = (shard.half_open(), shard.connection_count());
-            shard.poll(now_ms, &mut self.pool);
-            self.half_open = self.half_open - before.0 + shard.half_open();
-            self.connections = self.connections - before.1 + shard.connection_count();
             while let Some(packet) = shard.pop_tx() {
                 transmit(index, &packet);
                 shard.recycle_tx(packet);
@@ -540,11 +537,6 @@ impl ShardSet {
     ) -> Option<&mut tcp::Socket<'static>> {
         self.mark_dirty(index);
         self.shards.get_mut(index)?.lend(handle, &mut self.pool)
-    }
-
-    /// The buffer pool: pairs lent out, kept free, allocated so far.
-    pub fn buffers(&self) -> &BufferPool {
-        &self.pool
     }
 
     /// Whether some shard is marked for the next poll (the caller should not sleep).

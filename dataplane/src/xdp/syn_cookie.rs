@@ -182,6 +182,16 @@ impl CookieSynAck {
 }
 
 impl Tuple {
+    /// The 4-tuple of a segment we received (its source is the remote end).
+    pub fn of_received(ip: &Ipv4Packet<&[u8]>, tcp: &TcpPacket<&[u8]>) -> Tuple {
+        Tuple {
+            remote: ip.src_addr(),
+            remote_port: tcp.src_port(),
+            local: ip.dst_addr(),
+            local_port: tcp.dst_port(),
+        }
+    }
+
     /// The same connection seen from the other end.
     pub fn reversed(&self) -> Tuple {
         Tuple {
