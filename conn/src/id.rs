@@ -13,7 +13,9 @@
 use std::fmt;
 
 /// Identifies one transport connection (one TCP stream) for its whole life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct ConnId(u64);
 
 impl ConnId {

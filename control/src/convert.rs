@@ -119,6 +119,7 @@ pub fn storage_error_code(err: &StorageError) -> (pb::ErrorCode, bool) {
         StorageError::Muted { .. } => (pb::ErrorCode::Muted, false),
         StorageError::Invalid(_) => (pb::ErrorCode::InvalidRequest, false),
         StorageError::Closed => (pb::ErrorCode::ShuttingDown, true),
+        StorageError::Unavailable => (pb::ErrorCode::ServerBusy, true),
         StorageError::Corrupt(_)
         | StorageError::Backend(_)
         | StorageError::Io(_)
@@ -138,9 +139,15 @@ pub fn storage_retry_after_ms(err: &StorageError) -> u32 {
         StorageError::Muted { remaining_ms, .. } => {
             u32::try_from(*remaining_ms).unwrap_or(u32::MAX)
         }
+        // The owner node is restarting or cut off: a restart takes seconds.
+        StorageError::Unavailable => UNAVAILABLE_RETRY_MS,
         _ => 0,
     }
 }
+
+/// `retry_after_ms` of the `SERVER_BUSY` that answers a write whose owner node did not
+/// answer ([`StorageError::Unavailable`]).
+pub const UNAVAILABLE_RETRY_MS: u32 = 500;
 
 /// `retry_after_ms` of `Error STORAGE_FULL`.
 pub const STORAGE_FULL_RETRY_MS: u32 = 5_000;

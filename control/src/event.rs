@@ -12,7 +12,9 @@ use petrel_storage::{ConversationKey, Reply, Request, StorageError};
 use petrel_conn::{ConnId, TransportEvent};
 
 /// Correlates a [`Action::Storage`] request with its [`Event::Storage`] completion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Ticket(pub u64);
 
 /// Something that happened, reported by the driver.
@@ -81,6 +83,19 @@ pub enum Event {
         core: u8,
         /// What it said.
         message: CoreMessage,
+    },
+    /// These cores (bit = core index) cannot be reached: their cluster node stopped
+    /// answering, or has not been heard from yet ([`crate::remote`], "Cores of other
+    /// nodes"). Their users no longer count as online there, and no login waits for them.
+    CoresDown {
+        /// The cores, as a bitmask.
+        cores: u64,
+    },
+    /// These cores (bit = core index) can be reached again — their node (re)started with
+    /// no sessions: every session here is announced to them.
+    CoresUp {
+        /// The cores, as a bitmask.
+        cores: u64,
     },
 }
 

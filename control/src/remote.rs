@@ -67,7 +67,7 @@ use petrel_storage::ConversationKey;
 pub const MAX_CORES: u8 = 64;
 
 /// What a push carries, which decides what happens at a congested receiver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PushKind {
     /// A stored message of this conversation. A congested receiver is kicked as a slow
     /// consumer: skipping it silently would leave a hole it never learns of, while a
@@ -84,7 +84,7 @@ pub enum PushKind {
 }
 
 /// A push for users with sessions on the receiving core.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RemotePush {
     /// The users (each once) whose connections on the receiving core get it.
     pub users: Vec<u64>,
@@ -98,7 +98,7 @@ pub struct RemotePush {
 
 /// A session that just logged in on the sending core: what the other cores need to
 /// apply the multi-device policy to their own sessions of the user.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RemoteLogin {
     /// The user.
     pub user: u64,
@@ -115,7 +115,7 @@ pub struct RemoteLogin {
 }
 
 /// A chatroom request of a connection on the sending core, for the room's owner.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RoomRequest {
     /// The room.
     pub room: u64,
@@ -129,7 +129,7 @@ pub struct RoomRequest {
 
 /// A message a connection on the sending core sends to a room the receiving core owns,
 /// checked there already (content, mentions, the sender's seat).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RoomSend {
     /// The room, the sender's connection, its request id and user.
     pub request: RoomRequest,
@@ -149,7 +149,7 @@ pub struct RoomSend {
 }
 
 /// What a [`CoreMessage::RoomPush`] carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RoomPushKind {
     /// A message of the room with this seq: a congested member skips it and is owed a
     /// `Gap`.
@@ -162,7 +162,7 @@ pub enum RoomPushKind {
 }
 
 /// One message from one core's control plane to another's.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CoreMessage {
     /// A session logged in on the sending core: the user is online there now, and each
     /// core replaces its own sessions the login wins over (same device, or same
@@ -251,6 +251,7 @@ pub enum CoreMessage {
         /// The connection (on the receiving core).
         conn: ConnId,
         /// The frame's type (for the counters).
+        #[serde(with = "wire::frame_type")]
         frame_type: FrameType,
         /// The encoded frame.
         bytes: Bytes,
@@ -276,6 +277,47 @@ pub enum CoreMessage {
         /// The connections (on the receiving core).
         conns: Vec<ConnId>,
         /// `Dissolved` for a close, `MembersRemoved` for a kick.
+        #[serde(with = "wire::event_kind")]
         kind: pb::ConversationEventKind,
     },
+}
+
+/// How the protocol's enums inside a [`CoreMessage`] travel between the nodes of a
+/// cluster: as their numbers, checked on the way in.
+mod wire {
+    /// A [`petrel_proto::FrameType`] as its type byte.
+    pub mod frame_type {
+        use petrel_proto::FrameType;
+        use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+        pub fn serialize<S: Serializer>(t: &FrameType, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_u8(*t as u8)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FrameType, D::Error> {
+            let byte = u8::deserialize(d)?;
+            FrameType::from_u8(byte).ok_or_else(|| D::Error::custom("unknown frame type"))
+        }
+    }
+
+    /// A [`petrel_proto::pb::ConversationEventKind`] as its protobuf number.
+    pub mod event_kind {
+        use petrel_proto::pb::ConversationEventKind;
+        use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+        pub fn serialize<S: Serializer>(
+            k: &ConversationEventKind,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            s.serialize_i32(*k as i32)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<ConversationEventKind, D::Error> {
+            let n = i32::deserialize(d)?;
+            ConversationEventKind::try_from(n)
+                .map_err(|_| D::Error::custom("unknown conversation event kind"))
+        }
+    }
 }

@@ -1074,3 +1074,68 @@ fn the_seat_limit_is_checked_on_the_members_core_and_typing_crosses_cores() {
     assert!(cores.take(alice).is_empty());
     assert_eq!(cores.controls[1].counters().typing_dropped, 1);
 }
+
+/// Core 1 as the core of another cluster node: while it cannot be reached nothing is
+/// sent to it and no login waits for it; when it comes back (restarted, empty) it learns
+/// of every session here, so its senders' pushes reach them again.
+#[test]
+fn an_unreachable_core_holds_no_login_and_learns_every_session_when_back() {
+    let mut cores = Cores::new();
+    let bob = cores.login(1, BOB, "b-phone", pb::Platform::Android);
+    let (alice, mut rings) = {
+        // Core 1's node stops answering: whatever core 0 tells it is lost.
+        cores.controls[0].handle(cores.now, Event::CoresDown { cores: 0b10 });
+        let (token, _) = cores.mint(ALICE, "a-phone", pb::Platform::Ios);
+        let alice = ConnId::new(0, cores.next_slot);
+        cores.next_slot += 1;
+        cores.controls[0].handle(cores.now, Event::Opened { conn: alice });
+        let login = pb::Login {
+            token,
+            user_id: ALICE,
+            device_id: "a-phone".into(),
+            platform: pb::Platform::Ios as i32,
+            client_version: "test".into(),
+            attempt: 1,
+        };
+        cores.controls[0].handle(
+            cores.now,
+            Event::Frame {
+                conn: alice,
+                frame: Frame::new(1, login),
+            },
+        );
+        (alice, cores.run_holding_rings())
+    };
+    assert!(
+        rings.iter().all(|(_, to, _)| *to != 1),
+        "nothing goes to an unreachable core: {rings:?}"
+    );
+    let frames = cores.take(alice);
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(&f.body, Body::LoginResult(r) if r.user_id == ALICE)),
+        "the login waited for an unreachable core: {frames:?}"
+    );
+    // Bob (core 1) no longer counts as online on core 0: a message to him is stored and
+    // offered to the offline notices instead of being pushed into the void.
+    cores.send(alice, BOB, 1);
+    assert_eq!(cores.offline.len(), 1);
+    assert!(cores.pushes(bob).is_empty());
+    rings.clear();
+    // Core 1 is reachable again: core 0 announces Alice's session to it, so Bob's
+    // message to her is pushed, and his reconnect-free session still gets hers.
+    cores.controls[0].handle(cores.now, Event::CoresUp { cores: 0b10 });
+    cores.run();
+    cores.send(bob, ALICE, 2);
+    assert_eq!(cores.pushes(alice), [2]);
+    cores.send(alice, BOB, 3);
+    assert!(
+        cores.pushes(bob).is_empty(),
+        "core 0 learns of Bob only when core 1 announces him (on its own CoresUp)"
+    );
+    cores.controls[1].handle(cores.now, Event::CoresUp { cores: 0b01 });
+    cores.run();
+    cores.send(alice, BOB, 4);
+    assert_eq!(cores.pushes(bob), [4]);
+}

@@ -24,7 +24,7 @@ pub type Recipients = smallvec::SmallVec<[UserId; 2]>;
 
 /// Append one message to a conversation (exactly-once by `(sender, conversation,
 /// client_msg_id)`: the same id in another conversation is another message).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AppendRequest {
     /// Who sends it; must be a participant (the owner, for a public account).
     pub sender: UserId,
@@ -47,7 +47,7 @@ pub struct AppendRequest {
 }
 
 /// Result of an append.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AppendOutcome {
     /// The conversation appended to (always the request's: dedup is per conversation).
     pub conversation: ConversationKey,
@@ -68,7 +68,7 @@ pub struct AppendOutcome {
 }
 
 /// Result of a recall.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RecallOutcome {
     /// The conversation.
     pub conversation: ConversationKey,
@@ -87,7 +87,7 @@ pub struct RecallOutcome {
 pub const READ_COUNT_MAX_MEMBERS: usize = 10_000;
 
 /// Result of an edit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EditOutcome {
     /// The message as stored now (new content, `edited_at_ms` set).
     pub message: StoredMessage,
@@ -105,7 +105,7 @@ pub struct EditOutcome {
 /// the cost is O(conversations changed) plus one seek per partition. Page until
 /// `has_more` is false, passing back the returned position and the per-conversation
 /// maxima of the messages received.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SyncRequest {
     /// The user syncing.
     pub user: UserId,
@@ -121,7 +121,7 @@ pub struct SyncRequest {
 }
 
 /// One page of a sync.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct SyncPage {
     /// New messages, ascending seq within each conversation, no gaps after the
     /// device's cursor.
@@ -135,7 +135,7 @@ pub struct SyncPage {
 }
 
 /// One history page.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct HistoryPage {
     /// Messages below the request's `before_seq`, ascending seq.
     pub messages: Vec<StoredMessage>,
@@ -145,7 +145,7 @@ pub struct HistoryPage {
 }
 
 /// What one retention step removed ([`Request::Trim`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct TrimReport {
     /// Messages deleted.
     pub messages: u64,
@@ -157,7 +157,7 @@ pub struct TrimReport {
 }
 
 /// What a membership operation changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MembershipChange {
     /// The group or public account.
     pub conversation: ConversationKey,
@@ -168,7 +168,7 @@ pub struct MembershipChange {
 }
 
 /// Every request the control plane can make of storage.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Request {
     /// Append a message. Reply: [`Reply::Appended`].
     Append(AppendRequest),
@@ -459,7 +459,7 @@ impl Request {
 }
 
 /// The reply to a [`Request`]; each request documents its variant.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Reply {
     /// From `Append`.
     Appended(AppendOutcome),

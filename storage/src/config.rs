@@ -94,6 +94,11 @@ pub struct StorageConfig {
     /// database keeps the count recorded in it, and one from before partitions has one.
     /// A server can spread a database's conversations over at most this many cores.
     pub partitions: u16,
+    /// The partitions new group and public-account ids are allocated in (`None`: every
+    /// one). A node of a cluster allocates only in the partitions it owns, so the
+    /// conversations it creates are its own to write and no two nodes allocate one id
+    /// (docs/CLUSTER.md). Ids of other partitions are skipped, never reused.
+    pub new_ids_in: Option<crate::partition::PartitionSet>,
     /// Most keys one [`crate::Request::Trim`] step examines (default 2,000), which bounds
     /// how long a step holds the writer.
     pub trim_step_keys: usize,
@@ -121,6 +126,7 @@ impl Default for StorageConfig {
             inbox_max_entries: 10_000,
             inbox_retention_ms: Some(30 * DAY_MS),
             trim_step_keys: 2_000,
+            new_ids_in: None,
             partitions: crate::partition::DEFAULT_PARTITIONS,
         }
     }

@@ -131,6 +131,134 @@ pub enum StorageError {
     /// A counter (seq, group id) would overflow u64.
     #[error("counter overflow")]
     Overflow,
+    /// The cluster node that owns the conversation did not answer in time (it is down,
+    /// restarting or cut off). The request may or may not have been applied there; a
+    /// client sends it again with the same id, which the owner's dedup answers once.
+    #[error("the node that owns the conversation did not answer")]
+    Unavailable,
+}
+
+/// A [`StorageError`] as it travels between the nodes of a cluster (docs/CLUSTER.md):
+/// every variant the control plane answers differently keeps its meaning and fields;
+/// the backend's own failures, which all answer `INTERNAL`, travel as their text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum WireError {
+    /// [`StorageError::NotAMember`].
+    NotAMember(ConversationKey, UserId),
+    /// [`StorageError::NotOwner`].
+    NotOwner(ConversationKey, UserId),
+    /// [`StorageError::NotAdmin`].
+    NotAdmin(ConversationKey, UserId),
+    /// [`StorageError::Protected`].
+    Protected(ConversationKey, UserId),
+    /// [`StorageError::Muted`]: conversation, user, until, remaining.
+    Muted(ConversationKey, UserId, u64, u64),
+    /// [`StorageError::NoSuchMessage`].
+    NoSuchMessage(ConversationKey, u64),
+    /// [`StorageError::TooLate`]: conversation, seq, whether an edit, window.
+    TooLate(ConversationKey, u64, bool, u64),
+    /// [`StorageError::NotFound`].
+    NotFound(ConversationKey),
+    /// [`StorageError::Invalid`], with its text.
+    Invalid(String),
+    /// [`StorageError::Closed`].
+    Closed,
+    /// [`StorageError::Overflow`].
+    Overflow,
+    /// [`StorageError::Unavailable`].
+    Unavailable,
+    /// A full disk on the owner ([`StorageError::is_no_space`]), with its text.
+    NoSpace(String),
+    /// Any other failure of the owner's backend, with its text.
+    Backend(String),
+}
+
+impl From<&StorageError> for WireError {
+    fn from(e: &StorageError) -> WireError {
+        if e.is_no_space() {
+            return WireError::NoSpace(e.to_string());
+        }
+        match e {
+            StorageError::NotAMember { conversation, user } => {
+                WireError::NotAMember(*conversation, *user)
+            }
+            StorageError::NotOwner { conversation, user } => {
+                WireError::NotOwner(*conversation, *user)
+            }
+            StorageError::NotAdmin { conversation, user } => {
+                WireError::NotAdmin(*conversation, *user)
+            }
+            StorageError::Protected {
+                conversation,
+                target,
+            } => WireError::Protected(*conversation, *target),
+            StorageError::Muted {
+                conversation,
+                user,
+                until_ms,
+                remaining_ms,
+            } => WireError::Muted(*conversation, *user, *until_ms, *remaining_ms),
+            StorageError::NoSuchMessage { conversation, seq } => {
+                WireError::NoSuchMessage(*conversation, *seq)
+            }
+            StorageError::TooLate {
+                conversation,
+                seq,
+                action,
+                window_ms,
+            } => WireError::TooLate(*conversation, *seq, *action == "edit", *window_ms),
+            StorageError::NotFound(key) => WireError::NotFound(*key),
+            StorageError::Invalid(why) => WireError::Invalid((*why).to_owned()),
+            StorageError::Closed => WireError::Closed,
+            StorageError::Overflow => WireError::Overflow,
+            StorageError::Unavailable => WireError::Unavailable,
+            StorageError::Corrupt(_) | StorageError::Backend(_) | StorageError::Io(_) => {
+                WireError::Backend(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<WireError> for StorageError {
+    fn from(e: WireError) -> StorageError {
+        match e {
+            WireError::NotAMember(conversation, user) => {
+                StorageError::NotAMember { conversation, user }
+            }
+            WireError::NotOwner(conversation, user) => {
+                StorageError::NotOwner { conversation, user }
+            }
+            WireError::NotAdmin(conversation, user) => {
+                StorageError::NotAdmin { conversation, user }
+            }
+            WireError::Protected(conversation, target) => StorageError::Protected {
+                conversation,
+                target,
+            },
+            WireError::Muted(conversation, user, until_ms, remaining_ms) => StorageError::Muted {
+                conversation,
+                user,
+                until_ms,
+                remaining_ms,
+            },
+            WireError::NoSuchMessage(conversation, seq) => {
+                StorageError::NoSuchMessage { conversation, seq }
+            }
+            WireError::TooLate(conversation, seq, edit, window_ms) => StorageError::TooLate {
+                conversation,
+                seq,
+                action: if edit { "edit" } else { "recall" },
+                window_ms,
+            },
+            WireError::NotFound(key) => StorageError::NotFound(key),
+            // The text stays in the owner's log; the code (INVALID_REQUEST) is the same.
+            WireError::Invalid(_) => StorageError::Invalid("refused by the owner node"),
+            WireError::Closed => StorageError::Closed,
+            WireError::Overflow => StorageError::Overflow,
+            WireError::Unavailable => StorageError::Unavailable,
+            WireError::NoSpace(text) | WireError::Backend(text) => StorageError::Backend(text),
+        }
+    }
 }
 
 /// The `strerror` text of ENOSPC, which RocksDB's messages carry (its errors reach us as
@@ -153,6 +281,55 @@ impl StorageError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_crossing_nodes_keeps_what_the_control_plane_answers_by() {
+        let conversation = ConversationKey::Group(7);
+        let user = UserId(3);
+        let errors = [
+            StorageError::NotAMember { conversation, user },
+            StorageError::NotOwner { conversation, user },
+            StorageError::NotAdmin { conversation, user },
+            StorageError::Protected {
+                conversation,
+                target: user,
+            },
+            StorageError::Muted {
+                conversation,
+                user,
+                until_ms: 9,
+                remaining_ms: 4,
+            },
+            StorageError::NoSuchMessage {
+                conversation,
+                seq: 5,
+            },
+            StorageError::TooLate {
+                conversation,
+                seq: 5,
+                action: "edit",
+                window_ms: 60,
+            },
+            StorageError::NotFound(conversation),
+            StorageError::Closed,
+            StorageError::Overflow,
+            StorageError::Unavailable,
+        ];
+        for e in errors {
+            let back = StorageError::from(WireError::from(&e));
+            assert_eq!(format!("{back:?}"), format!("{e:?}"));
+        }
+        // The backend's own failures arrive as their text, a full disk still one.
+        let full = StorageError::Io(std::io::Error::from_raw_os_error(28));
+        assert!(StorageError::from(WireError::from(&full)).is_no_space());
+        let broken = StorageError::Io(std::io::Error::from_raw_os_error(5));
+        let back = StorageError::from(WireError::from(&broken));
+        assert!(matches!(&back, StorageError::Backend(t) if t.contains("os error 5")));
+        assert!(matches!(
+            StorageError::from(WireError::from(&StorageError::Invalid("x"))),
+            StorageError::Invalid(_)
+        ));
+    }
 
     #[test]
     fn a_full_disk_is_told_apart_from_other_failures() {

@@ -66,7 +66,7 @@ pub use commit::{
 pub use committer::{Committer, GroupEngine, SyncRounds, WakeLoop};
 pub use config::{DiffusionMode, Retention, StorageConfig, SyncMode};
 pub use engine::{Erasures, Store, StoreStats, WriterCacheStats};
-pub use error::{DecodeError, StorageError};
+pub use error::{DecodeError, StorageError, WireError};
 pub use mem::MemEngine;
 pub use model::{
     ConversationKey, ConversationState, Member, Recall, Refs, RevokedToken, Role, StoredMessage,

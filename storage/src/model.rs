@@ -7,14 +7,18 @@
 use bytes::Bytes;
 
 /// A user id as assigned by the account system.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct UserId(pub u64);
 
 /// Identifies one persisted conversation timeline.
 ///
 /// Chatrooms are ephemeral and online-only, so they have no key here and are
 /// never persisted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum ConversationKey {
     /// A 1:1 chat: the unordered pair of users, stored canonically with `lo <= hi`
     /// so both sides find the same timeline. Build it with [`ConversationKey::single`].
@@ -53,7 +57,9 @@ impl ConversationKey {
 
 /// A member's role in a group (public-account followers are `Member`, the
 /// publisher is `Owner`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Role {
     /// Can send and read.
     Member,
@@ -64,7 +70,7 @@ pub enum Role {
 }
 
 /// A member of a conversation with their role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     /// The member.
     pub user: UserId,
@@ -73,7 +79,7 @@ pub struct Member {
 }
 
 /// Who recalled a message, and when (its content is gone; see `Request::Recall`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Recall {
     /// The sender, or a group owner or admin.
     pub by: UserId,
@@ -82,7 +88,7 @@ pub struct Recall {
 }
 
 /// One message as persisted in a conversation timeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredMessage {
     /// The timeline it belongs to.
     pub conversation: ConversationKey,
@@ -110,7 +116,7 @@ pub struct StoredMessage {
 /// same conversation (0: none) and the members it mentions (sorted, no duplicates, never
 /// the sender). Both are part of the stored message; mentions also count per mentioned
 /// member until they read past the message.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Refs {
     /// Seq of the quoted message (0: none).
     pub reply_to: u64,
@@ -129,7 +135,7 @@ impl Refs {
 }
 
 /// A user's view of one conversation: how far it goes and how far they have read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConversationState {
     /// The conversation.
     pub key: ConversationKey,
@@ -157,11 +163,13 @@ impl ConversationState {
 }
 
 /// A 16-byte token id on the revocation list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct TokenId(pub [u8; 16]);
 
 /// A revoked token and when its revocation may be forgotten (the token's own expiry).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RevokedToken {
     /// The token id.
     pub token: TokenId,

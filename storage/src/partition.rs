@@ -27,7 +27,9 @@ pub const DEFAULT_PARTITIONS: u16 = 16;
 pub const MAX_PARTITIONS: u16 = 1024;
 
 /// One partition's index, below its database's [`Partitions::count`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Partition(pub u16);
 
 /// How many partitions a database has, and the layouts that follow from it.
@@ -155,7 +157,7 @@ impl Partitions {
 
 /// A set of partitions (of one database), iterated in ascending order: what a group of
 /// appends locks. A bitset on the stack: no allocation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionSet([u64; MAX_PARTITIONS as usize / 64]);
 
 impl Default for PartitionSet {
@@ -171,6 +173,14 @@ impl PartitionSet {
         if let Some(word) = self.0.get_mut(i / 64) {
             *word |= 1 << (i % 64);
         }
+    }
+
+    /// Whether `p` is in the set.
+    pub fn contains(&self, p: Partition) -> bool {
+        let i = usize::from(p.0);
+        self.0
+            .get(i / 64)
+            .is_some_and(|word| word & (1 << (i % 64)) != 0)
     }
 
     /// The partitions in the set, ascending.
@@ -204,7 +214,7 @@ pub fn mix(mut z: u64) -> u64 {
 /// another epoch: the database was recreated, and positions of the old one mean nothing
 /// in it — is treated like a new device's: a full sync from the per-conversation
 /// cursors, slower but never lossy.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InboxCursor {
     /// The database's epoch (0: unknown, a plain one-partition cursor).
     epoch: u64,

@@ -151,3 +151,41 @@ fn a_bad_record_refuses_to_open() {
     kv.write(batch, false).expect("write");
     assert!(Store::with_kv(kv, config(16)).is_err());
 }
+
+#[test]
+fn a_cluster_node_allocates_ids_only_in_the_partitions_it_owns() {
+    use petrel_storage::partition::{Partition, PartitionSet};
+    let mut owned = PartitionSet::default();
+    owned.insert(Partition(1));
+    owned.insert(Partition(6));
+    let store = Store::with_kv(
+        MemKv::default(),
+        StorageConfig {
+            new_ids_in: Some(owned.clone()),
+            ..config(8)
+        },
+    )
+    .expect("open");
+    let partitions = store.partitions();
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let group = store.create_group(A, "g", &[B], T0).expect("create");
+        assert!(
+            owned.contains(partitions.of(group)),
+            "{group:?} is not ours"
+        );
+        ids.push(group);
+    }
+    // Distinct and ascending: 1, 6, 9, 14, 17, 22.
+    let numbers: Vec<u64> = ids
+        .iter()
+        .map(|g| match g {
+            ConversationKey::Group(id) => *id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(numbers, [1, 6, 9, 14, 17, 22]);
+    // Public accounts likewise.
+    let account = store.create_public_account(A, "news", T0).expect("create");
+    assert!(owned.contains(partitions.of(account)));
+}

@@ -34,10 +34,79 @@ impl LoginOrder {
 }
 
 impl Control {
-    /// The other cores' indices.
+    /// The other cores' indices (those that can be reached).
     fn other_cores(&self) -> impl Iterator<Item = u8> + use<> {
         let me = self.config.core_index;
-        (0..self.config.core_count).filter(move |&c| c != me)
+        let unreachable = self.unreachable;
+        (0..self.config.core_count).filter(move |&c| c != me && unreachable & (1u64 << c) == 0)
+    }
+
+    /// The bitmask of every core but this one.
+    fn others_mask(&self) -> u64 {
+        let all = 1u64
+            .checked_shl(u32::from(self.config.core_count))
+            .map_or(u64::MAX, |b| b - 1);
+        all & !(1u64 << self.config.core_index)
+    }
+
+    /// `cores` cannot be reached (their cluster node is down, or not heard from yet):
+    /// their users no longer count as online there, and the logins held for their
+    /// answers are released.
+    pub(super) fn on_cores_down(&mut self, cores: u64) {
+        let cores = cores & self.others_mask();
+        if cores == 0 {
+            return;
+        }
+        self.unreachable |= cores;
+        self.presence.retain(|_, bits| {
+            *bits &= !cores;
+            *bits != 0
+        });
+        let mut released = std::mem::take(&mut self.scratch_conns);
+        released.clear();
+        for (conn, (waiting, _)) in &mut self.held_logins {
+            *waiting &= !cores;
+            if *waiting == 0 {
+                released.push(*conn);
+            }
+        }
+        for &conn in &released {
+            if let Some((_, bytes)) = self.held_logins.remove(&conn) {
+                self.send_bytes(conn, bytes, FrameType::LoginResult);
+            }
+        }
+        released.clear();
+        self.scratch_conns = released;
+    }
+
+    /// `cores` can be reached again: their node (re)started, with no sessions, and
+    /// learns of every session here as if each had just logged in.
+    pub(super) fn on_cores_up(&mut self, cores: u64) {
+        let cores = cores & self.others_mask();
+        if cores == 0 {
+            return;
+        }
+        self.unreachable &= !cores;
+        let logins: Vec<RemoteLogin> = self
+            .registry
+            .sessions()
+            .map(|(conn, s)| RemoteLogin {
+                user: s.user,
+                device: s.device.clone(),
+                platform: s.platform,
+                attempt: s.attempt,
+                at_ms: s.logged_in_at.as_millis(),
+                conn,
+            })
+            .collect();
+        for core in (0..self.config.core_count).filter(|c| cores & (1u64 << c) != 0) {
+            for login in &logins {
+                self.actions.push_back(Action::ToCore {
+                    core,
+                    message: CoreMessage::LoggedIn(login.clone()),
+                });
+            }
+        }
     }
 
     fn tell_others(&mut self, message: impl Fn() -> CoreMessage) {
@@ -79,6 +148,11 @@ impl Control {
             return;
         };
         let others = self.other_cores().fold(0u64, |all, c| all | (1 << c));
+        if others == 0 {
+            // No other core can be reached (a cluster node whose peers are all down).
+            self.send_bytes(conn, bytes, FrameType::LoginResult);
+            return;
+        }
         self.held_logins.insert(conn, (others, bytes));
     }
 

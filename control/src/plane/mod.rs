@@ -221,6 +221,10 @@ pub struct Control {
     /// [`crate::CoreMessage::LoginSeen`] ([`crate::remote`]): the cores still to answer
     /// (bit = core index) and the encoded frame. Empty on a one-core server.
     held_logins: HashMap<ConnId, (u64, Bytes), foldhash::fast::RandomState>,
+    /// Cores that cannot be reached (bit = core index): the cores of cluster nodes that
+    /// are down or not heard from yet. Nothing is sent to them and no login waits for
+    /// them. Always 0 on one server.
+    unreachable: u64,
     /// Whether this core takes new logins and connections ([`crate::admission`]).
     admission: Admission,
 }
@@ -271,6 +275,7 @@ impl Control {
             api: api::ApiState::default(),
             presence: HashMap::default(),
             held_logins: HashMap::default(),
+            unreachable: 0,
             admission: Admission::new(config_admission, now),
         };
         control.request_revocations(now);
@@ -309,6 +314,8 @@ impl Control {
             Event::Storage { ticket, result } => self.handle_storage(now, ticket, result),
             Event::Tick => self.handle_timeout(now),
             Event::FromCore { core, message } => self.handle_from_core(core, message),
+            Event::CoresDown { cores } => self.on_cores_down(cores),
+            Event::CoresUp { cores } => self.on_cores_up(cores),
         }
     }
 

@@ -90,13 +90,14 @@ pub enum StorageFault {
     Io,
     Closed,
     Overflow,
+    Unavailable,
     /// An `Io` error of kind `StorageFull`: the disk is full.
     NoSpace,
 }
 
 impl StorageFault {
     /// Every variant of [`StorageError`], one each, and a full disk.
-    pub const ALL: [StorageFault; 15] = [
+    pub const ALL: [StorageFault; 16] = [
         StorageFault::NotAMember,
         StorageFault::NotOwner,
         StorageFault::NotAdmin,
@@ -111,6 +112,7 @@ impl StorageFault {
         StorageFault::Io,
         StorageFault::Closed,
         StorageFault::Overflow,
+        StorageFault::Unavailable,
         StorageFault::NoSpace,
     ];
 
@@ -153,6 +155,7 @@ impl StorageFault {
             StorageFault::Io => StorageError::Io(std::io::Error::other("injected")),
             StorageFault::Closed => StorageError::Closed,
             StorageFault::Overflow => StorageError::Overflow,
+            StorageFault::Unavailable => StorageError::Unavailable,
             StorageFault::NoSpace => {
                 StorageError::Io(std::io::Error::from(std::io::ErrorKind::StorageFull))
             }
@@ -175,6 +178,7 @@ impl StorageFault {
             StorageFault::Invalid => pb::ErrorCode::InvalidRequest,
             StorageFault::Closed => pb::ErrorCode::ShuttingDown,
             StorageFault::NoSpace => pb::ErrorCode::StorageFull,
+            StorageFault::Unavailable => pb::ErrorCode::ServerBusy,
             StorageFault::Corrupt
             | StorageFault::Backend
             | StorageFault::Io
@@ -202,6 +206,7 @@ impl StorageFault {
             StorageError::Io(_) => StorageFault::Io,
             StorageError::Closed => StorageFault::Closed,
             StorageError::Overflow => StorageFault::Overflow,
+            StorageError::Unavailable => StorageFault::Unavailable,
         }
     }
 
@@ -215,6 +220,7 @@ impl StorageFault {
                 | StorageFault::Io
                 | StorageFault::Closed
                 | StorageFault::Overflow
+                | StorageFault::Unavailable
                 | StorageFault::NoSpace
         )
     }

@@ -75,6 +75,10 @@ pub struct DpdkConfig {
     pub peers: crate::PeerPolicy,
     /// The port speaks WebSocket with this acceptor (inside TLS, with `tls` too).
     pub websocket: Option<crate::WsAcceptor>,
+    /// The index of the first core: core `i` is `first_core + i` in its connections'
+    /// ids (`ConnId::core`). 0 on one server; a cluster node's first global core
+    /// otherwise, so a connection id names its core across the cluster.
+    pub first_core: u8,
 }
 
 impl DpdkConfig {
@@ -105,6 +109,7 @@ impl DpdkConfig {
             proxy_protocol: false,
             peers: crate::PeerPolicy::default(),
             websocket: None,
+            first_core: 0,
         }
     }
 
@@ -222,7 +227,12 @@ impl DpdkTransport {
                 rx_counters: counters,
             }];
             debug_assert!(queues.len() <= MAX_QUEUES_PER_CORE);
-            cores.push(XdpCore::new(index as u8, queues, mac, &settings)?);
+            cores.push(XdpCore::new(
+                config.first_core.wrapping_add(index as u8),
+                queues,
+                mac,
+                &settings,
+            )?);
         }
         let transport = DpdkTransport {
             _flow: flow,

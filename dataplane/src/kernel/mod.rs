@@ -66,6 +66,10 @@ pub struct KernelConfig {
     /// Listen addresses (of `listen` or `tls_listen`) that speak WebSocket (inside TLS
     /// on a TLS one).
     pub ws_listen: Vec<SocketAddr>,
+    /// The index of the first core: core `i` is `first_core + i` in its connections'
+    /// ids (`ConnId::core`). 0 on one server; a cluster node's first global core
+    /// otherwise, so a connection id names its core across the cluster.
+    pub first_core: u8,
 }
 
 impl Default for KernelConfig {
@@ -83,6 +87,7 @@ impl Default for KernelConfig {
             peers: crate::PeerPolicy::default(),
             websocket: None,
             ws_listen: Vec::new(),
+            first_core: 0,
         }
     }
 }
@@ -150,7 +155,7 @@ pub fn bind(config: &KernelConfig) -> io::Result<(Vec<KernelCore>, Vec<SocketAdd
         .enumerate()
         .map(|(index, listeners)| {
             KernelCore::new(event_loop::CoreSettings {
-                index: index as u8,
+                index: config.first_core.wrapping_add(index as u8),
                 listeners,
                 max_connections: max_per_core,
                 max_outbound_bytes: config.max_outbound_bytes,

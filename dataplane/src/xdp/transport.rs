@@ -73,6 +73,10 @@ pub struct XdpConfig {
     pub websocket: Option<crate::WsAcceptor>,
     /// AF_XDP socket settings.
     pub xsk: XskConfig,
+    /// The index of the first core: core `i` is `first_core + i` in its connections'
+    /// ids (`ConnId::core`). 0 on one server; a cluster node's first global core
+    /// otherwise, so a connection id names its core across the cluster.
+    pub first_core: u8,
 }
 
 impl XdpConfig {
@@ -104,6 +108,7 @@ impl XdpConfig {
             peers: crate::PeerPolicy::default(),
             websocket: None,
             xsk: XskConfig::default(),
+            first_core: 0,
         }
     }
 }
@@ -205,7 +210,12 @@ impl XdpTransport {
         let settings = config.core_settings();
         let mut cores = Vec::with_capacity(per_core.len());
         for (index, queues) in per_core.into_iter().enumerate() {
-            cores.push(XdpCore::new(index as u8, queues, our_mac, &settings)?);
+            cores.push(XdpCore::new(
+                config.first_core.wrapping_add(index as u8),
+                queues,
+                our_mac,
+                &settings,
+            )?);
         }
         let transport = XdpTransport {
             _ntuple: ntuple,

@@ -88,7 +88,16 @@ impl<K: Kv> Store<K> {
             },
         };
         *slot = Some(last);
-        last.checked_add(1).ok_or(StorageError::Overflow)
+        let mut id = last.checked_add(1).ok_or(StorageError::Overflow)?;
+        if let Some(owned) = &self.config.new_ids_in {
+            // An empty set would never end: it allocates anywhere instead.
+            if owned.iter().next().is_some() {
+                while !owned.contains(self.partitions.of(ConversationKey::Group(id))) {
+                    id = id.checked_add(1).ok_or(StorageError::Overflow)?;
+                }
+            }
+        }
+        Ok(id)
     }
 
     fn create(
