@@ -64,6 +64,11 @@ pub struct BenchArgs {
     /// [default: 127.0.0.1:9500, or 127.0.0.1:1883 with --protocol mqtt].
     #[arg(long, value_name = "ADDR:PORT")]
     pub server: Option<SocketAddr>,
+    /// chat1v1 across two cluster nodes (docs/CLUSTER.md): the second connection of every
+    /// pair (the receiver of its partner's messages) connects here instead of --server, so
+    /// every message crosses between the nodes. Kernel sockets only [default: off].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub peer_server: Option<SocketAddr>,
     /// Protocol to speak: Petrel's, or MQTT to a broker for a side-by-side reference.
     #[arg(long, value_enum, default_value_t = WireProtocol::Petrel)]
     pub protocol: WireProtocol,
@@ -325,6 +330,9 @@ pub struct BenchConfig {
     /// `--ws`: WebSocket over the connections.
     #[serde(default)]
     pub ws: bool,
+    /// `--peer-server`: where the odd connections (each pair's second) connect.
+    #[serde(default)]
+    pub peer_server: Option<SocketAddr>,
 }
 
 /// What `--tls` asked for (each worker process builds its rustls config from it).
@@ -488,6 +496,16 @@ impl BenchConfig {
         if args.ws && args.protocol != WireProtocol::Petrel {
             bail!("--ws is for Petrel's protocol only");
         }
+        if let Some(peer) = args.peer_server {
+            if !matches!(scenario, Scenario::Chat1v1 { .. }) {
+                bail!("--peer-server is for chat1v1 (one user of each pair on each server)");
+            }
+            if xdp.is_some() || args.ws || args.tls || args.protocol != WireProtocol::Petrel {
+                bail!(
+                    "--peer-server {peer}: kernel-socket clients speaking Petrel's protocol only"
+                );
+            }
+        }
         let source_ips = parse_source_ips(&args.source_ips)?;
         if let Some(setup) = &xdp
             && let Some(outside) = source_ips.iter().find(|ip| !setup.contains(**ip))
@@ -527,6 +545,7 @@ impl BenchConfig {
             protocol: args.protocol,
             tls,
             ws: args.ws,
+            peer_server: args.peer_server,
         };
         if let Some(setup) = &config.xdp {
             let needed = XdpClientSetup::sources_needed(config.plan().connections());

@@ -113,7 +113,9 @@ pub fn run_shard(job: &ShardJob, ctl: &mut dyn ShardControl) -> anyhow::Result<S
         .collect();
     let clock = Clock::new();
     let io = match &config.xdp {
-        None => Io::Kernel(KernelIo::new(job.server, specs.len())?),
+        None => Io::Kernel(
+            KernelIo::new(job.server, specs.len())?.with_peer(config.peer_server, shard.start),
+        ),
         Some(setup) => Io::Xdp(Box::new(XdpIo::start(setup, job.server, specs.len())?)),
     };
     let io = tls_io::wrap(io, config.tls.as_ref())?;
@@ -503,6 +505,7 @@ mod tests {
             protocol: WireProtocol::Petrel,
             tls: None,
             ws: false,
+            peer_server: None,
         }
     }
 

@@ -193,6 +193,9 @@ pub struct KernelIo {
     poll: Poll,
     events: Events,
     server: SocketAddr,
+    /// Where the odd connections go instead (`--peer-server`); `first` is the plan index
+    /// of connection 0, so odd means odd in the whole run.
+    peer: Option<(SocketAddr, u64)>,
     streams: Vec<Option<TcpStream>>,
 }
 
@@ -203,12 +206,27 @@ impl KernelIo {
             poll: Poll::new().context("cannot create an epoll instance")?,
             events: Events::with_capacity(4096),
             server,
+            peer: None,
             streams: (0..connections).map(|_| None).collect(),
         })
     }
 
+    /// Connection `i` connects to `peer` when `first + i` is odd (`--peer-server`).
+    pub fn with_peer(mut self, peer: Option<SocketAddr>, first: u64) -> KernelIo {
+        self.peer = peer.map(|p| (p, first));
+        self
+    }
+
+    fn server_of(&self, i: usize) -> SocketAddr {
+        match self.peer {
+            Some((peer, first)) if (first + i as u64) % 2 == 1 => peer,
+            _ => self.server,
+        }
+    }
+
     fn open(&mut self, i: usize, source: Option<IpAddr>) -> anyhow::Result<()> {
-        let domain = Domain::for_address(self.server);
+        let server = self.server_of(i);
+        let domain = Domain::for_address(server);
         let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
             .context("cannot create a TCP socket (file descriptor limit?)")?;
         socket.set_nonblocking(true)?;
@@ -218,15 +236,14 @@ impl KernelIo {
                 .bind(&SocketAddr::new(source, 0).into())
                 .with_context(|| format!("cannot bind source address {source}"))?;
         }
-        match socket.connect(&self.server.into()) {
+        match socket.connect(&server.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => bail!(
-                "connect to {}: {e} — out of source ports; spread connections over more \
-                 source addresses with --source-ips",
-                self.server
+                "connect to {server}: {e} — out of source ports; spread connections over more \
+                 source addresses with --source-ips"
             ),
-            Err(e) => return Err(e).with_context(|| format!("connect to {}", self.server)),
+            Err(e) => return Err(e).with_context(|| format!("connect to {server}")),
         }
         let mut stream = TcpStream::from_std(socket.into());
         self.poll
