@@ -13,6 +13,8 @@
 #   (and test.sh then builds without the feature).
 # - nginx + libnginx-mod-stream (Debian's nginx and its stream module): tests/nginx.rs
 #   runs the shipped scripts/deploy/nginx/nginx.conf in front of Petrel.
+# - nats-server (Debian's): the cluster's nodes talk over NATS (docs/CLUSTER.md);
+#   scripts/cluster-lab.sh and tests/cluster.rs start their own on a port of their own.
 # - chromium (Debian's; fonts-dejavu-core for its text) + the web client's npm packages (`npm ci --prefix web`:
 #   protobufjs for the page, puppeteer-core and pngjs for its driver, with the machine's
 #   Node.js): tests/web_client.rs drives the web client in headless Chromium.
@@ -28,7 +30,7 @@ set -euo pipefail
 need_apt=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 pkgs=(clang libclang-dev pkg-config linux-libc-dev libbpf-dev iproute2 ethtool iputils-ping
-  nginx libnginx-mod-stream chromium fonts-dejavu-core)
+  nginx libnginx-mod-stream chromium fonts-dejavu-core nats-server)
 if [[ ${PETREL_DPDK:-1} != 0 ]]; then
   pkgs+=(dpdk-dev libdpdk-dev)
 fi

@@ -10,6 +10,7 @@
 
 mod api;
 mod chat;
+mod cluster;
 mod media;
 mod ops;
 mod server;
@@ -64,6 +65,10 @@ enum AdminCommand {
     /// Write a consistent checkpoint of the database to DIR (through the running
     /// server's admin socket, or directly when no server runs).
     Backup(ops::backup::BackupArgs),
+    /// Stop a running server gracefully through its admin socket (as SIGTERM does: its
+    /// clients are told to reconnect, to the cluster's other nodes first) and wait
+    /// until it has exited: one step of a rolling restart.
+    Drain(ops::drain::DrainArgs),
 }
 
 /// Logs go to stderr, in colour only when stderr is a terminal: a log file, a pipe or
@@ -112,6 +117,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => return exit(ops::doctor(&args)),
         Command::Tune(args) => return exit(ops::tune(&args)),
         Command::Admin(AdminCommand::Backup(args)) => ops::backup::run(&args),
+        Command::Admin(AdminCommand::Drain(args)) => ops::drain::run(&args),
         Command::Bench(args) => petrel_bench::run(*args),
         Command::Frames => {
             for &t in petrel_proto::FrameType::ALL {

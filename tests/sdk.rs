@@ -1308,6 +1308,7 @@ fn a_send_refused_with_shutting_down_is_sent_again_after_the_reconnect_with_the_
                 pb::Kick {
                     reason: pb::KickReason::ServerShutdown as i32,
                     message: "bye".into(),
+                    ..Default::default()
                 },
             ));
             true

@@ -223,6 +223,23 @@ pub struct Rooms {
 }
 
 impl Rooms {
+    /// Takes every member on cores `cores` (bit = core index) out of every room: their
+    /// cluster node went down, and its connections with it. Returns how many seats.
+    pub fn drop_cores(&mut self, cores: u64) -> usize {
+        let mut gone = Vec::new();
+        for (&room, r) in &self.rooms {
+            gone.extend(
+                r.members()
+                    .filter(|c| cores & 1u64.checked_shl(u32::from(c.core())).unwrap_or(0) != 0)
+                    .map(|c| (room, c)),
+            );
+        }
+        for &(room, conn) in &gone {
+            self.leave(room, conn);
+        }
+        gone.len()
+    }
+
     /// Whether `room` was closed by an operator.
     pub fn is_closed(&self, room: u64) -> bool {
         self.closed.contains(&room)

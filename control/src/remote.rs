@@ -55,6 +55,15 @@
 //!   notice arrives: a message in between sends no offline notice (`OfflineMessage`).
 //!
 //! No stored message is lost either way: it is in storage, and every sync returns it.
+//!
+//! **Cores of other nodes.** In a cluster (docs/CLUSTER.md) every core of every node has
+//! one index and these messages travel between nodes too. A core that cannot be reached
+//! — its node is down, or not heard from yet — is told to the control plane
+//! ([`crate::Event::CoresDown`]): nothing more is sent to it, no login waits for its
+//! `LoginSeen`, its users no longer count as online here, its connections leave the rooms
+//! this core owns, and requests for the rooms it owns are answered `SERVER_BUSY`. When it
+//! is back ([`crate::Event::CoresUp`], a restarted node with no sessions), it is told of
+//! every session here as if each had just logged in.
 
 use std::sync::Arc;
 

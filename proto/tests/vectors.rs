@@ -355,6 +355,7 @@ fn valid() -> Vec<Valid> {
                 pb::Kick {
                     reason: pb::KickReason::Replaced as i32,
                     message: "logged in elsewhere".into(),
+                    ..Default::default()
                 },
             ),
         },
@@ -672,6 +673,7 @@ fn valid() -> Vec<Valid> {
                 pb::Kick {
                     reason: pb::KickReason::TokenRevoked as i32,
                     message: "revoked".into(),
+                    ..Default::default()
                 },
             ),
         },

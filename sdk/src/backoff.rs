@@ -98,6 +98,11 @@ impl Backoff {
 pub struct Reconnector {
     endpoints: Vec<String>,
     current: usize,
+    /// Endpoints a stopping server named (`Kick.reconnect_to`): tried first, once each,
+    /// before the configured list again.
+    hinted: std::collections::VecDeque<String>,
+    /// Spreads the hints: each client starts at its own place in the list.
+    spread: usize,
     backoff: Backoff,
     connected_since: Option<Instant>,
     skip_delay: bool,
@@ -110,6 +115,8 @@ impl Reconnector {
         Reconnector {
             endpoints,
             current: 0,
+            hinted: std::collections::VecDeque::new(),
+            spread: usize::try_from(seed % 1024).unwrap_or(0),
             backoff: Backoff::new(config, seed),
             connected_since: None,
             skip_delay: false,
@@ -118,10 +125,26 @@ impl Reconnector {
 
     /// The endpoint the next attempt goes to (empty string if the list is empty).
     pub fn endpoint(&self) -> &str {
+        if let Some(hint) = self.hinted.front() {
+            return hint;
+        }
         self.endpoints
             .get(self.current)
             .map(String::as_str)
             .unwrap_or("")
+    }
+
+    /// A stopping server named where to reconnect (a cluster's other nodes): the next
+    /// attempts try them, each once, starting at a place of this client's own so the
+    /// clients of one node spread over the others; then the configured list again.
+    pub fn prefer(&mut self, hints: &[String]) {
+        self.hinted.clear();
+        if hints.is_empty() {
+            return;
+        }
+        let start = self.spread % hints.len();
+        self.hinted
+            .extend(hints[start..].iter().chain(&hints[..start]).cloned());
     }
 
     /// Index of that endpoint in the list.
@@ -138,13 +161,16 @@ impl Reconnector {
     /// return how long to wait before trying it.
     pub fn connect_failed(&mut self) -> Duration {
         self.connected_since = None;
-        self.advance();
+        if self.hinted.pop_front().is_none() {
+            self.advance();
+        }
         self.delay()
     }
 
     /// A session was established at `now`.
     pub fn connected(&mut self, now: Instant) {
         self.connected_since = Some(now);
+        self.hinted.clear();
     }
 
     /// An established session ended at `now`. If it had been up for `stable_after` the
@@ -157,7 +183,7 @@ impl Reconnector {
         {
             self.backoff.reset();
         }
-        if move_on {
+        if move_on && self.hinted.is_empty() {
             self.advance();
         }
         self.delay()
@@ -186,6 +212,28 @@ impl Reconnector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stopping_servers_hints_come_first_then_the_configured_list() {
+        let own = vec!["a:1".to_owned(), "b:1".to_owned()];
+        let mut r = Reconnector::new(own, config(), 3);
+        r.connected(Instant::now());
+        // Kicked by a stopping node that names two others: this client (seed 3) starts
+        // at the second hint.
+        r.prefer(&["x:1".to_owned(), "y:1".to_owned()]);
+        r.disconnected(Instant::now(), true);
+        assert_eq!(r.endpoint(), "y:1");
+        r.connect_failed();
+        assert_eq!(r.endpoint(), "x:1");
+        r.connect_failed();
+        // Both hints failed: the configured list, where it was.
+        assert_eq!(r.endpoint(), "a:1");
+        // A hint that works is forgotten once connected.
+        r.prefer(&["x:1".to_owned()]);
+        assert_eq!(r.endpoint(), "x:1");
+        r.connected(Instant::now());
+        assert_eq!(r.endpoint(), "a:1");
+    }
 
     fn config() -> BackoffConfig {
         BackoffConfig {

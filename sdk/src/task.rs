@@ -863,10 +863,14 @@ impl Task {
                         let _ = self.cache.clear();
                         Outcome::Stop(why)
                     }
-                    pb::KickReason::ServerShutdown => Outcome::Ended {
-                        reason: why,
-                        move_on: true,
-                    },
+                    pb::KickReason::ServerShutdown => {
+                        // A cluster node names the other nodes: reconnect there first.
+                        self.reconnector.prefer(&kick.reconnect_to);
+                        Outcome::Ended {
+                            reason: why,
+                            move_on: true,
+                        }
+                    }
                     _ => Outcome::Ended {
                         reason: why,
                         move_on: false,

@@ -11,11 +11,13 @@
 //! - [`dpdk`] — doctor's DPDK readiness lines (hugepages, IOMMU, vfio-pci, EAL arguments);
 //! - [`tune`] — the changes those checks carry, applied or printed, by scope;
 //! - [`backup`] — `petrel admin backup DIR`, through a running server's admin socket or
-//!   straight on the database.
+//!   straight on the database;
+//! - [`drain`] — `petrel admin drain`, a graceful stop for rolling restarts.
 
 pub mod backup;
 pub mod doctor;
 pub mod dpdk;
+pub mod drain;
 pub mod host;
 pub mod interrupts;
 pub mod netdev;

@@ -4,6 +4,9 @@
 //!
 //! Protocol: one request line per connection, one answer line back.
 //! - `backup /absolute/dir` → `ok /absolute/dir` or `error MESSAGE`.
+//! - `drain` → `ok draining`: `petrel admin drain` — the server stops as on SIGTERM
+//!   (no new logins, requests in flight answered, every client kicked with
+//!   `SERVER_SHUTDOWN` naming the cluster's other nodes, a goodbye to them) and exits.
 //!
 //! The socket is created after the database is opened (holding its lock means no other
 //! server owns this data dir, so a leftover socket file is stale and replaced) and removed
@@ -14,17 +17,21 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
 
 /// The socket's file name inside the data dir.
 pub const SOCKET_NAME: &str = "admin.sock";
 
+/// What `drain` runs: set once the server serves (until then `drain` is refused).
+pub type DrainHook = Arc<OnceLock<Box<dyn Fn() + Send + Sync>>>;
+
 /// The listening admin socket; removes its file when dropped.
-#[derive(Debug)]
 pub struct AdminSocket {
     path: PathBuf,
+    /// Set by the server once it serves.
+    pub drain: DrainHook,
 }
 
 impl Drop for AdminSocket {
@@ -44,13 +51,15 @@ pub fn start(data_dir: &Path, engine: &Arc<RocksEngine>) -> std::io::Result<Admi
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let engine = Arc::downgrade(engine);
+    let drain: DrainHook = Arc::default();
+    let hook = drain.clone();
     std::thread::Builder::new()
         .name("petrel-admin".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 match stream {
                     Ok(stream) => {
-                        if let Err(error) = answer(stream, &engine) {
+                        if let Err(error) = answer(stream, &engine, &hook) {
                             tracing::warn!(%error, "admin request failed");
                         }
                     }
@@ -61,13 +70,28 @@ pub fn start(data_dir: &Path, engine: &Arc<RocksEngine>) -> std::io::Result<Admi
                 }
             }
         })?;
-    Ok(AdminSocket { path })
+    Ok(AdminSocket { path, drain })
 }
 
-fn answer(stream: UnixStream, engine: &Weak<RocksEngine>) -> std::io::Result<()> {
+fn answer(
+    stream: UnixStream,
+    engine: &Weak<RocksEngine>,
+    drain: &DrainHook,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new((&stream).take(4096)).read_line(&mut line)?;
+    if line.trim_end() == "drain" {
+        let reply = match drain.get() {
+            Some(begin) => {
+                tracing::info!("admin: drain requested; shutting down gracefully");
+                begin();
+                "ok draining"
+            }
+            None => "error the server is not serving yet",
+        };
+        return (&stream).write_all(format!("{reply}\n").as_bytes());
+    }
     let reply = match line.trim_end().split_once(' ') {
         Some(("backup", dir)) if Path::new(dir).is_absolute() => match engine.upgrade() {
             Some(engine) => match engine.checkpoint(Path::new(dir)) {

@@ -266,6 +266,10 @@ pub struct ServeArgs {
     /// [default: off].
     #[arg(long, value_name = "URL")]
     pub webhook_url: Option<String>,
+    /// This node's index in its cluster (overrides `node` in the `[cluster]` table, so
+    /// every node can share one config file; docs/CLUSTER.md) [default: the table's].
+    #[arg(long, value_name = "N")]
+    pub cluster_node: Option<u8>,
     /// Speak TLS on every client listener with this PEM certificate chain (needs
     /// --tls-key; reloaded on SIGHUP) [default: plaintext].
     #[arg(long, value_name = "PATH")]
@@ -350,6 +354,8 @@ struct FileConfig {
     webhook: Option<crate::webhook::WebhookFile>,
     /// The `[tls]` table (docs/CONFIGURATION.md, "TLS").
     tls: Option<super::tls::TlsFile>,
+    /// The `[cluster]` table (docs/CLUSTER.md, "Settings").
+    cluster: Option<crate::cluster::ClusterFile>,
 }
 
 /// The resolved configuration.
@@ -432,6 +438,8 @@ pub struct ServeConfig {
     pub webhook: Option<crate::webhook::WebhookSettings>,
     /// TLS on every client listener, when configured.
     pub tls: Option<super::tls::TlsSettings>,
+    /// This node's cluster, when it is one (docs/CLUSTER.md).
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 /// Retention and storage memory bounds (docs/CONFIGURATION.md, "Storage").
@@ -550,6 +558,8 @@ impl ServeConfig {
             args.tls_cert.as_deref(),
             args.tls_key.as_deref(),
         )?;
+        let cluster =
+            crate::cluster::ClusterSettings::resolve(file.cluster.as_ref(), args.cluster_node)?;
         let data_dir = args
             .data_dir
             .clone()
@@ -713,6 +723,7 @@ impl ServeConfig {
             media,
             webhook,
             tls,
+            cluster,
         };
         // Browsers offer ALPN `http/1.1` for wss://; a TLS listener that speaks WebSocket
         // must accept it.
@@ -743,6 +754,12 @@ impl ServeConfig {
         }
         if self.max_connections == 0 {
             bail!("max_connections must be at least 1");
+        }
+        if self.cluster.is_some() && self.ownership != Ownership::PerCore {
+            bail!(
+                "[cluster] needs ownership = \"per-core\": the nodes' cores exchange what the \
+                 cores of one server do"
+            );
         }
         let tls_listen = self.tls.as_ref().map(|t| &t.listen[..]).unwrap_or_default();
         for (key, addrs) in [

@@ -17,11 +17,11 @@ mod limits;
 pub mod metrics;
 pub mod per_core;
 mod plane;
-mod ring;
+pub(crate) mod ring;
 pub mod scrub;
 pub mod tls;
 pub(crate) mod transport;
-mod writers;
+pub(crate) mod writers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -150,10 +150,49 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     let keys = keys::load_or_create(&config.key_file)?;
     let media_keys = keys.clone();
     let db_path = config.data_dir.join("db");
+    // A cluster node: its place among the cluster's cores, the partitions it allocates
+    // new conversations in, and the inbox epoch every node shares.
+    let layout = match &config.cluster {
+        Some(cluster) => {
+            let cores =
+                u8::try_from(transport::planned_cores(&config)?).context("more than 255 cores")?;
+            Some(crate::cluster::Layout::new(
+                cluster.node,
+                cluster.nodes,
+                cores,
+            )?)
+        }
+        None => None,
+    };
+    let mut storage = storage_config(&config);
+    if let (Some(cluster), Some(layout)) = (&config.cluster, layout) {
+        let partitions = petrel_storage::partition::Partitions::clamped(config.storage.partitions);
+        anyhow::ensure!(
+            partitions.count() >= u16::from(layout.total_cores()),
+            "[cluster] {} nodes × {} cores = {} cores need at least as many partitions \
+             (partitions = {}): every core owns at least one",
+            layout.nodes,
+            layout.cores,
+            layout.total_cores(),
+            partitions.count()
+        );
+        storage.new_ids_in = Some(layout.owned_partitions(partitions));
+        storage.epoch = Some(crate::cluster::epoch_of(&cluster.name));
+    }
     let engine = Arc::new(
-        RocksEngine::open(&db_path, storage_config(&config))
+        RocksEngine::open(&db_path, storage)
             .with_context(|| format!("cannot open database {}", db_path.display()))?,
     );
+    if layout.is_some() {
+        let partitions = engine.partitions().count();
+        anyhow::ensure!(
+            partitions == config.storage.partitions,
+            "[cluster] the database in {} has {partitions} partitions, the config says {}: \
+             every node of a cluster must have as many",
+            db_path.display(),
+            config.storage.partitions
+        );
+    }
     // Without it only offline backups work; not a reason to refuse to serve.
     let _admin = admin::start(&config.data_dir, &engine)
         .inspect_err(|error| {
@@ -233,14 +272,31 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     )
     .context("cannot start the storage syncer")?;
     schedule_syncer(&committers[0], config.syncer_priority, config.poll);
+    if let Some(layout) = layout {
+        anyhow::ensure!(
+            layout.cores == core_count,
+            "the dataplane started {core_count} cores, {} were planned",
+            layout.cores
+        );
+    }
     let mut controls = Vec::with_capacity(committers.len());
     for (index, committer) in (0..core_count).zip(committers.iter_mut()) {
-        let mut control = Control::new(
-            control_config(&config, index, core_count),
-            keys.clone(),
-            now(),
-        );
+        // In a cluster, every core of every node has one index.
+        let (index, count) = match layout {
+            Some(layout) => (layout.first_core() + index, layout.total_cores()),
+            None => (index, core_count),
+        };
+        let mut control = Control::new(control_config(&config, index, count), keys.clone(), now());
         warm_up(&mut control, committer)?;
+        if let Some(layout) = layout {
+            // The other nodes count once heard from (the cluster bridge says so).
+            control.handle(
+                now(),
+                petrel_control::Event::CoresDown {
+                    cores: layout.remote_cores(),
+                },
+            );
+        }
         controls.push(control);
     }
 
@@ -352,6 +408,15 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
                 }
             })?;
     }
+    // `petrel admin drain` stops the server as SIGTERM does.
+    if let Some(admin) = &_admin {
+        let stop = stop.clone();
+        let home_waker = home_waker.clone();
+        let _ = admin.drain.set(Box::new(move || {
+            stop.store(true, Ordering::Relaxed);
+            let _ = home_waker.wake();
+        }));
+    }
 
     let local_addrs = transport.local_addrs();
     // The TLS listeners: the last `[tls] listen` ones, or all of them.
@@ -462,19 +527,55 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
                     api: api.next(),
                 })
                 .collect();
+            let (bridge, links) = match (&config.cluster, layout) {
+                (Some(settings), Some(layout)) => {
+                    // Where this node's clients reach it: as configured, else the
+                    // listen addresses that name a host and a port.
+                    let endpoints = if settings.advertise.is_empty() {
+                        config
+                            .listen
+                            .iter()
+                            .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
+                            .map(ToString::to_string)
+                            .collect()
+                    } else {
+                        settings.advertise.clone()
+                    };
+                    let (bridge, links) = crate::cluster::bridge::start(
+                        settings,
+                        layout,
+                        partitions.count(),
+                        endpoints,
+                        cores.wakers(),
+                    )?;
+                    (Some(bridge), links)
+                }
+                _ => (None, Vec::new()),
+            };
             let shared = per_core::SharedParts {
                 stop,
                 disk: disk.clone(),
                 webhook,
                 metrics,
                 partitions,
+                cluster: config
+                    .cluster
+                    .as_ref()
+                    .zip(layout)
+                    .map(|(settings, layout)| (layout, settings.request_timeout)),
             };
-            match cores {
-                Cores::Kernel(cores) => per_core::run(cores, cpus, config.poll, parts, shared),
-                Cores::Xdp(cores) => per_core::run(cores, cpus, config.poll, parts, shared),
+            let result = match cores {
+                Cores::Kernel(cores) => {
+                    per_core::run(cores, cpus, config.poll, parts, shared, links)
+                }
+                Cores::Xdp(cores) => per_core::run(cores, cpus, config.poll, parts, shared, links),
                 #[cfg(feature = "dpdk")]
-                Cores::Dpdk(cores) => per_core::run(cores, cpus, config.poll, parts, shared),
+                Cores::Dpdk(cores) => per_core::run(cores, cpus, config.poll, parts, shared, links),
+            };
+            if let Some(bridge) = bridge {
+                bridge.stop();
             }
+            result
         }
     };
     transport.log_counters();

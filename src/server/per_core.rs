@@ -57,6 +57,9 @@ use super::plane::Plane;
 use super::ring::{RING, RING_BATCH, RingOut};
 use super::writers::{Mail, Origin, Writers};
 use crate::api::bridge::ApiInbox;
+use crate::cluster::Layout;
+use crate::cluster::bridge::{CoreLinks, Inbound};
+use crate::cluster::inflight::InFlight;
 use crate::webhook::dispatch::WebhookSender;
 
 /// What one core owns besides its transport.
@@ -82,16 +85,22 @@ pub struct SharedParts {
     pub metrics: Option<Arc<Metrics>>,
     /// The database's partitions: partition p is written by core p mod cores.
     pub partitions: Partitions,
+    /// This node's place in its cluster, and how long a request to another node may
+    /// go unanswered (`None`: no cluster).
+    pub cluster: Option<(Layout, Duration)>,
 }
 
 /// Runs one loop per core, each pinned to `cpus[i]`, core `i` with `parts[i]`, until
-/// `stop` is raised and every core has shut down. Blocks the calling thread.
+/// `stop` is raised and every core has shut down. Blocks the calling thread. In a
+/// cluster, `links[i]` are core `i`'s rings to the other nodes' cores and its queue
+/// from them ([`crate::cluster::bridge`]); the cores' indices are cluster indices.
 pub fn run<I, E>(
     cores: Vec<I>,
     cpus: Vec<Option<usize>>,
     poll: PollMode,
     parts: Vec<CoreParts<E>>,
     shared: SharedParts,
+    links: Vec<CoreLinks>,
 ) -> anyhow::Result<()>
 where
     I: CoreIo + 'static,
@@ -104,32 +113,55 @@ where
         parts.len()
     );
     let wakers: Vec<Arc<dyn Wake>> = cores.iter().map(CoreIo::waker).collect();
-    // outs[i][j]: core i's end of its ring to core j; ins[j]: (i, receiver) for every i.
+    let core_count = u8::try_from(n).context("more than 255 cores")?;
+    let layout = shared
+        .cluster
+        .map_or(Layout::single(core_count), |(layout, _)| layout);
+    anyhow::ensure!(
+        layout.cores == core_count,
+        "the cluster layout has {} cores per node, this node runs {n}",
+        layout.cores
+    );
+    let first = usize::from(layout.first_core());
+    let total = usize::from(layout.total_cores());
+    // outs[i][j]: local core i's end of its ring to core j (a cluster index: another
+    // local core's ring, or the bridge's for another node's core); ins[j]: (i, receiver)
+    // for every other local core i.
     let mut outs: Vec<Vec<Option<RingOut<Mail>>>> =
-        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+        (0..n).map(|_| (0..total).map(|_| None).collect()).collect();
     let mut ins: Vec<Vec<(u8, Receiver<Mail>)>> = (0..n).map(|_| Vec::new()).collect();
     for (i, row) in outs.iter_mut().enumerate() {
-        for (j, slot) in row.iter_mut().enumerate() {
+        for j in 0..n {
             if i == j {
                 continue;
             }
             let (tx, rx) = crossbeam_channel::bounded(RING);
-            *slot = Some(RingOut::new(tx, wakers[j].clone()));
-            ins[j].push((u8::try_from(i).context("more than 255 cores")?, rx));
+            row[first + j] = Some(RingOut::new(tx, wakers[j].clone()));
+            ins[j].push((u8::try_from(first + i).context("more than 255 cores")?, rx));
         }
     }
-    let core_count = u8::try_from(n).context("more than 255 cores")?;
+    let mut inbound: Vec<Option<Receiver<Inbound>>> = (0..n).map(|_| None).collect();
+    for (i, link) in links.into_iter().enumerate().take(n) {
+        for (to, ring) in link.outs {
+            if let Some(slot) = outs[i].get_mut(usize::from(to)) {
+                *slot = Some(ring);
+            }
+        }
+        inbound[i] = Some(link.inbound);
+    }
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     let others: Vec<Arc<dyn Wake>> = wakers.iter().skip(1).cloned().collect();
-    for (((io, part), (outs, ins)), cpu) in cores
+    for ((((io, part), (outs, ins)), cpu), cluster_in) in cores
         .into_iter()
         .zip(parts)
         .zip(outs.into_iter().zip(ins))
         .zip(cpus.into_iter().chain(std::iter::repeat(None)))
+        .zip(inbound)
     {
         let index = io.index();
+        let local = usize::from(index).saturating_sub(first);
         let shared = shared.clone();
-        let others = if index == 0 {
+        let others = if local == 0 {
             others.clone()
         } else {
             Vec::new()
@@ -141,22 +173,28 @@ where
                     if let Some(cpu) = cpu {
                         petrel_dataplane::pin::pin_current_thread(cpu);
                     }
+                    let plane = Plane::new(
+                        part.control,
+                        part.committer,
+                        part.api,
+                        shared.webhook.clone(),
+                        shared.disk.clone(),
+                    );
+                    let plane = match shared.cluster {
+                        Some((layout, timeout)) => plane
+                            .with_writers(Writers::in_cluster(index, layout, shared.partitions))
+                            .with_cluster(InFlight::new(layout, shared.partitions, timeout)),
+                        None => {
+                            plane.with_writers(Writers::new(index, core_count, shared.partitions))
+                        }
+                    };
                     OwnerLoop {
                         io,
-                        plane: Plane::new(
-                            part.control,
-                            part.committer,
-                            part.api,
-                            shared.webhook.clone(),
-                            shared.disk.clone(),
-                        )
-                        .with_writers(Writers::new(
-                            index,
-                            core_count,
-                            shared.partitions,
-                        )),
+                        plane,
+                        local,
                         outs,
                         ins,
+                        cluster_in,
                         others,
                         poll,
                         shared,
@@ -181,9 +219,13 @@ where
 struct OwnerLoop<I: CoreIo, E: GroupEngine + 'static> {
     io: I,
     plane: Plane<E>,
-    /// Indexed by core; `None` for this one.
+    /// This core's index among this node's cores (its cluster index is `io.index()`).
+    local: usize,
+    /// Indexed by core (cluster index); `None` for this one.
     outs: Vec<Option<RingOut<Mail>>>,
     ins: Vec<(u8, Receiver<Mail>)>,
+    /// What the cluster bridge hands this core (`None`: no cluster).
+    cluster_in: Option<Receiver<Inbound>>,
     /// The other cores' wakers (core 0 only: it passes the stop signal on).
     others: Vec<Arc<dyn Wake>>,
     poll: PollMode,
@@ -245,7 +287,7 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
             return;
         }
         self.next_publish = at + PUBLISH_INTERVAL;
-        let me = usize::from(self.io.index());
+        let me = self.local;
         let mut connections = vec![0; me + 1];
         connections[me] = self.io.connections() as u64;
         // What waits in this core's rings to the others, as the home loop reports its
@@ -322,6 +364,15 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
                 self.plane.take_mail(now, *core, message);
             }
         }
+        if let Some(rx) = &self.cluster_in {
+            for _ in 0..RING_BATCH {
+                let Ok(inbound) = rx.try_recv() else {
+                    break;
+                };
+                any = true;
+                self.plane.take_inbound(now, inbound);
+            }
+        }
         any
     }
 
@@ -374,6 +425,31 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
                         ),
                         Mail::Written { .. } => self.plane.take_mail(now_ts, *core, mail),
                         Mail::Control(_) => {}
+                    }
+                }
+            }
+            if let Some(rx) = &self.cluster_in {
+                while let Ok(inbound) = rx.try_recv() {
+                    match inbound {
+                        Inbound::Mail {
+                            from,
+                            mail: Mail::Write { ticket, .. },
+                        } => post(
+                            &mut self.outs,
+                            from,
+                            Mail::Written {
+                                ticket,
+                                result: Err(StorageError::Closed),
+                            },
+                        ),
+                        Inbound::Mail {
+                            from,
+                            mail: mail @ Mail::Written { .. },
+                        } => self.plane.take_mail(now_ts, from, mail),
+                        Inbound::Mail { .. }
+                        | Inbound::Down(_)
+                        | Inbound::Up(_)
+                        | Inbound::Endpoints(_) => {}
                     }
                 }
             }

@@ -14,14 +14,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use petrel_control::{Action, Control, Event, Timestamp};
-use petrel_storage::{Committer, GroupEngine, Request};
+use petrel_control::{Action, Control, Event, Ticket, Timestamp};
+use petrel_storage::{Committer, GroupEngine, Request, StorageError};
 
 use super::core_loop::{MAX_SLEEP, now};
 use super::disk_watch::DiskWatch;
 use super::metrics::PUBLISH_INTERVAL;
 use super::writers::{Mail, Origin, Writers};
 use crate::api::bridge::ApiInbox;
+use crate::cluster::bridge::Inbound;
+use crate::cluster::gather;
+use crate::cluster::inflight::InFlight;
 use crate::webhook::dispatch::WebhookSender;
 
 /// One loop's control plane, committer and their side channels.
@@ -36,6 +39,8 @@ pub struct Plane<E: GroupEngine + 'static> {
     outbox: Vec<(u8, Mail)>,
     /// Writes sent to their partition's owner and not yet answered.
     sent_away: usize,
+    /// Requests waiting for another node of the cluster (`None`: no cluster).
+    cluster: Option<InFlight>,
     /// Writes sent to their partition's owner core, since start.
     pub writes_sent: u64,
     /// Writes applied here for another core, since start.
@@ -64,6 +69,7 @@ impl<E: GroupEngine + 'static> Plane<E> {
             writers: None,
             outbox: Vec::new(),
             sent_away: 0,
+            cluster: None,
             writes_sent: 0,
             writes_applied_for_others: 0,
             api,
@@ -79,10 +85,134 @@ impl<E: GroupEngine + 'static> Plane<E> {
         self
     }
 
+    /// Sends requests for other nodes' partitions there, and asks every node that is up
+    /// for reads that span them ([`crate::cluster`]).
+    pub fn with_cluster(mut self, inflight: InFlight) -> Self {
+        self.cluster = Some(inflight);
+        self
+    }
+
     /// Storage requests not yet answered: this committer's, and this core's writes
-    /// waiting for their owner core's reply.
+    /// waiting for their owner core's (or node's) reply.
     pub fn in_flight(&self) -> usize {
-        self.committer.in_flight() + self.sent_away
+        self.committer.in_flight() + self.sent_away + self.cluster.as_ref().map_or(0, InFlight::len)
+    }
+
+    /// Takes what the cluster bridge hands this core: mail from another node's core,
+    /// or nodes going down (what waits for them is answered `SERVER_BUSY`, and their
+    /// users stop counting as online) or coming up (they are told every session here).
+    pub fn take_inbound(&mut self, now: Timestamp, inbound: Inbound) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let layout = cluster.layout();
+        let cores_of = |nodes: u64| {
+            (0..layout.nodes)
+                .filter(|n| nodes & (1u64 << n) != 0)
+                .fold(0u64, |all, n| all | layout.cores_of(n))
+        };
+        match inbound {
+            Inbound::Mail { from, mail } => self.take_mail(now, from, mail),
+            Inbound::Down(nodes) => {
+                let control = &mut self.control;
+                cluster.nodes_down(nodes, |(ticket, result)| {
+                    control.handle(now, Event::Storage { ticket, result });
+                });
+                control.handle(
+                    now,
+                    Event::CoresDown {
+                        cores: cores_of(nodes),
+                    },
+                );
+            }
+            Inbound::Up(nodes) => {
+                cluster.nodes_up(nodes);
+                self.control.handle(
+                    now,
+                    Event::CoresUp {
+                        cores: cores_of(nodes),
+                    },
+                );
+            }
+            Inbound::Endpoints(endpoints) => self.control.set_reconnect_to(endpoints),
+        }
+    }
+
+    /// Answers `SERVER_BUSY` for the requests another node left unanswered past the
+    /// request timeout. Returns whether any.
+    pub fn expire_remote(&mut self, now: Timestamp) -> bool {
+        let Some(cluster) = &mut self.cluster else {
+            return false;
+        };
+        if !cluster.has_expired(now) {
+            return false;
+        }
+        let control = &mut self.control;
+        let n = cluster.expire(now, |(ticket, result)| {
+            control.handle(now, Event::Storage { ticket, result });
+        });
+        if n > 0 {
+            tracing::debug!(requests = n, "cluster: requests to another node timed out");
+        }
+        true
+    }
+
+    /// Where the control plane's storage request goes: this iteration's group, another
+    /// core's ring, or (a read spanning nodes) every node that is up.
+    fn route_storage(&mut self, now: Timestamp, ticket: Ticket, request: Request) {
+        let Some(writers) = self.writers else {
+            self.batch.push((Origin::Here(ticket), request));
+            return;
+        };
+        if let Some(cluster) = &mut self.cluster
+            && writers.spans_nodes(&request)
+        {
+            let layout = writers.layout();
+            let up = cluster.up_nodes();
+            let parts = up.count_ones() as usize;
+            cluster.gather(ticket, &request, up);
+            for node in (0..layout.nodes).filter(|&n| n != layout.node && up & (1u64 << n) != 0) {
+                cluster.expect(now, ticket, node);
+                self.outbox.push((
+                    writers.core_on(node),
+                    Mail::Write {
+                        ticket,
+                        request: gather::share(&request, parts),
+                    },
+                ));
+            }
+            self.batch
+                .push((Origin::Here(ticket), gather::share(&request, parts)));
+            return;
+        }
+        let Some(core) = writers.elsewhere(&request) else {
+            self.batch.push((Origin::Here(ticket), request));
+            return;
+        };
+        if let Some(cluster) = &mut self.cluster {
+            let layout = cluster.layout();
+            if !layout.is_local(core) {
+                let node = layout.node_of(core);
+                if cluster.is_down(node) {
+                    // Its owner is down: answered now rather than after the timeout.
+                    self.control.handle(
+                        now,
+                        Event::Storage {
+                            ticket,
+                            result: Err(StorageError::Unavailable),
+                        },
+                    );
+                    return;
+                }
+                cluster.expect(now, ticket, node);
+                self.writes_sent += 1;
+                self.outbox.push((core, Mail::Write { ticket, request }));
+                return;
+            }
+        }
+        self.sent_away += 1;
+        self.writes_sent += 1;
+        self.outbox.push((core, Mail::Write { ticket, request }));
     }
 
     /// Takes a message another core sent: control-plane messages go to the control
@@ -103,6 +233,18 @@ impl<E: GroupEngine + 'static> Plane<E> {
                     .push((Origin::Core { core: from, ticket }, request));
             }
             Mail::Written { ticket, result } => {
+                if let Some(cluster) = &mut self.cluster {
+                    let layout = cluster.layout();
+                    if !layout.is_local(from) {
+                        // Once, unless it came after the request was given up on.
+                        if let Some((ticket, result)) =
+                            cluster.answer(layout.node_of(from), ticket, result, true)
+                        {
+                            self.control.handle(now, Event::Storage { ticket, result });
+                        }
+                        return;
+                    }
+                }
                 self.sent_away = self.sent_away.saturating_sub(1);
                 self.control.handle(now, Event::Storage { ticket, result });
             }
@@ -126,9 +268,18 @@ impl<E: GroupEngine + 'static> Plane<E> {
     /// Hands the storage replies that may be told now to the control plane. Returns how
     /// many.
     pub fn take_storage(&mut self, now: Timestamp) -> usize {
-        let (control, outbox) = (&mut self.control, &mut self.outbox);
+        let (control, outbox, cluster) = (&mut self.control, &mut self.outbox, &mut self.cluster);
         let n = self.committer.take_ready(|origin, result| match origin {
-            Origin::Here(ticket) => control.handle(now, Event::Storage { ticket, result }),
+            Origin::Here(ticket) => match cluster {
+                // This node's share of a read that spans nodes waits for the others'.
+                Some(cluster) => {
+                    let node = cluster.layout().node;
+                    if let Some((ticket, result)) = cluster.answer(node, ticket, result, false) {
+                        control.handle(now, Event::Storage { ticket, result });
+                    }
+                }
+                None => control.handle(now, Event::Storage { ticket, result }),
+            },
             Origin::Core { core, ticket } => outbox.push((core, Mail::Written { ticket, result })),
         });
         note_storage_failure(
@@ -150,6 +301,7 @@ impl<E: GroupEngine + 'static> Plane<E> {
         if self.control.poll_timeout().is_some_and(|t| t <= now) {
             self.control.handle(now, Event::Tick);
         }
+        work |= self.expire_remote(now);
         work
     }
 
@@ -162,14 +314,7 @@ impl<E: GroupEngine + 'static> Plane<E> {
             while let Some(action) = self.control.poll_action() {
                 match action {
                     Action::Storage { ticket, request } => {
-                        match self.writers.and_then(|w| w.elsewhere(&request)) {
-                            Some(core) => {
-                                self.sent_away += 1;
-                                self.writes_sent += 1;
-                                self.outbox.push((core, Mail::Write { ticket, request }));
-                            }
-                            None => self.batch.push((Origin::Here(ticket), request)),
-                        }
+                        self.route_storage(now, ticket, request);
                     }
                     Action::OfflineMessage(message) => {
                         if let Some(webhook) = &self.webhook {

@@ -105,19 +105,21 @@ impl Transport {
                     peers,
                     websocket,
                     ws_listen: config.websocket.clone(),
+                    first_core: first_core(config, cpus.len())?,
                     ..KernelConfig::default()
                 })
                 .context("cannot start the kernel-socket dataplane")?;
                 Ok((Transport::Kernel(addrs), Cores::Kernel(cores), cpus))
             }
             DataplaneKind::Xdp => {
-                let xdp = XdpConfig {
+                let mut xdp = XdpConfig {
                     tls,
                     proxy_protocol,
                     peers,
                     websocket,
                     ..xdp_config(config, decoder)?
                 };
+                xdp.first_core = first_core(config, xdp.cores.len())?;
                 let addr = SocketAddr::from((xdp.addr, xdp.port));
                 let (transport, cores) = XdpTransport::start(&xdp).with_context(|| {
                     format!(
@@ -133,13 +135,14 @@ impl Transport {
             }
             #[cfg(feature = "dpdk")]
             DataplaneKind::Dpdk => {
-                let dpdk = DpdkConfig {
+                let mut dpdk = DpdkConfig {
                     tls,
                     proxy_protocol,
                     peers,
                     websocket,
                     ..dpdk_config(config, decoder)?
                 };
+                dpdk.first_core = first_core(config, dpdk.cores.len())?;
                 let addr = SocketAddr::from((dpdk.addr, dpdk.port));
                 let (transport, cores) = DpdkTransport::start(&dpdk).with_context(|| {
                     format!(
@@ -238,6 +241,44 @@ impl Transport {
             );
         }
     }
+}
+
+/// The cluster index of this node's first core (0 when it is no cluster): node *n* of
+/// a cluster whose nodes run `cores` cores each numbers its cores from `n × cores`, so a
+/// connection id names its core across the cluster.
+fn first_core(config: &ServeConfig, cores: usize) -> anyhow::Result<u8> {
+    let Some(cluster) = &config.cluster else {
+        return Ok(0);
+    };
+    u8::try_from(usize::from(cluster.node) * cores)
+        .ok()
+        .filter(|&first| {
+            usize::from(first) + cores <= usize::from(petrel_control::remote::MAX_CORES)
+        })
+        .with_context(|| {
+            format!(
+                "node {} of a cluster running {cores} cores per node passes {} cores",
+                cluster.node,
+                petrel_control::remote::MAX_CORES
+            )
+        })
+}
+
+/// How many cores the dataplane `config` names will run (what [`Transport::start`]
+/// starts), known before it starts: a cluster node's layout needs it to open its
+/// database with the partitions it owns.
+pub fn planned_cores(config: &ServeConfig) -> anyhow::Result<usize> {
+    let decoder = DecoderConfig {
+        max_body_len: config.max_frame_body,
+    };
+    Ok(match config.dataplane {
+        DataplaneKind::Kernel => kernel_cores(&config.cores).len(),
+        DataplaneKind::Xdp => xdp_config(config, decoder)?.cores.len(),
+        #[cfg(feature = "dpdk")]
+        DataplaneKind::Dpdk => dpdk_config(config, decoder)?.cores.len(),
+        #[cfg(not(feature = "dpdk"))]
+        DataplaneKind::Dpdk => 1,
+    })
 }
 
 /// `--cores` for the kernel transport: one loop per listed CPU, or one per available CPU.

@@ -20,6 +20,8 @@ use petrel_control::{CoreMessage, Ticket};
 use petrel_storage::partition::Partitions;
 use petrel_storage::{Reply, Request, StorageError};
 
+use crate::cluster::Layout;
+
 /// Whose storage request a committer's reply answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -61,6 +63,8 @@ pub struct Writers {
     me: u8,
     cores: u8,
     partitions: Partitions,
+    /// The cluster's layout (one node when this server is no cluster).
+    layout: Layout,
 }
 
 impl Writers {
@@ -70,14 +74,50 @@ impl Writers {
             me,
             cores: cores.max(1),
             partitions,
+            layout: Layout::single(cores),
+        }
+    }
+
+    /// The map for core `me` (a cluster index) of a cluster laid out as `layout`: a
+    /// partition is written by core `p mod (nodes × cores)`, and its data lives on that
+    /// core's node only, so reads of one conversation go there too (docs/CLUSTER.md).
+    pub fn in_cluster(me: u8, layout: Layout, partitions: Partitions) -> Writers {
+        Writers {
+            me,
+            cores: layout.total_cores().max(1),
+            partitions,
+            layout,
         }
     }
 
     /// The core that must apply `request`, when that is not this one.
     pub fn elsewhere(&self, request: &Request) -> Option<u8> {
-        let conversation = request.partition_conversation()?;
+        if let Some(conversation) = request.partition_conversation() {
+            let owner = owner_of(self.partitions.of(conversation).0, self.cores);
+            return (owner != self.me).then_some(owner);
+        }
+        // A read of one conversation whose partition another node holds.
+        let conversation = request.conversation_read()?;
         let owner = owner_of(self.partitions.of(conversation).0, self.cores);
-        (owner != self.me).then_some(owner)
+        (!self.layout.is_local(owner)).then_some(owner)
+    }
+
+    /// Whether `request` must be asked of every node and the answers merged
+    /// ([`crate::cluster::gather`]): never on one node.
+    pub fn spans_nodes(&self, request: &Request) -> bool {
+        self.layout.nodes > 1 && crate::cluster::gather::spans_nodes(request)
+    }
+
+    /// The core of node `node` that answers this core's share of a spanning read (the
+    /// one with this core's local index, so the cores of a node share the work).
+    pub fn core_on(&self, node: u8) -> u8 {
+        let local = self.me % self.layout.cores.max(1);
+        node * self.layout.cores + local
+    }
+
+    /// The cluster's layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 }
 

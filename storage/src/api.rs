@@ -442,6 +442,20 @@ impl Request {
         }
     }
 
+    /// The conversation a read of one conversation reads (history, members, a role, a
+    /// read count): what a cluster node whose database does not hold that conversation's
+    /// partition must ask its owner node for (docs/CLUSTER.md). `None` for writes and for
+    /// reads that span conversations (sync, conversation lists, activity).
+    pub fn conversation_read(&self) -> Option<ConversationKey> {
+        match self {
+            Request::History { conversation, .. }
+            | Request::Members { conversation }
+            | Request::RoleOf { conversation, .. }
+            | Request::ReadCount { conversation, .. } => Some(*conversation),
+            _ => None,
+        }
+    }
+
     /// True if the request may write (and so takes part in the WAL sync of its batch).
     pub fn is_write(&self) -> bool {
         !matches!(

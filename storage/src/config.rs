@@ -99,6 +99,10 @@ pub struct StorageConfig {
     /// conversations it creates are its own to write and no two nodes allocate one id
     /// (docs/CLUSTER.md). Ids of other partitions are skipped, never reused.
     pub new_ids_in: Option<crate::partition::PartitionSet>,
+    /// The epoch inbox positions carry (`None`: the database's own, recorded when it was
+    /// created). The nodes of a cluster share one, derived from the cluster's settings,
+    /// because a device's position spans every node's partitions (docs/CLUSTER.md).
+    pub epoch: Option<u64>,
     /// Most keys one [`crate::Request::Trim`] step examines (default 2,000), which bounds
     /// how long a step holds the writer.
     pub trim_step_keys: usize,
@@ -127,6 +131,7 @@ impl Default for StorageConfig {
             inbox_retention_ms: Some(30 * DAY_MS),
             trim_step_keys: 2_000,
             new_ids_in: None,
+            epoch: None,
             partitions: crate::partition::DEFAULT_PARTITIONS,
         }
     }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod cluster;
 pub mod http;
 pub mod lab;
 pub mod media;

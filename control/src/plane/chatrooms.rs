@@ -34,6 +34,24 @@ impl Control {
         self.config.core_count <= 1 || conn.core() == self.config.core_index
     }
 
+    /// Whether `room`'s owner core cannot be reached (its cluster node is down): then
+    /// request `rid` of `conn` is answered `SERVER_BUSY` now — nothing would answer it —
+    /// and the client asks again shortly.
+    fn owner_unreachable(&mut self, conn: ConnId, rid: u32, room: u64) -> bool {
+        let owner = room_owner(room, self.config.core_count);
+        if self.unreachable & 1u64.checked_shl(u32::from(owner)).unwrap_or(0) == 0 {
+            return false;
+        }
+        self.send_error(
+            conn,
+            rid,
+            pb::ErrorCode::ServerBusy,
+            "the node that owns this chatroom cannot be reached; try again shortly",
+            convert::UNAVAILABLE_RETRY_MS,
+        );
+        true
+    }
+
     /// Sends `message` to the core that owns `room`.
     fn tell_owner(&mut self, room: u64, message: CoreMessage) {
         self.actions.push_back(Action::ToCore {
@@ -50,7 +68,7 @@ impl Control {
         if self.owns_room(room) {
             return self.join_owned(conn, rid, user, room);
         }
-        if !self.seat_available(conn, rid, room) {
+        if self.owner_unreachable(conn, rid, room) || !self.seat_available(conn, rid, room) {
             return;
         }
         // The seat is held while the owner answers, so the limit holds for joins in
@@ -195,6 +213,9 @@ impl Control {
         {
             return self.reject_not_a_member(conn, rid);
         }
+        if self.owner_unreachable(conn, rid, room) {
+            return;
+        }
         self.tell_owner(room, CoreMessage::RoomSend(send));
     }
 
@@ -246,6 +267,9 @@ impl Control {
         let Some(user) = self.session_user(conn) else {
             return;
         };
+        if self.owner_unreachable(conn, rid, room) {
+            return;
+        }
         self.tell_owner(
             room,
             CoreMessage::RoomList(RoomRequest {

@@ -58,6 +58,8 @@ impl Control {
             return;
         }
         self.unreachable |= cores;
+        // Their connections are gone: out of the rooms this core owns.
+        self.rooms.drop_cores(cores);
         self.presence.retain(|_, bits| {
             *bits &= !cores;
             *bits != 0

@@ -225,6 +225,8 @@ pub struct Control {
     /// are down or not heard from yet. Nothing is sent to them and no login waits for
     /// them. Always 0 on one server.
     unreachable: u64,
+    /// Where the clients of a stopping cluster node reconnect ([`Control::shutdown`]).
+    reconnect_to: Vec<String>,
     /// Whether this core takes new logins and connections ([`crate::admission`]).
     admission: Admission,
 }
@@ -276,6 +278,7 @@ impl Control {
             presence: HashMap::default(),
             held_logins: HashMap::default(),
             unreachable: 0,
+            reconnect_to: Vec::new(),
             admission: Admission::new(config_admission, now),
         };
         control.request_revocations(now);
@@ -522,15 +525,26 @@ impl Control {
         self.draining_since.is_some()
     }
 
-    /// Kicks every connection with `Kick{ServerShutdown}` and closes it.
+    /// Kicks every connection with `Kick{ServerShutdown}` (naming the other cluster
+    /// nodes to reconnect to, [`Control::set_reconnect_to`]) and closes it.
     pub fn shutdown(&mut self) {
+        let reconnect_to = std::mem::take(&mut self.reconnect_to);
         for conn in self.registry.conn_ids() {
-            self.kick(
+            self.kick_with(
                 conn,
                 pb::KickReason::ServerShutdown,
                 "server shutting down; reconnect after a back-off",
+                reconnect_to.clone(),
             );
         }
+        self.reconnect_to = reconnect_to;
+    }
+
+    /// The client addresses of the other cluster nodes that are up, which the
+    /// `Kick{ServerShutdown}` of a stopping node names (docs/CLUSTER.md, "Rolling
+    /// restart"). Empty on a server that is no cluster.
+    pub fn set_reconnect_to(&mut self, endpoints: Vec<String>) {
+        self.reconnect_to = endpoints;
     }
 
     // ---- inputs ----
@@ -905,6 +919,17 @@ impl Control {
 
     /// Sends `Kick{reason}` and closes the connection.
     fn kick(&mut self, conn: ConnId, reason: pb::KickReason, message: &str) {
+        self.kick_with(conn, reason, message, Vec::new());
+    }
+
+    /// Sends `Kick{reason, reconnect_to}` and closes the connection.
+    fn kick_with(
+        &mut self,
+        conn: ConnId,
+        reason: pb::KickReason,
+        message: &str,
+        reconnect_to: Vec<String>,
+    ) {
         self.send_frame(
             conn,
             Frame::new(
@@ -912,6 +937,7 @@ impl Control {
                 pb::Kick {
                     reason: reason as i32,
                     message: message.to_owned(),
+                    reconnect_to,
                 },
             ),
         );

@@ -133,6 +133,7 @@ pub fn body_for(t: FrameType, n: u64, s: &str) -> Body {
         FrameType::Kick => pb::Kick {
             reason: pb::KickReason::Replaced as i32,
             message: s.into(),
+            ..Default::default()
         }
         .into(),
         FrameType::Ack => pb::Ack {

@@ -164,6 +164,7 @@ fn main() {
                         pb::Kick {
                             reason: pb::KickReason::Replaced as i32,
                             message: "another device".into(),
+                            ..Default::default()
                         },
                     ),
                     // The new session's rejoin (6), sync (7) and sends (8–10).

@@ -354,7 +354,8 @@ impl<K: Kv> Store<K> {
         clock: Arc<AtomicU64>,
     ) -> Result<Self, StorageError> {
         let partitions = decide_partitions(&kv, Partitions::clamped(config.partitions))?;
-        let epoch = decide_epoch(&kv)?;
+        let recorded = decide_epoch(&kv)?;
+        let epoch = config.epoch.unwrap_or(recorded);
         Ok(Self::with_partitions(kv, config, clock, partitions, epoch))
     }
 

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# The cluster lab: a three-node Petrel cluster on this machine (docs/CLUSTER.md).
+#
+#   nats-server   127.0.0.1:14222                 (its own, not the system's service)
+#   node 0        127.0.1.1:9500   metrics 127.0.1.1:9100
+#   node 1        127.0.1.2:9500   metrics 127.0.1.2:9100
+#   node 2        127.0.1.3:9500   metrics 127.0.1.3:9100
+#
+# Each node has two cores, ownership = "per-core", its own data directory and the lab's
+# shared key file. The addresses are loopback addresses (127.0.0.0/8 is all loopback on
+# Linux): nothing leaves the machine and no interface is configured.
+#
+# Usage: scripts/cluster-lab.sh up|down|status
+#   up      build petrel (release), start nats-server and every node not running yet
+#           (so it also restarts a node that was killed); waits until each serves
+#   down    stop every node (SIGTERM, then SIGKILL after 10 s) and nats-server, and
+#           remove the lab directory; safe to run any number of times
+#   status  print what runs; exit 0 if everything does, 1 otherwise
+#
+# LAB_DIR (default /tmp/petrel-cluster-lab) holds the config, data, logs and pid files.
+# PETREL (default: the release build) is the binary to run.
+# NODE_CPUS (default "0,1 0,1 0,1"): each node's CPUs, one comma-separated list per node
+# (every node must run as many cores), e.g. "0 1 1" for one core each, node 0 on CPU 0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+LAB_DIR=${LAB_DIR:-/tmp/petrel-cluster-lab}
+NATS_ADDR=127.0.0.1:14222
+NODES=3
+read -r -a NODE_CPUS <<<"${NODE_CPUS:-0,1 0,1 0,1}"
+
+node_addr() { echo "127.0.1.$(($1 + 1))"; }
+
+running() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+wait_port() {
+  local addr=$1 port=$2 what=$3
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/$addr/$port") 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "cluster-lab: $what did not start on $addr:$port; see $LAB_DIR" >&2
+  return 1
+}
+
+up() {
+  bash scripts/setup.sh
+  source scripts/env.sh
+  if [[ -z ${PETREL:-} ]]; then
+    cargo build --release --bin petrel
+    PETREL=$CARGO_TARGET_DIR/release/petrel
+  fi
+  mkdir -p "$LAB_DIR"
+  if ! running "$LAB_DIR/nats.pid"; then
+    printf 'listen: %s\nmax_payload: 8MB\n' "$NATS_ADDR" >"$LAB_DIR/nats.conf"
+    nats-server -c "$LAB_DIR/nats.conf" >"$LAB_DIR/nats.log" 2>&1 &
+    echo $! >"$LAB_DIR/nats.pid"
+    wait_port "${NATS_ADDR%:*}" "${NATS_ADDR#*:}" nats-server
+  fi
+  cat >"$LAB_DIR/petrel.toml" <<EOF
+ownership = "per-core"
+log_level = "info"
+
+[cluster]
+nats_url = "nats://$NATS_ADDR"
+name = "lab"
+nodes = $NODES
+EOF
+  for n in $(seq 0 $((NODES - 1))); do
+    local pid=$LAB_DIR/node$n.pid addr
+    addr=$(node_addr "$n")
+    if running "$pid"; then
+      continue
+    fi
+    mkdir -p "$LAB_DIR/node$n"
+    "$PETREL" serve --config "$LAB_DIR/petrel.toml" --cluster-node "$n" \
+      --cores "${NODE_CPUS[$n]:-0,1}" \
+      --data-dir "$LAB_DIR/node$n" --key-file "$LAB_DIR/keys" \
+      --listen "$addr:9500" --metrics-addr "$addr:9100" \
+      >>"$LAB_DIR/node$n.log" 2>&1 &
+    echo $! >"$pid"
+    wait_port "$addr" 9500 "node $n"
+  done
+  status
+  echo "cluster-lab: logs in $LAB_DIR/node*.log; a token: $PETREL token issue --key-file $LAB_DIR/keys --user 1 --device laptop"
+}
+
+stop_pid() {
+  local file=$1
+  running "$file" || { rm -f "$file"; return 0; }
+  local pid
+  pid=$(cat "$file")
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$file"
+}
+
+down() {
+  [[ -d $LAB_DIR ]] || return 0
+  for n in $(seq 0 $((NODES - 1))); do
+    stop_pid "$LAB_DIR/node$n.pid"
+  done
+  stop_pid "$LAB_DIR/nats.pid"
+  rm -rf "$LAB_DIR"
+}
+
+status() {
+  local ok=0
+  if running "$LAB_DIR/nats.pid"; then
+    echo "nats-server  $NATS_ADDR  pid $(cat "$LAB_DIR/nats.pid")"
+  else
+    echo "nats-server  not running"
+    ok=1
+  fi
+  for n in $(seq 0 $((NODES - 1))); do
+    if running "$LAB_DIR/node$n.pid"; then
+      echo "node $n       $(node_addr "$n"):9500  pid $(cat "$LAB_DIR/node$n.pid")"
+    else
+      echo "node $n       not running"
+      ok=1
+    fi
+  done
+  return $ok
+}
+
+case ${1:-} in
+up) up ;;
+down) down ;;
+status) status ;;
+*)
+  echo "usage: $0 up|down|status" >&2
+  exit 2
+  ;;
+esac

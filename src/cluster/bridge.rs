@@ -1,0 +1,483 @@
+//! The thread that connects a node to NATS (`petrel-cluster`, a one-thread tokio
+//! runtime, since the maintained client is async).
+//!
+//! Out: each local core has a bounded ring ([`crate::server::ring`]) to each core of
+//! the other nodes, whose consumer is this thread; woken once per core iteration, it
+//! drains every ring, groups the mail by receiving node and publishes one envelope per
+//! node (split when it would pass NATS's payload limit) on `<name>.node.<n>`.
+//!
+//! In: the envelopes on this node's subject are decoded and each parcel goes to its
+//! core's inbound queue (bounded; this thread waits for room, which the core always
+//! makes: it drains its inbound queues even while it takes no input), and the core is
+//! woken once per envelope.
+//!
+//! Liveness: every node publishes a [`Hello`] each `heartbeat` on `<name>.hello`; a
+//! node is up from the first envelope heard from it, and down after `node_timeout` of
+//! silence, after its goodbye, or when it comes back with another incarnation (it
+//! restarted: down, then up). The cores are told ([`Inbound::Down`], [`Inbound::Up`]):
+//! their control planes stop counting that node's users as online and re-announce
+//! their sessions to it when it is back, and requests waiting for it are answered
+//! `SERVER_BUSY`. A node whose hello disagrees on the core or partition count is
+//! refused (logged) and stays down.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use futures_util::StreamExt;
+use petrel_dataplane::Wake;
+use tokio::sync::Notify;
+
+use super::Layout;
+use super::config::ClusterSettings;
+use super::wire::{self, Body, Envelope, Hello, MAX_BATCH_BYTES, Parcel};
+use crate::server::ring::{RING, RingOut};
+use crate::server::writers::Mail;
+
+/// What the bridge hands a local core. Mail by value, as on the rings between local
+/// cores (no allocation per mail; the notices are rare).
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Inbound {
+    /// Mail from core `from` of another node.
+    Mail {
+        /// The sending core (cluster index).
+        from: u8,
+        /// The mail.
+        mail: Mail,
+    },
+    /// These nodes are down (bit = node).
+    Down(u64),
+    /// These nodes are up (bit = node): (re)started, with no sessions.
+    Up(u64),
+    /// The client addresses of the other nodes that are up: where the clients of this
+    /// node reconnect when it stops.
+    Endpoints(Vec<String>),
+}
+
+/// One local core's links to the other nodes.
+pub struct CoreLinks {
+    /// Its ring to each core of the other nodes: `(cluster index, ring)`.
+    pub outs: Vec<(u8, RingOut<Mail>)>,
+    /// What the other nodes sent it, and which nodes are up or down.
+    pub inbound: Receiver<Inbound>,
+}
+
+/// The running bridge.
+pub struct Bridge {
+    stop: Arc<Notify>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Bridge {
+    /// Says goodbye to the other nodes and stops (after the cores stopped).
+    pub fn stop(mut self) {
+        self.stop.notify_one();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the cluster bridge thread panicked");
+        }
+    }
+}
+
+/// Wakes the bridge's task from a core (`RingOut`'s waker).
+struct NotifyWake(Arc<Notify>);
+
+impl Wake for NotifyWake {
+    fn wake(&self) -> std::io::Result<()> {
+        self.0.notify_one();
+        Ok(())
+    }
+}
+
+/// Starts the bridge for this node (`layout`), whose cores `wakers` wake and whose
+/// database has `partitions`. Returns it and each local core's links. Connecting is
+/// retried in the background: until NATS answers, every other node is down.
+pub fn start(
+    settings: &ClusterSettings,
+    layout: Layout,
+    partitions: u16,
+    endpoints: Vec<String>,
+    wakers: Vec<Arc<dyn Wake>>,
+) -> anyhow::Result<(Bridge, Vec<CoreLinks>)> {
+    anyhow::ensure!(
+        wakers.len() == usize::from(layout.cores),
+        "{} core wakers for {} cores",
+        wakers.len(),
+        layout.cores
+    );
+    let kick = Arc::new(Notify::new());
+    let stop = Arc::new(Notify::new());
+    let mut links = Vec::new();
+    let mut outbound = Vec::new();
+    let mut inbound = Vec::new();
+    for local in 0..layout.cores {
+        let from = layout.first_core() + local;
+        let mut outs = Vec::new();
+        for to in 0..layout.total_cores() {
+            if layout.is_local(to) {
+                continue;
+            }
+            let (tx, rx) = crossbeam_channel::bounded(RING);
+            let waker: Arc<dyn Wake> = Arc::new(NotifyWake(kick.clone()));
+            outs.push((to, RingOut::new(tx, waker)));
+            outbound.push((from, to, rx));
+        }
+        let (tx, rx) = crossbeam_channel::bounded(RING);
+        inbound.push(tx);
+        links.push(CoreLinks { outs, inbound: rx });
+    }
+    let task = Task {
+        settings: settings.clone(),
+        layout,
+        hello: Hello {
+            cores: layout.cores,
+            partitions,
+            endpoints,
+        },
+        incarnation: rand::random::<u64>() | 1,
+        outbound,
+        inbound,
+        wakers,
+        peers: vec![None; usize::from(layout.nodes)],
+        refused: vec![None; usize::from(layout.nodes)],
+        undecodable: 0,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the cluster bridge's runtime")?;
+    let (kick_task, stop_task) = (kick.clone(), stop.clone());
+    let thread = std::thread::Builder::new()
+        .name("petrel-cluster".into())
+        .spawn(move || runtime.block_on(task.run(kick_task, stop_task)))
+        .context("cannot start the cluster bridge thread")?;
+    Ok((
+        Bridge {
+            stop,
+            thread: Some(thread),
+        },
+        links,
+    ))
+}
+
+/// What the bridge knows of another node.
+#[derive(Debug, Clone)]
+struct Peer {
+    incarnation: u64,
+    last_heard: Instant,
+    /// Where its clients reach it (from its last hello).
+    endpoints: Vec<String>,
+}
+
+struct Task {
+    settings: ClusterSettings,
+    layout: Layout,
+    hello: Hello,
+    incarnation: u64,
+    /// (from, to, ring) for every local core and every remote core.
+    outbound: Vec<(u8, u8, Receiver<Mail>)>,
+    /// Each local core's inbound queue, by local index.
+    inbound: Vec<Sender<Inbound>>,
+    wakers: Vec<Arc<dyn Wake>>,
+    peers: Vec<Option<Peer>>,
+    /// Per node, the incarnation refused for disagreeing (logged once).
+    refused: Vec<Option<u64>>,
+    undecodable: u64,
+}
+
+impl Task {
+    async fn run(mut self, kick: Arc<Notify>, stop: Arc<Notify>) {
+        let options = async_nats::ConnectOptions::new()
+            .name(format!(
+                "petrel-{}-node-{}",
+                self.settings.name, self.layout.node
+            ))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(2));
+        let client = match options.connect(self.settings.nats_url.as_str()).await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::error!(url = %self.settings.nats_url, error = %e,
+                    "cluster: cannot connect to NATS; this node serves alone, every other node down");
+                stop.notified().await;
+                return;
+            }
+        };
+        let name = self.settings.name.clone();
+        let mine = wire::node_subject(&name, self.layout.node);
+        let hello_subject = wire::hello_subject(&name);
+        let (mut mail_in, mut hello_in) = match (
+            client.subscribe(mine.clone()).await,
+            client.subscribe(hello_subject.clone()).await,
+        ) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cluster: cannot subscribe; this node serves alone");
+                stop.notified().await;
+                return;
+            }
+        };
+        tracing::info!(node = self.layout.node, nodes = self.layout.nodes, subject = %mine,
+            "cluster: connected to NATS");
+        let mut beat = tokio::time::interval(self.settings.heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batches: Vec<Vec<Parcel>> = (0..self.layout.nodes).map(|_| Vec::new()).collect();
+        loop {
+            tokio::select! {
+                () = kick.notified() => {
+                    self.drain_outbound(&mut batches);
+                    for (node, parcels) in batches.iter_mut().enumerate() {
+                        if parcels.is_empty() {
+                            continue;
+                        }
+                        let node = u8::try_from(node).unwrap_or(u8::MAX);
+                        let parcels = std::mem::take(parcels);
+                        self.publish_mail(&client, &wire::node_subject(&name, node), parcels).await;
+                    }
+                }
+                Some(message) = mail_in.next() => self.take(&message.payload),
+                Some(message) = hello_in.next() => self.take(&message.payload),
+                _ = beat.tick() => {
+                    let hello = Envelope { node: self.layout.node, incarnation: self.incarnation, body: Body::Hello(self.hello.clone()) };
+                    self.publish(&client, &hello_subject, &hello).await;
+                    self.check_silence();
+                }
+                () = stop.notified() => {
+                    let bye = Envelope { node: self.layout.node, incarnation: self.incarnation, body: Body::Bye };
+                    self.publish(&client, &hello_subject, &bye).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
+                    tracing::info!("cluster: left");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes every ring's mail, grouped by receiving node, in each ring's order.
+    fn drain_outbound(&mut self, batches: &mut [Vec<Parcel>]) {
+        for (from, to, rx) in &self.outbound {
+            let node = usize::from(self.layout.node_of(*to));
+            while let Ok(mail) = rx.try_recv() {
+                if let Some(batch) = batches.get_mut(node) {
+                    batch.push(Parcel {
+                        from: *from,
+                        to: *to,
+                        mail: mail.into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Publishes `parcels` on `subject`, split into envelopes under the payload limit.
+    async fn publish_mail(&self, client: &async_nats::Client, subject: &str, parcels: Vec<Parcel>) {
+        let mut pending = vec![parcels];
+        while let Some(mut parcels) = pending.pop() {
+            let envelope = Envelope {
+                node: self.layout.node,
+                incarnation: self.incarnation,
+                body: Body::Mail(parcels),
+            };
+            let bytes = match wire::encode(&envelope) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::error!(error = %e, "cluster: cannot encode mail; dropped (its requests time out)");
+                    continue;
+                }
+            };
+            if bytes.len() > MAX_BATCH_BYTES {
+                let Body::Mail(all) = envelope.body else {
+                    continue;
+                };
+                parcels = all;
+                if parcels.len() > 1 {
+                    let second = parcels.split_off(parcels.len() / 2);
+                    // Later parcels are published after earlier ones: push them first.
+                    pending.push(second);
+                    pending.push(parcels);
+                    continue;
+                }
+                // One parcel alone over the limit: try anyway (NATS's limit may be
+                // higher than ours); if the server refuses it, its request times out.
+            }
+            if let Err(e) = client.publish(subject.to_owned(), Bytes::from(bytes)).await {
+                tracing::warn!(subject, error = %e, "cluster: publish failed; mail dropped");
+            }
+        }
+    }
+
+    async fn publish(&self, client: &async_nats::Client, subject: &str, envelope: &Envelope) {
+        match wire::encode(envelope) {
+            Ok(bytes) => {
+                if let Err(e) = client.publish(subject.to_owned(), Bytes::from(bytes)).await {
+                    tracing::debug!(subject, error = %e, "cluster: publish failed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cluster: cannot encode"),
+        }
+    }
+
+    /// One envelope from NATS.
+    fn take(&mut self, payload: &[u8]) {
+        let envelope = match wire::decode(payload) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                self.undecodable += 1;
+                if self.undecodable.is_power_of_two() {
+                    tracing::warn!(error = %e, count = self.undecodable,
+                        "cluster: an undecodable message on our subjects (another version, or a foreign publisher)");
+                }
+                return;
+            }
+        };
+        let node = envelope.node;
+        if node >= self.layout.nodes {
+            return;
+        }
+        if node == self.layout.node {
+            if envelope.incarnation != self.incarnation && matches!(envelope.body, Body::Hello(_)) {
+                tracing::error!(
+                    node,
+                    "cluster: another process runs as this node; check --cluster-node"
+                );
+            }
+            return;
+        }
+        match envelope.body {
+            Body::Bye => {
+                if self.peers[usize::from(node)].take().is_some() {
+                    tracing::info!(node, "cluster: node left");
+                    self.tell_all(|| Inbound::Down(1 << node));
+                    self.tell_endpoints();
+                }
+            }
+            Body::Hello(hello) => {
+                if !hello.agrees_with(&self.hello) {
+                    if self.refused[usize::from(node)] != Some(envelope.incarnation) {
+                        self.refused[usize::from(node)] = Some(envelope.incarnation);
+                        tracing::error!(node, theirs = ?hello, ours = ?self.hello,
+                            "cluster: node refused: every node must run as many cores and have as many partitions");
+                    }
+                    return;
+                }
+                self.heard(node, envelope.incarnation);
+                if let Some(peer) = &mut self.peers[usize::from(node)]
+                    && peer.endpoints != hello.endpoints
+                {
+                    peer.endpoints = hello.endpoints;
+                    self.tell_endpoints();
+                }
+            }
+            Body::Mail(parcels) => {
+                if self.refused[usize::from(node)] == Some(envelope.incarnation) {
+                    return;
+                }
+                self.heard(node, envelope.incarnation);
+                let mut woken = 0u64;
+                for parcel in parcels {
+                    if !self.layout.is_local(parcel.to) || self.layout.node_of(parcel.from) != node
+                    {
+                        continue;
+                    }
+                    let local = usize::from(parcel.to - self.layout.first_core());
+                    if let Some(tx) = self.inbound.get(local) {
+                        // Waits for room: the core drains its inbound queue every iteration.
+                        if tx
+                            .send(Inbound::Mail {
+                                from: parcel.from,
+                                mail: parcel.mail.into(),
+                            })
+                            .is_ok()
+                        {
+                            woken |= 1 << local;
+                        }
+                    }
+                }
+                for (local, waker) in self.wakers.iter().enumerate() {
+                    if woken & (1 << local) != 0 {
+                        let _ = waker.wake();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Node `node` (incarnation `incarnation`) is alive.
+    fn heard(&mut self, node: u8, incarnation: u64) {
+        let now = Instant::now();
+        let slot = &mut self.peers[usize::from(node)];
+        match slot {
+            Some(peer) if peer.incarnation == incarnation => peer.last_heard = now,
+            Some(peer) => {
+                tracing::warn!(node, "cluster: node restarted");
+                let endpoints = std::mem::take(&mut peer.endpoints);
+                *slot = Some(Peer {
+                    incarnation,
+                    last_heard: now,
+                    endpoints,
+                });
+                self.tell_all(|| Inbound::Down(1 << node));
+                self.tell_all(|| Inbound::Up(1 << node));
+            }
+            None => {
+                tracing::info!(node, "cluster: node up");
+                *slot = Some(Peer {
+                    incarnation,
+                    last_heard: now,
+                    endpoints: Vec::new(),
+                });
+                self.tell_all(|| Inbound::Up(1 << node));
+            }
+        }
+    }
+
+    /// Nodes silent for `node_timeout` are down.
+    fn check_silence(&mut self) {
+        let timeout = self.settings.node_timeout;
+        let mut down = 0u64;
+        for (node, slot) in self.peers.iter_mut().enumerate() {
+            if slot
+                .as_ref()
+                .is_some_and(|p| p.last_heard.elapsed() > timeout)
+            {
+                *slot = None;
+                tracing::warn!(
+                    node,
+                    timeout_ms = timeout.as_millis() as u64,
+                    "cluster: node silent; down"
+                );
+                down |= 1 << node;
+            }
+        }
+        if down != 0 {
+            self.tell_all(|| Inbound::Down(down));
+            self.tell_endpoints();
+        }
+    }
+
+    /// Tells the cores where the other nodes that are up take clients, starting with
+    /// the node after this one (so the clients of a stopping node spread out).
+    fn tell_endpoints(&self) {
+        let n = usize::from(self.layout.nodes);
+        let me = usize::from(self.layout.node);
+        let endpoints: Vec<String> = (1..n)
+            .filter_map(|i| self.peers[(me + i) % n].as_ref())
+            .flat_map(|p| p.endpoints.iter().cloned())
+            .collect();
+        self.tell_all(|| Inbound::Endpoints(endpoints.clone()));
+    }
+
+    fn tell_all(&self, notice: impl Fn() -> Inbound) {
+        for (tx, waker) in self.inbound.iter().zip(&self.wakers) {
+            if tx.send(notice()).is_ok() {
+                let _ = waker.wake();
+            }
+        }
+    }
+}

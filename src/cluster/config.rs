@@ -1,0 +1,158 @@
+//! The cluster's settings: the `[cluster]` table of the config file and
+//! `--cluster-node`, resolved into [`ClusterSettings`] (every key and default is in
+//! docs/CLUSTER.md, "Settings").
+
+use std::time::Duration;
+
+use anyhow::bail;
+use serde::Deserialize;
+
+/// Most nodes a cluster may have: every core of every node is one bit of the control
+/// plane's presence masks ([`petrel_control::remote::MAX_CORES`]).
+pub const MAX_NODES: u8 = 32;
+
+/// The `[cluster]` table of the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    nats_url: Option<String>,
+    name: Option<String>,
+    node: Option<u8>,
+    nodes: Option<u8>,
+    heartbeat_ms: Option<u64>,
+    node_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    advertise: Option<Vec<String>>,
+}
+
+/// Where this node stands in its cluster, and how it talks to the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// The NATS server(s), e.g. `nats://127.0.0.1:4222` (comma-separated for several).
+    pub nats_url: String,
+    /// The cluster's name: the first token of every subject it uses, so several
+    /// clusters can share one NATS server. Also seeds the inbox-position epoch every
+    /// node shares.
+    pub name: String,
+    /// This node's index, `0..nodes`.
+    pub node: u8,
+    /// How many nodes the cluster has. Fixed: partition `p` is owned by core
+    /// `p mod (nodes × cores)`, so changing it (or the core count) moves ownership
+    /// and needs the data moved with it (docs/CLUSTER.md, "Not done yet").
+    pub nodes: u8,
+    /// How often this node says it is alive.
+    pub heartbeat: Duration,
+    /// A node not heard from for this long is down: its users stop counting as
+    /// online, and requests for its partitions fail fast with `SERVER_BUSY`.
+    pub node_timeout: Duration,
+    /// A request sent to another node and not answered within this is answered
+    /// `SERVER_BUSY` (the client sends it again; the owner's dedup keeps it once).
+    pub request_timeout: Duration,
+    /// Where this node's clients reach it (`host:port`), which the other nodes name in
+    /// the `Kick{SERVER_SHUTDOWN}` of their stopping clients. Empty: this node's listen
+    /// addresses that name a host and a port.
+    pub advertise: Vec<String>,
+}
+
+impl ClusterSettings {
+    /// The settings from the `[cluster]` table and `--cluster-node` (which wins over the
+    /// table's `node`, so one file serves every node). `None` without a table.
+    pub fn resolve(
+        file: Option<&ClusterFile>,
+        node_flag: Option<u8>,
+    ) -> anyhow::Result<Option<ClusterSettings>> {
+        let Some(file) = file else {
+            if node_flag.is_some() {
+                bail!("--cluster-node needs a [cluster] table in the config file");
+            }
+            return Ok(None);
+        };
+        let Some(nats_url) = file.nats_url.clone() else {
+            bail!("[cluster] needs nats_url (e.g. \"nats://127.0.0.1:4222\")");
+        };
+        let Some(nodes) = file.nodes else {
+            bail!("[cluster] needs nodes (how many nodes the cluster has)");
+        };
+        let Some(node) = node_flag.or(file.node) else {
+            bail!("[cluster] needs node (this node's index), or --cluster-node");
+        };
+        if nodes == 0 || nodes > MAX_NODES {
+            bail!("[cluster] nodes must be 1 to {MAX_NODES}, got {nodes}");
+        }
+        if node >= nodes {
+            bail!("[cluster] node {node} is not below nodes = {nodes}");
+        }
+        let name = file.name.clone().unwrap_or_else(|| "petrel".to_owned());
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!(
+                "[cluster] name {name:?} must be letters, digits, '-' or '_' (a NATS subject token)"
+            );
+        }
+        let heartbeat = Duration::from_millis(file.heartbeat_ms.unwrap_or(250));
+        let node_timeout = Duration::from_millis(file.node_timeout_ms.unwrap_or(2_000));
+        let request_timeout = Duration::from_millis(file.request_timeout_ms.unwrap_or(3_000));
+        if heartbeat.is_zero() || node_timeout < heartbeat * 2 {
+            bail!(
+                "[cluster] node_timeout_ms ({} ms) must be at least twice heartbeat_ms ({} ms), \
+                 and heartbeat_ms above 0",
+                node_timeout.as_millis(),
+                heartbeat.as_millis()
+            );
+        }
+        if request_timeout.is_zero() {
+            bail!("[cluster] request_timeout_ms must be above 0");
+        }
+        Ok(Some(ClusterSettings {
+            nats_url,
+            name,
+            node,
+            nodes,
+            heartbeat,
+            node_timeout,
+            request_timeout,
+            advertise: file.advertise.clone().unwrap_or_default(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> ClusterFile {
+        toml::from_str(text).expect("toml")
+    }
+
+    #[test]
+    fn the_flag_names_the_node_and_bad_tables_are_refused() {
+        let f = file("nats_url = \"nats://127.0.0.1:4222\"\nnodes = 3\n");
+        let s = ClusterSettings::resolve(Some(&f), Some(2))
+            .expect("valid")
+            .expect("a cluster");
+        assert_eq!((s.node, s.nodes, s.name.as_str()), (2, 3, "petrel"));
+        assert!(ClusterSettings::resolve(Some(&f), None).is_err(), "no node");
+        assert!(
+            ClusterSettings::resolve(Some(&f), Some(3)).is_err(),
+            "node ≥ nodes"
+        );
+        assert!(
+            ClusterSettings::resolve(None, Some(0)).is_err(),
+            "flag without table"
+        );
+        assert_eq!(ClusterSettings::resolve(None, None).expect("ok"), None);
+        let bad_name = file("nats_url = \"n\"\nnodes = 2\nnode = 0\nname = \"a.b\"\n");
+        assert!(ClusterSettings::resolve(Some(&bad_name), None).is_err());
+        let fast = file(
+            "nats_url = \"n\"\nnodes = 2\nnode = 0\nheartbeat_ms = 500\nnode_timeout_ms = 600\n",
+        );
+        assert!(ClusterSettings::resolve(Some(&fast), None).is_err());
+        assert!(
+            toml::from_str::<ClusterFile>("nodez = 3").is_err(),
+            "typo refused"
+        );
+    }
+}

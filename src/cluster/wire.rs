@@ -1,0 +1,212 @@
+//! What one node sends another over NATS: an [`Envelope`] encoded with postcard (serde's
+//! compact binary format). Mail between cores travels as the types the cores already
+//! exchange; a storage error crosses as [`WireError`].
+//!
+//! Subjects (all under the cluster's name): `<name>.node.<n>` carries the mail for
+//! node *n*'s cores, in batches; `<name>.hello` carries every node's heartbeat and its
+//! goodbye. NATS keeps the order of one connection's messages on one subject, so mail
+//! from one core to another arrives in the order it was sent, as on a ring.
+
+use petrel_control::{CoreMessage, Ticket};
+use petrel_storage::{Reply, Request, StorageError, WireError};
+use serde::{Deserialize, Serialize};
+
+use crate::server::writers::Mail;
+
+/// Most bytes of mail one NATS message carries (NATS refuses payloads over its
+/// `max_payload`, 1 MiB by default); a larger batch is split.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// One NATS message between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The sending node.
+    pub node: u8,
+    /// The sending process's random id: a new one means the node restarted (and lost
+    /// every session and every request it had in flight).
+    pub incarnation: u64,
+    /// What it carries.
+    pub body: Body,
+}
+
+/// What an [`Envelope`] carries.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Body {
+    /// "Alive", with what the receiver checks it agrees on.
+    Hello(Hello),
+    /// Mail for cores of the receiving node, in order.
+    Mail(Vec<Parcel>),
+    /// The node is shutting down: down from now on.
+    Bye,
+}
+
+/// A node's heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Its cores (every node must run as many).
+    pub cores: u8,
+    /// Its database's partitions (every node must have as many).
+    pub partitions: u16,
+    /// Where its clients reach it (`host:port`).
+    pub endpoints: Vec<String>,
+}
+
+impl Hello {
+    /// Whether a node saying `other` can share a cluster with this one.
+    pub fn agrees_with(&self, other: &Hello) -> bool {
+        (self.cores, self.partitions) == (other.cores, other.partitions)
+    }
+}
+
+/// One piece of mail from a core to a core of another node.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Parcel {
+    /// The sending core (cluster index).
+    pub from: u8,
+    /// The receiving core (cluster index).
+    pub to: u8,
+    /// The mail.
+    pub mail: WireMail,
+}
+
+/// [`Mail`] on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WireMail {
+    /// [`Mail::Control`].
+    Control(CoreMessage),
+    /// [`Mail::Write`] (a write, or in a cluster also a read, for the receiver).
+    Write(Ticket, Request),
+    /// [`Mail::Written`].
+    Written(Ticket, Result<Reply, WireError>),
+}
+
+impl From<Mail> for WireMail {
+    fn from(mail: Mail) -> WireMail {
+        match mail {
+            Mail::Control(message) => WireMail::Control(message),
+            Mail::Write { ticket, request } => WireMail::Write(ticket, request),
+            Mail::Written { ticket, result } => {
+                WireMail::Written(ticket, result.map_err(|e| WireError::from(&e)))
+            }
+        }
+    }
+}
+
+impl From<WireMail> for Mail {
+    fn from(mail: WireMail) -> Mail {
+        match mail {
+            WireMail::Control(message) => Mail::Control(message),
+            WireMail::Write(ticket, request) => Mail::Write { ticket, request },
+            WireMail::Written(ticket, result) => Mail::Written {
+                ticket,
+                result: result.map_err(StorageError::from),
+            },
+        }
+    }
+}
+
+/// Encodes `envelope`.
+pub fn encode(envelope: &Envelope) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_stdvec(envelope)
+}
+
+/// Decodes an envelope; an error for anything else (a foreign publisher on our
+/// subjects, another version of Petrel).
+pub fn decode(bytes: &[u8]) -> Result<Envelope, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// The subject of node `node`'s mail.
+pub fn node_subject(cluster: &str, node: u8) -> String {
+    format!("{cluster}.node.{node}")
+}
+
+/// The subject of every node's heartbeats and goodbyes.
+pub fn hello_subject(cluster: &str) -> String {
+    format!("{cluster}.hello")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use petrel_control::remote::{PushKind, RemotePush};
+    use petrel_storage::{AppendRequest, ConversationKey, Refs, UserId};
+
+    #[test]
+    fn mail_survives_the_wire_and_garbage_is_refused() {
+        let conversation = ConversationKey::single(UserId(1), UserId(2));
+        let parcels = vec![
+            Parcel {
+                from: 0,
+                to: 3,
+                mail: Mail::Write {
+                    ticket: Ticket(7),
+                    request: Request::Append(AppendRequest {
+                        conversation,
+                        sender: UserId(1),
+                        sender_device: "phone".into(),
+                        client_msg_id: 42,
+                        payload: Bytes::from_static(b"hello"),
+                        now_ms: 1,
+                        refs: Refs::default(),
+                    }),
+                }
+                .into(),
+            },
+            Parcel {
+                from: 3,
+                to: 0,
+                mail: Mail::Written {
+                    ticket: Ticket(7),
+                    result: Err(StorageError::NotAMember {
+                        conversation,
+                        user: UserId(1),
+                    }),
+                }
+                .into(),
+            },
+            Parcel {
+                from: 1,
+                to: 2,
+                mail: Mail::Control(CoreMessage::Push(RemotePush {
+                    users: vec![2],
+                    except: None,
+                    kind: PushKind::Message(conversation),
+                    bytes: Bytes::from_static(b"frame"),
+                }))
+                .into(),
+            },
+        ];
+        let bytes = encode(&Envelope {
+            node: 1,
+            incarnation: 99,
+            body: Body::Mail(parcels),
+        })
+        .expect("encode");
+        let back = decode(&bytes).expect("decode");
+        assert_eq!((back.node, back.incarnation), (1, 99));
+        let Body::Mail(parcels) = back.body else {
+            panic!("not mail");
+        };
+        let mails: Vec<Mail> = parcels.into_iter().map(|p| p.mail.into()).collect();
+        assert!(matches!(
+            &mails[0],
+            Mail::Write { ticket: Ticket(7), request: Request::Append(a) }
+                if a.client_msg_id == 42 && &*a.sender_device == "phone" && a.payload == "hello"
+        ));
+        assert!(matches!(
+            &mails[1],
+            Mail::Written {
+                result: Err(StorageError::NotAMember { .. }),
+                ..
+            }
+        ));
+        assert!(matches!(
+            &mails[2],
+            Mail::Control(CoreMessage::Push(p)) if p.users == [2] && p.bytes == "frame"
+        ));
+        assert!(decode(b"\xff\xff\xff").is_err());
+        assert!(decode(&bytes[..bytes.len() / 2]).is_err());
+    }
+}
