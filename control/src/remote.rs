@@ -75,6 +75,13 @@ use petrel_storage::ConversationKey;
 /// Most cores one server's control planes can span (the presence bitmask).
 pub const MAX_CORES: u8 = 64;
 
+/// Longest a login's `LoginResult` waits for the other cores' `LoginSeen`: past it the
+/// login is answered anyway. On one server the rings never lose a message and it never
+/// matters; between cluster nodes a notice can be lost (NATS is at most once), and a
+/// client must not wait for ever. Answered early, the session may miss pushes of the
+/// cores that had not heard of it — its next sync returns those messages.
+pub const LOGIN_HOLD_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// What a push carries, which decides what happens at a congested receiver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PushKind {

@@ -36,6 +36,9 @@ pub enum TimerKind {
     RetryLoadRevoked,
     /// Ask storage for the next retention step.
     Trim,
+    /// The login on this connection has waited [`crate::remote::LOGIN_HOLD_LIMIT`] for
+    /// other cores' `LoginSeen`: answer it anyway (a notice was lost between nodes).
+    HeldLogin(ConnId),
 }
 
 /// Pending deadlines, earliest first.

@@ -1139,3 +1139,42 @@ fn an_unreachable_core_holds_no_login_and_learns_every_session_when_back() {
     cores.send(alice, BOB, 4);
     assert_eq!(cores.pushes(bob), [4]);
 }
+
+/// Core 1 (owner of room 7) becomes unreachable: core 0's member of the room is told it
+/// was removed and loses its seat, a join or a send answers `SERVER_BUSY` instead of
+/// waiting for an owner that cannot answer, and once core 1 is back the member joins
+/// and chats again.
+#[test]
+fn members_of_a_room_whose_owner_is_unreachable_are_told_and_can_rejoin_later() {
+    let mut cores = Cores::new();
+    let alice = cores.login(0, ALICE, "a-phone", pb::Platform::Ios);
+    let bob = cores.login(1, BOB, "b-phone", pb::Platform::Android);
+    assert_eq!(room_owner(7, 2), 1);
+    cores.join(alice, 7).expect("alice joins");
+    cores.join(bob, 7).expect("bob joins");
+    cores.take(alice);
+    cores.controls[0].handle(cores.now, Event::CoresDown { cores: 0b10 });
+    cores.run();
+    let told = events(&cores.take(alice));
+    assert!(
+        told.iter().any(|(kind, _, users)| *kind
+            == pb::ConversationEventKind::MembersRemoved as i32
+            && users == &[ALICE]),
+        "{told:?}"
+    );
+    let refused = cores.room_send(alice, 7, 1).expect_err("owner unreachable");
+    assert_eq!(
+        refused.code,
+        pb::ErrorCode::NotAMember as i32,
+        "no seat any more"
+    );
+    let refused = cores.join(alice, 7).expect_err("owner unreachable");
+    assert_eq!(refused.code, pb::ErrorCode::ServerBusy as i32);
+    assert!(refused.retry_after_ms > 0);
+    // Back: joins and sends reach the owner again.
+    cores.controls[0].handle(cores.now, Event::CoresUp { cores: 0b10 });
+    cores.run();
+    cores.join(alice, 7).expect("alice joins again");
+    cores.room_send(alice, 7, 2).expect("sent");
+    assert_eq!(cores.room_pushes(bob).last().map(|&(id, _)| id), Some(2));
+}

@@ -63,6 +63,8 @@ struct CoreLine {
 pub struct ApiBridge {
     /// One per control plane, in core order.
     cores: Arc<[CoreLine]>,
+    /// This node's cores among the cluster's, when it is a cluster node.
+    cluster: Option<crate::cluster::Layout>,
 }
 
 /// Which control planes a request goes to.
@@ -70,9 +72,25 @@ pub struct ApiBridge {
 enum Scope {
     One(usize),
     Every,
+    /// A chatroom owned by a core of another cluster node, which only it can answer.
+    Elsewhere {
+        room: u64,
+        node: u8,
+    },
 }
 
-fn scope(request: &ApiRequest, cores: usize) -> Scope {
+fn scope(request: &ApiRequest, cores: usize, cluster: Option<crate::cluster::Layout>) -> Scope {
+    if let (Some(layout), ApiRequest::Chatroom { room, .. }) = (cluster, request) {
+        let owner = petrel_control::chatroom::room_owner(*room, layout.total_cores());
+        return if layout.is_local(owner) {
+            Scope::One(usize::from(owner - layout.first_core()))
+        } else {
+            Scope::Elsewhere {
+                room: *room,
+                node: layout.node_of(owner),
+            }
+        };
+    }
     if cores <= 1 {
         return Scope::One(0);
     }
@@ -93,8 +111,12 @@ fn scope(request: &ApiRequest, cores: usize) -> Scope {
 impl ApiBridge {
     /// Sends `request` to the control plane(s) it concerns and waits for the answer.
     pub async fn call(&self, request: ApiRequest) -> Result<Answer, Unanswered> {
-        match scope(&request, self.cores.len()) {
+        match scope(&request, self.cores.len(), self.cluster) {
             Scope::One(core) => self.call_one(core, request)?.await,
+            Scope::Elsewhere { room, node } => Ok(Err(ApiError::new(
+                petrel_proto::pb::ErrorCode::InvalidRequest,
+                format!("chatroom {room} is held by cluster node {node}: call that node's API"),
+            ))),
             Scope::Every => {
                 let mut pending = Vec::with_capacity(self.cores.len());
                 for core in 0..self.cores.len() {
@@ -172,6 +194,15 @@ fn merge(answers: Vec<Answer>) -> Answer {
 
 /// A bridge and one inbox per core; `wakers[i]` is woken whenever a call is queued for
 /// core `i`.
+impl ApiBridge {
+    /// Routes chatroom calls by the cluster's layout (this node's cores are part of
+    /// it): a room another node holds is refused with where to ask.
+    pub fn in_cluster(mut self, layout: crate::cluster::Layout) -> ApiBridge {
+        self.cluster = Some(layout);
+        self
+    }
+}
+
 pub fn channel(wakers: Vec<Arc<dyn Wake>>) -> (ApiBridge, Vec<ApiInbox>) {
     let mut lines = Vec::with_capacity(wakers.len());
     let mut inboxes = Vec::with_capacity(wakers.len());
@@ -187,6 +218,7 @@ pub fn channel(wakers: Vec<Arc<dyn Wake>>) -> (ApiBridge, Vec<ApiInbox>) {
     (
         ApiBridge {
             cores: lines.into(),
+            cluster: None,
         },
         inboxes,
     )

@@ -84,6 +84,9 @@ impl Bridge {
     }
 }
 
+/// Longest a publish may wait for room in the NATS client's buffer.
+const PUBLISH_WAIT: Duration = Duration::from_millis(500);
+
 /// Wakes the bridge's task from a core (`RingOut`'s waker).
 struct NotifyWake(Arc<Notify>);
 
@@ -135,6 +138,7 @@ pub fn start(
         settings: settings.clone(),
         layout,
         hello: Hello {
+            nodes: layout.nodes,
             cores: layout.cores,
             partitions,
             endpoints,
@@ -145,7 +149,10 @@ pub fn start(
         wakers,
         peers: vec![None; usize::from(layout.nodes)],
         refused: vec![None; usize::from(layout.nodes)],
+        left: vec![None; usize::from(layout.nodes)],
+        stalled_until: None,
         undecodable: 0,
+        dropped: 0,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -187,7 +194,13 @@ struct Task {
     peers: Vec<Option<Peer>>,
     /// Per node, the incarnation refused for disagreeing (logged once).
     refused: Vec<Option<u64>>,
+    /// Per node, the incarnation that said goodbye.
+    left: Vec<Option<u64>>,
+    /// Publishing pauses until then after a publish that NATS did not take in time.
+    stalled_until: Option<Instant>,
     undecodable: u64,
+    /// Parcels dropped for nodes down or NATS unreachable.
+    dropped: u64,
 }
 
 impl Task {
@@ -230,32 +243,74 @@ impl Task {
         let mut batches: Vec<Vec<Parcel>> = (0..self.layout.nodes).map(|_| Vec::new()).collect();
         loop {
             tokio::select! {
-                () = kick.notified() => {
-                    self.drain_outbound(&mut batches);
-                    for (node, parcels) in batches.iter_mut().enumerate() {
-                        if parcels.is_empty() {
-                            continue;
-                        }
-                        let node = u8::try_from(node).unwrap_or(u8::MAX);
-                        let parcels = std::mem::take(parcels);
-                        self.publish_mail(&client, &wire::node_subject(&name, node), parcels).await;
-                    }
-                }
-                Some(message) = mail_in.next() => self.take(&message.payload),
-                Some(message) = hello_in.next() => self.take(&message.payload),
+                biased;
+                () = kick.notified() => self.flush(&client, &mut batches).await,
+                Some(message) = mail_in.next() => self.take(&client, &message.payload).await,
+                Some(message) = hello_in.next() => self.take(&client, &message.payload).await,
                 _ = beat.tick() => {
-                    let hello = Envelope { node: self.layout.node, incarnation: self.incarnation, body: Body::Hello(self.hello.clone()) };
-                    self.publish(&client, &hello_subject, &hello).await;
+                    // Not queued while NATS is unreachable (the client's buffer would
+                    // fill and stall this thread); the others see silence, as they should.
+                    if self.can_publish(&client) {
+                        let hello = self.envelope(Body::Hello(self.hello.clone()));
+                        self.publish(&client, &hello_subject, &hello).await;
+                    }
                     self.check_silence();
                 }
                 () = stop.notified() => {
-                    let bye = Envelope { node: self.layout.node, incarnation: self.incarnation, body: Body::Bye };
+                    // The last replies of the cores' shutdown first, then the goodbye.
+                    self.flush(&client, &mut batches).await;
+                    let bye = self.envelope(Body::Bye);
                     self.publish(&client, &hello_subject, &bye).await;
                     let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
                     tracing::info!("cluster: left");
                     return;
                 }
             }
+        }
+    }
+
+    fn envelope(&self, body: Body) -> Envelope {
+        Envelope {
+            node: self.layout.node,
+            incarnation: self.incarnation,
+            body,
+        }
+    }
+
+    /// Whether publishing can go ahead: NATS is connected and no publish timed out in
+    /// the last second.
+    fn can_publish(&self, client: &async_nats::Client) -> bool {
+        client.connection_state() == async_nats::connection::State::Connected
+            && self
+                .stalled_until
+                .is_none_or(|until| Instant::now() >= until)
+    }
+
+    /// Drains every ring to other nodes and publishes the mail, whatever happens, so a
+    /// core never waits on NATS: mail for a node that is down, or while NATS is
+    /// unreachable, is dropped (its requests are answered SERVER_BUSY; a push is found by
+    /// the next sync).
+    async fn flush(&mut self, client: &async_nats::Client, batches: &mut [Vec<Parcel>]) {
+        self.drain_outbound(batches);
+        for (node, parcels) in batches.iter_mut().enumerate() {
+            if parcels.is_empty() {
+                continue;
+            }
+            let parcels = std::mem::take(parcels);
+            if !self.can_publish(client) || self.peers[node].is_none() {
+                self.dropped += parcels.len() as u64;
+                if self.dropped.is_power_of_two() {
+                    tracing::warn!(
+                        node,
+                        dropped = self.dropped,
+                        "cluster: mail for a node that is down or unreachable dropped"
+                    );
+                }
+                continue;
+            }
+            let node = u8::try_from(node).unwrap_or(u8::MAX);
+            let subject = wire::node_subject(&self.settings.name, node);
+            self.publish_mail(client, &subject, parcels).await;
         }
     }
 
@@ -276,14 +331,15 @@ impl Task {
     }
 
     /// Publishes `parcels` on `subject`, split into envelopes under the payload limit.
-    async fn publish_mail(&self, client: &async_nats::Client, subject: &str, parcels: Vec<Parcel>) {
+    async fn publish_mail(
+        &mut self,
+        client: &async_nats::Client,
+        subject: &str,
+        parcels: Vec<Parcel>,
+    ) {
         let mut pending = vec![parcels];
         while let Some(mut parcels) = pending.pop() {
-            let envelope = Envelope {
-                node: self.layout.node,
-                incarnation: self.incarnation,
-                body: Body::Mail(parcels),
-            };
+            let envelope = self.envelope(Body::Mail(parcels));
             let bytes = match wire::encode(&envelope) {
                 Ok(bytes) => bytes,
                 Err(e) => {
@@ -306,25 +362,37 @@ impl Task {
                 // One parcel alone over the limit: try anyway (NATS's limit may be
                 // higher than ours); if the server refuses it, its request times out.
             }
-            if let Err(e) = client.publish(subject.to_owned(), Bytes::from(bytes)).await {
-                tracing::warn!(subject, error = %e, "cluster: publish failed; mail dropped");
-            }
+            self.publish_bytes(client, subject, bytes).await;
         }
     }
 
-    async fn publish(&self, client: &async_nats::Client, subject: &str, envelope: &Envelope) {
+    async fn publish(&mut self, client: &async_nats::Client, subject: &str, envelope: &Envelope) {
         match wire::encode(envelope) {
-            Ok(bytes) => {
-                if let Err(e) = client.publish(subject.to_owned(), Bytes::from(bytes)).await {
-                    tracing::debug!(subject, error = %e, "cluster: publish failed");
-                }
-            }
+            Ok(bytes) => self.publish_bytes(client, subject, bytes).await,
             Err(e) => tracing::error!(error = %e, "cluster: cannot encode"),
         }
     }
 
+    /// Publishes, waiting at most [`PUBLISH_WAIT`] for room in the client's buffer (a
+    /// connection that looks up but does not move): past it the message is dropped and
+    /// publishing pauses for a second, so this thread keeps draining the cores' rings.
+    async fn publish_bytes(&mut self, client: &async_nats::Client, subject: &str, bytes: Vec<u8>) {
+        let publish = client.publish(subject.to_owned(), Bytes::from(bytes));
+        match tokio::time::timeout(PUBLISH_WAIT, publish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(subject, error = %e, "cluster: publish failed; dropped"),
+            Err(_) => {
+                tracing::warn!(
+                    subject,
+                    "cluster: NATS does not take our messages; dropping for a second"
+                );
+                self.stalled_until = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+
     /// One envelope from NATS.
-    fn take(&mut self, payload: &[u8]) {
+    async fn take(&mut self, client: &async_nats::Client, payload: &[u8]) {
         let envelope = match wire::decode(payload) {
             Ok(envelope) => envelope,
             Err(e) => {
@@ -349,35 +417,57 @@ impl Task {
             }
             return;
         }
+        let slot = usize::from(node);
+        // A process that said goodbye stays gone, whatever of it arrives late.
+        if self.left[slot] == Some(envelope.incarnation) {
+            return;
+        }
+        let current = self.peers[slot].as_ref().map(|p| p.incarnation);
         match envelope.body {
             Body::Bye => {
-                if self.peers[usize::from(node)].take().is_some() {
+                if current == Some(envelope.incarnation) {
+                    self.peers[slot] = None;
                     tracing::info!(node, "cluster: node left");
                     self.tell_all(|| Inbound::Down(1 << node));
                     self.tell_endpoints();
                 }
+                self.left[slot] = Some(envelope.incarnation);
             }
+            // Only a hello makes a node (or a new process of it) up.
             Body::Hello(hello) => {
                 if !hello.agrees_with(&self.hello) {
-                    if self.refused[usize::from(node)] != Some(envelope.incarnation) {
-                        self.refused[usize::from(node)] = Some(envelope.incarnation);
+                    if self.refused[slot] != Some(envelope.incarnation) {
+                        self.refused[slot] = Some(envelope.incarnation);
                         tracing::error!(node, theirs = ?hello, ours = ?self.hello,
-                            "cluster: node refused: every node must run as many cores and have as many partitions");
+                            "cluster: node refused: every node must have the same node count, cores and partitions");
                     }
                     return;
                 }
-                self.heard(node, envelope.incarnation);
-                if let Some(peer) = &mut self.peers[usize::from(node)]
+                if self.heard(node, envelope.incarnation) {
+                    // New to us: it may not have heard of our sessions either (it may
+                    // never have seen us go): ask it to tell us its own again.
+                    let resync = self.envelope(Body::Resync);
+                    self.publish(
+                        client,
+                        &wire::node_subject(&self.settings.name, node),
+                        &resync,
+                    )
+                    .await;
+                }
+                if let Some(peer) = &mut self.peers[slot]
                     && peer.endpoints != hello.endpoints
                 {
                     peer.endpoints = hello.endpoints;
                     self.tell_endpoints();
                 }
             }
+            // Mail and resyncs only from the process we know.
+            _ if current != Some(envelope.incarnation) => {}
+            Body::Resync => {
+                self.heard(node, envelope.incarnation);
+                self.tell_all(|| Inbound::Up(1 << node));
+            }
             Body::Mail(parcels) => {
-                if self.refused[usize::from(node)] == Some(envelope.incarnation) {
-                    return;
-                }
                 self.heard(node, envelope.incarnation);
                 let mut woken = 0u64;
                 for parcel in parcels {
@@ -386,17 +476,12 @@ impl Task {
                         continue;
                     }
                     let local = usize::from(parcel.to - self.layout.first_core());
-                    if let Some(tx) = self.inbound.get(local) {
-                        // Waits for room: the core drains its inbound queue every iteration.
-                        if tx
-                            .send(Inbound::Mail {
-                                from: parcel.from,
-                                mail: parcel.mail.into(),
-                            })
-                            .is_ok()
-                        {
-                            woken |= 1 << local;
-                        }
+                    let inbound = Inbound::Mail {
+                        from: parcel.from,
+                        mail: parcel.mail.into(),
+                    };
+                    if self.deliver(local, inbound) {
+                        woken |= 1 << local;
                     }
                 }
                 for (local, waker) in self.wakers.iter().enumerate() {
@@ -408,12 +493,35 @@ impl Task {
         }
     }
 
-    /// Node `node` (incarnation `incarnation`) is alive.
-    fn heard(&mut self, node: u8, incarnation: u64) {
+    /// Puts `inbound` on local core `local`'s queue; when it is full, wakes the core first
+    /// and then waits for room (the core drains its queue every iteration, even while
+    /// it takes no input). False if the core has stopped.
+    fn deliver(&self, local: usize, inbound: Inbound) -> bool {
+        let Some(tx) = self.inbound.get(local) else {
+            return false;
+        };
+        match tx.try_send(inbound) {
+            Ok(()) => true,
+            Err(crossbeam_channel::TrySendError::Full(inbound)) => {
+                if let Some(waker) = self.wakers.get(local) {
+                    let _ = waker.wake();
+                }
+                tx.send(inbound).is_ok()
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Node `node` (incarnation `incarnation`) is alive. Returns whether it was not up
+    /// before (first heard, or a new process of it).
+    fn heard(&mut self, node: u8, incarnation: u64) -> bool {
         let now = Instant::now();
         let slot = &mut self.peers[usize::from(node)];
         match slot {
-            Some(peer) if peer.incarnation == incarnation => peer.last_heard = now,
+            Some(peer) if peer.incarnation == incarnation => {
+                peer.last_heard = now;
+                false
+            }
             Some(peer) => {
                 tracing::warn!(node, "cluster: node restarted");
                 let endpoints = std::mem::take(&mut peer.endpoints);
@@ -424,6 +532,7 @@ impl Task {
                 });
                 self.tell_all(|| Inbound::Down(1 << node));
                 self.tell_all(|| Inbound::Up(1 << node));
+                true
             }
             None => {
                 tracing::info!(node, "cluster: node up");
@@ -433,6 +542,7 @@ impl Task {
                     endpoints: Vec::new(),
                 });
                 self.tell_all(|| Inbound::Up(1 << node));
+                true
             }
         }
     }
@@ -474,8 +584,8 @@ impl Task {
     }
 
     fn tell_all(&self, notice: impl Fn() -> Inbound) {
-        for (tx, waker) in self.inbound.iter().zip(&self.wakers) {
-            if tx.send(notice()).is_ok() {
+        for (local, waker) in self.wakers.iter().enumerate() {
+            if self.deliver(local, notice()) {
                 let _ = waker.wake();
             }
         }

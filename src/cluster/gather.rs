@@ -133,9 +133,10 @@ fn merge_pages(
         .map(|(_, p)| p.inbox.epoch())
         .find(|&e| e != 0)
         .unwrap_or(asked.epoch());
-    // Partitions of nodes that did not answer keep the device's position (0: from the
-    // start of that partition's inbox, a full walk of it next time).
-    let mut positions: Vec<u64> = if asked.positions().len() == count {
+    // Partitions of nodes that did not answer keep the device's position, if it is one
+    // of this epoch; else 0: from the start of that partition's inbox, a full walk of it
+    // next time (slower, never a skipped entry).
+    let mut positions: Vec<u64> = if asked.positions().len() == count && asked.epoch() == epoch {
         asked.positions().to_vec()
     } else {
         vec![0; count]
@@ -143,12 +144,12 @@ fn merge_pages(
     let mut merged = petrel_storage::SyncPage::default();
     for (node, page) in pages {
         let theirs = page.inbox.positions();
-        if theirs.len() == count {
-            for (i, slot) in positions.iter_mut().enumerate() {
-                let p = Partition(u16::try_from(i).unwrap_or(u16::MAX));
-                if layout.partition_node(p) == node {
-                    *slot = theirs[i];
-                }
+        for (i, slot) in positions.iter_mut().enumerate() {
+            let p = Partition(u16::try_from(i).unwrap_or(u16::MAX));
+            if layout.partition_node(p) == node {
+                // A node that answered with no position at all (a new device's page)
+                // starts its partitions over.
+                *slot = if theirs.len() == count { theirs[i] } else { 0 };
             }
         }
         merged.messages.extend(page.messages);
@@ -204,6 +205,26 @@ mod tests {
         assert_eq!(merged.inbox.positions(), [11, 23, 30, 44]);
         assert_eq!(merged.inbox.epoch(), 5);
         assert!(merged.has_more);
+    }
+
+    #[test]
+    fn a_position_of_another_epoch_starts_the_silent_nodes_partitions_over() {
+        let partitions = Partitions::new(4).expect("4");
+        let layout = Layout::new(0, 3, 1).expect("layout");
+        // The device's position is of epoch 4; the cluster's is 5 now.
+        let request = sync(InboxCursor::from_positions(4, vec![10, 20, 30, 40]));
+        let mut gather = Gather::new(&request, 0b011);
+        let page = SyncPage {
+            inbox: InboxCursor::from_positions(5, vec![1, 2, 3, 4]),
+            ..SyncPage::default()
+        };
+        gather.add(0, Ok(Reply::Synced(page.clone())));
+        gather.add(1, Ok(Reply::Synced(page)));
+        let Ok(Reply::Synced(merged)) = gather.finish(layout, partitions) else {
+            panic!("not a page");
+        };
+        // Node 2 (partition 2) was not asked: from the start, not from 30.
+        assert_eq!(merged.inbox.positions(), [1, 2, 0, 4]);
     }
 
     #[test]

@@ -98,6 +98,12 @@ impl InFlight {
         if remote && self.waiting.remove(&(ticket, node)).is_none() {
             return None;
         }
+        // Another node shutting down is this node's client's "try again", not this
+        // node's shutdown (SHUTTING_DOWN would tell the client to reconnect).
+        let result = match result {
+            Err(StorageError::Closed) if remote => Err(StorageError::Unavailable),
+            other => other,
+        };
         self.settle(node, ticket, result)
     }
 

@@ -38,11 +38,17 @@ pub enum Body {
     Mail(Vec<Parcel>),
     /// The node is shutting down: down from now on.
     Bye,
+    /// "Tell me your sessions again": the sender has just seen the receiver come up, and
+    /// the receiver may never have seen the sender go down (its notices may have been
+    /// lost meanwhile).
+    Resync,
 }
 
 /// A node's heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The cluster's node count (every node must have the same).
+    pub nodes: u8,
     /// Its cores (every node must run as many).
     pub cores: u8,
     /// Its database's partitions (every node must have as many).
@@ -54,7 +60,7 @@ pub struct Hello {
 impl Hello {
     /// Whether a node saying `other` can share a cluster with this one.
     pub fn agrees_with(&self, other: &Hello) -> bool {
-        (self.cores, self.partitions) == (other.cores, other.partitions)
+        (self.nodes, self.cores, self.partitions) == (other.nodes, other.cores, other.partitions)
     }
 }
 

@@ -25,6 +25,10 @@ pub struct DrainArgs {
     /// The server's data directory [default: serve's, ./petrel-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// This node's index, with a config file shared by a cluster's nodes (as
+    /// `serve --cluster-node`).
+    #[arg(long, value_name = "N")]
+    pub cluster_node: Option<u8>,
     /// How long to wait for the server to exit, in seconds (0: do not wait).
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub wait: u64,
@@ -35,6 +39,7 @@ pub fn run(args: &DrainArgs) -> anyhow::Result<()> {
     let config = ServeConfig::resolve(&ServeArgs {
         config: args.config.clone(),
         data_dir: args.data_dir.clone(),
+        cluster_node: args.cluster_node,
         ..ServeArgs::default()
     })?;
     let socket = config.data_dir.join(SOCKET_NAME);

@@ -309,6 +309,10 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
                 .context("api_addr needs api_key_file")?;
             let key = crate::api::auth::ApiKey::load(key_file)?;
             let (bridge, inboxes) = crate::api::bridge::channel(api_wakers);
+            let bridge = match layout {
+                Some(layout) => bridge.in_cluster(layout),
+                None => bridge,
+            };
             let endpoint = crate::api::start(
                 crate::api::ApiSettings {
                     addr,

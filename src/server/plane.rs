@@ -228,6 +228,26 @@ impl<E: GroupEngine + 'static> Plane<E> {
                 },
             ),
             Mail::Write { ticket, request } => {
+                // A write from another node for a partition this core does not own (the
+                // nodes disagree on the layout) is refused, never applied twice over.
+                if let (Some(cluster), Some(writers)) = (&self.cluster, self.writers)
+                    && !cluster.layout().is_local(from)
+                    && request.partition_conversation().is_some()
+                    && writers.elsewhere(&request).is_some()
+                {
+                    tracing::error!(
+                        from,
+                        "cluster: a write for a partition this core does not own; refused"
+                    );
+                    self.outbox.push((
+                        from,
+                        Mail::Written {
+                            ticket,
+                            result: Err(StorageError::Invalid("not the owner of this partition")),
+                        },
+                    ));
+                    return;
+                }
                 self.writes_applied_for_others += 1;
                 self.batch
                     .push((Origin::Core { core: from, ticket }, request));
@@ -345,6 +365,13 @@ impl<E: GroupEngine + 'static> Plane<E> {
         } else {
             MAX_SLEEP
         };
+        // Requests waiting for another node time out on this loop's clock: look often
+        // enough that a timeout is answered within a tenth of a second of its deadline.
+        let cap = if self.cluster.as_ref().is_some_and(|c| c.len() > 0) {
+            cap.min(Duration::from_millis(100))
+        } else {
+            cap
+        };
         match self.control.poll_timeout() {
             Some(t) => t.saturating_since(now()).min(cap),
             None => cap,
@@ -354,10 +381,19 @@ impl<E: GroupEngine + 'static> Plane<E> {
     /// Waits for the last fsync and hands every remaining reply to the control plane,
     /// and those for other cores to `send`.
     pub fn shut_down_storage(mut self, mut send: impl FnMut(u8, Mail)) {
-        let control = &mut self.control;
+        let (control, cluster) = (&mut self.control, &mut self.cluster);
         let now_ts = now();
         self.committer.shutdown(|origin, result| match origin {
-            Origin::Here(ticket) => control.handle(now_ts, Event::Storage { ticket, result }),
+            Origin::Here(ticket) => match cluster {
+                // This node's share of a spanning read still waits for the others'.
+                Some(cluster) => {
+                    let node = cluster.layout().node;
+                    if let Some((ticket, result)) = cluster.answer(node, ticket, result, false) {
+                        control.handle(now_ts, Event::Storage { ticket, result });
+                    }
+                }
+                None => control.handle(now_ts, Event::Storage { ticket, result }),
+            },
             Origin::Core { core, ticket } => send(core, Mail::Written { ticket, result }),
         });
     }

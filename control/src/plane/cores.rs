@@ -60,6 +60,25 @@ impl Control {
         self.unreachable |= cores;
         // Their connections are gone: out of the rooms this core owns.
         self.rooms.drop_cores(cores);
+        // And the rooms they own forgot this core's members: each is told it was
+        // removed (and may join again once the owner is back).
+        let mut lost = Vec::new();
+        for conn in self.registry.conn_ids() {
+            if let Some(c) = self.registry.get(conn) {
+                lost.extend(
+                    c.rooms
+                        .rooms()
+                        .filter(|&room| {
+                            let owner = crate::chatroom::room_owner(room, self.config.core_count);
+                            cores & 1u64.checked_shl(u32::from(owner)).unwrap_or(0) != 0
+                        })
+                        .map(|room| (room, conn)),
+                );
+            }
+        }
+        for (room, conn) in lost {
+            self.removed_from_room(room, conn, pb::ConversationEventKind::MembersRemoved);
+        }
         self.presence.retain(|_, bits| {
             *bits &= !cores;
             *bits != 0
@@ -82,7 +101,8 @@ impl Control {
     }
 
     /// `cores` can be reached again: their node (re)started, with no sessions, and
-    /// learns of every session here as if each had just logged in.
+    /// learns of every session here as if each had just logged in, and of every token
+    /// revoked here.
     pub(super) fn on_cores_up(&mut self, cores: u64) {
         let cores = cores & self.others_mask();
         if cores == 0 {
@@ -101,11 +121,22 @@ impl Control {
                 conn,
             })
             .collect();
+        let revoked = self.revoked.entries();
         for core in (0..self.config.core_count).filter(|c| cores & (1u64 << c) != 0) {
             for login in &logins {
                 self.actions.push_back(Action::ToCore {
                     core,
                     message: CoreMessage::LoggedIn(login.clone()),
+                });
+            }
+            // And of the revocations it may have missed while away.
+            for &(token_id, expires) in &revoked {
+                self.actions.push_back(Action::ToCore {
+                    core,
+                    message: CoreMessage::Revoked {
+                        token_id,
+                        expires_at_ms: expires.as_millis(),
+                    },
                 });
             }
         }
@@ -156,6 +187,17 @@ impl Control {
             return;
         }
         self.held_logins.insert(conn, (others, bytes));
+        if let Some(at) = self
+            .registry
+            .get(conn)
+            .and_then(|c| c.session.as_ref())
+            .map(|s| s.logged_in_at)
+        {
+            self.timers.arm(
+                at.saturating_add(crate::remote::LOGIN_HOLD_LIMIT),
+                crate::timers::TimerKind::HeldLogin(conn),
+            );
+        }
     }
 
     /// Core `core` knows of the login on `conn` now; the last one to say so releases
@@ -168,6 +210,14 @@ impl Control {
         if *waiting == 0
             && let Some((_, bytes)) = self.held_logins.remove(&conn)
         {
+            self.send_bytes(conn, bytes, FrameType::LoginResult);
+        }
+    }
+
+    /// The login on `conn` waited its limit: its `LoginResult` goes out now, whoever has
+    /// not answered.
+    pub(super) fn release_held_login(&mut self, conn: ConnId) {
+        if let Some((_, bytes)) = self.held_logins.remove(&conn) {
             self.send_bytes(conn, bytes, FrameType::LoginResult);
         }
     }

@@ -252,6 +252,9 @@ impl Control {
             config.core_index = 0;
         }
         let config_admission = config.admission;
+        // A process's tickets start at a place of their own, so a reply meant for a
+        // previous process (a cluster node that restarted) matches nothing here.
+        let first_ticket = petrel_storage::partition::mix(config.id_seed) >> 16;
         let mut control = Control {
             token_cache: VerifiedTokens::new(config.token_cache_capacity),
             config,
@@ -264,7 +267,7 @@ impl Control {
             timers: TimerQueue::default(),
             actions: VecDeque::new(),
             pending: HashMap::default(),
-            next_ticket: 0,
+            next_ticket: first_ticket,
             next_session: 0,
             next_token_seq: 0,
             encoder: FrameEncoder::default(),
@@ -343,6 +346,7 @@ impl Control {
                     .registry
                     .get(c)
                     .is_none_or(|conn| conn.session.is_none()),
+                TimerKind::HeldLogin(c) => !self.held_logins.contains_key(&c),
                 TimerKind::Housekeeping | TimerKind::RetryLoadRevoked | TimerKind::Trim => false,
             };
             if !stale {
@@ -783,6 +787,7 @@ impl Control {
                     );
                 }
                 TimerKind::RetryLoadRevoked => self.request_revocations(now),
+                TimerKind::HeldLogin(conn) => self.release_held_login(conn),
                 TimerKind::Trim if self.draining_since.is_none() => {
                     self.storage(
                         Request::Trim {

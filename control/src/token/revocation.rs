@@ -34,6 +34,11 @@ impl RevocationList {
         before - self.ids.len()
     }
 
+    /// Every revoked token id with its token's expiry.
+    pub fn entries(&self) -> Vec<([u8; TOKEN_ID_LEN], Timestamp)> {
+        self.ids.iter().map(|(id, at)| (*id, *at)).collect()
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.ids.len()
