@@ -21,6 +21,7 @@
 # PETREL (default: the release build) is the binary to run.
 # NODE_CPUS (default "0,1 0,1 0,1"): each node's CPUs, one comma-separated list per node
 # (every node must run as many cores), e.g. "0 1 1" for one core each, node 0 on CPU 0.
+# EXTRA_CONFIG: more lines for the nodes' config file (top-level keys).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,6 +63,7 @@ up() {
   cat >"$LAB_DIR/petrel.toml" <<EOF
 ownership = "per-core"
 log_level = "info"
+${EXTRA_CONFIG:-}
 
 [cluster]
 nats_url = "nats://$NATS_ADDR"

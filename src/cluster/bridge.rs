@@ -242,8 +242,9 @@ impl Task {
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batches: Vec<Vec<Parcel>> = (0..self.layout.nodes).map(|_| Vec::new()).collect();
         loop {
+            // Unbiased: under load the cores kick all the time, and the inbound
+            // subscriptions must still get their turn.
             tokio::select! {
-                biased;
                 () = kick.notified() => self.flush(&client, &mut batches).await,
                 Some(message) = mail_in.next() => self.take(&client, &message.payload).await,
                 Some(message) = hello_in.next() => self.take(&client, &message.payload).await,
