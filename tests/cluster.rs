@@ -397,3 +397,35 @@ fn a_rolling_restart_under_load_loses_and_duplicates_nothing() {
     }
     assert_eq!(stored, acks, "every acked message stored, once");
 }
+
+/// NATS itself restarts: every node sees every other go silent (down) and come back,
+/// each re-announces its sessions and asks the others to (Resync), and users on
+/// different nodes chat live again, both ways, without logging in again.
+#[test]
+fn the_cluster_heals_after_nats_restarts() {
+    let mut cluster = Cluster::start(3, "");
+    let users: Vec<u64> = (8_000..8_003).collect();
+    let mut clients = log_in(&cluster, &users);
+    let ack = clients[0].send_text(single(users[1]), 1, "before");
+    assert_eq!(clients[1].push().seq, ack.seq);
+    // Down long enough for every node to call the others down (node_timeout 1 s).
+    cluster.nats.restart(Duration::from_millis(1500));
+    cluster.wait_until_connected();
+    // The same sessions: pushes cross nodes again, around the three nodes.
+    for (a, b, id) in [(0, 1, 2), (1, 2, 3), (2, 0, 4)] {
+        let ack = send_counting_refusals(
+            &mut clients[a],
+            single(users[b]),
+            id,
+            "after",
+            Duration::from_secs(20),
+        )
+        .0;
+        let push = clients[b]
+            .recv_matching(|f| matches!(&f.body, Body::MessagePush(p) if p.client_msg_id == id));
+        let Body::MessagePush(push) = push.body else {
+            unreachable!()
+        };
+        assert_eq!((push.sender, push.seq), (users[a], ack.seq));
+    }
+}

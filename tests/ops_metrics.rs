@@ -138,9 +138,14 @@ fn counters_move_with_logins_messages_and_closes(dp: Dataplane) {
     let m = MESSAGES as f64;
     // Each core publishes its own counters (every 500 ms): persisted counts on the
     // sender's core and delivered on the receiver's may arrive in different snapshots.
+    // The partition owner's core publishes its own snapshot too: wait for the one taken
+    // after the last write it applied for another core.
     let after = server.scrape_until("every message persisted and delivered", |s| {
         s.get("petrel_messages_delivered_total{scenario=\"single\"}") == m
             && s.get("petrel_messages_persisted_total{scenario=\"single\"}") == m
+            && s.get("petrel_storage_in_flight") == 0.0
+            && s.get("petrel_storage_routed_writes_total{side=\"sent\"}")
+                == s.get("petrel_storage_routed_writes_total{side=\"applied\"}")
     });
     assert_eq!(
         after.get("petrel_messages_persisted_total{scenario=\"single\"}"),

@@ -84,6 +84,9 @@ impl Bridge {
     }
 }
 
+/// The NATS payload limit below which a node warns (docs/CLUSTER.md, "Settings").
+const MIN_MAX_PAYLOAD: usize = 4 * 1024 * 1024;
+
 /// Longest a publish may wait for room in the NATS client's buffer.
 const PUBLISH_WAIT: Duration = Duration::from_millis(500);
 
@@ -150,6 +153,7 @@ pub fn start(
         peers: vec![None; usize::from(layout.nodes)],
         refused: vec![None; usize::from(layout.nodes)],
         left: vec![None; usize::from(layout.nodes)],
+        pending: (0..layout.cores).map(|_| Default::default()).collect(),
         stalled_until: None,
         undecodable: 0,
         dropped: 0,
@@ -196,6 +200,8 @@ struct Task {
     refused: Vec<Option<u64>>,
     /// Per node, the incarnation that said goodbye.
     left: Vec<Option<u64>>,
+    /// Per local core, what waits for room in its inbound queue, in order.
+    pending: Vec<std::collections::VecDeque<Inbound>>,
     /// Publishing pauses until then after a publish that NATS did not take in time.
     stalled_until: Option<Instant>,
     undecodable: u64,
@@ -222,6 +228,15 @@ impl Task {
                 return;
             }
         };
+        let max_payload = client.server_info().max_payload;
+        if max_payload < MIN_MAX_PAYLOAD {
+            tracing::warn!(
+                max_payload,
+                wanted = MIN_MAX_PAYLOAD,
+                "cluster: NATS's max_payload is small: a large sync or history answer between nodes \
+                 is refused and its request times out every time; set max_payload: 8MB in the NATS config"
+            );
+        }
         let name = self.settings.name.clone();
         let mine = wire::node_subject(&name, self.layout.node);
         let hello_subject = wire::hello_subject(&name);
@@ -251,7 +266,10 @@ impl Task {
                 _ = beat.tick() => {
                     // Not queued while NATS is unreachable (the client's buffer would
                     // fill and stall this thread); the others see silence, as they should.
-                    if self.can_publish(&client) {
+                    self.retry_pending();
+                    // Hellos go out even while mail is paused after a slow publish: a
+                    // node that still hears the others must not look dead to them.
+                    if client.connection_state() == async_nats::connection::State::Connected {
                         let hello = self.envelope(Body::Hello(self.hello.clone()));
                         self.publish(&client, &hello_subject, &hello).await;
                     }
@@ -292,6 +310,7 @@ impl Task {
     /// unreachable, is dropped (its requests are answered SERVER_BUSY; a push is found by
     /// the next sync).
     async fn flush(&mut self, client: &async_nats::Client, batches: &mut [Vec<Parcel>]) {
+        self.retry_pending();
         self.drain_outbound(batches);
         for (node, parcels) in batches.iter_mut().enumerate() {
             if parcels.is_empty() {
@@ -340,6 +359,10 @@ impl Task {
     ) {
         let mut pending = vec![parcels];
         while let Some(mut parcels) = pending.pop() {
+            if !self.can_publish(client) {
+                self.dropped += parcels.len() as u64;
+                continue;
+            }
             let envelope = self.envelope(Body::Mail(parcels));
             let bytes = match wire::encode(&envelope) {
                 Ok(bytes) => bytes,
@@ -394,6 +417,7 @@ impl Task {
 
     /// One envelope from NATS.
     async fn take(&mut self, client: &async_nats::Client, payload: &[u8]) {
+        self.retry_pending();
         let envelope = match wire::decode(payload) {
             Ok(envelope) => envelope,
             Err(e) => {
@@ -465,7 +489,10 @@ impl Task {
             // Mail and resyncs only from the process we know.
             _ if current != Some(envelope.incarnation) => {}
             Body::Resync => {
+                // The sender saw this node go (its side dropped what it had of it:
+                // presence, room seats): do the same here, then announce again.
                 self.heard(node, envelope.incarnation);
+                self.tell_all(|| Inbound::Down(1 << node));
                 self.tell_all(|| Inbound::Up(1 << node));
             }
             Body::Mail(parcels) => {
@@ -494,22 +521,56 @@ impl Task {
         }
     }
 
-    /// Puts `inbound` on local core `local`'s queue; when it is full, wakes the core first
-    /// and then waits for room (the core drains its queue every iteration, even while
-    /// it takes no input). False if the core has stopped.
-    fn deliver(&self, local: usize, inbound: Inbound) -> bool {
+    /// Puts `inbound` on local core `local`'s queue, after what waits for it already;
+    /// when the queue is full it waits here, in order, and goes at the next round
+    /// ([`Task::retry_pending`]) — this thread never blocks, so heartbeats and NATS keep
+    /// going while a core catches up. False if the core has stopped.
+    fn deliver(&mut self, local: usize, inbound: Inbound) -> bool {
         let Some(tx) = self.inbound.get(local) else {
             return false;
         };
+        let waiting = &mut self.pending[local];
+        if !waiting.is_empty() {
+            waiting.push_back(inbound);
+            return true;
+        }
         match tx.try_send(inbound) {
             Ok(()) => true,
             Err(crossbeam_channel::TrySendError::Full(inbound)) => {
-                if let Some(waker) = self.wakers.get(local) {
-                    let _ = waker.wake();
-                }
-                tx.send(inbound).is_ok()
+                waiting.push_back(inbound);
+                true
             }
             Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Moves what waits for full core queues into them, as far as there is room, and
+    /// wakes those cores.
+    fn retry_pending(&mut self) {
+        for (local, waiting) in self.pending.iter_mut().enumerate() {
+            if waiting.is_empty() {
+                continue;
+            }
+            let Some(tx) = self.inbound.get(local) else {
+                waiting.clear();
+                continue;
+            };
+            while let Some(inbound) = waiting.pop_front() {
+                match tx.try_send(inbound) {
+                    Ok(()) => {}
+                    Err(crossbeam_channel::TrySendError::Full(inbound)) => {
+                        waiting.push_front(inbound);
+                        break;
+                    }
+                    Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                        waiting.clear();
+                        break;
+                    }
+                }
+            }
+            if let Some(waker) = self.wakers.get(local) {
+                let _ = waker.wake();
+            }
         }
     }
 
@@ -574,7 +635,7 @@ impl Task {
 
     /// Tells the cores where the other nodes that are up take clients, starting with
     /// the node after this one (so the clients of a stopping node spread out).
-    fn tell_endpoints(&self) {
+    fn tell_endpoints(&mut self) {
         let n = usize::from(self.layout.nodes);
         let me = usize::from(self.layout.node);
         let endpoints: Vec<String> = (1..n)
@@ -584,10 +645,10 @@ impl Task {
         self.tell_all(|| Inbound::Endpoints(endpoints.clone()));
     }
 
-    fn tell_all(&self, notice: impl Fn() -> Inbound) {
-        for (local, waker) in self.wakers.iter().enumerate() {
+    fn tell_all(&mut self, notice: impl Fn() -> Inbound) {
+        for local in 0..self.wakers.len() {
             if self.deliver(local, notice()) {
-                let _ = waker.wake();
+                let _ = self.wakers[local].wake();
             }
         }
     }

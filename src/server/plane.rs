@@ -290,16 +290,7 @@ impl<E: GroupEngine + 'static> Plane<E> {
     pub fn take_storage(&mut self, now: Timestamp) -> usize {
         let (control, outbox, cluster) = (&mut self.control, &mut self.outbox, &mut self.cluster);
         let n = self.committer.take_ready(|origin, result| match origin {
-            Origin::Here(ticket) => match cluster {
-                // This node's share of a read that spans nodes waits for the others'.
-                Some(cluster) => {
-                    let node = cluster.layout().node;
-                    if let Some((ticket, result)) = cluster.answer(node, ticket, result, false) {
-                        control.handle(now, Event::Storage { ticket, result });
-                    }
-                }
-                None => control.handle(now, Event::Storage { ticket, result }),
-            },
+            Origin::Here(ticket) => answer_here(control, cluster, now, ticket, result),
             Origin::Core { core, ticket } => outbox.push((core, Mail::Written { ticket, result })),
         });
         note_storage_failure(
@@ -384,18 +375,31 @@ impl<E: GroupEngine + 'static> Plane<E> {
         let (control, cluster) = (&mut self.control, &mut self.cluster);
         let now_ts = now();
         self.committer.shutdown(|origin, result| match origin {
-            Origin::Here(ticket) => match cluster {
-                // This node's share of a spanning read still waits for the others'.
-                Some(cluster) => {
-                    let node = cluster.layout().node;
-                    if let Some((ticket, result)) = cluster.answer(node, ticket, result, false) {
-                        control.handle(now_ts, Event::Storage { ticket, result });
-                    }
-                }
-                None => control.handle(now_ts, Event::Storage { ticket, result }),
-            },
+            Origin::Here(ticket) => answer_here(control, cluster, now_ts, ticket, result),
             Origin::Core { core, ticket } => send(core, Mail::Written { ticket, result }),
         });
+    }
+}
+
+/// This committer's reply to this core's control plane — in a cluster through the
+/// requests in flight, since this node's share of a read that spans nodes waits for
+/// the others' ([`InFlight::answer`]).
+fn answer_here(
+    control: &mut Control,
+    cluster: &mut Option<InFlight>,
+    now: Timestamp,
+    ticket: Ticket,
+    result: Result<petrel_storage::Reply, StorageError>,
+) {
+    let answer = match cluster {
+        Some(cluster) => {
+            let node = cluster.layout().node;
+            cluster.answer(node, ticket, result, false)
+        }
+        None => Some((ticket, result)),
+    };
+    if let Some((ticket, result)) = answer {
+        control.handle(now, Event::Storage { ticket, result });
     }
 }
 

@@ -21,6 +21,7 @@ pub const CORES: u8 = 2;
 pub struct Nats {
     child: Child,
     pub addr: SocketAddr,
+    conf: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -36,27 +37,43 @@ impl Nats {
         let conf = dir.path().join("nats.conf");
         // A sync page can pass NATS's default 1 MiB payload limit.
         std::fs::write(&conf, format!("listen: {addr}\nmax_payload: 8MB\n")).expect("conf");
-        let child = Command::new("nats-server")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (scripts/setup.sh installs Debian's)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn_nats(&conf, addr);
         Nats {
             child,
             addr,
+            conf,
             _dir: dir,
         }
     }
+
+    /// Kills it (SIGKILL: every connection drops at once), waits `down`, and starts it
+    /// again on the same port.
+    pub fn restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = spawn_nats(&self.conf, self.addr);
+    }
+}
+
+/// Starts `nats-server -c conf` and waits until it accepts connections on `addr`.
+fn spawn_nats(conf: &std::path::Path, addr: SocketAddr) -> Child {
+    let child = Command::new("nats-server")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server (scripts/setup.sh installs Debian's)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server did not start on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 impl Drop for Nats {

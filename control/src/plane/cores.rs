@@ -112,14 +112,7 @@ impl Control {
         let logins: Vec<RemoteLogin> = self
             .registry
             .sessions()
-            .map(|(conn, s)| RemoteLogin {
-                user: s.user,
-                device: s.device.clone(),
-                platform: s.platform,
-                attempt: s.attempt,
-                at_ms: s.logged_in_at.as_millis(),
-                conn,
-            })
+            .map(|(conn, s)| remote_login(conn, s))
             .collect();
         let revoked = self.revoked.entries();
         for core in (0..self.config.core_count).filter(|c| cores & (1u64 << c) != 0) {
@@ -159,14 +152,7 @@ impl Control {
         let Some(s) = self.registry.get(conn).and_then(|c| c.session.as_ref()) else {
             return;
         };
-        let login = RemoteLogin {
-            user: s.user,
-            device: s.device.clone(),
-            platform: s.platform,
-            attempt: s.attempt,
-            at_ms: s.logged_in_at.as_millis(),
-            conn,
-        };
+        let login = remote_login(conn, s);
         self.tell_others(|| CoreMessage::LoggedIn(login.clone()));
     }
 
@@ -330,12 +316,26 @@ impl Control {
     /// A token another core revoked (and stored): refused here from now on, and this
     /// core's sessions that use it end.
     fn on_remote_revoked(&mut self, token_id: [u8; TOKEN_ID_LEN], expires_at: Timestamp) {
-        if !self.revoked.contains(token_id) {
-            self.revoked.insert(token_id, expires_at);
+        if self.revoked.contains(token_id) {
+            // Known already (a node re-announcing its list): its sessions ended then.
+            return;
         }
+        self.revoked.insert(token_id, expires_at);
         for conn in self.sessions_using(token_id) {
             self.end_revoked(conn);
         }
+    }
+}
+
+/// What the other cores are told of the session `s` on `conn`.
+fn remote_login(conn: ConnId, s: &crate::session::Session) -> RemoteLogin {
+    RemoteLogin {
+        user: s.user,
+        device: s.device.clone(),
+        platform: s.platform,
+        attempt: s.attempt,
+        at_ms: s.logged_in_at.as_millis(),
+        conn,
     }
 }
 
