@@ -29,19 +29,6 @@ fn log_in(cluster: &Cluster, users: &[u64]) -> Vec<TestClient> {
         .collect()
 }
 
-fn create_group(client: &mut TestClient, name: &str, members: &[u64]) -> pb::ConversationId {
-    let created = client.request(pb::ConversationOp {
-        op: Some(Op::CreateGroup(pb::CreateGroup {
-            name: name.into(),
-            members: members.to_vec(),
-        })),
-    });
-    let Body::ConversationOpResult(created) = created.body else {
-        panic!("create group failed: {created:?}");
-    };
-    created.conversation.expect("group id")
-}
-
 fn history(client: &mut TestClient, conversation: pb::ConversationId) -> Vec<pb::MessagePush> {
     let mut all = Vec::new();
     let mut before = 0;
@@ -107,7 +94,7 @@ fn users_on_three_nodes_chat_one_to_one_in_a_group_and_in_a_chatroom() {
 
     // A group created on node 0 and spanning every node: one gap-free counter, each
     // message to every other member once.
-    let group = create_group(&mut clients[0], "three nodes", &users[1..]);
+    let group = clients[0].create_group("three nodes", &users[1..]);
     let mut seqs = Vec::new();
     for (i, c) in clients.iter_mut().enumerate() {
         seqs.push(c.send_text(group, 100 + i as u64, "to all").seq);
@@ -202,11 +189,7 @@ fn a_node_sigkilled_mid_load_comes_back_with_every_acked_message_once() {
     // and 2 (and node 1, until it dies).
     let users: Vec<u64> = (6_000..6_006).collect();
     let mut clients = log_in(&cluster, &users);
-    let group = create_group(
-        &mut clients[1],
-        "owned by node 1",
-        &[6_000, 6_002, 6_003, 6_005],
-    );
+    let group = clients[1].create_group("owned by node 1", &[6_000, 6_002, 6_003, 6_005]);
     let senders: Vec<(u64, TestClient)> = [0usize, 2, 3, 5]
         .into_iter()
         .map(|i| {
@@ -294,7 +277,7 @@ fn a_rolling_restart_under_load_loses_and_duplicates_nothing() {
     let mut creators = log_in(&cluster, &users[..3]);
     // Group g is created on node g, so node g owns it.
     let groups: Vec<pb::ConversationId> = (0..3)
-        .map(|g| create_group(&mut creators[g], "rolling", &users))
+        .map(|g| creators[g].create_group("rolling", &users))
         .collect();
     drop(creators);
     let nodes: Vec<std::net::SocketAddr> = cluster.nodes.iter().map(|n| n.addr).collect();

@@ -57,20 +57,6 @@ fn single(peer: u64) -> pb::ConversationId {
     }
 }
 
-/// `client` creates a group with `members`; its id.
-fn create_group(client: &mut TestClient, name: &str, members: &[u64]) -> pb::ConversationId {
-    let created = client.request(pb::ConversationOp {
-        op: Some(Op::CreateGroup(pb::CreateGroup {
-            name: name.into(),
-            members: members.to_vec(),
-        })),
-    });
-    let Body::ConversationOpResult(created) = created.body else {
-        panic!("create group failed: {created:?}");
-    };
-    created.conversation.expect("group id")
-}
-
 fn users_on_both_cores_chat_one_to_one_and_in_a_group_live(dp: Dataplane) {
     let server = start(dp);
     let users: Vec<u64> = (8_000..8_012).collect();
@@ -97,7 +83,7 @@ fn users_on_both_cores_chat_one_to_one_and_in_a_group_live(dp: Dataplane) {
 
     // A group of all twelve: each member sends once; everyone else gets each message
     // live, once, and the seqs come from one counter.
-    let group = create_group(&mut clients[0], "both cores", &users[1..]);
+    let group = clients[0].create_group("both cores", &users[1..]);
     let mut seqs = Vec::new();
     for (i, c) in clients.iter_mut().enumerate() {
         seqs.push(c.send_text(group, 100 + i as u64, "hello all").seq);
@@ -335,7 +321,7 @@ fn every_conversation_is_written_by_its_partition_owner_core(dp: Dataplane) {
     }
     // A group: created where it is asked for, then every member's message is written
     // by the group's owner core.
-    let group = create_group(&mut clients[0], "owned", &users[1..]);
+    let group = clients[0].create_group("owned", &users[1..]);
     let writer = writer_core(ConversationKey::Group(group.id));
     let mut seqs = Vec::new();
     for c in clients.iter_mut() {

@@ -182,13 +182,28 @@ impl Cores {
     fn try_login(
         &mut self,
         core: u8,
-        (user, device, platform): (u64, &str, pb::Platform),
+        who: (u64, &str, pb::Platform),
         token: &str,
         attempt: u64,
     ) -> (ConnId, Vec<Frame>) {
+        self.now = self.now.saturating_add(Duration::from_millis(1));
+        let conn = self.submit_login(core, who, token, attempt);
+        self.run();
+        let frames = self.take(conn);
+        (conn, frames)
+    }
+
+    /// Opens a connection on `core` and hands its core a Login numbered `attempt` with
+    /// `token`, without running the cores; returns the connection.
+    fn submit_login(
+        &mut self,
+        core: u8,
+        (user, device, platform): (u64, &str, pb::Platform),
+        token: &str,
+        attempt: u64,
+    ) -> ConnId {
         let conn = ConnId::new(core, self.next_slot);
         self.next_slot += 1;
-        self.now = self.now.saturating_add(Duration::from_millis(1));
         let control = &mut self.controls[usize::from(core)];
         control.handle(self.now, Event::Opened { conn });
         let login = pb::Login {
@@ -206,9 +221,7 @@ impl Cores {
                 frame: Frame::new(1, login),
             },
         );
-        self.run();
-        let frames = self.take(conn);
-        (conn, frames)
+        conn
     }
 
     /// Logs `user` in on a new connection of `core` with attempt `attempt`.
@@ -523,24 +536,7 @@ fn a_login_is_answered_once_every_core_knows_it_so_its_first_sync_misses_nothing
     let alice = cores.login(0, ALICE, "a-phone", pb::Platform::Ios);
     // Bob logs in on core 1 while the ring to core 0 is slow: no LoginResult yet.
     let (token, _) = cores.mint(BOB, "b-phone", pb::Platform::Android);
-    let bob = ConnId::new(1, cores.next_slot);
-    cores.next_slot += 1;
-    cores.controls[1].handle(cores.now, Event::Opened { conn: bob });
-    let login = pb::Login {
-        token,
-        user_id: BOB,
-        device_id: "b-phone".into(),
-        platform: pb::Platform::Android as i32,
-        client_version: "test".into(),
-        attempt: 1,
-    };
-    cores.controls[1].handle(
-        cores.now,
-        Event::Frame {
-            conn: bob,
-            frame: Frame::new(1, login),
-        },
-    );
+    let bob = cores.submit_login(1, (BOB, "b-phone", pb::Platform::Android), &token, 1);
     let mut rings = cores.run_holding_rings();
     assert!(cores.take(bob).is_empty(), "LoginResult before core 0 knew");
     // Meanwhile Alice (core 0, which has not heard of Bob's session) sends him a
@@ -1086,24 +1082,7 @@ fn an_unreachable_core_holds_no_login_and_learns_every_session_when_back() {
         // Core 1's node stops answering: whatever core 0 tells it is lost.
         cores.controls[0].handle(cores.now, Event::CoresDown { cores: 0b10 });
         let (token, _) = cores.mint(ALICE, "a-phone", pb::Platform::Ios);
-        let alice = ConnId::new(0, cores.next_slot);
-        cores.next_slot += 1;
-        cores.controls[0].handle(cores.now, Event::Opened { conn: alice });
-        let login = pb::Login {
-            token,
-            user_id: ALICE,
-            device_id: "a-phone".into(),
-            platform: pb::Platform::Ios as i32,
-            client_version: "test".into(),
-            attempt: 1,
-        };
-        cores.controls[0].handle(
-            cores.now,
-            Event::Frame {
-                conn: alice,
-                frame: Frame::new(1, login),
-            },
-        );
+        let alice = cores.submit_login(0, (ALICE, "a-phone", pb::Platform::Ios), &token, 1);
         (alice, cores.run_holding_rings())
     };
     assert!(

@@ -7,18 +7,21 @@
 //! node (split when it would pass NATS's payload limit) on `<name>.node.<n>`.
 //!
 //! In: the envelopes on this node's subject are decoded and each parcel goes to its
-//! core's inbound queue (bounded; this thread waits for room, which the core always
-//! makes: it drains its inbound queues even while it takes no input), and the core is
-//! woken once per envelope.
+//! core's inbound queue (bounded; what a full queue cannot take waits here, in order,
+//! for the next round — this thread never blocks on a core), and the core is woken once
+//! per envelope.
 //!
 //! Liveness: every node publishes a [`Hello`] each `heartbeat` on `<name>.hello`; a
-//! node is up from the first envelope heard from it, and down after `node_timeout` of
-//! silence, after its goodbye, or when it comes back with another incarnation (it
-//! restarted: down, then up). The cores are told ([`Inbound::Down`], [`Inbound::Up`]):
-//! their control planes stop counting that node's users as online and re-announce
-//! their sessions to it when it is back, and requests waiting for it are answered
-//! `SERVER_BUSY`. A node whose hello disagrees on the core or partition count is
-//! refused (logged) and stays down.
+//! node is up from its first hello, and down after `node_timeout` of silence, after its
+//! goodbye, or when a hello of another incarnation comes (it restarted: down, then up).
+//! Mail only counts from the incarnation known to be up. The cores are told
+//! ([`Inbound::Down`], [`Inbound::Up`]): their control planes stop counting that node's
+//! users as online and re-announce their sessions to it when it is back, and requests
+//! waiting for it are answered `SERVER_BUSY`. A node that sees another come up sends it
+//! [`Body::Resync`], which makes it see this node down and up too. A node whose hello
+//! disagrees on the node, core or partition count is refused (logged) and stays down.
+//! Publishing never stalls the cores: mail for a node that is down, or while NATS does
+//! not take it within [`PUBLISH_WAIT`], is dropped (and answered by time-outs).
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -264,10 +267,10 @@ impl Task {
                 Some(message) = mail_in.next() => self.take(&client, &message.payload).await,
                 Some(message) = hello_in.next() => self.take(&client, &message.payload).await,
                 _ = beat.tick() => {
-                    // Not queued while NATS is unreachable (the client's buffer would
-                    // fill and stall this thread); the others see silence, as they should.
                     self.retry_pending();
-                    // Hellos go out even while mail is paused after a slow publish: a
+                    // Not queued while NATS is unreachable (the client's buffer would
+                    // fill and stall this thread): the others see silence, as they
+                    // should. But sent while mail is paused after a slow publish: a
                     // node that still hears the others must not look dead to them.
                     if client.connection_state() == async_nats::connection::State::Connected {
                         let hello = self.envelope(Body::Hello(self.hello.clone()));
@@ -492,8 +495,7 @@ impl Task {
                 // The sender saw this node go (its side dropped what it had of it:
                 // presence, room seats): do the same here, then announce again.
                 self.heard(node, envelope.incarnation);
-                self.tell_all(|| Inbound::Down(1 << node));
-                self.tell_all(|| Inbound::Up(1 << node));
+                self.tell_down_and_up(node);
             }
             Body::Mail(parcels) => {
                 self.heard(node, envelope.incarnation);
@@ -592,8 +594,7 @@ impl Task {
                     last_heard: now,
                     endpoints,
                 });
-                self.tell_all(|| Inbound::Down(1 << node));
-                self.tell_all(|| Inbound::Up(1 << node));
+                self.tell_down_and_up(node);
                 true
             }
             None => {
@@ -643,6 +644,12 @@ impl Task {
             .flat_map(|p| p.endpoints.iter().cloned())
             .collect();
         self.tell_all(|| Inbound::Endpoints(endpoints.clone()));
+    }
+
+    /// The cores forget what they had of node `node` and meet it afresh.
+    fn tell_down_and_up(&mut self, node: u8) {
+        self.tell_all(|| Inbound::Down(1 << node));
+        self.tell_all(|| Inbound::Up(1 << node));
     }
 
     fn tell_all(&mut self, notice: impl Fn() -> Inbound) {

@@ -99,11 +99,16 @@ impl Layout {
         ones.checked_shl(u32::from(node) * width).unwrap_or(0)
     }
 
+    /// The cores of the nodes in `nodes` (bit = node), as a bitmask.
+    pub fn cores_of_nodes(self, nodes: u64) -> u64 {
+        (0..self.nodes)
+            .filter(|&n| nodes & (1u64 << n) != 0)
+            .fold(0, |all, n| all | self.cores_of(n))
+    }
+
     /// Every other node's cores, as a bitmask.
     pub fn remote_cores(self) -> u64 {
-        (0..self.nodes)
-            .filter(|&n| n != self.node)
-            .fold(0, |all, n| all | self.cores_of(n))
+        self.cores_of_nodes(!(1u64 << self.node))
     }
 
     /// The node that owns partition `p` (through its core `p mod total`).

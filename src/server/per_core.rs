@@ -411,45 +411,17 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
             // error (its client was never told it was stored, and sends it again after
             // the restart); a reply to one of this core's writes still reaches the
             // control plane, which tells its client nothing more now.
+            // Mail from other nodes' cores the same way; their notices no longer matter.
             let now_ts = now();
             for (core, rx) in &self.ins {
                 while let Ok(mail) = rx.try_recv() {
-                    match mail {
-                        Mail::Write { ticket, .. } => post(
-                            &mut self.outs,
-                            *core,
-                            Mail::Written {
-                                ticket,
-                                result: Err(StorageError::Closed),
-                            },
-                        ),
-                        Mail::Written { .. } => self.plane.take_mail(now_ts, *core, mail),
-                        Mail::Control(_) => {}
-                    }
+                    take_mail_stopping(&mut self.plane, &mut self.outs, now_ts, *core, mail);
                 }
             }
             if let Some(rx) = &self.cluster_in {
                 while let Ok(inbound) = rx.try_recv() {
-                    match inbound {
-                        Inbound::Mail {
-                            from,
-                            mail: Mail::Write { ticket, .. },
-                        } => post(
-                            &mut self.outs,
-                            from,
-                            Mail::Written {
-                                ticket,
-                                result: Err(StorageError::Closed),
-                            },
-                        ),
-                        Inbound::Mail {
-                            from,
-                            mail: mail @ Mail::Written { .. },
-                        } => self.plane.take_mail(now_ts, from, mail),
-                        Inbound::Mail { .. }
-                        | Inbound::Down(_)
-                        | Inbound::Up(_)
-                        | Inbound::Endpoints(_) => {}
+                    if let Inbound::Mail { from, mail } = inbound {
+                        take_mail_stopping(&mut self.plane, &mut self.outs, now_ts, from, mail);
                     }
                 }
             }
@@ -482,6 +454,30 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
             out.flush_overflow();
             out.wake_if_needed();
         }
+    }
+}
+
+/// Mail from core `from` while this core shuts down: a write for its partitions is
+/// refused (`Closed`), a reply to one of its own writes still reaches its control plane,
+/// control-plane messages are dropped.
+fn take_mail_stopping<E: GroupEngine + 'static>(
+    plane: &mut Plane<E>,
+    outs: &mut [Option<RingOut<Mail>>],
+    now: Timestamp,
+    from: u8,
+    mail: Mail,
+) {
+    match mail {
+        Mail::Write { ticket, .. } => post(
+            outs,
+            from,
+            Mail::Written {
+                ticket,
+                result: Err(StorageError::Closed),
+            },
+        ),
+        Mail::Written { .. } => plane.take_mail(now, from, mail),
+        Mail::Control(_) => {}
     }
 }
 

@@ -106,11 +106,6 @@ impl<E: GroupEngine + 'static> Plane<E> {
             return;
         };
         let layout = cluster.layout();
-        let cores_of = |nodes: u64| {
-            (0..layout.nodes)
-                .filter(|n| nodes & (1u64 << n) != 0)
-                .fold(0u64, |all, n| all | layout.cores_of(n))
-        };
         match inbound {
             Inbound::Mail { from, mail } => self.take_mail(now, from, mail),
             Inbound::Down(nodes) => {
@@ -121,7 +116,7 @@ impl<E: GroupEngine + 'static> Plane<E> {
                 control.handle(
                     now,
                     Event::CoresDown {
-                        cores: cores_of(nodes),
+                        cores: layout.cores_of_nodes(nodes),
                     },
                 );
             }
@@ -130,7 +125,7 @@ impl<E: GroupEngine + 'static> Plane<E> {
                 self.control.handle(
                     now,
                     Event::CoresUp {
-                        cores: cores_of(nodes),
+                        cores: layout.cores_of_nodes(nodes),
                     },
                 );
             }
@@ -189,10 +184,10 @@ impl<E: GroupEngine + 'static> Plane<E> {
             self.batch.push((Origin::Here(ticket), request));
             return;
         };
-        if let Some(cluster) = &mut self.cluster {
-            let layout = cluster.layout();
-            if !layout.is_local(core) {
-                let node = layout.node_of(core);
+        match &mut self.cluster {
+            // Another node's core: its reply is awaited with a deadline.
+            Some(cluster) if !cluster.layout().is_local(core) => {
+                let node = cluster.layout().node_of(core);
                 if cluster.is_down(node) {
                     // Its owner is down: answered now rather than after the timeout.
                     self.control.handle(
@@ -205,12 +200,9 @@ impl<E: GroupEngine + 'static> Plane<E> {
                     return;
                 }
                 cluster.expect(now, ticket, node);
-                self.writes_sent += 1;
-                self.outbox.push((core, Mail::Write { ticket, request }));
-                return;
             }
+            _ => self.sent_away += 1,
         }
-        self.sent_away += 1;
         self.writes_sent += 1;
         self.outbox.push((core, Mail::Write { ticket, request }));
     }

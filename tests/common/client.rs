@@ -247,6 +247,20 @@ impl TestClient {
         }
     }
 
+    /// Creates a group named `name` with `members` (and this user as owner); its id.
+    pub fn create_group(&mut self, name: &str, members: &[u64]) -> pb::ConversationId {
+        let created = self.request(pb::ConversationOp {
+            op: Some(pb::conversation_op::Op::CreateGroup(pb::CreateGroup {
+                name: name.into(),
+                members: members.to_vec(),
+            })),
+        });
+        let Body::ConversationOpResult(created) = created.body else {
+            panic!("create group failed: {created:?}");
+        };
+        created.conversation.expect("group id")
+    }
+
     pub fn push(&mut self) -> pb::MessagePush {
         match self
             .recv_matching(|f| matches!(f.body, Body::MessagePush(_)))
