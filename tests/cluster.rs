@@ -54,6 +54,45 @@ fn history(client: &mut TestClient, conversation: pb::ConversationId) -> Vec<pb:
     all
 }
 
+/// Each of `clients` (user `users[i]`) sends one message to `conversation` (ids from
+/// `first_id`): the seqs are 1..=n from one counter, and every client gets each other
+/// member's message pushed exactly once.
+fn everyone_sends_once_and_hears_the_others(
+    clients: &mut [TestClient],
+    users: &[u64],
+    conversation: pb::ConversationId,
+    first_id: u64,
+) {
+    let mut seqs = Vec::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        seqs.push(c.send_text(conversation, first_id + i as u64, "to all").seq);
+    }
+    seqs.sort_unstable();
+    assert_gap_free(&seqs, users.len() as u64);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut from = BTreeMap::new();
+        for _ in 1..users.len() {
+            let p = c.recv_matching(
+                |f| matches!(&f.body, Body::MessagePush(p) if p.conversation == Some(conversation)),
+            );
+            let Body::MessagePush(p) = p.body else {
+                unreachable!()
+            };
+            assert!(
+                from.insert(p.sender, p.seq).is_none(),
+                "twice from {}",
+                p.sender
+            );
+        }
+        let expected: Vec<u64> = users.iter().copied().filter(|&u| u != users[i]).collect();
+        assert_eq!(
+            from.keys().copied().collect::<Vec<_>>(),
+            expected,
+            "each message once"
+        );
+    }
+}
+
 /// Whether `seqs` is exactly 1..=n, saying where it is not (without printing them all).
 fn assert_gap_free(seqs: &[u64], n: u64) {
     assert_eq!(seqs.len() as u64, n, "{} messages, not {n}", seqs.len());
@@ -95,30 +134,7 @@ fn users_on_three_nodes_chat_one_to_one_in_a_group_and_in_a_chatroom() {
     // A group created on node 0 and spanning every node: one gap-free counter, each
     // message to every other member once.
     let group = clients[0].create_group("three nodes", &users[1..]);
-    let mut seqs = Vec::new();
-    for (i, c) in clients.iter_mut().enumerate() {
-        seqs.push(c.send_text(group, 100 + i as u64, "to all").seq);
-    }
-    seqs.sort_unstable();
-    assert_eq!(seqs, (1..=6).collect::<Vec<u64>>());
-    for (i, c) in clients.iter_mut().enumerate() {
-        let mut from = BTreeMap::new();
-        for _ in 0..5 {
-            let p = c.recv_matching(
-                |f| matches!(&f.body, Body::MessagePush(p) if p.conversation == Some(group)),
-            );
-            let Body::MessagePush(p) = p.body else {
-                unreachable!()
-            };
-            assert!(
-                from.insert(p.sender, p.seq).is_none(),
-                "twice from {}",
-                p.sender
-            );
-        }
-        let expected: Vec<u64> = users.iter().copied().filter(|&u| u != users[i]).collect();
-        assert_eq!(from.keys().copied().collect::<Vec<_>>(), expected);
-    }
+    everyone_sends_once_and_hears_the_others(&mut clients, &users, group, 100);
     // Its history reads the same on every node (two of them ask the owner).
     for c in clients.iter_mut().take(3) {
         let seqs: Vec<u64> = history(c, group).iter().map(|m| m.seq).collect();
@@ -139,27 +155,7 @@ fn users_on_three_nodes_chat_one_to_one_in_a_group_and_in_a_chatroom() {
             "{joined:?}"
         );
     }
-    let mut seqs = Vec::new();
-    for (i, c) in clients.iter_mut().enumerate() {
-        seqs.push(c.send_text(room, 700 + i as u64, "room").seq);
-    }
-    seqs.sort_unstable();
-    assert_eq!(seqs, (1..=6).collect::<Vec<u64>>());
-    for (i, c) in clients.iter_mut().enumerate() {
-        let mut from = Vec::new();
-        for _ in 0..5 {
-            let p = c.recv_matching(
-                |f| matches!(&f.body, Body::MessagePush(p) if p.conversation == Some(room)),
-            );
-            let Body::MessagePush(p) = p.body else {
-                unreachable!()
-            };
-            from.push(p.sender);
-        }
-        from.sort_unstable();
-        let expected: Vec<u64> = users.iter().copied().filter(|&u| u != users[i]).collect();
-        assert_eq!(from, expected, "each room message once");
-    }
+    everyone_sends_once_and_hears_the_others(&mut clients, &users, room, 700);
 
     // A new device of users[2] (whose sessions are on node 2) syncs on node 0: every
     // conversation it is in, whichever node stores it — 10 1:1 messages and the group's 6.
