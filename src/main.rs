@@ -11,6 +11,7 @@
 mod api;
 mod chat;
 mod cluster;
+mod dispatch;
 mod media;
 mod ops;
 mod server;

@@ -34,7 +34,9 @@ use axum::routing::{get, post, put};
 use self::auth::ApiKey;
 use self::bridge::ApiBridge;
 use self::error::HttpError;
-use self::routes::{AppState, chatrooms, conversations, messages, presence, sessions, tokens};
+use self::routes::{
+    AppState, chatrooms, conversations, messages, pools, presence, sessions, tokens,
+};
 use self::stats::ApiStats;
 
 /// Largest request body, bytes (a message's content is at most 60 KiB encoded).
@@ -51,6 +53,8 @@ pub struct ApiSettings {
     pub key: ApiKey,
     /// The user `"system": true` messages are sent as.
     pub system_user: Option<u64>,
+    /// The users' dispatch pools (a cluster only).
+    pub pools: Option<Arc<crate::dispatch::PoolBook>>,
 }
 
 /// The `/v1` router.
@@ -64,6 +68,7 @@ pub fn router(state: AppState, key: ApiKey, stats: Arc<ApiStats>) -> Router {
         )
         .route("/v1/users/{user_id}/sessions", get(sessions::list))
         .route("/v1/users/{user_id}/kick", post(sessions::kick))
+        .route("/v1/users/{user_id}/pool", get(pools::get).put(pools::put))
         .route("/v1/presence", post(presence::presence))
         .route("/v1/messages", post(messages::send))
         .route("/v1/messages/recall", post(messages::recall))
@@ -157,6 +162,7 @@ pub fn start(
         AppState {
             bridge,
             system_user: settings.system_user,
+            pools: settings.pools,
         },
         settings.key,
         stats,

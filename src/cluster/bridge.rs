@@ -37,6 +37,7 @@ use tokio::sync::Notify;
 use super::Layout;
 use super::config::ClusterSettings;
 use super::wire::{self, Body, Envelope, Hello, MAX_BATCH_BYTES, Parcel};
+use crate::dispatch::{Directory, PoolBook};
 use crate::server::ring::{RING, RingOut};
 use crate::server::writers::Mail;
 
@@ -93,6 +94,19 @@ const MIN_MAX_PAYLOAD: usize = 4 * 1024 * 1024;
 /// Longest a publish may wait for room in the NATS client's buffer.
 const PUBLISH_WAIT: Duration = Duration::from_millis(500);
 
+/// Warns when the NATS server's payload limit is below [`MIN_MAX_PAYLOAD`].
+fn warn_if_small_payload(client: &async_nats::Client) {
+    let max_payload = client.server_info().max_payload;
+    if max_payload < MIN_MAX_PAYLOAD {
+        tracing::warn!(
+            max_payload,
+            wanted = MIN_MAX_PAYLOAD,
+            "cluster: NATS's max_payload is small: a large sync or history answer between nodes \
+             is refused and its request times out every time; set max_payload: 8MB in the NATS config"
+        );
+    }
+}
+
 /// Wakes the bridge's task from a core (`RingOut`'s waker).
 struct NotifyWake(Arc<Notify>);
 
@@ -103,14 +117,26 @@ impl Wake for NotifyWake {
     }
 }
 
+/// What the bridge keeps the dispatch directory told of.
+pub struct DispatchLink {
+    /// Told which nodes are up, in which pool, reached where.
+    pub directory: Arc<Directory>,
+    /// Mirrored from the NATS key-value bucket, on the bridge's runtime.
+    pub pools: Arc<PoolBook>,
+    /// This node's pool, which its heartbeat names.
+    pub pool: String,
+}
+
 /// Starts the bridge for this node (`layout`), whose cores `wakers` wake and whose
-/// database has `partitions`. Returns it and each local core's links. Connecting is
-/// retried in the background: until NATS answers, every other node is down.
+/// database has `partitions`, with clients at `endpoints`. Returns it and each local
+/// core's links. Connecting is retried in the background: until NATS answers, every
+/// other node is down.
 pub fn start(
     settings: &ClusterSettings,
     layout: Layout,
     partitions: u16,
     endpoints: Vec<String>,
+    dispatch: DispatchLink,
     wakers: Vec<Arc<dyn Wake>>,
 ) -> anyhow::Result<(Bridge, Vec<CoreLinks>)> {
     anyhow::ensure!(
@@ -148,7 +174,10 @@ pub fn start(
             cores: layout.cores,
             partitions,
             endpoints,
+            pool: dispatch.pool,
         },
+        directory: dispatch.directory,
+        pools: dispatch.pools,
         incarnation: rand::random::<u64>() | 1,
         outbound,
         inbound,
@@ -186,12 +215,17 @@ struct Peer {
     last_heard: Instant,
     /// Where its clients reach it (from its last hello).
     endpoints: Vec<String>,
+    /// Its dispatch pool (from its last hello).
+    pool: String,
 }
 
 struct Task {
     settings: ClusterSettings,
     layout: Layout,
     hello: Hello,
+    /// The dispatch directory, told which nodes are up with [`Inbound::Endpoints`].
+    directory: Arc<Directory>,
+    pools: Arc<PoolBook>,
     incarnation: u64,
     /// (from, to, ring) for every local core and every remote core.
     outbound: Vec<(u8, u8, Receiver<Mail>)>,
@@ -231,15 +265,6 @@ impl Task {
                 return;
             }
         };
-        let max_payload = client.server_info().max_payload;
-        if max_payload < MIN_MAX_PAYLOAD {
-            tracing::warn!(
-                max_payload,
-                wanted = MIN_MAX_PAYLOAD,
-                "cluster: NATS's max_payload is small: a large sync or history answer between nodes \
-                 is refused and its request times out every time; set max_payload: 8MB in the NATS config"
-            );
-        }
         let name = self.settings.name.clone();
         let mine = wire::node_subject(&name, self.layout.node);
         let hello_subject = wire::hello_subject(&name);
@@ -256,8 +281,15 @@ impl Task {
         };
         tracing::info!(node = self.layout.node, nodes = self.layout.nodes, subject = %mine,
             "cluster: connected to NATS");
+        tokio::spawn(crate::dispatch::pools::keep_in_sync(
+            client.clone(),
+            self.pools.clone(),
+        ));
         let mut beat = tokio::time::interval(self.settings.heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Checked once connected: the client connects in the background, and knows
+        // the server's limit only then.
+        let mut payload_checked = false;
         let mut batches: Vec<Vec<Parcel>> = (0..self.layout.nodes).map(|_| Vec::new()).collect();
         loop {
             // Unbiased: under load the cores kick all the time, and the inbound
@@ -273,6 +305,10 @@ impl Task {
                     // should. But sent while mail is paused after a slow publish: a
                     // node that still hears the others must not look dead to them.
                     if client.connection_state() == async_nats::connection::State::Connected {
+                        if !payload_checked {
+                            payload_checked = true;
+                            warn_if_small_payload(&client);
+                        }
                         let hello = self.envelope(Body::Hello(self.hello.clone()));
                         self.publish(&client, &hello_subject, &hello).await;
                     }
@@ -483,9 +519,10 @@ impl Task {
                     .await;
                 }
                 if let Some(peer) = &mut self.peers[slot]
-                    && peer.endpoints != hello.endpoints
+                    && (peer.endpoints != hello.endpoints || peer.pool != hello.pool)
                 {
                     peer.endpoints = hello.endpoints;
+                    peer.pool = hello.pool;
                     self.tell_endpoints();
                 }
             }
@@ -589,10 +626,12 @@ impl Task {
             Some(peer) => {
                 tracing::warn!(node, "cluster: node restarted");
                 let endpoints = std::mem::take(&mut peer.endpoints);
+                let pool = std::mem::take(&mut peer.pool);
                 *slot = Some(Peer {
                     incarnation,
                     last_heard: now,
                     endpoints,
+                    pool,
                 });
                 self.tell_down_and_up(node);
                 true
@@ -603,6 +642,7 @@ impl Task {
                     incarnation,
                     last_heard: now,
                     endpoints: Vec::new(),
+                    pool: String::new(),
                 });
                 self.tell_all(|| Inbound::Up(1 << node));
                 true
@@ -635,10 +675,18 @@ impl Task {
     }
 
     /// Tells the cores where the other nodes that are up take clients, starting with
-    /// the node after this one (so the clients of a stopping node spread out).
+    /// the node after this one (so the clients of a stopping node spread out), and the
+    /// dispatch directory which nodes are up, in which pool.
     fn tell_endpoints(&mut self) {
         let n = usize::from(self.layout.nodes);
         let me = usize::from(self.layout.node);
+        for (node, peer) in self.peers.iter().enumerate() {
+            if node != me {
+                let node = u8::try_from(node).unwrap_or(u8::MAX);
+                let up = peer.as_ref().map(|p| (p.pool.as_str(), &p.endpoints[..]));
+                self.directory.set_node(node, up);
+            }
+        }
         let endpoints: Vec<String> = (1..n)
             .filter_map(|i| self.peers[(me + i) % n].as_ref())
             .flat_map(|p| p.endpoints.iter().cloned())

@@ -55,6 +55,8 @@ pub struct Hello {
     pub partitions: u16,
     /// Where its clients reach it (`host:port`).
     pub endpoints: Vec<String>,
+    /// Its dispatch pool (`[dispatch] pools`; `general` if none names it).
+    pub pool: String,
 }
 
 impl Hello {

@@ -270,6 +270,11 @@ pub struct ServeArgs {
     /// every node can share one config file; docs/CLUSTER.md) [default: the table's].
     #[arg(long, value_name = "N")]
     pub cluster_node: Option<u8>,
+    /// Serve the dispatch directory clients ask where to connect (HTTP, `GET
+    /// /v1/dispatch`; docs/CLUSTER.md, "Dispatch") at ADDR:PORT (overrides `addr` in
+    /// the `[dispatch]` table; port 0 picks one; printed at start) [default: off].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub dispatch_addr: Option<SocketAddr>,
     /// Speak TLS on every client listener with this PEM certificate chain (needs
     /// --tls-key; reloaded on SIGHUP) [default: plaintext].
     #[arg(long, value_name = "PATH")]
@@ -356,6 +361,8 @@ struct FileConfig {
     tls: Option<super::tls::TlsFile>,
     /// The `[cluster]` table (docs/CLUSTER.md, "Settings").
     cluster: Option<crate::cluster::ClusterFile>,
+    /// The `[dispatch]` table (docs/CLUSTER.md, "Dispatch").
+    dispatch: Option<crate::dispatch::DispatchFile>,
 }
 
 /// The resolved configuration.
@@ -440,6 +447,8 @@ pub struct ServeConfig {
     pub tls: Option<super::tls::TlsSettings>,
     /// This node's cluster, when it is one (docs/CLUSTER.md).
     pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// The directory clients ask where to connect, pools and backup domains.
+    pub dispatch: crate::dispatch::DispatchSettings,
 }
 
 /// Retention and storage memory bounds (docs/CONFIGURATION.md, "Storage").
@@ -560,6 +569,13 @@ impl ServeConfig {
         )?;
         let cluster =
             crate::cluster::ClusterSettings::resolve(file.cluster.as_ref(), args.cluster_node)?;
+        let mut dispatch = crate::dispatch::DispatchSettings::resolve(
+            file.dispatch.as_ref(),
+            cluster.as_ref().map(|c| c.nodes),
+        )?;
+        if args.dispatch_addr.is_some() {
+            dispatch.addr = args.dispatch_addr;
+        }
         let data_dir = args
             .data_dir
             .clone()
@@ -724,6 +740,7 @@ impl ServeConfig {
             webhook,
             tls,
             cluster,
+            dispatch,
         };
         // Browsers offer ALPN `http/1.1` for wss://; a TLS listener that speaks WebSocket
         // must accept it.

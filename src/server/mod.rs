@@ -149,6 +149,21 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     }
     let keys = keys::load_or_create(&config.key_file)?;
     let media_keys = keys.clone();
+    let dispatch_keys = keys.clone();
+    // The dispatch directory (which nodes are up, in which pool; the users' pools),
+    // which the cluster bridge and the pool watcher keep current.
+    let directory = Arc::new(crate::dispatch::Directory::new(
+        config.cluster.as_ref().map_or(1, |c| c.nodes),
+        config.dispatch.backup.clone(),
+    ));
+    let pool_book = config.cluster.as_ref().map(|cluster| {
+        Arc::new(crate::dispatch::PoolBook::new(
+            &cluster.name,
+            config.dispatch.kv_replicas,
+            config.dispatch.pools.clone(),
+            directory.clone(),
+        ))
+    });
     let db_path = config.data_dir.join("db");
     // A cluster node: its place among the cluster's cores, the partitions it allocates
     // new conversations in, and the inbox epoch every node shares.
@@ -238,6 +253,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     let syncer_wakes = home_waker.clone();
     let engine_figures = Arc::clone(&engine);
     let media_engine = Arc::clone(&engine);
+    let dispatch_engine = Arc::clone(&engine);
     let scrub_engine = Arc::downgrade(&engine);
     // One control plane and committer on core 0, or one per core (each committer's
     // syncer wake-ups go to its own core).
@@ -318,6 +334,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
                     addr,
                     key,
                     system_user: config.api_system_user,
+                    pools: pool_book.clone(),
                 },
                 bridge,
                 api_stats.clone(),
@@ -443,6 +460,21 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
             )
         })
         .unzip();
+    let endpoints = advertised_endpoints(&config, &local_addrs, &proxied, &websockets);
+    let this_node = config.cluster.as_ref().map_or(0, |c| c.node);
+    directory.set_node(
+        this_node,
+        Some((config.dispatch.pool_of_node(this_node), &endpoints)),
+    );
+    if let Some(addr) = config.dispatch.addr {
+        let auth = crate::media::auth::Authenticator::new(
+            dispatch_keys,
+            revocation_source(&dispatch_engine),
+        );
+        let addr = crate::dispatch::http::start(addr, directory.clone(), auth)?;
+        tracing::info!(%addr, "dispatch directory listening");
+        println!("petrel: dispatch on http://{addr}");
+    }
     for (i, addr) in local_addrs.iter().enumerate() {
         let tls = i >= tls_from;
         let proxy_protocol = proxied.get(i).copied().unwrap_or(false);
@@ -533,23 +565,17 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
                 .collect();
             let (bridge, links) = match (&config.cluster, layout) {
                 (Some(settings), Some(layout)) => {
-                    // Where this node's clients reach it: as configured, else the
-                    // listen addresses that name a host and a port.
-                    let endpoints = if settings.advertise.is_empty() {
-                        config
-                            .listen
-                            .iter()
-                            .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
-                            .map(ToString::to_string)
-                            .collect()
-                    } else {
-                        settings.advertise.clone()
+                    let dispatch = crate::cluster::bridge::DispatchLink {
+                        directory: directory.clone(),
+                        pools: pool_book.clone().context("a cluster has a pool book")?,
+                        pool: config.dispatch.pool_of_node(layout.node).to_owned(),
                     };
                     let (bridge, links) = crate::cluster::bridge::start(
                         settings,
                         layout,
                         partitions.count(),
-                        endpoints,
+                        endpoints.clone(),
+                        dispatch,
                         cores.wakers(),
                     )?;
                     (Some(bridge), links)
@@ -604,11 +630,18 @@ fn start_media(
     keys: petrel_control::KeyRing,
     engine: Arc<RocksEngine>,
 ) -> anyhow::Result<std::net::SocketAddr> {
+    let revoked = revocation_source(&engine);
+    crate::media::start(config.media.clone(), addr, &config.data_dir, keys, revoked)
+}
+
+/// The token revocation list as the database has it, for the HTTP services that check
+/// clients' tokens (media, dispatch). In a cluster, the revocations this node stored.
+fn revocation_source(engine: &Arc<RocksEngine>) -> crate::media::RevocationSource {
     use petrel_storage::Engine as _;
-    // Weak: the media threads live until the process exits and must not keep the
+    // Weak: the HTTP threads live until the process exits and must not keep the
     // database open past the server's own shutdown.
-    let engine = Arc::downgrade(&engine);
-    let revoked: crate::media::RevocationSource = Box::new(move |now_ms| {
+    let engine = Arc::downgrade(engine);
+    Box::new(move |now_ms| {
         let engine = engine.upgrade().ok_or("the database is closed")?;
         let mut list = petrel_control::token::RevocationList::default();
         for entry in engine.load_revoked(now_ms).map_err(|e| e.to_string())? {
@@ -618,8 +651,34 @@ fn start_media(
             );
         }
         Ok(list)
-    });
-    crate::media::start(config.media.clone(), addr, &config.data_dir, keys, revoked)
+    })
+}
+
+/// Where this node's clients reach it, which the dispatch directory answers and the
+/// other nodes name in the kicks of their stopping clients: `[cluster] advertise` if
+/// set, else the listeners that speak the plain protocol (not PROXY protocol, not
+/// WebSocket) bound to a specific address.
+fn advertised_endpoints(
+    config: &ServeConfig,
+    local_addrs: &[SocketAddr],
+    proxied: &[bool],
+    websockets: &[bool],
+) -> Vec<String> {
+    if let Some(cluster) = &config.cluster
+        && !cluster.advertise.is_empty()
+    {
+        return cluster.advertise.clone();
+    }
+    local_addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| {
+            !a.ip().is_unspecified()
+                && !proxied.get(*i).copied().unwrap_or(false)
+                && !websockets.get(*i).copied().unwrap_or(false)
+        })
+        .map(|(_, a)| a.to_string())
+        .collect()
 }
 
 /// Gives the storage syncer thread the configured scheduling policy. The real-time one

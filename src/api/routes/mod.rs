@@ -5,6 +5,7 @@
 pub mod chatrooms;
 pub mod conversations;
 pub mod messages;
+pub mod pools;
 pub mod presence;
 pub mod sessions;
 pub mod tokens;
@@ -22,6 +23,8 @@ pub struct AppState {
     pub bridge: ApiBridge,
     /// The user that `"system": true` messages are sent as (`api_system_user`).
     pub system_user: Option<u64>,
+    /// The users' dispatch pools (a cluster only).
+    pub pools: Option<std::sync::Arc<crate::dispatch::PoolBook>>,
 }
 
 /// Runs `request` on the control plane; its refusal becomes the matching HTTP error.

@@ -1,0 +1,211 @@
+//! Pool assignments in a NATS JetStream key-value bucket, `<cluster>_pools`: key the
+//! user id, value the pool's name, no key for a user in the general pool.
+//!
+//! Why there: an assignment must be readable on every node — the directory runs on any
+//! of them, and must answer while the node that would own the user's data is down —
+//! and JetStream is the cluster's proven replicated store (with a NATS cluster, the
+//! bucket's replicas survive a NATS server's loss: `[dispatch] kv_replicas`). Petrel's
+//! own storage keeps each conversation on one node only.
+//!
+//! Every node watches the whole bucket ([`keep_in_sync`], on the cluster bridge's
+//! runtime) and keeps it in its [`Directory`]; the API writes through [`PoolBook::set`]
+//! on any node, and every node's directory has it within a NATS round trip. NATS
+//! without JetStream (`nats-server` without `-js`): no assignments, every user general,
+//! and the API answers `503` to a write; the watcher keeps trying every few seconds.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, Operation};
+use futures_util::StreamExt;
+
+use super::directory::{Directory, GENERAL};
+
+/// How long to wait before asking NATS for the bucket again.
+const RETRY: Duration = Duration::from_secs(3);
+
+/// How long a write may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why an assignment was not written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolError {
+    /// No pool of that name is configured (the name, the configured ones).
+    UnknownPool(String, String),
+    /// The bucket is not reachable now (NATS down, or without JetStream).
+    Unavailable(String),
+}
+
+impl std::fmt::Display for PoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoolError::UnknownPool(name, known) => write!(f, "no pool {name:?} (pools: {known})"),
+            PoolError::Unavailable(why) => {
+                write!(f, "the pool assignments are not reachable now: {why}")
+            }
+        }
+    }
+}
+
+/// The assignments: the bucket (once opened) and the directory that mirrors it.
+pub struct PoolBook {
+    bucket: String,
+    replicas: usize,
+    /// Every pool name a user may be put in, [`GENERAL`] first.
+    names: Vec<String>,
+    store: OnceLock<kv::Store>,
+    directory: Arc<Directory>,
+}
+
+impl PoolBook {
+    /// The book of cluster `cluster`, whose pools are `names`, mirrored in `directory`.
+    pub fn new(
+        cluster: &str,
+        replicas: usize,
+        names: Vec<String>,
+        directory: Arc<Directory>,
+    ) -> PoolBook {
+        PoolBook {
+            bucket: format!("{cluster}_pools"),
+            replicas: replicas.max(1),
+            names,
+            store: OnceLock::new(),
+            directory,
+        }
+    }
+
+    /// `user`'s pool, as this node's directory has it.
+    pub fn pool_of(&self, user: u64) -> String {
+        self.directory.pool_of(user)
+    }
+
+    /// Puts `user` in `pool` (in [`GENERAL`]: removes their assignment). Done when the
+    /// bucket has it; every node's directory follows within a round trip.
+    pub async fn set(&self, user: u64, pool: &str) -> Result<(), PoolError> {
+        if !self.names.iter().any(|n| n == pool) {
+            return Err(PoolError::UnknownPool(
+                pool.to_owned(),
+                self.names.join(", "),
+            ));
+        }
+        let store = self.store.get().ok_or_else(|| {
+            PoolError::Unavailable(format!(
+                "the bucket {} is not open (NATS down, or started without JetStream: -js)",
+                self.bucket
+            ))
+        })?;
+        let key = user.to_string();
+        let write = async {
+            if pool == GENERAL {
+                store
+                    .delete(&key)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            } else {
+                store
+                    .put(&key, pool.to_owned().into())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(Ok(())) => {
+                // This node's directory has it at once, whatever the watcher's pace.
+                self.directory.assign(user, Some(pool));
+                Ok(())
+            }
+            Ok(Err(e)) => Err(PoolError::Unavailable(e)),
+            Err(_) => Err(PoolError::Unavailable("NATS did not answer in time".into())),
+        }
+    }
+}
+
+/// Opens (or creates) the bucket and mirrors it into the directory for as long as the
+/// process runs, reopening after any failure.
+pub async fn keep_in_sync(client: async_nats::Client, book: Arc<PoolBook>) {
+    let jetstream = async_nats::jetstream::new(client);
+    let mut warned = false;
+    loop {
+        let store = match open(&jetstream, &book).await {
+            Ok(store) => store,
+            Err(error) => {
+                if !warned {
+                    tracing::warn!(bucket = %book.bucket, %error,
+                        "dispatch: cannot open the pool assignments (is nats-server running with -js?); \
+                         every user counts as general until it can; retrying");
+                    warned = true;
+                }
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        if warned {
+            tracing::info!(bucket = %book.bucket, "dispatch: pool assignments open");
+            warned = false;
+        }
+        let _ = book.store.set(store.clone());
+        if let Err(error) = watch(&store, &book.directory).await {
+            tracing::warn!(bucket = %book.bucket, %error, "dispatch: the pool watch stopped; reopening");
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+async fn open(
+    jetstream: &async_nats::jetstream::Context,
+    book: &PoolBook,
+) -> Result<kv::Store, String> {
+    if let Ok(store) = jetstream.get_key_value(book.bucket.clone()).await {
+        return Ok(store);
+    }
+    // The bucket's stream, made as the client's `create_key_value` makes it, but
+    // without its account query, whose answer this client cannot read from Debian's
+    // nats-server 2.9.
+    let stream = async_nats::jetstream::stream::Config {
+        name: format!("KV_{}", book.bucket),
+        description: Some("Petrel: user id -> dispatch pool".into()),
+        subjects: vec![format!("$KV.{}.>", book.bucket)],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: book.replicas,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    jetstream
+        .create_stream(stream)
+        .await
+        .map_err(|e| format!("cannot create the bucket: {e}"))?;
+    jetstream
+        .get_key_value(book.bucket.clone())
+        .await
+        .map_err(|e| format!("cannot open the bucket: {e}"))
+}
+
+/// Reads every assignment, then follows the changes until the watch ends.
+async fn watch(store: &kv::Store, directory: &Directory) -> Result<(), String> {
+    let mut entries = store
+        .watch_with_history(">")
+        .await
+        .map_err(|e| e.to_string())?;
+    // Everything comes again from the start: what was deleted meanwhile goes too.
+    directory.clear_assignments();
+    while let Some(entry) = entries.next().await {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let Ok(user) = entry.key.parse::<u64>() else {
+            tracing::warn!(key = %entry.key, "dispatch: a pool assignment whose key is no user id; ignored");
+            continue;
+        };
+        match entry.operation {
+            Operation::Put => match std::str::from_utf8(&entry.value) {
+                Ok(pool) => directory.assign(user, Some(pool)),
+                Err(_) => tracing::warn!(user, "dispatch: a pool name that is not UTF-8; ignored"),
+            },
+            Operation::Delete | Operation::Purge => directory.assign(user, None),
+        }
+    }
+    Err("the watch ended".into())
+}
