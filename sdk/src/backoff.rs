@@ -96,8 +96,13 @@ impl Backoff {
 /// Which endpoint to try next and how long to wait before trying it.
 #[derive(Debug, Clone)]
 pub struct Reconnector {
+    /// What is tried, in turn: the directory's answer, then the configured endpoints.
     endpoints: Vec<String>,
+    /// The configured endpoints (`ClientConfig::endpoints`).
+    configured: Vec<String>,
     current: usize,
+    /// Connects failed in a row since the last session or directory answer.
+    failures: u32,
     /// Endpoints a stopping server named (`Kick.reconnect_to`): tried first, once each,
     /// before the configured list again.
     hinted: std::collections::VecDeque<String>,
@@ -113,8 +118,10 @@ impl Reconnector {
     /// be empty; [`crate::ClientConfig::validate`] checks that before a client starts.
     pub fn new(endpoints: Vec<String>, config: BackoffConfig, seed: u64) -> Reconnector {
         Reconnector {
+            configured: endpoints.clone(),
             endpoints,
             current: 0,
+            failures: 0,
             hinted: std::collections::VecDeque::new(),
             spread: usize::try_from(seed % 1024).unwrap_or(0),
             backoff: Backoff::new(config, seed),
@@ -161,6 +168,7 @@ impl Reconnector {
     /// return how long to wait before trying it.
     pub fn connect_failed(&mut self) -> Duration {
         self.connected_since = None;
+        self.failures = self.failures.saturating_add(1);
         if self.hinted.pop_front().is_none() {
             self.advance();
         }
@@ -170,6 +178,7 @@ impl Reconnector {
     /// A session was established at `now`.
     pub fn connected(&mut self, now: Instant) {
         self.connected_since = Some(now);
+        self.failures = 0;
         self.hinted.clear();
     }
 
@@ -187,6 +196,26 @@ impl Reconnector {
             self.advance();
         }
         self.delay()
+    }
+
+    /// Connects that failed in a row since the last session or directory answer.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The dispatch directory answered `endpoints`: from now on they are tried first,
+    /// in order, then the configured endpoints not among them; the next attempt goes
+    /// to the first (after any stopping server's hints).
+    pub fn use_directory(&mut self, endpoints: &[String]) {
+        let mut list = endpoints.to_vec();
+        for own in &self.configured {
+            if !list.contains(own) {
+                list.push(own.clone());
+            }
+        }
+        self.endpoints = list;
+        self.current = 0;
+        self.failures = 0;
     }
 
     /// The network changed: forget the back-off and make the next attempt immediate.
@@ -241,6 +270,25 @@ mod tests {
             cap: Duration::from_secs(2),
             stable_after: Duration::from_secs(10),
         }
+    }
+
+    #[test]
+    fn the_directorys_answer_comes_first_then_the_configured_list() {
+        let own = vec!["a:1".to_owned(), "b:1".to_owned()];
+        let mut r = Reconnector::new(own, config(), 3);
+        r.connect_failed();
+        r.connect_failed();
+        assert_eq!((r.endpoint(), r.failures()), ("a:1", 2));
+        r.use_directory(&["d:1".to_owned(), "b:1".to_owned()]);
+        assert_eq!((r.endpoint(), r.failures()), ("d:1", 0));
+        r.connect_failed();
+        assert_eq!(r.endpoint(), "b:1");
+        r.connect_failed();
+        assert_eq!(r.endpoint(), "a:1", "the configured ones after");
+        r.connect_failed();
+        assert_eq!((r.endpoint(), r.failures()), ("d:1", 3));
+        r.connected(Instant::now());
+        assert_eq!(r.failures(), 0);
     }
 
     #[test]

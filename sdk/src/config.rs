@@ -17,8 +17,16 @@ pub struct ClientConfig {
     pub device_id: String,
     /// Platform class, for the server's multi-device policy.
     pub platform: pb::Platform,
-    /// Server addresses as `host:port`, primary first, then backups.
+    /// Server addresses as `host:port`, primary first, then backups: where the client
+    /// connects when it has no `directory`, or none answers.
     pub endpoints: Vec<String>,
+    /// The server's dispatch directories (`http://host:port`, any node's `[dispatch]
+    /// addr`), asked in order at start and after `directory_after_failures` failed
+    /// connects in a row: their answer (this user's pool, then the backup domains)
+    /// comes before `endpoints`. Empty (the default): `endpoints` only.
+    pub directory: Vec<String>,
+    /// Failed connects in a row after which the directory is asked again. Default 3.
+    pub directory_after_failures: u32,
     /// Reconnection back-off.
     pub backoff: BackoffConfig,
     /// Seed for the back-off jitter and nothing else; `None` draws one at start.
@@ -61,6 +69,8 @@ impl ClientConfig {
             device_id: device_id.into(),
             platform: pb::Platform::Desktop,
             endpoints,
+            directory: Vec::new(),
+            directory_after_failures: 3,
             backoff: BackoffConfig::default(),
             jitter_seed: None,
             heartbeat_interval: Duration::from_secs(50),
@@ -94,6 +104,12 @@ impl ClientConfig {
         if self.heartbeat_interval.is_zero() || self.pong_timeout.is_zero() {
             return bad("heartbeat_interval and pong_timeout must be positive");
         }
+        for url in &self.directory {
+            crate::directory::check_url(url).map_err(SdkError::Config)?;
+        }
+        if self.directory_after_failures == 0 {
+            return bad("directory_after_failures must be at least 1");
+        }
         if self.send_window == 0 {
             return bad("send_window must be at least 1");
         }
@@ -125,6 +141,9 @@ mod tests {
         let mut c = ok.clone();
         c.backoff.cap = Duration::ZERO;
         assert!(c.validate().is_err());
+        let mut c = ok.clone();
+        c.directory = vec!["https://dir.example".into()];
+        assert!(c.validate().is_err(), "https is not implemented");
         let mut c = ok;
         c.send_window = 0;
         assert!(c.validate().is_err());

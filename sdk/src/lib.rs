@@ -51,6 +51,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod content;
+pub mod directory;
 pub mod error;
 pub mod event;
 #[cfg(feature = "fuzzing")]

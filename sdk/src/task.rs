@@ -2,7 +2,9 @@
 //! session alive and reconnects when it drops.
 //!
 //! Life of the task:
-//! 1. Pick the endpoint and delay from the [`Reconnector`]; get a token (cache, else the
+//! 1. At start, and after `directory_after_failures` failed connects in a row, ask the
+//!    dispatch directory (if configured) where to connect ([`crate::directory`]).
+//!    Pick the endpoint and delay from the [`Reconnector`]; get a token (cache, else the
 //!    provider); connect; send `Login`.
 //! 2. On `LoginResult`: report `Connected`, rejoin the app's chatrooms, send
 //!    `SyncRequest` from the stored cursors
@@ -178,6 +180,9 @@ pub(crate) struct Task {
     next_request: u32,
     /// The last login was refused for its token: ask the provider (once).
     auth_failed: bool,
+    /// The dispatch directory has been asked (it is asked at start, then again after
+    /// `directory_after_failures` failed connects in a row).
+    asked_directory: bool,
 }
 
 /// One live session's bookkeeping. It holds no socket (the session's `TcpStream` is
@@ -261,6 +266,7 @@ impl Task {
             commands,
             next_request: 0,
             auth_failed: false,
+            asked_directory: false,
         }
     }
 
@@ -283,6 +289,12 @@ impl Task {
 
     pub(crate) async fn run(mut self) {
         loop {
+            if !self.config.directory.is_empty()
+                && (!self.asked_directory
+                    || self.reconnector.failures() >= self.config.directory_after_failures)
+            {
+                self.ask_directory().await;
+            }
             self.set_state(ConnectionState::Connecting {
                 endpoint: self.reconnector.endpoint().to_owned(),
                 attempt: self.reconnector.attempt(),
@@ -349,6 +361,36 @@ impl Task {
                 }
                 // Ephemeral: not worth keeping for a later connection.
                 Some(Command::Flush | Command::Typing { .. }) => {}
+            }
+        }
+    }
+
+    /// Asks the dispatch directory where to connect; its answer goes before the
+    /// configured endpoints. Unanswered: the configured endpoints alone.
+    async fn ask_directory(&mut self) {
+        self.asked_directory = true;
+        let token = match self.token().await {
+            Ok((token, _)) => token,
+            Err(error) => {
+                tracing::warn!(%error, "dispatch: no token to ask the directory with");
+                return;
+            }
+        };
+        match crate::directory::ask(
+            &self.config.directory,
+            &token.token,
+            self.config.connect_timeout,
+        )
+        .await
+        {
+            Ok(answer) => {
+                tracing::info!(pool = %answer.pool, pool_down = answer.pool_down,
+                    endpoints = ?answer.endpoints, "dispatch: the directory answered");
+                self.reconnector.use_directory(&answer.endpoints);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "dispatch: no directory answered; using the configured endpoints");
+                self.reconnector.use_directory(&[]);
             }
         }
     }
