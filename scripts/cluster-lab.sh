@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The cluster lab: a three-node Petrel cluster on this machine (docs/CLUSTER.md).
 #
-#   nats-server   127.0.0.1:14222                 (its own, not the system's service)
-#   node 0        127.0.1.1:9500   metrics 127.0.1.1:9100
-#   node 1        127.0.1.2:9500   metrics 127.0.1.2:9100
-#   node 2        127.0.1.3:9500   metrics 127.0.1.3:9100
+#   nats-server   127.0.0.1:14222        (its own, with JetStream; not the system's service)
+#   node 0        127.0.1.1:9500   metrics :9100   dispatch :9080   api :9400   pool general
+#   node 1        127.0.1.2:9500   metrics :9100   dispatch :9080   api :9400   pool general
+#   node 2        127.0.1.3:9500   metrics :9100   dispatch :9080   api :9400   pool dedicated
 #
 # Each node has two cores, ownership = "per-core", its own data directory and the lab's
 # shared key file. The addresses are loopback addresses (127.0.0.0/8 is all loopback on
@@ -22,6 +22,11 @@
 # NODE_CPUS (default "0,1 0,1 0,1"): each node's CPUs, one comma-separated list per node
 # (every node must run as many cores), e.g. "0 1 1" for one core each, node 0 on CPU 0.
 # EXTRA_CONFIG: more lines for the nodes' config file (top-level keys).
+# The API key is in $LAB_DIR/api-key; put user 7 in the dedicated pool with
+#   curl -X PUT -H "Authorization: Bearer $(cat $LAB_DIR/api-key)" \
+#     -d '{"pool":"dedicated"}' http://127.0.1.1:9400/v1/users/7/pool
+# and ask where user 7 should connect (with a token of theirs) with
+#   curl -H "Authorization: Bearer TOKEN" http://127.0.1.2:9080/v1/dispatch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,7 +60,8 @@ up() {
   fi
   mkdir -p "$LAB_DIR"
   if ! running "$LAB_DIR/nats.pid"; then
-    printf 'listen: %s\nmax_payload: 8MB\n' "$NATS_ADDR" >"$LAB_DIR/nats.conf"
+    printf 'listen: %s\nmax_payload: 8MB\njetstream { store_dir: "%s" }\n' \
+      "$NATS_ADDR" "$LAB_DIR/jetstream" >"$LAB_DIR/nats.conf"
     nats-server -c "$LAB_DIR/nats.conf" >"$LAB_DIR/nats.log" 2>&1 &
     echo $! >"$LAB_DIR/nats.pid"
     wait_port "${NATS_ADDR%:*}" "${NATS_ADDR#*:}" nats-server
@@ -69,7 +75,11 @@ ${EXTRA_CONFIG:-}
 nats_url = "nats://$NATS_ADDR"
 name = "lab"
 nodes = $NODES
+
+[dispatch]
+pools = { dedicated = [2] }
 EOF
+  [[ -f $LAB_DIR/api-key ]] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$LAB_DIR/api-key"
   for n in $(seq 0 $((NODES - 1))); do
     local pid=$LAB_DIR/node$n.pid addr
     addr=$(node_addr "$n")
@@ -81,6 +91,7 @@ EOF
       --cores "${NODE_CPUS[$n]:-0,1}" \
       --data-dir "$LAB_DIR/node$n" --key-file "$LAB_DIR/keys" \
       --listen "$addr:9500" --metrics-addr "$addr:9100" \
+      --dispatch-addr "$addr:9080" --api-addr "$addr:9400" --api-key-file "$LAB_DIR/api-key" \
       >>"$LAB_DIR/node$n.log" 2>&1 &
     echo $! >"$pid"
     wait_port "$addr" 9500 "node $n"

@@ -3,19 +3,33 @@
 //! every node and in a chatroom; a device syncs on any node what every node stores; and
 //! a node SIGKILLed in the middle of the load comes back with every acked message once,
 //! seqs gap-free, while the other nodes answer `SERVER_BUSY` for its conversations and
-//! the clients send again.
+//! the clients send again. A rolling restart by `petrel admin drain` loses and
+//! duplicates nothing; the nodes heal after NATS restarts; and the dispatch directory
+//! sends a dedicated user to the dedicated pool, and to the backup domain when that
+//! pool is down.
+
+/// How long an SDK client may take to connect.
+const WAIT: Duration = Duration::from_secs(30);
 
 #[macro_use]
 mod common;
+#[path = "common/sdk_keys.rs"]
+#[allow(dead_code)] // These tests use the keys of a running node, not fresh ones.
+mod sdk_keys;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::TestClient;
 use common::cluster::{Cluster, Roamer, send_counting_refusals, single};
+use common::server::block_on;
+use common::{Dataplane, TestClient, TestServer, http};
 use petrel_proto::Body;
 use petrel_proto::pb::{self, conversation_op::Op};
+use petrel_sdk::ConnectionState;
 use petrel_storage::{ConversationKey, UserId};
+use sdk_keys::{Keys, start, test_config};
+use serde_json::json;
 
 /// Logs `users[i]` in on node `i % 3`.
 fn log_in(cluster: &Cluster, users: &[u64]) -> Vec<TestClient> {
@@ -407,4 +421,206 @@ fn the_cluster_heals_after_nats_restarts() {
         };
         assert_eq!((push.sender, push.seq), (users[a], ack.seq));
     }
+}
+
+/// The API key of the dispatch test's nodes.
+const API_KEY: &str = "cluster-test-api-key-0123456789";
+
+/// What node `server`'s directory answers `user` (with a token of theirs).
+fn dispatch(server: &TestServer, user: u64) -> serde_json::Value {
+    let addr = server.dispatch.expect("a dispatch directory");
+    let token = server.token(user, "phone");
+    let r = http::request(addr, "GET", "/v1/dispatch", Some(&token), None, b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    r.json()
+}
+
+fn endpoints_of(answer: &serde_json::Value) -> Vec<String> {
+    answer["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .map(|e| e.as_str().expect("a string").to_owned())
+        .collect()
+}
+
+/// Polls `f` until it gives something (at most `limit`).
+fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Where an SDK client is connected, once it is.
+async fn connected_to(client: &petrel_sdk::Client, limit: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let ConnectionState::Connected { endpoint, .. } = client.state() {
+            return endpoint;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not connected within {limit:?}: {:?}",
+            client.state()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn dispatch_sends_a_dedicated_user_to_its_pool_and_to_the_backup_domain_when_it_is_down() {
+    // The backup domain: another deployment (one server sharing the token keys), named
+    // by a host name, as a backup domain is.
+    let backup_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let backup_domain = format!("localhost:{backup_port}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("api.key");
+    std::fs::write(&key_file, format!("{API_KEY}\n")).expect("api key");
+    let extra = format!(
+        "api_addr = \"127.0.0.1:0\"\napi_key_file = {:?}\n\
+         [dispatch]\naddr = \"127.0.0.1:0\"\nbackup = [{backup_domain:?}]\n\
+         pools = {{ dedicated = [2] }}\n",
+        key_file.display().to_string()
+    );
+    let mut cluster = Cluster::start(3, &extra);
+    let backup_dir = dir.path().join("backup");
+    std::fs::create_dir_all(&backup_dir).expect("backup dir");
+    std::fs::copy(
+        cluster.nodes[0].data_dir().join("keys"),
+        backup_dir.join("keys"),
+    )
+    .expect("keys");
+    let _backup = TestServer::start_in(
+        Dataplane::Kernel,
+        &backup_dir,
+        &format!("listen = [\"127.0.0.1:{backup_port}\"]\n"),
+    );
+    let (vip, regular) = (9_101u64, 9_102u64);
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
+    let node_addr = |n: usize| addrs[n].clone();
+
+    // The app's backend puts the latency-sensitive user in the dedicated pool, on any
+    // node's API; a pool nobody configured is refused.
+    let api = cluster.nodes[0].api.expect("api");
+    let put = |user: u64, body: &[u8]| {
+        http::request(
+            api,
+            "PUT",
+            &format!("/v1/users/{user}/pool"),
+            Some(API_KEY),
+            Some("application/json"),
+            body,
+        )
+    };
+    let r = put(vip, br#"{"pool":"dedicated"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = put(vip, br#"{"pool":"gold"}"#);
+    assert_eq!(
+        (r.status, &r.json()["error"]["code"]),
+        (400, &json!("unknown_pool"))
+    );
+    let api1 = cluster.nodes[1].api.expect("api");
+    let r = http::request(
+        api1,
+        "GET",
+        &format!("/v1/users/{vip}/pool"),
+        Some(API_KEY),
+        None,
+        b"",
+    );
+    assert_eq!(
+        r.json()["pool"],
+        "dedicated",
+        "every node has the assignment"
+    );
+
+    // Every node's directory sends the user to the dedicated node, then the backup.
+    for server in &cluster.nodes {
+        let answer = eventually(
+            Duration::from_secs(5),
+            "the assignment on every node",
+            || {
+                let a = dispatch(server, vip);
+                (a["pool"] == "dedicated").then_some(a)
+            },
+        );
+        assert_eq!(answer["pool_down"], false);
+        assert_eq!(
+            endpoints_of(&answer),
+            vec![node_addr(2), backup_domain.clone()]
+        );
+    }
+    // Everyone else to the general pool's nodes, then the backup.
+    let general = dispatch(&cluster.nodes[2], regular);
+    assert_eq!(general["pool"], "general");
+    let mut listed = endpoints_of(&general);
+    assert_eq!(listed.pop(), Some(backup_domain.clone()));
+    listed.sort();
+    let mut general_nodes = vec![node_addr(0), node_addr(1)];
+    general_nodes.sort();
+    assert_eq!(listed, general_nodes);
+    let addr = cluster.nodes[0].dispatch.expect("dispatch");
+    let r = http::request(addr, "GET", "/v1/dispatch", None, None, b"");
+    assert_eq!(r.status, 401, "a client asks with its own token");
+
+    let keys = Arc::new(Keys::load(&cluster.nodes[0].data_dir().join("keys")));
+    let directory: Vec<String> = [1, 0]
+        .iter()
+        .map(|&n: &usize| format!("http://{}", cluster.nodes[n].dispatch.expect("dispatch")))
+        .collect();
+    block_on(Dataplane::Kernel, async {
+        // Each SDK client is configured with node 0 alone and asks the directory first.
+        let client_for = |user: u64, directory: Vec<String>| {
+            let mut config = test_config(user, vec![node_addr(0)]);
+            config.directory = directory;
+            config.directory_after_failures = 2;
+            start(&keys, config)
+        };
+        let (vip_client, _vip_events, _) = client_for(vip, directory.clone());
+        assert_eq!(connected_to(&vip_client, WAIT).await, node_addr(2));
+        let (regular_client, _regular_events, _) = client_for(regular, directory.clone());
+        let at = connected_to(&regular_client, WAIT).await;
+        assert!(at == node_addr(0) || at == node_addr(1), "{at}");
+        // No directory answers: the configured endpoints.
+        let (lost, _lost_events, _) = client_for(9_103, vec!["http://127.0.0.1:1".into()]);
+        assert_eq!(connected_to(&lost, WAIT).await, node_addr(0));
+
+        // The dedicated pool goes down: the client fails over to the backup domain.
+        tokio::task::block_in_place(|| cluster.nodes[2].kill());
+        let moved = tokio::time::timeout(WAIT, async {
+            loop {
+                match vip_client.state() {
+                    ConnectionState::Connected { endpoint, .. } if endpoint == backup_domain => {
+                        return endpoint;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+        .await;
+        assert!(
+            moved.is_ok(),
+            "still not on the backup domain: {:?}",
+            vip_client.state()
+        );
+        tokio::task::block_in_place(|| {
+            let answer = eventually(Duration::from_secs(5), "the pool down", || {
+                let a = dispatch(&cluster.nodes[0], vip);
+                (a["pool_down"] == true).then_some(a)
+            });
+            assert_eq!(endpoints_of(&answer), vec![backup_domain.clone()]);
+        });
+        for client in [vip_client, regular_client, lost] {
+            client.shutdown(false).await;
+        }
+    });
 }

@@ -35,8 +35,16 @@ impl Nats {
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let conf = dir.path().join("nats.conf");
-        // A sync page can pass NATS's default 1 MiB payload limit.
-        std::fs::write(&conf, format!("listen: {addr}\nmax_payload: 8MB\n")).expect("conf");
+        // A sync page can pass NATS's default 1 MiB payload limit. JetStream keeps the
+        // dispatch pools' key-value bucket.
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: {addr}\nmax_payload: 8MB\njetstream {{ store_dir: {:?} }}\n",
+                dir.path().join("jetstream").display().to_string()
+            ),
+        )
+        .expect("conf");
         let child = spawn_nats(&conf, addr);
         Nats {
             child,

@@ -31,6 +31,20 @@ impl Keys {
         }
     }
 
+    /// The keys of an existing key file (a server's own), copied.
+    #[allow(dead_code)] // Only the cluster tests read a server's own key file.
+    pub fn load(from: &std::path::Path) -> Keys {
+        let text = std::fs::read_to_string(from).expect("read key file");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys");
+        std::fs::write(&path, &text).expect("write key file");
+        Keys {
+            ring: KeyRing::parse(&text).expect("key ring"),
+            path,
+            _dir: dir,
+        }
+    }
+
     /// The line to add to the server's config.
     pub fn server_config(&self) -> String {
         format!("key_file = {:?}\n", self.path.display().to_string())

@@ -78,6 +78,8 @@ pub struct TestServer {
     pub media: Option<SocketAddr>,
     /// The HTTP API, when the config set `api_addr` (in the root namespace).
     pub api: Option<SocketAddr>,
+    /// The dispatch directory, when the config has a `[dispatch]` table with an `addr`.
+    pub dispatch: Option<SocketAddr>,
     pub dataplane: Dataplane,
     data_dir: PathBuf,
     extra_config: String,
@@ -246,6 +248,7 @@ impl TestServer {
         let mut metrics = None;
         let mut media = None;
         let mut api = None;
+        let mut dispatch = None;
         let mut tls_addrs = Vec::new();
         let mut proxy_addrs = Vec::new();
         let mut ws_addrs = Vec::new();
@@ -269,6 +272,9 @@ impl TestServer {
             if let Some(rest) = line.strip_prefix("petrel: api on http://") {
                 let addr = rest.strip_suffix("/v1").expect("…/v1");
                 api = Some(addr.parse().expect("api address"));
+            }
+            if let Some(rest) = line.strip_prefix("petrel: dispatch on http://") {
+                dispatch = Some(rest.parse().expect("dispatch address"));
             }
             if let Some(rest) = line.strip_prefix("petrel: TLS on ") {
                 tls_addrs = parse_list(rest);
@@ -297,6 +303,7 @@ impl TestServer {
             metrics,
             media,
             api,
+            dispatch,
             dataplane,
             data_dir: data_dir.to_path_buf(),
             extra_config: extra_config.to_owned(),
