@@ -529,18 +529,14 @@ fn dispatch_sends_a_dedicated_user_to_its_pool_and_to_the_backup_domain_when_it_
         (400, &json!("unknown_pool"))
     );
     let api1 = cluster.nodes[1].api.expect("api");
-    let r = http::request(
-        api1,
-        "GET",
-        &format!("/v1/users/{vip}/pool"),
-        Some(API_KEY),
-        None,
-        b"",
-    );
-    assert_eq!(
-        r.json()["pool"],
-        "dedicated",
-        "every node has the assignment"
+    eventually(
+        Duration::from_secs(5),
+        "node 1's API has the assignment",
+        || {
+            let path = format!("/v1/users/{vip}/pool");
+            let r = http::request(api1, "GET", &path, Some(API_KEY), None, b"");
+            (r.status == 200 && r.json()["pool"] == "dedicated").then_some(())
+        },
     );
 
     // Every node's directory sends the user to the dedicated node, then the backup.

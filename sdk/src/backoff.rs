@@ -204,8 +204,9 @@ impl Reconnector {
     }
 
     /// The dispatch directory answered `endpoints`: from now on they are tried first,
-    /// in order, then the configured endpoints not among them; the next attempt goes
-    /// to the first (after any stopping server's hints).
+    /// in order, then the configured endpoints not among them. A new list starts from
+    /// its first endpoint (after any stopping server's hints); the same list again goes
+    /// on where it was, so every endpoint gets its turn.
     pub fn use_directory(&mut self, endpoints: &[String]) {
         let mut list = endpoints.to_vec();
         for own in &self.configured {
@@ -213,9 +214,22 @@ impl Reconnector {
                 list.push(own.clone());
             }
         }
-        self.endpoints = list;
-        self.current = 0;
+        if list != self.endpoints {
+            self.endpoints = list;
+            self.current = 0;
+        }
         self.failures = 0;
+    }
+
+    /// No directory answered: keep the list as it is (the configured endpoints are in
+    /// it), and ask again only after as many failures again.
+    pub fn directory_unanswered(&mut self) {
+        self.failures = 0;
+    }
+
+    /// How many endpoints are tried in turn.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
     }
 
     /// The network changed: forget the back-off and make the next attempt immediate.
@@ -287,6 +301,11 @@ mod tests {
         assert_eq!(r.endpoint(), "a:1", "the configured ones after");
         r.connect_failed();
         assert_eq!((r.endpoint(), r.failures()), ("d:1", 3));
+        r.connect_failed();
+        r.use_directory(&["d:1".to_owned(), "b:1".to_owned()]);
+        assert_eq!(r.endpoint(), "b:1", "the same answer goes on where it was");
+        r.directory_unanswered();
+        assert_eq!((r.endpoint(), r.failures()), ("b:1", 0));
         r.connected(Instant::now());
         assert_eq!(r.failures(), 0);
     }

@@ -21,11 +21,13 @@ pub struct ClientConfig {
     /// connects when it has no `directory`, or none answers.
     pub endpoints: Vec<String>,
     /// The server's dispatch directories (`http://host:port`, any node's `[dispatch]
-    /// addr`), asked in order at start and after `directory_after_failures` failed
-    /// connects in a row: their answer (this user's pool, then the backup domains)
-    /// comes before `endpoints`. Empty (the default): `endpoints` only.
+    /// addr`), asked in order at start and after a round of failed connects: their
+    /// answer (this user's pool, then the backup domains) comes before `endpoints`.
+    /// Empty (the default): `endpoints` only. Not with `tls` (the request carries the
+    /// token, and https directories are not implemented yet).
     pub directory: Vec<String>,
-    /// Failed connects in a row after which the directory is asked again. Default 3.
+    /// Failed connects in a row after which the directory is asked again (at least one
+    /// try of every endpoint in the list). Default 3.
     pub directory_after_failures: u32,
     /// Reconnection back-off.
     pub backoff: BackoffConfig,
@@ -106,6 +108,13 @@ impl ClientConfig {
         }
         for url in &self.directory {
             crate::directory::check_url(url).map_err(SdkError::Config)?;
+        }
+        if self.tls.is_some() && !self.directory.is_empty() {
+            // The request carries the login token, which TLS is there to protect.
+            return bad(
+                "a directory speaks plain HTTP and would carry the token in clear; \
+                 with tls, leave directory empty (https directories are not implemented yet)",
+            );
         }
         if self.directory_after_failures == 0 {
             return bad("directory_after_failures must be at least 1");

@@ -289,9 +289,13 @@ impl Task {
 
     pub(crate) async fn run(mut self) {
         loop {
+            // Again after a full round of failures (at least `directory_after_failures`),
+            // so every endpoint of the list gets its turn first.
+            let round = u32::try_from(self.reconnector.endpoint_count())
+                .unwrap_or(u32::MAX)
+                .max(self.config.directory_after_failures);
             if !self.config.directory.is_empty()
-                && (!self.asked_directory
-                    || self.reconnector.failures() >= self.config.directory_after_failures)
+                && (!self.asked_directory || self.reconnector.failures() >= round)
             {
                 self.ask_directory().await;
             }
@@ -325,6 +329,9 @@ impl Task {
                     retry_in
                 }
                 Outcome::Stop(reason) => {
+                    // Started again by the app (`reconnect_now`): the directory first,
+                    // as at start (the backend may have moved the user to another pool).
+                    self.asked_directory = false;
                     self.set_state(ConnectionState::Stopped { reason });
                     if !self.idle(None).await {
                         return;
@@ -373,24 +380,30 @@ impl Task {
             Ok((token, _)) => token,
             Err(error) => {
                 tracing::warn!(%error, "dispatch: no token to ask the directory with");
+                self.reconnector.directory_unanswered();
                 return;
             }
         };
-        match crate::directory::ask(
-            &self.config.directory,
-            &token.token,
+        // One limit for all the directories together: the app's commands wait meanwhile.
+        let asked = timeout(
             self.config.connect_timeout,
+            crate::directory::ask(
+                &self.config.directory,
+                &token.token,
+                self.config.connect_timeout,
+            ),
         )
         .await
-        {
+        .unwrap_or_else(|_| Err("no directory answered in time".to_owned()));
+        match asked {
             Ok(answer) => {
                 tracing::info!(pool = %answer.pool, pool_down = answer.pool_down,
                     endpoints = ?answer.endpoints, "dispatch: the directory answered");
                 self.reconnector.use_directory(&answer.endpoints);
             }
             Err(error) => {
-                tracing::warn!(%error, "dispatch: no directory answered; using the configured endpoints");
-                self.reconnector.use_directory(&[]);
+                tracing::warn!(%error, "dispatch: no directory answered; keeping the endpoints as they are");
+                self.reconnector.directory_unanswered();
             }
         }
     }

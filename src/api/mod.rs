@@ -150,14 +150,6 @@ pub fn start(
     bridge: ApiBridge,
     stats: Arc<ApiStats>,
 ) -> anyhow::Result<Endpoint> {
-    let listener = std::net::TcpListener::bind(settings.addr)
-        .with_context(|| format!("cannot listen for the API on {}", settings.addr))?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot build the API's runtime")?;
     let app = router(
         AppState {
             bridge,
@@ -167,22 +159,40 @@ pub fn start(
         settings.key,
         stats,
     );
+    let addr = serve_on_thread("api", settings.addr, app)?;
+    Ok(Endpoint { addr })
+}
+
+/// Binds `addr` and serves `app` on a thread of its own (`petrel-<what>`, a one-thread
+/// tokio runtime) until the process exits; never on a core loop. Returns the address
+/// bound (the port chosen, if 0 was asked for). The API and the dispatch directory
+/// run this way.
+pub fn serve_on_thread(what: &str, addr: SocketAddr, app: Router) -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen for the {what} on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .with_context(|| format!("cannot build the {what}'s runtime"))?;
+    let name = what.to_owned();
     std::thread::Builder::new()
-        .name("petrel-api".into())
+        .name(format!("petrel-{what}"))
         .spawn(move || {
             runtime.block_on(async move {
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
                     Err(error) => {
-                        tracing::error!(%error, "api: cannot use the listener");
+                        tracing::error!(%error, "{name}: cannot use the listener");
                         return;
                     }
                 };
                 if let Err(error) = axum::serve(listener, app).await {
-                    tracing::error!(%error, "api: server stopped");
+                    tracing::error!(%error, "{name}: server stopped");
                 }
             });
         })
-        .context("cannot start the API thread")?;
-    Ok(Endpoint { addr })
+        .with_context(|| format!("cannot start the {what} thread"))?;
+    Ok(local)
 }

@@ -674,9 +674,10 @@ impl Task {
         }
     }
 
-    /// Tells the cores where the other nodes that are up take clients, starting with
-    /// the node after this one (so the clients of a stopping node spread out), and the
-    /// dispatch directory which nodes are up, in which pool.
+    /// Tells the cores where the other nodes of this node's pool that are up take
+    /// clients (the backup domains if none), starting with the node after this one (so
+    /// the clients of a stopping node spread out), and the dispatch directory which
+    /// nodes are up, in which pool.
     fn tell_endpoints(&mut self) {
         let n = usize::from(self.layout.nodes);
         let me = usize::from(self.layout.node);
@@ -687,10 +688,16 @@ impl Task {
                 self.directory.set_node(node, up);
             }
         }
-        let endpoints: Vec<String> = (1..n)
+        // The clients of a stopping node stay in its pool: the pool's other nodes that
+        // are up, else the backup domains, as the directory would answer them.
+        let mut endpoints: Vec<String> = (1..n)
             .filter_map(|i| self.peers[(me + i) % n].as_ref())
+            .filter(|p| p.pool == self.hello.pool)
             .flat_map(|p| p.endpoints.iter().cloned())
             .collect();
+        if endpoints.is_empty() {
+            endpoints = self.directory.backups().to_vec();
+        }
         self.tell_all(|| Inbound::Endpoints(endpoints.clone()));
     }
 

@@ -42,6 +42,9 @@ struct State {
     nodes: Vec<Option<Node>>,
     /// User → pool, for the users not in the general pool.
     assignments: HashMap<u64, String>,
+    /// Whether `assignments` holds the whole bucket (once read; a server without pools
+    /// has nothing to read).
+    loaded: bool,
 }
 
 /// The shared directory: written by the bridge and the pool watcher, read by the
@@ -53,15 +56,23 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// A directory of `nodes` nodes, all down, with these backup domains.
-    pub fn new(nodes: u8, backup: Vec<String>) -> Directory {
+    /// A directory of `nodes` nodes, all down, with these backup domains; `pooled`:
+    /// its assignments are still to be read (from the NATS bucket), and until they are
+    /// it answers nobody ([`Directory::answer`] is `None`).
+    pub fn new(nodes: u8, backup: Vec<String>, pooled: bool) -> Directory {
         Directory {
             backup,
             state: RwLock::new(State {
                 nodes: vec![None; usize::from(nodes)],
                 assignments: HashMap::new(),
+                loaded: !pooled,
             }),
         }
+    }
+
+    /// The backup domains.
+    pub fn backups(&self) -> &[String] {
+        &self.backup
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -96,23 +107,33 @@ impl Directory {
         }
     }
 
-    /// Forgets every assignment (before the watcher reads them all again).
-    pub fn clear_assignments(&self) {
-        self.write().assignments.clear();
+    /// Every assignment at once (the watcher read the whole bucket): from now on the
+    /// directory answers.
+    pub fn replace_assignments(&self, assignments: HashMap<u64, String>) {
+        let mut state = self.write();
+        state.assignments = assignments;
+        state.loaded = true;
     }
 
-    /// `user`'s pool.
-    pub fn pool_of(&self, user: u64) -> String {
-        self.read()
-            .assignments
-            .get(&user)
-            .cloned()
-            .unwrap_or_else(|| GENERAL.to_owned())
-    }
-
-    /// Where `user` should connect.
-    pub fn answer(&self, user: u64) -> Dispatch {
+    /// `user`'s pool; `None` until the assignments are read.
+    pub fn pool_of(&self, user: u64) -> Option<String> {
         let state = self.read();
+        state.loaded.then(|| {
+            state
+                .assignments
+                .get(&user)
+                .cloned()
+                .unwrap_or_else(|| GENERAL.to_owned())
+        })
+    }
+
+    /// Where `user` should connect; `None` until the assignments are read (answering
+    /// "general" meanwhile would send a dedicated user to the wrong pool).
+    pub fn answer(&self, user: u64) -> Option<Dispatch> {
+        let state = self.read();
+        if !state.loaded {
+            return None;
+        }
         let pool = state.assignments.get(&user).map_or(GENERAL, String::as_str);
         let members: Vec<&Node> = state
             .nodes
@@ -134,12 +155,12 @@ impl Directory {
                 endpoints.push(backup.clone());
             }
         }
-        Dispatch {
+        Some(Dispatch {
             user_id: user,
             pool: pool.to_owned(),
             pool_down,
             endpoints,
-        }
+        })
     }
 }
 
@@ -153,11 +174,13 @@ mod tests {
 
     #[test]
     fn a_user_gets_their_pools_nodes_then_the_backups_and_the_backups_first_when_it_is_down() {
-        let d = Directory::new(3, eps(&["backup.example:7000"]));
+        let d = Directory::new(3, eps(&["backup.example:7000"]), true);
         d.set_node(0, Some((GENERAL, &eps(&["a:1"]))));
+        assert_eq!(d.answer(10), None, "not before the assignments are read");
+        d.replace_assignments(HashMap::new());
         d.set_node(1, Some((GENERAL, &eps(&["b:1"]))));
         d.set_node(2, Some(("dedicated", &eps(&["c:1", "c:2"]))));
-        let general = d.answer(10);
+        let general = d.answer(10).expect("loaded");
         assert_eq!(general.pool, GENERAL);
         assert!(!general.pool_down);
         assert_eq!(
@@ -165,23 +188,26 @@ mod tests {
             eps(&["a:1", "b:1", "backup.example:7000"])
         );
         assert_eq!(
-            d.answer(11).endpoints,
+            d.answer(11).expect("loaded").endpoints,
             eps(&["b:1", "a:1", "backup.example:7000"]),
             "users spread over the pool"
         );
         d.assign(11, Some("dedicated"));
-        let vip = d.answer(11);
+        let vip = d.answer(11).expect("loaded");
         assert_eq!(
             (vip.pool.as_str(), vip.endpoints),
             ("dedicated", eps(&["c:1", "c:2", "backup.example:7000"]))
         );
         d.set_node(2, None);
-        let vip = d.answer(11);
+        let vip = d.answer(11).expect("loaded");
         assert!(vip.pool_down);
         assert_eq!(vip.endpoints, eps(&["backup.example:7000"]));
         d.assign(11, Some(GENERAL));
-        assert_eq!(d.pool_of(11), GENERAL);
+        assert_eq!(d.pool_of(11).as_deref(), Some(GENERAL));
         d.assign(12, Some("no-such-pool"));
-        assert!(d.answer(12).pool_down, "a pool no node is in is down");
+        assert!(
+            d.answer(12).expect("loaded").pool_down,
+            "a pool no node is in is down"
+        );
     }
 }

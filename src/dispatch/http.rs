@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -30,33 +29,7 @@ pub fn start(
     directory: Arc<Directory>,
     auth: Authenticator,
 ) -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("cannot listen for dispatch on {addr}"))?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot build the dispatch runtime")?;
-    let app = router(Arc::new(App { directory, auth }));
-    std::thread::Builder::new()
-        .name("petrel-dispatch".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(error) => {
-                        tracing::error!(%error, "dispatch: cannot use the listener");
-                        return;
-                    }
-                };
-                if let Err(error) = axum::serve(listener, app).await {
-                    tracing::error!(%error, "dispatch: server stopped");
-                }
-            });
-        })
-        .context("cannot start the dispatch thread")?;
-    Ok(local)
+    crate::api::serve_on_thread("dispatch", addr, router(Arc::new(App { directory, auth })))
 }
 
 fn router(app: Arc<App>) -> Router {
@@ -77,7 +50,19 @@ async fn dispatch(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         Ok(claims) => claims,
         Err(e) => return e.into_response(),
     };
-    let answer = app.directory.answer(claims.user);
+    let Some(answer) = app.directory.answer(claims.user) else {
+        // The SDK asks the next directory, or keeps its endpoints.
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "this node has not read the pool assignments yet (NATS down, or without JetStream)",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
     tracing::debug!(user = claims.user, pool = %answer.pool, pool_down = answer.pool_down,
         "dispatch: answered");
     let mut response = axum::Json(answer).into_response();

@@ -13,6 +13,7 @@
 //! without JetStream (`nats-server` without `-js`): no assignments, every user general,
 //! and the API answers `503` to a write; the watcher keeps trying every few seconds.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -74,13 +75,15 @@ impl PoolBook {
         }
     }
 
-    /// `user`'s pool, as this node's directory has it.
-    pub fn pool_of(&self, user: u64) -> String {
+    /// `user`'s pool, as this node's directory has it (`None` until it has read the
+    /// bucket).
+    pub fn pool_of(&self, user: u64) -> Option<String> {
         self.directory.pool_of(user)
     }
 
     /// Puts `user` in `pool` (in [`GENERAL`]: removes their assignment). Done when the
-    /// bucket has it; every node's directory follows within a round trip.
+    /// bucket has it; every node's directory, this one's too, follows within a round
+    /// trip, in the bucket's order (so two writes at once end the same everywhere).
     pub async fn set(&self, user: u64, pool: &str) -> Result<(), PoolError> {
         if !self.names.iter().any(|n| n == pool) {
             return Err(PoolError::UnknownPool(
@@ -111,11 +114,7 @@ impl PoolBook {
             }
         };
         match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(Ok(())) => {
-                // This node's directory has it at once, whatever the watcher's pace.
-                self.directory.assign(user, Some(pool));
-                Ok(())
-            }
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(PoolError::Unavailable(e)),
             Err(_) => Err(PoolError::Unavailable("NATS did not answer in time".into())),
         }
@@ -185,26 +184,48 @@ async fn open(
         .map_err(|e| format!("cannot open the bucket: {e}"))
 }
 
-/// Reads every assignment, then follows the changes until the watch ends.
+/// Reads every assignment, then follows the changes until the watch ends. The whole
+/// bucket is read into a map of its own and put in the directory at once when the
+/// watch has caught up, so the directory never answers from half of it (at start it
+/// answers nobody until then; after a reopening it answers from the old map).
 async fn watch(store: &kv::Store, directory: &Directory) -> Result<(), String> {
     let mut entries = store
         .watch_with_history(">")
         .await
         .map_err(|e| e.to_string())?;
-    // Everything comes again from the start: what was deleted meanwhile goes too.
-    directory.clear_assignments();
+    let empty = store.status().await.map_err(|e| e.to_string())?.values() == 0;
+    let mut replay: Option<HashMap<u64, String>> = Some(HashMap::new());
+    if empty {
+        directory.replace_assignments(replay.take().unwrap_or_default());
+    }
     while let Some(entry) = entries.next().await {
         let entry = entry.map_err(|e| e.to_string())?;
+        let caught_up = entry.delta == 0;
         let Ok(user) = entry.key.parse::<u64>() else {
             tracing::warn!(key = %entry.key, "dispatch: a pool assignment whose key is no user id; ignored");
             continue;
         };
-        match entry.operation {
+        let pool = match entry.operation {
             Operation::Put => match std::str::from_utf8(&entry.value) {
-                Ok(pool) => directory.assign(user, Some(pool)),
-                Err(_) => tracing::warn!(user, "dispatch: a pool name that is not UTF-8; ignored"),
+                Ok(pool) => Some(pool.to_owned()),
+                Err(_) => {
+                    tracing::warn!(user, "dispatch: a pool name that is not UTF-8; ignored");
+                    continue;
+                }
             },
-            Operation::Delete | Operation::Purge => directory.assign(user, None),
+            Operation::Delete | Operation::Purge => None,
+        };
+        match &mut replay {
+            Some(map) => {
+                match pool {
+                    Some(pool) if pool != GENERAL => map.insert(user, pool),
+                    _ => map.remove(&user),
+                };
+                if caught_up {
+                    directory.replace_assignments(replay.take().unwrap_or_default());
+                }
+            }
+            None => directory.assign(user, pool.as_deref()),
         }
     }
     Err("the watch ended".into())

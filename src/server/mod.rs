@@ -155,6 +155,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     let directory = Arc::new(crate::dispatch::Directory::new(
         config.cluster.as_ref().map_or(1, |c| c.nodes),
         config.dispatch.backup.clone(),
+        config.cluster.is_some(),
     ));
     let pool_book = config.cluster.as_ref().map(|cluster| {
         Arc::new(crate::dispatch::PoolBook::new(
@@ -473,6 +474,13 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         );
         let addr = crate::dispatch::http::start(addr, directory.clone(), auth)?;
         tracing::info!(%addr, "dispatch directory listening");
+        if endpoints.is_empty() {
+            tracing::warn!(
+                "dispatch: this node names no endpoint of its own (its listeners are on \
+                 wildcard addresses, PROXY protocol or WebSocket): the directories send no \
+                 client here; set [cluster] advertise"
+            );
+        }
         println!("petrel: dispatch on http://{addr}");
     }
     for (i, addr) in local_addrs.iter().enumerate() {

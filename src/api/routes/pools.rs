@@ -48,7 +48,9 @@ pub async fn get(
     ApiPath(user): ApiPath<u64>,
 ) -> Result<Json<PoolOut>, HttpError> {
     let user = user_id("user_id", user)?;
-    let pool = book(&state)?.pool_of(user);
+    let pool = book(&state)?.pool_of(user).ok_or_else(|| {
+        unavailable("the pool assignments are not read yet (NATS down, or without JetStream)")
+    })?;
     Ok(Json(PoolOut {
         user_id: user,
         pool,
@@ -80,14 +82,13 @@ pub async fn put(
                     .field("pool"),
             )
         }
-        Err(e @ PoolError::Unavailable(_)) => {
-            let mut error = HttpError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            );
-            error.retry_after_s = Some(1);
-            Err(error)
-        }
+        Err(e @ PoolError::Unavailable(_)) => Err(unavailable(e.to_string())),
     }
+}
+
+/// `503 unavailable`, retry in a second.
+fn unavailable(message: impl Into<String>) -> HttpError {
+    let mut error = HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+    error.retry_after_s = Some(1);
+    error
 }
