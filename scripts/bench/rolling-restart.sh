@@ -58,10 +58,8 @@ load=$!
 sleep "$GAP"
 for n in 0 1 2; do
   echo "=== $(date +%T) draining node $n"
-  pid=$(cat "$LAB_DIR/node$n.pid")
+  # Returns once the node's process is gone (the lab starts only nodes not running).
   "$PETREL" admin drain --data-dir "$LAB_DIR/node$n" --wait 30
-  # The admin socket goes first; the lab starts only nodes whose process is gone.
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   echo "=== $(date +%T) node $n stopped; starting it again"
   bash "$repo/scripts/cluster-lab.sh" up >/dev/null
   sleep "$GAP"

@@ -54,27 +54,55 @@ pub fn run(args: &DrainArgs) -> anyhow::Result<()> {
     BufReader::new(&stream)
         .read_line(&mut reply)
         .context("the server did not answer on its admin socket")?;
-    match reply.trim_end().split_once(' ') {
-        Some(("ok", _)) => {}
+    let pid = match reply.trim_end().split_once(' ') {
+        Some(("ok", rest)) => rest
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("pid="))
+            .and_then(|pid| pid.parse::<u32>().ok()),
         Some(("error", why)) => bail!("the server refused to drain: {why}"),
         _ => bail!("unexpected answer from the admin socket: {reply:?}"),
-    }
+    };
     println!("petrel: {} is draining", config.data_dir.display());
     if args.wait == 0 {
         return Ok(());
     }
-    // The socket file goes when the server has stopped (its last step).
+    // The socket file goes when the server has stopped (its last step); the process
+    // is gone a moment later (a server of an older version names no pid).
     let deadline = Instant::now() + Duration::from_secs(args.wait);
-    while socket.exists() {
+    while socket.exists() || pid.is_some_and(alive) {
         if Instant::now() > deadline {
             bail!(
-                "the server still runs after {} s (its admin socket {} is there)",
+                "the server (pid {}) still runs after {} s",
+                pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
                 args.wait,
-                socket.display()
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
     println!("petrel: stopped");
     Ok(())
+}
+
+/// Whether process `pid` still runs: it is in /proc and not a zombie (an exited
+/// process its parent has not reaped yet; it holds nothing any more).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alive;
+
+    #[test]
+    fn this_process_is_alive_and_a_pid_beyond_any_is_not() {
+        assert!(alive(std::process::id()));
+        assert!(!alive(u32::MAX));
+    }
 }

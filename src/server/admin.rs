@@ -4,9 +4,10 @@
 //!
 //! Protocol: one request line per connection, one answer line back.
 //! - `backup /absolute/dir` → `ok /absolute/dir` or `error MESSAGE`.
-//! - `drain` → `ok draining`: `petrel admin drain` — the server stops as on SIGTERM
-//!   (no new logins, requests in flight answered, every client kicked with
-//!   `SERVER_SHUTDOWN` naming the cluster's other nodes, a goodbye to them) and exits.
+//! - `drain` → `ok draining pid=PID`: `petrel admin drain` — the server stops as on
+//!   SIGTERM (no new logins, requests in flight answered, every client kicked with
+//!   `SERVER_SHUTDOWN` naming the cluster's other nodes, a goodbye to them) and exits;
+//!   the pid lets the caller wait for the process itself to be gone.
 //!
 //! The socket is created after the database is opened (holding its lock means no other
 //! server owns this data dir, so a leftover socket file is stale and replaced) and removed
@@ -86,9 +87,9 @@ fn answer(
             Some(begin) => {
                 tracing::info!("admin: drain requested; shutting down gracefully");
                 begin();
-                "ok draining"
+                format!("ok draining pid={}", std::process::id())
             }
-            None => "error the server is not serving yet",
+            None => "error the server is not serving yet".to_owned(),
         };
         return (&stream).write_all(format!("{reply}\n").as_bytes());
     }
