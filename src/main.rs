@@ -12,6 +12,7 @@ mod api;
 mod chat;
 mod cluster;
 mod dispatch;
+mod http_serve;
 mod media;
 mod ops;
 mod server;

@@ -23,7 +23,6 @@ pub mod stats;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
@@ -38,6 +37,7 @@ use self::routes::{
     AppState, chatrooms, conversations, messages, pools, presence, sessions, tokens,
 };
 use self::stats::ApiStats;
+use crate::http_serve::Limits;
 
 /// Largest request body, bytes (a message's content is at most 60 KiB encoded).
 pub const BODY_LIMIT: usize = 128 * 1024;
@@ -159,40 +159,6 @@ pub fn start(
         settings.key,
         stats,
     );
-    let addr = serve_on_thread("api", settings.addr, app)?;
+    let addr = crate::http_serve::serve_on_thread("api", settings.addr, app, Limits::API)?;
     Ok(Endpoint { addr })
-}
-
-/// Binds `addr` and serves `app` on a thread of its own (`petrel-<what>`, a one-thread
-/// tokio runtime) until the process exits; never on a core loop. Returns the address
-/// bound (the port chosen, if 0 was asked for). The API and the dispatch directory
-/// run this way.
-pub fn serve_on_thread(what: &str, addr: SocketAddr, app: Router) -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("cannot listen for the {what} on {addr}"))?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .with_context(|| format!("cannot build the {what}'s runtime"))?;
-    let name = what.to_owned();
-    std::thread::Builder::new()
-        .name(format!("petrel-{what}"))
-        .spawn(move || {
-            runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(error) => {
-                        tracing::error!(%error, "{name}: cannot use the listener");
-                        return;
-                    }
-                };
-                if let Err(error) = axum::serve(listener, app).await {
-                    tracing::error!(%error, "{name}: server stopped");
-                }
-            });
-        })
-        .with_context(|| format!("cannot start the {what} thread"))?;
-    Ok(local)
 }

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::directory::Directory;
+use crate::http_serve::Limits;
 use crate::media::auth::Authenticator;
 use crate::media::error::ApiError;
 
@@ -29,7 +30,8 @@ pub fn start(
     directory: Arc<Directory>,
     auth: Authenticator,
 ) -> anyhow::Result<SocketAddr> {
-    crate::api::serve_on_thread("dispatch", addr, router(Arc::new(App { directory, auth })))
+    let app = router(Arc::new(App { directory, auth }));
+    crate::http_serve::serve_on_thread("dispatch", addr, app, Limits::DISPATCH)
 }
 
 fn router(app: Arc<App>) -> Router {

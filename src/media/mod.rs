@@ -132,16 +132,8 @@ pub fn start(
                         let _ = tokio::task::spawn_blocking(move || session::sweep(&app)).await;
                     }
                 });
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(error) => {
-                        tracing::error!(%error, "media service cannot use its listener");
-                        return;
-                    }
-                };
-                if let Err(error) = axum::serve(listener, router(app)).await {
-                    tracing::error!(%error, "media service stopped");
-                }
+                let limits = crate::http_serve::Limits::MEDIA;
+                crate::http_serve::serve_std(listener, router(app), limits, "media").await;
             });
         })
         .context("cannot start the media thread")?;
