@@ -6,9 +6,13 @@
 //! idle between requests (hyper's header read timeout), so a client that connects and
 //! sends nothing, or a byte at a time, does not hold a connection for ever.
 //!
+//! With a TLS acceptor (the dispatch directory when the server has a certificate) each
+//! connection's handshake comes first, within the header timeout too.
+//!
 //! The API, the dispatch directory and the media service run this way. `axum::serve`
-//! has neither limit, hence the accept loop here, over hyper's HTTP/1.1 connection
-//! (every client of these endpoints speaks HTTP/1.1; upgrades are kept for axum).
+//! has neither limit nor TLS, hence the accept loop here, over hyper's HTTP/1.1
+//! connection (every client of these endpoints speaks HTTP/1.1; upgrades are kept for
+//! axum).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +22,9 @@ use anyhow::Context;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 /// What one endpoint allows its clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,13 +57,14 @@ impl Limits {
 
 /// Binds `addr` and serves `app` with `limits` on a thread of its own
 /// (`petrel-<what>`, a one-thread tokio runtime) until the process exits; never on a
-/// core loop. Returns the address bound (the port chosen, if 0 was asked for). The API
-/// and the dispatch directory run this way.
+/// core loop; HTTPS with `tls`. Returns the address bound (the port chosen, if 0 was
+/// asked for). The API and the dispatch directory run this way.
 pub fn serve_on_thread(
     what: &str,
     addr: SocketAddr,
     app: Router,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
 ) -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("cannot listen for the {what} on {addr}"))?;
@@ -70,22 +77,34 @@ pub fn serve_on_thread(
     let name = what.to_owned();
     std::thread::Builder::new()
         .name(format!("petrel-{what}"))
-        .spawn(move || runtime.block_on(serve_std(listener, app, limits, &name)))
+        .spawn(move || runtime.block_on(serve_std(listener, app, limits, tls, &name)))
         .with_context(|| format!("cannot start the {what} thread"))?;
     Ok(local)
 }
 
 /// [`serve`] on a bound, non-blocking std listener; logs why it cannot.
-pub async fn serve_std(listener: std::net::TcpListener, app: Router, limits: Limits, name: &str) {
+pub async fn serve_std(
+    listener: std::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
+    name: &str,
+) {
     match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => serve(listener, app, limits, name).await,
+        Ok(listener) => serve(listener, app, limits, tls, name).await,
         Err(error) => tracing::error!(%error, "{name}: cannot use the listener"),
     }
 }
 
-/// Accepts connections on `listener` and serves `app` on each, within `limits`, for
-/// ever. `name` labels its log lines.
-pub async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limits, name: &str) {
+/// Accepts connections on `listener` and serves `app` on each, within `limits` (and
+/// inside TLS with `tls`), for ever. `name` labels its log lines.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
+    name: &str,
+) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -121,16 +140,41 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limit
             }
         };
         let service = TowerToHyperService::new(app.clone());
-        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let http = http.clone();
+        let tls = tls.clone();
+        let header_timeout = limits.header_timeout;
         let name = name.to_owned();
         tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
+            let served = match tls {
+                None => serve_one(&http, stream, service).await,
+                Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_one(&http, stream, service).await,
+                    Ok(Err(error)) => Err(format!("TLS handshake: {error}")),
+                    Err(_) => Err("TLS handshake: too slow".to_owned()),
+                },
+            };
+            if let Err(error) = served {
                 // A client that went away or timed out: its business, not an operator's.
                 tracing::debug!(%error, %peer, "{name}: connection ended");
             }
             drop(permit);
         });
     }
+}
+
+/// Serves HTTP/1.1 on one connection until it ends.
+async fn serve_one<I>(
+    http: &hyper::server::conn::http1::Builder,
+    io: I,
+    service: TowerToHyperService<Router>,
+) -> Result<(), String>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    http.serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -157,7 +201,7 @@ mod tests {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let app = Router::new().route("/", get(|| async { "hello" }));
-                serve(listener, app, limits, "test").await;
+                serve(listener, app, limits, None, "test").await;
             });
         });
         addr

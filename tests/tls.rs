@@ -2,8 +2,8 @@
 //! sockets; AF_XDP and DPDK, where rustls runs inside the per-core loop over the
 //! userspace TCP stream). Login and chat through TLS, session resumption, a plaintext
 //! client and TLS garbage on the TLS port (closed and counted, nothing else affected),
-//! a certificate reloaded on SIGHUP while clients chat, none of them dropped, and the
-//! SDK over TLS through a server restart.
+//! a certificate reloaded on SIGHUP while clients chat, none of them dropped, the
+//! SDK over TLS through a server restart, and the dispatch directory over HTTPS.
 
 #[macro_use]
 mod common;
@@ -382,6 +382,61 @@ fn plaintext_and_tls_listeners_side_by_side_serve_the_same_users() {
         s.sum("petrel_tls_failures_total", "reason=\"not_tls\"") == 1.0
     });
     chat(&mut plain, &mut secure, "both still here");
+}
+
+/// The dispatch directory over HTTPS with the server's certificate (`[dispatch] tls`
+/// follows `[tls]`): SDK clients that speak TLS, configured with an endpoint where
+/// nothing listens, ask it, connect where it answers and chat; a plaintext request to
+/// the directory gets no HTTP answer.
+#[test]
+fn the_sdk_asks_an_https_directory_and_connects_where_it_answers() {
+    use petrel_sdk::{ConversationKey, TlsConfig};
+    use sdk_keys::{Keys, start, test_config};
+    const WAIT: Duration = Duration::from_secs(30);
+
+    let keys = Arc::new(Keys::generate());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = TestCert::generate(dir.path(), "server");
+    let server = TestServer::start(&format!(
+        "{}{}[dispatch]\naddr = \"127.0.0.1:0\"\n",
+        keys.server_config(),
+        cert.server_config()
+    ));
+    let directory = server.dispatch.expect("the directory's address is printed");
+
+    // Plain HTTP on the HTTPS port: the handshake fails, the connection is closed.
+    let mut plain = std::net::TcpStream::connect(directory).expect("connect");
+    std::io::Write::write_all(&mut plain, b"GET /v1/dispatch HTTP/1.1\r\nhost: x\r\n\r\n")
+        .expect("write");
+    let answer = raw_until_closed(&mut plain, Duration::from_secs(10));
+    assert!(!answer.starts_with(b"HTTP/"), "answered in plain HTTP");
+
+    common::server::block_on(Dataplane::Kernel, async move {
+        let tls = TlsConfig {
+            config: cert.client_config(),
+            server_name: Some(NAME.to_owned()),
+        };
+        let config = |user: u64| {
+            // Nothing listens on port 1: only the directory's answer leads to the server.
+            let mut c = test_config(user, vec!["127.0.0.1:1".to_owned()]);
+            c.directory = vec![format!("https://{directory}")];
+            c.tls = Some(tls.clone());
+            c
+        };
+        let (alice, bob) = (7101, 7102);
+        let (a, _a_events, _) = start(&keys, config(alice));
+        let (b, mut b_events, _) = start(&keys, config(bob));
+        a.wait_connected(WAIT)
+            .await
+            .expect("alice connects where the directory says");
+        b.wait_connected(WAIT)
+            .await
+            .expect("bob connects where the directory says");
+        a.send_text(ConversationKey::single(bob), "found through https")
+            .unwrap();
+        expect(&mut b_events, "found through https").await;
+        drop(server);
+    });
 }
 
 dataplane_tests!(

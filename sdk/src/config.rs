@@ -20,11 +20,11 @@ pub struct ClientConfig {
     /// Server addresses as `host:port`, primary first, then backups: where the client
     /// connects when it has no `directory`, or none answers.
     pub endpoints: Vec<String>,
-    /// The server's dispatch directories (`http://host:port`, any node's `[dispatch]
-    /// addr`), asked in order at start and after a round of failed connects: their
-    /// answer (this user's pool, then the backup domains) comes before `endpoints`.
-    /// Empty (the default): `endpoints` only. Not with `tls` (the request carries the
-    /// token, and https directories are not implemented yet).
+    /// The server's dispatch directories (any node's `[dispatch] addr`), asked in order
+    /// at start and after a round of failed connects: their answer (this user's pool,
+    /// then the backup domains) comes before `endpoints`. `https://host:port` with
+    /// `tls` (same roots and server name as the servers; the request carries the
+    /// token), `http://host:port` without. Empty (the default): `endpoints` only.
     pub directory: Vec<String>,
     /// Failed connects in a row after which the directory is asked again (at least one
     /// try of every endpoint in the list). Default 3.
@@ -107,14 +107,7 @@ impl ClientConfig {
             return bad("heartbeat_interval and pong_timeout must be positive");
         }
         for url in &self.directory {
-            crate::directory::check_url(url).map_err(SdkError::Config)?;
-        }
-        if self.tls.is_some() && !self.directory.is_empty() {
-            // The request carries the login token, which TLS is there to protect.
-            return bad(
-                "a directory speaks plain HTTP and would carry the token in clear; \
-                 with tls, leave directory empty (https directories are not implemented yet)",
-            );
+            crate::directory::check_url(url, self.tls.is_some()).map_err(SdkError::Config)?;
         }
         if self.directory_after_failures == 0 {
             return bad("directory_after_failures must be at least 1");
@@ -151,8 +144,11 @@ mod tests {
         c.backoff.cap = Duration::ZERO;
         assert!(c.validate().is_err());
         let mut c = ok.clone();
-        c.directory = vec!["https://dir.example".into()];
-        assert!(c.validate().is_err(), "https is not implemented");
+        c.directory = vec!["https://dir.example:443".into()];
+        assert!(c.validate().is_err(), "an https directory needs tls");
+        let mut c = ok.clone();
+        c.directory = vec!["http://dir.example".into()];
+        assert!(c.validate().is_err(), "a directory needs a port");
         let mut c = ok;
         c.send_window = 0;
         assert!(c.validate().is_err());

@@ -6,14 +6,17 @@
 //! the directory URLs in order, and keeps its configured endpoints (after the
 //! directory's) for when every directory is unreachable.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use tokio::net::TcpStream;
+
+use crate::stream::{TlsConfig, host_of};
 
 /// Largest answer read (a few dozen endpoints).
 const MAX_ANSWER: usize = 64 * 1024;
@@ -31,12 +34,27 @@ pub struct Dispatch {
 }
 
 /// Asks each of `urls` in turn (each within `timeout`) and returns the first answer;
-/// an error naming every failure if none answered.
-pub async fn ask(urls: &[String], token: &str, timeout: Duration) -> Result<Dispatch, String> {
-    let http = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+/// an error naming every failure if none answered. With `tls` (the client's own
+/// settings: whom to trust, which name to expect) the directories are `https://`.
+pub async fn ask(
+    urls: &[String],
+    token: &str,
+    timeout: Duration,
+    tls: Option<&TlsConfig>,
+) -> Result<Dispatch, String> {
+    // HTTP/1.1 inside TLS: the roots and name of the client's servers, ALPN http/1.1
+    // (the servers' own config offers `petrel`).
+    let tls = tls.map(|t| {
+        let mut config = (*t.config).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Https {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name: t.server_name.clone(),
+        }
+    });
     let mut failures = Vec::new();
     for url in urls {
-        match tokio::time::timeout(timeout, ask_one(&http, url, token)).await {
+        match tokio::time::timeout(timeout, ask_one(url, token, tls.as_ref())).await {
             Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(e)) => failures.push(format!("{url}: {e}")),
             Err(_) => failures.push(format!("{url}: no answer in {timeout:?}")),
@@ -45,19 +63,62 @@ pub async fn ask(urls: &[String], token: &str, timeout: Duration) -> Result<Disp
     Err(failures.join("; "))
 }
 
-async fn ask_one(
-    http: &HttpClient<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
-    url: &str,
-    token: &str,
-) -> Result<Dispatch, String> {
-    let uri = format!("{}/v1/dispatch", url.trim_end_matches('/'));
+/// How to speak TLS to an `https://` directory.
+struct Https {
+    connector: tokio_rustls::TlsConnector,
+    /// The name its certificate must carry; `None`: the URL's host.
+    server_name: Option<String>,
+}
+
+async fn ask_one(url: &str, token: &str, tls: Option<&Https>) -> Result<Dispatch, String> {
+    let (https, authority) = parse_url(url)?;
+    let tcp = TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    match (https, tls) {
+        (false, _) => request(TokioIo::new(tcp), authority, token).await,
+        (true, Some(tls)) => {
+            let host = tls
+                .server_name
+                .clone()
+                .unwrap_or_else(|| host_of(authority).to_owned());
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| format!("TLS server name {host:?}: {e}"))?;
+            let stream = tls
+                .connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            request(TokioIo::new(stream), authority, token).await
+        }
+        (true, None) => Err("an https:// directory needs the client's tls settings".to_owned()),
+    }
+}
+
+/// `GET /v1/dispatch` on a fresh connection `io` to `authority`; the answer, parsed.
+async fn request<I>(io: I, authority: &str, token: &str) -> Result<Dispatch, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Drives the connection; it ends when `sender` is dropped with this function.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
     let request = Request::builder()
         .method(Method::GET)
-        .uri(&uri)
+        .uri("/v1/dispatch")
+        .header(hyper::header::HOST, authority)
         .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Empty::new())
+        .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
-    let response = http.request(request).await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     let status = response.status();
     let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
         .collect()
@@ -73,13 +134,85 @@ async fn ask_one(
     serde_json::from_slice(&body).map_err(|e| format!("not a dispatch answer: {e}"))
 }
 
-/// Checks a directory URL: `http://host:port` (https is not implemented yet).
-pub fn check_url(url: &str) -> Result<(), String> {
-    if url.starts_with("http://") && url.len() > "http://".len() {
-        Ok(())
+/// A directory URL's parts: whether it is `https`, and its `host:port`.
+fn parse_url(url: &str) -> Result<(bool, &str), String> {
+    let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (false, rest)
     } else {
-        Err(format!(
-            "directory URL must be http://host:port (https is not implemented yet), got {url:?}"
-        ))
+        return Err(format!(
+            "directory URL must be http(s)://host:port, got {url:?}"
+        ));
+    };
+    let authority = rest.trim_end_matches('/');
+    let port_ok = authority
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !port_ok || authority.contains('/') {
+        return Err(format!(
+            "directory URL must be http(s)://host:port, got {url:?}"
+        ));
+    }
+    Ok((https, authority))
+}
+
+/// Checks a directory URL for a client that speaks TLS (`tls`) or not: the request
+/// carries the login token, so a TLS client asks `https://` directories only, and a
+/// plaintext one, which has no roots to trust, `http://` ones.
+pub fn check_url(url: &str, tls: bool) -> Result<(), String> {
+    match parse_url(url)? {
+        (false, _) if tls => Err(format!(
+            "directory {url:?}: with tls, directories must be https:// (the request carries \
+             the login token)"
+        )),
+        (true, _) if !tls => Err(format!(
+            "directory {url:?}: an https:// directory needs tls (whom to trust)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{check_url, parse_url};
+
+    #[test]
+    fn urls_name_a_scheme_a_host_and_a_port() {
+        assert_eq!(
+            parse_url("http://127.0.0.1:9080"),
+            Ok((false, "127.0.0.1:9080"))
+        );
+        assert_eq!(
+            parse_url("https://dir.example:443/"),
+            Ok((true, "dir.example:443"))
+        );
+        assert_eq!(parse_url("https://[::1]:9080"), Ok((true, "[::1]:9080")));
+        for bad in [
+            "127.0.0.1:9080",
+            "http://",
+            "http://host",
+            "http://:80",
+            "ftp://h:1",
+            "http://h:1/x",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_tls_client_asks_https_directories_only_and_a_plain_one_http() {
+        assert!(check_url("https://h:1", true).is_ok());
+        assert!(check_url("http://h:1", false).is_ok());
+        assert!(
+            check_url("http://h:1", true)
+                .unwrap_err()
+                .contains("https://")
+        );
+        assert!(
+            check_url("https://h:1", false)
+                .unwrap_err()
+                .contains("needs tls")
+        );
     }
 }

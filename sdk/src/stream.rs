@@ -78,7 +78,7 @@ impl Stream {
 }
 
 /// The host part of `host:port` (`[v6]:port` too).
-fn host_of(endpoint: &str) -> &str {
+pub(crate) fn host_of(endpoint: &str) -> &str {
     let host = match endpoint.rsplit_once(':') {
         Some((host, port)) if port.parse::<u16>().is_ok() => host,
         _ => endpoint,

@@ -391,6 +391,7 @@ impl Task {
                 &self.config.directory,
                 &token.token,
                 self.config.connect_timeout,
+                self.config.tls.as_ref(),
             ),
         )
         .await

@@ -159,6 +159,6 @@ pub fn start(
         settings.key,
         stats,
     );
-    let addr = crate::http_serve::serve_on_thread("api", settings.addr, app, Limits::API)?;
+    let addr = crate::http_serve::serve_on_thread("api", settings.addr, app, Limits::API, None)?;
     Ok(Endpoint { addr })
 }

@@ -2,7 +2,8 @@
 //! (`Authorization: Bearer <token>`, checked as the media service checks it), answered
 //! with [`super::directory::Dispatch`] as JSON. On its own listener (`[dispatch] addr`),
 //! a small thread and runtime of its own: it is for clients, where the API
-//! (`api_addr`) is for the app's backend.
+//! (`api_addr`) is for the app's backend. HTTPS with the server's `[tls]` certificate
+//! (`[dispatch] tls`, on whenever the server has one): the request carries the token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,14 +25,16 @@ struct App {
 }
 
 /// Binds `addr` and serves the directory on a thread of its own until the process
-/// exits. Returns the address bound (the port chosen, if 0 was asked for).
+/// exits, over HTTPS with `tls`. Returns the address bound (the port chosen, if 0 was
+/// asked for).
 pub fn start(
     addr: SocketAddr,
     directory: Arc<Directory>,
     auth: Authenticator,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> anyhow::Result<SocketAddr> {
     let app = router(Arc::new(App { directory, auth }));
-    crate::http_serve::serve_on_thread("dispatch", addr, app, Limits::DISPATCH)
+    crate::http_serve::serve_on_thread("dispatch", addr, app, Limits::DISPATCH, tls)
 }
 
 fn router(app: Arc<App>) -> Router {

@@ -31,6 +31,7 @@ pub struct DispatchFile {
     backup: Option<Vec<String>>,
     pools: Option<BTreeMap<String, Vec<u8>>>,
     kv_replicas: Option<usize>,
+    tls: Option<bool>,
 }
 
 /// The resolved `[dispatch]` table.
@@ -46,13 +47,27 @@ pub struct DispatchSettings {
     pub pools: Vec<String>,
     /// Replicas of the assignments' bucket (with a NATS cluster of as many servers).
     pub kv_replicas: usize,
+    /// Whether the directory speaks HTTPS, with the server's `[tls]` certificate.
+    pub tls: bool,
 }
 
 impl DispatchSettings {
     /// The settings from the `[dispatch]` table of a server of `nodes` nodes (`None`:
-    /// no cluster). Pools need a cluster: they are sets of its nodes.
-    pub fn resolve(file: Option<&DispatchFile>, nodes: Option<u8>) -> anyhow::Result<Self> {
+    /// no cluster) that has a `[tls]` certificate or not (`has_cert`). Pools need a
+    /// cluster: they are sets of its nodes. The directory speaks HTTPS when the server
+    /// has a certificate, unless `tls = false`.
+    pub fn resolve(
+        file: Option<&DispatchFile>,
+        nodes: Option<u8>,
+        has_cert: bool,
+    ) -> anyhow::Result<Self> {
         let file = file.cloned().unwrap_or_default();
+        let tls = file.tls.unwrap_or(has_cert);
+        if tls && !has_cert {
+            bail!(
+                "[dispatch] tls = true needs the server's certificate: a [tls] table or --tls-cert"
+            );
+        }
         let count = nodes.unwrap_or(1);
         let mut node_pools = vec![GENERAL.to_owned(); usize::from(count)];
         let mut pools = vec![GENERAL.to_owned()];
@@ -97,6 +112,7 @@ impl DispatchSettings {
             node_pools,
             pools,
             kv_replicas: file.kv_replicas.unwrap_or(1).max(1),
+            tls,
         })
     }
 
@@ -119,32 +135,46 @@ mod tests {
     #[test]
     fn pools_name_nodes_of_the_cluster_and_the_rest_are_general() {
         let f = file("backup = [\"b.example:7000\"]\n[pools]\ndedicated = [2]\n");
-        let s = DispatchSettings::resolve(Some(&f), Some(3)).expect("valid");
+        let s = DispatchSettings::resolve(Some(&f), Some(3), false).expect("valid");
         assert_eq!(s.node_pools, vec!["general", "general", "dedicated"]);
         assert_eq!(s.pools, vec!["general", "dedicated"]);
         assert_eq!(s.pool_of_node(2), "dedicated");
         assert!(
-            DispatchSettings::resolve(Some(&f), None).is_err(),
+            DispatchSettings::resolve(Some(&f), None, false).is_err(),
             "no cluster"
         );
         assert!(
-            DispatchSettings::resolve(Some(&f), Some(2)).is_err(),
+            DispatchSettings::resolve(Some(&f), Some(2), false).is_err(),
             "no node 2"
         );
         let two = file("[pools]\na = [0]\nb = [0]\n");
         assert!(
-            DispatchSettings::resolve(Some(&two), Some(2)).is_err(),
+            DispatchSettings::resolve(Some(&two), Some(2), false).is_err(),
             "two pools"
         );
         let bad = file("[pools]\n\"Big Pool\" = [0]\n");
-        assert!(DispatchSettings::resolve(Some(&bad), Some(2)).is_err());
+        assert!(DispatchSettings::resolve(Some(&bad), Some(2), false).is_err());
         let port = file("backup = [\"b.example\"]\n");
         assert!(
-            DispatchSettings::resolve(Some(&port), None).is_err(),
+            DispatchSettings::resolve(Some(&port), None, false).is_err(),
             "no port"
         );
-        let none = DispatchSettings::resolve(None, None).expect("default");
+        let none = DispatchSettings::resolve(None, None, false).expect("default");
         assert_eq!((none.addr, none.pools.len()), (None, 1));
+        assert!(!none.tls, "no certificate, no https");
+        let with_cert = DispatchSettings::resolve(None, None, true).expect("default");
+        assert!(with_cert.tls, "https with the server's certificate");
+        let plain = file("tls = false\n");
+        assert!(
+            !DispatchSettings::resolve(Some(&plain), None, true)
+                .unwrap()
+                .tls
+        );
+        let https = file("tls = true\n");
+        assert!(
+            DispatchSettings::resolve(Some(&https), None, false).is_err(),
+            "https without a certificate"
+        );
         assert!(
             toml::from_str::<DispatchFile>("adr = \"x\"").is_err(),
             "typo refused"

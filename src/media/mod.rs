@@ -133,7 +133,7 @@ pub fn start(
                     }
                 });
                 let limits = crate::http_serve::Limits::MEDIA;
-                crate::http_serve::serve_std(listener, router(app), limits, "media").await;
+                crate::http_serve::serve_std(listener, router(app), limits, None, "media").await;
             });
         })
         .context("cannot start the media thread")?;

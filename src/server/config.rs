@@ -572,6 +572,7 @@ impl ServeConfig {
         let mut dispatch = crate::dispatch::DispatchSettings::resolve(
             file.dispatch.as_ref(),
             cluster.as_ref().map(|c| c.nodes),
+            tls.is_some(),
         )?;
         if args.dispatch_addr.is_some() {
             dispatch.addr = args.dispatch_addr;

@@ -472,8 +472,13 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
             dispatch_keys,
             revocation_source(&dispatch_engine),
         );
-        let addr = crate::dispatch::http::start(addr, directory.clone(), auth)?;
-        tracing::info!(%addr, "dispatch directory listening");
+        let https = match (&tls, config.dispatch.tls) {
+            (Some(tls), true) => Some(tls.https_acceptor()?),
+            _ => None,
+        };
+        let scheme = if https.is_some() { "https" } else { "http" };
+        let addr = crate::dispatch::http::start(addr, directory.clone(), auth, https)?;
+        tracing::info!(%addr, scheme, "dispatch directory listening");
         if endpoints.is_empty() {
             tracing::warn!(
                 "dispatch: this node names no endpoint of its own (its listeners are on \
@@ -481,7 +486,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
                  client here; set [cluster] advertise"
             );
         }
-        println!("petrel: dispatch on http://{addr}");
+        println!("petrel: dispatch on {scheme}://{addr}");
     }
     for (i, addr) in local_addrs.iter().enumerate() {
         let tls = i >= tls_from;

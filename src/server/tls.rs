@@ -162,24 +162,7 @@ impl TlsServer {
             reloaded: AtomicU64::new(0),
             reload_failed: AtomicU64::new(0),
         });
-        let versions: &[&rustls::SupportedProtocolVersion] = if settings.tls12 {
-            &[&rustls::version::TLS13, &rustls::version::TLS12]
-        } else {
-            &[&rustls::version::TLS13]
-        };
-        let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(versions)
-            .context("TLS: protocol versions")?
-            .with_no_client_auth()
-            .with_cert_resolver(cert.clone());
-        config.alpn_protocols = settings
-            .alpn
-            .iter()
-            .map(|p| p.as_bytes().to_vec())
-            .collect();
-        config.ticketer =
-            rustls::crypto::ring::Ticketer::new().context("TLS: session ticket keys")?;
-        config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+        let config = server_config(settings, &provider, &cert, &settings.alpn)?;
         let acceptor = TlsAcceptor::new(Arc::new(config), Arc::new(TlsStats::default()));
         Ok(TlsServer {
             settings: settings.clone(),
@@ -187,6 +170,14 @@ impl TlsServer {
             cert,
             acceptor,
         })
+    }
+
+    /// An acceptor for an HTTPS endpoint of this server (the dispatch directory): the
+    /// same certificate, reloaded with it, the same protocol versions, ALPN `http/1.1`.
+    pub fn https_acceptor(&self) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+        let alpn = ["http/1.1".to_owned()];
+        let config = server_config(&self.settings, &self.provider, &self.cert, &alpn)?;
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
 
     /// The acceptor every core's connections share.
@@ -210,6 +201,30 @@ impl TlsServer {
             cert: self.cert.clone(),
         }
     }
+}
+
+/// A rustls server configuration presenting `cert`, offering `alpn`, with session
+/// resumption (tickets and a TLS 1.2 cache).
+fn server_config(
+    settings: &TlsSettings,
+    provider: &Arc<CryptoProvider>,
+    cert: &Arc<ReloadableCert>,
+    alpn: &[String],
+) -> anyhow::Result<rustls::ServerConfig> {
+    let versions: &[&rustls::SupportedProtocolVersion] = if settings.tls12 {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .context("TLS: protocol versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(cert.clone());
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    config.ticketer = rustls::crypto::ring::Ticketer::new().context("TLS: session ticket keys")?;
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    Ok(config)
 }
 
 /// The TLS figures a scrape renders.

@@ -273,7 +273,10 @@ impl TestServer {
                 let addr = rest.strip_suffix("/v1").expect("…/v1");
                 api = Some(addr.parse().expect("api address"));
             }
-            if let Some(rest) = line.strip_prefix("petrel: dispatch on http://") {
+            if let Some(rest) = line
+                .strip_prefix("petrel: dispatch on http://")
+                .or_else(|| line.strip_prefix("petrel: dispatch on https://"))
+            {
                 dispatch = Some(rest.parse().expect("dispatch address"));
             }
             if let Some(rest) = line.strip_prefix("petrel: TLS on ") {
