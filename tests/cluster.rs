@@ -339,6 +339,17 @@ fn a_rolling_restart_under_load_loses_and_duplicates_nothing() {
             "drain node {node}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The drain returns once the process has closed its files (its data dir's lock
+        // with them), so a restart finds the dir free; the kernel marks it exited a
+        // moment later.
+        let gone = (0..200).any(|_| {
+            let exited = cluster.nodes[node].has_exited();
+            if !exited {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            exited
+        });
+        assert!(gone, "drain of node {node} returned while its process ran");
         let status = cluster.nodes[node].wait_exit(Duration::from_secs(10));
         assert!(status.success(), "node {node} exited with {status}");
         cluster.nodes[node].restart_stopped();

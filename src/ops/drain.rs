@@ -5,7 +5,7 @@
 //! other nodes so they stop waiting for it at once — then waits until it has exited.
 //! docs/CLUSTER.md, "Rolling restart".
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,8 +29,10 @@ pub struct DrainArgs {
     /// `serve --cluster-node`).
     #[arg(long, value_name = "N")]
     pub cluster_node: Option<u8>,
-    /// How long to wait for the server to exit, in seconds (0: do not wait).
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    /// How long to wait for the server to exit, in seconds (0: do not wait; at most a
+    /// day).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub wait: u64,
 }
 
@@ -54,55 +56,52 @@ pub fn run(args: &DrainArgs) -> anyhow::Result<()> {
     BufReader::new(&stream)
         .read_line(&mut reply)
         .context("the server did not answer on its admin socket")?;
-    let pid = match reply.trim_end().split_once(' ') {
-        Some(("ok", rest)) => rest
-            .split_whitespace()
-            .find_map(|word| word.strip_prefix("pid="))
-            .and_then(|pid| pid.parse::<u32>().ok()),
+    match reply.trim_end().split_once(' ') {
+        Some(("ok", _)) => {}
         Some(("error", why)) => bail!("the server refused to drain: {why}"),
         _ => bail!("unexpected answer from the admin socket: {reply:?}"),
-    };
+    }
     println!("petrel: {} is draining", config.data_dir.display());
     if args.wait == 0 {
         return Ok(());
     }
-    // The socket file goes when the server has stopped (its last step); the process
-    // is gone a moment later (a server of an older version names no pid).
+    // The server holds this connection until its process exits, when the kernel closes
+    // it; then the socket file is gone too (removed as the server's last step; an older
+    // server closes the connection at once, and only the file tells).
     let deadline = Instant::now() + Duration::from_secs(args.wait);
-    while socket.exists() || pid.is_some_and(alive) {
+    let still_runs = || {
+        anyhow::anyhow!(
+            "the server still runs after {} s (its admin socket {} is open)",
+            args.wait,
+            socket.display()
+        )
+    };
+    let mut byte = [0u8; 1];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(still_runs());
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut byte) {
+            // Closed: the process is gone.
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            // Reset: gone too.
+            Err(_) => break,
+        }
+    }
+    while socket.exists() {
         if Instant::now() > deadline {
-            bail!(
-                "the server (pid {}) still runs after {} s",
-                pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
-                args.wait,
-            );
+            return Err(still_runs());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     println!("petrel: stopped");
     Ok(())
-}
-
-/// Whether process `pid` still runs: it is in /proc and not a zombie (an exited
-/// process its parent has not reaped yet; it holds nothing any more).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which is in parentheses.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::alive;
-
-    #[test]
-    fn this_process_is_alive_and_a_pid_beyond_any_is_not() {
-        assert!(alive(std::process::id()));
-        assert!(!alive(u32::MAX));
-    }
 }

@@ -4,10 +4,12 @@
 //!
 //! Protocol: one request line per connection, one answer line back.
 //! - `backup /absolute/dir` → `ok /absolute/dir` or `error MESSAGE`.
-//! - `drain` → `ok draining pid=PID`: `petrel admin drain` — the server stops as on
-//!   SIGTERM (no new logins, requests in flight answered, every client kicked with
-//!   `SERVER_SHUTDOWN` naming the cluster's other nodes, a goodbye to them) and exits;
-//!   the pid lets the caller wait for the process itself to be gone.
+//! - `drain` → `ok draining`: `petrel admin drain` — the server stops as on SIGTERM
+//!   (no new logins, requests in flight answered, every client kicked with
+//!   `SERVER_SHUTDOWN` naming the cluster's other nodes, a goodbye to them) and exits.
+//!   The server keeps that connection open until the process exits, when the kernel
+//!   closes it: the caller's read ends exactly when the process is gone (whatever pid
+//!   namespace either side is in).
 //!
 //! The socket is created after the database is opened (holding its lock means no other
 //! server owns this data dir, so a leftover socket file is stale and replaced) and removed
@@ -18,7 +20,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
 
@@ -74,6 +76,9 @@ pub fn start(data_dir: &Path, engine: &Arc<RocksEngine>) -> std::io::Result<Admi
     Ok(AdminSocket { path, drain })
 }
 
+/// The connections of drain requests, open until the process exits.
+static DRAINERS: Mutex<Vec<UnixStream>> = Mutex::new(Vec::new());
+
 fn answer(
     stream: UnixStream,
     engine: &Weak<RocksEngine>,
@@ -87,9 +92,13 @@ fn answer(
             Some(begin) => {
                 tracing::info!("admin: drain requested; shutting down gracefully");
                 begin();
-                format!("ok draining pid={}", std::process::id())
+                (&stream).write_all(b"ok draining\n")?;
+                // Held until the process exits (see the module docs).
+                let mut held = DRAINERS.lock().unwrap_or_else(|p| p.into_inner());
+                held.push(stream);
+                return Ok(());
             }
-            None => "error the server is not serving yet".to_owned(),
+            None => "error the server is not serving yet",
         };
         return (&stream).write_all(format!("{reply}\n").as_bytes());
     }

@@ -340,6 +340,12 @@ impl TestServer {
     }
 
     /// Waits (up to `limit`) for the server to exit by itself and returns its exit status.
+    /// Whether the server process has exited (reaping it, as [`Self::wait_exit`] would).
+    pub fn has_exited(&mut self) -> bool {
+        let child = self.child.as_mut().expect("server started");
+        child.try_wait().expect("try_wait").is_some()
+    }
+
     pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("server running");
         wait_timeout(&mut child, limit)
