@@ -1,28 +1,36 @@
 //! Serving an axum router on a listener with the limits an endpoint open to clients
-//! needs: at most [`Limits::max_connections`] connections at once (the next ones wait
-//! in the kernel's accept backlog until one closes, so a flood cannot take every file
-//! descriptor of the process), and a request's headers within
-//! [`Limits::header_timeout`], which is also how long a kept-alive connection may sit
-//! idle between requests (hyper's header read timeout), so a client that connects and
-//! sends nothing, or a byte at a time, does not hold a connection for ever.
+//! needs, so that no client, stuck or hostile, holds a connection for ever:
+//! - at most [`Limits::max_connections`] connections at once (the next ones wait in the
+//!   kernel's accept backlog until one closes), so a flood cannot take every file
+//!   descriptor of the process;
+//! - a request's headers within [`Limits::header_timeout`], which is also how long a
+//!   kept-alive connection may sit idle between requests (hyper's header read timeout);
+//! - once a request is under way, bytes must move one way or the other at least every
+//!   [`Limits::stall_timeout`] (a body that stops coming, an answer nobody reads), or
+//!   the connection is closed.
 //!
 //! With a TLS acceptor (the dispatch directory when the server has a certificate) each
 //! connection's handshake comes first, within the header timeout too.
 //!
 //! The API, the dispatch directory and the media service run this way. `axum::serve`
-//! has neither limit nor TLS, hence the accept loop here, over hyper's HTTP/1.1
-//! connection (every client of these endpoints speaks HTTP/1.1; upgrades are kept for
-//! axum).
+//! has none of these limits nor TLS, hence the accept loop here, over hyper's HTTP/1.1
+//! connection (every client of these endpoints speaks HTTP/1.1; cleartext HTTP/2 is not
+//! served; upgrades are kept for axum). The limits are fixed per endpoint, not
+//! settings.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
@@ -34,24 +42,33 @@ pub struct Limits {
     /// A request's headers must arrive within this, and an idle kept-alive connection
     /// is closed after it.
     pub header_timeout: Duration,
+    /// Longest time without a byte moving either way while a request is under way
+    /// (never shorter than `header_timeout`, which governs the time between requests).
+    pub stall_timeout: Duration,
 }
 
 impl Limits {
-    /// The API: the deployment's own backend, a few connection pools' worth.
+    /// The API: the deployment's own backend, a few connection pools' worth. Idle
+    /// connections are kept longer than common HTTP clients keep theirs (90 s), so a
+    /// backend's pool closes an idle connection before the server does and never sends
+    /// a request on one the server is closing.
     pub const API: Limits = Limits {
         max_connections: 256,
-        header_timeout: Duration::from_secs(10),
+        header_timeout: Duration::from_secs(100),
+        stall_timeout: Duration::from_secs(100),
     };
     /// The dispatch directory: every client asks it at start, briefly.
     pub const DISPATCH: Limits = Limits {
         max_connections: 1024,
         header_timeout: Duration::from_secs(5),
+        stall_timeout: Duration::from_secs(10),
     };
-    /// The media service: uploads and downloads that may take a while once started
-    /// (their bodies are not bound by the header timeout).
+    /// The media service: uploads and downloads that may take a while once started,
+    /// as long as their bytes keep moving.
     pub const MEDIA: Limits = Limits {
         max_connections: 512,
         header_timeout: Duration::from_secs(10),
+        stall_timeout: Duration::from_secs(60),
     };
 }
 
@@ -109,18 +126,17 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
-    // The warning when the limit is reached, at most once a minute.
-    let mut warned_full: Option<std::time::Instant> = None;
+    let mut full = Occasionally::default();
+    let mut failing = Occasionally::default();
     loop {
         let permit = match permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                if warned_full.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                if full.due() {
                     tracing::warn!(
                         limit = limits.max_connections,
                         "{name}: connection limit reached; new connections wait to be accepted"
                     );
-                    warned_full = Some(std::time::Instant::now());
                 }
                 match permits.clone().acquire_owned().await {
                     Ok(permit) => permit,
@@ -131,27 +147,56 @@ pub async fn serve(
         };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
+            // A connection that went before it was accepted: nothing to do.
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
             Err(error) => {
-                // Out of descriptors or memory, or a connection reset before accept:
-                // wait a moment rather than spin on an error that repeats.
-                tracing::warn!(%error, "{name}: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of descriptors or memory: it repeats; wait rather than spin.
+                if failing.due() {
+                    tracing::warn!(%error, "{name}: accept failed; retrying every second");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
         let service = TowerToHyperService::new(app.clone());
         let http = http.clone();
         let tls = tls.clone();
-        let header_timeout = limits.header_timeout;
         let name = name.to_owned();
+        let stall_timeout = limits.stall_timeout.max(limits.header_timeout);
         tokio::spawn(async move {
-            let served = match tls {
-                None => serve_one(&http, stream, service).await,
-                Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_one(&http, stream, service).await,
-                    Ok(Err(error)) => Err(format!("TLS handshake: {error}")),
-                    Err(_) => Err("TLS handshake: too slow".to_owned()),
-                },
+            let moved = Arc::new(Moved::new());
+            let stream = Watched {
+                io: stream,
+                moved: moved.clone(),
+            };
+            let connection = async {
+                match tls {
+                    None => serve_one(&http, stream, service).await,
+                    Some(tls) => {
+                        match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await
+                        {
+                            Ok(Ok(stream)) => serve_one(&http, stream, service).await,
+                            Ok(Err(error)) => Err(format!("TLS handshake: {error}")),
+                            Err(_) => Err("TLS handshake: too slow".to_owned()),
+                        }
+                    }
+                }
+            };
+            let served = tokio::select! {
+                served = connection => served,
+                () = moved.stalled(stall_timeout) => {
+                    Err(format!("no byte moved for {stall_timeout:?}"))
+                }
             };
             if let Err(error) = served {
                 // A client that went away or timed out: its business, not an operator's.
@@ -159,6 +204,115 @@ pub async fn serve(
             }
             drop(permit);
         });
+    }
+}
+
+/// A warning's schedule: at most once a minute.
+#[derive(Default)]
+struct Occasionally(Option<Instant>);
+
+impl Occasionally {
+    /// Whether to warn now (and not again for a minute).
+    fn due(&mut self) -> bool {
+        let due = self
+            .0
+            .is_none_or(|at| at.elapsed() > Duration::from_secs(60));
+        if due {
+            self.0 = Some(Instant::now());
+        }
+        due
+    }
+}
+
+/// When a connection last moved a byte, in milliseconds since it was accepted.
+struct Moved {
+    since: Instant,
+    at_ms: AtomicU64,
+}
+
+impl Moved {
+    fn new() -> Moved {
+        Moved {
+            since: Instant::now(),
+            at_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.at_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Completes once no byte has moved for `limit`. (An idle kept-alive connection
+    /// is closed by the header timeout before this, where that is shorter.)
+    async fn stalled(&self, limit: Duration) {
+        loop {
+            let last = self.since + Duration::from_millis(self.at_ms.load(Ordering::Relaxed));
+            let due = last + limit;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+}
+
+/// A connection's stream that notes in [`Moved`] each time bytes go through it.
+struct Watched<I> {
+    io: I,
+    moved: Arc<Moved>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.moved.touch();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, bytes);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -184,7 +338,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use axum::Router;
-    use axum::routing::get;
+    use axum::routing::{get, post};
 
     use super::{Limits, serve};
 
@@ -200,7 +354,9 @@ mod tests {
                 .unwrap();
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let app = Router::new().route("/", get(|| async { "hello" }));
+                let app = Router::new()
+                    .route("/", get(|| async { "hello" }))
+                    .route("/echo", post(|body: String| async move { body }));
                 serve(listener, app, limits, None, "test").await;
             });
         });
@@ -226,6 +382,7 @@ mod tests {
         let addr = start(Limits {
             max_connections: 4,
             header_timeout: Duration::from_millis(300),
+            stall_timeout: Duration::from_secs(30),
         });
         let mut slow = TcpStream::connect(addr).unwrap();
         slow.set_read_timeout(Some(Duration::from_secs(10)))
@@ -256,6 +413,7 @@ mod tests {
         let addr = start(Limits {
             max_connections: 4,
             header_timeout: Duration::from_millis(300),
+            stall_timeout: Duration::from_secs(30),
         });
         let mut idle = TcpStream::connect(addr).unwrap();
         idle.set_read_timeout(Some(Duration::from_secs(10)))
@@ -274,10 +432,36 @@ mod tests {
     }
 
     #[test]
+    fn an_upload_that_stops_coming_is_disconnected() {
+        let addr = start(Limits {
+            max_connections: 4,
+            header_timeout: Duration::from_millis(200),
+            stall_timeout: Duration::from_millis(400),
+        });
+        let mut stalled = TcpStream::connect(addr).unwrap();
+        stalled
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stalled
+            .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nten bytes.")
+            .unwrap();
+        let mut answer = Vec::new();
+        let ended = stalled.read_to_end(&mut answer);
+        assert!(
+            !matches!(&ended, Err(e) if matches!(e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+            "the stalled upload's connection was still open: {ended:?}"
+        );
+        assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+        assert!(get_root(addr).contains("hello"));
+    }
+
+    #[test]
     fn connections_past_the_limit_wait_until_one_closes() {
         let addr = start(Limits {
             max_connections: 2,
             header_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(30),
         });
         let first = TcpStream::connect(addr).unwrap();
         let second = TcpStream::connect(addr).unwrap();
