@@ -462,8 +462,14 @@ impl Task {
             Err(e) => {
                 self.undecodable += 1;
                 if self.undecodable.is_power_of_two() {
-                    tracing::warn!(error = %e, count = self.undecodable,
-                        "cluster: an undecodable message on our subjects (another version, or a foreign publisher)");
+                    match e {
+                        wire::DecodeError::Version(_) => tracing::error!(error = %e,
+                            count = self.undecodable,
+                            "cluster: nodes of two versions cannot share a cluster; each \
+                             counts the other as down (upgrade with a full restart)"),
+                        _ => tracing::warn!(error = %e, count = self.undecodable,
+                            "cluster: an undecodable message on our subjects"),
+                    }
                 }
                 return;
             }

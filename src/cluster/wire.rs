@@ -113,15 +113,56 @@ impl From<WireMail> for Mail {
     }
 }
 
-/// Encodes `envelope`.
+/// The first byte of every envelope: "a Petrel node wrote this".
+const MAGIC: u8 = 0xE7;
+
+/// The version of this wire format, the second byte of every envelope. Bump it with
+/// any change to [`Envelope`] or what it carries: postcard has no schema, so nodes of
+/// two versions cannot read each other, and the version lets them say so instead of
+/// failing to decode. 2: the heartbeat names the node's pool and endpoints (version 1
+/// had no version byte).
+pub const WIRE_VERSION: u8 = 2;
+
+/// Why bytes on a cluster subject are not an envelope this node can read.
+#[derive(Debug)]
+pub enum DecodeError {
+    /// A node of another version of Petrel (a different wire format).
+    Version(u8),
+    /// Not from a Petrel node with a wire version (a foreign publisher, or a Petrel
+    /// from before wire versions).
+    Foreign,
+    /// The right version, bytes that do not decode.
+    Body(postcard::Error),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Version(v) => {
+                write!(f, "a node speaks wire version {v}, this one {WIRE_VERSION}")
+            }
+            DecodeError::Foreign => write!(
+                f,
+                "not a Petrel envelope (a foreign publisher, or a Petrel of wire version 1)"
+            ),
+            DecodeError::Body(e) => write!(f, "a damaged envelope: {e}"),
+        }
+    }
+}
+
+/// Encodes `envelope`, after the magic byte and [`WIRE_VERSION`].
 pub fn encode(envelope: &Envelope) -> Result<Vec<u8>, postcard::Error> {
-    postcard::to_stdvec(envelope)
+    postcard::to_extend(envelope, vec![MAGIC, WIRE_VERSION])
 }
 
 /// Decodes an envelope; an error for anything else (a foreign publisher on our
 /// subjects, another version of Petrel).
-pub fn decode(bytes: &[u8]) -> Result<Envelope, postcard::Error> {
-    postcard::from_bytes(bytes)
+pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    match bytes {
+        [MAGIC, WIRE_VERSION, body @ ..] => postcard::from_bytes(body).map_err(DecodeError::Body),
+        [MAGIC, version, ..] => Err(DecodeError::Version(*version)),
+        _ => Err(DecodeError::Foreign),
+    }
 }
 
 /// The subject of node `node`'s mail.
@@ -214,7 +255,14 @@ mod tests {
             &mails[2],
             Mail::Control(CoreMessage::Push(p)) if p.users == [2] && p.bytes == "frame"
         ));
-        assert!(decode(b"\xff\xff\xff").is_err());
-        assert!(decode(&bytes[..bytes.len() / 2]).is_err());
+        assert!(matches!(decode(b"\xff\xff\xff"), Err(DecodeError::Foreign)));
+        assert!(matches!(decode(b""), Err(DecodeError::Foreign)));
+        assert!(matches!(
+            decode(&bytes[..bytes.len() / 2]),
+            Err(DecodeError::Body(_))
+        ));
+        let mut other = bytes.clone();
+        other[1] = WIRE_VERSION + 1;
+        assert!(matches!(decode(&other), Err(DecodeError::Version(v)) if v == WIRE_VERSION + 1));
     }
 }
