@@ -144,11 +144,11 @@ mod tests {
         c.backoff.cap = Duration::ZERO;
         assert!(c.validate().is_err());
         let mut c = ok.clone();
-        c.directory = vec!["https://dir.example:443".into()];
+        c.directory = vec!["https://dir.example".into()];
         assert!(c.validate().is_err(), "an https directory needs tls");
         let mut c = ok.clone();
-        c.directory = vec!["http://dir.example".into()];
-        assert!(c.validate().is_err(), "a directory needs a port");
+        c.directory = vec!["dir.example:80".into()];
+        assert!(c.validate().is_err(), "a directory URL needs a scheme");
         let mut c = ok;
         c.send_window = 0;
         assert!(c.validate().is_err());

@@ -47,6 +47,10 @@ pub async fn ask(
     let tls = tls.map(|t| {
         let mut config = (*t.config).clone();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // The directory's session tickets are not the IM listeners' (another server
+        // config): a store of its own, so asking it never spends or spoils the ticket
+        // the next connect resumes with.
+        config.resumption = rustls::client::Resumption::in_memory_sessions(8);
         Https {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             server_name: t.server_name.clone(),
@@ -71,18 +75,18 @@ struct Https {
 }
 
 async fn ask_one(url: &str, token: &str, tls: Option<&Https>) -> Result<Dispatch, String> {
-    let (https, authority) = parse_url(url)?;
-    let tcp = TcpStream::connect(authority)
+    let target = parse_url(url)?;
+    let tcp = TcpStream::connect(&target.authority)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    match (https, tls) {
-        (false, _) => request(TokioIo::new(tcp), authority, token).await,
+    match (target.https, tls) {
+        (false, _) => request(TokioIo::new(tcp), &target, token).await,
         (true, Some(tls)) => {
             let host = tls
                 .server_name
                 .clone()
-                .unwrap_or_else(|| host_of(authority).to_owned());
+                .unwrap_or_else(|| host_of(&target.authority).to_owned());
             let name = rustls::pki_types::ServerName::try_from(host.clone())
                 .map_err(|e| format!("TLS server name {host:?}: {e}"))?;
             let stream = tls
@@ -90,14 +94,15 @@ async fn ask_one(url: &str, token: &str, tls: Option<&Https>) -> Result<Dispatch
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS: {e}"))?;
-            request(TokioIo::new(stream), authority, token).await
+            request(TokioIo::new(stream), &target, token).await
         }
         (true, None) => Err("an https:// directory needs the client's tls settings".to_owned()),
     }
 }
 
-/// `GET /v1/dispatch` on a fresh connection `io` to `authority`; the answer, parsed.
-async fn request<I>(io: I, authority: &str, token: &str) -> Result<Dispatch, String>
+/// `GET <prefix>/v1/dispatch` on a fresh connection `io` to `target`; the answer,
+/// parsed.
+async fn request<I>(io: I, target: &Target, token: &str) -> Result<Dispatch, String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -110,8 +115,8 @@ where
     });
     let request = Request::builder()
         .method(Method::GET)
-        .uri("/v1/dispatch")
-        .header(hyper::header::HOST, authority)
+        .uri(format!("{}/v1/dispatch", target.prefix))
+        .header(hyper::header::HOST, &target.authority)
         .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
@@ -134,39 +139,57 @@ where
     serde_json::from_slice(&body).map_err(|e| format!("not a dispatch answer: {e}"))
 }
 
-/// A directory URL's parts: whether it is `https`, and its `host:port`.
-fn parse_url(url: &str) -> Result<(bool, &str), String> {
-    let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("http://") {
-        (false, rest)
-    } else {
-        return Err(format!(
-            "directory URL must be http(s)://host:port, got {url:?}"
-        ));
+/// A directory URL's parts.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    /// Whether it is `https`.
+    https: bool,
+    /// `host:port` (the scheme's port if the URL names none), to connect to and to
+    /// send as `Host`.
+    authority: String,
+    /// What goes before `/v1/dispatch` (empty, or a path prefix without its last `/`).
+    prefix: String,
+}
+
+/// Parses `http(s)://host[:port][/prefix]`; IPv6 hosts in brackets.
+fn parse_url(url: &str) -> Result<Target, String> {
+    let bad = |why: &str| format!("directory URL {url:?}: {why} (http(s)://host[:port][/prefix])");
+    let uri: hyper::Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
+    let https = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(bad("the scheme must be http or https")),
     };
-    let authority = rest.trim_end_matches('/');
-    let port_ok = authority
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-    if !port_ok || authority.contains('/') {
-        return Err(format!(
-            "directory URL must be http(s)://host:port, got {url:?}"
-        ));
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("no user info"));
     }
-    Ok((https, authority))
+    let host = authority.host();
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    if uri.query().is_some() {
+        return Err(bad("no query"));
+    }
+    Ok(Target {
+        https,
+        // `host()` keeps an IPv6 address's brackets.
+        authority: format!("{host}:{port}"),
+        prefix: uri.path().trim_end_matches('/').to_owned(),
+    })
 }
 
 /// Checks a directory URL for a client that speaks TLS (`tls`) or not: the request
 /// carries the login token, so a TLS client asks `https://` directories only, and a
 /// plaintext one, which has no roots to trust, `http://` ones.
 pub fn check_url(url: &str, tls: bool) -> Result<(), String> {
-    match parse_url(url)? {
-        (false, _) if tls => Err(format!(
+    match parse_url(url)?.https {
+        false if tls => Err(format!(
             "directory {url:?}: with tls, directories must be https:// (the request carries \
              the login token)"
         )),
-        (true, _) if !tls => Err(format!(
+        true if !tls => Err(format!(
             "directory {url:?}: an https:// directory needs tls (whom to trust)"
         )),
         _ => Ok(()),
@@ -175,26 +198,44 @@ pub fn check_url(url: &str, tls: bool) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_url, parse_url};
+    use super::{Target, check_url, parse_url};
 
     #[test]
-    fn urls_name_a_scheme_a_host_and_a_port() {
+    fn urls_name_a_scheme_a_host_and_perhaps_a_port_and_a_prefix() {
+        let target = |https: bool, authority: &str, prefix: &str| {
+            Ok(Target {
+                https,
+                authority: authority.to_owned(),
+                prefix: prefix.to_owned(),
+            })
+        };
         assert_eq!(
             parse_url("http://127.0.0.1:9080"),
-            Ok((false, "127.0.0.1:9080"))
+            target(false, "127.0.0.1:9080", "")
         );
         assert_eq!(
-            parse_url("https://dir.example:443/"),
-            Ok((true, "dir.example:443"))
+            parse_url("https://dir.example/"),
+            target(true, "dir.example:443", "")
         );
-        assert_eq!(parse_url("https://[::1]:9080"), Ok((true, "[::1]:9080")));
+        assert_eq!(
+            parse_url("HTTP://dir.example"),
+            target(false, "dir.example:80", "")
+        );
+        assert_eq!(
+            parse_url("https://[::1]:9080"),
+            target(true, "[::1]:9080", "")
+        );
+        assert_eq!(
+            parse_url("https://edge.example/petrel/"),
+            target(true, "edge.example:443", "/petrel")
+        );
         for bad in [
             "127.0.0.1:9080",
             "http://",
-            "http://host",
-            "http://:80",
             "ftp://h:1",
-            "http://h:1/x",
+            "http://::1:80",
+            "http://u@h:1",
+            "http://h:1/?q",
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }

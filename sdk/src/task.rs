@@ -384,13 +384,18 @@ impl Task {
                 return;
             }
         };
-        // One limit for all the directories together: the app's commands wait meanwhile.
+        // One limit for all the directories together (the app's commands wait
+        // meanwhile), shared between them so one that never answers leaves the next
+        // its turn.
+        let limit = self.config.connect_timeout;
+        let count = u32::try_from(self.config.directory.len().max(1)).unwrap_or(u32::MAX);
+        let each = (limit / count).max(Duration::from_secs(1)).min(limit);
         let asked = timeout(
-            self.config.connect_timeout,
+            limit,
             crate::directory::ask(
                 &self.config.directory,
                 &token.token,
-                self.config.connect_timeout,
+                each,
                 self.config.tls.as_ref(),
             ),
         )

@@ -53,16 +53,18 @@ pub struct DispatchSettings {
 
 impl DispatchSettings {
     /// The settings from the `[dispatch]` table of a server of `nodes` nodes (`None`:
-    /// no cluster) that has a `[tls]` certificate or not (`has_cert`). Pools need a
-    /// cluster: they are sets of its nodes. The directory speaks HTTPS when the server
-    /// has a certificate, unless `tls = false`.
+    /// no cluster) that has a `[tls]` certificate or not (`has_cert`), on every client
+    /// listener or beside plaintext ones (`all_tls`). Pools need a cluster: they are
+    /// sets of its nodes. The directory speaks HTTPS by default when every client
+    /// listener does (its clients speak TLS); `tls` in the table decides otherwise.
     pub fn resolve(
         file: Option<&DispatchFile>,
         nodes: Option<u8>,
         has_cert: bool,
+        all_tls: bool,
     ) -> anyhow::Result<Self> {
         let file = file.cloned().unwrap_or_default();
-        let tls = file.tls.unwrap_or(has_cert);
+        let tls = file.tls.unwrap_or(has_cert && all_tls);
         if tls && !has_cert {
             bail!(
                 "[dispatch] tls = true needs the server's certificate: a [tls] table or --tls-cert"
@@ -135,46 +137,53 @@ mod tests {
     #[test]
     fn pools_name_nodes_of_the_cluster_and_the_rest_are_general() {
         let f = file("backup = [\"b.example:7000\"]\n[pools]\ndedicated = [2]\n");
-        let s = DispatchSettings::resolve(Some(&f), Some(3), false).expect("valid");
+        let s = DispatchSettings::resolve(Some(&f), Some(3), false, false).expect("valid");
         assert_eq!(s.node_pools, vec!["general", "general", "dedicated"]);
         assert_eq!(s.pools, vec!["general", "dedicated"]);
         assert_eq!(s.pool_of_node(2), "dedicated");
         assert!(
-            DispatchSettings::resolve(Some(&f), None, false).is_err(),
+            DispatchSettings::resolve(Some(&f), None, false, false).is_err(),
             "no cluster"
         );
         assert!(
-            DispatchSettings::resolve(Some(&f), Some(2), false).is_err(),
+            DispatchSettings::resolve(Some(&f), Some(2), false, false).is_err(),
             "no node 2"
         );
         let two = file("[pools]\na = [0]\nb = [0]\n");
         assert!(
-            DispatchSettings::resolve(Some(&two), Some(2), false).is_err(),
+            DispatchSettings::resolve(Some(&two), Some(2), false, false).is_err(),
             "two pools"
         );
         let bad = file("[pools]\n\"Big Pool\" = [0]\n");
-        assert!(DispatchSettings::resolve(Some(&bad), Some(2), false).is_err());
+        assert!(DispatchSettings::resolve(Some(&bad), Some(2), false, false).is_err());
         let port = file("backup = [\"b.example\"]\n");
         assert!(
-            DispatchSettings::resolve(Some(&port), None, false).is_err(),
+            DispatchSettings::resolve(Some(&port), None, false, false).is_err(),
             "no port"
         );
-        let none = DispatchSettings::resolve(None, None, false).expect("default");
+        let none = DispatchSettings::resolve(None, None, false, false).expect("default");
         assert_eq!((none.addr, none.pools.len()), (None, 1));
         assert!(!none.tls, "no certificate, no https");
-        let with_cert = DispatchSettings::resolve(None, None, true).expect("default");
+        let with_cert = DispatchSettings::resolve(None, None, true, true).expect("default");
         assert!(with_cert.tls, "https with the server's certificate");
         let plain = file("tls = false\n");
         assert!(
-            !DispatchSettings::resolve(Some(&plain), None, true)
+            !DispatchSettings::resolve(Some(&plain), None, true, true)
                 .unwrap()
                 .tls
         );
         let https = file("tls = true\n");
         assert!(
-            DispatchSettings::resolve(Some(&https), None, false).is_err(),
+            DispatchSettings::resolve(Some(&https), None, false, false).is_err(),
             "https without a certificate"
         );
+        let mixed = DispatchSettings::resolve(None, None, true, false).expect("default");
+        assert!(
+            !mixed.tls,
+            "plaintext listeners beside TLS ones: a plain directory"
+        );
+        let mixed_https = DispatchSettings::resolve(Some(&https), None, true, false);
+        assert!(mixed_https.expect("explicit https").tls);
         assert!(
             toml::from_str::<DispatchFile>("adr = \"x\"").is_err(),
             "typo refused"

@@ -270,13 +270,15 @@ pub struct ServeArgs {
     /// every node can share one config file; docs/CLUSTER.md) [default: the table's].
     #[arg(long, value_name = "N")]
     pub cluster_node: Option<u8>,
-    /// Serve the dispatch directory clients ask where to connect (HTTP, `GET
-    /// /v1/dispatch`; docs/CLUSTER.md, "Dispatch") at ADDR:PORT (overrides `addr` in
-    /// the `[dispatch]` table; port 0 picks one; printed at start) [default: off].
+    /// Serve the dispatch directory clients ask where to connect (`GET /v1/dispatch`;
+    /// HTTPS when every client listener speaks TLS, else HTTP; docs/CLUSTER.md,
+    /// "Dispatch") at ADDR:PORT (overrides `addr` in the `[dispatch]` table; port 0
+    /// picks one; printed at start) [default: off].
     #[arg(long, value_name = "ADDR:PORT")]
     pub dispatch_addr: Option<SocketAddr>,
-    /// Speak TLS on every client listener with this PEM certificate chain (needs
-    /// --tls-key; reloaded on SIGHUP) [default: plaintext].
+    /// Speak TLS on every client listener, and HTTPS on the dispatch directory, with
+    /// this PEM certificate chain (needs --tls-key; reloaded on SIGHUP) [default:
+    /// plaintext].
     #[arg(long, value_name = "PATH")]
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert.
@@ -573,6 +575,7 @@ impl ServeConfig {
             file.dispatch.as_ref(),
             cluster.as_ref().map(|c| c.nodes),
             tls.is_some(),
+            tls.as_ref().is_some_and(|t| t.listen.is_empty()),
         )?;
         if args.dispatch_addr.is_some() {
             dispatch.addr = args.dispatch_addr;
