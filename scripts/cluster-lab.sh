@@ -37,7 +37,15 @@ read -r -a NODE_CPUS <<<"${NODE_CPUS:-0,1 0,1 0,1}"
 
 node_addr() { echo "127.0.1.$(($1 + 1))"; }
 
-running() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Whether the process of pid file $1 runs: an exited one its parent has not reaped yet
+# (a zombie, state Z) does not — it holds no port and no data dir any more.
+running() {
+  [[ -f $1 ]] || return 1
+  local stat
+  stat=$(cat "/proc/$(cat "$1")/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ ${stat%% *} != [ZX] ]]
+}
 
 wait_port() {
   local addr=$1 port=$2 what=$3

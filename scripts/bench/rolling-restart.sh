@@ -58,7 +58,8 @@ load=$!
 sleep "$GAP"
 for n in 0 1 2; do
   echo "=== $(date +%T) draining node $n"
-  # Returns once the node's process is gone (the lab starts only nodes not running).
+  # Returns once the node's process has exited (its files closed); the lab counts an
+  # exited process its parent has not reaped yet as stopped, and starts it again.
   "$PETREL" admin drain --data-dir "$LAB_DIR/node$n" --wait 30
   echo "=== $(date +%T) node $n stopped; starting it again"
   bash "$repo/scripts/cluster-lab.sh" up >/dev/null
