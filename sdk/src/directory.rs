@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
-use crate::stream::{TlsConfig, host_of};
+use crate::stream::{TlsConfig, connect_tls};
 
 /// Largest answer read (a few dozen endpoints).
 const MAX_ANSWER: usize = 64 * 1024;
@@ -33,32 +33,42 @@ pub struct Dispatch {
     pub endpoints: Vec<String>,
 }
 
+/// How this client speaks TLS to `https://` directories: its own roots and server name,
+/// ALPN http/1.1 (the servers' own config offers `petrel`), and a session store of its
+/// own — the directory's tickets are not the IM listeners' (another server config), so
+/// asking it never spends or spoils the ticket the next connect resumes with. Built
+/// once per client, so the directory's own sessions resume from one ask to the next.
+pub struct DirectoryTls {
+    connector: tokio_rustls::TlsConnector,
+    /// The name its certificate must carry; `None`: the URL's host.
+    server_name: Option<String>,
+}
+
+impl DirectoryTls {
+    /// From the client's TLS settings.
+    pub fn new(tls: &TlsConfig) -> DirectoryTls {
+        let mut config = (*tls.config).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.resumption = rustls::client::Resumption::in_memory_sessions(8);
+        DirectoryTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name: tls.server_name.clone(),
+        }
+    }
+}
+
 /// Asks each of `urls` in turn (each within `timeout`) and returns the first answer;
-/// an error naming every failure if none answered. With `tls` (the client's own
-/// settings: whom to trust, which name to expect) the directories are `https://`.
+/// an error naming every failure if none answered. With `tls` the directories are
+/// `https://`.
 pub async fn ask(
     urls: &[String],
     token: &str,
     timeout: Duration,
-    tls: Option<&TlsConfig>,
+    tls: Option<&DirectoryTls>,
 ) -> Result<Dispatch, String> {
-    // HTTP/1.1 inside TLS: the roots and name of the client's servers, ALPN http/1.1
-    // (the servers' own config offers `petrel`).
-    let tls = tls.map(|t| {
-        let mut config = (*t.config).clone();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        // The directory's session tickets are not the IM listeners' (another server
-        // config): a store of its own, so asking it never spends or spoils the ticket
-        // the next connect resumes with.
-        config.resumption = rustls::client::Resumption::in_memory_sessions(8);
-        Https {
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            server_name: t.server_name.clone(),
-        }
-    });
     let mut failures = Vec::new();
     for url in urls {
-        match tokio::time::timeout(timeout, ask_one(url, token, tls.as_ref())).await {
+        match tokio::time::timeout(timeout, ask_one(url, token, tls)).await {
             Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(e)) => failures.push(format!("{url}: {e}")),
             Err(_) => failures.push(format!("{url}: no answer in {timeout:?}")),
@@ -67,14 +77,7 @@ pub async fn ask(
     Err(failures.join("; "))
 }
 
-/// How to speak TLS to an `https://` directory.
-struct Https {
-    connector: tokio_rustls::TlsConnector,
-    /// The name its certificate must carry; `None`: the URL's host.
-    server_name: Option<String>,
-}
-
-async fn ask_one(url: &str, token: &str, tls: Option<&Https>) -> Result<Dispatch, String> {
+async fn ask_one(url: &str, token: &str, tls: Option<&DirectoryTls>) -> Result<Dispatch, String> {
     let target = parse_url(url)?;
     let tcp = TcpStream::connect(&target.authority)
         .await
@@ -83,15 +86,8 @@ async fn ask_one(url: &str, token: &str, tls: Option<&Https>) -> Result<Dispatch
     match (target.https, tls) {
         (false, _) => request(TokioIo::new(tcp), &target, token).await,
         (true, Some(tls)) => {
-            let host = tls
-                .server_name
-                .clone()
-                .unwrap_or_else(|| host_of(&target.authority).to_owned());
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| format!("TLS server name {host:?}: {e}"))?;
-            let stream = tls
-                .connector
-                .connect(name, tcp)
+            let name = tls.server_name.as_deref();
+            let stream = connect_tls(&tls.connector, name, &target.authority, tcp)
                 .await
                 .map_err(|e| format!("TLS: {e}"))?;
             request(TokioIo::new(stream), &target, token).await

@@ -62,23 +62,33 @@ impl Stream {
         let Some(tls) = tls else {
             return Ok(Stream::Plain(tcp));
         };
-        let host = match &tls.server_name {
-            Some(name) => name.clone(),
-            None => host_of(endpoint).to_owned(),
-        };
-        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("TLS server name {host:?}: {e}"),
-            )
-        })?;
         let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-        Ok(Stream::Tls(Box::new(connector.connect(name, tcp).await?)))
+        let stream = connect_tls(&connector, tls.server_name.as_deref(), endpoint, tcp).await?;
+        Ok(Stream::Tls(Box::new(stream)))
     }
 }
 
+/// Runs the TLS handshake over `tcp` to `endpoint` (`host:port`), expecting the
+/// certificate to name `server_name`, or the endpoint's host when that is `None`.
+/// Sessions and the dispatch directory connect this way.
+pub(crate) async fn connect_tls(
+    connector: &tokio_rustls::TlsConnector,
+    server_name: Option<&str>,
+    endpoint: &str,
+    tcp: TcpStream,
+) -> io::Result<TlsStream<TcpStream>> {
+    let host = server_name.unwrap_or_else(|| host_of(endpoint)).to_owned();
+    let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("TLS server name {host:?}: {e}"),
+        )
+    })?;
+    connector.connect(name, tcp).await
+}
+
 /// The host part of `host:port` (`[v6]:port` too).
-pub(crate) fn host_of(endpoint: &str) -> &str {
+fn host_of(endpoint: &str) -> &str {
     let host = match endpoint.rsplit_once(':') {
         Some((host, port)) if port.parse::<u16>().is_ok() => host,
         _ => endpoint,

@@ -183,6 +183,8 @@ pub(crate) struct Task {
     /// The dispatch directory has been asked (it is asked at start, then again after
     /// `directory_after_failures` failed connects in a row).
     asked_directory: bool,
+    /// How to reach `https://` directories (with `tls` and a directory).
+    directory_tls: Option<crate::directory::DirectoryTls>,
 }
 
 /// One live session's bookkeeping. It holds no socket (the session's `TcpStream` is
@@ -256,6 +258,11 @@ impl Task {
         commands: mpsc::UnboundedReceiver<Command>,
     ) -> Task {
         let seed = config.jitter_seed.unwrap_or_else(rand::random);
+        let directory_tls = config
+            .tls
+            .as_ref()
+            .filter(|_| !config.directory.is_empty())
+            .map(crate::directory::DirectoryTls::new);
         Task {
             reconnector: Reconnector::new(config.endpoints.clone(), config.backoff, seed),
             cache: TokenCache::new(config.token_cache_path.clone()),
@@ -267,6 +274,7 @@ impl Task {
             next_request: 0,
             auth_failed: false,
             asked_directory: false,
+            directory_tls,
         }
     }
 
@@ -396,7 +404,7 @@ impl Task {
                 &self.config.directory,
                 &token.token,
                 each,
-                self.config.tls.as_ref(),
+                self.directory_tls.as_ref(),
             ),
         )
         .await
