@@ -96,15 +96,7 @@ impl Directory {
 
     /// `user` is in `pool` from now on (`None` or [`GENERAL`]: the general pool).
     pub fn assign(&self, user: u64, pool: Option<&str>) {
-        let mut state = self.write();
-        match pool {
-            Some(pool) if pool != GENERAL => {
-                state.assignments.insert(user, pool.to_owned());
-            }
-            _ => {
-                state.assignments.remove(&user);
-            }
-        }
+        apply_assignment(&mut self.write().assignments, user, pool);
     }
 
     /// Every assignment at once (the watcher read the whole bucket): from now on the
@@ -161,6 +153,19 @@ impl Directory {
             pool_down,
             endpoints,
         })
+    }
+}
+
+/// Puts `user` in `pool` in `assignments`, which hold only the users outside the
+/// general pool (`None` or [`GENERAL`]: no entry).
+pub fn apply_assignment(assignments: &mut HashMap<u64, String>, user: u64, pool: Option<&str>) {
+    match pool {
+        Some(pool) if pool != GENERAL => {
+            assignments.insert(user, pool.to_owned());
+        }
+        _ => {
+            assignments.remove(&user);
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv::{self, Operation};
 use futures_util::StreamExt;
 
-use super::directory::{Directory, GENERAL};
+use super::directory::{Directory, GENERAL, apply_assignment};
 
 /// How long to wait before asking NATS for the bucket again.
 const RETRY: Duration = Duration::from_secs(3);
@@ -184,6 +184,26 @@ async fn open(
         .map_err(|e| format!("cannot open the bucket: {e}"))
 }
 
+/// The user and pool (`None`: the general pool) an entry of the bucket sets; `None`
+/// (logged) for an entry that names no user or no pool.
+fn assignment(entry: &kv::Entry) -> Option<(u64, Option<String>)> {
+    let Ok(user) = entry.key.parse::<u64>() else {
+        tracing::warn!(key = %entry.key, "dispatch: a pool assignment whose key is no user id; ignored");
+        return None;
+    };
+    let pool = match entry.operation {
+        Operation::Put => match std::str::from_utf8(&entry.value) {
+            Ok(pool) => Some(pool.to_owned()),
+            Err(_) => {
+                tracing::warn!(user, "dispatch: a pool name that is not UTF-8; ignored");
+                return None;
+            }
+        },
+        Operation::Delete | Operation::Purge => None,
+    };
+    Some((user, pool))
+}
+
 /// Reads every assignment, then follows the changes until the watch ends. The whole
 /// bucket is read into a map of its own and put in the directory at once when the
 /// watch has caught up, so the directory never answers from half of it (at start it
@@ -200,32 +220,17 @@ async fn watch(store: &kv::Store, directory: &Directory) -> Result<(), String> {
     }
     while let Some(entry) = entries.next().await {
         let entry = entry.map_err(|e| e.to_string())?;
-        let caught_up = entry.delta == 0;
-        let Ok(user) = entry.key.parse::<u64>() else {
-            tracing::warn!(key = %entry.key, "dispatch: a pool assignment whose key is no user id; ignored");
-            continue;
-        };
-        let pool = match entry.operation {
-            Operation::Put => match std::str::from_utf8(&entry.value) {
-                Ok(pool) => Some(pool.to_owned()),
-                Err(_) => {
-                    tracing::warn!(user, "dispatch: a pool name that is not UTF-8; ignored");
-                    continue;
-                }
-            },
-            Operation::Delete | Operation::Purge => None,
-        };
-        match &mut replay {
-            Some(map) => {
-                match pool {
-                    Some(pool) if pool != GENERAL => map.insert(user, pool),
-                    _ => map.remove(&user),
-                };
-                if caught_up {
-                    directory.replace_assignments(replay.take().unwrap_or_default());
-                }
+        if let Some((user, pool)) = assignment(&entry) {
+            match &mut replay {
+                Some(map) => apply_assignment(map, user, pool.as_deref()),
+                None => directory.assign(user, pool.as_deref()),
             }
-            None => directory.assign(user, pool.as_deref()),
+        }
+        // The last entry of the replay ends it, even one that was ignored.
+        if entry.delta == 0
+            && let Some(map) = replay.take()
+        {
+            directory.replace_assignments(map);
         }
     }
     Err("the watch ended".into())
