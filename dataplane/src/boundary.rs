@@ -28,6 +28,13 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use petrel_conn::{ConnId, TransportEvent};
 
+/// Where a core's connection-id generations ([`ConnId::from_slot`]) start: a random
+/// place, so a restarted process does not hand out its predecessor's ids — other nodes
+/// of a cluster may still hold some of those in mail on its way (docs/CLUSTER.md).
+pub fn first_generation() -> u64 {
+    rand::random()
+}
+
 /// Wakes a core's loop from another thread.
 pub trait Wake: Send + Sync {
     /// Ends the core's current or next [`CoreIo::wait`].

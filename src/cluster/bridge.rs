@@ -14,7 +14,9 @@
 //! Liveness: every node publishes a [`Hello`] each `heartbeat` on `<name>.hello`; a
 //! node is up from its first hello, and down after `node_timeout` of silence, after its
 //! goodbye, or when a hello of another incarnation comes (it restarted: down, then up).
-//! Mail only counts from the incarnation known to be up. The cores are told
+//! Mail only counts from the incarnation known to be up, and only if it names this
+//! process as its receiver (mail sent before the sender heard of a restart names the
+//! previous process's connections and requests, and is dropped). The cores are told
 //! ([`Inbound::Down`], [`Inbound::Up`]): their control planes stop counting that node's
 //! users as online and re-announce their sessions to it when it is back, and requests
 //! waiting for it are answered `SERVER_BUSY`. A node that sees another come up sends it
@@ -367,9 +369,10 @@ impl Task {
                 }
                 continue;
             }
+            let to = self.peers[node].as_ref().map_or(0, |p| p.incarnation);
             let node = u8::try_from(node).unwrap_or(u8::MAX);
             let subject = wire::node_subject(&self.settings.name, node);
-            self.publish_mail(client, &subject, parcels).await;
+            self.publish_mail(client, &subject, to, parcels).await;
         }
     }
 
@@ -389,11 +392,13 @@ impl Task {
         }
     }
 
-    /// Publishes `parcels` on `subject`, split into envelopes under the payload limit.
+    /// Publishes `parcels` for the process `to` of a node on `subject`, split into
+    /// envelopes under the payload limit.
     async fn publish_mail(
         &mut self,
         client: &async_nats::Client,
         subject: &str,
+        to: u64,
         parcels: Vec<Parcel>,
     ) {
         let mut pending = vec![parcels];
@@ -402,7 +407,7 @@ impl Task {
                 self.dropped += parcels.len() as u64;
                 continue;
             }
-            let envelope = self.envelope(Body::Mail(parcels));
+            let envelope = self.envelope(Body::Mail { to, parcels });
             let bytes = match wire::encode(&envelope) {
                 Ok(bytes) => bytes,
                 Err(e) => {
@@ -411,7 +416,7 @@ impl Task {
                 }
             };
             if bytes.len() > MAX_BATCH_BYTES {
-                let Body::Mail(all) = envelope.body else {
+                let Body::Mail { parcels: all, .. } = envelope.body else {
                     continue;
                 };
                 parcels = all;
@@ -540,8 +545,13 @@ impl Task {
                 self.heard(node, envelope.incarnation);
                 self.tell_down_and_up(node);
             }
-            Body::Mail(parcels) => {
+            Body::Mail { to, parcels } => {
                 self.heard(node, envelope.incarnation);
+                // Sent before the sender heard this process start: its connection ids
+                // and requests are the previous process's.
+                if to != self.incarnation {
+                    return;
+                }
                 let mut woken = 0u64;
                 for parcel in parcels {
                     if !self.layout.is_local(parcel.to) || self.layout.node_of(parcel.from) != node

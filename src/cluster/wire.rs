@@ -35,7 +35,14 @@ pub enum Body {
     /// "Alive", with what the receiver checks it agrees on.
     Hello(Hello),
     /// Mail for cores of the receiving node, in order.
-    Mail(Vec<Parcel>),
+    Mail {
+        /// The receiving process's incarnation as the sender knew it: mail for an
+        /// earlier process of the node names its connections and requests, which a
+        /// restarted process does not have, and is dropped.
+        to: u64,
+        /// The mail.
+        parcels: Vec<Parcel>,
+    },
     /// The node is shutting down: down from now on.
     Bye,
     /// "Tell me your sessions again": the sender has just seen the receiver come up, and
@@ -120,8 +127,8 @@ const MAGIC: u8 = 0xE7;
 /// any change to [`Envelope`] or what it carries: postcard has no schema, so nodes of
 /// two versions cannot read each other, and the version lets them say so instead of
 /// failing to decode. 2: the heartbeat names the node's pool and endpoints (version 1
-/// had no version byte).
-pub const WIRE_VERSION: u8 = 2;
+/// had no version byte). 3: mail names the receiving process's incarnation.
+pub const WIRE_VERSION: u8 = 3;
 
 /// Why bytes on a cluster subject are not an envelope this node can read.
 #[derive(Debug)]
@@ -230,13 +237,13 @@ mod tests {
         let bytes = encode(&Envelope {
             node: 1,
             incarnation: 99,
-            body: Body::Mail(parcels),
+            body: Body::Mail { to: 5, parcels },
         })
         .expect("encode");
         let back = decode(&bytes).expect("decode");
         assert_eq!((back.node, back.incarnation), (1, 99));
-        let Body::Mail(parcels) = back.body else {
-            panic!("not mail");
+        let Body::Mail { to: 5, parcels } = back.body else {
+            panic!("not mail for incarnation 5");
         };
         let mails: Vec<Mail> = parcels.into_iter().map(|p| p.mail.into()).collect();
         assert!(matches!(

@@ -102,7 +102,7 @@ impl KernelCore {
             ready: Events::with_capacity(EVENTS_PER_WAIT),
             waker,
             conns: Slab::new(),
-            next_generation: 0,
+            next_generation: crate::boundary::first_generation(),
             scratch: vec![0; SCRATCH_LEN],
             dirty: Vec::new(),
             readable: Vec::new(),
@@ -219,7 +219,7 @@ impl KernelCore {
                 continue;
             }
             let id = ConnId::from_slot(self.settings.index, slot, self.next_generation);
-            self.next_generation += 1;
+            self.next_generation = self.next_generation.wrapping_add(1);
             let mut framed = match tls {
                 Some(session) => Framed::with_tls(id, self.settings.decoder, session),
                 None => Framed::new(id, self.settings.decoder),

@@ -252,7 +252,7 @@ impl<D: Device> XdpCore<D> {
             neighbours: NeighbourTable::new(NeighbourConfig::default()),
             conns: Slab::new(),
             by_socket: HashMap::new(),
-            next_generation: 0,
+            next_generation: crate::boundary::first_generation(),
             dirty: Vec::new(),
             scratch: vec![0; 64 * 1024],
             arp_requests: Vec::new(),
@@ -472,7 +472,7 @@ impl<D: Device> XdpCore<D> {
                     continue;
                 }
                 let id = ConnId::from_slot(self.index, slot.unwrap_or(0), self.next_generation);
-                self.next_generation += 1;
+                self.next_generation = self.next_generation.wrapping_add(1);
                 let key = entry.key();
                 let mut framed = match tls {
                     Ok(Some(session)) => Framed::with_tls(id, self.decoder, session),
