@@ -172,6 +172,12 @@ pub struct Counters {
     pub refused_shutting_down: u64,
     /// `Gap` notices sent: runs of chatroom pushes skipped for a lagging member.
     pub chatroom_gaps: u64,
+    /// Chatroom requests answered `SERVER_BUSY` because the room's owner on another
+    /// cluster node went down or did not answer in time.
+    pub room_answers_lost: u64,
+    /// Answers of a room's owner that came after their request was answered that way
+    /// (dropped).
+    pub room_answers_late: u64,
     /// `TypingNotice`s sent (one per receiving connection).
     pub typing_notices: u64,
     /// Typing indicators (or notices to one receiver) dropped: over the sender's typing
@@ -313,6 +319,8 @@ impl Counters {
             frames_misdirected,
             refused_shutting_down,
             chatroom_gaps,
+            room_answers_lost,
+            room_answers_late,
             typing_notices,
             typing_dropped,
             read_receipts,
@@ -351,6 +359,8 @@ impl Counters {
         self.frames_misdirected += frames_misdirected;
         self.refused_shutting_down += refused_shutting_down;
         self.chatroom_gaps += chatroom_gaps;
+        self.room_answers_lost += room_answers_lost;
+        self.room_answers_late += room_answers_late;
         self.typing_notices += typing_notices;
         self.typing_dropped += typing_dropped;
         self.read_receipts += read_receipts;

@@ -39,6 +39,10 @@ pub enum TimerKind {
     /// The login on this connection has waited [`crate::remote::LOGIN_HOLD_LIMIT`] for
     /// other cores' `LoginSeen`: answer it anyway (a notice was lost between nodes).
     HeldLogin(ConnId),
+    /// This chatroom request (connection, request id) has waited
+    /// [`crate::remote::ROOM_ANSWER_LIMIT`] for the room owner's answer: answer it
+    /// `SERVER_BUSY`.
+    RoomAnswer(ConnId, u32),
 }
 
 /// Pending deadlines, earliest first.

@@ -1157,3 +1157,97 @@ fn members_of_a_room_whose_owner_is_unreachable_are_told_and_can_rejoin_later() 
     cores.room_send(alice, 7, 2).expect("sent");
     assert_eq!(cores.room_pushes(bob).last().map(|&(id, _)| id), Some(2));
 }
+
+/// Core 1 (owner of room 7) goes down while core 0's requests to it are on their way:
+/// each is answered `SERVER_BUSY` once, at once. Then, with core 1 up, a send and a
+/// join whose answers do not come in time are answered `SERVER_BUSY` at the limit; the
+/// late answers are dropped (no second answer to one request), the late join leaves no
+/// member behind, and the message that was sent still reached the room.
+#[test]
+fn room_requests_whose_owner_goes_down_or_stays_silent_are_answered_once() {
+    let mut cores = Cores::new();
+    let alice = cores.login(0, ALICE, "a-phone", pb::Platform::Ios);
+    let carol = cores.login(0, CAROL, "c-phone", pb::Platform::Ios);
+    let bob = cores.login(1, BOB, "b-phone", pb::Platform::Android);
+    assert_eq!(room_owner(7, 2), 1);
+    cores.join(alice, 7).expect("alice joins");
+    cores.join(bob, 7).expect("bob joins");
+    cores.take(alice);
+    cores.take(bob);
+
+    // In flight when the owner's node goes down: the rings to it are lost.
+    let send = cores.submit_room_send(alice, 7, 1);
+    let list = cores.submit(
+        alice,
+        pb::ConversationOp {
+            op: Some(Op::ListMembers(pb::ListMembers {
+                conversation: Some(chatroom(7)),
+            })),
+        },
+    );
+    let join = cores.submit(
+        carol,
+        pb::ConversationOp {
+            op: Some(Op::JoinChatroom(pb::JoinChatroom { room_id: 7 })),
+        },
+    );
+    let lost = cores.run_holding_rings();
+    assert_eq!(lost.len(), 3, "{lost:?}");
+    cores.controls[0].handle(cores.now, Event::CoresDown { cores: 0b10 });
+    cores.run();
+    for (conn, rid) in [(alice, send), (alice, list), (carol, join)] {
+        match cores.answer(conn, rid) {
+            Some(Body::Error(e)) => {
+                assert_eq!(e.code, pb::ErrorCode::ServerBusy as i32, "{e:?}");
+                assert!(e.retry_after_ms > 0);
+            }
+            other => panic!("{conn} request {rid}: {other:?}"),
+        }
+        assert!(cores.answer(conn, rid).is_none(), "answered twice");
+    }
+    assert_eq!(cores.controls[0].counters().room_answers_lost, 3);
+
+    // Back up; alice sits in the room again. A send and carol's join get no answer
+    // in time: the owner's answers are held back past the limit.
+    cores.controls[0].handle(cores.now, Event::CoresUp { cores: 0b10 });
+    cores.run();
+    cores.join(alice, 7).expect("alice joins again");
+    cores.take(bob);
+    let send = cores.submit_room_send(alice, 7, 2);
+    let join = cores.submit(
+        carol,
+        pb::ConversationOp {
+            op: Some(Op::JoinChatroom(pb::JoinChatroom { room_id: 7 })),
+        },
+    );
+    let requests = cores.run_holding_rings();
+    let deadline = cores
+        .now
+        .saturating_add(petrel_control::remote::ROOM_ANSWER_LIMIT);
+    assert!(cores.controls[0].poll_timeout() <= Some(deadline));
+    cores.now = deadline;
+    cores.controls[0].handle(cores.now, Event::Tick);
+    cores.run();
+    for (conn, rid) in [(alice, send), (carol, join)] {
+        match cores.answer(conn, rid) {
+            Some(Body::Error(e)) => assert_eq!(e.code, pb::ErrorCode::ServerBusy as i32),
+            other => panic!("{conn} request {rid}: {other:?}"),
+        }
+    }
+    // The owner takes the requests now and answers: too late, dropped.
+    cores.deliver(requests);
+    assert!(cores.answer(alice, send).is_none(), "a late ack went out");
+    assert!(
+        cores.answer(carol, join).is_none(),
+        "a late join answer went out"
+    );
+    assert_eq!(cores.controls[0].counters().room_answers_late, 2);
+    // The message itself was sequenced and reached bob; carol is no member.
+    assert_eq!(cores.room_pushes(bob).last().map(|&(id, _)| id), Some(2));
+    let members = cores.list(alice, 7);
+    assert!(
+        members.contains(&ALICE) && members.contains(&BOB),
+        "{members:?}"
+    );
+    assert!(!members.contains(&CAROL), "{members:?}");
+}

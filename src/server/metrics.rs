@@ -521,6 +521,15 @@ impl Collector for Metrics {
         )?;
         counter(
             &mut e,
+            "petrel_chatroom_owner_answers_missed",
+            "Chatroom requests to a room owned on another node: missing (its node went down or did not answer in time; answered SERVER_BUSY), late (its answer came after that; dropped).",
+            &[
+                (vec![("result", "missing")], c.room_answers_lost),
+                (vec![("result", "late")], c.room_answers_late),
+            ],
+        )?;
+        counter(
+            &mut e,
             "petrel_typing_notices",
             "TypingNotice frames sent (one per receiving connection).",
             &[(vec![], c.typing_notices)],

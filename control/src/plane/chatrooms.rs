@@ -52,7 +52,7 @@ impl Control {
         true
     }
 
-    /// Sends `message` to the core that owns `room`.
+    /// Sends `message`, which needs no answer, to the core that owns `room`.
     fn tell_owner(&mut self, room: u64, message: CoreMessage) {
         self.actions.push_back(Action::ToCore {
             core: room_owner(room, self.config.core_count),
@@ -60,8 +60,27 @@ impl Control {
         });
     }
 
+    /// Sends `message`, request `rid` of `conn` about `room`, to the core that owns the
+    /// room, which answers it; it waits for that answer in [`super::room_answers`]
+    /// (`joining`: it asks for a seat, held meanwhile).
+    fn ask_owner(
+        &mut self,
+        now: Timestamp,
+        (conn, rid): (ConnId, u32),
+        room: u64,
+        joining: bool,
+        message: CoreMessage,
+    ) {
+        let owner = room_owner(room, self.config.core_count);
+        self.await_room_answer(now, (conn, rid), owner, joining.then_some(room));
+        self.actions.push_back(Action::ToCore {
+            core: owner,
+            message,
+        });
+    }
+
     /// `JoinChatroom`: answered by the owner with the members and the recent messages.
-    pub(super) fn join_chatroom(&mut self, conn: ConnId, rid: u32, room: u64) {
+    pub(super) fn join_chatroom(&mut self, now: Timestamp, conn: ConnId, rid: u32, room: u64) {
         let Some(user) = self.session_user(conn) else {
             return;
         };
@@ -76,8 +95,11 @@ impl Control {
         if let Some(c) = self.registry.get_mut(conn) {
             c.rooms.join(room);
         }
-        self.tell_owner(
+        self.ask_owner(
+            now,
+            (conn, rid),
             room,
+            true,
             CoreMessage::RoomJoin(RoomRequest {
                 room,
                 conn,
@@ -114,7 +136,17 @@ impl Control {
     /// can index the second seat when the first answer arrives, so pushes sent between
     /// the leave and the second join may reach the connection (each with its seq, also
     /// in the second answer's backlog).
-    pub(super) fn on_room_joined(&mut self, room: u64, conn: ConnId, seated: bool, bytes: Bytes) {
+    ///
+    /// An answer that comes after the join was answered `SERVER_BUSY`
+    /// ([`super::room_answers`]) only does the bookkeeping: the seat was given up then,
+    /// so a seated answer has the owner remove the member again.
+    pub(super) fn on_room_joined(
+        &mut self,
+        (room, conn, rid): (u64, ConnId, u32),
+        seated: bool,
+        bytes: Bytes,
+    ) {
+        let answer = self.room_answered(conn, rid);
         let holds_seat = self
             .registry
             .get(conn)
@@ -126,13 +158,17 @@ impl Control {
                 // Left or closed since it asked: the owner's view follows ours.
                 self.tell_owner(room, CoreMessage::RoomLeft { room, conn });
             }
-            self.send_bytes(conn, bytes, FrameType::ConversationOpResult);
-        } else {
-            if let Some(c) = self.registry.get_mut(conn) {
-                c.rooms.leave(room);
+            if answer {
+                self.send_bytes(conn, bytes, FrameType::ConversationOpResult);
             }
-            self.seated.remove(room, conn);
-            self.send_bytes(conn, bytes, FrameType::Error);
+        } else {
+            if answer {
+                if let Some(c) = self.registry.get_mut(conn) {
+                    c.rooms.leave(room);
+                }
+                self.seated.remove(room, conn);
+                self.send_bytes(conn, bytes, FrameType::Error);
+            }
         }
     }
 
@@ -216,7 +252,7 @@ impl Control {
         if self.owner_unreachable(conn, rid, room) {
             return;
         }
-        self.tell_owner(room, CoreMessage::RoomSend(send));
+        self.ask_owner(now, (conn, rid), room, false, CoreMessage::RoomSend(send));
     }
 
     /// Refuses a send to a room its connection is not in.
@@ -260,7 +296,7 @@ impl Control {
     }
 
     /// `ListMembers` of a chatroom: answered by the owner.
-    pub(super) fn list_chatroom(&mut self, conn: ConnId, rid: u32, room: u64) {
+    pub(super) fn list_chatroom(&mut self, now: Timestamp, conn: ConnId, rid: u32, room: u64) {
         if self.owns_room(room) {
             return self.list_owned(conn, rid, room);
         }
@@ -270,8 +306,11 @@ impl Control {
         if self.owner_unreachable(conn, rid, room) {
             return;
         }
-        self.tell_owner(
+        self.ask_owner(
+            now,
+            (conn, rid),
             room,
+            false,
             CoreMessage::RoomList(RoomRequest {
                 room,
                 conn,

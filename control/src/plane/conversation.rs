@@ -234,11 +234,11 @@ impl Control {
                     Request::Members { conversation: key },
                     OpKind::ListMembers { key },
                 ),
-                Some(Target::Chatroom(room)) => return self.list_chatroom(conn, rid, room),
+                Some(Target::Chatroom(room)) => return self.list_chatroom(now, conn, rid, room),
                 None => return self.invalid(conn, rid, "conversation id missing or invalid"),
             },
             Op::JoinChatroom(j) if j.room_id != 0 => {
-                return self.join_chatroom(conn, rid, j.room_id);
+                return self.join_chatroom(now, conn, rid, j.room_id);
             }
             Op::LeaveChatroom(l) if l.room_id != 0 => {
                 return self.leave_chatroom(conn, rid, l.room_id);

@@ -79,6 +79,8 @@ impl Control {
         for (room, conn) in lost {
             self.removed_from_room(room, conn, pb::ConversationEventKind::MembersRemoved);
         }
+        // Nor will they answer the requests they have of this core's connections.
+        self.room_answers_unreachable(cores);
         self.presence.retain(|_, bits| {
             *bits &= !cores;
             *bits != 0

@@ -21,6 +21,7 @@ mod messaging;
 mod pending;
 mod push;
 mod receipts;
+mod room_answers;
 mod room_owner;
 mod session_frames;
 mod sync;
@@ -221,6 +222,9 @@ pub struct Control {
     /// [`crate::CoreMessage::LoginSeen`] ([`crate::remote`]): the cores still to answer
     /// (bit = core index) and the encoded frame. Empty on a one-core server.
     held_logins: HashMap<ConnId, (u64, Bytes), foldhash::fast::RandomState>,
+    /// Chatroom requests of this core's connections waiting for the room owner's answer
+    /// on another core.
+    room_answers: room_answers::RoomAnswers,
     /// Cores that cannot be reached (bit = core index): the cores of cluster nodes that
     /// are down or not heard from yet. Nothing is sent to them and no login waits for
     /// them. Always 0 on one server.
@@ -280,6 +284,7 @@ impl Control {
             api: api::ApiState::default(),
             presence: HashMap::default(),
             held_logins: HashMap::default(),
+            room_answers: room_answers::RoomAnswers::default(),
             unreachable: 0,
             reconnect_to: Vec::new(),
             admission: Admission::new(config_admission, now),
@@ -347,6 +352,7 @@ impl Control {
                     .get(c)
                     .is_none_or(|conn| conn.session.is_none()),
                 TimerKind::HeldLogin(c) => !self.held_logins.contains_key(&c),
+                TimerKind::RoomAnswer(c, rid) => !self.room_answers.is_waiting(c, rid),
                 TimerKind::Housekeeping | TimerKind::RetryLoadRevoked | TimerKind::Trim => false,
             };
             if !stale {
@@ -788,6 +794,7 @@ impl Control {
                 }
                 TimerKind::RetryLoadRevoked => self.request_revocations(now),
                 TimerKind::HeldLogin(conn) => self.release_held_login(conn),
+                TimerKind::RoomAnswer(conn, rid) => self.room_answer_overdue(conn, rid),
                 TimerKind::Trim if self.draining_since.is_none() => {
                     self.storage(
                         Request::Trim {

@@ -27,11 +27,13 @@ impl Control {
             return;
         }
         let frame_type = frame.body.frame_type();
+        let rid = frame.request_id;
         if let Some(bytes) = self.encode(&frame) {
             self.actions.push_back(Action::ToCore {
                 core: conn.core(),
                 message: CoreMessage::RoomReply {
                     conn,
+                    rid,
                     frame_type,
                     bytes,
                 },
@@ -115,6 +117,7 @@ impl Control {
                 message: CoreMessage::RoomJoined {
                     room,
                     conn,
+                    rid,
                     seated,
                     bytes,
                 },
@@ -366,9 +369,10 @@ impl Control {
             CoreMessage::RoomJoined {
                 room,
                 conn,
+                rid,
                 seated,
                 bytes,
-            } => self.on_room_joined(room, conn, seated, bytes),
+            } => self.on_room_joined((room, conn, rid), seated, bytes),
             CoreMessage::RoomLeft { room, conn } => self.on_room_left(room, conn),
             CoreMessage::RoomSend(send) => self.send_owned(send),
             CoreMessage::RoomTyping {
@@ -382,10 +386,13 @@ impl Control {
             }
             CoreMessage::RoomReply {
                 conn,
+                rid,
                 frame_type,
                 bytes,
             } => {
-                self.send_bytes(conn, bytes, frame_type);
+                if self.room_answered(conn, rid) {
+                    self.send_bytes(conn, bytes, frame_type);
+                }
             }
             CoreMessage::RoomPush {
                 room,
