@@ -3,6 +3,9 @@
 //! - at most [`Limits::max_connections`] connections at once (the next ones wait in the
 //!   kernel's accept backlog until one closes), so a flood cannot take every file
 //!   descriptor of the process;
+//! - at most [`Limits::max_per_address`] of them from one client address (more are
+//!   answered `429 Too Many Requests` and closed; over TLS only closed, before the
+//!   handshake), so one host cannot take the others' places;
 //! - a request's headers within [`Limits::header_timeout`], which is also how long a
 //!   kept-alive connection may sit idle between requests (hyper's header read timeout);
 //! - once a request is under way, bytes must move one way or the other at least every
@@ -15,8 +18,10 @@
 //! The API, the dispatch directory and the media service run this way. `axum::serve`
 //! has none of these limits nor TLS, hence the accept loop here, over hyper's HTTP/1.1
 //! connection (every client of these endpoints speaks HTTP/1.1; cleartext HTTP/2 is not
-//! served; upgrades are kept for axum). The limits are fixed per endpoint, not
-//! settings.
+//! served; upgrades are kept for axum). Each endpoint has its own defaults
+//! ([`Limits::API`], [`Limits::DISPATCH`], [`Limits::MEDIA`]); the directory's and the
+//! media service's connection limits are settings (`[dispatch]`, `[media]`), since
+//! behind a proxy every connection comes from the proxy's address.
 
 use std::io;
 use std::net::SocketAddr;
@@ -30,6 +35,7 @@ use anyhow::Context;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use petrel_dataplane::address_limit::AddressLimiter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -39,6 +45,9 @@ use tokio_rustls::TlsAcceptor;
 pub struct Limits {
     /// Connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
+    /// Connections from one client address at once (IPv4-mapped IPv6 counts as the
+    /// IPv4 address); 0: no limit.
+    pub max_per_address: usize,
     /// A request's headers must arrive within this, and an idle kept-alive connection
     /// is closed after it.
     pub header_timeout: Duration,
@@ -54,12 +63,17 @@ impl Limits {
     /// a request on one the server is closing.
     pub const API: Limits = Limits {
         max_connections: 256,
+        // The backend's pools all come from a few addresses.
+        max_per_address: 0,
         header_timeout: Duration::from_secs(100),
         stall_timeout: Duration::from_secs(100),
     };
     /// The dispatch directory: every client asks it at start, briefly.
     pub const DISPATCH: Limits = Limits {
         max_connections: 1024,
+        // A client asks once, on a connection of its own, briefly; many mobile
+        // clients can share an address behind a carrier's NAT.
+        max_per_address: 64,
         header_timeout: Duration::from_secs(5),
         stall_timeout: Duration::from_secs(10),
     };
@@ -67,10 +81,41 @@ impl Limits {
     /// as long as their bytes keep moving.
     pub const MEDIA: Limits = Limits {
         max_connections: 512,
+        // Parallel uploads and downloads of the clients behind one (NAT) address.
+        max_per_address: 64,
         header_timeout: Duration::from_secs(10),
         stall_timeout: Duration::from_secs(60),
     };
 }
+
+impl Limits {
+    /// These limits with the connection counts of a config table over them:
+    /// `max_connections` (1 to [`MAX_CONNECTIONS`]) and `max_connections_per_address`
+    /// (0: no limit, the setting for an endpoint behind a proxy). `table` names the
+    /// table in errors.
+    pub fn configured(
+        self,
+        table: &str,
+        max_connections: Option<usize>,
+        max_per_address: Option<usize>,
+    ) -> anyhow::Result<Limits> {
+        let max_connections = max_connections.unwrap_or(self.max_connections);
+        if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
+            anyhow::bail!(
+                "[{table}] max_connections must be 1 to {MAX_CONNECTIONS}, got {max_connections}"
+            );
+        }
+        Ok(Limits {
+            max_connections,
+            max_per_address: max_per_address.unwrap_or(self.max_per_address),
+            ..self
+        })
+    }
+}
+
+/// Most connections one endpoint may be set to serve at once: well under the
+/// process's file descriptors, which its client connections need most.
+pub const MAX_CONNECTIONS: usize = 10_000;
 
 /// Binds `addr` and serves `app` with `limits` on a thread of its own
 /// (`petrel-<what>`, a one-thread tokio runtime) until the process exits; never on a
@@ -123,6 +168,9 @@ pub async fn serve(
     name: &str,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_address = (limits.max_per_address > 0)
+        .then(|| AddressLimiter::new(u32::try_from(limits.max_per_address).unwrap_or(u32::MAX)));
+    let mut crowded = Occasionally::default();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
@@ -168,6 +216,27 @@ pub async fn serve(
                 continue;
             }
         };
+        let slot = match &per_address {
+            None => None,
+            Some(limiter) => match limiter.acquire(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    if crowded.due() {
+                        tracing::warn!(
+                            address = %peer.ip(),
+                            limit = limits.max_per_address,
+                            refused = limiter.refused(),
+                            "{name}: too many connections from one address; refusing more"
+                        );
+                    }
+                    drop(permit);
+                    if tls.is_none() {
+                        tokio::spawn(refuse_crowded(stream));
+                    }
+                    continue;
+                }
+            },
+        };
         let service = TowerToHyperService::new(app.clone());
         let http = http.clone();
         let tls = tls.clone();
@@ -202,9 +271,25 @@ pub async fn serve(
                 // A client that went away or timed out: its business, not an operator's.
                 tracing::debug!(%error, %peer, "{name}: connection ended");
             }
-            drop(permit);
+            drop((permit, slot));
         });
     }
+}
+
+/// The whole answer to a connection over its address's limit.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
+content-type: text/plain\r\ncontent-length: 51\r\nconnection: close\r\n\r\n\
+too many connections from this address; retry later";
+
+/// Tells a plaintext connection over its address's limit so (within a second, if it
+/// reads), then closes it.
+async fn refuse_crowded(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(TOO_MANY_CONNECTIONS).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// A warning's schedule: at most once a minute.
@@ -397,6 +482,7 @@ mod tests {
     fn a_client_that_never_finishes_its_headers_is_disconnected() {
         let addr = start(Limits {
             max_connections: 4,
+            max_per_address: 0,
             header_timeout: Duration::from_millis(300),
             stall_timeout: Duration::from_secs(30),
         });
@@ -412,6 +498,7 @@ mod tests {
     fn a_kept_alive_connection_left_idle_is_closed() {
         let addr = start(Limits {
             max_connections: 4,
+            max_per_address: 0,
             header_timeout: Duration::from_millis(300),
             stall_timeout: Duration::from_secs(30),
         });
@@ -435,6 +522,7 @@ mod tests {
     fn an_upload_that_stops_coming_is_disconnected() {
         let addr = start(Limits {
             max_connections: 4,
+            max_per_address: 0,
             header_timeout: Duration::from_millis(200),
             stall_timeout: Duration::from_millis(400),
         });
@@ -450,6 +538,7 @@ mod tests {
     fn connections_past_the_limit_wait_until_one_closes() {
         let addr = start(Limits {
             max_connections: 2,
+            max_per_address: 0,
             header_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(30),
         });
@@ -478,5 +567,54 @@ mod tests {
         third.read_to_string(&mut answer).unwrap();
         assert!(answer.contains("hello"), "{answer}");
         drop(second);
+    }
+
+    /// A connection to `addr` from local address `from`.
+    fn connect_from(from: std::net::IpAddr, addr: std::net::SocketAddr) -> TcpStream {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&std::net::SocketAddr::new(from, 0).into())
+            .unwrap();
+        socket.connect(&addr.into()).unwrap();
+        socket.into()
+    }
+
+    #[test]
+    fn one_address_past_its_limit_is_refused_and_others_are_served() {
+        let addr = start(Limits {
+            max_connections: 8,
+            max_per_address: 2,
+            header_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(30),
+        });
+        let crowd: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let first = connect_from(crowd, addr);
+        let _second = connect_from(crowd, addr);
+        // Accepted in order: the third is the one over the limit.
+        let mut third = connect_from(crowd, addr);
+        let answer = until_closed(&mut third);
+        assert!(
+            answer.starts_with("HTTP/1.1 429 ")
+                && answer.ends_with("too many connections from this address; retry later"),
+            "{answer}"
+        );
+        // Another address is served meanwhile.
+        let mut other = connect_from("127.0.0.2".parse().unwrap(), addr);
+        other
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        assert!(until_closed(&mut other).contains("hello"));
+        // Once the server has seen one of its connections close, the address has a
+        // place again (refused until then).
+        drop(first);
+        let since = std::time::Instant::now();
+        while !get_root(addr).contains("hello") {
+            assert!(
+                since.elapsed() < Duration::from_secs(10),
+                "the closed connection's place was not given back"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

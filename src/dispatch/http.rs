@@ -25,16 +25,16 @@ struct App {
 }
 
 /// Binds `addr` and serves the directory on a thread of its own until the process
-/// exits, over HTTPS with `tls`. Returns the address bound (the port chosen, if 0 was
+/// exits, within `limits`, over HTTPS with `tls`. Returns the address bound (the port chosen, if 0 was
 /// asked for).
 pub fn start(
     addr: SocketAddr,
     directory: Arc<Directory>,
     auth: Authenticator,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    (limits, tls): (Limits, Option<tokio_rustls::TlsAcceptor>),
 ) -> anyhow::Result<SocketAddr> {
     let app = router(Arc::new(App { directory, auth }));
-    crate::http_serve::serve_on_thread("dispatch", addr, app, Limits::DISPATCH, tls)
+    crate::http_serve::serve_on_thread("dispatch", addr, app, limits, tls)
 }
 
 fn router(app: Arc<App>) -> Router {

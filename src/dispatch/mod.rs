@@ -21,6 +21,8 @@ use anyhow::bail;
 use serde::Deserialize;
 
 pub use directory::{Directory, GENERAL};
+
+use crate::http_serve::Limits;
 pub use pools::PoolBook;
 
 /// The `[dispatch]` table of the config file.
@@ -32,10 +34,12 @@ pub struct DispatchFile {
     pools: Option<BTreeMap<String, Vec<u8>>>,
     kv_replicas: Option<usize>,
     tls: Option<bool>,
+    max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
 }
 
 /// The resolved `[dispatch]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DispatchSettings {
     /// Where the directory listens (HTTP); `None`: no directory on this node.
     pub addr: Option<SocketAddr>,
@@ -49,6 +53,8 @@ pub struct DispatchSettings {
     pub kv_replicas: usize,
     /// Whether the directory speaks HTTPS, with the server's `[tls]` certificate.
     pub tls: bool,
+    /// The directory's connection limits ([`Limits::DISPATCH`] unless set).
+    pub limits: Limits,
 }
 
 impl DispatchSettings {
@@ -115,6 +121,11 @@ impl DispatchSettings {
             pools,
             kv_replicas: file.kv_replicas.unwrap_or(1).max(1),
             tls,
+            limits: Limits::DISPATCH.configured(
+                "dispatch",
+                file.max_connections,
+                file.max_connections_per_address,
+            )?,
         })
     }
 
@@ -188,5 +199,24 @@ mod tests {
             toml::from_str::<DispatchFile>("adr = \"x\"").is_err(),
             "typo refused"
         );
+    }
+
+    #[test]
+    fn connection_limits_default_to_the_directorys_and_can_be_set() {
+        let none = DispatchSettings::resolve(None, None, false, false).expect("default");
+        assert_eq!(none.limits, Limits::DISPATCH);
+        let proxied = file("max_connections = 4096\nmax_connections_per_address = 0\n");
+        let s = DispatchSettings::resolve(Some(&proxied), None, false, false).expect("valid");
+        assert_eq!(
+            (s.limits.max_connections, s.limits.max_per_address),
+            (4096, 0)
+        );
+        assert_eq!(s.limits.header_timeout, Limits::DISPATCH.header_timeout);
+        for bad in ["max_connections = 0\n", "max_connections = 1000000\n"] {
+            let error = DispatchSettings::resolve(Some(&file(bad)), None, false, false)
+                .expect_err(bad)
+                .to_string();
+            assert!(error.contains("[dispatch] max_connections"), "{error}");
+        }
     }
 }

@@ -9,6 +9,7 @@ use anyhow::bail;
 use serde::Deserialize;
 
 use super::kind::Kind;
+use crate::http_serve::Limits;
 
 /// One kind's limits in the config file (`[media.image]`, ...).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -32,6 +33,8 @@ pub struct MediaFile {
     video: Option<KindFile>,
     file: Option<KindFile>,
     s3: Option<S3File>,
+    max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
 }
 
 /// The `[media.s3]` table: keep blobs in an S3-compatible object store.
@@ -159,6 +162,8 @@ pub struct MediaSettings {
     pub file: KindLimits,
     /// Blobs in an S3-compatible bucket instead of the data directory.
     pub s3: Option<S3Settings>,
+    /// The service's connection limits ([`Limits::MEDIA`] unless set).
+    pub limits: Limits,
 }
 
 const MIB: u64 = 1 << 20;
@@ -256,6 +261,11 @@ impl MediaSettings {
             video: resolve_kind(Kind::Video, file.video.as_ref())?,
             file: resolve_kind(Kind::File, file.file.as_ref())?,
             s3: file.s3.as_ref().map(resolve_s3).transpose()?,
+            limits: Limits::MEDIA.configured(
+                "media",
+                file.max_connections,
+                file.max_connections_per_address,
+            )?,
         })
     }
 

@@ -132,7 +132,7 @@ pub fn start(
                         let _ = tokio::task::spawn_blocking(move || session::sweep(&app)).await;
                     }
                 });
-                let limits = crate::http_serve::Limits::MEDIA;
+                let limits = app.settings.limits;
                 crate::http_serve::serve_std(listener, router(app), limits, None, "media").await;
             });
         })

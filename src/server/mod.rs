@@ -477,7 +477,12 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
             _ => None,
         };
         let scheme = if https.is_some() { "https" } else { "http" };
-        let addr = crate::dispatch::http::start(addr, directory.clone(), auth, https)?;
+        let addr = crate::dispatch::http::start(
+            addr,
+            directory.clone(),
+            auth,
+            (config.dispatch.limits, https),
+        )?;
         tracing::info!(%addr, scheme, "dispatch directory listening");
         if endpoints.is_empty() {
             tracing::warn!(
