@@ -171,6 +171,7 @@ pub async fn serve(
     let per_address = (limits.max_per_address > 0)
         .then(|| AddressLimiter::new(u32::try_from(limits.max_per_address).unwrap_or(u32::MAX)));
     let mut crowded = Occasionally::default();
+    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
@@ -230,8 +231,13 @@ pub async fn serve(
                         );
                     }
                     drop(permit);
-                    if tls.is_none() {
-                        tokio::spawn(refuse_crowded(stream));
+                    if tls.is_none()
+                        && let Ok(refusing) = refusals.clone().try_acquire_owned()
+                    {
+                        tokio::spawn(async move {
+                            refuse_crowded(stream).await;
+                            drop(refusing);
+                        });
                     }
                     continue;
                 }
@@ -281,13 +287,22 @@ const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
 content-type: text/plain\r\ncontent-length: 51\r\nconnection: close\r\n\r\n\
 too many connections from this address; retry later";
 
-/// Tells a plaintext connection over its address's limit so (within a second, if it
-/// reads), then closes it.
+/// Refusals of connections over their address's limit being written at once, at most:
+/// past it a refused connection is closed without an answer.
+const REFUSALS_AT_ONCE: usize = 64;
+
+/// Tells a plaintext connection over its address's limit so, then closes it, all
+/// within a second. What the client sent is read first (and dropped): closing a socket
+/// with unread bytes resets the connection, and the client would see a reset instead
+/// of the answer.
 async fn refuse_crowded(mut stream: tokio::net::TcpStream) {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         stream.write_all(TOO_MANY_CONNECTIONS).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), io::Error>(())
     })
     .await;
 }
@@ -593,6 +608,9 @@ mod tests {
         let _second = connect_from(crowd, addr);
         // Accepted in order: the third is the one over the limit.
         let mut third = connect_from(crowd, addr);
+        third
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
         let answer = until_closed(&mut third);
         assert!(
             answer.starts_with("HTTP/1.1 429 ")

@@ -59,6 +59,12 @@ pub struct Config {
     pub max_rooms_per_conn: usize,
     /// Messages each chatroom keeps for late joiners. Default 50 (0 keeps none).
     pub chatroom_recent: usize,
+    /// Longest a chatroom request (join, send, member list) waits for the answer of the
+    /// room's owner on another core before it is answered `SERVER_BUSY` (and the
+    /// owner's answer, if it still comes, dropped). On one server the answer always
+    /// comes within it; between cluster nodes the request or the answer can be lost.
+    /// Default 3 s; a cluster node sets its `request_timeout_ms`.
+    pub room_answer_timeout: Duration,
     /// Largest (and default) page of a `SyncRequest`. Default 200 messages.
     pub sync_page_limit: u32,
     /// Largest (and default) page of a `HistoryRequest`. Default 100 messages.
@@ -123,6 +129,7 @@ impl Default for Config {
             token_cache_capacity: 65_536,
             max_rooms_per_conn: 32,
             chatroom_recent: 50,
+            room_answer_timeout: Duration::from_secs(3),
             sync_page_limit: 200,
             history_page_limit: 100,
             max_content_len: 60 * 1024,

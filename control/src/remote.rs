@@ -43,8 +43,8 @@
 //!   Between cluster nodes an answer may never come (the owner's node went down, or
 //!   NATS lost the request or the answer): the asking core answers such a request
 //!   `SERVER_BUSY` itself when the owner becomes unreachable or after
-//!   [`ROOM_ANSWER_LIMIT`], and drops an answer that comes after that — each request is
-//!   answered once.
+//!   [`crate::Config::room_answer_timeout`], and drops an answer that comes after that —
+//!   each request is answered once.
 //!
 //! Presence is eventually consistent; what keeps a new session from missing a message:
 //! - **The held `LoginResult`.** A message whose append completes on core A before A
@@ -86,13 +86,6 @@ pub const MAX_CORES: u8 = 64;
 /// client must not wait for ever. Answered early, the session may miss pushes of the
 /// cores that had not heard of it — its next sync returns those messages.
 pub const LOGIN_HOLD_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Longest a chatroom request of a connection waits for the answer of the room's owner
-/// on another core ([`crate::Control`]'s `room_answers`): past it, it is answered
-/// `SERVER_BUSY` and the client asks again. On one server the answer always comes in
-/// time; between cluster nodes the request or its answer can be lost. As long as the
-/// cluster's default `request_timeout_ms`.
-pub const ROOM_ANSWER_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What a push carries, which decides what happens at a congested receiver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

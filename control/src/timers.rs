@@ -8,7 +8,8 @@
 //! against the connection's current state and either acts (close), re-arms it once at
 //! `last_activity + idle_timeout`, or drops it (the connection is gone or logged in).
 //! So a tick costs O(expired · log n), never O(connections), and the heap holds at most
-//! 3 entries per connection plus the housekeeping timer.
+//! 3 entries per connection plus a few of the plane's own (housekeeping, retention,
+//! held logins, the sweep of chatroom requests waiting for another core).
 //!
 //! Why a heap rather than a hashed timer wheel: deadlines here are few per connection
 //! and re-armed rarely (once per idle timeout, not per frame), so a heap's O(log n)
@@ -39,10 +40,10 @@ pub enum TimerKind {
     /// The login on this connection has waited [`crate::remote::LOGIN_HOLD_LIMIT`] for
     /// other cores' `LoginSeen`: answer it anyway (a notice was lost between nodes).
     HeldLogin(ConnId),
-    /// This chatroom request (connection, request id) has waited
-    /// [`crate::remote::ROOM_ANSWER_LIMIT`] for the room owner's answer: answer it
-    /// `SERVER_BUSY`.
-    RoomAnswer(ConnId, u32),
+    /// Chatroom requests waiting for a room owner on another core may be overdue
+    /// (`Config::room_answer_timeout`): answer those `SERVER_BUSY`. One entry, armed
+    /// while any request waits.
+    RoomAnswers,
 }
 
 /// Pending deadlines, earliest first.

@@ -1223,7 +1223,7 @@ fn room_requests_whose_owner_goes_down_or_stays_silent_are_answered_once() {
     let requests = cores.run_holding_rings();
     let deadline = cores
         .now
-        .saturating_add(petrel_control::remote::ROOM_ANSWER_LIMIT);
+        .saturating_add(Config::default().room_answer_timeout);
     assert!(cores.controls[0].poll_timeout() <= Some(deadline));
     cores.now = deadline;
     cores.controls[0].handle(cores.now, Event::Tick);
@@ -1250,4 +1250,42 @@ fn room_requests_whose_owner_goes_down_or_stays_silent_are_answered_once() {
         "{members:?}"
     );
     assert!(!members.contains(&CAROL), "{members:?}");
+
+    // A join of a room alice already sits in, unanswered in time: busy, and she keeps
+    // the seat she had. A request of a connection that closed meanwhile is not counted.
+    let dave = cores.login(0, DAVE, "d-phone", pb::Platform::Ios);
+    let again = cores.submit(
+        alice,
+        pb::ConversationOp {
+            op: Some(Op::JoinChatroom(pb::JoinChatroom { room_id: 7 })),
+        },
+    );
+    cores.submit(
+        dave,
+        pb::ConversationOp {
+            op: Some(Op::ListMembers(pb::ListMembers {
+                conversation: Some(chatroom(7)),
+            })),
+        },
+    );
+    let held = cores.run_holding_rings();
+    cores.close(dave);
+    let lost_before = cores.controls[0].counters().room_answers_lost;
+    cores.now = cores
+        .now
+        .saturating_add(Config::default().room_answer_timeout);
+    cores.controls[0].handle(cores.now, Event::Tick);
+    cores.run();
+    match cores.answer(alice, again) {
+        Some(Body::Error(e)) => assert_eq!(e.code, pb::ErrorCode::ServerBusy as i32),
+        other => panic!("the second join: {other:?}"),
+    }
+    assert_eq!(
+        cores.controls[0].counters().room_answers_lost,
+        lost_before + 1
+    );
+    drop(held);
+    cores.take(alice);
+    cores.room_send(bob, 7, 4).expect("bob sends");
+    assert_eq!(cores.room_pushes(alice).last().map(|&(id, _)| id), Some(4));
 }

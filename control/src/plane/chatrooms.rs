@@ -62,17 +62,17 @@ impl Control {
 
     /// Sends `message`, request `rid` of `conn` about `room`, to the core that owns the
     /// room, which answers it; it waits for that answer in [`super::room_answers`]
-    /// (`joining`: it asks for a seat, held meanwhile).
+    /// (`took_seat`: a join that took a seat, held meanwhile).
     fn ask_owner(
         &mut self,
         now: Timestamp,
         (conn, rid): (ConnId, u32),
         room: u64,
-        joining: bool,
+        took_seat: bool,
         message: CoreMessage,
     ) {
         let owner = room_owner(room, self.config.core_count);
-        self.await_room_answer(now, (conn, rid), owner, joining.then_some(room));
+        self.await_room_answer(now, (conn, rid), owner, took_seat.then_some(room));
         self.actions.push_back(Action::ToCore {
             core: owner,
             message,
@@ -92,14 +92,15 @@ impl Control {
         }
         // The seat is held while the owner answers, so the limit holds for joins in
         // flight; a send meanwhile reaches the owner after the join.
-        if let Some(c) = self.registry.get_mut(conn) {
-            c.rooms.join(room);
-        }
+        let took_seat = self
+            .registry
+            .get_mut(conn)
+            .is_some_and(|c| c.rooms.join(room));
         self.ask_owner(
             now,
             (conn, rid),
             room,
-            true,
+            took_seat,
             CoreMessage::RoomJoin(RoomRequest {
                 room,
                 conn,

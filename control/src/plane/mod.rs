@@ -352,7 +352,7 @@ impl Control {
                     .get(c)
                     .is_none_or(|conn| conn.session.is_none()),
                 TimerKind::HeldLogin(c) => !self.held_logins.contains_key(&c),
-                TimerKind::RoomAnswer(c, rid) => !self.room_answers.is_waiting(c, rid),
+                TimerKind::RoomAnswers => false,
                 TimerKind::Housekeeping | TimerKind::RetryLoadRevoked | TimerKind::Trim => false,
             };
             if !stale {
@@ -794,7 +794,7 @@ impl Control {
                 }
                 TimerKind::RetryLoadRevoked => self.request_revocations(now),
                 TimerKind::HeldLogin(conn) => self.release_held_login(conn),
-                TimerKind::RoomAnswer(conn, rid) => self.room_answer_overdue(conn, rid),
+                TimerKind::RoomAnswers => self.sweep_room_answers(now),
                 TimerKind::Trim if self.draining_since.is_none() => {
                     self.storage(
                         Request::Trim {

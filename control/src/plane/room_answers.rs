@@ -6,9 +6,14 @@
 //! the request in flight, or NATS (at most once) can lose the request or the answer.
 //! So every such request waits here, and is answered `SERVER_BUSY` (the client asks
 //! again shortly) when its owner's node goes down or when no answer came within
-//! [`crate::remote::ROOM_ANSWER_LIMIT`]. An answer that comes after that is dropped:
+//! [`crate::Config::room_answer_timeout`]. An answer that comes after that is dropped:
 //! the client has had its answer. (A join answered late still has its seat bookkeeping
-//! done, [`Control::on_room_joined`].)
+//! done, [`Control::on_room_joined`].) Requests are told apart by connection and
+//! request id, as the client tells their answers apart.
+//!
+//! No timer per request: the requests in flight are few (an owner answers within a
+//! round trip), so one sweep timer, armed while any request waits, finds the overdue
+//! ones.
 
 use std::collections::HashMap;
 
@@ -25,45 +30,44 @@ use crate::timers::TimerKind;
 struct Waiting {
     /// The owner core.
     owner: u8,
-    /// For a join, the room (its seat is held meanwhile).
-    joining: Option<u64>,
+    /// For a join that took a seat of its own, the room (the seat is held meanwhile).
+    seat: Option<u64>,
+    /// When it is answered `SERVER_BUSY` if the owner has not answered.
+    deadline: Timestamp,
 }
 
 /// The requests waiting for an answer, by (connection, request id).
 #[derive(Debug, Default)]
 pub(super) struct RoomAnswers {
     waiting: HashMap<(ConnId, u32), Waiting, foldhash::fast::RandomState>,
-}
-
-impl RoomAnswers {
-    /// Whether request `rid` of `conn` still waits.
-    pub(super) fn is_waiting(&self, conn: ConnId, rid: u32) -> bool {
-        !self.waiting.is_empty() && self.waiting.contains_key(&(conn, rid))
-    }
+    /// Whether a [`TimerKind::RoomAnswers`] sweep is armed.
+    sweep_armed: bool,
 }
 
 impl Control {
-    /// Request `rid` of `conn` went to `owner` core, which will answer it (`joining`:
-    /// it asks to join that room); it is answered `SERVER_BUSY` if that answer does not
-    /// come in time. (A request id already waiting keeps its first deadline: the client
-    /// cannot tell the two answers apart anyway.)
+    /// Request `rid` of `conn` went to `owner` core, which will answer it (`seat`: a
+    /// join, and the room of the seat it took for itself); it is answered `SERVER_BUSY`
+    /// if that answer does not come in time. (A request id already waiting keeps its
+    /// first entry: the client cannot tell the two answers apart anyway.)
     pub(super) fn await_room_answer(
         &mut self,
         now: Timestamp,
         (conn, rid): (ConnId, u32),
         owner: u8,
-        joining: Option<u64>,
+        seat: Option<u64>,
     ) {
-        if self
-            .room_answers
+        let deadline = now.saturating_add(self.config.room_answer_timeout);
+        self.room_answers
             .waiting
-            .insert((conn, rid), Waiting { owner, joining })
-            .is_none()
-        {
-            self.timers.arm(
-                now.saturating_add(crate::remote::ROOM_ANSWER_LIMIT),
-                TimerKind::RoomAnswer(conn, rid),
-            );
+            .entry((conn, rid))
+            .or_insert(Waiting {
+                owner,
+                seat,
+                deadline,
+            });
+        if !self.room_answers.sweep_armed {
+            self.room_answers.sweep_armed = true;
+            self.timers.arm(deadline, TimerKind::RoomAnswers);
         }
     }
 
@@ -77,40 +81,60 @@ impl Control {
         answered
     }
 
-    /// Request `rid` of `conn` had no answer within the limit.
-    pub(super) fn room_answer_overdue(&mut self, conn: ConnId, rid: u32) {
-        if let Some(w) = self.room_answers.waiting.remove(&(conn, rid)) {
-            self.room_answer_lost(conn, rid, w);
+    /// The sweep: the requests whose owner did not answer in time are answered now;
+    /// the sweep is armed again for the next deadline if any request still waits.
+    pub(super) fn sweep_room_answers(&mut self, now: Timestamp) {
+        self.room_answers.sweep_armed = false;
+        self.lose_room_answers(|w| w.deadline <= now);
+        if let Some(next) = self.room_answers.waiting.values().map(|w| w.deadline).min() {
+            self.room_answers.sweep_armed = true;
+            self.timers.arm(next, TimerKind::RoomAnswers);
         }
     }
 
     /// `cores` cannot be reached: the requests waiting for them will not be answered.
     pub(super) fn room_answers_unreachable(&mut self, cores: u64) {
+        self.lose_room_answers(|w| cores & 1u64.checked_shl(u32::from(w.owner)).unwrap_or(0) != 0);
+    }
+
+    /// Answers every waiting request that `lost` picks `SERVER_BUSY`, in a fixed order
+    /// (the control plane is deterministic, whatever the map's order).
+    fn lose_room_answers(&mut self, lost: impl Fn(&Waiting) -> bool) {
         if self.room_answers.waiting.is_empty() {
             return;
         }
-        let mut lost: Vec<((ConnId, u32), Waiting)> = Vec::new();
+        let mut gone: Vec<((ConnId, u32), Waiting)> = Vec::new();
         self.room_answers.waiting.retain(|&key, &mut w| {
-            let gone = cores & 1u64.checked_shl(u32::from(w.owner)).unwrap_or(0) != 0;
-            if gone {
-                lost.push((key, w));
+            let is_lost = lost(&w);
+            if is_lost {
+                gone.push((key, w));
             }
-            !gone
+            !is_lost
         });
-        // In a fixed order, whatever the map's: the control plane is deterministic.
-        lost.sort_unstable_by_key(|&(key, _)| key);
-        for ((conn, rid), w) in lost {
-            self.room_answer_lost(conn, rid, w);
+        gone.sort_unstable_by_key(|&(key, _)| key);
+        for ((conn, rid), waiting) in gone {
+            self.room_answer_lost(conn, rid, waiting);
         }
     }
 
-    /// Answers request `rid` of `conn` `SERVER_BUSY`; a join gives up its seat (and
-    /// takes the connection out of the owner's members, in case only the answer was
-    /// lost).
+    /// Answers request `rid` of `conn` `SERVER_BUSY`. A join gives up the seat it took
+    /// (and takes the connection out of the owner's members, in case only the answer
+    /// was lost) unless a later join of the same room waits for it. Nothing is sent
+    /// to, or counted for, a connection that has closed meanwhile.
     fn room_answer_lost(&mut self, conn: ConnId, rid: u32, waiting: Waiting) {
+        if self.registry.get(conn).is_none() {
+            return;
+        }
         self.counters.room_answers_lost += 1;
-        if let Some(room) = waiting.joining {
-            self.leave_room(room, conn);
+        if let Some(room) = waiting.seat {
+            let rejoining = self
+                .room_answers
+                .waiting
+                .iter()
+                .any(|(&(c, _), w)| c == conn && w.seat == Some(room));
+            if !rejoining {
+                self.leave_room(room, conn);
+            }
         }
         self.send_error(
             conn,
