@@ -4,9 +4,9 @@
 //! a node SIGKILLed in the middle of the load comes back with every acked message once,
 //! seqs gap-free, while the other nodes answer `SERVER_BUSY` for its conversations and
 //! the clients send again. A rolling restart by `petrel admin drain` loses and
-//! duplicates nothing; the nodes heal after NATS restarts; and the dispatch directory
+//! duplicates nothing; the nodes heal after NATS restarts; the dispatch directory
 //! sends a dedicated user to the dedicated pool, and to the backup domain when that
-//! pool is down.
+//! pool is down; and any node's API answers for the sessions and chatrooms of all.
 
 /// How long an SDK client may take to connect.
 const WAIT: Duration = Duration::from_secs(30);
@@ -630,4 +630,126 @@ fn dispatch_sends_a_dedicated_user_to_its_pool_and_to_the_backup_domain_when_it_
             client.shutdown(false).await;
         }
     });
+}
+
+/// The app's backend asks one node's API about users and chatrooms held on the
+/// others: every node answers for its own sessions (listed, counted in presence,
+/// kicked, revoked) and the owner node for its chatroom; a node that is down is left
+/// out.
+#[test]
+fn one_nodes_api_answers_for_the_sessions_and_chatrooms_of_every_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("api.key");
+    std::fs::write(&key_file, format!("{API_KEY}\n")).expect("api key");
+    let extra = format!(
+        "api_addr = \"127.0.0.1:0\"\napi_key_file = {:?}\n",
+        key_file.display().to_string()
+    );
+    let mut cluster = Cluster::start(3, &extra);
+    let (on_0, on_1, on_2, nowhere) = (9_201u64, 9_202u64, 9_203u64, 9_204u64);
+    let login = |node: &TestServer, user: u64| {
+        TestClient::login(node.addr, &node.token(user, "phone"), user, "phone")
+    };
+    let _c0 = login(&cluster.nodes[0], on_0);
+    let mut c1 = login(&cluster.nodes[1], on_1);
+    let mut c2 = login(&cluster.nodes[2], on_2);
+    let node0_api = cluster.nodes[0].api.expect("api");
+    let api = |method: &str, path: &str, body: Option<serde_json::Value>| {
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let content_type = (!bytes.is_empty()).then_some("application/json");
+        http::request(node0_api, method, path, Some(API_KEY), content_type, &bytes)
+    };
+
+    let r = api("GET", &format!("/v1/users/{on_2}/sessions"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sessions = r.json()["sessions"].clone();
+    assert_eq!(sessions.as_array().map(Vec::len), Some(1), "{sessions}");
+    assert_eq!(sessions[0]["device"], json!("phone"));
+
+    let r = api(
+        "POST",
+        "/v1/presence",
+        Some(json!({ "user_ids": [on_0, on_1, on_2, nowhere] })),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let devices: Vec<u64> = r.json()["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .map(|u| u["devices"].as_u64().expect("devices"))
+        .collect();
+    assert_eq!(devices, [1, 1, 1, 0]);
+
+    // Room 2 is owned by core 2 of six: node 1's. Members on nodes 1 and 2.
+    for c in [&mut c1, &mut c2] {
+        let joined = c.request(pb::ConversationOp {
+            op: Some(Op::JoinChatroom(pb::JoinChatroom { room_id: 2 })),
+        });
+        assert!(
+            matches!(joined.body, Body::ConversationOpResult(_)),
+            "{joined:?}"
+        );
+    }
+    let r = api("GET", "/v1/chatrooms/2/members", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut members: Vec<u64> = r.json()["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .map(|u| u.as_u64().expect("user id"))
+        .collect();
+    members.sort_unstable();
+    assert_eq!(members, [on_1, on_2]);
+
+    // Kicked from node 0's API, on node 2; revoked from node 0's API, on node 1.
+    let r = api(
+        "POST",
+        &format!("/v1/users/{on_2}/kick"),
+        Some(json!({ "message": "bye" })),
+    );
+    assert_eq!(
+        (r.status, &r.json()["sessions_ended"]),
+        (200, &json!(1)),
+        "{}",
+        r.text()
+    );
+    let frames = c2.recv_until_closed(Duration::from_secs(5));
+    assert!(
+        frames.iter().any(|f| matches!(&f.body, Body::Kick(k)
+            if k.reason == pb::KickReason::Admin as i32)),
+        "{frames:?}"
+    );
+    let r = api("POST", &format!("/v1/users/{on_1}/tokens/revoke"), None);
+    assert_eq!(
+        (r.status, &r.json()["sessions_ended"]),
+        (200, &json!(1)),
+        "{}",
+        r.text()
+    );
+    let frames = c1.recv_until_closed(Duration::from_secs(5));
+    assert!(
+        frames.iter().any(|f| matches!(&f.body, Body::Kick(_))),
+        "{frames:?}"
+    );
+
+    // Node 2 goes: once node 0 has seen it go, calls about sessions leave it out, and
+    // a chatroom it owns (room 4: core 4) is SERVICE_UNAVAILABLE.
+    cluster.nodes[2].kill();
+    let since = Instant::now();
+    loop {
+        let r = api("GET", &format!("/v1/users/{on_0}/sessions"), None);
+        if r.status == 200 {
+            assert_eq!(
+                r.json()["sessions"].as_array().map(Vec::len),
+                Some(1),
+                "{}",
+                r.text()
+            );
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(since.elapsed() < Duration::from_secs(20), "{}", r.text());
+    }
+    let r = api("GET", "/v1/chatrooms/4/members", None);
+    assert_eq!(r.status, 503, "{}", r.text());
 }

@@ -14,7 +14,9 @@
 //! and the answers are merged ([`merge`]); a chatroom call goes to the room's owner core
 //! (`chatroom::room_owner`), which holds its members on every core; everything else
 //! (tokens, sends, history, conversation operations: storage and pushes, which cross
-//! cores by themselves) to core 0.
+//! cores by themselves) to core 0. In a cluster a call about sessions is also asked of
+//! every other node that is up, and a chatroom call of the node that owns the room
+//! ([`crate::cluster::api_calls`]).
 //!
 //! A loop's cost when the API is idle is one `try_recv` on an empty channel per
 //! iteration; the map of outstanding oneshots is touched only by API traffic.
@@ -27,6 +29,8 @@ use petrel_control::api::{ApiError, ApiId, ApiReply, ApiRequest};
 use petrel_control::{Control, Timestamp};
 use petrel_dataplane::Wake;
 use tokio::sync::oneshot;
+
+use crate::cluster::api_calls::ClusterApi;
 
 /// Calls waiting for one core, at most.
 pub const QUEUE: usize = 1024;
@@ -65,6 +69,8 @@ pub struct ApiBridge {
     cores: Arc<[CoreLine]>,
     /// This node's cores among the cluster's, when it is a cluster node.
     cluster: Option<crate::cluster::Layout>,
+    /// The other nodes' APIs, when it is a cluster node.
+    remote: Option<Arc<ClusterApi>>,
 }
 
 /// Which control planes a request goes to.
@@ -109,13 +115,34 @@ fn scope(request: &ApiRequest, cores: usize, cluster: Option<crate::cluster::Lay
 }
 
 impl ApiBridge {
-    /// Sends `request` to the control plane(s) it concerns and waits for the answer.
+    /// Sends `request` to the control plane(s) it concerns — in a cluster, on other
+    /// nodes too ([`crate::cluster::api_calls`]) — and waits for the answer.
     pub async fn call(&self, request: ApiRequest) -> Result<Answer, Unanswered> {
+        if let Some(api) = &self.remote {
+            if let Scope::Elsewhere { node, .. } = scope(&request, self.cores.len(), self.cluster) {
+                return Ok(api.ask(node, &request).await);
+            }
+            if ClusterApi::spans_nodes(&request) {
+                let (local, others) =
+                    tokio::join!(self.call_local(request.clone()), api.ask_others(&request));
+                let mut answers = vec![local?];
+                answers.extend(others);
+                return Ok(merge(answers));
+            }
+        }
+        self.call_local(request).await
+    }
+
+    /// Sends `request` to the control plane(s) of this node it concerns and waits for
+    /// the answer: this node's part of a call that spans the cluster.
+    pub async fn call_local(&self, request: ApiRequest) -> Result<Answer, Unanswered> {
         match scope(&request, self.cores.len(), self.cluster) {
             Scope::One(core) => self.call_one(core, request)?.await,
             Scope::Elsewhere { room, node } => Ok(Err(ApiError::new(
                 petrel_proto::pb::ErrorCode::InvalidRequest,
-                format!("chatroom {room} is held by cluster node {node}: call that node's API"),
+                format!(
+                    "chatroom {room} is held by cluster node {node}, which this node does not ask"
+                ),
             ))),
             Scope::Every => {
                 let mut pending = Vec::with_capacity(self.cores.len());
@@ -151,8 +178,9 @@ impl ApiBridge {
     }
 }
 
-/// One answer from the answers of every core to a request about sessions: the first
-/// error if any core refused it (they refuse alike: the checks need no session), else
+/// One answer from the answers of every core (of every node, in a cluster) to a
+/// request about sessions: the first error if any refused it (cores refuse alike: the
+/// checks need no session; a node that did not answer is `SERVER_BUSY`), else
 /// the sessions ended summed, the session lists joined (by session id), the presence
 /// counts added user by user (the last activity, read from storage, is the same).
 fn merge(answers: Vec<Answer>) -> Answer {
@@ -196,9 +224,15 @@ fn merge(answers: Vec<Answer>) -> Answer {
 /// core `i`.
 impl ApiBridge {
     /// Routes chatroom calls by the cluster's layout (this node's cores are part of
-    /// it): a room another node holds is refused with where to ask.
-    pub fn in_cluster(mut self, layout: crate::cluster::Layout) -> ApiBridge {
+    /// it): a room another node holds is asked of that node through `remote`, as are
+    /// the calls about sessions of every other node.
+    pub fn in_cluster(
+        mut self,
+        layout: crate::cluster::Layout,
+        remote: Arc<ClusterApi>,
+    ) -> ApiBridge {
         self.cluster = Some(layout);
+        self.remote = Some(remote);
         self
     }
 }
@@ -219,6 +253,7 @@ pub fn channel(wakers: Vec<Arc<dyn Wake>>) -> (ApiBridge, Vec<ApiInbox>) {
         ApiBridge {
             cores: lines.into(),
             cluster: None,
+            remote: None,
         },
         inboxes,
     )

@@ -37,8 +37,10 @@ use petrel_dataplane::Wake;
 use tokio::sync::Notify;
 
 use super::Layout;
+use super::api_calls::ClusterApi;
 use super::config::ClusterSettings;
 use super::wire::{self, Body, Envelope, Hello, MAX_BATCH_BYTES, Parcel};
+use crate::api::bridge::ApiBridge;
 use crate::dispatch::{Directory, PoolBook};
 use crate::server::ring::{RING, RingOut};
 use crate::server::writers::Mail;
@@ -127,6 +129,9 @@ pub struct DispatchLink {
     pub pools: Arc<PoolBook>,
     /// This node's pool, which its heartbeat names.
     pub pool: String,
+    /// The other nodes' APIs (connected and told which nodes are up here), and this
+    /// node's cores, which answer the other nodes' calls.
+    pub api: (Arc<ClusterApi>, ApiBridge),
 }
 
 /// Starts the bridge for this node (`layout`), whose cores `wakers` wake and whose
@@ -180,6 +185,7 @@ pub fn start(
         },
         directory: dispatch.directory,
         pools: dispatch.pools,
+        api: dispatch.api,
         incarnation: rand::random::<u64>() | 1,
         outbound,
         inbound,
@@ -228,6 +234,7 @@ struct Task {
     /// The dispatch directory, told which nodes are up with [`Inbound::Endpoints`].
     directory: Arc<Directory>,
     pools: Arc<PoolBook>,
+    api: (Arc<ClusterApi>, ApiBridge),
     incarnation: u64,
     /// (from, to, ring) for every local core and every remote core.
     outbound: Vec<(u8, u8, Receiver<Mail>)>,
@@ -286,6 +293,12 @@ impl Task {
         tokio::spawn(crate::dispatch::pools::keep_in_sync(
             client.clone(),
             self.pools.clone(),
+        ));
+        self.api.0.connected(client.clone());
+        tokio::spawn(super::api_calls::serve(
+            client.clone(),
+            wire::api_subject(&name, self.layout.node),
+            self.api.1.clone(),
         ));
         let mut beat = tokio::time::interval(self.settings.heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -462,7 +475,7 @@ impl Task {
     /// One envelope from NATS.
     async fn take(&mut self, client: &async_nats::Client, payload: &[u8]) {
         self.retry_pending();
-        let envelope = match wire::decode(payload) {
+        let envelope = match wire::decode::<Envelope>(payload) {
             Ok(envelope) => envelope,
             Err(e) => {
                 self.undecodable += 1;
@@ -661,9 +674,19 @@ impl Task {
                     pool: String::new(),
                 });
                 self.tell_all(|| Inbound::Up(1 << node));
+                self.api.0.set_up(self.up_nodes());
                 true
             }
         }
+    }
+
+    /// The other nodes that are up (bit = node).
+    fn up_nodes(&self) -> u64 {
+        self.peers
+            .iter()
+            .enumerate()
+            .filter(|(_, peer)| peer.is_some())
+            .fold(0u64, |all, (node, _)| all | (1 << node))
     }
 
     /// Nodes silent for `node_timeout` are down.
@@ -697,6 +720,7 @@ impl Task {
     fn tell_endpoints(&mut self) {
         let n = usize::from(self.layout.nodes);
         let me = usize::from(self.layout.node);
+        self.api.0.set_up(self.up_nodes());
         for (node, peer) in self.peers.iter().enumerate() {
             if node != me {
                 let node = u8::try_from(node).unwrap_or(u8::MAX);

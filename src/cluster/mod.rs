@@ -17,7 +17,10 @@
 //! - [`inflight`]: requests waiting for another node, answered once.
 //! - [`gather`]: reads that span every node's partitions (sync, conversation lists),
 //!   asked of each node and merged.
+//! - [`api_calls`]: the HTTP API's calls about sessions and chatrooms, asked of the
+//!   nodes that hold them.
 
+pub mod api_calls;
 pub mod bridge;
 pub mod config;
 pub mod gather;

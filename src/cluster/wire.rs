@@ -127,7 +127,9 @@ const MAGIC: u8 = 0xE7;
 /// any change to [`Envelope`] or what it carries: postcard has no schema, so nodes of
 /// two versions cannot read each other, and the version lets them say so instead of
 /// failing to decode. 2: the heartbeat names the node's pool and endpoints (version 1
-/// had no version byte). 3: mail names the receiving process's incarnation.
+/// had no version byte). 3: mail names the receiving process's incarnation, a room
+/// owner's answers name the request they answer, and nodes ask each other the API's
+/// calls about sessions and chatrooms.
 pub const WIRE_VERSION: u8 = 3;
 
 /// Why bytes on a cluster subject are not an envelope this node can read.
@@ -157,14 +159,15 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
-/// Encodes `envelope`, after the magic byte and [`WIRE_VERSION`].
-pub fn encode(envelope: &Envelope) -> Result<Vec<u8>, postcard::Error> {
-    postcard::to_extend(envelope, vec![MAGIC, WIRE_VERSION])
+/// Encodes `value` (an [`Envelope`], or a forwarded API call or its answer), after the
+/// magic byte and [`WIRE_VERSION`].
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_extend(value, vec![MAGIC, WIRE_VERSION])
 }
 
-/// Decodes an envelope; an error for anything else (a foreign publisher on our
-/// subjects, another version of Petrel).
-pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+/// Decodes what [`encode`] wrote; an error for anything else (a foreign publisher on
+/// our subjects, another version of Petrel).
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     match bytes {
         [MAGIC, WIRE_VERSION, body @ ..] => postcard::from_bytes(body).map_err(DecodeError::Body),
         [MAGIC, version, ..] => Err(DecodeError::Version(*version)),
@@ -180,6 +183,12 @@ pub fn node_subject(cluster: &str, node: u8) -> String {
 /// The subject of every node's heartbeats and goodbyes.
 pub fn hello_subject(cluster: &str) -> String {
     format!("{cluster}.hello")
+}
+
+/// The subject of the HTTP API's calls that node `node` answers for the others
+/// ([`super::api_calls`]).
+pub fn api_subject(cluster: &str, node: u8) -> String {
+    format!("{cluster}.api.{node}")
 }
 
 #[cfg(test)]
@@ -240,7 +249,7 @@ mod tests {
             body: Body::Mail { to: 5, parcels },
         })
         .expect("encode");
-        let back = decode(&bytes).expect("decode");
+        let back: Envelope = decode(&bytes).expect("decode");
         assert_eq!((back.node, back.incarnation), (1, 99));
         let Body::Mail { to: 5, parcels } = back.body else {
             panic!("not mail for incarnation 5");
@@ -262,14 +271,19 @@ mod tests {
             &mails[2],
             Mail::Control(CoreMessage::Push(p)) if p.users == [2] && p.bytes == "frame"
         ));
-        assert!(matches!(decode(b"\xff\xff\xff"), Err(DecodeError::Foreign)));
-        assert!(matches!(decode(b""), Err(DecodeError::Foreign)));
         assert!(matches!(
-            decode(&bytes[..bytes.len() / 2]),
+            decode::<Envelope>(b"\xff\xff\xff"),
+            Err(DecodeError::Foreign)
+        ));
+        assert!(matches!(decode::<Envelope>(b""), Err(DecodeError::Foreign)));
+        assert!(matches!(
+            decode::<Envelope>(&bytes[..bytes.len() / 2]),
             Err(DecodeError::Body(_))
         ));
         let mut other = bytes.clone();
         other[1] = WIRE_VERSION + 1;
-        assert!(matches!(decode(&other), Err(DecodeError::Version(v)) if v == WIRE_VERSION + 1));
+        assert!(
+            matches!(decode::<Envelope>(&other), Err(DecodeError::Version(v)) if v == WIRE_VERSION + 1)
+        );
     }
 }

@@ -103,6 +103,11 @@ fn control_config(config: &ServeConfig, core_index: u8, core_count: u8) -> petre
         recall_window: config.recall_window,
         edit_window: config.edit_window,
         id_seed: rand::random(),
+        // A chatroom request to another node waits as long as any other request does.
+        room_answer_timeout: config.cluster.as_ref().map_or(
+            petrel_control::Config::default().room_answer_timeout,
+            |cluster| cluster.request_timeout,
+        ),
         ..petrel_control::Config::default()
     }
 }
@@ -318,34 +323,48 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     }
 
     let api_stats = Arc::new(crate::api::stats::ApiStats::default());
-    let mut api_inboxes = match config.api_addr {
-        Some(addr) => {
-            let key_file = config
-                .api_key_file
-                .as_deref()
-                .context("api_addr needs api_key_file")?;
-            let key = crate::api::auth::ApiKey::load(key_file)?;
-            let (bridge, inboxes) = crate::api::bridge::channel(api_wakers);
-            let bridge = match layout {
-                Some(layout) => bridge.in_cluster(layout),
-                None => bridge,
-            };
-            let endpoint = crate::api::start(
-                crate::api::ApiSettings {
-                    addr,
-                    key,
-                    system_user: config.api_system_user,
-                    pools: pool_book.clone(),
-                },
-                bridge,
-                api_stats.clone(),
-            )?;
-            tracing::info!(addr = %endpoint.addr, "api listening");
-            println!("petrel: api on http://{}/v1", endpoint.addr);
-            inboxes
+    // A cluster node answers the other nodes' API calls (about its sessions and its
+    // chatrooms) whether or not it serves the API itself.
+    let cluster_api = config
+        .cluster
+        .as_ref()
+        .zip(layout)
+        .map(|(settings, layout)| {
+            crate::cluster::api_calls::ClusterApi::new(
+                &settings.name,
+                layout,
+                settings.request_timeout,
+            )
+        });
+    let api_channel = (config.api_addr.is_some() || cluster_api.is_some()).then(|| {
+        let (bridge, inboxes) = crate::api::bridge::channel(api_wakers);
+        match layout.zip(cluster_api.clone()) {
+            Some((layout, remote)) => (bridge.in_cluster(layout, remote), inboxes),
+            None => (bridge, inboxes),
         }
-        None => Vec::new(),
-    };
+    });
+    let api_bridge = api_channel.as_ref().map(|(bridge, _)| bridge.clone());
+    let mut api_inboxes = api_channel.map(|(_, inboxes)| inboxes).unwrap_or_default();
+    if let (Some(addr), Some(bridge)) = (config.api_addr, &api_bridge) {
+        let key_file = config
+            .api_key_file
+            .as_deref()
+            .context("api_addr needs api_key_file")?;
+        let key = crate::api::auth::ApiKey::load(key_file)?;
+        let bridge = bridge.clone();
+        let endpoint = crate::api::start(
+            crate::api::ApiSettings {
+                addr,
+                key,
+                system_user: config.api_system_user,
+                pools: pool_book.clone(),
+            },
+            bridge,
+            api_stats.clone(),
+        )?;
+        tracing::info!(addr = %endpoint.addr, "api listening");
+        println!("petrel: api on http://{}/v1", endpoint.addr);
+    }
 
     let metrics = match config.metrics_addr {
         Some(addr) => {
@@ -587,6 +606,10 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
                         directory: directory.clone(),
                         pools: pool_book.clone().context("a cluster has a pool book")?,
                         pool: config.dispatch.pool_of_node(layout.node).to_owned(),
+                        api: cluster_api
+                            .clone()
+                            .zip(api_bridge.clone())
+                            .context("a cluster node has its API bridge")?,
                     };
                     let (bridge, links) = crate::cluster::bridge::start(
                         settings,
