@@ -100,10 +100,58 @@ impl From<Mail> for WireMail {
         match mail {
             Mail::Control(message) => WireMail::Control(message),
             Mail::Write { ticket, request } => WireMail::Write(ticket, request),
-            Mail::Written { ticket, result } => {
-                WireMail::Written(ticket, result.map_err(|e| WireError::from(&e)))
-            }
+            Mail::Written { ticket, result } => WireMail::Written(
+                ticket,
+                result.map(fit_page).map_err(|e| WireError::from(&e)),
+            ),
         }
+    }
+}
+
+/// Most bytes of message content and device names one sync or history page carries
+/// from its owner node to the node that asked. Without a limit a page of large
+/// messages (up to `limit` × 60 KiB) could exceed what NATS takes, and the read would
+/// time out every time it was asked again.
+pub const MAX_PAGE_BYTES: usize = 512 * 1024;
+
+/// A sync or history page cut to [`MAX_PAGE_BYTES`]: a sync page keeps its first
+/// messages, a history page its newest (the ends a client is answered from), and says
+/// it has more. Nothing is lost by the cut: a client's answer holds at most 60 KiB of
+/// messages, so a page of more than `MAX_PAGE_BYTES − 60 KiB` is always cut again by
+/// the asking core, which then answers `has_more` with the device's old position (a
+/// sync) or the oldest seq it sent (history), and the client asks on from there.
+fn fit_page(reply: Reply) -> Reply {
+    fn size(m: &petrel_storage::StoredMessage) -> usize {
+        m.payload.len() + m.sender_device.len() + 64
+    }
+    /// How many of `sizes` fit, taken in order.
+    fn fitting(sizes: impl Iterator<Item = usize>) -> usize {
+        let mut total = 0;
+        sizes
+            .take_while(|&n| {
+                total += n;
+                total <= MAX_PAGE_BYTES
+            })
+            .count()
+    }
+    match reply {
+        Reply::Synced(mut page) => {
+            let keep = fitting(page.messages.iter().map(size));
+            if keep < page.messages.len() {
+                page.messages.truncate(keep);
+                page.has_more = true;
+            }
+            Reply::Synced(page)
+        }
+        Reply::History(mut page) => {
+            let keep = fitting(page.messages.iter().rev().map(size));
+            let cut = page.messages.len() - keep;
+            if cut > 0 {
+                page.messages.drain(..cut);
+            }
+            Reply::History(page)
+        }
+        other => other,
     }
 }
 
@@ -285,5 +333,52 @@ mod tests {
         assert!(
             matches!(decode::<Envelope>(&other), Err(DecodeError::Version(v)) if v == WIRE_VERSION + 1)
         );
+    }
+
+    #[test]
+    fn large_pages_are_cut_at_the_end_a_client_is_answered_from() {
+        let conversation = ConversationKey::single(UserId(1), UserId(2));
+        let message = |seq: u64| petrel_storage::StoredMessage {
+            conversation,
+            seq,
+            sender: UserId(1),
+            sender_device: "phone".into(),
+            client_msg_id: seq,
+            server_time_ms: 0,
+            payload: Bytes::from(vec![b'x'; 60 * 1024]),
+            recalled: None,
+            edited_at_ms: None,
+            refs: Default::default(),
+        };
+        let messages: Vec<_> = (1..=100).map(message).collect();
+        let sync = petrel_storage::SyncPage {
+            messages: messages.clone(),
+            ..Default::default()
+        };
+        let Reply::Synced(cut) = fit_page(Reply::Synced(sync)) else {
+            panic!("not a sync page");
+        };
+        assert!(cut.has_more);
+        assert_eq!(cut.messages.first().map(|m| m.seq), Some(1));
+        let kept: usize = cut.messages.iter().map(|m| m.payload.len()).sum();
+        assert!(kept <= MAX_PAGE_BYTES && kept > MAX_PAGE_BYTES - 2 * 61 * 1024);
+        let history = petrel_storage::HistoryPage {
+            messages,
+            first_seq: 1,
+        };
+        let Reply::History(cut) = fit_page(Reply::History(history)) else {
+            panic!("not a history page");
+        };
+        assert_eq!(cut.messages.last().map(|m| m.seq), Some(100));
+        assert!(cut.messages.len() < 100 && cut.messages.len() > 5);
+        // A small page crosses whole.
+        let small = petrel_storage::HistoryPage {
+            messages: vec![message(1)],
+            first_seq: 1,
+        };
+        let Reply::History(same) = fit_page(Reply::History(small)) else {
+            panic!("not a history page");
+        };
+        assert_eq!(same.messages.len(), 1);
     }
 }
