@@ -753,3 +753,60 @@ fn one_nodes_api_answers_for_the_sessions_and_chatrooms_of_every_node() {
     let r = api("GET", "/v1/chatrooms/4/members", None);
     assert_eq!(r.status, 503, "{}", r.text());
 }
+
+/// A second process started as a node that is running (a replacement started too early,
+/// a copied config) refuses to start, naming why, before it serves anything; once the
+/// first is gone, it starts.
+#[test]
+fn a_second_process_as_a_running_node_refuses_to_start() {
+    let mut cluster = Cluster::start(2, "");
+    let first = &cluster.nodes[1];
+    let config = std::fs::read_to_string(first.data_dir().join("petrel.toml")).expect("config");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(first.data_dir().join("keys"), dir.path().join("keys")).expect("keys");
+    let (data_line, rest) = config.split_once('\n').expect("the data_dir line first");
+    assert!(data_line.starts_with("data_dir ="), "{data_line}");
+    let copy = dir.path().join("petrel.toml");
+    std::fs::write(
+        &copy,
+        format!("data_dir = {:?}\n{rest}", dir.path().display().to_string()),
+    )
+    .expect("config copy");
+    let run = || {
+        let mut child = std::process::Command::new(common::PETREL)
+            .args(["serve", "--config"])
+            .arg(&copy)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let since = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut stderr)
+                    .expect("stderr");
+                return Some((status, stderr));
+            }
+            if since.elapsed() > Duration::from_secs(10) {
+                // Still running: it started.
+                child.kill().expect("kill");
+                child.wait().expect("wait");
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (status, stderr) = run().expect("the second process did not refuse to start");
+    assert!(!status.success());
+    assert!(
+        stderr.contains("another process runs as node 1"),
+        "{stderr}"
+    );
+    // The first is untouched and the cluster still chats across it.
+    assert!(cluster.nodes[1].is_running());
+    cluster.wait_until_connected();
+    // Once the first has stopped, the same command starts.
+    cluster.nodes[1].stop();
+    assert!(run().is_none(), "the node did not start once alone");
+}

@@ -11,6 +11,7 @@
 //! counter and log have one owner node, and its data lives on that node's disk.
 //!
 //! - [`config`]: the `[cluster]` table.
+//! - [`alone`]: no other process runs as this node, checked before it serves.
 //! - [`Layout`]: which core is whose, which partitions this node owns.
 //! - [`wire`]: the envelope on the wire (postcard).
 //! - [`bridge`]: the thread that talks to NATS, and tells the cores which nodes are up.
@@ -20,6 +21,7 @@
 //! - [`api_calls`]: the HTTP API's calls about sessions and chatrooms, asked of the
 //!   nodes that hold them.
 
+pub mod alone;
 pub mod api_calls;
 pub mod bridge;
 pub mod config;

@@ -185,6 +185,10 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         }
         None => None,
     };
+    // Before anything of this node is served: no other process runs as it.
+    if let Some(cluster) = &config.cluster {
+        crate::cluster::alone::check(cluster)?;
+    }
     let mut storage = storage_config(&config);
     if let (Some(cluster), Some(layout)) = (&config.cluster, layout) {
         let partitions = petrel_storage::partition::Partitions::clamped(config.storage.partitions);
