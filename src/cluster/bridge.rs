@@ -98,6 +98,27 @@ const MIN_MAX_PAYLOAD: usize = 4 * 1024 * 1024;
 /// Longest a publish may wait for room in the NATS client's buffer.
 const PUBLISH_WAIT: Duration = Duration::from_millis(500);
 
+/// Publishes `envelope` on a task of its own, so the bridge goes on draining the cores'
+/// rings while NATS does not take it (a heartbeat or a resync must be sent even while
+/// mail is paused, and may wait up to [`PUBLISH_WAIT`] for room).
+fn publish_detached(client: &async_nats::Client, subject: &str, envelope: &Envelope) {
+    let bytes = match wire::encode(envelope) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(e) => {
+            tracing::error!(error = %e, "cluster: cannot encode");
+            return;
+        }
+    };
+    let (client, subject) = (client.clone(), subject.to_owned());
+    tokio::spawn(async move {
+        match tokio::time::timeout(PUBLISH_WAIT, client.publish(subject.clone(), bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(subject, error = %e, "cluster: publish failed"),
+            Err(_) => tracing::debug!(subject, "cluster: NATS did not take a heartbeat in time"),
+        }
+    });
+}
+
 /// Warns when the NATS server's payload limit is below [`MIN_MAX_PAYLOAD`].
 fn warn_if_small_payload(client: &async_nats::Client) {
     let max_payload = client.server_info().max_payload;
@@ -325,7 +346,7 @@ impl Task {
                             warn_if_small_payload(&client);
                         }
                         let hello = self.envelope(Body::Hello(self.hello.clone()));
-                        self.publish(&client, &hello_subject, &hello).await;
+                        publish_detached(&client, &hello_subject, &hello);
                     }
                     self.check_silence();
                 }
@@ -535,12 +556,11 @@ impl Task {
                     // New to us: it may not have heard of our sessions either (it may
                     // never have seen us go): ask it to tell us its own again.
                     let resync = self.envelope(Body::Resync);
-                    self.publish(
+                    publish_detached(
                         client,
                         &wire::node_subject(&self.settings.name, node),
                         &resync,
-                    )
-                    .await;
+                    );
                 }
                 if let Some(peer) = &mut self.peers[slot]
                     && (peer.endpoints != hello.endpoints || peer.pool != hello.pool)

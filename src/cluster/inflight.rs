@@ -1,7 +1,9 @@
 //! One core's storage requests waiting for another node: each is answered exactly once —
 //! by the node, or `Unavailable` when the node is down or does not answer within the
 //! request timeout (a late answer after that is dropped) — and spanning reads
-//! ([`super::gather`]) are merged before the control plane sees them.
+//! ([`super::gather`]) are merged before the control plane sees them. Deadlines are on
+//! the monotonic clock the caller passes (`server::core_loop::monotonic`), not the wall
+//! clock: a clock stepped back must not hold a request past its timeout.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;

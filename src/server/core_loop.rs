@@ -70,6 +70,15 @@ pub fn now() -> Timestamp {
     Timestamp::from_millis(ms)
 }
 
+/// Milliseconds since this process first asked, on the monotonic clock: for deadlines
+/// that a wall clock stepped back (or forward) must not move, such as requests waiting
+/// for another cluster node ([`crate::cluster::inflight`]).
+pub fn monotonic() -> Timestamp {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    Timestamp::from_millis(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX))
+}
+
 /// A command from the home core to another core.
 #[derive(Debug)]
 enum Down {
