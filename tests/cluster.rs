@@ -810,3 +810,51 @@ fn a_second_process_as_a_running_node_refuses_to_start() {
     cluster.nodes[1].stop();
     assert!(run().is_none(), "the node did not start once alone");
 }
+
+/// A token revoked while a node was down is refused by that node's own services (the
+/// dispatch directory reads revocations from the node's database) once it is back: the
+/// other nodes announce their revocations to it, and it stores them.
+#[test]
+fn a_token_revoked_while_a_node_was_down_is_refused_there_once_it_is_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("api.key");
+    std::fs::write(&key_file, format!("{API_KEY}\n")).expect("api key");
+    let extra = format!(
+        "api_addr = \"127.0.0.1:0\"\napi_key_file = {:?}\n[dispatch]\naddr = \"127.0.0.1:0\"\n",
+        key_file.display().to_string()
+    );
+    let mut cluster = Cluster::start(3, &extra);
+    let user = 9_301u64;
+    let token = cluster.nodes[2].token(user, "phone");
+    let ask = |server: &TestServer| {
+        let addr = server.dispatch.expect("a dispatch directory");
+        http::request(addr, "GET", "/v1/dispatch", Some(&token), None, b"").status
+    };
+    assert_eq!(ask(&cluster.nodes[2]), 200);
+
+    cluster.nodes[2].kill();
+    let r = cluster.nodes[0].api_request(
+        "POST",
+        "/v1/tokens/revoke",
+        Some(API_KEY),
+        Some(&json!({ "token": token })),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(ask(&cluster.nodes[0]), 401, "revoked where it was revoked");
+
+    cluster.nodes[2].restart_stopped();
+    cluster.wait_until_connected();
+    let since = Instant::now();
+    while ask(&cluster.nodes[2]) != 401 {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "node 2's directory still takes the revoked token"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Stored, not only heard: after another restart, with the others' announcements
+    // not yet in, it is still refused.
+    cluster.nodes[2].stop();
+    cluster.nodes[2].restart_stopped();
+    assert_eq!(ask(&cluster.nodes[2]), 401);
+}

@@ -12,7 +12,8 @@
 //! request/reply, postcard after the wire's magic byte and version, [`super::wire`]):
 //! every node subscribes to its own subject ([`serve`]) and answers from its cores,
 //! never asking further. A node that is down is not asked (what it held is gone, or
-//! unreachable anyway); one that is up and does not answer within the cluster's
+//! unreachable anyway), and one that turns out gone (NATS: no responders) is left out
+//! as if it were; one that is up and does not answer within the cluster's
 //! `request_timeout_ms` makes the whole call `SERVER_BUSY` (HTTP 503) naming it — every
 //! one of these calls can be made again (a kick or a revocation twice ends nothing
 //! twice).
@@ -77,37 +78,48 @@ impl ClusterApi {
         )
     }
 
-    /// The answers of every other node that is up to `request`, in node order.
+    /// The answers of every other node that is up to `request`, in node order. A node
+    /// found gone (nothing takes its calls any more: it stopped, or lost NATS, before
+    /// the others noticed) is left out, as a node known to be down is.
     pub async fn ask_others(&self, request: &ApiRequest) -> Vec<Answer> {
         let up = self.up.load(Ordering::Relaxed);
         let asked = (0..self.layout.nodes)
             .filter(|&n| n != self.layout.node && up & (1u64 << n) != 0)
-            .map(|node| self.ask(node, request));
-        futures_util::future::join_all(asked).await
+            .map(|node| self.request(node, request));
+        futures_util::future::join_all(asked)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
-    /// Node `node`'s answer to `request`: `SERVER_BUSY` when it is down, does not
-    /// answer in time, or answers what this node cannot read.
+    /// Node `node`'s answer to `request`: `SERVER_BUSY` when it is down or gone, does
+    /// not answer in time, or answers what this node cannot read.
     pub async fn ask(&self, node: u8, request: &ApiRequest) -> Answer {
-        let busy = |why: &str| {
-            let mut error = ApiError::new(
-                pb::ErrorCode::ServerBusy,
-                format!("cluster node {node} {why}; try again"),
-            );
-            error.retry_after_ms = 1_000;
-            Err(error)
-        };
+        self.request(node, request)
+            .await
+            .unwrap_or_else(|| busy(node, "is down"))
+    }
+
+    /// Node `node`'s answer to `request`, `None` if it is down or gone.
+    async fn request(&self, node: u8, request: &ApiRequest) -> Option<Answer> {
         if self.up.load(Ordering::Relaxed) & (1u64 << node) == 0 {
-            return busy("is down");
+            return None;
         }
+        self.request_up(node, request).await
+    }
+
+    /// Asks node `node`, which was up; `None` if nothing takes its calls.
+    async fn request_up(&self, node: u8, request: &ApiRequest) -> Option<Answer> {
+        let busy = |why: &str| Some(busy(node, why));
         let Some(client) = self.client.get() else {
             return busy("cannot be reached: NATS is not connected");
         };
         let Some(call) = Call::of(request) else {
-            return Err(ApiError::new(
+            return Some(Err(ApiError::new(
                 pb::ErrorCode::Internal,
                 format!("{request:?} is not asked of other nodes"),
-            ));
+            )));
         };
         let bytes = match wire::encode(&call) {
             Ok(bytes) => bytes,
@@ -117,13 +129,24 @@ impl ClusterApi {
         let asked = client.request(subject, bytes.into());
         match tokio::time::timeout(self.timeout, asked).await {
             Ok(Ok(message)) => match wire::decode::<Reply>(&message.payload) {
-                Ok(reply) => reply.into_answer(),
+                Ok(reply) => Some(reply.into_answer()),
                 Err(e) => busy(&format!("answered what this node cannot read ({e})")),
             },
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => None,
             Ok(Err(e)) => busy(&format!("did not answer ({e})")),
             Err(_) => busy(&format!("did not answer within {:?}", self.timeout)),
         }
     }
+}
+
+/// `SERVER_BUSY` from node `node`, saying `why`.
+fn busy(node: u8, why: &str) -> Answer {
+    let mut error = ApiError::new(
+        pb::ErrorCode::ServerBusy,
+        format!("cluster node {node} {why}; try again"),
+    );
+    error.retry_after_ms = 1_000;
+    Err(error)
 }
 
 /// Answers the other nodes' calls on `subject` from this node's cores (`local`), until

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use petrel_control::{Action, Control, Event, Ticket, Timestamp};
+use petrel_control::{Action, Control, CoreMessage, Event, Ticket, Timestamp};
 use petrel_storage::{Committer, GroupEngine, Request, StorageError};
 
 use super::core_loop::{MAX_SLEEP, now};
@@ -133,17 +133,50 @@ impl<E: GroupEngine + 'static> Plane<E> {
         }
     }
 
+    /// A revocation another node announces, new to this node, is written here too (by
+    /// the node's first core): the media service and the directory check tokens against
+    /// this node's database, and a node that was down when the token was revoked hears
+    /// of it only when the others announce their lists to it again.
+    fn keep_remote_revocation(&mut self, from: u8, message: &CoreMessage) {
+        let CoreMessage::Revoked {
+            token_id,
+            expires_at_ms,
+        } = message
+        else {
+            return;
+        };
+        let (Some(cluster), Some(writers)) = (&self.cluster, self.writers) else {
+            return;
+        };
+        if cluster.layout().is_local(from)
+            || !writers.first_of_node()
+            || self.control.knows_revoked(*token_id)
+        {
+            return;
+        }
+        self.batch.push((
+            Origin::Nobody,
+            Request::RevokeToken {
+                token: petrel_storage::TokenId(*token_id),
+                expires_at_ms: *expires_at_ms,
+            },
+        ));
+    }
+
     /// Answers `SERVER_BUSY` for the requests another node left unanswered past the
     /// request timeout. Returns whether any.
     pub fn expire_remote(&mut self, now: Timestamp) -> bool {
         let Some(cluster) = &mut self.cluster else {
             return false;
         };
-        if !cluster.has_expired(now) {
+        // Deadlines on the monotonic clock: a wall clock stepped back must not hold
+        // requests to another node past their timeout.
+        let mono = super::core_loop::monotonic();
+        if !cluster.has_expired(mono) {
             return false;
         }
         let control = &mut self.control;
-        let n = cluster.expire(now, |(ticket, result)| {
+        let n = cluster.expire(mono, |(ticket, result)| {
             control.handle(now, Event::Storage { ticket, result });
         });
         if n > 0 {
@@ -167,7 +200,7 @@ impl<E: GroupEngine + 'static> Plane<E> {
             let parts = up.count_ones() as usize;
             cluster.gather(ticket, &request, up);
             for node in (0..layout.nodes).filter(|&n| n != layout.node && up & (1u64 << n) != 0) {
-                cluster.expect(now, ticket, node);
+                cluster.expect(super::core_loop::monotonic(), ticket, node);
                 self.outbox.push((
                     writers.core_on(node),
                     Mail::Write {
@@ -199,7 +232,7 @@ impl<E: GroupEngine + 'static> Plane<E> {
                     );
                     return;
                 }
-                cluster.expect(now, ticket, node);
+                cluster.expect(super::core_loop::monotonic(), ticket, node);
             }
             _ => self.sent_away += 1,
         }
@@ -212,13 +245,16 @@ impl<E: GroupEngine + 'static> Plane<E> {
     /// storage replies.
     pub fn take_mail(&mut self, now: Timestamp, from: u8, mail: Mail) {
         match mail {
-            Mail::Control(message) => self.control.handle(
-                now,
-                Event::FromCore {
-                    core: from,
-                    message,
-                },
-            ),
+            Mail::Control(message) => {
+                self.keep_remote_revocation(from, &message);
+                self.control.handle(
+                    now,
+                    Event::FromCore {
+                        core: from,
+                        message,
+                    },
+                );
+            }
             Mail::Write { ticket, request } => {
                 // A write from another node for a partition this core does not own (the
                 // nodes disagree on the layout) is refused, never applied twice over.
@@ -284,6 +320,7 @@ impl<E: GroupEngine + 'static> Plane<E> {
         let n = self.committer.take_ready(|origin, result| match origin {
             Origin::Here(ticket) => answer_here(control, cluster, now, ticket, result),
             Origin::Core { core, ticket } => outbox.push((core, Mail::Written { ticket, result })),
+            Origin::Nobody => unwaited(result),
         });
         note_storage_failure(
             &self.committer,
@@ -369,7 +406,15 @@ impl<E: GroupEngine + 'static> Plane<E> {
         self.committer.shutdown(|origin, result| match origin {
             Origin::Here(ticket) => answer_here(control, cluster, now_ts, ticket, result),
             Origin::Core { core, ticket } => send(core, Mail::Written { ticket, result }),
+            Origin::Nobody => unwaited(result),
         });
+    }
+}
+
+/// The reply to a write nobody waits for: a failure is logged.
+fn unwaited(result: Result<petrel_storage::Reply, StorageError>) {
+    if let Err(error) = result {
+        tracing::warn!(%error, "a revocation announced by another node was not stored here");
     }
 }
 

@@ -27,6 +27,9 @@ use crate::cluster::Layout;
 pub enum Origin {
     /// This core's control plane.
     Here(Ticket),
+    /// Nobody: a write this core makes for another node's notice (a revocation it
+    /// announced), whose reply no one waits for; a failure is logged.
+    Nobody,
     /// Another core's control plane, which sent the request here.
     Core {
         /// The asking core.
@@ -118,6 +121,12 @@ impl Writers {
     /// The cluster's layout.
     pub fn layout(&self) -> Layout {
         self.layout
+    }
+
+    /// Whether this is its node's first core (the one that writes what the node keeps
+    /// once, such as another node's revocations).
+    pub fn first_of_node(&self) -> bool {
+        self.me == self.layout.first_core()
     }
 }
 

@@ -363,6 +363,12 @@ impl Control {
         self.timers.next_deadline()
     }
 
+    /// Whether token `token_id` is on this plane's revocation list (loaded from storage
+    /// at start, revoked here, or announced by another core).
+    pub fn knows_revoked(&self, token_id: [u8; crate::token::TOKEN_ID_LEN]) -> bool {
+        self.revoked.contains(token_id)
+    }
+
     /// The counters, for metrics export.
     pub fn counters(&self) -> &Counters {
         &self.counters
