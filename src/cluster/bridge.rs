@@ -132,6 +132,10 @@ fn warn_if_small_payload(client: &async_nats::Client) {
     }
 }
 
+/// Most pieces of mail from other nodes that wait here for one core's full inbound
+/// queue (beyond the queue's own [`RING`]); more are dropped.
+const MAX_PENDING: usize = 4 * RING;
+
 /// Wakes the bridge's task from a core (`RingOut`'s waker).
 struct NotifyWake(Arc<Notify>);
 
@@ -218,6 +222,7 @@ pub fn start(
         stalled_until: None,
         undecodable: 0,
         dropped: 0,
+        dropped_inbound: 0,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -274,6 +279,8 @@ struct Task {
     undecodable: u64,
     /// Parcels dropped for nodes down or NATS unreachable.
     dropped: u64,
+    /// Mail from other nodes dropped for a core far behind ([`MAX_PENDING`]).
+    dropped_inbound: u64,
 }
 
 impl Task {
@@ -612,24 +619,38 @@ impl Task {
     /// Puts `inbound` on local core `local`'s queue, after what waits for it already;
     /// when the queue is full it waits here, in order, and goes at the next round
     /// ([`Task::retry_pending`]) — this thread never blocks, so heartbeats and NATS keep
-    /// going while a core catches up. False if the core has stopped.
+    /// going while a core catches up. False if the core has stopped, or the mail was
+    /// dropped (more than [`MAX_PENDING`] wait for the core).
     fn deliver(&mut self, local: usize, inbound: Inbound) -> bool {
         let Some(tx) = self.inbound.get(local) else {
             return false;
         };
         let waiting = &mut self.pending[local];
-        if !waiting.is_empty() {
-            waiting.push_back(inbound);
-            return true;
-        }
-        match tx.try_send(inbound) {
-            Ok(()) => true,
-            Err(crossbeam_channel::TrySendError::Full(inbound)) => {
-                waiting.push_back(inbound);
-                true
+        let inbound = if waiting.is_empty() {
+            match tx.try_send(inbound) {
+                Ok(()) => return true,
+                Err(crossbeam_channel::TrySendError::Full(inbound)) => inbound,
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return false,
             }
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+        } else {
+            inbound
+        };
+        // A core that stays behind: mail past the limit is dropped (as NATS may drop
+        // it: its requests time out, a push is found by the next sync), so memory stays
+        // bounded; the notices of nodes going and coming always wait their turn.
+        if waiting.len() >= MAX_PENDING && matches!(inbound, Inbound::Mail { .. }) {
+            self.dropped_inbound += 1;
+            if self.dropped_inbound.is_power_of_two() {
+                tracing::warn!(
+                    core = local,
+                    dropped = self.dropped_inbound,
+                    "cluster: a core is far behind on mail from other nodes; dropping some"
+                );
+            }
+            return false;
         }
+        waiting.push_back(inbound);
+        true
     }
 
     /// Moves what waits for full core queues into them, as far as there is room, and
