@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use crossbeam_channel::Receiver;
 use petrel_conn::TransportEvent;
-use petrel_control::{Action, Control, Timestamp};
+use petrel_control::{Action, Control, CoreMessage, Timestamp};
 use petrel_dataplane::{CoreIo, Wake};
 use petrel_storage::partition::Partitions;
 use petrel_storage::{Committer, GroupEngine, StorageError};
@@ -459,7 +459,9 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
 
 /// Mail from core `from` while this core shuts down: a write for its partitions is
 /// refused (`Closed`), a reply to one of its own writes still reaches its control plane,
-/// control-plane messages are dropped.
+/// a login elsewhere is acknowledged at once (its `LoginResult` waits for every core's
+/// `LoginSeen`, and the clients this core kicked log in elsewhere now; this core will
+/// push to no one), other control-plane messages are dropped.
 fn take_mail_stopping<E: GroupEngine + 'static>(
     plane: &mut Plane<E>,
     outs: &mut [Option<RingOut<Mail>>],
@@ -477,6 +479,11 @@ fn take_mail_stopping<E: GroupEngine + 'static>(
             },
         ),
         Mail::Written { .. } => plane.take_mail(now, from, mail),
+        Mail::Control(CoreMessage::LoggedIn(login)) => post(
+            outs,
+            from,
+            Mail::Control(CoreMessage::LoginSeen { conn: login.conn }),
+        ),
         Mail::Control(_) => {}
     }
 }
