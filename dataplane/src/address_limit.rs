@@ -1,7 +1,8 @@
 //! The per-address connection limit: at most N connections from one client IP address
-//! across every core, so one host (or one attacker behind one address) cannot take the
-//! whole connection budget. Behind a load balancer speaking the PROXY protocol the address
-//! is the real client's ([`crate::proxy_header`]), not the balancer's.
+//! (an IPv6 client: its /64) across every core, so one host (or one attacker behind one
+//! address) cannot take the whole connection budget. Behind a load balancer speaking the
+//! PROXY protocol the address is the real client's ([`crate::proxy_header`]), not the
+//! balancer's.
 //!
 //! Counted in a table shared by the cores, split into [`SHARDS`] independently locked
 //! shards by the address's hash: a connection takes one shard's lock when it opens and
@@ -106,10 +107,17 @@ impl Drop for AddressSlot {
     }
 }
 
-/// An IPv4 client seen through an IPv6 socket (`::ffff:a.b.c.d`) counts as itself.
+/// An IPv4 client seen through an IPv6 socket (`::ffff:a.b.c.d`) counts as itself; an
+/// IPv6 client counts as its /64, the network one host (or one home, one phone) is given:
+/// it can pick any address in it, so counting single addresses would limit nothing.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !u128::from(u64::MAX),
+            )),
+        },
         v4 => v4,
     }
 }
@@ -153,6 +161,18 @@ mod tests {
         let _held = limiter.acquire(IpAddr::V4(v4)).unwrap();
         assert!(limiter.acquire(IpAddr::V6(v4.to_ipv6_mapped())).is_none());
         assert!(limiter.acquire(IpAddr::V6(Ipv6Addr::LOCALHOST)).is_some());
+    }
+
+    #[test]
+    fn an_ipv6_64_counts_as_one_address() {
+        let limiter = AddressLimiter::new(1);
+        let host: Ipv6Addr = "2001:db8:1:2::7".parse().unwrap();
+        let held = limiter.acquire(IpAddr::V6(host)).unwrap();
+        assert_eq!(held.ip(), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        let same_64: Ipv6Addr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        assert!(limiter.acquire(IpAddr::V6(same_64)).is_none());
+        let next_64: Ipv6Addr = "2001:db8:1:3::7".parse().unwrap();
+        assert!(limiter.acquire(IpAddr::V6(next_64)).is_some());
     }
 
     #[test]
