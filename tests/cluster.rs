@@ -642,7 +642,7 @@ fn one_nodes_api_answers_for_the_sessions_and_chatrooms_of_every_node() {
     let key_file = dir.path().join("api.key");
     std::fs::write(&key_file, format!("{API_KEY}\n")).expect("api key");
     let extra = format!(
-        "api_addr = \"127.0.0.1:0\"\napi_key_file = {:?}\n",
+        "api_addr = \"127.0.0.1:0\"\napi_key_file = {:?}\nmetrics_addr = \"127.0.0.1:0\"\n",
         key_file.display().to_string()
     );
     let mut cluster = Cluster::start(3, &extra);
@@ -752,6 +752,27 @@ fn one_nodes_api_answers_for_the_sessions_and_chatrooms_of_every_node() {
     }
     let r = api("GET", "/v1/chatrooms/4/members", None);
     assert_eq!(r.status, 503, "{}", r.text());
+
+    // Node 0's metrics saw it all: mail both ways, and node 2 going.
+    let scrape = cluster.nodes[0].scrape_until("node 2 down in the metrics", |s| {
+        s.get("petrel_cluster_nodes_up") == 1.0
+    });
+    assert!(
+        scrape.sum("petrel_cluster_mail_total", "sent") > 0.0,
+        "{}",
+        scrape.text
+    );
+    assert!(
+        scrape.sum("petrel_cluster_mail_total", "received") > 0.0,
+        "{}",
+        scrape.text
+    );
+    assert!(
+        scrape.get("petrel_cluster_node_changes_total{change=\"down\"}") >= 1.0,
+        "{}",
+        scrape.text
+    );
+    assert_eq!(scrape.get("petrel_cluster_undecodable_total"), 0.0);
 }
 
 /// A second process started as a node that is running (a replacement started too early,

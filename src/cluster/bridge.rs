@@ -39,6 +39,7 @@ use tokio::sync::Notify;
 use super::Layout;
 use super::api_calls::ClusterApi;
 use super::config::ClusterSettings;
+use super::stats::ClusterStats;
 use super::wire::{self, Body, Envelope, Hello, MAX_BATCH_BYTES, Parcel};
 use crate::api::bridge::ApiBridge;
 use crate::dispatch::{Directory, PoolBook};
@@ -157,6 +158,8 @@ pub struct DispatchLink {
     /// The other nodes' APIs (connected and told which nodes are up here), and this
     /// node's cores, which answer the other nodes' calls.
     pub api: (Arc<ClusterApi>, ApiBridge),
+    /// Where the bridge counts its traffic, for the metrics.
+    pub stats: Arc<ClusterStats>,
 }
 
 /// Starts the bridge for this node (`layout`), whose cores `wakers` wake and whose
@@ -211,6 +214,7 @@ pub fn start(
         directory: dispatch.directory,
         pools: dispatch.pools,
         api: dispatch.api,
+        stats: dispatch.stats,
         incarnation: rand::random::<u64>() | 1,
         outbound,
         inbound,
@@ -261,6 +265,7 @@ struct Task {
     directory: Arc<Directory>,
     pools: Arc<PoolBook>,
     api: (Arc<ClusterApi>, ApiBridge),
+    stats: Arc<ClusterStats>,
     incarnation: u64,
     /// (from, to, ring) for every local core and every remote core.
     outbound: Vec<(u8, u8, Receiver<Mail>)>,
@@ -401,6 +406,7 @@ impl Task {
             let parcels = std::mem::take(parcels);
             if !self.can_publish(client) || self.peers[node].is_none() {
                 self.dropped += parcels.len() as u64;
+                ClusterStats::add(&self.stats.dropped_unreachable, parcels.len() as u64);
                 if self.dropped.is_power_of_two() {
                     tracing::warn!(
                         node,
@@ -446,8 +452,10 @@ impl Task {
         while let Some(mut parcels) = pending.pop() {
             if !self.can_publish(client) {
                 self.dropped += parcels.len() as u64;
+                ClusterStats::add(&self.stats.dropped_unreachable, parcels.len() as u64);
                 continue;
             }
+            let count = parcels.len() as u64;
             let envelope = self.envelope(Body::Mail { to, parcels });
             let bytes = match wire::encode(&envelope) {
                 Ok(bytes) => bytes,
@@ -471,6 +479,7 @@ impl Task {
                 // One parcel alone over the limit: try anyway (NATS's limit may be
                 // higher than ours); if the server refuses it, its request times out.
             }
+            ClusterStats::add(&self.stats.parcels_sent, count);
             self.publish_bytes(client, subject, bytes).await;
         }
     }
@@ -496,6 +505,7 @@ impl Task {
                     "cluster: NATS does not take our messages; dropping for a second"
                 );
                 self.stalled_until = Some(Instant::now() + Duration::from_secs(1));
+                ClusterStats::add(&self.stats.publish_stalls, 1);
             }
         }
     }
@@ -507,6 +517,7 @@ impl Task {
             Ok(envelope) => envelope,
             Err(e) => {
                 self.undecodable += 1;
+                ClusterStats::add(&self.stats.undecodable, 1);
                 if self.undecodable.is_power_of_two() {
                     match e {
                         wire::DecodeError::Version(_) => tracing::error!(error = %e,
@@ -543,6 +554,7 @@ impl Task {
             Body::Bye => {
                 if current == Some(envelope.incarnation) {
                     self.peers[slot] = None;
+                    ClusterStats::add(&self.stats.nodes_went_down, 1);
                     tracing::info!(node, "cluster: node left");
                     self.tell_all(|| Inbound::Down(1 << node));
                     self.tell_endpoints();
@@ -590,8 +602,10 @@ impl Task {
                 // Sent before the sender heard this process start: its connection ids
                 // and requests are the previous process's.
                 if to != self.incarnation {
+                    ClusterStats::add(&self.stats.dropped_stale, parcels.len() as u64);
                     return;
                 }
+                ClusterStats::add(&self.stats.parcels_received, parcels.len() as u64);
                 let mut woken = 0u64;
                 for parcel in parcels {
                     if !self.layout.is_local(parcel.to) || self.layout.node_of(parcel.from) != node
@@ -640,6 +654,7 @@ impl Task {
         // bounded; the notices of nodes going and coming always wait their turn.
         if waiting.len() >= MAX_PENDING && matches!(inbound, Inbound::Mail { .. }) {
             self.dropped_inbound += 1;
+            ClusterStats::add(&self.stats.dropped_core_behind, 1);
             if self.dropped_inbound.is_power_of_two() {
                 tracing::warn!(
                     core = local,
@@ -704,6 +719,8 @@ impl Task {
                     pool,
                 });
                 self.tell_down_and_up(node);
+                ClusterStats::add(&self.stats.nodes_went_down, 1);
+                ClusterStats::add(&self.stats.nodes_came_up, 1);
                 true
             }
             None => {
@@ -715,10 +732,21 @@ impl Task {
                     pool: String::new(),
                 });
                 self.tell_all(|| Inbound::Up(1 << node));
-                self.api.0.set_up(self.up_nodes());
+                ClusterStats::add(&self.stats.nodes_came_up, 1);
+                self.note_up_nodes();
                 true
             }
         }
+    }
+
+    /// Tells the API calls and the metrics which other nodes are up now.
+    fn note_up_nodes(&self) {
+        let up = self.up_nodes();
+        self.api.0.set_up(up);
+        self.stats.nodes_up.store(
+            u64::from(up.count_ones()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// The other nodes that are up (bit = node).
@@ -749,6 +777,7 @@ impl Task {
             }
         }
         if down != 0 {
+            ClusterStats::add(&self.stats.nodes_went_down, u64::from(down.count_ones()));
             self.tell_all(|| Inbound::Down(down));
             self.tell_endpoints();
         }
@@ -761,7 +790,7 @@ impl Task {
     fn tell_endpoints(&mut self) {
         let n = usize::from(self.layout.nodes);
         let me = usize::from(self.layout.node);
-        self.api.0.set_up(self.up_nodes());
+        self.note_up_nodes();
         for (node, peer) in self.peers.iter().enumerate() {
             if node != me {
                 let node = u8::try_from(node).unwrap_or(u8::MAX);

@@ -20,6 +20,7 @@
 //!   asked of each node and merged.
 //! - [`api_calls`]: the HTTP API's calls about sessions and chatrooms, asked of the
 //!   nodes that hold them.
+//! - [`stats`]: what the cluster layer counts, for the metrics endpoint.
 
 pub mod alone;
 pub mod api_calls;
@@ -27,6 +28,7 @@ pub mod bridge;
 pub mod config;
 pub mod gather;
 pub mod inflight;
+pub mod stats;
 pub mod wire;
 
 use petrel_storage::partition::{Partition, PartitionSet, Partitions};

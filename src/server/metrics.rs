@@ -136,6 +136,8 @@ pub struct Metrics {
     peers: Mutex<Option<petrel_dataplane::PeerPolicy>>,
     /// WebSocket counters, with a WebSocket listener.
     websocket: Mutex<Option<Arc<petrel_dataplane::WsStats>>>,
+    /// The cluster layer's counters, on a cluster node.
+    cluster: Mutex<Option<Arc<crate::cluster::stats::ClusterStats>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -161,7 +163,13 @@ impl Metrics {
             tls: Mutex::new(None),
             peers: Mutex::new(None),
             websocket: Mutex::new(None),
+            cluster: Mutex::new(None),
         })
+    }
+
+    /// Exposes the cluster layer's counters (a cluster node).
+    pub fn set_cluster(&self, stats: Arc<crate::cluster::stats::ClusterStats>) {
+        *self.cluster.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
     }
 
     /// Where the HTTP API's request counts come from (when the API is on).
@@ -260,6 +268,80 @@ fn gauge(
         ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
     }
     Ok(())
+}
+
+/// The cluster layer (docs/CLUSTER.md): the nodes seen, the mail between them and what
+/// was dropped, and the requests other nodes left unanswered.
+fn encode_cluster(
+    e: &mut DescriptorEncoder,
+    c: &crate::cluster::stats::ClusterStats,
+) -> std::fmt::Result {
+    use crate::cluster::stats::ClusterStats as C;
+    gauge(
+        e,
+        "petrel_cluster_nodes_up",
+        "Other nodes of the cluster that are up now (heard from within node_timeout_ms).",
+        &[(
+            vec![],
+            i64::try_from(C::get(&c.nodes_up)).unwrap_or(i64::MAX),
+        )],
+    )?;
+    counter(
+        e,
+        "petrel_cluster_node_changes",
+        "Other nodes going down (silence, goodbye, restart) and coming up.",
+        &[
+            (vec![("change", "down")], C::get(&c.nodes_went_down)),
+            (vec![("change", "up")], C::get(&c.nodes_came_up)),
+        ],
+    )?;
+    counter(
+        e,
+        "petrel_cluster_mail",
+        "Pieces of mail between this node's cores and other nodes' (requests, replies, pushes, notices).",
+        &[
+            (vec![("direction", "sent")], C::get(&c.parcels_sent)),
+            (vec![("direction", "received")], C::get(&c.parcels_received)),
+        ],
+    )?;
+    counter(
+        e,
+        "petrel_cluster_mail_dropped",
+        "Mail dropped: for a node down or while NATS took nothing (unreachable), for a core of \
+         this node far behind (core_behind), or meant for an earlier process of this node (stale).",
+        &[
+            (
+                vec![("reason", "unreachable")],
+                C::get(&c.dropped_unreachable),
+            ),
+            (
+                vec![("reason", "core_behind")],
+                C::get(&c.dropped_core_behind),
+            ),
+            (vec![("reason", "stale")], C::get(&c.dropped_stale)),
+        ],
+    )?;
+    counter(
+        e,
+        "petrel_cluster_undecodable",
+        "Messages on the cluster's subjects this node cannot read (another wire version, a foreign publisher).",
+        &[(vec![], C::get(&c.undecodable))],
+    )?;
+    counter(
+        e,
+        "petrel_cluster_publish_stalls",
+        "Publishes NATS did not take within 500 ms (mail is dropped for a second after each).",
+        &[(vec![], C::get(&c.publish_stalls))],
+    )?;
+    counter(
+        e,
+        "petrel_cluster_requests_unanswered",
+        "Requests to another node answered SERVER_BUSY: no answer within request_timeout_ms (timeout), or the node went down (node_down).",
+        &[
+            (vec![("reason", "timeout")], C::get(&c.requests_timed_out)),
+            (vec![("reason", "node_down")], C::get(&c.requests_node_down)),
+        ],
+    )
 }
 
 /// The storage writer's bounded caches and dedup filter (docs/CONFIGURATION.md, "Storage
@@ -781,6 +863,15 @@ impl Collector for Metrics {
                 "Webhook events given up on, kept on disk.",
                 &[(vec![], W::get(&w.dead_depth) as i64)],
             )?;
+        }
+
+        let cluster = self
+            .cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(c) = cluster {
+            encode_cluster(&mut e, &c)?;
         }
 
         let tls = self.tls.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -340,6 +340,9 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
                 settings.request_timeout,
             )
         });
+    let cluster_stats = cluster_api
+        .is_some()
+        .then(|| Arc::new(crate::cluster::stats::ClusterStats::default()));
     let api_channel = (config.api_addr.is_some() || cluster_api.is_some()).then(|| {
         let (bridge, inboxes) = crate::api::bridge::channel(api_wakers);
         match layout.zip(cluster_api.clone()) {
@@ -388,6 +391,9 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
             metrics.set_peers(peers.clone());
             if let Some(ws) = &websocket {
                 metrics.set_websocket(ws.stats().clone());
+            }
+            if let Some(stats) = &cluster_stats {
+                metrics.set_cluster(stats.clone());
             }
             metrics.set_storage_source(Box::new(move || metrics::StorageSnapshot {
                 caches: engine_figures.writer_cache_stats().ok(),
@@ -614,6 +620,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
                             .clone()
                             .zip(api_bridge.clone())
                             .context("a cluster node has its API bridge")?,
+                        stats: cluster_stats.clone().context("a cluster node counts")?,
                     };
                     let (bridge, links) = crate::cluster::bridge::start(
                         settings,
@@ -627,18 +634,17 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
                 }
                 _ => (None, Vec::new()),
             };
-            let shared = per_core::SharedParts {
-                stop,
-                disk: disk.clone(),
-                webhook,
-                metrics,
-                partitions,
-                cluster: config
-                    .cluster
-                    .as_ref()
-                    .zip(layout)
-                    .map(|(settings, layout)| (layout, settings.request_timeout)),
-            };
+            let shared =
+                per_core::SharedParts {
+                    stop,
+                    disk: disk.clone(),
+                    webhook,
+                    metrics,
+                    partitions,
+                    cluster: config.cluster.as_ref().zip(layout).zip(cluster_stats).map(
+                        |((settings, layout), stats)| (layout, settings.request_timeout, stats),
+                    ),
+                };
             let result = match cores {
                 Cores::Kernel(cores) => {
                     per_core::run(cores, cpus, config.poll, parts, shared, links)

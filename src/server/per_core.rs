@@ -60,6 +60,7 @@ use crate::api::bridge::ApiInbox;
 use crate::cluster::Layout;
 use crate::cluster::bridge::{CoreLinks, Inbound};
 use crate::cluster::inflight::InFlight;
+use crate::cluster::stats::ClusterStats;
 use crate::webhook::dispatch::WebhookSender;
 
 /// What one core owns besides its transport.
@@ -85,9 +86,9 @@ pub struct SharedParts {
     pub metrics: Option<Arc<Metrics>>,
     /// The database's partitions: partition p is written by core p mod cores.
     pub partitions: Partitions,
-    /// This node's place in its cluster, and how long a request to another node may
-    /// go unanswered (`None`: no cluster).
-    pub cluster: Option<(Layout, Duration)>,
+    /// This node's place in its cluster, how long a request to another node may go
+    /// unanswered, and where the cluster layer counts (`None`: no cluster).
+    pub cluster: Option<(Layout, Duration, Arc<ClusterStats>)>,
 }
 
 /// Runs one loop per core, each pinned to `cpus[i]`, core `i` with `parts[i]`, until
@@ -116,7 +117,8 @@ where
     let core_count = u8::try_from(n).context("more than 255 cores")?;
     let layout = shared
         .cluster
-        .map_or(Layout::single(core_count), |(layout, _)| layout);
+        .as_ref()
+        .map_or(Layout::single(core_count), |(layout, _, _)| *layout);
     anyhow::ensure!(
         layout.cores == core_count,
         "the cluster layout has {} cores per node, this node runs {n}",
@@ -180,10 +182,13 @@ where
                         shared.webhook.clone(),
                         shared.disk.clone(),
                     );
-                    let plane = match shared.cluster {
-                        Some((layout, timeout)) => plane
-                            .with_writers(Writers::in_cluster(index, layout, shared.partitions))
-                            .with_cluster(InFlight::new(layout, shared.partitions, timeout)),
+                    let plane = match &shared.cluster {
+                        Some((layout, timeout, stats)) => plane
+                            .with_writers(Writers::in_cluster(index, *layout, shared.partitions))
+                            .with_cluster(
+                                InFlight::new(*layout, shared.partitions, *timeout),
+                                stats.clone(),
+                            ),
                         None => {
                             plane.with_writers(Writers::new(index, core_count, shared.partitions))
                         }

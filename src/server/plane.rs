@@ -25,6 +25,7 @@ use crate::api::bridge::ApiInbox;
 use crate::cluster::bridge::Inbound;
 use crate::cluster::gather;
 use crate::cluster::inflight::InFlight;
+use crate::cluster::stats::ClusterStats;
 use crate::webhook::dispatch::WebhookSender;
 
 /// One loop's control plane, committer and their side channels.
@@ -41,6 +42,8 @@ pub struct Plane<E: GroupEngine + 'static> {
     sent_away: usize,
     /// Requests waiting for another node of the cluster (`None`: no cluster).
     cluster: Option<InFlight>,
+    /// Where the requests another node left unanswered are counted.
+    cluster_stats: Option<Arc<ClusterStats>>,
     /// Writes sent to their partition's owner core, since start.
     pub writes_sent: u64,
     /// Writes applied here for another core, since start.
@@ -70,6 +73,7 @@ impl<E: GroupEngine + 'static> Plane<E> {
             outbox: Vec::new(),
             sent_away: 0,
             cluster: None,
+            cluster_stats: None,
             writes_sent: 0,
             writes_applied_for_others: 0,
             api,
@@ -87,8 +91,9 @@ impl<E: GroupEngine + 'static> Plane<E> {
 
     /// Sends requests for other nodes' partitions there, and asks every node that is up
     /// for reads that span them ([`crate::cluster`]).
-    pub fn with_cluster(mut self, inflight: InFlight) -> Self {
+    pub fn with_cluster(mut self, inflight: InFlight, stats: Arc<ClusterStats>) -> Self {
         self.cluster = Some(inflight);
+        self.cluster_stats = Some(stats);
         self
     }
 
@@ -110,9 +115,12 @@ impl<E: GroupEngine + 'static> Plane<E> {
             Inbound::Mail { from, mail } => self.take_mail(now, from, mail),
             Inbound::Down(nodes) => {
                 let control = &mut self.control;
-                cluster.nodes_down(nodes, |(ticket, result)| {
+                let n = cluster.nodes_down(nodes, |(ticket, result)| {
                     control.handle(now, Event::Storage { ticket, result });
                 });
+                if let Some(stats) = &self.cluster_stats {
+                    ClusterStats::add(&stats.requests_node_down, n as u64);
+                }
                 control.handle(
                     now,
                     Event::CoresDown {
@@ -181,6 +189,9 @@ impl<E: GroupEngine + 'static> Plane<E> {
         });
         if n > 0 {
             tracing::debug!(requests = n, "cluster: requests to another node timed out");
+            if let Some(stats) = &self.cluster_stats {
+                ClusterStats::add(&stats.requests_timed_out, n as u64);
+            }
         }
         true
     }
