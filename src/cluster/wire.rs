@@ -116,10 +116,12 @@ pub const MAX_PAGE_BYTES: usize = 512 * 1024;
 
 /// A sync or history page cut to [`MAX_PAGE_BYTES`]: a sync page keeps its first
 /// messages, a history page its newest (the ends a client is answered from), and says
-/// it has more. Nothing is lost by the cut: a client's answer holds at most 60 KiB of
-/// messages, so a page of more than `MAX_PAGE_BYTES − 60 KiB` is always cut again by
-/// the asking core, which then answers `has_more` with the device's old position (a
-/// sync) or the oldest seq it sent (history), and the client asks on from there.
+/// it has more (`has_more`; a history page `cut`). Nothing is lost by the cut: a
+/// client's answer holds at most 60 KiB of messages, so a page of more than
+/// `MAX_PAGE_BYTES − 60 KiB` is always cut again by the asking core, which then answers
+/// `has_more` with the device's old position (a sync) or the oldest seq it sent
+/// (history), and the client asks on from there; the HTTP API's history, which has no
+/// such budget, answers `has_more` for a `cut` page and the backend pages on.
 fn fit_page(reply: Reply) -> Reply {
     fn size(m: &petrel_storage::StoredMessage) -> usize {
         m.payload.len() + m.sender_device.len() + 64
@@ -148,6 +150,7 @@ fn fit_page(reply: Reply) -> Reply {
             let cut = page.messages.len() - keep;
             if cut > 0 {
                 page.messages.drain(..cut);
+                page.cut = true;
             }
             Reply::History(page)
         }
@@ -176,8 +179,9 @@ const MAGIC: u8 = 0xE7;
 /// two versions cannot read each other, and the version lets them say so instead of
 /// failing to decode. 2: the heartbeat names the node's pool and endpoints (version 1
 /// had no version byte). 3: mail names the receiving process's incarnation, a room
-/// owner's answers name the request they answer, and nodes ask each other the API's
-/// calls about sessions and chatrooms.
+/// owner's answers name the request they answer, a history page says it was cut, and
+/// nodes ask each other the API's calls about sessions and chatrooms. Every version
+/// keeps the sending node's index as the first byte after the version.
 pub const WIRE_VERSION: u8 = 3;
 
 /// Why bytes on a cluster subject are not an envelope this node can read.
@@ -365,20 +369,24 @@ mod tests {
         let history = petrel_storage::HistoryPage {
             messages,
             first_seq: 1,
+            cut: false,
         };
         let Reply::History(cut) = fit_page(Reply::History(history)) else {
             panic!("not a history page");
         };
         assert_eq!(cut.messages.last().map(|m| m.seq), Some(100));
+        assert!(cut.cut);
         assert!(cut.messages.len() < 100 && cut.messages.len() > 5);
         // A small page crosses whole.
         let small = petrel_storage::HistoryPage {
             messages: vec![message(1)],
             first_seq: 1,
+            cut: false,
         };
         let Reply::History(same) = fit_page(Reply::History(small)) else {
             panic!("not a history page");
         };
         assert_eq!(same.messages.len(), 1);
+        assert!(!same.cut);
     }
 }

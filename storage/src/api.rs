@@ -142,6 +142,11 @@ pub struct HistoryPage {
     /// Lowest seq the conversation still stores (0 if it is empty): when a page ends
     /// above 1, this says whether older messages exist or were removed by retention.
     pub first_seq: u64,
+    /// Older messages of the page were left out on the way (a cluster node cuts a page
+    /// too large to send another): there are more below the oldest one here, however
+    /// few this page holds. Engines never set it.
+    #[serde(default)]
+    pub cut: bool,
 }
 
 /// What one retention step removed ([`Request::Trim`]).

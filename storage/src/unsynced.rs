@@ -203,6 +203,7 @@ mod tests {
         HistoryPage {
             first_seq: messages.first().map_or(0, |m| m.seq),
             messages,
+            cut: false,
         }
     }
 

@@ -544,7 +544,7 @@ impl Control {
             ApiPending::History(id, limit) => {
                 let answer = match result {
                     Ok(Reply::History(page)) => {
-                        let has_more = page.messages.len() >= limit
+                        let has_more = (page.cut || page.messages.len() >= limit)
                             && page
                                 .messages
                                 .first()

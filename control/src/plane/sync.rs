@@ -229,7 +229,7 @@ impl Control {
         let messages = page.messages;
         // Storage returns ascending seq; the wire wants newest first. Older messages exist
         // only down to the first seq retention left.
-        let mut has_more = messages.len() >= ctx.limit
+        let mut has_more = (page.cut || messages.len() >= ctx.limit)
             && messages
                 .first()
                 .is_some_and(|m| m.seq > page.first_seq.max(1));

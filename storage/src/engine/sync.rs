@@ -328,6 +328,7 @@ impl<K: Kv> Store<K> {
             return Ok(HistoryPage {
                 messages: out,
                 first_seq: self.stored_first_seq(c)?,
+                cut: false,
             });
         }
         let start = keys::conversation_u64(c, 1);
@@ -354,6 +355,7 @@ impl<K: Kv> Store<K> {
         Ok(HistoryPage {
             messages: out,
             first_seq,
+            cut: false,
         })
     }
 }
