@@ -1288,4 +1288,34 @@ fn room_requests_whose_owner_goes_down_or_stays_silent_are_answered_once() {
     cores.take(alice);
     cores.room_send(bob, 7, 4).expect("bob sends");
     assert_eq!(cores.room_pushes(alice).last().map(|&(id, _)| id), Some(4));
+
+    // Carol asks to join twice; the first request times out while the second waits:
+    // she keeps the seat for the second, whose answer seats her.
+    let join_op = || pb::ConversationOp {
+        op: Some(Op::JoinChatroom(pb::JoinChatroom { room_id: 7 })),
+    };
+    let first = cores.submit(carol, join_op());
+    let mut held = cores.run_holding_rings();
+    let limit = Config::default().room_answer_timeout;
+    cores.now = cores.now.saturating_add(limit / 2);
+    let second = cores.submit(carol, join_op());
+    held.extend(cores.run_holding_rings());
+    cores.now = cores.now.saturating_add(limit / 2);
+    cores.controls[0].handle(cores.now, Event::Tick);
+    cores.run();
+    match cores.answer(carol, first) {
+        Some(Body::Error(e)) => assert_eq!(e.code, pb::ErrorCode::ServerBusy as i32),
+        other => panic!("the first join: {other:?}"),
+    }
+    cores.deliver(held);
+    assert!(
+        matches!(
+            cores.answer(carol, second),
+            Some(Body::ConversationOpResult(_))
+        ),
+        "the second join is answered"
+    );
+    cores.take(carol);
+    cores.room_send(bob, 7, 5).expect("bob sends");
+    assert_eq!(cores.room_pushes(carol).last().map(|&(id, _)| id), Some(5));
 }

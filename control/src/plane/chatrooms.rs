@@ -62,7 +62,7 @@ impl Control {
 
     /// Sends `message`, request `rid` of `conn` about `room`, to the core that owns the
     /// room, which answers it; it waits for that answer in [`super::room_answers`]
-    /// (`took_seat`: a join that took a seat, held meanwhile).
+    /// (`took_seat`: a join that took a seat, held meanwhile; false for the others).
     fn ask_owner(
         &mut self,
         now: Timestamp,
@@ -72,7 +72,8 @@ impl Control {
         message: CoreMessage,
     ) {
         let owner = room_owner(room, self.config.core_count);
-        self.await_room_answer(now, (conn, rid), owner, took_seat.then_some(room));
+        let join = matches!(message, CoreMessage::RoomJoin(_)).then_some((room, took_seat));
+        self.await_room_answer(now, (conn, rid), owner, join);
         self.actions.push_back(Action::ToCore {
             core: owner,
             message,

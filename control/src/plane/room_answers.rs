@@ -30,8 +30,8 @@ use crate::timers::TimerKind;
 struct Waiting {
     /// The owner core.
     owner: u8,
-    /// For a join that took a seat of its own, the room (the seat is held meanwhile).
-    seat: Option<u64>,
+    /// For a join: the room, and whether the join took the seat (held meanwhile).
+    join: Option<(u64, bool)>,
     /// When it is answered `SERVER_BUSY` if the owner has not answered.
     deadline: Timestamp,
 }
@@ -45,8 +45,8 @@ pub(super) struct RoomAnswers {
 }
 
 impl Control {
-    /// Request `rid` of `conn` went to `owner` core, which will answer it (`seat`: a
-    /// join, and the room of the seat it took for itself); it is answered `SERVER_BUSY`
+    /// Request `rid` of `conn` went to `owner` core, which will answer it (`join`: a
+    /// join of that room, and whether it took the seat); it is answered `SERVER_BUSY`
     /// if that answer does not come in time. (A request id already waiting keeps its
     /// first entry: the client cannot tell the two answers apart anyway.)
     pub(super) fn await_room_answer(
@@ -54,7 +54,7 @@ impl Control {
         now: Timestamp,
         (conn, rid): (ConnId, u32),
         owner: u8,
-        seat: Option<u64>,
+        join: Option<(u64, bool)>,
     ) {
         let deadline = now.saturating_add(self.config.room_answer_timeout);
         self.room_answers
@@ -62,7 +62,7 @@ impl Control {
             .entry((conn, rid))
             .or_insert(Waiting {
                 owner,
-                seat,
+                join,
                 deadline,
             });
         if !self.room_answers.sweep_armed {
@@ -119,20 +119,21 @@ impl Control {
 
     /// Answers request `rid` of `conn` `SERVER_BUSY`. A join gives up the seat it took
     /// (and takes the connection out of the owner's members, in case only the answer
-    /// was lost) unless a later join of the same room waits for it. Nothing is sent
-    /// to, or counted for, a connection that has closed meanwhile.
+    /// was lost) unless another join of the same room still waits, whose answer the
+    /// seat is for now. Nothing is sent to, or counted for, a connection that has
+    /// closed meanwhile.
     fn room_answer_lost(&mut self, conn: ConnId, rid: u32, waiting: Waiting) {
         if self.registry.get(conn).is_none() {
             return;
         }
         self.counters.room_answers_lost += 1;
-        if let Some(room) = waiting.seat {
-            let rejoining = self
+        if let Some((room, true)) = waiting.join {
+            let joining_again = self
                 .room_answers
                 .waiting
                 .iter()
-                .any(|(&(c, _), w)| c == conn && w.seat == Some(room));
-            if !rejoining {
+                .any(|(&(c, _), w)| c == conn && w.join.is_some_and(|(r, _)| r == room));
+            if !joining_again {
                 self.leave_room(room, conn);
             }
         }
