@@ -64,10 +64,15 @@ async fn listen(settings: &ClusterSettings) -> anyhow::Result<()> {
             Ok(Some(message)) => message,
             Ok(None) | Err(_) => return Ok(()),
         };
-        let Ok(envelope) = wire::decode::<Envelope>(&message.payload) else {
-            continue;
+        let ours = match wire::decode::<Envelope>(&message.payload) {
+            Ok(envelope) => envelope.node == node && matches!(envelope.body, Body::Hello(_)),
+            // Another wire version (an upgrade, where the old process may still run):
+            // every version puts the node's index right after the magic byte and the
+            // version, and a process that stopped says nothing more.
+            Err(wire::DecodeError::Version(_)) => message.payload.get(2) == Some(&node),
+            Err(_) => false,
         };
-        if envelope.node == node && matches!(envelope.body, Body::Hello(_)) {
+        if ours {
             bail!(
                 "another process runs as node {node} of cluster {:?}: it says hello on NATS \
                  ({}). Stop it first (`petrel admin drain`), or check --cluster-node",

@@ -100,8 +100,8 @@ const MIN_MAX_PAYLOAD: usize = 4 * 1024 * 1024;
 const PUBLISH_WAIT: Duration = Duration::from_millis(500);
 
 /// Publishes `envelope` on a task of its own, so the bridge goes on draining the cores'
-/// rings while NATS does not take it (a heartbeat or a resync must be sent even while
-/// mail is paused, and may wait up to [`PUBLISH_WAIT`] for room).
+/// rings while NATS does not take it (a heartbeat must be sent even while mail is
+/// paused, and may wait up to [`PUBLISH_WAIT`] for room).
 fn publish_detached(client: &async_nats::Client, subject: &str, envelope: &Envelope) {
     let bytes = match wire::encode(envelope) {
         Ok(bytes) => Bytes::from(bytes),
@@ -134,8 +134,27 @@ fn warn_if_small_payload(client: &async_nats::Client) {
 }
 
 /// Most pieces of mail from other nodes that wait here for one core's full inbound
-/// queue (beyond the queue's own [`RING`]); more are dropped.
+/// queue (beyond the queue's own [`RING`]); past it, what can be dropped is
+/// ([`droppable`]).
 const MAX_PENDING: usize = 4 * RING;
+
+/// Whether `inbound` may be dropped for a core far behind: requests and replies (the
+/// asker times out and answers `SERVER_BUSY`, the client sends again) and pushes (the
+/// next sync finds the message), not the notices nobody would send again.
+fn droppable(inbound: &Inbound) -> bool {
+    matches!(
+        inbound,
+        Inbound::Mail {
+            mail: Mail::Write { .. }
+                | Mail::Written { .. }
+                | Mail::Control(
+                    petrel_control::CoreMessage::Push(_)
+                        | petrel_control::CoreMessage::RoomPush { .. }
+                ),
+            ..
+        }
+    )
+}
 
 /// Wakes the bridge's task from a core (`RingOut`'s waker).
 struct NotifyWake(Arc<Notify>);
@@ -574,12 +593,15 @@ impl Task {
                 if self.heard(node, envelope.incarnation) {
                     // New to us: it may not have heard of our sessions either (it may
                     // never have seen us go): ask it to tell us its own again.
+                    // Before any mail the cores now send it (their announcements): a
+                    // resync after them would make it drop them again.
                     let resync = self.envelope(Body::Resync);
-                    publish_detached(
+                    self.publish(
                         client,
                         &wire::node_subject(&self.settings.name, node),
                         &resync,
-                    );
+                    )
+                    .await;
                 }
                 if let Some(peer) = &mut self.peers[slot]
                     && (peer.endpoints != hello.endpoints || peer.pool != hello.pool)
@@ -649,10 +671,12 @@ impl Task {
         } else {
             inbound
         };
-        // A core that stays behind: mail past the limit is dropped (as NATS may drop
-        // it: its requests time out, a push is found by the next sync), so memory stays
-        // bounded; the notices of nodes going and coming always wait their turn.
-        if waiting.len() >= MAX_PENDING && matches!(inbound, Inbound::Mail { .. }) {
+        // A core that stays behind: the bulk of the mail past the limit is dropped (as
+        // NATS may drop it: a request or its reply times out, a push is found by the next
+        // sync), so memory stays bounded. Notices are kept — logins, revocations, room
+        // membership, nodes going and coming — since nothing would send them again; they
+        // are bounded by the sessions and revocations there are.
+        if waiting.len() >= MAX_PENDING && droppable(&inbound) {
             self.dropped_inbound += 1;
             ClusterStats::add(&self.stats.dropped_core_behind, 1);
             if self.dropped_inbound.is_power_of_two() {
