@@ -182,7 +182,8 @@ impl ApiBridge {
 /// request about sessions: the first error if any refused it (cores refuse alike: the
 /// checks need no session; a node that did not answer is `SERVER_BUSY`), else
 /// the sessions ended summed, the session lists joined (by session id), the presence
-/// counts added user by user (the last activity, read from storage, is the same).
+/// counts added user by user (every core answers in the order asked) with the latest
+/// last activity (each node reads its own storage's).
 fn merge(answers: Vec<Answer>) -> Answer {
     let mut merged: Option<ApiReply> = None;
     for answer in answers {
@@ -298,5 +299,16 @@ impl ApiInbox {
     /// Whether calls are queued (the loop must not sleep on them).
     pub fn has_calls(&self) -> bool {
         !self.calls.is_empty()
+    }
+
+    /// Answers every queued call `ShuttingDown` without running it: the core is
+    /// stopping (its sessions are being ended), and a call must not wait for ever.
+    pub fn refuse_all(&mut self) {
+        while let Ok(call) = self.calls.try_recv() {
+            let _ = call.reply.send(Err(ApiError::new(
+                petrel_proto::pb::ErrorCode::ShuttingDown,
+                "this server is shutting down",
+            )));
+        }
     }
 }

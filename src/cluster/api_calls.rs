@@ -12,11 +12,12 @@
 //! request/reply, postcard after the wire's magic byte and version, [`super::wire`]):
 //! every node subscribes to its own subject ([`serve`]) and answers from its cores,
 //! never asking further. A node that is down is not asked (what it held is gone, or
-//! unreachable anyway), and one that turns out gone (NATS: no responders) is left out
-//! as if it were; one that is up and does not answer within the cluster's
-//! `request_timeout_ms` makes the whole call `SERVER_BUSY` (HTTP 503) naming it — every
-//! one of these calls can be made again (a kick or a revocation twice ends nothing
-//! twice).
+//! unreachable anyway), and one that answers that it is stopping (its sessions are
+//! ending) is left out the same way; one that is up and does not answer within the
+//! cluster's `request_timeout_ms`, or that nothing answers for (it stopped or lost NATS
+//! a moment ago: its sessions may still be there), makes the whole call `SERVER_BUSY`
+//! (HTTP 503) naming it — every one of these calls can be made again (a kick or a
+//! revocation twice ends nothing twice).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -79,8 +80,8 @@ impl ClusterApi {
     }
 
     /// The answers of every other node that is up to `request`, in node order. A node
-    /// found gone (nothing takes its calls any more: it stopped, or lost NATS, before
-    /// the others noticed) is left out, as a node known to be down is.
+    /// that says it is stopping (its sessions are ending) is left out, as a node known
+    /// to be down is.
     pub async fn ask_others(&self, request: &ApiRequest) -> Vec<Answer> {
         let up = self.up.load(Ordering::Relaxed);
         let asked = (0..self.layout.nodes)
@@ -101,7 +102,7 @@ impl ClusterApi {
             .unwrap_or_else(|| busy(node, "is down"))
     }
 
-    /// Node `node`'s answer to `request`, `None` if it is down or gone.
+    /// Node `node`'s answer to `request`, `None` if it is down or stopping.
     async fn request(&self, node: u8, request: &ApiRequest) -> Option<Answer> {
         if self.up.load(Ordering::Relaxed) & (1u64 << node) == 0 {
             return None;
@@ -109,7 +110,7 @@ impl ClusterApi {
         self.request_up(node, request).await
     }
 
-    /// Asks node `node`, which was up; `None` if nothing takes its calls.
+    /// Asks node `node`, which was up; `None` if it says it is stopping.
     async fn request_up(&self, node: u8, request: &ApiRequest) -> Option<Answer> {
         let busy = |why: &str| Some(busy(node, why));
         let Some(client) = self.client.get() else {
@@ -129,10 +130,15 @@ impl ClusterApi {
         let asked = client.request(subject, bytes.into());
         match tokio::time::timeout(self.timeout, asked).await {
             Ok(Ok(message)) => match wire::decode::<Reply>(&message.payload) {
+                Ok(Reply::Gone) => None,
                 Ok(reply) => Some(reply.into_answer()),
                 Err(e) => busy(&format!("answered what this node cannot read ({e})")),
             },
-            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => None,
+            // Nothing takes its calls, yet it was heard from: it stopped (or lost NATS)
+            // a moment ago, or cannot subscribe. Its sessions may still be there.
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                busy("takes no calls (it stopped or lost NATS a moment ago)")
+            }
             Ok(Err(e)) => busy(&format!("did not answer ({e})")),
             Err(_) => busy(&format!("did not answer within {:?}", self.timeout)),
         }
@@ -153,12 +159,14 @@ fn busy(node: u8, why: &str) -> Answer {
 /// the subscription ends. Each call is answered on a task of its own, so a slow one
 /// holds up no other.
 pub async fn serve(client: async_nats::Client, subject: String, local: ApiBridge) {
-    let mut calls = match client.subscribe(subject.clone()).await {
-        Ok(calls) => calls,
-        Err(e) => {
-            tracing::error!(%subject, error = %e,
-                "cluster: cannot take the other nodes' API calls; theirs will miss this node's sessions");
-            return;
+    let mut calls = loop {
+        match client.subscribe(subject.clone()).await {
+            Ok(calls) => break calls,
+            Err(e) => {
+                tracing::error!(%subject, error = %e,
+                    "cluster: cannot take the other nodes' API calls yet (theirs about sessions answer 503 meanwhile); trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     };
     while let Some(message) = calls.next().await {
@@ -169,6 +177,7 @@ pub async fn serve(client: async_nats::Client, subject: String, local: ApiBridge
         tokio::spawn(async move {
             let reply = match wire::decode::<Call>(&message.payload) {
                 Ok(call) => match local.call_local(call.into_request()).await {
+                    Ok(Err(e)) if e.code == pb::ErrorCode::ShuttingDown => Reply::Gone,
                     Ok(answer) => Reply::of(&answer),
                     Err(unanswered) => Reply::Error {
                         code: pb::ErrorCode::ServerBusy as i32,
@@ -176,8 +185,10 @@ pub async fn serve(client: async_nats::Client, subject: String, local: ApiBridge
                         retry_after_ms: 1_000,
                     },
                 },
+                // Two versions of Petrel that disagree on the calls: a server's
+                // problem, not the caller's.
                 Err(e) => Reply::Error {
-                    code: pb::ErrorCode::InvalidRequest as i32,
+                    code: pb::ErrorCode::Internal as i32,
                     message: format!("an API call this node cannot read: {e}"),
                     retry_after_ms: 0,
                 },
@@ -322,6 +333,8 @@ enum Reply {
     },
     /// A reply of a kind no call gets (a bug on the answering node).
     Unexpected(String),
+    /// The node is stopping: its sessions are ending, leave it out.
+    Gone,
 }
 
 impl Reply {
@@ -397,6 +410,12 @@ impl Reply {
                     message,
                     retry_after_ms,
                 });
+            }
+            Reply::Gone => {
+                return Err(ApiError::new(
+                    pb::ErrorCode::ShuttingDown,
+                    "the node is shutting down",
+                ));
             }
             Reply::Unexpected(what) => {
                 return Err(ApiError::new(

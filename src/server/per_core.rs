@@ -417,6 +417,9 @@ impl<I: CoreIo, E: GroupEngine + 'static> OwnerLoop<I, E> {
             // the restart); a reply to one of this core's writes still reaches the
             // control plane, which tells its client nothing more now.
             // Mail from other nodes' cores the same way; their notices no longer matter.
+            // API calls (this node's, or another node's asking about this one) are
+            // refused at once: this core's sessions are ending.
+            self.plane.refuse_api_calls();
             let now_ts = now();
             for (core, rx) in &self.ins {
                 while let Ok(mail) = rx.try_recv() {

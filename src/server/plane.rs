@@ -318,6 +318,13 @@ impl<E: GroupEngine + 'static> Plane<E> {
         }
     }
 
+    /// Answers the queued API calls `ShuttingDown` (this core is stopping).
+    pub fn refuse_api_calls(&mut self) {
+        if let Some(api) = &mut self.api {
+            api.refuse_all();
+        }
+    }
+
     /// Whether something waits that the loop must not sleep on: replies ready, or API
     /// calls queued.
     pub fn has_work(&mut self) -> bool {
