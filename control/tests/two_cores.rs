@@ -1318,4 +1318,27 @@ fn room_requests_whose_owner_goes_down_or_stays_silent_are_answered_once() {
     cores.take(carol);
     cores.room_send(bob, 7, 5).expect("bob sends");
     assert_eq!(cores.room_pushes(carol).last().map(|&(id, _)| id), Some(5));
+
+    // Dave asks twice and neither answer comes: each request is answered once.
+    let dave = cores.login(0, DAVE, "d-phone2", pb::Platform::Android);
+    let first = cores.submit(dave, join_op());
+    let mut lost = cores.run_holding_rings();
+    cores.now = cores.now.saturating_add(limit / 2);
+    let second = cores.submit(dave, join_op());
+    lost.extend(cores.run_holding_rings());
+    drop(lost);
+    cores.now = cores.now.saturating_add(limit);
+    cores.controls[0].handle(cores.now, Event::Tick);
+    cores.run();
+    for rid in [first, second] {
+        match cores.answer(dave, rid) {
+            Some(Body::Error(e)) => assert_eq!(e.code, pb::ErrorCode::ServerBusy as i32),
+            other => panic!("dave's join {rid}: {other:?}"),
+        }
+    }
+    // And he may join again, and hears the room.
+    cores.join(dave, 7).expect("dave joins");
+    cores.take(dave);
+    cores.room_send(bob, 7, 6).expect("bob sends");
+    assert_eq!(cores.room_pushes(dave).last().map(|&(id, _)| id), Some(6));
 }

@@ -128,13 +128,17 @@ impl Control {
         }
         self.counters.room_answers_lost += 1;
         if let Some((room, true)) = waiting.join {
-            let joining_again = self
+            // The seat passes to the join of the room still waiting, if any (the one
+            // sent first: a fixed choice), which gives it up in turn if it is lost too.
+            let next = self
                 .room_answers
                 .waiting
-                .iter()
-                .any(|(&(c, _), w)| c == conn && w.join.is_some_and(|(r, _)| r == room));
-            if !joining_again {
-                self.leave_room(room, conn);
+                .iter_mut()
+                .filter(|(key, w)| key.0 == conn && w.join.is_some_and(|(r, _)| r == room))
+                .min_by_key(|(key, w)| (w.deadline, key.1));
+            match next {
+                Some((_, w)) => w.join = Some((room, true)),
+                None => self.leave_room(room, conn),
             }
         }
         self.send_error(
