@@ -138,22 +138,30 @@ fn warn_if_small_payload(client: &async_nats::Client) {
 /// ([`droppable`]).
 const MAX_PENDING: usize = 4 * RING;
 
-/// Whether `inbound` may be dropped for a core far behind: requests and replies (the
-/// asker times out and answers `SERVER_BUSY`, the client sends again) and pushes (the
-/// next sync finds the message), not the notices nobody would send again.
+/// Whether `inbound` may be dropped for a core far behind: everything but the notices
+/// nobody would send again — logins and their acknowledgements, last logouts,
+/// replacements, revocations, room departures and removals, nodes going and coming.
+/// What is dropped is answered elsewhere: a request or its reply by the asker's
+/// time-out (`SERVER_BUSY`, the client sends again), a push by the next sync.
 fn droppable(inbound: &Inbound) -> bool {
-    matches!(
-        inbound,
+    use petrel_control::CoreMessage as M;
+    match inbound {
         Inbound::Mail {
-            mail: Mail::Write { .. }
-                | Mail::Written { .. }
-                | Mail::Control(
-                    petrel_control::CoreMessage::Push(_)
-                        | petrel_control::CoreMessage::RoomPush { .. }
-                ),
+            mail: Mail::Control(message),
             ..
-        }
-    )
+        } => !matches!(
+            message,
+            M::LoggedIn(_)
+                | M::LoginSeen { .. }
+                | M::Offline { .. }
+                | M::Replace { .. }
+                | M::Revoked { .. }
+                | M::RoomLeft { .. }
+                | M::RoomRemoved { .. }
+        ),
+        Inbound::Mail { .. } => true,
+        Inbound::Down(_) | Inbound::Up(_) | Inbound::Endpoints(_) => false,
+    }
 }
 
 /// Wakes the bridge's task from a core (`RingOut`'s waker).
@@ -595,13 +603,15 @@ impl Task {
                     // never have seen us go): ask it to tell us its own again.
                     // Before any mail the cores now send it (their announcements): a
                     // resync after them would make it drop them again.
-                    let resync = self.envelope(Body::Resync);
-                    self.publish(
-                        client,
-                        &wire::node_subject(&self.settings.name, node),
-                        &resync,
-                    )
-                    .await;
+                    if self.can_publish(client) {
+                        let resync = self.envelope(Body::Resync);
+                        self.publish(
+                            client,
+                            &wire::node_subject(&self.settings.name, node),
+                            &resync,
+                        )
+                        .await;
+                    }
                 }
                 if let Some(peer) = &mut self.peers[slot]
                     && (peer.endpoints != hello.endpoints || peer.pool != hello.pool)
@@ -673,9 +683,8 @@ impl Task {
         };
         // A core that stays behind: the bulk of the mail past the limit is dropped (as
         // NATS may drop it: a request or its reply times out, a push is found by the next
-        // sync), so memory stays bounded. Notices are kept — logins, revocations, room
-        // membership, nodes going and coming — since nothing would send them again; they
-        // are bounded by the sessions and revocations there are.
+        // sync), so memory stays bounded. Notices are kept, since nothing would send them
+        // again ([`droppable`]).
         if waiting.len() >= MAX_PENDING && droppable(&inbound) {
             self.dropped_inbound += 1;
             ClusterStats::add(&self.stats.dropped_core_behind, 1);
