@@ -260,6 +260,12 @@ pub fn channel(wakers: Vec<Arc<dyn Wake>>) -> (ApiBridge, Vec<ApiInbox>) {
     )
 }
 
+impl Drop for ApiInbox {
+    fn drop(&mut self) {
+        self.refuse_all();
+    }
+}
+
 /// A core's side.
 pub struct ApiInbox {
     calls: Receiver<ApiCall>,
@@ -303,6 +309,8 @@ impl ApiInbox {
 
     /// Answers every queued call `ShuttingDown` without running it: the core is
     /// stopping (its sessions are being ended), and a call must not wait for ever.
+    /// (Dropping the inbox does the same for the calls still queued then; later ones
+    /// find the channel closed.)
     pub fn refuse_all(&mut self) {
         while let Ok(call) = self.calls.try_recv() {
             let _ = call.reply.send(Err(ApiError::new(

@@ -4,8 +4,8 @@
 //! exited, a copied config with the wrong `--cluster-node`) would both own that node's
 //! partitions: both would take writes for the same conversations, on two disks, and the
 //! other nodes would take their heartbeats for restarts, one after the other. So a node
-//! listens to the cluster's heartbeats for two heartbeat intervals before it opens a
-//! listener or says anything: a running process of its index says hello in that time,
+//! listens to the cluster's heartbeats for three heartbeat intervals (at least half a
+//! second) before it opens a listener or says anything: a running process of its index says hello in that time,
 //! and the new one refuses to start, naming it. A process that stopped (drained,
 //! SIGTERM, killed) says nothing more, and the new one goes ahead.
 //!
@@ -25,8 +25,11 @@ use super::wire::{self, Body, Envelope};
 /// unchecked (and keeps trying to connect, as it always does).
 const CONNECT_WAIT: Duration = Duration::from_secs(2);
 
+/// The shortest time the check listens, whatever the heartbeat.
+const LISTEN_AT_LEAST: Duration = Duration::from_millis(500);
+
 /// Refuses (an error naming why) when another process says hello as node
-/// `settings.node` within two heartbeats; starts unchecked, with a warning, when NATS
+/// `settings.node` within three heartbeats; starts unchecked, with a warning, when NATS
 /// cannot be reached.
 pub fn check(settings: &ClusterSettings) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -57,7 +60,10 @@ async fn listen(settings: &ClusterSettings) -> anyhow::Result<()> {
     let mut hellos = client
         .subscribe(wire::hello_subject(&settings.name))
         .await?;
-    let until = Instant::now() + settings.heartbeat * 2;
+    // Listening from when the server has the subscription, for a few heartbeats (a
+    // busy machine delays some).
+    client.flush().await?;
+    let until = Instant::now() + (settings.heartbeat * 3).max(LISTEN_AT_LEAST);
     loop {
         let left = until.saturating_duration_since(Instant::now());
         let message = match tokio::time::timeout(left, hellos.next()).await {

@@ -30,7 +30,7 @@ use petrel_proto::pb;
 use serde::{Deserialize, Serialize};
 
 use super::{Layout, wire};
-use crate::api::bridge::{Answer, ApiBridge};
+use crate::api::bridge::{Answer, ApiBridge, Unanswered};
 
 /// This node's way to the other nodes' APIs. Shared by the HTTP side (which asks) and
 /// the cluster bridge (which connects it and keeps it told which nodes are up).
@@ -99,7 +99,7 @@ impl ClusterApi {
     pub async fn ask(&self, node: u8, request: &ApiRequest) -> Answer {
         self.request(node, request)
             .await
-            .unwrap_or_else(|| busy(node, "is down"))
+            .unwrap_or_else(|| busy(node, "is down or stopping"))
     }
 
     /// Node `node`'s answer to `request`, `None` if it is down or stopping.
@@ -179,9 +179,11 @@ pub async fn serve(client: async_nats::Client, subject: String, local: ApiBridge
                 Ok(call) => match local.call_local(call.into_request()).await {
                     Ok(Err(e)) if e.code == pb::ErrorCode::ShuttingDown => Reply::Gone,
                     Ok(answer) => Reply::of(&answer),
-                    Err(unanswered) => Reply::Error {
+                    // The cores have stopped: the node is on its way out.
+                    Err(Unanswered::Stopped) => Reply::Gone,
+                    Err(Unanswered::Busy) => Reply::Error {
                         code: pb::ErrorCode::ServerBusy as i32,
-                        message: format!("the node's cores did not take the call: {unanswered:?}"),
+                        message: "the node's cores have too many API calls queued".to_owned(),
                         retry_after_ms: 1_000,
                     },
                 },

@@ -145,7 +145,6 @@ pub struct HistoryPage {
     /// Older messages of the page were left out on the way (a cluster node cuts a page
     /// too large to send another): there are more below the oldest one here, however
     /// few this page holds. Engines never set it.
-    #[serde(default)]
     pub cut: bool,
 }
 
