@@ -437,6 +437,17 @@ fn the_cluster_heals_after_nats_restarts() {
 /// The API key of the dispatch test's nodes.
 const API_KEY: &str = "cluster-test-api-key-0123456789";
 
+/// The config lines of an API on a free port with [`API_KEY`], whose key file goes in
+/// `dir` (which must outlive the nodes).
+fn api_config(dir: &std::path::Path) -> String {
+    let key_file = dir.join("api.key");
+    std::fs::write(&key_file, format!("{API_KEY}\n")).expect("api key");
+    format!(
+        "api_addr = \"127.0.0.1:0\"\napi_key_file = {:?}\n",
+        key_file.display().to_string()
+    )
+}
+
 /// What node `server`'s directory answers `user` (with a token of theirs).
 fn dispatch(server: &TestServer, user: u64) -> serde_json::Value {
     let addr = server.dispatch.expect("a dispatch directory");
@@ -494,13 +505,10 @@ fn dispatch_sends_a_dedicated_user_to_its_pool_and_to_the_backup_domain_when_it_
         .port();
     let backup_domain = format!("localhost:{backup_port}");
     let dir = tempfile::tempdir().expect("tempdir");
-    let key_file = dir.path().join("api.key");
-    std::fs::write(&key_file, format!("{API_KEY}\n")).expect("api key");
     let extra = format!(
-        "api_addr = \"127.0.0.1:0\"\napi_key_file = {:?}\n\
-         [dispatch]\naddr = \"127.0.0.1:0\"\nbackup = [{backup_domain:?}]\n\
+        "{}[dispatch]\naddr = \"127.0.0.1:0\"\nbackup = [{backup_domain:?}]\n\
          pools = {{ dedicated = [2] }}\n",
-        key_file.display().to_string()
+        api_config(dir.path())
     );
     let mut cluster = Cluster::start(3, &extra);
     let backup_dir = dir.path().join("backup");
@@ -639,12 +647,7 @@ fn dispatch_sends_a_dedicated_user_to_its_pool_and_to_the_backup_domain_when_it_
 #[test]
 fn one_nodes_api_answers_for_the_sessions_and_chatrooms_of_every_node() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let key_file = dir.path().join("api.key");
-    std::fs::write(&key_file, format!("{API_KEY}\n")).expect("api key");
-    let extra = format!(
-        "api_addr = \"127.0.0.1:0\"\napi_key_file = {:?}\nmetrics_addr = \"127.0.0.1:0\"\n",
-        key_file.display().to_string()
-    );
+    let extra = format!("{}metrics_addr = \"127.0.0.1:0\"\n", api_config(dir.path()));
     let mut cluster = Cluster::start(3, &extra);
     let (on_0, on_1, on_2, nowhere) = (9_201u64, 9_202u64, 9_203u64, 9_204u64);
     let login = |node: &TestServer, user: u64| {
@@ -839,11 +842,9 @@ fn a_second_process_as_a_running_node_refuses_to_start() {
 #[test]
 fn a_token_revoked_while_a_node_was_down_is_refused_there_once_it_is_back() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let key_file = dir.path().join("api.key");
-    std::fs::write(&key_file, format!("{API_KEY}\n")).expect("api key");
     let extra = format!(
-        "api_addr = \"127.0.0.1:0\"\napi_key_file = {:?}\n[dispatch]\naddr = \"127.0.0.1:0\"\n",
-        key_file.display().to_string()
+        "{}[dispatch]\naddr = \"127.0.0.1:0\"\n",
+        api_config(dir.path())
     );
     let mut cluster = Cluster::start(3, &extra);
     let user = 9_301u64;
