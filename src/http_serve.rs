@@ -46,7 +46,9 @@ pub struct Limits {
     /// Connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
     /// Connections from one client address at once (IPv4-mapped IPv6 counts as the
-    /// IPv4 address); 0: no limit.
+    /// IPv4 address, an IPv6 client as its /64); 0: no limit. Past it a plaintext
+    /// connection is answered `429` (at most 64 such answers at once; more are closed
+    /// without one), a TLS one closed before the handshake.
     pub max_per_address: usize,
     /// A request's headers must arrive within this, and an idle kept-alive connection
     /// is closed after it.

@@ -127,8 +127,9 @@ fn warn_if_small_payload(client: &async_nats::Client) {
         tracing::warn!(
             max_payload,
             wanted = MIN_MAX_PAYLOAD,
-            "cluster: NATS's max_payload is small: a large sync or history answer between nodes \
-             is refused and its request times out every time; set max_payload: 8MB in the NATS config"
+            "cluster: NATS's max_payload is small: a large answer between nodes (a big group's \
+             member list, a long conversation list) is refused and its request times out every \
+             time; set max_payload: 8MB in the NATS config"
         );
     }
 }
