@@ -836,6 +836,49 @@ fn a_second_process_as_a_running_node_refuses_to_start() {
     assert!(run().is_none(), "the node did not start once alone");
 }
 
+/// Two processes serving as one node (the second started while NATS was down, so its
+/// start-up check heard nothing): once they hear each other, one of them stops, with
+/// an error naming why, and the other serves on.
+#[test]
+fn of_two_processes_serving_as_one_node_one_stops() {
+    let mut cluster = Cluster::start(2, "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = &cluster.nodes[1];
+    std::fs::copy(first.data_dir().join("keys"), dir.path().join("keys")).expect("keys");
+    let config = std::fs::read_to_string(first.data_dir().join("petrel.toml")).expect("config");
+    let cluster_table = &config[config.find("[cluster]").expect("a [cluster] table")..];
+    cluster.nats.kill();
+    let mut second = TestServer::start_in(
+        Dataplane::Kernel,
+        dir.path(),
+        &format!("cores = [0, 1]\nownership = \"per-core\"\n{cluster_table}"),
+    );
+    cluster.nats.start_again();
+    let since = Instant::now();
+    let (stopped, left) = loop {
+        let (a, b) = (cluster.nodes[1].has_exited(), second.has_exited());
+        if a || b {
+            assert!(!(a && b), "both stopped");
+            break if a {
+                (&mut cluster.nodes[1], &mut second)
+            } else {
+                (&mut second, &mut cluster.nodes[1])
+            };
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "both still serve as node 1"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        !stopped.wait_exit(Duration::from_secs(5)).success(),
+        "the process that yielded exits with an error"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(left.is_running(), "the other one serves on");
+}
+
 /// A token revoked while a node was down is refused by that node's own services (the
 /// dispatch directory reads revocations from the node's database) once it is back: the
 /// other nodes announce their revocations to it, and it stores them.

@@ -10,8 +10,9 @@
 //! SIGTERM, killed) says nothing more, and the new one goes ahead.
 //!
 //! What this does not catch: a process cut off from NATS while the new one starts
-//! (silence looks like a stopped node). Two processes that hear each other once both
-//! serve are logged as an error by both (`super::bridge`).
+//! (silence looks like a stopped node), or NATS down then. Two processes that hear each
+//! other once both serve settle it there (`super::bridge`): the one with the higher
+//! random id stops, with an error.
 
 use std::time::{Duration, Instant};
 

@@ -188,6 +188,8 @@ pub struct DispatchLink {
     pub api: (Arc<ClusterApi>, ApiBridge),
     /// Where the bridge counts its traffic, for the metrics.
     pub stats: Arc<ClusterStats>,
+    /// Stops this node: another process serving as it was heard, and this one yields.
+    pub yield_node: Box<dyn Fn() + Send + Sync>,
 }
 
 /// Starts the bridge for this node (`layout`), whose cores `wakers` wake and whose
@@ -243,6 +245,8 @@ pub fn start(
         pools: dispatch.pools,
         api: dispatch.api,
         stats: dispatch.stats,
+        yield_node: dispatch.yield_node,
+        yielded: false,
         incarnation: rand::random::<u64>() | 1,
         outbound,
         inbound,
@@ -294,6 +298,10 @@ struct Task {
     pools: Arc<PoolBook>,
     api: (Arc<ClusterApi>, ApiBridge),
     stats: Arc<ClusterStats>,
+    /// Stops this node (see [`DispatchLink::yield_node`]).
+    yield_node: Box<dyn Fn() + Send + Sync>,
+    /// Whether this node yielded to another process serving as it.
+    yielded: bool,
     incarnation: u64,
     /// (from, to, ring) for every local core and every remote core.
     outbound: Vec<(u8, u8, Receiver<Mail>)>,
@@ -565,10 +573,20 @@ impl Task {
         }
         if node == self.layout.node {
             if envelope.incarnation != self.incarnation && matches!(envelope.body, Body::Hello(_)) {
+                // Both serve (the start-up check did not catch it: NATS was cut off from
+                // one of them then). Two owners of one node's conversations must not
+                // go on: the one with the higher random id stops, the other logs.
+                let yields = self.incarnation > envelope.incarnation;
                 tracing::error!(
                     node,
-                    "cluster: another process runs as this node; check --cluster-node"
+                    yields,
+                    "cluster: another process runs as this node; check --cluster-node. \
+                     Of the two, the one with the higher random id stops"
                 );
+                if yields && !self.yielded {
+                    self.yielded = true;
+                    (self.yield_node)();
+                }
             }
             return;
         }

@@ -429,6 +429,8 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Set when this cluster node stops because another process serves as it.
+    let yielded = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
         let home_waker = home_waker.clone();
@@ -621,6 +623,15 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
                             .zip(api_bridge.clone())
                             .context("a cluster node has its API bridge")?,
                         stats: cluster_stats.clone().context("a cluster node counts")?,
+                        yield_node: {
+                            let (stop, waker, yielded) =
+                                (stop.clone(), home_waker.clone(), yielded.clone());
+                            Box::new(move || {
+                                yielded.store(true, Ordering::Relaxed);
+                                stop.store(true, Ordering::Relaxed);
+                                let _ = waker.wake();
+                            })
+                        },
                     };
                     let (bridge, links) = crate::cluster::bridge::start(
                         settings,
@@ -665,6 +676,12 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         webhooks.stop();
     }
     result?;
+    if yielded.load(Ordering::Relaxed) {
+        anyhow::bail!(
+            "stopped: another process serves as this cluster node (see the log); run one \
+             process per node index"
+        );
+    }
     tracing::info!("stopped");
     Ok(if disk.restart.load(Ordering::Relaxed) {
         Stopped::ForStorageRestart

@@ -57,9 +57,19 @@ impl Nats {
     /// Kills it (SIGKILL: every connection drops at once), waits `down`, and starts it
     /// again on the same port.
     pub fn restart(&mut self, down: Duration) {
+        self.kill();
+        std::thread::sleep(down);
+        self.start_again();
+    }
+
+    /// Kills it (SIGKILL); [`Nats::start_again`] brings it back.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        std::thread::sleep(down);
+    }
+
+    /// Starts it again on the same port, after [`Nats::kill`].
+    pub fn start_again(&mut self) {
         self.child = spawn_nats(&self.conf, self.addr);
     }
 }
