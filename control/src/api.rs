@@ -133,7 +133,7 @@ pub enum ApiRequest {
 }
 
 /// The operations of [`ApiRequest::Chatroom`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ApiChatroomOp {
     /// Who is in it now.
     Members,
@@ -238,7 +238,7 @@ pub enum ApiConversationOp {
 }
 
 /// One logged-in device, for [`ApiReply::Sessions`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionInfo {
     /// Server-assigned session id.
     pub session_id: u64,
@@ -255,7 +255,7 @@ pub struct SessionInfo {
 }
 
 /// One user's presence, for [`ApiReply::Presence`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Presence {
     /// The user.
     pub user: u64,

@@ -24,7 +24,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use petrel_control::Timestamp;
 use petrel_control::api::{ApiChatroomOp, ApiError, ApiReply, ApiRequest, Presence, SessionInfo};
 use petrel_proto::pb;
 use serde::{Deserialize, Serialize};
@@ -229,17 +228,8 @@ enum Call {
     },
     Chatroom {
         room: u64,
-        op: RoomOp,
+        op: ApiChatroomOp,
     },
-}
-
-/// [`ApiChatroomOp`] on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-enum RoomOp {
-    Members,
-    Kick { user: u64 },
-    Close,
-    Open,
 }
 
 impl Call {
@@ -265,12 +255,7 @@ impl Call {
             ApiRequest::RevokeUser { user } => Call::RevokeUser { user: *user },
             ApiRequest::Chatroom { room, op } => Call::Chatroom {
                 room: *room,
-                op: match *op {
-                    ApiChatroomOp::Members => RoomOp::Members,
-                    ApiChatroomOp::Kick { user } => RoomOp::Kick { user },
-                    ApiChatroomOp::Close => RoomOp::Close,
-                    ApiChatroomOp::Open => RoomOp::Open,
-                },
+                op: *op,
             },
             _ => return None,
         })
@@ -291,28 +276,9 @@ impl Call {
             Call::Presence { users } => ApiRequest::Presence { users },
             Call::RevokeToken { token } => ApiRequest::RevokeToken { token },
             Call::RevokeUser { user } => ApiRequest::RevokeUser { user },
-            Call::Chatroom { room, op } => ApiRequest::Chatroom {
-                room,
-                op: match op {
-                    RoomOp::Members => ApiChatroomOp::Members,
-                    RoomOp::Kick { user } => ApiChatroomOp::Kick { user },
-                    RoomOp::Close => ApiChatroomOp::Close,
-                    RoomOp::Open => ApiChatroomOp::Open,
-                },
-            },
+            Call::Chatroom { room, op } => ApiRequest::Chatroom { room, op },
         }
     }
-}
-
-/// One online device, on the wire ([`SessionInfo`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct WireSession {
-    session_id: u64,
-    device: String,
-    platform: i32,
-    connected_at_ms: u64,
-    last_activity_ms: u64,
-    expires_at_ms: u64,
 }
 
 /// A node's answer to a [`Call`].
@@ -321,9 +287,9 @@ enum Reply {
     Ended {
         sessions: u64,
     },
-    Sessions(Vec<WireSession>),
-    /// Per user asked, in order: (user, devices, last active).
-    Presence(Vec<(u64, u64, Option<u64>)>),
+    Sessions(Vec<SessionInfo>),
+    /// Per user asked, in order.
+    Presence(Vec<Presence>),
     Chatroom {
         users: Vec<u64>,
         closed: bool,
@@ -350,23 +316,8 @@ impl Reply {
             Ok(ApiReply::Ended { sessions }) => Reply::Ended {
                 sessions: *sessions as u64,
             },
-            Ok(ApiReply::Sessions(list)) => Reply::Sessions(
-                list.iter()
-                    .map(|s| WireSession {
-                        session_id: s.session_id,
-                        device: s.device.clone(),
-                        platform: s.platform,
-                        connected_at_ms: s.connected_at.as_millis(),
-                        last_activity_ms: s.last_activity.as_millis(),
-                        expires_at_ms: s.expires_at.as_millis(),
-                    })
-                    .collect(),
-            ),
-            Ok(ApiReply::Presence(list)) => Reply::Presence(
-                list.iter()
-                    .map(|p| (p.user, p.devices as u64, p.last_active_ms))
-                    .collect(),
-            ),
+            Ok(ApiReply::Sessions(list)) => Reply::Sessions(list.clone()),
+            Ok(ApiReply::Presence(list)) => Reply::Presence(list.clone()),
             Ok(ApiReply::Chatroom { users, closed }) => Reply::Chatroom {
                 users: users.clone(),
                 closed: *closed,
@@ -380,27 +331,8 @@ impl Reply {
             Reply::Ended { sessions } => ApiReply::Ended {
                 sessions: usize::try_from(sessions).unwrap_or(usize::MAX),
             },
-            Reply::Sessions(list) => ApiReply::Sessions(
-                list.into_iter()
-                    .map(|s| SessionInfo {
-                        session_id: s.session_id,
-                        device: s.device,
-                        platform: s.platform,
-                        connected_at: Timestamp::from_millis(s.connected_at_ms),
-                        last_activity: Timestamp::from_millis(s.last_activity_ms),
-                        expires_at: Timestamp::from_millis(s.expires_at_ms),
-                    })
-                    .collect(),
-            ),
-            Reply::Presence(list) => ApiReply::Presence(
-                list.into_iter()
-                    .map(|(user, devices, last_active_ms)| Presence {
-                        user,
-                        devices: usize::try_from(devices).unwrap_or(usize::MAX),
-                        last_active_ms,
-                    })
-                    .collect(),
-            ),
+            Reply::Sessions(list) => ApiReply::Sessions(list),
+            Reply::Presence(list) => ApiReply::Presence(list),
             Reply::Chatroom { users, closed } => ApiReply::Chatroom { users, closed },
             Reply::Error {
                 code,
@@ -432,6 +364,7 @@ impl Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use petrel_control::Timestamp;
 
     #[test]
     fn calls_and_answers_cross_the_wire_unchanged() {
