@@ -256,9 +256,6 @@ pub fn start(
         left: vec![None; usize::from(layout.nodes)],
         pending: (0..layout.cores).map(|_| Default::default()).collect(),
         stalled_until: None,
-        undecodable: 0,
-        dropped: 0,
-        dropped_inbound: 0,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -317,11 +314,6 @@ struct Task {
     pending: Vec<std::collections::VecDeque<Inbound>>,
     /// Publishing pauses until then after a publish that NATS did not take in time.
     stalled_until: Option<Instant>,
-    undecodable: u64,
-    /// Parcels dropped for nodes down or NATS unreachable.
-    dropped: u64,
-    /// Mail from other nodes dropped for a core far behind ([`MAX_PENDING`]).
-    dropped_inbound: u64,
 }
 
 impl Task {
@@ -441,12 +433,12 @@ impl Task {
             }
             let parcels = std::mem::take(parcels);
             if !self.can_publish(client) || self.peers[node].is_none() {
-                self.dropped += parcels.len() as u64;
-                ClusterStats::add(&self.stats.dropped_unreachable, parcels.len() as u64);
-                if self.dropped.is_power_of_two() {
+                let dropped =
+                    ClusterStats::add(&self.stats.dropped_unreachable, parcels.len() as u64);
+                if dropped.is_power_of_two() {
                     tracing::warn!(
                         node,
-                        dropped = self.dropped,
+                        dropped,
                         "cluster: mail for a node that is down or unreachable dropped"
                     );
                 }
@@ -487,7 +479,6 @@ impl Task {
         let mut pending = vec![parcels];
         while let Some(mut parcels) = pending.pop() {
             if !self.can_publish(client) {
-                self.dropped += parcels.len() as u64;
                 ClusterStats::add(&self.stats.dropped_unreachable, parcels.len() as u64);
                 continue;
             }
@@ -552,15 +543,14 @@ impl Task {
         let envelope = match wire::decode::<Envelope>(payload) {
             Ok(envelope) => envelope,
             Err(e) => {
-                self.undecodable += 1;
-                ClusterStats::add(&self.stats.undecodable, 1);
-                if self.undecodable.is_power_of_two() {
+                let undecodable = ClusterStats::add(&self.stats.undecodable, 1);
+                if undecodable.is_power_of_two() {
                     match e {
                         wire::DecodeError::Version(_) => tracing::error!(error = %e,
-                            count = self.undecodable,
+                            count = undecodable,
                             "cluster: nodes of two versions cannot share a cluster; each \
                              counts the other as down (upgrade with a full restart)"),
-                        _ => tracing::warn!(error = %e, count = self.undecodable,
+                        _ => tracing::warn!(error = %e, count = undecodable,
                             "cluster: an undecodable message on our subjects"),
                     }
                 }
@@ -705,12 +695,11 @@ impl Task {
         // sync), so memory stays bounded. Notices are kept, since nothing would send them
         // again ([`droppable`]).
         if waiting.len() >= MAX_PENDING && droppable(&inbound) {
-            self.dropped_inbound += 1;
-            ClusterStats::add(&self.stats.dropped_core_behind, 1);
-            if self.dropped_inbound.is_power_of_two() {
+            let dropped = ClusterStats::add(&self.stats.dropped_core_behind, 1);
+            if dropped.is_power_of_two() {
                 tracing::warn!(
                     core = local,
-                    dropped = self.dropped_inbound,
+                    dropped,
                     "cluster: a core is far behind on mail from other nodes; dropping some"
                 );
             }

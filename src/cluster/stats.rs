@@ -36,11 +36,13 @@ pub struct ClusterStats {
 }
 
 impl ClusterStats {
-    /// Adds `n` to `counter`.
-    pub fn add(counter: &AtomicU64, n: u64) {
-        if n > 0 {
-            counter.fetch_add(n, Ordering::Relaxed);
+    /// Adds `n` to `counter`; its new value (for logging the first few of something
+    /// and then ever more rarely).
+    pub fn add(counter: &AtomicU64, n: u64) -> u64 {
+        if n == 0 {
+            return counter.load(Ordering::Relaxed);
         }
+        counter.fetch_add(n, Ordering::Relaxed).wrapping_add(n)
     }
 
     /// The value of `counter`.
