@@ -25,7 +25,9 @@ pub fn prefix_len(cf: Cf) -> Option<usize> {
         Cf::Inbox | Cf::UserConversations | Cf::Cursors => Some(8),
         // Unread mentions are counted within one user's conversation.
         Cf::Mentions => Some(8 + CONV_LEN),
-        Cf::Dedup | Cf::Activity | Cf::Revoked | Cf::Conversations | Cf::Meta => None,
+        Cf::Dedup | Cf::Activity | Cf::Revoked | Cf::Conversations | Cf::Meta | Cf::ReplicaLog => {
+            None
+        }
     }
 }
 

@@ -693,7 +693,11 @@ pub fn fail_not_durable(
     let msg = format!("WAL sync failed, write not durable: {cause}");
     for (w, r) in writes.iter().zip(replies.iter_mut()) {
         if *w && r.is_ok() {
-            *r = Err(StorageError::Backend(msg.clone()));
+            *r = Err(match cause {
+                // The replica log did not take it: sent again, it is stored once.
+                StorageError::Unavailable => StorageError::Unavailable,
+                _ => StorageError::Backend(msg.clone()),
+            });
         }
     }
 }

@@ -29,11 +29,14 @@ pub enum Cf {
     /// Unread mentions: `user | conversation | seq` → empty, until the user reads past
     /// `seq`.
     Mentions,
+    /// Writes not yet confirmed by the replica log: `record number` → record
+    /// ([`crate::replica`]); empty without replication.
+    ReplicaLog,
 }
 
 impl Cf {
     /// Every column family, in a fixed order (the in-memory engine indexes by position).
-    pub const ALL: [Cf; 12] = [
+    pub const ALL: [Cf; 13] = [
         Cf::Messages,
         Cf::Inbox,
         Cf::Dedup,
@@ -46,6 +49,7 @@ impl Cf {
         Cf::Meta,
         Cf::Mutes,
         Cf::Mentions,
+        Cf::ReplicaLog,
     ];
 
     /// The RocksDB column-family name.
@@ -63,6 +67,7 @@ impl Cf {
             Cf::Meta => "meta",
             Cf::Mutes => "mutes",
             Cf::Mentions => "mentions",
+            Cf::ReplicaLog => "replica_log",
         }
     }
 

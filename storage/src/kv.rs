@@ -46,8 +46,16 @@ pub trait Kv: Send + Sync {
     /// Apply a batch atomically; if `sync`, the WAL is fsynced before returning.
     fn write(&self, batch: Self::Batch<'_>, sync: bool) -> Result<(), StorageError>;
 
-    /// Make every write applied so far durable (one WAL fsync).
+    /// Make every write applied so far durable (one WAL fsync) and, for a replicated
+    /// backend ([`crate::replica::Replicated`]), held by its replica log.
     fn sync_wal(&self) -> Result<(), StorageError>;
+
+    /// Make every write applied so far held by the replica log, without an fsync here
+    /// (what `sync_wal` adds to the fsync; used when the sync mode does no group fsync).
+    /// Nothing to do for a backend without one.
+    fn replicate(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 
     /// Point read.
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;

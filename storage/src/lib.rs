@@ -25,7 +25,8 @@
 //! - [`api`] — the [`Request`]/[`Reply`] enums and the [`Engine`] trait;
 //! - [`cf`], [`keys`], [`values`] — column families and byte layouts of every key and value;
 //!   [`partition`] — which partition a conversation belongs to, and the partitioned inbox;
-//! - [`kv`] — the key-value boundary; [`mem`] is its in-memory backend;
+//! - [`kv`] — the key-value boundary; [`mem`] is its in-memory backend; [`replica`]
+//!   wraps any backend so each write is also a record in a replica log;
 //! - [`engine`] — the domain logic ([`engine::Store`]), written once over [`kv::Kv`];
 //!   [`recent_ids`] is its bounded in-memory dedup filter;
 //! - [`commit`] — group commit (writer + syncer threads): submit now, completion once
@@ -51,6 +52,7 @@ pub mod mem;
 pub mod model;
 pub mod partition;
 pub mod recent_ids;
+pub mod replica;
 pub mod unsynced;
 pub mod values;
 

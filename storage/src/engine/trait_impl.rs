@@ -22,7 +22,7 @@ use crate::partition::PartitionSet;
 
 impl<K: Kv> Engine for Store<K> {
     fn append(&self, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
-        self.do_append(req)
+        self.shipped(self.do_append(req))
     }
 
     fn create_group(
@@ -32,7 +32,7 @@ impl<K: Kv> Engine for Store<K> {
         members: &[UserId],
         now_ms: u64,
     ) -> Result<ConversationKey, StorageError> {
-        self.do_create_group(self.direct_sync(), owner, name, members, now_ms)
+        self.shipped(self.do_create_group(self.direct_sync(), owner, name, members, now_ms))
     }
 
     fn add_members(
@@ -42,13 +42,13 @@ impl<K: Kv> Engine for Store<K> {
         users: &[UserId],
         now_ms: u64,
     ) -> Result<MembershipChange, StorageError> {
-        self.do_add(
+        self.shipped(self.do_add(
             self.direct_sync(),
             actor,
             ConversationKey::Group(group),
             users,
             now_ms,
-        )
+        ))
     }
 
     fn remove_members(
@@ -57,11 +57,11 @@ impl<K: Kv> Engine for Store<K> {
         group: u64,
         users: &[UserId],
     ) -> Result<MembershipChange, StorageError> {
-        self.do_remove(self.direct_sync(), actor, group, users)
+        self.shipped(self.do_remove(self.direct_sync(), actor, group, users))
     }
 
     fn leave(&self, user: UserId, group: u64) -> Result<MembershipChange, StorageError> {
-        self.do_leave(self.direct_sync(), user, ConversationKey::Group(group))
+        self.shipped(self.do_leave(self.direct_sync(), user, ConversationKey::Group(group)))
     }
 
     fn set_role(
@@ -71,7 +71,7 @@ impl<K: Kv> Engine for Store<K> {
         user: UserId,
         role: Role,
     ) -> Result<MembershipChange, StorageError> {
-        self.do_set_role(self.direct_sync(), actor, group, user, role)
+        self.shipped(self.do_set_role(self.direct_sync(), actor, group, user, role))
     }
 
     fn read_count(
@@ -92,7 +92,7 @@ impl<K: Kv> Engine for Store<K> {
         window_ms: u64,
         now_ms: u64,
     ) -> Result<EditOutcome, StorageError> {
-        self.do_edit(
+        self.shipped(self.do_edit(
             self.direct_sync(),
             actor,
             conversation,
@@ -100,7 +100,7 @@ impl<K: Kv> Engine for Store<K> {
             payload,
             window_ms,
             now_ms,
-        )
+        ))
     }
 
     fn recall(
@@ -111,18 +111,18 @@ impl<K: Kv> Engine for Store<K> {
         window_ms: u64,
         now_ms: u64,
     ) -> Result<RecallOutcome, StorageError> {
-        self.do_recall(
+        self.shipped(self.do_recall(
             self.direct_sync(),
             actor,
             conversation,
             seq,
             window_ms,
             now_ms,
-        )
+        ))
     }
 
     fn dissolve(&self, actor: UserId, group: u64) -> Result<MembershipChange, StorageError> {
-        self.do_dissolve(self.direct_sync(), actor, group)
+        self.shipped(self.do_dissolve(self.direct_sync(), actor, group))
     }
 
     fn mute(
@@ -133,7 +133,7 @@ impl<K: Kv> Engine for Store<K> {
         until_ms: u64,
         now_ms: u64,
     ) -> Result<MembershipChange, StorageError> {
-        self.do_mute(self.direct_sync(), actor, group, user, until_ms, now_ms)
+        self.shipped(self.do_mute(self.direct_sync(), actor, group, user, until_ms, now_ms))
     }
 
     fn create_public_account(
@@ -142,7 +142,7 @@ impl<K: Kv> Engine for Store<K> {
         name: &str,
         now_ms: u64,
     ) -> Result<ConversationKey, StorageError> {
-        self.do_create_public(self.direct_sync(), owner, name, now_ms)
+        self.shipped(self.do_create_public(self.direct_sync(), owner, name, now_ms))
     }
 
     fn follow(
@@ -151,21 +151,21 @@ impl<K: Kv> Engine for Store<K> {
         account: u64,
         now_ms: u64,
     ) -> Result<MembershipChange, StorageError> {
-        self.do_add(
+        self.shipped(self.do_add(
             self.direct_sync(),
             user,
             ConversationKey::PublicAccount(account),
             &[user],
             now_ms,
-        )
+        ))
     }
 
     fn unfollow(&self, user: UserId, account: u64) -> Result<MembershipChange, StorageError> {
-        self.do_leave(
+        self.shipped(self.do_leave(
             self.direct_sync(),
             user,
             ConversationKey::PublicAccount(account),
-        )
+        ))
     }
 
     fn members(&self, conversation: ConversationKey) -> Result<Vec<Member>, StorageError> {
@@ -219,11 +219,11 @@ impl<K: Kv> Engine for Store<K> {
         conversation: ConversationKey,
         seq: u64,
     ) -> Result<ConversationState, StorageError> {
-        self.do_mark_read(self.direct_sync(), user, conversation, seq)
+        self.shipped(self.do_mark_read(self.direct_sync(), user, conversation, seq))
     }
 
     fn touch_activity(&self, user: UserId, now_ms: u64) -> Result<(), StorageError> {
-        self.do_touch(self.direct_sync(), user, now_ms)
+        self.shipped(self.do_touch(self.direct_sync(), user, now_ms))
     }
 
     fn last_active(&self, user: UserId) -> Result<Option<u64>, StorageError> {
@@ -231,7 +231,7 @@ impl<K: Kv> Engine for Store<K> {
     }
 
     fn revoke_token(&self, token: TokenId, expires_at_ms: u64) -> Result<(), StorageError> {
-        self.do_revoke(self.direct_sync(), token, expires_at_ms)
+        self.shipped(self.do_revoke(self.direct_sync(), token, expires_at_ms))
     }
 
     fn load_revoked(&self, now_ms: u64) -> Result<Vec<RevokedToken>, StorageError> {
@@ -239,7 +239,7 @@ impl<K: Kv> Engine for Store<K> {
     }
 
     fn trim(&self, now_ms: u64) -> Result<TrimReport, StorageError> {
-        self.do_trim(self.direct_sync(), now_ms)
+        self.shipped(self.do_trim(self.direct_sync(), now_ms))
     }
 
     fn execute_batch(&self, requests: Vec<Request>) -> Vec<Result<Reply, StorageError>> {
@@ -308,19 +308,38 @@ impl<K: Kv> Engine for Store<K> {
     fn make_durable(&self) -> Result<(), StorageError> {
         match self.config.sync {
             SyncMode::Batch => self.kv.sync_wal(),
-            SyncMode::Always | SyncMode::None => Ok(()),
+            // Each write fsynced itself (or nothing is fsynced), but a replicated
+            // backend still ships the group before it is acknowledged.
+            SyncMode::Always | SyncMode::None => self.kv.replicate(),
         }
     }
 }
 
 impl<K: Kv> Store<K> {
+    /// A direct call's result, once a replicated backend's log holds its write: a
+    /// direct call is a group of one, durable when it returns. A log that did not take
+    /// it makes the call `Unavailable` (the write is stored here, and shipped first by
+    /// the next round).
+    fn shipped<T>(&self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        let value = result?;
+        if self.direct_sync() {
+            self.kv.replicate()?;
+        }
+        Ok(value)
+    }
+
     /// Write a run; if that fails, every reply it produced becomes the error (a
     /// duplicate answered inside the run may point at a write that never happened).
     fn end_run(&self, run: Run<'_, K>, sync: bool, replies: &mut [Result<Reply, StorageError>]) {
         if let Err(e) = self.finish_run(run, sync) {
             let msg = format!("group write failed, nothing of it was stored: {e}");
             for r in replies.iter_mut().filter(|r| r.is_ok()) {
-                *r = Err(StorageError::Backend(msg.clone()));
+                *r = Err(match e {
+                    // Refused before it was applied (a replica log far behind): the
+                    // client is told to send it again.
+                    StorageError::Unavailable => StorageError::Unavailable,
+                    _ => StorageError::Backend(msg.clone()),
+                });
             }
         }
     }
