@@ -25,6 +25,12 @@
 //! cause — after a failed fsync the WAL's state is unknown, so only a restart (which
 //! replays the WAL) can be trusted. Reads still run.
 //!
+//! A round that fsynced but whose writes the replica log did not take
+//! ([`crate::replica`]; `sync_group` answers [`StorageError::Unavailable`]) is not such a
+//! failure: its writes are answered `Unavailable` (the client sends again and the dedup
+//! keeps one), they stay unsynced for the reads that show them, and the next round ships
+//! them first. Nothing later is refused for it.
+//!
 //! With a sync mode other than `Batch` ([`Committer::start`] without [`SyncRounds`])
 //! writes are as durable as the mode promises when `apply_batch` returns, and replies are
 //! released at once (`Always` fsyncs inside `apply_batch`, on the loop's thread).
@@ -194,6 +200,9 @@ pub struct Committer<E: GroupEngine + 'static, T> {
     failed_below: u64,
     /// Why writes are refused (after a failed fsync).
     failed: Option<StorageError>,
+    /// Groups the replica log did not take: below this id, and not durable since,
+    /// writes are answered `Unavailable`.
+    unavailable_below: u64,
     /// The first group whose fsync failed: a read held for it or a later group may show
     /// writes that will never be durable, so it is answered with the failure instead.
     failed_from: Option<u64>,
@@ -328,6 +337,7 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
                 next_group: 0,
                 durable_below: 0,
                 failed_below: 0,
+                unavailable_below: 0,
                 failed: None,
                 failed_from: None,
                 in_flight: 0,
@@ -549,7 +559,8 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
         let mut released = 0;
         while let Some(front) = self.groups.front() {
             // A group whose writes all failed has nothing to wait for.
-            let ready = front.id < self.durable_below || !front.wrote;
+            let ready =
+                front.id < self.durable_below || !front.wrote || front.id < self.unavailable_below;
             if !ready {
                 break;
             }
@@ -561,6 +572,11 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
             {
                 let writes = vec![true; group.replies.len()];
                 fail_not_durable(&writes, &mut group.replies, cause);
+            } else if group.id >= self.durable_below {
+                // Released because the replica log did not take it.
+                for reply in group.replies.iter_mut().filter(|r| r.is_ok()) {
+                    *reply = Err(StorageError::Unavailable);
+                }
             }
             let now = Instant::now();
             self.stats.record_many(
@@ -624,7 +640,7 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
         let durable_below = self.durable_below;
         self.groups
             .front()
-            .is_some_and(|g| g.id < durable_below || !g.wrote)
+            .is_some_and(|g| g.id < durable_below || !g.wrote || g.id < self.unavailable_below)
             || self.reads.iter().any(|r| {
                 r.need.is_none_or(|g| g < durable_below)
                     && self.shared.peers_durable(&r.peers) != Ok(false)
@@ -640,6 +656,9 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
             match done.try_recv() {
                 Ok((through, Ok(()))) => {
                     self.durable_below = self.durable_below.max(through + 1);
+                }
+                Ok((through, Err(StorageError::Unavailable))) => {
+                    self.unavailable_below = self.unavailable_below.max(through + 1);
                 }
                 Ok((through, Err(e))) => failure = Some((through + 1, e)),
                 Err(TryRecvError::Empty) => break,
@@ -687,6 +706,8 @@ impl<E: GroupEngine + 'static, T> Committer<E, T> {
             // Anything not covered by a completed sync was never made durable.
             let unsynced = self.next_group;
             if self.durable_below < unsynced {
+                // A read held for one of those groups may show its writes.
+                self.failed_from.get_or_insert(self.durable_below);
                 self.failed_below = unsynced;
                 self.durable_below = unsynced;
                 self.failed.get_or_insert(StorageError::Closed);
@@ -799,7 +820,12 @@ impl SyncRequests {
     /// Waits for requests: fills `taken` with `(committer, newest group)` and `closing`
     /// with the committers that closed with nothing left to do. False once every
     /// committer closed.
-    fn next(&self, taken: &mut Vec<(usize, u64)>, closing: &mut Vec<usize>) -> bool {
+    fn next(
+        &self,
+        taken: &mut Vec<(usize, u64)>,
+        closing: &mut Vec<usize>,
+        until: Option<Instant>,
+    ) -> bool {
         let mut state = self.lock();
         loop {
             let state_ref = &mut *state;
@@ -825,10 +851,23 @@ impl SyncRequests {
             if state_ref.finished.iter().all(|f| *f) {
                 return false;
             }
-            state = self
-                .asked
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            state = match until {
+                None => self
+                    .asked
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(until) => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        // Time for the round the caller has waiting.
+                        return true;
+                    }
+                    self.asked
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
         }
     }
 }
@@ -841,6 +880,9 @@ fn copy_error(e: &StorageError) -> StorageError {
         other => StorageError::Backend(other.to_string()),
     }
 }
+
+/// How soon a round the replica log did not take is tried again when nothing else asks.
+const UNSHIPPED_RETRY: Duration = Duration::from_millis(200);
 
 /// A committer's sender of completed fsyncs; `None` once it closed.
 type Done = Option<Sender<(u64, Result<(), StorageError>)>>;
@@ -858,8 +900,19 @@ fn syncer_loop<E: GroupEngine + ?Sized>(
     let mut closing = Vec::new();
     // After a failed fsync the WAL's state is unknown: every later request fails too.
     let mut failure: Option<StorageError> = None;
+    // Rounds the replica log did not take, tried again (with whatever else was asked)
+    // at `retry_at` at the latest, so the reads that show their writes are released.
+    let mut retry: Vec<(usize, u64)> = Vec::new();
+    let mut retry_at: Option<Instant> = None;
     // Every group asked for so far, by every committer, shares each fsync.
-    while shared.requests.next(&mut taken, &mut closing) {
+    while shared.requests.next(&mut taken, &mut closing, retry_at) {
+        retry_at = None;
+        for (i, through) in retry.drain(..) {
+            match taken.iter_mut().find(|t| t.0 == i) {
+                Some(t) => t.1 = t.1.max(through),
+                None => taken.push((i, through)),
+            }
+        }
         if !taken.is_empty() {
             if let Some(last) = last_start {
                 let since = last.elapsed();
@@ -887,6 +940,25 @@ fn syncer_loop<E: GroupEngine + ?Sized>(
                 }
             };
             let mut first_error = result.err();
+            if matches!(first_error, Some(StorageError::Unavailable)) {
+                // Fsynced here, not taken by the replica log: the writes are answered
+                // `Unavailable` now, nothing is refused after it, and the round is tried
+                // again shortly (with the next one, if sooner): its success is what
+                // releases the reads that show them.
+                for &(i, through) in &taken {
+                    if let Some(tx) = &done[i] {
+                        let _ = tx.send((through, Err(StorageError::Unavailable)));
+                    }
+                    wakes[i]();
+                }
+                retry.append(&mut taken);
+                retry_at = Some(Instant::now() + UNSHIPPED_RETRY);
+                for i in closing.drain(..) {
+                    done[i] = None;
+                    wakes[i]();
+                }
+                continue;
+            }
             if let Some(e) = &first_error {
                 failure.get_or_insert_with(|| copy_error(e));
                 shared
@@ -950,6 +1022,8 @@ mod tests {
         inner: MemEngine,
         syncs: AtomicUsize,
         fail: AtomicBool,
+        /// Fsync, then answer as a replica log that did not take the round.
+        unreplicated: AtomicBool,
         hold: Mutex<()>,
         /// When the latest `sync_group` call began.
         entered: Mutex<Option<std::time::Instant>>,
@@ -961,6 +1035,7 @@ mod tests {
                 inner: MemEngine::new(StorageConfig::default()),
                 syncs: AtomicUsize::new(0),
                 fail: AtomicBool::new(false),
+                unreplicated: AtomicBool::new(false),
                 hold: Mutex::new(()),
                 entered: Mutex::new(None),
             })
@@ -982,6 +1057,8 @@ mod tests {
             self.syncs.fetch_add(1, Ordering::SeqCst);
             if self.fail.load(Ordering::SeqCst) {
                 Err(StorageError::Backend("injected fsync failure".into()))
+            } else if self.unreplicated.load(Ordering::SeqCst) {
+                Err(StorageError::Unavailable)
             } else {
                 Ok(())
             }
@@ -1127,6 +1204,29 @@ mod tests {
         c.take_ready(|t, r| got.push((t, r.is_ok())));
         assert_eq!(got, vec![(7, true)]);
         assert_eq!(engine.syncs.load(Ordering::SeqCst), 0, "no fsync for reads");
+    }
+
+    #[test]
+    fn a_round_the_replica_log_did_not_take_is_answered_unavailable_and_refuses_nothing_after() {
+        let engine = Probe::new();
+        engine.unreplicated.store(true, Ordering::SeqCst);
+        let mut c =
+            Committer::start(engine.clone(), Some(SyncRounds::default()), Arc::new(|| {})).unwrap();
+        c.commit(&mut vec![(1, append(1, 1))]);
+        let out = released_within(&mut c, 1);
+        assert!(
+            matches!(out[0].1, Err(StorageError::Unavailable)),
+            "{:?}",
+            out[0].1
+        );
+        assert!(c.failure().is_none(), "not a failed fsync");
+
+        // The log is back: the next write (the same one, sent again) is acked.
+        engine.unreplicated.store(false, Ordering::SeqCst);
+        c.commit(&mut vec![(2, append(1, 1)), (3, append(1, 2))]);
+        let out = released_within(&mut c, 2);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|(_, r)| r.is_ok()), "{out:?}");
     }
 
     #[test]
