@@ -42,10 +42,12 @@ use rocksdb::{
 use petrel_storage::cf::Cf;
 use petrel_storage::keys;
 use petrel_storage::kv::{Batch, Direction, Kv, Visitor};
+use petrel_storage::replica::{CatchUp, ReplicaLog, Replicated};
 use petrel_storage::{StorageConfig, StorageError, Store};
 
-/// The RocksDB engine.
-pub type RocksEngine = Store<RocksKv>;
+/// The RocksDB engine; its backend replicates every write when opened with a replica
+/// log ([`RocksEngineExt::open_replicated`]).
+pub type RocksEngine = Store<Replicated<RocksKv>>;
 
 fn backend(e: rocksdb::Error) -> StorageError {
     StorageError::Backend(e.into_string())
@@ -333,6 +335,16 @@ pub trait RocksEngineExt: Sized {
     /// first use, so open cost does not grow with the number of conversations.
     fn open(path: &Path, config: StorageConfig) -> Result<Self, StorageError>;
 
+    /// Like [`RocksEngineExt::open`], with every write also a record in `log`
+    /// (`petrel_storage::replica`): before the engine opens, the database and the log
+    /// are brought level — a database that lost writes (or its whole disk) gets them
+    /// back from the log — and what that did is returned with the engine.
+    fn open_replicated(
+        path: &Path,
+        config: StorageConfig,
+        log: Arc<dyn ReplicaLog>,
+    ) -> Result<(Self, CatchUp), StorageError>;
+
     /// Consistent checkpoint of the whole database into `dir` (see
     /// [`RocksKv::checkpoint`]).
     fn checkpoint(&self, dir: &Path) -> Result<(), StorageError>;
@@ -347,17 +359,28 @@ impl RocksEngineExt for RocksEngine {
     fn open(path: &Path, config: StorageConfig) -> Result<Self, StorageError> {
         let clock = Arc::new(AtomicU64::new(0));
         let kv = RocksKv::open(path, &config, &clock)?;
-        Store::with_kv_and_clock(kv, config, clock)
+        Store::with_kv_and_clock(Replicated::plain(kv), config, clock)
+    }
+
+    fn open_replicated(
+        path: &Path,
+        config: StorageConfig,
+        log: Arc<dyn ReplicaLog>,
+    ) -> Result<(Self, CatchUp), StorageError> {
+        let clock = Arc::new(AtomicU64::new(0));
+        let kv = RocksKv::open(path, &config, &clock)?;
+        let (kv, catch_up) = Replicated::open(kv, log)?;
+        Ok((Store::with_kv_and_clock(kv, config, clock)?, catch_up))
     }
 
     fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
-        self.kv().checkpoint(dir)
+        self.kv().inner().checkpoint(dir)
     }
 
     fn scrub(&self) -> Result<usize, StorageError> {
         let erasures = self.take_erasures();
         let n = erasures.keys.len();
-        if let Err(e) = self.kv().purge(&erasures) {
+        if let Err(e) = self.kv().inner().purge(&erasures) {
             self.requeue_erasures(erasures);
             return Err(e);
         }

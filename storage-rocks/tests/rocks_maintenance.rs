@@ -40,7 +40,7 @@ fn compaction_expiry_follows_request_time_not_wall_clock() {
         old.kv().write(batch, true).expect("legacy entries");
     }
     let engine = RocksEngine::open(dir.path(), StorageConfig::default()).expect("open");
-    let kv = engine.kv();
+    let kv = engine.kv().inner();
     // The first append (the deciding one) at `now`, the back-dated one after it.
     for (cmid, at) in [(2u64, now), (1, now - two_days)] {
         engine
