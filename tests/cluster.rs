@@ -3,7 +3,7 @@
 //! every node and in a chatroom; a device syncs on any node what every node stores; and
 //! a node SIGKILLed in the middle of the load comes back with every acked message once,
 //! seqs gap-free, while the other nodes answer `SERVER_BUSY` for its conversations and
-//! the clients send again. A rolling restart by `petrel admin drain` loses and
+//! the clients send again — also when its disk is lost, from its JetStream replica log. A rolling restart by `petrel admin drain` loses and
 //! duplicates nothing; the nodes heal after NATS restarts; the dispatch directory
 //! sends a dedicated user to the dedicated pool, and to the backup domain when that
 //! pool is down; and any node's API answers for the sessions and chatrooms of all.
@@ -195,17 +195,37 @@ fn users_on_three_nodes_chat_one_to_one_in_a_group_and_in_a_chatroom() {
 #[test]
 fn a_node_sigkilled_mid_load_comes_back_with_every_acked_message_once() {
     let mut cluster = Cluster::start(3, "");
+    kill_node_1_mid_load(&mut cluster, |_| {});
+}
+
+/// With `[cluster] replicas = 1` node 1 ships every write to its JetStream stream before
+/// it acks. It is SIGKILLed mid-load and its database is deleted (a lost disk); started
+/// on an empty directory, it rebuilds the database from the stream before it serves:
+/// the group it owned, and every acked message once, seqs gap-free.
+#[test]
+fn a_node_that_loses_its_disk_gets_every_acked_message_back_from_its_replica_log() {
+    let mut cluster = Cluster::start_with(3, "", "replicas = 1\n");
+    kill_node_1_mid_load(&mut cluster, |data| {
+        std::fs::remove_dir_all(data.join("db")).expect("node 1's database deleted");
+    });
+}
+
+/// Four members of a group that node 1 owns send 400 messages each (from nodes 0 and 2,
+/// and node 1 until it dies); node 1 is SIGKILLed in the middle, `while_down` is done to
+/// its data directory, and it is started again. Every acked message is then stored
+/// once, at the seq its ack gave, with no gap and nothing unacked.
+fn kill_node_1_mid_load(cluster: &mut Cluster, while_down: impl FnOnce(&std::path::Path)) {
     // The group is created on node 1, so node 1 owns it; its members send from nodes 0
     // and 2 (and node 1, until it dies).
     let users: Vec<u64> = (6_000..6_006).collect();
-    let mut clients = log_in(&cluster, &users);
+    let mut clients = log_in(cluster, &users);
     let group = clients[1].create_group("owned by node 1", &[6_000, 6_002, 6_003, 6_005]);
     let senders: Vec<(u64, TestClient)> = [0usize, 2, 3, 5]
         .into_iter()
         .map(|i| {
             (
                 users[i],
-                std::mem::replace(&mut clients[i], placeholder(&cluster, i)),
+                std::mem::replace(&mut clients[i], placeholder(cluster, i)),
             )
         })
         .collect();
@@ -237,6 +257,7 @@ fn a_node_sigkilled_mid_load_comes_back_with_every_acked_message_once() {
     std::thread::sleep(Duration::from_millis(700));
     let started = Instant::now();
     cluster.nodes[1].kill();
+    while_down(cluster.nodes[1].data_dir());
     std::thread::sleep(Duration::from_millis(1500));
     cluster.nodes[1].restart_stopped();
     eprintln!("node 1 was down {:?}", started.elapsed());

@@ -11,6 +11,9 @@ use serde::Deserialize;
 /// plane's presence masks ([`petrel_control::remote::MAX_CORES`]).
 pub const MAX_NODES: u8 = 32;
 
+/// Most copies JetStream keeps of a stream.
+pub const MAX_REPLICAS: u8 = 5;
+
 /// The `[cluster]` table of the config file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +26,7 @@ pub struct ClusterFile {
     node_timeout_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     advertise: Option<Vec<String>>,
+    replicas: Option<u8>,
 }
 
 /// Where this node stands in its cluster, and how it talks to the others.
@@ -52,6 +56,11 @@ pub struct ClusterSettings {
     /// the `Kick{SERVER_SHUTDOWN}` of their stopping clients. Empty: this node's listen
     /// addresses that name a host and a port.
     pub advertise: Vec<String>,
+    /// Copies JetStream keeps of this node's replica log (every write of its database,
+    /// `super::replica`); 0 (the default) replicates nothing. With 1 the log is on the
+    /// NATS server's disk; with 3 (a three-server NATS cluster) it survives the loss of
+    /// any one of them as well as this node's disk.
+    pub replicas: u8,
 }
 
 impl ClusterSettings {
@@ -106,6 +115,12 @@ impl ClusterSettings {
         if request_timeout.is_zero() {
             bail!("[cluster] request_timeout_ms must be above 0");
         }
+        let replicas = file.replicas.unwrap_or(0);
+        if replicas > MAX_REPLICAS {
+            bail!(
+                "[cluster] replicas must be 0 (no replica log) to {MAX_REPLICAS} (JetStream's most), got {replicas}"
+            );
+        }
         Ok(Some(ClusterSettings {
             nats_url,
             name,
@@ -115,6 +130,7 @@ impl ClusterSettings {
             node_timeout,
             request_timeout,
             advertise: file.advertise.clone().unwrap_or_default(),
+            replicas,
         }))
     }
 }
@@ -150,6 +166,12 @@ mod tests {
             "nats_url = \"n\"\nnodes = 2\nnode = 0\nheartbeat_ms = 500\nnode_timeout_ms = 600\n",
         );
         assert!(ClusterSettings::resolve(Some(&fast), None).is_err());
+        assert_eq!(s.replicas, 0, "no replica log unless asked");
+        let replicated = file("nats_url = \"n\"\nnodes = 2\nnode = 0\nreplicas = 3\n");
+        let r = ClusterSettings::resolve(Some(&replicated), None).expect("valid");
+        assert_eq!(r.map(|r| r.replicas), Some(3));
+        let too_many = file("nats_url = \"n\"\nnodes = 2\nnode = 0\nreplicas = 6\n");
+        assert!(ClusterSettings::resolve(Some(&too_many), None).is_err());
         assert!(
             toml::from_str::<ClusterFile>("nodez = 3").is_err(),
             "typo refused"

@@ -21,6 +21,8 @@
 //! - [`api_calls`]: the HTTP API's calls about sessions and chatrooms, asked of the
 //!   nodes that hold them.
 //! - [`stats`]: what the cluster layer counts, for the metrics endpoint.
+//! - [`replica`]: this node's replica log on JetStream (`[cluster] replicas`), which
+//!   holds every write of its database before it is acknowledged.
 
 pub mod alone;
 pub mod api_calls;
@@ -28,6 +30,7 @@ pub mod bridge;
 pub mod config;
 pub mod gather;
 pub mod inflight;
+pub mod replica;
 pub mod stats;
 pub mod wire;
 

@@ -91,6 +91,8 @@ pub struct StorageSnapshot {
     pub caches: Option<WriterCacheStats>,
     /// The dedup filter's size and how its lookups were answered.
     pub dedup: Option<RecentIdsStats>,
+    /// With a replica log: the last record written here and the last the log holds.
+    pub replica: Option<(u64, u64)>,
 }
 
 impl Published {
@@ -392,6 +394,26 @@ fn encode_storage_caches(e: &mut DescriptorEncoder, s: &StorageSnapshot) -> std:
             "petrel_storage_dedup_filter_evictions",
             "Senders the dedup filter dropped to stay within its bound (reloaded by one scan).",
             &[(vec![], d.evictions)],
+        )?;
+    }
+    if let Some((written, acked)) = s.replica {
+        counter(
+            e,
+            "petrel_replica_records",
+            "Records of this node's writes: written to its database, and held by its replica log.",
+            &[
+                (vec![("where", "written")], written),
+                (vec![("where", "log")], acked),
+            ],
+        )?;
+        gauge(
+            e,
+            "petrel_replica_unshipped_records",
+            "Records written here that the replica log does not hold yet (their writes wait).",
+            &[(
+                vec![],
+                i64::try_from(written.saturating_sub(acked)).unwrap_or(i64::MAX),
+            )],
         )?;
     }
     Ok(())
@@ -1268,8 +1290,14 @@ mod tests {
                 asked_store: 2,
                 ..RecentIdsStats::default()
             }),
+            replica: Some((10, 7)),
         }));
         let text = metrics.render();
+        assert_eq!(
+            value(&text, "petrel_replica_records_total{where=\"log\"}"),
+            Some(7.0)
+        );
+        assert_eq!(value(&text, "petrel_replica_unshipped_records"), Some(3.0));
         assert_eq!(
             value(&text, "petrel_storage_cache_entries{cache=\"last_seq\"}"),
             Some(12.0)

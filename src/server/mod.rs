@@ -204,10 +204,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         storage.new_ids_in = Some(layout.owned_partitions(partitions));
         storage.epoch = Some(crate::cluster::epoch_of(&cluster.name));
     }
-    let engine = Arc::new(
-        RocksEngine::open(&db_path, storage)
-            .with_context(|| format!("cannot open database {}", db_path.display()))?,
-    );
+    let engine = Arc::new(open_database(&db_path, storage, config.cluster.as_ref())?);
     if layout.is_some() {
         let partitions = engine.partitions().count();
         anyhow::ensure!(
@@ -398,6 +395,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
             metrics.set_storage_source(Box::new(move || metrics::StorageSnapshot {
                 caches: engine_figures.writer_cache_stats().ok(),
                 dedup: engine_figures.recent_ids_stats().ok(),
+                replica: engine_figures.kv().replica_marks(),
             }));
             let endpoint = metrics::serve(addr, metrics.clone())
                 .with_context(|| format!("cannot serve metrics on {addr}"))?;
@@ -704,6 +702,47 @@ fn start_media(
 
 /// The token revocation list as the database has it, for the HTTP services that check
 /// clients' tokens (media, dispatch). In a cluster, the revocations this node stored.
+/// Opens the node's database; with `[cluster] replicas`, over its replica log, after
+/// levelling the two (a database that lost writes, or its disk, gets them back).
+fn open_database(
+    db_path: &std::path::Path,
+    storage: StorageConfig,
+    cluster: Option<&crate::cluster::ClusterSettings>,
+) -> anyhow::Result<RocksEngine> {
+    let opening = || format!("cannot open database {}", db_path.display());
+    let Some(cluster) = cluster.filter(|c| c.replicas > 0) else {
+        return RocksEngine::open(db_path, storage).with_context(opening);
+    };
+    // The group commit's fsync round is what ships a group's records before its acks.
+    anyhow::ensure!(
+        storage.sync == SyncMode::Batch,
+        "[cluster] replicas = {} needs sync = \"batch\" (the default): a group's writes are \
+         shipped to the replica log by its fsync round, which the other modes do not have",
+        cluster.replicas
+    );
+    let log = crate::cluster::replica::JetStreamLog::connect(cluster)?;
+    let stream = log.stream().to_owned();
+    let started = std::time::Instant::now();
+    let (engine, level) = RocksEngine::open_replicated(db_path, storage, Arc::new(log))
+        .with_context(|| {
+            format!(
+                "{} with its replica log (JetStream stream {stream})",
+                opening()
+            )
+        })?;
+    tracing::info!(
+        stream = %stream,
+        replicas = cluster.replicas,
+        applied = level.applied,
+        shipped = level.shipped,
+        seeded = level.seeded,
+        through = level.through,
+        took_ms = started.elapsed().as_millis() as u64,
+        "replica log: database and log level; every write is shipped before it is acknowledged"
+    );
+    Ok(engine)
+}
+
 fn revocation_source(engine: &Arc<RocksEngine>) -> crate::media::RevocationSource {
     use petrel_storage::Engine as _;
     // Weak: the HTTP threads live until the process exits and must not keep the

@@ -113,6 +113,11 @@ impl Cluster {
     /// first (its key file is copied to the others), and waits until every node can
     /// write on every other. `extra` goes into each node's config before `[cluster]`.
     pub fn start(n: u8, extra: &str) -> Cluster {
+        Cluster::start_with(n, extra, "")
+    }
+
+    /// [`Cluster::start`], with `cluster_extra` added to each node's `[cluster]` table.
+    pub fn start_with(n: u8, extra: &str, cluster_extra: &str) -> Cluster {
         let nats = Nats::start();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut nodes: Vec<TestServer> = Vec::new();
@@ -125,7 +130,8 @@ impl Cluster {
             let config = format!(
                 "cores = [0, 1]\nownership = \"per-core\"\nrate_limit_per_second = 0\n{extra}\n\
                  [cluster]\nnats_url = \"nats://{}\"\nname = \"test\"\nnodes = {n}\nnode = {node}\n\
-                 heartbeat_ms = 100\nnode_timeout_ms = 1000\nrequest_timeout_ms = 2000\n",
+                 heartbeat_ms = 100\nnode_timeout_ms = 1000\nrequest_timeout_ms = 2000\n\
+                 {cluster_extra}",
                 nats.addr
             );
             nodes.push(TestServer::start_in(Dataplane::Kernel, &data, &config));
