@@ -22,6 +22,10 @@
 # NODE_CPUS (default "0,1 0,1 0,1"): each node's CPUs, one comma-separated list per node
 # (every node must run as many cores), e.g. "0 1 1" for one core each, node 0 on CPU 0.
 # EXTRA_CONFIG: more lines for the nodes' config file (top-level keys).
+# REPLICAS (default 0): `[cluster] replicas`, copies of each node's replica log on the
+# lab's JetStream (0 or 1 with one nats-server): with 1 every write is on JetStream
+# before it is acked, and a node started on an emptied data directory rebuilds its
+# database from its log.
 # The API key is in $LAB_DIR/api-key; put user 7 in the dedicated pool with
 #   curl -X PUT -H "Authorization: Bearer $(cat $LAB_DIR/api-key)" \
 #     -d '{"pool":"dedicated"}' http://127.0.1.1:9400/v1/users/7/pool
@@ -83,6 +87,7 @@ ${EXTRA_CONFIG:-}
 nats_url = "nats://$NATS_ADDR"
 name = "lab"
 nodes = $NODES
+replicas = ${REPLICAS:-0}
 
 [dispatch]
 pools = { dedicated = [2] }
