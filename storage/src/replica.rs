@@ -26,9 +26,17 @@
 //!   told they were stored): the copies are shipped now, so a write a client later sees
 //!   (a dedup hit, a sync) is never one the log lacks.
 //!
-//! A database that already holds data when replication is first turned on is written
-//! to the empty log as a snapshot (every column family, in records of about
-//! [`SEED_RECORD_BYTES`]) before it serves.
+//! A database that already holds data when it meets an empty log (replication turned
+//! on, or the log deleted to start again) is written to it as a snapshot (every column
+//! family, in records of about [`SEED_RECORD_BYTES`]) before it serves. A log that
+//! holds records is refused when the database never recorded one, or was written
+//! without it since.
+//!
+//! A direct engine call is a group of one: `Store` ships it before it returns
+//! (`Kv::replicate`). `Kv::write` never waits for the log, so it keeps meaning "applied
+//! if and only if `Ok`"; a log that does not answer makes `sync_wal` and `replicate`
+//! fail with [`StorageError::Unavailable`], with the writes stored here and queued for
+//! the next round.
 //!
 //! The log numbers records from 1 with no gaps, and refuses a record whose number
 //! does not follow its last ([`ReplicaLog::append`]): a second process writing the same
@@ -384,6 +392,24 @@ struct Shipper {
     done: Condvar,
 }
 
+/// A shipping round in progress. One that ends by a panic (in the log) still clears
+/// `busy` and wakes the waiting threads; its records are gone from the queue, so the
+/// next ones do not follow in the log and are refused, until a restart ships the local
+/// copies. A round that ends normally disarms it.
+struct BusyRound<'a> {
+    shipper: &'a Shipper,
+    armed: bool,
+}
+
+impl Drop for BusyRound<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.shipper.state).busy = false;
+            self.shipper.done.notify_all();
+        }
+    }
+}
+
 /// A [`Kv`] backend whose writes are also records in a [`ReplicaLog`] (module docs);
 /// without a log ([`Replicated::plain`]) it is the backend unchanged.
 pub struct Replicated<K> {
@@ -556,6 +582,10 @@ impl<K: Kv> Replicated<K> {
             let round: Vec<(u64, Vec<u8>)> = state.queue.drain(..).collect();
             state.busy = true;
             drop(state);
+            let mut busy = BusyRound {
+                shipper,
+                armed: true,
+            };
             let mut shipped = 0;
             let mut result = Ok(());
             for (n, record) in &round {
@@ -575,7 +605,6 @@ impl<K: Kv> Replicated<K> {
                 let _ = self.inner.write(batch, false);
             }
             state = lock(&shipper.state);
-            state.busy = false;
             if let Some((n, _)) = round[..shipped].last() {
                 state.acked = *n;
             }
@@ -583,6 +612,9 @@ impl<K: Kv> Replicated<K> {
                 state.queue.push_front((n, record));
             }
             state.queued_bytes = state.queue.iter().map(|(_, r)| r.len()).sum();
+            // In the same critical section as the state it leaves behind.
+            state.busy = false;
+            busy.armed = false;
             shipper.done.notify_all();
             result?;
         }
