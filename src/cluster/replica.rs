@@ -231,13 +231,6 @@ impl JetStreamLog {
         StorageError::Unavailable
     }
 
-    async fn stream_handle(&self) -> Result<stream::Stream, StorageError> {
-        self.js
-            .get_stream(&self.stream)
-            .await
-            .map_err(|e| self.unavailable("stream", e))
-    }
-
     async fn piece_at(
         &self,
         stream: &stream::Stream,
@@ -251,15 +244,25 @@ impl JetStreamLog {
         Ok((piece, message.payload))
     }
 
-    /// Reads the stream's end: its last sequence and the last whole record.
-    async fn read_tail(&self) -> Result<Tail, StorageError> {
-        let mut stream = self.stream_handle().await?;
+    /// The stream and what it holds now (sequences, message count).
+    async fn stream_state(&self) -> Result<(stream::Stream, stream::State), StorageError> {
+        let mut stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| self.unavailable("stream", e))?;
         let state = stream
             .info()
             .await
             .map_err(|e| self.unavailable("info", e))?
             .state
             .clone();
+        Ok((stream, state))
+    }
+
+    /// Reads the stream's end: its last sequence and the last whole record.
+    async fn read_tail(&self) -> Result<Tail, StorageError> {
+        let (stream, state) = self.stream_state().await?;
         if state.messages == 0 {
             return Ok(Tail {
                 seq: state.last_sequence,
@@ -348,13 +351,7 @@ impl JetStreamLog {
     }
 
     async fn read(&self, after: u64, visit: &mut RecordVisitor<'_>) -> Result<(), StorageError> {
-        let mut stream = self.stream_handle().await?;
-        let state = stream
-            .info()
-            .await
-            .map_err(|e| self.unavailable("info", e))?
-            .state
-            .clone();
+        let (stream, state) = self.stream_state().await?;
         if state.messages == 0 {
             return Ok(());
         }
