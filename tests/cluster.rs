@@ -455,6 +455,67 @@ fn the_cluster_heals_after_nats_restarts() {
     }
 }
 
+/// With `replicas = 1`, the replica log lives on the NATS server. While it is down, node
+/// 0's writes are refused `SERVER_BUSY` (never acked) and sent again; once it is back
+/// every one is acked. Then node 0 loses its disk and rebuilds from the log: the
+/// conversation is the same, so the writes refused while the log was away (stored on
+/// node 0, shipped later) are in the log too, each once.
+#[test]
+fn writes_while_the_replica_log_is_down_are_refused_then_acked_and_all_reach_the_log() {
+    let mut cluster = Cluster::start_with(3, "", "replicas = 1\n");
+    let user = 8_500;
+    let peer = cluster.peer_owned_by(user, 0, 8_600);
+    let node0 = &cluster.nodes[0];
+    let mut sender = TestClient::login(node0.addr, &node0.token(user, "d"), user, "d");
+    let conversation = single(peer);
+    const SENT: u64 = 60;
+    for id in 1..=SENT {
+        if id == 20 {
+            cluster.nats.kill();
+            // Sent while the log is away: refused, never acked.
+            for _ in 0..2 {
+                let frame = sender.request(pb::SendMessage {
+                    client_msg_id: id,
+                    conversation: Some(conversation),
+                    content: petrel_proto::wire::encode_content(&common::client::text_content(
+                        &format!("m{id}"),
+                    )),
+                    ..Default::default()
+                });
+                assert!(
+                    matches!(&frame.body, Body::Error(e) if e.code == pb::ErrorCode::ServerBusy as i32),
+                    "{frame:?}"
+                );
+            }
+            cluster.nats.start_again();
+        }
+        // Sent again (id 20) until the log is back: acked once it holds it.
+        send_counting_refusals(
+            &mut sender,
+            conversation,
+            id,
+            &format!("m{id}"),
+            Duration::from_secs(30),
+        );
+    }
+    let before = history(&mut sender, conversation);
+    assert_gap_free(&before.iter().map(|m| m.seq).collect::<Vec<_>>(), SENT);
+    drop(sender);
+
+    cluster.nodes[0].kill();
+    std::fs::remove_dir_all(cluster.nodes[0].data_dir().join("db")).expect("disk lost");
+    cluster.nodes[0].restart_stopped();
+    let node0 = &cluster.nodes[0];
+    let mut reader = TestClient::login(node0.addr, &node0.token(user, "r"), user, "r");
+    let after = history(&mut reader, conversation);
+    let key = |m: &pb::MessagePush| (m.seq, m.client_msg_id);
+    assert_eq!(
+        after.iter().map(key).collect::<Vec<_>>(),
+        before.iter().map(key).collect::<Vec<_>>(),
+        "the rebuilt node holds exactly what it acked"
+    );
+}
+
 /// The API key of the dispatch test's nodes.
 const API_KEY: &str = "cluster-test-api-key-0123456789";
 
