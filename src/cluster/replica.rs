@@ -116,6 +116,8 @@ pub struct JetStreamLog {
     tail: Mutex<Option<Tail>>,
     /// When the log last warned that it is unreachable (once a second at most).
     warned: Mutex<Option<Instant>>,
+    /// Longest a shipping round waits for NATS (`request_timeout_ms`).
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for JetStreamLog {
@@ -201,6 +203,7 @@ impl JetStreamLog {
             writer: rand::random(),
             tail: Mutex::new(None),
             warned: Mutex::new(None),
+            timeout: settings.request_timeout,
         })
     }
 
@@ -209,6 +212,7 @@ impl JetStreamLog {
         &self.stream
     }
 
+    /// Runs `f` on this log's runtime (there until `drop`), for as long as it takes.
     fn block_on<T>(
         &self,
         f: impl std::future::Future<Output = Result<T, StorageError>>,
@@ -217,6 +221,21 @@ impl JetStreamLog {
             Some(runtime) => runtime.block_on(f),
             None => Err(StorageError::Closed),
         }
+    }
+
+    /// [`Self::block_on`] for at most `request_timeout`: however many requests NATS is
+    /// slow to answer (reconnecting, a stream recovering), a shipping round ends in
+    /// time to answer its writes `SERVER_BUSY` while their clients still wait.
+    fn block_on_bounded<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
+        self.block_on(async {
+            match tokio::time::timeout(self.timeout, f).await {
+                Ok(result) => result,
+                Err(elapsed) => Err(self.unavailable("no answer in time", elapsed)),
+            }
+        })
     }
 
     /// A NATS failure: logged (once a second at most) and answered `Unavailable`, so
@@ -283,49 +302,73 @@ impl JetStreamLog {
         })
     }
 
-    async fn publish(&self, after_seq: u64, payload: Bytes) -> Result<u64, StorageError> {
-        let message = PublishMessage::build()
-            .payload(payload)
-            .expected_last_sequence(after_seq);
-        let ack = self
-            .js
-            .send_publish(self.subject.clone(), message)
-            .await
-            .map_err(|e| self.unavailable("publish", e))?
-            .await
-            .map_err(|e| self.unavailable("acknowledgement", e))?;
-        Ok(ack.sequence)
-    }
-
-    async fn append_pieces(
+    /// Publishes every piece of `records` at once, each expecting the one before it at
+    /// the stream's end (one round trip for the lot, not one per piece), then collects
+    /// the acknowledgements in order. Returns the stream's end after the last record
+    /// acknowledged whole, how many records that is, and what stopped the rest.
+    async fn append_pipelined(
         &self,
         mut tail: Tail,
-        number: u64,
-        record: &[u8],
-    ) -> Result<Tail, StorageError> {
-        let chunks: Vec<&[u8]> = if record.is_empty() {
-            vec![record]
-        } else {
-            record.chunks(self.piece_bytes).collect()
-        };
-        let count = chunks.len();
-        for (index, data) in chunks.into_iter().enumerate() {
-            let piece = Piece {
-                record: number,
-                writer: self.writer,
-                index: u16::try_from(index).map_err(|_| {
-                    corrupt(format!(
+        records: &[(u64, Vec<u8>)],
+    ) -> (Tail, usize, Result<(), StorageError>) {
+        let mut sent = Vec::new();
+        let mut stopped = Ok(());
+        let mut seq = tail.seq;
+        'records: for (at, (number, record)) in records.iter().enumerate() {
+            // An empty record (none is) would still be one piece.
+            let mut chunks: Vec<&[u8]> = record.chunks(self.piece_bytes.max(1)).collect();
+            if chunks.is_empty() {
+                chunks.push(&[]);
+            }
+            let count = chunks.len();
+            for (index, data) in chunks.into_iter().enumerate() {
+                let Ok(index16) = u16::try_from(index) else {
+                    stopped = Err(corrupt(format!(
                         "record {number} of {} bytes is too large",
                         record.len()
-                    ))
-                })?,
-                last: index + 1 == count,
-            };
-            tail.seq = self.publish(tail.seq, piece.encode(data)).await?;
+                    )));
+                    break 'records;
+                };
+                let piece = Piece {
+                    record: *number,
+                    writer: self.writer,
+                    index: index16,
+                    last: index + 1 == count,
+                };
+                let message = PublishMessage::build()
+                    .payload(piece.encode(data))
+                    .expected_last_sequence(seq);
+                match self.js.send_publish(self.subject.clone(), message).await {
+                    Ok(ack) => {
+                        seq += 1;
+                        sent.push((at, piece.last, ack));
+                    }
+                    Err(e) => {
+                        stopped = Err(self.unavailable("publish", e));
+                        break 'records;
+                    }
+                }
+            }
         }
-        tail.record = number;
-        tail.ours = true;
-        Ok(tail)
+        let mut stored = 0;
+        for (at, last, ack) in sent {
+            match ack.await {
+                Ok(ack) => {
+                    tail.seq = ack.sequence;
+                    if last {
+                        stored = at + 1;
+                        tail.record = records[at].0;
+                        tail.ours = true;
+                    }
+                }
+                Err(e) => {
+                    // The later pieces expected this one before them: refused too.
+                    stopped = Err(self.unavailable("acknowledgement", e));
+                    break;
+                }
+            }
+        }
+        (tail, stored, stopped)
     }
 
     /// The first stream sequence holding a piece of a record after `after`.
@@ -414,41 +457,66 @@ impl JetStreamLog {
 
 impl ReplicaLog for JetStreamLog {
     fn last(&self) -> Result<u64, StorageError> {
-        let tail = self.block_on(self.read_tail())?;
+        let tail = self.block_on_bounded(self.read_tail())?;
         let mut known = self.tail.lock().unwrap_or_else(|p| p.into_inner());
         *known = Some(tail);
         Ok(tail.record)
     }
 
     fn append(&self, number: u64, record: &[u8]) -> Result<(), StorageError> {
+        self.append_all(&[(number, record.to_vec())]).1
+    }
+
+    fn append_all(&self, records: &[(u64, Vec<u8>)]) -> (usize, Result<(), StorageError>) {
+        let Some(&(first, _)) = records.first() else {
+            return (0, Ok(()));
+        };
         let mut known = self.tail.lock().unwrap_or_else(|p| p.into_inner());
         let tail = match *known {
             Some(tail) => tail,
-            None => self.block_on(self.read_tail())?,
+            None => match self.block_on_bounded(self.read_tail()) {
+                Ok(tail) => tail,
+                Err(e) => return (0, Err(e)),
+            },
         };
-        if tail.record == number && tail.ours {
-            // Its acknowledgement was lost, not the record.
+        // Records this process sent whose acknowledgements were lost: every record up
+        // to the stream's last is ours when the last is (each piece landed only right
+        // after the one before it).
+        let landed = if tail.ours {
+            records
+                .iter()
+                .take_while(|(n, _)| *n <= tail.record)
+                .count()
+        } else {
+            0
+        };
+        let rest = &records[landed..];
+        let Some(&(next, _)) = rest.first() else {
             *known = Some(tail);
-            return Ok(());
-        }
-        if tail.record + 1 != number {
+            return (landed, Ok(()));
+        };
+        if tail.record + 1 != next {
             *known = None;
-            return Err(StorageError::Backend(format!(
-                "replica log {}: holds records through {}, so record {number} does not follow \
-                 (another process writes this node's log)",
-                self.stream, tail.record
-            )));
+            return (
+                landed,
+                Err(StorageError::Backend(format!(
+                    "replica log {}: holds records through {}, so record {next} does not \
+                     follow (another process writes this node's log; first record asked: \
+                     {first})",
+                    self.stream, tail.record
+                ))),
+            );
         }
-        match self.block_on(self.append_pieces(tail, number, record)) {
-            Ok(tail) => {
-                *known = Some(tail);
-                Ok(())
-            }
-            Err(e) => {
-                *known = None;
-                Err(e)
-            }
-        }
+        // Past the time limit nothing is known of what landed: the stream's end is read
+        // again before the next round, which counts what did as ours.
+        let pipelined =
+            self.block_on_bounded(async { Ok(self.append_pipelined(tail, rest).await) });
+        let (tail, stored, result) = match pipelined {
+            Ok(done) => done,
+            Err(e) => (tail, 0, Err(e)),
+        };
+        *known = result.is_ok().then_some(tail);
+        (landed + stored, result)
     }
 
     fn read_after(&self, after: u64, visit: &mut RecordVisitor<'_>) -> Result<(), StorageError> {

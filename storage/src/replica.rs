@@ -293,6 +293,18 @@ pub trait ReplicaLog: Send + Sync {
     /// holds it durably. A log whose last record is not `number - 1` refuses it.
     fn append(&self, number: u64, record: &[u8]) -> Result<(), StorageError>;
 
+    /// Store `records` in order (each number following the one before): returns how
+    /// many of the first ones the log now holds, and what stopped the others. A log
+    /// reached over a network sends them all before waiting for any.
+    fn append_all(&self, records: &[(u64, Vec<u8>)]) -> (usize, Result<(), StorageError>) {
+        for (stored, (n, record)) in records.iter().enumerate() {
+            if let Err(e) = self.append(*n, record) {
+                return (stored, Err(e));
+            }
+        }
+        (records.len(), Ok(()))
+    }
+
     /// Visit every whole record after `after`, in order.
     fn read_after(&self, after: u64, visit: &mut RecordVisitor<'_>) -> Result<(), StorageError>;
 }
@@ -586,15 +598,7 @@ impl<K: Kv> Replicated<K> {
                 shipper,
                 armed: true,
             };
-            let mut shipped = 0;
-            let mut result = Ok(());
-            for (n, record) in &round {
-                if let Err(e) = shipper.log.append(*n, record) {
-                    result = Err(e);
-                    break;
-                }
-                shipped += 1;
-            }
+            let (shipped, result) = shipper.log.append_all(&round);
             if shipped > 0 {
                 // The copies are no longer needed. Not synced, and its failure is
                 // harmless: the next open deletes every copy the log already holds.
