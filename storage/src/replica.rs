@@ -28,7 +28,8 @@
 //!
 //! A database that already holds data when it meets an empty log (replication turned
 //! on, or the log deleted to start again) is written to it as a snapshot (every column
-//! family, in records of about [`SEED_RECORD_BYTES`]) before it serves. A log that
+//! family, in records of about [`SEED_RECORD_BYTES`]) before it serves; a snapshot cut
+//! short (the log unreachable meanwhile) starts over at the next open. A log that
 //! holds records is refused when the database never recorded one, or was written
 //! without it since.
 //!
@@ -305,6 +306,9 @@ pub trait ReplicaLog: Send + Sync {
         (records.len(), Ok(()))
     }
 
+    /// Drop every record (a snapshot into the log that was cut short starts over).
+    fn clear(&self) -> Result<(), StorageError>;
+
     /// Visit every whole record after `after`, in order.
     fn read_after(&self, after: u64, visit: &mut RecordVisitor<'_>) -> Result<(), StorageError>;
 }
@@ -352,6 +356,12 @@ impl ReplicaLog for MemLog {
             )));
         }
         records.push(record.to_vec());
+        Ok(())
+    }
+
+    fn clear(&self) -> Result<(), StorageError> {
+        self.check()?;
+        lock(&self.records).clear();
         Ok(())
     }
 
@@ -513,11 +523,9 @@ impl<K: Kv> Replicated<K> {
                     .into(),
             ));
         } else if inner.get(Cf::Meta, META_REPLICA_SEEDING)?.is_some() {
-            return Err(StorageError::Backend(
-                "an earlier snapshot of this database into its replica log was interrupted: \
-                 delete the log (the node's JetStream stream) to have it seeded again"
-                    .into(),
-            ));
+            // An earlier snapshot into the log was cut short: it starts over.
+            log.clear()?;
+            catch.seeded = seed(&inner, &*log)?;
         } else if through == 0 && holds_data(&inner)? {
             return Err(StorageError::Backend(format!(
                 "this database holds data but no record of the replica log, which holds \

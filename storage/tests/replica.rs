@@ -9,9 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use petrel_storage::cf::Cf;
 use petrel_storage::engine::Store;
-use petrel_storage::kv::{Direction, Kv};
+use petrel_storage::kv::{Batch, Direction, Kv};
 use petrel_storage::mem::MemKv;
-use petrel_storage::replica::{MemLog, RecordBuf, ReplicaLog, Replicated};
+use petrel_storage::replica::{META_REPLICA_SEEDING, MemLog, RecordBuf, ReplicaLog, Replicated};
 use petrel_storage::{
     AppendRequest, ConversationKey, Engine, Request, StorageConfig, StorageError, SyncMode, UserId,
 };
@@ -275,5 +275,39 @@ fn a_deleted_log_is_seeded_again_and_a_foreign_log_is_refused() {
     assert!(
         error.to_string().contains("no record of the replica log"),
         "{error}"
+    );
+}
+
+#[test]
+fn a_snapshot_into_the_log_cut_short_starts_over() {
+    let plain = Store::with_kv(Replicated::plain(MemKv::default()), config()).expect("store");
+    let group = plain.create_group(A, "g", &[B], T0).expect("group");
+    for reply in plain.execute_batch((1..=30).map(|i| append(i, group)).collect()) {
+        reply.expect("append");
+    }
+    let kv = plain.into_kv().into_inner();
+    // What a snapshot cut short leaves: the database marked, the log holding its start.
+    let mut batch = kv.batch();
+    batch.put(Cf::Meta, META_REPLICA_SEEDING, &[]);
+    kv.write(batch, true).expect("mark");
+    let log = Arc::new(MemLog::default());
+    let mut start = RecordBuf::new();
+    start.put(Cf::Meta, b"partial", b"snapshot");
+    log.append(1, &start.into_bytes()).expect("start");
+
+    let (seeded, catch) = Replicated::open(kv, log.clone()).expect("seeded again");
+    assert!(catch.seeded >= 1, "{catch:?}");
+    assert_eq!(
+        seeded
+            .inner()
+            .get(Cf::Meta, META_REPLICA_SEEDING)
+            .expect("get"),
+        None
+    );
+    let (rebuilt, _) = Replicated::open(MemKv::default(), log).expect("rebuild");
+    assert_eq!(contents(rebuilt.inner()), contents(seeded.inner()));
+    assert_eq!(
+        rebuilt.inner().get(Cf::Meta, b"partial").expect("get"),
+        None
     );
 }
