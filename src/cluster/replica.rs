@@ -4,16 +4,21 @@
 //! cluster. The database acknowledges nothing before the stream has it, and a node that
 //! lost its disk is rebuilt from it when it starts (docs/CLUSTER.md, "Replication").
 //!
-//! A record larger than a NATS message is sent as several **pieces**, each
-//! `record(u64 BE) writer(u64 BE) index(u16 BE) last(u8)` then bytes. A crash between
-//! pieces leaves a partial record at the stream's end; the record is sent again whole
-//! after it, and readers drop the partial one (a new index 0 starts the record over).
+//! Each message of the stream starts `record(u64 BE) writer(u64 BE) index(u16 BE)
+//! kind(u8)`. A round's records go as **batches** of whole records (`len(u32 BE)
+//! bytes` each, `index` = how many), as many as fit a NATS message, so a round is
+//! usually one publish. A record larger than a message goes alone, in **pieces**. A
+//! crash between pieces leaves a partial record at the stream's end; the record is
+//! sent again after it, and readers drop the partial one (a new piece 0, or a batch,
+//! starts over).
 //!
-//! Every piece is published with `Nats-Expected-Last-Sequence`, so the stream takes it
-//! only right after the last piece this process knows of: a second process writing the
-//! same node's stream is refused instead of interleaving. When a publish fails or its
-//! acknowledgement is lost, the stream's end is read again before the next one, and a
-//! record whose last piece this process did land counts as stored.
+//! Every message is published with `Nats-Expected-Last-Sequence`, one at a time, so
+//! the stream takes it only right after the last one this process knows of, and a
+//! message left over from a round that timed out can land only where it was meant to.
+//! After a round that failed, the messages after the last end this process is sure of
+//! are read back: if all are its own and follow in order, the records they complete
+//! are stored (a lost acknowledgement); a message of another writer means another
+//! process writes this node's log, which is refused for good.
 //!
 //! The storage layer calls in from its own threads (the syncers); each call is run to
 //! completion on a runtime of this module's own with one worker thread.
@@ -26,75 +31,146 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use futures_util::StreamExt;
 use petrel_storage::StorageError;
 use petrel_storage::replica::{RecordVisitor, ReplicaLog};
 
 use super::config::ClusterSettings;
 
-/// Bytes before each piece's data.
-const PIECE_HEADER: usize = 8 + 8 + 2 + 1;
+/// Bytes before each message's data.
+const HEADER: usize = 8 + 8 + 2 + 1;
 
 /// Room left in a NATS message for the headers of a publish.
 const HEADROOM: usize = 1024;
 
-/// The stream's end as this process last saw it.
+/// The stream's end: its last message and the last whole record before it.
 #[derive(Debug, Clone, Copy)]
 struct Tail {
     /// The stream sequence of its last message (0: empty).
     seq: u64,
     /// The last whole record.
     record: u64,
-    /// Whether that record's last piece was written by this process.
-    ours: bool,
 }
 
-/// A piece's header.
+/// What this process knows of the stream's end.
+#[derive(Debug, Default)]
+struct Ends {
+    /// Exact (from the last acknowledgement); `None` after a round that failed, until
+    /// the stream is read again.
+    known: Option<Tail>,
+    /// The last end this process is sure of (read at start, or acknowledged): a failed
+    /// round's leftovers are checked from it.
+    confirmed: Option<Tail>,
+}
+
+/// What a message of the stream holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Piece {
+enum Kind {
+    /// A piece of one record, not its last.
+    Part,
+    /// The last piece of one record (the whole of it, at index 0).
+    End,
+    /// Whole records `record ..` (`count` of them), each `len(u32 BE) bytes`.
+    Batch,
+}
+
+/// A message's header: `record(u64 BE) writer(u64 BE) index(u16 BE) kind(u8)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    /// The record (the first one, in a batch).
     record: u64,
     writer: u64,
+    /// The piece's index; in a batch, how many records it holds.
     index: u16,
-    last: bool,
+    kind: Kind,
 }
 
-impl Piece {
-    fn parse(payload: &[u8]) -> Result<(Piece, &[u8]), StorageError> {
-        if payload.len() < PIECE_HEADER {
+impl Header {
+    fn parse(payload: &[u8]) -> Result<(Header, &[u8]), StorageError> {
+        if payload.len() < HEADER {
             return Err(corrupt(format!(
-                "a piece of {} bytes, shorter than its header",
+                "a message of {} bytes, shorter than its header",
                 payload.len()
             )));
         }
-        let (head, data) = payload.split_at(PIECE_HEADER);
+        let (head, data) = payload.split_at(HEADER);
         let u64_at = |i: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&head[i..i + 8]);
             u64::from_be_bytes(b)
         };
-        let piece = Piece {
+        let header = Header {
             record: u64_at(0),
             writer: u64_at(8),
             index: u16::from_be_bytes([head[16], head[17]]),
-            last: match head[18] {
-                0 => false,
-                1 => true,
-                other => return Err(corrupt(format!("piece flag {other}"))),
+            kind: match head[18] {
+                0 => Kind::Part,
+                1 => Kind::End,
+                2 => Kind::Batch,
+                other => return Err(corrupt(format!("message kind {other}"))),
             },
         };
-        Ok((piece, data))
+        if header.kind == Kind::Batch && header.index == 0 {
+            return Err(corrupt(format!(
+                "an empty batch at record {}",
+                header.record
+            )));
+        }
+        Ok((header, data))
     }
 
-    fn encode(self, data: &[u8]) -> Bytes {
-        let mut b = BytesMut::with_capacity(PIECE_HEADER + data.len());
+    fn encode(self, capacity: usize) -> BytesMut {
+        let mut b = BytesMut::with_capacity(HEADER + capacity);
         b.put_u64(self.record);
         b.put_u64(self.writer);
         b.put_u16(self.index);
-        b.put_u8(u8::from(self.last));
-        b.put_slice(data);
-        b.freeze()
+        b.put_u8(match self.kind {
+            Kind::Part => 0,
+            Kind::End => 1,
+            Kind::Batch => 2,
+        });
+        b
     }
+
+    /// The last record the message holds, whole or in part.
+    fn last_record(self) -> u64 {
+        match self.kind {
+            Kind::Batch => self.record + u64::from(self.index) - 1,
+            Kind::Part | Kind::End => self.record,
+        }
+    }
+
+    /// Whether the message ends a record (so its last record is whole).
+    fn completes(self) -> bool {
+        self.kind != Kind::Part
+    }
+}
+
+/// The records of a batch's data, checked: each `len(u32 BE) bytes`, `count` of them,
+/// nothing after.
+fn batch_records(data: &[u8], count: u16) -> Result<Vec<&[u8]>, StorageError> {
+    let mut records = Vec::with_capacity(usize::from(count));
+    let mut rest = data;
+    for _ in 0..count {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(corrupt("a batch cut short".into()));
+        };
+        let len = u32::from_be_bytes(*len) as usize;
+        if tail.len() < len {
+            return Err(corrupt("a batch cut short".into()));
+        }
+        let (record, tail) = tail.split_at(len);
+        records.push(record);
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return Err(corrupt(format!(
+            "{} bytes after a batch's records",
+            rest.len()
+        )));
+    }
+    Ok(records)
 }
 
 fn corrupt(what: String) -> StorageError {
@@ -112,8 +188,8 @@ pub struct JetStreamLog {
     piece_bytes: usize,
     /// This process, in the pieces it writes.
     writer: u64,
-    /// `None` after a failed publish, until the stream's end is read again.
-    tail: Mutex<Option<Tail>>,
+    /// The stream's end, as far as this process knows it.
+    ends: Mutex<Ends>,
     /// When the log last warned that it is unreachable (once a second at most).
     warned: Mutex<Option<Instant>>,
     /// Longest a shipping round waits for NATS (`request_timeout_ms`).
@@ -197,11 +273,9 @@ impl JetStreamLog {
             js,
             stream,
             subject,
-            piece_bytes: max_payload
-                .saturating_sub(HEADROOM + PIECE_HEADER)
-                .max(4096),
+            piece_bytes: max_payload.saturating_sub(HEADROOM + HEADER).max(4096),
             writer: rand::random(),
-            tail: Mutex::new(None),
+            ends: Mutex::new(Ends::default()),
             warned: Mutex::new(None),
             timeout: settings.request_timeout,
         })
@@ -250,20 +324,14 @@ impl JetStreamLog {
         StorageError::Unavailable
     }
 
-    async fn piece_at(
-        &self,
-        stream: &stream::Stream,
-        seq: u64,
-    ) -> Result<(Piece, Bytes), StorageError> {
+    async fn header_at(&self, stream: &stream::Stream, seq: u64) -> Result<Header, StorageError> {
         let message = stream
             .get_raw_message(seq)
             .await
             .map_err(|e| self.unavailable("get", e))?;
-        let (piece, _) = Piece::parse(&message.payload)?;
-        Ok((piece, message.payload))
+        Ok(Header::parse(&message.payload)?.0)
     }
 
-    /// The stream and what it holds now (sequences, message count).
     async fn stream_state(&self) -> Result<(stream::Stream, stream::State), StorageError> {
         let mut stream = self
             .js
@@ -286,92 +354,143 @@ impl JetStreamLog {
             return Ok(Tail {
                 seq: state.last_sequence,
                 record: 0,
-                ours: false,
             });
         }
-        let (piece, _) = self.piece_at(&stream, state.last_sequence).await?;
+        let header = self.header_at(&stream, state.last_sequence).await?;
         Ok(Tail {
             seq: state.last_sequence,
-            // Pieces of record r follow every piece of r - 1.
-            record: if piece.last {
-                piece.record
+            // The pieces of record r come after every record before it.
+            record: if header.completes() {
+                header.last_record()
             } else {
-                piece.record.saturating_sub(1)
+                header.record.saturating_sub(1)
             },
-            ours: piece.last && piece.writer == self.writer,
         })
     }
 
-    /// Publishes every piece of `records` at once, each expecting the one before it at
-    /// the stream's end (one round trip for the lot, not one per piece), then collects
-    /// the acknowledgements in order. Returns the stream's end after the last record
-    /// acknowledged whole, how many records that is, and what stopped the rest.
-    async fn append_pipelined(
+    /// After a round that failed: what landed after `from`, the last end this process
+    /// is sure of. Every message there must be this process's, its records following
+    /// `from`'s in order (a record may start over at piece 0 after a partial one); then
+    /// the records it completed are in the log. A message of another writer means
+    /// another process writes this node's log: refused for good.
+    async fn check_after(&self, from: Tail) -> Result<Tail, StorageError> {
+        let (stream, state) = self.stream_state().await?;
+        let mut tail = from;
+        // The record being put together and its last piece's index.
+        let mut open: Option<(u64, u16)> = None;
+        for seq in from.seq + 1..=state.last_sequence {
+            let header = self.header_at(&stream, seq).await?;
+            let follows = match (header.kind, open) {
+                (Kind::Batch, _) => header.record == tail.record + 1,
+                _ if header.index == 0 => header.record == tail.record + 1,
+                (_, Some((record, index))) => header.record == record && header.index == index + 1,
+                (_, None) => false,
+            };
+            if header.writer != self.writer || !follows {
+                return Err(StorageError::Backend(format!(
+                    "replica log {}: sequence {seq} holds record {} of another writer, after \
+                     record {} of this process: another process writes this node's log",
+                    self.stream, header.record, tail.record
+                )));
+            }
+            open = (header.kind == Kind::Part).then_some((header.record, header.index));
+            if header.completes() {
+                tail.record = header.last_record();
+            }
+        }
+        tail.seq = tail.seq.max(state.last_sequence);
+        Ok(tail)
+    }
+
+    /// Publishes `records` as few messages as they fit in, one at a time, each expecting
+    /// the one before it at the stream's end: whole records are batched up to a
+    /// message's size (a round is usually one message, one round trip), and a record
+    /// larger than that goes in pieces. With one message in flight at most, a message
+    /// left over from a round that timed out can land only where it was meant to, or
+    /// not at all. Returns the stream's end after the last record acknowledged, how
+    /// many records that is, and what stopped the rest.
+    async fn append_round(
         &self,
         mut tail: Tail,
         records: &[(u64, Vec<u8>)],
     ) -> (Tail, usize, Result<(), StorageError>) {
-        let mut sent = Vec::new();
-        let mut stopped = Ok(());
-        let mut seq = tail.seq;
-        'records: for (at, (number, record)) in records.iter().enumerate() {
-            // An empty record (none is) would still be one piece.
-            let mut chunks: Vec<&[u8]> = record.chunks(self.piece_bytes.max(1)).collect();
-            if chunks.is_empty() {
-                chunks.push(&[]);
-            }
-            let count = chunks.len();
-            for (index, data) in chunks.into_iter().enumerate() {
-                let Ok(index16) = u16::try_from(index) else {
-                    stopped = Err(corrupt(format!(
-                        "record {number} of {} bytes is too large",
-                        record.len()
-                    )));
-                    break 'records;
-                };
-                let piece = Piece {
+        let mut stored = 0;
+        while stored < records.len() {
+            let (number, record) = &records[stored];
+            let (messages, count) = if HEADER + 4 + record.len() <= self.piece_bytes {
+                // As many whole records as fit.
+                let mut size = HEADER;
+                let mut count = 0;
+                for (_, r) in &records[stored..] {
+                    if size + 4 + r.len() > self.piece_bytes || count == usize::from(u16::MAX) {
+                        break;
+                    }
+                    size += 4 + r.len();
+                    count += 1;
+                }
+                let header = Header {
                     record: *number,
                     writer: self.writer,
-                    index: index16,
-                    last: index + 1 == count,
+                    // At most u16::MAX (the loop stops there).
+                    index: u16::try_from(count).unwrap_or(u16::MAX),
+                    kind: Kind::Batch,
                 };
+                let mut b = header.encode(size);
+                for (_, r) in &records[stored..stored + count] {
+                    // Each record fits in a message, far below 4 GiB.
+                    b.put_u32(r.len() as u32);
+                    b.put_slice(r);
+                }
+                (vec![b.freeze()], count)
+            } else {
+                let chunks: Vec<&[u8]> = record.chunks(self.piece_bytes).collect();
+                let mut messages = Vec::with_capacity(chunks.len());
+                for (index, data) in chunks.iter().enumerate() {
+                    let Ok(index16) = u16::try_from(index) else {
+                        let too_large = corrupt(format!(
+                            "record {number} of {} bytes is too large",
+                            record.len()
+                        ));
+                        return (tail, stored, Err(too_large));
+                    };
+                    let header = Header {
+                        record: *number,
+                        writer: self.writer,
+                        index: index16,
+                        kind: if index + 1 == chunks.len() {
+                            Kind::End
+                        } else {
+                            Kind::Part
+                        },
+                    };
+                    let mut b = header.encode(data.len());
+                    b.put_slice(data);
+                    messages.push(b.freeze());
+                }
+                (messages, 1)
+            };
+            for payload in messages {
                 let message = PublishMessage::build()
-                    .payload(piece.encode(data))
-                    .expected_last_sequence(seq);
-                match self.js.send_publish(self.subject.clone(), message).await {
-                    Ok(ack) => {
-                        seq += 1;
-                        sent.push((at, piece.last, ack));
-                    }
-                    Err(e) => {
-                        stopped = Err(self.unavailable("publish", e));
-                        break 'records;
-                    }
+                    .payload(payload)
+                    .expected_last_sequence(tail.seq);
+                let ack = match self.js.send_publish(self.subject.clone(), message).await {
+                    Ok(ack) => ack
+                        .await
+                        .map_err(|e| self.unavailable("acknowledgement", e)),
+                    Err(e) => Err(self.unavailable("publish", e)),
+                };
+                match ack {
+                    Ok(ack) => tail.seq = ack.sequence,
+                    Err(e) => return (tail, stored, Err(e)),
                 }
             }
+            stored += count;
+            tail.record = records[stored - 1].0;
         }
-        let mut stored = 0;
-        for (at, last, ack) in sent {
-            match ack.await {
-                Ok(ack) => {
-                    tail.seq = ack.sequence;
-                    if last {
-                        stored = at + 1;
-                        tail.record = records[at].0;
-                        tail.ours = true;
-                    }
-                }
-                Err(e) => {
-                    // The later pieces expected this one before them: refused too.
-                    stopped = Err(self.unavailable("acknowledgement", e));
-                    break;
-                }
-            }
-        }
-        (tail, stored, stopped)
+        (tail, stored, Ok(()))
     }
 
-    /// The first stream sequence holding a piece of a record after `after`.
+    /// The first stream sequence holding a record after `after`.
     async fn first_seq_after(
         &self,
         stream: &stream::Stream,
@@ -383,8 +502,7 @@ impl JetStreamLog {
         let (mut lo, mut hi) = (first, last + 1);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let (piece, _) = self.piece_at(stream, mid).await?;
-            if piece.record > after {
+            if self.header_at(stream, mid).await?.last_record() > after {
                 hi = mid;
             } else {
                 lo = mid + 1;
@@ -425,27 +543,40 @@ impl JetStreamLog {
                 .info()
                 .map_err(|e| self.unavailable("message info", e))?
                 .stream_sequence;
-            let (piece, data) = Piece::parse(&message.payload)?;
-            if piece.index == 0 {
+            let (header, data) = Header::parse(&message.payload)?;
+            if header.kind == Kind::Batch {
                 // Drops a partial record left by a crash between its pieces.
-                open = Some((piece.record, 0, Vec::new()));
-            }
-            match &mut open {
-                Some((record, next, bytes)) if *record == piece.record && *next == piece.index => {
-                    bytes.extend_from_slice(data);
-                    *next += 1;
+                open = None;
+                for (i, record) in batch_records(data, header.index)?.into_iter().enumerate() {
+                    let number = header.record + i as u64;
+                    if number > after {
+                        visit(number, record)?;
+                    }
                 }
-                _ => {
-                    return Err(corrupt(format!(
-                        "piece {} of record {} at sequence {seq} follows no piece before it",
-                        piece.index, piece.record
-                    )));
+            } else {
+                if header.index == 0 {
+                    open = Some((header.record, 0, Vec::new()));
                 }
-            }
-            if piece.last
-                && let Some((record, _, bytes)) = open.take()
-            {
-                visit(record, &bytes)?;
+                match &mut open {
+                    Some((record, next, bytes))
+                        if *record == header.record && *next == header.index =>
+                    {
+                        bytes.extend_from_slice(data);
+                        *next += 1;
+                    }
+                    _ => {
+                        return Err(corrupt(format!(
+                            "piece {} of record {} at sequence {seq} follows no piece before it",
+                            header.index, header.record
+                        )));
+                    }
+                }
+                if header.kind == Kind::End
+                    && let Some((record, _, bytes)) = open.take()
+                    && record > after
+                {
+                    visit(record, &bytes)?;
+                }
             }
             if seq >= state.last_sequence {
                 break;
@@ -458,8 +589,11 @@ impl JetStreamLog {
 impl ReplicaLog for JetStreamLog {
     fn last(&self) -> Result<u64, StorageError> {
         let tail = self.block_on_bounded(self.read_tail())?;
-        let mut known = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-        *known = Some(tail);
+        let mut ends = self.ends.lock().unwrap_or_else(|p| p.into_inner());
+        *ends = Ends {
+            known: Some(tail),
+            confirmed: Some(tail),
+        };
         Ok(tail.record)
     }
 
@@ -471,52 +605,70 @@ impl ReplicaLog for JetStreamLog {
         let Some(&(first, _)) = records.first() else {
             return (0, Ok(()));
         };
-        let mut known = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-        let tail = match *known {
-            Some(tail) => tail,
-            None => match self.block_on_bounded(self.read_tail()) {
-                Ok(tail) => tail,
-                Err(e) => return (0, Err(e)),
-            },
+        let mut ends = self.ends.lock().unwrap_or_else(|p| p.into_inner());
+        let tail = match (ends.known, ends.confirmed) {
+            (Some(tail), _) => Ok(tail),
+            // After a failed round: what of it landed, checked piece by piece.
+            (None, Some(from)) => self.block_on_bounded(self.check_after(from)),
+            (None, None) => self.block_on_bounded(self.read_tail()),
         };
-        // Records this process sent whose acknowledgements were lost: every record up
-        // to the stream's last is ours when the last is (each piece landed only right
-        // after the one before it).
-        let landed = if tail.ours {
-            records
-                .iter()
-                .take_while(|(n, _)| *n <= tail.record)
-                .count()
-        } else {
-            0
+        let tail = match tail {
+            Ok(tail) => tail,
+            Err(e) => return (0, Err(e)),
         };
+        (ends.known, ends.confirmed) = (Some(tail), Some(tail));
+        // Records of a failed round that landed after all (checked to be this
+        // process's), or whose acknowledgement was lost.
+        let landed = records
+            .iter()
+            .take_while(|(n, _)| *n <= tail.record)
+            .count();
         let rest = &records[landed..];
         let Some(&(next, _)) = rest.first() else {
-            *known = Some(tail);
             return (landed, Ok(()));
         };
         if tail.record + 1 != next {
-            *known = None;
+            ends.known = None;
             return (
                 landed,
                 Err(StorageError::Backend(format!(
                     "replica log {}: holds records through {}, so record {next} does not \
-                     follow (another process writes this node's log; first record asked: \
-                     {first})",
+                     follow (first record asked: {first})",
                     self.stream, tail.record
                 ))),
             );
         }
-        // Past the time limit nothing is known of what landed: the stream's end is read
-        // again before the next round, which counts what did as ours.
-        let pipelined =
-            self.block_on_bounded(async { Ok(self.append_pipelined(tail, rest).await) });
+        // Past the time limit nothing is known of what landed: the next round checks.
+        let pipelined = self.block_on_bounded(async { Ok(self.append_round(tail, rest).await) });
         let (tail, stored, result) = match pipelined {
             Ok(done) => done,
             Err(e) => (tail, 0, Err(e)),
         };
-        *known = result.is_ok().then_some(tail);
+        if result.is_ok() {
+            (ends.known, ends.confirmed) = (Some(tail), Some(tail));
+        } else {
+            ends.known = None;
+        }
         (landed + stored, result)
+    }
+
+    fn clear(&self) -> Result<(), StorageError> {
+        let mut ends = self.ends.lock().unwrap_or_else(|p| p.into_inner());
+        self.block_on_bounded(async {
+            let (stream, _) = self.stream_state().await?;
+            stream
+                .purge()
+                .await
+                .map_err(|e| self.unavailable("purge", e))?;
+            Ok(())
+        })?;
+        // Sequences go on from where they were; no record is left.
+        let tail = self.block_on_bounded(self.read_tail())?;
+        *ends = Ends {
+            known: Some(tail),
+            confirmed: Some(tail),
+        };
+        Ok(())
     }
 
     fn read_after(&self, after: u64, visit: &mut RecordVisitor<'_>) -> Result<(), StorageError> {
@@ -538,19 +690,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pieces_round_trip_and_bad_headers_are_errors() {
-        let piece = Piece {
+    fn headers_and_batches_round_trip_and_bad_ones_are_errors() {
+        let header = Header {
             record: 7,
             writer: 42,
-            index: 3,
-            last: true,
+            index: 2,
+            kind: Kind::Batch,
         };
-        let bytes = piece.encode(b"data");
-        let (back, data) = Piece::parse(&bytes).expect("parse");
-        assert_eq!((back, data), (piece, &b"data"[..]));
-        assert!(Piece::parse(&bytes[..PIECE_HEADER - 1]).is_err());
+        let mut b = header.encode(16);
+        for r in [&b"ab"[..], b"cde"] {
+            b.put_u32(r.len() as u32);
+            b.put_slice(r);
+        }
+        let bytes = b.freeze();
+        let (back, data) = Header::parse(&bytes).expect("parse");
+        assert_eq!(back, header);
+        assert_eq!((back.last_record(), back.completes()), (8, true));
+        assert_eq!(
+            batch_records(data, 2).expect("records"),
+            [&b"ab"[..], b"cde"]
+        );
+        assert!(
+            batch_records(data, 3).is_err(),
+            "fewer records than counted"
+        );
+        assert!(batch_records(data, 1).is_err(), "bytes after the records");
+        assert!(
+            batch_records(&data[..data.len() - 1], 2).is_err(),
+            "cut short"
+        );
+        assert!(Header::parse(&bytes[..HEADER - 1]).is_err());
         let mut bad = bytes.to_vec();
-        bad[18] = 2;
-        assert!(Piece::parse(&bad).is_err());
+        bad[18] = 3;
+        assert!(Header::parse(&bad).is_err(), "unknown kind");
+        let empty = Header { index: 0, ..header }.encode(0);
+        assert!(Header::parse(&empty).is_err(), "an empty batch");
+        let part = Header {
+            kind: Kind::Part,
+            ..header
+        };
+        assert_eq!((part.last_record(), part.completes()), (7, false));
     }
 }
