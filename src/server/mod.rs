@@ -700,8 +700,6 @@ fn start_media(
     crate::media::start(config.media.clone(), addr, &config.data_dir, keys, revoked)
 }
 
-/// The token revocation list as the database has it, for the HTTP services that check
-/// clients' tokens (media, dispatch). In a cluster, the revocations this node stored.
 /// Opens the node's database; with `[cluster] replicas`, over its replica log, after
 /// levelling the two (a database that lost writes, or its disk, gets them back).
 fn open_database(
@@ -743,6 +741,8 @@ fn open_database(
     Ok(engine)
 }
 
+/// The token revocation list as the database has it, for the HTTP services that check
+/// clients' tokens (media, dispatch). In a cluster, the revocations this node stored.
 fn revocation_source(engine: &Arc<RocksEngine>) -> crate::media::RevocationSource {
     use petrel_storage::Engine as _;
     // Weak: the HTTP threads live until the process exits and must not keep the
