@@ -690,14 +690,9 @@ pub fn fail_not_durable(
     replies: &mut [Result<Reply, StorageError>],
     cause: &StorageError,
 ) {
-    let msg = format!("WAL sync failed, write not durable: {cause}");
     for (w, r) in writes.iter().zip(replies.iter_mut()) {
         if *w && r.is_ok() {
-            *r = Err(match cause {
-                // The replica log did not take it: sent again, it is stored once.
-                StorageError::Unavailable => StorageError::Unavailable,
-                _ => StorageError::Backend(msg.clone()),
-            });
+            *r = Err(cause.for_group_writes("WAL sync failed, write not durable"));
         }
     }
 }

@@ -276,6 +276,17 @@ impl StorageError {
             _ => false,
         }
     }
+
+    /// The error every write of a group gets when the group failed with `self`:
+    /// [`StorageError::Unavailable`] stays itself (the replica log did not take the
+    /// group, or refused it before it was applied: sent again, a write is stored once),
+    /// anything else becomes a [`StorageError::Backend`] error saying `what`.
+    pub fn for_group_writes(&self, what: &str) -> StorageError {
+        match self {
+            StorageError::Unavailable => StorageError::Unavailable,
+            other => StorageError::Backend(format!("{what}: {other}")),
+        }
+    }
 }
 
 #[cfg(test)]

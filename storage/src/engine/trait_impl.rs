@@ -332,14 +332,8 @@ impl<K: Kv> Store<K> {
     /// duplicate answered inside the run may point at a write that never happened).
     fn end_run(&self, run: Run<'_, K>, sync: bool, replies: &mut [Result<Reply, StorageError>]) {
         if let Err(e) = self.finish_run(run, sync) {
-            let msg = format!("group write failed, nothing of it was stored: {e}");
             for r in replies.iter_mut().filter(|r| r.is_ok()) {
-                *r = Err(match e {
-                    // Refused before it was applied (a replica log far behind): the
-                    // client is told to send it again.
-                    StorageError::Unavailable => StorageError::Unavailable,
-                    _ => StorageError::Backend(msg.clone()),
-                });
+                *r = Err(e.for_group_writes("group write failed, nothing of it was stored"));
             }
         }
     }
