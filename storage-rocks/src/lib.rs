@@ -21,6 +21,9 @@
 //! snapshot (`durable_view`), so the refused writes still in the memtable are never
 //! shown: readers see exactly what a restart will find.
 //!
+//! [`standby::RocksStandby`] is a standby's database, following a replica log until it
+//! is promoted to an engine.
+//!
 //! [`outbox::Outbox`] is a durable queue in a database of its own (the webhook queue).
 //!
 //! `src/bin/storage-crash-child.rs` is a test helper for `tests/crash.rs`, not a server.
@@ -29,6 +32,7 @@
 mod durable_view;
 pub mod options;
 pub mod outbox;
+pub mod standby;
 
 use std::path::Path;
 use std::sync::Arc;

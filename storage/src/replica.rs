@@ -33,6 +33,14 @@
 //! holds records is refused when the database never recorded one, or was written
 //! without it since.
 //!
+//! A **standby** ([`Replicated::open_standby`], [`Replicated::follow`]) is a database
+//! that follows a log another process writes, applying its records as they come, and
+//! writes nothing until it is promoted (the engine is built over it): its next record
+//! follows the log's last. On a standby the log is the truth, so a database that
+//! diverged from it (records the log does not hold, or holds otherwise) is emptied and
+//! rebuilt; the same database opened as a primary is refused instead of having the
+//! log applied on top of writes the log replaced.
+//!
 //! A direct engine call is a group of one: `Store` ships it before it returns
 //! (`Kv::replicate`). `Kv::write` never waits for the log, so it keeps meaning "applied
 //! if and only if `Ok`"; a log that does not answer makes `sync_wal` and `replicate`
@@ -391,6 +399,9 @@ pub struct CatchUp {
     pub seeded: u64,
     /// The last record both now hold.
     pub through: u64,
+    /// A standby's database that had diverged from the log was emptied and rebuilt from
+    /// it ([`Replicated::open_standby`]); says why.
+    pub rebuilt: Option<&'static str>,
 }
 
 /// Records written locally and not yet acknowledged by the log.
@@ -533,33 +544,105 @@ impl<K: Kv> Replicated<K> {
                  cluster name), or the database was never replicated. Move the database aside \
                  to rebuild it from the log, or delete the log to seed it from the database"
             )));
+        } else if copies_differ(&inner, &*log)? {
+            return Err(StorageError::Backend(
+                "the replica log holds other records where this database holds writes of \
+                 its own that the log never took: another process wrote the log since (a \
+                 standby promoted in its place). Start this one as the node's standby, which \
+                 rebuilds it from the log"
+                    .into(),
+            ));
         } else if last < through {
             catch.shipped = ship_own_copies(&inner, &*log, last, through)?;
         } else if last > through {
             catch.applied = apply_from(&inner, &*log, through, last)?;
         }
-        // Every copy is in the log now.
-        let mut batch = inner.batch();
-        batch.delete_range(Cf::ReplicaLog, &keys::u64_key(0), &ALL_KEYS_END);
-        inner.write(batch, false)?;
-        catch.through = read_through(&inner)?;
+        catch.through = drop_copies(&inner)?;
+        Ok((Replicated::levelled(inner, log, catch.through), catch))
+    }
+
+    /// A **standby**'s database: it follows a log that another process (the node's
+    /// primary) writes, and never writes the log itself until it is promoted. Its
+    /// database is brought level by applying the log's records only; one that diverged
+    /// from the log — records the log does not hold or holds otherwise (a primary that
+    /// stopped with writes the log never took, and was then succeeded), data without a
+    /// record of the log, a snapshot cut short, writes made without the log — is
+    /// emptied and rebuilt from the log ([`CatchUp::rebuilt`] says why): on a standby
+    /// the log is the truth, and what it lacks was never acknowledged to anyone.
+    ///
+    /// Until it is promoted nothing may write through the returned backend but
+    /// [`Replicated::follow`]; after it, it is an ordinary replicated backend whose
+    /// first record follows the log's last.
+    pub fn open_standby(
+        inner: K,
+        log: Arc<dyn ReplicaLog>,
+    ) -> Result<(Replicated<K>, CatchUp), StorageError> {
+        let last = log.last()?;
+        let mut catch = CatchUp::default();
+        if let Some(why) = diverged(&inner, &*log, last)? {
+            let mut batch = inner.batch();
+            for cf in Cf::ALL {
+                batch.delete_range(cf, &[], &ALL_KEYS_END);
+            }
+            inner.write(batch, true)?;
+            catch.rebuilt = Some(why);
+        }
+        let through = read_through(&inner)?;
+        if last > through {
+            catch.applied = apply_from(&inner, &*log, through, last)?;
+        }
+        catch.through = drop_copies(&inner)?;
+        Ok((Replicated::levelled(inner, log, catch.through), catch))
+    }
+
+    /// A standby's database ([`Replicated::open_standby`]) takes the records its log
+    /// gained since; returns how many. An error when this backend wrote records of its
+    /// own (it is no standby), or when the log now ends before this database (it was
+    /// purged or replaced: the standby no longer follows it).
+    pub fn follow(&self) -> Result<u64, StorageError> {
+        let Some(shipper) = &self.shipper else {
+            return Err(StorageError::Backend(
+                "a database without a replica log follows none".into(),
+            ));
+        };
+        let last = shipper.log.last()?;
+        let mut state = lock(&shipper.state);
+        if state.written != state.acked || state.busy {
+            return Err(StorageError::Backend(
+                "a database that writes its replica log follows no other writer of it".into(),
+            ));
+        }
+        let through = state.written;
+        if last < through {
+            return Err(StorageError::Backend(format!(
+                "the replica log now ends at record {last}, before this standby's {through}:                  it was purged or replaced; start the standby again to rebuild from it"
+            )));
+        }
+        if last == through {
+            return Ok(0);
+        }
+        let applied = apply_from(&self.inner, &*shipper.log, through, last)?;
+        let now = read_through(&self.inner)?;
+        (state.written, state.acked) = (now, now);
+        Ok(applied)
+    }
+
+    /// The backend over `inner`, level with `log` through record `through`.
+    fn levelled(inner: K, log: Arc<dyn ReplicaLog>, through: u64) -> Replicated<K> {
         let shipper = Shipper {
             log,
             state: Mutex::new(Shipping {
-                written: catch.through,
-                acked: catch.through,
+                written: through,
+                acked: through,
                 ..Shipping::default()
             }),
             done: Condvar::new(),
         };
-        Ok((
-            Replicated {
-                inner,
-                shipper: Some(shipper),
-                unmarked: std::sync::atomic::AtomicBool::new(false),
-            },
-            catch,
-        ))
+        Replicated {
+            inner,
+            shipper: Some(shipper),
+            unmarked: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// The wrapped backend.
@@ -616,14 +699,16 @@ impl<K: Kv> Replicated<K> {
                 }
                 let _ = self.inner.write(batch, false);
             }
+            let shipped_bytes: usize = round[..shipped].iter().map(|(_, r)| r.len()).sum();
             state = lock(&shipper.state);
             if let Some((n, _)) = round[..shipped].last() {
                 state.acked = *n;
             }
+            // The round's records stayed counted while it ran; the rest go back in front.
+            state.queued_bytes = state.queued_bytes.saturating_sub(shipped_bytes);
             for (n, record) in round.into_iter().skip(shipped).rev() {
                 state.queue.push_front((n, record));
             }
-            state.queued_bytes = state.queue.iter().map(|(_, r)| r.len()).sum();
             // In the same critical section as the state it leaves behind.
             state.busy = false;
             busy.armed = false;
@@ -721,6 +806,71 @@ impl<K: Kv> Kv for Replicated<K> {
     }
 }
 
+/// Once the log holds every record: drops the local copies; returns the database's
+/// last record.
+fn drop_copies<K: Kv>(kv: &K) -> Result<u64, StorageError> {
+    let mut batch = kv.batch();
+    batch.delete_range(Cf::ReplicaLog, &keys::u64_key(0), &ALL_KEYS_END);
+    kv.write(batch, false)?;
+    read_through(kv)
+}
+
+/// Why a standby's database can no longer follow the log (whose last whole record is
+/// `last`) by applying what follows its own last record; `None` when it can.
+fn diverged<K: Kv>(
+    kv: &K,
+    log: &dyn ReplicaLog,
+    last: u64,
+) -> Result<Option<&'static str>, StorageError> {
+    if kv.get(Cf::Meta, META_REPLICA_LEFT)?.is_some() {
+        return Ok(Some("it was written without the log"));
+    }
+    if kv.get(Cf::Meta, META_REPLICA_SEEDING)?.is_some() {
+        return Ok(Some("a snapshot of it into the log was cut short"));
+    }
+    let through = read_through(kv)?;
+    if through == 0 {
+        return Ok(holds_data(kv)?.then_some("it holds data but no record of the log"));
+    }
+    if through > last {
+        return Ok(Some(
+            "it holds records the log does not (written by a primary, never acknowledged)",
+        ));
+    }
+    Ok(copies_differ(kv, log)?.then_some(
+        "the log holds other records where it holds its own (a primary succeeded by another)",
+    ))
+}
+
+/// Whether the log holds, at the number of a record this database wrote and kept a copy
+/// of, another record (its writer stopped before the log took it, and another writer
+/// went on).
+fn copies_differ<K: Kv>(kv: &K, log: &dyn ReplicaLog) -> Result<bool, StorageError> {
+    let mut copies = Vec::new();
+    kv.scan(
+        Cf::ReplicaLog,
+        &keys::u64_key(0),
+        &ALL_KEYS_END,
+        Direction::Forward,
+        usize::MAX,
+        &mut |k, v| {
+            copies.push((keys::decode_u64(WHAT, k)?, v.to_vec()));
+            Ok(true)
+        },
+    )?;
+    let Some(&(first, _)) = copies.first() else {
+        return Ok(false);
+    };
+    let mut differs = false;
+    log.read_after(first.saturating_sub(1), &mut |n, record| {
+        if let Ok(i) = copies.binary_search_by_key(&n, |(c, _)| *c) {
+            differs |= copies[i].1 != record;
+        }
+        Ok(())
+    })?;
+    Ok(differs)
+}
+
 fn read_through<K: Kv>(kv: &K) -> Result<u64, StorageError> {
     match kv.get(Cf::Meta, META_REPLICA_THROUGH)? {
         Some(v) => Ok(keys::decode_u64(WHAT, &v)?),
@@ -748,14 +898,14 @@ fn ship_own_copies<K: Kv>(
             Ok(true)
         },
     )?;
-    let mut next = last + 1;
-    for (n, record) in &copies {
-        if *n != next {
-            break;
-        }
-        log.append(*n, record)?;
-        next += 1;
-    }
+    // The copies that follow the log's last record without a gap, shipped as one round.
+    let run = copies
+        .iter()
+        .zip(last + 1..)
+        .take_while(|((n, _), next)| n == next)
+        .count();
+    copies.truncate(run);
+    let next = last + 1 + run as u64;
     if next != through + 1 {
         return Err(StorageError::Backend(format!(
             "the replica log ends at record {last}, this database holds writes through record \
@@ -764,6 +914,7 @@ fn ship_own_copies<K: Kv>(
              from the log, or delete the log to start a new one from the database"
         )));
     }
+    log.append_all(&copies).1?;
     Ok(next - last - 1)
 }
 

@@ -2,7 +2,8 @@
 //! its replica log holds exactly what the original held; records the log never
 //! acknowledged are shipped at the next open; a log that is down refuses the
 //! acknowledgement, not the local write; an existing database is seeded into an empty
-//! log; a second writer is fenced off.
+//! log; a second writer is fenced off; a standby follows the log, is promoted in the
+//! primary's place, and rebuilds a database that diverged from the log.
 
 use std::sync::Arc;
 
@@ -310,4 +311,127 @@ fn a_snapshot_into_the_log_cut_short_starts_over() {
         rebuilt.inner().get(Cf::Meta, b"partial").expect("get"),
         None
     );
+}
+
+/// Every local copy of a record the database holds.
+fn copies(kv: &impl Kv) -> usize {
+    let mut n = 0;
+    kv.scan(
+        Cf::ReplicaLog,
+        &[],
+        &[0xff; 8],
+        Direction::Forward,
+        usize::MAX,
+        &mut |_, _| {
+            n += 1;
+            Ok(true)
+        },
+    )
+    .expect("scan");
+    n
+}
+
+#[test]
+fn a_standby_follows_the_log_and_once_promoted_goes_on_where_the_primary_stopped() {
+    let log = Arc::new(MemLog::default());
+    let primary = replicated_store(&log);
+    let group = write_some(&primary);
+    let (standby, catch) =
+        Replicated::open_standby(MemKv::default(), log.clone()).expect("standby");
+    assert_eq!(catch.applied, log.last().expect("last"));
+    assert_eq!(catch.rebuilt, None);
+    // The primary writes on; the standby takes what the log gained, and nothing else.
+    for reply in primary.execute_batch((1_100..1_110).map(|i| append(i, group)).collect()) {
+        reply.expect("append");
+    }
+    assert_eq!(
+        standby.follow().expect("follow"),
+        1,
+        "one group, one record"
+    );
+    assert_eq!(standby.follow().expect("follow"), 0, "nothing new");
+    assert_eq!(contents(standby.inner()), contents(primary.kv().inner()));
+
+    // Handover: the standby is promoted and writes the log's next record.
+    let through = log.last().expect("last");
+    let promoted = Store::with_kv(standby, config()).expect("promoted");
+    for reply in promoted.execute_batch(vec![append(1_200, group)]) {
+        match reply.expect("append") {
+            petrel_storage::Reply::Appended(outcome) => {
+                assert_eq!(outcome.seq, 61, "after the primary's 60");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(log.last().expect("last"), through + 1);
+    // The old primary, still running, is fenced off: its next write is not acked.
+    let replies = primary.execute_batch(vec![append(1_300, group)]);
+    assert!(
+        matches!(replies[0], Err(StorageError::Backend(ref m)) if m.contains("does not follow")),
+        "{replies:?}"
+    );
+}
+
+#[test]
+fn a_standby_rebuilds_a_database_that_diverged_from_the_log_and_a_primary_refuses_it() {
+    let log = Arc::new(MemLog::default());
+    let primary = replicated_store(&log);
+    let group = write_some(&primary);
+    // The primary applies two groups the log never takes, and stops (a crash).
+    log.set_failing(true);
+    let _ = primary.execute_batch(vec![append(1_100, group)]);
+    let _ = primary.execute_batch(vec![append(1_101, group)]);
+    let old = primary.into_kv().into_inner();
+    log.set_failing(false);
+    assert_eq!(copies(&old), 2);
+
+    // Its database is ahead of the log: as a standby it is rebuilt from the log.
+    let (ahead, catch) = Replicated::open_standby(old, log.clone()).expect("standby");
+    assert!(
+        catch.rebuilt.is_some_and(|why| why.contains("does not")),
+        "{catch:?}"
+    );
+    assert_eq!(catch.through, log.last().expect("last"));
+    assert_eq!(copies(ahead.inner()), 0);
+    let (rebuilt, _) = Replicated::open(MemKv::default(), log.clone()).expect("rebuild");
+    assert_eq!(contents(ahead.inner()), contents(rebuilt.inner()));
+
+    // A primary crashes with two groups the log never took, and its standby is
+    // promoted and writes records of its own at the numbers the primary had used.
+    let succeeded = || {
+        let log = Arc::new(MemLog::default());
+        let primary = replicated_store(&log);
+        let group = write_some(&primary);
+        let (standby, _) =
+            Replicated::open_standby(MemKv::default(), log.clone()).expect("standby");
+        log.set_failing(true);
+        let _ = primary.execute_batch(vec![append(1_100, group)]);
+        let _ = primary.execute_batch(vec![append(1_101, group)]);
+        let old = primary.into_kv().into_inner();
+        log.set_failing(false);
+        let promoted = Store::with_kv(standby, config()).expect("promoted");
+        for id in 1_200..1_203 {
+            for reply in promoted.execute_batch(vec![append(id, group)]) {
+                reply.expect("append");
+            }
+        }
+        (log, old, promoted)
+    };
+    // Started as a primary it is refused, naming why.
+    let (log, old, _) = succeeded();
+    let error = Replicated::open(old, log).expect_err("a diverged primary is refused");
+    assert!(
+        error.to_string().contains("as the node's standby"),
+        "{error}"
+    );
+    // Started as a standby it is rebuilt: it holds what the promoted one holds.
+    let (log, old, promoted) = succeeded();
+    let (standby, catch) = Replicated::open_standby(old, log).expect("standby");
+    assert!(
+        catch
+            .rebuilt
+            .is_some_and(|why| why.contains("other records")),
+        "{catch:?}"
+    );
+    assert_eq!(contents(standby.inner()), contents(promoted.kv().inner()));
 }
