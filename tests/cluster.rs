@@ -3,7 +3,9 @@
 //! every node and in a chatroom; a device syncs on any node what every node stores; and
 //! a node SIGKILLed in the middle of the load comes back with every acked message once,
 //! seqs gap-free, while the other nodes answer `SERVER_BUSY` for its conversations and
-//! the clients send again — also when its disk is lost, from its JetStream replica log. A rolling restart by `petrel admin drain` loses and
+//! the clients send again — also when its disk is lost, from its JetStream replica log.
+//! A drained node hands its conversations to its standby, which hands them back. A
+//! rolling restart by `petrel admin drain` loses and
 //! duplicates nothing; the nodes heal after NATS restarts; the dispatch directory
 //! sends a dedicated user to the dedicated pool, and to the backup domain when that
 //! pool is down; and any node's API answers for the sessions and chatrooms of all.
@@ -295,6 +297,188 @@ fn placeholder(cluster: &Cluster, i: usize) -> TestClient {
     let node = &cluster.nodes[i % cluster.nodes.len()];
     let user = 6_100 + i as u64;
     TestClient::login(node.addr, &node.token(user, "p"), user, "p")
+}
+
+/// Starts, on its own thread, a standby of node `node` in `dir` (node `node`'s config,
+/// with `standby = true`); the thread returns the server once the standby serves.
+fn start_standby(
+    cluster: &Cluster,
+    node: usize,
+    dir: &std::path::Path,
+) -> std::thread::JoinHandle<TestServer> {
+    let config = std::fs::read_to_string(cluster.nodes[node].data_dir().join("petrel.toml"))
+        .expect("config");
+    let keys = dir.join("keys");
+    if !keys.exists() {
+        std::fs::create_dir_all(dir).expect("dir");
+        std::fs::copy(cluster.nodes[node].data_dir().join("keys"), keys).expect("keys");
+    }
+    // The node's table, as a standby (a promoted standby's says so already).
+    let cluster_table: String = config[config.find("[cluster]").expect("a [cluster] table")..]
+        .lines()
+        .filter(|l| !l.starts_with("standby ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let extra = format!(
+        "cores = [0, 1]\nownership = \"per-core\"\nrate_limit_per_second = 0\n\
+         {cluster_table}standby = true\n"
+    );
+    let dir = dir.to_owned();
+    std::thread::spawn(move || TestServer::start_in(Dataplane::Kernel, &dir, &extra))
+}
+
+/// The standby `started` once it serves (within 30 s); otherwise the processes of the
+/// data directories `standby` and `old` are killed and the test fails.
+fn serving(
+    started: std::thread::JoinHandle<TestServer>,
+    standby: &std::path::Path,
+    old: &std::path::Path,
+) -> TestServer {
+    let since = Instant::now();
+    while !started.is_finished() {
+        if since.elapsed() > Duration::from_secs(30) {
+            for dir in [standby, old] {
+                let _ = std::process::Command::new("pkill")
+                    .args(["-KILL", "-f"])
+                    .arg(dir.join("petrel.toml"))
+                    .status();
+            }
+            panic!("the standby did not take the node over within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.join().expect("the standby serves")
+}
+
+/// Drains node `node` with `petrel admin drain` and waits until its process exited
+/// cleanly.
+fn drain(cluster: &mut Cluster, node: usize) {
+    let data_dir = cluster.nodes[node].data_dir().to_owned();
+    let out = common::petrel(&[
+        "admin",
+        "drain",
+        "--data-dir",
+        data_dir.to_str().expect("utf-8"),
+        "--wait",
+        "30",
+    ]);
+    assert!(
+        out.status.success(),
+        "drain node {node}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = cluster.nodes[node].wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "node {node} exited with {status}");
+}
+
+/// With `replicas = 1` node 1 has a standby: a second process, on a disk of its own,
+/// following node 1's replica log. Node 1 is drained while four members of a group it
+/// owns send from nodes 0 and 2: the standby takes the node over (its lease, then its
+/// conversations) and the sends go on there. Then the drained process is started again
+/// on its old disk as the standby, and the node is handed back to it the same way.
+/// Every acked message is stored once, at the seq its ack gave, with no gap.
+#[test]
+fn a_drained_node_hands_its_conversations_to_its_standby_and_gets_them_back() {
+    let mut cluster = Cluster::start_with(3, "", "replicas = 1\n");
+    let standby_dir = tempfile::tempdir().expect("tempdir");
+    let standby = start_standby(&cluster, 1, standby_dir.path());
+    let users: Vec<u64> = (6_500..6_506).collect();
+    let mut clients = log_in(&cluster, &users);
+    let group = clients[1].create_group("handed over", &[6_500, 6_502, 6_503, 6_505]);
+    let senders: Vec<(u64, TestClient)> = [0usize, 2, 3, 5]
+        .into_iter()
+        .map(|i| {
+            (
+                users[i],
+                std::mem::replace(&mut clients[i], placeholder(&cluster, i)),
+            )
+        })
+        .collect();
+    drop(clients);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = senders
+        .into_iter()
+        .map(|(user, mut c)| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let (mut acked, mut refused, mut longest) = (Vec::new(), 0, Duration::ZERO);
+                let mut after = 0;
+                let mut id = 0;
+                while after < 50 {
+                    id += 1;
+                    let since = Instant::now();
+                    let (ack, busy) = send_counting_refusals(
+                        &mut c,
+                        group,
+                        id,
+                        &format!("{user}:{id}"),
+                        Duration::from_secs(60),
+                    );
+                    longest = longest.max(since.elapsed());
+                    refused += busy;
+                    acked.push((id, ack.seq));
+                    if done.load(std::sync::atomic::Ordering::Relaxed) {
+                        after += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                (user, acked, refused, longest)
+            })
+        })
+        .collect();
+    let old_dir = cluster.nodes[1].data_dir().to_owned();
+    let mut standby = Some(standby);
+    let mut back = None;
+    for round in ["handed over to the standby", "handed back"] {
+        std::thread::sleep(Duration::from_millis(700));
+        let started = Instant::now();
+        drain(&mut cluster, 1);
+        let drained = started.elapsed();
+        let next = if round == "handed back" {
+            back.take()
+        } else {
+            standby.take()
+        };
+        cluster.nodes[1] = serving(next.expect("a standby"), standby_dir.path(), &old_dir);
+        cluster.wait_until_connected();
+        eprintln!(
+            "node 1 {round}: drained in {drained:?}, served again after {:?}",
+            started.elapsed()
+        );
+        if round != "handed back" {
+            // The drained process's disk, started again as the node's standby.
+            back = Some(start_standby(&cluster, 1, &old_dir));
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+    let (mut refused, mut longest) = (0, Duration::ZERO);
+    for t in threads {
+        let (user, a, busy, wait) = t.join().expect("sender");
+        acked.insert(user, a);
+        refused += busy;
+        longest = longest.max(wait);
+    }
+    eprintln!(
+        "sends refused SERVER_BUSY during the handovers: {refused}; longest wait for an ack: {longest:?}"
+    );
+    // Read back on node 2: every acked message once, at the seq its ack gave, the seqs
+    // 1..=n with no gap and nothing unacked.
+    let node2 = &cluster.nodes[2];
+    let mut reader = TestClient::login(node2.addr, &node2.token(6_502, "reader"), 6_502, "reader");
+    let stored = history(&mut reader, group);
+    let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
+    let sent: usize = acked.values().map(Vec::len).sum();
+    assert_gap_free(&seqs, sent as u64);
+    for m in &stored {
+        assert!(
+            acked[&m.sender].contains(&(m.client_msg_id, m.seq)),
+            "stored {}:{} at seq {} which no ack gave",
+            m.sender,
+            m.client_msg_id,
+            m.seq
+        );
+    }
 }
 
 /// A rolling restart under load: each node in turn is drained with `petrel admin drain`

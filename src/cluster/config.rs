@@ -27,6 +27,7 @@ pub struct ClusterFile {
     request_timeout_ms: Option<u64>,
     advertise: Option<Vec<String>>,
     replicas: Option<u8>,
+    standby: Option<bool>,
 }
 
 /// Where this node stands in its cluster, and how it talks to the others.
@@ -61,18 +62,25 @@ pub struct ClusterSettings {
     /// NATS server's disk; with 3 (a three-server NATS cluster) it survives the loss of
     /// any one of them as well as this node's disk.
     pub replicas: u8,
+    /// This process is the node's **standby** (`super::lease`): it follows the node's
+    /// replica log into a database of its own and takes the node's place when the
+    /// serving process hands it over (a drain), instead of serving at once. Needs
+    /// `replicas ≥ 1`.
+    pub standby: bool,
 }
 
 impl ClusterSettings {
-    /// The settings from the `[cluster]` table and `--cluster-node` (which wins over the
-    /// table's `node`, so one file serves every node). `None` without a table.
+    /// The settings from the `[cluster]` table, `--cluster-node` (which wins over the
+    /// table's `node`, so one file serves every node) and `--standby`. `None` without a
+    /// table.
     pub fn resolve(
         file: Option<&ClusterFile>,
         node_flag: Option<u8>,
+        standby_flag: bool,
     ) -> anyhow::Result<Option<ClusterSettings>> {
         let Some(file) = file else {
-            if node_flag.is_some() {
-                bail!("--cluster-node needs a [cluster] table in the config file");
+            if node_flag.is_some() || standby_flag {
+                bail!("--cluster-node and --standby need a [cluster] table in the config file");
             }
             return Ok(None);
         };
@@ -121,6 +129,13 @@ impl ClusterSettings {
                 "[cluster] replicas must be 0 (no replica log) to {MAX_REPLICAS} (JetStream's most), got {replicas}"
             );
         }
+        let standby = standby_flag || file.standby.unwrap_or(false);
+        if standby && replicas == 0 {
+            bail!(
+                "[cluster] standby needs replicas ≥ 1: a standby follows the node's replica log, \
+                 which only a node with replicas keeps"
+            );
+        }
         Ok(Some(ClusterSettings {
             nats_url,
             name,
@@ -131,6 +146,7 @@ impl ClusterSettings {
             request_timeout,
             advertise: file.advertise.clone().unwrap_or_default(),
             replicas,
+            standby,
         }))
     }
 }
@@ -146,32 +162,48 @@ mod tests {
     #[test]
     fn the_flag_names_the_node_and_bad_tables_are_refused() {
         let f = file("nats_url = \"nats://127.0.0.1:4222\"\nnodes = 3\n");
-        let s = ClusterSettings::resolve(Some(&f), Some(2))
+        let s = ClusterSettings::resolve(Some(&f), Some(2), false)
             .expect("valid")
             .expect("a cluster");
         assert_eq!((s.node, s.nodes, s.name.as_str()), (2, 3, "petrel"));
-        assert!(ClusterSettings::resolve(Some(&f), None).is_err(), "no node");
         assert!(
-            ClusterSettings::resolve(Some(&f), Some(3)).is_err(),
+            ClusterSettings::resolve(Some(&f), None, false).is_err(),
+            "no node"
+        );
+        assert!(
+            ClusterSettings::resolve(Some(&f), Some(3), false).is_err(),
             "node ≥ nodes"
         );
         assert!(
-            ClusterSettings::resolve(None, Some(0)).is_err(),
+            ClusterSettings::resolve(None, Some(0), false).is_err(),
             "flag without table"
         );
-        assert_eq!(ClusterSettings::resolve(None, None).expect("ok"), None);
+        assert_eq!(
+            ClusterSettings::resolve(None, None, false).expect("ok"),
+            None
+        );
         let bad_name = file("nats_url = \"n\"\nnodes = 2\nnode = 0\nname = \"a.b\"\n");
-        assert!(ClusterSettings::resolve(Some(&bad_name), None).is_err());
+        assert!(ClusterSettings::resolve(Some(&bad_name), None, false).is_err());
         let fast = file(
             "nats_url = \"n\"\nnodes = 2\nnode = 0\nheartbeat_ms = 500\nnode_timeout_ms = 600\n",
         );
-        assert!(ClusterSettings::resolve(Some(&fast), None).is_err());
+        assert!(ClusterSettings::resolve(Some(&fast), None, false).is_err());
         assert_eq!(s.replicas, 0, "no replica log unless asked");
         let replicated = file("nats_url = \"n\"\nnodes = 2\nnode = 0\nreplicas = 3\n");
-        let r = ClusterSettings::resolve(Some(&replicated), None).expect("valid");
+        let r = ClusterSettings::resolve(Some(&replicated), None, false).expect("valid");
         assert_eq!(r.map(|r| r.replicas), Some(3));
         let too_many = file("nats_url = \"n\"\nnodes = 2\nnode = 0\nreplicas = 6\n");
-        assert!(ClusterSettings::resolve(Some(&too_many), None).is_err());
+        assert!(ClusterSettings::resolve(Some(&too_many), None, false).is_err());
+        assert!(
+            ClusterSettings::resolve(Some(&f), Some(1), true).is_err(),
+            "a standby without a replica log"
+        );
+        let standby = ClusterSettings::resolve(Some(&replicated), None, true).expect("valid");
+        assert_eq!(standby.map(|s| s.standby), Some(true));
+        let in_table =
+            file("nats_url = \"n\"\nnodes = 2\nnode = 0\nreplicas = 1\nstandby = true\n");
+        let t = ClusterSettings::resolve(Some(&in_table), None, false).expect("valid");
+        assert_eq!(t.map(|s| s.standby), Some(true));
         assert!(
             toml::from_str::<ClusterFile>("nodez = 3").is_err(),
             "typo refused"

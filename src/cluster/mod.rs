@@ -23,6 +23,8 @@
 //! - [`stats`]: what the cluster layer counts, for the metrics endpoint.
 //! - [`replica`]: this node's replica log on JetStream (`[cluster] replicas`), which
 //!   holds every write of its database before it is acknowledged.
+//! - [`lease`]: which process serves a node, its standby taking over on a drain.
+//! - [`kv_bucket`]: opening a JetStream key-value bucket (pools, leases).
 
 pub mod alone;
 pub mod api_calls;
@@ -30,6 +32,8 @@ pub mod bridge;
 pub mod config;
 pub mod gather;
 pub mod inflight;
+pub mod kv_bucket;
+pub mod lease;
 pub mod replica;
 pub mod stats;
 pub mod wire;

@@ -156,32 +156,13 @@ async fn open(
     jetstream: &async_nats::jetstream::Context,
     book: &PoolBook,
 ) -> Result<kv::Store, String> {
-    if let Ok(store) = jetstream.get_key_value(book.bucket.clone()).await {
-        return Ok(store);
-    }
-    // The bucket's stream, made as the client's `create_key_value` makes it, but
-    // without its account query, whose answer this client cannot read from Debian's
-    // nats-server 2.9.
-    let stream = async_nats::jetstream::stream::Config {
-        name: format!("KV_{}", book.bucket),
-        description: Some("Petrel: user id -> dispatch pool".into()),
-        subjects: vec![format!("$KV.{}.>", book.bucket)],
-        max_messages_per_subject: 1,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        num_replicas: book.replicas,
-        discard: async_nats::jetstream::stream::DiscardPolicy::New,
-        ..Default::default()
-    };
-    jetstream
-        .create_stream(stream)
-        .await
-        .map_err(|e| format!("cannot create the bucket: {e}"))?;
-    jetstream
-        .get_key_value(book.bucket.clone())
-        .await
-        .map_err(|e| format!("cannot open the bucket: {e}"))
+    crate::cluster::kv_bucket::open_or_create(
+        jetstream,
+        &book.bucket,
+        "Petrel: user id -> dispatch pool",
+        book.replicas,
+    )
+    .await
 }
 
 /// The user and pool (`None`: the general pool) an entry of the bucket sets; `None`

@@ -270,6 +270,12 @@ pub struct ServeArgs {
     /// every node can share one config file; docs/CLUSTER.md) [default: the table's].
     #[arg(long, value_name = "N")]
     pub cluster_node: Option<u8>,
+    /// Start as the standby of this cluster node (overrides `standby` in the
+    /// `[cluster]` table): follow its replica log, and serve in its place once the
+    /// serving process is drained (docs/CLUSTER.md, "Standby and handover"). Needs
+    /// `[cluster] replicas` [default: the table's, off].
+    #[arg(long)]
+    pub standby: bool,
     /// Serve the dispatch directory clients ask where to connect (`GET /v1/dispatch`;
     /// HTTPS when every client listener speaks TLS, else HTTP; docs/CLUSTER.md,
     /// "Dispatch") at ADDR:PORT (overrides `addr` in the `[dispatch]` table; port 0
@@ -569,8 +575,11 @@ impl ServeConfig {
             args.tls_cert.as_deref(),
             args.tls_key.as_deref(),
         )?;
-        let cluster =
-            crate::cluster::ClusterSettings::resolve(file.cluster.as_ref(), args.cluster_node)?;
+        let cluster = crate::cluster::ClusterSettings::resolve(
+            file.cluster.as_ref(),
+            args.cluster_node,
+            args.standby,
+        )?;
         let mut dispatch = crate::dispatch::DispatchSettings::resolve(
             file.dispatch.as_ref(),
             cluster.as_ref().map(|c| c.nodes),

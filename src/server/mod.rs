@@ -15,6 +15,7 @@ pub mod disk_watch;
 mod keys;
 mod limits;
 pub mod metrics;
+mod node_db;
 pub mod per_core;
 mod plane;
 pub(crate) mod ring;
@@ -34,7 +35,7 @@ use petrel_control::{Action, Control, Event};
 use petrel_storage::{
     Committer, DiffusionMode, GroupEngine, Retention, StorageConfig, SyncMode, SyncRounds,
 };
-use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
+use petrel_storage_rocks::RocksEngine;
 use writers::Origin;
 
 pub use config::{ServeArgs, ServeConfig};
@@ -185,10 +186,6 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         }
         None => None,
     };
-    // Before anything of this node is served: no other process runs as it.
-    if let Some(cluster) = &config.cluster {
-        crate::cluster::alone::check(cluster)?;
-    }
     let mut storage = storage_config(&config);
     if let (Some(cluster), Some(layout)) = (&config.cluster, layout) {
         let partitions = petrel_storage::partition::Partitions::clamped(config.storage.partitions);
@@ -204,7 +201,16 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
         storage.new_ids_in = Some(layout.owned_partitions(partitions));
         storage.epoch = Some(crate::cluster::epoch_of(&cluster.name));
     }
-    let engine = Arc::new(open_database(&db_path, storage, config.cluster.as_ref())?);
+    // Before anything of this node is served: no other process runs as it, and with a
+    // replica log this one holds its lease (a standby waits here until it is handed
+    // the node).
+    let Some((engine, lease)) =
+        node_db::open(&db_path, storage, config.cluster.as_ref(), &mut signals)?
+    else {
+        return Ok(Stopped::Signal);
+    };
+    let engine = Arc::new(engine);
+    let handover_engine = lease.is_some().then(|| Arc::clone(&engine));
     if layout.is_some() {
         let partitions = engine.partitions().count();
         anyhow::ensure!(
@@ -668,6 +674,14 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
             result
         }
     };
+    // Stopped cleanly (not yielding to another process as this node): the node's
+    // standby, if it has one, takes over once the replica log holds every write.
+    if let (Some(lease), Some(engine)) = (lease, handover_engine) {
+        if result.is_ok() && !yielded.load(Ordering::Relaxed) {
+            lease.hand_over(&engine);
+        }
+        drop(engine);
+    }
     transport.log_counters();
     drop(transport);
     if let Some(webhooks) = webhooks {
@@ -698,47 +712,6 @@ fn start_media(
 ) -> anyhow::Result<std::net::SocketAddr> {
     let revoked = revocation_source(&engine);
     crate::media::start(config.media.clone(), addr, &config.data_dir, keys, revoked)
-}
-
-/// Opens the node's database; with `[cluster] replicas`, over its replica log, after
-/// levelling the two (a database that lost writes, or its disk, gets them back).
-fn open_database(
-    db_path: &std::path::Path,
-    storage: StorageConfig,
-    cluster: Option<&crate::cluster::ClusterSettings>,
-) -> anyhow::Result<RocksEngine> {
-    let opening = || format!("cannot open database {}", db_path.display());
-    let Some(cluster) = cluster.filter(|c| c.replicas > 0) else {
-        return RocksEngine::open(db_path, storage).with_context(opening);
-    };
-    // The group commit's fsync round is what ships a group's records before its acks.
-    anyhow::ensure!(
-        storage.sync == SyncMode::Batch,
-        "[cluster] replicas = {} needs sync = \"batch\" (the default): a group's writes are \
-         shipped to the replica log by its fsync round, which the other modes do not have",
-        cluster.replicas
-    );
-    let log = crate::cluster::replica::JetStreamLog::connect(cluster)?;
-    let stream = log.stream().to_owned();
-    let started = std::time::Instant::now();
-    let (engine, level) = RocksEngine::open_replicated(db_path, storage, Arc::new(log))
-        .with_context(|| {
-            format!(
-                "{} with its replica log (JetStream stream {stream})",
-                opening()
-            )
-        })?;
-    tracing::info!(
-        stream = %stream,
-        replicas = cluster.replicas,
-        applied = level.applied,
-        shipped = level.shipped,
-        seeded = level.seeded,
-        through = level.through,
-        took_ms = started.elapsed().as_millis() as u64,
-        "replica log: database and log level; every write is shipped before it is acknowledged"
-    );
-    Ok(engine)
 }
 
 /// The token revocation list as the database has it, for the HTTP services that check
