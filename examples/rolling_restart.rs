@@ -70,6 +70,11 @@ struct Log {
     acked: HashMap<u64, u64>,
     /// Every client_msg_id sent.
     sent: Vec<u64>,
+    /// When each message not yet acked was sent.
+    sent_at: HashMap<u64, Instant>,
+    /// Per acked message: from its send to its ack (through reconnects and the
+    /// `SERVER_BUSY` of a conversation whose node is away).
+    ack_waits: Vec<Duration>,
     failed: u64,
     /// Per outage: (time from disconnect to connected, back-off delays announced).
     outages: Vec<(Duration, Duration)>,
@@ -113,6 +118,9 @@ async fn watch(mut events: Events, log: Arc<std::sync::Mutex<Log>>) {
                 client_msg_id, seq, ..
             } => {
                 log.acked.insert(client_msg_id, seq);
+                if let Some(at) = log.sent_at.remove(&client_msg_id) {
+                    log.ack_waits.push(at.elapsed());
+                }
             }
             Event::SendFailed { .. } => log.failed += 1,
             Event::State(ConnectionState::Disconnected { retry_in, .. }) => {
@@ -166,8 +174,14 @@ async fn run_client(
             break;
         }
         i += 1;
+        let at = Instant::now();
         let id = client.send_text(peer, &format!("{user}:{i}"))?;
-        log.lock().unwrap_or_else(|p| p.into_inner()).sent.push(id);
+        let mut entry = log.lock().unwrap_or_else(|p| p.into_inner());
+        entry.sent.push(id);
+        // An ack faster than this lock is not timed (none on a loaded machine).
+        if !entry.acked.contains_key(&id) {
+            entry.sent_at.insert(id, at);
+        }
     }
     let load_ended = Instant::now();
     let deadline = load_ended + Duration::from_secs(args.drain_timeout);
@@ -271,6 +285,7 @@ async fn main() -> anyhow::Result<()> {
     let (mut sent, mut acked, mut unacked, mut lost, mut misplaced) = (0u64, 0u64, 0u64, 0, 0);
     let (mut duplicates, mut gaps, mut stored_total, mut failed) = (0u64, 0u64, 0u64, 0u64);
     let mut outages: Vec<Duration> = Vec::new();
+    let mut ack_waits: Vec<Duration> = Vec::new();
     let mut late = 0u64;
     let mut moved = 0u64;
     let mut drained_after = Duration::ZERO;
@@ -307,6 +322,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         drained_after = drained_after.max(log.drained_after);
+        ack_waits.extend_from_slice(&log.ack_waits);
         for (outage, backoff) in &log.outages {
             outages.push(*outage);
             // Back within its back-off window: the delays it announced, plus a second
@@ -318,6 +334,8 @@ async fn main() -> anyhow::Result<()> {
         moved += log.endpoints.windows(2).filter(|w| w[0] != w[1]).count() as u64;
     }
     outages.sort();
+    ack_waits.sort();
+    let waited_past = |limit: Duration| ack_waits.iter().filter(|w| **w > limit).count();
     let report = json!({
         "clients": args.clients,
         "rate_per_s": args.rate,
@@ -339,6 +357,14 @@ async fn main() -> anyhow::Result<()> {
             "max": percentile(&outages, 1.0),
         },
         "outages_past_backoff_window": late,
+        "ack_wait_ms": {
+            "p50": percentile(&ack_waits, 0.5),
+            "p99": percentile(&ack_waits, 0.99),
+            "p999": percentile(&ack_waits, 0.999),
+            "max": percentile(&ack_waits, 1.0),
+        },
+        "acks_after_500ms": waited_past(Duration::from_millis(500)),
+        "acks_after_2s": waited_past(Duration::from_secs(2)),
         "outbox_empty_after_load_ms": drained_after.as_secs_f64() * 1e3,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);

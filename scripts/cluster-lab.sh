@@ -5,6 +5,7 @@
 #   node 0        127.0.1.1:9500   metrics :9100   dispatch :9080   api :9400   pool general
 #   node 1        127.0.1.2:9500   metrics :9100   dispatch :9080   api :9400   pool general
 #   node 2        127.0.1.3:9500   metrics :9100   dispatch :9080   api :9400   pool dedicated
+#   (STANDBY=1)   127.0.1.11-13, the same ports: each node's standby
 #
 # Each node has two cores, ownership = "per-core", its own data directory and the lab's
 # shared key file. The addresses are loopback addresses (127.0.0.0/8 is all loopback on
@@ -26,6 +27,12 @@
 # lab's JetStream (0 or 1 with one nats-server): with 1 every write is on JetStream
 # before it is acked, and a node started on an emptied data directory rebuilds its
 # database from its log.
+# STANDBY=1 (needs REPLICAS=1): every node also gets a standby (docs/CLUSTER.md,
+# "Standby and handover"), at 127.0.1.11-13 with data in $LAB_DIR/standby<n>: it
+# follows the node's replica log, and serves the node when the serving process is
+# drained. `up` starts a stopped process of a pair as the standby when the other one
+# runs, so after `petrel admin drain --data-dir $LAB_DIR/node1` and `up`, standby1
+# serves node 1 and node1 is its standby.
 # The API key is in $LAB_DIR/api-key; put user 7 in the dedicated pool with
 #   curl -X PUT -H "Authorization: Bearer $(cat $LAB_DIR/api-key)" \
 #     -d '{"pool":"dedicated"}' http://127.0.1.1:9400/v1/users/7/pool
@@ -40,6 +47,7 @@ NODES=3
 read -r -a NODE_CPUS <<<"${NODE_CPUS:-0,1 0,1 0,1}"
 
 node_addr() { echo "127.0.1.$(($1 + 1))"; }
+standby_addr() { echo "127.0.1.$(($1 + 11))"; }
 
 # Whether the process of pid file $1 runs: an exited one its parent has not reaped yet
 # (a zombie, state Z) does not — it holds no port and no data dir any more.
@@ -93,24 +101,58 @@ replicas = ${REPLICAS:-0}
 pools = { dedicated = [2] }
 EOF
   [[ -f $LAB_DIR/api-key ]] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$LAB_DIR/api-key"
+  if [[ ${STANDBY:-0} == 1 && ${REPLICAS:-0} == 0 ]]; then
+    echo "cluster-lab: STANDBY=1 needs REPLICAS=1 (a standby follows the node's replica log)" >&2
+    return 2
+  fi
   for n in $(seq 0 $((NODES - 1))); do
-    local pid=$LAB_DIR/node$n.pid addr
-    addr=$(node_addr "$n")
-    if running "$pid"; then
-      continue
+    # A process of a pair starts as the standby when the other one runs.
+    if running "$LAB_DIR/standby$n.pid"; then
+      start_process "$n" node "$(node_addr "$n")" --standby
+    else
+      start_process "$n" node "$(node_addr "$n")"
     fi
-    mkdir -p "$LAB_DIR/node$n"
-    "$PETREL" serve --config "$LAB_DIR/petrel.toml" --cluster-node "$n" \
-      --cores "${NODE_CPUS[$n]:-0,1}" \
-      --data-dir "$LAB_DIR/node$n" --key-file "$LAB_DIR/keys" \
-      --listen "$addr:9500" --metrics-addr "$addr:9100" \
-      --dispatch-addr "$addr:9080" --api-addr "$addr:9400" --api-key-file "$LAB_DIR/api-key" \
-      >>"$LAB_DIR/node$n.log" 2>&1 &
-    echo $! >"$pid"
-    wait_port "$addr" 9500 "node $n"
+    if [[ ${STANDBY:-0} == 1 ]]; then
+      start_process "$n" standby "$(standby_addr "$n")" --standby
+    fi
   done
   status
   echo "cluster-lab: logs in $LAB_DIR/node*.log; a token: $PETREL token issue --key-file $LAB_DIR/keys --user 1 --device laptop"
+}
+
+# start_process N KIND ADDR [--standby]: starts the process KIND (node or standby) of
+# node N on ADDR unless it runs; waits until it serves, or as a standby until it
+# follows the node's replica log.
+start_process() {
+  local n=$1 kind=$2 addr=$3 standby=${4:-}
+  local name=$kind$n
+  if running "$LAB_DIR/$name.pid"; then
+    return 0
+  fi
+  mkdir -p "$LAB_DIR/$name"
+  touch "$LAB_DIR/$name.log"
+  local lines
+  lines=$(wc -l <"$LAB_DIR/$name.log")
+  "$PETREL" serve --config "$LAB_DIR/petrel.toml" --cluster-node "$n" $standby \
+    --cores "${NODE_CPUS[$n]:-0,1}" \
+    --data-dir "$LAB_DIR/$name" --key-file "$LAB_DIR/keys" \
+    --listen "$addr:9500" --metrics-addr "$addr:9100" \
+    --dispatch-addr "$addr:9080" --api-addr "$addr:9400" --api-key-file "$LAB_DIR/api-key" \
+    >>"$LAB_DIR/$name.log" 2>&1 &
+  echo $! >"$LAB_DIR/$name.pid"
+  if [[ -z $standby ]]; then
+    wait_port "$addr" 9500 "node $n ($name)"
+    return
+  fi
+  for _ in $(seq 1 300); do
+    if tail -n +"$((lines + 1))" "$LAB_DIR/$name.log" | grep -q "petrel: standby of node"; then
+      return 0
+    fi
+    running "$LAB_DIR/$name.pid" || break
+    sleep 0.1
+  done
+  echo "cluster-lab: the standby of node $n ($name) did not start; see $LAB_DIR/$name.log" >&2
+  return 1
 }
 
 stop_pid() {
@@ -130,6 +172,7 @@ stop_pid() {
 down() {
   [[ -d $LAB_DIR ]] || return 0
   for n in $(seq 0 $((NODES - 1))); do
+    stop_pid "$LAB_DIR/standby$n.pid"
     stop_pid "$LAB_DIR/node$n.pid"
   done
   stop_pid "$LAB_DIR/nats.pid"
@@ -150,6 +193,14 @@ status() {
     else
       echo "node $n       not running"
       ok=1
+    fi
+    if [[ -f $LAB_DIR/standby$n.pid ]]; then
+      if running "$LAB_DIR/standby$n.pid"; then
+        echo "standby $n    $(standby_addr "$n"):9500  pid $(cat "$LAB_DIR/standby$n.pid")"
+      else
+        echo "standby $n    not running"
+        ok=1
+      fi
     fi
   done
   return $ok

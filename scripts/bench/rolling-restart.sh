@@ -24,6 +24,10 @@
 #   NODE_CPUS    per node CPU lists for the lab [default: "0 0 0"]
 #   CLIENT_CPUS  taskset list for the load generator [default: 1]
 #   EXTRA_CONFIG lines for the nodes' config [default: rate_limit_per_second = 0]
+#   REPLICAS     the lab's `[cluster] replicas` [default: 0]
+#   STANDBY      1: every node has a standby (needs REPLICAS=1); a drain hands the node
+#                over to it, and the drained process comes back as the standby
+#                [default: 0]
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -61,7 +65,7 @@ for n in 0 1 2; do
   # Returns once the node's process has exited (its files closed); the lab counts an
   # exited process its parent has not reaped yet as stopped, and starts it again.
   "$PETREL" admin drain --data-dir "$LAB_DIR/node$n" --wait 30
-  echo "=== $(date +%T) node $n stopped; starting it again"
+  echo "=== $(date +%T) node $n stopped; starting it again (as its standby with STANDBY=1)"
   bash "$repo/scripts/cluster-lab.sh" up >/dev/null
   sleep "$GAP"
 done
