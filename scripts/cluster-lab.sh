@@ -31,7 +31,7 @@
 # "Standby and handover"), at 127.0.1.11-13 with data in $LAB_DIR/standby<n>: it
 # follows the node's replica log, and serves the node when the serving process is
 # drained. `up` starts a stopped process of a pair as the standby when the other one
-# runs, so after `petrel admin drain --data-dir $LAB_DIR/node1` and `up`, standby1
+# serves the node, so after `petrel admin drain --data-dir $LAB_DIR/node1` and `up`, standby1
 # serves node 1 and node1 is its standby.
 # The API key is in $LAB_DIR/api-key; put user 7 in the dedicated pool with
 #   curl -X PUT -H "Authorization: Bearer $(cat $LAB_DIR/api-key)" \
@@ -57,6 +57,11 @@ running() {
   stat=$(cat "/proc/$(cat "$1")/stat" 2>/dev/null) || return 1
   stat=${stat##*) }
   [[ ${stat%% *} != [ZX] ]]
+}
+
+# Whether a process serves clients on ADDR:9500 (a waiting standby does not listen).
+serving() {
+  (exec 3<>"/dev/tcp/$1/9500") 2>/dev/null
 }
 
 wait_port() {
@@ -106,14 +111,19 @@ EOF
     return 2
   fi
   for n in $(seq 0 $((NODES - 1))); do
-    # A process of a pair starts as the standby when the other one runs.
-    if running "$LAB_DIR/standby$n.pid"; then
+    # A process of a pair starts as the standby when the other one serves the node;
+    # otherwise it serves it (the other may be a standby still waiting).
+    if serving "$(standby_addr "$n")"; then
       start_process "$n" node "$(node_addr "$n")" --standby
     else
       start_process "$n" node "$(node_addr "$n")"
     fi
     if [[ ${STANDBY:-0} == 1 ]]; then
-      start_process "$n" standby "$(standby_addr "$n")" --standby
+      if serving "$(node_addr "$n")"; then
+        start_process "$n" standby "$(standby_addr "$n")" --standby
+      else
+        start_process "$n" standby "$(standby_addr "$n")"
+      fi
     fi
   done
   status

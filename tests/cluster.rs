@@ -327,31 +327,38 @@ fn start_standby(
     std::thread::spawn(move || TestServer::start_in(Dataplane::Kernel, &dir, &extra))
 }
 
-/// The standby `started` once it serves (within 30 s); otherwise the processes of the
-/// data directories `standby` and `old` are killed and the test fails.
-fn serving(
-    started: std::thread::JoinHandle<TestServer>,
-    standby: &std::path::Path,
-    old: &std::path::Path,
-) -> TestServer {
+/// The standby `started` once it serves; the test fails after 30 s.
+fn serving(started: std::thread::JoinHandle<TestServer>) -> TestServer {
     let since = Instant::now();
     while !started.is_finished() {
-        if since.elapsed() > Duration::from_secs(30) {
-            for dir in [standby, old] {
-                let _ = std::process::Command::new("pkill")
-                    .args(["-KILL", "-f"])
-                    .arg(dir.join("petrel.toml"))
-                    .status();
-            }
-            panic!("the standby did not take the node over within 30 s");
-        }
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "the standby did not take the node over within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     started.join().expect("the standby serves")
 }
 
-/// Drains node `node` with `petrel admin drain` and waits until its process exited
-/// cleanly.
+/// Kills, when dropped (the test passed or failed), every process serving with the
+/// config of one of these data directories: a standby still waiting inside the thread
+/// that started it is no `TestServer` yet, and nothing else would stop it.
+struct KillWhenDone(Vec<std::path::PathBuf>);
+
+impl Drop for KillWhenDone {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::process::Command::new("pkill")
+                .args(["-KILL", "-f"])
+                .arg(dir.join("petrel.toml"))
+                .status();
+        }
+    }
+}
+
+/// Drains node `node` with `petrel admin drain`: it returns once the process has
+/// closed its files (its data dir's lock with them), so a restart finds the dir free;
+/// the kernel marks it exited a moment later, with success.
 fn drain(cluster: &mut Cluster, node: usize) {
     let data_dir = cluster.nodes[node].data_dir().to_owned();
     let out = common::petrel(&[
@@ -367,6 +374,14 @@ fn drain(cluster: &mut Cluster, node: usize) {
         "drain node {node}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let gone = (0..200).any(|_| {
+        let exited = cluster.nodes[node].has_exited();
+        if !exited {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        exited
+    });
+    assert!(gone, "drain of node {node} returned while its process ran");
     let status = cluster.nodes[node].wait_exit(Duration::from_secs(10));
     assert!(status.success(), "node {node} exited with {status}");
 }
@@ -381,6 +396,10 @@ fn drain(cluster: &mut Cluster, node: usize) {
 fn a_drained_node_hands_its_conversations_to_its_standby_and_gets_them_back() {
     let mut cluster = Cluster::start_with(3, "", "replicas = 1\n");
     let standby_dir = tempfile::tempdir().expect("tempdir");
+    let _kill = KillWhenDone(vec![
+        standby_dir.path().to_owned(),
+        cluster.nodes[1].data_dir().to_owned(),
+    ]);
     let standby = start_standby(&cluster, 1, standby_dir.path());
     let users: Vec<u64> = (6_500..6_506).collect();
     let mut clients = log_in(&cluster, &users);
@@ -439,7 +458,7 @@ fn a_drained_node_hands_its_conversations_to_its_standby_and_gets_them_back() {
         } else {
             standby.take()
         };
-        cluster.nodes[1] = serving(next.expect("a standby"), standby_dir.path(), &old_dir);
+        cluster.nodes[1] = serving(next.expect("a standby"));
         cluster.wait_until_connected();
         eprintln!(
             "node 1 {round}: drained in {drained:?}, served again after {:?}",
@@ -530,33 +549,7 @@ fn a_rolling_restart_under_load_loses_and_duplicates_nothing() {
         .collect();
     for node in 0..3 {
         std::thread::sleep(Duration::from_millis(400));
-        let data_dir = cluster.nodes[node].data_dir().to_owned();
-        let out = common::petrel(&[
-            "admin",
-            "drain",
-            "--data-dir",
-            data_dir.to_str().expect("utf-8"),
-            "--wait",
-            "30",
-        ]);
-        assert!(
-            out.status.success(),
-            "drain node {node}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // The drain returns once the process has closed its files (its data dir's lock
-        // with them), so a restart finds the dir free; the kernel marks it exited a
-        // moment later.
-        let gone = (0..200).any(|_| {
-            let exited = cluster.nodes[node].has_exited();
-            if !exited {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            exited
-        });
-        assert!(gone, "drain of node {node} returned while its process ran");
-        let status = cluster.nodes[node].wait_exit(Duration::from_secs(10));
-        assert!(status.success(), "node {node} exited with {status}");
+        drain(&mut cluster, node);
         cluster.nodes[node].restart_stopped();
         cluster.wait_until_connected();
         eprintln!("node {node} drained and back");

@@ -33,13 +33,19 @@ const LISTEN_AT_LEAST: Duration = Duration::from_millis(500);
 /// `settings.node` within three heartbeats; starts unchecked, with a warning, when NATS
 /// cannot be reached.
 pub fn check(settings: &ClusterSettings) -> anyhow::Result<()> {
+    check_for(settings, (settings.heartbeat * 3).max(LISTEN_AT_LEAST))
+}
+
+/// [`check`], listening for `listening` (a node whose lease names another process as
+/// serving it listens for `node_timeout`: that process may have just taken over).
+pub fn check_for(settings: &ClusterSettings, listening: Duration) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(listen(settings))
+    runtime.block_on(listen(settings, listening))
 }
 
-async fn listen(settings: &ClusterSettings) -> anyhow::Result<()> {
+async fn listen(settings: &ClusterSettings, listening: Duration) -> anyhow::Result<()> {
     let node = settings.node;
     let connect = async_nats::ConnectOptions::new()
         .name(format!("petrel-{}-node-{node}-check", settings.name))
@@ -64,7 +70,7 @@ async fn listen(settings: &ClusterSettings) -> anyhow::Result<()> {
     // Listening from when the server has the subscription, for a few heartbeats (a
     // busy machine delays some).
     client.flush().await?;
-    let until = Instant::now() + (settings.heartbeat * 3).max(LISTEN_AT_LEAST);
+    let until = Instant::now() + listening;
     loop {
         let left = until.saturating_duration_since(Instant::now());
         let message = match tokio::time::timeout(left, hellos.next()).await {

@@ -11,9 +11,12 @@
 //! one wins and the other hears it lost.
 //!
 //! The lease decides who takes over; it does not stop a process that still serves
-//! (one cut off from NATS): the replica log's expected sequence does — a process whose
-//! place was taken cannot add a record after its successor's, so it acknowledges
-//! nothing more (`super::replica`).
+//! (one cut off from NATS while another took its place). The replica log keeps the
+//! node's writes one line: each record is taken only right after the last one its
+//! writer knows of, so of two processes the first to write after the other stops the
+//! other from acknowledging anything more (`super::replica`). Their reads may differ
+//! until then. A serving process takes a lease that names another serving process only
+//! after hearing nothing from it for `node_timeout` (`crate::server` start-up).
 
 use std::time::Duration;
 
@@ -63,6 +66,15 @@ impl Lease {
     }
 }
 
+/// A node's lease as the bucket has it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Current {
+    /// What it says; `None` when no process ever held it, or it was deleted.
+    pub lease: Option<Lease>,
+    /// The revision a new lease replaces; `None` when the key was never written.
+    pub revision: Option<u64>,
+}
+
 /// This process's handle on its node's lease.
 pub struct Leases {
     runtime: tokio::runtime::Runtime,
@@ -86,7 +98,11 @@ impl Leases {
     /// Connects to NATS and opens (or creates) the cluster's lease bucket, with as many
     /// copies as the replica logs. An error when NATS or JetStream cannot be reached.
     pub fn connect(settings: &ClusterSettings) -> anyhow::Result<Leases> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        // A worker of its own, so the connection answers the server's pings while the
+        // node serves for hours between a take and a release.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("petrel-lease")
             .enable_all()
             .build()?;
         let bucket = format!("{}_leases", settings.name);
@@ -125,23 +141,29 @@ impl Leases {
         })
     }
 
-    /// The node's lease and its revision; `None` when no process ever held it.
-    pub fn read(&self) -> anyhow::Result<Option<(Lease, u64)>> {
+    /// The node's lease as the bucket has it.
+    pub fn read(&self) -> anyhow::Result<Current> {
         self.runtime.block_on(async {
             let entry = tokio::time::timeout(self.timeout, self.store.entry(self.key.as_str()))
                 .await
                 .context("NATS did not answer in time")?
                 .map_err(|e| anyhow::anyhow!("cannot read lease {}: {e}", self.key))?;
-            match entry {
-                Some(entry) if entry.operation == kv::Operation::Put => {
-                    Ok(Some((Lease::parse(&entry.value)?, entry.revision)))
-                }
-                _ => Ok(None),
-            }
+            Ok(match entry {
+                None => Current::default(),
+                Some(entry) => Current {
+                    // A deleted key (`nats kv del`) holds no lease, but its marker's
+                    // revision is the one to replace.
+                    lease: match entry.operation {
+                        kv::Operation::Put => Some(Lease::parse(&entry.value)?),
+                        kv::Operation::Delete | kv::Operation::Purge => None,
+                    },
+                    revision: Some(entry.revision),
+                },
+            })
         })
     }
 
-    /// Writes `lease` in place of revision `revision` (`None`: no lease yet); returns
+    /// Writes `lease` in place of revision `revision` (`None`: never written); returns
     /// the new revision, or `None` when another process wrote the lease first.
     fn replace(&self, lease: Lease, revision: Option<u64>) -> anyhow::Result<Option<u64>> {
         let written = self.runtime.block_on(async {
@@ -155,23 +177,22 @@ impl Leases {
             )
             .await
         });
-        match written {
-            Ok(Ok(revision)) => Ok(Some(revision)),
-            // Refused, or no answer: it was written over if the revision moved.
-            failed => {
-                let now = self.read()?.map(|(_, r)| r);
-                if now != revision {
-                    return Ok(None);
-                }
-                match failed {
-                    Ok(Err(e)) => bail!("cannot write lease {}: {e}", self.key),
-                    _ => bail!(
-                        "cannot write lease {}: NATS did not answer in time",
-                        self.key
-                    ),
-                }
-            }
+        let failure = match written {
+            Ok(Ok(revision)) => return Ok(Some(revision)),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "NATS did not answer in time".to_owned(),
+        };
+        // Refused, or the answer was lost: the bucket says which. This process's own
+        // write (the lease names this process, as written) landed; another's, if the
+        // revision moved otherwise.
+        let now = self.read()?;
+        if now.lease == Some(lease) {
+            return Ok(now.revision);
         }
+        if now.revision != revision {
+            return Ok(None);
+        }
+        bail!("cannot write lease {}: {failure}", self.key)
     }
 
     /// Takes the node for this process, replacing the lease at `revision`; returns the

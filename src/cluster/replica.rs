@@ -173,6 +173,16 @@ fn batch_records(data: &[u8], count: u16) -> Result<Vec<&[u8]>, StorageError> {
     Ok(records)
 }
 
+/// A stream's identity: its name and when it was made (a stream deleted and made
+/// again under the same name is another log).
+fn identity_of(info: &stream::Info) -> String {
+    format!(
+        "{} made at {} ns",
+        info.config.name,
+        info.created.unix_timestamp_nanos()
+    )
+}
+
 fn corrupt(what: String) -> StorageError {
     StorageError::Backend(format!("replica log: {what}"))
 }
@@ -188,6 +198,8 @@ pub struct JetStreamLog {
     piece_bytes: usize,
     /// This process, in the pieces it writes.
     writer: u64,
+    /// The stream's identity when this process connected ([`identity_of`]).
+    identity: String,
     /// The stream's end, as far as this process knows it.
     ends: Mutex<Ends>,
     /// When the log last warned that it is unreachable (once a second at most).
@@ -216,7 +228,7 @@ impl JetStreamLog {
             .build()?;
         let stream = format!("PETREL_{}_NODE_{}", settings.name, settings.node);
         let subject = format!("{}.replica.{}", settings.name, settings.node);
-        let (js, max_payload) = runtime.block_on(async {
+        let (js, max_payload, identity) = runtime.block_on(async {
             let client = async_nats::ConnectOptions::new()
                 .name(format!("petrel-{}-node-{}-replica", settings.name, settings.node))
                 .connection_timeout(settings.request_timeout)
@@ -266,7 +278,7 @@ impl JetStreamLog {
                     "replica log: the stream keeps its own replica count; change it with `nats stream edit`"
                 );
             }
-            anyhow::Ok((js, max_payload))
+            anyhow::Ok((js, max_payload, identity_of(&info)))
         })?;
         Ok(JetStreamLog {
             runtime: Some(runtime),
@@ -275,6 +287,7 @@ impl JetStreamLog {
             subject,
             piece_bytes: max_payload.saturating_sub(HEADROOM + HEADER).max(4096),
             writer: rand::random(),
+            identity,
             ends: Mutex::new(Ends::default()),
             warned: Mutex::new(None),
             timeout: settings.request_timeout,
@@ -332,18 +345,27 @@ impl JetStreamLog {
         Ok(Header::parse(&message.payload)?.0)
     }
 
+    /// The stream and its state; an error when it is not the stream this process
+    /// connected to (deleted and made again since).
     async fn stream_state(&self) -> Result<(stream::Stream, stream::State), StorageError> {
         let mut stream = self
             .js
             .get_stream(&self.stream)
             .await
             .map_err(|e| self.unavailable("stream", e))?;
-        let state = stream
+        let info = stream
             .info()
             .await
-            .map_err(|e| self.unavailable("info", e))?
-            .state
-            .clone();
+            .map_err(|e| self.unavailable("info", e))?;
+        let identity = identity_of(info);
+        if identity != self.identity {
+            return Err(StorageError::Backend(format!(
+                "replica log: the stream is now {identity:?}, not {:?}, which this process \
+                 started with: it was deleted and made again; restart this process",
+                self.identity
+            )));
+        }
+        let state = info.state.clone();
         Ok((stream, state))
     }
 
@@ -537,7 +559,12 @@ impl JetStreamLog {
             .map_err(|e| self.unavailable("messages", e))?;
         // The record being put together: its number, next index, bytes.
         let mut open: Option<(u64, u16, Vec<u8>)> = None;
-        while let Some(message) = messages.next().await {
+        // However long the whole read, each message comes within `request_timeout`, or
+        // the read fails (NATS went away) instead of waiting for it.
+        while let Some(message) = tokio::time::timeout(self.timeout, messages.next())
+            .await
+            .map_err(|e| self.unavailable("read", e))?
+        {
             let message = message.map_err(|e| self.unavailable("read", e))?;
             let seq = message
                 .info()
@@ -669,6 +696,10 @@ impl ReplicaLog for JetStreamLog {
             confirmed: Some(tail),
         };
         Ok(())
+    }
+
+    fn identity(&self) -> String {
+        self.identity.clone()
     }
 
     fn read_after(&self, after: u64, visit: &mut RecordVisitor<'_>) -> Result<(), StorageError> {

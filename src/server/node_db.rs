@@ -22,7 +22,7 @@ use petrel_storage_rocks::{RocksEngine, RocksEngineExt};
 use signal_hook::iterator::Signals;
 
 use crate::cluster::ClusterSettings;
-use crate::cluster::lease::{Lease, Leases};
+use crate::cluster::lease::{Current, Lease, Leases};
 use crate::cluster::replica::JetStreamLog;
 
 /// How often a waiting standby reads the lease.
@@ -114,30 +114,38 @@ pub fn open(
     if cluster.standby {
         return wait_and_take_over(db_path, storage, cluster, signals);
     }
-    // Before anything of this node is served: no other process runs as it.
-    crate::cluster::alone::check(cluster)?;
     if cluster.replicas == 0 {
+        // Before anything of this node is served: no other process runs as it.
+        crate::cluster::alone::check(cluster)?;
         return Ok(Some((
             open_database(db_path, storage, Some(cluster))?,
             None,
         )));
     }
     let leases = Leases::connect(cluster)?;
-    let revision = match leases.read()? {
-        Some((lease, revision)) => {
-            if let Lease::Serving { holder } = lease {
-                tracing::warn!(
-                    node = cluster.node,
-                    holder = format!("{holder:016x}"),
-                    "lease: the process named as serving this node says nothing on NATS (it \
-                     stopped without handing over); taking its place"
-                );
-            }
-            Some(revision)
+    let before = leases.read()?;
+    // No other process runs as this node. One the lease names as serving may have just
+    // taken over (a standby, before its first heartbeat): it is given `node_timeout` to
+    // say so, and the lease must not move meanwhile.
+    match before.lease {
+        Some(Lease::Serving { holder }) => {
+            crate::cluster::alone::check_for(cluster, cluster.node_timeout)?;
+            anyhow::ensure!(
+                leases.read()?.revision == before.revision,
+                "another process took node {}'s lease while this one started (its \
+                 standby?): it serves the node now",
+                cluster.node
+            );
+            tracing::warn!(
+                node = cluster.node,
+                holder = format!("{holder:016x}"),
+                "lease: the process named as serving this node said nothing on NATS for \
+                 node_timeout (it stopped without handing over); taking its place"
+            );
         }
-        None => None,
-    };
-    let Some(revision) = leases.take(revision)? else {
+        _ => crate::cluster::alone::check(cluster)?,
+    }
+    let Some(revision) = leases.take(before.revision)? else {
         anyhow::bail!(
             "another process took node {}'s lease while this one started (its standby?): \
              it serves the node now",
@@ -217,12 +225,15 @@ fn wait_and_take_over(
         "standby: following node {node}'s replica log; serving once the node is handed over");
     println!("petrel: standby of node {node}, following {stream}");
     let mut followed = Instant::now();
-    let mut warned: Option<Instant> = None;
-    let mut warn = |what: &str, error: String| {
-        if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-            warned = Some(Instant::now());
-            tracing::warn!(node, error, "standby: {what}; trying again");
+    // Each warning at most once per WARN_EVERY.
+    let mut warned: Vec<(&str, Instant)> = Vec::new();
+    let mut warn = |what: &'static str, error: String| {
+        match warned.iter_mut().find(|(w, _)| *w == what) {
+            Some((_, at)) if at.elapsed() < WARN_EVERY => return,
+            Some((_, at)) => *at = Instant::now(),
+            None => warned.push((what, Instant::now())),
         }
+        tracing::warn!(node, error, "standby: {what}; trying again");
     };
     loop {
         let stop = signals.pending().any(|s| s != signal_hook::consts::SIGHUP);
@@ -234,44 +245,37 @@ fn wait_and_take_over(
             );
             return Ok(None);
         }
-        match leases.read() {
-            Ok(Some((Lease::Released { holder, through }, revision))) => {
-                let waited = Instant::now();
-                if let Err(error) = standby.follow() {
-                    warn("cannot read the replica log", error.to_string());
-                } else if standby.through() < through {
-                    warn(
-                        "the replica log ends before the record the lease names",
-                        format!("holds {} of {through}", standby.through()),
-                    );
-                } else {
-                    match leases.take(Some(revision)) {
-                        Ok(Some(revision)) => {
-                            let engine = standby.promote().context("cannot promote the standby")?;
-                            tracing::info!(
-                                node,
-                                from = format!("{holder:016x}"),
-                                through,
-                                took_ms = waited.elapsed().as_millis() as u64,
-                                "standby: took the node over; serving it"
-                            );
-                            return Ok(Some((
-                                engine,
-                                Some(HeldLease {
-                                    leases,
-                                    revision,
-                                    node,
-                                }),
-                            )));
-                        }
-                        // Another process took it first: this one follows on.
-                        Ok(None) => {}
-                        Err(error) => warn("cannot take the lease", format!("{error:#}")),
+        let current = match leases.read() {
+            Ok(current) => current,
+            Err(error) => {
+                warn("cannot read the lease", format!("{error:#}"));
+                Current::default()
+            }
+        };
+        if let (Some(Lease::Released { holder, through }), Some(revision)) =
+            (current.lease, current.revision)
+        {
+            // The released process's records are all in the log: the standby takes
+            // them, then the lease, then serves.
+            let waited = Instant::now();
+            if let Err(error) = standby.follow() {
+                warn("cannot read the replica log", error.to_string());
+            } else if standby.through() < through {
+                warn(
+                    "the replica log ends before the record the released lease names (is \
+                     this the node's stream? check --cluster-node and the cluster name)",
+                    format!("holds {} of {through}", standby.through()),
+                );
+            } else {
+                match leases.take(Some(revision)) {
+                    Ok(Some(revision)) => {
+                        return promote(standby, leases, revision, node, holder, waited);
                     }
+                    // Another process took it first: this one follows on.
+                    Ok(None) => {}
+                    Err(error) => warn("cannot take the lease", format!("{error:#}")),
                 }
             }
-            Ok(_) => {}
-            Err(error) => warn("cannot read the lease", format!("{error:#}")),
         }
         if followed.elapsed() >= FOLLOW_EVERY {
             followed = Instant::now();
@@ -280,5 +284,48 @@ fn wait_and_take_over(
             }
         }
         std::thread::sleep(LEASE_POLL);
+    }
+}
+
+/// The standby holds the lease (at `revision`) and every record of the log: its engine
+/// is built and it serves. When that fails the lease is released again, naming the
+/// same last record, so another standby (or this one, restarted) can take over.
+fn promote(
+    standby: RocksStandby,
+    leases: Leases,
+    revision: u64,
+    node: u8,
+    from: u64,
+    waited: Instant,
+) -> anyhow::Result<Opened> {
+    let through = standby.through();
+    match standby.promote() {
+        Ok(engine) => {
+            tracing::info!(
+                node,
+                from = format!("{from:016x}"),
+                through,
+                took_ms = waited.elapsed().as_millis() as u64,
+                "standby: took the node over; serving it"
+            );
+            Ok(Some((
+                engine,
+                Some(HeldLease {
+                    leases,
+                    revision,
+                    node,
+                }),
+            )))
+        }
+        Err(error) => {
+            if let Err(e) = leases.release(revision, through) {
+                tracing::warn!(
+                    node,
+                    error = format!("{e:#}"),
+                    "standby: cannot release the lease again after a failed promotion"
+                );
+            }
+            Err(anyhow::Error::new(error).context("cannot promote the standby"))
+        }
     }
 }

@@ -45,11 +45,12 @@ impl RocksStandby {
         self.kv.replica_marks().map_or(0, |(written, _)| written)
     }
 
-    /// The engine over the database, once it holds the log's last record: its next
-    /// write is the log's next record. Call it only when the primary no longer writes
-    /// the log (a second writer is fenced off by the log, not prevented).
+    /// The engine over the database: its next write follows the last record it holds.
+    /// Call it once [`RocksStandby::follow`] has taken the log's last record and the
+    /// primary writes the log no more (a second writer is fenced off by the log, not
+    /// prevented). Asks the log nothing.
     pub fn promote(self) -> Result<RocksEngine, StorageError> {
-        self.kv.follow()?;
+        self.kv.promote();
         Store::with_kv_and_clock(self.kv, self.config, self.clock)
     }
 }

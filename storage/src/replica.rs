@@ -77,6 +77,10 @@ pub const META_REPLICA_SEEDING: &[u8] = b"replica_seeding";
 /// one: the log no longer holds everything, and opening with it again is refused.
 pub const META_REPLICA_LEFT: &[u8] = b"replica_left";
 
+/// Meta key naming the log this database follows ([`ReplicaLog::identity`]): a database
+/// is never levelled with another log, even one of the same name made again.
+pub const META_REPLICA_LOG: &[u8] = b"replica_log";
+
 /// Past every key of every column family (each is shorter than 64 bytes), so a scan
 /// from `[]` to it sees the whole column family.
 const ALL_KEYS_END: [u8; 64] = [0xff; 64];
@@ -317,15 +321,32 @@ pub trait ReplicaLog: Send + Sync {
     /// Drop every record (a snapshot into the log that was cut short starts over).
     fn clear(&self) -> Result<(), StorageError>;
 
+    /// Names this log, and changes when it is deleted and made again: a database
+    /// records the log it is level with and is never levelled with another.
+    fn identity(&self) -> String;
+
     /// Visit every whole record after `after`, in order.
     fn read_after(&self, after: u64, visit: &mut RecordVisitor<'_>) -> Result<(), StorageError>;
 }
 
 /// A replica log in memory (tests and the simulator): it can be told to fail.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemLog {
     records: Mutex<Vec<Vec<u8>>>,
     failing: std::sync::atomic::AtomicBool,
+    /// Its identity: one number per log made in this process.
+    id: u64,
+}
+
+impl Default for MemLog {
+    fn default() -> MemLog {
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        MemLog {
+            records: Mutex::default(),
+            failing: std::sync::atomic::AtomicBool::default(),
+            id: MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
 }
 
 impl MemLog {
@@ -371,6 +392,10 @@ impl ReplicaLog for MemLog {
         self.check()?;
         lock(&self.records).clear();
         Ok(())
+    }
+
+    fn identity(&self) -> String {
+        format!("memory log {}", self.id)
     }
 
     fn read_after(&self, after: u64, visit: &mut RecordVisitor<'_>) -> Result<(), StorageError> {
@@ -451,6 +476,8 @@ pub struct Replicated<K> {
     /// Without a log, on a database that had one: the next write marks it
     /// ([`META_REPLICA_LEFT`]).
     unmarked: std::sync::atomic::AtomicBool,
+    /// Opened as a standby and not promoted yet: it follows the log and writes nothing.
+    standby: std::sync::atomic::AtomicBool,
 }
 
 impl<K: std::fmt::Debug> std::fmt::Debug for Replicated<K> {
@@ -506,6 +533,7 @@ impl<K: Kv> Replicated<K> {
             inner,
             shipper: None,
             unmarked: std::sync::atomic::AtomicBool::new(had_log),
+            standby: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -521,6 +549,9 @@ impl<K: Kv> Replicated<K> {
         let through = read_through(&inner)?;
         let last = log.last()?;
         let mut catch = CatchUp::default();
+        if last > 0 {
+            check_identity(&inner, &*log)?;
+        }
         if last == 0 {
             // A new log (or one deleted to start again): it gets the whole database.
             if holds_data(&inner)? {
@@ -549,7 +580,8 @@ impl<K: Kv> Replicated<K> {
                 "the replica log holds other records where this database holds writes of \
                  its own that the log never took: another process wrote the log since (a \
                  standby promoted in its place). Start this one as the node's standby, which \
-                 rebuilds it from the log"
+                 rebuilds it from the log, or move the database aside to rebuild it from the \
+                 log as the node"
                     .into(),
             ));
         } else if last < through {
@@ -558,6 +590,7 @@ impl<K: Kv> Replicated<K> {
             catch.applied = apply_from(&inner, &*log, through, last)?;
         }
         catch.through = drop_copies(&inner)?;
+        record_identity(&inner, &*log)?;
         Ok((Replicated::levelled(inner, log, catch.through), catch))
     }
 
@@ -578,6 +611,7 @@ impl<K: Kv> Replicated<K> {
         log: Arc<dyn ReplicaLog>,
     ) -> Result<(Replicated<K>, CatchUp), StorageError> {
         let last = log.last()?;
+        check_identity(&inner, &*log)?;
         let mut catch = CatchUp::default();
         if let Some(why) = diverged(&inner, &*log, last)? {
             let mut batch = inner.batch();
@@ -592,39 +626,53 @@ impl<K: Kv> Replicated<K> {
             catch.applied = apply_from(&inner, &*log, through, last)?;
         }
         catch.through = drop_copies(&inner)?;
-        Ok((Replicated::levelled(inner, log, catch.through), catch))
+        record_identity(&inner, &*log)?;
+        let standby = Replicated::levelled(inner, log, catch.through);
+        standby
+            .standby
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok((standby, catch))
     }
 
     /// A standby's database ([`Replicated::open_standby`]) takes the records its log
-    /// gained since; returns how many. An error when this backend wrote records of its
-    /// own (it is no standby), or when the log now ends before this database (it was
-    /// purged or replaced: the standby no longer follows it).
+    /// gained since; returns how many. An error on a backend that writes the log
+    /// itself (not opened as a standby, or promoted since), or when the log now ends
+    /// before this database (it was purged or replaced: start the standby again).
     pub fn follow(&self) -> Result<u64, StorageError> {
         let Some(shipper) = &self.shipper else {
             return Err(StorageError::Backend(
                 "a database without a replica log follows none".into(),
             ));
         };
-        let last = shipper.log.last()?;
-        let mut state = lock(&shipper.state);
-        if state.written != state.acked || state.busy {
+        if !self.standby.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StorageError::Backend(
                 "a database that writes its replica log follows no other writer of it".into(),
             ));
         }
+        let last = shipper.log.last()?;
+        let mut state = lock(&shipper.state);
         let through = state.written;
         if last < through {
             return Err(StorageError::Backend(format!(
-                "the replica log now ends at record {last}, before this standby's {through}:                  it was purged or replaced; start the standby again to rebuild from it"
+                "the replica log now ends at record {last}, before this standby's {through}: \
+                 it was purged or replaced; start the standby again to rebuild from it"
             )));
         }
         if last == through {
             return Ok(0);
         }
-        let applied = apply_from(&self.inner, &*shipper.log, through, last)?;
+        let applied = apply_from(&self.inner, &*shipper.log, through, last);
+        // Each record applied moved the database's mark, also when a later one failed.
         let now = read_through(&self.inner)?;
         (state.written, state.acked) = (now, now);
-        Ok(applied)
+        applied
+    }
+
+    /// A standby's backend is promoted: it writes the log from now on, and follows it
+    /// no more.
+    pub fn promote(&self) {
+        self.standby
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The backend over `inner`, level with `log` through record `through`.
@@ -642,6 +690,7 @@ impl<K: Kv> Replicated<K> {
             inner,
             shipper: Some(shipper),
             unmarked: std::sync::atomic::AtomicBool::new(false),
+            standby: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -806,6 +855,30 @@ impl<K: Kv> Kv for Replicated<K> {
     }
 }
 
+/// Refuses a log other than the one this database recorded following.
+fn check_identity<K: Kv>(kv: &K, log: &dyn ReplicaLog) -> Result<(), StorageError> {
+    let Some(recorded) = kv.get(Cf::Meta, META_REPLICA_LOG)? else {
+        return Ok(());
+    };
+    let identity = log.identity();
+    if recorded != identity.as_bytes() {
+        return Err(StorageError::Backend(format!(
+            "this database follows the replica log {:?}, not {identity:?}: the log is another \
+             node's (check the node index and the cluster name), or was deleted and made \
+             again. Move the database aside to rebuild it from this log",
+            String::from_utf8_lossy(&recorded)
+        )));
+    }
+    Ok(())
+}
+
+/// Records which log this database is level with.
+fn record_identity<K: Kv>(kv: &K, log: &dyn ReplicaLog) -> Result<(), StorageError> {
+    let mut batch = kv.batch();
+    batch.put(Cf::Meta, META_REPLICA_LOG, log.identity().as_bytes());
+    kv.write(batch, true)
+}
+
 /// Once the log holds every record: drops the local copies; returns the database's
 /// last record.
 fn drop_copies<K: Kv>(kv: &K) -> Result<u64, StorageError> {
@@ -846,18 +919,7 @@ fn diverged<K: Kv>(
 /// of, another record (its writer stopped before the log took it, and another writer
 /// went on).
 fn copies_differ<K: Kv>(kv: &K, log: &dyn ReplicaLog) -> Result<bool, StorageError> {
-    let mut copies = Vec::new();
-    kv.scan(
-        Cf::ReplicaLog,
-        &keys::u64_key(0),
-        &ALL_KEYS_END,
-        Direction::Forward,
-        usize::MAX,
-        &mut |k, v| {
-            copies.push((keys::decode_u64(WHAT, k)?, v.to_vec()));
-            Ok(true)
-        },
-    )?;
+    let copies = local_copies(kv, 0)?;
     let Some(&(first, _)) = copies.first() else {
         return Ok(false);
     };
@@ -869,6 +931,24 @@ fn copies_differ<K: Kv>(kv: &K, log: &dyn ReplicaLog) -> Result<bool, StorageErr
         Ok(())
     })?;
     Ok(differs)
+}
+
+/// The database's local copies of records (written, not known to be in the log), from
+/// record `from` on, in order.
+fn local_copies<K: Kv>(kv: &K, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+    let mut copies = Vec::new();
+    kv.scan(
+        Cf::ReplicaLog,
+        &keys::u64_key(from),
+        &ALL_KEYS_END,
+        Direction::Forward,
+        usize::MAX,
+        &mut |k, v| {
+            copies.push((keys::decode_u64(WHAT, k)?, v.to_vec()));
+            Ok(true)
+        },
+    )?;
+    Ok(copies)
 }
 
 fn read_through<K: Kv>(kv: &K) -> Result<u64, StorageError> {
@@ -886,18 +966,7 @@ fn ship_own_copies<K: Kv>(
     last: u64,
     through: u64,
 ) -> Result<u64, StorageError> {
-    let mut copies = Vec::new();
-    kv.scan(
-        Cf::ReplicaLog,
-        &keys::u64_key(last + 1),
-        &ALL_KEYS_END,
-        Direction::Forward,
-        usize::MAX,
-        &mut |k, v| {
-            copies.push((keys::decode_u64(WHAT, k)?, v.to_vec()));
-            Ok(true)
-        },
-    )?;
+    let mut copies = local_copies(kv, last + 1)?;
     // The copies that follow the log's last record without a gap, shipped as one round.
     let run = copies
         .iter()
@@ -950,10 +1019,38 @@ fn apply_from<K: Kv>(
     Ok(expected - through - 1)
 }
 
-/// Whether the database holds anything at all.
+/// The meta keys about replication itself, which are this database's alone and never
+/// in a record.
+const REPLICA_META: [&[u8]; 4] = [
+    META_REPLICA_SEEDING,
+    META_REPLICA_THROUGH,
+    META_REPLICA_LEFT,
+    META_REPLICA_LOG,
+];
+
+/// Whether the database holds anything but its replication meta keys.
 fn holds_data<K: Kv>(kv: &K) -> Result<bool, StorageError> {
     for cf in Cf::ALL {
-        if cf != Cf::ReplicaLog && kv.first_key(cf, &[], &ALL_KEYS_END)?.is_some() {
+        let found = match cf {
+            Cf::ReplicaLog => false,
+            Cf::Meta => {
+                let mut found = false;
+                kv.scan(
+                    cf,
+                    &[],
+                    &ALL_KEYS_END,
+                    Direction::Forward,
+                    usize::MAX,
+                    &mut |k, _| {
+                        found = !REPLICA_META.contains(&k);
+                        Ok(!found)
+                    },
+                )?;
+                found
+            }
+            _ => kv.first_key(cf, &[], &ALL_KEYS_END)?.is_some(),
+        };
+        if found {
             return Ok(true);
         }
     }
@@ -984,14 +1081,7 @@ fn seed<K: Kv>(kv: &K, log: &dyn ReplicaLog) -> Result<u64, StorageError> {
             Direction::Forward,
             usize::MAX,
             &mut |k, v| {
-                if cf == Cf::Meta
-                    && [
-                        META_REPLICA_SEEDING,
-                        META_REPLICA_THROUGH,
-                        META_REPLICA_LEFT,
-                    ]
-                    .contains(&k)
-                {
+                if cf == Cf::Meta && REPLICA_META.contains(&k) {
                     return Ok(true);
                 }
                 record.put(cf, k, v);

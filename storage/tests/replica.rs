@@ -93,6 +93,14 @@ fn write_some(store: &Store<Replicated<MemKv>>) -> ConversationKey {
     group
 }
 
+/// A write of a process whose log another process wrote since is not acknowledged.
+fn assert_fenced(replies: &[Result<petrel_storage::Reply, StorageError>]) {
+    assert!(
+        matches!(replies[0], Err(StorageError::Backend(ref m)) if m.contains("does not follow")),
+        "{replies:?}"
+    );
+}
+
 #[test]
 fn a_database_rebuilt_from_its_log_holds_exactly_what_the_original_did() {
     let log = Arc::new(MemLog::default());
@@ -229,10 +237,7 @@ fn a_second_writer_of_the_log_is_fenced_off() {
     log.append(next, &RecordBuf::new().into_bytes())
         .expect("the intruder's record");
     let replies = store.execute_batch(vec![append(1, group)]);
-    assert!(
-        matches!(replies[0], Err(StorageError::Backend(ref m)) if m.contains("does not follow")),
-        "{replies:?}"
-    );
+    assert_fenced(&replies);
 }
 
 #[test]
@@ -366,10 +371,7 @@ fn a_standby_follows_the_log_and_once_promoted_goes_on_where_the_primary_stopped
     assert_eq!(log.last().expect("last"), through + 1);
     // The old primary, still running, is fenced off: its next write is not acked.
     let replies = primary.execute_batch(vec![append(1_300, group)]);
-    assert!(
-        matches!(replies[0], Err(StorageError::Backend(ref m)) if m.contains("does not follow")),
-        "{replies:?}"
-    );
+    assert_fenced(&replies);
 }
 
 #[test]
@@ -434,4 +436,34 @@ fn a_standby_rebuilds_a_database_that_diverged_from_the_log_and_a_primary_refuse
         "{catch:?}"
     );
     assert_eq!(contents(standby.inner()), contents(promoted.kv().inner()));
+}
+
+#[test]
+fn a_database_is_never_levelled_with_another_log() {
+    let mine = Arc::new(MemLog::default());
+    let store = replicated_store(&mine);
+    let group = write_some(&store);
+    // Another node's log (or this one deleted and made again, then written to).
+    let other = Arc::new(MemLog::default());
+    let other_store = replicated_store(&other);
+    write_some(&other_store);
+    for reply in other_store.execute_batch((1_000..1_020).map(|i| append(i, group)).collect()) {
+        reply.expect("append");
+    }
+    let kv = store.into_kv().into_inner();
+    let error = Replicated::open(kv, other.clone()).expect_err("a primary refuses it");
+    assert!(
+        error.to_string().contains("Move the database aside"),
+        "{error}"
+    );
+
+    // A standby refuses it too (before anything is emptied for it, or applied).
+    let standby = replicated_store(&mine);
+    write_some(&standby);
+    let kv = standby.into_kv().into_inner();
+    let error = Replicated::open_standby(kv, other).expect_err("a standby refuses it");
+    assert!(
+        error.to_string().contains("follows the replica log"),
+        "{error}"
+    );
 }
