@@ -273,17 +273,28 @@ fn kill_node_1_mid_load(cluster: &mut Cluster, while_down: impl FnOnce(&std::pat
     // The senders on nodes 0 and 2 were told to wait while the owner was away.
     eprintln!("sends refused SERVER_BUSY while node 1 was down: {refused}");
     assert!(refused > 0, "the load did not overlap the outage");
-    // Read back on node 2: every acked message once, at the seq its ack gave, the seqs
-    // 1..=n with no gap and nothing unacked.
+    assert_stored_as_acked(cluster, 6_002, group, &acked);
+}
+
+/// Read back on node 2 by member `reader`: every message of `acked` (per sender, its
+/// `(client_msg_id, seq)`s) stored once, at the seq its ack gave, the seqs 1..=n with
+/// no gap and nothing unacked.
+fn assert_stored_as_acked(
+    cluster: &Cluster,
+    reader: u64,
+    group: pb::ConversationId,
+    acked: &BTreeMap<u64, Vec<(u64, u64)>>,
+) {
     let node2 = &cluster.nodes[2];
-    let mut reader = TestClient::login(node2.addr, &node2.token(6_002, "reader"), 6_002, "reader");
-    let stored = history(&mut reader, group);
+    let mut client =
+        TestClient::login(node2.addr, &node2.token(reader, "reader"), reader, "reader");
+    let stored = history(&mut client, group);
     let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
-    assert_gap_free(&seqs, 4 * PER_SENDER);
+    let sent: usize = acked.values().map(Vec::len).sum();
+    assert_gap_free(&seqs, sent as u64);
     for m in &stored {
-        let mine = &acked[&m.sender];
         assert!(
-            mine.contains(&(m.client_msg_id, m.seq)),
+            acked[&m.sender].contains(&(m.client_msg_id, m.seq)),
             "stored {}:{} at seq {} which no ack gave",
             m.sender,
             m.client_msg_id,
@@ -481,23 +492,7 @@ fn a_drained_node_hands_its_conversations_to_its_standby_and_gets_them_back() {
     eprintln!(
         "sends refused SERVER_BUSY during the handovers: {refused}; longest wait for an ack: {longest:?}"
     );
-    // Read back on node 2: every acked message once, at the seq its ack gave, the seqs
-    // 1..=n with no gap and nothing unacked.
-    let node2 = &cluster.nodes[2];
-    let mut reader = TestClient::login(node2.addr, &node2.token(6_502, "reader"), 6_502, "reader");
-    let stored = history(&mut reader, group);
-    let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
-    let sent: usize = acked.values().map(Vec::len).sum();
-    assert_gap_free(&seqs, sent as u64);
-    for m in &stored {
-        assert!(
-            acked[&m.sender].contains(&(m.client_msg_id, m.seq)),
-            "stored {}:{} at seq {} which no ack gave",
-            m.sender,
-            m.client_msg_id,
-            m.seq
-        );
-    }
+    assert_stored_as_acked(&cluster, 6_502, group, &acked);
 }
 
 /// A rolling restart under load: each node in turn is drained with `petrel admin drain`
