@@ -34,6 +34,10 @@ struct Args {
     /// The nodes' client endpoints; each client starts at a different one.
     #[arg(long, value_delimiter = ',', required = true)]
     servers: Vec<String>,
+    /// Dispatch directories (`http://host:port`) the clients ask where to connect after
+    /// a round of failed connects (`ClientConfig::directory`); none: `servers` only.
+    #[arg(long, value_delimiter = ',')]
+    directory: Vec<String>,
     /// The cluster's token key file (to mint the clients' tokens).
     #[arg(long)]
     key_file: PathBuf,
@@ -154,6 +158,7 @@ async fn run_client(
         .collect();
     let mut config = ClientConfig::new(user, "roll", endpoints);
     config.jitter_seed = Some(user);
+    config.directory = args.directory.clone();
     let provider = token_fn(move || mint(&ring, user));
     let (client, events) = Client::start(config, provider).context("start a client")?;
     let log = Arc::new(std::sync::Mutex::new(Log::default()));

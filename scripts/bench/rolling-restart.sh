@@ -4,11 +4,12 @@
 # duplicates, every client back within its back-off window).
 #
 # Starts scripts/cluster-lab.sh (nats-server and three nodes on loopback addresses), then
-# runs examples/rolling_restart.rs: SDK clients (default back-off, no directory) sending
-# 1:1 messages at RATE msg/s in all to users who never log in, each client starting on a
-# different node. While they send, every node in turn is drained with `petrel admin
-# drain` (its clients are kicked with the addresses of the others and reconnect there)
-# and started again on its disk. When the load stops, every client waits for its outbox
+# runs examples/rolling_restart.rs: SDK clients (default back-off, every process's
+# dispatch directory) sending 1:1 messages at RATE msg/s in all to users who never log
+# in, each client starting on a different node. While they send, every node in turn is
+# drained with `petrel admin drain` (its clients are kicked with the addresses of the
+# others and reconnect there) and started again on its disk (with STANDBY=1 its standby
+# takes it over, and it comes back as the standby). When the load stops, every client waits for its outbox
 # to drain, and every conversation is read back through the API and checked. Prints the
 # JSON report and the disk's fdatasync latency; exits non-zero if an acked message was
 # lost or duplicated. Stops the lab afterwards.
@@ -52,10 +53,22 @@ bash "$repo/scripts/cluster-lab.sh" up >/dev/null
 # Let every node hear every other (heartbeats every 250 ms).
 sleep 2
 
+# The audit at the end reads through a serving node's API: with standbys, every node
+# has been handed to its standby by then (127.0.1.11-13). The clients know every
+# process's dispatch directory, as an app would be configured, and ask them after a
+# round of failed connects: a client kicked with no other node of its pool to go to
+# (node 2 is the lab's dedicated pool) finds its node's new process there.
+api=127.0.1.1:9400
+directories=http://127.0.1.1:9080,http://127.0.1.2:9080,http://127.0.1.3:9080
+if [[ ${STANDBY:-0} == 1 ]]; then
+  api=127.0.1.11:9400
+  directories=$directories,http://127.0.1.11:9080,http://127.0.1.12:9080,http://127.0.1.13:9080
+fi
 report=$(mktemp)
 taskset -c "$CLIENT_CPUS" "$load_bin" \
   --servers 127.0.1.1:9500,127.0.1.2:9500,127.0.1.3:9500 \
-  --key-file "$LAB_DIR/keys" --api 127.0.1.1:9400 --api-key-file "$LAB_DIR/api-key" \
+  --key-file "$LAB_DIR/keys" --api "$api" --api-key-file "$LAB_DIR/api-key" \
+  --directory "$directories" \
   --clients "$CLIENTS" --rate "$RATE" --duration "$DURATION" >"$report" &
 load=$!
 
