@@ -59,9 +59,15 @@ running() {
   [[ ${stat%% *} != [ZX] ]]
 }
 
-# Whether a process serves clients on ADDR:9500 (a waiting standby does not listen).
+# serving ADDR NAME: whether process NAME serves its node: it listens on ADDR:9500 (a
+# waiting standby does not), or it is a standby taking the node over right now (its log
+# says so since it last began to wait).
 serving() {
-  (exec 3<>"/dev/tcp/$1/9500") 2>/dev/null
+  local addr=$1 name=$2
+  (exec 3<>"/dev/tcp/$addr/9500") 2>/dev/null && return 0
+  running "$LAB_DIR/$name.pid" || return 1
+  [[ -f $LAB_DIR/$name.log ]] || return 1
+  [[ $(grep -E "petrel: standby of node|took the node over" "$LAB_DIR/$name.log" | tail -n 1) == *"took the node over"* ]]
 }
 
 wait_port() {
@@ -113,13 +119,13 @@ EOF
   for n in $(seq 0 $((NODES - 1))); do
     # A process of a pair starts as the standby when the other one serves the node;
     # otherwise it serves it (the other may be a standby still waiting).
-    if serving "$(standby_addr "$n")"; then
+    if serving "$(standby_addr "$n")" "standby$n"; then
       start_process "$n" node "$(node_addr "$n")" --standby
     else
       start_process "$n" node "$(node_addr "$n")"
     fi
     if [[ ${STANDBY:-0} == 1 ]]; then
-      if serving "$(node_addr "$n")"; then
+      if serving "$(node_addr "$n")" "node$n"; then
         start_process "$n" standby "$(standby_addr "$n")" --standby
       else
         start_process "$n" standby "$(standby_addr "$n")"

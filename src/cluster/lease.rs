@@ -15,8 +15,11 @@
 //! node's writes one line: each record is taken only right after the last one its
 //! writer knows of, so of two processes the first to write after the other stops the
 //! other from acknowledging anything more (`super::replica`). Their reads may differ
-//! until then. A serving process takes a lease that names another serving process only
-//! after hearing nothing from it for `node_timeout` (`crate::server` start-up).
+//! until then. A starting process takes a lease that names another serving process
+//! only after hearing nothing from it for `node_timeout` while the lease did not move,
+//! and a serving process writes its lease again once it has said hello on NATS, so one
+//! that took longer than that to start finds its lease taken and stops before serving
+//! (`crate::server` start-up).
 
 use std::time::Duration;
 
@@ -165,7 +168,7 @@ impl Leases {
 
     /// Writes `lease` in place of revision `revision` (`None`: never written); returns
     /// the new revision, or `None` when another process wrote the lease first.
-    fn replace(&self, lease: Lease, revision: Option<u64>) -> anyhow::Result<Option<u64>> {
+    pub fn replace_with(&self, lease: Lease, revision: Option<u64>) -> anyhow::Result<Option<u64>> {
         let written = self.runtime.block_on(async {
             tokio::time::timeout(
                 self.timeout,
@@ -195,10 +198,15 @@ impl Leases {
         bail!("cannot write lease {}: {failure}", self.key)
     }
 
+    /// This process's id in the leases it writes.
+    pub fn holder(&self) -> u64 {
+        self.holder
+    }
+
     /// Takes the node for this process, replacing the lease at `revision`; returns the
     /// new revision, or `None` when another process took it first.
     pub fn take(&self, revision: Option<u64>) -> anyhow::Result<Option<u64>> {
-        self.replace(
+        self.replace_with(
             Lease::Serving {
                 holder: self.holder,
             },
@@ -214,7 +222,7 @@ impl Leases {
             holder: self.holder,
             through,
         };
-        Ok(self.replace(released, Some(revision))?.is_some())
+        Ok(self.replace_with(released, Some(revision))?.is_some())
     }
 }
 

@@ -173,13 +173,14 @@ fn batch_records(data: &[u8], count: u16) -> Result<Vec<&[u8]>, StorageError> {
     Ok(records)
 }
 
-/// A stream's identity: its name and when it was made (a stream deleted and made
-/// again under the same name is another log).
+/// A stream's identity: its name, then its description, which holds a random number
+/// drawn when it was made (a stream deleted and made again under the same name is
+/// another log). Not its creation time, which a server may rewrite.
 fn identity_of(info: &stream::Info) -> String {
     format!(
-        "{} made at {} ns",
+        "{} {}",
         info.config.name,
-        info.created.unix_timestamp_nanos()
+        info.config.description.as_deref().unwrap_or_default()
     )
 }
 
@@ -251,16 +252,23 @@ impl JetStreamLog {
                 storage: StorageType::File,
                 // Never drop old records to make room: a full stream refuses writes.
                 discard: DiscardPolicy::New,
+                // The random number tells this stream from one of the same name
+                // made again ([`identity_of`]).
                 description: Some(format!(
-                    "Petrel cluster {:?}, node {}: every write of its database",
-                    settings.name, settings.node
+                    "Petrel cluster {:?}, node {}: every write of its database (log {:016x})",
+                    settings.name,
+                    settings.node,
+                    rand::random::<u64>()
                 )),
                 ..Default::default()
             };
-            let info = js
-                .get_or_create_stream(config)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))
+            let made = match js.get_or_create_stream(config).await {
+                Ok(made) => Ok(made),
+                // Made meanwhile by another process of this node (its standby), with
+                // another number: that one is the log.
+                Err(_) => js.get_stream(&stream).await.map_err(|e| anyhow::anyhow!("{e}")),
+            };
+            let info = made
                 .with_context(|| {
                     format!(
                         "cannot find or create the JetStream stream {stream} (is JetStream \

@@ -204,7 +204,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
     // Before anything of this node is served: no other process runs as it, and with a
     // replica log this one holds its lease (a standby waits here until it is handed
     // the node).
-    let Some((engine, lease)) =
+    let Some((engine, mut lease)) =
         node_db::open(&db_path, storage, config.cluster.as_ref(), &mut signals)?
     else {
         return Ok(Stopped::Signal);
@@ -645,6 +645,27 @@ pub fn run(config: ServeConfig) -> anyhow::Result<Stopped> {
                         dispatch,
                         cores.wakers(),
                     )?;
+                    // Said hello: the lease is written again, or this process lost it
+                    // while it started and must not serve.
+                    if let Some(lease) = lease.as_mut() {
+                        match lease.confirm() {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::error!(
+                                    node = layout.node,
+                                    "another process took this node's lease while this one \
+                                     started; stopping"
+                                );
+                                yielded.store(true, Ordering::Relaxed);
+                                stop.store(true, Ordering::Relaxed);
+                            }
+                            Err(error) => tracing::warn!(
+                                node = layout.node,
+                                error = format!("{error:#}"),
+                                "lease: not written again after start (NATS?); serving on"
+                            ),
+                        }
+                    }
                     (Some(bridge), links)
                 }
                 _ => (None, Vec::new()),

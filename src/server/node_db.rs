@@ -42,6 +42,23 @@ pub struct HeldLease {
 }
 
 impl HeldLease {
+    /// Once the node says hello on NATS: writes the lease again, so a process starting
+    /// as this node meanwhile sees it move and refuses (it waits `node_timeout` for a
+    /// sign of life). `false` when another process took the lease first: this one must
+    /// not serve.
+    pub fn confirm(&mut self) -> anyhow::Result<bool> {
+        let serving = Lease::Serving {
+            holder: self.leases.holder(),
+        };
+        match self.leases.replace_with(serving, Some(self.revision))? {
+            Some(revision) => {
+                self.revision = revision;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// After the node stopped serving (its cores and bridge are stopped): ships what
     /// the replica log lacks and, when it holds everything, releases the lease naming
     /// the last record, so the node's standby takes over. Logged either way.
@@ -252,6 +269,15 @@ fn wait_and_take_over(
                 Current::default()
             }
         };
+        // This process's own take landed though its answer was lost: it holds the node.
+        if let (Some(Lease::Serving { holder }), Some(revision)) = (current.lease, current.revision)
+            && holder == leases.holder()
+        {
+            match standby.follow() {
+                Ok(_) => return promote(standby, leases, revision, node, holder, Instant::now()),
+                Err(error) => warn("cannot read the replica log", error.to_string()),
+            }
+        }
         if let (Some(Lease::Released { holder, through }), Some(revision)) =
             (current.lease, current.revision)
         {

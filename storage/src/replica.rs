@@ -321,8 +321,9 @@ pub trait ReplicaLog: Send + Sync {
     /// Drop every record (a snapshot into the log that was cut short starts over).
     fn clear(&self) -> Result<(), StorageError>;
 
-    /// Names this log, and changes when it is deleted and made again: a database
-    /// records the log it is level with and is never levelled with another.
+    /// Names this log: its name, a space, then what tells apart the logs of that name
+    /// (one deleted and made again has another). A database records the log it is level
+    /// with and is never levelled with another.
     fn identity(&self) -> String;
 
     /// Visit every whole record after `after`, in order.
@@ -395,7 +396,7 @@ impl ReplicaLog for MemLog {
     }
 
     fn identity(&self) -> String {
-        format!("memory log {}", self.id)
+        format!("memory-log {}", self.id)
     }
 
     fn read_after(&self, after: u64, visit: &mut RecordVisitor<'_>) -> Result<(), StorageError> {
@@ -549,9 +550,8 @@ impl<K: Kv> Replicated<K> {
         let through = read_through(&inner)?;
         let last = log.last()?;
         let mut catch = CatchUp::default();
-        if last > 0 {
-            check_identity(&inner, &*log)?;
-        }
+        // A log of the same name made again, empty, is seeded from this database.
+        check_identity(&inner, &*log, last == 0)?;
         if last == 0 {
             // A new log (or one deleted to start again): it gets the whole database.
             if holds_data(&inner)? {
@@ -611,7 +611,9 @@ impl<K: Kv> Replicated<K> {
         log: Arc<dyn ReplicaLog>,
     ) -> Result<(Replicated<K>, CatchUp), StorageError> {
         let last = log.last()?;
-        check_identity(&inner, &*log)?;
+        // A standby never takes another log for its own, not even an empty one of the
+        // same name: its database is moved aside by hand, not emptied for it.
+        check_identity(&inner, &*log, false)?;
         let mut catch = CatchUp::default();
         if let Some(why) = diverged(&inner, &*log, last)? {
             let mut batch = inner.batch();
@@ -855,21 +857,27 @@ impl<K: Kv> Kv for Replicated<K> {
     }
 }
 
-/// Refuses a log other than the one this database recorded following.
-fn check_identity<K: Kv>(kv: &K, log: &dyn ReplicaLog) -> Result<(), StorageError> {
+/// Refuses a log other than the one this database recorded following; with
+/// `remade_ok`, one of the same name made again (an empty log a primary seeds).
+fn check_identity<K: Kv>(
+    kv: &K,
+    log: &dyn ReplicaLog,
+    remade_ok: bool,
+) -> Result<(), StorageError> {
     let Some(recorded) = kv.get(Cf::Meta, META_REPLICA_LOG)? else {
         return Ok(());
     };
     let identity = log.identity();
-    if recorded != identity.as_bytes() {
-        return Err(StorageError::Backend(format!(
-            "this database follows the replica log {:?}, not {identity:?}: the log is another \
-             node's (check the node index and the cluster name), or was deleted and made \
-             again. Move the database aside to rebuild it from this log",
-            String::from_utf8_lossy(&recorded)
-        )));
+    let recorded = String::from_utf8_lossy(&recorded);
+    let name = |id: &str| id.split(' ').next().unwrap_or_default().to_owned();
+    if recorded == identity || (remade_ok && name(&recorded) == name(&identity)) {
+        return Ok(());
     }
-    Ok(())
+    Err(StorageError::Backend(format!(
+        "this database follows the replica log {recorded:?}, not {identity:?}: the log is \
+         another node's (check the node index and the cluster name), or was deleted and \
+         made again. Move the database aside to rebuild it from this log"
+    )))
 }
 
 /// Records which log this database is level with.
@@ -1061,6 +1069,9 @@ fn holds_data<K: Kv>(kv: &K) -> Result<bool, StorageError> {
 fn seed<K: Kv>(kv: &K, log: &dyn ReplicaLog) -> Result<u64, StorageError> {
     let mut batch = kv.batch();
     batch.put(Cf::Meta, META_REPLICA_SEEDING, &[]);
+    // The log being seeded is this database's from now on, so a snapshot cut short
+    // starts over in it.
+    batch.put(Cf::Meta, META_REPLICA_LOG, log.identity().as_bytes());
     kv.write(batch, true)?;
     let mut n = 0;
     let mut record = RecordBuf::new();
