@@ -168,7 +168,7 @@ impl Leases {
 
     /// Writes `lease` in place of revision `revision` (`None`: never written); returns
     /// the new revision, or `None` when another process wrote the lease first.
-    pub fn replace_with(&self, lease: Lease, revision: Option<u64>) -> anyhow::Result<Option<u64>> {
+    fn replace(&self, lease: Lease, revision: Option<u64>) -> anyhow::Result<Option<u64>> {
         let written = self.runtime.block_on(async {
             tokio::time::timeout(
                 self.timeout,
@@ -206,7 +206,7 @@ impl Leases {
     /// Takes the node for this process, replacing the lease at `revision`; returns the
     /// new revision, or `None` when another process took it first.
     pub fn take(&self, revision: Option<u64>) -> anyhow::Result<Option<u64>> {
-        self.replace_with(
+        self.replace(
             Lease::Serving {
                 holder: self.holder,
             },
@@ -222,7 +222,7 @@ impl Leases {
             holder: self.holder,
             through,
         };
-        Ok(self.replace_with(released, Some(revision))?.is_some())
+        Ok(self.replace(released, Some(revision))?.is_some())
     }
 }
 

@@ -47,10 +47,7 @@ impl HeldLease {
     /// sign of life). `false` when another process took the lease first: this one must
     /// not serve.
     pub fn confirm(&mut self) -> anyhow::Result<bool> {
-        let serving = Lease::Serving {
-            holder: self.leases.holder(),
-        };
-        match self.leases.replace_with(serving, Some(self.revision))? {
+        match self.leases.take(Some(self.revision))? {
             Some(revision) => {
                 self.revision = revision;
                 Ok(true)

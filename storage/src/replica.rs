@@ -880,10 +880,15 @@ fn check_identity<K: Kv>(
     )))
 }
 
-/// Records which log this database is level with.
+/// Records which log this database is level with (a synced write only when that
+/// changes: the first open with a log, or a new log seeded).
 fn record_identity<K: Kv>(kv: &K, log: &dyn ReplicaLog) -> Result<(), StorageError> {
+    let identity = log.identity();
+    if kv.get(Cf::Meta, META_REPLICA_LOG)?.as_deref() == Some(identity.as_bytes()) {
+        return Ok(());
+    }
     let mut batch = kv.batch();
-    batch.put(Cf::Meta, META_REPLICA_LOG, log.identity().as_bytes());
+    batch.put(Cf::Meta, META_REPLICA_LOG, identity.as_bytes());
     kv.write(batch, true)
 }
 
